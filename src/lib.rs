@@ -1,0 +1,3 @@
+//! microgateway library.
+pub mod auth;
+pub mod metrics;
