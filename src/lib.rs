@@ -1,3 +1,4 @@
 //! microgateway library.
 pub mod auth;
+pub mod config;
 pub mod metrics;

@@ -1,0 +1,3 @@
+//! Configuration: raw YAML → resolved → validated → compiled `Snapshot`.
+pub mod secret;
+pub use secret::Secret;
