@@ -1,4 +1,11 @@
 //! microgateway library.
+pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod server;

@@ -1,0 +1,112 @@
+//! JSON views of a snapshot for the admin REST endpoints. Secrets are
+//! always `****` here.
+
+use serde_json::{json, Value};
+
+use crate::config::snapshot::{Alias, Authentication, Outbound, Upstream};
+use crate::config::Snapshot;
+
+const REDACTED: &str = "****";
+
+pub fn settings(s: &Snapshot) -> Value {
+    let auth_servers: Vec<Value> = s
+        .auth_servers
+        .values()
+        .map(|a| {
+            json!({
+                "id": &*a.id,
+                "name": a.name,
+                "localIntrospectionConfig": a.local.as_ref().map(|l| json!({
+                    "issuer": l.issuer, "jwksuri": l.jwks_uri, "audience": l.audience,
+                    "clockSkew": l.clock_skew.as_secs(), "accept_jwt_typ": l.accept_jwt_typ,
+                })),
+                "remoteIntrospectionConfig": a.remote.as_ref().map(|r| json!({
+                    "introspectionEndpoint": r.endpoint, "clientId": r.client_id, "clientSecret": REDACTED,
+                    "cache_ttl": r.cache_ttl.as_secs(), "negative_cache_ttl": r.negative_cache_ttl.as_secs(),
+                })),
+            })
+        })
+        .collect();
+    let aliases: Vec<Value> = s
+        .aliases
+        .iter()
+        .map(|(name, alias)| match alias {
+            Alias::Basic { username, .. } => {
+                json!({"name": name, "type": "basic", "username": username, "password": REDACTED})
+            }
+            Alias::Bearer { .. } => json!({"name": name, "type": "bearer", "token": REDACTED}),
+        })
+        .collect();
+    json!({
+        "generation": s.generation,
+        "source": s.source.display().to_string(),
+        "ports": {
+            "http": s.listen.http.map(|a| a.port()),
+            "https": s.listen.https.map(|a| a.port()),
+            "admin": s.listen.admin.map(|a| a.port()),
+        },
+        "admin": { "user": s.admin.credentials.as_ref().map(|(u, _)| u), "password": s.admin.credentials.as_ref().map(|_| REDACTED) },
+        "limits": {
+            "max_header_bytes": s.limits.max_header_bytes, "max_headers": s.limits.max_headers,
+            "max_uri": s.limits.max_uri, "max_body": s.limits.max_body, "max_connections": s.limits.max_connections,
+        },
+        "timeouts": {
+            "header_read": s.timeouts.header_read.as_secs_f64(), "idle": s.timeouts.idle.as_secs_f64(),
+            "upstream_connect": s.timeouts.upstream_connect.as_secs_f64(), "drain": s.timeouts.drain.as_secs_f64(),
+        },
+        "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "security_settings": { "auth_servers": auth_servers, "aliases": aliases },
+        "api_gateway": s.api_gateway.as_ref().map(|g| json!({
+            "url": g.url, "user": g.user, "password": REDACTED, "download_settings": g.download_settings,
+            "download_apis": g.download_apis, "apis": g.apis, "poll_interval": g.poll_interval.as_secs(),
+        })),
+        "authorization_server": s.authorization_server.as_ref().map(|a| json!({
+            "issuer": a.issuer,
+            "clients": a.clients.iter().map(|c| json!({
+                "client_id": c.client_id, "name": c.name,
+                "client_secret": c.client_secret.as_ref().map(|_| REDACTED),
+                "scopes": c.scopes,
+            })).collect::<Vec<_>>(),
+        })),
+        "apis": assets(s)["apis"].clone(),
+    })
+}
+
+pub fn assets(s: &Snapshot) -> Value {
+    let apis: Vec<Value> = s
+        .apis
+        .iter()
+        .map(|api| {
+            json!({
+                "name": api.name,
+                "version": api.version,
+                "base_path": api.base_path,
+                "upstream": match &api.upstream {
+                    Upstream::Echo => json!({"echo": true}),
+                    Upstream::Url { scheme, authority, path, timeout } => json!({"url": format!("{scheme}://{authority}{path}"), "timeout": timeout.as_secs_f64()}),
+                },
+                "authentication": match &api.authentication {
+                    Authentication::None => json!({"type": "none"}),
+                    Authentication::OAuth2 { auth_server } => json!({"type": "oauth2", "auth_server": &**auth_server}),
+                },
+                "scopes": api.api_scopes,
+                "resources": api.resources.iter().map(|r| json!({
+                    "method": r.method.as_str(),
+                    "path": r.template.text,
+                    "scopes": r.api_scopes.iter().map(|&i| api.api_scopes[i].clone()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "outbound_auth": match &api.outbound {
+                    Outbound::None => "none",
+                    Outbound::Header(_) => "credentials",
+                    Outbound::Delegate => "incoming_token",
+                },
+            })
+        })
+        .collect();
+    let mappings: Vec<Value> = s
+        .scope_mappings
+        .iter()
+        .map(|m| json!({"auth_server": &*m.auth_server, "scope": m.token_scope, "api_scopes": m.api_scopes}))
+        .collect();
+    json!({ "apis": apis, "scope_mappings": mappings })
+}

@@ -1,0 +1,113 @@
+//! Finding the one bearer token of a request (RFC 6750 §2.1). Tokens in the
+//! query (§2.3) are refused: they end up in logs. Exactly one
+//! `Authorization` header; the scheme is case-insensitive; the token must be
+//! b64token characters and at most 8 KiB.
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use super::TokenProblem;
+
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extracted<'a> {
+    Token(&'a str),
+    Missing,
+    /// Two `Authorization` headers, or `access_token` in the query: 400.
+    InvalidRequest(&'static str),
+    Invalid(TokenProblem),
+}
+
+pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Extracted<'a> {
+    if query.is_some_and(has_access_token) {
+        return Extracted::InvalidRequest("access_token in the query is not accepted");
+    }
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Extracted::Missing;
+    };
+    if values.next().is_some() {
+        return Extracted::InvalidRequest("more than one Authorization header");
+    }
+    let Ok(text) = value.to_str() else {
+        return Extracted::Invalid(TokenProblem::Malformed);
+    };
+    let Some((scheme, token)) = text.split_once(' ') else {
+        return Extracted::Missing;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Extracted::Missing;
+    }
+    let token = token.trim_start_matches(' ');
+    if token.len() > MAX_TOKEN_BYTES {
+        return Extracted::Invalid(TokenProblem::TooLong);
+    }
+    if token.is_empty() || !is_b64token(token) {
+        return Extracted::Invalid(TokenProblem::Malformed);
+    }
+    Extracted::Token(token)
+}
+
+/// RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+fn has_access_token(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some("access_token"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(
+            bearer(&headers(&["bEaReR abc.def"]), None),
+            Extracted::Token("abc.def")
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(bearer(&headers(&[]), None), Extracted::Missing);
+        assert_eq!(
+            bearer(&headers(&["Basic dXNlcjpwdw=="]), None),
+            Extracted::Missing
+        );
+        assert!(matches!(
+            bearer(&headers(&["Bearer a", "Bearer b"]), None),
+            Extracted::InvalidRequest(_)
+        ));
+        assert!(matches!(
+            bearer(&headers(&[]), Some("x=1&access_token=t")),
+            Extracted::InvalidRequest(_)
+        ));
+        assert_eq!(
+            bearer(&headers(&["Bearer a\"b"]), None),
+            Extracted::Invalid(TokenProblem::Malformed)
+        );
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(
+            bearer(&headers(&[&long]), None),
+            Extracted::Invalid(TokenProblem::TooLong)
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! The command line: `start`, `check`, `explain`, `download-settings`.
+//! Wires configuration, gateway, signals and logging together.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Env, Severity};
+use crate::gateway::Gateway;
+use crate::reload::Source;
+
+pub const DEFAULT_CONFIG: &str = "config/microgateway.yaml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "microgateway",
+    version,
+    about = "A small, fast edge microgateway enforcing OAuth2 scopes per resource"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Log format of `start`.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Start {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Central gateway to download settings from (overrides api_gateway.url).
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+        /// Download settings (auth servers, aliases, scope mappings) and APIs.
+        #[arg(long)]
+        download_settings: bool,
+    },
+    /// Validate a configuration: exit 0 (warnings allowed) or 1 with errors.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show which API and resource a request matches, which API scopes it
+    /// needs, which token scopes grant them, and the verdict (no network).
+    Explain {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        method: String,
+        path: String,
+        /// Token scopes, space-separated (omit for a request without token).
+        #[arg(long)]
+        scopes: Option<String>,
+        /// Auth server that validated the token (default: the API's).
+        #[arg(long)]
+        auth_server: Option<String>,
+    },
+}
+
+/// The process environment, read once.
+pub fn environment() -> Env {
+    std::env::vars().collect()
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let command = args.command.unwrap_or(Command::Start {
+        config: PathBuf::from(DEFAULT_CONFIG),
+        gateway: None,
+        user: None,
+        password: None,
+        download_settings: false,
+    });
+    match command {
+        Command::Check { config } => check(&config),
+        Command::Explain {
+            config,
+            method,
+            path,
+            scopes,
+            auth_server,
+        } => explain(
+            &config,
+            &method,
+            &path,
+            scopes.as_deref(),
+            auth_server.as_deref(),
+        ),
+        Command::Start {
+            config,
+            gateway,
+            user,
+            password,
+            download_settings,
+        } => {
+            init_logging(args.log_format);
+            let mut env = environment();
+            // Command-line settings win over the file and the environment.
+            let flags = [
+                ("MCGW_API_GATEWAY_URL", gateway),
+                ("MCGW_API_GATEWAY_USER", user),
+                ("MCGW_API_GATEWAY_PASSWORD", password),
+            ];
+            for (name, value) in flags {
+                if let Some(value) = value {
+                    env.insert(name.to_owned(), value);
+                }
+            }
+            if download_settings {
+                env.insert("MCGW_API_GATEWAY_DOWNLOAD_SETTINGS".into(), "true".into());
+                env.insert("MCGW_API_GATEWAY_DOWNLOAD_APIS".into(), "true".into());
+            }
+            start(&config, env)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCGW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path, &environment(), 1) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("{warning}");
+            }
+            let apis = loaded.snapshot.apis.len();
+            println!(
+                "{}: ok ({apis} APIs, {} warnings)",
+                path.display(),
+                loaded.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(invalid) => {
+            let errors = invalid
+                .findings
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            for finding in &invalid.findings {
+                eprintln!("{finding}");
+            }
+            eprintln!("{}: {errors} errors", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain(
+    path: &Path,
+    method: &str,
+    request_path: &str,
+    scopes: Option<&str>,
+    auth_server: Option<&str>,
+) -> ExitCode {
+    let loaded = match config::load(path, &environment(), 1) {
+        Ok(loaded) => loaded,
+        Err(invalid) => {
+            eprintln!("{invalid}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("`{method}` is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let scopes: Option<Vec<String>> =
+        scopes.map(|s| s.split_whitespace().map(str::to_owned).collect());
+    let verdict = crate::policy::decide(
+        &loaded.snapshot,
+        &method,
+        request_path,
+        scopes.as_deref(),
+        auth_server,
+    );
+    println!("{method} {request_path}");
+    println!("{verdict}");
+    match verdict.outcome {
+        crate::policy::Outcome::Allow => ExitCode::SUCCESS,
+        _ => ExitCode::from(2),
+    }
+}
+
+fn start(path: &Path, env: Env) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match Gateway::start(path, env).await {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(http = ?gateway.http, https = ?gateway.https, admin = ?gateway.admin, config = %path.display(), "microgateway started");
+        wait_for_signals(&gateway).await;
+        tracing::info!("shutting down: draining in-flight requests");
+        gateway.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(gateway: &Gateway) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let _ = gateway.state.reload(Source::Signal);
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_gateway: &Gateway) {
+    let _ = tokio::signal::ctrl_c().await;
+}

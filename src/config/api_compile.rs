@@ -1,0 +1,547 @@
+//! Compiling `apis:`: base paths, upstreams, resources and their API scopes,
+//! the scope-grant table per auth server, request transformation and
+//! outbound auth.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::compile::{basic_header, header_name, names, value_template, Ctx, GrantTable};
+use super::raw::{self, Scalar, S};
+use super::snapshot::*;
+use super::template;
+
+pub struct Refs<'a> {
+    pub auth_servers: &'a BTreeMap<Arc<str>, Arc<AuthServer>>,
+    pub aliases: &'a BTreeMap<String, Alias>,
+    pub scope_mappings: &'a [ScopeMapping],
+    pub authorization_server: bool,
+}
+
+/// Characters of an API name kept as they are in the default base path.
+const NAME_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Paths the local authorization server answers on.
+const RESERVED: &[&str] = &["/oauth2", "/invoke", "/.well-known"];
+
+pub fn compile_all(ctx: &mut Ctx, list: &[S<raw::Api>], refs: &Refs) -> Vec<Arc<Api>> {
+    let mut apis: Vec<Arc<Api>> = Vec::new();
+    let mut by_path: HashMap<String, ()> = HashMap::new();
+    let mut by_name: HashSet<(String, String)> = HashSet::new();
+    for entry in list {
+        let Some(api) = compile(ctx, entry, refs) else {
+            continue;
+        };
+        let at = entry
+            .value
+            .base_path
+            .as_ref()
+            .map(|b| b.referenced)
+            .unwrap_or(entry.referenced);
+        if by_path.insert(api.base_path.clone(), ()).is_some() {
+            ctx.report.error(
+                at,
+                format!("base path `{}` is used by two APIs", api.base_path),
+                "a distinct base_path per API",
+            );
+        }
+        if !by_name.insert((api.name.clone(), api.version.clone())) {
+            let at = entry
+                .value
+                .name
+                .as_ref()
+                .map(|n| n.referenced)
+                .unwrap_or(entry.referenced);
+            ctx.report.error(
+                at,
+                format!(
+                    "API `{}` version `{}` is defined twice",
+                    api.name, api.version
+                ),
+                "a distinct name + version per API",
+            );
+        }
+        if refs.authorization_server {
+            let shadowed = RESERVED.iter().find(|reserved| {
+                api.base_path.is_empty()
+                    || reserved.starts_with(&format!("{}/", api.base_path))
+                    || *reserved == &api.base_path
+                    || api.base_path.starts_with(&format!("{reserved}/"))
+            });
+            if let Some(reserved) = shadowed {
+                ctx.report.error(
+                    at,
+                    format!(
+                        "base path `{}` shadows `{reserved}`, where the authorization server answers",
+                        api.base_path
+                    ),
+                    "a base path outside /oauth2, /invoke and /.well-known",
+                );
+            }
+        }
+        apis.push(Arc::new(api));
+    }
+    apis.sort_by_key(|api| std::cmp::Reverse(api.base_path.len()));
+    apis
+}
+
+fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
+    let raw = &entry.value;
+    let name = ctx_required_str(ctx, &raw.name, entry, "name")?;
+    let version = raw
+        .version
+        .as_ref()
+        .map(|v| v.value.0.clone())
+        .unwrap_or_else(|| "1.0".into());
+    let base_path = match &raw.base_path {
+        Some(b) => base_path(ctx, b)?,
+        None => format!(
+            "/gateway/{}/{}",
+            utf8_percent_encode(&name, NAME_KEEP),
+            utf8_percent_encode(&version, NAME_KEEP)
+        ),
+    };
+    let transport = transport(ctx, raw);
+    let allow_encoded_slashes = ctx_bool(ctx, &raw.allow_encoded_slashes, "allow_encoded_slashes");
+    let upstream = upstream(ctx, entry)?;
+    let authentication = authentication(ctx, entry, refs)?;
+    let api_scopes: Vec<String> = raw
+        .scopes
+        .iter()
+        .filter_map(|s| s.value.name.as_ref().map(|n| n.value.clone()))
+        .collect();
+    let resources = resources(ctx, raw);
+    let grants = grants(&name, &api_scopes, refs);
+    let transform = transform(ctx, &raw.policies);
+    let outbound = outbound(ctx, &raw.policies, refs.aliases);
+    Some(Api {
+        base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
+        name,
+        version,
+        base_path,
+        transport,
+        allow_encoded_slashes,
+        upstream,
+        authentication,
+        api_scopes,
+        resources,
+        grants,
+        transform,
+        outbound: outbound?,
+    })
+}
+
+fn ctx_required_str(
+    ctx: &mut Ctx,
+    value: &Option<S<String>>,
+    entry: &S<raw::Api>,
+    key: &str,
+) -> Option<String> {
+    if value.is_none() {
+        ctx.report
+            .error(entry.referenced, format!("API `{key}` is missing"), "");
+    }
+    value.as_ref().map(|v| v.value.clone())
+}
+
+fn ctx_bool(ctx: &mut Ctx, value: &Option<S<Scalar>>, key: &str) -> bool {
+    let Some(v) = value else { return false };
+    match v.value.0.as_str() {
+        "true" => true,
+        "false" => false,
+        other => {
+            ctx.report.error(
+                v.referenced,
+                format!("{key}: `{other}` is not a boolean"),
+                "true or false",
+            );
+            false
+        }
+    }
+}
+
+fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {
+    let text = value.value.trim_end_matches('/');
+    match template::path_template(if text.is_empty() { "/" } else { text }) {
+        Ok(t) if t.segments.iter().all(|s| matches!(s, Segment::Literal(_))) => {
+            Some(text.to_owned())
+        }
+        Ok(_) => {
+            ctx.report.error(
+                value.referenced,
+                format!("base_path `{}` has a parameter", value.value),
+                "a literal path such as /travels",
+            );
+            None
+        }
+        Err(problem) => {
+            ctx.report.error(
+                value.referenced,
+                format!("base_path: {problem}"),
+                "a literal path such as /travels",
+            );
+            None
+        }
+    }
+}
+
+fn transport(ctx: &mut Ctx, raw: &raw::Api) -> Transport {
+    let Some(list) = &raw.transport else {
+        return Transport {
+            http: true,
+            https: true,
+        };
+    };
+    let mut transport = Transport {
+        http: false,
+        https: false,
+    };
+    for item in &list.value {
+        match item.value.as_str() {
+            "http" => transport.http = true,
+            "https" => transport.https = true,
+            other => ctx.report.error(
+                item.referenced,
+                format!("transport `{other}` is not known"),
+                "http, https",
+            ),
+        }
+    }
+    transport
+}
+
+fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
+    let Some(up) = &entry.value.upstream else {
+        ctx.report.error(
+            entry.referenced,
+            "API `upstream` is missing",
+            "upstream: { url: http://host/path } or { echo: true }",
+        );
+        return None;
+    };
+    let timeout = ctx.duration(
+        &up.value.timeout,
+        "upstream.timeout",
+        Duration::from_secs(30),
+    );
+    let echo = ctx_bool(ctx, &up.value.echo, "upstream.echo");
+    match (&up.value.url, echo) {
+        (Some(url), false) => {
+            let uri = http::Uri::from_str(url.value.0.trim()).ok();
+            let parts = uri.and_then(|u| {
+                let scheme = u.scheme().cloned()?;
+                let authority = u.authority().cloned()?;
+                (matches!(scheme.as_str(), "http" | "https") && u.query().is_none())
+                    .then(|| (scheme, authority, u.path().trim_end_matches('/').to_owned()))
+            });
+            match parts {
+                Some((scheme, authority, path)) => Some(Upstream::Url {
+                    scheme,
+                    authority,
+                    path,
+                    timeout,
+                }),
+                None => {
+                    ctx.report.error(
+                        url.referenced,
+                        format!(
+                            "upstream.url `{}` is not an http(s) URL without query",
+                            url.value.0
+                        ),
+                        "http://host[:port]/path or https://…",
+                    );
+                    None
+                }
+            }
+        }
+        (None, true) => Some(Upstream::Echo),
+        (Some(url), true) => {
+            ctx.report.error(
+                url.referenced,
+                "upstream has both `url` and `echo: true`",
+                "one of them",
+            );
+            None
+        }
+        (None, false) => {
+            ctx.report.error(
+                up.referenced,
+                "upstream has neither `url` nor `echo: true`",
+                "one of them",
+            );
+            None
+        }
+    }
+}
+
+fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Authentication> {
+    let Some(auth) = &entry.value.authentication else {
+        return Some(Authentication::None);
+    };
+    let kind = auth
+        .value
+        .kind
+        .as_ref()
+        .map(|k| (k.value.as_str(), k.referenced));
+    match kind {
+        None | Some(("none", _)) => Some(Authentication::None),
+        Some(("oauth2", _)) => {
+            let Some(server) = &auth.value.auth_server else {
+                ctx.report.error(
+                    auth.referenced,
+                    "authentication type oauth2 needs `auth_server`",
+                    format!(
+                        "one of: {}",
+                        names(refs.auth_servers.keys().map(|k| k.to_string()))
+                    ),
+                );
+                return None;
+            };
+            match refs.auth_servers.get_key_value(server.value.as_str()) {
+                Some((id, _)) => Some(Authentication::OAuth2 {
+                    auth_server: id.clone(),
+                }),
+                None => {
+                    ctx.report.error(
+                        server.referenced,
+                        format!("auth server `{}` is not defined", server.value),
+                        format!(
+                            "one of: {}",
+                            names(refs.auth_servers.keys().map(|k| k.to_string()))
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        Some((other, at)) => {
+            ctx.report.error(
+                at,
+                format!("authentication type `{other}` is not supported"),
+                "oauth2 or none",
+            );
+            None
+        }
+    }
+}
+
+fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
+    let mut resources: Vec<Resource> = Vec::new();
+    let mut scoped: HashMap<(http::Method, String), usize> = HashMap::new();
+    let mut seen_names = HashSet::new();
+    for (index, scope) in raw.scopes.iter().enumerate() {
+        if let Some(name) = &scope.value.name {
+            if !seen_names.insert(name.value.clone()) {
+                ctx.report.error(
+                    name.referenced,
+                    format!("API scope `{}` is declared twice", name.value),
+                    "distinct scope names",
+                );
+            }
+        } else {
+            ctx.report
+                .error(scope.referenced, "API scope `name` is missing", "");
+        }
+        for text in &scope.value.resources {
+            let Some((method, template)) = parse_resource(ctx, text) else {
+                continue;
+            };
+            let key = (method.clone(), template.text.clone());
+            match scoped.get(&key) {
+                Some(&at) => {
+                    if !resources[at].api_scopes.contains(&index) {
+                        resources[at].api_scopes.push(index);
+                    }
+                }
+                None => {
+                    scoped.insert(key, resources.len());
+                    resources.push(Resource {
+                        method,
+                        template,
+                        api_scopes: vec![index],
+                    });
+                }
+            }
+        }
+    }
+    let mut open = HashSet::new();
+    for text in &raw.resources {
+        let Some((method, template)) = parse_resource(ctx, text) else {
+            continue;
+        };
+        let key = (method.clone(), template.text.clone());
+        if scoped.contains_key(&key) || !open.insert(key) {
+            ctx.report.error(
+                text.referenced,
+                format!("resource `{}` is declared twice in this API", text.value),
+                "each METHOD + path once in `resources:` and not also in a scope",
+            );
+            continue;
+        }
+        resources.push(Resource {
+            method,
+            template,
+            api_scopes: Vec::new(),
+        });
+    }
+    resources
+}
+
+fn parse_resource(ctx: &mut Ctx, text: &S<String>) -> Option<(http::Method, Template)> {
+    match template::resource(&text.value) {
+        Ok(parsed) => Some(parsed),
+        Err(problem) => {
+            ctx.report
+                .error(text.referenced, problem, template::RESOURCE_ALLOWED);
+            None
+        }
+    }
+}
+
+/// For each auth server, the token scopes granting each API scope: those
+/// mapped to `API:scope`, or — where no mapping of that auth server names
+/// this API — a token scope literally named like the API scope.
+fn grants(api: &str, api_scopes: &[String], refs: &Refs) -> GrantTable {
+    let prefix = format!("{api}:");
+    refs.auth_servers
+        .keys()
+        .map(|server| {
+            let mappings: Vec<&ScopeMapping> = refs
+                .scope_mappings
+                .iter()
+                .filter(|m| &m.auth_server == server)
+                .collect();
+            let names_api = mappings
+                .iter()
+                .any(|m| m.api_scopes.iter().any(|s| s.starts_with(&prefix)));
+            let table = api_scopes
+                .iter()
+                .map(|scope| {
+                    if !names_api {
+                        return vec![scope.clone()];
+                    }
+                    let target = format!("{prefix}{scope}");
+                    mappings
+                        .iter()
+                        .filter(|m| m.api_scopes.contains(&target))
+                        .map(|m| m.token_scope.clone())
+                        .collect()
+                })
+                .collect();
+            (server.clone(), table)
+        })
+        .collect()
+}
+
+fn transform(ctx: &mut Ctx, policies: &raw::Policies) -> Transform {
+    let Some(rt) = &policies.request_transformation else {
+        return Transform::default();
+    };
+    let mut transform = Transform::default();
+    for (name, value) in &rt.value.set_headers.0 {
+        let (Some(header), Some(template)) = (header_name(ctx, name), value_template(ctx, value))
+        else {
+            continue;
+        };
+        for spelling in spellings(&header) {
+            if !transform.strip.contains(&spelling) {
+                transform.strip.push(spelling);
+            }
+        }
+        transform.set.push((header, template));
+    }
+    for name in &rt.value.remove_headers {
+        if let Some(header) = header_name(ctx, name) {
+            for spelling in spellings(&header) {
+                if !transform.strip.contains(&spelling) {
+                    transform.strip.push(spelling);
+                }
+            }
+        }
+    }
+    transform
+}
+
+/// A header name and its `-`/`_` twins: some servers treat `X_Client_Id` as
+/// `X-Client-Id`, so a client must not be able to send either.
+fn spellings(name: &HeaderName) -> Vec<HeaderName> {
+    let text = name.as_str();
+    [
+        text.to_owned(),
+        text.replace('-', "_"),
+        text.replace('_', "-"),
+    ]
+    .iter()
+    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+    .collect()
+}
+
+fn outbound(
+    ctx: &mut Ctx,
+    policies: &raw::Policies,
+    aliases: &BTreeMap<String, Alias>,
+) -> Option<Outbound> {
+    let Some(entry) = &policies.outbound_auth else {
+        return Some(Outbound::None);
+    };
+    let raw = &entry.value;
+    if let Some(delegate) = &raw.delegate {
+        if delegate.value == "incoming_token" {
+            return Some(Outbound::Delegate);
+        }
+        ctx.report.error(
+            delegate.referenced,
+            format!("delegate `{}` is not supported", delegate.value),
+            "incoming_token",
+        );
+        return None;
+    }
+    if let Some(alias) = &raw.alias {
+        let header = match aliases.get(&alias.value) {
+            Some(Alias::Basic { username, password }) => basic_header(username, password),
+            Some(Alias::Bearer { token }) => {
+                HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .ok()
+                    .map(|mut v| {
+                        v.set_sensitive(true);
+                        v
+                    })
+            }
+            None => {
+                ctx.report.error(
+                    alias.referenced,
+                    format!("alias `{}` is not defined", alias.value),
+                    format!("one of: {}", names(aliases.keys().cloned())),
+                );
+                return None;
+            }
+        };
+        if header.is_none() {
+            ctx.report.error(
+                alias.referenced,
+                format!("alias `{}` does not make a valid header value", alias.value),
+                "printable credentials",
+            );
+        }
+        return header.map(Outbound::Header);
+    }
+    let kind = raw.kind.as_ref().map(|k| k.value.as_str());
+    match (kind, &raw.username, &raw.password) {
+        (Some("basic") | None, Some(user), Some(password)) => {
+            let secret = ctx.secret(password, "outbound_auth.password")?;
+            basic_header(&user.value.0, &secret).map(Outbound::Header)
+        }
+        _ => {
+            ctx.report.error(entry.referenced, "outbound_auth needs `alias`, { type: basic, username, password } or { delegate: incoming_token }", "alias | type: basic with username and password | delegate: incoming_token");
+            None
+        }
+    }
+}

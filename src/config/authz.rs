@@ -1,0 +1,91 @@
+//! Compiled settings of the local authorization server (`authorization_server:`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFormat {
+    Jwt,
+    Opaque,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantType {
+    AuthorizationCode,
+    Implicit,
+    Password,
+    ClientCredentials,
+    RefreshToken,
+}
+
+impl GrantType {
+    pub fn parse(text: &str) -> Option<GrantType> {
+        Some(match text {
+            "authorization_code" => GrantType::AuthorizationCode,
+            "implicit" => GrantType::Implicit,
+            "password" => GrantType::Password,
+            "client_credentials" => GrantType::ClientCredentials,
+            "refresh_token" => GrantType::RefreshToken,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::AuthorizationCode => "authorization_code",
+            GrantType::Implicit => "implicit",
+            GrantType::Password => "password",
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub name: String,
+    pub client_id: String,
+    /// `None` = public client (PKCE required).
+    pub client_secret: Option<Secret>,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<GrantType>,
+    pub scopes: Vec<String>,
+    /// `None` = never expires (opaque tokens only).
+    pub token_lifetime: Option<Duration>,
+    pub refresh_limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub username: String,
+    /// PHC string (`$argon2id$…`).
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeDef {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub issuer: String,
+    pub token_format: TokenFormat,
+    pub signing_key_path: PathBuf,
+    /// From `store: sqlite:PATH`.
+    pub store_path: PathBuf,
+    pub require_https: bool,
+    pub authorization_code_lifetime: Duration,
+    pub require_pkce: bool,
+    pub cleanup_interval: Option<Duration>,
+    pub approval_page: Option<PathBuf>,
+    /// The approval template's source, read when the snapshot was compiled.
+    pub approval_template: Option<String>,
+    pub scopes: Vec<ScopeDef>,
+    pub users: Vec<User>,
+    pub clients: Vec<Client>,
+    pub audience: Option<String>,
+}

@@ -1,0 +1,345 @@
+//! Compiling `authorization_server:` with the rules of DESIGN: unique client
+//! ids, no public client with client credentials, redirect URIs where the
+//! browser flows need them (https, or http only on loopback), no
+//! never-expiring JWTs.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::authz::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
+use super::compile::Ctx;
+use super::raw::{self, Scalar, S};
+
+pub fn compile(
+    ctx: &mut Ctx,
+    entry: &S<raw::AuthorizationServer>,
+    ports: &raw::Ports,
+) -> Option<Settings> {
+    let raw = &entry.value;
+    let token_format = match raw
+        .token_format
+        .as_ref()
+        .map(|f| (f.value.0.as_str(), f.referenced))
+    {
+        None | Some(("jwt", _)) => TokenFormat::Jwt,
+        Some(("opaque", _)) => TokenFormat::Opaque,
+        Some((other, at)) => {
+            ctx.report.error(
+                at,
+                format!("token_format `{other}` is not supported"),
+                "jwt or opaque",
+            );
+            TokenFormat::Jwt
+        }
+    };
+    let default_port = ports
+        .http
+        .as_ref()
+        .map(|p| p.value.0.clone())
+        .unwrap_or_else(|| "4485".into());
+    let issuer = ctx
+        .text(&raw.issuer)
+        .unwrap_or_else(|| format!("http://localhost:{default_port}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let signing_key = ctx
+        .text(&raw.signing_key)
+        .unwrap_or_else(|| "data/signing-key.pem".into());
+    let signing_key_path = ctx.path(&signing_key);
+    let store_path = match &raw.store {
+        None => ctx.path("data/oauth.db"),
+        Some(store) => match store.value.0.strip_prefix("sqlite:") {
+            Some(path) if !path.is_empty() => ctx.path(path),
+            _ => {
+                ctx.report.error(
+                    store.referenced,
+                    format!("store `{}` is not supported", store.value.0),
+                    "sqlite:PATH",
+                );
+                ctx.path("data/oauth.db")
+            }
+        },
+    };
+    let default_lifetime = lifetime(
+        ctx,
+        &raw.token_lifetime,
+        Some(Duration::from_secs(3600)),
+        token_format,
+    );
+    let default_refresh = refresh_limit(ctx, &raw.refresh_limit, 0);
+    let cleanup = ctx.duration(&raw.cleanup_interval, "cleanup_interval", Duration::ZERO);
+    let approval_page = raw
+        .approval_page
+        .as_ref()
+        .map(|p| (ctx.path(&p.value.0), p.referenced));
+    let approval_template = match &approval_page {
+        Some((path, at)) => {
+            ctx.files.push(path.clone());
+            match std::fs::read_to_string(path) {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    ctx.report.error(
+                        *at,
+                        format!("cannot read approval page {}: {e}", path.display()),
+                        "a readable HTML template",
+                    );
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let scopes: Vec<ScopeDef> = raw
+        .scopes
+        .iter()
+        .filter_map(|s| {
+            let name = ctx
+                .required(&s.value.name, s.referenced, "name")?
+                .value
+                .clone();
+            let description = s
+                .value
+                .description
+                .as_ref()
+                .map(|d| d.value.clone())
+                .unwrap_or_default();
+            Some(ScopeDef { name, description })
+        })
+        .collect();
+    let users = users(ctx, &raw.users);
+    let known_scopes: HashSet<&str> = scopes.iter().map(|s| s.name.as_str()).collect();
+    let mut clients = Vec::new();
+    let mut ids = HashSet::new();
+    for entry in &raw.clients {
+        if let Some(client) = client(
+            ctx,
+            entry,
+            (default_lifetime, default_refresh),
+            token_format,
+            &known_scopes,
+        ) {
+            if !ids.insert(client.client_id.clone()) {
+                let at = entry
+                    .value
+                    .client_id
+                    .as_ref()
+                    .map(|c| c.referenced)
+                    .unwrap_or(entry.referenced);
+                ctx.report.error(
+                    at,
+                    format!("client_id `{}` is defined twice", client.client_id),
+                    "unique client ids",
+                );
+                continue;
+            }
+            clients.push(client);
+        }
+    }
+    Some(Settings {
+        issuer,
+        token_format,
+        signing_key_path,
+        store_path,
+        require_https: ctx.boolean(&raw.require_https, "require_https", false),
+        authorization_code_lifetime: ctx.duration(
+            &raw.authorization_code_lifetime,
+            "authorization_code_lifetime",
+            Duration::from_secs(600),
+        ),
+        require_pkce: ctx.boolean(&raw.require_pkce, "require_pkce", false),
+        cleanup_interval: (!cleanup.is_zero()).then_some(cleanup),
+        approval_page: approval_page.map(|(p, _)| p),
+        approval_template,
+        scopes,
+        users,
+        clients,
+        audience: ctx.text(&raw.audience),
+    })
+}
+
+fn lifetime(
+    ctx: &mut Ctx,
+    value: &Option<S<Scalar>>,
+    default: Option<Duration>,
+    format: TokenFormat,
+) -> Option<Duration> {
+    let Some(v) = value else { return default };
+    if v.value.0.trim() == "-1" {
+        if format == TokenFormat::Jwt {
+            ctx.report.error(
+                v.referenced,
+                "token_lifetime -1 (never expires) with token_format jwt",
+                "a positive lifetime for JWTs, or token_format: opaque",
+            );
+        }
+        return None;
+    }
+    match super::resolve::duration(&v.value.0) {
+        Some(d) if !d.is_zero() => Some(d),
+        _ => {
+            ctx.report.error(
+                v.referenced,
+                format!("token_lifetime `{}` is not valid", v.value.0),
+                "seconds (e.g. 3600), a duration (\"1h\"), or -1 for never (opaque only)",
+            );
+            default
+        }
+    }
+}
+
+fn refresh_limit(ctx: &mut Ctx, value: &Option<S<Scalar>>, default: u32) -> u32 {
+    value
+        .as_ref()
+        .and_then(|v| {
+            ctx.number::<u32>(
+                v,
+                "refresh_limit",
+                "0 (no refresh token) or a positive number of refreshes",
+            )
+        })
+        .unwrap_or(default)
+}
+
+fn users(ctx: &mut Ctx, list: &[S<raw::User>]) -> Vec<User> {
+    let mut seen = HashSet::new();
+    list.iter()
+        .filter_map(|u| {
+            let name = ctx.required(&u.value.username, u.referenced, "username")?;
+            let hash = ctx.required(&u.value.password_hash, u.referenced, "password_hash")?;
+            if !hash.value.starts_with("$argon2") {
+                ctx.report.error(
+                    hash.referenced,
+                    "password_hash is not an argon2 PHC string",
+                    "$argon2id$v=19$m=…,t=…,p=…$salt$hash",
+                );
+                return None;
+            }
+            if !seen.insert(name.value.clone()) {
+                ctx.report.error(
+                    name.referenced,
+                    format!("user `{}` is defined twice", name.value),
+                    "unique usernames",
+                );
+                return None;
+            }
+            Some(User {
+                username: name.value.clone(),
+                password_hash: hash.value.clone(),
+            })
+        })
+        .collect()
+}
+
+fn client(
+    ctx: &mut Ctx,
+    entry: &S<raw::Client>,
+    defaults: (Option<Duration>, u32),
+    format: TokenFormat,
+    known_scopes: &HashSet<&str>,
+) -> Option<Client> {
+    let raw = &entry.value;
+    let client_id = ctx
+        .required(&raw.client_id, entry.referenced, "client_id")?
+        .value
+        .clone();
+    let client_secret = match &raw.client_secret {
+        Some(s) => Some(ctx.secret(s, "client_secret")?),
+        None => None,
+    };
+    let mut grant_types = Vec::new();
+    for g in &raw.grant_types {
+        match GrantType::parse(&g.value) {
+            Some(grant) => grant_types.push(grant),
+            None => ctx.report.error(
+                g.referenced,
+                format!("grant type `{}` is not supported", g.value),
+                "authorization_code, implicit, password, client_credentials, refresh_token",
+            ),
+        }
+    }
+    let at_grant = |grant: GrantType| {
+        raw.grant_types
+            .iter()
+            .find(|g| g.value == grant.as_str())
+            .map(|g| g.referenced)
+            .unwrap_or(entry.referenced)
+    };
+    if client_secret.is_none() && grant_types.contains(&GrantType::ClientCredentials) {
+        ctx.report.error(
+            at_grant(GrantType::ClientCredentials),
+            format!("public client `{client_id}` (no client_secret) cannot use client_credentials"),
+            "a client_secret, or no client_credentials grant",
+        );
+    }
+    let browser = [GrantType::AuthorizationCode, GrantType::Implicit];
+    if let Some(g) = browser.iter().find(|g| grant_types.contains(g)) {
+        if raw.redirect_uris.is_empty() {
+            ctx.report.error(
+                at_grant(*g),
+                format!(
+                    "client `{client_id}` uses {} without redirect_uris",
+                    g.as_str()
+                ),
+                "at least one redirect URI",
+            );
+        }
+    }
+    for uri in &raw.redirect_uris {
+        if let Some(problem) = redirect_problem(&uri.value) {
+            ctx.report.error(
+                uri.referenced,
+                format!("redirect URI `{}` {problem}", uri.value),
+                "https://…, or http:// on localhost, 127.0.0.1 or [::1]",
+            );
+        }
+    }
+    for scope in &raw.scopes {
+        if !known_scopes.is_empty() && !known_scopes.contains(scope.value.as_str()) {
+            ctx.report.error(
+                scope.referenced,
+                format!(
+                    "scope `{}` is not declared in authorization_server.scopes",
+                    scope.value
+                ),
+                format!(
+                    "one of: {}",
+                    super::compile::names(known_scopes.iter().map(|s| s.to_string()))
+                ),
+            );
+        }
+    }
+    Some(Client {
+        name: raw
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| client_id.clone()),
+        client_id,
+        client_secret,
+        redirect_uris: raw.redirect_uris.iter().map(|u| u.value.clone()).collect(),
+        grant_types,
+        scopes: raw.scopes.iter().map(|s| s.value.clone()).collect(),
+        token_lifetime: lifetime(ctx, &raw.token_lifetime, defaults.0, format),
+        refresh_limit: refresh_limit(ctx, &raw.refresh_limit, defaults.1),
+    })
+}
+
+/// RFC 9700 §4.1: exact redirect URIs; plain http only for native-app
+/// loopback redirects (RFC 8252 §7.3).
+fn redirect_problem(uri: &str) -> Option<&'static str> {
+    let parsed: http::Uri = match uri.parse() {
+        Ok(u) => u,
+        Err(_) => return Some("is not a URI"),
+    };
+    if uri.contains('#') {
+        return Some("has a fragment");
+    }
+    match parsed.scheme_str() {
+        Some("https") => None,
+        Some("http") => match parsed.host() {
+            Some("localhost" | "127.0.0.1" | "[::1]") => None,
+            _ => Some("uses http on a non-loopback host"),
+        },
+        _ => Some("is not an http(s) URI"),
+    }
+}

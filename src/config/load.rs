@@ -1,0 +1,128 @@
+//! Reading a configuration file: bounded size, depth and alias budget; the
+//! first YAML document is the configuration, further `--- !<authServerAlias>`
+//! documents (as API Gateway exports an alias) are appended to
+//! `security_settings.auth_servers`. Positions are reported in file lines.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::{budget, options, Location};
+
+use super::diagnostic::{Invalid, Report};
+use super::raw;
+
+/// Largest configuration file accepted.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Deepest YAML nesting accepted.
+pub const MAX_DEPTH: usize = 64;
+
+/// Reads and parses `path` into the raw model.
+pub fn read(path: &Path) -> Result<(raw::File, Report), Invalid> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Invalid::single(path, format!("cannot read the configuration: {e}"), ""))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(Invalid::single(
+            path,
+            format!("the file has {} bytes", meta.len()),
+            "at most 4 MiB",
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Invalid::single(
+            path,
+            format!("cannot read the configuration: {e}"),
+            "UTF-8 YAML",
+        )
+    })?;
+    parse(path, &text)
+}
+
+/// Parses configuration text; `path` names it in diagnostics.
+pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
+    let mut report = Report::new(path);
+    if text.len() as u64 > MAX_FILE_BYTES {
+        report.error(
+            Location::UNKNOWN,
+            "the document is larger than 4 MiB",
+            "at most 4 MiB",
+        );
+        return Err(Invalid {
+            findings: report.findings,
+        });
+    }
+    let mut file = raw::File::default();
+    for (index, body) in split_documents(text).iter().enumerate() {
+        if index == 0 {
+            if let Some(parsed) = parse_document::<raw::File>(body, &mut report) {
+                file = parsed;
+            }
+        } else if let Some(server) = parse_document::<raw::S<raw::AuthServer>>(body, &mut report) {
+            file.security_settings.auth_servers.push(server);
+        }
+    }
+    if report.has_errors() {
+        return Err(Invalid {
+            findings: report.findings,
+        });
+    }
+    Ok((file, report))
+}
+
+/// Splits a multi-document stream at `---` lines. Each document is padded
+/// with the empty lines before it, so every location the parser reports is
+/// already a line of the file.
+fn split_documents(text: &str) -> Vec<String> {
+    let mut documents = vec![String::new()];
+    let mut seen_content = false;
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let is_marker =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
+        if is_marker && seen_content {
+            documents.push("\n".repeat(number));
+        }
+        let content = line.trim();
+        if !content.is_empty() && !content.starts_with('#') && !is_marker {
+            seen_content = true;
+        }
+        documents
+            .last_mut()
+            .expect("documents starts with one entry")
+            .push_str(line);
+    }
+    documents
+}
+
+fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Option<T> {
+    if body
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---")
+    {
+        return None;
+    }
+    let options = options! {
+        budget: budget! {
+            max_depth: MAX_DEPTH,
+            max_aliases: 1000,
+            max_anchors: 1000,
+            max_nodes: 1_000_000,
+            max_documents: 1,
+        },
+    };
+    match serde_saphyr::from_str_with_options::<T>(body, options) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            let at = error.location().unwrap_or(Location::UNKNOWN);
+            report.error(at, first_line(&error.to_string()), "");
+            None
+        }
+    }
+}
+
+fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid YAML")
+        .trim()
+        .to_owned()
+}

@@ -1,0 +1,403 @@
+//! Serde mirror of the YAML file, with source spans on every value a later
+//! rule may point at. Unknown keys are refused here (`deny_unknown_fields`);
+//! the webMethods keys that have no effect are accepted as `Option<Ignored>`
+//! and turned into warnings by `validate`. Nothing here interprets a value.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+pub use serde_saphyr::{Location, Spanned};
+
+/// A value with the place it was written.
+pub type S<T> = Spanned<T>;
+
+/// Any scalar (string, number, boolean) kept as its text, so that durations,
+/// sizes, numbers and environment overrides are interpreted in one place.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a scalar (string, number or boolean)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// A webMethods key accepted with any value (null included) and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ignored {
+    pub is_null: bool,
+}
+
+impl<'de> Deserialize<'de> for Ignored {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Ok(Ignored {
+            is_null: value.is_null(),
+        })
+    }
+}
+
+type Opt<T> = Option<S<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct File {
+    pub ports: Ports,
+    pub tls: Option<S<Tls>>,
+    pub admin: Admin,
+    pub trusted_proxies: Vec<S<String>>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub api_gateway: Option<S<ApiGateway>>,
+    pub security_settings: SecuritySettings,
+    pub scope_mappings: Vec<S<ScopeMapping>>,
+    pub apis: Vec<S<Api>>,
+    pub authorization_server: Option<S<AuthorizationServer>>,
+    pub central: Option<S<Central>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    pub http: Opt<Scalar>,
+    pub https: Opt<Scalar>,
+    pub bind: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    pub certificate: Opt<Scalar>,
+    pub key: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub port: Opt<Scalar>,
+    pub bind: Opt<Scalar>,
+    pub user: Opt<Scalar>,
+    pub password: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_header_bytes: Opt<Scalar>,
+    pub max_headers: Opt<Scalar>,
+    pub max_uri: Opt<Scalar>,
+    pub max_body: Opt<Scalar>,
+    pub max_connections: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub header_read: Opt<Scalar>,
+    pub idle: Opt<Scalar>,
+    pub upstream_connect: Opt<Scalar>,
+    pub drain: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiGateway {
+    pub url: Opt<Scalar>,
+    pub user: Opt<Scalar>,
+    pub password: Opt<Scalar>,
+    pub dir: Option<S<Ignored>>,
+    pub download_settings: Opt<Scalar>,
+    pub download_apis: Opt<Scalar>,
+    pub apis: Vec<S<String>>,
+    pub poll_interval: Opt<Scalar>,
+    pub cache_file: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    pub auth_servers: Vec<S<AuthServer>>,
+    pub aliases: Vec<S<Alias>>,
+}
+
+/// An auth server as the webMethods API Gateway exports it (`!<authServerAlias>`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthServer {
+    pub id: Opt<String>,
+    pub name: Opt<String>,
+    pub description: Option<S<Ignored>>,
+    #[serde(rename = "type")]
+    pub kind: Opt<String>,
+    pub owner: Option<S<Ignored>>,
+    #[serde(rename = "localIntrospectionConfig")]
+    pub local_introspection: Option<S<LocalIntrospection>>,
+    #[serde(rename = "remoteIntrospectionConfig")]
+    pub remote_introspection: Option<S<RemoteIntrospection>>,
+    #[serde(rename = "authServerType")]
+    pub auth_server_type: Option<S<Ignored>>,
+    #[serde(rename = "providerName")]
+    pub provider_name: Option<S<Ignored>>,
+    #[serde(rename = "discoveryURL")]
+    pub discovery_url: Option<S<Ignored>>,
+    #[serde(rename = "dcrEndpoint")]
+    pub dcr_endpoint: Option<S<Ignored>>,
+    pub metadata: Option<S<Ignored>>,
+    pub scopes: Option<S<Ignored>>,
+    #[serde(rename = "supportedGrantTypes")]
+    pub supported_grant_types: Option<S<Ignored>>,
+    #[serde(rename = "sslConfig")]
+    pub ssl_config: Option<S<Ignored>>,
+    #[serde(rename = "tokenGeneratorConfig")]
+    pub token_generator_config: Option<S<Ignored>>,
+    #[serde(rename = "remoteISConfig")]
+    pub remote_is_config: Option<S<Ignored>>,
+}
+
+impl AuthServer {
+    /// The webMethods keys that have no effect here, with their spans.
+    pub fn ignored_keys(&self) -> Vec<(&'static str, &S<Ignored>)> {
+        [
+            ("authServerType", &self.auth_server_type),
+            ("providerName", &self.provider_name),
+            ("discoveryURL", &self.discovery_url),
+            ("dcrEndpoint", &self.dcr_endpoint),
+            ("metadata", &self.metadata),
+            ("scopes", &self.scopes),
+            ("supportedGrantTypes", &self.supported_grant_types),
+            ("sslConfig", &self.ssl_config),
+            ("tokenGeneratorConfig", &self.token_generator_config),
+            ("remoteISConfig", &self.remote_is_config),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalIntrospection {
+    pub issuer: Opt<Scalar>,
+    pub jwksuri: Opt<Scalar>,
+    pub audience: Opt<Scalar>,
+    #[serde(rename = "clockSkew")]
+    pub clock_skew: Opt<Scalar>,
+    pub accept_jwt_typ: Opt<Scalar>,
+    #[serde(rename = "trustStoreAlias")]
+    pub trust_store_alias: Option<S<Option<String>>>,
+    #[serde(rename = "certificateAlias")]
+    pub certificate_alias: Option<S<Ignored>>,
+    pub description: Option<S<Ignored>>,
+    #[serde(rename = "useLocalClockSkew")]
+    pub use_local_clock_skew: Option<S<Ignored>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteIntrospection {
+    #[serde(rename = "introspectionEndpoint")]
+    pub introspection_endpoint: Opt<Scalar>,
+    #[serde(rename = "clientId")]
+    pub client_id: Opt<Scalar>,
+    #[serde(rename = "clientSecret")]
+    pub client_secret: Opt<Scalar>,
+    pub user: Option<S<Ignored>>,
+    pub client_auth: Opt<Scalar>,
+    pub cache_ttl: Opt<Scalar>,
+    pub negative_cache_ttl: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alias {
+    pub name: Opt<String>,
+    #[serde(rename = "type")]
+    pub kind: Opt<String>,
+    pub username: Opt<Scalar>,
+    pub password: Opt<Scalar>,
+    pub token: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeMapping {
+    pub auth_server: Opt<String>,
+    pub scope: Opt<String>,
+    pub api_scopes: Vec<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    pub name: Opt<String>,
+    pub version: Opt<Scalar>,
+    pub base_path: Opt<String>,
+    pub transport: Option<S<Vec<S<String>>>>,
+    pub allow_encoded_slashes: Opt<Scalar>,
+    pub upstream: Option<S<Upstream>>,
+    pub authentication: Option<S<Authentication>>,
+    pub scopes: Vec<S<ApiScope>>,
+    pub resources: Vec<S<String>>,
+    pub policies: Policies,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    pub url: Opt<Scalar>,
+    pub echo: Opt<Scalar>,
+    pub timeout: Opt<Scalar>,
+    pub ca_bundle: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Authentication {
+    #[serde(rename = "type")]
+    pub kind: Opt<String>,
+    pub auth_server: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiScope {
+    pub name: Opt<String>,
+    pub resources: Vec<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policies {
+    pub request_transformation: Option<S<RequestTransformation>>,
+    pub outbound_auth: Option<S<OutboundAuth>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestTransformation {
+    /// Kept as a list of pairs so the order of the file is the order applied.
+    pub set_headers: Pairs,
+    pub remove_headers: Vec<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundAuth {
+    pub alias: Opt<String>,
+    #[serde(rename = "type")]
+    pub kind: Opt<String>,
+    pub username: Opt<Scalar>,
+    pub password: Opt<Scalar>,
+    pub delegate: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationServer {
+    pub issuer: Opt<Scalar>,
+    pub token_format: Opt<Scalar>,
+    pub signing_key: Opt<Scalar>,
+    pub store: Opt<Scalar>,
+    pub require_https: Opt<Scalar>,
+    pub authorization_code_lifetime: Opt<Scalar>,
+    pub require_pkce: Opt<Scalar>,
+    pub token_lifetime: Opt<Scalar>,
+    pub refresh_limit: Opt<Scalar>,
+    pub cleanup_interval: Opt<Scalar>,
+    pub approval_page: Opt<Scalar>,
+    pub audience: Opt<Scalar>,
+    pub scopes: Vec<S<ScopeDef>>,
+    pub users: Vec<S<User>>,
+    pub clients: Vec<S<Client>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeDef {
+    pub name: Opt<String>,
+    pub description: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct User {
+    pub username: Opt<String>,
+    pub password_hash: Opt<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Client {
+    pub name: Opt<String>,
+    pub client_id: Opt<String>,
+    pub client_secret: Opt<Scalar>,
+    pub redirect_uris: Vec<S<String>>,
+    pub grant_types: Vec<S<String>>,
+    pub scopes: Vec<S<String>>,
+    pub token_lifetime: Opt<Scalar>,
+    pub refresh_limit: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Central {
+    pub users: Vec<S<CentralUser>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CentralUser {
+    pub user: Opt<String>,
+    pub password: Opt<Scalar>,
+}
+
+/// A mapping read as its pairs in file order (header name → value template).
+#[derive(Debug, Default)]
+pub struct Pairs(pub Vec<(S<String>, S<Scalar>)>);
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PairsVisitor;
+        impl<'de> Visitor<'de> for PairsVisitor {
+            type Value = Pairs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of header names to values")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Pairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(Pairs(pairs))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Pairs, E> {
+                Ok(Pairs(Vec::new()))
+            }
+        }
+        deserializer.deserialize_map(PairsVisitor)
+    }
+}

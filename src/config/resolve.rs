@@ -1,0 +1,305 @@
+//! Interpreting scalars: durations, sizes, numbers, booleans, secrets
+//! (`{encoded}`, `${env:}`, `${file:}`), paths relative to the configuration
+//! file, and `MCGW_` environment overrides. Pure: the environment comes in as
+//! a map, files are read through the caller's base directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+
+use super::raw::{self, Location, Scalar, S};
+use super::Secret;
+
+/// The process environment as seen by one load (never read here directly).
+pub type Env = BTreeMap<String, String>;
+
+/// Parses `30s`, `5m`, `1h`, `250ms`, `2d` or integer seconds.
+pub fn duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(number)),
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
+/// Parses `32KiB`, `10MiB`, `1GiB`, `512B`, `64KB` or integer bytes.
+pub fn size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(bytes) = text.parse::<u64>() {
+        return Some(bytes);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+pub fn boolean(text: &str) -> Option<bool> {
+    match text.trim() {
+        "true" | "True" | "TRUE" => Some(true),
+        "false" | "False" | "FALSE" => Some(false),
+        _ => None,
+    }
+}
+
+/// Why a secret could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretProblem {
+    #[error("the secret is masked (****); supply the real value")]
+    Masked,
+    #[error("{{encoded}} value is not valid base64 of UTF-8 text")]
+    BadEncoding,
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    #[error("cannot read secret file {0}: {1}")]
+    Unreadable(String, String),
+    #[error("the secret is empty")]
+    Empty,
+}
+
+/// Resolves a secret written as `{encoded}BASE64`, `${env:NAME}`,
+/// `${file:/path}` or in clear. Returns the file it read, if any.
+pub fn secret(
+    text: &str,
+    env: &Env,
+    base: &Path,
+) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+    if text.starts_with("****") {
+        return Err(SecretProblem::Masked);
+    }
+    if let Some(encoded) = text.strip_prefix("{encoded}") {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| SecretProblem::BadEncoding)?;
+        let clear = String::from_utf8(bytes).map_err(|_| SecretProblem::BadEncoding)?;
+        return Ok((Secret::new(clear), None));
+    }
+    if let Some(name) = text
+        .strip_prefix("${env:")
+        .and_then(|t| t.strip_suffix('}'))
+    {
+        let value = env
+            .get(name)
+            .ok_or_else(|| SecretProblem::MissingEnv(name.to_owned()))?;
+        return Ok((Secret::new(value.clone()), None));
+    }
+    if let Some(file) = text
+        .strip_prefix("${file:")
+        .and_then(|t| t.strip_suffix('}'))
+    {
+        let path = relative(base, file);
+        let value = std::fs::read_to_string(&path)
+            .map_err(|e| SecretProblem::Unreadable(path.display().to_string(), e.to_string()))?;
+        let value = value.trim_end_matches(['\n', '\r']).to_owned();
+        return Ok((Secret::new(value), Some(path)));
+    }
+    if text.is_empty() {
+        return Err(SecretProblem::Empty);
+    }
+    Ok((Secret::new(text), None))
+}
+
+/// A path as written, relative to the configuration file's directory.
+pub fn relative(base: &Path, written: &str) -> PathBuf {
+    let path = Path::new(written);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+type Slot = fn(&mut raw::File) -> &mut Option<S<Scalar>>;
+
+fn section<T: Default>(slot: &mut Option<S<T>>) -> &mut T {
+    &mut slot
+        .get_or_insert_with(|| S::new(T::default(), Location::UNKNOWN, Location::UNKNOWN))
+        .value
+}
+
+/// The scalar settings an `MCGW_` variable may override, by YAML path
+/// joined with `_`.
+const OVERRIDES: &[(&str, Slot)] = &[
+    ("ports_http", |f| &mut f.ports.http),
+    ("ports_https", |f| &mut f.ports.https),
+    ("ports_bind", |f| &mut f.ports.bind),
+    ("tls_certificate", |f| &mut section(&mut f.tls).certificate),
+    ("tls_key", |f| &mut section(&mut f.tls).key),
+    ("admin_port", |f| &mut f.admin.port),
+    ("admin_bind", |f| &mut f.admin.bind),
+    ("admin_user", |f| &mut f.admin.user),
+    ("admin_password", |f| &mut f.admin.password),
+    ("limits_max_header_bytes", |f| {
+        &mut f.limits.max_header_bytes
+    }),
+    ("limits_max_headers", |f| &mut f.limits.max_headers),
+    ("limits_max_uri", |f| &mut f.limits.max_uri),
+    ("limits_max_body", |f| &mut f.limits.max_body),
+    ("limits_max_connections", |f| &mut f.limits.max_connections),
+    ("timeouts_header_read", |f| &mut f.timeouts.header_read),
+    ("timeouts_idle", |f| &mut f.timeouts.idle),
+    ("timeouts_upstream_connect", |f| {
+        &mut f.timeouts.upstream_connect
+    }),
+    ("timeouts_drain", |f| &mut f.timeouts.drain),
+    ("api_gateway_url", |f| &mut section(&mut f.api_gateway).url),
+    ("api_gateway_user", |f| {
+        &mut section(&mut f.api_gateway).user
+    }),
+    ("api_gateway_password", |f| {
+        &mut section(&mut f.api_gateway).password
+    }),
+    ("api_gateway_download_settings", |f| {
+        &mut section(&mut f.api_gateway).download_settings
+    }),
+    ("api_gateway_download_apis", |f| {
+        &mut section(&mut f.api_gateway).download_apis
+    }),
+    ("api_gateway_poll_interval", |f| {
+        &mut section(&mut f.api_gateway).poll_interval
+    }),
+    ("api_gateway_cache_file", |f| {
+        &mut section(&mut f.api_gateway).cache_file
+    }),
+    ("authorization_server_issuer", |f| {
+        &mut section(&mut f.authorization_server).issuer
+    }),
+    ("authorization_server_token_format", |f| {
+        &mut section(&mut f.authorization_server).token_format
+    }),
+    ("authorization_server_signing_key", |f| {
+        &mut section(&mut f.authorization_server).signing_key
+    }),
+    ("authorization_server_store", |f| {
+        &mut section(&mut f.authorization_server).store
+    }),
+    ("authorization_server_require_https", |f| {
+        &mut section(&mut f.authorization_server).require_https
+    }),
+    ("authorization_server_require_pkce", |f| {
+        &mut section(&mut f.authorization_server).require_pkce
+    }),
+    ("authorization_server_token_lifetime", |f| {
+        &mut section(&mut f.authorization_server).token_lifetime
+    }),
+    ("authorization_server_refresh_limit", |f| {
+        &mut section(&mut f.authorization_server).refresh_limit
+    }),
+    ("authorization_server_cleanup_interval", |f| {
+        &mut section(&mut f.authorization_server).cleanup_interval
+    }),
+    ("authorization_server_authorization_code_lifetime", |f| {
+        &mut section(&mut f.authorization_server).authorization_code_lifetime
+    }),
+    ("authorization_server_approval_page", |f| {
+        &mut section(&mut f.authorization_server).approval_page
+    }),
+];
+
+/// Applies `MCGW_`/`mcgw_` variables to the raw model. Returns the names of
+/// variables that match no setting (reported as warnings).
+pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Vec<String> {
+    let mut unknown = Vec::new();
+    for (name, value) in env {
+        let Some(key) = name
+            .strip_prefix("MCGW_")
+            .or_else(|| name.strip_prefix("mcgw_"))
+        else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        match OVERRIDES.iter().find(|(path, _)| *path == key) {
+            Some((_, slot)) => {
+                *slot(file) = Some(S::new(
+                    Scalar(value.clone()),
+                    Location::UNKNOWN,
+                    Location::UNKNOWN,
+                ));
+            }
+            None => unknown.push(name.clone()),
+        }
+    }
+    unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(duration("5 parsecs"), None);
+        assert_eq!(duration("s"), None);
+        assert_eq!(size("32KiB"), Some(32 * 1024));
+        assert_eq!(size("10MiB"), Some(10 * 1024 * 1024));
+        assert_eq!(size("100"), Some(100));
+        assert_eq!(size("lots"), None);
+    }
+
+    #[test]
+    fn secrets_in_every_form() {
+        let mut env = Env::new();
+        env.insert("PW".into(), "from-env".into());
+        let base = Path::new("/nonexistent");
+        assert_eq!(
+            secret("{encoded}bWFuYWdl", &env, base).unwrap().0.expose(),
+            "manage"
+        );
+        assert_eq!(
+            secret("${env:PW}", &env, base).unwrap().0.expose(),
+            "from-env"
+        );
+        assert_eq!(
+            secret("${env:NOPE}", &env, base),
+            Err(SecretProblem::MissingEnv("NOPE".into()))
+        );
+        assert_eq!(secret("****", &env, base), Err(SecretProblem::Masked));
+        assert!(matches!(
+            secret("${file:missing}", &env, base),
+            Err(SecretProblem::Unreadable(..))
+        ));
+    }
+
+    #[test]
+    fn overrides_match_paths_case_insensitively() {
+        let mut file = raw::File::default();
+        let mut env = Env::new();
+        env.insert("MCGW_API_GATEWAY_POLL_INTERVAL".into(), "10s".into());
+        env.insert("mcgw_ports_http".into(), "8080".into());
+        env.insert("MCGW_NOPE".into(), "x".into());
+        env.insert("PATH".into(), "/bin".into());
+        let unknown = apply_overrides(&mut file, &env);
+        assert_eq!(unknown, ["MCGW_NOPE"]);
+        assert_eq!(file.ports.http.unwrap().value.0, "8080");
+        let gateway = file.api_gateway.unwrap().value;
+        assert_eq!(gateway.poll_interval.unwrap().value.0, "10s");
+    }
+}

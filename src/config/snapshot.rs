@@ -1,0 +1,267 @@
+//! The compiled, immutable configuration a request reads. Everything that
+//! depends only on the configuration (route tables, header names, templates,
+//! scope grants, credentials) is computed once, here, never per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+
+use super::authz;
+use super::Secret;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Number of this snapshot: 1 for the first, +1 on every applied reload.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    /// The configuration file this snapshot came from.
+    pub source: PathBuf,
+    /// Every file the configuration names (watched for changes).
+    pub files: Vec<PathBuf>,
+    pub listen: Listen,
+    pub tls: Option<TlsMaterial>,
+    pub admin: Admin,
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub auth_servers: BTreeMap<Arc<str>, Arc<AuthServer>>,
+    pub aliases: BTreeMap<String, Alias>,
+    pub scope_mappings: Vec<ScopeMapping>,
+    /// APIs by descending base-path length (the longest prefix wins).
+    pub apis: Vec<Arc<Api>>,
+    pub authorization_server: Option<Arc<authz::Settings>>,
+    pub central: Option<Central>,
+    pub api_gateway: Option<ApiGateway>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsMaterial {
+    pub certificate_path: PathBuf,
+    pub key_path: PathBuf,
+    pub certificate_pem: Vec<u8>,
+    pub key_pem: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Basic credentials for `/rest/*`; `None` = reads open, mutations off.
+    pub credentials: Option<(String, Secret)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri: usize,
+    pub max_body: u64,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub upstream_connect: Duration,
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthServer {
+    pub id: Arc<str>,
+    pub name: String,
+    pub local: Option<LocalIntrospection>,
+    pub remote: Option<RemoteIntrospection>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalIntrospection {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub audience: Option<String>,
+    pub clock_skew: Duration,
+    pub accept_jwt_typ: bool,
+    /// PEM CA bundle for fetching the JWKS (`trustStoreAlias` as a path).
+    pub trust_store: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Basic,
+    Post,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteIntrospection {
+    pub endpoint: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub client_auth: ClientAuth,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alias {
+    Basic { username: String, password: Secret },
+    Bearer { token: Secret },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeMapping {
+    pub auth_server: Arc<str>,
+    pub token_scope: String,
+    /// `API name:API scope` strings, as written.
+    pub api_scopes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Api {
+    pub name: String,
+    pub version: String,
+    /// Canonical base path without a trailing slash (`/travels`).
+    pub base_path: String,
+    pub base_segments: usize,
+    pub transport: Transport,
+    pub allow_encoded_slashes: bool,
+    pub upstream: Upstream,
+    pub authentication: Authentication,
+    pub api_scopes: Vec<String>,
+    pub resources: Vec<Resource>,
+    /// For each auth server, for each API scope (by index), the token scopes
+    /// that grant it (through `scope_mappings`, or literally).
+    pub grants: HashMap<Arc<str>, Vec<Vec<String>>>,
+    pub transform: Transform,
+    pub outbound: Outbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    pub http: bool,
+    pub https: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// Answers with the request as an upstream would receive it.
+    Echo,
+    Url {
+        scheme: http::uri::Scheme,
+        authority: http::uri::Authority,
+        /// Path prefix without a trailing slash (`/api`, or empty).
+        path: String,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authentication {
+    None,
+    OAuth2 { auth_server: Arc<str> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub method: Method,
+    pub template: Template,
+    /// Indexes into `Api::api_scopes`; empty = any valid token.
+    pub api_scopes: Vec<usize>,
+}
+
+/// A path template relative to the base path: `/bookings/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub text: String,
+    pub segments: Vec<Segment>,
+}
+
+/// Match precedence per segment: a literal beats a parameter, which beats
+/// the tail (the order of the variants is the order of preference).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+    Tail(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Transform {
+    /// Headers set from templates, in file order.
+    pub set: Vec<(HeaderName, ValueTemplate)>,
+    /// Incoming headers removed first: the `remove_headers`, and the names
+    /// of `set` in every `-`/`_` spelling (so a client cannot spoof them).
+    pub strip: Vec<HeaderName>,
+}
+
+/// Literal text and `${…}` variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueTemplate {
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    Var(Variable),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Variable {
+    ClientId,
+    UserName,
+    Issuer,
+    Audience,
+    Scope,
+    Claim(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// The incoming `Authorization` header is removed.
+    None,
+    /// This `Authorization` header is sent instead.
+    Header(HeaderValue),
+    /// The incoming `Authorization` header is passed on.
+    Delegate,
+}
+
+#[derive(Debug, Clone)]
+pub struct Central {
+    pub users: Vec<(String, Secret)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiGateway {
+    pub url: String,
+    pub user: String,
+    pub password: Secret,
+    pub download_settings: bool,
+    pub download_apis: bool,
+    pub apis: Vec<String>,
+    pub poll_interval: Duration,
+    pub cache_file: PathBuf,
+}
+
+impl Snapshot {
+    /// The API with the longest base path that is a segment-boundary prefix
+    /// of `path`.
+    pub fn api_for(&self, path: &str) -> Option<&Arc<Api>> {
+        self.apis.iter().find(|api| {
+            api.base_path.is_empty()
+                || path
+                    .strip_prefix(api.base_path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! Parsing the two kinds of templates of the configuration: resource
+//! templates (`GET /bookings/{id}`) and header value templates
+//! (`tenant-${request.authorization.claims.tenant}`).
+
+use http::Method;
+
+use super::snapshot::{Part, Segment, Template, ValueTemplate, Variable};
+
+pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|claims.NAME} (or ${request.oauth2Token.clientId|owner})";
+
+pub const RESOURCE_ALLOWED: &str =
+    "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
+
+/// Parses `${…}` variables out of a header value template.
+pub fn parse(text: &str) -> Result<ValueTemplate, String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(Part::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`{text}` has an unclosed ${{"))?;
+        parts.push(Part::Var(variable(&after[..end])?));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_owned()));
+    }
+    Ok(ValueTemplate { parts })
+}
+
+fn variable(name: &str) -> Result<Variable, String> {
+    let field = name
+        .strip_prefix("request.authorization.")
+        .or_else(|| name.strip_prefix("request.oauth2Token."))
+        .ok_or_else(|| format!("unknown variable `${{{name}}}`"))?;
+    Ok(match field {
+        "clientId" => Variable::ClientId,
+        "userName" | "owner" => Variable::UserName,
+        "issuer" => Variable::Issuer,
+        "audience" => Variable::Audience,
+        "scope" => Variable::Scope,
+        _ => match field.strip_prefix("claims.") {
+            Some(claim) if !claim.is_empty() => Variable::Claim(claim.to_owned()),
+            _ => return Err(format!("unknown variable `${{{name}}}`")),
+        },
+    })
+}
+
+/// Parses `METHOD /path/{param}/{tail*}`.
+pub fn resource(text: &str) -> Result<(Method, Template), String> {
+    let (method, path) = text
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| format!("resource `{text}` is not \"METHOD /path\""))?;
+    let method = super::compile::method(method)
+        .ok_or_else(|| format!("resource `{text}`: `{method}` is not a supported method"))?;
+    Ok((method, path_template(path.trim())?))
+}
+
+pub fn path_template(path: &str) -> Result<Template, String> {
+    let Some(relative) = path.strip_prefix('/') else {
+        return Err(format!("path `{path}` does not start with /"));
+    };
+    let mut segments = Vec::new();
+    if !relative.is_empty() {
+        let parts: Vec<&str> = relative.split('/').collect();
+        for (index, part) in parts.iter().enumerate() {
+            segments.push(segment(part, index + 1 == parts.len(), path)?);
+        }
+    }
+    Ok(Template {
+        text: path.to_owned(),
+        segments,
+    })
+}
+
+fn segment(part: &str, last: bool, path: &str) -> Result<Segment, String> {
+    if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+        let (name, tail) = match inner.strip_suffix('*') {
+            Some(name) => (name, true),
+            None => (inner, false),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "path `{path}`: parameter `{part}` needs a name of letters, digits or _"
+            ));
+        }
+        if tail && !last {
+            return Err(format!("path `{path}`: `{part}` must be the last segment"));
+        }
+        return Ok(if tail {
+            Segment::Tail(name.to_owned())
+        } else {
+            Segment::Param(name.to_owned())
+        });
+    }
+    if part == "." || part == ".." {
+        return Err(format!("path `{path}` has a dot segment"));
+    }
+    let valid = part
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@%".contains(&b));
+    if !valid || part.contains('{') || part.contains('}') {
+        return Err(format!(
+            "path `{path}`: segment `{part}` has characters a path cannot hold"
+        ));
+    }
+    Ok(Segment::Literal(part.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_templates_mix_text_and_variables() {
+        let t = parse("id-${request.authorization.clientId}/${request.oauth2Token.owner}").unwrap();
+        assert_eq!(
+            t.parts,
+            vec![
+                Part::Text("id-".into()),
+                Part::Var(Variable::ClientId),
+                Part::Text("/".into()),
+                Part::Var(Variable::UserName)
+            ]
+        );
+        assert!(parse("${request.authorization.nope}").is_err());
+        assert!(parse("${request.authorization.clientId").is_err());
+    }
+
+    #[test]
+    fn resource_templates() {
+        let (m, t) = resource("GET /bookings/{id}").unwrap();
+        assert_eq!(m, Method::GET);
+        assert_eq!(
+            t.segments,
+            vec![
+                Segment::Literal("bookings".into()),
+                Segment::Param("id".into())
+            ]
+        );
+        assert!(resource("GET /a/{rest*}/b").is_err());
+        assert!(resource("FETCH /a").is_err());
+        assert!(resource("GET a").is_err());
+        assert!(resource("GET /a/{}").is_err());
+        assert!(resource("GET /a/../b").is_err());
+    }
+
+    #[test]
+    fn literal_beats_param_beats_tail() {
+        assert!(Segment::Literal("x".into()) < Segment::Param("x".into()));
+        assert!(Segment::Param("x".into()) < Segment::Tail("x".into()));
+    }
+}

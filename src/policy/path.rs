@@ -1,0 +1,196 @@
+//! Canonicalising a request path, once: percent-decoding of unreserved
+//! characters (RFC 3986 §6.2.2.2), upper-case hex, dot-segment removal
+//! (§5.2.4), and refusal of what could make the matcher and the upstream
+//! disagree. The canonical path is the one matched and the one forwarded.
+
+/// A canonical path and what the rest of the pipeline must still check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    pub path: String,
+    /// `%2F` or `%5C` is present (allowed only where the API says so).
+    pub encoded_slash: bool,
+    /// The fewest segments the path had while `..` were applied; a request
+    /// whose dot segments climbed above an API's base path is refused.
+    pub min_depth: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathProblem {
+    #[error("path does not start with /")]
+    NotOriginForm,
+    #[error("path has a control byte or encoded NUL/control")]
+    ControlByte,
+    #[error("path has a ; parameter")]
+    PathParameter,
+    #[error("path is percent-encoded twice")]
+    DoubleEncoding,
+    #[error("path has a malformed percent-encoding")]
+    BadEncoding,
+    #[error("path climbs above the root")]
+    AboveRoot,
+    #[error("path has a backslash")]
+    Backslash,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Canonicalises the path part of a request target (no query).
+pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathProblem> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathProblem::NotOriginForm);
+    }
+    let mut decoded = String::with_capacity(raw.len());
+    let mut encoded_slash = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            0..=0x1f | 0x7f => return Err(PathProblem::ControlByte),
+            b';' => return Err(PathProblem::PathParameter),
+            b'\\' => return Err(PathProblem::Backslash),
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathProblem::BadEncoding);
+                };
+                let value = hi * 16 + lo;
+                match value {
+                    0..=0x1f | 0x7f => return Err(PathProblem::ControlByte),
+                    b'%' => {
+                        // `%25` followed by hex digits decodes to another
+                        // escape: a second decoder upstream would see it.
+                        let next_is_hex = bytes.get(i + 3).copied().and_then(hex).is_some()
+                            && bytes.get(i + 4).copied().and_then(hex).is_some();
+                        if next_is_hex {
+                            return Err(PathProblem::DoubleEncoding);
+                        }
+                        decoded.push_str("%25");
+                    }
+                    b'/' | b'\\' => {
+                        encoded_slash = true;
+                        decoded.push_str(if value == b'/' { "%2F" } else { "%5C" });
+                    }
+                    v if unreserved(v) => decoded.push(v as char),
+                    v => {
+                        decoded.push('%');
+                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
+                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v & 15)]));
+                    }
+                }
+                i += 3;
+            }
+            _ => {
+                decoded.push(b as char);
+                i += 1;
+            }
+        }
+    }
+    let (path, min_depth) = remove_dot_segments(&decoded)?;
+    Ok(CanonicalPath {
+        path,
+        encoded_slash,
+        min_depth,
+    })
+}
+
+fn remove_dot_segments(path: &str) -> Result<(String, Option<usize>), PathProblem> {
+    let mut out: Vec<&str> = Vec::new();
+    let mut min_depth = None;
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    let last = parts.len() - 1;
+    for (index, segment) in parts.iter().enumerate() {
+        match *segment {
+            "." => {
+                if index == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathProblem::AboveRoot);
+                }
+                min_depth = Some(min_depth.map_or(out.len(), |d: usize| d.min(out.len())));
+                if index == last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    let mut canonical = String::with_capacity(path.len());
+    for segment in &out {
+        canonical.push('/');
+        canonical.push_str(segment);
+    }
+    if canonical.is_empty() {
+        canonical.push('/');
+    }
+    Ok((canonical, min_depth))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(p: &str) -> Result<String, PathProblem> {
+        canonicalize(p).map(|c| c.path)
+    }
+
+    #[test]
+    fn decodes_unreserved_and_keeps_the_rest_encoded() {
+        assert_eq!(canon("/a/%62%6f%6F%6Bings").unwrap(), "/a/bookings");
+        assert_eq!(
+            canon("/gateway/Time%20travels/1.0").unwrap(),
+            "/gateway/Time%20travels/1.0"
+        );
+        assert_eq!(canon("/x%3a").unwrap(), "/x%3A");
+    }
+
+    #[test]
+    fn refuses_what_upstreams_read_differently() {
+        assert_eq!(canon("/a;jsessionid=1"), Err(PathProblem::PathParameter));
+        assert_eq!(canon("/a%00"), Err(PathProblem::ControlByte));
+        assert_eq!(canon("/a%0a"), Err(PathProblem::ControlByte));
+        assert_eq!(canon("/a%252F"), Err(PathProblem::DoubleEncoding));
+        assert_eq!(canon("/a%zz"), Err(PathProblem::BadEncoding));
+        assert_eq!(canon("/a%2"), Err(PathProblem::BadEncoding));
+        assert_eq!(canon("/../etc"), Err(PathProblem::AboveRoot));
+        assert_eq!(canon("/a/%2e%2e/%2e%2e/b"), Err(PathProblem::AboveRoot));
+        assert_eq!(canon("a"), Err(PathProblem::NotOriginForm));
+        assert_eq!(canon("/a\\b"), Err(PathProblem::Backslash));
+    }
+
+    #[test]
+    fn flags_encoded_slashes() {
+        let c = canonicalize("/a%2Fb").unwrap();
+        assert!(c.encoded_slash);
+        assert_eq!(c.path, "/a%2Fb");
+        assert!(canonicalize("/a%5cb").unwrap().encoded_slash);
+    }
+
+    #[test]
+    fn removes_dot_segments_and_tracks_depth() {
+        let c = canonicalize("/travels/x/../bookings/./7").unwrap();
+        assert_eq!(c.path, "/travels/bookings/7");
+        assert_eq!(c.min_depth, Some(1));
+        let c = canonicalize("/travels/../admin").unwrap();
+        assert_eq!(c.path, "/admin");
+        assert_eq!(c.min_depth, Some(0));
+        assert_eq!(canonicalize("/a/b").unwrap().min_depth, None);
+        assert_eq!(canon("/a/.").unwrap(), "/a/");
+    }
+}

@@ -1,0 +1,138 @@
+//! Choosing the API (longest base path on a segment boundary) and the
+//! resource (method + template, most specific first) for a canonical path.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use super::path::CanonicalPath;
+use crate::config::snapshot::{Api, Resource, Segment};
+use crate::config::Snapshot;
+
+/// What a request matched: the API, its resource, and the path below the
+/// base path (the part forwarded to the upstream).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub api: Arc<Api>,
+    pub resource: usize,
+    pub rest: String,
+}
+
+impl Route {
+    pub fn resource(&self) -> &Resource {
+        &self.api.resources[self.resource]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteProblem {
+    #[error("no API has a base path for this path")]
+    NoApi,
+    #[error("no resource of API {api} matches this path")]
+    NoResource { api: String },
+    #[error("the resource does not allow this method")]
+    MethodNotAllowed { api: String, allow: Vec<Method> },
+    #[error("encoded slash in the path of API {api}, which does not allow them")]
+    EncodedSlash { api: String },
+    #[error("dot segments climb above the base path of API {api}")]
+    AboveBasePath { api: String },
+}
+
+/// Matches a canonical path against the snapshot's APIs.
+pub fn route(
+    snapshot: &Snapshot,
+    method: &Method,
+    path: &CanonicalPath,
+) -> Result<Route, RouteProblem> {
+    let api = snapshot.api_for(&path.path).ok_or(RouteProblem::NoApi)?;
+    if path.encoded_slash && !api.allow_encoded_slashes {
+        return Err(RouteProblem::EncodedSlash {
+            api: api.name.clone(),
+        });
+    }
+    if path
+        .min_depth
+        .is_some_and(|depth| depth < api.base_segments)
+    {
+        return Err(RouteProblem::AboveBasePath {
+            api: api.name.clone(),
+        });
+    }
+    let rest = &path.path[api.base_path.len()..];
+    let segments: Vec<&str> = match rest.strip_prefix('/') {
+        Some(r) if !r.is_empty() || rest.len() > 1 => r.split('/').collect(),
+        _ => Vec::new(),
+    };
+    let resource = select(api, method, &segments).or_else(|| {
+        // RFC 9110 §9.3.2: HEAD is allowed wherever GET is.
+        (method == Method::HEAD)
+            .then(|| select(api, &Method::GET, &segments))
+            .flatten()
+    });
+    match resource {
+        Some(index) => Ok(Route {
+            api: api.clone(),
+            resource: index,
+            rest: rest.to_owned(),
+        }),
+        None => {
+            let mut allow: Vec<Method> = api
+                .resources
+                .iter()
+                .filter(|r| matches(&r.template.segments, &segments))
+                .map(|r| r.method.clone())
+                .collect();
+            allow.dedup();
+            if allow.is_empty() {
+                Err(RouteProblem::NoResource {
+                    api: api.name.clone(),
+                })
+            } else {
+                Err(RouteProblem::MethodNotAllowed {
+                    api: api.name.clone(),
+                    allow,
+                })
+            }
+        }
+    }
+}
+
+/// The most specific resource with this method matching the segments:
+/// compared segment by segment, a literal beats `{param}` beats `{tail*}`.
+fn select(api: &Api, method: &Method, segments: &[&str]) -> Option<usize> {
+    api.resources
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.method == *method && matches(&r.template.segments, segments))
+        .min_by(|(_, a), (_, b)| {
+            let rank = |s: &Segment| match s {
+                Segment::Literal(_) => 0,
+                Segment::Param(_) => 1,
+                Segment::Tail(_) => 2,
+            };
+            let a_ranks = a.template.segments.iter().map(rank);
+            let b_ranks = b.template.segments.iter().map(rank);
+            a_ranks.cmp(b_ranks)
+        })
+        .map(|(index, _)| index)
+}
+
+fn matches(template: &[Segment], segments: &[&str]) -> bool {
+    let mut i = 0;
+    for (position, part) in template.iter().enumerate() {
+        match part {
+            Segment::Tail(_) => return segments.len() > position,
+            Segment::Literal(text) => {
+                if segments.get(i) != Some(&text.as_str()) {
+                    return false;
+                }
+            }
+            Segment::Param(_) => match segments.get(i) {
+                Some(value) if !value.is_empty() => {}
+                _ => return false,
+            },
+        }
+        i += 1;
+    }
+    i == segments.len()
+}

@@ -1,0 +1,141 @@
+//! Connection-level headers between client and upstream: hop-by-hop headers
+//! dropped (RFC 9110 §7.6.1, including those named in `Connection`), and
+//! `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) set from the
+//! connection — client-sent values kept only from trusted proxies.
+
+use std::net::SocketAddr;
+
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+
+/// Method-override headers: never honoured, never passed on.
+static OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [&CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
+        headers.remove(name);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Removes method-override headers from a request.
+pub fn strip_method_overrides(headers: &mut HeaderMap) {
+    for name in &OVERRIDES {
+        headers.remove(name);
+    }
+}
+
+/// Sets the forwarding headers for a request from `peer`.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
+    let from_trusted = trusted.iter().any(|net| net.contains(&peer.ip()));
+    let proto = if tls { "https" } else { "http" };
+    let host = headers.get(HOST).cloned();
+    let client = peer.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if from_trusted => format!("{prior}, {client}"),
+        _ => client.clone(),
+    };
+    let node = match peer.ip() {
+        std::net::IpAddr::V6(_) => format!("\"[{client}]\""),
+        std::net::IpAddr::V4(_) => client,
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(&format!(";host=\"{}\"", host.replace('"', "")));
+    }
+    if from_trusted {
+        if let Some(prior) = headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
+            forwarded = format!("{prior}, {forwarded}");
+        }
+    } else {
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED, value);
+    }
+    if !from_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+    }
+    if !from_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(TE).is_none());
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn client_values_replaced_unless_trusted() {
+        let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(HOST, HeaderValue::from_static("gw.example"));
+        set_forwarded(&mut h, peer, false, &[]);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "gw.example");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        set_forwarded(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

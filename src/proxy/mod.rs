@@ -1,0 +1,34 @@
+//! The data path: `serve` runs the phases of a request in order (match →
+//! authenticate → authorize → transform → outbound auth → forward);
+//! `reject` decides what a refused client is told; `forward` talks to the
+//! upstream.
+
+pub mod forward;
+pub mod forwarded;
+pub mod outbound;
+pub mod reject;
+pub mod serve;
+pub mod transform;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+
+pub use forward::Upstreams;
+pub use reject::Rejection;
+pub use serve::{serve, Connection, Runtime};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response the gateway hands on.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}

@@ -1,0 +1,219 @@
+//! The one place that decides what a client is told when a request is not
+//! forwarded: status, `WWW-Authenticate` (RFC 6750 §3) and a JSON body.
+//! One exhaustive match; causes go to logs and metric labels, never a token.
+
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Method, Response, StatusCode};
+
+use super::{full, Body};
+use crate::auth::TokenProblem;
+use crate::policy::{PathProblem, RouteProblem};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("bad request: {0}")]
+    BadPath(PathProblem),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("{0}")]
+    NoRoute(RouteProblem),
+    #[error("request target longer than the limit")]
+    UriTooLong,
+    #[error("body larger than the limit")]
+    PayloadTooLarge,
+    #[error("no bearer token")]
+    MissingToken { realm: String },
+    #[error("invalid request: {why}")]
+    InvalidRequest { realm: String, why: &'static str },
+    #[error("invalid token: {problem}")]
+    InvalidToken {
+        realm: String,
+        problem: TokenProblem,
+    },
+    #[error("insufficient scope")]
+    InsufficientScope {
+        realm: String,
+        would_grant: Vec<String>,
+    },
+    #[error("auth server {auth_server} unavailable: {cause}")]
+    AuthUnavailable { auth_server: String, cause: String },
+    #[error("upstream unreachable: {0}")]
+    BadGateway(String),
+    #[error("upstream did not answer in time")]
+    GatewayTimeout,
+}
+
+impl Rejection {
+    /// Label for `auth_decisions_total{result}` when this is an auth outcome.
+    pub fn auth_result(&self) -> Option<&'static str> {
+        match self {
+            Rejection::MissingToken { .. } => Some("missing_token"),
+            Rejection::InvalidRequest { .. } => Some("invalid_request"),
+            Rejection::InvalidToken { .. } => Some("invalid_token"),
+            Rejection::InsufficientScope { .. } => Some("insufficient_scope"),
+            Rejection::AuthUnavailable { .. } => Some("auth_unavailable"),
+            Rejection::BadPath(_)
+            | Rejection::BadRequest(_)
+            | Rejection::NoRoute(_)
+            | Rejection::UriTooLong
+            | Rejection::PayloadTooLarge
+            | Rejection::BadGateway(_)
+            | Rejection::GatewayTimeout => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (status, error, description, challenge): (StatusCode, &str, String, Option<String>) =
+            match &self {
+                Rejection::BadPath(problem) => (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    problem.to_string(),
+                    None,
+                ),
+                Rejection::BadRequest(why) => (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    (*why).to_owned(),
+                    None,
+                ),
+                Rejection::NoRoute(RouteProblem::NoApi | RouteProblem::NoResource { .. }) => (
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no resource matches this path".to_owned(),
+                    None,
+                ),
+                Rejection::NoRoute(RouteProblem::MethodNotAllowed { .. }) => (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "the resource does not allow this method".to_owned(),
+                    None,
+                ),
+                Rejection::NoRoute(
+                    problem @ (RouteProblem::EncodedSlash { .. }
+                    | RouteProblem::AboveBasePath { .. }),
+                ) => (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    problem.to_string(),
+                    None,
+                ),
+                Rejection::UriTooLong => (
+                    StatusCode::URI_TOO_LONG,
+                    "uri_too_long",
+                    "request target too long".to_owned(),
+                    None,
+                ),
+                Rejection::PayloadTooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body too large".to_owned(),
+                    None,
+                ),
+                // RFC 6750 §3.1: no error code when the request had no credentials.
+                Rejection::MissingToken { realm } => (
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request",
+                    "a bearer token is required".to_owned(),
+                    Some(format!("Bearer realm=\"{}\"", quoted(realm))),
+                ),
+                Rejection::InvalidRequest { realm, why } => (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    (*why).to_owned(),
+                    Some(format!(
+                        "Bearer realm=\"{}\", error=\"invalid_request\"",
+                        quoted(realm)
+                    )),
+                ),
+                Rejection::InvalidToken { realm, problem } => (
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    describe(*problem).to_owned(),
+                    Some(format!(
+                        "Bearer realm=\"{}\", error=\"invalid_token\"",
+                        quoted(realm)
+                    )),
+                ),
+                Rejection::InsufficientScope { realm, would_grant } => (
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    "the token does not grant a scope this resource needs".to_owned(),
+                    Some(format!(
+                        "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
+                        quoted(realm),
+                        quoted(&would_grant.join(" "))
+                    )),
+                ),
+                Rejection::AuthUnavailable { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the authorization server cannot be reached".to_owned(),
+                    None,
+                ),
+                Rejection::BadGateway(_) => (
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the upstream cannot be reached".to_owned(),
+                    None,
+                ),
+                Rejection::GatewayTimeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    "the upstream did not answer in time".to_owned(),
+                    None,
+                ),
+            };
+        let body = serde_json::json!({ "error": error, "error_description": description });
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(challenge) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(WWW_AUTHENTICATE, challenge);
+        }
+        match &self {
+            Rejection::AuthUnavailable { .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Rejection::NoRoute(RouteProblem::MethodNotAllowed { allow, .. }) => {
+                let list = allow
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(value) = HeaderValue::from_str(&list) {
+                    headers.insert(ALLOW, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// What the client is told about a refused token: enough to act on, never
+/// which check an attacker should work around next.
+fn describe(problem: TokenProblem) -> &'static str {
+    match problem {
+        TokenProblem::Expired => "the token has expired",
+        TokenProblem::NotYetValid => "the token is not yet valid",
+        TokenProblem::TooLong => "the token is too long",
+        TokenProblem::Malformed => "the token is malformed",
+        TokenProblem::Inactive => "the token is not active",
+        TokenProblem::BadProperty => "a token property cannot be passed on",
+        TokenProblem::BadSignature
+        | TokenProblem::UnknownKey
+        | TokenProblem::DisallowedAlgorithm
+        | TokenProblem::CriticalHeader
+        | TokenProblem::MissingExpiry
+        | TokenProblem::WrongIssuer
+        | TokenProblem::WrongAudience
+        | TokenProblem::WrongType => "the token is not valid",
+    }
+}
+
+/// RFC 9110 §5.6.4 quoted-string: escape `"` and `\`.
+fn quoted(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}

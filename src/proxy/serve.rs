@@ -1,0 +1,225 @@
+//! One request through the gateway, phase by phase. Each phase either hands
+//! the request on or returns a [`Rejection`]; nothing is forwarded without a
+//! [`Grant`](crate::policy::Grant).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::forward::{LimitFlag, LimitedBody, Upstreams};
+use super::reject::Rejection;
+use super::{forwarded, outbound, transform, Body};
+use crate::auth::extract::{self, Extracted};
+use crate::auth::servers::Authenticator;
+use crate::auth::{AuthFailure, Principal};
+use crate::config::snapshot::{Api, Authentication};
+use crate::config::Snapshot;
+use crate::policy::{self, Route};
+
+/// What the data path needs besides the snapshot.
+pub struct Runtime {
+    pub auth: Authenticator,
+    pub upstreams: Upstreams,
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Serves one request on `snap`; returns the response and the API it matched.
+pub async fn serve(
+    snap: &Snapshot,
+    rt: &Runtime,
+    conn: Connection,
+    req: Request<Incoming>,
+) -> (Response<Body>, Option<Arc<Api>>) {
+    let mut api = None;
+    let response = match phases(snap, rt, conn, req, &mut api).await {
+        Ok(response) => response,
+        Err(rejection) => {
+            if let (Some(result), Some(api)) = (rejection.auth_result(), &api) {
+                crate::metrics::get()
+                    .auth_decisions
+                    .with_label_values(&[api.name.as_str(), result])
+                    .inc();
+            }
+            tracing::debug!(cause = %rejection, "request refused");
+            rejection.into_response()
+        }
+    };
+    (response, api)
+}
+
+async fn phases(
+    snap: &Snapshot,
+    rt: &Runtime,
+    conn: Connection,
+    req: Request<Incoming>,
+    matched_api: &mut Option<Arc<Api>>,
+) -> Result<Response<Body>, Rejection> {
+    check_target(snap, &req)?;
+    let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
+    let route = policy::route(snap, req.method(), &path).map_err(Rejection::NoRoute)?; // match
+    *matched_api = Some(route.api.clone());
+    check_transport(&route, conn)?;
+    let who = authenticate(rt, &route, &req).await?; // authenticate
+    let grant =
+        policy::authorize(&route, who.as_ref()).map_err(|denied| Rejection::InsufficientScope {
+            realm: route.api.name.clone(),
+            would_grant: denied.would_grant,
+        })?; // authorize
+    if let Some(api) = matched_api {
+        crate::metrics::get()
+            .auth_decisions
+            .with_label_values(&[api.name.as_str(), "allowed"])
+            .inc();
+    }
+    let mut req = limit_body(snap, req)?;
+    let headers = req.headers_mut();
+    forwarded::strip_hop_by_hop(headers);
+    forwarded::strip_method_overrides(headers);
+    transform::apply(&route.api.transform, who.as_ref(), headers).map_err(|problem| {
+        Rejection::InvalidToken {
+            realm: route.api.name.clone(),
+            problem,
+        }
+    })?; // transform
+    outbound::apply(&route.api.outbound, headers); // outbound auth
+    forwarded::set_forwarded(headers, conn.peer, conn.tls, &snap.trusted_proxies);
+    rt.upstreams
+        .forward(grant, &route.api, req, &route.rest)
+        .await // forward
+}
+
+/// Request-target and framing checks that come before any matching.
+fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
+    let uri = req.uri();
+    let target_len = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
+    if target_len > snap.limits.max_uri {
+        return Err(Rejection::UriTooLong);
+    }
+    if req.version() != Version::HTTP_2 {
+        // RFC 9112 §3.2: origin-form only; absolute-form is for proxies,
+        // authority-form for CONNECT, which an API gateway does not serve.
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            return Err(Rejection::BadRequest("absolute-form request target"));
+        }
+        let mut hosts = req.headers().get_all(HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(host), None) if valid_host(host.as_bytes()) => {}
+            (None, _) if req.version() == Version::HTTP_10 => {}
+            (None, _) => return Err(Rejection::BadRequest("missing Host header")),
+            (Some(_), Some(_)) => return Err(Rejection::BadRequest("more than one Host header")),
+            (Some(_), None) => return Err(Rejection::BadRequest("malformed Host header")),
+        }
+    }
+    if req.method() == http::Method::CONNECT {
+        return Err(Rejection::BadRequest("CONNECT is not served"));
+    }
+    // RFC 9112 §6.3: both framings, or conflicting lengths, are how requests
+    // are smuggled past a proxy.
+    let lengths: Vec<&[u8]> = req
+        .headers()
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if req.headers().contains_key(TRANSFER_ENCODING) && !lengths.is_empty() {
+        return Err(Rejection::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return Err(Rejection::BadRequest("conflicting Content-Length headers"));
+    }
+    Ok(())
+}
+
+fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
+fn check_transport(route: &Route, conn: Connection) -> Result<(), Rejection> {
+    let served = if conn.tls {
+        route.api.transport.https
+    } else {
+        route.api.transport.http
+    };
+    if served {
+        Ok(())
+    } else {
+        Err(Rejection::NoRoute(policy::RouteProblem::NoApi))
+    }
+}
+
+async fn authenticate<B>(
+    rt: &Runtime,
+    route: &Route,
+    req: &Request<B>,
+) -> Result<Option<Principal>, Rejection> {
+    let Authentication::OAuth2 { auth_server } = &route.api.authentication else {
+        return Ok(None);
+    };
+    let realm = || route.api.name.clone();
+    let token = match extract::bearer(req.headers(), req.uri().query()) {
+        Extracted::Token(token) => token,
+        Extracted::Missing => return Err(Rejection::MissingToken { realm: realm() }),
+        Extracted::InvalidRequest(why) => {
+            return Err(Rejection::InvalidRequest {
+                realm: realm(),
+                why,
+            })
+        }
+        Extracted::Invalid(problem) => {
+            return Err(Rejection::InvalidToken {
+                realm: realm(),
+                problem,
+            })
+        }
+    };
+    match rt
+        .auth
+        .authenticate(auth_server, token, SystemTime::now())
+        .await
+    {
+        Ok(principal) => Ok(Some(principal)),
+        Err(AuthFailure::Invalid(problem)) => Err(Rejection::InvalidToken {
+            realm: realm(),
+            problem,
+        }),
+        Err(AuthFailure::Unavailable { auth_server, cause }) => Err(Rejection::AuthUnavailable {
+            auth_server: auth_server.to_string(),
+            cause,
+        }),
+    }
+}
+
+/// Refuses a declared length over the limit at once; a chunked body is cut
+/// off (and the request answered 413) when it grows past it.
+fn limit_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Request<Body>, Rejection> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > snap.limits.max_body) {
+        return Err(Rejection::PayloadTooLarge);
+    }
+    let flag = LimitFlag::default();
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(flag.clone());
+    let body = LimitedBody::new(body, snap.limits.max_body, flag).boxed();
+    Ok(Request::from_parts(parts, body))
+}
