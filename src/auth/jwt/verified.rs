@@ -24,8 +24,10 @@ pub(super) struct Verified {
     pub key: Arc<VerifyKey>,
 }
 
+type Shard = HashMap<Digest, Arc<Verified>>;
+
 pub(super) struct VerifiedCache {
-    shards: Box<[Mutex<HashMap<Digest, Arc<Verified>>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
 }
 
@@ -41,7 +43,7 @@ impl VerifiedCache {
         }
     }
 
-    fn shard(&self, digest: &Digest) -> MutexGuard<'_, HashMap<Digest, Arc<Verified>>> {
+    fn shard(&self, digest: &Digest) -> MutexGuard<'_, Shard> {
         let index = usize::from(digest[0]) % self.shards.len();
         self.shards[index]
             .lock()
