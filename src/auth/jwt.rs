@@ -112,25 +112,38 @@ impl JwtValidator {
         &self.jwks
     }
 
+    /// A remembered token, while the JWKS still has the key that verified
+    /// it; its times are checked again with this `now`.
+    fn answer_from_cache(
+        &self,
+        digest: &[u8; 32],
+        now: f64,
+        leeway: f64,
+    ) -> Option<Result<Principal, AuthFailure>> {
+        let hit = self.cache.get(digest)?;
+        let key_still_published = self
+            .jwks
+            .loaded_key(hit.kid.as_deref())
+            .is_some_and(|key| key.same_key(&hit.key));
+        if !key_still_published {
+            self.cache.remove(digest);
+            return None;
+        }
+        if let Err(problem) = check_times(hit.validity, now, leeway) {
+            self.cache.remove(digest);
+            return Some(Err(AuthFailure::Invalid(problem)));
+        }
+        Some(Ok(hit.principal.clone()))
+    }
+
     /// The principal a token speaks for at `now`, or why it speaks for no one.
     pub async fn validate(&self, token: &str, now: SystemTime) -> Result<Principal, AuthFailure> {
         let segments = split(token).map_err(AuthFailure::Invalid)?;
         let now = unix_seconds(now);
         let leeway = self.rules.leeway.as_secs_f64();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.cache.get(&digest) {
-            let key_still_published = self
-                .jwks
-                .loaded_key(hit.kid.as_deref())
-                .is_some_and(|key| key.same_key(&hit.key));
-            if key_still_published {
-                if let Err(problem) = check_times(hit.validity, now, leeway) {
-                    self.cache.remove(&digest);
-                    return Err(AuthFailure::Invalid(problem));
-                }
-                return Ok(hit.principal.clone());
-            }
-            self.cache.remove(&digest);
+        if let Some(answer) = self.answer_from_cache(&digest, now, leeway) {
+            return answer;
         }
 
         let header = parse_header(segments.header).map_err(AuthFailure::Invalid)?;
