@@ -8,6 +8,8 @@
 
 pub mod extract;
 pub mod servers;
+pub mod jwks;
+pub mod jwt;
 
 use std::sync::Arc;
 
