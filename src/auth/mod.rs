@@ -6,6 +6,9 @@
 //! [`Principal::from_claims`], so token properties are the same whichever way
 //! a token was validated. Nothing here ever logs or returns a token.
 
+pub mod cache;
+pub mod introspection;
+
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -74,7 +77,10 @@ pub enum AuthFailure {
     Invalid(TokenProblem),
     /// The auth server (JWKS, introspection) could not answer: 503, never an accept.
     #[error("auth server {auth_server} unavailable: {cause}")]
-    Unavailable { auth_server: Arc<str>, cause: String },
+    Unavailable {
+        auth_server: Arc<str>,
+        cause: String,
+    },
 }
 
 /// Whom a validated token speaks for. Built only by [`Principal::from_claims`].
