@@ -123,6 +123,19 @@ impl Store {
         self.next_id
     }
 
+    /// Removes `flight` from the in-flight map if it is still there (a
+    /// later flight of the same key is left alone); tells whether it was.
+    fn unregister(&mut self, flight: &Flight<'_>) -> bool {
+        let registered = self
+            .flights
+            .get(&flight.key)
+            .is_some_and(|f| f.id == flight.id);
+        if registered {
+            self.flights.remove(&flight.key);
+        }
+        registered
+    }
+
     fn remove(&mut self, key: &CacheKey) {
         if let Some(entry) = self.entries.remove(key) {
             self.by_expiry.remove(&entry.slot);
@@ -293,15 +306,10 @@ impl IntrospectionCache {
     /// section so that a new caller sees either the flight or the entry.
     fn finish(&self, flight: &Flight<'_>, ttl: CacheTtl, now: SystemTime, result: &Shared) {
         let mut store = self.lock();
-        let still_registered = store
-            .flights
-            .get(&flight.key)
-            .is_some_and(|f| f.id == flight.id);
-        if !still_registered {
+        if !store.unregister(flight) {
             // `clear_auth_server` ran meanwhile: the answer may be stale.
             return;
         }
-        store.flights.remove(&flight.key);
         let Ok(answer) = result else { return };
         let lifetime = ttl.lifetime(answer, now);
         if lifetime.is_zero() || self.capacity == 0 {
@@ -329,24 +337,13 @@ impl IntrospectionCache {
         // so the state behind a poisoned lock is still consistent.
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn unregister(&self, flight: &Flight<'_>) {
-        let mut store = self.lock();
-        if store
-            .flights
-            .get(&flight.key)
-            .is_some_and(|f| f.id == flight.id)
-        {
-            store.flights.remove(&flight.key);
-        }
-    }
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
         // Runs before `answer` is dropped: by the time the waiters wake up
         // (sender gone), the key is free and one of them leads the retry.
-        self.cache.unregister(self);
+        self.cache.lock().unregister(self);
     }
 }
 
