@@ -10,6 +10,8 @@ pub mod extract;
 pub mod servers;
 pub mod jwks;
 pub mod jwt;
+pub mod cache;
+pub mod introspection;
 
 use std::sync::Arc;
 

@@ -1,0 +1,400 @@
+//! Opaque-token validation through an RFC 7662 introspection endpoint.
+//!
+//! One [`Introspector`] per auth server with `remoteIntrospectionConfig`. It
+//! asks the shared [`IntrospectionCache`] first; on a miss it POSTs the token
+//! to the endpoint, authenticated as a client (RFC 6749 §2.3.1), and reads a
+//! bounded answer (size and total time).
+//!
+//! Invariants:
+//! - only a JSON object whose `active` is the boolean `true` accepts a token
+//!   (RFC 7662 §2.2); `active: false` is `Invalid(Inactive)`;
+//! - anything else — timeout, refused connection, non-2xx, oversized or
+//!   malformed body, `"active": "true"` — is `Unavailable` (503 upstream of
+//!   here), never an accept, and is not cached;
+//! - an active token whose `exp` has passed at `now` is `Invalid(Expired)`,
+//!   whether the answer is fresh or cached;
+//! - the token and the client secret are never logged, and never part of an
+//!   error's text.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{StatusCode, Url};
+use serde_json::Value;
+
+use super::cache::{time_left, CacheKey, CacheTtl, Introspected, IntrospectionCache};
+use super::{AuthFailure, Principal, TokenProblem};
+
+/// A client secret: `****` in `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(String);
+
+impl ClientSecret {
+    pub fn new(secret: impl Into<String>) -> ClientSecret {
+        ClientSecret(secret.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl std::fmt::Display for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// How the gateway authenticates to the introspection endpoint
+/// (RFC 7662 §2.1 requires some authorization; RFC 6749 §2.3.1 defines both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with form-encoded id and secret.
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form.
+    Post,
+}
+
+/// `remoteIntrospectionConfig` of one auth server, resolved.
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    pub endpoint: Url,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub client_auth: ClientAuth,
+    /// Upper bound for caching an active token; never past its `exp`.
+    pub cache_ttl: Duration,
+    /// How long an inactive answer is cached.
+    pub negative_cache_ttl: Duration,
+    /// Total time for one introspection call, body included.
+    pub timeout: Duration,
+    /// Largest answer read, in bytes.
+    pub max_response: usize,
+}
+
+impl IntrospectionSettings {
+    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+    pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024;
+
+    /// Settings with `client_secret_basic` and the default limits.
+    pub fn new(
+        endpoint: Url,
+        client_id: impl Into<String>,
+        client_secret: ClientSecret,
+    ) -> IntrospectionSettings {
+        IntrospectionSettings {
+            endpoint,
+            client_id: client_id.into(),
+            client_secret,
+            client_auth: ClientAuth::Basic,
+            cache_ttl: Self::DEFAULT_CACHE_TTL,
+            negative_cache_ttl: Self::DEFAULT_NEGATIVE_CACHE_TTL,
+            timeout: Self::DEFAULT_TIMEOUT,
+            max_response: Self::DEFAULT_MAX_RESPONSE,
+        }
+    }
+}
+
+/// Why an introspection call gave no usable answer. Becomes the `cause` of
+/// [`AuthFailure::Unavailable`]: it names no token and no secret.
+#[derive(Debug, thiserror::Error)]
+enum CallProblem {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("request failed: {0}")]
+    Request(reqwest::Error),
+    #[error("answered with status {0}")]
+    Status(StatusCode),
+    #[error("answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("answer is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("answer is not a JSON object")]
+    NotObject,
+    #[error("answer has no boolean `active`")]
+    ActiveNotBoolean,
+    #[error("answer has an `exp` that is not a non-negative integer")]
+    BadExpiry,
+}
+
+impl From<reqwest::Error> for CallProblem {
+    fn from(error: reqwest::Error) -> CallProblem {
+        // The endpoint URL may carry credentials in its userinfo.
+        CallProblem::Request(error.without_url())
+    }
+}
+
+/// Validates opaque tokens of one auth server.
+#[derive(Debug)]
+pub struct Introspector {
+    auth_server: Arc<str>,
+    settings: IntrospectionSettings,
+    http: reqwest::Client,
+    cache: Arc<IntrospectionCache>,
+}
+
+impl Introspector {
+    pub fn new(
+        auth_server: Arc<str>,
+        settings: IntrospectionSettings,
+        http: reqwest::Client,
+        cache: Arc<IntrospectionCache>,
+    ) -> Introspector {
+        Introspector {
+            auth_server,
+            settings,
+            http,
+            cache,
+        }
+    }
+
+    pub fn auth_server(&self) -> &Arc<str> {
+        &self.auth_server
+    }
+
+    /// The principal `token` speaks for at `now`, from the cache or the
+    /// introspection endpoint. Scopes are left to the caller.
+    pub async fn validate(&self, token: &str, now: SystemTime) -> Result<Principal, AuthFailure> {
+        let key = CacheKey::new(&self.auth_server, token);
+        let ttl = CacheTtl {
+            positive: self.settings.cache_ttl,
+            negative: self.settings.negative_cache_ttl,
+        };
+        let answer = self
+            .cache
+            .get_or_introspect(&key, ttl, now, || self.introspect(token))
+            .await?;
+        match answer {
+            Introspected::Active(principal) => match principal.expires_at {
+                // RFC 7519 §4.1.4: not accepted on or after `exp`.
+                Some(exp) if time_left(exp, now).is_zero() => {
+                    Err(AuthFailure::Invalid(TokenProblem::Expired))
+                }
+                _ => Ok(Principal::clone(&principal)),
+            },
+            Introspected::Inactive => Err(AuthFailure::Invalid(TokenProblem::Inactive)),
+        }
+    }
+
+    /// One call to the endpoint, counted and, on failure, logged.
+    async fn introspect(&self, token: &str) -> Result<Introspected, AuthFailure> {
+        let result = match tokio::time::timeout(self.settings.timeout, self.call(token)).await {
+            Ok(answer) => answer.and_then(|body| self.interpret(&body)),
+            Err(_) => Err(CallProblem::Timeout(self.settings.timeout)),
+        };
+        let label = match &result {
+            Ok(Introspected::Active(_)) => "active",
+            Ok(Introspected::Inactive) => "inactive",
+            Err(_) => "error",
+        };
+        crate::metrics::get()
+            .introspection_requests
+            .with_label_values(&[&self.auth_server, label])
+            .inc();
+        result.map_err(|problem| {
+            tracing::warn!(auth_server = %self.auth_server, cause = %problem, "introspection failed");
+            AuthFailure::Unavailable {
+                auth_server: Arc::clone(&self.auth_server),
+                cause: problem.to_string(),
+            }
+        })
+    }
+
+    /// POSTs the token and reads at most `max_response` bytes of a 2xx answer.
+    async fn call(&self, token: &str) -> Result<Vec<u8>, CallProblem> {
+        let mut request = self
+            .http
+            .post(self.settings.endpoint.clone())
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            )
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .body(self.form(token));
+        if self.settings.client_auth == ClientAuth::Basic {
+            request = request.header(AUTHORIZATION, self.basic_credentials());
+        }
+        let mut response = request.send().await?;
+        if !response.status().is_success() {
+            return Err(CallProblem::Status(response.status()));
+        }
+        let limit = self.settings.max_response;
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(CallProblem::TooLarge(limit));
+        }
+        // Content-Length may be absent (chunked) or wrong: count what arrives
+        // and stop at the limit rather than buffer an unbounded body.
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > limit {
+                return Err(CallProblem::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// RFC 7662 §2.1 request body; with `client_secret_post` also the client
+    /// credentials (RFC 6749 §2.3.1).
+    fn form(&self, token: &str) -> String {
+        let mut fields = vec![("token", token), ("token_type_hint", "access_token")];
+        if self.settings.client_auth == ClientAuth::Post {
+            fields.push(("client_id", &self.settings.client_id));
+            fields.push(("client_secret", self.settings.client_secret.expose()));
+        }
+        let mut body = String::new();
+        for (name, value) in fields {
+            if !body.is_empty() {
+                body.push('&');
+            }
+            form_urlencode(&mut body, name);
+            body.push('=');
+            form_urlencode(&mut body, value);
+        }
+        body
+    }
+
+    /// RFC 6749 §2.3.1: id and secret are form-encoded (Appendix B) before
+    /// they are joined by `:` and base64-encoded for Basic (RFC 7617).
+    fn basic_credentials(&self) -> HeaderValue {
+        let mut pair = String::new();
+        form_urlencode(&mut pair, &self.settings.client_id);
+        pair.push(':');
+        form_urlencode(&mut pair, self.settings.client_secret.expose());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
+            .expect("base64 text is a valid header value");
+        value.set_sensitive(true);
+        value
+    }
+
+    /// RFC 7662 §2.2: `active` is a required boolean; only `true` accepts.
+    fn interpret(&self, body: &[u8]) -> Result<Introspected, CallProblem> {
+        let claims = match serde_json::from_slice(body).map_err(CallProblem::NotJson)? {
+            Value::Object(claims) => claims,
+            _ => return Err(CallProblem::NotObject),
+        };
+        match claims.get("active") {
+            Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => return Ok(Introspected::Inactive),
+            _ => return Err(CallProblem::ActiveNotBoolean),
+        }
+        // `exp` is what bounds the cache entry: a value we cannot read
+        // would make the token look eternal.
+        if claims.get("exp").is_some_and(|exp| exp.as_u64().is_none()) {
+            return Err(CallProblem::BadExpiry);
+        }
+        let principal = Principal::from_claims(Arc::clone(&self.auth_server), claims);
+        Ok(Introspected::Active(Arc::new(principal)))
+    }
+}
+
+/// Appends `value` encoded as `application/x-www-form-urlencoded`
+/// (RFC 6749 Appendix B, WHATWG URL §5.2): `*-._` and ASCII alphanumerics
+/// stay, space becomes `+`, every other byte of the UTF-8 text is `%XX`.
+fn form_urlencode(out: &mut String, value: &str) {
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(byte));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(value: &str) -> String {
+        let mut out = String::new();
+        form_urlencode(&mut out, value);
+        out
+    }
+
+    fn introspector(client_auth: ClientAuth, id: &str, secret: &str) -> Introspector {
+        let endpoint = Url::parse("http://127.0.0.1:9/introspect").expect("static URL");
+        let mut settings = IntrospectionSettings::new(endpoint, id, ClientSecret::new(secret));
+        settings.client_auth = client_auth;
+        Introspector::new(
+            "a".into(),
+            settings,
+            reqwest::Client::new(),
+            Arc::new(IntrospectionCache::new(10)),
+        )
+    }
+
+    #[test]
+    fn form_encoding_follows_appendix_b() {
+        assert_eq!(encoded("abc-._*XYZ09"), "abc-._*XYZ09");
+        assert_eq!(encoded("a b+c&d=e%f/g:h"), "a+b%2Bc%26d%3De%25f%2Fg%3Ah");
+        assert_eq!(encoded("é~"), "%C3%A9%7E");
+    }
+
+    #[test]
+    fn basic_credentials_encode_id_and_secret_first() {
+        let i = introspector(ClientAuth::Basic, "my client", "p:a&ss");
+        let value = i.basic_credentials();
+        assert!(value.is_sensitive());
+        let expected = base64::engine::general_purpose::STANDARD.encode("my+client:p%3Aa%26ss");
+        assert_eq!(value, format!("Basic {expected}").as_str());
+    }
+
+    #[test]
+    fn post_form_carries_the_client_credentials() {
+        let i = introspector(ClientAuth::Post, "c", "s =");
+        assert_eq!(
+            i.form("t&k"),
+            "token=t%26k&token_type_hint=access_token&client_id=c&client_secret=s+%3D"
+        );
+        let i = introspector(ClientAuth::Basic, "c", "s");
+        assert_eq!(i.form("tok"), "token=tok&token_type_hint=access_token");
+    }
+
+    #[test]
+    fn only_boolean_true_accepts() {
+        let i = introspector(ClientAuth::Basic, "c", "s");
+        assert!(matches!(
+            i.interpret(br#"{"active":true,"scope":"view"}"#),
+            Ok(Introspected::Active(_))
+        ));
+        assert!(matches!(
+            i.interpret(br#"{"active":false}"#),
+            Ok(Introspected::Inactive)
+        ));
+        for garbage in [
+            &br#"{"active":"true"}"#[..],
+            br#"{"active":1}"#,
+            br#"{}"#,
+            br#"[{"active":true}]"#,
+            b"active=true",
+            br#"{"active":true,"exp":"1700000000"}"#,
+            br#"{"active":true,"exp":-1}"#,
+        ] {
+            assert!(i.interpret(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn secret_never_shows_in_debug() {
+        let i = introspector(ClientAuth::Basic, "c", "hunter2");
+        let shown = format!("{i:?} {}", i.settings.client_secret);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("****"));
+    }
+}
