@@ -28,40 +28,12 @@ use super::cache::{time_left, CacheKey, CacheTtl, Introspected, IntrospectionCac
 use super::{AuthFailure, Principal, TokenProblem};
 
 /// A client secret: `****` in `Debug` and `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClientSecret(String);
-
-impl ClientSecret {
-    pub fn new(secret: impl Into<String>) -> ClientSecret {
-        ClientSecret(secret.into())
-    }
-
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("****")
-    }
-}
-
-impl std::fmt::Display for ClientSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("****")
-    }
-}
+pub use crate::config::Secret as ClientSecret;
 
 /// How the gateway authenticates to the introspection endpoint
-/// (RFC 7662 §2.1 requires some authorization; RFC 6749 §2.3.1 defines both).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// `client_secret_basic`: HTTP Basic with form-encoded id and secret.
-    Basic,
-    /// `client_secret_post`: `client_id` and `client_secret` in the form.
-    Post,
-}
+/// (RFC 7662 §2.1 requires some authorization; RFC 6749 §2.3.1 defines
+/// `client_secret_basic` and `client_secret_post`).
+pub use crate::config::snapshot::ClientAuth;
 
 /// `remoteIntrospectionConfig` of one auth server, resolved.
 #[derive(Debug, Clone)]

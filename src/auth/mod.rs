@@ -6,12 +6,12 @@
 //! [`Principal::from_claims`], so token properties are the same whichever way
 //! a token was validated. Nothing here ever logs or returns a token.
 
+pub mod cache;
 pub mod extract;
-pub mod servers;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
-pub mod cache;
-pub mod introspection;
+pub mod servers;
 
 use std::sync::Arc;
 
