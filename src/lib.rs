@@ -1,4 +1,5 @@
 //! microgateway library.
 pub mod auth;
+pub mod authz_server;
 pub mod config;
 pub mod metrics;
