@@ -520,6 +520,26 @@ async fn wrong_passwords_lock_the_user_for_a_minute() {
         )
         .await;
     assert_eq!((unknown.status, unknown.error()), (400, "invalid_grant"));
+    // An unknown user locks like a known one: a lock tells nothing.
+    for _ in 0..4 {
+        server
+            .post_basic(
+                "/oauth2/token",
+                "app",
+                "s3cret/+:&",
+                &password_form("carol", "x"),
+            )
+            .await;
+    }
+    let unknown = server
+        .post_basic(
+            "/oauth2/token",
+            "app",
+            "s3cret/+:&",
+            &password_form("carol", "x"),
+        )
+        .await;
+    assert_eq!(unknown.status, 429);
     server.advance(61);
     server
         .token("app", "s3cret/+:&", &password_form("alice", "wonderland"))
@@ -1050,4 +1070,84 @@ async fn metadata_describes_the_endpoints() {
         meta.json["scopes_supported"],
         json!(["view", "book", "cancel"])
     );
+}
+
+#[tokio::test]
+async fn admin_helpers_list_without_values_and_revoke_by_id() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("dir");
+    let s = settings(dir.path(), TokenFormat::Opaque);
+    let authz = tokio::task::spawn_blocking(move || AuthorizationServer::open(s))
+        .await
+        .expect("join")
+        .expect("open");
+    let body = "grant_type=password&username=alice&password=wonderland\
+                &client_id=app&client_secret=s3cret%2F%2B%3A%26";
+    let request = http::Request::post("/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(bytes::Bytes::from(body))
+        .expect("request");
+    let ctx = RequestContext {
+        is_https: false,
+        admin_ok: None,
+    };
+    let response = authz.handle(request, ctx).await;
+    assert_eq!(response.status(), 200);
+    let grant: Value = serde_json::from_slice(response.body()).expect("json");
+
+    let tokens = authz.list_tokens().await.expect("list");
+    assert_eq!(tokens.len(), 2);
+    let listed = serde_json::to_string(&tokens).expect("json");
+    assert!(!listed.contains(str_of(&grant, "access_token")));
+    assert!(!listed.contains(str_of(&grant, "refresh_token")));
+    let refresh = tokens
+        .iter()
+        .find(|t| t.kind == "refresh_token")
+        .expect("refresh listed");
+    assert!(authz
+        .revoke_by_id(refresh.id.clone())
+        .await
+        .expect("revoke"));
+    assert!(authz
+        .list_tokens()
+        .await
+        .expect("list")
+        .iter()
+        .all(|t| t.revoked));
+    assert!(!authz.revoke_by_id("unknown".into()).await.expect("revoke"));
+}
+
+#[tokio::test]
+async fn the_cleanup_task_removes_expired_tokens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(dir.path(), TokenFormat::Opaque);
+    s.cleanup_interval = Some(Duration::from_millis(100));
+    for client in &mut s.clients {
+        if client.client_id == "short" {
+            client.token_lifetime = Some(Duration::ZERO);
+        }
+    }
+    let authz = tokio::task::spawn_blocking(move || AuthorizationServer::open(s))
+        .await
+        .expect("join")
+        .expect("open");
+    let request = http::Request::post("/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(bytes::Bytes::from_static(
+            b"grant_type=client_credentials&client_id=short&client_secret=short-secret",
+        ))
+        .expect("request");
+    let ctx = RequestContext {
+        is_https: false,
+        admin_ok: None,
+    };
+    assert_eq!(authz.handle(request, ctx).await.status(), 200);
+    assert_eq!(authz.list_tokens().await.expect("list").len(), 1);
+    let task = authz.spawn_cleanup().expect("interval configured");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !authz.list_tokens().await.expect("list").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "not cleaned up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
 }

@@ -6,8 +6,10 @@
 //! many users), within 60 s lock that user or client until the window
 //! ends; while locked, even a right password is refused without being
 //! checked, so a lock also caps the Argon2 work an attacker can cause.
-//! Only configured users and clients are counted, so memory is bounded by
-//! the configuration, not by what attackers send.
+//! Unknown usernames are counted like known ones, so a lock does not tell
+//! which users exist. Memory stays bounded: a failure is only recorded for
+//! a configured client that is not locked, so each client adds at most 20
+//! entries per window, and windows that ended are dropped.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -87,26 +87,19 @@ pub fn grant(
         .ok_or(OAuthError::InvalidRequest("password is required"))?;
     let scopes = granted_scopes(form.get("scope"), &client.scopes)?;
     let as_client = Subject::Client(client.client_id.clone());
-    let as_user = cx
-        .users
-        .exists(username)
-        .then(|| Subject::User(username.to_owned()));
-    for subject in std::iter::once(&as_client).chain(as_user.as_ref()) {
+    let as_user = Subject::User(username.to_owned());
+    for subject in [&as_client, &as_user] {
         cx.attempts
             .check(subject, cx.now)
             .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
     }
     if !cx.users.verify(username, password) {
         cx.attempts.record_failure(&as_client, cx.now);
-        if let Some(user) = &as_user {
-            cx.attempts.record_failure(user, cx.now);
-        }
+        cx.attempts.record_failure(&as_user, cx.now);
         tracing::info!(client_id = %client.client_id, "password grant refused: wrong credentials");
         return Err(OAuthError::InvalidGrant("wrong username or password"));
     }
-    if let Some(user) = &as_user {
-        cx.attempts.clear(user);
-    }
+    cx.attempts.clear(&as_user);
     let issue = Issue {
         client,
         username: Some(username),

@@ -8,6 +8,7 @@
 //! blocking thread. The trait exists so a fleet can later share one store
 //! that is not a local file.
 
+mod schema;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -20,6 +21,11 @@ use super::settings::TokenFormat;
 pub enum StoreError {
     #[error("token store: cannot create directory {path}: {source}")]
     CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token store: cannot create {path}: {source}")]
+    Create {
         path: std::path::PathBuf,
         source: std::io::Error,
     },

@@ -1,6 +1,5 @@
 //! [`TokenStore`] in one SQLite file (WAL mode, so several gateway
-//! processes on one host can share it). The schema is versioned by
-//! `PRAGMA user_version`; each migration runs once, in a transaction.
+//! processes on one host can share it); the schema is in `schema`.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -8,59 +7,12 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
+use super::schema;
 use super::{
     AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
     StoreError, TokenStore, TokenSummary,
 };
 use crate::authz_server::settings::TokenFormat;
-
-/// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE access_tokens (
-    id          TEXT PRIMARY KEY,
-    format      TEXT NOT NULL,
-    client_id   TEXT NOT NULL,
-    username    TEXT,
-    scope       TEXT NOT NULL,
-    issued_at   INTEGER NOT NULL,
-    expires_at  INTEGER,
-    family      TEXT,
-    grant_type  TEXT NOT NULL,
-    revoked     INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX access_tokens_family ON access_tokens(family);
-CREATE INDEX access_tokens_expires_at ON access_tokens(expires_at);
-CREATE TABLE refresh_tokens (
-    hash            TEXT PRIMARY KEY,
-    family          TEXT NOT NULL,
-    client_id       TEXT NOT NULL,
-    username        TEXT,
-    scope           TEXT NOT NULL,
-    refreshes_used  INTEGER NOT NULL,
-    issued_at       INTEGER NOT NULL,
-    expires_at      INTEGER,
-    rotated         INTEGER NOT NULL DEFAULT 0,
-    revoked         INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
-CREATE TABLE authorization_codes (
-    hash                   TEXT PRIMARY KEY,
-    client_id              TEXT NOT NULL,
-    redirect_uri           TEXT NOT NULL,
-    code_challenge         TEXT,
-    code_challenge_method  TEXT,
-    scope                  TEXT NOT NULL,
-    username               TEXT NOT NULL,
-    expires_at             INTEGER NOT NULL,
-    used                   INTEGER NOT NULL DEFAULT 0,
-    family                 TEXT
-);
-CREATE TABLE signing_keys (
-    kid         TEXT PRIMARY KEY,
-    jwk         TEXT NOT NULL,
-    first_seen  INTEGER NOT NULL
-);
-"#];
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -75,12 +27,12 @@ impl SqliteStore {
                 source,
             })?;
         }
+        create_private(path)?;
         let mut conn = Connection::open(path)?;
-        restrict_permissions(path);
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        migrate(&mut conn)?;
+        schema::migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -97,29 +49,20 @@ impl SqliteStore {
 }
 
 /// The store holds token hashes and who holds them: readable by its owner
-/// only.
-fn restrict_permissions(path: &Path) {
+/// only. Created private before SQLite opens it, so it never exists with
+/// wider permissions; SQLite gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            tracing::warn!(path = %path.display(), %error, "cannot restrict token store permissions");
-        }
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let known = MIGRATIONS.len() as i64;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if found > known {
-        return Err(StoreError::FutureSchema { found, known });
-    }
-    for sql in MIGRATIONS.iter().skip(found as usize) {
-        tx.execute_batch(sql)?;
-    }
-    tx.pragma_update(None, "user_version", known)?;
-    tx.commit()?;
+    options.open(path).map_err(|source| StoreError::Create {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -544,6 +487,12 @@ mod tests {
         store
             .insert_grant(&access("a", Some(200), None), None)
             .expect("insert");
+        #[cfg(unix)]
+        for file in ["oauth.db", "oauth.db-wal"] {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(dir.path().join(file)).expect(file);
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
         drop(store);
         let store = SqliteStore::open(&path).expect("reopen");
         assert_eq!(
