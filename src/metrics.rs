@@ -51,24 +51,18 @@ impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
         let request_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "request_duration_seconds",
-                "Time from request to response head",
-            )
-            .namespace("microgateway")
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("request_duration_seconds", "Time from request to response head")
+                .namespace("microgateway")
+                .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("static histogram options are valid");
         registry
             .register(Box::new(request_duration.clone()))
             .expect("registered once");
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "upstream_duration_seconds",
-                "Time the upstream took to answer",
-            )
-            .namespace("microgateway")
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("upstream_duration_seconds", "Time the upstream took to answer")
+                .namespace("microgateway")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["api"],
         )
         .expect("static histogram options are valid");

@@ -74,10 +74,7 @@ pub enum AuthFailure {
     Invalid(TokenProblem),
     /// The auth server (JWKS, introspection) could not answer: 503, never an accept.
     #[error("auth server {auth_server} unavailable: {cause}")]
-    Unavailable {
-        auth_server: Arc<str>,
-        cause: String,
-    },
+    Unavailable { auth_server: Arc<str>, cause: String },
 }
 
 /// Whom a validated token speaks for. Built only by [`Principal::from_claims`].
