@@ -1,6 +1,7 @@
 //! microgateway library.
 pub mod admin;
 pub mod auth;
+pub mod authz_server;
 pub mod cli;
 pub mod config;
 pub mod gateway;

@@ -89,3 +89,26 @@ pub struct Settings {
     pub clients: Vec<Client>,
     pub audience: Option<String>,
 }
+
+impl Client {
+    pub fn is_confidential(&self) -> bool {
+        self.client_secret.is_some()
+    }
+
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+}
+
+impl Settings {
+    pub fn client(&self, client_id: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.client_id == client_id)
+    }
+
+    /// The audience tokens are issued for. RFC 9068 §3: without a `resource`
+    /// parameter the server uses a default resource indicator; ours is the
+    /// configured `audience`, else the issuer itself.
+    pub fn token_audience(&self) -> &str {
+        self.audience.as_deref().unwrap_or(&self.issuer)
+    }
+}

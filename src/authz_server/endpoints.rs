@@ -1,0 +1,470 @@
+//! The authorization server's HTTP face, framework-free: a request with its
+//! collected body in, a response out. The gateway's server routes a path
+//! here when [`is_endpoint`] says so.
+//!
+//! Every form endpoint is POST-only (RFC 6749 §3.2), refuses plain HTTP
+//! when `require_https` is set, bounds its body to [`MAX_BODY`], and answers
+//! with `Cache-Control: no-store`. Store and Argon2 work run on the blocking
+//! pool, never on the reactor.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::client_auth::{self, Method as AuthMethod};
+use super::error::{json_response, OAuthError};
+use super::form::{Form, FormError};
+use super::grants::{self, attempts::FailedAttempts, password::Users, GrantContext};
+use super::introspect::{self, IntrospectContext};
+use super::keys::SigningKeys;
+use super::revoke::{self, RevokeContext};
+use super::settings::{Settings, TokenFormat};
+use super::store::{Removed, SqliteStore, TokenStore, TokenSummary};
+use super::AuthzError;
+
+/// Largest request body the endpoints read; their forms are a few hundred
+/// bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the server layer knows about a request that the request itself
+/// does not carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestContext {
+    /// TLS, or `https` from a trusted proxy.
+    pub is_https: bool,
+    /// Admin Basic credentials: `None` = none configured (admin endpoints
+    /// are off, 403), `Some(false)` = missing or wrong (401).
+    pub admin_ok: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Token,
+    Introspect,
+    Revoke,
+    Jwks,
+    Metadata,
+    RemoveExpired,
+    /// The webMethods alias, which IS services also answer on GET.
+    RemoveExpiredInvoke,
+}
+
+fn route(path: &str) -> Option<Endpoint> {
+    match path {
+        "/oauth2/token"
+        | "/invoke/pub.apigateway.oauth2/getAccessToken"
+        | "/invoke/pub.oauth/refreshAccessToken" => Some(Endpoint::Token),
+        "/oauth2/introspect" | "/invoke/pub.oauth/introspectToken" => Some(Endpoint::Introspect),
+        "/oauth2/revoke" => Some(Endpoint::Revoke),
+        "/oauth2/jwks" => Some(Endpoint::Jwks),
+        "/.well-known/oauth-authorization-server" => Some(Endpoint::Metadata),
+        "/oauth2/tokens/remove-expired" => Some(Endpoint::RemoveExpired),
+        "/invoke/pub.oauth/removeExpiredAccessTokens" => Some(Endpoint::RemoveExpiredInvoke),
+        _ => None,
+    }
+}
+
+/// Whether `path` (without query) belongs to the authorization server.
+pub fn is_endpoint(path: &str) -> bool {
+    route(path).is_some()
+}
+
+/// The local authorization server. Cheap to clone; clones share the store,
+/// keys and failure counters.
+#[derive(Clone)]
+pub struct AuthorizationServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    store: Box<dyn TokenStore>,
+    keys: ArcSwap<SigningKeys>,
+    users: Users,
+    attempts: FailedAttempts,
+    metadata: Bytes,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl AuthorizationServer {
+    /// Opens the store (creating it), loads or generates the signing key,
+    /// and parses the users' password hashes. Blocking: call it before
+    /// serving, or from a blocking thread.
+    pub fn open(settings: Settings) -> Result<AuthorizationServer, AuthzError> {
+        if settings.token_format == TokenFormat::Jwt {
+            if let Some(client) = settings.clients.iter().find(|c| c.token_lifetime.is_none()) {
+                return Err(AuthzError::JwtWithoutExpiry {
+                    client_id: client.client_id.clone(),
+                });
+            }
+        }
+        let store = SqliteStore::open(&settings.store_path)?;
+        let keys = SigningKeys::open(&settings.signing_key_path, &store, unix_now())?;
+        let users = Users::new(&settings.users)?;
+        let metadata = Bytes::from(
+            serde_json::to_vec(&metadata(&settings))
+                .expect("a serde_json::Value always serialises"),
+        );
+        Ok(AuthorizationServer {
+            inner: Arc::new(Inner {
+                settings,
+                store: Box::new(store),
+                keys: ArcSwap::from_pointee(keys),
+                users,
+                attempts: FailedAttempts::default(),
+                metadata,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The JWKS (RFC 7517) of this server's public keys, for the gateway to
+    /// validate this server's JWTs in-process.
+    pub fn published_keys(&self) -> Vec<u8> {
+        self.inner.keys.load().jwks_json()
+    }
+
+    /// Re-reads the signing key file; a new key signs from now on and the
+    /// old one stays published. Blocking.
+    pub fn reload_keys(&self) -> Result<(), AuthzError> {
+        let keys = self
+            .inner
+            .keys
+            .load()
+            .reload(self.inner.store.as_ref(), unix_now())?;
+        self.inner.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    pub async fn handle(&self, req: Request<Bytes>, ctx: RequestContext) -> Response<Bytes> {
+        self.handle_at(req, ctx, unix_now()).await
+    }
+
+    /// [`handle`](Self::handle) with the clock given (Unix seconds).
+    pub async fn handle_at(
+        &self,
+        req: Request<Bytes>,
+        ctx: RequestContext,
+        now: u64,
+    ) -> Response<Bytes> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            inner
+                .dispatch(&req, ctx, now)
+                .unwrap_or_else(OAuthError::into_response)
+        })
+        .await
+        .unwrap_or_else(|_| OAuthError::Worker.into_response())
+    }
+
+    /// Issued tokens, without their values, for the admin API.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenSummary>, AuthzError> {
+        self.blocking(|inner| Ok(inner.store.list_tokens()?)).await
+    }
+
+    /// Revokes the access token with this id, or the family of the refresh
+    /// token with this id; false when no token has it.
+    pub async fn revoke_by_id(&self, id: String) -> Result<bool, AuthzError> {
+        self.blocking(move |inner| {
+            if inner.store.revoke_access_token(&id)? {
+                return Ok(true);
+            }
+            match inner.store.find_refresh_token(&id)? {
+                Some(refresh) => Ok(inner.store.revoke_family(&refresh.family)? > 0),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    pub async fn remove_expired(&self) -> Result<Removed, AuthzError> {
+        self.blocking(|inner| Ok(inner.store.remove_expired(unix_now())?))
+            .await
+    }
+
+    /// Removes expired tokens every `cleanup_interval`, until the server is
+    /// dropped. `None` when no interval is configured.
+    pub fn spawn_cleanup(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let every = self.inner.settings.cleanup_interval?;
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        Some(tokio::spawn(cleanup_loop(weak, every)))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Inner) -> Result<T, AuthzError> + Send + 'static,
+    ) -> Result<T, AuthzError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || job(&inner))
+            .await
+            .map_err(|_| AuthzError::Worker)?
+    }
+}
+
+async fn cleanup_loop(weak: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let result =
+            tokio::task::spawn_blocking(move || inner.store.remove_expired(unix_now())).await;
+        match result {
+            Ok(Ok(removed)) => tracing::info!(removed = removed.total(), "expired tokens removed"),
+            Ok(Err(error)) => tracing::warn!(%error, "removing expired tokens failed"),
+            Err(_) => tracing::warn!("removing expired tokens panicked"),
+        }
+    }
+}
+
+impl Inner {
+    fn dispatch(
+        &self,
+        req: &Request<Bytes>,
+        ctx: RequestContext,
+        now: u64,
+    ) -> Result<Response<Bytes>, OAuthError> {
+        let endpoint = route(req.uri().path()).ok_or(OAuthError::NotFound)?;
+        match endpoint {
+            Endpoint::Jwks => {
+                allow(req, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+                Ok(public_json(
+                    req,
+                    Bytes::from(self.keys.load().jwks_json()),
+                    "application/jwk-set+json",
+                ))
+            }
+            Endpoint::Metadata => {
+                allow(req, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+                Ok(public_json(req, self.metadata.clone(), "application/json"))
+            }
+            Endpoint::Token => {
+                let form = self.form(req, ctx)?;
+                self.token(req, &form, now)
+            }
+            Endpoint::Introspect => {
+                let form = self.form(req, ctx)?;
+                self.introspect(req, &form, now)
+            }
+            Endpoint::Revoke => {
+                let form = self.form(req, ctx)?;
+                self.revoke(req, &form)
+            }
+            Endpoint::RemoveExpired => {
+                allow(req, &[Method::POST], "POST")?;
+                self.remove_expired(ctx, now)
+            }
+            Endpoint::RemoveExpiredInvoke => {
+                allow(req, &[Method::GET, Method::POST], "GET, POST")?;
+                self.remove_expired(ctx, now)
+            }
+        }
+    }
+
+    /// The checks every form endpoint shares, in the order a client can fix
+    /// them.
+    fn form(&self, req: &Request<Bytes>, ctx: RequestContext) -> Result<Form, OAuthError> {
+        allow(req, &[Method::POST], "POST")?;
+        // RFC 6749 §3.2: the token endpoint requires TLS; the operator
+        // decides whether "requires" is enforced here.
+        if self.settings.require_https && !ctx.is_https {
+            return Err(OAuthError::InvalidRequest("HTTPS is required"));
+        }
+        if req.body().len() > MAX_BODY {
+            return Err(OAuthError::BodyTooLarge { limit: MAX_BODY });
+        }
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(OAuthError::InvalidRequest(
+                "Content-Type must be application/x-www-form-urlencoded",
+            ));
+        }
+        Form::parse(req.body()).map_err(|error| match error {
+            FormError::Duplicate => {
+                OAuthError::InvalidRequest("a parameter is sent more than once")
+            }
+            FormError::NotUtf8 => OAuthError::InvalidRequest("a parameter is not valid UTF-8"),
+        })
+    }
+
+    fn token(
+        &self,
+        req: &Request<Bytes>,
+        form: &Form,
+        now: u64,
+    ) -> Result<Response<Bytes>, OAuthError> {
+        let keys = self.keys.load();
+        let cx = GrantContext {
+            settings: &self.settings,
+            store: self.store.as_ref(),
+            key: keys.current(),
+            users: &self.users,
+            attempts: &self.attempts,
+            now,
+        };
+        let (grant, response) = grants::token(&cx, req.headers(), form)?;
+        crate::metrics::get()
+            .tokens_issued
+            .with_label_values(&[grant.as_str()])
+            .inc();
+        let body = serde_json::to_value(&response).expect("a token response serialises");
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    fn introspect(
+        &self,
+        req: &Request<Bytes>,
+        form: &Form,
+        now: u64,
+    ) -> Result<Response<Bytes>, OAuthError> {
+        let caller = client_auth::authenticate(&self.settings, req.headers(), form)?;
+        // RFC 7662 §2.1: the caller must be authorised; a public client
+        // cannot be.
+        if caller.method == AuthMethod::None {
+            return Err(OAuthError::InvalidClient { basic: false });
+        }
+        let token = form
+            .get("token")
+            .ok_or(OAuthError::InvalidRequest("token is required"))?;
+        let keys = self.keys.load();
+        let cx = IntrospectContext {
+            settings: &self.settings,
+            store: self.store.as_ref(),
+            keys: &keys,
+            now,
+        };
+        let answer = introspect::introspect(&cx, &caller.client.client_id, token)?;
+        Ok(json_response(StatusCode::OK, &answer))
+    }
+
+    fn revoke(&self, req: &Request<Bytes>, form: &Form) -> Result<Response<Bytes>, OAuthError> {
+        let caller = client_auth::authenticate(&self.settings, req.headers(), form)?;
+        let token = form
+            .get("token")
+            .ok_or(OAuthError::InvalidRequest("token is required"))?;
+        let keys = self.keys.load();
+        let cx = RevokeContext {
+            settings: &self.settings,
+            store: self.store.as_ref(),
+            keys: &keys,
+        };
+        revoke::revoke(&cx, &caller.client.client_id, token)?;
+        let mut response = Response::new(Bytes::new());
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok(response)
+    }
+
+    fn remove_expired(&self, ctx: RequestContext, now: u64) -> Result<Response<Bytes>, OAuthError> {
+        match ctx.admin_ok {
+            None => return Err(OAuthError::AdminDisabled),
+            Some(false) => return Err(OAuthError::AdminUnauthorized),
+            Some(true) => {}
+        }
+        let removed = self.store.remove_expired(now)?;
+        tracing::info!(
+            removed = removed.total(),
+            "expired tokens removed on request"
+        );
+        let body = json!({
+            "removed": removed.total(),
+            "access_tokens": removed.access_tokens,
+            "refresh_tokens": removed.refresh_tokens,
+            "authorization_codes": removed.authorization_codes,
+        });
+        Ok(json_response(StatusCode::OK, &body))
+    }
+}
+
+fn allow(req: &Request<Bytes>, methods: &[Method], allow: &'static str) -> Result<(), OAuthError> {
+    if methods.contains(req.method()) {
+        Ok(())
+    } else {
+        Err(OAuthError::MethodNotAllowed { allow })
+    }
+}
+
+/// Public, cacheable JSON (keys and metadata hold no secrets).
+fn public_json(req: &Request<Bytes>, body: Bytes, content_type: &'static str) -> Response<Bytes> {
+    let body = if req.method() == Method::HEAD {
+        Bytes::new()
+    } else {
+        body
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+/// RFC 8414 §2 metadata. Only what is implemented is advertised: the
+/// browser grants (and so `authorization_endpoint`) are not yet.
+fn metadata(settings: &Settings) -> serde_json::Value {
+    let base = settings.issuer.trim_end_matches('/');
+    let scopes: Vec<&str> = settings.scopes.iter().map(|s| s.name.as_str()).collect();
+    json!({
+        "issuer": settings.issuer,
+        "token_endpoint": format!("{base}/oauth2/token"),
+        "jwks_uri": format!("{base}/oauth2/jwks"),
+        "introspection_endpoint": format!("{base}/oauth2/introspect"),
+        "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        "scopes_supported": scopes,
+        "response_types_supported": [],
+        "grant_types_supported": ["client_credentials", "password", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_aliases() {
+        for path in [
+            "/oauth2/token",
+            "/invoke/pub.apigateway.oauth2/getAccessToken",
+            "/invoke/pub.oauth/refreshAccessToken",
+            "/oauth2/introspect",
+            "/invoke/pub.oauth/introspectToken",
+            "/oauth2/revoke",
+            "/oauth2/jwks",
+            "/.well-known/oauth-authorization-server",
+            "/oauth2/tokens/remove-expired",
+            "/invoke/pub.oauth/removeExpiredAccessTokens",
+        ] {
+            assert!(is_endpoint(path), "{path}");
+        }
+        assert!(!is_endpoint("/oauth2/token/"));
+        assert!(!is_endpoint("/travels/oauth2/token"));
+    }
+}

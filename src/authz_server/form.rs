@@ -1,0 +1,86 @@
+//! `application/x-www-form-urlencoded` request bodies (RFC 6749 Appendix B)
+//! as the token, introspection and revocation endpoints receive them.
+//!
+//! RFC 6749 §3.1: a parameter sent without a value is treated as omitted,
+//! and a parameter must not be sent more than once — a duplicate refuses
+//! the whole request, so two parts of the server can never read two
+//! different values of one name.
+
+use percent_encoding::percent_decode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    #[error("parameter sent more than once")]
+    Duplicate,
+    #[error("parameter is not valid UTF-8 after decoding")]
+    NotUtf8,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Form {
+    params: Vec<(String, String)>,
+}
+
+impl Form {
+    pub fn parse(body: &[u8]) -> Result<Form, FormError> {
+        let mut params: Vec<(String, String)> = Vec::new();
+        for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            let (name, value) = match pair.iter().position(|b| *b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let name = decode(name)?;
+            let value = decode(value)?;
+            if params.iter().any(|(seen, _)| *seen == name) {
+                return Err(FormError::Duplicate);
+            }
+            // Kept even when empty, so a later duplicate still counts.
+            params.push((name, value));
+        }
+        Ok(Form { params })
+    }
+
+    /// The value of `name`; `None` when absent or empty (RFC 6749 §3.1).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Form-urldecoding: `+` is a space, then percent-decoding (also used for
+/// the parts of HTTP Basic client credentials, RFC 6749 §2.3.1).
+pub fn decode(raw: &[u8]) -> Result<String, FormError> {
+    let spaced: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    let bytes: Vec<u8> = percent_decode(&spaced).collect();
+    String::from_utf8(bytes).map_err(|_| FormError::NotUtf8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_plus_and_percent() {
+        let form = Form::parse(b"grant_type=password&username=al%69ce+b&scope=").expect("form");
+        assert_eq!(form.get("username"), Some("alice b"));
+        assert_eq!(form.get("grant_type"), Some("password"));
+        assert_eq!(form.get("scope"), None);
+    }
+
+    #[test]
+    fn duplicates_are_refused_even_when_empty() {
+        assert_eq!(Form::parse(b"scope=a&scope=b"), Err(FormError::Duplicate));
+        assert_eq!(Form::parse(b"scope=&scope=b"), Err(FormError::Duplicate));
+        assert_eq!(Form::parse(b"s%63ope=a&scope=b"), Err(FormError::Duplicate));
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused() {
+        assert_eq!(Form::parse(b"a=%ff"), Err(FormError::NotUtf8));
+    }
+}

@@ -1,0 +1,167 @@
+//! The token endpoint (RFC 6749 §3.2): authenticate the client, pick the
+//! grant, check the client may use it, let the grant decide what to issue,
+//! mint and record it.
+//!
+//! Shared rules: the client must list the grant type (`unauthorized_client`
+//! otherwise); requested scopes must all be the client's (`invalid_scope`),
+//! and no `scope` means all of them (RFC 6749 §3.3). A refresh token is
+//! issued only to a client with `refresh_limit > 0` that may use the
+//! `refresh_token` grant.
+
+pub mod attempts;
+mod client_credentials;
+pub mod password;
+mod refresh_token;
+
+use http::HeaderMap;
+use serde::Serialize;
+
+use super::client_auth;
+use super::error::OAuthError;
+use super::form::Form;
+use super::keys::SigningKey;
+use super::settings::{Client, GrantType, Settings};
+use super::store::TokenStore;
+use super::tokens::{self, Issue};
+use attempts::FailedAttempts;
+use password::Users;
+
+/// What the grants need from the server, for one request.
+pub struct GrantContext<'a> {
+    pub settings: &'a Settings,
+    pub store: &'a dyn TokenStore,
+    pub key: &'a SigningKey,
+    pub users: &'a Users,
+    pub attempts: &'a FailedAttempts,
+    pub now: u64,
+}
+
+/// RFC 6749 §5.1 successful response.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+/// Handles one token request; the grant type used is returned for metrics.
+pub fn token(
+    cx: &GrantContext<'_>,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<(GrantType, TokenResponse), OAuthError> {
+    let grant_type = form
+        .get("grant_type")
+        .ok_or(OAuthError::InvalidRequest("grant_type is required"))?;
+    let caller = client_auth::authenticate(cx.settings, headers, form)?;
+    let grant = match grant_type {
+        "client_credentials" => GrantType::ClientCredentials,
+        "password" => GrantType::Password,
+        "refresh_token" => GrantType::RefreshToken,
+        _ => return Err(OAuthError::UnsupportedGrantType),
+    };
+    if !caller.client.allows(grant) {
+        return Err(OAuthError::UnauthorizedClient(
+            "the client may not use this grant type",
+        ));
+    }
+    let response = match grant {
+        GrantType::ClientCredentials => client_credentials::grant(cx, caller.client, form)?,
+        GrantType::Password => password::grant(cx, caller.client, form)?,
+        GrantType::RefreshToken => refresh_token::grant(cx, caller.client, form)?,
+        GrantType::AuthorizationCode | GrantType::Implicit => {
+            return Err(OAuthError::UnsupportedGrantType)
+        }
+    };
+    Ok((grant, response))
+}
+
+/// Requested scopes, each within `ceiling`; none requested = the ceiling.
+/// The result keeps the order of the request (or the ceiling), without
+/// repeats.
+pub fn granted_scopes(
+    requested: Option<&str>,
+    ceiling: &[String],
+) -> Result<Vec<String>, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(ceiling.to_vec());
+    };
+    let mut granted: Vec<String> = Vec::new();
+    for scope in requested.split(' ').filter(|s| !s.is_empty()) {
+        if !ceiling.iter().any(|allowed| allowed == scope) {
+            return Err(OAuthError::InvalidScope(
+                "a requested scope is not granted to the client",
+            ));
+        }
+        if !granted.iter().any(|g| g == scope) {
+            granted.push(scope.to_owned());
+        }
+    }
+    Ok(granted)
+}
+
+/// Whether a grant to this client comes with a refresh token.
+pub fn may_refresh(client: &Client) -> bool {
+    client.refresh_limit > 0 && client.allows(GrantType::RefreshToken)
+}
+
+/// Mints and records a new grant's access token and, when `refreshable`,
+/// the first refresh token of a new family.
+pub fn issue_new(
+    cx: &GrantContext<'_>,
+    mut issue: Issue<'_>,
+    refreshable: bool,
+) -> Result<TokenResponse, OAuthError> {
+    let family = refreshable.then(tokens::random_id);
+    issue.family = family.clone();
+    let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
+    let refresh =
+        family.map(|family| tokens::mint_refresh(&issue, &family, &access.record.scope, 0, cx.now));
+    cx.store
+        .insert_grant(&access.record, refresh.as_ref().map(|(_, record)| record))?;
+    Ok(response(access, refresh.map(|(token, _)| token), cx.now))
+}
+
+fn response(
+    access: tokens::MintedAccess,
+    refresh_token: Option<String>,
+    now: u64,
+) -> TokenResponse {
+    TokenResponse {
+        expires_in: access.record.expires_at.map(|exp| exp.saturating_sub(now)),
+        scope: access.record.scope,
+        access_token: access.token,
+        token_type: "Bearer",
+        refresh_token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ceiling() -> Vec<String> {
+        vec!["view".into(), "book".into()]
+    }
+
+    #[test]
+    fn no_scope_means_all_of_the_clients() {
+        assert_eq!(granted_scopes(None, &ceiling()).expect("ok"), ceiling());
+    }
+
+    #[test]
+    fn subset_is_granted_and_widening_refused() {
+        assert_eq!(
+            granted_scopes(Some("book  book"), &ceiling()).expect("ok"),
+            ["book"]
+        );
+        assert!(matches!(
+            granted_scopes(Some("book cancel"), &ceiling()),
+            Err(OAuthError::InvalidScope(_))
+        ));
+    }
+}

@@ -1,0 +1,111 @@
+//! Resource owner password credentials grant (RFC 6749 §4.3).
+//!
+//! Passwords are checked against the configured Argon2 PHC strings (the
+//! string carries its own parameters). An unknown user is checked against
+//! a dummy hash, so a response's timing does not tell which usernames
+//! exist. Failures count towards the per-user and per-client limits of
+//! `attempts`; a locked user or client gets 429 with `Retry-After`.
+
+use std::collections::HashMap;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+
+use super::attempts::Subject;
+use super::{granted_scopes, issue_new, may_refresh, GrantContext, TokenResponse};
+use crate::authz_server::error::OAuthError;
+use crate::authz_server::form::Form;
+use crate::authz_server::settings::{Client, GrantType, User};
+use crate::authz_server::tokens::{self, Issue};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("user {username}: password_hash is not an Argon2 PHC string")]
+    BadHash { username: String },
+    #[error("cannot prepare the dummy password hash")]
+    Dummy,
+}
+
+/// The configured resource owners and their parsed password hashes.
+pub struct Users {
+    hashes: HashMap<String, PasswordHash>,
+    dummy: PasswordHash,
+}
+
+impl Users {
+    pub fn new(users: &[User]) -> Result<Users, PasswordError> {
+        let mut hashes = HashMap::new();
+        for user in users {
+            let hash = PasswordHash::new(&user.password_hash)
+                .ok()
+                .filter(|h| h.algorithm.as_str().starts_with("argon2"))
+                .ok_or_else(|| PasswordError::BadHash {
+                    username: user.username.clone(),
+                })?;
+            hashes.insert(user.username.clone(), hash);
+        }
+        // Same cost as the users' hashes where possible, so both paths
+        // take about as long.
+        let dummy_params = hashes
+            .values()
+            .next()
+            .and_then(|h| argon2::Params::try_from(h).ok())
+            .unwrap_or_default();
+        let dummy = Argon2::from(dummy_params)
+            .hash_password(tokens::random_token().as_bytes())
+            .map_err(|_| PasswordError::Dummy)?;
+        Ok(Users { hashes, dummy })
+    }
+
+    pub fn exists(&self, username: &str) -> bool {
+        self.hashes.contains_key(username)
+    }
+
+    /// Constant work whether or not the user exists.
+    pub fn verify(&self, username: &str, password: &str) -> bool {
+        let (hash, known) = match self.hashes.get(username) {
+            Some(hash) => (hash, true),
+            None => (&self.dummy, false),
+        };
+        let matched = Argon2::default()
+            .verify_password(password.as_bytes(), hash)
+            .is_ok();
+        matched && known
+    }
+}
+
+pub fn grant(
+    cx: &GrantContext<'_>,
+    client: &Client,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
+    let username = form
+        .get("username")
+        .ok_or(OAuthError::InvalidRequest("username is required"))?;
+    let password = form
+        .get("password")
+        .ok_or(OAuthError::InvalidRequest("password is required"))?;
+    let scopes = granted_scopes(form.get("scope"), &client.scopes)?;
+    let as_client = Subject::Client(client.client_id.clone());
+    let as_user = Subject::User(username.to_owned());
+    for subject in [&as_client, &as_user] {
+        cx.attempts
+            .check(subject, cx.now)
+            .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
+    }
+    if !cx.users.verify(username, password) {
+        cx.attempts.record_failure(&as_client, cx.now);
+        cx.attempts.record_failure(&as_user, cx.now);
+        tracing::info!(client_id = %client.client_id, "password grant refused: wrong credentials");
+        return Err(OAuthError::InvalidGrant("wrong username or password"));
+    }
+    cx.attempts.clear(&as_user);
+    let issue = Issue {
+        client,
+        username: Some(username),
+        scopes: &scopes,
+        grant_type: GrantType::Password,
+        family: None,
+    };
+    issue_new(cx, issue, may_refresh(client))
+}

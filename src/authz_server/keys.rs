@@ -1,0 +1,304 @@
+//! The key this server signs JWT access tokens with, and the public keys it
+//! publishes (RFC 7517 JWKS).
+//!
+//! On first start a key is generated and written, owner-readable only
+//! (0600), without ever replacing an existing file. Key type: RSA 2048 /
+//! RS256, because RFC 9068 §2.1 makes RS256 the one algorithm every
+//! conforming resource server supports; an operator may supply a P-256
+//! (ES256) or P-384 (ES384) PKCS#8 key instead. `kid` is the RFC 7638
+//! thumbprint. Every public key that has signed is recorded in the store,
+//! and the JWKS keeps the previous ones, so tokens signed before a key
+//! change (file replaced, then restart or reload) still validate.
+//! The private key never leaves this module and is never logged.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+
+use super::store::{KnownKey, StoreError, TokenStore};
+
+/// Public keys kept in the JWKS besides the current one.
+const PREVIOUS_KEYS_PUBLISHED: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("signing key {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("signing key {path} is not a PEM RSA (2048+ bits) or P-256/P-384 PKCS#8 private key")]
+    Unsupported { path: PathBuf },
+    #[error("signing key generation failed")]
+    Generate,
+    #[error("signing key: {0}")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error("known signing keys: {0}")]
+    Store(#[from] StoreError),
+    #[error("a recorded public key is not a valid JWK: {0}")]
+    BadRecordedKey(#[from] serde_json::Error),
+}
+
+/// The private key in use.
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    encoding: EncodingKey,
+    jwk: Jwk,
+}
+
+impl SigningKey {
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+}
+
+/// A public key this server signed with, ready to verify.
+struct Verifier {
+    kid: String,
+    alg: Algorithm,
+    decoding: DecodingKey,
+}
+
+/// Current signing key plus every public key still published.
+pub struct SigningKeys {
+    path: PathBuf,
+    current: SigningKey,
+    published: Vec<Jwk>,
+    verifiers: Vec<Verifier>,
+}
+
+impl SigningKeys {
+    /// Loads the key at `path` (generating it when missing), records its
+    /// public half in `store` and collects the previous ones.
+    pub fn open(path: &Path, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
+        let current = load_or_generate(path)?;
+        store.record_key(&KnownKey {
+            kid: current.kid.clone(),
+            jwk: serde_json::to_string(&current.jwk)?,
+            first_seen: now,
+        })?;
+        let mut published = vec![current.jwk.clone()];
+        for known in store.known_keys()? {
+            if published.len() > PREVIOUS_KEYS_PUBLISHED {
+                break;
+            }
+            if known.kid != current.kid {
+                published.push(serde_json::from_str(&known.jwk)?);
+            }
+        }
+        let verifiers = published
+            .iter()
+            .filter_map(|jwk| {
+                let alg = jwk.common.key_algorithm?.to_string().parse().ok()?;
+                Some(Verifier {
+                    kid: jwk.common.key_id.clone()?,
+                    alg,
+                    decoding: DecodingKey::from_jwk(jwk).ok()?,
+                })
+            })
+            .collect();
+        Ok(SigningKeys {
+            path: path.to_owned(),
+            current,
+            published,
+            verifiers,
+        })
+    }
+
+    /// Re-reads the key file; a changed key becomes current and the old one
+    /// stays published.
+    pub fn reload(&self, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
+        SigningKeys::open(&self.path, store, now)
+    }
+
+    pub fn current(&self) -> &SigningKey {
+        &self.current
+    }
+
+    /// The key with this `kid` and its algorithm, to verify this server's
+    /// own tokens.
+    pub fn verifier(&self, kid: &str) -> Option<(&DecodingKey, Algorithm)> {
+        self.verifiers
+            .iter()
+            .find(|v| v.kid == kid)
+            .map(|v| (&v.decoding, v.alg))
+    }
+
+    /// RFC 7517 §5 JWK Set of the public keys, current first.
+    pub fn jwks_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "keys": self.published }))
+            .expect("JWKs serialise: they were built from valid keys")
+    }
+}
+
+fn load_or_generate(path: &Path) -> Result<SigningKey, KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(pem) => {
+            warn_if_readable_by_others(path);
+            parse(&pem).ok_or_else(|| KeyError::Unsupported {
+                path: path.to_owned(),
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let pem = generate_rsa_pem()?;
+            match write_new(path, pem.as_bytes()) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "generated a new RS256 signing key");
+                    parse(pem.as_bytes()).ok_or(KeyError::Generate)
+                }
+                // Another process created it first: use theirs.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pem = std::fs::read(path).map_err(io)?;
+                    parse(&pem).ok_or_else(|| KeyError::Unsupported {
+                        path: path.to_owned(),
+                    })
+                }
+                Err(error) => Err(io(error)),
+            }
+        }
+        Err(error) => Err(io(error)),
+    }
+}
+
+/// Tries RSA, then the EC curves: the PEM label alone does not say which
+/// (PKCS#8 `PRIVATE KEY` covers both).
+fn parse(pem: &[u8]) -> Option<SigningKey> {
+    let candidates = [
+        (EncodingKey::from_rsa_pem(pem), Algorithm::RS256),
+        (EncodingKey::from_ec_pem(pem), Algorithm::ES256),
+        (EncodingKey::from_ec_pem(pem), Algorithm::ES384),
+    ];
+    candidates.into_iter().find_map(|(key, alg)| {
+        let encoding = key.ok()?;
+        let mut jwk = Jwk::from_encoding_key(&encoding, alg).ok()?;
+        let kid = jwk.thumbprint(ThumbprintHash::SHA256).ok()?;
+        jwk.common.key_id = Some(kid.clone());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        // Proves the key signs with this algorithm (a P-384 key fails ES256).
+        jsonwebtoken::crypto::sign(b"probe", &encoding, alg).ok()?;
+        Some(SigningKey {
+            kid,
+            alg,
+            encoding,
+            jwk,
+        })
+    })
+}
+
+fn generate_rsa_pem() -> Result<String, KeyError> {
+    use aws_lc_rs::encoding::AsDer;
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+        .map_err(|_| KeyError::Generate)?;
+    let der = pair.as_der().map_err(|_| KeyError::Generate)?;
+    Ok(pem_encode("PRIVATE KEY", der.as_ref()))
+}
+
+/// RFC 7468 §2: base64 in lines of 64 characters between labels.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+/// Writes through a private temporary file and links it into place, so
+/// the key is never visible half-written or with wider permissions, and an
+/// existing file is never replaced.
+fn write_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "signing key is readable by group or others; chmod 600 it");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz_server::store::SqliteStore;
+
+    #[test]
+    fn generates_once_with_owner_only_mode_and_keeps_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("db")).expect("store");
+        let path = dir.path().join("keys/signing.pem");
+        let first = SigningKeys::open(&path, &store, 10).expect("generate");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let again = SigningKeys::open(&path, &store, 20).expect("load");
+        assert_eq!(first.current().kid, again.current().kid);
+        assert_eq!(again.current().alg, Algorithm::RS256);
+    }
+
+    #[test]
+    fn a_replaced_key_keeps_the_old_one_published() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("db")).expect("store");
+        let path = dir.path().join("signing.pem");
+        let old = SigningKeys::open(&path, &store, 10).expect("generate");
+        let old_kid = old.current().kid.clone();
+        let pair = aws_lc_rs::signature::EcdsaKeyPair::generate(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        )
+        .expect("ec key");
+        let der = pair.to_pkcs8v1().expect("pkcs8");
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::write(&path, pem_encode("PRIVATE KEY", der.as_ref())).expect("write");
+        let new = old.reload(&store, 20).expect("reload");
+        assert_eq!(new.current().alg, Algorithm::ES256);
+        assert_ne!(new.current().kid, old_kid);
+        assert!(new.verifier(&old_kid).is_some());
+        let jwks: serde_json::Value = serde_json::from_slice(&new.jwks_json()).expect("json");
+        let kids: Vec<_> = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_owned())
+            .collect();
+        assert_eq!(kids, [new.current().kid.clone(), old_kid]);
+        assert_eq!(jwks["keys"][0]["use"], "sig");
+        assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    }
+}

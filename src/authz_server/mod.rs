@@ -1,0 +1,43 @@
+//! The local OAuth2 authorization server: issues, refreshes, introspects
+//! and revokes tokens for the clients and users of its settings.
+//!
+//! `endpoints` is the HTTP face (framework-free: collected request in,
+//! response out); `grants/` decides what the token endpoint issues, one
+//! file per grant; `tokens` mints; `keys` signs and publishes the JWKS;
+//! `store` remembers tokens by `jti` or hash, never by value;
+//! `introspect` (RFC 7662) and `revoke` (RFC 7009) answer about them;
+//! `client_auth` and `form` read requests; `error` decides every refusal's
+//! status and body. Nothing here logs a token, password or secret.
+
+mod client_auth;
+mod endpoints;
+pub mod error;
+mod form;
+pub mod grants;
+mod introspect;
+pub mod keys;
+mod revoke;
+pub mod settings;
+pub mod store;
+pub mod tokens;
+
+pub use endpoints::{is_endpoint, unix_now, AuthorizationServer, RequestContext, MAX_BODY};
+pub use settings::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
+pub use store::{Removed, TokenSummary};
+
+/// Why the authorization server could not start or do an admin job.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    #[error(transparent)]
+    Password(#[from] grants::password::PasswordError),
+    #[error(
+        "client {client_id}: token_lifetime -1 is not allowed with JWT tokens (a JWT must expire)"
+    )]
+    JwtWithoutExpiry { client_id: String },
+    #[error("authorization server worker failed")]
+    Worker,
+}

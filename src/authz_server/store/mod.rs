@@ -1,0 +1,199 @@
+//! What the authorization server remembers: access tokens (by `jti`, or by
+//! the SHA-256 of an opaque token), refresh tokens, authorization codes and
+//! the public keys it has signed with.
+//!
+//! Invariant: no clear token or code is ever stored — only its SHA-256
+//! (base64url), so a copy of the store cannot be replayed. The store is
+//! never on the gateway's request path for JWTs; callers use it from a
+//! blocking thread. The trait exists so a fleet can later share one store
+//! that is not a local file.
+
+mod schema;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use serde::Serialize;
+
+use super::settings::TokenFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("token store: cannot create directory {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token store: cannot create {path}: {source}")]
+    Create {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("token store schema version {found} is newer than this program's {known}")]
+    FutureSchema { found: i64, known: i64 },
+    #[error("token store holds a value it does not understand in column {0}")]
+    Corrupt(&'static str),
+}
+
+/// One issued access token; `id` is its `jti` (JWT) or the SHA-256 of the
+/// token (opaque).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenRecord {
+    pub id: String,
+    pub format: TokenFormat,
+    pub client_id: String,
+    pub username: Option<String>,
+    /// Space-separated token scopes (RFC 6749 §3.3).
+    pub scope: String,
+    pub issued_at: u64,
+    /// `None` = never expires (opaque only).
+    pub expires_at: Option<u64>,
+    /// Refresh family the token belongs to, if it was issued with a refresh
+    /// token: revoking the family revokes it (RFC 7009 §2.1).
+    pub family: Option<String>,
+    pub grant_type: String,
+    pub revoked: bool,
+}
+
+/// One refresh token, by the SHA-256 of its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenRecord {
+    pub hash: String,
+    /// All refresh tokens rotated from one grant share a family.
+    pub family: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    /// Scope of the original grant: the ceiling for every refresh
+    /// (RFC 6749 §6).
+    pub scope: String,
+    /// Refreshes already made in this family when this token was issued.
+    pub refreshes_used: u32,
+    pub issued_at: u64,
+    pub expires_at: Option<u64>,
+    /// Exchanged for a newer token; presenting it again is reuse.
+    pub rotated: bool,
+    pub revoked: bool,
+}
+
+/// An authorization code waiting to be redeemed (RFC 6749 §4.1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    pub hash: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// RFC 7636 `code_challenge` and its method, when PKCE was used.
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub scope: String,
+    pub username: String,
+    pub expires_at: u64,
+}
+
+/// What redeeming a code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeTake {
+    /// First use: the code is now spent.
+    Fresh(CodeRecord),
+    /// RFC 6749 §4.1.2: a second use; the tokens issued from the first use
+    /// (their family, when known) should be revoked.
+    Reused {
+        family: Option<String>,
+    },
+    Expired,
+    Unknown,
+}
+
+/// Outcome of exchanging a refresh token for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Rotated,
+    /// The token was already rotated or revoked (a concurrent or replayed
+    /// use): nothing was issued.
+    Stale,
+}
+
+/// A token as the admin API lists it: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenSummary {
+    pub id: String,
+    /// `access_token` or `refresh_token`.
+    pub kind: &'static str,
+    /// `jwt` or `opaque`.
+    pub format: &'static str,
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    pub scope: String,
+    pub issued_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    pub revoked: bool,
+}
+
+/// How many rows `remove_expired` deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub access_tokens: u64,
+    pub refresh_tokens: u64,
+    pub authorization_codes: u64,
+}
+
+impl Removed {
+    pub fn total(&self) -> u64 {
+        self.access_tokens + self.refresh_tokens + self.authorization_codes
+    }
+}
+
+/// A public signing key the server has used, kept so tokens signed before
+/// a key change still validate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownKey {
+    pub kid: String,
+    /// The public JWK as JSON.
+    pub jwk: String,
+    pub first_seen: u64,
+}
+
+pub trait TokenStore: Send + Sync {
+    /// Records a new grant: its access token and, when issued, its refresh
+    /// token, atomically.
+    fn insert_grant(
+        &self,
+        access: &AccessTokenRecord,
+        refresh: Option<&RefreshTokenRecord>,
+    ) -> Result<(), StoreError>;
+    fn find_access_token(&self, id: &str) -> Result<Option<AccessTokenRecord>, StoreError>;
+    fn find_refresh_token(&self, hash: &str) -> Result<Option<RefreshTokenRecord>, StoreError>;
+    /// Marks `presented` rotated and records the new access token (and the
+    /// next refresh token) — only if `presented` was still current.
+    fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        access: &AccessTokenRecord,
+        next: Option<&RefreshTokenRecord>,
+    ) -> Result<Rotation, StoreError>;
+    /// Revokes one access token; false when unknown.
+    fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError>;
+    /// Revokes every refresh and access token of a family; returns how many.
+    fn revoke_family(&self, family: &str) -> Result<u64, StoreError>;
+    fn list_tokens(&self) -> Result<Vec<TokenSummary>, StoreError>;
+    /// Deletes one access token (by id) or refresh token (by hash).
+    fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
+    /// Deletes expired access tokens and codes, and refresh tokens of
+    /// families that can no longer be refreshed and have no live access
+    /// token left.
+    fn remove_expired(&self, now: u64) -> Result<Removed, StoreError>;
+    fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
+    /// Spends a code: at most one caller ever gets [`CodeTake::Fresh`].
+    fn take_code(&self, hash: &str, now: u64) -> Result<CodeTake, StoreError>;
+    /// Remembers which family was issued from a code, for reuse detection.
+    fn bind_code_family(&self, hash: &str, family: &str) -> Result<(), StoreError>;
+    /// Records a public key the first time it signs.
+    fn record_key(&self, key: &KnownKey) -> Result<(), StoreError>;
+    /// Known public keys, newest first.
+    fn known_keys(&self) -> Result<Vec<KnownKey>, StoreError>;
+}

@@ -1,0 +1,599 @@
+//! [`TokenStore`] in one SQLite file (WAL mode, so several gateway
+//! processes on one host can share it); the schema is in `schema`.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use super::schema;
+use super::{
+    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
+    StoreError, TokenStore, TokenSummary,
+};
+use crate::authz_server::settings::TokenFormat;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory when missing) and migrates.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        create_private(path)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        schema::migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (every
+        // multi-statement change runs in a transaction), so a poisoned lock
+        // is still usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The store holds token hashes and who holds them: readable by its owner
+/// only. Created private before SQLite opens it, so it never exists with
+/// wider permissions; SQLite gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(|source| StoreError::Create {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+fn format_name(format: TokenFormat) -> &'static str {
+    match format {
+        TokenFormat::Jwt => "jwt",
+        TokenFormat::Opaque => "opaque",
+    }
+}
+
+fn parse_format(name: &str) -> Result<TokenFormat, StoreError> {
+    match name {
+        "jwt" => Ok(TokenFormat::Jwt),
+        "opaque" => Ok(TokenFormat::Opaque),
+        _ => Err(StoreError::Corrupt("access_tokens.format")),
+    }
+}
+
+/// SQLite integers are signed; times and counters here never exceed i64.
+fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_sql(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn insert_access(conn: &Connection, t: &AccessTokenRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO access_tokens (id, format, client_id, username, scope, issued_at, \
+         expires_at, family, grant_type, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            t.id,
+            format_name(t.format),
+            t.client_id,
+            t.username,
+            t.scope,
+            to_sql(t.issued_at),
+            t.expires_at.map(to_sql),
+            t.family,
+            t.grant_type,
+            t.revoked,
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_refresh(conn: &Connection, t: &RefreshTokenRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO refresh_tokens (hash, family, client_id, username, scope, refreshes_used, \
+         issued_at, expires_at, rotated, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            t.hash,
+            t.family,
+            t.client_id,
+            t.username,
+            t.scope,
+            t.refreshes_used,
+            to_sql(t.issued_at),
+            t.expires_at.map(to_sql),
+            t.rotated,
+            t.revoked,
+        ],
+    )?;
+    Ok(())
+}
+
+const ACCESS_COLUMNS: &str =
+    "id, format, client_id, username, scope, issued_at, expires_at, family, grant_type, revoked";
+
+fn access_row(row: &Row<'_>) -> rusqlite::Result<(AccessTokenRecord, String)> {
+    Ok((
+        AccessTokenRecord {
+            id: row.get(0)?,
+            format: TokenFormat::Opaque,
+            client_id: row.get(2)?,
+            username: row.get(3)?,
+            scope: row.get(4)?,
+            issued_at: from_sql(row.get(5)?),
+            expires_at: row.get::<_, Option<i64>>(6)?.map(from_sql),
+            family: row.get(7)?,
+            grant_type: row.get(8)?,
+            revoked: row.get(9)?,
+        },
+        row.get(1)?,
+    ))
+}
+
+fn with_format(
+    (mut record, format): (AccessTokenRecord, String),
+) -> Result<AccessTokenRecord, StoreError> {
+    record.format = parse_format(&format)?;
+    Ok(record)
+}
+
+const REFRESH_COLUMNS: &str = "hash, family, client_id, username, scope, refreshes_used, \
+     issued_at, expires_at, rotated, revoked";
+
+fn refresh_row(row: &Row<'_>) -> rusqlite::Result<RefreshTokenRecord> {
+    Ok(RefreshTokenRecord {
+        hash: row.get(0)?,
+        family: row.get(1)?,
+        client_id: row.get(2)?,
+        username: row.get(3)?,
+        scope: row.get(4)?,
+        refreshes_used: row.get(5)?,
+        issued_at: from_sql(row.get(6)?),
+        expires_at: row.get::<_, Option<i64>>(7)?.map(from_sql),
+        rotated: row.get(8)?,
+        revoked: row.get(9)?,
+    })
+}
+
+impl TokenStore for SqliteStore {
+    fn insert_grant(
+        &self,
+        access: &AccessTokenRecord,
+        refresh: Option<&RefreshTokenRecord>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        insert_access(&tx, access)?;
+        if let Some(refresh) = refresh {
+            insert_refresh(&tx, refresh)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn find_access_token(&self, id: &str) -> Result<Option<AccessTokenRecord>, StoreError> {
+        let conn = self.conn();
+        let found = conn
+            .query_row(
+                &format!("SELECT {ACCESS_COLUMNS} FROM access_tokens WHERE id = ?1"),
+                [id],
+                access_row,
+            )
+            .optional()?;
+        found.map(with_format).transpose()
+    }
+
+    fn find_refresh_token(&self, hash: &str) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = ?1"),
+                [hash],
+                refresh_row,
+            )
+            .optional()?)
+    }
+
+    fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        access: &AccessTokenRecord,
+        next: Option<&RefreshTokenRecord>,
+    ) -> Result<Rotation, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The conditional update is the point of serialisation: of two
+        // concurrent uses of one refresh token, exactly one rotates it.
+        let changed = tx.execute(
+            "UPDATE refresh_tokens SET rotated = 1 WHERE hash = ?1 AND rotated = 0 AND revoked = 0",
+            [presented],
+        )?;
+        if changed != 1 {
+            return Ok(Rotation::Stale);
+        }
+        insert_access(&tx, access)?;
+        if let Some(next) = next {
+            insert_refresh(&tx, next)?;
+        }
+        tx.commit()?;
+        Ok(Rotation::Rotated)
+    }
+
+    fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let changed = conn.execute("UPDATE access_tokens SET revoked = 1 WHERE id = ?1", [id])?;
+        Ok(changed > 0)
+    }
+
+    fn revoke_family(&self, family: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let refresh = tx.execute(
+            "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1 AND revoked = 0",
+            [family],
+        )?;
+        let access = tx.execute(
+            "UPDATE access_tokens SET revoked = 1 WHERE family = ?1 AND revoked = 0",
+            [family],
+        )?;
+        tx.commit()?;
+        Ok((refresh + access) as u64)
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenSummary>, StoreError> {
+        let conn = self.conn();
+        let mut tokens = Vec::new();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ACCESS_COLUMNS} FROM access_tokens ORDER BY issued_at, id"
+        ))?;
+        for row in stmt.query_map([], access_row)? {
+            let t = with_format(row?)?;
+            tokens.push(TokenSummary {
+                id: t.id,
+                kind: "access_token",
+                format: format_name(t.format),
+                client_id: t.client_id,
+                username: t.username,
+                scope: t.scope,
+                issued_at: t.issued_at,
+                expires_at: t.expires_at,
+                family: t.family,
+                revoked: t.revoked,
+            });
+        }
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens ORDER BY issued_at, hash"
+        ))?;
+        for row in stmt.query_map([], refresh_row)? {
+            let t = row?;
+            tokens.push(TokenSummary {
+                id: t.hash,
+                kind: "refresh_token",
+                format: "opaque",
+                client_id: t.client_id,
+                username: t.username,
+                scope: t.scope,
+                issued_at: t.issued_at,
+                expires_at: t.expires_at,
+                family: Some(t.family),
+                revoked: t.revoked || t.rotated,
+            });
+        }
+        Ok(tokens)
+    }
+
+    fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let access = conn.execute("DELETE FROM access_tokens WHERE id = ?1", [id])?;
+        let refresh = conn.execute("DELETE FROM refresh_tokens WHERE hash = ?1", [id])?;
+        Ok(access + refresh > 0)
+    }
+
+    fn remove_expired(&self, now: u64) -> Result<Removed, StoreError> {
+        let now = to_sql(now);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let access_tokens = tx.execute(
+            "DELETE FROM access_tokens WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            [now],
+        )?;
+        // A family's rows are kept while a refresh is still possible or an
+        // access token of it is still live: replaying a rotated refresh
+        // token must still revoke those (RFC 9700 §4.14.2).
+        let refresh_tokens = tx.execute(
+            "DELETE FROM refresh_tokens WHERE (expires_at IS NOT NULL AND expires_at <= ?1) OR ( \
+               family NOT IN (SELECT family FROM refresh_tokens WHERE rotated = 0 AND revoked = 0 \
+                              AND (expires_at IS NULL OR expires_at > ?1)) \
+               AND family NOT IN (SELECT family FROM access_tokens WHERE family IS NOT NULL \
+                              AND revoked = 0))",
+            [now],
+        )?;
+        let authorization_codes = tx.execute(
+            "DELETE FROM authorization_codes WHERE expires_at <= ?1",
+            [now],
+        )?;
+        tx.commit()?;
+        Ok(Removed {
+            access_tokens: access_tokens as u64,
+            refresh_tokens: refresh_tokens as u64,
+            authorization_codes: authorization_codes as u64,
+        })
+    }
+
+    fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO authorization_codes (hash, client_id, redirect_uri, code_challenge, \
+             code_challenge_method, scope, username, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                code.hash,
+                code.client_id,
+                code.redirect_uri,
+                code.code_challenge,
+                code.code_challenge_method,
+                code.scope,
+                code.username,
+                to_sql(code.expires_at),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn take_code(&self, hash: &str, now: u64) -> Result<CodeTake, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = tx
+            .query_row(
+                "SELECT client_id, redirect_uri, code_challenge, code_challenge_method, scope, \
+                 username, expires_at, used, family FROM authorization_codes WHERE hash = ?1",
+                [hash],
+                |row| {
+                    Ok((
+                        CodeRecord {
+                            hash: hash.to_owned(),
+                            client_id: row.get(0)?,
+                            redirect_uri: row.get(1)?,
+                            code_challenge: row.get(2)?,
+                            code_challenge_method: row.get(3)?,
+                            scope: row.get(4)?,
+                            username: row.get(5)?,
+                            expires_at: from_sql(row.get(6)?),
+                        },
+                        row.get::<_, bool>(7)?,
+                        row.get::<_, Option<String>>(8)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let outcome = match found {
+            None => CodeTake::Unknown,
+            Some((_, true, family)) => CodeTake::Reused { family },
+            Some((code, false, _)) if code.expires_at <= now => CodeTake::Expired,
+            Some((code, false, _)) => {
+                tx.execute(
+                    "UPDATE authorization_codes SET used = 1 WHERE hash = ?1",
+                    [hash],
+                )?;
+                CodeTake::Fresh(code)
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn bind_code_family(&self, hash: &str, family: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE authorization_codes SET family = ?2 WHERE hash = ?1",
+            [hash, family],
+        )?;
+        Ok(())
+    }
+
+    fn record_key(&self, key: &KnownKey) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO signing_keys (kid, jwk, first_seen) VALUES (?1, ?2, ?3)",
+            params![key.kid, key.jwk, to_sql(key.first_seen)],
+        )?;
+        Ok(())
+    }
+
+    fn known_keys(&self) -> Result<Vec<KnownKey>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT kid, jwk, first_seen FROM signing_keys ORDER BY first_seen DESC, rowid DESC",
+        )?;
+        let keys = stmt
+            .query_map([], |row| {
+                Ok(KnownKey {
+                    kid: row.get(0)?,
+                    jwk: row.get(1)?,
+                    first_seen: from_sql(row.get(2)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(id: &str, expires_at: Option<u64>, family: Option<&str>) -> AccessTokenRecord {
+        AccessTokenRecord {
+            id: id.into(),
+            format: TokenFormat::Opaque,
+            client_id: "app".into(),
+            username: Some("alice".into()),
+            scope: "view".into(),
+            issued_at: 100,
+            expires_at,
+            family: family.map(str::to_owned),
+            grant_type: "password".into(),
+            revoked: false,
+        }
+    }
+
+    fn refresh(hash: &str, family: &str) -> RefreshTokenRecord {
+        RefreshTokenRecord {
+            hash: hash.into(),
+            family: family.into(),
+            client_id: "app".into(),
+            username: Some("alice".into()),
+            scope: "view".into(),
+            refreshes_used: 0,
+            issued_at: 100,
+            expires_at: None,
+            rotated: false,
+            revoked: false,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("sub/oauth.db")).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn reopening_keeps_rows_and_schema_version() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("oauth.db");
+        let store = SqliteStore::open(&path).expect("open");
+        store
+            .insert_grant(&access("a", Some(200), None), None)
+            .expect("insert");
+        #[cfg(unix)]
+        for file in ["oauth.db", "oauth.db-wal"] {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(dir.path().join(file)).expect(file);
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.find_access_token("a").expect("find"),
+            Some(access("a", Some(200), None))
+        );
+    }
+
+    #[test]
+    fn a_refresh_token_rotates_once() {
+        let (_dir, store) = store();
+        store
+            .insert_grant(
+                &access("a1", Some(200), Some("f")),
+                Some(&refresh("r1", "f")),
+            )
+            .expect("insert");
+        let next = refresh("r2", "f");
+        assert_eq!(
+            store
+                .rotate_refresh_token("r1", &access("a2", Some(300), Some("f")), Some(&next))
+                .expect("rotate"),
+            Rotation::Rotated
+        );
+        assert_eq!(
+            store
+                .rotate_refresh_token("r1", &access("a3", Some(300), Some("f")), None)
+                .expect("rotate again"),
+            Rotation::Stale
+        );
+        assert_eq!(store.find_access_token("a3").expect("find"), None);
+        assert_eq!(store.revoke_family("f").expect("revoke"), 4);
+        assert!(store
+            .find_access_token("a2")
+            .expect("find")
+            .is_some_and(|t| t.revoked));
+    }
+
+    #[test]
+    fn remove_expired_keeps_live_families() {
+        let (_dir, store) = store();
+        store
+            .insert_grant(&access("old", Some(150), None), None)
+            .expect("insert");
+        store
+            .insert_grant(
+                &access("live", Some(500), Some("f")),
+                Some(&refresh("r", "f")),
+            )
+            .expect("insert");
+        store
+            .insert_grant(
+                &access("gone", Some(150), Some("g")),
+                Some(&refresh("s", "g")),
+            )
+            .expect("insert");
+        store.revoke_family("g").expect("revoke");
+        let removed = store.remove_expired(200).expect("remove");
+        assert_eq!(
+            removed,
+            Removed {
+                access_tokens: 2,
+                refresh_tokens: 1,
+                authorization_codes: 0
+            }
+        );
+        assert!(store.find_refresh_token("r").expect("find").is_some());
+    }
+
+    #[test]
+    fn a_code_is_spent_once() {
+        let (_dir, store) = store();
+        let code = CodeRecord {
+            hash: "h".into(),
+            client_id: "app".into(),
+            redirect_uri: "http://localhost/cb".into(),
+            code_challenge: None,
+            code_challenge_method: None,
+            scope: "view".into(),
+            username: "alice".into(),
+            expires_at: 200,
+        };
+        store.put_code(&code).expect("put");
+        assert_eq!(
+            store.take_code("h", 100).expect("take"),
+            CodeTake::Fresh(code)
+        );
+        store.bind_code_family("h", "f").expect("bind");
+        assert_eq!(
+            store.take_code("h", 100).expect("take"),
+            CodeTake::Reused {
+                family: Some("f".into())
+            }
+        );
+        assert_eq!(store.take_code("x", 100).expect("take"), CodeTake::Unknown);
+        assert_eq!(
+            store
+                .remove_expired(300)
+                .expect("remove")
+                .authorization_codes,
+            1
+        );
+    }
+}
