@@ -1,0 +1,223 @@
+//! Builders shared by the integration tests: an in-process gateway started
+//! from inline YAML, test upstreams that count what reaches them, and a
+//! small HTTP client. Everything listens on 127.0.0.1 port 0.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub use microgateway::config::Env;
+
+/// Installs the process-wide rustls provider once (tests may build TLS configs).
+pub fn crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A gateway running in this process on a configuration written to a
+/// temporary directory.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub inner: Option<microgateway::gateway::Gateway>,
+    pub http: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    /// Starts a gateway on `yaml`; `ports.http`/`admin.port` should be 0.
+    pub async fn start(yaml: &str) -> Gateway {
+        Gateway::start_with_env(yaml, Env::new()).await
+    }
+
+    pub async fn start_with_env(yaml: &str, env: Env) -> Gateway {
+        Gateway::try_start(yaml, env).await.unwrap_or_else(|e| panic!("gateway did not start:\n{e}"))
+    }
+
+    pub async fn try_start(yaml: &str, env: Env) -> Result<Gateway, String> {
+        crypto();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("microgateway.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let inner = microgateway::gateway::Gateway::start(&config, env)
+            .await
+            .map_err(|e| e.to_string())?;
+        let http = inner.http.expect("ports.http is set");
+        let admin = inner.admin;
+        Ok(Gateway {
+            dir,
+            config,
+            http,
+            admin,
+            inner: Some(inner),
+            client: client(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin.expect("admin port"), path)
+    }
+
+    pub fn state(&self) -> &Arc<microgateway::gateway::State> {
+        &self.inner.as_ref().expect("running").state
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request")
+    }
+
+    /// Rewrites the configuration file (a reload test then waits for the generation).
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(&self.config, yaml).expect("write config");
+    }
+
+    /// Waits until the serving generation is at least `generation`.
+    pub async fn wait_generation(&self, generation: u64) {
+        for _ in 0..200 {
+            if self.state().live.generation() >= generation {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("generation {generation} not reached");
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.shutdown().await;
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// What a test upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// A test upstream: answers 200 with a small JSON body, records every
+/// request, optionally after a delay.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub delay: Arc<Mutex<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (h, r, d) = (hits.clone(), received.clone(), delay.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let (h, r, d) = (h.clone(), r.clone(), d.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (h, r, d) = (h.clone(), r.clone(), d.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            r.lock().unwrap().push(Received {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers.clone(),
+                                body,
+                            });
+                            let wait = *d.lock().unwrap();
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                            }
+                            let mut response = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            response.headers_mut().insert("connection", "x-upstream-hop".parse().unwrap());
+                            response.headers_mut().insert("x-upstream-hop", "1".parse().unwrap());
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, received, delay, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Received {
+        self.received.lock().unwrap().last().cloned().expect("the upstream received a request")
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A map for `Gateway::start_with_env`.
+pub fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+}
+
+/// Sends raw bytes on a new connection and returns what came back (up to
+/// the connection's close or 5 s).
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
