@@ -68,6 +68,10 @@ pub enum Command {
         #[arg(long)]
         auth_server: Option<String>,
     },
+
+    /// Print an argon2id hash of a password read from standard input, for
+    /// `authorization_server.users[].password_hash`.
+    HashPassword,
 }
 
 /// The process environment, read once.
@@ -85,6 +89,7 @@ pub fn run(args: Args) -> ExitCode {
     });
     match command {
         Command::Check { config } => check(&config),
+        Command::HashPassword => hash_password(),
         Command::Explain {
             config,
             method,
@@ -257,4 +262,26 @@ async fn wait_for_signals(gateway: &Gateway) {
 #[cfg(not(unix))]
 async fn wait_for_signals(_gateway: &Gateway) {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn hash_password() -> ExitCode {
+    use argon2::PasswordHasher;
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err()
+        || line.trim_end_matches(['\n', '\r']).is_empty()
+    {
+        eprintln!("type the password on standard input");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    match argon2::Argon2::default().hash_password(password.as_bytes()) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cannot hash: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -8,12 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use http::Response;
+use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::auth::jwks::KeySet;
 use crate::auth::servers::Authenticator;
+use crate::authz_server::AuthorizationServer;
 use crate::config::{self, Env, Invalid, Snapshot};
 use crate::proxy::{self, Body, Connection, Runtime, Upstreams};
 use crate::reload::{Live, Source};
@@ -29,6 +33,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the authorization server cannot start: {0}")]
+    AuthorizationServer(String),
 }
 
 /// Shared state of one gateway instance.
@@ -39,6 +45,8 @@ pub struct State {
     pub env: Env,
     pub started: Instant,
     pub listening: AtomicBool,
+    /// This instance's authorization server, when `authorization_server:` is on.
+    pub authz: ArcSwapOption<AuthorizationServer>,
 }
 
 impl State {
@@ -47,7 +55,18 @@ impl State {
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
         let next = self.live.generation() + 1;
         match config::load(&self.config_path, &self.env, next) {
-            Ok(loaded) => Ok(self.install(source, loaded.snapshot)),
+            Ok(loaded) => match self.install(source, loaded.snapshot) {
+                Ok(generation) => Ok(generation),
+                Err(problem) => {
+                    let invalid = Invalid::single(&self.config_path, problem, "");
+                    tracing::error!(
+                        source = source.label(),
+                        "configuration refused; the last good one keeps serving:\n{invalid}"
+                    );
+                    self.live.refuse(source, invalid.to_string());
+                    Err(invalid)
+                }
+            },
             Err(invalid) => {
                 tracing::error!(
                     source = source.label(),
@@ -59,13 +78,40 @@ impl State {
         }
     }
 
-    /// Prepares the runtime for `snapshot`, then swaps it in.
-    pub fn install(&self, source: Source, snapshot: Snapshot) -> u64 {
+    /// Prepares the runtime for `snapshot` (authorization server, then
+    /// validators), then swaps it in. Nothing is swapped on error.
+    pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
         let generation = snapshot.generation;
+        self.prepare_authz(&snapshot)?;
         self.runtime.auth.prepare(&snapshot);
         self.live.swap(source, snapshot);
         tracing::info!(generation, source = source.label(), "configuration applied");
-        generation
+        Ok(generation)
+    }
+
+    /// Opens the authorization server when its settings changed (it keeps
+    /// its store and keys otherwise) and publishes its keys in-process.
+    fn prepare_authz(&self, snapshot: &Snapshot) -> Result<(), String> {
+        let Some(settings) = &snapshot.authorization_server else {
+            self.authz.store(None);
+            return Ok(());
+        };
+        let current = self.authz.load_full();
+        let server = match current {
+            Some(server) if server.settings() == &**settings => server,
+            _ => {
+                let server =
+                    AuthorizationServer::open((**settings).clone()).map_err(|e| e.to_string())?;
+                // The cleanup task ends when the server is dropped.
+                let _ = server.spawn_cleanup();
+                Arc::new(server)
+            }
+        };
+        let keys = KeySet::from_json(&server.published_keys())
+            .map_err(|e| format!("signing keys: {e}"))?;
+        self.runtime.auth.local_keys().store(Arc::new(keys));
+        self.authz.store(Some(server));
+        Ok(())
     }
 
     pub fn is_ready(&self) -> bool {
@@ -108,7 +154,7 @@ impl Gateway {
             auth: Authenticator::default(),
             upstreams: Upstreams::new(snapshot.timeouts.upstream_connect),
         };
-        runtime.auth.prepare(&snapshot);
+        let generation = snapshot.generation;
         let state = Arc::new(State {
             live: Live::new(snapshot),
             runtime,
@@ -116,7 +162,15 @@ impl Gateway {
             env,
             started: Instant::now(),
             listening: AtomicBool::new(false),
+            authz: ArcSwapOption::empty(),
         });
+        let first = state.live.snapshot();
+        state
+            .prepare_authz(&first)
+            .map_err(StartError::AuthorizationServer)?;
+        state.runtime.auth.prepare(&first);
+        drop(first);
+        tracing::debug!(generation, "first snapshot prepared");
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut gateway = Gateway {
@@ -176,7 +230,13 @@ async fn handle_api(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let snapshot = state.live.snapshot();
-    let (response, api) = proxy::serve(&snapshot, &state.runtime, conn, req).await;
+    let (response, api) = match state.authz.load_full() {
+        Some(authz) if crate::authz_server::is_endpoint(&path) => (
+            authz_endpoint(state, &snapshot, &authz, conn, req).await,
+            None,
+        ),
+        _ => proxy::serve(&snapshot, &state.runtime, conn, req).await,
+    };
     let status = response.status();
     let api_name = api.as_ref().map_or("-", |a| a.name.as_str());
     let metrics = crate::metrics::get();
@@ -208,4 +268,43 @@ async fn handle_api(
         "request"
     );
     response
+}
+
+/// Hands a request on an API port to the authorization server: the body
+/// is read up to its limit, the request classified as HTTPS (TLS, or
+/// `https` from a trusted proxy) and admin credentials checked.
+async fn authz_endpoint(
+    state: &State,
+    snapshot: &Snapshot,
+    authz: &AuthorizationServer,
+    conn: Connection,
+    req: http::Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let trusted = snapshot
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&conn.peer.ip()));
+    let forwarded_https = trusted
+        && req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let admin_ok = match crate::admin::access(state, req.headers()) {
+        crate::admin::Access::Granted => Some(true),
+        crate::admin::Access::Denied => Some(false),
+        crate::admin::Access::Open => None,
+    };
+    let ctx = crate::authz_server::RequestContext {
+        is_https: conn.tls || forwarded_https,
+        admin_ok,
+    };
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, crate::authz_server::MAX_BODY);
+    let Ok(collected) = limited.collect().await else {
+        return proxy::Rejection::PayloadTooLarge.into_response();
+    };
+    let response = authz
+        .handle(http::Request::from_parts(parts, collected.to_bytes()), ctx)
+        .await;
+    response.map(proxy::full)
 }

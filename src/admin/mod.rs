@@ -103,7 +103,8 @@ async fn rest(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let access = access(state, req.headers());
-    let mutating = method != Method::GET && method != Method::HEAD;
+    // "required": these need configured admin credentials even to read.
+    let mutating = (method != Method::GET && method != Method::HEAD) || path.starts_with("oauth2/");
     match (access, mutating) {
         (Access::Denied, _) => return unauthorized(),
         (Access::Open, true) => {
@@ -126,7 +127,47 @@ async fn rest(
                 json!({"error": "invalid_configuration", "findings": invalid.findings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
             ),
         },
+        (&Method::GET, "oauth2/tokens") => tokens(state).await,
+        (&Method::DELETE, p) if p.starts_with("oauth2/tokens/") => {
+            revoke(state, &p["oauth2/tokens/".len()..]).await
+        }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+    }
+}
+
+async fn tokens(state: &State) -> Response<Body> {
+    let Some(authz) = state.authz.load_full() else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "error_description": "the authorization server is off"}),
+        );
+    };
+    match authz.list_tokens().await {
+        Ok(tokens) => json_response(StatusCode::OK, json!({ "tokens": tokens })),
+        Err(error) => {
+            tracing::error!(%error, "listing tokens failed");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "server_error"}),
+            )
+        }
+    }
+}
+
+async fn revoke(state: &State, id: &str) -> Response<Body> {
+    let Some(authz) = state.authz.load_full() else {
+        return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"}));
+    };
+    match authz.revoke_by_id(id.to_owned()).await {
+        Ok(true) => json_response(StatusCode::OK, json!({"revoked": id})),
+        Ok(false) => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        Err(error) => {
+            tracing::error!(%error, "revoking a token failed");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "server_error"}),
+            )
+        }
     }
 }
 

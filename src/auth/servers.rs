@@ -1,80 +1,207 @@
 //! The validators of each auth server of the serving snapshot. Rebuilt on
 //! every snapshot, but an auth server whose settings did not change keeps
-//! its validators (and with them its JWKS and caches). Prepared before a
-//! snapshot is swapped in, so a request never meets an unknown auth server.
+//! its validators (and with them its JWKS and verified-token cache); the
+//! introspection cache drops the entries of an auth server that changed.
+//! Prepared before a snapshot is swapped in, so a request never meets an
+//! auth server without validators.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::{AuthFailure, Principal};
+use super::cache::IntrospectionCache;
+use super::introspection::{IntrospectionSettings, Introspector};
+use super::jwks::{JwksSource, KeySet, RemoteOptions};
+use super::jwt::{JwtRules, JwtValidator};
+use super::{AuthFailure, Principal, TokenProblem};
 use crate::config::snapshot::AuthServer;
 use crate::config::Snapshot;
 
+/// Verified JWTs remembered per auth server.
+const VERIFIED_CACHE_CAPACITY: usize = 10_000;
+/// Introspection results remembered across all auth servers.
+const INTROSPECTION_CACHE_CAPACITY: usize = 100_000;
+
 /// How one auth server validates tokens.
 pub struct Validators {
-    pub settings: Arc<AuthServer>,
+    settings: Arc<AuthServer>,
+    /// Whether its JWTs are checked against this instance's own keys.
+    in_process: bool,
+    jwt: Option<JwtValidator>,
+    remote: Option<Introspector>,
+}
+
+impl Validators {
+    pub fn jwt(&self) -> Option<&JwtValidator> {
+        self.jwt.as_ref()
+    }
 }
 
 pub struct Authenticator {
     servers: ArcSwap<HashMap<Arc<str>, Arc<Validators>>>,
+    introspection_cache: Arc<IntrospectionCache>,
+    /// Keys of this instance's authorization server, published in-process.
+    local_keys: Arc<ArcSwap<KeySet>>,
+    http: reqwest::Client,
 }
 
 impl Default for Authenticator {
     fn default() -> Self {
-        Authenticator {
-            servers: ArcSwap::from_pointee(HashMap::new()),
-        }
+        Authenticator::new()
     }
 }
 
+/// The client for JWKS, discovery and introspection: no redirects (a
+/// redirect could send credentials elsewhere), bounded connect time.
+fn http_client(ca_bundle: Option<&[u8]>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(60));
+    if let Some(pem) = ca_bundle {
+        for cert in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().unwrap_or_default()
+}
+
 impl Authenticator {
+    pub fn new() -> Authenticator {
+        Authenticator {
+            servers: ArcSwap::from_pointee(HashMap::new()),
+            introspection_cache: Arc::new(IntrospectionCache::new(INTROSPECTION_CACHE_CAPACITY)),
+            local_keys: Arc::new(ArcSwap::from_pointee(KeySet::default())),
+            http: http_client(None),
+        }
+    }
+
+    /// Where this instance's authorization server publishes its keys.
+    pub fn local_keys(&self) -> &Arc<ArcSwap<KeySet>> {
+        &self.local_keys
+    }
+
     /// Builds the validators for `snapshot`, keeping unchanged ones.
     pub fn prepare(&self, snapshot: &Snapshot) {
+        let own_issuer = snapshot
+            .authorization_server
+            .as_ref()
+            .map(|a| a.issuer.as_str());
         let current = self.servers.load();
         let next: HashMap<Arc<str>, Arc<Validators>> = snapshot
             .auth_servers
             .iter()
             .map(|(id, settings)| {
+                let in_process = settings
+                    .local
+                    .as_ref()
+                    .is_some_and(|l| Some(l.issuer.trim_end_matches('/')) == own_issuer);
                 let kept = current
                     .get(id)
-                    .filter(|v| *v.settings == **settings)
+                    .filter(|v| *v.settings == **settings && v.in_process == in_process)
                     .cloned();
                 let validators = kept.unwrap_or_else(|| {
-                    Arc::new(Validators {
-                        settings: settings.clone(),
-                    })
+                    self.introspection_cache.clear_auth_server(id);
+                    Arc::new(self.build(id, settings, in_process))
                 });
                 (id.clone(), validators)
             })
             .collect();
+        for id in current.keys().filter(|id| !next.contains_key(*id)) {
+            self.introspection_cache.clear_auth_server(id);
+        }
         self.servers.store(Arc::new(next));
     }
 
-    /// True once every auth server can validate (its keys are loaded).
-    pub fn is_ready(&self) -> bool {
-        true
+    fn build(&self, id: &Arc<str>, settings: &Arc<AuthServer>, in_process: bool) -> Validators {
+        let jwt = settings.local.as_ref().map(|local| {
+            let source = if in_process {
+                JwksSource::local(id.clone(), self.local_keys.clone())
+            } else {
+                let client = match local.trust_store.as_ref().and_then(|p| std::fs::read(p).ok()) {
+                    Some(pem) => http_client(Some(&pem)),
+                    None => self.http.clone(),
+                };
+                JwksSource::remote(id.clone(), RemoteOptions::new(local.issuer.clone(), local.jwks_uri.clone(), client))
+            };
+            let source = Arc::new(source);
+            if !in_process {
+                let first = source.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = first.refresh().await {
+                        tracing::warn!(auth_server = %first.auth_server(), %error, "JWKS not loaded yet");
+                    }
+                    first.spawn_refresh();
+                });
+            }
+            let rules = JwtRules {
+                issuer: local.issuer.clone(),
+                audience: local.audience.clone(),
+                leeway: local.clock_skew,
+                accept_jwt_typ: local.accept_jwt_typ,
+            };
+            JwtValidator::new(id.clone(), rules, source, VERIFIED_CACHE_CAPACITY)
+        });
+        let remote = settings.remote.as_ref().and_then(|remote| {
+            let endpoint = reqwest::Url::parse(&remote.endpoint).ok()?;
+            let mut introspection = IntrospectionSettings::new(
+                endpoint,
+                remote.client_id.clone(),
+                remote.client_secret.clone(),
+            );
+            introspection.client_auth = remote.client_auth;
+            introspection.cache_ttl = remote.cache_ttl;
+            introspection.negative_cache_ttl = remote.negative_cache_ttl;
+            Some(Introspector::new(
+                id.clone(),
+                introspection,
+                self.http.clone(),
+                self.introspection_cache.clone(),
+            ))
+        });
+        Validators {
+            settings: settings.clone(),
+            in_process,
+            jwt,
+            remote,
+        }
     }
 
-    /// Validates `token` for `auth_server`.
+    /// True once every auth server that validates JWTs has its keys.
+    pub fn is_ready(&self) -> bool {
+        self.servers
+            .load()
+            .values()
+            .all(|v| v.jwt.as_ref().is_none_or(|jwt| jwt.jwks().is_ready()))
+    }
+
+    pub fn validators(&self, auth_server: &str) -> Option<Arc<Validators>> {
+        self.servers.load().get(auth_server).cloned()
+    }
+
+    /// Validates `token` for `auth_server`: a JWT locally when the auth
+    /// server has `localIntrospectionConfig`, anything else by introspection.
     pub async fn authenticate(
         &self,
         auth_server: &Arc<str>,
-        _token: &str,
-        _now: SystemTime,
+        token: &str,
+        now: SystemTime,
     ) -> Result<Principal, AuthFailure> {
-        let servers = self.servers.load();
-        let Some(_validators) = servers.get(auth_server) else {
+        let Some(validators) = self.validators(auth_server) else {
             return Err(AuthFailure::Unavailable {
                 auth_server: auth_server.clone(),
                 cause: "auth server not prepared".into(),
             });
         };
-        Err(AuthFailure::Unavailable {
-            auth_server: auth_server.clone(),
-            cause: "no validator".into(),
-        })
+        let looks_like_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
+        match (&validators.jwt, &validators.remote, looks_like_jwt) {
+            (Some(jwt), _, true) => jwt.validate(token, now).await,
+            (_, Some(remote), _) => remote.validate(token, now).await,
+            (Some(_), None, false) | (None, None, _) => {
+                Err(AuthFailure::Invalid(TokenProblem::Malformed))
+            }
+        }
     }
 }
