@@ -186,7 +186,22 @@ impl Rejection {
                     headers.insert(ALLOW, value);
                 }
             }
-            _ => {}
+            Rejection::BadPath(_)
+            | Rejection::BadRequest(_)
+            | Rejection::NoRoute(
+                RouteProblem::NoApi
+                | RouteProblem::NoResource { .. }
+                | RouteProblem::EncodedSlash { .. }
+                | RouteProblem::AboveBasePath { .. },
+            )
+            | Rejection::UriTooLong
+            | Rejection::PayloadTooLarge
+            | Rejection::MissingToken { .. }
+            | Rejection::InvalidRequest { .. }
+            | Rejection::InvalidToken { .. }
+            | Rejection::InsufficientScope { .. }
+            | Rejection::BadGateway(_)
+            | Rejection::GatewayTimeout => {}
         }
         response
     }
