@@ -554,3 +554,42 @@ apis:
     assert_eq!(body["body_bytes"], 5);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_canonical_path_is_matched_and_forwarded() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    // Raw bytes: an HTTP client library would normalise the path itself.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    let raw = raw_request(gw.http, get("/travels/%62ookings/x/../7?q=%2F").as_bytes()).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(upstream.last().uri, "/api/bookings/7?q=%2F");
+    // Out of the API's base path by dot segments: refused, not re-routed.
+    let raw = raw_request(gw.http, get("/travels/../travels/bookings").as_bytes()).await;
+    assert_eq!(status_of(&raw), 400, "{raw}");
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_400_and_a_good_request_still_works() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    for path in [
+        "/travels/bookings%2F7",
+        "/travels/bookings;jsessionid=1",
+        "/travels/bookings/%00",
+        "/travels/bookings/%252F",
+        "/travels/bookings/%zz",
+    ] {
+        let raw = raw_request(
+            gw.http,
+            format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&raw), 400, "{path}: {raw}");
+    }
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(gw.get("/travels/bookings/7").await.status(), 200);
+    gw.shutdown().await;
+}
