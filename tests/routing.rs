@@ -1,6 +1,16 @@
+//! Matching and forwarding over loopback HTTP: which API and resource a
+//! request reaches, what the upstream receives, and what the client is told
+//! when nothing may be forwarded.
+
 mod common;
 
-use common::{Gateway, Upstream};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{raw_request, status_of, Env, Gateway, Upstream};
+use http::Method;
+use microgateway::config::Snapshot;
+use microgateway::policy::{decide, Outcome, RouteProblem};
 
 fn travels(upstream: &Upstream) -> String {
     format!(
@@ -23,13 +33,112 @@ apis:
     )
 }
 
+/// A configuration with `extra` top-level settings and one API on `upstream`.
+fn travels_with(upstream: &Upstream, extra: &str) -> String {
+    format!("{extra}\n{}", travels(upstream))
+}
+
+fn snapshot(yaml: &str) -> Snapshot {
+    microgateway::config::load_text(Path::new("/routing.yaml"), yaml, &Env::new(), 1)
+        .unwrap_or_else(|e| panic!("invalid configuration:\n{e}"))
+        .snapshot
+}
+
+/// The resource template `method path` matched, by the decision function.
+fn matched(snap: &Snapshot, method: Method, path: &str) -> String {
+    let verdict = decide(snap, &method, path, None, None);
+    let route = verdict
+        .route
+        .unwrap_or_else(|| panic!("{method} {path}: {:?}", verdict.outcome));
+    format!(
+        "{} {}",
+        route.resource().method,
+        route.resource().template.text
+    )
+}
+
+const PRECEDENCE: &str = r#"
+ports: { http: 0 }
+apis:
+- name: Files
+  base_path: /f
+  upstream: { echo: true }
+  resources:
+  - "GET /docs/{rest*}"
+  - "GET /docs/{id}"
+  - "GET /docs/readme"
+  - "GET /a/{x}/c"
+  - "GET /a/b/{y}"
+"#;
+
+#[test]
+fn literal_segment_beats_parameter() {
+    let snap = snapshot(PRECEDENCE);
+    assert_eq!(
+        matched(&snap, Method::GET, "/f/docs/readme"),
+        "GET /docs/readme"
+    );
+    // The first segment that differs decides, not the number of literals.
+    assert_eq!(matched(&snap, Method::GET, "/f/a/b/c"), "GET /a/b/{y}");
+}
+
+#[test]
+fn parameter_beats_tail() {
+    let snap = snapshot(PRECEDENCE);
+    assert_eq!(matched(&snap, Method::GET, "/f/docs/7"), "GET /docs/{id}");
+}
+
+#[test]
+fn tail_takes_several_segments() {
+    let snap = snapshot(PRECEDENCE);
+    assert_eq!(
+        matched(&snap, Method::GET, "/f/docs/7/8"),
+        "GET /docs/{rest*}"
+    );
+    assert_eq!(
+        decide(&snap, &Method::GET, "/f/docs", None, None).outcome,
+        Outcome::NoRoute(RouteProblem::NoResource {
+            api: "Files".into()
+        })
+    );
+}
+
+#[test]
+fn parameter_matches_one_non_empty_segment() {
+    let snap = snapshot(
+        r#"
+apis:
+- name: A
+  base_path: /a
+  upstream: { echo: true }
+  resources: ["GET /bookings/{id}"]
+"#,
+    );
+    assert_eq!(
+        matched(&snap, Method::GET, "/a/bookings/7"),
+        "GET /bookings/{id}"
+    );
+    for path in ["/a/bookings/", "/a/bookings", "/a/bookings/7/8"] {
+        assert!(
+            matches!(
+                decide(&snap, &Method::GET, path, None, None).outcome,
+                Outcome::NoRoute(RouteProblem::NoResource { .. })
+            ),
+            "{path}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn forwards_with_base_path_stripped_and_query_kept() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&travels(&upstream)).await;
-    let resp = gw.get("/travels/bookings/7?x=1").await;
+    let resp = gw.get("/travels/bookings/7?x=1&y=a%20b").await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(upstream.last().uri, "/api/bookings/7?x=1");
+    let received = upstream.last();
+    assert_eq!(received.method, "GET");
+    assert_eq!(received.uri, "/api/bookings/7?x=1&y=a%20b");
+    assert_eq!(received.headers["host"], upstream.addr.to_string());
     gw.shutdown().await;
 }
 
@@ -37,8 +146,450 @@ async fn forwards_with_base_path_stripped_and_query_kept() {
 async fn undeclared_path_is_404_and_not_forwarded() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&travels(&upstream)).await;
-    assert_eq!(gw.get("/travels/admin").await.status(), 404);
-    assert_eq!(gw.get("/elsewhere").await.status(), 404);
+    for path in [
+        "/travels/admin",
+        "/travels",
+        "/travels/bookings/7/x",
+        "/elsewhere",
+    ] {
+        let resp = gw.get(path).await;
+        assert_eq!(resp.status(), 404, "{path}");
+        let body: serde_json::Value = resp.json().await.expect("json body");
+        assert_eq!(body["error"], "not_found");
+    }
     assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn longest_base_path_wins_on_a_segment_boundary() {
+    let short = Upstream::start().await;
+    let long = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Travels
+  base_path: /travels
+  upstream: {{ url: "{}" }}
+  resources: ["GET /vip/bookings", "GET /bookings"]
+- name: VIP
+  base_path: /travels/vip
+  upstream: {{ url: "{}" }}
+  resources: ["GET /bookings"]
+"#,
+        short.url("/short"),
+        long.url("/long")
+    );
+    let gw = Gateway::start(&yaml).await;
+    assert_eq!(gw.get("/travels/vip/bookings").await.status(), 200);
+    assert_eq!(long.last().uri, "/long/bookings");
+    assert_eq!(short.hits(), 0);
+    assert_eq!(gw.get("/travels/bookings").await.status(), 200);
+    assert_eq!(short.last().uri, "/short/bookings");
+    // `/travels` is not a prefix of `/travelsx` on a segment boundary.
+    assert_eq!(gw.get("/travelsx/bookings").await.status(), 404);
+    assert_eq!(gw.get("/travels/vipx/bookings").await.status(), 404);
+    assert_eq!((short.hits(), long.hits()), (1, 1));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn default_base_path_percent_encodes_the_name() {
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: "Time travels"
+  version: "1.0"
+  upstream: {{ url: "{}" }}
+  resources: ["GET /bookings"]
+"#,
+        upstream.url("/api")
+    );
+    let gw = Gateway::start(&yaml).await;
+    let resp = gw.get("/gateway/Time%20travels/1.0/bookings?x=1").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.last().uri, "/api/bookings?x=1");
+    // `+`, encoded or not, is not a space in a path.
+    assert_eq!(
+        gw.get("/gateway/Time%2btravels/1.0/bookings")
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        gw.get("/gateway/Time+travels/1.0/bookings").await.status(),
+        404
+    );
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_is_allowed_where_get_is() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    let resp = gw
+        .client
+        .head(gw.url("/travels/bookings/7"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.last().method, "HEAD");
+    assert_eq!(upstream.last().uri, "/api/bookings/7");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_method_on_a_known_path_is_405_with_allow() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    let resp = gw
+        .client
+        .delete(gw.url("/travels/bookings"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD, POST");
+    let resp = gw
+        .client
+        .put(gw.url("/travels/bookings/special"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
+#[test]
+fn allow_lists_each_method_once() {
+    let snap = snapshot(
+        r#"
+apis:
+- name: A
+  base_path: /a
+  upstream: { echo: true }
+  scopes:
+  - name: View
+    resources: ["GET /bookings/{id}"]
+  - name: Cancel
+    resources: ["DELETE /bookings/{id}"]
+  resources: ["GET /bookings/special"]
+"#,
+    );
+    let verdict = decide(&snap, &Method::PUT, "/a/bookings/special", None, None);
+    assert_eq!(
+        verdict.outcome,
+        Outcome::NoRoute(RouteProblem::MethodNotAllowed {
+            api: "A".into(),
+            allow: vec![Method::GET, Method::HEAD, Method::DELETE],
+        })
+    );
+}
+
+#[tokio::test]
+async fn method_override_headers_are_not_honoured() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    let resp = gw
+        .client
+        .get(gw.url("/travels/bookings"))
+        .header("X-HTTP-Method-Override", "DELETE")
+        .header("X-Method-Override", "DELETE")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let received = upstream.last();
+    assert_eq!(received.method, "GET");
+    assert!(received.headers.get("x-http-method-override").is_none());
+    assert!(received.headers.get("x-method-override").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_not_forwarded() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    let request = "GET /travels/bookings HTTP/1.1\r\nHost: gw.example\r\n\
+        Connection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+        TE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Kept: yes\r\n\r\n";
+    let raw = raw_request(gw.http, request.as_bytes()).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let headers = upstream.last().headers;
+    for name in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "connection",
+    ] {
+        assert!(
+            headers.get(name).is_none(),
+            "{name} was forwarded: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-kept"], "yes");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "proxy/forward.rs returns the upstream response headers as they are: hop-by-hop headers and those named in Connection reach the client"]
+async fn hop_by_hop_response_headers_are_not_returned() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    let resp = gw.get("/travels/bookings").await;
+    assert_eq!(resp.status(), 200);
+    // The test upstream answers `connection: x-upstream-hop` and `x-upstream-hop: 1`.
+    assert!(resp.headers().get("x-upstream-hop").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_replace_what_the_client_sent() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    let resp = gw
+        .client
+        .get(gw.url("/travels/bookings"))
+        .header("X-Forwarded-For", "6.6.6.6")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("Forwarded", "for=6.6.6.6;proto=https")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let headers = upstream.last().headers;
+    let host = gw.http.to_string();
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], host.as_str());
+    assert_eq!(
+        headers["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{host}\"").as_str()
+    );
+    assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels_with(&upstream, "trusted_proxies: [127.0.0.1/32]")).await;
+    let resp = gw
+        .client
+        .get(gw.url("/travels/bookings"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "api.example")
+        .header("Forwarded", "for=203.0.113.9;proto=https")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let headers = upstream.last().headers;
+    let host = gw.http.to_string();
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(headers["x-forwarded-host"], "api.example");
+    assert_eq!(
+        headers["forwarded"],
+        format!("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;host=\"{host}\"").as_str()
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_502() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Down
+  base_path: /down
+  upstream: {{ url: "http://{addr}/api" }}
+  resources: ["GET /x"]
+"#
+    );
+    let gw = Gateway::start(&yaml).await;
+    let resp = gw.get("/down/x").await;
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.expect("json body");
+    assert_eq!(body["error"], "bad_gateway");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_slower_than_its_timeout_is_504() {
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(3));
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Slow
+  base_path: /slow
+  upstream: {{ url: "{}", timeout: 250ms }}
+  resources: ["GET /x"]
+"#,
+        upstream.url("/api")
+    );
+    let gw = Gateway::start(&yaml).await;
+    let started = std::time::Instant::now();
+    let resp = gw.get("/slow/x").await;
+    assert_eq!(resp.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let body: serde_json::Value = resp.json().await.expect("json body");
+    assert_eq!(body["error"], "gateway_timeout");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn body_over_max_body_is_413_with_content_length() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels_with(&upstream, "limits: { max_body: 1KiB }")).await;
+    let resp = gw
+        .client
+        .post(gw.url("/travels/bookings"))
+        .body(vec![b'x'; 1025])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 413);
+    assert_eq!(upstream.hits(), 0);
+    let resp = gw
+        .client
+        .post(gw.url("/travels/bookings"))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream.last().body.len(), 1024);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn chunked_body_over_max_body_is_413() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels_with(&upstream, "limits: { max_body: 1KiB }")).await;
+    let chunk = "x".repeat(600);
+    let request = format!(
+        "POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let raw = raw_request(gw.http, request.as_bytes()).await;
+    assert_eq!(status_of(&raw), 413, "{raw}");
+    // Within the limit, the same framing goes through.
+    let request = format!(
+        "POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let raw = raw_request(gw.http, request.as_bytes()).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(upstream.last().body.len(), 600);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn uri_over_max_uri_is_414() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels_with(&upstream, "limits: { max_uri: 64 }")).await;
+    let long = format!("/travels/bookings/{}", "7".repeat(60));
+    assert_eq!(gw.get(&long).await.status(), 414);
+    let long_query = format!("/travels/bookings?q={}", "a".repeat(60));
+    assert_eq!(gw.get(&long_query).await.status(), 414);
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(gw.get("/travels/bookings/7").await.status(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn echo_upstream_answers_with_the_request_it_would_receive() {
+    let yaml = r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+apis:
+- name: Echo
+  base_path: /echo
+  upstream: { echo: true }
+  resources: ["POST /bookings/{id}"]
+"#;
+    let gw = Gateway::start(yaml).await;
+    let resp = gw
+        .client
+        .post(gw.url("/echo/bookings/7?x=1"))
+        .header("X-Custom", "v")
+        .body("hello")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = resp.json().await.expect("json body");
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["path"], "/bookings/7");
+    assert_eq!(body["query"], "x=1");
+    assert_eq!(body["headers"]["x-custom"], "v");
+    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(body["body_bytes"], 5);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_canonical_path_is_matched_and_forwarded() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    // Raw bytes: an HTTP client library would normalise the path itself.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+    let raw = raw_request(gw.http, get("/travels/%62ookings/x/../7?q=%2F").as_bytes()).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(upstream.last().uri, "/api/bookings/7?q=%2F");
+    // Out of the API's base path by dot segments: refused, not re-routed.
+    let raw = raw_request(gw.http, get("/travels/../travels/bookings").as_bytes()).await;
+    assert_eq!(status_of(&raw), 400, "{raw}");
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_400_and_a_good_request_still_works() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&upstream)).await;
+    for path in [
+        "/travels/bookings%2F7",
+        "/travels/bookings;jsessionid=1",
+        "/travels/bookings/%00",
+        "/travels/bookings/%252F",
+        "/travels/bookings/%zz",
+    ] {
+        let raw = raw_request(
+            gw.http,
+            format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&raw), 400, "{path}: {raw}");
+    }
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(gw.get("/travels/bookings/7").await.status(), 200);
     gw.shutdown().await;
 }

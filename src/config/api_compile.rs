@@ -335,7 +335,7 @@ fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Aut
 
 fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
     let mut resources: Vec<Resource> = Vec::new();
-    let mut scoped: HashMap<(http::Method, String), usize> = HashMap::new();
+    let mut scoped: HashMap<(http::Method, Vec<Segment>), usize> = HashMap::new();
     let mut seen_names = HashSet::new();
     for (index, scope) in raw.scopes.iter().enumerate() {
         if let Some(name) = &scope.value.name {
@@ -354,7 +354,7 @@ fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
             let Some((method, template)) = parse_resource(ctx, text) else {
                 continue;
             };
-            let key = (method.clone(), template.text.clone());
+            let key = (method.clone(), pattern(&template));
             match scoped.get(&key) {
                 Some(&at) => {
                     if !resources[at].api_scopes.contains(&index) {
@@ -377,7 +377,7 @@ fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
         let Some((method, template)) = parse_resource(ctx, text) else {
             continue;
         };
-        let key = (method.clone(), template.text.clone());
+        let key = (method.clone(), pattern(&template));
         if scoped.contains_key(&key) || !open.insert(key) {
             ctx.report.error(
                 text.referenced,
@@ -393,6 +393,20 @@ fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
         });
     }
     resources
+}
+
+/// The shape a template matches: `/bookings/{id}` and `/bookings/{no}` are
+/// one pattern, so parameter names are left out.
+fn pattern(template: &Template) -> Vec<Segment> {
+    template
+        .segments
+        .iter()
+        .map(|segment| match segment {
+            Segment::Literal(text) => Segment::Literal(text.clone()),
+            Segment::Param(_) => Segment::Param(String::new()),
+            Segment::Tail(_) => Segment::Tail(String::new()),
+        })
+        .collect()
 }
 
 fn parse_resource(ctx: &mut Ctx, text: &S<String>) -> Option<(http::Method, Template)> {

@@ -738,6 +738,12 @@ fn api_gateway(ctx: &mut Ctx, entry: &S<raw::ApiGateway>) -> Option<ApiGateway> 
         .map(|c| c.value.0.clone())
         .unwrap_or_else(|| "data/downloaded-settings.yaml".to_owned());
     let cache_file = ctx.path(&cache_file);
+    // Without a download the central is never contacted, so a section that
+    // only tunes polling (say, from an MCGW_ variable) needs no credentials.
+    let downloads = download_settings || download_apis;
+    if !downloads && (raw.url.is_none() || raw.user.is_none() || raw.password.is_none()) {
+        return None;
+    }
     let at = entry.referenced;
     let url = ctx
         .required(&raw.url, at, "api_gateway.url")

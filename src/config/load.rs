@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use serde_saphyr::{budget, options, Location};
+use serde_saphyr::budget::BudgetBreach;
+use serde_saphyr::{budget, options, Location, MessageFormatter};
 
 use super::diagnostic::{Invalid, Report};
 use super::raw;
@@ -15,6 +16,13 @@ use super::raw;
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Deepest YAML nesting accepted.
 pub const MAX_DEPTH: usize = 64;
+/// Aliases (`*name`) accepted in one document.
+const MAX_ALIASES: usize = 1000;
+/// Events that aliases may replay in one document: an alias bomb stops here
+/// long before it costs time or memory.
+const MAX_ALIAS_EVENTS: usize = 100_000;
+/// Nodes accepted in one document (a 4 MiB file holds fewer).
+const MAX_NODES: usize = 1_000_000;
 
 /// Reads and parses `path` into the raw model.
 pub fn read(path: &Path) -> Result<(raw::File, Report), Invalid> {
@@ -102,9 +110,10 @@ fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Optio
     let options = options! {
         budget: budget! {
             max_depth: MAX_DEPTH,
-            max_aliases: 1000,
+            max_aliases: MAX_ALIASES,
             max_anchors: 1000,
-            max_nodes: 1_000_000,
+            max_recorded_anchor_events: MAX_ALIAS_EVENTS,
+            max_nodes: MAX_NODES,
             max_documents: 1,
         },
     };
@@ -112,9 +121,53 @@ fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Optio
         Ok(value) => Some(value),
         Err(error) => {
             let at = error.location().unwrap_or(Location::UNKNOWN);
-            report.error(at, first_line(&error.to_string()), "");
+            let (message, allowed) = describe(&error);
+            report.error(at, message, allowed);
             None
         }
+    }
+}
+
+/// What a parser error means for the person editing the file, without the
+/// position (the diagnostic carries it) and with what is allowed instead.
+fn describe(error: &serde_saphyr::Error) -> (String, String) {
+    use serde_saphyr::Error;
+    let mut inner = error;
+    while let Error::WithSnippet { error, .. } | Error::AliasError { error, .. } = inner {
+        inner = error;
+    }
+    match inner {
+        Error::SerdeUnknownField {
+            field, expected, ..
+        } => (
+            format!("unknown key `{field}`"),
+            format!("one of: {}", expected.join(", ")),
+        ),
+        Error::DuplicateMappingKey { key, .. } => (
+            match key {
+                Some(key) => format!("key `{key}` is written twice in this mapping"),
+                None => "a key is written twice in this mapping".to_owned(),
+            },
+            "each key once".to_owned(),
+        ),
+        Error::Budget {
+            breach: BudgetBreach::Depth { .. },
+            ..
+        } => (
+            format!("the YAML is nested deeper than {MAX_DEPTH} levels"),
+            format!("at most {MAX_DEPTH} levels of nesting"),
+        ),
+        Error::Budget { .. } => (
+            "the YAML expands beyond the parser's limits (aliases that multiply, or too many nodes)"
+                .to_owned(),
+            format!(
+                "at most {MAX_ALIASES} aliases, {MAX_ALIAS_EVENTS} events replayed through aliases and {MAX_NODES} nodes"
+            ),
+        ),
+        _ => (
+            first_line(&serde_saphyr::DefaultMessageFormatter.format_message(error)),
+            String::new(),
+        ),
     }
 }
 

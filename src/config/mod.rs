@@ -60,7 +60,15 @@ fn build(
     }
     let snapshot = compile::compile(file, report, env, path, generation);
     let mut findings = std::mem::take(&mut report.findings);
-    findings.sort_by_key(|d| d.severity != Severity::Error);
+    // Errors first, each group in file order, so the output reads like the file.
+    findings.sort_by_key(|d| {
+        let place = match &d.origin {
+            diagnostic::Origin::Other(_) => (0, 0, 0),
+            diagnostic::Origin::File { line, column, .. } => (1, *line, *column),
+            diagnostic::Origin::Env(_) => (2, 0, 0),
+        };
+        (d.severity != Severity::Error, place)
+    });
     match snapshot {
         Some(snapshot) => Ok(Loaded {
             snapshot,

@@ -219,6 +219,10 @@ const OVERRIDES: &[(&str, Slot)] = &[
     }),
 ];
 
+/// `MCGW_` variables that configure the process, not a setting
+/// (`MCGW_LOG` is the log filter).
+const PROCESS_VARIABLES: &[&str] = &["log"];
+
 /// Applies `MCGW_`/`mcgw_` variables to the raw model. Returns the names of
 /// variables that match no setting (reported as warnings).
 pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Vec<String> {
@@ -231,6 +235,9 @@ pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Vec<String> {
             continue;
         };
         let key = key.to_ascii_lowercase();
+        if PROCESS_VARIABLES.contains(&key.as_str()) {
+            continue;
+        }
         match OVERRIDES.iter().find(|(path, _)| *path == key) {
             Some((_, slot)) => {
                 *slot(file) = Some(S::new(
@@ -295,6 +302,7 @@ mod tests {
         env.insert("MCGW_API_GATEWAY_POLL_INTERVAL".into(), "10s".into());
         env.insert("mcgw_ports_http".into(), "8080".into());
         env.insert("MCGW_NOPE".into(), "x".into());
+        env.insert("MCGW_LOG".into(), "debug".into());
         env.insert("PATH".into(), "/bin".into());
         let unknown = apply_overrides(&mut file, &env);
         assert_eq!(unknown, ["MCGW_NOPE"]);

@@ -188,7 +188,7 @@ pub struct Template {
 
 /// Match precedence per segment: a literal beats a parameter, which beats
 /// the tail (the order of the variants is the order of preference).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Segment {
     Literal(String),
     Param(String),

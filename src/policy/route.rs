@@ -76,13 +76,24 @@ pub fn route(
             rest: rest.to_owned(),
         }),
         None => {
-            let mut allow: Vec<Method> = api
-                .resources
-                .iter()
-                .filter(|r| matches(&r.template.segments, &segments))
-                .map(|r| r.method.clone())
-                .collect();
-            allow.dedup();
+            let mut allow: Vec<Method> = Vec::new();
+            for resource in &api.resources {
+                if !matches(&resource.template.segments, &segments) {
+                    continue;
+                }
+                let method = &resource.method;
+                // RFC 9110 §10.2.1: Allow lists what is served, HEAD included.
+                let served: &[Method] = if method == Method::GET {
+                    &[Method::GET, Method::HEAD]
+                } else {
+                    std::slice::from_ref(method)
+                };
+                for method in served {
+                    if !allow.contains(method) {
+                        allow.push(method.clone());
+                    }
+                }
+            }
             if allow.is_empty() {
                 Err(RouteProblem::NoResource {
                     api: api.name.clone(),

@@ -64,7 +64,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
     let proto = if tls { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
     let client = peer.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match joined(headers, &X_FORWARDED_FOR) {
         Some(prior) if from_trusted => format!("{prior}, {client}"),
         _ => client.clone(),
     };
@@ -77,7 +77,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
         forwarded.push_str(&format!(";host=\"{}\"", host.replace('"', "")));
     }
     if from_trusted {
-        if let Some(prior) = headers.get(FORWARDED).and_then(|v| v.to_str().ok()) {
+        if let Some(prior) = joined(headers, &FORWARDED) {
             forwarded = format!("{prior}, {forwarded}");
         }
     } else {
@@ -101,6 +101,17 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
     }
+}
+
+/// All lines of a list header as one value (RFC 9110 §5.3: a proxy may
+/// send a list as several lines).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 #[cfg(test)]
@@ -137,5 +148,22 @@ mod tests {
         set_forwarded(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn every_line_from_a_trusted_proxy_is_kept() {
+        let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        h.append(FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        h.append(FORWARDED, HeaderValue::from_static("for=2.2.2.2"));
+        set_forwarded(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(
+            h[FORWARDED],
+            "for=1.1.1.1, for=2.2.2.2, for=10.1.2.3;proto=http"
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     }
 }

@@ -1,0 +1,295 @@
+//! The admin listener over loopback HTTP: health, metrics, and the REST
+//! endpoints with and without admin credentials.
+
+mod common;
+
+use common::{Gateway, Upstream};
+
+fn yaml(upstream: &Upstream, admin: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0{admin} }}
+security_settings:
+  auth_servers:
+  - id: remote
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://127.0.0.1:9/introspect"
+      clientId: introspection-client
+      clientSecret: "{{encoded}}aW50cm8tc2VjcmV0LWNsZWFy"
+  aliases:
+  - name: backend
+    type: basic
+    username: svc
+    password: alias-secret-clear
+apis:
+- name: "Time travels"
+  base_path: /travels
+  upstream: {{ url: "{}" }}
+  scopes:
+  - name: ViewTickets
+    resources: ["GET /bookings"]
+  resources: ["GET /status"]
+  policies:
+    outbound_auth: {{ alias: backend }}
+"#,
+        upstream.url("/api")
+    )
+}
+
+const WITH_CREDENTIALS: &str = ", user: Administrator, password: \"{encoded}bWFuYWdlLWNsZWFy\"";
+const ADMIN_PASSWORD: &str = "manage-clear";
+
+const REST: [&str; 3] = [
+    "/rest/microgateway/status",
+    "/rest/microgateway/settings",
+    "/rest/microgateway/assets",
+];
+
+#[tokio::test]
+async fn health_endpoints_answer_without_credentials() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, WITH_CREDENTIALS)).await;
+    let live = gw
+        .client
+        .get(gw.admin_url("/health/live"))
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(live.status(), 200);
+    let body: serde_json::Value = live.json().await.expect("json");
+    assert_eq!(body["status"], "up");
+    let ready = gw
+        .client
+        .get(gw.admin_url("/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["generation"], 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, "")).await;
+    assert_eq!(gw.get("/travels/status").await.status(), 200);
+    let resp = gw
+        .client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/plain"));
+    let text = resp.text().await.expect("text");
+    assert!(
+        text.contains(
+            r#"microgateway_requests_total{api="Time travels",method="GET",status="200"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("microgateway_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("\nmicrogateway_config_generation "), "{text}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rest_reads_are_open_without_admin_credentials() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, "")).await;
+    for path in REST {
+        let resp = gw
+            .client
+            .get(gw.admin_url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let status: serde_json::Value = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["generation"], 1);
+    assert!(status["uptime_s"].is_u64());
+    assert!(status.get("last_reload_at").is_some());
+    assert!(status["last_reload_error"].is_null());
+    let assets: serde_json::Value = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/assets"))
+        .send()
+        .await
+        .expect("assets")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(assets["apis"][0]["name"], "Time travels");
+    assert_eq!(assets["apis"][0]["base_path"], "/travels");
+    assert_eq!(
+        assets["apis"][0]["scopes"],
+        serde_json::json!(["ViewTickets"])
+    );
+    assert_eq!(
+        assets["apis"][0]["resources"],
+        serde_json::json!([
+            {"method": "GET", "path": "/bookings", "scopes": ["ViewTickets"]},
+            {"method": "GET", "path": "/status", "scopes": []},
+        ])
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rest_needs_the_right_credentials_when_configured() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, WITH_CREDENTIALS)).await;
+    for path in REST {
+        let none = gw
+            .client
+            .get(gw.admin_url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(none.status(), 401, "{path}");
+        assert_eq!(
+            none.headers()["www-authenticate"],
+            "Basic realm=\"microgateway\""
+        );
+        let wrong = gw
+            .client
+            .get(gw.admin_url(path))
+            .basic_auth("Administrator", Some("wrong"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(wrong.status(), 401, "{path}");
+        assert_eq!(
+            wrong.headers()["www-authenticate"],
+            "Basic realm=\"microgateway\""
+        );
+        let wrong_user = gw
+            .client
+            .get(gw.admin_url(path))
+            .basic_auth("administrator", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(wrong_user.status(), 401, "{path}");
+        let right = gw
+            .client
+            .get(gw.admin_url(path))
+            .basic_auth("Administrator", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_is_refused_without_admin_credentials() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, "")).await;
+    let resp = gw
+        .client
+        .post(gw.admin_url("/rest/microgateway/reload"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 403);
+    assert_eq!(gw.state().live.generation(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_with_credentials_applies_a_new_generation() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, WITH_CREDENTIALS)).await;
+    let denied = gw
+        .client
+        .post(gw.admin_url("/rest/microgateway/reload"))
+        .basic_auth("Administrator", Some("wrong"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(denied.status(), 401);
+    let resp = gw
+        .client
+        .post(gw.admin_url("/rest/microgateway/reload"))
+        .basic_auth("Administrator", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["generation"], 2);
+    gw.wait_generation(2).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn settings_never_show_a_secret() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, WITH_CREDENTIALS)).await;
+    let resp = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/settings"))
+        .basic_auth("Administrator", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("text");
+    for secret in [
+        ADMIN_PASSWORD,
+        "intro-secret-clear",
+        "alias-secret-clear",
+        "bWFuYWdl",
+    ] {
+        assert!(!text.contains(secret), "settings show `{secret}`: {text}");
+    }
+    let settings: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(settings["admin"]["user"], "Administrator");
+    assert_eq!(settings["admin"]["password"], "****");
+    let servers = &settings["security_settings"]["auth_servers"];
+    assert_eq!(
+        servers[0]["remoteIntrospectionConfig"]["clientSecret"],
+        "****"
+    );
+    let aliases = &settings["security_settings"]["aliases"];
+    assert_eq!(aliases[0]["password"], "****");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_admin_path_is_404() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, "")).await;
+    for path in ["/nope", "/rest/microgateway/nope"] {
+        let resp = gw
+            .client
+            .get(gw.admin_url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+    gw.shutdown().await;
+}

@@ -1,0 +1,336 @@
+//! The built binary: `check` and `explain` output and exit codes, and
+//! `start` draining an in-flight request on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Upstream;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    // Only what the test sets: no MCGW_ variable of the caller leaks in.
+    command.env_clear().env("NO_COLOR", "1");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    binary().args(args).output().expect("run the binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, yaml: &str) -> PathBuf {
+    let path = dir.join("microgateway.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+#[test]
+fn check_accepts_the_default_configuration() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/microgateway.yaml");
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: ok (1 APIs, 0 warnings)\n", config.display())
+    );
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn check_passes_with_warnings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        r#"ports: { http: 0 }
+security_settings:
+  auth_servers:
+  - id: local
+    authServerType: EXTERNAL
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+"#,
+    );
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{}:5:21: warning: `authServerType` is a webMethods setting that has no effect here; ignored\n",
+            config.display()
+        )
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: ok (0 APIs, 1 warnings)\n", config.display())
+    );
+}
+
+#[test]
+fn check_reports_every_error_with_its_place_and_exits_1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        r#"ports: { http: 0 }
+timeouts: { idle: never }
+apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: nope }
+"#,
+    );
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    let file = config.display();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{file}:2:19: error: timeouts.idle: `never` is not a duration; allowed: \"30s\", \"5m\", \"1h\", \"250ms\" or integer seconds\n\
+             {file}:6:48: error: auth server `nope` is not defined; allowed: one of: (none defined)\n\
+             {file}: 2 errors\n"
+        )
+    );
+}
+
+#[test]
+fn check_of_a_missing_file_exits_1() {
+    let out = run(&["check", "-c", "/nonexistent/microgateway.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .starts_with("/nonexistent/microgateway.yaml: error: cannot read the configuration: "),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+const EXPLAINED: &str = r#"
+ports: { http: 0 }
+security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+scope_mappings:
+- auth_server: local
+  scope: view
+  api_scopes: ["Time travels:ViewTickets"]
+- auth_server: local
+  scope: book
+  api_scopes: ["Time travels:BookTickets"]
+apis:
+- name: "Time travels"
+  version: "1.0"
+  base_path: /travels
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - name: ViewTickets
+    resources: ["GET /bookings", "GET /bookings/{id}"]
+  - name: BookTickets
+    resources: ["POST /bookings"]
+  resources: ["GET /status"]
+"#;
+
+fn explain(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(dir.path(), EXPLAINED);
+    let mut all = vec!["explain", "-c", config.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    (out.status.code(), text(&out.stdout))
+}
+
+#[test]
+fn explain_allows_a_token_with_a_mapped_scope() {
+    let (code, out) = explain(&["GET", "/travels/bookings/7", "--scopes", "openid view"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out,
+        "GET /travels/bookings/7\n\
+         api:        Time travels 1.0 (base path /travels)\n\
+         resource:   GET /bookings/{id}\n\
+         auth:       oauth2, auth server local\n\
+         api scopes: Time travels:ViewTickets (any one)\n\
+         granted by: token scopes view\n\
+         verdict:    ALLOW (grants ViewTickets)\n"
+    );
+}
+
+#[test]
+fn explain_denies_a_token_without_a_mapped_scope_with_exit_2() {
+    let (code, out) = explain(&["GET", "/travels/bookings", "--scopes", "book"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.contains("api scopes: Time travels:ViewTickets (any one)\n"),
+        "{out}"
+    );
+    assert!(out.contains("granted by: token scopes view\n"), "{out}");
+    assert!(
+        out.ends_with("verdict:    DENY 403: insufficient_scope\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_without_scopes_needs_a_token() {
+    let (code, out) = explain(&["get", "/travels/bookings"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.ends_with(
+            "verdict:    DENY 401: a bearer token is required (pass --scopes to decide for a token)\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_an_open_resource_needs_any_token() {
+    let (code, out) = explain(&["GET", "/travels/status", "--scopes", ""]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("api scopes: (none: any valid token)\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("verdict:    ALLOW\n"), "{out}");
+}
+
+#[test]
+fn explain_unknown_path_and_method() {
+    let (code, out) = explain(&["GET", "/travels/nope"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        out,
+        "GET /travels/nope\nverdict:    DENY 404: no resource of API Time travels matches this path\n"
+    );
+    let (code, out) = explain(&["DELETE", "/travels/bookings"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.ends_with("verdict:    DENY 405: the resource does not allow this method\n"),
+        "{out}"
+    );
+    let (code, out) = explain(&["GET", "/travels/a%2Fb"]);
+    assert_eq!(code, Some(2));
+    assert!(out.ends_with("verdict:    DENY 400: encoded slash in the path of API Time travels, which does not allow them\n"), "{out}");
+}
+
+/// Strips ANSI colour sequences, in case the logger colours its output.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address after `key=Some(` in a log line.
+fn logged_addr(line: &str, key: &str) -> Option<std::net::SocketAddr> {
+    let start = line.find(&format!("{key}=Some("))? + key.len() + "=Some(".len();
+    let end = start + line[start..].find(')')?;
+    line[start..end].parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_request_in_flight_and_exits_0() {
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_millis(1500));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        &format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+timeouts: {{ drain: 10s }}
+apis:
+- name: Slow
+  base_path: /slow
+  upstream: {{ url: "{}" }}
+  resources: ["GET /x"]
+"#,
+            upstream.url("/api")
+        ),
+    );
+    let mut child = binary()
+        .args(["start", "-c", config.to_str().expect("utf-8 path")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(plain(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    let started = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a log line at start");
+    assert!(started.contains("microgateway started"), "{started}");
+    let http = logged_addr(&started, "http").expect("the bound http address");
+
+    let client = common::client();
+    let in_flight = tokio::spawn(async move {
+        client
+            .get(format!("http://{http}/slow/x"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+
+    let status = in_flight.await.expect("join").expect("response");
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("shutting down: draining in-flight requests")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.last().is_some_and(|l| l.contains("stopped")),
+        "{rest:?}"
+    );
+}

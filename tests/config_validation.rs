@@ -1,0 +1,1294 @@
+//! Validation of the configuration file, one test per rule: each names the
+//! file line and column of the finding, what is wrong and what is allowed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{env, Env};
+use microgateway::config::diagnostic::Origin;
+use microgateway::config::{self, Diagnostic, Loaded, Severity};
+
+/// A configuration file in its own directory.
+struct Config {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Config {
+    fn new(yaml: &str) -> Config {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("microgateway.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        Config { dir, path }
+    }
+
+    /// Writes a file next to the configuration.
+    fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, contents).expect("write file");
+        path
+    }
+
+    fn load(&self, env: &Env) -> Result<Loaded, Vec<Diagnostic>> {
+        config::load(&self.path, env, 1).map_err(|invalid| invalid.findings)
+    }
+}
+
+/// A finding as (line, column, message, allowed), for comparison.
+type Found = (u64, u64, String, Option<String>);
+
+fn found(d: &Diagnostic) -> Found {
+    match &d.origin {
+        Origin::File { line, column, .. } => (*line, *column, d.message.clone(), d.allowed.clone()),
+        other => panic!("finding without a file position ({other:?}): {d}"),
+    }
+}
+
+fn loaded(yaml: &str) -> Loaded {
+    loaded_with(yaml, &Env::new())
+}
+
+fn loaded_with(yaml: &str, env: &Env) -> Loaded {
+    Config::new(yaml)
+        .load(env)
+        .unwrap_or_else(|findings| panic!("refused: {findings:#?}"))
+}
+
+/// The errors of an invalid file (warnings left out).
+fn errors(yaml: &str) -> Vec<Found> {
+    let findings = Config::new(yaml)
+        .load(&Env::new())
+        .expect_err("the file is refused");
+    findings
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(found)
+        .collect()
+}
+
+fn error(line: u64, column: u64, message: &str, allowed: &str) -> Found {
+    (
+        line,
+        column,
+        message.to_owned(),
+        (!allowed.is_empty()).then(|| allowed.to_owned()),
+    )
+}
+
+/// Asserts that `yaml` is refused with exactly this one error.
+fn refused(yaml: &str, expected: Found) {
+    assert_eq!(errors(yaml), vec![expected]);
+}
+
+const RESOURCE_ALLOWED: &str = "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
+const SECRET_ALLOWED: &str = "a value, \"{encoded}BASE64\", \"${env:NAME}\" or \"${file:/path}\"";
+const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central";
+
+// ------------------------------------------------------------ YAML shape
+
+#[test]
+fn unknown_top_level_key() {
+    refused(
+        "ports: { http: 0 }\nbogus: 1\n",
+        error(2, 1, "unknown key `bogus`", TOP_LEVEL_KEYS),
+    );
+}
+
+#[test]
+fn unknown_key_in_an_api() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  colour: red
+"#,
+        error(
+            4,
+            3,
+            "unknown key `colour`",
+            "one of: name, version, base_path, transport, allow_encoded_slashes, upstream, authentication, scopes, resources, policies",
+        ),
+    );
+}
+
+#[test]
+fn unknown_key_in_local_introspection_config() {
+    refused(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+      jwks: "http://localhost:4485/oauth2/jwks"
+"#,
+        error(
+            6,
+            7,
+            "unknown key `jwks`",
+            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew",
+        ),
+    );
+}
+
+#[test]
+fn unknown_key_in_a_flow_mapping() {
+    refused(
+        "ports: { http: 0, colour: red }\n",
+        error(1, 19, "unknown key `colour`", "one of: http, https, bind"),
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    refused(
+        "ports:\n  http: 1\n  http: 2\n",
+        error(
+            3,
+            3,
+            "key `http` is written twice in this mapping",
+            "each key once",
+        ),
+    );
+}
+
+#[test]
+fn wrong_type() {
+    refused(
+        "apis: \"none\"\n",
+        error(1, 7, "expected sequence start", ""),
+    );
+    refused(
+        "ports:\n  http: [1]\n",
+        error(
+            2,
+            3,
+            "invalid type: sequence, expected a scalar (string, number or boolean)",
+            "",
+        ),
+    );
+    refused(
+        "ports: { http: eighty }\n",
+        error(
+            1,
+            16,
+            "ports.http: `eighty` is not valid",
+            "a port number 0-65535",
+        ),
+    );
+}
+
+#[test]
+fn bad_duration() {
+    refused(
+        "timeouts:\n  idle: 5 parsecs\n",
+        error(
+            2,
+            9,
+            "timeouts.idle: `5 parsecs` is not a duration",
+            "\"30s\", \"5m\", \"1h\", \"250ms\" or integer seconds",
+        ),
+    );
+}
+
+#[test]
+fn durations_in_every_accepted_form() {
+    let snap =
+        loaded("timeouts: { header_read: 45, idle: 5m, upstream_connect: 250ms, drain: 1h }\n")
+            .snapshot;
+    assert_eq!(snap.timeouts.header_read, Duration::from_secs(45));
+    assert_eq!(snap.timeouts.idle, Duration::from_secs(300));
+    assert_eq!(snap.timeouts.upstream_connect, Duration::from_millis(250));
+    assert_eq!(snap.timeouts.drain, Duration::from_secs(3600));
+}
+
+#[test]
+fn bad_size() {
+    refused(
+        "limits:\n  max_body: lots\n",
+        error(
+            2,
+            13,
+            "limits.max_body: `lots` is not a size",
+            "\"32KiB\", \"10MiB\" or integer bytes",
+        ),
+    );
+}
+
+#[test]
+fn sizes_in_every_accepted_form() {
+    let snap =
+        loaded("limits: { max_header_bytes: 32KiB, max_uri: 8192, max_body: 10MiB }\n").snapshot;
+    assert_eq!(snap.limits.max_header_bytes, 32 * 1024);
+    assert_eq!(snap.limits.max_uri, 8192);
+    assert_eq!(snap.limits.max_body, 10 * 1024 * 1024);
+}
+
+#[test]
+fn file_over_4_mib() {
+    let mut yaml = String::from("ports: { http: 0 }\n");
+    while yaml.len() <= 4 * 1024 * 1024 {
+        yaml.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    let config = Config::new(&yaml);
+    let findings = config.load(&Env::new()).expect_err("refused");
+    assert_eq!(findings.len(), 1);
+    assert_eq!(
+        findings[0].to_string(),
+        format!(
+            "{}: error: the file has {} bytes; allowed: at most 4 MiB",
+            config.path.display(),
+            yaml.len()
+        )
+    );
+}
+
+#[test]
+fn yaml_deeper_than_64() {
+    // root, security_settings, auth_servers and the entry are 4 levels.
+    let deep = format!("{}{}", "[".repeat(61), "]".repeat(61));
+    let yaml = format!(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: {{ issuer: "http://localhost:4485" }}
+    metadata: {deep}
+"#
+    );
+    refused(
+        &yaml,
+        error(
+            5,
+            75,
+            "the YAML is nested deeper than 64 levels",
+            "at most 64 levels of nesting",
+        ),
+    );
+    let shallow = format!("{}{}", "[".repeat(60), "]".repeat(60));
+    loaded(&yaml.replace(&deep, &shallow));
+}
+
+#[test]
+fn alias_bomb() {
+    let yaml = r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+    metadata:
+      a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+      b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+      c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+      d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+      e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+      f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+      g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+      h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+      i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"#;
+    let started = std::time::Instant::now();
+    let errors = errors(yaml);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (line, _, message, allowed) = &errors[0];
+    assert!((6..=14).contains(line), "{line}");
+    assert_eq!(
+        message,
+        "the YAML expands beyond the parser's limits (aliases that multiply, or too many nodes)"
+    );
+    assert_eq!(
+        allowed.as_deref(),
+        Some("at most 1000 aliases, 100000 events replayed through aliases and 1000000 nodes")
+    );
+}
+
+#[test]
+fn a_few_anchors_and_aliases_are_fine() {
+    let snap = loaded(
+        r#"apis:
+- name: A
+  base_path: /a
+  upstream: &echo { echo: true }
+  resources: ["GET /x"]
+- name: B
+  base_path: /b
+  upstream: *echo
+  resources: ["GET /x"]
+"#,
+    )
+    .snapshot;
+    assert_eq!(snap.apis.len(), 2);
+}
+
+// ------------------------------------------------------------ resources
+
+#[test]
+fn invalid_resource_templates() {
+    let yaml = r#"apis:
+- name: A
+  upstream: { echo: true }
+  resources:
+  - "GET"
+  - "FETCH /a"
+  - "GET a"
+  - "GET /a/{}"
+  - "GET /a/{rest*}/b"
+  - "GET /a/../b"
+  - "GET /a/{id"
+  - "GET /a/{my-id}"
+"#;
+    assert_eq!(
+        errors(yaml),
+        vec![
+            error(
+                5,
+                5,
+                "resource `GET` is not \"METHOD /path\"",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                6,
+                5,
+                "resource `FETCH /a`: `FETCH` is not a supported method",
+                RESOURCE_ALLOWED
+            ),
+            error(7, 5, "path `a` does not start with /", RESOURCE_ALLOWED),
+            error(
+                8,
+                5,
+                "path `/a/{}`: parameter `{}` needs a name of letters, digits or _",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                9,
+                5,
+                "path `/a/{rest*}/b`: `{rest*}` must be the last segment",
+                RESOURCE_ALLOWED
+            ),
+            error(10, 5, "path `/a/../b` has a dot segment", RESOURCE_ALLOWED),
+            error(
+                11,
+                5,
+                "path `/a/{id`: segment `{id` has characters a path cannot hold",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                12,
+                5,
+                "path `/a/{my-id}`: parameter `{my-id}` needs a name of letters, digits or _",
+                RESOURCE_ALLOWED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn invalid_resource_template_in_a_scope() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  scopes:
+  - name: View
+    resources: ["GET /ok", "GET /{a*}/b"]
+"#,
+        error(
+            6,
+            28,
+            "path `/{a*}/b`: `{a*}` must be the last segment",
+            RESOURCE_ALLOWED,
+        ),
+    );
+}
+
+const TWICE: &str = "each METHOD + path once in `resources:` and not also in a scope";
+
+#[test]
+fn same_resource_twice_in_resources() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  resources: ["GET /b", "POST /b", "GET /b"]
+"#,
+        error(
+            4,
+            36,
+            "resource `GET /b` is declared twice in this API",
+            TWICE,
+        ),
+    );
+}
+
+#[test]
+fn same_resource_in_a_scope_and_in_resources() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  scopes:
+  - name: S
+    resources: ["GET /a"]
+  resources: ["GET /b", "GET /a"]
+"#,
+        error(
+            7,
+            25,
+            "resource `GET /a` is declared twice in this API",
+            TWICE,
+        ),
+    );
+}
+
+#[test]
+fn same_pattern_with_another_parameter_name_is_the_same_resource() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  resources: ["GET /a/{id}", "GET /a/{no}"]
+"#,
+        error(
+            4,
+            30,
+            "resource `GET /a/{no}` is declared twice in this API",
+            TWICE,
+        ),
+    );
+    // In two scopes, one resource belongs to both.
+    let snap = loaded(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  scopes:
+  - name: View
+    resources: ["GET /a/{id}"]
+  - name: Audit
+    resources: ["GET /a/{no}"]
+"#,
+    )
+    .snapshot;
+    assert_eq!(snap.apis[0].resources.len(), 1);
+    assert_eq!(snap.apis[0].resources[0].api_scopes, vec![0, 1]);
+}
+
+#[test]
+fn a_resource_may_belong_to_several_scopes() {
+    let snap = loaded(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  scopes:
+  - name: View
+    resources: ["GET /a"]
+  - name: Admin
+    resources: ["GET /a", "DELETE /a"]
+"#,
+    )
+    .snapshot;
+    let resources = &snap.apis[0].resources;
+    assert_eq!(resources.len(), 2);
+    assert_eq!(resources[0].api_scopes, vec![0, 1]);
+    assert_eq!(resources[1].api_scopes, vec![1]);
+}
+
+// ------------------------------------------------------------ APIs
+
+#[test]
+fn two_apis_with_the_same_base_path() {
+    refused(
+        r#"apis:
+- name: A
+  base_path: /x
+  upstream: { echo: true }
+- name: B
+  base_path: /x/
+  upstream: { echo: true }
+"#,
+        error(
+            6,
+            14,
+            "base path `/x` is used by two APIs",
+            "a distinct base_path per API",
+        ),
+    );
+}
+
+#[test]
+fn two_apis_with_the_same_name_and_version() {
+    refused(
+        r#"apis:
+- name: A
+  version: "2.0"
+  base_path: /x
+  upstream: { echo: true }
+- name: A
+  version: "2.0"
+  base_path: /y
+  upstream: { echo: true }
+"#,
+        error(
+            6,
+            9,
+            "API `A` version `2.0` is defined twice",
+            "a distinct name + version per API",
+        ),
+    );
+    // Another version of the same API is another API.
+    loaded(
+        r#"apis:
+- name: A
+  version: "1.0"
+  base_path: /x
+  upstream: { echo: true }
+- name: A
+  version: "2.0"
+  base_path: /y
+  upstream: { echo: true }
+"#,
+    );
+}
+
+const SHADOWING: &str = r#"authorization_server:
+  signing_key: data/key.pem
+apis:
+- name: A
+  base_path: /oauth2
+  upstream: { echo: true }
+- name: B
+  base_path: /invoke/pub.oauth
+  upstream: { echo: true }
+- name: C
+  base_path: /.well-known
+  upstream: { echo: true }
+- name: D
+  base_path: /
+  upstream: { echo: true }
+"#;
+
+#[test]
+fn api_shadowing_the_authorization_server() {
+    let allowed = "a base path outside /oauth2, /invoke and /.well-known";
+    assert_eq!(
+        errors(SHADOWING),
+        vec![
+            error(
+                5,
+                14,
+                "base path `/oauth2` shadows `/oauth2`, where the authorization server answers",
+                allowed
+            ),
+            error(
+                8,
+                14,
+                "base path `/invoke/pub.oauth` shadows `/invoke`, where the authorization server answers",
+                allowed
+            ),
+            error(
+                11,
+                14,
+                "base path `/.well-known` shadows `/.well-known`, where the authorization server answers",
+                allowed
+            ),
+            error(
+                14,
+                14,
+                "base path `` shadows `/oauth2`, where the authorization server answers",
+                allowed
+            ),
+        ]
+    );
+}
+
+#[test]
+fn those_base_paths_are_allowed_without_the_authorization_server() {
+    let yaml = SHADOWING.replace("authorization_server:\n  signing_key: data/key.pem\n", "");
+    assert_eq!(loaded(&yaml).snapshot.apis.len(), 4);
+}
+
+#[test]
+fn base_path_with_a_parameter() {
+    refused(
+        "apis:\n- name: A\n  base_path: /a/{id}\n  upstream: { echo: true }\n",
+        error(
+            3,
+            14,
+            "base_path `/a/{id}` has a parameter",
+            "a literal path such as /travels",
+        ),
+    );
+}
+
+// ------------------------------------------------------------ references
+
+#[test]
+fn undefined_auth_server_in_authentication() {
+    refused(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+  - id: corporate
+    localIntrospectionConfig: { issuer: "https://idp.example" }
+apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: nope }
+"#,
+        error(
+            10,
+            48,
+            "auth server `nope` is not defined",
+            "one of: corporate, local",
+        ),
+    );
+}
+
+#[test]
+fn undefined_auth_server_in_scope_mappings() {
+    refused(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+scope_mappings:
+- auth_server: nope
+  scope: view
+  api_scopes: ["A:View"]
+apis:
+- name: A
+  upstream: { echo: true }
+  scopes: [{ name: View, resources: ["GET /a"] }]
+"#,
+        error(
+            6,
+            16,
+            "scope mapping names auth server `nope`, which is not defined",
+            "one of: local",
+        ),
+    );
+}
+
+#[test]
+fn undefined_alias_in_outbound_auth() {
+    refused(
+        r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: secret }
+apis:
+- name: A
+  upstream: { echo: true }
+  policies:
+    outbound_auth: { alias: nope }
+"#,
+        error(8, 29, "alias `nope` is not defined", "one of: backend"),
+    );
+}
+
+#[test]
+fn undefined_api_scope_in_scope_mappings() {
+    refused(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+scope_mappings:
+- auth_server: local
+  scope: view
+  api_scopes: ["A:View", "A:Nope"]
+apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - name: View
+    resources: ["GET /a"]
+"#,
+        error(
+            8,
+            26,
+            "api scope `A:Nope` is not declared by any API",
+            "\"API name:scope name\", one of: A:View",
+        ),
+    );
+}
+
+// ------------------------------------------------------------ TLS and secrets
+
+#[test]
+fn https_without_tls() {
+    refused(
+        "ports:\n  https: 7749\n",
+        error(
+            2,
+            10,
+            "ports.https is set but there is no `tls:` section",
+            "a `tls:` section with `certificate` and `key`, or no ports.https",
+        ),
+    );
+}
+
+#[test]
+fn unreadable_certificate() {
+    refused(
+        "ports: { https: 7749 }\ntls:\n  certificate: /nonexistent/server.crt\n  key: /nonexistent/server.key\n",
+        error(
+            3,
+            16,
+            "cannot read /nonexistent/server.crt: No such file or directory (os error 2)",
+            "a readable PEM file",
+        ),
+    );
+}
+
+#[test]
+fn certificate_that_is_not_pem() {
+    let config = Config::new("tls:\n  certificate: server.crt\n  key: server.key\n");
+    config.file("server.crt", "not a certificate");
+    config.file("server.key", "not a key");
+    let findings = config.load(&Env::new()).expect_err("refused");
+    let crt = config.dir.path().join("server.crt");
+    assert_eq!(
+        findings.iter().map(found).collect::<Vec<_>>(),
+        vec![error(
+            2,
+            16,
+            &format!("{} is not a PEM CERTIFICATE", crt.display()),
+            "a PEM file"
+        )]
+    );
+}
+
+fn admin_password(secret: &str) -> String {
+    format!("admin:\n  user: Administrator\n  password: \"{secret}\"\n")
+}
+
+#[test]
+fn missing_env_secret() {
+    refused(
+        &admin_password("${env:NOPE}"),
+        error(
+            3,
+            13,
+            "admin.password: environment variable NOPE is not set",
+            SECRET_ALLOWED,
+        ),
+    );
+}
+
+#[test]
+fn missing_file_secret() {
+    refused(
+        &admin_password("${file:/nonexistent/secret}"),
+        error(
+            3,
+            13,
+            "admin.password: cannot read secret file /nonexistent/secret: No such file or directory (os error 2)",
+            SECRET_ALLOWED,
+        ),
+    );
+}
+
+#[test]
+fn masked_secret() {
+    refused(
+        &admin_password("****"),
+        error(
+            3,
+            13,
+            "admin.password: the secret is masked (****); supply the real value",
+            SECRET_ALLOWED,
+        ),
+    );
+    refused(
+        r#"security_settings:
+  auth_servers:
+  - id: remote
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://localhost:4485/invoke/pub.oauth/introspectToken"
+      clientId: introspection-client
+      clientSecret: "********"
+"#,
+        error(
+            7,
+            21,
+            "clientSecret: the secret is masked (****); supply the real value",
+            SECRET_ALLOWED,
+        ),
+    );
+}
+
+#[test]
+fn secrets_in_every_form() {
+    let config = Config::new(
+        r#"security_settings:
+  aliases:
+  - { name: encoded, username: u, password: "{encoded}bWFuYWdl" }
+  - { name: from-env, username: u, password: "${env:BACKEND_PASSWORD}" }
+  - { name: from-file, username: u, password: "${file:secrets/backend}" }
+  - { name: clear, username: u, password: "plain" }
+"#,
+    );
+    let secret_file = config.file("secrets/backend", "from-a-file\n");
+    let loaded = config
+        .load(&env(&[("BACKEND_PASSWORD", "from-the-env")]))
+        .expect("valid");
+    let snap = loaded.snapshot;
+    let password = |name: &str| match &snap.aliases[name] {
+        microgateway::config::snapshot::Alias::Basic { password, .. } => {
+            password.expose().to_owned()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(password("encoded"), "manage");
+    assert_eq!(password("from-env"), "from-the-env");
+    assert_eq!(password("from-file"), "from-a-file");
+    assert_eq!(password("clear"), "plain");
+    // A `${file:}` secret is watched like the configuration itself.
+    assert!(snap.files.contains(&secret_file), "{:?}", snap.files);
+}
+
+// ------------------------------------------------------------ authorization server
+
+#[test]
+fn duplicate_client_id() {
+    refused(
+        r#"authorization_server:
+  clients:
+  - client_id: app
+    client_secret: s1
+    grant_types: [client_credentials]
+  - client_id: app
+    client_secret: s2
+    grant_types: [client_credentials]
+"#,
+        error(
+            6,
+            16,
+            "client_id `app` is defined twice",
+            "unique client ids",
+        ),
+    );
+}
+
+#[test]
+fn public_client_with_client_credentials() {
+    refused(
+        r#"authorization_server:
+  clients:
+  - client_id: spa
+    grant_types: [password, client_credentials]
+"#,
+        error(
+            4,
+            29,
+            "public client `spa` (no client_secret) cannot use client_credentials",
+            "a client_secret, or no client_credentials grant",
+        ),
+    );
+}
+
+#[test]
+fn browser_grants_without_redirect_uris() {
+    assert_eq!(
+        errors(
+            r#"authorization_server:
+  clients:
+  - client_id: web
+    client_secret: s
+    grant_types: [authorization_code]
+  - client_id: legacy
+    client_secret: s
+    grant_types: [refresh_token, implicit]
+"#
+        ),
+        vec![
+            error(
+                5,
+                19,
+                "client `web` uses authorization_code without redirect_uris",
+                "at least one redirect URI"
+            ),
+            error(
+                8,
+                34,
+                "client `legacy` uses implicit without redirect_uris",
+                "at least one redirect URI"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn non_loopback_http_redirect_uri() {
+    refused(
+        r#"authorization_server:
+  clients:
+  - client_id: web
+    client_secret: s
+    grant_types: [authorization_code]
+    redirect_uris: ["http://127.0.0.1:8000/cb", "http://localhost/cb", "https://app.example/cb", "http://app.example/cb"]
+"#,
+        error(
+            6,
+            98,
+            "redirect URI `http://app.example/cb` uses http on a non-loopback host",
+            "https://…, or http:// on localhost, 127.0.0.1 or [::1]",
+        ),
+    );
+}
+
+#[test]
+fn never_expiring_jwt() {
+    let yaml = r#"authorization_server:
+  token_format: jwt
+  clients:
+  - client_id: app
+    client_secret: s
+    grant_types: [client_credentials]
+    token_lifetime: -1
+"#;
+    refused(
+        yaml,
+        error(
+            7,
+            21,
+            "token_lifetime -1 (never expires) with token_format jwt",
+            "a positive lifetime for JWTs, or token_format: opaque",
+        ),
+    );
+    loaded(&yaml.replace("token_format: jwt", "token_format: opaque"));
+}
+
+// ------------------------------------------------------------ auth servers
+
+#[test]
+fn clock_skew_over_60s() {
+    refused(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+      clockSkew: 61s
+"#,
+        error(6, 18, "clockSkew is more than 60s", "at most 60s"),
+    );
+}
+
+// ------------------------------------------------------------ all findings
+
+#[test]
+fn several_errors_are_all_reported_in_file_order() {
+    let yaml = r#"ports: { http: 0 }
+timeouts: { idle: never }
+limits: { max_body: lots }
+apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: nope }
+  resources: ["GET /a", "GET /a", "GET a"]
+"#;
+    assert_eq!(
+        errors(yaml),
+        vec![
+            error(
+                2,
+                19,
+                "timeouts.idle: `never` is not a duration",
+                "\"30s\", \"5m\", \"1h\", \"250ms\" or integer seconds"
+            ),
+            error(
+                3,
+                21,
+                "limits.max_body: `lots` is not a size",
+                "\"32KiB\", \"10MiB\" or integer bytes"
+            ),
+            error(
+                7,
+                48,
+                "auth server `nope` is not defined",
+                "one of: (none defined)"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn errors_of_every_api_are_reported() {
+    let yaml = r#"apis:
+- name: A
+  upstream: { echo: true }
+  resources: ["GET a"]
+- name: B
+  upstream: { echo: true }
+  resources: ["GET /b", "GET /b"]
+"#;
+    assert_eq!(
+        errors(yaml),
+        vec![
+            error(4, 15, "path `a` does not start with /", RESOURCE_ALLOWED),
+            error(
+                7,
+                25,
+                "resource `GET /b` is declared twice in this API",
+                TWICE
+            ),
+        ]
+    );
+}
+
+// ------------------------------------------------------------ webMethods files
+
+const WEBMETHODS: &str = r#"ports: { http: 0 }
+api_gateway:
+  url: "http://central.example:9485"
+  user: "Administrator"
+  password: "{encoded}bWFuYWdl"
+  dir: "C:/Installations"
+security_settings:
+  auth_servers:
+  - !<authServerAlias>
+    id: "local"
+    name: "local"
+    description: "API Gateway as an Authorization server."
+    type: "authServerAlias"
+    owner: "Administrator"
+    authServerType: "EXTERNAL"
+    providerName: null
+    discoveryURL: null
+    dcrEndpoint: null
+    metadata: null
+    scopes: []
+    supportedGrantTypes: null
+    sslConfig:
+      keyStoreAlias: null
+    tokenGeneratorConfig: null
+    remoteISConfig: null
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+      trustStoreAlias: null
+      certificateAlias: "gateway-cert"
+      description: null
+      useLocalClockSkew: true
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://localhost:4485/invoke/pub.oauth/introspectToken"
+      clientId: "introspection-client"
+      clientSecret: "{encoded}c2VjcmV0"
+      user: "Administrator"
+--- !<authServerAlias>
+id: "other"
+name: "Other"
+type: "authServerAlias"
+localIntrospectionConfig:
+  issuer: "https://other.example"
+"#;
+
+fn warning(line: u64, column: u64, key: &str) -> Found {
+    (
+        line,
+        column,
+        format!("`{key}` is a webMethods setting that has no effect here; ignored"),
+        None,
+    )
+}
+
+#[test]
+fn webmethods_file_passes_with_warnings() {
+    let loaded = loaded(WEBMETHODS);
+    let warnings: Vec<Found> = loaded.warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            warning(6, 8, "dir"),
+            warning(15, 21, "authServerType"),
+            warning(20, 13, "scopes"),
+            warning(23, 7, "sslConfig"),
+            warning(29, 25, "certificateAlias"),
+            warning(31, 26, "useLocalClockSkew"),
+            warning(36, 13, "user"),
+        ]
+    );
+    assert!(loaded
+        .warnings
+        .iter()
+        .all(|w| w.severity == Severity::Warning));
+    let servers = &loaded.snapshot.auth_servers;
+    assert_eq!(
+        servers.keys().map(|k| &**k).collect::<Vec<_>>(),
+        ["local", "other"]
+    );
+    assert_eq!(servers["other"].name, "Other");
+    let local = servers["local"]
+        .local
+        .as_ref()
+        .expect("local introspection");
+    assert_eq!(local.issuer, "http://localhost:4485");
+    assert_eq!(local.trust_store, None);
+    let remote = servers["local"]
+        .remote
+        .as_ref()
+        .expect("remote introspection");
+    assert_eq!(remote.client_secret.expose(), "secret");
+    let central = loaded.snapshot.api_gateway.as_ref().expect("api_gateway");
+    assert_eq!(central.password.expose(), "manage");
+}
+
+#[test]
+fn error_in_an_appended_document_has_its_file_line() {
+    let yaml = format!("{WEBMETHODS}  colour: red\n");
+    refused(
+        &yaml,
+        error(
+            43,
+            3,
+            "unknown key `colour`",
+            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew",
+        ),
+    );
+    let yaml = format!("{WEBMETHODS}  clockSkew: 2m\n");
+    refused(
+        &yaml,
+        error(43, 14, "clockSkew is more than 60s", "at most 60s"),
+    );
+}
+
+#[test]
+fn unknown_auth_server_type() {
+    refused(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    type: "oauth2Server"
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+"#,
+        error(
+            4,
+            11,
+            "auth server type `oauth2Server` is not supported",
+            "authServerAlias",
+        ),
+    );
+}
+
+// ------------------------------------------------------------ environment
+
+#[test]
+fn env_overrides_a_port() {
+    let snap = loaded_with(
+        "ports: { http: 4485, bind: 127.0.0.1 }\n",
+        &env(&[("MCGW_PORTS_HTTP", "8080")]),
+    )
+    .snapshot;
+    assert_eq!(snap.listen.http, Some("127.0.0.1:8080".parse().unwrap()));
+}
+
+#[test]
+fn lower_case_webmethods_env_overrides_the_poll_interval() {
+    let yaml = r#"api_gateway:
+  url: "http://central.example:9485"
+  user: Administrator
+  password: "{encoded}bWFuYWdl"
+  download_apis: true
+  poll_interval: 30s
+"#;
+    let snap = loaded_with(yaml, &env(&[("mcgw_api_gateway_poll_interval", "10s")])).snapshot;
+    let central = snap.api_gateway.expect("api_gateway");
+    assert_eq!(central.poll_interval, Duration::from_secs(10));
+}
+
+#[test]
+fn poll_interval_from_env_alone_needs_no_central_credentials() {
+    let loaded = loaded_with(
+        "ports: { http: 0 }\n",
+        &env(&[("MCGW_API_GATEWAY_POLL_INTERVAL", "10s")]),
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert!(loaded.snapshot.api_gateway.is_none());
+}
+
+#[test]
+fn downloading_needs_the_central_url_and_credentials() {
+    let config = Config::new("api_gateway:\n  download_settings: true\n");
+    let findings = config.load(&Env::new()).expect_err("refused");
+    let messages: Vec<String> = findings.iter().map(|d| d.message.clone()).collect();
+    assert_eq!(
+        messages,
+        [
+            "`api_gateway.url` is missing",
+            "`api_gateway.user` is missing",
+            "`api_gateway.password` is missing"
+        ]
+    );
+}
+
+#[test]
+fn unknown_mcgw_variable_is_a_warning() {
+    let loaded = loaded_with(
+        "ports: { http: 0 }\n",
+        &env(&[
+            ("MCGW_PORTS_HTTPX", "1"),
+            ("MCGW_LOG", "debug"),
+            ("PATH", "/bin"),
+        ]),
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert_eq!(
+        loaded.warnings[0].to_string(),
+        "MCGW_PORTS_HTTPX: warning: this MCGW_ variable matches no setting; ignored"
+    );
+}
+
+#[test]
+fn env_override_with_a_bad_value_is_an_error() {
+    let config = Config::new("ports: { http: 0 }\n");
+    let findings = config
+        .load(&env(&[("MCGW_TIMEOUTS_IDLE", "forever")]))
+        .expect_err("refused");
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(
+        findings[0].message,
+        "timeouts.idle: `forever` is not a duration"
+    );
+}
+
+// ------------------------------------------------------------ paths
+
+#[test]
+fn relative_paths_are_relative_to_the_configuration_directory() {
+    let config = Config::new(
+        r#"tls:
+  certificate: tls/server.crt
+  key: tls/server.key
+authorization_server:
+  signing_key: data/signing-key.pem
+  store: sqlite:data/oauth.db
+"#,
+    );
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let crt = config.file("tls/server.crt", &certified.cert.pem());
+    let key = config.file("tls/server.key", &certified.signing_key.serialize_pem());
+    let snap = config.load(&Env::new()).expect("valid").snapshot;
+    let tls = snap.tls.as_ref().expect("tls");
+    assert_eq!(tls.certificate_path, crt);
+    assert_eq!(tls.key_path, key);
+    let authz = snap
+        .authorization_server
+        .as_ref()
+        .expect("authorization server");
+    let dir: &Path = config.dir.path();
+    assert_eq!(authz.signing_key_path, dir.join("data/signing-key.pem"));
+    assert_eq!(authz.store_path, dir.join("data/oauth.db"));
+    assert!(
+        snap.files.contains(&crt) && snap.files.contains(&key),
+        "{:?}",
+        snap.files
+    );
+}
