@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::auth::servers::Authenticator;
 use crate::config::{self, Env, Invalid, Snapshot};
 use crate::proxy::{self, Body, Connection, Runtime, Upstreams};
-use crate::reload::{Live, Source};
+use crate::reload::{Live, Source, Watcher};
 use crate::server::{self, ConnSettings};
 
 /// Why a gateway could not start.
@@ -45,6 +45,7 @@ impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
     /// serving snapshot and records the findings.
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
+        let _serialised = self.live.one_reload_at_a_time();
         let next = self.live.generation() + 1;
         match config::load(&self.config_path, &self.env, next) {
             Ok(loaded) => Ok(self.install(source, loaded.snapshot)),
@@ -81,6 +82,9 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Reloads on changes of the configuration files (none if the platform
+    /// refused a watch: signal and REST reloads still work).
+    watcher: Option<Watcher>,
 }
 
 impl Gateway {
@@ -126,6 +130,7 @@ impl Gateway {
             admin: None,
             stop,
             tasks: JoinSet::new(),
+            watcher: None,
         };
         if let Some(addr) = listen.http {
             let listener = bind(addr).await?;
@@ -149,12 +154,18 @@ impl Gateway {
         }
         gateway.tasks = tasks;
         state.listening.store(true, Ordering::Release);
+        gateway.watcher = Watcher::spawn(state.clone())
+            .inspect_err(|error| tracing::warn!("{error}; reload with SIGHUP or the REST API"))
+            .ok();
         Ok(gateway)
     }
 
     /// Stops accepting, drains in-flight requests (bounded by
     /// `timeouts.drain`) and returns when every listener has finished.
     pub async fn shutdown(mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            let _ = tokio::task::spawn_blocking(move || watcher.stop()).await;
+        }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
     }
