@@ -45,9 +45,28 @@ impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
     /// serving snapshot and records the findings.
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
+        self.reload_with(source, |next| {
+            config::load(&self.config_path, &self.env, next)
+        })
+    }
+
+    /// Like [`State::reload`], for configuration text already read from
+    /// `config_path` (the file watcher compiles exactly the content it saw
+    /// settle, not what a writer may be halfway through replacing).
+    pub fn reload_text(&self, source: Source, text: &str) -> Result<u64, Invalid> {
+        self.reload_with(source, |next| {
+            config::load_text(&self.config_path, text, &self.env, next)
+        })
+    }
+
+    fn reload_with(
+        &self,
+        source: Source,
+        load: impl FnOnce(u64) -> Result<config::Loaded, Invalid>,
+    ) -> Result<u64, Invalid> {
         let _serialised = self.live.one_reload_at_a_time();
         let next = self.live.generation() + 1;
-        match config::load(&self.config_path, &self.env, next) {
+        match load(next) {
             Ok(loaded) => Ok(self.install(source, loaded.snapshot)),
             Err(invalid) => {
                 tracing::error!(

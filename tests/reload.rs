@@ -472,7 +472,9 @@ async fn every_request_under_load_sees_the_old_or_the_new_config() {
     let gw = Arc::new(Gateway::start(&echo_yaml("alpha")).await);
     let errors = file_reload_errors(&gw).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(std::collections::BTreeMap::<String, usize>::new()));
+    let seen = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<String, usize>::new(),
+    ));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let total = Arc::new(AtomicUsize::new(0));
     let mut clients = tokio::task::JoinSet::new();
@@ -503,31 +505,40 @@ async fn every_request_under_load_sees_the_old_or_the_new_config() {
             }
         });
     }
-    // 60 writes in about 5 s: a valid change, an invalid file, the valid
-    // file again, and a save without changes, over and over.
+    // 52 writes in about 6 s: a valid change, an invalid file, the valid
+    // file again, and a save without changes, over and over; some of them
+    // closer together than the debounce, most of them not.
     let mut current = "alpha";
-    for round in 0..15 {
+    for round in 0..13 {
         let next = if round % 2 == 0 { "beta" } else { "alpha" };
-        for yaml in [
-            echo_yaml(next),
-            format!("{}  bogus_key: [1\n", echo_yaml(next)),
-            echo_yaml(next),
-            echo_yaml(next),
+        for (yaml, pause) in [
+            (echo_yaml(next), 150),
+            (format!("{}  bogus_key: [1\n", echo_yaml(next)), 150),
+            (echo_yaml(next), 30),
+            (echo_yaml(next), 120),
         ] {
             gw.write_config(&yaml);
-            tokio::time::sleep(Duration::from_millis(85)).await;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         current = next;
     }
     let last = gw.state().live.generation() + 1;
-    gw.write_config(&echo_yaml(if current == "alpha" { "beta" } else { "alpha" }));
+    gw.write_config(&echo_yaml(if current == "alpha" {
+        "beta"
+    } else {
+        "alpha"
+    }));
     applied(&gw, last).await;
     stop.store(true, Ordering::Relaxed);
     while clients.join_next().await.is_some() {}
 
     let failures = failures.lock().unwrap().clone();
     let seen = seen.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
     assert_eq!(
         seen.values().sum::<usize>(),
         total.load(Ordering::Relaxed),
@@ -550,7 +561,10 @@ async fn request_in_flight_completes_across_a_reload_that_removes_its_api() {
     let in_flight = tokio::spawn(request);
     let deadline = Instant::now() + DEADLINE;
     while upstream.hits() == 0 {
-        assert!(Instant::now() < deadline, "the request never reached the upstream");
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     gw.write_config(
@@ -581,7 +595,10 @@ async fn rest_reload_applies_at_once_and_reports_refusals() {
         .expect("reload");
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.expect("JSON");
-    assert!(body["generation"].as_u64().is_some_and(|g| g >= 2), "{body}");
+    assert!(
+        body["generation"].as_u64().is_some_and(|g| g >= 2),
+        "{body}"
+    );
     // Applied when the answer comes, whatever the file watcher does.
     assert_eq!(mode(&gw).await, "beta");
 
@@ -618,9 +635,17 @@ async fn thousand_reloads_leave_no_old_snapshot_behind() {
     // The file watcher may hold the serving snapshot for a moment; an old
     // one has no reason to live on.
     let deadline = Instant::now() + DEADLINE;
-    let alive = || first.strong_count() + first_api.strong_count() + sampled.iter().map(|w| w.strong_count()).sum::<usize>();
+    let alive = || {
+        first.strong_count()
+            + first_api.strong_count()
+            + sampled.iter().map(|w| w.strong_count()).sum::<usize>()
+    };
     while alive() > 0 {
-        assert!(Instant::now() < deadline, "{} old snapshots or APIs still alive", alive());
+        assert!(
+            Instant::now() < deadline,
+            "{} old snapshots or APIs still alive",
+            alive()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(mode(&gw).await, "alpha");

@@ -175,9 +175,7 @@ mod tests {
             vec!["ports"]
         );
         assert_eq!(
-            running.restart_needed(&snapshot(
-                "ports: { http: 4485 }\ntimeouts: { idle: 5s }\n"
-            )),
+            running.restart_needed(&snapshot("ports: { http: 4485 }\ntimeouts: { idle: 5s }\n")),
             vec!["timeouts"]
         );
     }

@@ -8,9 +8,11 @@
 //! Events are filtered by file name (plus `..data`), debounced until the
 //! directory has been quiet for [`QUIET`], and then the content of all the
 //! files is hashed until two readings [`SETTLE`] apart agree. Only content
-//! that differs from what was last acted upon triggers `State::reload`, so
-//! a save without changes does not create a generation, while a changed
+//! that differs from what was last acted upon triggers a reload, so a save
+//! without changes does not create a generation, while a changed
 //! certificate or secret does even when the configuration text is the same.
+//! The configuration compiled is the text of the settled reading, never a
+//! fresh read that could catch the next writer halfway.
 //!
 //! A configuration file that is missing or empty is taken as a save in
 //! progress (deleted then recreated, truncated then written) and waited for;
@@ -82,7 +84,7 @@ impl Watcher {
         // the runtime that started the gateway.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut watch = Watch {
-            last_seen: content_hash(&watched_files(&state)),
+            last_seen: read_files(&watched_files(&state)).hash,
             generation: state.live.generation(),
             state,
             notify,
@@ -169,7 +171,10 @@ impl Watch {
         let started = Instant::now();
         let mut quiet_since = Instant::now();
         while quiet_since.elapsed() < QUIET && started.elapsed() < MAX_DEBOUNCE {
-            match self.rx.recv_timeout(QUIET.saturating_sub(quiet_since.elapsed())) {
+            match self
+                .rx
+                .recv_timeout(QUIET.saturating_sub(quiet_since.elapsed()))
+            {
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return Err(Stopped),
                 Ok(Message::Changed(event)) if self.matters(&event) => quiet_since = Instant::now(),
                 Ok(Message::Changed(_)) | Err(RecvTimeoutError::Timeout) => {}
@@ -181,37 +186,43 @@ impl Watch {
     /// Reloads when the settled content differs from what was last seen.
     fn check(&mut self) -> Result<(), Stopped> {
         let files = watched_files(&self.state);
-        let Some(hash) = self.settle(&files)? else {
+        let Some(reading) = self.settle(&files)? else {
             tracing::warn!("configuration files keep changing; waiting for the next change");
             return Ok(());
         };
-        if hash == self.last_seen {
+        if reading.hash == self.last_seen {
             tracing::debug!("configuration files unchanged");
             return Ok(());
         }
-        let config = &self.state.config_path;
-        if !std::fs::metadata(config).is_ok_and(|m| m.len() > 0) {
-            tracing::info!(
-                config = %config.display(),
-                "configuration file is missing or empty; waiting for it to be written"
-            );
-            return Ok(());
-        }
-        self.last_seen = hash;
+        let text = match reading.config {
+            Some(text) if !text.is_empty() => text,
+            Some(_) | None => {
+                tracing::info!(
+                    config = %self.state.config_path.display(),
+                    "configuration file is missing or empty; waiting for it to be written"
+                );
+                return Ok(());
+            }
+        };
+        self.last_seen = reading.hash;
         // Logged, counted and shown in status by `reload`; on error the last
         // good snapshot keeps serving.
-        let _ = self.state.reload(Source::File);
+        let _ = match String::from_utf8(text) {
+            Ok(text) => self.state.reload_text(Source::File, &text),
+            // Read again by `reload`, which says what is wrong with the file.
+            Err(_) => self.state.reload(Source::File),
+        };
         self.follow_files();
         Ok(())
     }
 
-    /// Hashes `files` until two readings `SETTLE` apart agree.
-    fn settle(&self, files: &[PathBuf]) -> Result<Option<[u8; 32]>, Stopped> {
-        let mut previous = content_hash(files);
+    /// Reads `files` until two readings `SETTLE` apart agree.
+    fn settle(&self, files: &[PathBuf]) -> Result<Option<Reading>, Stopped> {
+        let mut previous = read_files(files);
         for _ in 0..MAX_SETTLE_TRIES {
             self.pause(SETTLE)?;
-            let current = content_hash(files);
-            if current == previous {
+            let current = read_files(files);
+            if current.hash == previous.hash {
                 return Ok(Some(current));
             }
             previous = current;
@@ -240,7 +251,7 @@ impl Watch {
     /// names and take its content as seen.
     fn follow_other_reloads(&mut self) {
         if self.state.live.generation() != self.generation {
-            self.last_seen = content_hash(&watched_files(&self.state));
+            self.last_seen = read_files(&watched_files(&self.state)).hash;
             self.follow_files();
         }
     }
@@ -336,23 +347,48 @@ fn touches(interest: &BTreeSet<OsString>, paths: &[PathBuf]) -> bool {
             .any(|name| interest.contains(name))
 }
 
-/// SHA-256 over each file's path and content (a missing file hashes
-/// differently from an empty one).
-fn content_hash(files: &[PathBuf]) -> [u8; 32] {
+/// One reading of the watched files.
+struct Reading {
+    /// SHA-256 over each file's path and content (a missing file hashes
+    /// differently from an empty one).
+    hash: [u8; 32],
+    /// The content of the first file, the configuration, if readable.
+    config: Option<Vec<u8>>,
+}
+
+fn read_files(files: &[PathBuf]) -> Reading {
     let mut hasher = Sha256::new();
-    for file in files {
+    let mut config = None;
+    for (index, file) in files.iter().enumerate() {
         hasher.update(file.as_os_str().as_encoded_bytes());
         hasher.update([0]);
-        match std::fs::read(file) {
+        match read_bounded(file) {
             Ok(content) => {
                 hasher.update([1]);
                 hasher.update((content.len() as u64).to_be_bytes());
                 hasher.update(&content);
+                if index == 0 {
+                    config = Some(content);
+                }
             }
             Err(_) => hasher.update([0]),
         }
     }
-    hasher.finalize().into()
+    Reading {
+        hash: hasher.finalize().into(),
+        config,
+    }
+}
+
+/// Reads at most one byte more than the loader accepts (enough for it to
+/// say the file is too large).
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut content = Vec::new();
+    std::fs::File::open(path)?
+        .take(crate::config::load::MAX_FILE_BYTES + 1)
+        .read_to_end(&mut content)?;
+    Ok(content)
 }
 
 #[cfg(test)]
@@ -387,7 +423,10 @@ mod tests {
         assert!(touches(&interest, &[dir.path().join("..data")]));
         assert!(touches(
             &interest,
-            &[dir.path().join(".tmp123"), dir.path().join("microgateway.yaml")]
+            &[
+                dir.path().join(".tmp123"),
+                dir.path().join("microgateway.yaml")
+            ]
         ));
         assert!(!touches(&interest, &[dir.path().join(".tmp123")]));
         assert!(!touches(&interest, &[dir.path().join("other.yaml")]));
@@ -424,13 +463,18 @@ mod tests {
     fn hash_tells_missing_from_empty_and_follows_content() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("secret");
-        let missing = content_hash(std::slice::from_ref(&file));
+        let hash = |file: &PathBuf| read_files(std::slice::from_ref(file)).hash;
+        let missing = hash(&file);
         std::fs::write(&file, "").expect("write");
-        let empty = content_hash(std::slice::from_ref(&file));
+        let empty = hash(&file);
         std::fs::write(&file, "a").expect("write");
-        let a = content_hash(std::slice::from_ref(&file));
+        let a = hash(&file);
         assert_ne!(missing, empty);
         assert_ne!(empty, a);
-        assert_eq!(a, content_hash(std::slice::from_ref(&file)));
+        assert_eq!(a, hash(&file));
+        assert_eq!(
+            read_files(&[file.clone(), dir.path().join("other")]).config,
+            Some(b"a".to_vec())
+        );
     }
 }
