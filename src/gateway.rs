@@ -20,7 +20,7 @@ use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::config::{self, Env, Invalid, Snapshot};
 use crate::proxy::{self, Body, Connection, Runtime, Upstreams};
-use crate::reload::{Live, Source};
+use crate::reload::{Live, Source, Watcher};
 use crate::server::{self, ConnSettings};
 
 /// Why a gateway could not start.
@@ -53,15 +53,36 @@ impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
     /// serving snapshot and records the findings.
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
+        self.reload_with(source, |next| {
+            config::load(&self.config_path, &self.env, next)
+        })
+    }
+
+    /// Like [`State::reload`], for configuration text already read from
+    /// `config_path` (the file watcher compiles exactly the content it saw
+    /// settle, not what a writer may be halfway through replacing).
+    pub fn reload_text(&self, source: Source, text: &str) -> Result<u64, Invalid> {
+        self.reload_with(source, |next| {
+            config::load_text(&self.config_path, text, &self.env, next)
+        })
+    }
+
+    fn reload_with(
+        &self,
+        source: Source,
+        load: impl FnOnce(u64) -> Result<config::Loaded, Invalid>,
+    ) -> Result<u64, Invalid> {
+        let _serialised = self.live.one_reload_at_a_time();
         let next = self.live.generation() + 1;
-        match config::load(&self.config_path, &self.env, next) {
+        match load(next) {
             Ok(loaded) => match self.install(source, loaded.snapshot) {
                 Ok(generation) => Ok(generation),
                 Err(problem) => {
                     let invalid = Invalid::single(&self.config_path, problem, "");
                     tracing::error!(
                         source = source.label(),
-                        "configuration refused; the last good one keeps serving:\n{invalid}"
+                        "configuration refused; the last good one keeps serving:
+{invalid}"
                     );
                     self.live.refuse(source, invalid.to_string());
                     Err(invalid)
@@ -127,6 +148,9 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Reloads on changes of the configuration files (none if the platform
+    /// refused a watch: signal and REST reloads still work).
+    watcher: Option<Watcher>,
 }
 
 impl Gateway {
@@ -180,6 +204,7 @@ impl Gateway {
             admin: None,
             stop,
             tasks: JoinSet::new(),
+            watcher: None,
         };
         if let Some(addr) = listen.http {
             let listener = bind(addr).await?;
@@ -203,12 +228,18 @@ impl Gateway {
         }
         gateway.tasks = tasks;
         state.listening.store(true, Ordering::Release);
+        gateway.watcher = Watcher::spawn(state.clone())
+            .inspect_err(|error| tracing::warn!("{error}; reload with SIGHUP or the REST API"))
+            .ok();
         Ok(gateway)
     }
 
     /// Stops accepting, drains in-flight requests (bounded by
     /// `timeouts.drain`) and returns when every listener has finished.
     pub async fn shutdown(mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            let _ = tokio::task::spawn_blocking(move || watcher.stop()).await;
+        }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
     }

@@ -3,5 +3,7 @@
 //! swaps it in, or keeps the last good snapshot and records why not.
 
 pub mod swap;
+pub mod watcher;
 
-pub use swap::{Live, ReloadStatus, Source};
+pub use swap::{Bound, Live, ReloadStatus, Source};
+pub use watcher::Watcher;

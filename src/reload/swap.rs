@@ -1,12 +1,16 @@
 //! The serving snapshot behind an `ArcSwap`: a request loads one `Arc` and
 //! keeps it to the end, so requests in flight finish on the snapshot they
 //! started with. A swap only ever installs a snapshot that compiled.
+//! Listeners are never re-bound: settings they were started with (ports,
+//! limits, timeouts) only take effect on a restart, and a swap that changes
+//! them says so.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::config::snapshot::{Limits, Listen, Timeouts};
 use crate::config::Snapshot;
 
 /// Where a reload came from (the `source` label of `config_reload_total`).
@@ -35,9 +39,45 @@ pub struct ReloadStatus {
     pub last_reload_error: Option<String>,
 }
 
+/// What the listeners were started with; a reload cannot change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    pub listen: Listen,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+impl Bound {
+    pub fn of(snapshot: &Snapshot) -> Bound {
+        Bound {
+            listen: snapshot.listen.clone(),
+            limits: snapshot.limits,
+            timeouts: snapshot.timeouts,
+        }
+    }
+
+    /// The sections of `next` that differ from what is running and only a
+    /// restart applies.
+    pub fn restart_needed(&self, next: &Snapshot) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        if self.listen != next.listen {
+            differ.push("ports");
+        }
+        if self.limits != next.limits {
+            differ.push("limits");
+        }
+        if self.timeouts != next.timeouts {
+            differ.push("timeouts");
+        }
+        differ
+    }
+}
+
 pub struct Live {
     current: ArcSwap<Snapshot>,
     status: Mutex<ReloadStatus>,
+    bound: Bound,
+    reloading: Mutex<()>,
 }
 
 impl Live {
@@ -46,9 +86,20 @@ impl Live {
             .config_generation
             .set(first.generation as i64);
         Live {
+            bound: Bound::of(&first),
             current: ArcSwap::from_pointee(first),
             status: Mutex::new(ReloadStatus::default()),
+            reloading: Mutex::new(()),
         }
+    }
+
+    /// Held for the whole of a reload, so that concurrent reloads (file,
+    /// signal, REST) number their generations in order and a slower one
+    /// cannot install an older reading over a newer one.
+    pub fn one_reload_at_a_time(&self) -> MutexGuard<'_, ()> {
+        self.reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -66,6 +117,14 @@ impl Live {
     /// Installs a compiled snapshot.
     pub fn swap(&self, source: Source, next: Snapshot) {
         let generation = next.generation;
+        let differ = self.bound.restart_needed(&next);
+        if !differ.is_empty() {
+            tracing::warn!(
+                generation,
+                changed = differ.join(", "),
+                "these settings changed but only take effect on a restart; the running listeners keep the ones they started with"
+            );
+        }
         self.current.store(Arc::new(next));
         crate::metrics::get()
             .config_generation
@@ -90,5 +149,34 @@ impl Live {
             status.last_reload_at = Some(SystemTime::now());
             status.last_reload_error = Some(error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_text, Env};
+    use std::path::Path;
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        load_text(Path::new("microgateway.yaml"), yaml, &Env::new(), 1)
+            .expect("valid configuration")
+            .snapshot
+    }
+
+    #[test]
+    fn a_changed_port_needs_a_restart_and_a_changed_api_does_not() {
+        let running = Bound::of(&snapshot("ports: { http: 4485 }\n"));
+        assert!(running
+            .restart_needed(&snapshot("ports: { http: 4485 }\napis: []\n"))
+            .is_empty());
+        assert_eq!(
+            running.restart_needed(&snapshot("ports: { http: 8080 }\n")),
+            vec!["ports"]
+        );
+        assert_eq!(
+            running.restart_needed(&snapshot("ports: { http: 4485 }\ntimeouts: { idle: 5s }\n")),
+            vec!["timeouts"]
+        );
     }
 }

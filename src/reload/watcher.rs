@@ -1,0 +1,480 @@
+//! Turns changes of the configuration file, and of every file it names
+//! (TLS material, templates, `${file:}` secrets), into reloads.
+//!
+//! One `notify` watcher per gateway watches the *directories* of those files,
+//! not the files: editors replace a file by renaming a temporary one over
+//! it, and Kubernetes updates a ConfigMap by renaming a new `..data` symlink
+//! over the old one, and a watch on the file itself would be lost either way.
+//! Events are filtered by file name (plus `..data`), debounced until the
+//! directory has been quiet for [`QUIET`], and then the content of all the
+//! files is hashed until two readings [`SETTLE`] apart agree. Only content
+//! that differs from what was last acted upon triggers a reload, so a save
+//! without changes does not create a generation, while a changed
+//! certificate or secret does even when the configuration text is the same.
+//! The configuration compiled is the text of the settled reading, never a
+//! fresh read that could catch the next writer halfway.
+//!
+//! A configuration file that is missing or empty is taken as a save in
+//! progress (deleted then recreated, truncated then written) and waited for;
+//! it is never loaded as an empty configuration. Reloads on demand (signal,
+//! REST) still read the file as it is.
+//!
+//! The watcher runs on its own thread (reloading reads files and compiles),
+//! never touches listeners, and stops when its [`Watcher`] is stopped or
+//! dropped.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use sha2::{Digest, Sha256};
+
+use super::Source;
+use crate::gateway::State;
+
+/// How long the watched directories must be quiet before the files are read.
+pub const QUIET: Duration = Duration::from_millis(100);
+/// Two readings this far apart must agree before the content counts.
+pub const SETTLE: Duration = Duration::from_millis(50);
+/// A burst that never goes quiet is read anyway after this long.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
+/// Readings that never agree are given up on after this many tries (the
+/// next event starts over).
+const MAX_SETTLE_TRIES: usize = 40;
+/// How often an idle watcher looks for reloads from other sources (signal,
+/// REST, central) that may name other files.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The name Kubernetes gives the symlink it swaps on a ConfigMap update.
+const CONFIGMAP_DATA: &str = "..data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch the configuration files: {0}")]
+    Notify(#[from] notify::Error),
+    #[error("cannot start the configuration watcher: {0}")]
+    Thread(std::io::Error),
+}
+
+enum Message {
+    Changed(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// A running watcher; stopping or dropping it ends its thread.
+pub struct Watcher {
+    tx: Sender<Message>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Starts watching the files of the serving snapshot of `state`.
+    pub fn spawn(state: Arc<State>) -> Result<Watcher, WatchError> {
+        let (tx, rx) = mpsc::channel();
+        let events = tx.clone();
+        let notify = notify::recommended_watcher(move |event| {
+            let _ = events.send(Message::Changed(event));
+        })?;
+        // Reloading may start runtime tasks (key refreshes): run it inside
+        // the runtime that started the gateway.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut watch = Watch {
+            last_seen: read_files(&watched_files(&state)).hash,
+            generation: state.live.generation(),
+            state,
+            notify,
+            watched: BTreeSet::new(),
+            interest: BTreeSet::new(),
+            rx,
+        };
+        watch.follow_files();
+        let thread = std::thread::Builder::new()
+            .name("config-watcher".into())
+            .spawn(move || {
+                let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+                watch.run();
+            })
+            .map_err(WatchError::Thread)?;
+        Ok(Watcher {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the watcher and waits for its thread (at most one reload).
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Message::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Message::Stop);
+    }
+}
+
+struct Stopped;
+
+struct Watch {
+    state: Arc<State>,
+    notify: RecommendedWatcher,
+    rx: Receiver<Message>,
+    /// Directories currently watched.
+    watched: BTreeSet<PathBuf>,
+    /// File names whose events matter.
+    interest: BTreeSet<OsString>,
+    /// Hash of the content last acted upon (applied or refused).
+    last_seen: [u8; 32],
+    /// Generation the watched set was computed for.
+    generation: u64,
+}
+
+impl Watch {
+    fn run(mut self) {
+        loop {
+            let outcome = match self.rx.recv_timeout(IDLE_TICK) {
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(Message::Changed(event)) if self.matters(&event) => self.debounce(),
+                Ok(Message::Changed(_)) => Ok(()),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.follow_other_reloads();
+                    Ok(())
+                }
+            };
+            if outcome.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn matters(&self, event: &notify::Result<notify::Event>) -> bool {
+        match event {
+            Ok(event) => is_change(&event.kind) && touches(&self.interest, &event.paths),
+            Err(error) => {
+                // Lost events (queue overflow): the content hash decides.
+                tracing::warn!(%error, "configuration watcher error; checking the files");
+                true
+            }
+        }
+    }
+
+    /// Waits until the directories are quiet, then checks the content.
+    fn debounce(&mut self) -> Result<(), Stopped> {
+        let started = Instant::now();
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < QUIET && started.elapsed() < MAX_DEBOUNCE {
+            match self
+                .rx
+                .recv_timeout(QUIET.saturating_sub(quiet_since.elapsed()))
+            {
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return Err(Stopped),
+                Ok(Message::Changed(event)) if self.matters(&event) => quiet_since = Instant::now(),
+                Ok(Message::Changed(_)) | Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        self.check()
+    }
+
+    /// Reloads when the settled content differs from what was last seen.
+    fn check(&mut self) -> Result<(), Stopped> {
+        let files = watched_files(&self.state);
+        let Some(reading) = self.settle(&files)? else {
+            tracing::warn!("configuration files keep changing; waiting for the next change");
+            return Ok(());
+        };
+        if reading.hash == self.last_seen {
+            tracing::debug!("configuration files unchanged");
+            return Ok(());
+        }
+        let text = match reading.config {
+            Some(text) if !text.is_empty() => text,
+            Some(_) | None => {
+                tracing::info!(
+                    config = %self.state.config_path.display(),
+                    "configuration file is missing or empty; waiting for it to be written"
+                );
+                return Ok(());
+            }
+        };
+        self.last_seen = reading.hash;
+        // Logged, counted and shown in status by `reload`; on error the last
+        // good snapshot keeps serving.
+        let _ = match String::from_utf8(text) {
+            Ok(text) => self.state.reload_text(Source::File, &text),
+            // Read again by `reload`, which says what is wrong with the file.
+            Err(_) => self.state.reload(Source::File),
+        };
+        self.follow_files();
+        Ok(())
+    }
+
+    /// Reads `files` until two readings `SETTLE` apart agree.
+    fn settle(&self, files: &[PathBuf]) -> Result<Option<Reading>, Stopped> {
+        let mut previous = read_files(files);
+        for _ in 0..MAX_SETTLE_TRIES {
+            self.pause(SETTLE)?;
+            let current = read_files(files);
+            if current.hash == previous.hash {
+                return Ok(Some(current));
+            }
+            previous = current;
+        }
+        Ok(None)
+    }
+
+    /// Sleeps for `duration`, but returns at once when asked to stop. Events
+    /// that arrive meanwhile are covered by the readings around the pause.
+    fn pause(&self, duration: Duration) -> Result<(), Stopped> {
+        let until = Instant::now() + duration;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return Err(Stopped),
+                Ok(Message::Changed(_)) => {}
+                Err(RecvTimeoutError::Timeout) => return Ok(()),
+            }
+        }
+    }
+
+    /// After a reload from another source, watch the files the new snapshot
+    /// names and take its content as seen.
+    fn follow_other_reloads(&mut self) {
+        if self.state.live.generation() != self.generation {
+            self.last_seen = read_files(&watched_files(&self.state)).hash;
+            self.follow_files();
+        }
+    }
+
+    /// Watches exactly the directories of the serving snapshot's files.
+    fn follow_files(&mut self) {
+        self.generation = self.state.live.generation();
+        let (dirs, interest) = watch_set(&watched_files(&self.state));
+        for gone in self.watched.difference(&dirs) {
+            if let Err(error) = self.notify.unwatch(gone) {
+                tracing::debug!(dir = %gone.display(), %error, "cannot unwatch");
+            }
+        }
+        let mut watched = BTreeSet::new();
+        for dir in dirs {
+            if self.watched.contains(&dir) {
+                watched.insert(dir);
+                continue;
+            }
+            match self.notify.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(error) => tracing::warn!(
+                    dir = %dir.display(),
+                    %error,
+                    "cannot watch a configuration directory; changes there need a reload"
+                ),
+            }
+        }
+        self.watched = watched;
+        self.interest = interest;
+    }
+}
+
+/// The configuration file and every file the serving snapshot names.
+fn watched_files(state: &State) -> Vec<PathBuf> {
+    let snapshot = state.live.snapshot();
+    let mut files = vec![state.config_path.clone()];
+    for file in &snapshot.files {
+        if !files.contains(file) {
+            files.push(file.clone());
+        }
+    }
+    files
+}
+
+/// The directories to watch and the file names that matter in them. A
+/// symlinked file is also watched where it points, so editing the target
+/// of a plain symlink is seen too.
+fn watch_set(files: &[PathBuf]) -> (BTreeSet<PathBuf>, BTreeSet<OsString>) {
+    let mut dirs = BTreeSet::new();
+    let mut interest = BTreeSet::from([OsString::from(CONFIGMAP_DATA)]);
+    let mut add = |path: &Path| {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) {
+            dirs.insert(dir.to_path_buf());
+            interest.insert(name.to_os_string());
+        }
+    };
+    for file in files {
+        add(file);
+        let is_link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            if let Ok(target) = std::fs::canonicalize(file) {
+                add(&target);
+            }
+        }
+    }
+    (dirs, interest)
+}
+
+/// Whether an event kind can change what a file holds. Opening and reading
+/// (the watcher's own reads among them) cannot.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any
+        | EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Other => true,
+    }
+}
+
+/// Whether any of `paths` has one of the names that matter.
+fn touches(interest: &BTreeSet<OsString>, paths: &[PathBuf]) -> bool {
+    paths.is_empty()
+        || paths
+            .iter()
+            .filter_map(|p| p.file_name())
+            .any(|name| interest.contains(name))
+}
+
+/// One reading of the watched files.
+struct Reading {
+    /// SHA-256 over each file's path and content (a missing file hashes
+    /// differently from an empty one).
+    hash: [u8; 32],
+    /// The content of the first file, the configuration, if readable.
+    config: Option<Vec<u8>>,
+}
+
+fn read_files(files: &[PathBuf]) -> Reading {
+    let mut hasher = Sha256::new();
+    let mut config = None;
+    for (index, file) in files.iter().enumerate() {
+        hasher.update(file.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        match read_bounded(file) {
+            Ok(content) => {
+                hasher.update([1]);
+                hasher.update((content.len() as u64).to_be_bytes());
+                hasher.update(&content);
+                if index == 0 {
+                    config = Some(content);
+                }
+            }
+            Err(_) => hasher.update([0]),
+        }
+    }
+    Reading {
+        hash: hasher.finalize().into(),
+        config,
+    }
+}
+
+/// Reads at most one byte more than the loader accepts (enough for it to
+/// say the file is too large).
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut content = Vec::new();
+    std::fs::File::open(path)?
+        .take(crate::config::load::MAX_FILE_BYTES + 1)
+        .read_to_end(&mut content)?;
+    Ok(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn reads_do_not_count_as_changes_but_a_finished_write_does() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[test]
+    fn events_are_matched_by_file_name_and_configmap_data() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("microgateway.yaml");
+        let (dirs, interest) = watch_set(std::slice::from_ref(&config));
+        assert_eq!(dirs.len(), 1);
+        assert!(touches(&interest, &[dir.path().join("microgateway.yaml")]));
+        assert!(touches(&interest, &[dir.path().join("..data")]));
+        assert!(touches(
+            &interest,
+            &[
+                dir.path().join(".tmp123"),
+                dir.path().join("microgateway.yaml")
+            ]
+        ));
+        assert!(!touches(&interest, &[dir.path().join(".tmp123")]));
+        assert!(!touches(&interest, &[dir.path().join("other.yaml")]));
+    }
+
+    #[test]
+    fn directories_are_watched_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = [
+            dir.path().join("microgateway.yaml"),
+            dir.path().join("server.crt"),
+            dir.path().join("server.key"),
+        ];
+        let (dirs, interest) = watch_set(&files);
+        assert_eq!(dirs.len(), 1);
+        assert_eq!(interest.len(), 4);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_file_is_also_watched_where_it_points() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        std::fs::write(real.join("target.yaml"), "apis: []\n").expect("write");
+        let link = dir.path().join("microgateway.yaml");
+        std::os::unix::fs::symlink(real.join("target.yaml"), &link).expect("symlink");
+        let (dirs, interest) = watch_set(&[link]);
+        assert_eq!(dirs.len(), 2);
+        assert!(interest.contains(&OsString::from("target.yaml")));
+    }
+
+    #[test]
+    fn hash_tells_missing_from_empty_and_follows_content() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("secret");
+        let hash = |file: &PathBuf| read_files(std::slice::from_ref(file)).hash;
+        let missing = hash(&file);
+        std::fs::write(&file, "").expect("write");
+        let empty = hash(&file);
+        std::fs::write(&file, "a").expect("write");
+        let a = hash(&file);
+        assert_ne!(missing, empty);
+        assert_ne!(empty, a);
+        assert_eq!(a, hash(&file));
+        assert_eq!(
+            read_files(&[file.clone(), dir.path().join("other")]).config,
+            Some(b"a".to_vec())
+        );
+    }
+}

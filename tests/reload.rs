@@ -1,0 +1,729 @@
+//! Hot reload: file changes in every way editors and Kubernetes make them,
+//! refused changes that leave the last good configuration serving, reloads
+//! on demand, requests under load and in flight, and no snapshot left behind.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Upstream};
+use microgateway::reload::Source;
+
+/// Deadline for anything the watcher does (debounce and settle take
+/// ~150 ms; test machines can be slow and busy).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const ADMIN: (&str, &str) = ("Administrator", "manage");
+
+/// An API on the echo upstream that sets `X-Mode: {mode}` on the way.
+fn echo_yaml(mode: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1, user: {user}, password: {password} }}
+apis:
+- name: echo
+  version: "1"
+  base_path: /echo
+  upstream: {{ echo: true }}
+  authentication: {{ type: none }}
+  resources: ["GET /ping"]
+  policies:
+    request_transformation:
+      set_headers: {{ X-Mode: "{mode}" }}
+"#,
+        user = ADMIN.0,
+        password = ADMIN.1,
+    )
+}
+
+/// An API forwarding `resources` to `upstream`.
+fn upstream_yaml(upstream: &Upstream, resources: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+apis:
+- name: travels
+  version: "1"
+  base_path: /travels
+  upstream: {{ url: "{}" }}
+  authentication: {{ type: none }}
+  resources: [{resources}]
+"#,
+        upstream.url("/api")
+    )
+}
+
+/// The `X-Mode` the echo upstream saw.
+async fn mode(gw: &Gateway) -> String {
+    let resp = gw.get("/echo/ping").await;
+    assert_eq!(resp.status(), 200);
+    mode_of(&resp.json::<serde_json::Value>().await.expect("echo JSON"))
+}
+
+fn mode_of(echo: &serde_json::Value) -> String {
+    echo["headers"]["x-mode"].as_str().unwrap_or("").to_owned()
+}
+
+/// Waits until the serving generation is at least `generation`.
+async fn applied(gw: &Gateway, generation: u64) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = gw.state().live.generation();
+        if now >= generation {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation} not reached (serving {now})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn status(gw: &Gateway) -> serde_json::Value {
+    gw.client
+        .get(gw.admin_url("/rest/microgateway/status"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("status JSON")
+}
+
+/// Waits until status shows a reload error and returns it.
+async fn refused(gw: &Gateway) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(error) = status(gw).await["last_reload_error"].as_str() {
+            return error.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no reload error reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `microgateway_config_reload_total{source="file",result="error"}`.
+async fn file_reload_errors(gw: &Gateway) -> u64 {
+    let text = gw
+        .client
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("microgateway_config_reload_total{"))
+        .filter(|l| l.contains(r#"source="file""#) && l.contains(r#"result="error""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Whether `error` points into the configuration file as `FILE:LINE:COL:`.
+fn has_position(error: &str, file: &str) -> bool {
+    error.match_indices(file).any(|(at, _)| {
+        let mut parts = error[at + file.len()..].splitn(4, ':');
+        parts.next() == Some("")
+            && parts.next().is_some_and(is_number)
+            && parts.next().is_some_and(is_number)
+    })
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Asserts that a refused change left the first configuration serving.
+async fn assert_refused(gw: &Gateway, errors_before: u64) -> String {
+    let error = refused(gw).await;
+    assert_eq!(gw.state().live.generation(), 1);
+    assert!(file_reload_errors(gw).await > errors_before);
+    error
+}
+
+#[tokio::test]
+async fn new_resource_is_served_after_a_change() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&upstream_yaml(&upstream, r#""GET /a""#)).await;
+    assert_eq!(gw.get("/travels/b").await.status(), 404);
+    gw.write_config(&upstream_yaml(&upstream, r#""GET /a", "GET /b""#));
+    applied(&gw, 2).await;
+    assert_eq!(gw.get("/travels/b").await.status(), 200);
+    assert_eq!(upstream.last().uri, "/api/b");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn changed_upstream_receives_the_requests() {
+    let first = Upstream::start().await;
+    let second = Upstream::start().await;
+    let gw = Gateway::start(&upstream_yaml(&first, r#""GET /a""#)).await;
+    assert_eq!(gw.get("/travels/a").await.status(), 200);
+    gw.write_config(&upstream_yaml(&second, r#""GET /a""#));
+    applied(&gw, 2).await;
+    assert_eq!(gw.get("/travels/a").await.status(), 200);
+    assert_eq!((first.hits(), second.hits()), (1, 1));
+    gw.shutdown().await;
+}
+
+fn scoped_yaml(token_scope: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: local
+    name: local
+    localIntrospectionConfig:
+      issuer: "http://127.0.0.1:9/"
+      jwksuri: "http://127.0.0.1:9/jwks"
+scope_mappings:
+- {{ auth_server: local, scope: {token_scope}, api_scopes: ["Time travels:ViewTickets"] }}
+apis:
+- name: "Time travels"
+  version: "1.0"
+  base_path: /travels
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: local }}
+  scopes:
+  - name: ViewTickets
+    resources: ["GET /bookings"]
+"#
+    )
+}
+
+fn outcome(gw: &Gateway, token_scope: &str) -> microgateway::policy::Outcome {
+    let snapshot = gw.state().live.snapshot();
+    let scopes = [token_scope.to_owned()];
+    microgateway::policy::decide(
+        &snapshot,
+        &http::Method::GET,
+        "/travels/bookings",
+        Some(&scopes),
+        None,
+    )
+    .outcome
+}
+
+#[tokio::test]
+async fn changed_scope_mapping_decides_after_a_change() {
+    use microgateway::policy::Outcome;
+    let gw = Gateway::start(&scoped_yaml("view")).await;
+    assert!(matches!(outcome(&gw, "view"), Outcome::Allow));
+    assert!(matches!(outcome(&gw, "read"), Outcome::InsufficientScope));
+    gw.write_config(&scoped_yaml("read"));
+    applied(&gw, 2).await;
+    assert!(matches!(outcome(&gw, "read"), Outcome::Allow));
+    assert!(matches!(outcome(&gw, "view"), Outcome::InsufficientScope));
+    assert_eq!(gw.get("/travels/bookings").await.status(), 401);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn truncate_then_write_is_applied_without_an_empty_generation() {
+    use std::io::Write;
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let mut file = std::fs::File::create(&gw.config).expect("truncate");
+    file.sync_all().expect("sync");
+    // A slow writer: the empty file is there for longer than the debounce.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    file.write_all(echo_yaml("beta").as_bytes()).expect("write");
+    drop(file);
+    assert_eq!(applied(&gw, 2).await, 2);
+    assert_eq!(mode(&gw).await, "beta");
+    assert!(status(&gw).await["last_reload_error"].is_null());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn write_to_temporary_then_rename_is_applied() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let temporary = gw.dir.path().join(".microgateway.yaml.swp");
+    std::fs::write(&temporary, echo_yaml("beta")).expect("write temporary");
+    std::fs::rename(&temporary, &gw.config).expect("rename");
+    applied(&gw, 2).await;
+    assert_eq!(mode(&gw).await, "beta");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleted_then_recreated_config_is_applied() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    std::fs::remove_file(&gw.config).expect("delete");
+    // Gone for longer than the debounce: the old configuration keeps serving.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(mode(&gw).await, "alpha");
+    std::fs::write(&gw.config, echo_yaml("beta")).expect("recreate");
+    assert_eq!(applied(&gw, 2).await, 2);
+    assert_eq!(mode(&gw).await, "beta");
+    assert!(status(&gw).await["last_reload_error"].is_null());
+    gw.shutdown().await;
+}
+
+#[cfg(unix)]
+/// Writes a ConfigMap revision `..{name}` holding `microgateway.yaml`.
+fn configmap_revision(dir: &Path, name: &str, yaml: &str) {
+    let revision = dir.join(format!("..{name}"));
+    std::fs::create_dir(&revision).expect("revision dir");
+    std::fs::write(revision.join("microgateway.yaml"), yaml).expect("revision file");
+}
+
+#[cfg(unix)]
+/// Points `..data` at `..{name}` the way the kubelet does: a new symlink
+/// renamed over the old one, then the old revision removed.
+fn configmap_swap(dir: &Path, name: &str, old: &str) {
+    let temporary = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{name}"), &temporary).expect("symlink");
+    std::fs::rename(&temporary, dir.join("..data")).expect("swap ..data");
+    std::fs::remove_dir_all(dir.join(format!("..{old}"))).expect("remove old revision");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn configmap_symlink_swap_is_applied() {
+    common::crypto();
+    let dir = tempfile::tempdir().expect("temp dir");
+    configmap_revision(dir.path(), "v1", &echo_yaml("alpha"));
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).expect("..data");
+    let config = dir.path().join("microgateway.yaml");
+    std::os::unix::fs::symlink("..data/microgateway.yaml", &config).expect("link");
+    let inner = microgateway::gateway::Gateway::start(&config, common::Env::new())
+        .await
+        .expect("gateway starts");
+    let gw = Gateway {
+        http: inner.http.expect("http"),
+        admin: inner.admin,
+        inner: Some(inner),
+        config,
+        dir,
+        client: common::client(),
+    };
+    assert_eq!(mode(&gw).await, "alpha");
+
+    configmap_revision(gw.dir.path(), "v2", &echo_yaml("beta"));
+    configmap_swap(gw.dir.path(), "v2", "v1");
+    applied(&gw, 2).await;
+    assert_eq!(mode(&gw).await, "beta");
+
+    configmap_revision(gw.dir.path(), "v3", &echo_yaml("gamma"));
+    configmap_swap(gw.dir.path(), "v3", "v2");
+    applied(&gw, 3).await;
+    assert_eq!(mode(&gw).await, "gamma");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_yaml_is_refused_and_the_last_good_config_serves() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let errors = file_reload_errors(&gw).await;
+    gw.write_config("apis:\n- name: echo\n  version: [unclosed\n");
+    let error = assert_refused(&gw, errors).await;
+    assert!(has_position(&error, "microgateway.yaml"), "{error}");
+    assert_eq!(mode(&gw).await, "alpha");
+    gw.write_config(&echo_yaml("beta"));
+    applied(&gw, 2).await;
+    assert_eq!(mode(&gw).await, "beta");
+    assert!(status(&gw).await["last_reload_error"].is_null());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn undefined_auth_server_is_refused_with_its_position() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let errors = file_reload_errors(&gw).await;
+    let broken = echo_yaml("beta").replace(
+        "authentication: { type: none }",
+        "authentication: { type: oauth2, auth_server: nowhere }",
+    );
+    gw.write_config(&broken);
+    let error = assert_refused(&gw, errors).await;
+    assert!(error.contains("nowhere"), "{error}");
+    assert!(has_position(&error, "microgateway.yaml"), "{error}");
+    assert_eq!(mode(&gw).await, "alpha");
+    gw.shutdown().await;
+}
+
+fn secret_yaml(upstream: &Upstream) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  aliases:
+  - {{ name: backend, type: basic, username: svc, password: "${{file:backend.secret}}" }}
+apis:
+- name: travels
+  version: "1"
+  base_path: /travels
+  upstream: {{ url: "{}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /a"]
+  policies:
+    outbound_auth: {{ alias: backend }}
+"#,
+        upstream.url("/api")
+    )
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+async fn upstream_authorization(gw: &Gateway, upstream: &Upstream) -> String {
+    assert_eq!(gw.get("/travels/a").await.status(), 200);
+    let last = upstream.last();
+    let value = last.headers.get("authorization").expect("authorization");
+    value.to_str().expect("ASCII").to_owned()
+}
+
+#[tokio::test]
+async fn changed_file_secret_is_applied_with_the_same_config_text() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("backend.secret"), "one\n").expect("secret");
+    let gw = start_in(dir, &secret_yaml(&upstream)).await;
+    assert_eq!(
+        upstream_authorization(&gw, &upstream).await,
+        basic("svc", "one")
+    );
+    std::fs::write(gw.dir.path().join("backend.secret"), "two\n").expect("secret");
+    applied(&gw, 2).await;
+    assert_eq!(
+        upstream_authorization(&gw, &upstream).await,
+        basic("svc", "two")
+    );
+    gw.shutdown().await;
+}
+
+/// Starts a gateway on `yaml` written to `dir/microgateway.yaml` (for
+/// configurations that name files which must exist first).
+async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Gateway {
+    common::crypto();
+    let config = dir.path().join("microgateway.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let inner = microgateway::gateway::Gateway::start(&config, common::Env::new())
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not start:\n{e}"));
+    Gateway {
+        http: inner.http.expect("http"),
+        admin: inner.admin,
+        inner: Some(inner),
+        config,
+        dir,
+        client: common::client(),
+    }
+}
+
+#[tokio::test]
+async fn certificate_replaced_by_garbage_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    std::fs::write(dir.path().join("server.crt"), generated.cert.pem()).expect("crt");
+    std::fs::write(
+        dir.path().join("server.key"),
+        generated.signing_key.serialize_pem(),
+    )
+    .expect("key");
+    let yaml = format!(
+        "{}tls: {{ certificate: server.crt, key: server.key }}\n",
+        echo_yaml("alpha")
+    );
+    let gw = start_in(dir, &yaml).await;
+    let errors = file_reload_errors(&gw).await;
+    std::fs::write(gw.dir.path().join("server.crt"), "garbage\n").expect("garbage");
+    let error = assert_refused(&gw, errors).await;
+    assert!(error.contains("server.crt"), "{error}");
+    assert!(has_position(&error, "microgateway.yaml"), "{error}");
+    assert_eq!(mode(&gw).await, "alpha");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn save_without_changes_keeps_the_generation() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    gw.write_config(&echo_yaml("alpha"));
+    // Nothing to wait for when nothing should happen: give the watcher
+    // several debounce periods, then check nothing did.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gw.state().live.generation(), 1);
+    gw.write_config(&echo_yaml("beta"));
+    assert_eq!(applied(&gw, 2).await, 2);
+    gw.write_config(&echo_yaml("beta"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gw.state().live.generation(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_request_under_load_sees_the_old_or_the_new_config() {
+    let gw = Arc::new(Gateway::start(&echo_yaml("alpha")).await);
+    let errors = file_reload_errors(&gw).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<String, usize>::new(),
+    ));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let total = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (gw, stop, seen) = (gw.clone(), stop.clone(), seen.clone());
+        let (failures, total) = (failures.clone(), total.clone());
+        clients.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                total.fetch_add(1, Ordering::Relaxed);
+                match gw.client.get(gw.url("/echo/ping")).send().await {
+                    Ok(resp) if resp.status() == 200 => match resp.json().await {
+                        Ok(echo) => {
+                            let mode = mode_of(&echo);
+                            if mode == "alpha" || mode == "beta" {
+                                *seen.lock().unwrap().entry(mode).or_default() += 1;
+                            } else {
+                                failures.lock().unwrap().push(format!("mode {mode:?}"));
+                            }
+                        }
+                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    },
+                    Ok(resp) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", resp.status())),
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                }
+            }
+        });
+    }
+    // 52 writes in about 6 s: a valid change, an invalid file, the valid
+    // file again, and a save without changes, over and over; some of them
+    // closer together than the debounce, most of them not.
+    let mut current = "alpha";
+    for round in 0..13 {
+        let next = if round % 2 == 0 { "beta" } else { "alpha" };
+        for (yaml, pause) in [
+            (echo_yaml(next), 150),
+            (format!("{}  bogus_key: [1\n", echo_yaml(next)), 150),
+            (echo_yaml(next), 30),
+            (echo_yaml(next), 120),
+        ] {
+            gw.write_config(&yaml);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        current = next;
+    }
+    let last = gw.state().live.generation() + 1;
+    gw.write_config(&echo_yaml(if current == "alpha" {
+        "beta"
+    } else {
+        "alpha"
+    }));
+    applied(&gw, last).await;
+    stop.store(true, Ordering::Relaxed);
+    while clients.join_next().await.is_some() {}
+
+    let failures = failures.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        total.load(Ordering::Relaxed),
+        "{seen:?}"
+    );
+    assert!(seen.len() == 2, "both configurations served: {seen:?}");
+    assert!(gw.state().live.generation() >= 3);
+    assert!(file_reload_errors(&gw).await > errors);
+    if let Ok(gw) = Arc::try_unwrap(gw) {
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn request_in_flight_completes_across_a_reload_that_removes_its_api() {
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_millis(1500));
+    let gw = Gateway::start(&upstream_yaml(&upstream, r#""GET /slow""#)).await;
+    let request = gw.client.get(gw.url("/travels/slow")).send();
+    let in_flight = tokio::spawn(request);
+    let deadline = Instant::now() + DEADLINE;
+    while upstream.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.write_config(
+        "ports: { http: 0, bind: 127.0.0.1 }\nadmin: { port: 0, bind: 127.0.0.1 }\napis: []\n",
+    );
+    applied(&gw, 2).await;
+    assert_eq!(gw.get("/travels/slow").await.status(), 404);
+    let finished = in_flight.await.expect("join").expect("response");
+    assert_eq!(finished.status(), 200);
+    assert_eq!(finished.text().await.expect("body"), r#"{"ok":true}"#);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rest_reload_applies_at_once_and_reports_refusals() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let url = gw.admin_url("/rest/microgateway/reload");
+    let anonymous = gw.client.post(&url).send().await.expect("reload");
+    assert_eq!(anonymous.status(), 401);
+
+    gw.write_config(&echo_yaml("beta"));
+    let resp = gw
+        .client
+        .post(&url)
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert!(
+        body["generation"].as_u64().is_some_and(|g| g >= 2),
+        "{body}"
+    );
+    // Applied when the answer comes, whatever the file watcher does.
+    assert_eq!(mode(&gw).await, "beta");
+
+    gw.write_config("apis: {\n");
+    let resp = gw
+        .client
+        .post(&url)
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"], "invalid_configuration");
+    assert!(status(&gw).await["last_reload_error"].is_string());
+    assert_eq!(mode(&gw).await, "beta");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn thousand_reloads_leave_no_old_snapshot_behind() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let state = gw.state().clone();
+    let first = Arc::downgrade(&state.live.snapshot());
+    let first_api = Arc::downgrade(&state.live.snapshot().apis[0]);
+    let mut sampled = Vec::new();
+    for n in 0..1000 {
+        if n % 100 == 0 {
+            sampled.push(Arc::downgrade(&state.live.snapshot()));
+        }
+        state.reload(Source::Api).expect("valid configuration");
+    }
+    assert_eq!(state.live.generation(), 1001);
+    // The file watcher may hold the serving snapshot for a moment; an old
+    // one has no reason to live on.
+    let deadline = Instant::now() + DEADLINE;
+    let alive = || {
+        first.strong_count()
+            + first_api.strong_count()
+            + sampled.iter().map(|w| w.strong_count()).sum::<usize>()
+    };
+    while alive() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} old snapshots or APIs still alive",
+            alive()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mode(&gw).await, "alpha");
+    drop(state);
+    gw.shutdown().await;
+}
+
+/// Kills the child process when the test ends, however it ends.
+#[cfg(unix)]
+struct Child(std::process::Child);
+
+#[cfg(unix)]
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(unix)]
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_running_binary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("microgateway.yaml");
+    let admin = free_port();
+    let yaml = echo_yaml("alpha")
+        .replace(
+            "ports: { http: 0,",
+            &format!("ports: {{ http: {},", free_port()),
+        )
+        .replace("admin: { port: 0,", &format!("admin: {{ port: {admin},"));
+    std::fs::write(&config, yaml).expect("config");
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+            .args(["start", "-c"])
+            .arg(&config)
+            .env("MCGW_LOG", "warn")
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let client = common::client();
+    let status = |client: reqwest::Client| async move {
+        let resp = client
+            .get(format!("http://127.0.0.1:{admin}/rest/microgateway/status"))
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .send()
+            .await
+            .ok()?;
+        resp.json::<serde_json::Value>().await.ok()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while status(client.clone()).await.is_none() {
+        assert!(Instant::now() < deadline, "the binary never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    // The file did not change: only the signal can make generation 2.
+    loop {
+        let generation = status(client.clone())
+            .await
+            .and_then(|s| s["generation"].as_u64());
+        if generation == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload ({generation:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
