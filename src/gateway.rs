@@ -35,6 +35,8 @@ pub enum StartError {
     },
     #[error("the authorization server cannot start: {0}")]
     AuthorizationServer(String),
+    #[error("{0}")]
+    Central(#[from] crate::central::StartError),
 }
 
 /// Shared state of one gateway instance.
@@ -47,14 +49,27 @@ pub struct State {
     pub listening: AtomicBool,
     /// This instance's authorization server, when `authorization_server:` is on.
     pub authz: ArcSwapOption<AuthorizationServer>,
+    /// The export served as a central; the document downloaded as a downstream.
+    pub central: crate::central::Link,
 }
 
 impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
     /// serving snapshot and records the findings.
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
+        let document = self.central.document();
+        self.reload_with(source, document.as_deref())
+    }
+
+    /// Like [`State::reload`], with `document` (downloaded from a central
+    /// gateway) merged over the file.
+    pub fn reload_with(
+        &self,
+        source: Source,
+        document: Option<&crate::central::Document>,
+    ) -> Result<u64, Invalid> {
         let next = self.live.generation() + 1;
-        match config::load(&self.config_path, &self.env, next) {
+        match crate::central::load(&self.config_path, &self.env, next, document) {
             Ok(loaded) => match self.install(source, loaded.snapshot) {
                 Ok(generation) => Ok(generation),
                 Err(problem) => {
@@ -130,13 +145,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads `config_path`, binds the listeners and starts serving.
+    /// Loads `config_path` (with the settings of its central gateway merged
+    /// over it, when it downloads them), binds the listeners and starts serving.
     pub async fn start(config_path: &Path, env: Env) -> Result<Gateway, StartError> {
-        let loaded = config::load(config_path, &env, 1)?;
+        let document = match config::api_gateway(config_path, &env)? {
+            Some(settings) => crate::central::first_document(&settings).await?,
+            None => None,
+        };
+        let loaded = crate::central::load(config_path, &env, 1, document.as_deref())?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        Gateway::start_with(config_path, env, loaded.snapshot).await
+        let mut gateway = Gateway::start_with(config_path, env, loaded.snapshot).await?;
+        gateway.state.central.adopt(document);
+        let poller = crate::central::poller::run(gateway.state.clone(), gateway.stop.subscribe());
+        gateway.tasks.spawn(poller);
+        Ok(gateway)
     }
 
     /// Starts serving an already compiled snapshot.
@@ -163,6 +187,7 @@ impl Gateway {
             started: Instant::now(),
             listening: AtomicBool::new(false),
             authz: ArcSwapOption::empty(),
+            central: crate::central::Link::default(),
         });
         let first = state.live.snapshot();
         state
