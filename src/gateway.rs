@@ -57,12 +57,14 @@ impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
     /// serving snapshot and records the findings.
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
+        let _one_at_a_time = self.central.exclusive();
         let document = self.central.document();
         self.reload_with(source, document.as_deref())
     }
 
     /// Like [`State::reload`], with `document` (downloaded from a central
-    /// gateway) merged over the file.
+    /// gateway) merged over the file. The caller holds `central.exclusive()`,
+    /// so reloads neither interleave nor share a generation number.
     pub fn reload_with(
         &self,
         source: Source,

@@ -150,8 +150,20 @@ impl Tree {
 
     /// The YAML body and its ETag.
     pub fn render(&self) -> Result<Rendered, ExportError> {
+        // The sections in the order of the configuration schema.
+        #[derive(serde::Serialize)]
+        struct Sections<'a> {
+            security_settings: &'a Value,
+            scope_mappings: &'a Value,
+            apis: &'a Value,
+        }
+        let sections = Sections {
+            security_settings: &self.0["security_settings"],
+            scope_mappings: &self.0["scope_mappings"],
+            apis: &self.0["apis"],
+        };
         let yaml =
-            serde_saphyr::to_string(&self.0).map_err(|e| ExportError::Render(e.to_string()))?;
+            serde_saphyr::to_string(&sections).map_err(|e| ExportError::Render(e.to_string()))?;
         let body = format!(
             "# Settings exported by a microgateway central gateway. Secrets are in clear:\n\
              # keep this file private (mode 0600).\n{yaml}"

@@ -15,7 +15,7 @@ pub mod poller;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
@@ -125,6 +125,10 @@ pub struct Status {
 /// a central) and the document it downloaded (as a downstream).
 #[derive(Debug, Default)]
 pub struct Link {
+    /// Held by every reload from compile to swap (and, for a download, to
+    /// keeping its document), so a file reload cannot swap in a merge with
+    /// an older document after a newer one was applied.
+    reloads: Mutex<()>,
     export: Mutex<Option<(u64, Arc<export::Tree>)>>,
     document: Mutex<Option<Arc<Document>>>,
     status: Mutex<Status>,
@@ -146,6 +150,11 @@ impl Link {
         let tree = export::build(snapshot, env)?;
         *cached = Some((snapshot.generation, Arc::new(tree.clone())));
         Ok(tree)
+    }
+
+    /// One reload at a time (see `reloads`).
+    pub fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.reloads.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The downloaded document in use, if any.

@@ -247,6 +247,7 @@ async fn poll_once(
 /// Validates `document` on its own and merged, then swaps it in and
 /// writes the cache file. Returns false when it was refused.
 pub fn apply(state: &State, settings: &ApiGateway, document: Document) -> bool {
+    let _one_at_a_time = state.central.exclusive();
     let current = state.central.document();
     if current.is_some_and(|c| c.etag == document.etag) {
         state.central.update(|status| {
