@@ -32,6 +32,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// `download-settings`: where from, as whom, and where to.
+#[derive(Debug, clap::Args)]
+pub struct DownloadArgs {
+    /// The central gateway's admin URL (http://central:9485).
+    #[arg(long)]
+    pub gateway: String,
+    #[arg(long)]
+    pub user: String,
+    /// Also `{encoded}BASE64` or `${env:NAME}`.
+    #[arg(long, env = "MCGW_API_GATEWAY_PASSWORD", hide_env_values = true)]
+    pub password: String,
+    /// Only these APIs (names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub apis: Vec<String>,
+    /// File to write (mode 0600).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
@@ -68,6 +87,9 @@ pub enum Command {
         #[arg(long)]
         auth_server: Option<String>,
     },
+    /// Download a central gateway's settings once, as a configuration file
+    /// (standard output when no -o is given).
+    DownloadSettings(DownloadArgs),
 
     /// Print an argon2id hash of a password read from standard input, for
     /// `authorization_server.users[].password_hash`.
@@ -90,6 +112,7 @@ pub fn run(args: Args) -> ExitCode {
     match command {
         Command::Check { config } => check(&config),
         Command::HashPassword => hash_password(),
+        Command::DownloadSettings(download) => download_settings(download),
         Command::Explain {
             config,
             method,
@@ -262,6 +285,73 @@ async fn wait_for_signals(gateway: &Gateway) {
 #[cfg(not(unix))]
 async fn wait_for_signals(_gateway: &Gateway) {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Downloads a central gateway's settings once, checks them, and writes
+/// them (mode 0600) or prints them.
+fn download_settings(args: DownloadArgs) -> ExitCode {
+    let DownloadArgs {
+        gateway: url,
+        user,
+        password,
+        apis,
+        output,
+    } = args;
+    let output = output.as_deref();
+    let password = match config::resolve::secret(&password, &environment(), Path::new(".")) {
+        Ok((secret, _)) => secret,
+        Err(problem) => {
+            eprintln!("--password: {problem}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let label = output.unwrap_or(Path::new("downloaded-settings.yaml"));
+    let settings = crate::config::snapshot::ApiGateway {
+        url,
+        user,
+        password,
+        download_settings: true,
+        download_apis: true,
+        apis,
+        poll_interval: std::time::Duration::ZERO,
+        cache_file: label.to_path_buf(),
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    let client = crate::central::poller::client();
+    let fetched = runtime.block_on(crate::central::poller::download(&client, &settings, None));
+    let text = match fetched {
+        Ok(crate::central::poller::Fetched::Document { text, .. }) => text,
+        Ok(crate::central::poller::Fetched::NotModified) => {
+            eprintln!("{}: unexpected 304 Not Modified", settings.url);
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            eprintln!("cannot download settings from {}: {error}", settings.url);
+            return ExitCode::FAILURE;
+        }
+    };
+    let document = crate::central::Document::downloaded(text, label.to_path_buf());
+    if let Err(invalid) = document.validate() {
+        eprintln!("the downloaded settings are invalid:\n{invalid}");
+        return ExitCode::FAILURE;
+    }
+    match output {
+        None => print!("{}", document.text),
+        Some(path) => {
+            if let Err(error) = crate::central::write_private(path, &document.text) {
+                eprintln!("cannot write {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("{}: settings of {} written", path.display(), settings.url);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn hash_password() -> ExitCode {

@@ -35,6 +35,8 @@ pub enum StartError {
     },
     #[error("the authorization server cannot start: {0}")]
     AuthorizationServer(String),
+    #[error("{0}")]
+    Central(#[from] crate::central::StartError),
 }
 
 /// Shared state of one gateway instance.
@@ -47,42 +49,49 @@ pub struct State {
     pub listening: AtomicBool,
     /// This instance's authorization server, when `authorization_server:` is on.
     pub authz: ArcSwapOption<AuthorizationServer>,
+    /// The export served as a central; the document downloaded as a downstream.
+    pub central: crate::central::Link,
 }
 
 impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
     /// serving snapshot and records the findings.
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
-        self.reload_with(source, |next| {
-            config::load(&self.config_path, &self.env, next)
-        })
+        self.reload_from(source, None)
     }
 
     /// Like [`State::reload`], for configuration text already read from
     /// `config_path` (the file watcher compiles exactly the content it saw
     /// settle, not what a writer may be halfway through replacing).
     pub fn reload_text(&self, source: Source, text: &str) -> Result<u64, Invalid> {
-        self.reload_with(source, |next| {
-            config::load_text(&self.config_path, text, &self.env, next)
-        })
+        self.reload_from(source, Some(text))
     }
 
-    fn reload_with(
+    fn reload_from(&self, source: Source, text: Option<&str>) -> Result<u64, Invalid> {
+        let _serialised = self.live.one_reload_at_a_time();
+        let document = self.central.document();
+        self.reload_locked(source, text, document.as_deref())
+    }
+
+    /// Compiles the file (or `text` read from it), with `document`
+    /// (downloaded from a central gateway) merged over it, and swaps the
+    /// result in. The caller holds `live.one_reload_at_a_time()`, so
+    /// reloads from every source neither interleave nor share a generation.
+    pub fn reload_locked(
         &self,
         source: Source,
-        load: impl FnOnce(u64) -> Result<config::Loaded, Invalid>,
+        text: Option<&str>,
+        document: Option<&crate::central::Document>,
     ) -> Result<u64, Invalid> {
-        let _serialised = self.live.one_reload_at_a_time();
         let next = self.live.generation() + 1;
-        match load(next) {
+        match crate::central::load(&self.config_path, text, &self.env, next, document) {
             Ok(loaded) => match self.install(source, loaded.snapshot) {
                 Ok(generation) => Ok(generation),
                 Err(problem) => {
                     let invalid = Invalid::single(&self.config_path, problem, "");
                     tracing::error!(
                         source = source.label(),
-                        "configuration refused; the last good one keeps serving:
-{invalid}"
+                        "configuration refused; the last good one keeps serving:\n{invalid}"
                     );
                     self.live.refuse(source, invalid.to_string());
                     Err(invalid)
@@ -154,13 +163,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads `config_path`, binds the listeners and starts serving.
+    /// Loads `config_path` (with the settings of its central gateway merged
+    /// over it, when it downloads them), binds the listeners and starts serving.
     pub async fn start(config_path: &Path, env: Env) -> Result<Gateway, StartError> {
-        let loaded = config::load(config_path, &env, 1)?;
+        let document = match config::api_gateway(config_path, &env)? {
+            Some(settings) => crate::central::first_document(&settings).await?,
+            None => None,
+        };
+        let loaded = crate::central::load(config_path, None, &env, 1, document.as_deref())?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        Gateway::start_with(config_path, env, loaded.snapshot).await
+        let mut gateway = Gateway::start_with(config_path, env, loaded.snapshot).await?;
+        gateway.state.central.adopt(document);
+        let poller = crate::central::poller::run(gateway.state.clone(), gateway.stop.subscribe());
+        gateway.tasks.spawn(poller);
+        Ok(gateway)
     }
 
     /// Starts serving an already compiled snapshot.
@@ -187,6 +205,7 @@ impl Gateway {
             started: Instant::now(),
             listening: AtomicBool::new(false),
             authz: ArcSwapOption::empty(),
+            central: crate::central::Link::default(),
         });
         let first = state.live.snapshot();
         state

@@ -2,6 +2,7 @@
 pub mod admin;
 pub mod auth;
 pub mod authz_server;
+pub mod central;
 pub mod cli;
 pub mod config;
 pub mod gateway;

@@ -102,6 +102,13 @@ async fn rest(
     path: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    if path == "settings/export" && method == Method::GET {
+        // Authenticated against `central.users`, not the admin credentials.
+        let snapshot = state.live.snapshot();
+        let tree = || state.central.export_tree(&snapshot, &state.env);
+        return crate::central::export::respond(&snapshot, req.headers(), req.uri().query(), tree)
+            .map(full);
+    }
     let access = access(state, req.headers());
     // "required": these need configured admin credentials even to read.
     let mutating = (method != Method::GET && method != Method::HEAD) || path.starts_with("oauth2/");
@@ -183,7 +190,7 @@ fn status(state: &State) -> serde_json::Value {
         "generation": state.live.generation(),
         "last_reload_at": seconds(reload.last_reload_at),
         "last_reload_error": reload.last_reload_error,
-        "central": serde_json::Value::Null,
+        "central": state.central.status_json(state.live.snapshot().api_gateway.as_ref()),
     })
 }
 

@@ -177,6 +177,7 @@ pub fn compile(
         generation,
         loaded_at: SystemTime::now(),
         source: source.to_path_buf(),
+        source_text: Arc::from(""),
         files,
         listen,
         tls,
@@ -722,6 +723,27 @@ fn central(ctx: &mut Ctx, central: &S<raw::Central>) -> Central {
         );
     }
     Central { users }
+}
+
+/// The `api_gateway:` section alone, so a downstream can download its
+/// settings before the rest of the file is compiled.
+pub fn api_gateway_only(
+    file: &raw::File,
+    report: &mut Report,
+    env: &Env,
+    source: &Path,
+) -> Option<ApiGateway> {
+    let mut ctx = Ctx {
+        report,
+        env,
+        base: source
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+        files: Vec::new(),
+    };
+    let entry = file.api_gateway.as_ref()?;
+    api_gateway(&mut ctx, entry)
 }
 
 fn api_gateway(ctx: &mut Ctx, entry: &S<raw::ApiGateway>) -> Option<ApiGateway> {

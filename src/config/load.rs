@@ -26,6 +26,11 @@ const MAX_NODES: usize = 1_000_000;
 
 /// Reads and parses `path` into the raw model.
 pub fn read(path: &Path) -> Result<(raw::File, Report), Invalid> {
+    parse(path, &read_text(path)?)
+}
+
+/// Reads the text of `path`, bounded in size.
+pub fn read_text(path: &Path) -> Result<String, Invalid> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Invalid::single(path, format!("cannot read the configuration: {e}"), ""))?;
     if meta.len() > MAX_FILE_BYTES {
@@ -35,14 +40,13 @@ pub fn read(path: &Path) -> Result<(raw::File, Report), Invalid> {
             "at most 4 MiB",
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    std::fs::read_to_string(path).map_err(|e| {
         Invalid::single(
             path,
             format!("cannot read the configuration: {e}"),
             "UTF-8 YAML",
         )
-    })?;
-    parse(path, &text)
+    })
 }
 
 /// Parses configuration text; `path` names it in diagnostics.

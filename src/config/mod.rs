@@ -17,6 +17,7 @@ pub mod snapshot;
 pub mod template;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use diagnostic::{Diagnostic, Invalid, Severity};
 pub use resolve::Env;
@@ -33,24 +34,80 @@ pub struct Loaded {
 /// Reads, checks and compiles the configuration at `path` with the
 /// environment `env` (for `MCGW_` overrides and `${env:}` secrets).
 pub fn load(path: &Path, env: &Env, generation: u64) -> Result<Loaded, Invalid> {
-    let (mut file, mut report) = load::read(path)?;
-    build(&mut file, &mut report, env, path, generation)
+    load_with(path, env, generation, |_| {})
 }
 
-/// Like [`load`], for text that did not come from `path` itself (a download).
-pub fn load_text(path: &Path, text: &str, env: &Env, generation: u64) -> Result<Loaded, Invalid> {
-    let (mut file, mut report) = load::parse(path, text)?;
-    build(&mut file, &mut report, env, path, generation)
-}
-
-fn build(
-    file: &mut raw::File,
-    report: &mut diagnostic::Report,
-    env: &Env,
+/// Like [`load`], with `edit` applied to the raw file after the `MCGW_`
+/// overrides and before anything is checked (a downstream merges the
+/// document it downloaded there).
+pub fn load_with(
     path: &Path,
+    env: &Env,
     generation: u64,
+    edit: impl FnOnce(&mut raw::File),
 ) -> Result<Loaded, Invalid> {
-    for unknown in resolve::apply_overrides(file, env) {
+    let text = load::read_text(path)?;
+    load_text_with(path, &text, env, generation, edit)
+}
+
+/// Like [`load`], for text that did not come from `path` itself (a download,
+/// or what the file watcher saw settle).
+pub fn load_text(path: &Path, text: &str, env: &Env, generation: u64) -> Result<Loaded, Invalid> {
+    load_text_with(path, text, env, generation, |_| {})
+}
+
+/// Like [`load_with`], for text already read.
+pub fn load_text_with(
+    path: &Path,
+    text: &str,
+    env: &Env,
+    generation: u64,
+    edit: impl FnOnce(&mut raw::File),
+) -> Result<Loaded, Invalid> {
+    let input = Input {
+        path,
+        text,
+        env,
+        generation,
+    };
+    build(input, edit)
+}
+
+/// The `api_gateway:` section of the file at `path` (after the `MCGW_`
+/// overrides), read before the rest is compiled: a downstream needs it to
+/// download the settings the rest may refer to.
+pub fn api_gateway(path: &Path, env: &Env) -> Result<Option<snapshot::ApiGateway>, Invalid> {
+    let (mut file, mut report) = load::read(path)?;
+    resolve::apply_overrides(&mut file, env);
+    let settings = compile::api_gateway_only(&file, &mut report, env, path);
+    if report.has_errors() {
+        let mut findings = report.findings;
+        findings.retain(|d| d.severity == Severity::Error);
+        return Err(Invalid { findings });
+    }
+    Ok(settings)
+}
+
+/// What one compilation reads.
+struct Input<'a> {
+    /// Names the text in diagnostics; relative paths start at its directory.
+    path: &'a Path,
+    text: &'a str,
+    env: &'a Env,
+    generation: u64,
+}
+
+fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Invalid> {
+    let Input {
+        path,
+        text,
+        env,
+        generation,
+    } = input;
+    let (mut file, mut report) = load::parse(path, text)?;
+    let unknown_overrides = resolve::apply_overrides(&mut file, env);
+    edit(&mut file);
+    for unknown in unknown_overrides {
         report.push(Diagnostic {
             severity: Severity::Warning,
             origin: diagnostic::Origin::Env(unknown),
@@ -58,7 +115,7 @@ fn build(
             allowed: None,
         });
     }
-    let snapshot = compile::compile(file, report, env, path, generation);
+    let snapshot = compile::compile(&file, &mut report, env, path, generation);
     let mut findings = std::mem::take(&mut report.findings);
     // Errors first, each group in file order, so the output reads like the file.
     findings.sort_by_key(|d| {
@@ -70,10 +127,13 @@ fn build(
         (d.severity != Severity::Error, place)
     });
     match snapshot {
-        Some(snapshot) => Ok(Loaded {
-            snapshot,
-            warnings: findings,
-        }),
+        Some(mut snapshot) => {
+            snapshot.source_text = Arc::from(text);
+            Ok(Loaded {
+                snapshot,
+                warnings: findings,
+            })
+        }
         None => Err(Invalid { findings }),
     }
 }

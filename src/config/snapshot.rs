@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// The configuration file this snapshot came from.
     pub source: PathBuf,
+    /// The text of `source` this snapshot was compiled from (a downloaded
+    /// document merged over it is not part of it): what a central exports.
+    pub source_text: Arc<str>,
     /// Every file the configuration names (watched for changes).
     pub files: Vec<PathBuf>,
     pub listen: Listen,

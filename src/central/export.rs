@@ -1,0 +1,354 @@
+//! The central role's export: the `security_settings`, `scope_mappings` and
+//! `apis` of this instance's own configuration file, as YAML in the
+//! configuration schema, so the document is a valid configuration on its own.
+//!
+//! The source is the text the serving snapshot was compiled from (never the
+//! file as it is now on disk, which may hold a refused change). Secrets are
+//! resolved into clear text (a downstream cannot read this host's
+//! environment or files); this endpoint is the only place they leave the
+//! process, and only to `central.users`. Paths (`trustStoreAlias`,
+//! `ca_bundle`) are exported as written: on the downstream they are relative
+//! to its cache file. The ETag is the quoted SHA-256 of the body, so equal
+//! content has an equal ETag across restarts and instances.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::resolve::{self, Env, SecretProblem};
+use crate::config::snapshot::Central;
+use crate::config::Snapshot;
+
+/// Why the export document could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("the configuration text does not parse: {0}")]
+    Parse(String),
+    #[error("{key}: {problem}")]
+    Secret { key: String, problem: SecretProblem },
+    #[error("cannot write YAML: {0}")]
+    Render(String),
+}
+
+/// The three exported sections, secrets in clear.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tree(Value);
+
+/// A rendered export: the YAML body and its strong ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub body: String,
+    pub etag: String,
+}
+
+/// Builds the export tree from the text `snapshot` was compiled from.
+pub fn build(snapshot: &Snapshot, env: &Env) -> Result<Tree, ExportError> {
+    let base = snapshot
+        .source
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let documents: Vec<Value> = serde_saphyr::from_str_multiple(&snapshot.source_text)
+        .map_err(|e| ExportError::Parse(e.to_string()))?;
+    let mut documents = documents.into_iter();
+    let mut config = documents.next().unwrap_or(Value::Null);
+    let mut auth_servers = take_list(config.get_mut("security_settings"), "auth_servers");
+    // Further documents are `--- !<authServerAlias>` entries (as `load` reads them).
+    auth_servers.extend(documents);
+    let mut aliases = take_list(config.get_mut("security_settings"), "aliases");
+    let scope_mappings = take_list(Some(&mut config), "scope_mappings");
+    let mut apis = take_list(Some(&mut config), "apis");
+    let clear = |value: Option<&mut Value>, key: &str| reveal(value, key, env, &base);
+    for server in &mut auth_servers {
+        let remote = server.get_mut("remoteIntrospectionConfig");
+        clear(
+            remote.and_then(|r| r.get_mut("clientSecret")),
+            "clientSecret",
+        )?;
+    }
+    for alias in &mut aliases {
+        clear(alias.get_mut("password"), "password")?;
+        clear(alias.get_mut("token"), "token")?;
+    }
+    for api in &mut apis {
+        let outbound = api
+            .get_mut("policies")
+            .and_then(|p| p.get_mut("outbound_auth"));
+        clear(outbound.and_then(|o| o.get_mut("password")), "password")?;
+    }
+    Ok(Tree(json!({
+        "security_settings": { "auth_servers": auth_servers, "aliases": aliases },
+        "scope_mappings": scope_mappings,
+        "apis": apis,
+    })))
+}
+
+/// The list under `key` of a mapping, taken out (a missing or null list is empty).
+fn take_list(parent: Option<&mut Value>, key: &str) -> Vec<Value> {
+    match parent.and_then(|p| p.get_mut(key)).map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// Replaces a secret written as `{encoded}`, `${env:}` or `${file:}` with
+/// its clear value.
+fn reveal(value: Option<&mut Value>, key: &str, env: &Env, base: &Path) -> Result<(), ExportError> {
+    let Some(value) = value else { return Ok(()) };
+    let Value::String(text) = value else {
+        return Ok(());
+    };
+    let (secret, _) = resolve::secret(text, env, base).map_err(|problem| ExportError::Secret {
+        key: key.to_owned(),
+        problem,
+    })?;
+    *value = Value::String(secret.expose().to_owned());
+    Ok(())
+}
+
+impl Tree {
+    /// Only the APIs named in `apis` (all when empty), and the scope
+    /// mappings' API scopes of those APIs (a mapping left with none is
+    /// dropped). Security settings are kept whole.
+    pub fn filter(&self, apis: &[String]) -> Tree {
+        if apis.is_empty() {
+            return self.clone();
+        }
+        let wanted: HashSet<&str> = apis.iter().map(String::as_str).collect();
+        let mut tree = self.0.clone();
+        if let Some(Value::Array(list)) = tree.get_mut("apis") {
+            list.retain(|api| {
+                api.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| wanted.contains(name))
+            });
+        }
+        if let Some(Value::Array(mappings)) = tree.get_mut("scope_mappings") {
+            mappings.retain_mut(|mapping| {
+                let Some(Value::Array(scopes)) = mapping.get_mut("api_scopes") else {
+                    return true;
+                };
+                if scopes.is_empty() {
+                    return true;
+                }
+                scopes.retain(|scope| {
+                    scope
+                        .as_str()
+                        .and_then(|s| s.rsplit_once(':'))
+                        .is_some_and(|(api, _)| wanted.contains(api))
+                });
+                !scopes.is_empty()
+            });
+        }
+        Tree(tree)
+    }
+
+    /// The YAML body and its ETag.
+    pub fn render(&self) -> Result<Rendered, ExportError> {
+        // The sections in the order of the configuration schema.
+        #[derive(serde::Serialize)]
+        struct Sections<'a> {
+            security_settings: &'a Value,
+            scope_mappings: &'a Value,
+            apis: &'a Value,
+        }
+        let sections = Sections {
+            security_settings: &self.0["security_settings"],
+            scope_mappings: &self.0["scope_mappings"],
+            apis: &self.0["apis"],
+        };
+        let yaml =
+            serde_saphyr::to_string(&sections).map_err(|e| ExportError::Render(e.to_string()))?;
+        let body = format!(
+            "# Settings exported by a microgateway central gateway. Secrets are in clear:\n\
+             # keep this file private (mode 0600).\n{yaml}"
+        );
+        let etag = etag_of(&body);
+        Ok(Rendered { body, etag })
+    }
+
+    pub fn as_value(&self) -> &Value {
+        &self.0
+    }
+}
+
+/// The strong ETag of a body: its quoted SHA-256, hex.
+pub fn etag_of(body: &str) -> String {
+    let digest = Sha256::digest(body.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// Whether `If-None-Match` names `etag` (RFC 9110 §13.1.2: weak comparison).
+pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+/// Whether Basic credentials name one of `central.users`. Every user is
+/// compared, in constant time, whatever matched before.
+pub fn authorized(central: &Central, headers: &HeaderMap) -> bool {
+    let Some((user, password)) = crate::admin::basic_credentials(headers) else {
+        return false;
+    };
+    central.users.iter().fold(false, |found, (name, secret)| {
+        let name_ok: bool = subtle::ConstantTimeEq::ct_eq(name.as_bytes(), user.as_bytes()).into();
+        found | (name_ok & secret.matches(password.as_bytes()))
+    })
+}
+
+/// The API names of `?apis=A,B` (split at commas, then percent-decoded).
+pub fn requested_apis(query: Option<&str>) -> Vec<String> {
+    let Some(query) = query else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("apis="))
+        .flat_map(|value| value.split(','))
+        .map(|name| {
+            let name = name.replace('+', " ");
+            percent_encoding::percent_decode_str(&name)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// The answer to `GET /rest/microgateway/settings/export`. `tree` builds
+/// (or returns the cached) export of `snapshot`.
+pub fn respond(
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    tree: impl FnOnce() -> Result<Tree, ExportError>,
+) -> Response<Bytes> {
+    let Some(central) = &snapshot.central else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "error_description": "this gateway is not a central gateway"}),
+        );
+    };
+    if !authorized(central, headers) {
+        let mut response = answer(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}));
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"microgateway central\""),
+        );
+        return response;
+    }
+    let rendered = tree().and_then(|tree| tree.filter(&requested_apis(query)).render());
+    let rendered = match rendered {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            tracing::error!(%error, "cannot export the settings");
+            return answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "server_error"}),
+            );
+        }
+    };
+    let etag =
+        HeaderValue::from_str(&rendered.etag).expect("a quoted hex digest is a header value");
+    let mut response = if not_modified(headers, &rendered.etag) {
+        let mut response = Response::new(Bytes::new());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        let mut response = Response::new(Bytes::from(rendered.body));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+        response
+    };
+    response.headers_mut().insert(ETAG, etag);
+    // Secrets in clear: no shared cache may keep this.
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn answer(status: StatusCode, body: Value) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(yaml: &str) -> Tree {
+        Tree(serde_saphyr::from_str::<Value>(yaml).expect("test YAML"))
+    }
+
+    #[test]
+    fn filter_keeps_named_apis_and_their_mappings() {
+        let all = tree(
+            r#"
+security_settings: { auth_servers: [{ id: a }], aliases: [] }
+scope_mappings:
+- { auth_server: a, scope: view, api_scopes: ["One:View", "Two:View"] }
+- { auth_server: a, scope: book, api_scopes: ["Two:Book"] }
+apis: [{ name: One }, { name: Two }]
+"#,
+        );
+        let one = all.filter(&["One".to_owned()]);
+        assert_eq!(
+            one.as_value()["apis"],
+            json!([{ "name": "One" }]),
+            "only the named API"
+        );
+        assert_eq!(
+            one.as_value()["scope_mappings"],
+            json!([{ "auth_server": "a", "scope": "view", "api_scopes": ["One:View"] }])
+        );
+        assert_eq!(
+            one.as_value()["security_settings"]["auth_servers"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        assert_eq!(all.filter(&[]), all);
+    }
+
+    #[test]
+    fn etag_is_stable_and_if_none_match_compares_weakly() {
+        let etag = etag_of("body");
+        assert_eq!(etag, etag_of("body"));
+        assert_ne!(etag, etag_of("other"));
+        assert!(etag.starts_with('"') && etag.len() == 66);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"x\", W/{etag}")).expect("value"),
+        );
+        assert!(not_modified(&headers, &etag));
+        assert!(!not_modified(&HeaderMap::new(), &etag));
+    }
+
+    #[test]
+    fn apis_query_is_split_then_decoded() {
+        assert_eq!(
+            requested_apis(Some("x=1&apis=Time%20travels,A%2CB,C+D")),
+            ["Time travels", "A,B", "C D"]
+        );
+        assert!(requested_apis(Some("apis=")).is_empty());
+        assert!(requested_apis(None).is_empty());
+    }
+}

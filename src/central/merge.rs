@@ -1,0 +1,318 @@
+//! Merging a downloaded document over the local file, on the raw model (so
+//! the local entries keep their file positions for diagnostics). Downloaded
+//! entries win: auth servers by `id`, aliases by `name`, scope mappings by
+//! `(auth_server, scope)`, APIs by `(name, version)`. `download_settings`
+//! takes the security settings and scope mappings, `download_apis` the APIs;
+//! nothing else of the download is used. Pure: no I/O, no validation (the
+//! merged file is compiled like any other).
+
+use std::collections::HashSet;
+
+use crate::config::raw::{self, Scalar, S};
+use crate::config::resolve;
+
+/// Which parts of a download are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flags {
+    /// Auth servers, aliases and scope mappings.
+    pub settings: bool,
+    pub apis: bool,
+}
+
+impl Flags {
+    /// The download flags of a file's `api_gateway:` section (read after
+    /// the `MCGW_` overrides). A value that is not a boolean counts as false
+    /// here; compiling the file reports it.
+    pub fn of(file: &raw::File) -> Flags {
+        let flag = |value: &Option<S<Scalar>>| {
+            value
+                .as_ref()
+                .and_then(|v| resolve::boolean(&v.value.0))
+                .unwrap_or(false)
+        };
+        file.api_gateway
+            .as_ref()
+            .map_or(Flags::default(), |gateway| Flags {
+                settings: flag(&gateway.value.download_settings),
+                apis: flag(&gateway.value.download_apis),
+            })
+    }
+
+    pub fn any(self) -> bool {
+        self.settings || self.apis
+    }
+}
+
+/// Merges `downloaded` into `local`.
+///
+/// Scope mappings are merged after the APIs and keep only the API scopes of
+/// APIs the merged file has: with `download_settings` alone, the central's
+/// mappings for APIs this gateway does not serve are not an error here.
+pub fn merge(local: &mut raw::File, downloaded: raw::File, flags: Flags) {
+    let raw::File {
+        security_settings,
+        scope_mappings,
+        apis,
+        ..
+    } = downloaded;
+    if flags.apis {
+        upsert(&mut local.apis, apis, api_key);
+    }
+    if flags.settings {
+        upsert(
+            &mut local.security_settings.auth_servers,
+            security_settings.auth_servers,
+            |server| text(&server.id),
+        );
+        upsert(
+            &mut local.security_settings.aliases,
+            security_settings.aliases,
+            |alias| text(&alias.name),
+        );
+        let served: HashSet<String> = local
+            .apis
+            .iter()
+            .filter_map(|a| text(&a.value.name))
+            .collect();
+        let mappings = scope_mappings
+            .into_iter()
+            .filter_map(|mapping| for_served_apis(mapping, &served));
+        upsert(&mut local.scope_mappings, mappings, |mapping| {
+            (text(&mapping.auth_server), text(&mapping.scope))
+        });
+    }
+}
+
+/// Replaces the local entry with the same key in place, or appends.
+fn upsert<T, K: PartialEq>(
+    local: &mut Vec<S<T>>,
+    downloaded: impl IntoIterator<Item = S<T>>,
+    key: impl Fn(&T) -> K,
+) {
+    for entry in downloaded {
+        let wanted = key(&entry.value);
+        match local.iter().position(|l| key(&l.value) == wanted) {
+            Some(index) => local[index] = entry,
+            None => local.push(entry),
+        }
+    }
+}
+
+fn text(value: &Option<S<String>>) -> Option<String> {
+    value.as_ref().map(|v| v.value.clone())
+}
+
+fn api_key(api: &raw::Api) -> (Option<String>, Option<String>) {
+    (
+        text(&api.name),
+        api.version.as_ref().map(|v| v.value.0.clone()),
+    )
+}
+
+/// The mapping with only the API scopes (`API name:scope`) of `served`
+/// APIs; `None` when it named API scopes and none of them is served.
+fn for_served_apis(
+    mut mapping: S<raw::ScopeMapping>,
+    served: &HashSet<String>,
+) -> Option<S<raw::ScopeMapping>> {
+    if mapping.value.api_scopes.is_empty() {
+        return Some(mapping);
+    }
+    mapping.value.api_scopes.retain(|api_scope| {
+        api_scope
+            .value
+            .rsplit_once(':')
+            .is_some_and(|(api, _)| served.contains(api))
+    });
+    (!mapping.value.api_scopes.is_empty()).then_some(mapping)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::load;
+
+    fn parse(yaml: &str) -> raw::File {
+        load::parse(Path::new("test.yaml"), yaml)
+            .expect("test YAML parses")
+            .0
+    }
+
+    const LOCAL: &str = r#"
+security_settings:
+  auth_servers:
+  - { id: idp, localIntrospectionConfig: { issuer: "http://local" } }
+  - { id: only-local, localIntrospectionConfig: { issuer: "http://only-local" } }
+  aliases:
+  - { name: backend, username: local-user, password: x }
+scope_mappings:
+- { auth_server: idp, scope: view, api_scopes: ["Local:View"] }
+apis:
+- { name: Local, version: "1.0", base_path: /local, upstream: { echo: true } }
+- { name: Shared, version: "1.0", base_path: /shared-local, upstream: { echo: true } }
+"#;
+
+    const DOWNLOADED: &str = r#"
+security_settings:
+  auth_servers:
+  - { id: idp, localIntrospectionConfig: { issuer: "http://central" } }
+  - { id: central-only, localIntrospectionConfig: { issuer: "http://c" } }
+  aliases:
+  - { name: backend, username: central-user, password: y }
+scope_mappings:
+- { auth_server: idp, scope: view, api_scopes: ["Shared:View", "Remote:View"] }
+- { auth_server: idp, scope: book, api_scopes: ["Remote:Book"] }
+apis:
+- { name: Shared, version: "1.0", base_path: /shared, upstream: { echo: true } }
+- { name: Shared, version: "2.0", base_path: /shared2, upstream: { echo: true } }
+- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true } }
+"#;
+
+    const BOTH: Flags = Flags {
+        settings: true,
+        apis: true,
+    };
+
+    fn issuers(file: &raw::File) -> Vec<(String, String)> {
+        file.security_settings
+            .auth_servers
+            .iter()
+            .map(|s| {
+                let issuer = s.value.local_introspection.as_ref().expect("local");
+                let issuer = issuer.value.issuer.as_ref().expect("issuer");
+                (text(&s.value.id).expect("id"), issuer.value.0.clone())
+            })
+            .collect()
+    }
+
+    fn apis(file: &raw::File) -> Vec<(String, String, String)> {
+        file.apis
+            .iter()
+            .map(|a| {
+                let (name, version) = api_key(&a.value);
+                let base = text(&a.value.base_path).unwrap_or_default();
+                (name.unwrap_or_default(), version.unwrap_or_default(), base)
+            })
+            .collect()
+    }
+
+    fn mappings(file: &raw::File) -> Vec<(String, Vec<String>)> {
+        file.scope_mappings
+            .iter()
+            .map(|m| {
+                let scopes = m.value.api_scopes.iter().map(|s| s.value.clone());
+                (text(&m.value.scope).unwrap_or_default(), scopes.collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auth_servers_merge_by_id_and_downloaded_wins() {
+        let mut local = parse(LOCAL);
+        merge(&mut local, parse(DOWNLOADED), BOTH);
+        assert_eq!(
+            issuers(&local),
+            [
+                ("idp".to_owned(), "http://central".to_owned()),
+                ("only-local".to_owned(), "http://only-local".to_owned()),
+                ("central-only".to_owned(), "http://c".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn aliases_merge_by_name() {
+        let mut local = parse(LOCAL);
+        merge(&mut local, parse(DOWNLOADED), BOTH);
+        let aliases = &local.security_settings.aliases;
+        assert_eq!(aliases.len(), 1);
+        let user = aliases[0].value.username.as_ref().expect("username");
+        assert_eq!(user.value.0, "central-user");
+    }
+
+    #[test]
+    fn apis_merge_by_name_and_version() {
+        let mut local = parse(LOCAL);
+        merge(&mut local, parse(DOWNLOADED), BOTH);
+        let list = apis(&local);
+        let key = |n: &str, v: &str, b: &str| (n.to_owned(), v.to_owned(), b.to_owned());
+        assert_eq!(
+            list,
+            [
+                key("Local", "1.0", "/local"),
+                key("Shared", "1.0", "/shared"),
+                key("Shared", "2.0", "/shared2"),
+                key("Remote", "1.0", "/remote"),
+            ]
+        );
+    }
+
+    #[test]
+    fn scope_mappings_merge_by_auth_server_and_scope() {
+        let mut local = parse(LOCAL);
+        merge(&mut local, parse(DOWNLOADED), BOTH);
+        let view = vec!["Shared:View".to_owned(), "Remote:View".to_owned()];
+        assert_eq!(
+            mappings(&local),
+            [
+                ("view".to_owned(), view),
+                ("book".to_owned(), vec!["Remote:Book".to_owned()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn settings_alone_leave_apis_and_drop_mappings_of_unserved_apis() {
+        let mut local = parse(LOCAL);
+        let flags = Flags {
+            settings: true,
+            apis: false,
+        };
+        merge(&mut local, parse(DOWNLOADED), flags);
+        assert_eq!(apis(&local).len(), 2);
+        assert_eq!(issuers(&local)[0].1, "http://central");
+        assert_eq!(
+            mappings(&local),
+            [("view".to_owned(), vec!["Shared:View".to_owned()])]
+        );
+    }
+
+    #[test]
+    fn apis_alone_leave_settings() {
+        let mut local = parse(LOCAL);
+        let flags = Flags {
+            settings: false,
+            apis: true,
+        };
+        merge(&mut local, parse(DOWNLOADED), flags);
+        assert_eq!(apis(&local).len(), 4);
+        assert_eq!(issuers(&local)[0].1, "http://local");
+        assert_eq!(
+            mappings(&local),
+            [("view".to_owned(), vec!["Local:View".to_owned()])]
+        );
+    }
+
+    #[test]
+    fn no_flags_merge_nothing() {
+        let mut local = parse(LOCAL);
+        merge(&mut local, parse(DOWNLOADED), Flags::default());
+        assert_eq!(apis(&local).len(), 2);
+        assert_eq!(issuers(&local).len(), 2);
+    }
+
+    #[test]
+    fn flags_come_from_the_api_gateway_section() {
+        let file = parse("api_gateway: { url: x, download_apis: true }\n");
+        assert_eq!(
+            Flags::of(&file),
+            Flags {
+                settings: false,
+                apis: true
+            }
+        );
+        assert_eq!(Flags::of(&parse("ports: {}\n")), Flags::default());
+    }
+}

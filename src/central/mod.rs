@@ -1,0 +1,353 @@
+//! A fleet following one central configuration. The central role serves its
+//! settings (`export`); a downstream downloads them (`poller`), merges them
+//! over its local file (`merge`) and swaps the result in through the same
+//! compile-validate-swap path as a file change.
+//!
+//! Invariants: the central is never contacted when `download_settings` and
+//! `download_apis` are both false; a download is applied only when it is
+//! valid on its own *and* merged; the last good download is kept in memory
+//! (so a later file reload merges it again) and in `cache_file` (mode 0600,
+//! written atomically); credentials and downloaded secrets are never logged.
+
+pub mod export;
+pub mod merge;
+pub mod poller;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use crate::config::snapshot::ApiGateway;
+use crate::config::{self, Env, Invalid, Loaded, Snapshot};
+
+pub use poller::DownloadError;
+
+/// A downloaded settings document (a configuration file's text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub text: String,
+    /// Quoted SHA-256 of `text`: equal to the ETag a central sends for it.
+    pub etag: String,
+    /// The cache file: names the document in diagnostics; relative paths in
+    /// it start at its directory.
+    pub origin: PathBuf,
+    /// When it came from the central; `None` when read from the cache file.
+    pub downloaded_at: Option<SystemTime>,
+}
+
+impl Document {
+    /// A document just downloaded, to be kept in `cache`.
+    pub fn downloaded(text: String, cache: PathBuf) -> Document {
+        Document {
+            etag: export::etag_of(&text),
+            text,
+            origin: cache,
+            downloaded_at: Some(SystemTime::now()),
+        }
+    }
+
+    /// A document read back from the cache file.
+    pub fn cached(text: String, cache: PathBuf) -> Document {
+        Document {
+            downloaded_at: None,
+            ..Document::downloaded(text, cache)
+        }
+    }
+
+    /// Checks the document on its own (it is a configuration by itself;
+    /// no `MCGW_` overrides apply, its secrets are in clear).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        config::load_text(&self.origin, &self.text, &Env::new(), 0).map(|_| ())
+    }
+}
+
+/// Why a downstream could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the central gateway {url} refused the credentials of user `{user}` ({status}); \
+         check api_gateway.user and api_gateway.password (or --user/--password)"
+    )]
+    Refused {
+        url: String,
+        user: String,
+        status: http::StatusCode,
+    },
+    #[error(
+        "cannot download settings from the central gateway {url}: {cause}; \
+         and there is no cached download at {} to start from",
+        cache.display()
+    )]
+    Unavailable {
+        url: String,
+        cause: DownloadError,
+        cache: PathBuf,
+    },
+    #[error("the settings downloaded from {url} are invalid, and there is no cached download at {} to start from:\n{invalid}", cache.display())]
+    InvalidDownload {
+        url: String,
+        invalid: Invalid,
+        cache: PathBuf,
+    },
+    #[error("cannot read the cached download {}: {source}", cache.display())]
+    CacheUnreadable {
+        cache: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the cached download {} is invalid:\n{invalid}", cache.display())]
+    CacheInvalid { cache: PathBuf, invalid: Invalid },
+}
+
+/// What the status endpoint shows of the downstream link.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// When the last good document was downloaded (200, valid).
+    pub last_download_at: Option<SystemTime>,
+    /// ETag of the document in use.
+    pub etag: Option<String>,
+    pub last_error: Option<String>,
+    /// Downloads applied (a new generation each).
+    pub applied: u64,
+    /// Conditional requests answered 304.
+    pub not_modified: u64,
+    /// Downloads whose content equalled the document in use.
+    pub unchanged: u64,
+    /// Downloads refused as invalid.
+    pub refused: u64,
+    /// Requests that failed (unreachable, refused credentials, bad status).
+    pub failed: u64,
+}
+
+/// This instance's link to central configuration: the export it serves (as
+/// a central) and the document it downloaded (as a downstream).
+#[derive(Debug, Default)]
+pub struct Link {
+    export: Mutex<Option<(u64, Arc<export::Tree>)>>,
+    document: Mutex<Option<Arc<Document>>>,
+    status: Mutex<Status>,
+}
+
+impl Link {
+    /// The export tree of `snapshot`, built once per generation.
+    pub fn export_tree(
+        &self,
+        snapshot: &Snapshot,
+        env: &Env,
+    ) -> Result<export::Tree, export::ExportError> {
+        let mut cached = self.export.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((generation, tree)) = cached.as_ref() {
+            if *generation == snapshot.generation {
+                return Ok((**tree).clone());
+            }
+        }
+        let tree = export::build(snapshot, env)?;
+        *cached = Some((snapshot.generation, Arc::new(tree.clone())));
+        Ok(tree)
+    }
+
+    /// The downloaded document in use, if any.
+    pub fn document(&self) -> Option<Arc<Document>> {
+        self.document
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps `document` as the one in use (merged by every later reload).
+    pub fn adopt(&self, document: Option<Arc<Document>>) {
+        let etag = document.as_ref().map(|d| d.etag.clone());
+        let downloaded_at = document.as_ref().and_then(|d| d.downloaded_at);
+        *self.document.lock().unwrap_or_else(|p| p.into_inner()) = document;
+        self.update(|status| {
+            status.etag = etag;
+            status.last_download_at = downloaded_at.or(status.last_download_at);
+        });
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut Status)) {
+        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The `central` member of the status JSON (null without `api_gateway:`).
+    pub fn status_json(&self, settings: Option<&ApiGateway>) -> Value {
+        let Some(settings) = settings else {
+            return Value::Null;
+        };
+        let status = self.status();
+        json!({
+            "url": settings.url,
+            "last_download_at": status.last_download_at
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            "etag": status.etag,
+            "last_error": status.last_error,
+        })
+    }
+}
+
+/// Compiles the file at `path`, with `document` merged over it when given
+/// (as the file's `api_gateway` download flags say).
+pub fn load(
+    path: &Path,
+    text: Option<&str>,
+    env: &Env,
+    generation: u64,
+    document: Option<&Document>,
+) -> Result<Loaded, Invalid> {
+    let read;
+    let text = match text {
+        Some(text) => text,
+        None => {
+            read = config::load::read_text(path)?;
+            &read
+        }
+    };
+    let Some(document) = document else {
+        return config::load_text(path, text, env, generation);
+    };
+    let (downloaded, _) = config::load::parse(&document.origin, &document.text)?;
+    config::load_text_with(path, text, env, generation, |file| {
+        let flags = merge::Flags::of(file);
+        merge::merge(file, downloaded, flags);
+    })
+}
+
+/// The document a downstream starts with: downloaded now, or (when the
+/// central is unreachable or serves an invalid document) read from
+/// `cache_file`. `None` when both download flags are false.
+pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document>>, StartError> {
+    if !settings.download_settings && !settings.download_apis {
+        return Ok(None);
+    }
+    let client = poller::client();
+    let fetched = poller::download(&client, settings, None).await;
+    let url = settings.url.clone();
+    let text = match fetched {
+        Ok(poller::Fetched::Document { text, .. }) => text,
+        Ok(poller::Fetched::NotModified) => {
+            return from_cache(settings, |cache| StartError::Unavailable {
+                url,
+                cause: DownloadError::Status(http::StatusCode::NOT_MODIFIED),
+                cache,
+            })
+        }
+        Err(DownloadError::Unauthorized(status)) => {
+            return Err(StartError::Refused {
+                url,
+                user: settings.user.clone(),
+                status,
+            })
+        }
+        Err(cause) => {
+            tracing::warn!(%url, error = %cause, "the central gateway is unreachable");
+            return from_cache(settings, |cache| StartError::Unavailable {
+                url,
+                cause,
+                cache,
+            });
+        }
+    };
+    let document = Document::downloaded(text, settings.cache_file.clone());
+    if let Err(invalid) = document.validate() {
+        tracing::error!(%url, "the downloaded settings are invalid:\n{invalid}");
+        return from_cache(settings, |cache| StartError::InvalidDownload {
+            url,
+            invalid,
+            cache,
+        });
+    }
+    if let Err(error) = write_private(&settings.cache_file, &document.text) {
+        tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
+    }
+    tracing::info!(url = %settings.url, etag = %document.etag, "settings downloaded from the central gateway");
+    Ok(Some(Arc::new(document)))
+}
+
+fn from_cache(
+    settings: &ApiGateway,
+    missing: impl FnOnce(PathBuf) -> StartError,
+) -> Result<Option<Arc<Document>>, StartError> {
+    let cache = settings.cache_file.clone();
+    let text = match std::fs::read_to_string(&cache) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(missing(cache)),
+        Err(source) => return Err(StartError::CacheUnreadable { cache, source }),
+    };
+    let document = Document::cached(text, cache.clone());
+    document
+        .validate()
+        .map_err(|invalid| StartError::CacheInvalid {
+            cache: cache.clone(),
+            invalid,
+        })?;
+    tracing::warn!(
+        cache = %cache.display(),
+        "starting from the cached download of the central gateway's settings"
+    );
+    Ok(Some(Arc::new(document)))
+}
+
+/// Writes `text` to `path` atomically (a temporary file in the same
+/// directory, then rename), readable by the owner only: it holds secrets.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "settings".to_owned());
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    let renamed = written.and_then(|()| std::fs::rename(&temp, path));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    renamed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_file_is_written_whole_with_mode_0600() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sub/settings.yaml");
+        write_private(&path, "one").expect("write");
+        write_private(&path, "two").expect("rewrite");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let leftovers = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .count();
+        assert_eq!(leftovers, 1, "no temporary file left");
+    }
+}

@@ -1,0 +1,627 @@
+//! A central gateway and the microgateways that follow it: the export
+//! endpoint, the download at start, polling with ETags, the cache file,
+//! refusals, and `download-settings`.
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use microgateway::reload::Source;
+use tokio::net::TcpListener;
+
+use common::{env, Gateway};
+
+const USER: &str = "fleet";
+const PASSWORD: &str = "fleet-secret";
+
+/// A central whose `Catalog` API declares `resources`; its introspection
+/// client secret is `{encoded}`, its alias password comes from the environment.
+fn central_yaml(resources: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+central:
+  users:
+  - {{ user: {USER}, password: "{{encoded}}ZmxlZXQtc2VjcmV0" }}
+security_settings:
+  auth_servers:
+  - !<authServerAlias>
+    id: idp
+    name: Central IdP
+    type: authServerAlias
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://127.0.0.1:9/introspect"
+      clientId: gateway
+      clientSecret: "{{encoded}}aW50cm9zcGVjdC1zZWNyZXQ="
+  aliases:
+  - {{ name: backend, type: basic, username: svc, password: "${{env:BACKEND_PASSWORD}}" }}
+scope_mappings:
+- {{ auth_server: idp, scope: view, api_scopes: ["Secure:View"] }}
+- {{ auth_server: idp, scope: order, api_scopes: ["Orders:Place"] }}
+apis:
+- name: Catalog
+  version: "1.0"
+  base_path: /catalog
+  upstream: {{ echo: true }}
+  resources: [{resources}]
+- name: Secure
+  version: "1.0"
+  base_path: /secure
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - {{ name: View, resources: ["GET /items"] }}
+- name: Orders
+  version: "1.0"
+  base_path: /orders
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - {{ name: Place, resources: ["POST /orders"] }}
+  policies:
+    outbound_auth: {{ alias: backend }}
+"#
+    )
+}
+
+fn central_env() -> common::Env {
+    env(&[("BACKEND_PASSWORD", "backend-from-env")])
+}
+
+async fn start_central(resources: &str) -> Gateway {
+    Gateway::start_with_env(&central_yaml(resources), central_env()).await
+}
+
+/// What a downstream downloads, from where, and where it caches it.
+struct Downstream<'a> {
+    url: String,
+    password: &'a str,
+    settings: bool,
+    apis_flag: bool,
+    apis: &'a [&'a str],
+    cache: &'a Path,
+}
+
+impl Downstream<'_> {
+    fn yaml(&self) -> String {
+        let apis: Vec<String> = self.apis.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+api_gateway:
+  url: "{}"
+  user: {USER}
+  password: "{}"
+  download_settings: {}
+  download_apis: {}
+  apis: [{}]
+  poll_interval: 1s
+  cache_file: "{}"
+apis:
+- name: Local
+  version: "1.0"
+  base_path: /local
+  upstream: {{ echo: true }}
+  resources: ["GET /ping"]
+"#,
+            self.url,
+            self.password,
+            self.settings,
+            self.apis_flag,
+            apis.join(", "),
+            self.cache.display()
+        )
+    }
+}
+
+fn following<'a>(central: &Gateway, cache: &'a Path) -> Downstream<'a> {
+    Downstream {
+        url: format!("http://{}", central.admin.expect("central admin port")),
+        password: PASSWORD,
+        settings: true,
+        apis_flag: true,
+        apis: &[],
+        cache,
+    }
+}
+
+fn generation(gw: &Gateway) -> u64 {
+    gw.state().live.generation()
+}
+
+/// Polls `check` every 50 ms for up to 10 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not reached within 10 s: {what}");
+}
+
+async fn status_of(gw: &Gateway) -> serde_json::Value {
+    gw.client
+        .get(gw.admin_url("/rest/microgateway/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("status JSON")
+}
+
+async fn export(gw: &Gateway, query: &str, password: &str) -> reqwest::Response {
+    gw.client
+        .get(gw.admin_url(&format!("/rest/microgateway/settings/export{query}")))
+        .basic_auth(USER, Some(password))
+        .send()
+        .await
+        .expect("export")
+}
+
+fn central_errors() -> u64 {
+    microgateway::metrics::get()
+        .config_reload
+        .with_label_values(&["central", "error"])
+        .get()
+}
+
+#[tokio::test]
+async fn export_needs_central_credentials_and_has_secrets_in_clear() {
+    let central = start_central(r#""GET /items""#).await;
+    let anonymous = central
+        .client
+        .get(central.admin_url("/rest/microgateway/settings/export"))
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(
+        anonymous.headers()["www-authenticate"],
+        r#"Basic realm="microgateway central""#
+    );
+    assert_eq!(export(&central, "", "wrong").await.status(), 401);
+
+    let resp = export(&central, "", PASSWORD).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/yaml");
+    let etag = resp.headers()["etag"].to_str().expect("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
+    let body = resp.text().await.expect("body");
+    assert!(body.contains("introspect-secret"), "clientSecret in clear");
+    assert!(body.contains("backend-from-env"), "alias password resolved");
+    assert!(!body.contains("{encoded}") && !body.contains("${env:"));
+    assert!(!body.contains("central:") && !body.contains("ports:"));
+
+    let again = central
+        .client
+        .get(central.admin_url("/rest/microgateway/settings/export"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("conditional export");
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    central.shutdown().await;
+}
+
+#[tokio::test]
+async fn export_is_404_without_central_section() {
+    let gw = Gateway::start("ports: { http: 0, bind: 127.0.0.1 }\nadmin: { port: 0 }\n").await;
+    assert_eq!(export(&gw, "", PASSWORD).await.status(), 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn export_filters_apis_and_their_scope_mappings() {
+    let central = start_central(r#""GET /items""#).await;
+    let body = export(&central, "?apis=Secure", PASSWORD)
+        .await
+        .text()
+        .await
+        .expect("body");
+    let doc: serde_json::Value = serde_saphyr::from_str(&body).expect("YAML");
+    let names: Vec<&str> = doc["apis"]
+        .as_array()
+        .expect("apis")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Secure"]);
+    let mappings = doc["scope_mappings"].as_array().expect("mappings");
+    assert_eq!(mappings.len(), 1);
+    assert_eq!(
+        mappings[0]["api_scopes"],
+        serde_json::json!(["Secure:View"])
+    );
+    central.shutdown().await;
+}
+
+#[tokio::test]
+async fn downstream_serves_what_the_central_defines_and_follows_its_changes() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("cache/settings.yaml");
+    let down = Gateway::start(&following(&central, &cache).yaml()).await;
+
+    // The central's APIs and auth servers, merged with the local file.
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+    assert_eq!(down.get("/local/ping").await.status(), 200);
+    assert_eq!(
+        down.get("/secure/items").await.status(),
+        401,
+        "oauth2 from the central"
+    );
+    assert_eq!(down.get("/catalog/orders").await.status(), 404);
+    assert!(cache.is_file(), "the download is cached");
+    let start_generation = generation(&down);
+
+    // Unchanged: 304s and no new generation.
+    let link = &down.state().central;
+    eventually("two 304s", || link.status().not_modified >= 2).await;
+    assert_eq!(generation(&down), start_generation);
+
+    // A reload of the central with the same content changes nothing downstream.
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    let seen = link.status().not_modified;
+    eventually("another 304", || link.status().not_modified > seen).await;
+    assert_eq!(generation(&down), start_generation);
+
+    // A change on the central is followed within the poll interval.
+    central.write_config(&central_yaml(r#""GET /items", "GET /orders""#));
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    down.wait_generation(start_generation + 1).await;
+    assert_eq!(down.get("/catalog/orders").await.status(), 200);
+    let status = status_of(&down).await;
+    let etag = status["central"]["etag"].as_str().expect("etag").to_owned();
+    assert_eq!(
+        status["central"]["url"],
+        format!("http://{}", central.admin.expect("admin"))
+    );
+    assert!(status["central"]["last_download_at"].is_u64());
+    assert!(status["central"]["last_error"].is_null());
+    assert_eq!(
+        std::fs::read_to_string(&cache)
+            .map(|t| microgateway::central::export::etag_of(&t))
+            .expect("cache"),
+        etag
+    );
+
+    // A file reload of the downstream merges the download again.
+    down.state()
+        .reload(Source::File)
+        .expect("downstream reload");
+    assert_eq!(down.get("/catalog/orders").await.status(), 200);
+
+    // The central stops: the downstream keeps serving and says why it cannot update.
+    central.shutdown().await;
+    eventually("an error in status", || link.status().last_error.is_some()).await;
+    assert_eq!(down.get("/catalog/orders").await.status(), 200);
+    assert!(status_of(&down).await["central"]["last_error"].is_string());
+    down.shutdown().await;
+}
+
+#[tokio::test]
+async fn downstream_restarted_while_central_is_down_starts_from_cache() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let yaml = following(&central, &cache).yaml();
+    let first = Gateway::start(&yaml).await;
+    first.shutdown().await;
+    central.shutdown().await;
+
+    let second = Gateway::start(&yaml).await;
+    assert_eq!(second.get("/catalog/items").await.status(), 200);
+    assert_eq!(second.get("/secure/items").await.status(), 401);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache)
+            .expect("cache")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn central_down_and_no_cache_is_a_start_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let downstream = Downstream {
+        url,
+        password: PASSWORD,
+        settings: true,
+        apis_flag: true,
+        apis: &[],
+        cache: &cache,
+    };
+    let error = Gateway::try_start(&downstream.yaml(), common::Env::new())
+        .await
+        .err()
+        .expect("no start");
+    assert!(error.contains("cannot download settings"), "{error}");
+    assert!(error.contains("no cached download"), "{error}");
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_a_clear_start_error() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        password: "not-the-password",
+        ..following(&central, &cache)
+    };
+    let error = Gateway::try_start(&downstream.yaml(), common::Env::new())
+        .await
+        .err()
+        .expect("no start");
+    assert!(error.contains("refused the credentials"), "{error}");
+    assert!(
+        !error.contains("not-the-password"),
+        "no password in messages"
+    );
+    assert!(!cache.exists(), "nothing cached");
+    central.shutdown().await;
+}
+
+#[tokio::test]
+async fn downstream_takes_only_the_apis_it_names() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        apis: &["Catalog"],
+        ..following(&central, &cache)
+    };
+    let down = Gateway::start(&downstream.yaml()).await;
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+    assert_eq!(down.get("/secure/items").await.status(), 404);
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
+#[tokio::test]
+async fn settings_alone_give_local_apis_the_central_auth_servers() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        apis_flag: false,
+        ..following(&central, &cache)
+    };
+    // The local API names an auth server only the central defines.
+    let yaml = downstream.yaml().replace(
+        r#"  resources: ["GET /ping"]"#,
+        "  resources: [\"GET /ping\"]\n  authentication: { type: oauth2, auth_server: idp }",
+    );
+    let down = Gateway::start(&yaml).await;
+    assert_eq!(down.get("/local/ping").await.status(), 401);
+    assert_eq!(
+        down.get("/catalog/items").await.status(),
+        404,
+        "APIs not downloaded"
+    );
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
+/// A stand-in central: answers every request with `body` (200, no ETag)
+/// and counts requests.
+struct FakeCentral {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    body: Arc<Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeCentral {
+    async fn start(body: &str) -> FakeCentral {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let body = Arc::new(Mutex::new(body.to_owned()));
+        let (h, b) = (hits.clone(), body.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (h, b) = (h.clone(), b.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let text = b.lock().expect("body").clone();
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeCentral {
+            addr,
+            hits,
+            body,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeCentral {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const GOOD_DOCUMENT: &str = r#"
+security_settings: { auth_servers: [], aliases: [] }
+scope_mappings: []
+apis:
+- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /a"] }
+"#;
+
+/// A scope mapping naming an API scope no API declares.
+const BAD_DOCUMENT: &str = r#"
+security_settings:
+  auth_servers:
+  - { id: idp, localIntrospectionConfig: { issuer: "http://idp" } }
+scope_mappings:
+- { auth_server: idp, scope: view, api_scopes: ["Nowhere:View"] }
+apis:
+- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /b"] }
+"#;
+
+#[tokio::test]
+async fn invalid_download_is_refused_and_the_last_good_one_keeps_serving() {
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        url: fake.url(),
+        password: PASSWORD,
+        settings: true,
+        apis_flag: true,
+        apis: &[],
+        cache: &cache,
+    };
+    let down = Gateway::start(&downstream.yaml()).await;
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    let start_generation = generation(&down);
+    let errors = central_errors();
+
+    *fake.body.lock().expect("body") = BAD_DOCUMENT.to_owned();
+    let link = &down.state().central;
+    eventually("a refusal", || link.status().refused >= 1).await;
+    assert!(
+        central_errors() > errors,
+        "config_reload_total{{source=central,result=error}}"
+    );
+    assert_eq!(generation(&down), start_generation);
+    assert_eq!(
+        down.get("/remote/a").await.status(),
+        200,
+        "old snapshot kept"
+    );
+    assert_eq!(down.get("/remote/b").await.status(), 404);
+    let status = status_of(&down).await;
+    let error = status["central"]["last_error"]
+        .as_str()
+        .expect("last_error");
+    assert!(error.contains("Nowhere:View"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(&cache).expect("cache"),
+        GOOD_DOCUMENT,
+        "the cache keeps the last good download"
+    );
+    down.shutdown().await;
+}
+
+#[tokio::test]
+async fn central_is_never_contacted_when_both_flags_are_false() {
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        url: fake.url(),
+        password: PASSWORD,
+        settings: false,
+        apis_flag: false,
+        apis: &[],
+        cache: &cache,
+    };
+    let down = Gateway::start(&downstream.yaml()).await;
+    assert_eq!(down.get("/local/ping").await.status(), 200);
+    assert_eq!(down.get("/remote/a").await.status(), 404);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(fake.hits(), 0);
+    assert!(!cache.exists());
+    down.shutdown().await;
+}
+
+fn run_binary(args: Vec<String>) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(args)
+        .env_remove("MCGW_API_GATEWAY_PASSWORD")
+        .output()
+        .expect("run microgateway")
+}
+
+#[tokio::test]
+async fn download_settings_writes_a_file_that_check_accepts() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let out: PathBuf = dir.path().join("downloaded.yaml");
+    let args: Vec<String> = vec![
+        "download-settings".into(),
+        "--gateway".into(),
+        format!("http://{}", central.admin.expect("admin")),
+        "--user".into(),
+        USER.into(),
+        "--password".into(),
+        PASSWORD.into(),
+        "--apis".into(),
+        "Catalog,Secure".into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    let download = tokio::task::spawn_blocking(move || run_binary(args))
+        .await
+        .expect("join");
+    assert!(
+        download.status.success(),
+        "{}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    let text = std::fs::read_to_string(&out).expect("written");
+    assert!(text.contains("Catalog") && !text.contains("name: Orders"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).expect("out").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let check_args = vec!["check".into(), "-c".into(), out.display().to_string()];
+    let check = tokio::task::spawn_blocking(move || run_binary(check_args))
+        .await
+        .expect("join");
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    central.shutdown().await;
+}
