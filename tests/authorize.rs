@@ -383,7 +383,9 @@ impl<'g> Browser<'g> {
     async fn submit(&mut self, page: &Reply, action: &str, extra: &[(&str, &str)]) -> Reply {
         let form = page.form();
         assert!(
-            form.buttons.iter().any(|(n, v)| n == "action" && v == action),
+            form.buttons
+                .iter()
+                .any(|(n, v)| n == "action" && v == action),
             "no {action} button in:\n{}",
             page.body
         );
@@ -540,9 +542,7 @@ async fn full_approval_with_pkce_issues_a_code_that_buys_a_working_token() {
     let (verifier, challenge) = pkce();
     let authorize = code_query("bookyourticket", "view book", Some(&challenge));
 
-    let page = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let page = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(page.status, 200);
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
@@ -631,9 +631,7 @@ async fn wrong_password_stays_on_the_login_page_and_repeated_failures_lock() {
     let mut browser = Browser::new(&gw);
     let (_, challenge) = pkce();
     let authorize = code_query("bookyourticket", "view", Some(&challenge));
-    let mut page = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let mut page = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     for _ in 0..5 {
         page = browser
             .submit(
@@ -669,9 +667,7 @@ async fn public_client_without_pkce_gets_invalid_request_at_its_redirect_uri() {
         ("redirect_uri", SPA_CALLBACK),
         ("state", "s1"),
     ]);
-    let reply = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(reply.status, 303);
     let (base, params) = split_redirect(reply.location());
     assert_eq!(base, SPA_CALLBACK);
@@ -716,7 +712,10 @@ async fn a_wrong_verifier_is_invalid_grant() {
     let (_, challenge) = pkce();
     let (other_verifier, _) = pkce();
     let location = browser
-        .approve(&code_query("bookyourticket", "view", Some(&challenge)), None)
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
         .await;
     let (status, body) = exchange(&gw, &code_from(&location), Some(&other_verifier)).await;
     assert_eq!(status, 400);
@@ -735,9 +734,7 @@ async fn the_plain_method_is_refused() {
         ("code_challenge", &verifier),
         ("code_challenge_method", "plain"),
     ]);
-    let reply = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(reply.status, 303);
     let (base, params) = split_redirect(reply.location());
     assert_eq!(base, CALLBACK);
@@ -749,9 +746,7 @@ async fn the_plain_method_is_refused() {
         ("client_id", "bookyourticket"),
         ("code_challenge", &verifier),
     ]);
-    let reply = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(
         param(&split_redirect(reply.location()).1, "error"),
         Some("invalid_request")
@@ -764,7 +759,10 @@ async fn no_downgrade_a_challenged_code_needs_its_verifier() {
     let mut browser = Browser::new(&gw);
     let (_, challenge) = pkce();
     let location = browser
-        .approve(&code_query("bookyourticket", "view", Some(&challenge)), None)
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
         .await;
     let (status, body) = exchange(&gw, &code_from(&location), None).await;
     assert_eq!(status, 400);
@@ -809,9 +807,7 @@ async fn an_unregistered_redirect_uri_gets_a_page_never_a_redirect() {
             ("code_challenge", &challenge),
             ("code_challenge_method", "S256"),
         ]);
-        let reply = browser
-            .get(&format!("/oauth2/authorize?{authorize}"))
-            .await;
+        let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
         assert_eq!(reply.status, 400, "{redirect}");
         assert!(reply.header("location").is_none());
         assert!(reply
@@ -822,9 +818,7 @@ async fn an_unregistered_redirect_uri_gets_a_page_never_a_redirect() {
     }
     // Left out while the client registered several.
     let authorize = query(&[("response_type", "code"), ("client_id", "spa")]);
-    let reply = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(reply.status, 400);
     assert!(reply.header("location").is_none());
     // A good request still works.
@@ -846,9 +840,7 @@ async fn an_unknown_or_missing_client_gets_a_page() {
         ("client_id", "nobody"),
         ("redirect_uri", CALLBACK),
     ]);
-    let reply = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(reply.status, 400);
     assert!(reply.header("location").is_none());
     assert!(reply.body.contains("the client is unknown"));
@@ -874,9 +866,7 @@ async fn unsupported_response_types_go_back_to_the_client() {
             ("client_id", "bookyourticket"),
             ("state", "xyz-state"),
         ]);
-        let reply = browser
-            .get(&format!("/oauth2/authorize?{authorize}"))
-            .await;
+        let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
         assert_eq!(reply.status, 303);
         let (base, params) = split_redirect(reply.location());
         assert_eq!(base, CALLBACK);
@@ -922,7 +912,10 @@ async fn a_replayed_code_fails_and_revokes_what_it_issued() {
     let mut browser = Browser::new(&gw);
     let (verifier, challenge) = pkce();
     let location = browser
-        .approve(&code_query("bookyourticket", "view", Some(&challenge)), None)
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
         .await;
     let code = code_from(&location);
     let (status, first) = exchange(&gw, &code, Some(&verifier)).await;
@@ -955,7 +948,10 @@ async fn an_expired_code_is_invalid_grant() {
     let mut browser = Browser::new(&gw);
     let (verifier, challenge) = pkce();
     let location = browser
-        .approve(&code_query("bookyourticket", "view", Some(&challenge)), None)
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
         .await;
     // The store's clock is in whole seconds: past the lifetime for sure.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -972,9 +968,7 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
     let mut browser = Browser::new(&gw);
     let (_, challenge) = pkce();
     let authorize = code_query("bookyourticket", "view", Some(&challenge));
-    let page = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let page = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     let form = page.form();
     let without_csrf: Vec<(String, String)> = form
         .hidden
@@ -1034,9 +1028,7 @@ async fn implicit_is_refused_for_a_client_that_does_not_list_it() {
         ("client_id", "bookyourticket"),
         ("state", "xyz-state"),
     ]);
-    let reply = browser
-        .get(&format!("/oauth2/authorize?{authorize}"))
-        .await;
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(reply.status, 303);
     let location = reply.location();
     assert!(location.starts_with(&format!("{CALLBACK}#")), "{location}");
@@ -1057,7 +1049,10 @@ async fn implicit_puts_the_token_in_the_fragment_without_refresh_token() {
         ("state", "s2"),
     ]);
     let location = browser.approve(&authorize, None).await;
-    assert!(location.starts_with(&format!("{SPA_CALLBACK}#")), "{location}");
+    assert!(
+        location.starts_with(&format!("{SPA_CALLBACK}#")),
+        "{location}"
+    );
     let (_, params) = split_redirect(&location);
     assert_eq!(param(&params, "token_type"), Some("Bearer"));
     assert_eq!(param(&params, "scope"), Some("view"));
@@ -1100,7 +1095,11 @@ async fn a_customised_template_is_served() {
         ))
         .await;
     assert_eq!(reply.status, 200);
-    assert!(reply.body.contains("Hello from Time Travel Inc."), "{}", reply.body);
+    assert!(
+        reply.body.contains("Hello from Time Travel Inc."),
+        "{}",
+        reply.body
+    );
     assert!(reply
         .body
         .contains("BookYourTicket (bookyourticket) asks for [view: View your bookings]"));
@@ -1117,8 +1116,11 @@ async fn a_customised_template_is_served() {
 fn a_template_that_does_not_compile_is_a_configuration_error() {
     let dir = tempfile::tempdir().expect("dir");
     let page = dir.path().join("broken.html");
-    std::fs::write(&page, "<h1>ok</h1>\n<p>{% for s in scopes %}{{ s.name }}</p>\n")
-        .expect("write template");
+    std::fs::write(
+        &page,
+        "<h1>ok</h1>\n<p>{% for s in scopes %}{{ s.name }}</p>\n",
+    )
+    .expect("write template");
     let config = dir.path().join("microgateway.yaml");
     std::fs::write(
         &config,
@@ -1134,7 +1136,10 @@ fn a_template_that_does_not_compile_is_a_configuration_error() {
     };
     let expected = format!("{}:", page.display());
     assert!(invalid.contains(&expected), "{invalid}");
-    assert!(invalid.contains("approval page template does not compile"), "{invalid}");
+    assert!(
+        invalid.contains("approval page template does not compile"),
+        "{invalid}"
+    );
 }
 
 #[tokio::test]
@@ -1269,7 +1274,11 @@ async fn headless_chromium_renders_the_login_page() {
         .expect("join");
     let shot = shot.expect("chromium runs");
     assert!(shot.status.success(), "{shot:?}");
-    assert!(screenshot.exists(), "screenshot at {}", screenshot.display());
+    assert!(
+        screenshot.exists(),
+        "screenshot at {}",
+        screenshot.display()
+    );
     println!("screenshot: {}", screenshot.display());
     let dom = String::from_utf8_lossy(&dom.expect("chromium runs").stdout).into_owned();
     assert!(dom.contains("BookYourTicket"), "{dom}");

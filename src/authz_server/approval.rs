@@ -115,9 +115,10 @@ impl Approval {
             }
         };
         let csp = match redirect_origin {
-            Some(origin) => {
-                CSP.replace("form-action 'self'", &format!("form-action 'self' {origin}"))
-            }
+            Some(origin) => CSP.replace(
+                "form-action 'self'",
+                &format!("form-action 'self' {origin}"),
+            ),
             None => CSP.to_owned(),
         };
         let mut response = Response::new(Bytes::from(body));
@@ -219,7 +220,10 @@ mod tests {
         assert!(html.contains("Book&lt;Your&gt;Ticket"), "{html}");
         assert!(!html.contains("<script>x"), "{html}");
         assert!(html.contains("View your bookings"));
-        assert!(!html.contains("Cancel bookings"), "not requested: not shown");
+        assert!(
+            !html.contains("Cancel bookings"),
+            "not requested: not shown"
+        );
         assert!(html.contains("csrf-1"));
         assert_eq!(response.headers()["x-frame-options"], "DENY");
         assert_eq!(response.headers()["cache-control"], "no-store");

@@ -60,7 +60,9 @@ mod tests {
         assert!(!is_valid_verifier("short"));
         assert!(!is_valid_verifier(&"a".repeat(129)));
         assert!(!is_valid_verifier(&format!("{}+", "a".repeat(43))));
-        assert!(!is_valid_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c="));
+        assert!(!is_valid_challenge(
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c="
+        ));
         assert!(!is_valid_challenge(VERIFIER.get(..42).expect("slice")));
         // A plain challenge (the verifier itself) does not verify as S256.
         assert!(!verifies(VERIFIER, VERIFIER));

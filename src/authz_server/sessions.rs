@@ -151,7 +151,9 @@ mod tests {
     fn a_session_expires_and_login_replaces_it() {
         let sessions = Sessions::default();
         let anonymous = sessions.start(None, 100);
-        assert!(sessions.find(&anonymous.id, 100 + LIFETIME_SECS - 1).is_some());
+        assert!(sessions
+            .find(&anonymous.id, 100 + LIFETIME_SECS - 1)
+            .is_some());
         assert!(sessions.find(&anonymous.id, 100 + LIFETIME_SECS).is_none());
         let logged_in = sessions.renew(&anonymous, "alice".into(), 200);
         assert!(sessions.find(&anonymous.id, 200).is_none());

@@ -23,8 +23,8 @@ use super::error::OAuthError;
 use super::form::{Form, FormError};
 use super::grants::attempts::Subject;
 use super::grants::{issue_new, GrantContext};
-use super::settings::GrantType;
 use super::sessions::{self, Current, Sessions};
+use super::settings::GrantType;
 use super::store::CodeRecord;
 use super::tokens::{self, Issue};
 use request::{Refusal, ResponseType, Valid};
@@ -34,8 +34,7 @@ pub use request::encode_pairs;
 /// The checkbox name of a scope to grant (the one form field that repeats).
 const GRANT_SCOPE: &str = "grant_scope";
 
-const CSRF_FAILED: &str =
-    "This form has expired or was not sent from this page. Please try again.";
+const CSRF_FAILED: &str = "This form has expired or was not sent from this page. Please try again.";
 
 /// What the endpoint needs from the server, for one request.
 pub struct AuthorizeContext<'a> {
@@ -67,7 +66,13 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
         other => {
             tracing::info!(client_id = %valid.client.client_id, "approval form refused: CSRF token missing or wrong");
             let session = other.unwrap_or_else(|| cx.sessions.start(None, cx.grants.now));
-            return show(cx, &valid, &session, StatusCode::FORBIDDEN, Some(CSRF_FAILED));
+            return show(
+                cx,
+                &valid,
+                &session,
+                StatusCode::FORBIDDEN,
+                Some(CSRF_FAILED),
+            );
         }
     };
     match form.get("action") {
@@ -133,7 +138,13 @@ fn login(
     for subject in [&as_client, &as_user] {
         if let Err(retry_after) = cx.grants.attempts.check(subject, now) {
             let message = "Too many failed attempts. Wait a minute and try again.";
-            let mut page = show(cx, valid, session, StatusCode::TOO_MANY_REQUESTS, Some(message));
+            let mut page = show(
+                cx,
+                valid,
+                session,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(message),
+            );
             page.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             return page;
@@ -150,11 +161,8 @@ fn login(
     // A new session on login: an id known before it is worth nothing now.
     let renewed = cx.sessions.renew(session, username.to_owned(), now);
     let params = valid.params.iter().map(|(n, v)| (*n, v.as_str()));
-    let mut response = approval::redirect(&format!(
-        "{}?{}",
-        req.uri().path(),
-        encode_pairs(params)
-    ));
+    let mut response =
+        approval::redirect(&format!("{}?{}", req.uri().path(), encode_pairs(params)));
     set_cookie(cx, &mut response, &renewed);
     response
 }

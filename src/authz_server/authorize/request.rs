@@ -128,7 +128,7 @@ pub enum Refusal<'s> {
     /// never redirected.
     Page(OAuthError),
     /// Sent back to the client's redirect URI.
-    Redirect(Target<'s>, OAuthError),
+    Redirect(Box<Target<'s>>, OAuthError),
 }
 
 pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Refusal<'s>> {
@@ -151,7 +151,7 @@ pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Re
     let checked = check(settings, client, form, response_type);
     let (response_type, scopes, challenge) = match checked {
         Ok(checked) => checked,
-        Err(error) => return Err(Refusal::Redirect(target, error)),
+        Err(error) => return Err(Refusal::Redirect(Box::new(target), error)),
     };
     let params = PARAMS
         .iter()
