@@ -4,8 +4,9 @@
 //!
 //! Every form endpoint is POST-only (RFC 6749 §3.2), refuses plain HTTP
 //! when `require_https` is set, bounds its body to [`MAX_BODY`], and answers
-//! with `Cache-Control: no-store`. Store and Argon2 work run on the blocking
-//! pool, never on the reactor.
+//! with `Cache-Control: no-store`. The authorization endpoint (`authorize`)
+//! answers GET and POST with HTML pages and redirects. Store and Argon2
+//! work run on the blocking pool, never on the reactor.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +16,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use super::approval::Approval;
+use super::authorize::{self, AuthorizeContext};
 use super::client_auth::{self, Method as AuthMethod};
 use super::error::{json_response, OAuthError};
 use super::form::{Form, FormError};
@@ -22,6 +25,7 @@ use super::grants::{self, attempts::FailedAttempts, password::Users, GrantContex
 use super::introspect::{self, IntrospectContext};
 use super::keys::SigningKeys;
 use super::revoke::{self, RevokeContext};
+use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
 use super::store::{Removed, SqliteStore, TokenStore, TokenSummary};
 use super::AuthzError;
@@ -43,6 +47,7 @@ pub struct RequestContext {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
+    Authorize,
     Token,
     Introspect,
     Revoke,
@@ -55,6 +60,9 @@ enum Endpoint {
 
 fn route(path: &str) -> Option<Endpoint> {
     match path {
+        "/oauth2/authorize" | "/invoke/pub.apigateway.oauth2/authorize" => {
+            Some(Endpoint::Authorize)
+        }
         "/oauth2/token"
         | "/invoke/pub.apigateway.oauth2/getAccessToken"
         | "/invoke/pub.oauth/refreshAccessToken" => Some(Endpoint::Token),
@@ -86,6 +94,8 @@ struct Inner {
     keys: ArcSwap<SigningKeys>,
     users: Users,
     attempts: FailedAttempts,
+    sessions: Sessions,
+    approval: Approval,
     metadata: Bytes,
 }
 
@@ -111,6 +121,7 @@ impl AuthorizationServer {
         let store = SqliteStore::open(&settings.store_path)?;
         let keys = SigningKeys::open(&settings.signing_key_path, &store, unix_now())?;
         let users = Users::new(&settings.users)?;
+        let approval = Approval::new(settings.approval_template.as_deref())?;
         let metadata = Bytes::from(
             serde_json::to_vec(&metadata(&settings))
                 .expect("a serde_json::Value always serialises"),
@@ -122,6 +133,8 @@ impl AuthorizationServer {
                 keys: ArcSwap::from_pointee(keys),
                 users,
                 attempts: FailedAttempts::default(),
+                sessions: Sessions::default(),
+                approval,
                 metadata,
             }),
         })
@@ -240,6 +253,13 @@ impl Inner {
     ) -> Result<Response<Bytes>, OAuthError> {
         let endpoint = route(req.uri().path()).ok_or(OAuthError::NotFound)?;
         match endpoint {
+            Endpoint::Authorize => {
+                allow(req, &[Method::GET, Method::POST], "GET, POST")?;
+                if req.body().len() > MAX_BODY {
+                    return Err(OAuthError::BodyTooLarge { limit: MAX_BODY });
+                }
+                Ok(self.authorize(req, ctx, now))
+            }
             Endpoint::Jwks => {
                 allow(req, &[Method::GET, Method::HEAD], "GET, HEAD")?;
                 Ok(public_json(
@@ -307,6 +327,24 @@ impl Inner {
             }
             FormError::NotUtf8 => OAuthError::InvalidRequest("a parameter is not valid UTF-8"),
         })
+    }
+
+    fn authorize(&self, req: &Request<Bytes>, ctx: RequestContext, now: u64) -> Response<Bytes> {
+        let keys = self.keys.load();
+        let cx = AuthorizeContext {
+            grants: GrantContext {
+                settings: &self.settings,
+                store: self.store.as_ref(),
+                key: keys.current(),
+                users: &self.users,
+                attempts: &self.attempts,
+                now,
+            },
+            sessions: &self.sessions,
+            approval: &self.approval,
+            is_https: ctx.is_https,
+        };
+        authorize::handle(&cx, req)
     }
 
     fn token(
@@ -424,20 +462,26 @@ fn public_json(req: &Request<Bytes>, body: Bytes, content_type: &'static str) ->
     response
 }
 
-/// RFC 8414 §2 metadata. Only what is implemented is advertised: the
-/// browser grants (and so `authorization_endpoint`) are not yet.
+/// RFC 8414 §2 metadata: only what is implemented is advertised.
 fn metadata(settings: &Settings) -> serde_json::Value {
     let base = settings.issuer.trim_end_matches('/');
     let scopes: Vec<&str> = settings.scopes.iter().map(|s| s.name.as_str()).collect();
     json!({
         "issuer": settings.issuer,
+        "authorization_endpoint": format!("{base}/oauth2/authorize"),
         "token_endpoint": format!("{base}/oauth2/token"),
         "jwks_uri": format!("{base}/oauth2/jwks"),
         "introspection_endpoint": format!("{base}/oauth2/introspect"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
         "scopes_supported": scopes,
-        "response_types_supported": [],
-        "grant_types_supported": ["client_credentials", "password", "refresh_token"],
+        "response_types_supported": ["code", "token"],
+        "response_modes_supported": ["query", "fragment"],
+        "grant_types_supported": [
+            "authorization_code", "implicit", "client_credentials", "password", "refresh_token",
+        ],
+        "code_challenge_methods_supported": ["S256"],
+        // RFC 9207: every authorization response names its issuer.
+        "authorization_response_iss_parameter_supported": true,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
@@ -451,6 +495,8 @@ mod tests {
     #[test]
     fn routes_and_aliases() {
         for path in [
+            "/oauth2/authorize",
+            "/invoke/pub.apigateway.oauth2/authorize",
             "/oauth2/token",
             "/invoke/pub.apigateway.oauth2/getAccessToken",
             "/invoke/pub.oauth/refreshAccessToken",

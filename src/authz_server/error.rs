@@ -1,7 +1,10 @@
 //! Everything the authorization server refuses, and the one exhaustive
-//! match that turns it into a status, headers and an RFC 6749 §5.2 JSON
-//! body. Descriptions are fixed strings: nothing a client sent (least of
-//! all a token or secret) is echoed back.
+//! match that turns it into a status, an RFC 6749 error code and a
+//! description: as headers and a §5.2 JSON body at the token, introspection
+//! and revocation endpoints; as the parameters of an error redirect
+//! (§4.1.2.1, §4.2.2.1) or the status and message of an error page at the
+//! authorization endpoint. Descriptions are fixed strings: nothing a client
+//! sent (least of all a token or secret) is echoed back.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -24,6 +27,12 @@ pub enum OAuthError {
     UnsupportedGrantType,
     #[error("invalid_scope: {0}")]
     InvalidScope(&'static str),
+    /// The resource owner denied the request (RFC 6749 §4.1.2.1).
+    #[error("access_denied")]
+    AccessDenied,
+    /// `response_type` is neither `code` nor `token` (§4.1.2.1).
+    #[error("unsupported_response_type")]
+    UnsupportedResponseType,
     /// Too many failed password attempts for the user or the client.
     #[error("too many failed attempts; retry after {retry_after}s")]
     TooManyAttempts { retry_after: u64 },
@@ -47,8 +56,10 @@ pub enum OAuthError {
 }
 
 impl OAuthError {
-    pub fn into_response(self) -> Response<Bytes> {
-        let (status, code, description) = match &self {
+    /// Status, RFC 6749 error code and description: the one place that
+    /// decides what a client is told.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
             OAuthError::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", *d),
             OAuthError::InvalidClient { .. } => (
                 StatusCode::UNAUTHORIZED,
@@ -65,6 +76,16 @@ impl OAuthError {
                 "grant_type is not supported",
             ),
             OAuthError::InvalidScope(d) => (StatusCode::BAD_REQUEST, "invalid_scope", *d),
+            OAuthError::AccessDenied => (
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "the resource owner denied the request",
+            ),
+            OAuthError::UnsupportedResponseType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_response_type",
+                "response_type must be code or token",
+            ),
             // RFC 6585 §4; the error code stays one of RFC 6749 §5.2 so
             // clients that only read the body still see a refused grant.
             OAuthError::TooManyAttempts { .. } => (
@@ -101,7 +122,11 @@ impl OAuthError {
                     "the authorization server failed; try again",
                 )
             }
-        };
+        }
+    }
+
+    pub fn into_response(self) -> Response<Bytes> {
+        let (status, code, description) = self.parts();
         let body = serde_json::json!({ "error": code, "error_description": description });
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
@@ -126,6 +151,8 @@ impl OAuthError {
             | OAuthError::UnauthorizedClient(_)
             | OAuthError::UnsupportedGrantType
             | OAuthError::InvalidScope(_)
+            | OAuthError::AccessDenied
+            | OAuthError::UnsupportedResponseType
             | OAuthError::BodyTooLarge { .. }
             | OAuthError::NotFound
             | OAuthError::AdminDisabled

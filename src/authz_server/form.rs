@@ -1,10 +1,11 @@
-//! `application/x-www-form-urlencoded` request bodies (RFC 6749 Appendix B)
-//! as the token, introspection and revocation endpoints receive them.
+//! `application/x-www-form-urlencoded` request bodies and queries (RFC 6749
+//! Appendix B) as the endpoints receive them.
 //!
 //! RFC 6749 §3.1: a parameter sent without a value is treated as omitted,
 //! and a parameter must not be sent more than once — a duplicate refuses
 //! the whole request, so two parts of the server can never read two
-//! different values of one name.
+//! different values of one name. Only a name the caller declares
+//! repeatable (the approval page's scope checkboxes) may come several times.
 
 use percent_encoding::percent_decode;
 
@@ -23,6 +24,12 @@ pub struct Form {
 
 impl Form {
     pub fn parse(body: &[u8]) -> Result<Form, FormError> {
+        Form::parse_repeating(body, &[])
+    }
+
+    /// Like [`parse`](Self::parse), but the names in `repeatable` may come
+    /// more than once (read them with [`all`](Self::all)).
+    pub fn parse_repeating(body: &[u8], repeatable: &[&str]) -> Result<Form, FormError> {
         let mut params: Vec<(String, String)> = Vec::new();
         for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
             let (name, value) = match pair.iter().position(|b| *b == b'=') {
@@ -31,7 +38,8 @@ impl Form {
             };
             let name = decode(name)?;
             let value = decode(value)?;
-            if params.iter().any(|(seen, _)| *seen == name) {
+            let repeats = repeatable.contains(&name.as_str());
+            if !repeats && params.iter().any(|(seen, _)| *seen == name) {
                 return Err(FormError::Duplicate);
             }
             // Kept even when empty, so a later duplicate still counts.
@@ -45,6 +53,14 @@ impl Form {
         self.params
             .iter()
             .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every non-empty value of `name`, in the order sent.
+    pub fn all<'f>(&'f self, name: &'f str) -> impl Iterator<Item = &'f str> + 'f {
+        self.params
+            .iter()
+            .filter(move |(n, v)| n == name && !v.is_empty())
             .map(|(_, v)| v.as_str())
     }
 }
@@ -77,6 +93,17 @@ mod tests {
         assert_eq!(Form::parse(b"scope=a&scope=b"), Err(FormError::Duplicate));
         assert_eq!(Form::parse(b"scope=&scope=b"), Err(FormError::Duplicate));
         assert_eq!(Form::parse(b"s%63ope=a&scope=b"), Err(FormError::Duplicate));
+    }
+
+    #[test]
+    fn only_declared_names_repeat() {
+        let form = Form::parse_repeating(b"grant=view&grant=book&action=approve", &["grant"])
+            .expect("form");
+        assert_eq!(form.all("grant").collect::<Vec<_>>(), ["view", "book"]);
+        assert_eq!(
+            Form::parse_repeating(b"grant=a&action=x&action=y", &["grant"]),
+            Err(FormError::Duplicate)
+        );
     }
 
     #[test]

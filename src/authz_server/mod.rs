@@ -2,13 +2,18 @@
 //! and revokes tokens for the clients and users of its settings.
 //!
 //! `endpoints` is the HTTP face (framework-free: collected request in,
-//! response out); `grants/` decides what the token endpoint issues, one
-//! file per grant; `tokens` mints; `keys` signs and publishes the JWKS;
+//! response out); `authorize` is the authorization endpoint, whose pages
+//! `approval` renders and whose browser sessions `sessions` keeps;
+//! `grants/` decides what the token endpoint issues, one file per grant;
+//! `pkce` checks code verifiers; `tokens` mints; `keys` signs and
+//! publishes the JWKS;
 //! `store` remembers tokens by `jti` or hash, never by value;
 //! `introspect` (RFC 7662) and `revoke` (RFC 7009) answer about them;
 //! `client_auth` and `form` read requests; `error` decides every refusal's
 //! status and body. Nothing here logs a token, password or secret.
 
+pub mod approval;
+mod authorize;
 mod client_auth;
 mod endpoints;
 pub mod error;
@@ -16,7 +21,9 @@ mod form;
 pub mod grants;
 mod introspect;
 pub mod keys;
+mod pkce;
 mod revoke;
+mod sessions;
 pub mod settings;
 pub mod store;
 pub mod tokens;
@@ -34,6 +41,8 @@ pub enum AuthzError {
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
     Password(#[from] grants::password::PasswordError),
+    #[error("approval page template: {0}")]
+    ApprovalTemplate(#[from] minijinja::Error),
     #[error(
         "client {client_id}: token_lifetime -1 is not allowed with JWT tokens (a JWT must expire)"
     )]

@@ -1,13 +1,16 @@
 //! Compiling `authorization_server:` with the rules of DESIGN: unique client
 //! ids, no public client with client credentials, redirect URIs where the
 //! browser flows need them (https, or http only on loopback), no
-//! never-expiring JWTs.
+//! never-expiring JWTs, an approval page template that compiles.
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::authz::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
 use super::compile::Ctx;
+use super::diagnostic::{Diagnostic, Origin, Severity};
 use super::raw::{self, Scalar, S};
 
 pub fn compile(
@@ -76,7 +79,7 @@ pub fn compile(
         Some((path, at)) => {
             ctx.files.push(path.clone());
             match std::fs::read_to_string(path) {
-                Ok(text) => Some(text),
+                Ok(text) => approval_template(ctx, path, text),
                 Err(e) => {
                     ctx.report.error(
                         *at,
@@ -155,6 +158,32 @@ pub fn compile(
         clients,
         audience: ctx.text(&raw.audience),
     })
+}
+
+/// The approval page must compile as a minijinja template; a syntax error
+/// is reported at its line in the template file.
+fn approval_template(ctx: &mut Ctx, path: &Path, text: String) -> Option<String> {
+    let mut env = minijinja::Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+    let name = path.display().to_string();
+    let error = match env.template_from_named_str(&name, &text) {
+        Ok(_) => return Some(text),
+        Err(error) => error,
+    };
+    let problem = error.detail().unwrap_or("syntax error").to_owned();
+    ctx.report.push(Diagnostic {
+        severity: Severity::Error,
+        origin: Origin::File {
+            path: Arc::from(path),
+            line: error.line().unwrap_or(1) as u64,
+            column: 1,
+        },
+        message: format!("approval page template does not compile: {problem}"),
+        allowed: Some(
+            "a minijinja (Jinja2) template; see config/templates/approval.html".to_owned(),
+        ),
+    });
+    None
 }
 
 fn lifetime(

@@ -9,6 +9,7 @@
 //! `refresh_token` grant.
 
 pub mod attempts;
+mod authorization_code;
 mod client_credentials;
 pub mod password;
 mod refresh_token;
@@ -59,6 +60,7 @@ pub fn token(
         .ok_or(OAuthError::InvalidRequest("grant_type is required"))?;
     let caller = client_auth::authenticate(cx.settings, headers, form)?;
     let grant = match grant_type {
+        "authorization_code" => GrantType::AuthorizationCode,
         "client_credentials" => GrantType::ClientCredentials,
         "password" => GrantType::Password,
         "refresh_token" => GrantType::RefreshToken,
@@ -73,9 +75,9 @@ pub fn token(
         GrantType::ClientCredentials => client_credentials::grant(cx, caller.client, form)?,
         GrantType::Password => password::grant(cx, caller.client, form)?,
         GrantType::RefreshToken => refresh_token::grant(cx, caller.client, form)?,
-        GrantType::AuthorizationCode | GrantType::Implicit => {
-            return Err(OAuthError::UnsupportedGrantType)
-        }
+        GrantType::AuthorizationCode => authorization_code::grant(cx, caller.client, form)?,
+        // Issued at the authorization endpoint; no token request has it.
+        GrantType::Implicit => return Err(OAuthError::UnsupportedGrantType),
     };
     Ok((grant, response))
 }
@@ -116,11 +118,24 @@ pub fn issue_new(
     mut issue: Issue<'_>,
     refreshable: bool,
 ) -> Result<TokenResponse, OAuthError> {
-    let family = refreshable.then(tokens::random_id);
-    issue.family = family.clone();
+    issue.family = refreshable.then(tokens::random_id);
+    issue_in_family(cx, issue, refreshable)
+}
+
+/// Mints and records an access token of `issue.family` and, when
+/// `refreshable` (and the issue has a family), the family's first refresh
+/// token.
+pub fn issue_in_family(
+    cx: &GrantContext<'_>,
+    issue: Issue<'_>,
+    refreshable: bool,
+) -> Result<TokenResponse, OAuthError> {
     let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
-    let refresh =
-        family.map(|family| tokens::mint_refresh(&issue, &family, &access.record.scope, 0, cx.now));
+    let refresh = issue
+        .family
+        .as_deref()
+        .filter(|_| refreshable)
+        .map(|family| tokens::mint_refresh(&issue, family, &access.record.scope, 0, cx.now));
     cx.store
         .insert_grant(&access.record, refresh.as_ref().map(|(_, record)| record))?;
     Ok(response(access, refresh.map(|(token, _)| token), cx.now))

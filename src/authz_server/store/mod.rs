@@ -82,7 +82,11 @@ pub struct RefreshTokenRecord {
 pub struct CodeRecord {
     pub hash: String,
     pub client_id: String,
+    /// The redirect URI the code was sent to (given, or the client's only one).
     pub redirect_uri: String,
+    /// Whether the authorization request named `redirect_uri` (RFC 6749
+    /// §4.1.3: then the token request must repeat it).
+    pub redirect_uri_given: bool,
     /// RFC 7636 `code_challenge` and its method, when PKCE was used.
     pub code_challenge: Option<String>,
     pub code_challenge_method: Option<String>,

@@ -7,7 +7,8 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::StoreError;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE access_tokens (
     id          TEXT PRIMARY KEY,
     format      TEXT NOT NULL,
@@ -52,7 +53,13 @@ CREATE TABLE signing_keys (
     jwk         TEXT NOT NULL,
     first_seen  INTEGER NOT NULL
 );
-"#];
+"#,
+    // RFC 6749 §4.1.3: the token request must repeat `redirect_uri` only
+    // when the authorization request carried it.
+    r#"
+ALTER TABLE authorization_codes ADD COLUMN redirect_uri_given INTEGER NOT NULL DEFAULT 1;
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;

@@ -345,8 +345,8 @@ impl TokenStore for SqliteStore {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO authorization_codes (hash, client_id, redirect_uri, code_challenge, \
-             code_challenge_method, scope, username, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             code_challenge_method, scope, username, expires_at, redirect_uri_given) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 code.hash,
                 code.client_id,
@@ -356,6 +356,7 @@ impl TokenStore for SqliteStore {
                 code.scope,
                 code.username,
                 to_sql(code.expires_at),
+                code.redirect_uri_given,
             ],
         )?;
         Ok(())
@@ -367,7 +368,8 @@ impl TokenStore for SqliteStore {
         let found = tx
             .query_row(
                 "SELECT client_id, redirect_uri, code_challenge, code_challenge_method, scope, \
-                 username, expires_at, used, family FROM authorization_codes WHERE hash = ?1",
+                 username, expires_at, used, family, redirect_uri_given \
+                 FROM authorization_codes WHERE hash = ?1",
                 [hash],
                 |row| {
                     Ok((
@@ -375,6 +377,7 @@ impl TokenStore for SqliteStore {
                             hash: hash.to_owned(),
                             client_id: row.get(0)?,
                             redirect_uri: row.get(1)?,
+                            redirect_uri_given: row.get(9)?,
                             code_challenge: row.get(2)?,
                             code_challenge_method: row.get(3)?,
                             scope: row.get(4)?,
@@ -569,6 +572,7 @@ mod tests {
             hash: "h".into(),
             client_id: "app".into(),
             redirect_uri: "http://localhost/cb".into(),
+            redirect_uri_given: false,
             code_challenge: None,
             code_challenge_method: None,
             scope: "view".into(),

@@ -1,0 +1,340 @@
+//! The authorization endpoint (RFC 6749 §3.1, §4.1, §4.2): the approval
+//! page a resource owner logs in on and grants a client some scopes.
+//!
+//! GET shows the page: the login form, or the consent form once the
+//! browser's session has a user. The forms POST back here with the
+//! request's OAuth parameters as hidden fields, the session's CSRF token
+//! and `action` = `login`, `approve` or `deny`; every POST is validated
+//! again from scratch (the request is never kept server-side), and a
+//! successful one answers 303. Approval issues a code (bound to client,
+//! redirect URI, PKCE challenge, user and granted scopes) or, for the
+//! implicit grant, an access token in the fragment — never a refresh
+//! token (§4.2.2). The resource owner may grant fewer scopes than asked.
+//! Logins share the password grant's per-user and per-client limits.
+//! Nothing here logs a password, code or token.
+
+mod request;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+
+use super::approval::{self, Approval, Page, Param, ScopeView, Step};
+use super::error::OAuthError;
+use super::form::{Form, FormError};
+use super::grants::attempts::Subject;
+use super::grants::{issue_new, GrantContext};
+use super::sessions::{self, Current, Sessions};
+use super::settings::GrantType;
+use super::store::CodeRecord;
+use super::tokens::{self, Issue};
+use request::{Refusal, ResponseType, Valid};
+
+pub use request::encode_pairs;
+
+/// The checkbox name of a scope to grant (the one form field that repeats).
+const GRANT_SCOPE: &str = "grant_scope";
+
+const CSRF_FAILED: &str = "This form has expired or was not sent from this page. Please try again.";
+
+/// What the endpoint needs from the server, for one request.
+pub struct AuthorizeContext<'a> {
+    pub grants: GrantContext<'a>,
+    pub sessions: &'a Sessions,
+    pub approval: &'a Approval,
+    /// TLS, or `https` from a trusted proxy: the cookie is then `Secure`.
+    pub is_https: bool,
+}
+
+pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes> {
+    let form = match read(cx, req) {
+        Ok(form) => form,
+        Err(error) => return error_page(cx, &error),
+    };
+    let valid = match request::validate(cx.grants.settings, &form) {
+        Ok(valid) => valid,
+        Err(Refusal::Page(error)) => return error_page(cx, &error),
+        Err(Refusal::Redirect(target, error)) => return redirect_error(&target, &error),
+    };
+    let cookie = sessions::cookie_value(req.headers());
+    if req.method() == Method::GET {
+        let session = cx.sessions.find_or_start(cookie, cx.grants.now);
+        return show(cx, &valid, &session, StatusCode::OK, None);
+    }
+    let session = cookie.and_then(|id| cx.sessions.find(id, cx.grants.now));
+    let session = match session {
+        Some(session) if session.csrf_matches(form.get("csrf_token")) => session,
+        other => {
+            tracing::info!(client_id = %valid.client.client_id, "approval form refused: CSRF token missing or wrong");
+            let session = other.unwrap_or_else(|| cx.sessions.start(None, cx.grants.now));
+            return show(
+                cx,
+                &valid,
+                &session,
+                StatusCode::FORBIDDEN,
+                Some(CSRF_FAILED),
+            );
+        }
+    };
+    match form.get("action") {
+        Some("login") => login(cx, req, &valid, &form, &session),
+        Some("approve") => approve(cx, &valid, &form, &session),
+        Some("deny") => {
+            tracing::info!(client_id = %valid.client.client_id, "authorization denied by the resource owner");
+            redirect_error(&valid.target, &OAuthError::AccessDenied)
+        }
+        _ => error_page(
+            cx,
+            &OAuthError::InvalidRequest("action must be login, approve or deny"),
+        ),
+    }
+}
+
+/// The request's parameters: the query of a GET, the form body of a POST.
+fn read(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Result<Form, OAuthError> {
+    // RFC 6749 §3.1: the endpoint requires TLS; the operator decides
+    // whether "requires" is enforced here.
+    if cx.grants.settings.require_https && !cx.is_https {
+        return Err(OAuthError::InvalidRequest("HTTPS is required"));
+    }
+    let bytes: &[u8] = if req.method() == Method::GET {
+        req.uri().query().unwrap_or("").as_bytes()
+    } else {
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(OAuthError::InvalidRequest(
+                "Content-Type must be application/x-www-form-urlencoded",
+            ));
+        }
+        req.body()
+    };
+    Form::parse_repeating(bytes, &[GRANT_SCOPE]).map_err(|error| match error {
+        FormError::Duplicate => OAuthError::InvalidRequest("a parameter is sent more than once"),
+        FormError::NotUtf8 => OAuthError::InvalidRequest("a parameter is not valid UTF-8"),
+    })
+}
+
+fn login(
+    cx: &AuthorizeContext<'_>,
+    req: &Request<Bytes>,
+    valid: &Valid<'_>,
+    form: &Form,
+    session: &Current,
+) -> Response<Bytes> {
+    let now = cx.grants.now;
+    let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
+        let message = "Enter your username and password.";
+        return show(cx, valid, session, StatusCode::BAD_REQUEST, Some(message));
+    };
+    let as_client = Subject::Client(valid.client.client_id.clone());
+    let as_user = Subject::User(username.to_owned());
+    for subject in [&as_client, &as_user] {
+        if let Err(retry_after) = cx.grants.attempts.check(subject, now) {
+            let message = "Too many failed attempts. Wait a minute and try again.";
+            let mut page = show(
+                cx,
+                valid,
+                session,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(message),
+            );
+            page.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return page;
+        }
+    }
+    if !cx.grants.users.verify(username, password) {
+        cx.grants.attempts.record_failure(&as_client, now);
+        cx.grants.attempts.record_failure(&as_user, now);
+        tracing::info!(client_id = %valid.client.client_id, "approval login refused: wrong credentials");
+        let message = "Wrong username or password.";
+        return show(cx, valid, session, StatusCode::OK, Some(message));
+    }
+    cx.grants.attempts.clear(&as_user);
+    // A new session on login: an id known before it is worth nothing now.
+    let renewed = cx.sessions.renew(session, username.to_owned(), now);
+    let params = valid.params.iter().map(|(n, v)| (*n, v.as_str()));
+    let mut response =
+        approval::redirect(&format!("{}?{}", req.uri().path(), encode_pairs(params)));
+    set_cookie(cx, &mut response, &renewed);
+    response
+}
+
+fn approve(
+    cx: &AuthorizeContext<'_>,
+    valid: &Valid<'_>,
+    form: &Form,
+    session: &Current,
+) -> Response<Bytes> {
+    let Some(user) = session
+        .session
+        .user
+        .as_deref()
+        .filter(|user| cx.grants.users.exists(user))
+    else {
+        let message = "Please sign in first.";
+        return show(cx, valid, session, StatusCode::OK, Some(message));
+    };
+    // Only what was asked for can be granted, in the order asked.
+    let ticked: Vec<&str> = form.all(GRANT_SCOPE).collect();
+    let granted: Vec<String> = valid
+        .scopes
+        .iter()
+        .filter(|scope| ticked.contains(&scope.as_str()))
+        .cloned()
+        .collect();
+    if granted.is_empty() && !valid.scopes.is_empty() {
+        let message = "Tick at least one permission, or deny the request.";
+        return show(cx, valid, session, StatusCode::BAD_REQUEST, Some(message));
+    }
+    let issued = match valid.response_type {
+        ResponseType::Code => issue_code(cx, valid, user, &granted),
+        ResponseType::Token => issue_token(cx, valid, user, &granted),
+    };
+    match issued {
+        Ok(location) => {
+            tracing::info!(
+                client_id = %valid.client.client_id,
+                username = user,
+                scope = %granted.join(" "),
+                "authorization approved"
+            );
+            approval::redirect(&location)
+        }
+        Err(error) => redirect_error(&valid.target, &error),
+    }
+}
+
+/// RFC 6749 §4.1.2: a code of 256 random bits, stored by its hash only.
+fn issue_code(
+    cx: &AuthorizeContext<'_>,
+    valid: &Valid<'_>,
+    user: &str,
+    granted: &[String],
+) -> Result<String, OAuthError> {
+    let code = tokens::random_token();
+    let lifetime = cx.grants.settings.authorization_code_lifetime.as_secs();
+    cx.grants.store.put_code(&CodeRecord {
+        hash: tokens::hash_token(&code),
+        client_id: valid.client.client_id.clone(),
+        redirect_uri: valid.target.redirect_uri.to_owned(),
+        redirect_uri_given: valid.target.given,
+        code_challenge: valid.challenge.clone(),
+        code_challenge_method: valid.challenge.as_ref().map(|_| "S256".to_owned()),
+        scope: granted.join(" "),
+        username: user.to_owned(),
+        expires_at: cx.grants.now.saturating_add(lifetime),
+    })?;
+    Ok(valid.target.location(&[("code", &code)]))
+}
+
+/// RFC 6749 §4.2.2: the access token in the fragment, no refresh token.
+fn issue_token(
+    cx: &AuthorizeContext<'_>,
+    valid: &Valid<'_>,
+    user: &str,
+    granted: &[String],
+) -> Result<String, OAuthError> {
+    let issue = Issue {
+        client: valid.client,
+        username: Some(user),
+        scopes: granted,
+        grant_type: GrantType::Implicit,
+        family: None,
+    };
+    let response = issue_new(&cx.grants, issue, false)?;
+    crate::metrics::get()
+        .tokens_issued
+        .with_label_values(&[GrantType::Implicit.as_str()])
+        .inc();
+    let expires_in = response.expires_in.map(|secs| secs.to_string());
+    let mut pairs = vec![
+        ("access_token", response.access_token.as_str()),
+        ("token_type", response.token_type),
+    ];
+    if let Some(expires_in) = &expires_in {
+        pairs.push(("expires_in", expires_in));
+    }
+    pairs.push(("scope", &response.scope));
+    Ok(valid.target.location(&pairs))
+}
+
+/// The login or consent form for `valid`, on `session`.
+fn show(
+    cx: &AuthorizeContext<'_>,
+    valid: &Valid<'_>,
+    session: &Current,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response<Bytes> {
+    let settings = cx.grants.settings;
+    let user = session
+        .session
+        .user
+        .as_deref()
+        .filter(|user| cx.grants.users.exists(user));
+    let scopes = valid
+        .client
+        .scopes
+        .iter()
+        .map(|name| ScopeView {
+            name,
+            description: settings
+                .scopes
+                .iter()
+                .find(|s| s.name == *name)
+                .map_or("", |s| s.description.as_str()),
+            requested: valid.scopes.contains(name),
+        })
+        .collect();
+    let page = Page {
+        action: if user.is_some() {
+            Step::Consent
+        } else {
+            Step::Login
+        },
+        client_name: &valid.client.name,
+        client_id: &valid.client.client_id,
+        scopes,
+        user,
+        csrf_token: &session.session.csrf_token,
+        error,
+        params: valid
+            .params
+            .iter()
+            .map(|(name, value)| Param { name, value })
+            .collect(),
+    };
+    let origin = valid.target.origin();
+    let mut response = cx.approval.respond(status, &page, origin.as_deref());
+    if session.is_new {
+        set_cookie(cx, &mut response, session);
+    }
+    response
+}
+
+/// A page for a request that cannot be answered to a client.
+fn error_page(cx: &AuthorizeContext<'_>, error: &OAuthError) -> Response<Bytes> {
+    let (status, _, description) = error.parts();
+    cx.approval.respond(status, &Page::error(description), None)
+}
+
+/// RFC 6749 §4.1.2.1, §4.2.2.1: the error goes back to the client.
+fn redirect_error(target: &request::Target<'_>, error: &OAuthError) -> Response<Bytes> {
+    let (_, code, description) = error.parts();
+    approval::redirect(&target.location(&[("error", code), ("error_description", description)]))
+}
+
+fn set_cookie(cx: &AuthorizeContext<'_>, response: &mut Response<Bytes>, session: &Current) {
+    let cookie = sessions::set_cookie(&session.id, cx.is_https);
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}

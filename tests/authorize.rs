@@ -1,0 +1,1286 @@
+//! The authorization endpoint over real loopback HTTP, driven through its
+//! HTML the way a browser would: GET the page, read its form, POST the
+//! login and the approval with the CSRF token and session cookie, follow
+//! the 303 to the client's redirect URI, exchange the code, call the API.
+//! Also: PKCE rules, redirect URI and client checks, code replay and
+//! expiry, CSRF, the implicit grant, customised and broken templates, a
+//! standard OAuth2 client library, and (when installed) headless Chromium.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::Gateway;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const CALLBACK: &str = "http://localhost:8000/callback";
+const SPA_CALLBACK: &str = "http://127.0.0.1:8001/cb";
+const SECRET: &str = "bookyourticket-secret";
+
+fn cheap_hash(password: &str) -> String {
+    let params = Params::new(8, 1, 1, None).expect("params");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes())
+        .expect("hash")
+        .to_string()
+}
+
+/// What differs between the tests' gateways.
+#[derive(Default)]
+struct Options<'a> {
+    code_lifetime: Option<&'a str>,
+    approval_page: Option<&'a Path>,
+}
+
+fn yaml(options: &Options<'_>) -> String {
+    let hash = cheap_hash("wonderland");
+    let lifetime = options.code_lifetime.unwrap_or("600s");
+    let page = options
+        .approval_page
+        .map(|p| format!("approval_page: \"{}\"", p.display()))
+        .unwrap_or_default();
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+authorization_server:
+  issuer: "http://localhost:4485"
+  token_format: jwt
+  signing_key: data/signing-key.pem
+  store: sqlite:data/oauth.db
+  authorization_code_lifetime: {lifetime}
+  {page}
+  scopes:
+  - {{ name: view, description: "View your bookings" }}
+  - {{ name: book, description: "Book tickets" }}
+  - {{ name: cancel, description: "Cancel bookings" }}
+  users:
+  - {{ username: alice, password_hash: "{hash}" }}
+  clients:
+  - name: BookYourTicket
+    client_id: bookyourticket
+    client_secret: "{SECRET}"
+    redirect_uris: ["{CALLBACK}"]
+    grant_types: [authorization_code, refresh_token]
+    scopes: [view, book, cancel]
+    refresh_limit: 1
+  - name: Time Travel SPA
+    client_id: spa
+    redirect_uris: ["{SPA_CALLBACK}", "http://127.0.0.1:8001/other"]
+    grant_types: [authorization_code, implicit]
+    scopes: [view, book]
+  - name: Introspector
+    client_id: introspector
+    client_secret: intro-secret
+    grant_types: []
+security_settings:
+  auth_servers:
+  - id: local
+    name: local
+    type: authServerAlias
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+scope_mappings:
+- {{ auth_server: local, scope: view, api_scopes: ["Time travels:ViewTickets"] }}
+- {{ auth_server: local, scope: book, api_scopes: ["Time travels:BookTickets"] }}
+apis:
+- name: "Time travels"
+  version: "1.0"
+  base_path: /travels
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: local }}
+  scopes:
+  - {{ name: ViewTickets, resources: ["GET /bookings"] }}
+  - {{ name: BookTickets, resources: ["POST /bookings"] }}
+"#
+    )
+}
+
+async fn gateway() -> Gateway {
+    Gateway::start(&yaml(&Options::default())).await
+}
+
+fn encode(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A PKCE verifier and its S256 challenge (RFC 7636 §4.1–4.2).
+fn pkce() -> (String, String) {
+    let verifier = URL_SAFE_NO_PAD.encode(rand_bytes());
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+fn rand_bytes() -> [u8; 32] {
+    // Unique enough for tests: hash of the time and a counter.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{:?}{}",
+        std::time::SystemTime::now(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    Sha256::digest(seed.as_bytes()).into()
+}
+
+/// The query (or fragment) parameters of a URL.
+fn params_of(part: &str) -> Vec<(String, String)> {
+    part.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8()
+                    .expect("utf-8")
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A redirect to the client: its URI without parameters, and them.
+fn split_redirect(location: &str) -> (String, Vec<(String, String)>) {
+    if let Some((base, fragment)) = location.split_once('#') {
+        return (base.to_owned(), params_of(fragment));
+    }
+    match location.split_once('?') {
+        Some((base, query)) => (base.to_owned(), params_of(query)),
+        None => (location.to_owned(), Vec::new()),
+    }
+}
+
+// ---- a tiny HTML form scanner ---------------------------------------------
+
+/// The fields of the page's form as a browser would post them.
+#[derive(Debug, Default)]
+struct HtmlForm {
+    action: String,
+    hidden: Vec<(String, String)>,
+    /// Checkboxes: name, value, checked.
+    checkboxes: Vec<(String, String, bool)>,
+    /// Submit buttons: name, value.
+    buttons: Vec<(String, String)>,
+    text_inputs: Vec<String>,
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let Some(end) = tail.find(';') else {
+            out.push_str(tail);
+            return out;
+        };
+        let entity = &tail[1..end];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .or_else(|| entity.strip_prefix("#X"))
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The attributes of one tag (`<input a="b" c>`), values unescaped.
+fn attributes(tag: &str) -> Vec<(String, Option<String>)> {
+    let mut attrs = Vec::new();
+    let mut rest = tag.trim_start_matches(|c: char| c != ' ' && c != '>');
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() || rest.starts_with('>') || rest.starts_with("/>") {
+            return attrs;
+        }
+        let name_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace() || c == '>')
+            .unwrap_or(rest.len());
+        let name = rest[..name_end].to_ascii_lowercase();
+        rest = &rest[name_end..];
+        if let Some(after) = rest.strip_prefix('=') {
+            let (value, tail) = match after.chars().next() {
+                Some(q @ ('"' | '\'')) => {
+                    let body = &after[1..];
+                    let end = body.find(q).expect("closing quote");
+                    (&body[..end], &body[end + 1..])
+                }
+                _ => {
+                    let end = after
+                        .find(|c: char| c.is_whitespace() || c == '>')
+                        .unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                }
+            };
+            attrs.push((name, Some(unescape(value))));
+            rest = tail;
+        } else {
+            attrs.push((name, None));
+        }
+    }
+}
+
+fn tags<'h>(html: &'h str, name: &str) -> Vec<&'h str> {
+    let open = format!("<{name}");
+    let mut found = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find(&open) {
+        let tail = &rest[at..];
+        let end = tail.find('>').expect("tag end");
+        found.push(&tail[..=end]);
+        rest = &tail[end + 1..];
+    }
+    found
+}
+
+fn scan(html: &str) -> HtmlForm {
+    let get = |attrs: &[(String, Option<String>)], key: &str| {
+        attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone().unwrap_or_default())
+    };
+    let mut form = HtmlForm::default();
+    if let Some(tag) = tags(html, "form").first() {
+        form.action = get(&attributes(tag), "action").unwrap_or_default();
+    }
+    for tag in tags(html, "input") {
+        let attrs = attributes(tag);
+        let name = get(&attrs, "name").unwrap_or_default();
+        let value = get(&attrs, "value").unwrap_or_default();
+        match get(&attrs, "type").as_deref() {
+            Some("hidden") => form.hidden.push((name, value)),
+            Some("checkbox") => {
+                let checked = get(&attrs, "checked").is_some();
+                form.checkboxes.push((name, value, checked));
+            }
+            _ => form.text_inputs.push(name),
+        }
+    }
+    for tag in tags(html, "button") {
+        let attrs = attributes(tag);
+        if let (Some(name), Some(value)) = (get(&attrs, "name"), get(&attrs, "value")) {
+            form.buttons.push((name, value));
+        }
+    }
+    form
+}
+
+// ---- a browser: one cookie jar, no redirects followed ----------------------
+
+struct Browser<'g> {
+    gw: &'g Gateway,
+    cookie: Option<String>,
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn location(&self) -> &str {
+        self.header("location").expect("a Location header")
+    }
+
+    fn form(&self) -> HtmlForm {
+        scan(&self.body)
+    }
+}
+
+impl<'g> Browser<'g> {
+    fn new(gw: &'g Gateway) -> Browser<'g> {
+        Browser { gw, cookie: None }
+    }
+
+    async fn get(&mut self, path_and_query: &str) -> Reply {
+        let mut request = self.gw.client.get(self.gw.url(path_and_query));
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", format!("mcgw_session={cookie}"));
+        }
+        self.read(request.send().await.expect("GET")).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(String, String)]) -> Reply {
+        let body = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut request = self
+            .gw
+            .client
+            .post(self.gw.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", format!("mcgw_session={cookie}"));
+        }
+        self.read(request.send().await.expect("POST")).await
+    }
+
+    async fn read(&mut self, response: reqwest::Response) -> Reply {
+        for value in response.headers().get_all("set-cookie") {
+            let value = value.to_str().expect("cookie");
+            if let Some(rest) = value.strip_prefix("mcgw_session=") {
+                self.cookie = rest.split(';').next().map(str::to_owned);
+            }
+        }
+        Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.text().await.expect("body"),
+        }
+    }
+
+    /// Posts the page's form with `action` and the extra fields.
+    async fn submit(&mut self, page: &Reply, action: &str, extra: &[(&str, &str)]) -> Reply {
+        let form = page.form();
+        assert!(
+            form.buttons
+                .iter()
+                .any(|(n, v)| n == "action" && v == action),
+            "no {action} button in:\n{}",
+            page.body
+        );
+        let mut fields = form.hidden.clone();
+        fields.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        fields.push(("action".into(), action.into()));
+        let path = if form.action.is_empty() {
+            "/oauth2/authorize".to_owned()
+        } else {
+            form.action.clone()
+        };
+        self.post(&path, &fields).await
+    }
+
+    /// GET the authorization URL, log in as alice (unless the session
+    /// already has her): the consent page.
+    async fn login(&mut self, authorize_query: &str) -> Reply {
+        let page = self
+            .get(&format!("/oauth2/authorize?{authorize_query}"))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        if !page.form().text_inputs.contains(&"username".to_owned()) {
+            // Logged in earlier in this session: straight to consent.
+            return page;
+        }
+        let logged_in = self
+            .submit(
+                &page,
+                "login",
+                &[("username", "alice"), ("password", "wonderland")],
+            )
+            .await;
+        assert_eq!(logged_in.status, 303, "{}", logged_in.body);
+        let next = logged_in.location().to_owned();
+        assert!(next.starts_with("/oauth2/authorize?"), "{next}");
+        let consent = self.get(&next).await;
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        consent
+    }
+
+    /// Logs in and approves `grant` (the ticked scopes; `None` = leave the
+    /// boxes as they are): the redirect to the client.
+    async fn approve(&mut self, authorize_query: &str, grant: Option<&[&str]>) -> String {
+        let consent = self.login(authorize_query).await;
+        let form = consent.form();
+        let ticked: Vec<(&str, &str)> = match grant {
+            Some(scopes) => scopes.iter().map(|s| ("grant_scope", *s)).collect(),
+            None => form
+                .checkboxes
+                .iter()
+                .filter(|(_, _, checked)| *checked)
+                .map(|(n, v, _)| (n.as_str(), v.as_str()))
+                .collect(),
+        };
+        let approved = self.submit(&consent, "approve", &ticked).await;
+        assert_eq!(approved.status, 303, "{}", approved.body);
+        approved.location().to_owned()
+    }
+}
+
+fn code_query(client_id: &str, scope: &str, challenge: Option<&str>) -> String {
+    let mut pairs = vec![
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("scope", scope),
+        ("state", "xyz-state"),
+    ];
+    if let Some(challenge) = challenge {
+        pairs.push(("code_challenge", challenge));
+        pairs.push(("code_challenge_method", "S256"));
+    }
+    query(&pairs)
+}
+
+/// The code from a successful redirect to `CALLBACK`.
+fn code_from(location: &str) -> String {
+    let (base, params) = split_redirect(location);
+    assert_eq!(base, CALLBACK, "{location}");
+    assert_eq!(param(&params, "state"), Some("xyz-state"));
+    assert_eq!(param(&params, "iss"), Some("http://localhost:4485"));
+    assert!(param(&params, "error").is_none(), "{location}");
+    param(&params, "code").expect("code").to_owned()
+}
+
+async fn token_request(
+    gw: &Gateway,
+    basic: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = gw
+        .client
+        .post(gw.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(query(form));
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await.expect("token request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+async fn exchange(gw: &Gateway, code: &str, verifier: Option<&str>) -> (u16, Value) {
+    let mut form = vec![("grant_type", "authorization_code"), ("code", code)];
+    if let Some(verifier) = verifier {
+        form.push(("code_verifier", verifier));
+    }
+    token_request(gw, Some(("bookyourticket", SECRET)), &form).await
+}
+
+async fn introspect(gw: &Gateway, token: &str) -> Value {
+    let (status, body) = token_request_at(gw, "/oauth2/introspect", token).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn token_request_at(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
+    let response = gw
+        .client
+        .post(gw.url(path))
+        .basic_auth("introspector", Some("intro-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(query(&[("token", token)]))
+        .send()
+        .await
+        .expect("introspect");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+async fn call(gw: &Gateway, method: reqwest::Method, token: &str) -> u16 {
+    gw.client
+        .request(method, gw.url("/travels/bookings"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("API call")
+        .status()
+        .as_u16()
+}
+
+fn str_of<'v>(value: &'v Value, key: &str) -> &'v str {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} in {value}"))
+}
+
+// ---- the story ------------------------------------------------------------
+
+#[tokio::test]
+async fn full_approval_with_pkce_issues_a_code_that_buys_a_working_token() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view book", Some(&challenge));
+
+    let page = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some(
+            "default-src 'none'; style-src 'self' 'unsafe-inline'; \
+             form-action 'self' http://localhost:8000; frame-ancestors 'none'"
+        )
+    );
+    let cookie = page.header("set-cookie").expect("session cookie");
+    assert!(cookie.starts_with("mcgw_session="), "{cookie}");
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    assert!(page.body.contains("BookYourTicket"));
+
+    let location = browser.approve(&authorize, None).await;
+    let code = code_from(&location);
+    assert!(code.len() >= 22, "at least 128 bits");
+
+    let (status, token) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["scope"], "view book");
+    assert_eq!(token["token_type"], "Bearer");
+    assert!(token["refresh_token"].is_string());
+    let access = str_of(&token, "access_token");
+    assert_eq!(call(&gw, reqwest::Method::GET, access).await, 200);
+    assert_eq!(call(&gw, reqwest::Method::POST, access).await, 200);
+
+    let claims = introspect(&gw, access).await;
+    assert_eq!(claims["active"], true);
+    assert_eq!(claims["username"], "alice");
+    assert_eq!(claims["client_id"], "bookyourticket");
+}
+
+#[tokio::test]
+async fn partial_approval_grants_only_the_ticked_scopes() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view book", Some(&challenge));
+    let consent = browser.login(&authorize).await;
+    let offered: Vec<(String, String, bool)> = consent.form().checkboxes;
+    let offered: Vec<&str> = offered.iter().map(|(_, v, _)| v.as_str()).collect();
+    assert_eq!(offered, ["view", "book"], "only the requested scopes");
+    assert!(consent.body.contains("View your bookings"));
+    assert!(consent.body.contains("Book tickets"));
+    assert!(!consent.body.contains("Cancel bookings"));
+    let approved = browser
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_eq!(approved.status, 303);
+    let code = code_from(approved.location());
+
+    let (status, token) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["scope"], "view");
+    let access = str_of(&token, "access_token");
+    assert_eq!(call(&gw, reqwest::Method::GET, access).await, 200);
+    assert_eq!(call(&gw, reqwest::Method::POST, access).await, 403);
+}
+
+#[tokio::test]
+async fn denial_redirects_with_access_denied_and_the_state() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let consent = browser
+        .login(&code_query("bookyourticket", "view", Some(&challenge)))
+        .await;
+    let denied = browser.submit(&consent, "deny", &[]).await;
+    assert_eq!(denied.status, 303);
+    let (base, params) = split_redirect(denied.location());
+    assert_eq!(base, CALLBACK);
+    assert_eq!(param(&params, "error"), Some("access_denied"));
+    assert_eq!(param(&params, "state"), Some("xyz-state"));
+    assert!(param(&params, "code").is_none());
+}
+
+#[tokio::test]
+async fn wrong_password_stays_on_the_login_page_and_repeated_failures_lock() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut page = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    for _ in 0..5 {
+        page = browser
+            .submit(
+                &page,
+                "login",
+                &[("username", "alice"), ("password", "wrong")],
+            )
+            .await;
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains("Wrong username or password."));
+        assert!(page.header("location").is_none());
+    }
+    let locked = browser
+        .submit(
+            &page,
+            "login",
+            &[("username", "alice"), ("password", "wonderland")],
+        )
+        .await;
+    assert_eq!(locked.status, 429);
+    assert!(locked.header("retry-after").is_some());
+}
+
+// ---- PKCE -----------------------------------------------------------------
+
+#[tokio::test]
+async fn public_client_without_pkce_gets_invalid_request_at_its_redirect_uri() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "spa"),
+        ("redirect_uri", SPA_CALLBACK),
+        ("state", "s1"),
+    ]);
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(reply.status, 303);
+    let (base, params) = split_redirect(reply.location());
+    assert_eq!(base, SPA_CALLBACK);
+    assert_eq!(param(&params, "error"), Some("invalid_request"));
+    assert_eq!(param(&params, "state"), Some("s1"));
+}
+
+#[tokio::test]
+async fn public_client_with_pkce_exchanges_without_a_secret() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "spa"),
+        ("redirect_uri", SPA_CALLBACK),
+        ("scope", "view"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let location = browser.approve(&authorize, None).await;
+    let (base, params) = split_redirect(&location);
+    assert_eq!(base, SPA_CALLBACK);
+    let code = param(&params, "code").expect("code");
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", "spa"),
+        ("code", code),
+        ("redirect_uri", SPA_CALLBACK),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (status, token) = token_request(&gw, None, &form).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["scope"], "view");
+    assert!(token.get("refresh_token").is_none());
+}
+
+#[tokio::test]
+async fn a_wrong_verifier_is_invalid_grant() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let (other_verifier, _) = pkce();
+    let location = browser
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
+        .await;
+    let (status, body) = exchange(&gw, &code_from(&location), Some(&other_verifier)).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn the_plain_method_is_refused() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, _) = pkce();
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "bookyourticket"),
+        ("state", "xyz-state"),
+        ("code_challenge", &verifier),
+        ("code_challenge_method", "plain"),
+    ]);
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(reply.status, 303);
+    let (base, params) = split_redirect(reply.location());
+    assert_eq!(base, CALLBACK);
+    assert_eq!(param(&params, "error"), Some("invalid_request"));
+    assert_eq!(param(&params, "state"), Some("xyz-state"));
+    // No method at all means plain too (RFC 7636 §4.3).
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "bookyourticket"),
+        ("code_challenge", &verifier),
+    ]);
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(
+        param(&split_redirect(reply.location()).1, "error"),
+        Some("invalid_request")
+    );
+}
+
+#[tokio::test]
+async fn no_downgrade_a_challenged_code_needs_its_verifier() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let location = browser
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
+        .await;
+    let (status, body) = exchange(&gw, &code_from(&location), None).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_verifier_for_a_code_without_challenge_is_refused() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, _) = pkce();
+    // A confidential client may go without PKCE when require_pkce is off.
+    let location = browser
+        .approve(&code_query("bookyourticket", "view", None), None)
+        .await;
+    let (status, body) = exchange(&gw, &code_from(&location), Some(&verifier)).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_grant");
+    let location = browser
+        .approve(&code_query("bookyourticket", "view", None), None)
+        .await;
+    let (status, body) = exchange(&gw, &code_from(&location), None).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+// ---- client and redirect URI ----------------------------------------------
+
+#[tokio::test]
+async fn an_unregistered_redirect_uri_gets_a_page_never_a_redirect() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    for redirect in [
+        "https://evil.example/callback",
+        "http://localhost:8000/callback/",
+        "http://localhost:8000/callback?x=1",
+    ] {
+        let authorize = query(&[
+            ("response_type", "code"),
+            ("client_id", "bookyourticket"),
+            ("redirect_uri", redirect),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ]);
+        let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+        assert_eq!(reply.status, 400, "{redirect}");
+        assert!(reply.header("location").is_none());
+        assert!(reply
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/html")));
+        assert!(reply.body.contains("redirect_uri is not registered"));
+        assert!(!reply.body.contains("<form"));
+    }
+    // Left out while the client registered several.
+    let authorize = query(&[("response_type", "code"), ("client_id", "spa")]);
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.header("location").is_none());
+    // A good request still works.
+    let good = browser
+        .get(&format!(
+            "/oauth2/authorize?{}",
+            code_query("bookyourticket", "view", Some(&challenge))
+        ))
+        .await;
+    assert_eq!(good.status, 200);
+}
+
+#[tokio::test]
+async fn an_unknown_or_missing_client_gets_a_page() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "nobody"),
+        ("redirect_uri", CALLBACK),
+    ]);
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.header("location").is_none());
+    assert!(reply.body.contains("the client is unknown"));
+    let reply = browser.get("/oauth2/authorize?response_type=code").await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.header("location").is_none());
+    // The same with the webMethods alias.
+    let reply = browser
+        .get(&format!(
+            "/invoke/pub.apigateway.oauth2/authorize?{authorize}"
+        ))
+        .await;
+    assert_eq!(reply.status, 400);
+}
+
+#[tokio::test]
+async fn unsupported_response_types_go_back_to_the_client() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    for response_type in ["id_token", "code token"] {
+        let authorize = query(&[
+            ("response_type", response_type),
+            ("client_id", "bookyourticket"),
+            ("state", "xyz-state"),
+        ]);
+        let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+        assert_eq!(reply.status, 303);
+        let (base, params) = split_redirect(reply.location());
+        assert_eq!(base, CALLBACK);
+        assert_eq!(param(&params, "error"), Some("unsupported_response_type"));
+        assert_eq!(param(&params, "state"), Some("xyz-state"));
+    }
+}
+
+#[tokio::test]
+async fn redirect_uri_given_at_authorize_is_required_at_the_token_endpoint() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "bookyourticket"),
+        ("redirect_uri", CALLBACK),
+        ("state", "xyz-state"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let code = code_from(&browser.approve(&authorize, None).await);
+    let (status, body) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_request");
+
+    let code = code_from(&browser.approve(&authorize, None).await);
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let (status, body) = token_request(&gw, Some(("bookyourticket", SECRET)), &form).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+// ---- codes ----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_replayed_code_fails_and_revokes_what_it_issued() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let location = browser
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
+        .await;
+    let code = code_from(&location);
+    let (status, first) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 200, "{first}");
+    let access = str_of(&first, "access_token");
+    assert_eq!(introspect(&gw, access).await["active"], true);
+
+    let (status, second) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 400);
+    assert_eq!(second["error"], "invalid_grant");
+    assert_eq!(introspect(&gw, access).await["active"], false);
+    let refresh = str_of(&first, "refresh_token");
+    let (status, body) = token_request(
+        &gw,
+        Some(("bookyourticket", SECRET)),
+        &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn an_expired_code_is_invalid_grant() {
+    let gw = Gateway::start(&yaml(&Options {
+        code_lifetime: Some("1s"),
+        ..Options::default()
+    }))
+    .await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let location = browser
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
+        .await;
+    // The store's clock is in whole seconds: past the lifetime for sure.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = exchange(&gw, &code_from(&location), Some(&verifier)).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+// ---- CSRF -----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_post_without_the_right_csrf_token_is_refused() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let page = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    let form = page.form();
+    let without_csrf: Vec<(String, String)> = form
+        .hidden
+        .iter()
+        .filter(|(name, _)| name != "csrf_token")
+        .cloned()
+        .collect();
+    let login = |mut fields: Vec<(String, String)>| {
+        fields.push(("username".into(), "alice".into()));
+        fields.push(("password".into(), "wonderland".into()));
+        fields.push(("action".into(), "login".into()));
+        fields
+    };
+    let missing = browser
+        .post("/oauth2/authorize", &login(without_csrf.clone()))
+        .await;
+    assert_eq!(missing.status, 403);
+    assert!(missing.header("location").is_none());
+
+    let mut wrong = without_csrf.clone();
+    wrong.push(("csrf_token".into(), "forged".into()));
+    let forged = browser.post("/oauth2/authorize", &login(wrong)).await;
+    assert_eq!(forged.status, 403);
+    assert!(forged.header("location").is_none());
+
+    // The right token without the session cookie is refused too.
+    let mut cookieless = Browser::new(&gw);
+    let stolen = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    let replayed = cookieless
+        .post("/oauth2/authorize", &login(stolen.form().hidden))
+        .await;
+    assert_eq!(replayed.status, 403);
+
+    // Approving without the token, after a real login, issues nothing.
+    let consent = browser.login(&authorize).await;
+    let mut fields: Vec<(String, String)> = consent
+        .form()
+        .hidden
+        .into_iter()
+        .filter(|(name, _)| name != "csrf_token")
+        .collect();
+    fields.push(("grant_scope".into(), "view".into()));
+    fields.push(("action".into(), "approve".into()));
+    let refused = browser.post("/oauth2/authorize", &fields).await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.header("location").is_none());
+}
+
+// ---- implicit -------------------------------------------------------------
+
+#[tokio::test]
+async fn implicit_is_refused_for_a_client_that_does_not_list_it() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let authorize = query(&[
+        ("response_type", "token"),
+        ("client_id", "bookyourticket"),
+        ("state", "xyz-state"),
+    ]);
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(reply.status, 303);
+    let location = reply.location();
+    assert!(location.starts_with(&format!("{CALLBACK}#")), "{location}");
+    let (_, params) = split_redirect(location);
+    assert_eq!(param(&params, "error"), Some("unauthorized_client"));
+    assert_eq!(param(&params, "state"), Some("xyz-state"));
+}
+
+#[tokio::test]
+async fn implicit_puts_the_token_in_the_fragment_without_refresh_token() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let authorize = query(&[
+        ("response_type", "token"),
+        ("client_id", "spa"),
+        ("redirect_uri", SPA_CALLBACK),
+        ("scope", "view"),
+        ("state", "s2"),
+    ]);
+    let location = browser.approve(&authorize, None).await;
+    assert!(
+        location.starts_with(&format!("{SPA_CALLBACK}#")),
+        "{location}"
+    );
+    let (_, params) = split_redirect(&location);
+    assert_eq!(param(&params, "token_type"), Some("Bearer"));
+    assert_eq!(param(&params, "scope"), Some("view"));
+    assert_eq!(param(&params, "state"), Some("s2"));
+    assert!(param(&params, "refresh_token").is_none());
+    let access = param(&params, "access_token").expect("access token");
+    assert_eq!(call(&gw, reqwest::Method::GET, access).await, 200);
+    assert_eq!(call(&gw, reqwest::Method::POST, access).await, 403);
+}
+
+// ---- templates and metadata -------------------------------------------------
+
+#[tokio::test]
+async fn a_customised_template_is_served() {
+    let dir = tempfile::tempdir().expect("dir");
+    let page = dir.path().join("approval.html");
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html><title>Time Travel Inc.</title><h1>Hello from Time Travel Inc.</h1>\
+         <p>{{ client_name }} ({{ client_id }}) asks for \
+         {% for s in scopes if s.requested %}[{{ s.name }}: {{ s.description }}]{% endfor %}</p>\
+         <form method=\"post\" action=\"/oauth2/authorize\">\
+         {% for p in params %}<input type=\"hidden\" name=\"{{ p.name }}\" value=\"{{ p.value }}\">{% endfor %}\
+         <input type=\"hidden\" name=\"csrf_token\" value=\"{{ csrf_token }}\">\
+         <p>step={{ action }}</p>\
+         <button type=\"submit\" name=\"action\" value=\"deny\">No</button></form>",
+    )
+    .expect("write template");
+    let gw = Gateway::start(&yaml(&Options {
+        approval_page: Some(&page),
+        ..Options::default()
+    }))
+    .await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let reply = browser
+        .get(&format!(
+            "/oauth2/authorize?{}",
+            code_query("bookyourticket", "view", Some(&challenge))
+        ))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body.contains("Hello from Time Travel Inc."),
+        "{}",
+        reply.body
+    );
+    assert!(reply
+        .body
+        .contains("BookYourTicket (bookyourticket) asks for [view: View your bookings]"));
+    assert!(reply.body.contains("step=login"));
+    let denied = browser.submit(&reply, "deny", &[]).await;
+    assert_eq!(denied.status, 303);
+    assert_eq!(
+        param(&split_redirect(denied.location()).1, "error"),
+        Some("access_denied")
+    );
+}
+
+#[test]
+fn a_template_that_does_not_compile_is_a_configuration_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let page = dir.path().join("broken.html");
+    std::fs::write(
+        &page,
+        "<h1>ok</h1>\n<p>{% for s in scopes %}{{ s.name }}</p>\n",
+    )
+    .expect("write template");
+    let config = dir.path().join("microgateway.yaml");
+    std::fs::write(
+        &config,
+        yaml(&Options {
+            approval_page: Some(&page),
+            ..Options::default()
+        }),
+    )
+    .expect("write config");
+    let invalid = match microgateway::config::load(&config, &common::Env::new(), 1) {
+        Ok(_) => panic!("a broken template was accepted"),
+        Err(invalid) => invalid.to_string(),
+    };
+    let expected = format!("{}:", page.display());
+    assert!(invalid.contains(&expected), "{invalid}");
+    assert!(
+        invalid.contains("approval page template does not compile"),
+        "{invalid}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_advertises_the_authorization_endpoint_and_pkce() {
+    let gw = gateway().await;
+    let metadata: Value = gw
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        metadata["authorization_endpoint"],
+        "http://localhost:4485/oauth2/authorize"
+    );
+    assert_eq!(
+        metadata["response_types_supported"],
+        serde_json::json!(["code", "token"])
+    );
+    assert_eq!(
+        metadata["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    let grants = metadata["grant_types_supported"]
+        .as_array()
+        .expect("grant types");
+    assert!(grants.contains(&"authorization_code".into()));
+    assert!(grants.contains(&"implicit".into()));
+}
+
+// ---- a standard client ------------------------------------------------------
+
+#[tokio::test]
+async fn the_oauth2_crate_completes_code_with_pkce() {
+    use oauth2::basic::BasicClient;
+    use oauth2::{
+        AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge,
+        RedirectUrl, Scope, TokenResponse, TokenUrl,
+    };
+
+    let gw = gateway().await;
+    let client = BasicClient::new(ClientId::new("bookyourticket".into()))
+        .set_client_secret(ClientSecret::new(SECRET.into()))
+        .set_auth_uri(AuthUrl::new(gw.url("/oauth2/authorize")).expect("auth url"))
+        .set_token_uri(TokenUrl::new(gw.url("/oauth2/token")).expect("token url"))
+        .set_redirect_uri(RedirectUrl::new(CALLBACK.into()).expect("redirect url"));
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, csrf) = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scope(Scope::new("view".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+
+    let mut browser = Browser::new(&gw);
+    let location = browser
+        .approve(url.query().expect("query"), Some(&["view"]))
+        .await;
+    let (base, params) = split_redirect(&location);
+    assert_eq!(base, CALLBACK);
+    assert_eq!(param(&params, "state"), Some(csrf.secret().as_str()));
+    let code = param(&params, "code").expect("code").to_owned();
+
+    // Our reqwest (0.13) behind the crate's async HTTP client trait.
+    let http = gw.client.clone();
+    let send = move |request: oauth2::HttpRequest| {
+        let http = http.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let response = http
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await?;
+            let mut out = http::Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                out = out.header(name, value);
+            }
+            let body = response.bytes().await?.to_vec();
+            Ok::<_, reqwest::Error>(out.body(body).expect("response"))
+        }
+    };
+    let token = client
+        .exchange_code(AuthorizationCode::new(code))
+        .set_pkce_verifier(verifier)
+        .request_async(&send)
+        .await
+        .expect("token response");
+    let scopes: Vec<String> = token
+        .scopes()
+        .map(|s| s.iter().map(|s| s.to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(scopes, ["view"]);
+    let access = token.access_token().secret();
+    assert_eq!(call(&gw, reqwest::Method::GET, access).await, 200);
+    assert_eq!(call(&gw, reqwest::Method::POST, access).await, 403);
+}
+
+// ---- a real browser ---------------------------------------------------------
+
+#[tokio::test]
+async fn headless_chromium_renders_the_login_page() {
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        println!("skipped: /usr/bin/chromium is not installed");
+        return;
+    }
+    let gw = gateway().await;
+    let (_, challenge) = pkce();
+    let url = gw.url(&format!(
+        "/oauth2/authorize?{}",
+        code_query("bookyourticket", "view book", Some(&challenge))
+    ));
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("approval-login.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let common_args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--window-size=800,900",
+    ];
+    let run = |extra: Vec<String>| {
+        let mut command = std::process::Command::new(chromium);
+        command.args(common_args).args(extra).arg(&url);
+        command
+    };
+    let mut shot = run(vec![format!("--screenshot={}", screenshot.display())]);
+    let mut dom = run(vec!["--dump-dom".into()]);
+    let (shot, dom) = tokio::task::spawn_blocking(move || (shot.output(), dom.output()))
+        .await
+        .expect("join");
+    let shot = shot.expect("chromium runs");
+    assert!(shot.status.success(), "{shot:?}");
+    assert!(
+        screenshot.exists(),
+        "screenshot at {}",
+        screenshot.display()
+    );
+    println!("screenshot: {}", screenshot.display());
+    let dom = String::from_utf8_lossy(&dom.expect("chromium runs").stdout).into_owned();
+    assert!(dom.contains("BookYourTicket"), "{dom}");
+    assert!(dom.contains("type=\"password\""), "{dom}");
+}
