@@ -50,6 +50,10 @@ apis:
   - name: CancelTickets
     resources: ["DELETE /bookings/{{id}}"]
   resources: ["GET /status"]
+  policies:
+    request_transformation:
+      set_headers:
+        X-Tenant: "${{request.authorization.claims.tenant}}"
 - name: "Literal {api}"
   version: "1.0"
   base_path: /literal
@@ -494,6 +498,10 @@ async fn auth_decisions_are_counted_per_api_and_result() {
         .await;
     w.send(Method::GET, "/travels/bookings", Some("a.b.c"))
         .await;
+    // A valid token refused for a property it cannot pass on counts once.
+    let newline = w.idp.token_with(json!({"scope": "view", "tenant": "a\nb"}));
+    w.send(Method::GET, "/travels/bookings", Some(&newline))
+        .await;
     let text = w.gw.metrics().await;
     let count = |result: &str| {
         metric(
@@ -505,7 +513,7 @@ async fn auth_decisions_are_counted_per_api_and_result() {
     assert_eq!(count("insufficient_scope"), 1);
     assert_eq!(count("missing_token"), 1);
     assert_eq!(count("invalid_request"), 1);
-    assert_eq!(count("invalid_token"), 1);
+    assert_eq!(count("invalid_token"), 2);
     w.gw.shutdown().await;
 }
 
