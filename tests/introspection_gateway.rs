@@ -326,3 +326,28 @@ async fn client_secret_post_arrives_in_the_form() {
     assert_eq!(call.form["client_secret"], CLIENT_SECRET);
     w.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_active_refresh_token_is_no_access_token() {
+    let w = world(&DEFAULTS).await;
+    // What an authorization server answers the client a refresh token was
+    // issued to, when that client is also the one the gateway introspects as.
+    w.introspector.answer(
+        "refresh-token",
+        Answer::active(json!({"token_type": "refresh_token", "scope": "view",
+                              "client_id": "app", "exp": unix_now() + 600})),
+    );
+    let resp = w.get("refresh-token").await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()[WWW_AUTHENTICATE],
+        r#"Bearer realm="Time travels", error="invalid_token""#
+    );
+    assert_eq!(w.upstream.hits(), 0);
+    w.introspector.answer(
+        "access-token",
+        Answer::active(json!({"token_type": "Bearer", "scope": "view"})),
+    );
+    assert_eq!(w.get("access-token").await.status(), 200);
+    w.gw.shutdown().await;
+}
