@@ -43,12 +43,18 @@ fn cheap_hash(password: &str) -> String {
 struct Options {
     token_format: &'static str,
     admin: bool,
+    /// Both issuers written with a trailing `/`.
+    trailing_slash: bool,
 }
 
 /// `local` introspects at `/oauth2/introspect`, `local-wm` at the webMethods
 /// path; `/travels` is enforced with `local`, `/wm-travels` with `local-wm`.
 fn yaml(port: u16, upstream: &Upstream, options: Options) -> String {
-    let issuer = format!("http://127.0.0.1:{port}");
+    let base = format!("http://127.0.0.1:{port}");
+    let issuer = match options.trailing_slash {
+        true => format!("{base}/"),
+        false => base.clone(),
+    };
     let admin = if options.admin {
         format!(
             r#"{{ port: 0, bind: 127.0.0.1, user: {}, password: "{}" }}"#,
@@ -65,7 +71,7 @@ fn yaml(port: u16, upstream: &Upstream, options: Options) -> String {
     localIntrospectionConfig:
       issuer: "{issuer}"
     remoteIntrospectionConfig:
-      introspectionEndpoint: "{issuer}{path}"
+      introspectionEndpoint: "{base}{path}"
       clientId: gateway
       clientSecret: gateway-secret
       cache_ttl: 1s
@@ -249,10 +255,12 @@ impl World {
 const JWT: Options = Options {
     token_format: "jwt",
     admin: true,
+    trailing_slash: false,
 };
 const OPAQUE: Options = Options {
     token_format: "opaque",
     admin: true,
+    trailing_slash: false,
 };
 
 #[tokio::test]
@@ -290,6 +298,21 @@ async fn jwt_from_the_local_server_is_validated_in_process() {
         w.status(Method::GET, "/travels/bookings", &forged.join("."))
             .await,
         401
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_issuer_written_with_a_trailing_slash_still_validates_in_process() {
+    let w = world(Options {
+        trailing_slash: true,
+        ..JWT
+    })
+    .await;
+    let token = w.client_credentials("/oauth2/token", &["view"]).await;
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &token).await,
+        200
     );
     w.gw.shutdown().await;
 }
