@@ -333,6 +333,12 @@ async fn password_grant_and_refresh_through_a_standard_client() {
     let token = first.access_token().secret();
     assert_eq!(w.status(Method::GET, "/travels/bookings", token).await, 200);
     let mut refresh = first.refresh_token().expect("a refresh token").clone();
+    // A refresh token is no bearer token for the API.
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", refresh.secret())
+            .await,
+        401
+    );
     for token_path in ["/oauth2/token", "/invoke/pub.oauth/refreshAccessToken"] {
         let refreshed = w
             .oauth_client(token_path)
