@@ -178,7 +178,7 @@ impl Idp {
         let now = unix_now();
         json!({"iss": self.issuer(), "sub": "alice", "client_id": "app", "aud": AUDIENCE,
                "scope": scopes.join(" "), "iat": now, "exp": now + 600,
-               "jti": format!("jti-{}", rand_suffix())})
+               "jti": format!("jti-{}", next_serial())})
     }
 
     /// A valid `at+jwt` with `scopes`.
@@ -194,7 +194,7 @@ impl Idp {
     }
 }
 
-fn rand_suffix() -> u64 {
+fn next_serial() -> u64 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed) as u64
 }
