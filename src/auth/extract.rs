@@ -58,10 +58,13 @@ fn is_b64token(token: &str) -> bool {
         })
 }
 
+/// Names are compared percent-decoded: the upstream's framework decodes
+/// `access%5Ftoken` to `access_token`.
 fn has_access_token(query: &str) -> bool {
-    query
-        .split('&')
-        .any(|pair| pair.split('=').next() == Some("access_token"))
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        percent_encoding::percent_decode_str(name).eq(*b"access_token")
+    })
 }
 
 #[cfg(test)]
@@ -96,10 +99,16 @@ mod tests {
             bearer(&headers(&["Bearer a", "Bearer b"]), None),
             Extracted::InvalidRequest(_)
         ));
-        assert!(matches!(
-            bearer(&headers(&[]), Some("x=1&access_token=t")),
-            Extracted::InvalidRequest(_)
-        ));
+        for query in ["x=1&access_token=t", "access%5Ftoken=t", "%61ccess_token"] {
+            assert!(matches!(
+                bearer(&headers(&[]), Some(query)),
+                Extracted::InvalidRequest(_)
+            ));
+        }
+        assert_eq!(
+            bearer(&headers(&[]), Some("my_access_token=t")),
+            Extracted::Missing
+        );
         assert_eq!(
             bearer(&headers(&["Bearer a\"b"]), None),
             Extracted::Invalid(TokenProblem::Malformed)

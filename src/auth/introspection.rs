@@ -7,7 +7,8 @@
 //!
 //! Invariants:
 //! - only a JSON object whose `active` is the boolean `true` accepts a token
-//!   (RFC 7662 §2.2); `active: false` is `Invalid(Inactive)`;
+//!   (RFC 7662 §2.2); `active: false`, or an active refresh token, is
+//!   `Invalid(Inactive)`;
 //! - anything else — timeout, refused connection, non-2xx, oversized or
 //!   malformed body, `"active": "true"` — is `Unavailable` (503 upstream of
 //!   here), never an accept, and is not cached;
@@ -264,6 +265,12 @@ impl Introspector {
             Some(Value::Bool(false)) => return Ok(Introspected::Inactive),
             _ => return Err(CallProblem::ActiveNotBoolean),
         }
+        // A server answers "active" about a refresh token to the client it
+        // was issued to; presented as a bearer token it grants nothing.
+        let token_type = claims.get("token_type").and_then(Value::as_str);
+        if token_type.is_some_and(|t| t.eq_ignore_ascii_case("refresh_token")) {
+            return Ok(Introspected::Inactive);
+        }
         // `exp` is what bounds the cache entry: a value we cannot read
         // would make the token look eternal.
         if claims.get("exp").is_some_and(|exp| exp.as_u64().is_none()) {
@@ -347,6 +354,10 @@ mod tests {
         ));
         assert!(matches!(
             i.interpret(br#"{"active":false}"#),
+            Ok(Introspected::Inactive)
+        ));
+        assert!(matches!(
+            i.interpret(br#"{"active":true,"token_type":"refresh_token"}"#),
             Ok(Introspected::Inactive)
         ));
         for garbage in [

@@ -136,8 +136,14 @@ impl Authenticator {
                     first.spawn_refresh();
                 });
             }
+            // This instance's authorization server writes its issuer without
+            // a trailing `/`; `in_process` already matched them that way.
+            let issuer = match in_process {
+                true => local.issuer.trim_end_matches('/').to_owned(),
+                false => local.issuer.clone(),
+            };
             let rules = JwtRules {
-                issuer: local.issuer.clone(),
+                issuer,
                 audience: local.audience.clone(),
                 leeway: local.clock_skew,
                 accept_jwt_typ: local.accept_jwt_typ,

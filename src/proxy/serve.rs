@@ -62,7 +62,7 @@ async fn phases(
     snap: &Snapshot,
     rt: &Runtime,
     conn: Connection,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     matched_api: &mut Option<Arc<Api>>,
 ) -> Result<Response<Body>, Rejection> {
     check_target(snap, &req)?;
@@ -76,13 +76,6 @@ async fn phases(
             realm: route.api.name.clone(),
             would_grant: denied.would_grant,
         })?; // authorize
-    if let Some(api) = matched_api {
-        crate::metrics::get()
-            .auth_decisions
-            .with_label_values(&[api.name.as_str(), "allowed"])
-            .inc();
-    }
-    let mut req = limit_body(snap, req)?;
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
     forwarded::strip_method_overrides(headers);
@@ -92,6 +85,13 @@ async fn phases(
             problem,
         }
     })?; // transform
+         // Counted once the token can no longer be refused for its properties.
+    crate::metrics::get()
+        .auth_decisions
+        .with_label_values(&[route.api.name.as_str(), "allowed"])
+        .inc();
+    let mut req = limit_body(snap, req)?;
+    let headers = req.headers_mut();
     outbound::apply(&route.api.outbound, headers); // outbound auth
     forwarded::set_forwarded(headers, conn.peer, conn.tls, &snap.trusted_proxies);
     rt.upstreams

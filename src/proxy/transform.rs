@@ -1,10 +1,10 @@
 //! Request transformation: incoming headers that a policy sets or removes
-//! are stripped first (in every `-`/`_` spelling, so a client cannot spoof
-//! them), then token properties are set from the principal. A variable with
-//! no value sets no header; a value that is not a valid header value
-//! refuses the request.
+//! are stripped first (in every mix of `-` and `_`, so a client cannot
+//! spoof them), then token properties are set from the principal. A
+//! variable with no value sets no header; a value that is not a valid
+//! header value refuses the request.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::{Principal, TokenProblem};
@@ -15,8 +15,15 @@ pub fn apply(
     who: Option<&Principal>,
     headers: &mut HeaderMap,
 ) -> Result<(), TokenProblem> {
-    for name in &transform.strip {
-        headers.remove(name);
+    if !transform.strip.is_empty() {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| transform.strip.iter().any(|s| same_spelling(name, s)))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
     }
     for (name, template) in &transform.set {
         let Some(text) = render(&template.parts, who) else {
@@ -26,6 +33,17 @@ pub fn apply(
         headers.append(name.clone(), value);
     }
     Ok(())
+}
+
+/// Equal names when every `-` and `_` is taken for the other, in any mix:
+/// CGI-style servers read `X-Client_Id` as `X_CLIENT_ID`, like `X-Client-Id`.
+/// (`HeaderName`s are lower case already.)
+fn same_spelling(a: &HeaderName, b: &HeaderName) -> bool {
+    let (a, b) = (a.as_str().as_bytes(), b.as_str().as_bytes());
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x == y || (matches!(x, b'-' | b'_') && matches!(y, b'-' | b'_')))
 }
 
 /// The header text, or `None` when a variable has no value.
@@ -53,5 +71,20 @@ fn value(variable: &Variable, who: &Principal) -> Option<String> {
             Value::Null => None,
             other => Some(other.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dashes_and_underscores_are_one_spelling_in_any_mix() {
+        let name = |text: &str| HeaderName::from_bytes(text.as_bytes()).expect("a header name");
+        for spoof in ["x-client-id", "x_client_id", "x-client_id", "x_client-id"] {
+            assert!(same_spelling(&name(spoof), &name("x-client-id")), "{spoof}");
+        }
+        assert!(!same_spelling(&name("x-client-ids"), &name("x-client-id")));
+        assert!(!same_spelling(&name("x.client.id"), &name("x-client-id")));
     }
 }

@@ -3,6 +3,8 @@
 //! small HTTP client. Everything listens on 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -87,6 +89,43 @@ impl Gateway {
             .send()
             .await
             .expect("request")
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// The Prometheus text of the admin port.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        resp.text().await.expect("metrics text")
+    }
+
+    /// The status of `/health/ready`.
+    pub async fn readiness(&self) -> u16 {
+        let resp = self
+            .client
+            .get(self.admin_url("/health/ready"))
+            .send()
+            .await
+            .expect("readiness");
+        resp.status().as_u16()
+    }
+
+    /// Waits until `/health/ready` answers 200 (JWKS fetched).
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.readiness().await == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the gateway did not become ready");
     }
 
     /// Rewrites the configuration file (a reload test then waits for the generation).
@@ -258,4 +297,12 @@ pub fn status_of(raw: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// The value of one series (`name{label="value",...}`, labels in the order
+/// the exposition prints them) in Prometheus text; 0 when absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }

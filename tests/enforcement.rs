@@ -1,0 +1,604 @@
+//! OAuth2 scope enforcement through the gateway, end to end: a JWKS server
+//! with real RSA keys, signed `at+jwt` tokens, a counting upstream. Each
+//! rejection is checked for its exact RFC 6750 answer and for never
+//! reaching the upstream.
+
+mod common;
+
+use common::idp::{merged, unix_now, Idp, SigningKey};
+use common::{metric, Gateway, Upstream};
+use microgateway::policy::{self, Outcome};
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ALIAS_PASSWORD: &str = "alias-pa55word-never-shown";
+
+/// Two APIs on one auth server: `{api}` whose scopes are reached through
+/// `scope_mappings`, and `Literal {api}`, which no mapping names, so a token
+/// scope named like the API scope grants it.
+fn travels(idp: &Idp, upstream: &Upstream, api: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    name: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+      jwksuri: "{jwks}"
+      audience: travels
+  aliases:
+  - {{ name: unused, type: basic, username: svc, password: "{ALIAS_PASSWORD}" }}
+scope_mappings:
+- {{ auth_server: idp, scope: view,   api_scopes: ["{api}:ViewTickets"] }}
+- {{ auth_server: idp, scope: book,   api_scopes: ["{api}:BookTickets"] }}
+- {{ auth_server: idp, scope: manage, api_scopes: ["{api}:BookTickets", "{api}:CancelTickets"] }}
+apis:
+- name: "{api}"
+  version: "1.0"
+  base_path: /travels
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - name: ViewTickets
+    resources: ["GET /bookings", "GET /bookings/{{id}}"]
+  - name: BookTickets
+    resources: ["POST /bookings"]
+  - name: CancelTickets
+    resources: ["DELETE /bookings/{{id}}"]
+  resources: ["GET /status"]
+  policies:
+    request_transformation:
+      set_headers:
+        X-Tenant: "${{request.authorization.claims.tenant}}"
+- name: "Literal {api}"
+  version: "1.0"
+  base_path: /literal
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - name: read
+    resources: ["GET /items"]
+  - name: write
+    resources: ["POST /items", "DELETE /items/{{id}}"]
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        upstream = upstream.url("/api"),
+    )
+}
+
+struct World {
+    idp: Idp,
+    upstream: Upstream,
+    gw: Gateway,
+}
+
+async fn world(api: &str) -> World {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&idp, &upstream, api)).await;
+    gw.wait_ready().await;
+    World { idp, upstream, gw }
+}
+
+impl World {
+    async fn send(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self.gw.request(method, path);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request")
+    }
+}
+
+fn challenge(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(WWW_AUTHENTICATE)
+        .map(|v| v.to_str().expect("ascii").to_owned())
+}
+
+async fn body(resp: reqwest::Response) -> Value {
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json",
+        "an RFC 6750 refusal has a JSON body"
+    );
+    resp.json().await.expect("JSON body")
+}
+
+#[tokio::test]
+async fn token_scope_named_like_the_api_scope_grants_it_without_a_mapping() {
+    let w = world("Time travels").await;
+    let read = w.idp.token(&["read"]);
+    let write = w.idp.token(&["write"]);
+    assert_eq!(
+        w.send(Method::GET, "/literal/items", Some(&read))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.send(Method::POST, "/literal/items", Some(&write))
+            .await
+            .status(),
+        200
+    );
+    let resp = w.send(Method::POST, "/literal/items", Some(&read)).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        challenge(&resp).as_deref(),
+        Some(r#"Bearer realm="Literal Time travels", error="insufficient_scope", scope="write""#)
+    );
+    // A mapped token scope means nothing to an API that no mapping names.
+    let view = w.idp.token(&["view"]);
+    assert_eq!(
+        w.send(Method::GET, "/literal/items", Some(&view))
+            .await
+            .status(),
+        403
+    );
+    // ... and an API scope's literal name means nothing where mappings exist.
+    let literal = w.idp.token(&["ViewTickets"]);
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&literal))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(w.upstream.hits(), 2);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn mapped_token_scope_grants_the_api_scopes_it_maps_to() {
+    let w = world("Time travels").await;
+    let view = w.idp.token(&["view"]);
+    let book = w.idp.token(&["book"]);
+    let manage = w.idp.token(&["manage"]);
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&view))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings/7", Some(&view))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.send(Method::POST, "/travels/bookings", Some(&book))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.send(Method::POST, "/travels/bookings", Some(&manage))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.send(Method::DELETE, "/travels/bookings/7", Some(&manage))
+            .await
+            .status(),
+        200
+    );
+    // HEAD is allowed where GET is.
+    assert_eq!(
+        w.send(Method::HEAD, "/travels/bookings", Some(&view))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(w.upstream.hits(), 6);
+    assert_eq!(w.upstream.last().method, "HEAD");
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_without_a_granting_scope_gets_403_naming_the_scopes_that_would_do() {
+    let w = world("Time travels").await;
+    let view = w.idp.token(&["view", "unrelated"]);
+    let resp = w.send(Method::POST, "/travels/bookings", Some(&view)).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        challenge(&resp).as_deref(),
+        Some(r#"Bearer realm="Time travels", error="insufficient_scope", scope="book manage""#)
+    );
+    let json = body(resp).await;
+    assert_eq!(json["error"], "insufficient_scope");
+    assert!(json["error_description"].is_string());
+    assert_eq!(w.upstream.hits(), 0);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_token_allowed_on_get_and_refused_on_delete() {
+    let w = world("Time travels").await;
+    let view = w.idp.token(&["view"]);
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings/7", Some(&view))
+            .await
+            .status(),
+        200
+    );
+    let resp = w
+        .send(Method::DELETE, "/travels/bookings/7", Some(&view))
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        challenge(&resp).as_deref(),
+        Some(r#"Bearer realm="Time travels", error="insufficient_scope", scope="manage""#)
+    );
+    assert_eq!(w.upstream.hits(), 1);
+    assert_eq!(w.upstream.last().method, "GET");
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn resource_outside_scopes_needs_only_a_valid_token() {
+    let w = world("Time travels").await;
+    let no_scopes = w.idp.token_with(json!({"scope": null}));
+    assert_eq!(
+        w.send(Method::GET, "/travels/status", Some(&no_scopes))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.send(Method::GET, "/travels/status", None).await.status(),
+        401
+    );
+    let expired = w.idp.token_with(json!({"exp": unix_now() - 120}));
+    assert_eq!(
+        w.send(Method::GET, "/travels/status", Some(&expired))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(w.upstream.hits(), 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_token_gets_401_with_a_bare_challenge() {
+    let w = world("Time travels").await;
+    for resp in [
+        w.send(Method::GET, "/travels/bookings", None).await,
+        // Another scheme is no bearer token either.
+        w.gw.request(Method::GET, "/travels/bookings")
+            .basic_auth("user", Some("pass"))
+            .send()
+            .await
+            .expect("request"),
+    ] {
+        assert_eq!(resp.status(), 401);
+        assert_eq!(
+            challenge(&resp).as_deref(),
+            Some(r#"Bearer realm="Time travels""#)
+        );
+        assert!(body(resp).await["error"].is_string());
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_authorization_headers_or_a_query_token_get_400_invalid_request() {
+    let w = world("Time travels").await;
+    let view = w.idp.token(&["view"]);
+    let two =
+        w.gw.request(Method::GET, "/travels/bookings")
+            .header(AUTHORIZATION, format!("Bearer {view}"))
+            .header(AUTHORIZATION, format!("Bearer {view}"))
+            .send()
+            .await
+            .expect("request");
+    let query = w
+        .send(
+            Method::GET,
+            &format!("/travels/bookings?x=1&access_token={view}"),
+            None,
+        )
+        .await;
+    // Some frameworks decode the parameter name: so does the gateway.
+    let encoded = w
+        .send(
+            Method::GET,
+            &format!("/travels/bookings?access%5Ftoken={view}"),
+            None,
+        )
+        .await;
+    for resp in [two, query, encoded] {
+        assert_eq!(resp.status(), 400);
+        assert_eq!(
+            challenge(&resp).as_deref(),
+            Some(r#"Bearer realm="Time travels", error="invalid_request""#)
+        );
+        assert_eq!(body(resp).await["error"], "invalid_request");
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    // The next good request, on a new connection, still works.
+    let resp = common::client()
+        .get(w.gw.url("/travels/bookings"))
+        .bearer_auth(&view)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_over_8_kib_gets_401_invalid_token() {
+    let w = world("Time travels").await;
+    // A validly signed token that is simply too long.
+    let long = w.idp.token_with(json!({"padding": "x".repeat(8 * 1024)}));
+    assert!(long.len() > 8 * 1024);
+    let resp = w.send(Method::GET, "/travels/bookings", Some(&long)).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        challenge(&resp).as_deref(),
+        Some(r#"Bearer realm="Time travels", error="invalid_token""#)
+    );
+    assert_eq!(body(resp).await["error"], "invalid_token");
+    assert_eq!(w.upstream.hits(), 0);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_foreign_or_forged_tokens_get_401_invalid_token() {
+    let w = world("Time travels").await;
+    let now = unix_now();
+    let key = w.idp.key();
+    let valid = merged(w.idp.claims(&["view"]), &json!({}));
+    let with = |changes: Value| key.sign(&key.header(), &merged(valid.clone(), &changes));
+    let impostor = SigningKey::rsa(&key.kid);
+    let cases: Vec<(&str, String)> = vec![
+        ("expired", with(json!({"exp": now - 120}))),
+        ("not yet valid", with(json!({"nbf": now + 600}))),
+        ("no exp", with(json!({"exp": null}))),
+        ("wrong iss", with(json!({"iss": "http://evil.example"}))),
+        ("wrong aud", with(json!({"aud": "another-api"}))),
+        ("bad signature", impostor.sign(&key.header(), &valid)),
+        (
+            "typ JWT",
+            key.sign(
+                &json!({"alg": "RS256", "typ": "JWT", "kid": key.kid}),
+                &valid,
+            ),
+        ),
+        ("unknown kid", {
+            let other = SigningKey::rsa("other");
+            other.sign(&other.header(), &valid)
+        }),
+        ("alg none", {
+            let token = key.sign(
+                &json!({"alg": "none", "typ": "at+jwt", "kid": key.kid}),
+                &valid,
+            );
+            let (unsigned, _) = token.rsplit_once('.').expect("three parts");
+            format!("{unsigned}.")
+        }),
+        ("garbage", "not.a.jwt".to_owned()),
+    ];
+    for (case, token) in &cases {
+        let resp = w.send(Method::GET, "/travels/bookings", Some(token)).await;
+        assert_eq!(resp.status(), 401, "{case}");
+        assert_eq!(
+            challenge(&resp).as_deref(),
+            Some(r#"Bearer realm="Time travels", error="invalid_token""#),
+            "{case}"
+        );
+        assert_eq!(body(resp).await["error"], "invalid_token", "{case}");
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    // The same claims, properly signed, pass.
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&with(json!({}))))
+            .await
+            .status(),
+        200
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn jwks_down_at_start_is_not_ready_and_answers_503_with_retry_after() {
+    let idp = Idp::start().await;
+    idp.set_down(true);
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&idp, &upstream, "Time travels")).await;
+    let token = idp.token(&["view"]);
+    for _ in 0..5 {
+        assert_eq!(gw.readiness().await, 503);
+        let resp = gw
+            .request(Method::GET, "/travels/bookings")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key(RETRY_AFTER));
+        assert_eq!(body(resp).await["error"], "temporarily_unavailable");
+    }
+    // Without a token the answer is still 401: nothing to validate.
+    let resp = gw.get("/travels/bookings").await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rotated_key_is_fetched_once_and_accepted() {
+    let w = world("Time travels").await;
+    let before = w.idp.fetches();
+    assert_eq!(
+        w.send(
+            Method::GET,
+            "/travels/bookings",
+            Some(&w.idp.token(&["view"]))
+        )
+        .await
+        .status(),
+        200
+    );
+    w.idp.rotate("k2");
+    let rotated = w.idp.token(&["view"]);
+    for _ in 0..5 {
+        assert_eq!(
+            w.send(Method::GET, "/travels/bookings", Some(&rotated))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(w.idp.fetches(), before + 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn incoming_authorization_is_not_forwarded_by_default() {
+    let w = world("Time travels").await;
+    let view = w.idp.token(&["view"]);
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&view))
+            .await
+            .status(),
+        200
+    );
+    let received = w.upstream.last();
+    assert!(!received.headers.contains_key("authorization"));
+    let leaked = received
+        .headers
+        .values()
+        .any(|v| String::from_utf8_lossy(v.as_bytes()).contains(&view));
+    assert!(!leaked, "the token reached the upstream");
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_decisions_are_counted_per_api_and_result() {
+    let api = "Counted travels";
+    let w = world(api).await;
+    let view = w.idp.token(&["view"]);
+    w.send(Method::GET, "/travels/bookings", Some(&view)).await;
+    w.send(Method::GET, "/travels/bookings/1", Some(&view))
+        .await;
+    w.send(Method::DELETE, "/travels/bookings/1", Some(&view))
+        .await;
+    w.send(Method::GET, "/travels/bookings", None).await;
+    w.send(Method::GET, "/travels/bookings?access_token=x", None)
+        .await;
+    w.send(Method::GET, "/travels/bookings", Some("a.b.c"))
+        .await;
+    // A valid token refused for a property it cannot pass on counts once.
+    let newline = w.idp.token_with(json!({"scope": "view", "tenant": "a\nb"}));
+    w.send(Method::GET, "/travels/bookings", Some(&newline))
+        .await;
+    let text = w.gw.metrics().await;
+    let count = |result: &str| {
+        metric(
+            &text,
+            &format!(r#"microgateway_auth_decisions_total{{api="{api}",result="{result}"}}"#),
+        )
+    };
+    assert_eq!(count("allowed"), 2, "{text}");
+    assert_eq!(count("insufficient_scope"), 1);
+    assert_eq!(count("missing_token"), 1);
+    assert_eq!(count("invalid_request"), 1);
+    assert_eq!(count("invalid_token"), 2);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn explain_gives_the_verdict_of_the_data_path() {
+    let w = world("Time travels").await;
+    let snapshot = w.gw.state().live.snapshot();
+    let cases: &[(Method, &str, Option<&[&str]>)] = &[
+        (Method::GET, "/travels/bookings", Some(&["view"])),
+        (Method::GET, "/travels/bookings", Some(&["book"])),
+        (Method::HEAD, "/travels/bookings/3", Some(&["view"])),
+        (Method::POST, "/travels/bookings", Some(&["view"])),
+        (Method::POST, "/travels/bookings", Some(&["manage"])),
+        (
+            Method::DELETE,
+            "/travels/bookings/3",
+            Some(&["view", "book"]),
+        ),
+        (Method::DELETE, "/travels/bookings/3", Some(&["manage"])),
+        (Method::GET, "/travels/status", Some(&[])),
+        (Method::GET, "/travels/status", None),
+        (Method::GET, "/travels/bookings", None),
+        (Method::GET, "/travels/unknown", Some(&["view"])),
+        (Method::PUT, "/travels/bookings", Some(&["view"])),
+        (Method::GET, "/travels/x/../bookings", Some(&["view"])),
+        (Method::GET, "/literal/items", Some(&["read"])),
+        (Method::GET, "/literal/items", Some(&["view"])),
+        (Method::DELETE, "/literal/items/9", Some(&["write"])),
+    ];
+    for (method, path, scopes) in cases {
+        let token_scopes: Option<Vec<String>> =
+            scopes.map(|s| s.iter().map(|s| s.to_string()).collect());
+        let verdict = policy::decide(&snapshot, method, path, token_scopes.as_deref(), None);
+        let expected = match &verdict.outcome {
+            Outcome::Allow => 200,
+            Outcome::InsufficientScope => 403,
+            Outcome::NeedsToken => 401,
+            Outcome::BadPath(_) => 400,
+            Outcome::NoRoute(policy::RouteProblem::MethodNotAllowed { .. }) => 405,
+            Outcome::NoRoute(_) => 404,
+        };
+        let token = scopes.map(|s| w.idp.token(s));
+        let resp = w.send(method.clone(), path, token.as_deref()).await;
+        assert_eq!(
+            resp.status().as_u16(),
+            expected,
+            "{method} {path} {scopes:?}\n{verdict}"
+        );
+        if expected == 403 {
+            let scope = format!(r#"scope="{}""#, verdict.granting_token_scopes.join(" "));
+            assert!(
+                challenge(&resp).expect("challenge").ends_with(&scope),
+                "{method} {path}"
+            );
+        }
+    }
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_never_show_a_token_or_a_secret() {
+    let w = world("Time travels").await;
+    let view = w.idp.token(&["view"]);
+    let forged = SigningKey::rsa("k1").sign(&w.idp.key().header(), &w.idp.claims(&["view"]));
+    w.send(Method::GET, "/travels/bookings", Some(&view)).await;
+    w.send(Method::POST, "/travels/bookings", Some(&view)).await;
+    w.send(Method::GET, "/travels/bookings", Some(&forged))
+        .await;
+    w.send(
+        Method::GET,
+        &format!("/travels/bookings?access_token={view}"),
+        None,
+    )
+    .await;
+    let text = w.gw.metrics().await;
+    let signature = view.rsplit('.').next().expect("signature");
+    let payload = view.split('.').nth(1).expect("payload");
+    for secret in [
+        view.as_str(),
+        signature,
+        payload,
+        forged.as_str(),
+        ALIAS_PASSWORD,
+    ] {
+        assert!(!text.contains(secret), "metrics show a secret");
+    }
+    w.gw.shutdown().await;
+}

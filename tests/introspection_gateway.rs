@@ -1,0 +1,353 @@
+//! Opaque tokens through the gateway: RFC 7662 introspection against a
+//! counting endpoint — one call per token while cached, coalesced first
+//! uses, failures as 503 never cached, and the client authentication the
+//! endpoint receives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::idp::{unix_now, Answer, Introspector};
+use common::{Gateway, Upstream};
+use reqwest::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::Method;
+use serde_json::json;
+
+const CLIENT_ID: &str = "gateway client";
+const CLIENT_SECRET: &str = "s3cret/+:&";
+
+struct Settings<'a> {
+    client_auth: &'a str,
+    negative_cache_ttl: &'a str,
+}
+
+const DEFAULTS: Settings<'static> = Settings {
+    client_auth: "client_secret_basic",
+    negative_cache_ttl: "5s",
+};
+
+fn travels(introspector: &Introspector, upstream: &Upstream, settings: &Settings) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: remote
+    name: remote
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "{endpoint}"
+      clientId: "{CLIENT_ID}"
+      clientSecret: "{CLIENT_SECRET}"
+      client_auth: {client_auth}
+      cache_ttl: 60s
+      negative_cache_ttl: {negative}
+scope_mappings:
+- {{ auth_server: remote, scope: view,   api_scopes: ["Time travels:ViewTickets"] }}
+- {{ auth_server: remote, scope: cancel, api_scopes: ["Time travels:CancelTickets"] }}
+apis:
+- name: "Time travels"
+  version: "1.0"
+  base_path: /travels
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: remote }}
+  scopes:
+  - name: ViewTickets
+    resources: ["GET /bookings", "GET /bookings/{{id}}"]
+  - name: CancelTickets
+    resources: ["DELETE /bookings/{{id}}"]
+"#,
+        endpoint = introspector.endpoint(),
+        client_auth = settings.client_auth,
+        negative = settings.negative_cache_ttl,
+        upstream = upstream.url("/api"),
+    )
+}
+
+struct World {
+    introspector: Introspector,
+    upstream: Upstream,
+    gw: Gateway,
+}
+
+async fn world(settings: &Settings<'_>) -> World {
+    let introspector = Introspector::counting().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&travels(&introspector, &upstream, settings)).await;
+    World {
+        introspector,
+        upstream,
+        gw,
+    }
+}
+
+impl World {
+    async fn send(&self, method: Method, path: &str, token: &str) -> reqwest::Response {
+        self.gw
+            .request(method, path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn get(&self, token: &str) -> reqwest::Response {
+        self.send(Method::GET, "/travels/bookings", token).await
+    }
+}
+
+fn active(scope: &str) -> Answer {
+    Answer::active(json!({"scope": scope, "client_id": "app", "sub": "alice",
+                          "exp": unix_now() + 600}))
+}
+
+fn assert_unavailable(resp: &reqwest::Response, case: &str) {
+    assert_eq!(resp.status(), 503, "{case}");
+    assert!(resp.headers().contains_key(RETRY_AFTER), "{case}");
+    assert!(!resp.headers().contains_key(WWW_AUTHENTICATE), "{case}");
+}
+
+#[tokio::test]
+async fn a_thousand_requests_with_one_token_introspect_once() {
+    let w = world(&DEFAULTS).await;
+    w.introspector.answer("opaque-1", active("view"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, url) = (w.gw.client.clone(), w.gw.url("/travels/bookings"));
+        tasks.spawn(async move {
+            for _ in 0..125 {
+                let resp = client
+                    .get(&url)
+                    .bearer_auth("opaque-1")
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(resp.status(), 200);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    assert_eq!(w.upstream.hits(), 1000);
+    assert_eq!(w.introspector.calls(), 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_first_uses_share_one_introspection_call() {
+    let w = world(&DEFAULTS).await;
+    let slow = match active("view") {
+        Answer::Json(body) => Answer::Slow(Duration::from_millis(300), body),
+        other => other,
+    };
+    w.introspector.answer("opaque-2", slow);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, url) = (common::client(), w.gw.url("/travels/bookings"));
+        tasks.spawn(async move {
+            let resp = client.get(&url).bearer_auth("opaque-2").send().await;
+            resp.expect("request").status().as_u16()
+        });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.expect("task"), 200);
+    }
+    assert_eq!(w.introspector.calls(), 1);
+    assert_eq!(w.upstream.hits(), 64);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn inactive_token_gets_401_and_is_remembered_briefly() {
+    let w = world(&Settings {
+        negative_cache_ttl: "1s",
+        ..DEFAULTS
+    })
+    .await;
+    w.introspector.answer("revoked", Answer::inactive());
+    for _ in 0..3 {
+        let resp = w.get("revoked").await;
+        assert_eq!(resp.status(), 401);
+        assert_eq!(
+            resp.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="Time travels", error="invalid_token""#
+        );
+    }
+    assert_eq!(w.introspector.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The negative entry has expired: the endpoint is asked again, and a
+    // token that became active is accepted.
+    w.introspector.answer("revoked", active("view"));
+    assert_eq!(w.get("revoked").await.status(), 200);
+    assert_eq!(w.introspector.calls(), 2);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn cached_token_allowed_on_get_and_refused_on_delete() {
+    let w = world(&DEFAULTS).await;
+    w.introspector.answer("viewer", active("view"));
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings/7", "viewer")
+            .await
+            .status(),
+        200
+    );
+    let resp = w
+        .send(Method::DELETE, "/travels/bookings/7", "viewer")
+        .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.headers()[WWW_AUTHENTICATE],
+        r#"Bearer realm="Time travels", error="insufficient_scope", scope="cancel""#
+    );
+    assert_eq!(w.introspector.calls(), 1);
+    assert_eq!(w.upstream.hits(), 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_active_answer_gets_401() {
+    let w = world(&DEFAULTS).await;
+    w.introspector.answer(
+        "stale",
+        Answer::active(json!({"scope": "view", "exp": unix_now() - 10})),
+    );
+    assert_eq!(w.get("stale").await.status(), 401);
+    assert_eq!(w.upstream.hits(), 0);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn endpoint_failures_answer_503_and_are_never_cached() {
+    let w = world(&DEFAULTS).await;
+    let body = match active("view") {
+        Answer::Json(body) => body,
+        _ => unreachable!("active answers are JSON"),
+    };
+    let failures = [
+        (
+            "status 500",
+            Answer::Status(500, r#"{"error":"oops"}"#.into()),
+        ),
+        (
+            "timeout",
+            Answer::Slow(Duration::from_millis(2500), body.clone()),
+        ),
+        ("not JSON", Answer::Json("<html>active</html>".into())),
+        (
+            "active as a string",
+            Answer::Json(r#"{"active":"true","scope":"view"}"#.into()),
+        ),
+        ("no active", Answer::Json(r#"{"scope":"view"}"#.into())),
+    ];
+    let mut calls = 0;
+    for (case, answer) in failures {
+        w.introspector.answer("flaky", answer);
+        for _ in 0..2 {
+            let resp = w.get("flaky").await;
+            assert_unavailable(&resp, case);
+            assert_eq!(
+                resp.json::<serde_json::Value>().await.expect("JSON")["error"],
+                "temporarily_unavailable"
+            );
+            calls += 1;
+            assert_eq!(w.introspector.calls(), calls, "{case}: asked again");
+        }
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    w.introspector.answer("flaky", Answer::Json(body));
+    assert_eq!(w.get("flaky").await.status(), 200);
+    assert_eq!(w.introspector.calls(), calls + 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn endpoint_down_answers_503() {
+    let upstream = Upstream::start().await;
+    let introspector = Introspector::counting().await;
+    let yaml = travels(&introspector, &upstream, &DEFAULTS);
+    drop(introspector);
+    let gw = Gateway::start(&yaml).await;
+    let resp = gw
+        .request(Method::GET, "/travels/bookings")
+        .bearer_auth("anything")
+        .send()
+        .await
+        .expect("request");
+    assert_unavailable(&resp, "endpoint down");
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_jwt_shaped_token_is_introspected_without_local_validation() {
+    let w = world(&DEFAULTS).await;
+    w.introspector.answer("aaa.bbb.ccc", active("view"));
+    assert_eq!(w.get("aaa.bbb.ccc").await.status(), 200);
+    assert_eq!(w.introspector.calls_for("aaa.bbb.ccc"), 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_secret_basic_arrives_at_the_endpoint() {
+    let w = world(&DEFAULTS).await;
+    w.introspector.answer("basic-token", active("view"));
+    assert_eq!(w.get("basic-token").await.status(), 200);
+    let call = w.introspector.last();
+    assert_eq!(
+        call.content_type.as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    // RFC 6749 §2.3.1: id and secret are form-encoded before Basic.
+    assert_eq!(
+        call.basic().as_deref(),
+        Some("gateway+client:s3cret%2F%2B%3A%26")
+    );
+    assert_eq!(call.form["token"], "basic-token");
+    assert!(!call.form.contains_key("client_secret"));
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_secret_post_arrives_in_the_form() {
+    let w = world(&Settings {
+        client_auth: "client_secret_post",
+        ..DEFAULTS
+    })
+    .await;
+    w.introspector.answer("post-token", active("view"));
+    assert_eq!(w.get("post-token").await.status(), 200);
+    let call = w.introspector.last();
+    assert_eq!(call.authorization, None);
+    assert_eq!(call.form["token"], "post-token");
+    assert_eq!(call.form["client_id"], CLIENT_ID);
+    assert_eq!(call.form["client_secret"], CLIENT_SECRET);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_active_refresh_token_is_no_access_token() {
+    let w = world(&DEFAULTS).await;
+    // What an authorization server answers the client a refresh token was
+    // issued to, when that client is also the one the gateway introspects as.
+    w.introspector.answer(
+        "refresh-token",
+        Answer::active(json!({"token_type": "refresh_token", "scope": "view",
+                              "client_id": "app", "exp": unix_now() + 600})),
+    );
+    let resp = w.get("refresh-token").await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()[WWW_AUTHENTICATE],
+        r#"Bearer realm="Time travels", error="invalid_token""#
+    );
+    assert_eq!(w.upstream.hits(), 0);
+    w.introspector.answer(
+        "access-token",
+        Answer::active(json!({"token_type": "Bearer", "scope": "view"})),
+    );
+    assert_eq!(w.get("access-token").await.status(), 200);
+    w.gw.shutdown().await;
+}

@@ -1,0 +1,487 @@
+//! The gateway as its own authorization server: tokens issued on the API
+//! port (standard and webMethods paths, driven by a standard OAuth2 client)
+//! and enforced by the same gateway — JWTs against the in-process keys,
+//! opaque tokens by introspection against its own endpoint — plus
+//! revocation and the admin token endpoints.
+//!
+//! The issuer and the introspection endpoint must be written in the YAML,
+//! so each gateway listens on a port picked beforehand: bind 127.0.0.1:0,
+//! read the port, release it, and write it into `ports.http`.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+use common::{Gateway, Upstream};
+use oauth2::basic::BasicClient;
+use oauth2::{
+    ClientId, ClientSecret, ResourceOwnerPassword, ResourceOwnerUsername, Scope, TokenResponse,
+    TokenUrl,
+};
+use reqwest::Method;
+use serde_json::Value;
+
+const ADMIN: (&str, &str) = ("Administrator", "manage");
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn cheap_hash(password: &str) -> String {
+    let params = Params::new(8, 1, 1, None).expect("params");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes())
+        .expect("hash")
+        .to_string()
+}
+
+#[derive(Clone, Copy)]
+struct Options {
+    token_format: &'static str,
+    admin: bool,
+    /// Both issuers written with a trailing `/`.
+    trailing_slash: bool,
+}
+
+/// `local` introspects at `/oauth2/introspect`, `local-wm` at the webMethods
+/// path; `/travels` is enforced with `local`, `/wm-travels` with `local-wm`.
+fn yaml(port: u16, upstream: &Upstream, options: Options) -> String {
+    let base = format!("http://127.0.0.1:{port}");
+    let issuer = match options.trailing_slash {
+        true => format!("{base}/"),
+        false => base.clone(),
+    };
+    let admin = if options.admin {
+        format!(
+            r#"{{ port: 0, bind: 127.0.0.1, user: {}, password: "{}" }}"#,
+            ADMIN.0, ADMIN.1
+        )
+    } else {
+        "{ port: 0, bind: 127.0.0.1 }".to_owned()
+    };
+    let auth_server = |id: &str, path: &str| {
+        format!(
+            r#"
+  - id: {id}
+    name: {id}
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "{base}{path}"
+      clientId: gateway
+      clientSecret: gateway-secret
+      cache_ttl: 1s
+      negative_cache_ttl: 1s"#
+        )
+    };
+    let api = |name: &str, base: &str, auth: &str| {
+        format!(
+            r#"
+- name: "{name}"
+  version: "1.0"
+  base_path: {base}
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: {auth} }}
+  scopes:
+  - name: ViewTickets
+    resources: ["GET /bookings"]
+  - name: CancelTickets
+    resources: ["DELETE /bookings/{{id}}"]"#,
+            upstream = upstream.url("/api"),
+        )
+    };
+    let mappings = |auth: &str, api: &str| {
+        format!(
+            r#"
+- {{ auth_server: {auth}, scope: view,   api_scopes: ["{api}:ViewTickets"] }}
+- {{ auth_server: {auth}, scope: cancel, api_scopes: ["{api}:CancelTickets"] }}"#
+        )
+    };
+    format!(
+        r#"
+ports: {{ http: {port}, bind: 127.0.0.1 }}
+admin: {admin}
+authorization_server:
+  issuer: "{issuer}"
+  token_format: {format}
+  signing_key: signing-key.pem
+  store: sqlite:oauth.db
+  token_lifetime: 300
+  scopes:
+  - {{ name: view, description: "View your bookings" }}
+  - {{ name: cancel, description: "Cancel bookings" }}
+  users:
+  - {{ username: alice, password_hash: "{hash}" }}
+  clients:
+  - name: Book your ticket
+    client_id: app
+    client_secret: app-secret
+    grant_types: [client_credentials, password, refresh_token]
+    scopes: [view, cancel]
+    refresh_limit: 3
+  - name: Gateway introspection
+    client_id: gateway
+    client_secret: gateway-secret
+    grant_types: []
+    scopes: []
+security_settings:
+  auth_servers:{servers}
+scope_mappings:{mappings}
+apis:{apis}
+"#,
+        format = options.token_format,
+        hash = cheap_hash("wonderland"),
+        servers = auth_server("local", "/oauth2/introspect")
+            + &auth_server("local-wm", "/invoke/pub.oauth/introspectToken"),
+        mappings = mappings("local", "Time travels") + &mappings("local-wm", "WM travels"),
+        apis = api("Time travels", "/travels", "local")
+            + &api("WM travels", "/wm-travels", "local-wm"),
+    )
+}
+
+struct World {
+    upstream: Upstream,
+    gw: Gateway,
+}
+
+async fn world(options: Options) -> World {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(free_port(), &upstream, options)).await;
+    gw.wait_ready().await;
+    World { upstream, gw }
+}
+
+/// The OAuth2 library's transport: our reqwest client (the library's own
+/// reqwest feature pins another major version).
+struct Transport(reqwest::Client);
+
+type Exchange<'c> =
+    Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, reqwest::Error>> + Send + 'c>>;
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
+    type Error = reqwest::Error;
+    type Future = Exchange<'c>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let response = self
+                .0
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await?;
+            let mut answer = http::Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                answer = answer.header(name, value);
+            }
+            let body = response.bytes().await?.to_vec();
+            Ok(answer
+                .body(body)
+                .expect("status and headers came from a response"))
+        })
+    }
+}
+
+impl World {
+    fn oauth_client(
+        &self,
+        token_path: &str,
+    ) -> BasicClient<
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointSet,
+    > {
+        BasicClient::new(ClientId::new("app".into()))
+            .set_client_secret(ClientSecret::new("app-secret".into()))
+            .set_token_uri(TokenUrl::new(self.gw.url(token_path)).expect("token URL"))
+    }
+
+    fn transport(&self) -> Transport {
+        Transport(common::client())
+    }
+
+    /// An access token for `scopes` by client credentials at `token_path`.
+    async fn client_credentials(&self, token_path: &str, scopes: &[&str]) -> String {
+        let client = self.oauth_client(token_path);
+        let mut request = client.exchange_client_credentials();
+        for scope in scopes {
+            request = request.add_scope(Scope::new(scope.to_string()));
+        }
+        let token = request
+            .request_async(&self.transport())
+            .await
+            .expect("client credentials grant");
+        token.access_token().secret().clone()
+    }
+
+    async fn send(&self, method: Method, path: &str, token: &str) -> reqwest::Response {
+        self.gw
+            .request(method, path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn status(&self, method: Method, path: &str, token: &str) -> u16 {
+        self.send(method, path, token).await.status().as_u16()
+    }
+
+    fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.gw.client.request(method, self.gw.admin_url(path))
+    }
+
+    async fn tokens(&self) -> Vec<Value> {
+        let resp = self
+            .admin(Method::GET, "/rest/microgateway/oauth2/tokens")
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.expect("JSON");
+        body["tokens"].as_array().expect("a list").clone()
+    }
+}
+
+const JWT: Options = Options {
+    token_format: "jwt",
+    admin: true,
+    trailing_slash: false,
+};
+const OPAQUE: Options = Options {
+    token_format: "opaque",
+    admin: true,
+    trailing_slash: false,
+};
+
+#[tokio::test]
+async fn jwt_from_the_local_server_is_validated_in_process() {
+    let w = world(JWT).await;
+    for token_path in [
+        "/oauth2/token",
+        "/invoke/pub.apigateway.oauth2/getAccessToken",
+    ] {
+        let token = w.client_credentials(token_path, &["view"]).await;
+        assert_eq!(token.split('.').count(), 3, "a JWT");
+        assert_eq!(
+            w.status(Method::GET, "/travels/bookings", &token).await,
+            200
+        );
+        let resp = w.send(Method::DELETE, "/travels/bookings/1", &token).await;
+        assert_eq!(resp.status(), 403);
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            r#"Bearer realm="Time travels", error="insufficient_scope", scope="cancel""#
+        );
+    }
+    let both = w
+        .client_credentials("/oauth2/token", &["view", "cancel"])
+        .await;
+    assert_eq!(
+        w.status(Method::DELETE, "/travels/bookings/1", &both).await,
+        200
+    );
+    assert_eq!(w.upstream.hits(), 3);
+    // A token of another issuer with the same shape is refused.
+    let mut forged: Vec<&str> = both.split('.').collect();
+    forged[2] = "AAAA";
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &forged.join("."))
+            .await,
+        401
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_issuer_written_with_a_trailing_slash_still_validates_in_process() {
+    let w = world(Options {
+        trailing_slash: true,
+        ..JWT
+    })
+    .await;
+    let token = w.client_credentials("/oauth2/token", &["view"]).await;
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &token).await,
+        200
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn password_grant_and_refresh_through_a_standard_client() {
+    let w = world(JWT).await;
+    let client = w.oauth_client("/oauth2/token");
+    let first = client
+        .exchange_password(
+            &ResourceOwnerUsername::new("alice".into()),
+            &ResourceOwnerPassword::new("wonderland".into()),
+        )
+        .add_scope(Scope::new("view".into()))
+        .request_async(&w.transport())
+        .await
+        .expect("password grant");
+    let token = first.access_token().secret();
+    assert_eq!(w.status(Method::GET, "/travels/bookings", token).await, 200);
+    let mut refresh = first.refresh_token().expect("a refresh token").clone();
+    // A refresh token is no bearer token for the API.
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", refresh.secret())
+            .await,
+        401
+    );
+    for token_path in ["/oauth2/token", "/invoke/pub.oauth/refreshAccessToken"] {
+        let refreshed = w
+            .oauth_client(token_path)
+            .exchange_refresh_token(&refresh)
+            .request_async(&w.transport())
+            .await
+            .expect("refresh grant");
+        let token = refreshed.access_token().secret();
+        assert_eq!(w.status(Method::GET, "/travels/bookings", token).await, 200);
+        // Refresh tokens rotate: each grant hands out a new one.
+        let next = refreshed.refresh_token().expect("rotated").clone();
+        assert_ne!(next.secret(), refresh.secret());
+        refresh = next;
+    }
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn opaque_token_is_introspected_against_the_local_server() {
+    let w = world(OPAQUE).await;
+    for token_path in [
+        "/oauth2/token",
+        "/invoke/pub.apigateway.oauth2/getAccessToken",
+    ] {
+        let token = w.client_credentials(token_path, &["view"]).await;
+        assert_eq!(token.split('.').count(), 1, "an opaque token");
+        // `/travels` introspects at /oauth2/introspect, `/wm-travels` at
+        // /invoke/pub.oauth/introspectToken.
+        for base in ["/travels", "/wm-travels"] {
+            assert_eq!(
+                w.status(Method::GET, &format!("{base}/bookings"), &token)
+                    .await,
+                200
+            );
+            let resp = w
+                .send(Method::DELETE, &format!("{base}/bookings/1"), &token)
+                .await;
+            assert_eq!(resp.status(), 403, "{base}");
+        }
+    }
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", "unknown-token")
+            .await,
+        401
+    );
+    assert_eq!(w.upstream.hits(), 4);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoked_opaque_token_is_refused_once_the_cache_expires() {
+    let w = world(OPAQUE).await;
+    let token = w.client_credentials("/oauth2/token", &["view"]).await;
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &token).await,
+        200
+    );
+    // RFC 7009 revocation by the client that holds the token.
+    let resp =
+        w.gw.client
+            .post(w.gw.url("/oauth2/revoke"))
+            .basic_auth("app", Some("app-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}&token_type_hint=access_token"))
+            .send()
+            .await
+            .expect("revoke");
+    assert_eq!(resp.status(), 200);
+    // cache_ttl is 1s: after it, the gateway asks again and is told "inactive".
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let resp = w.send(Method::GET, "/travels/bookings", &token).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        r#"Bearer realm="Time travels", error="invalid_token""#
+    );
+    assert_eq!(w.upstream.hits(), 1);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_lists_tokens_without_values_and_revokes_one_by_id() {
+    let w = world(OPAQUE).await;
+    let token = w.client_credentials("/oauth2/token", &["view"]).await;
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &token).await,
+        200
+    );
+    let listed = w.tokens().await;
+    assert_eq!(listed.len(), 1);
+    assert!(!Value::Array(listed.clone()).to_string().contains(&token));
+    let id = listed[0]["id"].as_str().expect("an id").to_owned();
+    assert_eq!(listed[0]["client_id"], "app");
+    assert_eq!(listed[0]["revoked"], false);
+
+    let path = format!("/rest/microgateway/oauth2/tokens/{id}");
+    for (user, password) in [(None, None), (Some("Administrator"), Some("wrong"))] {
+        let mut request = w.admin(Method::DELETE, &path);
+        if let Some(user) = user {
+            request = request.basic_auth(user, password);
+        }
+        assert_eq!(request.send().await.expect("delete").status(), 401);
+        let mut list = w.admin(Method::GET, "/rest/microgateway/oauth2/tokens");
+        if let Some(user) = user {
+            list = list.basic_auth(user, password);
+        }
+        assert_eq!(list.send().await.expect("list").status(), 401);
+    }
+    let resp = w
+        .admin(Method::DELETE, &path)
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(w.tokens().await[0]["revoked"], true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &token).await,
+        401
+    );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_token_endpoints_are_off_without_admin_credentials() {
+    let w = world(Options {
+        admin: false,
+        ..OPAQUE
+    })
+    .await;
+    let token = w.client_credentials("/oauth2/token", &["view"]).await;
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &token).await,
+        200
+    );
+    let list = w.admin(Method::GET, "/rest/microgateway/oauth2/tokens");
+    assert_eq!(list.send().await.expect("list").status(), 403);
+    let delete = w.admin(Method::DELETE, "/rest/microgateway/oauth2/tokens/anything");
+    assert_eq!(delete.send().await.expect("delete").status(), 403);
+    assert_eq!(
+        w.status(Method::GET, "/travels/bookings", &token).await,
+        200
+    );
+    w.gw.shutdown().await;
+}
