@@ -83,6 +83,7 @@ async fn phases(
             .inc();
     }
     let mut req = limit_body(snap, req)?;
+    host_from_authority(&mut req);
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
     forwarded::strip_method_overrides(headers);
@@ -106,19 +107,34 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
     if target_len > snap.limits.max_uri {
         return Err(Rejection::UriTooLong);
     }
-    if req.version() != Version::HTTP_2 {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) if valid_host(host.as_bytes()) => Some(host.as_bytes()),
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(Rejection::BadRequest("more than one Host header")),
+        (Some(_), None) => return Err(Rejection::BadRequest("malformed Host header")),
+    };
+    if req.version() == Version::HTTP_2 {
+        // RFC 9113 §8.3.1: `:authority`, else `Host`; when both are sent
+        // they must name the same origin.
+        match (uri.authority(), host) {
+            (Some(authority), Some(host)) if authority.as_str().as_bytes() != host => {
+                return Err(Rejection::BadRequest("Host and :authority differ"))
+            }
+            (Some(authority), _) if !valid_host(authority.as_str().as_bytes()) => {
+                return Err(Rejection::BadRequest("malformed :authority"))
+            }
+            (None, None) => return Err(Rejection::BadRequest("missing :authority")),
+            _ => {}
+        }
+    } else {
         // RFC 9112 §3.2: origin-form only; absolute-form is for proxies,
         // authority-form for CONNECT, which an API gateway does not serve.
         if uri.scheme().is_some() || uri.authority().is_some() {
             return Err(Rejection::BadRequest("absolute-form request target"));
         }
-        let mut hosts = req.headers().get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(host), None) if valid_host(host.as_bytes()) => {}
-            (None, _) if req.version() == Version::HTTP_10 => {}
-            (None, _) => return Err(Rejection::BadRequest("missing Host header")),
-            (Some(_), Some(_)) => return Err(Rejection::BadRequest("more than one Host header")),
-            (Some(_), None) => return Err(Rejection::BadRequest("malformed Host header")),
+        if host.is_none() && req.version() != Version::HTTP_10 {
+            return Err(Rejection::BadRequest("missing Host header"));
         }
     }
     if req.method() == http::Method::CONNECT {
@@ -141,6 +157,18 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
         return Err(Rejection::BadRequest("conflicting Content-Length headers"));
     }
     Ok(())
+}
+
+/// An HTTP/2 request names its origin in `:authority`; the forwarding
+/// headers read it from `Host`.
+fn host_from_authority<B>(req: &mut Request<B>) {
+    if req.headers().contains_key(HOST) {
+        return;
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    if let Some(value) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
+        req.headers_mut().insert(HOST, value);
+    }
 }
 
 fn valid_host(host: &[u8]) -> bool {
