@@ -33,7 +33,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -206,6 +206,7 @@ impl Conn {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                _ = activity.quiet.notified() => {}
                 _ = tokio::time::sleep_until(deadline), if !closing => {
                     if activity.deadline(timeouts) <= Instant::now() {
                         tracing::debug!(%peer, "idle connection closed");
@@ -226,6 +227,8 @@ struct Activity {
     /// Milliseconds after `started` when the last request finished.
     idle_since_ms: AtomicU64,
     served: AtomicU64,
+    /// Woken when the last request in flight finishes.
+    quiet: Notify,
 }
 
 impl Activity {
@@ -235,6 +238,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            quiet: Notify::new(),
         }
     }
 
@@ -270,7 +274,9 @@ impl Drop for InFlight {
         let activity = &self.0;
         let elapsed = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.idle_since_ms.store(elapsed, Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            activity.quiet.notify_one();
+        }
     }
 }
 

@@ -163,7 +163,9 @@ impl Upstreams {
                     "request".into()
                 }))
             }
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
+                // RFC 9110 §7.6.1: the upstream's hop-by-hop headers end here.
+                super::forwarded::strip_hop_by_hop(response.headers_mut());
                 Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
             }
         }
