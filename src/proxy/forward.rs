@@ -31,6 +31,8 @@ use crate::policy::Grant;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Pool = Client<Connector, Body>;
+/// Pools by CA-bundle path, with the bundle they trust.
+type BundlePools = HashMap<PathBuf, (Arc<[u8]>, Pool)>;
 
 /// The shared upstream connection pools: one verifying `https` upstreams
 /// against the system roots, and one per CA bundle an API names (built on
@@ -39,7 +41,7 @@ type Pool = Client<Connector, Body>;
 pub struct Upstreams {
     client: Pool,
     connect_timeout: Duration,
-    by_bundle: Arc<Mutex<HashMap<PathBuf, (Arc<[u8]>, Pool)>>>,
+    by_bundle: Arc<Mutex<BundlePools>>,
 }
 
 impl Upstreams {
