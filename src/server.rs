@@ -19,7 +19,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -227,7 +227,8 @@ struct Activity {
     /// Milliseconds after `started` when the last request finished.
     idle_since_ms: AtomicU64,
     served: AtomicU64,
-    /// Woken when the last request in flight finishes.
+    first_done: AtomicBool,
+    /// Woken when the first request has finished.
     quiet: Notify,
 }
 
@@ -238,6 +239,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            first_done: AtomicBool::new(false),
             quiet: Notify::new(),
         }
     }
@@ -274,7 +276,10 @@ impl Drop for InFlight {
         let activity = &self.0;
         let elapsed = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.idle_since_ms.store(elapsed, Ordering::Release);
-        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Deadlines only move later, except once: from `header_read` before
+        // the first request to `idle` after it. Re-arm the timer then only.
+        if !activity.first_done.swap(true, Ordering::AcqRel) {
             activity.quiet.notify_one();
         }
     }
