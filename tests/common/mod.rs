@@ -44,9 +44,7 @@ impl Gateway {
     }
 
     pub async fn start_with_env(yaml: &str, env: Env) -> Gateway {
-        Gateway::try_start(yaml, env)
-            .await
-            .unwrap_or_else(|e| panic!("gateway did not start:\n{e}"))
+        Gateway::try_start(yaml, env).await.unwrap_or_else(|e| panic!("gateway did not start:\n{e}"))
     }
 
     pub async fn try_start(yaml: &str, env: Env) -> Result<Gateway, String> {
@@ -82,11 +80,7 @@ impl Gateway {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request")
+        self.client.get(self.url(path)).send().await.expect("request")
     }
 
     /// Rewrites the configuration file (a reload test then waits for the generation).
@@ -141,9 +135,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -151,9 +143,7 @@ impl Upstream {
         let (h, r, d) = (hits.clone(), received.clone(), delay.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    break;
-                };
+                let Ok((stream, _)) = listener.accept().await else { break };
                 let (h, r, d) = (h.clone(), r.clone(), d.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -161,11 +151,7 @@ impl Upstream {
                         async move {
                             h.fetch_add(1, Ordering::SeqCst);
                             let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                             r.lock().unwrap().push(Received {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -176,17 +162,10 @@ impl Upstream {
                             if !wait.is_zero() {
                                 tokio::time::sleep(wait).await;
                             }
-                            let mut response =
-                                Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
-                            response
-                                .headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            response
-                                .headers_mut()
-                                .insert("connection", "x-upstream-hop".parse().unwrap());
-                            response
-                                .headers_mut()
-                                .insert("x-upstream-hop", "1".parse().unwrap());
+                            let mut response = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            response.headers_mut().insert("connection", "x-upstream-hop".parse().unwrap());
+                            response.headers_mut().insert("x-upstream-hop", "1".parse().unwrap());
                             Ok::<_, Infallible>(response)
                         }
                     });
@@ -196,13 +175,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream {
-            addr,
-            hits,
-            received,
-            delay,
-            task,
-        }
+        Upstream { addr, hits, received, delay, task }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -214,12 +187,7 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Received {
-        self.received
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("the upstream received a request")
+        self.received.lock().unwrap().last().cloned().expect("the upstream received a request")
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -235,10 +203,7 @@ impl Drop for Upstream {
 
 /// A map for `Gateway::start_with_env`.
 pub fn env(pairs: &[(&str, &str)]) -> Env {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect::<BTreeMap<_, _>>()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
 }
 
 /// Sends raw bytes on a new connection and returns what came back (up to
@@ -254,8 +219,5 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
 
 /// The status code of a raw HTTP/1.1 response.
 pub fn status_of(raw: &str) -> u16 {
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
