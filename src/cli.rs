@@ -94,7 +94,17 @@ pub enum Command {
     /// Print an argon2id hash of a password read from standard input, for
     /// `authorization_server.users[].password_hash`.
     HashPassword,
+
+    /// Probe a health endpoint: exit 0 when it answers 200, else 1 (for
+    /// container health checks; the image needs no HTTP client).
+    Health {
+        #[arg(long, default_value = DEFAULT_HEALTH_URL)]
+        url: String,
+    },
 }
+
+/// Where `health` probes by default: the admin port's readiness.
+pub const DEFAULT_HEALTH_URL: &str = "http://127.0.0.1:9485/health/ready";
 
 /// The process environment, read once.
 pub fn environment() -> Env {
@@ -113,6 +123,7 @@ pub fn run(args: Args) -> ExitCode {
         Command::Check { config } => check(&config),
         Command::HashPassword => hash_password(),
         Command::DownloadSettings(download) => download_settings(download),
+        Command::Health { url } => health(&url),
         Command::Explain {
             config,
             method,
@@ -165,6 +176,66 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+fn health(url: &str) -> ExitCode {
+    match probe(url, std::time::Duration::from_secs(3)) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("{url}: status {status}");
+            ExitCode::FAILURE
+        }
+        Err(why) => {
+            eprintln!("{url}: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One plain HTTP/1.1 GET; the status code of the answer.
+fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// URLs are probed".into());
+    }
+    let host = uri.host().ok_or("the URL has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = (host.trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the host has no address")?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    // "HTTP/1.1 200 " is 13 bytes; it may come in pieces.
+    let mut head = [0u8; 13];
+    let mut filled = 0;
+    while filled < head.len() {
+        match stream
+            .read(&mut head[filled..])
+            .map_err(|e| e.to_string())?
+        {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    std::str::from_utf8(&head[..filled])
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| "no HTTP status in the answer".to_owned())
 }
 
 fn check(path: &Path) -> ExitCode {

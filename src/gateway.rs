@@ -21,13 +21,15 @@ use crate::authz_server::AuthorizationServer;
 use crate::config::{self, Env, Invalid, Snapshot};
 use crate::proxy::{self, Body, Connection, Runtime, Upstreams};
 use crate::reload::{Live, Source, Watcher};
-use crate::server::{self, ConnSettings};
+use crate::server::{self, ConnSettings, Transport};
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] Invalid),
+    #[error("ports.https: {0}")]
+    Tls(#[from] server::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -233,7 +235,32 @@ impl Gateway {
                 let state = state.clone();
                 async move { handle_api(&state, req, Connection { peer, tls: false }).await }
             };
-            tasks.spawn(server::serve(listener, settings, stop_rx.clone(), handler));
+            tasks.spawn(server::serve(
+                listener,
+                Transport::Plain,
+                settings,
+                stop_rx.clone(),
+                handler,
+            ));
+        }
+        if let Some(addr) = listen.https {
+            let live = state.clone();
+            let certificate = server::tls::LiveCertificate::new(move || live.live.snapshot())?;
+            let transport = Transport::Tls(certificate.acceptor()?);
+            let listener = bind(addr).await?;
+            gateway.https = listener.local_addr().ok();
+            let state = state.clone();
+            let handler = move |req, peer| {
+                let state = state.clone();
+                async move { handle_api(&state, req, Connection { peer, tls: true }).await }
+            };
+            tasks.spawn(server::serve(
+                listener,
+                transport,
+                settings,
+                stop_rx.clone(),
+                handler,
+            ));
         }
         if let Some(addr) = listen.admin {
             let listener = bind(addr).await?;
@@ -243,7 +270,13 @@ impl Gateway {
                 let state = state.clone();
                 async move { crate::admin::handle(&state, req).await }
             };
-            tasks.spawn(server::serve(listener, settings, stop_rx.clone(), handler));
+            tasks.spawn(server::serve(
+                listener,
+                Transport::Plain,
+                settings,
+                stop_rx.clone(),
+                handler,
+            ));
         }
         gateway.tasks = tasks;
         state.listening.store(true, Ordering::Release);

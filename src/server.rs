@@ -1,25 +1,44 @@
 //! Listeners: accepts connections on a bound socket (at most
-//! `limits.max_connections` at a time), serves HTTP/1.1 and HTTP/2 (h2c by
-//! prior knowledge) with the configured header limits and timeouts, and
-//! drains in-flight requests on shutdown.
+//! `limits.max_connections` at a time; the next one waits in the backlog),
+//! optionally completes a TLS handshake within `timeouts.header_read`, then
+//! serves HTTP/1.1 and HTTP/2 (ALPN `h2`, or h2c by prior knowledge) with the
+//! configured header limits, stream limits and timeouts, and drains
+//! in-flight requests on shutdown.
+//!
+//! Timeouts of a connection:
+//! - HTTP/1.1 headers must arrive within `header_read`. hyper runs that timer
+//!   from the moment it waits for a request head, so it also bounds the wait
+//!   for the next request on a keep-alive connection.
+//! - A connection with no request in flight is closed (HTTP/2: `GOAWAY`)
+//!   after `header_read` when it has not sent a first request, after `idle`
+//!   once it has. Requests in flight, however slow, are never cut by it.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::snapshot::{Limits, Timeouts};
-use crate::proxy::Body;
+use crate::proxy::{Body, BoxError};
 
 /// Connection settings taken from the snapshot at start.
 #[derive(Debug, Clone, Copy)]
@@ -35,25 +54,41 @@ fn builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(settings.timeouts.header_read)
         .max_headers(settings.limits.max_headers)
+        // hyper answers 431 when the head does not fit the read buffer.
         .max_buf_size(settings.limits.max_header_bytes.max(8192))
         .keep_alive(true);
+    let header_list = u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .max_header_list_size(settings.limits.max_header_bytes as u32)
+        // Bounds the decoded header block, so CONTINUATION floods end in a
+        // stream error instead of growing the buffer.
+        .max_header_list_size(header_list)
+        // Rapid reset (CVE-2023-44487) and locally-caused resets: over
+        // these, the connection is closed with GOAWAY.
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(256)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .max_send_buf_size(1 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
+/// How connections are secured on one listener.
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    Tls(TlsAcceptor),
+}
+
 /// Serves `listener` until `stop` turns true, then drains connections for at
-/// most `timeouts.drain`.
+/// most `timeouts.drain` and closes what is left.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    transport: Transport,
     settings: ConnSettings,
     mut stop: watch::Receiver<bool>,
     handler: H,
@@ -62,8 +97,13 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let builder = Arc::new(builder(settings));
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(settings.limits.max_connections.max(1)));
+    let max = settings
+        .limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS);
+    let max = u32::try_from(max).unwrap_or(u32::MAX);
+    let permits = Arc::new(Semaphore::new(max as usize));
+    let (force, forced) = watch::channel(false);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -84,32 +124,190 @@ pub async fn serve<H, F>(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            builder: builder.clone(),
+            settings,
+            stop: stop.clone(),
+            forced: forced.clone(),
+        };
+        let transport = transport.clone();
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let idle = settings.timeouts.idle;
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = conn.await {
-                tracing::debug!(error = %error, idle_timeout = ?idle, "connection ended with an error");
-            }
+            conn.run(stream, peer, transport, handler).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(settings.timeouts.drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Every connection holds a permit until it has ended.
+    let drained = tokio::time::timeout(settings.timeouts.drain, permits.acquire_many(max)).await;
+    if drained.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
+        let _ = force.send(true);
     }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// One accepted connection and what it needs to be served.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: ConnSettings,
+    stop: watch::Receiver<bool>,
+    forced: watch::Receiver<bool>,
+}
+
+impl Conn {
+    async fn run<H, F>(self, stream: TcpStream, peer: SocketAddr, transport: Transport, handler: H)
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        match transport {
+            Transport::Plain => self.http(TokioIo::new(stream), peer, handler).await,
+            Transport::Tls(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                match tokio::time::timeout(self.settings.timeouts.header_read, handshake).await {
+                    Ok(Ok(tls)) => self.http(TokioIo::new(tls), peer, handler).await,
+                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn http<I, H, F>(mut self, io: I, peer: SocketAddr, handler: H)
+    where
+        I: Read + Write + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let requests = activity.clone();
+        let service = service_fn(move |req| {
+            let guard = InFlight::begin(&requests);
+            let response = handler(req, peer);
+            async move { Ok::<_, Infallible>(response.await.map(|body| Tracked { body, guard })) }
+        });
+        let mut conn = pin!(self.builder.serve_connection(io, service));
+        let timeouts = self.settings.timeouts;
+        let mut closing = false;
+        loop {
+            let deadline = activity.deadline(timeouts);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, %peer, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stopped(&mut self.stop), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = activity.quiet.notified() => {}
+                _ = tokio::time::sleep_until(deadline), if !closing => {
+                    if activity.deadline(timeouts) <= Instant::now() {
+                        tracing::debug!(%peer, "idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                _ = stopped(&mut self.forced) => return,
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` when the last request finished.
+    idle_since_ms: AtomicU64,
+    served: AtomicU64,
+    first_done: AtomicBool,
+    /// Woken when the first request has finished.
+    quiet: Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            first_done: AtomicBool::new(false),
+            quiet: Notify::new(),
+        }
+    }
+
+    /// When the connection may be closed if nothing happens until then.
+    fn deadline(&self, timeouts: Timeouts) -> Instant {
+        let now = Instant::now();
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return now + timeouts.idle;
+        }
+        let since =
+            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        if self.served.load(Ordering::Acquire) == 0 {
+            since + timeouts.header_read
+        } else {
+            since + timeouts.idle
+        }
+    }
+}
+
+/// Counts a request as in flight until its response body is dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.served.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let elapsed = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.idle_since_ms.store(elapsed, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Deadlines only move later, except once: from `header_read` before
+        // the first request to `idle` after it. Re-arm the timer then only.
+        if !activity.first_done.swap(true, Ordering::AcqRel) {
+            activity.quiet.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    body: Body,
+    #[allow(dead_code)]
+    guard: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

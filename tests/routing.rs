@@ -342,7 +342,6 @@ async fn hop_by_hop_request_headers_are_not_forwarded() {
 }
 
 #[tokio::test]
-#[ignore = "proxy/forward.rs returns the upstream response headers as they are: hop-by-hop headers and those named in Connection reach the client"]
 async fn hop_by_hop_response_headers_are_not_returned() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&travels(&upstream)).await;

@@ -83,7 +83,7 @@ pub fn assets(s: &Snapshot) -> Value {
                 "base_path": api.base_path,
                 "upstream": match &api.upstream {
                     Upstream::Echo => json!({"echo": true}),
-                    Upstream::Url { scheme, authority, path, timeout } => json!({"url": format!("{scheme}://{authority}{path}"), "timeout": timeout.as_secs_f64()}),
+                    Upstream::Url { scheme, authority, path, timeout, .. } => json!({"url": format!("{scheme}://{authority}{path}"), "timeout": timeout.as_secs_f64()}),
                 },
                 "authentication": match &api.authentication {
                     Authentication::None => json!({"type": "none"}),

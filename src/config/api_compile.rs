@@ -233,6 +233,15 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
         Duration::from_secs(30),
     );
     let echo = ctx_bool(ctx, &up.value.echo, "upstream.echo");
+    let ca_bundle = up.value.ca_bundle.as_ref().and_then(|at| {
+        let path = ctx.path(&at.value.0);
+        ctx.files.push(path.clone());
+        let pem = super::compile::read_pem(ctx, at, &path, "CERTIFICATE")?;
+        Some(CaBundle {
+            path,
+            pem: pem.into(),
+        })
+    });
     match (&up.value.url, echo) {
         (Some(url), false) => {
             let uri = http::Uri::from_str(url.value.0.trim()).ok();
@@ -248,6 +257,7 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
                     authority,
                     path,
                     timeout,
+                    ca_bundle,
                 }),
                 None => {
                     ctx.report.error(

@@ -265,7 +265,7 @@ fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<TlsMaterial> 
     })
 }
 
-fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) -> Option<Vec<u8>> {
+pub(super) fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) -> Option<Vec<u8>> {
     match std::fs::read(path) {
         Ok(bytes) if String::from_utf8_lossy(&bytes).contains(&format!("{label}-----")) => {
             Some(bytes)

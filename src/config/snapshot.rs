@@ -165,7 +165,16 @@ pub enum Upstream {
         /// Path prefix without a trailing slash (`/api`, or empty).
         path: String,
         timeout: Duration,
+        /// Verifies an `https` upstream instead of the system roots.
+        ca_bundle: Option<CaBundle>,
     },
+}
+
+/// PEM CA certificates, read when the snapshot was compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub pem: Arc<[u8]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,58 +3,92 @@
 //! the per-API timeout on the response head. Forwarding takes the
 //! [`Grant`](crate::policy::Grant): nothing reaches an upstream unauthorized.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, Response, Uri};
+use http::{Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::ClientConfig;
 
 use super::reject::Rejection;
 use super::{full, Body, BoxError};
-use crate::config::snapshot::{Api, Upstream};
+use crate::config::snapshot::{Api, CaBundle, Upstream};
 use crate::policy::Grant;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Pool = Client<Connector, Body>;
+/// Pools by CA-bundle path, with the bundle they trust.
+type BundlePools = HashMap<PathBuf, (Arc<[u8]>, Pool)>;
 
-/// The shared upstream connection pool.
+/// The shared upstream connection pools: one verifying `https` upstreams
+/// against the system roots, and one per CA bundle an API names (built on
+/// first use, rebuilt when a reload brings a different bundle).
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Client<Connector, Body>,
+    client: Pool,
+    connect_timeout: Duration,
+    by_bundle: Arc<Mutex<BundlePools>>,
 }
 
 impl Upstreams {
     pub fn new(connect_timeout: Duration) -> Upstreams {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         // Without system roots, https upstreams fail closed (no trusted CA).
         let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .unwrap_or_else(|_| {
-                let config = rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            })
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(tls);
-        Upstreams { client }
+            .with_provider_and_native_roots(provider.clone())
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "no system CA roots; https upstreams need a ca_bundle");
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(client_config(provider, rustls::RootCertStore::empty()))
+            });
+        let client = pool(connect_timeout, tls);
+        Upstreams {
+            client,
+            connect_timeout,
+            by_bundle: Arc::default(),
+        }
+    }
+
+    /// The pool that verifies upstreams against `bundle`.
+    fn pool_for(&self, bundle: &CaBundle) -> Result<Pool, Rejection> {
+        let mut pools = match self.by_bundle.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((pem, pool)) = pools.get(&bundle.path) {
+            if Arc::ptr_eq(pem, &bundle.pem) || pem[..] == bundle.pem[..] {
+                return Ok(pool.clone());
+            }
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&bundle.pem).filter_map(Result::ok) {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(Rejection::BadGateway("no usable CA in the bundle".into()));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = client_config(provider, roots);
+        let pool = pool(
+            self.connect_timeout,
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+        );
+        pools.insert(bundle.path.clone(), (bundle.pem.clone(), pool.clone()));
+        Ok(pool)
     }
 
     /// Sends the request (its URI already the upstream's) and returns the
@@ -66,7 +100,7 @@ impl Upstreams {
         mut req: Request<Body>,
         rest: &str,
     ) -> Result<Response<Body>, Rejection> {
-        let (scheme, authority, prefix, timeout) = match &api.upstream {
+        let (scheme, authority, prefix, timeout, ca_bundle) = match &api.upstream {
             Upstream::Echo => {
                 let path = if rest.is_empty() { "/" } else { rest };
                 let target = match req.uri().query() {
@@ -83,7 +117,8 @@ impl Upstreams {
                 authority,
                 path,
                 timeout,
-            } => (scheme, authority, path, *timeout),
+                ca_bundle,
+            } => (scheme, authority, path, *timeout, ca_bundle),
         };
         let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);
         path_and_query.push_str(prefix);
@@ -102,12 +137,18 @@ impl Upstreams {
             .build()
             .map_err(|_| Rejection::BadRequest("the request cannot be mapped to the upstream"))?;
         *req.uri_mut() = uri;
+        // The pool speaks HTTP/1.1 to upstreams, whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             req.headers_mut().insert(http::header::HOST, host);
         }
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.client.request(req)).await;
+        let sent = match ca_bundle {
+            None => self.client.request(req),
+            Some(bundle) => self.pool_for(bundle)?.request(req),
+        };
+        let result = tokio::time::timeout(timeout, sent).await;
         crate::metrics::get()
             .upstream_duration
             .with_label_values(&[api.name.as_str()])
@@ -124,11 +165,37 @@ impl Upstreams {
                     "request".into()
                 }))
             }
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
+                // RFC 9110 §7.6.1: the upstream's hop-by-hop headers end here.
+                super::forwarded::strip_hop_by_hop(response.headers_mut());
                 Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
             }
         }
     }
+}
+
+fn client_config(provider: Arc<CryptoProvider>, roots: rustls::RootCertStore) -> ClientConfig {
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+fn pool(
+    connect_timeout: Duration,
+    tls: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
+) -> Pool {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 /// Set when a streamed body went over the limit, so the failure is a 413.

@@ -24,17 +24,11 @@ pub enum Rejection {
     #[error("no bearer token")]
     MissingToken { realm: String },
     #[error("invalid request: {why}")]
-    InvalidRequest { realm: String, why: &'static str },
+    InvalidRequest { why: &'static str },
     #[error("invalid token: {problem}")]
-    InvalidToken {
-        realm: String,
-        problem: TokenProblem,
-    },
+    InvalidToken { problem: TokenProblem },
     #[error("insufficient scope")]
-    InsufficientScope {
-        realm: String,
-        would_grant: Vec<String>,
-    },
+    InsufficientScope { would_grant: Vec<String> },
     #[error("auth server {auth_server} unavailable: {cause}")]
     AuthUnavailable { auth_server: String, cause: String },
     #[error("upstream unreachable: {0}")]
@@ -117,31 +111,26 @@ impl Rejection {
                     "a bearer token is required".to_owned(),
                     Some(format!("Bearer realm=\"{}\"", quoted(realm))),
                 ),
-                Rejection::InvalidRequest { realm, why } => (
+                // RFC 6750 §3: with an error code, the challenge is exactly
+                // the code (and the scopes that would do), as DESIGN lists.
+                Rejection::InvalidRequest { why } => (
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     (*why).to_owned(),
-                    Some(format!(
-                        "Bearer realm=\"{}\", error=\"invalid_request\"",
-                        quoted(realm)
-                    )),
+                    Some("Bearer error=\"invalid_request\"".to_owned()),
                 ),
-                Rejection::InvalidToken { realm, problem } => (
+                Rejection::InvalidToken { problem } => (
                     StatusCode::UNAUTHORIZED,
                     "invalid_token",
                     describe(*problem).to_owned(),
-                    Some(format!(
-                        "Bearer realm=\"{}\", error=\"invalid_token\"",
-                        quoted(realm)
-                    )),
+                    Some("Bearer error=\"invalid_token\"".to_owned()),
                 ),
-                Rejection::InsufficientScope { realm, would_grant } => (
+                Rejection::InsufficientScope { would_grant } => (
                     StatusCode::FORBIDDEN,
                     "insufficient_scope",
                     "the token does not grant a scope this resource needs".to_owned(),
                     Some(format!(
-                        "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
-                        quoted(realm),
+                        "Bearer error=\"insufficient_scope\", scope=\"{}\"",
                         quoted(&would_grant.join(" "))
                     )),
                 ),

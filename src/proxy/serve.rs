@@ -66,6 +66,7 @@ async fn phases(
     matched_api: &mut Option<Arc<Api>>,
 ) -> Result<Response<Body>, Rejection> {
     check_target(snap, &req)?;
+    host_from_authority(&mut req);
     let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
     let route = policy::route(snap, req.method(), &path).map_err(Rejection::NoRoute)?; // match
     *matched_api = Some(route.api.clone());
@@ -73,27 +74,21 @@ async fn phases(
     let who = authenticate(rt, &route, &req).await?; // authenticate
     let grant =
         policy::authorize(&route, who.as_ref()).map_err(|denied| Rejection::InsufficientScope {
-            realm: route.api.name.clone(),
             would_grant: denied.would_grant,
         })?; // authorize
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
     forwarded::strip_method_overrides(headers);
-    transform::apply(&route.api.transform, who.as_ref(), headers).map_err(|problem| {
-        Rejection::InvalidToken {
-            realm: route.api.name.clone(),
-            problem,
-        }
-    })?; // transform
-         // Counted once the token can no longer be refused for its properties.
+    transform::apply(&route.api.transform, who.as_ref(), headers)
+        .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
+                                                                  // Counted once the token can no longer be refused for its properties.
     crate::metrics::get()
         .auth_decisions
         .with_label_values(&[route.api.name.as_str(), "allowed"])
         .inc();
-    let mut req = limit_body(snap, req)?;
-    let headers = req.headers_mut();
     outbound::apply(&route.api.outbound, headers); // outbound auth
     forwarded::set_forwarded(headers, conn.peer, conn.tls, &snap.trusted_proxies);
+    let req = limit_body(snap, req)?;
     rt.upstreams
         .forward(grant, &route.api, req, &route.rest)
         .await // forward
@@ -106,19 +101,34 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
     if target_len > snap.limits.max_uri {
         return Err(Rejection::UriTooLong);
     }
-    if req.version() != Version::HTTP_2 {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) if valid_host(host.as_bytes()) => Some(host.as_bytes()),
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(Rejection::BadRequest("more than one Host header")),
+        (Some(_), None) => return Err(Rejection::BadRequest("malformed Host header")),
+    };
+    if req.version() == Version::HTTP_2 {
+        // RFC 9113 §8.3.1: `:authority`, else `Host`; when both are sent
+        // they must name the same origin.
+        match (uri.authority(), host) {
+            (Some(authority), Some(host)) if authority.as_str().as_bytes() != host => {
+                return Err(Rejection::BadRequest("Host and :authority differ"))
+            }
+            (Some(authority), _) if !valid_host(authority.as_str().as_bytes()) => {
+                return Err(Rejection::BadRequest("malformed :authority"))
+            }
+            (None, None) => return Err(Rejection::BadRequest("missing :authority")),
+            _ => {}
+        }
+    } else {
         // RFC 9112 §3.2: origin-form only; absolute-form is for proxies,
         // authority-form for CONNECT, which an API gateway does not serve.
         if uri.scheme().is_some() || uri.authority().is_some() {
             return Err(Rejection::BadRequest("absolute-form request target"));
         }
-        let mut hosts = req.headers().get_all(HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(host), None) if valid_host(host.as_bytes()) => {}
-            (None, _) if req.version() == Version::HTTP_10 => {}
-            (None, _) => return Err(Rejection::BadRequest("missing Host header")),
-            (Some(_), Some(_)) => return Err(Rejection::BadRequest("more than one Host header")),
-            (Some(_), None) => return Err(Rejection::BadRequest("malformed Host header")),
+        if host.is_none() && req.version() != Version::HTTP_10 {
+            return Err(Rejection::BadRequest("missing Host header"));
         }
     }
     if req.method() == http::Method::CONNECT {
@@ -141,6 +151,18 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
         return Err(Rejection::BadRequest("conflicting Content-Length headers"));
     }
     Ok(())
+}
+
+/// An HTTP/2 request names its origin in `:authority`; the forwarding
+/// headers read it from `Host`.
+fn host_from_authority<B>(req: &mut Request<B>) {
+    if req.headers().contains_key(HOST) {
+        return;
+    }
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    if let Some(value) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
+        req.headers_mut().insert(HOST, value);
+    }
 }
 
 fn valid_host(host: &[u8]) -> bool {
@@ -172,22 +194,15 @@ async fn authenticate<B>(
     let Authentication::OAuth2 { auth_server } = &route.api.authentication else {
         return Ok(None);
     };
-    let realm = || route.api.name.clone();
     let token = match extract::bearer(req.headers(), req.uri().query()) {
         Extracted::Token(token) => token,
-        Extracted::Missing => return Err(Rejection::MissingToken { realm: realm() }),
-        Extracted::InvalidRequest(why) => {
-            return Err(Rejection::InvalidRequest {
-                realm: realm(),
-                why,
+        Extracted::Missing => {
+            return Err(Rejection::MissingToken {
+                realm: route.api.name.clone(),
             })
         }
-        Extracted::Invalid(problem) => {
-            return Err(Rejection::InvalidToken {
-                realm: realm(),
-                problem,
-            })
-        }
+        Extracted::InvalidRequest(why) => return Err(Rejection::InvalidRequest { why }),
+        Extracted::Invalid(problem) => return Err(Rejection::InvalidToken { problem }),
     };
     match rt
         .auth
@@ -195,10 +210,7 @@ async fn authenticate<B>(
         .await
     {
         Ok(principal) => Ok(Some(principal)),
-        Err(AuthFailure::Invalid(problem)) => Err(Rejection::InvalidToken {
-            realm: realm(),
-            problem,
-        }),
+        Err(AuthFailure::Invalid(problem)) => Err(Rejection::InvalidToken { problem }),
         Err(AuthFailure::Unavailable { auth_server, cause }) => Err(Rejection::AuthUnavailable {
             auth_server: auth_server.to_string(),
             cause,

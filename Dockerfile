@@ -1,0 +1,51 @@
+# microgateway container image.
+#
+#   docker build -t microgateway .
+#   docker run -p 4485:4485 -p 7749:7749 \
+#     -v "$PWD/config:/etc/microgateway:ro" microgateway
+#
+# The configuration is read from /etc/microgateway/microgateway.yaml (mount
+# your own directory there: relative paths in it — TLS files, templates,
+# `${file:}` secrets — resolve against that directory). The image ships the
+# embedded default configuration there. Writable state (the authorization
+# server's signing key and SQLite store, downloaded settings) goes to
+# /var/lib/microgateway: point `authorization_server.signing_key`/`store`
+# and `api_gateway.cache_file` there (absolute paths).
+#
+# The API ports bind 0.0.0.0 in the container (MCGW_PORTS_BIND). The admin
+# port keeps its 127.0.0.1 default, which is enough for the HEALTHCHECK below;
+# set MCGW_ADMIN_BIND=0.0.0.0 to scrape /metrics from outside.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first, so code changes do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY src ./src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
+    && strip target/release/microgateway
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 microgateway \
+    && useradd --system --uid 10001 --gid microgateway --home-dir /var/lib/microgateway \
+       --shell /usr/sbin/nologin microgateway \
+    && mkdir -p /etc/microgateway /var/lib/microgateway \
+    && chown microgateway:microgateway /var/lib/microgateway
+COPY --from=build /src/target/release/microgateway /usr/local/bin/microgateway
+COPY config/ /etc/microgateway/
+ENV MCGW_PORTS_BIND=0.0.0.0 \
+    MCGW_LOG=info
+USER microgateway:microgateway
+WORKDIR /var/lib/microgateway
+# 4485 http, 7749 https (needs `tls:`), 9485 admin (health, metrics, REST).
+EXPOSE 4485 7749 9485
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["microgateway", "health", "--url", "http://127.0.0.1:9485/health/ready"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["microgateway"]
+CMD ["start", "--config", "/etc/microgateway/microgateway.yaml"]

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# microgateway against nginx as a plain reverse proxy, with the same wrk load.
+#
+#   bench/compare.sh            # ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2
+#
+# Starts an nginx upstream answering a small JSON body, then measures in
+# interleaved rounds: the upstream direct, nginx proxying to it (keepalive
+# pool, HTTP/1.1), and microgateway (release build, MCGW_LOG=warn) on a route
+# with `authentication: none`. Prints the median req/s, p50 and p99 of each,
+# the microgateway/nginx ratios, and resident memory idle and under load
+# (from /proc). Everything it starts is stopped on exit.
+#
+# Targets: req/s >= 1.0x nginx, p99 <= 1.25x nginx, idle RSS <= 20 MiB.
+# Needs nginx and wrk (installed from Debian packages when missing).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+PORT_UPSTREAM=${PORT_UPSTREAM:-18180}
+PORT_NGINX=${PORT_NGINX:-18181}
+PORT_MCGW=${PORT_MCGW:-18182}
+PORT_ADMIN=${PORT_ADMIN:-18183}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/microgateway
+WORK=$(mktemp -d /tmp/mcgw-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+need() {
+    command -v "$1" >/dev/null 2>&1 && return
+    echo "installing $2 ..." >&2
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+    else
+        sudo apt-get update -qq && sudo apt-get install -y -qq "$2" >/dev/null
+    fi
+}
+need wrk wrk
+need nginx nginx-light
+NGINX=$(command -v nginx)
+
+echo "building microgateway (release) ..." >&2
+(cd "$ROOT" && cargo build --release --quiet)
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "port $1 did not open" >&2
+    exit 1
+}
+
+# nginx in the foreground, so its master is our child and its pid is known.
+start_nginx() { # name conf
+    mkdir -p "$WORK/$1/logs"
+    "$NGINX" -p "$WORK/$1" -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+}
+
+mkdir -p "$WORK/upstream" "$WORK/proxy"
+cat >"$WORK/upstream/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/upstream/nginx.pid;
+error_log $WORK/upstream/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    server {
+        listen 127.0.0.1:$PORT_UPSTREAM reuseport;
+        location / {
+            default_type application/json;
+            return 200 '{"ok":true,"service":"bench","items":[1,2,3]}';
+        }
+    }
+}
+EOF
+cat >"$WORK/proxy/nginx.conf" <<EOF
+worker_processes $(nproc);
+pid $WORK/proxy/nginx.pid;
+error_log $WORK/proxy/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    upstream backend {
+        server 127.0.0.1:$PORT_UPSTREAM;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$PORT_NGINX reuseport;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+cat >"$WORK/microgateway.yaml" <<EOF
+ports: { http: $PORT_MCGW, bind: 127.0.0.1 }
+admin: { port: $PORT_ADMIN, bind: 127.0.0.1 }
+apis:
+- name: bench
+  version: "1.0"
+  base_path: /bench
+  upstream: { url: "http://127.0.0.1:$PORT_UPSTREAM/bench" }
+  authentication: { type: none }
+  resources: ["GET /items"]
+EOF
+
+start_nginx upstream
+start_nginx proxy
+MCGW_LOG=warn "$BIN" start -c "$WORK/microgateway.yaml" 2>"$WORK/microgateway.log" &
+MCGW_PID=$!
+PIDS+=($MCGW_PID)
+wait_port "$PORT_UPSTREAM"
+wait_port "$PORT_NGINX"
+wait_port "$PORT_MCGW"
+NGINX_PROXY_PID=$(cat "$WORK/proxy/nginx.pid" 2>/dev/null || echo "")
+sleep 0.5
+
+rss_kib() { # pids...
+    local total=0
+    for pid in "$@"; do
+        local kib
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+nginx_proxy_pids() { # the proxy's master and workers
+    [ -n "$NGINX_PROXY_PID" ] || return 0
+    echo "$NGINX_PROXY_PID"
+    pgrep -P "$NGINX_PROXY_PID" || true
+}
+
+MCGW_IDLE_KIB=$(rss_kib "$MCGW_PID")
+# shellcheck disable=SC2046
+NGINX_IDLE_KIB=$(rss_kib $(nginx_proxy_pids))
+
+# "1.23ms" / "850.00us" / "1.02s" -> milliseconds
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000
+        else if (v ~ /ms$/) n = n
+        else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n
+    }'
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+# run NAME PORT: one wrk run; appends "rps p50 p99" to $WORK/NAME.txt
+run() {
+    local out
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench/items")
+    local rps p50 p99 errors
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+    errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+    [ -z "$errors" ] || echo "  $1: $errors" >&2
+    echo "$rps $p50 $p99" >>"$WORK/$1.txt"
+    printf '  %-13s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$1" "$rps" "$p50" "$p99" >&2
+}
+
+# Peak RSS of PIDS while a command runs.
+peak_rss_during() { # file pids... -- (sampled until the marker file is gone)
+    local file=$1 peak=0 now
+    shift
+    while [ -e "$file" ]; do
+        now=$(rss_kib "$@")
+        [ "$now" -gt "$peak" ] && peak=$now
+        sleep 0.2
+    done
+    echo "$peak"
+}
+
+echo "warm-up ..." >&2
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_NGINX/bench/items" >/dev/null
+wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_MCGW/bench/items" >/dev/null
+
+MCGW_LOAD_KIB=0
+NGINX_LOAD_KIB=0
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round/$ROUNDS" >&2
+    run direct "$PORT_UPSTREAM"
+    touch "$WORK/sampling"
+    # shellcheck disable=SC2046
+    (peak_rss_during "$WORK/sampling" $(nginx_proxy_pids) >"$WORK/nginx-peak") &
+    run nginx "$PORT_NGINX"
+    rm -f "$WORK/sampling"
+    wait $!
+    NGINX_LOAD_KIB=$(( $(cat "$WORK/nginx-peak") > NGINX_LOAD_KIB ? $(cat "$WORK/nginx-peak") : NGINX_LOAD_KIB ))
+    touch "$WORK/sampling"
+    (peak_rss_during "$WORK/sampling" "$MCGW_PID" >"$WORK/mcgw-peak") &
+    run microgateway "$PORT_MCGW"
+    rm -f "$WORK/sampling"
+    wait $!
+    MCGW_LOAD_KIB=$(( $(cat "$WORK/mcgw-peak") > MCGW_LOAD_KIB ? $(cat "$WORK/mcgw-peak") : MCGW_LOAD_KIB ))
+done
+
+col() { awk -v c="$2" '{print $c}' "$WORK/$1.txt" | median; }
+declare -A RPS P50 P99
+for name in direct nginx microgateway; do
+    RPS[$name]=$(col "$name" 1)
+    P50[$name]=$(col "$name" 2)
+    P99[$name]=$(col "$name" 3)
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+echo
+echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
+echo "tools:   $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), microgateway $("$BIN" --version | awk '{print $2}')"
+echo "load:    wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS interleaved rounds, medians; all on one host"
+echo
+printf '%-14s %12s %10s %10s\n' "" "req/s" "p50 ms" "p99 ms"
+for name in direct nginx microgateway; do
+    printf '%-14s %12.0f %10.3f %10.3f\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+done
+echo
+echo "microgateway / nginx: req/s $(ratio "${RPS[microgateway]}" "${RPS[nginx]}")x (target >= 1.0), p50 $(ratio "${P50[microgateway]}" "${P50[nginx]}")x, p99 $(ratio "${P99[microgateway]}" "${P99[nginx]}")x (target <= 1.25)"
+printf 'RSS idle:   microgateway %.1f MiB (target <= 20), nginx proxy %.1f MiB (master + workers)\n' \
+    "$(awk -v k="$MCGW_IDLE_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_IDLE_KIB" 'BEGIN {print k / 1024}')"
+printf 'RSS loaded: microgateway %.1f MiB, nginx proxy %.1f MiB (peak)\n' \
+    "$(awk -v k="$MCGW_LOAD_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_LOAD_KIB" 'BEGIN {print k / 1024}')"

@@ -1,0 +1,171 @@
+//! The container image, read from the Dockerfile (no Docker engine needed):
+//! a release build on `rust:1-bookworm`, a `debian:bookworm-slim` runtime
+//! with CA certificates, a non-root user, the documented configuration
+//! path, the three ports, and a HEALTHCHECK that needs no HTTP client.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Gateway;
+
+/// One instruction per entry, continuation lines joined, comments dropped.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (keyword, rest) = current
+                    .split_once(char::is_whitespace)
+                    .unwrap_or((&current, ""));
+                out.push((keyword.to_ascii_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+fn dockerfile() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
+    instructions(&std::fs::read_to_string(path).expect("Dockerfile at the project root"))
+}
+
+/// The instructions of the final stage.
+fn runtime_stage(all: &[(String, String)]) -> &[(String, String)] {
+    let last_from = all.iter().rposition(|(k, _)| k == "FROM").expect("a FROM");
+    &all[last_from..]
+}
+
+#[test]
+fn builds_release_on_rust_bookworm_and_runs_on_bookworm_slim() {
+    let all = dockerfile();
+    let froms: Vec<&str> = all
+        .iter()
+        .filter(|(k, _)| k == "FROM")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
+    assert!(froms[0].starts_with("rust:1-bookworm"), "{froms:?}");
+    assert_eq!(froms[1], "debian:bookworm-slim");
+    let build_stage = &all[..all.iter().rposition(|(k, _)| k == "FROM").unwrap()];
+    assert!(build_stage
+        .iter()
+        .any(|(k, v)| k == "RUN" && v.contains("cargo build --release")));
+    let runtime = runtime_stage(&all);
+    assert!(runtime.iter().any(|(k, v)| k == "RUN"
+        && v.contains("apt-get install")
+        && v.contains("ca-certificates")));
+    assert!(runtime.iter().any(|(k, v)| k == "COPY"
+        && v.contains("--from=build")
+        && v.contains("target/release/microgateway")));
+}
+
+#[test]
+fn runs_as_a_non_root_user() {
+    let all = dockerfile();
+    let user = runtime_stage(&all)
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "USER")
+        .map(|(_, v)| v.clone())
+        .expect("a USER in the runtime stage");
+    let name = user.split(':').next().unwrap_or_default();
+    assert!(!matches!(name, "root" | "0" | ""), "USER {user}");
+}
+
+#[test]
+fn reads_the_documented_configuration_path_and_exposes_the_ports() {
+    let all = dockerfile();
+    let runtime = runtime_stage(&all);
+    let cmd: String = runtime
+        .iter()
+        .filter(|(k, _)| k == "CMD" || k == "ENTRYPOINT")
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        cmd.contains("start") && cmd.contains("/etc/microgateway/microgateway.yaml"),
+        "{cmd}"
+    );
+    assert!(runtime
+        .iter()
+        .any(|(k, v)| k == "COPY" && v.contains("/etc/microgateway")));
+    let exposed: Vec<&str> = runtime
+        .iter()
+        .filter(|(k, _)| k == "EXPOSE")
+        .flat_map(|(_, v)| v.split_whitespace())
+        .collect();
+    for port in ["4485", "7749", "9485"] {
+        assert!(exposed.contains(&port), "EXPOSE {exposed:?} lacks {port}");
+    }
+    // The default config binds 127.0.0.1; in a container the API ports must not.
+    assert!(runtime
+        .iter()
+        .any(|(k, v)| k == "ENV" && v.contains("MCGW_PORTS_BIND=0.0.0.0")));
+}
+
+#[test]
+fn healthcheck_probes_readiness_on_the_admin_port_with_the_binary() {
+    let all = dockerfile();
+    let check = runtime_stage(&all)
+        .iter()
+        .find(|(k, _)| k == "HEALTHCHECK")
+        .map(|(_, v)| v.clone())
+        .expect("a HEALTHCHECK");
+    assert!(check.contains("CMD"), "{check}");
+    assert!(
+        check.contains("microgateway") && check.contains("health"),
+        "{check}"
+    );
+    assert!(check.contains("127.0.0.1:9485/health/ready"), "{check}");
+}
+
+#[test]
+fn dockerignore_keeps_build_output_and_secrets_out() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".dockerignore");
+    let text = std::fs::read_to_string(path).expect(".dockerignore at the project root");
+    let entries: Vec<&str> = text.lines().map(str::trim).collect();
+    for entry in ["target/", ".git/", "*.key"] {
+        assert!(entries.contains(&entry), ".dockerignore lacks {entry}");
+    }
+}
+
+#[tokio::test]
+async fn health_command_exits_0_when_ready_and_1_when_down() {
+    let gw = Gateway::start("ports: { http: 0, bind: 127.0.0.1 }\nadmin: { port: 0 }\n").await;
+    let url = gw.admin_url("/health/ready");
+    let binary = env!("CARGO_BIN_EXE_microgateway");
+    let ready = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            Command::new(binary)
+                .args(["health", "--url", &url])
+                .status()
+        }
+    })
+    .await
+    .unwrap()
+    .expect("run microgateway health");
+    assert!(ready.success(), "health against a ready gateway: {ready}");
+    gw.shutdown().await;
+    let down = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args(["health", "--url", &url])
+            .status()
+    })
+    .await
+    .unwrap()
+    .expect("run microgateway health");
+    assert_eq!(down.code(), Some(1));
+}

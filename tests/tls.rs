@@ -1,0 +1,307 @@
+//! TLS both ways: `ports.https` serves HTTP/1.1 and HTTP/2 by ALPN with the
+//! live snapshot's certificate (a reload applies to new connections), and
+//! `https` upstreams are verified against an API's `ca_bundle`.
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{crypto, Gateway, Upstream};
+use http::{Request, StatusCode};
+use http_body_util::{Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use microgateway::reload::Source;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// A certificate for `localhost` and its key, as PEM.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+fn self_signed() -> Leaf {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: signing_key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+fn write_leaf(dir: &Path, leaf: &Leaf) {
+    std::fs::write(dir.join("server.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &leaf.key_pem).unwrap();
+}
+
+fn https_yaml(upstream: &Upstream, tls_dir: &Path) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, https: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+tls:
+  certificate: {dir}/server.crt
+  key: {dir}/server.key
+timeouts: {{ header_read: 1s }}
+apis:
+- name: Secure
+  version: "1.0"
+  base_path: /secure
+  transport: [https]
+  upstream: {{ url: "{url}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+"#,
+        dir = tls_dir.display(),
+        url = upstream.url("/api")
+    )
+}
+
+fn https_addr(gw: &Gateway) -> SocketAddr {
+    gw.inner
+        .as_ref()
+        .unwrap()
+        .https
+        .expect("ports.https is bound")
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    trusted: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn https_serves_http1_and_h2_by_alpn() {
+    crypto();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let leaf = self_signed();
+    write_leaf(tls_dir.path(), &leaf);
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&https_yaml(&upstream, tls_dir.path())).await;
+    let addr = https_addr(&gw);
+
+    let tls = tls_connect(addr, &leaf.der, b"http/1.1").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get("/secure/items")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(upstream.last().headers["x-forwarded-proto"], "https");
+
+    let tls = tls_connect(addr, &leaf.der, b"h2").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get(format!("https://localhost:{}/secure/items", addr.port()))
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(upstream.last().headers["x-forwarded-proto"], "https");
+
+    // `transport: [https]`: the plain port does not serve this API.
+    assert_eq!(gw.get("/secure/items").await.status(), 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reloaded_certificate_applies_to_new_connections() {
+    crypto();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let first = self_signed();
+    write_leaf(tls_dir.path(), &first);
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&https_yaml(&upstream, tls_dir.path())).await;
+    let addr = https_addr(&gw);
+    let held = tls_connect(addr, &first.der, b"http/1.1").await;
+
+    let second = self_signed();
+    write_leaf(tls_dir.path(), &second);
+    let generation = gw
+        .state()
+        .reload(Source::Api)
+        .expect("the new certificate compiles");
+    gw.wait_generation(generation).await;
+    let tls = tls_connect(addr, &second.der, b"http/1.1").await;
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(presented, second.der);
+    // The connection opened before keeps its session.
+    let presented = held.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(presented, first.der);
+
+    // A key that does not match its certificate: the last good one serves on.
+    std::fs::write(tls_dir.path().join("server.key"), self_signed().key_pem).unwrap();
+    let generation = gw
+        .state()
+        .reload(Source::Api)
+        .expect("PEM files are still PEM");
+    gw.wait_generation(generation).await;
+    let tls = tls_connect(addr, &second.der, b"http/1.1").await;
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], second.der);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_tls_connection_is_closed_after_header_read() {
+    crypto();
+    let tls_dir = tempfile::tempdir().unwrap();
+    write_leaf(tls_dir.path(), &self_signed());
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&https_yaml(&upstream, tls_dir.path())).await;
+    let mut tcp = TcpStream::connect(https_addr(&gw)).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(4), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "no handshake, still open"
+    );
+    gw.shutdown().await;
+}
+
+/// An `https` upstream whose certificate a private CA signed; returns its
+/// address and the CA's PEM.
+async fn https_upstream() -> (SocketAddr, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "microgateway test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                break;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let body = format!("{{\"path\":\"{}\"}}", req.uri().path());
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, ca_cert.pem())
+}
+
+#[tokio::test]
+async fn https_upstream_is_verified_against_the_ca_bundle() {
+    crypto();
+    let (addr, ca_pem) = https_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("upstream-ca.pem");
+    std::fs::write(&bundle, ca_pem).unwrap();
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Pinned
+  version: "1.0"
+  base_path: /pinned
+  upstream: {{ url: "https://localhost:{port}/api", ca_bundle: "{bundle}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+- name: SystemRoots
+  version: "1.0"
+  base_path: /system
+  upstream: {{ url: "https://localhost:{port}/api" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+"#,
+        port = addr.port(),
+        bundle = bundle.display()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let resp = gw.get("/pinned/items").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), r#"{"path":"/api/items"}"#);
+    // The private CA is in no system store: verification fails closed.
+    assert_eq!(gw.get("/system/items").await.status(), 502);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreadable_ca_bundle_is_a_configuration_error() {
+    let yaml = r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+apis:
+- name: Pinned
+  version: "1.0"
+  base_path: /pinned
+  upstream: { url: "https://localhost:1/api", ca_bundle: "/nonexistent/ca.pem" }
+  authentication: { type: none }
+  resources: ["GET /items"]
+"#;
+    let error = Gateway::try_start(yaml, common::Env::new())
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+}
