@@ -1,6 +1,7 @@
 //! Configuration: raw YAML (`raw`, read by `load`) → interpreted values
-//! (`resolve`) → checked and compiled (`compile`, `api_compile`,
-//! `authz_compile`) into an immutable [`Snapshot`] with a generation number.
+//! (`resolve`) → checked and compiled (`compile` drives `listener_compile`,
+//! `security_compile`, `api_compile`, `authz_compile`, `fleet_compile`) into
+//! an immutable [`Snapshot`] with a generation number.
 //! Every finding is a [`Diagnostic`] with file, line and column. Never
 //! touches the network; reads only the files the configuration names.
 
@@ -9,10 +10,13 @@ pub mod authz;
 pub mod authz_compile;
 pub mod compile;
 pub mod diagnostic;
+pub mod fleet_compile;
+pub mod listener_compile;
 pub mod load;
 pub mod raw;
 pub mod resolve;
 pub mod secret;
+pub mod security_compile;
 pub mod snapshot;
 pub mod template;
 
@@ -79,7 +83,7 @@ pub fn load_text_with(
 pub fn api_gateway(path: &Path, env: &Env) -> Result<Option<snapshot::ApiGateway>, Invalid> {
     let (mut file, mut report) = load::read(path)?;
     resolve::apply_overrides(&mut file, env);
-    let settings = compile::api_gateway_only(&file, &mut report, env, path);
+    let settings = fleet_compile::api_gateway_only(&file, &mut report, env, path);
     if report.has_errors() {
         let mut findings = report.findings;
         findings.retain(|d| d.severity == Severity::Error);

@@ -1,0 +1,189 @@
+//! Compiling what the listeners are built from: ports and bind addresses,
+//! TLS material, admin credentials, trusted proxies, limits and timeouts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::compile::Ctx;
+use super::raw::{self, Scalar, S};
+use super::snapshot::*;
+use super::Secret;
+
+pub(super) fn port(ctx: &mut Ctx, value: &Option<S<Scalar>>, key: &str) -> Option<u16> {
+    value
+        .as_ref()
+        .and_then(|v| ctx.number::<u16>(v, key, "a port number 0-65535"))
+}
+
+pub(super) fn ip(ctx: &mut Ctx, value: &Option<S<Scalar>>, key: &str, default: IpAddr) -> IpAddr {
+    match value {
+        None => default,
+        Some(v) if v.value.0 == "localhost" => IpAddr::from([127, 0, 0, 1]),
+        Some(v) => ctx
+            .number::<IpAddr>(v, key, "an IP address such as 0.0.0.0 or 127.0.0.1")
+            .unwrap_or(default),
+    }
+}
+
+pub(super) fn listen(ctx: &mut Ctx, file: &raw::File) -> Listen {
+    let bind = ip(
+        ctx,
+        &file.ports.bind,
+        "ports.bind",
+        IpAddr::from([0, 0, 0, 0]),
+    );
+    let admin_bind = ip(
+        ctx,
+        &file.admin.bind,
+        "admin.bind",
+        IpAddr::from([127, 0, 0, 1]),
+    );
+    let http = port(ctx, &file.ports.http, "ports.http");
+    let https = port(ctx, &file.ports.https, "ports.https");
+    let admin = match &file.admin.port {
+        Some(_) => port(ctx, &file.admin.port, "admin.port"),
+        None => Some(9485),
+    };
+    Listen {
+        http: http.map(|p| SocketAddr::new(bind, p)),
+        https: https.map(|p| SocketAddr::new(bind, p)),
+        admin: admin.map(|p| SocketAddr::new(admin_bind, p)),
+    }
+}
+
+pub(super) fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<TlsMaterial> {
+    let Some(section) = &file.tls else {
+        if let (Some(https), Some(_)) = (&file.ports.https, listen.https) {
+            ctx.report.error(
+                https.referenced,
+                "ports.https is set but there is no `tls:` section",
+                "a `tls:` section with `certificate` and `key`, or no ports.https",
+            );
+        }
+        return None;
+    };
+    let at = section.referenced;
+    let cert = ctx.required(&section.value.certificate, at, "tls.certificate")?;
+    let key = ctx.required(&section.value.key, at, "tls.key")?;
+    let certificate_path = ctx.path(&cert.value.0);
+    let key_path = ctx.path(&key.value.0);
+    ctx.files.push(certificate_path.clone());
+    ctx.files.push(key_path.clone());
+    let certificate_pem = read_pem(ctx, cert, &certificate_path, "CERTIFICATE")?;
+    let key_pem = read_pem(ctx, key, &key_path, "PRIVATE KEY")?;
+    Some(TlsMaterial {
+        certificate_path,
+        key_path,
+        certificate_pem,
+        key_pem: Secret::new(String::from_utf8_lossy(&key_pem).into_owned()),
+    })
+}
+
+pub(super) fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) if String::from_utf8_lossy(&bytes).contains(&format!("{label}-----")) => {
+            Some(bytes)
+        }
+        Ok(_) => {
+            ctx.report.error(
+                at.referenced,
+                format!("{} is not a PEM {label}", path.display()),
+                "a PEM file",
+            );
+            None
+        }
+        Err(e) => {
+            ctx.report.error(
+                at.referenced,
+                format!("cannot read {}: {e}", path.display()),
+                "a readable PEM file",
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn admin(ctx: &mut Ctx, admin: &raw::Admin) -> Admin {
+    let credentials = match (&admin.user, &admin.password) {
+        (Some(user), Some(password)) => ctx
+            .secret(password, "admin.password")
+            .map(|p| (user.value.0.clone(), p)),
+        (Some(user), None) => {
+            ctx.report.error(
+                user.referenced,
+                "admin.user is set without admin.password",
+                "both or neither",
+            );
+            None
+        }
+        (None, Some(password)) => {
+            ctx.report.error(
+                password.referenced,
+                "admin.password is set without admin.user",
+                "both or neither",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    Admin { credentials }
+}
+
+pub(super) fn trusted_proxies(ctx: &mut Ctx, list: &[S<String>]) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .filter_map(|cidr| {
+            let text = cidr.value.trim();
+            let parsed = ipnet::IpNet::from_str(text)
+                .ok()
+                .or_else(|| IpAddr::from_str(text).ok().map(ipnet::IpNet::from));
+            if parsed.is_none() {
+                ctx.report.error(
+                    cidr.referenced,
+                    format!("trusted_proxies: `{text}` is not a CIDR"),
+                    "CIDRs such as 10.0.0.0/8 or 127.0.0.1/32",
+                );
+            }
+            parsed
+        })
+        .collect()
+}
+
+pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
+    let max_headers = raw
+        .max_headers
+        .as_ref()
+        .and_then(|v| ctx.number::<usize>(v, "limits.max_headers", "a positive integer"))
+        .unwrap_or(100);
+    let max_connections = raw
+        .max_connections
+        .as_ref()
+        .and_then(|v| ctx.number::<usize>(v, "limits.max_connections", "a positive integer"))
+        .unwrap_or(10_000);
+    Limits {
+        max_header_bytes: ctx.size(&raw.max_header_bytes, "limits.max_header_bytes", 32 << 10)
+            as usize,
+        max_headers,
+        max_uri: ctx.size(&raw.max_uri, "limits.max_uri", 8 << 10) as usize,
+        max_body: ctx.size(&raw.max_body, "limits.max_body", 10 << 20),
+        max_connections,
+    }
+}
+
+pub(super) fn timeouts(ctx: &mut Ctx, raw: &raw::Timeouts) -> Timeouts {
+    Timeouts {
+        header_read: ctx.duration(
+            &raw.header_read,
+            "timeouts.header_read",
+            Duration::from_secs(10),
+        ),
+        idle: ctx.duration(&raw.idle, "timeouts.idle", Duration::from_secs(60)),
+        upstream_connect: ctx.duration(
+            &raw.upstream_connect,
+            "timeouts.upstream_connect",
+            Duration::from_secs(2),
+        ),
+        drain: ctx.duration(&raw.drain, "timeouts.drain", Duration::from_secs(30)),
+    }
+}

@@ -1,0 +1,343 @@
+//! Compiling `security_settings` (auth servers with their webMethods keys,
+//! aliases) and `scope_mappings`, with every reference checked.
+
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::compile::{names, Ctx};
+use super::raw::{self, Scalar, S};
+use super::snapshot::*;
+
+pub(super) fn warn_ignored(ctx: &mut Ctx, name: &str, value: &S<raw::Ignored>) {
+    if !value.value.is_null {
+        ctx.report.warning(
+            value.referenced,
+            format!("`{name}` is a webMethods setting that has no effect here; ignored"),
+        );
+    }
+}
+
+pub(super) fn auth_servers(
+    ctx: &mut Ctx,
+    list: &[S<raw::AuthServer>],
+) -> BTreeMap<Arc<str>, Arc<AuthServer>> {
+    let mut servers = BTreeMap::new();
+    for entry in list {
+        let raw = &entry.value;
+        for (name, value) in raw.ignored_keys() {
+            warn_ignored(ctx, name, value);
+        }
+        if let Some(kind) = &raw.kind {
+            if kind.value != "authServerAlias" {
+                ctx.report.error(
+                    kind.referenced,
+                    format!("auth server type `{}` is not supported", kind.value),
+                    "authServerAlias",
+                );
+            }
+        }
+        let Some(id) = ctx.required(&raw.id, entry.referenced, "id") else {
+            continue;
+        };
+        let id_text: Arc<str> = Arc::from(id.value.as_str());
+        if servers.contains_key(&id_text) {
+            ctx.report.error(
+                id.referenced,
+                format!("auth server id `{}` is defined twice", id.value),
+                "unique ids",
+            );
+            continue;
+        }
+        let local = raw
+            .local_introspection
+            .as_ref()
+            .and_then(|l| local_introspection(ctx, l));
+        let remote = raw
+            .remote_introspection
+            .as_ref()
+            .and_then(|r| remote_introspection(ctx, r));
+        if raw.local_introspection.is_none() && raw.remote_introspection.is_none() {
+            ctx.report.error(
+                entry.referenced,
+                format!("auth server `{}` has neither localIntrospectionConfig nor remoteIntrospectionConfig", id.value),
+                "at least one of them",
+            );
+        }
+        let name = raw
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| id.value.clone());
+        servers.insert(
+            id_text.clone(),
+            Arc::new(AuthServer {
+                id: id_text,
+                name,
+                local,
+                remote,
+            }),
+        );
+    }
+    servers
+}
+
+pub(super) fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str) -> Option<String> {
+    let text = value.value.0.trim();
+    match http::Uri::from_str(text) {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+        {
+            Some(text.to_owned())
+        }
+        _ => {
+            ctx.report.error(
+                value.referenced,
+                format!("{key}: `{text}` is not an http(s) URL"),
+                "http://host[:port]/path or https://…",
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn local_introspection(
+    ctx: &mut Ctx,
+    entry: &S<raw::LocalIntrospection>,
+) -> Option<LocalIntrospection> {
+    let raw = &entry.value;
+    for (name, value) in [
+        ("certificateAlias", &raw.certificate_alias),
+        ("description", &raw.description),
+        ("useLocalClockSkew", &raw.use_local_clock_skew),
+    ] {
+        if let Some(value) = value {
+            warn_ignored(ctx, name, value);
+        }
+    }
+    let issuer = ctx.required(
+        &raw.issuer,
+        entry.referenced,
+        "localIntrospectionConfig.issuer",
+    )?;
+    let issuer = issuer.value.0.clone();
+    let jwks_uri = raw.jwksuri.as_ref().and_then(|u| url(ctx, u, "jwksuri"));
+    let clock_skew = ctx.duration(&raw.clock_skew, "clockSkew", Duration::from_secs(60));
+    if clock_skew > Duration::from_secs(60) {
+        if let Some(at) = &raw.clock_skew {
+            ctx.report
+                .error(at.referenced, "clockSkew is more than 60s", "at most 60s");
+        }
+    }
+    let trust_store = raw
+        .trust_store_alias
+        .as_ref()
+        .and_then(|t| t.value.as_ref().map(|p| (t.referenced, p)))
+        .map(|(at, p)| {
+            let path = ctx.path(p);
+            if !path.is_file() {
+                ctx.report.error(
+                    at,
+                    format!("trustStoreAlias: cannot read CA bundle {}", path.display()),
+                    "null, or the path of a PEM CA bundle",
+                );
+            }
+            ctx.files.push(path.clone());
+            path
+        });
+    Some(LocalIntrospection {
+        issuer,
+        jwks_uri,
+        audience: ctx.text(&raw.audience),
+        clock_skew,
+        accept_jwt_typ: ctx.boolean(&raw.accept_jwt_typ, "accept_jwt_typ", false),
+        trust_store,
+    })
+}
+
+pub(super) fn remote_introspection(
+    ctx: &mut Ctx,
+    entry: &S<raw::RemoteIntrospection>,
+) -> Option<RemoteIntrospection> {
+    let raw = &entry.value;
+    if let Some(user) = &raw.user {
+        warn_ignored(ctx, "user", user);
+    }
+    let at = entry.referenced;
+    let endpoint = ctx.required(&raw.introspection_endpoint, at, "introspectionEndpoint");
+    let endpoint = endpoint.and_then(|e| url(ctx, e, "introspectionEndpoint"));
+    let client_id = ctx
+        .required(&raw.client_id, at, "clientId")
+        .map(|c| c.value.0.clone());
+    let client_secret = ctx
+        .required(&raw.client_secret, at, "clientSecret")
+        .and_then(|s| ctx.secret(s, "clientSecret"));
+    let client_auth = match &raw.client_auth {
+        None => ClientAuth::Basic,
+        Some(v) if v.value.0 == "client_secret_basic" => ClientAuth::Basic,
+        Some(v) if v.value.0 == "client_secret_post" => ClientAuth::Post,
+        Some(v) => {
+            ctx.report.error(
+                v.referenced,
+                format!("client_auth `{}` is not supported", v.value.0),
+                "client_secret_basic or client_secret_post",
+            );
+            ClientAuth::Basic
+        }
+    };
+    let cache_ttl = ctx.duration(&raw.cache_ttl, "cache_ttl", Duration::from_secs(60));
+    let negative_cache_ttl = ctx.duration(
+        &raw.negative_cache_ttl,
+        "negative_cache_ttl",
+        Duration::from_secs(5),
+    );
+    Some(RemoteIntrospection {
+        endpoint: endpoint?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        client_auth,
+        cache_ttl,
+        negative_cache_ttl,
+    })
+}
+
+pub(super) fn aliases(ctx: &mut Ctx, list: &[S<raw::Alias>]) -> BTreeMap<String, Alias> {
+    let mut aliases = BTreeMap::new();
+    for entry in list {
+        let raw = &entry.value;
+        let Some(name) = ctx.required(&raw.name, entry.referenced, "name") else {
+            continue;
+        };
+        if aliases.contains_key(&name.value) {
+            ctx.report.error(
+                name.referenced,
+                format!("alias `{}` is defined twice", name.value),
+                "unique alias names",
+            );
+            continue;
+        }
+        let kind = raw
+            .kind
+            .as_ref()
+            .map(|k| k.value.as_str())
+            .unwrap_or("basic");
+        let alias = match kind {
+            "basic" => {
+                let user = ctx.required(&raw.username, entry.referenced, "username");
+                let password = ctx
+                    .required(&raw.password, entry.referenced, "password")
+                    .and_then(|p| ctx.secret(p, "password"));
+                user.zip(password).map(|(u, p)| Alias::Basic {
+                    username: u.value.0.clone(),
+                    password: p,
+                })
+            }
+            "bearer" => ctx
+                .required(&raw.token, entry.referenced, "token")
+                .and_then(|t| ctx.secret(t, "token"))
+                .map(|token| Alias::Bearer { token }),
+            other => {
+                let at = raw
+                    .kind
+                    .as_ref()
+                    .map(|k| k.referenced)
+                    .unwrap_or(entry.referenced);
+                ctx.report.error(
+                    at,
+                    format!("alias type `{other}` is not supported"),
+                    "basic or bearer",
+                );
+                None
+            }
+        };
+        if let Some(alias) = alias {
+            aliases.insert(name.value.clone(), alias);
+        }
+    }
+    aliases
+}
+
+pub(super) fn scope_mappings(
+    ctx: &mut Ctx,
+    list: &[S<raw::ScopeMapping>],
+    auth_servers: &BTreeMap<Arc<str>, Arc<AuthServer>>,
+    apis: &[S<raw::Api>],
+) -> Vec<ScopeMapping> {
+    let declared: HashSet<(String, String)> = apis
+        .iter()
+        .flat_map(|api| {
+            let name = api
+                .value
+                .name
+                .as_ref()
+                .map(|n| n.value.clone())
+                .unwrap_or_default();
+            api.value.scopes.iter().filter_map(move |s| {
+                s.value
+                    .name
+                    .as_ref()
+                    .map(|n| (name.clone(), n.value.clone()))
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut mappings = Vec::new();
+    for entry in list {
+        let raw = &entry.value;
+        let server = ctx.required(&raw.auth_server, entry.referenced, "auth_server");
+        let scope = ctx.required(&raw.scope, entry.referenced, "scope");
+        let (Some(server), Some(scope)) = (server, scope) else {
+            continue;
+        };
+        if !auth_servers.contains_key(server.value.as_str()) {
+            ctx.report.error(
+                server.referenced,
+                format!(
+                    "scope mapping names auth server `{}`, which is not defined",
+                    server.value
+                ),
+                format!(
+                    "one of: {}",
+                    names(auth_servers.keys().map(|k| k.to_string()))
+                ),
+            );
+            continue;
+        }
+        if !seen.insert((server.value.clone(), scope.value.clone())) {
+            ctx.report.error(
+                scope.referenced,
+                format!(
+                    "scope `{}` of auth server `{}` is mapped twice",
+                    scope.value, server.value
+                ),
+                "one mapping per (auth_server, scope); list several api_scopes in it",
+            );
+        }
+        let mut api_scopes = Vec::new();
+        for api_scope in &raw.api_scopes {
+            let known = api_scope
+                .value
+                .rsplit_once(':')
+                .is_some_and(|(api, s)| declared.contains(&(api.to_owned(), s.to_owned())));
+            if known {
+                api_scopes.push(api_scope.value.clone());
+            } else {
+                ctx.report.error(
+                    api_scope.referenced,
+                    format!("api scope `{}` is not declared by any API", api_scope.value),
+                    format!(
+                        "\"API name:scope name\", one of: {}",
+                        names(declared.iter().map(|(a, s)| format!("{a}:{s}")))
+                    ),
+                );
+            }
+        }
+        mappings.push(ScopeMapping {
+            auth_server: Arc::from(server.value.as_str()),
+            token_scope: scope.value.clone(),
+            api_scopes,
+        });
+    }
+    mappings
+}
