@@ -1202,26 +1202,7 @@ async fn the_oauth2_crate_completes_code_with_pkce() {
     assert_eq!(param(&params, "state"), Some(csrf.secret().as_str()));
     let code = param(&params, "code").expect("code").to_owned();
 
-    // Our reqwest (0.13) behind the crate's async HTTP client trait.
-    let http = gw.client.clone();
-    let send = move |request: oauth2::HttpRequest| {
-        let http = http.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let response = http
-                .request(parts.method, parts.uri.to_string())
-                .headers(parts.headers)
-                .body(body)
-                .send()
-                .await?;
-            let mut out = http::Response::builder().status(response.status());
-            for (name, value) in response.headers() {
-                out = out.header(name, value);
-            }
-            let body = response.bytes().await?.to_vec();
-            Ok::<_, reqwest::Error>(out.body(body).expect("response"))
-        }
-    };
+    let send = common::oauth::Transport(gw.client.clone());
     let token = client
         .exchange_code(AuthorizationCode::new(code))
         .set_pkce_verifier(verifier)

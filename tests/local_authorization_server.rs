@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+use common::oauth::Transport;
 use common::{Gateway, Upstream};
 use oauth2::basic::BasicClient;
 use oauth2::{
@@ -157,37 +156,6 @@ async fn world(options: Options) -> World {
 
 /// The OAuth2 library's transport: our reqwest client (the library's own
 /// reqwest feature pins another major version).
-struct Transport(reqwest::Client);
-
-type Exchange<'c> =
-    Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, reqwest::Error>> + Send + 'c>>;
-
-impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
-    type Error = reqwest::Error;
-    type Future = Exchange<'c>;
-
-    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let response = self
-                .0
-                .request(parts.method, parts.uri.to_string())
-                .headers(parts.headers)
-                .body(body)
-                .send()
-                .await?;
-            let mut answer = http::Response::builder().status(response.status());
-            for (name, value) in response.headers() {
-                answer = answer.header(name, value);
-            }
-            let body = response.bytes().await?.to_vec();
-            Ok(answer
-                .body(body)
-                .expect("status and headers came from a response"))
-        })
-    }
-}
-
 impl World {
     fn oauth_client(
         &self,

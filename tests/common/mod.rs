@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod oauth;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
