@@ -159,7 +159,7 @@ fn explain_allows_a_token_with_a_mapped_scope() {
          auth:       oauth2, auth server local\n\
          api scopes: Time travels:ViewTickets (any one)\n\
          granted by: token scopes view\n\
-         verdict:    ALLOW (grants ViewTickets)\n"
+         verdict:    ALLOW (grants Time travels:ViewTickets)\n"
     );
 }
 

@@ -94,7 +94,9 @@ pub fn decide(
                 };
                 match authorize(&matched, Some(&principal)) {
                     Ok(grant) => {
-                        verdict.granted_api_scope = grant.api_scope().map(str::to_owned);
+                        verdict.granted_api_scope = grant
+                            .api_scope()
+                            .map(|scope| format!("{}:{scope}", api.name));
                         Outcome::Allow
                     }
                     Err(_) => Outcome::InsufficientScope,
