@@ -253,6 +253,8 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             });
             match parts {
                 Some((scheme, authority, path)) => Some(Upstream::Url {
+                    host: HeaderValue::from_str(authority.as_str())
+                        .expect("a parsed authority is a valid header value"),
                     scheme,
                     authority,
                     path,

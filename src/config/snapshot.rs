@@ -162,6 +162,8 @@ pub enum Upstream {
     Url {
         scheme: http::uri::Scheme,
         authority: http::uri::Authority,
+        /// The `Host` header the upstream receives (its authority).
+        host: HeaderValue,
         /// Path prefix without a trailing slash (`/api`, or empty).
         path: String,
         timeout: Duration,

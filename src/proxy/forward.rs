@@ -100,7 +100,7 @@ impl Upstreams {
         mut req: Request<Body>,
         rest: &str,
     ) -> Result<Response<Body>, Rejection> {
-        let (scheme, authority, prefix, timeout, ca_bundle) = match &api.upstream {
+        let (scheme, authority, host, prefix, timeout, ca_bundle) = match &api.upstream {
             Upstream::Echo => {
                 let path = if rest.is_empty() { "/" } else { rest };
                 let target = match req.uri().query() {
@@ -115,10 +115,11 @@ impl Upstreams {
             Upstream::Url {
                 scheme,
                 authority,
+                host,
                 path,
                 timeout,
                 ca_bundle,
-            } => (scheme, authority, path, *timeout, ca_bundle),
+            } => (scheme, authority, host, path, *timeout, ca_bundle),
         };
         let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);
         path_and_query.push_str(prefix);
@@ -139,9 +140,7 @@ impl Upstreams {
         *req.uri_mut() = uri;
         // The pool speaks HTTP/1.1 to upstreams, whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(http::header::HOST, host);
-        }
+        req.headers_mut().insert(http::header::HOST, host.clone());
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
         let sent = match ca_bundle {
