@@ -228,20 +228,27 @@ impl Gateway {
             watcher: None,
         };
         if let Some(addr) = listen.http {
-            let listener = bind(addr).await?;
-            gateway.http = listener.local_addr().ok();
-            let state = state.clone();
-            let handler = move |req, peer| {
+            let listeners = bind_per_core(addr)?;
+            gateway.http = listeners.first().and_then(|l| l.local_addr().ok());
+            // One limit for the port, whichever socket a connection came in on.
+            let slots = server::connection_slots(settings);
+            for listener in listeners {
                 let state = state.clone();
-                async move { handle_api(&state, req, Connection { peer, tls: false }).await }
-            };
-            tasks.spawn(server::serve(
-                listener,
-                Transport::Plain,
-                settings,
-                stop_rx.clone(),
-                handler,
-            ));
+                let stop = stop_rx.clone();
+                let slots = slots.clone();
+                let serving = Serving {
+                    settings,
+                    slots,
+                    stop,
+                };
+                let thread = std::thread::Builder::new()
+                    .name("microgateway-http".into())
+                    .spawn(move || serve_on_this_thread(state, listener, serving))
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                tasks.spawn(async move {
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                });
+            }
         }
         if let Some(addr) = listen.https {
             let live = state.clone();
@@ -258,6 +265,7 @@ impl Gateway {
                 listener,
                 transport,
                 settings,
+                server::connection_slots(settings),
                 stop_rx.clone(),
                 handler,
             ));
@@ -274,6 +282,7 @@ impl Gateway {
                 listener,
                 Transport::Plain,
                 settings,
+                server::connection_slots(settings),
                 stop_rx.clone(),
                 handler,
             ));
@@ -390,4 +399,79 @@ async fn authz_endpoint(
         .handle(http::Request::from_parts(parts, collected.to_bytes()), ctx)
         .await;
     response.map(proxy::full)
+}
+
+/// One `SO_REUSEPORT` socket per core on `addr` (the kernel spreads new
+/// connections over them), each to be served by a thread of its own — the
+/// worker model of nginx: no request or upstream connection is handed from
+/// one thread to another.
+fn bind_per_core(addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bind_one = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    let first = bind_one(addr).map_err(|source| StartError::Bind { addr, source })?;
+    // Port 0 picks a port once; the others join the socket group on it.
+    let bound = first
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind_one(bound).map_err(|source| StartError::Bind {
+            addr: bound,
+            source,
+        })?);
+    }
+    Ok(listeners)
+}
+
+/// Serves one listener on a single-threaded runtime owned by this thread,
+/// with this thread's own upstream pool, until `stop`.
+struct Serving {
+    settings: ConnSettings,
+    slots: Arc<tokio::sync::Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serving: Serving) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start a listener thread");
+            return;
+        }
+    };
+    state.runtime.upstreams.pin_pool_to_this_thread();
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "cannot serve a listener");
+                return;
+            }
+        };
+        let handler = move |req, peer| {
+            let state = state.clone();
+            async move { handle_api(&state, req, Connection { peer, tls: false }).await }
+        };
+        let Serving {
+            settings,
+            slots,
+            stop,
+        } = serving;
+        server::serve(listener, Transport::Plain, settings, slots, stop, handler).await;
+    });
 }

@@ -84,12 +84,26 @@ pub enum Transport {
     Tls(TlsAcceptor),
 }
 
+/// The connection slots of one listener (or of the sockets of one port),
+/// `limits.max_connections` of them.
+pub fn connection_slots(settings: ConnSettings) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(slot_count(settings)))
+}
+
+fn slot_count(settings: ConnSettings) -> usize {
+    settings
+        .limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
+}
+
 /// Serves `listener` until `stop` turns true, then drains connections for at
 /// most `timeouts.drain` and closes what is left.
 pub async fn serve<H, F>(
     listener: TcpListener,
     transport: Transport,
     settings: ConnSettings,
+    slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     handler: H,
 ) where
@@ -97,21 +111,8 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let builder = Arc::new(builder(settings));
-    let max = settings
-        .limits
-        .max_connections
-        .clamp(1, Semaphore::MAX_PERMITS);
-    let max = u32::try_from(max).unwrap_or(u32::MAX);
-    let permits = Arc::new(Semaphore::new(max as usize));
     let (force, forced) = watch::channel(false);
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut stop) => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -120,6 +121,15 @@ pub async fn serve<H, F>(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        // Over the limit, an accepted connection waits (unread) for a slot,
+        // and this listener accepts nothing more meanwhile.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
             },
             _ = stopped(&mut stop) => break,
         };
@@ -138,8 +148,10 @@ pub async fn serve<H, F>(
         });
     }
     drop(listener);
-    // Every connection holds a permit until it has ended.
-    let drained = tokio::time::timeout(settings.timeouts.drain, permits.acquire_many(max)).await;
+    // Every connection holds a slot until it has ended: all slots back
+    // means every connection of the port has been drained.
+    let all = u32::try_from(slot_count(settings)).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(settings.timeouts.drain, slots.acquire_many(all)).await;
     if drained.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
         let _ = force.send(true);

@@ -44,7 +44,26 @@ pub struct Upstreams {
     by_bundle: Arc<Mutex<BundlePools>>,
 }
 
+thread_local! {
+    /// A listener thread's own default pool: a request and the upstream
+    /// connection it goes out on are driven by the same thread, so a
+    /// forward costs no wake-up across threads.
+    static THREAD_POOL: std::cell::RefCell<Option<Pool>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Upstreams {
+    /// Gives the calling thread a default pool of its own.
+    pub fn pin_pool_to_this_thread(&self) {
+        let own = Upstreams::new(self.connect_timeout).client;
+        THREAD_POOL.with(|pool| *pool.borrow_mut() = Some(own));
+    }
+
+    fn default_pool(&self) -> Pool {
+        THREAD_POOL
+            .with(|pool| pool.borrow().clone())
+            .unwrap_or_else(|| self.client.clone())
+    }
+
     pub fn new(connect_timeout: Duration) -> Upstreams {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         // Without system roots, https upstreams fail closed (no trusted CA).
@@ -144,7 +163,7 @@ impl Upstreams {
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
         let sent = match ca_bundle {
-            None => self.client.request(req),
+            None => self.default_pool().request(req),
             Some(bundle) => self.pool_for(bundle)?.request(req),
         };
         let result = tokio::time::timeout(timeout, sent).await;
