@@ -307,16 +307,7 @@ impl Inner {
         if req.body().len() > MAX_BODY {
             return Err(OAuthError::BodyTooLarge { limit: MAX_BODY });
         }
-        let is_form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        if !is_form {
+        if !super::form::is_form(req.headers()) {
             return Err(OAuthError::InvalidRequest(
                 "Content-Type must be application/x-www-form-urlencoded",
             ));

@@ -7,7 +7,21 @@
 //! different values of one name. Only a name the caller declares
 //! repeatable (the approval page's scope checkboxes) may come several times.
 
+use http::{header, HeaderMap};
 use percent_encoding::percent_decode;
+
+/// Whether a request body is declared `application/x-www-form-urlencoded`
+/// (RFC 6749 §3.2 and §4.1.3: the endpoints take nothing else).
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {

@@ -99,16 +99,7 @@ fn read(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Result<Form, OAuthEr
     let bytes: &[u8] = if req.method() == Method::GET {
         req.uri().query().unwrap_or("").as_bytes()
     } else {
-        let is_form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        if !is_form {
+        if !super::form::is_form(req.headers()) {
             return Err(OAuthError::InvalidRequest(
                 "Content-Type must be application/x-www-form-urlencoded",
             ));
