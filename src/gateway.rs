@@ -228,47 +228,25 @@ impl Gateway {
             watcher: None,
         };
         if let Some(addr) = listen.http {
-            let listeners = bind_per_core(addr)?;
-            gateway.http = listeners.first().and_then(|l| l.local_addr().ok());
-            // One limit for the port, whichever socket a connection came in on.
-            let slots = server::connection_slots(settings);
-            for listener in listeners {
-                let state = state.clone();
-                let stop = stop_rx.clone();
-                let slots = slots.clone();
-                let serving = Serving {
-                    settings,
-                    slots,
-                    stop,
-                };
-                let thread = std::thread::Builder::new()
-                    .name("microgateway-http".into())
-                    .spawn(move || serve_on_this_thread(state, listener, serving))
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                tasks.spawn(async move {
-                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-                });
-            }
+            let serving = Serving {
+                settings,
+                slots: server::connection_slots(settings),
+                stop: stop_rx.clone(),
+                transport: Transport::Plain,
+            };
+            gateway.http = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
         }
         if let Some(addr) = listen.https {
             let live = state.clone();
             let certificate = server::tls::LiveCertificate::new(move || live.live.snapshot())?;
             let transport = Transport::Tls(certificate.acceptor()?);
-            let listener = bind(addr).await?;
-            gateway.https = listener.local_addr().ok();
-            let state = state.clone();
-            let handler = move |req, peer| {
-                let state = state.clone();
-                async move { handle_api(&state, req, Connection { peer, tls: true }).await }
-            };
-            tasks.spawn(server::serve(
-                listener,
-                transport,
+            let serving = Serving {
                 settings,
-                server::connection_slots(settings),
-                stop_rx.clone(),
-                handler,
-            ));
+                slots: server::connection_slots(settings),
+                stop: stop_rx.clone(),
+                transport,
+            };
+            gateway.https = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
         }
         if let Some(addr) = listen.admin {
             let listener = bind(addr).await?;
@@ -437,10 +415,41 @@ fn bind_per_core(addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartEr
 
 /// Serves one listener on a single-threaded runtime owned by this thread,
 /// with this thread's own upstream pool, until `stop`.
+/// Serves an API port on one socket and thread per core (see
+/// `bind_per_core`); returns the bound address.
+fn serve_per_core(
+    state: &Arc<State>,
+    addr: SocketAddr,
+    serving: Serving,
+    tasks: &mut JoinSet<()>,
+) -> Result<SocketAddr, StartError> {
+    let listeners = bind_per_core(addr)?;
+    let bound = listeners[0]
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    for listener in listeners {
+        let state = state.clone();
+        let serving = serving.clone();
+        let thread = std::thread::Builder::new()
+            .name("microgateway-api".into())
+            .spawn(move || serve_on_this_thread(state, listener, serving))
+            .map_err(|source| StartError::Bind { addr, source })?;
+        tasks.spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        });
+    }
+    Ok(bound)
+}
+
+/// What each thread of a port serves with; `slots` are shared by all of
+/// them (one connection limit per port, whichever socket a connection
+/// came in on).
+#[derive(Clone)]
 struct Serving {
     settings: ConnSettings,
     slots: Arc<tokio::sync::Semaphore>,
     stop: watch::Receiver<bool>,
+    transport: Transport,
 }
 
 fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serving: Serving) {
@@ -455,6 +464,13 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
         }
     };
     state.runtime.upstreams.pin_pool_to_this_thread();
+    let Serving {
+        settings,
+        slots,
+        stop,
+        transport,
+    } = serving;
+    let tls = matches!(transport, Transport::Tls(_));
     runtime.block_on(async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
@@ -465,13 +481,8 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
         };
         let handler = move |req, peer| {
             let state = state.clone();
-            async move { handle_api(&state, req, Connection { peer, tls: false }).await }
+            async move { handle_api(&state, req, Connection { peer, tls }).await }
         };
-        let Serving {
-            settings,
-            slots,
-            stop,
-        } = serving;
-        server::serve(listener, Transport::Plain, settings, slots, stop, handler).await;
+        server::serve(listener, transport, settings, slots, stop, handler).await;
     });
 }
