@@ -61,9 +61,10 @@ fn http_client(ca_bundle: Option<&[u8]>) -> reqwest::Client {
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(60));
     if let Some(pem) = ca_bundle {
-        for cert in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
-            builder = builder.add_root_certificate(cert);
-        }
+        // The bundle replaces the system roots; one that does not parse
+        // trusts nothing (fetches fail, 503) rather than everything.
+        let certs = reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default();
+        builder = builder.tls_certs_only(certs);
     }
     builder.build().unwrap_or_default()
 }
