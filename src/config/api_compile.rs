@@ -123,6 +123,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let transform = transform(ctx, &raw.policies);
     let outbound = outbound(ctx, &raw.policies, refs.aliases);
     Some(Api {
+        metrics: ApiMetrics::of(&name),
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
         name,
         version,

@@ -131,6 +131,9 @@ pub struct ScopeMapping {
 
 #[derive(Debug)]
 pub struct Api {
+    /// This API's metric series that do not depend on the request, looked
+    /// up once per snapshot instead of by label on every request.
+    pub metrics: ApiMetrics,
     pub name: String,
     pub version: String,
     /// Canonical base path without a trailing slash (`/travels`).
@@ -277,5 +280,23 @@ impl Snapshot {
                     .strip_prefix(api.base_path.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiMetrics {
+    /// `auth_decisions_total{api, result="allowed"}`.
+    pub allowed: prometheus::IntCounter,
+    /// `upstream_duration_seconds{api}`.
+    pub upstream_duration: prometheus::Histogram,
+}
+
+impl ApiMetrics {
+    pub fn of(api: &str) -> ApiMetrics {
+        let metrics = crate::metrics::get();
+        ApiMetrics {
+            allowed: metrics.auth_decisions.with_label_values(&[api, "allowed"]),
+            upstream_duration: metrics.upstream_duration.with_label_values(&[api]),
+        }
     }
 }

@@ -167,9 +167,8 @@ impl Upstreams {
             Some(bundle) => self.pool_for(bundle)?.request(req),
         };
         let result = tokio::time::timeout(timeout, sent).await;
-        crate::metrics::get()
+        api.metrics
             .upstream_duration
-            .with_label_values(&[api.name.as_str()])
             .observe(started.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(Rejection::GatewayTimeout),

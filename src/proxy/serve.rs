@@ -82,10 +82,7 @@ async fn phases(
     transform::apply(&route.api.transform, who.as_ref(), headers)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
                                                                   // Counted once the token can no longer be refused for its properties.
-    crate::metrics::get()
-        .auth_decisions
-        .with_label_values(&[route.api.name.as_str(), "allowed"])
-        .inc();
+    route.api.metrics.allowed.inc();
     outbound::apply(&route.api.outbound, headers); // outbound auth
     forwarded::set_forwarded(headers, conn.peer, conn.tls, &snap.trusted_proxies);
     let req = limit_body(snap, req)?;
