@@ -125,7 +125,13 @@ impl Live {
                 "these settings changed but only take effect on a restart; the running listeners keep the ones they started with"
             );
         }
+        // The status changes under its lock together with the snapshot, so
+        // whoever sees the new generation also sees its status.
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        status.last_reload_at = Some(SystemTime::now());
+        status.last_reload_error = None;
         self.current.store(Arc::new(next));
+        drop(status);
         crate::metrics::get()
             .config_generation
             .set(generation as i64);
@@ -133,10 +139,6 @@ impl Live {
             .config_reload
             .with_label_values(&[source.label(), "ok"])
             .inc();
-        if let Ok(mut status) = self.status.lock() {
-            status.last_reload_at = Some(SystemTime::now());
-            status.last_reload_error = None;
-        }
     }
 
     /// Records a refused reload; the serving snapshot stays.
