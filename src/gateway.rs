@@ -298,45 +298,38 @@ async fn handle_api(
 ) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // The access log's copy of the path, only when the log is on.
+    let logged_path = tracing::enabled!(target: "microgateway::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_owned());
     let snapshot = state.live.snapshot();
     let (response, api) = match state.authz.load_full() {
-        Some(authz) if crate::authz_server::is_endpoint(&path) => (
-            authz_endpoint(state, &snapshot, &authz, conn, req).await,
+        Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
+            Box::pin(authz_endpoint(state, &snapshot, &authz, conn, req)).await,
             None,
         ),
         _ => proxy::serve(&snapshot, &state.runtime, conn, req).await,
     };
     let status = response.status();
-    let api_name = api.as_ref().map_or("-", |a| a.name.as_str());
-    let metrics = crate::metrics::get();
-    metrics
-        .requests
-        .with_label_values(&[api_name, method.as_str(), status.as_str()])
-        .inc();
-    let class = match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics
-        .responses
-        .with_label_values(&[api_name, class])
-        .inc();
+    let series = api
+        .as_ref()
+        .map_or(crate::metrics::ApiMetrics::unmatched(), |a| &a.metrics);
+    series.count_response(&method, status);
     let elapsed = started.elapsed();
-    metrics.request_duration.observe(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "microgateway::access",
-        client = %conn.peer.ip(),
-        method = %method,
-        path = %path,
-        api = api_name,
-        status = status.as_u16(),
-        micros = elapsed.as_micros() as u64,
-        "request"
-    );
+    crate::metrics::get()
+        .request_duration
+        .observe(elapsed.as_secs_f64());
+    if let Some(path) = logged_path {
+        tracing::info!(
+            target: "microgateway::access",
+            client = %conn.peer.ip(),
+            method = %method,
+            path = %path,
+            api = api.as_ref().map_or("-", |a| a.name.as_str()),
+            status = status.as_u16(),
+            micros = elapsed.as_micros() as u64,
+            "request"
+        );
+    }
     response
 }
 

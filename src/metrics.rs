@@ -3,12 +3,15 @@
 //! carry a token, a secret or a client-chosen string other than a path the
 //! configuration declared (API names come from the snapshot).
 
-use std::sync::LazyLock;
+use std::cell::RefCell;
+use std::sync::{Arc, LazyLock};
 
+use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+use thread_local::ThreadLocal;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -153,4 +156,148 @@ impl Metrics {
 pub fn get() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
     &METRICS
+}
+
+/// The series of one API (or of requests that matched none, `api="-"`),
+/// looked up once when a snapshot is compiled. `requests_total` by method
+/// and status goes through a small per-thread cache, so counting a request
+/// takes no lock and hashes no label.
+#[derive(Clone)]
+pub struct ApiMetrics(Arc<ApiSeries>);
+
+struct ApiSeries {
+    name: String,
+    /// `auth_decisions_total{api, result="allowed"}`.
+    allowed: IntCounter,
+    /// `upstream_duration_seconds{api}`.
+    upstream_duration: Histogram,
+    /// `responses_total{api, class}`, 1xx..5xx.
+    responses: [IntCounter; 5],
+    /// `requests_total{api, method, status}` seen by each thread.
+    requests: ThreadLocal<RefCell<Vec<(u32, IntCounter)>>>,
+}
+
+/// Series a thread keeps at hand per API; past that, it looks them up.
+const CACHED_PER_THREAD: usize = 64;
+
+impl ApiMetrics {
+    pub fn of(api: &str) -> ApiMetrics {
+        let metrics = get();
+        let class = |c: &str| metrics.responses.with_label_values(&[api, c]);
+        ApiMetrics(Arc::new(ApiSeries {
+            name: api.to_owned(),
+            allowed: metrics.auth_decisions.with_label_values(&[api, "allowed"]),
+            upstream_duration: metrics.upstream_duration.with_label_values(&[api]),
+            responses: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            requests: ThreadLocal::new(),
+        }))
+    }
+
+    /// The series of requests that matched no API.
+    pub fn unmatched() -> &'static ApiMetrics {
+        static UNMATCHED: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics::of("-"));
+        &UNMATCHED
+    }
+
+    pub fn allowed(&self) -> &IntCounter {
+        &self.0.allowed
+    }
+
+    pub fn upstream_duration(&self) -> &Histogram {
+        &self.0.upstream_duration
+    }
+
+    /// Counts an answered request in `requests_total` and `responses_total`.
+    pub fn count_response(&self, method: &Method, status: StatusCode) {
+        let series = &self.0;
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        series.responses[class].inc();
+        let (index, method) = method_label(method);
+        let key = u32::from(index) << 16 | u32::from(status.as_u16());
+        let mut cached = series.requests.get_or_default().borrow_mut();
+        if let Some((_, counter)) = cached.iter().find(|(k, _)| *k == key) {
+            counter.inc();
+            return;
+        }
+        let counter =
+            get()
+                .requests
+                .with_label_values(&[series.name.as_str(), method, status.as_str()]);
+        counter.inc();
+        if cached.len() < CACHED_PER_THREAD {
+            cached.push((key, counter));
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiMetrics")
+            .field("api", &self.0.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `method` label: the standard methods by name, anything else as
+/// `OTHER`, so a client cannot mint series with made-up methods.
+fn method_label(method: &Method) -> (u8, &'static str) {
+    match *method {
+        Method::GET => (0, "GET"),
+        Method::HEAD => (1, "HEAD"),
+        Method::POST => (2, "POST"),
+        Method::PUT => (3, "PUT"),
+        Method::DELETE => (4, "DELETE"),
+        Method::PATCH => (5, "PATCH"),
+        Method::OPTIONS => (6, "OPTIONS"),
+        Method::TRACE => (7, "TRACE"),
+        Method::CONNECT => (8, "CONNECT"),
+        _ => (9, "OTHER"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(api: &str, method: &str, status: &str) -> u64 {
+        get()
+            .requests
+            .with_label_values(&[api, method, status])
+            .get()
+    }
+
+    #[test]
+    fn made_up_methods_share_one_series() {
+        let api = ApiMetrics::of("metrics-test-methods");
+        for name in ["FOO", "BAR1", "BAZ2"] {
+            let method = Method::from_bytes(name.as_bytes()).expect("valid token");
+            api.count_response(&method, StatusCode::NOT_FOUND);
+        }
+        assert_eq!(requests("metrics-test-methods", "OTHER", "404"), 3);
+        assert_eq!(requests("metrics-test-methods", "FOO", "404"), 0);
+    }
+
+    #[test]
+    fn cached_and_uncached_series_count_alike() {
+        let api = ApiMetrics::of("metrics-test-cache");
+        // More distinct series than a thread caches.
+        for status in 200..(200 + CACHED_PER_THREAD as u16 + 10) {
+            let status = StatusCode::from_u16(status).expect("valid status");
+            api.count_response(&Method::GET, status);
+            api.count_response(&Method::GET, status);
+        }
+        assert_eq!(requests("metrics-test-cache", "GET", "200"), 2);
+        let last = (200 + CACHED_PER_THREAD as u16 + 9).to_string();
+        assert_eq!(requests("metrics-test-cache", "GET", &last), 2);
+        let classes = get()
+            .responses
+            .with_label_values(&["metrics-test-cache", "2xx"]);
+        assert_eq!(classes.get(), 2 * (CACHED_PER_THREAD as u64 + 10));
+    }
 }

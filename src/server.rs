@@ -208,6 +208,8 @@ impl Conn {
         loop {
             let deadline = activity.deadline(timeouts);
             tokio::select! {
+                // The connection first: it is what wakes this task, nearly always.
+                biased;
                 result = conn.as_mut() => {
                     if let Err(error) = result {
                         tracing::debug!(%error, %peer, "connection ended with an error");

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use super::authz;
 use super::Secret;
+pub use crate::metrics::ApiMetrics;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -280,23 +281,5 @@ impl Snapshot {
                     .strip_prefix(api.base_path.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ApiMetrics {
-    /// `auth_decisions_total{api, result="allowed"}`.
-    pub allowed: prometheus::IntCounter,
-    /// `upstream_duration_seconds{api}`.
-    pub upstream_duration: prometheus::Histogram,
-}
-
-impl ApiMetrics {
-    pub fn of(api: &str) -> ApiMetrics {
-        let metrics = crate::metrics::get();
-        ApiMetrics {
-            allowed: metrics.auth_decisions.with_label_values(&[api, "allowed"]),
-            upstream_duration: metrics.upstream_duration.with_label_values(&[api]),
-        }
     }
 }

@@ -168,7 +168,7 @@ impl Upstreams {
         };
         let result = tokio::time::timeout(timeout, sent).await;
         api.metrics
-            .upstream_duration
+            .upstream_duration()
             .observe(started.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(Rejection::GatewayTimeout),

@@ -3,7 +3,10 @@
 //! `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) set from the
 //! connection — client-sent values kept only from trusted proxies.
 
-use std::net::SocketAddr;
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
 
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -26,33 +29,48 @@ static OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHORIZATION,
+    &PROXY_AUTHENTICATE,
+];
+
 /// Removes hop-by-hop headers, and those the `Connection` header names.
+/// One pass over the names present: most messages carry none of them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
+    if doomed.is_empty() {
+        return;
     }
-    for name in [&CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
-        headers.remove(name);
-    }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-    ] {
+    doomed.extend(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+    );
+    for name in doomed {
         headers.remove(name);
     }
 }
 
 /// Removes method-override headers from a request.
 pub fn strip_method_overrides(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| OVERRIDES.contains(name)) {
+        return;
+    }
     for name in &OVERRIDES {
         headers.remove(name);
     }
@@ -60,45 +78,61 @@ pub fn strip_method_overrides(headers: &mut HeaderMap) {
 
 /// Sets the forwarding headers for a request from `peer`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
-    let from_trusted = trusted.iter().any(|net| net.contains(&peer.ip()));
+    let ip = peer.ip();
+    let from_trusted = trusted.iter().any(|net| net.contains(&ip));
     let proto = if tls { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
-    let client = peer.ip().to_string();
-    let forwarded_for = match joined(headers, &X_FORWARDED_FOR) {
-        Some(prior) if from_trusted => format!("{prior}, {client}"),
-        _ => client.clone(),
-    };
-    let node = match peer.ip() {
-        std::net::IpAddr::V6(_) => format!("\"[{client}]\""),
-        std::net::IpAddr::V4(_) => client,
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        forwarded.push_str(&format!(";host=\"{}\"", host.replace('"', "")));
-    }
+    let mut forwarded_for = String::with_capacity(48);
+    let mut forwarded = String::with_capacity(96);
     if from_trusted {
-        if let Some(prior) = joined(headers, &FORWARDED) {
-            forwarded = format!("{prior}, {forwarded}");
+        if let Some(prior) = joined(headers, &X_FORWARDED_FOR) {
+            forwarded_for.push_str(&prior);
+            forwarded_for.push_str(", ");
         }
-    } else {
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
+        if let Some(prior) = joined(headers, &FORWARDED) {
+            forwarded.push_str(&prior);
+            forwarded.push_str(", ");
+        }
     }
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    let prior_len = forwarded_for.len();
+    // Writing into a String cannot fail.
+    let _ = write!(forwarded_for, "{ip}");
+    let client = &forwarded_for[prior_len..];
+    match ip {
+        IpAddr::V6(_) => {
+            forwarded.push_str("for=\"[");
+            forwarded.push_str(client);
+            forwarded.push_str("]\"");
+        }
+        IpAddr::V4(_) => {
+            forwarded.push_str("for=");
+            forwarded.push_str(client);
+        }
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(";host=\"");
+        forwarded.extend(host.chars().filter(|c| *c != '"'));
+        forwarded.push('"');
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         headers.insert(FORWARDED, value);
     }
     if !from_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !from_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(host) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
         }
     }
 }
