@@ -21,10 +21,11 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -205,32 +206,108 @@ impl Conn {
         let mut conn = pin!(self.builder.serve_connection(io, service));
         let timeouts = self.settings.timeouts;
         let mut closing = false;
+        let watchdog = Watchdog::new();
         loop {
             let deadline = activity.deadline(timeouts);
-            tokio::select! {
-                // The connection first: it is what wakes this task, nearly always.
-                biased;
-                result = conn.as_mut() => {
+            let stop = &mut self.stop;
+            let forced = &mut self.forced;
+            let activity = &activity;
+            let mut watch = pin!(async move {
+                tokio::select! {
+                    _ = stopped(stop), if !closing => Watch::Stop,
+                    _ = activity.quiet.notified() => Watch::Rearm,
+                    _ = tokio::time::sleep_until(deadline), if !closing => Watch::Deadline,
+                    _ = stopped(forced) => Watch::Forced,
+                }
+            });
+            watchdog.rearm();
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Err(result));
+                }
+                watchdog.poll(watch.as_mut(), cx).map(Ok)
+            })
+            .await;
+            match event {
+                Err(result) => {
                     if let Err(error) = result {
                         tracing::debug!(%error, %peer, "connection ended with an error");
                     }
                     return;
                 }
-                _ = stopped(&mut self.stop), if !closing => {
+                Ok(Watch::Stop) => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = activity.quiet.notified() => {}
-                _ = tokio::time::sleep_until(deadline), if !closing => {
+                Ok(Watch::Rearm) => {}
+                Ok(Watch::Deadline) => {
                     if activity.deadline(timeouts) <= Instant::now() {
                         tracing::debug!(%peer, "idle connection closed");
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
                 }
-                _ = stopped(&mut self.forced) => return,
+                Ok(Watch::Forced) => return,
             }
         }
+    }
+}
+
+/// What the watchdog of a connection saw.
+enum Watch {
+    Stop,
+    Rearm,
+    Deadline,
+    Forced,
+}
+
+/// Polls a connection's watchdog (shutdown signals and its idle timer)
+/// only when one of them woke the task, not on every wake-up of the busy
+/// connection it shares the task with.
+struct Watchdog {
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Watchdog {
+    fn new() -> Watchdog {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Watchdog {
+            waker: Waker::from(flag.clone()),
+            flag,
+        }
+    }
+
+    /// A new watch is polled once whatever happened before.
+    fn rearm(&self) {
+        self.flag.woken.store(true, Ordering::Release);
+    }
+
+    fn poll<F: Future>(&self, watch: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        watch.poll(&mut Context::from_waker(&self.waker))
     }
 }
 
