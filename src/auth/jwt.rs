@@ -190,9 +190,11 @@ fn split(token: &str) -> Result<Segments<'_>, TokenProblem> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenProblem::TooLong);
     }
+    // No early exit: without one the loop vectorizes.
     let base64url = |part: &str| {
-        part.bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        part.bytes().fold(true, |ok, byte| {
+            ok & (byte.is_ascii_alphanumeric() | (byte == b'-') | (byte == b'_'))
+        })
     };
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) =

@@ -202,7 +202,10 @@ impl Authenticator {
                 cause: "auth server not prepared".into(),
             });
         };
-        let looks_like_jwt = token.bytes().filter(|b| *b == b'.').count() == 2;
+        let dots = token
+            .bytes()
+            .fold(0usize, |n, b| n + usize::from(b == b'.'));
+        let looks_like_jwt = dots == 2;
         match (&validators.jwt, &validators.remote, looks_like_jwt) {
             (Some(jwt), _, true) => jwt.validate(token, now).await,
             (_, Some(remote), _) => remote.validate(token, now).await,
