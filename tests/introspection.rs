@@ -190,7 +190,9 @@ fn unix_now() -> u64 {
 
 const ACTIVE: &str = r#"{"active":true,"scope":"view book","client_id":"app","sub":"alice"}"#;
 
-fn assert_unavailable(result: Result<microgateway::auth::Principal, AuthFailure>) -> String {
+fn assert_unavailable(
+    result: Result<std::sync::Arc<microgateway::auth::Principal>, AuthFailure>,
+) -> String {
     match result {
         Err(AuthFailure::Unavailable { auth_server, cause }) => {
             assert_eq!(&*auth_server, "local");

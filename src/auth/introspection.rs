@@ -137,7 +137,11 @@ impl Introspector {
 
     /// The principal `token` speaks for at `now`, from the cache or the
     /// introspection endpoint. Scopes are left to the caller.
-    pub async fn validate(&self, token: &str, now: SystemTime) -> Result<Principal, AuthFailure> {
+    pub async fn validate(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Arc<Principal>, AuthFailure> {
         let key = CacheKey::new(&self.auth_server, token);
         let ttl = CacheTtl {
             positive: self.settings.cache_ttl,
@@ -153,7 +157,7 @@ impl Introspector {
                 Some(exp) if time_left(exp, now).is_zero() => {
                     Err(AuthFailure::Invalid(TokenProblem::Expired))
                 }
-                _ => Ok(Principal::clone(&principal)),
+                _ => Ok(principal),
             },
             Introspected::Inactive => Err(AuthFailure::Invalid(TokenProblem::Inactive)),
         }

@@ -119,7 +119,7 @@ impl JwtValidator {
         digest: &[u8; 32],
         now: f64,
         leeway: f64,
-    ) -> Option<Result<Principal, AuthFailure>> {
+    ) -> Option<Result<Arc<Principal>, AuthFailure>> {
         let hit = self.cache.get(digest)?;
         let key_still_published = self
             .jwks
@@ -137,7 +137,11 @@ impl JwtValidator {
     }
 
     /// The principal a token speaks for at `now`, or why it speaks for no one.
-    pub async fn validate(&self, token: &str, now: SystemTime) -> Result<Principal, AuthFailure> {
+    pub async fn validate(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Arc<Principal>, AuthFailure> {
         let segments = split(token).map_err(AuthFailure::Invalid)?;
         let now = unix_seconds(now);
         let leeway = self.rules.leeway.as_secs_f64();
@@ -168,6 +172,7 @@ impl JwtValidator {
         check_times(validity, now, leeway).map_err(AuthFailure::Invalid)?;
         let mut principal = Principal::from_claims(self.auth_server.clone(), claims);
         principal.expires_at = Some(validity.exp.max(0.0).floor() as u64);
+        let principal = Arc::new(principal);
         let verified = Verified {
             principal: principal.clone(),
             validity,

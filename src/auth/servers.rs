@@ -195,7 +195,7 @@ impl Authenticator {
         auth_server: &Arc<str>,
         token: &str,
         now: SystemTime,
-    ) -> Result<Principal, AuthFailure> {
+    ) -> Result<Arc<Principal>, AuthFailure> {
         let Some(validators) = self.validators(auth_server) else {
             return Err(AuthFailure::Unavailable {
                 auth_server: auth_server.clone(),

@@ -77,14 +77,15 @@ async fn phases(
         Authentication::None => None,
         Authentication::OAuth2 { .. } => Box::pin(authenticate(rt, &route, &req)).await?,
     }; // authenticate
-    let grant =
-        policy::authorize(&route, who.as_ref()).map_err(|denied| Rejection::InsufficientScope {
+    let grant = policy::authorize(&route, who.as_deref()).map_err(|denied| {
+        Rejection::InsufficientScope {
             would_grant: denied.would_grant,
-        })?; // authorize
+        }
+    })?; // authorize
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
     forwarded::strip_method_overrides(headers);
-    transform::apply(&route.api.transform, who.as_ref(), headers)
+    transform::apply(&route.api.transform, who.as_deref(), headers)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
                                                                   // Counted once the token can no longer be refused for its properties.
     route.api.metrics.allowed().inc();
@@ -189,7 +190,7 @@ async fn authenticate<B>(
     rt: &Runtime,
     route: &Route,
     req: &Request<B>,
-) -> Result<Option<Principal>, Rejection> {
+) -> Result<Option<Arc<Principal>>, Rejection> {
     let Authentication::OAuth2 { auth_server } = &route.api.authentication else {
         return Ok(None);
     };

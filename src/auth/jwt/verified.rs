@@ -18,7 +18,7 @@ pub(super) type Digest = [u8; 32];
 /// What a hit needs: the principal, its times, and the key that verified
 /// it (a hit counts only while the JWKS still has that key).
 pub(super) struct Verified {
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     pub validity: Validity,
     pub kid: Option<String>,
     pub key: Arc<VerifyKey>,
@@ -101,7 +101,7 @@ mod tests {
         )
         .expect("one key");
         Arc::new(Verified {
-            principal: Principal::from_claims("a".into(), Map::new()),
+            principal: Arc::new(Principal::from_claims("a".into(), Map::new())),
             validity: Validity { exp, nbf: None },
             kid: None,
             key: set.find(None).expect("the key"),
