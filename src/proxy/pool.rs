@@ -394,15 +394,16 @@ impl Pool {
             slot.idle.pop_front();
         }
         // The most recently used first. A connection goes back as soon as
-        // its response body ended, which may be a moment before its task
-        // has noticed and made it ready for the next request (or, if the
-        // upstream answered before the request body was all sent, until
-        // that body is). Such a connection is skipped, not awaited: it
-        // stays for a later request, and this one takes an older
-        // connection, or a new one. Waiting would be cheaper in the common
-        // case but can stall a request behind another client's upload; in
-        // practice, on a listener thread, the task has run before the
-        // thread gets to the next request.
+        // its response body ended; hyper's connection task makes it ready
+        // for the next request in the same poll in which it hands over the
+        // body's last bytes, so on a listener thread (where that task runs
+        // too) it is ready by then. It is not yet when the task runs on
+        // another thread and has not got there, or when the upstream
+        // answered before the request body was all sent (the upload goes
+        // on first). Such a connection is skipped, not awaited: it stays
+        // for a later request, and this one takes an older connection, or
+        // a new one. Awaiting it could stall this request behind another
+        // client's upload for as long as that client likes.
         let mut i = slot.idle.len();
         while i > 0 {
             i -= 1;
