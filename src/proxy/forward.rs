@@ -3,8 +3,6 @@
 //! the per-API timeout on the response head. Forwarding takes the
 //! [`Grant`](crate::policy::Grant): nothing reaches an upstream unauthorized.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,102 +14,41 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use rustls::ClientConfig;
 
+use super::pool::{self, Connector, Key, Pool, SendError};
 use super::reject::Rejection;
 use super::{full, Body, BoxError};
-use crate::config::snapshot::{Api, CaBundle, Upstream};
+use crate::config::snapshot::{Api, Upstream};
 use crate::policy::Grant;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type Pool = Client<Connector, Body>;
-/// Pools by CA-bundle path, with the bundle they trust.
-type BundlePools = HashMap<PathBuf, (Arc<[u8]>, Pool)>;
-
-/// The shared upstream connection pools: one verifying `https` upstreams
-/// against the system roots, and one per CA bundle an API names (built on
-/// first use, rebuilt when a reload brings a different bundle).
+/// The upstream connection pools: each listener thread's own (see
+/// [`Upstreams::pin_pool_to_this_thread`]), and one shared by every other
+/// caller. `https` upstreams are verified against the system roots, or
+/// against the CA bundle their API names.
 #[derive(Clone)]
 pub struct Upstreams {
-    client: Pool,
-    connect_timeout: Duration,
-    by_bundle: Arc<Mutex<BundlePools>>,
-}
-
-thread_local! {
-    /// A listener thread's own default pool: a request and the upstream
-    /// connection it goes out on are driven by the same thread, so a
-    /// forward costs no wake-up across threads.
-    static THREAD_POOL: std::cell::RefCell<Option<Pool>> = const { std::cell::RefCell::new(None) };
+    connector: Arc<Connector>,
+    shared: Arc<Mutex<Pool>>,
 }
 
 impl Upstreams {
-    /// Gives the calling thread a default pool of its own.
+    /// Gives the calling thread a pool of its own: a request and the
+    /// upstream connection it goes out on are then driven by the same
+    /// thread, with no lock and no wake-up across threads.
     pub fn pin_pool_to_this_thread(&self) {
-        let own = Upstreams::new(self.connect_timeout).client;
-        THREAD_POOL.with(|pool| *pool.borrow_mut() = Some(own));
-    }
-
-    fn default_pool(&self) -> Pool {
-        THREAD_POOL
-            .with(|pool| pool.borrow().clone())
-            .unwrap_or_else(|| self.client.clone())
+        Pool::pin_to_this_thread(Pool::new(self.connector.clone()));
     }
 
     pub fn new(connect_timeout: Duration) -> Upstreams {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        // Without system roots, https upstreams fail closed (no trusted CA).
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "no system CA roots; https upstreams need a ca_bundle");
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(client_config(provider, rustls::RootCertStore::empty()))
-            });
-        let client = pool(connect_timeout, tls);
+        let connector = Arc::new(Connector::new(connect_timeout));
         Upstreams {
-            client,
-            connect_timeout,
-            by_bundle: Arc::default(),
+            shared: Arc::new(Mutex::new(Pool::new(connector.clone()))),
+            connector,
         }
     }
 
-    /// The pool that verifies upstreams against `bundle`.
-    fn pool_for(&self, bundle: &CaBundle) -> Result<Pool, Rejection> {
-        let mut pools = match self.by_bundle.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some((pem, pool)) = pools.get(&bundle.path) {
-            if Arc::ptr_eq(pem, &bundle.pem) || pem[..] == bundle.pem[..] {
-                return Ok(pool.clone());
-            }
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&bundle.pem).filter_map(Result::ok) {
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            return Err(Rejection::BadGateway("no usable CA in the bundle".into()));
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = client_config(provider, roots);
-        let pool = pool(
-            self.connect_timeout,
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
-        );
-        pools.insert(bundle.path.clone(), (bundle.pem.clone(), pool.clone()));
-        Ok(pool)
-    }
-
-    /// Sends the request (its URI already the upstream's) and returns the
-    /// upstream's response, streaming.
+    /// Sends the request to the API's upstream and returns the upstream's
+    /// response, streaming.
     pub async fn forward(
         &self,
         _grant: Grant,
@@ -150,69 +87,45 @@ impl Upstreams {
             path_and_query.push('?');
             path_and_query.push_str(query);
         }
-        let uri = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        // Origin-form: the connection is to the upstream already, and
+        // hyper writes the URI as the request target as it is.
+        *req.uri_mut() = Uri::try_from(path_and_query)
             .map_err(|_| Rejection::BadRequest("the request cannot be mapped to the upstream"))?;
-        *req.uri_mut() = uri;
-        // The pool speaks HTTP/1.1 to upstreams, whatever the client spoke.
+        // Upstreams are spoken to in HTTP/1.1, whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
         req.headers_mut().insert(http::header::HOST, host.clone());
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
-        let sent = match ca_bundle {
-            None => self.default_pool().request(req),
-            Some(bundle) => self.pool_for(bundle)?.request(req),
+        let key = Key {
+            scheme,
+            authority,
+            ca_bundle: ca_bundle.as_ref(),
         };
-        let result = tokio::time::timeout(timeout, sent).await;
+        let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
+            .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
+        let result = tokio::time::timeout(timeout, checkout.send(&self.connector, req)).await;
         api.metrics
             .upstream_duration()
             .observe(started.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(Rejection::GatewayTimeout),
             Ok(Err(error)) => {
+                tracing::debug!(%error, api = api.name, "upstream failed");
                 if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
                     return Err(Rejection::PayloadTooLarge);
                 }
-                Err(Rejection::BadGateway(if error.is_connect() {
-                    "connect".into()
-                } else {
-                    "request".into()
+                Err(Rejection::BadGateway(match error {
+                    SendError::Connect(_) => "connect".into(),
+                    SendError::Request(_) => "request".into(),
                 }))
             }
             Ok(Ok(mut response)) => {
                 // RFC 9110 §7.6.1: the upstream's hop-by-hop headers end here.
                 super::forwarded::strip_hop_by_hop(response.headers_mut());
-                Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+                Ok(response)
             }
         }
     }
-}
-
-fn client_config(provider: Arc<CryptoProvider>, roots: rustls::RootCertStore) -> ClientConfig {
-    ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
-fn pool(
-    connect_timeout: Duration,
-    tls: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
-) -> Pool {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(connector)
 }
 
 /// Set when a streamed body went over the limit, so the failure is a 413.

@@ -6,6 +6,7 @@
 pub mod forward;
 pub mod forwarded;
 pub mod outbound;
+mod pool;
 pub mod reject;
 pub mod serve;
 pub mod transform;

@@ -1,0 +1,993 @@
+//! Keep-alive HTTP/1.1 connections to upstreams, on
+//! `hyper::client::conn::http1`.
+//!
+//! A [`Pool`] keeps idle connections per upstream: its scheme, its
+//! authority and, for `https`, the CAs it is verified against (a connection
+//! verified against one API's CA bundle never serves an API that trusts the
+//! system roots, or another bundle). Each API listener thread has a pool of
+//! its own, used without a lock: the thread runs a single-threaded runtime,
+//! and the connection tasks run on it too. Callers on any other thread share
+//! one pool behind a mutex.
+//!
+//! A request checks a connection out (the most recently used idle one, else
+//! a new one) and the connection goes back only once the response body has
+//! been read to its end; a body dropped before its end takes the connection
+//! with it (hyper closes it).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{Body, BoxError};
+use crate::config::snapshot::CaBundle;
+
+/// Idle connections kept per upstream (per pool).
+pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
+/// An idle connection unused for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// TLS settings by CA-bundle path, with the bundle they trust.
+type BundleConfigs = HashMap<PathBuf, (Arc<[u8]>, Arc<ClientConfig>)>;
+
+/// How connections are made: the TCP connect timeout, the CAs `https`
+/// upstreams are verified against, the HTTP/1.1 settings. Shared by every
+/// pool of one gateway.
+pub struct Connector {
+    connect_timeout: Duration,
+    system_roots: Arc<ClientConfig>,
+    /// TLS settings by CA-bundle path, with the bundle they trust (built on
+    /// first use, rebuilt when a reload brings a different bundle).
+    by_bundle: Mutex<BundleConfigs>,
+    http1: http1::Builder,
+}
+
+/// The CA bundle has no certificate rustls accepts.
+#[derive(Debug)]
+pub struct NoUsableCa;
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (TCP, TLS or HTTP/1.1 handshake).
+    #[error("connect: {0}")]
+    Connect(BoxError),
+    /// The request failed on an established connection.
+    #[error("request: {0}")]
+    Request(hyper::Error),
+}
+
+impl Connector {
+    /// Verifies `https` upstreams against the system roots; without any,
+    /// they fail closed (nothing is trusted) unless an API names a bundle.
+    pub fn new(connect_timeout: Duration) -> Connector {
+        let found = rustls_native_certs::load_native_certs();
+        if !found.errors.is_empty() {
+            tracing::warn!(errors = ?found.errors, "errors loading the system CA roots");
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(found.certs);
+        if roots.is_empty() {
+            tracing::warn!("no system CA roots; https upstreams need a ca_bundle");
+        }
+        Connector {
+            connect_timeout,
+            system_roots: client_config(roots),
+            by_bundle: Mutex::default(),
+            http1: http1::Builder::new(),
+        }
+    }
+
+    /// The TLS settings trusting `bundle`, or the system roots.
+    fn tls_config(&self, bundle: Option<&CaBundle>) -> Result<Arc<ClientConfig>, NoUsableCa> {
+        let Some(bundle) = bundle else {
+            return Ok(self.system_roots.clone());
+        };
+        let mut configs = lock(&self.by_bundle);
+        if let Some((pem, config)) = configs.get(&bundle.path) {
+            if Arc::ptr_eq(pem, &bundle.pem) || pem[..] == bundle.pem[..] {
+                return Ok(config.clone());
+            }
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&bundle.pem).filter_map(Result::ok) {
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(NoUsableCa);
+        }
+        let config = client_config(roots);
+        configs.insert(bundle.path.clone(), (bundle.pem.clone(), config.clone()));
+        Ok(config)
+    }
+
+    /// A new connection to `target`, its task spawned on this runtime.
+    async fn connect(&self, target: &Target) -> Result<SendRequest<Body>, SendError> {
+        let tcp = self
+            .tcp(target)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        match &target.tls {
+            None => self.handshake(tcp).await,
+            Some((tls, name)) => {
+                let name = name.clone().ok_or_else(|| {
+                    SendError::Connect("the upstream host is not a valid TLS server name".into())
+                })?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| SendError::Connect(e.into()))?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    /// Tries the upstream's addresses in turn, the connect timeout divided
+    /// among them.
+    async fn tcp(&self, target: &Target) -> io::Result<TcpStream> {
+        let addrs: Vec<SocketAddr> = match target.ip {
+            Some(ip) => vec![SocketAddr::new(ip, target.port)],
+            None => tokio::net::lookup_host((&*target.host, target.port))
+                .await?
+                .collect(),
+        };
+        let each = self.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+        let mut failure = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+        for addr in addrs {
+            match tokio::time::timeout(each, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    stream.set_nodelay(true)?;
+                    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+                    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                    return Ok(stream);
+                }
+                Ok(Err(error)) => failure = error,
+                Err(_) => failure = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            }
+        }
+        Err(failure)
+    }
+
+    async fn handshake<T>(&self, io: T) -> Result<SendRequest<Body>, SendError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = self
+            .http1
+            .handshake::<_, Body>(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+fn client_config(roots: rustls::RootCertStore) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Where connections to one upstream go.
+struct Target {
+    /// The host to resolve (an IPv6 literal without its brackets).
+    host: Box<str>,
+    /// The host, when it is an IP address (nothing to resolve).
+    ip: Option<IpAddr>,
+    port: u16,
+    /// For `https`: the TLS settings and the name the certificate must
+    /// carry (`None` if the host is not a valid one: connecting fails).
+    tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
+}
+
+/// One upstream as a request names it.
+pub struct Key<'a> {
+    pub scheme: &'a Scheme,
+    pub authority: &'a Authority,
+    pub ca_bundle: Option<&'a CaBundle>,
+}
+
+/// The connections to one upstream.
+struct Slot {
+    https: bool,
+    /// The CA bundle connections are verified against (`None`: the system
+    /// roots).
+    trust: Option<Arc<[u8]>>,
+    target: Arc<Target>,
+    /// Idle connections, the most recently used last.
+    idle: VecDeque<Idle>,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Slot {
+    fn trusts(&mut self, bundle: Option<&CaBundle>) -> bool {
+        match (&self.trust, bundle) {
+            (None, None) => true,
+            (Some(pem), Some(bundle)) if Arc::ptr_eq(pem, &bundle.pem) => true,
+            (Some(pem), Some(bundle)) if pem[..] == bundle.pem[..] => {
+                // The same CAs from a newer snapshot: compare pointers next time.
+                self.trust = Some(bundle.pem.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A cheap hash for authorities: the keys come from the configuration, not
+/// from clients, so there is no flooding to resist.
+#[derive(Default)]
+struct AuthorityHasher(u64);
+
+impl Hasher for AuthorityHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u8(byte);
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.write_u64(u64::from(byte));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Idle upstream connections, by upstream.
+pub struct Pool {
+    /// Tells this pool from any other (the thread's pool may be replaced).
+    id: u64,
+    connector: Arc<Connector>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    slots: Vec<Slot>,
+    /// Slot numbers by authority (one per scheme and trust).
+    by_authority: HashMap<Authority, Vec<u32>, BuildHasherDefault<AuthorityHasher>>,
+    /// When idle connections of every upstream are next checked for age.
+    next_sweep: Instant,
+}
+
+static POOL_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// A listener thread's own pool: a request and the upstream connection
+    /// it goes out on are driven by the same thread, with no lock and no
+    /// wake-up across threads.
+    static THREAD_POOL: RefCell<Option<Pool>> = const { RefCell::new(None) };
+}
+
+impl Pool {
+    pub fn new(connector: Arc<Connector>) -> Pool {
+        Pool::with_limits(connector, MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT)
+    }
+
+    pub fn with_limits(connector: Arc<Connector>, max_idle: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
+            connector,
+            max_idle,
+            idle_timeout,
+            slots: Vec::new(),
+            by_authority: HashMap::default(),
+            next_sweep: Instant::now() + idle_timeout,
+        }
+    }
+
+    /// Makes `pool` the calling thread's own (replacing any it had).
+    pub fn pin_to_this_thread(pool: Pool) {
+        THREAD_POOL.with(|own| *own.borrow_mut() = Some(pool));
+    }
+
+    /// The slot of `key`, made on first use.
+    fn slot(&mut self, key: &Key<'_>) -> Result<u32, NoUsableCa> {
+        let https = *key.scheme == Scheme::HTTPS;
+        if let Some(numbers) = self.by_authority.get(key.authority) {
+            for &n in numbers {
+                let slot = &mut self.slots[n as usize];
+                if slot.https == https && slot.trusts(key.ca_bundle) {
+                    return Ok(n);
+                }
+            }
+        }
+        let config = self.connector.tls_config(key.ca_bundle)?;
+        let host = key.authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = key
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let tls = https.then(|| {
+            let name = ServerName::try_from(host.to_owned()).ok();
+            (TlsConnector::from(config), name)
+        });
+        let target = Target {
+            host: host.into(),
+            ip: host.parse().ok(),
+            port,
+            tls,
+        };
+        let n = u32::try_from(self.slots.len()).expect("fewer than 2^32 upstreams");
+        self.slots.push(Slot {
+            https,
+            trust: key.ca_bundle.map(|bundle| bundle.pem.clone()),
+            target: Arc::new(target),
+            idle: VecDeque::new(),
+        });
+        self.by_authority
+            .entry(key.authority.clone())
+            .or_default()
+            .push(n);
+        Ok(n)
+    }
+
+    /// A connection to `key`'s upstream: an idle one that can take a
+    /// request, or where to make a new one.
+    fn checkout(&mut self, key: &Key<'_>, now: Instant) -> Result<(u32, Conn), NoUsableCa> {
+        if now >= self.next_sweep {
+            self.sweep(now);
+        }
+        let n = self.slot(key)?;
+        let idle_timeout = self.idle_timeout;
+        let slot = &mut self.slots[n as usize];
+        // The oldest are at the front.
+        while slot
+            .idle
+            .front()
+            .is_some_and(|idle| now.saturating_duration_since(idle.since) >= idle_timeout)
+        {
+            slot.idle.pop_front();
+        }
+        // The most recently used first. A connection goes back as soon as
+        // its response body ended; hyper's connection task makes it ready
+        // for the next request in the same poll in which it hands over the
+        // body's last bytes, so on a listener thread (where that task runs
+        // too) it is ready by then. It is not yet when the task runs on
+        // another thread and has not got there, or when the upstream
+        // answered before the request body was all sent (the upload goes
+        // on first). Such a connection is skipped, not awaited: it stays
+        // for a later request, and this one takes an older connection, or
+        // a new one. Awaiting it could stall this request behind another
+        // client's upload for as long as that client likes.
+        let mut i = slot.idle.len();
+        while i > 0 {
+            i -= 1;
+            let idle = &slot.idle[i];
+            if idle.sender.is_closed() {
+                slot.idle.remove(i);
+            } else if idle.sender.is_ready() {
+                if let Some(idle) = slot.idle.remove(i) {
+                    return Ok((n, Conn::Idle(idle.sender)));
+                }
+            }
+        }
+        Ok((n, Conn::New(slot.target.clone())))
+    }
+
+    /// Puts a connection whose response has ended back, as the most
+    /// recently used; the oldest goes if there are too many.
+    fn checkin(&mut self, n: u32, sender: SendRequest<Body>, now: Instant) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(n as usize) else {
+            return;
+        };
+        while slot.idle.len() >= self.max_idle {
+            slot.idle.pop_front();
+        }
+        slot.idle.push_back(Idle { sender, since: now });
+    }
+
+    /// Closes the connections idle for too long, and those whose task has
+    /// ended, of every upstream (also of those no request names any more).
+    fn sweep(&mut self, now: Instant) {
+        let idle_timeout = self.idle_timeout;
+        for slot in &mut self.slots {
+            slot.idle.retain(|idle| {
+                !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < idle_timeout
+            });
+        }
+        self.next_sweep = now + idle_timeout;
+    }
+
+    fn target(&self, n: u32) -> Option<Arc<Target>> {
+        self.slots.get(n as usize).map(|slot| slot.target.clone())
+    }
+
+    /// Idle connections to `key`'s upstream (for tests).
+    #[cfg(test)]
+    fn idle_count(&mut self, key: &Key<'_>) -> usize {
+        let n = self.slot(key).expect("slot");
+        self.slots[n as usize].idle.len()
+    }
+}
+
+/// The connection a request checked out.
+enum Conn {
+    Idle(SendRequest<Body>),
+    New(Arc<Target>),
+}
+
+/// The pool a connection belongs to.
+enum Home {
+    /// The pool of the thread the connection was checked out on, if it is
+    /// still that thread's pool.
+    Thread(u64),
+    Shared(Arc<Mutex<Pool>>),
+}
+
+impl Home {
+    fn with<R>(&self, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
+        match self {
+            Home::Thread(id) => THREAD_POOL
+                .try_with(|own| {
+                    let mut own = own.try_borrow_mut().ok()?;
+                    own.as_mut().filter(|pool| pool.id == *id).map(f)
+                })
+                .ok()
+                .flatten(),
+            Home::Shared(pool) => Some(f(&mut lock(pool))),
+        }
+    }
+}
+
+/// A connection checked out for one request.
+pub struct Checkout {
+    home: Home,
+    slot: u32,
+    conn: Conn,
+}
+
+/// Checks a connection to `key`'s upstream out of this thread's pool if
+/// `connector`'s pools have pinned one to it, else out of `shared`.
+pub fn checkout(
+    connector: &Arc<Connector>,
+    shared: &Arc<Mutex<Pool>>,
+    key: &Key<'_>,
+    now: Instant,
+) -> Result<Checkout, NoUsableCa> {
+    let own = THREAD_POOL.with(|own| {
+        let mut own = own.try_borrow_mut().ok()?;
+        let pool = own
+            .as_mut()
+            .filter(|pool| Arc::ptr_eq(&pool.connector, connector))?;
+        Some(pool.checkout(key, now).map(|(slot, conn)| Checkout {
+            home: Home::Thread(pool.id),
+            slot,
+            conn,
+        }))
+    });
+    if let Some(checkout) = own {
+        return checkout;
+    }
+    let (slot, conn) = lock(shared).checkout(key, now)?;
+    Ok(Checkout {
+        home: Home::Shared(shared.clone()),
+        slot,
+        conn,
+    })
+}
+
+impl Checkout {
+    /// Sends `req` (origin-form URI, `Host` set) and returns the response
+    /// head; the connection goes back to its pool when the body has ended.
+    pub async fn send(
+        self,
+        connector: &Connector,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        let Checkout { home, slot, conn } = self;
+        let (mut sender, reused) = match conn {
+            Conn::Idle(sender) => (sender, true),
+            Conn::New(target) => (connector.connect(&target).await?, false),
+        };
+        let response = match sender.try_send_request(req).await {
+            Ok(response) => response,
+            Err(mut error) => match error.take_message() {
+                // An idle connection the upstream closed before the request
+                // was written to it (hyper gives the request back only
+                // then): once more on a new connection. A request that may
+                // have reached the upstream is never sent twice.
+                Some(req) if reused => {
+                    let target = home
+                        .with(|pool| pool.target(slot))
+                        .flatten()
+                        .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
+                    sender = connector.connect(&target).await?;
+                    sender
+                        .try_send_request(req)
+                        .await
+                        .map_err(|error| SendError::Request(error.into_error()))?
+                }
+                _ => return Err(SendError::Request(error.into_error())),
+            },
+        };
+        Ok(response.map(|body| {
+            PooledBody {
+                body,
+                back: Some(Back { sender, home, slot }),
+            }
+            .boxed()
+        }))
+    }
+}
+
+/// A response body that puts its connection back once read to its end.
+struct PooledBody {
+    body: Incoming,
+    back: Option<Back>,
+}
+
+struct Back {
+    sender: SendRequest<Body>,
+    home: Home,
+    slot: u32,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(Back { sender, home, slot }) = self.back.take() {
+            home.with(|pool| pool.checkin(slot, sender, Instant::now()));
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.body.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                // The connection is broken: it goes with this body.
+                this.back = None;
+                Poll::Ready(Some(Err(Box::new(error))))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A server drops a body that says it has ended (an empty one, or
+        // one whose last bytes it has read) without polling it to `None`.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::AtomicUsize;
+
+    use http::header::HOST;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream answering every request with `len` bytes, counting the
+    /// TCP connections it accepted.
+    struct TestUpstream {
+        addr: SocketAddr,
+        authority: Authority,
+        connections: Arc<AtomicUsize>,
+    }
+
+    impl TestUpstream {
+        async fn start(len: usize) -> TestUpstream {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let counted = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let service = service_fn(move |_req: Request<Incoming>| async move {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; len]))))
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
+                }
+            });
+            TestUpstream {
+                authority: addr.to_string().parse().unwrap(),
+                addr,
+                connections,
+            }
+        }
+
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+    }
+
+    struct Pools {
+        connector: Arc<Connector>,
+        shared: Arc<Mutex<Pool>>,
+    }
+
+    impl Pools {
+        fn new() -> Pools {
+            let connector = Arc::new(Connector::new(Duration::from_secs(2)));
+            Pools {
+                shared: Arc::new(Mutex::new(Pool::new(connector.clone()))),
+                connector,
+            }
+        }
+
+        /// This thread's pool takes over, with these limits.
+        fn pinned(max_idle: usize, idle_timeout: Duration) -> Pools {
+            let pools = Pools::new();
+            let own = Pool::with_limits(pools.connector.clone(), max_idle, idle_timeout);
+            Pool::pin_to_this_thread(own);
+            pools
+        }
+
+        fn checkout_at(&self, upstream: &TestUpstream, now: Instant) -> Checkout {
+            let key = key(upstream);
+            checkout(&self.connector, &self.shared, &key, now).unwrap()
+        }
+
+        async fn send(&self, upstream: &TestUpstream, checkout: Checkout) -> Response<Body> {
+            checkout
+                .send(&self.connector, request(upstream.addr))
+                .await
+                .expect("response")
+        }
+
+        async fn get(&self, upstream: &TestUpstream) -> Response<Body> {
+            let checkout = self.checkout_at(upstream, Instant::now());
+            self.send(upstream, checkout).await
+        }
+
+        /// Idle connections to `upstream`, in this thread's pool if it has
+        /// one of ours, else in the shared one.
+        fn idle(&self, upstream: &TestUpstream) -> usize {
+            let key = key(upstream);
+            let own = THREAD_POOL.with(|own| {
+                own.borrow_mut()
+                    .as_mut()
+                    .filter(|pool| Arc::ptr_eq(&pool.connector, &self.connector))
+                    .map(|pool| pool.idle_count(&key))
+            });
+            own.unwrap_or_else(|| lock(&self.shared).idle_count(&key))
+        }
+
+        /// Whether the most recently used idle connection to `upstream`
+        /// can take a request.
+        fn idle_ready(&self, upstream: &TestUpstream) -> bool {
+            let key = key(upstream);
+            let ready = |pool: &mut Pool| {
+                let n = pool.slot(&key).unwrap();
+                pool.slots[n as usize]
+                    .idle
+                    .back()
+                    .is_some_and(|idle| idle.sender.is_ready())
+            };
+            let own = THREAD_POOL.with(|own| {
+                own.borrow_mut()
+                    .as_mut()
+                    .filter(|pool| Arc::ptr_eq(&pool.connector, &self.connector))
+                    .map(ready)
+            });
+            own.unwrap_or_else(|| ready(&mut lock(&self.shared)))
+        }
+    }
+
+    fn key(upstream: &TestUpstream) -> Key<'_> {
+        Key {
+            scheme: &Scheme::HTTP,
+            authority: &upstream.authority,
+            ca_bundle: None,
+        }
+    }
+
+    fn request(addr: SocketAddr) -> Request<Body> {
+        Request::get("/resource")
+            .header(HOST, addr.to_string())
+            .body(super::super::empty())
+            .unwrap()
+    }
+
+    async fn read_all(response: Response<Body>) -> usize {
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .len()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection_on_a_pinned_thread() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let upstream = TestUpstream::start(100).await;
+        for _ in 0..5 {
+            assert_eq!(read_all(pools.get(&upstream).await).await, 100);
+            assert_eq!(pools.idle(&upstream), 1);
+        }
+        assert_eq!(upstream.connections(), 1);
+        // A body of 1 MiB comes in many reads; it goes back all the same.
+        let big = TestUpstream::start(1 << 20).await;
+        for _ in 0..3 {
+            assert_eq!(read_all(pools.get(&big).await).await, 1 << 20);
+        }
+        assert_eq!(big.connections(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_requests_share_one_connection_from_any_thread() {
+        let pools = Pools::new();
+        let upstream = TestUpstream::start(100).await;
+        for _ in 0..5 {
+            assert_eq!(read_all(pools.get(&upstream).await).await, 100);
+            // On a multi-thread runtime the connection's task, on another
+            // thread, may not have made it ready yet when the next request
+            // comes (which would then go on a new one): wait for it.
+            for _ in 0..200 {
+                if pools.idle_ready(&upstream) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        assert_eq!(upstream.connections(), 1);
+        assert_eq!(pools.idle(&upstream), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_its_connection_along() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let upstream = TestUpstream::start(1 << 20).await;
+        let mut body = pools.get(&upstream).await.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.data_ref().unwrap().len() < 1 << 20);
+        drop(body);
+        assert_eq!(pools.idle(&upstream), 0);
+        assert_eq!(read_all(pools.get(&upstream).await).await, 1 << 20);
+        assert_eq!(upstream.connections(), 2);
+        assert_eq!(pools.idle(&upstream), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_limit_are_closed() {
+        let pools = Pools::pinned(2, IDLE_TIMEOUT);
+        let upstream = TestUpstream::start(10).await;
+        // Three requests at once: three connections.
+        let checkouts: Vec<Checkout> = (0..3)
+            .map(|_| pools.checkout_at(&upstream, Instant::now()))
+            .collect();
+        let mut responses = Vec::new();
+        for checkout in checkouts {
+            responses.push(pools.send(&upstream, checkout).await);
+        }
+        assert_eq!(upstream.connections(), 3);
+        for response in responses {
+            assert_eq!(read_all(response).await, 10);
+        }
+        assert_eq!(pools.idle(&upstream), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_for_too_long_is_not_used() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, Duration::from_secs(90));
+        let upstream = TestUpstream::start(10).await;
+        read_all(pools.get(&upstream).await).await;
+        let later = Instant::now() + Duration::from_secs(91);
+        let checkout = pools.checkout_at(&upstream, later);
+        assert!(matches!(checkout.conn, Conn::New(_)));
+        read_all(pools.send(&upstream, checkout).await).await;
+        assert_eq!(upstream.connections(), 2);
+    }
+
+    /// An upstream on its own thread that answers the first request of
+    /// each connection, then either closes it when told on `close`
+    /// (`Some`), or reads the next request and closes without answering.
+    struct RawUpstream {
+        addr: SocketAddr,
+        authority: Authority,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
+    }
+
+    impl RawUpstream {
+        fn start(close: Option<std::sync::mpsc::Receiver<()>>) -> RawUpstream {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let requests = Arc::new(AtomicUsize::new(0));
+            let (c, r) = (connections.clone(), requests.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { return };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    for served in 0..2 {
+                        // The request head (GET, no body).
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                break;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        if line != "\r\n" {
+                            break;
+                        }
+                        r.fetch_add(1, Ordering::SeqCst);
+                        if served == 1 {
+                            break;
+                        }
+                        stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .unwrap();
+                        if let Some(close) = &close {
+                            // Idle until told to close.
+                            let _ = close.recv();
+                            break;
+                        }
+                    }
+                }
+            });
+            RawUpstream {
+                authority: addr.to_string().parse().unwrap(),
+                addr,
+                connections,
+                requests,
+            }
+        }
+
+        fn as_test(&self) -> TestUpstream {
+            TestUpstream {
+                addr: self.addr,
+                authority: self.authority.clone(),
+                connections: self.connections.clone(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_by_the_upstream_is_replaced() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let (close, closing) = std::sync::mpsc::channel();
+        let upstream = RawUpstream::start(Some(closing)).as_test();
+        read_all(pools.get(&upstream).await).await;
+        for _ in 0..100 {
+            if pools.idle_ready(&upstream) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // Checked out while still open, closed before the request is
+        // written: the request comes back unsent and goes on a new one.
+        let checkout = pools.checkout_at(&upstream, Instant::now());
+        assert!(matches!(checkout.conn, Conn::Idle(_)));
+        close.send(()).unwrap();
+        if let Conn::Idle(sender) = &checkout.conn {
+            for _ in 0..200 {
+                if sender.is_closed() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(sender.is_closed());
+        }
+        let response = pools.send(&upstream, checkout).await;
+        assert_eq!(read_all(response).await, 2);
+        assert_eq!(upstream.connections(), 2);
+        // Closed while idle in the pool: not used at all.
+        close.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        read_all(pools.get(&upstream).await).await;
+        assert_eq!(upstream.connections(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_reached_the_upstream_is_not_sent_again() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        // The first request is answered; the second is read and the
+        // connection closed without an answer.
+        let raw = RawUpstream::start(None);
+        let upstream = raw.as_test();
+        read_all(pools.get(&upstream).await).await;
+        let checkout = pools.checkout_at(&upstream, Instant::now());
+        assert!(matches!(checkout.conn, Conn::Idle(_)));
+        let result = checkout
+            .send(&pools.connector, request(upstream.addr))
+            .await
+            .map(|_| ());
+        assert!(matches!(result, Err(SendError::Request(_))), "{result:?}");
+        assert_eq!(raw.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+    }
+}

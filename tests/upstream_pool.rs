@@ -1,0 +1,163 @@
+//! Upstream connections are kept alive between requests: sequential
+//! requests go out on one connection, and a connection the upstream closed
+//! while idle is replaced without the client noticing.
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Gateway;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream counting the connections and requests it got; with
+/// `idle_close`, it closes a connection that has had no new request for
+/// that long.
+struct CountingUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl CountingUpstream {
+    async fn start(idle_close: Option<Duration>) -> CountingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut read = BufReader::new(read);
+                    loop {
+                        let head = read_head(&mut read);
+                        let complete = match idle_close {
+                            Some(idle) => tokio::time::timeout(idle, head).await.unwrap_or(false),
+                            None => head.await,
+                        };
+                        if !complete {
+                            break;
+                        }
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+                        if write.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CountingUpstream {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads a request head (the requests here have no body).
+async fn read_head(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> bool {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match read.read_line(&mut line).await {
+            Ok(0) | Err(_) => return false,
+            Ok(_) if line == "\r\n" => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn yaml(upstream: &CountingUpstream) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Pooled
+  version: "1.0"
+  base_path: /pooled
+  upstream: {{ url: "http://{}/api" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+"#,
+        upstream.addr
+    )
+}
+
+/// One client connection to the gateway (so every request is served by
+/// the same listener thread, and its pool).
+async fn client(gw: &Gateway) -> SendRequest<Empty<Bytes>> {
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn get(sender: &mut SendRequest<Empty<Bytes>>) -> (u16, Bytes) {
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(
+            Request::get("/pooled/items")
+                .header("host", "gateway.test")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, body)
+}
+
+#[tokio::test]
+async fn sequential_requests_go_out_on_one_upstream_connection() {
+    let upstream = CountingUpstream::start(None).await;
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    let mut sender = client(&gw).await;
+    for _ in 0..20 {
+        let (status, body) = get(&mut sender).await;
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], br#"{"ok":true}"#);
+    }
+    assert_eq!(upstream.requests(), 20);
+    assert_eq!(upstream.connections(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
+    let upstream = CountingUpstream::start(Some(Duration::from_millis(50))).await;
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    let mut sender = client(&gw).await;
+    for round in 1..=3 {
+        let (status, _) = get(&mut sender).await;
+        assert_eq!(status, 200, "round {round}");
+        assert_eq!(upstream.connections(), round);
+        // The upstream closes the connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(upstream.requests(), 3);
+    gw.shutdown().await;
+}
