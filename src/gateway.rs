@@ -474,7 +474,9 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
         };
         let handler = move |req, peer| {
             let state = state.clone();
-            async move { handle_api(&state, req, Connection { peer, tls }).await }
+            // Boxed once here: the request's future is a few KiB, and the
+            // layers above would otherwise copy it each time they move it.
+            Box::pin(async move { handle_api(&state, req, Connection { peer, tls }).await })
         };
         server::serve(listener, transport, settings, slots, stop, handler).await;
     });

@@ -66,7 +66,7 @@ impl Upstreams {
                 *req.uri_mut() = Uri::try_from(target).map_err(|_| {
                     Rejection::BadRequest("the request cannot be mapped to the upstream")
                 })?;
-                return echo(req).await;
+                return Box::pin(echo(req)).await;
             }
             Upstream::Url {
                 scheme,

@@ -535,7 +535,9 @@ impl Checkout {
         let Checkout { home, slot, conn } = self;
         let (mut sender, reused) = match conn {
             Conn::Idle(sender) => (sender, true),
-            Conn::New(target) => (connector.connect(&target).await?, false),
+            // Boxed (as below): connecting is a large future that requests
+            // on a pooled connection need not carry.
+            Conn::New(target) => (Box::pin(connector.connect(&target)).await?, false),
         };
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
@@ -549,7 +551,7 @@ impl Checkout {
                         .with(|pool| pool.target(slot))
                         .flatten()
                         .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                    sender = connector.connect(&target).await?;
+                    sender = Box::pin(connector.connect(&target)).await?;
                     sender
                         .try_send_request(req)
                         .await
