@@ -42,12 +42,30 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &PROXY_AUTHENTICATE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // A match on the (lowercase) name compiles to a switch on its length.
+    let hop = matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    );
+    debug_assert_eq!(hop, HOP_BY_HOP.contains(&name));
+    hop
+}
+
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// One pass over the names present: most messages carry none of them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
+        .filter(|name| is_hop_by_hop(name))
         .cloned()
         .collect();
     if doomed.is_empty() {
@@ -113,7 +131,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
     forwarded.push_str(proto);
     if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
         forwarded.push_str(";host=\"");
-        forwarded.extend(host.chars().filter(|c| *c != '"'));
+        if host.contains('"') {
+            forwarded.extend(host.chars().filter(|c| *c != '"'));
+        } else {
+            forwarded.push_str(host);
+        }
         forwarded.push('"');
     }
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
