@@ -158,6 +158,28 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
+/// The series of `introspection_cache_total{result}`.
+pub struct CacheCounters {
+    pub hit: IntCounter,
+    pub negative_hit: IntCounter,
+    pub miss: IntCounter,
+    pub coalesced: IntCounter,
+}
+
+/// The introspection cache's series, looked up once.
+pub fn introspection_cache() -> &'static CacheCounters {
+    static COUNTERS: LazyLock<CacheCounters> = LazyLock::new(|| {
+        let vec = &get().introspection_cache;
+        CacheCounters {
+            hit: vec.with_label_values(&["hit"]),
+            negative_hit: vec.with_label_values(&["negative_hit"]),
+            miss: vec.with_label_values(&["miss"]),
+            coalesced: vec.with_label_values(&["coalesced"]),
+        }
+    });
+    &COUNTERS
+}
+
 /// The series of one API (or of requests that matched none, `api="-"`),
 /// looked up once when a snapshot is compiled. `requests_total` by method
 /// and status goes through a small per-thread cache, so counting a request

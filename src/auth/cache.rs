@@ -267,24 +267,23 @@ impl IntrospectionCache {
     }
 
     fn lookup(&self, key: &CacheKey) -> Lookup<'_> {
-        let metrics = &crate::metrics::get().introspection_cache;
+        let metrics = crate::metrics::introspection_cache();
         let mut store = self.lock();
         if let Some(entry) = store.entries.get(key) {
             if entry.slot.0 > Instant::now() {
-                let label = match entry.value {
-                    Introspected::Active(_) => "hit",
-                    Introspected::Inactive => "negative_hit",
-                };
-                metrics.with_label_values(&[label]).inc();
+                match entry.value {
+                    Introspected::Active(_) => metrics.hit.inc(),
+                    Introspected::Inactive => metrics.negative_hit.inc(),
+                }
                 return Lookup::Hit(entry.value.clone());
             }
             store.remove(key);
         }
         if let Some(flight) = store.flights.get(key) {
-            metrics.with_label_values(&["coalesced"]).inc();
+            metrics.coalesced.inc();
             return Lookup::Wait(flight.answer.clone());
         }
-        metrics.with_label_values(&["miss"]).inc();
+        metrics.miss.inc();
         let id = store.take_id();
         let (answer, receiver) = watch::channel(None);
         store.flights.insert(
