@@ -1,0 +1,573 @@
+//! HTTP/2 floods against the h2c port, frame by frame: the stream, header
+//! and reset limits the server configures refuse a hostile client's excess
+//! streams or end its connection early, what they stop never reaches the
+//! upstream, and a new connection is still served.
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Gateway, Upstream};
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use raw::{Conn, Event};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// How long the gateway has to answer a flood; the idle timeouts below are
+/// longer, so only a limit can end the connection within it.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+fn flood_yaml(upstream_url: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+limits: {{ max_header_bytes: 8KiB }}
+timeouts: {{ header_read: 20s, idle: 20s, upstream_connect: 1s, drain: 1s }}
+apis:
+- name: Edge
+  version: "1.0"
+  base_path: /travels
+  upstream: {{ url: "{upstream_url}", timeout: 30s }}
+  authentication: {{ type: none }}
+  resources: ["GET /bookings", "POST /bookings"]
+"#
+    )
+}
+
+/// A good request on a new HTTP/2 connection gets the upstream's 200.
+async fn still_serves(gw: &Gateway) {
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let url = format!("http://gw.example:{}/travels/bookings", gw.http.port());
+    let resp = sender
+        .send_request(Request::get(&url).body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .expect("a new connection is served");
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// The `n`-th stream a client opens (1, 3, 5, ...).
+fn stream_id(n: u32) -> u32 {
+    2 * n - 1
+}
+
+/// CVE-2023-44487: each stream is reset before the server has accepted it,
+/// so none counts as concurrent; `max_pending_accept_reset_streams` caps them.
+#[tokio::test]
+async fn rapid_reset_ends_the_connection_with_goaway() {
+    const STREAMS: u32 = 1000;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+
+    let mut flood = Vec::new();
+    for n in 1..=STREAMS {
+        let id = stream_id(n);
+        flood.extend(raw::get(id, "/travels/bookings"));
+        flood.extend(raw::rst_stream(id, raw::CANCEL));
+    }
+    // The gateway may close while this is still being written.
+    let _ = conn.write.write_all(&flood).await;
+
+    let events = conn.frames.until(ANSWER_WITHIN, Event::is_goaway).await;
+    match raw::goaway(&events) {
+        Some((last_processed, code)) => {
+            assert_eq!(code, raw::ENHANCE_YOUR_CALM, "{events:?}");
+            assert!(
+                last_processed < stream_id(STREAMS),
+                "GOAWAY only after every stream: {last_processed}"
+            );
+        }
+        None => assert!(raw::closed(&events), "still open: {events:?}"),
+    }
+    assert!(
+        upstream.hits() < STREAMS as usize / 10,
+        "{} reset streams reached the upstream",
+        upstream.hits()
+    );
+    still_serves(&gw).await;
+    gw.shutdown().await;
+}
+
+/// A header block that never ends: HEADERS without END_HEADERS, then
+/// CONTINUATION frames for a few MB. h2 allows a header block about
+/// `max_header_list_size` worth of CONTINUATION frames (at least five), and
+/// decodes at most four times that size, then answers GOAWAY.
+struct EndlessBlock {
+    shape: &'static str,
+    /// The HEADERS frame's fragment.
+    first: Vec<u8>,
+    /// The fragment of the n-th CONTINUATION frame.
+    next: fn(usize) -> Vec<u8>,
+}
+
+async fn endless_header_block_is_cut_off(block: EndlessBlock) {
+    const FLOOD_BYTES: usize = 4 << 20;
+    let EndlessBlock { shape, first, next } = block;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+    let id = stream_id(1);
+    let mut write = conn.write;
+    // The gateway may close while this is still being written. The write
+    // half is handed back, not dropped: that would close the connection.
+    let writer = tokio::spawn(async move {
+        let mut frames = raw::frame(raw::HEADERS, raw::END_STREAM, id, &first);
+        let mut sent = 0;
+        for n in 0.. {
+            if sent >= FLOOD_BYTES || write.write_all(&frames).await.is_err() {
+                break;
+            }
+            sent += frames.len();
+            frames = raw::frame(raw::CONTINUATION, 0, id, &next(n));
+        }
+        write
+    });
+    let events = conn.frames.until(ANSWER_WITHIN, |e| e.ends(id)).await;
+    writer.abort();
+    // A RST_STREAM, a 431 head or a closed connection would do too.
+    match (events.iter().find(|e| e.ends(id)), raw::goaway(&events)) {
+        (Some(_), Some((last_processed, code))) => {
+            assert!(
+                matches!(code, raw::ENHANCE_YOUR_CALM | raw::COMPRESSION_ERROR),
+                "{shape}: {events:?}"
+            );
+            assert_eq!(last_processed, 0, "{shape}: the stream was never opened");
+        }
+        (Some(_), None) => {}
+        (None, _) => panic!("{shape}: no answer to an endless header block: {events:?}"),
+    }
+    assert_eq!(upstream.hits(), 0, "{shape} reached the upstream");
+    still_serves(&gw).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn continuation_flood_of_small_frames_is_cut_off() {
+    endless_header_block_is_cut_off(EndlessBlock {
+        shape: "small frames of whole fields",
+        first: raw::request_head(),
+        next: |n| raw::literal_field(&format!("x-flood-{n}"), &"a".repeat(200)),
+    })
+    .await;
+}
+
+/// Nothing decodes, so only the count of frames (or the buffered bytes)
+/// can end it.
+#[tokio::test]
+async fn continuation_flood_of_one_endless_string_is_cut_off() {
+    endless_header_block_is_cut_off(EndlessBlock {
+        shape: "full frames of one string",
+        first: [raw::request_head(), raw::endless_literal_start()].concat(),
+        next: |_| vec![b'a'; raw::MAX_FRAME_SIZE],
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn settings_advertise_the_configured_limits() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+    assert_eq!(conn.setting(raw::MAX_CONCURRENT_STREAMS), Some(256));
+    assert_eq!(conn.setting(raw::MAX_HEADER_LIST_SIZE), Some(8 << 10));
+    assert_eq!(conn.setting(raw::INITIAL_WINDOW_SIZE), Some(1 << 20));
+    // RFC 9113 §6.9.2: the connection window starts at 65,535 whatever
+    // SETTINGS say, and only WINDOW_UPDATE on stream 0 widens it.
+    let events = conn
+        .frames
+        .until(ANSWER_WITHIN, |e| raw::window_update(e, 0).is_some())
+        .await;
+    let increment = events.iter().find_map(|e| raw::window_update(e, 0));
+    assert_eq!(increment, Some((4 << 20) - 65_535), "{events:?}");
+    gw.shutdown().await;
+}
+
+/// POSTs whose bodies never come: HEADERS without END_STREAM.
+fn hold_open(streams: std::ops::RangeInclusive<u32>) -> Vec<u8> {
+    let head = raw::request_head_for("POST", "/travels/bookings");
+    streams
+        .flat_map(|n| raw::frame(raw::HEADERS, raw::END_HEADERS, stream_id(n), &head))
+        .collect()
+}
+
+/// Streams held open (no END_STREAM) count against MAX_CONCURRENT_STREAMS;
+/// h2 refuses each one over it with RST_STREAM(REFUSED_STREAM) and keeps
+/// the connection, which serves again once a stream has ended.
+#[tokio::test]
+async fn streams_over_the_concurrency_cap_are_refused() {
+    const CAP: u32 = 256;
+    const EXCESS: u32 = 8;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+    assert_eq!(conn.setting(raw::MAX_CONCURRENT_STREAMS), Some(CAP));
+
+    let open = hold_open(1..=CAP + EXCESS);
+    conn.write.write_all(&open).await.unwrap();
+    let excess: BTreeSet<u32> = (CAP + 1..=CAP + EXCESS).map(stream_id).collect();
+    let mut refused = BTreeSet::new();
+    let events = conn
+        .frames
+        .until(ANSWER_WITHIN, |e| {
+            if let Some((id, code)) = e.rst_stream() {
+                assert_eq!(code, raw::REFUSED_STREAM, "stream {id}");
+                refused.insert(id);
+            }
+            refused.len() >= excess.len()
+        })
+        .await;
+    assert_eq!(refused, excess, "{events:?}");
+    assert_eq!(
+        raw::goaway(&events),
+        None,
+        "the connection stays: {events:?}"
+    );
+    assert!(
+        upstream.hits() <= CAP as usize,
+        "a refused stream was forwarded"
+    );
+
+    // Ending one stream frees a slot on the same connection.
+    let next = stream_id(CAP + EXCESS + 1);
+    let mut again = raw::rst_stream(stream_id(1), raw::CANCEL);
+    again.extend(raw::get(next, "/travels/bookings"));
+    conn.write.write_all(&again).await.unwrap();
+    let events = conn.frames.until(ANSWER_WITHIN, |e| e.ends(next)).await;
+    let status = events.iter().find_map(|e| e.status_on(next));
+    assert_eq!(status, Some(200), "{events:?}");
+    drop(conn);
+    gw.shutdown().await;
+}
+
+/// Each refusal counts against `max_local_error_reset_streams` for the
+/// life of the connection: a client that keeps opening streams over the
+/// cap is sent GOAWAY instead of being refused forever.
+#[tokio::test]
+async fn refusing_past_the_local_reset_limit_ends_the_connection() {
+    const CAP: u32 = 256;
+    const LOCAL_RESETS: usize = 256;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+    let last = CAP + LOCAL_RESETS as u32 + 100;
+    // The gateway may close while this is still being written.
+    let _ = conn.write.write_all(&hold_open(1..=last)).await;
+    let events = conn.frames.until(ANSWER_WITHIN, Event::is_goaway).await;
+    let refused: Vec<u32> = events
+        .iter()
+        .filter_map(Event::rst_stream)
+        .map(|(id, code)| {
+            assert_eq!(code, raw::REFUSED_STREAM, "stream {id}");
+            id
+        })
+        .collect();
+    assert_eq!(refused.len(), LOCAL_RESETS, "{refused:?}");
+    assert!(refused.iter().all(|id| *id > stream_id(CAP)));
+    let goaway = raw::goaway(&events).expect("GOAWAY after the last refusal");
+    // The held streams were all taken; none of the refused ones was.
+    assert_eq!(goaway, (stream_id(CAP), raw::ENHANCE_YOUR_CALM));
+    drop(conn);
+    still_serves(&gw).await;
+    gw.shutdown().await;
+}
+
+/// A client talking HTTP/2 frame by frame (RFC 9113 §4, HPACK RFC 7541
+/// without Huffman coding or the dynamic table).
+mod raw {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::TcpStream;
+    use tokio::sync::mpsc;
+
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const CONTINUATION: u8 = 0x9;
+
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+    pub const REFUSED_STREAM: u32 = 0x7;
+    pub const CANCEL: u32 = 0x8;
+    pub const COMPRESSION_ERROR: u32 = 0x9;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    /// SETTINGS_MAX_FRAME_SIZE's initial value, which the gateway keeps.
+    pub const MAX_FRAME_SIZE: usize = 16_384;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[derive(Debug)]
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    #[derive(Debug)]
+    pub enum Event {
+        Frame(Frame),
+        /// The gateway closed (or reset) the TCP connection.
+        Closed,
+    }
+
+    impl Event {
+        pub fn is_goaway(&self) -> bool {
+            matches!(self, Event::Frame(f) if f.kind == GOAWAY)
+        }
+
+        pub fn rst_stream(&self) -> Option<(u32, u32)> {
+            match self {
+                Event::Frame(f) if f.kind == RST_STREAM => Some((f.stream, be32(&f.payload))),
+                _ => None,
+            }
+        }
+
+        /// Whether this answers stream `id` or ends the connection.
+        pub fn ends(&self, id: u32) -> bool {
+            match self {
+                Event::Frame(f) => {
+                    f.kind == GOAWAY || (f.stream == id && matches!(f.kind, HEADERS | RST_STREAM))
+                }
+                Event::Closed => true,
+            }
+        }
+
+        /// The `:status` of a response head on stream `id`, when the encoder
+        /// used the static table for it (RFC 7541 Appendix A, entries 8-14).
+        pub fn status_on(&self, id: u32) -> Option<u16> {
+            let Event::Frame(f) = self else { return None };
+            if f.kind != HEADERS || f.stream != id {
+                return None;
+            }
+            let statuses = [200, 204, 206, 304, 400, 404, 500];
+            let index = f.payload.first()?.checked_sub(0x88)?;
+            statuses.get(usize::from(index)).copied()
+        }
+    }
+
+    /// The last stream id and the error code of the first GOAWAY.
+    pub fn goaway(events: &[Event]) -> Option<(u32, u32)> {
+        events.iter().find_map(|e| match e {
+            Event::Frame(f) if f.kind == GOAWAY => {
+                Some((be32(&f.payload) & 0x7fff_ffff, be32(&f.payload[4..])))
+            }
+            _ => None,
+        })
+    }
+
+    pub fn closed(events: &[Event]) -> bool {
+        events.iter().any(|e| matches!(e, Event::Closed))
+    }
+
+    /// The increment of a WINDOW_UPDATE on `stream`.
+    pub fn window_update(event: &Event, stream: u32) -> Option<u32> {
+        match event {
+            Event::Frame(f) if f.kind == WINDOW_UPDATE && f.stream == stream => {
+                Some(be32(&f.payload) & 0x7fff_ffff)
+            }
+            _ => None,
+        }
+    }
+
+    fn be32(bytes: &[u8]) -> u32 {
+        u32::from_be_bytes(bytes[..4].try_into().expect("four bytes"))
+    }
+
+    /// The frames the gateway sends, read by a task of their own so that a
+    /// client busy writing never blocks the gateway's writes.
+    pub struct Frames(mpsc::UnboundedReceiver<Event>);
+
+    impl Frames {
+        /// Everything received until `done` holds for an event, the
+        /// connection closed, or `within` passed.
+        pub async fn until(
+            &mut self,
+            within: Duration,
+            mut done: impl FnMut(&Event) -> bool,
+        ) -> Vec<Event> {
+            let deadline = tokio::time::Instant::now() + within;
+            let mut seen = Vec::new();
+            while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.0.recv()).await {
+                let last = done(&event) || matches!(event, Event::Closed);
+                seen.push(event);
+                if last {
+                    break;
+                }
+            }
+            seen
+        }
+    }
+
+    /// An h2c connection by prior knowledge, past the SETTINGS exchange.
+    pub struct Conn {
+        pub write: OwnedWriteHalf,
+        pub frames: Frames,
+        settings: Vec<(u16, u32)>,
+    }
+
+    impl Conn {
+        pub async fn open(addr: SocketAddr) -> Conn {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let (read, mut write) = tcp.into_split();
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(read_frames(read, tx));
+            write.write_all(PREFACE).await.unwrap();
+            write.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+            let mut frames = Frames(rx);
+            let events = frames
+                .until(
+                    Duration::from_secs(5),
+                    |e| matches!(e, Event::Frame(f) if f.kind == SETTINGS && f.flags & ACK == 0),
+                )
+                .await;
+            let Some(Event::Frame(server)) = events.last() else {
+                panic!("no SETTINGS from the gateway: {events:?}");
+            };
+            let settings = server
+                .payload
+                .chunks_exact(6)
+                .map(|s| (u16::from_be_bytes([s[0], s[1]]), be32(&s[2..])))
+                .collect();
+            write
+                .write_all(&frame(SETTINGS, ACK, 0, &[]))
+                .await
+                .unwrap();
+            Conn {
+                write,
+                frames,
+                settings,
+            }
+        }
+
+        /// A value of the gateway's first SETTINGS frame.
+        pub fn setting(&self, id: u16) -> Option<u32> {
+            self.settings
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, v)| *v)
+        }
+    }
+
+    async fn read_frames(mut read: OwnedReadHalf, tx: mpsc::UnboundedSender<Event>) {
+        loop {
+            let mut head = [0u8; 9];
+            if read.read_exact(&mut head).await.is_err() {
+                let _ = tx.send(Event::Closed);
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0; len];
+            if read.read_exact(&mut payload).await.is_err() {
+                let _ = tx.send(Event::Closed);
+                return;
+            }
+            let frame = Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: be32(&head[5..]) & 0x7fff_ffff,
+                payload,
+            };
+            if tx.send(Event::Frame(frame)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// RFC 9113 §4.1: 24-bit length, type, flags, 31-bit stream id.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).expect("a frame's length");
+        let mut out = Vec::with_capacity(9 + payload.len());
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    /// A complete GET: HEADERS with END_HEADERS and END_STREAM.
+    pub fn get(stream: u32, path: &str) -> Vec<u8> {
+        let head = request_head_for("GET", path);
+        frame(HEADERS, END_HEADERS | END_STREAM, stream, &head)
+    }
+
+    /// The pseudo-header fields of `GET /travels/bookings`.
+    pub fn request_head() -> Vec<u8> {
+        request_head_for("GET", "/travels/bookings")
+    }
+
+    pub fn request_head_for(method: &str, path: &str) -> Vec<u8> {
+        // Static table: 2 `:method GET`, 3 `:method POST`, 6 `:scheme http`.
+        let mut out = vec![if method == "GET" { 0x82 } else { 0x83 }, 0x86];
+        // Literals without indexing, names 4 `:path` and 1 `:authority`.
+        integer(&mut out, 0x00, 4, 4);
+        string(&mut out, path.as_bytes());
+        integer(&mut out, 0x00, 4, 1);
+        string(&mut out, b"gw.example");
+        out
+    }
+
+    /// A literal field without indexing, with a new name.
+    pub fn literal_field(name: &str, value: &str) -> Vec<u8> {
+        let mut out = vec![0x00];
+        string(&mut out, name.as_bytes());
+        string(&mut out, value.as_bytes());
+        out
+    }
+
+    /// A field whose value announces 64 MiB: what follows is all value.
+    /// More than any flood here sends, and short of the 2^28 over which h2
+    /// refuses the integer itself (PROTOCOL_ERROR, not a flood limit).
+    pub fn endless_literal_start() -> Vec<u8> {
+        let mut out = vec![0x00];
+        string(&mut out, b"x-endless");
+        integer(&mut out, 0x00, 7, 1 << 26);
+        out
+    }
+
+    fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+        integer(out, 0x00, 7, bytes.len());
+        out.extend_from_slice(bytes);
+    }
+
+    /// RFC 7541 §5.1: an integer in a `prefix`-bit prefix of `first`.
+    fn integer(out: &mut Vec<u8>, first: u8, prefix: u8, mut value: usize) {
+        let max = (1usize << prefix) - 1;
+        if value < max {
+            out.push(first | value as u8);
+            return;
+        }
+        out.push(first | max as u8);
+        value -= max;
+        while value >= 0x80 {
+            out.push((value & 0x7f) as u8 | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+}
