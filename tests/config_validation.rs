@@ -220,6 +220,19 @@ fn bad_size() {
 }
 
 #[test]
+fn header_bytes_out_of_range() {
+    refused(
+        "limits:\n  max_header_bytes: 64MiB\n",
+        error(
+            2,
+            21,
+            "limits.max_header_bytes: `64MiB` is out of range",
+            "1KiB to 1MiB",
+        ),
+    );
+}
+
+#[test]
 fn sizes_in_every_accepted_form() {
     let snap =
         loaded("limits: { max_header_bytes: 32KiB, max_uri: 8192, max_body: 10MiB }\n").snapshot;

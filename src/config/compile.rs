@@ -27,7 +27,7 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn at<T>(value: &S<T>) -> Location {
+    pub(super) fn at<T>(value: &S<T>) -> Location {
         value.referenced
     }
 

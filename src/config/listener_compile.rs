@@ -150,6 +150,9 @@ pub(super) fn trusted_proxies(ctx: &mut Ctx, list: &[S<String>]) -> Vec<ipnet::I
         .collect()
 }
 
+const MIN_HEADER_BYTES: u64 = 1 << 10;
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
 pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
     let max_headers = raw
         .max_headers
@@ -161,9 +164,24 @@ pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
         .as_ref()
         .and_then(|v| ctx.number::<usize>(v, "limits.max_connections", "a positive integer"))
         .unwrap_or(10_000);
+    let mut max_header_bytes = ctx.size(&raw.max_header_bytes, "limits.max_header_bytes", 32 << 10);
+    // The HTTP/1 read buffer and the HTTP/2 header-list limit (and with
+    // it, how many CONTINUATION frames a peer may send) grow with it.
+    if let Some(value) = &raw.max_header_bytes {
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+            ctx.report.error(
+                Ctx::at(value),
+                format!(
+                    "limits.max_header_bytes: `{}` is out of range",
+                    value.value.0
+                ),
+                "1KiB to 1MiB",
+            );
+            max_header_bytes = 32 << 10;
+        }
+    }
     Limits {
-        max_header_bytes: ctx.size(&raw.max_header_bytes, "limits.max_header_bytes", 32 << 10)
-            as usize,
+        max_header_bytes: max_header_bytes as usize,
         max_headers,
         max_uri: ctx.size(&raw.max_uri, "limits.max_uri", 8 << 10) as usize,
         max_body: ctx.size(&raw.max_body, "limits.max_body", 10 << 20),
