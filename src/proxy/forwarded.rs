@@ -3,6 +3,7 @@
 //! `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) set from the
 //! connection — client-sent values kept only from trusted proxies.
 
+use std::cell::RefCell;
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
@@ -77,7 +78,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+            .map(str::trim)
+            // Names a header the list above has covered already.
+            .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
     );
     for name in doomed {
         headers.remove(name);
@@ -100,17 +104,96 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
     let from_trusted = trusted.iter().any(|net| net.contains(&ip));
     let proto = if tls { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
+    let (forwarded_for, forwarded) = if from_trusted {
+        compose(
+            joined(headers, &X_FORWARDED_FOR),
+            joined(headers, &FORWARDED),
+            ip,
+            proto,
+            host.as_ref(),
+        )
+    } else {
+        from_this_peer(ip, tls, host.as_ref())
+    };
+    // The four headers below at most: one growth of the map, not several.
+    headers.reserve(4);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if let Some(value) = forwarded {
+        headers.insert(FORWARDED, value);
+    }
+    if !from_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !from_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// `X-Forwarded-For` and `Forwarded` for a peer whose own values are
+/// dropped. They depend on the peer, the scheme and `Host` only, which
+/// stay the same request after request on a connection: each thread keeps
+/// the last ones it composed.
+fn from_this_peer(
+    ip: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    struct Last {
+        ip: IpAddr,
+        tls: bool,
+        host: Option<HeaderValue>,
+        values: (Option<HeaderValue>, Option<HeaderValue>),
+    }
+    thread_local! {
+        static LAST: RefCell<Option<Last>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(hit) = last
+            .as_ref()
+            .filter(|l| l.ip == ip && l.tls == tls && l.host.as_ref() == host)
+        {
+            return hit.values.clone();
+        }
+        let proto = if tls { "https" } else { "http" };
+        let values = compose(None, None, ip, proto, host);
+        *last = Some(Last {
+            ip,
+            tls,
+            host: host.cloned(),
+            values: values.clone(),
+        });
+        values
+    })
+}
+
+/// The values of `X-Forwarded-For` and `Forwarded`: the prior ones (from a
+/// trusted proxy), then this hop's.
+fn compose(
+    prior_for: Option<String>,
+    prior_forwarded: Option<String>,
+    ip: IpAddr,
+    proto: &str,
+    host: Option<&HeaderValue>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
     let mut forwarded_for = String::with_capacity(48);
     let mut forwarded = String::with_capacity(96);
-    if from_trusted {
-        if let Some(prior) = joined(headers, &X_FORWARDED_FOR) {
-            forwarded_for.push_str(&prior);
-            forwarded_for.push_str(", ");
-        }
-        if let Some(prior) = joined(headers, &FORWARDED) {
-            forwarded.push_str(&prior);
-            forwarded.push_str(", ");
-        }
+    if let Some(prior) = prior_for {
+        forwarded_for.push_str(&prior);
+        forwarded_for.push_str(", ");
+    }
+    if let Some(prior) = prior_forwarded {
+        forwarded.push_str(&prior);
+        forwarded.push_str(", ");
     }
     let prior_len = forwarded_for.len();
     // Writing into a String cannot fail.
@@ -129,7 +212,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
     }
     forwarded.push_str(";proto=");
     forwarded.push_str(proto);
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         forwarded.push_str(";host=\"");
         if host.contains('"') {
             forwarded.extend(host.chars().filter(|c| *c != '"'));
@@ -138,25 +221,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
         }
         forwarded.push('"');
     }
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
-        headers.insert(FORWARDED, value);
-    }
-    if !from_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    }
-    if !from_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST.clone(), host);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-    }
+    (
+        HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)).ok(),
+        HeaderValue::from_maybe_shared(Bytes::from(forwarded)).ok(),
+    )
 }
 
 /// All lines of a list header as one value (RFC 9110 §5.3: a proxy may
@@ -204,6 +272,31 @@ mod tests {
         set_forwarded(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn values_kept_from_the_last_request_follow_peer_scheme_and_host() {
+        let forwarded = |peer: &str, tls: bool, host: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            if let Some(host) = host {
+                h.insert(HOST, HeaderValue::from_static(host));
+            }
+            set_forwarded(&mut h, peer.parse().unwrap(), tls, &[]);
+            let text = |name| h[name].to_str().unwrap().to_owned();
+            (text("x-forwarded-for"), text("forwarded"))
+        };
+        for _ in 0..2 {
+            let (xff, fwd) = forwarded("10.0.0.1:1", false, Some("a.example"));
+            assert_eq!(xff, "10.0.0.1");
+            assert_eq!(fwd, "for=10.0.0.1;proto=http;host=\"a.example\"");
+            let (_, fwd) = forwarded("10.0.0.1:2", false, Some("b.example"));
+            assert_eq!(fwd, "for=10.0.0.1;proto=http;host=\"b.example\"");
+            let (_, fwd) = forwarded("10.0.0.1:2", true, Some("b.example"));
+            assert_eq!(fwd, "for=10.0.0.1;proto=https;host=\"b.example\"");
+            let (xff, fwd) = forwarded("[::1]:3", true, None);
+            assert_eq!(xff, "::1");
+            assert_eq!(fwd, "for=\"[::1]\";proto=https");
+        }
     }
 
     #[test]
