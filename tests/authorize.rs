@@ -172,6 +172,17 @@ fn split_redirect(location: &str) -> (String, Vec<(String, String)>) {
     }
 }
 
+/// Asserts a 303 back to `base` with `error` and `state`; returns all the
+/// redirect's parameters.
+fn error_redirect(reply: &Reply, base: &str, error: &str, state: &str) -> Vec<(String, String)> {
+    assert_eq!(reply.status, 303);
+    let (to, params) = split_redirect(reply.location());
+    assert_eq!(to, base);
+    assert_eq!(param(&params, "error"), Some(error));
+    assert_eq!(param(&params, "state"), Some(state));
+    params
+}
+
 // ---- a tiny HTML form scanner ---------------------------------------------
 
 /// The fields of the page's form as a browser would post them.
@@ -617,11 +628,7 @@ async fn denial_redirects_with_access_denied_and_the_state() {
         .login(&code_query("bookyourticket", "view", Some(&challenge)))
         .await;
     let denied = browser.submit(&consent, "deny", &[]).await;
-    assert_eq!(denied.status, 303);
-    let (base, params) = split_redirect(denied.location());
-    assert_eq!(base, CALLBACK);
-    assert_eq!(param(&params, "error"), Some("access_denied"));
-    assert_eq!(param(&params, "state"), Some("xyz-state"));
+    let params = error_redirect(&denied, CALLBACK, "access_denied", "xyz-state");
     assert!(param(&params, "code").is_none());
 }
 
@@ -668,11 +675,7 @@ async fn public_client_without_pkce_gets_invalid_request_at_its_redirect_uri() {
         ("state", "s1"),
     ]);
     let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
-    assert_eq!(reply.status, 303);
-    let (base, params) = split_redirect(reply.location());
-    assert_eq!(base, SPA_CALLBACK);
-    assert_eq!(param(&params, "error"), Some("invalid_request"));
-    assert_eq!(param(&params, "state"), Some("s1"));
+    error_redirect(&reply, SPA_CALLBACK, "invalid_request", "s1");
 }
 
 #[tokio::test]
@@ -735,11 +738,7 @@ async fn the_plain_method_is_refused() {
         ("code_challenge_method", "plain"),
     ]);
     let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
-    assert_eq!(reply.status, 303);
-    let (base, params) = split_redirect(reply.location());
-    assert_eq!(base, CALLBACK);
-    assert_eq!(param(&params, "error"), Some("invalid_request"));
-    assert_eq!(param(&params, "state"), Some("xyz-state"));
+    error_redirect(&reply, CALLBACK, "invalid_request", "xyz-state");
     // No method at all means plain too (RFC 7636 §4.3).
     let authorize = query(&[
         ("response_type", "code"),
@@ -867,11 +866,7 @@ async fn unsupported_response_types_go_back_to_the_client() {
             ("state", "xyz-state"),
         ]);
         let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
-        assert_eq!(reply.status, 303);
-        let (base, params) = split_redirect(reply.location());
-        assert_eq!(base, CALLBACK);
-        assert_eq!(param(&params, "error"), Some("unsupported_response_type"));
-        assert_eq!(param(&params, "state"), Some("xyz-state"));
+        error_redirect(&reply, CALLBACK, "unsupported_response_type", "xyz-state");
     }
 }
 
