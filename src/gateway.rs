@@ -292,10 +292,11 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// One request on an API port: timed, counted and logged.
 async fn handle_api(
-    state: &State,
+    state: Arc<State>,
     req: http::Request<hyper::body::Incoming>,
     conn: Connection,
 ) -> Response<Body> {
+    let state = &*state;
     let started = Instant::now();
     let method = req.method().clone();
     // The access log's copy of the path, only when the log is on.
@@ -476,7 +477,7 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
             let state = state.clone();
             // Boxed once here: the request's future is a few KiB, and the
             // layers above would otherwise copy it each time they move it.
-            Box::pin(async move { handle_api(&state, req, Connection { peer, tls }).await })
+            Box::pin(handle_api(state, req, Connection { peer, tls }))
         };
         server::serve(listener, transport, settings, slots, stop, handler).await;
     });

@@ -12,7 +12,7 @@ pub mod serve;
 pub mod transform;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 pub use forward::Upstreams;
 pub use reject::Rejection;
@@ -29,7 +29,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// An empty body.
+/// An empty body (a zero-sized one: boxing it allocates nothing).
 pub fn empty() -> Body {
-    full(Bytes::new())
+    Empty::new().map_err(|never| match never {}).boxed()
 }

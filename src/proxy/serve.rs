@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Request, Response, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -92,9 +93,9 @@ async fn phases(
     outbound::apply(&route.api.outbound, headers); // outbound auth
     forwarded::set_forwarded(headers, conn.peer, conn.tls, &snap.trusted_proxies);
     let req = limit_body(snap, req)?;
-    rt.upstreams
-        .forward(grant, &route.api, req, &route.rest)
-        .await // forward
+    // Boxed: created once on the heap instead of being copied into each
+    // enclosing future (every layer up to the connection) as it starts.
+    Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await // forward
 }
 
 /// Request-target and framing checks that come before any matching.
@@ -229,8 +230,12 @@ fn limit_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Request<Body>, 
     if declared.is_some_and(|len| len > snap.limits.max_body) {
         return Err(Rejection::PayloadTooLarge);
     }
-    let flag = LimitFlag::default();
     let (mut parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        // Nothing to count (most GETs): no limit to watch, no allocation.
+        return Ok(Request::from_parts(parts, super::empty()));
+    }
+    let flag = LimitFlag::default();
     parts.extensions.insert(flag.clone());
     let body = LimitedBody::new(body, snap.limits.max_body, flag).boxed();
     Ok(Request::from_parts(parts, body))
