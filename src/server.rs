@@ -57,6 +57,11 @@ fn builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
         .max_headers(settings.limits.max_headers)
         // hyper answers 431 when the head does not fit the read buffer.
         .max_buf_size(settings.limits.max_header_bytes.max(8192))
+        // Head and body chunks are copied into one buffer and written with
+        // one plain write: cheaper than a queue of slices for the small
+        // messages an API mostly answers; the buffer is bounded by
+        // `max_buf_size` like the read side.
+        .writev(false)
         .keep_alive(true);
     let header_list = u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX);
     builder

@@ -97,7 +97,12 @@ impl Connector {
             connect_timeout,
             system_roots: client_config(roots),
             by_bundle: Mutex::default(),
-            http1: http1::Builder::new(),
+            http1: {
+                let mut builder = http1::Builder::new();
+                // One buffer per write, as on the listening side.
+                builder.writev(false);
+                builder
+            },
         }
     }
 
