@@ -30,7 +30,7 @@ pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Extracted<'a> 
     if values.next().is_some() {
         return Extracted::InvalidRequest("more than one Authorization header");
     }
-    let Ok(text) = value.to_str() else {
+    let Some(text) = visible_ascii(value.as_bytes()) else {
         return Extracted::Invalid(TokenProblem::Malformed);
     };
     let Some((scheme, token)) = text.split_once(' ') else {
@@ -47,6 +47,17 @@ pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Extracted<'a> 
         return Extracted::Invalid(TokenProblem::Malformed);
     }
     Extracted::Token(token)
+}
+
+/// The value as text when every byte is visible ASCII, space or tab (what
+/// `HeaderValue::to_str` accepts), checked without an early exit so the
+/// scan vectorizes: the value carries a token of up to 8 KiB.
+fn visible_ascii(bytes: &[u8]) -> Option<&str> {
+    let visible = bytes.iter().fold(true, |ok, &b| {
+        ok & ((b' '..=b'~').contains(&b) | (b == b'\t'))
+    });
+    // ASCII is UTF-8; the conversion cannot fail once `visible` holds.
+    visible.then(|| std::str::from_utf8(bytes).ok()).flatten()
 }
 
 /// RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
@@ -78,6 +89,17 @@ fn has_access_token(query: &str) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn visible_ascii_accepts_what_to_str_accepts() {
+        for byte in 0..=255u8 {
+            let raw = [b'a', byte, b'b'];
+            let Ok(value) = HeaderValue::from_bytes(&raw) else {
+                continue;
+            };
+            assert_eq!(visible_ascii(&raw), value.to_str().ok(), "byte {byte:#04x}");
+        }
+    }
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -142,13 +142,15 @@ impl JwtValidator {
         token: &str,
         now: SystemTime,
     ) -> Result<Arc<Principal>, AuthFailure> {
-        let segments = split(token).map_err(AuthFailure::Invalid)?;
         let now = unix_seconds(now);
         let leeway = self.rules.leeway.as_secs_f64();
+        // Only tokens that passed every check below are remembered, so a
+        // hit needs no second look at the token's shape.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(answer) = self.answer_from_cache(&digest, now, leeway) {
             return answer;
         }
+        let segments = split(token).map_err(AuthFailure::Invalid)?;
 
         let header = parse_header(segments.header).map_err(AuthFailure::Invalid)?;
         check_header(&header, self.rules.accept_jwt_typ).map_err(AuthFailure::Invalid)?;
