@@ -164,6 +164,36 @@ async fn allowed_encoded_slash_is_forwarded_as_matched() {
 }
 
 #[tokio::test]
+async fn bodies_keep_their_framing_and_bodiless_requests_get_none() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    let raw = raw_request(gw.http, &get("/travels/bookings")).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let seen = upstream.last();
+    assert!(seen.headers.get("content-length").is_none());
+    assert!(seen.headers.get("transfer-encoding").is_none());
+    let raw = raw_request(
+        gw.http,
+        b"POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let seen = upstream.last();
+    assert_eq!(seen.headers["content-length"], "0");
+    assert!(seen.body.is_empty());
+    let raw = raw_request(
+        gw.http,
+        b"POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let seen = upstream.last();
+    assert_eq!(seen.body.as_ref(), b"abc");
+    assert!(seen.headers.get("content-length").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn method_override_headers_are_ignored_and_not_forwarded() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
