@@ -206,7 +206,11 @@ impl Conn {
         let service = service_fn(move |req| {
             let guard = InFlight::begin(&requests);
             let response = handler(req, peer);
-            async move { Ok::<_, Infallible>(response.await.map(|body| Tracked { body, guard })) }
+            async move {
+                let response = response.await;
+                let guard = guard.answered();
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
+            }
         });
         let mut conn = pin!(self.builder.serve_connection(io, service));
         let timeouts = self.settings.timeouts;
@@ -243,6 +247,10 @@ impl Conn {
                 Ok(Watch::Stop) => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                }
+                Ok(Watch::Rearm) if activity.resets_abusive() => {
+                    tracing::debug!(%peer, "connection closed: it resets most of its requests");
+                    return;
                 }
                 Ok(Watch::Rearm) => {}
                 Ok(Watch::Deadline) => {
@@ -316,10 +324,17 @@ impl Watchdog {
     }
 }
 
+/// A client may cancel this many requests on a connection (HTTP/2: reset
+/// their streams before the answer) before it is judged by its share of
+/// cancelled requests.
+const FREE_CANCELS: u64 = 64;
+
 /// Requests in flight on one connection, and since when it has had none.
 struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
+    /// Requests whose handler was dropped before it answered.
+    cancelled: AtomicU64,
     /// Milliseconds after `started` when the last request finished.
     idle_since_ms: AtomicU64,
     served: AtomicU64,
@@ -333,6 +348,7 @@ impl Activity {
         Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            cancelled: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicU64::new(0),
             first_done: AtomicBool::new(false),
@@ -356,20 +372,53 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
+    /// resets of streams not yet handed to the gateway, and each stream
+    /// reset later has already cost a request upstream. A connection whose
+    /// cancelled requests pass [`FREE_CANCELS`] and outnumber its answered
+    /// ones is closed.
+    fn resets_abusive(&self) -> bool {
+        let cancelled = self.cancelled.load(Ordering::Acquire);
+        let served = self.served.load(Ordering::Acquire);
+        cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
+    }
+}
+
 /// Counts a request as in flight until its response body is dropped.
-struct InFlight(Arc<Activity>);
+/// Dropped before [`InFlight::answered`], the request counts as cancelled.
+struct InFlight {
+    activity: Arc<Activity>,
+    answered: bool,
+}
 
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.served.fetch_add(1, Ordering::AcqRel);
-        InFlight(activity.clone())
+        InFlight {
+            activity: activity.clone(),
+            answered: false,
+        }
+    }
+
+    /// The handler has answered; the guard now goes with the body.
+    fn answered(mut self) -> InFlight {
+        self.answered = true;
+        self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.0;
+        let activity = &self.activity;
+        if !self.answered {
+            activity.cancelled.fetch_add(1, Ordering::AcqRel);
+            if activity.resets_abusive() {
+                // The watchdog looks, and closes the connection.
+                activity.quiet.notify_one();
+            }
+        }
         let elapsed = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.idle_since_ms.store(elapsed, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -405,5 +454,29 @@ impl HttpBody for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(served: u64, cancelled: u64) -> bool {
+        let activity = Activity::new();
+        activity.served.store(served, Ordering::Release);
+        activity.cancelled.store(cancelled, Ordering::Release);
+        activity.resets_abusive()
+    }
+
+    #[test]
+    fn a_connection_is_judged_by_its_share_of_cancelled_requests() {
+        // A few cancellations are anyone's right.
+        assert!(!after(64, 64));
+        // A busy connection that cancels some of its requests is served.
+        assert!(!after(1_000, 300));
+        assert!(!after(200, 100));
+        // One that cancels more than it lets finish is not.
+        assert!(after(65, 65));
+        assert!(after(200, 101));
     }
 }

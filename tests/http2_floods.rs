@@ -97,6 +97,61 @@ async fn rapid_reset_ends_the_connection_with_goaway() {
     gw.shutdown().await;
 }
 
+/// The same attack once each stream has been handed to the gateway (its
+/// request reached the upstream, which is slow to answer): h2 no longer
+/// counts those resets, the gateway does. Past 64 cancelled requests that
+/// outnumber the answered ones, the connection is closed.
+#[tokio::test]
+async fn resets_of_accepted_streams_end_the_connection() {
+    const STREAMS: u32 = 300;
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(30));
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+    let mut sent = 0;
+    for n in 1..=STREAMS {
+        let id = stream_id(n);
+        if conn
+            .write
+            .write_all(&raw::get(id, "/travels/bookings"))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        // Accepted: its request is upstream.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while upstream.hits() < n as usize && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if upstream.hits() < n as usize {
+            break;
+        }
+        sent = n;
+        if conn
+            .write
+            .write_all(&raw::rst_stream(id, raw::CANCEL))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let events = conn.frames.until(ANSWER_WITHIN, |_| false).await;
+    assert!(
+        raw::closed(&events),
+        "still open after {sent} resets: {events:?}"
+    );
+    assert!(
+        (65..80).contains(&upstream.hits()),
+        "{} accepted-then-reset streams reached the upstream",
+        upstream.hits()
+    );
+    upstream.set_delay(Duration::ZERO);
+    still_serves(&gw).await;
+    gw.shutdown().await;
+}
+
 /// A header block that never ends: HEADERS without END_HEADERS, then
 /// CONTINUATION frames for a few MB. h2 allows a header block about
 /// `max_header_list_size` worth of CONTINUATION frames (at least five), and
