@@ -163,31 +163,30 @@ async fn allowed_encoded_slash_is_forwarded_as_matched() {
     gw.shutdown().await;
 }
 
+/// What the upstream received for `request`, which must have been answered.
+async fn forwarded(gw: &Gateway, upstream: &Upstream, request: &[u8]) -> common::Received {
+    let raw = raw_request(gw.http, request).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    upstream.last()
+}
+
 #[tokio::test]
 async fn bodies_keep_their_framing_and_bodiless_requests_get_none() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
-    let raw = raw_request(gw.http, &get("/travels/bookings")).await;
-    assert_eq!(status_of(&raw), 200, "{raw}");
-    let seen = upstream.last();
+    let seen = forwarded(&gw, &upstream, &get("/travels/bookings")).await;
     assert!(seen.headers.get("content-length").is_none());
     assert!(seen.headers.get("transfer-encoding").is_none());
-    let raw = raw_request(
-        gw.http,
-        b"POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&raw), 200, "{raw}");
-    let seen = upstream.last();
+    let post = |head_and_body: &str| {
+        format!(
+            "POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{head_and_body}"
+        )
+    };
+    let seen = forwarded(&gw, &upstream, post("Content-Length: 0\r\n\r\n").as_bytes()).await;
     assert_eq!(seen.headers["content-length"], "0");
     assert!(seen.body.is_empty());
-    let raw = raw_request(
-        gw.http,
-        b"POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&raw), 200, "{raw}");
-    let seen = upstream.last();
+    let chunked = post("Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    let seen = forwarded(&gw, &upstream, chunked.as_bytes()).await;
     assert_eq!(seen.body.as_ref(), b"abc");
     assert!(seen.headers.get("content-length").is_none());
     gw.shutdown().await;
