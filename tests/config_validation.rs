@@ -1270,6 +1270,14 @@ fn env_override_with_a_bad_value_is_an_error() {
         findings[0].message,
         "timeouts.idle: `forever` is not a duration"
     );
+    // The value is not in the file: the variable is named instead.
+    assert!(
+        findings[0]
+            .to_string()
+            .starts_with("MCGW_TIMEOUTS_IDLE: error: timeouts.idle:"),
+        "{}",
+        findings[0]
+    );
 }
 
 // ------------------------------------------------------------ paths

@@ -109,9 +109,9 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
         generation,
     } = input;
     let (mut file, mut report) = load::parse(path, text)?;
-    let unknown_overrides = resolve::apply_overrides(&mut file, env);
+    let overrides = resolve::apply_overrides(&mut file, env);
     edit(&mut file);
-    for unknown in unknown_overrides {
+    for unknown in overrides.unknown {
         report.push(Diagnostic {
             severity: Severity::Warning,
             origin: diagnostic::Origin::Env(unknown),
@@ -121,6 +121,22 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
     }
     let snapshot = compile::compile(&file, &mut report, env, path, generation);
     let mut findings = std::mem::take(&mut report.findings);
+    // A value set by an `MCGW_` variable has no place in the file: what is
+    // found about it is reported as the variable's.
+    for finding in &mut findings {
+        if !matches!(finding.origin, diagnostic::Origin::Other(_)) {
+            continue;
+        }
+        let by = overrides.applied.iter().find(|(_, setting)| {
+            finding
+                .message
+                .strip_prefix(setting.as_str())
+                .is_some_and(|rest| rest.starts_with(':'))
+        });
+        if let Some((variable, _)) = by {
+            finding.origin = diagnostic::Origin::Env(variable.clone());
+        }
+    }
     // Errors first, each group in file order, so the output reads like the file.
     findings.sort_by_key(|d| {
         let place = match &d.origin {

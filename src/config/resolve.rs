@@ -223,10 +223,41 @@ const OVERRIDES: &[(&str, Slot)] = &[
 /// (`MCGW_LOG` is the log filter).
 const PROCESS_VARIABLES: &[&str] = &["log"];
 
-/// Applies `MCGW_`/`mcgw_` variables to the raw model. Returns the names of
-/// variables that match no setting (reported as warnings).
-pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Vec<String> {
-    let mut unknown = Vec::new();
+/// The sections of the settings `OVERRIDES` names, to tell the section
+/// from the key in a name joined with `_` (longer names first).
+const OVERRIDE_SECTIONS: &[&str] = &[
+    "authorization_server",
+    "api_gateway",
+    "timeouts",
+    "limits",
+    "ports",
+    "admin",
+    "tls",
+];
+
+/// What the `MCGW_` variables did to a configuration.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// Variables that match no setting (reported as warnings).
+    pub unknown: Vec<String>,
+    /// Each variable applied, with the dotted path of the setting it set.
+    pub applied: Vec<(String, String)>,
+}
+
+/// `timeouts_header_read` → `timeouts.header_read`.
+fn dotted(key: &str) -> String {
+    OVERRIDE_SECTIONS
+        .iter()
+        .find_map(|section| {
+            let rest = key.strip_prefix(section)?.strip_prefix('_')?;
+            Some(format!("{section}.{rest}"))
+        })
+        .unwrap_or_else(|| key.to_owned())
+}
+
+/// Applies `MCGW_`/`mcgw_` variables to the raw model.
+pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Overrides {
+    let mut overrides = Overrides::default();
     for (name, value) in env {
         let Some(key) = name
             .strip_prefix("MCGW_")
@@ -245,16 +276,32 @@ pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Vec<String> {
                     Location::UNKNOWN,
                     Location::UNKNOWN,
                 ));
+                overrides.applied.push((name.clone(), dotted(&key)));
             }
-            None => unknown.push(name.clone()),
+            None => overrides.unknown.push(name.clone()),
         }
     }
-    unknown
+    overrides
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_override_names_its_setting_by_section_and_key() {
+        for (key, _) in OVERRIDES {
+            let path = dotted(key);
+            let (section, rest) = path.split_once('.').expect("a section");
+            assert!(OVERRIDE_SECTIONS.contains(&section), "{key}");
+            assert_eq!(format!("{section}_{rest}"), *key);
+        }
+        assert_eq!(
+            dotted("api_gateway_poll_interval"),
+            "api_gateway.poll_interval"
+        );
+        assert_eq!(dotted("timeouts_header_read"), "timeouts.header_read");
+    }
 
     #[test]
     fn durations_and_sizes() {
@@ -304,7 +351,7 @@ mod tests {
         env.insert("MCGW_NOPE".into(), "x".into());
         env.insert("MCGW_LOG".into(), "debug".into());
         env.insert("PATH".into(), "/bin".into());
-        let unknown = apply_overrides(&mut file, &env);
+        let unknown = apply_overrides(&mut file, &env).unknown;
         assert_eq!(unknown, ["MCGW_NOPE"]);
         assert_eq!(file.ports.http.unwrap().value.0, "8080");
         let gateway = file.api_gateway.unwrap().value;
