@@ -356,6 +356,17 @@ impl Activity {
         }
     }
 
+    /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
+    /// resets of streams not yet handed to the gateway, and each stream
+    /// reset later has already cost a request upstream. A connection whose
+    /// cancelled requests pass [`FREE_CANCELS`] and outnumber its answered
+    /// ones is closed.
+    fn resets_abusive(&self) -> bool {
+        let cancelled = self.cancelled.load(Ordering::Acquire);
+        let served = self.served.load(Ordering::Acquire);
+        cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
+    }
+
     /// When the connection may be closed if nothing happens until then.
     fn deadline(&self, timeouts: Timeouts) -> Instant {
         let now = Instant::now();
@@ -369,19 +380,6 @@ impl Activity {
         } else {
             since + timeouts.idle
         }
-    }
-}
-
-impl Activity {
-    /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
-    /// resets of streams not yet handed to the gateway, and each stream
-    /// reset later has already cost a request upstream. A connection whose
-    /// cancelled requests pass [`FREE_CANCELS`] and outnumber its answered
-    /// ones is closed.
-    fn resets_abusive(&self) -> bool {
-        let cancelled = self.cancelled.load(Ordering::Acquire);
-        let served = self.served.load(Ordering::Acquire);
-        cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
     }
 }
 

@@ -122,7 +122,9 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
     let snapshot = compile::compile(&file, &mut report, env, path, generation);
     let mut findings = std::mem::take(&mut report.findings);
     // A value set by an `MCGW_` variable has no place in the file: what is
-    // found about it is reported as the variable's.
+    // found about it is reported as the variable's. Such a value carries
+    // no location (the YAML parser's type cannot name a variable), so it
+    // is known by the setting path its findings start with.
     for finding in &mut findings {
         if !matches!(finding.origin, diagnostic::Origin::Other(_)) {
             continue;
