@@ -5,6 +5,7 @@
 
 pub mod forward;
 pub mod forwarded;
+mod http1;
 pub mod outbound;
 mod pool;
 pub mod reject;

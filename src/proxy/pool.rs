@@ -1,5 +1,4 @@
-//! Keep-alive HTTP/1.1 connections to upstreams, on
-//! `hyper::client::conn::http1`.
+//! Keep-alive HTTP/1.1 connections to upstreams (see [`http1`]).
 //!
 //! A [`Pool`] keeps idle connections per upstream: its scheme, its
 //! authority and, for `https`, the CAs it is verified against (a connection
@@ -9,10 +8,17 @@
 //! and the connection tasks run on it too. Callers on any other thread share
 //! one pool behind a mutex.
 //!
-//! A request checks a connection out (the most recently used idle one, else
-//! a new one) and the connection goes back only once the response body has
-//! been read to its end; a body dropped before its end takes the connection
-//! with it (hyper closes it).
+//! A request checks a connection out (the most recently used idle one the
+//! upstream has not closed, else a new one) and the connection goes back
+//! only once the response body has been read to its end; a body dropped
+//! before its end takes the connection with it.
+//!
+//! A request on a pooled connection that the upstream closed as it was
+//! sent is sent once more on a new connection when that is safe: when the
+//! write failed (the upstream cannot have read it), or when it had no body,
+//! its method is idempotent (RFC 9110 §9.2.2) and not a byte of answer
+//! came (RFC 9112 §9.3.1.1). A `POST` that may have reached the upstream
+//! is never sent twice.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -28,19 +34,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
+use http::Method;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::http1::{self, Connection, Failure, ResponseBody, Stream};
 use super::{Body, BoxError};
 use crate::config::snapshot::CaBundle;
 
@@ -62,7 +66,6 @@ pub struct Connector {
     /// TLS settings by CA-bundle path, with the bundle they trust (built on
     /// first use, rebuilt when a reload brings a different bundle).
     by_bundle: Mutex<BundleConfigs>,
-    http1: http1::Builder,
 }
 
 /// The CA bundle has no certificate rustls accepts.
@@ -77,7 +80,7 @@ pub enum SendError {
     Connect(BoxError),
     /// The request failed on an established connection.
     #[error("request: {0}")]
-    Request(hyper::Error),
+    Request(http1::Error),
 }
 
 impl Connector {
@@ -97,12 +100,6 @@ impl Connector {
             connect_timeout,
             system_roots: client_config(roots),
             by_bundle: Mutex::default(),
-            http1: {
-                let mut builder = http1::Builder::new();
-                // One buffer per write, as on the listening side.
-                builder.writev(false);
-                builder
-            },
         }
     }
 
@@ -129,14 +126,14 @@ impl Connector {
         Ok(config)
     }
 
-    /// A new connection to `target`, its task spawned on this runtime.
-    async fn connect(&self, target: &Target) -> Result<SendRequest<Body>, SendError> {
+    /// A new connection to `target`.
+    async fn connect(&self, target: &Target) -> Result<Connection, SendError> {
         let tcp = self
             .tcp(target)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         match &target.tls {
-            None => self.handshake(tcp).await,
+            None => Ok(Connection::new(Stream::Tcp(tcp))),
             Some((tls, name)) => {
                 let name = name.clone().ok_or_else(|| {
                     SendError::Connect("the upstream host is not a valid TLS server name".into())
@@ -145,7 +142,7 @@ impl Connector {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| SendError::Connect(e.into()))?;
-                self.handshake(stream).await
+                Ok(Connection::new(Stream::Tls(Box::new(stream))))
             }
         }
     }
@@ -174,23 +171,6 @@ impl Connector {
             }
         }
         Err(failure)
-    }
-
-    async fn handshake<T>(&self, io: T) -> Result<SendRequest<Body>, SendError>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, connection) = self
-            .http1
-            .handshake::<_, Body>(TokioIo::new(io))
-            .await
-            .map_err(|e| SendError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
     }
 }
 
@@ -243,7 +223,7 @@ struct Slot {
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Connection,
     since: Instant,
 }
 
@@ -398,27 +378,10 @@ impl Pool {
         {
             slot.idle.pop_front();
         }
-        // The most recently used first. A connection goes back as soon as
-        // its response body ended; hyper's connection task makes it ready
-        // for the next request in the same poll in which it hands over the
-        // body's last bytes, so on a listener thread (where that task runs
-        // too) it is ready by then. It is not yet when the task runs on
-        // another thread and has not got there, or when the upstream
-        // answered before the request body was all sent (the upload goes
-        // on first). Such a connection is skipped, not awaited: it stays
-        // for a later request, and this one takes an older connection, or
-        // a new one. Awaiting it could stall this request behind another
-        // client's upload for as long as that client likes.
-        let mut i = slot.idle.len();
-        while i > 0 {
-            i -= 1;
-            let idle = &slot.idle[i];
-            if idle.sender.is_closed() {
-                slot.idle.remove(i);
-            } else if idle.sender.is_ready() {
-                if let Some(idle) = slot.idle.remove(i) {
-                    return Ok((n, Conn::Idle(idle.sender)));
-                }
+        // The most recently used first; those the upstream closed go.
+        while let Some(mut idle) = slot.idle.pop_back() {
+            if idle.conn.is_usable() {
+                return Ok((n, Conn::Idle(idle.conn)));
             }
         }
         Ok((n, Conn::New(slot.target.clone())))
@@ -426,8 +389,8 @@ impl Pool {
 
     /// Puts a connection whose response has ended back, as the most
     /// recently used; the oldest goes if there are too many.
-    fn checkin(&mut self, n: u32, sender: SendRequest<Body>, now: Instant) {
-        if sender.is_closed() || self.max_idle == 0 {
+    fn checkin(&mut self, n: u32, conn: Connection, now: Instant) {
+        if self.max_idle == 0 {
             return;
         }
         let Some(slot) = self.slots.get_mut(n as usize) else {
@@ -436,16 +399,16 @@ impl Pool {
         while slot.idle.len() >= self.max_idle {
             slot.idle.pop_front();
         }
-        slot.idle.push_back(Idle { sender, since: now });
+        slot.idle.push_back(Idle { conn, since: now });
     }
 
-    /// Closes the connections idle for too long, and those whose task has
-    /// ended, of every upstream (also of those no request names any more).
+    /// Closes the connections idle for too long, and those the upstream
+    /// closed, of every upstream (also of those no request names any more).
     fn sweep(&mut self, now: Instant) {
         let idle_timeout = self.idle_timeout;
         for slot in &mut self.slots {
-            slot.idle.retain(|idle| {
-                !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < idle_timeout
+            slot.idle.retain_mut(|idle| {
+                now.saturating_duration_since(idle.since) < idle_timeout && idle.conn.is_usable()
             });
         }
         self.next_sweep = now + idle_timeout;
@@ -465,7 +428,7 @@ impl Pool {
 
 /// The connection a request checked out.
 enum Conn {
-    Idle(SendRequest<Body>),
+    Idle(Connection),
     New(Arc<Target>),
 }
 
@@ -538,59 +501,65 @@ impl Checkout {
         req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         let Checkout { home, slot, conn } = self;
-        let (mut sender, reused) = match conn {
-            Conn::Idle(sender) => (sender, true),
+        let (conn, reused) = match conn {
+            Conn::Idle(conn) => (conn, true),
             // Boxed (as below): connecting is a large future that requests
             // on a pooled connection need not carry.
             Conn::New(target) => (Box::pin(connector.connect(&target)).await?, false),
         };
-        let response = match sender.try_send_request(req).await {
+        let response = match conn.send(req).await {
             Ok(response) => response,
-            Err(mut error) => match error.take_message() {
-                // An idle connection the upstream closed before the request
-                // was written to it (hyper gives the request back only
-                // then): once more on a new connection. A request that may
-                // have reached the upstream is never sent twice.
-                Some(req) if reused => {
-                    let target = home
-                        .with(|pool| pool.target(slot))
-                        .flatten()
-                        .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                    sender = Box::pin(connector.connect(&target)).await?;
-                    sender
-                        .try_send_request(req)
-                        .await
-                        .map_err(|error| SendError::Request(error.into_error()))?
-                }
-                _ => return Err(SendError::Request(error.into_error())),
-            },
+            Err(Failure {
+                request: Some(req),
+                unsent,
+                ..
+            }) if reused && (unsent || is_idempotent(req.method())) => {
+                let target = home
+                    .with(|pool| pool.target(slot))
+                    .flatten()
+                    .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
+                let conn = Box::pin(connector.connect(&target)).await?;
+                conn.send(req)
+                    .await
+                    .map_err(|failure| SendError::Request(failure.error))?
+            }
+            Err(failure) => return Err(SendError::Request(failure.error)),
         };
         Ok(response.map(|body| {
             PooledBody {
                 body,
-                back: Some(Back { sender, home, slot }),
+                back: Some(Back { home, slot }),
             }
             .boxed()
         }))
     }
 }
 
+/// RFC 9110 §9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// A response body that puts its connection back once read to its end.
 struct PooledBody {
-    body: Incoming,
+    body: ResponseBody,
     back: Option<Back>,
 }
 
 struct Back {
-    sender: SendRequest<Body>,
     home: Home,
     slot: u32,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some(Back { sender, home, slot }) = self.back.take() {
-            home.with(|pool| pool.checkin(slot, sender, Instant::now()));
+        if let Some(Back { home, slot }) = self.back.take() {
+            if let Some(conn) = self.body.take_idle() {
+                home.with(|pool| pool.checkin(slot, conn, Instant::now()));
+            }
         }
     }
 }
@@ -651,7 +620,9 @@ mod tests {
 
     use http::header::HOST;
     use http_body_util::Full;
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -745,26 +716,6 @@ mod tests {
             });
             own.unwrap_or_else(|| lock(&self.shared).idle_count(&key))
         }
-
-        /// Whether the most recently used idle connection to `upstream`
-        /// can take a request.
-        fn idle_ready(&self, upstream: &TestUpstream) -> bool {
-            let key = key(upstream);
-            let ready = |pool: &mut Pool| {
-                let n = pool.slot(&key).unwrap();
-                pool.slots[n as usize]
-                    .idle
-                    .back()
-                    .is_some_and(|idle| idle.sender.is_ready())
-            };
-            let own = THREAD_POOL.with(|own| {
-                own.borrow_mut()
-                    .as_mut()
-                    .filter(|pool| Arc::ptr_eq(&pool.connector, &self.connector))
-                    .map(ready)
-            });
-            own.unwrap_or_else(|| ready(&mut lock(&self.shared)))
-        }
     }
 
     fn key(upstream: &TestUpstream) -> Key<'_> {
@@ -815,15 +766,6 @@ mod tests {
         let upstream = TestUpstream::start(100).await;
         for _ in 0..5 {
             assert_eq!(read_all(pools.get(&upstream).await).await, 100);
-            // On a multi-thread runtime the connection's task, on another
-            // thread, may not have made it ready yet when the next request
-            // comes (which would then go on a new one): wait for it.
-            for _ in 0..200 {
-                if pools.idle_ready(&upstream) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
         }
         assert_eq!(upstream.connections(), 1);
         assert_eq!(pools.idle(&upstream), 1);
@@ -949,26 +891,12 @@ mod tests {
         let (close, closing) = std::sync::mpsc::channel();
         let upstream = RawUpstream::start(Some(closing)).as_test();
         read_all(pools.get(&upstream).await).await;
-        for _ in 0..100 {
-            if pools.idle_ready(&upstream) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
         // Checked out while still open, closed before the request is
-        // written: the request comes back unsent and goes on a new one.
+        // written: the request goes once more, on a new connection.
         let checkout = pools.checkout_at(&upstream, Instant::now());
         assert!(matches!(checkout.conn, Conn::Idle(_)));
         close.send(()).unwrap();
-        if let Conn::Idle(sender) = &checkout.conn {
-            for _ in 0..200 {
-                if sender.is_closed() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            assert!(sender.is_closed());
-        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let response = pools.send(&upstream, checkout).await;
         assert_eq!(read_all(response).await, 2);
         assert_eq!(upstream.connections(), 2);
@@ -979,8 +907,8 @@ mod tests {
         assert_eq!(upstream.connections(), 3);
     }
 
-    #[tokio::test]
-    async fn a_request_that_reached_the_upstream_is_not_sent_again() {
+    /// Sends `req` on the idle connection that `raw` will drop unanswered.
+    async fn send_unanswered(req: Request<Body>) -> (Result<(), SendError>, RawUpstream) {
         let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
         // The first request is answered; the second is read and the
         // connection closed without an answer.
@@ -989,12 +917,31 @@ mod tests {
         read_all(pools.get(&upstream).await).await;
         let checkout = pools.checkout_at(&upstream, Instant::now());
         assert!(matches!(checkout.conn, Conn::Idle(_)));
-        let result = checkout
-            .send(&pools.connector, request(upstream.addr))
-            .await
-            .map(|_| ());
+        let result = checkout.send(&pools.connector, req).await;
+        (
+            result.map(|response| assert_eq!(response.status(), 200)),
+            raw,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_that_reached_the_upstream_is_not_sent_again() {
+        let post = Request::post("/resource")
+            .header(HOST, "upstream")
+            .header(http::header::CONTENT_LENGTH, "0")
+            .body(super::super::empty())
+            .unwrap();
+        let (result, raw) = send_unanswered(post).await;
         assert!(matches!(result, Err(SendError::Request(_))), "{result:?}");
         assert_eq!(raw.requests.load(Ordering::SeqCst), 2);
         assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_dropped_unanswered_goes_once_more() {
+        let (result, raw) = send_unanswered(request(([127, 0, 0, 1], 80).into())).await;
+        result.expect("answered on a new connection");
+        assert_eq!(raw.requests.load(Ordering::SeqCst), 3);
+        assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
     }
 }

@@ -1,0 +1,163 @@
+//! A request head as an upstream receives it, and the framing of its body.
+//!
+//! The framing headers are the encoder's alone: whatever `Content-Length`
+//! or `Transfer-Encoding` the request carries is replaced by what the body
+//! really is, so the upstream can never read a body's bytes as a request.
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
+use http_body::Body as HttpBody;
+
+use crate::proxy::Body;
+
+/// How the request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Appends the head of `parts` (origin-form target, `Host` among the
+/// headers) to `out`, and says how `body` must follow it.
+pub fn encode(parts: &Parts, body: &Body, out: &mut Vec<u8>) -> BodyFraming {
+    let framing = if body.is_end_stream() {
+        BodyFraming::None
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::Chunked,
+        }
+    };
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in &parts.headers {
+        if *name == CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if *name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        // A bodiless request says so only if it did (`POST` with
+        // `Content-Length: 0`); a `GET` gets no framing header.
+        BodyFraming::None if had_length => out.extend_from_slice(b"content-length: 0\r\n"),
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Appends one chunk of the chunked coding: size line, data, CRLF.
+pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and an empty trailer section.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// `n` in decimal, written into `digits`.
+fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+    use crate::proxy::{empty, full};
+
+    fn encoded(request: Request<Body>) -> (String, BodyFraming) {
+        let (parts, body) = request.into_parts();
+        let mut out = Vec::new();
+        let framing = encode(&parts, &body, &mut out);
+        (String::from_utf8(out).expect("ascii"), framing)
+    }
+
+    #[test]
+    fn framing_headers_say_what_the_body_is() {
+        let get = Request::get("/a?b=1")
+            .header("host", "up")
+            .header("transfer-encoding", "chunked")
+            .body(empty())
+            .expect("request");
+        assert_eq!(
+            encoded(get),
+            (
+                "GET /a?b=1 HTTP/1.1\r\nhost: up\r\n\r\n".into(),
+                BodyFraming::None
+            )
+        );
+        let post = Request::post("/p")
+            .header("content-length", "0")
+            .body(empty())
+            .expect("request");
+        assert_eq!(
+            encoded(post).0,
+            "POST /p HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        let lying = Request::put("/p")
+            .header("content-length", "99")
+            .body(full("12345"))
+            .expect("request");
+        assert_eq!(
+            encoded(lying),
+            (
+                "PUT /p HTTP/1.1\r\ncontent-length: 5\r\n\r\n".into(),
+                BodyFraming::Length(5)
+            )
+        );
+        let stream = futures_util::stream::iter([Ok::<_, crate::proxy::BoxError>(
+            http_body::Frame::data(bytes::Bytes::from_static(b"x")),
+        )]);
+        let streamed = Request::post("/s")
+            .header("content-length", "1")
+            .body(StreamBody::new(stream).boxed())
+            .expect("request");
+        assert_eq!(
+            encoded(streamed),
+            (
+                "POST /s HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+                BodyFraming::Chunked
+            )
+        );
+    }
+
+    #[test]
+    fn chunks_and_numbers_are_encoded() {
+        let mut out = Vec::new();
+        chunk(&[b'a'; 26], &mut out);
+        assert_eq!(out, [&b"1a\r\n"[..], &[b'a'; 26], b"\r\n"].concat());
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+}

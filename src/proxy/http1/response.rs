@@ -1,0 +1,338 @@
+//! An upstream's response head, parsed from the connection's read buffer,
+//! and how its body is framed (RFC 9112 §6.3).
+//!
+//! A response that can be framed two ways is refused, or framed the one
+//! safe way and its connection not used again: a proxy that guessed would
+//! let an upstream's bytes become a second response.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, StatusCode, Version};
+
+/// The most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// The most bytes of a response head (informational heads included).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304, `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A final response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// The upstream's response head cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed response head: {0}")]
+    Malformed(#[from] httparse::Error),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("unexpected 101 Switching Protocols")]
+    Upgrade,
+    #[error("invalid header field")]
+    Field,
+}
+
+/// Parses the head at the front of `buf`, consuming it: `None` while it
+/// is incomplete. An informational (1xx) head is consumed and skipped.
+pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HeadError> {
+    loop {
+        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut storage,
+        )?;
+        let httparse::Status::Complete(len) = parsed else {
+            return if buf.len() > MAX_HEAD {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        };
+        let code = response
+            .code
+            .expect("a complete response has a status code");
+        let http11 = response.version == Some(1);
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err(HeadError::Upgrade);
+            }
+            // RFC 9110 §15.2: informational responses precede the final one.
+            let _ = buf.split_to(len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| HeadError::Field)?;
+        let mut fields = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = response.headers.len();
+        let base = buf.as_ptr() as usize;
+        for (field, header) in fields.iter_mut().zip(response.headers.iter()) {
+            let name = header.name.as_ptr() as usize - base;
+            let value = header.value.as_ptr() as usize - base;
+            *field = (
+                name,
+                name + header.name.len(),
+                value,
+                value + header.value.len(),
+            );
+        }
+        let head = buf.split_to(len).freeze();
+        let headers = header_map(&head, &fields[..count])?;
+        return framed(status, headers, http11, method).map(Some);
+    }
+}
+
+/// The header fields at `fields` (offsets into `head`), sharing its bytes.
+fn header_map(
+    head: &Bytes,
+    fields: &[(usize, usize, usize, usize)],
+) -> Result<HeaderMap, HeadError> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for &(name_start, name_end, value_start, value_end) in fields {
+        let name =
+            HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| HeadError::Field)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+            .map_err(|_| HeadError::Field)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// Decides the body's framing and whether the connection can be reused.
+fn framed(
+    status: StatusCode,
+    mut headers: HeaderMap,
+    http11: bool,
+    method: &Method,
+) -> Result<Head, HeadError> {
+    let mut keep_alive = http11 && !has_token(&headers, CONNECTION, "close");
+    // RFC 9112 §6.3, in its order.
+    let framing = if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else if headers.contains_key(TRANSFER_ENCODING) {
+        if headers.contains_key(CONTENT_LENGTH) {
+            // §6.3 item 3: the coding wins; such a response may be an
+            // attempt at splitting, so its connection is not trusted again.
+            headers.remove(CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        if http11 && last_coding_is_chunked(&headers) {
+            Framing::Chunked
+        } else {
+            keep_alive = false;
+            Framing::UntilClose
+        }
+    } else if headers.contains_key(CONTENT_LENGTH) {
+        match content_length(&headers)? {
+            0 => Framing::Empty,
+            n => Framing::Length(n),
+        }
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    Ok(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    })
+}
+
+/// The one length every `Content-Length` field (and list member) states
+/// (RFC 9110 §8.6: differing or invalid values are an error).
+fn content_length(headers: &HeaderMap) -> Result<u64, HeadError> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for member in value.as_bytes().split(|&b| b == b',') {
+            let member = member.trim_ascii();
+            if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
+                return Err(HeadError::ContentLength);
+            }
+            let n = std::str::from_utf8(member)
+                .ok()
+                .and_then(|digits| digits.parse::<u64>().ok())
+                .ok_or(HeadError::ContentLength)?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(HeadError::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    length.ok_or(HeadError::ContentLength)
+}
+
+/// Whether the last transfer coding named is `chunked`.
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a comma-separated header lists `token`.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// The `HTTP/1.1` version every response is handed on with.
+pub const VERSION: Version = Version::HTTP_11;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: Method) -> Result<Option<Head>, HeadError> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse(&mut buf, &method)
+    }
+
+    fn framing(raw: &str) -> (Framing, bool) {
+        let head = head(raw, Method::GET).expect("valid").expect("complete");
+        (head.framing, head.keep_alive)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                (Framing::Length(5), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+                (Framing::Length(5), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                (Framing::Empty, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (Framing::Chunked, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                (Framing::Chunked, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                (Framing::UntilClose, false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (Framing::Chunked, false),
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", (Framing::UntilClose, false)),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+                (Framing::Empty, true),
+            ),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", (Framing::Empty, true)),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 1\r\n\r\n",
+                (Framing::Length(1), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                (Framing::Length(1), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (Framing::UntilClose, false),
+            ),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(framing(raw), expected, "{raw}");
+        }
+        let to_head = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+            Method::HEAD,
+        );
+        let to_head = to_head.expect("valid").expect("complete");
+        assert_eq!(to_head.framing, Framing::Empty);
+        assert_eq!(to_head.headers[CONTENT_LENGTH], "1234");
+    }
+
+    #[test]
+    fn unframeable_heads_are_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HELLO\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+        ] {
+            assert!(head(raw, Method::GET).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn informational_heads_are_skipped_and_partial_ones_wait() {
+        let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+                   HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Id: 7\r\n\r\nhi";
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let created = parse(&mut buf, &Method::POST)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(created.status, StatusCode::CREATED);
+        assert_eq!(created.headers["x-id"], "7");
+        assert!(created.headers.get("link").is_none());
+        assert_eq!(&buf[..], b"hi");
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+            .expect("valid")
+            .is_none());
+    }
+
+    #[test]
+    fn heads_are_bounded() {
+        let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+        while raw.len() <= MAX_HEAD {
+            raw.push_str("X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        assert!(matches!(
+            head(&raw, Method::GET),
+            Err(HeadError::TooLarge | HeadError::Malformed(httparse::Error::TooManyHeaders))
+        ));
+        let long_value = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD + 1));
+        assert!(matches!(
+            head(&long_value, Method::GET),
+            Err(HeadError::TooLarge)
+        ));
+    }
+}
