@@ -83,36 +83,31 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HeadEr
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| HeadError::Field)?;
-        let mut fields = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = response.headers.len();
+        // Names now, values once the head's bytes are frozen (they share them).
         let base = buf.as_ptr() as usize;
-        for (field, header) in fields.iter_mut().zip(response.headers.iter()) {
-            let name = header.name.as_ptr() as usize - base;
-            let value = header.value.as_ptr() as usize - base;
-            *field = (
-                name,
-                name + header.name.len(),
-                value,
-                value + header.value.len(),
-            );
+        let mut fields = Vec::with_capacity(response.headers.len());
+        for header in response.headers.iter() {
+            let name =
+                HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| HeadError::Field)?;
+            let start = header.value.as_ptr() as usize - base;
+            fields.push((name, start, start + header.value.len()));
         }
         let head = buf.split_to(len).freeze();
-        let headers = header_map(&head, &fields[..count])?;
+        let headers = header_map(&head, fields)?;
         return framed(status, headers, http11, method).map(Some);
     }
 }
 
-/// The header fields at `fields` (offsets into `head`), sharing its bytes.
+/// The header fields named in `fields`, their values at offsets into
+/// `head` (sharing its bytes).
 fn header_map(
     head: &Bytes,
-    fields: &[(usize, usize, usize, usize)],
+    fields: Vec<(HeaderName, usize, usize)>,
 ) -> Result<HeaderMap, HeadError> {
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for &(name_start, name_end, value_start, value_end) in fields {
-        let name =
-            HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| HeadError::Field)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| HeadError::Field)?;
+    for (name, start, end) in fields {
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| HeadError::Field)?;
         headers.append(name, value);
     }
     Ok(headers)

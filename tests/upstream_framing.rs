@@ -1,0 +1,843 @@
+//! How the gateway reads its upstream's HTTP/1.1 responses (RFC 9112):
+//! every framing an upstream may use reaches the client as the same body,
+//! a connection is reused only when its framing says the response ended
+//! where the gateway thinks it did, and a malformed response is a 502 (or
+//! an aborted response, once its head has gone out), never a success with
+//! a wrong body. The upstream here is a raw TCP listener writing exact
+//! bytes, so that it can also write what no HTTP library would.
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{raw_request, status_of, Gateway};
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the upstream does with a connection once it has written a reply.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Reads the next request on it.
+    KeepAlive,
+    /// Closes it at once.
+    Close,
+    /// Closes it after this long, reading nothing more meanwhile.
+    CloseAfter(Duration),
+}
+
+/// What the upstream writes for one request.
+struct Reply {
+    /// Written in order, one write each.
+    pieces: Vec<Vec<u8>>,
+    /// Then this, again and again until the write fails.
+    endless: Option<Vec<u8>>,
+    then: Then,
+}
+
+impl Reply {
+    /// `bytes`, the connection kept for the next request.
+    fn keep(bytes: impl Into<Vec<u8>>) -> Reply {
+        Reply::pieces(vec![bytes.into()], Then::KeepAlive)
+    }
+
+    /// `bytes`, then the connection closed.
+    fn close(bytes: impl Into<Vec<u8>>) -> Reply {
+        Reply::pieces(vec![bytes.into()], Then::Close)
+    }
+
+    fn pieces(pieces: Vec<Vec<u8>>, then: Then) -> Reply {
+        Reply {
+            pieces,
+            endless: None,
+            then,
+        }
+    }
+
+    /// `start`, then `repeat` for as long as the gateway reads.
+    fn endless(start: &[u8], repeat: &[u8]) -> Reply {
+        Reply {
+            pieces: vec![start.to_vec()],
+            endless: Some(repeat.to_vec()),
+            then: Then::Close,
+        }
+    }
+}
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// Which accepted connection it came on (0 for the first).
+    conn: usize,
+    /// The request line and header lines, lowercased.
+    head: String,
+    /// The body, chunked coding removed.
+    body: Vec<u8>,
+}
+
+impl Seen {
+    /// The values of header `name` (lowercase), in order.
+    fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(n, _)| n.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+}
+
+type Replier = dyn Fn(usize) -> Reply + Send + Sync;
+
+/// An upstream that reads each request (head, and body by its
+/// Content-Length or chunked coding) and writes back what `reply` gives
+/// for the request's number (0 for the first, over all connections).
+struct RawUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    async fn start(reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reply: Arc<Replier> = Arc::new(reply);
+        let (c, s) = (connections.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let conn = c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, conn, reply.clone(), s.clone()));
+            }
+        });
+        RawUpstream {
+            addr,
+            connections,
+            seen,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The connection each request came on, in order.
+    fn conns(&self) -> Vec<usize> {
+        self.seen().iter().map(|seen| seen.conn).collect()
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Framing
+  version: "1.0"
+  base_path: /f
+  upstream: {{ url: "http://{}/api" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items", "POST /items"]
+"#,
+            self.addr
+        )
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(stream: TcpStream, conn: usize, reply: Arc<Replier>, seen: Arc<Mutex<Vec<Seen>>>) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    while let Some((head, body)) = read_request(&mut read).await {
+        let index = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(Seen { conn, head, body });
+            seen.len() - 1
+        };
+        let reply = reply(index);
+        for piece in &reply.pieces {
+            if write.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        if let Some(repeat) = &reply.endless {
+            while write.write_all(repeat).await.is_ok() {}
+            return;
+        }
+        match reply.then {
+            Then::KeepAlive => {}
+            Then::Close => break,
+            Then::CloseAfter(after) => {
+                tokio::time::sleep(after).await;
+                break;
+            }
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// The next request's head (lowercased) and body; `None` at the end of
+/// the connection.
+async fn read_request(read: &mut BufReader<OwnedReadHalf>) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    loop {
+        let start = head.len();
+        if read.read_until(b'\n', &mut head).await.ok()? == 0 {
+            return None;
+        }
+        if &head[start..] == b"\r\n" {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let seen = Seen {
+        conn: 0,
+        head,
+        body: Vec::new(),
+    };
+    let chunked = seen
+        .header("transfer-encoding")
+        .iter()
+        .any(|v| v.contains("chunked"));
+    let length = seen
+        .header("content-length")
+        .first()
+        .map(|v| v.parse::<usize>().expect("a numeric Content-Length"));
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut line = String::new();
+            read.read_line(&mut line).await.ok()?;
+            let size = line.split(';').next()?.trim();
+            let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+            if size == 0 {
+                // Trailers, up to the empty line.
+                loop {
+                    line.clear();
+                    if read.read_line(&mut line).await.ok()? == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            read.read_exact(&mut chunk).await.ok()?;
+            assert_eq!(&chunk[size..], b"\r\n", "chunk data ends with CRLF");
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = length {
+        body.resize(length, 0);
+        read.read_exact(&mut body).await.ok()?;
+    }
+    Some((seen.head, body))
+}
+
+/// A 200 framed by Content-Length.
+fn ok(body: &[u8]) -> Vec<u8> {
+    let mut bytes =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// What the client got: the status and headers, and the body or why it
+/// could not be read to its end.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Result<Bytes, String>,
+}
+
+impl Answer {
+    /// The body, which must have been read to its end.
+    fn body(&self) -> &[u8] {
+        match &self.body {
+            Ok(body) => body,
+            Err(error) => panic!("the body could not be read: {error} ({self:?})"),
+        }
+    }
+}
+
+/// One client connection to the gateway, kept alive: every request on it
+/// is served by the same listener thread, and so from the same pool of
+/// upstream connections.
+struct Client {
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    async fn connect(gw: &Gateway) -> Client {
+        let stream = TcpStream::connect(gw.http).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        Client { sender }
+    }
+
+    /// Sends a request to `/f/items`; `Err` when no response head came.
+    async fn send(&mut self, method: Method, body: &'static [u8]) -> Result<Answer, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let request = Request::builder()
+            .method(method)
+            .uri("/f/items")
+            .header("host", "gateway.test")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap();
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .map_err(|e| e.to_string());
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn get(&mut self) -> Answer {
+        self.send(Method::GET, b"").await.expect("a response")
+    }
+}
+
+/// Every test is bounded: a gateway waiting for bytes that never come
+/// fails the test instead of hanging it.
+async fn bounded<F: std::future::Future>(test: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(15), test)
+        .await
+        .expect("the test did not finish in time: the gateway waited for bytes that never came")
+}
+
+/// Two GETs on one client connection, both answered `expected`, went out
+/// on one upstream connection.
+async fn reused_for_two_requests(
+    reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    expected: &[u8],
+) {
+    let upstream = RawUpstream::start(reply).await;
+    let gw = Gateway::start(&upstream.yaml()).await;
+    let mut client = Client::connect(&gw).await;
+    for round in 0..2 {
+        let answer = client.get().await;
+        assert_eq!(answer.status, 200, "round {round}: {answer:?}");
+        assert_eq!(answer.body(), expected, "round {round}");
+    }
+    assert_eq!(upstream.conns(), [0, 0]);
+    assert_eq!(upstream.connections(), 1);
+    gw.shutdown().await;
+}
+
+/// Two GETs on one client connection, both answered `expected`: the
+/// second went out on a new upstream connection (the upstream kept the
+/// first open only if `reply` says so; the gateway must not use it again).
+async fn not_reused_after(reply: impl Fn(usize) -> Reply + Send + Sync + 'static, expected: &[u8]) {
+    let upstream = RawUpstream::start(reply).await;
+    let gw = Gateway::start(&upstream.yaml()).await;
+    let mut client = Client::connect(&gw).await;
+    for round in 0..2 {
+        let answer = client.get().await;
+        assert_eq!(answer.status, 200, "round {round}: {answer:?}");
+        assert_eq!(answer.body(), expected, "round {round}");
+    }
+    assert_eq!(upstream.conns(), [0, 1]);
+    gw.shutdown().await;
+}
+
+// ------------------------------------------------------------ framing
+
+#[tokio::test]
+async fn content_length_body_passes_through_exactly_and_the_connection_is_reused() {
+    bounded(async {
+        let body = b"line one\r\n\0\xff\r\n\r\nHTTP/1.1 200 OK\r\n";
+        reused_for_two_requests(move |_| Reply::keep(ok(body)), body).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn chunked_response_is_decoded_and_reframed() {
+    bounded(async {
+        // Extensions, upper- and lowercase hex, one write per chunk.
+        let pieces = || {
+            [
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                b"5;foo=bar\r\nhello\r\n",
+                b"1A\r\n abcdefghijklmnopqrstuvwxy\r\n",
+                b"1a;a=1;b=\"x;y\"\r\nABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n",
+                b"3\r\n\r\n!\r\n",
+                b"0\r\n\r\n",
+            ]
+            .map(<[u8]>::to_vec)
+            .to_vec()
+        };
+        reused_for_two_requests(
+            move |_| Reply::pieces(pieces(), Then::KeepAlive),
+            b"hello abcdefghijklmnopqrstuvwxyABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n!",
+        )
+        .await;
+    })
+    .await;
+}
+
+/// Trailers after the last chunk end the body (they are dropped), and
+/// the connection carries the next request.
+#[tokio::test]
+async fn chunked_response_with_trailers_keeps_its_body_and_connection() {
+    bounded(async {
+        reused_for_two_requests(
+            |_| {
+                Reply::keep(
+                    &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+                       4\r\nwith\r\n9\r\n trailers\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"[..],
+                )
+            },
+            b"with trailers",
+        )
+        .await;
+    })
+    .await;
+}
+
+/// RFC 9112 §6.3 item 3: the chunked coding frames the body, and the
+/// connection that carried such a response is not trusted again.
+#[tokio::test]
+async fn chunked_with_content_length_is_decoded_as_chunked_and_the_connection_is_not_reused() {
+    bounded(async {
+        not_reused_after(
+            |_| {
+                Reply::keep(
+                    &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+                       b\r\nhello world\r\n0\r\n\r\n"[..],
+                )
+            },
+            b"hello world",
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn body_delimited_by_close_is_delivered_and_the_connection_is_not_reused() {
+    bounded(async {
+        not_reused_after(
+            |_| {
+                Reply::close(
+                    &b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"[..],
+                )
+            },
+            b"until the end",
+        )
+        .await;
+    })
+    .await;
+}
+
+/// The upstream leaves the connection open after saying it will close it:
+/// the gateway must not send another request on it.
+#[tokio::test]
+async fn connection_close_response_is_delivered_and_the_connection_is_not_reused() {
+    bounded(async {
+        not_reused_after(
+            |_| {
+                Reply::keep(
+                    &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nlast"[..],
+                )
+            },
+            b"last",
+        )
+        .await;
+    })
+    .await;
+}
+
+/// An HTTP/1.0 response without `Connection: keep-alive` ends its
+/// connection (RFC 9112 §9.3), even if the upstream leaves it open; the
+/// client is answered in the gateway's own version (RFC 9110 §6.2).
+#[tokio::test]
+async fn http_1_0_response_is_delivered_and_the_connection_is_not_reused() {
+    bounded(async {
+        not_reused_after(
+            |_| Reply::keep(&b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nolder"[..]),
+            b"older",
+        )
+        .await;
+    })
+    .await;
+}
+
+/// RFC 9112 §6.3: 204 and 304 responses, and responses to HEAD, end with
+/// their head whatever Content-Length says; the next response on the
+/// connection is read from the byte after it.
+#[tokio::test]
+async fn bodiless_responses_end_at_their_head_and_the_connection_is_reused() {
+    bounded(async {
+        let upstream = RawUpstream::start(|n| match n {
+            0 => Reply::keep(&b"HTTP/1.1 204 No Content\r\nX-Case: 204\r\n\r\n"[..]),
+            1 => Reply::keep(
+                &b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 10\r\n\r\n"[..],
+            ),
+            2 => Reply::keep(&b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"[..]),
+            _ => Reply::keep(ok(b"in sync")),
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let mut client = Client::connect(&gw).await;
+
+        let no_content = client.get().await;
+        assert_eq!(no_content.status, 204, "{no_content:?}");
+        assert_eq!(no_content.body(), b"");
+        assert_eq!(no_content.headers["x-case"], "204");
+
+        let not_modified = client.get().await;
+        assert_eq!(not_modified.status, 304, "{not_modified:?}");
+        assert_eq!(not_modified.body(), b"");
+        assert_eq!(not_modified.headers["etag"], "\"v1\"");
+
+        let head = client.send(Method::HEAD, b"").await.expect("a response");
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(head.body(), b"");
+        assert_eq!(head.headers["content-length"], "1234");
+        assert!(upstream.seen()[2].head.starts_with("head "));
+
+        let after = client.get().await;
+        assert_eq!(after.status, 200, "{after:?}");
+        assert_eq!(after.body(), b"in sync");
+
+        assert_eq!(upstream.conns(), [0, 0, 0, 0]);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// Interim responses (RFC 9110 §15.2) are not the answer: the final one is.
+#[tokio::test]
+async fn interim_responses_are_skipped_for_the_final_one() {
+    bounded(async {
+        reused_for_two_requests(
+            |_| {
+                Reply::keep(
+                    &b"HTTP/1.1 100 Continue\r\n\r\n\
+                       HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n\
+                       HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"[..],
+                )
+            },
+            b"final",
+        )
+        .await;
+    })
+    .await;
+}
+
+// ------------------------------------------------------------ malformed
+
+/// The first request is answered `bad`; the next one, from a new client
+/// connection, gets a good answer on another upstream connection than the
+/// one that carried the malformed response. Returns what the first got.
+async fn malformed_then_good(
+    bad: impl Fn() -> Reply + Send + Sync + 'static,
+) -> Result<Answer, String> {
+    let upstream = RawUpstream::start(move |n| {
+        if n == 0 {
+            bad()
+        } else {
+            Reply::keep(ok(b"fine"))
+        }
+    })
+    .await;
+    let gw = Gateway::start(&upstream.yaml()).await;
+    let first = Client::connect(&gw).await.send(Method::GET, b"").await;
+    let next = Client::connect(&gw).await.get().await;
+    assert_eq!(
+        next.status, 200,
+        "the request after a malformed response: {next:?}"
+    );
+    assert_eq!(next.body(), b"fine");
+    let conns = upstream.conns();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_ne!(
+        conns[1], conns[0],
+        "a connection that sent a malformed response was reused"
+    );
+    gw.shutdown().await;
+    first
+}
+
+fn assert_502(outcome: Result<Answer, String>) {
+    let answer = outcome.expect("a response");
+    assert_eq!(answer.status, 502, "{answer:?}");
+}
+
+/// Once the head has gone out, a body that turns out malformed can only be
+/// cut off: the client must see a 502, or a response it cannot read to
+/// its end — never a complete success.
+fn assert_502_or_aborted(outcome: Result<Answer, String>) {
+    match outcome {
+        Err(_) => {}
+        Ok(answer) if answer.status == 502 => {}
+        Ok(answer) => assert!(
+            answer.body.is_err(),
+            "a malformed response looked complete: {answer:?}"
+        ),
+    }
+}
+
+#[tokio::test]
+async fn conflicting_content_lengths_are_a_502() {
+    bounded(async {
+        let first = malformed_then_good(|| {
+            Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"[..],
+            )
+        })
+        .await;
+        assert_502(first);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn non_numeric_content_length_is_a_502() {
+    bounded(async {
+        let first = malformed_then_good(|| {
+            Reply::keep(&b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello"[..])
+        })
+        .await;
+        assert_502(first);
+    })
+    .await;
+}
+
+/// The head comes before the body, and the gateway streams: the bad chunk
+/// size can be found only once the head may have been sent on.
+#[tokio::test]
+async fn chunk_size_that_is_not_hex_is_a_502_or_an_aborted_response() {
+    bounded(async {
+        let first = malformed_then_good(|| {
+            Reply::keep(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..])
+        })
+        .await;
+        assert_502_or_aborted(first);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn chunk_size_overflowing_u64_is_a_502_or_an_aborted_response() {
+    bounded(async {
+        let first = malformed_then_good(|| {
+            Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n"[..],
+            )
+        })
+        .await;
+        assert_502_or_aborted(first);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_status_line_is_a_502() {
+    bounded(async {
+        let first = malformed_then_good(|| Reply::keep(&b"HELLO\r\n\r\n"[..])).await;
+        assert_502(first);
+    })
+    .await;
+}
+
+/// Headers that never end are refused once the head is too large, not
+/// buffered for as long as the upstream sends them.
+#[tokio::test]
+async fn response_head_larger_than_1_mib_is_a_502_in_bounded_time() {
+    bounded(async {
+        let filler = format!("X-Filler: {}\r\n", "a".repeat(1000)).into_bytes();
+        let started = Instant::now();
+        let first =
+            malformed_then_good(move || Reply::endless(b"HTTP/1.1 200 OK\r\n", &filler)).await;
+        assert_502(first);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn body_shorter_than_its_content_length_is_not_a_complete_success() {
+    bounded(async {
+        let first = malformed_then_good(|| {
+            Reply::close(&b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten.."[..])
+        })
+        .await;
+        assert_502_or_aborted(first);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn upstream_closing_without_an_answer_is_a_502() {
+    bounded(async {
+        let first = malformed_then_good(|| Reply::close(Vec::new())).await;
+        assert_502(first);
+    })
+    .await;
+}
+
+// ------------------------------------------------------------ connections
+
+/// The upstream's keep-alive timeout is shorter than the gateway's: the
+/// connection it closed while idle is not used for a later GET.
+#[tokio::test]
+async fn pooled_connection_closed_by_the_upstream_while_idle_is_replaced() {
+    bounded(async {
+        let upstream = RawUpstream::start(|_| {
+            Reply::pieces(
+                vec![ok(b"alive")],
+                Then::CloseAfter(Duration::from_millis(100)),
+            )
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let mut client = Client::connect(&gw).await;
+        let first = client.get().await;
+        assert_eq!((first.status, first.body()), (200, &b"alive"[..]));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let second = client.get().await;
+        assert_eq!(second.status, 200, "{second:?}");
+        assert_eq!(second.body(), b"alive");
+        assert_eq!(upstream.conns(), [0, 1]);
+        assert_eq!(upstream.connections(), 2);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_chunked_response_streams_through_intact() {
+    bounded(async {
+        const PIECE: usize = 64 << 10;
+        const TOTAL: usize = 8 << 20;
+        let body: Arc<Vec<u8>> = Arc::new(
+            (0..TOTAL)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        );
+        let sent = body.clone();
+        let upstream = RawUpstream::start(move |_| {
+            let mut pieces =
+                vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()];
+            for chunk in sent.chunks(PIECE) {
+                let mut piece = format!("{:x}\r\n", chunk.len()).into_bytes();
+                piece.extend_from_slice(chunk);
+                piece.extend_from_slice(b"\r\n");
+                pieces.push(piece);
+            }
+            pieces.push(b"0\r\n\r\n".to_vec());
+            Reply::pieces(pieces, Then::KeepAlive)
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let answer = Client::connect(&gw).await.get().await;
+        assert_eq!(answer.status, 200);
+        let got = answer.body();
+        assert_eq!(got.len(), TOTAL);
+        assert_eq!(Sha256::digest(got), Sha256::digest(&body[..]));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+// ------------------------------------------------------------ requests
+
+/// What the upstream receives: a body with a length keeps it, a chunked
+/// body arrives whole (chunked or with a length, never both), and a
+/// request without a body declares none.
+#[tokio::test]
+async fn request_framing_reaches_the_upstream_intact() {
+    bounded(async {
+        let upstream = RawUpstream::start(|_| Reply::keep(ok(b"ok"))).await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+
+        let post = Client::connect(&gw)
+            .await
+            .send(Method::POST, b"hello")
+            .await
+            .expect("a response");
+        assert_eq!(post.status, 200, "{post:?}");
+        let seen = &upstream.seen()[0];
+        assert!(
+            seen.head.starts_with("post /api/items http/1.1\r\n"),
+            "{}",
+            seen.head
+        );
+        assert_eq!(seen.header("content-length"), ["5"], "{}", seen.head);
+        assert!(seen.header("transfer-encoding").is_empty(), "{}", seen.head);
+        assert_eq!(seen.body, b"hello");
+
+        let raw = raw_request(
+            gw.http,
+            b"POST /f/items HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\n\r\n3\r\nabc\r\n4;x=y\r\ndefg\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&raw), 200, "{raw}");
+        let seen = &upstream.seen()[1];
+        let chunked = seen.header("transfer-encoding");
+        let length = seen.header("content-length");
+        assert!(
+            (chunked == ["chunked"] && length.is_empty())
+                || (chunked.is_empty() && length == ["7"]),
+            "{}",
+            seen.head
+        );
+        assert_eq!(seen.body, b"abcdefg");
+
+        let get = Client::connect(&gw).await.get().await;
+        assert_eq!(get.status, 200, "{get:?}");
+        let seen = &upstream.seen()[2];
+        assert!(
+            seen.head.starts_with("get /api/items http/1.1\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(seen.header("content-length").is_empty(), "{}", seen.head);
+        assert!(seen.header("transfer-encoding").is_empty(), "{}", seen.head);
+        assert!(seen.body.is_empty());
+        gw.shutdown().await;
+    })
+    .await;
+}
