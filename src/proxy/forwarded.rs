@@ -25,7 +25,7 @@ static OVERRIDES: [HeaderName; 3] = [
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     // A match on the (lowercase) name compiles to a switch on its length.
     matches!(
         name.as_str(),

@@ -9,6 +9,8 @@ use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+
+use crate::proxy::forwarded::is_hop_by_hop;
 use http::{HeaderMap, Method, StatusCode, Version};
 
 /// The most header fields in a response head.
@@ -83,64 +85,112 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HeadEr
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| HeadError::Field)?;
-        // Names now, values once the head's bytes are frozen (they share them).
-        let base = buf.as_ptr() as usize;
-        let mut fields = Vec::with_capacity(response.headers.len());
-        for header in response.headers.iter() {
-            let name =
-                HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| HeadError::Field)?;
-            let start = header.value.as_ptr() as usize - base;
-            fields.push((name, start, start + header.value.len()));
-        }
+        let fields = Fields::scan(response.headers, buf.as_ptr() as usize)?;
         let head = buf.split_to(len).freeze();
-        let headers = header_map(&head, fields)?;
-        return framed(status, headers, http11, method).map(Some);
+        return framed(status, fields, &head, http11, method).map(Some);
     }
 }
 
-/// The header fields named in `fields`, their values at offsets into
-/// `head` (sharing its bytes).
-fn header_map(
-    head: &Bytes,
-    fields: Vec<(HeaderName, usize, usize)>,
-) -> Result<HeaderMap, HeadError> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, start, end) in fields {
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(|_| HeadError::Field)?;
-        headers.append(name, value);
+/// A head's fields, sorted on the way: the end-to-end ones (names now,
+/// values as offsets, once the head's bytes are frozen they share them),
+/// and what the hop-by-hop ones said. Hop-by-hop fields end here
+/// (RFC 9110 §7.6.1).
+struct Fields {
+    end_to_end: Vec<(HeaderName, usize, usize)>,
+    /// Whether the last transfer coding of the last `Transfer-Encoding`
+    /// is `chunked`, if there was one.
+    chunked: Option<bool>,
+    has_length: bool,
+    close: bool,
+    /// Further names `Connection` listed (RFC 9110 §7.6.1).
+    listed: Vec<HeaderName>,
+}
+
+impl Fields {
+    fn scan(headers: &[httparse::Header<'_>], base: usize) -> Result<Fields, HeadError> {
+        let mut fields = Fields {
+            end_to_end: Vec::with_capacity(headers.len()),
+            chunked: None,
+            has_length: false,
+            close: false,
+            listed: Vec::new(),
+        };
+        for header in headers {
+            let name =
+                HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| HeadError::Field)?;
+            if name == TRANSFER_ENCODING {
+                let last = header
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .unwrap_or_default();
+                fields.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == CONNECTION {
+                for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        fields.close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        // A token that names no field names nothing to drop.
+                        fields.listed.extend(HeaderName::from_bytes(token).ok());
+                    }
+                }
+            } else if !is_hop_by_hop(&name) {
+                fields.has_length |= name == CONTENT_LENGTH;
+                let start = header.value.as_ptr() as usize - base;
+                fields
+                    .end_to_end
+                    .push((name, start, start + header.value.len()));
+            }
+        }
+        Ok(fields)
     }
-    Ok(headers)
+
+    /// The end-to-end fields, their values sharing `head`'s bytes.
+    fn header_map(self, head: &Bytes) -> Result<HeaderMap, HeadError> {
+        let mut headers = HeaderMap::with_capacity(self.end_to_end.len());
+        for (name, start, end) in self.end_to_end {
+            if self.listed.contains(&name) {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| HeadError::Field)?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 /// Decides the body's framing and whether the connection can be reused.
 fn framed(
     status: StatusCode,
-    mut headers: HeaderMap,
+    fields: Fields,
+    head: &Bytes,
     http11: bool,
     method: &Method,
 ) -> Result<Head, HeadError> {
-    let mut keep_alive = http11 && !has_token(&headers, CONNECTION, "close");
+    let mut keep_alive = http11 && !fields.close;
+    let (chunked, has_length) = (fields.chunked, fields.has_length);
+    let mut headers = fields.header_map(head)?;
     // RFC 9112 §6.3, in its order.
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Empty
-    } else if headers.contains_key(TRANSFER_ENCODING) {
-        if headers.contains_key(CONTENT_LENGTH) {
+    } else if let Some(chunked) = chunked {
+        if has_length {
             // §6.3 item 3: the coding wins; such a response may be an
             // attempt at splitting, so its connection is not trusted again.
             headers.remove(CONTENT_LENGTH);
             keep_alive = false;
         }
-        if http11 && last_coding_is_chunked(&headers) {
+        if http11 && chunked {
             Framing::Chunked
         } else {
             keep_alive = false;
             Framing::UntilClose
         }
-    } else if headers.contains_key(CONTENT_LENGTH) {
+    } else if has_length {
         match content_length(&headers)? {
             0 => Framing::Empty,
             n => Framing::Length(n),
@@ -178,26 +228,6 @@ fn content_length(headers: &HeaderMap) -> Result<u64, HeadError> {
         }
     }
     length.ok_or(HeadError::ContentLength)
-}
-
-/// Whether the last transfer coding named is `chunked`.
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// Whether a comma-separated header lists `token`.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 /// The `HTTP/1.1` version every response is handed on with.
@@ -277,6 +307,17 @@ mod tests {
         let to_head = to_head.expect("valid").expect("complete");
         assert_eq!(to_head.framing, Framing::Empty);
         assert_eq!(to_head.headers[CONTENT_LENGTH], "1234");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_end_here_with_those_connection_lists() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private, bad name\r\n\
+                   Keep-Alive: timeout=5\r\nX-Private: secret\r\nUpgrade: h2c\r\n\
+                   Transfer-Encoding: chunked\r\nX-Kept: 1\r\nProxy-Authenticate: Basic\r\n\r\n";
+        let head = head(raw, Method::GET).expect("valid").expect("complete");
+        let names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!((head.framing, head.keep_alive), (Framing::Chunked, true));
     }
 
     #[test]
