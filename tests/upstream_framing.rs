@@ -41,6 +41,8 @@ struct Reply {
     /// Then this, again and again until the write fails.
     endless: Option<Vec<u8>>,
     then: Then,
+    /// A pause before each piece after the first.
+    gap: Duration,
 }
 
 impl Reply {
@@ -59,6 +61,7 @@ impl Reply {
             pieces,
             endless: None,
             then,
+            gap: Duration::ZERO,
         }
     }
 
@@ -68,6 +71,15 @@ impl Reply {
             pieces: vec![start.to_vec()],
             endless: Some(repeat.to_vec()),
             then: Then::Close,
+            gap: Duration::ZERO,
+        }
+    }
+
+    /// `pieces` with `gap` before each after the first, the connection kept.
+    fn paced(pieces: Vec<Vec<u8>>, gap: Duration) -> Reply {
+        Reply {
+            gap,
+            ..Reply::pieces(pieces, Then::KeepAlive)
         }
     }
 }
@@ -144,6 +156,10 @@ impl RawUpstream {
     }
 
     fn yaml(&self) -> String {
+        self.yaml_with_timeout("30s")
+    }
+
+    fn yaml_with_timeout(&self, timeout: &str) -> String {
         format!(
             r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
@@ -152,7 +168,7 @@ apis:
 - name: Framing
   version: "1.0"
   base_path: /f
-  upstream: {{ url: "http://{}/api" }}
+  upstream: {{ url: "http://{}/api", timeout: {timeout} }}
   authentication: {{ type: none }}
   resources: ["GET /items", "POST /items"]
 "#,
@@ -177,7 +193,10 @@ async fn serve(stream: TcpStream, conn: usize, reply: Arc<Replier>, seen: Arc<Mu
             seen.len() - 1
         };
         let reply = reply(index);
-        for piece in &reply.pieces {
+        for (i, piece) in reply.pieces.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(reply.gap).await;
+            }
             if write.write_all(piece).await.is_err() {
                 return;
             }
@@ -704,6 +723,37 @@ async fn body_shorter_than_its_content_length_is_not_a_complete_success() {
         })
         .await;
         assert_502_or_aborted(first);
+    })
+    .await;
+}
+
+/// The upstream timeout bounds each silence of the upstream while more of
+/// the body is due, not the whole body: a steady trickle longer than the
+/// timeout goes through, a body that stops is cut off.
+#[tokio::test]
+async fn a_body_the_upstream_stops_sending_is_cut_off_after_the_timeout() {
+    bounded(async {
+        let upstream = RawUpstream::start(|n| {
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n".to_vec();
+            let gap = Duration::from_millis(400);
+            if n == 0 {
+                Reply::paced(vec![head, b"abc".to_vec()], gap)
+            } else {
+                let pieces = [&head[..], b"abc", b"def", b"ghi", b"jkl"].map(<[u8]>::to_vec);
+                Reply::paced(pieces.to_vec(), gap)
+            }
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml_with_timeout("1s")).await;
+        let started = Instant::now();
+        let stopped = Client::connect(&gw).await.get().await;
+        assert_eq!(stopped.status, 200);
+        assert!(stopped.body.is_err(), "{stopped:?}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(1000), "{waited:?}");
+        let trickle = Client::connect(&gw).await.get().await;
+        assert_eq!(trickle.body(), b"abcdefghijkl");
+        gw.shutdown().await;
     })
     .await;
 }

@@ -103,7 +103,10 @@ impl Upstreams {
         };
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
-        let result = tokio::time::timeout(timeout, checkout.send(&self.connector, req)).await;
+        // The timeout bounds the wait for the response head, and then each
+        // silence of the upstream while more of the body is due.
+        let sent = checkout.send(&self.connector, req, timeout);
+        let result = tokio::time::timeout(timeout, sent).await;
         api.metrics
             .upstream_duration()
             .observe(started.elapsed().as_secs_f64());

@@ -495,10 +495,13 @@ pub fn checkout(
 impl Checkout {
     /// Sends `req` (origin-form URI, `Host` set) and returns the response
     /// head; the connection goes back to its pool when the body has ended.
+    /// The upstream may be silent for at most `stall` while more of the
+    /// body is due.
     pub async fn send(
         self,
         connector: &Connector,
         req: Request<Body>,
+        stall: Duration,
     ) -> Result<Response<Body>, SendError> {
         let Checkout { home, slot, conn } = self;
         let (conn, reused) = match conn {
@@ -507,7 +510,7 @@ impl Checkout {
             // on a pooled connection need not carry.
             Conn::New(target) => (Box::pin(connector.connect(&target)).await?, false),
         };
-        let response = match conn.send(req).await {
+        let response = match conn.send(req, stall).await {
             Ok(response) => response,
             Err(Failure {
                 request: Some(req),
@@ -519,7 +522,7 @@ impl Checkout {
                     .flatten()
                     .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
                 let conn = Box::pin(connector.connect(&target)).await?;
-                conn.send(req)
+                conn.send(req, stall)
                     .await
                     .map_err(|failure| SendError::Request(failure.error))?
             }
@@ -665,6 +668,8 @@ mod tests {
         }
     }
 
+    const STALL: Duration = Duration::from_secs(5);
+
     struct Pools {
         connector: Arc<Connector>,
         shared: Arc<Mutex<Pool>>,
@@ -694,7 +699,7 @@ mod tests {
 
         async fn send(&self, upstream: &TestUpstream, checkout: Checkout) -> Response<Body> {
             checkout
-                .send(&self.connector, request(upstream.addr))
+                .send(&self.connector, request(upstream.addr), STALL)
                 .await
                 .expect("response")
         }
@@ -917,7 +922,7 @@ mod tests {
         read_all(pools.get(&upstream).await).await;
         let checkout = pools.checkout_at(&upstream, Instant::now());
         assert!(matches!(checkout.conn, Conn::Idle(_)));
-        let result = checkout.send(&pools.connector, req).await;
+        let result = checkout.send(&pools.connector, req, STALL).await;
         (
             result.map(|response| assert_eq!(response.status(), 200)),
             raw,

@@ -2,13 +2,18 @@
 //! takes it: by length, in chunks, or until the upstream closes.
 //!
 //! The connection is handed back for another request only after a body
-//! that ended exactly where its framing said, with no byte after it.
+//! that ended exactly where its framing said, with no byte after it. An
+//! upstream that goes silent while more of the body is due is given up on
+//! after the API's upstream timeout (the client's response is cut off).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use super::chunked::{Chunked, Decoded};
 use super::response::Framing;
@@ -27,10 +32,21 @@ pub struct ResponseBody {
     /// The response and the request allow another request on the
     /// connection.
     reusable: bool,
+    /// The longest silence while more of the body is due.
+    stall: Duration,
+    /// Armed once the body first has to wait for the upstream.
+    silence: Option<Pin<Box<Sleep>>>,
+    /// Bytes came since the silence timer was last set.
+    heard: bool,
 }
 
 impl ResponseBody {
-    pub(super) fn new(conn: Connection, framing: Framing, reusable: bool) -> ResponseBody {
+    pub(super) fn new(
+        conn: Connection,
+        framing: Framing,
+        reusable: bool,
+        stall: Duration,
+    ) -> ResponseBody {
         let state = match framing {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -41,6 +57,9 @@ impl ResponseBody {
             conn: Some(conn),
             state,
             reusable,
+            stall,
+            silence: None,
+            heard: false,
         }
     }
 
@@ -51,6 +70,22 @@ impl ResponseBody {
             return None;
         }
         self.conn.take().filter(|conn| conn.buf.is_empty())
+    }
+
+    /// Waiting for the upstream: pending, unless it has been silent for
+    /// too long.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let stall = self.stall;
+        let silence = self
+            .silence
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if std::mem::take(&mut self.heard) {
+            silence.as_mut().reset(Instant::now() + stall);
+        }
+        match silence.as_mut().poll(cx) {
+            Poll::Ready(()) => self.fail(Error::Stalled(stall)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
@@ -102,15 +137,16 @@ impl HttpBody for ResponseBody {
                 }
                 _ => {}
             }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) if matches!(this.state, State::UntilClose) => {
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) if matches!(this.state, State::UntilClose) => {
                     this.state = State::Done;
                     this.reusable = false;
                     return Poll::Ready(None);
                 }
-                Ok(0) => return this.fail(Error::Truncated),
-                Ok(_) => {}
-                Err(error) => return this.fail(error.into()),
+                Poll::Ready(Ok(0)) => return this.fail(Error::Truncated),
+                Poll::Ready(Ok(_)) => this.heard = true,
+                Poll::Ready(Err(error)) => return this.fail(error.into()),
+                Poll::Pending => return this.poll_silence(cx),
             }
         }
     }

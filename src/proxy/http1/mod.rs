@@ -22,6 +22,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{Method, Request, Response};
@@ -59,6 +60,8 @@ pub enum Error {
     Chunk(#[from] ChunkError),
     #[error("the response body ended before its length")]
     Truncated,
+    #[error("the upstream sent nothing for {0:?} while more of the body was due")]
+    Stalled(Duration),
 }
 
 /// A failed exchange, with the request when it can be sent again as it
@@ -103,8 +106,13 @@ impl Connection {
     }
 
     /// Sends `req` (origin-form target, `Host` set) and reads the response
-    /// head; the body streams from the connection.
-    pub async fn send(mut self, req: Request<Body>) -> Result<Response<ResponseBody>, Failure> {
+    /// head; the body streams from the connection, which may be silent
+    /// for at most `stall` while more of it is due.
+    pub async fn send(
+        mut self,
+        req: Request<Body>,
+        stall: Duration,
+    ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, mut body) = req.into_parts();
         self.out.clear();
         let framing = request::encode(&parts, &body, &mut self.out);
@@ -115,7 +123,7 @@ impl Connection {
                 Err(error) => Err((error, true)),
             };
             return match result {
-                Ok(head) => Ok(self.respond(head, true)),
+                Ok(head) => Ok(self.respond(head, true, stall)),
                 Err((error, unsent)) => {
                     let unanswered =
                         matches!(error, Error::Closed | Error::Io(_)) && self.buf.is_empty();
@@ -141,17 +149,23 @@ impl Connection {
             .map_err(fail)?;
         drop(body);
         match upload {
-            Upload::Answered(head) => Ok(self.respond(head, false)),
+            Upload::Answered(head) => Ok(self.respond(head, false, stall)),
             Upload::Sent => {
                 let head = self.read_head(&method).await.map_err(fail)?;
-                Ok(self.respond(head, true))
+                Ok(self.respond(head, true, stall))
             }
         }
     }
 
-    fn respond(self, head: Head, request_complete: bool) -> Response<ResponseBody> {
+    fn respond(
+        self,
+        head: Head,
+        request_complete: bool,
+        stall: Duration,
+    ) -> Response<ResponseBody> {
         let reusable = head.keep_alive && request_complete;
-        let mut response = Response::new(ResponseBody::new(self, head.framing, reusable));
+        let body = ResponseBody::new(self, head.framing, reusable, stall);
+        let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = response::VERSION;
         *response.headers_mut() = head.headers;
