@@ -6,6 +6,7 @@ mod common;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,8 +202,8 @@ async fn silent_tls_connection_is_closed_after_header_read() {
 }
 
 /// An `https` upstream whose certificate a private CA signed; returns its
-/// address and the CA's PEM.
-async fn https_upstream() -> (SocketAddr, String) {
+/// address, the CA's PEM and the count of TLS connections it accepted.
+async fn https_upstream() -> (SocketAddr, String, Arc<AtomicUsize>) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -226,16 +227,20 @@ async fn https_upstream() -> (SocketAddr, String) {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 break;
             };
             let acceptor = acceptor.clone();
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                counted.fetch_add(1, Ordering::SeqCst);
                 let service = service_fn(|req: Request<Incoming>| async move {
                     let body = format!("{{\"path\":\"{}\"}}", req.uri().path());
                     Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
@@ -246,13 +251,13 @@ async fn https_upstream() -> (SocketAddr, String) {
             });
         }
     });
-    (addr, ca_cert.pem())
+    (addr, ca_cert.pem(), accepted)
 }
 
 #[tokio::test]
 async fn https_upstream_is_verified_against_the_ca_bundle() {
     crypto();
-    let (addr, ca_pem) = https_upstream().await;
+    let (addr, ca_pem, accepted) = https_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("upstream-ca.pem");
     std::fs::write(&bundle, ca_pem).unwrap();
@@ -278,9 +283,17 @@ apis:
         bundle = bundle.display()
     );
     let gw = Gateway::start(&yaml).await;
-    let resp = gw.get("/pinned/items").await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.text().await.unwrap(), r#"{"path":"/api/items"}"#);
+    // One client connection: its requests share one upstream TLS
+    // connection (session tickets the upstream sends after the handshake
+    // do not make it look closed).
+    let client = common::client();
+    for _ in 0..3 {
+        let resp = client.get(gw.url("/pinned/items")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), r#"{"path":"/api/items"}"#);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
     // The private CA is in no system store: verification fails closed.
     assert_eq!(gw.get("/system/items").await.status(), 502);
     gw.shutdown().await;
