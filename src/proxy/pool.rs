@@ -211,8 +211,21 @@ pub struct Key<'a> {
     pub ca_bundle: Option<&'a CaBundle>,
 }
 
+/// A slot's place in its pool, and which of the upstreams that held the
+/// place it is (a place freed by the sweep is given to the next new one).
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct SlotId {
+    index: u32,
+    generation: u32,
+}
+
 /// The connections to one upstream.
 struct Slot {
+    generation: u32,
+    /// Where `by_authority` lists it; `None` once the sweep freed it.
+    authority: Option<Authority>,
+    /// When a request last checked a connection out.
+    used: Instant,
     https: bool,
     /// The CA bundle connections are verified against (`None`: the system
     /// roots).
@@ -327,6 +340,11 @@ impl Pool {
                 }
             }
         }
+        Ok(self.add_slot(key, https)?.index)
+    }
+
+    /// A new slot for `key`, in the first place the sweep freed if any.
+    fn add_slot(&mut self, key: &Key<'_>, https: bool) -> Result<SlotId, NoUsableCa> {
         let config = self.connector.tls_config(key.ca_bundle)?;
         let host = key.authority.host();
         let host = host
@@ -347,29 +365,51 @@ impl Pool {
             port,
             tls,
         };
-        let n = u32::try_from(self.slots.len()).expect("fewer than 2^32 upstreams");
-        self.slots.push(Slot {
+        let free = self.slots.iter().position(|slot| slot.authority.is_none());
+        let index = free.unwrap_or(self.slots.len());
+        let generation = free.map_or(0, |i| self.slots[i].generation.wrapping_add(1));
+        let slot = Slot {
+            generation,
+            authority: Some(key.authority.clone()),
+            used: Instant::now(),
             https,
             trust: key.ca_bundle.map(|bundle| bundle.pem.clone()),
             target: Arc::new(target),
             idle: VecDeque::new(),
-        });
+        };
+        match self.slots.get_mut(index) {
+            Some(freed) => *freed = slot,
+            None => self.slots.push(slot),
+        }
+        let index = u32::try_from(index).expect("fewer than 2^32 upstreams");
         self.by_authority
             .entry(key.authority.clone())
             .or_default()
-            .push(n);
-        Ok(n)
+            .push(index);
+        Ok(SlotId { index, generation })
+    }
+
+    /// The slot `id` names, if it still holds the same upstream.
+    fn slot_mut(&mut self, id: SlotId) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(id.index as usize)
+            .filter(|slot| slot.generation == id.generation && slot.authority.is_some())
     }
 
     /// A connection to `key`'s upstream: an idle one that can take a
     /// request, or where to make a new one.
-    fn checkout(&mut self, key: &Key<'_>, now: Instant) -> Result<(u32, Conn), NoUsableCa> {
+    fn checkout(&mut self, key: &Key<'_>, now: Instant) -> Result<(SlotId, Conn), NoUsableCa> {
         if now >= self.next_sweep {
             self.sweep(now);
         }
         let n = self.slot(key)?;
         let idle_timeout = self.idle_timeout;
         let slot = &mut self.slots[n as usize];
+        slot.used = now;
+        let id = SlotId {
+            index: n,
+            generation: slot.generation,
+        };
         // The oldest are at the front.
         while slot
             .idle
@@ -381,41 +421,54 @@ impl Pool {
         // The most recently used first; those the upstream closed go.
         while let Some(mut idle) = slot.idle.pop_back() {
             if idle.conn.is_usable() {
-                return Ok((n, Conn::Idle(idle.conn)));
+                return Ok((id, Conn::Idle(idle.conn)));
             }
         }
-        Ok((n, Conn::New(slot.target.clone())))
+        Ok((id, Conn::New(slot.target.clone())))
     }
 
     /// Puts a connection whose response has ended back, as the most
     /// recently used; the oldest goes if there are too many.
-    fn checkin(&mut self, n: u32, conn: Connection, now: Instant) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let Some(slot) = self.slots.get_mut(n as usize) else {
+    fn checkin(&mut self, id: SlotId, conn: Connection, now: Instant) {
+        let max_idle = self.max_idle;
+        let Some(slot) = self.slot_mut(id).filter(|_| max_idle > 0) else {
             return;
         };
-        while slot.idle.len() >= self.max_idle {
+        while slot.idle.len() >= max_idle {
             slot.idle.pop_front();
         }
         slot.idle.push_back(Idle { conn, since: now });
     }
 
     /// Closes the connections idle for too long, and those the upstream
-    /// closed, of every upstream (also of those no request names any more).
+    /// closed, of every upstream (also of those no request names any more);
+    /// frees the slots of upstreams no request used for as long, so that a
+    /// gateway whose upstreams change with each reload keeps no trace of
+    /// the old ones.
     fn sweep(&mut self, now: Instant) {
         let idle_timeout = self.idle_timeout;
-        for slot in &mut self.slots {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
             slot.idle.retain_mut(|idle| {
                 now.saturating_duration_since(idle.since) < idle_timeout && idle.conn.is_usable()
             });
+            if !slot.idle.is_empty() || now.saturating_duration_since(slot.used) < idle_timeout {
+                continue;
+            }
+            let Some(authority) = slot.authority.take() else {
+                continue;
+            };
+            if let Some(numbers) = self.by_authority.get_mut(&authority) {
+                numbers.retain(|&n| n as usize != index);
+                if numbers.is_empty() {
+                    self.by_authority.remove(&authority);
+                }
+            }
         }
         self.next_sweep = now + idle_timeout;
     }
 
-    fn target(&self, n: u32) -> Option<Arc<Target>> {
-        self.slots.get(n as usize).map(|slot| slot.target.clone())
+    fn target(&mut self, id: SlotId) -> Option<Arc<Target>> {
+        self.slot_mut(id).map(|slot| slot.target.clone())
     }
 
     /// Idle connections to `key`'s upstream (for tests).
@@ -458,7 +511,7 @@ impl Home {
 /// A connection checked out for one request.
 pub struct Checkout {
     home: Home,
-    slot: u32,
+    slot: SlotId,
     conn: Conn,
 }
 
@@ -554,7 +607,7 @@ struct PooledBody {
 
 struct Back {
     home: Home,
-    slot: u32,
+    slot: SlotId,
 }
 
 impl PooledBody {
@@ -807,6 +860,26 @@ mod tests {
             assert_eq!(read_all(response).await, 10);
         }
         assert_eq!(pools.idle(&upstream), 2);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_no_request_used_for_the_idle_timeout_leaves_no_trace() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let (old, new) = (TestUpstream::start(10).await, TestUpstream::start(20).await);
+        let start = Instant::now();
+        let checkout = pools.checkout_at(&old, start);
+        let in_flight = pools.send(&old, checkout).await;
+        // The old upstream's slot is freed and its place goes to the new
+        // one; the old connection, back late, does not land in it.
+        let later = start + IDLE_TIMEOUT * 2 + Duration::from_secs(1);
+        let checkout = pools.checkout_at(&new, later);
+        let slots = || THREAD_POOL.with(|own| own.borrow().as_ref().map(|pool| pool.slots.len()));
+        assert_eq!(slots(), Some(1));
+        assert_eq!(read_all(in_flight).await, 10);
+        assert_eq!(pools.idle(&new), 0);
+        assert_eq!(read_all(pools.send(&new, checkout).await).await, 20);
+        assert_eq!(pools.idle(&new), 1);
+        assert_eq!(slots(), Some(1));
     }
 
     #[tokio::test]
