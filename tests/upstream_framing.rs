@@ -365,6 +365,13 @@ async fn reused_for_two_requests(
     reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
     expected: &[u8],
 ) {
+    bounded(reused_for_two_requests_unbounded(reply, expected)).await;
+}
+
+async fn reused_for_two_requests_unbounded(
+    reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    expected: &[u8],
+) {
     let upstream = RawUpstream::start(reply).await;
     let gw = Gateway::start(&upstream.yaml()).await;
     let mut client = Client::connect(&gw).await;
@@ -382,6 +389,13 @@ async fn reused_for_two_requests(
 /// second went out on a new upstream connection (the upstream kept the
 /// first open only if `reply` says so; the gateway must not use it again).
 async fn not_reused_after(reply: impl Fn(usize) -> Reply + Send + Sync + 'static, expected: &[u8]) {
+    bounded(not_reused_after_unbounded(reply, expected)).await;
+}
+
+async fn not_reused_after_unbounded(
+    reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    expected: &[u8],
+) {
     let upstream = RawUpstream::start(reply).await;
     let gw = Gateway::start(&upstream.yaml()).await;
     let mut client = Client::connect(&gw).await;
@@ -434,18 +448,15 @@ async fn chunked_response_is_decoded_and_reframed() {
 /// the connection carries the next request.
 #[tokio::test]
 async fn chunked_response_with_trailers_keeps_its_body_and_connection() {
-    bounded(async {
-        reused_for_two_requests(
-            |_| {
-                Reply::keep(
-                    &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
-                       4\r\nwith\r\n9\r\n trailers\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"[..],
-                )
-            },
-            b"with trailers",
-        )
-        .await;
-    })
+    reused_for_two_requests(
+        |_| {
+            Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+                   4\r\nwith\r\n9\r\n trailers\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n"[..],
+            )
+        },
+        b"with trailers",
+    )
     .await;
 }
 
@@ -453,34 +464,24 @@ async fn chunked_response_with_trailers_keeps_its_body_and_connection() {
 /// connection that carried such a response is not trusted again.
 #[tokio::test]
 async fn chunked_with_content_length_is_decoded_as_chunked_and_the_connection_is_not_reused() {
-    bounded(async {
-        not_reused_after(
-            |_| {
-                Reply::keep(
-                    &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
-                       b\r\nhello world\r\n0\r\n\r\n"[..],
-                )
-            },
-            b"hello world",
-        )
-        .await;
-    })
+    not_reused_after(
+        |_| {
+            Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   b\r\nhello world\r\n0\r\n\r\n"[..],
+            )
+        },
+        b"hello world",
+    )
     .await;
 }
 
 #[tokio::test]
 async fn body_delimited_by_close_is_delivered_and_the_connection_is_not_reused() {
-    bounded(async {
-        not_reused_after(
-            |_| {
-                Reply::close(
-                    &b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"[..],
-                )
-            },
-            b"until the end",
-        )
-        .await;
-    })
+    not_reused_after(
+        |_| Reply::close(&b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"[..]),
+        b"until the end",
+    )
     .await;
 }
 
@@ -488,17 +489,14 @@ async fn body_delimited_by_close_is_delivered_and_the_connection_is_not_reused()
 /// the gateway must not send another request on it.
 #[tokio::test]
 async fn connection_close_response_is_delivered_and_the_connection_is_not_reused() {
-    bounded(async {
-        not_reused_after(
-            |_| {
-                Reply::keep(
-                    &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nlast"[..],
-                )
-            },
-            b"last",
-        )
-        .await;
-    })
+    not_reused_after(
+        |_| {
+            Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nlast"[..],
+            )
+        },
+        b"last",
+    )
     .await;
 }
 
@@ -507,13 +505,10 @@ async fn connection_close_response_is_delivered_and_the_connection_is_not_reused
 /// client is answered in the gateway's own version (RFC 9110 §6.2).
 #[tokio::test]
 async fn http_1_0_response_is_delivered_and_the_connection_is_not_reused() {
-    bounded(async {
-        not_reused_after(
-            |_| Reply::keep(&b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nolder"[..]),
-            b"older",
-        )
-        .await;
-    })
+    not_reused_after(
+        |_| Reply::keep(&b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nolder"[..]),
+        b"older",
+    )
     .await;
 }
 
@@ -564,19 +559,16 @@ async fn bodiless_responses_end_at_their_head_and_the_connection_is_reused() {
 /// Interim responses (RFC 9110 §15.2) are not the answer: the final one is.
 #[tokio::test]
 async fn interim_responses_are_skipped_for_the_final_one() {
-    bounded(async {
-        reused_for_two_requests(
-            |_| {
-                Reply::keep(
-                    &b"HTTP/1.1 100 Continue\r\n\r\n\
-                       HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n\
-                       HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"[..],
-                )
-            },
-            b"final",
-        )
-        .await;
-    })
+    reused_for_two_requests(
+        |_| {
+            Reply::keep(
+                &b"HTTP/1.1 100 Continue\r\n\r\n\
+                   HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n\
+                   HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"[..],
+            )
+        },
+        b"final",
+    )
     .await;
 }
 
@@ -586,6 +578,12 @@ async fn interim_responses_are_skipped_for_the_final_one() {
 /// connection, gets a good answer on another upstream connection than the
 /// one that carried the malformed response. Returns what the first got.
 async fn malformed_then_good(
+    bad: impl Fn() -> Reply + Send + Sync + 'static,
+) -> Result<Answer, String> {
+    bounded(malformed_then_good_unbounded(bad)).await
+}
+
+async fn malformed_then_good_unbounded(
     bad: impl Fn() -> Reply + Send + Sync + 'static,
 ) -> Result<Answer, String> {
     let upstream = RawUpstream::start(move |n| {
@@ -635,65 +633,49 @@ fn assert_502_or_aborted(outcome: Result<Answer, String>) {
 
 #[tokio::test]
 async fn conflicting_content_lengths_are_a_502() {
-    bounded(async {
-        let first = malformed_then_good(|| {
+    assert_502(
+        malformed_then_good(|| {
             Reply::keep(
                 &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"[..],
             )
         })
-        .await;
-        assert_502(first);
-    })
-    .await;
+        .await,
+    );
 }
 
 #[tokio::test]
 async fn non_numeric_content_length_is_a_502() {
-    bounded(async {
-        let first = malformed_then_good(|| {
+    assert_502(
+        malformed_then_good(|| {
             Reply::keep(&b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello"[..])
         })
-        .await;
-        assert_502(first);
-    })
-    .await;
+        .await,
+    );
 }
 
 /// The head comes before the body, and the gateway streams: the bad chunk
 /// size can be found only once the head may have been sent on.
 #[tokio::test]
 async fn chunk_size_that_is_not_hex_is_a_502_or_an_aborted_response() {
-    bounded(async {
-        let first = malformed_then_good(|| {
-            Reply::keep(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..])
-        })
-        .await;
-        assert_502_or_aborted(first);
+    assert_502_or_aborted(malformed_then_good(|| {
+        Reply::keep(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..])
     })
-    .await;
+    .await);
 }
 
 #[tokio::test]
 async fn chunk_size_overflowing_u64_is_a_502_or_an_aborted_response() {
-    bounded(async {
-        let first = malformed_then_good(|| {
-            Reply::keep(
-                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n"[..],
-            )
-        })
-        .await;
-        assert_502_or_aborted(first);
+    assert_502_or_aborted(malformed_then_good(|| {
+        Reply::keep(
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n"[..],
+        )
     })
-    .await;
+    .await);
 }
 
 #[tokio::test]
 async fn garbage_instead_of_a_status_line_is_a_502() {
-    bounded(async {
-        let first = malformed_then_good(|| Reply::keep(&b"HELLO\r\n\r\n"[..])).await;
-        assert_502(first);
-    })
-    .await;
+    assert_502(malformed_then_good(|| Reply::keep(&b"HELLO\r\n\r\n"[..])).await);
 }
 
 /// Headers that never end are refused once the head is too large, not
@@ -717,14 +699,12 @@ async fn response_head_larger_than_1_mib_is_a_502_in_bounded_time() {
 
 #[tokio::test]
 async fn body_shorter_than_its_content_length_is_not_a_complete_success() {
-    bounded(async {
-        let first = malformed_then_good(|| {
+    assert_502_or_aborted(
+        malformed_then_good(|| {
             Reply::close(&b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten.."[..])
         })
-        .await;
-        assert_502_or_aborted(first);
-    })
-    .await;
+        .await,
+    );
 }
 
 /// The upstream timeout bounds each silence of the upstream while more of
@@ -760,11 +740,7 @@ async fn a_body_the_upstream_stops_sending_is_cut_off_after_the_timeout() {
 
 #[tokio::test]
 async fn upstream_closing_without_an_answer_is_a_502() {
-    bounded(async {
-        let first = malformed_then_good(|| Reply::close(Vec::new())).await;
-        assert_502(first);
-    })
-    .await;
+    assert_502(malformed_then_good(|| Reply::close(Vec::new())).await);
 }
 
 // ------------------------------------------------------------ connections
