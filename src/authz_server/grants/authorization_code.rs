@@ -29,7 +29,8 @@ pub fn grant(
         .get("code")
         .ok_or(OAuthError::InvalidRequest("code is required"))?;
     let hash = tokens::hash_token(code);
-    let record = match cx.store.take_code(&hash, cx.now)? {
+    let family = tokens::random_id();
+    let record = match cx.store.take_code(&hash, cx.now, &family)? {
         CodeTake::Fresh(record) => record,
         CodeTake::Reused { family } => {
             let revoked = match &family {
@@ -61,18 +62,22 @@ pub fn grant(
         .map(str::to_owned)
         .collect();
     scopes.retain(|s| client.scopes.contains(s));
-    // Bound before the tokens exist, so a replay racing this request
-    // finds the family.
-    let family = tokens::random_id();
-    cx.store.bind_code_family(&hash, &family)?;
     let issue = Issue {
         client,
         username: Some(&record.username),
         scopes: &scopes,
         grant_type: GrantType::AuthorizationCode,
-        family: Some(family),
+        family: Some(family.clone()),
     };
-    issue_in_family(cx, issue, may_refresh(client))
+    let response = issue_in_family(cx, issue, may_refresh(client))?;
+    // A replay that came while the tokens were being issued revoked the
+    // family before they were in it: checked once they are, a replay
+    // either revoked them or is seen here.
+    if cx.store.code_replayed(&hash)? {
+        cx.store.revoke_family(&family)?;
+        return Err(INVALID);
+    }
+    Ok(response)
 }
 
 /// RFC 6749 §4.1.3: required, and identical, when the authorization

@@ -192,10 +192,12 @@ pub trait TokenStore: Send + Sync {
     /// token left.
     fn remove_expired(&self, now: u64) -> Result<Removed, StoreError>;
     fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
-    /// Spends a code: at most one caller ever gets [`CodeTake::Fresh`].
-    fn take_code(&self, hash: &str, now: u64) -> Result<CodeTake, StoreError>;
-    /// Remembers which family was issued from a code, for reuse detection.
-    fn bind_code_family(&self, hash: &str, family: &str) -> Result<(), StoreError>;
+    /// Spends a code: at most one caller ever gets [`CodeTake::Fresh`],
+    /// and `family` is bound to the code in the same step (so a replay
+    /// racing the first use finds it).
+    fn take_code(&self, hash: &str, now: u64, family: &str) -> Result<CodeTake, StoreError>;
+    /// Whether a spent code has been presented again.
+    fn code_replayed(&self, hash: &str) -> Result<bool, StoreError>;
     /// Records a public key the first time it signs.
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError>;
     /// Known public keys, newest first.

@@ -362,7 +362,7 @@ impl TokenStore for SqliteStore {
         Ok(())
     }
 
-    fn take_code(&self, hash: &str, now: u64) -> Result<CodeTake, StoreError> {
+    fn take_code(&self, hash: &str, now: u64, family: &str) -> Result<CodeTake, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found = tx
@@ -392,12 +392,19 @@ impl TokenStore for SqliteStore {
             .optional()?;
         let outcome = match found {
             None => CodeTake::Unknown,
-            Some((_, true, family)) => CodeTake::Reused { family },
+            Some((_, true, family)) => {
+                // `used` counts presentations: see `code_replayed`.
+                tx.execute(
+                    "UPDATE authorization_codes SET used = used + 1 WHERE hash = ?1",
+                    [hash],
+                )?;
+                CodeTake::Reused { family }
+            }
             Some((code, false, _)) if code.expires_at <= now => CodeTake::Expired,
             Some((code, false, _)) => {
                 tx.execute(
-                    "UPDATE authorization_codes SET used = 1 WHERE hash = ?1",
-                    [hash],
+                    "UPDATE authorization_codes SET used = 1, family = ?2 WHERE hash = ?1",
+                    [hash, family],
                 )?;
                 CodeTake::Fresh(code)
             }
@@ -406,13 +413,16 @@ impl TokenStore for SqliteStore {
         Ok(outcome)
     }
 
-    fn bind_code_family(&self, hash: &str, family: &str) -> Result<(), StoreError> {
+    fn code_replayed(&self, hash: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
-        conn.execute(
-            "UPDATE authorization_codes SET family = ?2 WHERE hash = ?1",
-            [hash, family],
-        )?;
-        Ok(())
+        let replayed = conn
+            .query_row(
+                "SELECT used > 1 FROM authorization_codes WHERE hash = ?1",
+                [hash],
+                |row| row.get::<_, bool>(0),
+            )
+            .optional()?;
+        Ok(replayed.unwrap_or(false))
     }
 
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError> {
@@ -565,6 +575,51 @@ mod tests {
         assert!(store.find_refresh_token("r").expect("find").is_some());
     }
 
+    /// The steps of the code grant against a replay that comes after the
+    /// code is spent but before the first use's tokens exist: the replay
+    /// revokes nothing yet, and the first use, checking once its tokens
+    /// are stored, revokes them itself.
+    #[test]
+    fn a_replay_racing_the_first_use_leaves_no_live_token() {
+        let (_dir, store) = store();
+        let code = CodeRecord {
+            hash: "h".into(),
+            client_id: "app".into(),
+            redirect_uri: "http://localhost/cb".into(),
+            redirect_uri_given: false,
+            code_challenge: None,
+            code_challenge_method: None,
+            scope: "view".into(),
+            username: "alice".into(),
+            expires_at: 200,
+        };
+        store.put_code(&code).expect("put");
+        assert!(matches!(
+            store.take_code("h", 100, "f").expect("take"),
+            CodeTake::Fresh(_)
+        ));
+        let replay = store.take_code("h", 100, "other").expect("take");
+        assert_eq!(
+            replay,
+            CodeTake::Reused {
+                family: Some("f".into())
+            }
+        );
+        assert_eq!(store.revoke_family("f").expect("revoke"), 0);
+        store
+            .insert_grant(&access("a", Some(200), Some("f")), Some(&refresh("r", "f")))
+            .expect("insert");
+        assert!(store.code_replayed("h").expect("replayed"));
+        assert_eq!(store.revoke_family("f").expect("revoke"), 2);
+        assert!(
+            store
+                .find_access_token("a")
+                .expect("find")
+                .expect("a")
+                .revoked
+        );
+    }
+
     #[test]
     fn a_code_is_spent_once() {
         let (_dir, store) = store();
@@ -581,17 +636,21 @@ mod tests {
         };
         store.put_code(&code).expect("put");
         assert_eq!(
-            store.take_code("h", 100).expect("take"),
+            store.take_code("h", 100, "f").expect("take"),
             CodeTake::Fresh(code)
         );
-        store.bind_code_family("h", "f").expect("bind");
+        assert!(!store.code_replayed("h").expect("replayed"));
         assert_eq!(
-            store.take_code("h", 100).expect("take"),
+            store.take_code("h", 100, "g").expect("take"),
             CodeTake::Reused {
                 family: Some("f".into())
             }
         );
-        assert_eq!(store.take_code("x", 100).expect("take"), CodeTake::Unknown);
+        assert!(store.code_replayed("h").expect("replayed"));
+        assert_eq!(
+            store.take_code("x", 100, "f").expect("take"),
+            CodeTake::Unknown
+        );
         assert_eq!(
             store
                 .remove_expired(300)
