@@ -239,14 +239,23 @@ fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load(path, &environment(), 1) {
+    let env = environment();
+    let document = match cached_download(path, &env) {
+        Ok(document) => document,
+        Err(failure) => return failure,
+    };
+    match crate::central::load(path, None, &env, 1, document.as_ref()) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
             let apis = loaded.snapshot.apis.len();
+            let merged = document
+                .as_ref()
+                .map(|d| format!(", with {}", d.origin.display()))
+                .unwrap_or_default();
             println!(
-                "{}: ok ({apis} APIs, {} warnings)",
+                "{}: ok ({apis} APIs, {} warnings{merged})",
                 path.display(),
                 loaded.warnings.len()
             );
@@ -265,6 +274,40 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// For `check` of a file that downloads settings from a central gateway:
+/// its last good download (`cache_file`), to be checked merged over the
+/// file as the gateway would serve them. The central is not contacted.
+fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Document>, ExitCode> {
+    // A file that cannot be read fails the check that follows.
+    let Ok(Some(settings)) = config::api_gateway(path, env) else {
+        return Ok(None);
+    };
+    if !settings.download_settings && !settings.download_apis {
+        return Ok(None);
+    }
+    let cache = settings.cache_file;
+    let text = match std::fs::read_to_string(&cache) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!(
+                "note: the downloaded settings are not checked: cannot read the cache file {}: {error}",
+                cache.display()
+            );
+            return Ok(None);
+        }
+    };
+    let document = crate::central::Document::cached(text, cache);
+    if let Err(invalid) = document.validate() {
+        eprintln!("{invalid}");
+        eprintln!(
+            "{}: the cached download is invalid",
+            document.origin.display()
+        );
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(Some(document))
 }
 
 fn explain(

@@ -334,3 +334,76 @@ apis:
         "{rest:?}"
     );
 }
+
+/// A downstream's file, downloading APIs from an unreachable central, with
+/// `cache` as its cache file and one local API at `/local`.
+fn downstream(dir: &Path, cache: &Path) -> PathBuf {
+    write(
+        dir,
+        &format!(
+            r#"ports: {{ http: 0 }}
+api_gateway:
+  url: "http://127.0.0.1:9"
+  user: fleet
+  password: "secret"
+  download_apis: true
+  cache_file: "{}"
+apis:
+- name: Local
+  version: "1.0"
+  base_path: /local
+  upstream: {{ echo: true }}
+  resources: ["GET /ping"]
+"#,
+            cache.display()
+        ),
+    )
+}
+
+fn cached_api(name: &str, base_path: &str) -> String {
+    format!(
+        r#"apis:
+- name: {name}
+  version: "1.0"
+  base_path: {base_path}
+  upstream: {{ echo: true }}
+  resources: ["GET /x"]
+"#
+    )
+}
+
+#[test]
+fn check_of_a_downstream_merges_its_cached_download() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("central-cache.yaml");
+    let config = downstream(dir.path(), &cache);
+    let config_arg = config.to_str().expect("utf-8 path");
+    // No download yet: the file alone is checked, and the check says so.
+    let out = run(&["check", "-c", config_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not checked"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&cache, cached_api("Central", "/central")).expect("write cache");
+    let out = run(&["check", "-c", config_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: ok (2 APIs, 0 warnings, with {})\n",
+            config.display(),
+            cache.display()
+        )
+    );
+    // Valid alone, but its base path is the local API's: the merge fails.
+    std::fs::write(&cache, cached_api("Other", "/local")).expect("write cache");
+    let out = run(&["check", "-c", config_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("/local"),
+        "{}",
+        text(&out.stderr)
+    );
+}
