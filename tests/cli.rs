@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::Upstream;
@@ -220,31 +218,6 @@ fn explain_unknown_path_and_method() {
     assert!(out.ends_with("verdict:    DENY 400: encoded slash in the path of API Time travels, which does not allow them\n"), "{out}");
 }
 
-/// Strips ANSI colour sequences, in case the logger colours its output.
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The address after `key=Some(` in a log line.
-fn logged_addr(line: &str, key: &str) -> Option<std::net::SocketAddr> {
-    let start = line.find(&format!("{key}=Some("))? + key.len() + "=Some(".len();
-    let end = start + line[start..].find(')')?;
-    line[start..end].parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_request_in_flight_and_exits_0() {
     let upstream = Upstream::start().await;
@@ -266,26 +239,12 @@ apis:
             upstream.url("/api")
         ),
     );
-    let mut child = binary()
-        .args(["start", "-c", config.to_str().expect("utf-8 path")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(plain(&line)).is_err() {
-                break;
-            }
-        }
-    });
-    let started = lines
-        .recv_timeout(Duration::from_secs(20))
-        .expect("a log line at start");
-    assert!(started.contains("microgateway started"), "{started}");
-    let http = logged_addr(&started, "http").expect("the bound http address");
+    let mut started = common::process::start(binary().args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]));
+    let http = started.http;
 
     let client = common::client();
     let in_flight = tokio::spawn(async move {
@@ -304,7 +263,7 @@ apis:
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &started.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
@@ -313,17 +272,17 @@ apis:
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
-        if let Some(exit) = child.try_wait().expect("wait") {
+        if let Some(exit) = started.child.try_wait().expect("wait") {
             break exit;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit after SIGTERM");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(exit.code(), Some(0));
-    let rest: Vec<String> = lines.try_iter().collect();
+    let rest: Vec<String> = started.lines.try_iter().collect();
     assert!(
         rest.iter()
             .any(|l| l.contains("shutting down: draining in-flight requests")),

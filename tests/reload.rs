@@ -653,49 +653,23 @@ async fn thousand_reloads_leave_no_old_snapshot_behind() {
     gw.shutdown().await;
 }
 
-/// Kills the child process when the test ends, however it ends.
-#[cfg(unix)]
-struct Child(std::process::Child);
-
-#[cfg(unix)]
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[cfg(unix)]
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("microgateway.yaml");
-    let admin = free_port();
-    let yaml = echo_yaml("alpha")
-        .replace(
-            "ports: { http: 0,",
-            &format!("ports: {{ http: {},", free_port()),
-        )
-        .replace("admin: { port: 0,", &format!("admin: {{ port: {admin},"));
-    std::fs::write(&config, yaml).expect("config");
-    let child = Child(
+    std::fs::write(&config, echo_yaml("alpha")).expect("config");
+    let started = common::process::start(
         std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
             .args(["start", "-c"])
             .arg(&config)
-            .env("MCGW_LOG", "warn")
-            .spawn()
-            .expect("the binary starts"),
+            .env("MCGW_LOG", "info"),
     );
+    let admin = started.admin.expect("the bound admin address");
     let client = common::client();
     let status = |client: reqwest::Client| async move {
         let resp = client
-            .get(format!("http://127.0.0.1:{admin}/rest/microgateway/status"))
+            .get(format!("http://{admin}/rest/microgateway/status"))
             .basic_auth(ADMIN.0, Some(ADMIN.1))
             .send()
             .await
@@ -708,7 +682,7 @@ async fn sighup_reloads_the_running_binary() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let hup = std::process::Command::new("kill")
-        .args(["-HUP", &child.0.id().to_string()])
+        .args(["-HUP", &started.child.id().to_string()])
         .status()
         .expect("kill -HUP");
     assert!(hup.success());

@@ -5,6 +5,7 @@
 
 pub mod idp;
 pub mod oauth;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,0 +1,79 @@
+//! The built binary as a child process, started on port 0: the addresses
+//! it bound are read from its start-up log line, so no port is picked
+//! before the child binds it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running binary (killed when dropped), with the addresses it logged.
+pub struct Started {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    /// The log lines after the start-up line, colours stripped.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` (logging at info or lower) and waits up to 20 s for
+/// its start-up line.
+pub fn start(command: &mut Command) -> Started {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(plain(&line)).is_err() {
+                break;
+            }
+        }
+    });
+    let started = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a log line at start");
+    assert!(started.contains("microgateway started"), "{started}");
+    Started {
+        http: logged_addr(&started, "http").expect("the bound http address"),
+        admin: logged_addr(&started, "admin"),
+        child,
+        lines,
+    }
+}
+
+/// Strips ANSI colour sequences, in case the logger colours its output.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address after `key=Some(` in a log line.
+fn logged_addr(line: &str, key: &str) -> Option<SocketAddr> {
+    let start = line.find(&format!("{key}=Some("))? + key.len() + "=Some(".len();
+    let end = start + line[start..].find(')')?;
+    line[start..end].parse().ok()
+}
