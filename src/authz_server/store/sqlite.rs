@@ -575,15 +575,9 @@ mod tests {
         assert!(store.find_refresh_token("r").expect("find").is_some());
     }
 
-    /// The steps of the code grant against a replay that comes after the
-    /// code is spent but before the first use's tokens exist: the replay
-    /// revokes nothing yet, and the first use, checking once its tokens
-    /// are stored, revokes them itself.
-    #[test]
-    fn a_replay_racing_the_first_use_leaves_no_live_token() {
-        let (_dir, store) = store();
-        let code = CodeRecord {
-            hash: "h".into(),
+    fn code(hash: &str) -> CodeRecord {
+        CodeRecord {
+            hash: hash.into(),
             client_id: "app".into(),
             redirect_uri: "http://localhost/cb".into(),
             redirect_uri_given: false,
@@ -592,7 +586,17 @@ mod tests {
             scope: "view".into(),
             username: "alice".into(),
             expires_at: 200,
-        };
+        }
+    }
+
+    /// The steps of the code grant against a replay that comes after the
+    /// code is spent but before the first use's tokens exist: the replay
+    /// revokes nothing yet, and the first use, checking once its tokens
+    /// are stored, revokes them itself.
+    #[test]
+    fn a_replay_racing_the_first_use_leaves_no_live_token() {
+        let (_dir, store) = store();
+        let code = code("h");
         store.put_code(&code).expect("put");
         assert!(matches!(
             store.take_code("h", 100, "f").expect("take"),
@@ -623,17 +627,7 @@ mod tests {
     #[test]
     fn a_code_is_spent_once() {
         let (_dir, store) = store();
-        let code = CodeRecord {
-            hash: "h".into(),
-            client_id: "app".into(),
-            redirect_uri: "http://localhost/cb".into(),
-            redirect_uri_given: false,
-            code_challenge: None,
-            code_challenge_method: None,
-            scope: "view".into(),
-            username: "alice".into(),
-            expires_at: 200,
-        };
+        let code = code("h");
         store.put_code(&code).expect("put");
         assert_eq!(
             store.take_code("h", 100, "f").expect("take"),
