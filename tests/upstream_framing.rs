@@ -160,6 +160,11 @@ impl RawUpstream {
     }
 
     fn yaml_with_timeout(&self, timeout: &str) -> String {
+        RawUpstream::yaml_for(self.addr, timeout)
+    }
+
+    /// A gateway with one API, `/f`, forwarding to `addr`.
+    fn yaml_for(addr: SocketAddr, timeout: &str) -> String {
         format!(
             r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
@@ -172,7 +177,7 @@ apis:
   authentication: {{ type: none }}
   resources: ["GET /items", "POST /items"]
 "#,
-            self.addr
+            addr
         )
     }
 }
@@ -733,6 +738,50 @@ async fn a_body_the_upstream_stops_sending_is_cut_off_after_the_timeout() {
         assert!(waited >= Duration::from_millis(1000), "{waited:?}");
         let trickle = Client::connect(&gw).await.get().await;
         assert_eq!(trickle.body(), b"abcdefghijkl");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A body larger than any socket buffer on the way.
+static UPLOAD: [u8; 8 << 20] = [b'u'; 8 << 20];
+
+/// An upstream that answers as soon as it has the head of a request and
+/// never reads its body: the client gets that answer (not a 502 for the
+/// upload that stalled), and the connection is not used again.
+#[tokio::test]
+async fn an_answer_before_the_request_body_is_sent_is_passed_on() {
+    bounded(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let upstream = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                while stream.read_line(&mut line).await.unwrap_or(0) > 0
+                    && !line.ends_with("\r\n\r\n")
+                {}
+                let answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!";
+                stream.get_mut().write_all(answer).await.unwrap();
+                open.push(stream);
+            }
+        });
+        let yaml = RawUpstream::yaml_for(addr, "30s");
+        let gw = Gateway::start(&yaml).await;
+        let early = Client::connect(&gw).await.send(Method::POST, &UPLOAD).await;
+        let early = early.expect("a response");
+        assert_eq!((early.status, early.body()), (413, &b"big!"[..]));
+        let next = Client::connect(&gw)
+            .await
+            .send(Method::POST, b"small")
+            .await;
+        assert_eq!(next.expect("a response").status, 413);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        upstream.abort();
         gw.shutdown().await;
     })
     .await;
