@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{raw_request, status_of, Gateway, Upstream};
+use common::{channel_body, raw_request, status_of, Gateway, Upstream};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -595,14 +595,6 @@ async fn streaming_upstream() -> StreamingUpstream {
         client_saw_response,
         request_len,
     }
-}
-
-fn channel_body(
-    rx: mpsc::Receiver<Bytes>,
-) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>>> {
-    StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
-    }))
 }
 
 #[tokio::test]

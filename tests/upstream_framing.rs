@@ -743,12 +743,10 @@ async fn a_body_the_upstream_stops_sending_is_cut_off_after_the_timeout() {
     .await;
 }
 
-/// A body larger than any socket buffer on the way.
-static UPLOAD: [u8; 8 << 20] = [b'u'; 8 << 20];
-
 /// An upstream that answers as soon as it has the head of a request and
-/// never reads its body: the client gets that answer (not a 502 for the
-/// upload that stalled), and the connection is not used again.
+/// never reads its body: the client, still sending its body, gets that
+/// answer (not a 502, not a wait for the rest of the upload), and the
+/// connection is not used again.
 #[tokio::test]
 async fn an_answer_before_the_request_body_is_sent_is_passed_on() {
     bounded(async {
@@ -770,11 +768,27 @@ async fn an_answer_before_the_request_body_is_sent_is_passed_on() {
                 open.push(stream);
             }
         });
-        let yaml = RawUpstream::yaml_for(addr, "30s");
-        let gw = Gateway::start(&yaml).await;
-        let early = Client::connect(&gw).await.send(Method::POST, &UPLOAD).await;
-        let early = early.expect("a response");
-        assert_eq!((early.status, early.body()), (413, &b"big!"[..]));
+        let gw = Gateway::start(&RawUpstream::yaml_for(addr, "30s")).await;
+        let stream = TcpStream::connect(gw.http).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // The body's first bytes, then nothing: the upload is unfinished.
+        let (body_tx, body_rx) = tokio::sync::mpsc::channel(1);
+        body_tx
+            .send(Bytes::from(vec![b'u'; 64 * 1024]))
+            .await
+            .unwrap();
+        let request = Request::post("/f/items")
+            .header("host", "gateway.test")
+            .body(common::channel_body(body_rx))
+            .unwrap();
+        let response = sender.send_request(request).await.expect("a response");
+        assert_eq!(response.status(), 413);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"big!");
+        drop(body_tx);
         let next = Client::connect(&gw)
             .await
             .send(Method::POST, b"small")

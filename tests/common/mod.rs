@@ -308,3 +308,16 @@ pub fn metric(text: &str, series: &str) -> u64 {
         .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// A body that sends what arrives on `rx`, and ends when `rx` closes.
+pub fn channel_body(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> http_body_util::StreamBody<
+    impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, Infallible>>,
+> {
+    http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok(hyper::body::Frame::data(b)), rx))
+    }))
+}
