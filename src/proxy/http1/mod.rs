@@ -165,9 +165,10 @@ impl Connection {
     ) -> Response<ResponseBody> {
         let reusable = head.keep_alive && request_complete;
         let body = ResponseBody::new(self, head.framing, reusable, stall);
+        // HTTP/1.1, whatever the upstream spoke (RFC 9110 §6.2): the
+        // version `Response::new` gives.
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
-        *response.version_mut() = response::VERSION;
         *response.headers_mut() = head.headers;
         response
     }

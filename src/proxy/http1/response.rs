@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 
 use crate::proxy::forwarded::is_hop_by_hop;
-use http::{HeaderMap, Method, StatusCode, Version};
+use http::{HeaderMap, Method, StatusCode};
 
 /// The most header fields in a response head.
 const MAX_HEADERS: usize = 128;
@@ -229,9 +229,6 @@ fn content_length(headers: &HeaderMap) -> Result<u64, HeadError> {
     }
     length.ok_or(HeadError::ContentLength)
 }
-
-/// The `HTTP/1.1` version every response is handed on with.
-pub const VERSION: Version = Version::HTTP_11;
 
 #[cfg(test)]
 mod tests {
