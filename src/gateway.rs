@@ -458,6 +458,7 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
         }
     };
     state.runtime.upstreams.pin_pool_to_this_thread();
+    let deadlines = crate::timer::drive_on_this_thread();
     let Serving {
         settings,
         slots,
@@ -466,6 +467,7 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
     } = serving;
     let tls = matches!(transport, Transport::Tls(_));
     runtime.block_on(async move {
+        tokio::spawn(deadlines);
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {

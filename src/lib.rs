@@ -17,6 +17,8 @@
 //! - [`central`]: exporting settings to a fleet, and following a central.
 //! - [`admin`]: health, metrics and REST on the admin port.
 //! - [`server`]: listeners, TLS, HTTP/1.1 and HTTP/2, limits, drain.
+//! - [`timer`]: the data path's deadlines (request head, upstream answer),
+//!   one queue per listener thread.
 //! - [`gateway`]: a running gateway (snapshot, runtime, listeners);
 //!   [`cli`] the commands; [`metrics`] every metric.
 //!
@@ -44,3 +46,4 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod timer;

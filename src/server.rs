@@ -52,7 +52,7 @@ fn builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(crate::timer::HyperTimer)
         .header_read_timeout(settings.timeouts.header_read)
         .max_headers(settings.limits.max_headers)
         // hyper answers 431 when the head does not fit the read buffer.

@@ -3,7 +3,8 @@
 //! the per-API timeout on the response head. Forwarding takes the
 //! [`Grant`](crate::policy::Grant): nothing reaches an upstream unauthorized.
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,6 +21,7 @@ use super::reject::Rejection;
 use super::{full, Body, BoxError};
 use crate::config::snapshot::{Api, Upstream};
 use crate::policy::Grant;
+use crate::timer::Deadline;
 
 /// The upstream connection pools: each listener thread's own (see
 /// [`Upstreams::pin_pool_to_this_thread`]), and one shared by every other
@@ -105,8 +107,14 @@ impl Upstreams {
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
         // The timeout bounds the wait for the response head, and then each
         // silence of the upstream while more of the body is due.
-        let sent = checkout.send(&self.connector, req, timeout);
-        let result = tokio::time::timeout(timeout, sent).await;
+        let mut sent = pin!(checkout.send(&self.connector, req, timeout));
+        let mut deadline = Deadline::after(timeout);
+        // Polled in place: a timeout future wrapping `sent` would copy it.
+        let result = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
+            Poll::Ready(sent) => Poll::Ready(Ok(sent)),
+            Poll::Pending => Pin::new(&mut deadline).poll(cx).map(Err),
+        })
+        .await;
         api.metrics
             .upstream_duration()
             .observe(started.elapsed().as_secs_f64());
