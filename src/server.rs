@@ -13,6 +13,7 @@
 //!   after `header_read` when it has not sent a first request, after `idle`
 //!   once it has. Requests in flight, however slow, are never cut by it.
 
+mod head_scan;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -38,6 +39,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use self::head_scan::{HeadScan, Sightings};
 use crate::config::snapshot::{Limits, Timeouts};
 use crate::proxy::{Body, BoxError};
 
@@ -182,12 +184,19 @@ impl Conn {
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
+        let activity = Arc::new(Activity::new());
         match transport {
-            Transport::Plain => self.http(TokioIo::new(stream), peer, handler).await,
+            Transport::Plain => {
+                let io = TokioIo::new(HeadScan::new(stream, activity.clone()));
+                self.http(io, activity, peer, handler).await;
+            }
             Transport::Tls(acceptor) => {
                 let handshake = acceptor.accept(stream);
                 match tokio::time::timeout(self.settings.timeouts.header_read, handshake).await {
-                    Ok(Ok(tls)) => self.http(TokioIo::new(tls), peer, handler).await,
+                    Ok(Ok(tls)) => {
+                        let io = TokioIo::new(HeadScan::new(tls, activity.clone()));
+                        self.http(io, activity, peer, handler).await;
+                    }
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -195,19 +204,28 @@ impl Conn {
         }
     }
 
-    async fn http<I, H, F>(mut self, io: I, peer: SocketAddr, handler: H)
+    async fn http<I, H, F>(mut self, io: I, activity: Arc<Activity>, peer: SocketAddr, handler: H)
     where
         I: Read + Write + Unpin + Send + 'static,
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
-        let activity = Arc::new(Activity::new());
         let requests = activity.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: Request<Incoming>| {
             let guard = InFlight::begin(&requests);
-            let response = handler(req, peer);
+            let conflict = requests
+                .heads
+                .take_conflict(req.headers().contains_key(http::header::TRANSFER_ENCODING));
+            // hyper closes the connection after such a request.
+            let response = (!conflict).then(|| handler(req, peer));
             async move {
-                let response = response.await;
+                let response = match response {
+                    Some(response) => response.await,
+                    None => crate::proxy::Rejection::BadRequest(
+                        "Content-Length and Transfer-Encoding together",
+                    )
+                    .into_response(),
+                };
                 let guard = guard.answered();
                 Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
             }
@@ -341,6 +359,8 @@ struct Activity {
     first_done: AtomicBool,
     /// Woken when the first request has finished.
     quiet: Notify,
+    /// What was seen in the request heads read.
+    heads: Sightings,
 }
 
 impl Activity {
@@ -353,6 +373,7 @@ impl Activity {
             served: AtomicU64::new(0),
             first_done: AtomicBool::new(false),
             quiet: Notify::new(),
+            heads: Sightings::default(),
         }
     }
 

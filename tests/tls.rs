@@ -147,6 +147,30 @@ async fn https_serves_http1_and_h2_by_alpn() {
     gw.shutdown().await;
 }
 
+/// The conflicting-framing check also watches heads read through TLS.
+#[tokio::test]
+async fn https_refuses_content_length_with_transfer_encoding() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    crypto();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let leaf = self_signed();
+    write_leaf(tls_dir.path(), &leaf);
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&https_yaml(&upstream, tls_dir.path())).await;
+    let mut tls = tls_connect(https_addr(&gw), &leaf.der, b"http/1.1").await;
+    tls.write_all(
+        b"POST /secure/items HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let raw = String::from_utf8_lossy(&out);
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn reloaded_certificate_applies_to_new_connections() {
     crypto();
