@@ -215,7 +215,7 @@ impl Conn {
             let guard = InFlight::begin(&requests);
             let conflict = requests
                 .heads
-                .take_conflict(req.headers().contains_key(http::header::TRANSFER_ENCODING));
+                .take_conflict(|| req.headers().contains_key(http::header::TRANSFER_ENCODING));
             // hyper closes the connection after such a request.
             let response = (!conflict).then(|| handler(req, peer));
             async move {

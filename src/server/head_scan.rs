@@ -32,12 +32,12 @@ pub struct Sightings {
 impl Sightings {
     /// Whether the head of the request now being dispatched carried both
     /// `Content-Length` and `Transfer-Encoding`. hyper keeps only the
-    /// latter, so only a request with `Transfer-Encoding` can be one.
-    pub fn take_conflict(&self, has_transfer_encoding: bool) -> bool {
-        // One load per request; the swap only after a sighting.
+    /// latter, so only a request with `Transfer-Encoding` can be one
+    /// (`chunked` is asked only after a sighting).
+    pub fn take_conflict(&self, chunked: impl FnOnce() -> bool) -> bool {
         self.conflict.load(Ordering::Acquire)
             && self.conflict.swap(false, Ordering::AcqRel)
-            && has_transfer_encoding
+            && chunked()
     }
 }
 
@@ -72,62 +72,103 @@ enum State {
 
 impl Scanner {
     /// Feeds the next bytes; `Some(conflict)` once the head has ended.
-    fn feed(&mut self, mut bytes: &[u8]) -> Option<bool> {
-        while !bytes.is_empty() {
-            match self.state {
-                State::Done => return None,
-                State::RequestLine => {
-                    if bytes.starts_with(b"PRI * HTTP/2") {
-                        // An HTTP/2 preface: no HTTP/1 heads follow.
-                        self.http2 = true;
-                        self.state = State::Done;
-                        return None;
-                    }
-                    bytes = self.skip_line(bytes);
+    fn feed(&mut self, bytes: &[u8]) -> Option<bool> {
+        // Where the first whole line of `bytes` starts.
+        let first = match self.state {
+            State::Done => return None,
+            State::RequestLine if bytes.starts_with(b"PRI * HTTP/2") => {
+                // An HTTP/2 preface: no HTTP/1 heads follow.
+                self.http2 = true;
+                self.state = State::Done;
+                return None;
+            }
+            State::RequestLine | State::RestOfLine => memchr::memchr(b'\n', bytes)? + 1,
+            State::LineStart if self.len > 0 => match self.complete_line(bytes)? {
+                Ok(next) => next,
+                Err(verdict) => return Some(verdict),
+            },
+            State::LineStart => 0,
+        };
+        self.lines(bytes, first)
+    }
+
+    /// Goes through the lines of `bytes` from `start`, a line start, with
+    /// one pass of `memchr` over them.
+    fn lines(&mut self, bytes: &[u8], mut start: usize) -> Option<bool> {
+        let from = start;
+        let mut ends = memchr::memchr_iter(b'\n', &bytes[from..]).map(move |end| end + from);
+        loop {
+            let line = &bytes[start..];
+            match line {
+                [] => {
+                    self.state = State::LineStart;
+                    return None;
                 }
-                State::RestOfLine => bytes = self.skip_line(bytes),
-                State::LineStart => {
-                    let room = PREFIX - self.len;
-                    let take = bytes.len().min(room);
-                    let end = memchr::memchr(b'\n', &bytes[..take]);
-                    let piece = &bytes[..end.unwrap_or(take)];
-                    self.line[self.len..self.len + piece.len()].copy_from_slice(piece);
-                    self.len += piece.len();
-                    if let Some(end) = end {
-                        bytes = &bytes[end + 1..];
-                        if matches!(&self.line[..self.len], b"" | b"\r") {
-                            self.state = State::Done;
-                            return Some(self.length && self.coding);
-                        }
-                        self.classify();
-                        self.len = 0;
-                    } else {
-                        bytes = &bytes[take..];
-                        if self.len == PREFIX {
-                            self.classify();
-                            self.state = State::RestOfLine;
-                        }
+                [b'\n', ..] | [b'\r', b'\n', ..] => return Some(self.end()),
+                [b'\r'] => return self.carry(line),
+                [b'c' | b'C' | b't' | b'T', ..] => {
+                    let prefix = &line[..line.len().min(PREFIX)];
+                    match memchr::memchr(b'\n', prefix) {
+                        Some(end) => self.classify(&prefix[..end]),
+                        None if prefix.len() == PREFIX => self.classify(prefix),
+                        // The name goes on in the next read.
+                        None => return self.carry(prefix),
                     }
+                }
+                _ => {}
+            }
+            match ends.next() {
+                Some(end) => start = end + 1,
+                None => {
+                    self.state = State::RestOfLine;
+                    return None;
                 }
             }
         }
+    }
+
+    /// Keeps the start of a line that the next read goes on with.
+    fn carry(&mut self, start: &[u8]) -> Option<bool> {
+        self.line[..start.len()].copy_from_slice(start);
+        self.len = start.len();
+        self.state = State::LineStart;
         None
     }
 
-    /// Skips to the next line; the rest of `bytes` after it.
-    fn skip_line<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
-        match memchr::memchr(b'\n', bytes) {
-            Some(end) => {
-                self.state = State::LineStart;
-                self.len = 0;
-                &bytes[end + 1..]
+    /// Completes a line start carried over from the last read: where the
+    /// next line starts in `bytes`, or the verdict if the head ended.
+    fn complete_line(&mut self, bytes: &[u8]) -> Option<Result<usize, bool>> {
+        let take = bytes.len().min(PREFIX - self.len);
+        let end = memchr::memchr(b'\n', &bytes[..take]);
+        let piece = &bytes[..end.unwrap_or(take)];
+        self.line[self.len..self.len + piece.len()].copy_from_slice(piece);
+        self.len += piece.len();
+        let line = self.line;
+        let line = &line[..self.len];
+        if let Some(end) = end {
+            self.len = 0;
+            if matches!(line, b"" | b"\r") {
+                return Some(Err(self.end()));
             }
-            None => &[],
+            self.classify(line);
+            return Some(Ok(end + 1));
         }
+        if self.len < PREFIX {
+            return None;
+        }
+        self.len = 0;
+        self.classify(line);
+        self.state = State::RestOfLine;
+        let rest = &bytes[take..];
+        Some(Ok(take + memchr::memchr(b'\n', rest)? + 1))
     }
 
-    fn classify(&mut self) {
-        let line = &self.line[..self.len];
+    fn end(&mut self) -> bool {
+        self.state = State::Done;
+        self.length && self.coding
+    }
+
+    fn classify(&mut self, line: &[u8]) {
         let named =
             |name: &[u8]| line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name);
         self.length |= named(b"content-length:");
@@ -246,6 +287,7 @@ mod tests {
             "POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             "POST /a HTTP/1.1\r\ntransfer-encoding: chunked\r\nHost: gw\r\ncontent-length:4\r\n\r\n",
             "POST /a HTTP/1.1\nTRANSFER-ENCODING: chunked\nCONTENT-LENGTH: 4\n\n",
+            "PUT /b HTTP/1.1\r\nAuthorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln\r\nTransfer-Encoding: gzip, chunked\r\nX: y\r\nContent-Length: 0\r\n\r\n",
         ] {
             assert_eq!(every_split(head), Some(true), "{head}");
         }
@@ -259,6 +301,8 @@ mod tests {
             "GET /content-length:/transfer-encoding: HTTP/1.1\r\nHost: gw\r\n\r\n",
             "POST /a HTTP/1.1\r\nX-Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST /a HTTP/1.1\r\nX: content-length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /a HTTP/1.1\r\nte: trailers\r\nContent-Type: text/plain\r\ncontent-lengthy: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\nPOST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert_eq!(every_split(head), Some(false), "{head}");
         }
@@ -280,10 +324,10 @@ mod tests {
     fn a_conflict_is_taken_once_and_only_by_a_chunked_request() {
         let sightings = Sightings::default();
         sightings.conflict.store(true, Ordering::Release);
-        assert!(!sightings.take_conflict(false));
-        assert!(!sightings.take_conflict(true));
+        assert!(!sightings.take_conflict(|| false));
+        assert!(!sightings.take_conflict(|| true));
         sightings.conflict.store(true, Ordering::Release);
-        assert!(sightings.take_conflict(true));
-        assert!(!sightings.take_conflict(true));
+        assert!(sightings.take_conflict(|| true));
+        assert!(!sightings.take_conflict(|| panic!("asked without a sighting")));
     }
 }
