@@ -520,9 +520,36 @@ async fn jwks_down_later_keeps_the_last_good_set() {
     idp.set(|state| state.failing = true);
     assert!(source.refresh().await.is_err());
     assert!(source.is_ready());
-    assert_eq!(source.refresh_interval(), Duration::from_secs(30));
+    // Retries back off from a second, doubling, to at most 30 s.
+    assert_eq!(source.refresh_interval(), Duration::from_secs(1));
+    assert!(source.refresh().await.is_err());
+    assert_eq!(source.refresh_interval(), Duration::from_secs(2));
     assert_eq!(check(&validator, &token(&key, &idp.issuer())).await, Ok(()));
-    assert_eq!(refreshes("down-later", "error"), 1);
+    assert_eq!(refreshes("down-later", "error"), 2);
+}
+
+/// An auth server that comes up shortly after the gateway is found by the
+/// background refresh within seconds, not after the 30 s retry cap.
+#[tokio::test]
+async fn background_refresh_finds_a_late_jwks_within_seconds() {
+    let key = ed_key("k");
+    let idp = Idp::start(jwks(&[&key])).await;
+    idp.set(|state| state.failing = true);
+    let source = source("late", options(&idp));
+    let started = std::time::Instant::now();
+    let task = source.spawn_refresh();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!source.is_ready());
+    idp.set(|state| state.failing = false);
+    while !source.is_ready() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = started.elapsed();
+    task.abort();
+    assert!(source.is_ready(), "not ready after {waited:?}");
+    // Fetches at 0 s, 1 s and 3 s: the third finds the set.
+    assert!(waited < Duration::from_secs(6), "ready after {waited:?}");
+    assert_eq!(refreshes("late", "error"), 2);
 }
 
 #[tokio::test]
@@ -922,6 +949,7 @@ async fn background_refresh_follows_max_age_and_stops_with_the_source() {
                 min: Duration::from_millis(200),
                 max: Duration::from_secs(3600),
                 default: Duration::from_secs(3600),
+                first_retry: Duration::from_millis(200),
                 retry: Duration::from_millis(200),
             },
             ..options(&idp)

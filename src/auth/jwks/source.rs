@@ -7,7 +7,7 @@
 //! IdP; without any set a token is unavailable (503), never accepted. Keys
 //! published in-process ([`JwksSource::local`]) are never fetched.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,7 +28,10 @@ pub struct RefreshPolicy {
     pub max: Duration,
     /// Interval when the response has no `max-age`.
     pub default: Duration,
-    /// Interval after a failed fetch.
+    /// Interval after the first failed fetch in a row; it doubles with
+    /// each further failure, up to `retry`.
+    pub first_retry: Duration,
+    /// Longest interval after a failed fetch.
     pub retry: Duration,
 }
 
@@ -38,6 +41,7 @@ impl Default for RefreshPolicy {
             min: Duration::from_secs(60),
             max: Duration::from_secs(24 * 60 * 60),
             default: Duration::from_secs(5 * 60),
+            first_retry: Duration::from_secs(1),
             retry: Duration::from_secs(30),
         }
     }
@@ -47,6 +51,16 @@ impl RefreshPolicy {
     /// The interval after a successful fetch whose response had `max_age`.
     pub fn interval(&self, max_age: Option<Duration>) -> Duration {
         max_age.map_or(self.default, |age| age.clamp(self.min, self.max))
+    }
+
+    /// The interval after `failures` failed fetches in a row (at least
+    /// one): an auth server that comes up shortly after the gateway is
+    /// found within seconds, one that stays down is asked every `retry`.
+    pub fn retry_after(&self, failures: u32) -> Duration {
+        let doubled = 1u32
+            .checked_shl(failures.saturating_sub(1))
+            .and_then(|factor| self.first_retry.checked_mul(factor));
+        doubled.map_or(self.retry, |after| after.min(self.retry))
     }
 }
 
@@ -108,6 +122,8 @@ struct Remote {
     fetch_lock: tokio::sync::Mutex<()>,
     last_unknown_kid_fetch: Mutex<Option<Instant>>,
     next_refresh: Mutex<Duration>,
+    /// Failed fetches since the last good one.
+    failures: AtomicU32,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,6 +144,7 @@ impl JwksSource {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_fetch: Mutex::new(None),
             next_refresh: Mutex::new(Duration::ZERO),
+            failures: AtomicU32::new(0),
         };
         JwksSource {
             auth_server,
@@ -268,11 +285,13 @@ impl JwksSource {
                 *locked(&remote.etag) = etag;
                 *locked(&remote.last_error) = None;
                 *locked(&remote.next_refresh) = remote.policy.interval(max_age);
+                remote.failures.store(0, Ordering::Release);
                 self.count("ok");
                 Ok(())
             }
             Ok(Fetched::NotModified { max_age }) => {
                 *locked(&remote.next_refresh) = remote.policy.interval(max_age);
+                remote.failures.store(0, Ordering::Release);
                 self.count("not_modified");
                 Ok(())
             }
@@ -283,7 +302,8 @@ impl JwksSource {
                     "JWKS fetch failed; keeping the last good key set"
                 );
                 *locked(&remote.last_error) = Some(error.to_string());
-                *locked(&remote.next_refresh) = remote.policy.retry;
+                let failures = remote.failures.fetch_add(1, Ordering::AcqRel) + 1;
+                *locked(&remote.next_refresh) = remote.policy.retry_after(failures);
                 self.count("error");
                 Err(error)
             }
@@ -314,6 +334,18 @@ mod tests {
         assert_eq!(secs(Some(600)), 600);
         assert_eq!(secs(Some(86_401)), 86_400);
         assert_eq!(secs(Some(u64::MAX)), 86_400);
+    }
+
+    #[test]
+    fn retries_start_at_a_second_and_double_up_to_the_cap() {
+        let policy = RefreshPolicy::default();
+        let secs = |failures| policy.retry_after(failures).as_secs();
+        assert_eq!(
+            (1..=7).map(secs).collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 30, 30]
+        );
+        assert_eq!(secs(40), 30);
+        assert_eq!(secs(u32::MAX), 30);
     }
 
     #[tokio::test]
