@@ -234,15 +234,18 @@ mod tests {
 
     use super::*;
 
-    /// A current-thread runtime with a paused clock and this thread's
-    /// queue driven, as on a listener thread.
-    fn on_a_listener_thread<F: Future>(test: F) -> F::Output {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
-            .expect("runtime");
-        runtime.block_on(async {
+            .expect("runtime")
+    }
+
+    /// A current-thread runtime with a paused clock and this thread's
+    /// queue driven, as on a listener thread.
+    fn on_a_listener_thread<F: Future>(test: F) -> F::Output {
+        paused_runtime().block_on(async {
             tokio::spawn(drive_on_this_thread());
             test.await
         })
@@ -305,12 +308,7 @@ mod tests {
 
     #[test]
     fn without_a_queue_a_deadline_is_a_tokio_sleep() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        paused_runtime().block_on(async {
             let deadline = Deadline::after(Duration::from_millis(100));
             assert!(matches!(deadline.state, State::Tokio(_)));
             let started = Instant::now();

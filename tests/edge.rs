@@ -41,6 +41,19 @@ fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
+/// A connection that has had one request answered, and is kept alive.
+async fn kept_alive(gw: &Gateway) -> TcpStream {
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"GET /travels/bookings HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+    stream
+}
+
 /// A good request on a new connection.
 async fn still_serves(gw: &Gateway) {
     let raw = raw_request(gw.http, &get("/travels/bookings")).await;
@@ -115,7 +128,7 @@ async fn hostile_requests_get_400_and_never_reach_the_upstream() {
 /// nothing behind it is read as a request.
 #[tokio::test]
 async fn content_length_with_transfer_encoding_is_refused() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
     let smuggler = |order: &str| {
@@ -134,14 +147,7 @@ async fn content_length_with_transfer_encoding_is_refused() {
         assert_eq!(upstream.hits(), 0, "{order} reached the upstream");
     }
     // Second on a kept-alive connection, its head in three pieces.
-    let mut stream = TcpStream::connect(gw.http).await.unwrap();
-    stream
-        .write_all(b"GET /travels/bookings HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+    let mut stream = kept_alive(&gw).await;
     let request = smuggler(orders[0]);
     for piece in [&request[..40], &request[40..60], &request[60..]] {
         stream.write_all(piece.as_bytes()).await.unwrap();
@@ -363,17 +369,10 @@ async fn idle_keep_alive_connection_is_closed_after_idle() {
     let yaml = edge_yaml(&upstream.url("/api"), "")
         .replace("header_read: 1s, idle: 1s", "header_read: 10s, idle: 1s");
     let gw = Gateway::start(&yaml).await;
-    let mut stream = TcpStream::connect(gw.http).await.unwrap();
     // Timed from before the request: the gateway's idle clock starts when
     // the response is sent, and this task may read it late.
     let started = std::time::Instant::now();
-    stream
-        .write_all(b"GET /travels/bookings HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+    let mut stream = kept_alive(&gw).await;
     let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     closed.expect("an idle keep-alive connection is closed");
     let closed = started.elapsed();
@@ -433,15 +432,7 @@ async fn connection_over_the_limit_waits_for_a_free_slot() {
     let gw = Gateway::start(&yaml).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(gw.http).await.unwrap();
-        stream
-            .write_all(b"GET /travels/bookings HTTP/1.1\r\nHost: gw\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
-        held.push(stream);
+        held.push(kept_alive(&gw).await);
     }
     let third = tokio::spawn({
         let addr = gw.http;

@@ -95,14 +95,38 @@ async fn tls_connect(
         .expect("TLS handshake")
 }
 
+/// A gateway serving HTTPS with a fresh self-signed certificate, written
+/// to `dir` (kept alive with it).
+struct Https {
+    dir: tempfile::TempDir,
+    leaf: Leaf,
+    upstream: Upstream,
+    gw: Gateway,
+}
+
+async fn https_gateway() -> Https {
+    crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = self_signed();
+    write_leaf(dir.path(), &leaf);
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&https_yaml(&upstream, dir.path())).await;
+    Https {
+        dir,
+        leaf,
+        upstream,
+        gw,
+    }
+}
+
 #[tokio::test]
 async fn https_serves_http1_and_h2_by_alpn() {
-    crypto();
-    let tls_dir = tempfile::tempdir().unwrap();
-    let leaf = self_signed();
-    write_leaf(tls_dir.path(), &leaf);
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(&https_yaml(&upstream, tls_dir.path())).await;
+    let Https {
+        dir: _dir,
+        leaf,
+        upstream,
+        gw,
+    } = https_gateway().await;
     let addr = https_addr(&gw);
 
     let tls = tls_connect(addr, &leaf.der, b"http/1.1").await;
@@ -151,13 +175,8 @@ async fn https_serves_http1_and_h2_by_alpn() {
 #[tokio::test]
 async fn https_refuses_content_length_with_transfer_encoding() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    crypto();
-    let tls_dir = tempfile::tempdir().unwrap();
-    let leaf = self_signed();
-    write_leaf(tls_dir.path(), &leaf);
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(&https_yaml(&upstream, tls_dir.path())).await;
-    let mut tls = tls_connect(https_addr(&gw), &leaf.der, b"http/1.1").await;
+    let https = https_gateway().await;
+    let mut tls = tls_connect(https_addr(&https.gw), &https.leaf.der, b"http/1.1").await;
     tls.write_all(
         b"POST /secure/items HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     )
@@ -167,18 +186,18 @@ async fn https_refuses_content_length_with_transfer_encoding() {
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
     let raw = String::from_utf8_lossy(&out);
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
-    assert_eq!(upstream.hits(), 0);
-    gw.shutdown().await;
+    assert_eq!(https.upstream.hits(), 0);
+    https.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn reloaded_certificate_applies_to_new_connections() {
-    crypto();
-    let tls_dir = tempfile::tempdir().unwrap();
-    let first = self_signed();
-    write_leaf(tls_dir.path(), &first);
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(&https_yaml(&upstream, tls_dir.path())).await;
+    let Https {
+        dir: tls_dir,
+        leaf: first,
+        upstream: _upstream,
+        gw,
+    } = https_gateway().await;
     let addr = https_addr(&gw);
     let held = tls_connect(addr, &first.der, b"http/1.1").await;
 
