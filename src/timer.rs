@@ -6,10 +6,13 @@
 //! that thread watches (see [`drive_on_this_thread`]): setting a deadline
 //! is an insert, cancelling it a remove, and the task sleeps until the
 //! earliest deadline it saw, rescanning when a nearer one arrives. A tokio
-//! timer per deadline costs several times the instructions, and registering
+//! timer per deadline costs about twice the instructions, and registering
 //! one makes tokio's time driver wake its own thread's I/O driver (a system
 //! call) on a good share of requests. Elsewhere (the admin port, tests), a
-//! [`Deadline`] is a plain tokio sleep.
+//! [`Deadline`] is a plain tokio sleep. The silence timer of a response
+//! body (`proxy::http1::body`) stays a tokio sleep: it exists only while
+//! more of a body is awaited, and progress moves it later, which tokio does
+//! without registering it again.
 
 use std::cell::RefCell;
 use std::future::Future;
