@@ -16,7 +16,7 @@ import base64, http.server, json, os, re, signal, socket, subprocess, sys, tempf
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-BIN = os.path.abspath("target/release/microgateway")
+BIN = os.path.abspath(os.environ.get("MCGW_BIN", "target/release/microgateway"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DISTINCT = int(os.environ.get("BENCH_DISTINCT_TOKENS", "30000"))

@@ -12,9 +12,16 @@
 #
 # Targets: req/s >= 1.0x nginx, p99 <= 1.25x nginx, idle RSS <= 20 MiB.
 # Needs nginx and wrk (installed from Debian packages when missing).
+#
+#   PGO=1 bench/compare.sh      # also the profile-guided build (bench/pgo-build.sh)
+#
+# measures the PGO build as a fourth contender in the same rounds, and runs
+# the OAuth2 routes once more with it.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -23,6 +30,9 @@ PORT_UPSTREAM=${PORT_UPSTREAM:-18180}
 PORT_NGINX=${PORT_NGINX:-18181}
 PORT_MCGW=${PORT_MCGW:-18182}
 PORT_ADMIN=${PORT_ADMIN:-18183}
+PORT_PGO=${PORT_PGO:-18184}
+PORT_PGO_ADMIN=${PORT_PGO_ADMIN:-18185}
+PGO=${PGO:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/microgateway
 WORK=$(mktemp -d /tmp/mcgw-bench.XXXXXX)
@@ -39,30 +49,18 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-need() {
-    command -v "$1" >/dev/null 2>&1 && return
-    echo "installing $2 ..." >&2
-    if [ "$(id -u)" -eq 0 ]; then
-        apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
-    else
-        sudo apt-get update -qq && sudo apt-get install -y -qq "$2" >/dev/null
-    fi
-}
 need wrk wrk
 need nginx nginx-light
 NGINX=$(command -v nginx)
 
 echo "building microgateway (release) ..." >&2
 (cd "$ROOT" && cargo build --release --quiet)
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "port $1 did not open" >&2
-    exit 1
-}
+CONTENDERS=(direct nginx microgateway)
+if [ "$PGO" = 1 ]; then
+    echo "building microgateway (release, profile-guided) ..." >&2
+    PGO_BIN=$("$ROOT/bench/pgo-build.sh" | tail -1)
+    CONTENDERS+=(microgateway-pgo)
+fi
 
 # nginx in the foreground, so its master is our child and its pid is known.
 start_nginx() { # name conf
@@ -111,9 +109,10 @@ http {
     }
 }
 EOF
-cat >"$WORK/microgateway.yaml" <<EOF
-ports: { http: $PORT_MCGW, bind: 127.0.0.1 }
-admin: { port: $PORT_ADMIN, bind: 127.0.0.1 }
+gateway_config() { # http-port admin-port
+    cat <<EOF
+ports: { http: $1, bind: 127.0.0.1 }
+admin: { port: $2, bind: 127.0.0.1 }
 apis:
 - name: bench
   version: "1.0"
@@ -122,6 +121,8 @@ apis:
   authentication: { type: none }
   resources: ["GET /items"]
 EOF
+}
+gateway_config "$PORT_MCGW" "$PORT_ADMIN" >"$WORK/microgateway.yaml"
 
 start_nginx upstream
 start_nginx proxy
@@ -131,6 +132,13 @@ PIDS+=($MCGW_PID)
 wait_port "$PORT_UPSTREAM"
 wait_port "$PORT_NGINX"
 wait_port "$PORT_MCGW"
+if [ "$PGO" = 1 ]; then
+    gateway_config "$PORT_PGO" "$PORT_PGO_ADMIN" >"$WORK/microgateway-pgo.yaml"
+    MCGW_LOG=warn "$PGO_BIN" start -c "$WORK/microgateway-pgo.yaml" 2>"$WORK/microgateway-pgo.log" &
+    PIDS+=($!)
+    wait_port "$PORT_PGO"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_PGO/bench/items" >/dev/null
+fi
 NGINX_PROXY_PID=$(cat "$WORK/proxy/nginx.pid" 2>/dev/null || echo "")
 sleep 0.5
 
@@ -214,11 +222,12 @@ for round in $(seq 1 "$ROUNDS"); do
     rm -f "$WORK/sampling"
     wait $!
     MCGW_LOAD_KIB=$(( $(cat "$WORK/mcgw-peak") > MCGW_LOAD_KIB ? $(cat "$WORK/mcgw-peak") : MCGW_LOAD_KIB ))
+    if [ "$PGO" = 1 ]; then run microgateway-pgo "$PORT_PGO"; fi
 done
 
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.txt" | median; }
 declare -A RPS P50 P99
-for name in direct nginx microgateway; do
+for name in "${CONTENDERS[@]}"; do
     RPS[$name]=$(col "$name" 1)
     P50[$name]=$(col "$name" 2)
     P99[$name]=$(col "$name" 3)
@@ -231,11 +240,13 @@ echo "tools:   $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 |
 echo "load:    wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS interleaved rounds, medians; all on one host"
 echo
 printf '%-14s %12s %10s %10s\n' "" "req/s" "p50 ms" "p99 ms"
-for name in direct nginx microgateway; do
+for name in "${CONTENDERS[@]}"; do
     printf '%-14s %12.0f %10.3f %10.3f\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
 done
 echo
-echo "microgateway / nginx: req/s $(ratio "${RPS[microgateway]}" "${RPS[nginx]}")x (target >= 1.0), p50 $(ratio "${P50[microgateway]}" "${P50[nginx]}")x, p99 $(ratio "${P99[microgateway]}" "${P99[nginx]}")x (target <= 1.25)"
+for name in "${CONTENDERS[@]:2}"; do
+    echo "$name / nginx: req/s $(ratio "${RPS[$name]}" "${RPS[nginx]}")x (target >= 1.0), p50 $(ratio "${P50[$name]}" "${P50[nginx]}")x, p99 $(ratio "${P99[$name]}" "${P99[nginx]}")x (target <= 1.25)"
+done
 printf 'RSS idle:   microgateway %.1f MiB (target <= 20), nginx proxy %.1f MiB (master + workers)\n' \
     "$(awk -v k="$MCGW_IDLE_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_IDLE_KIB" 'BEGIN {print k / 1024}')"
 printf 'RSS loaded: microgateway %.1f MiB, nginx proxy %.1f MiB (peak)\n' \
@@ -246,4 +257,9 @@ printf 'RSS loaded: microgateway %.1f MiB, nginx proxy %.1f MiB (peak)\n' \
 if [ "${AUTH_BENCH:-1}" = 1 ]; then
     python3 -c 'import jwt, cryptography' 2>/dev/null || pip install -q "pyjwt[crypto]" >/dev/null
     python3 bench/auth_bench.py "$PORT_UPSTREAM" "$PORT_NGINX"
+    if [ "$PGO" = 1 ]; then
+        echo
+        echo "the same with the profile-guided build:"
+        MCGW_BIN=$PGO_BIN python3 bench/auth_bench.py "$PORT_UPSTREAM" "$PORT_NGINX"
+    fi
 fi

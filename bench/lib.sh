@@ -1,0 +1,22 @@
+# Helpers shared by the bench scripts (sourced, not run).
+
+# need COMMAND PACKAGE: installs the Debian package when the command is missing.
+need() {
+    command -v "$1" >/dev/null 2>&1 && return
+    echo "installing $2 ..." >&2
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+    else
+        sudo apt-get update -qq && sudo apt-get install -y -qq "$2" >/dev/null
+    fi
+}
+
+# wait_port PORT: until something accepts connections on 127.0.0.1:PORT.
+wait_port() {
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "port $1 did not open" >&2
+    exit 1
+}
