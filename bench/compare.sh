@@ -185,7 +185,7 @@ run() {
     errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
     [ -z "$errors" ] || echo "  $1: $errors" >&2
     echo "$rps $p50 $p99" >>"$WORK/$1.txt"
-    printf '  %-13s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$1" "$rps" "$p50" "$p99" >&2
+    printf '  %-17s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$1" "$rps" "$p50" "$p99" >&2
 }
 
 # Peak RSS of PIDS while a command runs.
@@ -239,9 +239,9 @@ echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /pro
 echo "tools:   $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), microgateway $("$BIN" --version | awk '{print $2}')"
 echo "load:    wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS interleaved rounds, medians; all on one host"
 echo
-printf '%-14s %12s %10s %10s\n' "" "req/s" "p50 ms" "p99 ms"
+printf '%-17s %12s %10s %10s\n' "" "req/s" "p50 ms" "p99 ms"
 for name in "${CONTENDERS[@]}"; do
-    printf '%-14s %12.0f %10.3f %10.3f\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+    printf '%-17s %12.0f %10.3f %10.3f\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
 done
 echo
 for name in "${CONTENDERS[@]:2}"; do

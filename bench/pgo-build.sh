@@ -4,16 +4,20 @@
 #   bench/pgo-build.sh            # prints the binary's path: target/pgo/release/microgateway
 #
 # 1. builds an instrumented release binary (target/pgo-instrumented);
-# 2. trains it: the binary serves a training configuration and wrk drives
-#    its data path — plain proxying through its own upstream client,
-#    JWT-protected calls (tokens from its own authorization server), 401s
-#    and 403s — then it stops cleanly and writes its profile;
+# 2. trains it: the binary serves a training configuration and wrk and
+#    h2load drive its data path — plain proxying through its own upstream
+#    client, JWT-protected calls (tokens from its own authorization
+#    server), 401s and 403s, POST bodies, HTTPS and HTTP/2 (h2c and over
+#    TLS) — then it stops cleanly and writes its profile;
 # 3. builds the release binary again with that profile (target/pgo).
 #
 # The same code as `cargo build --release`, laid out and inlined for the
 # paths the training took: about 17% fewer instructions per proxied request
-# (callgrind). Needs the rustup component llvm-tools (added when missing),
-# curl and wrk (installed from Debian packages when missing).
+# (callgrind). Paths the training does not take (opaque tokens through
+# introspection, the authorization server's grants beyond client
+# credentials) are laid out as cold code. Needs the rustup component
+# llvm-tools (added when missing), curl, openssl, wrk and h2load (installed
+# from Debian packages when missing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TRAIN_SECONDS=${TRAIN_SECONDS:-6}
 PORT=${PGO_PORT:-18290}
 ADMIN=${PGO_ADMIN_PORT:-18291}
+TLS_PORT=${PGO_TLS_PORT:-18292}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 INSTRUMENTED=$TARGET_DIR/pgo-instrumented
 OPTIMIZED=$TARGET_DIR/pgo
@@ -36,6 +41,8 @@ trap cleanup EXIT INT TERM
 
 need wrk wrk
 need curl curl
+need openssl openssl
+need h2load nghttp2-client
 rustup component add llvm-tools >/dev/null 2>&1 || true
 PROFDATA=$(find "$(rustc --print sysroot)/lib/rustlib" -name llvm-profdata -type f | head -1)
 if [ ! -x "$PROFDATA" ]; then
@@ -53,8 +60,11 @@ PROFILES=$INSTRUMENTED/profiles
 rm -rf "$PROFILES"
 
 echo "2/3 training ..." >&2
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -subj /CN=localhost -keyout "$WORK/server.key" -out "$WORK/server.crt" 2>/dev/null
 cat >"$WORK/training.yaml" <<YAML
-ports: { http: $PORT, bind: 127.0.0.1 }
+ports: { http: $PORT, https: $TLS_PORT, bind: 127.0.0.1 }
+tls: { certificate: $WORK/server.crt, key: $WORK/server.key }
 admin: { port: $ADMIN, bind: 127.0.0.1 }
 authorization_server:
   issuer: "http://127.0.0.1:$PORT"
@@ -118,6 +128,10 @@ load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/protected/items" -H "Authorization
 load 2 "http://127.0.0.1:$PORT/plain/items" -s "$WORK/post.lua"
 load 2 "http://127.0.0.1:$PORT/protected/items"
 load 2 "http://127.0.0.1:$PORT/protected/items" -s "$WORK/post.lua" -H "Authorization: Bearer $VIEW"
+load 3 "https://127.0.0.1:$TLS_PORT/plain/items"
+load 2 "https://127.0.0.1:$TLS_PORT/protected/items" -H "Authorization: Bearer $VIEW"
+h2load -n 40000 -c 16 -m 8 "http://127.0.0.1:$PORT/plain/items" >/dev/null
+h2load -n 20000 -c 16 -m 8 -H "Authorization: Bearer $VIEW" "https://127.0.0.1:$TLS_PORT/protected/items" >/dev/null
 kill -TERM "$GATEWAY"
 wait "$GATEWAY" || true
 GATEWAY=""

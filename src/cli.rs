@@ -167,8 +167,7 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MCGW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("MCGW_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -176,6 +175,27 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The log filter `MCGW_LOG` asks for (`info` when unset or invalid).
+/// rustls warns once per connection about what a client sent (an IP
+/// address as SNI, an alert), so any client could fill the log with it:
+/// it speaks at `error` unless `MCGW_LOG` names it.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let spec = spec.unwrap_or("info");
+    let (filter, spec) = match EnvFilter::try_new(spec) {
+        Ok(filter) => (filter, spec),
+        Err(_) => (EnvFilter::new("info"), "info"),
+    };
+    if spec.contains("rustls") {
+        return filter;
+    }
+    filter.add_directive(
+        "rustls=error"
+            .parse()
+            .expect("a constant, valid filter directive"),
+    )
 }
 
 fn health(url: &str) -> ExitCode {
@@ -487,5 +507,21 @@ fn hash_password() -> ExitCode {
             eprintln!("cannot hash: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rustls_speaks_at_error_unless_the_filter_names_it() {
+        for spec in [None, Some("warn"), Some("debug"), Some("not a filter ==")] {
+            let filter = log_filter(spec).to_string();
+            assert!(filter.contains("rustls=error"), "{spec:?}: {filter}");
+        }
+        let asked = log_filter(Some("info,rustls=debug")).to_string();
+        assert!(asked.contains("rustls=debug"), "{asked}");
+        assert!(!asked.contains("rustls=error"), "{asked}");
     }
 }
