@@ -7,15 +7,15 @@
 # 2. trains it: the binary serves a training configuration and wrk and
 #    h2load drive its data path — plain proxying through its own upstream
 #    client, JWT-protected calls (tokens from its own authorization
-#    server), 401s and 403s, POST bodies, HTTPS and HTTP/2 (h2c and over
-#    TLS) — then it stops cleanly and writes its profile;
+#    server) and the same tokens through RFC 7662 introspection, 401s and
+#    403s, POST bodies, HTTPS and HTTP/2 (h2c and over TLS) — then it stops
+#    cleanly and writes its profile;
 # 3. builds the release binary again with that profile (target/pgo).
 #
 # The same code as `cargo build --release`, laid out and inlined for the
 # paths the training took: about 24% fewer instructions per proxied request
-# (callgrind). Paths the training does not take (opaque tokens through
-# introspection, the authorization server's grants beyond client
-# credentials) are laid out as cold code. Needs the rustup component
+# (callgrind). Paths the training does not take (the authorization
+# server's grants beyond client credentials, say) are laid out as cold code. Needs the rustup component
 # llvm-tools (added when missing), curl, openssl, wrk and h2load (installed
 # from Debian packages when missing).
 set -euo pipefail
@@ -76,10 +76,17 @@ authorization_server:
   clients:
   - { name: Trainer, client_id: trainer, client_secret: trainer-secret,
       grant_types: [client_credentials], scopes: [view, book] }
+  - { name: Gateway, client_id: gateway, client_secret: gateway-secret,
+      grant_types: [], scopes: [] }
 security_settings:
   auth_servers:
   - id: local
     localIntrospectionConfig: { issuer: "http://127.0.0.1:$PORT" }
+  - id: introspected
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://127.0.0.1:$PORT/oauth2/introspect"
+      clientId: gateway
+      clientSecret: gateway-secret
 apis:
 - name: echo
   base_path: /echo
@@ -98,6 +105,11 @@ apis:
   scopes:
   - { name: view, resources: ["GET /items"] }
   - { name: book, resources: ["POST /items"] }
+- name: introspected
+  base_path: /introspected
+  upstream: { url: "http://127.0.0.1:$PORT/echo" }
+  authentication: { type: oauth2, auth_server: introspected }
+  scopes: [{ name: view, resources: ["GET /items"] }]
 YAML
 MCGW_LOG=warn LLVM_PROFILE_FILE="$PROFILES/gateway-%p.profraw" \
     "$INSTRUMENTED/release/microgateway" start -c "$WORK/training.yaml" 2>"$WORK/gateway.log" &
@@ -128,6 +140,7 @@ load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/protected/items" -H "Authorization
 load 2 "http://127.0.0.1:$PORT/plain/items" -s "$WORK/post.lua"
 load 2 "http://127.0.0.1:$PORT/protected/items"
 load 2 "http://127.0.0.1:$PORT/protected/items" -s "$WORK/post.lua" -H "Authorization: Bearer $VIEW"
+load 3 "http://127.0.0.1:$PORT/introspected/items" -H "Authorization: Bearer $VIEW"
 load 3 "https://127.0.0.1:$TLS_PORT/plain/items"
 load 2 "https://127.0.0.1:$TLS_PORT/protected/items" -H "Authorization: Bearer $VIEW"
 h2load -n 40000 -c 16 -m 8 "http://127.0.0.1:$PORT/plain/items" >/dev/null
