@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use http::Response;
-use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -293,7 +292,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// One request on an API port: timed, counted and logged.
 async fn handle_api(
     state: Arc<State>,
-    req: http::Request<hyper::body::Incoming>,
+    req: http::Request<Body>,
     conn: Connection,
 ) -> Response<Body> {
     let state = &*state;
@@ -342,7 +341,7 @@ async fn authz_endpoint(
     snapshot: &Snapshot,
     authz: &AuthorizationServer,
     conn: Connection,
-    req: http::Request<hyper::body::Incoming>,
+    req: http::Request<Body>,
 ) -> Response<Body> {
     let trusted = snapshot
         .trusted_proxies
@@ -363,12 +362,11 @@ async fn authz_endpoint(
         admin_ok,
     };
     let (parts, body) = req.into_parts();
-    let limited = http_body_util::Limited::new(body, crate::authz_server::MAX_BODY);
-    let Ok(collected) = limited.collect().await else {
+    let Some(collected) = proxy::collect_limited(body, crate::authz_server::MAX_BODY).await else {
         return proxy::Rejection::PayloadTooLarge.into_response();
     };
     let response = authz
-        .handle(http::Request::from_parts(parts, collected.to_bytes()), ctx)
+        .handle(http::Request::from_parts(parts, collected), ctx)
         .await;
     response.map(proxy::full)
 }

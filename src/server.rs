@@ -1,19 +1,19 @@
 //! Listeners: accepts connections on a bound socket (at most
 //! `limits.max_connections` at a time; the next one waits in the backlog),
 //! optionally completes a TLS handshake within `timeouts.header_read`, then
-//! serves HTTP/1.1 and HTTP/2 (ALPN `h2`, or h2c by prior knowledge) with the
-//! configured header limits, stream limits and timeouts, and drains
-//! in-flight requests on shutdown.
+//! serves HTTP/1.1 (the gateway's own codec, `h1`) and HTTP/2 (hyper's; ALPN
+//! `h2`, or h2c by prior knowledge) with the configured header limits,
+//! stream limits and timeouts, and drains in-flight requests on shutdown.
 //!
 //! Timeouts of a connection:
-//! - HTTP/1.1 headers must arrive within `header_read`. hyper runs that timer
-//!   from the moment it waits for a request head, so it also bounds the wait
-//!   for the next request on a keep-alive connection.
+//! - An HTTP/1.1 head that has begun must be complete within `header_read`
+//!   (else 408 and the connection closed).
 //! - A connection with no request in flight is closed (HTTP/2: `GOAWAY`)
 //!   after `header_read` when it has not sent a first request, after `idle`
 //!   once it has. Requests in flight, however slow, are never cut by it.
 
-mod head_scan;
+mod h1;
+mod prefixed;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -29,17 +29,17 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use self::head_scan::{HeadScan, Sightings};
+use self::prefixed::Prefixed;
 use crate::config::snapshot::{Limits, Timeouts};
 use crate::proxy::{Body, BoxError};
 
@@ -50,24 +50,11 @@ pub struct ConnSettings {
     pub timeouts: Timeouts,
 }
 
-fn builder(settings: ConnSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(crate::timer::HyperTimer)
-        .header_read_timeout(settings.timeouts.header_read)
-        .max_headers(settings.limits.max_headers)
-        // hyper answers 431 when the head does not fit the read buffer.
-        .max_buf_size(settings.limits.max_header_bytes.max(8192))
-        // Head and body chunks are copied into one buffer and written with
-        // one plain write: cheaper than a queue of slices for the small
-        // messages an API mostly answers; the buffer is bounded by
-        // `max_buf_size` like the read side.
-        .writev(false)
-        .keep_alive(true);
+/// HTTP/2 (HTTP/1 has its own codec, `h1`).
+fn http2_builder(settings: ConnSettings) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     let header_list = u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX);
     builder
-        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         // Bounds the decoded header block, so CONTINUATION floods end in a
@@ -115,10 +102,10 @@ pub async fn serve<H, F>(
     mut stop: watch::Receiver<bool>,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builder = Arc::new(builder(settings));
+    let http2 = Arc::new(http2_builder(settings));
     let (force, forced) = watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
@@ -143,16 +130,18 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
-            builder: builder.clone(),
+            http2: http2.clone(),
             settings,
             stop: stop.clone(),
             forced: forced.clone(),
+            activity: Arc::new(Activity::new()),
+            peer,
         };
         let transport = transport.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            conn.run(stream, peer, transport, handler).await;
+            conn.run(stream, transport, handler).await;
         });
     }
     drop(listener);
@@ -172,31 +161,30 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// One accepted connection and what it needs to be served.
 struct Conn {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     settings: ConnSettings,
     stop: watch::Receiver<bool>,
     forced: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
 }
 
 impl Conn {
-    async fn run<H, F>(self, stream: TcpStream, peer: SocketAddr, transport: Transport, handler: H)
+    async fn run<H, F>(self, stream: TcpStream, transport: Transport, handler: H)
     where
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
-        let activity = Arc::new(Activity::new());
         match transport {
-            Transport::Plain => {
-                let io = TokioIo::new(HeadScan::new(stream, activity.clone()));
-                self.http(io, activity, peer, handler).await;
-            }
+            Transport::Plain => self.http(stream, handler).await,
             Transport::Tls(acceptor) => {
                 let handshake = acceptor.accept(stream);
+                let peer = self.peer;
                 match tokio::time::timeout(self.settings.timeouts.header_read, handshake).await {
-                    Ok(Ok(tls)) => {
-                        let io = TokioIo::new(HeadScan::new(tls, activity.clone()));
-                        self.http(io, activity, peer, handler).await;
+                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        self.http2(tls, Bytes::new(), handler).await;
                     }
+                    Ok(Ok(tls)) => self.http(tls, handler).await,
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -204,34 +192,81 @@ impl Conn {
         }
     }
 
-    async fn http<I, H, F>(mut self, io: I, activity: Arc<Activity>, peer: SocketAddr, handler: H)
+    /// HTTP/1.1, or HTTP/2 when the connection starts with its preface.
+    async fn http<S, H, F>(mut self, io: S, handler: H)
     where
-        I: Read + Write + Unpin + Send + 'static,
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
-        let requests = activity.clone();
+        let closing = AtomicBool::new(false);
+        let activity = self.activity.clone();
+        let ending = {
+            let exchanges = pin!(h1::serve(
+                io,
+                self.peer,
+                self.settings,
+                &closing,
+                &activity,
+                &handler
+            ));
+            // Asked to end, it does after the exchange in progress.
+            let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
+            self.supervise(exchanges, graceful).await
+        };
+        if let Some(h1::Ending::Http2 { io, read }) = ending {
+            self.http2(io, read, handler).await;
+        }
+    }
+
+    async fn http2<S, H, F>(mut self, io: S, read: Bytes, handler: H)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let requests = self.activity.clone();
+        let peer = self.peer;
         let service = service_fn(move |req: Request<Incoming>| {
             let guard = InFlight::begin(&requests);
-            let conflict = requests
-                .heads
-                .take_conflict(|| req.headers().contains_key(http::header::TRANSFER_ENCODING));
-            // hyper closes the connection after such a request.
-            let response = (!conflict).then(|| handler(req, peer));
+            let req = req.map(|body| {
+                if body.is_end_stream() {
+                    crate::proxy::empty()
+                } else {
+                    body.map_err(|error| -> BoxError { Box::new(error) })
+                        .boxed()
+                }
+            });
+            let response = handler(req, peer);
             async move {
-                let response = match response {
-                    Some(response) => response.await,
-                    None => crate::proxy::Rejection::BadRequest(
-                        "Content-Length and Transfer-Encoding together",
-                    )
-                    .into_response(),
-                };
+                let response = response.await;
                 let guard = guard.answered();
                 Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
             }
         });
-        let mut conn = pin!(self.builder.serve_connection(io, service));
+        let io = TokioIo::new(Prefixed::new(read, io));
+        let conn = pin!(self.http2.serve_connection(io, service));
+        let graceful = |conn: Pin<&mut _>| {
+            hyper::server::conn::http2::Connection::graceful_shutdown(conn);
+        };
+        if let Some(Err(error)) = self.supervise(conn, graceful).await {
+            tracing::debug!(%error, %peer, "connection ended with an error");
+        }
+    }
+
+    /// Drives `conn` and its watchdog: shutdown (graceful, then forced
+    /// after the drain timeout), the idle deadline, abusive resets.
+    /// `graceful` asks the connection to end after the requests in flight
+    /// (at once if there are none). `None` when the connection was dropped
+    /// before it ended.
+    async fn supervise<C: Future>(
+        &mut self,
+        mut conn: Pin<&mut C>,
+        graceful: impl Fn(Pin<&mut C>),
+    ) -> Option<C::Output> {
         let timeouts = self.settings.timeouts;
+        let peer = self.peer;
+        let activity = self.activity.clone();
         let mut closing = false;
         let watchdog = Watchdog::new();
         loop {
@@ -249,36 +284,31 @@ impl Conn {
             });
             watchdog.rearm();
             let event = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                    return Poll::Ready(Err(result));
+                if let Poll::Ready(output) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Err(output));
                 }
                 watchdog.poll(watch.as_mut(), cx).map(Ok)
             })
             .await;
             match event {
-                Err(result) => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, %peer, "connection ended with an error");
-                    }
-                    return;
-                }
+                Err(output) => return Some(output),
                 Ok(Watch::Stop) => {
-                    conn.as_mut().graceful_shutdown();
+                    graceful(conn.as_mut());
                     closing = true;
                 }
                 Ok(Watch::Rearm) if activity.resets_abusive() => {
                     tracing::debug!(%peer, "connection closed: it resets most of its requests");
-                    return;
+                    return None;
                 }
                 Ok(Watch::Rearm) => {}
                 Ok(Watch::Deadline) => {
                     if activity.deadline(timeouts) <= Instant::now() {
                         tracing::debug!(%peer, "idle connection closed");
-                        conn.as_mut().graceful_shutdown();
+                        graceful(conn.as_mut());
                         closing = true;
                     }
                 }
-                Ok(Watch::Forced) => return,
+                Ok(Watch::Forced) => return None,
             }
         }
     }
@@ -359,8 +389,6 @@ struct Activity {
     first_done: AtomicBool,
     /// Woken when the first request has finished.
     quiet: Notify,
-    /// What was seen in the request heads read.
-    heads: Sightings,
 }
 
 impl Activity {
@@ -373,7 +401,6 @@ impl Activity {
             served: AtomicU64::new(0),
             first_done: AtomicBool::new(false),
             quiet: Notify::new(),
-            heads: Sightings::default(),
         }
     }
 

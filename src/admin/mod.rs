@@ -10,7 +10,6 @@ use std::time::UNIX_EPOCH;
 use base64::Engine;
 use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::gateway::State;
@@ -63,7 +62,7 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &State, req: Request<Body>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (&method, path.as_str()) {
@@ -96,12 +95,7 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn rest(
-    state: &State,
-    method: &Method,
-    path: &str,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn rest(state: &State, method: &Method, path: &str, req: Request<Body>) -> Response<Body> {
     if path == "settings/export" && method == Method::GET {
         // Authenticated against `central.users`, not the admin credentials.
         let snapshot = state.live.snapshot();

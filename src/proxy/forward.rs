@@ -164,8 +164,7 @@ impl<B> LimitedBody<B> {
 
 impl<B> HttpBody for LimitedBody<B>
 where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -186,7 +185,7 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -5,14 +5,14 @@
 
 pub mod forward;
 pub mod forwarded;
-mod http1;
+pub(crate) mod http1;
 pub mod outbound;
 mod pool;
 pub mod reject;
 pub mod serve;
 pub mod transform;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 pub use forward::Upstreams;
@@ -33,4 +33,18 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// An empty body (a zero-sized one: boxing it allocates nothing).
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A whole body, if it has at most `limit` bytes and arrives intact.
+pub async fn collect_limited(mut body: Body, limit: usize) -> Option<Bytes> {
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if collected.len() + data.len() > limit {
+                return None;
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Some(collected.freeze())
 }

@@ -19,6 +19,10 @@ pub enum Rejection {
     NoRoute(RouteProblem),
     #[error("request target longer than the limit")]
     UriTooLong,
+    #[error("request head larger than the limit")]
+    HeadersTooLarge,
+    #[error("request head not received in time")]
+    RequestTimeout,
     #[error("body larger than the limit")]
     PayloadTooLarge,
     #[error("no bearer token")]
@@ -50,6 +54,8 @@ impl Rejection {
             | Rejection::BadRequest(_)
             | Rejection::NoRoute(_)
             | Rejection::UriTooLong
+            | Rejection::HeadersTooLarge
+            | Rejection::RequestTimeout
             | Rejection::PayloadTooLarge
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout => None,
@@ -96,6 +102,18 @@ impl Rejection {
                     StatusCode::URI_TOO_LONG,
                     "uri_too_long",
                     "request target too long".to_owned(),
+                    None,
+                ),
+                Rejection::HeadersTooLarge => (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request_header_fields_too_large",
+                    "request head too large".to_owned(),
+                    None,
+                ),
+                Rejection::RequestTimeout => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request head did not arrive in time".to_owned(),
                     None,
                 ),
                 Rejection::PayloadTooLarge => (
@@ -184,6 +202,8 @@ impl Rejection {
                 | RouteProblem::AboveBasePath { .. },
             )
             | Rejection::UriTooLong
+            | Rejection::HeadersTooLarge
+            | Rejection::RequestTimeout
             | Rejection::PayloadTooLarge
             | Rejection::MissingToken { .. }
             | Rejection::InvalidRequest { .. }

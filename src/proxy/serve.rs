@@ -10,7 +10,6 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::forward::{LimitFlag, LimitedBody, Upstreams};
 use super::reject::Rejection;
@@ -40,7 +39,7 @@ pub async fn serve(
     snap: &Snapshot,
     rt: &Runtime,
     conn: Connection,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> (Response<Body>, Option<Arc<Api>>) {
     let mut api = None;
     let response = match phases(snap, rt, conn, req, &mut api).await {
@@ -63,7 +62,7 @@ async fn phases(
     snap: &Snapshot,
     rt: &Runtime,
     conn: Connection,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     matched_api: &mut Option<Arc<Api>>,
 ) -> Result<Response<Body>, Rejection> {
     check_target(snap, &req)?;
@@ -221,7 +220,7 @@ async fn authenticate<B>(
 
 /// Refuses a declared length over the limit at once; a chunked body is cut
 /// off (and the request answered 413) when it grows past it.
-fn limit_body(snap: &Snapshot, req: Request<Incoming>) -> Result<Request<Body>, Rejection> {
+fn limit_body(snap: &Snapshot, req: Request<Body>) -> Result<Request<Body>, Rejection> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)

@@ -1,5 +1,6 @@
-//! The chunked transfer coding of an upstream's response body (RFC 9112
-//! §7.1), decoded from the connection's read buffer as bytes arrive.
+//! The chunked transfer coding (RFC 9112 §7.1), both ways: bodies read
+//! from a connection's buffer as bytes arrive (an upstream's responses, a
+//! client's requests), and bodies written in chunks.
 //!
 //! Strict where leniency has let messages be framed two ways: every line
 //! ends in CRLF, a chunk's data is followed by exactly CRLF, sizes are hex
@@ -122,6 +123,29 @@ impl Chunked {
     }
 }
 
+/// Appends one chunk of the chunked coding: size line, data, CRLF.
+pub fn encode(data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk and an empty trailer section.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// `n` in decimal, written into `digits`.
+pub fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[i..];
+        }
+    }
+}
+
 /// The next CRLF-terminated line (without its CRLF), if `buf` holds one
 /// within `max` bytes.
 fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ChunkError> {
@@ -203,6 +227,16 @@ mod tests {
                     None => return Err(ChunkError::Size),
                 },
             }
+        }
+    }
+
+    #[test]
+    fn chunks_and_numbers_are_encoded() {
+        let mut out = Vec::new();
+        encode(&[b'a'; 26], &mut out);
+        assert_eq!(out, [&b"1a\r\n"[..], &[b'a'; 26], b"\r\n"].concat());
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
         }
     }
 

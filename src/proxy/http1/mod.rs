@@ -13,7 +13,7 @@
 //! rest no more; that connection then ends with the response.
 
 mod body;
-mod chunked;
+pub(crate) mod chunked;
 mod request;
 mod response;
 mod stream;
@@ -227,7 +227,7 @@ impl Connection {
                                 self.out.extend_from_slice(&data);
                             }
                             None if data.is_empty() => {}
-                            None => request::chunk(&data, &mut self.out),
+                            None => chunked::encode(&data, &mut self.out),
                         }
                     }
                     Poll::Ready(Some(Err(error))) => {
@@ -237,7 +237,7 @@ impl Connection {
                         match declared {
                             Some(0) => {}
                             Some(_) => return Poll::Ready(Err(Error::RequestBodyLength)),
-                            None => self.out.extend_from_slice(request::LAST_CHUNK),
+                            None => self.out.extend_from_slice(chunked::LAST_CHUNK),
                         }
                         ended = true;
                         break;

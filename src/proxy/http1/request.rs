@@ -8,6 +8,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http_body::Body as HttpBody;
 
+use super::chunked::itoa;
 use crate::proxy::Body;
 
 /// How the request body is delimited on the wire.
@@ -62,29 +63,6 @@ pub fn encode(parts: &Parts, body: &Body, out: &mut Vec<u8>) -> BodyFraming {
     }
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// Appends one chunk of the chunked coding: size line, data, CRLF.
-pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The last chunk and an empty trailer section.
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// `n` in decimal, written into `digits`.
-fn itoa(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[i..];
-        }
-    }
 }
 
 #[cfg(test)]
@@ -149,15 +127,5 @@ mod tests {
                 BodyFraming::Chunked
             )
         );
-    }
-
-    #[test]
-    fn chunks_and_numbers_are_encoded() {
-        let mut out = Vec::new();
-        chunk(&[b'a'; 26], &mut out);
-        assert_eq!(out, [&b"1a\r\n"[..], &[b'a'; 26], b"\r\n"].concat());
-        for n in [0, 7, 10, 12345, u64::MAX] {
-            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
     }
 }

@@ -1,0 +1,284 @@
+//! A response head as the client receives it, and how its body follows.
+//!
+//! The framing and connection fields are the encoder's alone: whatever
+//! `Content-Length`, `Transfer-Encoding` or `Connection` the handler's
+//! response carries is replaced by what the body and the connection are.
+
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{Method, StatusCode};
+use http_body::SizeHint;
+
+use crate::proxy::http1::chunked::itoa;
+
+/// How the response body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BodyFraming {
+    /// No body bytes are written (HEAD, 1xx, 204, 304, or an empty body).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, length unknown).
+    UntilClose,
+}
+
+/// What the request said about the response.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub method: &'a Method,
+    /// The client spoke HTTP/1.1 (and can read the chunked coding).
+    pub http11: bool,
+    /// Another request may follow on the connection.
+    pub keep_alive: bool,
+}
+
+/// Appends the head of `parts` to `out`; says how the body follows, and
+/// whether the connection stays open after it.
+pub fn head(
+    parts: &Parts,
+    size: &SizeHint,
+    exchange: Exchange<'_>,
+    out: &mut Vec<u8>,
+) -> (BodyFraming, bool) {
+    let status = parts.status;
+    let bodiless_status = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let head_only = bodiless_status || exchange.method == Method::HEAD;
+    let mut keep_alive = exchange.keep_alive;
+    let framing = if head_only {
+        BodyFraming::None
+    } else {
+        match size.exact() {
+            Some(0) => BodyFraming::None,
+            Some(n) => BodyFraming::Length(n),
+            None if exchange.http11 => BodyFraming::Chunked,
+            None => {
+                keep_alive = false;
+                BodyFraming::UntilClose
+            }
+        }
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut had_length = false;
+    let mut had_date = false;
+    for (name, value) in &parts.headers {
+        if *name == CONTENT_LENGTH {
+            had_length = true;
+            // HEAD and 304 tell the length of what a GET would have got.
+            if !head_only || status == StatusCode::NO_CONTENT || status.is_informational() {
+                continue;
+            }
+        } else if *name == TRANSFER_ENCODING || *name == CONNECTION {
+            continue;
+        }
+        had_date |= *name == DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::Length(n) => length(n, out),
+        BodyFraming::None if !head_only => length(0, out),
+        // A HEAD answered by the gateway itself: the length its GET body
+        // has. (A forwarded HEAD has an empty body: its length is unknown.)
+        BodyFraming::None if exchange.method == Method::HEAD && !had_length => {
+            if let Some(n) = size.exact().filter(|n| *n > 0) {
+                length(n, out);
+            }
+        }
+        BodyFraming::None | BodyFraming::UntilClose => {}
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if !had_date {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if !exchange.http11 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, keep_alive)
+}
+
+fn length(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa(n, &mut [0; 20]));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The current time as an IMF-fixdate (RFC 9110 §5.6.7), formatted once
+/// per second and thread.
+fn http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != second {
+            let rounded = UNIX_EPOCH + Duration::from_secs(second);
+            *last = (second, httpdate::fmt_http_date(rounded));
+        }
+        out.extend_from_slice(last.1.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Response;
+
+    use super::*;
+
+    fn encoded(
+        response: Response<()>,
+        size: SizeHint,
+        method: Method,
+        http11: bool,
+        keep_alive: bool,
+    ) -> (String, BodyFraming, bool) {
+        let (parts, ()) = response.into_parts();
+        let mut out = Vec::new();
+        let exchange = Exchange {
+            method: &method,
+            http11,
+            keep_alive,
+        };
+        let (framing, keep) = head(&parts, &size, exchange, &mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        // The date changes; everything else is checked exactly.
+        let text = text
+            .lines()
+            .filter(|line| !line.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (text, framing, keep)
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> Response<()> {
+        let mut builder = Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("response")
+    }
+
+    #[test]
+    fn framing_fields_say_what_the_body_is() {
+        let lying = response(
+            200,
+            &[
+                ("content-type", "text/plain"),
+                ("content-length", "99"),
+                ("transfer-encoding", "chunked"),
+                ("connection", "upgrade"),
+            ],
+        );
+        assert_eq!(
+            encoded(lying, SizeHint::with_exact(5), Method::GET, true, true),
+            (
+                "HTTP/1.1 200 OK\ncontent-type: text/plain\ncontent-length: 5\n".into(),
+                BodyFraming::Length(5),
+                true
+            )
+        );
+        let streamed = response(201, &[]);
+        assert_eq!(
+            encoded(streamed, SizeHint::default(), Method::POST, true, false),
+            (
+                "HTTP/1.1 201 Created\ntransfer-encoding: chunked\nconnection: close\n".into(),
+                BodyFraming::Chunked,
+                false
+            )
+        );
+        let old_client = response(200, &[]);
+        assert_eq!(
+            encoded(old_client, SizeHint::default(), Method::GET, false, true),
+            (
+                "HTTP/1.1 200 OK\nconnection: close\n".into(),
+                BodyFraming::UntilClose,
+                false
+            )
+        );
+        let kept = response(404, &[]);
+        assert_eq!(
+            encoded(kept, SizeHint::with_exact(0), Method::GET, false, true),
+            (
+                "HTTP/1.1 404 Not Found\ncontent-length: 0\nconnection: keep-alive\n".into(),
+                BodyFraming::None,
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn bodiless_answers_keep_the_length_they_describe() {
+        let head = response(200, &[("content-length", "42")]);
+        assert_eq!(
+            encoded(head, SizeHint::with_exact(0), Method::HEAD, true, true).0,
+            "HTTP/1.1 200 OK\ncontent-length: 42\n"
+        );
+        let own = response(401, &[]);
+        assert_eq!(
+            encoded(own, SizeHint::with_exact(17), Method::HEAD, true, true).0,
+            "HTTP/1.1 401 Unauthorized\ncontent-length: 17\n"
+        );
+        let not_modified = response(304, &[("content-length", "42"), ("etag", "\"a\"")]);
+        assert_eq!(
+            encoded(
+                not_modified,
+                SizeHint::with_exact(0),
+                Method::GET,
+                true,
+                true
+            )
+            .0,
+            "HTTP/1.1 304 Not Modified\ncontent-length: 42\netag: \"a\"\n"
+        );
+        let no_content = response(204, &[("content-length", "0")]);
+        assert_eq!(
+            encoded(no_content, SizeHint::default(), Method::DELETE, true, true),
+            ("HTTP/1.1 204 No Content\n".into(), BodyFraming::None, true)
+        );
+    }
+
+    #[test]
+    fn a_date_is_added_unless_the_response_has_one() {
+        let (parts, ()) = response(200, &[]).into_parts();
+        let exchange = Exchange {
+            method: &Method::GET,
+            http11: true,
+            keep_alive: true,
+        };
+        let mut out = Vec::new();
+        head(&parts, &SizeHint::with_exact(0), exchange, &mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        let date = text
+            .lines()
+            .find_map(|line| line.strip_prefix("date: "))
+            .expect("a date");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+        let (parts, ()) = response(200, &[("date", "Tue, 01 Jan 2030 00:00:00 GMT")]).into_parts();
+        let mut out = Vec::new();
+        head(&parts, &SizeHint::with_exact(0), exchange, &mut out);
+        assert_eq!(
+            String::from_utf8(out)
+                .expect("ascii")
+                .matches("date: ")
+                .count(),
+            1
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! A client's request head, parsed from the front of the connection's read
+//! buffer: the request the handler gets, and how its body is framed
+//! (RFC 9112 §6).
+//!
+//! Whatever could let two parsers frame a request differently is refused
+//! before anything is dispatched (400, and the connection closed):
+//! `Content-Length` together with `Transfer-Encoding`, lengths that differ
+//! or are not plain digits, a transfer coding whose last coding is not
+//! `chunked`, `chunked` applied twice, `Transfer-Encoding` in HTTP/1.0.
+//! Header values share the head's bytes; only the field names are copied.
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING,
+};
+use http::{HeaderMap, Method, Request, Uri, Version};
+
+use crate::config::snapshot::Limits;
+
+/// Header fields parsed at most, whatever `limits.max_headers` says: the
+/// parser's slots live on the stack.
+const HEADER_SLOTS: usize = 256;
+
+/// The connection preface of HTTP/2 (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A complete request head.
+#[derive(Debug)]
+pub struct Head {
+    pub request: Request<()>,
+    pub framing: Framing,
+    /// The client lets the connection carry another request.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` with a body to come.
+    pub expect_continue: bool,
+}
+
+/// Why a head is refused; the connection is answered and closed.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request head larger than the limit")]
+    HeadTooLarge,
+    #[error("request target longer than the limit")]
+    UriTooLong,
+}
+
+/// What the front of the buffer holds.
+// Moved once per request, straight to its use: boxing the head would
+// cost an allocation per request instead.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Parsed {
+    Head(Head),
+    /// Not a whole head yet: read more.
+    Partial,
+    /// The HTTP/2 connection preface.
+    Http2,
+}
+
+/// Parses the head at the front of `buf`, consuming it when complete.
+pub fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Parsed, Refusal> {
+    if first && buf.starts_with(&H2_PREFACE[..buf.len().min(H2_PREFACE.len())]) {
+        return Ok(if buf.len() >= H2_PREFACE.len() {
+            Parsed::Http2
+        } else {
+            Parsed::Partial
+        });
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
+    let slots = &mut slots[..limits.max_headers.clamp(1, HEADER_SLOTS)];
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        buf,
+        slots,
+    );
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() <= limits.max_header_bytes => {
+            return Ok(Parsed::Partial)
+        }
+        Ok(httparse::Status::Partial) if memchr::memchr(b'\n', buf).is_none() => {
+            return Err(Refusal::UriTooLong)
+        }
+        Ok(httparse::Status::Partial) => return Err(Refusal::HeadTooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeadTooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(Refusal::BadRequest("unsupported HTTP version"))
+        }
+        Err(_) => return Err(Refusal::BadRequest("malformed request head")),
+    };
+    if len > limits.max_header_bytes {
+        return Err(Refusal::HeadTooLarge);
+    }
+    let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
+    else {
+        return Err(Refusal::BadRequest("malformed request head"));
+    };
+    if target.len() > limits.max_uri {
+        return Err(Refusal::UriTooLong);
+    }
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| Refusal::BadRequest("malformed method"))?;
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // Offsets into the buffer: the values are sliced from the frozen head.
+    let base = buf.as_ptr() as usize;
+    let target_at = target.as_ptr() as usize - base;
+    let target_range = target_at..target_at + target.len();
+    let mut fields = Fields::new(request.headers.len());
+    for header in request.headers.iter() {
+        fields.add(header, base, version)?;
+    }
+    let framing = fields.framing()?;
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target_range))
+        .map_err(|_| Refusal::BadRequest("malformed request target"))?;
+    let mut headers = HeaderMap::with_capacity(fields.entries.len());
+    for (name, start, end) in fields.entries {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| Refusal::BadRequest("malformed header value"))?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let keep_alive = match version {
+        Version::HTTP_11 => !fields.close,
+        _ => fields.keep_alive && !fields.close,
+    };
+    Ok(Parsed::Head(Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue: fields.expect_continue
+            && version == Version::HTTP_11
+            && framing != Framing::None,
+    }))
+}
+
+/// The fields of a head, and what its framing fields said.
+struct Fields {
+    /// Name, and the value's offsets in the head.
+    entries: Vec<(HeaderName, usize, usize)>,
+    length: Option<u64>,
+    /// `chunked` codings seen, and whether the last coding was `chunked`.
+    chunked: u32,
+    chunked_last: bool,
+    coded: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Fields {
+    fn new(count: usize) -> Fields {
+        Fields {
+            entries: Vec::with_capacity(count),
+            length: None,
+            chunked: 0,
+            chunked_last: false,
+            coded: false,
+            close: false,
+            keep_alive: false,
+            expect_continue: false,
+        }
+    }
+
+    fn add(
+        &mut self,
+        header: &httparse::Header<'_>,
+        base: usize,
+        version: Version,
+    ) -> Result<(), Refusal> {
+        let name = HeaderName::from_bytes(header.name.as_bytes())
+            .map_err(|_| Refusal::BadRequest("malformed header name"))?;
+        let value = header.value;
+        if name == CONTENT_LENGTH {
+            let length = digits(value).ok_or(Refusal::BadRequest("invalid Content-Length"))?;
+            if self.length.is_some_and(|seen| seen != length) {
+                return Err(Refusal::BadRequest("conflicting Content-Length headers"));
+            }
+            self.length = Some(length);
+        } else if name == TRANSFER_ENCODING {
+            if version != Version::HTTP_11 {
+                return Err(Refusal::BadRequest("Transfer-Encoding in HTTP/1.0"));
+            }
+            for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if coding.is_empty() {
+                    continue;
+                }
+                self.coded = true;
+                self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                self.chunked += u32::from(self.chunked_last);
+            }
+        } else if name == CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == EXPECT {
+            self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        let start = value.as_ptr() as usize - base;
+        self.entries.push((name, start, start + value.len()));
+        Ok(())
+    }
+
+    /// RFC 9112 §6.3, for requests.
+    fn framing(&self) -> Result<Framing, Refusal> {
+        match (self.coded, self.length) {
+            (true, Some(_)) => Err(Refusal::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            )),
+            (true, None) if self.chunked == 1 && self.chunked_last => Ok(Framing::Chunked),
+            (true, None) => Err(Refusal::BadRequest("unsupported transfer coding")),
+            (false, Some(0) | None) => Ok(Framing::None),
+            (false, Some(n)) => Ok(Framing::Length(n)),
+        }
+    }
+}
+
+/// A `Content-Length` value: decimal digits only, no sign, no list.
+fn digits(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_header_bytes: 1024,
+            max_headers: 8,
+            max_uri: 64,
+            max_body: 1 << 20,
+            max_connections: 10,
+        }
+    }
+
+    fn parse_all(text: &str) -> Result<Parsed, Refusal> {
+        parse(&mut BytesMut::from(text), &limits(), false)
+    }
+
+    fn head(text: &str) -> Head {
+        match parse_all(text) {
+            Ok(Parsed::Head(head)) => head,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_head_becomes_a_request_and_leaves_what_follows() {
+        let mut buf = BytesMut::from(
+            "GET /a/b?c=1 HTTP/1.1\r\nHost: gw\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next",
+        );
+        let Ok(Parsed::Head(head)) = parse(&mut buf, &limits(), true) else {
+            panic!("no head");
+        };
+        let request = head.request;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().path(), "/a/b");
+        assert_eq!(request.uri().query(), Some("c=1"));
+        assert_eq!(request.version(), Version::HTTP_11);
+        assert_eq!(request.headers()["host"], "gw");
+        assert_eq!(request.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(head.framing, Framing::None);
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"GET /next");
+    }
+
+    #[test]
+    fn framing_and_persistence_follow_rfc_9112() {
+        let post = head("POST / HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!(post.framing, Framing::Length(12));
+        let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n");
+        assert_eq!(chunked.framing, Framing::Chunked);
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").framing,
+            Framing::None
+        );
+        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(
+            head("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+        assert!(!head("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for text in [
+            "POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            "GET /\0 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_all(text), Err(Refusal::BadRequest(_))),
+                "{text:?}: {:?}",
+                parse_all(text)
+            );
+        }
+        assert!(matches!(
+            parse_all("GET / HTTP/2.0\r\n\r\n"),
+            Err(Refusal::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn heads_are_bounded() {
+        let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            parse_all(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
+            Refusal::HeadTooLarge
+        );
+        let big = "v".repeat(1100);
+        assert_eq!(
+            parse_all(&format!("GET / HTTP/1.1\r\nX: {big}\r\n\r\n")).unwrap_err(),
+            Refusal::HeadTooLarge
+        );
+        assert_eq!(
+            parse_all(&format!("GET / HTTP/1.1\r\nX: {big}")).unwrap_err(),
+            Refusal::HeadTooLarge
+        );
+        let long = "a".repeat(1100);
+        assert_eq!(
+            parse_all(&format!("GET /{long}")).unwrap_err(),
+            Refusal::UriTooLong
+        );
+        assert_eq!(
+            parse_all(&format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(70))).unwrap_err(),
+            Refusal::UriTooLong
+        );
+        assert!(matches!(
+            parse_all("GET / HTTP/1.1\r\nX: "),
+            Ok(Parsed::Partial)
+        ));
+    }
+
+    #[test]
+    fn the_http2_preface_is_recognised_only_first() {
+        let mut buf = BytesMut::from(&H2_PREFACE[..10]);
+        assert!(matches!(
+            parse(&mut buf, &limits(), true),
+            Ok(Parsed::Partial)
+        ));
+        let mut buf = BytesMut::from(H2_PREFACE);
+        assert!(matches!(
+            parse(&mut buf, &limits(), true),
+            Ok(Parsed::Http2)
+        ));
+        let mut buf = BytesMut::from(H2_PREFACE);
+        assert!(parse(&mut buf, &limits(), false).is_err());
+    }
+}

@@ -1,0 +1,466 @@
+//! HTTP/1.1 connections of the gateway's ports, served by its own codec:
+//! heads parsed by `httparse` straight into the request the handler gets,
+//! responses encoded into one buffer with their body and written with one
+//! system call where they fit.
+//!
+//! One exchange at a time, in order: read a head (`head`), hand the
+//! request to the handler, its body read from the connection as the
+//! handler takes it, then write the response (`encode`) as its body
+//! comes. A connection carries another request only after an exchange
+//! whose request body was read to its end; pipelined heads wait in the
+//! read buffer meanwhile. A head that starts but does not end within
+//! `timeouts.header_read` is answered 408; waiting for a first byte is
+//! bounded by the connection's watchdog (`server::Conn::supervise`).
+
+mod encode;
+mod head;
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use self::encode::{BodyFraming, Exchange};
+use self::head::{Framing, Head, Parsed, Refusal};
+use super::{Activity, ConnSettings, InFlight};
+use crate::proxy::http1::chunked::{self, Chunked, Decoded};
+use crate::proxy::{Body, BoxError, Rejection};
+use crate::timer::Deadline;
+
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 16 * 1024;
+/// Response body bytes encoded before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a closing connection reads what the client still sends, so
+/// that the kernel does not answer it with a reset that could destroy the
+/// last response before the client has read it.
+const LINGER: Duration = Duration::from_secs(1);
+/// Bytes read and dropped at most while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// How a connection ended.
+pub enum Ending<S> {
+    Closed,
+    /// It began with the HTTP/2 preface: the bytes read so far, and the
+    /// stream, go to the HTTP/2 server.
+    Http2 {
+        io: S,
+        read: Bytes,
+    },
+}
+
+/// The connection: the stream and its buffers, shared by the exchange
+/// and the request body that reads from it.
+struct Wire<S> {
+    io: S,
+    /// Read, not yet used.
+    buf: BytesMut,
+    /// Encoded, not yet written.
+    out: Vec<u8>,
+    body: BodyState,
+    /// `100 Continue` is sent when the body is first asked for.
+    continue_due: bool,
+}
+
+/// Where the current request body is.
+enum BodyState {
+    Length(u64),
+    Chunked(Chunked),
+    Done,
+    /// Broken or cut off: the connection cannot be read again.
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the client closed the connection before the request body ended")]
+    Truncated,
+    #[error("request body: {0}")]
+    Chunk(#[from] chunked::ChunkError),
+    #[error("request body: {0}")]
+    Io(#[from] io::Error),
+    #[error("the request body failed before")]
+    Failed,
+}
+
+fn lock<S>(wire: &Mutex<Wire<S>>) -> MutexGuard<'_, Wire<S>> {
+    wire.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// Reads what the client has sent into the buffer: the bytes read, 0
+    /// at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Writes (and flushes) everything encoded.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.drain(..n);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// The next piece of the request body.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if std::mem::take(&mut self.continue_due) {
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        if let Err(error) = ready!(self.poll_write_out(cx)) {
+            return self.fail(error.into());
+        }
+        loop {
+            match &mut self.body {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Failed => return Poll::Ready(Some(Err(BodyError::Failed.into()))),
+                BodyState::Length(remaining) if !self.buf.is_empty() => {
+                    let take = usize::try_from(*remaining)
+                        .map_or(self.buf.len(), |r| r.min(self.buf.len()));
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        self.body = BodyState::Done;
+                    }
+                    let data = self.buf.split_to(take).freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(decoder) if !self.buf.is_empty() => {
+                    match decoder.decode(&mut self.buf) {
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(Decoded::End) => {
+                            self.body = BodyState::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(Decoded::NeedMore) => {}
+                        Err(error) => return self.fail(error.into()),
+                    }
+                }
+                BodyState::Length(_) | BodyState::Chunked(_) => {}
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => return self.fail(BodyError::Truncated),
+                Ok(_) => {}
+                Err(error) => return self.fail(error.into()),
+            }
+        }
+    }
+
+    fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.body = BodyState::Failed;
+        Poll::Ready(Some(Err(error.into())))
+    }
+}
+
+/// A request body, read from the connection as the handler takes it.
+struct RequestBody<S> {
+    wire: Arc<Mutex<Wire<S>>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> HttpBody for RequestBody<S> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        lock(&self.wire).poll_body(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(lock(&self.wire).body, BodyState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match lock(&self.wire).body {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Chunked(_) | BodyState::Failed => SizeHint::default(),
+        }
+    }
+}
+
+/// What waiting for a head gave.
+enum HeadRead {
+    Head(Head),
+    Http2,
+    Refused(Rejection),
+    /// The client closed, or the connection is closing while idle.
+    Closed,
+}
+
+/// Serves the exchanges of one connection until it closes, or hands it
+/// over to HTTP/2. `closing` asks it to end after the exchange in
+/// progress (at once when it waits for a head that has not begun).
+pub async fn serve<S, H, F>(
+    io: S,
+    peer: SocketAddr,
+    settings: ConnSettings,
+    closing: &AtomicBool,
+    activity: &Arc<Activity>,
+    handler: &H,
+) -> Ending<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Body>, SocketAddr) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let wire = Arc::new(Mutex::new(Wire {
+        io,
+        buf: BytesMut::new(),
+        out: Vec::new(),
+        body: BodyState::Done,
+        continue_due: false,
+    }));
+    let mut first = true;
+    let linger = loop {
+        let head = match read_head(&wire, settings, closing, first).await {
+            HeadRead::Head(head) => head,
+            HeadRead::Closed => break false,
+            HeadRead::Http2 => return into_http2(wire),
+            HeadRead::Refused(rejection) => {
+                tracing::debug!(%peer, cause = %rejection, "request head refused");
+                let exchange = Exchange {
+                    method: &Method::GET,
+                    http11: true,
+                    keep_alive: false,
+                };
+                let _ = respond(&wire, rejection.into_response(), exchange).await;
+                break true;
+            }
+        };
+        first = false;
+        let Head {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let method = request.method().clone();
+        let http11 = request.version() == Version::HTTP_11;
+        let body = match framing {
+            Framing::None => crate::proxy::empty(),
+            Framing::Length(n) => read_body(&wire, BodyState::Length(n), expect_continue),
+            Framing::Chunked => {
+                read_body(&wire, BodyState::Chunked(Chunked::new()), expect_continue)
+            }
+        };
+        let guard = InFlight::begin(activity);
+        let response = handler(request.map(|()| body), peer).await;
+        let guard = guard.answered();
+        // The rest of a request body the handler did not read would be
+        // taken for the next head: the connection ends instead.
+        let read_all = {
+            let mut wire = lock(&wire);
+            // Too late to ask for the body: the answer is given.
+            wire.continue_due = false;
+            matches!(wire.body, BodyState::Done)
+        };
+        let exchange = Exchange {
+            method: &method,
+            http11,
+            keep_alive: keep_alive && read_all && !closing.load(Ordering::Acquire),
+        };
+        let kept = respond(&wire, response, exchange).await;
+        drop(guard);
+        if !kept {
+            break !read_all || !lock(&wire).buf.is_empty();
+        }
+    };
+    close(&wire, linger).await;
+    Ending::Closed
+}
+
+fn read_body<S>(wire: &Arc<Mutex<Wire<S>>>, state: BodyState, expect_continue: bool) -> Body
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    {
+        let mut guard = lock(wire);
+        guard.body = state;
+        guard.continue_due = expect_continue;
+    }
+    RequestBody { wire: wire.clone() }.boxed()
+}
+
+/// Waits for the next head. One that has begun must be complete within
+/// `timeouts.header_read`.
+async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
+    wire: &Mutex<Wire<S>>,
+    settings: ConnSettings,
+    closing: &AtomicBool,
+    first: bool,
+) -> HeadRead {
+    let mut deadline: Option<Deadline> = None;
+    poll_fn(|cx| {
+        let mut wire = lock(wire);
+        loop {
+            if !wire.buf.is_empty() {
+                match head::parse(&mut wire.buf, &settings.limits, first) {
+                    Ok(Parsed::Head(head)) => return Poll::Ready(HeadRead::Head(head)),
+                    Ok(Parsed::Http2) => return Poll::Ready(HeadRead::Http2),
+                    Ok(Parsed::Partial) => {}
+                    Err(refusal) => return Poll::Ready(HeadRead::Refused(rejection(refusal))),
+                }
+            } else if closing.load(Ordering::Acquire) {
+                return Poll::Ready(HeadRead::Closed);
+            }
+            match wire.poll_fill(cx) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(HeadRead::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        if wire.buf.is_empty() {
+            return Poll::Pending;
+        }
+        let timeout = settings.timeouts.header_read;
+        let deadline = deadline.get_or_insert_with(|| Deadline::after(timeout));
+        match Pin::new(deadline).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(HeadRead::Refused(Rejection::RequestTimeout)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+fn rejection(refusal: Refusal) -> Rejection {
+    match refusal {
+        Refusal::BadRequest(why) => Rejection::BadRequest(why),
+        Refusal::HeadTooLarge => Rejection::HeadersTooLarge,
+        Refusal::UriTooLong => Rejection::UriTooLong,
+    }
+}
+
+/// Writes the response, its body as it comes; whether the connection can
+/// carry another exchange.
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    wire: &Mutex<Wire<S>>,
+    response: Response<Body>,
+    exchange: Exchange<'_>,
+) -> bool {
+    let (parts, mut body) = response.into_parts();
+    let (framing, keep_alive) = {
+        let mut wire = lock(wire);
+        encode::head(&parts, &body.size_hint(), exchange, &mut wire.out)
+    };
+    drop(parts);
+    let mut declared = match framing {
+        BodyFraming::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut ended = framing == BodyFraming::None;
+    let written = poll_fn(|cx| loop {
+        let mut waiting = false;
+        while !ended && lock(wire).out.len() < WRITE_BATCH {
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        // Trailers are not sent on: RFC 9110 §6.5.1.
+                        continue;
+                    };
+                    let mut wire = lock(wire);
+                    match (framing, declared.as_mut()) {
+                        (BodyFraming::Length(_), Some(left)) => {
+                            let Some(rest) = left.checked_sub(data.len() as u64) else {
+                                return Poll::Ready(Err(()));
+                            };
+                            *left = rest;
+                            wire.out.extend_from_slice(&data);
+                        }
+                        (BodyFraming::Chunked, _) if !data.is_empty() => {
+                            chunked::encode(&data, &mut wire.out);
+                        }
+                        (BodyFraming::UntilClose, _) => wire.out.extend_from_slice(&data),
+                        _ => {}
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "response body failed; connection cut");
+                    return Poll::Ready(Err(()));
+                }
+                Poll::Ready(None) => {
+                    match (framing, declared) {
+                        (BodyFraming::Chunked, _) => {
+                            lock(wire).out.extend_from_slice(chunked::LAST_CHUNK);
+                        }
+                        (BodyFraming::Length(_), Some(left)) if left > 0 => {
+                            return Poll::Ready(Err(()));
+                        }
+                        _ => {}
+                    }
+                    ended = true;
+                }
+                Poll::Pending => {
+                    waiting = true;
+                    break;
+                }
+            }
+        }
+        if ready!(lock(wire).poll_write_out(cx)).is_err() {
+            return Poll::Ready(Err(()));
+        }
+        if ended {
+            return Poll::Ready(Ok(()));
+        }
+        if waiting {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    written.is_ok() && keep_alive
+}
+
+/// Ends the connection: what is encoded is written, then the write side
+/// shut down; with `linger`, what the client still sends is read and
+/// dropped for a short while.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(wire: &Mutex<Wire<S>>, linger: bool) {
+    let shutdown = poll_fn(|cx| {
+        let mut wire = lock(wire);
+        ready!(wire.poll_write_out(cx))?;
+        Pin::new(&mut wire.io).poll_shutdown(cx)
+    });
+    if tokio::time::timeout(LINGER, shutdown).await.is_err() || !linger {
+        return;
+    }
+    let mut dropped = 0;
+    let drain = poll_fn(|cx| loop {
+        let mut wire = lock(wire);
+        wire.buf.clear();
+        match ready!(wire.poll_fill(cx)) {
+            Ok(n) if n > 0 && dropped < LINGER_BYTES => dropped += n,
+            _ => return Poll::Ready(()),
+        }
+    });
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+fn into_http2<S>(wire: Arc<Mutex<Wire<S>>>) -> Ending<S> {
+    match Arc::try_unwrap(wire) {
+        Ok(wire) => {
+            let wire = wire.into_inner().unwrap_or_else(PoisonError::into_inner);
+            Ending::Http2 {
+                io: wire.io,
+                read: wire.buf.freeze(),
+            }
+        }
+        Err(_) => Ending::Closed,
+    }
+}
