@@ -721,3 +721,124 @@ async fn metrics_count_status_classes_and_upstream_time_per_api() {
     assert!(value(r#"microgateway_upstream_duration_seconds_sum{api="Metered"}"#) > 0.0);
     gw.shutdown().await;
 }
+
+/// The statuses of the responses in `raw`, in order.
+fn statuses(raw: &str) -> Vec<u16> {
+    raw.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| raw[at + 9..].get(..3)?.parse().ok())
+        .collect()
+}
+
+/// Requests sent in one write are answered in order; a smuggling head
+/// among them is refused like a first one, and nothing behind it is read.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_a_pipelined_smuggler_is_refused() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    let pipeline = "GET /travels/files/one HTTP/1.1\r\nHost: gw\r\n\r\n\
+        POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\nabc\
+        GET /travels/files/two HTTP/1.1\r\nHost: gw\r\n\r\n\
+        POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+        GET /travels/files/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let raw = raw_request(gw.http, pipeline.as_bytes()).await;
+    assert_eq!(statuses(&raw), [200, 200, 200, 400], "{raw}");
+    let uris: Vec<String> = upstream
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.uri.clone())
+        .collect();
+    assert_eq!(uris, ["/api/files/one", "/api/bookings", "/api/files/two"]);
+    assert_eq!(upstream.last().body.as_ref(), b"", "the GET has no body");
+    let posted = upstream.received.lock().unwrap()[1].body.clone();
+    assert_eq!(posted.as_ref(), b"abc");
+    gw.shutdown().await;
+}
+
+/// `Expect: 100-continue`: the client is asked for the body only when the
+/// gateway reads it; a request refused before that gets its answer alone.
+#[tokio::test]
+async fn expect_100_continue_is_answered_when_the_body_is_wanted() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    stream
+        .write_all(b"POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .expect("an interim answer")
+        .unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n\r\n"),
+        "{interim}"
+    );
+    stream.write_all(b"hello").await.unwrap();
+    let (bytes, _) = read_until_closed(&mut stream, Duration::from_millis(1500)).await;
+    let raw = interim + &String::from_utf8_lossy(&bytes);
+    assert_eq!(statuses(&raw), [100, 200], "{raw}");
+    assert_eq!(upstream.last().body.as_ref(), b"hello");
+    // Refused by its route before the body is wanted: no 100.
+    let raw = raw_request(
+        gw.http,
+        b"POST /travels/files/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&raw), [405], "{raw}");
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+/// HTTP/1.0 clients: closed after the answer unless they ask to keep the
+/// connection, and then told it is kept.
+#[tokio::test]
+async fn http_1_0_clients_get_their_connection_semantics() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    let raw = raw_request(
+        gw.http,
+        b"GET /travels/bookings HTTP/1.0\r\nHost: gw\r\n\r\n",
+    )
+    .await;
+    assert_eq!(statuses(&raw), [200], "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close"),
+        "{raw}"
+    );
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    let request = b"GET /travels/bookings HTTP/1.0\r\nHost: gw\r\nConnection: keep-alive\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(first.contains("connection: keep-alive"), "{first}");
+    assert!(first.contains("content-length: 11"), "{first}");
+    stream.write_all(request).await.unwrap();
+    let n = stream.read(&mut buf).await.unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+    assert_eq!(upstream.hits(), 3);
+    gw.shutdown().await;
+}
+
+/// A head that has begun but does not end within `header_read` is
+/// answered 408, its connection closed; nothing reaches the upstream.
+#[tokio::test]
+async fn an_unfinished_head_is_answered_408() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    let mut stream = kept_alive(&gw).await;
+    stream
+        .write_all(b"GET /travels/bookings HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let (bytes, closed) = read_until_closed(&mut stream, Duration::from_secs(4)).await;
+    let raw = String::from_utf8_lossy(&bytes);
+    assert_eq!(statuses(&raw), [408], "{raw}");
+    assert!(closed.is_some(), "the connection stays open");
+    assert_eq!(upstream.hits(), 1, "only the first request went upstream");
+    gw.shutdown().await;
+}
