@@ -101,6 +101,15 @@ fn tail_takes_several_segments() {
             api: "Files".into()
         })
     );
+    // Paths of any depth: 15, 16, 17 and 40 segments after `docs`.
+    for depth in [15, 16, 17, 40] {
+        let path = format!("/f/docs{}", "/s".repeat(depth));
+        assert_eq!(matched(&snap, Method::GET, &path), "GET /docs/{rest*}");
+    }
+    let deep_literal = format!("/f/a/b{}", "/x".repeat(20));
+    assert!(decide(&snap, &Method::GET, &deep_literal, None, None)
+        .route
+        .is_none());
 }
 
 #[test]

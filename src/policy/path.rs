@@ -53,7 +53,7 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathProblem> {
     let plain = raw.bytes().fold(true, |ok, b| {
         ok & (b > 0x1f) & (b < 0x7f) & (b != b';') & (b != b'\\') & (b != b'%')
     });
-    if plain && raw.starts_with('/') && !raw.contains("/.") {
+    if plain && raw.starts_with('/') && !has_dot_segment_start(raw.as_bytes()) {
         return Ok(CanonicalPath {
             path: raw.to_owned(),
             encoded_slash: false,
@@ -61,6 +61,12 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathProblem> {
         });
     }
     decode_and_resolve(raw)
+}
+
+/// Whether a segment starts with `.` (dots are rare in API paths: a
+/// search for them costs less than one for `/.`).
+fn has_dot_segment_start(path: &[u8]) -> bool {
+    memchr::memchr_iter(b'.', path).any(|at| at > 0 && path[at - 1] == b'/')
 }
 
 /// The general case: percent-decoding, refusals and dot segments.

@@ -39,6 +39,9 @@ pub enum RouteProblem {
 }
 
 /// Matches a canonical path against the snapshot's APIs.
+/// Path segments matched without an allocation.
+const STACK_SEGMENTS: usize = 16;
+
 pub fn route(
     snapshot: &Snapshot,
     method: &Method,
@@ -59,14 +62,29 @@ pub fn route(
         });
     }
     let rest = &path.path[api.base_path.len()..];
-    let segments: Vec<&str> = match rest.strip_prefix('/') {
-        Some(r) if !r.is_empty() || rest.len() > 1 => r.split('/').collect(),
-        _ => Vec::new(),
+    // The segments on the stack, unless there are very many of them.
+    let mut stack = [""; STACK_SEGMENTS];
+    let heap: Vec<&str>;
+    let segments: &[&str] = match rest.strip_prefix('/') {
+        Some(r) if !r.is_empty() || rest.len() > 1 => {
+            let mut count = 0;
+            for (slot, segment) in stack.iter_mut().zip(r.split('/')) {
+                *slot = segment;
+                count += 1;
+            }
+            if count == STACK_SEGMENTS && r.split('/').nth(STACK_SEGMENTS).is_some() {
+                heap = r.split('/').collect();
+                &heap
+            } else {
+                &stack[..count]
+            }
+        }
+        _ => &[],
     };
-    let resource = select(api, method, &segments).or_else(|| {
+    let resource = select(api, method, segments).or_else(|| {
         // RFC 9110 §9.3.2: HEAD is allowed wherever GET is.
         (method == Method::HEAD)
-            .then(|| select(api, &Method::GET, &segments))
+            .then(|| select(api, &Method::GET, segments))
             .flatten()
     });
     match resource {

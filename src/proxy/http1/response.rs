@@ -100,7 +100,8 @@ struct Fields {
     /// Whether the last transfer coding of the last `Transfer-Encoding`
     /// is `chunked`, if there was one.
     chunked: Option<bool>,
-    has_length: bool,
+    /// What the `Content-Length` fields said.
+    length: Option<u64>,
     close: bool,
     /// Further names `Connection` listed (RFC 9110 §7.6.1).
     listed: Vec<HeaderName>,
@@ -111,7 +112,7 @@ impl Fields {
         let mut fields = Fields {
             end_to_end: Vec::with_capacity(headers.len()),
             chunked: None,
-            has_length: false,
+            length: None,
             close: false,
             listed: Vec::new(),
         };
@@ -135,7 +136,9 @@ impl Fields {
                     }
                 }
             } else if !is_hop_by_hop(&name) {
-                fields.has_length |= name == CONTENT_LENGTH;
+                if name == CONTENT_LENGTH {
+                    add_length(&mut fields.length, header.value)?;
+                }
                 let start = header.value.as_ptr() as usize - base;
                 fields
                     .end_to_end
@@ -169,7 +172,7 @@ fn framed(
     method: &Method,
 ) -> Result<Head, HeadError> {
     let mut keep_alive = http11 && !fields.close;
-    let (chunked, has_length) = (fields.chunked, fields.has_length);
+    let (chunked, length) = (fields.chunked, fields.length);
     let mut headers = fields.header_map(head)?;
     // RFC 9112 §6.3, in its order.
     let framing = if *method == Method::HEAD
@@ -178,7 +181,7 @@ fn framed(
     {
         Framing::Empty
     } else if let Some(chunked) = chunked {
-        if has_length {
+        if length.is_some() {
             // §6.3 item 3: the coding wins; such a response may be an
             // attempt at splitting, so its connection is not trusted again.
             headers.remove(CONTENT_LENGTH);
@@ -190,8 +193,8 @@ fn framed(
             keep_alive = false;
             Framing::UntilClose
         }
-    } else if has_length {
-        match content_length(&headers)? {
+    } else if let Some(length) = length {
+        match length {
             0 => Framing::Empty,
             n => Framing::Length(n),
         }
@@ -207,27 +210,25 @@ fn framed(
     })
 }
 
-/// The one length every `Content-Length` field (and list member) states
-/// (RFC 9110 §8.6: differing or invalid values are an error).
-fn content_length(headers: &HeaderMap) -> Result<u64, HeadError> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for member in value.as_bytes().split(|&b| b == b',') {
-            let member = member.trim_ascii();
-            if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
-                return Err(HeadError::ContentLength);
-            }
-            let n = std::str::from_utf8(member)
-                .ok()
-                .and_then(|digits| digits.parse::<u64>().ok())
-                .ok_or(HeadError::ContentLength)?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err(HeadError::ContentLength);
-            }
-            length = Some(n);
+/// Adds a `Content-Length` field to the one length every such field (and
+/// list member) states (RFC 9110 §8.6: differing or invalid values are an
+/// error).
+fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), HeadError> {
+    for member in value.split(|&b| b == b',') {
+        let member = member.trim_ascii();
+        if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
+            return Err(HeadError::ContentLength);
         }
+        let n = member
+            .iter()
+            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .ok_or(HeadError::ContentLength)?;
+        if length.is_some_and(|seen| seen != n) {
+            return Err(HeadError::ContentLength);
+        }
+        *length = Some(n);
     }
-    length.ok_or(HeadError::ContentLength)
+    Ok(())
 }
 
 #[cfg(test)]

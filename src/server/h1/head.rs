@@ -23,6 +23,10 @@ use crate::config::snapshot::Limits;
 /// parser's slots live on the stack.
 const HEADER_SLOTS: usize = 256;
 
+/// Headers the gateway adds to a forwarded request (`Forwarded`,
+/// `X-Forwarded-For/-Proto/-Host`).
+const FORWARDING_HEADERS: usize = 4;
+
 /// The connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -130,7 +134,8 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Parsed,
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_range))
         .map_err(|_| Refusal::BadRequest("malformed request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.entries.len());
+    // Room for the forwarding headers the gateway adds: one allocation.
+    let mut headers = HeaderMap::with_capacity(fields.entries.len() + FORWARDING_HEADERS);
     for (name, start, end) in fields.entries {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Refusal::BadRequest("malformed header value"))?;
