@@ -96,7 +96,7 @@ pub fn route(
         None => {
             let mut allow: Vec<Method> = Vec::new();
             for resource in &api.resources {
-                if !matches(&resource.template.segments, &segments) {
+                if !matches(&resource.template.segments, segments) {
                     continue;
                 }
                 let method = &resource.method;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
+use super::http1::Destination;
 use super::pool::{self, Connector, Key, Pool, SendError};
 use super::reject::Rejection;
 use super::{full, Body, BoxError};
@@ -89,13 +90,18 @@ impl Upstreams {
             path_and_query.push('?');
             path_and_query.push_str(query);
         }
-        // Origin-form: the connection is to the upstream already, and
-        // hyper writes the URI as the request target as it is.
-        *req.uri_mut() = Uri::try_from(path_and_query)
-            .map_err(|_| Rejection::BadRequest("the request cannot be mapped to the upstream"))?;
-        // Upstreams are spoken to in HTTP/1.1, whatever the client spoke.
-        *req.version_mut() = Version::HTTP_11;
-        req.headers_mut().insert(http::header::HOST, host.clone());
+        // Origin-form: the connection is to the upstream already. The path
+        // is canonical and the query was parsed with the request; this
+        // keeps the target one token whatever the configuration says.
+        if !is_request_target(&path_and_query) {
+            return Err(Rejection::BadRequest(
+                "the request cannot be mapped to the upstream",
+            ));
+        }
+        let destination = Destination {
+            path_and_query: &path_and_query,
+            host,
+        };
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
         let key = Key {
@@ -107,7 +113,7 @@ impl Upstreams {
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
         // The timeout bounds the wait for the response head, and then each
         // silence of the upstream while more of the body is due.
-        let mut sent = pin!(checkout.send(&self.connector, req, timeout));
+        let mut sent = pin!(checkout.send(&self.connector, req, destination, timeout));
         let mut deadline = Deadline::after(timeout);
         // Polled in place: a timeout future wrapping `sent` would copy it.
         let result = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
@@ -134,6 +140,14 @@ impl Upstreams {
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// No space and no control byte, which could end the target early (bytes
+/// past ASCII, which a query may carry, pass as the client sent them).
+fn is_request_target(target: &str) -> bool {
+    target
+        .bytes()
+        .fold(true, |ok, b| ok & (b > b' ') & (b != 0x7f))
 }
 
 /// Set when a streamed body went over the limit, so the failure is a 413.

@@ -44,7 +44,7 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::http1::{self, Connection, Failure, ResponseBody, Stream};
+use super::http1::{self, Connection, Destination, Failure, ResponseBody, Stream};
 use super::{Body, BoxError};
 use crate::config::snapshot::CaBundle;
 
@@ -546,14 +546,14 @@ pub fn checkout(
 }
 
 impl Checkout {
-    /// Sends `req` (origin-form URI, `Host` set) and returns the response
-    /// head; the connection goes back to its pool when the body has ended.
+    /// Sends `req` to `destination` and returns the response head; the connection goes back to its pool when the body has ended.
     /// The upstream may be silent for at most `stall` while more of the
     /// body is due.
     pub async fn send(
         self,
         connector: &Connector,
         req: Request<Body>,
+        destination: Destination<'_>,
         stall: Duration,
     ) -> Result<Response<Body>, SendError> {
         let Checkout { home, slot, conn } = self;
@@ -563,7 +563,7 @@ impl Checkout {
             // on a pooled connection need not carry.
             Conn::New(target) => (Box::pin(connector.connect(&target)).await?, false),
         };
-        let response = match conn.send(req, stall).await {
+        let response = match conn.send(req, destination, stall).await {
             Ok(response) => response,
             Err(Failure {
                 request: Some(req),
@@ -575,7 +575,7 @@ impl Checkout {
                     .flatten()
                     .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
                 let conn = Box::pin(connector.connect(&target)).await?;
-                conn.send(req, stall)
+                conn.send(req, destination, stall)
                     .await
                     .map_err(|failure| SendError::Request(failure.error))?
             }
@@ -751,8 +751,9 @@ mod tests {
         }
 
         async fn send(&self, upstream: &TestUpstream, checkout: Checkout) -> Response<Body> {
+            let host = http::HeaderValue::from_str(&upstream.addr.to_string()).unwrap();
             checkout
-                .send(&self.connector, request(upstream.addr), STALL)
+                .send(&self.connector, request(upstream.addr), to(&host), STALL)
                 .await
                 .expect("response")
         }
@@ -781,6 +782,13 @@ mod tests {
             scheme: &Scheme::HTTP,
             authority: &upstream.authority,
             ca_bundle: None,
+        }
+    }
+
+    fn to(host: &http::HeaderValue) -> Destination<'_> {
+        Destination {
+            path_and_query: "/resource",
+            host,
         }
     }
 
@@ -995,7 +1003,8 @@ mod tests {
         read_all(pools.get(&upstream).await).await;
         let checkout = pools.checkout_at(&upstream, Instant::now());
         assert!(matches!(checkout.conn, Conn::Idle(_)));
-        let result = checkout.send(&pools.connector, req, STALL).await;
+        let host = http::HeaderValue::from_static("upstream");
+        let result = checkout.send(&pools.connector, req, to(&host), STALL).await;
         (
             result.map(|response| assert_eq!(response.status(), 200)),
             raw,

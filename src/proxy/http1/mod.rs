@@ -31,6 +31,7 @@ use tokio::io::AsyncWrite;
 
 pub use body::ResponseBody;
 pub use chunked::ChunkError;
+pub use request::Destination;
 pub use response::HeadError;
 pub use stream::Stream;
 
@@ -81,6 +82,9 @@ pub struct Connection {
     buf: BytesMut,
     /// Encoded, not yet written.
     out: Vec<u8>,
+    /// Used by each response head parsed, so that parsing allocates
+    /// nothing.
+    fields: Vec<(http::HeaderName, usize, usize)>,
 }
 
 /// How far the request got.
@@ -96,6 +100,7 @@ impl Connection {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -105,17 +110,18 @@ impl Connection {
         self.buf.is_empty() && !self.io.is_disturbed()
     }
 
-    /// Sends `req` (origin-form target, `Host` set) and reads the response
-    /// head; the body streams from the connection, which may be silent
-    /// for at most `stall` while more of it is due.
+    /// Sends `req` to `destination` and reads the response head; the body
+    /// streams from the connection, which may be silent for at most
+    /// `stall` while more of it is due.
     pub async fn send(
         mut self,
         req: Request<Body>,
+        destination: Destination<'_>,
         stall: Duration,
     ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, mut body) = req.into_parts();
         self.out.clear();
-        let framing = request::encode(&parts, &body, &mut self.out);
+        let framing = request::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
             // Kept until an answer begins: the request may be sent again.
             let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
@@ -176,7 +182,7 @@ impl Connection {
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = response::parse(&mut self.buf, method)? {
+                if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
                     return Ok(head);
                 }
             }
@@ -265,7 +271,7 @@ impl Connection {
                 Ok(_) => {}
                 Err(error) => return Poll::Ready(Err(error.into())),
             }
-            if let Some(head) = response::parse(&mut self.buf, method)? {
+            if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
                 return Poll::Ready(Ok(Upload::Answered(head)));
             }
         }

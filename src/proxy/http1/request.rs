@@ -1,10 +1,14 @@
 //! A request head as an upstream receives it, and the framing of its body.
 //!
+//! The request target and `Host` are the upstream's ([`Destination`]),
+//! written as they are: the client's target and `Host` stay in the request
+//! for the headers that report them.
+//!
 //! The framing headers are the encoder's alone: whatever `Content-Length`
 //! or `Transfer-Encoding` the request carries is replaced by what the body
 //! really is, so the upstream can never read a body's bytes as a request.
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
 use http_body::Body as HttpBody;
 
@@ -19,9 +23,22 @@ pub enum BodyFraming {
     Chunked,
 }
 
-/// Appends the head of `parts` (origin-form target, `Host` among the
-/// headers) to `out`, and says how `body` must follow it.
-pub fn encode(parts: &Parts, body: &Body, out: &mut Vec<u8>) -> BodyFraming {
+/// Where a request goes on its upstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// Origin-form: a path (and query) the connection's upstream serves.
+    pub path_and_query: &'a str,
+    pub host: &'a HeaderValue,
+}
+
+/// Appends the head of `parts`, to `destination`, to `out`, and says how
+/// `body` must follow it.
+pub fn encode(
+    parts: &Parts,
+    body: &Body,
+    destination: Destination<'_>,
+    out: &mut Vec<u8>,
+) -> BodyFraming {
     let framing = if body.is_end_stream() {
         BodyFraming::None
     } else {
@@ -32,16 +49,17 @@ pub fn encode(parts: &Parts, body: &Body, out: &mut Vec<u8>) -> BodyFraming {
     };
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.extend_from_slice(destination.path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(destination.host.as_bytes());
+    out.extend_from_slice(b"\r\n");
     let mut had_length = false;
     for (name, value) in &parts.headers {
         if *name == CONTENT_LENGTH {
             had_length = true;
             continue;
         }
-        if *name == TRANSFER_ENCODING {
+        if *name == TRANSFER_ENCODING || *name == HOST {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -76,14 +94,20 @@ mod tests {
     fn encoded(request: Request<Body>) -> (String, BodyFraming) {
         let (parts, body) = request.into_parts();
         let mut out = Vec::new();
-        let framing = encode(&parts, &body, &mut out);
+        let host = HeaderValue::from_static("up");
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let destination = Destination {
+            path_and_query,
+            host: &host,
+        };
+        let framing = encode(&parts, &body, destination, &mut out);
         (String::from_utf8(out).expect("ascii"), framing)
     }
 
     #[test]
     fn framing_headers_say_what_the_body_is() {
         let get = Request::get("/a?b=1")
-            .header("host", "up")
+            .header("host", "client.example")
             .header("transfer-encoding", "chunked")
             .body(empty())
             .expect("request");
@@ -100,7 +124,7 @@ mod tests {
             .expect("request");
         assert_eq!(
             encoded(post).0,
-            "POST /p HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+            "POST /p HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n"
         );
         let lying = Request::put("/p")
             .header("content-length", "99")
@@ -109,7 +133,7 @@ mod tests {
         assert_eq!(
             encoded(lying),
             (
-                "PUT /p HTTP/1.1\r\ncontent-length: 5\r\n\r\n".into(),
+                "PUT /p HTTP/1.1\r\nhost: up\r\ncontent-length: 5\r\n\r\n".into(),
                 BodyFraming::Length(5)
             )
         );
@@ -123,7 +147,7 @@ mod tests {
         assert_eq!(
             encoded(streamed),
             (
-                "POST /s HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+                "POST /s HTTP/1.1\r\nhost: up\r\ntransfer-encoding: chunked\r\n\r\n".into(),
                 BodyFraming::Chunked
             )
         );

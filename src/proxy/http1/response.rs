@@ -56,7 +56,12 @@ pub enum HeadError {
 
 /// Parses the head at the front of `buf`, consuming it: `None` while it
 /// is incomplete. An informational (1xx) head is consumed and skipped.
-pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HeadError> {
+/// `scratch` is the connection's, used again for each head.
+pub fn parse(
+    buf: &mut BytesMut,
+    method: &Method,
+    scratch: &mut Vec<(HeaderName, usize, usize)>,
+) -> Result<Option<Head>, HeadError> {
     loop {
         let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -85,7 +90,8 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HeadEr
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| HeadError::Field)?;
-        let fields = Fields::scan(response.headers, buf.as_ptr() as usize)?;
+        scratch.clear();
+        let fields = Fields::scan(response.headers, buf.as_ptr() as usize, scratch)?;
         let head = buf.split_to(len).freeze();
         return framed(status, fields, &head, http11, method).map(Some);
     }
@@ -95,8 +101,8 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HeadEr
 /// values as offsets, once the head's bytes are frozen they share them),
 /// and what the hop-by-hop ones said. Hop-by-hop fields end here
 /// (RFC 9110 §7.6.1).
-struct Fields {
-    end_to_end: Vec<(HeaderName, usize, usize)>,
+struct Fields<'a> {
+    end_to_end: &'a mut Vec<(HeaderName, usize, usize)>,
     /// Whether the last transfer coding of the last `Transfer-Encoding`
     /// is `chunked`, if there was one.
     chunked: Option<bool>,
@@ -107,10 +113,14 @@ struct Fields {
     listed: Vec<HeaderName>,
 }
 
-impl Fields {
-    fn scan(headers: &[httparse::Header<'_>], base: usize) -> Result<Fields, HeadError> {
+impl<'a> Fields<'a> {
+    fn scan(
+        headers: &[httparse::Header<'_>],
+        base: usize,
+        end_to_end: &'a mut Vec<(HeaderName, usize, usize)>,
+    ) -> Result<Fields<'a>, HeadError> {
         let mut fields = Fields {
-            end_to_end: Vec::with_capacity(headers.len()),
+            end_to_end,
             chunked: None,
             length: None,
             close: false,
@@ -151,7 +161,7 @@ impl Fields {
     /// The end-to-end fields, their values sharing `head`'s bytes.
     fn header_map(self, head: &Bytes) -> Result<HeaderMap, HeadError> {
         let mut headers = HeaderMap::with_capacity(self.end_to_end.len());
-        for (name, start, end) in self.end_to_end {
+        for (name, start, end) in self.end_to_end.drain(..) {
             if self.listed.contains(&name) {
                 continue;
             }
@@ -221,7 +231,9 @@ fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), HeadError> {
         }
         let n = member
             .iter()
-            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .try_fold(0u64, |n, d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
             .ok_or(HeadError::ContentLength)?;
         if length.is_some_and(|seen| seen != n) {
             return Err(HeadError::ContentLength);
@@ -237,7 +249,7 @@ mod tests {
 
     fn head(raw: &str, method: Method) -> Result<Option<Head>, HeadError> {
         let mut buf = BytesMut::from(raw.as_bytes());
-        parse(&mut buf, &method)
+        parse(&mut buf, &method, &mut Vec::new())
     }
 
     fn framing(raw: &str) -> (Framing, bool) {
@@ -341,7 +353,7 @@ mod tests {
         let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
                    HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Id: 7\r\n\r\nhi";
         let mut buf = BytesMut::from(raw.as_bytes());
-        let created = parse(&mut buf, &Method::POST)
+        let created = parse(&mut buf, &Method::POST, &mut Vec::new())
             .expect("valid")
             .expect("complete");
         assert_eq!(created.status, StatusCode::CREATED);

@@ -73,8 +73,17 @@ pub enum Parsed {
     Http2,
 }
 
+/// A head's fields between parsing and the request: each name, and where
+/// its value is in the head. Kept by the connection, to be used again.
+pub type FieldScratch = Vec<(HeaderName, usize, usize)>;
+
 /// Parses the head at the front of `buf`, consuming it when complete.
-pub fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Parsed, Refusal> {
+pub fn parse(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    first: bool,
+    scratch: &mut FieldScratch,
+) -> Result<Parsed, Refusal> {
     if first && buf.starts_with(&H2_PREFACE[..buf.len().min(H2_PREFACE.len())]) {
         return Ok(if buf.len() >= H2_PREFACE.len() {
             Parsed::Http2
@@ -126,7 +135,8 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Parsed,
     let base = buf.as_ptr() as usize;
     let target_at = target.as_ptr() as usize - base;
     let target_range = target_at..target_at + target.len();
-    let mut fields = Fields::new(request.headers.len());
+    scratch.clear();
+    let mut fields = Fields::new(scratch);
     for header in request.headers.iter() {
         fields.add(header, base, version)?;
     }
@@ -136,7 +146,7 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Parsed,
         .map_err(|_| Refusal::BadRequest("malformed request target"))?;
     // Room for the forwarding headers the gateway adds: one allocation.
     let mut headers = HeaderMap::with_capacity(fields.entries.len() + FORWARDING_HEADERS);
-    for (name, start, end) in fields.entries {
+    for (name, start, end) in fields.entries.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Refusal::BadRequest("malformed header value"))?;
         headers.append(name, value);
@@ -161,9 +171,9 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits, first: bool) -> Result<Parsed,
 }
 
 /// The fields of a head, and what its framing fields said.
-struct Fields {
+struct Fields<'a> {
     /// Name, and the value's offsets in the head.
-    entries: Vec<(HeaderName, usize, usize)>,
+    entries: &'a mut FieldScratch,
     length: Option<u64>,
     /// `chunked` codings seen, and whether the last coding was `chunked`.
     chunked: u32,
@@ -174,10 +184,10 @@ struct Fields {
     expect_continue: bool,
 }
 
-impl Fields {
-    fn new(count: usize) -> Fields {
+impl<'a> Fields<'a> {
+    fn new(entries: &'a mut FieldScratch) -> Fields<'a> {
         Fields {
-            entries: Vec::with_capacity(count),
+            entries,
             length: None,
             chunked: 0,
             chunked_last: false,
@@ -268,7 +278,7 @@ mod tests {
     }
 
     fn parse_all(text: &str) -> Result<Parsed, Refusal> {
-        parse(&mut BytesMut::from(text), &limits(), false)
+        parse(&mut BytesMut::from(text), &limits(), false, &mut Vec::new())
     }
 
     fn head(text: &str) -> Head {
@@ -283,7 +293,7 @@ mod tests {
         let mut buf = BytesMut::from(
             "GET /a/b?c=1 HTTP/1.1\r\nHost: gw\r\nX-Two: 1\r\nx-two: 2\r\n\r\nGET /next",
         );
-        let Ok(Parsed::Head(head)) = parse(&mut buf, &limits(), true) else {
+        let Ok(Parsed::Head(head)) = parse(&mut buf, &limits(), true, &mut Vec::new()) else {
             panic!("no head");
         };
         let request = head.request;
@@ -382,15 +392,15 @@ mod tests {
     fn the_http2_preface_is_recognised_only_first() {
         let mut buf = BytesMut::from(&H2_PREFACE[..10]);
         assert!(matches!(
-            parse(&mut buf, &limits(), true),
+            parse(&mut buf, &limits(), true, &mut Vec::new()),
             Ok(Parsed::Partial)
         ));
         let mut buf = BytesMut::from(H2_PREFACE);
         assert!(matches!(
-            parse(&mut buf, &limits(), true),
+            parse(&mut buf, &limits(), true, &mut Vec::new()),
             Ok(Parsed::Http2)
         ));
         let mut buf = BytesMut::from(H2_PREFACE);
-        assert!(parse(&mut buf, &limits(), false).is_err());
+        assert!(parse(&mut buf, &limits(), false, &mut Vec::new()).is_err());
     }
 }

@@ -70,6 +70,8 @@ struct Wire<S> {
     body: BodyState,
     /// `100 Continue` is sent when the body is first asked for.
     continue_due: bool,
+    /// Used by each head parsed, so that parsing allocates nothing.
+    fields: head::FieldScratch,
 }
 
 /// Where the current request body is.
@@ -228,6 +230,7 @@ where
         out: Vec::new(),
         body: BodyState::Done,
         continue_due: false,
+        fields: Vec::new(),
     }));
     let mut first = true;
     let linger = loop {
@@ -313,7 +316,8 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         let mut wire = lock(wire);
         loop {
             if !wire.buf.is_empty() {
-                match head::parse(&mut wire.buf, &settings.limits, first) {
+                let wire = &mut *wire;
+                match head::parse(&mut wire.buf, &settings.limits, first, &mut wire.fields) {
                     Ok(Parsed::Head(head)) => return Poll::Ready(HeadRead::Head(head)),
                     Ok(Parsed::Http2) => return Poll::Ready(HeadRead::Http2),
                     Ok(Parsed::Partial) => {}
