@@ -114,7 +114,7 @@ impl Upstreams {
         // The timeout bounds the wait for the response head, and then each
         // silence of the upstream while more of the body is due.
         let mut sent = pin!(checkout.send(&self.connector, req, destination, timeout));
-        let mut deadline = Deadline::after(timeout);
+        let mut deadline = Deadline::at(tokio::time::Instant::from_std(started) + timeout);
         // Polled in place: a timeout future wrapping `sent` would copy it.
         let result = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
             Poll::Ready(sent) => Poll::Ready(Ok(sent)),

@@ -575,7 +575,9 @@ impl Checkout {
                     .flatten()
                     .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
                 let conn = Box::pin(connector.connect(&target)).await?;
-                conn.send(req, destination, stall)
+                // Boxed: a second exchange in this future would double its
+                // size for every request, retried or not.
+                Box::pin(conn.send(req, destination, stall))
                     .await
                     .map_err(|failure| SendError::Request(failure.error))?
             }
