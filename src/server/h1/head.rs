@@ -309,6 +309,13 @@ mod tests {
     }
 
     #[test]
+    fn empty_lines_before_a_request_line_are_skipped() {
+        // RFC 9112 §2.2: a client may send CRLF after a body.
+        let head = head("\r\nGET /a HTTP/1.1\r\nHost: gw\r\n\r\n");
+        assert_eq!(head.request.uri().path(), "/a");
+    }
+
+    #[test]
     fn framing_and_persistence_follow_rfc_9112() {
         let post = head("POST / HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n");
         assert_eq!(post.framing, Framing::Length(12));

@@ -41,6 +41,8 @@ use crate::timer::Deadline;
 const READ_SIZE: usize = 16 * 1024;
 /// Response body bytes encoded before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The most write-buffer capacity a connection keeps between exchanges.
+const KEPT_OUT_CAPACITY: usize = 16 * 1024;
 /// How long a closing connection reads what the client still sends, so
 /// that the kernel does not answer it with a reset that could destroy the
 /// last response before the client has read it.
@@ -283,6 +285,14 @@ where
         };
         let kept = respond(&wire, response, exchange).await;
         drop(guard);
+        {
+            // An idle connection keeps no large buffer (thousands of them
+            // may wait between requests).
+            let mut wire = lock(&wire);
+            if wire.out.capacity() > KEPT_OUT_CAPACITY {
+                wire.out = Vec::new();
+            }
+        }
         if !kept {
             break !read_all || !lock(&wire).buf.is_empty();
         }
