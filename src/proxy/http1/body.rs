@@ -15,13 +15,12 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::chunked::{Chunked, Decoded};
+use super::chunked::{Chunked, Decoded, Delimited};
 use super::response::Framing;
 use super::{Connection, Error};
 
 enum State {
-    Length(u64),
-    Chunked(Chunked),
+    Delimited(Delimited),
     UntilClose,
     Done,
 }
@@ -49,8 +48,8 @@ impl ResponseBody {
     ) -> ResponseBody {
         let state = match framing {
             Framing::Empty => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunked::new()),
+            Framing::Length(n) => State::Delimited(Delimited::Length(n)),
+            Framing::Chunked => State::Delimited(Delimited::Chunked(Chunked::new())),
             Framing::UntilClose => State::UntilClose,
         };
         ResponseBody {
@@ -111,26 +110,20 @@ impl HttpBody for ResponseBody {
             };
             match &mut this.state {
                 State::Done => return Poll::Ready(None),
-                State::Length(remaining) if !conn.buf.is_empty() => {
-                    let take = usize::try_from(*remaining)
-                        .map_or(conn.buf.len(), |r| r.min(conn.buf.len()));
-                    *remaining -= take as u64;
-                    if *remaining == 0 {
-                        this.state = State::Done;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(take).freeze()))));
-                }
-                State::Chunked(decoder) if !conn.buf.is_empty() => {
-                    match decoder.decode(&mut conn.buf) {
-                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Ok(Decoded::End) => {
+                State::Delimited(body) => match body.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(data)) => {
+                        if body.is_done() {
                             this.state = State::Done;
-                            return Poll::Ready(None);
                         }
-                        Ok(Decoded::NeedMore) => {}
-                        Err(error) => return this.fail(error.into()),
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                }
+                    Ok(Decoded::End) => {
+                        this.state = State::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(error) => return this.fail(error.into()),
+                },
                 State::UntilClose if !conn.buf.is_empty() => {
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -157,9 +150,9 @@ impl HttpBody for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
+            State::Delimited(ref body) => body.size_hint(),
             State::Done => SizeHint::with_exact(0),
-            State::Chunked(_) | State::UntilClose => SizeHint::default(),
+            State::UntilClose => SizeHint::default(),
         }
     }
 }

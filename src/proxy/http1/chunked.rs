@@ -9,6 +9,7 @@
 //! discard them).
 
 use bytes::{Bytes, BytesMut};
+use http_body::SizeHint;
 
 /// The longest chunk-size line, extensions included.
 const MAX_SIZE_LINE: usize = 4096;
@@ -119,6 +120,54 @@ impl Chunked {
                 }
                 Chunked::Done => return Ok(Decoded::End),
             }
+        }
+    }
+}
+
+/// A body delimited by its length or by the chunked coding, read from the
+/// front of a connection's buffer: a client's request body, or an
+/// upstream's response body.
+#[derive(Debug, PartialEq)]
+pub enum Delimited {
+    Length(u64),
+    Chunked(Chunked),
+    Done,
+}
+
+impl Delimited {
+    /// The next data at the front of `buf` (consumed), the end of the
+    /// body, or the need for more bytes.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
+        match self {
+            Delimited::Done => Ok(Decoded::End),
+            Delimited::Length(_) if buf.is_empty() => Ok(Decoded::NeedMore),
+            Delimited::Length(remaining) => {
+                let take = usize::try_from(*remaining).map_or(buf.len(), |r| r.min(buf.len()));
+                *remaining -= take as u64;
+                if *remaining == 0 {
+                    *self = Delimited::Done;
+                }
+                Ok(Decoded::Data(buf.split_to(take).freeze()))
+            }
+            Delimited::Chunked(decoder) => {
+                let decoded = decoder.decode(buf)?;
+                if decoded == Decoded::End {
+                    *self = Delimited::Done;
+                }
+                Ok(decoded)
+            }
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        *self == Delimited::Done
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match self {
+            Delimited::Length(n) => SizeHint::with_exact(*n),
+            Delimited::Done => SizeHint::with_exact(0),
+            Delimited::Chunked(_) => SizeHint::default(),
         }
     }
 }

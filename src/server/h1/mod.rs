@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use self::encode::{BodyFraming, Exchange};
 use self::head::{Framing, Head, Parsed, Refusal};
 use super::{Activity, ConnSettings, InFlight};
-use crate::proxy::http1::chunked::{self, Chunked, Decoded};
+use crate::proxy::http1::chunked::{self, Chunked, Decoded, Delimited};
 use crate::proxy::{Body, BoxError, Rejection};
 use crate::timer::Deadline;
 
@@ -69,20 +69,13 @@ struct Wire<S> {
     buf: BytesMut,
     /// Encoded, not yet written.
     out: Vec<u8>,
-    body: BodyState,
+    body: Delimited,
+    /// The body broke or was cut off: the connection cannot be read again.
+    failed: bool,
     /// `100 Continue` is sent when the body is first asked for.
     continue_due: bool,
     /// Used by each head parsed, so that parsing allocates nothing.
     fields: head::FieldScratch,
-}
-
-/// Where the current request body is.
-enum BodyState {
-    Length(u64),
-    Chunked(Chunked),
-    Done,
-    /// Broken or cut off: the connection cannot be read again.
-    Failed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,31 +125,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             return self.fail(error.into());
         }
         loop {
-            match &mut self.body {
-                BodyState::Done => return Poll::Ready(None),
-                BodyState::Failed => return Poll::Ready(Some(Err(BodyError::Failed.into()))),
-                BodyState::Length(remaining) if !self.buf.is_empty() => {
-                    let take = usize::try_from(*remaining)
-                        .map_or(self.buf.len(), |r| r.min(self.buf.len()));
-                    *remaining -= take as u64;
-                    if *remaining == 0 {
-                        self.body = BodyState::Done;
-                    }
-                    let data = self.buf.split_to(take).freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::Chunked(decoder) if !self.buf.is_empty() => {
-                    match decoder.decode(&mut self.buf) {
-                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Ok(Decoded::End) => {
-                            self.body = BodyState::Done;
-                            return Poll::Ready(None);
-                        }
-                        Ok(Decoded::NeedMore) => {}
-                        Err(error) => return self.fail(error.into()),
-                    }
-                }
-                BodyState::Length(_) | BodyState::Chunked(_) => {}
+            if self.failed {
+                return Poll::Ready(Some(Err(BodyError::Failed.into())));
+            }
+            match self.body.decode(&mut self.buf) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::NeedMore) => {}
+                Err(error) => return self.fail(error.into()),
             }
             match ready!(self.poll_fill(cx)) {
                 Ok(0) => return self.fail(BodyError::Truncated),
@@ -167,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     }
 
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.body = BodyState::Failed;
+        self.failed = true;
         Poll::Ready(Some(Err(error.into())))
     }
 }
@@ -189,14 +165,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HttpBody for RequestBody<S> {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(lock(&self.wire).body, BodyState::Done)
+        lock(&self.wire).body.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match lock(&self.wire).body {
-            BodyState::Length(n) => SizeHint::with_exact(n),
-            BodyState::Done => SizeHint::with_exact(0),
-            BodyState::Chunked(_) | BodyState::Failed => SizeHint::default(),
+        let wire = lock(&self.wire);
+        if wire.failed {
+            SizeHint::default()
+        } else {
+            wire.body.size_hint()
         }
     }
 }
@@ -230,7 +207,8 @@ where
         io,
         buf: BytesMut::new(),
         out: Vec::new(),
-        body: BodyState::Done,
+        body: Delimited::Done,
+        failed: false,
         continue_due: false,
         fields: Vec::new(),
     }));
@@ -262,9 +240,9 @@ where
         let http11 = request.version() == Version::HTTP_11;
         let body = match framing {
             Framing::None => crate::proxy::empty(),
-            Framing::Length(n) => read_body(&wire, BodyState::Length(n), expect_continue),
+            Framing::Length(n) => read_body(&wire, Delimited::Length(n), expect_continue),
             Framing::Chunked => {
-                read_body(&wire, BodyState::Chunked(Chunked::new()), expect_continue)
+                read_body(&wire, Delimited::Chunked(Chunked::new()), expect_continue)
             }
         };
         let guard = InFlight::begin(activity);
@@ -276,7 +254,7 @@ where
             let mut wire = lock(&wire);
             // Too late to ask for the body: the answer is given.
             wire.continue_due = false;
-            matches!(wire.body, BodyState::Done)
+            wire.body.is_done() && !wire.failed
         };
         let exchange = Exchange {
             method: &method,
@@ -301,13 +279,13 @@ where
     Ending::Closed
 }
 
-fn read_body<S>(wire: &Arc<Mutex<Wire<S>>>, state: BodyState, expect_continue: bool) -> Body
+fn read_body<S>(wire: &Arc<Mutex<Wire<S>>>, body: Delimited, expect_continue: bool) -> Body
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     {
         let mut guard = lock(wire);
-        guard.body = state;
+        guard.body = body;
         guard.continue_due = expect_continue;
     }
     RequestBody { wire: wire.clone() }.boxed()
