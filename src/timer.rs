@@ -201,36 +201,6 @@ impl Drop for Deadline {
     }
 }
 
-/// hyper's timers (the HTTP/1 header-read timeout) as [`Deadline`]s.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HyperTimer;
-
-struct HyperSleep(Deadline);
-
-impl Future for HyperSleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for HyperSleep {}
-
-impl hyper::rt::Timer for HyperTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HyperSleep(Deadline::after(duration)))
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HyperSleep(Deadline::at(deadline.into())))
-    }
-
-    fn now(&self) -> std::time::Instant {
-        Instant::now().into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use futures_util::FutureExt;

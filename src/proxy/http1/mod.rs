@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use body::ResponseBody;
 pub use chunked::ChunkError;
@@ -279,23 +279,42 @@ impl Connection {
 
     /// Writes (and flushes) everything encoded.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        while !self.out.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-            }
-            self.out.drain(..n);
-        }
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        Poll::Ready(Ok(()))
+        poll_write_all(&mut self.io, &mut self.out, cx).map_err(Error::from)
     }
 
     /// Reads what the upstream has sent into the buffer: the bytes read,
     /// 0 at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        poll_fill(&mut self.io, &mut self.buf, cx)
     }
+}
+
+/// Reads what the peer has sent into `buf` (up to [`READ_SIZE`] more):
+/// the bytes read, 0 at the end of the stream. Both sides of the gateway
+/// read their connections this way.
+pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Writes and flushes everything in `out`.
+pub(crate) fn poll_write_all<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !out.is_empty() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, out))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        out.drain(..n);
+    }
+    Pin::new(io).poll_flush(cx)
 }

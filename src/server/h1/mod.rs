@@ -33,12 +33,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use self::encode::{BodyFraming, Exchange};
 use self::head::{Framing, Head, Parsed, Refusal};
 use super::{Activity, ConnSettings, InFlight};
+use crate::proxy::http1;
 use crate::proxy::http1::chunked::{self, Chunked, Decoded, Delimited};
 use crate::proxy::{Body, BoxError, Rejection};
 use crate::timer::Deadline;
 
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 16 * 1024;
 /// Response body bytes encoded before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 /// The most write-buffer capacity a connection keeps between exchanges.
@@ -95,25 +94,12 @@ fn lock<S>(wire: &Mutex<Wire<S>>) -> MutexGuard<'_, Wire<S>> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    /// Reads what the client has sent into the buffer: the bytes read, 0
-    /// at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        http1::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 
-    /// Writes (and flushes) everything encoded.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out.drain(..n);
-        }
-        Pin::new(&mut self.io).poll_flush(cx)
+        http1::poll_write_all(&mut self.io, &mut self.out, cx)
     }
 
     /// The next piece of the request body.
