@@ -3,7 +3,7 @@
 //! uses, failures as 503 never cached, and the client authentication the
 //! endpoint receives.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Validation of the configuration file, one test per rule: each names the
 //! file line and column of the finding, what is wrong and what is allowed.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

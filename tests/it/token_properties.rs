@@ -3,7 +3,7 @@
 //! removed, `remove_headers`, and the `Authorization` the upstream gets
 //! from `outbound_auth`.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::idp::{merged, Answer, Idp, Introspector};

@@ -5,7 +5,7 @@
 //! an aborted response, once its head has gone out), never a success with
 //! a wrong body. The upstream here is a raw TCP listener writing exact
 //! bytes, so that it can also write what no HTTP library would.
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

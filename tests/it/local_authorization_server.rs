@@ -8,7 +8,7 @@
 //! so each gateway listens on a port picked beforehand: bind 127.0.0.1:0,
 //! read the port, release it, and write it into `ports.http`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

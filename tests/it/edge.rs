@@ -1,7 +1,7 @@
 //! The data path against hostile and heavy input: exact statuses, the
 //! upstream never contacted for a refused request, limits, timeouts,
 //! HTTP/2 by prior knowledge, streaming both ways, metrics.
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! The built binary: `check` and `explain` output and exit codes, and
 //! `start` draining an in-flight request on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! rejection is checked for its exact RFC 6750 answer and for never
 //! reaching the upstream.
 
-mod common;
+use crate::common;
 
 use common::idp::{merged, unix_now, Idp, SigningKey};
 use common::{metric, Gateway, Upstream};

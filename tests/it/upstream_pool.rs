@@ -1,7 +1,7 @@
 //! Upstream connections are kept alive between requests: sequential
 //! requests go out on one connection, and a connection the upstream closed
 //! while idle is replaced without the client noticing.
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

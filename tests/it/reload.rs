@@ -2,7 +2,7 @@
 //! refused changes that leave the last good configuration serving, reloads
 //! on demand, requests under load and in flight, and no snapshot left behind.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! The admin listener over loopback HTTP: health, metrics, and the REST
 //! endpoints with and without admin credentials.
 
-mod common;
+use crate::common;
 
 use common::{Gateway, Upstream};
 

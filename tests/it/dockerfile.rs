@@ -2,7 +2,7 @@
 //! a release build on `rust:1-bookworm`, a `debian:bookworm-slim` runtime
 //! with CA certificates, a non-root user, the documented configuration
 //! path, the three ports, and a HEALTHCHECK that needs no HTTP client.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! expiry, CSRF, the implicit grant, customised and broken templates, a
 //! standard OAuth2 client library, and (when installed) headless Chromium.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

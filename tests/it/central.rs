@@ -1,7 +1,7 @@
 //! A central gateway and the microgateways that follow it: the export
 //! endpoint, the download at start, polling with ETags, the cache file,
 //! refusals, and `download-settings`.
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! request reaches, what the upstream receives, and what the client is told
 //! when nothing may be forwarded.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

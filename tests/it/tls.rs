@@ -1,7 +1,7 @@
 //! TLS both ways: `ports.https` serves HTTP/1.1 and HTTP/2 by ALPN with the
 //! live snapshot's certificate (a reload applies to new connections), and
 //! `https` upstreams are verified against an API's `ca_bundle`.
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

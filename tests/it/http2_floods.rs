@@ -2,7 +2,7 @@
 //! and reset limits the server configures refuse a hostile client's excess
 //! streams or end its connection early, what they stop never reaches the
 //! upstream, and a new connection is still served.
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

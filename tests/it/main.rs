@@ -1,0 +1,25 @@
+//! The integration tests: one binary, one module per area, all over real
+//! loopback connections on port 0 (builders in `common`).
+
+mod admin;
+mod authorize;
+mod authz_server;
+mod central;
+mod cli;
+mod common;
+mod config_validation;
+mod dockerfile;
+mod edge;
+mod enforcement;
+mod examples;
+mod http2_floods;
+mod introspection;
+mod introspection_gateway;
+mod jwt_validation;
+mod local_authorization_server;
+mod reload;
+mod routing;
+mod tls;
+mod token_properties;
+mod upstream_framing;
+mod upstream_pool;
