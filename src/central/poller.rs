@@ -106,7 +106,7 @@ pub async fn download(
     settings: &ApiGateway,
     etag: Option<&str>,
 ) -> Result<Fetched, DownloadError> {
-    let credentials = crate::config::compile::basic_header(&settings.user, &settings.password)
+    let credentials = crate::config::context::basic_header(&settings.user, &settings.password)
         .ok_or(DownloadError::Credentials)?;
     let mut request = client
         .get(export_url(settings))

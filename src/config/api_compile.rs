@@ -10,10 +10,11 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::compile::{basic_header, header_name, names, value_template, Ctx, GrantTable};
+use super::context::{basic_header, header_name, names, Ctx, GrantTable};
 use super::raw::{self, Scalar, S};
 use super::snapshot::*;
 use super::template;
+use super::template::value_template;
 
 pub struct Refs<'a> {
     pub auth_servers: &'a BTreeMap<Arc<str>, Arc<AuthServer>>,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::authz::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
-use super::compile::Ctx;
+use super::context::Ctx;
 use super::diagnostic::{Diagnostic, Origin, Severity};
 use super::raw::{self, Scalar, S};
 
@@ -332,7 +332,7 @@ fn client(
                 ),
                 format!(
                     "one of: {}",
-                    super::compile::names(known_scopes.iter().map(|s| s.to_string()))
+                    super::context::names(known_scopes.iter().map(|s| s.to_string()))
                 ),
             );
         }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::compile::Ctx;
+use super::context::Ctx;
 use super::diagnostic::Report;
 use super::raw::{self, S};
 use super::resolve::Env;

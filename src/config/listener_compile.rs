@@ -6,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::compile::Ctx;
+use super::context::Ctx;
 use super::raw::{self, Scalar, S};
 use super::snapshot::*;
 use super::Secret;

@@ -1,6 +1,7 @@
 //! Configuration: raw YAML (`raw`, read by `load`) → interpreted values
 //! (`resolve`) → checked and compiled (`compile` drives `listener_compile`,
-//! `security_compile`, `api_compile`, `authz_compile`, `fleet_compile`) into
+//! `security_compile`, `api_compile`, `authz_compile`, `fleet_compile`, all
+//! sharing `context`, which imports none of them) into
 //! an immutable [`Snapshot`] with a generation number.
 //! Every finding is a [`Diagnostic`] with file, line and column. Never
 //! touches the network; reads only the files the configuration names.
@@ -9,6 +10,7 @@ pub mod api_compile;
 pub mod authz;
 pub mod authz_compile;
 pub mod compile;
+pub mod context;
 pub mod diagnostic;
 pub mod fleet_compile;
 pub mod listener_compile;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::compile::{names, Ctx};
+use super::context::{names, Ctx};
 use super::raw::{self, Scalar, S};
 use super::snapshot::*;
 

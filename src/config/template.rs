@@ -4,6 +4,8 @@
 
 use http::Method;
 
+use super::context::{self, Ctx};
+use super::raw::{Scalar, S};
 use super::snapshot::{Part, Segment, Template, ValueTemplate, Variable};
 
 pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|claims.NAME} (or ${request.oauth2Token.clientId|owner})";
@@ -50,13 +52,24 @@ fn variable(name: &str) -> Result<Variable, String> {
     })
 }
 
+/// A header value template, or a finding at its position.
+pub(super) fn value_template(ctx: &mut Ctx, value: &S<Scalar>) -> Option<ValueTemplate> {
+    match parse(&value.value.0) {
+        Ok(parsed) => Some(parsed),
+        Err(problem) => {
+            ctx.report.error(value.referenced, problem, ALLOWED);
+            None
+        }
+    }
+}
+
 /// Parses `METHOD /path/{param}/{tail*}`.
 pub fn resource(text: &str) -> Result<(Method, Template), String> {
     let (method, path) = text
         .trim()
         .split_once(' ')
         .ok_or_else(|| format!("resource `{text}` is not \"METHOD /path\""))?;
-    let method = super::compile::method(method)
+    let method = context::method(method)
         .ok_or_else(|| format!("resource `{text}`: `{method}` is not a supported method"))?;
     Ok((method, path_template(path.trim())?))
 }
