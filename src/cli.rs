@@ -410,7 +410,11 @@ async fn wait_for_signals(gateway: &Gateway) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                let _ = gateway.state.reload(Source::Signal);
+                // Off the runtime workers; logged and counted by the reload.
+                let reloader = gateway.state.reloader.clone();
+                tokio::spawn(async move {
+                    let _ = reloader.reload_on_blocking_pool(Source::Signal).await;
+                });
             }
         }
     }

@@ -3,7 +3,7 @@
 //! before binding a socket; `reload` compiles a new snapshot and swaps it in.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,12 +14,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::auth::jwks::KeySet;
+use crate::admin::Admin;
 use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
+use crate::basic_auth::{admin_access, Access};
 use crate::config::{self, Env, Invalid, Snapshot};
 use crate::proxy::{self, Body, Connection, Runtime, Upstreams};
-use crate::reload::{Live, Source, Watcher};
+use crate::reload::{Live, Reloader, Source, Watcher};
 use crate::server::{self, ConnSettings, Transport};
 
 /// Why a gateway could not start.
@@ -40,113 +41,30 @@ pub enum StartError {
     Central(#[from] crate::central::StartError),
 }
 
-/// Shared state of one gateway instance.
+/// Shared state of one gateway instance. Lower layers get narrow handles
+/// out of it (the [`Reloader`], the admin port's [`Admin`]), never this.
 pub struct State {
-    pub live: Live,
+    pub live: Arc<Live>,
     pub runtime: Runtime,
-    pub config_path: PathBuf,
-    pub env: Env,
-    pub started: Instant,
-    pub listening: AtomicBool,
+    /// The one reload pipeline (file, SIGHUP, REST, central).
+    pub reloader: Arc<Reloader>,
+    pub admin: Arc<Admin>,
     /// This instance's authorization server, when `authorization_server:` is on.
-    pub authz: ArcSwapOption<AuthorizationServer>,
+    pub authz: Arc<ArcSwapOption<AuthorizationServer>>,
     /// The export served as a central; the document downloaded as a downstream.
-    pub central: crate::central::Link,
+    pub central: Arc<crate::central::Link>,
 }
 
 impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
-    /// serving snapshot and records the findings.
+    /// serving snapshot and records the findings. Blocking: async code
+    /// uses [`Reloader::reload_on_blocking_pool`].
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
-        self.reload_from(source, None)
-    }
-
-    /// Like [`State::reload`], for configuration text already read from
-    /// `config_path` (the file watcher compiles exactly the content it saw
-    /// settle, not what a writer may be halfway through replacing).
-    pub fn reload_text(&self, source: Source, text: &str) -> Result<u64, Invalid> {
-        self.reload_from(source, Some(text))
-    }
-
-    fn reload_from(&self, source: Source, text: Option<&str>) -> Result<u64, Invalid> {
-        let _serialised = self.live.one_reload_at_a_time();
-        let document = self.central.document();
-        self.reload_locked(source, text, document.as_deref())
-    }
-
-    /// Compiles the file (or `text` read from it), with `document`
-    /// (downloaded from a central gateway) merged over it, and swaps the
-    /// result in. The caller holds `live.one_reload_at_a_time()`, so
-    /// reloads from every source neither interleave nor share a generation.
-    pub fn reload_locked(
-        &self,
-        source: Source,
-        text: Option<&str>,
-        document: Option<&crate::central::Document>,
-    ) -> Result<u64, Invalid> {
-        let next = self.live.generation() + 1;
-        match crate::central::load(&self.config_path, text, &self.env, next, document) {
-            Ok(loaded) => match self.install(source, loaded.snapshot) {
-                Ok(generation) => Ok(generation),
-                Err(problem) => {
-                    let invalid = Invalid::single(&self.config_path, problem, "");
-                    tracing::error!(
-                        source = source.label(),
-                        "configuration refused; the last good one keeps serving:\n{invalid}"
-                    );
-                    self.live.refuse(source, invalid.to_string());
-                    Err(invalid)
-                }
-            },
-            Err(invalid) => {
-                tracing::error!(
-                    source = source.label(),
-                    "configuration refused; the last good one keeps serving:\n{invalid}"
-                );
-                self.live.refuse(source, invalid.to_string());
-                Err(invalid)
-            }
-        }
-    }
-
-    /// Prepares the runtime for `snapshot` (authorization server, then
-    /// validators), then swaps it in. Nothing is swapped on error.
-    pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
-        let generation = snapshot.generation;
-        self.prepare_authz(&snapshot)?;
-        self.runtime.auth.prepare(&snapshot);
-        self.live.swap(source, snapshot);
-        tracing::info!(generation, source = source.label(), "configuration applied");
-        Ok(generation)
-    }
-
-    /// Opens the authorization server when its settings changed (it keeps
-    /// its store and keys otherwise) and publishes its keys in-process.
-    fn prepare_authz(&self, snapshot: &Snapshot) -> Result<(), String> {
-        let Some(settings) = &snapshot.authorization_server else {
-            self.authz.store(None);
-            return Ok(());
-        };
-        let current = self.authz.load_full();
-        let server = match current {
-            Some(server) if server.settings() == &**settings => server,
-            _ => {
-                let server =
-                    AuthorizationServer::open((**settings).clone()).map_err(|e| e.to_string())?;
-                // The cleanup task ends when the server is dropped.
-                let _ = server.spawn_cleanup();
-                Arc::new(server)
-            }
-        };
-        let keys = KeySet::from_json(&server.published_keys())
-            .map_err(|e| format!("signing keys: {e}"))?;
-        self.runtime.auth.local_keys().store(Arc::new(keys));
-        self.authz.store(Some(server));
-        Ok(())
+        self.reloader.reload(source)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.runtime.auth.is_ready()
+        self.admin.is_ready()
     }
 }
 
@@ -177,7 +95,8 @@ impl Gateway {
         }
         let mut gateway = Gateway::start_with(config_path, env, loaded.snapshot).await?;
         gateway.state.central.adopt(document);
-        let poller = crate::central::poller::run(gateway.state.clone(), gateway.stop.subscribe());
+        let poller =
+            crate::reload::follow::run(gateway.state.reloader.clone(), gateway.stop.subscribe());
         gateway.tasks.spawn(poller);
         Ok(gateway)
     }
@@ -194,22 +113,34 @@ impl Gateway {
         };
         let listen = snapshot.listen.clone();
         let runtime = Runtime {
-            auth: Authenticator::default(),
+            auth: Arc::new(Authenticator::default()),
             upstreams: Upstreams::new(snapshot.timeouts.upstream_connect),
         };
         let generation = snapshot.generation;
-        let state = Arc::new(State {
-            live: Live::new(snapshot),
-            runtime,
+        let reloader = Arc::new(Reloader {
+            live: Arc::new(Live::new(snapshot)),
             config_path: config_path.to_path_buf(),
             env,
-            started: Instant::now(),
-            listening: AtomicBool::new(false),
-            authz: ArcSwapOption::empty(),
-            central: crate::central::Link::default(),
+            central: Arc::default(),
+            authz: Arc::new(ArcSwapOption::empty()),
+            auth: runtime.auth.clone(),
+        });
+        let listening = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(State {
+            live: reloader.live.clone(),
+            runtime,
+            admin: Arc::new(Admin {
+                reloader: reloader.clone(),
+                started: Instant::now(),
+                listening: listening.clone(),
+            }),
+            authz: reloader.authz.clone(),
+            central: reloader.central.clone(),
+            reloader,
         });
         let first = state.live.snapshot();
         state
+            .reloader
             .prepare_authz(&first)
             .map_err(StartError::AuthorizationServer)?;
         state.runtime.auth.prepare(&first);
@@ -250,10 +181,10 @@ impl Gateway {
         if let Some(addr) = listen.admin {
             let listener = bind(addr).await?;
             gateway.admin = listener.local_addr().ok();
-            let state = state.clone();
+            let admin = state.admin.clone();
             let handler = move |req, _peer| {
-                let state = state.clone();
-                async move { crate::admin::handle(&state, req).await }
+                let admin = admin.clone();
+                async move { crate::admin::handle(&admin, req).await }
             };
             tasks.spawn(server::serve(
                 listener,
@@ -265,8 +196,8 @@ impl Gateway {
             ));
         }
         gateway.tasks = tasks;
-        state.listening.store(true, Ordering::Release);
-        gateway.watcher = Watcher::spawn(state.clone())
+        listening.store(true, Ordering::Release);
+        gateway.watcher = Watcher::spawn(state.reloader.clone())
             .inspect_err(|error| tracing::warn!("{error}; reload with SIGHUP or the REST API"))
             .ok();
         Ok(gateway)
@@ -304,7 +235,7 @@ async fn handle_api(
     let snapshot = state.live.snapshot();
     let (response, api) = match state.authz.load_full() {
         Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
-            Box::pin(authz_endpoint(state, &snapshot, &authz, conn, req)).await,
+            Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
             None,
         ),
         _ => proxy::serve(&snapshot, &state.runtime, conn, req).await,
@@ -337,7 +268,6 @@ async fn handle_api(
 /// is read up to its limit, the request classified as HTTPS (TLS, or
 /// `https` from a trusted proxy) and admin credentials checked.
 async fn authz_endpoint(
-    state: &State,
     snapshot: &Snapshot,
     authz: &AuthorizationServer,
     conn: Connection,
@@ -352,10 +282,10 @@ async fn authz_endpoint(
             .headers()
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let admin_ok = match crate::admin::access(state, req.headers()) {
-        crate::admin::Access::Granted => Some(true),
-        crate::admin::Access::Denied => Some(false),
-        crate::admin::Access::Open => None,
+    let admin_ok = match admin_access(snapshot, req.headers()) {
+        Access::Granted => Some(true),
+        Access::Denied => Some(false),
+        Access::Open => None,
     };
     let ctx = crate::authz_server::RequestContext {
         is_https: conn.tls || forwarded_https,

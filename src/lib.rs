@@ -37,6 +37,7 @@
 pub mod admin;
 pub mod auth;
 pub mod authz_server;
+pub mod basic_auth;
 pub mod central;
 pub mod cli;
 pub mod config;

@@ -5,73 +5,45 @@
 
 mod views;
 
-use std::time::UNIX_EPOCH;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
 
-use base64::Engine;
 use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::gateway::State;
+use crate::basic_auth::{admin_access, Access};
 use crate::proxy::{full, Body};
-use crate::reload::Source;
+use crate::reload::{Reloader, Source};
 
-/// Whether a request may use an admin endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Granted,
-    /// Credentials are configured and these are missing or wrong.
-    Denied,
-    /// No credentials are configured: reads allowed, mutations refused.
-    Open,
+/// What the admin port reads and may change: the reload pipeline (which
+/// holds the serving snapshot, the central link and the authorization
+/// server) and the gateway's readiness, never the gateway itself.
+pub struct Admin {
+    pub reloader: Arc<Reloader>,
+    pub started: Instant,
+    /// The listeners are bound and serving.
+    pub listening: Arc<AtomicBool>,
 }
 
-/// Checks Basic credentials against `admin.user`/`admin.password`.
-pub fn access(state: &State, headers: &http::HeaderMap) -> Access {
-    let snapshot = state.live.snapshot();
-    let Some((user, password)) = &snapshot.admin.credentials else {
-        return Access::Open;
-    };
-    match basic_credentials(headers) {
-        Some((u, p))
-            if constant_eq(u.as_bytes(), user.as_bytes()) & password.matches(p.as_bytes()) =>
-        {
-            Access::Granted
-        }
-        _ => Access::Denied,
+impl Admin {
+    /// Listening, and every remote JWKS fetched once.
+    pub fn is_ready(&self) -> bool {
+        self.listening.load(Ordering::Acquire) && self.reloader.auth.is_ready()
     }
 }
 
-/// The user and password of a `Basic` Authorization header (RFC 7617).
-pub fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
-}
-
-pub async fn handle(state: &State, req: Request<Body>) -> Response<Body> {
+pub async fn handle(admin: &Admin, req: Request<Body>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/health/live") => json_response(StatusCode::OK, json!({"status": "up"})),
         (&Method::GET, "/health/ready") => {
-            if state.is_ready() {
+            if admin.is_ready() {
                 json_response(
                     StatusCode::OK,
-                    json!({"status": "ready", "generation": state.live.generation()}),
+                    json!({"status": "ready", "generation": admin.reloader.live.generation()}),
                 )
             } else {
                 json_response(
@@ -89,21 +61,26 @@ pub async fn handle(state: &State, req: Request<Body>) -> Response<Body> {
             response
         }
         (_, p) if p.starts_with("/rest/microgateway/") => {
-            rest(state, &method, &p["/rest/microgateway/".len()..], req).await
+            rest(admin, &method, &p["/rest/microgateway/".len()..], req).await
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     }
 }
 
-async fn rest(state: &State, method: &Method, path: &str, req: Request<Body>) -> Response<Body> {
+async fn rest(admin: &Admin, method: &Method, path: &str, req: Request<Body>) -> Response<Body> {
     if path == "settings/export" && method == Method::GET {
         // Authenticated against `central.users`, not the admin credentials.
-        let snapshot = state.live.snapshot();
-        let tree = || state.central.export_tree(&snapshot, &state.env);
+        let snapshot = admin.reloader.live.snapshot();
+        let tree = || {
+            admin
+                .reloader
+                .central
+                .export_tree(&snapshot, &admin.reloader.env)
+        };
         return crate::central::export::respond(&snapshot, req.headers(), req.uri().query(), tree)
             .map(full);
     }
-    let access = access(state, req.headers());
+    let access = admin_access(&admin.reloader.live.snapshot(), req.headers());
     // "required": these need configured admin credentials even to read.
     let mutating = (method != Method::GET && method != Method::HEAD) || path.starts_with("oauth2/");
     match (access, mutating) {
@@ -116,28 +93,30 @@ async fn rest(state: &State, method: &Method, path: &str, req: Request<Body>) ->
         }
         (Access::Granted, _) | (Access::Open, false) => {}
     }
-    let snapshot = state.live.snapshot();
+    let snapshot = admin.reloader.live.snapshot();
     match (method, path) {
-        (&Method::GET, "status") => json_response(StatusCode::OK, status(state)),
+        (&Method::GET, "status") => json_response(StatusCode::OK, status(admin)),
         (&Method::GET, "settings") => json_response(StatusCode::OK, views::settings(&snapshot)),
         (&Method::GET, "assets") => json_response(StatusCode::OK, views::assets(&snapshot)),
-        (&Method::POST, "reload") => match state.reload(Source::Api) {
-            Ok(generation) => json_response(StatusCode::OK, json!({"generation": generation})),
-            Err(invalid) => json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error": "invalid_configuration", "findings": invalid.findings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
-            ),
-        },
-        (&Method::GET, "oauth2/tokens") => tokens(state).await,
+        (&Method::POST, "reload") => {
+            match admin.reloader.reload_on_blocking_pool(Source::Api).await {
+                Ok(generation) => json_response(StatusCode::OK, json!({"generation": generation})),
+                Err(invalid) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"error": "invalid_configuration", "findings": invalid.findings.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+                ),
+            }
+        }
+        (&Method::GET, "oauth2/tokens") => tokens(admin).await,
         (&Method::DELETE, p) if p.starts_with("oauth2/tokens/") => {
-            revoke(state, &p["oauth2/tokens/".len()..]).await
+            revoke(admin, &p["oauth2/tokens/".len()..]).await
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     }
 }
 
-async fn tokens(state: &State) -> Response<Body> {
-    let Some(authz) = state.authz.load_full() else {
+async fn tokens(admin: &Admin) -> Response<Body> {
+    let Some(authz) = admin.reloader.authz.load_full() else {
         return json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "not_found", "error_description": "the authorization server is off"}),
@@ -155,8 +134,8 @@ async fn tokens(state: &State) -> Response<Body> {
     }
 }
 
-async fn revoke(state: &State, id: &str) -> Response<Body> {
-    let Some(authz) = state.authz.load_full() else {
+async fn revoke(admin: &Admin, id: &str) -> Response<Body> {
+    let Some(authz) = admin.reloader.authz.load_full() else {
         return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"}));
     };
     match authz.revoke_by_id(id.to_owned()).await {
@@ -172,19 +151,19 @@ async fn revoke(state: &State, id: &str) -> Response<Body> {
     }
 }
 
-fn status(state: &State) -> serde_json::Value {
-    let reload = state.live.status();
+fn status(admin: &Admin) -> serde_json::Value {
+    let reload = admin.reloader.live.status();
     let seconds = |t: Option<std::time::SystemTime>| {
         t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
     };
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": state.started.elapsed().as_secs(),
-        "generation": state.live.generation(),
+        "uptime_s": admin.started.elapsed().as_secs(),
+        "generation": admin.reloader.live.generation(),
         "last_reload_at": seconds(reload.last_reload_at),
         "last_reload_error": reload.last_reload_error,
-        "central": state.central.status_json(state.live.snapshot().api_gateway.as_ref()),
+        "central": admin.reloader.central.status_json(admin.reloader.live.snapshot().api_gateway.as_ref()),
     })
 }
 

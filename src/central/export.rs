@@ -198,7 +198,7 @@ pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
 /// Whether Basic credentials name one of `central.users`. Every user is
 /// compared, in constant time, whatever matched before.
 pub fn authorized(central: &Central, headers: &HeaderMap) -> bool {
-    let Some((user, password)) = crate::admin::basic_credentials(headers) else {
+    let Some((user, password)) = crate::basic_auth::basic_credentials(headers) else {
         return false;
     };
     central.users.iter().fold(false, |found, (name, secret)| {

@@ -23,7 +23,7 @@ use crate::policy::{self, Route};
 
 /// What the data path needs besides the snapshot.
 pub struct Runtime {
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub upstreams: Upstreams,
 }
 

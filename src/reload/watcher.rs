@@ -35,8 +35,8 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use sha2::{Digest, Sha256};
 
-use super::Source;
-use crate::gateway::State;
+use super::reloader::Reloader;
+use super::swap::Source;
 
 /// How long the watched directories must be quiet before the files are read.
 pub const QUIET: Duration = Duration::from_millis(100);
@@ -73,8 +73,8 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts watching the files of the serving snapshot of `state`.
-    pub fn spawn(state: Arc<State>) -> Result<Watcher, WatchError> {
+    /// Starts watching the files of the serving snapshot of `reloader`.
+    pub fn spawn(reloader: Arc<Reloader>) -> Result<Watcher, WatchError> {
         let (tx, rx) = mpsc::channel();
         let events = tx.clone();
         let notify = notify::recommended_watcher(move |event| {
@@ -84,9 +84,9 @@ impl Watcher {
         // the runtime that started the gateway.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut watch = Watch {
-            last_seen: read_files(&watched_files(&state)).hash,
-            generation: state.live.generation(),
-            state,
+            last_seen: read_files(&watched_files(&reloader)).hash,
+            generation: reloader.live.generation(),
+            reloader,
             notify,
             watched: BTreeSet::new(),
             interest: BTreeSet::new(),
@@ -124,7 +124,7 @@ impl Drop for Watcher {
 struct Stopped;
 
 struct Watch {
-    state: Arc<State>,
+    reloader: Arc<Reloader>,
     notify: RecommendedWatcher,
     rx: Receiver<Message>,
     /// Directories currently watched.
@@ -185,7 +185,7 @@ impl Watch {
 
     /// Reloads when the settled content differs from what was last seen.
     fn check(&mut self) -> Result<(), Stopped> {
-        let files = watched_files(&self.state);
+        let files = watched_files(&self.reloader);
         let Some(reading) = self.settle(&files)? else {
             tracing::warn!("configuration files keep changing; waiting for the next change");
             return Ok(());
@@ -198,7 +198,7 @@ impl Watch {
             Some(text) if !text.is_empty() => text,
             Some(_) | None => {
                 tracing::info!(
-                    config = %self.state.config_path.display(),
+                    config = %self.reloader.config_path.display(),
                     "configuration file is missing or empty; waiting for it to be written"
                 );
                 return Ok(());
@@ -208,9 +208,9 @@ impl Watch {
         // Logged, counted and shown in status by `reload`; on error the last
         // good snapshot keeps serving.
         let _ = match String::from_utf8(text) {
-            Ok(text) => self.state.reload_text(Source::File, &text),
+            Ok(text) => self.reloader.reload_text(Source::File, &text),
             // Read again by `reload`, which says what is wrong with the file.
-            Err(_) => self.state.reload(Source::File),
+            Err(_) => self.reloader.reload(Source::File),
         };
         self.follow_files();
         Ok(())
@@ -250,16 +250,16 @@ impl Watch {
     /// After a reload from another source, watch the files the new snapshot
     /// names and take its content as seen.
     fn follow_other_reloads(&mut self) {
-        if self.state.live.generation() != self.generation {
-            self.last_seen = read_files(&watched_files(&self.state)).hash;
+        if self.reloader.live.generation() != self.generation {
+            self.last_seen = read_files(&watched_files(&self.reloader)).hash;
             self.follow_files();
         }
     }
 
     /// Watches exactly the directories of the serving snapshot's files.
     fn follow_files(&mut self) {
-        self.generation = self.state.live.generation();
-        let (dirs, interest) = watch_set(&watched_files(&self.state));
+        self.generation = self.reloader.live.generation();
+        let (dirs, interest) = watch_set(&watched_files(&self.reloader));
         for gone in self.watched.difference(&dirs) {
             if let Err(error) = self.notify.unwatch(gone) {
                 tracing::debug!(dir = %gone.display(), %error, "cannot unwatch");
@@ -288,9 +288,9 @@ impl Watch {
 }
 
 /// The configuration file and every file the serving snapshot names.
-fn watched_files(state: &State) -> Vec<PathBuf> {
-    let snapshot = state.live.snapshot();
-    let mut files = vec![state.config_path.clone()];
+fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
+    let snapshot = reloader.live.snapshot();
+    let mut files = vec![reloader.config_path.clone()];
     for file in &snapshot.files {
         if !files.contains(file) {
             files.push(file.clone());

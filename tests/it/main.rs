@@ -13,6 +13,7 @@ mod edge;
 mod enforcement;
 mod examples;
 mod http2_floods;
+mod import_cycles;
 mod introspection;
 mod introspection_gateway;
 mod jwt_validation;

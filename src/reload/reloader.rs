@@ -1,0 +1,145 @@
+//! The one reload pipeline, whatever asked for it (file watcher, SIGHUP,
+//! REST, central poller): compile the configuration file (with the
+//! central's document merged over it) → prepare the runtime (authorization
+//! server, token validators) → swap. Reloads run one at a time
+//! (`Live::one_reload_at_a_time`), so generations are numbered in order;
+//! on any error the serving snapshot stays and the findings are recorded.
+//!
+//! A reload blocks: it reads files, compiles, may open SQLite and generate
+//! keys, and takes a std mutex. Async callers run it on the blocking pool
+//! ([`Reloader::reload_on_blocking_pool`]), never on a runtime worker, so a
+//! reload in progress never delays a request. It never touches listeners.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use super::swap::{Live, Source};
+use crate::auth::jwks::KeySet;
+use crate::auth::servers::Authenticator;
+use crate::authz_server::AuthorizationServer;
+use crate::central::{self, Document, Link};
+use crate::config::{Env, Invalid, Snapshot};
+
+/// What a reload reads and what it changes: the handle the lower layers
+/// (admin, the central poller, the file watcher) get instead of the
+/// gateway's state.
+pub struct Reloader {
+    pub live: Arc<Live>,
+    pub config_path: PathBuf,
+    pub env: Env,
+    /// The export served as a central; the document downloaded as a downstream.
+    pub central: Arc<Link>,
+    /// This instance's authorization server, when `authorization_server:` is on.
+    pub authz: Arc<ArcSwapOption<AuthorizationServer>>,
+    /// The token validators of the data path.
+    pub auth: Arc<Authenticator>,
+}
+
+impl Reloader {
+    /// Compiles the configuration again and swaps it in, or keeps the
+    /// serving snapshot and records the findings. Blocking.
+    pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
+        self.reload_from(source, None)
+    }
+
+    /// Like [`Reloader::reload`], for configuration text already read from
+    /// `config_path` (the file watcher compiles exactly the content it saw
+    /// settle, not what a writer may be halfway through replacing).
+    pub fn reload_text(&self, source: Source, text: &str) -> Result<u64, Invalid> {
+        self.reload_from(source, Some(text))
+    }
+
+    /// [`Reloader::reload`] on the blocking pool: the runtime worker that
+    /// asks goes on serving requests meanwhile.
+    pub async fn reload_on_blocking_pool(self: &Arc<Self>, source: Source) -> Result<u64, Invalid> {
+        let reloader = Arc::clone(self);
+        tokio::task::spawn_blocking(move || reloader.reload(source))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Invalid::single(
+                    &self.config_path,
+                    "the reload stopped before it finished",
+                    "",
+                ))
+            })
+    }
+
+    fn reload_from(&self, source: Source, text: Option<&str>) -> Result<u64, Invalid> {
+        let _serialised = self.live.one_reload_at_a_time();
+        let document = self.central.document();
+        self.reload_locked(source, text, document.as_deref())
+    }
+
+    /// Compiles the file (or `text` read from it), with `document`
+    /// (downloaded from a central gateway) merged over it, and swaps the
+    /// result in. The caller holds `live.one_reload_at_a_time()`, so
+    /// reloads from every source neither interleave nor share a generation.
+    pub fn reload_locked(
+        &self,
+        source: Source,
+        text: Option<&str>,
+        document: Option<&Document>,
+    ) -> Result<u64, Invalid> {
+        let next = self.live.generation() + 1;
+        match central::load(&self.config_path, text, &self.env, next, document) {
+            Ok(loaded) => match self.install(source, loaded.snapshot) {
+                Ok(generation) => Ok(generation),
+                Err(problem) => {
+                    let invalid = Invalid::single(&self.config_path, problem, "");
+                    tracing::error!(
+                        source = source.label(),
+                        "configuration refused; the last good one keeps serving:\n{invalid}"
+                    );
+                    self.live.refuse(source, invalid.to_string());
+                    Err(invalid)
+                }
+            },
+            Err(invalid) => {
+                tracing::error!(
+                    source = source.label(),
+                    "configuration refused; the last good one keeps serving:\n{invalid}"
+                );
+                self.live.refuse(source, invalid.to_string());
+                Err(invalid)
+            }
+        }
+    }
+
+    /// Prepares the runtime for `snapshot` (authorization server, then
+    /// validators), then swaps it in. Nothing is swapped on error.
+    pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
+        let generation = snapshot.generation;
+        self.prepare_authz(&snapshot)?;
+        self.auth.prepare(&snapshot);
+        self.live.swap(source, snapshot);
+        tracing::info!(generation, source = source.label(), "configuration applied");
+        Ok(generation)
+    }
+
+    /// Opens the authorization server when its settings changed (it keeps
+    /// its store and keys otherwise) and publishes its keys in-process.
+    pub fn prepare_authz(&self, snapshot: &Snapshot) -> Result<(), String> {
+        let Some(settings) = &snapshot.authorization_server else {
+            self.authz.store(None);
+            return Ok(());
+        };
+        let current = self.authz.load_full();
+        let server = match current {
+            Some(server) if server.settings() == &**settings => server,
+            _ => {
+                let server =
+                    AuthorizationServer::open((**settings).clone()).map_err(|e| e.to_string())?;
+                // The cleanup task ends when the server is dropped.
+                let _ = server.spawn_cleanup();
+                Arc::new(server)
+            }
+        };
+        let keys = KeySet::from_json(&server.published_keys())
+            .map_err(|e| format!("signing keys: {e}"))?;
+        self.auth.local_keys().store(Arc::new(keys));
+        self.authz.store(Some(server));
+        Ok(())
+    }
+}
