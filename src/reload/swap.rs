@@ -5,6 +5,7 @@
 //! limits, timeouts) only take effect on a restart, and a swap that changes
 //! them says so.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -78,6 +79,8 @@ pub struct Live {
     status: Mutex<ReloadStatus>,
     bound: Bound,
     reloading: Mutex<()>,
+    /// Reloads waiting for `reloading`.
+    waiting: AtomicUsize,
 }
 
 impl Live {
@@ -90,6 +93,7 @@ impl Live {
             current: ArcSwap::from_pointee(first),
             status: Mutex::new(ReloadStatus::default()),
             reloading: Mutex::new(()),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -97,9 +101,19 @@ impl Live {
     /// signal, REST) number their generations in order and a slower one
     /// cannot install an older reading over a newer one.
     pub fn one_reload_at_a_time(&self) -> MutexGuard<'_, ()> {
-        self.reloading
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let guard = self
+            .reloading
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        guard
+    }
+
+    /// How many reloads wait for the one in progress (a test holds a reload
+    /// open and sees the next one queue up off the request path).
+    pub fn reloads_waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -701,3 +701,75 @@ async fn sighup_reloads_the_running_binary() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A reload holds the reload lock for all its work (files, compile, key
+/// generation); the test holding it stands for a slow one. With a single
+/// runtime worker, a REST reload queued behind it must wait on the
+/// blocking pool, not on the worker: the admin port keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_reload_in_progress_never_holds_up_a_request() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let admin = gw.admin.expect("admin port");
+    let live = gw.state().live.clone();
+    let in_progress = live.one_reload_at_a_time();
+
+    let reload = std::thread::spawn(move || {
+        let credentials = base64_basic(ADMIN.0, ADMIN.1);
+        blocking_exchange(
+            admin,
+            &format!(
+                "POST /rest/microgateway/reload HTTP/1.1\r\nhost: admin\r\n\
+                 authorization: Basic {credentials}\r\ncontent-length: 0\r\n\
+                 connection: close\r\n\r\n"
+            ),
+        )
+    });
+    let queued = Instant::now() + DEADLINE;
+    while live.reloads_waiting() == 0 {
+        assert!(Instant::now() < queued, "the REST reload never started");
+        std::thread::yield_now();
+    }
+
+    // From a thread of its own, bounded: a blocked worker cannot answer,
+    // and then neither could a timer of its runtime.
+    let probe = std::thread::spawn(move || {
+        blocking_exchange(
+            admin,
+            "GET /health/live HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+        )
+    })
+    .join()
+    .expect("probe thread");
+    assert!(
+        probe.starts_with("HTTP/1.1 200"),
+        "a request waited for the reload: {probe:?}"
+    );
+
+    drop(in_progress);
+    let answer = reload.join().expect("reload thread");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""generation":2"#), "{answer}");
+    drop(live);
+    gw.shutdown().await;
+}
+
+fn base64_basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+/// One request on a new std connection, read to the close; at most 10 s
+/// for each read (an empty answer when none came).
+fn blocking_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
