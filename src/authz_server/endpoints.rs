@@ -9,7 +9,7 @@
 //! work run on the blocking pool, never on the reactor.
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use serde_json::json;
 use super::approval::Approval;
 use super::authorize::{self, AuthorizeContext};
 use super::client_auth::{self, Method as AuthMethod};
+use super::clock::Clock;
 use super::error::{json_response, OAuthError};
 use super::form::{Form, FormError};
 use super::grants::{self, attempts::FailedAttempts, password::Users, GrantContext};
@@ -89,6 +90,8 @@ pub struct AuthorizationServer {
 }
 
 struct Inner {
+    /// What codes, tokens and keys expire by.
+    clock: Clock,
     settings: Settings,
     store: Box<dyn TokenStore>,
     keys: ArcSwap<SigningKeys>,
@@ -97,13 +100,6 @@ struct Inner {
     sessions: Sessions,
     approval: Approval,
     metadata: Bytes,
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl AuthorizationServer {
@@ -119,7 +115,8 @@ impl AuthorizationServer {
             }
         }
         let store = SqliteStore::open(&settings.store_path)?;
-        let keys = SigningKeys::open(&settings.signing_key_path, &store, unix_now())?;
+        let clock = Clock::default();
+        let keys = SigningKeys::open(&settings.signing_key_path, &store, clock.unix_now())?;
         let users = Users::new(&settings.users)?;
         let approval = Approval::new(settings.approval_template.as_deref())?;
         let metadata = Bytes::from(
@@ -128,6 +125,7 @@ impl AuthorizationServer {
         );
         Ok(AuthorizationServer {
             inner: Arc::new(Inner {
+                clock,
                 settings,
                 store: Box::new(store),
                 keys: ArcSwap::from_pointee(keys),
@@ -144,6 +142,11 @@ impl AuthorizationServer {
         &self.inner.settings
     }
 
+    /// What this server's codes, tokens and keys expire by.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
     /// The JWKS (RFC 7517) of this server's public keys, for the gateway to
     /// validate this server's JWTs in-process.
     pub fn published_keys(&self) -> Vec<u8> {
@@ -157,13 +160,13 @@ impl AuthorizationServer {
             .inner
             .keys
             .load()
-            .reload(self.inner.store.as_ref(), unix_now())?;
+            .reload(self.inner.store.as_ref(), self.inner.clock.unix_now())?;
         self.inner.keys.store(Arc::new(keys));
         Ok(())
     }
 
     pub async fn handle(&self, req: Request<Bytes>, ctx: RequestContext) -> Response<Bytes> {
-        self.handle_at(req, ctx, unix_now()).await
+        self.handle_at(req, ctx, self.inner.clock.unix_now()).await
     }
 
     /// [`handle`](Self::handle) with the clock given (Unix seconds).
@@ -204,7 +207,7 @@ impl AuthorizationServer {
     }
 
     pub async fn remove_expired(&self) -> Result<Removed, AuthzError> {
-        self.blocking(|inner| Ok(inner.store.remove_expired(unix_now())?))
+        self.blocking(|inner| Ok(inner.store.remove_expired(inner.clock.unix_now())?))
             .await
     }
 
@@ -235,7 +238,8 @@ async fn cleanup_loop(weak: Weak<Inner>, every: Duration) {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
         let result =
-            tokio::task::spawn_blocking(move || inner.store.remove_expired(unix_now())).await;
+            tokio::task::spawn_blocking(move || inner.store.remove_expired(inner.clock.unix_now()))
+                .await;
         match result {
             Ok(Ok(removed)) => tracing::info!(removed = removed.total(), "expired tokens removed"),
             Ok(Err(error)) => tracing::warn!(%error, "removing expired tokens failed"),

@@ -10,11 +10,12 @@
 //! `store` remembers tokens by `jti` or hash, never by value;
 //! `introspect` (RFC 7662) and `revoke` (RFC 7009) answer about them;
 //! `client_auth` and `form` read requests; `error` decides every refusal's
-//! status and body. Nothing here logs a token, password or secret.
+//! status and body; `clock` is what everything issued expires by. Nothing here logs a token, password or secret.
 
 pub mod approval;
 mod authorize;
 mod client_auth;
+pub mod clock;
 mod endpoints;
 pub mod error;
 mod form;
@@ -28,7 +29,8 @@ pub mod settings;
 pub mod store;
 pub mod tokens;
 
-pub use endpoints::{is_endpoint, unix_now, AuthorizationServer, RequestContext, MAX_BODY};
+pub use clock::{unix_now, Clock};
+pub use endpoints::{is_endpoint, AuthorizationServer, RequestContext, MAX_BODY};
 pub use settings::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
 pub use store::{Removed, TokenSummary};
 

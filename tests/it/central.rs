@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use microgateway::central::poller::IDLE;
 use microgateway::reload::Source;
 use tokio::net::TcpListener;
 
@@ -141,15 +142,26 @@ fn generation(gw: &Gateway) -> u64 {
     gw.state().live.generation()
 }
 
-/// Polls `check` every 50 ms for up to 10 s.
+/// Polls `check` every 50 ms for up to 10 s, each time moving the tokio
+/// clock, which the poll loops wait by, 250 ms forward: a poll interval of
+/// 1 s (or a backoff) passes in a fifth of it.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..200 {
         if check() {
             return;
         }
+        advance(Duration::from_millis(250)).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("not reached within 10 s: {what}");
+}
+
+/// Moves the tokio clock forward without waiting (paused only for the
+/// jump: sockets are real).
+async fn advance(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
 }
 
 async fn status_of(gw: &Gateway) -> serde_json::Value {
@@ -565,7 +577,14 @@ async fn central_is_never_contacted_when_both_flags_are_false() {
     let down = Gateway::start(&downstream.yaml()).await;
     assert_eq!(down.get("/local/ping").await.status(), 200);
     assert_eq!(down.get("/remote/a").await.status(), 404);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Two rounds of the poll loop, on the tokio clock it waits by.
+    for _ in 0..2 {
+        advance(IDLE + Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(down.get("/local/ping").await.status(), 200);
     assert_eq!(fake.hits(), 0);
     assert!(!cache.exists());
     down.shutdown().await;

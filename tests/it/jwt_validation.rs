@@ -424,7 +424,7 @@ async fn random_kids_cause_at_most_one_fetch_per_cooldown() {
         );
     }
     assert_eq!(idp.requests("/jwks"), 2, "no refetch within the cooldown");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    advance(Duration::from_millis(2100)).await;
     for token in &tokens[..10] {
         let _ = check(&validator, token).await;
     }
@@ -481,7 +481,7 @@ async fn jwks_down_at_start_is_unavailable_until_it_recovers() {
     ));
 
     idp.set(|state| state.failing = false);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    advance(Duration::from_millis(250)).await;
     assert_eq!(check(&validator, &token).await, Ok(()));
     assert!(source.is_ready());
     assert_eq!(refreshes("down-at-start", "ok"), 1);
@@ -536,20 +536,40 @@ async fn background_refresh_finds_a_late_jwks_within_seconds() {
     let idp = Idp::start(jwks(&[&key])).await;
     idp.set(|state| state.failing = true);
     let source = source("late", options(&idp));
-    let started = std::time::Instant::now();
     let task = source.spawn_refresh();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Fetches at 0 s, 1 s and 3 s: the third finds the set.
+    until("the first fetch failed", || refreshes("late", "error") == 1).await;
+    advance(Duration::from_secs(1)).await;
+    until("the second fetch failed", || {
+        refreshes("late", "error") == 2
+    })
+    .await;
     assert!(!source.is_ready());
     idp.set(|state| state.failing = false);
-    while !source.is_ready() && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let waited = started.elapsed();
+    advance(Duration::from_secs(2)).await;
+    until("the third fetch found the set", || source.is_ready()).await;
     task.abort();
-    assert!(source.is_ready(), "not ready after {waited:?}");
-    // Fetches at 0 s, 1 s and 3 s: the third finds the set.
-    assert!(waited < Duration::from_secs(6), "ready after {waited:?}");
     assert_eq!(refreshes("late", "error"), 2);
+}
+
+/// Moves the tokio clock, which JWKS cooldowns and refresh waits run on,
+/// forward without waiting (the clock runs on from there; sockets are
+/// real, so it is paused only for the jump).
+async fn advance(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// Waits (at most 10 s) until `done`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 10 s: {what}");
 }
 
 #[tokio::test]

@@ -17,13 +17,14 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// An upstream counting the connections and requests it got; with
-/// `idle_close`, it closes a connection that has had no new request for
-/// that long.
+/// An upstream counting the connections and requests it got and the
+/// connections it closed; with `idle_close`, it closes a connection that
+/// has had no new request for that long.
 struct CountingUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
 }
 
 impl CountingUpstream {
@@ -32,11 +33,12 @@ impl CountingUpstream {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r) = (connections.clone(), requests.clone());
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (c, r, x) = (connections.clone(), requests.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
+                let (r, x) = (r.clone(), x.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut read = BufReader::new(read);
@@ -55,6 +57,8 @@ impl CountingUpstream {
                             break;
                         }
                     }
+                    drop((read, write));
+                    x.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -62,6 +66,7 @@ impl CountingUpstream {
             addr,
             connections,
             requests,
+            closed,
         }
     }
 
@@ -71,6 +76,17 @@ impl CountingUpstream {
 
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Waits (at most 10 s) until the upstream has closed `n` connections.
+    async fn wait_closed(&self, n: usize) {
+        for _ in 0..2000 {
+            if self.closed.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the upstream did not close {n} connections");
     }
 }
 
@@ -156,7 +172,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
         assert_eq!(status, 200, "round {round}");
         assert_eq!(upstream.connections(), round);
         // The upstream closes the connection meanwhile.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        upstream.wait_closed(round).await;
     }
     assert_eq!(upstream.requests(), 3);
     gw.shutdown().await;
