@@ -2,25 +2,37 @@
 //! can be its own authorization server, and can follow (or be) a central
 //! configuration. One binary, three roles.
 //!
-//! # Modules
+//! # Modules, floor by floor
 //!
-//! - [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
-//!   generation); every finding with file, line and column.
-//! - [`reload`]: the serving snapshot (`swap`) and the file watcher.
-//! - [`policy`]: pure decisions over a snapshot — canonical path, route,
-//!   scopes, the verdict `explain` prints.
-//! - [`auth`]: a bearer token becomes a principal (local JWT validation
-//!   against a JWKS, or RFC 7662 introspection through a cache).
-//! - [`proxy`]: the data path, its phases in order, and the upstream pool
-//!   and HTTP/1.1 client.
-//! - [`authz_server`]: the local OAuth2 authorization server (SQLite store).
-//! - [`central`]: exporting settings to a fleet, and following a central.
-//! - [`admin`]: health, metrics and REST on the admin port.
-//! - [`server`]: listeners, TLS, HTTP/1.1 and HTTP/2, limits, drain.
-//! - [`timer`]: the data path's deadlines (request head, upstream answer),
-//!   one queue per listener thread.
-//! - [`gateway`]: a running gateway (snapshot, runtime, listeners);
-//!   [`cli`] the commands; [`metrics`] every metric.
+//! A module uses only modules on the floors below its own, never one on
+//! its floor or above (`tests/it/import_cycles.rs` checks this, and that
+//! no file imports another that imports it back). Lower floors get narrow
+//! handles — the [`reload::Reloader`], the admin port's [`admin::Admin`] —
+//! never the gateway's state.
+//!
+//! 1. [`metrics`]: every metric. [`timer`]: the data path's deadlines
+//!    (request head, upstream answer), one queue per listener thread.
+//! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
+//!    generation); every finding with file, line and column.
+//! 3. [`auth`]: a bearer token becomes a principal (local JWT validation
+//!    against a JWKS, or RFC 7662 introspection through a cache).
+//!    [`authz_server`]: the local OAuth2 authorization server (SQLite
+//!    store); it publishes its keys as a JWKS, so `auth` never imports it.
+//!    [`basic_auth`]: Basic credentials, checked for the admin port and
+//!    the central export alike.
+//! 4. [`policy`]: pure decisions over a snapshot — canonical path, route,
+//!    scopes, the verdict `explain` prints.
+//! 5. [`proxy`]: the data path, its phases in order, and the upstream pool
+//!    and HTTP/1.1 client.
+//! 6. [`server`]: listeners, TLS, HTTP/1.1 and HTTP/2, limits, drain.
+//!    [`central`]: the export a central serves, downloading it, merging a
+//!    download over the local file.
+//! 7. [`reload`]: the serving snapshot (`swap`), the one reload pipeline
+//!    (`Reloader`: compile, prepare, swap; off the runtime workers) and its
+//!    sources: the file watcher and the central poll loop (`follow`).
+//! 8. [`admin`]: health, metrics and REST on the admin port.
+//! 9. [`gateway`]: a running gateway (snapshot, runtime, listeners), which
+//!    wires the floors below; [`cli`]: the commands.
 //!
 //! # The life of a request
 //!

@@ -9,7 +9,8 @@
 //! its parent defines; a loop through any other file is found. Comments
 //! and literals are blanked first; a `super::` inside an inline
 //! `mod tests` is the file itself. `main.rs` is the binary's root and sees
-//! the library from outside.
+//! the library from outside. The top-level modules also keep to the floors
+//! of `src/lib.rs`'s module map ([`FLOORS`]): each uses only lower ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -568,4 +569,44 @@ fn blank_comments_and_literals(text: &str) -> String {
         }
     }
     out
+}
+
+/// The floors of `src/lib.rs`'s module map, lowest first.
+const FLOORS: &[&[&str]] = &[
+    &["metrics", "timer"],
+    &["config"],
+    &["auth", "authz_server", "basic_auth"],
+    &["policy"],
+    &["proxy"],
+    &["server", "central"],
+    &["reload"],
+    &["admin"],
+    &["gateway"],
+    &["cli"],
+];
+
+#[test]
+fn each_module_uses_only_lower_floors() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Files::new();
+    read_tree(&src, &src, &mut files);
+    let floor_of = |module: &str| {
+        let top = module.split("::").next().unwrap_or(module);
+        FLOORS.iter().position(|floor| floor.contains(&top))
+    };
+    let mut upward = Vec::new();
+    for (from, imported) in graph(&files).iter().filter(|(m, _)| !m.is_empty()) {
+        let from_floor = floor_of(from).unwrap_or_else(|| panic!("`{from}` is on no floor"));
+        for to in imported {
+            let to_floor = floor_of(to).unwrap_or_else(|| panic!("`{to}` is on no floor"));
+            let same_module = from.split("::").next() == to.split("::").next();
+            if !same_module && to_floor >= from_floor {
+                upward.push(format!("{from} → {to}"));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports on the same floor or up: {upward:#?}"
+    );
 }
