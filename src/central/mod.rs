@@ -1,7 +1,8 @@
 //! A fleet following one central configuration. The central role serves its
 //! settings (`export`); a downstream downloads them (`poller`), merges them
 //! over its local file (`merge`) and swaps the result in through the same
-//! compile-validate-swap path as a file change.
+//! compile-validate-swap path as a file change (the poll loop doing so is
+//! `reload::follow`: nothing here changes the serving snapshot).
 //!
 //! Invariants: the central is never contacted when `download_settings` and
 //! `download_apis` are both false; a download is applied only when it is
