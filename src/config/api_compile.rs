@@ -29,6 +29,10 @@ const NAME_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// What `authentication` may say.
+const AUTHENTICATION_ALLOWED: &str =
+    "authentication: { type: oauth2, auth_server: ID }, or { type: none } for an API open to anyone";
+
 /// Paths the local authorization server answers on.
 const RESERVED: &[&str] = &["/oauth2", "/invoke", "/.well-known"];
 
@@ -154,19 +158,7 @@ fn ctx_required_str(
 }
 
 fn ctx_bool(ctx: &mut Ctx, value: &Option<S<Scalar>>, key: &str) -> bool {
-    let Some(v) = value else { return false };
-    match v.value.0.as_str() {
-        "true" => true,
-        "false" => false,
-        other => {
-            ctx.report.error(
-                v.referenced,
-                format!("{key}: `{other}` is not a boolean"),
-                "true or false",
-            );
-            false
-        }
-    }
+    ctx.boolean(value, key, false)
 }
 
 fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {
@@ -296,8 +288,21 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
 }
 
 fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Authentication> {
+    // Fail closed: an API is served without credentials only when its
+    // file says so (`type: none`), never because a block is missing.
     let Some(auth) = &entry.value.authentication else {
-        return Some(Authentication::None);
+        let at = entry
+            .value
+            .name
+            .as_ref()
+            .map(|n| n.referenced)
+            .unwrap_or(entry.referenced);
+        ctx.report.error(
+            at,
+            "API has no `authentication`; it would be served without credentials",
+            AUTHENTICATION_ALLOWED,
+        );
+        return None;
     };
     let kind = auth
         .value
@@ -305,7 +310,27 @@ fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Aut
         .as_ref()
         .map(|k| (k.value.as_str(), k.referenced));
     match kind {
-        None | Some(("none", _)) => Some(Authentication::None),
+        None => {
+            ctx.report.error(
+                auth.referenced,
+                "authentication has no `type`",
+                AUTHENTICATION_ALLOWED,
+            );
+            None
+        }
+        Some(("none", _)) => {
+            // Scopes under `type: none` would be enforced by nothing: a
+            // reader of the file would believe the API is protected.
+            if let Some(scope) = entry.value.scopes.first() {
+                ctx.report.error(
+                    scope.referenced,
+                    "API has `scopes:` but authentication type none; nothing would enforce them",
+                    "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
+                );
+                return None;
+            }
+            Some(Authentication::None)
+        }
         Some(("oauth2", _)) => {
             let Some(server) = &auth.value.auth_server else {
                 ctx.report.error(
@@ -563,8 +588,9 @@ fn outbound(
     let kind = raw.kind.as_ref().map(|k| k.value.as_str());
     match (kind, &raw.username, &raw.password) {
         (Some("basic") | None, Some(user), Some(password)) => {
+            let user = ctx.basic_user(user.referenced, &user.value.0, "outbound_auth.username");
             let secret = ctx.secret(password, "outbound_auth.password")?;
-            basic_header(&user.value.0, &secret).map(Outbound::Header)
+            basic_header(&user?, &secret).map(Outbound::Header)
         }
         _ => {
             ctx.report.error(entry.referenced, "outbound_auth needs `alias`, { type: basic, username, password } or { delegate: incoming_token }", "alias | type: basic with username and password | delegate: incoming_token");

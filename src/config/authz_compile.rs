@@ -356,6 +356,11 @@ fn client(
 /// RFC 9700 §4.1: exact redirect URIs; plain http only for native-app
 /// loopback redirects (RFC 8252 §7.3).
 fn redirect_problem(uri: &str) -> Option<&'static str> {
+    // RFC 9700 §4.1.3: no patterns; a `*` is a literal character that no
+    // client would send, so the URI only looks like it allows something.
+    if uri.contains('*') {
+        return Some("has a `*`, but redirect URIs are compared exactly (no wildcards)");
+    }
     let parsed: http::Uri = match uri.parse() {
         Ok(u) => u,
         Err(_) => return Some("is not a URI"),

@@ -107,9 +107,11 @@ pub(super) fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) 
 
 pub(super) fn admin(ctx: &mut Ctx, admin: &raw::Admin) -> Admin {
     let credentials = match (&admin.user, &admin.password) {
-        (Some(user), Some(password)) => ctx
-            .secret(password, "admin.password")
-            .map(|p| (user.value.0.clone(), p)),
+        (Some(user), Some(password)) => {
+            let name = ctx.basic_user(user.referenced, &user.value.0, "admin.user");
+            let secret = ctx.secret(password, "admin.password");
+            name.zip(secret)
+        }
         (Some(user), None) => {
             ctx.report.error(
                 user.referenced,
