@@ -322,6 +322,14 @@ fn client(
             );
         }
     }
+    let introspect = ctx.boolean(&raw.introspect, "introspect", false);
+    if let (true, None, Some(at)) = (introspect, &client_secret, &raw.introspect) {
+        ctx.report.error(
+            at.referenced,
+            format!("public client `{client_id}` (no client_secret) cannot introspect"),
+            "a client_secret, or no `introspect: true` (RFC 7662 §2.1)",
+        );
+    }
     for scope in &raw.scopes {
         if !known_scopes.is_empty() && !known_scopes.contains(scope.value.as_str()) {
             ctx.report.error(
@@ -350,6 +358,7 @@ fn client(
         scopes: raw.scopes.iter().map(|s| s.value.clone()).collect(),
         token_lifetime: lifetime(ctx, &raw.token_lifetime, defaults.0, format),
         refresh_limit: refresh_limit(ctx, &raw.refresh_limit, defaults.1),
+        introspect,
     })
 }
 

@@ -75,6 +75,9 @@ pub(super) fn api_gateway(ctx: &mut Ctx, entry: &S<raw::ApiGateway>) -> Option<A
     if !downloads && (raw.url.is_none() || raw.user.is_none() || raw.password.is_none()) {
         return None;
     }
+    if downloads {
+        super::plain_http::api_gateway(ctx, raw);
+    }
     let at = entry.referenced;
     let url = ctx
         .required(&raw.url, at, "api_gateway.url")

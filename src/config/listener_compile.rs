@@ -78,6 +78,8 @@ pub(super) fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<Tl
         key_path,
         certificate_pem,
         key_pem: Secret::new(String::from_utf8_lossy(&key_pem).into_owned()),
+        certificate_at: ctx.report.origin(cert.referenced),
+        key_at: ctx.report.origin(key.referenced),
     })
 }
 
