@@ -115,8 +115,10 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     };
     let transport = transport(ctx, raw);
     let allow_encoded_slashes = ctx_bool(ctx, &raw.allow_encoded_slashes, "allow_encoded_slashes");
-    let upstream = upstream(ctx, entry)?;
-    let authentication = authentication(ctx, entry, refs)?;
+    // Every part is checked (and reported) before one that failed stops
+    // the API from compiling.
+    let upstream = upstream(ctx, entry);
+    let authentication = authentication(ctx, entry, refs);
     let api_scopes: Vec<String> = raw
         .scopes
         .iter()
@@ -134,8 +136,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         base_path,
         transport,
         allow_encoded_slashes,
-        upstream,
-        authentication,
+        upstream: upstream?,
+        authentication: authentication?,
         api_scopes,
         resources,
         grants,

@@ -85,6 +85,13 @@ fn refused(yaml: &str, expected: Found) {
     assert_eq!(errors(yaml), vec![expected]);
 }
 
+/// An auth server for APIs with scopes, written after everything else so
+/// that the lines before it keep their numbers.
+const AUTH_SERVER_LAST: &str = r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+"#;
 const RESOURCE_ALLOWED: &str = "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
 const SECRET_ALLOWED: &str = "a value, \"{encoded}BASE64\", \"${env:NAME}\" or \"${file:/path}\"";
 const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central";
@@ -106,6 +113,7 @@ fn unknown_key_in_an_api() {
 - name: A
   upstream: { echo: true }
   colour: red
+  authentication: { type: none }
 "#,
         error(
             4,
@@ -130,7 +138,7 @@ fn unknown_key_in_local_introspection_config() {
             6,
             7,
             "unknown key `jwks`",
-            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew",
+            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew, allow_insecure_http",
         ),
     );
 }
@@ -330,10 +338,12 @@ fn a_few_anchors_and_aliases_are_fine() {
   base_path: /a
   upstream: &echo { echo: true }
   resources: ["GET /x"]
+  authentication: { type: none }
 - name: B
   base_path: /b
   upstream: *echo
   resources: ["GET /x"]
+  authentication: { type: none }
 "#,
     )
     .snapshot;
@@ -356,6 +366,7 @@ fn invalid_resource_templates() {
   - "GET /a/../b"
   - "GET /a/{id"
   - "GET /a/{my-id}"
+  authentication: { type: none }
 "#;
     assert_eq!(
         errors(yaml),
@@ -405,13 +416,17 @@ fn invalid_resource_templates() {
 #[test]
 fn invalid_resource_template_in_a_scope() {
     refused(
-        r#"apis:
+        &format!(
+            "{}{AUTH_SERVER_LAST}",
+            r#"apis:
 - name: A
   upstream: { echo: true }
   scopes:
   - name: View
     resources: ["GET /ok", "GET /{a*}/b"]
-"#,
+  authentication: { type: oauth2, auth_server: local }
+"#
+        ),
         error(
             6,
             28,
@@ -430,6 +445,7 @@ fn same_resource_twice_in_resources() {
 - name: A
   upstream: { echo: true }
   resources: ["GET /b", "POST /b", "GET /b"]
+  authentication: { type: none }
 "#,
         error(
             4,
@@ -443,14 +459,18 @@ fn same_resource_twice_in_resources() {
 #[test]
 fn same_resource_in_a_scope_and_in_resources() {
     refused(
-        r#"apis:
+        &format!(
+            "{}{AUTH_SERVER_LAST}",
+            r#"apis:
 - name: A
   upstream: { echo: true }
   scopes:
   - name: S
     resources: ["GET /a"]
   resources: ["GET /b", "GET /a"]
-"#,
+  authentication: { type: oauth2, auth_server: local }
+"#
+        ),
         error(
             7,
             25,
@@ -467,6 +487,7 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
 - name: A
   upstream: { echo: true }
   resources: ["GET /a/{id}", "GET /a/{no}"]
+  authentication: { type: none }
 "#,
         error(
             4,
@@ -476,7 +497,8 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
         ),
     );
     // In two scopes, one resource belongs to both.
-    let snap = loaded(
+    let snap = loaded(&format!(
+        "{}{AUTH_SERVER_LAST}",
         r#"apis:
 - name: A
   upstream: { echo: true }
@@ -485,8 +507,9 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
     resources: ["GET /a/{id}"]
   - name: Audit
     resources: ["GET /a/{no}"]
-"#,
-    )
+  authentication: { type: oauth2, auth_server: local }
+"#
+    ))
     .snapshot;
     assert_eq!(snap.apis[0].resources.len(), 1);
     assert_eq!(snap.apis[0].resources[0].api_scopes, vec![0, 1]);
@@ -494,7 +517,8 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
 
 #[test]
 fn a_resource_may_belong_to_several_scopes() {
-    let snap = loaded(
+    let snap = loaded(&format!(
+        "{}{AUTH_SERVER_LAST}",
         r#"apis:
 - name: A
   upstream: { echo: true }
@@ -503,8 +527,9 @@ fn a_resource_may_belong_to_several_scopes() {
     resources: ["GET /a"]
   - name: Admin
     resources: ["GET /a", "DELETE /a"]
-"#,
-    )
+  authentication: { type: oauth2, auth_server: local }
+"#
+    ))
     .snapshot;
     let resources = &snap.apis[0].resources;
     assert_eq!(resources.len(), 2);
@@ -521,12 +546,14 @@ fn two_apis_with_the_same_base_path() {
 - name: A
   base_path: /x
   upstream: { echo: true }
+  authentication: { type: none }
 - name: B
   base_path: /x/
   upstream: { echo: true }
+  authentication: { type: none }
 "#,
         error(
-            6,
+            7,
             14,
             "base path `/x` is used by two APIs",
             "a distinct base_path per API",
@@ -542,13 +569,15 @@ fn two_apis_with_the_same_name_and_version() {
   version: "2.0"
   base_path: /x
   upstream: { echo: true }
+  authentication: { type: none }
 - name: A
   version: "2.0"
   base_path: /y
   upstream: { echo: true }
+  authentication: { type: none }
 "#,
         error(
-            6,
+            7,
             9,
             "API `A` version `2.0` is defined twice",
             "a distinct name + version per API",
@@ -561,10 +590,12 @@ fn two_apis_with_the_same_name_and_version() {
   version: "1.0"
   base_path: /x
   upstream: { echo: true }
+  authentication: { type: none }
 - name: A
   version: "2.0"
   base_path: /y
   upstream: { echo: true }
+  authentication: { type: none }
 "#,
     );
 }
@@ -575,15 +606,19 @@ apis:
 - name: A
   base_path: /oauth2
   upstream: { echo: true }
+  authentication: { type: none }
 - name: B
   base_path: /invoke/pub.oauth
   upstream: { echo: true }
+  authentication: { type: none }
 - name: C
   base_path: /.well-known
   upstream: { echo: true }
+  authentication: { type: none }
 - name: D
   base_path: /
   upstream: { echo: true }
+  authentication: { type: none }
 "#;
 
 #[test]
@@ -599,19 +634,19 @@ fn api_shadowing_the_authorization_server() {
                 allowed
             ),
             error(
-                8,
+                9,
                 14,
                 "base path `/invoke/pub.oauth` shadows `/invoke`, where the authorization server answers",
                 allowed
             ),
             error(
-                11,
+                13,
                 14,
                 "base path `/.well-known` shadows `/.well-known`, where the authorization server answers",
                 allowed
             ),
             error(
-                14,
+                17,
                 14,
                 "base path `` shadows `/oauth2`, where the authorization server answers",
                 allowed
@@ -679,6 +714,7 @@ apis:
 - name: A
   upstream: { echo: true }
   scopes: [{ name: View, resources: ["GET /a"] }]
+  authentication: { type: oauth2, auth_server: local }
 "#,
         error(
             6,
@@ -700,6 +736,7 @@ apis:
   upstream: { echo: true }
   policies:
     outbound_auth: { alias: nope }
+  authentication: { type: none }
 "#,
         error(8, 29, "alias `nope` is not defined", "one of: backend"),
     );
@@ -1030,6 +1067,13 @@ apis:
                 "auth server `nope` is not defined",
                 "one of: (none defined)"
             ),
+            error(
+                8,
+                25,
+                "resource `GET /a` is declared twice in this API",
+                TWICE
+            ),
+            error(8, 35, "path `a` does not start with /", RESOURCE_ALLOWED),
         ]
     );
 }
@@ -1040,16 +1084,18 @@ fn errors_of_every_api_are_reported() {
 - name: A
   upstream: { echo: true }
   resources: ["GET a"]
+  authentication: { type: none }
 - name: B
   upstream: { echo: true }
   resources: ["GET /b", "GET /b"]
+  authentication: { type: none }
 "#;
     assert_eq!(
         errors(yaml),
         vec![
             error(4, 15, "path `a` does not start with /", RESOURCE_ALLOWED),
             error(
-                7,
+                8,
                 25,
                 "resource `GET /b` is declared twice in this API",
                 TWICE
@@ -1163,7 +1209,7 @@ fn error_in_an_appended_document_has_its_file_line() {
             43,
             3,
             "unknown key `colour`",
-            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew",
+            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew, allow_insecure_http",
         ),
     );
     let yaml = format!("{WEBMETHODS}  clockSkew: 2m\n");
@@ -1206,7 +1252,7 @@ fn env_overrides_a_port() {
 #[test]
 fn lower_case_webmethods_env_overrides_the_poll_interval() {
     let yaml = r#"api_gateway:
-  url: "http://central.example:9485"
+  url: "https://central.example:9485"
   user: Administrator
   password: "{encoded}bWFuYWdl"
   download_apis: true
