@@ -201,7 +201,7 @@ fn tag_problem(tag: &Tag) -> String {
         "" => format!("!<{}>", tag.suffix()),
         handle => format!("{handle}{}", tag.suffix()),
     };
-    if tag.is_yaml_core_schema_tag("binary") {
+    if tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "binary" {
         return format!("the YAML tag `{written}` is not accepted: binary values have no place in this file");
     }
     format!("the YAML tag `{written}` is not accepted")

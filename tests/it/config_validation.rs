@@ -1359,3 +1359,399 @@ authorization_server:
         snap.files
     );
 }
+
+// ------------------------------------------------------------ failing closed
+
+const AUTHENTICATION_ALLOWED: &str =
+    "authentication: { type: oauth2, auth_server: ID }, or { type: none } for an API open to anyone";
+const PLAIN_HTTP_ALLOWED: &str = "https://…, http:// only to localhost, 127.0.0.0/8 or [::1], or `allow_insecure_http: true` on this entry";
+const TAG_ALLOWED: &str = "no tag, except `!<authServerAlias>` on an auth server entry";
+
+#[test]
+fn api_without_authentication_is_refused() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  scopes: [{ name: View, resources: ["GET /a"] }]
+"#,
+        error(
+            2,
+            9,
+            "API has no `authentication`; it would be served without credentials",
+            AUTHENTICATION_ALLOWED,
+        ),
+    );
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { auth_server: local }
+"#,
+        error(
+            4,
+            19,
+            "authentication has no `type`",
+            AUTHENTICATION_ALLOWED,
+        ),
+    );
+}
+
+#[test]
+fn type_none_with_scopes_is_refused() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: none }
+  scopes:
+  - name: View
+    resources: ["GET /a"]
+"#,
+        error(
+            6,
+            5,
+            "API has `scopes:` but authentication type none; nothing would enforce them",
+            "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
+        ),
+    );
+}
+
+#[test]
+fn a_secret_that_resolves_to_nothing_is_refused() {
+    let config = Config::new(
+        r#"admin:
+  user: Administrator
+  password: "${env:ADMIN_PW}"
+central:
+  users:
+  - { user: fleet, password: "${file:fleet.pw}" }
+security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: "{encoded}" }
+"#,
+    );
+    config.file("fleet.pw", "\r\n\n");
+    let findings = config
+        .load(&env(&[("ADMIN_PW", "")]))
+        .expect_err("empty secrets are refused");
+    let found: Vec<Found> = findings.iter().map(found).collect();
+    let pw = config.dir.path().join("fleet.pw");
+    assert_eq!(
+        found,
+        vec![
+            error(
+                3,
+                13,
+                "admin.password: environment variable ADMIN_PW is set but empty",
+                SECRET_ALLOWED
+            ),
+            // The user whose password is refused is not one.
+            error(
+                5,
+                3,
+                "central: has no users, so no microgateway could download from it",
+                "at least one { user, password }"
+            ),
+            error(
+                6,
+                30,
+                &format!(
+                    "password: secret file {} is empty (or holds only line breaks)",
+                    pw.display()
+                ),
+                SECRET_ALLOWED
+            ),
+            error(
+                9,
+                60,
+                "password: {encoded} value decodes to nothing",
+                SECRET_ALLOWED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn key_and_token_sources_over_plain_http_to_a_remote_host() {
+    assert_eq!(
+        errors(
+            r#"security_settings:
+  auth_servers:
+  - id: jwks
+    localIntrospectionConfig:
+      issuer: "https://idp.example"
+      jwksuri: "http://idp.example/jwks"
+  - id: discovery
+    localIntrospectionConfig: { issuer: "http://10.0.0.7:8080" }
+  - id: opaque
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://idp.example/introspect"
+      clientId: gw
+      clientSecret: s3cret
+"#
+        ),
+        vec![
+            error(
+                6,
+                16,
+                "jwksuri: `http://idp.example/jwks` would carry the JWK Set over plain HTTP to a host that is not loopback",
+                PLAIN_HTTP_ALLOWED
+            ),
+            error(
+                8,
+                41,
+                "localIntrospectionConfig.issuer: `http://10.0.0.7:8080` would carry discovery of the JWK Set over plain HTTP to a host that is not loopback",
+                PLAIN_HTTP_ALLOWED
+            ),
+            error(
+                11,
+                30,
+                "introspectionEndpoint: `http://idp.example/introspect` would carry introspection (tokens and the client secret) over plain HTTP to a host that is not loopback",
+                PLAIN_HTTP_ALLOWED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn credentials_to_a_plain_http_upstream_are_refused() {
+    refused(
+        r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: s3cret }
+apis:
+- name: A
+  upstream: { url: "http://backend.example/api" }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  policies:
+    outbound_auth: { alias: backend }
+"#,
+        error(
+            6,
+            20,
+            "upstream.url: `http://backend.example/api` would carry outbound credentials (outbound_auth) over plain HTTP to a host that is not loopback",
+            PLAIN_HTTP_ALLOWED,
+        ),
+    );
+}
+
+#[test]
+fn allow_insecure_http_makes_plain_http_a_warning_and_loopback_needs_nothing() {
+    let loaded = loaded(
+        r#"authorization_server:
+  issuer: "http://gateway.example"
+security_settings:
+  auth_servers:
+  - id: remote
+    localIntrospectionConfig:
+      issuer: "http://idp.example"
+      allow_insecure_http: true
+  - id: loopback
+    localIntrospectionConfig: { issuer: "http://127.0.0.2:4485", jwksuri: "http://[::1]:4485/jwks" }
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://localhost:4485/introspect"
+      clientId: gw
+      clientSecret: s3cret
+  - id: own
+    localIntrospectionConfig: { issuer: "http://gateway.example/" }
+apis:
+- name: A
+  upstream: { url: "http://backend.example/api", allow_insecure_http: true }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  policies:
+    outbound_auth: { delegate: incoming_token }
+"#,
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":7:15: warning: localIntrospectionConfig.issuer: `http://idp.example` carries discovery of the JWK Set over plain HTTP (allow_insecure_http)"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].ends_with(":19:20: warning: upstream.url: `http://backend.example/api` carries outbound credentials (outbound_auth) over plain HTTP (allow_insecure_http)"),
+        "{}",
+        warnings[1]
+    );
+}
+
+#[test]
+fn yaml_1_1_booleans_are_refused_with_what_they_are() {
+    assert_eq!(
+        errors(
+            r#"apis:
+- name: A
+  upstream: { echo: true, timeout: 5s }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  allow_encoded_slashes: on
+- name: B
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["GET /b"]
+  allow_encoded_slashes: OFF
+"#
+        ),
+        vec![
+            error(
+                6,
+                26,
+                "allow_encoded_slashes: `on` is a YAML 1.1 boolean, which this file does not accept",
+                "true or false"
+            ),
+            error(
+                11,
+                26,
+                "allow_encoded_slashes: `OFF` is a YAML 1.1 boolean, which this file does not accept",
+                "true or false"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn yaml_tags_other_than_the_webmethods_alias_are_refused() {
+    assert_eq!(
+        errors(
+            r#"admin:
+  user: Administrator
+  password: !!binary bWFuYWdl
+apis:
+- name: !custom A
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  allow_encoded_slashes: !!str true
+"#
+        ),
+        vec![
+            error(
+                3,
+                13,
+                "the YAML tag `!!binary` is not accepted: binary values have no place in this file",
+                TAG_ALLOWED
+            ),
+            error(5, 9, "the YAML tag `!custom` is not accepted", TAG_ALLOWED),
+            error(9, 26, "the YAML tag `!!str` is not accepted", TAG_ALLOWED),
+        ]
+    );
+}
+
+#[test]
+fn a_basic_user_name_with_a_colon_is_refused() {
+    refused(
+        r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: "svc:admin", password: s3cret }
+"#,
+        error(
+            3,
+            45,
+            "username: `svc:admin` contains `:`, which Basic authentication cannot carry in a user name",
+            "a user name without `:` (RFC 7617 §2)",
+        ),
+    );
+}
+
+#[test]
+fn templates_with_a_repeated_name_an_empty_segment_or_an_encoded_separator() {
+    assert_eq!(
+        errors(
+            r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources:
+  - "GET /orders/{id}/{id}"
+  - "GET /x//y"
+  - "GET /a%2fb"
+  - "GET /a%5Cb"
+"#
+        ),
+        vec![
+            error(
+                6,
+                5,
+                "path `/orders/{id}/{id}` names the parameter `{id}` twice",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                7,
+                5,
+                "path `/x//y` has an empty segment (`//`)",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                8,
+                5,
+                "path `/a%2fb`: segment `a%2fb` holds an encoded `/` or `\\`",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                9,
+                5,
+                "path `/a%5Cb`: segment `a%5Cb` holds an encoded `/` or `\\`",
+                RESOURCE_ALLOWED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn redirect_uri_with_a_wildcard_is_refused() {
+    refused(
+        r#"authorization_server:
+  clients:
+  - client_id: app
+    redirect_uris: ["https://app.example/*"]
+    grant_types: [authorization_code]
+"#,
+        error(
+            4,
+            21,
+            "redirect URI `https://app.example/*` has a `*`, but redirect URIs are compared exactly (no wildcards)",
+            "https://…, or http:// on localhost, 127.0.0.1 or [::1]",
+        ),
+    );
+}
+
+#[test]
+fn one_issuer_with_two_key_sources_is_a_warning() {
+    let loaded = loaded(
+        r#"security_settings:
+  auth_servers:
+  - id: a
+    localIntrospectionConfig: { issuer: "https://idp.example", jwksuri: "https://idp.example/keys" }
+  - id: b
+    localIntrospectionConfig: { issuer: "https://idp.example" }
+"#,
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":6:41: warning: issuer `https://idp.example` is also configured by auth server `a` with another key source (discovery from the issuer here, jwksuri https://idp.example/keys there); its tokens verify differently depending on the API"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn introspect_needs_a_confidential_client() {
+    refused(
+        r#"authorization_server:
+  clients:
+  - client_id: spa
+    introspect: true
+"#,
+        error(
+            4,
+            17,
+            "public client `spa` (no client_secret) cannot introspect",
+            "a client_secret, or no `introspect: true` (RFC 7662 §2.1)",
+        ),
+    );
+}
