@@ -405,7 +405,8 @@ fn bind_per_core(addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartEr
     // process already serves and silently take part of its traffic: a
     // plain bind first fails when anything listens on the port.
     if addr.port() != 0 {
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::PortInUse { addr, source })?;
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| StartError::PortInUse { addr, source })?;
     }
     let first = bind_one(addr).map_err(|source| StartError::Bind { addr, source })?;
     // Port 0 picks a port once; the others join the socket group on it.

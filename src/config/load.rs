@@ -188,9 +188,7 @@ fn refuse_tags(body: &str, report: &mut Report) -> bool {
                 column: at.col() as u64 + 1,
             },
             message: tag_problem(tag),
-            allowed: Some(
-                "no tag, except `!<authServerAlias>` on an auth server entry".to_owned(),
-            ),
+            allowed: Some("no tag, except `!<authServerAlias>` on an auth server entry".to_owned()),
         });
     }
     found
@@ -202,7 +200,9 @@ fn tag_problem(tag: &Tag) -> String {
         handle => format!("{handle}{}", tag.suffix()),
     };
     if tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "binary" {
-        return format!("the YAML tag `{written}` is not accepted: binary values have no place in this file");
+        return format!(
+            "the YAML tag `{written}` is not accepted: binary values have no place in this file"
+        );
     }
     format!("the YAML tag `{written}` is not accepted")
 }

@@ -70,7 +70,13 @@ fn local_introspection(ctx: &mut Ctx, local: &raw::LocalIntrospection, own_issue
 pub(super) fn api_gateway(ctx: &mut Ctx, gateway: &raw::ApiGateway) {
     if let Some(target) = &gateway.url {
         let what = "the central's settings and the download password";
-        url(ctx, target, "api_gateway.url", what, &gateway.allow_insecure_http);
+        url(
+            ctx,
+            target,
+            "api_gateway.url",
+            what,
+            &gateway.allow_insecure_http,
+        );
     }
 }
 
@@ -93,7 +99,9 @@ fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str, what: &str, allowed: &Option
     } else {
         ctx.report.error(
             at,
-            format!("{key}: `{text}` would carry {what} over plain HTTP to a host that is not loopback"),
+            format!(
+                "{key}: `{text}` would carry {what} over plain HTTP to a host that is not loopback"
+            ),
             ALLOWED,
         );
     }
@@ -117,7 +125,13 @@ mod tests {
         for host in ["localhost", "LocalHost", "127.0.0.1", "127.1.2.3", "[::1]"] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["10.0.0.1", "localhost.example", "128.0.0.1", "[::2]", "example.com"] {
+        for host in [
+            "10.0.0.1",
+            "localhost.example",
+            "128.0.0.1",
+            "[::2]",
+            "example.com",
+        ] {
             assert!(!is_loopback(host), "{host}");
         }
     }

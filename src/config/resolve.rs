@@ -389,7 +389,10 @@ mod tests {
             secret("{encoded}", &env, base),
             Err(SecretProblem::EmptyEncoded)
         );
-        assert_eq!(secret("${file:pw}", &env, base).unwrap().0.expose(), "s3cret");
+        assert_eq!(
+            secret("${file:pw}", &env, base).unwrap().0.expose(),
+            "s3cret"
+        );
     }
 
     #[test]

@@ -263,12 +263,9 @@ pub(super) fn aliases(ctx: &mut Ctx, list: &[S<raw::Alias>]) -> BTreeMap<String,
                 let password = ctx
                     .required(&raw.password, entry.referenced, "password")
                     .and_then(|p| ctx.secret(p, "password"));
-                let user =
-                    user.and_then(|u| ctx.basic_user(u.referenced, &u.value.0, "username"));
-                user.zip(password).map(|(username, password)| Alias::Basic {
-                    username,
-                    password,
-                })
+                let user = user.and_then(|u| ctx.basic_user(u.referenced, &u.value.0, "username"));
+                user.zip(password)
+                    .map(|(username, password)| Alias::Basic { username, password })
             }
             "bearer" => ctx
                 .required(&raw.token, entry.referenced, "token")

@@ -77,7 +77,9 @@ pub fn path_template(path: &str) -> Result<Template, String> {
                     .iter()
                     .any(|s| matches!(s, Segment::Param(n) | Segment::Tail(n) if n == name));
                 if repeated {
-                    return Err(format!("path `{path}` names the parameter `{{{name}}}` twice"));
+                    return Err(format!(
+                        "path `{path}` names the parameter `{{{name}}}` twice"
+                    ));
                 }
             }
             segments.push(segment);

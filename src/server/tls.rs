@@ -78,7 +78,9 @@ impl TlsError {
 
     fn allowed(&self) -> &'static str {
         match self.is_about_the_key() {
-            true => "an unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1) matching the certificate",
+            true => {
+                "an unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1) matching the certificate"
+            }
             false => "a PEM chain of X.509 v3 certificates, valid now, the server's first",
         }
     }
@@ -314,9 +316,7 @@ mod x509 {
                 return None;
             }
             let (bytes, rest) = rest.split_at(count);
-            let length = bytes
-                .iter()
-                .fold(0usize, |n, &b| (n << 8) | usize::from(b));
+            let length = bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
             (length, rest)
         };
         if rest.len() < length {
@@ -350,7 +350,12 @@ mod x509 {
         let field = |at: usize| -> Option<i64> { rest_text.get(at..at + 2)?.parse().ok() };
         let (month, day) = (field(0)?, field(2)?);
         let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 60
+        {
             return None;
         }
         let days = days_from_civil(year, month, day);
