@@ -2,6 +2,8 @@
 //! first YAML document is the configuration, further `--- !<authServerAlias>`
 //! documents (as API Gateway exports an alias) are appended to
 //! `security_settings.auth_servers`. Positions are reported in file lines.
+//! YAML is read as 1.2 (`on`/`yes` are text, which `Ctx::boolean` then
+//! refuses as booleans) and no tag is accepted but `!<authServerAlias>`.
 
 use std::path::Path;
 
