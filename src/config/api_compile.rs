@@ -1,6 +1,8 @@
 //! Compiling `apis:`: base paths, upstreams, resources and their API scopes,
 //! the scope-grant table per auth server, request transformation and
-//! outbound auth.
+//! outbound auth. An API says how it authenticates (`type: oauth2` or an
+//! explicit `type: none`, which declares no scopes): nothing is open by
+//! omission.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -11,7 +13,7 @@ use http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::compile::{basic_header, header_name, names, value_template, Ctx, GrantTable};
-use super::raw::{self, Scalar, S};
+use super::raw::{self, S};
 use super::snapshot::*;
 use super::template;
 
@@ -114,7 +116,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         ),
     };
     let transport = transport(ctx, raw);
-    let allow_encoded_slashes = ctx_bool(ctx, &raw.allow_encoded_slashes, "allow_encoded_slashes");
+    let allow_encoded_slashes =
+        ctx.boolean(&raw.allow_encoded_slashes, "allow_encoded_slashes", false);
     // Every part is checked (and reported) before one that failed stops
     // the API from compiling.
     let upstream = upstream(ctx, entry);
@@ -157,10 +160,6 @@ fn ctx_required_str(
             .error(entry.referenced, format!("API `{key}` is missing"), "");
     }
     value.as_ref().map(|v| v.value.clone())
-}
-
-fn ctx_bool(ctx: &mut Ctx, value: &Option<S<Scalar>>, key: &str) -> bool {
-    ctx.boolean(value, key, false)
 }
 
 fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {
@@ -227,7 +226,7 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
         "upstream.timeout",
         Duration::from_secs(30),
     );
-    let echo = ctx_bool(ctx, &up.value.echo, "upstream.echo");
+    let echo = ctx.boolean(&up.value.echo, "upstream.echo", false);
     let ca_bundle = up.value.ca_bundle.as_ref().and_then(|at| {
         let path = ctx.path(&at.value.0);
         ctx.files.push(path.clone());
