@@ -137,6 +137,11 @@ pub fn certified_key(
                 index,
             });
         };
+        // A self-signed certificate after the first is a root a chain may
+        // carry: clients judge roots by their own trust store, not by it.
+        if index > 1 && facts.self_issued {
+            continue;
+        }
         // RFC 5280 §4.1.2.1: extensions, which a server certificate needs
         // (subjectAltName), exist only in v3; webpki refuses the others.
         if facts.version != 3 {
@@ -269,6 +274,8 @@ mod x509 {
         /// Seconds since the Unix epoch (0 for earlier dates).
         pub not_before: u64,
         pub not_after: u64,
+        /// Issuer and subject are the same name (a root, or self-signed).
+        pub self_issued: bool,
     }
 
     const SEQUENCE: u8 = 0x30;
@@ -293,14 +300,16 @@ mod x509 {
         };
         let (_serial, rest) = expect(rest, INTEGER)?;
         let (_signature, rest) = expect(rest, SEQUENCE)?;
-        let (_issuer, rest) = expect(rest, SEQUENCE)?;
-        let (validity, _) = expect(rest, SEQUENCE)?;
+        let (issuer, rest) = expect(rest, SEQUENCE)?;
+        let (validity, rest) = expect(rest, SEQUENCE)?;
+        let (subject, _) = expect(rest, SEQUENCE)?;
         let (not_before, rest) = time(validity)?;
         let (not_after, _) = time(rest)?;
         Some(Facts {
             version,
             not_before,
             not_after,
+            self_issued: issuer == subject,
         })
     }
 
@@ -388,6 +397,22 @@ mod x509 {
             let (at, _) = time(b"\x18\x0f19500101000000Z").expect("GeneralizedTime");
             assert_eq!(at, 0);
             assert!(time(b"\x17\x0d4912312359xxZ").is_none());
+        }
+
+        #[test]
+        fn version_validity_and_self_issue_of_a_real_certificate() {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+            params.not_before = rcgen::date_time_ymd(2001, 2, 3);
+            params.not_after = rcgen::date_time_ymd(2051, 1, 1);
+            let cert = params.self_signed(&key).expect("certificate");
+            let read = facts(cert.der()).expect("a certificate");
+            assert_eq!(read.version, 3);
+            assert_eq!(read.not_before, 981_158_400);
+            assert_eq!(read.not_after, 2_556_144_000);
+            assert!(read.self_issued);
+            assert!(facts(&cert.der()[..40]).is_none());
         }
     }
 }

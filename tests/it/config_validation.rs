@@ -1755,3 +1755,26 @@ fn introspect_needs_a_confidential_client() {
         ),
     );
 }
+
+#[test]
+fn downloading_settings_over_plain_http_from_a_remote_central_is_refused() {
+    let yaml = r#"api_gateway:
+  url: "http://central.example:9485"
+  user: Administrator
+  password: "{encoded}bWFuYWdl"
+  download_settings: true
+"#;
+    refused(
+        yaml,
+        error(
+            2,
+            8,
+            "api_gateway.url: `http://central.example:9485` would carry the central's settings and the download password over plain HTTP to a host that is not loopback",
+            PLAIN_HTTP_ALLOWED,
+        ),
+    );
+    let allowed = loaded(&format!("{yaml}  allow_insecure_http: true\n"));
+    assert_eq!(allowed.warnings.len(), 1, "{:?}", allowed.warnings);
+    // Without a download the central is never contacted.
+    loaded(&yaml.replace("download_settings: true", "download_settings: false"));
+}
