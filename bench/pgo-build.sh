@@ -77,7 +77,7 @@ authorization_server:
   - { name: Trainer, client_id: trainer, client_secret: trainer-secret,
       grant_types: [client_credentials], scopes: [view, book] }
   - { name: Gateway, client_id: gateway, client_secret: gateway-secret,
-      grant_types: [], scopes: [] }
+      grant_types: [], scopes: [], introspect: true }
 security_settings:
   auth_servers:
   - id: local

@@ -19,6 +19,7 @@ apis:
 - name: bench
   base_path: /bench
   upstream: {{ echo: true }}
+  authentication: {{ type: none }}
   resources: ["GET /x"]
   policies:
     request_transformation:

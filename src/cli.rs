@@ -264,7 +264,12 @@ fn check(path: &Path) -> ExitCode {
         Ok(document) => document,
         Err(failure) => return failure,
     };
-    match crate::central::load(path, None, &env, 1, document.as_ref()) {
+    // TLS material is judged by the function start and reload use.
+    let loaded = crate::central::load(path, None, &env, 1, document.as_ref()).and_then(|loaded| {
+        crate::server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
+        Ok(loaded)
+    });
+    match loaded {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 eprintln!("{warning}");

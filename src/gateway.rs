@@ -35,6 +35,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on port {} ({addr}): {source}; is another process serving it?", addr.port())]
+    PortInUse {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the authorization server cannot start: {0}")]
     AuthorizationServer(String),
     #[error("{0}")]
@@ -90,6 +95,7 @@ impl Gateway {
             None => None,
         };
         let loaded = crate::central::load(config_path, None, &env, 1, document.as_deref())?;
+        server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
@@ -320,6 +326,13 @@ fn bind_per_core(addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartEr
         socket.listen(1024)?;
         Ok(socket.into())
     };
+    // SO_REUSEPORT would let this process join a group that another
+    // process already serves and silently take part of its traffic: a
+    // plain bind first fails when anything listens on the port.
+    if addr.port() != 0 {
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| StartError::PortInUse { addr, source })?;
+    }
     let first = bind_one(addr).map_err(|source| StartError::Bind { addr, source })?;
     // Port 0 picks a port once; the others join the socket group on it.
     let bound = first

@@ -7,7 +7,9 @@
 //! (`use` other than `sig`, `key_ops` without `verify`), unsupported curves,
 //! RSA moduli under 2048 bits (RFC 7518 §3.3) and malformed members are
 //! skipped, not errors: one odd key must not take the others down. A set
-//! without any usable key is an error, so the last good set stays in use.
+//! without any usable key is an error, so the last good set stays in use;
+//! so is a set where two usable keys share a `kid` (which one verifies
+//! would depend on the order of the document).
 //!
 //! An RSA key without `alg` is used for RS256 only: RS256 is the one RSA
 //! algorithm every JOSE implementation must support (RFC 7518 §3.1), and
@@ -38,6 +40,8 @@ pub enum JwksError {
     NotAKeySet(#[source] serde_json::Error),
     #[error("the JWK Set has no usable signature key")]
     NoUsableKey,
+    #[error("the JWK Set has two keys with kid `{0}`")]
+    DuplicateKid(String),
     #[error("GET {url}: {source}")]
     Http {
         url: String,
@@ -132,10 +136,13 @@ impl KeySet {
             else {
                 continue;
             };
-            // RFC 7517 §4.5: kids should be unique in a set; the first one wins
-            // so a later duplicate cannot replace a key a token was meant for.
-            if key.kid.is_some() && keys.iter().any(|known| known.kid == key.kid) {
-                continue;
+            // RFC 7517 §4.5: kids should be unique in a set. Two keys under
+            // one kid leave the choice of key to the order of the document,
+            // so the set is refused and the last good one stays in use.
+            if let Some(kid) = &key.kid {
+                if keys.iter().any(|known| known.kid.as_ref() == Some(kid)) {
+                    return Err(JwksError::DuplicateKid(kid.clone()));
+                }
             }
             keys.push(Arc::new(key));
         }
@@ -383,10 +390,11 @@ mod tests {
     }
 
     #[test]
-    fn first_key_wins_on_duplicate_kid() {
-        let set = set(vec![ed("same"), ec("same", "P-256", 32)]).expect("keys");
-        assert_eq!(set.len(), 1);
-        assert_eq!(alg_of(&set, "same"), Some(Algorithm::EdDSA));
+    fn a_set_with_a_duplicate_kid_is_refused() {
+        let refused = set(vec![ed("same"), ec("same", "P-256", 32)]);
+        assert!(matches!(refused, Err(JwksError::DuplicateKid(kid)) if kid == "same"));
+        let fine = set(vec![ed("a"), ec("b", "P-256", 32)]).expect("distinct kids");
+        assert_eq!(fine.len(), 2);
     }
 
     #[test]

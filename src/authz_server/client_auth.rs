@@ -127,6 +127,7 @@ mod tests {
             scopes: vec![],
             token_lifetime: Some(Duration::from_secs(60)),
             refresh_limit: 0,
+            introspect: false,
         };
         Settings {
             issuer: "http://localhost".into(),

@@ -1,6 +1,9 @@
 //! Token introspection (RFC 7662) for the tokens this server issued.
 //!
-//! The caller must be a confidential client (§2.1). Anything not active —
+//! The caller must be a confidential client (§2.1), and only a resource
+//! server (`introspect: true`) learns anything: any other client gets
+//! `{"active":false}` whatever the token (§4: the endpoint must not tell
+//! one client about another's tokens). Anything not active —
 //! unknown, malformed, expired, revoked, signed by a key we do not know —
 //! is `{"active":false}` and nothing else (§2.2), so the answer never says
 //! why. A JWT is verified with our own keys and then looked up by `jti`, so
@@ -29,6 +32,10 @@ pub fn introspect(
     caller: &str,
     token: &str,
 ) -> Result<Value, OAuthError> {
+    let resource_server = cx.settings.client(caller).is_some_and(|c| c.introspect);
+    if !resource_server {
+        return Ok(json!({ "active": false }));
+    }
     let found = if tokens::looks_like_jwt(token) {
         jwt(cx, token)?
     } else {

@@ -1,6 +1,8 @@
 //! Compiling `apis:`: base paths, upstreams, resources and their API scopes,
 //! the scope-grant table per auth server, request transformation and
-//! outbound auth.
+//! outbound auth. An API says how it authenticates (`type: oauth2` or an
+//! explicit `type: none`, which declares no scopes): nothing is open by
+//! omission.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -11,7 +13,7 @@ use http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::context::{basic_header, header_name, names, Ctx, GrantTable};
-use super::raw::{self, Scalar, S};
+use super::raw::{self, S};
 use super::snapshot::*;
 use super::template;
 use super::template::value_template;
@@ -29,6 +31,10 @@ const NAME_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// What `authentication` may say.
+const AUTHENTICATION_ALLOWED: &str =
+    "authentication: { type: oauth2, auth_server: ID }, or { type: none } for an API open to anyone";
 
 /// Paths the local authorization server answers on.
 const RESERVED: &[&str] = &["/oauth2", "/invoke", "/.well-known"];
@@ -111,9 +117,12 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         ),
     };
     let transport = transport(ctx, raw);
-    let allow_encoded_slashes = ctx_bool(ctx, &raw.allow_encoded_slashes, "allow_encoded_slashes");
-    let upstream = upstream(ctx, entry)?;
-    let authentication = authentication(ctx, entry, refs)?;
+    let allow_encoded_slashes =
+        ctx.boolean(&raw.allow_encoded_slashes, "allow_encoded_slashes", false);
+    // Every part is checked (and reported) before one that failed stops
+    // the API from compiling.
+    let upstream = upstream(ctx, entry);
+    let authentication = authentication(ctx, entry, refs);
     let api_scopes: Vec<String> = raw
         .scopes
         .iter()
@@ -131,8 +140,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         base_path,
         transport,
         allow_encoded_slashes,
-        upstream,
-        authentication,
+        upstream: upstream?,
+        authentication: authentication?,
         api_scopes,
         resources,
         grants,
@@ -152,22 +161,6 @@ fn ctx_required_str(
             .error(entry.referenced, format!("API `{key}` is missing"), "");
     }
     value.as_ref().map(|v| v.value.clone())
-}
-
-fn ctx_bool(ctx: &mut Ctx, value: &Option<S<Scalar>>, key: &str) -> bool {
-    let Some(v) = value else { return false };
-    match v.value.0.as_str() {
-        "true" => true,
-        "false" => false,
-        other => {
-            ctx.report.error(
-                v.referenced,
-                format!("{key}: `{other}` is not a boolean"),
-                "true or false",
-            );
-            false
-        }
-    }
 }
 
 fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {
@@ -234,7 +227,7 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
         "upstream.timeout",
         Duration::from_secs(30),
     );
-    let echo = ctx_bool(ctx, &up.value.echo, "upstream.echo");
+    let echo = ctx.boolean(&up.value.echo, "upstream.echo", false);
     let ca_bundle = up.value.ca_bundle.as_ref().and_then(|at| {
         let path = ctx.path(&at.value.0);
         ctx.files.push(path.clone());
@@ -297,8 +290,21 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
 }
 
 fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Authentication> {
+    // Fail closed: an API is served without credentials only when its
+    // file says so (`type: none`), never because a block is missing.
     let Some(auth) = &entry.value.authentication else {
-        return Some(Authentication::None);
+        let at = entry
+            .value
+            .name
+            .as_ref()
+            .map(|n| n.referenced)
+            .unwrap_or(entry.referenced);
+        ctx.report.error(
+            at,
+            "API has no `authentication`; it would be served without credentials",
+            AUTHENTICATION_ALLOWED,
+        );
+        return None;
     };
     let kind = auth
         .value
@@ -306,7 +312,27 @@ fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Aut
         .as_ref()
         .map(|k| (k.value.as_str(), k.referenced));
     match kind {
-        None | Some(("none", _)) => Some(Authentication::None),
+        None => {
+            ctx.report.error(
+                auth.referenced,
+                "authentication has no `type`",
+                AUTHENTICATION_ALLOWED,
+            );
+            None
+        }
+        Some(("none", _)) => {
+            // Scopes under `type: none` would be enforced by nothing: a
+            // reader of the file would believe the API is protected.
+            if let Some(scope) = entry.value.scopes.first() {
+                ctx.report.error(
+                    scope.referenced,
+                    "API has `scopes:` but authentication type none; nothing would enforce them",
+                    "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
+                );
+                return None;
+            }
+            Some(Authentication::None)
+        }
         Some(("oauth2", _)) => {
             let Some(server) = &auth.value.auth_server else {
                 ctx.report.error(
@@ -564,8 +590,9 @@ fn outbound(
     let kind = raw.kind.as_ref().map(|k| k.value.as_str());
     match (kind, &raw.username, &raw.password) {
         (Some("basic") | None, Some(user), Some(password)) => {
+            let user = ctx.basic_user(user.referenced, &user.value.0, "outbound_auth.username");
             let secret = ctx.secret(password, "outbound_auth.password")?;
-            basic_header(&user.value.0, &secret).map(Outbound::Header)
+            basic_header(&user?, &secret).map(Outbound::Header)
         }
         _ => {
             ctx.report.error(entry.referenced, "outbound_auth needs `alias`, { type: basic, username, password } or { delegate: incoming_token }", "alias | type: basic with username and password | delegate: incoming_token");

@@ -55,6 +55,9 @@ pub struct Client {
     /// `None` = never expires (opaque tokens only).
     pub token_lifetime: Option<Duration>,
     pub refresh_limit: u32,
+    /// A resource server: introspection answers it with what a token
+    /// says; every other client gets `{"active":false}` (RFC 7662 §4).
+    pub introspect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

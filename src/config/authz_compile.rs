@@ -322,6 +322,14 @@ fn client(
             );
         }
     }
+    let introspect = ctx.boolean(&raw.introspect, "introspect", false);
+    if let (true, None, Some(at)) = (introspect, &client_secret, &raw.introspect) {
+        ctx.report.error(
+            at.referenced,
+            format!("public client `{client_id}` (no client_secret) cannot introspect"),
+            "a client_secret, or no `introspect: true` (RFC 7662 §2.1)",
+        );
+    }
     for scope in &raw.scopes {
         if !known_scopes.is_empty() && !known_scopes.contains(scope.value.as_str()) {
             ctx.report.error(
@@ -350,12 +358,18 @@ fn client(
         scopes: raw.scopes.iter().map(|s| s.value.clone()).collect(),
         token_lifetime: lifetime(ctx, &raw.token_lifetime, defaults.0, format),
         refresh_limit: refresh_limit(ctx, &raw.refresh_limit, defaults.1),
+        introspect,
     })
 }
 
 /// RFC 9700 §4.1: exact redirect URIs; plain http only for native-app
 /// loopback redirects (RFC 8252 §7.3).
 fn redirect_problem(uri: &str) -> Option<&'static str> {
+    // RFC 9700 §4.1.3: no patterns; a `*` is a literal character that no
+    // client would send, so the URI only looks like it allows something.
+    if uri.contains('*') {
+        return Some("has a `*`, but redirect URIs are compared exactly (no wildcards)");
+    }
     let parsed: http::Uri = match uri.parse() {
         Ok(u) => u,
         Err(_) => return Some("is not a URI"),

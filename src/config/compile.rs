@@ -57,6 +57,8 @@ pub fn compile(
             authorization_server: authorization_server.is_some(),
         },
     );
+    let own_issuer = authorization_server.as_ref().map(|a| a.issuer.as_str());
+    super::plain_http::check(&mut ctx, file, own_issuer);
     let central = file
         .central
         .as_ref()

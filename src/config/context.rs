@@ -61,12 +61,14 @@ impl Ctx<'_> {
 
     pub fn boolean(&mut self, value: &Option<S<Scalar>>, key: &str, default: bool) -> bool {
         let Some(value) = value else { return default };
-        resolve::boolean(&value.value.0).unwrap_or_else(|| {
-            self.report.error(
-                Self::at(value),
-                format!("{key}: `{}` is not a boolean", value.value.0),
-                "true or false",
-            );
+        let text = &value.value.0;
+        resolve::boolean(text).unwrap_or_else(|| {
+            let message = if resolve::is_yaml11_boolean(text) {
+                format!("{key}: `{text}` is a YAML 1.1 boolean, which this file does not accept")
+            } else {
+                format!("{key}: `{text}` is not a boolean")
+            };
+            self.report.error(Self::at(value), message, "true or false");
             default
         })
     }
@@ -102,6 +104,20 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+
+    /// A Basic user name: RFC 7617 §2 splits user-id and password at the
+    /// first colon, so a user-id with one would be read as another user.
+    pub fn basic_user(&mut self, at: Location, user: &str, key: &str) -> Option<String> {
+        if user.contains(':') {
+            self.report.error(
+                at,
+                format!("{key}: `{user}` contains `:`, which Basic authentication cannot carry in a user name"),
+                "a user name without `:` (RFC 7617 §2)",
+            );
+            return None;
+        }
+        Some(user.to_owned())
     }
 
     pub fn required<'v, T>(

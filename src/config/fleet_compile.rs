@@ -17,12 +17,11 @@ pub(super) fn central(ctx: &mut Ctx, central: &S<raw::Central>) -> Central {
         .users
         .iter()
         .filter_map(|u| {
-            let user = ctx
-                .required(&u.value.user, u.referenced, "user")?
-                .value
-                .clone();
+            let user = ctx.required(&u.value.user, u.referenced, "user")?;
+            let user = ctx.basic_user(user.referenced, &user.value, "central.users.user");
             let password = ctx.required(&u.value.password, u.referenced, "password")?;
-            ctx.secret(password, "password").map(|p| (user, p))
+            let password = ctx.secret(password, "password");
+            user.zip(password)
         })
         .collect::<Vec<_>>();
     if users.is_empty() {
@@ -76,13 +75,16 @@ pub(super) fn api_gateway(ctx: &mut Ctx, entry: &S<raw::ApiGateway>) -> Option<A
     if !downloads && (raw.url.is_none() || raw.user.is_none() || raw.password.is_none()) {
         return None;
     }
+    if downloads {
+        super::plain_http::api_gateway(ctx, raw);
+    }
     let at = entry.referenced;
     let url = ctx
         .required(&raw.url, at, "api_gateway.url")
         .and_then(|u| url(ctx, u, "api_gateway.url"));
     let user = ctx
         .required(&raw.user, at, "api_gateway.user")
-        .map(|u| u.value.0.clone());
+        .and_then(|u| ctx.basic_user(u.referenced, &u.value.0, "api_gateway.user"));
     let password = ctx
         .required(&raw.password, at, "api_gateway.password")
         .and_then(|p| ctx.secret(p, "api_gateway.password"));

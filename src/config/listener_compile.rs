@@ -78,6 +78,8 @@ pub(super) fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<Tl
         key_path,
         certificate_pem,
         key_pem: Secret::new(String::from_utf8_lossy(&key_pem).into_owned()),
+        certificate_at: ctx.report.origin(cert.referenced),
+        key_at: ctx.report.origin(key.referenced),
     })
 }
 
@@ -107,9 +109,11 @@ pub(super) fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) 
 
 pub(super) fn admin(ctx: &mut Ctx, admin: &raw::Admin) -> Admin {
     let credentials = match (&admin.user, &admin.password) {
-        (Some(user), Some(password)) => ctx
-            .secret(password, "admin.password")
-            .map(|p| (user.value.0.clone(), p)),
+        (Some(user), Some(password)) => {
+            let name = ctx.basic_user(user.referenced, &user.value.0, "admin.user");
+            let secret = ctx.secret(password, "admin.password");
+            name.zip(secret)
+        }
         (Some(user), None) => {
             ctx.report.error(
                 user.referenced,

@@ -2,14 +2,17 @@
 //! first YAML document is the configuration, further `--- !<authServerAlias>`
 //! documents (as API Gateway exports an alias) are appended to
 //! `security_settings.auth_servers`. Positions are reported in file lines.
+//! YAML is read as 1.2 (`on`/`yes` are text, which `Ctx::boolean` then
+//! refuses as booleans) and no tag is accepted but `!<authServerAlias>`.
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde_saphyr::budget::BudgetBreach;
+use serde_saphyr::granit_parser::{Event, Parser, Tag};
 use serde_saphyr::{budget, options, Location, MessageFormatter};
 
-use super::diagnostic::{Invalid, Report};
+use super::diagnostic::{Diagnostic, Invalid, Origin, Report, Severity};
 use super::raw;
 
 /// Largest configuration file accepted.
@@ -111,6 +114,9 @@ fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Optio
     {
         return None;
     }
+    if refuse_tags(body, report) {
+        return None;
+    }
     let options = options! {
         budget: budget! {
             max_depth: MAX_DEPTH,
@@ -120,6 +126,9 @@ fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Optio
             max_nodes: MAX_NODES,
             max_documents: 1,
         },
+        // YAML 1.2 booleans only: `on`, `yes`, `off`, `no` stay text, and
+        // `Ctx::boolean` refuses them with what they would have meant.
+        strict_booleans: true,
     };
     match serde_saphyr::from_str_with_options::<T>(body, options) {
         Ok(value) => Some(value),
@@ -130,6 +139,74 @@ fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Optio
             None
         }
     }
+}
+
+/// The one tag this file accepts: the webMethods alias export's.
+const ALIAS_TAG: &str = "authServerAlias";
+
+/// Reports every YAML tag of `body` except `!<authServerAlias>` on a
+/// mapping; true when one was found. A tag either changes what a value is
+/// (`!!binary` decodes base64, `!!str` turns `on` into text) or is dropped
+/// without a word (`!secret`): neither is what the reader of the file sees.
+/// Events are read without expanding aliases, so an alias bomb costs
+/// nothing here; nesting past the limit is left to the deserializer.
+fn refuse_tags(body: &str, report: &mut Report) -> bool {
+    let mut found = false;
+    let mut depth = 0usize;
+    for event in Parser::new_from_str(body) {
+        // A syntax error is reported by the deserializer, with its position.
+        let Ok((event, span)) = event else { break };
+        let (tag, on_mapping) = match &event {
+            Event::MappingStart(_, _, tag) => {
+                depth += 1;
+                (tag, true)
+            }
+            Event::SequenceStart(_, _, tag) => {
+                depth += 1;
+                (tag, false)
+            }
+            Event::Scalar(_, _, _, tag) => (tag, false),
+            Event::MappingEnd | Event::SequenceEnd => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            _ => continue,
+        };
+        if depth > MAX_DEPTH {
+            break;
+        }
+        let Some(tag) = tag else { continue };
+        let verbatim_alias = tag.handle().is_empty() && tag.suffix() == ALIAS_TAG;
+        if verbatim_alias && on_mapping {
+            continue;
+        }
+        found = true;
+        let at = span.tag_start.unwrap_or(span.start);
+        report.push(Diagnostic {
+            severity: Severity::Error,
+            origin: Origin::File {
+                path: report.path.clone(),
+                line: at.line() as u64,
+                column: at.col() as u64 + 1,
+            },
+            message: tag_problem(tag),
+            allowed: Some("no tag, except `!<authServerAlias>` on an auth server entry".to_owned()),
+        });
+    }
+    found
+}
+
+fn tag_problem(tag: &Tag) -> String {
+    let written = match tag.original_handle() {
+        "" => format!("!<{}>", tag.suffix()),
+        handle => format!("{handle}{}", tag.suffix()),
+    };
+    if tag.handle() == "tag:yaml.org,2002:" && tag.suffix() == "binary" {
+        return format!(
+            "the YAML tag `{written}` is not accepted: binary values have no place in this file"
+        );
+    }
+    format!("the YAML tag `{written}` is not accepted")
 }
 
 /// What a parser error means for the person editing the file, without the

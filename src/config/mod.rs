@@ -15,6 +15,7 @@ pub mod diagnostic;
 pub mod fleet_compile;
 pub mod listener_compile;
 pub mod load;
+pub mod plain_http;
 pub mod raw;
 pub mod resolve;
 pub mod secret;

@@ -134,6 +134,8 @@ pub struct ApiGateway {
     pub apis: Vec<S<String>>,
     pub poll_interval: Opt<Scalar>,
     pub cache_file: Opt<Scalar>,
+    /// Plain `http://` to a host that is not loopback: a warning, not an error.
+    pub allow_insecure_http: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +216,8 @@ pub struct LocalIntrospection {
     pub description: Option<S<Ignored>>,
     #[serde(rename = "useLocalClockSkew")]
     pub use_local_clock_skew: Option<S<Ignored>>,
+    /// Plain `http://` to a host that is not loopback: a warning, not an error.
+    pub allow_insecure_http: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +233,8 @@ pub struct RemoteIntrospection {
     pub client_auth: Opt<Scalar>,
     pub cache_ttl: Opt<Scalar>,
     pub negative_cache_ttl: Opt<Scalar>,
+    /// Plain `http://` to a host that is not loopback: a warning, not an error.
+    pub allow_insecure_http: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +278,8 @@ pub struct Upstream {
     pub echo: Opt<Scalar>,
     pub timeout: Opt<Scalar>,
     pub ca_bundle: Opt<Scalar>,
+    /// Plain `http://` to a host that is not loopback: a warning, not an error.
+    pub allow_insecure_http: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,6 +368,8 @@ pub struct Client {
     pub scopes: Vec<S<String>>,
     pub token_lifetime: Opt<Scalar>,
     pub refresh_limit: Opt<Scalar>,
+    /// A resource server: may learn what tokens say (RFC 7662 §2.2).
+    pub introspect: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -57,6 +57,14 @@ pub fn size(text: &str) -> Option<u64> {
     number.checked_mul(factor)
 }
 
+/// YAML 1.1 spellings of booleans (any case). YAML 1.2 reads them as
+/// text; a file that means `false` by `off` must not be read either way.
+pub fn is_yaml11_boolean(text: &str) -> bool {
+    ["y", "yes", "n", "no", "on", "off"]
+        .iter()
+        .any(|word| text.trim().eq_ignore_ascii_case(word))
+}
+
 pub fn boolean(text: &str) -> Option<bool> {
     match text.trim() {
         "true" | "True" | "TRUE" => Some(true),
@@ -78,6 +86,12 @@ pub enum SecretProblem {
     Unreadable(String, String),
     #[error("the secret is empty")]
     Empty,
+    #[error("environment variable {0} is set but empty")]
+    EmptyEnv(String),
+    #[error("secret file {0} is empty (or holds only line breaks)")]
+    EmptyFile(String),
+    #[error("{{encoded}} value decodes to nothing")]
+    EmptyEncoded,
 }
 
 /// Resolves a secret written as `{encoded}BASE64`, `${env:NAME}`,
@@ -95,6 +109,9 @@ pub fn secret(
             .decode(encoded.trim())
             .map_err(|_| SecretProblem::BadEncoding)?;
         let clear = String::from_utf8(bytes).map_err(|_| SecretProblem::BadEncoding)?;
+        if clear.is_empty() {
+            return Err(SecretProblem::EmptyEncoded);
+        }
         return Ok((Secret::new(clear), None));
     }
     if let Some(name) = text
@@ -104,6 +121,11 @@ pub fn secret(
         let value = env
             .get(name)
             .ok_or_else(|| SecretProblem::MissingEnv(name.to_owned()))?;
+        // `ADMIN_PW=` is a mistake, not a password: an empty secret would
+        // let anyone in with an empty password.
+        if value.is_empty() {
+            return Err(SecretProblem::EmptyEnv(name.to_owned()));
+        }
         return Ok((Secret::new(value.clone()), None));
     }
     if let Some(file) = text
@@ -113,7 +135,11 @@ pub fn secret(
         let path = relative(base, file);
         let value = std::fs::read_to_string(&path)
             .map_err(|e| SecretProblem::Unreadable(path.display().to_string(), e.to_string()))?;
+        // Editors end a file with a line break that is no part of the secret.
         let value = value.trim_end_matches(['\n', '\r']).to_owned();
+        if value.is_empty() {
+            return Err(SecretProblem::EmptyFile(path.display().to_string()));
+        }
         return Ok((Secret::new(value), Some(path)));
     }
     if text.is_empty() {
@@ -340,6 +366,33 @@ mod tests {
             secret("${file:missing}", &env, base),
             Err(SecretProblem::Unreadable(..))
         ));
+    }
+
+    #[test]
+    fn a_secret_that_resolves_to_nothing_is_refused_from_every_source() {
+        let mut env = Env::new();
+        env.insert("EMPTY".into(), String::new());
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("blank"), "\r\n\n").expect("write");
+        std::fs::write(dir.path().join("pw"), "s3cret\r\n").expect("write");
+        let base = dir.path();
+        assert_eq!(secret("", &env, base), Err(SecretProblem::Empty));
+        assert_eq!(
+            secret("${env:EMPTY}", &env, base),
+            Err(SecretProblem::EmptyEnv("EMPTY".into()))
+        );
+        assert!(matches!(
+            secret("${file:blank}", &env, base),
+            Err(SecretProblem::EmptyFile(_))
+        ));
+        assert_eq!(
+            secret("{encoded}", &env, base),
+            Err(SecretProblem::EmptyEncoded)
+        );
+        assert_eq!(
+            secret("${file:pw}", &env, base).unwrap().0.expose(),
+            "s3cret"
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub(super) fn auth_servers(
     list: &[S<raw::AuthServer>],
 ) -> BTreeMap<Arc<str>, Arc<AuthServer>> {
     let mut servers = BTreeMap::new();
+    // Issuer → (auth server id, its key source) of the first to name it.
+    let mut issuers: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
     for entry in list {
         let raw = &entry.value;
         for (name, value) in raw.ignored_keys() {
@@ -58,6 +60,32 @@ pub(super) fn auth_servers(
             .remote_introspection
             .as_ref()
             .and_then(|r| remote_introspection(ctx, r));
+        if let (Some(config), Some(compiled)) = (&raw.local_introspection, &local) {
+            let source = compiled.jwks_uri.clone();
+            match issuers.get(&compiled.issuer) {
+                Some((first, first_source)) if *first_source != source => {
+                    let at = config
+                        .value
+                        .issuer
+                        .as_ref()
+                        .map(|i| i.referenced)
+                        .unwrap_or(config.referenced);
+                    ctx.report.warning(
+                        at,
+                        format!(
+                            "issuer `{}` is also configured by auth server `{first}` with another key source ({} here, {} there); its tokens verify differently depending on the API",
+                            compiled.issuer,
+                            key_source(&source),
+                            key_source(first_source),
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    issuers.insert(compiled.issuer.clone(), (id.value.clone(), source));
+                }
+            }
+        }
         if raw.local_introspection.is_none() && raw.remote_introspection.is_none() {
             ctx.report.error(
                 entry.referenced,
@@ -81,6 +109,13 @@ pub(super) fn auth_servers(
         );
     }
     servers
+}
+
+fn key_source(jwks_uri: &Option<String>) -> String {
+    match jwks_uri {
+        Some(uri) => format!("jwksuri {uri}"),
+        None => "discovery from the issuer".to_owned(),
+    }
 }
 
 pub(super) fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str) -> Option<String> {
@@ -228,10 +263,9 @@ pub(super) fn aliases(ctx: &mut Ctx, list: &[S<raw::Alias>]) -> BTreeMap<String,
                 let password = ctx
                     .required(&raw.password, entry.referenced, "password")
                     .and_then(|p| ctx.secret(p, "password"));
-                user.zip(password).map(|(u, p)| Alias::Basic {
-                    username: u.value.0.clone(),
-                    password: p,
-                })
+                let user = user.and_then(|u| ctx.basic_user(u.referenced, &u.value.0, "username"));
+                user.zip(password)
+                    .map(|(username, password)| Alias::Basic { username, password })
             }
             "bearer" => ctx
                 .required(&raw.token, entry.referenced, "token")

@@ -56,6 +56,10 @@ pub struct TlsMaterial {
     pub key_path: PathBuf,
     pub certificate_pem: Vec<u8>,
     pub key_pem: Secret,
+    /// Where `tls.certificate` and `tls.key` are written, for findings
+    /// about the material (checked by `server::tls::check`).
+    pub certificate_at: super::diagnostic::Origin,
+    pub key_at: super::diagnostic::Origin,
 }
 
 #[derive(Debug, Clone)]

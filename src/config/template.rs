@@ -82,7 +82,20 @@ pub fn path_template(path: &str) -> Result<Template, String> {
     if !relative.is_empty() {
         let parts: Vec<&str> = relative.split('/').collect();
         for (index, part) in parts.iter().enumerate() {
-            segments.push(segment(part, index + 1 == parts.len(), path)?);
+            let segment = segment(part, index + 1 == parts.len(), path)?;
+            // One name, one value: `/orders/{id}/{id}` would bind `id`
+            // twice and leave the reader guessing which one is used.
+            if let Segment::Param(name) | Segment::Tail(name) = &segment {
+                let repeated = segments
+                    .iter()
+                    .any(|s| matches!(s, Segment::Param(n) | Segment::Tail(n) if n == name));
+                if repeated {
+                    return Err(format!(
+                        "path `{path}` names the parameter `{{{name}}}` twice"
+                    ));
+                }
+            }
+            segments.push(segment);
         }
     }
     Ok(Template {
@@ -113,6 +126,18 @@ fn segment(part: &str, last: bool, path: &str) -> Result<Segment, String> {
     }
     if part == "." || part == ".." {
         return Err(format!("path `{path}` has a dot segment"));
+    }
+    // The canonical request path never holds an empty segment (`//`) and
+    // keeps `%2F`/`%5C` encoded: such a template could never match, or
+    // would match what the upstream reads as another path.
+    if part.is_empty() {
+        return Err(format!("path `{path}` has an empty segment (`//`)"));
+    }
+    let lower = part.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return Err(format!(
+            "path `{path}`: segment `{part}` holds an encoded `/` or `\\`"
+        ));
     }
     let valid = part
         .bytes()
@@ -161,6 +186,24 @@ mod tests {
         assert!(resource("GET a").is_err());
         assert!(resource("GET /a/{}").is_err());
         assert!(resource("GET /a/../b").is_err());
+    }
+
+    #[test]
+    fn repeated_names_empty_segments_and_encoded_separators_are_refused() {
+        assert_eq!(
+            resource("GET /orders/{id}/{id}").unwrap_err(),
+            "path `/orders/{id}/{id}` names the parameter `{id}` twice"
+        );
+        assert!(resource("GET /orders/{id}/{id*}").is_err());
+        assert_eq!(
+            resource("GET /x//y").unwrap_err(),
+            "path `/x//y` has an empty segment (`//`)"
+        );
+        assert!(resource("GET /x/").is_err());
+        assert!(resource("GET /a%2Fb").is_err());
+        assert!(resource("GET /a%5cb").is_err());
+        assert!(resource("GET /").is_ok());
+        assert!(resource("GET /a%20b/{id}/{rest*}").is_ok());
     }
 
     #[test]

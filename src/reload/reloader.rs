@@ -83,7 +83,15 @@ impl Reloader {
         document: Option<&Document>,
     ) -> Result<u64, Invalid> {
         let next = self.live.generation() + 1;
-        match central::load(&self.config_path, text, &self.env, next, document) {
+        // TLS material is judged by the same function as `check` and
+        // start: a certificate or key that cannot be used is a refused
+        // reload, not a handshake failure later.
+        let loaded = central::load(&self.config_path, text, &self.env, next, document)
+            .and_then(|loaded| {
+                crate::server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
+                Ok(loaded)
+            });
+        match loaded {
             Ok(loaded) => match self.install(source, loaded.snapshot) {
                 Ok(generation) => Ok(generation),
                 Err(problem) => {

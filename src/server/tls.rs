@@ -1,11 +1,19 @@
 //! TLS on `ports.https`: one rustls `ServerConfig` (aws-lc-rs, ALPN `h2` and
 //! `http/1.1`) whose certificate comes from the live snapshot, so a reloaded
-//! certificate applies to the next handshake without re-binding. A snapshot
-//! whose key does not parse or match keeps the last good certificate
-//! serving (the refusal is logged once per generation).
+//! certificate applies to the next handshake without re-binding.
+//!
+//! [`certified_key`] is the one judge of TLS material: `check`, start and
+//! every reload ask it (through [`check`]) before a snapshot may serve, so a
+//! certificate that does not parse, a key that does not match or is
+//! encrypted, a certificate outside its validity or not X.509 v3 is a
+//! refused configuration with the position of `tls.certificate` or
+//! `tls.key`, never a handshake failure later. A snapshot whose material
+//! still cannot be used when it serves (a certificate that expired since)
+//! keeps the last good certificate serving (logged once per generation).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -15,8 +23,9 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::config::snapshot::TlsMaterial;
-use crate::config::Snapshot;
+use crate::config::{Invalid, Snapshot};
 
 /// Why the certificate and key cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -25,33 +34,155 @@ pub enum TlsError {
     Missing,
     #[error("{path}: no PEM certificate")]
     NoCertificate { path: String },
+    #[error("{path}: certificate {index} of the chain is not a DER X.509 certificate")]
+    BadCertificate { path: String, index: usize },
+    #[error("{path}: certificate {index} of the chain is X.509 version {version}")]
+    UnsupportedVersion {
+        path: String,
+        index: usize,
+        version: u64,
+    },
+    #[error("{path}: certificate {index} of the chain expired on {at}")]
+    Expired {
+        path: String,
+        index: usize,
+        at: String,
+    },
+    #[error("{path}: certificate {index} of the chain is not valid before {at}")]
+    NotYetValid {
+        path: String,
+        index: usize,
+        at: String,
+    },
     #[error("{path}: no PEM private key")]
     NoKey { path: String },
+    #[error("{path}: the private key is encrypted")]
+    EncryptedKey { path: String },
     #[error("certificate and key cannot be used: {0}")]
     Rejected(#[from] rustls::Error),
 }
 
-/// Parses the PEM certificate chain and key into what rustls serves.
+impl TlsError {
+    /// Whether the key file (not the certificate) is what is wrong.
+    fn is_about_the_key(&self) -> bool {
+        match self {
+            TlsError::NoKey { .. } | TlsError::EncryptedKey { .. } | TlsError::Rejected(_) => true,
+            TlsError::Missing
+            | TlsError::NoCertificate { .. }
+            | TlsError::BadCertificate { .. }
+            | TlsError::UnsupportedVersion { .. }
+            | TlsError::Expired { .. }
+            | TlsError::NotYetValid { .. } => false,
+        }
+    }
+
+    fn allowed(&self) -> &'static str {
+        match self.is_about_the_key() {
+            true => {
+                "an unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1) matching the certificate"
+            }
+            false => "a PEM chain of X.509 v3 certificates, valid now, the server's first",
+        }
+    }
+}
+
+/// The TLS material of `snapshot` judged as [`certified_key`] judges it,
+/// as a finding at `tls.certificate` or `tls.key`. Nothing to check
+/// without a `tls:` section.
+pub fn check(snapshot: &Snapshot, now: SystemTime) -> Result<(), Invalid> {
+    let Some(material) = &snapshot.tls else {
+        return Ok(());
+    };
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let Err(error) = certified_key(material, &provider, now) else {
+        return Ok(());
+    };
+    let (origin, key) = match error.is_about_the_key() {
+        true => (material.key_at.clone(), "tls.key"),
+        false => (material.certificate_at.clone(), "tls.certificate"),
+    };
+    Err(Invalid {
+        findings: vec![Diagnostic {
+            severity: Severity::Error,
+            origin,
+            message: format!("{key}: {error}"),
+            allowed: Some(error.allowed().to_owned()),
+        }],
+    })
+}
+
+/// Parses and judges the PEM certificate chain and key into what rustls
+/// serves, at `now`.
 pub fn certified_key(
     material: &TlsMaterial,
     provider: &CryptoProvider,
+    now: SystemTime,
 ) -> Result<CertifiedKey, TlsError> {
+    let certificate_path = || material.certificate_path.display().to_string();
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&material.certificate_pem)
             .filter_map(Result::ok)
             .collect();
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: material.certificate_path.display().to_string(),
+            path: certificate_path(),
         });
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(material.key_pem.expose().as_bytes()).map_err(|_| {
-            TlsError::NoKey {
-                path: material.key_path.display().to_string(),
-            }
-        })?;
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    for (index, der) in chain.iter().enumerate() {
+        let index = index + 1;
+        let Some(facts) = x509::facts(der) else {
+            return Err(TlsError::BadCertificate {
+                path: certificate_path(),
+                index,
+            });
+        };
+        // A self-signed certificate after the first is a root a chain may
+        // carry: clients judge roots by their own trust store, not by it.
+        if index > 1 && facts.self_issued {
+            continue;
+        }
+        // RFC 5280 §4.1.2.1: extensions, which a server certificate needs
+        // (subjectAltName), exist only in v3; webpki refuses the others.
+        if facts.version != 3 {
+            return Err(TlsError::UnsupportedVersion {
+                path: certificate_path(),
+                index,
+                version: facts.version,
+            });
+        }
+        if facts.not_after < now {
+            return Err(TlsError::Expired {
+                path: certificate_path(),
+                index,
+                at: date(facts.not_after),
+            });
+        }
+        if facts.not_before > now {
+            return Err(TlsError::NotYetValid {
+                path: certificate_path(),
+                index,
+                at: date(facts.not_before),
+            });
+        }
+    }
+    let key_pem = material.key_pem.expose();
+    // RFC 5958 §3 (PKCS#8 EncryptedPrivateKeyInfo) and the OpenSSL
+    // `Proc-Type: 4,ENCRYPTED` header: there is no passphrase to open it.
+    if key_pem.contains("ENCRYPTED PRIVATE KEY") || key_pem.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(TlsError::EncryptedKey {
+            path: material.key_path.display().to_string(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::NoKey {
+        path: material.key_path.display().to_string(),
+    })?;
+    // Also refuses a key that is not the certificate's (`keys_match`).
     Ok(CertifiedKey::from_der(chain, key, provider)?)
+}
+
+fn date(seconds: u64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
 type Current = dyn Fn() -> Arc<Snapshot> + Send + Sync;
@@ -80,7 +211,7 @@ impl LiveCertificate {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let snapshot = current();
         let material = snapshot.tls.as_ref().ok_or(TlsError::Missing)?;
-        let key = Arc::new(certified_key(material, &provider)?);
+        let key = Arc::new(certified_key(material, &provider, SystemTime::now())?);
         Ok(LiveCertificate {
             current: Box::new(current),
             provider,
@@ -99,7 +230,7 @@ impl LiveCertificate {
             match snapshot
                 .tls
                 .as_ref()
-                .map(|m| certified_key(m, &self.provider))
+                .map(|m| certified_key(m, &self.provider, SystemTime::now()))
             {
                 Some(Ok(key)) => cached.1 = Arc::new(key),
                 Some(Err(error)) => tracing::error!(
@@ -131,5 +262,157 @@ impl LiveCertificate {
 impl ResolvesServerCert for LiveCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.certificate())
+    }
+}
+
+/// The few facts of an X.509 certificate (RFC 5280 §4.1) that decide
+/// whether it can be served: version and validity. A bounded DER walk
+/// over the `TBSCertificate`; anything unexpected is `None`.
+mod x509 {
+    pub struct Facts {
+        pub version: u64,
+        /// Seconds since the Unix epoch (0 for earlier dates).
+        pub not_before: u64,
+        pub not_after: u64,
+        /// Issuer and subject are the same name (a root, or self-signed).
+        pub self_issued: bool,
+    }
+
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    const VERSION: u8 = 0xa0;
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+
+    pub fn facts(der: &[u8]) -> Option<Facts> {
+        let (certificate, _) = expect(der, SEQUENCE)?;
+        let (tbs, _) = expect(certificate, SEQUENCE)?;
+        let (version, rest) = match tlv(tbs)? {
+            (VERSION, explicit, rest) => {
+                let (number, _) = expect(explicit, INTEGER)?;
+                match number {
+                    [v] if *v < 3 => (u64::from(*v) + 1, rest),
+                    _ => (0, rest),
+                }
+            }
+            // RFC 5280 §4.1.2.1: version absent = v1.
+            _ => (1, tbs),
+        };
+        let (_serial, rest) = expect(rest, INTEGER)?;
+        let (_signature, rest) = expect(rest, SEQUENCE)?;
+        let (issuer, rest) = expect(rest, SEQUENCE)?;
+        let (validity, rest) = expect(rest, SEQUENCE)?;
+        let (subject, _) = expect(rest, SEQUENCE)?;
+        let (not_before, rest) = time(validity)?;
+        let (not_after, _) = time(rest)?;
+        Some(Facts {
+            version,
+            not_before,
+            not_after,
+            self_issued: issuer == subject,
+        })
+    }
+
+    /// One tag-length-value: (tag, content, what follows).
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (length, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let count = usize::from(first & 0x7f);
+            if count == 0 || count > 4 || rest.len() < count {
+                return None;
+            }
+            let (bytes, rest) = rest.split_at(count);
+            let length = bytes.iter().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+            (length, rest)
+        };
+        if rest.len() < length {
+            return None;
+        }
+        let (content, rest) = rest.split_at(length);
+        Some((tag, content, rest))
+    }
+
+    fn expect(input: &[u8], wanted: u8) -> Option<(&[u8], &[u8])> {
+        let (tag, content, rest) = tlv(input)?;
+        (tag == wanted).then_some((content, rest))
+    }
+
+    /// RFC 5280 §4.1.2.5: UTCTime `YYMMDDHHMMSSZ` (years 1950-2049) or
+    /// GeneralizedTime `YYYYMMDDHHMMSSZ`.
+    fn time(input: &[u8]) -> Option<(u64, &[u8])> {
+        let (tag, content, rest) = tlv(input)?;
+        let text = std::str::from_utf8(content).ok()?.strip_suffix('Z')?;
+        let (year, rest_text) = match (tag, text.len()) {
+            (UTC_TIME, 12) => {
+                let yy: i64 = text[..2].parse().ok()?;
+                (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+            }
+            (GENERALIZED_TIME, 14) => (text[..4].parse().ok()?, &text[4..]),
+            _ => return None,
+        };
+        if !rest_text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let field = |at: usize| -> Option<i64> { rest_text.get(at..at + 2)?.parse().ok() };
+        let (month, day) = (field(0)?, field(2)?);
+        let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 60
+        {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
+        Some((u64::try_from(seconds).unwrap_or(0), rest))
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+    /// `days_from_civil`).
+    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let year = if month <= 2 { year - 1 } else { year };
+        let era = year.div_euclid(400);
+        let year_of_era = year - era * 400;
+        let month_index = (month + 9) % 12;
+        let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+        era * 146_097 + day_of_era - 719_468
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn dates_count_from_the_epoch() {
+            assert_eq!(days_from_civil(1970, 1, 1), 0);
+            assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+            let (at, _) = time(b"\x17\x0d491231235959Z").expect("UTCTime");
+            assert_eq!(at, 2_524_607_999);
+            let (at, _) = time(b"\x18\x0f19500101000000Z").expect("GeneralizedTime");
+            assert_eq!(at, 0);
+            assert!(time(b"\x17\x0d4912312359xxZ").is_none());
+        }
+
+        #[test]
+        fn version_validity_and_self_issue_of_a_real_certificate() {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params =
+                rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+            params.not_before = rcgen::date_time_ymd(2001, 2, 3);
+            params.not_after = rcgen::date_time_ymd(2051, 1, 1);
+            let cert = params.self_signed(&key).expect("certificate");
+            let read = facts(cert.der()).expect("a certificate");
+            assert_eq!(read.version, 3);
+            assert_eq!(read.not_before, 981_158_400);
+            assert_eq!(read.not_after, 2_556_144_000);
+            assert!(read.self_issued);
+            assert!(facts(&cert.der()[..40]).is_none());
+        }
     }
 }

@@ -32,6 +32,7 @@ apis:
   resources: ["GET /status"]
   policies:
     outbound_auth: {{ alias: backend }}
+  authentication: {{ type: oauth2, auth_server: remote }}
 "#,
         upstream.url("/api")
     )
@@ -76,7 +77,7 @@ async fn health_endpoints_answer_without_credentials() {
 async fn metrics_are_prometheus_text() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&yaml(&upstream, "")).await;
-    assert_eq!(gw.get("/travels/status").await.status(), 200);
+    assert_eq!(gw.get("/travels/status").await.status(), 401);
     let resp = gw
         .client
         .get(gw.admin_url("/metrics"))
@@ -91,7 +92,7 @@ async fn metrics_are_prometheus_text() {
     let text = resp.text().await.expect("text");
     assert!(
         text.contains(
-            r#"microgateway_requests_total{api="Time travels",method="GET",status="200"}"#
+            r#"microgateway_requests_total{api="Time travels",method="GET",status="401"}"#
         ),
         "{text}"
     );

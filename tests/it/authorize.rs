@@ -78,6 +78,7 @@ authorization_server:
   - name: Introspector
     client_id: introspector
     client_secret: intro-secret
+    introspect: true
     grant_types: []
 security_settings:
   auth_servers:

@@ -42,6 +42,7 @@ fn client(id: &str, secret: Option<&str>, grants: &[GrantType], refresh_limit: u
         scopes: vec!["view".into(), "book".into()],
         token_lifetime: Some(Duration::from_secs(3600)),
         refresh_limit,
+        introspect: false,
     }
 }
 
@@ -77,7 +78,10 @@ fn settings(dir: &Path, token_format: TokenFormat) -> Settings {
             &[Password, RefreshToken],
             0,
         ),
-        client("introspector", Some("intro-secret"), &[], 0),
+        Client {
+            introspect: true,
+            ..client("introspector", Some("intro-secret"), &[], 0)
+        },
         short,
         public,
     ];

@@ -56,6 +56,8 @@ apis:
   base_path: /catalog
   upstream: {{ echo: true }}
   resources: [{resources}]
+  authentication:
+    type: none
 - name: Secure
   version: "1.0"
   base_path: /secure
@@ -116,6 +118,8 @@ apis:
   base_path: /local
   upstream: {{ echo: true }}
   resources: ["GET /ping"]
+  authentication:
+    type: none
 "#,
             self.url,
             self.password,
@@ -430,8 +434,8 @@ async fn settings_alone_give_local_apis_the_central_auth_servers() {
     };
     // The local API names an auth server only the central defines.
     let yaml = downstream.yaml().replace(
-        r#"  resources: ["GET /ping"]"#,
-        "  resources: [\"GET /ping\"]\n  authentication: { type: oauth2, auth_server: idp }",
+        "  authentication:\n    type: none",
+        "  authentication: { type: oauth2, auth_server: idp }",
     );
     let down = Gateway::start(&yaml).await;
     assert_eq!(down.get("/local/ping").await.status(), 401);
@@ -502,7 +506,7 @@ const GOOD_DOCUMENT: &str = r#"
 security_settings: { auth_servers: [], aliases: [] }
 scope_mappings: []
 apis:
-- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /a"] }
+- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /a"], authentication: { type: none } }
 "#;
 
 /// A scope mapping naming an API scope no API declares.
@@ -513,7 +517,7 @@ security_settings:
 scope_mappings:
 - { auth_server: idp, scope: view, api_scopes: ["Nowhere:View"] }
 apis:
-- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /b"] }
+- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /b"], authentication: { type: none } }
 "#;
 
 #[tokio::test]

@@ -235,6 +235,8 @@ apis:
   base_path: /slow
   upstream: {{ url: "{}" }}
   resources: ["GET /x"]
+  authentication:
+    type: none
 "#,
             upstream.url("/api")
         ),
@@ -313,6 +315,8 @@ apis:
   base_path: /local
   upstream: {{ echo: true }}
   resources: ["GET /ping"]
+  authentication:
+    type: none
 "#,
             cache.display()
         ),
@@ -327,6 +331,8 @@ fn cached_api(name: &str, base_path: &str) -> String {
   base_path: {base_path}
   upstream: {{ echo: true }}
   resources: ["GET /x"]
+  authentication:
+    type: none
 "#
     )
 }

@@ -85,6 +85,13 @@ fn refused(yaml: &str, expected: Found) {
     assert_eq!(errors(yaml), vec![expected]);
 }
 
+/// An auth server for APIs with scopes, written after everything else so
+/// that the lines before it keep their numbers.
+const AUTH_SERVER_LAST: &str = r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+"#;
 const RESOURCE_ALLOWED: &str = "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
 const SECRET_ALLOWED: &str = "a value, \"{encoded}BASE64\", \"${env:NAME}\" or \"${file:/path}\"";
 const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central";
@@ -106,6 +113,7 @@ fn unknown_key_in_an_api() {
 - name: A
   upstream: { echo: true }
   colour: red
+  authentication: { type: none }
 "#,
         error(
             4,
@@ -130,7 +138,7 @@ fn unknown_key_in_local_introspection_config() {
             6,
             7,
             "unknown key `jwks`",
-            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew",
+            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew, allow_insecure_http",
         ),
     );
 }
@@ -330,10 +338,12 @@ fn a_few_anchors_and_aliases_are_fine() {
   base_path: /a
   upstream: &echo { echo: true }
   resources: ["GET /x"]
+  authentication: { type: none }
 - name: B
   base_path: /b
   upstream: *echo
   resources: ["GET /x"]
+  authentication: { type: none }
 "#,
     )
     .snapshot;
@@ -356,6 +366,7 @@ fn invalid_resource_templates() {
   - "GET /a/../b"
   - "GET /a/{id"
   - "GET /a/{my-id}"
+  authentication: { type: none }
 "#;
     assert_eq!(
         errors(yaml),
@@ -405,13 +416,17 @@ fn invalid_resource_templates() {
 #[test]
 fn invalid_resource_template_in_a_scope() {
     refused(
-        r#"apis:
+        &format!(
+            "{}{AUTH_SERVER_LAST}",
+            r#"apis:
 - name: A
   upstream: { echo: true }
   scopes:
   - name: View
     resources: ["GET /ok", "GET /{a*}/b"]
-"#,
+  authentication: { type: oauth2, auth_server: local }
+"#
+        ),
         error(
             6,
             28,
@@ -430,6 +445,7 @@ fn same_resource_twice_in_resources() {
 - name: A
   upstream: { echo: true }
   resources: ["GET /b", "POST /b", "GET /b"]
+  authentication: { type: none }
 "#,
         error(
             4,
@@ -443,14 +459,18 @@ fn same_resource_twice_in_resources() {
 #[test]
 fn same_resource_in_a_scope_and_in_resources() {
     refused(
-        r#"apis:
+        &format!(
+            "{}{AUTH_SERVER_LAST}",
+            r#"apis:
 - name: A
   upstream: { echo: true }
   scopes:
   - name: S
     resources: ["GET /a"]
   resources: ["GET /b", "GET /a"]
-"#,
+  authentication: { type: oauth2, auth_server: local }
+"#
+        ),
         error(
             7,
             25,
@@ -467,6 +487,7 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
 - name: A
   upstream: { echo: true }
   resources: ["GET /a/{id}", "GET /a/{no}"]
+  authentication: { type: none }
 "#,
         error(
             4,
@@ -476,7 +497,8 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
         ),
     );
     // In two scopes, one resource belongs to both.
-    let snap = loaded(
+    let snap = loaded(&format!(
+        "{}{AUTH_SERVER_LAST}",
         r#"apis:
 - name: A
   upstream: { echo: true }
@@ -485,8 +507,9 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
     resources: ["GET /a/{id}"]
   - name: Audit
     resources: ["GET /a/{no}"]
-"#,
-    )
+  authentication: { type: oauth2, auth_server: local }
+"#
+    ))
     .snapshot;
     assert_eq!(snap.apis[0].resources.len(), 1);
     assert_eq!(snap.apis[0].resources[0].api_scopes, vec![0, 1]);
@@ -494,7 +517,8 @@ fn same_pattern_with_another_parameter_name_is_the_same_resource() {
 
 #[test]
 fn a_resource_may_belong_to_several_scopes() {
-    let snap = loaded(
+    let snap = loaded(&format!(
+        "{}{AUTH_SERVER_LAST}",
         r#"apis:
 - name: A
   upstream: { echo: true }
@@ -503,8 +527,9 @@ fn a_resource_may_belong_to_several_scopes() {
     resources: ["GET /a"]
   - name: Admin
     resources: ["GET /a", "DELETE /a"]
-"#,
-    )
+  authentication: { type: oauth2, auth_server: local }
+"#
+    ))
     .snapshot;
     let resources = &snap.apis[0].resources;
     assert_eq!(resources.len(), 2);
@@ -521,12 +546,14 @@ fn two_apis_with_the_same_base_path() {
 - name: A
   base_path: /x
   upstream: { echo: true }
+  authentication: { type: none }
 - name: B
   base_path: /x/
   upstream: { echo: true }
+  authentication: { type: none }
 "#,
         error(
-            6,
+            7,
             14,
             "base path `/x` is used by two APIs",
             "a distinct base_path per API",
@@ -542,13 +569,15 @@ fn two_apis_with_the_same_name_and_version() {
   version: "2.0"
   base_path: /x
   upstream: { echo: true }
+  authentication: { type: none }
 - name: A
   version: "2.0"
   base_path: /y
   upstream: { echo: true }
+  authentication: { type: none }
 "#,
         error(
-            6,
+            7,
             9,
             "API `A` version `2.0` is defined twice",
             "a distinct name + version per API",
@@ -561,10 +590,12 @@ fn two_apis_with_the_same_name_and_version() {
   version: "1.0"
   base_path: /x
   upstream: { echo: true }
+  authentication: { type: none }
 - name: A
   version: "2.0"
   base_path: /y
   upstream: { echo: true }
+  authentication: { type: none }
 "#,
     );
 }
@@ -575,15 +606,19 @@ apis:
 - name: A
   base_path: /oauth2
   upstream: { echo: true }
+  authentication: { type: none }
 - name: B
   base_path: /invoke/pub.oauth
   upstream: { echo: true }
+  authentication: { type: none }
 - name: C
   base_path: /.well-known
   upstream: { echo: true }
+  authentication: { type: none }
 - name: D
   base_path: /
   upstream: { echo: true }
+  authentication: { type: none }
 "#;
 
 #[test]
@@ -599,19 +634,19 @@ fn api_shadowing_the_authorization_server() {
                 allowed
             ),
             error(
-                8,
+                9,
                 14,
                 "base path `/invoke/pub.oauth` shadows `/invoke`, where the authorization server answers",
                 allowed
             ),
             error(
-                11,
+                13,
                 14,
                 "base path `/.well-known` shadows `/.well-known`, where the authorization server answers",
                 allowed
             ),
             error(
-                14,
+                17,
                 14,
                 "base path `` shadows `/oauth2`, where the authorization server answers",
                 allowed
@@ -679,6 +714,7 @@ apis:
 - name: A
   upstream: { echo: true }
   scopes: [{ name: View, resources: ["GET /a"] }]
+  authentication: { type: oauth2, auth_server: local }
 "#,
         error(
             6,
@@ -700,6 +736,7 @@ apis:
   upstream: { echo: true }
   policies:
     outbound_auth: { alias: nope }
+  authentication: { type: none }
 "#,
         error(8, 29, "alias `nope` is not defined", "one of: backend"),
     );
@@ -1030,6 +1067,13 @@ apis:
                 "auth server `nope` is not defined",
                 "one of: (none defined)"
             ),
+            error(
+                8,
+                25,
+                "resource `GET /a` is declared twice in this API",
+                TWICE
+            ),
+            error(8, 35, "path `a` does not start with /", RESOURCE_ALLOWED),
         ]
     );
 }
@@ -1040,16 +1084,18 @@ fn errors_of_every_api_are_reported() {
 - name: A
   upstream: { echo: true }
   resources: ["GET a"]
+  authentication: { type: none }
 - name: B
   upstream: { echo: true }
   resources: ["GET /b", "GET /b"]
+  authentication: { type: none }
 "#;
     assert_eq!(
         errors(yaml),
         vec![
             error(4, 15, "path `a` does not start with /", RESOURCE_ALLOWED),
             error(
-                7,
+                8,
                 25,
                 "resource `GET /b` is declared twice in this API",
                 TWICE
@@ -1163,7 +1209,7 @@ fn error_in_an_appended_document_has_its_file_line() {
             43,
             3,
             "unknown key `colour`",
-            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew",
+            "one of: issuer, jwksuri, audience, clockSkew, accept_jwt_typ, trustStoreAlias, certificateAlias, description, useLocalClockSkew, allow_insecure_http",
         ),
     );
     let yaml = format!("{WEBMETHODS}  clockSkew: 2m\n");
@@ -1206,7 +1252,7 @@ fn env_overrides_a_port() {
 #[test]
 fn lower_case_webmethods_env_overrides_the_poll_interval() {
     let yaml = r#"api_gateway:
-  url: "http://central.example:9485"
+  url: "https://central.example:9485"
   user: Administrator
   password: "{encoded}bWFuYWdl"
   download_apis: true
@@ -1312,4 +1358,423 @@ authorization_server:
         "{:?}",
         snap.files
     );
+}
+
+// ------------------------------------------------------------ failing closed
+
+const AUTHENTICATION_ALLOWED: &str =
+    "authentication: { type: oauth2, auth_server: ID }, or { type: none } for an API open to anyone";
+const PLAIN_HTTP_ALLOWED: &str = "https://…, http:// only to localhost, 127.0.0.0/8 or [::1], or `allow_insecure_http: true` on this entry";
+const TAG_ALLOWED: &str = "no tag, except `!<authServerAlias>` on an auth server entry";
+
+#[test]
+fn api_without_authentication_is_refused() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  scopes: [{ name: View, resources: ["GET /a"] }]
+"#,
+        error(
+            2,
+            9,
+            "API has no `authentication`; it would be served without credentials",
+            AUTHENTICATION_ALLOWED,
+        ),
+    );
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { auth_server: local }
+"#,
+        error(
+            4,
+            19,
+            "authentication has no `type`",
+            AUTHENTICATION_ALLOWED,
+        ),
+    );
+}
+
+#[test]
+fn type_none_with_scopes_is_refused() {
+    refused(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: none }
+  scopes:
+  - name: View
+    resources: ["GET /a"]
+"#,
+        error(
+            6,
+            5,
+            "API has `scopes:` but authentication type none; nothing would enforce them",
+            "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
+        ),
+    );
+}
+
+#[test]
+fn a_secret_that_resolves_to_nothing_is_refused() {
+    let config = Config::new(
+        r#"admin:
+  user: Administrator
+  password: "${env:ADMIN_PW}"
+central:
+  users:
+  - { user: fleet, password: "${file:fleet.pw}" }
+security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: "{encoded}" }
+"#,
+    );
+    config.file("fleet.pw", "\r\n\n");
+    let findings = config
+        .load(&env(&[("ADMIN_PW", "")]))
+        .expect_err("empty secrets are refused");
+    let found: Vec<Found> = findings.iter().map(found).collect();
+    let pw = config.dir.path().join("fleet.pw");
+    assert_eq!(
+        found,
+        vec![
+            error(
+                3,
+                13,
+                "admin.password: environment variable ADMIN_PW is set but empty",
+                SECRET_ALLOWED
+            ),
+            // The user whose password is refused is not one.
+            error(
+                5,
+                3,
+                "central: has no users, so no microgateway could download from it",
+                "at least one { user, password }"
+            ),
+            error(
+                6,
+                30,
+                &format!(
+                    "password: secret file {} is empty (or holds only line breaks)",
+                    pw.display()
+                ),
+                SECRET_ALLOWED
+            ),
+            error(
+                9,
+                60,
+                "password: {encoded} value decodes to nothing",
+                SECRET_ALLOWED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn key_and_token_sources_over_plain_http_to_a_remote_host() {
+    assert_eq!(
+        errors(
+            r#"security_settings:
+  auth_servers:
+  - id: jwks
+    localIntrospectionConfig:
+      issuer: "https://idp.example"
+      jwksuri: "http://idp.example/jwks"
+  - id: discovery
+    localIntrospectionConfig: { issuer: "http://10.0.0.7:8080" }
+  - id: opaque
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://idp.example/introspect"
+      clientId: gw
+      clientSecret: s3cret
+"#
+        ),
+        vec![
+            error(
+                6,
+                16,
+                "jwksuri: `http://idp.example/jwks` would carry the JWK Set over plain HTTP to a host that is not loopback",
+                PLAIN_HTTP_ALLOWED
+            ),
+            error(
+                8,
+                41,
+                "localIntrospectionConfig.issuer: `http://10.0.0.7:8080` would carry discovery of the JWK Set over plain HTTP to a host that is not loopback",
+                PLAIN_HTTP_ALLOWED
+            ),
+            error(
+                11,
+                30,
+                "introspectionEndpoint: `http://idp.example/introspect` would carry introspection (tokens and the client secret) over plain HTTP to a host that is not loopback",
+                PLAIN_HTTP_ALLOWED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn credentials_to_a_plain_http_upstream_are_refused() {
+    refused(
+        r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: s3cret }
+apis:
+- name: A
+  upstream: { url: "http://backend.example/api" }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  policies:
+    outbound_auth: { alias: backend }
+"#,
+        error(
+            6,
+            20,
+            "upstream.url: `http://backend.example/api` would carry outbound credentials (outbound_auth) over plain HTTP to a host that is not loopback",
+            PLAIN_HTTP_ALLOWED,
+        ),
+    );
+}
+
+#[test]
+fn allow_insecure_http_makes_plain_http_a_warning_and_loopback_needs_nothing() {
+    let loaded = loaded(
+        r#"authorization_server:
+  issuer: "http://gateway.example"
+security_settings:
+  auth_servers:
+  - id: remote
+    localIntrospectionConfig:
+      issuer: "http://idp.example"
+      allow_insecure_http: true
+  - id: loopback
+    localIntrospectionConfig: { issuer: "http://127.0.0.2:4485", jwksuri: "http://[::1]:4485/jwks" }
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://localhost:4485/introspect"
+      clientId: gw
+      clientSecret: s3cret
+  - id: own
+    localIntrospectionConfig: { issuer: "http://gateway.example/" }
+apis:
+- name: A
+  upstream: { url: "http://backend.example/api", allow_insecure_http: true }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  policies:
+    outbound_auth: { delegate: incoming_token }
+"#,
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":7:15: warning: localIntrospectionConfig.issuer: `http://idp.example` carries discovery of the JWK Set over plain HTTP (allow_insecure_http)"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].ends_with(":19:20: warning: upstream.url: `http://backend.example/api` carries outbound credentials (outbound_auth) over plain HTTP (allow_insecure_http)"),
+        "{}",
+        warnings[1]
+    );
+}
+
+#[test]
+fn yaml_1_1_booleans_are_refused_with_what_they_are() {
+    assert_eq!(
+        errors(
+            r#"apis:
+- name: A
+  upstream: { echo: true, timeout: 5s }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  allow_encoded_slashes: on
+- name: B
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["GET /b"]
+  allow_encoded_slashes: OFF
+"#
+        ),
+        vec![
+            error(
+                6,
+                26,
+                "allow_encoded_slashes: `on` is a YAML 1.1 boolean, which this file does not accept",
+                "true or false"
+            ),
+            error(
+                11,
+                26,
+                "allow_encoded_slashes: `OFF` is a YAML 1.1 boolean, which this file does not accept",
+                "true or false"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn yaml_tags_other_than_the_webmethods_alias_are_refused() {
+    assert_eq!(
+        errors(
+            r#"admin:
+  user: Administrator
+  password: !!binary bWFuYWdl
+apis:
+- name: !custom A
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  allow_encoded_slashes: !!str true
+"#
+        ),
+        vec![
+            error(
+                3,
+                13,
+                "the YAML tag `!!binary` is not accepted: binary values have no place in this file",
+                TAG_ALLOWED
+            ),
+            error(5, 9, "the YAML tag `!custom` is not accepted", TAG_ALLOWED),
+            error(9, 26, "the YAML tag `!!str` is not accepted", TAG_ALLOWED),
+        ]
+    );
+}
+
+#[test]
+fn a_basic_user_name_with_a_colon_is_refused() {
+    refused(
+        r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: "svc:admin", password: s3cret }
+"#,
+        error(
+            3,
+            45,
+            "username: `svc:admin` contains `:`, which Basic authentication cannot carry in a user name",
+            "a user name without `:` (RFC 7617 §2)",
+        ),
+    );
+}
+
+#[test]
+fn templates_with_a_repeated_name_an_empty_segment_or_an_encoded_separator() {
+    assert_eq!(
+        errors(
+            r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources:
+  - "GET /orders/{id}/{id}"
+  - "GET /x//y"
+  - "GET /a%2fb"
+  - "GET /a%5Cb"
+"#
+        ),
+        vec![
+            error(
+                6,
+                5,
+                "path `/orders/{id}/{id}` names the parameter `{id}` twice",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                7,
+                5,
+                "path `/x//y` has an empty segment (`//`)",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                8,
+                5,
+                "path `/a%2fb`: segment `a%2fb` holds an encoded `/` or `\\`",
+                RESOURCE_ALLOWED
+            ),
+            error(
+                9,
+                5,
+                "path `/a%5Cb`: segment `a%5Cb` holds an encoded `/` or `\\`",
+                RESOURCE_ALLOWED
+            ),
+        ]
+    );
+}
+
+#[test]
+fn redirect_uri_with_a_wildcard_is_refused() {
+    refused(
+        r#"authorization_server:
+  clients:
+  - client_id: app
+    redirect_uris: ["https://app.example/*"]
+    grant_types: [authorization_code]
+"#,
+        error(
+            4,
+            21,
+            "redirect URI `https://app.example/*` has a `*`, but redirect URIs are compared exactly (no wildcards)",
+            "https://…, or http:// on localhost, 127.0.0.1 or [::1]",
+        ),
+    );
+}
+
+#[test]
+fn one_issuer_with_two_key_sources_is_a_warning() {
+    let loaded = loaded(
+        r#"security_settings:
+  auth_servers:
+  - id: a
+    localIntrospectionConfig: { issuer: "https://idp.example", jwksuri: "https://idp.example/keys" }
+  - id: b
+    localIntrospectionConfig: { issuer: "https://idp.example" }
+"#,
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":6:41: warning: issuer `https://idp.example` is also configured by auth server `a` with another key source (discovery from the issuer here, jwksuri https://idp.example/keys there); its tokens verify differently depending on the API"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn introspect_needs_a_confidential_client() {
+    refused(
+        r#"authorization_server:
+  clients:
+  - client_id: spa
+    introspect: true
+"#,
+        error(
+            4,
+            17,
+            "public client `spa` (no client_secret) cannot introspect",
+            "a client_secret, or no `introspect: true` (RFC 7662 §2.1)",
+        ),
+    );
+}
+
+#[test]
+fn downloading_settings_over_plain_http_from_a_remote_central_is_refused() {
+    let yaml = r#"api_gateway:
+  url: "http://central.example:9485"
+  user: Administrator
+  password: "{encoded}bWFuYWdl"
+  download_settings: true
+"#;
+    refused(
+        yaml,
+        error(
+            2,
+            8,
+            "api_gateway.url: `http://central.example:9485` would carry the central's settings and the download password over plain HTTP to a host that is not loopback",
+            PLAIN_HTTP_ALLOWED,
+        ),
+    );
+    let allowed = loaded(&format!("{yaml}  allow_insecure_http: true\n"));
+    assert_eq!(allowed.warnings.len(), 1, "{:?}", allowed.warnings);
+    // Without a download the central is never contacted.
+    loaded(&yaml.replace("download_settings: true", "download_settings: false"));
 }

@@ -456,6 +456,30 @@ async fn rotated_key_is_accepted_and_removed_key_refused() {
 }
 
 #[tokio::test]
+async fn a_key_set_with_a_duplicate_kid_is_refused_and_the_last_good_one_kept() {
+    let good = ed_key("k");
+    let (idp, source, validator) = ready("duplicate-kid", &[&good]).await;
+    // RFC 7517 §4.5: which of two keys named `k` verifies would depend on
+    // the order of the document.
+    let impostor = ec_key("k", Algorithm::ES256);
+    idp.set(|state| state.jwks = jwks(&[&good, &impostor]));
+    assert!(matches!(
+        source.refresh().await,
+        Err(JwksError::DuplicateKid(kid)) if kid == "k"
+    ));
+    assert_eq!(refreshes("duplicate-kid", "error"), 1);
+    assert_eq!(
+        check(&validator, &token(&good, &idp.issuer())).await,
+        Ok(())
+    );
+    assert_eq!(
+        check(&validator, &token(&impostor, &idp.issuer())).await,
+        invalid(TokenProblem::DisallowedAlgorithm),
+        "`k` is still the good key, which is EdDSA"
+    );
+}
+
+#[tokio::test]
 async fn jwks_down_at_start_is_unavailable_until_it_recovers() {
     let key = ed_key("k");
     let idp = Idp::start(jwks(&[&key])).await;

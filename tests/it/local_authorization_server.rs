@@ -125,6 +125,7 @@ authorization_server:
   - name: Gateway introspection
     client_id: gateway
     client_secret: gateway-secret
+    introspect: true
     grant_types: []
     scopes: []
 security_settings:

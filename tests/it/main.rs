@@ -12,6 +12,7 @@ mod dockerfile;
 mod edge;
 mod enforcement;
 mod examples;
+mod fail_closed;
 mod http2_floods;
 mod import_cycles;
 mod introspection;

@@ -22,12 +22,14 @@ apis:
   version: "1.0"
   base_path: /travels
   upstream: {{ url: "{}" }}
-  scopes:
-  - name: ViewTickets
-    resources: ["GET /bookings", "GET /bookings/{{id}}"]
-  - name: BookTickets
-    resources: ["POST /bookings"]
-  resources: ["GET /bookings/special", "GET /files/{{rest*}}"]
+  resources:
+  - "GET /bookings"
+  - "GET /bookings/{{id}}"
+  - "POST /bookings"
+  - "GET /bookings/special"
+  - "GET /files/{{rest*}}"
+  authentication:
+    type: none
 "#,
         upstream.url("/api")
     )
@@ -69,6 +71,8 @@ apis:
   - "GET /docs/readme"
   - "GET /a/{x}/c"
   - "GET /a/b/{y}"
+  authentication:
+    type: none
 "#;
 
 #[test]
@@ -121,6 +125,8 @@ apis:
   base_path: /a
   upstream: { echo: true }
   resources: ["GET /bookings/{id}"]
+  authentication:
+    type: none
 "#,
     );
     assert_eq!(
@@ -183,10 +189,14 @@ apis:
   base_path: /travels
   upstream: {{ url: "{}" }}
   resources: ["GET /vip/bookings", "GET /bookings"]
+  authentication:
+    type: none
 - name: VIP
   base_path: /travels/vip
   upstream: {{ url: "{}" }}
   resources: ["GET /bookings"]
+  authentication:
+    type: none
 "#,
         short.url("/short"),
         long.url("/long")
@@ -216,6 +226,8 @@ apis:
   version: "1.0"
   upstream: {{ url: "{}" }}
   resources: ["GET /bookings"]
+  authentication:
+    type: none
 "#,
         upstream.url("/api")
     );
@@ -286,12 +298,9 @@ apis:
 - name: A
   base_path: /a
   upstream: { echo: true }
-  scopes:
-  - name: View
-    resources: ["GET /bookings/{id}"]
-  - name: Cancel
-    resources: ["DELETE /bookings/{id}"]
-  resources: ["GET /bookings/special"]
+  resources: ["GET /bookings/{id}", "DELETE /bookings/{id}", "GET /bookings/special"]
+  authentication:
+    type: none
 "#,
     );
     let verdict = decide(&snap, &Method::PUT, "/a/bookings/special", None, None);
@@ -430,6 +439,8 @@ apis:
   base_path: /down
   upstream: {{ url: "http://{addr}/api" }}
   resources: ["GET /x"]
+  authentication:
+    type: none
 "#
     );
     let gw = Gateway::start(&yaml).await;
@@ -453,6 +464,8 @@ apis:
   base_path: /slow
   upstream: {{ url: "{}", timeout: 250ms }}
   resources: ["GET /x"]
+  authentication:
+    type: none
 "#,
         upstream.url("/api")
     );
@@ -540,6 +553,8 @@ apis:
   base_path: /echo
   upstream: { echo: true }
   resources: ["POST /bookings/{id}"]
+  authentication:
+    type: none
 "#;
     let gw = Gateway::start(yaml).await;
     let resp = gw

@@ -215,13 +215,15 @@ async fn reloaded_certificate_applies_to_new_connections() {
     let presented = held.get_ref().1.peer_certificates().unwrap()[0].clone();
     assert_eq!(presented, first.der);
 
-    // A key that does not match its certificate: the last good one serves on.
+    // A key that does not match its certificate: a refused reload, and
+    // the last good certificate serves on.
     std::fs::write(tls_dir.path().join("server.key"), self_signed().key_pem).unwrap();
-    let generation = gw
+    let refused = gw
         .state()
         .reload(Source::Api)
-        .expect("PEM files are still PEM");
-    gw.wait_generation(generation).await;
+        .expect_err("a key that is not the certificate's is refused");
+    assert!(refused.to_string().contains("tls.key"), "{refused}");
+    assert_eq!(gw.state().live.generation(), generation);
     let tls = tls_connect(addr, &second.der, b"http/1.1").await;
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], second.der);
     gw.shutdown().await;

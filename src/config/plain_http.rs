@@ -1,0 +1,138 @@
+//! Key and token material over plain HTTP. A JWK Set, discovery document
+//! or introspection answer read over `http://` can be replaced by anyone
+//! on the path (and with it, every token accepted); credentials sent to an
+//! upstream or a central gateway over `http://` can be read. Such a URL is
+//! an error unless its host is loopback (127.0.0.0/8, ::1, `localhost`) or
+//! the entry says `allow_insecure_http: true`, which makes it a warning.
+//! Reads the raw file after the sections are compiled; decides nothing else.
+
+use std::net::IpAddr;
+
+use super::context::Ctx;
+use super::raw::{self, Location, Scalar, S};
+
+const ALLOWED: &str = "https://…, http:// only to localhost, 127.0.0.0/8 or [::1], or `allow_insecure_http: true` on this entry";
+
+/// Checks every URL of `file` that carries keys, tokens or credentials.
+/// `own_issuer` is this instance's authorization server's issuer, whose
+/// keys are taken in-process (no HTTP at all).
+pub(super) fn check(ctx: &mut Ctx, file: &raw::File, own_issuer: Option<&str>) {
+    for server in &file.security_settings.auth_servers {
+        if let Some(local) = &server.value.local_introspection {
+            local_introspection(ctx, &local.value, own_issuer);
+        }
+        if let Some(remote) = &server.value.remote_introspection {
+            let remote = &remote.value;
+            if let Some(endpoint) = &remote.introspection_endpoint {
+                let allowed = &remote.allow_insecure_http;
+                let what = "introspection (tokens and the client secret)";
+                url(ctx, endpoint, "introspectionEndpoint", what, allowed);
+            }
+        }
+    }
+    for api in &file.apis {
+        let api = &api.value;
+        let (Some(upstream), Some(_)) = (&api.upstream, &api.policies.outbound_auth) else {
+            continue;
+        };
+        if let Some(target) = &upstream.value.url {
+            let allowed = &upstream.value.allow_insecure_http;
+            let what = "outbound credentials (outbound_auth)";
+            url(ctx, target, "upstream.url", what, allowed);
+        }
+    }
+}
+
+fn local_introspection(ctx: &mut Ctx, local: &raw::LocalIntrospection, own_issuer: Option<&str>) {
+    let issuer = local.issuer.as_ref();
+    let in_process = issuer
+        .zip(own_issuer)
+        .is_some_and(|(i, own)| i.value.0.trim().trim_end_matches('/') == own);
+    if in_process {
+        return;
+    }
+    let allowed = &local.allow_insecure_http;
+    match (&local.jwksuri, issuer) {
+        (Some(jwks), _) => url(ctx, jwks, "jwksuri", "the JWK Set", allowed),
+        (None, Some(issuer)) => url(
+            ctx,
+            issuer,
+            "localIntrospectionConfig.issuer",
+            "discovery of the JWK Set",
+            allowed,
+        ),
+        (None, None) => {}
+    }
+}
+
+/// The `api_gateway.url` a downstream downloads its settings from (with
+/// its password, and secrets in clear in the answer).
+pub(super) fn api_gateway(ctx: &mut Ctx, gateway: &raw::ApiGateway) {
+    if let Some(target) = &gateway.url {
+        let what = "the central's settings and the download password";
+        url(
+            ctx,
+            target,
+            "api_gateway.url",
+            what,
+            &gateway.allow_insecure_http,
+        );
+    }
+}
+
+fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str, what: &str, allowed: &Option<S<Scalar>>) {
+    let allow = ctx.boolean(allowed, "allow_insecure_http", false);
+    let text = value.value.0.trim();
+    // A URL that does not parse is reported by the section that reads it.
+    let Ok(uri) = text.parse::<http::Uri>() else {
+        return;
+    };
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(is_loopback) {
+        return;
+    }
+    let at: Location = value.referenced;
+    if allow {
+        ctx.report.warning(
+            at,
+            format!("{key}: `{text}` carries {what} over plain HTTP (allow_insecure_http)"),
+        );
+    } else {
+        ctx.report.error(
+            at,
+            format!(
+                "{key}: `{text}` would carry {what} over plain HTTP to a host that is not loopback"
+            ),
+            ALLOWED,
+        );
+    }
+}
+
+/// 127.0.0.0/8, ::1 or `localhost`: traffic that never leaves the machine.
+pub fn is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_127_slash_8_ipv6_one_and_localhost() {
+        for host in ["localhost", "LocalHost", "127.0.0.1", "127.1.2.3", "[::1]"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "10.0.0.1",
+            "localhost.example",
+            "128.0.0.1",
+            "[::2]",
+            "example.com",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+}
