@@ -13,6 +13,9 @@
 //!   against a JWKS, or RFC 7662 introspection through a cache).
 //! - [`proxy`]: the data path, its phases in order, and the upstream pool
 //!   and HTTP/1.1 client.
+//! - [`http1`]: HTTP/1.1 on the wire for both sides (heads parsed and
+//!   encoded, bodies framed, chunked coding); used by `server` and
+//!   `proxy`, using neither.
 //! - [`authz_server`]: the local OAuth2 authorization server (SQLite store).
 //! - [`central`]: exporting settings to a fleet, and following a central.
 //! - [`admin`]: health, metrics and REST on the admin port.
@@ -41,6 +44,7 @@ pub mod central;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod http1;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

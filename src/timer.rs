@@ -10,7 +10,7 @@
 //! one makes tokio's time driver wake its own thread's I/O driver (a system
 //! call) on a good share of requests. Elsewhere (the admin port, tests), a
 //! [`Deadline`] is a plain tokio sleep. The silence timer of a response
-//! body (`proxy::http1::body`) stays a tokio sleep: it exists only while
+//! body (`proxy::client::body`) stays a tokio sleep: it exists only while
 //! more of a body is awaited, and progress moves it later, which tokio does
 //! without registering it again.
 

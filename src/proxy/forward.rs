@@ -16,11 +16,11 @@ use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::http1::Destination;
 use super::pool::{self, Connector, Key, Pool, SendError};
 use super::reject::Rejection;
 use super::{full, Body, BoxError};
 use crate::config::snapshot::{Api, Upstream};
+use crate::http1::request_encode::Destination;
 use crate::policy::Grant;
 use crate::timer::Deadline;
 

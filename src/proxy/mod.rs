@@ -1,11 +1,11 @@
 //! The data path: `serve` runs the phases of a request in order (match →
 //! authenticate → authorize → transform → outbound auth → forward);
 //! `reject` decides what a refused client is told; `forward` talks to the
-//! upstream.
+//! upstream, over the HTTP/1.1 `client` and its `pool`.
 
+mod client;
 pub mod forward;
 pub mod forwarded;
-pub(crate) mod http1;
 pub mod outbound;
 mod pool;
 pub mod reject;

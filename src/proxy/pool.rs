@@ -44,9 +44,10 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::http1::{self, Connection, Destination, Failure, ResponseBody, Stream};
+use super::client::{self, Connection, Failure, ResponseBody, Stream};
 use super::{Body, BoxError};
 use crate::config::snapshot::CaBundle;
+use crate::http1::request_encode::Destination;
 
 /// Idle connections kept per upstream (per pool).
 pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -80,7 +81,7 @@ pub enum SendError {
     Connect(BoxError),
     /// The request failed on an established connection.
     #[error("request: {0}")]
-    Request(http1::Error),
+    Request(client::Error),
 }
 
 impl Connector {

@@ -3,17 +3,14 @@
 //! responses encoded into one buffer with their body and written with one
 //! system call where they fit.
 //!
-//! One exchange at a time, in order: read a head (`head`), hand the
+//! One exchange at a time, in order: read a head (`http1::request_head`), hand the
 //! request to the handler, its body read from the connection as the
-//! handler takes it, then write the response (`encode`) as its body
+//! handler takes it, then write the response (`http1::response_encode`) as its body
 //! comes. A connection carries another request only after an exchange
 //! whose request body was read to its end; pipelined heads wait in the
 //! read buffer meanwhile. A head that starts but does not end within
 //! `timeouts.header_read` is answered 408; waiting for a first byte is
 //! bounded by the connection's watchdog (`server::Conn::supervise`).
-
-mod encode;
-mod head;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -30,11 +27,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use self::encode::{BodyFraming, Exchange};
-use self::head::{Framing, Head, Parsed, Refusal};
 use super::{Activity, ConnSettings, InFlight};
-use crate::proxy::http1;
-use crate::proxy::http1::chunked::{self, Chunked, Decoded, Delimited};
+use crate::http1;
+use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
+use crate::http1::request_head::{self as head, Framing, Head, Parsed, Refusal};
+use crate::http1::response_encode::{self as encode, BodyFraming, Exchange};
 use crate::proxy::{Body, BoxError, Rejection};
 use crate::timer::Deadline;
 

@@ -56,6 +56,12 @@ pub enum ChunkError {
     Trailer,
 }
 
+impl Default for Chunked {
+    fn default() -> Chunked {
+        Chunked::new()
+    }
+}
+
 impl Chunked {
     pub fn new() -> Chunked {
         Chunked::Size

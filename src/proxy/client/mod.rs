@@ -1,4 +1,4 @@
-//! HTTP/1.1 to upstreams, driven by the task of the request it carries.
+//! HTTP/1.1 client to upstreams, driven by the task of the request it carries.
 //!
 //! A [`Connection`] writes one request (head, then the body as the client
 //! sends it) and reads the response head; the response body then reads
@@ -6,16 +6,13 @@
 //! channel: the upstream's readiness wakes the client's task directly.
 //!
 //! The upstream is not trusted to frame its answers well: heads are
-//! bounded and parsed by `httparse`, framing follows RFC 9112 §6.3 and is
+//! bounded and parsed by `httparse` (`http1::response_head`), framing follows RFC 9112 §6.3 and is
 //! refused where it is ambiguous, and a connection carries another request
 //! only after an exchange that ended exactly where both framings said.
 //! An upstream that answers before the request body is all sent gets the
 //! rest no more; that connection then ends with the response.
 
 mod body;
-pub(crate) mod chunked;
-mod request;
-mod response;
 mod stream;
 
 use std::future::poll_fn;
@@ -27,20 +24,15 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use body::ResponseBody;
-pub use chunked::ChunkError;
-pub use request::Destination;
-pub use response::HeadError;
 pub use stream::Stream;
 
 use super::{Body, BoxError};
-use request::BodyFraming;
-use response::Head;
-
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 16 * 1024;
+use crate::http1::chunked::{self, ChunkError};
+use crate::http1::request_encode::{self, BodyFraming, Destination};
+use crate::http1::response_head::{self, Head, HeadError};
+use crate::http1::{poll_fill, poll_write_all};
 /// Request body bytes encoded before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -121,7 +113,7 @@ impl Connection {
     ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, mut body) = req.into_parts();
         self.out.clear();
-        let framing = request::encode(&parts, &body, destination, &mut self.out);
+        let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
             // Kept until an answer begins: the request may be sent again.
             let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
@@ -182,7 +174,7 @@ impl Connection {
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
+                if let Some(head) = response_head::parse(&mut self.buf, method, &mut self.fields)? {
                     return Ok(head);
                 }
             }
@@ -271,7 +263,7 @@ impl Connection {
                 Ok(_) => {}
                 Err(error) => return Poll::Ready(Err(error.into())),
             }
-            if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
+            if let Some(head) = response_head::parse(&mut self.buf, method, &mut self.fields)? {
                 return Poll::Ready(Ok(Upload::Answered(head)));
             }
         }
@@ -287,34 +279,4 @@ impl Connection {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         poll_fill(&mut self.io, &mut self.buf, cx)
     }
-}
-
-/// Reads what the peer has sent into `buf` (up to [`READ_SIZE`] more):
-/// the bytes read, 0 at the end of the stream. Both sides of the gateway
-/// read their connections this way.
-pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_SIZE);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
-}
-
-/// Writes and flushes everything in `out`.
-pub(crate) fn poll_write_all<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    out: &mut Vec<u8>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    while !out.is_empty() {
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, out))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        out.drain(..n);
-    }
-    Pin::new(io).poll_flush(cx)
 }
