@@ -11,6 +11,13 @@
 //! - A connection with no request in flight is closed (HTTP/2: `GOAWAY`)
 //!   after `header_read` when it has not sent a first request, after `idle`
 //!   once it has. Requests in flight, however slow, are never cut by it.
+//! - A request body whose client stays silent for `body_read` fails with
+//!   [`BodyFault::Stalled`] (the handler answers 408); any other failure
+//!   of a client's body is a [`BodyFault`] too: the client's, never the
+//!   upstream's.
+//! - A connection whose client takes nothing of an answer for `send`
+//!   (HTTP/1.1: a write makes no progress; HTTP/2: an answer waits for a
+//!   flow-control window the client does not open) is closed.
 
 mod h1;
 mod prefixed;
@@ -22,7 +29,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,7 +48,8 @@ use tokio_rustls::TlsAcceptor;
 
 use self::prefixed::Prefixed;
 use crate::config::snapshot::{Limits, Timeouts};
-use crate::proxy::{Body, BoxError};
+use crate::proxy::{Body, BodyFault, BoxError};
+use crate::timer::Deadline;
 
 /// Connection settings taken from the snapshot at start.
 #[derive(Debug, Clone, Copy)]
@@ -227,21 +235,21 @@ impl Conn {
     {
         let requests = self.activity.clone();
         let peer = self.peer;
+        let body_read = self.settings.timeouts.body_read;
         let service = service_fn(move |req: Request<Incoming>| {
             let guard = InFlight::begin(&requests);
             let req = req.map(|body| {
                 if body.is_end_stream() {
                     crate::proxy::empty()
                 } else {
-                    body.map_err(|error| -> BoxError { Box::new(error) })
-                        .boxed()
+                    H2Body::new(body, body_read).boxed()
                 }
             });
             let response = handler(req, peer);
             async move {
                 let response = response.await;
                 let guard = guard.answered();
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
             }
         });
         let io = TokioIo::new(Prefixed::new(read, io));
@@ -302,6 +310,11 @@ impl Conn {
                 }
                 Ok(Watch::Rearm) => {}
                 Ok(Watch::Deadline) => {
+                    if activity.send_stalled(timeouts.send) {
+                        tracing::debug!(%peer, "connection closed: the client reads no answer");
+                        crate::metrics::client_error("send_timeout");
+                        return None;
+                    }
                     if activity.deadline(timeouts) <= Instant::now() {
                         tracing::debug!(%peer, "idle connection closed");
                         graceful(conn.as_mut());
@@ -389,6 +402,11 @@ struct Activity {
     first_done: AtomicBool,
     /// Woken when the first request has finished.
     quiet: Notify,
+    /// HTTP/2 answers that handed data on and wait to be asked for more.
+    unsent: AtomicUsize,
+    /// Milliseconds after `started` when the client last took part of an
+    /// answer (or an answer began to wait).
+    sent_ms: AtomicU64,
 }
 
 impl Activity {
@@ -401,7 +419,20 @@ impl Activity {
             served: AtomicU64::new(0),
             first_done: AtomicBool::new(false),
             quiet: Notify::new(),
+            unsent: AtomicUsize::new(0),
+            sent_ms: AtomicU64::new(0),
         }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// An answer waits for the client, and the client has taken nothing
+    /// of any answer for `send`.
+    fn send_stalled(&self, send: Duration) -> bool {
+        let since = Duration::from_millis(self.sent_ms.load(Ordering::Acquire));
+        self.unsent.load(Ordering::Acquire) > 0 && self.started.elapsed() >= since + send
     }
 
     /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
@@ -419,7 +450,8 @@ impl Activity {
     fn deadline(&self, timeouts: Timeouts) -> Instant {
         let now = Instant::now();
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return now + timeouts.idle;
+            // Looks at answers waiting for the client every half `send`.
+            return now + timeouts.idle.min(timeouts.send / 2);
         }
         let since =
             self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
@@ -465,8 +497,9 @@ impl Drop for InFlight {
                 activity.quiet.notify_one();
             }
         }
-        let elapsed = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.store(elapsed, Ordering::Release);
+        activity
+            .idle_since_ms
+            .store(activity.elapsed_ms(), Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
         // Deadlines only move later, except once: from `header_read` before
         // the first request to `idle` after it. Re-arm the timer then only.
@@ -476,11 +509,41 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight.
+/// An HTTP/2 response body that keeps its request counted as in flight,
+/// and tells the connection's watchdog when it waits for the client to
+/// take what it handed on (HTTP/2 asks for more only once the client's
+/// flow-control window has room).
 struct Tracked {
     body: Body,
-    #[allow(dead_code)]
     guard: InFlight,
+    /// Data was handed on; the body waits to be asked for more.
+    waiting: bool,
+}
+
+impl Tracked {
+    fn new(body: Body, guard: InFlight) -> Tracked {
+        Tracked {
+            body,
+            guard,
+            waiting: false,
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            let activity = &self.guard.activity;
+            activity
+                .sent_ms
+                .store(activity.elapsed_ms(), Ordering::Release);
+            activity.unsent.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
 }
 
 impl HttpBody for Tracked {
@@ -491,7 +554,22 @@ impl HttpBody for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        this.stop_waiting();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            // The last frame is not asked after: no wait to watch.
+            if frame.is_data() && !this.body.is_end_stream() {
+                let activity = &this.guard.activity;
+                if activity.unsent.fetch_add(1, Ordering::AcqRel) == 0 {
+                    activity
+                        .sent_ms
+                        .store(activity.elapsed_ms(), Ordering::Release);
+                }
+                this.waiting = true;
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -500,6 +578,80 @@ impl HttpBody for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// An HTTP/2 request body: each silence of the client while more is due
+/// bounded by `timeouts.body_read`, every failure the client's
+/// [`BodyFault`].
+struct H2Body {
+    inner: Incoming,
+    wait: Duration,
+    /// Armed while the body waits for the client.
+    deadline: Option<Deadline>,
+    failed: Option<BodyFault>,
+}
+
+impl H2Body {
+    fn new(inner: Incoming, wait: Duration) -> H2Body {
+        H2Body {
+            inner,
+            wait,
+            deadline: None,
+            failed: None,
+        }
+    }
+
+    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        crate::metrics::client_error(fault.cause());
+        self.failed = Some(fault);
+        self.deadline = None;
+        Poll::Ready(Some(Err(Box::new(fault))))
+    }
+}
+
+impl HttpBody for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(fault) = this.failed {
+            return Poll::Ready(Some(Err(Box::new(fault))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.deadline = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                // A reset stream, or a body longer or shorter than its
+                // `content-length` (RFC 9113 §8.1.1).
+                tracing::debug!(%error, "HTTP/2 request body failed");
+                this.fail(BodyFault::Truncated)
+            }
+            Poll::Ready(None) => {
+                this.deadline = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let wait = this.wait;
+                let deadline = this.deadline.get_or_insert_with(|| Deadline::after(wait));
+                ready!(Pin::new(deadline).poll(cx));
+                this.fail(BodyFault::Stalled)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

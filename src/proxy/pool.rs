@@ -82,6 +82,10 @@ pub enum SendError {
     /// The request failed on an established connection.
     #[error("request: {0}")]
     Request(client::Error),
+    /// Connecting (TLS handshake included) took longer than the upstream
+    /// timeout.
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
 }
 
 impl Connector {
@@ -146,6 +150,18 @@ impl Connector {
                 Ok(Connection::new(Stream::Tls(Box::new(stream))))
             }
         }
+    }
+
+    /// A new connection to `target` within `timeout` (the TCP connect
+    /// has its own, shorter, bound).
+    async fn connect_within(
+        &self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Connection, SendError> {
+        tokio::time::timeout(timeout, Box::pin(self.connect(target)))
+            .await
+            .map_err(|_| SendError::Timeout(timeout))?
     }
 
     /// Tries the upstream's addresses in turn, the connect timeout divided
@@ -562,7 +578,7 @@ impl Checkout {
             Conn::Idle(conn) => (conn, true),
             // Boxed (as below): connecting is a large future that requests
             // on a pooled connection need not carry.
-            Conn::New(target) => (Box::pin(connector.connect(&target)).await?, false),
+            Conn::New(target) => (connector.connect_within(&target, stall).await?, false),
         };
         let response = match conn.send(req, destination, stall).await {
             Ok(response) => response,
@@ -575,7 +591,7 @@ impl Checkout {
                     .with(|pool| pool.target(slot))
                     .flatten()
                     .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                let conn = Box::pin(connector.connect(&target)).await?;
+                let conn = connector.connect_within(&target, stall).await?;
                 // Boxed: a second exchange in this future would double its
                 // size for every request, retried or not.
                 Box::pin(conn.send(req, destination, stall))

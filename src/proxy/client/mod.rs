@@ -15,7 +15,7 @@
 mod body;
 mod stream;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -33,6 +33,7 @@ use crate::http1::chunked::{self, ChunkError};
 use crate::http1::request_encode::{self, BodyFraming, Destination};
 use crate::http1::response_head::{self, Head, HeadError};
 use crate::http1::{poll_fill, poll_write_all};
+use crate::timer::Deadline;
 /// Request body bytes encoded before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -55,6 +56,10 @@ pub enum Error {
     Truncated,
     #[error("the upstream sent nothing for {0:?} while more of the body was due")]
     Stalled(Duration),
+    #[error("the upstream did not answer within {0:?} of the request")]
+    Timeout(Duration),
+    #[error("the upstream took no request bytes for {0:?}")]
+    WriteStalled(Duration),
 }
 
 /// A failed exchange, with the request when it can be sent again as it
@@ -77,6 +82,11 @@ pub struct Connection {
     /// Used by each response head parsed, so that parsing allocates
     /// nothing.
     fields: Vec<(http::HeaderName, usize, usize)>,
+    /// The API's upstream timeout: for the answer once the request is
+    /// sent, and for each write that makes no progress.
+    stall: Duration,
+    /// Armed while a write waits for the upstream to take bytes.
+    write_deadline: Option<Deadline>,
 }
 
 /// How far the request got.
@@ -93,6 +103,8 @@ impl Connection {
             buf: BytesMut::new(),
             out: Vec::new(),
             fields: Vec::new(),
+            stall: Duration::ZERO,
+            write_deadline: None,
         }
     }
 
@@ -113,6 +125,7 @@ impl Connection {
     ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, mut body) = req.into_parts();
         self.out.clear();
+        self.stall = stall;
         let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
             // Kept until an answer begins: the request may be sent again.
@@ -171,21 +184,37 @@ impl Connection {
         response
     }
 
+    /// The response head, within the upstream timeout of the request
+    /// having been sent (the client's pace of sending its body is not the
+    /// upstream's to answer for).
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
-        loop {
+        let mut deadline: Option<Deadline> = None;
+        poll_fn(|cx| loop {
             if !self.buf.is_empty() {
                 if let Some(head) = response_head::parse(&mut self.buf, method, &mut self.fields)? {
-                    return Ok(head);
+                    return Poll::Ready(Ok(head));
                 }
             }
-            if poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
-                return Err(if self.buf.is_empty() {
-                    Error::Closed
-                } else {
-                    Error::Head(HeadError::Malformed(httparse::Error::Status))
-                });
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(if self.buf.is_empty() {
+                        Error::Closed
+                    } else {
+                        Error::Head(HeadError::Malformed(httparse::Error::Status))
+                    }))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {
+                    let stall = self.stall;
+                    let deadline = deadline.get_or_insert_with(|| Deadline::after(stall));
+                    return Pin::new(deadline)
+                        .poll(cx)
+                        .map(|()| Err(Error::Timeout(stall)));
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Writes the encoded head and then the body, as the client sends it,
@@ -269,9 +298,28 @@ impl Connection {
         }
     }
 
-    /// Writes (and flushes) everything encoded.
+    /// Writes (and flushes) everything encoded; fails once the upstream
+    /// has taken nothing for the upstream timeout.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        poll_write_all(&mut self.io, &mut self.out, cx).map_err(Error::from)
+        let before = self.out.len();
+        match poll_write_all(&mut self.io, &mut self.out, cx) {
+            Poll::Pending => {
+                if self.out.len() != before {
+                    self.write_deadline = None;
+                }
+                let stall = self.stall;
+                let deadline = self
+                    .write_deadline
+                    .get_or_insert_with(|| Deadline::after(stall));
+                Pin::new(deadline)
+                    .poll(cx)
+                    .map(|()| Err(Error::WriteStalled(stall)))
+            }
+            Poll::Ready(written) => {
+                self.write_deadline = None;
+                Poll::Ready(written.map_err(Error::from))
+            }
+        }
     }
 
     /// Reads what the upstream has sent into the buffer: the bytes read,
