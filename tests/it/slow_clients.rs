@@ -1,0 +1,264 @@
+//! Slow clients hold nothing for long: a request body whose client goes
+//! silent is answered 408 within `timeouts.body_read` (HTTP/1.1, HTTP/2,
+//! the authorization server's endpoints), a client that takes no answer
+//! is cut within `timeouts.send`, and the upstream timeout runs only once
+//! the request is sent.
+use crate::common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::recording::RecordingUpstream;
+use common::{channel_body, status_of, Gateway, Upstream};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+/// `timeouts.body_read` and `timeouts.send` of these tests.
+const BODY_READ: Duration = Duration::from_secs(1);
+const SEND: Duration = Duration::from_secs(1);
+/// The slack the bounds allow.
+const SLACK: Duration = Duration::from_secs(1);
+
+fn slow_yaml(upstream_url: &str, upstream_timeout: &str, extra: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+timeouts: {{ body_read: 1s, send: 1s, idle: 30s }}
+{extra}
+apis:
+- name: Slow
+  version: "1.0"
+  base_path: /slow
+  upstream: {{ url: "{upstream_url}", timeout: {upstream_timeout} }}
+  authentication: {{ type: none }}
+  resources: ["GET /orders", "POST /orders"]
+- name: Quick
+  version: "1.0"
+  base_path: /quick
+  upstream: {{ echo: true }}
+  authentication: {{ type: none }}
+  resources: ["GET /ping"]
+"#
+    )
+}
+
+/// Sends `head` and the start of a body on a new connection, and then
+/// nothing more.
+async fn stall(addr: SocketAddr, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The answer on `stream` (read to its close, at most 10 s), and when it
+/// came.
+async fn answer(mut stream: TcpStream) -> (String, Instant) {
+    let mut raw = Vec::new();
+    let read = stream.read_to_end(&mut raw);
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    (String::from_utf8_lossy(&raw).into_owned(), Instant::now())
+}
+
+#[tokio::test]
+async fn a_silent_request_body_is_answered_408_within_body_read() {
+    let upstream = RecordingUpstream::start().await;
+    // An upstream timeout far longer than `body_read`: the client's
+    // silence is not the upstream's to answer for.
+    let gw = Gateway::start(&slow_yaml(&upstream.url(), "30s", "")).await;
+    let started = Instant::now();
+    let stream = stall(
+        gw.http,
+        "POST /slow/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nhello",
+    )
+    .await;
+    let (raw, at) = answer(stream).await;
+    assert_eq!(status_of(&raw), 408, "{raw}");
+    assert!(
+        at - started < BODY_READ + SLACK,
+        "answered after {:?}",
+        at - started
+    );
+    // The upstream saw the 5 bytes and then its connection closed.
+    let received = upstream.ended().await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("content-length: 100"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    let metrics = gw.metrics().await;
+    assert!(
+        common::metric(
+            &metrics,
+            r#"microgateway_client_errors_total{cause="body_timeout"}"#
+        ) >= 1
+    );
+    assert!(!metrics.contains(r#"microgateway_upstream_errors_total{api="Slow""#));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_token_requests_leave_the_connection_slots_to_other_clients() {
+    let upstream = RecordingUpstream::start().await;
+    let server = r#"limits: { max_connections: 4 }
+authorization_server:
+  issuer: "http://127.0.0.1"
+  signing_key: signing-key.pem
+  store: sqlite:oauth.db"#;
+    let gw = Gateway::start(&slow_yaml(&upstream.url(), "30s", server)).await;
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let head = "POST /oauth2/token HTTP/1.1\r\nHost: gw\r\n\
+            Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant";
+        slow.push(tokio::spawn(answer(stall(gw.http, head).await)));
+    }
+    // An innocent fifth client, while the four hold every slot.
+    let innocent = stall(
+        gw.http,
+        "GET /quick/ping HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (raw, at) = answer(innocent).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert!(
+        at - started < BODY_READ + SLACK,
+        "the fifth client waited {:?}",
+        at - started
+    );
+    for slow in slow {
+        let (raw, at) = slow.await.unwrap();
+        assert_eq!(status_of(&raw), 408, "{raw}");
+        assert!(at - started < BODY_READ + SLACK, "{:?}", at - started);
+    }
+    gw.shutdown().await;
+}
+
+/// An upstream answering every request with `len` bytes.
+async fn big_upstream(len: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = Bytes::from(vec![b'b'; len]);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let body = body.clone();
+            let service = service_fn(move |_req: Request<Incoming>| {
+                let body = body.clone();
+                async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(body))) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_client_that_pipelines_and_never_reads_is_cut_within_send() {
+    let upstream = big_upstream(1 << 20).await;
+    let url = format!("http://{upstream}/api");
+    let gw = Gateway::start(&slow_yaml(&url, "30s", "")).await;
+    // A small receive window: the answers back up quickly.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gw.http).await.unwrap();
+    let requests = "GET /slow/orders HTTP/1.1\r\nHost: gw\r\n\r\n".repeat(64);
+    let started = Instant::now();
+    // Requests go on until the gateway cuts the connection; no answer is
+    // ever read.
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if stream.write_all(requests.as_bytes()).await.is_err() {
+                return Instant::now();
+            }
+        }
+    })
+    .await
+    .expect("the connection was cut");
+    assert!(
+        cut - started < SEND + SLACK,
+        "cut after {:?}",
+        cut - started
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        common::metric(
+            &metrics,
+            r#"microgateway_client_errors_total{cause="send_timeout"}"#
+        ) >= 1
+    );
+    // Others are served as before.
+    let ok = common::raw_request(
+        gw.http,
+        b"GET /quick/ping HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_upstream_timeout_runs_once_the_request_is_sent() {
+    let upstream = Upstream::start().await;
+    // An upstream timeout shorter than the client takes to send: the
+    // body is slow but never silent for `body_read`.
+    let yaml =
+        slow_yaml(&upstream.url("/api"), "500ms", "").replace("body_read: 1s", "body_read: 5s");
+    let gw = Gateway::start(&yaml).await;
+    let mut stream = stall(
+        gw.http,
+        "POST /slow/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    // The client's own pace, which the upstream timeout must not count.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(b"world").await.unwrap();
+    let (raw, _) = answer(stream).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(&upstream.last().body[..], b"helloworld");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_body_that_stalls_is_answered_408() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&slow_yaml(&upstream.url(), "30s", "")).await;
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let req = Request::post(format!("http://{}/slow/orders", gw.http))
+        .body(channel_body(rx).boxed_unsync())
+        .unwrap();
+    tx.send(Bytes::from_static(b"hello")).await.unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(
+        started.elapsed() < BODY_READ + SLACK,
+        "{:?}",
+        started.elapsed()
+    );
+    let received = upstream.ended().await;
+    assert!(
+        String::from_utf8_lossy(&received).ends_with("\r\n\r\n5\r\nhello\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    drop(tx);
+    gw.shutdown().await;
+}
