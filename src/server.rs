@@ -142,7 +142,7 @@ pub async fn serve<H, F>(
             settings,
             stop: stop.clone(),
             forced: forced.clone(),
-            activity: Arc::new(Activity::new()),
+            activity: Arc::new(Activity::new(settings.timeouts.send)),
             peer,
         };
         let transport = transport.clone();
@@ -279,6 +279,13 @@ impl Conn {
         let watchdog = Watchdog::new();
         loop {
             let deadline = activity.deadline(timeouts);
+            let watch_ms = deadline
+                .saturating_duration_since(activity.started)
+                .as_millis();
+            activity.watch_ms.store(
+                u64::try_from(watch_ms).unwrap_or(u64::MAX),
+                Ordering::Release,
+            );
             let stop = &mut self.stop;
             let forced = &mut self.forced;
             let activity = &activity;
@@ -407,10 +414,14 @@ struct Activity {
     /// Milliseconds after `started` when the client last took part of an
     /// answer (or an answer began to wait).
     sent_ms: AtomicU64,
+    /// `timeouts.send`.
+    send: Duration,
+    /// Milliseconds after `started` when the watchdog looks next.
+    watch_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(send: Duration) -> Activity {
         Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -421,6 +432,21 @@ impl Activity {
             quiet: Notify::new(),
             unsent: AtomicUsize::new(0),
             sent_ms: AtomicU64::new(0),
+            send,
+            watch_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// An answer begins to wait for the client: the watchdog, if it
+    /// sleeps past when that wait may end the connection, looks again.
+    fn answer_waits(&self) {
+        let now = self.elapsed_ms();
+        if self.unsent.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.sent_ms.store(now, Ordering::Release);
+        }
+        let send = u64::try_from(self.send.as_millis()).unwrap_or(u64::MAX);
+        if self.watch_ms.load(Ordering::Acquire) > now.saturating_add(send) {
+            self.quiet.notify_one();
         }
     }
 
@@ -560,12 +586,7 @@ impl HttpBody for Tracked {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             // The last frame is not asked after: no wait to watch.
             if frame.is_data() && !this.body.is_end_stream() {
-                let activity = &this.guard.activity;
-                if activity.unsent.fetch_add(1, Ordering::AcqRel) == 0 {
-                    activity
-                        .sent_ms
-                        .store(activity.elapsed_ms(), Ordering::Release);
-                }
+                this.guard.activity.answer_waits();
                 this.waiting = true;
             }
         }
@@ -660,7 +681,7 @@ mod tests {
     use super::*;
 
     fn after(served: u64, cancelled: u64) -> bool {
-        let activity = Activity::new();
+        let activity = Activity::new(Duration::from_secs(30));
         activity.served.store(served, Ordering::Release);
         activity.cancelled.store(cancelled, Ordering::Release);
         activity.resets_abusive()

@@ -1,5 +1,6 @@
-//! Deadlines of the data path: the wait for a request head and for an
-//! upstream's answer. Nearly all of them are cancelled, microseconds to
+//! Deadlines of the data path: the wait for a request head, each silence
+//! of a client's request body, each write a client takes nothing of, and
+//! the wait for an upstream's answer. Nearly all of them are cancelled, microseconds to
 //! milliseconds after they were set, and almost none fire.
 //!
 //! On a listener thread they are slots in one slab that a single task of

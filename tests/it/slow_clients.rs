@@ -262,3 +262,35 @@ async fn an_http2_body_that_stalls_is_answered_408() {
     drop(tx);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_http2_client_that_keeps_its_window_shut_is_cut_within_send() {
+    let upstream = big_upstream(1 << 20).await;
+    let url = format!("http://{upstream}/api");
+    let gw = Gateway::start(&slow_yaml(&url, "30s", "")).await;
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    // Windows of 64 KiB, never opened again: the answer's body is never
+    // read.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/slow/orders", gw.http))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    // Half `send` more: the watchdog looks every half `send`.
+    tokio::time::timeout(SEND + SEND / 2 + SLACK, conn)
+        .await
+        .expect("the connection was closed")
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= SEND / 2, "{:?}", started.elapsed());
+    drop(response);
+    gw.shutdown().await;
+}
