@@ -12,14 +12,16 @@
 //!   after `header_read` when it has not sent a first request, after `idle`
 //!   once it has. Requests in flight, however slow, are never cut by it.
 //! - A request body whose client stays silent for `body_read` fails with
-//!   [`BodyFault::Stalled`] (the handler answers 408); any other failure
-//!   of a client's body is a [`BodyFault`] too: the client's, never the
+//!   `BodyFault::Stalled` (the handler answers 408); any other failure
+//!   of a client's body is a `BodyFault` too: the client's, never the
 //!   upstream's.
 //! - A connection whose client takes nothing of an answer for `send`
 //!   (HTTP/1.1: a write makes no progress; HTTP/2: an answer waits for a
 //!   flow-control window the client does not open) is closed.
 
+mod activity;
 mod h1;
+mod h2_bodies;
 mod prefixed;
 pub mod tls;
 
@@ -27,29 +29,30 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use self::activity::{Activity, InFlight};
+use self::h2_bodies::{H2Body, Tracked};
 use self::prefixed::Prefixed;
 use crate::config::snapshot::{Limits, Timeouts};
-use crate::proxy::{Body, BodyFault, BoxError};
-use crate::timer::Deadline;
+use crate::proxy::Body;
 
 /// Connection settings taken from the snapshot at start.
 #[derive(Debug, Clone, Copy)]
@@ -389,313 +392,5 @@ impl Watchdog {
             return Poll::Pending;
         }
         watch.poll(&mut Context::from_waker(&self.waker))
-    }
-}
-
-/// A client may cancel this many requests on a connection (HTTP/2: reset
-/// their streams before the answer) before it is judged by its share of
-/// cancelled requests.
-const FREE_CANCELS: u64 = 64;
-
-/// Requests in flight on one connection, and since when it has had none.
-struct Activity {
-    started: Instant,
-    in_flight: AtomicUsize,
-    /// Requests whose handler was dropped before it answered.
-    cancelled: AtomicU64,
-    /// Milliseconds after `started` when the last request finished.
-    idle_since_ms: AtomicU64,
-    served: AtomicU64,
-    first_done: AtomicBool,
-    /// Woken when the first request has finished.
-    quiet: Notify,
-    /// HTTP/2 answers that handed data on and wait to be asked for more.
-    unsent: AtomicUsize,
-    /// Milliseconds after `started` when the client last took part of an
-    /// answer (or an answer began to wait).
-    sent_ms: AtomicU64,
-    /// `timeouts.send`.
-    send: Duration,
-    /// Milliseconds after `started` when the watchdog looks next.
-    watch_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new(send: Duration) -> Activity {
-        Activity {
-            started: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            cancelled: AtomicU64::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            served: AtomicU64::new(0),
-            first_done: AtomicBool::new(false),
-            quiet: Notify::new(),
-            unsent: AtomicUsize::new(0),
-            sent_ms: AtomicU64::new(0),
-            send,
-            watch_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// An answer begins to wait for the client: the watchdog, if it
-    /// sleeps past when that wait may end the connection, looks again.
-    fn answer_waits(&self) {
-        let now = self.elapsed_ms();
-        if self.unsent.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.sent_ms.store(now, Ordering::Release);
-        }
-        let send = u64::try_from(self.send.as_millis()).unwrap_or(u64::MAX);
-        if self.watch_ms.load(Ordering::Acquire) > now.saturating_add(send) {
-            self.quiet.notify_one();
-        }
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// An answer waits for the client, and the client has taken nothing
-    /// of any answer for `send`.
-    fn send_stalled(&self, send: Duration) -> bool {
-        let since = Duration::from_millis(self.sent_ms.load(Ordering::Acquire));
-        self.unsent.load(Ordering::Acquire) > 0 && self.started.elapsed() >= since + send
-    }
-
-    /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
-    /// resets of streams not yet handed to the gateway, and each stream
-    /// reset later has already cost a request upstream. A connection whose
-    /// cancelled requests pass [`FREE_CANCELS`] and outnumber its answered
-    /// ones is closed.
-    fn resets_abusive(&self) -> bool {
-        let cancelled = self.cancelled.load(Ordering::Acquire);
-        let served = self.served.load(Ordering::Acquire);
-        cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
-    }
-
-    /// When the connection may be closed if nothing happens until then.
-    fn deadline(&self, timeouts: Timeouts) -> Instant {
-        let now = Instant::now();
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            // Looks at answers waiting for the client every half `send`.
-            return now + timeouts.idle.min(timeouts.send / 2);
-        }
-        let since =
-            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        if self.served.load(Ordering::Acquire) == 0 {
-            since + timeouts.header_read
-        } else {
-            since + timeouts.idle
-        }
-    }
-}
-
-/// Counts a request as in flight until its response body is dropped.
-/// Dropped before [`InFlight::answered`], the request counts as cancelled.
-struct InFlight {
-    activity: Arc<Activity>,
-    answered: bool,
-}
-
-impl InFlight {
-    fn begin(activity: &Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.served.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            activity: activity.clone(),
-            answered: false,
-        }
-    }
-
-    /// The handler has answered; the guard now goes with the body.
-    fn answered(mut self) -> InFlight {
-        self.answered = true;
-        self
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.activity;
-        if !self.answered {
-            activity.cancelled.fetch_add(1, Ordering::AcqRel);
-            if activity.resets_abusive() {
-                // The watchdog looks, and closes the connection.
-                activity.quiet.notify_one();
-            }
-        }
-        activity
-            .idle_since_ms
-            .store(activity.elapsed_ms(), Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        // Deadlines only move later, except once: from `header_read` before
-        // the first request to `idle` after it. Re-arm the timer then only.
-        if !activity.first_done.swap(true, Ordering::AcqRel) {
-            activity.quiet.notify_one();
-        }
-    }
-}
-
-/// An HTTP/2 response body that keeps its request counted as in flight,
-/// and tells the connection's watchdog when it waits for the client to
-/// take what it handed on (HTTP/2 asks for more only once the client's
-/// flow-control window has room).
-struct Tracked {
-    body: Body,
-    guard: InFlight,
-    /// Data was handed on; the body waits to be asked for more.
-    waiting: bool,
-}
-
-impl Tracked {
-    fn new(body: Body, guard: InFlight) -> Tracked {
-        Tracked {
-            body,
-            guard,
-            waiting: false,
-        }
-    }
-
-    fn stop_waiting(&mut self) {
-        if std::mem::take(&mut self.waiting) {
-            let activity = &self.guard.activity;
-            activity
-                .sent_ms
-                .store(activity.elapsed_ms(), Ordering::Release);
-            activity.unsent.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.stop_waiting();
-    }
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        this.stop_waiting();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            // The last frame is not asked after: no wait to watch.
-            if frame.is_data() && !this.body.is_end_stream() {
-                this.guard.activity.answer_waits();
-                this.waiting = true;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// An HTTP/2 request body: each silence of the client while more is due
-/// bounded by `timeouts.body_read`, every failure the client's
-/// [`BodyFault`].
-struct H2Body {
-    inner: Incoming,
-    wait: Duration,
-    /// Armed while the body waits for the client.
-    deadline: Option<Deadline>,
-    failed: Option<BodyFault>,
-}
-
-impl H2Body {
-    fn new(inner: Incoming, wait: Duration) -> H2Body {
-        H2Body {
-            inner,
-            wait,
-            deadline: None,
-            failed: None,
-        }
-    }
-
-    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        crate::metrics::client_error(fault.cause());
-        self.failed = Some(fault);
-        self.deadline = None;
-        Poll::Ready(Some(Err(Box::new(fault))))
-    }
-}
-
-impl HttpBody for H2Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(fault) = this.failed {
-            return Poll::Ready(Some(Err(Box::new(fault))));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.deadline = None;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => {
-                // A reset stream, or a body longer or shorter than its
-                // `content-length` (RFC 9113 §8.1.1).
-                tracing::debug!(%error, "HTTP/2 request body failed");
-                this.fail(BodyFault::Truncated)
-            }
-            Poll::Ready(None) => {
-                this.deadline = None;
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let wait = this.wait;
-                let deadline = this.deadline.get_or_insert_with(|| Deadline::after(wait));
-                ready!(Pin::new(deadline).poll(cx));
-                this.fail(BodyFault::Stalled)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.failed.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn after(served: u64, cancelled: u64) -> bool {
-        let activity = Activity::new(Duration::from_secs(30));
-        activity.served.store(served, Ordering::Release);
-        activity.cancelled.store(cancelled, Ordering::Release);
-        activity.resets_abusive()
-    }
-
-    #[test]
-    fn a_connection_is_judged_by_its_share_of_cancelled_requests() {
-        // A few cancellations are anyone's right.
-        assert!(!after(64, 64));
-        // A busy connection that cancels some of its requests is served.
-        assert!(!after(1_000, 300));
-        assert!(!after(200, 100));
-        // One that cancels more than it lets finish is not.
-        assert!(after(65, 65));
-        assert!(after(200, 101));
     }
 }

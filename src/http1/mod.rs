@@ -45,7 +45,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// Reads what the peer has sent into `buf` (up to [`READ_SIZE`] more):
+/// Reads what the peer has sent into `buf` (up to `READ_SIZE` more):
 /// the bytes read, 0 at the end of the stream. Both sides of the gateway
 /// read their connections this way.
 pub fn poll_fill<S: AsyncRead + Unpin>(

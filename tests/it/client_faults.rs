@@ -145,7 +145,7 @@ async fn client_faults_and_upstream_failures_are_counted_apart() {
     drop(refused);
     let upstream = RecordingUpstream::start().await;
     let yaml = format!(
-        "{}- name: Down\n  version: \"1.0\"\n  base_path: /down\n  upstream: {{ url: \"{refused_url}\", timeout: 5s }}\n  authentication: {{ type: none }}\n  resources: [\"POST /orders\"]\n",
+        "{}- name: Refusing\n  version: \"1.0\"\n  base_path: /down\n  upstream: {{ url: \"{refused_url}\", timeout: 5s }}\n  authentication: {{ type: none }}\n  resources: [\"POST /orders\"]\n",
         faults_yaml("Counted", &upstream.url())
     );
     let gw = Gateway::start(&yaml).await;
@@ -169,7 +169,7 @@ async fn client_faults_and_upstream_failures_are_counted_apart() {
     assert_eq!(
         metric(
             &metrics,
-            r#"microgateway_upstream_errors_total{api="Down",cause="connect"}"#
+            r#"microgateway_upstream_errors_total{api="Refusing",cause="connect"}"#
         ),
         1
     );
