@@ -117,7 +117,8 @@ async fn a_body_shorter_than_its_length_is_400_and_cut_short_upstream() {
     assert_eq!(status_of(&raw), 400, "{raw}");
     let (head, sent) = split(&upstream.ended().await);
     assert!(head.contains("content-length: 10"), "{head}");
-    assert_eq!(sent, b"hello");
+    // At most the 5 bytes that came: never the 10 the head promised.
+    assert!(b"hello".starts_with(&sent), "{sent:?}");
     gw.shutdown().await;
 }
 
