@@ -159,7 +159,7 @@ impl Connector {
         target: &Target,
         timeout: Duration,
     ) -> Result<Connection, SendError> {
-        tokio::time::timeout(timeout, Box::pin(self.connect(target)))
+        tokio::time::timeout(timeout, self.connect(target))
             .await
             .map_err(|_| SendError::Timeout(timeout))?
     }
@@ -578,7 +578,10 @@ impl Checkout {
             Conn::Idle(conn) => (conn, true),
             // Boxed (as below): connecting is a large future that requests
             // on a pooled connection need not carry.
-            Conn::New(target) => (connector.connect_within(&target, stall).await?, false),
+            Conn::New(target) => (
+                Box::pin(connector.connect_within(&target, stall)).await?,
+                false,
+            ),
         };
         let response = match conn.send(req, destination, stall).await {
             Ok(response) => response,
@@ -591,7 +594,7 @@ impl Checkout {
                     .with(|pool| pool.target(slot))
                     .flatten()
                     .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                let conn = connector.connect_within(&target, stall).await?;
+                let conn = Box::pin(connector.connect_within(&target, stall)).await?;
                 // Boxed: a second exchange in this future would double its
                 // size for every request, retried or not.
                 Box::pin(conn.send(req, destination, stall))

@@ -11,6 +11,13 @@
 //! only after an exchange that ended exactly where both framings said.
 //! An upstream that answers before the request body is all sent gets the
 //! rest no more; that connection then ends with the response.
+//!
+//! The API's upstream timeout bounds each wait on the upstream: a write
+//! it takes nothing of, the response head from the moment the request is
+//! sent, each silence of the response body. Waits on the client's request
+//! body are not the upstream's: the server bounds them, and a body that
+//! fails aborts the exchange before the request is complete (no last
+//! chunk; the connection closed short of the length).
 
 mod body;
 mod stream;
@@ -131,6 +138,9 @@ impl Connection {
             // Kept until an answer begins: the request may be sent again.
             let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
                 Ok(()) => self.read_head(&parts.method).await.map_err(|e| (e, false)),
+                // An upstream that stopped taking the head may have read
+                // part of it: not sent again.
+                Err(error @ Error::WriteStalled(_)) => Err((error, false)),
                 Err(error) => Err((error, true)),
             };
             return match result {
