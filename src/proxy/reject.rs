@@ -301,3 +301,24 @@ fn describe(problem: TokenProblem) -> &'static str {
 fn quoted(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_body_error_is_the_clients_whatever_its_type() {
+        let stalled: BoxError = Box::new(BodyFault::Stalled);
+        assert_eq!(BodyFault::of(&stalled), BodyFault::Stalled);
+        let foreign: BoxError = "reset by the client".into();
+        assert_eq!(BodyFault::of(&foreign), BodyFault::Malformed);
+        let status = |fault| Rejection::ClientBody(fault).into_response().status();
+        assert_eq!(status(BodyFault::Stalled), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(status(BodyFault::Malformed), StatusCode::BAD_REQUEST);
+        assert_eq!(status(BodyFault::Truncated), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            Rejection::NotImplemented("gzip").into_response().status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
+    }
+}

@@ -173,6 +173,26 @@ mod tests {
         activity.resets_abusive()
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_waiting_for_the_client_past_send_is_a_stall() {
+        let send = Duration::from_secs(30);
+        let activity = Activity::new(send);
+        assert!(!activity.send_stalled(send));
+        activity.answer_waits();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!activity.send_stalled(send));
+        // The client takes part of it: the clock starts again.
+        activity.answer_taken();
+        activity.answer_waits();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!activity.send_stalled(send));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(activity.send_stalled(send));
+        // Nothing waits: nothing stalls.
+        activity.answer_taken();
+        assert!(!activity.send_stalled(send));
+    }
+
     #[test]
     fn a_connection_is_judged_by_its_share_of_cancelled_requests() {
         // A few cancellations are anyone's right.

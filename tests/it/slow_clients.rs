@@ -2,7 +2,7 @@
 //! silent is answered 408 within `timeouts.body_read` (HTTP/1.1, HTTP/2,
 //! the authorization server's endpoints), a client that takes no answer
 //! is cut within `timeouts.send`, and the upstream timeout runs only once
-//! the request is sent.
+//! the request is sent (or while the upstream takes nothing of it).
 use crate::common;
 
 use std::convert::Infallible;
@@ -332,4 +332,60 @@ async fn the_client_deadlines_are_settings_bounded_above_zero() {
             "{error}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_takes_no_request_body_is_given_up_on_after_its_timeout() {
+    // An upstream that accepts and then reads nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(stream);
+    });
+    let yaml = slow_yaml(
+        &format!("http://{addr}/api"),
+        "1s",
+        "limits: { max_body: 64MiB }",
+    )
+    .replace("name: Slow", "name: Unread")
+    .replace("body_read: 1s", "body_read: 10s");
+    let gw = Gateway::start(&yaml).await;
+    let (mut from_gw, mut to_gw) = TcpStream::connect(gw.http).await.unwrap().into_split();
+    // More than the socket buffers between gateway and upstream hold.
+    let len = 32 << 20;
+    let head = format!("POST /slow/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: {len}\r\n\r\n");
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let _ = to_gw.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..len / chunk.len() {
+            if to_gw.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut raw = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), from_gw.read(&mut raw))
+        .await
+        .expect("answered")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw[..n]);
+    assert_eq!(status_of(&raw), 504, "{raw}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        common::metric(
+            &metrics,
+            r#"microgateway_upstream_errors_total{api="Unread",cause="timeout"}"#
+        ),
+        1
+    );
+    held.abort();
+    gw.shutdown().await;
 }
