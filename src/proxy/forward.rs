@@ -1,9 +1,9 @@
 //! Forwarding to the upstream over a keep-alive pool (or answering from the
 //! `echo` upstream), with the request body streamed through a size limit and
-//! the per-API timeout on each wait for the upstream. A failure of the
-//! client's body is the client's (400/408, `client_errors_total`); only
-//! the upstream's own are 502/504 and `upstream_errors_total`. Forwarding takes the
-//! [`Grant`](crate::policy::Grant): nothing reaches an upstream unauthorized.
+//! the per-API timeout on each wait for the upstream. Forwarding takes the
+//! [`Grant`]: nothing reaches an upstream unauthorized. A failure of the
+//! client's body is the client's (400/408, `client_errors_total`); only the
+//! upstream's own are 502/504 and `upstream_errors_total`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
