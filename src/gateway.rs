@@ -298,8 +298,9 @@ async fn authz_endpoint(
         admin_ok,
     };
     let (parts, body) = req.into_parts();
-    let Some(collected) = proxy::collect_limited(body, crate::authz_server::MAX_BODY).await else {
-        return proxy::Rejection::PayloadTooLarge.into_response();
+    let collected = match proxy::collect_limited(body, crate::authz_server::MAX_BODY).await {
+        Ok(collected) => collected,
+        Err(rejection) => return rejection.into_response(),
     };
     let response = authz
         .handle(http::Request::from_parts(parts, collected), ctx)

@@ -19,7 +19,9 @@
 //!    [`authz_server`]: the local OAuth2 authorization server (SQLite
 //!    store); it publishes its keys as a JWKS, so `auth` never imports it.
 //!    [`basic_auth`]: Basic credentials, checked for the admin port and
-//!    the central export alike.
+//!    the central export alike. [`http1`]: HTTP/1.1 on the wire for both
+//!    sides (heads parsed and encoded, bodies framed, chunked coding);
+//!    used by `server` and `proxy`, using neither.
 //! 4. [`policy`]: pure decisions over a snapshot — canonical path, route,
 //!    scopes, the verdict `explain` prints.
 //! 5. [`proxy`]: the data path, its phases in order, and the upstream pool
@@ -54,6 +56,7 @@ pub mod central;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod http1;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

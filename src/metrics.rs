@@ -35,6 +35,13 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// `tokens_issued_total{grant_type}`.
     pub tokens_issued: IntCounterVec,
+    /// `client_errors_total{cause}`: connections and requests a client
+    /// broke (body_malformed|body_truncated|body_timeout|send_timeout);
+    /// never counted as upstream failures.
+    pub client_errors: IntCounterVec,
+    /// `upstream_errors_total{api,cause}` (connect|timeout|protocol): the
+    /// upstream failed an exchange the client had done its part of.
+    pub upstream_errors: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -135,6 +142,18 @@ impl Metrics {
                 "Access tokens issued by the local authorization server",
                 &["grant_type"],
             ),
+            client_errors: counter(
+                &registry,
+                "client_errors_total",
+                "Requests and connections broken by the client",
+                &["cause"],
+            ),
+            upstream_errors: counter(
+                &registry,
+                "upstream_errors_total",
+                "Exchanges the upstream failed",
+                &["api", "cause"],
+            ),
             registry,
             request_duration,
             upstream_duration,
@@ -150,6 +169,11 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text encoder writes UTF-8")
     }
+}
+
+/// Counts a fault of the client (`client_errors_total{cause}`).
+pub fn client_error(cause: &'static str) {
+    get().client_errors.with_label_values(&[cause]).inc();
 }
 
 /// The process-wide metrics.
@@ -229,6 +253,15 @@ impl ApiMetrics {
 
     pub fn allowed(&self) -> &IntCounter {
         &self.0.allowed
+    }
+
+    /// Counts a failed exchange with this API's upstream
+    /// (`upstream_errors_total{api, cause}`).
+    pub fn upstream_error(&self, cause: &'static str) {
+        get()
+            .upstream_errors
+            .with_label_values(&[self.0.name.as_str(), cause])
+            .inc();
     }
 
     pub fn upstream_duration(&self) -> &Histogram {

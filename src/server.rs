@@ -11,8 +11,17 @@
 //! - A connection with no request in flight is closed (HTTP/2: `GOAWAY`)
 //!   after `header_read` when it has not sent a first request, after `idle`
 //!   once it has. Requests in flight, however slow, are never cut by it.
+//! - A request body whose client stays silent for `body_read` fails with
+//!   `BodyFault::Stalled` (the handler answers 408); any other failure
+//!   of a client's body is a `BodyFault` too: the client's, never the
+//!   upstream's.
+//! - A connection whose client takes nothing of an answer for `send`
+//!   (HTTP/1.1: a write makes no progress; HTTP/2: an answer waits for a
+//!   flow-control window the client does not open) is closed.
 
+mod activity;
 mod h1;
+mod h2_bodies;
 mod prefixed;
 pub mod tls;
 
@@ -20,7 +29,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -28,20 +37,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http::{Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use self::activity::{Activity, InFlight};
+use self::h2_bodies::{H2Body, Tracked};
 use self::prefixed::Prefixed;
 use crate::config::snapshot::{Limits, Timeouts};
-use crate::proxy::{Body, BoxError};
+use crate::proxy::Body;
 
 /// Connection settings taken from the snapshot at start.
 #[derive(Debug, Clone, Copy)]
@@ -134,7 +145,7 @@ pub async fn serve<H, F>(
             settings,
             stop: stop.clone(),
             forced: forced.clone(),
-            activity: Arc::new(Activity::new()),
+            activity: Arc::new(Activity::new(settings.timeouts.send)),
             peer,
         };
         let transport = transport.clone();
@@ -227,21 +238,21 @@ impl Conn {
     {
         let requests = self.activity.clone();
         let peer = self.peer;
+        let body_read = self.settings.timeouts.body_read;
         let service = service_fn(move |req: Request<Incoming>| {
             let guard = InFlight::begin(&requests);
             let req = req.map(|body| {
                 if body.is_end_stream() {
                     crate::proxy::empty()
                 } else {
-                    body.map_err(|error| -> BoxError { Box::new(error) })
-                        .boxed()
+                    H2Body::new(body, body_read).boxed()
                 }
             });
             let response = handler(req, peer);
             async move {
                 let response = response.await;
                 let guard = guard.answered();
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
             }
         });
         let io = TokioIo::new(Prefixed::new(read, io));
@@ -271,6 +282,13 @@ impl Conn {
         let watchdog = Watchdog::new();
         loop {
             let deadline = activity.deadline(timeouts);
+            let watch_ms = deadline
+                .saturating_duration_since(activity.started)
+                .as_millis();
+            activity.watch_ms.store(
+                u64::try_from(watch_ms).unwrap_or(u64::MAX),
+                Ordering::Release,
+            );
             let stop = &mut self.stop;
             let forced = &mut self.forced;
             let activity = &activity;
@@ -302,6 +320,11 @@ impl Conn {
                 }
                 Ok(Watch::Rearm) => {}
                 Ok(Watch::Deadline) => {
+                    if activity.send_stalled(timeouts.send) {
+                        tracing::debug!(%peer, "connection closed: the client reads no answer");
+                        crate::metrics::client_error("send_timeout");
+                        return None;
+                    }
                     if activity.deadline(timeouts) <= Instant::now() {
                         tracing::debug!(%peer, "idle connection closed");
                         graceful(conn.as_mut());
@@ -369,160 +392,5 @@ impl Watchdog {
             return Poll::Pending;
         }
         watch.poll(&mut Context::from_waker(&self.waker))
-    }
-}
-
-/// A client may cancel this many requests on a connection (HTTP/2: reset
-/// their streams before the answer) before it is judged by its share of
-/// cancelled requests.
-const FREE_CANCELS: u64 = 64;
-
-/// Requests in flight on one connection, and since when it has had none.
-struct Activity {
-    started: Instant,
-    in_flight: AtomicUsize,
-    /// Requests whose handler was dropped before it answered.
-    cancelled: AtomicU64,
-    /// Milliseconds after `started` when the last request finished.
-    idle_since_ms: AtomicU64,
-    served: AtomicU64,
-    first_done: AtomicBool,
-    /// Woken when the first request has finished.
-    quiet: Notify,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            started: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            cancelled: AtomicU64::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            served: AtomicU64::new(0),
-            first_done: AtomicBool::new(false),
-            quiet: Notify::new(),
-        }
-    }
-
-    /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
-    /// resets of streams not yet handed to the gateway, and each stream
-    /// reset later has already cost a request upstream. A connection whose
-    /// cancelled requests pass [`FREE_CANCELS`] and outnumber its answered
-    /// ones is closed.
-    fn resets_abusive(&self) -> bool {
-        let cancelled = self.cancelled.load(Ordering::Acquire);
-        let served = self.served.load(Ordering::Acquire);
-        cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
-    }
-
-    /// When the connection may be closed if nothing happens until then.
-    fn deadline(&self, timeouts: Timeouts) -> Instant {
-        let now = Instant::now();
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return now + timeouts.idle;
-        }
-        let since =
-            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        if self.served.load(Ordering::Acquire) == 0 {
-            since + timeouts.header_read
-        } else {
-            since + timeouts.idle
-        }
-    }
-}
-
-/// Counts a request as in flight until its response body is dropped.
-/// Dropped before [`InFlight::answered`], the request counts as cancelled.
-struct InFlight {
-    activity: Arc<Activity>,
-    answered: bool,
-}
-
-impl InFlight {
-    fn begin(activity: &Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.served.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            activity: activity.clone(),
-            answered: false,
-        }
-    }
-
-    /// The handler has answered; the guard now goes with the body.
-    fn answered(mut self) -> InFlight {
-        self.answered = true;
-        self
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.activity;
-        if !self.answered {
-            activity.cancelled.fetch_add(1, Ordering::AcqRel);
-            if activity.resets_abusive() {
-                // The watchdog looks, and closes the connection.
-                activity.quiet.notify_one();
-            }
-        }
-        let elapsed = u64::try_from(activity.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.store(elapsed, Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        // Deadlines only move later, except once: from `header_read` before
-        // the first request to `idle` after it. Re-arm the timer then only.
-        if !activity.first_done.swap(true, Ordering::AcqRel) {
-            activity.quiet.notify_one();
-        }
-    }
-}
-
-/// A response body that keeps its request counted as in flight.
-struct Tracked {
-    body: Body,
-    #[allow(dead_code)]
-    guard: InFlight,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn after(served: u64, cancelled: u64) -> bool {
-        let activity = Activity::new();
-        activity.served.store(served, Ordering::Release);
-        activity.cancelled.store(cancelled, Ordering::Release);
-        activity.resets_abusive()
-    }
-
-    #[test]
-    fn a_connection_is_judged_by_its_share_of_cancelled_requests() {
-        // A few cancellations are anyone's right.
-        assert!(!after(64, 64));
-        // A busy connection that cancels some of its requests is served.
-        assert!(!after(1_000, 300));
-        assert!(!after(200, 100));
-        // One that cancels more than it lets finish is not.
-        assert!(after(65, 65));
-        assert!(after(200, 101));
     }
 }

@@ -1,5 +1,6 @@
-//! Deadlines of the data path: the wait for a request head and for an
-//! upstream's answer. Nearly all of them are cancelled, microseconds to
+//! Deadlines of the data path: the wait for a request head, each silence
+//! of a client's request body, each write a client takes nothing of, and
+//! the wait for an upstream's answer. Nearly all of them are cancelled, microseconds to
 //! milliseconds after they were set, and almost none fire.
 //!
 //! On a listener thread they are slots in one slab that a single task of
@@ -10,7 +11,7 @@
 //! one makes tokio's time driver wake its own thread's I/O driver (a system
 //! call) on a good share of requests. Elsewhere (the admin port, tests), a
 //! [`Deadline`] is a plain tokio sleep. The silence timer of a response
-//! body (`proxy::http1::body`) stays a tokio sleep: it exists only while
+//! body (`proxy::client::body`) stays a tokio sleep: it exists only while
 //! more of a body is awaited, and progress moves it later, which tokio does
 //! without registering it again.
 

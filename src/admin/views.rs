@@ -53,6 +53,7 @@ pub fn settings(s: &Snapshot) -> Value {
         "timeouts": {
             "header_read": s.timeouts.header_read.as_secs_f64(), "idle": s.timeouts.idle.as_secs_f64(),
             "upstream_connect": s.timeouts.upstream_connect.as_secs_f64(), "drain": s.timeouts.drain.as_secs_f64(),
+            "body_read": s.timeouts.body_read.as_secs_f64(), "send": s.timeouts.send.as_secs_f64(),
         },
         "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "security_settings": { "auth_servers": auth_servers, "aliases": aliases },

@@ -207,5 +207,24 @@ pub(super) fn timeouts(ctx: &mut Ctx, raw: &raw::Timeouts) -> Timeouts {
             Duration::from_secs(2),
         ),
         drain: ctx.duration(&raw.drain, "timeouts.drain", Duration::from_secs(30)),
+        body_read: positive(ctx, &raw.body_read, "timeouts.body_read"),
+        send: positive(ctx, &raw.send, "timeouts.send"),
+    }
+}
+
+/// A deadline on client I/O (default 30 s): zero would cut every body and
+/// every response that does not fit in one write.
+fn positive(ctx: &mut Ctx, raw: &Option<S<Scalar>>, key: &str) -> Duration {
+    let value = ctx.duration(raw, key, Duration::from_secs(30));
+    match raw {
+        Some(at) if value.is_zero() => {
+            ctx.report.error(
+                Ctx::at(at),
+                format!("{key}: must be more than 0"),
+                "a duration such as \"30s\" or \"500ms\"",
+            );
+            Duration::from_secs(30)
+        }
+        _ => value,
     }
 }

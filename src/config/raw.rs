@@ -120,6 +120,8 @@ pub struct Timeouts {
     pub idle: Opt<Scalar>,
     pub upstream_connect: Opt<Scalar>,
     pub drain: Opt<Scalar>,
+    pub body_read: Opt<Scalar>,
+    pub send: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -191,6 +191,8 @@ const OVERRIDES: &[(&str, Slot)] = &[
         &mut f.timeouts.upstream_connect
     }),
     ("timeouts_drain", |f| &mut f.timeouts.drain),
+    ("timeouts_body_read", |f| &mut f.timeouts.body_read),
+    ("timeouts_send", |f| &mut f.timeouts.send),
     ("api_gateway_url", |f| &mut section(&mut f.api_gateway).url),
     ("api_gateway_user", |f| {
         &mut section(&mut f.api_gateway).user

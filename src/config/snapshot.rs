@@ -83,6 +83,10 @@ pub struct Timeouts {
     pub idle: Duration,
     pub upstream_connect: Duration,
     pub drain: Duration,
+    /// The longest silence of a client while its request body is due.
+    pub body_read: Duration,
+    /// The longest a write to a client may make no progress.
+    pub send: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

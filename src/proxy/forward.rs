@@ -1,10 +1,11 @@
 //! Forwarding to the upstream over a keep-alive pool (or answering from the
 //! `echo` upstream), with the request body streamed through a size limit and
-//! the per-API timeout on the response head. Forwarding takes the
-//! [`Grant`](crate::policy::Grant): nothing reaches an upstream unauthorized.
+//! the per-API timeout on each wait for the upstream. Forwarding takes the
+//! [`Grant`]: nothing reaches an upstream unauthorized. A failure of the
+//! client's body is the client's (400/408, `client_errors_total`); only the
+//! upstream's own are 502/504 and `upstream_errors_total`.
 
-use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -16,13 +17,13 @@ use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::http1::Destination;
+use super::client;
 use super::pool::{self, Connector, Key, Pool, SendError};
-use super::reject::Rejection;
+use super::reject::{BodyFault, Rejection};
 use super::{full, Body, BoxError};
 use crate::config::snapshot::{Api, Upstream};
+use crate::http1::request_encode::Destination;
 use crate::policy::Grant;
-use crate::timer::Deadline;
 
 /// The upstream connection pools: each listener thread's own (see
 /// [`Upstreams::pin_pool_to_this_thread`]), and one shared by every other
@@ -111,34 +112,48 @@ impl Upstreams {
         };
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
-        // The timeout bounds the wait for the response head, and then each
-        // silence of the upstream while more of the body is due.
-        let mut sent = pin!(checkout.send(&self.connector, req, destination, timeout));
-        let mut deadline = Deadline::at(tokio::time::Instant::from_std(started) + timeout);
-        // Polled in place: a timeout future wrapping `sent` would copy it.
-        let result = std::future::poll_fn(|cx| match sent.as_mut().poll(cx) {
-            Poll::Ready(sent) => Poll::Ready(Ok(sent)),
-            Poll::Pending => Pin::new(&mut deadline).poll(cx).map(Err),
-        })
-        .await;
+        // The timeout bounds connecting, each write the upstream takes
+        // nothing of, the wait for the response head once the request is
+        // sent, and then each silence while more of the body is due. The
+        // client's own pace is bounded by the server (`timeouts.body_read`).
+        let result = checkout
+            .send(&self.connector, req, destination, timeout)
+            .await;
+        let error = match result {
+            // The upstream's hop-by-hop headers ended with its connection.
+            Ok(response) => {
+                api.metrics
+                    .upstream_duration()
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(response);
+            }
+            Err(error) => error,
+        };
+        tracing::debug!(%error, api = api.name, "exchange failed");
+        if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
+            return Err(Rejection::PayloadTooLarge);
+        }
+        let (rejection, cause) = match error {
+            // The client's body broke: the exchange was cut before the
+            // request was complete, and the upstream is not to blame.
+            SendError::Request(client::Error::RequestBody(error)) => {
+                return Err(Rejection::ClientBody(BodyFault::of(&error)))
+            }
+            SendError::Request(client::Error::RequestBodyLength) => {
+                return Err(Rejection::ClientBody(BodyFault::Truncated))
+            }
+            SendError::Timeout(_)
+            | SendError::Request(client::Error::Timeout(_) | client::Error::WriteStalled(_)) => {
+                (Rejection::GatewayTimeout, "timeout")
+            }
+            SendError::Connect(_) => (Rejection::BadGateway("connect".into()), "connect"),
+            SendError::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
+        };
         api.metrics
             .upstream_duration()
             .observe(started.elapsed().as_secs_f64());
-        match result {
-            Err(_) => Err(Rejection::GatewayTimeout),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, api = api.name, "upstream failed");
-                if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
-                    return Err(Rejection::PayloadTooLarge);
-                }
-                Err(Rejection::BadGateway(match error {
-                    SendError::Connect(_) => "connect".into(),
-                    SendError::Request(_) => "request".into(),
-                }))
-            }
-            // The upstream's hop-by-hop headers ended with its connection.
-            Ok(Ok(response)) => Ok(response),
-        }
+        api.metrics.upstream_error(cause);
+        Err(rejection)
     }
 }
 
@@ -223,7 +238,7 @@ async fn echo(req: Request<Body>) -> Result<Response<Body>, Rejection> {
         Err(_) if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) => {
             return Err(Rejection::PayloadTooLarge)
         }
-        Err(_) => return Err(Rejection::BadRequest("the request body could not be read")),
+        Err(error) => return Err(Rejection::ClientBody(BodyFault::of(&error))),
     };
     let mut headers = serde_json::Map::new();
     for name in parts.headers.keys() {

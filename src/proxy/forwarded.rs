@@ -25,21 +25,7 @@ static OVERRIDES: [HeaderName; 3] = [
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // A match on the (lowercase) name compiles to a switch on its length.
-    matches!(
-        name.as_str(),
-        "connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    )
-}
+pub use crate::http1::is_hop_by_hop;
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// One pass over the names present: most messages carry none of them.

@@ -1,11 +1,11 @@
 //! The data path: `serve` runs the phases of a request in order (match →
 //! authenticate → authorize → transform → outbound auth → forward);
 //! `reject` decides what a refused client is told; `forward` talks to the
-//! upstream.
+//! upstream, over the HTTP/1.1 `client` and its `pool`.
 
+pub(crate) mod client;
 pub mod forward;
 pub mod forwarded;
-pub(crate) mod http1;
 pub mod outbound;
 mod pool;
 pub mod reject;
@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 pub use forward::Upstreams;
-pub use reject::Rejection;
+pub use reject::{BodyFault, Rejection};
 pub use serve::{serve, Connection, Runtime};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,16 +35,19 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A whole body, if it has at most `limit` bytes and arrives intact.
-pub async fn collect_limited(mut body: Body, limit: usize) -> Option<Bytes> {
+/// A whole body of a client's request: 413 past `limit` bytes, 400 or
+/// 408 when the client broke it or went silent (the server's body
+/// readers bound each wait).
+pub async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Rejection> {
     let mut collected = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.ok()?.into_data() {
+        let frame = frame.map_err(|error| Rejection::ClientBody(BodyFault::of(&error)))?;
+        if let Ok(data) = frame.into_data() {
             if collected.len() + data.len() > limit {
-                return None;
+                return Err(Rejection::PayloadTooLarge);
             }
             collected.extend_from_slice(&data);
         }
     }
-    Some(collected.freeze())
+    Ok(collected.freeze())
 }

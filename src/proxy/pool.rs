@@ -44,9 +44,10 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::http1::{self, Connection, Destination, Failure, ResponseBody, Stream};
+use super::client::{self, Connection, Failure, ResponseBody, Stream};
 use super::{Body, BoxError};
 use crate::config::snapshot::CaBundle;
+use crate::http1::request_encode::Destination;
 
 /// Idle connections kept per upstream (per pool).
 pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -80,7 +81,11 @@ pub enum SendError {
     Connect(BoxError),
     /// The request failed on an established connection.
     #[error("request: {0}")]
-    Request(http1::Error),
+    Request(client::Error),
+    /// Connecting (TLS handshake included) took longer than the upstream
+    /// timeout.
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
 }
 
 impl Connector {
@@ -145,6 +150,18 @@ impl Connector {
                 Ok(Connection::new(Stream::Tls(Box::new(stream))))
             }
         }
+    }
+
+    /// A new connection to `target` within `timeout` (the TCP connect
+    /// has its own, shorter, bound).
+    async fn connect_within(
+        &self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Connection, SendError> {
+        tokio::time::timeout(timeout, self.connect(target))
+            .await
+            .map_err(|_| SendError::Timeout(timeout))?
     }
 
     /// Tries the upstream's addresses in turn, the connect timeout divided
@@ -561,7 +578,10 @@ impl Checkout {
             Conn::Idle(conn) => (conn, true),
             // Boxed (as below): connecting is a large future that requests
             // on a pooled connection need not carry.
-            Conn::New(target) => (Box::pin(connector.connect(&target)).await?, false),
+            Conn::New(target) => (
+                Box::pin(connector.connect_within(&target, stall)).await?,
+                false,
+            ),
         };
         let response = match conn.send(req, destination, stall).await {
             Ok(response) => response,
@@ -574,7 +594,7 @@ impl Checkout {
                     .with(|pool| pool.target(slot))
                     .flatten()
                     .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                let conn = Box::pin(connector.connect(&target)).await?;
+                let conn = Box::pin(connector.connect_within(&target, stall)).await?;
                 // Boxed: a second exchange in this future would double its
                 // size for every request, retried or not.
                 Box::pin(conn.send(req, destination, stall))

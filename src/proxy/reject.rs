@@ -5,9 +5,43 @@
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Response, StatusCode};
 
-use super::{full, Body};
+use super::{full, Body, BoxError};
 use crate::auth::TokenProblem;
 use crate::policy::{PathProblem, RouteProblem};
+
+/// Why a client's request body could not be read: the client's fault,
+/// never the upstream's. The server's body readers fail with it, so that
+/// whoever reads a body can tell the client apart from the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum BodyFault {
+    #[error("the request body's framing is broken")]
+    Malformed,
+    #[error("the client ended the request body early")]
+    Truncated,
+    #[error("the client went silent while its request body was due")]
+    Stalled,
+}
+
+impl BodyFault {
+    /// What an error of a client's request body says. The body type
+    /// erases its errors; those of the server's readers are `BodyFault`s,
+    /// and any other error of a client's body is still the client's.
+    pub fn of(error: &BoxError) -> BodyFault {
+        error
+            .downcast_ref::<BodyFault>()
+            .copied()
+            .unwrap_or(BodyFault::Malformed)
+    }
+
+    /// Label of `client_errors_total{cause}`.
+    pub fn cause(self) -> &'static str {
+        match self {
+            BodyFault::Malformed => "body_malformed",
+            BodyFault::Truncated => "body_truncated",
+            BodyFault::Stalled => "body_timeout",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
@@ -25,6 +59,10 @@ pub enum Rejection {
     RequestTimeout,
     #[error("body larger than the limit")]
     PayloadTooLarge,
+    #[error("request body: {0}")]
+    ClientBody(BodyFault),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("no bearer token")]
     MissingToken { realm: String },
     #[error("invalid request: {why}")]
@@ -57,6 +95,8 @@ impl Rejection {
             | Rejection::HeadersTooLarge
             | Rejection::RequestTimeout
             | Rejection::PayloadTooLarge
+            | Rejection::ClientBody(_)
+            | Rejection::NotImplemented(_)
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout => None,
         }
@@ -120,6 +160,24 @@ impl Rejection {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     "request body too large".to_owned(),
+                    None,
+                ),
+                Rejection::ClientBody(BodyFault::Stalled) => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body did not arrive in time".to_owned(),
+                    None,
+                ),
+                Rejection::ClientBody(fault @ (BodyFault::Malformed | BodyFault::Truncated)) => (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    fault.to_string(),
+                    None,
+                ),
+                Rejection::NotImplemented(what) => (
+                    StatusCode::NOT_IMPLEMENTED,
+                    "not_implemented",
+                    (*what).to_owned(),
                     None,
                 ),
                 // RFC 6750 §3.1: no error code when the request had no credentials.
@@ -205,6 +263,8 @@ impl Rejection {
             | Rejection::HeadersTooLarge
             | Rejection::RequestTimeout
             | Rejection::PayloadTooLarge
+            | Rejection::ClientBody(_)
+            | Rejection::NotImplemented(_)
             | Rejection::MissingToken { .. }
             | Rejection::InvalidRequest { .. }
             | Rejection::InvalidToken { .. }
@@ -240,4 +300,25 @@ fn describe(problem: TokenProblem) -> &'static str {
 /// RFC 9110 §5.6.4 quoted-string: escape `"` and `\`.
 fn quoted(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_body_error_is_the_clients_whatever_its_type() {
+        let stalled: BoxError = Box::new(BodyFault::Stalled);
+        assert_eq!(BodyFault::of(&stalled), BodyFault::Stalled);
+        let foreign: BoxError = "reset by the client".into();
+        assert_eq!(BodyFault::of(&foreign), BodyFault::Malformed);
+        let status = |fault| Rejection::ClientBody(fault).into_response().status();
+        assert_eq!(status(BodyFault::Stalled), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(status(BodyFault::Malformed), StatusCode::BAD_REQUEST);
+        assert_eq!(status(BodyFault::Truncated), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            Rejection::NotImplemented("gzip").into_response().status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
+    }
 }

@@ -3,17 +3,23 @@
 //! responses encoded into one buffer with their body and written with one
 //! system call where they fit.
 //!
-//! One exchange at a time, in order: read a head (`head`), hand the
+//! One exchange at a time, in order: read a head (`http1::request_head`), hand the
 //! request to the handler, its body read from the connection as the
-//! handler takes it, then write the response (`encode`) as its body
+//! handler takes it, then write the response (`http1::response_encode`) as its body
 //! comes. A connection carries another request only after an exchange
 //! whose request body was read to its end; pipelined heads wait in the
-//! read buffer meanwhile. A head that starts but does not end within
-//! `timeouts.header_read` is answered 408; waiting for a first byte is
-//! bounded by the connection's watchdog (`server::Conn::supervise`).
-
-mod encode;
-mod head;
+//! read buffer meanwhile.
+//!
+//! Every wait on the client is bounded where it is made. A head that
+//! starts but does not end within `timeouts.header_read` is answered 408;
+//! waiting for a first byte is bounded by the connection's watchdog
+//! (`server::Conn::supervise`). A request body whose client stays silent
+//! for `timeouts.body_read` fails with [`BodyFault::Stalled`] (the handler
+//! answers 408, or the connection is cut if the answer has begun); a body
+//! whose framing breaks or that ends early fails with its own
+//! [`BodyFault`], so that the upstream exchange it feeds is aborted and
+//! the fault is the client's. A write the client takes nothing of for
+//! `timeouts.send` ends the connection.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -30,12 +36,13 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use self::encode::{BodyFraming, Exchange};
-use self::head::{Framing, Head, Parsed, Refusal};
 use super::{Activity, ConnSettings, InFlight};
-use crate::proxy::http1;
-use crate::proxy::http1::chunked::{self, Chunked, Decoded, Delimited};
-use crate::proxy::{Body, BoxError, Rejection};
+use crate::config::snapshot::Timeouts;
+use crate::http1;
+use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
+use crate::http1::request_head::{self as head, Framing, Head, Parsed, Refusal};
+use crate::http1::response_encode::{self as encode, BodyFraming, Exchange};
+use crate::proxy::{Body, BodyFault, BoxError, Rejection};
 use crate::timer::Deadline;
 
 /// Response body bytes encoded before they are written.
@@ -69,12 +76,22 @@ struct Wire<S> {
     /// Encoded, not yet written.
     out: Vec<u8>,
     body: Delimited,
-    /// The body broke or was cut off: the connection cannot be read again.
-    failed: bool,
+    /// The body broke, was cut off or stalled: the connection cannot be
+    /// read again.
+    failed: Option<BodyFault>,
+    /// A write failed or made no progress for `timeouts.send`: nothing
+    /// more is written.
+    write_failed: bool,
     /// `100 Continue` is sent when the body is first asked for.
     continue_due: bool,
     /// Used by each head parsed, so that parsing allocates nothing.
     fields: head::FieldScratch,
+    /// `timeouts.body_read` and `timeouts.send`.
+    timeouts: Timeouts,
+    /// Armed while the request body waits for the client.
+    read_deadline: Option<Deadline>,
+    /// Armed while a write waits for the client to take bytes.
+    write_deadline: Option<Deadline>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +102,18 @@ enum BodyError {
     Chunk(#[from] chunked::ChunkError),
     #[error("request body: {0}")]
     Io(#[from] io::Error),
-    #[error("the request body failed before")]
-    Failed,
+    #[error("the client sent nothing for {0:?} while its request body was due")]
+    Stalled(Duration),
+}
+
+impl BodyError {
+    fn fault(&self) -> BodyFault {
+        match self {
+            BodyError::Truncated | BodyError::Io(_) => BodyFault::Truncated,
+            BodyError::Chunk(_) => BodyFault::Malformed,
+            BodyError::Stalled(_) => BodyFault::Stalled,
+        }
+    }
 }
 
 fn lock<S>(wire: &Mutex<Wire<S>>) -> MutexGuard<'_, Wire<S>> {
@@ -98,8 +125,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         http1::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 
+    /// Writes what is encoded; fails once the client has taken nothing
+    /// for `timeouts.send` (a client that does not read its answers, or
+    /// pipelines requests and never reads, holds no slot longer).
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        http1::poll_write_all(&mut self.io, &mut self.out, cx)
+        if self.write_failed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let before = self.out.len();
+        let written = match http1::poll_write_all(&mut self.io, &mut self.out, cx) {
+            Poll::Ready(written) => written,
+            Poll::Pending => {
+                if self.out.len() != before {
+                    self.write_deadline = None;
+                }
+                let send = self.timeouts.send;
+                let deadline = self
+                    .write_deadline
+                    .get_or_insert_with(|| Deadline::after(send));
+                ready!(Pin::new(deadline).poll(cx));
+                crate::metrics::client_error("send_timeout");
+                Err(io::ErrorKind::TimedOut.into())
+            }
+        };
+        self.write_deadline = None;
+        if written.is_err() {
+            self.write_failed = true;
+            self.out.clear();
+        }
+        Poll::Ready(written)
     }
 
     /// The next piece of the request body.
@@ -111,26 +165,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             return self.fail(error.into());
         }
         loop {
-            if self.failed {
-                return Poll::Ready(Some(Err(BodyError::Failed.into())));
+            if let Some(fault) = self.failed {
+                return Poll::Ready(Some(Err(Box::new(fault))));
             }
             match self.body.decode(&mut self.buf) {
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::End) => {
+                    self.read_deadline = None;
+                    return Poll::Ready(None);
+                }
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return self.fail(error.into()),
             }
-            match ready!(self.poll_fill(cx)) {
-                Ok(0) => return self.fail(BodyError::Truncated),
-                Ok(_) => {}
-                Err(error) => return self.fail(error.into()),
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => return self.fail(BodyError::Truncated),
+                Poll::Ready(Ok(_)) => self.read_deadline = None,
+                Poll::Ready(Err(error)) => return self.fail(error.into()),
+                // The client is due to send: its silence is bounded.
+                Poll::Pending => {
+                    let wait = self.timeouts.body_read;
+                    let deadline = self
+                        .read_deadline
+                        .get_or_insert_with(|| Deadline::after(wait));
+                    ready!(Pin::new(deadline).poll(cx));
+                    return self.fail(BodyError::Stalled(wait));
+                }
             }
         }
     }
 
+    /// The body ends in error, for good: the client's fault, counted once.
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.failed = true;
-        Poll::Ready(Some(Err(error.into())))
+        let fault = error.fault();
+        tracing::debug!(%error, "request body failed");
+        crate::metrics::client_error(fault.cause());
+        self.failed = Some(fault);
+        self.read_deadline = None;
+        Poll::Ready(Some(Err(Box::new(fault))))
     }
 }
 
@@ -156,7 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HttpBody for RequestBody<S> {
 
     fn size_hint(&self) -> SizeHint {
         let wire = lock(&self.wire);
-        if wire.failed {
+        if wire.failed.is_some() {
             SizeHint::default()
         } else {
             wire.body.size_hint()
@@ -194,9 +265,13 @@ where
         buf: BytesMut::new(),
         out: Vec::new(),
         body: Delimited::Done,
-        failed: false,
+        failed: None,
+        write_failed: false,
         continue_due: false,
         fields: Vec::new(),
+        timeouts: settings.timeouts,
+        read_deadline: None,
+        write_deadline: None,
     }));
     let mut first = true;
     let linger = loop {
@@ -240,7 +315,7 @@ where
             let mut wire = lock(&wire);
             // Too late to ask for the body: the answer is given.
             wire.continue_due = false;
-            wire.body.is_done() && !wire.failed
+            wire.body.is_done() && wire.failed.is_none()
         };
         let exchange = Exchange {
             method: &method,
@@ -258,7 +333,10 @@ where
             }
         }
         if !kept {
-            break !read_all || !lock(&wire).buf.is_empty();
+            // Lingering lets a client read its last answer; one that
+            // stopped reading gets no such grace.
+            let wire = lock(&wire);
+            break (!read_all || !wire.buf.is_empty()) && !wire.write_failed;
         }
     };
     close(&wire, linger).await;
@@ -324,6 +402,7 @@ fn rejection(refusal: Refusal) -> Rejection {
         Refusal::BadRequest(why) => Rejection::BadRequest(why),
         Refusal::HeadTooLarge => Rejection::HeadersTooLarge,
         Refusal::UriTooLong => Rejection::UriTooLong,
+        Refusal::NotImplemented(what) => Rejection::NotImplemented(what),
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod idp;
 pub mod oauth;
 pub mod process;
+pub mod recording;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

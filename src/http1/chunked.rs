@@ -3,22 +3,35 @@
 //! client's requests), and bodies written in chunks.
 //!
 //! Strict where leniency has let messages be framed two ways: every line
-//! ends in CRLF, a chunk's data is followed by exactly CRLF, sizes are hex
-//! that fits in a `u64`. Size lines and the trailer section are bounded;
-//! trailer fields are read and dropped (RFC 9110 §6.5.1 lets a recipient
-//! discard them).
+//! ends in CRLF (a bare LF is refused), a chunk's data is followed by
+//! exactly CRLF, sizes are hex digits only (no sign, prefix or space)
+//! that fit in a `u64`. Size lines, the chunk extensions of a whole body
+//! (ignored, RFC 9112 §7.1.1) and the trailer section are bounded, so a
+//! body of one-byte chunks cannot make the reader parse megabytes of
+//! extensions; trailer fields are read and dropped (RFC 9110 §6.5.1 lets
+//! a recipient discard them).
 
 use bytes::{Bytes, BytesMut};
 use http_body::SizeHint;
 
 /// The longest chunk-size line, extensions included.
 const MAX_SIZE_LINE: usize = 4096;
+/// The most bytes of chunk extensions in one body (hyper allows 16 KiB).
+const MAX_EXTENSIONS: usize = 4096;
 /// The most bytes of trailer fields.
 const MAX_TRAILERS: usize = 16 * 1024;
 
+/// A chunked body being decoded: where the decoder is, and how many
+/// bytes of extensions it has read.
+#[derive(Debug, PartialEq)]
+pub struct Chunked {
+    step: Step,
+    extensions: usize,
+}
+
 /// Where the decoder is in the body.
 #[derive(Debug, PartialEq)]
-pub enum Chunked {
+enum Step {
     /// Before a chunk-size line.
     Size,
     /// Inside a chunk's data, with this many bytes to go.
@@ -48,6 +61,8 @@ pub enum ChunkError {
     Size,
     #[error("chunk size line too long")]
     SizeLineTooLong,
+    #[error("chunk extensions too large")]
+    ExtensionsTooLarge,
     #[error("chunk data not followed by CRLF")]
     DataEnd,
     #[error("trailer section too large")]
@@ -56,41 +71,54 @@ pub enum ChunkError {
     Trailer,
 }
 
+impl Default for Chunked {
+    fn default() -> Chunked {
+        Chunked::new()
+    }
+}
+
 impl Chunked {
     pub fn new() -> Chunked {
-        Chunked::Size
+        Chunked {
+            step: Step::Size,
+            extensions: 0,
+        }
     }
 
     /// Decodes from the front of `buf` (consuming what it decodes) up to
     /// the next data, the end of the body, or the end of `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkError> {
         loop {
-            match *self {
-                Chunked::Size => {
+            match self.step {
+                Step::Size => {
                     let Some(line) = take_line(buf, MAX_SIZE_LINE)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    let size = chunk_size(&line)?;
-                    *self = if size == 0 {
-                        Chunked::Trailers(0)
+                    let (size, extensions) = chunk_size(&line)?;
+                    self.extensions += extensions;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return Err(ChunkError::ExtensionsTooLarge);
+                    }
+                    self.step = if size == 0 {
+                        Step::Trailers(0)
                     } else {
-                        Chunked::Data(size)
+                        Step::Data(size)
                     };
                 }
-                Chunked::Data(remaining) => {
+                Step::Data(remaining) => {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
                     let take = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
                     let left = remaining - take as u64;
-                    *self = if left == 0 {
-                        Chunked::DataEnd
+                    self.step = if left == 0 {
+                        Step::DataEnd
                     } else {
-                        Chunked::Data(left)
+                        Step::Data(left)
                     };
                     return Ok(Decoded::Data(buf.split_to(take).freeze()));
                 }
-                Chunked::DataEnd => {
+                Step::DataEnd => {
                     if buf.len() < 2 {
                         return Ok(Decoded::NeedMore);
                     }
@@ -98,9 +126,9 @@ impl Chunked {
                         return Err(ChunkError::DataEnd);
                     }
                     let _ = buf.split_to(2);
-                    *self = Chunked::Size;
+                    self.step = Step::Size;
                 }
-                Chunked::Trailers(seen) => {
+                Step::Trailers(seen) => {
                     let room = MAX_TRAILERS.saturating_sub(seen);
                     let line = take_line(buf, room).map_err(|error| match error {
                         ChunkError::SizeLineTooLong => ChunkError::TrailersTooLarge,
@@ -110,15 +138,15 @@ impl Chunked {
                         return Ok(Decoded::NeedMore);
                     };
                     if line.is_empty() {
-                        *self = Chunked::Done;
+                        self.step = Step::Done;
                         return Ok(Decoded::End);
                     }
                     if !is_field_line(&line) {
                         return Err(ChunkError::Trailer);
                     }
-                    *self = Chunked::Trailers(seen + line.len() + 2);
+                    self.step = Step::Trailers(seen + line.len() + 2);
                 }
-                Chunked::Done => return Ok(Decoded::End),
+                Step::Done => return Ok(Decoded::End),
             }
         }
     }
@@ -214,8 +242,9 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, ChunkEr
 }
 
 /// `chunk-size [ chunk-ext ]`: hex digits that fit in a `u64`, then
-/// nothing or extensions (ignored, RFC 9112 §7.1.1).
-fn chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+/// nothing or extensions (ignored, RFC 9112 §7.1.1); the size, and the
+/// bytes of extensions.
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), ChunkError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
         return Err(ChunkError::Size);
@@ -239,7 +268,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
     if ext.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(ChunkError::Size);
     }
-    Ok(size)
+    Ok((size, rest.len()))
 }
 
 /// `name: value` with a token name and no control bytes.
@@ -312,6 +341,17 @@ mod tests {
             (b"5\r\nhelloX\r\n0\r\n\r\n", ChunkError::DataEnd),
             (b"5\r\nhello\r\n0\r\nno colon\r\n\r\n", ChunkError::Trailer),
             (b"5;a\x01b\r\nhello\r\n0\r\n\r\n", ChunkError::Size),
+            (b"FFFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n", ChunkError::Size),
+            (b"-1\r\nh\r\n0\r\n\r\n", ChunkError::Size),
+            (b"0x5\r\nhello\r\n0\r\n\r\n", ChunkError::Size),
+            (b" 5\r\nhello\r\n0\r\n\r\n", ChunkError::Size),
+            (b"+5\r\nhello\r\n0\r\n\r\n", ChunkError::Size),
+            (b"\r\nhello\r\n0\r\n\r\n", ChunkError::Size),
+            (b"5\r\nhello\n0\r\n\r\n", ChunkError::DataEnd),
+            (b"5\r\nhello\r\n0\n\r\n", ChunkError::Size),
+            (b"5\r\nhello\r\n0\r\n\n", ChunkError::Trailer),
+            (b"5\r\nhello\r\n0\r\nx: y\n\r\n", ChunkError::Trailer),
+            (b"5\r\r\nhello\r\n0\r\n\r\n", ChunkError::Size),
         ] {
             assert_eq!(decode_in_steps(input, 64), Err(error), "{input:?}");
         }
@@ -336,6 +376,23 @@ mod tests {
     }
 
     #[test]
+    fn extensions_are_bounded_over_the_whole_body() {
+        // Each line is short; together they pass the bound.
+        let ext = format!(";{}", "e".repeat(100));
+        let mut body = Vec::new();
+        for _ in 0..MAX_EXTENSIONS / ext.len() {
+            body.extend_from_slice(format!("1{ext}\r\nx\r\n").as_bytes());
+        }
+        let within = [&body[..], b"0\r\n\r\n"].concat();
+        assert!(decode_in_steps(&within, 1000).is_ok());
+        let past = [&body[..], format!("1{ext}\r\nx\r\n0\r\n\r\n").as_bytes()].concat();
+        assert_eq!(
+            decode_in_steps(&past, 1000),
+            Err(ChunkError::ExtensionsTooLarge)
+        );
+    }
+
+    #[test]
     fn the_largest_size_is_accepted_and_counted_down() {
         let mut decoder = Chunked::new();
         let mut buf = BytesMut::from(&b"ffffffffffffffff\r\nabc"[..]);
@@ -343,6 +400,6 @@ mod tests {
             decoder.decode(&mut buf),
             Ok(Decoded::Data(Bytes::from_static(b"abc")))
         );
-        assert_eq!(decoder, Chunked::Data(u64::MAX - 3));
+        assert_eq!(decoder.step, Step::Data(u64::MAX - 3));
     }
 }

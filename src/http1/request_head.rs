@@ -7,6 +7,9 @@
 //! `Content-Length` together with `Transfer-Encoding`, lengths that differ
 //! or are not plain digits, a transfer coding whose last coding is not
 //! `chunked`, `chunked` applied twice, `Transfer-Encoding` in HTTP/1.0.
+//! A transfer coding other than `chunked` (`gzip, chunked`) is answered
+//! 501 (RFC 9112 §6.1): the gateway would have to decode it to frame the
+//! body, and passing it on undecoded would change what the body is.
 //! Header values share the head's bytes; only the field names are copied.
 
 use std::mem::MaybeUninit;
@@ -58,6 +61,8 @@ pub enum Refusal {
     HeadTooLarge,
     #[error("request target longer than the limit")]
     UriTooLong,
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
 }
 
 /// What the front of the buffer holds.
@@ -179,6 +184,8 @@ struct Fields<'a> {
     chunked: u32,
     chunked_last: bool,
     coded: bool,
+    /// A coding other than `chunked` was named.
+    other_coding: bool,
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
@@ -192,6 +199,7 @@ impl<'a> Fields<'a> {
             chunked: 0,
             chunked_last: false,
             coded: false,
+            other_coding: false,
             close: false,
             keep_alive: false,
             expect_continue: false,
@@ -224,6 +232,7 @@ impl<'a> Fields<'a> {
                 self.coded = true;
                 self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 self.chunked += u32::from(self.chunked_last);
+                self.other_coding |= !self.chunked_last;
             }
         } else if name == CONNECTION {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -244,8 +253,14 @@ impl<'a> Fields<'a> {
             (true, Some(_)) => Err(Refusal::BadRequest(
                 "both Content-Length and Transfer-Encoding",
             )),
-            (true, None) if self.chunked == 1 && self.chunked_last => Ok(Framing::Chunked),
-            (true, None) => Err(Refusal::BadRequest("unsupported transfer coding")),
+            // §6.3: without `chunked` last, once, the body cannot be framed.
+            (true, None) if self.chunked != 1 || !self.chunked_last => {
+                Err(Refusal::BadRequest("unsupported transfer coding"))
+            }
+            (true, None) if self.other_coding => Err(Refusal::NotImplemented(
+                "transfer codings other than chunked",
+            )),
+            (true, None) => Ok(Framing::Chunked),
             (false, Some(0) | None) => Ok(Framing::None),
             (false, Some(n)) => Ok(Framing::Length(n)),
         }
@@ -319,7 +334,7 @@ mod tests {
     fn framing_and_persistence_follow_rfc_9112() {
         let post = head("POST / HTTP/1.1\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n");
         assert_eq!(post.framing, Framing::Length(12));
-        let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n");
+        let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(chunked.framing, Framing::Chunked);
         assert_eq!(
             head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").framing,
@@ -362,6 +377,21 @@ mod tests {
             parse_all("GET / HTTP/2.0\r\n\r\n"),
             Err(Refusal::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn codings_other_than_chunked_are_not_implemented() {
+        for text in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_all(text), Err(Refusal::NotImplemented(_))),
+                "{text:?}: {:?}",
+                parse_all(text)
+            );
+        }
     }
 
     #[test]

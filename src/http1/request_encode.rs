@@ -13,7 +13,6 @@ use http::request::Parts;
 use http_body::Body as HttpBody;
 
 use super::chunked::itoa;
-use crate::proxy::Body;
 
 /// How the request body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,9 +32,9 @@ pub struct Destination<'a> {
 
 /// Appends the head of `parts`, to `destination`, to `out`, and says how
 /// `body` must follow it.
-pub fn encode(
+pub fn encode<B: HttpBody>(
     parts: &Parts,
-    body: &Body,
+    body: &B,
     destination: Destination<'_>,
     out: &mut Vec<u8>,
 ) -> BodyFraming {
@@ -85,11 +84,22 @@ pub fn encode(
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use http::Request;
-    use http_body_util::{BodyExt, StreamBody};
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
 
     use super::*;
-    use crate::proxy::{empty, full};
+
+    type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+    fn empty() -> Body {
+        Empty::new().boxed()
+    }
+
+    fn full(text: &'static str) -> Body {
+        Full::new(Bytes::from_static(text.as_bytes())).boxed()
+    }
 
     fn encoded(request: Request<Body>) -> (String, BodyFraming) {
         let (parts, body) = request.into_parts();
@@ -137,8 +147,8 @@ mod tests {
                 BodyFraming::Length(5)
             )
         );
-        let stream = futures_util::stream::iter([Ok::<_, crate::proxy::BoxError>(
-            http_body::Frame::data(bytes::Bytes::from_static(b"x")),
+        let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            http_body::Frame::data(Bytes::from_static(b"x")),
         )]);
         let streamed = Request::post("/s")
             .header("content-length", "1")

@@ -12,7 +12,7 @@ use http::response::Parts;
 use http::{Method, StatusCode};
 use http_body::SizeHint;
 
-use crate::proxy::http1::chunked::itoa;
+use super::chunked::itoa;
 
 /// How the response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -10,8 +10,9 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 
-use crate::proxy::forwarded::is_hop_by_hop;
 use http::{HeaderMap, Method, StatusCode};
+
+use super::is_hop_by_hop;
 
 /// The most header fields in a response head.
 const MAX_HEADERS: usize = 128;

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::chunked::{Chunked, Decoded, Delimited};
-use super::response::Framing;
 use super::{Connection, Error};
+use crate::http1::chunked::{Chunked, Decoded, Delimited};
+use crate::http1::response_head::Framing;
 
 enum State {
     Delimited(Delimited),

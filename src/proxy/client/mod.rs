@@ -1,4 +1,4 @@
-//! HTTP/1.1 to upstreams, driven by the task of the request it carries.
+//! HTTP/1.1 client to upstreams, driven by the task of the request it carries.
 //!
 //! A [`Connection`] writes one request (head, then the body as the client
 //! sends it) and reads the response head; the response body then reads
@@ -6,19 +6,23 @@
 //! channel: the upstream's readiness wakes the client's task directly.
 //!
 //! The upstream is not trusted to frame its answers well: heads are
-//! bounded and parsed by `httparse`, framing follows RFC 9112 §6.3 and is
+//! bounded and parsed by `httparse` (`http1::response_head`), framing follows RFC 9112 §6.3 and is
 //! refused where it is ambiguous, and a connection carries another request
 //! only after an exchange that ended exactly where both framings said.
 //! An upstream that answers before the request body is all sent gets the
 //! rest no more; that connection then ends with the response.
+//!
+//! The API's upstream timeout bounds each wait on the upstream: a write
+//! it takes nothing of, the response head from the moment the request is
+//! sent, each silence of the response body. Waits on the client's request
+//! body are not the upstream's: the server bounds them, and a body that
+//! fails aborts the exchange before the request is complete (no last
+//! chunk; the connection closed short of the length).
 
 mod body;
-pub(crate) mod chunked;
-mod request;
-mod response;
 mod stream;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -27,20 +31,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use body::ResponseBody;
-pub use chunked::ChunkError;
-pub use request::Destination;
-pub use response::HeadError;
 pub use stream::Stream;
 
 use super::{Body, BoxError};
-use request::BodyFraming;
-use response::Head;
-
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 16 * 1024;
+use crate::http1::chunked::{self, ChunkError};
+use crate::http1::request_encode::{self, BodyFraming, Destination};
+use crate::http1::response_head::{self, Head, HeadError};
+use crate::http1::{poll_fill, poll_write_all};
+use crate::timer::Deadline;
 /// Request body bytes encoded before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -63,6 +63,10 @@ pub enum Error {
     Truncated,
     #[error("the upstream sent nothing for {0:?} while more of the body was due")]
     Stalled(Duration),
+    #[error("the upstream did not answer within {0:?} of the request")]
+    Timeout(Duration),
+    #[error("the upstream took no request bytes for {0:?}")]
+    WriteStalled(Duration),
 }
 
 /// A failed exchange, with the request when it can be sent again as it
@@ -85,6 +89,11 @@ pub struct Connection {
     /// Used by each response head parsed, so that parsing allocates
     /// nothing.
     fields: Vec<(http::HeaderName, usize, usize)>,
+    /// The API's upstream timeout: for the answer once the request is
+    /// sent, and for each write that makes no progress.
+    stall: Duration,
+    /// Armed while a write waits for the upstream to take bytes.
+    write_deadline: Option<Deadline>,
 }
 
 /// How far the request got.
@@ -101,6 +110,8 @@ impl Connection {
             buf: BytesMut::new(),
             out: Vec::new(),
             fields: Vec::new(),
+            stall: Duration::ZERO,
+            write_deadline: None,
         }
     }
 
@@ -121,11 +132,15 @@ impl Connection {
     ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, mut body) = req.into_parts();
         self.out.clear();
-        let framing = request::encode(&parts, &body, destination, &mut self.out);
+        self.stall = stall;
+        let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
             // Kept until an answer begins: the request may be sent again.
             let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
                 Ok(()) => self.read_head(&parts.method).await.map_err(|e| (e, false)),
+                // An upstream that stopped taking the head may have read
+                // part of it: not sent again.
+                Err(error @ Error::WriteStalled(_)) => Err((error, false)),
                 Err(error) => Err((error, true)),
             };
             return match result {
@@ -179,21 +194,37 @@ impl Connection {
         response
     }
 
+    /// The response head, within the upstream timeout of the request
+    /// having been sent (the client's pace of sending its body is not the
+    /// upstream's to answer for).
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
-        loop {
+        let mut deadline: Option<Deadline> = None;
+        poll_fn(|cx| loop {
             if !self.buf.is_empty() {
-                if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
-                    return Ok(head);
+                if let Some(head) = response_head::parse(&mut self.buf, method, &mut self.fields)? {
+                    return Poll::Ready(Ok(head));
                 }
             }
-            if poll_fn(|cx| self.poll_fill(cx)).await? == 0 {
-                return Err(if self.buf.is_empty() {
-                    Error::Closed
-                } else {
-                    Error::Head(HeadError::Malformed(httparse::Error::Status))
-                });
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(if self.buf.is_empty() {
+                        Error::Closed
+                    } else {
+                        Error::Head(HeadError::Malformed(httparse::Error::Status))
+                    }))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {
+                    let stall = self.stall;
+                    let deadline = deadline.get_or_insert_with(|| Deadline::after(stall));
+                    return Pin::new(deadline)
+                        .poll(cx)
+                        .map(|()| Err(Error::Timeout(stall)));
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Writes the encoded head and then the body, as the client sends it,
@@ -271,15 +302,34 @@ impl Connection {
                 Ok(_) => {}
                 Err(error) => return Poll::Ready(Err(error.into())),
             }
-            if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
+            if let Some(head) = response_head::parse(&mut self.buf, method, &mut self.fields)? {
                 return Poll::Ready(Ok(Upload::Answered(head)));
             }
         }
     }
 
-    /// Writes (and flushes) everything encoded.
+    /// Writes (and flushes) everything encoded; fails once the upstream
+    /// has taken nothing for the upstream timeout.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        poll_write_all(&mut self.io, &mut self.out, cx).map_err(Error::from)
+        let before = self.out.len();
+        match poll_write_all(&mut self.io, &mut self.out, cx) {
+            Poll::Pending => {
+                if self.out.len() != before {
+                    self.write_deadline = None;
+                }
+                let stall = self.stall;
+                let deadline = self
+                    .write_deadline
+                    .get_or_insert_with(|| Deadline::after(stall));
+                Pin::new(deadline)
+                    .poll(cx)
+                    .map(|()| Err(Error::WriteStalled(stall)))
+            }
+            Poll::Ready(written) => {
+                self.write_deadline = None;
+                Poll::Ready(written.map_err(Error::from))
+            }
+        }
     }
 
     /// Reads what the upstream has sent into the buffer: the bytes read,
@@ -287,34 +337,4 @@ impl Connection {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         poll_fill(&mut self.io, &mut self.buf, cx)
     }
-}
-
-/// Reads what the peer has sent into `buf` (up to [`READ_SIZE`] more):
-/// the bytes read, 0 at the end of the stream. Both sides of the gateway
-/// read their connections this way.
-pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_SIZE);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
-}
-
-/// Writes and flushes everything in `out`.
-pub(crate) fn poll_write_all<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    out: &mut Vec<u8>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    while !out.is_empty() {
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, out))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        out.drain(..n);
-    }
-    Pin::new(io).poll_flush(cx)
 }

@@ -1,0 +1,207 @@
+//! What one connection is doing, for its watchdog (`server::Conn::supervise`):
+//! requests in flight and since when it has had none, requests the client
+//! cancelled (rapid reset), and HTTP/2 answers waiting for the client to
+//! take them. Counters only: it decides nothing, the watchdog does.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::snapshot::Timeouts;
+
+/// A client may cancel this many requests on a connection (HTTP/2: reset
+/// their streams before the answer) before it is judged by its share of
+/// cancelled requests.
+const FREE_CANCELS: u64 = 64;
+
+/// Requests in flight on one connection, and since when it has had none.
+pub(super) struct Activity {
+    pub(super) started: Instant,
+    in_flight: AtomicUsize,
+    /// Requests whose handler was dropped before it answered.
+    cancelled: AtomicU64,
+    /// Milliseconds after `started` when the last request finished.
+    idle_since_ms: AtomicU64,
+    served: AtomicU64,
+    first_done: AtomicBool,
+    /// Woken when the first request has finished.
+    pub(super) quiet: Notify,
+    /// HTTP/2 answers that handed data on and wait to be asked for more.
+    unsent: AtomicUsize,
+    /// Milliseconds after `started` when the client last took part of an
+    /// answer (or an answer began to wait).
+    sent_ms: AtomicU64,
+    /// `timeouts.send`.
+    send: Duration,
+    /// Milliseconds after `started` when the watchdog looks next.
+    pub(super) watch_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(super) fn new(send: Duration) -> Activity {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            cancelled: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            first_done: AtomicBool::new(false),
+            quiet: Notify::new(),
+            unsent: AtomicUsize::new(0),
+            sent_ms: AtomicU64::new(0),
+            send,
+            watch_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// An answer begins to wait for the client: the watchdog, if it
+    /// sleeps past when that wait may end the connection, looks again.
+    pub(super) fn answer_waits(&self) {
+        let now = self.elapsed_ms();
+        if self.unsent.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.sent_ms.store(now, Ordering::Release);
+        }
+        let send = u64::try_from(self.send.as_millis()).unwrap_or(u64::MAX);
+        if self.watch_ms.load(Ordering::Acquire) > now.saturating_add(send) {
+            self.quiet.notify_one();
+        }
+    }
+
+    /// An answer that waited has been asked for more: the client took
+    /// part of it.
+    pub(super) fn answer_taken(&self) {
+        self.sent_ms.store(self.elapsed_ms(), Ordering::Release);
+        self.unsent.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// An answer waits for the client, and the client has taken nothing
+    /// of any answer for `send`.
+    pub(super) fn send_stalled(&self, send: Duration) -> bool {
+        let since = Duration::from_millis(self.sent_ms.load(Ordering::Acquire));
+        self.unsent.load(Ordering::Acquire) > 0 && self.started.elapsed() >= since + send
+    }
+
+    /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
+    /// resets of streams not yet handed to the gateway, and each stream
+    /// reset later has already cost a request upstream. A connection whose
+    /// cancelled requests pass [`FREE_CANCELS`] and outnumber its answered
+    /// ones is closed.
+    pub(super) fn resets_abusive(&self) -> bool {
+        let cancelled = self.cancelled.load(Ordering::Acquire);
+        let served = self.served.load(Ordering::Acquire);
+        cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
+    }
+
+    /// When the connection may be closed if nothing happens until then.
+    pub(super) fn deadline(&self, timeouts: Timeouts) -> Instant {
+        let now = Instant::now();
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            // Looks at answers waiting for the client every half `send`.
+            return now + timeouts.idle.min(timeouts.send / 2);
+        }
+        let since =
+            self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        if self.served.load(Ordering::Acquire) == 0 {
+            since + timeouts.header_read
+        } else {
+            since + timeouts.idle
+        }
+    }
+}
+
+/// Counts a request as in flight until its response body is dropped.
+/// Dropped before [`InFlight::answered`], the request counts as cancelled.
+pub(super) struct InFlight {
+    pub(super) activity: Arc<Activity>,
+    answered: bool,
+}
+
+impl InFlight {
+    pub(super) fn begin(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.served.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            activity: activity.clone(),
+            answered: false,
+        }
+    }
+
+    /// The handler has answered; the guard now goes with the body.
+    pub(super) fn answered(mut self) -> InFlight {
+        self.answered = true;
+        self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.activity;
+        if !self.answered {
+            activity.cancelled.fetch_add(1, Ordering::AcqRel);
+            if activity.resets_abusive() {
+                // The watchdog looks, and closes the connection.
+                activity.quiet.notify_one();
+            }
+        }
+        activity
+            .idle_since_ms
+            .store(activity.elapsed_ms(), Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Deadlines only move later, except once: from `header_read` before
+        // the first request to `idle` after it. Re-arm the timer then only.
+        if !activity.first_done.swap(true, Ordering::AcqRel) {
+            activity.quiet.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(served: u64, cancelled: u64) -> bool {
+        let activity = Activity::new(Duration::from_secs(30));
+        activity.served.store(served, Ordering::Release);
+        activity.cancelled.store(cancelled, Ordering::Release);
+        activity.resets_abusive()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_waiting_for_the_client_past_send_is_a_stall() {
+        let send = Duration::from_secs(30);
+        let activity = Activity::new(send);
+        assert!(!activity.send_stalled(send));
+        activity.answer_waits();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!activity.send_stalled(send));
+        // The client takes part of it: the clock starts again.
+        activity.answer_taken();
+        activity.answer_waits();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!activity.send_stalled(send));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(activity.send_stalled(send));
+        // Nothing waits: nothing stalls.
+        activity.answer_taken();
+        assert!(!activity.send_stalled(send));
+    }
+
+    #[test]
+    fn a_connection_is_judged_by_its_share_of_cancelled_requests() {
+        // A few cancellations are anyone's right.
+        assert!(!after(64, 64));
+        // A busy connection that cancels some of its requests is served.
+        assert!(!after(1_000, 300));
+        assert!(!after(200, 100));
+        // One that cancels more than it lets finish is not.
+        assert!(after(65, 65));
+        assert!(after(200, 101));
+    }
+}

@@ -1,0 +1,155 @@
+//! The bodies of HTTP/2 exchanges as the gateway sees them: a client's
+//! request body whose every silence is bounded by `timeouts.body_read`
+//! and whose every failure is the client's [`BodyFault`], and an answer
+//! that keeps its request counted in flight and tells the connection's
+//! watchdog when it waits for the client (`timeouts.send`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::activity::InFlight;
+use crate::proxy::{Body, BodyFault, BoxError};
+use crate::timer::Deadline;
+
+/// An HTTP/2 response body that keeps its request counted as in flight,
+/// and tells the connection's watchdog when it waits for the client to
+/// take what it handed on (HTTP/2 asks for more only once the client's
+/// flow-control window has room).
+pub(super) struct Tracked {
+    body: Body,
+    guard: InFlight,
+    /// Data was handed on; the body waits to be asked for more.
+    waiting: bool,
+}
+
+impl Tracked {
+    pub(super) fn new(body: Body, guard: InFlight) -> Tracked {
+        Tracked {
+            body,
+            guard,
+            waiting: false,
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.guard.activity.answer_taken();
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        this.stop_waiting();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            // The last frame is not asked after: no wait to watch.
+            if frame.is_data() && !this.body.is_end_stream() {
+                this.guard.activity.answer_waits();
+                this.waiting = true;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An HTTP/2 request body: each silence of the client while more is due
+/// bounded by `timeouts.body_read`, every failure the client's
+/// [`BodyFault`].
+pub(super) struct H2Body {
+    inner: Incoming,
+    wait: Duration,
+    /// Armed while the body waits for the client.
+    deadline: Option<Deadline>,
+    failed: Option<BodyFault>,
+}
+
+impl H2Body {
+    pub(super) fn new(inner: Incoming, wait: Duration) -> H2Body {
+        H2Body {
+            inner,
+            wait,
+            deadline: None,
+            failed: None,
+        }
+    }
+
+    fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        crate::metrics::client_error(fault.cause());
+        self.failed = Some(fault);
+        self.deadline = None;
+        Poll::Ready(Some(Err(Box::new(fault))))
+    }
+}
+
+impl HttpBody for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(fault) = this.failed {
+            return Poll::Ready(Some(Err(Box::new(fault))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.deadline = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                // A reset stream, or a body longer or shorter than its
+                // `content-length` (RFC 9113 §8.1.1).
+                tracing::debug!(%error, "HTTP/2 request body failed");
+                this.fail(BodyFault::Truncated)
+            }
+            Poll::Ready(None) => {
+                this.deadline = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let wait = this.wait;
+                let deadline = this.deadline.get_or_insert_with(|| Deadline::after(wait));
+                ready!(Pin::new(deadline).poll(cx));
+                this.fail(BodyFault::Stalled)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,178 @@
+//! A client's broken request body is the client's fault: answered 400 (or
+//! 501 for a transfer coding the gateway does not implement), the upstream
+//! exchange cut before the request is complete, counted as a client error
+//! and never as an upstream failure.
+use crate::common;
+
+use std::time::Duration;
+
+use common::recording::RecordingUpstream;
+use common::{metric, raw_request, status_of, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An API named `api` (metrics are per process: each test its own name).
+fn faults_yaml(api: &str, upstream_url: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+timeouts: {{ body_read: 5s }}
+apis:
+- name: {api}
+  version: "1.0"
+  base_path: /faults
+  upstream: {{ url: "{upstream_url}", timeout: 5s }}
+  authentication: {{ type: none }}
+  resources: ["POST /orders"]
+"#
+    )
+}
+
+fn chunked_post(body: &str) -> Vec<u8> {
+    format!(
+        "POST /faults/orders HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+/// The request as the upstream got it: its head, and the bytes after it.
+fn split(received: &[u8]) -> (String, Vec<u8>) {
+    let text = String::from_utf8_lossy(received);
+    let end = text.find("\r\n\r\n").expect("the upstream got a head") + 4;
+    (text[..end].to_owned(), received[end..].to_vec())
+}
+
+#[tokio::test]
+async fn malformed_chunk_lines_are_400_and_the_upstream_never_gets_a_whole_request() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&faults_yaml("Malformed", &upstream.url())).await;
+    let before = metric(
+        &gw.metrics().await,
+        r#"microgateway_client_errors_total{cause="body_malformed"}"#,
+    );
+    let cases = [
+        "5\r\nhello\r\nFFFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n",
+        "5\r\nhello\r\n-1\r\nx\r\n0\r\n\r\n",
+        "5\r\nhello\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhello\r\n 5\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\r\n0\r\n\r\n",
+        "5\r\nhello\n0\r\n\r\n",
+        "5\r\nhello\r\n0\r\n\n",
+    ];
+    for body in cases {
+        let raw = raw_request(gw.http, &chunked_post(body)).await;
+        assert_eq!(status_of(&raw), 400, "{body:?}: {raw}");
+        let (head, sent) = split(&upstream.ended().await);
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        // The body is cut where the client's broke: no last chunk.
+        assert!(
+            !sent.ends_with(b"0\r\n\r\n"),
+            "{body:?}: the upstream got {:?}",
+            String::from_utf8_lossy(&sent)
+        );
+    }
+    let metrics = gw.metrics().await;
+    let malformed = metric(
+        &metrics,
+        r#"microgateway_client_errors_total{cause="body_malformed"}"#,
+    );
+    assert!(malformed >= before + cases.len() as u64, "{malformed}");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"microgateway_responses_total{api="Malformed",class="4xx"}"#
+        ),
+        cases.len() as u64
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"microgateway_responses_total{api="Malformed",class="5xx"}"#
+        ),
+        0
+    );
+    assert!(!metrics.contains(r#"microgateway_upstream_errors_total{api="Malformed""#));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_length_is_400_and_cut_short_upstream() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&faults_yaml("Short", &upstream.url())).await;
+    let mut client = TcpStream::connect(gw.http).await.unwrap();
+    client
+        .write_all(b"POST /faults/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    // The client ends its side with 5 of the 10 bytes sent.
+    client.shutdown().await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut raw))
+        .await
+        .expect("answered")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert_eq!(status_of(&raw), 400, "{raw}");
+    let (head, sent) = split(&upstream.ended().await);
+    assert!(head.contains("content-length: 10"), "{head}");
+    // At most the 5 bytes that came: never the 10 the head promised.
+    assert!(b"hello".starts_with(&sent), "{sent:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_501_and_not_forwarded() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&faults_yaml("Codings", &upstream.url())).await;
+    let request = b"POST /faults/orders HTTP/1.1\r\nHost: gw\r\n\
+        Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let raw = raw_request(gw.http, request).await;
+    assert_eq!(status_of(&raw), 501, "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close"),
+        "{raw}"
+    );
+    assert_eq!(upstream.accepted(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_faults_and_upstream_failures_are_counted_apart() {
+    // An upstream that refuses connections: a port bound, then freed.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_url = format!("http://{}/api", refused.local_addr().unwrap());
+    drop(refused);
+    let upstream = RecordingUpstream::start().await;
+    let yaml = format!(
+        "{}- name: Refusing\n  version: \"1.0\"\n  base_path: /down\n  upstream: {{ url: \"{refused_url}\", timeout: 5s }}\n  authentication: {{ type: none }}\n  resources: [\"POST /orders\"]\n",
+        faults_yaml("Counted", &upstream.url())
+    );
+    let gw = Gateway::start(&yaml).await;
+    let before = metric(
+        &gw.metrics().await,
+        r#"microgateway_client_errors_total{cause="body_malformed"}"#,
+    );
+    let raw = raw_request(gw.http, &chunked_post("zz\r\n")).await;
+    assert_eq!(status_of(&raw), 400, "{raw}");
+    let down = b"POST /down/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\
+        Connection: close\r\n\r\nok";
+    assert_eq!(status_of(&raw_request(gw.http, down).await), 502);
+    let metrics = gw.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            r#"microgateway_client_errors_total{cause="body_malformed"}"#
+        ) > before
+    );
+    assert!(!metrics.contains(r#"microgateway_upstream_errors_total{api="Counted""#));
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"microgateway_upstream_errors_total{api="Refusing",cause="connect"}"#
+        ),
+        1
+    );
+    gw.shutdown().await;
+}
