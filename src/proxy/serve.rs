@@ -82,9 +82,13 @@ async fn phases(
             would_grant: denied.would_grant,
         }
     })?; // authorize
+    let from_h2 = req.version() == Version::HTTP_2;
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
-    forwarded::strip_method_overrides(headers);
+    forwarded::strip_reserved(headers);
+    if from_h2 {
+        forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
+    }
     transform::apply(&route.api.transform, who.as_deref(), headers)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
                                                                   // Counted once the token can no longer be refused for its properties.
