@@ -6,7 +6,8 @@
 //! when `require_https` is set, bounds its body to [`MAX_BODY`], and answers
 //! with `Cache-Control: no-store`. The authorization endpoint (`authorize`)
 //! answers GET and POST with HTML pages and redirects. Store and Argon2
-//! work run on the blocking pool, never on the reactor.
+//! work run on the blocking pool, never on the reactor, and on at most
+//! half the cores (`workers`).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use super::approval::Approval;
 use super::authorize::{self, AuthorizeContext};
 use super::client_auth::{self, Method as AuthMethod};
 use super::error::{json_response, OAuthError};
-use super::form::{Form, FormError};
+use super::form::Form;
 use super::grants::{self, attempts::FailedAttempts, password::Users, GrantContext};
 use super::introspect::{self, IntrospectContext};
 use super::keys::SigningKeys;
@@ -28,6 +29,7 @@ use super::revoke::{self, RevokeContext};
 use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
 use super::store::{Removed, SqliteStore, TokenStore, TokenSummary};
+use super::workers::Workers;
 use super::AuthzError;
 
 /// Largest request body the endpoints read; their forms are a few hundred
@@ -97,6 +99,7 @@ struct Inner {
     sessions: Sessions,
     approval: Approval,
     metadata: Bytes,
+    workers: Workers,
 }
 
 pub fn unix_now() -> u64 {
@@ -136,6 +139,7 @@ impl AuthorizationServer {
                 sessions: Sessions::default(),
                 approval,
                 metadata,
+                workers: Workers::sized_from_cores(),
             }),
         })
     }
@@ -174,13 +178,15 @@ impl AuthorizationServer {
         now: u64,
     ) -> Response<Bytes> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            inner
-                .dispatch(&req, ctx, now)
-                .unwrap_or_else(OAuthError::into_response)
-        })
-        .await
-        .unwrap_or_else(|_| OAuthError::Worker.into_response())
+        self.inner
+            .workers
+            .run(move || {
+                inner
+                    .dispatch(&req, ctx, now)
+                    .unwrap_or_else(OAuthError::into_response)
+            })
+            .await
+            .unwrap_or_else(|_| OAuthError::Worker.into_response())
     }
 
     /// Issued tokens, without their values, for the admin API.
@@ -221,7 +227,9 @@ impl AuthorizationServer {
         job: impl FnOnce(&Inner) -> Result<T, AuthzError> + Send + 'static,
     ) -> Result<T, AuthzError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || job(&inner))
+        self.inner
+            .workers
+            .run(move || job(&inner))
             .await
             .map_err(|_| AuthzError::Worker)?
     }
@@ -234,8 +242,10 @@ async fn cleanup_loop(weak: Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
-        let result =
-            tokio::task::spawn_blocking(move || inner.store.remove_expired(unix_now())).await;
+        let workers = inner.workers.clone();
+        let result = workers
+            .run(move || inner.store.remove_expired(unix_now()))
+            .await;
         match result {
             Ok(Ok(removed)) => tracing::info!(removed = removed.total(), "expired tokens removed"),
             Ok(Err(error)) => tracing::warn!(%error, "removing expired tokens failed"),
@@ -312,12 +322,7 @@ impl Inner {
                 "Content-Type must be application/x-www-form-urlencoded",
             ));
         }
-        Form::parse(req.body()).map_err(|error| match error {
-            FormError::Duplicate => {
-                OAuthError::InvalidRequest("a parameter is sent more than once")
-            }
-            FormError::NotUtf8 => OAuthError::InvalidRequest("a parameter is not valid UTF-8"),
-        })
+        Ok(Form::parse(req.body())?)
     }
 
     fn authorize(&self, req: &Request<Bytes>, ctx: RequestContext, now: u64) -> Response<Bytes> {

@@ -10,7 +10,7 @@
 //! `store` remembers tokens by `jti` or hash, never by value;
 //! `introspect` (RFC 7662) and `revoke` (RFC 7009) answer about them;
 //! `client_auth` and `form` read requests; `error` decides every refusal's
-//! status and body. Nothing here logs a token, password or secret.
+//! status and body; `workers` bounds the blocking work run at once. Nothing here logs a token, password or secret.
 
 pub mod approval;
 mod authorize;
@@ -27,6 +27,7 @@ mod sessions;
 pub mod settings;
 pub mod store;
 pub mod tokens;
+mod workers;
 
 pub use endpoints::{is_endpoint, unix_now, AuthorizationServer, RequestContext, MAX_BODY};
 pub use settings::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
