@@ -3,6 +3,7 @@
 
 mod admin;
 mod authorize;
+mod authz_form;
 mod authz_server;
 mod central;
 mod cli;
@@ -12,6 +13,7 @@ mod dockerfile;
 mod edge;
 mod enforcement;
 mod examples;
+mod header_rules;
 mod http2_floods;
 mod introspection;
 mod introspection_gateway;
