@@ -177,6 +177,17 @@ impl AuthorizationServer {
         ctx: RequestContext,
         now: u64,
     ) -> Response<Bytes> {
+        // Keys and metadata are in memory: they never wait behind a queue
+        // of password checks.
+        if matches!(
+            route(req.uri().path()),
+            Some(Endpoint::Jwks | Endpoint::Metadata)
+        ) {
+            return self
+                .inner
+                .dispatch(&req, ctx, now)
+                .unwrap_or_else(OAuthError::into_response);
+        }
         let inner = Arc::clone(&self.inner);
         self.inner
             .workers
