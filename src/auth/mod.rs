@@ -3,8 +3,9 @@
 //! `extract` finds the one bearer token of a request; `jwt` validates JWT
 //! access tokens locally against the keys of `jwks`; `introspection` asks an
 //! RFC 7662 endpoint about everything else, through `cache`. Both paths end in
-//! [`Principal::from_claims`], so token properties are the same whichever way
-//! a token was validated. Nothing here ever logs or returns a token.
+//! [`Principal::from_claims`], so token properties (scopes read by `scope`)
+//! are the same whichever way a token was validated. Nothing here ever logs
+//! or returns a token.
 
 pub mod cache;
 pub mod extract;
