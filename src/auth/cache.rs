@@ -367,7 +367,9 @@ mod tests {
         if let Some(exp) = exp {
             claims.insert("exp".into(), json!(exp));
         }
-        Introspected::Active(Arc::new(Principal::from_claims(server("a"), claims)))
+        Introspected::Active(Arc::new(
+            Principal::from_claims(server("a"), claims).expect("no scope claim"),
+        ))
     }
 
     fn at(secs: u64) -> SystemTime {

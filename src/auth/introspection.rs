@@ -7,8 +7,8 @@
 //!
 //! Invariants:
 //! - only a JSON object whose `active` is the boolean `true` accepts a token
-//!   (RFC 7662 §2.2); `active: false`, or an active refresh token, is
-//!   `Invalid(Inactive)`;
+//!   (RFC 7662 §2.2); `active: false`, an active refresh token, or a
+//!   `scope` that is not RFC 6749 §3.3 scope tokens, is `Invalid(Inactive)`;
 //! - anything else — timeout, refused connection, non-2xx, oversized or
 //!   malformed body, `"active": "true"` — is `Unavailable` (503 upstream of
 //!   here), never an accept, and is not cached;
@@ -280,8 +280,16 @@ impl Introspector {
         if claims.get("exp").is_some_and(|exp| exp.as_u64().is_none()) {
             return Err(CallProblem::BadExpiry);
         }
-        let principal = Principal::from_claims(Arc::clone(&self.auth_server), claims);
-        Ok(Introspected::Active(Arc::new(principal)))
+        match Principal::from_claims(Arc::clone(&self.auth_server), claims) {
+            Ok(principal) => Ok(Introspected::Active(Arc::new(principal))),
+            // RFC 6749 §3.3: a scope that is not space-separated scope
+            // tokens cannot be read safely; the token is refused like an
+            // inactive one (and that answer cached like one).
+            Err(problem) => {
+                tracing::warn!(auth_server = %self.auth_server, cause = %problem, "introspection answer refused");
+                Ok(Introspected::Inactive)
+            }
+        }
     }
 }
 
@@ -362,6 +370,10 @@ mod tests {
         ));
         assert!(matches!(
             i.interpret(br#"{"active":true,"token_type":"refresh_token"}"#),
+            Ok(Introspected::Inactive)
+        ));
+        assert!(matches!(
+            i.interpret(br#"{"active":true,"scope":"evil\u2003orders:read"}"#),
             Ok(Introspected::Inactive)
         ));
         for garbage in [

@@ -172,7 +172,8 @@ impl JwtValidator {
         let claims = decode_object(segments.payload).map_err(AuthFailure::Invalid)?;
         let validity = check_claims(&claims, &self.rules).map_err(AuthFailure::Invalid)?;
         check_times(validity, now, leeway).map_err(AuthFailure::Invalid)?;
-        let mut principal = Principal::from_claims(self.auth_server.clone(), claims);
+        let mut principal = Principal::from_claims(self.auth_server.clone(), claims)
+            .map_err(AuthFailure::Invalid)?;
         principal.expires_at = Some(validity.exp.max(0.0).floor() as u64);
         let principal = Arc::new(principal);
         let verified = Verified {

@@ -3,19 +3,23 @@
 //! `extract` finds the one bearer token of a request; `jwt` validates JWT
 //! access tokens locally against the keys of `jwks`; `introspection` asks an
 //! RFC 7662 endpoint about everything else, through `cache`. Both paths end in
-//! [`Principal::from_claims`], so token properties are the same whichever way
-//! a token was validated. Nothing here ever logs or returns a token.
+//! [`Principal::from_claims`], so token properties (scopes read by `scope`)
+//! are the same whichever way a token was validated. Nothing here ever logs
+//! or returns a token.
 
 pub mod cache;
 pub mod extract;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod scope;
 pub mod servers;
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+
+use scope::ScopeProblem;
 
 /// Why a token was refused (401 `invalid_token`). The client only sees the
 /// RFC 6750 code; logs and metric labels get this cause.
@@ -49,6 +53,8 @@ pub enum TokenProblem {
     Inactive,
     #[error("a token property is not a valid header value")]
     BadProperty,
+    #[error("token scope is not space-separated scope tokens")]
+    BadScope,
 }
 
 impl TokenProblem {
@@ -69,6 +75,7 @@ impl TokenProblem {
             TokenProblem::WrongType => "wrong_typ",
             TokenProblem::Inactive => "inactive",
             TokenProblem::BadProperty => "bad_property",
+            TokenProblem::BadScope => "bad_scope",
         }
     }
 }
@@ -107,13 +114,20 @@ impl Principal {
     /// Builds a principal from JWT claims or an RFC 7662 introspection answer.
     /// Scopes come from `scope` (space-separated), `scp` or `scopes`
     /// (string or array); client id from `client_id`, else `azp`; user from
-    /// `username`, else `sub`.
-    pub fn from_claims(auth_server: Arc<str>, claims: Map<String, Value>) -> Principal {
-        let token_scopes = ["scope", "scp", "scopes"]
+    /// `username`, else `sub`. A scope claim that is not RFC 6749 §3.3
+    /// scope tokens refuses the token: read another way, it could grant
+    /// what its issuer did not mean to.
+    pub fn from_claims(
+        auth_server: Arc<str>,
+        claims: Map<String, Value>,
+    ) -> Result<Principal, TokenProblem> {
+        let token_scopes = match ["scope", "scp", "scopes"]
             .iter()
             .find_map(|name| claims.get(*name))
-            .map(scope_list)
-            .unwrap_or_default();
+        {
+            Some(value) => scope_list(value).map_err(|_| TokenProblem::BadScope)?,
+            None => Vec::new(),
+        };
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
         let audience = match claims.get("aud") {
             Some(Value::String(one)) => vec![one.clone()],
@@ -124,7 +138,7 @@ impl Principal {
                 .collect(),
             _ => Vec::new(),
         };
-        Principal {
+        Ok(Principal {
             auth_server,
             token_scopes,
             client_id: text("client_id").or_else(|| text("azp")),
@@ -133,19 +147,24 @@ impl Principal {
             audience,
             expires_at: claims.get("exp").and_then(Value::as_u64),
             claims,
-        }
+        })
     }
 }
 
-fn scope_list(value: &Value) -> Vec<String> {
+/// A space-separated string, or an array whose every entry is one scope
+/// token; `null` is no scope at all.
+fn scope_list(value: &Value) -> Result<Vec<String>, ScopeProblem> {
     match value {
-        Value::String(joined) => joined.split_whitespace().map(str::to_owned).collect(),
+        Value::String(joined) => Ok(scope::split(joined)?.map(str::to_owned).collect()),
         Value::Array(items) => items
             .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
+            .map(|item| {
+                let entry = item.as_str().ok_or(ScopeProblem::BadEntry)?;
+                scope::token(entry).map(str::to_owned)
+            })
             .collect(),
-        _ => Vec::new(),
+        Value::Null => Ok(Vec::new()),
+        _ => Err(ScopeProblem::NotAList),
     }
 }
 
@@ -161,22 +180,40 @@ mod tests {
         }
     }
 
+    fn principal(value: Value) -> Result<Principal, TokenProblem> {
+        Principal::from_claims("a".into(), claims(value))
+    }
+
     #[test]
     fn scopes_from_scope_scp_or_scopes() {
-        let p = Principal::from_claims("a".into(), claims(json!({"scope": "view  book"})));
+        let p = principal(json!({"scope": "view  book"})).expect("valid");
         assert_eq!(p.token_scopes, ["view", "book"]);
-        let p = Principal::from_claims("a".into(), claims(json!({"scp": ["view"]})));
+        let p = principal(json!({"scp": ["view"]})).expect("valid");
         assert_eq!(p.token_scopes, ["view"]);
-        let p = Principal::from_claims("a".into(), claims(json!({"scopes": "x"})));
+        let p = principal(json!({"scopes": "x"})).expect("valid");
         assert_eq!(p.token_scopes, ["x"]);
+        let p = principal(json!({"scope": null})).expect("valid");
+        assert!(p.token_scopes.is_empty());
+    }
+
+    #[test]
+    fn scope_split_on_anything_but_a_space_refuses_the_token() {
+        for bad in [
+            json!({"scope": "evil\u{2003}orders:read"}),
+            json!({"scope": "view\tbook"}),
+            json!({"scp": ["evil\u{2003}orders:read"]}),
+            json!({"scp": ["view book"]}),
+            json!({"scopes": ["view", 7]}),
+            json!({"scp": ["view", ""]}),
+            json!({"scope": 7}),
+        ] {
+            assert_eq!(principal(bad.clone()), Err(TokenProblem::BadScope), "{bad}");
+        }
     }
 
     #[test]
     fn client_id_falls_back_to_azp_and_user_to_sub() {
-        let p = Principal::from_claims(
-            "a".into(),
-            claims(json!({"azp": "app", "sub": "alice", "aud": ["x", "y"]})),
-        );
+        let p = principal(json!({"azp": "app", "sub": "alice", "aud": ["x", "y"]})).expect("valid");
         assert_eq!(p.client_id.as_deref(), Some("app"));
         assert_eq!(p.user_name.as_deref(), Some("alice"));
         assert_eq!(p.audience, ["x", "y"]);

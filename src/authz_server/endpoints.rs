@@ -6,7 +6,8 @@
 //! when `require_https` is set, bounds its body to [`MAX_BODY`], and answers
 //! with `Cache-Control: no-store`. The authorization endpoint (`authorize`)
 //! answers GET and POST with HTML pages and redirects. Store and Argon2
-//! work run on the blocking pool, never on the reactor.
+//! work run on the blocking pool, never on the reactor, and on at most
+//! half the cores (`workers`).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,7 +22,7 @@ use super::authorize::{self, AuthorizeContext};
 use super::client_auth::{self, Method as AuthMethod};
 use super::clock::Clock;
 use super::error::{json_response, OAuthError};
-use super::form::{Form, FormError};
+use super::form::Form;
 use super::grants::{self, attempts::FailedAttempts, password::Users, GrantContext};
 use super::introspect::{self, IntrospectContext};
 use super::keys::SigningKeys;
@@ -29,6 +30,7 @@ use super::revoke::{self, RevokeContext};
 use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
 use super::store::{Removed, SqliteStore, TokenStore, TokenSummary};
+use super::workers::Workers;
 use super::AuthzError;
 
 /// Largest request body the endpoints read; their forms are a few hundred
@@ -100,6 +102,7 @@ struct Inner {
     sessions: Sessions,
     approval: Approval,
     metadata: Bytes,
+    workers: Workers,
 }
 
 impl AuthorizationServer {
@@ -134,6 +137,7 @@ impl AuthorizationServer {
                 sessions: Sessions::default(),
                 approval,
                 metadata,
+                workers: Workers::sized_from_cores(),
             }),
         })
     }
@@ -176,14 +180,27 @@ impl AuthorizationServer {
         ctx: RequestContext,
         now: u64,
     ) -> Response<Bytes> {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            inner
+        // Keys and metadata are in memory: they never wait behind a queue
+        // of password checks.
+        if matches!(
+            route(req.uri().path()),
+            Some(Endpoint::Jwks | Endpoint::Metadata)
+        ) {
+            return self
+                .inner
                 .dispatch(&req, ctx, now)
-                .unwrap_or_else(OAuthError::into_response)
-        })
-        .await
-        .unwrap_or_else(|_| OAuthError::Worker.into_response())
+                .unwrap_or_else(OAuthError::into_response);
+        }
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .workers
+            .run(move || {
+                inner
+                    .dispatch(&req, ctx, now)
+                    .unwrap_or_else(OAuthError::into_response)
+            })
+            .await
+            .unwrap_or_else(|_| OAuthError::Worker.into_response())
     }
 
     /// Issued tokens, without their values, for the admin API.
@@ -224,7 +241,9 @@ impl AuthorizationServer {
         job: impl FnOnce(&Inner) -> Result<T, AuthzError> + Send + 'static,
     ) -> Result<T, AuthzError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || job(&inner))
+        self.inner
+            .workers
+            .run(move || job(&inner))
             .await
             .map_err(|_| AuthzError::Worker)?
     }
@@ -237,9 +256,10 @@ async fn cleanup_loop(weak: Weak<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
-        let result =
-            tokio::task::spawn_blocking(move || inner.store.remove_expired(inner.clock.unix_now()))
-                .await;
+        let workers = inner.workers.clone();
+        let result = workers
+            .run(move || inner.store.remove_expired(inner.clock.unix_now()))
+            .await;
         match result {
             Ok(Ok(removed)) => tracing::info!(removed = removed.total(), "expired tokens removed"),
             Ok(Err(error)) => tracing::warn!(%error, "removing expired tokens failed"),
@@ -316,12 +336,7 @@ impl Inner {
                 "Content-Type must be application/x-www-form-urlencoded",
             ));
         }
-        Form::parse(req.body()).map_err(|error| match error {
-            FormError::Duplicate => {
-                OAuthError::InvalidRequest("a parameter is sent more than once")
-            }
-            FormError::NotUtf8 => OAuthError::InvalidRequest("a parameter is not valid UTF-8"),
-        })
+        Ok(Form::parse(req.body())?)
     }
 
     fn authorize(&self, req: &Request<Bytes>, ctx: RequestContext, now: u64) -> Response<Bytes> {

@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use super::form::{FormError, MAX_FORM_BYTES};
 use super::store::StoreError;
 use super::tokens::TokenError;
 
@@ -53,6 +54,21 @@ pub enum OAuthError {
     Signing(#[from] TokenError),
     #[error("worker failed")]
     Worker,
+}
+
+impl From<FormError> for OAuthError {
+    fn from(error: FormError) -> OAuthError {
+        match error {
+            FormError::Duplicate => {
+                OAuthError::InvalidRequest("a parameter is sent more than once")
+            }
+            FormError::NotUtf8 => OAuthError::InvalidRequest("a parameter is not valid UTF-8"),
+            FormError::TooManyParams => OAuthError::InvalidRequest("too many parameters"),
+            FormError::TooLarge => OAuthError::BodyTooLarge {
+                limit: MAX_FORM_BYTES,
+            },
+        }
+    }
 }
 
 impl OAuthError {

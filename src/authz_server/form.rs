@@ -6,6 +6,12 @@
 //! the whole request, so two parts of the server can never read two
 //! different values of one name. Only a name the caller declares
 //! repeatable (the approval page's scope checkboxes) may come several times.
+//!
+//! Parsing is linear and bounded, since it runs before any client is
+//! authenticated: at most [`MAX_FORM_BYTES`] and [`MAX_PARAMS`] parameters
+//! (counted before anything is decoded), duplicates found with a set.
+
+use std::collections::HashSet;
 
 use http::{header, HeaderMap};
 use percent_encoding::percent_decode;
@@ -23,12 +29,23 @@ pub fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Most parameters a form may carry; the largest OAuth request has about
+/// fifteen (the approval form: its hidden fields and a box per scope).
+pub const MAX_PARAMS: usize = 64;
+
+/// Largest form parsed, the endpoints' body limit.
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {
     #[error("parameter sent more than once")]
     Duplicate,
     #[error("parameter is not valid UTF-8 after decoding")]
     NotUtf8,
+    #[error("more than {MAX_PARAMS} parameters")]
+    TooManyParams,
+    #[error("form larger than {MAX_FORM_BYTES} bytes")]
+    TooLarge,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,20 +61,27 @@ impl Form {
     /// Like [`parse`](Self::parse), but the names in `repeatable` may come
     /// more than once (read them with [`all`](Self::all)).
     pub fn parse_repeating(body: &[u8], repeatable: &[&str]) -> Result<Form, FormError> {
+        if body.len() > MAX_FORM_BYTES {
+            return Err(FormError::TooLarge);
+        }
+        let pairs = || body.split(|b| *b == b'&').filter(|p| !p.is_empty());
+        if pairs().nth(MAX_PARAMS).is_some() {
+            return Err(FormError::TooManyParams);
+        }
         let mut params: Vec<(String, String)> = Vec::new();
-        for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        for pair in pairs() {
             let (name, value) = match pair.iter().position(|b| *b == b'=') {
                 Some(at) => (&pair[..at], &pair[at + 1..]),
                 None => (pair, &b""[..]),
             };
-            let name = decode(name)?;
-            let value = decode(value)?;
-            let repeats = repeatable.contains(&name.as_str());
-            if !repeats && params.iter().any(|(seen, _)| *seen == name) {
+            // Kept even when the value is empty, so a duplicate still counts.
+            params.push((decode(name)?, decode(value)?));
+        }
+        let mut seen = HashSet::with_capacity(params.len());
+        for (name, _) in &params {
+            if !seen.insert(name.as_str()) && !repeatable.contains(&name.as_str()) {
                 return Err(FormError::Duplicate);
             }
-            // Kept even when empty, so a later duplicate still counts.
-            params.push((name, value));
         }
         Ok(Form { params })
     }
@@ -118,6 +142,51 @@ mod tests {
             Form::parse_repeating(b"grant=a&action=x&action=y", &["grant"]),
             Err(FormError::Duplicate)
         );
+    }
+
+    #[test]
+    fn at_most_64_parameters() {
+        let form = |count: usize| {
+            (0..count)
+                .map(|i| format!("p{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert!(Form::parse(form(MAX_PARAMS).as_bytes()).is_ok());
+        assert_eq!(
+            Form::parse(form(MAX_PARAMS + 1).as_bytes()),
+            Err(FormError::TooManyParams)
+        );
+        // Empty pieces are not parameters.
+        assert!(Form::parse(format!("&&{}&&", form(MAX_PARAMS)).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_full_size_form_of_many_keys_is_refused_before_any_decoding() {
+        // 64 KiB of over 8k distinct keys: refused on the count, which
+        // stops at the 65th pair, before one name is decoded or compared.
+        let mut body = Vec::new();
+        let mut i = 0;
+        while body.len() + 16 < MAX_FORM_BYTES {
+            body.extend_from_slice(format!("{i:x}=v&").as_bytes());
+            i += 1;
+        }
+        assert!(i > 8000, "{i} parameters");
+        assert_eq!(Form::parse(&body), Err(FormError::TooManyParams));
+        // Invalid UTF-8 in the 65th pair is never reached: the count decides.
+        let mut bad = form_of(MAX_PARAMS);
+        bad.extend_from_slice(b"&x=%ff");
+        assert_eq!(Form::parse(&bad), Err(FormError::TooManyParams));
+        body.resize(MAX_FORM_BYTES + 1, b'a');
+        assert_eq!(Form::parse(&body), Err(FormError::TooLarge));
+    }
+
+    fn form_of(count: usize) -> Vec<u8> {
+        (0..count)
+            .map(|i| format!("p{i}=v"))
+            .collect::<Vec<_>>()
+            .join("&")
+            .into_bytes()
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! `store` remembers tokens by `jti` or hash, never by value;
 //! `introspect` (RFC 7662) and `revoke` (RFC 7009) answer about them;
 //! `client_auth` and `form` read requests; `error` decides every refusal's
-//! status and body; `clock` is what everything issued expires by. Nothing here logs a token, password or secret.
+//! status and body; `clock` is what everything issued expires by; `workers`
+//! bounds the blocking work run at once. Nothing here logs a token,
+//! password or secret.
 
 pub mod approval;
 mod authorize;
@@ -28,6 +30,7 @@ mod sessions;
 pub mod settings;
 pub mod store;
 pub mod tokens;
+mod workers;
 
 pub use clock::{unix_now, Clock};
 pub use endpoints::{is_endpoint, AuthorizationServer, RequestContext, MAX_BODY};

@@ -225,9 +225,42 @@ pub enum Segment {
 pub struct Transform {
     /// Headers set from templates, in file order.
     pub set: Vec<(HeaderName, ValueTemplate)>,
-    /// Incoming headers removed first: the `remove_headers`, and the names
-    /// of `set` in every `-`/`_` spelling (so a client cannot spoof them).
-    pub strip: Vec<HeaderName>,
+    /// Incoming headers removed first: the `remove_headers` and the names
+    /// of `set`, folded, so that no spelling of them gets through.
+    pub strip: Vec<FoldedName>,
+}
+
+/// A header name as CGI-style servers read it: case, `-`, `_` and `.`
+/// folded together (RFC 3875 §4.1.18 makes `X-User-Id` and `X_User_Id` the
+/// same `HTTP_X_USER_ID`; PHP and others fold `.` too). Removing a header
+/// in every spelling means removing every name that folds to its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoldedName(Box<[u8]>);
+
+impl FoldedName {
+    pub fn new(name: &str) -> FoldedName {
+        FoldedName(name.bytes().map(fold).collect())
+    }
+
+    /// Whether `name` folds to this name. No allocation: one comparison of
+    /// lengths, then of bytes folded on the fly.
+    pub fn matches(&self, name: &HeaderName) -> bool {
+        folds_to(name, &self.0)
+    }
+}
+
+/// Whether `name` folds to `folded` (which must be folded already).
+pub fn folds_to(name: &HeaderName, folded: &[u8]) -> bool {
+    let name = name.as_str().as_bytes();
+    name.len() == folded.len() && name.iter().zip(folded).all(|(n, f)| fold(*n) == *f)
+}
+
+/// One byte of a folded name: lower case, `_` and `.` taken for `-`.
+fn fold(byte: u8) -> u8 {
+    match byte {
+        b'_' | b'.' => b'-',
+        other => other.to_ascii_lowercase(),
+    }
 }
 
 /// Literal text and `${…}` variables.

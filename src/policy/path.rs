@@ -2,6 +2,9 @@
 //! characters (RFC 3986 §6.2.2.2), upper-case hex, dot-segment removal
 //! (§5.2.4), and refusal of what could make the matcher and the upstream
 //! disagree. The canonical path is the one matched and the one forwarded.
+//! Octets above 0x7F stay percent-encoded, but what they decode to must be
+//! UTF-8 (RFC 3986 §2.5; RFC 3629 §3 refuses overlong forms): an upstream
+//! decoding `%c0%ae` as `.` leniently would see a path the matcher never saw.
 
 /// A canonical path and what the rest of the pipeline must still check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub enum PathProblem {
     AboveRoot,
     #[error("path has a backslash")]
     Backslash,
+    #[error("path does not percent-decode to UTF-8")]
+    NotUtf8,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -77,6 +82,7 @@ fn decode_and_resolve(raw: &str) -> Result<CanonicalPath, PathProblem> {
     }
     let mut decoded = String::with_capacity(raw.len());
     let mut encoded_slash = false;
+    let mut encoded_non_ascii = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -110,6 +116,7 @@ fn decode_and_resolve(raw: &str) -> Result<CanonicalPath, PathProblem> {
                     }
                     v if unreserved(v) => decoded.push(v as char),
                     v => {
+                        encoded_non_ascii |= v > 0x7f;
                         decoded.push('%');
                         decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
                         decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v & 15)]));
@@ -123,12 +130,24 @@ fn decode_and_resolve(raw: &str) -> Result<CanonicalPath, PathProblem> {
             }
         }
     }
+    if encoded_non_ascii && !decodes_to_utf8(bytes) {
+        return Err(PathProblem::NotUtf8);
+    }
     let (path, min_depth) = remove_dot_segments(&decoded)?;
     Ok(CanonicalPath {
         path,
         encoded_slash,
         min_depth,
     })
+}
+
+/// Whether the path, every escape decoded, is UTF-8. Called only for a
+/// path with an escaped octet above 0x7F, whose escapes are all well formed
+/// (checked by the caller): literal octets and escaped ones are decoded
+/// together, as an upstream would.
+fn decodes_to_utf8(raw: &[u8]) -> bool {
+    let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 fn remove_dot_segments(path: &str) -> Result<(String, Option<usize>), PathProblem> {
@@ -210,6 +229,32 @@ mod tests {
         assert_eq!(canon("/a/%2e%2e/%2e%2e/b"), Err(PathProblem::AboveRoot));
         assert_eq!(canon("a"), Err(PathProblem::NotOriginForm));
         assert_eq!(canon("/a\\b"), Err(PathProblem::Backslash));
+    }
+
+    #[test]
+    fn escapes_that_are_not_utf8_are_refused() {
+        for raw in [
+            "/a/%c0%ae%c0%ae/etc",
+            "/a/%C0%AF",
+            "/a/%e0%80%ae",
+            "/a/%80",
+            "/a/%bf%bf",
+            "/a/%ff",
+            "/a/%fe",
+            "/a/%c3",
+            "/a/%c3/%a9",
+            "/a/%ed%a0%80",
+            "/a/%f4%90%80%80",
+        ] {
+            assert_eq!(canon(raw), Err(PathProblem::NotUtf8), "{raw}");
+        }
+    }
+
+    #[test]
+    fn escaped_utf8_is_kept_encoded() {
+        assert_eq!(canon("/a/caf%c3%a9").unwrap(), "/a/caf%C3%A9");
+        assert_eq!(canon("/a/%e2%82%ac").unwrap(), "/a/%E2%82%AC");
+        assert_eq!(canon("/%F0%9F%98%80").unwrap(), "/%F0%9F%98%80");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Connection-level headers between client and upstream: hop-by-hop headers
 //! dropped (RFC 9110 §7.6.1, including those named in `Connection`), and
 //! `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) set from the
-//! connection — client-sent values kept only from trusted proxies.
+//! connection — client-sent values kept only from trusted proxies; headers
+//! reserved to the gateway removed in every spelling a CGI-style upstream
+//! reads as theirs; HTTP/2 `cookie` fields joined for HTTP/1.1 upstreams.
 
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -9,20 +11,28 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST};
+use http::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, FORWARDED, HOST};
 use http::HeaderMap;
 use ipnet::IpNet;
+
+use crate::config::snapshot::folds_to;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Method-override headers: never honoured, never passed on.
-static OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
+/// Method-override headers (folded): never honoured, never passed on, in
+/// any spelling.
+const OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
+
+/// The forwarding headers [`set_forwarded`] writes (folded): a client's
+/// other spellings of them (`X_Forwarded_For`) would reach a CGI-style
+/// upstream as the same variable, beside or instead of the gateway's.
+const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
 pub use crate::http1::is_hop_by_hop;
@@ -54,13 +64,49 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes method-override headers from a request.
-pub fn strip_method_overrides(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| OVERRIDES.contains(name)) {
-        return;
-    }
-    for name in &OVERRIDES {
+/// Removes, from a request, method-override headers in every spelling
+/// and the forwarding headers in every spelling but their own (which
+/// [`set_forwarded`] replaces or, from a trusted proxy, extends). No
+/// allocation unless one is present.
+pub fn strip_reserved(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| reserved(name))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
+    }
+}
+
+fn reserved(name: &HeaderName) -> bool {
+    // Every reserved name starts with `x`: most names stop here.
+    name.as_str().as_bytes().first() == Some(&b'x')
+        && (OVERRIDES.iter().any(|o| folds_to(name, o.as_bytes()))
+            || FORWARDING
+                .iter()
+                .any(|f| name.as_str() != *f && folds_to(name, f.as_bytes())))
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into one field per
+/// pair; before the request goes out over HTTP/1.1 they are joined with
+/// `"; "` into one field (RFC 6265 §5.4 allows one `Cookie` line).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = Vec::with_capacity(first.len() * 4);
+    for value in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Valid values joined by "; " make a valid value; were it not so, the
+    // fields would go on as sent.
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -287,6 +333,50 @@ mod tests {
             assert_eq!(xff, "::1");
             assert_eq!(fwd, "for=\"[::1]\";proto=https");
         }
+    }
+
+    #[test]
+    fn reserved_headers_go_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-http-method-override",
+            "x_http_method_override",
+            "X-HTTP-Method_Override",
+            "x.http.method.override",
+            "X_HTTP_METHOD",
+            "x-method_override",
+            "x_forwarded_for",
+            "X.Forwarded.Host",
+            "x-forwarded_proto",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            h.append(name, HeaderValue::from_static("spoofed"));
+        }
+        for kept in ["x-forwarded-for", "x-http-methods", "x-kept", "cookie"] {
+            h.insert(kept, HeaderValue::from_static("1"));
+        }
+        strip_reserved(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["cookie", "x-forwarded-for", "x-http-methods", "x-kept"]
+        );
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        h.append(COOKIE, HeaderValue::from_static("c=3; d=4"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h[COOKIE], "a=1; b=2; c=3; d=4");
+        let mut one = HeaderMap::new();
+        one.append(COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[COOKIE], "a=1");
     }
 
     #[test]

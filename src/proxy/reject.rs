@@ -293,7 +293,8 @@ fn describe(problem: TokenProblem) -> &'static str {
         | TokenProblem::MissingExpiry
         | TokenProblem::WrongIssuer
         | TokenProblem::WrongAudience
-        | TokenProblem::WrongType => "the token is not valid",
+        | TokenProblem::WrongType
+        | TokenProblem::BadScope => "the token is not valid",
     }
 }
 

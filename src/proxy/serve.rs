@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{Request, Response, Version};
+use http::header::{CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, TRANSFER_ENCODING, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
@@ -17,7 +17,7 @@ use super::{forwarded, outbound, transform, Body};
 use crate::auth::extract::{self, Extracted};
 use crate::auth::servers::Authenticator;
 use crate::auth::{AuthFailure, Principal};
-use crate::config::snapshot::{Api, Authentication};
+use crate::config::snapshot::{Api, Authentication, Outbound};
 use crate::config::Snapshot;
 use crate::policy::{self, Route};
 
@@ -82,9 +82,13 @@ async fn phases(
             would_grant: denied.would_grant,
         }
     })?; // authorize
+    let from_h2 = req.version() == Version::HTTP_2;
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
-    forwarded::strip_method_overrides(headers);
+    forwarded::strip_reserved(headers);
+    if from_h2 {
+        forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
+    }
     transform::apply(&route.api.transform, who.as_deref(), headers)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
                                                                   // Counted once the token can no longer be refused for its properties.
@@ -94,7 +98,46 @@ async fn phases(
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
-    Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await // forward
+    let response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
+    refuse_upstream_challenge(&route.api, response)
+}
+
+/// An upstream answering 401 or 407 to credentials the gateway sent for
+/// it (outbound auth, or the token it validated and delegated) refuses the
+/// gateway's configuration, not the client: its challenge would name the
+/// upstream's realm and make browsers prompt for it (RFC 9110 §11.6.1).
+/// The client gets 502; the challenge goes to the log.
+fn refuse_upstream_challenge(
+    api: &Api,
+    response: Response<Body>,
+) -> Result<Response<Body>, Rejection> {
+    let status = response.status();
+    let challenged =
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+    let credentials_sent = match api.outbound {
+        Outbound::Header(_) => true,
+        Outbound::Delegate => matches!(api.authentication, Authentication::OAuth2 { .. }),
+        Outbound::None => false,
+    };
+    if !(challenged && credentials_sent) {
+        return Ok(response);
+    }
+    let headers = response.headers();
+    let challenges: Vec<String> = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .chain(headers.get_all(PROXY_AUTHENTICATE))
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .collect();
+    tracing::warn!(
+        api = api.name,
+        status = status.as_u16(),
+        ?challenges,
+        "upstream refused the credentials the gateway sent"
+    );
+    Err(Rejection::BadGateway(
+        "upstream refused the outbound credentials".into(),
+    ))
 }
 
 /// Request-target and framing checks that come before any matching.

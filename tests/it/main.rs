@@ -3,6 +3,7 @@
 
 mod admin;
 mod authorize;
+mod authz_form;
 mod authz_server;
 mod central;
 mod cli;
@@ -14,6 +15,7 @@ mod edge;
 mod enforcement;
 mod examples;
 mod fail_closed;
+mod header_rules;
 mod http2_floods;
 mod import_cycles;
 mod introspection;

@@ -101,7 +101,9 @@ mod tests {
         )
         .expect("one key");
         Arc::new(Verified {
-            principal: Arc::new(Principal::from_claims("a".into(), Map::new())),
+            principal: Arc::new(
+                Principal::from_claims("a".into(), Map::new()).expect("no scope claim"),
+            ),
             validity: Validity { exp, nbf: None },
             kid: None,
             key: set.find(None).expect("the key"),

@@ -20,7 +20,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::approval::{self, Approval, Page, Param, ScopeView, Step};
 use super::error::OAuthError;
-use super::form::{Form, FormError};
+use super::form::Form;
 use super::grants::attempts::Subject;
 use super::grants::{issue_new, GrantContext};
 use super::sessions::{self, Current, Sessions};
@@ -106,10 +106,7 @@ fn read(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Result<Form, OAuthEr
         }
         req.body()
     };
-    Form::parse_repeating(bytes, &[GRANT_SCOPE]).map_err(|error| match error {
-        FormError::Duplicate => OAuthError::InvalidRequest("a parameter is sent more than once"),
-        FormError::NotUtf8 => OAuthError::InvalidRequest("a parameter is not valid UTF-8"),
-    })
+    Ok(Form::parse_repeating(bytes, &[GRANT_SCOPE])?)
 }
 
 fn login(

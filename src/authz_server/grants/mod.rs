@@ -84,7 +84,8 @@ pub fn token(
 
 /// Requested scopes, each within `ceiling`; none requested = the ceiling.
 /// The result keeps the order of the request (or the ceiling), without
-/// repeats.
+/// repeats. RFC 6749 §3.3: only 0x20 separates scope tokens; any other
+/// whitespace or a control character makes the request `invalid_scope`.
 pub fn granted_scopes(
     requested: Option<&str>,
     ceiling: &[String],
@@ -92,8 +93,11 @@ pub fn granted_scopes(
     let Some(requested) = requested else {
         return Ok(ceiling.to_vec());
     };
+    let scopes = crate::auth::scope::split(requested).map_err(|_| {
+        OAuthError::InvalidScope("scope tokens are separated by single spaces only")
+    })?;
     let mut granted: Vec<String> = Vec::new();
-    for scope in requested.split(' ').filter(|s| !s.is_empty()) {
+    for scope in scopes {
         if !ceiling.iter().any(|allowed| allowed == scope) {
             return Err(OAuthError::InvalidScope(
                 "a requested scope is not granted to the client",
@@ -178,5 +182,18 @@ mod tests {
             granted_scopes(Some("book cancel"), &ceiling()),
             Err(OAuthError::InvalidScope(_))
         ));
+    }
+
+    #[test]
+    fn scopes_split_on_other_whitespace_are_invalid() {
+        for requested in ["view\u{2003}book", "view\tbook", "view\n", "book\u{0}"] {
+            assert!(
+                matches!(
+                    granted_scopes(Some(requested), &ceiling()),
+                    Err(OAuthError::InvalidScope(_))
+                ),
+                "{requested:?}"
+            );
+        }
     }
 }

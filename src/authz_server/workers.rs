@@ -1,0 +1,95 @@
+//! The authorization server's blocking work (Argon2 checks of passwords and
+//! client secrets, SQLite calls) on tokio's blocking threads, a bounded
+//! number of jobs at once (half the cores). Argon2 is made to cost CPU;
+//! without a bound, one endpoint hammered with password grants would take
+//! every core from the data path. Jobs beyond the bound wait for a permit
+//! without holding a thread; a job's permit is released when it returns,
+//! even if its caller has gone.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+/// A bounded gate in front of `spawn_blocking`.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    permits: Arc<Semaphore>,
+}
+
+/// The job panicked: it has no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("blocking job failed")]
+pub struct JobFailed;
+
+impl Workers {
+    /// Half the cores, at least one: the data path keeps the other half
+    /// however many token requests arrive.
+    pub fn sized_from_cores() -> Workers {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Workers::new((cores / 2).max(1))
+    }
+
+    /// At most `limit` jobs at once.
+    pub fn new(limit: usize) -> Workers {
+        Workers {
+            permits: Arc::new(Semaphore::new(limit)),
+        }
+    }
+
+    /// Runs `job` on a blocking thread once a permit is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, JobFailed> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job()
+        })
+        .await
+        .map_err(|_| JobFailed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_the_limit_run_at_once() {
+        let workers = Workers::new(2);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..8)
+            .map(|_| {
+                let (workers, running, most) = (workers.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    workers
+                        .run(move || {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for job in jobs {
+            job.await.expect("joined").expect("ran");
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} jobs at once");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_and_frees_its_permit() {
+        let workers = Workers::new(1);
+        assert_eq!(workers.run(|| panic!("boom")).await, Err(JobFailed));
+        assert_eq!(workers.run(|| 7).await, Ok(7));
+    }
+}
