@@ -86,8 +86,8 @@ impl Reloader {
         // TLS material is judged by the same function as `check` and
         // start: a certificate or key that cannot be used is a refused
         // reload, not a handshake failure later.
-        let loaded = central::load(&self.config_path, text, &self.env, next, document)
-            .and_then(|loaded| {
+        let loaded =
+            central::load(&self.config_path, text, &self.env, next, document).and_then(|loaded| {
                 crate::server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
                 Ok(loaded)
             });
