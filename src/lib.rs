@@ -15,14 +15,15 @@
 //! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
 //!    generation); every finding with file, line and column.
 //! 3. [`auth`]: a bearer token becomes a principal (local JWT validation
-//!    against a JWKS, or RFC 7662 introspection through a cache).
-//!    [`authz_server`]: the local OAuth2 authorization server (SQLite
+//!    against a JWKS, or RFC 7662 introspection through a cache), and the
+//!    scope syntax both sides of OAuth2 share. [`basic_auth`]: Basic
+//!    credentials, checked for the admin port and the central export
+//!    alike. [`http1`]: HTTP/1.1 on the wire for both sides (heads parsed
+//!    and encoded, bodies framed, chunked coding); used by `server` and
+//!    `proxy`, using neither.
+//! 4. [`authz_server`]: the local OAuth2 authorization server (SQLite
 //!    store); it publishes its keys as a JWKS, so `auth` never imports it.
-//!    [`basic_auth`]: Basic credentials, checked for the admin port and
-//!    the central export alike. [`http1`]: HTTP/1.1 on the wire for both
-//!    sides (heads parsed and encoded, bodies framed, chunked coding);
-//!    used by `server` and `proxy`, using neither.
-//! 4. [`policy`]: pure decisions over a snapshot — canonical path, route,
+//!    [`policy`]: pure decisions over a snapshot — canonical path, route,
 //!    scopes, the verdict `explain` prints.
 //! 5. [`proxy`]: the data path, its phases in order, and the upstream pool
 //!    and HTTP/1.1 client.

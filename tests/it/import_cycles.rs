@@ -575,8 +575,8 @@ fn blank_comments_and_literals(text: &str) -> String {
 const FLOORS: &[&[&str]] = &[
     &["metrics", "timer"],
     &["config"],
-    &["auth", "authz_server", "basic_auth"],
-    &["policy"],
+    &["auth", "basic_auth", "http1"],
+    &["authz_server", "policy"],
     &["proxy"],
     &["server", "central"],
     &["reload"],
