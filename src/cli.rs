@@ -353,8 +353,15 @@ fn explain(
         eprintln!("`{method}` is not an HTTP method");
         return ExitCode::FAILURE;
     };
-    let scopes: Option<Vec<String>> =
-        scopes.map(|s| s.split_whitespace().map(str::to_owned).collect());
+    // The same scope syntax as a token's: a scope string the gateway would
+    // refuse in a token is not explained as if it granted something.
+    let scopes: Option<Vec<String>> = match scopes.map(crate::auth::scope::split).transpose() {
+        Ok(scopes) => scopes.map(|pieces| pieces.map(str::to_owned).collect()),
+        Err(problem) => {
+            eprintln!("--scopes: {problem}; allowed: scope tokens separated by single spaces");
+            return ExitCode::FAILURE;
+        }
+    };
     let verdict = crate::policy::decide(
         &loaded.snapshot,
         &method,

@@ -177,6 +177,17 @@ fn explain_denies_a_token_without_a_mapped_scope_with_exit_2() {
 }
 
 #[test]
+fn explain_reads_scopes_as_tokens_carry_them_split_on_spaces_only() {
+    // A tab (or U+2003) is not a scope separator: a token whose scope
+    // reads "openid\tview" is refused, so explain grants nothing either.
+    let (code, out) = explain(&["GET", "/travels/bookings/7", "--scopes", "openid\tview"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(out, "");
+    let (code, _) = explain(&["GET", "/travels/bookings/7", "--scopes", " openid  view "]);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
 fn explain_without_scopes_needs_a_token() {
     let (code, out) = explain(&["get", "/travels/bookings"]);
     assert_eq!(code, Some(2));
