@@ -12,7 +12,9 @@
 //!   after `header_read` when it has not sent a first request, after `idle`
 //!   once it has. Requests in flight, however slow, are never cut by it.
 
-mod h1;
+// Public for the fuzz targets and the codec's property tests only.
+#[doc(hidden)]
+pub mod h1;
 mod prefixed;
 pub mod tls;
 

@@ -5,7 +5,9 @@
 
 pub mod forward;
 pub mod forwarded;
-pub(crate) mod http1;
+// Public for the fuzz targets and the codec's property tests only.
+#[doc(hidden)]
+pub mod http1;
 pub mod outbound;
 mod pool;
 pub mod reject;

@@ -12,6 +12,8 @@ mod dockerfile;
 mod edge;
 mod enforcement;
 mod examples;
+mod http1_differential;
+mod http1_properties;
 mod http2_floods;
 mod introspection;
 mod introspection_gateway;

@@ -17,9 +17,10 @@ const MAX_SIZE_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Where the decoder is in the body.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub enum Chunked {
     /// Before a chunk-size line.
+    #[default]
     Size,
     /// Inside a chunk's data, with this many bytes to go.
     Data(u64),

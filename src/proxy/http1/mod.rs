@@ -13,9 +13,11 @@
 //! rest no more; that connection then ends with the response.
 
 mod body;
-pub(crate) mod chunked;
-mod request;
-mod response;
+pub mod chunked;
+#[doc(hidden)]
+pub mod request;
+#[doc(hidden)]
+pub mod response;
 mod stream;
 
 use std::future::poll_fn;

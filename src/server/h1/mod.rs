@@ -12,8 +12,10 @@
 //! `timeouts.header_read` is answered 408; waiting for a first byte is
 //! bounded by the connection's watchdog (`server::Conn::supervise`).
 
-mod encode;
-mod head;
+#[doc(hidden)]
+pub mod encode;
+#[doc(hidden)]
+pub mod head;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -176,7 +178,7 @@ enum HeadRead {
 /// Serves the exchanges of one connection until it closes, or hands it
 /// over to HTTP/2. `closing` asks it to end after the exchange in
 /// progress (at once when it waits for a head that has not begun).
-pub async fn serve<S, H, F>(
+pub(super) async fn serve<S, H, F>(
     io: S,
     peer: SocketAddr,
     settings: ConnSettings,
