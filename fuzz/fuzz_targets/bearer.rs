@@ -72,7 +72,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(b64token(token), "{token:?}");
     if let Some(query) = &input.query {
         assert!(
-            !query.split('&').any(|pair| pair.split('=').next() == Some("access_token")),
+            !query
+                .split('&')
+                .any(|pair| pair.split('=').next() == Some("access_token")),
             "token accepted beside access_token in the query"
         );
     }

@@ -40,11 +40,17 @@ fuzz_target!(|text: &str| {
     env.insert("SECRET".into(), "fuzz-secret".into());
     match load_text(path, text, &env, 1) {
         Ok(loaded) => assert!(
-            loaded.warnings.iter().all(|w| w.severity != Severity::Error),
+            loaded
+                .warnings
+                .iter()
+                .all(|w| w.severity != Severity::Error),
             "accepted with an error"
         ),
         Err(invalid) => assert!(
-            invalid.findings.iter().any(|d| d.severity == Severity::Error),
+            invalid
+                .findings
+                .iter()
+                .any(|d| d.severity == Severity::Error),
             "refused without an error: {:?}",
             invalid.findings
         ),

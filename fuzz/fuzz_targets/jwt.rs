@@ -74,7 +74,9 @@ fn signed(header: &[u8], claims: &[u8]) -> String {
 }
 
 fn object(segment: &str) -> Map<String, Value> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).expect("an accepted segment decodes");
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .expect("an accepted segment decodes");
     serde_json::from_slice(&bytes).expect("an accepted segment is a JSON object")
 }
 
@@ -103,7 +105,10 @@ fn check_accepted(token: &str, accept_jwt_typ: bool, require_audience: bool) {
     if require_audience {
         let aud = &claims["aud"];
         assert!(
-            aud == AUDIENCE || aud.as_array().is_some_and(|a| a.contains(&Value::from(AUDIENCE))),
+            aud == AUDIENCE
+                || aud
+                    .as_array()
+                    .is_some_and(|a| a.contains(&Value::from(AUDIENCE))),
             "audience {aud}"
         );
     }
@@ -138,8 +143,8 @@ fuzz_target!(|data: &[u8]| {
             accept_jwt_typ,
             require_audience,
         } => {
-            let header = header
-                .unwrap_or_else(|| br#"{"alg":"ES256","typ":"at+jwt","kid":"k1"}"#.to_vec());
+            let header =
+                header.unwrap_or_else(|| br#"{"alg":"ES256","typ":"at+jwt","kid":"k1"}"#.to_vec());
             (signed(&header, &claims), accept_jwt_typ, require_audience)
         }
     };

@@ -24,8 +24,8 @@ fn limits() -> Limits {
     }
 }
 
-/// A comparable summary of what `parse` said.
-fn outcome(buf: &mut BytesMut, first: bool) -> String {
+/// A comparable summary of what `parse` said, and the bytes a head used.
+fn outcome(buf: &mut BytesMut, first: bool) -> (String, Option<usize>) {
     let limits = limits();
     let before = buf.len();
     let parsed = parse(buf, &limits, first, &mut Vec::new());
@@ -37,7 +37,7 @@ fn outcome(buf: &mut BytesMut, first: bool) -> String {
             assert!(consumed > 0, "a head of no bytes");
             assert!(consumed <= limits.max_header_bytes, "head over the limit");
             check_framing(&head.request, head.framing);
-            format!(
+            let summary = format!(
                 "head {consumed} {:?} {:?} {:?} {:?} {} {}",
                 head.request.method(),
                 head.request.uri(),
@@ -45,15 +45,16 @@ fn outcome(buf: &mut BytesMut, first: bool) -> String {
                 head.framing,
                 head.keep_alive,
                 head.expect_continue
-            )
+            );
+            (summary, Some(consumed))
         }
         Ok(Parsed::Partial) => {
             assert_eq!(after, before, "a partial head was consumed");
             assert!(before <= limits.max_header_bytes, "partial over the limit");
-            "partial".into()
+            ("partial".into(), None)
         }
-        Ok(Parsed::Http2) => "h2".into(),
-        Err(refusal) => format!("refused {refusal:?}"),
+        Ok(Parsed::Http2) => ("h2".into(), None),
+        Err(refusal) => (format!("refused {refusal:?}"), None),
     }
 }
 
@@ -64,7 +65,16 @@ fn check_framing(request: &http::Request<()>, framing: Framing) {
         .iter()
         .map(|v| v.as_bytes().trim_ascii())
         .collect();
-    let coded = headers.contains_key(TRANSFER_ENCODING);
+    // A `Transfer-Encoding` field that lists no coding (empty, or only
+    // commas) is ignored by the parser today, as empty list elements are
+    // (RFC 9110 §5.6.1); hyper refuses it (see EMPTY_CODING in
+    // tests/it/http1_differential.rs). Only a field naming a coding counts.
+    let coded = headers.get_all(TRANSFER_ENCODING).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|coding| !coding.trim_ascii().is_empty())
+    });
     match framing {
         Framing::Chunked => {
             assert!(coded && lengths.is_empty(), "chunked without its field");
@@ -74,7 +84,9 @@ fn check_framing(request: &http::Request<()>, framing: Framing) {
             assert!(!coded, "length beside a transfer coding");
             assert!(!lengths.is_empty(), "a length from nowhere");
             for length in lengths {
-                let said = std::str::from_utf8(length).ok().and_then(|l| l.parse().ok());
+                let said = std::str::from_utf8(length)
+                    .ok()
+                    .and_then(|l| l.parse().ok());
                 assert_eq!(said, Some(n), "length differs");
             }
         }
@@ -88,17 +100,14 @@ fuzz_target!(|data: &[u8]| {
     };
     for first in [false, true] {
         let whole = outcome(&mut BytesMut::from(data), first);
-        if !whole.starts_with("head ") {
+        let Some(consumed) = whole.1 else {
             continue;
-        }
+        };
         // A prefix of a head is a partial head; completed, the same head.
-        let at = usize::from(split) % data.len();
+        let at = usize::from(split) % consumed;
         let mut buf = BytesMut::from(&data[..at]);
-        let prefix = outcome(&mut buf, first);
-        assert!(
-            prefix == "partial" || prefix == "h2" || at == 0,
-            "prefix of {at} bytes: {prefix}"
-        );
+        let (prefix, _) = outcome(&mut buf, first);
+        assert_eq!(prefix, "partial", "prefix of {at} bytes");
         buf.extend_from_slice(&data[at..]);
         assert_eq!(outcome(&mut buf, first), whole, "split at {at}");
     }

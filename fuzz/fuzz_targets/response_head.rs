@@ -75,11 +75,15 @@ fuzz_target!(|data: &[u8]| {
         _ => Method::DELETE,
     };
     let whole = outcome(&mut BytesMut::from(data), &method);
-    if !whole.starts_with("head ") || data.is_empty() {
+    let Some(left) = whole
+        .strip_prefix("head ")
+        .and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+    else {
         return;
-    }
+    };
     // A prefix of a head is a partial head; completed, the same head.
-    let at = usize::from(choice / 4) * data.len() / 64;
+    let consumed = data.len() - left;
+    let at = usize::from(choice / 4) * consumed / 64;
     let mut buf = BytesMut::from(&data[..at]);
     let prefix = outcome(&mut buf, &method);
     assert_eq!(prefix, "partial", "prefix of {at} bytes");

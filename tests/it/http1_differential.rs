@@ -63,12 +63,13 @@ enum Stricter {
 }
 
 /// `Transfer-Encoding: chunked,` is chunked to the gateway, which ignores
-/// the empty list element as RFC 9110 §5.6.1 requires, and refused by
-/// hyper, which reads the last element literally. The gateway re-frames
-/// what it forwards, so no upstream sees the field; still, it should
-/// refuse such a list with the other transfer-coding rules (RFC 9112
-/// §6.1). Until it does, this is the one case where the gateway accepts
-/// what hyper refuses.
+/// the empty list element as RFC 9110 §5.6.1 requires, and an empty
+/// `Transfer-Encoding:` beside `Content-Length` leaves the length in
+/// charge; hyper refuses both (it reads the last element literally). The
+/// gateway re-frames what it forwards, so no upstream sees the field;
+/// still, it should refuse such a field with the other transfer-coding
+/// rules (RFC 9112 §6.1). Until it does, this is the one case where the
+/// gateway accepts what hyper refuses.
 const EMPTY_CODING: &str = "an empty transfer-coding list element";
 
 /// The gateway: its head parser, then its body decoder over what follows.
@@ -255,6 +256,11 @@ fn probes() -> Vec<Case> {
         stricter: None,
         empty_coding: true,
     };
+    let empty_field = Case {
+        raw: b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding:\r\n\r\nhello".to_vec(),
+        stricter: None,
+        empty_coding: true,
+    };
     let mut long_ext = String::from("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=");
     long_ext.push_str(&"a".repeat(5000));
     long_ext.push_str("\r\nhello\r\n0\r\n\r\n");
@@ -315,6 +321,7 @@ fn probes() -> Vec<Case> {
         plain("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"),
         stricter(&long_ext, Stricter::LongSizeLine),
         empty_coding,
+        empty_field,
     ]
 }
 
@@ -370,6 +377,7 @@ fn coding_value() -> impl Strategy<Value = &'static str> {
             "chunked;q=1",
             ",chunked",
             "chunked,",
+            "",
         ],
     )
 }
@@ -506,6 +514,7 @@ fn build(line: String, mut fields: Vec<String>, body: Body, bare_lf: bool) -> Ca
         }
         Body::Both(length, coding, bytes) => {
             stricter = Some(Stricter::LengthAndCoding);
+            empty_coding = coding.split(',').any(|c| c.trim().is_empty());
             fields.push(format!("Content-Length: {length}"));
             fields.push(format!("Transfer-Encoding: {coding}"));
             bytes
