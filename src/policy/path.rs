@@ -65,8 +65,18 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathProblem> {
             min_depth: None,
         });
     }
-    decode_and_resolve(raw)
+    if !raw.is_ascii() {
+        // RFC 3986 §2.1: octets outside US-ASCII appear in a URI only
+        // percent-encoded; a request target that has them raw gets them
+        // encoded, octet by octet, before anything else is decided.
+        let escaped = percent_encoding::utf8_percent_encode(raw, NON_ASCII).to_string();
+        return decode_and_resolve(&escaped).and_then(refuse_escaped_escape);
+    }
+    decode_and_resolve(raw).and_then(refuse_escaped_escape)
 }
+
+/// No ASCII octet: those above 0x7F are always encoded.
+const NON_ASCII: &percent_encoding::AsciiSet = &percent_encoding::AsciiSet::EMPTY;
 
 /// Whether a segment starts with `.` (dots are rare in API paths: a
 /// search for them costs less than one for `/.`).
@@ -185,6 +195,22 @@ fn remove_dot_segments(path: &str) -> Result<(String, Option<usize>), PathProble
     Ok((canonical, min_depth))
 }
 
+/// Refuses `%25` followed by two hex digits in the canonical path: an
+/// upstream that decodes once more would see another escape (`%252F`, a
+/// slash). Checked on the result, as the digits may have been escaped
+/// themselves (`%25%32%46`), which a look at the raw bytes cannot see.
+fn refuse_escaped_escape(canonical: CanonicalPath) -> Result<CanonicalPath, PathProblem> {
+    let escapes_escape = canonical
+        .path
+        .as_bytes()
+        .windows(5)
+        .any(|w| w[..3] == *b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some());
+    if escapes_escape {
+        return Err(PathProblem::DoubleEncoding);
+    }
+    Ok(canonical)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +301,32 @@ mod tests {
         assert_eq!(c.min_depth, Some(0));
         assert_eq!(canonicalize("/a/b").unwrap().min_depth, None);
         assert_eq!(canon("/a/.").unwrap(), "/a/");
+    }
+
+    /// Escaped hex digits after `%25` made a canonical path that decodes
+    /// to another escape, and that was refused when canonicalised again
+    /// (the `path` fuzz target's idempotence check).
+    #[test]
+    fn escaped_digits_after_an_escaped_percent_are_refused() {
+        for raw in [
+            "/%25%32%46",
+            "/a/%25%32%65%25%32%65/b",
+            "/%25%41%42",
+            "/%252F",
+        ] {
+            assert_eq!(canon(raw), Err(PathProblem::DoubleEncoding), "{raw}");
+        }
+        assert_eq!(canon("/100%25").unwrap(), "/100%25");
+        assert_eq!(canon("/%25%41x/y").unwrap(), "/%25Ax/y");
+    }
+
+    /// A raw non-ASCII octet was taken for a Latin-1 character and
+    /// re-encoded as UTF-8 (`/café` became `/cafÃ©`).
+    #[test]
+    fn raw_non_ascii_is_percent_encoded() {
+        assert_eq!(canon("/caf\u{e9}").unwrap(), "/caf%C3%A9");
+        assert_eq!(canon("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(canon("/\u{1F600}/a/../b").unwrap(), "/%F0%9F%98%80/b");
+        assert_eq!(canon("/\u{e9}\u{0}"), Err(PathProblem::ControlByte));
     }
 }

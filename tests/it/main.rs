@@ -16,6 +16,8 @@ mod enforcement;
 mod examples;
 mod fail_closed;
 mod header_rules;
+mod http1_differential;
+mod http1_properties;
 mod http2_floods;
 mod import_cycles;
 mod introspection;

@@ -247,7 +247,7 @@ enum HeadRead {
 /// Serves the exchanges of one connection until it closes, or hands it
 /// over to HTTP/2. `closing` asks it to end after the exchange in
 /// progress (at once when it waits for a head that has not begun).
-pub async fn serve<S, H, F>(
+pub(super) async fn serve<S, H, F>(
     io: S,
     peer: SocketAddr,
     settings: ConnSettings,

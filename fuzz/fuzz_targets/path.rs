@@ -1,0 +1,40 @@
+//! Path canonicalisation (`policy::path::canonicalize`), from arbitrary
+//! text (raw non-ASCII included: `httparse` and `http::Uri` let it
+//! through). Invariants: no panic; a canonical path is ASCII, starts with
+//! `/`, has no dot segment, no control byte, no `;` or `\`; and
+//! canonicalising it again gives itself (one decoding is all there is:
+//! what the gateway matched is what an upstream that decodes once, or
+//! twice, sees).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+// The function under test: its one path in this target.
+use microgateway::policy::path::canonicalize;
+
+fuzz_target!(|raw: &str| {
+    let Ok(canonical) = canonicalize(raw) else {
+        return;
+    };
+    let path = &canonical.path;
+    assert!(
+        path.starts_with('/') && path.is_ascii(),
+        "{raw:?} -> {path:?}"
+    );
+    assert!(
+        !path
+            .bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b == b';' || b == b'\\'),
+        "{raw:?} -> {path:?}"
+    );
+    assert!(
+        !path
+            .split('/')
+            .any(|segment| segment == "." || segment == ".."),
+        "{raw:?} -> {path:?}"
+    );
+    match canonicalize(path) {
+        Ok(again) => assert_eq!(&again.path, path, "not idempotent: {raw:?}"),
+        Err(problem) => panic!("{raw:?} -> {path:?}, refused again: {problem:?}"),
+    }
+});

@@ -1,0 +1,92 @@
+//! An upstream's response head (`http1::response_head::parse`), from
+//! arbitrary bytes. Invariants: no panic; what is consumed was at the front
+//! of the buffer (the rest is left as it was); a head fed in two pieces
+//! parses as it does in one; no hop-by-hop field reaches the client; the
+//! framing agrees with the fields left and with the connection's reuse.
+
+#![no_main]
+
+use bytes::BytesMut;
+use http::header::CONTENT_LENGTH;
+use http::Method;
+use libfuzzer_sys::fuzz_target;
+use microgateway::http1::is_hop_by_hop;
+// The parser under test: its one path in this target.
+use microgateway::http1::response_head::{parse, Framing, Head};
+
+fn outcome(buf: &mut BytesMut, method: &Method) -> String {
+    let original = buf.to_vec();
+    let parsed = parse(buf, method, &mut Vec::new());
+    assert!(original.ends_with(buf), "the bytes left changed");
+    match parsed {
+        Ok(Some(head)) => {
+            assert!(buf.len() < original.len(), "a head of no bytes");
+            check(&head, method);
+            format!(
+                "head {} {:?} {:?} {:?} {}",
+                buf.len(),
+                head.status,
+                head.headers,
+                head.framing,
+                head.keep_alive
+            )
+        }
+        Ok(None) => "partial".into(),
+        Err(error) => format!("error {error}"),
+    }
+}
+
+fn check(head: &Head, method: &Method) {
+    assert!(!head.status.is_informational(), "a 1xx as the final head");
+    for name in head.headers.keys() {
+        assert!(!is_hop_by_hop(name), "{name} passed on");
+    }
+    let lengths: Vec<u64> = head
+        .headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|member| {
+            std::str::from_utf8(member.trim_ascii())
+                .ok()
+                .and_then(|m| m.parse().ok())
+                .expect("a Content-Length passed on is digits")
+        })
+        .collect();
+    match head.framing {
+        Framing::Empty => {}
+        Framing::Length(n) => assert!(lengths.iter().all(|&l| l == n) && !lengths.is_empty()),
+        Framing::Chunked => assert!(lengths.is_empty(), "length beside chunked"),
+        Framing::UntilClose => assert!(!head.keep_alive, "until close, yet kept"),
+    }
+    if *method == Method::HEAD || head.status == 204 || head.status == 304 {
+        assert_eq!(head.framing, Framing::Empty);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&choice, data)) = data.split_first() else {
+        return;
+    };
+    let method = match choice % 4 {
+        0 => Method::GET,
+        1 => Method::HEAD,
+        2 => Method::POST,
+        _ => Method::DELETE,
+    };
+    let whole = outcome(&mut BytesMut::from(data), &method);
+    let Some(left) = whole
+        .strip_prefix("head ")
+        .and_then(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+    else {
+        return;
+    };
+    // A prefix of a head is a partial head; completed, the same head.
+    let consumed = data.len() - left;
+    let at = usize::from(choice / 4) * consumed / 64;
+    let mut buf = BytesMut::from(&data[..at]);
+    let prefix = outcome(&mut buf, &method);
+    assert_eq!(prefix, "partial", "prefix of {at} bytes");
+    buf.extend_from_slice(&data[at..]);
+    assert_eq!(outcome(&mut buf, &method), whole, "split at {at}");
+});
