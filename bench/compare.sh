@@ -17,6 +17,14 @@
 #
 # measures the PGO build as a fourth contender in the same rounds, and runs
 # the OAuth2 routes once more with it.
+#
+#   BASE=39010b9 bench/compare.sh   # also the release build of another commit
+#
+# builds that commit in a detached worktree (target/bench-base/) and measures
+# it as the contender "baseline" in the same rounds: a change's cost in req/s
+# and in CPU per request, against the build before it, on the same machine
+# at the same time. CPU per request is the process's user + system time
+# (/proc/PID/stat) over the requests wrk completed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +41,9 @@ PORT_ADMIN=${PORT_ADMIN:-18183}
 PORT_PGO=${PORT_PGO:-18184}
 PORT_PGO_ADMIN=${PORT_PGO_ADMIN:-18185}
 PGO=${PGO:-0}
+BASE=${BASE:-}
+PORT_BASE=${PORT_BASE:-18186}
+PORT_BASE_ADMIN=${PORT_BASE_ADMIN:-18187}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/microgateway
 WORK=$(mktemp -d /tmp/mcgw-bench.XXXXXX)
@@ -60,6 +71,19 @@ if [ "$PGO" = 1 ]; then
     echo "building microgateway (release, profile-guided) ..." >&2
     PGO_BIN=$("$ROOT/bench/pgo-build.sh" | tail -1)
     CONTENDERS+=(microgateway-pgo)
+fi
+
+if [ -n "$BASE" ]; then
+    BASE_TREE=$TARGET_DIR/bench-base/$BASE
+    if [ ! -x "$BASE_TREE/target/release/microgateway" ]; then
+        echo "building microgateway $BASE (release) ..." >&2
+        rm -rf "$BASE_TREE"
+        git -C "$ROOT" worktree prune
+        git -C "$ROOT" worktree add --detach --force "$BASE_TREE" "$BASE" >/dev/null
+        (cd "$BASE_TREE" && CARGO_TARGET_DIR="$BASE_TREE/target" cargo build --release --quiet)
+    fi
+    BASE_BIN=$BASE_TREE/target/release/microgateway
+    CONTENDERS+=(baseline)
 fi
 
 # nginx in the foreground, so its master is our child and its pid is known.
@@ -139,7 +163,19 @@ if [ "$PGO" = 1 ]; then
     wait_port "$PORT_PGO"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_PGO/bench/items" >/dev/null
 fi
+BASE_PID=
+if [ -n "$BASE" ]; then
+    gateway_config "$PORT_BASE" "$PORT_BASE_ADMIN" >"$WORK/microgateway-base.yaml"
+    MCGW_LOG=warn "$BASE_BIN" start -c "$WORK/microgateway-base.yaml" 2>"$WORK/microgateway-base.log" &
+    BASE_PID=$!
+    PIDS+=($BASE_PID)
+    wait_port "$PORT_BASE"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_BASE/bench/items" >/dev/null
+fi
+PGO_PID=
+if [ "$PGO" = 1 ]; then PGO_PID=$(pgrep -f "microgateway-pgo.yaml" | head -1 || true); fi
 NGINX_PROXY_PID=$(cat "$WORK/proxy/nginx.pid" 2>/dev/null || echo "")
+NGINX_UPSTREAM_PID=$(cat "$WORK/upstream/nginx.pid" 2>/dev/null || echo "")
 sleep 0.5
 
 rss_kib() { # pids...
@@ -150,6 +186,34 @@ rss_kib() { # pids...
         total=$((total + ${kib:-0}))
     done
     echo "$total"
+}
+nginx_upstream_pids() {
+    [ -n "$NGINX_UPSTREAM_PID" ] || return 0
+    echo "$NGINX_UPSTREAM_PID"
+    pgrep -P "$NGINX_UPSTREAM_PID" || true
+}
+# cpu_ticks PIDS...: user + system time of the processes, in clock ticks.
+cpu_ticks() {
+    local total=0
+    for pid in "$@"; do
+        local t
+        # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that ends
+        # the command name (which may hold spaces).
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+        total=$((total + ${t:-0}))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+# The processes that serve a contender's requests.
+pids_of() { # name
+    case $1 in
+        direct) nginx_upstream_pids ;;
+        nginx) nginx_proxy_pids ;;
+        microgateway) echo "$MCGW_PID" ;;
+        microgateway-pgo) echo "$PGO_PID" ;;
+        baseline) echo "$BASE_PID" ;;
+    esac
 }
 nginx_proxy_pids() { # the proxy's master and workers
     [ -n "$NGINX_PROXY_PID" ] || return 0
@@ -174,18 +238,28 @@ to_ms() {
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-# run NAME PORT: one wrk run; appends "rps p50 p99" to $WORK/NAME.txt
+# run NAME PORT: one wrk run; appends "rps p50 p99 cpu_us_per_request" to
+# $WORK/NAME.txt (CPU of the contender's own processes only).
 run() {
-    local out
+    local out pids before after
+    # shellcheck disable=SC2046
+    pids=$(pids_of "$1" | tr '\n' ' ')
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks $pids)
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench/items")
-    local rps p50 p99 errors
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $pids)
+    local rps p50 p99 errors requests cpu
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
     p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
     p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+    requests=$(echo "$out" | awk '/requests in/ {print $1}')
+    cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+        'BEGIN { if (n > 0) printf "%.2f", t * 1000000 / hz / n; else print 0 }')
     errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
     [ -z "$errors" ] || echo "  $1: $errors" >&2
-    echo "$rps $p50 $p99" >>"$WORK/$1.txt"
-    printf '  %-17s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$1" "$rps" "$p50" "$p99" >&2
+    echo "$rps $p50 $p99 $cpu" >>"$WORK/$1.txt"
+    printf '  %-17s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %6.2f us/req\n' "$1" "$rps" "$p50" "$p99" "$cpu" >&2
 }
 
 # Peak RSS of PIDS while a command runs.
@@ -223,14 +297,16 @@ for round in $(seq 1 "$ROUNDS"); do
     wait $!
     MCGW_LOAD_KIB=$(( $(cat "$WORK/mcgw-peak") > MCGW_LOAD_KIB ? $(cat "$WORK/mcgw-peak") : MCGW_LOAD_KIB ))
     if [ "$PGO" = 1 ]; then run microgateway-pgo "$PORT_PGO"; fi
+    if [ -n "$BASE" ]; then run baseline "$PORT_BASE"; fi
 done
 
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.txt" | median; }
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
 for name in "${CONTENDERS[@]}"; do
     RPS[$name]=$(col "$name" 1)
     P50[$name]=$(col "$name" 2)
     P99[$name]=$(col "$name" 3)
+    CPU[$name]=$(col "$name" 4)
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
@@ -239,14 +315,17 @@ echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /pro
 echo "tools:   $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), microgateway $("$BIN" --version | awk '{print $2}')"
 echo "load:    wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS interleaved rounds, medians; all on one host"
 echo
-printf '%-17s %12s %10s %10s\n' "" "req/s" "p50 ms" "p99 ms"
+printf '%-17s %12s %10s %10s %12s\n' "" "req/s" "p50 ms" "p99 ms" "cpu us/req"
 for name in "${CONTENDERS[@]}"; do
-    printf '%-17s %12.0f %10.3f %10.3f\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+    printf '%-17s %12.0f %10.3f %10.3f %12.2f\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${CPU[$name]}"
 done
 echo
 for name in "${CONTENDERS[@]:2}"; do
     echo "$name / nginx: req/s $(ratio "${RPS[$name]}" "${RPS[nginx]}")x (target >= 1.0), p50 $(ratio "${P50[$name]}" "${P50[nginx]}")x, p99 $(ratio "${P99[$name]}" "${P99[nginx]}")x (target <= 1.25)"
 done
+if [ -n "$BASE" ]; then
+    echo "microgateway / baseline ($BASE): req/s $(ratio "${RPS[microgateway]}" "${RPS[baseline]}")x, cpu per request $(ratio "${CPU[microgateway]}" "${CPU[baseline]}")x (a regression budget of 3%: req/s >= 0.97x, cpu <= 1.03x)"
+fi
 printf 'RSS idle:   microgateway %.1f MiB (target <= 20), nginx proxy %.1f MiB (master + workers)\n' \
     "$(awk -v k="$MCGW_IDLE_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_IDLE_KIB" 'BEGIN {print k / 1024}')"
 printf 'RSS loaded: microgateway %.1f MiB, nginx proxy %.1f MiB (peak)\n' \

@@ -13,7 +13,7 @@ use http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::context::{basic_header, header_name, names, Ctx, GrantTable};
-use super::raw::{self, S};
+use super::raw::{self, Location, S};
 use super::snapshot::*;
 use super::template;
 use super::template::value_template;
@@ -61,14 +61,8 @@ pub fn compile_all(ctx: &mut Ctx, list: &[S<raw::Api>], refs: &Refs) -> Vec<Arc<
             );
         }
         if !by_name.insert((api.name.clone(), api.version.clone())) {
-            let at = entry
-                .value
-                .name
-                .as_ref()
-                .map(|n| n.referenced)
-                .unwrap_or(entry.referenced);
             ctx.report.error(
-                at,
+                name_at(entry),
                 format!(
                     "API `{}` version `{}` is defined twice",
                     api.name, api.version
@@ -289,18 +283,22 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
     }
 }
 
+/// Where findings about an API as a whole point: its `name`, else the entry.
+fn name_at(entry: &S<raw::Api>) -> Location {
+    entry
+        .value
+        .name
+        .as_ref()
+        .map(|n| n.referenced)
+        .unwrap_or(entry.referenced)
+}
+
 fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Authentication> {
     // Fail closed: an API is served without credentials only when its
     // file says so (`type: none`), never because a block is missing.
     let Some(auth) = &entry.value.authentication else {
-        let at = entry
-            .value
-            .name
-            .as_ref()
-            .map(|n| n.referenced)
-            .unwrap_or(entry.referenced);
         ctx.report.error(
-            at,
+            name_at(entry),
             "API has no `authentication`; it would be served without credentials",
             AUTHENTICATION_ALLOWED,
         );
