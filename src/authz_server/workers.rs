@@ -44,7 +44,7 @@ impl Workers {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
-            .expect("the semaphore is never closed");
+            .map_err(|_| JobFailed)?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             job()
