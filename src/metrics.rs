@@ -44,6 +44,10 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "metric names and labels are static and valid; each is registered once"
+)]
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help).namespace("microgateway"), labels)
         .expect("metric names and labels are static and valid");
@@ -58,6 +62,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
+    #[allow(
+        clippy::expect_used,
+        reason = "metric options are static and valid; each is registered once"
+    )]
     fn new() -> Metrics {
         let registry = Registry::new();
         let request_duration = Histogram::with_opts(
@@ -162,6 +170,10 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every metric.
+    #[allow(
+        clippy::expect_used,
+        reason = "text encoding into a Vec cannot fail and writes UTF-8"
+    )]
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()

@@ -233,6 +233,10 @@ impl IntrospectionCache {
     /// The cached answer for `key`, or the result of `introspect`, called at
     /// most once per caller and shared with concurrent callers of the same key.
     /// A successful answer is cached for `ttl.lifetime(answer, now)`.
+    #[allow(
+        clippy::expect_used,
+        reason = "a caller leads at most once: the leading branch always returns"
+    )]
     pub async fn get_or_introspect<F, Fut>(
         &self,
         key: &CacheKey,
@@ -249,7 +253,11 @@ impl IntrospectionCache {
             match self.lookup(key) {
                 Lookup::Hit(answer) => return Ok(answer),
                 Lookup::Wait(mut answer) => match answer.wait_for(Option::is_some).await {
-                    Ok(shared) => return shared.clone().expect("waited for Some"),
+                    Ok(shared) => {
+                        if let Some(answer) = shared.clone() {
+                            return answer;
+                        }
+                    }
                     // The leader was dropped before answering: start over.
                     Err(_) => continue,
                 },

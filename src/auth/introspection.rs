@@ -246,6 +246,10 @@ impl Introspector {
 
     /// RFC 6749 §2.3.1: id and secret are form-encoded (Appendix B) before
     /// they are joined by `:` and base64-encoded for Basic (RFC 7617).
+    #[allow(
+        clippy::expect_used,
+        reason = "base64 and `Basic ` are visible ASCII, always a valid header value"
+    )]
     fn basic_credentials(&self) -> HeaderValue {
         let mut pair = String::new();
         form_urlencode(&mut pair, &self.settings.client_id);

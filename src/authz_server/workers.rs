@@ -44,7 +44,7 @@ impl Workers {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
-            .expect("the semaphore is never closed");
+            .map_err(|_| JobFailed)?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             job()
@@ -60,6 +60,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the jobs sleep on the blocking pool, as real jobs block there"
+    )]
     async fn no_more_than_the_limit_run_at_once() {
         let workers = Workers::new(2);
         let running = Arc::new(AtomicUsize::new(0));

@@ -259,8 +259,12 @@ pub fn respond(
             );
         }
     };
-    let etag =
-        HeaderValue::from_str(&rendered.etag).expect("a quoted hex digest is a header value");
+    let Ok(etag) = HeaderValue::from_str(&rendered.etag) else {
+        return answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "server_error"}),
+        );
+    };
     let mut response = if not_modified(headers, &rendered.etag) {
         let mut response = Response::new(Bytes::new());
         *response.status_mut() = StatusCode::NOT_MODIFIED;

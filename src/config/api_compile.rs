@@ -237,13 +237,19 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             let parts = uri.and_then(|u| {
                 let scheme = u.scheme().cloned()?;
                 let authority = u.authority().cloned()?;
-                (matches!(scheme.as_str(), "http" | "https") && u.query().is_none())
-                    .then(|| (scheme, authority, u.path().trim_end_matches('/').to_owned()))
+                let host = HeaderValue::from_str(authority.as_str()).ok()?;
+                (matches!(scheme.as_str(), "http" | "https") && u.query().is_none()).then(|| {
+                    (
+                        scheme,
+                        authority,
+                        host,
+                        u.path().trim_end_matches('/').to_owned(),
+                    )
+                })
             });
             match parts {
-                Some((scheme, authority, path)) => Some(Upstream::Url {
-                    host: HeaderValue::from_str(authority.as_str())
-                        .expect("a parsed authority is a valid header value"),
+                Some((scheme, authority, host, path)) => Some(Upstream::Url {
+                    host,
                     scheme,
                     authority,
                     path,

@@ -99,10 +99,9 @@ fn split_documents(text: &str) -> Vec<String> {
         if !content.is_empty() && !content.starts_with('#') && !is_marker {
             seen_content = true;
         }
-        documents
-            .last_mut()
-            .expect("documents starts with one entry")
-            .push_str(line);
+        if let Some(document) = documents.last_mut() {
+            document.push_str(line);
+        }
     }
     documents
 }

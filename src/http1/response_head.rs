@@ -78,9 +78,9 @@ pub fn parse(
                 Ok(None)
             };
         };
-        let code = response
-            .code
-            .expect("a complete response has a status code");
+        let Some(code) = response.code else {
+            return Err(HeadError::Malformed(httparse::Error::Status));
+        };
         let http11 = response.version == Some(1);
         if (100..200).contains(&code) {
             if code == 101 {

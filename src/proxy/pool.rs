@@ -191,6 +191,10 @@ impl Connector {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "aws-lc-rs supports the default TLS versions"
+)]
 fn client_config(roots: rustls::RootCertStore) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -361,6 +365,10 @@ impl Pool {
     }
 
     /// A new slot for `key`, in the first place the sweep freed if any.
+    #[allow(
+        clippy::expect_used,
+        reason = "an index into a Vec of upstreams from configuration stays far below 2^32"
+    )]
     fn add_slot(&mut self, key: &Key<'_>, https: bool) -> Result<SlotId, NoUsableCa> {
         let config = self.connector.tls_config(key.ca_bundle)?;
         let host = key.authority.host();

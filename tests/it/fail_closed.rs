@@ -264,6 +264,10 @@ async fn a_reload_whose_certificate_cannot_be_used_is_refused() {
 // ------------------------------------------------------------ one instance per port
 
 /// Waits (bounded) for `child` to exit; kills it if it does not.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "polls a child process from the blocking pool"
+)]
 fn exit_of(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

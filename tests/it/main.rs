@@ -1,5 +1,12 @@
 //! The integration tests: one binary, one module per area, all over real
 //! loopback connections on port 0 (builders in `common`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests fail loudly and may print what they saw"
+)]
 
 mod admin;
 mod authorize;

@@ -707,6 +707,10 @@ async fn sighup_reloads_the_running_binary() {
 /// runtime worker, a REST reload queued behind it must wait on the
 /// blocking pool, not on the worker: the admin port keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test thread holds the reload lock; the gateway runs on the runtime worker"
+)]
 async fn a_reload_in_progress_never_holds_up_a_request() {
     let gw = Gateway::start(&echo_yaml("alpha")).await;
     let admin = gw.admin.expect("admin port");
