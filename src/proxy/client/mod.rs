@@ -89,6 +89,14 @@ pub struct Connection {
     /// Used by each response head parsed, so that parsing allocates
     /// nothing.
     fields: Vec<(http::HeaderName, usize, usize)>,
+    /// The upstream timeout of the exchange in progress. Boxed: a
+    /// connection moves (pool → exchange → response body → pool) several
+    /// times per request, and each move copies it.
+    waits: Box<Waits>,
+}
+
+/// The bounds of the waits on the upstream during one exchange.
+struct Waits {
     /// The API's upstream timeout: for the answer once the request is
     /// sent, and for each write that makes no progress.
     stall: Duration,
@@ -110,8 +118,10 @@ impl Connection {
             buf: BytesMut::new(),
             out: Vec::new(),
             fields: Vec::new(),
-            stall: Duration::ZERO,
-            write_deadline: None,
+            waits: Box::new(Waits {
+                stall: Duration::ZERO,
+                write_deadline: None,
+            }),
         }
     }
 
@@ -132,7 +142,7 @@ impl Connection {
     ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, mut body) = req.into_parts();
         self.out.clear();
-        self.stall = stall;
+        self.waits.stall = stall;
         let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
             // Kept until an answer begins: the request may be sent again.
@@ -216,7 +226,7 @@ impl Connection {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                 Poll::Pending => {
-                    let stall = self.stall;
+                    let stall = self.waits.stall;
                     let deadline = deadline.get_or_insert_with(|| Deadline::after(stall));
                     return Pin::new(deadline)
                         .poll(cx)
@@ -315,10 +325,11 @@ impl Connection {
         match poll_write_all(&mut self.io, &mut self.out, cx) {
             Poll::Pending => {
                 if self.out.len() != before {
-                    self.write_deadline = None;
+                    self.waits.write_deadline = None;
                 }
-                let stall = self.stall;
+                let stall = self.waits.stall;
                 let deadline = self
+                    .waits
                     .write_deadline
                     .get_or_insert_with(|| Deadline::after(stall));
                 Pin::new(deadline)
@@ -326,7 +337,7 @@ impl Connection {
                     .map(|()| Err(Error::WriteStalled(stall)))
             }
             Poll::Ready(written) => {
-                self.write_deadline = None;
+                self.waits.write_deadline = None;
                 Poll::Ready(written.map_err(Error::from))
             }
         }

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Instructions per proxied request on the plain bench route, counted by
+# callgrind: repeatable whatever else the machine is doing, so a change's
+# cost shows where wall-clock rounds on a shared host are noise.
+#
+#   bench/instructions.sh                 # this checkout's release build
+#   BASE=39010b9 bench/instructions.sh    # and another commit's, the same way
+#   BUILD=0 bench/instructions.sh         # the release binary as it is
+#
+# An nginx upstream answers a small JSON body; the gateway runs under
+# `valgrind --tool=callgrind`; after a warm-up its counters are zeroed, one
+# keep-alive client sends REQUESTS requests (default 3000) one after
+# another, and the instructions counted in that window are divided by them.
+# BASE is built as in bench/compare.sh (a detached worktree in
+# target/bench-base/). Needs nginx and valgrind (installed when missing).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+REQUESTS=${REQUESTS:-3000}
+PORT_UPSTREAM=${PORT_UPSTREAM:-18190}
+PORT_MCGW=${PORT_MCGW:-18191}
+PORT_ADMIN=${PORT_ADMIN:-18192}
+BASE=${BASE:-}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK=$(mktemp -d /tmp/mcgw-instr.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then cp "$WORK"/cg.* "$KEEP"/ 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+need nginx nginx-light
+need valgrind valgrind
+
+if [ "${BUILD:-1}" = 1 ]; then
+    echo "building microgateway (release) ..." >&2
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
+declare -A BINS=([this]="$TARGET_DIR/release/microgateway")
+if [ -n "$BASE" ]; then
+    BASE_TREE=$TARGET_DIR/bench-base/$BASE
+    if [ ! -x "$BASE_TREE/target/release/microgateway" ]; then
+        echo "building microgateway $BASE (release) ..." >&2
+        rm -rf "$BASE_TREE"
+        git -C "$ROOT" worktree prune
+        git -C "$ROOT" worktree add --detach --force "$BASE_TREE" "$BASE" >/dev/null
+        (cd "$BASE_TREE" && CARGO_TARGET_DIR="$BASE_TREE/target" cargo build --release --quiet)
+    fi
+    BINS[$BASE]=$BASE_TREE/target/release/microgateway
+fi
+
+mkdir -p "$WORK/upstream/logs"
+cat >"$WORK/upstream/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/upstream/nginx.pid;
+error_log $WORK/upstream/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$PORT_UPSTREAM;
+        location / {
+            default_type application/json;
+            return 200 '{"ok":true,"service":"bench","items":[1,2,3]}';
+        }
+    }
+}
+CONF
+nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port "$PORT_UPSTREAM"
+
+cat >"$WORK/microgateway.yaml" <<CONF
+ports: { http: $PORT_MCGW, bind: 127.0.0.1 }
+admin: { port: $PORT_ADMIN, bind: 127.0.0.1 }
+apis:
+- name: bench
+  version: "1.0"
+  base_path: /bench
+  upstream: { url: "http://127.0.0.1:$PORT_UPSTREAM/bench" }
+  authentication: { type: none }
+  resources: ["GET /items"]
+CONF
+
+# client COUNT: COUNT keep-alive requests on one connection, each answered 200.
+client() {
+    python3 - "$PORT_MCGW" "$1" <<'PY'
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+req = b"GET /bench/items HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\nAccept: */*\r\n\r\n"
+buf = b""
+for _ in range(count):
+    s.sendall(req)
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:40]
+    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:"))
+    while len(buf) < length:
+        buf += s.recv(65536)
+    buf = buf[length:]
+PY
+}
+
+for name in "${!BINS[@]}"; do
+    MCGW_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$name.%p" \
+        "${BINS[$name]}" start -c "$WORK/microgateway.yaml" 2>"$WORK/$name.log" &
+    pid=$!
+    for _ in $(seq 1 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT_MCGW") 2>/dev/null && break
+        sleep 0.1
+    done
+    client 300
+    callgrind_control -z "$pid" >/dev/null
+    client "$REQUESTS"
+    callgrind_control -d "$pid" >/dev/null
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    total=0
+    # Every dump since the zeroing (one per thread with --separate-threads
+    # off: one file), its "summary:" line; the final dump at exit is not
+    # counted (it holds what came after).
+    for f in "$WORK"/cg."$name".*.1; do
+        ir=$(awk '/^summary:/ {print $2}' "$f")
+        total=$((total + ${ir:-0}))
+    done
+    printf '%-10s %8d instructions per request (%d requests)\n' "$name" $((total / REQUESTS)) "$REQUESTS"
+done
