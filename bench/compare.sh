@@ -65,7 +65,7 @@ need nginx nginx-light
 NGINX=$(command -v nginx)
 
 echo "building microgateway (release) ..." >&2
-(cd "$ROOT" && cargo build --release --quiet)
+[ "${BUILD:-1}" = 1 ] && (cd "$ROOT" && cargo build --release --quiet)
 CONTENDERS=(direct nginx microgateway)
 if [ "$PGO" = 1 ]; then
     echo "building microgateway (release, profile-guided) ..." >&2

@@ -99,7 +99,8 @@ async fn phases(
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
     let response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
-    refuse_upstream_challenge(&route.api, response)
+    refuse_upstream_challenge(&route.api, &response)?;
+    Ok(response)
 }
 
 /// An upstream answering 401 or 407 to credentials the gateway sent for
@@ -107,10 +108,7 @@ async fn phases(
 /// gateway's configuration, not the client: its challenge would name the
 /// upstream's realm and make browsers prompt for it (RFC 9110 §11.6.1).
 /// The client gets 502; the challenge goes to the log.
-fn refuse_upstream_challenge(
-    api: &Api,
-    response: Response<Body>,
-) -> Result<Response<Body>, Rejection> {
+fn refuse_upstream_challenge(api: &Api, response: &Response<Body>) -> Result<(), Rejection> {
     let status = response.status();
     let challenged =
         status == StatusCode::UNAUTHORIZED || status == StatusCode::PROXY_AUTHENTICATION_REQUIRED;
@@ -120,7 +118,7 @@ fn refuse_upstream_challenge(
         Outbound::None => false,
     };
     if !(challenged && credentials_sent) {
-        return Ok(response);
+        return Ok(());
     }
     let headers = response.headers();
     let challenges: Vec<String> = headers
