@@ -74,15 +74,7 @@ if [ "$PGO" = 1 ]; then
 fi
 
 if [ -n "$BASE" ]; then
-    BASE_TREE=$TARGET_DIR/bench-base/$BASE
-    if [ ! -x "$BASE_TREE/target/release/microgateway" ]; then
-        echo "building microgateway $BASE (release) ..." >&2
-        rm -rf "$BASE_TREE"
-        git -C "$ROOT" worktree prune
-        git -C "$ROOT" worktree add --detach --force "$BASE_TREE" "$BASE" >/dev/null
-        (cd "$BASE_TREE" && CARGO_TARGET_DIR="$BASE_TREE/target" cargo build --release --quiet)
-    fi
-    BASE_BIN=$BASE_TREE/target/release/microgateway
+    BASE_BIN=$(base_binary "$BASE")
     CONTENDERS+=(baseline)
 fi
 

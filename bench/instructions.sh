@@ -43,15 +43,7 @@ if [ "${BUILD:-1}" = 1 ]; then
 fi
 declare -A BINS=([this]="$TARGET_DIR/release/microgateway")
 if [ -n "$BASE" ]; then
-    BASE_TREE=$TARGET_DIR/bench-base/$BASE
-    if [ ! -x "$BASE_TREE/target/release/microgateway" ]; then
-        echo "building microgateway $BASE (release) ..." >&2
-        rm -rf "$BASE_TREE"
-        git -C "$ROOT" worktree prune
-        git -C "$ROOT" worktree add --detach --force "$BASE_TREE" "$BASE" >/dev/null
-        (cd "$BASE_TREE" && CARGO_TARGET_DIR="$BASE_TREE/target" cargo build --release --quiet)
-    fi
-    BINS[$BASE]=$BASE_TREE/target/release/microgateway
+    BINS[$BASE]=$(base_binary "$BASE")
 fi
 
 mkdir -p "$WORK/upstream/logs"

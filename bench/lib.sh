@@ -20,3 +20,17 @@ wait_port() {
     echo "port $1 did not open" >&2
     exit 1
 }
+
+# base_binary REV: the release binary of commit REV, built once in a
+# detached worktree under target/bench-base/REV (its own target dir).
+base_binary() {
+    local tree=${TARGET_DIR:-$ROOT/target}/bench-base/$1
+    if [ ! -x "$tree/target/release/microgateway" ]; then
+        echo "building microgateway $1 (release) ..." >&2
+        rm -rf "$tree"
+        git -C "$ROOT" worktree prune
+        git -C "$ROOT" worktree add --detach --force "$tree" "$1" >/dev/null
+        (cd "$tree" && CARGO_TARGET_DIR="$tree/target" cargo build --release --quiet)
+    fi
+    echo "$tree/target/release/microgateway"
+}
