@@ -65,10 +65,8 @@ fn check_framing(request: &http::Request<()>, framing: Framing) {
         .iter()
         .map(|v| v.as_bytes().trim_ascii())
         .collect();
-    // A `Transfer-Encoding` field that lists no coding (empty, or only
-    // commas) is ignored by the parser today, as empty list elements are
-    // (RFC 9110 §5.6.1); hyper refuses it (see EMPTY_CODING in
-    // tests/it/http1_differential.rs). Only a field naming a coding counts.
+    // A `Transfer-Encoding` field with an empty element is refused by the
+    // parser, so in an accepted head every such field names a coding.
     let coded = headers.get_all(TRANSFER_ENCODING).iter().any(|value| {
         value
             .as_bytes()

@@ -226,8 +226,12 @@ impl<'a> Fields<'a> {
                 return Err(Refusal::BadRequest("Transfer-Encoding in HTTP/1.0"));
             }
             for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                // RFC 9110 §5.6.1 lets a recipient skip empty list
+                // elements, but a framing field is no place for leniency:
+                // `chunked,` or an empty field beside `Content-Length` is
+                // read literally by other parsers (hyper refuses both).
                 if coding.is_empty() {
-                    continue;
+                    return Err(Refusal::BadRequest("empty transfer coding"));
                 }
                 self.coded = true;
                 self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
@@ -390,6 +394,21 @@ mod tests {
                 matches!(parse_all(text), Err(Refusal::NotImplemented(_))),
                 "{text:?}: {:?}",
                 parse_all(text)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_transfer_coding_is_refused() {
+        for text in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked,\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: , chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding:\r\n\r\nhello",
+        ] {
+            assert_eq!(
+                parse_all(text).unwrap_err(),
+                Refusal::BadRequest("empty transfer coding"),
+                "{text:?}"
             );
         }
     }
