@@ -15,9 +15,10 @@ use microgateway::config::{load, load_text, Env, Severity};
 /// Where the text claims to come from: relative paths resolve under it.
 const NOWHERE: &str = "/nonexistent-microgateway-fuzz/microgateway.yaml";
 
-/// Text that could name a special file (`/dev/zero`, a FIFO under `/run`,
-/// `/proc/self/fd/0`) whose read never ends: the loader trusts the files
-/// its operator names, so the compile step is skipped for such text. (A
+/// Text that could name a special file: the loader reads at most 4 MiB of
+/// any file (`/dev/zero` costs that much per run), but opening a FIFO under
+/// `/run` or `/proc/self/fd/0` can wait for ever, and the loader trusts the
+/// paths its operator names, so the compile step is skipped for such text. (A
 /// relative path cannot reach them: it starts in a directory that does not
 /// exist. Escapes could spell them: text with a backslash is skipped too.)
 fn may_name_special_file(text: &str) -> bool {

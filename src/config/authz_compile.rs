@@ -78,7 +78,7 @@ pub fn compile(
     let approval_template = match &approval_page {
         Some((path, at)) => {
             ctx.files.push(path.clone());
-            match std::fs::read_to_string(path) {
+            match super::resolve::read_bounded_text(path) {
                 Ok(text) => approval_template(ctx, path, text),
                 Err(e) => {
                     ctx.report.error(

@@ -84,7 +84,7 @@ pub(super) fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<Tl
 }
 
 pub(super) fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) -> Option<Vec<u8>> {
-    match std::fs::read(path) {
+    match super::resolve::read_bounded(path) {
         Ok(bytes) if String::from_utf8_lossy(&bytes).contains(&format!("{label}-----")) => {
             Some(bytes)
         }

@@ -133,7 +133,7 @@ pub fn secret(
         .and_then(|t| t.strip_suffix('}'))
     {
         let path = relative(base, file);
-        let value = std::fs::read_to_string(&path)
+        let value = read_bounded_text(&path)
             .map_err(|e| SecretProblem::Unreadable(path.display().to_string(), e.to_string()))?;
         // Editors end a file with a line break that is no part of the secret.
         let value = value.trim_end_matches(['\n', '\r']).to_owned();
@@ -146,6 +146,32 @@ pub fn secret(
         return Err(SecretProblem::Empty);
     }
     Ok((Secret::new(text), None))
+}
+
+/// A file the configuration names (a secret, a certificate, a key), read
+/// whole but never more than the configuration file itself may hold: a
+/// path to a device or a growing file (`/dev/zero`) is an error, not a
+/// `check` that never ends.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = super::load::MAX_FILE_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than 4 MiB",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`], as UTF-8 text.
+pub fn read_bounded_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_bounded(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// A path as written, relative to the configuration file's directory.
@@ -315,6 +341,15 @@ pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Overrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_secret_is_read_within_a_bound() {
+        let problem = secret("${file:/dev/zero}", &Env::default(), Path::new("/")).unwrap_err();
+        assert!(
+            matches!(&problem, SecretProblem::Unreadable(_, why) if why.contains("4 MiB")),
+            "{problem:?}"
+        );
+    }
 
     #[test]
     fn every_override_names_its_setting_by_section_and_key() {
