@@ -69,12 +69,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// [`set_forwarded`] replaces or, from a trusted proxy, extends). No
 /// allocation unless one is present.
 pub fn strip_reserved(headers: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = headers
+    remove_matching(headers, reserved);
+}
+
+/// Removes every field whose name `doomed` picks (all its lines). Nothing
+/// is allocated when no name is picked.
+pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| reserved(name))
+        .filter(|name| doomed(name))
         .cloned()
         .collect();
-    for name in doomed {
+    for name in names {
         headers.remove(name);
     }
 }

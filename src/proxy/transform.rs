@@ -5,7 +5,7 @@
 //! value that is not a valid header value refuses the request. The names
 //! were folded when the snapshot was compiled; a request only compares.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::{Principal, TokenProblem};
@@ -17,14 +17,9 @@ pub fn apply(
     headers: &mut HeaderMap,
 ) -> Result<(), TokenProblem> {
     if !transform.strip.is_empty() {
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| transform.strip.iter().any(|s| s.matches(name)))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
+        super::forwarded::remove_matching(headers, |name| {
+            transform.strip.iter().any(|s| s.matches(name))
+        });
     }
     for (name, template) in &transform.set {
         let Some(text) = render(&template.parts, who) else {
@@ -68,6 +63,7 @@ fn value(variable: &Variable, who: &Principal) -> Option<String> {
 mod tests {
     use super::*;
     use crate::config::snapshot::{FoldedName, ValueTemplate};
+    use http::HeaderName;
 
     fn transform(set: &[&str], remove: &[&str]) -> Transform {
         let header = |text: &str| HeaderName::from_bytes(text.as_bytes()).expect("a header name");
