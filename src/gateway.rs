@@ -383,7 +383,7 @@ fn serve_per_core(
 #[derive(Clone)]
 struct Serving {
     settings: ConnSettings,
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<server::Slots>,
     stop: watch::Receiver<bool>,
     transport: Transport,
 }

@@ -1,5 +1,6 @@
 //! Listeners: accepts connections on a bound socket (at most
-//! `limits.max_connections` at a time; the next one waits in the backlog),
+//! `limits.max_connections` at a time; the next one waits in the backlog
+//! while idle and stalled connections give their slot, `slots`),
 //! optionally completes a TLS handshake within `timeouts.header_read`, then
 //! serves HTTP/1.1 (the gateway's own codec, `h1`) and HTTP/2 (hyper's; ALPN
 //! `h2`, or h2c by prior knowledge) with the configured header limits,
@@ -23,6 +24,7 @@ mod activity;
 mod h1;
 mod h2_bodies;
 mod prefixed;
+mod slots;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -51,6 +53,7 @@ use tokio_rustls::TlsAcceptor;
 use self::activity::{Activity, InFlight};
 use self::h2_bodies::{H2Body, Tracked};
 use self::prefixed::Prefixed;
+pub use self::slots::Slots;
 use crate::config::snapshot::{Limits, Timeouts};
 use crate::proxy::Body;
 
@@ -92,8 +95,8 @@ pub enum Transport {
 
 /// The connection slots of one listener (or of the sockets of one port),
 /// `limits.max_connections` of them.
-pub fn connection_slots(settings: ConnSettings) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(slot_count(settings)))
+pub fn connection_slots(settings: ConnSettings) -> Arc<Slots> {
+    Arc::new(Slots::new(slot_count(settings)))
 }
 
 fn slot_count(settings: ConnSettings) -> usize {
@@ -109,7 +112,7 @@ pub async fn serve<H, F>(
     listener: TcpListener,
     transport: Transport,
     settings: ConnSettings,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     mut stop: watch::Receiver<bool>,
     handler: H,
 ) where
@@ -131,9 +134,10 @@ pub async fn serve<H, F>(
             _ = stopped(&mut stop) => break,
         };
         // Over the limit, an accepted connection waits (unread) for a slot,
-        // and this listener accepts nothing more meanwhile.
+        // and this listener accepts nothing more meanwhile; the connections
+        // that only make others wait give theirs (`slots`).
         let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
+            permit = slots.acquire() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -146,6 +150,8 @@ pub async fn serve<H, F>(
             stop: stop.clone(),
             forced: forced.clone(),
             activity: Arc::new(Activity::new(settings.timeouts.send)),
+            slots: slots.clone(),
+            pressure: slots.pressure().subscribe(),
             peer,
         };
         let transport = transport.clone();
@@ -158,8 +164,7 @@ pub async fn serve<H, F>(
     drop(listener);
     // Every connection holds a slot until it has ended: all slots back
     // means every connection of the port has been drained.
-    let all = u32::try_from(slot_count(settings)).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(settings.timeouts.drain, slots.acquire_many(all)).await;
+    let drained = tokio::time::timeout(settings.timeouts.drain, slots.all_free()).await;
     if drained.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
         let _ = force.send(true);
@@ -177,6 +182,9 @@ struct Conn {
     stop: watch::Receiver<bool>,
     forced: watch::Receiver<bool>,
     activity: Arc<Activity>,
+    slots: Arc<Slots>,
+    /// Changes when the port runs out of slots.
+    pressure: watch::Receiver<u64>,
     peer: SocketAddr,
 }
 
@@ -212,6 +220,7 @@ impl Conn {
     {
         let closing = AtomicBool::new(false);
         let activity = self.activity.clone();
+        let slots = self.slots.clone();
         let ending = {
             let exchanges = pin!(h1::serve(
                 io,
@@ -219,6 +228,7 @@ impl Conn {
                 self.settings,
                 &closing,
                 &activity,
+                &slots,
                 &handler
             ));
             // Asked to end, it does after the exchange in progress.
@@ -279,6 +289,10 @@ impl Conn {
         let peer = self.peer;
         let activity = self.activity.clone();
         let mut closing = false;
+        // An idle connection asked to close has `send` to do it: HTTP/2
+        // may still hold the end of an answer for a client that does not
+        // open its window, which no request in flight shows any more.
+        let mut closed_by: Option<Instant> = None;
         let watchdog = Watchdog::new();
         loop {
             let deadline = activity.deadline(timeouts);
@@ -291,12 +305,15 @@ impl Conn {
             );
             let stop = &mut self.stop;
             let forced = &mut self.forced;
+            let pressure = &mut self.pressure;
             let activity = &activity;
             let mut watch = pin!(async move {
                 tokio::select! {
                     _ = stopped(stop), if !closing => Watch::Stop,
                     _ = activity.quiet.notified() => Watch::Rearm,
+                    Ok(()) = pressure.changed() => Watch::Pressure,
                     _ = tokio::time::sleep_until(deadline), if !closing => Watch::Deadline,
+                    _ = tokio::time::sleep_until(closed_by.unwrap_or(deadline)), if closed_by.is_some() => Watch::Forced,
                     _ = stopped(forced) => Watch::Forced,
                 }
             });
@@ -319,6 +336,13 @@ impl Conn {
                     return None;
                 }
                 Ok(Watch::Rearm) => {}
+                Ok(Watch::Pressure) if activity.idle() => {
+                    tracing::debug!(%peer, "idle connection closed: its port has no free slot");
+                    return None;
+                }
+                // A request body waiting for its client looks again at how
+                // long it may wait (`slots::PRESSED_SILENCE`).
+                Ok(Watch::Pressure) => activity.body_waker.wake(),
                 Ok(Watch::Deadline) => {
                     if activity.send_stalled(timeouts.send) {
                         tracing::debug!(%peer, "connection closed: the client reads no answer");
@@ -329,6 +353,7 @@ impl Conn {
                         tracing::debug!(%peer, "idle connection closed");
                         graceful(conn.as_mut());
                         closing = true;
+                        closed_by = Some(Instant::now() + timeouts.send);
                     }
                 }
                 Ok(Watch::Forced) => return None,
@@ -341,6 +366,8 @@ impl Conn {
 enum Watch {
     Stop,
     Rearm,
+    /// The port has run out of connection slots.
+    Pressure,
     Deadline,
     Forced,
 }

@@ -144,6 +144,11 @@ impl Deadline {
     pub fn after(duration: Duration) -> Deadline {
         Deadline::at(Instant::now() + duration)
     }
+
+    /// When it fires.
+    pub fn when(&self) -> Instant {
+        self.when
+    }
 }
 
 impl Future for Deadline {

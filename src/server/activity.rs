@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -38,6 +39,9 @@ pub(super) struct Activity {
     send: Duration,
     /// Milliseconds after `started` when the watchdog looks next.
     pub(super) watch_ms: AtomicU64,
+    /// The task of an HTTP/1.1 request body waiting for its client, woken
+    /// when the port runs out of slots (`server::slots`).
+    pub(super) body_waker: AtomicWaker,
 }
 
 impl Activity {
@@ -54,7 +58,13 @@ impl Activity {
             sent_ms: AtomicU64::new(0),
             send,
             watch_ms: AtomicU64::new(0),
+            body_waker: AtomicWaker::new(),
         }
+    }
+
+    /// No request in flight.
+    pub(super) fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
     }
 
     /// An answer begins to wait for the client: the watchdog, if it

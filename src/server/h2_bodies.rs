@@ -61,9 +61,10 @@ impl HttpBody for Tracked {
         let this = &mut *self;
         this.stop_waiting();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // The last data frame waits too: HTTP/2 holds it until the client's
+        // window has room, and drops this body only once it is sent.
         if let Poll::Ready(Some(Ok(frame))) = &polled {
-            // The last frame is not asked after: no wait to watch.
-            if frame.is_data() && !this.body.is_end_stream() {
+            if frame.is_data() {
                 this.guard.activity.answer_waits();
                 this.waiting = true;
             }

@@ -426,14 +426,21 @@ async fn unreachable_upstream_gets_502_and_slow_one_504() {
 #[tokio::test]
 async fn connection_over_the_limit_waits_for_a_free_slot() {
     let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_millis(1500));
     let yaml = edge_yaml(&upstream.url("/api"), "")
         .replace("max_body: 1KiB", "max_body: 1KiB, max_connections: 2")
+        .replace("timeout: 1s }", "timeout: 5s }")
         .replace("header_read: 1s, idle: 1s", "header_read: 10s, idle: 10s");
     let gw = Gateway::start(&yaml).await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        held.push(kept_alive(&gw).await);
-    }
+    // Two requests in flight hold both slots: pressure cuts no request
+    // that waits for its upstream.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = gw.http;
+            tokio::spawn(async move { raw_request(addr, &get("/travels/bookings")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let third = tokio::spawn({
         let addr = gw.http;
         async move { raw_request(addr, &get("/travels/bookings")).await }
@@ -443,13 +450,16 @@ async fn connection_over_the_limit_waits_for_a_free_slot() {
         !third.is_finished(),
         "the third connection was served over the limit"
     );
-    assert_eq!(upstream.hits(), 2);
-    drop(held.pop());
-    let raw = tokio::time::timeout(Duration::from_secs(3), third)
+    for held in held {
+        let raw = held.await.unwrap();
+        assert_eq!(status_of(&raw), 200, "{raw}");
+    }
+    let raw = tokio::time::timeout(Duration::from_secs(5), third)
         .await
         .expect("served once a slot is free")
         .unwrap();
     assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(upstream.hits(), 3);
     gw.shutdown().await;
 }
 

@@ -108,23 +108,38 @@ async fn a_silent_request_body_is_answered_408_within_body_read() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn slow_token_requests_leave_the_connection_slots_to_other_clients() {
-    let upstream = RecordingUpstream::start().await;
-    let server = r#"limits: { max_connections: 4 }
-authorization_server:
+/// A port with four connection slots and a `body_read` far longer than
+/// any bound these tests allow: only pressure can free a slot in time.
+fn four_slots_yaml(upstream_url: &str) -> String {
+    slow_yaml(upstream_url, "30s", "limits: { max_connections: 4 }")
+        .replace("body_read: 1s", "body_read: 30s")
+        .replace("idle: 30s", "idle: 60s")
+        + r#"authorization_server:
   issuer: "http://127.0.0.1"
   signing_key: signing-key.pem
-  store: sqlite:oauth.db"#;
-    let gw = Gateway::start(&slow_yaml(&upstream.url(), "30s", server)).await;
+  store: sqlite:oauth.db
+"#
+}
+
+#[tokio::test]
+async fn four_trickled_bodies_leave_their_slots_to_a_fifth_client() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&four_slots_yaml(&upstream.url())).await;
     let started = Instant::now();
     let mut slow = Vec::new();
-    for _ in 0..4 {
-        let head = "POST /oauth2/token HTTP/1.1\r\nHost: gw\r\n\
-            Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant";
+    for i in 0..4 {
+        // Two bodies for the authorization server's endpoint, two for an
+        // upstream: both read their bodies from the same connections.
+        let head = if i % 2 == 0 {
+            "POST /oauth2/token HTTP/1.1\r\nHost: gw\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant"
+        } else {
+            "POST /slow/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nhello"
+        };
         slow.push(tokio::spawn(answer(stall(gw.http, head).await)));
     }
-    // An innocent fifth client, while the four hold every slot.
+    // Let the four take every slot before the fifth comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let innocent = stall(
         gw.http,
         "GET /quick/ping HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
@@ -132,16 +147,58 @@ authorization_server:
     .await;
     let (raw, at) = answer(innocent).await;
     assert_eq!(status_of(&raw), 200, "{raw}");
+    // `body_read` is 30 s: the fifth is answered once the silent bodies
+    // have been silent for the pressed bound (1 s), not after 30 s.
+    let bound = Duration::from_secs(1) + SLACK + SLACK;
     assert!(
-        at - started < BODY_READ + SLACK,
+        at - started < bound,
         "the fifth client waited {:?}",
         at - started
     );
     for slow in slow {
         let (raw, at) = slow.await.unwrap();
         assert_eq!(status_of(&raw), 408, "{raw}");
-        assert!(at - started < BODY_READ + SLACK, "{:?}", at - started);
+        assert!(at - started < bound, "{:?}", at - started);
     }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_leave_their_slots_to_a_new_client() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&four_slots_yaml(&upstream.url())).await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(gw.http).await.unwrap();
+        stream
+            .write_all(b"GET /quick/ping HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), 200);
+        idle.push(stream);
+    }
+    let started = Instant::now();
+    let fifth = stall(
+        gw.http,
+        "GET /quick/ping HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (raw, at) = answer(fifth).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    // `idle` is 60 s: only pressure closed one of the four.
+    assert!(at - started < SLACK + SLACK, "waited {:?}", at - started);
+    // The idle ones were closed, not left half-open.
+    let mut closed = 0;
+    for mut stream in idle {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection gave its slot");
     gw.shutdown().await;
 }
 
@@ -296,6 +353,60 @@ async fn an_http2_client_that_keeps_its_window_shut_is_cut_within_send() {
         .unwrap()
         .ok();
     assert!(started.elapsed() >= SEND / 2, "{:?}", started.elapsed());
+    drop(response);
+    gw.shutdown().await;
+}
+
+/// An upstream answering every request with two pieces of `piece` bytes,
+/// the second a moment after the first.
+async fn two_piece_upstream(piece: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 2 * piece);
+                let body = vec![b'b'; piece];
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                stream.write_all(&body).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = stream.write_all(&body).await;
+                let _ = stream.read(&mut head).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_http2_answer_whose_last_piece_waits_for_a_shut_window_is_cut_within_send() {
+    // 40 KiB, then 40 KiB into a window of 64 KiB: the last piece of the
+    // answer waits for a window the client never opens.
+    let upstream = two_piece_upstream(40 * 1024).await;
+    let url = format!("http://{upstream}/api");
+    let yaml = slow_yaml(&url, "30s", "").replace("idle: 30s", "idle: 1s");
+    let gw = Gateway::start(&yaml).await;
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/slow/orders", gw.http))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // Half `send` more: the watchdog looks every half `send`.
+    tokio::time::timeout(SEND + SEND / 2 + SLACK, conn)
+        .await
+        .expect("the connection was closed")
+        .unwrap()
+        .ok();
     drop(response);
     gw.shutdown().await;
 }

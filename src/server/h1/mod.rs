@@ -35,8 +35,9 @@ use http::{Method, Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
-use super::{Activity, ConnSettings, InFlight};
+use super::{Activity, ConnSettings, InFlight, Slots};
 use crate::config::snapshot::Timeouts;
 use crate::http1;
 use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
@@ -88,8 +89,14 @@ struct Wire<S> {
     fields: head::FieldScratch,
     /// `timeouts.body_read` and `timeouts.send`.
     timeouts: Timeouts,
-    /// Armed while the request body waits for the client.
-    read_deadline: Option<Deadline>,
+    /// Since when the request body waits for the client, and until when
+    /// it may.
+    read_wait: Option<(Instant, Deadline)>,
+    /// Its watchdog wakes a body waiting for the client when the port
+    /// runs out of slots.
+    activity: Arc<Activity>,
+    /// Under pressure a body may wait less (`server::slots`).
+    slots: Arc<Slots>,
     /// Armed while a write waits for the client to take bytes.
     write_deadline: Option<Deadline>,
 }
@@ -171,7 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             match self.body.decode(&mut self.buf) {
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Decoded::End) => {
-                    self.read_deadline = None;
+                    self.read_wait = None;
                     return Poll::Ready(None);
                 }
                 Ok(Decoded::NeedMore) => {}
@@ -179,14 +186,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             }
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => return self.fail(BodyError::Truncated),
-                Poll::Ready(Ok(_)) => self.read_deadline = None,
+                Poll::Ready(Ok(_)) => self.read_wait = None,
                 Poll::Ready(Err(error)) => return self.fail(error.into()),
-                // The client is due to send: its silence is bounded.
+                // The client is due to send: its silence is bounded, more
+                // tightly while the port has no free slot.
                 Poll::Pending => {
-                    let wait = self.timeouts.body_read;
-                    let deadline = self
-                        .read_deadline
-                        .get_or_insert_with(|| Deadline::after(wait));
+                    self.activity.body_waker.register(cx.waker());
+                    let wait = self.slots.pressure().body_silence(self.timeouts.body_read);
+                    let (since, deadline) = self
+                        .read_wait
+                        .get_or_insert_with(|| (Instant::now(), Deadline::after(wait)));
+                    // Only ever earlier: a body cut short under pressure
+                    // stays so when a slot frees.
+                    if *since + wait < deadline.when() {
+                        *deadline = Deadline::at(*since + wait);
+                    }
                     ready!(Pin::new(deadline).poll(cx));
                     return self.fail(BodyError::Stalled(wait));
                 }
@@ -200,7 +214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         tracing::debug!(%error, "request body failed");
         crate::metrics::client_error(fault.cause());
         self.failed = Some(fault);
-        self.read_deadline = None;
+        self.read_wait = None;
         Poll::Ready(Some(Err(Box::new(fault))))
     }
 }
@@ -253,6 +267,7 @@ pub(super) async fn serve<S, H, F>(
     settings: ConnSettings,
     closing: &AtomicBool,
     activity: &Arc<Activity>,
+    slots: &Arc<Slots>,
     handler: &H,
 ) -> Ending<S>
 where
@@ -270,7 +285,9 @@ where
         continue_due: false,
         fields: Vec::new(),
         timeouts: settings.timeouts,
-        read_deadline: None,
+        read_wait: None,
+        activity: activity.clone(),
+        slots: slots.clone(),
         write_deadline: None,
     }));
     let mut first = true;

@@ -1,0 +1,144 @@
+//! The connection slots of a port (`limits.max_connections`), and what the
+//! port does when they run out: it raises *pressure*, and its connections
+//! that only make others wait give their slot back.
+//!
+//! Under pressure (as nginx closes its idle keep-alive connections when it
+//! runs out of them, and Envoy's overload manager shortens timeouts):
+//! - a connection with no request in flight closes at once (it owes
+//!   nothing: its client has no request to lose);
+//! - an HTTP/1.1 request body whose client has been silent for
+//!   [`PRESSED_SILENCE`] (or `timeouts.body_read`, if shorter) fails as
+//!   stalled, and is answered 408.
+//!
+//! So four clients trickling bodies into four slots no longer make a fifth
+//! wait for `timeouts.body_read`. Pressure falls as soon as a slot is free.
+//! Clients that are sending, and answers being written, are never cut by
+//! it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore};
+
+/// The longest a request body may be silent while its connection's port
+/// has no free slot.
+pub const PRESSED_SILENCE: Duration = Duration::from_secs(1);
+
+/// The slots of one port, shared by all its sockets and threads.
+pub struct Slots {
+    permits: Arc<Semaphore>,
+    count: usize,
+    pressure: Pressure,
+}
+
+/// Whether the port has run out of slots; each raise wakes every
+/// connection's watchdog.
+pub(super) struct Pressure {
+    high: AtomicBool,
+    raised: watch::Sender<u64>,
+}
+
+impl Slots {
+    pub(super) fn new(count: usize) -> Slots {
+        Slots {
+            permits: Arc::new(Semaphore::new(count)),
+            count,
+            pressure: Pressure {
+                high: AtomicBool::new(false),
+                raised: watch::Sender::new(0),
+            },
+        }
+    }
+
+    /// A slot for a new connection. When there is none, pressure is raised
+    /// until one is free.
+    pub(super) async fn acquire(&self) -> Result<OwnedSemaphorePermit, AcquireError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(_) => {
+                self.pressure.raise();
+                self.permits.clone().acquire_owned().await
+            }
+        };
+        self.pressure.lower();
+        permit
+    }
+
+    /// Waits until every slot is back: every connection has ended.
+    pub(super) async fn all_free(&self) {
+        let all = u32::try_from(self.count).unwrap_or(u32::MAX);
+        let _ = self.permits.acquire_many(all).await;
+    }
+
+    pub(super) fn pressure(&self) -> &Pressure {
+        &self.pressure
+    }
+}
+
+impl Pressure {
+    fn raise(&self) {
+        if !self.high.swap(true, Ordering::AcqRel) {
+            tracing::debug!("no free connection slot: idle and stalled connections give theirs");
+        }
+        self.raised
+            .send_modify(|raises| *raises = raises.wrapping_add(1));
+    }
+
+    fn lower(&self) {
+        self.high.store(false, Ordering::Release);
+    }
+
+    pub(super) fn is_high(&self) -> bool {
+        self.high.load(Ordering::Acquire)
+    }
+
+    /// Changes each time pressure is raised.
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.raised.subscribe()
+    }
+
+    /// How long a request body may be silent now.
+    pub(super) fn body_silence(&self, body_read: Duration) -> Duration {
+        if self.is_high() {
+            body_read.min(PRESSED_SILENCE)
+        } else {
+            body_read
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pressure_rises_while_a_connection_waits_for_a_slot_and_falls_when_it_has_one() {
+        let slots = Arc::new(Slots::new(1));
+        let mut raised = slots.pressure().subscribe();
+        let held = slots.acquire().await.unwrap();
+        assert!(!slots.pressure().is_high(), "a free slot raises nothing");
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire().await.map(drop) }
+        });
+        raised.changed().await.unwrap();
+        assert!(slots.pressure().is_high());
+        assert_eq!(
+            slots.pressure().body_silence(Duration::from_secs(30)),
+            PRESSED_SILENCE
+        );
+        assert_eq!(
+            slots.pressure().body_silence(Duration::from_millis(200)),
+            Duration::from_millis(200),
+            "a shorter configured silence stays"
+        );
+        drop(held);
+        waiting.await.unwrap().unwrap();
+        assert!(!slots.pressure().is_high());
+        assert_eq!(
+            slots.pressure().body_silence(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+    }
+}
