@@ -149,7 +149,10 @@ pub fn run(args: Args) -> ExitCode {
             password,
             download_settings,
         } => {
-            init_logging(args.log_format);
+            let _log = crate::logging::init(match args.log_format {
+                LogFormat::Text => crate::logging::Format::Text,
+                LogFormat::Json => crate::logging::Format::Json,
+            });
             let mut env = environment();
             // Command-line settings win over the file and the environment.
             let flags = [
@@ -168,37 +171,6 @@ pub fn run(args: Args) -> ExitCode {
             }
             start(&config, env)
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = log_filter(std::env::var("MCGW_LOG").ok().as_deref());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-/// The log filter `MCGW_LOG` asks for (`info` when unset or invalid).
-/// rustls warns once per connection about what a client sent (an IP
-/// address as SNI, an alert), so any client could fill the log with it:
-/// it speaks at `error` unless `MCGW_LOG` names it.
-fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
-    use tracing_subscriber::EnvFilter;
-    let spec = spec.unwrap_or("info");
-    let (filter, spec) = match EnvFilter::try_new(spec) {
-        Ok(filter) => (filter, spec),
-        Err(_) => (EnvFilter::new("info"), "info"),
-    };
-    if spec.contains("rustls") {
-        return filter;
-    }
-    match "rustls=error".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
     }
 }
 
@@ -527,21 +499,5 @@ fn hash_password() -> ExitCode {
             eprintln!("cannot hash: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_filter;
-
-    #[test]
-    fn rustls_speaks_at_error_unless_the_filter_names_it() {
-        for spec in [None, Some("warn"), Some("debug"), Some("not a filter ==")] {
-            let filter = log_filter(spec).to_string();
-            assert!(filter.contains("rustls=error"), "{spec:?}: {filter}");
-        }
-        let asked = log_filter(Some("info,rustls=debug")).to_string();
-        assert!(asked.contains("rustls=debug"), "{asked}");
-        assert!(!asked.contains("rustls=error"), "{asked}");
     }
 }

@@ -13,7 +13,9 @@
 //! 1. [`metrics`]: every metric. [`timer`]: the data path's deadlines
 //!    (request head, upstream answer), one queue per listener thread.
 //! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
-//!    generation); every finding with file, line and column.
+//!    generation); every finding with file, line and column. [`logging`]:
+//!    the process's log, written by a thread of its own through a bounded
+//!    queue (a request never waits for stderr).
 //! 3. [`auth`]: a bearer token becomes a principal (local JWT validation
 //!    against a JWKS, or RFC 7662 introspection through a cache), and the
 //!    scope syntax both sides of OAuth2 share. [`basic_auth`]: Basic
@@ -58,6 +60,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod http1;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

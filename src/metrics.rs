@@ -4,7 +4,7 @@
 //! configuration declared (API names come from the snapshot).
 
 use std::cell::RefCell;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use http::{Method, StatusCode};
 use prometheus::{
@@ -42,6 +42,9 @@ pub struct Metrics {
     /// `upstream_errors_total{api,cause}` (connect|timeout|protocol): the
     /// upstream failed an exchange the client had done its part of.
     pub upstream_errors: IntCounterVec,
+    /// `log_lines_dropped_total`: log lines dropped because stderr could
+    /// not take them as fast as they came (`logging`).
+    pub log_lines_dropped: IntCounter,
 }
 
 #[allow(
@@ -92,6 +95,17 @@ impl Metrics {
         .expect("static histogram options are valid");
         registry
             .register(Box::new(upstream_duration.clone()))
+            .expect("registered once");
+        let log_lines_dropped = IntCounter::with_opts(
+            Opts::new(
+                "log_lines_dropped_total",
+                "Log lines dropped because stderr could not take them in time",
+            )
+            .namespace("microgateway"),
+        )
+        .expect("static counter options are valid");
+        registry
+            .register(Box::new(log_lines_dropped.clone()))
             .expect("registered once");
         let config_generation = IntGauge::with_opts(
             Opts::new("config_generation", "Generation of the serving snapshot")
@@ -162,6 +176,7 @@ impl Metrics {
                 "Exchanges the upstream failed",
                 &["api", "cause"],
             ),
+            log_lines_dropped,
             registry,
             request_duration,
             upstream_duration,
@@ -175,12 +190,27 @@ impl Metrics {
         reason = "text encoding into a Vec cannot fail and writes UTF-8"
     )]
     pub fn render(&self) -> String {
+        if let Some(dropped) = DROPPED_LOG_LINES.get() {
+            let total = dropped();
+            let counted = self.log_lines_dropped.get();
+            if total > counted {
+                self.log_lines_dropped.inc_by(total - counted);
+            }
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text encoder writes UTF-8")
     }
+}
+
+/// Where the count of dropped log lines is read when metrics are rendered.
+static DROPPED_LOG_LINES: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new();
+
+/// Sets where `log_lines_dropped_total` is read from (once, by `logging`).
+pub fn count_dropped_log_lines(dropped: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = DROPPED_LOG_LINES.set(Box::new(dropped));
 }
 
 /// Counts a fault of the client (`client_errors_total{cause}`).

@@ -31,6 +31,7 @@ mod introspection;
 mod introspection_gateway;
 mod jwt_validation;
 mod local_authorization_server;
+mod logging;
 mod reload;
 mod routing;
 mod slow_clients;

@@ -53,6 +53,43 @@ pub fn start(command: &mut Command) -> Started {
     }
 }
 
+/// Spawns `command` like [`start`], but reads its log only up to the
+/// start-up line: after it, nobody reads the pipe the binary logs to, as
+/// when a log collector stalls.
+pub fn start_unread(command: &mut Command) -> Started {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (found_tx, found) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.contains("microgateway started") {
+                let _ = found_tx.send(plain(&line));
+                break;
+            }
+            line.clear();
+        }
+        // Holds the pipe open, unread, for as long as the test runs.
+        std::thread::park();
+        drop(reader);
+    });
+    let started = found
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a log line at start");
+    let (_, lines) = mpsc::channel();
+    Started {
+        http: logged_addr(&started, "http").expect("the bound http address"),
+        admin: logged_addr(&started, "admin"),
+        child,
+        lines,
+    }
+}
+
 /// Strips ANSI colour sequences, in case the logger colours its output.
 fn plain(line: &str) -> String {
     let mut out = String::new();

@@ -1,0 +1,88 @@
+//! The process's log: `MCGW_LOG` picks what is written (`info` by default,
+//! the access log included), `--log-format` how (text, or JSON lines).
+//!
+//! Lines are formatted on the thread that logs and handed to one writer
+//! thread through a bounded queue ([`QUEUED_LINES`]); the writer batches
+//! them into few writes to stderr. A request never waits for stderr: when
+//! the queue is full (stderr slower than the traffic), lines are dropped
+//! and counted (`log_lines_dropped_total`) instead. Colour only when stderr
+//! is a terminal.
+
+use std::io::{BufWriter, IsTerminal};
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::EnvFilter;
+
+/// Lines waiting for the writer at most (about 2 MiB of access log).
+pub const QUEUED_LINES: usize = 8192;
+
+/// How lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Keeps the writer thread; dropping it writes what is queued.
+pub struct Log {
+    _writer: WorkerGuard,
+}
+
+/// Installs the process's log. Call once, before anything logs.
+pub fn init(format: Format) -> Log {
+    let filter = filter(std::env::var("MCGW_LOG").ok().as_deref());
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("microgateway-log")
+        // The writer thread writes every line it finds queued into the
+        // buffer, then flushes once: few writes under load.
+        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let dropped = writer.error_counter();
+    crate::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    match format {
+        Format::Json => builder.json().init(),
+        Format::Text => builder.init(),
+    }
+    Log { _writer: guard }
+}
+
+/// The log filter `MCGW_LOG` asks for (`info` when unset or invalid).
+/// rustls warns once per connection about what a client sent (an IP
+/// address as SNI, an alert), so any client could fill the log with it:
+/// it speaks at `error` unless `MCGW_LOG` names it.
+pub fn filter(spec: Option<&str>) -> EnvFilter {
+    let spec = spec.unwrap_or("info");
+    let (filter, spec) = match EnvFilter::try_new(spec) {
+        Ok(filter) => (filter, spec),
+        Err(_) => (EnvFilter::new("info"), "info"),
+    };
+    if spec.contains("rustls") {
+        return filter;
+    }
+    match "rustls=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter;
+
+    #[test]
+    fn rustls_speaks_at_error_unless_the_filter_names_it() {
+        for spec in [None, Some("warn"), Some("debug"), Some("not a filter ==")] {
+            let filter = filter(spec).to_string();
+            assert!(filter.contains("rustls=error"), "{spec:?}: {filter}");
+        }
+        let asked = filter(Some("info,rustls=debug")).to_string();
+        assert!(asked.contains("rustls=debug"), "{asked}");
+        assert!(!asked.contains("rustls=error"), "{asked}");
+    }
+}
