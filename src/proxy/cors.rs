@@ -151,3 +151,96 @@ fn allow_origin(cors: &Cors, origin: &HeaderValue, headers: &mut HeaderMap) {
         headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    fn policy(origins: Origins, credentials: bool) -> Cors {
+        Cors {
+            any_origin: (origins == Origins::Any).then(|| HeaderValue::from_static("*")),
+            origins,
+            methods: vec![Method::GET, Method::POST],
+            headers: vec![
+                HeaderName::from_static("authorization"),
+                HeaderName::from_static("content-type"),
+            ],
+            credentials,
+            allow_methods: HeaderValue::from_static("GET, POST"),
+            allow_headers: Some(HeaderValue::from_static("authorization, content-type")),
+            max_age: None,
+            expose: None,
+            expose_on_rejection: HeaderValue::from_static("www-authenticate, retry-after"),
+        }
+    }
+
+    fn preflight_request(origin: &str, method: &str, headers: &[&str]) -> Request<()> {
+        let mut builder = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/x")
+            .header(ORIGIN, origin)
+            .header(ACCESS_CONTROL_REQUEST_METHOD, method);
+        for line in headers {
+            builder = builder.header(ACCESS_CONTROL_REQUEST_HEADERS, *line);
+        }
+        builder.body(()).expect("a request")
+    }
+
+    fn allowed(cors: &Cors, req: &Request<()>) -> bool {
+        let preflight = Preflight::of(req).expect("a preflight");
+        answer(cors, &preflight, true)
+            .headers()
+            .contains_key(ACCESS_CONTROL_ALLOW_ORIGIN)
+    }
+
+    #[test]
+    fn requested_headers_are_compared_case_insensitively_on_every_line() {
+        let app = "https://app.example.com";
+        let cors = policy(Origins::List(vec![HeaderValue::from_static(app)]), true);
+        assert!(allowed(&cors, &preflight_request(app, "POST", &[])));
+        assert!(allowed(
+            &cors,
+            &preflight_request(app, "POST", &["Authorization , content-type,"])
+        ));
+        assert!(!allowed(
+            &cors,
+            &preflight_request(app, "POST", &["authorization", "x-debug"])
+        ));
+        assert!(!allowed(&cors, &preflight_request(app, "DELETE", &[])));
+        assert!(!allowed(
+            &cors,
+            &preflight_request(app, "NOT A METHOD", &[])
+        ));
+    }
+
+    #[test]
+    fn origins_are_compared_byte_for_byte() {
+        let cors = policy(
+            Origins::List(vec![HeaderValue::from_static("https://app.example.com")]),
+            false,
+        );
+        for other in [
+            "https://APP.example.com",
+            "https://app.example.com:443",
+            "https://app.example.com.evil.example",
+            "null",
+        ] {
+            assert!(
+                !allowed(&cors, &preflight_request(other, "GET", &[])),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_origin_answers_a_star_and_does_not_vary_by_origin() {
+        let cors = policy(Origins::Any, false);
+        let mut headers = HeaderMap::new();
+        let origin = HeaderValue::from_static("https://a.example");
+        decorate(&cors, Some(&origin), Answered::Upstream, &mut headers);
+        assert_eq!(headers[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(!headers.contains_key(VARY));
+        assert!(!headers.contains_key(ACCESS_CONTROL_ALLOW_CREDENTIALS));
+    }
+}

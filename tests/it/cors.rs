@@ -563,3 +563,51 @@ fn response_transformation_refuses_connection_fields_variables_and_bad_values() 
         "{found:#?}"
     );
 }
+
+fn reloadable(cors: &str) -> String {
+    format!(
+        "ports: {{ http: 0, bind: 127.0.0.1 }}\nadmin: {{ port: 0, bind: 127.0.0.1 }}\napis:\n- name: A\n  base_path: /a\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  resources: [\"GET /x\"]\n  policies:\n    cors: {cors}\n"
+    )
+}
+
+/// `config_reload_total{result="error"}` of the file source.
+fn reload_errors(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("microgateway_config_reload_total{"))
+        .filter(|l| l.contains(r#"source="file""#) && l.contains(r#"result="error""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_origins_and_an_invalid_policy_keeps_the_good_one() {
+    let gw = Gateway::start(&reloadable(r#"{ allow_origins: ["https://a.example"] }"#)).await;
+    let allows = |origin: &'static str| {
+        let gw = &gw;
+        async move {
+            let resp = preflight(gw, "/a/x", origin, "GET", None).await;
+            resp.headers().contains_key("access-control-allow-origin")
+        }
+    };
+    assert!(allows("https://a.example").await);
+    gw.write_config(&reloadable(r#"{ allow_origins: ["https://b.example"] }"#));
+    gw.wait_generation(2).await;
+    assert!(allows("https://b.example").await);
+    assert!(!allows("https://a.example").await);
+    gw.write_config(&reloadable(
+        r#"{ allow_origins: ["*"], allow_credentials: true }"#,
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while reload_errors(&gw.metrics().await) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload was not refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.state().live.generation(), 2);
+    assert!(allows("https://b.example").await);
+    assert!(!allows("https://evil.example").await);
+}
