@@ -29,13 +29,12 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
             );
             continue;
         }
-        let Ok(value) = HeaderValue::from_str(text).map_err(|_| {
+        let Ok(value) = HeaderValue::from_str(text) else {
             ctx.report.error(
                 value.referenced,
                 format!("response_transformation value `{text}` is not a valid header value"),
                 "visible ASCII text, spaces and tabs",
-            )
-        }) else {
+            );
             continue;
         };
         if let Some(name) = name {
