@@ -1,6 +1,6 @@
 //! Compiling `apis:`: base paths, upstreams, resources and their API scopes,
 //! the scope-grant table per auth server, request transformation and
-//! outbound auth. An API says how it authenticates (`type: oauth2` or an
+//! outbound auth (CORS and response transformation in their own files). An API says how it authenticates (`type: oauth2` or an
 //! explicit `type: none`, which declares no scopes): nothing is open by
 //! omission.
 
@@ -126,6 +126,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let grants = grants(&name, &api_scopes, refs);
     let transform = transform(ctx, &raw.policies);
     let outbound = outbound(ctx, &raw.policies, refs.aliases);
+    let cors = super::cors_compile::compile(ctx, &raw.policies, &resources);
+    let response_transform = super::response_compile::compile(ctx, &raw.policies);
     Some(Api {
         metrics: ApiMetrics::of(&name),
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
@@ -141,6 +143,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         grants,
         transform,
         outbound: outbound?,
+        cors,
+        response_transform,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Configuration: raw YAML (`raw`, read by `load`) → interpreted values
 //! (`resolve`) → checked and compiled (`compile` drives `listener_compile`,
-//! `security_compile`, `api_compile`, `authz_compile`, `fleet_compile`, all
+//! `security_compile`, `api_compile` (with `cors_compile` and
+//! `response_compile`), `authz_compile`, `fleet_compile`, all
 //! sharing `context`, which imports none of them) into
 //! an immutable [`Snapshot`] with a generation number.
 //! Every finding is a [`Diagnostic`] with file, line and column. Never
@@ -11,6 +12,7 @@ pub mod authz;
 pub mod authz_compile;
 pub mod compile;
 pub mod context;
+pub mod cors_compile;
 pub mod diagnostic;
 pub mod fleet_compile;
 pub mod listener_compile;
@@ -18,6 +20,7 @@ pub mod load;
 pub mod plain_http;
 pub mod raw;
 pub mod resolve;
+pub mod response_compile;
 pub mod secret;
 pub mod security_compile;
 pub mod snapshot;

@@ -304,6 +304,29 @@ pub struct ApiScope {
 pub struct Policies {
     pub request_transformation: Option<S<RequestTransformation>>,
     pub outbound_auth: Option<S<OutboundAuth>>,
+    pub cors: Option<S<Cors>>,
+    pub response_transformation: Option<S<ResponseTransformation>>,
+}
+
+/// Cross-origin requests from browsers (the Fetch standard's CORS protocol).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cors {
+    pub allow_origins: Vec<S<String>>,
+    pub allow_methods: Vec<S<String>>,
+    pub allow_headers: Vec<S<String>>,
+    pub expose_headers: Vec<S<String>>,
+    pub allow_credentials: Opt<Scalar>,
+    pub max_age: Opt<Scalar>,
+}
+
+/// Headers set on and removed from the upstream's answers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseTransformation {
+    /// Kept as a list of pairs so the order of the file is the order applied.
+    pub set_headers: Pairs,
+    pub remove_headers: Vec<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -159,6 +159,9 @@ pub struct Api {
     pub grants: HashMap<Arc<str>, Vec<Vec<String>>>,
     pub transform: Transform,
     pub outbound: Outbound,
+    /// `None`: the API answers no preflight and sends no CORS fields.
+    pub cors: Option<Cors>,
+    pub response_transform: ResponseTransform,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +286,54 @@ pub enum Variable {
     Audience,
     Scope,
     Claim(String),
+}
+
+/// An API's CORS policy, every field value joined when compiled.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    pub origins: Origins,
+    /// What a preflight may ask for (`Access-Control-Request-Method`).
+    pub methods: Vec<Method>,
+    /// Lower case, as `HeaderName`s are.
+    pub headers: Vec<HeaderName>,
+    pub credentials: bool,
+    /// The value of `Access-Control-Allow-Origin` for every allowed origin
+    /// (`*`), or `None` when it is the request's own origin.
+    pub any_origin: Option<HeaderValue>,
+    pub allow_methods: HeaderValue,
+    pub allow_headers: Option<HeaderValue>,
+    pub max_age: Option<HeaderValue>,
+    /// On the upstream's answers: `expose_headers` as written.
+    pub expose: Option<HeaderValue>,
+    /// On the gateway's own answers: also `WWW-Authenticate` and
+    /// `Retry-After`, so that a browser application can act on a 401, 429
+    /// or 503.
+    pub expose_on_rejection: HeaderValue,
+}
+
+/// The origins a CORS policy allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    /// `["*"]`, never with credentials.
+    Any,
+    /// Serialized origins (`https://app.example.com:8443`), scheme and host
+    /// in lower case, no default port: compared byte for byte with `Origin`.
+    List(Vec<HeaderValue>),
+}
+
+/// Response transformation: plain values, applied to the upstream's
+/// answers only.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseTransform {
+    /// Set (replacing the upstream's), in file order.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl ResponseTransform {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use super::path::{canonicalize, PathProblem};
 use super::route::{route, Route, RouteProblem};
 use super::scope::{authorize, granting_scopes};
 use crate::auth::Principal;
-use crate::config::snapshot::Authentication;
+use crate::config::snapshot::{Authentication, Cors, Origins};
 use crate::config::Snapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +109,27 @@ pub fn decide(
     verdict
 }
 
+/// One line on an API's CORS policy.
+fn describe_cors(cors: &Cors) -> String {
+    let origins = match &cors.origins {
+        Origins::Any => "any origin".to_owned(),
+        Origins::List(list) => list
+            .iter()
+            .map(|origin| String::from_utf8_lossy(origin.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let methods = String::from_utf8_lossy(cors.allow_methods.as_bytes()).into_owned();
+    let credentials = if cors.credentials {
+        ", with credentials"
+    } else {
+        ""
+    };
+    format!(
+        "origins {origins}; methods {methods}{credentials} (preflights answered by the gateway)"
+    )
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(route) = &self.route {
@@ -126,6 +147,9 @@ impl fmt::Display for Verdict {
             match &self.auth_server {
                 Some(server) => writeln!(f, "auth:       oauth2, auth server {server}")?,
                 None => writeln!(f, "auth:       none")?,
+            }
+            if let Some(cors) = &route.api.cors {
+                writeln!(f, "cors:       {}", describe_cors(cors))?;
             }
             if self.required_api_scopes.is_empty() {
                 writeln!(f, "api scopes: (none: any valid token)")?;

@@ -1,16 +1,21 @@
 //! One request through the gateway, phase by phase. Each phase either hands
 //! the request on or returns a [`Rejection`]; nothing is forwarded without a
-//! [`Grant`](crate::policy::Grant).
+//! [`Grant`](crate::policy::Grant). A CORS preflight to an API with a CORS
+//! policy is answered right after matching; the CORS fields go on every
+//! other answer for that API, the gateway's refusals included.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::{CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, TRANSFER_ENCODING, WWW_AUTHENTICATE};
+use http::header::{
+    CONTENT_LENGTH, HOST, ORIGIN, PROXY_AUTHENTICATE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
+use super::cors::{self, Answered, Preflight};
 use super::forward::{LimitFlag, LimitedBody, Upstreams};
 use super::reject::Rejection;
 use super::{forwarded, outbound, transform, Body};
@@ -19,7 +24,7 @@ use crate::auth::servers::Authenticator;
 use crate::auth::{AuthFailure, Principal};
 use crate::config::snapshot::{Api, Authentication, Outbound};
 use crate::config::Snapshot;
-use crate::policy::{self, Route};
+use crate::policy::{self, CanonicalPath, Route};
 
 /// What the data path needs besides the snapshot.
 pub struct Runtime {
@@ -41,9 +46,13 @@ pub async fn serve(
     conn: Connection,
     req: Request<Body>,
 ) -> (Response<Body>, Option<Arc<Api>>) {
-    let mut api = None;
-    let response = match phases(snap, rt, conn, req, &mut api).await {
-        Ok(response) => response,
+    let mut api: Option<Arc<Api>> = None;
+    // Kept for the CORS fields, which go on refusals too; a preflight's
+    // answer has its own.
+    let origin = req.headers().get(ORIGIN).cloned();
+    let preflight = cors::is_preflight(&req);
+    let (mut response, by) = match phases(snap, rt, conn, req, &mut api).await {
+        Ok(response) => (response, Answered::Upstream),
         Err(rejection) => {
             if let (Some(result), Some(api)) = (rejection.auth_result(), &api) {
                 crate::metrics::get()
@@ -52,9 +61,14 @@ pub async fn serve(
                     .inc();
             }
             tracing::debug!(cause = %rejection, "request refused");
-            rejection.into_response()
+            (rejection.into_response(), Answered::Gateway)
         }
     };
+    if let Some(policy) = api.as_ref().and_then(|api| api.cors.as_ref()) {
+        if !preflight {
+            cors::decorate(policy, origin.as_ref(), by, response.headers_mut());
+        }
+    }
     (response, api)
 }
 
@@ -68,6 +82,10 @@ async fn phases(
     check_target(snap, &req)?;
     host_from_authority(&mut req);
     let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
+    if let Some((answer, api)) = answer_preflight(snap, conn, &req, &path) {
+        *matched_api = Some(api);
+        return Ok(answer); // CORS preflight: no credentials, never forwarded
+    }
     let route = policy::route(snap, req.method(), &path).map_err(Rejection::NoRoute)?; // match
     *matched_api = Some(route.api.clone());
     check_transport(&route, conn)?;
@@ -98,9 +116,37 @@ async fn phases(
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
-    let response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
+    let mut response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
     refuse_upstream_challenge(&route.api, &response)?;
+    transform::apply_to_response(&route.api.response_transform, response.headers_mut()); // response transformation
     Ok(response)
+}
+
+/// Answers a CORS preflight to an API with a CORS policy, served on this
+/// connection's transport; anything else goes on to the other phases.
+fn answer_preflight<B>(
+    snap: &Snapshot,
+    conn: Connection,
+    req: &Request<B>,
+    path: &CanonicalPath,
+) -> Option<(Response<Body>, Arc<Api>)> {
+    let preflight = Preflight::of(req)?;
+    let api = snap.api_for(&path.path)?;
+    let policy = api.cors.as_ref()?;
+    let served = if conn.tls {
+        api.transport.https
+    } else {
+        api.transport.http
+    };
+    if !served {
+        return None;
+    }
+    // The method the actual request will use must be served on this path.
+    let routed = preflight
+        .method
+        .as_ref()
+        .is_some_and(|method| policy::route(snap, method, path).is_ok());
+    Some((cors::answer(policy, &preflight, routed), api.clone()))
 }
 
 /// An upstream answering 401 or 407 to credentials the gateway sent for

@@ -4,12 +4,14 @@
 //! are set from the principal. A variable with no value sets no header; a
 //! value that is not a valid header value refuses the request. The names
 //! were folded when the snapshot was compiled; a request only compares.
+//! Response transformation: the upstream's answer has the policy's fields
+//! removed, then set (plain values, checked when compiled).
 
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::{Principal, TokenProblem};
-use crate::config::snapshot::{Part, Transform, Variable};
+use crate::config::snapshot::{Part, ResponseTransform, Transform, Variable};
 
 pub fn apply(
     transform: &Transform,
@@ -29,6 +31,18 @@ pub fn apply(
         headers.append(name.clone(), value);
     }
     Ok(())
+}
+
+/// Applies `response_transformation` to an upstream's answer. The
+/// upstream's hop-by-hop fields ended with its connection; the policy
+/// cannot name them (refused when compiled).
+pub fn apply_to_response(transform: &ResponseTransform, headers: &mut HeaderMap) {
+    if !transform.remove.is_empty() {
+        super::forwarded::remove_matching(headers, |name| transform.remove.contains(name));
+    }
+    for (name, value) in &transform.set {
+        headers.insert(name.clone(), value.clone());
+    }
 }
 
 /// The header text, or `None` when a variable has no value.

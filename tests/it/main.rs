@@ -17,6 +17,7 @@ mod cli;
 mod client_faults;
 mod common;
 mod config_validation;
+mod cors;
 mod dockerfile;
 mod edge;
 mod enforcement;
