@@ -23,6 +23,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::{Activity, ConnSettings, InFlight, Slots};
@@ -48,8 +49,9 @@ use crate::timer::Deadline;
 
 /// Response body bytes encoded before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
-/// The most write-buffer capacity a connection keeps between exchanges.
-const KEPT_OUT_CAPACITY: usize = 16 * 1024;
+/// Bytes a connection waiting for its next request reads at once, into
+/// a buffer on the stack: between requests it holds no read buffer.
+const IDLE_READ: usize = 4 * 1024;
 /// How long a closing connection reads what the client still sends, so
 /// that the kernel does not answer it with a reset that could destroy the
 /// last response before the client has read it.
@@ -130,6 +132,20 @@ fn lock<S>(wire: &Mutex<Wire<S>>) -> MutexGuard<'_, Wire<S>> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         http1::poll_fill(&mut self.io, &mut self.buf, cx)
+    }
+
+    /// Reads the first bytes of the next head into a buffer on the stack,
+    /// so that a connection waiting for its client holds no read buffer;
+    /// they are copied into one only when they come.
+    fn poll_fill_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        let mut stack = [const { MaybeUninit::<u8>::uninit() }; IDLE_READ];
+        let mut read = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        self.buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
     }
 
     /// Writes what is encoded; fails once the client has taken nothing
@@ -342,10 +358,11 @@ where
         let kept = respond(&wire, response, exchange).await;
         drop(guard);
         {
-            // An idle connection keeps no large buffer (thousands of them
-            // may wait between requests).
+            // A connection waiting for its next request keeps no buffer
+            // (thousands of them may wait between requests), unless the
+            // client has already sent it.
             let mut wire = lock(&wire);
-            if wire.out.capacity() > KEPT_OUT_CAPACITY {
+            if wire.buf.is_empty() {
                 wire.out = Vec::new();
             }
         }
@@ -395,7 +412,12 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
             } else if closing.load(Ordering::Acquire) {
                 return Poll::Ready(HeadRead::Closed);
             }
-            match wire.poll_fill(cx) {
+            let filled = if wire.buf.is_empty() {
+                wire.poll_fill_idle(cx)
+            } else {
+                wire.poll_fill(cx)
+            };
+            match filled {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(HeadRead::Closed),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => break,

@@ -1,0 +1,178 @@
+"""Memory of idle keep-alive connections: microgateway against nginx.
+
+  python3 bench/idle.py              # IDLE_CONNECTIONS=10000
+  BASE=39010b9 python3 bench/idle.py # also the release build of another commit
+
+Starts an nginx upstream, nginx as a keep-alive reverse proxy to it and
+microgateway (release build) proxying to it too. For each contender it
+measures the resident memory (RSS of all its processes, /proc) idle, then
+with IDLE_CONNECTIONS connections open that have each made one request and
+wait for the next, then 10 s after they have all closed. Prints the RSS
+figures and the cost per idle connection: (RSS open - RSS idle) / N.
+
+Targets: <= 2 KiB per idle connection; RSS back within 20 % of idle 10 s
+after the connections close.
+"""
+import asyncio, os, resource, shutil, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
+BIN = os.path.abspath(
+    os.environ.get("MCGW_BIN", os.path.join(ROOT, "target/release/microgateway"))
+)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"port {port} did not open")
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+    except FileNotFoundError:
+        return []
+
+
+async def one(port, request, conns):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+    conns.append(writer)
+
+
+async def hold(port, path, pids):
+    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    idle = rss_kib(pids)
+    conns = []
+    sem = asyncio.Semaphore(256)
+
+    async def guarded():
+        async with sem:
+            await one(port, request, conns)
+
+    await asyncio.gather(*(guarded() for _ in range(N)))
+    await asyncio.sleep(1)
+    opened = rss_kib(pids)
+    for writer in conns:
+        writer.close()
+    await asyncio.sleep(10)
+    closed = rss_kib(pids)
+    return idle, opened, closed, len(conns)
+
+
+def main():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.access(BIN, os.X_OK) or os.environ.get("BUILD", "1") == "1":
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="mcgw-idle.")
+    procs = []
+    up, px = free_port(), free_port()
+    for name, conf in [
+        ("upstream", f"""worker_processes 1;
+pid {work}/upstream/nginx.pid;
+error_log {work}/upstream/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  server {{ listen 127.0.0.1:{up};
+    location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
+"""),
+        ("proxy", f"""worker_processes {os.cpu_count()};
+worker_rlimit_nofile 65536;
+pid {work}/proxy/nginx.pid;
+error_log {work}/proxy/logs/error.log warn;
+events {{ worker_connections 32768; }}
+http {{ access_log off; keepalive_timeout 300s; keepalive_requests 100000;
+  upstream backend {{ server 127.0.0.1:{up}; keepalive 128; }}
+  server {{ listen 127.0.0.1:{px} reuseport;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+      proxy_set_header Connection ""; }} }} }}
+"""),
+    ]:
+        os.makedirs(f"{work}/{name}/logs")
+        with open(f"{work}/{name}/nginx.conf", "w") as f:
+            f.write(conf)
+        procs.append(
+            subprocess.Popen([nginx, "-p", f"{work}/{name}", "-c", f"{work}/{name}/nginx.conf",
+                              "-g", "daemon off;"])
+        )
+    contenders = [("nginx", px, "/items", procs[1].pid)]
+    bins = [("microgateway", BIN)]
+    if os.environ.get("BASE"):
+        base = subprocess.run(
+            ["bash", "-c", f'ROOT="{ROOT}"; . "{ROOT}/bench/lib.sh"; base_binary {os.environ["BASE"]}'],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        bins.append(("baseline", base))
+    for name, binary in bins:
+        port, admin = free_port(), free_port()
+        with open(f"{work}/{name}.yaml", "w") as f:
+            f.write(f"""ports: {{ http: {port}, bind: 127.0.0.1 }}
+admin: {{ port: {admin}, bind: 127.0.0.1 }}
+limits: {{ max_connections: {2 * N} }}
+timeouts: {{ idle: 300s }}
+apis:
+- name: bench
+  base_path: /bench
+  upstream: {{ url: "http://127.0.0.1:{up}/bench" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+""")
+        proc = subprocess.Popen([binary, "start", "-c", f"{work}/{name}.yaml"],
+                                env=dict(os.environ, MCGW_LOG="warn"), stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        contenders.append((name, port, "/bench/items", proc.pid))
+    try:
+        wait_port(up)
+        for _, port, _, _ in contenders:
+            wait_port(port)
+        time.sleep(1)
+        print(f"{N} idle keep-alive connections")
+        print(f"{'contender':<14} {'RSS idle':>10} {'RSS open':>10} {'per conn':>10} {'RSS +10s closed':>16}")
+        for name, port, path, pid in contenders:
+            pids = [pid] + children(pid)
+            idle, opened, closed, n = asyncio.run(hold(port, path, pids))
+            per = (opened - idle) / max(n, 1)
+            print(f"{name:<14} {idle / 1024:>8.1f}Mi {opened / 1024:>8.1f}Mi {per:>8.2f}Ki "
+                  f"{closed / 1024:>14.1f}Mi")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
