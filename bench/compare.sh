@@ -11,7 +11,15 @@
 # (from /proc). Everything it starts is stopped on exit.
 #
 # Targets: req/s >= 1.0x nginx, p99 <= 1.25x nginx, idle RSS <= 20 MiB.
-# Needs nginx and wrk (installed from Debian packages when missing).
+# Needs nginx, HAProxy and wrk (installed from Debian packages when missing).
+# HAProxy runs beside nginx as the second peer (nbthread = cores, http-reuse
+# always, no logging).
+#
+#   LOGGED=1 bench/compare.sh   # also both with their access log on
+#
+# adds "nginx-logged" (nginx's default access_log, to a file) and
+# "microgateway-logged" (MCGW_LOG=info: one access-log line per request,
+# stderr to a file) to the same rounds.
 #
 #   PGO=1 bench/compare.sh      # also the profile-guided build (bench/pgo-build.sh)
 #
@@ -41,6 +49,11 @@ PORT_ADMIN=${PORT_ADMIN:-18183}
 PORT_PGO=${PORT_PGO:-18184}
 PORT_PGO_ADMIN=${PORT_PGO_ADMIN:-18185}
 PGO=${PGO:-0}
+LOGGED=${LOGGED:-0}
+PORT_HAPROXY=${PORT_HAPROXY:-18188}
+PORT_NGINX_LOGGED=${PORT_NGINX_LOGGED:-18189}
+PORT_LOGGED=${PORT_LOGGED:-18190}
+PORT_LOGGED_ADMIN=${PORT_LOGGED_ADMIN:-18191}
 BASE=${BASE:-}
 PORT_BASE=${PORT_BASE:-18186}
 PORT_BASE_ADMIN=${PORT_BASE_ADMIN:-18187}
@@ -62,11 +75,14 @@ trap cleanup EXIT INT TERM
 
 need wrk wrk
 need nginx nginx-light
+need haproxy haproxy
 NGINX=$(command -v nginx)
+HAPROXY=$(command -v haproxy)
 
 echo "building microgateway (release) ..." >&2
 [ "${BUILD:-1}" = 1 ] && (cd "$ROOT" && cargo build --release --quiet)
-CONTENDERS=(direct nginx microgateway)
+CONTENDERS=(direct nginx microgateway haproxy)
+if [ "$LOGGED" = 1 ]; then CONTENDERS+=(nginx-logged microgateway-logged); fi
 if [ "$PGO" = 1 ]; then
     echo "building microgateway (release, profile-guided) ..." >&2
     PGO_BIN=$("$ROOT/bench/pgo-build.sh" | tail -1)
@@ -125,6 +141,31 @@ http {
     }
 }
 EOF
+if [ "$LOGGED" = 1 ]; then
+    mkdir -p "$WORK/proxy-logged"
+    # The same proxy with nginx's default access log (combined format).
+    sed -e "s#access_log off;#access_log $WORK/proxy-logged/logs/access.log;#" \
+        -e "s#$WORK/proxy/#$WORK/proxy-logged/#g" \
+        -e "s#127.0.0.1:$PORT_NGINX #127.0.0.1:$PORT_NGINX_LOGGED #" \
+        "$WORK/proxy/nginx.conf" >"$WORK/proxy-logged/nginx.conf"
+fi
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+    nbthread $(nproc)
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:$PORT_HAPROXY
+    default_backend upstream
+backend upstream
+    server up 127.0.0.1:$PORT_UPSTREAM
+EOF
+
 gateway_config() { # http-port admin-port
     cat <<EOF
 ports: { http: $1, bind: 127.0.0.1 }
@@ -142,12 +183,26 @@ gateway_config "$PORT_MCGW" "$PORT_ADMIN" >"$WORK/microgateway.yaml"
 
 start_nginx upstream
 start_nginx proxy
+"$HAPROXY" -f "$WORK/haproxy.cfg" -db &
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
+LOGGED_PID=
+if [ "$LOGGED" = 1 ]; then
+    start_nginx proxy-logged
+    gateway_config "$PORT_LOGGED" "$PORT_LOGGED_ADMIN" >"$WORK/microgateway-logged.yaml"
+    MCGW_LOG=info "$BIN" start -c "$WORK/microgateway-logged.yaml" 2>"$WORK/microgateway-logged.log" &
+    LOGGED_PID=$!
+    PIDS+=($LOGGED_PID)
+    wait_port "$PORT_LOGGED"
+    wait_port "$PORT_NGINX_LOGGED"
+fi
 MCGW_LOG=warn "$BIN" start -c "$WORK/microgateway.yaml" 2>"$WORK/microgateway.log" &
 MCGW_PID=$!
 PIDS+=($MCGW_PID)
 wait_port "$PORT_UPSTREAM"
 wait_port "$PORT_NGINX"
 wait_port "$PORT_MCGW"
+wait_port "$PORT_HAPROXY"
 if [ "$PGO" = 1 ]; then
     gateway_config "$PORT_PGO" "$PORT_PGO_ADMIN" >"$WORK/microgateway-pgo.yaml"
     MCGW_LOG=warn "$PGO_BIN" start -c "$WORK/microgateway-pgo.yaml" 2>"$WORK/microgateway-pgo.log" &
@@ -205,7 +260,17 @@ pids_of() { # name
         microgateway) echo "$MCGW_PID" ;;
         microgateway-pgo) echo "$PGO_PID" ;;
         baseline) echo "$BASE_PID" ;;
+        haproxy) echo "$HAPROXY_PID" ;;
+        nginx-logged) nginx_logged_pids ;;
+        microgateway-logged) echo "$LOGGED_PID" ;;
     esac
+}
+nginx_logged_pids() {
+    local master
+    master=$(cat "$WORK/proxy-logged/nginx.pid" 2>/dev/null || echo "")
+    [ -n "$master" ] || return 0
+    echo "$master"
+    pgrep -P "$master" || true
 }
 nginx_proxy_pids() { # the proxy's master and workers
     [ -n "$NGINX_PROXY_PID" ] || return 0
@@ -288,6 +353,11 @@ for round in $(seq 1 "$ROUNDS"); do
     rm -f "$WORK/sampling"
     wait $!
     MCGW_LOAD_KIB=$(( $(cat "$WORK/mcgw-peak") > MCGW_LOAD_KIB ? $(cat "$WORK/mcgw-peak") : MCGW_LOAD_KIB ))
+    run haproxy "$PORT_HAPROXY"
+    if [ "$LOGGED" = 1 ]; then
+        run nginx-logged "$PORT_NGINX_LOGGED"
+        run microgateway-logged "$PORT_LOGGED"
+    fi
     if [ "$PGO" = 1 ]; then run microgateway-pgo "$PORT_PGO"; fi
     if [ -n "$BASE" ]; then run baseline "$PORT_BASE"; fi
 done
@@ -304,7 +374,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 
 echo
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
-echo "tools:   $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), microgateway $("$BIN" --version | awk '{print $2}')"
+echo "tools:   $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY" -v 2>&1 | head -1 | awk '{print "HAProxy", $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), microgateway $("$BIN" --version | awk '{print $2}')"
 echo "load:    wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS interleaved rounds, medians; all on one host"
 echo
 printf '%-17s %12s %10s %10s %12s\n' "" "req/s" "p50 ms" "p99 ms" "cpu us/req"
@@ -312,7 +382,12 @@ for name in "${CONTENDERS[@]}"; do
     printf '%-17s %12.0f %10.3f %10.3f %12.2f\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${CPU[$name]}"
 done
 echo
-for name in "${CONTENDERS[@]:2}"; do
+echo "microgateway / haproxy: req/s $(ratio "${RPS[microgateway]}" "${RPS[haproxy]}")x, p99 $(ratio "${P99[microgateway]}" "${P99[haproxy]}")x, cpu per request $(ratio "${CPU[microgateway]}" "${CPU[haproxy]}")x"
+if [ "$LOGGED" = 1 ]; then
+    echo "access log on: microgateway-logged / microgateway req/s $(ratio "${RPS[microgateway-logged]}" "${RPS[microgateway]}")x (target >= 0.9), microgateway-logged / nginx-logged $(ratio "${RPS[microgateway-logged]}" "${RPS[nginx-logged]}")x (target >= 1.0)"
+fi
+for name in microgateway microgateway-pgo baseline; do
+    [ -n "${RPS[$name]:-}" ] || continue
     echo "$name / nginx: req/s $(ratio "${RPS[$name]}" "${RPS[nginx]}")x (target >= 1.0), p50 $(ratio "${P50[$name]}" "${P50[nginx]}")x, p99 $(ratio "${P99[$name]}" "${P99[nginx]}")x (target <= 1.25)"
 done
 if [ -n "$BASE" ]; then
