@@ -42,6 +42,11 @@ pub struct Metrics {
     /// `upstream_errors_total{api,cause}` (connect|timeout|protocol): the
     /// upstream failed an exchange the client had done its part of.
     pub upstream_errors: IntCounterVec,
+    /// `throttled_total{api,policy}`: requests a throttle policy refused.
+    pub throttled: IntCounterVec,
+    /// `throttle_store_errors_total`: throttle store calls that failed or
+    /// timed out (each then decided by `on_store_error`).
+    pub throttle_store_errors: IntCounter,
 }
 
 #[allow(
@@ -100,6 +105,17 @@ impl Metrics {
         .expect("static gauge options are valid");
         registry
             .register(Box::new(config_generation.clone()))
+            .expect("registered once");
+        let throttle_store_errors = IntCounter::with_opts(
+            Opts::new(
+                "throttle_store_errors_total",
+                "Throttle store calls that failed or timed out",
+            )
+            .namespace("microgateway"),
+        )
+        .expect("static counter options are valid");
+        registry
+            .register(Box::new(throttle_store_errors.clone()))
             .expect("registered once");
         Metrics {
             requests: counter(
@@ -162,6 +178,13 @@ impl Metrics {
                 "Exchanges the upstream failed",
                 &["api", "cause"],
             ),
+            throttled: counter(
+                &registry,
+                "throttled_total",
+                "Requests refused by a throttle policy",
+                &["api", "policy"],
+            ),
+            throttle_store_errors,
             registry,
             request_duration,
             upstream_duration,

@@ -126,6 +126,15 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let grants = grants(&name, &api_scopes, refs);
     let transform = transform(ctx, &raw.policies);
     let outbound = outbound(ctx, &raw.policies, refs.aliases);
+    let throttle = super::throttle_compile::policies(
+        ctx,
+        &raw.policies.throttle,
+        &super::throttle_compile::Owner {
+            api: &name,
+            version: &version,
+            api_scopes: &api_scopes,
+        },
+    );
     Some(Api {
         metrics: ApiMetrics::of(&name),
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
@@ -141,6 +150,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         grants,
         transform,
         outbound: outbound?,
+        throttle,
     })
 }
 

@@ -77,6 +77,7 @@ pub struct File {
     pub apis: Vec<S<Api>>,
     pub authorization_server: Option<S<AuthorizationServer>>,
     pub central: Option<S<Central>>,
+    pub throttling: Option<S<Throttling>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -304,6 +305,30 @@ pub struct ApiScope {
 pub struct Policies {
     pub request_transformation: Option<S<RequestTransformation>>,
     pub outbound_auth: Option<S<OutboundAuth>>,
+    pub throttle: Vec<S<Throttle>>,
+}
+
+/// `throttling:`: where the counters of `policies.throttle` live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Throttling {
+    pub store: Opt<Scalar>,
+    pub password: Opt<Scalar>,
+    pub on_store_error: Opt<Scalar>,
+    pub timeout: Opt<Scalar>,
+    pub max_keys: Opt<Scalar>,
+}
+
+/// One entry of `policies.throttle`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Throttle {
+    pub name: Opt<String>,
+    pub limit: Opt<Scalar>,
+    pub per: Opt<Scalar>,
+    pub scope: Opt<String>,
+    pub per_application: Opt<Scalar>,
+    pub per_client_ip: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,11 +20,13 @@ use crate::auth::{AuthFailure, Principal};
 use crate::config::snapshot::{Api, Authentication, Outbound};
 use crate::config::Snapshot;
 use crate::policy::{self, Route};
+use crate::throttle::{self, Caller, Fields, Throttler};
 
 /// What the data path needs besides the snapshot.
 pub struct Runtime {
     pub auth: Arc<Authenticator>,
     pub upstreams: Upstreams,
+    pub throttle: Arc<Throttler>,
 }
 
 /// The connection a request arrived on.
@@ -82,6 +84,7 @@ async fn phases(
             would_grant: denied.would_grant,
         }
     })?; // authorize
+    let fields = throttle(snap, rt, &route, who.as_deref(), conn, &req).await?; // throttle
     let from_h2 = req.version() == Version::HTTP_2;
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
@@ -98,9 +101,44 @@ async fn phases(
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
-    let response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
+    let mut response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
     refuse_upstream_challenge(&route.api, &response)?;
+    if let Some(fields) = fields {
+        fields.apply(response.headers_mut());
+    }
     Ok(response)
+}
+
+/// Counts the request against the API's throttle policies that apply to
+/// its resource: a refused request goes no further. Returns the RateLimit
+/// fields for the response.
+async fn throttle<B>(
+    snap: &Snapshot,
+    rt: &Runtime,
+    route: &Route,
+    who: Option<&Principal>,
+    conn: Connection,
+    req: &Request<B>,
+) -> Result<Option<Fields>, Rejection> {
+    if route.api.throttle.is_empty() {
+        return Ok(None);
+    }
+    let caller = Caller {
+        principal: who,
+        client_ip: forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies),
+    };
+    match rt
+        .throttle
+        .check(snap, &route.api, route.resource, caller)
+        .await
+    {
+        throttle::Verdict::Unthrottled | throttle::Verdict::StoreFailedAllowed => Ok(None),
+        throttle::Verdict::Admitted(fields) => Ok(fields),
+        throttle::Verdict::Refused { policies, fields } => {
+            Err(Rejection::Throttled { policies, fields })
+        }
+        throttle::Verdict::StoreFailedDenied => Err(Rejection::ThrottleUnavailable),
+    }
 }
 
 /// An upstream answering 401 or 407 to credentials the gateway sent for

@@ -21,6 +21,7 @@ use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::central::{self, Document, Link};
 use crate::config::{Env, Invalid, Snapshot};
+use crate::throttle::Throttler;
 
 /// What a reload reads and what it changes: the handle the lower layers
 /// (admin, the central poller, the file watcher) get instead of the
@@ -35,6 +36,8 @@ pub struct Reloader {
     pub authz: Arc<ArcSwapOption<AuthorizationServer>>,
     /// The token validators of the data path.
     pub auth: Arc<Authenticator>,
+    /// The throttle stores of the data path (their counters outlive reloads).
+    pub throttle: Arc<Throttler>,
 }
 
 impl Reloader {
@@ -120,6 +123,7 @@ impl Reloader {
     pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
         let generation = snapshot.generation;
         self.prepare_authz(&snapshot)?;
+        self.throttle.prepare(&snapshot)?;
         self.auth.prepare(&snapshot);
         self.live.swap(source, snapshot);
         tracing::info!(generation, source = source.label(), "configuration applied");
