@@ -34,6 +34,7 @@ mod local_authorization_server;
 mod reload;
 mod routing;
 mod slow_clients;
+mod throttling;
 mod tls;
 mod token_properties;
 mod upstream_framing;
