@@ -80,7 +80,7 @@ pub enum Rejection {
     #[error("throttled by policy {policies:?}")]
     Throttled {
         policies: Vec<String>,
-        fields: Option<crate::throttle::Fields>,
+        fields: Option<Box<crate::throttle::Fields>>,
     },
     #[error("throttle store unavailable")]
     ThrottleUnavailable,

@@ -134,9 +134,10 @@ async fn throttle<B>(
     {
         throttle::Verdict::Unthrottled | throttle::Verdict::StoreFailedAllowed => Ok(None),
         throttle::Verdict::Admitted(fields) => Ok(fields),
-        throttle::Verdict::Refused { policies, fields } => {
-            Err(Rejection::Throttled { policies, fields })
-        }
+        throttle::Verdict::Refused { policies, fields } => Err(Rejection::Throttled {
+            policies,
+            fields: fields.map(Box::new),
+        }),
         throttle::Verdict::StoreFailedDenied => Err(Rejection::ThrottleUnavailable),
     }
 }

@@ -528,3 +528,42 @@ async fn redis_down_denies_with_503_when_told_and_recovers() {
     assert!(field(&resp, "ratelimit").is_some());
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_redis_password_comes_from_the_secrets_and_is_never_shown() {
+    const PASSWORD: &str = "redis-pa55word-never-shown";
+    let redis = Redis::start_with_password(PASSWORD).await;
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "admin: {{ port: 0, bind: 127.0.0.1, user: admin, password: admin-pw }}\nthrottling: {{ store: \"{}\", password: \"${{env:REDIS_PASSWORD}}\", on_store_error: deny }}",
+        redis.url()
+    );
+    let yaml = open_api(
+        "Store password",
+        &upstream,
+        "[{ limit: 1, per: 1h }]",
+        &extra,
+    )
+    .replacen("admin: { port: 0, bind: 127.0.0.1 }\n", "", 1);
+    let gw = Gateway::start_with_env(&yaml, common::env(&[("REDIS_PASSWORD", PASSWORD)])).await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    let settings = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/settings"))
+        .basic_auth("admin", Some("admin-pw"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(settings.contains("redis://****"), "{settings}");
+    assert!(!settings.contains(PASSWORD));
+    gw.shutdown().await;
+    // A wrong password is a store error: denied, never let through.
+    let gw = Gateway::start_with_env(&yaml, common::env(&[("REDIS_PASSWORD", "wrong")])).await;
+    assert_eq!(gw.get("/open/items").await.status(), 503);
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}

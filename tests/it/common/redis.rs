@@ -10,10 +10,20 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    password: Option<String>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Redis::start_inner(None).await
+    }
+
+    /// A server that refuses clients without `password` (`requirepass`).
+    pub async fn start_with_password(password: &str) -> Redis {
+        Redis::start_inner(Some(password.to_owned())).await
+    }
+
+    async fn start_inner(password: Option<String>) -> Redis {
         let port = {
             let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("addr").port()
@@ -22,6 +32,7 @@ impl Redis {
             port,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            password,
         };
         redis.restart().await;
         redis
@@ -34,11 +45,16 @@ impl Redis {
     /// Starts the server (again) on its port and waits until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server already runs");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,6 +81,15 @@ impl Redis {
         let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
+        if let Some(password) = &self.password {
+            let auth = format!("AUTH {password}\r\n");
+            let mut ok = [0u8; 5];
+            if stream.write_all(auth.as_bytes()).await.is_err()
+                || stream.read_exact(&mut ok).await.is_err()
+            {
+                return false;
+            }
+        }
         if stream.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
