@@ -118,12 +118,12 @@ impl Reloader {
         }
     }
 
-    /// Prepares the runtime for `snapshot` (authorization server, then
-    /// validators), then swaps it in. Nothing is swapped on error.
+    /// Prepares the runtime for `snapshot` (throttle store, authorization
+    /// server, then validators), then swaps it in. Nothing is swapped on error.
     pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
         let generation = snapshot.generation;
-        self.prepare_authz(&snapshot)?;
         self.throttle.prepare(&snapshot)?;
+        self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
         self.live.swap(source, snapshot);
         tracing::info!(generation, source = source.label(), "configuration applied");

@@ -567,3 +567,34 @@ async fn a_redis_password_comes_from_the_secrets_and_is_never_shown() {
     assert_eq!(upstream.hits(), 1);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_costs_at_most_the_timeout() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let gw = on_redis(
+        "Store frozen",
+        &upstream,
+        &redis,
+        "[{ limit: 100, per: 1h }]",
+        "deny",
+    )
+    .await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    redis.pause();
+    // The connection stays open and silent: each call ends at the timeout
+    // (200ms here), never waits for Redis. Bounds are generous: this
+    // checks "does not hang", not the timer's precision.
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(gw.get("/open/items").await.status(), 503);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    redis.resume();
+    until(&gw, |r| r.status() == 200).await;
+    gw.shutdown().await;
+}
