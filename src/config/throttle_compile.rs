@@ -71,7 +71,7 @@ pub(super) fn throttling(ctx: &mut Ctx, raw: Option<&S<raw::Throttling>>) -> Thr
     if let (ThrottleStore::Memory, Some(password)) = (&store, &raw.password) {
         ctx.report.error(
             password.referenced,
-            "throttling.password is set, but the store is memory",
+            "throttling.password: set, but the store is memory",
             "password only with a redis:// store",
         );
     }
@@ -104,7 +104,7 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
     if !valid {
         ctx.report.error(
             at.referenced,
-            "throttling.store is neither `memory` nor a redis:// URL with a host",
+            "throttling.store: neither `memory` nor a redis:// URL with a host",
             STORE_ALLOWED,
         );
         return ThrottleStore::Memory;

@@ -364,7 +364,7 @@ async fn throttle_settings_are_checked_with_their_position() {
         (
             "[]",
             "throttling: { store: \"mysql://x\" }",
-            "neither `memory` nor a redis:// URL",
+            "throttling.store: neither `memory` nor a redis:// URL",
         ),
         (
             "[]",
@@ -597,4 +597,34 @@ async fn a_redis_that_stops_answering_costs_at_most_the_timeout() {
     redis.resume();
     until(&gw, |r| r.status() == 200).await;
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttling_settings_can_come_from_mcgw_variables() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("microgateway.yaml");
+    std::fs::write(&path, open_api("Overridden", &upstream, "[]", "")).unwrap();
+    let env = common::env(&[
+        ("MCGW_THROTTLING_STORE", "redis://127.0.0.1:6379/0"),
+        ("MCGW_THROTTLING_ON_STORE_ERROR", "deny"),
+    ]);
+    let loaded = microgateway::config::load(&path, &env, 1).unwrap();
+    let throttling = &loaded.snapshot.throttling;
+    assert!(matches!(
+        throttling.store,
+        microgateway::config::snapshot::ThrottleStore::Redis { .. }
+    ));
+    assert_eq!(
+        throttling.on_store_error,
+        microgateway::config::snapshot::OnStoreError::Deny
+    );
+    let env = common::env(&[("MCGW_THROTTLING_TIMEOUT", "forever")]);
+    let invalid = microgateway::config::load(&path, &env, 1).unwrap_err();
+    assert!(
+        invalid
+            .to_string()
+            .contains("MCGW_THROTTLING_TIMEOUT: error: throttling.timeout: `forever`"),
+        "{invalid}"
+    );
 }
