@@ -283,3 +283,53 @@ fn now_micros() -> u64 {
     // Starts above 0, so that a missing key (TAT 0) is always in the past.
     1 + u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, limit: u64) -> ThrottlePolicy {
+        ThrottlePolicy {
+            name: name.to_owned(),
+            identity: Arc::from(name),
+            limit,
+            per: Duration::from_secs(60),
+            api_scope: None,
+            per_application: false,
+            per_client_ip: false,
+            policy_field: format!("\"{name}\";q={limit};w=60"),
+        }
+    }
+
+    #[test]
+    fn fields_list_every_policy_and_retry_after_the_longest_wait() {
+        let (a, b) = (policy("a", 10), policy("b", 1));
+        let counted = [
+            (&a, quota(Rate::of(10, a.per), false, 6_000_000)),
+            (&b, quota(Rate::of(1, b.per), false, 60_000_000)),
+        ];
+        let fields = Fields::of(&counted).unwrap();
+        let mut headers = HeaderMap::new();
+        fields.apply(&mut headers);
+        assert_eq!(headers[&RATELIMIT_POLICY], r#""a";q=10;w=60, "b";q=1;w=60"#);
+        assert_eq!(headers[&RATELIMIT], r#""a";r=9;t=6, "b";r=0;t=60"#);
+        assert_eq!(headers[RETRY_AFTER], "60");
+    }
+
+    #[test]
+    fn redis_keys_are_prefixed_and_bounded() {
+        let key = |application: &str| Key {
+            policy: Arc::from("[\"Time travels\",\"1.0\"]"),
+            subject: Subject {
+                application: Some(application.into()),
+                ip: Some(IpAddr::from([10, 0, 0, 1])),
+            },
+        };
+        assert_eq!(
+            key("app").redis_key(),
+            "mcgw:[\"Time travels\",\"1.0\"]:app|10.0.0.1"
+        );
+        let long = key(&"x".repeat(1000)).redis_key();
+        assert!(long.starts_with("mcgw:") && long.len() < 100, "{long}");
+    }
+}
