@@ -14,6 +14,7 @@ pub mod redis;
 
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -252,16 +253,45 @@ impl Throttler {
 
 fn store_failed(on_error: OnStoreError, api: &Api, error: &redis::StoreError) -> Verdict {
     crate::metrics::get().throttle_store_errors.inc();
-    match on_error {
-        OnStoreError::Allow => {
-            tracing::warn!(api = api.name, %error, "throttle store failed; request allowed unthrottled");
-            Verdict::StoreFailedAllowed
-        }
-        OnStoreError::Deny => {
-            tracing::warn!(api = api.name, %error, "throttle store failed; request refused");
-            Verdict::StoreFailedDenied
-        }
+    let verdict = match on_error {
+        OnStoreError::Allow => Verdict::StoreFailedAllowed,
+        OnStoreError::Deny => Verdict::StoreFailedDenied,
+    };
+    // One line per interval, not per request: a store that is down for
+    // every request would otherwise fill the log (the metric counts all).
+    if let Some(suppressed) = log_due() {
+        let outcome = match on_error {
+            OnStoreError::Allow => "allowed unthrottled",
+            OnStoreError::Deny => "refused (503)",
+        };
+        tracing::warn!(
+            api = api.name,
+            %error,
+            suppressed,
+            "throttle store failed; request {outcome}"
+        );
     }
+    verdict
+}
+
+/// Whether a store failure is logged now; returns how many were not
+/// logged since the last line.
+fn log_due() -> Option<u64> {
+    const EVERY: u64 = 10_000_000;
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = now_micros();
+    let last = LAST.load(Ordering::Relaxed);
+    let due = last == 0 || now.saturating_sub(last) >= EVERY;
+    if due
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        return Some(SUPPRESSED.swap(0, Ordering::Relaxed));
+    }
+    SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    None
 }
 
 fn key(policy: &ThrottlePolicy, caller: &Caller) -> Key {
