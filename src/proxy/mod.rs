@@ -1,8 +1,7 @@
 //! The data path: `serve` runs the phases of a request in order (match →
 //! authenticate → authorize → throttle → transform → outbound auth →
-//! forward);
-//! `reject` decides what a refused client is told; `forward` talks to the
-//! upstream, over the HTTP/1.1 `client` and its `pool`.
+//! forward); `reject` decides what a refused client is told; `forward`
+//! talks to the upstream, over the HTTP/1.1 `client` and its `pool`.
 
 pub(crate) mod client;
 pub mod forward;
