@@ -119,9 +119,11 @@ impl Fields {
             );
             retry_after = retry_after.max(quota.retry_after);
         }
+        // Moved into the values, not copied (names and numbers only:
+        // always valid).
         Some(Fields {
-            policy: HeaderValue::from_str(&policy).ok()?,
-            ratelimit: HeaderValue::from_str(&ratelimit).ok()?,
+            policy: HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)).ok()?,
+            ratelimit: HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit)).ok()?,
             retry_after: retry_after.map(|after| HeaderValue::from(seconds_up(after).max(1))),
         })
     }
