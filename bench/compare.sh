@@ -21,6 +21,13 @@
 # "microgateway-logged" (MCGW_LOG=info: one access-log line per request,
 # stderr to a file) to the same rounds.
 #
+# Throttling (THROTTLE=1, the default): the contender "throttled" is the
+# same gateway on a route with one API-wide throttle too high to refuse
+# anything (memory store; target req/s >= 1.0x nginx), and, when
+# redis-server is installed, "throttled-redis" a second gateway counting
+# the same limit on a redis-server of its own: req/s and the p99 added
+# over the unthrottled route, in the same rounds.
+#
 #   PGO=1 bench/compare.sh      # also the profile-guided build (bench/pgo-build.sh)
 #
 # measures the PGO build as a fourth contender in the same rounds, and runs
@@ -57,6 +64,10 @@ PORT_LOGGED_ADMIN=${PORT_LOGGED_ADMIN:-18191}
 BASE=${BASE:-}
 PORT_BASE=${PORT_BASE:-18186}
 PORT_BASE_ADMIN=${PORT_BASE_ADMIN:-18187}
+THROTTLE=${THROTTLE:-1}
+PORT_REDIS=${PORT_REDIS:-18188}
+PORT_REDIS_MCGW=${PORT_REDIS_MCGW:-18189}
+PORT_REDIS_ADMIN=${PORT_REDIS_ADMIN:-18190}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/microgateway
 WORK=$(mktemp -d /tmp/mcgw-bench.XXXXXX)
@@ -92,6 +103,16 @@ fi
 if [ -n "$BASE" ]; then
     BASE_BIN=$(base_binary "$BASE")
     CONTENDERS+=(baseline)
+fi
+REDIS=0
+if [ "$THROTTLE" = 1 ]; then
+    CONTENDERS+=(throttled)
+    if command -v redis-server >/dev/null 2>&1; then
+        REDIS=1
+        CONTENDERS+=(throttled-redis)
+    else
+        echo "redis-server not installed: no throttled-redis contender" >&2
+    fi
 fi
 
 # nginx in the foreground, so its master is our child and its pid is known.
@@ -166,7 +187,9 @@ backend upstream
     server up 127.0.0.1:$PORT_UPSTREAM
 EOF
 
-gateway_config() { # http-port admin-port
+# With a throttling store (memory or a redis:// URL), also the throttled
+# route (a build before throttling would refuse the keys).
+gateway_config() { # http-port admin-port [throttling-store]
     cat <<EOF
 ports: { http: $1, bind: 127.0.0.1 }
 admin: { port: $2, bind: 127.0.0.1 }
@@ -178,8 +201,23 @@ apis:
   authentication: { type: none }
   resources: ["GET /items"]
 EOF
+    [ -n "${3:-}" ] || return 0
+    cat <<EOF
+- name: throttled
+  version: "1.0"
+  base_path: /throttled
+  upstream: { url: "http://127.0.0.1:$PORT_UPSTREAM/bench" }
+  authentication: { type: none }
+  resources: ["GET /items"]
+  policies:
+    throttle:
+    - { limit: 1000000, per: 1s }
+throttling: { store: "$3" }
+EOF
 }
-gateway_config "$PORT_MCGW" "$PORT_ADMIN" >"$WORK/microgateway.yaml"
+MCGW_STORE=
+[ "$THROTTLE" = 1 ] && MCGW_STORE=memory
+gateway_config "$PORT_MCGW" "$PORT_ADMIN" "$MCGW_STORE" >"$WORK/microgateway.yaml"
 
 start_nginx upstream
 start_nginx proxy
@@ -209,6 +247,20 @@ if [ "$PGO" = 1 ]; then
     PIDS+=($!)
     wait_port "$PORT_PGO"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_PGO/bench/items" >/dev/null
+fi
+REDIS_MCGW_PID=
+if [ "$REDIS" = 1 ]; then
+    mkdir -p "$WORK/redis"
+    redis-server --port "$PORT_REDIS" --bind 127.0.0.1 --dir "$WORK/redis" \
+        --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$PORT_REDIS"
+    gateway_config "$PORT_REDIS_MCGW" "$PORT_REDIS_ADMIN" "redis://127.0.0.1:$PORT_REDIS/0" >"$WORK/microgateway-redis.yaml"
+    MCGW_LOG=warn "$BIN" start -c "$WORK/microgateway-redis.yaml" 2>"$WORK/microgateway-redis.log" &
+    REDIS_MCGW_PID=$!
+    PIDS+=($REDIS_MCGW_PID)
+    wait_port "$PORT_REDIS_MCGW"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_REDIS_MCGW/throttled/items" >/dev/null
 fi
 BASE_PID=
 if [ -n "$BASE" ]; then
@@ -263,6 +315,8 @@ pids_of() { # name
         haproxy) echo "$HAPROXY_PID" ;;
         nginx-logged) nginx_logged_pids ;;
         microgateway-logged) echo "$LOGGED_PID" ;;
+        throttled) echo "$MCGW_PID" ;;
+        throttled-redis) echo "$REDIS_MCGW_PID" ;;
     esac
 }
 nginx_logged_pids() {
@@ -295,15 +349,15 @@ to_ms() {
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-# run NAME PORT: one wrk run; appends "rps p50 p99 cpu_us_per_request" to
-# $WORK/NAME.txt (CPU of the contender's own processes only).
+# run NAME PORT [PATH]: one wrk run; appends "rps p50 p99 cpu_us_per_request"
+# to $WORK/NAME.txt (CPU of the contender's own processes only).
 run() {
     local out pids before after
     # shellcheck disable=SC2046
     pids=$(pids_of "$1" | tr '\n' ' ')
     # shellcheck disable=SC2086
     before=$(cpu_ticks $pids)
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/bench/items")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2${3:-/bench/items}")
     # shellcheck disable=SC2086
     after=$(cpu_ticks $pids)
     local rps p50 p99 errors requests cpu
@@ -360,6 +414,8 @@ for round in $(seq 1 "$ROUNDS"); do
     fi
     if [ "$PGO" = 1 ]; then run microgateway-pgo "$PORT_PGO"; fi
     if [ -n "$BASE" ]; then run baseline "$PORT_BASE"; fi
+    if [ "$THROTTLE" = 1 ]; then run throttled "$PORT_MCGW" /throttled/items; fi
+    if [ "$REDIS" = 1 ]; then run throttled-redis "$PORT_REDIS_MCGW" /throttled/items; fi
 done
 
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.txt" | median; }
@@ -390,6 +446,13 @@ for name in microgateway microgateway-pgo baseline; do
     [ -n "${RPS[$name]:-}" ] || continue
     echo "$name / nginx: req/s $(ratio "${RPS[$name]}" "${RPS[nginx]}")x (target >= 1.0), p50 $(ratio "${P50[$name]}" "${P50[nginx]}")x, p99 $(ratio "${P99[$name]}" "${P99[nginx]}")x (target <= 1.25)"
 done
+added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
+if [ "$THROTTLE" = 1 ]; then
+    echo "throttled (memory): p99 $(added "${P99[throttled]}" "${P99[microgateway]}") ms over the unthrottled route, req/s $(ratio "${RPS[throttled]}" "${RPS[microgateway]}")x"
+fi
+if [ "$REDIS" = 1 ]; then
+    echo "throttled (redis):  p99 $(added "${P99[throttled-redis]}" "${P99[microgateway]}") ms over the unthrottled route, req/s $(ratio "${RPS[throttled-redis]}" "${RPS[microgateway]}")x"
+fi
 if [ -n "$BASE" ]; then
     echo "microgateway / baseline ($BASE): req/s $(ratio "${RPS[microgateway]}" "${RPS[baseline]}")x, cpu per request $(ratio "${CPU[microgateway]}" "${CPU[baseline]}")x (a regression budget of 3%: req/s >= 0.97x, cpu <= 1.03x)"
 fi

@@ -44,6 +44,8 @@ pub enum StartError {
     AuthorizationServer(String),
     #[error("{0}")]
     Central(#[from] crate::central::StartError),
+    #[error("{0}")]
+    Throttle(String),
 }
 
 /// Shared state of one gateway instance. Lower layers get narrow handles
@@ -121,6 +123,7 @@ impl Gateway {
         let runtime = Runtime {
             auth: Arc::new(Authenticator::default()),
             upstreams: Upstreams::new(snapshot.timeouts.upstream_connect),
+            throttle: Arc::default(),
         };
         let generation = snapshot.generation;
         let reloader = Arc::new(Reloader {
@@ -130,6 +133,7 @@ impl Gateway {
             central: Arc::default(),
             authz: Arc::new(ArcSwapOption::empty()),
             auth: runtime.auth.clone(),
+            throttle: runtime.throttle.clone(),
         });
         let listening = Arc::new(AtomicBool::new(false));
         let state = Arc::new(State {
@@ -150,6 +154,11 @@ impl Gateway {
             .prepare_authz(&first)
             .map_err(StartError::AuthorizationServer)?;
         state.runtime.auth.prepare(&first);
+        state
+            .runtime
+            .throttle
+            .prepare(&first)
+            .map_err(StartError::Throttle)?;
         drop(first);
         tracing::debug!(generation, "first snapshot prepared");
         let (stop, stop_rx) = watch::channel(false);

@@ -26,7 +26,8 @@
 //! 4. [`authz_server`]: the local OAuth2 authorization server (SQLite
 //!    store); it publishes its keys as a JWKS, so `auth` never imports it.
 //!    [`policy`]: pure decisions over a snapshot — canonical path, route,
-//!    scopes, the verdict `explain` prints.
+//!    scopes, the verdict `explain` prints. [`throttle`]: the throttle
+//!    policies' counters (GCRA, in memory or on Redis) and RateLimit fields.
 //! 5. [`proxy`]: the data path, its phases in order, and the upstream pool
 //!    and HTTP/1.1 client.
 //! 6. [`server`]: listeners, TLS, HTTP/1.1 and HTTP/2, limits, drain.
@@ -46,7 +47,8 @@
 //! the authorization server. `proxy::serve` then runs: match (the path
 //! canonicalised once, API and resource found) → authenticate (the token
 //! becomes a principal) → authorize (API scopes granted, or a 401/403 that
-//! names the scopes that would do) → transform (token properties into
+//! names the scopes that would do) → throttle (429 past a limit, the
+//! RateLimit fields otherwise) → transform (token properties into
 //! headers) → outbound auth (named credentials) → forward: a pooled
 //! keep-alive HTTP/1.1 connection on the same thread carries the request,
 //! and the response streams back. Nothing reaches an upstream without the
@@ -66,4 +68,5 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod throttle;
 pub mod timer;

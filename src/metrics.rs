@@ -45,6 +45,11 @@ pub struct Metrics {
     /// `log_lines_dropped_total`: log lines dropped because stderr could
     /// not take them as fast as they came (`logging`).
     pub log_lines_dropped: IntCounter,
+    /// `throttled_total{api,policy}`: requests a throttle policy refused.
+    pub throttled: IntCounterVec,
+    /// `throttle_store_errors_total`: throttle store calls that failed or
+    /// timed out (each then decided by `on_store_error`).
+    pub throttle_store_errors: IntCounter,
 }
 
 #[allow(
@@ -115,6 +120,17 @@ impl Metrics {
         registry
             .register(Box::new(config_generation.clone()))
             .expect("registered once");
+        let throttle_store_errors = IntCounter::with_opts(
+            Opts::new(
+                "throttle_store_errors_total",
+                "Throttle store calls that failed or timed out",
+            )
+            .namespace("microgateway"),
+        )
+        .expect("static counter options are valid");
+        registry
+            .register(Box::new(throttle_store_errors.clone()))
+            .expect("registered once");
         Metrics {
             requests: counter(
                 &registry,
@@ -177,6 +193,13 @@ impl Metrics {
                 &["api", "cause"],
             ),
             log_lines_dropped,
+            throttled: counter(
+                &registry,
+                "throttled_total",
+                "Requests refused by a throttle policy",
+                &["api", "policy"],
+            ),
+            throttle_store_errors,
             registry,
             request_duration,
             upstream_duration,

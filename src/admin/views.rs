@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 
-use crate::config::snapshot::{Alias, Authentication, Outbound, Upstream};
+use crate::config::snapshot::{
+    Alias, Authentication, OnStoreError, Outbound, ThrottleStore, Throttling, Upstream,
+};
 use crate::config::Snapshot;
 
 const REDACTED: &str = "****";
@@ -69,7 +71,24 @@ pub fn settings(s: &Snapshot) -> Value {
                 "scopes": c.scopes,
             })).collect::<Vec<_>>(),
         })),
+        "throttling": throttling(&s.throttling),
         "apis": assets(s)["apis"].clone(),
+    })
+}
+
+/// `throttling:`; a Redis URL may carry a password, so it is never shown.
+fn throttling(t: &Throttling) -> Value {
+    json!({
+        "store": match t.store {
+            ThrottleStore::Memory => "memory",
+            ThrottleStore::Redis { .. } => "redis://****",
+        },
+        "on_store_error": match t.on_store_error {
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+        },
+        "timeout": t.timeout.as_secs_f64(),
+        "max_keys": t.max_keys,
     })
 }
 
@@ -101,6 +120,11 @@ pub fn assets(s: &Snapshot) -> Value {
                     Outbound::Header(_) => "credentials",
                     Outbound::Delegate => "incoming_token",
                 },
+                "throttle": api.throttle.iter().map(|t| json!({
+                    "name": t.name, "limit": t.limit, "per": t.per.as_secs_f64(),
+                    "scope": t.api_scope.map(|i| api.api_scopes[i].clone()),
+                    "per_application": t.per_application, "per_client_ip": t.per_client_ip,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

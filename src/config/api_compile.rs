@@ -128,6 +128,15 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let outbound = outbound(ctx, &raw.policies, refs.aliases);
     let cors = super::cors_compile::compile(ctx, &raw.policies, &resources);
     let response_transform = super::response_compile::compile(ctx, &raw.policies);
+    let throttle = super::throttle_compile::policies(
+        ctx,
+        &raw.policies.throttle,
+        &super::throttle_compile::Owner {
+            api: &name,
+            version: &version,
+            api_scopes: &api_scopes,
+        },
+    );
     Some(Api {
         metrics: ApiMetrics::of(&name),
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
@@ -145,6 +154,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         outbound: outbound?,
         cors,
         response_transform,
+        throttle,
     })
 }
 

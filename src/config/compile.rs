@@ -67,6 +67,7 @@ pub fn compile(
         .api_gateway
         .as_ref()
         .and_then(|g| fleet_compile::api_gateway(&mut ctx, g));
+    let throttling = super::throttle_compile::throttling(&mut ctx, file.throttling.as_ref());
     if ctx.report.has_errors() {
         return None;
     }
@@ -90,5 +91,6 @@ pub fn compile(
         authorization_server: authorization_server.map(Arc::new),
         central,
         api_gateway,
+        throttling,
     })
 }

@@ -1,7 +1,7 @@
 //! Configuration: raw YAML (`raw`, read by `load`) → interpreted values
 //! (`resolve`) → checked and compiled (`compile` drives `listener_compile`,
-//! `security_compile`, `api_compile` (with `cors_compile` and
-//! `response_compile`), `authz_compile`, `fleet_compile`, all
+//! `security_compile`, `api_compile` (with `cors_compile`,
+//! `response_compile` and `throttle_compile`), `authz_compile`, `fleet_compile`, all
 //! sharing `context`, which imports none of them) into
 //! an immutable [`Snapshot`] with a generation number.
 //! Every finding is a [`Diagnostic`] with file, line and column. Never
@@ -25,6 +25,7 @@ pub mod secret;
 pub mod security_compile;
 pub mod snapshot;
 pub mod template;
+pub mod throttle_compile;
 
 use std::path::Path;
 use std::sync::Arc;

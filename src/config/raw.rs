@@ -77,6 +77,7 @@ pub struct File {
     pub apis: Vec<S<Api>>,
     pub authorization_server: Option<S<AuthorizationServer>>,
     pub central: Option<S<Central>>,
+    pub throttling: Option<S<Throttling>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,6 +307,7 @@ pub struct Policies {
     pub outbound_auth: Option<S<OutboundAuth>>,
     pub cors: Option<S<Cors>>,
     pub response_transformation: Option<S<ResponseTransformation>>,
+    pub throttle: Vec<S<Throttle>>,
 }
 
 /// Cross-origin requests from browsers (the Fetch standard's CORS protocol).
@@ -327,6 +329,29 @@ pub struct ResponseTransformation {
     /// Kept as a list of pairs so the order of the file is the order applied.
     pub set_headers: Pairs,
     pub remove_headers: Vec<S<String>>,
+}
+
+/// `throttling:`: where the counters of `policies.throttle` live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Throttling {
+    pub store: Opt<Scalar>,
+    pub password: Opt<Scalar>,
+    pub on_store_error: Opt<Scalar>,
+    pub timeout: Opt<Scalar>,
+    pub max_keys: Opt<Scalar>,
+}
+
+/// One entry of `policies.throttle`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Throttle {
+    pub name: Opt<String>,
+    pub limit: Opt<Scalar>,
+    pub per: Opt<Scalar>,
+    pub scope: Opt<String>,
+    pub per_application: Opt<Scalar>,
+    pub per_client_ip: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -271,6 +271,21 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("authorization_server_approval_page", |f| {
         &mut section(&mut f.authorization_server).approval_page
     }),
+    ("throttling_store", |f| {
+        &mut section(&mut f.throttling).store
+    }),
+    ("throttling_password", |f| {
+        &mut section(&mut f.throttling).password
+    }),
+    ("throttling_on_store_error", |f| {
+        &mut section(&mut f.throttling).on_store_error
+    }),
+    ("throttling_timeout", |f| {
+        &mut section(&mut f.throttling).timeout
+    }),
+    ("throttling_max_keys", |f| {
+        &mut section(&mut f.throttling).max_keys
+    }),
 ];
 
 /// `MCGW_` variables that configure the process, not a setting
@@ -282,6 +297,7 @@ const PROCESS_VARIABLES: &[&str] = &["log"];
 const OVERRIDE_SECTIONS: &[&str] = &[
     "authorization_server",
     "api_gateway",
+    "throttling",
     "timeouts",
     "limits",
     "ports",

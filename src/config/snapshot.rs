@@ -41,6 +41,7 @@ pub struct Snapshot {
     pub authorization_server: Option<Arc<authz::Settings>>,
     pub central: Option<Central>,
     pub api_gateway: Option<ApiGateway>,
+    pub throttling: Throttling,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +163,8 @@ pub struct Api {
     /// `None`: the API answers no preflight and sends no CORS fields.
     pub cors: Option<Cors>,
     pub response_transform: ResponseTransform,
+    /// `policies.throttle`, in file order.
+    pub throttle: Vec<ThrottlePolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +364,78 @@ pub struct ApiGateway {
     pub apis: Vec<String>,
     pub poll_interval: Duration,
     pub cache_file: PathBuf,
+}
+
+/// `throttling:`: where the counters of every API's throttle policies live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throttling {
+    pub store: ThrottleStore,
+    pub on_store_error: OnStoreError,
+    /// The longest a store call may take before `on_store_error` decides.
+    pub timeout: Duration,
+    /// Keys the memory store holds at most (expired ones are evicted first).
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ThrottleStore {
+    /// This process counts alone.
+    Memory,
+    /// Every gateway sharing this Redis counts together.
+    Redis {
+        /// `redis://host:port/db`; may carry credentials, so never printed.
+        url: Secret,
+        password: Option<Secret>,
+    },
+}
+
+/// What a request gets when the store cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Forwarded unthrottled (counted and logged).
+    Allow,
+    /// Answered 503.
+    Deny,
+}
+
+/// One entry of an API's `policies.throttle`: GCRA, `limit` requests per
+/// `per`, with a burst of up to `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottlePolicy {
+    /// Its name in the RateLimit fields, the metric label and `explain`.
+    pub name: String,
+    /// What its counters are stored under: API name and version, API
+    /// scope, limit, period and partition — not the generation, so a
+    /// reload keeps the counters of a policy it did not change.
+    pub identity: Arc<str>,
+    pub limit: u64,
+    pub per: Duration,
+    /// Index into `Api::api_scopes`: counts only that scope's resources.
+    pub api_scope: Option<usize>,
+    pub per_application: bool,
+    pub per_client_ip: bool,
+    /// Its item of the `RateLimit-Policy` field (`"name";q=10;w=60`).
+    pub policy_field: String,
+}
+
+impl ThrottlePolicy {
+    /// Whether it counts requests to `resource` (of its API).
+    pub fn applies_to(&self, resource: &Resource) -> bool {
+        self.api_scope
+            .is_none_or(|scope| resource.api_scopes.contains(&scope))
+    }
+
+    /// `10 per 1m, per application` — for `explain`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{}: {} per {:?}", self.name, self.limit, self.per);
+        if self.per_application {
+            text.push_str(", per application");
+        }
+        if self.per_client_ip {
+            text.push_str(", per client address");
+        }
+        text
+    }
 }
 
 impl Snapshot {

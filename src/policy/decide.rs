@@ -35,6 +35,8 @@ pub struct Verdict {
     /// Token scopes of the auth server that grant one of them.
     pub granting_token_scopes: Vec<String>,
     pub granted_api_scope: Option<String>,
+    /// The throttle policies that count requests to the matched resource.
+    pub throttle: Vec<String>,
     pub outcome: Outcome,
 }
 
@@ -53,6 +55,7 @@ pub fn decide(
         required_api_scopes: Vec::new(),
         granting_token_scopes: Vec::new(),
         granted_api_scope: None,
+        throttle: Vec::new(),
         outcome: Outcome::Allow,
     };
     let path = match canonicalize(raw_path) {
@@ -70,6 +73,12 @@ pub fn decide(
         }
     };
     let api = &matched.api;
+    verdict.throttle = api
+        .throttle
+        .iter()
+        .filter(|p| p.applies_to(matched.resource()))
+        .map(|p| p.describe())
+        .collect();
     verdict.required_api_scopes = matched
         .resource()
         .api_scopes
@@ -167,6 +176,10 @@ impl fmt::Display for Verdict {
                     self.granting_token_scopes.join(", ")
                 };
                 writeln!(f, "granted by: token scopes {granting}")?;
+            }
+            for (at, policy) in self.throttle.iter().enumerate() {
+                let label = if at == 0 { "throttle:" } else { "" };
+                writeln!(f, "{label:<11} {policy}")?;
             }
         }
         let verdict = match &self.outcome {

@@ -156,6 +156,35 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
     }
 }
 
+/// The client's address: the peer's, or, from a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not a trusted proxy (read
+/// right to left: the entries on the left are whatever the client wrote).
+/// An entry that is not an address stops the walk at the last trusted hop.
+pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.ip();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 /// `X-Forwarded-For` and `Forwarded` for a peer whose own values are
 /// dropped. They depend on the peer, the scheme and `Host` only, which
 /// stay the same request after request on a connection: each thread keeps
@@ -260,6 +289,29 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 mod tests {
     use super::*;
     use http::header::TE;
+
+    #[test]
+    fn client_ip_is_the_nearest_untrusted_forwarded_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        assert_eq!(
+            client_ip(&h, proxy, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        let stranger: SocketAddr = "5.5.5.5:5000".parse().unwrap();
+        assert_eq!(client_ip(&h, stranger, &trusted), stranger.ip());
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, garbage"),
+        );
+        assert_eq!(client_ip(&h, proxy, &trusted), proxy.ip());
+    }
 
     #[test]
     fn every_hop_by_hop_header_is_dropped() {

@@ -1,8 +1,9 @@
 //! The data path: `serve` runs the phases of a request in order (match →
-//! CORS preflight → authenticate → authorize → transform → outbound auth →
-//! forward → response transformation); `reject` decides what a refused
-//! client is told, `cors` what a browser is allowed; `forward` talks to the
-//! upstream, over the HTTP/1.1 `client` and its `pool`.
+//! CORS preflight → authenticate → authorize → throttle → transform →
+//! outbound auth → forward → response transformation); `reject` decides
+//! what a refused client is told, `cors` what a browser is allowed;
+//! `forward` talks to the upstream, over the HTTP/1.1 `client` and its
+//! `pool`.
 
 pub(crate) mod client;
 pub mod cors;

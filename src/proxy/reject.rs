@@ -77,6 +77,13 @@ pub enum Rejection {
     BadGateway(String),
     #[error("upstream did not answer in time")]
     GatewayTimeout,
+    #[error("throttled by policy {policies:?}")]
+    Throttled {
+        policies: Vec<String>,
+        fields: Option<Box<crate::throttle::Fields>>,
+    },
+    #[error("throttle store unavailable")]
+    ThrottleUnavailable,
 }
 
 impl Rejection {
@@ -98,7 +105,9 @@ impl Rejection {
             | Rejection::ClientBody(_)
             | Rejection::NotImplemented(_)
             | Rejection::BadGateway(_)
-            | Rejection::GatewayTimeout => None,
+            | Rejection::GatewayTimeout
+            | Rejection::Throttled { .. }
+            | Rejection::ThrottleUnavailable => None,
         }
     }
 
@@ -228,6 +237,19 @@ impl Rejection {
                     "the upstream did not answer in time".to_owned(),
                     None,
                 ),
+                // RFC 6585 §4; the RateLimit fields say which limit and when.
+                Rejection::Throttled { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    "a rate limit of this API is reached".to_owned(),
+                    None,
+                ),
+                Rejection::ThrottleUnavailable => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the rate limit cannot be checked".to_owned(),
+                    None,
+                ),
             };
         let body = serde_json::json!({ "error": error, "error_description": description });
         let mut response = Response::new(full(body.to_string()));
@@ -240,6 +262,14 @@ impl Rejection {
         match &self {
             Rejection::AuthUnavailable { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Rejection::Throttled { fields, .. } => {
+                if let Some(fields) = fields {
+                    fields.apply(headers);
+                }
+            }
+            Rejection::ThrottleUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Rejection::NoRoute(RouteProblem::MethodNotAllowed { allow, .. }) => {
                 let list = allow

@@ -25,11 +25,13 @@ use crate::auth::{AuthFailure, Principal};
 use crate::config::snapshot::{Api, Authentication, Outbound};
 use crate::config::Snapshot;
 use crate::policy::{self, CanonicalPath, Route};
+use crate::throttle::{self, Caller, Fields, Throttler};
 
 /// What the data path needs besides the snapshot.
 pub struct Runtime {
     pub auth: Arc<Authenticator>,
     pub upstreams: Upstreams,
+    pub throttle: Arc<Throttler>,
 }
 
 /// The connection a request arrived on.
@@ -100,6 +102,13 @@ async fn phases(
             would_grant: denied.would_grant,
         }
     })?; // authorize
+         // Boxed, like authentication: APIs without throttle policies carry
+         // no store call in their future.
+    let fields = if route.api.throttle.is_empty() {
+        None
+    } else {
+        Box::pin(throttle(snap, rt, &route, who.as_deref(), conn, &req)).await?
+    }; // throttle
     let from_h2 = req.version() == Version::HTTP_2;
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
@@ -119,6 +128,9 @@ async fn phases(
     let mut response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
     refuse_upstream_challenge(&route.api, &response)?;
     transform::apply_to_response(&route.api.response_transform, response.headers_mut()); // response transformation
+    if let Some(fields) = fields {
+        fields.apply(response.headers_mut());
+    }
     Ok(response)
 }
 
@@ -147,6 +159,36 @@ fn answer_preflight<B>(
         .as_ref()
         .is_some_and(|method| policy::route(snap, method, path).is_ok());
     Some((cors::answer(policy, &preflight, routed), api.clone()))
+}
+
+/// Counts the request against the API's throttle policies that apply to
+/// its resource: a refused request goes no further. Returns the RateLimit
+/// fields for the response.
+async fn throttle<B>(
+    snap: &Snapshot,
+    rt: &Runtime,
+    route: &Route,
+    who: Option<&Principal>,
+    conn: Connection,
+    req: &Request<B>,
+) -> Result<Option<Fields>, Rejection> {
+    let caller = Caller {
+        principal: who,
+        client_ip: forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies),
+    };
+    match rt
+        .throttle
+        .check(snap, &route.api, route.resource, caller)
+        .await
+    {
+        throttle::Verdict::Unthrottled | throttle::Verdict::StoreFailedAllowed => Ok(None),
+        throttle::Verdict::Admitted(fields) => Ok(fields),
+        throttle::Verdict::Refused { policies, fields } => Err(Rejection::Throttled {
+            policies,
+            fields: fields.map(Box::new),
+        }),
+        throttle::Verdict::StoreFailedDenied => Err(Rejection::ThrottleUnavailable),
+    }
 }
 
 /// An upstream answering 401 or 407 to credentials the gateway sent for

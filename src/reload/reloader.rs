@@ -21,6 +21,7 @@ use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::central::{self, Document, Link};
 use crate::config::{Env, Invalid, Snapshot};
+use crate::throttle::Throttler;
 
 /// What a reload reads and what it changes: the handle the lower layers
 /// (admin, the central poller, the file watcher) get instead of the
@@ -35,6 +36,8 @@ pub struct Reloader {
     pub authz: Arc<ArcSwapOption<AuthorizationServer>>,
     /// The token validators of the data path.
     pub auth: Arc<Authenticator>,
+    /// The throttle stores of the data path (their counters outlive reloads).
+    pub throttle: Arc<Throttler>,
 }
 
 impl Reloader {
@@ -115,10 +118,11 @@ impl Reloader {
         }
     }
 
-    /// Prepares the runtime for `snapshot` (authorization server, then
-    /// validators), then swaps it in. Nothing is swapped on error.
+    /// Prepares the runtime for `snapshot` (throttle store, authorization
+    /// server, then validators), then swaps it in. Nothing is swapped on error.
     pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
         let generation = snapshot.generation;
+        self.throttle.prepare(&snapshot)?;
         self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
         self.live.swap(source, snapshot);

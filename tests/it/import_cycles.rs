@@ -576,7 +576,7 @@ const FLOORS: &[&[&str]] = &[
     &["metrics", "timer"],
     &["config", "logging"],
     &["auth", "basic_auth", "http1"],
-    &["authz_server", "policy"],
+    &["authz_server", "policy", "throttle"],
     &["proxy"],
     &["server", "central"],
     &["reload"],

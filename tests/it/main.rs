@@ -36,6 +36,7 @@ mod logging;
 mod reload;
 mod routing;
 mod slow_clients;
+mod throttling;
 mod tls;
 mod token_properties;
 mod upstream_framing;

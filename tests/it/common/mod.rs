@@ -7,6 +7,7 @@ pub mod idp;
 pub mod oauth;
 pub mod process;
 pub mod recording;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,0 +1,314 @@
+//! Compiling `throttling:` (the store of the counters) and each API's
+//! `policies.throttle`. A policy's identity (what its counters are stored
+//! under) is decided here, from what it counts and not from the snapshot,
+//! so that a reload keeps the counters of the limits it did not change.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::context::Ctx;
+use super::raw::{self, S};
+use super::snapshot::{OnStoreError, ThrottlePolicy, ThrottleStore, Throttling};
+
+const STORE_ALLOWED: &str =
+    "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+const DEFAULT_MAX_KEYS: usize = 100_000;
+/// A store call longer than this would hold requests for longer than any
+/// client waits for an answer about a limit.
+const MAX_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest period a limit may have (counters expire after it).
+const MAX_PER: Duration = Duration::from_secs(31 * 86_400);
+
+pub(super) fn throttling(ctx: &mut Ctx, raw: Option<&S<raw::Throttling>>) -> Throttling {
+    let Some(entry) = raw else {
+        return Throttling {
+            store: ThrottleStore::Memory,
+            on_store_error: OnStoreError::Allow,
+            timeout: DEFAULT_TIMEOUT,
+            max_keys: DEFAULT_MAX_KEYS,
+        };
+    };
+    let raw = &entry.value;
+    let store = store(ctx, raw);
+    let on_store_error = match raw.on_store_error.as_ref().map(|v| (v.value.0.as_str(), v)) {
+        None | Some(("allow", _)) => OnStoreError::Allow,
+        Some(("deny", _)) => OnStoreError::Deny,
+        Some((other, at)) => {
+            ctx.report.error(
+                at.referenced,
+                format!("throttling.on_store_error: `{other}` is not known"),
+                "allow (forward, counted and logged) or deny (503)",
+            );
+            OnStoreError::Allow
+        }
+    };
+    let timeout = ctx.duration(&raw.timeout, "throttling.timeout", DEFAULT_TIMEOUT);
+    if let Some(at) = &raw.timeout {
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            ctx.report.error(
+                at.referenced,
+                format!("throttling.timeout: `{}` is out of range", at.value.0),
+                "from 1ms to 10s",
+            );
+        }
+    }
+    let max_keys = match &raw.max_keys {
+        None => DEFAULT_MAX_KEYS,
+        Some(at) => match ctx.number::<usize>(at, "throttling.max_keys", "an integer from 1") {
+            Some(0) => {
+                ctx.report.error(
+                    at.referenced,
+                    "throttling.max_keys: 0 would keep no counter",
+                    "an integer from 1",
+                );
+                DEFAULT_MAX_KEYS
+            }
+            Some(keys) => keys,
+            None => DEFAULT_MAX_KEYS,
+        },
+    };
+    if let (ThrottleStore::Memory, Some(password)) = (&store, &raw.password) {
+        ctx.report.error(
+            password.referenced,
+            "throttling.password: set, but the store is memory",
+            "password only with a redis:// store",
+        );
+    }
+    Throttling {
+        store,
+        on_store_error,
+        timeout,
+        max_keys,
+    }
+}
+
+fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
+    let Some(at) = &raw.store else {
+        return ThrottleStore::Memory;
+    };
+    if at.value.0 == "memory" {
+        return ThrottleStore::Memory;
+    }
+    // The URL may carry a password: read like any secret, never printed.
+    let Some(url) = ctx.secret(at, "throttling.store") else {
+        return ThrottleStore::Memory;
+    };
+    let valid = url
+        .expose()
+        .strip_prefix("redis://")
+        .map(|rest| rest.rsplit_once('@').map_or(rest, |(_, host)| host))
+        .is_some_and(|host| {
+            !host.is_empty() && !host.starts_with('/') && !host.contains(char::is_whitespace)
+        });
+    if !valid {
+        ctx.report.error(
+            at.referenced,
+            "throttling.store: neither `memory` nor a redis:// URL with a host",
+            STORE_ALLOWED,
+        );
+        return ThrottleStore::Memory;
+    }
+    let password = raw
+        .password
+        .as_ref()
+        .and_then(|p| ctx.secret(p, "throttling.password"));
+    ThrottleStore::Redis { url, password }
+}
+
+/// What a policy list may name: its API and the API's scopes.
+pub(super) struct Owner<'a> {
+    pub api: &'a str,
+    pub version: &'a str,
+    pub api_scopes: &'a [String],
+}
+
+pub(super) fn policies(
+    ctx: &mut Ctx,
+    list: &[S<raw::Throttle>],
+    owner: &Owner,
+) -> Vec<ThrottlePolicy> {
+    let mut compiled: Vec<ThrottlePolicy> = Vec::new();
+    let mut names = HashSet::new();
+    let mut identities = HashSet::new();
+    for entry in list {
+        let Some(policy) = policy(ctx, entry, owner) else {
+            continue;
+        };
+        if !identities.insert(policy.identity.clone()) {
+            ctx.report.error(
+                entry.referenced,
+                "this throttle policy counts exactly what another one of the API counts",
+                "each limit, period, scope and partition once per API",
+            );
+            continue;
+        }
+        if !names.insert(policy.name.clone()) {
+            let at = entry
+                .value
+                .name
+                .as_ref()
+                .map_or(entry.referenced, |n| n.referenced);
+            ctx.report.error(
+                at,
+                format!(
+                    "two throttle policies of this API are named `{}`",
+                    policy.name
+                ),
+                "a distinct `name` per policy (letters, digits, `-`, `_`, `.`)",
+            );
+            continue;
+        }
+        compiled.push(policy);
+    }
+    compiled
+}
+
+fn policy(ctx: &mut Ctx, entry: &S<raw::Throttle>, owner: &Owner) -> Option<ThrottlePolicy> {
+    let raw = &entry.value;
+    let limit = ctx
+        .required(&raw.limit, entry.referenced, "throttle.limit")
+        .and_then(|at| {
+            let limit = ctx.number::<u64>(at, "throttle.limit", "an integer from 1")?;
+            if limit == 0 {
+                ctx.report.error(
+                    at.referenced,
+                    "throttle.limit: 0 would refuse every request",
+                    "an integer from 1",
+                );
+                return None;
+            }
+            Some(limit)
+        });
+    let per = ctx
+        .required(&raw.per, entry.referenced, "throttle.per")
+        .and_then(|at| {
+            let per = super::resolve::duration(&at.value.0)
+                .filter(|per| *per >= Duration::from_millis(1) && *per <= MAX_PER);
+            if per.is_none() {
+                ctx.report.error(
+                    at.referenced,
+                    format!(
+                        "throttle.per: `{}` is not a duration from 1ms to 31d",
+                        at.value.0
+                    ),
+                    "a duration such as 1s, 1m, 1h or 250ms",
+                );
+            }
+            per
+        });
+    let api_scope = match &raw.scope {
+        None => Some(None),
+        Some(at) => match owner.api_scopes.iter().position(|s| *s == at.value) {
+            Some(index) => Some(Some(index)),
+            None => {
+                ctx.report.error(
+                    at.referenced,
+                    format!("throttle.scope: API scope `{}` is not declared", at.value),
+                    format!(
+                        "one of the API's scopes: {}",
+                        super::context::names(owner.api_scopes.iter().cloned())
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let per_application = ctx.boolean(&raw.per_application, "throttle.per_application", false);
+    let per_client_ip = ctx.boolean(&raw.per_client_ip, "throttle.per_client_ip", false);
+    let (limit, per, api_scope) = (limit?, per?, api_scope?);
+    if per.as_micros() < u128::from(limit) {
+        ctx.report.error(
+            entry.referenced,
+            "throttle: more than one request per microsecond cannot be counted",
+            "a limit no larger than the period in microseconds",
+        );
+        return None;
+    }
+    let scope_name = api_scope.map(|i| owner.api_scopes[i].as_str());
+    let name = match &raw.name {
+        Some(at) if valid_name(&at.value) => at.value.clone(),
+        Some(at) => {
+            ctx.report.error(
+                at.referenced,
+                format!("throttle.name `{}` is not a valid policy name", at.value),
+                "letters, digits, `-`, `_` and `.`, at most 64",
+            );
+            return None;
+        }
+        None => default_name(scope_name, per_application, per_client_ip),
+    };
+    let identity = serde_json::json!([
+        owner.api,
+        owner.version,
+        scope_name,
+        limit,
+        per.as_micros() as u64,
+        per_application,
+        per_client_ip
+    ])
+    .to_string();
+    // draft-ietf-httpapi-ratelimit-headers §4: quota `q`, window `w` in seconds.
+    let window = per.as_secs() + u64::from(per.subsec_nanos() > 0);
+    let policy_field = format!("\"{name}\";q={limit};w={window}");
+    Some(ThrottlePolicy {
+        name,
+        identity: identity.into(),
+        limit,
+        per,
+        api_scope,
+        per_application,
+        per_client_ip,
+        policy_field,
+    })
+}
+
+/// A name that is a valid structured-field string and metric label as it is.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `api`, or the scope's name, then what it is counted per.
+fn default_name(scope: Option<&str>, per_application: bool, per_client_ip: bool) -> String {
+    let mut name: String = match scope {
+        Some(scope) => scope
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect(),
+        None => "api".to_owned(),
+    };
+    if per_application {
+        name.push_str("-per-application");
+    }
+    if per_client_ip {
+        name.push_str("-per-client-ip");
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_say_what_is_counted() {
+        assert_eq!(default_name(None, false, false), "api");
+        assert_eq!(
+            default_name(Some("Book Tickets"), true, true),
+            "Book_Tickets-per-application-per-client-ip"
+        );
+        assert!(valid_name("api-per-client-ip"));
+        assert!(!valid_name("a\"b"));
+    }
+}

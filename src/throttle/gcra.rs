@@ -1,0 +1,134 @@
+//! The generic cell rate algorithm (GCRA), in microseconds. A key keeps
+//! one number, its theoretical arrival time (TAT). A policy of `limit`
+//! requests per `per` admits one request every `interval` = per / limit,
+//! with a burst of up to `limit`: a request is admitted when, once counted,
+//! the TAT is at most `period` = limit × interval ahead of now. A key whose
+//! TAT has passed is the same as no key, so entries expire on their own.
+//!
+//! The same arithmetic runs in the memory store and, as Lua, in Redis
+//! (`redis.rs`); both report each key's `level` (TAT − now after the
+//! decision) and [`quota`] turns it into what the client is told.
+
+use std::time::Duration;
+
+/// A policy's rate, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub interval: u64,
+    pub period: u64,
+}
+
+impl Rate {
+    /// `limit` requests per `per` (compile checks `per` ≥ `limit` µs).
+    pub fn of(limit: u64, per: Duration) -> Rate {
+        let per = u64::try_from(per.as_micros()).unwrap_or(u64::MAX);
+        let interval = (per / limit.max(1)).max(1);
+        Rate {
+            interval,
+            period: interval.saturating_mul(limit.max(1)),
+        }
+    }
+
+    /// Whether one more request fits on a key whose TAT is `base` (at
+    /// least `now`).
+    pub fn fits(self, base: u64, now: u64) -> bool {
+        base + self.interval - now <= self.period
+    }
+}
+
+/// What a policy says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests that would still be admitted now.
+    pub remaining: u64,
+    /// Until the whole quota is available again.
+    pub reset: Duration,
+    /// Until a request would fit, when this policy refused it.
+    pub retry_after: Option<Duration>,
+}
+
+/// The quota of a key whose TAT is `level` µs ahead of now, after a request
+/// that was `admitted` (and counted) or not.
+pub fn quota(rate: Rate, admitted: bool, level: u64) -> Quota {
+    let room = rate.period.saturating_sub(level);
+    let refused_here = !admitted && level + rate.interval > rate.period;
+    Quota {
+        remaining: if refused_here {
+            0
+        } else {
+            room / rate.interval
+        },
+        reset: Duration::from_micros(level),
+        retry_after: refused_here
+            .then(|| Duration::from_micros(level + rate.interval - rate.period)),
+    }
+}
+
+/// Whole seconds, rounded up: a client told 0 would retry at once.
+pub fn seconds_up(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the algorithm on one key as the memory store does.
+    fn admit(tat: &mut u64, now: u64, rate: Rate) -> Quota {
+        let base = (*tat).max(now);
+        if rate.fits(base, now) {
+            *tat = base + rate.interval;
+            quota(rate, true, *tat - now)
+        } else {
+            quota(rate, false, base - now)
+        }
+    }
+
+    #[test]
+    fn a_burst_of_limit_then_one_per_interval() {
+        let rate = Rate::of(3, Duration::from_secs(3));
+        assert_eq!(rate.interval, 1_000_000);
+        let mut tat = 0;
+        let now = 10_000_000;
+        let remaining: Vec<u64> = (0..3)
+            .map(|_| admit(&mut tat, now, rate).remaining)
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let refused = admit(&mut tat, now, rate);
+        assert_eq!(refused.retry_after, Some(Duration::from_secs(1)));
+        assert_eq!(refused.remaining, 0);
+        // One interval later, exactly one more.
+        let later = now + 1_000_000;
+        assert!(admit(&mut tat, later, rate).retry_after.is_none());
+        assert!(admit(&mut tat, later, rate).retry_after.is_some());
+    }
+
+    #[test]
+    fn an_idle_key_is_a_full_bucket() {
+        let rate = Rate::of(2, Duration::from_secs(1));
+        let mut tat = 0;
+        admit(&mut tat, 1_000, rate);
+        admit(&mut tat, 1_000, rate);
+        let quota = admit(&mut tat, 5_000_000, rate);
+        assert_eq!(quota.remaining, 1);
+        assert_eq!(quota.reset, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn rounding_never_admits_more_than_the_limit() {
+        // 5 µs / 4 would round to 1 µs and admit 5 at once.
+        let rate = Rate::of(4, Duration::from_micros(5));
+        let mut tat = 0;
+        let admitted = (0..10)
+            .filter(|_| admit(&mut tat, 100, rate).retry_after.is_none())
+            .count();
+        assert_eq!(admitted, 4);
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(seconds_up(Duration::from_millis(1)), 1);
+        assert_eq!(seconds_up(Duration::from_secs(2)), 2);
+        assert_eq!(seconds_up(Duration::ZERO), 0);
+    }
+}

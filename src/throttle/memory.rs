@@ -1,0 +1,179 @@
+//! The memory store: one process counts alone. Keys are spread over
+//! shards, each behind its own mutex, so threads counting different keys
+//! rarely meet. Bounded: a shard holds at most its share of `max_keys`;
+//! when full, expired keys go first (an expired key is a full bucket, so
+//! nothing is lost), then the key nearest to expiry.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::gcra::Rate;
+use super::Key;
+
+const SHARDS: usize = 32;
+
+type Shard = HashMap<Key, u64>;
+
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    max_keys: AtomicUsize,
+}
+
+impl MemoryStore {
+    pub fn new(max_keys: usize) -> MemoryStore {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
+            hasher: Default::default(),
+            max_keys: AtomicUsize::new(max_keys),
+        }
+    }
+
+    /// Takes the bound of a new snapshot; a smaller one applies as keys
+    /// are added.
+    pub fn set_max_keys(&self, max_keys: usize) {
+        self.max_keys.store(max_keys, Ordering::Relaxed);
+    }
+
+    /// Counts a request on every key, or on none: admitted only when each
+    /// key has room. Returns whether it was admitted and each key's level
+    /// (TAT − now, µs). The shards involved are locked in index order, so
+    /// two requests never wait on each other in a loop.
+    pub fn check(&self, keys: &[(Key, Rate)], now: u64) -> (bool, Vec<u64>) {
+        let shard_of: Vec<usize> = keys
+            .iter()
+            .map(|(key, _)| (self.hasher.hash_one(key) as usize) % self.shards.len())
+            .collect();
+        let mut order = shard_of.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<Shard>)> = order
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    self.shards[i]
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                )
+            })
+            .collect();
+        let mut bases = Vec::with_capacity(keys.len());
+        let mut admitted = true;
+        for ((key, rate), shard) in keys.iter().zip(&shard_of) {
+            let guard = guard_of(&mut guards, *shard);
+            let base = guard.get(key).copied().unwrap_or(0).max(now);
+            admitted &= rate.fits(base, now);
+            bases.push(base);
+        }
+        if !admitted {
+            return (false, bases.iter().map(|base| base - now).collect());
+        }
+        let per_shard = (self.max_keys.load(Ordering::Relaxed) / self.shards.len()).max(1);
+        let mut levels = Vec::with_capacity(keys.len());
+        for (((key, rate), shard), base) in keys.iter().zip(&shard_of).zip(bases) {
+            let guard = guard_of(&mut guards, *shard);
+            let tat = base + rate.interval;
+            match guard.get_mut(key) {
+                Some(entry) => *entry = tat,
+                None => {
+                    make_room(guard, per_shard, now);
+                    guard.insert(key.clone(), tat);
+                }
+            }
+            levels.push(tat - now);
+        }
+        (true, levels)
+    }
+
+    /// Keys held (for tests of the bound).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[allow(
+    clippy::expect_used,
+    reason = "every shard a key maps to was locked before the keys are read"
+)]
+fn guard_of<'g, 'm>(
+    guards: &'g mut [(usize, MutexGuard<'m, Shard>)],
+    shard: usize,
+) -> &'g mut MutexGuard<'m, Shard> {
+    guards
+        .iter_mut()
+        .find(|(i, _)| *i == shard)
+        .map(|(_, guard)| guard)
+        .expect("every shard a key maps to was locked")
+}
+
+/// Leaves room for one more key in a shard holding at most `cap`.
+fn make_room(shard: &mut Shard, cap: usize, now: u64) {
+    if shard.len() < cap {
+        return;
+    }
+    shard.retain(|_, tat| *tat > now);
+    while shard.len() >= cap {
+        let nearest = shard
+            .iter()
+            .min_by_key(|(_, tat)| **tat)
+            .map(|(key, _)| key.clone());
+        match nearest {
+            Some(key) => shard.remove(&key),
+            None => break,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::throttle::Subject;
+
+    fn key(policy: &str, ip: u8) -> Key {
+        Key {
+            policy: Arc::from(policy),
+            subject: Subject {
+                application: None,
+                ip: Some(std::net::IpAddr::from([10, 0, 0, ip])),
+            },
+        }
+    }
+
+    #[test]
+    fn a_request_counts_on_every_key_or_on_none() {
+        let store = MemoryStore::new(1000);
+        let wide = Rate::of(10, Duration::from_secs(60));
+        let narrow = Rate::of(1, Duration::from_secs(60));
+        let keys = [(key("wide", 1), wide), (key("narrow", 1), narrow)];
+        assert!(store.check(&keys, 1).0);
+        let (admitted, levels) = store.check(&keys, 1);
+        assert!(!admitted);
+        // The refused request did not use the wide policy's quota.
+        assert_eq!(levels[0], wide.interval);
+    }
+
+    #[test]
+    fn the_store_never_holds_more_than_its_bound() {
+        let store = MemoryStore::new(SHARDS * 2);
+        let rate = Rate::of(1, Duration::from_secs(60));
+        for ip in 0..=255 {
+            assert!(store.check(&[(key("p", ip), rate)], 1).0);
+        }
+        assert!(store.len() <= SHARDS * 2, "{}", store.len());
+        // Expired keys make room before live ones are dropped.
+        assert!(store.check(&[(key("q", 1), rate)], 120_000_001).0);
+    }
+}

@@ -1,0 +1,367 @@
+//! Throttling: which of an API's `policies.throttle` a request counts
+//! against, under which keys, in which store; and the RateLimit fields
+//! (draft-ietf-httpapi-ratelimit-headers) that tell the client about it.
+//!
+//! Counters are keyed by a policy's identity (API, scope, limit, period,
+//! partition), never by the snapshot, so they survive reloads that keep
+//! the policy. The memory store lives as long as the gateway; a Redis
+//! store as long as its URL and password stay the same. A store that does
+//! not answer in time never holds a request: `on_store_error` decides.
+
+pub mod gcra;
+pub mod memory;
+pub mod redis;
+
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::HeaderMap;
+
+use crate::auth::Principal;
+use crate::config::snapshot::{Api, OnStoreError, ThrottlePolicy, ThrottleStore, Throttling};
+use crate::config::Snapshot;
+use gcra::{quota, seconds_up, Quota, Rate};
+use memory::MemoryStore;
+use redis::RedisStore;
+
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Whom a request is counted as, for one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject {
+    pub application: Option<Box<str>>,
+    pub ip: Option<IpAddr>,
+}
+
+/// A counter: a policy's identity and whom it counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub policy: Arc<str>,
+    pub subject: Subject,
+}
+
+impl Key {
+    /// `mcgw:` + identity + subject. A subject longer than a client id or
+    /// address usually is goes in hashed, so a key stays short.
+    pub fn redis_key(&self) -> String {
+        let mut key = String::with_capacity(self.policy.len() + 48);
+        key.push_str("mcgw:");
+        key.push_str(&self.policy);
+        let mut subject = String::new();
+        if let Some(application) = &self.subject.application {
+            subject.push_str(application);
+        }
+        subject.push('|');
+        if let Some(ip) = self.subject.ip {
+            let _ = write!(subject, "{ip}");
+        }
+        key.push(':');
+        if subject.len() > 128 {
+            use sha2::Digest;
+            for byte in sha2::Sha256::digest(subject.as_bytes()) {
+                let _ = write!(key, "{byte:02x}");
+            }
+        } else {
+            key.push_str(&subject);
+        }
+        key
+    }
+}
+
+/// Who sent a request, as far as throttling cares.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub principal: Option<&'a Principal>,
+    /// The client's address (a trusted proxy's client, else the peer).
+    pub client_ip: IpAddr,
+}
+
+/// The application a per-application policy counts a request under.
+/// Applications are not identified yet, so this is the OAuth2 client the
+/// token was issued to; once requests carry an application, its name goes
+/// here. Requests without one (no token, or no client id in it) share one
+/// counter: they are not let through uncounted.
+fn application_of<'a>(caller: &Caller<'a>) -> Option<&'a str> {
+    caller.principal.and_then(|p| p.client_id.as_deref())
+}
+
+/// What the client is told about the policies that counted its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
+    policy: HeaderValue,
+    ratelimit: HeaderValue,
+    retry_after: Option<HeaderValue>,
+}
+
+impl Fields {
+    fn of(counted: &[(&ThrottlePolicy, Quota)]) -> Option<Fields> {
+        let mut policy = String::new();
+        let mut ratelimit = String::new();
+        let mut retry_after: Option<Duration> = None;
+        for (at, (p, quota)) in counted.iter().enumerate() {
+            if at > 0 {
+                policy.push_str(", ");
+                ratelimit.push_str(", ");
+            }
+            policy.push_str(&p.policy_field);
+            let _ = write!(
+                ratelimit,
+                "\"{}\";r={};t={}",
+                p.name,
+                quota.remaining,
+                seconds_up(quota.reset)
+            );
+            retry_after = retry_after.max(quota.retry_after);
+        }
+        // Moved into the values, not copied (names and numbers only:
+        // always valid).
+        Some(Fields {
+            policy: HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)).ok()?,
+            ratelimit: HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit)).ok()?,
+            retry_after: retry_after.map(|after| HeaderValue::from(seconds_up(after).max(1))),
+        })
+    }
+
+    /// Adds the fields to a response's headers.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
+        headers.insert(RATELIMIT.clone(), self.ratelimit.clone());
+        if let Some(after) = &self.retry_after {
+            headers.insert(RETRY_AFTER, after.clone());
+        }
+    }
+}
+
+/// What throttling says about a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// No policy applies: nothing to count, nothing to tell.
+    Unthrottled,
+    /// Counted and admitted; the fields go on the response.
+    Admitted(Option<Fields>),
+    /// Refused (429) by the policies named.
+    Refused {
+        policies: Vec<String>,
+        fields: Option<Fields>,
+    },
+    /// The store did not answer and `on_store_error` is `allow`.
+    StoreFailedAllowed,
+    /// The store did not answer and `on_store_error` is `deny` (503).
+    StoreFailedDenied,
+}
+
+/// The stores of one gateway.
+pub struct Throttler {
+    memory: MemoryStore,
+    redis: ArcSwapOption<RedisStore>,
+}
+
+impl Default for Throttler {
+    fn default() -> Throttler {
+        Throttler {
+            memory: MemoryStore::new(100_000),
+            redis: ArcSwapOption::empty(),
+        }
+    }
+}
+
+impl Throttler {
+    /// Readies the store `snapshot` names: keeps the current one when its
+    /// settings are unchanged (and so its counters). Refuses a URL the
+    /// Redis client cannot use; nothing changes then.
+    pub fn prepare(&self, snapshot: &Snapshot) -> Result<(), String> {
+        let settings = &snapshot.throttling;
+        self.memory.set_max_keys(settings.max_keys);
+        match &settings.store {
+            ThrottleStore::Memory => self.redis.store(None),
+            ThrottleStore::Redis { url, password } => {
+                let current = self.redis.load();
+                let same = current
+                    .as_ref()
+                    .is_some_and(|r| r.url == *url && r.password == *password);
+                if !same {
+                    let store = RedisStore::open(url, password.as_ref())?;
+                    self.redis.store(Some(Arc::new(store)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a request to resource `resource` of `api` against the
+    /// policies that apply to it.
+    pub async fn check(
+        &self,
+        snapshot: &Snapshot,
+        api: &Api,
+        resource: usize,
+        caller: Caller<'_>,
+    ) -> Verdict {
+        let policies: Vec<&ThrottlePolicy> = api
+            .throttle
+            .iter()
+            .filter(|p| p.applies_to(&api.resources[resource]))
+            .collect();
+        if policies.is_empty() {
+            return Verdict::Unthrottled;
+        }
+        let keys: Vec<(Key, Rate)> = policies
+            .iter()
+            .map(|p| (key(p, &caller), Rate::of(p.limit, p.per)))
+            .collect();
+        let settings: &Throttling = &snapshot.throttling;
+        let answer = match &settings.store {
+            ThrottleStore::Memory => Ok(self.memory.check(&keys, now_micros())),
+            ThrottleStore::Redis { .. } => match self.redis.load_full() {
+                Some(store) => store.check(&keys, settings.timeout).await,
+                None => Err(redis::StoreError::Timeout(settings.timeout)),
+            },
+        };
+        let (admitted, levels) = match answer {
+            Ok(answer) => answer,
+            Err(error) => return store_failed(settings.on_store_error, api, &error),
+        };
+        let counted: Vec<(&ThrottlePolicy, Quota)> = policies
+            .iter()
+            .zip(keys.iter().zip(levels))
+            .map(|(p, ((_, rate), level))| (*p, quota(*rate, admitted, level)))
+            .collect();
+        if admitted {
+            return Verdict::Admitted(Fields::of(&counted));
+        }
+        // The client hears about the policies that refused it.
+        let refusing: Vec<(&ThrottlePolicy, Quota)> = counted
+            .into_iter()
+            .filter(|(_, q)| q.retry_after.is_some())
+            .collect();
+        for (p, _) in &refusing {
+            crate::metrics::get()
+                .throttled
+                .with_label_values(&[api.name.as_str(), p.name.as_str()])
+                .inc();
+        }
+        Verdict::Refused {
+            policies: refusing.iter().map(|(p, _)| p.name.clone()).collect(),
+            fields: Fields::of(&refusing),
+        }
+    }
+}
+
+fn store_failed(on_error: OnStoreError, api: &Api, error: &redis::StoreError) -> Verdict {
+    crate::metrics::get().throttle_store_errors.inc();
+    let verdict = match on_error {
+        OnStoreError::Allow => Verdict::StoreFailedAllowed,
+        OnStoreError::Deny => Verdict::StoreFailedDenied,
+    };
+    // One line per interval, not per request: a store that is down for
+    // every request would otherwise fill the log (the metric counts all).
+    if let Some(suppressed) = log_due() {
+        let outcome = match on_error {
+            OnStoreError::Allow => "allowed unthrottled",
+            OnStoreError::Deny => "refused (503)",
+        };
+        tracing::warn!(
+            api = api.name,
+            %error,
+            suppressed,
+            "throttle store failed; request {outcome}"
+        );
+    }
+    verdict
+}
+
+/// Whether a store failure is logged now; returns how many were not
+/// logged since the last line.
+fn log_due() -> Option<u64> {
+    const EVERY: u64 = 10_000_000;
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = now_micros();
+    let last = LAST.load(Ordering::Relaxed);
+    let due = last == 0 || now.saturating_sub(last) >= EVERY;
+    if due
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        return Some(SUPPRESSED.swap(0, Ordering::Relaxed));
+    }
+    SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+fn key(policy: &ThrottlePolicy, caller: &Caller) -> Key {
+    Key {
+        policy: policy.identity.clone(),
+        subject: Subject {
+            application: policy
+                .per_application
+                .then(|| application_of(caller).unwrap_or("").into()),
+            ip: policy.per_client_ip.then_some(caller.client_ip),
+        },
+    }
+}
+
+/// Microseconds on this process's monotonic clock (the memory store's
+/// time; Redis uses its own).
+fn now_micros() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    // Starts above 0, so that a missing key (TAT 0) is always in the past.
+    1 + u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, limit: u64) -> ThrottlePolicy {
+        ThrottlePolicy {
+            name: name.to_owned(),
+            identity: Arc::from(name),
+            limit,
+            per: Duration::from_secs(60),
+            api_scope: None,
+            per_application: false,
+            per_client_ip: false,
+            policy_field: format!("\"{name}\";q={limit};w=60"),
+        }
+    }
+
+    #[test]
+    fn fields_list_every_policy_and_retry_after_the_longest_wait() {
+        let (a, b) = (policy("a", 10), policy("b", 1));
+        let counted = [
+            (&a, quota(Rate::of(10, a.per), false, 6_000_000)),
+            (&b, quota(Rate::of(1, b.per), false, 60_000_000)),
+        ];
+        let fields = Fields::of(&counted).unwrap();
+        let mut headers = HeaderMap::new();
+        fields.apply(&mut headers);
+        assert_eq!(headers[&RATELIMIT_POLICY], r#""a";q=10;w=60, "b";q=1;w=60"#);
+        assert_eq!(headers[&RATELIMIT], r#""a";r=9;t=6, "b";r=0;t=60"#);
+        assert_eq!(headers[RETRY_AFTER], "60");
+    }
+
+    #[test]
+    fn redis_keys_are_prefixed_and_bounded() {
+        let key = |application: &str| Key {
+            policy: Arc::from("[\"Time travels\",\"1.0\"]"),
+            subject: Subject {
+                application: Some(application.into()),
+                ip: Some(IpAddr::from([10, 0, 0, 1])),
+            },
+        };
+        assert_eq!(
+            key("app").redis_key(),
+            "mcgw:[\"Time travels\",\"1.0\"]:app|10.0.0.1"
+        );
+        let long = key(&"x".repeat(1000)).redis_key();
+        assert!(long.starts_with("mcgw:") && long.len() < 100, "{long}");
+    }
+}

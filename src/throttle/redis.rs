@@ -1,0 +1,140 @@
+//! The Redis store: every gateway sharing one Redis counts together. One
+//! round trip per request: a Lua script runs the GCRA of `gcra.rs` on all
+//! the request's keys at once, on Redis's own clock (`TIME`), so the
+//! decision is atomic and exact however many gateways ask. Keys are
+//! prefixed `mcgw:` and expire when their bucket is full again.
+//!
+//! Each listener thread has its own managed connection (it reconnects
+//! after Redis comes back); each call is bounded by `throttling.timeout`,
+//! after which the caller applies `on_store_error`: never a hang.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo, Script};
+use thread_local::ThreadLocal;
+
+use super::gcra::Rate;
+use super::Key;
+use crate::config::Secret;
+
+/// GCRA on every key, all or nothing. KEYS: one per policy; ARGV: interval
+/// and period (µs) per key. Returns the verdict (1 admitted, 0 refused) and
+/// each key's level (TAT − now, µs) after it. Lua numbers are doubles:
+/// microseconds since 1970 stay exact (below 2^53).
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local bases = {}
+local admitted = 1
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local period = tonumber(ARGV[2 * i])
+  local base = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if base < now then base = now end
+  bases[i] = base
+  if base + interval - now > period then admitted = 0 end
+end
+local out = { admitted }
+for i = 1, #KEYS do
+  local base = bases[i]
+  if admitted == 1 then
+    local tat = base + tonumber(ARGV[2 * i - 1])
+    redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+    out[i + 1] = tat - now
+  else
+    out[i + 1] = base - now
+  end
+end
+return out
+";
+
+/// Why the store could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no answer from Redis within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis answered {0} values for {1} keys")]
+    Malformed(usize, usize),
+}
+
+pub struct RedisStore {
+    /// What it was opened with, to tell whether a new snapshot changes it.
+    pub url: Secret,
+    pub password: Option<Secret>,
+    client: Client,
+    connections: ThreadLocal<ConnectionManager>,
+    script: Script,
+}
+
+impl RedisStore {
+    /// Checks the URL; connects on first use, from each listener thread.
+    pub fn open(url: &Secret, password: Option<&Secret>) -> Result<RedisStore, String> {
+        let mut info = url
+            .expose()
+            .into_connection_info()
+            .map_err(|_| "throttling.store is not a valid redis:// URL".to_owned())?;
+        if let Some(password) = password {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
+            info = info.set_redis_settings(settings);
+        }
+        let client = Client::open(info)
+            .map_err(|_| "throttling.store is not a valid redis:// URL".to_owned())?;
+        Ok(RedisStore {
+            url: url.clone(),
+            password: password.cloned(),
+            client,
+            connections: ThreadLocal::new(),
+            script: Script::new(GCRA),
+        })
+    }
+
+    /// Counts a request on every key, or on none (see `GCRA`).
+    pub async fn check(
+        &self,
+        keys: &[(Key, Rate)],
+        timeout: Duration,
+    ) -> Result<(bool, Vec<u64>), StoreError> {
+        let mut connection = self.connection()?;
+        let mut invocation = self.script.prepare_invoke();
+        for (key, rate) in keys {
+            invocation
+                .key(key.redis_key())
+                .arg(rate.interval)
+                .arg(rate.period);
+        }
+        let answer: Vec<i64> =
+            tokio::time::timeout(timeout, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| StoreError::Timeout(timeout))??;
+        match answer.split_first() {
+            Some((admitted, levels)) if levels.len() == keys.len() => Ok((
+                *admitted == 1,
+                levels
+                    .iter()
+                    .map(|l| u64::try_from(*l).unwrap_or(0))
+                    .collect(),
+            )),
+            _ => Err(StoreError::Malformed(answer.len(), keys.len())),
+        }
+    }
+
+    /// This thread's connection, created (not yet connected) on first use.
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let connection = self.connections.get_or_try(|| {
+            // A connection attempt longer than a call may take would be
+            // given up anyway; failed ones are retried by the next call.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(100));
+            ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+        })?;
+        Ok(connection.clone())
+    }
+}

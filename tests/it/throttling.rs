@@ -1,0 +1,630 @@
+//! Throttling end to end: each limit kind in memory, the 429 and the
+//! RateLimit fields, the upstream never reached by a refused request,
+//! counters kept across reloads; on a real Redis: one limit held by two
+//! gateways, the store killed mid-run (`on_store_error` both ways) and
+//! recovery once it is back.
+
+use std::time::{Duration, Instant};
+
+use crate::common;
+
+use common::idp::Idp;
+use common::redis::Redis;
+use common::{metric, Gateway, Upstream};
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Method, Response};
+
+fn field(resp: &Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// An open API (`type: none`) on `upstream` with `throttle` as its policy
+/// list and `extra` as further top-level keys.
+fn open_api(name: &str, upstream: &Upstream, throttle: &str, extra: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+{extra}
+apis:
+- name: "{name}"
+  base_path: /open
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items", "GET /other"]
+  policies:
+    throttle: {throttle}
+"#,
+        upstream = upstream.url("/api"),
+    )
+}
+
+/// An oauth2 API with the scopes ViewTickets (GET /bookings) and
+/// BookTickets (POST /bookings).
+fn travels(name: &str, idp: &Idp, upstream: &Upstream, throttle: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    name: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+      jwksuri: "{jwks}"
+      audience: travels
+apis:
+- name: "{name}"
+  base_path: /travels
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - name: ViewTickets
+    resources: ["GET /bookings"]
+  - name: BookTickets
+    resources: ["POST /bookings"]
+  policies:
+    throttle: {throttle}
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        upstream = upstream.url("/api"),
+    )
+}
+
+#[tokio::test]
+async fn past_the_limit_a_request_gets_429_with_retry_after_and_never_reaches_the_upstream() {
+    let upstream = Upstream::start().await;
+    let yaml = open_api("Throttled whole", &upstream, "[{ limit: 3, per: 1h }]", "");
+    let gw = Gateway::start(&yaml).await;
+    for remaining in [2, 1, 0] {
+        let resp = gw.get("/open/items").await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            field(&resp, "ratelimit-policy").as_deref(),
+            Some(r#""api";q=3;w=3600"#)
+        );
+        let ratelimit = field(&resp, "ratelimit").unwrap();
+        assert!(
+            ratelimit.starts_with(&format!("\"api\";r={remaining};t=")),
+            "{ratelimit}"
+        );
+        assert!(resp.headers().get(RETRY_AFTER).is_none());
+    }
+    let refused = gw.get("/open/items").await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        field(&refused, "ratelimit-policy").as_deref(),
+        Some(r#""api";q=3;w=3600"#)
+    );
+    // One request every 20 minutes: the next fits in (at most) 1200 s.
+    let retry: u64 = field(&refused, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=1200).contains(&retry), "{retry}");
+    let ratelimit = field(&refused, "ratelimit").unwrap();
+    assert!(ratelimit.starts_with("\"api\";r=0;t="), "{ratelimit}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_requests");
+    assert_eq!(
+        upstream.hits(),
+        3,
+        "a throttled request reached the upstream"
+    );
+    // The whole API shares the limit.
+    assert_eq!(gw.get("/open/other").await.status(), 429);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"microgateway_throttled_total{api="Throttled whole",policy="api"}"#
+        ),
+        2
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scope_limit_counts_only_the_scopes_resources() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = travels(
+        "Throttled scope",
+        &idp,
+        &upstream,
+        "[{ limit: 1, per: 1h, scope: BookTickets }]",
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["ViewTickets", "BookTickets"]);
+    let book = || {
+        gw.request(Method::POST, "/travels/bookings")
+            .bearer_auth(&token)
+            .send()
+    };
+    let first = book().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        field(&first, "ratelimit-policy").as_deref(),
+        Some(r#""BookTickets";q=1;w=3600"#)
+    );
+    assert_eq!(book().await.unwrap().status(), 429);
+    for _ in 0..3 {
+        let view = gw
+            .request(Method::GET, "/travels/bookings")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(view.status(), 200);
+        assert!(view.headers().get("ratelimit").is_none());
+    }
+    assert_eq!(upstream.hits(), 4);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_per_application_limit_counts_each_client_apart() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = travels(
+        "Throttled application",
+        &idp,
+        &upstream,
+        "[{ limit: 2, per: 1h, per_application: true }]",
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token_of = |client: &str| {
+        idp.token_with(serde_json::json!({"client_id": client, "scope": "ViewTickets"}))
+    };
+    let send = |token: String| {
+        gw.request(Method::GET, "/travels/bookings")
+            .bearer_auth(token)
+            .send()
+    };
+    // Every token of a client counts against the same limit.
+    assert_eq!(send(token_of("app-a")).await.unwrap().status(), 200);
+    assert_eq!(send(token_of("app-a")).await.unwrap().status(), 200);
+    let refused = send(token_of("app-a")).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(field(&refused, "ratelimit")
+        .unwrap()
+        .starts_with("\"api-per-application\";r=0;"));
+    let other = send(token_of("app-b")).await.unwrap();
+    assert_eq!(other.status(), 200);
+    assert!(field(&other, "ratelimit")
+        .unwrap()
+        .starts_with("\"api-per-application\";r=1;"));
+    // A refused token is refused before it is counted.
+    let bad = gw
+        .request(Method::GET, "/travels/bookings")
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert!(bad.headers().get("ratelimit").is_none());
+    assert_eq!(upstream.hits(), 3);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_per_client_ip_limit_reads_the_client_behind_a_trusted_proxy() {
+    let upstream = Upstream::start().await;
+    let yaml = open_api(
+        "Throttled address",
+        &upstream,
+        "[{ limit: 1, per: 1h, per_client_ip: true }]",
+        "trusted_proxies: [127.0.0.1/32]",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let from = |client: &'static str| {
+        gw.request(Method::GET, "/open/items")
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    assert_eq!(from("203.0.113.1").await.unwrap().status(), 200);
+    assert_eq!(from("203.0.113.1").await.unwrap().status(), 429);
+    // What a client writes left of the proxy's entry does not count.
+    assert_eq!(
+        from("198.51.100.7, 203.0.113.1").await.unwrap().status(),
+        429
+    );
+    assert_eq!(from("203.0.113.2").await.unwrap().status(), 200);
+    assert_eq!(upstream.hits(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_trusted_proxy_the_peer_is_the_client() {
+    let upstream = Upstream::start().await;
+    let yaml = open_api(
+        "Throttled peer",
+        &upstream,
+        "[{ limit: 1, per: 1h, per_client_ip: true }]",
+        "",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let from = |client: &'static str| {
+        gw.request(Method::GET, "/open/items")
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    assert_eq!(from("203.0.113.1").await.unwrap().status(), 200);
+    // Another forwarded address from the same peer is the same client.
+    assert_eq!(from("203.0.113.2").await.unwrap().status(), 429);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_counters_of_unchanged_limits() {
+    let upstream = Upstream::start().await;
+    let policies = "[{ limit: 2, per: 1h }, { limit: 5, per: 1h, per_client_ip: true }]";
+    let gw = Gateway::start(&open_api("Throttled reload", &upstream, policies, "")).await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    // An unrelated change: the API-wide limit still counts from before.
+    gw.write_config(&open_api(
+        "Throttled reload",
+        &upstream,
+        policies,
+        "limits: { max_uri: 4096 }",
+    ));
+    gw.wait_generation(2).await;
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    // A changed limit is a new counter.
+    gw.write_config(&open_api(
+        "Throttled reload",
+        &upstream,
+        "[{ limit: 3, per: 1h }, { limit: 5, per: 1h, per_client_ip: true }]",
+        "",
+    ));
+    gw.wait_generation(3).await;
+    let resp = gw.get("/open/items").await;
+    assert_eq!(resp.status(), 200);
+    // The unchanged per-address policy kept its count: 3 of 5 used (the
+    // refused requests counted on no policy).
+    let ratelimit = field(&resp, "ratelimit").unwrap();
+    assert!(
+        ratelimit.contains("\"api-per-client-ip\";r=2;"),
+        "{ratelimit}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn explain_names_the_throttle_policies_that_apply() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = travels(
+        "Throttled explain",
+        &idp,
+        &upstream,
+        "[{ limit: 100, per: 1m }, { limit: 10, per: 1m, scope: BookTickets, per_application: true }]",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("microgateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let loaded = microgateway::config::load(&path, &common::Env::new(), 1).unwrap();
+    let book = microgateway::policy::decide(
+        &loaded.snapshot,
+        &Method::POST,
+        "/travels/bookings",
+        None,
+        None,
+    );
+    assert_eq!(
+        book.throttle,
+        [
+            "api: 100 per 60s",
+            "BookTickets-per-application: 10 per 60s, per application"
+        ]
+    );
+    assert!(book.to_string().contains("throttle:   api: 100 per 60s"));
+    let view = microgateway::policy::decide(
+        &loaded.snapshot,
+        &Method::GET,
+        "/travels/bookings",
+        None,
+        None,
+    );
+    assert_eq!(view.throttle, ["api: 100 per 60s"]);
+}
+
+#[tokio::test]
+async fn throttle_settings_are_checked_with_their_position() {
+    let upstream = Upstream::start().await;
+    let cases = [
+        ("[{ limit: 0, per: 1s }]", "", "throttle.limit: 0"),
+        ("[{ limit: 5, per: soon }]", "", "throttle.per: `soon`"),
+        ("[{ limit: 5 }]", "", "`throttle.per` is missing"),
+        (
+            "[{ limit: 5, per: 1s, scope: Nope }]",
+            "",
+            "API scope `Nope` is not declared",
+        ),
+        (
+            "[{ limit: 5, per: 1s }, { limit: 5, per: 1s }]",
+            "",
+            "counts exactly what another",
+        ),
+        (
+            "[{ limit: 5, per: 1s }, { limit: 9, per: 1m }]",
+            "",
+            "two throttle policies of this API are named `api`",
+        ),
+        (
+            "[{ limit: 5, per: 1s, name: \"a b\" }]",
+            "",
+            "not a valid policy name",
+        ),
+        (
+            "[]",
+            "throttling: { store: \"mysql://x\" }",
+            "throttling.store: neither `memory` nor a redis:// URL",
+        ),
+        (
+            "[]",
+            "throttling: { on_store_error: maybe }",
+            "on_store_error: `maybe`",
+        ),
+        ("[]", "throttling: { timeout: 0s }", "throttling.timeout"),
+    ];
+    for (throttle, extra, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("microgateway.yaml");
+        std::fs::write(&path, open_api("Checked", &upstream, throttle, extra)).unwrap();
+        let invalid = microgateway::config::load(&path, &common::Env::new(), 1)
+            .err()
+            .unwrap_or_else(|| panic!("{throttle} {extra} was accepted"));
+        let text = invalid.to_string();
+        assert!(text.contains(expected), "{throttle} {extra}: {text}");
+        assert!(text.contains("microgateway.yaml:"), "{text}");
+    }
+}
+
+/// A gateway whose open API is throttled on `redis`.
+async fn on_redis(
+    name: &str,
+    upstream: &Upstream,
+    redis: &Redis,
+    throttle: &str,
+    on_error: &str,
+) -> Gateway {
+    let extra = format!(
+        "throttling: {{ store: \"{}\", on_store_error: {on_error}, timeout: 200ms }}",
+        redis.url()
+    );
+    Gateway::start(&open_api(name, upstream, throttle, &extra)).await
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_redis_admit_exactly_the_limit() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let throttle = "[{ limit: 7, per: 1h }]";
+    let one = on_redis("Fleet", &upstream, &redis, throttle, "deny").await;
+    let two = on_redis("Fleet", &upstream, &redis, throttle, "deny").await;
+    let mut requests = Vec::new();
+    for _ in 0..10 {
+        for gw in [&one, &two] {
+            requests.push(gw.get("/open/items"));
+        }
+    }
+    let statuses: Vec<u16> = futures_util::future::join_all(requests)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    // The script decides atomically on Redis's clock: exactly the limit,
+    // however the requests spread over the gateways.
+    assert_eq!((admitted, refused), (7, 13), "{statuses:?}");
+    assert_eq!(upstream.hits(), 7);
+    // Keys are prefixed and expire.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("mcgw:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 3_600_000, "{ttl}");
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+/// Sends until a response satisfies `done` (bounded: "does not hang").
+async fn until(gw: &Gateway, done: impl Fn(&Response) -> bool) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = gw.get("/open/items").await;
+        if done(&resp) {
+            return resp;
+        }
+        assert!(Instant::now() < deadline, "last answer: {}", resp.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_allows_when_told_and_throttling_resumes_when_it_returns() {
+    let mut redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let gw = on_redis(
+        "Store allow",
+        &upstream,
+        &redis,
+        "[{ limit: 2, per: 1h }]",
+        "allow",
+    )
+    .await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    let errors_before = metric(
+        &gw.metrics().await,
+        "microgateway_throttle_store_errors_total",
+    );
+    redis.stop().await;
+    let started = Instant::now();
+    for _ in 0..5 {
+        let resp = gw.get("/open/items").await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("ratelimit").is_none());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "store errors hang requests"
+    );
+    assert!(
+        metric(
+            &gw.metrics().await,
+            "microgateway_throttle_store_errors_total"
+        ) >= errors_before + 5
+    );
+    // Back (empty: it kept nothing): counted again, then refused.
+    redis.restart().await;
+    until(&gw, |r| r.headers().get("ratelimit").is_some()).await;
+    until(&gw, |r| r.status() == 429).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_down_denies_with_503_when_told_and_recovers() {
+    let mut redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let gw = on_redis(
+        "Store deny",
+        &upstream,
+        &redis,
+        "[{ limit: 100, per: 1h }]",
+        "deny",
+    )
+    .await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    redis.stop().await;
+    let hits = upstream.hits();
+    for _ in 0..3 {
+        let resp = gw.get("/open/items").await;
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().get(RETRY_AFTER).is_some());
+    }
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "a request reached the upstream unchecked"
+    );
+    redis.restart().await;
+    let resp = until(&gw, |r| r.status() == 200).await;
+    assert!(field(&resp, "ratelimit").is_some());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_password_comes_from_the_secrets_and_is_never_shown() {
+    const PASSWORD: &str = "redis-pa55word-never-shown";
+    let redis = Redis::start_with_password(PASSWORD).await;
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "admin: {{ port: 0, bind: 127.0.0.1, user: admin, password: admin-pw }}\nthrottling: {{ store: \"{}\", password: \"${{env:REDIS_PASSWORD}}\", on_store_error: deny }}",
+        redis.url()
+    );
+    let yaml = open_api(
+        "Store password",
+        &upstream,
+        "[{ limit: 1, per: 1h }]",
+        &extra,
+    )
+    .replacen("admin: { port: 0, bind: 127.0.0.1 }\n", "", 1);
+    let gw = Gateway::start_with_env(&yaml, common::env(&[("REDIS_PASSWORD", PASSWORD)])).await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    let settings = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/settings"))
+        .basic_auth("admin", Some("admin-pw"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(settings.contains("redis://****"), "{settings}");
+    assert!(!settings.contains(PASSWORD));
+    gw.shutdown().await;
+    // A wrong password is a store error: denied, never let through.
+    let gw = Gateway::start_with_env(&yaml, common::env(&[("REDIS_PASSWORD", "wrong")])).await;
+    assert_eq!(gw.get("/open/items").await.status(), 503);
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_costs_at_most_the_timeout() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let gw = on_redis(
+        "Store frozen",
+        &upstream,
+        &redis,
+        "[{ limit: 100, per: 1h }]",
+        "deny",
+    )
+    .await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    redis.pause();
+    // The connection stays open and silent: each call ends at the timeout
+    // (200ms here), never waits for Redis. Bounds are generous: this
+    // checks "does not hang", not the timer's precision.
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(gw.get("/open/items").await.status(), 503);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    redis.resume();
+    until(&gw, |r| r.status() == 200).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttling_settings_can_come_from_mcgw_variables() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("microgateway.yaml");
+    std::fs::write(&path, open_api("Overridden", &upstream, "[]", "")).unwrap();
+    let env = common::env(&[
+        ("MCGW_THROTTLING_STORE", "redis://127.0.0.1:6379/0"),
+        ("MCGW_THROTTLING_ON_STORE_ERROR", "deny"),
+    ]);
+    let loaded = microgateway::config::load(&path, &env, 1).unwrap();
+    let throttling = &loaded.snapshot.throttling;
+    assert!(matches!(
+        throttling.store,
+        microgateway::config::snapshot::ThrottleStore::Redis { .. }
+    ));
+    assert_eq!(
+        throttling.on_store_error,
+        microgateway::config::snapshot::OnStoreError::Deny
+    );
+    let env = common::env(&[("MCGW_THROTTLING_TIMEOUT", "forever")]);
+    let invalid = microgateway::config::load(&path, &env, 1).unwrap_err();
+    assert!(
+        invalid
+            .to_string()
+            .contains("MCGW_THROTTLING_TIMEOUT: error: throttling.timeout: `forever`"),
+        "{invalid}"
+    );
+}
