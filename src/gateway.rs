@@ -121,6 +121,7 @@ impl Gateway {
         let runtime = Runtime {
             auth: Arc::new(Authenticator::default()),
             upstreams: Upstreams::new(snapshot.timeouts.upstream_connect),
+            identifier: crate::proxy::identify::Identifier::default(),
         };
         let generation = snapshot.generation;
         let reloader = Arc::new(Reloader {
@@ -421,7 +422,15 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
             let state = state.clone();
             // Boxed once here: the request's future is a few KiB, and the
             // layers above would otherwise copy it each time they move it.
-            Box::pin(handle_api(state, req, Connection { peer, tls }))
+            Box::pin(handle_api(
+                state,
+                req,
+                Connection {
+                    peer,
+                    tls,
+                    client_cert: None,
+                },
+            ))
         };
         server::serve(listener, transport, settings, slots, stop, handler).await;
     });

@@ -88,7 +88,12 @@ pub fn assets(s: &Snapshot) -> Value {
                 },
                 "authentication": match &api.authentication {
                     Authentication::None => json!({"type": "none"}),
-                    Authentication::OAuth2 { auth_server } => json!({"type": "oauth2", "auth_server": &**auth_server}),
+                    Authentication::Identify(i) => json!({
+                        "type": i.types.iter().map(|t| t.label()).collect::<Vec<_>>(),
+                        "auth_server": i.auth_server.as_deref(),
+                        "api_key_header": i.types.contains(&crate::config::snapshot::CredentialType::ApiKey).then(|| i.api_key_header.as_str()),
+                        "applications": if i.registered_only { "registered" } else { "any" },
+                    }),
                 },
                 "scopes": api.api_scopes,
                 "resources": api.resources.iter().map(|r| json!({

@@ -23,6 +23,7 @@ pub struct Refs<'a> {
     pub aliases: &'a BTreeMap<String, Alias>,
     pub scope_mappings: &'a [ScopeMapping],
     pub authorization_server: bool,
+    pub applications: &'a Applications,
 }
 
 /// Characters of an API name kept as they are in the default base path.
@@ -34,7 +35,7 @@ const NAME_KEEP: &AsciiSet = &NON_ALPHANUMERIC
 
 /// What `authentication` may say.
 const AUTHENTICATION_ALLOWED: &str =
-    "authentication: { type: oauth2, auth_server: ID }, or { type: none } for an API open to anyone";
+    "authentication: { type: oauth2, auth_server: ID }, a type or list of oauth2, api_key, basic, certificate, or { type: none } for an API open to anyone";
 
 /// Paths the local authorization server answers on.
 const RESERVED: &[&str] = &["/oauth2", "/invoke", "/.well-known"];
@@ -126,6 +127,12 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let grants = grants(&name, &api_scopes, refs);
     let transform = transform(ctx, &raw.policies);
     let outbound = outbound(ctx, &raw.policies, refs.aliases);
+    let access =
+        super::application_compile::access(refs.applications, &name, &version, &api_scopes);
+    let ip_filter = raw.ip_filter.as_ref().map(|filter| IpFilter {
+        allow: super::application_compile::cidrs(ctx, &filter.value.allow, "ip_filter.allow"),
+        deny: super::application_compile::cidrs(ctx, &filter.value.deny, "ip_filter.deny"),
+    });
     Some(Api {
         metrics: ApiMetrics::of(&name),
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
@@ -141,6 +148,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         grants,
         transform,
         outbound: outbound?,
+        access,
+        ip_filter,
     })
 }
 
@@ -310,67 +319,105 @@ fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Aut
         );
         return None;
     };
-    let kind = auth
-        .value
-        .kind
-        .as_ref()
-        .map(|k| (k.value.as_str(), k.referenced));
-    match kind {
-        None => {
+    let Some(kind) = &auth.value.kind else {
+        ctx.report.error(
+            auth.referenced,
+            "authentication has no `type`",
+            AUTHENTICATION_ALLOWED,
+        );
+        return None;
+    };
+    if kind.value.0 == ["none"] {
+        // Scopes under `type: none` would be enforced by nothing: a
+        // reader of the file would believe the API is protected.
+        if let Some(scope) = entry.value.scopes.first() {
             ctx.report.error(
-                auth.referenced,
-                "authentication has no `type`",
+                scope.referenced,
+                "API has `scopes:` but authentication type none; nothing would enforce them",
+                "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
+            );
+            return None;
+        }
+        return Some(Authentication::None);
+    }
+    let mut types = Vec::new();
+    for name in &kind.value.0 {
+        match CredentialType::ALL.iter().find(|t| t.label() == name) {
+            Some(t) if !types.contains(t) => types.push(*t),
+            Some(_) => ctx.report.error(
+                kind.referenced,
+                format!("authentication type `{name}` is listed twice"),
+                "each type once",
+            ),
+            None => ctx.report.error(
+                kind.referenced,
+                format!("authentication type `{name}` is not supported"),
+                "oauth2, api_key, basic, certificate (one or a list), or none alone",
+            ),
+        }
+    }
+    if types.is_empty() {
+        if kind.value.0.is_empty() {
+            ctx.report.error(
+                kind.referenced,
+                "authentication type is an empty list",
                 AUTHENTICATION_ALLOWED,
             );
-            None
         }
-        Some(("none", _)) => {
-            // Scopes under `type: none` would be enforced by nothing: a
-            // reader of the file would believe the API is protected.
-            if let Some(scope) = entry.value.scopes.first() {
-                ctx.report.error(
-                    scope.referenced,
-                    "API has `scopes:` but authentication type none; nothing would enforce them",
-                    "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
-                );
-                return None;
-            }
-            Some(Authentication::None)
-        }
-        Some(("oauth2", _)) => {
-            let Some(server) = &auth.value.auth_server else {
-                ctx.report.error(
-                    auth.referenced,
-                    "authentication type oauth2 needs `auth_server`",
-                    format!(
-                        "one of: {}",
-                        names(refs.auth_servers.keys().map(|k| k.to_string()))
-                    ),
-                );
-                return None;
-            };
-            match refs.auth_servers.get_key_value(server.value.as_str()) {
-                Some((id, _)) => Some(Authentication::OAuth2 {
-                    auth_server: id.clone(),
-                }),
-                None => {
-                    ctx.report.error(
-                        server.referenced,
-                        format!("auth server `{}` is not defined", server.value),
-                        format!(
-                            "one of: {}",
-                            names(refs.auth_servers.keys().map(|k| k.to_string()))
-                        ),
-                    );
-                    None
-                }
-            }
-        }
+        return None;
+    }
+    let auth_server = if types.contains(&CredentialType::OAuth2) {
+        Some(auth_server(ctx, auth, refs)?)
+    } else {
+        None
+    };
+    let api_key_header = match &auth.value.api_key_header {
+        Some(name) => header_name(ctx, name)?,
+        None => HeaderName::from_static("x-api-key"),
+    };
+    let registered_only = match auth
+        .value
+        .applications
+        .as_ref()
+        .map(|a| (a.value.as_str(), a))
+    {
+        None | Some(("any", _)) => false,
+        Some(("registered", _)) => true,
         Some((other, at)) => {
             ctx.report.error(
-                at,
-                format!("authentication type `{other}` is not supported"),
-                "oauth2 or none",
+                at.referenced,
+                format!("applications `{other}` is not known"),
+                "any (default) or registered",
+            );
+            return None;
+        }
+    };
+    Some(Authentication::Identify(Arc::new(Identification {
+        types,
+        auth_server,
+        api_key_folded: FoldedName::new(api_key_header.as_str()),
+        api_key_header,
+        registered_only,
+    })))
+}
+
+fn auth_server(ctx: &mut Ctx, auth: &S<raw::Authentication>, refs: &Refs) -> Option<Arc<str>> {
+    let known = || names(refs.auth_servers.keys().map(|k| k.to_string()));
+    let Some(server) = &auth.value.auth_server else {
+        ctx.report.error(
+            auth.referenced,
+            "authentication type oauth2 needs `auth_server`",
+            format!("one of: {}", known()),
+        );
+        return None;
+    };
+    match refs.auth_servers.get_key_value(server.value.as_str()) {
+        Some((id, _)) => Some(id.clone()),
+        None => {
+            ctx.report.error(
+                server.referenced,
+                format!("auth server `{}` is not defined", server.value),
+                format!("one of: {}", known()),
             );
             None
         }

@@ -7,6 +7,7 @@
 //! touches the network; reads only the files the configuration names.
 
 pub mod api_compile;
+pub mod application_compile;
 pub mod authz;
 pub mod authz_compile;
 pub mod compile;

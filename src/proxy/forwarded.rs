@@ -116,6 +116,35 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// The address of the client: the peer's, or, from a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not itself a trusted
+/// proxy (read right to left: entries further left are the client's to
+/// write). An entry that is not an address stops the walk at the last
+/// trusted hop.
+pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.ip();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for line in lines.iter().rev() {
+        let Ok(text) = line.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(&ip) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
 /// Sets the forwarding headers for a request from `peer`.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
     let ip = peer.ip();
