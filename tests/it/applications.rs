@@ -463,7 +463,8 @@ async fn explain_decides_like_the_data_path() {
         None => Caller::Refused(CredentialType::Basic),
     };
     let localhost = "127.0.0.1".parse().unwrap();
-    let cases: Vec<(Method, &str, Option<&str>, Option<(&str, &str)>)> = vec![
+    type Case<'a> = (Method, &'a str, Option<&'a str>, Option<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (Method::GET, "/travels/status", Some(PARTNER_KEY), None),
         (Method::GET, "/travels/bookings", Some(PARTNER_KEY), None),
         (Method::POST, "/travels/bookings", Some(PARTNER_KEY), None),
