@@ -418,17 +418,21 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
                 return;
             }
         };
-        let handler = move |req, peer| {
+        let handler = move |req: http::Request<Body>, peer| {
             let state = state.clone();
             // Boxed once here: the request's future is a few KiB, and the
             // layers above would otherwise copy it each time they move it.
+            let client_cert = req
+                .extensions()
+                .get::<crate::proxy::serve::ClientCertificate>()
+                .map(|c| c.0);
             Box::pin(handle_api(
                 state,
                 req,
                 Connection {
                     peer,
                     tls,
-                    client_cert: None,
+                    client_cert,
                 },
             ))
         };

@@ -62,6 +62,19 @@ pub struct TlsMaterial {
     /// about the material (checked by `server::tls::check`).
     pub certificate_at: super::diagnostic::Origin,
     pub key_at: super::diagnostic::Origin,
+    /// `tls.client_ca`: client certificates are asked for and verified.
+    pub client_ca: Option<ClientCa>,
+}
+
+/// The CAs client certificates must chain to, and whether one is required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCa {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+    /// `client_auth: required`: a handshake without a certificate fails.
+    pub required: bool,
+    /// Where `tls.client_ca` is written.
+    pub at: super::diagnostic::Origin,
 }
 
 #[derive(Debug, Clone)]

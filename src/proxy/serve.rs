@@ -39,6 +39,11 @@ pub struct Connection {
     pub client_cert: Option<[u8; 32]>,
 }
 
+/// The SHA-256 fingerprint of the client certificate of the TLS
+/// connection a request arrived on, put on the request by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCertificate(pub [u8; 32]);
+
 /// Serves one request on `snap`; returns the response and the API it matched.
 pub async fn serve(
     snap: &Snapshot,

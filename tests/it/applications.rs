@@ -579,3 +579,217 @@ async fn application_config_errors_are_reported_with_their_place() {
     }
     assert!(error.contains("microgateway.yaml:"), "{error}");
 }
+
+mod certificates {
+    //! `type: certificate` over mTLS: certificates made here with rcgen,
+    //! a CA the gateway trusts, fingerprints in `applications`.
+
+    use super::*;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+
+    struct Client {
+        der: CertificateDer<'static>,
+        key: String,
+    }
+
+    impl Client {
+        /// `sha256:AB:CD:…`
+        fn fingerprint(&self) -> String {
+            let digest = microgateway::server::client_cert::fingerprint(&self.der);
+            let hex: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+            format!("sha256:{}", hex.join(":"))
+        }
+    }
+
+    fn ca() -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Test client CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn client(ca: &CertifiedIssuer<'static, KeyPair>, name: &str) -> Client {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![format!("{name}.example")]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, ca).unwrap();
+        Client {
+            der: cert.der().clone(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn yaml(dir: &Path, upstream: &Upstream, mode: &str, partner: &str, other: &str) -> String {
+        format!(
+            r#"
+ports: {{ http: 0, https: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+tls:
+  certificate: {dir}/server.crt
+  key: {dir}/server.key
+  client_ca: {dir}/ca.pem
+  client_auth: {mode}
+applications:
+- name: Partner
+  certificates: ["{partner}"]
+  apis: ["Certified"]
+- name: Unsubscribed
+  certificates: ["{other}"]
+apis:
+- name: Certified
+  base_path: /certified
+  upstream: {{ url: "{up}" }}
+  authentication: {{ type: certificate }}
+  resources: ["GET /items"]
+  policies:
+    request_transformation:
+      set_headers:
+        X-App: "${{request.application.name}}"
+        X-Auth-Type: "${{request.authorization.type}}"
+"#,
+            dir = dir.display(),
+            up = upstream.url("/api"),
+        )
+    }
+
+    /// GET `path` over TLS, presenting `client` when given; the status, or
+    /// why the exchange failed.
+    async fn get(
+        addr: SocketAddr,
+        server: &CertificateDer<'static>,
+        client: Option<&Client>,
+        path: &str,
+    ) -> Result<u16, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.clone()).unwrap();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match client {
+            Some(c) => builder
+                .with_client_auth_cert(
+                    vec![c.der.clone()],
+                    PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(
+                http::Request::get(path)
+                    .header("host", "localhost")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(resp.status().as_u16())
+    }
+
+    use rustls::pki_types::pem::PemObject;
+
+    #[tokio::test]
+    async fn a_client_certificate_identifies_its_application() {
+        common::crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("server.crt"), server.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("server.key"),
+            server.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let authority = ca();
+        std::fs::write(dir.path().join("ca.pem"), authority.pem()).unwrap();
+        let partner = client(&authority, "partner");
+        let unsubscribed = client(&authority, "unsubscribed");
+        let unknown = client(&authority, "unknown");
+        let foreign = client(&ca(), "foreign");
+        // Lower case and without colons is the same fingerprint.
+        let other = unsubscribed.fingerprint()[7..]
+            .replace(':', "")
+            .to_lowercase();
+        let upstream = Upstream::start().await;
+        let config = yaml(
+            dir.path(),
+            &upstream,
+            "optional",
+            &partner.fingerprint(),
+            &other,
+        );
+        let gw = Gateway::start(&config).await;
+        let addr = gw.inner.as_ref().unwrap().https.expect("https");
+        let server_der = server.cert.der().clone();
+
+        assert_eq!(
+            get(addr, &server_der, Some(&partner), "/certified/items").await,
+            Ok(200)
+        );
+        let got = upstream.last();
+        assert_eq!(got.headers.get("x-app").unwrap(), "Partner");
+        assert_eq!(got.headers.get("x-auth-type").unwrap(), "certificate");
+        assert_eq!(
+            get(addr, &server_der, Some(&unsubscribed), "/certified/items").await,
+            Ok(403)
+        );
+        assert_eq!(
+            get(addr, &server_der, Some(&unknown), "/certified/items").await,
+            Ok(401)
+        );
+        // `optional`: no certificate is a request without a credential.
+        assert_eq!(
+            get(addr, &server_der, None, "/certified/items").await,
+            Ok(401)
+        );
+        // A certificate of another CA does not get through the handshake.
+        assert!(get(addr, &server_der, Some(&foreign), "/certified/items")
+            .await
+            .is_err());
+        assert_eq!(upstream.hits(), 1);
+
+        // `required`, after a reload: no certificate, no exchange.
+        gw.write_config(&yaml(
+            dir.path(),
+            &upstream,
+            "required",
+            &partner.fingerprint(),
+            &other,
+        ));
+        gw.wait_generation(2).await;
+        assert!(get(addr, &server_der, None, "/certified/items")
+            .await
+            .is_err());
+        assert_eq!(
+            get(addr, &server_der, Some(&partner), "/certified/items").await,
+            Ok(200)
+        );
+        gw.shutdown().await;
+    }
+}
