@@ -580,6 +580,237 @@ async fn application_config_errors_are_reported_with_their_place() {
     assert!(error.contains("microgateway.yaml:"), "{error}");
 }
 
+/// The binary, with only the environment the test gives it.
+fn binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("PARTNER_KEY", PARTNER_KEY);
+    command
+}
+
+/// The status `explain` predicts: 200 for ALLOW, else the one after DENY.
+fn explained(config: &std::path::Path, args: &[&str]) -> u16 {
+    let out = binary()
+        .args(["explain", "-c", config.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let verdict = text
+        .lines()
+        .find_map(|l| l.strip_prefix("verdict:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no verdict in {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .trim();
+    match verdict.strip_prefix("DENY ") {
+        Some(rest) => rest[..3].parse().unwrap(),
+        None => {
+            assert!(verdict.starts_with("ALLOW"), "{verdict}");
+            assert!(out.status.success());
+            200
+        }
+    }
+}
+
+#[tokio::test]
+async fn explain_command_takes_each_credential_and_agrees_with_the_data_path() {
+    let w = world(true).await;
+    /// explain's arguments; the path, header and client address of the same request.
+    type Case<'a> = (
+        &'a [&'a str],
+        &'a str,
+        Option<(&'a str, &'a str)>,
+        Option<&'a str>,
+    );
+    let cases: &[Case] = &[
+        (
+            &["GET", "/travels/bookings", "--api-key", PARTNER_KEY],
+            "/travels/bookings",
+            Some(("X-API-Key", PARTNER_KEY)),
+            None,
+        ),
+        (
+            &["POST", "/travels/bookings", "--api-key", PARTNER_KEY],
+            "/travels/bookings",
+            Some(("X-API-Key", PARTNER_KEY)),
+            None,
+        ),
+        (
+            &["GET", "/travels/status", "--api-key", "elsewhere-key"],
+            "/travels/status",
+            Some(("X-API-Key", "elsewhere-key")),
+            None,
+        ),
+        (
+            &["GET", "/travels/status", "--api-key", "nope"],
+            "/travels/status",
+            Some(("X-API-Key", "nope")),
+            None,
+        ),
+        (
+            &["GET", "/travels/status", "--api-key", "ranged-key"],
+            "/travels/status",
+            Some(("X-API-Key", "ranged-key")),
+            None,
+        ),
+        (
+            &[
+                "GET",
+                "/travels/status",
+                "--api-key",
+                "ranged-key",
+                "--client-ip",
+                "10.1.2.3",
+            ],
+            "/travels/status",
+            Some(("X-API-Key", "ranged-key")),
+            Some("10.1.2.3"),
+        ),
+        (
+            &["GET", "/filtered/status", "--client-ip", "10.9.0.1"],
+            "/filtered/status",
+            None,
+            Some("10.9.0.1"),
+        ),
+        (
+            &["GET", "/filtered/status", "--client-ip", "10.8.0.1"],
+            "/filtered/status",
+            None,
+            Some("10.8.0.1"),
+        ),
+        (
+            &["GET", "/travels/status", "--basic", "batch:batch-pw"],
+            "/travels/status",
+            Some(("Authorization", "Basic YmF0Y2g6YmF0Y2gtcHc=")),
+            None,
+        ),
+        (
+            &["GET", "/travels/status", "--basic", "batch:wrong"],
+            "/travels/status",
+            Some(("Authorization", "Basic YmF0Y2g6d3Jvbmc=")),
+            None,
+        ),
+        (&["GET", "/travels/status"], "/travels/status", None, None),
+    ];
+    for (args, path, header, client) in cases {
+        let predicted = explained(&w.gw.config, args);
+        let method = Method::from_bytes(args[0].as_bytes()).unwrap();
+        let mut request = w.gw.request(method, path);
+        if let Some((name, value)) = header {
+            request = request.header(*name, *value);
+        }
+        if let Some(client) = client {
+            request = request.header("X-Forwarded-For", *client);
+        }
+        let status = request.send().await.unwrap().status().as_u16();
+        assert_eq!(status, predicted, "{args:?}");
+    }
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_keys_and_passwords_are_never_logged_nor_shown() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("microgateway.yaml");
+    std::fs::write(&config, yaml(&idp, &upstream, false, "")).unwrap();
+    let mut started =
+        common::process::start(binary().env("MCGW_LOG", "microgateway=trace").args([
+            "start",
+            "-c",
+            config.to_str().unwrap(),
+        ]));
+    let client = common::client();
+    let url = |path: &str| format!("http://{}{path}", started.http);
+    for key in [PARTNER_KEY, "wrong-key-never-logged"] {
+        client
+            .get(url("/travels/status"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+    }
+    client
+        .get(url("/travels/status"))
+        .basic_auth("batch", Some("basic-password-never-logged"))
+        .send()
+        .await
+        .unwrap();
+    let admin = started.admin.expect("admin port");
+    let assets = client
+        .get(format!("http://{admin}/rest/microgateway/assets"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let settings = client
+        .get(format!("http://{admin}/rest/microgateway/settings"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(assets.contains(r#""name":"Partner""#), "{assets}");
+    assert!(assets.contains(r#""api_keys":["****"]"#), "{assets}");
+    assert!(assets.contains(r#""password_hash":"****""#), "{assets}");
+    assert!(settings.contains(r#""applications""#));
+    assert!(
+        common::metric(
+            &metrics,
+            r#"microgateway_application_requests_total{application="Partner"}"#
+        ) >= 1,
+        "{metrics}"
+    );
+    assert!(
+        common::metric(
+            &metrics,
+            r#"microgateway_auth_decisions_total{api="Time travels",result="invalid_credentials",type="api_key"}"#
+        ) >= 1,
+        "{metrics}"
+    );
+    started.child.kill().unwrap();
+    // Every line up to the end of its output (the reader stops there).
+    let mut logs = std::mem::take(&mut started.before);
+    while let Ok(line) = started
+        .lines
+        .recv_timeout(std::time::Duration::from_secs(10))
+    {
+        logs.push(line);
+    }
+    assert!(
+        logs.iter().any(|l| l.contains("request refused")),
+        "the refusals are logged: {logs:?}"
+    );
+    for secret in [
+        PARTNER_KEY,
+        "wrong-key-never-logged",
+        "basic-password-never-logged",
+        "$argon2",
+    ] {
+        for text in logs.iter().chain([&assets, &settings, &metrics]) {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+}
+
 mod certificates {
     //! `type: certificate` over mTLS: certificates made here with rcgen,
     //! a CA the gateway trusts, fingerprints in `applications`.
