@@ -77,6 +77,8 @@ pub struct Verdict {
     /// Token scopes of the auth server that grant one of them.
     pub granting_token_scopes: Vec<String>,
     pub granted_api_scope: Option<String>,
+    /// The identified caller: credential type and application, if any.
+    pub caller: Option<(CredentialType, Option<Arc<str>>)>,
     pub outcome: Outcome,
 }
 
@@ -120,6 +122,7 @@ pub fn decide_for(
         required_api_scopes: Vec::new(),
         granting_token_scopes: Vec::new(),
         granted_api_scope: None,
+        caller: None,
         outcome: Outcome::Allow,
     };
     let path = match canonicalize(raw_path) {
@@ -188,6 +191,9 @@ pub fn decide_for(
             }
             Caller::Identified(_) | Caller::Refused(_) => Err(missing),
         };
+        if let Ok(who) = &who {
+            verdict.caller = Some((who.kind, who.application.as_ref().map(|a| a.name.clone())));
+        }
         verdict.outcome = match who {
             _ if filtered => Outcome::IpFiltered,
             Err(outcome) => outcome,
@@ -240,6 +246,16 @@ impl fmt::Display for Verdict {
                 }
                 (_, Some(server)) => writeln!(f, "auth:       oauth2, auth server {server}")?,
                 (_, None) => writeln!(f, "auth:       none")?,
+            }
+            if let Some((kind, application)) = self
+                .caller
+                .as_ref()
+                .filter(|(k, _)| *k != CredentialType::OAuth2)
+            {
+                let name = application
+                    .as_deref()
+                    .unwrap_or("(no registered application)");
+                writeln!(f, "caller:     {name}, by {}", kind.label())?;
             }
             if self.required_api_scopes.is_empty() {
                 writeln!(f, "api scopes: (none: any valid token)")?;
