@@ -23,7 +23,8 @@ use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::config::snapshot::ClientCa;
 use crate::config::{Invalid, Snapshot};
 
-use super::tls::Current;
+/// The serving snapshot, as the TLS listener reads it per handshake.
+pub(super) type Current = dyn Fn() -> Arc<Snapshot> + Send + Sync;
 
 /// Why a CA bundle cannot verify client certificates.
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
+use super::client_cert::Current;
 use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::config::snapshot::TlsMaterial;
 use crate::config::{Invalid, Snapshot};
@@ -184,8 +185,6 @@ pub fn certified_key(
 fn date(seconds: u64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds))
 }
-
-pub(super) type Current = dyn Fn() -> Arc<Snapshot> + Send + Sync;
 
 /// Resolves the certificate of the snapshot serving now; parses it once per
 /// generation.
