@@ -291,6 +291,30 @@ mod tests {
     use http::header::TE;
 
     #[test]
+    fn the_client_address_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
+        );
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.7"));
+        let proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let stranger: SocketAddr = "5.5.5.5:4000".parse().unwrap();
+        // The nearest entry that is not a trusted proxy; what is left of it
+        // is the client's to write.
+        assert_eq!(
+            client_ip(&headers, proxy, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&headers, stranger, &trusted), stranger.ip());
+        assert_eq!(client_ip(&HeaderMap::new(), proxy, &trusted), proxy.ip());
+        let mut garbled = HeaderMap::new();
+        garbled.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4, bogus"));
+        assert_eq!(client_ip(&garbled, proxy, &trusted), proxy.ip());
+    }
+
+    #[test]
     fn every_hop_by_hop_header_is_dropped() {
         let hop = [
             "connection",
