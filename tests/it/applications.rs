@@ -833,6 +833,7 @@ mod certificates {
 
     struct Client {
         der: CertificateDer<'static>,
+        pem: String,
         key: String,
     }
 
@@ -866,6 +867,7 @@ mod certificates {
         let cert = params.signed_by(&key, ca).unwrap();
         Client {
             der: cert.der().clone(),
+            pem: cert.pem(),
             key: key.serialize_pem(),
         }
     }
