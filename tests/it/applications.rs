@@ -1006,6 +1006,18 @@ apis:
             .await
             .is_err());
         assert_eq!(upstream.hits(), 1);
+        // explain, given the same certificates, agrees.
+        for (client, status) in [(&partner, 200), (&unsubscribed, 403), (&unknown, 401)] {
+            let file = dir.path().join("client.pem");
+            std::fs::write(&file, &client.pem).unwrap();
+            let args = [
+                "GET",
+                "/certified/items",
+                "--client-cert",
+                file.to_str().unwrap(),
+            ];
+            assert_eq!(super::explained(&gw.config, &args), status);
+        }
 
         // `required`, after a reload: no certificate, no exchange.
         gw.write_config(&yaml(
