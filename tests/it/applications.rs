@@ -1006,9 +1006,11 @@ apis:
             .await
             .is_err());
         assert_eq!(upstream.hits(), 1);
-        // explain, given the same certificates, agrees.
+        // explain, given the same certificates, agrees (files outside the
+        // watched directory: no reload).
+        let elsewhere = tempfile::tempdir().unwrap();
         for (client, status) in [(&partner, 200), (&unsubscribed, 403), (&unknown, 401)] {
-            let file = dir.path().join("client.pem");
+            let file = elsewhere.path().join("client.pem");
             std::fs::write(&file, &client.pem).unwrap();
             let args = [
                 "GET",
