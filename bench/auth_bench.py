@@ -7,6 +7,8 @@ proxy comparison, or alone): the same wrk load against
   opaque  microgateway, introspection route, one cached opaque token
   rs256*  microgateway, every request a different RS256 token (signature verified)
   es256*  microgateway, every request a different ES256 token
+  apikey  microgateway, API key route (SHA-256 digest, constant-time compare)
+  basic   microgateway, HTTP Basic route (Argon2 checked once, then cached)
 
 and reports req/s, p50/p99, ratios to nginx, CPU µs per request (from
 /proc), and the introspection calls counted at the introspection server.
@@ -83,6 +85,13 @@ class Idp:
         return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt"})
 
 
+def basic_hash(password):
+    """An Argon2id PHC string made by the gateway itself (`hash-password`)."""
+    out = subprocess.run([BIN, "hash-password"], input=password + "\n",
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 def gateway_config(port, admin, upstream, idp):
     servers = "".join(f"""
   - id: {name}
@@ -103,6 +112,21 @@ apis:
   upstream: {{ url: "http://127.0.0.1:{upstream}" }}
   authentication: {{ type: oauth2, auth_server: idp }}
   scopes: [{{ name: view, resources: ["GET /x"] }}]
+- name: apikey
+  base_path: /apikey
+  upstream: {{ url: "http://127.0.0.1:{upstream}" }}
+  authentication: {{ type: api_key }}
+  resources: ["GET /x"]
+- name: basic
+  base_path: /basic
+  upstream: {{ url: "http://127.0.0.1:{upstream}" }}
+  authentication: {{ type: basic }}
+  resources: ["GET /x"]
+applications:
+- name: bench
+  api_keys: ["bench-api-key-0123456789"]
+  basic_users: [{{ username: bench, password_hash: "{basic_hash('bench-password')}" }}]
+  apis: [apikey, basic]
 """
 
 
@@ -177,6 +201,9 @@ end
             "opaque": lambda: wrk(f"http://127.0.0.1:{port}/jwt/x", f"Authorization: Bearer {opaque}"),
             "rs256*": lambda: wrk(f"http://127.0.0.1:{port}/jwt/x", script=scripts["RS256"]),
             "es256*": lambda: wrk(f"http://127.0.0.1:{port}/jwt/x", script=scripts["ES256"]),
+            "apikey": lambda: wrk(f"http://127.0.0.1:{port}/apikey/x", "X-API-Key: bench-api-key-0123456789"),
+            "basic": lambda: wrk(f"http://127.0.0.1:{port}/basic/x",
+                                 "Authorization: Basic " + base64.b64encode(b"bench:bench-password").decode()),
         }
         results = {name: [] for name in cases}
         for _ in range(ROUNDS):
@@ -187,7 +214,7 @@ end
                 results[name].append(r)
         base = median(results["nginx"], "rps")
         base_p99 = median(results["nginx"], "p99")
-        print(f"\nOAuth2 routes (wrk -t2 -c64 -d{SECONDS}s, {ROUNDS} interleaved rounds, medians; {os.cpu_count()} cores)")
+        print(f"\nOAuth2, API key and Basic routes (wrk -t2 -c64 -d{SECONDS}s, {ROUNDS} interleaved rounds, medians; {os.cpu_count()} cores)")
         print(f"{'case':8} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'p99/ng':>6} {'cpu µs/req':>10} {'non-2xx':>8}")
         for name, runs in results.items():
             rps = median(runs, "rps")

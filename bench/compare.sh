@@ -461,8 +461,9 @@ printf 'RSS idle:   microgateway %.1f MiB (target <= 20), nginx proxy %.1f MiB (
 printf 'RSS loaded: microgateway %.1f MiB, nginx proxy %.1f MiB (peak)\n' \
     "$(awk -v k="$MCGW_LOAD_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_LOAD_KIB" 'BEGIN {print k / 1024}')"
 
-# OAuth2 routes against the same nginx baseline, in the same run (JWT,
-# 401, introspection, per-token signature verification).
+# OAuth2, API key and Basic routes against the same nginx baseline, in the
+# same run (JWT, 401, introspection, per-token signature verification, an
+# API key, Basic with its Argon2 check cached).
 if [ "${AUTH_BENCH:-1}" = 1 ]; then
     python3 -c 'import jwt, cryptography' 2>/dev/null || pip install -q "pyjwt[crypto]" >/dev/null
     python3 bench/auth_bench.py "$PORT_UPSTREAM" "$PORT_NGINX"

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, Env, Severity};
+use crate::config::{self, Env, Severity, Snapshot};
 use crate::gateway::Gateway;
+use crate::policy::Caller;
 use crate::reload::Source;
 
 pub const DEFAULT_CONFIG: &str = "config/microgateway.yaml";
@@ -80,18 +81,7 @@ pub enum Command {
     },
     /// Show which API and resource a request matches, which API scopes it
     /// needs, which token scopes grant them, and the verdict (no network).
-    Explain {
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        method: String,
-        path: String,
-        /// Token scopes, space-separated (omit for a request without token).
-        #[arg(long)]
-        scopes: Option<String>,
-        /// Auth server that validated the token (default: the API's).
-        #[arg(long)]
-        auth_server: Option<String>,
-    },
+    Explain(ExplainArgs),
     /// Download a central gateway's settings once, as a configuration file
     /// (standard output when no -o is given).
     DownloadSettings(DownloadArgs),
@@ -129,19 +119,7 @@ pub fn run(args: Args) -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::DownloadSettings(download) => download_settings(download),
         Command::Health { url } => health(&url),
-        Command::Explain {
-            config,
-            method,
-            path,
-            scopes,
-            auth_server,
-        } => explain(
-            &config,
-            &method,
-            &path,
-            scopes.as_deref(),
-            auth_server.as_deref(),
-        ),
+        Command::Explain(args) => explain(&args),
         Command::Start {
             config,
             gateway,
@@ -311,46 +289,123 @@ fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Docu
     Ok(Some(document))
 }
 
-fn explain(
-    path: &Path,
-    method: &str,
-    request_path: &str,
-    scopes: Option<&str>,
-    auth_server: Option<&str>,
-) -> ExitCode {
-    let loaded = match config::load(path, &environment(), 1) {
+/// `explain`: a request described by its credential, decided as the
+/// data path decides it.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("credential").args(["scopes", "api_key", "basic", "client_cert"])))]
+pub struct ExplainArgs {
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    method: String,
+    path: String,
+    /// Token scopes, space-separated (omit for a request without token).
+    #[arg(long)]
+    scopes: Option<String>,
+    /// Auth server that validated the token (default: the API's).
+    #[arg(long)]
+    auth_server: Option<String>,
+    /// An API key, as sent in the API's `api_key_header`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Basic credentials, `USER:PASSWORD`.
+    #[arg(long)]
+    basic: Option<String>,
+    /// A PEM client certificate (matched by fingerprint; its chain to
+    /// `tls.client_ca` is the TLS handshake's to check).
+    #[arg(long)]
+    client_cert: Option<PathBuf>,
+    /// The client address (default 127.0.0.1), for `ip_filter` and `ip_ranges`.
+    #[arg(long)]
+    client_ip: Option<std::net::IpAddr>,
+}
+
+fn explain(args: &ExplainArgs) -> ExitCode {
+    let loaded = match config::load(&args.config, &environment(), 1) {
         Ok(loaded) => loaded,
         Err(invalid) => {
             eprintln!("{invalid}");
             return ExitCode::FAILURE;
         }
     };
+    let method = &args.method;
     let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
         eprintln!("`{method}` is not an HTTP method");
         return ExitCode::FAILURE;
     };
-    // The same scope syntax as a token's: a scope string the gateway would
-    // refuse in a token is not explained as if it granted something.
-    let scopes: Option<Vec<String>> = match scopes.map(crate::auth::scope::split).transpose() {
-        Ok(scopes) => scopes.map(|pieces| pieces.map(str::to_owned).collect()),
+    let caller = match caller(args, &loaded.snapshot) {
+        Ok(caller) => caller,
         Err(problem) => {
-            eprintln!("--scopes: {problem}; allowed: scope tokens separated by single spaces");
+            eprintln!("{problem}");
             return ExitCode::FAILURE;
         }
     };
-    let verdict = crate::policy::decide(
-        &loaded.snapshot,
-        &method,
-        request_path,
-        scopes.as_deref(),
-        auth_server,
-    );
+    let client_ip = args
+        .client_ip
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let request_path = &args.path;
+    let verdict =
+        crate::policy::decide_for(&loaded.snapshot, &method, request_path, &caller, client_ip);
     println!("{method} {request_path}");
     println!("{verdict}");
     match verdict.outcome {
         crate::policy::Outcome::Allow => ExitCode::SUCCESS,
         _ => ExitCode::from(2),
     }
+}
+
+/// The caller `explain` decides for, its credential checked as the data
+/// path checks it.
+fn caller(args: &ExplainArgs, snapshot: &Snapshot) -> Result<Caller, String> {
+    use crate::auth::identity::{self, Identity};
+    use crate::config::snapshot::CredentialType;
+    let apps = &snapshot.applications;
+    let identified = |kind, app: Option<&std::sync::Arc<_>>| match app {
+        Some(app) => Caller::Identified(Identity::of_application(kind, std::sync::Arc::clone(app))),
+        None => Caller::Refused(kind),
+    };
+    if let Some(scopes) = &args.scopes {
+        // The same scope syntax as a token's: a scope string the gateway
+        // would refuse in a token is not explained as if it granted something.
+        let scopes = crate::auth::scope::split(scopes).map_err(|problem| {
+            format!("--scopes: {problem}; allowed: scope tokens separated by single spaces")
+        })?;
+        return Ok(Caller::Token {
+            scopes: scopes.map(str::to_owned).collect(),
+            auth_server: args.auth_server.clone(),
+        });
+    }
+    if let Some(key) = &args.api_key {
+        let app = apps.by_api_key_digest(&identity::digest(key.as_bytes()));
+        return Ok(identified(CredentialType::ApiKey, app));
+    }
+    if let Some(basic) = &args.basic {
+        let (user, password) = basic
+            .split_once(':')
+            .ok_or("--basic: allowed: USER:PASSWORD")?;
+        return Ok(match identity::verify_basic(apps, user, password) {
+            Some(app) => {
+                let mut who = Identity::of_application(CredentialType::Basic, app);
+                who.user_name = Some(user.to_owned());
+                Caller::Identified(who)
+            }
+            None => Caller::Refused(CredentialType::Basic),
+        });
+    }
+    if let Some(file) = &args.client_cert {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_file(file).map_err(|e| {
+            format!(
+                "--client-cert {}: {e}; allowed: a PEM certificate",
+                file.display()
+            )
+        })?;
+        let fingerprint = crate::server::client_cert::fingerprint(&der);
+        return Ok(identified(
+            CredentialType::Certificate,
+            apps.by_certificate(&fingerprint),
+        ));
+    }
+    Ok(Caller::Nobody)
 }
 
 fn start(path: &Path, env: Env) -> ExitCode {

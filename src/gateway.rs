@@ -124,6 +124,7 @@ impl Gateway {
             auth: Arc::new(Authenticator::default()),
             upstreams: Upstreams::new(snapshot.timeouts.upstream_connect),
             throttle: Arc::default(),
+            identifier: crate::proxy::identify::Identifier::default(),
         };
         let generation = snapshot.generation;
         let reloader = Arc::new(Reloader {
@@ -426,11 +427,23 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
                 return;
             }
         };
-        let handler = move |req, peer| {
+        let handler = move |req: http::Request<Body>, peer| {
             let state = state.clone();
             // Boxed once here: the request's future is a few KiB, and the
             // layers above would otherwise copy it each time they move it.
-            Box::pin(handle_api(state, req, Connection { peer, tls }))
+            let client_cert = req
+                .extensions()
+                .get::<crate::proxy::serve::ClientCertificate>()
+                .map(|c| c.0);
+            Box::pin(handle_api(
+                state,
+                req,
+                Connection {
+                    peer,
+                    tls,
+                    client_cert,
+                },
+            ))
         };
         server::serve(listener, transport, settings, slots, stop, handler).await;
     });

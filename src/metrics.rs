@@ -22,8 +22,13 @@ pub struct Metrics {
     pub request_duration: Histogram,
     /// `upstream_duration_seconds{api}`.
     pub upstream_duration: HistogramVec,
-    /// `auth_decisions_total{api,result}`.
+    /// `auth_decisions_total{api,result,type}`; `type` is the credential
+    /// type that decided (`none` when no credential did).
     pub auth_decisions: IntCounterVec,
+    /// `application_requests_total{application}`: requests an identified
+    /// caller made, by configured application (`unknown` for a caller that
+    /// is none of them), so the series are bounded by the configuration.
+    pub application_requests: IntCounterVec,
     /// `introspection_requests_total{auth_server,result}`.
     pub introspection_requests: IntCounterVec,
     /// `introspection_cache_total{result}` (hit|miss|negative_hit|coalesced).
@@ -148,7 +153,13 @@ impl Metrics {
                 &registry,
                 "auth_decisions_total",
                 "Authentication and authorization outcomes",
-                &["api", "result"],
+                &["api", "result", "type"],
+            ),
+            application_requests: counter(
+                &registry,
+                "application_requests_total",
+                "Requests allowed, by calling application",
+                &["application"],
             ),
             introspection_requests: counter(
                 &registry,
@@ -278,8 +289,8 @@ pub struct ApiMetrics(Arc<ApiSeries>);
 
 struct ApiSeries {
     name: String,
-    /// `auth_decisions_total{api, result="allowed"}`.
-    allowed: IntCounter,
+    /// `auth_decisions_total{api, result="allowed", type}`, by [`AUTH_TYPES`].
+    allowed: [IntCounter; 5],
     /// `upstream_duration_seconds{api}`.
     upstream_duration: Histogram,
     /// `responses_total{api, class}`, 1xx..5xx.
@@ -287,6 +298,10 @@ struct ApiSeries {
     /// `requests_total{api, method, status}` seen by each thread.
     requests: ThreadLocal<RefCell<Vec<(u32, IntCounter)>>>,
 }
+
+/// The `type` labels of `auth_decisions_total`: no credential, then each
+/// credential type.
+pub const AUTH_TYPES: [&str; 5] = ["none", "oauth2", "api_key", "basic", "certificate"];
 
 /// Series a thread keeps at hand per API; past that, it looks them up.
 const CACHED_PER_THREAD: usize = 64;
@@ -297,7 +312,11 @@ impl ApiMetrics {
         let class = |c: &str| metrics.responses.with_label_values(&[api, c]);
         ApiMetrics(Arc::new(ApiSeries {
             name: api.to_owned(),
-            allowed: metrics.auth_decisions.with_label_values(&[api, "allowed"]),
+            allowed: AUTH_TYPES.map(|kind| {
+                metrics
+                    .auth_decisions
+                    .with_label_values(&[api, "allowed", kind])
+            }),
             upstream_duration: metrics.upstream_duration.with_label_values(&[api]),
             responses: [
                 class("1xx"),
@@ -316,8 +335,10 @@ impl ApiMetrics {
         &UNMATCHED
     }
 
-    pub fn allowed(&self) -> &IntCounter {
-        &self.0.allowed
+    /// The `allowed` series of a credential type (one of [`AUTH_TYPES`]).
+    pub fn allowed(&self, kind: &str) -> &IntCounter {
+        let index = AUTH_TYPES.iter().position(|k| *k == kind).unwrap_or(0);
+        &self.0.allowed[index]
     }
 
     /// Counts a failed exchange with this API's upstream

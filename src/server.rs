@@ -21,6 +21,7 @@
 //!   flow-control window the client does not open) is closed.
 
 mod activity;
+pub mod client_cert;
 mod h1;
 mod h2_bodies;
 mod prefixed;
@@ -175,6 +176,30 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
+/// The handler of a TLS connection: each request carries the fingerprint
+/// of the client certificate the handshake verified, as a
+/// [`ClientCertificate`](crate::proxy::serve::ClientCertificate) extension.
+fn with_client_certificate<S, H, F>(
+    tls: &tokio_rustls::server::TlsStream<S>,
+    handler: H,
+) -> impl Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static
+where
+    H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+{
+    let certificate = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|der| crate::proxy::serve::ClientCertificate(client_cert::fingerprint(der)));
+    move |mut req: Request<Body>, peer| {
+        if let Some(certificate) = certificate {
+            req.extensions_mut().insert(certificate);
+        }
+        handler(req, peer)
+    }
+}
+
 /// One accepted connection and what it needs to be served.
 struct Conn {
     http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
@@ -200,10 +225,14 @@ impl Conn {
                 let handshake = acceptor.accept(stream);
                 let peer = self.peer;
                 match tokio::time::timeout(self.settings.timeouts.header_read, handshake).await {
-                    Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                        self.http2(tls, Bytes::new(), handler).await;
+                    Ok(Ok(tls)) => {
+                        let handler = with_client_certificate(&tls, handler);
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            self.http2(tls, Bytes::new(), handler).await;
+                        } else {
+                            self.http(tls, handler).await;
+                        }
                     }
-                    Ok(Ok(tls)) => self.http(tls, handler).await,
                     Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }

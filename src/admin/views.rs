@@ -73,6 +73,7 @@ pub fn settings(s: &Snapshot) -> Value {
         })),
         "throttling": throttling(&s.throttling),
         "apis": assets(s)["apis"].clone(),
+        "applications": applications(s),
     })
 }
 
@@ -107,7 +108,15 @@ pub fn assets(s: &Snapshot) -> Value {
                 },
                 "authentication": match &api.authentication {
                     Authentication::None => json!({"type": "none"}),
-                    Authentication::OAuth2 { auth_server } => json!({"type": "oauth2", "auth_server": &**auth_server}),
+                    Authentication::Identify(i) => json!({
+                        "type": match i.types.as_slice() {
+                            [one] => json!(one.label()),
+                            many => json!(many.iter().map(|t| t.label()).collect::<Vec<_>>()),
+                        },
+                        "auth_server": i.auth_server.as_deref(),
+                        "api_key_header": i.types.contains(&crate::config::snapshot::CredentialType::ApiKey).then(|| i.api_key_header.as_str()),
+                        "applications": if i.registered_only { "registered" } else { "any" },
+                    }),
                 },
                 "scopes": api.api_scopes,
                 "resources": api.resources.iter().map(|r| json!({
@@ -125,6 +134,10 @@ pub fn assets(s: &Snapshot) -> Value {
                     "scope": t.api_scope.map(|i| api.api_scopes[i].clone()),
                     "per_application": t.per_application, "per_client_ip": t.per_client_ip,
                 })).collect::<Vec<_>>(),
+                "ip_filter": api.ip_filter.as_ref().map(|f| json!({
+                    "allow": f.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "deny": f.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })),
             })
         })
         .collect();
@@ -133,5 +146,28 @@ pub fn assets(s: &Snapshot) -> Value {
         .iter()
         .map(|m| json!({"auth_server": &*m.auth_server, "scope": m.token_scope, "api_scopes": m.api_scopes}))
         .collect();
-    json!({ "apis": apis, "scope_mappings": mappings })
+    json!({ "apis": apis, "scope_mappings": mappings, "applications": applications(s) })
+}
+
+/// The applications; API keys and password hashes only as `****`.
+fn applications(s: &Snapshot) -> Vec<Value> {
+    s.applications
+        .list
+        .iter()
+        .map(|app| {
+            json!({
+                "name": &*app.name,
+                "client_ids": app.client_ids,
+                "api_keys": vec![REDACTED; app.api_keys],
+                "basic_users": app.basic_users.iter().map(|u| json!({"username": u, "password_hash": REDACTED})).collect::<Vec<_>>(),
+                "certificates": app.certificates.iter().map(|fp| {
+                    let hex: Vec<String> = fp.iter().map(|b| format!("{b:02X}")).collect();
+                    format!("sha256:{}", hex.join(":"))
+                }).collect::<Vec<_>>(),
+                "ip_ranges": app.ip_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "apis": app.apis,
+                "api_scopes": app.api_scopes,
+            })
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod extract;
+pub mod identity;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;

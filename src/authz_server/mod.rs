@@ -30,7 +30,7 @@ mod sessions;
 pub mod settings;
 pub mod store;
 pub mod tokens;
-mod workers;
+pub mod workers;
 
 pub use clock::{unix_now, Clock};
 pub use endpoints::{is_endpoint, AuthorizationServer, RequestContext, MAX_BODY};

@@ -23,6 +23,7 @@ pub struct Refs<'a> {
     pub aliases: &'a BTreeMap<String, Alias>,
     pub scope_mappings: &'a [ScopeMapping],
     pub authorization_server: bool,
+    pub applications: &'a Applications,
 }
 
 /// Characters of an API name kept as they are in the default base path.
@@ -31,10 +32,6 @@ const NAME_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
-
-/// What `authentication` may say.
-const AUTHENTICATION_ALLOWED: &str =
-    "authentication: { type: oauth2, auth_server: ID }, or { type: none } for an API open to anyone";
 
 /// Paths the local authorization server answers on.
 const RESERVED: &[&str] = &["/oauth2", "/invoke", "/.well-known"];
@@ -116,7 +113,12 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     // Every part is checked (and reported) before one that failed stops
     // the API from compiling.
     let upstream = upstream(ctx, entry);
-    let authentication = authentication(ctx, entry, refs);
+    let authentication = super::authentication_compile::authentication(
+        ctx,
+        entry,
+        name_at(entry),
+        refs.auth_servers,
+    );
     let api_scopes: Vec<String> = raw
         .scopes
         .iter()
@@ -137,6 +139,12 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
             api_scopes: &api_scopes,
         },
     );
+    let access =
+        super::application_compile::access(refs.applications, &name, &version, &api_scopes);
+    let ip_filter = raw.ip_filter.as_ref().map(|filter| IpFilter {
+        allow: super::application_compile::cidrs(ctx, &filter.value.allow, "ip_filter.allow"),
+        deny: super::application_compile::cidrs(ctx, &filter.value.deny, "ip_filter.deny"),
+    });
     Some(Api {
         metrics: ApiMetrics::of(&name),
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
@@ -155,6 +163,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         cors,
         response_transform,
         throttle,
+        access,
+        ip_filter,
     })
 }
 
@@ -311,84 +321,6 @@ fn name_at(entry: &S<raw::Api>) -> Location {
         .as_ref()
         .map(|n| n.referenced)
         .unwrap_or(entry.referenced)
-}
-
-fn authentication(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Authentication> {
-    // Fail closed: an API is served without credentials only when its
-    // file says so (`type: none`), never because a block is missing.
-    let Some(auth) = &entry.value.authentication else {
-        ctx.report.error(
-            name_at(entry),
-            "API has no `authentication`; it would be served without credentials",
-            AUTHENTICATION_ALLOWED,
-        );
-        return None;
-    };
-    let kind = auth
-        .value
-        .kind
-        .as_ref()
-        .map(|k| (k.value.as_str(), k.referenced));
-    match kind {
-        None => {
-            ctx.report.error(
-                auth.referenced,
-                "authentication has no `type`",
-                AUTHENTICATION_ALLOWED,
-            );
-            None
-        }
-        Some(("none", _)) => {
-            // Scopes under `type: none` would be enforced by nothing: a
-            // reader of the file would believe the API is protected.
-            if let Some(scope) = entry.value.scopes.first() {
-                ctx.report.error(
-                    scope.referenced,
-                    "API has `scopes:` but authentication type none; nothing would enforce them",
-                    "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
-                );
-                return None;
-            }
-            Some(Authentication::None)
-        }
-        Some(("oauth2", _)) => {
-            let Some(server) = &auth.value.auth_server else {
-                ctx.report.error(
-                    auth.referenced,
-                    "authentication type oauth2 needs `auth_server`",
-                    format!(
-                        "one of: {}",
-                        names(refs.auth_servers.keys().map(|k| k.to_string()))
-                    ),
-                );
-                return None;
-            };
-            match refs.auth_servers.get_key_value(server.value.as_str()) {
-                Some((id, _)) => Some(Authentication::OAuth2 {
-                    auth_server: id.clone(),
-                }),
-                None => {
-                    ctx.report.error(
-                        server.referenced,
-                        format!("auth server `{}` is not defined", server.value),
-                        format!(
-                            "one of: {}",
-                            names(refs.auth_servers.keys().map(|k| k.to_string()))
-                        ),
-                    );
-                    None
-                }
-            }
-        }
-        Some((other, at)) => {
-            ctx.report.error(
-                at,
-                format!("authentication type `{other}` is not supported"),
-                "oauth2 or none",
-            );
-            None
-        }
-    }
 }
 
 fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {

@@ -47,6 +47,11 @@ pub fn compile(
         .and_then(|raw| super::authz_compile::compile(&mut ctx, raw, &file.ports));
     let scope_mappings =
         security_compile::scope_mappings(&mut ctx, &file.scope_mappings, &auth_servers, &file.apis);
+    let applications = super::application_compile::compile(
+        &mut ctx,
+        &file.applications,
+        &super::application_compile::ApiNames::of(&file.apis),
+    );
     let apis = super::api_compile::compile_all(
         &mut ctx,
         &file.apis,
@@ -55,6 +60,7 @@ pub fn compile(
             aliases: &aliases,
             scope_mappings: &scope_mappings,
             authorization_server: authorization_server.is_some(),
+            applications: &applications,
         },
     );
     let own_issuer = authorization_server.as_ref().map(|a| a.issuer.as_str());
@@ -92,5 +98,6 @@ pub fn compile(
         central,
         api_gateway,
         throttling,
+        applications: Arc::new(applications),
     })
 }

@@ -73,6 +73,7 @@ pub(super) fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<Tl
     ctx.files.push(key_path.clone());
     let certificate_pem = read_pem(ctx, cert, &certificate_path, "CERTIFICATE")?;
     let key_pem = read_pem(ctx, key, &key_path, "PRIVATE KEY")?;
+    let client_ca = client_ca(ctx, &section.value)?;
     Some(TlsMaterial {
         certificate_path,
         key_path,
@@ -80,7 +81,49 @@ pub(super) fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<Tl
         key_pem: Secret::new(String::from_utf8_lossy(&key_pem).into_owned()),
         certificate_at: ctx.report.origin(cert.referenced),
         key_at: ctx.report.origin(key.referenced),
+        client_ca,
     })
+}
+
+/// `tls.client_ca` and `tls.client_auth` (`optional`, the default, or
+/// `required`). `Some(None)`: no client certificates are asked for.
+fn client_ca(ctx: &mut Ctx, section: &raw::Tls) -> Option<Option<ClientCa>> {
+    let required = match section
+        .client_auth
+        .as_ref()
+        .map(|v| (v.value.0.as_str(), v))
+    {
+        None | Some(("optional", _)) => false,
+        Some(("required", _)) => true,
+        Some((other, value)) => {
+            ctx.report.error(
+                value.referenced,
+                format!("tls.client_auth `{other}` is not known"),
+                "optional or required (with tls.client_ca)",
+            );
+            return None;
+        }
+    };
+    let Some(ca) = &section.client_ca else {
+        if let Some(auth) = &section.client_auth {
+            ctx.report.error(
+                auth.referenced,
+                "tls.client_auth is set but there is no tls.client_ca",
+                "tls.client_ca: a PEM bundle of the CAs client certificates chain to",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    let path = ctx.path(&ca.value.0);
+    ctx.files.push(path.clone());
+    let pem = read_pem(ctx, ca, &path, "CERTIFICATE")?;
+    Some(Some(ClientCa {
+        path,
+        pem,
+        required,
+        at: ctx.report.origin(ca.referenced),
+    }))
 }
 
 pub(super) fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) -> Option<Vec<u8>> {

@@ -1,13 +1,16 @@
 //! Configuration: raw YAML (`raw`, read by `load`) → interpreted values
 //! (`resolve`) → checked and compiled (`compile` drives `listener_compile`,
-//! `security_compile`, `api_compile` (with `cors_compile`,
-//! `response_compile` and `throttle_compile`), `authz_compile`, `fleet_compile`, all
+//! `security_compile`, `application_compile`, `api_compile` (with
+//! `authentication_compile`, `cors_compile`, `response_compile` and
+//! `throttle_compile`), `authz_compile`, `fleet_compile`, all
 //! sharing `context`, which imports none of them) into
 //! an immutable [`Snapshot`] with a generation number.
 //! Every finding is a [`Diagnostic`] with file, line and column. Never
 //! touches the network; reads only the files the configuration names.
 
 pub mod api_compile;
+pub mod application_compile;
+pub mod authentication_compile;
 pub mod authz;
 pub mod authz_compile;
 pub mod compile;

@@ -78,6 +78,8 @@ pub struct File {
     pub authorization_server: Option<S<AuthorizationServer>>,
     pub central: Option<S<Central>>,
     pub throttling: Option<S<Throttling>>,
+    /// The applications that call the APIs (`raw::Application`).
+    pub applications: Vec<S<Application>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +95,10 @@ pub struct Ports {
 pub struct Tls {
     pub certificate: Opt<Scalar>,
     pub key: Opt<Scalar>,
+    /// PEM CA bundle that client certificates must chain to.
+    pub client_ca: Opt<Scalar>,
+    /// `optional` or `required` (needs `client_ca`).
+    pub client_auth: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +278,7 @@ pub struct Api {
     pub scopes: Vec<S<ApiScope>>,
     pub resources: Vec<S<String>>,
     pub policies: Policies,
+    pub ip_filter: Option<S<IpFilter>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,9 +295,13 @@ pub struct Upstream {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Authentication {
+    /// One type or a list of them.
     #[serde(rename = "type")]
-    pub kind: Opt<String>,
+    pub kind: Opt<Names>,
     pub auth_server: Opt<String>,
+    pub api_key_header: Opt<String>,
+    /// `any` (default) or `registered`.
+    pub applications: Opt<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -433,6 +444,56 @@ pub struct Central {
 pub struct CentralUser {
     pub user: Opt<String>,
     pub password: Opt<Scalar>,
+}
+
+/// An application: who calls, identified by one of its credentials.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Application {
+    pub name: Opt<String>,
+    pub client_ids: Vec<S<String>>,
+    pub api_keys: Vec<S<Scalar>>,
+    pub basic_users: Vec<S<User>>,
+    pub certificates: Vec<S<String>>,
+    pub ip_ranges: Vec<S<String>>,
+    /// Subscriptions: `name` or `name:version`.
+    pub apis: Vec<S<String>>,
+    /// `API:scope` granted to API key, Basic and certificate callers.
+    pub api_scopes: Vec<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpFilter {
+    pub allow: Vec<S<String>>,
+    pub deny: Vec<S<String>>,
+}
+
+/// One name or a list of names (`type: oauth2` or `type: [oauth2, api_key]`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Names(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NamesVisitor;
+        impl<'de> Visitor<'de> for NamesVisitor {
+            type Value = Names;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Names, E> {
+                Ok(Names(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Names, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(Names(names))
+            }
+        }
+        deserializer.deserialize_any(NamesVisitor)
+    }
 }
 
 /// A mapping read as its pairs in file order (header name → value template).

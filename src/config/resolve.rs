@@ -200,6 +200,8 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("ports_bind", |f| &mut f.ports.bind),
     ("tls_certificate", |f| &mut section(&mut f.tls).certificate),
     ("tls_key", |f| &mut section(&mut f.tls).key),
+    ("tls_client_ca", |f| &mut section(&mut f.tls).client_ca),
+    ("tls_client_auth", |f| &mut section(&mut f.tls).client_auth),
     ("admin_port", |f| &mut f.admin.port),
     ("admin_bind", |f| &mut f.admin.bind),
     ("admin_user", |f| &mut f.admin.user),

@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub central: Option<Central>,
     pub api_gateway: Option<ApiGateway>,
     pub throttling: Throttling,
+    /// The applications that call the APIs, and their credentials.
+    pub applications: Arc<Applications>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,19 @@ pub struct TlsMaterial {
     /// about the material (checked by `server::tls::check`).
     pub certificate_at: super::diagnostic::Origin,
     pub key_at: super::diagnostic::Origin,
+    /// `tls.client_ca`: client certificates are asked for and verified.
+    pub client_ca: Option<ClientCa>,
+}
+
+/// The CAs client certificates must chain to, and whether one is required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCa {
+    pub path: PathBuf,
+    pub pem: Vec<u8>,
+    /// `client_auth: required`: a handshake without a certificate fails.
+    pub required: bool,
+    /// Where `tls.client_ca` is written.
+    pub at: super::diagnostic::Origin,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +180,10 @@ pub struct Api {
     pub response_transform: ResponseTransform,
     /// `policies.throttle`, in file order.
     pub throttle: Vec<ThrottlePolicy>,
+    /// For each application (by `Application::index`): may it call this API?
+    pub access: Vec<AppAccess>,
+    /// Client addresses served; checked before any credential.
+    pub ip_filter: Option<IpFilter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +219,18 @@ pub struct CaBundle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authentication {
     None,
-    OAuth2 { auth_server: Arc<str> },
+    /// Credentials of the listed types identify the caller.
+    Identify(Arc<Identification>),
+}
+
+impl Authentication {
+    /// The auth server that validates tokens, when tokens are accepted.
+    pub fn auth_server(&self) -> Option<&Arc<str>> {
+        match self {
+            Authentication::None => None,
+            Authentication::Identify(identification) => identification.auth_server.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +313,8 @@ pub enum Part {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Variable {
+    ApplicationName,
+    AuthorizationType,
     ClientId,
     UserName,
     Issuer,
@@ -448,5 +480,144 @@ impl Snapshot {
                     .strip_prefix(api.base_path.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         })
+    }
+}
+
+/// How a caller identifies itself (`authentication.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialType {
+    OAuth2,
+    ApiKey,
+    Basic,
+    Certificate,
+}
+
+impl CredentialType {
+    pub const ALL: [CredentialType; 4] = [
+        CredentialType::OAuth2,
+        CredentialType::ApiKey,
+        CredentialType::Basic,
+        CredentialType::Certificate,
+    ];
+
+    /// The name in the file, in metric labels and `${request.authorization.type}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CredentialType::OAuth2 => "oauth2",
+            CredentialType::ApiKey => "api_key",
+            CredentialType::Basic => "basic",
+            CredentialType::Certificate => "certificate",
+        }
+    }
+}
+
+/// An API's `authentication` other than `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identification {
+    /// The credential types accepted, as written (at least one, no repeats).
+    pub types: Vec<CredentialType>,
+    /// Validates tokens; `Some` exactly when `types` has `OAuth2`.
+    pub auth_server: Option<Arc<str>>,
+    /// Where an API key is sent (`X-API-Key` by default).
+    pub api_key_header: HeaderName,
+    /// `api_key_header` folded: every spelling of it is kept from the upstream.
+    pub api_key_folded: FoldedName,
+    /// `applications: registered`: only subscribed applications get through.
+    pub registered_only: bool,
+}
+
+impl Identification {
+    pub fn accepts(&self, kind: CredentialType) -> bool {
+        self.types.contains(&kind)
+    }
+}
+
+/// What an application may do on one API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppAccess {
+    /// The application subscribes to the API (`apis:`).
+    pub subscribed: bool,
+    /// Indexes into `Api::api_scopes` granted by `api_scopes:`.
+    pub api_scopes: Vec<usize>,
+}
+
+/// `ip_filter`: deny wins; an empty `allow` allows every address not denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpFilter {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+impl IpFilter {
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|net| net.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip)))
+    }
+}
+
+/// A compiled application. Its secrets are kept only as digests or PHC
+/// strings, in [`Applications`].
+#[derive(Debug)]
+pub struct Application {
+    /// Position in `Applications::list`, and in every `Api::access`.
+    pub index: usize,
+    pub name: Arc<str>,
+    pub client_ids: Vec<String>,
+    pub basic_users: Vec<String>,
+    pub api_keys: usize,
+    /// SHA-256 fingerprints of its client certificates.
+    pub certificates: Vec<[u8; 32]>,
+    /// Empty = any address.
+    pub ip_ranges: Vec<IpNet>,
+    /// Subscriptions as written (`name` or `name:version`).
+    pub apis: Vec<String>,
+    /// `API:scope` as written.
+    pub api_scopes: Vec<String>,
+    /// `application_requests_total{application}` for this application.
+    pub requests: prometheus::IntCounter,
+}
+
+impl Application {
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.ip_ranges.is_empty() || self.ip_ranges.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Every application, and its credentials indexed for lookup.
+#[derive(Debug, Default)]
+pub struct Applications {
+    pub list: Vec<Arc<Application>>,
+    /// SHA-256 of each API key, with its application's index.
+    pub api_keys: Vec<([u8; 32], usize)>,
+    /// Basic user name → (application index, Argon2 PHC string).
+    pub basic_users: HashMap<String, (usize, Secret)>,
+    pub certificates: HashMap<[u8; 32], usize>,
+    pub client_ids: HashMap<String, usize>,
+}
+
+impl Applications {
+    /// The application whose API key has this SHA-256 digest. Every
+    /// digest is compared in constant time; none is skipped.
+    pub fn by_api_key_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Application>> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for (known, index) in &self.api_keys {
+            if bool::from(known.ct_eq(digest)) {
+                found = Some(*index);
+            }
+        }
+        found.and_then(|index| self.list.get(index))
+    }
+
+    pub fn by_certificate(&self, fingerprint: &[u8; 32]) -> Option<&Arc<Application>> {
+        self.certificates
+            .get(fingerprint)
+            .and_then(|&index| self.list.get(index))
+    }
+
+    pub fn by_client_id(&self, client_id: &str) -> Option<&Arc<Application>> {
+        self.client_ids
+            .get(client_id)
+            .and_then(|&index| self.list.get(index))
     }
 }

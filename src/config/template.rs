@@ -8,7 +8,7 @@ use super::context::{self, Ctx};
 use super::raw::{Scalar, S};
 use super::snapshot::{Part, Segment, Template, ValueTemplate, Variable};
 
-pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|claims.NAME} (or ${request.oauth2Token.clientId|owner})";
+pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|type|claims.NAME} (or ${request.oauth2Token.clientId|owner}), ${request.application.name}";
 
 pub const RESOURCE_ALLOWED: &str =
     "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
@@ -35,6 +35,11 @@ pub fn parse(text: &str) -> Result<ValueTemplate, String> {
 }
 
 fn variable(name: &str) -> Result<Variable, String> {
+    match name {
+        "request.application.name" => return Ok(Variable::ApplicationName),
+        "request.authorization.type" => return Ok(Variable::AuthorizationType),
+        _ => {}
+    }
     let field = name
         .strip_prefix("request.authorization.")
         .or_else(|| name.strip_prefix("request.oauth2Token."))

@@ -4,6 +4,7 @@
 //! and `microgateway explain` both answer with it, so they cannot disagree.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use http::Method;
@@ -11,9 +12,10 @@ use serde_json::Map;
 
 use super::path::{canonicalize, PathProblem};
 use super::route::{route, Route, RouteProblem};
-use super::scope::{authorize, granting_scopes};
+use super::scope::{authorize, granting_scopes, Denied};
+use crate::auth::identity::Identity;
 use crate::auth::Principal;
-use crate::config::snapshot::{Authentication, Cors, Origins};
+use crate::config::snapshot::{Authentication, Cors, CredentialType, Origins};
 use crate::config::Snapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,46 @@ pub enum Outcome {
     /// An oauth2 API and no token was presented.
     NeedsToken,
     InsufficientScope,
+    /// `ip_filter` refuses the client address.
+    IpFiltered,
+    /// No credential of a type the API accepts (it accepts other types than oauth2).
+    NeedsCredentials,
+    /// A wrong API key or password, or an unknown certificate.
+    BadCredentials(CredentialType),
+    /// The caller is identified but may not call the resource.
+    Denied(Denied),
+}
+
+impl Outcome {
+    /// The status the data path answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Outcome::Allow => 200,
+            Outcome::BadPath(_)
+            | Outcome::NoRoute(
+                RouteProblem::EncodedSlash { .. } | RouteProblem::AboveBasePath { .. },
+            ) => 400,
+            Outcome::NoRoute(RouteProblem::MethodNotAllowed { .. }) => 405,
+            Outcome::NoRoute(RouteProblem::NoApi | RouteProblem::NoResource { .. }) => 404,
+            Outcome::NeedsToken | Outcome::NeedsCredentials | Outcome::BadCredentials(_) => 401,
+            Outcome::InsufficientScope | Outcome::IpFiltered | Outcome::Denied(_) => 403,
+        }
+    }
+}
+
+/// Whom a decided request comes from.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Nobody,
+    /// A valid token with these scopes, of `auth_server` (the API's own when `None`).
+    Token {
+        scopes: Vec<String>,
+        auth_server: Option<String>,
+    },
+    /// An application credential that was checked: its identity.
+    Identified(Identity),
+    /// An application credential of this type that matched no application.
+    Refused(CredentialType),
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +79,8 @@ pub struct Verdict {
     pub granted_api_scope: Option<String>,
     /// The throttle policies that count requests to the matched resource.
     pub throttle: Vec<String>,
+    /// The identified caller: credential type and application, if any.
+    pub caller: Option<(CredentialType, Option<Arc<str>>)>,
     pub outcome: Outcome,
 }
 
@@ -49,6 +93,31 @@ pub fn decide(
     token_scopes: Option<&[String]>,
     auth_server: Option<&str>,
 ) -> Verdict {
+    let caller = match token_scopes {
+        None => Caller::Nobody,
+        Some(scopes) => Caller::Token {
+            scopes: scopes.to_vec(),
+            auth_server: auth_server.map(str::to_owned),
+        },
+    };
+    decide_for(
+        snapshot,
+        method,
+        raw_path,
+        &caller,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    )
+}
+
+/// Decides a request from `caller` at `client_ip` as the data path does:
+/// route, `ip_filter`, credential, then authorization.
+pub fn decide_for(
+    snapshot: &Snapshot,
+    method: &Method,
+    raw_path: &str,
+    caller: &Caller,
+    client_ip: IpAddr,
+) -> Verdict {
     let mut verdict = Verdict {
         route: None,
         auth_server: None,
@@ -56,6 +125,7 @@ pub fn decide(
         granting_token_scopes: Vec::new(),
         granted_api_scope: None,
         throttle: Vec::new(),
+        caller: None,
         outcome: Outcome::Allow,
     };
     let path = match canonicalize(raw_path) {
@@ -85,34 +155,71 @@ pub fn decide(
         .iter()
         .map(|&i| format!("{}:{}", api.name, api.api_scopes[i]))
         .collect();
-    if let Authentication::OAuth2 { auth_server: own } = &api.authentication {
-        let server: Arc<str> = auth_server.map(Arc::from).unwrap_or_else(|| own.clone());
-        verdict.granting_token_scopes = granting_scopes(&matched, &server);
-        verdict.outcome = match token_scopes {
-            None => Outcome::NeedsToken,
-            Some(scopes) => {
-                let principal = Principal {
-                    auth_server: server.clone(),
-                    token_scopes: scopes.to_vec(),
-                    client_id: None,
-                    user_name: None,
-                    issuer: None,
-                    audience: Vec::new(),
-                    expires_at: None,
-                    claims: Map::new(),
-                };
-                match authorize(&matched, Some(&principal)) {
-                    Ok(grant) => {
-                        verdict.granted_api_scope = grant
-                            .api_scope()
-                            .map(|scope| format!("{}:{scope}", api.name));
-                        Outcome::Allow
-                    }
-                    Err(_) => Outcome::InsufficientScope,
-                }
-            }
+    let filtered = api.ip_filter.as_ref().is_some_and(|f| !f.admits(client_ip));
+    if let Authentication::Identify(identification) = &api.authentication {
+        let server: Option<Arc<str>> = match (caller, &identification.auth_server) {
+            (
+                Caller::Token {
+                    auth_server: Some(named),
+                    ..
+                },
+                Some(_),
+            ) => Some(Arc::from(named.as_str())),
+            (_, own) => own.clone(),
         };
-        verdict.auth_server = Some(server);
+        if let Some(server) = &server {
+            verdict.granting_token_scopes = granting_scopes(&matched, server);
+        }
+        let oauth2_only = identification.types == [CredentialType::OAuth2];
+        let missing = if oauth2_only {
+            Outcome::NeedsToken
+        } else {
+            Outcome::NeedsCredentials
+        };
+        let who = match caller {
+            Caller::Nobody => Err(missing),
+            Caller::Token { scopes, .. } => match &server {
+                Some(server) => Ok(Identity::of_token(
+                    Arc::new(Principal {
+                        auth_server: server.clone(),
+                        token_scopes: scopes.clone(),
+                        client_id: None,
+                        user_name: None,
+                        issuer: None,
+                        audience: Vec::new(),
+                        expires_at: None,
+                        claims: Map::new(),
+                    }),
+                    &snapshot.applications,
+                )),
+                None => Err(missing),
+            },
+            Caller::Identified(who) if identification.accepts(who.kind) => Ok(who.clone()),
+            Caller::Refused(kind) if identification.accepts(*kind) => {
+                Err(Outcome::BadCredentials(*kind))
+            }
+            Caller::Identified(_) | Caller::Refused(_) => Err(missing),
+        };
+        if let Ok(who) = &who {
+            verdict.caller = Some((who.kind, who.application.as_ref().map(|a| a.name.clone())));
+        }
+        verdict.outcome = match who {
+            _ if filtered => Outcome::IpFiltered,
+            Err(outcome) => outcome,
+            Ok(who) => match authorize(&matched, Some(&who), client_ip) {
+                Ok(grant) => {
+                    verdict.granted_api_scope = grant
+                        .api_scope()
+                        .map(|scope| format!("{}:{scope}", api.name));
+                    Outcome::Allow
+                }
+                Err(Denied::Scope(_)) => Outcome::InsufficientScope,
+                Err(denied) => Outcome::Denied(denied),
+            },
+        };
+        verdict.auth_server = server;
+    } else if filtered {
+        verdict.outcome = Outcome::IpFiltered;
     }
     verdict.route = Some(matched);
     verdict
@@ -153,9 +260,32 @@ impl fmt::Display for Verdict {
                 "resource:   {} {}",
                 resource.method, resource.template.text
             )?;
-            match &self.auth_server {
-                Some(server) => writeln!(f, "auth:       oauth2, auth server {server}")?,
-                None => writeln!(f, "auth:       none")?,
+            match (&route.api.authentication, &self.auth_server) {
+                (Authentication::Identify(i), server)
+                    if i.types != [CredentialType::OAuth2] || i.registered_only =>
+                {
+                    let types: Vec<&str> = i.types.iter().map(|t| t.label()).collect();
+                    write!(f, "auth:       {}", types.join(", "))?;
+                    if let Some(server) = server {
+                        write!(f, ", auth server {server}")?;
+                    }
+                    if i.registered_only {
+                        write!(f, ", registered applications only")?;
+                    }
+                    writeln!(f)?;
+                }
+                (_, Some(server)) => writeln!(f, "auth:       oauth2, auth server {server}")?,
+                (_, None) => writeln!(f, "auth:       none")?,
+            }
+            if let Some((kind, application)) = self
+                .caller
+                .as_ref()
+                .filter(|(k, _)| *k != CredentialType::OAuth2)
+            {
+                let name = application
+                    .as_deref()
+                    .unwrap_or("(no registered application)");
+                writeln!(f, "caller:     {name}, by {}", kind.label())?;
             }
             if let Some(cors) = &route.api.cors {
                 writeln!(f, "cors:       {}", describe_cors(cors))?;
@@ -202,6 +332,15 @@ impl fmt::Display for Verdict {
                     .to_owned()
             }
             Outcome::InsufficientScope => "DENY 403: insufficient_scope".to_owned(),
+            Outcome::IpFiltered => "DENY 403: the client address is refused by ip_filter".to_owned(),
+            Outcome::NeedsCredentials => {
+                "DENY 401: a credential is required (pass --scopes, --api-key, --basic or --client-cert)"
+                    .to_owned()
+            }
+            Outcome::BadCredentials(kind) => {
+                format!("DENY 401: the {} credential is not valid", kind.label())
+            }
+            Outcome::Denied(denied) => format!("DENY 403: {} ({denied})", denied.label()),
         };
         write!(f, "verdict:    {verdict}")
     }

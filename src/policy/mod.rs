@@ -7,7 +7,7 @@ pub mod path;
 pub mod route;
 pub mod scope;
 
-pub use decide::{decide, Outcome, Verdict};
+pub use decide::{decide, decide_for, Caller, Outcome, Verdict};
 pub use path::{canonicalize, CanonicalPath, PathProblem};
 pub use route::{route, Route, RouteProblem};
-pub use scope::{authorize, Grant, InsufficientScope};
+pub use scope::{authorize, Denied, Grant, InsufficientScope};

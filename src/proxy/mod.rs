@@ -9,6 +9,7 @@ pub(crate) mod client;
 pub mod cors;
 pub mod forward;
 pub mod forwarded;
+pub mod identify;
 pub mod outbound;
 mod pool;
 pub mod reject;

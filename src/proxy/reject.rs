@@ -7,7 +7,8 @@ use http::{Method, Response, StatusCode};
 
 use super::{full, Body, BoxError};
 use crate::auth::TokenProblem;
-use crate::policy::{PathProblem, RouteProblem};
+use crate::config::snapshot::CredentialType;
+use crate::policy::{Denied, InsufficientScope, PathProblem, RouteProblem};
 
 /// Why a client's request body could not be read: the client's fault,
 /// never the upstream's. The server's body readers fail with it, so that
@@ -73,6 +74,22 @@ pub enum Rejection {
     InsufficientScope { would_grant: Vec<String> },
     #[error("auth server {auth_server} unavailable: {cause}")]
     AuthUnavailable { auth_server: String, cause: String },
+    // Applications and the identification types other than a bearer token.
+    #[error("no credential of an accepted type")]
+    MissingCredentials {
+        realm: String,
+        types: Vec<CredentialType>,
+    },
+    #[error("credentials of two kinds")]
+    TwoCredentials,
+    #[error("invalid {} credential", kind.label())]
+    BadCredentials { kind: CredentialType, realm: String },
+    #[error("too many failed Basic attempts")]
+    TooManyAttempts { retry_after: u64 },
+    #[error("{0}")]
+    Denied(Denied),
+    #[error("the client address is refused by ip_filter")]
+    IpFiltered,
     #[error("upstream unreachable: {0}")]
     BadGateway(String),
     #[error("upstream did not answer in time")]
@@ -95,6 +112,12 @@ impl Rejection {
             Rejection::InvalidToken { .. } => Some("invalid_token"),
             Rejection::InsufficientScope { .. } => Some("insufficient_scope"),
             Rejection::AuthUnavailable { .. } => Some("auth_unavailable"),
+            Rejection::MissingCredentials { .. } => Some("missing_credentials"),
+            Rejection::TwoCredentials => Some("invalid_request"),
+            Rejection::BadCredentials { .. } => Some("invalid_credentials"),
+            Rejection::TooManyAttempts { .. } => Some("locked"),
+            Rejection::Denied(denied) => Some(denied.label()),
+            Rejection::IpFiltered => Some("ip_filtered"),
             Rejection::BadPath(_)
             | Rejection::BadRequest(_)
             | Rejection::NoRoute(_)
@@ -225,6 +248,57 @@ impl Rejection {
                     "the authorization server cannot be reached".to_owned(),
                     None,
                 ),
+                Rejection::MissingCredentials { .. } => (
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request",
+                    "credentials are required".to_owned(),
+                    None, // one challenge per type, below
+                ),
+                Rejection::TwoCredentials => (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "credentials of more than one kind".to_owned(),
+                    None,
+                ),
+                // The same answer for an unknown user or key and a wrong password.
+                Rejection::BadCredentials { kind, realm } => (
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "the credentials are not valid".to_owned(),
+                    challenge_of(*kind, realm),
+                ),
+                Rejection::TooManyAttempts { .. } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    "too many failed attempts; retry later".to_owned(),
+                    None,
+                ),
+                Rejection::Denied(Denied::Scope(InsufficientScope { would_grant })) => (
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    "the token does not grant a scope this resource needs".to_owned(),
+                    Some(format!(
+                        "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                        quoted(&would_grant.join(" "))
+                    )),
+                ),
+                Rejection::Denied(
+                    Denied::NotRegistered
+                    | Denied::NotSubscribed(_)
+                    | Denied::OutsideIpRanges(_)
+                    | Denied::NoApiScope(_),
+                ) => (
+                    StatusCode::FORBIDDEN,
+                    "access_denied",
+                    "the caller may not call this resource".to_owned(),
+                    None,
+                ),
+                Rejection::IpFiltered => (
+                    StatusCode::FORBIDDEN,
+                    "access_denied",
+                    "the client address may not call this API".to_owned(),
+                    None,
+                ),
                 Rejection::BadGateway(_) => (
                     StatusCode::BAD_GATEWAY,
                     "bad_gateway",
@@ -271,6 +345,18 @@ impl Rejection {
             Rejection::ThrottleUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Rejection::TooManyAttempts { retry_after } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Rejection::MissingCredentials { realm, types } => {
+                for value in types
+                    .iter()
+                    .filter_map(|kind| challenge_of(*kind, realm))
+                    .filter_map(|c| HeaderValue::from_str(&c).ok())
+                {
+                    headers.append(WWW_AUTHENTICATE, value);
+                }
+            }
             Rejection::NoRoute(RouteProblem::MethodNotAllowed { allow, .. }) => {
                 let list = allow
                     .iter()
@@ -299,6 +385,10 @@ impl Rejection {
             | Rejection::InvalidRequest { .. }
             | Rejection::InvalidToken { .. }
             | Rejection::InsufficientScope { .. }
+            | Rejection::TwoCredentials
+            | Rejection::BadCredentials { .. }
+            | Rejection::Denied(_)
+            | Rejection::IpFiltered
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout => {}
         }
@@ -325,6 +415,19 @@ fn describe(problem: TokenProblem) -> &'static str {
         | TokenProblem::WrongAudience
         | TokenProblem::WrongType
         | TokenProblem::BadScope => "the token is not valid",
+    }
+}
+
+/// The challenge of one credential type: RFC 6750 §3 for tokens, RFC 7617
+/// for Basic, and for API keys the header to send one in. A client
+/// certificate is asked for by TLS, not by a challenge.
+fn challenge_of(kind: CredentialType, realm: &str) -> Option<String> {
+    let realm = quoted(realm);
+    match kind {
+        CredentialType::OAuth2 => Some(format!("Bearer realm=\"{realm}\"")),
+        CredentialType::Basic => Some(format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")),
+        CredentialType::ApiKey => Some(format!("APIKey realm=\"{realm}\"")),
+        CredentialType::Certificate => None,
     }
 }
 

@@ -17,12 +17,13 @@ use http_body_util::BodyExt;
 
 use super::cors::{self, Answered, Preflight};
 use super::forward::{LimitFlag, LimitedBody, Upstreams};
+use super::identify::Identifier;
 use super::reject::Rejection;
 use super::{forwarded, outbound, transform, Body};
-use crate::auth::extract::{self, Extracted};
+use crate::auth::identity::{self, Credential, CredentialProblem, Identity};
 use crate::auth::servers::Authenticator;
-use crate::auth::{AuthFailure, Principal};
-use crate::config::snapshot::{Api, Authentication, Outbound};
+use crate::auth::AuthFailure;
+use crate::config::snapshot::{Api, Authentication, CredentialType, Outbound};
 use crate::config::Snapshot;
 use crate::policy::{self, CanonicalPath, Route};
 use crate::throttle::{self, Caller, Fields, Throttler};
@@ -31,6 +32,8 @@ use crate::throttle::{self, Caller, Fields, Throttler};
 pub struct Runtime {
     pub auth: Arc<Authenticator>,
     pub upstreams: Upstreams,
+    /// Checks API keys, Basic users and client certificates.
+    pub identifier: Identifier,
     pub throttle: Arc<Throttler>,
 }
 
@@ -39,7 +42,14 @@ pub struct Runtime {
 pub struct Connection {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// SHA-256 of the DER of the client certificate the TLS handshake verified.
+    pub client_cert: Option<[u8; 32]>,
 }
+
+/// The SHA-256 fingerprint of the client certificate of the TLS
+/// connection a request arrived on, put on the request by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCertificate(pub [u8; 32]);
 
 /// Serves one request on `snap`; returns the response and the API it matched.
 pub async fn serve(
@@ -49,17 +59,19 @@ pub async fn serve(
     req: Request<Body>,
 ) -> (Response<Body>, Option<Arc<Api>>) {
     let mut api: Option<Arc<Api>> = None;
+    let mut kind = None;
     // Kept for the CORS fields, which go on refusals too; a preflight's
     // answer has its own.
     let origin = req.headers().get(ORIGIN).cloned();
     let preflight = cors::is_preflight(&req);
-    let (mut response, by) = match phases(snap, rt, conn, req, &mut api).await {
+    let (mut response, by) = match phases(snap, rt, conn, req, (&mut api, &mut kind)).await {
         Ok(response) => (response, Answered::Upstream),
         Err(rejection) => {
             if let (Some(result), Some(api)) = (rejection.auth_result(), &api) {
+                let kind = kind.map_or("none", CredentialType::label);
                 crate::metrics::get()
                     .auth_decisions
-                    .with_label_values(&[api.name.as_str(), result])
+                    .with_label_values(&[api.name.as_str(), result, kind])
                     .inc();
             }
             tracing::debug!(cause = %rejection, "request refused");
@@ -79,7 +91,7 @@ async fn phases(
     rt: &Runtime,
     conn: Connection,
     mut req: Request<Body>,
-    matched_api: &mut Option<Arc<Api>>,
+    (matched_api, kind): (&mut Option<Arc<Api>>, &mut Option<CredentialType>),
 ) -> Result<Response<Body>, Rejection> {
     check_target(snap, &req)?;
     host_from_authority(&mut req);
@@ -91,23 +103,37 @@ async fn phases(
     let route = policy::route(snap, req.method(), &path).map_err(Rejection::NoRoute)?; // match
     *matched_api = Some(route.api.clone());
     check_transport(&route, conn)?;
-    // Boxed: the token checks are a large future that requests to APIs
-    // without authentication need not carry.
-    let who = match route.api.authentication {
-        Authentication::None => None,
-        Authentication::OAuth2 { .. } => Box::pin(authenticate(rt, &route, &req)).await?,
-    }; // authenticate
-    let grant = policy::authorize(&route, who.as_deref()).map_err(|denied| {
-        Rejection::InsufficientScope {
-            would_grant: denied.would_grant,
+    let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
+    if let Some(filter) = &route.api.ip_filter {
+        if !filter.admits(client_ip) {
+            return Err(Rejection::IpFiltered); // before any credential is looked at
         }
-    })?; // authorize
-         // Boxed, like authentication: APIs without throttle policies carry
-         // no store call in their future.
+    }
+    // Boxed: the credential checks are a large future that requests to
+    // APIs without authentication need not carry.
+    let who = match &route.api.authentication {
+        Authentication::None => None,
+        Authentication::Identify(_) => {
+            Some(Box::pin(authenticate(snap, rt, &route, &req, (conn, kind))).await?)
+        }
+    }; // authenticate
+    let grant =
+        policy::authorize(&route, who.as_ref(), client_ip).map_err(|denied| match denied {
+            policy::Denied::Scope(scope) => Rejection::InsufficientScope {
+                would_grant: scope.would_grant,
+            },
+            other => Rejection::Denied(other),
+        })?; // authorize
+             // Boxed, like authentication: APIs without throttle policies carry
+             // no store call in their future.
     let fields = if route.api.throttle.is_empty() {
         None
     } else {
-        Box::pin(throttle(snap, rt, &route, who.as_deref(), conn, &req)).await?
+        let caller = Caller {
+            identity: who.as_ref(),
+            client_ip,
+        };
+        Box::pin(throttle(snap, rt, &route, caller)).await?
     }; // throttle
     let from_h2 = req.version() == Version::HTTP_2;
     let headers = req.headers_mut();
@@ -116,10 +142,18 @@ async fn phases(
     if from_h2 {
         forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
     }
-    transform::apply(&route.api.transform, who.as_deref(), headers)
+    strip_application_credentials(&route.api, who.as_ref(), headers);
+    transform::apply(&route.api.transform, who.as_ref(), headers)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
                                                                   // Counted once the token can no longer be refused for its properties.
-    route.api.metrics.allowed().inc();
+    route
+        .api
+        .metrics
+        .allowed(kind.map_or("none", CredentialType::label))
+        .inc();
+    if let Some(who) = &who {
+        count_application(who);
+    }
     outbound::apply(&route.api.outbound, headers); // outbound auth
     forwarded::set_forwarded(headers, conn.peer, conn.tls, &snap.trusted_proxies);
     let req = limit_body(snap, req)?;
@@ -164,18 +198,12 @@ fn answer_preflight<B>(
 /// Counts the request against the API's throttle policies that apply to
 /// its resource: a refused request goes no further. Returns the RateLimit
 /// fields for the response.
-async fn throttle<B>(
+async fn throttle(
     snap: &Snapshot,
     rt: &Runtime,
     route: &Route,
-    who: Option<&Principal>,
-    conn: Connection,
-    req: &Request<B>,
+    caller: Caller<'_>,
 ) -> Result<Option<Fields>, Rejection> {
-    let caller = Caller {
-        principal: who,
-        client_ip: forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies),
-    };
     match rt
         .throttle
         .check(snap, &route.api, route.resource, caller)
@@ -202,7 +230,7 @@ fn refuse_upstream_challenge(api: &Api, response: &Response<Body>) -> Result<(),
         status == StatusCode::UNAUTHORIZED || status == StatusCode::PROXY_AUTHENTICATION_REQUIRED;
     let credentials_sent = match api.outbound {
         Outbound::Header(_) => true,
-        Outbound::Delegate => matches!(api.authentication, Authentication::OAuth2 { .. }),
+        Outbound::Delegate => api.authentication.auth_server().is_some(),
         Outbound::None => false,
     };
     if !(challenged && credentials_sent) {
@@ -315,35 +343,107 @@ fn check_transport(route: &Route, conn: Connection) -> Result<(), Rejection> {
     }
 }
 
+/// The caller's identity from the one credential the request presents.
 async fn authenticate<B>(
+    snap: &Snapshot,
     rt: &Runtime,
     route: &Route,
     req: &Request<B>,
-) -> Result<Option<Arc<Principal>>, Rejection> {
-    let Authentication::OAuth2 { auth_server } = &route.api.authentication else {
-        return Ok(None);
+    (conn, kind): (Connection, &mut Option<CredentialType>),
+) -> Result<Identity, Rejection> {
+    let Authentication::Identify(accepted) = &route.api.authentication else {
+        return Err(Rejection::BadRequest("no credential is accepted"));
     };
-    let token = match extract::bearer(req.headers(), req.uri().query()) {
-        Extracted::Token(token) => token,
-        Extracted::Missing => {
-            return Err(Rejection::MissingToken {
-                realm: route.api.name.clone(),
+    let realm = || route.api.name.clone();
+    let credential =
+        identity::credential(accepted, req.headers(), req.uri().query(), conn.client_cert);
+    let credential = match credential {
+        Ok(credential) => credential,
+        // RFC 6750 §3.1 unchanged where a token is the only credential.
+        Err(CredentialProblem::Missing) if accepted.types == [CredentialType::OAuth2] => {
+            return Err(Rejection::MissingToken { realm: realm() })
+        }
+        Err(CredentialProblem::Missing) => {
+            return Err(Rejection::MissingCredentials {
+                realm: realm(),
+                types: accepted.types.clone(),
             })
         }
-        Extracted::InvalidRequest(why) => return Err(Rejection::InvalidRequest { why }),
-        Extracted::Invalid(problem) => return Err(Rejection::InvalidToken { problem }),
+        Err(CredentialProblem::TwoKinds) => return Err(Rejection::TwoCredentials),
+        Err(CredentialProblem::InvalidRequest(why)) => {
+            return Err(Rejection::InvalidRequest { why })
+        }
+        Err(CredentialProblem::InvalidToken(problem)) => {
+            *kind = Some(CredentialType::OAuth2);
+            return Err(Rejection::InvalidToken { problem });
+        }
+        Err(CredentialProblem::Malformed(malformed)) => {
+            *kind = Some(malformed);
+            return Err(Rejection::BadCredentials {
+                kind: malformed,
+                realm: realm(),
+            });
+        }
     };
-    match rt
-        .auth
-        .authenticate(auth_server, token, SystemTime::now())
-        .await
-    {
-        Ok(principal) => Ok(Some(principal)),
-        Err(AuthFailure::Invalid(problem)) => Err(Rejection::InvalidToken { problem }),
-        Err(AuthFailure::Unavailable { auth_server, cause }) => Err(Rejection::AuthUnavailable {
-            auth_server: auth_server.to_string(),
-            cause,
-        }),
+    *kind = Some(credential.kind());
+    match credential {
+        Credential::Bearer(token) => {
+            let auth_server = accepted
+                .auth_server
+                .as_ref()
+                .ok_or(Rejection::BadRequest("no auth server validates tokens"))?;
+            match rt
+                .auth
+                .authenticate(auth_server, token, SystemTime::now())
+                .await
+            {
+                Ok(principal) => Ok(Identity::of_token(principal, &snap.applications)),
+                Err(AuthFailure::Invalid(problem)) => Err(Rejection::InvalidToken { problem }),
+                Err(AuthFailure::Unavailable { auth_server, cause }) => {
+                    Err(Rejection::AuthUnavailable {
+                        auth_server: auth_server.to_string(),
+                        cause,
+                    })
+                }
+            }
+        }
+        Credential::ApiKey(key) => Identifier::api_key(snap, key, &route.api.name),
+        Credential::Certificate(fingerprint) => {
+            Identifier::certificate(snap, &fingerprint, &route.api.name)
+        }
+        Credential::Basic { user, password } => {
+            rt.identifier
+                .basic(snap, user, password, conn.peer.ip(), &route.api.name)
+                .await
+        }
+    }
+}
+
+/// The API key header (in every spelling) and a Basic `Authorization`
+/// never reach the upstream, whatever the outbound policy says.
+fn strip_application_credentials(api: &Api, who: Option<&Identity>, headers: &mut http::HeaderMap) {
+    let Authentication::Identify(accepted) = &api.authentication else {
+        return;
+    };
+    if accepted.accepts(CredentialType::ApiKey) {
+        forwarded::remove_matching(headers, |name| accepted.api_key_folded.matches(name));
+    }
+    if who.is_some_and(|who| who.kind != CredentialType::OAuth2) {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+}
+
+/// `application_requests_total`: by application, `unknown` for a token of
+/// a client that is no configured application.
+fn count_application(who: &Identity) {
+    static UNKNOWN: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
+        crate::metrics::get()
+            .application_requests
+            .with_label_values(&["unknown"])
+    });
+    match &who.application {
+        Some(app) => app.requests.inc(),
+        None => UNKNOWN.inc(),
     }
 }
 

@@ -10,12 +10,13 @@
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use crate::auth::{Principal, TokenProblem};
+use crate::auth::identity::Identity;
+use crate::auth::TokenProblem;
 use crate::config::snapshot::{Part, ResponseTransform, Transform, Variable};
 
 pub fn apply(
     transform: &Transform,
-    who: Option<&Principal>,
+    who: Option<&Identity>,
     headers: &mut HeaderMap,
 ) -> Result<(), TokenProblem> {
     if !transform.strip.is_empty() {
@@ -46,7 +47,7 @@ pub fn apply_to_response(transform: &ResponseTransform, headers: &mut HeaderMap)
 }
 
 /// The header text, or `None` when a variable has no value.
-fn render(parts: &[Part], who: Option<&Principal>) -> Option<String> {
+fn render(parts: &[Part], who: Option<&Identity>) -> Option<String> {
     let mut out = String::new();
     for part in parts {
         match part {
@@ -57,9 +58,17 @@ fn render(parts: &[Part], who: Option<&Principal>) -> Option<String> {
     Some(out)
 }
 
-fn value(variable: &Variable, who: &Principal) -> Option<String> {
+fn value(variable: &Variable, identity: &Identity) -> Option<String> {
     let joined = |items: &[String]| (!items.is_empty()).then(|| items.join(" "));
     match variable {
+        Variable::ApplicationName => return identity.application_name().map(str::to_owned),
+        Variable::AuthorizationType => return Some(identity.kind.label().to_owned()),
+        Variable::UserName if identity.user_name.is_some() => return identity.user_name.clone(),
+        _ => {}
+    }
+    let who = identity.principal.as_deref()?;
+    match variable {
+        Variable::ApplicationName | Variable::AuthorizationType => None,
         Variable::ClientId => who.client_id.clone(),
         Variable::UserName => who.user_name.clone(),
         Variable::Issuer => who.issuer.clone(),

@@ -23,6 +23,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
+use super::client_cert::Current;
 use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::config::snapshot::TlsMaterial;
 use crate::config::{Invalid, Snapshot};
@@ -95,7 +96,7 @@ pub fn check(snapshot: &Snapshot, now: SystemTime) -> Result<(), Invalid> {
     };
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let Err(error) = certified_key(material, &provider, now) else {
-        return Ok(());
+        return super::client_cert::check(snapshot);
     };
     let (origin, key) = match error.is_about_the_key() {
         true => (material.key_at.clone(), "tls.key"),
@@ -185,12 +186,10 @@ fn date(seconds: u64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
-type Current = dyn Fn() -> Arc<Snapshot> + Send + Sync;
-
 /// Resolves the certificate of the snapshot serving now; parses it once per
 /// generation.
 pub struct LiveCertificate {
-    current: Box<Current>,
+    current: Arc<Current>,
     provider: Arc<CryptoProvider>,
     /// Generation checked last, and the certificate serving since.
     cached: Mutex<(u64, Arc<CertifiedKey>)>,
@@ -213,7 +212,7 @@ impl LiveCertificate {
         let material = snapshot.tls.as_ref().ok_or(TlsError::Missing)?;
         let key = Arc::new(certified_key(material, &provider, SystemTime::now())?);
         Ok(LiveCertificate {
-            current: Box::new(current),
+            current: Arc::new(current),
             provider,
             cached: Mutex::new((snapshot.generation, key)),
         })
@@ -250,9 +249,11 @@ impl LiveCertificate {
     /// The acceptor of the https listener.
     pub fn acceptor(self) -> Result<TlsAcceptor, TlsError> {
         let provider = self.provider.clone();
+        let clients =
+            super::client_cert::LiveClientVerifier::new(self.current.clone(), provider.clone());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+            .with_client_cert_verifier(Arc::new(clients))
             .with_cert_resolver(Arc::new(self));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))

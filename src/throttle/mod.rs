@@ -22,7 +22,7 @@ use arc_swap::ArcSwapOption;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::HeaderMap;
 
-use crate::auth::Principal;
+use crate::auth::identity::Identity;
 use crate::config::snapshot::{Api, OnStoreError, ThrottlePolicy, ThrottleStore, Throttling};
 use crate::config::Snapshot;
 use gcra::{quota, seconds_up, Quota, Rate};
@@ -77,18 +77,24 @@ impl Key {
 /// Who sent a request, as far as throttling cares.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
-    pub principal: Option<&'a Principal>,
+    /// Whom the request speaks for, once authenticated.
+    pub identity: Option<&'a Identity>,
     /// The client's address (a trusted proxy's client, else the peer).
     pub client_ip: IpAddr,
 }
 
-/// The application a per-application policy counts a request under.
-/// Applications are not identified yet, so this is the OAuth2 client the
-/// token was issued to; once requests carry an application, its name goes
-/// here. Requests without one (no token, or no client id in it) share one
-/// counter: they are not let through uncounted.
+/// The application a per-application policy counts a request under: the
+/// identified application (`applications`), or, for a token of a client
+/// no application names, that OAuth2 client. Requests with neither share
+/// one counter: they are not let through uncounted.
 fn application_of<'a>(caller: &Caller<'a>) -> Option<&'a str> {
-    caller.principal.and_then(|p| p.client_id.as_deref())
+    let identity = caller.identity?;
+    identity.application_name().or_else(|| {
+        identity
+            .principal
+            .as_deref()
+            .and_then(|p| p.client_id.as_deref())
+    })
 }
 
 /// What the client is told about the policies that counted its request.

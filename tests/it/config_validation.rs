@@ -94,7 +94,7 @@ const AUTH_SERVER_LAST: &str = r#"security_settings:
 "#;
 const RESOURCE_ALLOWED: &str = "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
 const SECRET_ALLOWED: &str = "a value, \"{encoded}BASE64\", \"${env:NAME}\" or \"${file:/path}\"";
-const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central, throttling";
+const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central, throttling, applications";
 
 // ------------------------------------------------------------ YAML shape
 
@@ -119,7 +119,7 @@ fn unknown_key_in_an_api() {
             4,
             3,
             "unknown key `colour`",
-            "one of: name, version, base_path, transport, allow_encoded_slashes, upstream, authentication, scopes, resources, policies",
+            "one of: name, version, base_path, transport, allow_encoded_slashes, upstream, authentication, scopes, resources, policies, ip_filter",
         ),
     );
 }
@@ -1363,7 +1363,7 @@ authorization_server:
 // ------------------------------------------------------------ failing closed
 
 const AUTHENTICATION_ALLOWED: &str =
-    "authentication: { type: oauth2, auth_server: ID }, or { type: none } for an API open to anyone";
+    "authentication: { type: oauth2, auth_server: ID }, a type or list of oauth2, api_key, basic, certificate, or { type: none } for an API open to anyone";
 const PLAIN_HTTP_ALLOWED: &str = "https://…, http:// only to localhost, 127.0.0.0/8 or [::1], or `allow_insecure_http: true` on this entry";
 const TAG_ALLOWED: &str = "no tag, except `!<authServerAlias>` on an auth server entry";
 

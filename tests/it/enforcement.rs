@@ -503,17 +503,19 @@ async fn auth_decisions_are_counted_per_api_and_result() {
     w.send(Method::GET, "/travels/bookings", Some(&newline))
         .await;
     let text = w.gw.metrics().await;
-    let count = |result: &str| {
+    let count = |result: &str, kind: &str| {
         metric(
             &text,
-            &format!(r#"microgateway_auth_decisions_total{{api="{api}",result="{result}"}}"#),
+            &format!(
+                r#"microgateway_auth_decisions_total{{api="{api}",result="{result}",type="{kind}"}}"#
+            ),
         )
     };
-    assert_eq!(count("allowed"), 2, "{text}");
-    assert_eq!(count("insufficient_scope"), 1);
-    assert_eq!(count("missing_token"), 1);
-    assert_eq!(count("invalid_request"), 1);
-    assert_eq!(count("invalid_token"), 2);
+    assert_eq!(count("allowed", "oauth2"), 2, "{text}");
+    assert_eq!(count("insufficient_scope", "oauth2"), 1);
+    assert_eq!(count("missing_token", "none"), 1);
+    assert_eq!(count("invalid_request", "none"), 1);
+    assert_eq!(count("invalid_token", "oauth2"), 2);
     w.gw.shutdown().await;
 }
 
@@ -554,6 +556,8 @@ async fn explain_gives_the_verdict_of_the_data_path() {
             Outcome::BadPath(_) => 400,
             Outcome::NoRoute(policy::RouteProblem::MethodNotAllowed { .. }) => 405,
             Outcome::NoRoute(_) => 404,
+            Outcome::IpFiltered | Outcome::Denied(_) => 403,
+            Outcome::NeedsCredentials | Outcome::BadCredentials(_) => 401,
         };
         let token = scopes.map(|s| w.idp.token(s));
         let resp = w.send(method.clone(), path, token.as_deref()).await;

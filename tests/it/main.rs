@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod applications;
 mod authorize;
 mod authz_form;
 mod authz_server;

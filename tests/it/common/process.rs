@@ -15,6 +15,8 @@ pub struct Started {
     pub admin: Option<SocketAddr>,
     /// The log lines after the start-up line, colours stripped.
     pub lines: mpsc::Receiver<String>,
+    /// The log lines before it (with a verbose `MCGW_LOG`).
+    pub before: Vec<String>,
 }
 
 impl Drop for Started {
@@ -41,11 +43,20 @@ pub fn start(command: &mut Command) -> Started {
             }
         }
     });
-    let started = lines
-        .recv_timeout(Duration::from_secs(20))
-        .expect("a log line at start");
-    assert!(started.contains("microgateway started"), "{started}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut before = Vec::new();
+    let started = loop {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(wait)
+            .unwrap_or_else(|_| panic!("no start-up line; logged: {before:?}"));
+        if line.contains("microgateway started") {
+            break line;
+        }
+        before.push(line);
+    };
     Started {
+        before,
         http: logged_addr(&started, "http").expect("the bound http address"),
         admin: logged_addr(&started, "admin"),
         child,
@@ -83,6 +94,7 @@ pub fn start_unread(command: &mut Command) -> Started {
         .expect("a log line at start");
     let (_, lines) = mpsc::channel();
     Started {
+        before: Vec::new(),
         http: logged_addr(&started, "http").expect("the bound http address"),
         admin: logged_addr(&started, "admin"),
         child,

@@ -1,0 +1,328 @@
+//! Compiling `applications:`: each application's credentials indexed for
+//! lookup (API keys as SHA-256 digests, Basic users with their Argon2 PHC
+//! strings, certificate fingerprints, OAuth2 client ids), its IP ranges,
+//! and its subscriptions and API scopes checked against the APIs of the
+//! file. A credential names one application: a key, user name, client id
+//! or certificate listed twice is an error, wherever it is.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+
+use super::context::{names, Ctx};
+use super::raw::{self, S};
+use super::snapshot::{AppAccess, Application, Applications};
+use super::Secret;
+
+const FINGERPRINT_ALLOWED: &str =
+    "\"sha256:AB:CD:…\": the SHA-256 of the certificate's DER, 32 hex bytes, colons optional";
+
+/// What a subscription or an API scope may name: the APIs of the file.
+pub struct ApiNames<'a> {
+    /// (name, version, API scope names) of every API.
+    pub apis: Vec<(&'a str, String, Vec<&'a str>)>,
+}
+
+impl<'a> ApiNames<'a> {
+    pub fn of(list: &'a [S<raw::Api>]) -> ApiNames<'a> {
+        let apis = list
+            .iter()
+            .filter_map(|api| {
+                let name = api.value.name.as_ref()?.value.as_str();
+                let version = api
+                    .value
+                    .version
+                    .as_ref()
+                    .map(|v| v.value.0.clone())
+                    .unwrap_or_else(|| "1.0".into());
+                let scopes = api
+                    .value
+                    .scopes
+                    .iter()
+                    .filter_map(|s| s.value.name.as_ref().map(|n| n.value.as_str()))
+                    .collect();
+                Some((name, version, scopes))
+            })
+            .collect();
+        ApiNames { apis }
+    }
+
+    fn list(&self) -> String {
+        names(self.apis.iter().map(|(n, v, _)| format!("{n}:{v}")))
+    }
+}
+
+pub fn compile(ctx: &mut Ctx, list: &[S<raw::Application>], apis: &ApiNames) -> Applications {
+    let mut out = Applications::default();
+    let mut by_name: HashMap<String, ()> = HashMap::new();
+    let mut keys: HashMap<[u8; 32], ()> = HashMap::new();
+    for entry in list {
+        let raw = &entry.value;
+        let Some(name) = ctx.required(&raw.name, entry.referenced, "application name") else {
+            continue;
+        };
+        if by_name.insert(name.value.clone(), ()).is_some() {
+            ctx.report.error(
+                name.referenced,
+                format!("application `{}` is defined twice", name.value),
+                "a distinct name per application",
+            );
+            continue;
+        }
+        let index = out.list.len();
+        for key in &raw.api_keys {
+            let Some(secret) = ctx.secret(key, "api_keys") else {
+                continue;
+            };
+            let digest: [u8; 32] = Sha256::digest(secret.expose().as_bytes()).into();
+            if keys.insert(digest, ()).is_some() {
+                ctx.report.error(
+                    key.referenced,
+                    "this API key is given to two applications (or twice)",
+                    "each API key once",
+                );
+                continue;
+            }
+            out.api_keys.push((digest, index));
+        }
+        let basic_users = basic_users(ctx, raw, index, &mut out);
+        let mut certificates = Vec::new();
+        for text in &raw.certificates {
+            let Some(fingerprint) = fingerprint(&text.value) else {
+                ctx.report.error(
+                    text.referenced,
+                    format!("`{}` is not a certificate fingerprint", text.value),
+                    FINGERPRINT_ALLOWED,
+                );
+                continue;
+            };
+            if out.certificates.insert(fingerprint, index).is_some() {
+                ctx.report.error(
+                    text.referenced,
+                    "this certificate is given to two applications (or twice)",
+                    "each certificate once",
+                );
+                continue;
+            }
+            certificates.push(fingerprint);
+        }
+        for id in &raw.client_ids {
+            if out.client_ids.insert(id.value.clone(), index).is_some() {
+                ctx.report.error(
+                    id.referenced,
+                    format!(
+                        "client id `{}` is given to two applications (or twice)",
+                        id.value
+                    ),
+                    "each client id once",
+                );
+            }
+        }
+        let ip_ranges = cidrs(ctx, &raw.ip_ranges, "ip_ranges");
+        for subscription in &raw.apis {
+            if !subscribes(apis, &subscription.value) {
+                ctx.report.error(
+                    subscription.referenced,
+                    format!(
+                        "application subscribes to `{}`, which is not an API of this file",
+                        subscription.value
+                    ),
+                    format!("an API name, or name:version: {}", apis.list()),
+                );
+            }
+        }
+        for api_scope in &raw.api_scopes {
+            if granted_index(apis, &api_scope.value).is_none() {
+                ctx.report.error(
+                    api_scope.referenced,
+                    format!(
+                        "api scope `{}` is not a scope of an API of this file",
+                        api_scope.value
+                    ),
+                    "\"API name:scope name\" of an API's `scopes:`",
+                );
+            }
+        }
+        out.list.push(Arc::new(Application {
+            index,
+            requests: crate::metrics::get()
+                .application_requests
+                .with_label_values(&[name.value.as_str()]),
+            name: Arc::from(name.value.as_str()),
+            client_ids: raw.client_ids.iter().map(|c| c.value.clone()).collect(),
+            basic_users,
+            api_keys: raw.api_keys.len(),
+            certificates,
+            ip_ranges,
+            apis: raw.apis.iter().map(|a| a.value.clone()).collect(),
+            api_scopes: raw.api_scopes.iter().map(|a| a.value.clone()).collect(),
+        }));
+    }
+    out
+}
+
+fn basic_users(
+    ctx: &mut Ctx,
+    raw: &raw::Application,
+    index: usize,
+    out: &mut Applications,
+) -> Vec<String> {
+    let mut users = Vec::new();
+    for user in &raw.basic_users {
+        let (Some(name), Some(hash)) = (
+            ctx.required(&user.value.username, user.referenced, "username"),
+            ctx.required(&user.value.password_hash, user.referenced, "password_hash"),
+        ) else {
+            continue;
+        };
+        let Some(username) = ctx.basic_user(name.referenced, &name.value, "basic_users.username")
+        else {
+            continue;
+        };
+        let parsed = argon2::password_hash::phc::PasswordHash::new(&hash.value)
+            .ok()
+            .filter(|h| h.algorithm.as_str().starts_with("argon2"));
+        if parsed.is_none() {
+            ctx.report.error(
+                hash.referenced,
+                "password_hash is not an argon2 PHC string",
+                "$argon2id$v=19$m=…,t=…,p=…$salt$hash (`microgateway hash-password`)",
+            );
+            continue;
+        }
+        if out
+            .basic_users
+            .insert(username.clone(), (index, Secret::new(hash.value.clone())))
+            .is_some()
+        {
+            ctx.report.error(
+                name.referenced,
+                format!("Basic user `{username}` is defined twice"),
+                "each user name once across applications",
+            );
+            continue;
+        }
+        users.push(username);
+    }
+    users
+}
+
+/// CIDRs (or single addresses) of a list, each wrong one reported.
+pub fn cidrs(ctx: &mut Ctx, list: &[S<String>], key: &str) -> Vec<IpNet> {
+    list.iter()
+        .filter_map(|text| {
+            let value = text.value.trim();
+            let parsed = value
+                .parse::<IpNet>()
+                .ok()
+                .or_else(|| value.parse::<std::net::IpAddr>().ok().map(IpNet::from));
+            if parsed.is_none() {
+                ctx.report.error(
+                    text.referenced,
+                    format!("{key}: `{}` is not a CIDR", text.value),
+                    "an address range such as 10.0.0.0/8 or fd00::/8, or one address",
+                );
+            }
+            parsed
+        })
+        .collect()
+}
+
+/// `sha256:AB:CD:…`, `ab:cd:…` or `abcd…`: 32 bytes in hex, any case.
+pub fn fingerprint(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    let hex = match text.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => &text[7..],
+        _ => text,
+    };
+    let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (slot, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        let high = (pair[0] as char).to_digit(16)?;
+        let low = (pair[1] as char).to_digit(16)?;
+        *slot = u8::try_from(high * 16 + low).ok()?;
+    }
+    Some(out)
+}
+
+/// Whether a subscription (`name` or `name:version`) names an API of the file.
+fn subscribes(apis: &ApiNames, subscription: &str) -> bool {
+    apis.apis
+        .iter()
+        .any(|(name, version, _)| names_api(subscription, name, version))
+}
+
+/// Whether `subscription` names the API `name` `version`.
+pub fn names_api(subscription: &str, name: &str, version: &str) -> bool {
+    subscription == name
+        || subscription
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|v| v == version)
+}
+
+/// `API:scope` split at the last `:` that leaves an API of the file and
+/// one of its scopes.
+fn granted_index(apis: &ApiNames, api_scope: &str) -> Option<()> {
+    let (api, scope) = api_scope.rsplit_once(':')?;
+    apis.apis
+        .iter()
+        .any(|(name, _, scopes)| *name == api && scopes.contains(&scope))
+        .then_some(())
+}
+
+/// What each application may do on the API `name` `version`, whose API
+/// scopes are `api_scopes`.
+pub fn access(
+    applications: &Applications,
+    name: &str,
+    version: &str,
+    api_scopes: &[String],
+) -> Vec<AppAccess> {
+    applications
+        .list
+        .iter()
+        .map(|app| AppAccess {
+            subscribed: app.apis.iter().any(|s| names_api(s, name, version)),
+            api_scopes: app
+                .api_scopes
+                .iter()
+                .filter_map(|granted| {
+                    let (api, scope) = granted.rsplit_once(':')?;
+                    (api == name)
+                        .then(|| api_scopes.iter().position(|s| s == scope))
+                        .flatten()
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_in_any_case_with_or_without_colons() {
+        let colons = "sha256:".to_owned() + &["AB"; 32].join(":");
+        let bare = "ab".repeat(32);
+        assert_eq!(fingerprint(&colons), Some([0xab; 32]));
+        assert_eq!(fingerprint(&bare), Some([0xab; 32]));
+        assert_eq!(fingerprint(&format!("SHA256:{bare}")), Some([0xab; 32]));
+        assert_eq!(fingerprint("sha256:AB"), None);
+        assert_eq!(fingerprint(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn a_subscription_names_an_api_or_one_version_of_it() {
+        assert!(names_api("Time travels", "Time travels", "1.0"));
+        assert!(names_api("Time travels:1.0", "Time travels", "1.0"));
+        assert!(!names_api("Time travels:2.0", "Time travels", "1.0"));
+        assert!(!names_api("Time", "Time travels", "1.0"));
+    }
+}

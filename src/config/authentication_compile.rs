@@ -1,0 +1,147 @@
+//! Compiling an API's `authentication`: `none`, or the credential types it
+//! accepts (one or a list of `oauth2`, `api_key`, `basic`, `certificate`),
+//! the auth server that validates its tokens, the API key header and
+//! whether only registered applications may call. Nothing is open by
+//! omission: an API without `authentication` is refused.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::context::{header_name, names, Ctx};
+use super::raw::{self, Location, S};
+use super::snapshot::{AuthServer, Authentication, CredentialType, FoldedName, Identification};
+
+/// The auth servers an `auth_server` may name.
+pub type AuthServers = BTreeMap<Arc<str>, Arc<AuthServer>>;
+
+/// What `authentication` may say.
+const AUTHENTICATION_ALLOWED: &str =
+    "authentication: { type: oauth2, auth_server: ID }, a type or list of oauth2, api_key, basic, certificate, or { type: none } for an API open to anyone";
+
+/// `at` is where findings about the API as a whole point.
+pub(super) fn authentication(
+    ctx: &mut Ctx,
+    entry: &S<raw::Api>,
+    at: Location,
+    auth_servers: &AuthServers,
+) -> Option<Authentication> {
+    // Fail closed: an API is served without credentials only when its
+    // file says so (`type: none`), never because a block is missing.
+    let Some(auth) = &entry.value.authentication else {
+        ctx.report.error(
+            at,
+            "API has no `authentication`; it would be served without credentials",
+            AUTHENTICATION_ALLOWED,
+        );
+        return None;
+    };
+    let Some(kind) = &auth.value.kind else {
+        ctx.report.error(
+            auth.referenced,
+            "authentication has no `type`",
+            AUTHENTICATION_ALLOWED,
+        );
+        return None;
+    };
+    if kind.value.0 == ["none"] {
+        // Scopes under `type: none` would be enforced by nothing: a
+        // reader of the file would believe the API is protected.
+        if let Some(scope) = entry.value.scopes.first() {
+            ctx.report.error(
+                scope.referenced,
+                "API has `scopes:` but authentication type none; nothing would enforce them",
+                "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
+            );
+            return None;
+        }
+        return Some(Authentication::None);
+    }
+    let mut types = Vec::new();
+    for name in &kind.value.0 {
+        match CredentialType::ALL.iter().find(|t| t.label() == name) {
+            Some(t) if !types.contains(t) => types.push(*t),
+            Some(_) => ctx.report.error(
+                kind.referenced,
+                format!("authentication type `{name}` is listed twice"),
+                "each type once",
+            ),
+            None => ctx.report.error(
+                kind.referenced,
+                format!("authentication type `{name}` is not supported"),
+                "oauth2, api_key, basic, certificate (one or a list), or none alone",
+            ),
+        }
+    }
+    if types.is_empty() {
+        if kind.value.0.is_empty() {
+            ctx.report.error(
+                kind.referenced,
+                "authentication type is an empty list",
+                AUTHENTICATION_ALLOWED,
+            );
+        }
+        return None;
+    }
+    let auth_server = if types.contains(&CredentialType::OAuth2) {
+        Some(auth_server(ctx, auth, auth_servers)?)
+    } else {
+        None
+    };
+    let api_key_header = match &auth.value.api_key_header {
+        Some(name) => header_name(ctx, name)?,
+        None => HeaderName::from_static("x-api-key"),
+    };
+    let registered_only = match auth
+        .value
+        .applications
+        .as_ref()
+        .map(|a| (a.value.as_str(), a))
+    {
+        None | Some(("any", _)) => false,
+        Some(("registered", _)) => true,
+        Some((other, at)) => {
+            ctx.report.error(
+                at.referenced,
+                format!("applications `{other}` is not known"),
+                "any (default) or registered",
+            );
+            return None;
+        }
+    };
+    Some(Authentication::Identify(Arc::new(Identification {
+        types,
+        auth_server,
+        api_key_folded: FoldedName::new(api_key_header.as_str()),
+        api_key_header,
+        registered_only,
+    })))
+}
+
+fn auth_server(
+    ctx: &mut Ctx,
+    auth: &S<raw::Authentication>,
+    auth_servers: &AuthServers,
+) -> Option<Arc<str>> {
+    let known = || names(auth_servers.keys().map(|k| k.to_string()));
+    let Some(server) = &auth.value.auth_server else {
+        ctx.report.error(
+            auth.referenced,
+            "authentication type oauth2 needs `auth_server`",
+            format!("one of: {}", known()),
+        );
+        return None;
+    };
+    match auth_servers.get_key_value(server.value.as_str()) {
+        Some((id, _)) => Some(id.clone()),
+        None => {
+            ctx.report.error(
+                server.referenced,
+                format!("auth server `{}` is not defined", server.value),
+                format!("one of: {}", known()),
+            );
+            None
+        }
+    }
+}
