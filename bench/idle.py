@@ -92,7 +92,10 @@ async def hold(port, path, pids):
 
 
 def main():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < N + 1000:
+        sys.exit(f"the open-files limit ({hard}) is too low for {N} connections")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.access(BIN, os.X_OK) or os.environ.get("BUILD", "1") == "1":
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -109,7 +112,7 @@ http {{ access_log off;
     location / {{ default_type application/json; return 200 '{{"ok":true}}'; }} }} }}
 """),
         ("proxy", f"""worker_processes {os.cpu_count()};
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {N + 1000};
 pid {work}/proxy/nginx.pid;
 error_log {work}/proxy/logs/error.log warn;
 events {{ worker_connections 32768; }}

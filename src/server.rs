@@ -219,24 +219,34 @@ impl Conn {
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
+        // The task of every connection is as large as its largest state:
+        // TLS and HTTP/2 (hyper's connection) are boxed, so that a plain
+        // HTTP/1.1 connection waiting between requests holds ~2 KiB, not
+        // the ~12 KiB those would make it.
         match transport {
             Transport::Plain => self.http(stream, handler).await,
-            Transport::Tls(acceptor) => {
-                let handshake = acceptor.accept(stream);
-                let peer = self.peer;
-                match tokio::time::timeout(self.settings.timeouts.header_read, handshake).await {
-                    Ok(Ok(tls)) => {
-                        let handler = with_client_certificate(&tls, handler);
-                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            self.http2(tls, Bytes::new(), handler).await;
-                        } else {
-                            self.http(tls, handler).await;
-                        }
-                    }
-                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            Transport::Tls(acceptor) => Box::pin(self.tls(stream, acceptor, handler)).await,
+        }
+    }
+
+    async fn tls<H, F>(self, stream: TcpStream, acceptor: TlsAcceptor, handler: H)
+    where
+        H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let handshake = acceptor.accept(stream);
+        let peer = self.peer;
+        match tokio::time::timeout(self.settings.timeouts.header_read, handshake).await {
+            Ok(Ok(tls)) => {
+                let handler = with_client_certificate(&tls, handler);
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Box::pin(self.http2(tls, Bytes::new(), handler)).await;
+                } else {
+                    self.http(tls, handler).await;
                 }
             }
+            Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     }
 
@@ -265,7 +275,7 @@ impl Conn {
             self.supervise(exchanges, graceful).await
         };
         if let Some(h1::Ending::Http2 { io, read }) = ending {
-            self.http2(io, read, handler).await;
+            Box::pin(self.http2(io, read, handler)).await;
         }
     }
 
