@@ -29,7 +29,7 @@ use super::keys::SigningKeys;
 use super::revoke::{self, RevokeContext};
 use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
-use super::store::{Removed, SqliteStore, TokenStore, TokenSummary};
+use super::store::{PostgresStore, Removed, SqliteStore, TokenStore, TokenSummary};
 use super::workers::Workers;
 use super::AuthzError;
 
@@ -117,9 +117,12 @@ impl AuthorizationServer {
                 });
             }
         }
-        let store = SqliteStore::open(&settings.store_path)?;
+        let store: Box<dyn TokenStore> = match &settings.postgres {
+            Some(postgres) => Box::new(PostgresStore::open(postgres)?),
+            None => Box::new(SqliteStore::open(&settings.store_path)?),
+        };
         let clock = Clock::default();
-        let keys = SigningKeys::open(&settings.signing_key_path, &store, clock.unix_now())?;
+        let keys = SigningKeys::open(&settings.signing_key_path, store.as_ref(), clock.unix_now())?;
         let users = Users::new(&settings.users)?;
         let approval = Approval::new(settings.approval_template.as_deref())?;
         let metadata = Bytes::from(metadata(&settings).to_string());
@@ -127,7 +130,7 @@ impl AuthorizationServer {
             inner: Arc::new(Inner {
                 clock,
                 settings,
-                store: Box::new(store),
+                store,
                 keys: ArcSwap::from_pointee(keys),
                 users,
                 attempts: FailedAttempts::default(),
@@ -137,6 +140,12 @@ impl AuthorizationServer {
                 workers: Workers::sized_from_cores(),
             }),
         })
+    }
+
+    /// Whether the store can serve: false while a database store has not
+    /// been reached since start.
+    pub fn is_ready(&self) -> bool {
+        self.inner.store.is_ready()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -76,13 +76,24 @@ impl SigningKeys {
     /// public half in `store` and collects the previous ones.
     pub fn open(path: &Path, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
         let current = load_or_generate(path)?;
-        store.record_key(&KnownKey {
-            kid: current.kid.clone(),
-            jwk: serde_json::to_string(&current.jwk)?,
-            first_seen: now,
-        })?;
+        let recorded = store
+            .record_key(&KnownKey {
+                kid: current.kid.clone(),
+                jwk: serde_json::to_string(&current.jwk)?,
+                first_seen: now,
+            })
+            .and_then(|()| store.known_keys());
+        // A database store not reached yet: the current key signs and is
+        // published; the previous ones join at the next reload.
+        let known = match recorded {
+            Err(StoreError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "previous signing keys unknown until the token store is reached");
+                Vec::new()
+            }
+            other => other?,
+        };
         let mut published = vec![current.jwk.clone()];
-        for known in store.known_keys()? {
+        for known in known {
             if published.len() > PREVIOUS_KEYS_PUBLISHED {
                 break;
             }

@@ -5,12 +5,16 @@
 //! Invariant: no clear token or code is ever stored — only its SHA-256
 //! (base64url), so a copy of the store cannot be replayed. The store is
 //! never on the gateway's request path for JWTs; callers use it from a
-//! blocking thread. The trait exists so a fleet can later share one store
-//! that is not a local file.
+//! blocking thread. `SqliteStore` is one local file; `PostgresStore` is a
+//! database any number of replicas share, with the same rules.
 
+mod postgres;
+mod postgres_schema;
 mod schema;
 mod sqlite;
 
+pub use postgres::{PostgresStore, OPERATION_TIMEOUT};
+pub use postgres_schema::MIGRATIONS as POSTGRES_MIGRATIONS;
 pub use sqlite::SqliteStore;
 
 use serde::Serialize;
@@ -31,6 +35,12 @@ pub enum StoreError {
     },
     #[error("token store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database cannot be reached now (down, restarting, no
+    /// connection in time): the request may succeed later.
+    #[error("token store unavailable: {0}")]
+    Unavailable(String),
+    #[error("token store: {0}")]
+    Postgres(String),
     #[error("token store schema version {found} is newer than this program's {known}")]
     FutureSchema { found: i64, known: i64 },
     #[error("token store holds a value it does not understand in column {0}")]
@@ -163,6 +173,11 @@ pub struct KnownKey {
 }
 
 pub trait TokenStore: Send + Sync {
+    /// Whether the store can serve (a database store that has not been
+    /// reached yet cannot).
+    fn is_ready(&self) -> bool {
+        true
+    }
     /// Records a new grant: its access token and, when issued, its refresh
     /// token, atomically.
     fn insert_grant(
