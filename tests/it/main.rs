@@ -35,6 +35,7 @@ mod reload;
 mod routing;
 mod slow_clients;
 mod tls;
+mod token_store;
 mod token_properties;
 mod upstream_framing;
 mod upstream_pool;

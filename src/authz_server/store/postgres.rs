@@ -318,10 +318,11 @@ impl From<tokio_postgres::Error> for StoreError {
         match error.as_db_error() {
             Some(db) => {
                 let code = db.code().code();
+                let text = format!("{} {code}: {}", db.severity(), db.message());
                 if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
-                    StoreError::Unavailable(error.to_string())
+                    StoreError::Unavailable(text)
                 } else {
-                    StoreError::Postgres(error.to_string())
+                    StoreError::Postgres(text)
                 }
             }
             None => StoreError::Unavailable(error.to_string()),
