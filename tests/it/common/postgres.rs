@@ -88,27 +88,44 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
-/// A fresh `initdb` made once per process, copied by every cluster.
+/// A fresh `initdb`, made once per PostgreSQL version and user in the
+/// temporary directory (built aside, then renamed into place, so racing
+/// test processes never see half of one), copied by every cluster.
 fn template(bin: &Path) -> &'static Path {
-    static TEMPLATE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, data) = TEMPLATE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("mg-pg-template")
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let version = bin
+            .parent()
+            .and_then(|v| v.file_name())
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let user = if is_root() { SERVER_USER } else { "self" };
+        let home = std::env::temp_dir().join(format!("microgateway-pg-template-{version}-{user}"));
+        let data = home.join("data");
+        if data.join("PG_VERSION").exists() {
+            return data;
+        }
+        let building = tempfile::Builder::new()
+            .prefix("microgateway-pg-initdb")
             .tempdir()
             .expect("template dir");
-        chown_to_server_user(dir.path());
-        let data = dir.path().join("data");
+        chown_to_server_user(building.path());
         run(
             as_server_user(&bin.join("initdb"))
                 .arg("-D")
-                .arg(&data)
+                .arg(building.path().join("data"))
                 .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
                 .args(["--locale", "C"]),
             "initdb",
         );
-        (dir, data)
-    });
-    data
+        let built = building.keep();
+        if std::fs::rename(&built, &home).is_err() {
+            // Another process made it first.
+            let _ = std::fs::remove_dir_all(&built);
+        }
+        assert!(data.join("PG_VERSION").exists(), "template cluster in {}", home.display());
+        data
+    })
 }
 
 fn free_port() -> u16 {
