@@ -95,7 +95,7 @@ struct Inner {
     /// What codes, tokens and keys expire by.
     clock: Clock,
     settings: Settings,
-    store: Box<dyn TokenStore>,
+    store: Arc<dyn TokenStore>,
     keys: ArcSwap<SigningKeys>,
     users: Users,
     attempts: FailedAttempts,
@@ -117,13 +117,14 @@ impl AuthorizationServer {
                 });
             }
         }
-        let store: Box<dyn TokenStore> = match &settings.postgres {
-            Some(postgres) => Box::new(PostgresStore::open(postgres)?),
-            None => Box::new(SqliteStore::open(&settings.store_path)?),
+        let store: Arc<dyn TokenStore> = match &settings.postgres {
+            Some(postgres) => Arc::new(PostgresStore::open(postgres)?),
+            None => Arc::new(SqliteStore::open(&settings.store_path)?),
         };
         let clock = Clock::default();
         let keys = SigningKeys::open(&settings.signing_key_path, store.as_ref(), clock.unix_now())?;
         let users = Users::new(&settings.users)?;
+        let attempts = FailedAttempts::shared(Arc::clone(&store));
         let approval = Approval::new(settings.approval_template.as_deref())?;
         let metadata = Bytes::from(metadata(&settings).to_string());
         Ok(AuthorizationServer {
@@ -133,7 +134,7 @@ impl AuthorizationServer {
                 store,
                 keys: ArcSwap::from_pointee(keys),
                 users,
-                attempts: FailedAttempts::default(),
+                attempts,
                 sessions: Sessions::default(),
                 approval,
                 metadata,

@@ -167,8 +167,11 @@ fn store(ctx: &mut Ctx, raw: &raw::AuthorizationServer) -> (PathBuf, Option<Post
                 match postgres_url(ctx, text) {
                     Ok(pg) => Some(pg),
                     Err(problem) => {
-                        ctx.report
-                            .error(store.referenced, format!("store: {problem}"), STORE_ALLOWED);
+                        ctx.report.error(
+                            store.referenced,
+                            format!("store: {problem}"),
+                            STORE_ALLOWED,
+                        );
                         None
                     }
                 }
@@ -198,8 +201,11 @@ fn store(ctx: &mut Ctx, raw: &raw::AuthorizationServer) -> (PathBuf, Option<Post
     };
     if let Some(pool) = &raw.store_pool {
         if let Some(max) = &pool.value.max_connections {
-            match ctx.number::<usize>(max, "store_pool.max_connections", "an integer from 1 to 1024")
-            {
+            match ctx.number::<usize>(
+                max,
+                "store_pool.max_connections",
+                "an integer from 1 to 1024",
+            ) {
                 Some(n) if (1..=1024).contains(&n) => pg.max_connections = n,
                 Some(_) => ctx.report.error(
                     max.referenced,
@@ -333,7 +339,10 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
                 let pem = super::resolve::read_bounded(&path)
                     .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
                 if !String::from_utf8_lossy(&pem).contains("CERTIFICATE-----") {
-                    return Err(format!("sslrootcert {} is not a PEM CERTIFICATE", path.display()));
+                    return Err(format!(
+                        "sslrootcert {} is not a PEM CERTIFICATE",
+                        path.display()
+                    ));
                 }
                 ca_bundle = Some(super::snapshot::CaBundle {
                     path,
@@ -341,11 +350,9 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
                 });
             }
             "host" if value.starts_with('/') => host = value,
-            other => {
-                return Err(format!(
-                    "URL parameter `{other}` is not supported (sslmode, sslrootcert, host=/socket/dir)"
-                ))
-            }
+            other => return Err(format!(
+                "URL parameter `{other}` is not supported (sslmode, sslrootcert, host=/socket/dir)"
+            )),
         }
     }
     if host.is_empty() {

@@ -11,6 +11,7 @@
 mod admin;
 mod authorize;
 mod authz_form;
+mod authz_postgres;
 mod authz_server;
 mod central;
 mod cli;
@@ -35,7 +36,7 @@ mod reload;
 mod routing;
 mod slow_clients;
 mod tls;
-mod token_store;
 mod token_properties;
+mod token_store;
 mod upstream_framing;
 mod upstream_pool;

@@ -204,7 +204,10 @@ fn a_code_is_spent_once(open: Open) {
     let store = open();
     let code = code("h");
     store.put_code(&code).unwrap();
-    assert_eq!(store.take_code("h", 100, "f").unwrap(), CodeTake::Fresh(code));
+    assert_eq!(
+        store.take_code("h", 100, "f").unwrap(),
+        CodeTake::Fresh(code)
+    );
     assert!(!store.code_replayed("h").unwrap());
     assert_eq!(
         store.take_code("h", 100, "g").unwrap(),
@@ -371,10 +374,7 @@ fn postgres_migrations_run_once_when_replicas_start_together() {
             });
         }
     });
-    let applied = pg.psql(
-        &database,
-        "SELECT count(*) FROM microgateway_migrations",
-    );
+    let applied = pg.psql(&database, "SELECT count(*) FROM microgateway_migrations");
     assert_eq!(
         applied,
         microgateway::authz_server::store::POSTGRES_MIGRATIONS
@@ -396,12 +396,17 @@ fn postgres_store_is_not_ready_until_the_database_is_reached() {
     assert!(!store.is_ready());
     assert!(matches!(
         store.find_access_token("a"),
-        Err(microgateway::authz_server::store::StoreError::Unavailable(_))
+        Err(microgateway::authz_server::store::StoreError::Unavailable(
+            _
+        ))
     ));
     pg.resume();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !store.is_ready() {
-        assert!(std::time::Instant::now() < deadline, "the store became ready");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store became ready"
+        );
         std::thread::park_timeout(std::time::Duration::from_millis(100));
     }
     store
@@ -411,8 +416,29 @@ fn postgres_store_is_not_ready_until_the_database_is_reached() {
     pg.stop();
     assert!(matches!(
         store.find_access_token("a"),
-        Err(microgateway::authz_server::store::StoreError::Unavailable(_))
+        Err(microgateway::authz_server::store::StoreError::Unavailable(
+            _
+        ))
     ));
     pg.resume();
     assert!(store.find_access_token("a").unwrap().is_some());
+}
+
+/// Failed password attempts counted on two replicas lock on both.
+#[test]
+fn postgres_failed_attempts_are_shared_by_replicas() {
+    use microgateway::authz_server::grants::attempts::{FailedAttempts, Subject};
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let one = FailedAttempts::shared(Arc::new(pg.open_store(&database)));
+    let other = FailedAttempts::shared(Arc::new(pg.open_store(&database)));
+    let alice = Subject::User("alice".into());
+    for (i, replica) in [&one, &other, &one, &other, &one].into_iter().enumerate() {
+        assert_eq!(replica.check(&alice, 100), Ok(()), "failure {i}");
+        replica.record_failure(&alice, 100);
+    }
+    assert_eq!(other.check(&alice, 110), Err(50));
+    assert_eq!(other.check(&Subject::User("bob".into()), 110), Ok(()));
+    assert_eq!(other.check(&alice, 160), Ok(()), "the window ended");
+    other.clear(&alice);
 }

@@ -217,4 +217,34 @@ pub trait TokenStore: Send + Sync {
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError>;
     /// Known public keys, newest first.
     fn known_keys(&self) -> Result<Vec<KnownKey>, StoreError>;
+
+    /// Whether failed password attempts are counted here for every
+    /// replica (the `attempts_*` methods); otherwise each process counts.
+    fn shares_attempts(&self) -> bool {
+        false
+    }
+    /// `Some(retry_after_secs)` while `subject` has `limit` failures in a
+    /// window of `window_secs` that has not ended.
+    fn attempts_locked(
+        &self,
+        _subject: &str,
+        _limit: u32,
+        _window_secs: u64,
+        _now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// Counts one failure in the current window (a new one when the last
+    /// ended), in one step.
+    fn attempts_record_failure(
+        &self,
+        _subject: &str,
+        _window_secs: u64,
+        _now: u64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn attempts_clear(&self, _subject: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

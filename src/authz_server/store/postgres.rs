@@ -28,7 +28,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Row;
 
@@ -99,8 +101,11 @@ impl PostgresStore {
             Ok(()) => store.ready.store(true, Ordering::Release),
             Err(StoreError::Unavailable(reason)) => {
                 tracing::warn!(store = %store.display, %reason, "token store unreachable; not ready, retrying");
-                let (pool, ready, display) =
-                    (store.pool.clone(), store.ready.clone(), store.display.clone());
+                let (pool, ready, display) = (
+                    store.pool.clone(),
+                    store.ready.clone(),
+                    store.display.clone(),
+                );
                 store
                     .runtime()
                     .spawn(migrate_until_done(pool, ready, display));
@@ -119,23 +124,39 @@ impl PostgresStore {
     }
 
     /// Runs `future` on the store's runtime, bounded by
-    /// [`OPERATION_TIMEOUT`].
-    fn block_on<T>(
+    /// [`OPERATION_TIMEOUT`], and waits for it on this thread. Works from
+    /// any thread, a runtime's worker included (the gateway opens its
+    /// store there), as SQLite's calls block wherever they are made.
+    fn block_on<T: Send + 'static>(
         &self,
-        future: impl Future<Output = Result<T, StoreError>>,
+        future: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.runtime().block_on(async {
-            tokio::time::timeout(OPERATION_TIMEOUT, future)
+        let (send, receive) = std::sync::mpsc::sync_channel(1);
+        self.runtime().spawn(async move {
+            let outcome = tokio::time::timeout(OPERATION_TIMEOUT, future)
                 .await
-                .map_err(|_| StoreError::Unavailable("the database did not answer in time".into()))?
-        })
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the database did not answer in time".into(),
+                    ))
+                });
+            let _ = send.send(outcome);
+        });
+        receive
+            .recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(1))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the database did not answer in time".into(),
+                ))
+            })
     }
 
     /// One call with a pooled connection, once the schema is migrated.
     fn with<T, F, Fut>(&self, job: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Object) -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
+        T: Send + 'static,
+        F: FnOnce(Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         if !self.ready.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(
@@ -165,7 +186,9 @@ async fn migrate_until_done(pool: Pool, ready: Arc<AtomicBool>, database: String
                 tracing::info!(store = %database, "token store reached; ready");
                 return;
             }
-            Ok(Err(error)) => tracing::warn!(store = %database, %error, "token store still unreachable"),
+            Ok(Err(error)) => {
+                tracing::warn!(store = %database, %error, "token store still unreachable")
+            }
             Err(_) => tracing::warn!(store = %database, "token store did not answer in time"),
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -193,9 +216,7 @@ fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
         recycling_method: RecyclingMethod::Fast,
     };
     let manager = match settings.tls {
-        PgTls::Disable => {
-            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
-        }
+        PgTls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
         PgTls::Require | PgTls::VerifyFull => {
             let tls = tls_config(settings)?;
             Manager::from_config(
@@ -246,9 +267,9 @@ fn tls_config(settings: &PgSettings) -> Result<ClientConfig, StoreError> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
             .with_no_client_auth(),
-        PgTls::Disable | PgTls::VerifyFull => builder
-            .with_webpki_verifier(verifier)
-            .with_no_client_auth(),
+        PgTls::Disable | PgTls::VerifyFull => {
+            builder.with_webpki_verifier(verifier).with_no_client_auth()
+        }
     };
     Ok(config)
 }
@@ -303,9 +324,7 @@ impl ServerCertVerifier for ChainOnly {
 fn pool_error(error: PoolError) -> StoreError {
     match error {
         PoolError::Backend(error) => StoreError::from(error),
-        PoolError::Timeout(_) => {
-            StoreError::Unavailable("no database connection in time".into())
-        }
+        PoolError::Timeout(_) => StoreError::Unavailable("no database connection in time".into()),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -451,15 +470,87 @@ impl TokenStore for PostgresStore {
         self.ready.load(Ordering::Acquire)
     }
 
+    fn shares_attempts(&self) -> bool {
+        true
+    }
+
+    fn attempts_locked(
+        &self,
+        subject: &str,
+        limit: u32,
+        window_secs: u64,
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let subject = subject.to_owned();
+        let (limit, window, now) = (
+            i32::try_from(limit).unwrap_or(i32::MAX),
+            to_sql(window_secs),
+            to_sql(now),
+        );
+        self.with(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT window_start + $3 - $4 FROM failed_attempts \
+                     WHERE subject = $1 AND failures >= $2 AND window_start + $3 > $4",
+                    &[&subject, &limit, &window, &now],
+                )
+                .await?;
+            Ok(match row {
+                Some(row) => Some(from_sql(row.try_get(0)?)),
+                None => None,
+            })
+        })
+    }
+
+    fn attempts_record_failure(
+        &self,
+        subject: &str,
+        window_secs: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let subject = subject.to_owned();
+        let (window, now) = (to_sql(window_secs), to_sql(now));
+        self.with(move |client| async move {
+            // One upsert under the row lock: concurrent failures on any
+            // replicas all count.
+            client
+                .execute(
+                    "INSERT INTO failed_attempts AS f (subject, window_start, failures) \
+                     VALUES ($1, $2, 1) ON CONFLICT (subject) DO UPDATE SET \
+                       failures = CASE WHEN f.window_start + $3 <= $2 THEN 1 \
+                                       ELSE f.failures + 1 END, \
+                       window_start = CASE WHEN f.window_start + $3 <= $2 THEN $2 \
+                                           ELSE f.window_start END",
+                    &[&subject, &now, &window],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn attempts_clear(&self, subject: &str) -> Result<(), StoreError> {
+        let subject = subject.to_owned();
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "DELETE FROM failed_attempts WHERE subject = $1",
+                    &[&subject],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
     fn insert_grant(
         &self,
         access: &AccessTokenRecord,
         refresh: Option<&RefreshTokenRecord>,
     ) -> Result<(), StoreError> {
-        self.with(|mut client| async move {
+        let (access, refresh) = (access.clone(), refresh.cloned());
+        self.with(move |mut client| async move {
             let tx = client.transaction().await?;
-            insert_access(&tx, access).await?;
-            if let Some(refresh) = refresh {
+            insert_access(&tx, &access).await?;
+            if let Some(refresh) = &refresh {
                 insert_refresh(&tx, refresh).await?;
             }
             tx.commit().await?;
@@ -468,7 +559,8 @@ impl TokenStore for PostgresStore {
     }
 
     fn find_access_token(&self, id: &str) -> Result<Option<AccessTokenRecord>, StoreError> {
-        self.with(|client| async move {
+        let id = id.to_owned();
+        self.with(move |client| async move {
             let sql = format!("SELECT {ACCESS_COLUMNS} FROM access_tokens WHERE id = $1");
             let statement = client.prepare_cached(&sql).await?;
             let row = client.query_opt(&statement, &[&id]).await?;
@@ -477,7 +569,8 @@ impl TokenStore for PostgresStore {
     }
 
     fn find_refresh_token(&self, hash: &str) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        self.with(|client| async move {
+        let hash = hash.to_owned();
+        self.with(move |client| async move {
             let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = $1");
             let statement = client.prepare_cached(&sql).await?;
             let row = client.query_opt(&statement, &[&hash]).await?;
@@ -491,7 +584,8 @@ impl TokenStore for PostgresStore {
         access: &AccessTokenRecord,
         next: Option<&RefreshTokenRecord>,
     ) -> Result<Rotation, StoreError> {
-        self.with(|mut client| async move {
+        let (presented, access, next) = (presented.to_owned(), access.clone(), next.cloned());
+        self.with(move |mut client| async move {
             let tx = client.transaction().await?;
             // The conditional update takes the row lock: of two concurrent
             // uses on any replicas, the second waits, then finds the token
@@ -507,8 +601,8 @@ impl TokenStore for PostgresStore {
                 tx.rollback().await?;
                 return Ok(Rotation::Stale);
             }
-            insert_access(&tx, access).await?;
-            if let Some(next) = next {
+            insert_access(&tx, &access).await?;
+            if let Some(next) = &next {
                 insert_refresh(&tx, next).await?;
             }
             tx.commit().await?;
@@ -517,16 +611,21 @@ impl TokenStore for PostgresStore {
     }
 
     fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError> {
-        self.with(|client| async move {
+        let id = id.to_owned();
+        self.with(move |client| async move {
             let changed = client
-                .execute("UPDATE access_tokens SET revoked = TRUE WHERE id = $1", &[&id])
+                .execute(
+                    "UPDATE access_tokens SET revoked = TRUE WHERE id = $1",
+                    &[&id],
+                )
                 .await?;
             Ok(changed > 0)
         })
     }
 
     fn revoke_family(&self, family: &str) -> Result<u64, StoreError> {
-        self.with(|client| async move {
+        let family = family.to_owned();
+        self.with(move |client| async move {
             let row = client
                 .query_one(
                     "WITH r AS (UPDATE refresh_tokens SET revoked = TRUE \
@@ -542,7 +641,7 @@ impl TokenStore for PostgresStore {
     }
 
     fn list_tokens(&self) -> Result<Vec<TokenSummary>, StoreError> {
-        self.with(|client| async move {
+        self.with(move |client| async move {
             let mut tokens = Vec::new();
             let access = client
                 .query(
@@ -593,7 +692,8 @@ impl TokenStore for PostgresStore {
     }
 
     fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
-        self.with(|client| async move {
+        let id = id.to_owned();
+        self.with(move |client| async move {
             let row = client
                 .query_one(
                     "WITH a AS (DELETE FROM access_tokens WHERE id = $1 RETURNING 1), \
@@ -608,7 +708,7 @@ impl TokenStore for PostgresStore {
 
     fn remove_expired(&self, now: u64) -> Result<Removed, StoreError> {
         let now = to_sql(now);
-        self.with(|mut client| async move {
+        self.with(move |mut client| async move {
             let tx = client.transaction().await?;
             let access_tokens = tx
                 .execute(
@@ -635,6 +735,12 @@ impl TokenStore for PostgresStore {
                     &[&now],
                 )
                 .await?;
+            // Failure windows last a minute; an hour old one has ended.
+            tx.execute(
+                "DELETE FROM failed_attempts WHERE window_start + 3600 <= $1",
+                &[&now],
+            )
+            .await?;
             tx.commit().await?;
             Ok(Removed {
                 access_tokens,
@@ -645,7 +751,8 @@ impl TokenStore for PostgresStore {
     }
 
     fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
-        self.with(|client| async move {
+        let code = code.clone();
+        self.with(move |client| async move {
             client
                 .execute(
                     "INSERT INTO authorization_codes (hash, client_id, redirect_uri, \
@@ -669,8 +776,9 @@ impl TokenStore for PostgresStore {
     }
 
     fn take_code(&self, hash: &str, now: u64, family: &str) -> Result<CodeTake, StoreError> {
+        let (hash, family) = (hash.to_owned(), family.to_owned());
         let now = to_sql(now);
-        self.with(|client| async move {
+        self.with(move |client| async move {
             // One statement decides under the row lock: an unspent live
             // code becomes used 1 with this family (fresh); a spent one
             // counts one more presentation (reused); an unspent expired
@@ -695,7 +803,7 @@ impl TokenStore for PostgresStore {
             Ok(match used {
                 0 => CodeTake::Expired,
                 1 => CodeTake::Fresh(CodeRecord {
-                    hash: hash.to_owned(),
+                    hash: hash.clone(),
                     client_id: row.try_get(0)?,
                     redirect_uri: row.try_get(1)?,
                     redirect_uri_given: row.try_get(2)?,
@@ -711,7 +819,8 @@ impl TokenStore for PostgresStore {
     }
 
     fn code_replayed(&self, hash: &str) -> Result<bool, StoreError> {
-        self.with(|client| async move {
+        let hash = hash.to_owned();
+        self.with(move |client| async move {
             let row = client
                 .query_opt(
                     "SELECT used > 1 FROM authorization_codes WHERE hash = $1",
@@ -726,7 +835,8 @@ impl TokenStore for PostgresStore {
     }
 
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError> {
-        self.with(|client| async move {
+        let key = key.clone();
+        self.with(move |client| async move {
             client
                 .execute(
                     "INSERT INTO signing_keys (kid, jwk, first_seen) VALUES ($1, $2, $3) \
@@ -739,7 +849,7 @@ impl TokenStore for PostgresStore {
     }
 
     fn known_keys(&self) -> Result<Vec<KnownKey>, StoreError> {
-        self.with(|client| async move {
+        self.with(move |client| async move {
             let rows = client
                 .query(
                     "SELECT kid, jwk, first_seen FROM signing_keys \

@@ -123,7 +123,11 @@ fn template(bin: &Path) -> &'static Path {
             // Another process made it first.
             let _ = std::fs::remove_dir_all(&built);
         }
-        assert!(data.join("PG_VERSION").exists(), "template cluster in {}", home.display());
+        assert!(
+            data.join("PG_VERSION").exists(),
+            "template cluster in {}",
+            home.display()
+        );
         data
     })
 }

@@ -1,0 +1,318 @@
+//! Several gateways serving one issuer from one PostgreSQL database: every
+//! rule of the token store holds when consecutive (or simultaneous)
+//! requests reach different replicas, and a database outage is a 503
+//! `temporarily_unavailable` that ends without restarting a gateway.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use crate::authorize::{cheap_hash, code_from, code_query, pkce, query, Browser, CALLBACK, SECRET};
+use crate::common::postgres::Postgres;
+use crate::common::{Env, Gateway};
+
+fn yaml(url: &str, shared: &std::path::Path) -> String {
+    let hash = cheap_hash("wonderland");
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+authorization_server:
+  issuer: "http://localhost:4485"
+  token_format: opaque
+  signing_key: "{key}"
+  store: "{url}"
+  store_pool: {{ max_connections: 4, connect_timeout: 2s }}
+  token_lifetime: 300
+  scopes:
+  - {{ name: view, description: "View your bookings" }}
+  users:
+  - {{ username: alice, password_hash: "{hash}" }}
+  clients:
+  - name: BookYourTicket
+    client_id: bookyourticket
+    client_secret: "{SECRET}"
+    redirect_uris: ["{CALLBACK}"]
+    grant_types: [authorization_code, password, refresh_token]
+    scopes: [view]
+    refresh_limit: 3
+  - name: Introspector
+    client_id: introspector
+    client_secret: intro-secret
+    introspect: true
+    grant_types: []
+"#,
+        key = shared.join("signing-key.pem").display(),
+    )
+}
+
+/// Two gateways on one database (and one signing key file).
+async fn replicas(pg: &Postgres) -> (tempfile::TempDir, Gateway, Gateway) {
+    let (shared, a, b, _) = replicas_on(pg).await;
+    (shared, a, b)
+}
+
+async fn replicas_on(pg: &Postgres) -> (tempfile::TempDir, Gateway, Gateway, String) {
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let yaml = yaml(&pg.url(&database), shared.path());
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+    (shared, a, b, database)
+}
+
+async fn post(
+    gw: &Gateway,
+    path: &str,
+    basic: (&str, &str),
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let response = gw
+        .client
+        .post(gw.url(path))
+        .basic_auth(basic.0, Some(basic.1))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(query(form))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let body = response.text().await.expect("body");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn password_grant(gw: &Gateway, password: &str) -> (u16, Value) {
+    post(
+        gw,
+        "/oauth2/token",
+        ("bookyourticket", SECRET),
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", password),
+            ("scope", "view"),
+        ],
+    )
+    .await
+}
+
+async fn refresh(gw: &Gateway, refresh_token: &str) -> (u16, Value) {
+    post(
+        gw,
+        "/oauth2/token",
+        ("bookyourticket", SECRET),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ],
+    )
+    .await
+}
+
+async fn active(gw: &Gateway, token: &str) -> bool {
+    let (status, body) = post(
+        gw,
+        "/oauth2/introspect",
+        ("introspector", "intro-secret"),
+        &[("token", token)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["active"] == true
+}
+
+fn string(value: &Value, key: &str) -> String {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {value}"))
+        .to_owned()
+}
+
+/// Exactly one redemption spends the code and issues tokens; every other
+/// gets `invalid_grant`, and since the code was presented more than once
+/// the tokens it bought are revoked on every replica (the winner's answer
+/// is itself `invalid_grant` when a replay came before its tokens were
+/// stored).
+#[tokio::test]
+async fn a_code_redeemed_on_two_replicas_at_once_has_one_winner() {
+    let pg = Postgres::shared();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    let rounds = 5;
+    for round in 0..rounds {
+        let (verifier, challenge) = pkce();
+        let location = Browser::new(&a)
+            .approve(
+                &code_query("bookyourticket", "view", Some(&challenge)),
+                None,
+            )
+            .await;
+        let code = code_from(&location);
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ];
+        let attempts = (0..6).map(|i| {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            post(gw, "/oauth2/token", ("bookyourticket", SECRET), &form)
+        });
+        let outcomes = join_all(attempts).await;
+        let winners: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 200).collect();
+        assert!(winners.len() <= 1, "round {round}: {outcomes:?}");
+        for (status, body) in &outcomes {
+            if *status != 200 {
+                assert_eq!(
+                    (*status, body["error"].as_str()),
+                    (400, Some("invalid_grant"))
+                );
+            }
+        }
+        if let Some((_, token)) = winners.first() {
+            let access = string(token, "access_token");
+            assert!(!active(&a, &access).await, "round {round}");
+            assert!(!active(&b, &access).await, "round {round}");
+        }
+        let issued = pg.psql(&database, "SELECT count(*) FROM access_tokens");
+        assert_eq!(issued, (round + 1).to_string(), "one issue per code");
+    }
+    let live = pg.psql(
+        &database,
+        "SELECT count(*) FROM access_tokens WHERE NOT revoked",
+    );
+    assert_eq!(live, "0");
+}
+
+#[tokio::test]
+async fn a_refresh_token_reused_on_two_replicas_at_once_rotates_once() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    for round in 0..5 {
+        let (status, grant) = password_grant(&a, "wonderland").await;
+        assert_eq!(status, 200, "{grant}");
+        let presented = string(&grant, "refresh_token");
+        let attempts = (0..6).map(|i| refresh(if i % 2 == 0 { &a } else { &b }, &presented));
+        let outcomes = join_all(attempts).await;
+        let winners: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 200).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .all(|(s, body)| *s == 200 || body["error"] == "invalid_grant"));
+        // Reuse detected: the whole family is revoked, the winner's too.
+        let next = string(&winners[0].1, "refresh_token");
+        assert!(!active(&b, &string(&winners[0].1, "access_token")).await);
+        assert_eq!(refresh(&a, &next).await.0, 400, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn refresh_limit_counts_across_replicas() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let mut current = string(&grant, "refresh_token");
+    for (i, gw) in [&b, &a].into_iter().enumerate() {
+        let (status, body) = refresh(gw, &current).await;
+        assert_eq!(status, 200, "refresh {i}: {body}");
+        current = string(&body, "refresh_token");
+    }
+    let (status, last) = refresh(&b, &current).await;
+    assert_eq!(status, 200, "{last}");
+    assert!(last.get("refresh_token").is_none(), "third of 3: {last}");
+    assert!(active(&a, &string(&last, "access_token")).await);
+}
+
+#[tokio::test]
+async fn revocation_on_one_replica_is_seen_by_the_other_at_once() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let access = string(&grant, "access_token");
+    assert!(active(&b, &access).await);
+    let (status, _) = post(
+        &b,
+        "/oauth2/revoke",
+        ("bookyourticket", SECRET),
+        &[("token", access.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!active(&a, &access).await);
+}
+
+#[tokio::test]
+async fn password_lockout_counts_across_replicas() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    for gw in [&a, &b, &a, &b, &a] {
+        assert_eq!(password_grant(gw, "wrong").await.0, 400);
+    }
+    // Five failures over two replicas lock alice on both, even with the
+    // right password.
+    for gw in [&a, &b] {
+        let (status, body) = password_grant(gw, "wonderland").await;
+        assert_eq!(status, 429, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn both_replicas_publish_the_same_keys() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let jwks_a = a.get("/oauth2/jwks").await.text().await.unwrap();
+    let jwks_b = b.get("/oauth2/jwks").await.text().await.unwrap();
+    assert_eq!(jwks_a, jwks_b);
+}
+
+#[tokio::test]
+async fn a_database_restart_is_503_temporarily_unavailable_then_service_resumes() {
+    let pg = Postgres::start();
+    let (_shared, a, b) = replicas(&pg).await;
+    let (status, grant) = password_grant(&a, "wonderland").await;
+    assert_eq!(status, 200, "{grant}");
+    let access = string(&grant, "access_token");
+    pg.stop();
+    for gw in [&a, &b] {
+        let (status, body) = password_grant(gw, "wonderland").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "temporarily_unavailable");
+        let (status, body) = post(
+            gw,
+            "/oauth2/introspect",
+            ("introspector", "intro-secret"),
+            &[("token", access.as_str())],
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("temporarily_unavailable"))
+        );
+    }
+    pg.resume();
+    for gw in [&a, &b] {
+        assert!(active(gw, &access).await, "nothing was lost");
+        assert_eq!(password_grant(gw, "wonderland").await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_database_unreachable_at_start_is_not_ready_until_reached() {
+    let pg = Postgres::start();
+    let database = pg.create_database();
+    pg.stop();
+    let shared = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with_env(&yaml(&pg.url(&database), shared.path()), Env::new()).await;
+    assert_eq!(gw.readiness().await, 503);
+    let (status, body) = password_grant(&gw, "wonderland").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable"))
+    );
+    pg.resume();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while gw.readiness().await != 200 {
+        assert!(Instant::now() < deadline, "the gateway became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(password_grant(&gw, "wonderland").await.0, 200);
+}
