@@ -146,7 +146,28 @@ impl AuthorizationServer {
     /// Whether the store can serve: false while a database store has not
     /// been reached since start.
     pub fn is_ready(&self) -> bool {
-        self.inner.store.is_ready()
+        self.inner.store.is_ready() && !self.inner.keys.load().is_pending()
+    }
+
+    /// The signing keys live in a store not reached yet: none is published.
+    pub fn keys_pending(&self) -> bool {
+        self.inner.keys.load().is_pending()
+    }
+
+    /// When the store keeps the signing keys (PostgreSQL), re-reads them
+    /// every [`KEY_REFRESH`] (every second while they are pending), so a
+    /// key rotated by `microgateway rotate-signing-key` signs on every
+    /// replica within that time; `changed` gets each new JWKS. Ends when
+    /// the server is dropped. `None` when the keys are a file.
+    pub fn spawn_key_refresh(
+        &self,
+        changed: impl Fn(&[u8]) + Send + Sync + 'static,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.inner.store.keeps_signing_keys() {
+            return None;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        Some(tokio::spawn(key_refresh_loop(weak, Arc::new(changed))))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -253,6 +274,50 @@ impl AuthorizationServer {
             .run(move || job(&inner))
             .await
             .map_err(|_| AuthzError::Worker)?
+    }
+}
+
+/// How often replicas re-read signing keys kept in the store.
+pub const KEY_REFRESH: Duration = Duration::from_secs(10);
+
+async fn key_refresh_loop(weak: Weak<Inner>, changed: Arc<dyn Fn(&[u8]) + Send + Sync>) {
+    loop {
+        let pending = match weak.upgrade() {
+            Some(inner) => inner.keys.load().is_pending(),
+            None => return,
+        };
+        tokio::time::sleep(if pending {
+            Duration::from_secs(1)
+        } else {
+            KEY_REFRESH
+        })
+        .await;
+        let Some(inner) = weak.upgrade() else { return };
+        let workers = inner.workers.clone();
+        let reread = Arc::clone(&inner);
+        let fresh = workers
+            .run(move || {
+                let keys = reread.keys.load();
+                keys.reload(reread.store.as_ref(), reread.clock.unix_now())
+            })
+            .await;
+        match fresh {
+            Ok(Ok(fresh)) if !fresh.is_pending() => {
+                let before = inner.keys.load();
+                if before.is_pending()
+                    || fresh.current().kid != before.current().kid
+                    || fresh.jwks_json() != before.jwks_json()
+                {
+                    let jwks = fresh.jwks_json();
+                    inner.keys.store(Arc::new(fresh));
+                    tracing::info!("signing keys re-read from the token store");
+                    changed(&jwks);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "re-reading the signing keys failed"),
+            Err(_) => tracing::warn!("re-reading the signing keys panicked"),
+        }
     }
 }
 

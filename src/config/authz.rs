@@ -1,9 +1,9 @@
 //! Compiled settings of the local authorization server (`authorization_server:`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::snapshot::CaBundle;
 use super::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +144,9 @@ pub struct PostgresStore {
     pub password: Option<Secret>,
     pub dbname: String,
     pub tls: PgTls,
-    /// From `sslrootcert=PATH`; the system roots otherwise.
-    pub ca_bundle: Option<CaBundle>,
+    /// PEM CA certificates from `sslrootcert=PATH`, read when compiled;
+    /// the system roots otherwise.
+    pub ca_bundle: Option<Arc<[u8]>>,
     pub max_connections: usize,
     pub connect_timeout: Duration,
 }

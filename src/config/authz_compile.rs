@@ -344,15 +344,14 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
                         path.display()
                     ));
                 }
-                ca_bundle = Some(super::snapshot::CaBundle {
-                    path,
-                    pem: pem.into(),
-                });
+                ca_bundle = Some(pem.into());
             }
             "host" if value.starts_with('/') => host = value,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "URL parameter `{other}` is not supported (sslmode, sslrootcert, host=/socket/dir)"
-            )),
+            ))
+            }
         }
     }
     if host.is_empty() {

@@ -255,13 +255,84 @@ async fn password_lockout_counts_across_replicas() {
     }
 }
 
+async fn kids(gw: &Gateway) -> Vec<String> {
+    let jwks: Value = gw.get("/oauth2/jwks").await.json().await.unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| string(k, "kid"))
+        .collect()
+}
+
+/// The signing keys live in the database: one key, made by whichever
+/// replica came first, published alike by both (no key file is written);
+/// `microgateway rotate-signing-key` makes a new one current on both, the
+/// old one staying published.
 #[tokio::test]
-async fn both_replicas_publish_the_same_keys() {
+async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
     let pg = Postgres::shared();
-    let (_shared, a, b) = replicas(&pg).await;
-    let jwks_a = a.get("/oauth2/jwks").await.text().await.unwrap();
-    let jwks_b = b.get("/oauth2/jwks").await.text().await.unwrap();
-    assert_eq!(jwks_a, jwks_b);
+    let (shared, a, b) = replicas(&pg).await;
+    let before = kids(&a).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(kids(&b).await, before);
+    assert!(!shared.path().join("signing-key.pem").exists());
+
+    let config = shared.path().join("microgateway.yaml");
+    std::fs::write(&config, std::fs::read_to_string(&a.config).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["rotate-signing-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for gw in [&a, &b] {
+        loop {
+            let now = kids(gw).await;
+            if now.len() == 2 && now[1] == before[0] {
+                assert!(stdout.contains(&now[0]), "{stdout}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "rotation seen: {now:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(kids(&a).await, kids(&b).await);
+}
+
+/// `microgateway check` compiles the configuration without connecting.
+#[test]
+fn check_does_not_touch_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("microgateway.yaml");
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(
+        &config,
+        yaml(
+            "postgres://mg:${env:PGPASSWORD}@127.0.0.1:1/microgateway?sslmode=disable",
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("PGPASSWORD", "very-secret")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{all}");
+    assert!(!all.contains("very-secret"), "{all}");
 }
 
 #[tokio::test]

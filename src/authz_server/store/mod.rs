@@ -43,6 +43,10 @@ pub enum StoreError {
     Postgres(String),
     #[error("token store schema version {found} is newer than this program's {known}")]
     FutureSchema { found: i64, known: i64 },
+    #[error(
+        "this token store does not keep signing keys: with SQLite the key is the signing_key file"
+    )]
+    KeysNotKept,
     #[error("token store holds a value it does not understand in column {0}")]
     Corrupt(&'static str),
 }
@@ -217,6 +221,29 @@ pub trait TokenStore: Send + Sync {
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError>;
     /// Known public keys, newest first.
     fn known_keys(&self) -> Result<Vec<KnownKey>, StoreError>;
+
+    /// Whether the private signing keys live here, shared by replicas
+    /// (otherwise the key is the `signing_key` file).
+    fn keeps_signing_keys(&self) -> bool {
+        false
+    }
+    /// The newest private signing key (PEM), if any.
+    fn current_signing_key(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    /// Makes `pem` the current signing key, in one step under the store's
+    /// lock. With `only_first`, only when there is none yet: the key that
+    /// is current afterwards (ours or the one another replica made first)
+    /// is returned.
+    fn add_signing_key(
+        &self,
+        _kid: &str,
+        _pem: &str,
+        _now: u64,
+        _only_first: bool,
+    ) -> Result<String, StoreError> {
+        Err(StoreError::KeysNotKept)
+    }
 
     /// Whether failed password attempts are counted here for every
     /// replica (the `attempts_*` methods); otherwise each process counts.

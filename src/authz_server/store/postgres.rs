@@ -242,7 +242,7 @@ fn tls_config(settings: &PgSettings) -> Result<ClientConfig, StoreError> {
     let mut roots = RootCertStore::empty();
     match &settings.ca_bundle {
         Some(bundle) => {
-            for cert in CertificateDer::pem_slice_iter(&bundle.pem).filter_map(Result::ok) {
+            for cert in CertificateDer::pem_slice_iter(bundle).filter_map(Result::ok) {
                 let _ = roots.add(cert);
             }
         }
@@ -472,6 +472,65 @@ impl TokenStore for PostgresStore {
 
     fn shares_attempts(&self) -> bool {
         true
+    }
+
+    fn keeps_signing_keys(&self) -> bool {
+        true
+    }
+
+    fn current_signing_key(&self) -> Result<Option<String>, StoreError> {
+        self.with(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT pem FROM signing_private_keys ORDER BY seq DESC LIMIT 1",
+                    &[],
+                )
+                .await?;
+            Ok(match row {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            })
+        })
+    }
+
+    fn add_signing_key(
+        &self,
+        kid: &str,
+        pem: &str,
+        now: u64,
+        only_first: bool,
+    ) -> Result<String, StoreError> {
+        let (kid, pem, now) = (kid.to_owned(), pem.to_owned(), to_sql(now));
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await?;
+            // The migrations' lock: replicas starting together on an
+            // empty store agree on one first key.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&postgres_schema::ADVISORY_LOCK],
+            )
+            .await?;
+            if only_first {
+                let existing = tx
+                    .query_opt(
+                        "SELECT pem FROM signing_private_keys ORDER BY seq DESC LIMIT 1",
+                        &[],
+                    )
+                    .await?;
+                if let Some(row) = existing {
+                    let pem: String = row.try_get(0)?;
+                    tx.commit().await?;
+                    return Ok(pem);
+                }
+            }
+            tx.execute(
+                "INSERT INTO signing_private_keys (kid, pem, created_at) VALUES ($1, $2, $3)",
+                &[&kid, &pem, &now],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(pem)
+        })
     }
 
     fn attempts_locked(

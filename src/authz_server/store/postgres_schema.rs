@@ -60,6 +60,12 @@ CREATE TABLE signing_keys (
     jwk         TEXT NOT NULL,
     first_seen  BIGINT NOT NULL
 );
+CREATE TABLE signing_private_keys (
+    seq         BIGSERIAL PRIMARY KEY,
+    kid         TEXT NOT NULL UNIQUE,
+    pem         TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
 CREATE TABLE failed_attempts (
     subject       TEXT PRIMARY KEY,
     window_start  BIGINT NOT NULL,
