@@ -280,7 +280,10 @@ impl AuthorizationServer {
 /// How often replicas re-read signing keys kept in the store.
 pub const KEY_REFRESH: Duration = Duration::from_secs(10);
 
-async fn key_refresh_loop(weak: Weak<Inner>, changed: Arc<dyn Fn(&[u8]) + Send + Sync>) {
+/// Told each new JWKS the key refresh finds.
+type KeysChanged = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+async fn key_refresh_loop(weak: Weak<Inner>, changed: KeysChanged) {
     loop {
         let pending = match weak.upgrade() {
             Some(inner) => inner.keys.load().is_pending(),
