@@ -387,3 +387,105 @@ async fn a_database_unreachable_at_start_is_not_ready_until_reached() {
     }
     assert_eq!(password_grant(&gw, "wonderland").await.0, 200);
 }
+
+// ------------------------------------------------------------ configuration
+
+fn load(yaml: &str, env: &Env) -> Result<microgateway::config::Loaded, Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("microgateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    microgateway::config::load(&path, env, 1)
+        .map_err(|invalid| invalid.findings.iter().map(|d| d.to_string()).collect())
+}
+
+#[test]
+fn a_postgres_store_url_is_compiled_with_its_secret_and_pool() {
+    let env = crate::common::env(&[("PGPASSWORD", "s3cret/:@")]);
+    let loaded = load(
+        r#"
+authorization_server:
+  store: "postgres://mg:${env:PGPASSWORD}@db.internal:6543/microgateway?sslmode=require"
+  store_pool: { max_connections: 32, connect_timeout: 3s }
+"#,
+        &env,
+    )
+    .unwrap();
+    let settings = loaded.snapshot.authorization_server.as_ref().unwrap();
+    let pg = settings.postgres.as_ref().expect("a PostgreSQL store");
+    assert_eq!(
+        (
+            pg.host.as_str(),
+            pg.port,
+            pg.user.as_str(),
+            pg.dbname.as_str()
+        ),
+        ("db.internal", 6543, "mg", "microgateway")
+    );
+    assert_eq!(pg.password.as_ref().unwrap().expose(), "s3cret/:@");
+    assert_eq!(pg.tls, microgateway::config::authz::PgTls::Require);
+    assert_eq!(
+        (pg.max_connections, pg.connect_timeout),
+        (32, Duration::from_secs(3))
+    );
+    let shown = format!("{pg:?} {}", pg.display());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert_eq!(
+        pg.display(),
+        "postgres://mg:****@db.internal:6543/microgateway"
+    );
+
+    // Defaults: port 5432, host name verified, 16 connections, 2 s.
+    let loaded = load(
+        "authorization_server:\n  store: postgresql://mg:pa%40ss@[::1]/gw\n",
+        &Env::new(),
+    )
+    .unwrap();
+    let pg = loaded.snapshot.authorization_server.as_ref().unwrap();
+    let pg = pg.postgres.as_ref().unwrap();
+    assert_eq!((pg.host.as_str(), pg.port), ("::1", 5432));
+    assert_eq!(pg.password.as_ref().unwrap().expose(), "pa@ss");
+    assert_eq!(pg.tls, microgateway::config::authz::PgTls::VerifyFull);
+    assert_eq!(
+        (pg.max_connections, pg.connect_timeout),
+        (16, Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn a_wrong_postgres_store_is_refused_without_showing_the_password() {
+    for (yaml, expected) in [
+        (
+            "store: \"postgres://mg:hunter2@db/gw?sslmode=prefer\"",
+            "sslmode `prefer` is not supported",
+        ),
+        ("store: \"postgres://mg:hunter2@db\"", "names no database"),
+        ("store: \"postgres://db/gw\"", "names no user"),
+        (
+            "store: \"postgres://mg:hunter2@db:99999/gw\"",
+            "is not a port number",
+        ),
+        (
+            "store: \"postgres://mg:hunter2@db/gw?options=x\"",
+            "`options` is not supported",
+        ),
+        (
+            "store: \"mysql://mg:hunter2@db/gw\"",
+            "store `mysql://mg:****@db/gw` is not supported",
+        ),
+        ("store: \"postgres://mg:${env:NOPE}@db/gw\"", "password:"),
+        (
+            "store: \"postgres://mg@db/gw\"\n  store_pool: { max_connections: 0 }",
+            "max_connections is out of range",
+        ),
+        (
+            "store_pool: { max_connections: 4 }",
+            "store_pool is only for a PostgreSQL store",
+        ),
+    ] {
+        let findings =
+            load(&format!("authorization_server:\n  {yaml}\n"), &Env::new()).expect_err(yaml);
+        let all = findings.join("\n");
+        assert!(all.contains(expected), "{yaml}: {all}");
+        assert!(!all.contains("hunter2"), "{yaml}: {all}");
+    }
+}
