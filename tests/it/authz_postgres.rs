@@ -489,3 +489,69 @@ fn a_wrong_postgres_store_is_refused_without_showing_the_password() {
         assert!(!all.contains("hunter2"), "{yaml}: {all}");
     }
 }
+
+// ------------------------------------------------------------ TLS
+
+/// A server that takes TLS only, its certificate for `localhost` from a
+/// private CA: `verify-full` with that CA (`sslrootcert`) connects to
+/// `localhost` and not to `127.0.0.1` (name mismatch); `require` checks the
+/// chain only; without the CA nothing connects.
+#[test]
+fn the_store_reaches_the_database_over_verified_tls() {
+    crate::common::crypto();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let pg = Postgres::start_tls(&server.pem(), &server_key.serialize_pem());
+    let database = pg.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let other_ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, other_ca.cert.pem()).unwrap();
+
+    let store_at = |host: &str, mode: &str, ca: &std::path::Path| {
+        let yaml = format!(
+            "authorization_server:\n  store: \"postgres://postgres@{host}:{}/{database}?sslmode={mode}&sslrootcert={}\"\n",
+            pg.port,
+            ca.display()
+        );
+        let loaded = load(&yaml, &Env::new()).unwrap();
+        let settings = loaded.snapshot.authorization_server.as_ref().unwrap();
+        microgateway::authz_server::store::PostgresStore::open(settings.postgres.as_ref().unwrap())
+            .unwrap()
+    };
+    use microgateway::authz_server::store::TokenStore;
+    assert!(store_at("localhost", "verify-full", &ca_file).is_ready());
+    assert!(store_at("127.0.0.1", "require", &ca_file).is_ready());
+    assert!(
+        !store_at("127.0.0.1", "verify-full", &ca_file).is_ready(),
+        "name mismatch"
+    );
+    assert!(
+        !store_at("localhost", "verify-full", &other_file).is_ready(),
+        "unknown CA"
+    );
+    assert!(
+        !store_at("localhost", "require", &other_file).is_ready(),
+        "unknown CA"
+    );
+    // The server takes no plain connection.
+    let plain = format!(
+        "authorization_server:\n  store: \"postgres://postgres@localhost:{}/{database}?sslmode=disable\"\n",
+        pg.port
+    );
+    let loaded = load(&plain, &Env::new()).unwrap();
+    let settings = loaded.snapshot.authorization_server.as_ref().unwrap();
+    let store =
+        microgateway::authz_server::store::PostgresStore::open(settings.postgres.as_ref().unwrap());
+    assert!(store.is_err() || !store.unwrap().is_ready());
+}

@@ -24,6 +24,8 @@ pub struct Postgres {
     bin: PathBuf,
     pub port: u16,
     databases: AtomicUsize,
+    /// Server options beyond the common ones (TLS).
+    extra: String,
 }
 
 /// The newest `/usr/lib/postgresql/VERSION/bin` with `initdb`.
@@ -143,6 +145,30 @@ fn free_port() -> u16 {
 impl Postgres {
     /// A new cluster of its own (for tests that stop or restart it).
     pub fn start() -> Postgres {
+        Postgres::start_with(|_| String::new())
+    }
+
+    /// A cluster that accepts TCP connections over TLS only, with this
+    /// certificate and key (PEM).
+    pub fn start_tls(certificate: &str, key: &str) -> Postgres {
+        Postgres::start_with(|data| {
+            std::fs::write(data.join("server.crt"), certificate).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            let mut permissions = std::fs::metadata(data.join("server.key"))
+                .unwrap()
+                .permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+            std::fs::set_permissions(data.join("server.key"), permissions).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .unwrap();
+            "-c ssl=on".to_owned()
+        })
+    }
+
+    fn start_with(prepare: impl FnOnce(&Path) -> String) -> Postgres {
         let bin = bin_dir();
         let template = template(&bin);
         let dir = tempfile::Builder::new()
@@ -156,12 +182,14 @@ impl Postgres {
                 .arg(dir.path().join("data")),
             "copy the template cluster",
         );
+        let extra = prepare(&dir.path().join("data"));
         chown_to_server_user(dir.path());
         let postgres = Postgres {
             dir,
             bin,
             port: free_port(),
             databases: AtomicUsize::new(0),
+            extra,
         };
         postgres.resume();
         postgres
@@ -189,9 +217,10 @@ impl Postgres {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
              -c fsync=off -c full_page_writes=off \
-             -c max_connections=300",
+             -c max_connections=300 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         run(
             as_server_user(&self.bin.join("pg_ctl"))
