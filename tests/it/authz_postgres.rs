@@ -335,6 +335,34 @@ fn check_does_not_touch_the_database() {
     assert!(!all.contains("very-secret"), "{all}");
 }
 
+/// Tokens issued by both replicas under load, then one replica stops: the
+/// other keeps serving and knows every token issued before.
+#[tokio::test]
+async fn a_replica_lost_mid_load_loses_nothing() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let mut issued = Vec::new();
+    for round in 0..4 {
+        let grants = (0..8).map(|i| password_grant(if i % 2 == 0 { &a } else { &b }, "wonderland"));
+        for (status, grant) in join_all(grants).await {
+            assert_eq!(status, 200, "round {round}: {grant}");
+            issued.push((
+                string(&grant, "access_token"),
+                string(&grant, "refresh_token"),
+            ));
+        }
+    }
+    a.shutdown().await;
+    for (access, _) in &issued {
+        assert!(active(&b, access).await);
+    }
+    // Refresh tokens issued by the lost replica rotate on the survivor.
+    for (_, refresh_token) in issued.iter().step_by(2).take(4) {
+        let (status, body) = refresh(&b, refresh_token).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn a_database_restart_is_503_temporarily_unavailable_then_service_resumes() {
     let pg = Postgres::start();
