@@ -382,12 +382,13 @@ const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (hash, family, client_i
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 async fn insert_access(
-    client: &tokio_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Transaction<'_>,
     t: &AccessTokenRecord,
 ) -> Result<(), StoreError> {
+    let statement = client.prepare_cached(INSERT_ACCESS).await?;
     client
         .execute(
-            INSERT_ACCESS,
+            &statement,
             &[
                 &t.id,
                 &format_name(t.format),
@@ -406,12 +407,13 @@ async fn insert_access(
 }
 
 async fn insert_refresh(
-    client: &tokio_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Transaction<'_>,
     t: &RefreshTokenRecord,
 ) -> Result<(), StoreError> {
+    let statement = client.prepare_cached(INSERT_REFRESH).await?;
     client
         .execute(
-            INSERT_REFRESH,
+            &statement,
             &[
                 &t.hash,
                 &t.family,
@@ -607,11 +609,33 @@ impl TokenStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let (access, refresh) = (access.clone(), refresh.cloned());
         self.with(move |mut client| async move {
+            let Some(refresh) = &refresh else {
+                // One statement, one round trip (the hot path of JWT
+                // and client credentials grants).
+                let statement = client.prepare_cached(INSERT_ACCESS).await?;
+                let t = &access;
+                client
+                    .execute(
+                        &statement,
+                        &[
+                            &t.id,
+                            &format_name(t.format),
+                            &t.client_id,
+                            &t.username,
+                            &t.scope,
+                            &to_sql(t.issued_at),
+                            &t.expires_at.map(to_sql),
+                            &t.family,
+                            &t.grant_type,
+                            &t.revoked,
+                        ],
+                    )
+                    .await?;
+                return Ok(());
+            };
             let tx = client.transaction().await?;
             insert_access(&tx, &access).await?;
-            if let Some(refresh) = &refresh {
-                insert_refresh(&tx, refresh).await?;
-            }
+            insert_refresh(&tx, refresh).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -649,13 +673,13 @@ impl TokenStore for PostgresStore {
             // The conditional update takes the row lock: of two concurrent
             // uses on any replicas, the second waits, then finds the token
             // rotated and changes nothing.
-            let changed = tx
-                .execute(
+            let statement = tx
+                .prepare_cached(
                     "UPDATE refresh_tokens SET rotated = TRUE \
                      WHERE hash = $1 AND NOT rotated AND NOT revoked",
-                    &[&presented],
                 )
                 .await?;
+            let changed = tx.execute(&statement, &[&presented]).await?;
             if changed != 1 {
                 tx.rollback().await?;
                 return Ok(Rotation::Stale);
@@ -843,16 +867,18 @@ impl TokenStore for PostgresStore {
             // counts one more presentation (reused); an unspent expired
             // one stays 0 (expired). Of two concurrent redemptions on any
             // replicas, exactly one sees used = 1 with its own family.
-            let row = client
-                .query_opt(
+            let statement = client
+                .prepare_cached(
                     "UPDATE authorization_codes SET \
                        used = CASE WHEN used = 0 AND expires_at <= $2 THEN 0 ELSE used + 1 END, \
                        family = CASE WHEN used = 0 AND expires_at > $2 THEN $3 ELSE family END \
                      WHERE hash = $1 \
                      RETURNING client_id, redirect_uri, redirect_uri_given, code_challenge, \
                        code_challenge_method, scope, username, expires_at, used, family",
-                    &[&hash, &now, &family],
                 )
+                .await?;
+            let row = client
+                .query_opt(&statement, &[&hash, &now, &family])
                 .await?;
             let Some(row) = row else {
                 return Ok(CodeTake::Unknown);
