@@ -161,6 +161,13 @@ fn store(ctx: &mut Ctx, raw: &raw::AuthorizationServer) -> (PathBuf, Option<Post
         Some(store) => {
             let text = store.value.0.trim();
             if let Some(path) = text.strip_prefix("sqlite:").filter(|p| !p.is_empty()) {
+                if let Some(pool) = &raw.store_pool {
+                    ctx.report.error(
+                        pool.referenced,
+                        "store_pool is only for a PostgreSQL store",
+                        "store: postgres://…",
+                    );
+                }
                 return (ctx.path(path), None);
             }
             if text.starts_with("postgres://") || text.starts_with("postgresql://") {

@@ -509,6 +509,10 @@ fn a_wrong_postgres_store_is_refused_without_showing_the_password() {
             "store_pool: { max_connections: 4 }",
             "store_pool is only for a PostgreSQL store",
         ),
+        (
+            "store: sqlite:oauth.db\n  store_pool: { max_connections: 4 }",
+            "store_pool is only for a PostgreSQL store",
+        ),
     ] {
         let findings =
             load(&format!("authorization_server:\n  {yaml}\n"), &Env::new()).expect_err(yaml);
