@@ -335,6 +335,24 @@ fn check_does_not_touch_the_database() {
     assert!(!all.contains("very-secret"), "{all}");
 }
 
+/// The database holds hashes, never a token: a copy of it replays nothing.
+#[tokio::test]
+async fn tokens_are_hashed_at_rest() {
+    let pg = Postgres::shared();
+    let (_shared, a, _b, database) = replicas_on(&pg).await;
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let everything = pg.psql(
+        &database,
+        "SELECT string_agg(t::text, ' ') FROM (SELECT a::text AS t FROM access_tokens a \
+         UNION ALL SELECT r::text FROM refresh_tokens r) rows",
+    );
+    assert!(everything.contains("alice"), "{everything}");
+    for key in ["access_token", "refresh_token"] {
+        let token = string(&grant, key);
+        assert!(!everything.contains(&token), "{key} in the clear");
+    }
+}
+
 /// Tokens issued by both replicas under load, then one replica stops: the
 /// other keeps serving and knows every token issued before.
 #[tokio::test]
