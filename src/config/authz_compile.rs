@@ -294,6 +294,8 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
                 })
                 .map_err(|problem| format!("password: {problem}"))?,
         ),
+        // An empty secret, from any source, is an error.
+        Some("") => return Err("the password is empty".into()),
         Some(p) => Some(super::Secret::new(
             decode(p).ok_or("the password is not valid percent-encoded UTF-8")?,
         )),

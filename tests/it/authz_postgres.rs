@@ -506,6 +506,7 @@ fn a_wrong_postgres_store_is_refused_without_showing_the_password() {
         ),
         ("store: \"postgres://mg:hunter2@db\"", "names no database"),
         ("store: \"postgres://db/gw\"", "names no user"),
+        ("store: \"postgres://mg:@db/gw\"", "the password is empty"),
         (
             "store: \"postgres://mg:hunter2@db:99999/gw\"",
             "is not a port number",
