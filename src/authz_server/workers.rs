@@ -1,5 +1,5 @@
 //! The authorization server's blocking work (Argon2 checks of passwords and
-//! client secrets, SQLite calls) on tokio's blocking threads, a bounded
+//! client secrets, store calls) on tokio's blocking threads, a bounded
 //! number of jobs at once (half the cores). Argon2 is made to cost CPU;
 //! without a bound, one endpoint hammered with password grants would take
 //! every core from the data path. Jobs beyond the bound wait for a permit
