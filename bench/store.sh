@@ -97,7 +97,10 @@ import re, sys
 total, worst = 0.0, 0.0
 for path in sys.argv[1:]:
     text = open(path).read()
-    total += float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if not found:
+        sys.exit(f"wrk said:\n{text}")
+    total += float(found.group(1))
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", text).groups()
     worst = max(worst, float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit])
     if "Non-2xx" in text:

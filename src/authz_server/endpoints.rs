@@ -6,8 +6,9 @@
 //! when `require_https` is set, bounds its body to [`MAX_BODY`], and answers
 //! with `Cache-Control: no-store`. The authorization endpoint (`authorize`)
 //! answers GET and POST with HTML pages and redirects. Store and Argon2
-//! work run on the blocking pool, never on the reactor, and on at most
-//! half the cores (`workers`).
+//! work run on the blocking pool, never on the reactor: Argon2 on at most
+//! half the cores, jobs on as many threads as that too (SQLite) or as the
+//! database has connections (PostgreSQL) (`workers`).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -125,6 +126,12 @@ impl AuthorizationServer {
         let keys = SigningKeys::open(&settings.signing_key_path, store.as_ref(), clock.unix_now())?;
         let users = Users::new(&settings.users)?;
         let attempts = FailedAttempts::shared(Arc::clone(&store));
+        // A database store's jobs mostly wait for it: as many as it has
+        // connections (Argon2 keeps its own bound, `Users`).
+        let workers = match &settings.postgres {
+            Some(postgres) => Workers::new(postgres.max_connections),
+            None => Workers::sized_from_cores(),
+        };
         let approval = Approval::new(settings.approval_template.as_deref())?;
         let metadata = Bytes::from(metadata(&settings).to_string());
         Ok(AuthorizationServer {
@@ -138,7 +145,7 @@ impl AuthorizationServer {
                 sessions: Sessions::default(),
                 approval,
                 metadata,
-                workers: Workers::sized_from_cores(),
+                workers,
             }),
         })
     }
