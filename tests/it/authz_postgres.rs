@@ -306,6 +306,84 @@ async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
     assert_eq!(kids(&a).await, kids(&b).await);
 }
 
+/// JWTs from either replica pass either replica's in-process validation,
+/// before and after a rotation: the keys each replica validates with
+/// follow the store.
+#[tokio::test]
+async fn jwts_validate_across_replicas_through_a_rotation() {
+    let pg = Postgres::shared();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let yaml = yaml(&pg.url(&database), shared.path())
+        .replace("token_format: opaque", "token_format: jwt")
+        + r#"
+security_settings:
+  auth_servers:
+  - id: local
+    name: local
+    type: authServerAlias
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+scope_mappings:
+- { auth_server: local, scope: view, api_scopes: ["Time travels:ViewTickets"] }
+apis:
+- name: "Time travels"
+  version: "1.0"
+  base_path: /travels
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - { name: ViewTickets, resources: ["GET /bookings"] }
+"#;
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+    let call = |gw: &Gateway, token: String| {
+        gw.client
+            .get(gw.url("/travels/bookings"))
+            .bearer_auth(token)
+            .send()
+    };
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let old = string(&grant, "access_token");
+    for gw in [&a, &b] {
+        assert_eq!(call(gw, old.clone()).await.unwrap().status(), 200);
+    }
+    let config = shared.path().join("microgateway.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["rotate-signing-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let before = kids(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for gw in [&a, &b] {
+        while kids(gw).await.len() < 2 {
+            assert!(Instant::now() < deadline, "rotation seen: {before:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (_, grant) = password_grant(&b, "wonderland").await;
+    let new = string(&grant, "access_token");
+    for gw in [&a, &b] {
+        assert_eq!(
+            call(gw, new.clone()).await.unwrap().status(),
+            200,
+            "new key"
+        );
+        assert_eq!(
+            call(gw, old.clone()).await.unwrap().status(),
+            200,
+            "old key"
+        );
+    }
+}
+
 /// `microgateway check` compiles the configuration without connecting.
 #[test]
 fn check_does_not_touch_the_database() {
