@@ -86,6 +86,14 @@ pub enum Command {
     /// (standard output when no -o is given).
     DownloadSettings(DownloadArgs),
 
+    /// Make a new signing key current in the authorization server's
+    /// PostgreSQL store; every replica signs with it within 10 s, and the
+    /// previous keys stay published for the tokens they signed.
+    RotateSigningKey {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+
     /// Print an argon2id hash of a password read from standard input, for
     /// `authorization_server.users[].password_hash`.
     HashPassword,
@@ -117,6 +125,7 @@ pub fn run(args: Args) -> ExitCode {
     match command {
         Command::Check { config } => check(&config),
         Command::HashPassword => hash_password(),
+        Command::RotateSigningKey { config } => rotate_signing_key(&config),
         Command::DownloadSettings(download) => download_settings(download),
         Command::Health { url } => health(&url),
         Command::Explain(args) => explain(&args),
@@ -210,6 +219,56 @@ fn probe(url: &str, timeout: std::time::Duration) -> Result<u16, String> {
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|status| status.parse().ok())
         .ok_or_else(|| "no HTTP status in the answer".to_owned())
+}
+
+fn rotate_signing_key(path: &Path) -> ExitCode {
+    use crate::authz_server::keys::SigningKeys;
+    use crate::authz_server::store::PostgresStore;
+    let env = environment();
+    let loaded = match crate::central::load(path, None, &env, 1, None) {
+        Ok(loaded) => loaded,
+        Err(invalid) => {
+            for finding in &invalid.findings {
+                eprintln!("{finding}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(postgres) = loaded
+        .snapshot
+        .authorization_server
+        .as_ref()
+        .and_then(|settings| settings.postgres.as_ref())
+    else {
+        eprintln!(
+            "{}: the signing key is kept in the store only with `authorization_server.store: postgres://…`; \
+             with SQLite, replace the signing_key file and reload",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let rotated = PostgresStore::open(postgres)
+        .map_err(|e| e.to_string())
+        .and_then(|store| {
+            if !crate::authz_server::store::TokenStore::is_ready(&store) {
+                return Err(format!("{}: database unreachable", postgres.display()));
+            }
+            SigningKeys::rotate(&store, crate::authz_server::unix_now()).map_err(|e| e.to_string())
+        });
+    match rotated {
+        Ok(kid) => {
+            println!(
+                "new signing key {kid} is current in {}; replicas sign with it within {} s",
+                postgres.display(),
+                crate::authz_server::KEY_REFRESH.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("rotate-signing-key: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -23,8 +23,9 @@
 //!    alike. [`http1`]: HTTP/1.1 on the wire for both sides (heads parsed
 //!    and encoded, bodies framed, chunked coding); used by `server` and
 //!    `proxy`, using neither.
-//! 4. [`authz_server`]: the local OAuth2 authorization server (SQLite
-//!    store); it publishes its keys as a JWKS, so `auth` never imports it.
+//! 4. [`authz_server`]: the local OAuth2 authorization server (SQLite or
+//!    PostgreSQL store); it publishes its keys as a JWKS, so `auth` never
+//!    imports it.
 //!    [`policy`]: pure decisions over a snapshot — canonical path, route,
 //!    scopes, the verdict `explain` prints. [`throttle`]: the throttle
 //!    policies' counters (GCRA, in memory or on Redis) and RateLimit fields.

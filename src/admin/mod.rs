@@ -28,9 +28,17 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Listening, and every remote JWKS fetched once.
+    /// Listening, every remote JWKS fetched once, and the authorization
+    /// server's store reached (a database store may not be yet).
     pub fn is_ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.reloader.auth.is_ready()
+        self.listening.load(Ordering::Acquire)
+            && self.reloader.auth.is_ready()
+            && self
+                .reloader
+                .authz
+                .load()
+                .as_ref()
+                .is_none_or(|server| server.is_ready())
     }
 }
 

@@ -134,6 +134,7 @@ mod tests {
             token_format: TokenFormat::Opaque,
             signing_key_path: "k".into(),
             store_path: "s".into(),
+            postgres: None,
             require_https: false,
             authorization_code_lifetime: Duration::from_secs(60),
             require_pkce: false,

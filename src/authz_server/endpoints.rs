@@ -6,8 +6,9 @@
 //! when `require_https` is set, bounds its body to [`MAX_BODY`], and answers
 //! with `Cache-Control: no-store`. The authorization endpoint (`authorize`)
 //! answers GET and POST with HTML pages and redirects. Store and Argon2
-//! work run on the blocking pool, never on the reactor, and on at most
-//! half the cores (`workers`).
+//! work run on the blocking pool, never on the reactor: Argon2 on at most
+//! half the cores, jobs on as many threads as that too (SQLite) or as the
+//! database has connections (PostgreSQL) (`workers`).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -29,7 +30,7 @@ use super::keys::SigningKeys;
 use super::revoke::{self, RevokeContext};
 use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
-use super::store::{Removed, SqliteStore, TokenStore, TokenSummary};
+use super::store::{PostgresStore, Removed, SqliteStore, TokenStore, TokenSummary};
 use super::workers::Workers;
 use super::AuthzError;
 
@@ -95,7 +96,7 @@ struct Inner {
     /// What codes, tokens and keys expire by.
     clock: Clock,
     settings: Settings,
-    store: Box<dyn TokenStore>,
+    store: Arc<dyn TokenStore>,
     keys: ArcSwap<SigningKeys>,
     users: Users,
     attempts: FailedAttempts,
@@ -117,26 +118,63 @@ impl AuthorizationServer {
                 });
             }
         }
-        let store = SqliteStore::open(&settings.store_path)?;
+        let store: Arc<dyn TokenStore> = match &settings.postgres {
+            Some(postgres) => Arc::new(PostgresStore::open(postgres)?),
+            None => Arc::new(SqliteStore::open(&settings.store_path)?),
+        };
         let clock = Clock::default();
-        let keys = SigningKeys::open(&settings.signing_key_path, &store, clock.unix_now())?;
+        let keys = SigningKeys::open(&settings.signing_key_path, store.as_ref(), clock.unix_now())?;
         let users = Users::new(&settings.users)?;
+        let attempts = FailedAttempts::shared(Arc::clone(&store));
+        // A database store's jobs mostly wait for it: as many as it has
+        // connections (Argon2 keeps its own bound, `Users`).
+        let workers = match &settings.postgres {
+            Some(postgres) => Workers::new(postgres.max_connections),
+            None => Workers::sized_from_cores(),
+        };
         let approval = Approval::new(settings.approval_template.as_deref())?;
         let metadata = Bytes::from(metadata(&settings).to_string());
         Ok(AuthorizationServer {
             inner: Arc::new(Inner {
                 clock,
                 settings,
-                store: Box::new(store),
+                store,
                 keys: ArcSwap::from_pointee(keys),
                 users,
-                attempts: FailedAttempts::default(),
+                attempts,
                 sessions: Sessions::default(),
                 approval,
                 metadata,
-                workers: Workers::sized_from_cores(),
+                workers,
             }),
         })
+    }
+
+    /// Whether the store can serve: false while a database store has not
+    /// been reached since start.
+    pub fn is_ready(&self) -> bool {
+        self.inner.store.is_ready() && !self.inner.keys.load().is_pending()
+    }
+
+    /// The signing keys live in a store not reached yet: none is published.
+    pub fn keys_pending(&self) -> bool {
+        self.inner.keys.load().is_pending()
+    }
+
+    /// When the store keeps the signing keys (PostgreSQL), re-reads them
+    /// every [`KEY_REFRESH`] (every second while they are pending), so a
+    /// key rotated by `microgateway rotate-signing-key` signs on every
+    /// replica within that time; `changed` gets each new JWKS. Ends when
+    /// the server is dropped. `None` when the keys are a file.
+    pub fn spawn_key_refresh(
+        &self,
+        changed: impl Fn(&[u8]) + Send + Sync + 'static,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.inner.store.keeps_signing_keys() {
+            return None;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        Some(tokio::spawn(key_refresh_loop(weak, Arc::new(changed))))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -243,6 +281,53 @@ impl AuthorizationServer {
             .run(move || job(&inner))
             .await
             .map_err(|_| AuthzError::Worker)?
+    }
+}
+
+/// How often replicas re-read signing keys kept in the store.
+pub const KEY_REFRESH: Duration = Duration::from_secs(10);
+
+/// Told each new JWKS the key refresh finds.
+type KeysChanged = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+async fn key_refresh_loop(weak: Weak<Inner>, changed: KeysChanged) {
+    loop {
+        let pending = match weak.upgrade() {
+            Some(inner) => inner.keys.load().is_pending(),
+            None => return,
+        };
+        tokio::time::sleep(if pending {
+            Duration::from_secs(1)
+        } else {
+            KEY_REFRESH
+        })
+        .await;
+        let Some(inner) = weak.upgrade() else { return };
+        let workers = inner.workers.clone();
+        let reread = Arc::clone(&inner);
+        let fresh = workers
+            .run(move || {
+                let keys = reread.keys.load();
+                keys.reload(reread.store.as_ref(), reread.clock.unix_now())
+            })
+            .await;
+        match fresh {
+            Ok(Ok(fresh)) if !fresh.is_pending() => {
+                let before = inner.keys.load();
+                if before.is_pending()
+                    || fresh.current().kid != before.current().kid
+                    || fresh.jwks_json() != before.jwks_json()
+                {
+                    let jwks = fresh.jwks_json();
+                    inner.keys.store(Arc::new(fresh));
+                    tracing::info!("signing keys re-read from the token store");
+                    changed(&jwks);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "re-reading the signing keys failed"),
+            Err(_) => tracing::warn!("re-reading the signing keys panicked"),
+        }
     }
 }
 

@@ -130,6 +130,15 @@ impl OAuthError {
                 "access_denied",
                 "admin credentials required",
             ),
+            // RFC 6749 §4.1.2.1's code for a server that cannot answer now.
+            OAuthError::Store(StoreError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "token store unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the token store is unavailable; try again",
+                )
+            }
             OAuthError::Store(_) | OAuthError::Signing(_) | OAuthError::Worker => {
                 tracing::error!(error = %self, "authorization server failure");
                 (
@@ -160,6 +169,9 @@ impl OAuthError {
             }
             OAuthError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            OAuthError::Store(StoreError::Unavailable(_)) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             OAuthError::InvalidRequest(_)
             | OAuthError::InvalidClient { basic: false }

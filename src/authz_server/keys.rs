@@ -38,6 +38,8 @@ pub enum KeyError {
     Jwt(#[from] jsonwebtoken::errors::Error),
     #[error("known signing keys: {0}")]
     Store(#[from] StoreError),
+    #[error("the token store's current signing key is not a usable private key")]
+    BadStoredKey,
     #[error("a recorded public key is not a valid JWK: {0}")]
     BadRecordedKey(#[from] serde_json::Error),
 }
@@ -69,20 +71,57 @@ pub struct SigningKeys {
     current: SigningKey,
     published: Vec<Jwk>,
     verifiers: Vec<Verifier>,
+    /// The keys live in a store not reached yet: `current` is a throwaway
+    /// placeholder (nothing it signs is ever issued, as issuing needs the
+    /// store) and nothing is published.
+    pending: bool,
 }
 
 impl SigningKeys {
     /// Loads the key at `path` (generating it when missing), records its
     /// public half in `store` and collects the previous ones.
+    ///
+    /// A store that keeps signing keys (PostgreSQL) is used instead of the
+    /// file: its newest key signs, and the first replica to find none
+    /// generates it under the store's lock. While such a store cannot be
+    /// reached the keys are [pending](Self::is_pending).
     pub fn open(path: &Path, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
-        let current = load_or_generate(path)?;
-        store.record_key(&KnownKey {
-            kid: current.kid.clone(),
-            jwk: serde_json::to_string(&current.jwk)?,
-            first_seen: now,
-        })?;
+        let current = if store.keeps_signing_keys() {
+            match stored_key(store, now) {
+                Ok(key) => key,
+                Err(KeyError::Store(StoreError::Unavailable(reason))) => {
+                    tracing::warn!(%reason, "signing keys pending until the token store is reached");
+                    return Ok(SigningKeys {
+                        path: path.to_owned(),
+                        current: parse(generate_rsa_pem()?.as_bytes()).ok_or(KeyError::Generate)?,
+                        published: Vec::new(),
+                        verifiers: Vec::new(),
+                        pending: true,
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+        } else {
+            load_or_generate(path)?
+        };
+        let recorded = store
+            .record_key(&KnownKey {
+                kid: current.kid.clone(),
+                jwk: serde_json::to_string(&current.jwk)?,
+                first_seen: now,
+            })
+            .and_then(|()| store.known_keys());
+        // A database store not reached yet: the current key signs and is
+        // published; the previous ones join at the next reload.
+        let known = match recorded {
+            Err(StoreError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "previous signing keys unknown until the token store is reached");
+                Vec::new()
+            }
+            other => other?,
+        };
         let mut published = vec![current.jwk.clone()];
-        for known in store.known_keys()? {
+        for known in known {
             if published.len() > PREVIOUS_KEYS_PUBLISHED {
                 break;
             }
@@ -106,7 +145,27 @@ impl SigningKeys {
             current,
             published,
             verifiers,
+            pending: false,
         })
+    }
+
+    /// The keys live in a store not reached yet (nothing is published).
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
+
+    /// `microgateway rotate-signing-key`: a new RS256 key becomes current
+    /// in the store; the previous ones stay published. Returns its `kid`.
+    pub fn rotate(store: &dyn TokenStore, now: u64) -> Result<String, KeyError> {
+        let pem = generate_rsa_pem()?;
+        let key = parse(pem.as_bytes()).ok_or(KeyError::Generate)?;
+        store.add_signing_key(&key.kid, &pem, now, false)?;
+        store.record_key(&KnownKey {
+            kid: key.kid.clone(),
+            jwk: serde_json::to_string(&key.jwk)?,
+            first_seen: now,
+        })?;
+        Ok(key.kid)
     }
 
     /// Re-reads the key file; a changed key becomes current and the old one
@@ -134,6 +193,24 @@ impl SigningKeys {
             .to_string()
             .into_bytes()
     }
+}
+
+/// The store's newest key, generated (once, whichever replica is first)
+/// when it has none.
+fn stored_key(store: &dyn TokenStore, now: u64) -> Result<SigningKey, KeyError> {
+    let pem = match store.current_signing_key()? {
+        Some(pem) => pem,
+        None => {
+            let pem = generate_rsa_pem()?;
+            let key = parse(pem.as_bytes()).ok_or(KeyError::Generate)?;
+            let current = store.add_signing_key(&key.kid, &pem, now, true)?;
+            if current == pem {
+                tracing::info!(kid = %key.kid, "generated the first RS256 signing key in the token store");
+            }
+            current
+        }
+    };
+    parse(pem.as_bytes()).ok_or(KeyError::BadStoredKey)
 }
 
 fn load_or_generate(path: &Path) -> Result<SigningKey, KeyError> {

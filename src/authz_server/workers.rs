@@ -1,12 +1,17 @@
 //! The authorization server's blocking work (Argon2 checks of passwords and
-//! client secrets, SQLite calls) on tokio's blocking threads, a bounded
+//! client secrets, store calls) on tokio's blocking threads, a bounded
 //! number of jobs at once (half the cores). Argon2 is made to cost CPU;
 //! without a bound, one endpoint hammered with password grants would take
 //! every core from the data path. Jobs beyond the bound wait for a permit
 //! without holding a thread; a job's permit is released when it returns,
 //! even if its caller has gone.
+//!
+//! With a store on the network (PostgreSQL) most of a job is waiting for
+//! the database, so the jobs are bounded by its connection pool instead,
+//! and the CPU bound moves onto Argon2 itself: [`CpuGate`], half the cores,
+//! taken inside the job around each hash check.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::Semaphore;
 
@@ -54,6 +59,63 @@ impl Workers {
     }
 }
 
+/// At most `limit` CPU-heavy sections (Argon2) at once among blocking
+/// jobs; the others wait on their (blocking) thread.
+#[derive(Debug)]
+pub struct CpuGate {
+    running: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+}
+
+impl CpuGate {
+    /// Half the cores, at least one.
+    pub fn sized_from_cores() -> CpuGate {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CpuGate::new((cores / 2).max(1))
+    }
+
+    pub fn new(limit: usize) -> CpuGate {
+        CpuGate {
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Runs `section` once fewer than `limit` others run; the slot is
+    /// given back even if it panics.
+    pub fn run<T>(&self, section: impl FnOnce() -> T) -> T {
+        struct Slot<'g>(&'g CpuGate);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                let mut running = self.0.lock();
+                *running = running.saturating_sub(1);
+                self.0.freed.notify_one();
+            }
+        }
+        {
+            let mut running = self.lock();
+            while *running >= self.limit {
+                running = self
+                    .freed
+                    .wait(running)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            *running += 1;
+        }
+        let _slot = Slot(self);
+        section()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        // A count stays meaningful after a panic elsewhere.
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +150,40 @@ mod tests {
         }
         let most = most.load(Ordering::SeqCst);
         assert!((1..=2).contains(&most), "{most} jobs at once");
+    }
+
+    #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the sections sleep, as Argon2 keeps a core busy"
+    )]
+    fn the_cpu_gate_admits_no_more_than_its_limit() {
+        let gate = CpuGate::new(2);
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    gate.run(|| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                });
+            }
+        });
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} sections at once");
+        let caught =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gate.run(|| panic!("boom"))));
+        assert!(caught.is_err());
+        assert_eq!(
+            gate.run(|| 7),
+            7,
+            "the panicking section gave its slot back"
+        );
+        assert_eq!(*gate.lock(), 0);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Compiled settings of the local authorization server (`authorization_server:`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Secret;
@@ -80,6 +81,9 @@ pub struct Settings {
     pub signing_key_path: PathBuf,
     /// From `store: sqlite:PATH`.
     pub store_path: PathBuf,
+    /// From `store: postgres://…`: then the store is PostgreSQL and
+    /// `store_path` is unused.
+    pub postgres: Option<PostgresStore>,
     pub require_https: bool,
     pub authorization_code_lifetime: Duration,
     pub require_pkce: bool,
@@ -113,5 +117,52 @@ impl Settings {
     /// configured `audience`, else the issuer itself.
     pub fn token_audience(&self) -> &str {
         self.audience.as_deref().unwrap_or(&self.issuer)
+    }
+}
+
+/// How the PostgreSQL store's connections are secured (`sslmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgTls {
+    /// Plain TCP (or a Unix socket).
+    Disable,
+    /// TLS; the certificate chain is verified against the trusted roots,
+    /// the host name is not.
+    Require,
+    /// TLS; chain and host name verified.
+    VerifyFull,
+}
+
+/// The PostgreSQL store, from `store: postgres://USER:PASSWORD@HOST:PORT/DB?…`
+/// and `store_pool:`. `Debug` never shows the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresStore {
+    /// A host name, an IP address, or (from `?host=/dir`) a Unix socket
+    /// directory.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub dbname: String,
+    pub tls: PgTls,
+    /// PEM CA certificates from `sslrootcert=PATH`, read when compiled;
+    /// the system roots otherwise.
+    pub ca_bundle: Option<Arc<[u8]>>,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+}
+
+impl PostgresStore {
+    /// The URL as logs and diagnostics show it: no password.
+    pub fn display(&self) -> String {
+        let password = if self.password.is_some() { ":****" } else { "" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "postgres://{}{password}@{host}:{}/{}",
+            self.user, self.port, self.dbname
+        )
     }
 }

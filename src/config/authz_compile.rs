@@ -4,11 +4,13 @@
 //! never-expiring JWTs, an approval page template that compiles.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::authz::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
+use super::authz::{
+    Client, GrantType, PgTls, PostgresStore, ScopeDef, Settings, TokenFormat, User,
+};
 use super::context::Ctx;
 use super::diagnostic::{Diagnostic, Origin, Severity};
 use super::raw::{self, Scalar, S};
@@ -49,20 +51,7 @@ pub fn compile(
         .text(&raw.signing_key)
         .unwrap_or_else(|| "data/signing-key.pem".into());
     let signing_key_path = ctx.path(&signing_key);
-    let store_path = match &raw.store {
-        None => ctx.path("data/oauth.db"),
-        Some(store) => match store.value.0.strip_prefix("sqlite:") {
-            Some(path) if !path.is_empty() => ctx.path(path),
-            _ => {
-                ctx.report.error(
-                    store.referenced,
-                    format!("store `{}` is not supported", store.value.0),
-                    "sqlite:PATH",
-                );
-                ctx.path("data/oauth.db")
-            }
-        },
-    };
+    let (store_path, postgres) = store(ctx, raw);
     let default_lifetime = lifetime(
         ctx,
         &raw.token_lifetime,
@@ -143,6 +132,7 @@ pub fn compile(
         token_format,
         signing_key_path,
         store_path,
+        postgres,
         require_https: ctx.boolean(&raw.require_https, "require_https", false),
         authorization_code_lifetime: ctx.duration(
             &raw.authorization_code_lifetime,
@@ -158,6 +148,242 @@ pub fn compile(
         clients,
         audience: ctx.text(&raw.audience),
     })
+}
+
+const STORE_ALLOWED: &str =
+    "sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=disable|require|verify-full";
+
+/// `store:` and `store_pool:`: the SQLite file, or the PostgreSQL database.
+fn store(ctx: &mut Ctx, raw: &raw::AuthorizationServer) -> (PathBuf, Option<PostgresStore>) {
+    let default_path = ctx.path("data/oauth.db");
+    let postgres = match &raw.store {
+        None => None,
+        Some(store) => {
+            let text = store.value.0.trim();
+            if let Some(path) = text.strip_prefix("sqlite:").filter(|p| !p.is_empty()) {
+                if let Some(pool) = &raw.store_pool {
+                    ctx.report.error(
+                        pool.referenced,
+                        "store_pool is only for a PostgreSQL store",
+                        "store: postgres://…",
+                    );
+                }
+                return (ctx.path(path), None);
+            }
+            if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                match postgres_url(ctx, text) {
+                    Ok(pg) => Some(pg),
+                    Err(problem) => {
+                        ctx.report.error(
+                            store.referenced,
+                            format!("store: {problem}"),
+                            STORE_ALLOWED,
+                        );
+                        None
+                    }
+                }
+            } else {
+                ctx.report.error(
+                    store.referenced,
+                    format!("store `{}` is not supported", redact_url(text)),
+                    STORE_ALLOWED,
+                );
+                None
+            }
+        }
+    };
+    let Some(mut pg) = postgres else {
+        let postgres_written = raw
+            .store
+            .as_ref()
+            .is_some_and(|s| s.value.0.trim().starts_with("postgres"));
+        if let Some(pool) = raw.store_pool.as_ref().filter(|_| !postgres_written) {
+            ctx.report.error(
+                pool.referenced,
+                "store_pool is only for a PostgreSQL store",
+                "store: postgres://…",
+            );
+        }
+        return (default_path, None);
+    };
+    if let Some(pool) = &raw.store_pool {
+        if let Some(max) = &pool.value.max_connections {
+            match ctx.number::<usize>(
+                max,
+                "store_pool.max_connections",
+                "an integer from 1 to 1024",
+            ) {
+                Some(n) if (1..=1024).contains(&n) => pg.max_connections = n,
+                Some(_) => ctx.report.error(
+                    max.referenced,
+                    "store_pool.max_connections is out of range",
+                    "an integer from 1 to 1024",
+                ),
+                None => {}
+            }
+        }
+        let timeout = ctx.duration(
+            &pool.value.connect_timeout,
+            "store_pool.connect_timeout",
+            pg.connect_timeout,
+        );
+        if timeout.is_zero() || timeout > Duration::from_secs(60) {
+            let at = pool
+                .value
+                .connect_timeout
+                .as_ref()
+                .map_or(pool.referenced, |t| t.referenced);
+            ctx.report.error(
+                at,
+                "store_pool.connect_timeout is out of range",
+                "a duration from 1ms to 60s",
+            );
+        } else {
+            pg.connect_timeout = timeout;
+        }
+    }
+    (default_path, Some(pg))
+}
+
+/// The URL with its password hidden, for diagnostics.
+fn redact_url(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &text[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &text[..scheme + 3], &text[at..]),
+                None => text.to_owned(),
+            }
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…&sslrootcert=…&host=…]`.
+/// The password may use the secrets syntax (`${env:NAME}`, `${file:/path}`,
+/// `{encoded}…`) or be percent-encoded. Errors never quote the password.
+fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
+    let rest = text
+        .strip_prefix("postgresql://")
+        .or_else(|| text.strip_prefix("postgres://"))
+        .ok_or("not a postgres:// URL")?;
+    let (rest, query) = match rest.find('?') {
+        // A `?` inside the password's `${…}` is no query.
+        Some(q) if !rest[..q].contains("${") || rest[..q].contains('}') => {
+            (&rest[..q], Some(&rest[q + 1..]))
+        }
+        _ => (rest, None),
+    };
+    let at = rest.rfind('@').ok_or("the URL names no user (USER@HOST)")?;
+    let (userinfo, hostpart) = (&rest[..at], &rest[at + 1..]);
+    let (user, password) = match userinfo.split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (userinfo, None),
+    };
+    let user = decode(user).ok_or("the user name is not valid percent-encoded UTF-8")?;
+    if user.is_empty() {
+        return Err("the URL names no user".into());
+    }
+    let password = match password {
+        None => None,
+        Some(p) if p.starts_with("${") || p.starts_with("{encoded}") => Some(
+            super::resolve::secret(p, ctx.env, &ctx.base)
+                .map(|(secret, file)| {
+                    ctx.files.extend(file);
+                    secret
+                })
+                .map_err(|problem| format!("password: {problem}"))?,
+        ),
+        // An empty secret, from any source, is an error.
+        Some("") => return Err("the password is empty".into()),
+        Some(p) => Some(super::Secret::new(
+            decode(p).ok_or("the password is not valid percent-encoded UTF-8")?,
+        )),
+    };
+    let (authority, dbname) = hostpart
+        .split_once('/')
+        .ok_or("the URL names no database (HOST/DATABASE)")?;
+    let dbname = decode(dbname).ok_or("the database name is not valid percent-encoded UTF-8")?;
+    if dbname.is_empty() {
+        return Err("the URL names no database".into());
+    }
+    let (mut host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+        (host.to_owned(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    let port = match port {
+        None => 5432,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("port `{p}` is not a port number"))?,
+    };
+    let mut tls = PgTls::VerifyFull;
+    let mut ca_bundle = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = decode(value).ok_or("a parameter is not valid percent-encoded UTF-8")?;
+        match key {
+            "sslmode" => {
+                tls = match value.as_str() {
+                    "disable" => PgTls::Disable,
+                    "require" => PgTls::Require,
+                    "verify-full" => PgTls::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "sslmode `{other}` is not supported (disable, require or verify-full)"
+                        ))
+                    }
+                }
+            }
+            "sslrootcert" => {
+                let path = ctx.path(&value);
+                ctx.files.push(path.clone());
+                let pem = super::resolve::read_bounded(&path)
+                    .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+                if !String::from_utf8_lossy(&pem).contains("CERTIFICATE-----") {
+                    return Err(format!(
+                        "sslrootcert {} is not a PEM CERTIFICATE",
+                        path.display()
+                    ));
+                }
+                ca_bundle = Some(pem.into());
+            }
+            "host" if value.starts_with('/') => host = value,
+            other => {
+                return Err(format!(
+                "URL parameter `{other}` is not supported (sslmode, sslrootcert, host=/socket/dir)"
+            ))
+            }
+        }
+    }
+    if host.is_empty() {
+        return Err("the URL names no host".into());
+    }
+    Ok(PostgresStore {
+        host,
+        port,
+        user,
+        password,
+        dbname,
+        tls,
+        ca_bundle,
+        max_connections: 16,
+        connect_timeout: Duration::from_secs(2),
+    })
+}
+
+fn decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// The approval page must compile as a minijinja template; a syntax error

@@ -391,6 +391,7 @@ pub struct AuthorizationServer {
     pub token_format: Opt<Scalar>,
     pub signing_key: Opt<Scalar>,
     pub store: Opt<Scalar>,
+    pub store_pool: Option<S<StorePool>>,
     pub require_https: Opt<Scalar>,
     pub authorization_code_lifetime: Opt<Scalar>,
     pub require_pkce: Opt<Scalar>,
@@ -402,6 +403,14 @@ pub struct AuthorizationServer {
     pub scopes: Vec<S<ScopeDef>>,
     pub users: Vec<S<User>>,
     pub clients: Vec<S<Client>>,
+}
+
+/// `authorization_server.store_pool`: the PostgreSQL store's connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorePool {
+    pub max_connections: Opt<Scalar>,
+    pub connect_timeout: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -143,14 +143,24 @@ impl Reloader {
             _ => {
                 let server =
                     AuthorizationServer::open((**settings).clone()).map_err(|e| e.to_string())?;
-                // The cleanup task ends when the server is dropped.
+                // The cleanup and key refresh tasks end when the server is
+                // dropped.
                 let _ = server.spawn_cleanup();
+                let local_keys = Arc::clone(self.auth.local_keys());
+                let _ = server.spawn_key_refresh(move |jwks| match KeySet::from_json(jwks) {
+                    Ok(keys) => local_keys.store(Arc::new(keys)),
+                    Err(error) => tracing::warn!(%error, "signing keys from the token store"),
+                });
                 Arc::new(server)
             }
         };
-        let keys = KeySet::from_json(&server.published_keys())
-            .map_err(|e| format!("signing keys: {e}"))?;
-        self.auth.local_keys().store(Arc::new(keys));
+        // Keys kept in a store not reached yet are published by the key
+        // refresh once it is.
+        if !server.keys_pending() {
+            let keys = KeySet::from_json(&server.published_keys())
+                .map_err(|e| format!("signing keys: {e}"))?;
+            self.auth.local_keys().store(Arc::new(keys));
+        }
         self.authz.store(Some(server));
         Ok(())
     }

@@ -19,11 +19,11 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const CALLBACK: &str = "http://localhost:8000/callback";
+pub(crate) const CALLBACK: &str = "http://localhost:8000/callback";
 const SPA_CALLBACK: &str = "http://127.0.0.1:8001/cb";
-const SECRET: &str = "bookyourticket-secret";
+pub(crate) const SECRET: &str = "bookyourticket-secret";
 
-fn cheap_hash(password: &str) -> String {
+pub(crate) fn cheap_hash(password: &str) -> String {
     let params = Params::new(8, 1, 1, None).expect("params");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password(password.as_bytes())
@@ -111,7 +111,7 @@ fn encode(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
-fn query(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn query(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
@@ -120,7 +120,7 @@ fn query(pairs: &[(&str, &str)]) -> String {
 }
 
 /// A PKCE verifier and its S256 challenge (RFC 7636 §4.1–4.2).
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     let verifier = URL_SAFE_NO_PAD.encode(rand_bytes());
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     (verifier, challenge)
@@ -321,7 +321,7 @@ fn scan(html: &str) -> HtmlForm {
 
 // ---- a browser: one cookie jar, no redirects followed ----------------------
 
-struct Browser<'g> {
+pub(crate) struct Browser<'g> {
     gw: &'g Gateway,
     cookie: Option<String>,
 }
@@ -347,7 +347,7 @@ impl Reply {
 }
 
 impl<'g> Browser<'g> {
-    fn new(gw: &'g Gateway) -> Browser<'g> {
+    pub(crate) fn new(gw: &'g Gateway) -> Browser<'g> {
         Browser { gw, cookie: None }
     }
 
@@ -440,7 +440,11 @@ impl<'g> Browser<'g> {
 
     /// Logs in and approves `grant` (the ticked scopes; `None` = leave the
     /// boxes as they are): the redirect to the client.
-    async fn approve(&mut self, authorize_query: &str, grant: Option<&[&str]>) -> String {
+    pub(crate) async fn approve(
+        &mut self,
+        authorize_query: &str,
+        grant: Option<&[&str]>,
+    ) -> String {
         let consent = self.login(authorize_query).await;
         let form = consent.form();
         let ticked: Vec<(&str, &str)> = match grant {
@@ -458,7 +462,7 @@ impl<'g> Browser<'g> {
     }
 }
 
-fn code_query(client_id: &str, scope: &str, challenge: Option<&str>) -> String {
+pub(crate) fn code_query(client_id: &str, scope: &str, challenge: Option<&str>) -> String {
     let mut pairs = vec![
         ("response_type", "code"),
         ("client_id", client_id),
@@ -473,7 +477,7 @@ fn code_query(client_id: &str, scope: &str, challenge: Option<&str>) -> String {
 }
 
 /// The code from a successful redirect to `CALLBACK`.
-fn code_from(location: &str) -> String {
+pub(crate) fn code_from(location: &str) -> String {
     let (base, params) = split_redirect(location);
     assert_eq!(base, CALLBACK, "{location}");
     assert_eq!(param(&params, "state"), Some("xyz-state"));

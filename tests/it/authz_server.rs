@@ -94,6 +94,7 @@ fn settings(dir: &Path, token_format: TokenFormat) -> Settings {
         token_format,
         signing_key_path: dir.join("keys/signing-key.pem"),
         store_path: dir.join("data/oauth.db"),
+        postgres: None,
         require_https: false,
         authorization_code_lifetime: Duration::from_secs(600),
         require_pkce: false,

@@ -19,6 +19,7 @@ fn example_env() -> Env {
         ("INTROSPECTION_SECRET", "introspection-secret"),
         ("TRAVELS_PASSWORD", "travels-password"),
         ("ADMIN_PASSWORD", "manage"),
+        ("PGPASSWORD", "pg-secret"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -10,9 +10,16 @@
 //! which users exist. Memory stays bounded: a failure is only recorded for
 //! a configured client that is not locked, so each client adds at most 20
 //! entries per window, and windows that ended are dropped.
+//!
+//! A store shared by replicas (PostgreSQL) counts failures too, so a lock
+//! holds on every replica: a subject is locked when the local count or the
+//! store's says so. Failures are always counted locally as well, so an
+//! unreachable store never lifts a lock.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::authz_server::store::TokenStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -36,6 +43,14 @@ pub enum Subject {
 }
 
 impl Subject {
+    /// The key of the store's shared counter.
+    fn key(&self) -> String {
+        match self {
+            Subject::User(name) => format!("user:{name}"),
+            Subject::Client(id) => format!("client:{id}"),
+        }
+    }
+
     fn limit(&self) -> Limit {
         match self {
             Subject::User(_) => PER_USER,
@@ -50,25 +65,58 @@ struct Window {
     failures: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FailedAttempts {
     windows: Mutex<HashMap<Subject, Window>>,
+    /// The store, when it shares counts between replicas.
+    shared: Option<Arc<dyn TokenStore>>,
+}
+
+impl std::fmt::Debug for FailedAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailedAttempts")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl FailedAttempts {
-    /// `Err(retry_after_secs)` while `subject` is locked.
-    pub fn check(&self, subject: &Subject, now: u64) -> Result<(), u64> {
-        let limit = subject.limit();
-        let windows = self.lock();
-        match windows.get(subject) {
-            Some(w) if w.failures >= limit.failures && now < w.started + limit.window_secs => {
-                Err(w.started + limit.window_secs - now)
-            }
-            _ => Ok(()),
+    /// Counts kept here and, when `store` shares them, in the store.
+    pub fn shared(store: Arc<dyn TokenStore>) -> FailedAttempts {
+        FailedAttempts {
+            windows: Mutex::default(),
+            shared: store.shares_attempts().then_some(store),
         }
     }
 
+    /// `Err(retry_after_secs)` while `subject` is locked.
+    pub fn check(&self, subject: &Subject, now: u64) -> Result<(), u64> {
+        let limit = subject.limit();
+        {
+            let windows = self.lock();
+            if let Some(w) = windows.get(subject) {
+                if w.failures >= limit.failures && now < w.started + limit.window_secs {
+                    return Err(w.started + limit.window_secs - now);
+                }
+            }
+        }
+        if let Some(store) = &self.shared {
+            match store.attempts_locked(&subject.key(), limit.failures, limit.window_secs, now) {
+                Ok(Some(retry_after)) => return Err(retry_after),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "shared failed-attempt count unavailable"),
+            }
+        }
+        Ok(())
+    }
+
     pub fn record_failure(&self, subject: &Subject, now: u64) {
+        if let Some(store) = &self.shared {
+            let window = subject.limit().window_secs;
+            if let Err(error) = store.attempts_record_failure(&subject.key(), window, now) {
+                tracing::warn!(%error, "shared failed-attempt count unavailable");
+            }
+        }
         let mut windows = self.lock();
         windows.retain(|s, w| now < w.started + s.limit().window_secs);
         let window = windows.entry(subject.clone()).or_insert(Window {
@@ -79,6 +127,11 @@ impl FailedAttempts {
     }
 
     pub fn clear(&self, subject: &Subject) {
+        if let Some(store) = &self.shared {
+            if let Err(error) = store.attempts_clear(&subject.key()) {
+                tracing::warn!(%error, "shared failed-attempt count unavailable");
+            }
+        }
         self.lock().remove(subject);
     }
 

@@ -17,6 +17,7 @@ use crate::authz_server::error::OAuthError;
 use crate::authz_server::form::Form;
 use crate::authz_server::settings::{Client, GrantType, User};
 use crate::authz_server::tokens::{self, Issue};
+use crate::authz_server::workers::CpuGate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordError {
@@ -30,6 +31,8 @@ pub enum PasswordError {
 pub struct Users {
     hashes: HashMap<String, PasswordHash>,
     dummy: PasswordHash,
+    /// Argon2 runs on at most half the cores, however many jobs run.
+    gate: CpuGate,
 }
 
 impl Users {
@@ -54,7 +57,11 @@ impl Users {
         let dummy = Argon2::from(dummy_params)
             .hash_password(tokens::random_token().as_bytes())
             .map_err(|_| PasswordError::Dummy)?;
-        Ok(Users { hashes, dummy })
+        Ok(Users {
+            hashes,
+            dummy,
+            gate: CpuGate::sized_from_cores(),
+        })
     }
 
     pub fn exists(&self, username: &str) -> bool {
@@ -67,9 +74,11 @@ impl Users {
             Some(hash) => (hash, true),
             None => (&self.dummy, false),
         };
-        let matched = Argon2::default()
-            .verify_password(password.as_bytes(), hash)
-            .is_ok();
+        let matched = self.gate.run(|| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), hash)
+                .is_ok()
+        });
         matched && known
     }
 }

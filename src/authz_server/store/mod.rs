@@ -5,12 +5,16 @@
 //! Invariant: no clear token or code is ever stored — only its SHA-256
 //! (base64url), so a copy of the store cannot be replayed. The store is
 //! never on the gateway's request path for JWTs; callers use it from a
-//! blocking thread. The trait exists so a fleet can later share one store
-//! that is not a local file.
+//! blocking thread. `SqliteStore` is one local file; `PostgresStore` is a
+//! database any number of replicas share, with the same rules.
 
+mod postgres;
+mod postgres_schema;
 mod schema;
 mod sqlite;
 
+pub use postgres::{PostgresStore, OPERATION_TIMEOUT};
+pub use postgres_schema::MIGRATIONS as POSTGRES_MIGRATIONS;
 pub use sqlite::SqliteStore;
 
 use serde::Serialize;
@@ -31,8 +35,18 @@ pub enum StoreError {
     },
     #[error("token store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database cannot be reached now (down, restarting, no
+    /// connection in time): the request may succeed later.
+    #[error("token store unavailable: {0}")]
+    Unavailable(String),
+    #[error("token store: {0}")]
+    Postgres(String),
     #[error("token store schema version {found} is newer than this program's {known}")]
     FutureSchema { found: i64, known: i64 },
+    #[error(
+        "this token store does not keep signing keys: with SQLite the key is the signing_key file"
+    )]
+    KeysNotKept,
     #[error("token store holds a value it does not understand in column {0}")]
     Corrupt(&'static str),
 }
@@ -163,6 +177,11 @@ pub struct KnownKey {
 }
 
 pub trait TokenStore: Send + Sync {
+    /// Whether the store can serve (a database store that has not been
+    /// reached yet cannot).
+    fn is_ready(&self) -> bool {
+        true
+    }
     /// Records a new grant: its access token and, when issued, its refresh
     /// token, atomically.
     fn insert_grant(
@@ -202,4 +221,57 @@ pub trait TokenStore: Send + Sync {
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError>;
     /// Known public keys, newest first.
     fn known_keys(&self) -> Result<Vec<KnownKey>, StoreError>;
+
+    /// Whether the private signing keys live here, shared by replicas
+    /// (otherwise the key is the `signing_key` file).
+    fn keeps_signing_keys(&self) -> bool {
+        false
+    }
+    /// The newest private signing key (PEM), if any.
+    fn current_signing_key(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    /// Makes `pem` the current signing key, in one step under the store's
+    /// lock. With `only_first`, only when there is none yet: the key that
+    /// is current afterwards (ours or the one another replica made first)
+    /// is returned.
+    fn add_signing_key(
+        &self,
+        _kid: &str,
+        _pem: &str,
+        _now: u64,
+        _only_first: bool,
+    ) -> Result<String, StoreError> {
+        Err(StoreError::KeysNotKept)
+    }
+
+    /// Whether failed password attempts are counted here for every
+    /// replica (the `attempts_*` methods); otherwise each process counts.
+    fn shares_attempts(&self) -> bool {
+        false
+    }
+    /// `Some(retry_after_secs)` while `subject` has `limit` failures in a
+    /// window of `window_secs` that has not ended.
+    fn attempts_locked(
+        &self,
+        _subject: &str,
+        _limit: u32,
+        _window_secs: u64,
+        _now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+    /// Counts one failure in the current window (a new one when the last
+    /// ended), in one step.
+    fn attempts_record_failure(
+        &self,
+        _subject: &str,
+        _window_secs: u64,
+        _now: u64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn attempts_clear(&self, _subject: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod idp;
 pub mod oauth;
+pub mod postgres;
 pub mod process;
 pub mod recording;
 pub mod redis;

@@ -1,0 +1,956 @@
+//! [`TokenStore`] on a PostgreSQL database that any number of gateway
+//! replicas share; the schema is in `postgres_schema`.
+//!
+//! Every rule that holds for one SQLite file holds across replicas because
+//! each decision is one conditional statement or one transaction holding a
+//! row lock, never a read then a write: a code is spent by one `UPDATE …
+//! RETURNING`, a refresh token rotates by an `UPDATE … WHERE NOT rotated`
+//! in the transaction that stores its successor. Introspection is one
+//! `SELECT` by primary key.
+//!
+//! The trait is blocking (callers are on the blocking pool); the store
+//! drives its async driver on a runtime of its own, one thread, so it can
+//! be called from any thread outside an async context. Every call is
+//! bounded by [`OPERATION_TIMEOUT`]. A database that cannot be reached —
+//! at start or later — makes calls fail with [`StoreError::Unavailable`]
+//! (the endpoints answer 503 `temporarily_unavailable`); the pool opens
+//! new connections as soon as it is back, and a store that could not
+//! migrate at start keeps retrying in the background with a bounded
+//! backoff, not ready until it has.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Row;
+
+use super::postgres_schema;
+use super::{
+    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
+    StoreError, TokenStore, TokenSummary,
+};
+use crate::authz_server::settings::TokenFormat;
+use crate::config::authz::{PgTls, PostgresStore as PgSettings};
+
+/// Longest any one store call may take, waiting for a connection included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait between two attempts to reach the database at start.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct PostgresStore {
+    /// `Some` until dropped: a runtime cannot be dropped inside an async
+    /// context, so `Drop` shuts it down in the background.
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    /// The schema is migrated: calls may run.
+    ready: Arc<AtomicBool>,
+    display: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.display)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Builds the pool and migrates. A database that cannot be reached is
+    /// no error: the store starts not ready and keeps trying (see
+    /// [`is_ready`](TokenStore::is_ready)). Other failures (a schema newer
+    /// than this program, a refused login) are errors.
+    pub fn open(settings: &PgSettings) -> Result<PostgresStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pg-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store runtime: {e}")))?;
+        let pool = {
+            let _entered = runtime.enter();
+            pool(settings)?
+        };
+        let store = PostgresStore {
+            runtime: Some(runtime),
+            pool,
+            ready: Arc::new(AtomicBool::new(false)),
+            display: settings.display(),
+        };
+        let first = store.block_on(migrate(store.pool.clone()));
+        match first {
+            Ok(()) => store.ready.store(true, Ordering::Release),
+            Err(StoreError::Unavailable(reason)) => {
+                tracing::warn!(store = %store.display, %reason, "token store unreachable; not ready, retrying");
+                let (pool, ready, display) = (
+                    store.pool.clone(),
+                    store.ready.clone(),
+                    store.display.clone(),
+                );
+                store
+                    .runtime()
+                    .spawn(migrate_until_done(pool, ready, display));
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(store)
+    }
+
+    #[allow(
+        clippy::expect_used,
+        reason = "the runtime is only taken by Drop, after which no method runs"
+    )]
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("runtime present until drop")
+    }
+
+    /// Runs `future` on the store's runtime, bounded by
+    /// [`OPERATION_TIMEOUT`], and waits for it on this thread. Works from
+    /// any thread, a runtime's worker included (the gateway opens its
+    /// store there), as SQLite's calls block wherever they are made.
+    fn block_on<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (send, receive) = std::sync::mpsc::sync_channel(1);
+        self.runtime().spawn(async move {
+            let outcome = tokio::time::timeout(OPERATION_TIMEOUT, future)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the database did not answer in time".into(),
+                    ))
+                });
+            let _ = send.send(outcome);
+        });
+        receive
+            .recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(1))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the database did not answer in time".into(),
+                ))
+            })
+    }
+
+    /// One call with a pooled connection, once the schema is migrated.
+    fn with<T, F, Fut>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "the database has not been reached yet".into(),
+            ));
+        }
+        let pool = self.pool.clone();
+        self.block_on(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            job(client).await
+        })
+    }
+}
+
+async fn migrate(pool: Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    postgres_schema::migrate(&mut client).await
+}
+
+async fn migrate_until_done(pool: Pool, ready: Arc<AtomicBool>, database: String) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        tokio::time::sleep(backoff).await;
+        match tokio::time::timeout(OPERATION_TIMEOUT, migrate(pool.clone())).await {
+            Ok(Ok(())) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!(store = %database, "token store reached; ready");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(store = %database, %error, "token store still unreachable")
+            }
+            Err(_) => tracing::warn!(store = %database, "token store did not answer in time"),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&settings.host)
+        .port(settings.port)
+        .user(&settings.user)
+        .dbname(&settings.dbname)
+        .application_name("microgateway")
+        .connect_timeout(settings.connect_timeout)
+        .keepalives(true)
+        .ssl_mode(match settings.tls {
+            PgTls::Disable => SslMode::Disable,
+            PgTls::Require | PgTls::VerifyFull => SslMode::Require,
+        });
+    if let Some(password) = &settings.password {
+        config.password(password.expose());
+    }
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match settings.tls {
+        PgTls::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        PgTls::Require | PgTls::VerifyFull => {
+            let tls = tls_config(settings)?;
+            Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config,
+            )
+        }
+    };
+    Pool::builder(manager)
+        .max_size(settings.max_connections)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(settings.connect_timeout))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(settings.connect_timeout))
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("connection pool: {e}")))
+}
+
+/// The same trust as upstreams: the system roots, or the bundle named by
+/// `sslrootcert`; `require` skips the host name check only.
+fn tls_config(settings: &PgSettings) -> Result<ClientConfig, StoreError> {
+    let mut roots = RootCertStore::empty();
+    match &settings.ca_bundle {
+        Some(bundle) => {
+            for cert in CertificateDer::pem_slice_iter(bundle).filter_map(Result::ok) {
+                let _ = roots.add(cert);
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(StoreError::Unavailable(
+            "no usable CA certificate to verify the database with (sslrootcert)".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Unavailable(format!("TLS: {e}")))?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("TLS: {e}")))?;
+    let config = match settings.tls {
+        PgTls::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+            .with_no_client_auth(),
+        PgTls::Disable | PgTls::VerifyFull => {
+            builder.with_webpki_verifier(verifier).with_no_client_auth()
+        }
+    };
+    Ok(config)
+}
+
+/// `sslmode=require`: the chain must verify; the name need not match.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn pool_error(error: PoolError) -> StoreError {
+    match error {
+        PoolError::Backend(error) => StoreError::from(error),
+        PoolError::Timeout(_) => StoreError::Unavailable("no database connection in time".into()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// A connection that failed or closed, or a server shutting down or
+    /// refusing connections, is an outage (retry later); any other error
+    /// the database reports is a failure.
+    fn from(error: tokio_postgres::Error) -> StoreError {
+        match error.as_db_error() {
+            Some(db) => {
+                let code = db.code().code();
+                let text = format!("{} {code}: {}", db.severity(), db.message());
+                if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+                    StoreError::Unavailable(text)
+                } else {
+                    StoreError::Postgres(text)
+                }
+            }
+            None => StoreError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+fn format_name(format: TokenFormat) -> &'static str {
+    match format {
+        TokenFormat::Jwt => "jwt",
+        TokenFormat::Opaque => "opaque",
+    }
+}
+
+fn parse_format(name: &str) -> Result<TokenFormat, StoreError> {
+    match name {
+        "jwt" => Ok(TokenFormat::Jwt),
+        "opaque" => Ok(TokenFormat::Opaque),
+        _ => Err(StoreError::Corrupt("access_tokens.format")),
+    }
+}
+
+/// PostgreSQL integers are signed; times and counters here never exceed i64.
+fn to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_sql(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+const INSERT_ACCESS: &str = "INSERT INTO access_tokens (id, format, client_id, username, scope, \
+     issued_at, expires_at, family, grant_type, revoked) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (hash, family, client_id, username, \
+     scope, refreshes_used, issued_at, expires_at, rotated, revoked) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+async fn insert_access(
+    client: &deadpool_postgres::Transaction<'_>,
+    t: &AccessTokenRecord,
+) -> Result<(), StoreError> {
+    let statement = client.prepare_cached(INSERT_ACCESS).await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &t.id,
+                &format_name(t.format),
+                &t.client_id,
+                &t.username,
+                &t.scope,
+                &to_sql(t.issued_at),
+                &t.expires_at.map(to_sql),
+                &t.family,
+                &t.grant_type,
+                &t.revoked,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn insert_refresh(
+    client: &deadpool_postgres::Transaction<'_>,
+    t: &RefreshTokenRecord,
+) -> Result<(), StoreError> {
+    let statement = client.prepare_cached(INSERT_REFRESH).await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &t.hash,
+                &t.family,
+                &t.client_id,
+                &t.username,
+                &t.scope,
+                &i64::from(t.refreshes_used),
+                &to_sql(t.issued_at),
+                &t.expires_at.map(to_sql),
+                &t.rotated,
+                &t.revoked,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+const ACCESS_COLUMNS: &str =
+    "id, format, client_id, username, scope, issued_at, expires_at, family, grant_type, revoked";
+
+fn access_row(row: &Row) -> Result<AccessTokenRecord, StoreError> {
+    Ok(AccessTokenRecord {
+        id: row.try_get(0)?,
+        format: parse_format(row.try_get(1)?)?,
+        client_id: row.try_get(2)?,
+        username: row.try_get(3)?,
+        scope: row.try_get(4)?,
+        issued_at: from_sql(row.try_get(5)?),
+        expires_at: row.try_get::<_, Option<i64>>(6)?.map(from_sql),
+        family: row.try_get(7)?,
+        grant_type: row.try_get(8)?,
+        revoked: row.try_get(9)?,
+    })
+}
+
+const REFRESH_COLUMNS: &str = "hash, family, client_id, username, scope, refreshes_used, \
+     issued_at, expires_at, rotated, revoked";
+
+fn refresh_row(row: &Row) -> Result<RefreshTokenRecord, StoreError> {
+    Ok(RefreshTokenRecord {
+        hash: row.try_get(0)?,
+        family: row.try_get(1)?,
+        client_id: row.try_get(2)?,
+        username: row.try_get(3)?,
+        scope: row.try_get(4)?,
+        refreshes_used: u32::try_from(row.try_get::<_, i64>(5)?).unwrap_or(u32::MAX),
+        issued_at: from_sql(row.try_get(6)?),
+        expires_at: row.try_get::<_, Option<i64>>(7)?.map(from_sql),
+        rotated: row.try_get(8)?,
+        revoked: row.try_get(9)?,
+    })
+}
+
+impl TokenStore for PostgresStore {
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn shares_attempts(&self) -> bool {
+        true
+    }
+
+    fn keeps_signing_keys(&self) -> bool {
+        true
+    }
+
+    fn current_signing_key(&self) -> Result<Option<String>, StoreError> {
+        self.with(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT pem FROM signing_private_keys ORDER BY seq DESC LIMIT 1",
+                    &[],
+                )
+                .await?;
+            Ok(match row {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            })
+        })
+    }
+
+    fn add_signing_key(
+        &self,
+        kid: &str,
+        pem: &str,
+        now: u64,
+        only_first: bool,
+    ) -> Result<String, StoreError> {
+        let (kid, pem, now) = (kid.to_owned(), pem.to_owned(), to_sql(now));
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await?;
+            // The migrations' lock: replicas starting together on an
+            // empty store agree on one first key.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&postgres_schema::ADVISORY_LOCK],
+            )
+            .await?;
+            if only_first {
+                let existing = tx
+                    .query_opt(
+                        "SELECT pem FROM signing_private_keys ORDER BY seq DESC LIMIT 1",
+                        &[],
+                    )
+                    .await?;
+                if let Some(row) = existing {
+                    let pem: String = row.try_get(0)?;
+                    tx.commit().await?;
+                    return Ok(pem);
+                }
+            }
+            tx.execute(
+                "INSERT INTO signing_private_keys (kid, pem, created_at) VALUES ($1, $2, $3)",
+                &[&kid, &pem, &now],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(pem)
+        })
+    }
+
+    fn attempts_locked(
+        &self,
+        subject: &str,
+        limit: u32,
+        window_secs: u64,
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let subject = subject.to_owned();
+        let (limit, window, now) = (
+            i32::try_from(limit).unwrap_or(i32::MAX),
+            to_sql(window_secs),
+            to_sql(now),
+        );
+        self.with(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT window_start + $3 - $4 FROM failed_attempts \
+                     WHERE subject = $1 AND failures >= $2 AND window_start + $3 > $4",
+                    &[&subject, &limit, &window, &now],
+                )
+                .await?;
+            Ok(match row {
+                Some(row) => Some(from_sql(row.try_get(0)?)),
+                None => None,
+            })
+        })
+    }
+
+    fn attempts_record_failure(
+        &self,
+        subject: &str,
+        window_secs: u64,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let subject = subject.to_owned();
+        let (window, now) = (to_sql(window_secs), to_sql(now));
+        self.with(move |client| async move {
+            // One upsert under the row lock: concurrent failures on any
+            // replicas all count.
+            client
+                .execute(
+                    "INSERT INTO failed_attempts AS f (subject, window_start, failures) \
+                     VALUES ($1, $2, 1) ON CONFLICT (subject) DO UPDATE SET \
+                       failures = CASE WHEN f.window_start + $3 <= $2 THEN 1 \
+                                       ELSE f.failures + 1 END, \
+                       window_start = CASE WHEN f.window_start + $3 <= $2 THEN $2 \
+                                           ELSE f.window_start END",
+                    &[&subject, &now, &window],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn attempts_clear(&self, subject: &str) -> Result<(), StoreError> {
+        let subject = subject.to_owned();
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "DELETE FROM failed_attempts WHERE subject = $1",
+                    &[&subject],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn insert_grant(
+        &self,
+        access: &AccessTokenRecord,
+        refresh: Option<&RefreshTokenRecord>,
+    ) -> Result<(), StoreError> {
+        let (access, refresh) = (access.clone(), refresh.cloned());
+        self.with(move |mut client| async move {
+            let Some(refresh) = &refresh else {
+                // One statement, one round trip (the hot path of JWT
+                // and client credentials grants).
+                let statement = client.prepare_cached(INSERT_ACCESS).await?;
+                let t = &access;
+                client
+                    .execute(
+                        &statement,
+                        &[
+                            &t.id,
+                            &format_name(t.format),
+                            &t.client_id,
+                            &t.username,
+                            &t.scope,
+                            &to_sql(t.issued_at),
+                            &t.expires_at.map(to_sql),
+                            &t.family,
+                            &t.grant_type,
+                            &t.revoked,
+                        ],
+                    )
+                    .await?;
+                return Ok(());
+            };
+            let tx = client.transaction().await?;
+            insert_access(&tx, &access).await?;
+            insert_refresh(&tx, refresh).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn find_access_token(&self, id: &str) -> Result<Option<AccessTokenRecord>, StoreError> {
+        let id = id.to_owned();
+        self.with(move |client| async move {
+            let sql = format!("SELECT {ACCESS_COLUMNS} FROM access_tokens WHERE id = $1");
+            let statement = client.prepare_cached(&sql).await?;
+            let row = client.query_opt(&statement, &[&id]).await?;
+            row.as_ref().map(access_row).transpose()
+        })
+    }
+
+    fn find_refresh_token(&self, hash: &str) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        let hash = hash.to_owned();
+        self.with(move |client| async move {
+            let sql = format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = $1");
+            let statement = client.prepare_cached(&sql).await?;
+            let row = client.query_opt(&statement, &[&hash]).await?;
+            row.as_ref().map(refresh_row).transpose()
+        })
+    }
+
+    fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        access: &AccessTokenRecord,
+        next: Option<&RefreshTokenRecord>,
+    ) -> Result<Rotation, StoreError> {
+        let (presented, access, next) = (presented.to_owned(), access.clone(), next.cloned());
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await?;
+            // The conditional update takes the row lock: of two concurrent
+            // uses on any replicas, the second waits, then finds the token
+            // rotated and changes nothing.
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE refresh_tokens SET rotated = TRUE \
+                     WHERE hash = $1 AND NOT rotated AND NOT revoked",
+                )
+                .await?;
+            let changed = tx.execute(&statement, &[&presented]).await?;
+            if changed != 1 {
+                tx.rollback().await?;
+                return Ok(Rotation::Stale);
+            }
+            insert_access(&tx, &access).await?;
+            if let Some(next) = &next {
+                insert_refresh(&tx, next).await?;
+            }
+            tx.commit().await?;
+            Ok(Rotation::Rotated)
+        })
+    }
+
+    fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |client| async move {
+            let changed = client
+                .execute(
+                    "UPDATE access_tokens SET revoked = TRUE WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn revoke_family(&self, family: &str) -> Result<u64, StoreError> {
+        let family = family.to_owned();
+        self.with(move |client| async move {
+            let row = client
+                .query_one(
+                    "WITH r AS (UPDATE refresh_tokens SET revoked = TRUE \
+                                WHERE family = $1 AND NOT revoked RETURNING 1), \
+                          a AS (UPDATE access_tokens SET revoked = TRUE \
+                                WHERE family = $1 AND NOT revoked RETURNING 1) \
+                     SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM a)",
+                    &[&family],
+                )
+                .await?;
+            Ok(from_sql(row.try_get(0)?))
+        })
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenSummary>, StoreError> {
+        self.with(move |client| async move {
+            let mut tokens = Vec::new();
+            let access = client
+                .query(
+                    &format!("SELECT {ACCESS_COLUMNS} FROM access_tokens ORDER BY issued_at, id"),
+                    &[],
+                )
+                .await?;
+            for row in &access {
+                let t = access_row(row)?;
+                tokens.push(TokenSummary {
+                    id: t.id,
+                    kind: "access_token",
+                    format: format_name(t.format),
+                    client_id: t.client_id,
+                    username: t.username,
+                    scope: t.scope,
+                    issued_at: t.issued_at,
+                    expires_at: t.expires_at,
+                    family: t.family,
+                    revoked: t.revoked,
+                });
+            }
+            let refresh = client
+                .query(
+                    &format!(
+                        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens ORDER BY issued_at, hash"
+                    ),
+                    &[],
+                )
+                .await?;
+            for row in &refresh {
+                let t = refresh_row(row)?;
+                tokens.push(TokenSummary {
+                    id: t.hash,
+                    kind: "refresh_token",
+                    format: "opaque",
+                    client_id: t.client_id,
+                    username: t.username,
+                    scope: t.scope,
+                    issued_at: t.issued_at,
+                    expires_at: t.expires_at,
+                    family: Some(t.family),
+                    revoked: t.revoked || t.rotated,
+                });
+            }
+            Ok(tokens)
+        })
+    }
+
+    fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |client| async move {
+            let row = client
+                .query_one(
+                    "WITH a AS (DELETE FROM access_tokens WHERE id = $1 RETURNING 1), \
+                          r AS (DELETE FROM refresh_tokens WHERE hash = $1 RETURNING 1) \
+                     SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM r)",
+                    &[&id],
+                )
+                .await?;
+            Ok(row.try_get::<_, i64>(0)? > 0)
+        })
+    }
+
+    fn remove_expired(&self, now: u64) -> Result<Removed, StoreError> {
+        let now = to_sql(now);
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await?;
+            let access_tokens = tx
+                .execute(
+                    "DELETE FROM access_tokens WHERE expires_at IS NOT NULL AND expires_at <= $1",
+                    &[&now],
+                )
+                .await?;
+            // A family's rows are kept while a refresh is still possible or
+            // an access token of it is still live: replaying a rotated
+            // refresh token must still revoke those (RFC 9700 §4.14.2).
+            let refresh_tokens = tx
+                .execute(
+                    "DELETE FROM refresh_tokens WHERE (expires_at IS NOT NULL AND expires_at <= $1) \
+                     OR (family NOT IN (SELECT family FROM refresh_tokens WHERE NOT rotated \
+                                        AND NOT revoked AND (expires_at IS NULL OR expires_at > $1)) \
+                         AND family NOT IN (SELECT family FROM access_tokens \
+                                            WHERE family IS NOT NULL AND NOT revoked))",
+                    &[&now],
+                )
+                .await?;
+            let authorization_codes = tx
+                .execute(
+                    "DELETE FROM authorization_codes WHERE expires_at <= $1",
+                    &[&now],
+                )
+                .await?;
+            // Failure windows last a minute; an hour old one has ended.
+            tx.execute(
+                "DELETE FROM failed_attempts WHERE window_start + 3600 <= $1",
+                &[&now],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Removed {
+                access_tokens,
+                refresh_tokens,
+                authorization_codes,
+            })
+        })
+    }
+
+    fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError> {
+        let code = code.clone();
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO authorization_codes (hash, client_id, redirect_uri, \
+                     code_challenge, code_challenge_method, scope, username, expires_at, \
+                     redirect_uri_given) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &code.hash,
+                        &code.client_id,
+                        &code.redirect_uri,
+                        &code.code_challenge,
+                        &code.code_challenge_method,
+                        &code.scope,
+                        &code.username,
+                        &to_sql(code.expires_at),
+                        &code.redirect_uri_given,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn take_code(&self, hash: &str, now: u64, family: &str) -> Result<CodeTake, StoreError> {
+        let (hash, family) = (hash.to_owned(), family.to_owned());
+        let now = to_sql(now);
+        self.with(move |client| async move {
+            // One statement decides under the row lock: an unspent live
+            // code becomes used 1 with this family (fresh); a spent one
+            // counts one more presentation (reused); an unspent expired
+            // one stays 0 (expired). Of two concurrent redemptions on any
+            // replicas, exactly one sees used = 1 with its own family.
+            let statement = client
+                .prepare_cached(
+                    "UPDATE authorization_codes SET \
+                       used = CASE WHEN used = 0 AND expires_at <= $2 THEN 0 ELSE used + 1 END, \
+                       family = CASE WHEN used = 0 AND expires_at > $2 THEN $3 ELSE family END \
+                     WHERE hash = $1 \
+                     RETURNING client_id, redirect_uri, redirect_uri_given, code_challenge, \
+                       code_challenge_method, scope, username, expires_at, used, family",
+                )
+                .await?;
+            let row = client
+                .query_opt(&statement, &[&hash, &now, &family])
+                .await?;
+            let Some(row) = row else {
+                return Ok(CodeTake::Unknown);
+            };
+            let used: i32 = row.try_get(8)?;
+            let bound: Option<String> = row.try_get(9)?;
+            Ok(match used {
+                0 => CodeTake::Expired,
+                1 => CodeTake::Fresh(CodeRecord {
+                    hash: hash.clone(),
+                    client_id: row.try_get(0)?,
+                    redirect_uri: row.try_get(1)?,
+                    redirect_uri_given: row.try_get(2)?,
+                    code_challenge: row.try_get(3)?,
+                    code_challenge_method: row.try_get(4)?,
+                    scope: row.try_get(5)?,
+                    username: row.try_get(6)?,
+                    expires_at: from_sql(row.try_get(7)?),
+                }),
+                _ => CodeTake::Reused { family: bound },
+            })
+        })
+    }
+
+    fn code_replayed(&self, hash: &str) -> Result<bool, StoreError> {
+        let hash = hash.to_owned();
+        self.with(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT used > 1 FROM authorization_codes WHERE hash = $1",
+                    &[&hash],
+                )
+                .await?;
+            Ok(match row {
+                Some(row) => row.try_get(0)?,
+                None => false,
+            })
+        })
+    }
+
+    fn record_key(&self, key: &KnownKey) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.with(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO signing_keys (kid, jwk, first_seen) VALUES ($1, $2, $3) \
+                     ON CONFLICT (kid) DO NOTHING",
+                    &[&key.kid, &key.jwk, &to_sql(key.first_seen)],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn known_keys(&self) -> Result<Vec<KnownKey>, StoreError> {
+        self.with(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT kid, jwk, first_seen FROM signing_keys \
+                     ORDER BY first_seen DESC, seq DESC",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(KnownKey {
+                        kid: row.try_get(0)?,
+                        jwk: row.try_get(1)?,
+                        first_seen: from_sql(row.try_get(2)?),
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,686 @@
+//! Several gateways serving one issuer from one PostgreSQL database: every
+//! rule of the token store holds when consecutive (or simultaneous)
+//! requests reach different replicas, and a database outage is a 503
+//! `temporarily_unavailable` that ends without restarting a gateway.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use crate::authorize::{cheap_hash, code_from, code_query, pkce, query, Browser, CALLBACK, SECRET};
+use crate::common::postgres::Postgres;
+use crate::common::{Env, Gateway};
+
+fn yaml(url: &str, shared: &std::path::Path) -> String {
+    let hash = cheap_hash("wonderland");
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+authorization_server:
+  issuer: "http://localhost:4485"
+  token_format: opaque
+  signing_key: "{key}"
+  store: "{url}"
+  store_pool: {{ max_connections: 4, connect_timeout: 2s }}
+  token_lifetime: 300
+  scopes:
+  - {{ name: view, description: "View your bookings" }}
+  users:
+  - {{ username: alice, password_hash: "{hash}" }}
+  clients:
+  - name: BookYourTicket
+    client_id: bookyourticket
+    client_secret: "{SECRET}"
+    redirect_uris: ["{CALLBACK}"]
+    grant_types: [authorization_code, password, refresh_token]
+    scopes: [view]
+    refresh_limit: 3
+  - name: Introspector
+    client_id: introspector
+    client_secret: intro-secret
+    introspect: true
+    grant_types: []
+"#,
+        key = shared.join("signing-key.pem").display(),
+    )
+}
+
+/// Two gateways on one database (and one signing key file).
+async fn replicas(pg: &Postgres) -> (tempfile::TempDir, Gateway, Gateway) {
+    let (shared, a, b, _) = replicas_on(pg).await;
+    (shared, a, b)
+}
+
+async fn replicas_on(pg: &Postgres) -> (tempfile::TempDir, Gateway, Gateway, String) {
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let yaml = yaml(&pg.url(&database), shared.path());
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+    (shared, a, b, database)
+}
+
+async fn post(
+    gw: &Gateway,
+    path: &str,
+    basic: (&str, &str),
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let response = gw
+        .client
+        .post(gw.url(path))
+        .basic_auth(basic.0, Some(basic.1))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(query(form))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let body = response.text().await.expect("body");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn password_grant(gw: &Gateway, password: &str) -> (u16, Value) {
+    post(
+        gw,
+        "/oauth2/token",
+        ("bookyourticket", SECRET),
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", password),
+            ("scope", "view"),
+        ],
+    )
+    .await
+}
+
+async fn refresh(gw: &Gateway, refresh_token: &str) -> (u16, Value) {
+    post(
+        gw,
+        "/oauth2/token",
+        ("bookyourticket", SECRET),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ],
+    )
+    .await
+}
+
+async fn active(gw: &Gateway, token: &str) -> bool {
+    let (status, body) = post(
+        gw,
+        "/oauth2/introspect",
+        ("introspector", "intro-secret"),
+        &[("token", token)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["active"] == true
+}
+
+fn string(value: &Value, key: &str) -> String {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {value}"))
+        .to_owned()
+}
+
+/// Exactly one redemption spends the code and issues tokens; every other
+/// gets `invalid_grant`, and since the code was presented more than once
+/// the tokens it bought are revoked on every replica (the winner's answer
+/// is itself `invalid_grant` when a replay came before its tokens were
+/// stored).
+#[tokio::test]
+async fn a_code_redeemed_on_two_replicas_at_once_has_one_winner() {
+    let pg = Postgres::shared();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    let rounds = 5;
+    for round in 0..rounds {
+        let (verifier, challenge) = pkce();
+        let location = Browser::new(&a)
+            .approve(
+                &code_query("bookyourticket", "view", Some(&challenge)),
+                None,
+            )
+            .await;
+        let code = code_from(&location);
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ];
+        let attempts = (0..6).map(|i| {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            post(gw, "/oauth2/token", ("bookyourticket", SECRET), &form)
+        });
+        let outcomes = join_all(attempts).await;
+        let winners: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 200).collect();
+        assert!(winners.len() <= 1, "round {round}: {outcomes:?}");
+        for (status, body) in &outcomes {
+            if *status != 200 {
+                assert_eq!(
+                    (*status, body["error"].as_str()),
+                    (400, Some("invalid_grant"))
+                );
+            }
+        }
+        if let Some((_, token)) = winners.first() {
+            let access = string(token, "access_token");
+            assert!(!active(&a, &access).await, "round {round}");
+            assert!(!active(&b, &access).await, "round {round}");
+        }
+        let issued = pg.psql(&database, "SELECT count(*) FROM access_tokens");
+        assert_eq!(issued, (round + 1).to_string(), "one issue per code");
+    }
+    let live = pg.psql(
+        &database,
+        "SELECT count(*) FROM access_tokens WHERE NOT revoked",
+    );
+    assert_eq!(live, "0");
+}
+
+#[tokio::test]
+async fn a_refresh_token_reused_on_two_replicas_at_once_rotates_once() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    for round in 0..5 {
+        let (status, grant) = password_grant(&a, "wonderland").await;
+        assert_eq!(status, 200, "{grant}");
+        let presented = string(&grant, "refresh_token");
+        let attempts = (0..6).map(|i| refresh(if i % 2 == 0 { &a } else { &b }, &presented));
+        let outcomes = join_all(attempts).await;
+        let winners: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 200).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .all(|(s, body)| *s == 200 || body["error"] == "invalid_grant"));
+        // Reuse detected: the whole family is revoked, the winner's too.
+        let next = string(&winners[0].1, "refresh_token");
+        assert!(!active(&b, &string(&winners[0].1, "access_token")).await);
+        assert_eq!(refresh(&a, &next).await.0, 400, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn refresh_limit_counts_across_replicas() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let mut current = string(&grant, "refresh_token");
+    for (i, gw) in [&b, &a].into_iter().enumerate() {
+        let (status, body) = refresh(gw, &current).await;
+        assert_eq!(status, 200, "refresh {i}: {body}");
+        current = string(&body, "refresh_token");
+    }
+    let (status, last) = refresh(&b, &current).await;
+    assert_eq!(status, 200, "{last}");
+    assert!(last.get("refresh_token").is_none(), "third of 3: {last}");
+    assert!(active(&a, &string(&last, "access_token")).await);
+}
+
+#[tokio::test]
+async fn revocation_on_one_replica_is_seen_by_the_other_at_once() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let access = string(&grant, "access_token");
+    assert!(active(&b, &access).await);
+    let (status, _) = post(
+        &b,
+        "/oauth2/revoke",
+        ("bookyourticket", SECRET),
+        &[("token", access.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!active(&a, &access).await);
+}
+
+#[tokio::test]
+async fn password_lockout_counts_across_replicas() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    for gw in [&a, &b, &a, &b, &a] {
+        assert_eq!(password_grant(gw, "wrong").await.0, 400);
+    }
+    // Five failures over two replicas lock alice on both, even with the
+    // right password.
+    for gw in [&a, &b] {
+        let (status, body) = password_grant(gw, "wonderland").await;
+        assert_eq!(status, 429, "{body}");
+    }
+}
+
+async fn kids(gw: &Gateway) -> Vec<String> {
+    let jwks: Value = gw.get("/oauth2/jwks").await.json().await.unwrap();
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| string(k, "kid"))
+        .collect()
+}
+
+/// The signing keys live in the database: one key, made by whichever
+/// replica came first, published alike by both (no key file is written);
+/// `microgateway rotate-signing-key` makes a new one current on both, the
+/// old one staying published.
+#[tokio::test]
+async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
+    let pg = Postgres::shared();
+    let (shared, a, b) = replicas(&pg).await;
+    let before = kids(&a).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(kids(&b).await, before);
+    assert!(!shared.path().join("signing-key.pem").exists());
+
+    let config = shared.path().join("microgateway.yaml");
+    std::fs::write(&config, std::fs::read_to_string(&a.config).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["rotate-signing-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for gw in [&a, &b] {
+        loop {
+            let now = kids(gw).await;
+            if now.len() == 2 && now[1] == before[0] {
+                assert!(stdout.contains(&now[0]), "{stdout}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "rotation seen: {now:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(kids(&a).await, kids(&b).await);
+}
+
+/// JWTs from either replica pass either replica's in-process validation,
+/// before and after a rotation: the keys each replica validates with
+/// follow the store.
+#[tokio::test]
+async fn jwts_validate_across_replicas_through_a_rotation() {
+    let pg = Postgres::shared();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let yaml = yaml(&pg.url(&database), shared.path())
+        .replace("token_format: opaque", "token_format: jwt")
+        + r#"
+security_settings:
+  auth_servers:
+  - id: local
+    name: local
+    type: authServerAlias
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+scope_mappings:
+- { auth_server: local, scope: view, api_scopes: ["Time travels:ViewTickets"] }
+apis:
+- name: "Time travels"
+  version: "1.0"
+  base_path: /travels
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - { name: ViewTickets, resources: ["GET /bookings"] }
+"#;
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+    let call = |gw: &Gateway, token: String| {
+        gw.client
+            .get(gw.url("/travels/bookings"))
+            .bearer_auth(token)
+            .send()
+    };
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let old = string(&grant, "access_token");
+    for gw in [&a, &b] {
+        assert_eq!(call(gw, old.clone()).await.unwrap().status(), 200);
+    }
+    let config = shared.path().join("microgateway.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["rotate-signing-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let before = kids(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for gw in [&a, &b] {
+        while kids(gw).await.len() < 2 {
+            assert!(Instant::now() < deadline, "rotation seen: {before:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (_, grant) = password_grant(&b, "wonderland").await;
+    let new = string(&grant, "access_token");
+    for gw in [&a, &b] {
+        assert_eq!(
+            call(gw, new.clone()).await.unwrap().status(),
+            200,
+            "new key"
+        );
+        assert_eq!(
+            call(gw, old.clone()).await.unwrap().status(),
+            200,
+            "old key"
+        );
+    }
+}
+
+/// `microgateway check` compiles the configuration without connecting.
+#[test]
+fn check_does_not_touch_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("microgateway.yaml");
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(
+        &config,
+        yaml(
+            "postgres://mg:${env:PGPASSWORD}@127.0.0.1:1/microgateway?sslmode=disable",
+            dir.path(),
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("PGPASSWORD", "very-secret")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{all}");
+    assert!(!all.contains("very-secret"), "{all}");
+}
+
+/// The database holds hashes, never a token: a copy of it replays nothing.
+#[tokio::test]
+async fn tokens_are_hashed_at_rest() {
+    let pg = Postgres::shared();
+    let (_shared, a, _b, database) = replicas_on(&pg).await;
+    let (_, grant) = password_grant(&a, "wonderland").await;
+    let everything = pg.psql(
+        &database,
+        "SELECT string_agg(t::text, ' ') FROM (SELECT a::text AS t FROM access_tokens a \
+         UNION ALL SELECT r::text FROM refresh_tokens r) rows",
+    );
+    assert!(everything.contains("alice"), "{everything}");
+    for key in ["access_token", "refresh_token"] {
+        let token = string(&grant, key);
+        assert!(!everything.contains(&token), "{key} in the clear");
+    }
+}
+
+/// Tokens issued by both replicas under load, then one replica stops: the
+/// other keeps serving and knows every token issued before.
+#[tokio::test]
+async fn a_replica_lost_mid_load_loses_nothing() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let mut issued = Vec::new();
+    for round in 0..4 {
+        let grants = (0..8).map(|i| password_grant(if i % 2 == 0 { &a } else { &b }, "wonderland"));
+        for (status, grant) in join_all(grants).await {
+            assert_eq!(status, 200, "round {round}: {grant}");
+            issued.push((
+                string(&grant, "access_token"),
+                string(&grant, "refresh_token"),
+            ));
+        }
+    }
+    a.shutdown().await;
+    for (access, _) in &issued {
+        assert!(active(&b, access).await);
+    }
+    // Refresh tokens issued by the lost replica rotate on the survivor.
+    for (_, refresh_token) in issued.iter().step_by(2).take(4) {
+        let (status, body) = refresh(&b, refresh_token).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_database_restart_is_503_temporarily_unavailable_then_service_resumes() {
+    let pg = Postgres::start();
+    let (_shared, a, b) = replicas(&pg).await;
+    let (status, grant) = password_grant(&a, "wonderland").await;
+    assert_eq!(status, 200, "{grant}");
+    let access = string(&grant, "access_token");
+    pg.stop();
+    for gw in [&a, &b] {
+        let (status, body) = password_grant(gw, "wonderland").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "temporarily_unavailable");
+        let (status, body) = post(
+            gw,
+            "/oauth2/introspect",
+            ("introspector", "intro-secret"),
+            &[("token", access.as_str())],
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (503, Some("temporarily_unavailable"))
+        );
+    }
+    pg.resume();
+    for gw in [&a, &b] {
+        assert!(active(gw, &access).await, "nothing was lost");
+        assert_eq!(password_grant(gw, "wonderland").await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_database_unreachable_at_start_is_not_ready_until_reached() {
+    let pg = Postgres::start();
+    let database = pg.create_database();
+    pg.stop();
+    let shared = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with_env(&yaml(&pg.url(&database), shared.path()), Env::new()).await;
+    assert_eq!(gw.readiness().await, 503);
+    let (status, body) = password_grant(&gw, "wonderland").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable"))
+    );
+    pg.resume();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while gw.readiness().await != 200 {
+        assert!(Instant::now() < deadline, "the gateway became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(password_grant(&gw, "wonderland").await.0, 200);
+}
+
+// ------------------------------------------------------------ configuration
+
+fn load(yaml: &str, env: &Env) -> Result<microgateway::config::Loaded, Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("microgateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    microgateway::config::load(&path, env, 1)
+        .map_err(|invalid| invalid.findings.iter().map(|d| d.to_string()).collect())
+}
+
+#[test]
+fn a_postgres_store_url_is_compiled_with_its_secret_and_pool() {
+    let env = crate::common::env(&[("PGPASSWORD", "s3cret/:@")]);
+    let loaded = load(
+        r#"
+authorization_server:
+  store: "postgres://mg:${env:PGPASSWORD}@db.internal:6543/microgateway?sslmode=require"
+  store_pool: { max_connections: 32, connect_timeout: 3s }
+"#,
+        &env,
+    )
+    .unwrap();
+    let settings = loaded.snapshot.authorization_server.as_ref().unwrap();
+    let pg = settings.postgres.as_ref().expect("a PostgreSQL store");
+    assert_eq!(
+        (
+            pg.host.as_str(),
+            pg.port,
+            pg.user.as_str(),
+            pg.dbname.as_str()
+        ),
+        ("db.internal", 6543, "mg", "microgateway")
+    );
+    assert_eq!(pg.password.as_ref().unwrap().expose(), "s3cret/:@");
+    assert_eq!(pg.tls, microgateway::config::authz::PgTls::Require);
+    assert_eq!(
+        (pg.max_connections, pg.connect_timeout),
+        (32, Duration::from_secs(3))
+    );
+    let shown = format!("{pg:?} {}", pg.display());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert_eq!(
+        pg.display(),
+        "postgres://mg:****@db.internal:6543/microgateway"
+    );
+
+    // Defaults: port 5432, host name verified, 16 connections, 2 s.
+    let loaded = load(
+        "authorization_server:\n  store: postgresql://mg:pa%40ss@[::1]/gw\n",
+        &Env::new(),
+    )
+    .unwrap();
+    let pg = loaded.snapshot.authorization_server.as_ref().unwrap();
+    let pg = pg.postgres.as_ref().unwrap();
+    assert_eq!((pg.host.as_str(), pg.port), ("::1", 5432));
+    assert_eq!(pg.password.as_ref().unwrap().expose(), "pa@ss");
+    assert_eq!(pg.tls, microgateway::config::authz::PgTls::VerifyFull);
+    assert_eq!(
+        (pg.max_connections, pg.connect_timeout),
+        (16, Duration::from_secs(2))
+    );
+}
+
+#[test]
+fn a_wrong_postgres_store_is_refused_without_showing_the_password() {
+    for (yaml, expected) in [
+        (
+            "store: \"postgres://mg:hunter2@db/gw?sslmode=prefer\"",
+            "sslmode `prefer` is not supported",
+        ),
+        ("store: \"postgres://mg:hunter2@db\"", "names no database"),
+        ("store: \"postgres://db/gw\"", "names no user"),
+        ("store: \"postgres://mg:@db/gw\"", "the password is empty"),
+        (
+            "store: \"postgres://mg:hunter2@db:99999/gw\"",
+            "is not a port number",
+        ),
+        (
+            "store: \"postgres://mg:hunter2@db/gw?options=x\"",
+            "`options` is not supported",
+        ),
+        (
+            "store: \"mysql://mg:hunter2@db/gw\"",
+            "store `mysql://mg:****@db/gw` is not supported",
+        ),
+        ("store: \"postgres://mg:${env:NOPE}@db/gw\"", "password:"),
+        (
+            "store: \"postgres://mg@db/gw\"\n  store_pool: { max_connections: 0 }",
+            "max_connections is out of range",
+        ),
+        (
+            "store_pool: { max_connections: 4 }",
+            "store_pool is only for a PostgreSQL store",
+        ),
+        (
+            "store: sqlite:oauth.db\n  store_pool: { max_connections: 4 }",
+            "store_pool is only for a PostgreSQL store",
+        ),
+    ] {
+        let findings =
+            load(&format!("authorization_server:\n  {yaml}\n"), &Env::new()).expect_err(yaml);
+        let all = findings.join("\n");
+        assert!(all.contains(expected), "{yaml}: {all}");
+        assert!(!all.contains("hunter2"), "{yaml}: {all}");
+    }
+}
+
+// ------------------------------------------------------------ TLS
+
+/// A server that takes TLS only, its certificate for `localhost` from a
+/// private CA: `verify-full` with that CA (`sslrootcert`) connects to
+/// `localhost` and not to `127.0.0.1` (name mismatch); `require` checks the
+/// chain only; without the CA nothing connects.
+#[test]
+fn the_store_reaches_the_database_over_verified_tls() {
+    crate::common::crypto();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let pg = Postgres::start_tls(&server.pem(), &server_key.serialize_pem());
+    let database = pg.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let other_ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, other_ca.cert.pem()).unwrap();
+
+    let store_at = |host: &str, mode: &str, ca: &std::path::Path| {
+        let yaml = format!(
+            "authorization_server:\n  store: \"postgres://postgres@{host}:{}/{database}?sslmode={mode}&sslrootcert={}\"\n",
+            pg.port,
+            ca.display()
+        );
+        let loaded = load(&yaml, &Env::new()).unwrap();
+        let settings = loaded.snapshot.authorization_server.as_ref().unwrap();
+        microgateway::authz_server::store::PostgresStore::open(settings.postgres.as_ref().unwrap())
+            .unwrap()
+    };
+    use microgateway::authz_server::store::TokenStore;
+    assert!(store_at("localhost", "verify-full", &ca_file).is_ready());
+    assert!(store_at("127.0.0.1", "require", &ca_file).is_ready());
+    assert!(
+        !store_at("127.0.0.1", "verify-full", &ca_file).is_ready(),
+        "name mismatch"
+    );
+    assert!(
+        !store_at("localhost", "verify-full", &other_file).is_ready(),
+        "unknown CA"
+    );
+    assert!(
+        !store_at("localhost", "require", &other_file).is_ready(),
+        "unknown CA"
+    );
+    // The server takes no plain connection.
+    let plain = format!(
+        "authorization_server:\n  store: \"postgres://postgres@localhost:{}/{database}?sslmode=disable\"\n",
+        pg.port
+    );
+    let loaded = load(&plain, &Env::new()).unwrap();
+    let settings = loaded.snapshot.authorization_server.as_ref().unwrap();
+    let store =
+        microgateway::authz_server::store::PostgresStore::open(settings.postgres.as_ref().unwrap());
+    assert!(store.is_err() || !store.unwrap().is_ready());
+}

@@ -1,0 +1,444 @@
+//! The token store's rules, one body per rule, run against SQLite and
+//! against a real PostgreSQL server. "Replicas" are several store instances
+//! on one file or one database, used from several threads at once.
+
+use std::sync::{Arc, Barrier};
+
+use microgateway::authz_server::store::{
+    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
+    TokenStore,
+};
+use microgateway::authz_server::TokenFormat;
+
+use crate::common::postgres::Postgres;
+
+/// Opens one more instance (replica) of the store under test.
+type Open<'a> = &'a (dyn Fn() -> Box<dyn TokenStore> + Sync);
+
+macro_rules! against_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("oauth.db");
+                    let open = move || -> Box<dyn microgateway::authz_server::store::TokenStore> {
+                        Box::new(microgateway::authz_server::store::SqliteStore::open(&path).unwrap())
+                    };
+                    super::$name(&open);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    let pg = crate::common::postgres::Postgres::shared();
+                    let database = pg.create_database();
+                    let open = || -> Box<dyn microgateway::authz_server::store::TokenStore> {
+                        Box::new(pg.open_store(&database))
+                    };
+                    super::$name(&open);
+                }
+            )*
+        }
+    };
+}
+
+against_both!(
+    a_refresh_token_rotates_once,
+    remove_expired_keeps_live_families,
+    a_replay_racing_the_first_use_leaves_no_live_token,
+    a_code_is_spent_once,
+    an_expired_code_is_not_spent,
+    concurrent_redemptions_of_a_code_have_one_winner,
+    concurrent_rotations_of_a_refresh_token_have_one_winner,
+    revocation_is_seen_by_every_replica_at_once,
+    tokens_are_listed_and_deleted,
+    known_keys_are_newest_first,
+);
+
+fn access(id: &str, expires_at: Option<u64>, family: Option<&str>) -> AccessTokenRecord {
+    AccessTokenRecord {
+        id: id.into(),
+        format: TokenFormat::Opaque,
+        client_id: "app".into(),
+        username: Some("alice".into()),
+        scope: "view".into(),
+        issued_at: 100,
+        expires_at,
+        family: family.map(str::to_owned),
+        grant_type: "password".into(),
+        revoked: false,
+    }
+}
+
+fn refresh(hash: &str, family: &str) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        hash: hash.into(),
+        family: family.into(),
+        client_id: "app".into(),
+        username: Some("alice".into()),
+        scope: "view".into(),
+        refreshes_used: 0,
+        issued_at: 100,
+        expires_at: None,
+        rotated: false,
+        revoked: false,
+    }
+}
+
+fn code(hash: &str) -> CodeRecord {
+    CodeRecord {
+        hash: hash.into(),
+        client_id: "app".into(),
+        redirect_uri: "http://localhost/cb".into(),
+        redirect_uri_given: false,
+        code_challenge: Some("challenge".into()),
+        code_challenge_method: Some("S256".into()),
+        scope: "view".into(),
+        username: "alice".into(),
+        expires_at: 200,
+    }
+}
+
+fn a_refresh_token_rotates_once(open: Open) {
+    let store = open();
+    store
+        .insert_grant(
+            &access("a1", Some(200), Some("f")),
+            Some(&refresh("r1", "f")),
+        )
+        .unwrap();
+    let next = RefreshTokenRecord {
+        refreshes_used: 1,
+        ..refresh("r2", "f")
+    };
+    assert_eq!(
+        store
+            .rotate_refresh_token("r1", &access("a2", Some(300), Some("f")), Some(&next))
+            .unwrap(),
+        Rotation::Rotated
+    );
+    assert_eq!(store.find_refresh_token("r2").unwrap(), Some(next));
+    assert!(store.find_refresh_token("r1").unwrap().unwrap().rotated);
+    assert_eq!(
+        store
+            .rotate_refresh_token("r1", &access("a3", Some(300), Some("f")), None)
+            .unwrap(),
+        Rotation::Stale
+    );
+    assert_eq!(store.find_access_token("a3").unwrap(), None);
+    assert_eq!(store.revoke_family("f").unwrap(), 4);
+    assert!(store.find_access_token("a2").unwrap().unwrap().revoked);
+    assert_eq!(
+        store
+            .rotate_refresh_token("r2", &access("a4", Some(300), Some("f")), None)
+            .unwrap(),
+        Rotation::Stale,
+        "a revoked token does not rotate"
+    );
+}
+
+fn remove_expired_keeps_live_families(open: Open) {
+    let store = open();
+    store
+        .insert_grant(&access("old", Some(150), None), None)
+        .unwrap();
+    store
+        .insert_grant(
+            &access("live", Some(500), Some("f")),
+            Some(&refresh("r", "f")),
+        )
+        .unwrap();
+    store
+        .insert_grant(
+            &access("gone", Some(150), Some("g")),
+            Some(&refresh("s", "g")),
+        )
+        .unwrap();
+    store.revoke_family("g").unwrap();
+    store.put_code(&code("c")).unwrap();
+    // Another replica removes.
+    let removed = open().remove_expired(200).unwrap();
+    assert_eq!(
+        removed,
+        Removed {
+            access_tokens: 2,
+            refresh_tokens: 1,
+            authorization_codes: 1
+        }
+    );
+    assert!(store.find_refresh_token("r").unwrap().is_some());
+    assert!(store.find_access_token("live").unwrap().is_some());
+    assert!(store.find_access_token("old").unwrap().is_none());
+}
+
+/// The steps of the code grant against a replay that comes after the code
+/// is spent but before the first use's tokens exist.
+fn a_replay_racing_the_first_use_leaves_no_live_token(open: Open) {
+    let (first, second) = (open(), open());
+    first.put_code(&code("h")).unwrap();
+    assert!(matches!(
+        first.take_code("h", 100, "f").unwrap(),
+        CodeTake::Fresh(_)
+    ));
+    let replay = second.take_code("h", 100, "other").unwrap();
+    assert_eq!(
+        replay,
+        CodeTake::Reused {
+            family: Some("f".into())
+        }
+    );
+    assert_eq!(second.revoke_family("f").unwrap(), 0);
+    first
+        .insert_grant(&access("a", Some(200), Some("f")), Some(&refresh("r", "f")))
+        .unwrap();
+    assert!(first.code_replayed("h").unwrap());
+    assert_eq!(first.revoke_family("f").unwrap(), 2);
+    assert!(second.find_access_token("a").unwrap().unwrap().revoked);
+}
+
+fn a_code_is_spent_once(open: Open) {
+    let store = open();
+    let code = code("h");
+    store.put_code(&code).unwrap();
+    assert_eq!(
+        store.take_code("h", 100, "f").unwrap(),
+        CodeTake::Fresh(code)
+    );
+    assert!(!store.code_replayed("h").unwrap());
+    assert_eq!(
+        store.take_code("h", 100, "g").unwrap(),
+        CodeTake::Reused {
+            family: Some("f".into())
+        }
+    );
+    assert!(store.code_replayed("h").unwrap());
+    assert_eq!(store.take_code("x", 100, "f").unwrap(), CodeTake::Unknown);
+    assert_eq!(store.remove_expired(300).unwrap().authorization_codes, 1);
+}
+
+fn an_expired_code_is_not_spent(open: Open) {
+    let store = open();
+    store.put_code(&code("h")).unwrap();
+    assert_eq!(store.take_code("h", 200, "f").unwrap(), CodeTake::Expired);
+    assert_eq!(store.take_code("h", 250, "f").unwrap(), CodeTake::Expired);
+    assert!(!store.code_replayed("h").unwrap());
+}
+
+/// Runs `attempt(replica, i)` on `n` threads released at once, each with
+/// one of two replicas.
+fn race<T: Send>(
+    replicas: &[Box<dyn TokenStore>; 2],
+    n: usize,
+    attempt: impl Fn(&dyn TokenStore, usize) -> T + Sync,
+) -> Vec<T> {
+    let barrier = Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, attempt) = (&barrier, &attempt);
+                let replica = replicas[i % 2].as_ref();
+                scope.spawn(move || {
+                    barrier.wait();
+                    attempt(replica, i)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn concurrent_redemptions_of_a_code_have_one_winner(open: Open) {
+    let replicas = [open(), open()];
+    for round in 0..20 {
+        let hash = format!("code{round}");
+        replicas[0].put_code(&code(&hash)).unwrap();
+        let outcomes = race(&replicas, 8, |store, i| {
+            store.take_code(&hash, 100, &format!("family{i}")).unwrap()
+        });
+        let winners: Vec<_> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| matches!(o, CodeTake::Fresh(_)))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {outcomes:?}");
+        let family = format!("family{}", winners[0].0);
+        for outcome in &outcomes {
+            match outcome {
+                CodeTake::Fresh(_) => {}
+                CodeTake::Reused { family: bound } => {
+                    assert_eq!(bound.as_deref(), Some(family.as_str()), "round {round}")
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(replicas[1].code_replayed(&hash).unwrap());
+    }
+}
+
+fn concurrent_rotations_of_a_refresh_token_have_one_winner(open: Open) {
+    let replicas = [open(), open()];
+    for round in 0..20 {
+        let family = format!("f{round}");
+        let presented = format!("r{round}");
+        replicas[0]
+            .insert_grant(
+                &access(&format!("a{round}"), Some(500), Some(&family)),
+                Some(&refresh(&presented, &family)),
+            )
+            .unwrap();
+        let outcomes = race(&replicas, 8, |store, i| {
+            let next = refresh(&format!("r{round}-{i}"), &family);
+            store
+                .rotate_refresh_token(
+                    &presented,
+                    &access(&format!("a{round}-{i}"), Some(500), Some(&family)),
+                    Some(&next),
+                )
+                .unwrap()
+        });
+        let rotated = outcomes.iter().filter(|o| **o == Rotation::Rotated).count();
+        assert_eq!(rotated, 1, "round {round}: {outcomes:?}");
+        // Exactly one successor exists.
+        let successors = (0..8)
+            .filter(|i| {
+                replicas[1]
+                    .find_refresh_token(&format!("r{round}-{i}"))
+                    .unwrap()
+                    .is_some()
+            })
+            .count();
+        assert_eq!(successors, 1, "round {round}");
+    }
+}
+
+fn revocation_is_seen_by_every_replica_at_once(open: Open) {
+    let (one, other) = (open(), open());
+    one.insert_grant(&access("a", Some(500), None), None)
+        .unwrap();
+    assert!(!other.find_access_token("a").unwrap().unwrap().revoked);
+    assert!(one.revoke_access_token("a").unwrap());
+    assert!(other.find_access_token("a").unwrap().unwrap().revoked);
+    assert!(!one.revoke_access_token("nope").unwrap());
+}
+
+fn tokens_are_listed_and_deleted(open: Open) {
+    let store = open();
+    store
+        .insert_grant(&access("a", Some(500), Some("f")), Some(&refresh("r", "f")))
+        .unwrap();
+    let listed = store.list_tokens().unwrap();
+    let kinds: Vec<_> = listed.iter().map(|t| (t.id.as_str(), t.kind)).collect();
+    assert_eq!(kinds, [("a", "access_token"), ("r", "refresh_token")]);
+    assert!(open().delete_token("r").unwrap());
+    assert!(!store.delete_token("r").unwrap());
+    assert!(store.find_refresh_token("r").unwrap().is_none());
+    assert_eq!(store.list_tokens().unwrap().len(), 1);
+}
+
+fn known_keys_are_newest_first(open: Open) {
+    let store = open();
+    let key = |kid: &str, first_seen| KnownKey {
+        kid: kid.into(),
+        jwk: format!("{{\"kid\":\"{kid}\"}}"),
+        first_seen,
+    };
+    store.record_key(&key("old", 10)).unwrap();
+    store.record_key(&key("new", 20)).unwrap();
+    open().record_key(&key("old", 30)).unwrap();
+    let kids: Vec<_> = store
+        .known_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["new", "old"]);
+}
+
+/// Two replicas starting at once on an empty database: both open, the
+/// schema is migrated exactly once.
+#[test]
+fn postgres_migrations_run_once_when_replicas_start_together() {
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let barrier = Arc::new(Barrier::new(4));
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let (barrier, pg, database) = (barrier.clone(), &pg, &database);
+            scope.spawn(move || {
+                barrier.wait();
+                pg.open_store(database)
+            });
+        }
+    });
+    let applied = pg.psql(&database, "SELECT count(*) FROM microgateway_migrations");
+    assert_eq!(
+        applied,
+        microgateway::authz_server::store::POSTGRES_MIGRATIONS
+            .len()
+            .to_string()
+    );
+}
+
+/// A database unreachable at start: not ready, calls fail as unavailable,
+/// ready once it is up; a restart under a ready store fails the calls
+/// made during it and nothing after.
+#[test]
+fn postgres_store_is_not_ready_until_the_database_is_reached() {
+    let pg = Postgres::start();
+    let database = pg.create_database();
+    pg.stop();
+    let store =
+        microgateway::authz_server::store::PostgresStore::open(&pg.settings(&database)).unwrap();
+    assert!(!store.is_ready());
+    assert!(matches!(
+        store.find_access_token("a"),
+        Err(microgateway::authz_server::store::StoreError::Unavailable(
+            _
+        ))
+    ));
+    pg.resume();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !store.is_ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store became ready"
+        );
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+    }
+    store
+        .insert_grant(&access("a", Some(500), None), None)
+        .unwrap();
+    // Restarted under it: calls fail as unavailable, then work again.
+    pg.stop();
+    assert!(matches!(
+        store.find_access_token("a"),
+        Err(microgateway::authz_server::store::StoreError::Unavailable(
+            _
+        ))
+    ));
+    pg.resume();
+    assert!(store.find_access_token("a").unwrap().is_some());
+}
+
+/// Failed password attempts counted on two replicas lock on both.
+#[test]
+fn postgres_failed_attempts_are_shared_by_replicas() {
+    use microgateway::authz_server::grants::attempts::{FailedAttempts, Subject};
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let one = FailedAttempts::shared(Arc::new(pg.open_store(&database)));
+    let other = FailedAttempts::shared(Arc::new(pg.open_store(&database)));
+    let alice = Subject::User("alice".into());
+    for (i, replica) in [&one, &other, &one, &other, &one].into_iter().enumerate() {
+        assert_eq!(replica.check(&alice, 100), Ok(()), "failure {i}");
+        replica.record_failure(&alice, 100);
+    }
+    assert_eq!(other.check(&alice, 110), Err(50));
+    assert_eq!(other.check(&Subject::User("bob".into()), 110), Ok(()));
+    assert_eq!(other.check(&alice, 160), Ok(()), "the window ended");
+    other.clear(&alice);
+}
