@@ -486,13 +486,31 @@ fn start(path: &Path, env: Env) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(http = ?gateway.http, https = ?gateway.https, admin = ?gateway.admin, config = %path.display(), "microgateway started");
+        tracing::info!(
+            http = %Listening(gateway.http),
+            https = %Listening(gateway.https),
+            admin = %Listening(gateway.admin),
+            config = %path.display(),
+            "microgateway started"
+        );
         wait_for_signals(&gateway).await;
         tracing::info!("shutting down: draining in-flight requests");
         gateway.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// A listener's address in the log (`127.0.0.1:4485`), or `off`.
+struct Listening(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
 }
 
 #[cfg(unix)]

@@ -19,7 +19,7 @@ use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::basic_auth::{admin_access, Access};
 use crate::config::{self, Env, Invalid, Snapshot};
-use crate::proxy::{self, Body, Connection, Runtime, Upstreams};
+use crate::proxy::{self, correlate, Body, Connection, Runtime, Upstreams};
 use crate::reload::{Live, Reloader, Source, Watcher};
 use crate::server::{self, ConnSettings, Transport};
 
@@ -239,7 +239,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// One request on an API port: timed, counted and logged.
 async fn handle_api(
     state: Arc<State>,
-    req: http::Request<Body>,
+    mut req: http::Request<Body>,
     conn: Connection,
 ) -> Response<Body> {
     let state = &*state;
@@ -249,13 +249,21 @@ async fn handle_api(
     let logged_path = tracing::enabled!(target: "microgateway::access", tracing::Level::INFO)
         .then(|| req.uri().path().to_owned());
     let snapshot = state.live.snapshot();
-    let (response, api) = match state.authz.load_full() {
+    let from_trusted = snapshot
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&conn.peer.ip()));
+    let request_id = correlate::correlate(req.headers_mut(), from_trusted);
+    let (mut response, api) = match state.authz.load_full() {
         Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
             Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
             None,
         ),
         _ => proxy::serve(&snapshot, &state.runtime, conn, req).await,
     };
+    response
+        .headers_mut()
+        .insert(correlate::X_REQUEST_ID.clone(), request_id.clone());
     let status = response.status();
     let series = api
         .as_ref()
@@ -269,6 +277,7 @@ async fn handle_api(
         tracing::info!(
             target: "microgateway::access",
             client = %conn.peer.ip(),
+            request_id = %String::from_utf8_lossy(request_id.as_bytes()),
             method = %method,
             path = %path,
             api = api.as_ref().map_or("-", |a| a.name.as_str()),

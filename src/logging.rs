@@ -1,5 +1,6 @@
-//! The process's log: `MCGW_LOG` picks what is written (`info` by default,
-//! the access log included), `--log-format` how (text, or JSON lines).
+//! The process's log: `MCGW_LOG` (else `RUST_LOG`) picks what is written
+//! (`info` by default, the access log included), `--log-format` how (text,
+//! or JSON lines). Colour only on a terminal, and never with `NO_COLOR`.
 //!
 //! Lines are formatted on the thread that logs and handed to one writer
 //! thread through a bounded queue ([`QUEUED_LINES`]); the writer batches
@@ -30,8 +31,14 @@ pub struct Log {
 
 /// Installs the process's log. Call once, before anything logs.
 pub fn init(format: Format) -> Log {
-    let filter = filter(std::env::var("MCGW_LOG").ok().as_deref());
-    let ansi = std::io::stderr().is_terminal();
+    // `MCGW_LOG`, else `RUST_LOG` (what Rust users reach for first).
+    let spec = std::env::var("MCGW_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok();
+    let filter = filter(spec.as_deref());
+    // https://no-color.org: any non-empty NO_COLOR turns colour off.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = std::io::stderr().is_terminal() && !no_color;
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(QUEUED_LINES)

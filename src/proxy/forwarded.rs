@@ -32,7 +32,13 @@ const OVERRIDES: [&str; 3] = [
 /// The forwarding headers [`set_forwarded`] writes (folded): a client's
 /// other spellings of them (`X_Forwarded_For`) would reach a CGI-style
 /// upstream as the same variable, beside or instead of the gateway's.
-const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+const FORWARDING: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    // Set by `correlate`: no other spelling reaches the upstream beside it.
+    "x-request-id",
+];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
 pub use crate::http1::is_hop_by_hop;

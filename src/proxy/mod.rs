@@ -6,6 +6,7 @@
 //! `pool`.
 
 pub(crate) mod client;
+pub mod correlate;
 pub mod cors;
 pub mod forward;
 pub mod forwarded;

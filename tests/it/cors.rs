@@ -93,7 +93,7 @@ async fn chatty_upstream() -> SocketAddr {
                     ("server", "Apache/2.4.1"),
                     ("x-powered-by", "PHP/5.2"),
                     ("cache-control", "public, max-age=3600"),
-                    ("x-request-id", "r-1"),
+                    ("x-upstream-trace", "r-1"),
                     ("access-control-allow-origin", "https://evil.example"),
                     ("vary", "Accept-Encoding"),
                 ] {
@@ -391,7 +391,7 @@ async fn response_transformation_sets_and_removes_the_upstreams_headers() {
     assert_eq!(h.get_all("cache-control").iter().count(), 1);
     assert!(h.get("server").is_none());
     assert!(h.get("x-powered-by").is_none());
-    assert_eq!(field(h, "x-request-id"), Some("r-1"));
+    assert_eq!(field(h, "x-upstream-trace"), Some("r-1"));
     // An API without the policy passes them on.
     let resp = w.gw.get("/public/timetable").await;
     assert_eq!(field(resp.headers(), "x-powered-by"), Some("PHP/5.2"));

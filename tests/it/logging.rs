@@ -80,3 +80,126 @@ apis:
         .expect("log_lines_dropped_total exported");
     assert!(dropped > 0, "{dropped} lines dropped");
 }
+
+fn echo_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let config = dir.join("gw.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+ports: {{ http: {port}, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Echo
+  base_path: /echo
+  upstream: {{ echo: true }}
+  resources: ["GET /x"]
+  authentication: {{ type: none }}
+"#
+        ),
+    )
+    .expect("write the config");
+    config
+}
+
+/// Reads the raw stderr of `command` until a line contains `until`, or
+/// `wait` passes; what it read.
+fn raw_log_until(command: &mut Command, until: &str, wait: Duration) -> String {
+    use std::io::Read;
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + wait;
+    let mut log = Vec::new();
+    while !String::from_utf8_lossy(&log).contains(until) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => log.extend(bytes),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    String::from_utf8_lossy(&log).into_owned()
+}
+
+#[test]
+fn the_start_up_line_shows_addresses_as_values_without_colour() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = echo_config(dir.path(), 0);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    // A pipe is not a terminal: no colour even without NO_COLOR.
+    command
+        .env_clear()
+        .args(["start", "-c", config.to_str().expect("utf-8 path")]);
+    let log = raw_log_until(
+        &mut command,
+        "microgateway started",
+        Duration::from_secs(20),
+    );
+    let line = log
+        .lines()
+        .find(|line| line.contains("microgateway started"))
+        .unwrap_or_else(|| panic!("no start-up line in {log:?}"));
+    assert!(!line.contains('\u{1b}'), "colour escapes in {line:?}");
+    assert!(!line.contains("Some("), "{line}");
+    assert!(line.contains("http=127.0.0.1:"), "{line}");
+    assert!(line.contains("https=off"), "{line}");
+}
+
+#[test]
+fn rust_log_is_honoured_when_mcgw_log_is_unset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = echo_config(dir.path(), port);
+    // `error` only: the start-up line (info) is not written, though the
+    // gateway serves.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command.env_clear().env("RUST_LOG", "error").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let served = (0..100).any(|_| {
+        std::thread::park_timeout(Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("stopped");
+    assert!(served, "the gateway did not start");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!log.contains("microgateway started"), "{log}");
+    // And MCGW_LOG wins over it.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command
+        .env_clear()
+        .env("RUST_LOG", "error")
+        .env("MCGW_LOG", "info")
+        .args(["start", "-c", config.to_str().expect("utf-8 path")]);
+    let log = raw_log_until(
+        &mut command,
+        "microgateway started",
+        Duration::from_secs(20),
+    );
+    assert!(log.contains("microgateway started"), "{log}");
+}

@@ -19,6 +19,7 @@ mod cli;
 mod client_faults;
 mod common;
 mod config_validation;
+mod correlation;
 mod cors;
 mod dockerfile;
 mod edge;

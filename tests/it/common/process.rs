@@ -120,9 +120,9 @@ fn plain(line: &str) -> String {
     out
 }
 
-/// The address after `key=Some(` in a log line.
+/// The address after ` key=` in a log line (`http=127.0.0.1:4485`).
 fn logged_addr(line: &str, key: &str) -> Option<SocketAddr> {
-    let start = line.find(&format!("{key}=Some("))? + key.len() + "=Some(".len();
-    let end = start + line[start..].find(')')?;
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let end = line[start..].find(' ').map_or(line.len(), |at| start + at);
     line[start..end].parse().ok()
 }

@@ -1,0 +1,194 @@
+//! A request's identity across hops: `X-Request-Id` and the W3C trace
+//! context (`traceparent`), set on the request before any phase so the
+//! upstream, the access log and the client's answer share them.
+//!
+//! - `X-Request-Id` is kept when a trusted proxy sent a well-formed one
+//!   (printable token characters, at most [`MAX_REQUEST_ID`] bytes);
+//!   otherwise the gateway makes one (128 random bits, hex). A client
+//!   cannot choose the id that the logs will carry.
+//! - `traceparent` (W3C Trace Context) is passed on when well formed,
+//!   from anyone (it names a trace, grants nothing); when absent or
+//!   malformed the gateway starts a trace (`00-<trace-id>-<parent-id>-01`)
+//!   and drops any `tracestate` that went with a malformed one.
+
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
+use rand::RngCore;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The longest `X-Request-Id` taken from a trusted proxy.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Sets the request's `X-Request-Id` and `traceparent`; returns the id.
+pub fn correlate(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
+    let kept = from_trusted
+        .then(|| single(headers, &X_REQUEST_ID))
+        .flatten()
+        .filter(|id| valid_request_id(id.as_bytes()))
+        .cloned();
+    let id = match kept {
+        Some(id) => id,
+        None => {
+            let id = hex_value(&random::<16>());
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let traced = single(headers, &TRACEPARENT).is_some_and(|t| valid_traceparent(t.as_bytes()));
+    if !traced {
+        headers.remove(&TRACESTATE);
+        headers.insert(TRACEPARENT.clone(), new_traceparent());
+    }
+    id
+}
+
+/// The field's value when it is sent exactly once.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (Some(value), None) => Some(value),
+        _ => None,
+    }
+}
+
+fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=')
+        })
+}
+
+/// `version-traceid-parentid-flags` (W3C Trace Context §3.2): lower-case
+/// hex, ids not all zero, version `ff` invalid; a future version may add
+/// fields after a `-`.
+fn valid_traceparent(value: &[u8]) -> bool {
+    let hex = |part: &[u8]| part.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |part: &[u8]| part.iter().any(|&b| b != b'0');
+    if value.len() < 55 {
+        return false;
+    }
+    let (version, trace, parent, flags) =
+        (&value[0..2], &value[3..35], &value[36..52], &value[53..55]);
+    let dashes = value[2] == b'-' && value[35] == b'-' && value[52] == b'-';
+    let rest_ok = match version {
+        b"00" => value.len() == 55,
+        _ => value.len() == 55 || value[55] == b'-',
+    };
+    dashes
+        && rest_ok
+        && version != b"ff"
+        && hex(version)
+        && hex(trace)
+        && hex(parent)
+        && hex(flags)
+        && nonzero(trace)
+        && nonzero(parent)
+}
+
+fn new_traceparent() -> HeaderValue {
+    let ids = random::<24>();
+    let mut text = Vec::with_capacity(55);
+    text.extend_from_slice(b"00-");
+    push_hex(&mut text, &ids[..16]);
+    text.push(b'-');
+    push_hex(&mut text, &ids[16..]);
+    text.extend_from_slice(b"-01");
+    value(text)
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    // An all-zero id is invalid (W3C Trace Context §3.2.2.3); 2^-128.
+    if bytes.iter().all(|&b| b == 0) {
+        bytes[N - 1] = 1;
+    }
+    bytes
+}
+
+fn hex_value(bytes: &[u8]) -> HeaderValue {
+    let mut text = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut text, bytes);
+    value(text)
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
+fn value(text: Vec<u8>) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trusted_proxys_id_is_kept_and_a_clients_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("lb-42"));
+        assert_eq!(correlate(&mut headers.clone(), true), "lb-42");
+        let made = correlate(&mut headers, false);
+        assert_ne!(made, "lb-42");
+        assert_eq!(made.len(), 32);
+        assert_eq!(headers.get(&X_REQUEST_ID), Some(&made));
+        // Malformed or doubled ids from a trusted proxy are replaced too.
+        for bad in ["", "has space", &"x".repeat(MAX_REQUEST_ID + 1)] {
+            let mut headers = HeaderMap::new();
+            headers.insert(&X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            assert_ne!(correlate(&mut headers, true), bad);
+        }
+        let mut doubled = HeaderMap::new();
+        doubled.append(&X_REQUEST_ID, HeaderValue::from_static("a"));
+        doubled.append(&X_REQUEST_ID, HeaderValue::from_static("b"));
+        correlate(&mut doubled, true);
+        assert_eq!(doubled.get_all(&X_REQUEST_ID).iter().count(), 1);
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_passed_on_and_a_missing_or_bad_one_replaced() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = HeaderMap::new();
+        headers.insert(&TRACEPARENT, HeaderValue::from_static(good));
+        headers.insert(&TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        correlate(&mut headers, false);
+        assert_eq!(headers.get(&TRACEPARENT).unwrap(), good);
+        assert!(headers.contains_key(&TRACESTATE));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(&TRACEPARENT, HeaderValue::from_static(bad));
+            headers.insert(&TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+            correlate(&mut headers, false);
+            let made = headers
+                .get(&TRACEPARENT)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_ne!(made, bad);
+            assert!(valid_traceparent(made.as_bytes()), "{made}");
+            assert!(!headers.contains_key(&TRACESTATE), "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(valid_traceparent(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes"
+        ));
+    }
+}

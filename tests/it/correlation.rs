@@ -1,0 +1,147 @@
+//! `X-Request-Id` and W3C `traceparent` through the gateway: made when
+//! missing, a client's request id replaced, a trusted proxy's kept, the
+//! same id returned to the client and logged.
+use crate::common;
+
+use common::Gateway;
+use serde_json::Value;
+
+fn yaml(trusted: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+trusted_proxies: [{trusted}]
+apis:
+- name: Echo
+  base_path: /echo
+  upstream: {{ echo: true }}
+  authentication: {{ type: none }}
+  resources: ["GET /x"]
+"#
+    )
+}
+
+/// What the upstream received (the echo upstream's answer) and the
+/// client's `X-Request-Id`.
+async fn exchange(gw: &Gateway, headers: &[(&str, &str)]) -> (Value, String) {
+    let mut request = gw.client.get(gw.url("/echo/x"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("answered");
+    assert_eq!(response.status(), 200);
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id on the answer")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let echoed: Value = response.json().await.unwrap();
+    (echoed["headers"].clone(), id)
+}
+
+fn is_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn a_request_id_and_a_trace_are_made_and_a_clients_id_is_not_trusted() {
+    let gw = Gateway::start(&yaml("")).await;
+    let (upstream, id) = exchange(&gw, &[]).await;
+    assert!(is_hex(&id, 32), "{id}");
+    assert_eq!(upstream["x-request-id"], id.as_str());
+    let trace = upstream["traceparent"].as_str().expect("traceparent made");
+    let parts: Vec<&str> = trace.split('-').collect();
+    assert_eq!(parts[0], "00");
+    assert!(is_hex(parts[1], 32) && is_hex(parts[2], 16), "{trace}");
+    // Each request its own.
+    let (_, other) = exchange(&gw, &[]).await;
+    assert_ne!(id, other);
+
+    // A client's id, in any spelling, does not reach the upstream.
+    let (upstream, id) = exchange(
+        &gw,
+        &[
+            ("x-request-id", "chosen-by-client"),
+            ("x_request_id", "sneaky"),
+        ],
+    )
+    .await;
+    assert_ne!(id, "chosen-by-client");
+    assert_eq!(upstream["x-request-id"], id.as_str());
+    assert!(upstream.get("x_request_id").is_none(), "{upstream}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_id_and_any_valid_traceparent_are_passed_on() {
+    let gw = Gateway::start(&yaml("\"127.0.0.0/8\"")).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (upstream, id) = exchange(
+        &gw,
+        &[
+            ("x-request-id", "lb-7f3a"),
+            ("traceparent", trace),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+    )
+    .await;
+    assert_eq!(id, "lb-7f3a");
+    assert_eq!(upstream["x-request-id"], "lb-7f3a");
+    assert_eq!(upstream["traceparent"], trace);
+    assert_eq!(upstream["tracestate"], "congo=t61rcWkgMzE");
+    // A malformed one is replaced, its tracestate dropped.
+    let (upstream, _) = exchange(
+        &gw,
+        &[
+            ("traceparent", "00-xyz"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+    )
+    .await;
+    assert_ne!(upstream["traceparent"], "00-xyz");
+    assert!(upstream.get("tracestate").is_none(), "{upstream}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_access_log_line_carries_the_request_id_the_client_got() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        yaml("")
+            .replace("trusted_proxies: []\n", "")
+            .replace("{{", "{"),
+    )
+    .expect("write the config");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command.env_clear().env("MCGW_LOG", "info").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    let started = common::process::start(&mut command);
+    let response = common::client()
+        .get(format!("http://{}/echo/x", started.http))
+        .send()
+        .await
+        .expect("answered");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let wanted = format!("request_id={id}");
+    let line = (0..50)
+        .filter_map(|_| {
+            started
+                .lines
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .ok()
+        })
+        .find(|line| line.contains("microgateway::access"))
+        .expect("an access-log line");
+    assert!(line.contains(&wanted), "{line}");
+}
