@@ -130,6 +130,7 @@ impl Gateway {
             central: Arc::default(),
             authz: Arc::new(ArcSwapOption::empty()),
             auth: runtime.auth.clone(),
+            health: runtime.upstreams.health().clone(),
         });
         let listening = Arc::new(AtomicBool::new(false));
         let state = Arc::new(State {
@@ -150,6 +151,7 @@ impl Gateway {
             .prepare_authz(&first)
             .map_err(StartError::AuthorizationServer)?;
         state.runtime.auth.prepare(&first);
+        state.runtime.upstreams.health().prepare(&first);
         drop(first);
         tracing::debug!(generation, "first snapshot prepared");
         let (stop, stop_rx) = watch::channel(false);

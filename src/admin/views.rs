@@ -3,8 +3,11 @@
 
 use serde_json::{json, Value};
 
-use crate::config::snapshot::{Alias, Authentication, Outbound, Upstream};
+use std::sync::Arc;
+
+use crate::config::snapshot::{Alias, Authentication, Balance, Balanced, Outbound, Upstream};
 use crate::config::Snapshot;
+use crate::proxy::balance::Health;
 
 const REDACTED: &str = "****";
 
@@ -69,11 +72,13 @@ pub fn settings(s: &Snapshot) -> Value {
                 "scopes": c.scopes,
             })).collect::<Vec<_>>(),
         })),
-        "apis": assets(s)["apis"].clone(),
+        "apis": assets(s, None)["apis"].clone(),
     })
 }
 
-pub fn assets(s: &Snapshot) -> Value {
+/// The APIs, resources, scopes and mappings of `s`; with `health`, the
+/// state of each endpoint of a balanced upstream too.
+pub fn assets(s: &Snapshot, health: Option<&Health>) -> Value {
     let apis: Vec<Value> = s
         .apis
         .iter()
@@ -85,6 +90,7 @@ pub fn assets(s: &Snapshot) -> Value {
                 "upstream": match &api.upstream {
                     Upstream::Echo => json!({"echo": true}),
                     Upstream::Url { scheme, authority, path, timeout, .. } => json!({"url": format!("{scheme}://{authority}{path}"), "timeout": timeout.as_secs_f64()}),
+                    Upstream::Balanced(b) => balanced(&api.name, b, health),
                 },
                 "authentication": match &api.authentication {
                     Authentication::None => json!({"type": "none"}),
@@ -110,4 +116,54 @@ pub fn assets(s: &Snapshot) -> Value {
         .map(|m| json!({"auth_server": &*m.auth_server, "scope": m.token_scope, "api_scopes": m.api_scopes}))
         .collect();
     json!({ "apis": apis, "scope_mappings": mappings })
+}
+
+/// A balanced upstream: its settings, and each endpoint's state when the
+/// runtime's health is at hand.
+fn balanced(api: &str, b: &Arc<Balanced>, health: Option<&Health>) -> Value {
+    let states = health.map(|h| h.describe(api, b));
+    let endpoints: Vec<Value> = b
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut entry = json!({"url": &*e.url, "weight": e.weight});
+            if let Some((_, in_flight, state)) = states.as_ref().and_then(|s| s.get(i)) {
+                entry["state"] = json!(state);
+                entry["in_flight"] = json!(in_flight);
+            }
+            entry
+        })
+        .collect();
+    let retry_on: Vec<&str> = [
+        b.retry.connect_failure.then_some("connect_failure"),
+        b.retry.refused_stream.then_some("refused_stream"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    json!({
+        "endpoints": endpoints,
+        "balance": match b.balance {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequests => "least_requests",
+        },
+        "timeout": b.timeout.as_secs_f64(),
+        "health": {
+            "passive": {
+                "consecutive_failures": b.passive.consecutive_failures,
+                "eject_for": b.passive.eject_for.as_secs_f64(),
+                "max_ejected": format!("{}%", b.passive.max_ejected_percent),
+            },
+            "active": b.active.as_ref().map(|a| json!({
+                "path": a.path, "interval": a.interval.as_secs_f64(), "timeout": a.timeout.as_secs_f64(),
+                "healthy": a.healthy, "unhealthy": a.unhealthy,
+            })),
+        },
+        "retry": {
+            "attempts": b.retry.attempts,
+            "on": retry_on,
+        },
+        "dns_ttl": b.dns_ttl.as_secs_f64(),
+    })
 }

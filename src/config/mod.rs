@@ -22,6 +22,7 @@ pub mod secret;
 pub mod security_compile;
 pub mod snapshot;
 pub mod template;
+pub mod upstream_compile;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! `reject` decides what a refused client is told; `forward` talks to the
 //! upstream, over the HTTP/1.1 `client` and its `pool`.
 
+pub mod balance;
 pub(crate) mod client;
 pub mod forward;
 pub mod forwarded;

@@ -225,6 +225,30 @@ struct Target {
     tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
 }
 
+impl Target {
+    fn new(key: &Key<'_>, https: bool, config: Arc<ClientConfig>) -> Target {
+        let host = key.authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = key
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let tls = https.then(|| {
+            let name = ServerName::try_from(host.to_owned()).ok();
+            (TlsConnector::from(config), name)
+        });
+        Target {
+            host: host.into(),
+            ip: host.parse().ok(),
+            port,
+            tls,
+        }
+    }
+}
+
 /// One upstream as a request names it.
 pub struct Key<'a> {
     pub scheme: &'a Scheme,
@@ -371,25 +395,7 @@ impl Pool {
     )]
     fn add_slot(&mut self, key: &Key<'_>, https: bool) -> Result<SlotId, NoUsableCa> {
         let config = self.connector.tls_config(key.ca_bundle)?;
-        let host = key.authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port = key
-            .authority
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
-        let tls = https.then(|| {
-            let name = ServerName::try_from(host.to_owned()).ok();
-            (TlsConnector::from(config), name)
-        });
-        let target = Target {
-            host: host.into(),
-            ip: host.parse().ok(),
-            port,
-            tls,
-        };
+        let target = Target::new(key, https, config);
         let free = self.slots.iter().position(|slot| slot.authority.is_none());
         let index = free.unwrap_or(self.slots.len());
         let generation = free.map_or(0, |i| self.slots[i].generation.wrapping_add(1));
@@ -570,6 +576,14 @@ pub fn checkout(
     })
 }
 
+/// A request that got no response, with the request itself when no byte
+/// of it can have reached the upstream, or when it is idempotent, had no
+/// body and got no byte of answer: it may then go to another upstream.
+pub struct Failed {
+    pub error: SendError,
+    pub request: Option<Request<Body>>,
+}
+
 impl Checkout {
     /// Sends `req` to `destination` and returns the response head; the connection goes back to its pool when the body has ended.
     /// The upstream may be silent for at most `stall` while more of the
@@ -581,15 +595,34 @@ impl Checkout {
         destination: Destination<'_>,
         stall: Duration,
     ) -> Result<Response<Body>, SendError> {
+        self.try_send(connector, req, destination, stall)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`Checkout::send`], giving the request back on a failure when it
+    /// is safe to send it elsewhere (see [`Failed`]).
+    pub async fn try_send(
+        self,
+        connector: &Connector,
+        req: Request<Body>,
+        destination: Destination<'_>,
+        stall: Duration,
+    ) -> Result<Response<Body>, Failed> {
         let Checkout { home, slot, conn } = self;
         let (conn, reused) = match conn {
             Conn::Idle(conn) => (conn, true),
             // Boxed (as below): connecting is a large future that requests
             // on a pooled connection need not carry.
-            Conn::New(target) => (
-                Box::pin(connector.connect_within(&target, stall)).await?,
-                false,
-            ),
+            Conn::New(target) => match Box::pin(connector.connect_within(&target, stall)).await {
+                Ok(conn) => (conn, false),
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        request: Some(req),
+                    })
+                }
+            },
         };
         let response = match conn.send(req, destination, stall).await {
             Ok(response) => response,
@@ -598,18 +631,29 @@ impl Checkout {
                 unsent,
                 ..
             }) if reused && (unsent || is_idempotent(req.method())) => {
-                let target = home
-                    .with(|pool| pool.target(slot))
-                    .flatten()
-                    .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                let conn = Box::pin(connector.connect_within(&target, stall)).await?;
+                let target = home.with(|pool| pool.target(slot)).flatten();
+                let Some(target) = target else {
+                    return Err(Failed {
+                        error: SendError::Connect("the connection pool is gone".into()),
+                        request: Some(req),
+                    });
+                };
+                let conn = match Box::pin(connector.connect_within(&target, stall)).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(req),
+                        })
+                    }
+                };
                 // Boxed: a second exchange in this future would double its
                 // size for every request, retried or not.
                 Box::pin(conn.send(req, destination, stall))
                     .await
-                    .map_err(|failure| SendError::Request(failure.error))?
+                    .map_err(Failed::after)?
             }
-            Err(failure) => return Err(SendError::Request(failure.error)),
+            Err(failure) => return Err(Failed::after(failure)),
         };
         Ok(response.map(|body| {
             PooledBody {
@@ -619,6 +663,36 @@ impl Checkout {
             .boxed()
         }))
     }
+}
+
+impl Failed {
+    /// After an exchange on a connection: the request comes back only if
+    /// the upstream cannot have read it, or if sending it again is safe.
+    fn after(failure: Failure) -> Failed {
+        let Failure {
+            error,
+            request,
+            unsent,
+        } = failure;
+        Failed {
+            error: SendError::Request(error),
+            request: request.filter(|req| unsent || is_idempotent(req.method())),
+        }
+    }
+}
+
+/// A new connection to `scheme://authority` (health checks: not pooled).
+pub async fn connect_once(
+    connector: &Connector,
+    key: &Key<'_>,
+    timeout: Duration,
+) -> Result<Connection, SendError> {
+    let https = *key.scheme == Scheme::HTTPS;
+    let config = connector
+        .tls_config(key.ca_bundle)
+        .map_err(|_| SendError::Connect("no usable CA in the bundle".into()))?;
+    let target = Target::new(key, https, config);
+    connector.connect_within(&target, timeout).await
 }
 
 /// RFC 9110 §9.2.2.
