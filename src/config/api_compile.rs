@@ -242,29 +242,27 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
         return super::upstream_compile::balanced(ctx, up, timeout, ca_bundle);
     }
     match (&up.value.url, echo) {
-        (Some(url), false) => {
-            match super::upstream_compile::parse_url(&url.value.0) {
-                Some((scheme, authority, host, path)) => Some(Upstream::Url {
-                    host,
-                    scheme,
-                    authority,
-                    path,
-                    timeout,
-                    ca_bundle,
-                }),
-                None => {
-                    ctx.report.error(
-                        url.referenced,
-                        format!(
-                            "upstream.url `{}` is not an http(s) URL without query",
-                            url.value.0
-                        ),
-                        "http://host[:port]/path or https://…",
-                    );
-                    None
-                }
+        (Some(url), false) => match super::upstream_compile::parse_url(&url.value.0) {
+            Some((scheme, authority, host, path)) => Some(Upstream::Url {
+                host,
+                scheme,
+                authority,
+                path,
+                timeout,
+                ca_bundle,
+            }),
+            None => {
+                ctx.report.error(
+                    url.referenced,
+                    format!(
+                        "upstream.url `{}` is not an http(s) URL without query",
+                        url.value.0
+                    ),
+                    "http://host[:port]/path or https://…",
+                );
+                None
             }
-        }
+        },
         (None, true) => Some(Upstream::Echo),
         (Some(url), true) => {
             ctx.report.error(

@@ -126,7 +126,11 @@ pub fn balanced(
             weight,
         });
     }
-    let balance = match raw.balance.as_ref().map(|b| (b.value.as_str(), b.referenced)) {
+    let balance = match raw
+        .balance
+        .as_ref()
+        .map(|b| (b.value.as_str(), b.referenced))
+    {
         None | Some(("round_robin", _)) => Balance::RoundRobin,
         Some(("least_requests", _)) => Balance::LeastRequests,
         Some((other, at)) => {
@@ -273,7 +277,10 @@ fn active(ctx: &mut Ctx, raw: &S<raw::ActiveHealth>) -> Option<ActiveHealth> {
     let path = ctx.required(&raw.path, at, "health.active.path")?;
     let target_ok = path.value.starts_with('/')
         && path.value.len() <= 1024
-        && path.value.bytes().all(|b| b > b' ' && b != 0x7f && b != b'#');
+        && path
+            .value
+            .bytes()
+            .all(|b| b > b' ' && b != 0x7f && b != b'#');
     if !target_ok {
         ctx.report.error(
             path.referenced,
@@ -293,8 +300,8 @@ fn active(ctx: &mut Ctx, raw: &S<raw::ActiveHealth>) -> Option<ActiveHealth> {
         ctx,
         &raw.timeout,
         "health.active.timeout",
-        Duration::from_secs(1).min(interval),
-        (Duration::from_millis(10), interval),
+        Duration::from_secs(1),
+        (Duration::from_millis(10), Duration::from_secs(60)),
     );
     let threshold = |ctx: &mut Ctx, value: &Option<S<Scalar>>, key, default| match value {
         Some(v) => bounded(ctx, v, key, 1, MAX_THRESHOLD).unwrap_or(default),

@@ -13,7 +13,7 @@ use super::path::{canonicalize, PathProblem};
 use super::route::{route, Route, RouteProblem};
 use super::scope::{authorize, granting_scopes};
 use crate::auth::Principal;
-use crate::config::snapshot::Authentication;
+use crate::config::snapshot::{Authentication, Balance, Upstream};
 use crate::config::Snapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +123,18 @@ impl fmt::Display for Verdict {
                 "resource:   {} {}",
                 resource.method, resource.template.text
             )?;
+            if let Upstream::Balanced(balanced) = &route.api.upstream {
+                let endpoints: Vec<String> = balanced
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{} (weight {})", e.url, e.weight))
+                    .collect();
+                let balance = match balanced.balance {
+                    Balance::RoundRobin => "round_robin",
+                    Balance::LeastRequests => "least_requests",
+                };
+                writeln!(f, "endpoints:  {} ({balance})", endpoints.join(", "))?;
+            }
             match &self.auth_server {
                 Some(server) => writeln!(f, "auth:       oauth2, auth server {server}")?,
                 None => writeln!(f, "auth:       none")?,

@@ -285,7 +285,11 @@ impl Balancer {
     }
 
     fn record(&self, state: &EndpointState, outcome: Outcome, trial: bool) {
-        if let Some((i, _)) = OUTCOMES.iter().enumerate().find(|(_, (o, _))| *o == outcome) {
+        if let Some((i, _)) = OUTCOMES
+            .iter()
+            .enumerate()
+            .find(|(_, (o, _))| *o == outcome)
+        {
             state.counters[i].inc();
         }
         if outcome == Outcome::Ok {
@@ -560,7 +564,11 @@ impl Health {
     }
 
     /// Each endpoint of `api` with its state, for the admin view.
-    pub fn describe(&self, api: &str, balanced: &Arc<Balanced>) -> Vec<(Arc<str>, u32, &'static str)> {
+    pub fn describe(
+        &self,
+        api: &str,
+        balanced: &Arc<Balanced>,
+    ) -> Vec<(Arc<str>, u32, &'static str)> {
         let balancer = self.balancer(api, balanced);
         let now = balancer.now_ms();
         balancer

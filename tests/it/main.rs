@@ -19,6 +19,7 @@ mod common;
 mod config_validation;
 mod dockerfile;
 mod edge;
+mod endpoints;
 mod enforcement;
 mod examples;
 mod fail_closed;
