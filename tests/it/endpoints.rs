@@ -24,13 +24,16 @@ use microgateway::config::{self, Env};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Each request's method and `x-request-id`.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// A test endpoint: answers `status` (200 by default) after `delay`,
 /// `health_status` on `/health`; records each request's method and
 /// `x-request-id`; `kill` closes the listener and every connection.
 struct Endpoint {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
     status: Arc<AtomicU16>,
     health_status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicUsize>,
