@@ -652,6 +652,7 @@ async fn probe(
             scheme: &endpoint.scheme,
             authority: &endpoint.authority,
             ca_bundle: ca,
+            dns_ttl: Duration::ZERO,
         };
         let conn = pool::connect_once(connector, &key, active.timeout)
             .await

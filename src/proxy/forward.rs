@@ -26,6 +26,9 @@ use crate::config::snapshot::{Api, Balanced, Upstream};
 use crate::http1::request_encode::Destination;
 use crate::policy::Grant;
 
+/// How long an upstream written as `url` uses the addresses of its host.
+const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
+
 /// The upstream connection pools: each listener thread's own (see
 /// [`Upstreams::pin_pool_to_this_thread`]), and one shared by every other
 /// caller. `https` upstreams are verified against the system roots, or
@@ -122,6 +125,7 @@ impl Upstreams {
             scheme,
             authority,
             ca_bundle: ca_bundle.as_ref(),
+            dns_ttl: DEFAULT_DNS_TTL,
         };
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
@@ -175,6 +179,7 @@ impl Upstreams {
                 scheme: &endpoint.scheme,
                 authority: &endpoint.authority,
                 ca_bundle: config.ca_bundle.as_ref(),
+                dns_ttl: config.dns_ttl,
             };
             let checkout = pool::checkout(&self.connector, &self.shared, &key, Instant::now())
                 .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;

@@ -67,7 +67,15 @@ pub struct Connector {
     /// TLS settings by CA-bundle path, with the bundle they trust (built on
     /// first use, rebuilt when a reload brings a different bundle).
     by_bundle: Mutex<BundleConfigs>,
+    /// Resolved host names (`host:port`), until their TTL ends.
+    dns: Mutex<HashMap<String, (Instant, Arc<[SocketAddr]>)>>,
+    /// Spreads new connections over the addresses of a host.
+    next_address: AtomicU64,
 }
+
+/// Host names whose addresses are kept at once (expired ones go first,
+/// then all: the cache never grows past this).
+pub const MAX_DNS_ENTRIES: usize = 1024;
 
 /// The CA bundle has no certificate rustls accepts.
 #[derive(Debug)]
@@ -105,6 +113,8 @@ impl Connector {
             connect_timeout,
             system_roots: client_config(roots),
             by_bundle: Mutex::default(),
+            dns: Mutex::default(),
+            next_address: AtomicU64::new(0),
         }
     }
 
@@ -164,18 +174,44 @@ impl Connector {
             .map_err(|_| SendError::Timeout(timeout))?
     }
 
-    /// Tries the upstream's addresses in turn, the connect timeout divided
-    /// among them.
+    /// The addresses of `host`, from the cache while their TTL lasts.
+    async fn resolve(&self, host: &str, port: u16, ttl: Duration) -> io::Result<Arc<[SocketAddr]>> {
+        let name = format!("{host}:{port}");
+        let now = Instant::now();
+        if let Some((until, addrs)) = lock(&self.dns).get(&name) {
+            if now < *until {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host((host, port)).await?.collect();
+        if !ttl.is_zero() && !addrs.is_empty() {
+            let mut cache = lock(&self.dns);
+            if cache.len() >= MAX_DNS_ENTRIES {
+                cache.retain(|_, (until, _)| now < *until);
+                if cache.len() >= MAX_DNS_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(name, (now + ttl, addrs.clone()));
+        }
+        Ok(addrs)
+    }
+
+    /// Tries the upstream's addresses in turn, each connection starting at
+    /// the next one, the connect timeout divided among them.
     async fn tcp(&self, target: &Target) -> io::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = match target.ip {
-            Some(ip) => vec![SocketAddr::new(ip, target.port)],
-            None => tokio::net::lookup_host((&*target.host, target.port))
-                .await?
-                .collect(),
+        let addrs: Arc<[SocketAddr]> = match target.ip {
+            Some(ip) => Arc::new([SocketAddr::new(ip, target.port)]),
+            None => {
+                self.resolve(&target.host, target.port, target.dns_ttl)
+                    .await?
+            }
         };
         let each = self.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
         let mut failure = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
-        for addr in addrs {
+        let start = usize::try_from(self.next_address.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
+        let n = addrs.len().max(1);
+        for addr in (0..addrs.len()).map(|k| addrs[(start + k) % n]) {
             match tokio::time::timeout(each, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     stream.set_nodelay(true)?;
@@ -223,6 +259,7 @@ struct Target {
     /// For `https`: the TLS settings and the name the certificate must
     /// carry (`None` if the host is not a valid one: connecting fails).
     tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
+    dns_ttl: Duration,
 }
 
 impl Target {
@@ -245,6 +282,7 @@ impl Target {
             ip: host.parse().ok(),
             port,
             tls,
+            dns_ttl: key.dns_ttl,
         }
     }
 }
@@ -254,6 +292,9 @@ pub struct Key<'a> {
     pub scheme: &'a Scheme,
     pub authority: &'a Authority,
     pub ca_bundle: Option<&'a CaBundle>,
+    /// How long the addresses of a host name are used before it is
+    /// resolved again (zero: on every connect).
+    pub dns_ttl: Duration,
 }
 
 /// A slot's place in its pool, and which of the upstreams that held the
@@ -886,6 +927,7 @@ mod tests {
             scheme: &Scheme::HTTP,
             authority: &upstream.authority,
             ca_bundle: None,
+            dns_ttl: Duration::from_secs(30),
         }
     }
 
@@ -1113,6 +1155,26 @@ mod tests {
             result.map(|response| assert_eq!(response.status(), 200)),
             raw,
         )
+    }
+
+    #[tokio::test]
+    async fn host_names_are_resolved_again_only_after_their_ttl() {
+        let connector = Connector::new(Duration::from_secs(2));
+        let ttl = Duration::from_secs(30);
+        let first = connector.resolve("localhost", 80, ttl).await.unwrap();
+        let again = connector.resolve("localhost", 80, ttl).await.unwrap();
+        assert!(!first.is_empty());
+        assert!(Arc::ptr_eq(&first, &again), "from the cache");
+        let uncached = connector
+            .resolve("localhost", 81, Duration::ZERO)
+            .await
+            .unwrap();
+        let fresh = connector
+            .resolve("localhost", 81, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&uncached, &fresh), "a TTL of 0 caches nothing");
+        assert_eq!(lock(&connector.dns).len(), 1);
     }
 
     #[tokio::test]

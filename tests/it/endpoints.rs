@@ -556,6 +556,22 @@ async fn a_reload_keeps_the_health_of_the_endpoints_it_keeps() {
     gw.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_host_name_endpoint_is_resolved_on_connect() {
+    let (a, b) = (Endpoint::start().await, Endpoint::start().await);
+    let upstream = format!(
+        "    endpoints:\n    - url: \"http://localhost:{}/api\"\n    - url: \"{}\"\n    dns_ttl: 5s\n",
+        a.addr.port(),
+        b.url()
+    );
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    for _ in 0..10 {
+        assert_eq!(get(&gw).await, 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (5, 5));
+    gw.shutdown().await;
+}
+
 fn findings(upstream: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("microgateway.yaml");
