@@ -55,6 +55,9 @@ pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// The addresses of host names (`host:port`), and until when they hold.
+type Resolved = HashMap<String, (Instant, Arc<[SocketAddr]>)>;
+
 /// TLS settings by CA-bundle path, with the bundle they trust.
 type BundleConfigs = HashMap<PathBuf, (Arc<[u8]>, Arc<ClientConfig>)>;
 
@@ -68,7 +71,7 @@ pub struct Connector {
     /// first use, rebuilt when a reload brings a different bundle).
     by_bundle: Mutex<BundleConfigs>,
     /// Resolved host names (`host:port`), until their TTL ends.
-    dns: Mutex<HashMap<String, (Instant, Arc<[SocketAddr]>)>>,
+    dns: Mutex<Resolved>,
     /// Spreads new connections over the addresses of a host.
     next_address: AtomicU64,
 }
