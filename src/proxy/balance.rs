@@ -65,6 +65,13 @@ pub struct EndpointState {
     ejected: AtomicU64,
     /// Marked down by active checks.
     down: AtomicBool,
+    /// Its metric series; `None` for an endpoint the registry does not
+    /// hold (a request still on a snapshot a reload replaced), so that
+    /// no series outlives the configuration that named it.
+    series: Option<Series>,
+}
+
+struct Series {
     counters: [IntCounter; 6],
     healthy: IntGauge,
 }
@@ -82,14 +89,21 @@ impl EndpointState {
             .with_label_values(&[&*api, &*url]);
         healthy.set(1);
         EndpointState {
+            series: Some(Series { counters, healthy }),
+            ..EndpointState::detached(api, url)
+        }
+    }
+
+    /// A state no metric series shows.
+    fn detached(api: Arc<str>, url: Arc<str>) -> EndpointState {
+        EndpointState {
             api,
             url,
             in_flight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             ejected: AtomicU64::new(IN),
             down: AtomicBool::new(false),
-            counters,
-            healthy,
+            series: None,
         }
     }
 
@@ -99,11 +113,23 @@ impl EndpointState {
     }
 
     fn update_gauge(&self) {
-        self.healthy.set(i64::from(!self.is_out()));
+        if let Some(series) = &self.series {
+            series.healthy.set(i64::from(!self.is_out()));
+        }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        let Some(series) = &self.series else { return };
+        if let Some(i) = OUTCOMES.iter().position(|(o, _)| *o == outcome) {
+            series.counters[i].inc();
+        }
     }
 
     /// Removes this endpoint's series (it left the configuration).
     fn forget(&self) {
+        if self.series.is_none() {
+            return;
+        }
         let metrics = crate::metrics::get();
         for (_, label) in OUTCOMES {
             let _ = metrics
@@ -285,13 +311,7 @@ impl Balancer {
     }
 
     fn record(&self, state: &EndpointState, outcome: Outcome, trial: bool) {
-        if let Some((i, _)) = OUTCOMES
-            .iter()
-            .enumerate()
-            .find(|(_, (o, _))| *o == outcome)
-        {
-            state.counters[i].inc();
-        }
+        state.count(outcome);
         if outcome == Outcome::Ok {
             state.failures.store(0, Ordering::Relaxed);
             if state.ejected.swap(IN, Ordering::AcqRel) != IN {
@@ -466,7 +486,9 @@ impl Health {
                     .states
                     .get(&(api.clone(), e.url.clone()))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(api.clone(), e.url.clone())))
+                    .unwrap_or_else(|| {
+                        Arc::new(EndpointState::detached(api.clone(), e.url.clone()))
+                    })
             })
             .collect();
         Arc::new(Balancer {

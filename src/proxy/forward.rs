@@ -183,13 +183,13 @@ impl Upstreams {
             };
             let checkout = pool::checkout(&self.connector, &self.shared, &key, Instant::now())
                 .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
-            let try_ = balancer.begin(&pick);
+            let exchange = balancer.begin(&pick);
             let result = checkout
                 .try_send(&self.connector, req, destination, config.timeout)
                 .await;
             let Failed { error, request } = match result {
                 Ok(response) => {
-                    try_.answered(response.status());
+                    exchange.answered(response.status());
                     api.metrics
                         .upstream_duration()
                         .observe(started.elapsed().as_secs_f64());
@@ -207,7 +207,7 @@ impl Upstreams {
                     )
                 );
             if client_fault {
-                try_.neutral();
+                exchange.neutral();
                 return Err(failure(api, error, exceeded.as_ref(), started));
             }
             let outcome = match &error {
@@ -218,7 +218,7 @@ impl Upstreams {
                 }
                 SendError::Request(_) => Outcome::Failure,
             };
-            try_.failed(outcome);
+            exchange.failed(outcome);
             let retry = match outcome {
                 Outcome::ConnectFailure => config.retry.connect_failure,
                 Outcome::Refused => config.retry.refused_stream,

@@ -37,6 +37,7 @@ struct Endpoint {
     status: Arc<AtomicU16>,
     health_status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicUsize>,
+    health_hits: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
 }
 
@@ -49,13 +50,15 @@ impl Endpoint {
         let status = Arc::new(AtomicU16::new(200));
         let health_status = Arc::new(AtomicU16::new(200));
         let delay_ms = Arc::new(AtomicUsize::new(0));
+        let health_hits = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = watch::channel(false);
-        let (h, s, st, hs, d) = (
+        let (h, s, st, hs, d, c) = (
             hits.clone(),
             seen.clone(),
             status.clone(),
             health_status.clone(),
             delay_ms.clone(),
+            health_hits.clone(),
         );
         tokio::spawn(async move {
             let mut accept_stop = stopped.clone();
@@ -67,15 +70,30 @@ impl Endpoint {
                     },
                     _ = accept_stop.changed() => break,
                 };
-                let (h, s, st, hs, d) = (h.clone(), s.clone(), st.clone(), hs.clone(), d.clone());
+                let (h, s, st, hs, d, c) = (
+                    h.clone(),
+                    s.clone(),
+                    st.clone(),
+                    hs.clone(),
+                    d.clone(),
+                    c.clone(),
+                );
                 let mut conn_stop = stopped.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (h, s, st, hs, d) =
-                            (h.clone(), s.clone(), st.clone(), hs.clone(), d.clone());
+                        let (h, s, st, hs, d, c) = (
+                            h.clone(),
+                            s.clone(),
+                            st.clone(),
+                            hs.clone(),
+                            d.clone(),
+                            c.clone(),
+                        );
                         async move {
                             let health = req.uri().path() == "/health";
-                            if !health {
+                            if health {
+                                c.fetch_add(1, Ordering::SeqCst);
+                            } else {
                                 h.fetch_add(1, Ordering::SeqCst);
                                 let id = req
                                     .headers()
@@ -110,8 +128,13 @@ impl Endpoint {
             status,
             health_status,
             delay_ms,
+            health_hits,
             stop,
         }
+    }
+
+    fn health_hits(&self) -> usize {
+        self.health_hits.load(Ordering::SeqCst)
     }
 
     fn url(&self) -> String {
@@ -468,6 +491,36 @@ async fn active_checks_mark_an_endpoint_down_and_up() {
 }
 
 #[tokio::test]
+async fn active_checks_stop_when_their_endpoint_leaves_the_configuration() {
+    let (a, b) = (Endpoint::start().await, Endpoint::start().await);
+    let active = "    health:\n      active: { path: /health, interval: 100ms }\n";
+    let gw = Gateway::start(&yaml(&format!(
+        "{}{active}",
+        endpoints(&[(&a, 1), (&b, 1)])
+    )))
+    .await;
+    until("checks on both", || async {
+        a.health_hits() >= 2 && b.health_hits() >= 2
+    })
+    .await;
+    gw.write_config(&yaml(&format!("{}{active}", endpoints(&[(&b, 1)]))));
+    gw.wait_generation(2).await;
+    // A check on its way when the reload came may still land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (a_checks, b_checks) = (a.health_hits(), b.health_hits());
+    until("more checks on the kept endpoint", || async {
+        b.health_hits() >= b_checks + 3
+    })
+    .await;
+    assert_eq!(
+        a.health_hits(),
+        a_checks,
+        "no check of the removed endpoint"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn every_endpoint_down_is_a_502_not_a_hang() {
     let (x, y) = (closed_port().await, closed_port().await);
     let upstream = format!(
@@ -643,6 +696,21 @@ fn endpoint_settings_are_checked_with_their_position() {
         "{max:?}"
     );
     assert!(findings(&endpoints_of(&["http://127.0.0.1:2/api"])).is_empty());
+    // Outbound credentials over plain HTTP to a host that is not loopback.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("microgateway.yaml");
+    let text = yaml(&endpoints_of(&["https://10.0.0.1/api", "http://10.0.0.2/api"])).replace(
+        "  authentication: { type: none }",
+        "  authentication: { type: none }\n  policies: { outbound_auth: { type: basic, username: u, password: p } }",
+    );
+    std::fs::write(&path, text).unwrap();
+    let refused = config::load(&path, &Env::new(), 1).err().expect("refused");
+    let refused: Vec<String> = refused.findings.iter().map(ToString::to_string).collect();
+    assert!(
+        refused.len() == 1
+            && refused[0].contains("`http://10.0.0.2/api` would carry outbound credentials"),
+        "{refused:?}"
+    );
 }
 
 fn endpoints_of(urls: &[&str]) -> String {
