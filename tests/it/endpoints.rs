@@ -704,7 +704,9 @@ fn endpoint_settings_are_checked_with_their_position() {
         "  authentication: { type: none }\n  policies: { outbound_auth: { type: basic, username: u, password: p } }",
     );
     std::fs::write(&path, text).unwrap();
-    let refused = config::load(&path, &Env::new(), 1).err().expect("refused");
+    let Err(refused) = config::load(&path, &Env::new(), 1) else {
+        panic!("accepted");
+    };
     let refused: Vec<String> = refused.findings.iter().map(ToString::to_string).collect();
     assert!(
         refused.len() == 1
