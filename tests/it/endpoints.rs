@@ -722,3 +722,24 @@ fn endpoints_of(urls: &[&str]) -> String {
     }
     out
 }
+
+#[test]
+fn explain_names_the_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("microgateway.yaml");
+    let upstream = "    endpoints:\n    - { url: \"http://10.0.0.11:8081/api\", weight: 2 }\n    - url: \"http://10.0.0.12:8081/api\"\n    balance: least_requests\n";
+    std::fs::write(&path, yaml(upstream)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .env_clear()
+        .args(["explain", "-c", path.to_str().unwrap(), "GET", "/b/items"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "endpoints:  http://10.0.0.11:8081/api (weight 2), http://10.0.0.12:8081/api (weight 1) (least_requests)\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}
