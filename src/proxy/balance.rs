@@ -696,3 +696,115 @@ async fn probe(
         .flatten()
         .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::snapshot::{PassiveHealth, Retry};
+
+    fn balancer(n: usize, consecutive_failures: u32, max_ejected_percent: u32) -> Balancer {
+        let endpoints: Vec<Endpoint> = (0..n)
+            .map(|i| {
+                let authority = format!("127.0.0.1:{}", 1000 + i);
+                Endpoint {
+                    url: format!("http://{authority}").into(),
+                    scheme: http::uri::Scheme::HTTP,
+                    host: http::HeaderValue::from_str(&authority).unwrap(),
+                    authority: authority.parse().unwrap(),
+                    path: String::new(),
+                    weight: 1,
+                }
+            })
+            .collect();
+        let config = Balanced {
+            schedule: (0..n).map(|i| u8::try_from(i).unwrap()).collect(),
+            endpoints,
+            balance: Balance::RoundRobin,
+            timeout: Duration::from_secs(1),
+            ca_bundle: None,
+            passive: PassiveHealth {
+                consecutive_failures,
+                eject_for: Duration::from_secs(3600),
+                max_ejected_percent,
+            },
+            active: None,
+            retry: Retry {
+                attempts: 2,
+                connect_failure: true,
+                refused_stream: true,
+            },
+            dns_ttl: Duration::ZERO,
+        };
+        Balancer {
+            states: config
+                .endpoints
+                .iter()
+                .map(|e| Arc::new(EndpointState::detached("api".into(), e.url.clone())))
+                .collect(),
+            config: Arc::new(config),
+            cursor: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn fail(balancer: &Balancer, index: usize) {
+        let pick = Pick {
+            index,
+            trial: false,
+        };
+        balancer.begin(&pick).failed(Outcome::ConnectFailure);
+    }
+
+    #[test]
+    fn never_more_than_max_ejected_are_out() {
+        let b = balancer(4, 1, 50);
+        for index in 0..4 {
+            fail(&b, index);
+        }
+        let out: Vec<bool> = b.states.iter().map(|s| s.is_out()).collect();
+        assert_eq!(out, vec![true, true, false, false]);
+        for _ in 0..8 {
+            assert!(b.pick(0).index >= 2);
+        }
+    }
+
+    #[test]
+    fn with_every_endpoint_out_all_are_used() {
+        let b = balancer(2, 1, 100);
+        fail(&b, 0);
+        fail(&b, 1);
+        assert!(b.states.iter().all(|s| s.is_out()));
+        let first = b.pick(0).index;
+        let second = b.pick(1 << first).index;
+        assert_ne!(first, second, "an endpoint not tried yet");
+    }
+
+    #[test]
+    fn an_ended_ejection_lets_one_trial_through() {
+        let b = balancer(2, 1, 100);
+        // Ejected until a moment already past.
+        b.states[0].ejected.store(1, Ordering::Relaxed);
+        let trial = b.pick(0);
+        assert_eq!((trial.index, trial.trial), (0, true));
+        let attempt = b.begin(&trial);
+        // While the trial is on its way, the others get the traffic.
+        for _ in 0..4 {
+            assert_eq!(b.pick(0).index, 1);
+        }
+        attempt.answered(StatusCode::OK);
+        assert!(!b.states[0].is_out());
+        let picks: Vec<usize> = (0..4).map(|_| b.pick(0).index).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+    }
+
+    #[test]
+    fn a_trial_that_tells_nothing_is_given_to_the_next_request() {
+        let b = balancer(2, 1, 100);
+        b.states[0].ejected.store(1, Ordering::Relaxed);
+        let trial = b.pick(0);
+        assert!(trial.trial);
+        drop(b.begin(&trial));
+        assert_eq!(b.states[0].ejected.load(Ordering::Relaxed), 1);
+        assert_eq!(b.states[0].in_flight.load(Ordering::Relaxed), 0);
+    }
+}
