@@ -313,15 +313,21 @@ impl Balancer {
     fn record(&self, state: &EndpointState, outcome: Outcome, trial: bool) {
         state.count(outcome);
         if outcome == Outcome::Ok {
-            state.failures.store(0, Ordering::Relaxed);
-            if state.ejected.swap(IN, Ordering::AcqRel) != IN {
+            // Reads first: a healthy endpoint's state is shared by every
+            // thread, and is written only when it changes.
+            if state.failures.load(Ordering::Relaxed) != 0 {
+                state.failures.store(0, Ordering::Relaxed);
+            }
+            if state.ejected.load(Ordering::Relaxed) != IN
+                && state.ejected.swap(IN, Ordering::AcqRel) != IN
+            {
                 tracing::info!(
                     api = &*state.api,
                     endpoint = &*state.url,
                     "upstream endpoint returned"
                 );
+                state.update_gauge();
             }
-            state.update_gauge();
             return;
         }
         let passive = &self.config.passive;
