@@ -288,6 +288,7 @@ impl Balancer {
                 let until = state.ejected.load(Ordering::Relaxed);
                 (until != IN
                     && until != TRIAL
+                    && until <= now
                     && state
                         .ejected
                         .compare_exchange(until, TRIAL, Ordering::AcqRel, Ordering::Relaxed)
