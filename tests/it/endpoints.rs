@@ -367,6 +367,105 @@ async fn a_killed_endpoint_fails_no_get_and_gets_no_post_twice() {
     assert!(a.hits() > 30 && c.hits() > 30);
 }
 
+/// An endpoint that reads each request (head and body) and closes the
+/// connection without a byte of answer; counts the requests it read.
+async fn dropping_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let read = Arc::new(AtomicUsize::new(0));
+    let counted = read.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + length {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, read)
+}
+
+#[tokio::test]
+async fn a_post_that_reached_an_endpoint_is_never_sent_to_another() {
+    let (dropping, read) = dropping_endpoint().await;
+    let b = Endpoint::start().await;
+    let upstream = format!(
+        "    endpoints:\n    - url: \"http://{dropping}/api\"\n    - url: \"{}\"\n    retry: {{ attempts: 2 }}\n    health:\n      passive: {{ consecutive_failures: 100 }}\n",
+        b.url()
+    );
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    // Round robin: the first request goes to the dropping endpoint.
+    let post = gw
+        .request(reqwest::Method::POST, "/b/items")
+        .header("x-request-id", "once")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502);
+    assert_eq!(read.load(Ordering::SeqCst), 1);
+    assert!(
+        b.post_ids().is_empty(),
+        "the POST went to one endpoint only"
+    );
+    // The second goes to `b`; the third to the dropping one first, and,
+    // a bodiless GET unanswered, to `b` after it.
+    assert_eq!(get(&gw).await, 200);
+    assert_eq!(get(&gw).await, 200);
+    assert_eq!(read.load(Ordering::SeqCst), 2);
+    assert_eq!(b.hits(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_goes_to_another_endpoint_when_the_first_refuses() {
+    let closed = closed_port().await;
+    let b = Endpoint::start().await;
+    let upstream = format!(
+        "    endpoints:\n    - url: \"http://{closed}/api\"\n    - url: \"{}\"\n    health:\n      passive: {{ consecutive_failures: 100 }}\n",
+        b.url()
+    );
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    for i in 0..6 {
+        let status = gw
+            .request(reqwest::Method::POST, "/b/items")
+            .header("x-request-id", i.to_string())
+            .body("payload")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let mut ids = b.post_ids();
+    ids.sort();
+    assert_eq!(ids, vec!["0", "1", "2", "3", "4", "5"]);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_failing_endpoint_is_ejected_and_returns_after_eject_for() {
     let (a, b) = (Endpoint::start().await, Endpoint::start().await);
