@@ -639,9 +639,39 @@ impl Checkout {
         destination: Destination<'_>,
         stall: Duration,
     ) -> Result<Response<Body>, SendError> {
-        self.try_send(connector, req, destination, stall)
-            .await
-            .map_err(|failed| failed.error)
+        // Not a wrapper of `try_send`: the single-endpoint route keeps its
+        // smaller future and result.
+        let Checkout { home, slot, conn } = self;
+        let (conn, reused) = match conn {
+            Conn::Idle(conn) => (conn, true),
+            // Boxed (as below): connecting is a large future that requests
+            // on a pooled connection need not carry.
+            Conn::New(target) => (
+                Box::pin(connector.connect_within(&target, stall)).await?,
+                false,
+            ),
+        };
+        let response = match conn.send(req, destination, stall).await {
+            Ok(response) => response,
+            Err(Failure {
+                request: Some(req),
+                unsent,
+                ..
+            }) if reused && (unsent || is_idempotent(req.method())) => {
+                let target = home
+                    .with(|pool| pool.target(slot))
+                    .flatten()
+                    .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
+                let conn = Box::pin(connector.connect_within(&target, stall)).await?;
+                // Boxed: a second exchange in this future would double its
+                // size for every request, retried or not.
+                Box::pin(conn.send(req, destination, stall))
+                    .await
+                    .map_err(|failure| SendError::Request(failure.error))?
+            }
+            Err(failure) => return Err(SendError::Request(failure.error)),
+        };
+        Ok(pooled(response, home, slot))
     }
 
     /// [`Checkout::send`], giving the request back on a failure when it
@@ -699,14 +729,20 @@ impl Checkout {
             }
             Err(failure) => return Err(Failed::after(failure)),
         };
-        Ok(response.map(|body| {
-            PooledBody {
-                body,
-                back: Some(Back { home, slot }),
-            }
-            .boxed()
-        }))
+        Ok(pooled(response, home, slot))
     }
+}
+
+/// The response, its body putting the connection back once read to its end.
+#[inline]
+fn pooled(response: Response<ResponseBody>, home: Home, slot: SlotId) -> Response<Body> {
+    response.map(|body| {
+        PooledBody {
+            body,
+            back: Some(Back { home, slot }),
+        }
+        .boxed()
+    })
 }
 
 impl Failed {
