@@ -135,6 +135,7 @@ impl Gateway {
             authz: Arc::new(ArcSwapOption::empty()),
             auth: runtime.auth.clone(),
             throttle: runtime.throttle.clone(),
+            health: runtime.upstreams.health().clone(),
         });
         let listening = Arc::new(AtomicBool::new(false));
         let state = Arc::new(State {
@@ -160,6 +161,7 @@ impl Gateway {
             .throttle
             .prepare(&first)
             .map_err(StartError::Throttle)?;
+        state.runtime.upstreams.health().prepare(&first);
         drop(first);
         tracing::debug!(generation, "first snapshot prepared");
         let (stop, stop_rx) = watch::channel(false);

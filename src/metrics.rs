@@ -8,8 +8,8 @@ use std::sync::{Arc, LazyLock, OnceLock};
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use thread_local::ThreadLocal;
 
@@ -55,6 +55,13 @@ pub struct Metrics {
     /// `throttle_store_errors_total`: throttle store calls that failed or
     /// timed out (each then decided by `on_store_error`).
     pub throttle_store_errors: IntCounter,
+    /// `upstream_requests_total{api,endpoint,result}`: exchanges with each
+    /// configured endpoint of a balanced upstream
+    /// (ok|error_status|connect_failure|refused|timeout|failure).
+    pub upstream_requests: IntCounterVec,
+    /// `upstream_endpoint_healthy{api,endpoint}`: 1 while the endpoint
+    /// takes traffic, 0 while ejected or marked down by active checks.
+    pub upstream_endpoint_healthy: IntGaugeVec,
 }
 
 #[allow(
@@ -63,6 +70,19 @@ pub struct Metrics {
 )]
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help).namespace("microgateway"), labels)
+        .expect("metric names and labels are static and valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once");
+    metric
+}
+
+#[allow(
+    clippy::expect_used,
+    reason = "metric names and labels are static and valid; each is registered once"
+)]
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help).namespace("microgateway"), labels)
         .expect("metric names and labels are static and valid");
     registry
         .register(Box::new(metric.clone()))
@@ -211,6 +231,18 @@ impl Metrics {
                 &["api", "policy"],
             ),
             throttle_store_errors,
+            upstream_requests: counter(
+                &registry,
+                "upstream_requests_total",
+                "Exchanges with each endpoint of a balanced upstream",
+                &["api", "endpoint", "result"],
+            ),
+            upstream_endpoint_healthy: gauge(
+                &registry,
+                "upstream_endpoint_healthy",
+                "Whether each endpoint of a balanced upstream takes traffic",
+                &["api", "endpoint"],
+            ),
             registry,
             request_duration,
             upstream_duration,

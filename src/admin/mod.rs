@@ -105,7 +105,10 @@ async fn rest(admin: &Admin, method: &Method, path: &str, req: Request<Body>) ->
     match (method, path) {
         (&Method::GET, "status") => json_response(StatusCode::OK, status(admin)),
         (&Method::GET, "settings") => json_response(StatusCode::OK, views::settings(&snapshot)),
-        (&Method::GET, "assets") => json_response(StatusCode::OK, views::assets(&snapshot)),
+        (&Method::GET, "assets") => json_response(
+            StatusCode::OK,
+            views::assets(&snapshot, Some(&admin.reloader.health)),
+        ),
         (&Method::POST, "reload") => {
             match admin.reloader.reload_on_blocking_pool(Source::Api).await {
                 Ok(generation) => json_response(StatusCode::OK, json!({"generation": generation})),

@@ -3,10 +3,14 @@
 
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::config::snapshot::{
-    Alias, Authentication, OnStoreError, Outbound, ThrottleStore, Throttling, Upstream,
+    Alias, Authentication, Balance, Balanced, OnStoreError, Outbound, ThrottleStore, Throttling,
+    Upstream,
 };
 use crate::config::Snapshot;
+use crate::proxy::balance::Health;
 
 const REDACTED: &str = "****";
 
@@ -72,7 +76,7 @@ pub fn settings(s: &Snapshot) -> Value {
             })).collect::<Vec<_>>(),
         })),
         "throttling": throttling(&s.throttling),
-        "apis": assets(s)["apis"].clone(),
+        "apis": assets(s, None)["apis"].clone(),
         "applications": applications(s),
     })
 }
@@ -93,7 +97,9 @@ fn throttling(t: &Throttling) -> Value {
     })
 }
 
-pub fn assets(s: &Snapshot) -> Value {
+/// The APIs, resources, scopes and mappings of `s`; with `health`, the
+/// state of each endpoint of a balanced upstream too.
+pub fn assets(s: &Snapshot, health: Option<&Health>) -> Value {
     let apis: Vec<Value> = s
         .apis
         .iter()
@@ -105,6 +111,7 @@ pub fn assets(s: &Snapshot) -> Value {
                 "upstream": match &api.upstream {
                     Upstream::Echo => json!({"echo": true}),
                     Upstream::Url { scheme, authority, path, timeout, .. } => json!({"url": format!("{scheme}://{authority}{path}"), "timeout": timeout.as_secs_f64()}),
+                    Upstream::Balanced(b) => balanced(&api.name, b, health),
                 },
                 "authentication": match &api.authentication {
                     Authentication::None => json!({"type": "none"}),
@@ -170,4 +177,54 @@ fn applications(s: &Snapshot) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// A balanced upstream: its settings, and each endpoint's state when the
+/// runtime's health is at hand.
+fn balanced(api: &str, b: &Arc<Balanced>, health: Option<&Health>) -> Value {
+    let states = health.map(|h| h.describe(api, b));
+    let endpoints: Vec<Value> = b
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut entry = json!({"url": &*e.url, "weight": e.weight});
+            if let Some((_, in_flight, state)) = states.as_ref().and_then(|s| s.get(i)) {
+                entry["state"] = json!(state);
+                entry["in_flight"] = json!(in_flight);
+            }
+            entry
+        })
+        .collect();
+    let retry_on: Vec<&str> = [
+        b.retry.connect_failure.then_some("connect_failure"),
+        b.retry.refused_stream.then_some("refused_stream"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    json!({
+        "endpoints": endpoints,
+        "balance": match b.balance {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequests => "least_requests",
+        },
+        "timeout": b.timeout.as_secs_f64(),
+        "health": {
+            "passive": {
+                "consecutive_failures": b.passive.consecutive_failures,
+                "eject_for": b.passive.eject_for.as_secs_f64(),
+                "max_ejected": format!("{}%", b.passive.max_ejected_percent),
+            },
+            "active": b.active.as_ref().map(|a| json!({
+                "path": a.path, "interval": a.interval.as_secs_f64(), "timeout": a.timeout.as_secs_f64(),
+                "healthy": a.healthy, "unhealthy": a.unhealthy,
+            })),
+        },
+        "retry": {
+            "attempts": b.retry.attempts,
+            "on": retry_on,
+        },
+        "dns_ttl": b.dns_ttl.as_secs_f64(),
+    })
 }

@@ -5,7 +5,6 @@
 //! omission.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,44 +254,39 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             pem: pem.into(),
         })
     });
-    match (&up.value.url, echo) {
-        (Some(url), false) => {
-            let uri = http::Uri::from_str(url.value.0.trim()).ok();
-            let parts = uri.and_then(|u| {
-                let scheme = u.scheme().cloned()?;
-                let authority = u.authority().cloned()?;
-                let host = HeaderValue::from_str(authority.as_str()).ok()?;
-                (matches!(scheme.as_str(), "http" | "https") && u.query().is_none()).then(|| {
-                    (
-                        scheme,
-                        authority,
-                        host,
-                        u.path().trim_end_matches('/').to_owned(),
-                    )
-                })
-            });
-            match parts {
-                Some((scheme, authority, host, path)) => Some(Upstream::Url {
-                    host,
-                    scheme,
-                    authority,
-                    path,
-                    timeout,
-                    ca_bundle,
-                }),
-                None => {
-                    ctx.report.error(
-                        url.referenced,
-                        format!(
-                            "upstream.url `{}` is not an http(s) URL without query",
-                            url.value.0
-                        ),
-                        "http://host[:port]/path or https://…",
-                    );
-                    None
-                }
-            }
+    if up.value.endpoints.is_some() || super::upstream_compile::wants_balancing(&up.value) {
+        if echo {
+            ctx.report.error(
+                up.referenced,
+                "upstream has both `endpoints` (or balancing settings) and `echo: true`",
+                "one of them",
+            );
+            return None;
         }
+        return super::upstream_compile::balanced(ctx, up, timeout, ca_bundle);
+    }
+    match (&up.value.url, echo) {
+        (Some(url), false) => match super::upstream_compile::parse_url(&url.value.0) {
+            Some((scheme, authority, host, path)) => Some(Upstream::Url {
+                host,
+                scheme,
+                authority,
+                path,
+                timeout,
+                ca_bundle,
+            }),
+            None => {
+                ctx.report.error(
+                    url.referenced,
+                    format!(
+                        "upstream.url `{}` is not an http(s) URL without query",
+                        url.value.0
+                    ),
+                    "http://host[:port]/path or https://…",
+                );
+                None
+            }
+        },
         (None, true) => Some(Upstream::Echo),
         (Some(url), true) => {
             ctx.report.error(

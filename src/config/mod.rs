@@ -29,6 +29,7 @@ pub mod security_compile;
 pub mod snapshot;
 pub mod template;
 pub mod throttle_compile;
+pub mod upstream_compile;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -35,10 +35,14 @@ pub(super) fn check(ctx: &mut Ctx, file: &raw::File, own_issuer: Option<&str>) {
         let (Some(upstream), Some(_)) = (&api.upstream, &api.policies.outbound_auth) else {
             continue;
         };
+        let allowed = &upstream.value.allow_insecure_http;
+        let what = "outbound credentials (outbound_auth)";
         if let Some(target) = &upstream.value.url {
-            let allowed = &upstream.value.allow_insecure_http;
-            let what = "outbound credentials (outbound_auth)";
             url(ctx, target, "upstream.url", what, allowed);
+        }
+        let endpoints = upstream.value.endpoints.iter().flat_map(|e| &e.value);
+        for target in endpoints.filter_map(|e| e.value.url.as_ref()) {
+            url(ctx, target, "upstream.endpoints[].url", what, allowed);
         }
     }
 }

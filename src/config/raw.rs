@@ -290,6 +290,52 @@ pub struct Upstream {
     pub ca_bundle: Opt<Scalar>,
     /// Plain `http://` to a host that is not loopback: a warning, not an error.
     pub allow_insecure_http: Opt<Scalar>,
+    /// Several instances instead of `url`.
+    pub endpoints: Option<S<Vec<S<Endpoint>>>>,
+    pub balance: Opt<String>,
+    pub health: Option<S<Health>>,
+    pub retry: Option<S<Retry>>,
+    /// How long a resolved host name is used before it is resolved again.
+    pub dns_ttl: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Endpoint {
+    pub url: Opt<Scalar>,
+    pub weight: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub passive: Option<S<PassiveHealth>>,
+    pub active: Option<S<ActiveHealth>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassiveHealth {
+    pub consecutive_failures: Opt<Scalar>,
+    pub eject_for: Opt<Scalar>,
+    pub max_ejected: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActiveHealth {
+    pub path: Opt<String>,
+    pub interval: Opt<Scalar>,
+    pub timeout: Opt<Scalar>,
+    pub healthy: Opt<Scalar>,
+    pub unhealthy: Opt<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retry {
+    pub attempts: Opt<Scalar>,
+    pub on: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

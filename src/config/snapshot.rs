@@ -207,6 +207,83 @@ pub enum Upstream {
         /// Verifies an `https` upstream instead of the system roots.
         ca_bundle: Option<CaBundle>,
     },
+    /// `endpoints:`: several instances, balanced, with health and retries.
+    Balanced(Arc<Balanced>),
+}
+
+/// An upstream of several endpoints (`upstream.endpoints`).
+#[derive(Debug, Clone)]
+pub struct Balanced {
+    pub endpoints: Vec<Endpoint>,
+    pub balance: Balance,
+    pub timeout: Duration,
+    /// Verifies `https` endpoints instead of the system roots.
+    pub ca_bundle: Option<CaBundle>,
+    pub passive: PassiveHealth,
+    pub active: Option<ActiveHealth>,
+    pub retry: Retry,
+    /// Smooth weighted round robin, one turn: indexes into `endpoints`,
+    /// each as often as its weight, spread out.
+    pub schedule: Vec<u8>,
+    /// How long the addresses of a host name are used.
+    pub dns_ttl: Duration,
+}
+
+/// Most endpoints an upstream may list.
+pub const MAX_ENDPOINTS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// As written (trailing `/` removed): the endpoint's name in metrics,
+    /// logs and the health state kept across reloads.
+    pub url: Arc<str>,
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub host: HeaderValue,
+    /// Path prefix without a trailing slash.
+    pub path: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// The less busy of two endpoints drawn at random.
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Failures in a row (connect errors, resets, 502/503/504) that eject
+    /// an endpoint.
+    pub consecutive_failures: u32,
+    pub eject_for: Duration,
+    /// Percent of the endpoints that may be ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHealth {
+    /// Path (and query) requested with `GET` on each endpoint.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Successes in a row that mark an endpoint up again.
+    pub healthy: u32,
+    /// Failures in a row that mark it down.
+    pub unhealthy: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// Another endpoint after a connection that could not be made.
+    pub connect_failure: bool,
+    /// Another endpoint after a connection closed before the request could
+    /// have been read, or (idempotent, bodiless) before any answer.
+    pub refused_stream: bool,
 }
 
 /// PEM CA certificates, read when the snapshot was compiled.

@@ -15,7 +15,7 @@ use super::route::{route, Route, RouteProblem};
 use super::scope::{authorize, granting_scopes, Denied};
 use crate::auth::identity::Identity;
 use crate::auth::Principal;
-use crate::config::snapshot::{Authentication, Cors, CredentialType, Origins};
+use crate::config::snapshot::{Authentication, Balance, Cors, CredentialType, Origins, Upstream};
 use crate::config::Snapshot;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +260,18 @@ impl fmt::Display for Verdict {
                 "resource:   {} {}",
                 resource.method, resource.template.text
             )?;
+            if let Upstream::Balanced(balanced) = &route.api.upstream {
+                let endpoints: Vec<String> = balanced
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{} (weight {})", e.url, e.weight))
+                    .collect();
+                let balance = match balanced.balance {
+                    Balance::RoundRobin => "round_robin",
+                    Balance::LeastRequests => "least_requests",
+                };
+                writeln!(f, "endpoints:  {} ({balance})", endpoints.join(", "))?;
+            }
             match (&route.api.authentication, &self.auth_server) {
                 (Authentication::Identify(i), server)
                     if i.types != [CredentialType::OAuth2] || i.registered_only =>

@@ -17,13 +17,17 @@ use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
+use super::balance::{Health, Outcome};
 use super::client;
-use super::pool::{self, Connector, Key, Pool, SendError};
+use super::pool::{self, Connector, Failed, Key, Pool, SendError};
 use super::reject::{BodyFault, Rejection};
 use super::{full, Body, BoxError};
-use crate::config::snapshot::{Api, Upstream};
+use crate::config::snapshot::{Api, Balanced, Upstream};
 use crate::http1::request_encode::Destination;
 use crate::policy::Grant;
+
+/// How long an upstream written as `url` uses the addresses of its host.
+const DEFAULT_DNS_TTL: Duration = Duration::from_secs(30);
 
 /// The upstream connection pools: each listener thread's own (see
 /// [`Upstreams::pin_pool_to_this_thread`]), and one shared by every other
@@ -33,6 +37,7 @@ use crate::policy::Grant;
 pub struct Upstreams {
     connector: Arc<Connector>,
     shared: Arc<Mutex<Pool>>,
+    health: Arc<Health>,
 }
 
 impl Upstreams {
@@ -47,8 +52,15 @@ impl Upstreams {
         let connector = Arc::new(Connector::new(connect_timeout));
         Upstreams {
             shared: Arc::new(Mutex::new(Pool::new(connector.clone()))),
+            health: Arc::new(Health::new(connector.clone())),
             connector,
         }
+    }
+
+    /// The health of the endpoints of balanced upstreams (kept across
+    /// reloads: [`Health::prepare`] binds each snapshot to it).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Sends the request to the API's upstream and returns the upstream's
@@ -80,6 +92,10 @@ impl Upstreams {
                 timeout,
                 ca_bundle,
             } => (scheme, authority, host, path, *timeout, ca_bundle),
+            Upstream::Balanced(balanced) => {
+                // Boxed: the single-endpoint future stays as small as it was.
+                return Box::pin(self.forward_balanced(api, balanced, req, rest)).await;
+            }
         };
         let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);
         path_and_query.push_str(prefix);
@@ -109,6 +125,7 @@ impl Upstreams {
             scheme,
             authority,
             ca_bundle: ca_bundle.as_ref(),
+            dns_ttl: DEFAULT_DNS_TTL,
         };
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
@@ -119,42 +136,154 @@ impl Upstreams {
         let result = checkout
             .send(&self.connector, req, destination, timeout)
             .await;
-        let error = match result {
+        match result {
             // The upstream's hop-by-hop headers ended with its connection.
             Ok(response) => {
                 api.metrics
                     .upstream_duration()
                     .observe(started.elapsed().as_secs_f64());
-                return Ok(response);
+                Ok(response)
             }
-            Err(error) => error,
-        };
-        tracing::debug!(%error, api = api.name, "exchange failed");
-        if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
-            return Err(Rejection::PayloadTooLarge);
+            Err(error) => Err(failure(api, error, exceeded.as_ref(), started)),
         }
-        let (rejection, cause) = match error {
-            // The client's body broke: the exchange was cut before the
-            // request was complete, and the upstream is not to blame.
-            SendError::Request(client::Error::RequestBody(error)) => {
-                return Err(Rejection::ClientBody(BodyFault::of(&error)))
-            }
-            SendError::Request(client::Error::RequestBodyLength) => {
-                return Err(Rejection::ClientBody(BodyFault::Truncated))
-            }
-            SendError::Timeout(_)
-            | SendError::Request(client::Error::Timeout(_) | client::Error::WriteStalled(_)) => {
-                (Rejection::GatewayTimeout, "timeout")
-            }
-            SendError::Connect(_) => (Rejection::BadGateway("connect".into()), "connect"),
-            SendError::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
-        };
-        api.metrics
-            .upstream_duration()
-            .observe(started.elapsed().as_secs_f64());
-        api.metrics.upstream_error(cause);
-        Err(rejection)
     }
+
+    /// Forwards to one of the endpoints of `balanced`, and to another one
+    /// when the first failed in a way that left the request unsent (or,
+    /// idempotent and bodiless, unanswered), as `retry` allows.
+    async fn forward_balanced(
+        &self,
+        api: &Api,
+        balanced: &Arc<Balanced>,
+        mut req: Request<Body>,
+        rest: &str,
+    ) -> Result<Response<Body>, Rejection> {
+        let balancer = self.health.balancer(&api.name, balanced);
+        let config = balancer.config();
+        let exceeded = req.extensions().get::<LimitFlag>().cloned();
+        let started = Instant::now();
+        let mut tried = 0u64;
+        let mut attempt = 1;
+        loop {
+            let pick = balancer.pick(tried);
+            tried |= 1 << pick.index;
+            let endpoint = &config.endpoints[pick.index];
+            let path_and_query = target(&endpoint.path, rest, req.uri().query()).ok_or(
+                Rejection::BadRequest("the request cannot be mapped to the upstream"),
+            )?;
+            let destination = Destination {
+                path_and_query: &path_and_query,
+                host: &endpoint.host,
+            };
+            let key = Key {
+                scheme: &endpoint.scheme,
+                authority: &endpoint.authority,
+                ca_bundle: config.ca_bundle.as_ref(),
+                dns_ttl: config.dns_ttl,
+            };
+            let checkout = pool::checkout(&self.connector, &self.shared, &key, Instant::now())
+                .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
+            let exchange = balancer.begin(&pick);
+            let result = checkout
+                .try_send(&self.connector, req, destination, config.timeout)
+                .await;
+            let Failed { error, request } = match result {
+                Ok(response) => {
+                    exchange.answered(response.status());
+                    api.metrics
+                        .upstream_duration()
+                        .observe(started.elapsed().as_secs_f64());
+                    return Ok(response);
+                }
+                Err(failed) => failed,
+            };
+            let client_fault = exceeded
+                .as_ref()
+                .is_some_and(|f| f.0.load(Ordering::Relaxed))
+                || matches!(
+                    error,
+                    SendError::Request(
+                        client::Error::RequestBody(_) | client::Error::RequestBodyLength
+                    )
+                );
+            if client_fault {
+                exchange.neutral();
+                return Err(failure(api, error, exceeded.as_ref(), started));
+            }
+            let outcome = match &error {
+                SendError::Connect(_) | SendError::Timeout(_) => Outcome::ConnectFailure,
+                _ if request.is_some() => Outcome::Refused,
+                SendError::Request(client::Error::Timeout(_) | client::Error::WriteStalled(_)) => {
+                    Outcome::Timeout
+                }
+                SendError::Request(_) => Outcome::Failure,
+            };
+            exchange.failed(outcome);
+            let retry = match outcome {
+                Outcome::ConnectFailure => config.retry.connect_failure,
+                Outcome::Refused => config.retry.refused_stream,
+                _ => false,
+            };
+            match request {
+                Some(again) if retry && attempt < config.retry.attempts => {
+                    tracing::debug!(%error, api = api.name, endpoint = &*endpoint.url, "trying another endpoint");
+                    req = again;
+                    attempt += 1;
+                }
+                _ => return Err(failure(api, error, exceeded.as_ref(), started)),
+            }
+        }
+    }
+}
+
+/// The upstream's request target: `prefix` + `rest` (+ `?query`), or
+/// `None` when it would not be one token.
+fn target(prefix: &str, rest: &str, query: Option<&str>) -> Option<String> {
+    let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);
+    path_and_query.push_str(prefix);
+    path_and_query.push_str(rest);
+    if path_and_query.is_empty() {
+        path_and_query.push('/');
+    }
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    is_request_target(&path_and_query).then_some(path_and_query)
+}
+
+/// What the client is told when the exchange failed, counted.
+fn failure(
+    api: &Api,
+    error: SendError,
+    exceeded: Option<&LimitFlag>,
+    started: Instant,
+) -> Rejection {
+    tracing::debug!(%error, api = api.name, "exchange failed");
+    if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
+        return Rejection::PayloadTooLarge;
+    }
+    let (rejection, cause) = match error {
+        // The client's body broke: the exchange was cut before the
+        // request was complete, and the upstream is not to blame.
+        SendError::Request(client::Error::RequestBody(error)) => {
+            return Rejection::ClientBody(BodyFault::of(&error))
+        }
+        SendError::Request(client::Error::RequestBodyLength) => {
+            return Rejection::ClientBody(BodyFault::Truncated)
+        }
+        SendError::Timeout(_)
+        | SendError::Request(client::Error::Timeout(_) | client::Error::WriteStalled(_)) => {
+            (Rejection::GatewayTimeout, "timeout")
+        }
+        SendError::Connect(_) => (Rejection::BadGateway("connect".into()), "connect"),
+        SendError::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
+    };
+    api.metrics
+        .upstream_duration()
+        .observe(started.elapsed().as_secs_f64());
+    api.metrics.upstream_error(cause);
+    rejection
 }
 
 /// No space and no control byte, which could end the target early (bytes

@@ -5,6 +5,7 @@
 //! `forward` talks to the upstream, over the HTTP/1.1 `client` and its
 //! `pool`.
 
+pub mod balance;
 pub(crate) mod client;
 pub mod correlate;
 pub mod cors;

@@ -55,6 +55,9 @@ pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
+/// The addresses of host names (`host:port`), and until when they hold.
+type Resolved = HashMap<String, (Instant, Arc<[SocketAddr]>)>;
+
 /// TLS settings by CA-bundle path, with the bundle they trust.
 type BundleConfigs = HashMap<PathBuf, (Arc<[u8]>, Arc<ClientConfig>)>;
 
@@ -67,7 +70,15 @@ pub struct Connector {
     /// TLS settings by CA-bundle path, with the bundle they trust (built on
     /// first use, rebuilt when a reload brings a different bundle).
     by_bundle: Mutex<BundleConfigs>,
+    /// Resolved host names (`host:port`), until their TTL ends.
+    dns: Mutex<Resolved>,
+    /// Spreads new connections over the addresses of a host.
+    next_address: AtomicU64,
 }
+
+/// Host names whose addresses are kept at once (expired ones go first,
+/// then all: the cache never grows past this).
+pub const MAX_DNS_ENTRIES: usize = 1024;
 
 /// The CA bundle has no certificate rustls accepts.
 #[derive(Debug)]
@@ -105,6 +116,8 @@ impl Connector {
             connect_timeout,
             system_roots: client_config(roots),
             by_bundle: Mutex::default(),
+            dns: Mutex::default(),
+            next_address: AtomicU64::new(0),
         }
     }
 
@@ -164,18 +177,44 @@ impl Connector {
             .map_err(|_| SendError::Timeout(timeout))?
     }
 
-    /// Tries the upstream's addresses in turn, the connect timeout divided
-    /// among them.
+    /// The addresses of `host`, from the cache while their TTL lasts.
+    async fn resolve(&self, host: &str, port: u16, ttl: Duration) -> io::Result<Arc<[SocketAddr]>> {
+        let name = format!("{host}:{port}");
+        let now = Instant::now();
+        if let Some((until, addrs)) = lock(&self.dns).get(&name) {
+            if now < *until {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host((host, port)).await?.collect();
+        if !ttl.is_zero() && !addrs.is_empty() {
+            let mut cache = lock(&self.dns);
+            if cache.len() >= MAX_DNS_ENTRIES {
+                cache.retain(|_, (until, _)| now < *until);
+                if cache.len() >= MAX_DNS_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(name, (now + ttl, addrs.clone()));
+        }
+        Ok(addrs)
+    }
+
+    /// Tries the upstream's addresses in turn, each connection starting at
+    /// the next one, the connect timeout divided among them.
     async fn tcp(&self, target: &Target) -> io::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = match target.ip {
-            Some(ip) => vec![SocketAddr::new(ip, target.port)],
-            None => tokio::net::lookup_host((&*target.host, target.port))
-                .await?
-                .collect(),
+        let addrs: Arc<[SocketAddr]> = match target.ip {
+            Some(ip) => Arc::new([SocketAddr::new(ip, target.port)]),
+            None => {
+                self.resolve(&target.host, target.port, target.dns_ttl)
+                    .await?
+            }
         };
         let each = self.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
         let mut failure = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
-        for addr in addrs {
+        let start = usize::try_from(self.next_address.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
+        let n = addrs.len().max(1);
+        for addr in (0..addrs.len()).map(|k| addrs[(start + k) % n]) {
             match tokio::time::timeout(each, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     stream.set_nodelay(true)?;
@@ -223,6 +262,32 @@ struct Target {
     /// For `https`: the TLS settings and the name the certificate must
     /// carry (`None` if the host is not a valid one: connecting fails).
     tls: Option<(TlsConnector, Option<ServerName<'static>>)>,
+    dns_ttl: Duration,
+}
+
+impl Target {
+    fn new(key: &Key<'_>, https: bool, config: Arc<ClientConfig>) -> Target {
+        let host = key.authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = key
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let tls = https.then(|| {
+            let name = ServerName::try_from(host.to_owned()).ok();
+            (TlsConnector::from(config), name)
+        });
+        Target {
+            host: host.into(),
+            ip: host.parse().ok(),
+            port,
+            tls,
+            dns_ttl: key.dns_ttl,
+        }
+    }
 }
 
 /// One upstream as a request names it.
@@ -230,6 +295,9 @@ pub struct Key<'a> {
     pub scheme: &'a Scheme,
     pub authority: &'a Authority,
     pub ca_bundle: Option<&'a CaBundle>,
+    /// How long the addresses of a host name are used before it is
+    /// resolved again (zero: on every connect).
+    pub dns_ttl: Duration,
 }
 
 /// A slot's place in its pool, and which of the upstreams that held the
@@ -371,25 +439,7 @@ impl Pool {
     )]
     fn add_slot(&mut self, key: &Key<'_>, https: bool) -> Result<SlotId, NoUsableCa> {
         let config = self.connector.tls_config(key.ca_bundle)?;
-        let host = key.authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port = key
-            .authority
-            .port_u16()
-            .unwrap_or(if https { 443 } else { 80 });
-        let tls = https.then(|| {
-            let name = ServerName::try_from(host.to_owned()).ok();
-            (TlsConnector::from(config), name)
-        });
-        let target = Target {
-            host: host.into(),
-            ip: host.parse().ok(),
-            port,
-            tls,
-        };
+        let target = Target::new(key, https, config);
         let free = self.slots.iter().position(|slot| slot.authority.is_none());
         let index = free.unwrap_or(self.slots.len());
         let generation = free.map_or(0, |i| self.slots[i].generation.wrapping_add(1));
@@ -570,6 +620,14 @@ pub fn checkout(
     })
 }
 
+/// A request that got no response, with the request itself when no byte
+/// of it can have reached the upstream, or when it is idempotent, had no
+/// body and got no byte of answer: it may then go to another upstream.
+pub struct Failed {
+    pub error: SendError,
+    pub request: Option<Request<Body>>,
+}
+
 impl Checkout {
     /// Sends `req` to `destination` and returns the response head; the connection goes back to its pool when the body has ended.
     /// The upstream may be silent for at most `stall` while more of the
@@ -581,6 +639,8 @@ impl Checkout {
         destination: Destination<'_>,
         stall: Duration,
     ) -> Result<Response<Body>, SendError> {
+        // Not a wrapper of `try_send`: the single-endpoint route keeps its
+        // smaller future and result.
         let Checkout { home, slot, conn } = self;
         let (conn, reused) = match conn {
             Conn::Idle(conn) => (conn, true),
@@ -611,14 +671,108 @@ impl Checkout {
             }
             Err(failure) => return Err(SendError::Request(failure.error)),
         };
-        Ok(response.map(|body| {
-            PooledBody {
-                body,
-                back: Some(Back { home, slot }),
-            }
-            .boxed()
-        }))
+        Ok(pooled(response, home, slot))
     }
+
+    /// [`Checkout::send`], giving the request back on a failure when it
+    /// is safe to send it elsewhere (see [`Failed`]).
+    pub async fn try_send(
+        self,
+        connector: &Connector,
+        req: Request<Body>,
+        destination: Destination<'_>,
+        stall: Duration,
+    ) -> Result<Response<Body>, Failed> {
+        let Checkout { home, slot, conn } = self;
+        let (conn, reused) = match conn {
+            Conn::Idle(conn) => (conn, true),
+            // Boxed (as below): connecting is a large future that requests
+            // on a pooled connection need not carry.
+            Conn::New(target) => match Box::pin(connector.connect_within(&target, stall)).await {
+                Ok(conn) => (conn, false),
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        request: Some(req),
+                    })
+                }
+            },
+        };
+        let response = match conn.send(req, destination, stall).await {
+            Ok(response) => response,
+            Err(Failure {
+                request: Some(req),
+                unsent,
+                ..
+            }) if reused && (unsent || is_idempotent(req.method())) => {
+                let target = home.with(|pool| pool.target(slot)).flatten();
+                let Some(target) = target else {
+                    return Err(Failed {
+                        error: SendError::Connect("the connection pool is gone".into()),
+                        request: Some(req),
+                    });
+                };
+                let conn = match Box::pin(connector.connect_within(&target, stall)).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(req),
+                        })
+                    }
+                };
+                // Boxed: a second exchange in this future would double its
+                // size for every request, retried or not.
+                Box::pin(conn.send(req, destination, stall))
+                    .await
+                    .map_err(Failed::after)?
+            }
+            Err(failure) => return Err(Failed::after(failure)),
+        };
+        Ok(pooled(response, home, slot))
+    }
+}
+
+/// The response, its body putting the connection back once read to its end.
+#[inline]
+fn pooled(response: Response<ResponseBody>, home: Home, slot: SlotId) -> Response<Body> {
+    response.map(|body| {
+        PooledBody {
+            body,
+            back: Some(Back { home, slot }),
+        }
+        .boxed()
+    })
+}
+
+impl Failed {
+    /// After an exchange on a connection: the request comes back only if
+    /// the upstream cannot have read it, or if sending it again is safe.
+    fn after(failure: Failure) -> Failed {
+        let Failure {
+            error,
+            request,
+            unsent,
+        } = failure;
+        Failed {
+            error: SendError::Request(error),
+            request: request.filter(|req| unsent || is_idempotent(req.method())),
+        }
+    }
+}
+
+/// A new connection to `scheme://authority` (health checks: not pooled).
+pub async fn connect_once(
+    connector: &Connector,
+    key: &Key<'_>,
+    timeout: Duration,
+) -> Result<Connection, SendError> {
+    let https = *key.scheme == Scheme::HTTPS;
+    let config = connector
+        .tls_config(key.ca_bundle)
+        .map_err(|_| SendError::Connect("no usable CA in the bundle".into()))?;
+    let target = Target::new(key, https, config);
+    connector.connect_within(&target, timeout).await
 }
 
 /// RFC 9110 §9.2.2.
@@ -812,6 +966,7 @@ mod tests {
             scheme: &Scheme::HTTP,
             authority: &upstream.authority,
             ca_bundle: None,
+            dns_ttl: Duration::from_secs(30),
         }
     }
 
@@ -1039,6 +1194,26 @@ mod tests {
             result.map(|response| assert_eq!(response.status(), 200)),
             raw,
         )
+    }
+
+    #[tokio::test]
+    async fn host_names_are_resolved_again_only_after_their_ttl() {
+        let connector = Connector::new(Duration::from_secs(2));
+        let ttl = Duration::from_secs(30);
+        let first = connector.resolve("localhost", 80, ttl).await.unwrap();
+        let again = connector.resolve("localhost", 80, ttl).await.unwrap();
+        assert!(!first.is_empty());
+        assert!(Arc::ptr_eq(&first, &again), "from the cache");
+        let uncached = connector
+            .resolve("localhost", 81, Duration::ZERO)
+            .await
+            .unwrap();
+        let fresh = connector
+            .resolve("localhost", 81, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&uncached, &fresh), "a TTL of 0 caches nothing");
+        assert_eq!(lock(&connector.dns).len(), 1);
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! The one reload pipeline, whatever asked for it (file watcher, SIGHUP,
 //! REST, central poller): compile the configuration file (with the
 //! central's document merged over it) → prepare the runtime (authorization
-//! server, token validators) → swap. Reloads run one at a time
+//! server, token validators, endpoint health) → swap. Reloads run one at a time
 //! (`Live::one_reload_at_a_time`), so generations are numbered in order;
 //! on any error the serving snapshot stays and the findings are recorded.
 //!
@@ -21,6 +21,7 @@ use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::central::{self, Document, Link};
 use crate::config::{Env, Invalid, Snapshot};
+use crate::proxy::balance::Health;
 use crate::throttle::Throttler;
 
 /// What a reload reads and what it changes: the handle the lower layers
@@ -38,6 +39,8 @@ pub struct Reloader {
     pub auth: Arc<Authenticator>,
     /// The throttle stores of the data path (their counters outlive reloads).
     pub throttle: Arc<Throttler>,
+    /// The health of the endpoints of balanced upstreams.
+    pub health: Arc<Health>,
 }
 
 impl Reloader {
@@ -125,6 +128,7 @@ impl Reloader {
         self.throttle.prepare(&snapshot)?;
         self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
+        self.health.prepare(&snapshot);
         self.live.swap(source, snapshot);
         tracing::info!(generation, source = source.label(), "configuration applied");
         Ok(generation)

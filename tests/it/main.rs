@@ -23,6 +23,7 @@ mod correlation;
 mod cors;
 mod dockerfile;
 mod edge;
+mod endpoints;
 mod enforcement;
 mod examples;
 mod fail_closed;

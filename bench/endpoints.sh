@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# A two-endpoint API: microgateway (`upstream.endpoints`, round robin)
+# against nginx with the same two upstreams in an `upstream {}` block, with
+# the same wrk load; then a run of each where one endpoint is stopped a
+# third of the way in, reporting the failed requests of both.
+#
+#   bench/endpoints.sh          # ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2
+#
+# Targets: req/s >= 1.0x nginx; 0 failed requests for the gateway when an
+# endpoint goes away (GETs go to the other endpoint). Needs nginx and wrk.
+# BUILD=0 uses the release binary already built.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+PORT_A=${PORT_A:-18190}
+PORT_B=${PORT_B:-18191}
+PORT_NGINX=${PORT_NGINX:-18192}
+PORT_MCGW=${PORT_MCGW:-18193}
+PORT_ADMIN=${PORT_ADMIN:-18194}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/microgateway
+WORK=$(mktemp -d /tmp/mcgw-endpoints.XXXXXX)
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+need wrk wrk
+need nginx nginx-light
+NGINX=$(command -v nginx)
+
+if [ "${BUILD:-1}" = 1 ]; then
+    echo "building microgateway (release) ..." >&2
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
+
+# start_nginx NAME: nginx in the foreground on $WORK/NAME/nginx.conf; its
+# master pid in $WORK/NAME/master.
+start_nginx() {
+    mkdir -p "$WORK/$1/logs"
+    "$NGINX" -p "$WORK/$1" -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+    echo $! >"$WORK/$1/master"
+}
+
+upstream_conf() { # name port
+    mkdir -p "$WORK/$1"
+    cat >"$WORK/$1/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    server {
+        listen 127.0.0.1:$2 reuseport;
+        location / {
+            default_type application/json;
+            return 200 '{"ok":true,"service":"$1"}';
+        }
+    }
+}
+EOF
+}
+upstream_conf a "$PORT_A"
+upstream_conf b "$PORT_B"
+mkdir -p "$WORK/proxy"
+cat >"$WORK/proxy/nginx.conf" <<EOF
+worker_processes $(nproc);
+pid $WORK/proxy/nginx.pid;
+error_log $WORK/proxy/logs/error.log crit;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    upstream backend {
+        server 127.0.0.1:$PORT_A;
+        server 127.0.0.1:$PORT_B;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$PORT_NGINX reuseport;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+cat >"$WORK/microgateway.yaml" <<EOF
+ports: { http: $PORT_MCGW, bind: 127.0.0.1 }
+admin: { port: $PORT_ADMIN, bind: 127.0.0.1 }
+apis:
+- name: bench
+  version: "1.0"
+  base_path: /bench
+  upstream:
+    endpoints:
+    - url: "http://127.0.0.1:$PORT_A/bench"
+    - url: "http://127.0.0.1:$PORT_B/bench"
+    retry: { attempts: 2, on: [connect_failure, refused_stream] }
+  authentication: { type: none }
+  resources: ["GET /items"]
+EOF
+
+start_nginx a
+start_nginx b
+start_nginx proxy
+MCGW_LOG=warn "$BIN" start -c "$WORK/microgateway.yaml" 2>"$WORK/microgateway.log" &
+PIDS+=($!)
+for port in "$PORT_A" "$PORT_B" "$PORT_NGINX" "$PORT_MCGW"; do wait_port "$port"; done
+
+# wrk_run PORT: one wrk run; prints "req/s failed" (non-2xx answers plus
+# socket errors).
+wrk_run() {
+    local out rps non2xx socket
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$1/bench/items")
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+    socket=$(echo "$out" | awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}')
+    echo "$rps $(( ${non2xx:-0} + ${socket:-0} ))"
+}
+
+echo "warm-up ..." >&2
+DURATION=2s wrk_run "$PORT_NGINX" >/dev/null
+DURATION=2s wrk_run "$PORT_MCGW" >/dev/null
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round/$ROUNDS" >&2
+    wrk_run "$PORT_NGINX" | tee -a "$WORK/nginx.txt" | sed 's/^/  nginx        /' >&2
+    wrk_run "$PORT_MCGW" | tee -a "$WORK/microgateway.txt" | sed 's/^/  microgateway /' >&2
+done
+NGINX_RPS=$(awk '{print $1}' "$WORK/nginx.txt" | median)
+MCGW_RPS=$(awk '{print $1}' "$WORK/microgateway.txt" | median)
+
+# One endpoint stopped (SIGTERM: nginx's fast shutdown) a third of the way
+# into a run, started again after; "req/s failed" in $WORK/killed-PORT.
+seconds=${DURATION%s}
+killed_run() { # port
+    (
+        sleep "$(awk -v s="$seconds" 'BEGIN {print s / 3}')"
+        kill -TERM "$(cat "$WORK/b/master")" 2>/dev/null || true
+    ) &
+    local killer=$!
+    wrk_run "$1" >"$WORK/killed-$1"
+    wait "$killer" || true
+    wait "$(cat "$WORK/b/master")" 2>/dev/null || true
+    start_nginx b
+    wait_port "$PORT_B"
+    sleep 1
+}
+echo "endpoint b stopped mid-run ..." >&2
+killed_run "$PORT_NGINX"
+killed_run "$PORT_MCGW"
+NGINX_FAILED=$(awk '{print $2}' "$WORK/killed-$PORT_NGINX")
+MCGW_FAILED=$(awk '{print $2}' "$WORK/killed-$PORT_MCGW")
+
+echo
+echo "two endpoints, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, medians; all on one host"
+printf '%-14s %12.0f req/s\n' nginx "$NGINX_RPS" microgateway "$MCGW_RPS"
+echo "microgateway / nginx: req/s $(awk -v a="$MCGW_RPS" -v b="$NGINX_RPS" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')x (target >= 1.0)"
+echo "one endpoint stopped mid-run: failed requests nginx $NGINX_FAILED, microgateway $MCGW_FAILED (target 0)"
