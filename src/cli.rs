@@ -79,6 +79,9 @@ pub enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of the configuration file, for
+    /// editors (`# yaml-language-server: $schema=…`) and validators.
+    Schema,
     /// Show which API and resource a request matches, which API scopes it
     /// needs, which token scopes grant them, and the verdict (no network).
     Explain(ExplainArgs),
@@ -129,6 +132,10 @@ pub fn run(args: Args) -> ExitCode {
         Command::DownloadSettings(download) => download_settings(download),
         Command::Health { url } => health(&url),
         Command::Explain(args) => explain(&args),
+        Command::Schema => {
+            print!("{}", config::schema::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Start {
             config,
             gateway,

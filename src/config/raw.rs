@@ -5,17 +5,70 @@
 
 use std::fmt;
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 pub use serde_saphyr::{Location, Spanned};
 
-/// A value with the place it was written.
-pub type S<T> = Spanned<T>;
+/// A value with the place it was written. The fields of `Spanned`, in a type
+/// of ours so that its JSON Schema is the schema of the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct S<T> {
+    pub value: T,
+    pub referenced: Location,
+    pub defined: Location,
+}
+
+impl<T> S<T> {
+    pub const fn new(value: T, referenced: Location, defined: Location) -> Self {
+        S {
+            value,
+            referenced,
+            defined,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<T>::deserialize(deserializer)?;
+        Ok(S::new(spanned.value, spanned.referenced, spanned.defined))
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for S<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
 
 /// Any scalar (string, number, boolean) kept as its text, so that durations,
 /// sizes, numbers and environment overrides are interpreted in one place.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Scalar(pub String);
+
+impl JsonSchema for Scalar {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Scalar".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -51,6 +104,18 @@ pub struct Ignored {
     pub is_null: bool,
 }
 
+impl JsonSchema for Ignored {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Ignored".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "description": "Accepted for compatibility with the webMethods API Gateway export; has no effect (`check` warns)." })
+    }
+}
+
 impl<'de> Deserialize<'de> for Ignored {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
@@ -62,7 +127,7 @@ impl<'de> Deserialize<'de> for Ignored {
 
 type Opt<T> = Option<S<T>>;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct File {
     pub ports: Ports,
@@ -82,7 +147,7 @@ pub struct File {
     pub applications: Vec<S<Application>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ports {
     pub http: Opt<Scalar>,
@@ -90,7 +155,7 @@ pub struct Ports {
     pub bind: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     pub certificate: Opt<Scalar>,
@@ -101,7 +166,7 @@ pub struct Tls {
     pub client_auth: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     pub port: Opt<Scalar>,
@@ -110,7 +175,7 @@ pub struct Admin {
     pub password: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_header_bytes: Opt<Scalar>,
@@ -120,7 +185,7 @@ pub struct Limits {
     pub max_connections: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     pub header_read: Opt<Scalar>,
@@ -131,7 +196,7 @@ pub struct Timeouts {
     pub send: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiGateway {
     pub url: Opt<Scalar>,
@@ -147,7 +212,7 @@ pub struct ApiGateway {
     pub allow_insecure_http: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySettings {
     pub auth_servers: Vec<S<AuthServer>>,
@@ -155,7 +220,7 @@ pub struct SecuritySettings {
 }
 
 /// An auth server as the webMethods API Gateway exports it (`!<authServerAlias>`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthServer {
     pub id: Opt<String>,
@@ -209,7 +274,7 @@ impl AuthServer {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalIntrospection {
     pub issuer: Opt<Scalar>,
@@ -229,7 +294,7 @@ pub struct LocalIntrospection {
     pub allow_insecure_http: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoteIntrospection {
     #[serde(rename = "introspectionEndpoint")]
@@ -246,7 +311,7 @@ pub struct RemoteIntrospection {
     pub allow_insecure_http: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Alias {
     pub name: Opt<String>,
@@ -257,7 +322,7 @@ pub struct Alias {
     pub token: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeMapping {
     pub auth_server: Opt<String>,
@@ -265,7 +330,7 @@ pub struct ScopeMapping {
     pub api_scopes: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Api {
     pub name: Opt<String>,
@@ -281,7 +346,7 @@ pub struct Api {
     pub ip_filter: Option<S<IpFilter>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
     pub url: Opt<Scalar>,
@@ -292,7 +357,7 @@ pub struct Upstream {
     pub allow_insecure_http: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Authentication {
     /// One type or a list of them.
@@ -304,14 +369,14 @@ pub struct Authentication {
     pub applications: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiScope {
     pub name: Opt<String>,
     pub resources: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policies {
     pub request_transformation: Option<S<RequestTransformation>>,
@@ -322,7 +387,7 @@ pub struct Policies {
 }
 
 /// Cross-origin requests from browsers (the Fetch standard's CORS protocol).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Cors {
     pub allow_origins: Vec<S<String>>,
@@ -334,7 +399,7 @@ pub struct Cors {
 }
 
 /// Headers set on and removed from the upstream's answers.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponseTransformation {
     /// Kept as a list of pairs so the order of the file is the order applied.
@@ -343,7 +408,7 @@ pub struct ResponseTransformation {
 }
 
 /// `throttling:`: where the counters of `policies.throttle` live.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Throttling {
     pub store: Opt<Scalar>,
@@ -354,7 +419,7 @@ pub struct Throttling {
 }
 
 /// One entry of `policies.throttle`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Throttle {
     pub name: Opt<String>,
@@ -365,7 +430,7 @@ pub struct Throttle {
     pub per_client_ip: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestTransformation {
     /// Kept as a list of pairs so the order of the file is the order applied.
@@ -373,7 +438,7 @@ pub struct RequestTransformation {
     pub remove_headers: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundAuth {
     pub alias: Opt<String>,
@@ -384,7 +449,7 @@ pub struct OutboundAuth {
     pub delegate: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthorizationServer {
     pub issuer: Opt<Scalar>,
@@ -406,28 +471,28 @@ pub struct AuthorizationServer {
 }
 
 /// `authorization_server.store_pool`: the PostgreSQL store's connections.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorePool {
     pub max_connections: Opt<Scalar>,
     pub connect_timeout: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeDef {
     pub name: Opt<String>,
     pub description: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct User {
     pub username: Opt<String>,
     pub password_hash: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Client {
     pub name: Opt<String>,
@@ -442,13 +507,13 @@ pub struct Client {
     pub introspect: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Central {
     pub users: Vec<S<CentralUser>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CentralUser {
     pub user: Opt<String>,
@@ -456,7 +521,7 @@ pub struct CentralUser {
 }
 
 /// An application: who calls, identified by one of its credentials.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Application {
     pub name: Opt<String>,
@@ -471,7 +536,7 @@ pub struct Application {
     pub api_scopes: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpFilter {
     pub allow: Vec<S<String>>,
@@ -481,6 +546,23 @@ pub struct IpFilter {
 /// One name or a list of names (`type: oauth2` or `type: [oauth2, api_key]`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Names(pub Vec<String>);
+
+impl JsonSchema for Names {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Names".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Names {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -508,6 +590,21 @@ impl<'de> Deserialize<'de> for Names {
 /// A mapping read as its pairs in file order (header name → value template).
 #[derive(Debug, Default)]
 pub struct Pairs(pub Vec<(S<String>, S<Scalar>)>);
+
+impl JsonSchema for Pairs {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Pairs".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["object", "null"],
+            "additionalProperties": generator.subschema_for::<Scalar>()
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Pairs {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
