@@ -183,7 +183,7 @@ pub struct Tls {
     pub key: Opt<Scalar>,
     /// PEM CA bundle that client certificates must chain to.
     pub client_ca: Opt<Scalar>,
-    /// `optional` or `required` (needs `client_ca`).
+    /// `optional` or `required` (needs `client_ca`; no certificate, no handshake). Default `optional`.
     pub client_auth: Opt<Scalar>,
 }
 
@@ -465,7 +465,7 @@ pub struct Authentication {
     pub auth_server: Opt<String>,
     /// The header carrying API keys. Default `X-API-Key`.
     pub api_key_header: Opt<String>,
-    /// `any` (default) or `registered`.
+    /// Which token clients may call: `any`, or `registered` (a subscribed application's). Default `any`.
     pub applications: Opt<String>,
 }
 
@@ -527,11 +527,11 @@ pub struct ResponseTransformation {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Throttling {
-    /// `memory` (default) or `redis://HOST:PORT/DB` (secret syntax).
+    /// `memory` or `redis://HOST:PORT/DB` (secret syntax). Default `memory`.
     pub store: Opt<Scalar>,
     /// Redis password (secret syntax).
     pub password: Opt<Scalar>,
-    /// `allow` (default: forwarded, counted, logged) or `deny` (503) when the store fails.
+    /// When the store fails: `allow` (forwarded, counted, logged) or `deny` (503). Default `allow`.
     pub on_store_error: Opt<Scalar>,
     /// Longest store call. Default 50ms; 1ms to 10s.
     pub timeout: Opt<Scalar>,
@@ -590,11 +590,11 @@ pub struct OutboundAuth {
 pub struct AuthorizationServer {
     /// Its public URL (`iss`).
     pub issuer: Opt<Scalar>,
-    /// `jwt` (RFC 9068, default) or `opaque` (introspected).
+    /// `jwt` (RFC 9068) or `opaque` (introspected). Default `jwt`.
     pub token_format: Opt<Scalar>,
     /// PEM signing key, generated on first start. Default `data/signing-key.pem`.
     pub signing_key: Opt<Scalar>,
-    /// `sqlite:PATH` (default `sqlite:data/oauth.db`) or `postgres://…` (secret syntax).
+    /// `sqlite:PATH` or `postgres://…` (secret syntax). Default `sqlite:data/oauth.db`.
     pub store: Opt<Scalar>,
     /// The PostgreSQL store's connections.
     pub store_pool: Option<S<StorePool>>,
