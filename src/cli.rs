@@ -79,6 +79,9 @@ pub enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the JSON Schema (draft 2020-12) of the configuration file, for
+    /// editors (`# yaml-language-server: $schema=…`) and validators.
+    Schema,
     /// Show which API and resource a request matches, which API scopes it
     /// needs, which token scopes grant them, and the verdict (no network).
     Explain(ExplainArgs),
@@ -129,6 +132,10 @@ pub fn run(args: Args) -> ExitCode {
         Command::DownloadSettings(download) => download_settings(download),
         Command::Health { url } => health(&url),
         Command::Explain(args) => explain(&args),
+        Command::Schema => {
+            print!("{}", config::schema::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Start {
             config,
             gateway,
@@ -271,14 +278,36 @@ fn rotate_signing_key(path: &Path) -> ExitCode {
     }
 }
 
+/// The configuration `check` and `explain` judge: the file, merged with a
+/// downstream's last good download as the gateway would serve them. Each
+/// file read is named on standard error, one line each.
+fn effective(
+    path: &Path,
+    env: &Env,
+) -> Result<
+    (
+        Result<config::Loaded, config::Invalid>,
+        Option<crate::central::Document>,
+    ),
+    ExitCode,
+> {
+    eprintln!("reading {}", path.display());
+    let document = cached_download(path, env)?;
+    if let Some(document) = &document {
+        eprintln!("reading {} (cached download)", document.origin.display());
+    }
+    let loaded = crate::central::load(path, None, env, 1, document.as_ref());
+    Ok((loaded, document))
+}
+
 fn check(path: &Path) -> ExitCode {
     let env = environment();
-    let document = match cached_download(path, &env) {
-        Ok(document) => document,
+    let (loaded, document) = match effective(path, &env) {
+        Ok(effective) => effective,
         Err(failure) => return failure,
     };
     // TLS material is judged by the function start and reload use.
-    let loaded = crate::central::load(path, None, &env, 1, document.as_ref()).and_then(|loaded| {
+    let loaded = loaded.and_then(|loaded| {
         crate::server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
         Ok(loaded)
     });
@@ -314,7 +343,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// For `check` of a file that downloads settings from a central gateway:
+/// For `check` and `explain` of a file that downloads settings from a central gateway:
 /// its last good download (`cache_file`), to be checked merged over the
 /// file as the gateway would serve them. The central is not contacted.
 fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Document>, ExitCode> {
@@ -379,9 +408,10 @@ pub struct ExplainArgs {
 }
 
 fn explain(args: &ExplainArgs) -> ExitCode {
-    let loaded = match config::load(&args.config, &environment(), 1) {
-        Ok(loaded) => loaded,
-        Err(invalid) => {
+    let loaded = match effective(&args.config, &environment()) {
+        Err(failure) => return failure,
+        Ok((Ok(loaded), _)) => loaded,
+        Ok((Err(invalid), _)) => {
             eprintln!("{invalid}");
             return ExitCode::FAILURE;
         }

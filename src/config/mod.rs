@@ -1,4 +1,4 @@
-//! Configuration: raw YAML (`raw`, read by `load`) → interpreted values
+//! Configuration: raw YAML (`raw`, read by `load`, described by `schema`) → interpreted values
 //! (`resolve`) → checked and compiled (`compile` drives `listener_compile`,
 //! `security_compile`, `application_compile`, `api_compile` (with
 //! `authentication_compile`, `cors_compile`, `response_compile` and
@@ -24,6 +24,7 @@ pub mod plain_http;
 pub mod raw;
 pub mod resolve;
 pub mod response_compile;
+pub mod schema;
 pub mod secret;
 pub mod security_compile;
 pub mod snapshot;

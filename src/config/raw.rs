@@ -5,17 +5,70 @@
 
 use std::fmt;
 
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 pub use serde_saphyr::{Location, Spanned};
 
-/// A value with the place it was written.
-pub type S<T> = Spanned<T>;
+/// A value with the place it was written. The fields of `Spanned`, in a type
+/// of ours so that its JSON Schema is the schema of the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct S<T> {
+    pub value: T,
+    pub referenced: Location,
+    pub defined: Location,
+}
+
+impl<T> S<T> {
+    pub const fn new(value: T, referenced: Location, defined: Location) -> Self {
+        S {
+            value,
+            referenced,
+            defined,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<T>::deserialize(deserializer)?;
+        Ok(S::new(spanned.value, spanned.referenced, spanned.defined))
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for S<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
 
 /// Any scalar (string, number, boolean) kept as its text, so that durations,
 /// sizes, numbers and environment overrides are interpreted in one place.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Scalar(pub String);
+
+impl JsonSchema for Scalar {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Scalar".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -51,6 +104,18 @@ pub struct Ignored {
     pub is_null: bool,
 }
 
+impl JsonSchema for Ignored {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Ignored".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "description": "Accepted for compatibility with the webMethods API Gateway export; has no effect (`check` warns)." })
+    }
+}
+
 impl<'de> Deserialize<'de> for Ignored {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
@@ -62,110 +127,166 @@ impl<'de> Deserialize<'de> for Ignored {
 
 type Opt<T> = Option<S<T>>;
 
-#[derive(Debug, Default, Deserialize)]
+/// The microgateway configuration file (one YAML document; further `--- !<authServerAlias>` documents are appended to `security_settings.auth_servers`). Unknown keys are errors. Scalars may be overridden by `MCGW_` + the YAML path joined by `_` (e.g. `MCGW_PORTS_HTTP=8080`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct File {
+    /// The API listeners.
     pub ports: Ports,
+    /// The HTTPS listener's certificate and key (needed by `ports.https`), and client certificates.
     pub tls: Option<S<Tls>>,
+    /// The admin listener: health, metrics and REST.
     pub admin: Admin,
+    /// CIDRs whose `X-Forwarded-*`/`Forwarded` headers are kept (default: none).
     pub trusted_proxies: Vec<S<String>>,
+    /// Request size and connection limits.
     pub limits: Limits,
+    /// Timeouts of clients and upstreams.
     pub timeouts: Timeouts,
+    /// The central gateway this instance downloads its settings from (off by default).
     pub api_gateway: Option<S<ApiGateway>>,
+    /// Auth servers that validate tokens, and named outbound credentials.
     pub security_settings: SecuritySettings,
+    /// Token scopes of an auth server mapped to API scopes (`API:scope`).
     pub scope_mappings: Vec<S<ScopeMapping>>,
+    /// The APIs served.
     pub apis: Vec<S<Api>>,
+    /// The local OAuth2 authorization server (off by default).
     pub authorization_server: Option<S<AuthorizationServer>>,
+    /// Who may download this instance's settings as a central gateway (off by default).
     pub central: Option<S<Central>>,
+    /// Where the counters of `policies.throttle` live (default: in memory).
     pub throttling: Option<S<Throttling>>,
     /// The applications that call the APIs (`raw::Application`).
     pub applications: Vec<S<Application>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The API listeners; omit a port to disable it.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ports {
+    /// Plain HTTP port (0: any free port).
     pub http: Opt<Scalar>,
+    /// HTTPS port; needs `tls`.
     pub https: Opt<Scalar>,
+    /// Address the API ports bind to. Default `0.0.0.0`.
     pub bind: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// TLS of the HTTPS listener; PEM files, reloaded with the configuration. Relative paths start at the configuration file's directory.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
+    /// PEM certificate chain (X.509 v3, valid now).
     pub certificate: Opt<Scalar>,
+    /// PEM private key matching `certificate` (not encrypted).
     pub key: Opt<Scalar>,
     /// PEM CA bundle that client certificates must chain to.
     pub client_ca: Opt<Scalar>,
-    /// `optional` or `required` (needs `client_ca`).
+    /// `optional` or `required` (needs `client_ca`; no certificate, no handshake). Default `optional`.
     pub client_auth: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The admin listener: `/health/*`, `/metrics` and `/rest/*`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
+    /// Admin port. Default 9485.
     pub port: Opt<Scalar>,
+    /// Admin bind address. Default `127.0.0.1`.
     pub bind: Opt<Scalar>,
+    /// Basic user for `/rest/*` (no `:`); without user and password the mutating endpoints are refused (403).
     pub user: Opt<Scalar>,
+    /// Basic password for `/rest/*` (secret: `${env:NAME}`, `${file:/path}`, `{encoded}BASE64` or clear).
     pub password: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Bounds of a request and of the connections. Sizes: `32KiB`, `10MiB` or integer bytes.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Largest request head (431 beyond; also bounds HTTP/2 header blocks). Default 32KiB; 1KiB to 1MiB.
     pub max_header_bytes: Opt<Scalar>,
+    /// Most header fields in a request (431 beyond). Default 100.
     pub max_headers: Opt<Scalar>,
+    /// Longest request target (414 beyond). Default 8KiB.
     pub max_uri: Opt<Scalar>,
+    /// Largest request body (413 beyond). Default 10MiB.
     pub max_body: Opt<Scalar>,
+    /// Most open client connections. Default 10000.
     pub max_connections: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Durations: `"30s"`, `"5m"`, `"1h"`, `"250ms"` or integer seconds.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
+    /// Longest time to receive a request head. Default 10s.
     pub header_read: Opt<Scalar>,
+    /// How long an idle client connection is kept. Default 60s.
     pub idle: Opt<Scalar>,
+    /// Longest time to connect to an upstream. Default 2s.
     pub upstream_connect: Opt<Scalar>,
+    /// How long in-flight requests may finish on SIGTERM. Default 30s.
     pub drain: Opt<Scalar>,
+    /// Longest silence of a client while its request body is due (408, or the connection closed once the answer has begun). Default 30s; more than 0.
     pub body_read: Opt<Scalar>,
+    /// Longest a write to a client may make no progress (the connection is then closed). Default 30s; more than 0.
     pub send: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The central gateway a downstream downloads settings and APIs from.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiGateway {
+    /// The central gateway's URL (https, or http to loopback unless `allow_insecure_http`).
     pub url: Opt<Scalar>,
+    /// Basic user for the central (no `:`).
     pub user: Opt<Scalar>,
+    /// Basic password for the central (secret syntax).
     pub password: Opt<Scalar>,
     pub dir: Option<S<Ignored>>,
+    /// Download the central's auth servers, aliases and scope mappings. Default false.
     pub download_settings: Opt<Scalar>,
+    /// Download the central's APIs. Default false.
     pub download_apis: Opt<Scalar>,
+    /// Only these APIs of the central (names); default all.
     pub apis: Vec<S<String>>,
+    /// How often the central is asked for changes (duration).
     pub poll_interval: Opt<Scalar>,
+    /// Where the last good download is kept; used at start when the central cannot be reached, and by `check`/`explain`.
     pub cache_file: Opt<Scalar>,
     /// Plain `http://` to a host that is not loopback: a warning, not an error.
     pub allow_insecure_http: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Auth servers and outbound credential aliases.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySettings {
+    /// Auth servers that validate tokens: JWTs locally or opaque tokens by introspection.
     pub auth_servers: Vec<S<AuthServer>>,
+    /// Named outbound credentials for `policies.outbound_auth.alias`.
     pub aliases: Vec<S<Alias>>,
 }
 
 /// An auth server as the webMethods API Gateway exports it (`!<authServerAlias>`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthServer {
+    /// The auth server's id, named by `authentication.auth_server` and `scope_mappings`.
     pub id: Opt<String>,
+    /// Display name.
     pub name: Opt<String>,
     pub description: Option<S<Ignored>>,
+    /// The alias type as webMethods exports it.
     #[serde(rename = "type")]
     pub kind: Opt<String>,
     pub owner: Option<S<Ignored>>,
+    /// Validate JWTs locally (signature by the JWKS, issuer, audience, expiry).
     #[serde(rename = "localIntrospectionConfig")]
     pub local_introspection: Option<S<LocalIntrospection>>,
+    /// Validate tokens by RFC 7662 introspection.
     #[serde(rename = "remoteIntrospectionConfig")]
     pub remote_introspection: Option<S<RemoteIntrospection>>,
     #[serde(rename = "authServerType")]
@@ -209,15 +330,22 @@ impl AuthServer {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// JWT validation with the issuer's keys.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalIntrospection {
+    /// Expected `iss`; its keys are found by discovery unless `jwksuri` is set (this instance's own issuer: in-process).
     pub issuer: Opt<Scalar>,
+    /// URL of the JWK Set (https, or http to loopback unless `allow_insecure_http`).
     pub jwksuri: Opt<Scalar>,
+    /// Expected `aud`.
     pub audience: Opt<Scalar>,
+    /// Tolerance on `exp`/`nbf` (duration, at most 60s).
     #[serde(rename = "clockSkew")]
     pub clock_skew: Opt<Scalar>,
+    /// Accept `typ: JWT` besides `at+jwt` (RFC 9068).
     pub accept_jwt_typ: Opt<Scalar>,
+    /// Path of a PEM CA bundle trusted for the JWKS and discovery.
     #[serde(rename = "trustStoreAlias")]
     pub trust_store_alias: Option<S<Option<String>>>,
     #[serde(rename = "certificateAlias")]
@@ -229,287 +357,426 @@ pub struct LocalIntrospection {
     pub allow_insecure_http: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Token validation by RFC 7662 introspection.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoteIntrospection {
+    /// The introspection URL (https, or http to loopback unless `allow_insecure_http`).
     #[serde(rename = "introspectionEndpoint")]
     pub introspection_endpoint: Opt<Scalar>,
+    /// The gateway's client id at the introspection endpoint.
     #[serde(rename = "clientId")]
     pub client_id: Opt<Scalar>,
+    /// The gateway's client secret (secret syntax).
     #[serde(rename = "clientSecret")]
     pub client_secret: Opt<Scalar>,
     pub user: Option<S<Ignored>>,
+    /// How the client authenticates at the endpoint.
     pub client_auth: Opt<Scalar>,
+    /// How long an active answer is cached (duration).
     pub cache_ttl: Opt<Scalar>,
+    /// How long an inactive answer is cached (duration).
     pub negative_cache_ttl: Opt<Scalar>,
     /// Plain `http://` to a host that is not loopback: a warning, not an error.
     pub allow_insecure_http: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Named outbound credentials: `{name, type: basic, username, password}` or `{name, type: bearer, token}`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Alias {
+    /// Name used by `policies.outbound_auth.alias`.
     pub name: Opt<String>,
+    /// `basic` or `bearer`.
     #[serde(rename = "type")]
     pub kind: Opt<String>,
+    /// Basic user (no `:`).
     pub username: Opt<Scalar>,
+    /// Basic password (secret syntax).
     pub password: Opt<Scalar>,
+    /// Bearer token (secret syntax).
     pub token: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A token scope of an auth server granting API scopes.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeMapping {
+    /// The auth server's id.
     pub auth_server: Opt<String>,
+    /// The token scope.
     pub scope: Opt<String>,
+    /// The API scopes it grants, `API:scope`.
     pub api_scopes: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// An API: a base path, its upstream, its authentication, scopes and policies.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Api {
+    /// The API's name.
     pub name: Opt<String>,
+    /// The API's version.
     pub version: Opt<Scalar>,
+    /// Path prefix the API is served under. Default `/gateway/{name}/{version}`.
     pub base_path: Opt<String>,
+    /// Transports served (`http`, `https`); default both.
     pub transport: Option<S<Vec<S<String>>>>,
+    /// Accept `%2F` in paths. Default false.
     pub allow_encoded_slashes: Opt<Scalar>,
+    /// Where requests are forwarded.
     pub upstream: Option<S<Upstream>>,
+    /// Required: who may call (`type: none` to serve anyone).
     pub authentication: Option<S<Authentication>>,
+    /// API scopes: named groups of resources a token scope may grant (not with `type: none`).
     pub scopes: Vec<S<ApiScope>>,
+    /// Resources (`METHOD /path`, `{id}` one segment, `{rest*}` the tail) that need only valid credentials.
     pub resources: Vec<S<String>>,
+    /// Request and response transformations, outbound credentials, CORS and throttling.
     pub policies: Policies,
+    /// Client addresses allowed and denied (403 before any credential is looked at).
     pub ip_filter: Option<S<IpFilter>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The upstream of an API: `url` or `echo: true`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
+    /// Base URL requests are forwarded to.
     pub url: Opt<Scalar>,
+    /// Answer with a description of the request instead of forwarding (for trials).
     pub echo: Opt<Scalar>,
+    /// Longest wait for the upstream's answer (duration; 504 beyond).
     pub timeout: Opt<Scalar>,
+    /// PEM CA bundle trusted for an https upstream (default: the system roots).
     pub ca_bundle: Opt<Scalar>,
     /// Plain `http://` to a host that is not loopback: a warning, not an error.
     pub allow_insecure_http: Opt<Scalar>,
     /// Several instances instead of `url`.
     pub endpoints: Option<S<Vec<S<Endpoint>>>>,
+    /// How a request picks an endpoint: `round_robin` (default) or `least_requests`.
     pub balance: Opt<String>,
+    /// When an endpoint is taken out of the rotation and brought back.
     pub health: Option<S<Health>>,
+    /// Sending a failed request to another endpoint.
     pub retry: Option<S<Retry>>,
     /// How long a resolved host name is used before it is resolved again.
     pub dns_ttl: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// One instance of an upstream.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Endpoint {
+    /// Base URL of this instance.
     pub url: Opt<Scalar>,
+    /// Share of the requests, relative to the other endpoints (default 1).
     pub weight: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Health of the endpoints: from the answers (passive) and from probes (active).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Health {
+    /// Ejection after consecutive failures of real requests.
     pub passive: Option<S<PassiveHealth>>,
+    /// Periodic probes of every endpoint.
     pub active: Option<S<ActiveHealth>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Passive health: ejection on consecutive failures.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealth {
+    /// Failures in a row (connect errors, resets, 502/503/504) that eject an endpoint.
     pub consecutive_failures: Opt<Scalar>,
+    /// How long an ejected endpoint stays out (duration).
     pub eject_for: Opt<Scalar>,
+    /// Largest share of the endpoints ejected at once (percent).
     pub max_ejected: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Active health: a GET probe to every endpoint.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveHealth {
+    /// Path probed on each endpoint; a 2xx answer is healthy.
     pub path: Opt<String>,
+    /// Time between two probes of one endpoint (duration).
     pub interval: Opt<Scalar>,
+    /// Longest wait for a probe's answer (duration).
     pub timeout: Opt<Scalar>,
+    /// Successful probes in a row that bring an endpoint back.
     pub healthy: Opt<Scalar>,
+    /// Failed probes in a row that take an endpoint out.
     pub unhealthy: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Retries on another endpoint.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retry {
+    /// Tries in all, the first included.
     pub attempts: Opt<Scalar>,
+    /// What is retried: `connect_failure`, `refused_stream` (requests the endpoint never saw).
     pub on: Option<S<Vec<S<String>>>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Who may call an API.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Authentication {
     /// One type or a list of them.
     #[serde(rename = "type")]
     pub kind: Opt<Names>,
+    /// The auth server (id) that validates tokens, for `oauth2`.
     pub auth_server: Opt<String>,
+    /// The header carrying API keys. Default `X-API-Key`.
     pub api_key_header: Opt<String>,
-    /// `any` (default) or `registered`.
+    /// Which token clients may call: `any`, or `registered` (a subscribed application's). Default `any`.
     pub applications: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A named group of resources.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiScope {
+    /// The scope's name (`API:name` in mappings).
     pub name: Opt<String>,
+    /// Resources (`METHOD /path`) of this scope.
     pub resources: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The policies of an API.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policies {
+    /// Headers set on and removed from the request forwarded upstream.
     pub request_transformation: Option<S<RequestTransformation>>,
+    /// Credentials sent to the upstream.
     pub outbound_auth: Option<S<OutboundAuth>>,
+    /// Cross-origin requests from browsers.
     pub cors: Option<S<Cors>>,
+    /// Headers set on and removed from the upstream's answers.
     pub response_transformation: Option<S<ResponseTransformation>>,
+    /// Rate limits (GCRA): `{limit, per}`, optionally per scope, application or client address.
     pub throttle: Vec<S<Throttle>>,
 }
 
 /// Cross-origin requests from browsers (the Fetch standard's CORS protocol).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Cors {
+    /// Serialized origins allowed, or `["*"]` alone.
     pub allow_origins: Vec<S<String>>,
+    /// Methods a preflight may ask for. Default: those the API's resources serve.
     pub allow_methods: Vec<S<String>>,
+    /// Request headers a preflight may ask for (any case; no `*`).
     pub allow_headers: Vec<S<String>>,
+    /// Response headers the application may read (no `*`).
     pub expose_headers: Vec<S<String>>,
+    /// Send `Access-Control-Allow-Credentials: true` (not with `*`). Default false.
     pub allow_credentials: Opt<Scalar>,
+    /// How long a browser keeps a preflight (duration, at most 24h).
     pub max_age: Opt<Scalar>,
 }
 
 /// Headers set on and removed from the upstream's answers.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponseTransformation {
     /// Kept as a list of pairs so the order of the file is the order applied.
     pub set_headers: Pairs,
+    /// Header names removed from the answer (before `set_headers`).
     pub remove_headers: Vec<S<String>>,
 }
 
 /// `throttling:`: where the counters of `policies.throttle` live.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Throttling {
+    /// `memory` or `redis://HOST:PORT/DB` (secret syntax). Default `memory`.
     pub store: Opt<Scalar>,
+    /// Redis password (secret syntax).
     pub password: Opt<Scalar>,
+    /// When the store fails: `allow` (forwarded, counted, logged) or `deny` (503). Default `allow`.
     pub on_store_error: Opt<Scalar>,
+    /// Longest store call. Default 50ms; 1ms to 10s.
     pub timeout: Opt<Scalar>,
+    /// Most keys of the memory store. Default 100000.
     pub max_keys: Opt<Scalar>,
 }
 
 /// One entry of `policies.throttle`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Throttle {
+    /// Names the policy in fields, metrics and `explain` (letters, digits, `-`, `_`, `.`). Default `api` or the scope's name, plus the partition.
     pub name: Opt<String>,
+    /// Requests admitted per `per` (also the burst).
     pub limit: Opt<Scalar>,
+    /// The window (duration).
     pub per: Opt<Scalar>,
+    /// Count only the resources of this API scope.
     pub scope: Opt<String>,
+    /// One counter per application (else per token client). Default false.
     pub per_application: Opt<Scalar>,
+    /// One counter per client address. Default false.
     pub per_client_ip: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Headers set on and removed from the request forwarded upstream.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestTransformation {
     /// Kept as a list of pairs so the order of the file is the order applied.
     pub set_headers: Pairs,
+    /// Header names removed (in every spelling that folds to the same name).
     pub remove_headers: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Credentials sent to the upstream instead of the client's `Authorization`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundAuth {
+    /// A `security_settings.aliases` name.
     pub alias: Opt<String>,
+    /// `basic`.
     #[serde(rename = "type")]
     pub kind: Opt<String>,
+    /// Basic user (no `:`).
     pub username: Opt<Scalar>,
+    /// Basic password (secret syntax).
     pub password: Opt<Scalar>,
+    /// `incoming_token`: forward the client's token.
     pub delegate: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The local OAuth2 authorization server, on the API ports (`/oauth2/*`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthorizationServer {
+    /// Its public URL (`iss`).
     pub issuer: Opt<Scalar>,
+    /// `jwt` (RFC 9068) or `opaque` (introspected). Default `jwt`.
     pub token_format: Opt<Scalar>,
+    /// PEM signing key, generated on first start. Default `data/signing-key.pem`.
     pub signing_key: Opt<Scalar>,
+    /// `sqlite:PATH` or `postgres://…` (secret syntax). Default `sqlite:data/oauth.db`.
     pub store: Opt<Scalar>,
+    /// The PostgreSQL store's connections.
     pub store_pool: Option<S<StorePool>>,
+    /// Refuse token, introspect and revoke over plain HTTP. Default false.
     pub require_https: Opt<Scalar>,
+    /// Lifetime of an authorization code (duration). Default 600s.
     pub authorization_code_lifetime: Opt<Scalar>,
+    /// PKCE for every client (always for public clients). Default false.
     pub require_pkce: Opt<Scalar>,
+    /// Default token lifetime in seconds (-1: never expires, opaque only). Default 3600.
     pub token_lifetime: Opt<Scalar>,
+    /// Default refresh rotations (0: no refresh token). Default 0.
     pub refresh_limit: Opt<Scalar>,
+    /// How often expired tokens are removed (0: only on request). Default 0.
     pub cleanup_interval: Opt<Scalar>,
+    /// Template of the approval page.
     pub approval_page: Opt<Scalar>,
+    /// `aud` of the tokens it issues.
     pub audience: Opt<Scalar>,
+    /// Scopes clients may ask for, with the description users see.
     pub scopes: Vec<S<ScopeDef>>,
+    /// Users of the password and authorization code grants.
     pub users: Vec<S<User>>,
+    /// Registered clients.
     pub clients: Vec<S<Client>>,
 }
 
 /// `authorization_server.store_pool`: the PostgreSQL store's connections.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorePool {
+    /// Most connections. 1 to 1024.
     pub max_connections: Opt<Scalar>,
+    /// Longest connection attempt (duration). 1ms to 60s.
     pub connect_timeout: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A scope of the authorization server.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeDef {
+    /// The scope.
     pub name: Opt<String>,
+    /// What the approval page says about it.
     pub description: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A user: name and argon2id hash (`microgateway hash-password`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct User {
+    /// The user name (no `:`).
     pub username: Opt<String>,
+    /// An Argon2 PHC string (`$argon2id$…`).
     pub password_hash: Opt<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A client of the authorization server.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Client {
+    /// Display name.
     pub name: Opt<String>,
+    /// The client id.
     pub client_id: Opt<String>,
+    /// Its secret (secret syntax); none: a public client.
     pub client_secret: Opt<Scalar>,
+    /// Redirect URIs, compared exactly (no `*`).
     pub redirect_uris: Vec<S<String>>,
+    /// `authorization_code`, `password`, `client_credentials`, `refresh_token`.
     pub grant_types: Vec<S<String>>,
+    /// Scopes it may ask for.
     pub scopes: Vec<S<String>>,
+    /// Its token lifetime in seconds (default: the server's).
     pub token_lifetime: Opt<Scalar>,
+    /// Its refresh rotations (default: the server's).
     pub refresh_limit: Opt<Scalar>,
     /// A resource server: may learn what tokens say (RFC 7662 §2.2).
     pub introspect: Opt<Scalar>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// This instance as a central gateway.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Central {
+    /// Who may download its settings (Basic).
     pub users: Vec<S<CentralUser>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A user who may download the central's settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CentralUser {
+    /// Basic user (no `:`).
     pub user: Opt<String>,
+    /// Basic password (secret syntax).
     pub password: Opt<Scalar>,
 }
 
 /// An application: who calls, identified by one of its credentials.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Application {
+    /// The application's name.
     pub name: Opt<String>,
+    /// OAuth2 tokens whose `client_id` (else `azp`) is one of these.
     pub client_ids: Vec<S<String>>,
+    /// Its API keys (secret syntax; kept as SHA-256 digests).
     pub api_keys: Vec<S<Scalar>>,
+    /// Its Basic users (argon2id hashes).
     pub basic_users: Vec<S<User>>,
+    /// SHA-256 fingerprints of its client certificates (`sha256:6D:21:…`).
     pub certificates: Vec<S<String>>,
+    /// CIDRs the caller must come from (empty: anywhere).
     pub ip_ranges: Vec<S<String>>,
     /// Subscriptions: `name` or `name:version`.
     pub apis: Vec<S<String>>,
@@ -517,16 +784,36 @@ pub struct Application {
     pub api_scopes: Vec<S<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Client addresses of an API: deny wins; an empty `allow` allows all.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpFilter {
+    /// CIDRs allowed.
     pub allow: Vec<S<String>>,
+    /// CIDRs denied.
     pub deny: Vec<S<String>>,
 }
 
 /// One name or a list of names (`type: oauth2` or `type: [oauth2, api_key]`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Names(pub Vec<String>);
+
+impl JsonSchema for Names {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Names".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Names {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -554,6 +841,21 @@ impl<'de> Deserialize<'de> for Names {
 /// A mapping read as its pairs in file order (header name → value template).
 #[derive(Debug, Default)]
 pub struct Pairs(pub Vec<(S<String>, S<Scalar>)>);
+
+impl JsonSchema for Pairs {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Pairs".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["object", "null"],
+            "additionalProperties": generator.subschema_for::<Scalar>()
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Pairs {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

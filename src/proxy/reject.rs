@@ -135,197 +135,205 @@ impl Rejection {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let (status, error, description, challenge): (StatusCode, &str, String, Option<String>) =
-            match &self {
-                Rejection::BadPath(problem) => (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    problem.to_string(),
-                    None,
-                ),
-                Rejection::BadRequest(why) => (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    (*why).to_owned(),
-                    None,
-                ),
-                Rejection::NoRoute(RouteProblem::NoApi | RouteProblem::NoResource { .. }) => (
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no resource matches this path".to_owned(),
-                    None,
-                ),
-                Rejection::NoRoute(RouteProblem::MethodNotAllowed { .. }) => (
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "the resource does not allow this method".to_owned(),
-                    None,
-                ),
-                Rejection::NoRoute(
-                    problem @ (RouteProblem::EncodedSlash { .. }
-                    | RouteProblem::AboveBasePath { .. }),
-                ) => (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    problem.to_string(),
-                    None,
-                ),
-                Rejection::UriTooLong => (
-                    StatusCode::URI_TOO_LONG,
-                    "uri_too_long",
-                    "request target too long".to_owned(),
-                    None,
-                ),
-                Rejection::HeadersTooLarge => (
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request_header_fields_too_large",
-                    "request head too large".to_owned(),
-                    None,
-                ),
-                Rejection::RequestTimeout => (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    "the request head did not arrive in time".to_owned(),
-                    None,
-                ),
-                Rejection::PayloadTooLarge => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "request body too large".to_owned(),
-                    None,
-                ),
-                Rejection::ClientBody(BodyFault::Stalled) => (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    "the request body did not arrive in time".to_owned(),
-                    None,
-                ),
-                Rejection::ClientBody(fault @ (BodyFault::Malformed | BodyFault::Truncated)) => (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    fault.to_string(),
-                    None,
-                ),
-                Rejection::NotImplemented(what) => (
-                    StatusCode::NOT_IMPLEMENTED,
-                    "not_implemented",
-                    (*what).to_owned(),
-                    None,
-                ),
-                // RFC 6750 §3.1: no error code when the request had no credentials.
-                Rejection::MissingToken { realm } => (
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_request",
-                    "a bearer token is required".to_owned(),
-                    Some(format!("Bearer realm=\"{}\"", quoted(realm))),
-                ),
-                // RFC 6750 §3: with an error code, the challenge is exactly
-                // the code (and the scopes that would do), as DESIGN lists.
-                Rejection::InvalidRequest { why } => (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    (*why).to_owned(),
-                    Some("Bearer error=\"invalid_request\"".to_owned()),
-                ),
-                Rejection::InvalidToken { problem } => (
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    describe(*problem).to_owned(),
-                    Some("Bearer error=\"invalid_token\"".to_owned()),
-                ),
-                Rejection::InsufficientScope { would_grant } => (
-                    StatusCode::FORBIDDEN,
-                    "insufficient_scope",
-                    "the token does not grant a scope this resource needs".to_owned(),
-                    Some(format!(
-                        "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                        quoted(&would_grant.join(" "))
-                    )),
-                ),
-                Rejection::AuthUnavailable { .. } => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the authorization server cannot be reached".to_owned(),
-                    None,
-                ),
-                Rejection::MissingCredentials { .. } => (
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_request",
-                    "credentials are required".to_owned(),
-                    None, // one challenge per type, below
-                ),
-                Rejection::TwoCredentials => (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "credentials of more than one kind".to_owned(),
-                    None,
-                ),
-                // The same answer for an unknown user or key and a wrong password.
-                Rejection::BadCredentials { kind, realm } => (
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    "the credentials are not valid".to_owned(),
-                    challenge_of(*kind, realm),
-                ),
-                Rejection::TooManyAttempts { .. } => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_attempts",
-                    "too many failed attempts; retry later".to_owned(),
-                    None,
-                ),
-                Rejection::Denied(Denied::Scope(InsufficientScope { would_grant })) => (
-                    StatusCode::FORBIDDEN,
-                    "insufficient_scope",
-                    "the token does not grant a scope this resource needs".to_owned(),
-                    Some(format!(
-                        "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                        quoted(&would_grant.join(" "))
-                    )),
-                ),
-                Rejection::Denied(
-                    Denied::NotRegistered
-                    | Denied::NotSubscribed(_)
-                    | Denied::OutsideIpRanges(_)
-                    | Denied::NoApiScope(_),
-                ) => (
-                    StatusCode::FORBIDDEN,
-                    "access_denied",
-                    "the caller may not call this resource".to_owned(),
-                    None,
-                ),
-                Rejection::IpFiltered => (
-                    StatusCode::FORBIDDEN,
-                    "access_denied",
-                    "the client address may not call this API".to_owned(),
-                    None,
-                ),
-                Rejection::BadGateway(_) => (
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "the upstream cannot be reached".to_owned(),
-                    None,
-                ),
-                Rejection::GatewayTimeout => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway_timeout",
-                    "the upstream did not answer in time".to_owned(),
-                    None,
-                ),
-                // RFC 6585 §4; the RateLimit fields say which limit and when.
-                Rejection::Throttled { .. } => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
-                    "a rate limit of this API is reached".to_owned(),
-                    None,
-                ),
-                Rejection::ThrottleUnavailable => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the rate limit cannot be checked".to_owned(),
-                    None,
-                ),
-            };
-        let body = serde_json::json!({ "error": error, "error_description": description });
+        let (status, error, description, challenge): (
+            StatusCode,
+            Option<&str>,
+            String,
+            Option<String>,
+        ) = match &self {
+            Rejection::BadPath(problem) => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                problem.to_string(),
+                None,
+            ),
+            Rejection::BadRequest(why) => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                (*why).to_owned(),
+                None,
+            ),
+            Rejection::NoRoute(RouteProblem::NoApi | RouteProblem::NoResource { .. }) => (
+                StatusCode::NOT_FOUND,
+                Some("not_found"),
+                "no resource matches this path".to_owned(),
+                None,
+            ),
+            Rejection::NoRoute(RouteProblem::MethodNotAllowed { .. }) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Some("method_not_allowed"),
+                "the resource does not allow this method".to_owned(),
+                None,
+            ),
+            Rejection::NoRoute(
+                problem @ (RouteProblem::EncodedSlash { .. } | RouteProblem::AboveBasePath { .. }),
+            ) => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                problem.to_string(),
+                None,
+            ),
+            Rejection::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                Some("uri_too_long"),
+                "request target too long".to_owned(),
+                None,
+            ),
+            Rejection::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Some("request_header_fields_too_large"),
+                "request head too large".to_owned(),
+                None,
+            ),
+            Rejection::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                Some("request_timeout"),
+                "the request head did not arrive in time".to_owned(),
+                None,
+            ),
+            Rejection::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some("payload_too_large"),
+                "request body too large".to_owned(),
+                None,
+            ),
+            Rejection::ClientBody(BodyFault::Stalled) => (
+                StatusCode::REQUEST_TIMEOUT,
+                Some("request_timeout"),
+                "the request body did not arrive in time".to_owned(),
+                None,
+            ),
+            Rejection::ClientBody(fault @ (BodyFault::Malformed | BodyFault::Truncated)) => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                fault.to_string(),
+                None,
+            ),
+            Rejection::NotImplemented(what) => (
+                StatusCode::NOT_IMPLEMENTED,
+                Some("not_implemented"),
+                (*what).to_owned(),
+                None,
+            ),
+            // RFC 6750 §3.1: no error code when the request had no credentials.
+            Rejection::MissingToken { realm } => (
+                StatusCode::UNAUTHORIZED,
+                None,
+                "a bearer token is required".to_owned(),
+                Some(format!("Bearer realm=\"{}\"", quoted(realm))),
+            ),
+            // RFC 6750 §3: with an error code, the challenge is exactly
+            // the code (and the scopes that would do), as DESIGN lists.
+            Rejection::InvalidRequest { why } => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                (*why).to_owned(),
+                Some("Bearer error=\"invalid_request\"".to_owned()),
+            ),
+            Rejection::InvalidToken { problem } => (
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_token"),
+                describe(*problem).to_owned(),
+                Some("Bearer error=\"invalid_token\"".to_owned()),
+            ),
+            Rejection::InsufficientScope { would_grant } => (
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                "the token does not grant a scope this resource needs".to_owned(),
+                Some(format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    quoted(&would_grant.join(" "))
+                )),
+            ),
+            Rejection::AuthUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "the authorization server cannot be reached".to_owned(),
+                None,
+            ),
+            // Likewise with several accepted types (RFC 6750 §3.1,
+            // RFC 7235 §3.1): only the challenges, no error code.
+            Rejection::MissingCredentials { .. } => (
+                StatusCode::UNAUTHORIZED,
+                None,
+                "credentials are required".to_owned(),
+                None, // one challenge per type, below
+            ),
+            Rejection::TwoCredentials => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                "credentials of more than one kind".to_owned(),
+                None,
+            ),
+            // The same answer for an unknown user or key and a wrong password.
+            Rejection::BadCredentials { kind, realm } => (
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_client"),
+                "the credentials are not valid".to_owned(),
+                challenge_of(*kind, realm),
+            ),
+            Rejection::TooManyAttempts { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("too_many_attempts"),
+                "too many failed attempts; retry later".to_owned(),
+                None,
+            ),
+            Rejection::Denied(Denied::Scope(InsufficientScope { would_grant })) => (
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                "the token does not grant a scope this resource needs".to_owned(),
+                Some(format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                    quoted(&would_grant.join(" "))
+                )),
+            ),
+            Rejection::Denied(
+                Denied::NotRegistered
+                | Denied::NotSubscribed(_)
+                | Denied::OutsideIpRanges(_)
+                | Denied::NoApiScope(_),
+            ) => (
+                StatusCode::FORBIDDEN,
+                Some("access_denied"),
+                "the caller may not call this resource".to_owned(),
+                None,
+            ),
+            Rejection::IpFiltered => (
+                StatusCode::FORBIDDEN,
+                Some("access_denied"),
+                "the client address may not call this API".to_owned(),
+                None,
+            ),
+            Rejection::BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                Some("bad_gateway"),
+                "the upstream cannot be reached".to_owned(),
+                None,
+            ),
+            Rejection::GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                Some("gateway_timeout"),
+                "the upstream did not answer in time".to_owned(),
+                None,
+            ),
+            // RFC 6585 §4; the RateLimit fields say which limit and when.
+            Rejection::Throttled { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("too_many_requests"),
+                "a rate limit of this API is reached".to_owned(),
+                None,
+            ),
+            Rejection::ThrottleUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "the rate limit cannot be checked".to_owned(),
+                None,
+            ),
+        };
+        let body = match error {
+            Some(error) => serde_json::json!({ "error": error, "error_description": description }),
+            None => serde_json::json!({ "error_description": description }),
+        };
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = status;
         let headers = response.headers_mut();

@@ -190,6 +190,10 @@ async fn missing_wrong_and_doubled_credentials_are_refused() {
             r#"Basic realm="Time travels", charset="UTF-8""#,
         ]
     );
+    // RFC 6750 §3.1: each challenge bare, and no error code in the body.
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body.get("error").is_none(), "{body}");
+    assert_eq!(body["error_description"], "credentials are required");
     let resp = w
         .get("/travels/status")
         .header("X-API-Key", "not-a-key")

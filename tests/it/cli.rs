@@ -39,7 +39,7 @@ fn check_accepts_the_default_configuration() {
         text(&out.stdout),
         format!("{}: ok (1 APIs, 0 warnings)\n", config.display())
     );
-    assert_eq!(text(&out.stderr), "");
+    assert_eq!(text(&out.stderr), format!("reading {}\n", config.display()));
 }
 
 #[test]
@@ -60,7 +60,8 @@ security_settings:
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{}:5:21: warning: `authServerType` is a webMethods setting that has no effect here; ignored\n",
+            "reading {0}\n\
+             {0}:5:21: warning: `authServerType` is a webMethods setting that has no effect here; ignored\n",
             config.display()
         )
     );
@@ -90,7 +91,8 @@ apis:
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{file}:2:19: error: timeouts.idle: `never` is not a duration; allowed: \"30s\", \"5m\", \"1h\", \"250ms\" or integer seconds\n\
+            "reading {file}\n\
+             {file}:2:19: error: timeouts.idle: `never` is not a duration; allowed: \"30s\", \"5m\", \"1h\", \"250ms\" or integer seconds\n\
              {file}:6:48: error: auth server `nope` is not defined; allowed: one of: (none defined)\n\
              {file}: 2 errors\n"
         )
@@ -102,8 +104,10 @@ fn check_of_a_missing_file_exits_1() {
     let out = run(&["check", "-c", "/nonexistent/microgateway.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr)
-            .starts_with("/nonexistent/microgateway.yaml: error: cannot read the configuration: "),
+        text(&out.stderr).starts_with(
+            "reading /nonexistent/microgateway.yaml\n\
+             /nonexistent/microgateway.yaml: error: cannot read the configuration: "
+        ),
         "{}",
         text(&out.stderr)
     );
@@ -382,4 +386,45 @@ fn check_of_a_downstream_merges_its_cached_download() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn explain_of_a_downstream_decides_on_its_cached_download_as_check_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("central-cache.yaml");
+    let config = downstream(dir.path(), &cache);
+    let config_arg = config.to_str().expect("utf-8 path");
+    let explain = |path: &str| run(&["explain", "-c", config_arg, "GET", path]);
+    // No download yet: the central's API is unknown, like in `check`.
+    let out = explain("/central/x");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("not checked"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&cache, cached_api("Central", "/central")).expect("write cache");
+    for out in [explain("/central/x"), run(&["check", "-c", config_arg])] {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+        // Both name the files they read, one line each.
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "reading {}\nreading {} (cached download)\n",
+                config.display(),
+                cache.display()
+            )
+        );
+    }
+    assert!(text(&explain("/local/ping").stdout).contains("ALLOW"));
+    // An invalid merge fails `explain` as it fails `check`.
+    std::fs::write(&cache, cached_api("Other", "/local")).expect("write cache");
+    for out in [explain("/local/ping"), run(&["check", "-c", config_arg])] {
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stderr).contains("/local"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -283,7 +283,10 @@ async fn no_token_gets_401_with_a_bare_challenge() {
             challenge(&resp).as_deref(),
             Some(r#"Bearer realm="Time travels""#)
         );
-        assert!(body(resp).await["error"].is_string());
+        // RFC 6750 §3.1: no credentials, no error code.
+        let body = body(resp).await;
+        assert!(body.get("error").is_none(), "{body}");
+        assert_eq!(body["error_description"], "a bearer token is required");
     }
     assert_eq!(w.upstream.hits(), 0);
     w.gw.shutdown().await;

@@ -39,6 +39,7 @@ mod local_authorization_server;
 mod logging;
 mod reload;
 mod routing;
+mod schema;
 mod slow_clients;
 mod throttling;
 mod tls;
