@@ -399,10 +399,22 @@ pub struct AuthorizationServer {
     pub refresh_limit: Opt<Scalar>,
     pub cleanup_interval: Opt<Scalar>,
     pub approval_page: Opt<Scalar>,
+    pub branding: Option<S<Branding>>,
     pub audience: Opt<Scalar>,
     pub scopes: Vec<S<ScopeDef>>,
     pub users: Vec<S<User>>,
     pub clients: Vec<S<Client>>,
+}
+
+/// `authorization_server.branding`: what the approval page shows of the
+/// service the resource owner signs in to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Branding {
+    pub name: Opt<String>,
+    pub logo_url: Opt<String>,
+    pub primary_color: Opt<String>,
+    pub support_url: Opt<String>,
 }
 
 /// `authorization_server.store_pool`: the PostgreSQL store's connections.
