@@ -144,10 +144,9 @@ impl Approval {
         // A logo is the one thing loaded from elsewhere: from exactly its
         // origin (validated when compiled), or from this server.
         let csp = match &branding.logo_origin {
-            Some(origin) => CSP.replace(
-                "; form-action",
-                &format!("; img-src {origin}; form-action"),
-            ),
+            Some(origin) => {
+                CSP.replace("; form-action", &format!("; img-src {origin}; form-action"))
+            }
             None => CSP.to_owned(),
         };
         Ok(Approval {
@@ -168,16 +167,13 @@ impl Approval {
         page: &Page<'_>,
         redirect_origin: Option<&str>,
     ) -> Response<Bytes> {
-        let rendered = self
-            .env
-            .get_template(NAME)
-            .and_then(|template| {
-                template.render(minijinja::value::Serde(Context {
-                    page,
-                    brand: &self.brand,
-                    issuer: &self.issuer,
-                }))
-            });
+        let rendered = self.env.get_template(NAME).and_then(|template| {
+            template.render(minijinja::value::Serde(Context {
+                page,
+                brand: &self.brand,
+                issuer: &self.issuer,
+            }))
+        });
         let (status, body) = match rendered {
             Ok(body) => (status, body),
             Err(error) => {
@@ -353,9 +349,16 @@ mod tests {
         let response = approval.respond(StatusCode::OK, &page(Step::Consent, None), None);
         let html = body(&response);
         assert!(html.contains("Acme &lt;Bank&gt;"), "{html}");
-        assert!(html.contains("src=\"https:&#x2f;&#x2f;cdn.acme.example&#x2f;logo.svg\""), "{html}");
+        assert!(
+            html.contains("src=\"https:&#x2f;&#x2f;cdn.acme.example&#x2f;logo.svg\""),
+            "{html}"
+        );
         assert!(html.contains("#ffcc00"), "{html}");
-        assert!(html.contains("https://login.acme.example") || html.contains("https:&#x2f;&#x2f;login.acme.example"), "{html}");
+        assert!(
+            html.contains("https://login.acme.example")
+                || html.contains("https:&#x2f;&#x2f;login.acme.example"),
+            "{html}"
+        );
         assert!(html.contains("b=2"), "{html}");
         assert!(!html.contains("<script"), "{html}");
         assert_eq!(
@@ -365,7 +368,10 @@ mod tests {
         );
         let unbranded = plain(None).expect("template");
         let html = body(&unbranded.respond(StatusCode::OK, &page(Step::Login, None), None));
-        assert!(html.contains("localhost"), "the issuer's host names the service: {html}");
+        assert!(
+            html.contains("localhost"),
+            "the issuer's host names the service: {html}"
+        );
     }
 
     #[test]

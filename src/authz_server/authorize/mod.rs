@@ -196,7 +196,14 @@ fn approve(
         .filter(|user| cx.grants.users.exists(user))
     else {
         let message = "Please sign in first.";
-        return show(cx, valid, session, StatusCode::OK, Some(message), &Kept::default());
+        return show(
+            cx,
+            valid,
+            session,
+            StatusCode::OK,
+            Some(message),
+            &Kept::default(),
+        );
     };
     // Only what was asked for can be granted, in the order asked.
     let ticked: Vec<&str> = form.all(GRANT_SCOPE).collect();
