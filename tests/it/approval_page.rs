@@ -183,6 +183,25 @@ async fn a_refused_csrf_check_keeps_the_ticked_scopes() {
         again.location().to_owned()
     };
     assert!(location.starts_with(CALLBACK), "{location}");
+
+    // A refused login keeps the username (never the password).
+    let mut anonymous = Browser::new(&gw);
+    let login = anonymous
+        .get(&format!("/oauth2/authorize?{authorize}"))
+        .await;
+    let mut fields: Vec<(String, String)> = login
+        .form()
+        .hidden
+        .into_iter()
+        .filter(|(name, _)| name != "csrf_token")
+        .collect();
+    fields.push(("username".into(), "alice".into()));
+    fields.push(("password".into(), "wonderland".into()));
+    fields.push(("action".into(), "login".into()));
+    let refused = anonymous.post("/oauth2/authorize", &fields).await;
+    assert_eq!(refused.status, 403);
+    assert!(input(&refused.body, "username").contains("value=\"alice\""));
+    assert!(!refused.body.contains("wonderland"));
 }
 
 #[tokio::test]
