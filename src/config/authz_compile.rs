@@ -734,3 +734,44 @@ fn redirect_problem(uri: &str) -> Option<&'static str> {
         _ => Some("is not an http(s) URI"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brand_urls_are_https_or_paths_here() {
+        assert_eq!(
+            brand_url("https://CDN.example:8443/a/logo.svg?v=2"),
+            Some(Some("https://cdn.example:8443".to_owned()))
+        );
+        assert_eq!(brand_url("/static/logo.svg"), Some(None));
+        for refused in [
+            "http://cdn.example/logo.svg",
+            "//cdn.example/logo.svg",
+            "https://user@cdn.example/logo.svg",
+            "https://cdn.example/a b.svg",
+            "https://cdn.example/\"onerror=x",
+            "javascript:alert(1)",
+            "data:image/svg+xml,<svg>",
+            "logo.svg",
+            "",
+        ] {
+            assert_eq!(brand_url(refused), None, "{refused}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_BRAND_URL));
+        assert_eq!(brand_url(&long), None);
+    }
+
+    #[test]
+    fn colours_are_rrggbb_with_readable_text_on_them() {
+        assert_eq!(parse_color("#1f5FBF"), Some((0x1f, 0x5f, 0xbf)));
+        for refused in ["1f5fbf", "#1f5fb", "#1f5fbfa", "#gggggg", "red", "#ééé"] {
+            assert_eq!(parse_color(refused), None, "{refused}");
+        }
+        assert_eq!(on_color((0x1f, 0x5f, 0xbf)), "#ffffff");
+        assert_eq!(on_color((0xff, 0xd5, 0x4f)), "#000000");
+        assert_eq!(on_color((0, 0, 0)), "#ffffff");
+        assert_eq!(on_color((255, 255, 255)), "#000000");
+    }
+}

@@ -284,6 +284,11 @@ async fn branding_is_validated_when_the_configuration_is_compiled() {
             Err(error) => error,
         };
         assert!(error.contains(expected), "{branding}: {error}");
+        // FILE:LINE:COL: error: …, like every configuration finding.
+        assert!(
+            error.contains("microgateway.yaml:") && error.contains(": error: "),
+            "{error}"
+        );
     }
     let long = format!("{{ name: \"{}\" }}", "x".repeat(81));
     let yaml = yaml(&Options {
