@@ -15,6 +15,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use minijinja::{AutoEscape, Environment};
 use serde::Serialize;
 
+use crate::config::authz::Branding;
+
 /// The built-in approval page.
 pub const DEFAULT_TEMPLATE: &str = include_str!("../../config/templates/approval.html");
 
@@ -40,6 +42,9 @@ pub struct ScopeView<'a> {
     pub description: &'a str,
     /// Asked for by this request: only these can be granted.
     pub requested: bool,
+    /// Ticked when the page shows (all requested ones, unless the
+    /// resource owner's earlier choice is being shown again).
+    pub checked: bool,
 }
 
 /// One OAuth parameter of the request, posted back as a hidden field.
@@ -57,9 +62,33 @@ pub struct Page<'a> {
     pub client_id: &'a str,
     pub scopes: Vec<ScopeView<'a>>,
     pub user: Option<&'a str>,
+    /// The username to fill in on the login form (after a failed try).
+    pub username: Option<&'a str>,
     pub csrf_token: &'a str,
     pub error: Option<&'a str>,
     pub params: Vec<Param<'a>>,
+}
+
+/// What every page shows of the service, from `branding` and `issuer`.
+#[derive(Debug, Clone, Serialize)]
+struct Brand {
+    /// The service the resource owner signs in to: the brand name, else
+    /// the issuer's host.
+    name: String,
+    logo_url: Option<String>,
+    primary_color: Option<String>,
+    on_primary_color: Option<String>,
+    support_url: Option<String>,
+}
+
+/// The variables as the template sees them: the page's and the brand's.
+#[derive(Serialize)]
+struct Context<'p, 'a> {
+    #[serde(flatten)]
+    page: &'p Page<'a>,
+    brand: &'p Brand,
+    /// The account the resource owner signs in with: the issuer.
+    issuer: &'p str,
 }
 
 impl<'a> Page<'a> {
@@ -71,6 +100,7 @@ impl<'a> Page<'a> {
             client_id: "",
             scopes: Vec::new(),
             user: None,
+            username: None,
             csrf_token: "",
             error: Some(message),
             params: Vec::new(),
@@ -81,16 +111,50 @@ impl<'a> Page<'a> {
 /// The compiled approval template.
 pub struct Approval {
     env: Environment<'static>,
+    brand: Brand,
+    issuer: String,
+    /// [`CSP`], with `img-src` for a logo.
+    csp: String,
 }
 
 impl Approval {
-    /// Compiles `source`, or the built-in page when `None`.
-    pub fn new(source: Option<&str>) -> Result<Approval, minijinja::Error> {
+    /// Compiles `source`, or the built-in page when `None`, for the
+    /// service `branding` and `issuer` describe.
+    pub fn new(
+        source: Option<&str>,
+        branding: &Branding,
+        issuer: &str,
+    ) -> Result<Approval, minijinja::Error> {
         let mut env = Environment::new();
         env.set_auto_escape_callback(|_| AutoEscape::Html);
         let source = source.unwrap_or(DEFAULT_TEMPLATE).to_owned();
         env.add_template_owned(NAME, source)?;
-        Ok(Approval { env })
+        let host = issuer
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(str::to_owned))
+            .unwrap_or_else(|| issuer.to_owned());
+        let brand = Brand {
+            name: branding.name.clone().unwrap_or(host),
+            logo_url: branding.logo_url.clone(),
+            primary_color: branding.primary_color.clone(),
+            on_primary_color: branding.on_primary_color.clone(),
+            support_url: branding.support_url.clone(),
+        };
+        // A logo is the one thing loaded from elsewhere: from exactly its
+        // origin (validated when compiled), or from this server.
+        let csp = match &branding.logo_origin {
+            Some(origin) => {
+                CSP.replace("; form-action", &format!("; img-src {origin}; form-action"))
+            }
+            None => CSP.to_owned(),
+        };
+        Ok(Approval {
+            env,
+            brand,
+            issuer: issuer.to_owned(),
+            csp,
+        })
     }
 
     /// The page as an HTML response with `status`. `redirect_origin` is
@@ -103,10 +167,13 @@ impl Approval {
         page: &Page<'_>,
         redirect_origin: Option<&str>,
     ) -> Response<Bytes> {
-        let rendered = self
-            .env
-            .get_template(NAME)
-            .and_then(|template| template.render(minijinja::value::Serde(page)));
+        let rendered = self.env.get_template(NAME).and_then(|template| {
+            template.render(minijinja::value::Serde(Context {
+                page,
+                brand: &self.brand,
+                issuer: &self.issuer,
+            }))
+        });
         let (status, body) = match rendered {
             Ok(body) => (status, body),
             Err(error) => {
@@ -115,11 +182,11 @@ impl Approval {
             }
         };
         let csp = match redirect_origin {
-            Some(origin) => CSP.replace(
+            Some(origin) => self.csp.replace(
                 "form-action 'self'",
                 &format!("form-action 'self' {origin}"),
             ),
-            None => CSP.to_owned(),
+            None => self.csp.clone(),
         };
         let mut response = Response::new(Bytes::from(body));
         *response.status_mut() = status;
@@ -191,14 +258,17 @@ mod tests {
                     name: "view",
                     description: "View your bookings",
                     requested: true,
+                    checked: true,
                 },
                 ScopeView {
                     name: "cancel",
                     description: "Cancel bookings",
                     requested: false,
+                    checked: false,
                 },
             ],
             user: Some("alice"),
+            username: None,
             csrf_token: "csrf-1",
             error,
             params: vec![Param {
@@ -208,13 +278,17 @@ mod tests {
         }
     }
 
+    fn plain(source: Option<&str>) -> Result<Approval, minijinja::Error> {
+        Approval::new(source, &Branding::default(), "http://localhost:4485")
+    }
+
     fn body(response: &Response<Bytes>) -> String {
         String::from_utf8(response.body().to_vec()).expect("utf-8")
     }
 
     #[test]
     fn the_default_page_escapes_and_lists_requested_scopes() {
-        let approval = Approval::new(None).expect("template");
+        let approval = plain(None).expect("template");
         let response = approval.respond(StatusCode::OK, &page(Step::Consent, None), None);
         let html = body(&response);
         assert!(html.contains("Book&lt;Your&gt;Ticket"), "{html}");
@@ -232,7 +306,7 @@ mod tests {
 
     #[test]
     fn login_and_error_steps_render() {
-        let approval = Approval::new(None).expect("template");
+        let approval = plain(None).expect("template");
         let login = body(&approval.respond(
             StatusCode::OK,
             &page(Step::Login, Some("Wrong username or password.")),
@@ -247,7 +321,7 @@ mod tests {
 
     #[test]
     fn the_redirect_origin_joins_form_action() {
-        let approval = Approval::new(Some("{{ client_id }}")).expect("template");
+        let approval = plain(Some("{{ client_id }}")).expect("template");
         let response = approval.respond(
             StatusCode::OK,
             &page(Step::Consent, None),
@@ -261,8 +335,48 @@ mod tests {
     }
 
     #[test]
+    fn branding_is_shown_escaped_and_an_external_logo_joins_img_src() {
+        let branding = Branding {
+            name: Some("Acme <Bank>".into()),
+            logo_url: Some("https://cdn.acme.example/logo.svg".into()),
+            logo_origin: Some("https://cdn.acme.example".into()),
+            primary_color: Some("#ffcc00".into()),
+            on_primary_color: Some("#000000".into()),
+            support_url: Some("https://help.acme.example/?a=1&b=2".into()),
+        };
+        let approval =
+            Approval::new(None, &branding, "https://login.acme.example").expect("template");
+        let response = approval.respond(StatusCode::OK, &page(Step::Consent, None), None);
+        let html = body(&response);
+        assert!(html.contains("Acme &lt;Bank&gt;"), "{html}");
+        assert!(
+            html.contains("src=\"https:&#x2f;&#x2f;cdn.acme.example&#x2f;logo.svg\""),
+            "{html}"
+        );
+        assert!(html.contains("#ffcc00"), "{html}");
+        assert!(
+            html.contains("https://login.acme.example")
+                || html.contains("https:&#x2f;&#x2f;login.acme.example"),
+            "{html}"
+        );
+        assert!(html.contains("b=2"), "{html}");
+        assert!(!html.contains("<script"), "{html}");
+        assert_eq!(
+            response.headers()["content-security-policy"],
+            "default-src 'none'; style-src 'self' 'unsafe-inline'; \
+             img-src https://cdn.acme.example; form-action 'self'; frame-ancestors 'none'"
+        );
+        let unbranded = plain(None).expect("template");
+        let html = body(&unbranded.respond(StatusCode::OK, &page(Step::Login, None), None));
+        assert!(
+            html.contains("localhost"),
+            "the issuer's host names the service: {html}"
+        );
+    }
+
+    #[test]
     fn a_render_failure_shows_a_fixed_page() {
-        let approval = Approval::new(Some("{{ client_id | nosuchfilter }}")).expect("compiles");
+        let approval = plain(Some("{{ client_id | nosuchfilter }}")).expect("compiles");
         let response = approval.respond(StatusCode::OK, &page(Step::Consent, None), None);
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(body(&response).contains("Authorization unavailable"));

@@ -141,6 +141,7 @@ mod tests {
             cleanup_interval: None,
             approval_page: None,
             approval_template: None,
+            branding: Default::default(),
             scopes: vec![],
             users: vec![],
             clients: vec![client("a:b", Some("s&+ p")), client("pub", None)],

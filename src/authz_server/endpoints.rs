@@ -132,7 +132,11 @@ impl AuthorizationServer {
             Some(postgres) => Workers::new(postgres.max_connections),
             None => Workers::sized_from_cores(),
         };
-        let approval = Approval::new(settings.approval_template.as_deref())?;
+        let approval = Approval::new(
+            settings.approval_template.as_deref(),
+            &settings.branding,
+            &settings.issuer,
+        )?;
         let metadata = Bytes::from(metadata(&settings).to_string());
         Ok(AuthorizationServer {
             inner: Arc::new(Inner {

@@ -110,6 +110,11 @@ impl Sessions {
         self.start(Some(user), now)
     }
 
+    /// Ends `session` (sign-out): its id is worth nothing from now on.
+    pub fn end(&self, session: &Current) {
+        self.lock().remove(&tokens::hash_token(&session.id));
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
@@ -163,6 +168,8 @@ mod tests {
         assert!(found.csrf_matches(Some(&logged_in.session.csrf_token)));
         assert!(!found.csrf_matches(Some("nope")));
         assert!(!found.csrf_matches(None));
+        sessions.end(&found);
+        assert!(sessions.find(&logged_in.id, 200).is_none(), "signed out");
     }
 
     #[test]

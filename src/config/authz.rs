@@ -91,10 +91,30 @@ pub struct Settings {
     pub approval_page: Option<PathBuf>,
     /// The approval template's source, read when the snapshot was compiled.
     pub approval_template: Option<String>,
+    pub branding: Branding,
     pub scopes: Vec<ScopeDef>,
     pub users: Vec<User>,
     pub clients: Vec<Client>,
     pub audience: Option<String>,
+}
+
+/// `authorization_server.branding`, validated: shown on every page of the
+/// approval page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Branding {
+    pub name: Option<String>,
+    /// An `https://` URL or a path on this server (`/…`).
+    pub logo_url: Option<String>,
+    /// `scheme://host[:port]` of an external logo: the page's CSP
+    /// `img-src` allows exactly this origin (`'self'` for a path).
+    pub logo_origin: Option<String>,
+    /// `#rrggbb`.
+    pub primary_color: Option<String>,
+    /// Text on the primary colour: `#000000` or `#ffffff`, whichever
+    /// contrasts more.
+    pub on_primary_color: Option<String>,
+    /// An `https://` URL or a path on this server.
+    pub support_url: Option<String>,
 }
 
 impl Client {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::authz::{
-    Client, GrantType, PgTls, PostgresStore, ScopeDef, Settings, TokenFormat, User,
+    Branding, Client, GrantType, PgTls, PostgresStore, ScopeDef, Settings, TokenFormat, User,
 };
 use super::context::Ctx;
 use super::diagnostic::{Diagnostic, Origin, Severity};
@@ -143,6 +143,11 @@ pub fn compile(
         cleanup_interval: (!cleanup.is_zero()).then_some(cleanup),
         approval_page: approval_page.map(|(p, _)| p),
         approval_template,
+        branding: raw
+            .branding
+            .as_ref()
+            .map(|b| branding(ctx, &b.value))
+            .unwrap_or_default(),
         scopes,
         users,
         clients,
@@ -388,6 +393,123 @@ fn decode(text: &str) -> Option<String> {
 
 /// The approval page must compile as a minijinja template; a syntax error
 /// is reported at its line in the template file.
+/// Longest brand name shown.
+const MAX_BRAND_NAME: usize = 80;
+/// Longest logo or support URL.
+const MAX_BRAND_URL: usize = 2048;
+
+/// `branding:`: a short name, `#rrggbb`, and https (or same-server) URLs.
+fn branding(ctx: &mut Ctx, raw: &raw::Branding) -> Branding {
+    let mut out = Branding::default();
+    if let Some(name) = &raw.name {
+        let text = name.value.trim();
+        if text.is_empty()
+            || text.chars().count() > MAX_BRAND_NAME
+            || text.chars().any(char::is_control)
+        {
+            ctx.report.error(
+                name.referenced,
+                "branding.name is empty, too long or has control characters",
+                format!("1 to {MAX_BRAND_NAME} characters of text"),
+            );
+        } else {
+            out.name = Some(text.to_owned());
+        }
+    }
+    if let Some(color) = &raw.primary_color {
+        let text = color.value.trim();
+        match parse_color(text) {
+            Some(rgb) => {
+                out.primary_color = Some(text.to_ascii_lowercase());
+                out.on_primary_color = Some(on_color(rgb).to_owned());
+            }
+            None => ctx.report.error(
+                color.referenced,
+                format!("branding.primary_color `{text}` is not a #rrggbb colour"),
+                "#rrggbb, e.g. #1f5fbf",
+            ),
+        }
+    }
+    if let Some(logo) = &raw.logo_url {
+        match brand_url(&logo.value) {
+            Some(origin) => {
+                out.logo_url = Some(logo.value.trim().to_owned());
+                out.logo_origin = Some(origin.unwrap_or_else(|| "'self'".to_owned()));
+            }
+            None => ctx.report.error(
+                logo.referenced,
+                "branding.logo_url is not an https URL or a path on this server",
+                format!("https://HOST/PATH or /PATH, at most {MAX_BRAND_URL} characters"),
+            ),
+        }
+    }
+    if let Some(support) = &raw.support_url {
+        match brand_url(&support.value) {
+            Some(_) => out.support_url = Some(support.value.trim().to_owned()),
+            None => ctx.report.error(
+                support.referenced,
+                "branding.support_url is not an https URL or a path on this server",
+                format!("https://HOST/PATH or /PATH, at most {MAX_BRAND_URL} characters"),
+            ),
+        }
+    }
+    out
+}
+
+fn parse_color(text: &str) -> Option<(u8, u8, u8)> {
+    let hex = text.strip_prefix('#')?;
+    if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let channel = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
+    Some((channel(0)?, channel(2)?, channel(4)?))
+}
+
+/// Black or white text on `rgb`, by WCAG relative luminance.
+fn on_color((r, g, b): (u8, u8, u8)) -> &'static str {
+    let linear = |c: u8| {
+        let c = f64::from(c) / 255.0;
+        if c <= 0.03928 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let luminance = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+    // Contrast with white (1.05 / (L + .05)) against black ((L + .05) / .05).
+    if 1.05 / (luminance + 0.05) >= (luminance + 0.05) / 0.05 {
+        "#ffffff"
+    } else {
+        "#000000"
+    }
+}
+
+/// `Some(Some(origin))` for an `https://` URL, `Some(None)` for a path on
+/// this server, `None` when it is neither (or too long, or has characters
+/// a CSP source or an HTML attribute should not carry).
+fn brand_url(text: &str) -> Option<Option<String>> {
+    let text = text.trim();
+    let plain = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '<' | '>' | '\\' | '`');
+    if text.is_empty() || text.len() > MAX_BRAND_URL || !text.chars().all(plain) {
+        return None;
+    }
+    if text.starts_with('/') {
+        return (!text.starts_with("//")).then_some(None);
+    }
+    let uri: http::Uri = text.parse().ok()?;
+    if uri.scheme_str() != Some("https") {
+        return None;
+    }
+    let authority = uri.authority()?.as_str();
+    if authority.contains('@') || authority.is_empty() {
+        return None;
+    }
+    let host_ok = authority
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    host_ok.then(|| Some(format!("https://{}", authority.to_ascii_lowercase())))
+}
+
 fn approval_template(ctx: &mut Ctx, path: &Path, text: String) -> Option<String> {
     let mut env = minijinja::Environment::new();
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
@@ -610,5 +732,46 @@ fn redirect_problem(uri: &str) -> Option<&'static str> {
             _ => Some("uses http on a non-loopback host"),
         },
         _ => Some("is not an http(s) URI"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brand_urls_are_https_or_paths_here() {
+        assert_eq!(
+            brand_url("https://CDN.example:8443/a/logo.svg?v=2"),
+            Some(Some("https://cdn.example:8443".to_owned()))
+        );
+        assert_eq!(brand_url("/static/logo.svg"), Some(None));
+        for refused in [
+            "http://cdn.example/logo.svg",
+            "//cdn.example/logo.svg",
+            "https://user@cdn.example/logo.svg",
+            "https://cdn.example/a b.svg",
+            "https://cdn.example/\"onerror=x",
+            "javascript:alert(1)",
+            "data:image/svg+xml,<svg>",
+            "logo.svg",
+            "",
+        ] {
+            assert_eq!(brand_url(refused), None, "{refused}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_BRAND_URL));
+        assert_eq!(brand_url(&long), None);
+    }
+
+    #[test]
+    fn colours_are_rrggbb_with_readable_text_on_them() {
+        assert_eq!(parse_color("#1f5FBF"), Some((0x1f, 0x5f, 0xbf)));
+        for refused in ["1f5fbf", "#1f5fb", "#1f5fbfa", "#gggggg", "red", "#ééé"] {
+            assert_eq!(parse_color(refused), None, "{refused}");
+        }
+        assert_eq!(on_color((0x1f, 0x5f, 0xbf)), "#ffffff");
+        assert_eq!(on_color((0xff, 0xd5, 0x4f)), "#000000");
+        assert_eq!(on_color((0, 0, 0)), "#ffffff");
+        assert_eq!(on_color((255, 255, 255)), "#000000");
     }
 }

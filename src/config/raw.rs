@@ -680,6 +680,8 @@ pub struct AuthorizationServer {
     pub cleanup_interval: Opt<Scalar>,
     /// Template of the approval page.
     pub approval_page: Opt<Scalar>,
+    /// What the approval page shows of the service users sign in to.
+    pub branding: Option<S<Branding>>,
     /// `aud` of the tokens it issues.
     pub audience: Opt<Scalar>,
     /// Scopes clients may ask for, with the description users see.
@@ -688,6 +690,21 @@ pub struct AuthorizationServer {
     pub users: Vec<S<User>>,
     /// Registered clients.
     pub clients: Vec<S<Client>>,
+}
+
+/// `authorization_server.branding`: what the approval page shows of the
+/// service the resource owner signs in to.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Branding {
+    /// Name of the service, in the page's title and heading.
+    pub name: Opt<String>,
+    /// Logo: an `https://` URL or a path on this server (`/…`).
+    pub logo_url: Opt<String>,
+    /// `#rrggbb` of the buttons and the header; the text colour follows.
+    pub primary_color: Opt<String>,
+    /// Help link: an `https://` URL or a path on this server.
+    pub support_url: Opt<String>,
 }
 
 /// `authorization_server.store_pool`: the PostgreSQL store's connections.

@@ -33,17 +33,23 @@ pub(crate) fn cheap_hash(password: &str) -> String {
 
 /// What differs between the tests' gateways.
 #[derive(Default)]
-struct Options<'a> {
-    code_lifetime: Option<&'a str>,
-    approval_page: Option<&'a Path>,
+pub(crate) struct Options<'a> {
+    pub(crate) code_lifetime: Option<&'a str>,
+    pub(crate) approval_page: Option<&'a Path>,
+    /// `authorization_server.branding`, as a YAML flow mapping.
+    pub(crate) branding: Option<&'a str>,
 }
 
-fn yaml(options: &Options<'_>) -> String {
+pub(crate) fn yaml(options: &Options<'_>) -> String {
     let hash = cheap_hash("wonderland");
     let lifetime = options.code_lifetime.unwrap_or("600s");
     let page = options
         .approval_page
         .map(|p| format!("approval_page: \"{}\"", p.display()))
+        .unwrap_or_default();
+    let branding = options
+        .branding
+        .map(|b| format!("branding: {b}"))
         .unwrap_or_default();
     format!(
         r#"
@@ -56,6 +62,7 @@ authorization_server:
   store: sqlite:data/oauth.db
   authorization_code_lifetime: {lifetime}
   {page}
+  {branding}
   scopes:
   - {{ name: view, description: "View your bookings" }}
   - {{ name: book, description: "Book tickets" }}
@@ -188,14 +195,14 @@ fn error_redirect(reply: &Reply, base: &str, error: &str, state: &str) -> Vec<(S
 
 /// The fields of the page's form as a browser would post them.
 #[derive(Debug, Default)]
-struct HtmlForm {
-    action: String,
-    hidden: Vec<(String, String)>,
+pub(crate) struct HtmlForm {
+    pub(crate) action: String,
+    pub(crate) hidden: Vec<(String, String)>,
     /// Checkboxes: name, value, checked.
-    checkboxes: Vec<(String, String, bool)>,
+    pub(crate) checkboxes: Vec<(String, String, bool)>,
     /// Submit buttons: name, value.
-    buttons: Vec<(String, String)>,
-    text_inputs: Vec<String>,
+    pub(crate) buttons: Vec<(String, String)>,
+    pub(crate) text_inputs: Vec<String>,
 }
 
 fn unescape(s: &str) -> String {
@@ -323,25 +330,26 @@ fn scan(html: &str) -> HtmlForm {
 
 pub(crate) struct Browser<'g> {
     gw: &'g Gateway,
-    cookie: Option<String>,
+    /// The `mcgw_session` cookie's value.
+    pub(crate) cookie: Option<String>,
 }
 
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.header("location").expect("a Location header")
     }
 
-    fn form(&self) -> HtmlForm {
+    pub(crate) fn form(&self) -> HtmlForm {
         scan(&self.body)
     }
 }
@@ -351,7 +359,7 @@ impl<'g> Browser<'g> {
         Browser { gw, cookie: None }
     }
 
-    async fn get(&mut self, path_and_query: &str) -> Reply {
+    pub(crate) async fn get(&mut self, path_and_query: &str) -> Reply {
         let mut request = self.gw.client.get(self.gw.url(path_and_query));
         if let Some(cookie) = &self.cookie {
             request = request.header("cookie", format!("mcgw_session={cookie}"));
@@ -359,7 +367,7 @@ impl<'g> Browser<'g> {
         self.read(request.send().await.expect("GET")).await
     }
 
-    async fn post(&mut self, path: &str, fields: &[(String, String)]) -> Reply {
+    pub(crate) async fn post(&mut self, path: &str, fields: &[(String, String)]) -> Reply {
         let body = fields
             .iter()
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
@@ -392,7 +400,12 @@ impl<'g> Browser<'g> {
     }
 
     /// Posts the page's form with `action` and the extra fields.
-    async fn submit(&mut self, page: &Reply, action: &str, extra: &[(&str, &str)]) -> Reply {
+    pub(crate) async fn submit(
+        &mut self,
+        page: &Reply,
+        action: &str,
+        extra: &[(&str, &str)],
+    ) -> Reply {
         let form = page.form();
         assert!(
             form.buttons
@@ -414,7 +427,7 @@ impl<'g> Browser<'g> {
 
     /// GET the authorization URL, log in as alice (unless the session
     /// already has her): the consent page.
-    async fn login(&mut self, authorize_query: &str) -> Reply {
+    pub(crate) async fn login(&mut self, authorize_query: &str) -> Reply {
         let page = self
             .get(&format!("/oauth2/authorize?{authorize_query}"))
             .await;
@@ -817,7 +830,15 @@ async fn an_unregistered_redirect_uri_gets_a_page_never_a_redirect() {
         assert!(reply
             .header("content-type")
             .is_some_and(|v| v.starts_with("text/html")));
-        assert!(reply.body.contains("redirect_uri is not registered"));
+        // In the resource owner's words; the OAuth detail is for the log.
+        assert!(
+            reply
+                .body
+                .contains("This application is not allowed to send you to that address"),
+            "{}",
+            reply.body
+        );
+        assert!(!reply.body.contains("redirect_uri"), "{}", reply.body);
         assert!(!reply.body.contains("<form"));
     }
     // Left out while the client registered several.
@@ -847,7 +868,12 @@ async fn an_unknown_or_missing_client_gets_a_page() {
     let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
     assert_eq!(reply.status, 400);
     assert!(reply.header("location").is_none());
-    assert!(reply.body.contains("the client is unknown"));
+    assert!(
+        reply.body.contains("This application is not known here"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("client_id"), "{}", reply.body);
     let reply = browser.get("/oauth2/authorize?response_type=code").await;
     assert_eq!(reply.status, 400);
     assert!(reply.header("location").is_none());

@@ -101,6 +101,7 @@ fn settings(dir: &Path, token_format: TokenFormat) -> Settings {
         cleanup_interval: None,
         approval_page: None,
         approval_template: None,
+        branding: Default::default(),
         scopes: ["view", "book", "cancel"]
             .iter()
             .map(|s| ScopeDef {

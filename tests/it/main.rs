@@ -10,6 +10,7 @@
 
 mod admin;
 mod applications;
+mod approval_page;
 mod authorize;
 mod authz_form;
 mod authz_postgres;

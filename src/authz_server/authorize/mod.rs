@@ -4,7 +4,8 @@
 //! GET shows the page: the login form, or the consent form once the
 //! browser's session has a user. The forms POST back here with the
 //! request's OAuth parameters as hidden fields, the session's CSRF token
-//! and `action` = `login`, `approve` or `deny`; every POST is validated
+//! and `action` = `login`, `approve`, `deny` or `signout` (ends the
+//! session and shows the login form again); every POST is validated
 //! again from scratch (the request is never kept server-side), and a
 //! successful one answers 303. Approval issues a code (bound to client,
 //! redirect URI, PKCE challenge, user and granted scopes) or, for the
@@ -36,6 +37,14 @@ const GRANT_SCOPE: &str = "grant_scope";
 
 const CSRF_FAILED: &str = "This form has expired or was not sent from this page. Please try again.";
 
+/// What the resource owner entered, shown again when a form is refused.
+#[derive(Debug, Default)]
+struct Kept<'f> {
+    username: Option<&'f str>,
+    /// The scopes ticked on a refused consent form.
+    ticked: Option<Vec<&'f str>>,
+}
+
 /// What the endpoint needs from the server, for one request.
 pub struct AuthorizeContext<'a> {
     pub grants: GrantContext<'a>,
@@ -58,7 +67,7 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
     let cookie = sessions::cookie_value(req.headers());
     if req.method() == Method::GET {
         let session = cx.sessions.find_or_start(cookie, cx.grants.now);
-        return show(cx, &valid, &session, StatusCode::OK, None);
+        return show(cx, &valid, &session, StatusCode::OK, None, &Kept::default());
     }
     let session = cookie.and_then(|id| cx.sessions.find(id, cx.grants.now));
     let session = match session {
@@ -66,25 +75,32 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
         other => {
             tracing::info!(client_id = %valid.client.client_id, "approval form refused: CSRF token missing or wrong");
             let session = other.unwrap_or_else(|| cx.sessions.start(None, cx.grants.now));
+            let kept = Kept {
+                username: form.get("username"),
+                ticked: (form.get("action") == Some("approve"))
+                    .then(|| form.all(GRANT_SCOPE).collect()),
+            };
             return show(
                 cx,
                 &valid,
                 &session,
                 StatusCode::FORBIDDEN,
                 Some(CSRF_FAILED),
+                &kept,
             );
         }
     };
     match form.get("action") {
         Some("login") => login(cx, req, &valid, &form, &session),
         Some("approve") => approve(cx, &valid, &form, &session),
+        Some("signout") => sign_out(cx, req, &valid, &session),
         Some("deny") => {
             tracing::info!(client_id = %valid.client.client_id, "authorization denied by the resource owner");
             redirect_error(&valid.target, &OAuthError::AccessDenied)
         }
         _ => error_page(
             cx,
-            &OAuthError::InvalidRequest("action must be login, approve or deny"),
+            &OAuthError::InvalidRequest("action must be login, approve, deny or signout"),
         ),
     }
 }
@@ -117,9 +133,20 @@ fn login(
     session: &Current,
 ) -> Response<Bytes> {
     let now = cx.grants.now;
+    let kept = Kept {
+        username: form.get("username"),
+        ticked: None,
+    };
     let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
         let message = "Enter your username and password.";
-        return show(cx, valid, session, StatusCode::BAD_REQUEST, Some(message));
+        return show(
+            cx,
+            valid,
+            session,
+            StatusCode::BAD_REQUEST,
+            Some(message),
+            &kept,
+        );
     };
     let as_client = Subject::Client(valid.client.client_id.clone());
     let as_user = Subject::User(username.to_owned());
@@ -132,6 +159,7 @@ fn login(
                 session,
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(message),
+                &kept,
             );
             page.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
@@ -143,7 +171,7 @@ fn login(
         cx.grants.attempts.record_failure(&as_user, now);
         tracing::info!(client_id = %valid.client.client_id, "approval login refused: wrong credentials");
         let message = "Wrong username or password.";
-        return show(cx, valid, session, StatusCode::OK, Some(message));
+        return show(cx, valid, session, StatusCode::OK, Some(message), &kept);
     }
     cx.grants.attempts.clear(&as_user);
     // A new session on login: an id known before it is worth nothing now.
@@ -168,7 +196,14 @@ fn approve(
         .filter(|user| cx.grants.users.exists(user))
     else {
         let message = "Please sign in first.";
-        return show(cx, valid, session, StatusCode::OK, Some(message));
+        return show(
+            cx,
+            valid,
+            session,
+            StatusCode::OK,
+            Some(message),
+            &Kept::default(),
+        );
     };
     // Only what was asked for can be granted, in the order asked.
     let ticked: Vec<&str> = form.all(GRANT_SCOPE).collect();
@@ -180,7 +215,18 @@ fn approve(
         .collect();
     if granted.is_empty() && !valid.scopes.is_empty() {
         let message = "Tick at least one permission, or deny the request.";
-        return show(cx, valid, session, StatusCode::BAD_REQUEST, Some(message));
+        let kept = Kept {
+            username: None,
+            ticked: Some(ticked),
+        };
+        return show(
+            cx,
+            valid,
+            session,
+            StatusCode::BAD_REQUEST,
+            Some(message),
+            &kept,
+        );
     }
     let issued = match valid.response_type {
         ResponseType::Code => issue_code(cx, valid, user, &granted),
@@ -198,6 +244,24 @@ fn approve(
         }
         Err(error) => redirect_error(&valid.target, &error),
     }
+}
+
+/// "Not you? Sign out": the session ends, and the login form shows again
+/// on a new one, for the same request.
+fn sign_out(
+    cx: &AuthorizeContext<'_>,
+    req: &Request<Bytes>,
+    valid: &Valid<'_>,
+    session: &Current,
+) -> Response<Bytes> {
+    cx.sessions.end(session);
+    tracing::info!(client_id = %valid.client.client_id, "resource owner signed out on the approval page");
+    let fresh = cx.sessions.start(None, cx.grants.now);
+    let params = valid.params.iter().map(|(n, v)| (*n, v.as_str()));
+    let mut response =
+        approval::redirect(&format!("{}?{}", req.uri().path(), encode_pairs(params)));
+    set_cookie(cx, &mut response, &fresh);
+    response
 }
 
 /// RFC 6749 §4.1.2: a code of 256 random bits, stored by its hash only.
@@ -261,6 +325,7 @@ fn show(
     session: &Current,
     status: StatusCode,
     error: Option<&str>,
+    kept: &Kept<'_>,
 ) -> Response<Bytes> {
     let settings = cx.grants.settings;
     let user = session
@@ -280,6 +345,11 @@ fn show(
                 .find(|s| s.name == *name)
                 .map_or("", |s| s.description.as_str()),
             requested: valid.scopes.contains(name),
+            checked: valid.scopes.contains(name)
+                && kept
+                    .ticked
+                    .as_ref()
+                    .is_none_or(|ticked| ticked.contains(&name.as_str())),
         })
         .collect();
     let page = Page {
@@ -292,6 +362,7 @@ fn show(
         client_id: &valid.client.client_id,
         scopes,
         user,
+        username: kept.username,
         csrf_token: &session.session.csrf_token,
         error,
         params: valid
@@ -308,10 +379,29 @@ fn show(
     response
 }
 
-/// A page for a request that cannot be answered to a client.
+/// A page for a request that cannot be answered to a client: the
+/// resource owner reads what it means for them, the log the detail.
 fn error_page(cx: &AuthorizeContext<'_>, error: &OAuthError) -> Response<Bytes> {
     let (status, _, description) = error.parts();
-    cx.approval.respond(status, &Page::error(description), None)
+    tracing::info!(%error, "authorization request answered with an error page");
+    cx.approval
+        .respond(status, &Page::error(in_user_words(description)), None)
+}
+
+/// What a refused authorization request means for the resource owner.
+fn in_user_words(description: &str) -> &'static str {
+    if description.contains("redirect_uri") || description.contains("redirect URI") {
+        "This application is not allowed to send you to that address. \
+         Go back to the application and tell its owner."
+    } else if description.contains("client") {
+        "This application is not known here, so you cannot sign in to it with this link."
+    } else if description.contains("HTTPS") {
+        "This page must be opened over a secure (https) connection."
+    } else if description.contains("larger than") {
+        "This request is too large. Go back to the application and try again."
+    } else {
+        "This sign-in link is not valid. Go back to the application and try again."
+    }
 }
 
 /// RFC 6749 §4.1.2.1, §4.2.2.1: the error goes back to the client.

@@ -3,6 +3,7 @@
 //! small HTTP client. Everything listens on 127.0.0.1 port 0.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod idp;
 pub mod oauth;
 pub mod postgres;
