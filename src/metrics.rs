@@ -8,8 +8,8 @@ use std::sync::{Arc, LazyLock, OnceLock};
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use thread_local::ThreadLocal;
 
@@ -55,6 +55,11 @@ pub struct Metrics {
     /// `throttle_store_errors_total`: throttle store calls that failed or
     /// timed out (each then decided by `on_store_error`).
     pub throttle_store_errors: IntCounter,
+    /// `tunnels_open{api}`: WebSocket tunnels open now.
+    pub tunnels_open: IntGaugeVec,
+    /// `tunnel_bytes_total{api,direction}` (`upstream`: from the client
+    /// to the upstream, `downstream`: back).
+    pub tunnel_bytes: IntCounterVec,
 }
 
 #[allow(
@@ -136,7 +141,22 @@ impl Metrics {
         registry
             .register(Box::new(throttle_store_errors.clone()))
             .expect("registered once");
+        let tunnels_open = IntGaugeVec::new(
+            Opts::new("tunnels_open", "WebSocket tunnels open").namespace("microgateway"),
+            &["api"],
+        )
+        .expect("static gauge options are valid");
+        registry
+            .register(Box::new(tunnels_open.clone()))
+            .expect("registered once");
         Metrics {
+            tunnels_open,
+            tunnel_bytes: counter(
+                &registry,
+                "tunnel_bytes_total",
+                "Bytes carried by WebSocket tunnels",
+                &["api", "direction"],
+            ),
             requests: counter(
                 &registry,
                 "requests_total",

@@ -118,6 +118,7 @@ pub struct Limits {
     pub max_uri: Opt<Scalar>,
     pub max_body: Opt<Scalar>,
     pub max_connections: Opt<Scalar>,
+    pub max_tunnels: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +130,7 @@ pub struct Timeouts {
     pub drain: Opt<Scalar>,
     pub body_read: Opt<Scalar>,
     pub send: Opt<Scalar>,
+    pub tunnel_idle: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +281,9 @@ pub struct Api {
     pub resources: Vec<S<String>>,
     pub policies: Policies,
     pub ip_filter: Option<S<IpFilter>>,
+    /// WebSocket handshakes (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT).
+    pub websocket: Opt<Scalar>,
+    pub tunnel_max_lifetime: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

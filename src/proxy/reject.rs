@@ -101,6 +101,8 @@ pub enum Rejection {
     },
     #[error("throttle store unavailable")]
     ThrottleUnavailable,
+    #[error("the listener has limits.max_tunnels tunnels open")]
+    TooManyTunnels,
 }
 
 impl Rejection {
@@ -130,7 +132,8 @@ impl Rejection {
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout
             | Rejection::Throttled { .. }
-            | Rejection::ThrottleUnavailable => None,
+            | Rejection::ThrottleUnavailable
+            | Rejection::TooManyTunnels => None,
         }
     }
 
@@ -324,6 +327,12 @@ impl Rejection {
                     "the rate limit cannot be checked".to_owned(),
                     None,
                 ),
+                Rejection::TooManyTunnels => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "too many WebSocket connections are open".to_owned(),
+                    None,
+                ),
             };
         let body = serde_json::json!({ "error": error, "error_description": description });
         let mut response = Response::new(full(body.to_string()));
@@ -342,7 +351,7 @@ impl Rejection {
                     fields.apply(headers);
                 }
             }
-            Rejection::ThrottleUnavailable => {
+            Rejection::ThrottleUnavailable | Rejection::TooManyTunnels => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Rejection::TooManyAttempts { retry_after } => {

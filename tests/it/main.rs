@@ -44,3 +44,4 @@ mod token_properties;
 mod token_store;
 mod upstream_framing;
 mod upstream_pool;
+mod websocket;

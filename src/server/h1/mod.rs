@@ -32,7 +32,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -44,7 +44,7 @@ use crate::http1;
 use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
 use crate::http1::request_head::{self as head, Framing, Head, Parsed, Refusal};
 use crate::http1::response_encode::{self as encode, BodyFraming, Exchange};
-use crate::proxy::{Body, BodyFault, BoxError, Rejection};
+use crate::proxy::{tunnel, Body, BodyFault, BoxError, Rejection};
 use crate::timer::Deadline;
 
 /// Response body bytes encoded before they are written.
@@ -67,6 +67,13 @@ pub enum Ending<S> {
     Http2 {
         io: S,
         read: Bytes,
+    },
+    /// A `101` was written: the stream, and what the client sent after
+    /// its handshake, go to the tunnel.
+    Upgraded {
+        io: S,
+        read: Bytes,
+        switch: tunnel::Switch,
     },
 }
 
@@ -340,8 +347,9 @@ where
             }
         };
         let guard = InFlight::begin(activity);
-        let response = handler(request.map(|()| body), peer).await;
+        let mut response = handler(request.map(|()| body), peer).await;
         let guard = guard.answered();
+        let switch = switching(&mut response);
         // The rest of a request body the handler did not read would be
         // taken for the next head: the connection ends instead.
         let read_all = {
@@ -350,6 +358,19 @@ where
             wire.continue_due = false;
             wire.body.is_done() && wire.failed.is_none()
         };
+        if let Some(switch) = switch {
+            let exchange = Exchange {
+                method: &method,
+                http11,
+                keep_alive: true,
+            };
+            let written = read_all && respond(&wire, response, exchange).await;
+            drop(guard);
+            if written {
+                return into_tunnel(wire, switch);
+            }
+            break false;
+        }
         let exchange = Exchange {
             method: &method,
             http11,
@@ -546,6 +567,36 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(wire: &Mutex<Wire<S>>, linger:
         }
     });
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The tunnel a `101` response carries; a `101` without one would leave
+/// the client speaking a protocol nobody carries: it becomes a 502.
+fn switching(response: &mut Response<Body>) -> Option<tunnel::Switch> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let switch = response
+        .extensions_mut()
+        .remove::<tunnel::Pending>()
+        .and_then(|pending| pending.take());
+    if switch.is_none() {
+        *response = Rejection::BadGateway("101 with no tunnel".into()).into_response();
+    }
+    switch
+}
+
+fn into_tunnel<S>(wire: Arc<Mutex<Wire<S>>>, switch: tunnel::Switch) -> Ending<S> {
+    match Arc::try_unwrap(wire) {
+        Ok(wire) => {
+            let wire = wire.into_inner().unwrap_or_else(PoisonError::into_inner);
+            Ending::Upgraded {
+                io: wire.io,
+                read: wire.buf.freeze(),
+                switch,
+            }
+        }
+        Err(_) => Ending::Closed,
+    }
 }
 
 fn into_http2<S>(wire: Arc<Mutex<Wire<S>>>) -> Ending<S> {
