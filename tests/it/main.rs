@@ -38,6 +38,7 @@ mod logging;
 mod reload;
 mod routing;
 mod slow_clients;
+mod sse;
 mod throttling;
 mod tls;
 mod token_properties;

@@ -56,6 +56,9 @@ const IDLE_READ: usize = 4 * 1024;
 /// that the kernel does not answer it with a reset that could destroy the
 /// last response before the client has read it.
 const LINGER: Duration = Duration::from_secs(1);
+/// Bytes a client may send ahead while its answer streams; past them its
+/// connection is not watched for a close until the answer has ended.
+const WATCHED_BYTES: usize = 64 * 1024;
 /// Bytes read and dropped at most while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -538,6 +541,21 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Ready(Ok(()));
         }
         if waiting {
+            // While the body waits for its source (an event stream, a long
+            // poll), a client that closes the connection ends the exchange
+            // at once: the body, and the upstream exchange with it, is
+            // dropped. What it sends meanwhile (a next request) is kept.
+            let mut wire = lock(wire);
+            if wire.body.is_done() && wire.failed.is_none() && wire.buf.len() < WATCHED_BYTES {
+                match wire.poll_fill(cx) {
+                    Poll::Ready(Ok(0) | Err(_)) => {
+                        tracing::debug!("the client closed the connection during the answer");
+                        return Poll::Ready(Err(()));
+                    }
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => {}
+                }
+            }
             return Poll::Pending;
         }
     })
