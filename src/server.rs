@@ -40,7 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http::header::UPGRADE;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -85,7 +85,9 @@ fn http2_builder(settings: ConnSettings) -> hyper::server::conn::http2::Builder<
         .initial_connection_window_size(4 << 20)
         .max_send_buf_size(1 << 20)
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol();
     builder
 }
 
@@ -234,7 +236,7 @@ impl Conn {
         let tunnels = self.tunnels.clone();
         let handler = move |mut req: Request<Body>, peer| {
             // Only a request that may open a tunnel needs to find them.
-            if req.headers().contains_key(UPGRADE) {
+            if req.headers().contains_key(UPGRADE) || req.method() == Method::CONNECT {
                 req.extensions_mut().insert(tunnels.clone());
             }
             handler(req, peer)

@@ -95,6 +95,12 @@ async fn phases(
     mut req: Request<Body>,
     (matched_api, kind): (&mut Option<Arc<Api>>, &mut Option<CredentialType>),
 ) -> Result<Response<Body>, Rejection> {
+    // An HTTP/2 WebSocket (extended CONNECT) is matched and authorized as
+    // the `GET` it stands for.
+    let h2_websocket = tunnel::is_h2_handshake(&req);
+    if h2_websocket {
+        *req.method_mut() = http::Method::GET;
+    }
     check_target(snap, &req)?;
     host_from_authority(&mut req);
     let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
@@ -139,7 +145,12 @@ async fn phases(
     }; // throttle
        // A WebSocket handshake holds a tunnel slot of its listener from here
        // (503 when none is free), and asks the upstream to switch protocols.
-    let tunnel = if route.api.websocket && tunnel::is_handshake(&req) && req.body().is_end_stream()
+    if h2_websocket && !route.api.websocket {
+        return Err(Rejection::BadRequest("the API serves no WebSocket"));
+    }
+    let tunnel = if route.api.websocket
+        && (h2_websocket || tunnel::is_handshake(&req))
+        && req.body().is_end_stream()
     {
         let permit = req
             .extensions()
@@ -155,6 +166,13 @@ async fn phases(
     if tunnel.is_some() {
         tunnel::ask_upgrade(headers);
     }
+    let on_upgrade = if h2_websocket {
+        tunnel::h1_handshake_of_h2(&mut req);
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let headers = req.headers_mut();
     forwarded::strip_reserved(headers);
     if from_h2 {
         forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
@@ -192,7 +210,19 @@ async fn phases(
                     )
                 })
                 .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
-            response.extensions_mut().insert(pending);
+            match on_upgrade {
+                Some(on_upgrade) => {
+                    let switch = pending
+                        .take()
+                        .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
+                    *response.status_mut() = StatusCode::OK;
+                    tunnel::h2_answer_of_h1(response.headers_mut());
+                    tunnel::spawn_h2(switch, on_upgrade);
+                }
+                None => {
+                    response.extensions_mut().insert(pending);
+                }
+            }
         }
     }
     refuse_upstream_challenge(&route.api, &response)?;

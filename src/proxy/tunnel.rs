@@ -1,6 +1,8 @@
 //! WebSocket tunnels: the handshake forwarded as an `Upgrade` request,
 //! and, once the upstream has answered `101`, the two connections joined
-//! as a byte tunnel. The gateway parses no frame.
+//! as a byte tunnel. The gateway parses no frame. An HTTP/2 client opens
+//! one with an extended `CONNECT` (RFC 8441): the upstream still gets an
+//! HTTP/1.1 handshake, and its `101` becomes the stream's `200`.
 //!
 //! A handshake is matched, authenticated and authorized like any request
 //! (`serve`); only then is it counted against the listener's
@@ -27,7 +29,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, CONNECTION, UPGRADE};
+use http::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
 use http::{HeaderMap, Method, Request, Version};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -102,6 +107,55 @@ fn has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool 
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether `req` opens a WebSocket over HTTP/2 (RFC 8441): an extended
+/// `CONNECT` with `:protocol websocket`.
+pub fn is_h2_handshake<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Makes an HTTP/2 handshake one an HTTP/1.1 upstream takes (RFC 8441 §5:
+/// `GET` with `Upgrade`): the key HTTP/2 does not carry is the gateway's.
+pub fn h1_handshake_of_h2<B>(req: &mut Request<B>) {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    *req.method_mut() = Method::GET;
+    let mut nonce = [0u8; 16];
+    rand::rng().fill_bytes(&mut nonce);
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let headers = req.headers_mut();
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        headers.insert(SEC_WEBSOCKET_KEY, key);
+    }
+    if !headers.contains_key(SEC_WEBSOCKET_VERSION) {
+        headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+}
+
+/// The upstream's `101` as the `200` that opens the HTTP/2 stream's
+/// tunnel (RFC 8441 §5): the HTTP/1.1 handshake's own fields go.
+pub fn h2_answer_of_h1(headers: &mut HeaderMap) {
+    headers.remove(UPGRADE);
+    headers.remove(CONNECTION);
+    headers.remove(SEC_WEBSOCKET_ACCEPT);
+}
+
+/// Carries the tunnel of an HTTP/2 stream once hyper has sent its `200`.
+pub fn spawn_h2(switch: Switch, on_upgrade: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                run(switch, hyper_util::rt::TokioIo::new(upgraded), Bytes::new()).await;
+            }
+            Err(error) => tracing::debug!(%error, "the HTTP/2 stream did not open its tunnel"),
+        }
+    });
 }
 
 /// Puts back the hop-by-hop fields of a handshake, after every other one

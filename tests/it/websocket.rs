@@ -379,3 +379,93 @@ async fn the_websocket_keys_are_validated() {
         assert!(error.contains(expected), "{error}");
     }
 }
+
+/// Opens a WebSocket over HTTP/2 extended CONNECT (RFC 8441) with hyper's
+/// client: the answer's status, and the stream as a WebSocket on a 200.
+async fn open_h2(
+    gw: &Gateway,
+    token: Option<&str>,
+) -> (
+    u16,
+    Option<WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>,
+) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = TcpStream::connect(gw.http).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    // A first exchange, so that the server's SETTINGS (with
+    // ENABLE_CONNECT_PROTOCOL) have arrived.
+    let first = http::Request::get(format!("http://{}/nothing", gw.http))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(first).await.expect("first exchange");
+    let _ = answer.into_body().collect().await;
+    let mut connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat/room", gw.http))
+        .header("sec-websocket-version", "13");
+    if let Some(token) = token {
+        connect = connect.header("authorization", format!("Bearer {token}"));
+    }
+    let mut connect = connect.body(Empty::<bytes::Bytes>::new()).expect("request");
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(connect))
+        .await
+        .expect("the handshake does not hang")
+        .expect("an answer");
+    let status = response.status().as_u16();
+    if status != 200 {
+        return (status, None);
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .expect("the stream opens");
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (status, Some(ws))
+}
+
+#[tokio::test]
+async fn messages_are_echoed_over_http2_extended_connect() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config_named("h2", &idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let (status, _) = open_h2(&gw, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = open_h2(&gw, Some(&idp.token(&["other"]))).await;
+    assert_eq!(status, 403);
+    assert!(
+        upstream.handshakes().is_empty(),
+        "refusals are not forwarded"
+    );
+    let (status, ws) = open_h2(&gw, Some(&idp.token(&["chat"]))).await;
+    assert_eq!(status, 200);
+    let mut ws = ws.expect("a WebSocket");
+    for i in 0..10 {
+        let text = format!("over h2 {i} {}", "y".repeat(i * 1000));
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the echo does not hang")
+            .expect("a message")
+            .expect("a good message");
+        assert_eq!(back.into_text().expect("text").as_str(), text);
+    }
+    // The upstream got an HTTP/1.1 handshake with the gateway's key.
+    let seen = upstream.handshakes();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["upgrade"], "websocket");
+    assert!(seen[0].contains_key("sec-websocket-key"));
+    ws.close(None).await.expect("close");
+}
