@@ -410,6 +410,29 @@ mod tests {
     }
 
     #[test]
+    fn a_101_to_a_request_that_asked_for_it_keeps_upgrade_and_what_follows() {
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nKeep-Alive: 5\r\n\r\n\x01\x01a";
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let switched = parse_switching(&mut buf, &Method::GET, &mut Vec::new())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(switched.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(switched.headers["upgrade"], "websocket");
+        assert_eq!(switched.headers["sec-websocket-accept"], "abc");
+        assert!(switched.headers.get("connection").is_none());
+        assert!(switched.headers.get("keep-alive").is_none());
+        assert!(!switched.keep_alive);
+        assert_eq!(&buf[..], b"\x01\x01a", "the new protocol's bytes stay");
+        // A 101 without Upgrade switches to nothing.
+        let mut bare = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(matches!(
+            parse_switching(&mut bare, &Method::GET, &mut Vec::new()),
+            Err(HeadError::Upgrade)
+        ));
+    }
+
+    #[test]
     fn heads_are_bounded() {
         let mut raw = String::from("HTTP/1.1 200 OK\r\n");
         while raw.len() <= MAX_HEAD {

@@ -379,3 +379,63 @@ impl Half {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, version: Version, fields: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder()
+            .method(method)
+            .version(version)
+            .uri("/ws");
+        for (name, value) in fields {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_handshake_is_a_get_asking_for_websocket_with_connection_upgrade() {
+        let fields = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, Upgrade"),
+        ];
+        assert!(is_handshake(&request(
+            Method::GET,
+            Version::HTTP_11,
+            &fields
+        )));
+        assert!(!is_handshake(&request(
+            Method::POST,
+            Version::HTTP_11,
+            &fields
+        )));
+        assert!(!is_handshake(&request(
+            Method::GET,
+            Version::HTTP_10,
+            &fields
+        )));
+        let h2c = [("upgrade", "h2c"), ("connection", "upgrade")];
+        assert!(!is_handshake(&request(Method::GET, Version::HTTP_11, &h2c)));
+        let no_connection = [("upgrade", "websocket")];
+        assert!(!is_handshake(&request(
+            Method::GET,
+            Version::HTTP_11,
+            &no_connection
+        )));
+    }
+
+    #[test]
+    fn tunnel_slots_are_bounded_and_given_back() {
+        let slots = TunnelSlots::new(2);
+        let first = slots.acquire().expect("free");
+        let second = slots.acquire().expect("free");
+        assert!(slots.acquire().is_none());
+        assert_eq!(slots.open(), 2);
+        drop(first);
+        assert!(slots.acquire().is_some());
+        drop(second);
+        assert_eq!(slots.open(), 0);
+    }
+}
