@@ -108,6 +108,7 @@ apis:
   version: "1.0"
   base_path: /chat
   websocket: true
+  {lifetime}
   upstream: {{ url: "{upstream}" }}
   authentication: {{ type: oauth2, auth_server: idp }}
   scopes:
@@ -122,6 +123,11 @@ apis:
 "#,
         issuer = idp.issuer(),
         jwks = idp.jwks_uri(),
+        lifetime = if api == "short" {
+            "tunnel_max_lifetime: 1s"
+        } else {
+            ""
+        },
     )
 }
 
@@ -468,4 +474,31 @@ async fn messages_are_echoed_over_http2_extended_connect() {
     assert_eq!(seen[0]["upgrade"], "websocket");
     assert!(seen[0].contains_key("sec-websocket-key"));
     ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn a_tunnel_is_closed_at_tunnel_max_lifetime_however_busy() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config_named("short", &idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let mut ws = open(&gw, "/chat/room", Some(&idp.token(&["chat"])))
+        .await
+        .expect("open");
+    // Busy: a message at least every 200 ms, far under tunnel_idle (1 h).
+    let busy = async {
+        for i in 0.. {
+            if ws.send(Message::text(format!("{i}"))).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(None | Some(Err(_))) => return,
+                Ok(Some(Ok(message))) if message.is_close() => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), busy)
+        .await
+        .expect("the tunnel was closed at its lifetime");
 }
