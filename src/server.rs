@@ -16,6 +16,9 @@
 //!   `BodyFault::Stalled` (the handler answers 408); any other failure
 //!   of a client's body is a `BodyFault` too: the client's, never the
 //!   upstream's.
+//! - A WebSocket tunnel (`proxy::tunnel`) keeps its connection's slot; it
+//!   has its own bounds (`tunnel_idle`, `tunnel_max_lifetime`) and, on
+//!   shutdown, the drain time before it is closed.
 //! - A connection whose client takes nothing of an answer for `send`
 //!   (HTTP/1.1: a write makes no progress; HTTP/2: an answer waits for a
 //!   flow-control window the client does not open) is closed.

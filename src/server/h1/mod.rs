@@ -19,7 +19,13 @@
 //! whose framing breaks or that ends early fails with its own
 //! [`BodyFault`], so that the upstream exchange it feeds is aborted and
 //! the fault is the client's. A write the client takes nothing of for
-//! `timeouts.send` ends the connection.
+//! `timeouts.send` ends the connection. While a response body waits for
+//! its source (an event stream, a long poll), a client that closes the
+//! connection ends the exchange at once.
+//!
+//! A `101` answer carries its tunnel (`proxy::tunnel`): once its head is
+//! written, the connection, with what the client sent after its
+//! handshake, leaves the codec ([`Ending::Upgraded`]).
 
 use std::future::{poll_fn, Future};
 use std::io;
