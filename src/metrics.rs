@@ -62,6 +62,11 @@ pub struct Metrics {
     /// `upstream_endpoint_healthy{api,endpoint}`: 1 while the endpoint
     /// takes traffic, 0 while ejected or marked down by active checks.
     pub upstream_endpoint_healthy: IntGaugeVec,
+    /// `tunnels_open{api}`: WebSocket tunnels open now.
+    pub tunnels_open: IntGaugeVec,
+    /// `tunnel_bytes_total{api,direction}` (`upstream`: from the client
+    /// to the upstream, `downstream`: back).
+    pub tunnel_bytes: IntCounterVec,
 }
 
 #[allow(
@@ -156,7 +161,22 @@ impl Metrics {
         registry
             .register(Box::new(throttle_store_errors.clone()))
             .expect("registered once");
+        let tunnels_open = IntGaugeVec::new(
+            Opts::new("tunnels_open", "WebSocket tunnels open").namespace("microgateway"),
+            &["api"],
+        )
+        .expect("static gauge options are valid");
+        registry
+            .register(Box::new(tunnels_open.clone()))
+            .expect("registered once");
         Metrics {
+            tunnels_open,
+            tunnel_bytes: counter(
+                &registry,
+                "tunnel_bytes_total",
+                "Bytes carried by WebSocket tunnels",
+                &["api", "direction"],
+            ),
             requests: counter(
                 &registry,
                 "requests_total",

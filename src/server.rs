@@ -16,6 +16,9 @@
 //!   `BodyFault::Stalled` (the handler answers 408); any other failure
 //!   of a client's body is a `BodyFault` too: the client's, never the
 //!   upstream's.
+//! - A WebSocket tunnel (`proxy::tunnel`) keeps its connection's slot; it
+//!   has its own bounds (`tunnel_idle`, `tunnel_max_lifetime`) and, on
+//!   shutdown, the drain time before it is closed.
 //! - A connection whose client takes nothing of an answer for `send`
 //!   (HTTP/1.1: a write makes no progress; HTTP/2: an answer waits for a
 //!   flow-control window the client does not open) is closed.
@@ -39,7 +42,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use http::{Request, Response};
+use http::header::UPGRADE;
+use http::{Method, Request, Response};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -56,6 +60,7 @@ use self::h2_bodies::{H2Body, Tracked};
 use self::prefixed::Prefixed;
 pub use self::slots::Slots;
 use crate::config::snapshot::{Limits, Timeouts};
+use crate::proxy::tunnel::{self, TunnelSlots};
 use crate::proxy::Body;
 
 /// Connection settings taken from the snapshot at start.
@@ -83,7 +88,9 @@ fn http2_builder(settings: ConnSettings) -> hyper::server::conn::http2::Builder<
         .initial_connection_window_size(4 << 20)
         .max_send_buf_size(1 << 20)
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol();
     builder
 }
 
@@ -95,9 +102,12 @@ pub enum Transport {
 }
 
 /// The connection slots of one listener (or of the sockets of one port),
-/// `limits.max_connections` of them.
+/// `limits.max_connections` of them, and its `limits.max_tunnels`.
 pub fn connection_slots(settings: ConnSettings) -> Arc<Slots> {
-    Arc::new(Slots::new(slot_count(settings)))
+    Arc::new(Slots::new(
+        slot_count(settings),
+        settings.limits.max_tunnels,
+    ))
 }
 
 fn slot_count(settings: ConnSettings) -> usize {
@@ -147,6 +157,7 @@ pub async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let conn = Conn {
             http2: http2.clone(),
+            tunnels: slots.tunnels.clone(),
             settings,
             stop: stop.clone(),
             forced: forced.clone(),
@@ -203,6 +214,8 @@ where
 /// One accepted connection and what it needs to be served.
 struct Conn {
     http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    /// The listener's WebSocket tunnels (`limits.max_tunnels`).
+    tunnels: TunnelSlots,
     settings: ConnSettings,
     stop: watch::Receiver<bool>,
     forced: watch::Receiver<bool>,
@@ -223,6 +236,14 @@ impl Conn {
         // TLS and HTTP/2 (hyper's connection) are boxed, so that a plain
         // HTTP/1.1 connection waiting between requests holds ~2 KiB, not
         // the ~12 KiB those would make it.
+        let tunnels = self.tunnels.clone();
+        let handler = move |mut req: Request<Body>, peer| {
+            // Only a request that may open a tunnel needs to find them.
+            if req.headers().contains_key(UPGRADE) || req.method() == Method::CONNECT {
+                req.extensions_mut().insert(tunnels.clone());
+            }
+            handler(req, peer)
+        };
         match transport {
             Transport::Plain => self.http(stream, handler).await,
             Transport::Tls(acceptor) => Box::pin(self.tls(stream, acceptor, handler)).await,
@@ -274,8 +295,29 @@ impl Conn {
             let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
             self.supervise(exchanges, graceful).await
         };
-        if let Some(h1::Ending::Http2 { io, read }) = ending {
-            Box::pin(self.http2(io, read, handler)).await;
+        match ending {
+            Some(h1::Ending::Http2 { io, read }) => {
+                Box::pin(self.http2(io, read, handler)).await;
+            }
+            Some(h1::Ending::Upgraded { io, read, switch }) => {
+                Box::pin(self.tunnel(io, read, switch)).await;
+            }
+            Some(h1::Ending::Closed) | None => {}
+        }
+    }
+
+    /// Carries a WebSocket tunnel on this connection, which keeps its slot
+    /// meanwhile. On shutdown the tunnel has the listener's drain time to
+    /// end, then is closed.
+    async fn tunnel<S>(mut self, io: S, read: Bytes, switch: tunnel::Switch)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::select! {
+            () = tunnel::run(switch, io, read) => {}
+            () = stopped(&mut self.forced) => {
+                tracing::debug!(peer = %self.peer, "tunnel closed: drain timeout reached");
+            }
         }
     }
 

@@ -109,6 +109,23 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let transport = transport(ctx, raw);
     let allow_encoded_slashes =
         ctx.boolean(&raw.allow_encoded_slashes, "allow_encoded_slashes", false);
+    let websocket = ctx.boolean(&raw.websocket, "websocket", false);
+    let tunnel_max_lifetime = raw.tunnel_max_lifetime.as_ref().and_then(|at| {
+        let lifetime = ctx.duration(
+            &raw.tunnel_max_lifetime,
+            "tunnel_max_lifetime",
+            Duration::ZERO,
+        );
+        if lifetime.is_zero() {
+            ctx.report.error(
+                Ctx::at(at),
+                "tunnel_max_lifetime: must be more than 0",
+                "a duration such as \"8h\" or \"30m\"",
+            );
+            return None;
+        }
+        Some(lifetime)
+    });
     // Every part is checked (and reported) before one that failed stops
     // the API from compiling.
     let upstream = upstream(ctx, entry);
@@ -152,6 +169,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         base_path,
         transport,
         allow_encoded_slashes,
+        websocket,
+        tunnel_max_lifetime,
         upstream: upstream?,
         authentication: authentication?,
         api_scopes,

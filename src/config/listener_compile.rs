@@ -233,8 +233,16 @@ pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
         max_uri: ctx.size(&raw.max_uri, "limits.max_uri", 8 << 10) as usize,
         max_body: ctx.size(&raw.max_body, "limits.max_body", 10 << 20),
         max_connections,
+        max_tunnels: raw
+            .max_tunnels
+            .as_ref()
+            .and_then(|v| ctx.number::<usize>(v, "limits.max_tunnels", "a positive integer"))
+            .unwrap_or(1_000),
     }
 }
+
+/// `timeouts.tunnel_idle` by default.
+const TUNNEL_IDLE: Duration = Duration::from_secs(3600);
 
 pub(super) fn timeouts(ctx: &mut Ctx, raw: &raw::Timeouts) -> Timeouts {
     Timeouts {
@@ -252,6 +260,19 @@ pub(super) fn timeouts(ctx: &mut Ctx, raw: &raw::Timeouts) -> Timeouts {
         drain: ctx.duration(&raw.drain, "timeouts.drain", Duration::from_secs(30)),
         body_read: positive(ctx, &raw.body_read, "timeouts.body_read"),
         send: positive(ctx, &raw.send, "timeouts.send"),
+        tunnel_idle: match ctx.duration(&raw.tunnel_idle, "timeouts.tunnel_idle", TUNNEL_IDLE) {
+            zero if zero.is_zero() => {
+                if let Some(at) = &raw.tunnel_idle {
+                    ctx.report.error(
+                        Ctx::at(at),
+                        "timeouts.tunnel_idle: must be more than 0",
+                        "a duration such as \"1h\" or \"90s\"",
+                    );
+                }
+                TUNNEL_IDLE
+            }
+            idle => idle,
+        },
     }
 }
 

@@ -215,6 +215,7 @@ pub struct Limits {
     pub max_body: Opt<Scalar>,
     /// Most open client connections. Default 10000.
     pub max_connections: Opt<Scalar>,
+    pub max_tunnels: Opt<Scalar>,
 }
 
 /// Durations: `"30s"`, `"5m"`, `"1h"`, `"250ms"` or integer seconds.
@@ -233,6 +234,7 @@ pub struct Timeouts {
     pub body_read: Opt<Scalar>,
     /// Longest a write to a client may make no progress (the connection is then closed). Default 30s; more than 0.
     pub send: Opt<Scalar>,
+    pub tunnel_idle: Opt<Scalar>,
 }
 
 /// The central gateway a downstream downloads settings and APIs from.
@@ -436,6 +438,9 @@ pub struct Api {
     pub policies: Policies,
     /// Client addresses allowed and denied (403 before any credential is looked at).
     pub ip_filter: Option<S<IpFilter>>,
+    /// WebSocket handshakes (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT).
+    pub websocket: Opt<Scalar>,
+    pub tunnel_max_lifetime: Opt<Scalar>,
 }
 
 /// The upstream of an API: `url` or `echo: true`.

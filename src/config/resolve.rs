@@ -213,6 +213,7 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("limits_max_uri", |f| &mut f.limits.max_uri),
     ("limits_max_body", |f| &mut f.limits.max_body),
     ("limits_max_connections", |f| &mut f.limits.max_connections),
+    ("limits_max_tunnels", |f| &mut f.limits.max_tunnels),
     ("timeouts_header_read", |f| &mut f.timeouts.header_read),
     ("timeouts_idle", |f| &mut f.timeouts.idle),
     ("timeouts_upstream_connect", |f| {
@@ -221,6 +222,7 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("timeouts_drain", |f| &mut f.timeouts.drain),
     ("timeouts_body_read", |f| &mut f.timeouts.body_read),
     ("timeouts_send", |f| &mut f.timeouts.send),
+    ("timeouts_tunnel_idle", |f| &mut f.timeouts.tunnel_idle),
     ("api_gateway_url", |f| &mut section(&mut f.api_gateway).url),
     ("api_gateway_user", |f| {
         &mut section(&mut f.api_gateway).user

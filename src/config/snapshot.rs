@@ -91,6 +91,8 @@ pub struct Limits {
     pub max_uri: usize,
     pub max_body: u64,
     pub max_connections: usize,
+    /// Open WebSocket tunnels per listener.
+    pub max_tunnels: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,8 @@ pub struct Timeouts {
     pub body_read: Duration,
     /// The longest a write to a client may make no progress.
     pub send: Duration,
+    /// A tunnel with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +188,10 @@ pub struct Api {
     pub access: Vec<AppAccess>,
     /// Client addresses served; checked before any credential.
     pub ip_filter: Option<IpFilter>,
+    /// WebSocket handshakes are forwarded and become tunnels.
+    pub websocket: bool,
+    /// A tunnel is closed this long after its handshake at the latest.
+    pub tunnel_max_lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -293,6 +293,7 @@ mod tests {
             max_uri: 64,
             max_body: 1 << 20,
             max_connections: 10,
+            max_tunnels: 10,
         }
     }
 

@@ -103,7 +103,10 @@ pub fn head(
         http_date(out);
         out.extend_from_slice(b"\r\n");
     }
-    if !keep_alive {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection becomes the protocol `Upgrade` names.
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if !exchange.http11 {
         out.extend_from_slice(b"connection: keep-alive\r\n");

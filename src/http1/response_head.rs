@@ -8,7 +8,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE,
+};
 
 use http::{HeaderMap, Method, StatusCode};
 
@@ -63,6 +65,26 @@ pub fn parse(
     method: &Method,
     scratch: &mut Vec<(HeaderName, usize, usize)>,
 ) -> Result<Option<Head>, HeadError> {
+    parse_head(buf, method, scratch, false)
+}
+
+/// Like [`parse`], for a request that asked to switch protocols
+/// (`Upgrade`): a `101` is a final head, with its `Upgrade` field kept
+/// and no body; the bytes after it are the new protocol's.
+pub fn parse_switching(
+    buf: &mut BytesMut,
+    method: &Method,
+    scratch: &mut Vec<(HeaderName, usize, usize)>,
+) -> Result<Option<Head>, HeadError> {
+    parse_head(buf, method, scratch, true)
+}
+
+fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    scratch: &mut Vec<(HeaderName, usize, usize)>,
+    switching: bool,
+) -> Result<Option<Head>, HeadError> {
     loop {
         let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -83,6 +105,27 @@ pub fn parse(
         };
         let http11 = response.version == Some(1);
         if (100..200).contains(&code) {
+            if code == 101 && switching {
+                let upgrade = response
+                    .headers
+                    .iter()
+                    .find(|field| field.name.eq_ignore_ascii_case("upgrade"))
+                    .map(|field| HeaderValue::from_bytes(field.value))
+                    .transpose()
+                    .map_err(|_| HeadError::Field)?
+                    .ok_or(HeadError::Upgrade)?;
+                scratch.clear();
+                let fields = Fields::scan(response.headers, buf.as_ptr() as usize, scratch)?;
+                let head = buf.split_to(len).freeze();
+                let mut headers = fields.header_map(&head)?;
+                headers.insert(UPGRADE, upgrade);
+                return Ok(Some(Head {
+                    status: StatusCode::SWITCHING_PROTOCOLS,
+                    headers,
+                    framing: Framing::Empty,
+                    keep_alive: false,
+                }));
+            }
             if code == 101 {
                 return Err(HeadError::Upgrade);
             }
@@ -364,6 +407,29 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
             .expect("valid")
             .is_none());
+    }
+
+    #[test]
+    fn a_101_to_a_request_that_asked_for_it_keeps_upgrade_and_what_follows() {
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nKeep-Alive: 5\r\n\r\n\x01\x01a";
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let switched = parse_switching(&mut buf, &Method::GET, &mut Vec::new())
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(switched.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(switched.headers["upgrade"], "websocket");
+        assert_eq!(switched.headers["sec-websocket-accept"], "abc");
+        assert!(switched.headers.get("connection").is_none());
+        assert!(switched.headers.get("keep-alive").is_none());
+        assert!(!switched.keep_alive);
+        assert_eq!(&buf[..], b"\x01\x01a", "the new protocol's bytes stay");
+        // A 101 without Upgrade switches to nothing.
+        let mut bare = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(matches!(
+            parse_switching(&mut bare, &Method::GET, &mut Vec::new()),
+            Err(HeadError::Upgrade)
+        ));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! outbound auth → forward → response transformation); `reject` decides
 //! what a refused client is told, `cors` what a browser is allowed;
 //! `forward` talks to the upstream, over the HTTP/1.1 `client` and its
-//! `pool`.
+//! `pool`; `tunnel` carries WebSocket connections once both sides have
+//! switched.
 
 pub mod balance;
 pub(crate) mod client;
@@ -17,6 +18,7 @@ mod pool;
 pub mod reject;
 pub mod serve;
 pub mod transform;
+pub mod tunnel;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};

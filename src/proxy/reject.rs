@@ -101,6 +101,8 @@ pub enum Rejection {
     },
     #[error("throttle store unavailable")]
     ThrottleUnavailable,
+    #[error("the listener has limits.max_tunnels tunnels open")]
+    TooManyTunnels,
 }
 
 impl Rejection {
@@ -130,7 +132,8 @@ impl Rejection {
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout
             | Rejection::Throttled { .. }
-            | Rejection::ThrottleUnavailable => None,
+            | Rejection::ThrottleUnavailable
+            | Rejection::TooManyTunnels => None,
         }
     }
 
@@ -329,6 +332,12 @@ impl Rejection {
                 "the rate limit cannot be checked".to_owned(),
                 None,
             ),
+            Rejection::TooManyTunnels => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "too many WebSocket connections are open".to_owned(),
+                None,
+            ),
         };
         let body = match error {
             Some(error) => serde_json::json!({ "error": error, "error_description": description }),
@@ -350,7 +359,7 @@ impl Rejection {
                     fields.apply(headers);
                 }
             }
-            Rejection::ThrottleUnavailable => {
+            Rejection::ThrottleUnavailable | Rejection::TooManyTunnels => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Rejection::TooManyAttempts { retry_after } => {

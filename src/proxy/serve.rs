@@ -15,10 +15,12 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
+use super::client::Switched;
 use super::cors::{self, Answered, Preflight};
 use super::forward::{LimitFlag, LimitedBody, Upstreams};
 use super::identify::Identifier;
 use super::reject::Rejection;
+use super::tunnel::{self, TunnelSlots};
 use super::{forwarded, outbound, transform, Body};
 use crate::auth::identity::{self, Credential, CredentialProblem, Identity};
 use crate::auth::servers::Authenticator;
@@ -93,6 +95,12 @@ async fn phases(
     mut req: Request<Body>,
     (matched_api, kind): (&mut Option<Arc<Api>>, &mut Option<CredentialType>),
 ) -> Result<Response<Body>, Rejection> {
+    // An HTTP/2 WebSocket (extended CONNECT) is matched and authorized as
+    // the `GET` it stands for.
+    let h2_websocket = tunnel::is_h2_handshake(&req);
+    if h2_websocket {
+        *req.method_mut() = http::Method::GET;
+    }
     check_target(snap, &req)?;
     host_from_authority(&mut req);
     let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
@@ -135,9 +143,36 @@ async fn phases(
         };
         Box::pin(throttle(snap, rt, &route, caller)).await?
     }; // throttle
+       // A WebSocket handshake holds a tunnel slot of its listener from here
+       // (503 when none is free), and asks the upstream to switch protocols.
+    if h2_websocket && !route.api.websocket {
+        return Err(Rejection::BadRequest("the API serves no WebSocket"));
+    }
+    let tunnel = if route.api.websocket
+        && (h2_websocket || tunnel::is_handshake(&req))
+        && req.body().is_end_stream()
+    {
+        let permit = req
+            .extensions()
+            .get::<TunnelSlots>()
+            .and_then(TunnelSlots::acquire);
+        Some(permit.ok_or(Rejection::TooManyTunnels)?)
+    } else {
+        None
+    };
     let from_h2 = req.version() == Version::HTTP_2;
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
+    if tunnel.is_some() {
+        tunnel::ask_upgrade(headers);
+    }
+    let on_upgrade = if h2_websocket {
+        tunnel::h1_handshake_of_h2(&mut req);
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let headers = req.headers_mut();
     forwarded::strip_reserved(headers);
     if from_h2 {
         forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
@@ -160,6 +195,36 @@ async fn phases(
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
     let mut response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
+    if let Some(permit) = tunnel {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let pending = response
+                .extensions()
+                .get::<Switched>()
+                .and_then(|switched| {
+                    tunnel::Pending::of(
+                        switched,
+                        &route.api.name,
+                        snap.timeouts.tunnel_idle,
+                        route.api.tunnel_max_lifetime,
+                        permit,
+                    )
+                })
+                .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
+            match on_upgrade {
+                Some(on_upgrade) => {
+                    let switch = pending
+                        .take()
+                        .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
+                    *response.status_mut() = StatusCode::OK;
+                    tunnel::h2_answer_of_h1(response.headers_mut());
+                    tunnel::spawn_h2(switch, on_upgrade);
+                }
+                None => {
+                    response.extensions_mut().insert(pending);
+                }
+            }
+        }
+    }
     refuse_upstream_challenge(&route.api, &response)?;
     transform::apply_to_response(&route.api.response_transform, response.headers_mut()); // response transformation
     if let Some(fields) = fields {

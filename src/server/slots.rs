@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proxy::tunnel::TunnelSlots;
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore};
 
 /// The longest a request body may be silent while its connection's port
@@ -30,6 +31,9 @@ pub struct Slots {
     permits: Arc<Semaphore>,
     count: usize,
     pressure: Pressure,
+    /// The port's WebSocket tunnels (`limits.max_tunnels`); each also
+    /// holds its connection's slot.
+    pub(super) tunnels: TunnelSlots,
 }
 
 /// Whether the port has run out of slots; each raise wakes every
@@ -40,10 +44,11 @@ pub(super) struct Pressure {
 }
 
 impl Slots {
-    pub(super) fn new(count: usize) -> Slots {
+    pub(super) fn new(count: usize, tunnels: usize) -> Slots {
         Slots {
             permits: Arc::new(Semaphore::new(count)),
             count,
+            tunnels: TunnelSlots::new(tunnels),
             pressure: Pressure {
                 high: AtomicBool::new(false),
                 raised: watch::Sender::new(0),
@@ -114,7 +119,7 @@ mod tests {
 
     #[tokio::test]
     async fn pressure_rises_while_a_connection_waits_for_a_slot_and_falls_when_it_has_one() {
-        let slots = Arc::new(Slots::new(1));
+        let slots = Arc::new(Slots::new(1, 1));
         let mut raised = slots.pressure().subscribe();
         let held = slots.acquire().await.unwrap();
         assert!(!slots.pressure().is_high(), "a free slot raises nothing");

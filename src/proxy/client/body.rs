@@ -62,6 +62,19 @@ impl ResponseBody {
         }
     }
 
+    /// An empty body on no connection (a `101`'s: the connection went on
+    /// to the new protocol).
+    pub(super) fn done() -> ResponseBody {
+        ResponseBody {
+            conn: None,
+            state: State::Done,
+            reusable: false,
+            stall: Duration::ZERO,
+            silence: None,
+            heard: false,
+        }
+    }
+
     /// The connection, once the body has ended, if it can carry another
     /// request.
     pub fn take_idle(&mut self) -> Option<Connection> {

@@ -25,11 +25,13 @@ mod stream;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{Method, Request, Response};
+use http::header::UPGRADE;
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 
 pub use body::ResponseBody;
@@ -43,6 +45,18 @@ use crate::http1::{poll_fill, poll_write_all};
 use crate::timer::Deadline;
 /// Request body bytes encoded before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
+
+/// On a `101` response: the upstream connection, and the bytes of the
+/// new protocol already read from it, for whoever carries that protocol.
+#[derive(Clone)]
+pub struct Switched(Arc<Mutex<Option<(Stream, BytesMut)>>>);
+
+impl Switched {
+    /// The connection, to the first taker.
+    pub fn take(&self) -> Option<(Stream, BytesMut)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +159,14 @@ impl Connection {
         self.waits.stall = stall;
         let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
+            // A request that names a protocol to switch to may get `101`.
+            let switching = parts.headers.contains_key(UPGRADE);
             // Kept until an answer begins: the request may be sent again.
             let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
-                Ok(()) => self.read_head(&parts.method).await.map_err(|e| (e, false)),
+                Ok(()) => self
+                    .read_head(&parts.method, switching)
+                    .await
+                    .map_err(|e| (e, false)),
                 // An upstream that stopped taking the head may have read
                 // part of it: not sent again.
                 Err(error @ Error::WriteStalled(_)) => Err((error, false)),
@@ -182,7 +201,7 @@ impl Connection {
         match upload {
             Upload::Answered(head) => Ok(self.respond(head, false, stall)),
             Upload::Sent => {
-                let head = self.read_head(&method).await.map_err(fail)?;
+                let head = self.read_head(&method, false).await.map_err(fail)?;
                 Ok(self.respond(head, true, stall))
             }
         }
@@ -194,6 +213,19 @@ impl Connection {
         request_complete: bool,
         stall: Duration,
     ) -> Response<ResponseBody> {
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now carries the new protocol: it leaves the
+            // response (and so never goes back to the pool), with what the
+            // upstream sent after the head.
+            let Connection { io, buf, .. } = self;
+            let mut response = Response::new(ResponseBody::done());
+            *response.status_mut() = head.status;
+            *response.headers_mut() = head.headers;
+            response
+                .extensions_mut()
+                .insert(Switched(Arc::new(Mutex::new(Some((io, buf))))));
+            return response;
+        }
         let reusable = head.keep_alive && request_complete;
         let body = ResponseBody::new(self, head.framing, reusable, stall);
         // HTTP/1.1, whatever the upstream spoke (RFC 9110 §6.2): the
@@ -207,11 +239,16 @@ impl Connection {
     /// The response head, within the upstream timeout of the request
     /// having been sent (the client's pace of sending its body is not the
     /// upstream's to answer for).
-    async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
+    async fn read_head(&mut self, method: &Method, switching: bool) -> Result<Head, Error> {
         let mut deadline: Option<Deadline> = None;
+        let parse = if switching {
+            response_head::parse_switching
+        } else {
+            response_head::parse
+        };
         poll_fn(|cx| loop {
             if !self.buf.is_empty() {
-                if let Some(head) = response_head::parse(&mut self.buf, method, &mut self.fields)? {
+                if let Some(head) = parse(&mut self.buf, method, &mut self.fields)? {
                     return Poll::Ready(Ok(head));
                 }
             }

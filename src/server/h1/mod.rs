@@ -19,7 +19,13 @@
 //! whose framing breaks or that ends early fails with its own
 //! [`BodyFault`], so that the upstream exchange it feeds is aborted and
 //! the fault is the client's. A write the client takes nothing of for
-//! `timeouts.send` ends the connection.
+//! `timeouts.send` ends the connection. While a response body waits for
+//! its source (an event stream, a long poll), a client that closes the
+//! connection ends the exchange at once.
+//!
+//! A `101` answer carries its tunnel (`proxy::tunnel`): once its head is
+//! written, the connection, with what the client sent after its
+//! handshake, leaves the codec ([`Ending::Upgraded`]).
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -32,7 +38,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -44,7 +50,7 @@ use crate::http1;
 use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
 use crate::http1::request_head::{self as head, Framing, Head, Parsed, Refusal};
 use crate::http1::response_encode::{self as encode, BodyFraming, Exchange};
-use crate::proxy::{Body, BodyFault, BoxError, Rejection};
+use crate::proxy::{tunnel, Body, BodyFault, BoxError, Rejection};
 use crate::timer::Deadline;
 
 /// Response body bytes encoded before they are written.
@@ -56,6 +62,9 @@ const IDLE_READ: usize = 4 * 1024;
 /// that the kernel does not answer it with a reset that could destroy the
 /// last response before the client has read it.
 const LINGER: Duration = Duration::from_secs(1);
+/// Bytes a client may send ahead while its answer streams; past them its
+/// connection is not watched for a close until the answer has ended.
+const WATCHED_BYTES: usize = 64 * 1024;
 /// Bytes read and dropped at most while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -67,6 +76,13 @@ pub enum Ending<S> {
     Http2 {
         io: S,
         read: Bytes,
+    },
+    /// A `101` was written: the stream, and what the client sent after
+    /// its handshake, go to the tunnel.
+    Upgraded {
+        io: S,
+        read: Bytes,
+        switch: tunnel::Switch,
     },
 }
 
@@ -340,8 +356,9 @@ where
             }
         };
         let guard = InFlight::begin(activity);
-        let response = handler(request.map(|()| body), peer).await;
+        let mut response = handler(request.map(|()| body), peer).await;
         let guard = guard.answered();
+        let switch = switching(&mut response);
         // The rest of a request body the handler did not read would be
         // taken for the next head: the connection ends instead.
         let read_all = {
@@ -350,6 +367,19 @@ where
             wire.continue_due = false;
             wire.body.is_done() && wire.failed.is_none()
         };
+        if let Some(switch) = switch {
+            let exchange = Exchange {
+                method: &method,
+                http11,
+                keep_alive: true,
+            };
+            let written = read_all && respond(&wire, response, exchange).await;
+            drop(guard);
+            if written {
+                return into_tunnel(wire, switch);
+            }
+            break false;
+        }
         let exchange = Exchange {
             method: &method,
             http11,
@@ -517,6 +547,21 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Ready(Ok(()));
         }
         if waiting {
+            // While the body waits for its source (an event stream, a long
+            // poll), a client that closes the connection ends the exchange
+            // at once: the body, and the upstream exchange with it, is
+            // dropped. What it sends meanwhile (a next request) is kept.
+            let mut wire = lock(wire);
+            if wire.body.is_done() && wire.failed.is_none() && wire.buf.len() < WATCHED_BYTES {
+                match wire.poll_fill(cx) {
+                    Poll::Ready(Ok(0) | Err(_)) => {
+                        tracing::debug!("the client closed the connection during the answer");
+                        return Poll::Ready(Err(()));
+                    }
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => {}
+                }
+            }
             return Poll::Pending;
         }
     })
@@ -546,6 +591,36 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(wire: &Mutex<Wire<S>>, linger:
         }
     });
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The tunnel a `101` response carries; a `101` without one would leave
+/// the client speaking a protocol nobody carries: it becomes a 502.
+fn switching(response: &mut Response<Body>) -> Option<tunnel::Switch> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let switch = response
+        .extensions_mut()
+        .remove::<tunnel::Pending>()
+        .and_then(|pending| pending.take());
+    if switch.is_none() {
+        *response = Rejection::BadGateway("101 with no tunnel".into()).into_response();
+    }
+    switch
+}
+
+fn into_tunnel<S>(wire: Arc<Mutex<Wire<S>>>, switch: tunnel::Switch) -> Ending<S> {
+    match Arc::try_unwrap(wire) {
+        Ok(wire) => {
+            let wire = wire.into_inner().unwrap_or_else(PoisonError::into_inner);
+            Ending::Upgraded {
+                io: wire.io,
+                read: wire.buf.freeze(),
+                switch,
+            }
+        }
+        Err(_) => Ending::Closed,
+    }
 }
 
 fn into_http2<S>(wire: Arc<Mutex<Wire<S>>>) -> Ending<S> {

@@ -1,0 +1,504 @@
+//! WebSocket through the gateway: a real client and a real echo server
+//! (tokio-tungstenite) over loopback, the handshake authorized like any
+//! request, then a byte tunnel bounded by `timeouts.tunnel_idle`,
+//! `limits.max_tunnels` and the drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::common;
+use common::idp::Idp;
+use common::recording::RecordingUpstream;
+use common::{metric, raw_request, status_of, Gateway};
+
+/// A WebSocket server that echoes every message, recording the headers
+/// of each handshake it accepted.
+struct EchoServer {
+    addr: SocketAddr,
+    handshakes: Arc<Mutex<Vec<http::HeaderMap>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoServer {
+    async fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let seen = handshakes.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    #[allow(
+                        clippy::result_large_err,
+                        reason = "the callback type is tungstenite's"
+                    )]
+                    let record = |req: &Request, resp: Response| {
+                        seen.lock().unwrap().push(req.headers().clone());
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(message)) = ws.next().await {
+                        if message.is_close() {
+                            break;
+                        }
+                        if ws.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        EchoServer {
+            addr,
+            handshakes,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/ws", self.addr)
+    }
+
+    fn handshakes(&self) -> Vec<http::HeaderMap> {
+        self.handshakes.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn config(idp: &Idp, upstream: &str, extra: &str) -> String {
+    config_named("chat", idp, upstream, extra)
+}
+
+/// `api`: metrics are the process's, shared by the tests that run at once.
+fn config_named(api: &str, idp: &Idp, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+{extra}
+security_settings:
+  auth_servers:
+  - id: idp
+    name: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+      jwksuri: "{jwks}"
+      audience: travels
+scope_mappings:
+- {{ auth_server: idp, scope: chat, api_scopes: ["{api}:Talk"] }}
+apis:
+- name: "{api}"
+  version: "1.0"
+  base_path: /chat
+  websocket: true
+  {lifetime}
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - name: Talk
+    resources: ["GET /room"]
+- name: plain
+  version: "1.0"
+  base_path: /plain
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /room"]
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        lifetime = if api == "short" {
+            "tunnel_max_lifetime: 1s"
+        } else {
+            ""
+        },
+    )
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn open(gw: &Gateway, path: &str, token: Option<&str>) -> Result<Ws, WsError> {
+    let mut request = format!("ws://{}{}", gw.http, path)
+        .into_client_request()
+        .expect("request");
+    if let Some(token) = token {
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
+    let connecting = tokio_tungstenite::connect_async(request);
+    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("the handshake does not hang")?;
+    Ok(ws)
+}
+
+async fn echo(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text)).await.expect("send");
+    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the echo does not hang")
+        .expect("a message")
+        .expect("a good message");
+    answer.into_text().expect("text").to_string()
+}
+
+/// Waits (at most 20 s) for the tunnel to be closed under the client.
+async fn closed(ws: &mut Ws) {
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    end.await.expect("the tunnel was closed");
+}
+
+fn handshake(path: &str, token: Option<&str>) -> Vec<u8> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn messages_are_echoed_through_the_tunnel_and_counted() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config_named("echo", &idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["chat"]);
+    let mut ws = open(&gw, "/chat/room", Some(&token)).await.expect("open");
+    for i in 0..20 {
+        let text = format!("message {i} {}", "x".repeat(i * 500));
+        assert_eq!(echo(&mut ws, &text).await, text);
+    }
+    let binary = vec![7u8; 100_000];
+    ws.send(Message::binary(binary.clone()))
+        .await
+        .expect("send");
+    let back = ws.next().await.expect("message").expect("good");
+    assert_eq!(back.into_data().as_ref(), &binary[..]);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "microgateway_tunnels_open{api=\"echo\"}"),
+        1
+    );
+    assert!(
+        metric(
+            &metrics,
+            "microgateway_tunnel_bytes_total{api=\"echo\",direction=\"upstream\"}"
+        ) > 100_000
+    );
+    assert!(
+        metric(
+            &metrics,
+            "microgateway_tunnel_bytes_total{api=\"echo\",direction=\"downstream\"}"
+        ) > 100_000
+    );
+    ws.close(None).await.expect("close");
+    closed(&mut ws).await;
+    // The upstream saw the handshake's own fields, the token delegated,
+    // and no other hop-by-hop field.
+    let seen = upstream.handshakes();
+    assert_eq!(seen.len(), 1);
+    let headers = &seen[0];
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["connection"], "upgrade");
+    assert!(headers.contains_key("sec-websocket-key"));
+    assert!(headers.contains_key("x-forwarded-for"));
+    for _ in 0..200 {
+        let metrics = gw.metrics().await;
+        if metric(&metrics, "microgateway_tunnels_open{api=\"echo\"}") == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the closed tunnel is still counted as open");
+}
+
+#[tokio::test]
+async fn a_handshake_without_a_token_is_refused_and_never_forwarded() {
+    let idp = Idp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config(&idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let answer = raw_request(gw.http, &handshake("/chat/room", None)).await;
+    assert_eq!(status_of(&answer), 401, "{answer}");
+    assert!(answer.contains("www-authenticate: Bearer"), "{answer}");
+    let bad = raw_request(gw.http, &handshake("/chat/room", Some("not.a.jwt"))).await;
+    assert_eq!(status_of(&bad), 401, "{bad}");
+    assert_eq!(upstream.accepted(), 0);
+}
+
+#[tokio::test]
+async fn a_handshake_with_a_token_lacking_the_scope_is_refused_403() {
+    let idp = Idp::start().await;
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&config(&idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["other"]);
+    let answer = raw_request(gw.http, &handshake("/chat/room", Some(&token))).await;
+    assert_eq!(status_of(&answer), 403, "{answer}");
+    assert!(answer.contains("insufficient_scope"), "{answer}");
+    assert_eq!(upstream.accepted(), 0);
+}
+
+#[tokio::test]
+async fn an_api_without_websocket_forwards_no_upgrade() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config(&idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let refused = open(&gw, "/plain/room", None).await;
+    match refused {
+        Err(WsError::Http(response)) => assert_ne!(response.status(), 101),
+        Err(other) => panic!("unexpected failure: {other}"),
+        Ok(_) => panic!("an API without `websocket: true` opened a tunnel"),
+    }
+    assert!(upstream.handshakes().is_empty());
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_after_tunnel_idle() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config(
+        &idp,
+        &upstream.url(),
+        "timeouts: { tunnel_idle: 1s }",
+    ))
+    .await;
+    gw.wait_ready().await;
+    let token = idp.token(&["chat"]);
+    let mut ws = open(&gw, "/chat/room", Some(&token)).await.expect("open");
+    assert_eq!(echo(&mut ws, "hello").await, "hello");
+    closed(&mut ws).await;
+}
+
+#[tokio::test]
+async fn handshakes_over_max_tunnels_get_503_until_one_closes() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config(&idp, &upstream.url(), "limits: { max_tunnels: 1 }")).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["chat"]);
+    let mut first = open(&gw, "/chat/room", Some(&token)).await.expect("open");
+    assert_eq!(echo(&mut first, "one").await, "one");
+    let answer = raw_request(gw.http, &handshake("/chat/room", Some(&token))).await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert_eq!(
+        upstream.handshakes().len(),
+        1,
+        "the refused one is not forwarded"
+    );
+    first.close(None).await.expect("close");
+    closed(&mut first).await;
+    for _ in 0..200 {
+        if let Ok(mut second) = open(&gw, "/chat/room", Some(&token)).await {
+            assert_eq!(echo(&mut second, "two").await, "two");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the slot of the closed tunnel was not given back");
+}
+
+#[tokio::test]
+async fn tunnels_are_drained_on_shutdown_then_closed() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config(&idp, &upstream.url(), "timeouts: { drain: 2s }")).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["chat"]);
+    let mut ws = open(&gw, "/chat/room", Some(&token)).await.expect("open");
+    assert_eq!(echo(&mut ws, "before").await, "before");
+    let shutdown = tokio::spawn(gw.shutdown());
+    // While the listener drains, the tunnel still carries messages.
+    assert_eq!(echo(&mut ws, "during").await, "during");
+    closed(&mut ws).await;
+    tokio::time::timeout(Duration::from_secs(20), shutdown)
+        .await
+        .expect("the shutdown ends after the drain")
+        .expect("shutdown");
+}
+
+#[tokio::test]
+async fn the_websocket_keys_are_validated() {
+    let cases = [
+        ("websocket: maybe", "websocket"),
+        (
+            "tunnel_max_lifetime: soon",
+            "tunnel_max_lifetime: `soon` is not a duration",
+        ),
+        (
+            "tunnel_max_lifetime: 0s",
+            "tunnel_max_lifetime: must be more than 0",
+        ),
+    ];
+    for (key, expected) in cases {
+        let yaml = format!(
+            "ports: {{ http: 0, bind: 127.0.0.1 }}\napis:\n- name: A\n  upstream: {{ echo: true }}\n  \
+             authentication: {{ type: none }}\n  {key}\n"
+        );
+        let error = Gateway::try_start(&yaml, common::env(&[]))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("`{key}` was accepted"));
+        assert!(error.contains(":6:"), "{error}");
+        assert!(error.contains(expected), "{error}");
+    }
+    for (timeouts, expected) in [
+        (
+            "timeouts: { tunnel_idle: 0s }",
+            "timeouts.tunnel_idle: must be more than 0",
+        ),
+        ("limits: { max_tunnels: many }", "limits.max_tunnels"),
+    ] {
+        let yaml = format!("ports: {{ http: 0, bind: 127.0.0.1 }}\n{timeouts}\n");
+        let error = Gateway::try_start(&yaml, common::env(&[]))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("`{timeouts}` was accepted"));
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+/// Opens a WebSocket over HTTP/2 extended CONNECT (RFC 8441) with hyper's
+/// client: the answer's status, and the stream as a WebSocket on a 200.
+async fn open_h2(
+    gw: &Gateway,
+    token: Option<&str>,
+) -> (
+    u16,
+    Option<WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>,
+) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = TcpStream::connect(gw.http).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    // A first exchange, so that the server's SETTINGS (with
+    // ENABLE_CONNECT_PROTOCOL) have arrived.
+    let first = http::Request::get(format!("http://{}/nothing", gw.http))
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(first).await.expect("first exchange");
+    let _ = answer.into_body().collect().await;
+    let mut connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat/room", gw.http))
+        .header("sec-websocket-version", "13");
+    if let Some(token) = token {
+        connect = connect.header("authorization", format!("Bearer {token}"));
+    }
+    let mut connect = connect.body(Empty::<bytes::Bytes>::new()).expect("request");
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(connect))
+        .await
+        .expect("the handshake does not hang")
+        .expect("an answer");
+    let status = response.status().as_u16();
+    if status != 200 {
+        return (status, None);
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .expect("the stream opens");
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (status, Some(ws))
+}
+
+#[tokio::test]
+async fn messages_are_echoed_over_http2_extended_connect() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config_named("h2", &idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let (status, _) = open_h2(&gw, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = open_h2(&gw, Some(&idp.token(&["other"]))).await;
+    assert_eq!(status, 403);
+    assert!(
+        upstream.handshakes().is_empty(),
+        "refusals are not forwarded"
+    );
+    let (status, ws) = open_h2(&gw, Some(&idp.token(&["chat"]))).await;
+    assert_eq!(status, 200);
+    let mut ws = ws.expect("a WebSocket");
+    for i in 0..10 {
+        let text = format!("over h2 {i} {}", "y".repeat(i * 1000));
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let back = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the echo does not hang")
+            .expect("a message")
+            .expect("a good message");
+        assert_eq!(back.into_text().expect("text").as_str(), text);
+    }
+    // The upstream got an HTTP/1.1 handshake with the gateway's key.
+    let seen = upstream.handshakes();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["upgrade"], "websocket");
+    assert!(seen[0].contains_key("sec-websocket-key"));
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn a_tunnel_is_closed_at_tunnel_max_lifetime_however_busy() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config_named("short", &idp, &upstream.url(), "")).await;
+    gw.wait_ready().await;
+    let mut ws = open(&gw, "/chat/room", Some(&idp.token(&["chat"])))
+        .await
+        .expect("open");
+    // Busy: a message at least every 200 ms, far under tunnel_idle (1 h).
+    let busy = async {
+        for i in 0.. {
+            if ws.send(Message::text(format!("{i}"))).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), ws.next()).await {
+                Ok(None | Some(Err(_))) => return,
+                Ok(Some(Ok(message))) if message.is_close() => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), busy)
+        .await
+        .expect("the tunnel was closed at its lifetime");
+}
