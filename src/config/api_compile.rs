@@ -113,6 +113,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     // Every part is checked (and reported) before one that failed stops
     // the API from compiling.
     let upstream = upstream(ctx, entry);
+    let grpc = ctx.boolean(&raw.grpc, "grpc", false);
     let authentication = super::authentication_compile::authentication(
         ctx,
         entry,
@@ -165,6 +166,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         throttle,
         access,
         ip_filter,
+        grpc,
     })
 }
 
@@ -255,6 +257,22 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             pem: pem.into(),
         })
     });
+    let protocol = match up.value.protocol.as_ref() {
+        None => Some(UpstreamProtocol::Http1),
+        Some(at) => match at.value.0.trim() {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "http2" => Some(UpstreamProtocol::Http2),
+            "h2c" => Some(UpstreamProtocol::H2c),
+            other => {
+                ctx.report.error(
+                    at.referenced,
+                    format!("upstream.protocol `{other}` is not known"),
+                    "http1, http2, h2c",
+                );
+                None
+            }
+        },
+    };
     match (&up.value.url, echo) {
         (Some(url), false) => {
             let uri = http::Uri::from_str(url.value.0.trim()).ok();
@@ -271,7 +289,9 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
                     )
                 })
             });
+            let protocol = protocol?;
             match parts {
+                Some((scheme, ..)) if !protocol_fits(ctx, up, protocol, &scheme) => None,
                 Some((scheme, authority, host, path)) => Some(Upstream::Url {
                     host,
                     scheme,
@@ -279,6 +299,7 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
                     path,
                     timeout,
                     ca_bundle,
+                    protocol,
                 }),
                 None => {
                     ctx.report.error(
@@ -311,6 +332,34 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             None
         }
     }
+}
+
+/// `http2` is TLS (`https://`), `h2c` plain TCP (`http://`).
+fn protocol_fits(
+    ctx: &mut Ctx,
+    up: &S<raw::Upstream>,
+    protocol: UpstreamProtocol,
+    scheme: &http::uri::Scheme,
+) -> bool {
+    let https = scheme.as_str() == "https";
+    let (fits, name, allowed) = match protocol {
+        UpstreamProtocol::Http1 => (true, "http1", ""),
+        UpstreamProtocol::Http2 => (https, "http2", "http2 with https://, h2c with http://"),
+        UpstreamProtocol::H2c => (!https, "h2c", "h2c with http://, http2 with https://"),
+    };
+    if !fits {
+        let at = up
+            .value
+            .protocol
+            .as_ref()
+            .map_or(up.referenced, |p| p.referenced);
+        ctx.report.error(
+            at,
+            format!("upstream.protocol `{name}` does not fit a {scheme}:// url"),
+            allowed,
+        );
+    }
+    fits
 }
 
 /// Where findings about an API as a whole point: its `name`, else the entry.

@@ -279,6 +279,8 @@ pub struct Api {
     pub resources: Vec<S<String>>,
     pub policies: Policies,
     pub ip_filter: Option<S<IpFilter>>,
+    /// The gateway's own refusals answered as gRPC status codes.
+    pub grpc: Opt<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +290,8 @@ pub struct Upstream {
     pub echo: Opt<Scalar>,
     pub timeout: Opt<Scalar>,
     pub ca_bundle: Opt<Scalar>,
+    /// `http1` (default), `http2` (TLS, ALPN h2) or `h2c` (prior knowledge).
+    pub protocol: Opt<Scalar>,
     /// Plain `http://` to a host that is not loopback: a warning, not an error.
     pub allow_insecure_http: Opt<Scalar>,
 }

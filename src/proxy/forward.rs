@@ -21,7 +21,7 @@ use super::client;
 use super::pool::{self, Connector, Key, Pool, SendError};
 use super::reject::{BodyFault, Rejection};
 use super::{full, Body, BoxError};
-use crate::config::snapshot::{Api, Upstream};
+use crate::config::snapshot::{Api, Upstream, UpstreamProtocol};
 use crate::http1::request_encode::Destination;
 use crate::policy::Grant;
 
@@ -60,7 +60,7 @@ impl Upstreams {
         mut req: Request<Body>,
         rest: &str,
     ) -> Result<Response<Body>, Rejection> {
-        let (scheme, authority, host, prefix, timeout, ca_bundle) = match &api.upstream {
+        let (scheme, authority, host, prefix, timeout, ca_bundle, protocol) = match &api.upstream {
             Upstream::Echo => {
                 let path = if rest.is_empty() { "/" } else { rest };
                 let target = match req.uri().query() {
@@ -79,7 +79,10 @@ impl Upstreams {
                 path,
                 timeout,
                 ca_bundle,
-            } => (scheme, authority, host, path, *timeout, ca_bundle),
+                protocol,
+            } => (
+                scheme, authority, host, path, *timeout, ca_bundle, *protocol,
+            ),
         };
         let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);
         path_and_query.push_str(prefix);
@@ -110,6 +113,21 @@ impl Upstreams {
             authority,
             ca_bundle: ca_bundle.as_ref(),
         };
+        if protocol != UpstreamProtocol::Http1 {
+            let exchange = super::h2_upstream::Exchange {
+                key: &key,
+                path_and_query: &path_and_query,
+                timeout,
+                started,
+            };
+            return Box::pin(super::h2_upstream::forward(
+                &self.connector,
+                api,
+                req,
+                exchange,
+            ))
+            .await;
+        }
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
         // The timeout bounds connecting, each write the upstream takes

@@ -3,12 +3,13 @@
 //! outbound auth → forward → response transformation); `reject` decides
 //! what a refused client is told, `cors` what a browser is allowed;
 //! `forward` talks to the upstream, over the HTTP/1.1 `client` and its
-//! `pool`.
+//! `pool`, or over HTTP/2 (`h2_upstream`).
 
 pub(crate) mod client;
 pub mod cors;
 pub mod forward;
 pub mod forwarded;
+pub mod h2_upstream;
 pub mod identify;
 pub mod outbound;
 mod pool;

@@ -75,7 +75,17 @@ pub async fn serve(
                     .inc();
             }
             tracing::debug!(cause = %rejection, "request refused");
-            (rejection.into_response(), Answered::Gateway)
+            let response = match &api {
+                Some(api) if api.grpc => {
+                    let response = rejection.into_grpc_response();
+                    if let Some(status) = response.headers().get("grpc-status") {
+                        api.metrics.count_grpc(status.as_bytes());
+                    }
+                    response
+                }
+                _ => rejection.into_response(),
+            };
+            (response, Answered::Gateway)
         }
     };
     if let Some(policy) = api.as_ref().and_then(|api| api.cors.as_ref()) {
@@ -136,8 +146,13 @@ async fn phases(
         Box::pin(throttle(snap, rt, &route, caller)).await?
     }; // throttle
     let from_h2 = req.version() == Version::HTTP_2;
+    // `te: trailers` (gRPC requires it) reaches HTTP/2 upstreams only.
+    let te_trailers = route.api.upstream.is_http2() && forwarded::asks_for_trailers(req.headers());
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
     forwarded::strip_reserved(headers);
     if from_h2 {
         forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
