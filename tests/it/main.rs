@@ -25,6 +25,7 @@ mod edge;
 mod enforcement;
 mod examples;
 mod fail_closed;
+mod grpc;
 mod header_rules;
 mod http1_differential;
 mod http1_properties;
