@@ -72,7 +72,10 @@ struct Seen {
 /// The gRPC service `echo.Echo`: `Unary` answers `echo: <message>`,
 /// `Stream` answers `<message> 0`, `<message> 1`, `<message> 2`, `Fail`
 /// fails with NOT_FOUND and a message that needs percent-encoding.
-async fn echo_service(req: http::Request<Incoming>, seen: Arc<Seen>) -> http::Response<tonic::body::Body> {
+async fn echo_service(
+    req: http::Request<Incoming>,
+    seen: Arc<Seen>,
+) -> http::Response<tonic::body::Body> {
     seen.calls.fetch_add(1, Ordering::SeqCst);
     *seen.te.lock().unwrap() = req
         .headers()
@@ -94,8 +97,9 @@ async fn echo_service(req: http::Request<Incoming>, seen: Arc<Seen>) -> http::Re
         "/echo.Echo/Stream" => {
             let svc = tower::service_fn(|r: Request<Bytes>| async move {
                 let text = String::from_utf8_lossy(r.get_ref()).into_owned();
-                let items: Vec<Result<Bytes, Status>> =
-                    (0..3).map(|i| Ok(Bytes::from(format!("{text} {i}")))).collect();
+                let items: Vec<Result<Bytes, Status>> = (0..3)
+                    .map(|i| Ok(Bytes::from(format!("{text} {i}"))))
+                    .collect();
                 Ok::<_, Status>(Response::new(tokio_stream::iter(items)))
             });
             grpc.server_streaming(svc, req).await
@@ -198,9 +202,9 @@ fn tls_acceptor() -> (TlsAcceptor, String) {
     (TlsAcceptor::from(Arc::new(config)), ca_cert.pem())
 }
 
-/// The API `Echo` (`grpc: true`) at `/echo.Echo`: `Unary`, `Stream` and
+/// The API `api` (`grpc: true`) at `/echo.Echo`: `Unary`, `Stream` and
 /// `Fail` need the API scope `Call` (token scope `echo`).
-fn echo_yaml(idp: &Idp, upstream: &str) -> String {
+fn echo_yaml(api: &str, idp: &Idp, upstream: &str) -> String {
     format!(
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
@@ -214,9 +218,9 @@ security_settings:
       jwksuri: "{jwks}"
       audience: travels
 scope_mappings:
-- {{ auth_server: idp, scope: echo, api_scopes: ["Echo:Call"] }}
+- {{ auth_server: idp, scope: echo, api_scopes: ["{api}:Call"] }}
 apis:
-- name: Echo
+- name: "{api}"
   version: "1.0"
   base_path: /echo.Echo
   grpc: true
@@ -286,7 +290,9 @@ async fn calls_pass_with_their_trailers(gw: &Gateway, token: &str, seen: &Seen) 
         .unwrap();
     assert_eq!(&reply[..], b"echo: hi");
     assert_eq!(seen.te.lock().unwrap().as_deref(), Some("trailers"));
-    let items = stream(&mut grpc, request("item", Some(token))).await.unwrap();
+    let items = stream(&mut grpc, request("item", Some(token)))
+        .await
+        .unwrap();
     assert_eq!(items, ["item 0", "item 1", "item 2"]);
     // A status other than OK, from the upstream's trailers, message intact.
     let status = unary(&mut grpc, "/echo.Echo/Fail", request("x", Some(token)))
@@ -302,15 +308,21 @@ async fn unary_and_streaming_calls_through_an_h2c_upstream() {
     let idp = Idp::start().await;
     let (addr, seen, _) = grpc_upstream(None, None).await;
     let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
-    let gw = Gateway::start(&echo_yaml(&idp, &upstream)).await;
+    let gw = Gateway::start(&echo_yaml("Echo h2c", &idp, &upstream)).await;
     calls_pass_with_their_trailers(&gw, &idp.token(&["echo"]), &seen).await;
     let text = gw.metrics().await;
     assert_eq!(
-        metric(&text, r#"responses_total{api="Echo",class="grpc_0"}"#),
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo h2c",class="grpc_0"}"#
+        ),
         2
     );
     assert_eq!(
-        metric(&text, r#"responses_total{api="Echo",class="grpc_5"}"#),
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo h2c",class="grpc_5"}"#
+        ),
         1
     );
     gw.shutdown().await;
@@ -330,7 +342,7 @@ async fn unary_and_streaming_calls_through_a_tls_http2_upstream() {
         port = addr.port(),
         bundle = bundle.display()
     );
-    let gw = Gateway::start(&echo_yaml(&idp, &upstream)).await;
+    let gw = Gateway::start(&echo_yaml("Echo TLS", &idp, &upstream)).await;
     calls_pass_with_their_trailers(&gw, &idp.token(&["echo"]), &seen).await;
     // The three calls were multiplexed on one upstream connection.
     assert_eq!(connections.load(Ordering::SeqCst), 1);
@@ -342,7 +354,7 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
     let idp = Idp::start().await;
     let (addr, seen, _) = grpc_upstream(None, None).await;
     let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
-    let gw = Gateway::start(&echo_yaml(&idp, &upstream)).await;
+    let gw = Gateway::start(&echo_yaml("Echo refusals", &idp, &upstream)).await;
     let mut grpc = client(&gw).await;
     let status = unary(&mut grpc, "/echo.Echo/Unary", request("hi", None))
         .await
@@ -354,9 +366,13 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    let status = unary(&mut grpc, "/echo.Echo/Unary", request("hi", Some("not-a-jwt")))
-        .await
-        .unwrap_err();
+    let status = unary(
+        &mut grpc,
+        "/echo.Echo/Unary",
+        request("hi", Some("not-a-jwt")),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
     // The refusal is trailers-only: HTTP 200, the status in the head.
@@ -375,11 +391,17 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
     assert!(resp.bytes().await.unwrap().is_empty());
     let text = gw.metrics().await;
     assert_eq!(
-        metric(&text, r#"responses_total{api="Echo",class="grpc_16"}"#),
-        4
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo refusals",class="grpc_16"}"#
+        ),
+        3
     );
     assert_eq!(
-        metric(&text, r#"responses_total{api="Echo",class="grpc_7"}"#),
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo refusals",class="grpc_7"}"#
+        ),
         1
     );
     gw.shutdown().await;
@@ -392,7 +414,7 @@ async fn an_unreachable_upstream_is_unavailable() {
     let addr = closed.local_addr().unwrap();
     drop(closed);
     let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
-    let gw = Gateway::start(&echo_yaml(&idp, &upstream)).await;
+    let gw = Gateway::start(&echo_yaml("Echo unreachable", &idp, &upstream)).await;
     let mut grpc = client(&gw).await;
     let token = idp.token(&["echo"]);
     let status = unary(&mut grpc, "/echo.Echo/Unary", request("hi", Some(&token)))
@@ -408,7 +430,7 @@ async fn an_upstream_goaway_loses_no_unprocessed_call() {
     // Each upstream connection goes away after 5 calls.
     let (addr, seen, connections) = grpc_upstream(None, Some(5)).await;
     let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
-    let gw = Gateway::start(&echo_yaml(&idp, &upstream)).await;
+    let gw = Gateway::start(&echo_yaml("Echo goaway", &idp, &upstream)).await;
     let token = idp.token(&["echo"]);
     let mut tasks = Vec::new();
     for client_no in 0..4 {
@@ -417,9 +439,13 @@ async fn an_upstream_goaway_loses_no_unprocessed_call() {
         tasks.push(tokio::spawn(async move {
             for i in 0..10 {
                 let message = format!("{client_no}-{i}");
-                let reply = unary(&mut grpc, "/echo.Echo/Unary", request(&message, Some(&token)))
-                    .await
-                    .unwrap_or_else(|status| panic!("call {message} failed: {status:?}"));
+                let reply = unary(
+                    &mut grpc,
+                    "/echo.Echo/Unary",
+                    request(&message, Some(&token)),
+                )
+                .await
+                .unwrap_or_else(|status| panic!("call {message} failed: {status:?}"));
                 assert_eq!(reply, format!("echo: {message}").as_bytes());
             }
         }));
