@@ -120,13 +120,17 @@ impl Upstreams {
                 timeout,
                 started,
             };
-            return Box::pin(super::h2_upstream::forward(
+            let result = Box::pin(super::h2_upstream::forward(
                 &self.connector,
                 api,
                 req,
                 exchange,
             ))
             .await;
+            if result.is_err() && exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
+                return Err(Rejection::PayloadTooLarge);
+            }
+            return result;
         }
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;

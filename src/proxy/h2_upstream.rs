@@ -33,7 +33,6 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::forward::LimitFlag;
 use super::pool::{Connector, Key, SendError};
 use super::{Body, BodyFault, BoxError, Rejection};
 use crate::config::snapshot::Api;
@@ -144,14 +143,14 @@ pub struct Exchange<'a> {
 }
 
 /// Forwards an authorized request over HTTP/2; failures become the
-/// client's 400/408/413 or the upstream's 502/504, as over HTTP/1.1.
+/// client's 400/408 or the upstream's 502/504, as over HTTP/1.1 (a body
+/// over the limit, 413, is told by `forward`).
 pub async fn forward(
     connector: &Connector,
     api: &Api,
     req: Request<Body>,
     exchange: Exchange<'_>,
 ) -> Result<Response<Body>, Rejection> {
-    let exceeded = req.extensions().get::<LimitFlag>().cloned();
     let grpc = api.grpc.then_some(&api.metrics);
     let result = send(
         connector,
@@ -170,9 +169,6 @@ pub async fn forward(
         Err(error) => error,
     };
     tracing::debug!(%error, api = api.name, "HTTP/2 exchange failed");
-    if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
-        return Err(Rejection::PayloadTooLarge);
-    }
     let (rejection, cause) = match error {
         H2Error::RequestBody(error) => return Err(Rejection::ClientBody(BodyFault::of(&error))),
         H2Error::Timeout | H2Error::Connect(SendError::Timeout(_)) => {
@@ -297,13 +293,8 @@ fn request_body_error(error: &hyper::Error) -> Option<BoxError> {
     }
     let cause = std::error::Error::source(error)?;
     cause
-        .downcast_ref::<super::BodyFault>()
+        .downcast_ref::<BodyFault>()
         .map(|fault| Box::new(*fault) as BoxError)
-        .or_else(|| {
-            cause
-                .downcast_ref::<super::forward::BodyTooLarge>()
-                .map(|_| Box::new(super::forward::BodyTooLarge) as BoxError)
-        })
 }
 
 fn respond(

@@ -444,15 +444,15 @@ const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.ad
 /// with the gateway's own cases made precise).
 pub fn grpc_code(status: StatusCode) -> u16 {
     match status.as_u16() {
-        400 | 411 | 413 | 414 | 431 => 3, // INVALID_ARGUMENT
-        401 => 16,                        // UNAUTHENTICATED
-        403 => 7,                         // PERMISSION_DENIED
-        404 | 405 => 12,                  // UNIMPLEMENTED
-        408 => 4,                         // DEADLINE_EXCEEDED
-        429 => 8,                         // RESOURCE_EXHAUSTED
-        501 => 12,                        // UNIMPLEMENTED
-        502..=504 => 14,                  // UNAVAILABLE
-        _ => 2,                           // UNKNOWN
+        400 | 411 | 414 | 431 => 3, // INVALID_ARGUMENT
+        401 => 16,                  // UNAUTHENTICATED
+        403 => 7,                   // PERMISSION_DENIED
+        404 | 405 => 12,            // UNIMPLEMENTED
+        408 => 4,                   // DEADLINE_EXCEEDED
+        413 | 429 => 8,             // RESOURCE_EXHAUSTED
+        501 => 12,                  // UNIMPLEMENTED
+        502..=504 => 14,            // UNAVAILABLE
+        _ => 2,                     // UNKNOWN
     }
 }
 
