@@ -461,3 +461,76 @@ async fn an_upstream_goaway_loses_no_unprocessed_call() {
     assert!(connections.load(Ordering::SeqCst) >= 2);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_over_the_body_limit_is_resource_exhausted() {
+    let idp = Idp::start().await;
+    let (addr, _, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let yaml = echo_yaml("Echo limits", &idp, &upstream)
+        .replace("ports: {", "limits: { max_body: 1KiB }\nports: {");
+    let gw = Gateway::start(&yaml).await;
+    let mut grpc = client(&gw).await;
+    let token = idp.token(&["echo"]);
+    let big = "x".repeat(64 * 1024);
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request(&big, Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // The connection serves the next call.
+    let reply = unary(
+        &mut grpc,
+        "/echo.Echo/Unary",
+        request("small", Some(&token)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&reply[..], b"echo: small");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_protocol_must_fit_the_url() {
+    let refused = |upstream: &str| {
+        format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+apis:
+- name: A
+  version: "1.0"
+  base_path: /a
+  upstream: {upstream}
+  authentication: {{ type: none }}
+  resources: ["POST /x"]
+"#
+        )
+    };
+    let cases = [
+        (
+            r#"{ url: "http://127.0.0.1:1/", protocol: h3 }"#,
+            "upstream.protocol `h3` is not known; allowed: http1, http2, h2c",
+        ),
+        (
+            r#"{ url: "https://localhost:1/", protocol: h2c }"#,
+            "upstream.protocol `h2c` does not fit a https:// url; allowed: h2c with http://, http2 with https://",
+        ),
+        (
+            r#"{ url: "http://127.0.0.1:1/", protocol: http2 }"#,
+            "upstream.protocol `http2` does not fit a http:// url; allowed: http2 with https://, h2c with http://",
+        ),
+    ];
+    for (upstream, expected) in cases {
+        let error = Gateway::try_start(&refused(upstream), crate::common::env(&[]))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{upstream} is refused"));
+        assert!(error.contains(expected), "{upstream}: {error}");
+        assert!(error.contains(":7:"), "{upstream}: {error}");
+    }
+    let grpc_flag = refused(r#"{ echo: true }"#).replace("  version:", "  grpc: maybe\n  version:");
+    let error = Gateway::try_start(&grpc_flag, crate::common::env(&[]))
+        .await
+        .err()
+        .unwrap();
+    assert!(error.contains("grpc: `maybe` is not a boolean"), "{error}");
+}
