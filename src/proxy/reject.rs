@@ -501,6 +501,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_grpc_refusal_is_a_trailers_only_response() {
+        let response = Rejection::BadRequest("caf\u{e9} 100%\n").into_grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+        assert_eq!(headers["grpc-status"], "3");
+        assert_eq!(headers["grpc-message"], "bad request: caf%C3%A9 100%25%0A");
+        let scope = Rejection::InsufficientScope {
+            would_grant: vec!["book".into()],
+        }
+        .into_grpc_response();
+        assert_eq!(scope.headers()["grpc-status"], "7");
+        assert!(scope.headers().contains_key(WWW_AUTHENTICATE));
+        assert_eq!(grpc_code(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_code(StatusCode::TOO_MANY_REQUESTS), 8);
+        assert_eq!(grpc_code(StatusCode::GATEWAY_TIMEOUT), 14);
+        assert_eq!(grpc_code(StatusCode::IM_A_TEAPOT), 2);
+    }
+
+    #[test]
     fn a_client_body_error_is_the_clients_whatever_its_type() {
         let stalled: BoxError = Box::new(BodyFault::Stalled);
         assert_eq!(BodyFault::of(&stalled), BodyFault::Stalled);

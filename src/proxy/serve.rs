@@ -110,7 +110,17 @@ async fn phases(
         *matched_api = Some(api);
         return Ok(answer); // CORS preflight: no credentials, never forwarded
     }
-    let route = policy::route(snap, req.method(), &path).map_err(Rejection::NoRoute)?; // match
+    let route = match policy::route(snap, req.method(), &path) {
+        Ok(route) => route,
+        Err(problem) => {
+            // An unknown method of a gRPC service is answered as gRPC
+            // (UNIMPLEMENTED), and counted for its API.
+            if let Some(api) = snap.api_for(&path.path).filter(|api| api.grpc) {
+                *matched_api = Some(api.clone());
+            }
+            return Err(Rejection::NoRoute(problem));
+        }
+    }; // match
     *matched_api = Some(route.api.clone());
     check_transport(&route, conn)?;
     let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);

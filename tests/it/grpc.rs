@@ -374,6 +374,11 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let token = idp.token(&["echo"]);
+    let status = unary(&mut grpc, "/echo.Echo/Nope", request("hi", Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
     // The refusal is trailers-only: HTTP 200, the status in the head.
     let resp = gw
