@@ -71,7 +71,8 @@ struct Seen {
 
 /// The gRPC service `echo.Echo`: `Unary` answers `echo: <message>`,
 /// `Stream` answers `<message> 0`, `<message> 1`, `<message> 2`, `Fail`
-/// fails with NOT_FOUND and a message that needs percent-encoding.
+/// fails with NOT_FOUND and a message that needs percent-encoding, `Chat`
+/// answers each message as it arrives with `re: <message>`.
 async fn echo_service(
     req: http::Request<Incoming>,
     seen: Arc<Seen>,
@@ -109,6 +110,25 @@ async fn echo_service(
                 Err::<Response<Bytes>, _>(Status::not_found("no such item: caf\u{e9} 100%"))
             });
             grpc.unary(svc, req).await
+        }
+        "/echo.Echo/Chat" => {
+            let svc = tower::service_fn(|r: Request<tonic::Streaming<Bytes>>| async move {
+                let mut inbound = r.into_inner();
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    while let Ok(Some(message)) = inbound.message().await {
+                        let mut reply = b"re: ".to_vec();
+                        reply.extend_from_slice(&message);
+                        if tx.send(Ok(Bytes::from(reply))).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                Ok::<_, Status>(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                    rx,
+                )))
+            });
+            grpc.streaming(svc, req).await
         }
         _ => Status::unimplemented("no such method").into_http(),
     }
@@ -228,7 +248,7 @@ apis:
   authentication: {{ type: oauth2, auth_server: idp }}
   scopes:
   - name: Call
-    resources: ["POST /Unary", "POST /Stream", "POST /Fail"]
+    resources: ["POST /Unary", "POST /Stream", "POST /Fail", "POST /Chat"]
 "#,
         issuer = idp.issuer(),
         jwks = idp.jwks_uri(),
@@ -538,4 +558,45 @@ apis:
         .err()
         .unwrap();
     assert!(error.contains("grpc: `maybe` is not a boolean"), "{error}");
+}
+
+#[tokio::test]
+async fn a_bidirectional_call_streams_both_ways_message_by_message() {
+    let idp = Idp::start().await;
+    let (addr, seen, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let gw = Gateway::start(&echo_yaml("Echo chat", &idp, &upstream)).await;
+    let mut grpc = client(&gw).await;
+    grpc.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let token = idp.token(&["echo"]);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tx.send(Bytes::from_static(b"m0")).await.unwrap();
+    let call = grpc.streaming(req, PathAndQuery::from_static("/echo.Echo/Chat"), Raw);
+    let mut replies = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the head does not wait for the whole request")
+        .unwrap()
+        .into_inner();
+    // Each reply comes before the next message is sent: neither
+    // direction is buffered to its end.
+    for i in 0..5 {
+        let reply = tokio::time::timeout(Duration::from_secs(30), replies.message())
+            .await
+            .expect("each message passes on its own")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, format!("re: m{i}").as_bytes());
+        if i < 4 {
+            tx.send(Bytes::from(format!("m{}", i + 1))).await.unwrap();
+        }
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none());
+    // OK, from the trailers.
+    assert!(replies.trailers().await.unwrap().is_some());
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
 }
