@@ -70,21 +70,52 @@ struct PoolKey {
 struct H2Conn {
     sender: SendRequest<Body>,
     in_flight: Arc<AtomicUsize>,
+    /// When a request last took it.
+    used: Instant,
+}
+
+/// One thread's connections, and when idle ones are next looked for.
+struct Pool {
+    conns: HashMap<PoolKey, Vec<H2Conn>>,
+    next_sweep: Instant,
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<PoolKey, Vec<H2Conn>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<Pool> = RefCell::new(Pool {
+        conns: HashMap::new(),
+        next_sweep: Instant::now() + SWEEP_EVERY,
+    });
 }
+
+/// A connection without requests for this long is let go (hyper closes
+/// it once its last handle is dropped), so upstreams a reload removed do
+/// not keep connections.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// A usable connection from this thread's pool, or `None` when a new one
 /// is due.
 fn pooled(key: &PoolKey) -> Option<(SendRequest<Body>, Arc<AtomicUsize>)> {
     POOL.with_borrow_mut(|pool| {
-        let conns = pool.get_mut(key)?;
+        let now = Instant::now();
+        if now >= pool.next_sweep {
+            pool.next_sweep = now + SWEEP_EVERY;
+            pool.conns.retain(|_, conns| {
+                conns.retain(|c| {
+                    !c.sender.is_closed()
+                        && (c.in_flight.load(Ordering::Relaxed) > 0
+                            || now.saturating_duration_since(c.used) < IDLE_TIMEOUT)
+                });
+                !conns.is_empty()
+            });
+        }
+        let conns = pool.conns.get_mut(key)?;
         conns.retain(|c| !c.sender.is_closed());
         let load = |c: &H2Conn| c.in_flight.load(Ordering::Relaxed);
-        let least = conns.iter().min_by_key(|c| load(c))?;
-        if load(least) < MAX_STREAMS || conns.len() >= MAX_CONNECTIONS {
+        let full = conns.len() >= MAX_CONNECTIONS;
+        let least = conns.iter_mut().min_by_key(|c| load(c))?;
+        if load(least) < MAX_STREAMS || full {
+            least.used = now;
             Some((least.sender.clone(), least.in_flight.clone()))
         } else {
             None
@@ -121,12 +152,13 @@ async fn connect(
     });
     let in_flight = Arc::new(AtomicUsize::new(0));
     POOL.with_borrow_mut(|pool| {
-        let conns = pool.entry(pool_key.clone()).or_default();
+        let conns = pool.conns.entry(pool_key.clone()).or_default();
         conns.retain(|c| !c.sender.is_closed());
         if conns.len() < MAX_CONNECTIONS {
             conns.push(H2Conn {
                 sender: sender.clone(),
                 in_flight: in_flight.clone(),
+                used: Instant::now(),
             });
         }
     });
@@ -269,8 +301,9 @@ pub async fn send(
 }
 
 /// The upstream did not process the request: `REFUSED_STREAM` (RFC 9113
-/// §8.7), which an upstream sends for streams past its `GOAWAY`, or a
-/// request canceled before it went out.
+/// §8.7), a stream past the upstream's `GOAWAY`, or a request canceled
+/// before it went out. A stream the upstream had taken and whose
+/// connection then closed is none of these.
 fn refused(error: &hyper::Error) -> bool {
     if error.is_canceled() {
         return true;
@@ -278,8 +311,10 @@ fn refused(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            // Streams past a GOAWAY's last stream id were not processed
+            // (RFC 9113 §6.8), whatever its error code.
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+                || (h2.is_go_away() && h2.is_remote());
         }
         source = cause.source();
     }
@@ -520,5 +555,41 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn body(chunks: &[&'static [u8]]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        StreamBody::new(tokio_stream::iter(frames)).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_refused_body_is_replayed_whole_from_where_it_was_cut() {
+        let replay = Arc::new(Mutex::new(Replay::new(body(&[b"ab", b"cd", b"ef"]))));
+        let mut first = Recording(replay.clone());
+        // The first attempt took two frames before it was refused.
+        for _ in 0..2 {
+            first.frame().await.unwrap().unwrap();
+        }
+        let again = lock(&replay).again().unwrap();
+        let bytes = again.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_the_copy_is_not_replayed() {
+        static BIG: [u8; REPLAY_LIMIT] = [b'x'; REPLAY_LIMIT];
+        let replay = Arc::new(Mutex::new(Replay::new(body(&[&BIG, b"y"]))));
+        let mut first = Recording(replay.clone());
+        while first.frame().await.is_some() {}
+        assert!(lock(&replay).again().is_none());
     }
 }
