@@ -393,6 +393,25 @@ impl ApiMetrics {
         &self.0.allowed[index]
     }
 
+    /// Counts a gRPC status in `responses_total{api, class="grpc_N"}`
+    /// (N from 0 to 16; any other value is counted as 2, UNKNOWN).
+    pub fn count_grpc(&self, status: &[u8]) {
+        const CLASSES: [&str; 17] = [
+            "grpc_0", "grpc_1", "grpc_2", "grpc_3", "grpc_4", "grpc_5", "grpc_6", "grpc_7",
+            "grpc_8", "grpc_9", "grpc_10", "grpc_11", "grpc_12", "grpc_13", "grpc_14", "grpc_15",
+            "grpc_16",
+        ];
+        let code = std::str::from_utf8(status)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|code| *code < CLASSES.len())
+            .unwrap_or(2);
+        get()
+            .responses
+            .with_label_values(&[self.0.name.as_str(), CLASSES[code]])
+            .inc();
+    }
+
     /// Counts a failed exchange with this API's upstream
     /// (`upstream_errors_total{api, cause}`).
     pub fn upstream_error(&self, cause: &'static str) {

@@ -129,6 +129,15 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     // Every part is checked (and reported) before one that failed stops
     // the API from compiling.
     let upstream = upstream(ctx, entry);
+    let grpc = ctx.boolean(&raw.grpc, "grpc", false);
+    if websocket && upstream.as_ref().is_some_and(Upstream::is_http2) {
+        // A tunnel is an HTTP/1.1 connection handed over after its 101.
+        ctx.report.error(
+            raw.websocket.as_ref().map_or(entry.referenced, Ctx::at),
+            "websocket: true needs an HTTP/1.1 upstream (upstream.protocol http1)",
+            "websocket on an API whose upstream speaks http1",
+        );
+    }
     let authentication = super::authentication_compile::authentication(
         ctx,
         entry,
@@ -183,6 +192,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         throttle,
         access,
         ip_filter,
+        grpc,
     })
 }
 
@@ -273,6 +283,22 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             pem: pem.into(),
         })
     });
+    let protocol = match up.value.protocol.as_ref() {
+        None => Some(UpstreamProtocol::Http1),
+        Some(at) => match at.value.0.trim() {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "http2" => Some(UpstreamProtocol::Http2),
+            "h2c" => Some(UpstreamProtocol::H2c),
+            other => {
+                ctx.report.error(
+                    at.referenced,
+                    format!("upstream.protocol `{other}` is not known"),
+                    "http1, http2, h2c",
+                );
+                None
+            }
+        },
+    };
     if up.value.endpoints.is_some() || super::upstream_compile::wants_balancing(&up.value) {
         if echo {
             ctx.report.error(
@@ -282,30 +308,45 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             );
             return None;
         }
+        if let Some(at) = up.value.protocol.as_ref() {
+            if protocol != Some(UpstreamProtocol::Http1) {
+                ctx.report.error(
+                    at.referenced,
+                    "upstream.protocol http2 and h2c take one `url`, not `endpoints`",
+                    "protocol: http1 with endpoints, or one url",
+                );
+                return None;
+            }
+        }
         return super::upstream_compile::balanced(ctx, up, timeout, ca_bundle);
     }
     match (&up.value.url, echo) {
-        (Some(url), false) => match super::upstream_compile::parse_url(&url.value.0) {
-            Some((scheme, authority, host, path)) => Some(Upstream::Url {
-                host,
-                scheme,
-                authority,
-                path,
-                timeout,
-                ca_bundle,
-            }),
-            None => {
-                ctx.report.error(
-                    url.referenced,
-                    format!(
-                        "upstream.url `{}` is not an http(s) URL without query",
-                        url.value.0
-                    ),
-                    "http://host[:port]/path or https://…",
-                );
-                None
+        (Some(url), false) => {
+            let protocol = protocol?;
+            match super::upstream_compile::parse_url(&url.value.0) {
+                Some((scheme, ..)) if !protocol_fits(ctx, up, protocol, &scheme) => None,
+                Some((scheme, authority, host, path)) => Some(Upstream::Url {
+                    host,
+                    scheme,
+                    authority,
+                    path,
+                    timeout,
+                    ca_bundle,
+                    protocol,
+                }),
+                None => {
+                    ctx.report.error(
+                        url.referenced,
+                        format!(
+                            "upstream.url `{}` is not an http(s) URL without query",
+                            url.value.0
+                        ),
+                        "http://host[:port]/path or https://…",
+                    );
+                    None
+                }
             }
-        },
+        }
         (None, true) => Some(Upstream::Echo),
         (Some(url), true) => {
             ctx.report.error(
@@ -324,6 +365,34 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
             None
         }
     }
+}
+
+/// `http2` is TLS (`https://`), `h2c` plain TCP (`http://`).
+fn protocol_fits(
+    ctx: &mut Ctx,
+    up: &S<raw::Upstream>,
+    protocol: UpstreamProtocol,
+    scheme: &http::uri::Scheme,
+) -> bool {
+    let https = scheme.as_str() == "https";
+    let (fits, name, allowed) = match protocol {
+        UpstreamProtocol::Http1 => (true, "http1", ""),
+        UpstreamProtocol::Http2 => (https, "http2", "http2 with https://, h2c with http://"),
+        UpstreamProtocol::H2c => (!https, "h2c", "h2c with http://, http2 with https://"),
+    };
+    if !fits {
+        let at = up
+            .value
+            .protocol
+            .as_ref()
+            .map_or(up.referenced, |p| p.referenced);
+        ctx.report.error(
+            at,
+            format!("upstream.protocol `{name}` does not fit a {scheme}:// url"),
+            allowed,
+        );
+    }
+    fits
 }
 
 /// Where findings about an API as a whole point: its `name`, else the entry.

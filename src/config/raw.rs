@@ -441,6 +441,8 @@ pub struct Api {
     /// WebSocket handshakes (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT).
     pub websocket: Opt<Scalar>,
     pub tunnel_max_lifetime: Opt<Scalar>,
+    /// The gateway's own refusals answered as gRPC status codes.
+    pub grpc: Opt<Scalar>,
 }
 
 /// The upstream of an API: `url` or `echo: true`.
@@ -455,6 +457,8 @@ pub struct Upstream {
     pub timeout: Opt<Scalar>,
     /// PEM CA bundle trusted for an https upstream (default: the system roots).
     pub ca_bundle: Opt<Scalar>,
+    /// `http1` (default), `http2` (TLS, ALPN h2) or `h2c` (prior knowledge).
+    pub protocol: Opt<Scalar>,
     /// Plain `http://` to a host that is not loopback: a warning, not an error.
     pub allow_insecure_http: Opt<Scalar>,
     /// Several instances instead of `url`.

@@ -192,6 +192,10 @@ pub struct Api {
     pub websocket: bool,
     /// A tunnel is closed this long after its handshake at the latest.
     pub tunnel_max_lifetime: Option<Duration>,
+    /// `grpc: true`: the gateway's refusals are gRPC statuses (HTTP 200,
+    /// `grpc-status` and `grpc-message`), and `responses_total` counts
+    /// gRPC status classes.
+    pub grpc: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +218,8 @@ pub enum Upstream {
         timeout: Duration,
         /// Verifies an `https` upstream instead of the system roots.
         ca_bundle: Option<CaBundle>,
+        /// How requests are sent: HTTP/1.1, or HTTP/2 (TLS or h2c).
+        protocol: UpstreamProtocol,
     },
     /// `endpoints:`: several instances, balanced, with health and retries.
     Balanced(Arc<Balanced>),
@@ -292,6 +298,29 @@ pub struct Retry {
     /// Another endpoint after a connection closed before the request could
     /// have been read, or (idempotent, bodiless) before any answer.
     pub refused_stream: bool,
+}
+
+impl Upstream {
+    /// Requests go out over HTTP/2 (`http2` or `h2c`).
+    pub fn is_http2(&self) -> bool {
+        matches!(
+            self,
+            Upstream::Url {
+                protocol: UpstreamProtocol::Http2 | UpstreamProtocol::H2c,
+                ..
+            }
+        )
+    }
+}
+
+/// `upstream.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN (`h2`).
+    Http2,
+    /// HTTP/2 over plain TCP by prior knowledge.
+    H2c,
 }
 
 /// PEM CA certificates, read when the snapshot was compiled.

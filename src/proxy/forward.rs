@@ -22,7 +22,7 @@ use super::client;
 use super::pool::{self, Connector, Failed, Key, Pool, SendError};
 use super::reject::{BodyFault, Rejection};
 use super::{full, Body, BoxError};
-use crate::config::snapshot::{Api, Balanced, Upstream};
+use crate::config::snapshot::{Api, Balanced, Upstream, UpstreamProtocol};
 use crate::http1::request_encode::Destination;
 use crate::policy::Grant;
 
@@ -72,7 +72,7 @@ impl Upstreams {
         mut req: Request<Body>,
         rest: &str,
     ) -> Result<Response<Body>, Rejection> {
-        let (scheme, authority, host, prefix, timeout, ca_bundle) = match &api.upstream {
+        let (scheme, authority, host, prefix, timeout, ca_bundle, protocol) = match &api.upstream {
             Upstream::Echo => {
                 let path = if rest.is_empty() { "/" } else { rest };
                 let target = match req.uri().query() {
@@ -91,7 +91,10 @@ impl Upstreams {
                 path,
                 timeout,
                 ca_bundle,
-            } => (scheme, authority, host, path, *timeout, ca_bundle),
+                protocol,
+            } => (
+                scheme, authority, host, path, *timeout, ca_bundle, *protocol,
+            ),
             Upstream::Balanced(balanced) => {
                 // Boxed: the single-endpoint future stays as small as it was.
                 return Box::pin(self.forward_balanced(api, balanced, req, rest)).await;
@@ -127,6 +130,25 @@ impl Upstreams {
             ca_bundle: ca_bundle.as_ref(),
             dns_ttl: DEFAULT_DNS_TTL,
         };
+        if protocol != UpstreamProtocol::Http1 {
+            let exchange = super::h2_upstream::Exchange {
+                key: &key,
+                path_and_query: &path_and_query,
+                timeout,
+                started,
+            };
+            let result = Box::pin(super::h2_upstream::forward(
+                &self.connector,
+                api,
+                req,
+                exchange,
+            ))
+            .await;
+            if result.is_err() && exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
+                return Err(Rejection::PayloadTooLarge);
+            }
+            return result;
+        }
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
         // The timeout bounds connecting, each write the upstream takes

@@ -43,6 +43,22 @@ const FORWARDING: [&str; 4] = [
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
 pub use crate::http1::is_hop_by_hop;
 
+/// Whether `TE` lists `trailers` (RFC 9110 §10.1.4).
+pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// One pass over the names present: most messages carry none of them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -3,8 +3,8 @@
 //! outbound auth → forward → response transformation); `reject` decides
 //! what a refused client is told, `cors` what a browser is allowed;
 //! `forward` talks to the upstream, over the HTTP/1.1 `client` and its
-//! `pool`; `tunnel` carries WebSocket connections once both sides have
-//! switched.
+//! `pool`, or over HTTP/2 (`h2_upstream`); `tunnel` carries WebSocket
+//! connections once both sides have switched.
 
 pub mod balance;
 pub(crate) mod client;
@@ -12,6 +12,7 @@ pub mod correlate;
 pub mod cors;
 pub mod forward;
 pub mod forwarded;
+pub mod h2_upstream;
 pub mod identify;
 pub mod outbound;
 mod pool;

@@ -230,6 +230,56 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// A byte stream for HTTP/2 to `key`'s upstream within `timeout`: TLS
+    /// negotiating `h2` by ALPN for `https`, plain TCP (h2c by prior
+    /// knowledge) for `http`. Verified as HTTP/1.1 connections are.
+    pub(super) async fn h2_stream(
+        &self,
+        key: &Key<'_>,
+        timeout: Duration,
+    ) -> Result<Stream, SendError> {
+        let https = key.scheme == &Scheme::HTTPS;
+        let config = self
+            .tls_config(key.ca_bundle)
+            .map_err(|_| SendError::Connect("no usable CA in the bundle".into()))?;
+        let config = match https {
+            false => config,
+            true => {
+                let mut config = (*config).clone();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                Arc::new(config)
+            }
+        };
+        let target = Target::new(key, https, config);
+        let connect = async {
+            let tcp = self
+                .tcp(&target)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            let Some((tls, name)) = &target.tls else {
+                return Ok(Stream::Tcp(tcp));
+            };
+            let name = name.clone().ok_or_else(|| {
+                SendError::Connect("the upstream host is not a valid TLS server name".into())
+            })?;
+            let stream = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| SendError::Connect(e.into()))?;
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(SendError::Connect(
+                    "the upstream did not negotiate h2".into(),
+                ));
+            }
+            Ok(Stream::Tls(Box::new(stream)))
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| SendError::Timeout(timeout))?
+    }
+}
+
 #[allow(
     clippy::expect_used,
     reason = "aws-lc-rs supports the default TLS versions"

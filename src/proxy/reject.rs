@@ -413,6 +413,66 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// The refusal as gRPC answers it (APIs with `grpc: true`): HTTP 200,
+    /// `content-type: application/grpc`, and the status in `grpc-status`
+    /// and `grpc-message` (percent-encoded) of a trailers-only response —
+    /// one HEADERS frame that ends the stream. The HTTP answer's other
+    /// fields (challenge, `Retry-After`, RateLimit, `Allow`) are kept.
+    pub fn into_grpc_response(self) -> Response<Body> {
+        let message = self.grpc_message();
+        let http = self.into_response();
+        let code = grpc_code(http.status());
+        let (mut parts, _) = http.into_parts();
+        parts.status = StatusCode::OK;
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        parts.headers.insert("grpc-status", HeaderValue::from(code));
+        let encoded = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE).to_string();
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
+            parts.headers.insert("grpc-message", value);
+        }
+        Response::from_parts(parts, super::empty())
+    }
+
+    /// What `grpc-message` says: the `error_description` of the JSON answer.
+    fn grpc_message(&self) -> String {
+        match self {
+            Rejection::MissingToken { .. } => "a bearer token is required".to_owned(),
+            Rejection::InvalidToken { problem } => describe(*problem).to_owned(),
+            Rejection::InsufficientScope { .. } | Rejection::Denied(Denied::Scope(_)) => {
+                "the token does not grant a scope this resource needs".to_owned()
+            }
+            Rejection::Throttled { .. } => "a rate limit of this API is reached".to_owned(),
+            Rejection::BadGateway(_) => "the upstream cannot be reached".to_owned(),
+            Rejection::GatewayTimeout => "the upstream did not answer in time".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Bytes of `grpc-message` sent percent-encoded (gRPC over HTTP/2: all but
+/// printable ASCII, and `%`).
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// The gRPC status code of an HTTP refusal (as gRPC maps HTTP statuses,
+/// with the gateway's own cases made precise).
+pub fn grpc_code(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 | 411 | 414 | 431 => 3, // INVALID_ARGUMENT
+        401 => 16,                  // UNAUTHENTICATED
+        403 => 7,                   // PERMISSION_DENIED
+        404 | 405 => 12,            // UNIMPLEMENTED
+        408 => 4,                   // DEADLINE_EXCEEDED
+        413 | 429 => 8,             // RESOURCE_EXHAUSTED
+        501 => 12,                  // UNIMPLEMENTED
+        502..=504 => 14,            // UNAVAILABLE
+        _ => 2,                     // UNKNOWN
+    }
+}
+
 /// What the client is told about a refused token: enough to act on, never
 /// which check an attacker should work around next.
 fn describe(problem: TokenProblem) -> &'static str {
@@ -456,6 +516,26 @@ fn quoted(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_refusal_is_a_trailers_only_response() {
+        let response = Rejection::BadRequest("caf\u{e9} 100%\n").into_grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+        assert_eq!(headers["grpc-status"], "3");
+        assert_eq!(headers["grpc-message"], "bad request: caf%C3%A9 100%25%0A");
+        let scope = Rejection::InsufficientScope {
+            would_grant: vec!["book".into()],
+        }
+        .into_grpc_response();
+        assert_eq!(scope.headers()["grpc-status"], "7");
+        assert!(scope.headers().contains_key(WWW_AUTHENTICATE));
+        assert_eq!(grpc_code(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_code(StatusCode::TOO_MANY_REQUESTS), 8);
+        assert_eq!(grpc_code(StatusCode::GATEWAY_TIMEOUT), 14);
+        assert_eq!(grpc_code(StatusCode::IM_A_TEAPOT), 2);
+    }
 
     #[test]
     fn a_client_body_error_is_the_clients_whatever_its_type() {

@@ -77,7 +77,17 @@ pub async fn serve(
                     .inc();
             }
             tracing::debug!(cause = %rejection, "request refused");
-            (rejection.into_response(), Answered::Gateway)
+            let response = match &api {
+                Some(api) if api.grpc => {
+                    let response = rejection.into_grpc_response();
+                    if let Some(status) = response.headers().get("grpc-status") {
+                        api.metrics.count_grpc(status.as_bytes());
+                    }
+                    response
+                }
+                _ => rejection.into_response(),
+            };
+            (response, Answered::Gateway)
         }
     };
     if let Some(policy) = api.as_ref().and_then(|api| api.cors.as_ref()) {
@@ -108,7 +118,17 @@ async fn phases(
         *matched_api = Some(api);
         return Ok(answer); // CORS preflight: no credentials, never forwarded
     }
-    let route = policy::route(snap, req.method(), &path).map_err(Rejection::NoRoute)?; // match
+    let route = match policy::route(snap, req.method(), &path) {
+        Ok(route) => route,
+        Err(problem) => {
+            // An unknown method of a gRPC service is answered as gRPC
+            // (UNIMPLEMENTED), and counted for its API.
+            if let Some(api) = snap.api_for(&path.path).filter(|api| api.grpc) {
+                *matched_api = Some(api.clone());
+            }
+            return Err(Rejection::NoRoute(problem));
+        }
+    }; // match
     *matched_api = Some(route.api.clone());
     check_transport(&route, conn)?;
     let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
@@ -161,10 +181,15 @@ async fn phases(
         None
     };
     let from_h2 = req.version() == Version::HTTP_2;
+    // `te: trailers` (gRPC requires it) reaches HTTP/2 upstreams only.
+    let te_trailers = route.api.upstream.is_http2() && forwarded::asks_for_trailers(req.headers());
     let headers = req.headers_mut();
     forwarded::strip_hop_by_hop(headers);
     if tunnel.is_some() {
         tunnel::ask_upgrade(headers);
+    }
+    if te_trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
     let on_upgrade = if h2_websocket {
         tunnel::h1_handshake_of_h2(&mut req);

@@ -119,7 +119,7 @@ fn unknown_key_in_an_api() {
             4,
             3,
             "unknown key `colour`",
-            "one of: name, version, base_path, transport, allow_encoded_slashes, upstream, authentication, scopes, resources, policies, ip_filter, websocket, tunnel_max_lifetime",
+            "one of: name, version, base_path, transport, allow_encoded_slashes, upstream, authentication, scopes, resources, policies, ip_filter, websocket, tunnel_max_lifetime, grpc",
         ),
     );
 }

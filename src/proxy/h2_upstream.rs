@@ -1,0 +1,605 @@
+//! HTTP/2 to upstreams (`upstream.protocol: http2 | h2c`), for gRPC and
+//! any other API whose upstream speaks it.
+//!
+//! Each thread keeps its own connections per upstream (scheme, authority
+//! and the CAs it is verified against) and multiplexes requests over
+//! them: a connection carries at most [`MAX_STREAMS`] requests at once
+//! (and the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS`, below which
+//! hyper queues); past that a new one is opened, up to
+//! [`MAX_CONNECTIONS`] per upstream, then the least loaded takes the
+//! request. A connection the upstream closed is replaced.
+//!
+//! Bodies stream both ways, trailers included (`grpc-status`). A request
+//! the upstream did not process — refused after its `GOAWAY`
+//! (`REFUSED_STREAM`), or never sent on a connection that closed — is
+//! sent again on another connection, at most [`MAX_REPLAYS`] times; a body
+//! the upstream refused after it went out is replayed once, from the copy
+//! kept of its first [`REPLAY_LIMIT`] bytes (a longer body is not retried).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::pool::{Connector, Key, SendError};
+use super::{Body, BodyFault, BoxError, Rejection};
+use crate::config::snapshot::Api;
+use crate::metrics::ApiMetrics;
+
+/// Requests one connection carries at once (the RFC 9113 §6.5.2
+/// recommended minimum of the upstream's limit).
+pub const MAX_STREAMS: usize = 100;
+/// Connections kept per upstream (per thread).
+pub const MAX_CONNECTIONS: usize = 8;
+/// Bytes of a request body kept so that a refused request can be sent again.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Why an HTTP/2 exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H2Error {
+    #[error("{0}")]
+    Connect(SendError),
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    /// The client's request body failed (its error is the client's).
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+    #[error("request: {0}")]
+    Request(hyper::Error),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    https: bool,
+    authority: Authority,
+    trust: Option<Arc<[u8]>>,
+}
+
+struct H2Conn {
+    sender: SendRequest<Body>,
+    in_flight: Arc<AtomicUsize>,
+    /// When a request last took it.
+    used: Instant,
+}
+
+/// One thread's connections, and when idle ones are next looked for.
+struct Pool {
+    conns: HashMap<PoolKey, Vec<H2Conn>>,
+    next_sweep: Instant,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool {
+        conns: HashMap::new(),
+        next_sweep: Instant::now() + SWEEP_EVERY,
+    });
+}
+
+/// A connection without requests for this long is let go (hyper closes
+/// it once its last handle is dropped), so upstreams a reload removed do
+/// not keep connections.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A usable connection from this thread's pool, or `None` when a new one
+/// is due.
+fn pooled(key: &PoolKey) -> Option<(SendRequest<Body>, Arc<AtomicUsize>)> {
+    POOL.with_borrow_mut(|pool| {
+        let now = Instant::now();
+        if now >= pool.next_sweep {
+            pool.next_sweep = now + SWEEP_EVERY;
+            pool.conns.retain(|_, conns| {
+                conns.retain(|c| {
+                    !c.sender.is_closed()
+                        && (c.in_flight.load(Ordering::Relaxed) > 0
+                            || now.saturating_duration_since(c.used) < IDLE_TIMEOUT)
+                });
+                !conns.is_empty()
+            });
+        }
+        let conns = pool.conns.get_mut(key)?;
+        conns.retain(|c| !c.sender.is_closed());
+        let load = |c: &H2Conn| c.in_flight.load(Ordering::Relaxed);
+        let full = conns.len() >= MAX_CONNECTIONS;
+        let least = conns.iter_mut().min_by_key(|c| load(c))?;
+        if load(least) < MAX_STREAMS || full {
+            least.used = now;
+            Some((least.sender.clone(), least.in_flight.clone()))
+        } else {
+            None
+        }
+    })
+}
+
+async fn connect(
+    connector: &Connector,
+    key: &Key<'_>,
+    pool_key: &PoolKey,
+    timeout: Duration,
+) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), H2Error> {
+    let stream = connector
+        .h2_stream(key, timeout)
+        .await
+        .map_err(H2Error::Connect)?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_concurrent_reset_streams(64)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let handshake = builder.handshake(TokioIo::new(stream));
+    let (sender, conn) = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| H2Error::Connect(SendError::Timeout(timeout)))?
+        .map_err(|e| H2Error::Connect(SendError::Connect(e.into())))?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, "upstream HTTP/2 connection ended");
+        }
+    });
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    POOL.with_borrow_mut(|pool| {
+        let conns = pool.conns.entry(pool_key.clone()).or_default();
+        conns.retain(|c| !c.sender.is_closed());
+        if conns.len() < MAX_CONNECTIONS {
+            conns.push(H2Conn {
+                sender: sender.clone(),
+                in_flight: in_flight.clone(),
+                used: Instant::now(),
+            });
+        }
+    });
+    Ok((sender, in_flight))
+}
+
+/// One request's upstream, as `forward` worked it out.
+pub struct Exchange<'a> {
+    pub key: &'a Key<'a>,
+    /// Origin-form target at the upstream.
+    pub path_and_query: &'a str,
+    pub timeout: Duration,
+    pub started: Instant,
+}
+
+/// Forwards an authorized request over HTTP/2; failures become the
+/// client's 400/408 or the upstream's 502/504, as over HTTP/1.1 (a body
+/// over the limit, 413, is told by `forward`).
+pub async fn forward(
+    connector: &Connector,
+    api: &Api,
+    req: Request<Body>,
+    exchange: Exchange<'_>,
+) -> Result<Response<Body>, Rejection> {
+    let grpc = api.grpc.then_some(&api.metrics);
+    let result = send(
+        connector,
+        exchange.key,
+        req,
+        exchange.path_and_query,
+        exchange.timeout,
+        grpc,
+    )
+    .await;
+    api.metrics
+        .upstream_duration()
+        .observe(exchange.started.elapsed().as_secs_f64());
+    let error = match result {
+        Ok(response) => return Ok(response),
+        Err(error) => error,
+    };
+    tracing::debug!(%error, api = api.name, "HTTP/2 exchange failed");
+    let (rejection, cause) = match error {
+        H2Error::RequestBody(error) => return Err(Rejection::ClientBody(BodyFault::of(&error))),
+        H2Error::Timeout | H2Error::Connect(SendError::Timeout(_)) => {
+            (Rejection::GatewayTimeout, "timeout")
+        }
+        H2Error::Connect(_) => (Rejection::BadGateway("connect".into()), "connect"),
+        H2Error::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
+    };
+    api.metrics.upstream_error(cause);
+    Err(rejection)
+}
+
+/// Most times a request the upstream did not process is sent again.
+const MAX_REPLAYS: u8 = 3;
+
+/// Sends `req` (origin-form `path_and_query`) to the upstream over HTTP/2
+/// and returns its response, streaming. `timeout` bounds connecting, the
+/// wait for the response head and then each silence of its body.
+pub async fn send(
+    connector: &Connector,
+    key: &Key<'_>,
+    req: Request<Body>,
+    path_and_query: &str,
+    timeout: Duration,
+    grpc: Option<&ApiMetrics>,
+) -> Result<Response<Body>, H2Error> {
+    let pool_key = PoolKey {
+        https: key.scheme == &Scheme::HTTPS,
+        authority: key.authority.clone(),
+        trust: key.ca_bundle.map(|b| b.pem.clone()),
+    };
+    let uri = Uri::builder()
+        .scheme(key.scheme.clone())
+        .authority(key.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| H2Error::Connect(SendError::Connect(e.into())))?;
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_2;
+    // `:authority` names the upstream.
+    parts.headers.remove(HOST);
+    let head = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    let replay = Arc::new(Mutex::new(Replay::new(body)));
+    let recording = Recording(replay.clone()).boxed();
+    let mut req = Request::from_parts(parts, recording);
+    // Sends again what the upstream did not process, a bounded number of
+    // times: under load several pooled connections can be going away at once.
+    let mut replays = 0u8;
+    // The body can be replayed once: what the recording kept is handed over.
+    let mut body_replayed = false;
+    loop {
+        let exhausted = replays >= MAX_REPLAYS;
+        let (mut sender, in_flight) = match pooled(&pool_key) {
+            Some(conn) => conn,
+            None => connect(connector, key, &pool_key, timeout).await?,
+        };
+        let guard = InFlight::new(in_flight);
+        match tokio::time::timeout(timeout, sender.ready()).await {
+            Err(_) => return Err(H2Error::Timeout),
+            // Closed before the request was handed to it: the request is
+            // still ours, for a new connection.
+            Ok(Err(error)) if exhausted => return Err(H2Error::Request(error)),
+            Ok(Err(_)) => {
+                replays += 1;
+                continue;
+            }
+            Ok(Ok(())) => {}
+        }
+        let error = match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+            Err(_) => return Err(H2Error::Timeout),
+            Ok(Ok(response)) => return Ok(respond(response, guard, timeout, grpc)),
+            Ok(Err(mut error)) => match error.take_message() {
+                // Never sent: send it again as it is.
+                Some(unsent) if !exhausted => {
+                    replays += 1;
+                    req = unsent;
+                    continue;
+                }
+                _ => error.into_error(),
+            },
+        };
+        if let Some(body_error) = request_body_error(&error) {
+            return Err(H2Error::RequestBody(body_error));
+        }
+        if exhausted || body_replayed || !refused(&error) {
+            return Err(H2Error::Request(error));
+        }
+        let Some(body) = lock(&replay).again() else {
+            return Err(H2Error::Request(error));
+        };
+        tracing::debug!(%error, "request refused by the upstream; sent again");
+        replays += 1;
+        body_replayed = true;
+        let (method, uri, headers) = head.clone();
+        let mut again = Request::new(body);
+        *again.method_mut() = method;
+        *again.uri_mut() = uri;
+        *again.version_mut() = http::Version::HTTP_2;
+        *again.headers_mut() = headers;
+        req = again;
+    }
+}
+
+/// The upstream did not process the request: `REFUSED_STREAM` (RFC 9113
+/// §8.7), a stream past the upstream's `GOAWAY`, or a request canceled
+/// before it went out. A stream the upstream had taken and whose
+/// connection then closed is none of these.
+fn refused(error: &hyper::Error) -> bool {
+    if error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            // Streams past a GOAWAY's last stream id were not processed
+            // (RFC 9113 §6.8), whatever its error code.
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The client's body error behind a failed exchange, if that was the cause.
+fn request_body_error(error: &hyper::Error) -> Option<BoxError> {
+    if !error.is_user() {
+        return None;
+    }
+    let cause = std::error::Error::source(error)?;
+    cause
+        .downcast_ref::<BodyFault>()
+        .map(|fault| Box::new(*fault) as BoxError)
+}
+
+fn respond(
+    response: Response<hyper::body::Incoming>,
+    guard: InFlight,
+    timeout: Duration,
+    grpc: Option<&ApiMetrics>,
+) -> Response<Body> {
+    let (parts, body) = response.into_parts();
+    if let Some(metrics) = grpc {
+        // Trailers-only: the status is in the head.
+        if let Some(status) = parts.headers.get("grpc-status") {
+            metrics.count_grpc(status.as_bytes());
+        }
+    }
+    let counted = grpc.is_some() && parts.headers.contains_key("grpc-status");
+    let body = ResponseBody {
+        inner: body,
+        _guard: guard,
+        timeout,
+        silence: None,
+        grpc: grpc.filter(|_| !counted).cloned(),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Counts a request on its connection while its exchange lasts.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream's response body: each silence bounded, the connection's
+/// stream counted until it ends, the `grpc-status` trailer counted.
+struct ResponseBody {
+    inner: hyper::body::Incoming,
+    _guard: InFlight,
+    timeout: Duration,
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
+    grpc: Option<ApiMetrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream went silent for longer than the timeout")]
+struct Silent;
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.silence = None;
+                if let (Some(Ok(frame)), Some(metrics)) = (&frame, &this.grpc) {
+                    if let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                        metrics.count_grpc(status.as_bytes());
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let silence = this
+                    .silence
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match silence.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Silent)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body as sent, with a copy of its first [`REPLAY_LIMIT`]
+/// bytes (the frames themselves: `Bytes` are shared, not copied).
+struct Replay {
+    rest: Option<Body>,
+    sent: VecDeque<Frame<Bytes>>,
+    size: usize,
+    /// More went out than was kept: the body cannot be sent again.
+    overflow: bool,
+}
+
+impl Replay {
+    fn new(body: Body) -> Replay {
+        Replay {
+            rest: Some(body),
+            sent: VecDeque::new(),
+            size: 0,
+            overflow: false,
+        }
+    }
+
+    /// The whole body again: what was sent, then what was not.
+    fn again(&mut self) -> Option<Body> {
+        if self.overflow {
+            return None;
+        }
+        let sent = std::mem::take(&mut self.sent)
+            .into_iter()
+            .filter_map(|frame| match frame.into_data() {
+                Ok(data) => Some(Frame::data(data)),
+                Err(frame) => frame.into_trailers().ok().map(Frame::trailers),
+            })
+            .collect();
+        Some(
+            Replayed {
+                sent,
+                rest: self.rest.take(),
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// The body handed to the first attempt: reads the client's body and
+/// keeps what it passed on.
+struct Recording(Arc<Mutex<Replay>>);
+
+impl HttpBody for Recording {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut replay = lock(&self.0);
+        let Some(rest) = replay.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(rest).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let kept = frame
+                .data_ref()
+                .map(|data| Frame::data(data.clone()))
+                .or_else(|| frame.trailers_ref().cloned().map(Frame::trailers));
+            let len = frame.data_ref().map_or(0, Bytes::len);
+            if !replay.overflow {
+                replay.size += len;
+                if replay.size > REPLAY_LIMIT {
+                    replay.overflow = true;
+                    replay.sent.clear();
+                } else if let Some(kept) = kept {
+                    replay.sent.push_back(kept);
+                }
+            }
+        }
+        if let Poll::Ready(None) = &polled {
+            replay.rest = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        lock(&self.0)
+            .rest
+            .as_ref()
+            .is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.0)
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// A body sent again: the frames of the first attempt, then the rest.
+struct Replayed {
+    sent: VecDeque<Frame<Bytes>>,
+    rest: Option<Body>,
+}
+
+impl HttpBody for Replayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(frame) = self.sent.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent.is_empty() && self.rest.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn body(chunks: &[&'static [u8]]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        StreamBody::new(tokio_stream::iter(frames)).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_refused_body_is_replayed_whole_from_where_it_was_cut() {
+        let replay = Arc::new(Mutex::new(Replay::new(body(&[b"ab", b"cd", b"ef"]))));
+        let mut first = Recording(replay.clone());
+        // The first attempt took two frames before it was refused.
+        for _ in 0..2 {
+            first.frame().await.unwrap().unwrap();
+        }
+        let again = lock(&replay).again().unwrap();
+        let bytes = again.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_the_copy_is_not_replayed() {
+        static BIG: [u8; REPLAY_LIMIT] = [b'x'; REPLAY_LIMIT];
+        let replay = Arc::new(Mutex::new(Replay::new(body(&[&BIG, b"y"]))));
+        let mut first = Recording(replay.clone());
+        while first.frame().await.is_some() {}
+        assert!(lock(&replay).again().is_none());
+    }
+}

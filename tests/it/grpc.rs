@@ -1,0 +1,616 @@
+//! gRPC through the gateway: a real tonic client calls a real tonic
+//! server (raw byte messages, no generated code) over an `h2c` and an
+//! `http2` (TLS, private CA) upstream. Statuses and trailers arrive
+//! intact; the gateway's own refusals are gRPC statuses; an upstream's
+//! `GOAWAY` loses no request it did not process.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use http::uri::PathAndQuery;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::PrivateKeyDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Request, Response, Status};
+
+use crate::common::idp::Idp;
+use crate::common::{crypto, metric, Gateway};
+
+/// Messages as raw bytes.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// What the upstream saw.
+#[derive(Default)]
+struct Seen {
+    /// Calls the service processed.
+    calls: AtomicUsize,
+    /// `te` of the last call.
+    te: Mutex<Option<String>>,
+    /// Calls that carried an `Authorization` field.
+    authorized: AtomicUsize,
+}
+
+/// The gRPC service `echo.Echo`: `Unary` answers `echo: <message>`,
+/// `Stream` answers `<message> 0`, `<message> 1`, `<message> 2`, `Fail`
+/// fails with NOT_FOUND and a message that needs percent-encoding, `Chat`
+/// answers each message as it arrives with `re: <message>`.
+async fn echo_service(
+    req: http::Request<Incoming>,
+    seen: Arc<Seen>,
+) -> http::Response<tonic::body::Body> {
+    seen.calls.fetch_add(1, Ordering::SeqCst);
+    *seen.te.lock().unwrap() = req
+        .headers()
+        .get("te")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if req.headers().contains_key("authorization") {
+        seen.authorized.fetch_add(1, Ordering::SeqCst);
+    }
+    let mut grpc = tonic::server::Grpc::new(Raw);
+    match req.uri().path() {
+        "/echo.Echo/Unary" => {
+            let svc = tower::service_fn(|r: Request<Bytes>| async move {
+                let mut reply = b"echo: ".to_vec();
+                reply.extend_from_slice(r.get_ref());
+                Ok::<_, Status>(Response::new(Bytes::from(reply)))
+            });
+            grpc.unary(svc, req).await
+        }
+        "/echo.Echo/Stream" => {
+            let svc = tower::service_fn(|r: Request<Bytes>| async move {
+                let text = String::from_utf8_lossy(r.get_ref()).into_owned();
+                let items: Vec<Result<Bytes, Status>> = (0..3)
+                    .map(|i| Ok(Bytes::from(format!("{text} {i}"))))
+                    .collect();
+                Ok::<_, Status>(Response::new(tokio_stream::iter(items)))
+            });
+            grpc.server_streaming(svc, req).await
+        }
+        "/echo.Echo/Fail" => {
+            let svc = tower::service_fn(|_: Request<Bytes>| async move {
+                Err::<Response<Bytes>, _>(Status::not_found("no such item: caf\u{e9} 100%"))
+            });
+            grpc.unary(svc, req).await
+        }
+        "/echo.Echo/Chat" => {
+            let svc = tower::service_fn(|r: Request<tonic::Streaming<Bytes>>| async move {
+                let mut inbound = r.into_inner();
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    while let Ok(Some(message)) = inbound.message().await {
+                        let mut reply = b"re: ".to_vec();
+                        reply.extend_from_slice(&message);
+                        if tx.send(Ok(Bytes::from(reply))).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                Ok::<_, Status>(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+                    rx,
+                )))
+            });
+            grpc.streaming(svc, req).await
+        }
+        _ => Status::unimplemented("no such method").into_http(),
+    }
+}
+
+/// An HTTP/2 gRPC upstream on loopback, TLS (ALPN `h2`) with `tls`, else
+/// h2c. With `goaway_after`, each connection sends `GOAWAY` (graceful
+/// shutdown) once it has served that many calls.
+async fn grpc_upstream(
+    tls: Option<TlsAcceptor>,
+    goaway_after: Option<usize>,
+) -> (SocketAddr, Arc<Seen>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (seen2, connections2) = (seen.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                break;
+            };
+            connections2.fetch_add(1, Ordering::SeqCst);
+            let seen = seen2.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        serve_h2(TokioIo::new(stream), seen, goaway_after).await;
+                    }
+                    None => serve_h2(TokioIo::new(tcp), seen, goaway_after).await,
+                }
+            });
+        }
+    });
+    (addr, seen, connections)
+}
+
+async fn serve_h2<I>(io: I, seen: Arc<Seen>, goaway_after: Option<usize>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let served = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let (served2, enough2) = (served.clone(), enough.clone());
+    let service = service_fn(move |req: http::Request<Incoming>| {
+        let seen = seen.clone();
+        let n = served2.fetch_add(1, Ordering::SeqCst) + 1;
+        if goaway_after == Some(n) {
+            enough2.notify_one();
+        }
+        async move { Ok::<_, Infallible>(echo_service(req, seen).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = enough.notified() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A CA, and a TLS acceptor (ALPN `h2`) for `localhost` it signed.
+fn tls_acceptor() -> (TlsAcceptor, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "microgateway gRPC test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (TlsAcceptor::from(Arc::new(config)), ca_cert.pem())
+}
+
+/// The API `api` (`grpc: true`) at `/echo.Echo`: `Unary`, `Stream` and
+/// `Fail` need the API scope `Call` (token scope `echo`).
+fn echo_yaml(api: &str, idp: &Idp, upstream: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    name: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+      jwksuri: "{jwks}"
+      audience: travels
+scope_mappings:
+- {{ auth_server: idp, scope: echo, api_scopes: ["{api}:Call"] }}
+apis:
+- name: "{api}"
+  version: "1.0"
+  base_path: /echo.Echo
+  grpc: true
+  upstream: {upstream}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - name: Call
+    resources: ["POST /Unary", "POST /Stream", "POST /Fail", "POST /Chat"]
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+    )
+}
+
+/// A tonic client on an h2c channel to the gateway.
+async fn client(gw: &Gateway) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.http))
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    tonic::client::Grpc::new(channel)
+}
+
+fn request(message: &str, token: Option<&str>) -> Request<Bytes> {
+    let mut req = Request::new(Bytes::from(message.to_owned()));
+    if let Some(token) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    req
+}
+
+async fn unary(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    method: &'static str,
+    req: Request<Bytes>,
+) -> Result<Bytes, Status> {
+    grpc.ready().await.unwrap();
+    grpc.unary(req, PathAndQuery::from_static(method), Raw)
+        .await
+        .map(Response::into_inner)
+}
+
+async fn stream(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    req: Request<Bytes>,
+) -> Result<Vec<String>, Status> {
+    grpc.ready().await.unwrap();
+    let mut streaming = grpc
+        .server_streaming(req, PathAndQuery::from_static("/echo.Echo/Stream"), Raw)
+        .await?
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(message) = streaming.message().await? {
+        got.push(String::from_utf8(message.to_vec()).unwrap());
+    }
+    Ok(got)
+}
+
+/// Unary, server-streaming and failing calls, with their statuses.
+async fn calls_pass_with_their_trailers(gw: &Gateway, token: &str, seen: &Seen) {
+    let mut grpc = client(gw).await;
+    let reply = unary(&mut grpc, "/echo.Echo/Unary", request("hi", Some(token)))
+        .await
+        .unwrap();
+    assert_eq!(&reply[..], b"echo: hi");
+    assert_eq!(seen.te.lock().unwrap().as_deref(), Some("trailers"));
+    let items = stream(&mut grpc, request("item", Some(token)))
+        .await
+        .unwrap();
+    assert_eq!(items, ["item 0", "item 1", "item 2"]);
+    // A status other than OK, from the upstream's trailers, message intact.
+    let status = unary(&mut grpc, "/echo.Echo/Fail", request("x", Some(token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(status.message(), "no such item: caf\u{e9} 100%");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn unary_and_streaming_calls_through_an_h2c_upstream() {
+    let idp = Idp::start().await;
+    let (addr, seen, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let gw = Gateway::start(&echo_yaml("Echo h2c", &idp, &upstream)).await;
+    calls_pass_with_their_trailers(&gw, &idp.token(&["echo"]), &seen).await;
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo h2c",class="grpc_0"}"#
+        ),
+        2
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo h2c",class="grpc_5"}"#
+        ),
+        1
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unary_and_streaming_calls_through_a_tls_http2_upstream() {
+    crypto();
+    let idp = Idp::start().await;
+    let (acceptor, ca_pem) = tls_acceptor();
+    let (addr, seen, connections) = grpc_upstream(Some(acceptor), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("upstream-ca.pem");
+    std::fs::write(&bundle, ca_pem).unwrap();
+    let upstream = format!(
+        "{{ url: \"https://localhost:{port}/echo.Echo\", protocol: http2, ca_bundle: \"{bundle}\" }}",
+        port = addr.port(),
+        bundle = bundle.display()
+    );
+    let gw = Gateway::start(&echo_yaml("Echo TLS", &idp, &upstream)).await;
+    calls_pass_with_their_trailers(&gw, &idp.token(&["echo"]), &seen).await;
+    // The three calls were multiplexed on one upstream connection.
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
+    let idp = Idp::start().await;
+    let (addr, seen, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let gw = Gateway::start(&echo_yaml("Echo refusals", &idp, &upstream)).await;
+    let mut grpc = client(&gw).await;
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request("hi", None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(status.message(), "a bearer token is required");
+    let lacking = idp.token(&["other"]);
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request("hi", Some(&lacking)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = unary(
+        &mut grpc,
+        "/echo.Echo/Unary",
+        request("hi", Some("not-a-jwt")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let token = idp.token(&["echo"]);
+    let status = unary(&mut grpc, "/echo.Echo/Nope", request("hi", Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    // The refusal is trailers-only: HTTP 200, the status in the head.
+    let resp = gw
+        .client
+        .post(gw.url("/echo.Echo/Unary"))
+        .header("content-type", "application/grpc")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    assert_eq!(resp.headers()["grpc-status"], "16");
+    assert_eq!(resp.headers()["grpc-message"], "a bearer token is required");
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo refusals",class="grpc_16"}"#
+        ),
+        3
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo refusals",class="grpc_7"}"#
+        ),
+        1
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_unavailable() {
+    let idp = Idp::start().await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let gw = Gateway::start(&echo_yaml("Echo unreachable", &idp, &upstream)).await;
+    let mut grpc = client(&gw).await;
+    let token = idp.token(&["echo"]);
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request("hi", Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_goaway_loses_no_unprocessed_call() {
+    let idp = Idp::start().await;
+    // Each upstream connection goes away after 5 calls.
+    let (addr, seen, connections) = grpc_upstream(None, Some(5)).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let gw = Gateway::start(&echo_yaml("Echo goaway", &idp, &upstream)).await;
+    let token = idp.token(&["echo"]);
+    let mut tasks = Vec::new();
+    for client_no in 0..4 {
+        let mut grpc = client(&gw).await;
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let message = format!("{client_no}-{i}");
+                let reply = unary(
+                    &mut grpc,
+                    "/echo.Echo/Unary",
+                    request(&message, Some(&token)),
+                )
+                .await
+                .unwrap_or_else(|status| panic!("call {message} failed: {status:?}"));
+                assert_eq!(reply, format!("echo: {message}").as_bytes());
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("calls do not hang")
+            .unwrap();
+    }
+    // Every call was processed exactly once, over several connections.
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 40);
+    assert!(connections.load(Ordering::SeqCst) >= 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_body_limit_is_resource_exhausted() {
+    let idp = Idp::start().await;
+    let (addr, _, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let yaml = echo_yaml("Echo limits", &idp, &upstream)
+        .replace("ports: {", "limits: { max_body: 1KiB }\nports: {");
+    let gw = Gateway::start(&yaml).await;
+    let mut grpc = client(&gw).await;
+    let token = idp.token(&["echo"]);
+    let big = "x".repeat(64 * 1024);
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request(&big, Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // The connection serves the next call.
+    let reply = unary(
+        &mut grpc,
+        "/echo.Echo/Unary",
+        request("small", Some(&token)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&reply[..], b"echo: small");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_protocol_must_fit_the_url() {
+    let refused = |upstream: &str| {
+        format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+apis:
+- name: A
+  version: "1.0"
+  base_path: /a
+  upstream: {upstream}
+  authentication: {{ type: none }}
+  resources: ["POST /x"]
+"#
+        )
+    };
+    let cases = [
+        (
+            r#"{ url: "http://127.0.0.1:1/", protocol: h3 }"#,
+            "upstream.protocol `h3` is not known; allowed: http1, http2, h2c",
+        ),
+        (
+            r#"{ url: "https://localhost:1/", protocol: h2c }"#,
+            "upstream.protocol `h2c` does not fit a https:// url; allowed: h2c with http://, http2 with https://",
+        ),
+        (
+            r#"{ url: "http://127.0.0.1:1/", protocol: http2 }"#,
+            "upstream.protocol `http2` does not fit a http:// url; allowed: http2 with https://, h2c with http://",
+        ),
+        (
+            r#"{ endpoints: [{ url: "http://127.0.0.1:1/" }], protocol: h2c }"#,
+            "upstream.protocol http2 and h2c take one `url`, not `endpoints`",
+        ),
+    ];
+    for (upstream, expected) in cases {
+        let error = Gateway::try_start(&refused(upstream), crate::common::env(&[]))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{upstream} is refused"));
+        assert!(error.contains(expected), "{upstream}: {error}");
+        assert!(error.contains(":7:"), "{upstream}: {error}");
+    }
+    let grpc_flag = refused(r#"{ echo: true }"#).replace("  version:", "  grpc: maybe\n  version:");
+    let error = Gateway::try_start(&grpc_flag, crate::common::env(&[]))
+        .await
+        .err()
+        .unwrap();
+    assert!(error.contains("grpc: `maybe` is not a boolean"), "{error}");
+    let tunnel = refused(r#"{ url: "http://127.0.0.1:1/", protocol: h2c }"#)
+        .replace("  version:", "  websocket: true\n  version:");
+    let error = Gateway::try_start(&tunnel, crate::common::env(&[]))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        error.contains("websocket: true needs an HTTP/1.1 upstream"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_bidirectional_call_streams_both_ways_message_by_message() {
+    let idp = Idp::start().await;
+    let (addr, seen, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let gw = Gateway::start(&echo_yaml("Echo chat", &idp, &upstream)).await;
+    let mut grpc = client(&gw).await;
+    grpc.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let token = idp.token(&["echo"]);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tx.send(Bytes::from_static(b"m0")).await.unwrap();
+    let call = grpc.streaming(req, PathAndQuery::from_static("/echo.Echo/Chat"), Raw);
+    let mut replies = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the head does not wait for the whole request")
+        .unwrap()
+        .into_inner();
+    // Each reply comes before the next message is sent: neither
+    // direction is buffered to its end.
+    for i in 0..5 {
+        let reply = tokio::time::timeout(Duration::from_secs(30), replies.message())
+            .await
+            .expect("each message passes on its own")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, format!("re: m{i}").as_bytes());
+        if i < 4 {
+            tx.send(Bytes::from(format!("m{}", i + 1))).await.unwrap();
+        }
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none());
+    // OK, from the trailers.
+    assert!(replies.trailers().await.unwrap().is_some());
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
