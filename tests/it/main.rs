@@ -35,6 +35,7 @@ mod introspection_gateway;
 mod jwt_validation;
 mod local_authorization_server;
 mod logging;
+mod readme_story;
 mod reload;
 mod routing;
 mod slow_clients;
