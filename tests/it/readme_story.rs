@@ -486,9 +486,11 @@ async fn a_browser_application_on_another_origin() {
     assert_eq!(preflight.status, 204);
     says_line(&story, "# HTTP/1.1 204 No Content");
     for name in [
+        "vary",
         "access-control-allow-origin",
         "access-control-allow-methods",
         "access-control-allow-headers",
+        "access-control-max-age",
     ] {
         says_line(&story, &format!("# {name}: {}", preflight.header(name)));
     }
@@ -501,6 +503,19 @@ async fn a_browser_application_on_another_origin() {
         "access-control-expose-headers",
     ] {
         says_line(&story, &format!("# {name}: {}", refused.header(name)));
+    }
+
+    let token = client_credentials(&gw, "view").await;
+    let allowed = send(
+        bookings(&gw, Method::GET)
+            .bearer_auth(&token)
+            .header("origin", origin),
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
+    says_line(&story, "# HTTP/1.1 200 OK");
+    for name in ["cache-control", "access-control-allow-origin"] {
+        says_line(&story, &format!("# {name}: {}", allowed.header(name)));
     }
 
     let elsewhere = send(
