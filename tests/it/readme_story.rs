@@ -577,3 +577,26 @@ async fn alice_grants_only_view_in_the_code_flow() {
         .contains("insufficient_scope"));
     gw.shutdown().await;
 }
+
+/// The `explain` example of the README's commands is what `explain` prints
+/// for the embedded default.
+#[test]
+fn the_explain_example_is_what_explain_prints() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let command = "$ microgateway explain POST /travels/bookings --scopes \"view\"\n";
+    let start = readme.find(command).expect("the explain example") + command.len();
+    let shown = &readme[start..start + readme[start..].find("```").expect("its block's end")];
+    let data = tempfile::tempdir().expect("data dir");
+    let config = data.path().join("microgateway.yaml");
+    std::fs::write(&config, default_config(data.path())).expect("write the config");
+    let out = Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .args(["explain", "-c"])
+        .arg(&config)
+        .args(["POST", "/travels/bookings", "--scopes", "view"])
+        .output()
+        .expect("explain runs");
+    assert_eq!(out.status.code(), Some(2), "deny");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shown);
+}
