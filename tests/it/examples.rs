@@ -162,3 +162,70 @@ fn kubernetes_sidecar_probes_the_admin_port_and_carries_a_valid_config() {
     );
     assert_eq!(u64::from(admin.port()), admin_port);
 }
+
+/// A `PORT_OFFSET` for `examples/central/run.sh` whose six ports (4485–4487,
+/// 9485–9487, shifted) are free now; below the ephemeral range, so that
+/// tests binding port 0 do not take them meanwhile.
+fn free_offset() -> u16 {
+    let seed = std::process::id() as u16
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u16));
+    (0..400u16)
+        .map(|i| 6000 + (seed.wrapping_add(i.wrapping_mul(37)) % 12000))
+        .find(|offset| {
+            [4485u16, 4486, 4487, 9485, 9486, 9487]
+                .iter()
+                .all(|port| std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
+        })
+        .expect("six free ports")
+}
+
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("a directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `examples/central/run.sh` on the built binary: a token from the central,
+/// an allowed and a refused request through a sidecar, a scope changed on
+/// the central that the sidecar follows, and nothing left behind.
+#[test]
+fn the_central_example_runs_on_one_machine() {
+    let central = examples().join("central");
+    let before = listing(&central);
+    let out = std::process::Command::new("bash")
+        .arg(central.join("run.sh"))
+        .env("MICROGATEWAY", env!("CARGO_BIN_EXE_microgateway"))
+        .env("PORT_OFFSET", free_offset().to_string())
+        .env_remove("MCGW_LOG")
+        .output()
+        .expect("run.sh runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for line in [
+        "central gateway ready",
+        "sidecar a ready",
+        "sidecar b ready",
+        "token issued",
+        "GET  /travels/bookings: 200 (allowed",
+        "POST /travels/bookings: 403 (refused",
+        "GET  /invoices/invoices: 404",
+        "X-Client-Id: booking-app",
+        "the same through sidecar B: GET /travels/bookings 200",
+        "no restart",
+        "POST /travels/bookings with the same token: 200 (allowed now)",
+        "stopping the three gateways",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}\n{stderr}");
+    }
+    assert_eq!(
+        listing(&central),
+        before,
+        "run.sh leaves the checkout as it was"
+    );
+}
