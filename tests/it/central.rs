@@ -366,9 +366,8 @@ async fn downstream_restarted_while_central_is_down_starts_from_cache() {
 async fn central_down_and_no_cache_is_a_start_error() {
     let dir = tempfile::tempdir().expect("dir");
     let cache = dir.path().join("settings.yaml");
-    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let closed = crate::common::Refusing::new();
+    let url = format!("http://{}", closed.addr);
     let downstream = Downstream {
         url,
         password: PASSWORD,

@@ -398,9 +398,8 @@ async fn slow_request_in_flight_outlives_idle() {
 
 #[tokio::test]
 async fn unreachable_upstream_gets_502_and_slow_one_504() {
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    let closed = crate::common::Refusing::new();
+    let addr = closed.addr;
     let slow = Upstream::start().await;
     slow.set_delay(Duration::from_secs(3));
     let extra = format!(
@@ -682,7 +681,7 @@ async fn ten_mib_streams_both_ways() {
 #[tokio::test]
 async fn metrics_count_status_classes_and_upstream_time_per_api() {
     let upstream = Upstream::start().await;
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed = crate::common::Refusing::new();
     let down = format!(
         r#"- name: MeteredDown
   version: "1.0"
@@ -691,9 +690,8 @@ async fn metrics_count_status_classes_and_upstream_time_per_api() {
   authentication: {{ type: none }}
   resources: ["GET /x"]
 "#,
-        closed.local_addr().unwrap()
+        closed.addr
     );
-    drop(closed);
     let yaml = edge_yaml(&upstream.url("/api"), &down).replace("name: Edge", "name: Metered");
     let gw = Gateway::start(&yaml).await;
     still_serves(&gw).await;

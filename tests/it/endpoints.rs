@@ -175,12 +175,6 @@ impl Drop for Endpoint {
     }
 }
 
-/// A port nothing listens on.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 fn yaml(upstream: &str) -> String {
     format!(
         r#"
@@ -442,7 +436,8 @@ async fn a_post_that_reached_an_endpoint_is_never_sent_to_another() {
 
 #[tokio::test]
 async fn a_request_with_a_body_goes_to_another_endpoint_when_the_first_refuses() {
-    let closed = closed_port().await;
+    let refusing = crate::common::Refusing::new();
+    let closed = refusing.addr;
     let b = Endpoint::start().await;
     let upstream = format!(
         "    endpoints:\n    - url: \"http://{closed}/api\"\n    - url: \"{}\"\n    health:\n      passive: {{ consecutive_failures: 100 }}\n",
@@ -621,7 +616,11 @@ async fn active_checks_stop_when_their_endpoint_leaves_the_configuration() {
 
 #[tokio::test]
 async fn every_endpoint_down_is_a_502_not_a_hang() {
-    let (x, y) = (closed_port().await, closed_port().await);
+    let (x, y) = (
+        crate::common::Refusing::new(),
+        crate::common::Refusing::new(),
+    );
+    let (x, y) = (&x.addr, &y.addr);
     let upstream = format!(
         "    endpoints:\n    - url: \"http://{x}/api\"\n    - url: \"http://{y}/api\"\n    health:\n      passive: {{ consecutive_failures: 1 }}\n"
     );

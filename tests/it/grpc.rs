@@ -435,9 +435,8 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
 #[tokio::test]
 async fn an_unreachable_upstream_is_unavailable() {
     let idp = Idp::start().await;
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    let closed = crate::common::Refusing::new();
+    let addr = closed.addr;
     let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
     let gw = Gateway::start(&echo_yaml("Echo unreachable", &idp, &upstream)).await;
     let mut grpc = client(&gw).await;

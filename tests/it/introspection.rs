@@ -411,9 +411,8 @@ async fn endless_answer_without_length_is_cut_at_the_limit() {
 
 #[tokio::test]
 async fn refused_connection_is_unavailable() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    drop(listener);
+    let refusing = crate::common::Refusing::new();
+    let addr: SocketAddr = refusing.addr;
     let url = Url::parse(&format!("http://{addr}/introspect")).expect("url");
     let gate = introspector(
         "local",

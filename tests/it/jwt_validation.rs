@@ -513,9 +513,8 @@ async fn jwks_down_at_start_is_unavailable_until_it_recovers() {
 
 #[tokio::test]
 async fn unreachable_jwks_is_unavailable_not_invalid() {
-    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = closed.local_addr().expect("address");
-    drop(closed);
+    let closed = crate::common::Refusing::new();
+    let addr = closed.addr;
     let key = ed_key("k");
     let issuer = format!("http://{addr}");
     let source = source(

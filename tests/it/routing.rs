@@ -427,9 +427,8 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
 
 #[tokio::test]
 async fn upstream_down_is_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = closed.local_addr().expect("addr");
-    drop(closed);
+    let closed = crate::common::Refusing::new();
+    let addr = closed.addr;
     let yaml = format!(
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}

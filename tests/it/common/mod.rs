@@ -325,3 +325,24 @@ pub fn channel_body(
             .map(|b| (Ok(hyper::body::Frame::data(b)), rx))
     }))
 }
+
+/// A loopback address where connections are refused (RST), reserved while
+/// the value lives: its socket is bound and never listens, so no other
+/// test (or the kernel's choice of a free port) can take the port, as it
+/// could one freed by dropping a listener.
+pub struct Refusing {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl Refusing {
+    pub fn new() -> Refusing {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        Refusing {
+            addr,
+            _socket: socket,
+        }
+    }
+}
