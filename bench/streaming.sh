@@ -67,7 +67,8 @@ http {
     keepalive_requests 100000;
     upstream grpc_echo {
         server 127.0.0.1:$PORT_GRPC_UP;
-        keepalive 128;
+        keepalive 1024;
+        keepalive_requests 100000;
     }
     server {
         listen 127.0.0.1:$PORT_NGINX_WS reuseport;
@@ -136,7 +137,7 @@ grpc() {
         -H 'content-type: application/grpc' -H 'te: trailers' "$2" 2>&1)
     rate=$(echo "$out" | awk '/^finished in/ {print $4}')
     failed=$(echo "$out" | awk '/^requests:/ {print $10 + $12}')
-    mean=$(echo "$out" | awk '/^time for request:/ {print $5}')
+    mean=$(echo "$out" | awk '/^time for request:/ {print $6}')
     case $mean in
         *us) mean=$(awk -v v="${mean%us}" 'BEGIN {printf "%.3f", v / 1000}') ;;
         *ms) mean=${mean%ms} ;;

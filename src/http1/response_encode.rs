@@ -35,6 +35,14 @@ pub struct Exchange<'a> {
     pub keep_alive: bool,
 }
 
+/// Room for the status line, `Date`, `Content-Length` or
+/// `Transfer-Encoding` and `Connection`, beyond the response's own fields.
+const HEAD_EXTRA: usize = 160;
+
+/// Most of a body with a known length that the head's allocation makes
+/// room for (the body is written after the head, in the same buffer).
+const BODY_ROOM: usize = 16 * 1024;
+
 /// Appends the head of `parts` to `out`; says how the body follows, and
 /// whether the connection stays open after it.
 pub fn head(
@@ -62,6 +70,18 @@ pub fn head(
             }
         }
     };
+    // One allocation for the head and a small body after it: a connection
+    // between requests keeps no buffer, so `out` usually starts empty.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let body = match framing {
+        BodyFraming::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(BODY_ROOM),
+        _ => 0,
+    };
+    out.reserve(fields + HEAD_EXTRA + body);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');

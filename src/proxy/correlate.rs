@@ -24,33 +24,56 @@ pub const MAX_REQUEST_ID: usize = 128;
 
 /// Sets the request's `X-Request-Id` and `traceparent`; returns the id.
 pub fn correlate(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
-    let kept = from_trusted
-        .then(|| single(headers, &X_REQUEST_ID))
-        .flatten()
-        .filter(|id| valid_request_id(id.as_bytes()))
-        .cloned();
+    // One pass over the fields instead of a lookup per name: most
+    // requests carry none of the three.
+    let mut request_id = Seen::None;
+    let mut traceparent = Seen::None;
+    let mut tracestate = false;
+    for (name, value) in headers.iter() {
+        if name == X_REQUEST_ID {
+            request_id = request_id.and(value);
+        } else if name == TRACEPARENT {
+            traceparent = traceparent.and(value);
+        } else if name == TRACESTATE {
+            tracestate = true;
+        }
+    }
+    let kept = match request_id {
+        Seen::Once(id) if from_trusted && valid_request_id(id.as_bytes()) => Some(id.clone()),
+        _ => None,
+    };
+    let traced = matches!(traceparent, Seen::Once(t) if valid_traceparent(t.as_bytes()));
+    let random = random_ids();
     let id = match kept {
         Some(id) => id,
         None => {
-            let id = hex_value(&random::<16>());
+            let id = hex_value(&random[..16]);
             headers.insert(X_REQUEST_ID.clone(), id.clone());
             id
         }
     };
-    let traced = single(headers, &TRACEPARENT).is_some_and(|t| valid_traceparent(t.as_bytes()));
     if !traced {
-        headers.remove(&TRACESTATE);
-        headers.insert(TRACEPARENT.clone(), new_traceparent());
+        if tracestate {
+            headers.remove(&TRACESTATE);
+        }
+        headers.insert(TRACEPARENT.clone(), new_traceparent(&random[16..]));
     }
     id
 }
 
-/// The field's value when it is sent exactly once.
-fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    let mut all = headers.get_all(name).iter();
-    match (all.next(), all.next()) {
-        (Some(value), None) => Some(value),
-        _ => None,
+/// How often a field was seen: its value when exactly once.
+enum Seen<'a> {
+    None,
+    Once(&'a HeaderValue),
+    More,
+}
+
+impl<'a> Seen<'a> {
+    fn and(self, value: &'a HeaderValue) -> Seen<'a> {
+        match self {
+            Seen::None => Seen::Once(value),
+            _ => Seen::More,
+        }
     }
 }
 
@@ -89,44 +112,46 @@ fn valid_traceparent(value: &[u8]) -> bool {
         && nonzero(parent)
 }
 
-fn new_traceparent() -> HeaderValue {
-    let ids = random::<24>();
-    let mut text = Vec::with_capacity(55);
-    text.extend_from_slice(b"00-");
-    push_hex(&mut text, &ids[..16]);
-    text.push(b'-');
-    push_hex(&mut text, &ids[16..]);
-    text.extend_from_slice(b"-01");
-    value(text)
+/// A new `traceparent` from 24 random bytes: trace id, then parent id.
+fn new_traceparent(ids: &[u8]) -> HeaderValue {
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex_into(&mut text[3..35], &ids[..16]);
+    hex_into(&mut text[36..52], &ids[16..24]);
+    value(&text)
 }
 
-fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
+/// 40 random bytes: a request id (16), a trace id (16) and a parent id
+/// (8). None is all zero (W3C Trace Context §3.2.2.3 makes such ids
+/// invalid; the chance is 2^-64 at most).
+fn random_ids() -> [u8; 40] {
+    let mut bytes = [0u8; 40];
     rand::rng().fill_bytes(&mut bytes);
-    // An all-zero id is invalid (W3C Trace Context §3.2.2.3); 2^-128.
-    if bytes.iter().all(|&b| b == 0) {
-        bytes[N - 1] = 1;
+    for id in bytes.chunks_mut(16) {
+        if id.iter().all(|&b| b == 0) {
+            id[id.len() - 1] = 1;
+        }
     }
     bytes
 }
 
+/// The 16 bytes of a request id, as 32 hex digits.
 fn hex_value(bytes: &[u8]) -> HeaderValue {
-    let mut text = Vec::with_capacity(bytes.len() * 2);
-    push_hex(&mut text, bytes);
-    value(text)
+    let mut text = [0u8; 32];
+    hex_into(&mut text, bytes);
+    value(&text)
 }
 
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
 }
 
-fn value(text: Vec<u8>) -> HeaderValue {
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+fn value(text: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
