@@ -600,3 +600,97 @@ fn the_explain_example_is_what_explain_prints() {
     assert_eq!(out.status.code(), Some(2), "deny");
     assert_eq!(String::from_utf8_lossy(&out.stdout), shown);
 }
+
+/// The YAML of the story's "A live feed and a gRPC service": its mappings
+/// and APIs added to the embedded default, the services' URLs pointed at
+/// `upstream`.
+fn with_streaming_apis(config: &str, upstream: std::net::SocketAddr) -> String {
+    let section = story();
+    let start = section
+        .find("### A live feed and a gRPC service")
+        .expect("the streaming part of the story");
+    let block = &section[start..];
+    let yaml_start = block.find("```yaml\n").expect("its YAML") + "```yaml\n".len();
+    let yaml = &block[yaml_start..yaml_start + block[yaml_start..].find("```").expect("end")];
+    let yaml = yaml
+        .replace("127.0.0.1:9001", &upstream.to_string())
+        .replace("127.0.0.1:9002", &upstream.to_string());
+    let (mappings, apis) = yaml.split_once("apis:\n").expect("an apis part");
+    let mappings = mappings
+        .strip_prefix("scope_mappings:")
+        .and_then(|rest| rest.split_once('\n'))
+        .map(|(_comment, lines)| lines)
+        .expect("a scope_mappings part");
+    // Each mapping replaces the default's line for the same token scope.
+    let mut config = config.to_owned();
+    for mapping in mappings.lines() {
+        let scope = mapping
+            .split("scope: ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .expect("a token scope");
+        let prefix = format!("- {{ auth_server: local, scope: {scope},");
+        let old = config
+            .lines()
+            .find(|line| line.replace("  ", " ").starts_with(&prefix))
+            .unwrap_or_else(|| panic!("the default maps {scope}"))
+            .to_owned();
+        config = config.replacen(&old, mapping.split("  #").next().unwrap_or(mapping).trim_end(), 1);
+    }
+    config.replacen("\napis:\n", &format!("\napis:\n{apis}"), 1)
+}
+
+#[tokio::test]
+async fn a_live_feed_and_a_grpc_service() {
+    let data = tempfile::tempdir().expect("data dir");
+    let refusing = common::Refusing::new();
+    let yaml = with_streaming_apis(&default_config(data.path()), refusing.addr);
+    let env = common::env(&[
+        ("MCGW_PORTS_HTTP", "0"),
+        ("MCGW_PORTS_HTTPS", "0"),
+        ("MCGW_ADMIN_PORT", "0"),
+    ]);
+    let gw = Gateway::start_with_env(&yaml, env).await;
+    gw.wait_ready().await;
+    let handshake = |auth: &str| {
+        format!(
+            "GET /departures/live HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n{auth}Connection: close\r\n\r\n"
+        )
+    };
+    // Without a token the feed never sees the handshake.
+    let refused = common::raw_request(gw.http, handshake("").as_bytes()).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    // A `view` token grants Departures:Watch: the handshake is forwarded
+    // (to a port that refuses it here, hence 502).
+    let token = client_credentials(&gw, "view").await;
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let forwarded = common::raw_request(gw.http, handshake(&auth).as_bytes()).await;
+    assert!(forwarded.starts_with("HTTP/1.1 502"), "{forwarded}");
+    // A gRPC call without a token: HTTP 200, grpc-status 16.
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(conn);
+    let call = http::Request::post(format!("http://{}/seats.v1.Seats/Hold", gw.http))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"\0\0\0\0\0",
+        )))
+        .expect("request");
+    let answer = sender.send_request(call).await.expect("an answer");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.headers().get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"16"[..]),
+        "{:?}",
+        answer.headers()
+    );
+    gw.shutdown().await;
+}
