@@ -27,8 +27,9 @@ use crate::config::snapshot::Limits;
 const HEADER_SLOTS: usize = 256;
 
 /// Headers the gateway adds to a forwarded request (`Forwarded`,
-/// `X-Forwarded-For/-Proto/-Host`).
-const FORWARDING_HEADERS: usize = 4;
+/// `X-Forwarded-For/-Proto/-Host`, `X-Request-Id`, `traceparent`): room
+/// for them from the start, so that adding them never regrows the map.
+const FORWARDING_HEADERS: usize = 6;
 
 /// The connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

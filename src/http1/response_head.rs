@@ -204,7 +204,8 @@ impl<'a> Fields<'a> {
 
     /// The end-to-end fields, their values sharing `head`'s bytes.
     fn header_map(self, head: &Bytes) -> Result<HeaderMap, HeadError> {
-        let mut headers = HeaderMap::with_capacity(self.end_to_end.len());
+        // One more for the `X-Request-Id` the gateway adds.
+        let mut headers = HeaderMap::with_capacity(self.end_to_end.len() + 1);
         for (name, start, end) in self.end_to_end.drain(..) {
             if self.listed.contains(&name) {
                 continue;

@@ -635,7 +635,11 @@ fn with_streaming_apis(config: &str, upstream: std::net::SocketAddr) -> String {
             .find(|line| line.replace("  ", " ").starts_with(&prefix))
             .unwrap_or_else(|| panic!("the default maps {scope}"))
             .to_owned();
-        config = config.replacen(&old, mapping.split("  #").next().unwrap_or(mapping).trim_end(), 1);
+        config = config.replacen(
+            &old,
+            mapping.split("  #").next().unwrap_or(mapping).trim_end(),
+            1,
+        );
     }
     config.replacen("\napis:\n", &format!("\napis:\n{apis}"), 1)
 }
@@ -669,7 +673,9 @@ async fn a_live_feed_and_a_grpc_service() {
     let forwarded = common::raw_request(gw.http, handshake(&auth).as_bytes()).await;
     assert!(forwarded.starts_with("HTTP/1.1 502"), "{forwarded}");
     // A gRPC call without a token: HTTP 200, grpc-status 16.
-    let tcp = tokio::net::TcpStream::connect(gw.http).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
