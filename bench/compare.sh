@@ -70,19 +70,7 @@ PORT_REDIS_MCGW=${PORT_REDIS_MCGW:-18193}
 PORT_REDIS_ADMIN=${PORT_REDIS_ADMIN:-18194}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/microgateway
-WORK=$(mktemp -d /tmp/mcgw-bench.XXXXXX)
-PIDS=()
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+bench_workdir bench
 
 need wrk wrk
 need nginx nginx-light
@@ -90,8 +78,7 @@ need haproxy haproxy
 NGINX=$(command -v nginx)
 HAPROXY=$(command -v haproxy)
 
-echo "building microgateway (release) ..." >&2
-[ "${BUILD:-1}" = 1 ] && (cd "$ROOT" && cargo build --release --quiet)
+build_release
 CONTENDERS=(direct nginx microgateway haproxy)
 if [ "$LOGGED" = 1 ]; then CONTENDERS+=(nginx-logged microgateway-logged); fi
 if [ "$PGO" = 1 ]; then

@@ -25,28 +25,13 @@ PORT_MCGW=${PORT_MCGW:-18193}
 PORT_ADMIN=${PORT_ADMIN:-18194}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/microgateway
-WORK=$(mktemp -d /tmp/mcgw-endpoints.XXXXXX)
-PIDS=()
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+bench_workdir endpoints
 
 need wrk wrk
 need nginx nginx-light
 NGINX=$(command -v nginx)
 
-if [ "${BUILD:-1}" = 1 ]; then
-    echo "building microgateway (release) ..." >&2
-    (cd "$ROOT" && cargo build --release --quiet)
-fi
+build_release
 
 # start_nginx NAME: nginx in the foreground on $WORK/NAME/nginx.conf; its
 # master pid in $WORK/NAME/master.

@@ -24,23 +24,16 @@ PORT_MCGW=${PORT_MCGW:-18191}
 PORT_ADMIN=${PORT_ADMIN:-18192}
 BASE=${BASE:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-WORK=$(mktemp -d /tmp/mcgw-instr.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+bench_workdir instr
+# KEEP=DIR keeps the callgrind profiles.
+on_cleanup() {
     if [ -n "${KEEP:-}" ]; then cp "$WORK"/cg.* "$KEEP"/ 2>/dev/null || true; fi
-    rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
 
 need nginx nginx-light
 need valgrind valgrind
 
-if [ "${BUILD:-1}" = 1 ]; then
-    echo "building microgateway (release) ..." >&2
-    (cd "$ROOT" && cargo build --release --quiet)
-fi
+build_release
 declare -A BINS=([this]="$TARGET_DIR/release/microgateway")
 if [ -n "$BASE" ]; then
     BINS[$BASE]=$(base_binary "$BASE")

@@ -34,3 +34,27 @@ base_binary() {
     fi
     echo "$tree/target/release/microgateway"
 }
+
+# bench_workdir NAME: a fresh temporary directory in $WORK and an empty
+# PIDS list; on exit every process in PIDS is stopped, then the script's
+# own `on_cleanup` runs if it defines one, then $WORK is removed.
+bench_workdir() {
+    WORK=$(mktemp -d "/tmp/mcgw-$1.XXXXXX")
+    PIDS=()
+    trap bench_cleanup EXIT INT TERM
+}
+
+bench_cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if declare -F on_cleanup >/dev/null; then on_cleanup; fi
+    rm -rf "$WORK"
+}
+
+# build_release [CARGO ARGS...]: cargo build --release of this checkout,
+# unless BUILD=0 (the binary already built is measured).
+build_release() {
+    [ "${BUILD:-1}" = 1 ] || return 0
+    echo "building microgateway (release) ..." >&2
+    (cd "$ROOT" && cargo build --release --quiet "$@")
+}

@@ -26,19 +26,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-16}
 PG_PORT=${PG_PORT:-18290}
-WORK=$(mktemp -d /tmp/mcgw-store.XXXXXX)
-PIDS=()
+bench_workdir store
 AS_PG=()
 PG_BIN=""
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+on_cleanup() {
     if [ -n "$PG_BIN" ]; then
         "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m fast stop >/dev/null 2>&1 || true
     fi
-    rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
 
 need wrk wrk
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need psql postgresql; fi

@@ -37,24 +37,14 @@ PORT_ADMIN=${PORT_ADMIN:-18285}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/microgateway
 LOAD=$TARGET_DIR/release/examples/stream-load
-WORK=$(mktemp -d /tmp/mcgw-streaming.XXXXXX)
-PIDS=()
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+bench_workdir streaming
 
 need nginx nginx-light
 need h2load nghttp2-client
 NGINX=$(command -v nginx)
 
-echo "building microgateway and the load tool (release) ..." >&2
-if [ "${BUILD:-1}" = 1 ]; then
-    (cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example stream-load)
-fi
+build_release
+build_release --example stream-load
 
 mkdir -p "$WORK/nginx/logs"
 cat >"$WORK/nginx/nginx.conf" <<EOF
