@@ -217,4 +217,5 @@ for row in https new-tls h2-tls; do
     peer=$(best "$(col "$row-nginx" 1)" "$(col "$row-haproxy" 1)")
     echo "$row: microgateway / best of nginx and HAProxy $(ratio "$(col "$row-microgateway" 1)" "$peer")x (target >= 1.0)"
 done
+echo "h2-tls: microgateway / nginx $(ratio "$(col h2-tls-microgateway 1)" "$(col h2-tls-nginx 1)")x (target >= 1.0), / HAProxy $(ratio "$(col h2-tls-microgateway 1)" "$(col h2-tls-haproxy 1)")x"
 echo "h2c: microgateway / nginx $(ratio "$(col h2c-microgateway 1)" "$(col h2c-nginx 1)")x (target >= 1.0)"
