@@ -170,7 +170,9 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            conn.run(stream, transport, handler).await;
+            // Boxed: the connection's state is carried by every layer of
+            // its future as a pointer, not copied into each (~270 B twice).
+            Box::new(conn).run(stream, transport, handler).await;
         });
     }
     drop(listener);
@@ -227,15 +229,15 @@ struct Conn {
 }
 
 impl Conn {
-    async fn run<H, F>(self, stream: TcpStream, transport: Transport, handler: H)
+    async fn run<H, F>(self: Box<Self>, stream: TcpStream, transport: Transport, handler: H)
     where
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         // The task of every connection is as large as its largest state:
-        // TLS and HTTP/2 (hyper's connection) are boxed, so that a plain
-        // HTTP/1.1 connection waiting between requests holds ~2 KiB, not
-        // the ~12 KiB those would make it.
+        // TLS and HTTP/2 (hyper's connection) are boxed, so that the task
+        // of a plain HTTP/1.1 connection is ~4.5 KB, not the ~12 KB those
+        // would make it (`bench/idle.py`: ~6 KiB per idle connection).
         let tunnels = self.tunnels.clone();
         let handler = move |mut req: Request<Body>, peer| {
             // Only a request that may open a tunnel needs to find them.
@@ -250,7 +252,7 @@ impl Conn {
         }
     }
 
-    async fn tls<H, F>(self, stream: TcpStream, acceptor: TlsAcceptor, handler: H)
+    async fn tls<H, F>(self: Box<Self>, stream: TcpStream, acceptor: TlsAcceptor, handler: H)
     where
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
@@ -272,7 +274,7 @@ impl Conn {
     }
 
     /// HTTP/1.1, or HTTP/2 when the connection starts with its preface.
-    async fn http<S, H, F>(mut self, io: S, handler: H)
+    async fn http<S, H, F>(mut self: Box<Self>, io: S, handler: H)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -309,7 +311,7 @@ impl Conn {
     /// Carries a WebSocket tunnel on this connection, which keeps its slot
     /// meanwhile. On shutdown the tunnel has the listener's drain time to
     /// end, then is closed.
-    async fn tunnel<S>(mut self, io: S, read: Bytes, switch: tunnel::Switch)
+    async fn tunnel<S>(mut self: Box<Self>, io: S, read: Bytes, switch: tunnel::Switch)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -321,7 +323,7 @@ impl Conn {
         }
     }
 
-    async fn http2<S, H, F>(mut self, io: S, read: Bytes, handler: H)
+    async fn http2<S, H, F>(mut self: Box<Self>, io: S, read: Bytes, handler: H)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
