@@ -258,7 +258,7 @@ async fn handle_api(
     let request_id = correlate::correlate(req.headers_mut(), from_trusted);
     let (mut response, api) = match state.authz.load_full() {
         Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
-            Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
+            Box::pin(authz_endpoint(&snapshot, &authz, (conn, from_trusted), req)).await,
             None,
         ),
         _ => proxy::serve(&snapshot, &state.runtime, conn, req).await,
@@ -279,7 +279,7 @@ async fn handle_api(
         tracing::info!(
             target: "microgateway::access",
             client = %conn.peer.ip(),
-            request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+            request_id = %request_id.to_str().unwrap_or("-"),
             method = %method,
             path = %path,
             api = api.as_ref().map_or("-", |a| a.name.as_str()),
@@ -297,14 +297,10 @@ async fn handle_api(
 async fn authz_endpoint(
     snapshot: &Snapshot,
     authz: &AuthorizationServer,
-    conn: Connection,
+    (conn, from_trusted): (Connection, bool),
     req: http::Request<Body>,
 ) -> Response<Body> {
-    let trusted = snapshot
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&conn.peer.ip()));
-    let forwarded_https = trusted
+    let forwarded_https = from_trusted
         && req
             .headers()
             .get("x-forwarded-proto")

@@ -43,6 +43,10 @@ pub fn correlate(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
         _ => None,
     };
     let traced = matches!(traceparent, Seen::Once(t) if valid_traceparent(t.as_bytes()));
+    if let Some(id) = kept.as_ref().filter(|_| traced) {
+        // A trusted proxy's id and a valid trace: nothing to make.
+        return id.clone();
+    }
     let random = random_ids();
     let id = match kept {
         Some(id) => id,
