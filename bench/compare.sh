@@ -109,24 +109,8 @@ start_nginx() { # name conf
     PIDS+=($!)
 }
 
-mkdir -p "$WORK/upstream" "$WORK/proxy"
-cat >"$WORK/upstream/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/upstream/nginx.pid;
-error_log $WORK/upstream/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000;
-    server {
-        listen 127.0.0.1:$PORT_UPSTREAM reuseport;
-        location / {
-            default_type application/json;
-            return 200 '{"ok":true,"service":"bench","items":[1,2,3]}';
-        }
-    }
-}
-EOF
+mkdir -p "$WORK/proxy"
+upstream_conf "$PORT_UPSTREAM"
 cat >"$WORK/proxy/nginx.conf" <<EOF
 worker_processes $(nproc);
 pid $WORK/proxy/nginx.pid;

@@ -53,24 +53,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
 
-mkdir -p "$WORK/upstream/logs" "$WORK/proxy/logs"
-cat >"$WORK/upstream/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/upstream/nginx.pid;
-error_log $WORK/upstream/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000;
-    server {
-        listen 127.0.0.1:$PORT_UPSTREAM reuseport;
-        location / {
-            default_type application/json;
-            return 200 '{"ok":true,"service":"bench","items":[1,2,3]}';
-        }
-    }
-}
-EOF
+mkdir -p "$WORK/proxy/logs"
+upstream_conf "$PORT_UPSTREAM"
 cat >"$WORK/proxy/nginx.conf" <<EOF
 worker_processes $(nproc);
 pid $WORK/proxy/nginx.pid;

@@ -39,24 +39,7 @@ if [ -n "$BASE" ]; then
     BINS[$BASE]=$(base_binary "$BASE")
 fi
 
-mkdir -p "$WORK/upstream/logs"
-cat >"$WORK/upstream/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/upstream/nginx.pid;
-error_log $WORK/upstream/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$PORT_UPSTREAM;
-        location / {
-            default_type application/json;
-            return 200 '{"ok":true,"service":"bench","items":[1,2,3]}';
-        }
-    }
-}
-CONF
+upstream_conf "$PORT_UPSTREAM"
 nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 wait_port "$PORT_UPSTREAM"

@@ -58,3 +58,27 @@ build_release() {
     echo "building microgateway (release) ..." >&2
     (cd "$ROOT" && cargo build --release --quiet "$@")
 }
+
+# upstream_conf PORT: $WORK/upstream/nginx.conf, an nginx upstream on
+# 127.0.0.1:PORT answering every request with the same small JSON body
+# (one worker; keep-alive without a request limit worth the name).
+upstream_conf() {
+    mkdir -p "$WORK/upstream/logs"
+    cat >"$WORK/upstream/nginx.conf" <<EOF_CONF
+worker_processes 1;
+pid $WORK/upstream/nginx.pid;
+error_log $WORK/upstream/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$1 reuseport;
+        location / {
+            default_type application/json;
+            return 200 '{"ok":true,"service":"bench","items":[1,2,3]}';
+        }
+    }
+}
+EOF_CONF
+}
