@@ -19,6 +19,7 @@ use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::basic_auth::{admin_access, Access};
 use crate::config::{self, Env, Invalid, Snapshot};
+use crate::http1::request_encode::AddedFields;
 use crate::proxy::{self, correlate, Body, Connection, Runtime, Upstreams};
 use crate::reload::{Live, Reloader, Source, Watcher};
 use crate::server::{self, ConnSettings, Transport};
@@ -255,13 +256,14 @@ async fn handle_api(
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
-    let request_id = correlate::correlate(req.headers_mut(), from_trusted);
+    let mut added = AddedFields::new();
+    let request_id = correlate::correlate(req.headers_mut(), from_trusted, &mut added);
     let (mut response, api) = match state.authz.load_full() {
         Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
             Box::pin(authz_endpoint(&snapshot, &authz, (conn, from_trusted), req)).await,
             None,
         ),
-        _ => proxy::serve(&snapshot, &state.runtime, conn, req).await,
+        _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
     };
     response
         .headers_mut()

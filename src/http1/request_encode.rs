@@ -7,9 +7,15 @@
 //! The framing headers are the encoder's alone: whatever `Content-Length`
 //! or `Transfer-Encoding` the request carries is replaced by what the body
 //! really is, so the upstream can never read a body's bytes as a request.
+//!
+//! The fields the gateway adds (correlation, forwarding) travel beside the
+//! request as [`AddedFields`] and are written after its own: adding them to
+//! the request's map would hash and store each one, request after request,
+//! only for the encoder to read them back.
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
+use http::HeaderMap;
 use http_body::Body as HttpBody;
 
 use super::chunked::itoa;
@@ -28,6 +34,95 @@ pub struct Destination<'a> {
     /// Origin-form: a path (and query) the connection's upstream serves.
     pub path_and_query: &'a str,
     pub host: &'a HeaderValue,
+    /// Written after the request's own fields.
+    pub added: &'a AddedFields,
+}
+
+/// The most fields the gateway adds to a request: `X-Request-Id`,
+/// `traceparent`, `X-Forwarded-For/-Proto/-Host` and `Forwarded`.
+const MAX_ADDED: usize = 6;
+
+/// Fields the gateway adds to a forwarded request. Whoever adds one has
+/// removed the request's own lines of that name, so each goes out once.
+#[derive(Debug)]
+pub struct AddedFields {
+    fields: [Option<(&'static HeaderName, HeaderValue)>; MAX_ADDED],
+    len: usize,
+}
+
+static NO_FIELDS: AddedFields = AddedFields::new();
+
+impl Default for AddedFields {
+    fn default() -> Self {
+        AddedFields::new()
+    }
+}
+
+impl AddedFields {
+    pub const fn new() -> AddedFields {
+        AddedFields {
+            fields: [const { None }; MAX_ADDED],
+            len: 0,
+        }
+    }
+
+    /// No added field (requests the gateway makes itself).
+    pub fn none() -> &'static AddedFields {
+        &NO_FIELDS
+    }
+
+    /// Adds `name: value`, replacing an earlier value of `name`.
+    pub fn set(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        let slots = &mut self.fields[..self.len];
+        if let Some(slot) = slots.iter_mut().flatten().find(|(n, _)| *n == name) {
+            slot.1 = value;
+            return;
+        }
+        // Each name of the gateway's is set at most once per request:
+        // there is always a free slot.
+        debug_assert!(self.len < MAX_ADDED, "more added fields than names");
+        if let Some(slot) = self.fields.get_mut(self.len) {
+            *slot = Some((name, value));
+            self.len += 1;
+        }
+    }
+
+    /// Drops the fields `doomed` picks.
+    pub fn remove_matching(&mut self, doomed: impl Fn(&HeaderName) -> bool) {
+        for slot in &mut self.fields[..self.len] {
+            if slot.as_ref().is_some_and(|(name, _)| doomed(name)) {
+                *slot = None;
+            }
+        }
+    }
+
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        self.fields[..self.len]
+            .iter()
+            .flatten()
+            .map(|(n, v)| (*n, v))
+    }
+
+    /// Puts the fields into `headers`, for a request that leaves as a map
+    /// (HTTP/2 upstreams, the echo upstream).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.iter() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// Appends the head of `parts`, to `destination`, to `out`, and says how
@@ -66,6 +161,7 @@ pub fn encode<B: HttpBody>(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    destination.added.write(out);
     match framing {
         // A bodiless request says so only if it did (`POST` with
         // `Content-Length: 0`); a `GET` gets no framing header.
@@ -109,6 +205,7 @@ mod tests {
         let destination = Destination {
             path_and_query,
             host: &host,
+            added: AddedFields::none(),
         };
         let framing = encode(&parts, &body, destination, &mut out);
         (String::from_utf8(out).expect("ascii"), framing)

@@ -25,7 +25,7 @@ use tokio::task::AbortHandle;
 use super::pool::{self, Connector, Key};
 use crate::config::snapshot::{ActiveHealth, Balance, Balanced, CaBundle, Endpoint, Upstream};
 use crate::config::Snapshot;
-use crate::http1::request_encode::Destination;
+use crate::http1::request_encode::{AddedFields, Destination};
 
 /// The `result` label of `upstream_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -692,6 +692,7 @@ async fn probe(
         let destination = Destination {
             path_and_query: &active.path,
             host: &endpoint.host,
+            added: AddedFields::none(),
         };
         let response = conn.send(req, destination, active.timeout).await.ok()?;
         let status = response.status();

@@ -15,6 +15,8 @@ use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 use rand::RngCore;
 
+use crate::http1::request_encode::AddedFields;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -22,8 +24,14 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The longest `X-Request-Id` taken from a trusted proxy.
 pub const MAX_REQUEST_ID: usize = 128;
 
-/// Sets the request's `X-Request-Id` and `traceparent`; returns the id.
-pub fn correlate(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
+/// Decides the request's `X-Request-Id` and `traceparent`; returns the id.
+/// The ones the gateway makes go to `added` (written after the request's
+/// fields), the client's lines they replace leave `headers`.
+pub fn correlate(
+    headers: &mut HeaderMap,
+    from_trusted: bool,
+    added: &mut AddedFields,
+) -> HeaderValue {
     // One pass over the fields instead of a lookup per name: most
     // requests carry none of the three.
     let mut request_id = Seen::None;
@@ -38,6 +46,8 @@ pub fn correlate(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
             tracestate = true;
         }
     }
+    let sent_id = !matches!(request_id, Seen::None);
+    let sent_traceparent = !matches!(traceparent, Seen::None);
     let kept = match request_id {
         Seen::Once(id) if from_trusted && valid_request_id(id.as_bytes()) => Some(id.clone()),
         _ => None,
@@ -51,8 +61,11 @@ pub fn correlate(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
     let id = match kept {
         Some(id) => id,
         None => {
+            if sent_id {
+                headers.remove(&X_REQUEST_ID);
+            }
             let id = hex_value(&random[..16]);
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            added.set(&X_REQUEST_ID, id.clone());
             id
         }
     };
@@ -60,7 +73,10 @@ pub fn correlate(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
         if tracestate {
             headers.remove(&TRACESTATE);
         }
-        headers.insert(TRACEPARENT.clone(), new_traceparent(&random[16..]));
+        if sent_traceparent {
+            headers.remove(&TRACEPARENT);
+        }
+        added.set(&TRACEPARENT, new_traceparent(&random[16..]));
     }
     id
 }
@@ -162,12 +178,21 @@ fn value(text: &[u8]) -> HeaderValue {
 mod tests {
     use super::*;
 
+    /// `correlate`, its added fields put into the map as the upstream
+    /// receives them.
+    fn correlated(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
+        let mut added = AddedFields::new();
+        let id = correlate(headers, from_trusted, &mut added);
+        added.insert_into(headers);
+        id
+    }
+
     #[test]
     fn a_trusted_proxys_id_is_kept_and_a_clients_replaced() {
         let mut headers = HeaderMap::new();
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("lb-42"));
-        assert_eq!(correlate(&mut headers.clone(), true), "lb-42");
-        let made = correlate(&mut headers, false);
+        assert_eq!(correlated(&mut headers.clone(), true), "lb-42");
+        let made = correlated(&mut headers, false);
         assert_ne!(made, "lb-42");
         assert_eq!(made.len(), 32);
         assert_eq!(headers.get(&X_REQUEST_ID), Some(&made));
@@ -175,12 +200,12 @@ mod tests {
         for bad in ["", "has space", &"x".repeat(MAX_REQUEST_ID + 1)] {
             let mut headers = HeaderMap::new();
             headers.insert(&X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
-            assert_ne!(correlate(&mut headers, true), bad);
+            assert_ne!(correlated(&mut headers, true), bad);
         }
         let mut doubled = HeaderMap::new();
         doubled.append(&X_REQUEST_ID, HeaderValue::from_static("a"));
         doubled.append(&X_REQUEST_ID, HeaderValue::from_static("b"));
-        correlate(&mut doubled, true);
+        correlated(&mut doubled, true);
         assert_eq!(doubled.get_all(&X_REQUEST_ID).iter().count(), 1);
     }
 
@@ -190,7 +215,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(&TRACEPARENT, HeaderValue::from_static(good));
         headers.insert(&TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        correlate(&mut headers, false);
+        correlated(&mut headers, false);
         assert_eq!(headers.get(&TRACEPARENT).unwrap(), good);
         assert!(headers.contains_key(&TRACESTATE));
         for bad in [
@@ -204,7 +229,7 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert(&TRACEPARENT, HeaderValue::from_static(bad));
             headers.insert(&TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-            correlate(&mut headers, false);
+            correlated(&mut headers, false);
             let made = headers
                 .get(&TRACEPARENT)
                 .unwrap()

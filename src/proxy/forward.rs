@@ -23,7 +23,7 @@ use super::pool::{self, Connector, Failed, Key, Pool, SendError};
 use super::reject::{BodyFault, Rejection};
 use super::{full, Body, BoxError};
 use crate::config::snapshot::{Api, Balanced, Upstream, UpstreamProtocol};
-use crate::http1::request_encode::Destination;
+use crate::http1::request_encode::{AddedFields, Destination};
 use crate::policy::Grant;
 
 /// How long an upstream written as `url` uses the addresses of its host.
@@ -71,6 +71,7 @@ impl Upstreams {
         api: &Api,
         mut req: Request<Body>,
         rest: &str,
+        added: &AddedFields,
     ) -> Result<Response<Body>, Rejection> {
         let (scheme, authority, host, prefix, timeout, ca_bundle, protocol) = match &api.upstream {
             Upstream::Echo => {
@@ -82,6 +83,7 @@ impl Upstreams {
                 *req.uri_mut() = Uri::try_from(target).map_err(|_| {
                     Rejection::BadRequest("the request cannot be mapped to the upstream")
                 })?;
+                added.insert_into(req.headers_mut());
                 return Box::pin(echo(req)).await;
             }
             Upstream::Url {
@@ -97,7 +99,7 @@ impl Upstreams {
             ),
             Upstream::Balanced(balanced) => {
                 // Boxed: the single-endpoint future stays as small as it was.
-                return Box::pin(self.forward_balanced(api, balanced, req, rest)).await;
+                return Box::pin(self.forward_balanced(api, balanced, req, rest, added)).await;
             }
         };
         let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);
@@ -121,6 +123,7 @@ impl Upstreams {
         let destination = Destination {
             path_and_query: &path_and_query,
             host,
+            added,
         };
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
@@ -131,6 +134,7 @@ impl Upstreams {
             dns_ttl: DEFAULT_DNS_TTL,
         };
         if protocol != UpstreamProtocol::Http1 {
+            added.insert_into(req.headers_mut());
             let exchange = super::h2_upstream::Exchange {
                 key: &key,
                 path_and_query: &path_and_query,
@@ -179,6 +183,7 @@ impl Upstreams {
         balanced: &Arc<Balanced>,
         mut req: Request<Body>,
         rest: &str,
+        added: &AddedFields,
     ) -> Result<Response<Body>, Rejection> {
         let balancer = self.health.balancer(&api.name, balanced);
         let config = balancer.config();
@@ -196,6 +201,7 @@ impl Upstreams {
             let destination = Destination {
                 path_and_query: &path_and_query,
                 host: &endpoint.host,
+                added,
             };
             let key = Key {
                 scheme: &endpoint.scheme,

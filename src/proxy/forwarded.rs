@@ -16,10 +16,12 @@ use http::HeaderMap;
 use ipnet::IpNet;
 
 use crate::config::snapshot::folds_to;
+use crate::http1::request_encode::AddedFields;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED_FIELD: HeaderName = FORWARDED;
 
 /// Method-override headers (folded): never honoured, never passed on, in
 /// any spelling.
@@ -167,12 +169,34 @@ pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> Ip
     client
 }
 
-/// Sets the forwarding headers for a request from `peer`.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
+/// Sets the forwarding headers for a request from `peer`: the gateway's
+/// go to `added`, the lines they replace leave `headers` (a trusted
+/// proxy's `X-Forwarded-For` and `Forwarded` are carried into the new
+/// values, its `X-Forwarded-Proto/-Host` kept).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    added: &mut AddedFields,
+    peer: SocketAddr,
+    tls: bool,
+    trusted: &[IpNet],
+) {
     let ip = peer.ip();
     let from_trusted = trusted.iter().any(|net| net.contains(&ip));
     let proto = if tls { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
+    // Which of the four the request carries, in one pass over its names:
+    // most carry none, and a removal costs a lookup.
+    let (mut sent_for, mut sent_forwarded, mut sent_proto, mut sent_host) =
+        (false, false, false, false);
+    for name in headers.keys() {
+        if *name == FORWARDED {
+            sent_forwarded = true;
+        } else if name.as_str().starts_with("x-forwarded-") {
+            sent_for |= *name == X_FORWARDED_FOR;
+            sent_proto |= *name == X_FORWARDED_PROTO;
+            sent_host |= *name == X_FORWARDED_HOST;
+        }
+    }
     let (forwarded_for, forwarded) = if from_trusted {
         compose(
             joined(headers, &X_FORWARDED_FOR),
@@ -184,25 +208,30 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trust
     } else {
         from_this_peer(ip, tls, host.as_ref())
     };
-    // The four headers below at most: one growth of the map, not several.
-    headers.reserve(4);
+    if sent_for {
+        headers.remove(&X_FORWARDED_FOR);
+    }
+    if sent_forwarded {
+        headers.remove(FORWARDED);
+    }
     if let Some(value) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        added.set(&X_FORWARDED_FOR, value);
     }
     if let Some(value) = forwarded {
-        headers.insert(FORWARDED, value);
+        added.set(&FORWARDED_FIELD, value);
     }
-    if !from_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if !(from_trusted && sent_proto) {
+        if sent_proto {
+            headers.remove(&X_FORWARDED_PROTO);
+        }
+        added.set(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !from_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST.clone(), host);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+    if !(from_trusted && sent_host) {
+        if sent_host {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        if let Some(host) = host {
+            added.set(&X_FORWARDED_HOST, host);
         }
     }
 }
@@ -312,6 +341,14 @@ mod tests {
     use super::*;
     use http::header::TE;
 
+    /// `set_forwarded`, its added fields put into the map as the upstream
+    /// receives them.
+    fn forwarded_into(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
+        let mut added = AddedFields::new();
+        set_forwarded(headers, &mut added, peer, tls, trusted);
+        added.insert_into(headers);
+    }
+
     #[test]
     fn the_client_address_is_believed_only_from_trusted_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
@@ -379,14 +416,14 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert(HOST, HeaderValue::from_static("gw.example"));
-        set_forwarded(&mut h, peer, false, &[]);
+        forwarded_into(&mut h, peer, false, &[]);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "gw.example");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        set_forwarded(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
+        forwarded_into(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -398,7 +435,7 @@ mod tests {
             if let Some(host) = host {
                 h.insert(HOST, HeaderValue::from_static(host));
             }
-            set_forwarded(&mut h, peer.parse().unwrap(), tls, &[]);
+            forwarded_into(&mut h, peer.parse().unwrap(), tls, &[]);
             let text = |name| h[name].to_str().unwrap().to_owned();
             (text("x-forwarded-for"), text("forwarded"))
         };
@@ -468,7 +505,7 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.append(FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
         h.append(FORWARDED, HeaderValue::from_static("for=2.2.2.2"));
-        set_forwarded(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
+        forwarded_into(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
         assert_eq!(
             h[FORWARDED],

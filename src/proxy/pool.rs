@@ -908,6 +908,7 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::sync::atomic::AtomicUsize;
 
+    use crate::http1::request_encode::AddedFields;
     use http::header::HOST;
     use http_body_util::Full;
     use hyper::body::Incoming;
@@ -1024,6 +1025,7 @@ mod tests {
         Destination {
             path_and_query: "/resource",
             host,
+            added: AddedFields::none(),
         }
     }
 

@@ -27,6 +27,7 @@ use crate::auth::servers::Authenticator;
 use crate::auth::AuthFailure;
 use crate::config::snapshot::{Api, Authentication, CredentialType, Outbound};
 use crate::config::Snapshot;
+use crate::http1::request_encode::AddedFields;
 use crate::policy::{self, CanonicalPath, Route};
 use crate::throttle::{self, Caller, Fields, Throttler};
 
@@ -59,6 +60,7 @@ pub async fn serve(
     rt: &Runtime,
     conn: Connection,
     req: Request<Body>,
+    added: &mut AddedFields,
 ) -> (Response<Body>, Option<Arc<Api>>) {
     let mut api: Option<Arc<Api>> = None;
     let mut kind = None;
@@ -66,7 +68,7 @@ pub async fn serve(
     // answer has its own.
     let origin = req.headers().get(ORIGIN).cloned();
     let preflight = cors::is_preflight(&req);
-    let (mut response, by) = match phases(snap, rt, conn, req, (&mut api, &mut kind)).await {
+    let (mut response, by) = match phases(snap, rt, conn, req, added, (&mut api, &mut kind)).await {
         Ok(response) => (response, Answered::Upstream),
         Err(rejection) => {
             if let (Some(result), Some(api)) = (rejection.auth_result(), &api) {
@@ -103,6 +105,7 @@ async fn phases(
     rt: &Runtime,
     conn: Connection,
     mut req: Request<Body>,
+    added: &mut AddedFields,
     (matched_api, kind): (&mut Option<Arc<Api>>, &mut Option<CredentialType>),
 ) -> Result<Response<Body>, Rejection> {
     // An HTTP/2 WebSocket (extended CONNECT) is matched and authorized as
@@ -203,7 +206,7 @@ async fn phases(
         forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
     }
     strip_application_credentials(&route.api, who.as_ref(), headers);
-    transform::apply(&route.api.transform, who.as_ref(), headers)
+    transform::apply(&route.api.transform, who.as_ref(), headers, added)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
                                                                   // Counted once the token can no longer be refused for its properties.
     route
@@ -215,11 +218,15 @@ async fn phases(
         count_application(who);
     }
     outbound::apply(&route.api.outbound, headers); // outbound auth
-    forwarded::set_forwarded(headers, conn.peer, conn.tls, &snap.trusted_proxies);
+    forwarded::set_forwarded(headers, added, conn.peer, conn.tls, &snap.trusted_proxies);
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
-    let mut response = Box::pin(rt.upstreams.forward(grant, &route.api, req, &route.rest)).await?; // forward
+    let mut response = Box::pin(
+        rt.upstreams
+            .forward(grant, &route.api, req, &route.rest, added),
+    )
+    .await?; // forward
     if let Some(permit) = tunnel {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let pending = response

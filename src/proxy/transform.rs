@@ -7,22 +7,26 @@
 //! Response transformation: the upstream's answer has the policy's fields
 //! removed, then set (plain values, checked when compiled).
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::identity::Identity;
 use crate::auth::TokenProblem;
 use crate::config::snapshot::{Part, ResponseTransform, Transform, Variable};
+use crate::http1::request_encode::AddedFields;
 
 pub fn apply(
     transform: &Transform,
     who: Option<&Identity>,
     headers: &mut HeaderMap,
+    added: &mut AddedFields,
 ) -> Result<(), TokenProblem> {
     if !transform.strip.is_empty() {
-        super::forwarded::remove_matching(headers, |name| {
-            transform.strip.iter().any(|s| s.matches(name))
-        });
+        let stripped = |name: &HeaderName| transform.strip.iter().any(|s| s.matches(name));
+        super::forwarded::remove_matching(headers, stripped);
+        // The gateway's own fields too (`X-Request-Id`): what the policy
+        // removes or sets is the policy's.
+        added.remove_matching(stripped);
     }
     for (name, template) in &transform.set {
         let Some(text) = render(&template.parts, who) else {
@@ -124,7 +128,7 @@ mod tests {
         }
         headers.insert("x-user-ids", HeaderValue::from_static("kept"));
         headers.insert("x-userid", HeaderValue::from_static("kept"));
-        apply(&t, None, &mut headers).expect("applied");
+        apply(&t, None, &mut headers, &mut AddedFields::new()).expect("applied");
         let mut left: Vec<(&str, &str)> = headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.to_str().expect("ascii")))
@@ -138,5 +142,20 @@ mod tests {
                 ("x-userid", "kept"),
             ]
         );
+    }
+
+    #[test]
+    fn a_policy_that_sets_or_removes_a_gateway_field_has_the_last_word() {
+        static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+        let t = transform(&["x-request-id"], &["Traceparent"]);
+        let mut added = AddedFields::new();
+        added.set(&X_REQUEST_ID, HeaderValue::from_static("made"));
+        added.set(&TRACEPARENT, HeaderValue::from_static("made"));
+        let mut headers = HeaderMap::new();
+        apply(&t, None, &mut headers, &mut added).expect("applied");
+        assert_eq!(added.iter().count(), 0);
+        assert_eq!(headers["x-request-id"], "gateway");
+        assert!(!headers.contains_key("traceparent"));
     }
 }

@@ -19,7 +19,9 @@ use proptest::prelude::*;
 use microgateway::http1::chunked::{
     encode as encode_chunk, Chunked, Decoded, Delimited, LAST_CHUNK,
 };
-use microgateway::http1::request_encode::{encode as encode_request, BodyFraming, Destination};
+use microgateway::http1::request_encode::{
+    encode as encode_request, AddedFields, BodyFraming, Destination,
+};
 use microgateway::http1::request_head::{
     parse as parse_request, Framing as RequestFraming, Parsed,
 };
@@ -243,7 +245,7 @@ proptest! {
         }
         let (parts, body) = request.into_parts();
         let host = HeaderValue::from_str(&host).expect("a host");
-        let destination = Destination { path_and_query: &target, host: &host };
+        let destination = Destination { path_and_query: &target, host: &host, added: AddedFields::none() };
         let mut out = Vec::new();
         let framing = encode_request(&parts, &body, destination, &mut out);
 

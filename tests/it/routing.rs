@@ -381,11 +381,34 @@ async fn forwarding_headers_replace_what_the_client_sent() {
         .header("X-Forwarded-Proto", "https")
         .header("X-Forwarded-Host", "evil.example")
         .header("Forwarded", "for=6.6.6.6;proto=https")
+        // Each a second time, and the correlation fields the gateway
+        // replaces for a client: every one reaches the upstream once.
+        .header("X-Forwarded-For", "7.7.7.7")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("Forwarded", "for=7.7.7.7")
+        .header("X-Request-Id", "chosen-by-the-client")
+        .header("traceparent", "not-a-trace")
+        .header("tracestate", "goes=with-it")
         .send()
         .await
         .expect("request");
     assert_eq!(resp.status(), 200);
     let headers = upstream.last().headers;
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-request-id",
+        "traceparent",
+    ] {
+        assert_eq!(headers.get_all(name).iter().count(), 1, "{name}");
+    }
+    assert_ne!(headers["x-request-id"], "chosen-by-the-client");
+    assert_eq!(resp.headers()["x-request-id"], headers["x-request-id"]);
+    assert_ne!(headers["traceparent"], "not-a-trace");
+    assert!(headers.get("tracestate").is_none());
     let host = gw.http.to_string();
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
