@@ -71,16 +71,14 @@ impl AddedFields {
         &NO_FIELDS
     }
 
-    /// Adds `name: value`, replacing an earlier value of `name`.
-    pub fn set(&mut self, name: &'static HeaderName, value: HeaderValue) {
-        let slots = &mut self.fields[..self.len];
-        if let Some(slot) = slots.iter_mut().flatten().find(|(n, _)| *n == name) {
-            slot.1 = value;
-            return;
-        }
-        // Each name of the gateway's is set at most once per request:
-        // there is always a free slot.
-        debug_assert!(self.len < MAX_ADDED, "more added fields than names");
+    /// Adds `name: value`. Each of the gateway's names is added at most
+    /// once per request (by the one phase that owns it): no search.
+    pub fn add(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        debug_assert!(
+            self.get(name).is_none(),
+            "{name} added twice to one request"
+        );
+        // At most one per name: a slot is always free.
         if let Some(slot) = self.fields.get_mut(self.len) {
             *slot = Some((name, value));
             self.len += 1;

@@ -65,7 +65,7 @@ pub fn correlate(
                 headers.remove(&X_REQUEST_ID);
             }
             let id = hex_value(&random[..16]);
-            added.set(&X_REQUEST_ID, id.clone());
+            added.add(&X_REQUEST_ID, id.clone());
             id
         }
     };
@@ -76,7 +76,7 @@ pub fn correlate(
         if sent_traceparent {
             headers.remove(&TRACEPARENT);
         }
-        added.set(&TRACEPARENT, new_traceparent(&random[16..]));
+        added.add(&TRACEPARENT, new_traceparent(&random[16..]));
     }
     id
 }

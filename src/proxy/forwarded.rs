@@ -215,23 +215,23 @@ pub fn set_forwarded(
         headers.remove(FORWARDED);
     }
     if let Some(value) = forwarded_for {
-        added.set(&X_FORWARDED_FOR, value);
+        added.add(&X_FORWARDED_FOR, value);
     }
     if let Some(value) = forwarded {
-        added.set(&FORWARDED_FIELD, value);
+        added.add(&FORWARDED_FIELD, value);
     }
     if !(from_trusted && sent_proto) {
         if sent_proto {
             headers.remove(&X_FORWARDED_PROTO);
         }
-        added.set(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        added.add(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(from_trusted && sent_host) {
         if sent_host {
             headers.remove(&X_FORWARDED_HOST);
         }
         if let Some(host) = host {
-            added.set(&X_FORWARDED_HOST, host);
+            added.add(&X_FORWARDED_HOST, host);
         }
     }
 }

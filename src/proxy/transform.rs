@@ -150,8 +150,8 @@ mod tests {
         static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
         let t = transform(&["x-request-id"], &["Traceparent"]);
         let mut added = AddedFields::new();
-        added.set(&X_REQUEST_ID, HeaderValue::from_static("made"));
-        added.set(&TRACEPARENT, HeaderValue::from_static("made"));
+        added.add(&X_REQUEST_ID, HeaderValue::from_static("made"));
+        added.add(&TRACEPARENT, HeaderValue::from_static("made"));
         let mut headers = HeaderMap::new();
         apply(&t, None, &mut headers, &mut added).expect("applied");
         assert_eq!(added.iter().count(), 0);
