@@ -211,6 +211,7 @@ impl Gateway {
                 settings,
                 server::connection_slots(settings),
                 stop_rx.clone(),
+                None,
                 handler,
             ));
         }
@@ -382,12 +383,13 @@ fn serve_per_core(
     let bound = listeners[0]
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    for listener in listeners {
+    let seats = server::spread::seats(listeners.len());
+    for (listener, seat) in listeners.into_iter().zip(seats) {
         let state = state.clone();
         let serving = serving.clone();
         let thread = std::thread::Builder::new()
             .name("microgateway-api".into())
-            .spawn(move || serve_on_this_thread(state, listener, serving))
+            .spawn(move || serve_on_this_thread(state, listener, seat, serving))
             .map_err(|source| StartError::Bind { addr, source })?;
         tasks.spawn(async move {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -407,7 +409,12 @@ struct Serving {
     transport: Transport,
 }
 
-fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serving: Serving) {
+fn serve_on_this_thread(
+    state: Arc<State>,
+    listener: std::net::TcpListener,
+    seat: server::spread::Seat,
+    serving: Serving,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -454,6 +461,15 @@ fn serve_on_this_thread(state: Arc<State>, listener: std::net::TcpListener, serv
                 },
             ))
         };
-        server::serve(listener, transport, settings, slots, stop, handler).await;
+        server::serve(
+            listener,
+            transport,
+            settings,
+            slots,
+            stop,
+            Some(seat),
+            handler,
+        )
+        .await;
     });
 }

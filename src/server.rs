@@ -29,6 +29,7 @@ mod h1;
 mod h2_bodies;
 mod prefixed;
 mod slots;
+pub mod spread;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -125,6 +126,7 @@ pub async fn serve<H, F>(
     settings: ConnSettings,
     slots: Arc<Slots>,
     mut stop: watch::Receiver<bool>,
+    mut seat: Option<spread::Seat>,
     handler: H,
 ) where
     H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -132,6 +134,30 @@ pub async fn serve<H, F>(
 {
     let http2 = Arc::new(http2_builder(settings));
     let (force, forced) = watch::channel(false);
+    // The connections' own receiver: the loop below waits on `stop`.
+    let conn_stop = stop.clone();
+    let start = |stream: TcpStream, peer, permit, counted: Option<spread::Serving>| {
+        let conn = Conn {
+            http2: http2.clone(),
+            tunnels: slots.tunnels.clone(),
+            settings,
+            stop: conn_stop.clone(),
+            forced: forced.clone(),
+            activity: Arc::new(Activity::new(settings.timeouts.send)),
+            slots: slots.clone(),
+            pressure: slots.pressure().subscribe(),
+            peer,
+        };
+        let transport = transport.clone();
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _counted = counted;
+            // Boxed: the connection's state is carried by every layer of
+            // its future as a pointer, not copied into each (~270 B twice).
+            Box::new(conn).run(stream, transport, handler).await;
+        });
+    };
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -142,6 +168,15 @@ pub async fn serve<H, F>(
                     continue;
                 }
             },
+            Some(handed) = handed(seat.as_mut()) => {
+                // Counted from here (by the thread that handed it).
+                let counted = seat.as_ref().map(|seat| seat.serving(true));
+                match TcpStream::from_std(handed.stream) {
+                    Ok(stream) => start(stream, handed.peer, handed.permit, counted),
+                    Err(error) => tracing::warn!(%error, "cannot serve a handed connection"),
+                }
+                continue;
+            }
             _ = stopped(&mut stop) => break,
         };
         // Over the limit, an accepted connection waits (unread) for a slot,
@@ -155,25 +190,34 @@ pub async fn serve<H, F>(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            http2: http2.clone(),
-            tunnels: slots.tunnels.clone(),
-            settings,
-            stop: stop.clone(),
-            forced: forced.clone(),
-            activity: Arc::new(Activity::new(settings.timeouts.send)),
-            slots: slots.clone(),
-            pressure: slots.pressure().subscribe(),
-            peer,
+        let Some(seat) = seat.as_ref() else {
+            start(stream, peer, permit, None);
+            continue;
         };
-        let transport = transport.clone();
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            // Boxed: the connection's state is carried by every layer of
-            // its future as a pointer, not copied into each (~270 B twice).
-            Box::new(conn).run(stream, transport, handler).await;
-        });
+        let Some(to) = seat.elsewhere() else {
+            start(stream, peer, permit, Some(seat.serving(false)));
+            continue;
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand a connection over");
+                continue;
+            }
+        };
+        if let Err(back) = seat.hand(
+            to,
+            spread::Handed {
+                stream,
+                peer,
+                permit,
+            },
+        ) {
+            // The other thread stopped serving: this one serves it.
+            if let Ok(stream) = TcpStream::from_std(back.stream) {
+                start(stream, back.peer, back.permit, Some(seat.serving(false)));
+            }
+        }
     }
     drop(listener);
     // Every connection holds a slot until it has ended: all slots back
@@ -182,6 +226,14 @@ pub async fn serve<H, F>(
     if drained.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
         let _ = force.send(true);
+    }
+}
+
+/// The next connection handed to this thread; never, without a seat.
+async fn handed(seat: Option<&mut spread::Seat>) -> Option<spread::Handed> {
+    match seat {
+        Some(seat) => seat.handed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -64,25 +64,45 @@ pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// One pass over the names present: most messages carry none of them.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, |_| false);
+}
+
+/// Removes, from a request on its way upstream, what
+/// [`strip_hop_by_hop`] and [`strip_reserved`] remove, in one pass over
+/// its names.
+pub fn strip_request(headers: &mut HeaderMap) {
+    strip(headers, reserved);
+}
+
+/// Removes the hop-by-hop fields, those `Connection` names, and those
+/// `also` picks.
+fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut hop_by_hop = false;
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name))
+        .filter(|name| {
+            let hop = is_hop_by_hop(name);
+            hop_by_hop |= hop;
+            hop || also(name)
+        })
         .cloned()
         .collect();
     if doomed.is_empty() {
         return;
     }
-    doomed.extend(
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // Names a header the list above has covered already.
-            .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
-    );
+    if hop_by_hop {
+        doomed.extend(
+            headers
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                // Names a header the list above has covered already.
+                .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+        );
+    }
     for name in doomed {
         headers.remove(name);
     }

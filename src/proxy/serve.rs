@@ -64,11 +64,12 @@ pub async fn serve(
 ) -> (Response<Body>, Option<Arc<Api>>) {
     let mut api: Option<Arc<Api>> = None;
     let mut kind = None;
-    // Kept for the CORS fields, which go on refusals too; a preflight's
-    // answer has its own.
-    let origin = req.headers().get(ORIGIN).cloned();
+    // Kept for the CORS fields, which go on refusals too (taken once the
+    // API is known to have a CORS policy); a preflight's answer has its own.
+    let mut origin = None;
     let preflight = cors::is_preflight(&req);
-    let (mut response, by) = match phases(snap, rt, conn, req, added, (&mut api, &mut kind)).await {
+    let seen = (&mut api, &mut kind, &mut origin);
+    let (mut response, by) = match phases(snap, rt, conn, req, added, seen).await {
         Ok(response) => (response, Answered::Upstream),
         Err(rejection) => {
             if let (Some(result), Some(api)) = (rejection.auth_result(), &api) {
@@ -100,13 +101,27 @@ pub async fn serve(
     (response, api)
 }
 
+/// What [`phases`] learns on the way, for the answer: the API matched, the
+/// kind of credential presented, and the `Origin` a CORS policy answers.
+type Seen<'a> = (
+    &'a mut Option<Arc<Api>>,
+    &'a mut Option<CredentialType>,
+    &'a mut Option<http::HeaderValue>,
+);
+
+/// The request's `Origin`, when `api` has a CORS policy to answer it.
+fn cors_origin<B>(api: &Api, req: &Request<B>) -> Option<http::HeaderValue> {
+    api.cors.as_ref()?;
+    req.headers().get(ORIGIN).cloned()
+}
+
 async fn phases(
     snap: &Snapshot,
     rt: &Runtime,
     conn: Connection,
     mut req: Request<Body>,
     added: &mut AddedFields,
-    (matched_api, kind): (&mut Option<Arc<Api>>, &mut Option<CredentialType>),
+    (matched_api, kind, origin): Seen<'_>,
 ) -> Result<Response<Body>, Rejection> {
     // An HTTP/2 WebSocket (extended CONNECT) is matched and authorized as
     // the `GET` it stands for.
@@ -127,11 +142,13 @@ async fn phases(
             // An unknown method of a gRPC service is answered as gRPC
             // (UNIMPLEMENTED), and counted for its API.
             if let Some(api) = snap.api_for(&path.path).filter(|api| api.grpc) {
+                *origin = cors_origin(api, &req);
                 *matched_api = Some(api.clone());
             }
             return Err(Rejection::NoRoute(problem));
         }
     }; // match
+    *origin = cors_origin(&route.api, &req);
     *matched_api = Some(route.api.clone());
     check_transport(&route, conn)?;
     let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
@@ -187,7 +204,7 @@ async fn phases(
     // `te: trailers` (gRPC requires it) reaches HTTP/2 upstreams only.
     let te_trailers = route.api.upstream.is_http2() && forwarded::asks_for_trailers(req.headers());
     let headers = req.headers_mut();
-    forwarded::strip_hop_by_hop(headers);
+    forwarded::strip_request(headers);
     if tunnel.is_some() {
         tunnel::ask_upgrade(headers);
     }
@@ -201,7 +218,6 @@ async fn phases(
         None
     };
     let headers = req.headers_mut();
-    forwarded::strip_reserved(headers);
     if from_h2 {
         forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
     }
