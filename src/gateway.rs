@@ -244,7 +244,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 async fn handle_api(
     state: Arc<State>,
     mut req: http::Request<Body>,
-    conn: Connection,
+    mut conn: Connection,
 ) -> Response<Body> {
     let state = &*state;
     let started = Instant::now();
@@ -253,15 +253,15 @@ async fn handle_api(
     let logged_path = tracing::enabled!(target: "microgateway::access", tracing::Level::INFO)
         .then(|| req.uri().path().to_owned());
     let snapshot = state.live.snapshot();
-    let from_trusted = snapshot
+    conn.from_trusted = snapshot
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
     let mut added = AddedFields::new();
-    let request_id = correlate::correlate(req.headers_mut(), from_trusted, &mut added);
+    let request_id = correlate::correlate(req.headers_mut(), conn.from_trusted, &mut added);
     let (mut response, api) = match state.authz.load_full() {
         Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
-            Box::pin(authz_endpoint(&snapshot, &authz, (conn, from_trusted), req)).await,
+            Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
             None,
         ),
         _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
@@ -300,10 +300,10 @@ async fn handle_api(
 async fn authz_endpoint(
     snapshot: &Snapshot,
     authz: &AuthorizationServer,
-    (conn, from_trusted): (Connection, bool),
+    conn: Connection,
     req: http::Request<Body>,
 ) -> Response<Body> {
-    let forwarded_https = from_trusted
+    let forwarded_https = conn.from_trusted
         && req
             .headers()
             .get("x-forwarded-proto")
@@ -458,6 +458,9 @@ fn serve_on_this_thread(
                     peer,
                     tls,
                     client_cert,
+                    // Decided by `handle_api`, against the snapshot the
+                    // request is served on.
+                    from_trusted: false,
                 },
             ))
         };

@@ -170,7 +170,7 @@ pub async fn serve<H, F>(
             },
             Some(handed) = handed(seat.as_mut()) => {
                 // Counted from here (by the thread that handed it).
-                let counted = seat.as_ref().map(|seat| seat.serving(true));
+                let counted = seat.as_ref().map(|seat| seat.serving_handed());
                 match TcpStream::from_std(handed.stream) {
                     Ok(stream) => start(stream, handed.peer, handed.permit, counted),
                     Err(error) => tracing::warn!(%error, "cannot serve a handed connection"),
@@ -195,7 +195,7 @@ pub async fn serve<H, F>(
             continue;
         };
         let Some(to) = seat.elsewhere() else {
-            start(stream, peer, permit, Some(seat.serving(false)));
+            start(stream, peer, permit, Some(seat.serving()));
             continue;
         };
         let stream = match stream.into_std() {
@@ -214,8 +214,9 @@ pub async fn serve<H, F>(
             },
         ) {
             // The other thread stopped serving: this one serves it.
-            if let Ok(stream) = TcpStream::from_std(back.stream) {
-                start(stream, back.peer, back.permit, Some(seat.serving(false)));
+            match TcpStream::from_std(back.stream) {
+                Ok(stream) => start(stream, back.peer, back.permit, Some(seat.serving())),
+                Err(error) => tracing::warn!(%error, "cannot serve a connection handed back"),
             }
         }
     }

@@ -61,15 +61,12 @@ pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Removes hop-by-hop headers, and those the `Connection` header names.
-/// One pass over the names present: most messages carry none of them.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip(headers, |_| false);
-}
-
-/// Removes, from a request on its way upstream, what
-/// [`strip_hop_by_hop`] and [`strip_reserved`] remove, in one pass over
-/// its names.
+/// Removes, from a request on its way upstream, in one pass over its
+/// names (most requests carry none of these): the hop-by-hop fields and
+/// those `Connection` names (RFC 9110 §7.6.1); method-override fields in
+/// every spelling; and the forwarding fields in every spelling but their
+/// own (which [`set_forwarded`] replaces or, from a trusted proxy,
+/// extends). No allocation unless one is present.
 pub fn strip_request(headers: &mut HeaderMap) {
     strip(headers, reserved);
 }
@@ -106,14 +103,6 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     for name in doomed {
         headers.remove(name);
     }
-}
-
-/// Removes, from a request, method-override headers in every spelling
-/// and the forwarding headers in every spelling but their own (which
-/// [`set_forwarded`] replaces or, from a trusted proxy, extends). No
-/// allocation unless one is present.
-pub fn strip_reserved(headers: &mut HeaderMap) {
-    remove_matching(headers, reserved);
 }
 
 /// Removes every field whose name `doomed` picks (all its lines). Nothing
@@ -189,19 +178,17 @@ pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> Ip
     client
 }
 
-/// Sets the forwarding headers for a request from `peer`: the gateway's
-/// go to `added`, the lines they replace leave `headers` (a trusted
-/// proxy's `X-Forwarded-For` and `Forwarded` are carried into the new
-/// values, its `X-Forwarded-Proto/-Host` kept).
+/// Sets the forwarding headers for a request from `ip`, a trusted proxy
+/// or not: the gateway's go to `added`, the lines they replace leave
+/// `headers` (a trusted proxy's `X-Forwarded-For` and `Forwarded` are
+/// carried into the new values, its `X-Forwarded-Proto/-Host` kept).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     added: &mut AddedFields,
-    peer: SocketAddr,
+    ip: IpAddr,
     tls: bool,
-    trusted: &[IpNet],
+    from_trusted: bool,
 ) {
-    let ip = peer.ip();
-    let from_trusted = trusted.iter().any(|net| net.contains(&ip));
     let proto = if tls { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
     // Which of the four the request carries, in one pass over its names:
@@ -365,7 +352,8 @@ mod tests {
     /// receives them.
     fn forwarded_into(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
         let mut added = AddedFields::new();
-        set_forwarded(headers, &mut added, peer, tls, trusted);
+        let from_trusted = trusted.iter().any(|net| net.contains(&peer.ip()));
+        set_forwarded(headers, &mut added, peer.ip(), tls, from_trusted);
         added.insert_into(headers);
     }
 
@@ -411,7 +399,7 @@ mod tests {
             h.insert(name, HeaderValue::from_static("x"));
         }
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip_request(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
@@ -423,7 +411,7 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         h.insert(TE, HeaderValue::from_static("trailers"));
-        strip_hop_by_hop(&mut h);
+        strip_request(&mut h);
         assert!(h.get("x-secret").is_none());
         assert!(h.get(TE).is_none());
         assert!(h.get("x-kept").is_some());
@@ -493,7 +481,7 @@ mod tests {
         for kept in ["x-forwarded-for", "x-http-methods", "x-kept", "cookie"] {
             h.insert(kept, HeaderValue::from_static("1"));
         }
-        strip_reserved(&mut h);
+        strip_request(&mut h);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(

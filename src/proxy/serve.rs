@@ -47,6 +47,8 @@ pub struct Connection {
     pub tls: bool,
     /// SHA-256 of the DER of the client certificate the TLS handshake verified.
     pub client_cert: Option<[u8; 32]>,
+    /// The peer is one of the snapshot's `trusted_proxies`.
+    pub from_trusted: bool,
 }
 
 /// The SHA-256 fingerprint of the client certificate of the TLS
@@ -234,7 +236,7 @@ async fn phases(
         count_application(who);
     }
     outbound::apply(&route.api.outbound, headers); // outbound auth
-    forwarded::set_forwarded(headers, added, conn.peer, conn.tls, &snap.trusted_proxies);
+    forwarded::set_forwarded(headers, added, conn.peer.ip(), conn.tls, conn.from_trusted);
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.

@@ -86,12 +86,16 @@ impl Seat {
         self.inbox.recv().await
     }
 
-    /// Counts a connection this thread serves, until the guard is dropped.
-    /// `handed`: counted by the thread that handed it already.
-    pub fn serving(&self, handed: bool) -> Serving {
-        if !handed {
-            self.spread.loads[self.me].fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts a connection this thread accepted and serves, until the
+    /// guard is dropped.
+    pub fn serving(&self) -> Serving {
+        self.spread.loads[self.me].fetch_add(1, Ordering::Relaxed);
+        self.serving_handed()
+    }
+
+    /// The guard of a connection handed to this thread: [`Seat::hand`]
+    /// counted it already.
+    pub fn serving_handed(&self) -> Serving {
         Serving {
             spread: self.spread.clone(),
             me: self.me,
@@ -118,12 +122,12 @@ mod tests {
     #[test]
     fn a_thread_serving_more_hands_new_connections_to_the_least_loaded() {
         let seats = seats(3);
-        let held: Vec<Serving> = (0..3).map(|_| seats[0].serving(false)).collect();
-        let _one = seats[1].serving(false);
+        let held: Vec<Serving> = (0..3).map(|_| seats[0].serving()).collect();
+        let _one = seats[1].serving();
         assert_eq!(seats[0].elsewhere(), Some(2));
         assert_eq!(seats[2].elsewhere(), None);
         // Equal loads stay where they are.
-        let _two = seats[2].serving(false);
+        let _two = seats[2].serving();
         assert_eq!(seats[1].elsewhere(), None);
         drop(held);
         assert_eq!(seats[1].elsewhere(), Some(0));

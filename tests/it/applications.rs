@@ -790,9 +790,20 @@ async fn api_keys_and_passwords_are_never_logged_nor_shown() {
         ) >= 1,
         "{metrics}"
     );
+    // The log is written off the request path: the refusals' lines are
+    // waited for (10 s at most) before the process is killed, which would
+    // drop what its writer has not written yet.
+    let mut logs = std::mem::take(&mut started.before);
+    let waited = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !logs.iter().any(|l| l.contains("request refused")) {
+        let left = waited.saturating_duration_since(std::time::Instant::now());
+        match started.lines.recv_timeout(left) {
+            Ok(line) => logs.push(line),
+            Err(_) => break,
+        }
+    }
     started.child.kill().unwrap();
     // Every line up to the end of its output (the reader stops there).
-    let mut logs = std::mem::take(&mut started.before);
     while let Ok(line) = started
         .lines
         .recv_timeout(std::time::Duration::from_secs(10))
