@@ -6,6 +6,9 @@
 #   bench/instructions.sh                 # this checkout's release build
 #   BASE=39010b9 bench/instructions.sh    # and another commit's, the same way
 #   BUILD=0 bench/instructions.sh         # the release binary as it is
+#   ROUTE=throttled bench/instructions.sh # one API-wide throttle (memory) too
+#                                         # high to refuse; ROUTE=balanced: two
+#                                         # endpoints (the same upstream), round robin
 #
 # An nginx upstream answers a small JSON body; the gateway runs under
 # `valgrind --tool=callgrind`; after a warm-up its counters are zeroed, one
@@ -23,6 +26,7 @@ PORT_UPSTREAM=${PORT_UPSTREAM:-18190}
 PORT_MCGW=${PORT_MCGW:-18191}
 PORT_ADMIN=${PORT_ADMIN:-18192}
 BASE=${BASE:-}
+ROUTE=${ROUTE:-plain}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 bench_workdir instr
 # KEEP=DIR keeps the callgrind profiles.
@@ -44,6 +48,16 @@ nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 wait_port "$PORT_UPSTREAM"
 
+case "$ROUTE" in
+plain) UPSTREAM="{ url: \"http://127.0.0.1:$PORT_UPSTREAM/bench\" }"; POLICIES= ;;
+throttled)
+    UPSTREAM="{ url: \"http://127.0.0.1:$PORT_UPSTREAM/bench\" }"
+    POLICIES="  policies: { throttle: [{ limit: 1000000, per: 1s }] }" ;;
+balanced)
+    UPSTREAM="{ endpoints: [{ url: \"http://127.0.0.1:$PORT_UPSTREAM/bench\" }, { url: \"http://localhost:$PORT_UPSTREAM/bench\" }] }"
+    POLICIES= ;;
+*) echo "ROUTE is plain, throttled or balanced" >&2; exit 2 ;;
+esac
 cat >"$WORK/microgateway.yaml" <<CONF
 ports: { http: $PORT_MCGW, bind: 127.0.0.1 }
 admin: { port: $PORT_ADMIN, bind: 127.0.0.1 }
@@ -51,9 +65,10 @@ apis:
 - name: bench
   version: "1.0"
   base_path: /bench
-  upstream: { url: "http://127.0.0.1:$PORT_UPSTREAM/bench" }
+  upstream: $UPSTREAM
   authentication: { type: none }
   resources: ["GET /items"]
+$POLICIES
 CONF
 
 # client COUNT: COUNT keep-alive requests on one connection, each answered 200.
@@ -98,5 +113,5 @@ for name in "${!BINS[@]}"; do
         ir=$(awk '/^summary:/ {print $2}' "$f")
         total=$((total + ${ir:-0}))
     done
-    printf '%-10s %8d instructions per request (%d requests)\n' "$name" $((total / REQUESTS)) "$REQUESTS"
+    printf '%-10s %8d instructions per request (%d requests, %s route)\n' "$name" $((total / REQUESTS)) "$REQUESTS" "$ROUTE"
 done

@@ -3,22 +3,34 @@
 //! rarely meet. Bounded: a shard holds at most its share of `max_keys`;
 //! when full, expired keys go first (an expired key is a full bucket, so
 //! nothing is lost), then the key nearest to expiry.
+//!
+//! A key is hashed once per request (foldhash, seeded per process): the
+//! hash picks the shard and finds the key in it.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use hashbrown::HashTable;
+use smallvec::SmallVec;
+
 use super::gcra::Rate;
-use super::Key;
+use super::{Key, Levels};
 
 const SHARDS: usize = 32;
 
-type Shard = HashMap<Key, u64>;
+/// Keys and their theoretical arrival times (µs), with their hashes.
+type Shard = HashTable<Entry>;
+
+struct Entry {
+    hash: u64,
+    key: Key,
+    tat: u64,
+}
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
     max_keys: AtomicUsize,
 }
 
@@ -41,15 +53,16 @@ impl MemoryStore {
     /// key has room. Returns whether it was admitted and each key's level
     /// (TAT − now, µs). The shards involved are locked in index order, so
     /// two requests never wait on each other in a loop.
-    pub fn check(&self, keys: &[(Key, Rate)], now: u64) -> (bool, Vec<u64>) {
-        let shard_of: Vec<usize> = keys
+    pub fn check(&self, keys: &[(Key, Rate)], now: u64) -> (bool, Levels) {
+        let hashes: SmallVec<[u64; 4]> = keys
             .iter()
-            .map(|(key, _)| (self.hasher.hash_one(key) as usize) % self.shards.len())
+            .map(|(key, _)| self.hasher.hash_one(key))
             .collect();
-        let mut order = shard_of.clone();
+        let shard_of = |hash: u64| (hash as usize) % self.shards.len();
+        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|&h| shard_of(h)).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<Shard>)> = order
+        let mut guards: SmallVec<[(usize, MutexGuard<Shard>); 4]> = order
             .iter()
             .map(|&i| {
                 (
@@ -60,11 +73,12 @@ impl MemoryStore {
                 )
             })
             .collect();
-        let mut bases = Vec::with_capacity(keys.len());
+        let mut bases = Levels::with_capacity(keys.len());
         let mut admitted = true;
-        for ((key, rate), shard) in keys.iter().zip(&shard_of) {
-            let guard = guard_of(&mut guards, *shard);
-            let base = guard.get(key).copied().unwrap_or(0).max(now);
+        for ((key, rate), &hash) in keys.iter().zip(&hashes) {
+            let guard = guard_of(&mut guards, shard_of(hash));
+            let tat = guard.find(hash, |e| e.key == *key).map_or(0, |e| e.tat);
+            let base = tat.max(now);
             admitted &= rate.fits(base, now);
             bases.push(base);
         }
@@ -72,15 +86,23 @@ impl MemoryStore {
             return (false, bases.iter().map(|base| base - now).collect());
         }
         let per_shard = (self.max_keys.load(Ordering::Relaxed) / self.shards.len()).max(1);
-        let mut levels = Vec::with_capacity(keys.len());
-        for (((key, rate), shard), base) in keys.iter().zip(&shard_of).zip(bases) {
-            let guard = guard_of(&mut guards, *shard);
+        let mut levels = Levels::with_capacity(keys.len());
+        for (((key, rate), &hash), base) in keys.iter().zip(&hashes).zip(bases) {
+            let guard = guard_of(&mut guards, shard_of(hash));
             let tat = base + rate.interval;
-            match guard.get_mut(key) {
-                Some(entry) => *entry = tat,
+            match guard.find_mut(hash, |e| e.key == *key) {
+                Some(entry) => entry.tat = tat,
                 None => {
                     make_room(guard, per_shard, now);
-                    guard.insert(key.clone(), tat);
+                    guard.insert_unique(
+                        hash,
+                        Entry {
+                            hash,
+                            key: key.clone(),
+                            tat,
+                        },
+                        |e| e.hash,
+                    );
                 }
             }
             levels.push(tat - now);
@@ -121,16 +143,16 @@ fn make_room(shard: &mut Shard, cap: usize, now: u64) {
     if shard.len() < cap {
         return;
     }
-    shard.retain(|_, tat| *tat > now);
+    shard.retain(|e| e.tat > now);
     while shard.len() >= cap {
-        let nearest = shard
-            .iter()
-            .min_by_key(|(_, tat)| **tat)
-            .map(|(key, _)| key.clone());
-        match nearest {
-            Some(key) => shard.remove(&key),
-            None => break,
+        let nearest = shard.iter().min_by_key(|e| e.tat).map(|e| (e.hash, e.tat));
+        let Some((hash, tat)) = nearest else {
+            break;
         };
+        match shard.find_entry(hash, |e| e.tat == tat) {
+            Ok(entry) => drop(entry.remove()),
+            Err(_) => break,
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::HeaderMap;
+use smallvec::SmallVec;
 
 use crate::auth::identity::Identity;
 use crate::config::snapshot::{Api, OnStoreError, ThrottlePolicy, ThrottleStore, Throttling};
@@ -31,6 +32,10 @@ use redis::RedisStore;
 
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Each counted key's level (TAT − now, µs), in the order of the keys: a
+/// request is counted under a few policies at most.
+pub type Levels = SmallVec<[u64; 4]>;
 
 /// Whom a request is counted as, for one policy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,22 +112,24 @@ pub struct Fields {
 
 impl Fields {
     fn of(counted: &[(&ThrottlePolicy, Quota)]) -> Option<Fields> {
-        let mut policy = String::new();
-        let mut ratelimit = String::new();
+        let mut policy = String::with_capacity(counted.len() * 48);
+        let mut ratelimit = String::with_capacity(counted.len() * 48);
         let mut retry_after: Option<Duration> = None;
+        let mut number = itoa::Buffer::new();
         for (at, (p, quota)) in counted.iter().enumerate() {
             if at > 0 {
                 policy.push_str(", ");
                 ratelimit.push_str(", ");
             }
             policy.push_str(&p.policy_field);
-            let _ = write!(
-                ratelimit,
-                "\"{}\";r={};t={}",
-                p.name,
-                quota.remaining,
-                seconds_up(quota.reset)
-            );
+            // `"name";r=remaining;t=reset`, without the formatting
+            // machinery: this runs for every admitted request.
+            ratelimit.push('"');
+            ratelimit.push_str(&p.name);
+            ratelimit.push_str("\";r=");
+            ratelimit.push_str(number.format(quota.remaining));
+            ratelimit.push_str(";t=");
+            ratelimit.push_str(number.format(seconds_up(quota.reset)));
             retry_after = retry_after.max(quota.retry_after);
         }
         // Moved into the values, not copied (names and numbers only:
@@ -209,7 +216,7 @@ impl Throttler {
         resource: usize,
         caller: Caller<'_>,
     ) -> Verdict {
-        let policies: Vec<&ThrottlePolicy> = api
+        let policies: SmallVec<[&ThrottlePolicy; 4]> = api
             .throttle
             .iter()
             .filter(|p| p.applies_to(&api.resources[resource]))
@@ -217,7 +224,7 @@ impl Throttler {
         if policies.is_empty() {
             return Verdict::Unthrottled;
         }
-        let keys: Vec<(Key, Rate)> = policies
+        let keys: SmallVec<[(Key, Rate); 4]> = policies
             .iter()
             .map(|p| (key(p, &caller), Rate::of(p.limit, p.per)))
             .collect();
@@ -233,7 +240,7 @@ impl Throttler {
             Ok(answer) => answer,
             Err(error) => return store_failed(settings.on_store_error, api, &error),
         };
-        let counted: Vec<(&ThrottlePolicy, Quota)> = policies
+        let counted: SmallVec<[(&ThrottlePolicy, Quota); 4]> = policies
             .iter()
             .zip(keys.iter().zip(levels))
             .map(|(p, ((_, rate), level))| (*p, quota(*rate, admitted, level)))

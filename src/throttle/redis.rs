@@ -15,7 +15,7 @@ use redis::{Client, IntoConnectionInfo, Script};
 use thread_local::ThreadLocal;
 
 use super::gcra::Rate;
-use super::Key;
+use super::{Key, Levels};
 use crate::config::Secret;
 
 /// GCRA on every key, all or nothing. KEYS: one per policy; ARGV: interval
@@ -99,7 +99,7 @@ impl RedisStore {
         &self,
         keys: &[(Key, Rate)],
         timeout: Duration,
-    ) -> Result<(bool, Vec<u64>), StoreError> {
+    ) -> Result<(bool, Levels), StoreError> {
         let mut connection = self.connection()?;
         let mut invocation = self.script.prepare_invoke();
         for (key, rate) in keys {
