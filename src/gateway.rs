@@ -21,6 +21,7 @@ use crate::basic_auth::{admin_access, Access};
 use crate::config::{self, Env, Invalid, Snapshot};
 use crate::http1::request_encode::AddedFields;
 use crate::proxy::{self, correlate, Body, Connection, Runtime, Upstreams};
+use crate::reload::swap::ThreadSnapshot;
 use crate::reload::{Live, Reloader, Source, Watcher};
 use crate::server::{self, ConnSettings, Transport};
 
@@ -240,19 +241,27 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
+/// What one listener thread serves its requests with. Each request holds
+/// a clone of this thread's `Arc` (the shared ones' counts stay untouched
+/// on the request path: see [`ThreadSnapshot`]).
+struct ThreadState {
+    state: Arc<State>,
+    snapshot: ThreadSnapshot,
+}
+
 /// One request on an API port: timed, counted and logged.
 async fn handle_api(
-    state: Arc<State>,
+    here: Arc<ThreadState>,
     mut req: http::Request<Body>,
     mut conn: Connection,
 ) -> Response<Body> {
-    let state = &*state;
+    let state = &*here.state;
     let started = Instant::now();
     let method = req.method().clone();
     // The access log's copy of the path, only when the log is on.
     let logged_path = tracing::enabled!(target: "microgateway::access", tracing::Level::INFO)
         .then(|| req.uri().path().to_owned());
-    let snapshot = state.live.snapshot();
+    let snapshot = state.live.snapshot_here(&here.snapshot);
     conn.from_trusted = snapshot
         .trusted_proxies
         .iter()
@@ -443,8 +452,12 @@ fn serve_on_this_thread(
                 return;
             }
         };
+        let here = Arc::new(ThreadState {
+            state,
+            snapshot: ThreadSnapshot::default(),
+        });
         let handler = move |req: http::Request<Body>, peer| {
-            let state = state.clone();
+            let here = here.clone();
             // Boxed once here: the request's future is a few KiB, and the
             // layers above would otherwise copy it each time they move it.
             let client_cert = req
@@ -452,7 +465,7 @@ fn serve_on_this_thread(
                 .get::<crate::proxy::serve::ClientCertificate>()
                 .map(|c| c.0);
             Box::pin(handle_api(
-                state,
+                here,
                 req,
                 Connection {
                     peer,

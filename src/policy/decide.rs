@@ -69,8 +69,8 @@ pub enum Caller {
 }
 
 #[derive(Debug, Clone)]
-pub struct Verdict {
-    pub route: Option<Route>,
+pub struct Verdict<'s> {
+    pub route: Option<Route<'s>>,
     pub auth_server: Option<Arc<str>>,
     /// API scopes (`API:scope`) of the matched resource; empty = any valid token.
     pub required_api_scopes: Vec<String>,
@@ -86,13 +86,13 @@ pub struct Verdict {
 
 /// Decides a request without any network: `token_scopes` stand for a valid
 /// token of `auth_server` (the API's own when `None`); `None` scopes = no token.
-pub fn decide(
-    snapshot: &Snapshot,
+pub fn decide<'s>(
+    snapshot: &'s Snapshot,
     method: &Method,
     raw_path: &str,
     token_scopes: Option<&[String]>,
     auth_server: Option<&str>,
-) -> Verdict {
+) -> Verdict<'s> {
     let caller = match token_scopes {
         None => Caller::Nobody,
         Some(scopes) => Caller::Token {
@@ -111,13 +111,13 @@ pub fn decide(
 
 /// Decides a request from `caller` at `client_ip` as the data path does:
 /// route, `ip_filter`, credential, then authorization.
-pub fn decide_for(
-    snapshot: &Snapshot,
+pub fn decide_for<'s>(
+    snapshot: &'s Snapshot,
     method: &Method,
     raw_path: &str,
     caller: &Caller,
     client_ip: IpAddr,
-) -> Verdict {
+) -> Verdict<'s> {
     let mut verdict = Verdict {
         route: None,
         auth_server: None,
@@ -246,7 +246,7 @@ fn describe_cors(cors: &Cors) -> String {
     )
 }
 
-impl fmt::Display for Verdict {
+impl fmt::Display for Verdict<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(route) = &self.route {
             let resource = route.resource();

@@ -9,16 +9,18 @@ use super::path::CanonicalPath;
 use crate::config::snapshot::{Api, Resource, Segment};
 use crate::config::Snapshot;
 
-/// What a request matched: the API, its resource, and the path below the
-/// base path (the part forwarded to the upstream).
+/// What a request matched: the API (borrowed from the snapshot: taking a
+/// request's route counts no reference other threads count too), its
+/// resource, and the path below the base path (the part forwarded to the
+/// upstream).
 #[derive(Debug, Clone)]
-pub struct Route {
-    pub api: Arc<Api>,
+pub struct Route<'s> {
+    pub api: &'s Arc<Api>,
     pub resource: usize,
     pub rest: String,
 }
 
-impl Route {
+impl Route<'_> {
     pub fn resource(&self) -> &Resource {
         &self.api.resources[self.resource]
     }
@@ -42,11 +44,11 @@ pub enum RouteProblem {
 /// Path segments matched without an allocation.
 const STACK_SEGMENTS: usize = 16;
 
-pub fn route(
-    snapshot: &Snapshot,
+pub fn route<'s>(
+    snapshot: &'s Snapshot,
     method: &Method,
     path: &CanonicalPath,
-) -> Result<Route, RouteProblem> {
+) -> Result<Route<'s>, RouteProblem> {
     let api = snapshot.api_for(&path.path).ok_or(RouteProblem::NoApi)?;
     if path.encoded_slash && !api.allow_encoded_slashes {
         return Err(RouteProblem::EncodedSlash {
@@ -89,7 +91,7 @@ pub fn route(
     });
     match resource {
         Some(index) => Ok(Route {
-            api: api.clone(),
+            api,
             resource: index,
             rest: rest.to_owned(),
         }),

@@ -78,7 +78,7 @@ impl Denied {
 
 /// The token scopes that grant each API scope of the route's resource, for
 /// `auth_server`, in declaration order without duplicates.
-pub fn granting_scopes(route: &Route, auth_server: &str) -> Vec<String> {
+pub fn granting_scopes(route: &Route<'_>, auth_server: &str) -> Vec<String> {
     let Some(table) = route.api.grants.get(auth_server) else {
         return Vec::new();
     };
@@ -101,7 +101,7 @@ pub fn granting_scopes(route: &Route, auth_server: &str) -> Vec<String> {
 /// credential is only good on the APIs its application subscribes to;
 /// `applications: registered` asks the same of a token's client.
 pub fn authorize(
-    route: &Route,
+    route: &Route<'_>,
     who: Option<&Identity>,
     client_ip: IpAddr,
 ) -> Result<Grant, Denied> {
@@ -175,7 +175,7 @@ pub fn authorize(
 }
 
 /// The first API scope of the resource (by index) that the token's scopes grant.
-fn token_grants(route: &Route, principal: &Principal) -> Option<usize> {
+fn token_grants(route: &Route<'_>, principal: &Principal) -> Option<usize> {
     let table = route.api.grants.get(&*principal.auth_server)?;
     route.resource().api_scopes.iter().copied().find(|&index| {
         table[index]

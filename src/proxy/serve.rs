@@ -57,14 +57,14 @@ pub struct Connection {
 pub struct ClientCertificate(pub [u8; 32]);
 
 /// Serves one request on `snap`; returns the response and the API it matched.
-pub async fn serve(
-    snap: &Snapshot,
+pub async fn serve<'s>(
+    snap: &'s Snapshot,
     rt: &Runtime,
     conn: Connection,
     req: Request<Body>,
     added: &mut AddedFields,
-) -> (Response<Body>, Option<Arc<Api>>) {
-    let mut api: Option<Arc<Api>> = None;
+) -> (Response<Body>, Option<&'s Arc<Api>>) {
+    let mut api: Option<&'s Arc<Api>> = None;
     let mut kind = None;
     // Kept for the CORS fields, which go on refusals too (taken once the
     // API is known to have a CORS policy); a preflight's answer has its own.
@@ -105,8 +105,8 @@ pub async fn serve(
 
 /// What [`phases`] learns on the way, for the answer: the API matched, the
 /// kind of credential presented, and the `Origin` a CORS policy answers.
-type Seen<'a> = (
-    &'a mut Option<Arc<Api>>,
+type Seen<'a, 's> = (
+    &'a mut Option<&'s Arc<Api>>,
     &'a mut Option<CredentialType>,
     &'a mut Option<http::HeaderValue>,
 );
@@ -117,13 +117,13 @@ fn cors_origin<B>(api: &Api, req: &Request<B>) -> Option<http::HeaderValue> {
     req.headers().get(ORIGIN).cloned()
 }
 
-async fn phases(
-    snap: &Snapshot,
+async fn phases<'s>(
+    snap: &'s Snapshot,
     rt: &Runtime,
     conn: Connection,
     mut req: Request<Body>,
     added: &mut AddedFields,
-    (matched_api, kind, origin): Seen<'_>,
+    (matched_api, kind, origin): Seen<'_, 's>,
 ) -> Result<Response<Body>, Rejection> {
     // An HTTP/2 WebSocket (extended CONNECT) is matched and authorized as
     // the `GET` it stands for.
@@ -145,13 +145,13 @@ async fn phases(
             // (UNIMPLEMENTED), and counted for its API.
             if let Some(api) = snap.api_for(&path.path).filter(|api| api.grpc) {
                 *origin = cors_origin(api, &req);
-                *matched_api = Some(api.clone());
+                *matched_api = Some(api);
             }
             return Err(Rejection::NoRoute(problem));
         }
     }; // match
-    *origin = cors_origin(&route.api, &req);
-    *matched_api = Some(route.api.clone());
+    *origin = cors_origin(route.api, &req);
+    *matched_api = Some(route.api);
     check_transport(&route, conn)?;
     let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
     if let Some(filter) = &route.api.ip_filter {
@@ -223,7 +223,7 @@ async fn phases(
     if from_h2 {
         forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
     }
-    strip_application_credentials(&route.api, who.as_ref(), headers);
+    strip_application_credentials(route.api, who.as_ref(), headers);
     transform::apply(&route.api.transform, who.as_ref(), headers, added)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
                                                                   // Counted once the token can no longer be refused for its properties.
@@ -242,7 +242,7 @@ async fn phases(
     // enclosing future (every layer up to the connection) as it starts.
     let mut response = Box::pin(
         rt.upstreams
-            .forward(grant, &route.api, req, &route.rest, added),
+            .forward(grant, route.api, req, &route.rest, added),
     )
     .await?; // forward
     if let Some(permit) = tunnel {
@@ -275,7 +275,7 @@ async fn phases(
             }
         }
     }
-    refuse_upstream_challenge(&route.api, &response)?;
+    refuse_upstream_challenge(route.api, &response)?;
     transform::apply_to_response(&route.api.response_transform, response.headers_mut()); // response transformation
     if let Some(fields) = fields {
         fields.apply(response.headers_mut());
@@ -285,12 +285,12 @@ async fn phases(
 
 /// Answers a CORS preflight to an API with a CORS policy, served on this
 /// connection's transport; anything else goes on to the other phases.
-fn answer_preflight<B>(
-    snap: &Snapshot,
+fn answer_preflight<'s, B>(
+    snap: &'s Snapshot,
     conn: Connection,
     req: &Request<B>,
     path: &CanonicalPath,
-) -> Option<(Response<Body>, Arc<Api>)> {
+) -> Option<(Response<Body>, &'s Arc<Api>)> {
     let preflight = Preflight::of(req)?;
     let api = snap.api_for(&path.path)?;
     let policy = api.cors.as_ref()?;
@@ -307,7 +307,7 @@ fn answer_preflight<B>(
         .method
         .as_ref()
         .is_some_and(|method| policy::route(snap, method, path).is_ok());
-    Some((cors::answer(policy, &preflight, routed), api.clone()))
+    Some((cors::answer(policy, &preflight, routed), api))
 }
 
 /// Counts the request against the API's throttle policies that apply to
@@ -316,12 +316,12 @@ fn answer_preflight<B>(
 async fn throttle(
     snap: &Snapshot,
     rt: &Runtime,
-    route: &Route,
+    route: &Route<'_>,
     caller: Caller<'_>,
 ) -> Result<Option<Fields>, Rejection> {
     match rt
         .throttle
-        .check(snap, &route.api, route.resource, caller)
+        .check(snap, route.api, route.resource, caller)
         .await
     {
         throttle::Verdict::Unthrottled | throttle::Verdict::StoreFailedAllowed => Ok(None),
@@ -445,7 +445,7 @@ fn valid_host(host: &[u8]) -> bool {
         })
 }
 
-fn check_transport(route: &Route, conn: Connection) -> Result<(), Rejection> {
+fn check_transport(route: &Route<'_>, conn: Connection) -> Result<(), Rejection> {
     let served = if conn.tls {
         route.api.transport.https
     } else {
@@ -462,7 +462,7 @@ fn check_transport(route: &Route, conn: Connection) -> Result<(), Rejection> {
 async fn authenticate<B>(
     snap: &Snapshot,
     rt: &Runtime,
-    route: &Route,
+    route: &Route<'_>,
     req: &Request<B>,
     (conn, kind): (Connection, &mut Option<CredentialType>),
 ) -> Result<Identity, Rejection> {

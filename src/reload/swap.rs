@@ -5,7 +5,7 @@
 //! limits, timeouts) only take effect on a restart, and a swap that changes
 //! them says so.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -81,6 +81,30 @@ pub struct Live {
     reloading: Mutex<()>,
     /// Reloads waiting for `reloading`.
     waiting: AtomicUsize,
+    /// Counts swaps, bumped after each: a thread's copy of the snapshot
+    /// ([`ThreadSnapshot`]) is current while it has not changed.
+    swaps: AtomicU64,
+}
+
+/// One thread's copy of the serving snapshot. A request takes a clone of
+/// an `Arc` that only this thread counts: the snapshot's own count, which
+/// every thread would write on every request, stays untouched (a counter
+/// that two cores write moves its cache line between them each time).
+#[derive(Default)]
+pub struct ThreadSnapshot {
+    held: Mutex<Option<(u64, Arc<Held>)>>,
+}
+
+/// The serving snapshot as one thread holds it: an `Arc` of its own
+/// around the shared one, so that its count is this thread's alone.
+pub struct Held(Arc<Snapshot>);
+
+impl std::ops::Deref for Held {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
 }
 
 impl Live {
@@ -94,6 +118,22 @@ impl Live {
             status: Mutex::new(ReloadStatus::default()),
             reloading: Mutex::new(()),
             waiting: AtomicUsize::new(0),
+            swaps: AtomicU64::new(0),
+        }
+    }
+
+    /// The serving snapshot, through this thread's copy of it (taken
+    /// again after a swap).
+    pub fn snapshot_here(&self, here: &ThreadSnapshot) -> Arc<Held> {
+        let swaps = self.swaps.load(Ordering::Acquire);
+        let mut held = here.held.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*held {
+            Some((seen, snapshot)) if *seen == swaps => snapshot.clone(),
+            _ => {
+                let snapshot = Arc::new(Held(self.current.load_full()));
+                *held = Some((swaps, snapshot.clone()));
+                snapshot
+            }
         }
     }
 
@@ -145,6 +185,7 @@ impl Live {
         status.last_reload_at = Some(SystemTime::now());
         status.last_reload_error = None;
         self.current.store(Arc::new(next));
+        self.swaps.fetch_add(1, Ordering::Release);
         drop(status);
         crate::metrics::get()
             .config_generation
