@@ -236,4 +236,22 @@ mod tests {
             vec!["timeouts"]
         );
     }
+
+    #[test]
+    fn a_threads_copy_is_taken_again_after_a_swap() {
+        let live = Live::new(snapshot("ports: { http: 4485 }\n"));
+        let here = ThreadSnapshot::default();
+        let first = live.snapshot_here(&here);
+        // The same copy while nothing was swapped.
+        assert!(Arc::ptr_eq(&first, &live.snapshot_here(&here)));
+        let mut next = snapshot("ports: { http: 4485 }\napis: []\n");
+        next.generation = first.generation + 1;
+        live.swap(Source::Api, next);
+        let after = live.snapshot_here(&here);
+        assert_eq!(after.generation, first.generation + 1);
+        // Another thread's copy is its own.
+        let there = ThreadSnapshot::default();
+        assert!(!Arc::ptr_eq(&after, &live.snapshot_here(&there)));
+        assert_eq!(live.snapshot_here(&there).generation, after.generation);
+    }
 }
