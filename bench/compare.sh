@@ -7,8 +7,12 @@
 # interleaved rounds: the upstream direct, nginx proxying to it (keepalive
 # pool, HTTP/1.1), and microgateway (release build, MCGW_LOG=warn) on a route
 # with `authentication: none`. Prints the median req/s, p50 and p99 of each,
-# the microgateway/nginx ratios, and resident memory idle and under load
-# (from /proc). Everything it starts is stopped on exit.
+# the microgateway/nginx ratios, the same ratios paired round by round (the
+# median of each round's ratio: drift that moves a whole round cancels),
+# and resident memory idle and at its peak (VmHWM: nothing samples during
+# the runs). Each round runs the contenders in another order (rotated by
+# one): with ROUNDS a multiple of their number, each is measured in each
+# position equally often. Everything it starts is stopped on exit.
 #
 # Targets: req/s >= 1.0x nginx, p99 <= 1.25x nginx, idle RSS <= 20 MiB.
 # Needs nginx, HAProxy and wrk (installed from Debian packages when missing).
@@ -345,49 +349,44 @@ run() {
 }
 
 # Peak RSS of PIDS while a command runs.
-peak_rss_during() { # file pids... -- (sampled until the marker file is gone)
-    local file=$1 peak=0 now
-    shift
-    while [ -e "$file" ]; do
-        now=$(rss_kib "$@")
-        [ "$now" -gt "$peak" ] && peak=$now
-        sleep 0.2
+# hwm_kib PIDS...: the peak resident memory of the processes, summed
+# (VmHWM: the kernel keeps it, so nothing samples during the runs and takes
+# CPU from the contender being measured).
+hwm_kib() {
+    local total=0
+    for pid in "$@"; do
+        local kib
+        kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kib:-0}))
     done
-    echo "$peak"
+    echo "$total"
 }
 
 echo "warm-up ..." >&2
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_NGINX/bench/items" >/dev/null
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_MCGW/bench/items" >/dev/null
 
-MCGW_LOAD_KIB=0
-NGINX_LOAD_KIB=0
+# Each round runs the contenders in another order (rotated by one), so
+# that none is always measured first or last after the same neighbour.
+RUNS=("nginx $PORT_NGINX" "microgateway $PORT_MCGW" "haproxy $PORT_HAPROXY")
+if [ "$LOGGED" = 1 ]; then
+    RUNS+=("nginx-logged $PORT_NGINX_LOGGED" "microgateway-logged $PORT_LOGGED")
+fi
+if [ "$PGO" = 1 ]; then RUNS+=("microgateway-pgo $PORT_PGO"); fi
+if [ -n "$BASE" ]; then RUNS+=("baseline $PORT_BASE"); fi
+if [ "$THROTTLE" = 1 ]; then RUNS+=("throttled $PORT_MCGW /throttled/items"); fi
+if [ "$REDIS" = 1 ]; then RUNS+=("throttled-redis $PORT_REDIS_MCGW /throttled/items"); fi
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
     run direct "$PORT_UPSTREAM"
-    touch "$WORK/sampling"
-    # shellcheck disable=SC2046
-    (peak_rss_during "$WORK/sampling" $(nginx_proxy_pids) >"$WORK/nginx-peak") &
-    run nginx "$PORT_NGINX"
-    rm -f "$WORK/sampling"
-    wait $!
-    NGINX_LOAD_KIB=$(( $(cat "$WORK/nginx-peak") > NGINX_LOAD_KIB ? $(cat "$WORK/nginx-peak") : NGINX_LOAD_KIB ))
-    touch "$WORK/sampling"
-    (peak_rss_during "$WORK/sampling" "$MCGW_PID" >"$WORK/mcgw-peak") &
-    run microgateway "$PORT_MCGW"
-    rm -f "$WORK/sampling"
-    wait $!
-    MCGW_LOAD_KIB=$(( $(cat "$WORK/mcgw-peak") > MCGW_LOAD_KIB ? $(cat "$WORK/mcgw-peak") : MCGW_LOAD_KIB ))
-    run haproxy "$PORT_HAPROXY"
-    if [ "$LOGGED" = 1 ]; then
-        run nginx-logged "$PORT_NGINX_LOGGED"
-        run microgateway-logged "$PORT_LOGGED"
-    fi
-    if [ "$PGO" = 1 ]; then run microgateway-pgo "$PORT_PGO"; fi
-    if [ -n "$BASE" ]; then run baseline "$PORT_BASE"; fi
-    if [ "$THROTTLE" = 1 ]; then run throttled "$PORT_MCGW" /throttled/items; fi
-    if [ "$REDIS" = 1 ]; then run throttled-redis "$PORT_REDIS_MCGW" /throttled/items; fi
+    for k in $(seq 0 $((${#RUNS[@]} - 1))); do
+        # shellcheck disable=SC2086
+        run ${RUNS[$(((k + round - 1) % ${#RUNS[@]}))]}
+    done
 done
+MCGW_LOAD_KIB=$(hwm_kib "$MCGW_PID")
+# shellcheck disable=SC2046
+NGINX_LOAD_KIB=$(hwm_kib $(nginx_proxy_pids))
 
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.txt" | median; }
 declare -A RPS P50 P99 CPU
@@ -398,6 +397,15 @@ for name in "${CONTENDERS[@]}"; do
     CPU[$name]=$(col "$name" 4)
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+# paired A B COLUMN: the median of A/B round by round (a round's drift,
+# which moves both, cancels out), and the lowest and highest.
+paired() {
+    local ratios
+    ratios=$(paste "$WORK/$1.txt" "$WORK/$2.txt" | awk -v c="$3" -v n="$(awk '{print NF; exit}' "$WORK/$1.txt")" \
+        '$(c + n) > 0 { printf "%.4f\n", $c / $(c + n) }')
+    printf '%.2fx (rounds %.2f-%.2f)' "$(echo "$ratios" | median)" \
+        "$(echo "$ratios" | sort -g | head -1)" "$(echo "$ratios" | sort -g | tail -1)"
+}
 
 echo
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -sr), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
@@ -426,6 +434,19 @@ if [ "$REDIS" = 1 ]; then
 fi
 if [ -n "$BASE" ]; then
     echo "microgateway / baseline ($BASE): req/s $(ratio "${RPS[microgateway]}" "${RPS[baseline]}")x, cpu per request $(ratio "${CPU[microgateway]}" "${CPU[baseline]}")x (a regression budget of 3%: req/s >= 0.97x, cpu <= 1.03x)"
+fi
+echo
+echo "paired, the median of the ratios round by round (what the verdicts rest on):"
+echo "  microgateway / nginx:   req/s $(paired microgateway nginx 1), cpu per request $(paired microgateway nginx 4)"
+echo "  microgateway / haproxy: req/s $(paired microgateway haproxy 1), p99 $(paired microgateway haproxy 3), cpu per request $(paired microgateway haproxy 4)"
+if [ "$THROTTLE" = 1 ]; then
+    echo "  throttled / nginx:      req/s $(paired throttled nginx 1)"
+fi
+if [ "$LOGGED" = 1 ]; then
+    echo "  microgateway-logged / microgateway: req/s $(paired microgateway-logged microgateway 1); / nginx-logged: $(paired microgateway-logged nginx-logged 1)"
+fi
+if [ -n "$BASE" ]; then
+    echo "  microgateway / baseline ($BASE): req/s $(paired microgateway baseline 1), cpu per request $(paired microgateway baseline 4)"
 fi
 printf 'RSS idle:   microgateway %.1f MiB (target <= 20), nginx proxy %.1f MiB (master + workers)\n' \
     "$(awk -v k="$MCGW_IDLE_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_IDLE_KIB" 'BEGIN {print k / 1024}')"

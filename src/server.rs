@@ -221,6 +221,9 @@ pub async fn serve<H, F>(
         }
     }
     drop(listener);
+    // Connections handed to this thread and not yet taken are closed, and
+    // their slots freed (the other threads serve what they accept next).
+    drop(seat);
     // Every connection holds a slot until it has ended: all slots back
     // means every connection of the port has been drained.
     let drained = tokio::time::timeout(settings.timeouts.drain, slots.all_free()).await;

@@ -26,10 +26,11 @@ use crate::config::snapshot::Limits;
 /// parser's slots live on the stack.
 const HEADER_SLOTS: usize = 256;
 
-/// Headers the gateway adds to a forwarded request (`Forwarded`,
-/// `X-Forwarded-For/-Proto/-Host`, `X-Request-Id`, `traceparent`): room
-/// for them from the start, so that adding them never regrows the map.
-const FORWARDING_HEADERS: usize = 6;
+/// Room for fields a policy sets on the request (outbound auth, request
+/// transformation) without regrowing the map. The gateway's own fields
+/// (correlation, forwarding) never enter it: they are written beside the
+/// request's (`request_encode::AddedFields`).
+const POLICY_FIELDS: usize = 2;
 
 /// The connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -150,8 +151,7 @@ pub fn parse(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_range))
         .map_err(|_| Refusal::BadRequest("malformed request target"))?;
-    // Room for the forwarding headers the gateway adds: one allocation.
-    let mut headers = HeaderMap::with_capacity(fields.entries.len() + FORWARDING_HEADERS);
+    let mut headers = HeaderMap::with_capacity(fields.entries.len() + POLICY_FIELDS);
     for (name, start, end) in fields.entries.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Refusal::BadRequest("malformed header value"))?;
