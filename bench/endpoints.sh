@@ -127,10 +127,18 @@ DURATION=2s wrk_run "$PORT_NGINX" >/dev/null
 DURATION=2s wrk_run "$PORT_MCGW" >/dev/null
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+measure_nginx() { wrk_run "$PORT_NGINX" | tee -a "$WORK/nginx.txt" | sed 's/^/  nginx        /' >&2; }
+measure_mcgw() { wrk_run "$PORT_MCGW" | tee -a "$WORK/microgateway.txt" | sed 's/^/  microgateway /' >&2; }
+# Which goes first alternates from round to round.
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    wrk_run "$PORT_NGINX" | tee -a "$WORK/nginx.txt" | sed 's/^/  nginx        /' >&2
-    wrk_run "$PORT_MCGW" | tee -a "$WORK/microgateway.txt" | sed 's/^/  microgateway /' >&2
+    if [ $((round % 2)) = 1 ]; then
+        measure_nginx
+        measure_mcgw
+    else
+        measure_mcgw
+        measure_nginx
+    fi
 done
 NGINX_RPS=$(awk '{print $1}' "$WORK/nginx.txt" | median)
 MCGW_RPS=$(awk '{print $1}' "$WORK/microgateway.txt" | median)
