@@ -11,9 +11,7 @@ wait for the next, then 10 s after they have all closed. Prints the RSS
 figures and the cost per idle connection: (RSS open - RSS idle) / N.
 
 Targets: <= 2 KiB per idle connection; RSS back within 20 % of idle 10 s
-after the connections close. "microgateway-image" is the same binary with
-the allocator settings of the container image (MIMALLOC_PURGE_DECOMMITS=1,
-MIMALLOC_PURGE_DELAY=0).
+after the connections close.
 """
 import asyncio, os, resource, shutil, socket, subprocess, sys, tempfile, time
 
@@ -133,10 +131,7 @@ http {{ access_log off; keepalive_timeout 300s; keepalive_requests 100000;
                               "-g", "daemon off;"])
         )
     contenders = [("nginx", px, "/items", procs[1].pid)]
-    # "microgateway-image": the same binary with the allocator settings of
-    # the container image (freed memory returned to the system at once).
-    image_env = {"MIMALLOC_PURGE_DECOMMITS": "1", "MIMALLOC_PURGE_DELAY": "0"}
-    bins = [("microgateway", BIN), ("microgateway-image", BIN)]
+    bins = [("microgateway", BIN)]
     if os.environ.get("BASE"):
         base = subprocess.run(
             ["bash", "-c", f'ROOT="{ROOT}"; . "{ROOT}/bench/lib.sh"; base_binary {os.environ["BASE"]}'],
@@ -157,7 +152,7 @@ apis:
   authentication: {{ type: none }}
   resources: ["GET /items"]
 """)
-        env = dict(os.environ, MCGW_LOG="warn", **(image_env if name.endswith("-image") else {}))
+        env = dict(os.environ, MCGW_LOG="warn")
         proc = subprocess.Popen([binary, "start", "-c", f"{work}/{name}.yaml"],
                                 env=env, stderr=subprocess.DEVNULL)
         procs.append(proc)

@@ -137,25 +137,27 @@ pub async fn serve<H, F>(
     // The connections' own receiver: the loop below waits on `stop`.
     let conn_stop = stop.clone();
     let start = |stream: TcpStream, peer, permit, counted: Option<spread::Serving>| {
-        let conn = Conn {
+        // Boxed before the task: what the task's future captures it holds
+        // for the connection's whole life, idle or not.
+        let conn = Box::new(Conn {
             http2: http2.clone(),
             tunnels: slots.tunnels.clone(),
             settings,
-            stop: conn_stop.clone(),
-            forced: forced.clone(),
+            signals: Signals {
+                stop: conn_stop.clone(),
+                forced: forced.clone(),
+                pressure: slots.pressure().subscribe(),
+            },
             activity: Arc::new(Activity::new(settings.timeouts.send)),
             slots: slots.clone(),
-            pressure: slots.pressure().subscribe(),
             peer,
-        };
+        });
         let transport = transport.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _counted = counted;
-            // Boxed: the connection's state is carried by every layer of
-            // its future as a pointer, not copied into each (~270 B twice).
-            Box::new(conn).run(stream, transport, handler).await;
+            conn.run(stream, transport, handler).await;
         });
     };
     loop {
@@ -275,13 +277,19 @@ struct Conn {
     /// The listener's WebSocket tunnels (`limits.max_tunnels`).
     tunnels: TunnelSlots,
     settings: ConnSettings,
-    stop: watch::Receiver<bool>,
-    forced: watch::Receiver<bool>,
+    signals: Signals,
     activity: Arc<Activity>,
     slots: Arc<Slots>,
+    peer: SocketAddr,
+}
+
+/// What the port tells its connections.
+struct Signals {
+    stop: watch::Receiver<bool>,
+    /// The drain timeout has passed: what is left is closed.
+    forced: watch::Receiver<bool>,
     /// Changes when the port runs out of slots.
     pressure: watch::Receiver<u64>,
-    peer: SocketAddr,
 }
 
 impl Conn {
@@ -337,21 +345,25 @@ impl Conn {
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let closing = AtomicBool::new(false);
-        let activity = self.activity.clone();
-        let slots = self.slots.clone();
         let ending = {
+            let conn = &mut *self;
             let exchanges = pin!(h1::serve(
                 io,
-                self.peer,
-                self.settings,
+                conn.peer,
+                &conn.settings,
                 &closing,
-                &activity,
-                &slots,
+                &conn.activity,
+                &conn.slots,
                 &handler
             ));
             // Asked to end, it does after the exchange in progress.
             let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
-            self.supervise(exchanges, graceful).await
+            let watched = Watched {
+                timeouts: &conn.settings.timeouts,
+                activity: &conn.activity,
+                peer: conn.peer,
+            };
+            conn.signals.supervise(watched, exchanges, graceful).await
         };
         match ending {
             Some(h1::Ending::Http2 { io, read }) => {
@@ -373,7 +385,7 @@ impl Conn {
     {
         tokio::select! {
             () = tunnel::run(switch, io, read) => {}
-            () = stopped(&mut self.forced) => {
+            () = stopped(&mut self.signals.forced) => {
                 tracing::debug!(peer = %self.peer, "tunnel closed: drain timeout reached");
             }
         }
@@ -409,24 +421,44 @@ impl Conn {
         let graceful = |conn: Pin<&mut _>| {
             hyper::server::conn::http2::Connection::graceful_shutdown(conn);
         };
-        if let Some(Err(error)) = self.supervise(conn, graceful).await {
+        let watched = Watched {
+            timeouts: &self.settings.timeouts,
+            activity: &self.activity,
+            peer,
+        };
+        if let Some(Err(error)) = self.signals.supervise(watched, conn, graceful).await {
             tracing::debug!(%error, %peer, "connection ended with an error");
         }
     }
+}
 
+/// The connection a watchdog watches.
+struct Watched<'a> {
+    timeouts: &'a Timeouts,
+    activity: &'a Arc<Activity>,
+    peer: SocketAddr,
+}
+
+impl Signals {
     /// Drives `conn` and its watchdog: shutdown (graceful, then forced
     /// after the drain timeout), the idle deadline, abusive resets.
     /// `graceful` asks the connection to end after the requests in flight
     /// (at once if there are none). `None` when the connection was dropped
     /// before it ended.
+    ///
+    /// It waits on as few things at once as it can (one signal, one timer),
+    /// since every idle connection holds that wait.
     async fn supervise<C: Future>(
         &mut self,
+        watched: Watched<'_>,
         mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
     ) -> Option<C::Output> {
-        let timeouts = self.settings.timeouts;
-        let peer = self.peer;
-        let activity = self.activity.clone();
+        let Watched {
+            timeouts,
+            activity,
+            peer,
+        } = watched;
         let mut closing = false;
         // An idle connection asked to close has `send` to do it: HTTP/2
         // may still hold the end of an answer for a client that does not
@@ -434,7 +466,7 @@ impl Conn {
         let mut closed_by: Option<Instant> = None;
         let watchdog = Watchdog::new();
         loop {
-            let deadline = activity.deadline(timeouts);
+            let deadline = activity.deadline(*timeouts);
             let watch_ms = deadline
                 .saturating_duration_since(activity.started)
                 .as_millis();
@@ -442,31 +474,44 @@ impl Conn {
                 u64::try_from(watch_ms).unwrap_or(u64::MAX),
                 Ordering::Release,
             );
-            let stop = &mut self.stop;
-            let forced = &mut self.forced;
-            let pressure = &mut self.pressure;
-            let activity = &activity;
-            let mut watch = pin!(async move {
-                tokio::select! {
-                    _ = stopped(stop), if !closing => Watch::Stop,
-                    _ = activity.quiet.notified() => Watch::Rearm,
-                    Ok(()) = pressure.changed() => Watch::Pressure,
-                    _ = tokio::time::sleep_until(deadline), if !closing => Watch::Deadline,
-                    _ = tokio::time::sleep_until(closed_by.unwrap_or(deadline)), if closed_by.is_some() => Watch::Forced,
-                    _ = stopped(forced) => Watch::Forced,
-                }
-            });
-            watchdog.rearm();
-            let event = std::future::poll_fn(|cx| {
-                if let Poll::Ready(output) = conn.as_mut().poll(cx) {
-                    return Poll::Ready(Err(output));
-                }
-                watchdog.poll(watch.as_mut(), cx).map(Ok)
-            })
-            .await;
+            // Before shutdown, the stop signal and the idle deadline; after
+            // it, the drain timeout and the time an idle connection has to
+            // close.
+            let (signal, wake_at) = if closing {
+                (&mut self.forced, closed_by)
+            } else {
+                (&mut self.stop, Some(deadline))
+            };
+            let event = if *signal.borrow_and_update() {
+                Ok(Watch::Signal)
+            } else {
+                let pressure = &mut self.pressure;
+                let mut watch = pin!(async move {
+                    tokio::select! {
+                        // A signal that turned true is seen above; one
+                        // whose sender is gone counts as given.
+                        changed = signal.changed() => match changed {
+                            Ok(()) => Watch::Rearm,
+                            Err(_) => Watch::Signal,
+                        },
+                        _ = activity.quiet.notified() => Watch::Rearm,
+                        Ok(()) = pressure.changed() => Watch::Pressure,
+                        _ = tokio::time::sleep_until(wake_at.unwrap_or(deadline)), if wake_at.is_some() => Watch::Timer,
+                    }
+                });
+                watchdog.rearm();
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(output) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Err(output));
+                    }
+                    watchdog.poll(watch.as_mut(), cx).map(Ok)
+                })
+                .await
+            };
             match event {
                 Err(output) => return Some(output),
-                Ok(Watch::Stop) => {
+                Ok(Watch::Signal | Watch::Timer) if closing => return None,
+                Ok(Watch::Signal) => {
                     graceful(conn.as_mut());
                     closing = true;
                 }
@@ -482,20 +527,19 @@ impl Conn {
                 // A request body waiting for its client looks again at how
                 // long it may wait (`slots::PRESSED_SILENCE`).
                 Ok(Watch::Pressure) => activity.body_waker.wake(),
-                Ok(Watch::Deadline) => {
+                Ok(Watch::Timer) => {
                     if activity.send_stalled(timeouts.send) {
                         tracing::debug!(%peer, "connection closed: the client reads no answer");
                         crate::metrics::client_error("send_timeout");
                         return None;
                     }
-                    if activity.deadline(timeouts) <= Instant::now() {
+                    if activity.deadline(*timeouts) <= Instant::now() {
                         tracing::debug!(%peer, "idle connection closed");
                         graceful(conn.as_mut());
                         closing = true;
                         closed_by = Some(Instant::now() + timeouts.send);
                     }
                 }
-                Ok(Watch::Forced) => return None,
             }
         }
     }
@@ -503,12 +547,14 @@ impl Conn {
 
 /// What the watchdog of a connection saw.
 enum Watch {
-    Stop,
+    /// Before shutdown: stop. After: the drain timeout has passed.
+    Signal,
     Rearm,
     /// The port has run out of connection slots.
     Pressure,
-    Deadline,
-    Forced,
+    /// Before shutdown: the idle deadline. After: the time to close has
+    /// passed.
+    Timer,
 }
 
 /// Polls a connection's watchdog (shutdown signals and its idle timer)

@@ -51,6 +51,10 @@ use crate::http1::request_encode::Destination;
 
 /// Idle connections kept per upstream (per pool).
 pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
+/// Idle connections per upstream that keep their buffers: the most
+/// recently used, taken first. The others free theirs (16 KiB each), so
+/// that a burst that leaves hundreds idle does not hold them all.
+const WARM_IDLE: usize = 16;
 /// An idle connection unused for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -563,6 +567,10 @@ impl Pool {
             slot.idle.pop_front();
         }
         slot.idle.push_back(Idle { conn, since: now });
+        // The one this pushes out of the warm end goes cold.
+        if let Some(cold) = slot.idle.len().checked_sub(WARM_IDLE + 1) {
+            slot.idle[cold].conn.release_buffers();
+        }
     }
 
     /// Closes the connections idle for too long, and those the upstream
@@ -601,6 +609,14 @@ impl Pool {
     fn idle_count(&mut self, key: &Key<'_>) -> usize {
         let n = self.slot(key).expect("slot");
         self.slots[n as usize].idle.len()
+    }
+
+    /// Idle connections to `key`'s upstream that hold buffers (for tests).
+    #[cfg(test)]
+    fn buffered_count(&mut self, key: &Key<'_>) -> usize {
+        let n = self.slot(key).expect("slot");
+        let idle = &self.slots[n as usize].idle;
+        idle.iter().filter(|idle| idle.conn.holds_buffers()).count()
     }
 }
 
@@ -1086,6 +1102,35 @@ mod tests {
         assert_eq!(read_all(pools.get(&upstream).await).await, 1 << 20);
         assert_eq!(upstream.connections(), 2);
         assert_eq!(pools.idle(&upstream), 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_most_recently_used_idle_connections_keep_their_buffers() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let upstream = TestUpstream::start(10).await;
+        let burst = WARM_IDLE + 4;
+        for round in 0..2 {
+            let checkouts: Vec<Checkout> = (0..burst)
+                .map(|_| pools.checkout_at(&upstream, Instant::now()))
+                .collect();
+            let mut responses = Vec::new();
+            for checkout in checkouts {
+                responses.push(pools.send(&upstream, checkout).await);
+            }
+            for response in responses {
+                assert_eq!(read_all(response).await, 10);
+            }
+            assert_eq!(pools.idle(&upstream), burst, "round {round}");
+            let key = key(&upstream);
+            let buffered = THREAD_POOL.with(|own| {
+                own.borrow_mut()
+                    .as_mut()
+                    .map(|pool| pool.buffered_count(&key))
+            });
+            assert_eq!(buffered, Some(WARM_IDLE), "round {round}");
+        }
+        // Those without buffers carried the second burst as well.
+        assert_eq!(upstream.connections(), burst);
     }
 
     #[tokio::test]

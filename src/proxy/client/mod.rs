@@ -145,6 +145,23 @@ impl Connection {
         self.buf.is_empty() && !self.io.is_disturbed()
     }
 
+    /// Frees the read and write buffers of an idle connection (they are
+    /// allocated again when it next carries a request).
+    pub fn release_buffers(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > 0 {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Whether it holds a read or write buffer (for tests).
+    #[cfg(test)]
+    pub fn holds_buffers(&self) -> bool {
+        self.buf.capacity() > 0 || self.out.capacity() > 0
+    }
+
     /// Sends `req` to `destination` and reads the response head; the body
     /// streams from the connection, which may be silent for at most
     /// `stall` while more of it is due.

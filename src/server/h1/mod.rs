@@ -293,10 +293,15 @@ enum HeadRead {
 /// Serves the exchanges of one connection until it closes, or hands it
 /// over to HTTP/2. `closing` asks it to end after the exchange in
 /// progress (at once when it waits for a head that has not begun).
+///
+/// Between exchanges the connection's future holds little more than its
+/// wait for the next head: each exchange (the handler's answer and its
+/// writing) is a future of its own, allocated while it runs, so that
+/// thousands of idle keep-alive connections cost little memory each.
 pub(super) async fn serve<S, H, F>(
     io: S,
     peer: SocketAddr,
-    settings: ConnSettings,
+    settings: &ConnSettings,
     closing: &AtomicBool,
     activity: &Arc<Activity>,
     slots: &Arc<Slots>,
@@ -323,88 +328,142 @@ where
         write_deadline: None,
     }));
     let mut first = true;
-    let linger = loop {
+    let end = loop {
         let head = match read_head(&wire, settings, closing, first).await {
             HeadRead::Head(head) => head,
-            HeadRead::Closed => break false,
+            HeadRead::Closed => break End::Close { linger: false },
             HeadRead::Http2 => return into_http2(wire),
-            HeadRead::Refused(rejection) => {
-                tracing::debug!(%peer, cause = %rejection, "request head refused");
-                let exchange = Exchange {
-                    method: &Method::GET,
-                    http11: true,
-                    keep_alive: false,
-                };
-                let _ = respond(&wire, rejection.into_response(), exchange).await;
-                break true;
-            }
+            HeadRead::Refused(rejection) => break End::Refuse(rejection),
         };
         first = false;
-        let Head {
-            request,
-            framing,
-            keep_alive,
-            expect_continue,
-        } = head;
-        let method = request.method().clone();
-        let http11 = request.version() == Version::HTTP_11;
-        let body = match framing {
-            Framing::None => crate::proxy::empty(),
-            Framing::Length(n) => read_body(&wire, Delimited::Length(n), expect_continue),
-            Framing::Chunked => {
-                read_body(&wire, Delimited::Chunked(Chunked::new()), expect_continue)
-            }
-        };
-        let guard = InFlight::begin(activity);
-        let mut response = handler(request.map(|()| body), peer).await;
-        let guard = guard.answered();
-        let switch = switching(&mut response);
-        // The rest of a request body the handler did not read would be
-        // taken for the next head: the connection ends instead.
-        let read_all = {
-            let mut wire = lock(&wire);
-            // Too late to ask for the body: the answer is given.
-            wire.continue_due = false;
-            wire.body.is_done() && wire.failed.is_none()
-        };
-        if let Some(switch) = switch {
-            let exchange = Exchange {
-                method: &method,
-                http11,
-                keep_alive: true,
-            };
-            let written = read_all && respond(&wire, response, exchange).await;
-            drop(guard);
-            if written {
-                return into_tunnel(wire, switch);
-            }
-            break false;
+        let exchanged = Box::pin(exchange(&wire, head, peer, closing, activity, handler)).await;
+        match exchanged {
+            Exchanged::Kept => {}
+            Exchanged::Ended { linger } => break End::Close { linger },
+            Exchanged::Upgraded(switch) => return into_tunnel(wire, switch),
         }
+    };
+    Box::pin(finish(&wire, end, peer)).await;
+    Ending::Closed
+}
+
+/// How a connection's last exchange went.
+enum End {
+    /// Its head was refused: the refusal is the last answer.
+    Refuse(Rejection),
+    Close {
+        linger: bool,
+    },
+}
+
+/// Answers a refused head, then closes the connection.
+async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+    wire: &Mutex<Wire<S>>,
+    end: End,
+    peer: SocketAddr,
+) {
+    let linger = match end {
+        End::Refuse(rejection) => {
+            tracing::debug!(%peer, cause = %rejection, "request head refused");
+            let exchange = Exchange {
+                method: &Method::GET,
+                http11: true,
+                keep_alive: false,
+            };
+            let _ = respond(wire, rejection.into_response(), exchange).await;
+            true
+        }
+        End::Close { linger } => linger,
+    };
+    close(wire, linger).await;
+}
+
+/// How an exchange left its connection.
+enum Exchanged {
+    /// Ready for the next one.
+    Kept,
+    /// To be closed, lingering or not.
+    Ended { linger: bool },
+    /// A `101` was written: the tunnel takes the connection.
+    Upgraded(tunnel::Switch),
+}
+
+/// One exchange: the handler's answer to the request `head` begins, then
+/// its writing.
+async fn exchange<S, H, F>(
+    wire: &Arc<Mutex<Wire<S>>>,
+    head: Head,
+    peer: SocketAddr,
+    closing: &AtomicBool,
+    activity: &Arc<Activity>,
+    handler: &H,
+) -> Exchanged
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Body>, SocketAddr) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+    } = head;
+    let method = request.method().clone();
+    let http11 = request.version() == Version::HTTP_11;
+    let body = match framing {
+        Framing::None => crate::proxy::empty(),
+        Framing::Length(n) => read_body(wire, Delimited::Length(n), expect_continue),
+        Framing::Chunked => read_body(wire, Delimited::Chunked(Chunked::new()), expect_continue),
+    };
+    let guard = InFlight::begin(activity);
+    let mut response = handler(request.map(|()| body), peer).await;
+    let guard = guard.answered();
+    let switch = switching(&mut response);
+    // The rest of a request body the handler did not read would be
+    // taken for the next head: the connection ends instead.
+    let read_all = {
+        let mut wire = lock(wire);
+        // Too late to ask for the body: the answer is given.
+        wire.continue_due = false;
+        wire.body.is_done() && wire.failed.is_none()
+    };
+    if let Some(switch) = switch {
         let exchange = Exchange {
             method: &method,
             http11,
-            keep_alive: keep_alive && read_all && !closing.load(Ordering::Acquire),
+            keep_alive: true,
         };
-        let kept = respond(&wire, response, exchange).await;
+        let written = read_all && respond(wire, response, exchange).await;
         drop(guard);
-        {
-            // A connection waiting for its next request keeps no buffer
-            // (thousands of them may wait between requests), unless the
-            // client has already sent it.
-            let mut wire = lock(&wire);
-            if wire.buf.is_empty() {
-                wire.out = Vec::new();
-            }
-        }
-        if !kept {
-            // Lingering lets a client read its last answer; one that
-            // stopped reading gets no such grace.
-            let wire = lock(&wire);
-            break (!read_all || !wire.buf.is_empty()) && !wire.write_failed;
-        }
+        return if written {
+            Exchanged::Upgraded(switch)
+        } else {
+            Exchanged::Ended { linger: false }
+        };
+    }
+    let exchange = Exchange {
+        method: &method,
+        http11,
+        keep_alive: keep_alive && read_all && !closing.load(Ordering::Acquire),
     };
-    close(&wire, linger).await;
-    Ending::Closed
+    let kept = respond(wire, response, exchange).await;
+    drop(guard);
+    let mut wire = lock(wire);
+    // A connection waiting for its next request keeps no buffer
+    // (thousands of them may wait between requests), unless the client
+    // has already sent it.
+    if wire.buf.is_empty() {
+        wire.out = Vec::new();
+    }
+    if kept {
+        return Exchanged::Kept;
+    }
+    // Lingering lets a client read its last answer; one that stopped
+    // reading gets no such grace.
+    Exchanged::Ended {
+        linger: (!read_all || !wire.buf.is_empty()) && !wire.write_failed,
+    }
 }
 
 fn read_body<S>(wire: &Arc<Mutex<Wire<S>>>, body: Delimited, expect_continue: bool) -> Body
@@ -423,7 +482,7 @@ where
 /// `timeouts.header_read`.
 async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
     wire: &Mutex<Wire<S>>,
-    settings: ConnSettings,
+    settings: &ConnSettings,
     closing: &AtomicBool,
     first: bool,
 ) -> HeadRead {
