@@ -82,7 +82,8 @@ async def hold(port, path, pids):
             await one(port, request, conns)
 
     await asyncio.gather(*(guarded() for _ in range(N)))
-    await asyncio.sleep(1)
+    # Held a few seconds: microgateway parks a connection idle for 1 s.
+    await asyncio.sleep(3)
     opened = rss_kib(pids)
     for writer in conns:
         writer.close()

@@ -133,6 +133,8 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let http2 = Arc::new(http2_builder(settings));
+    // Shared by the port's connections rather than copied into each.
+    let shared = Arc::new(settings);
     let (force, forced) = watch::channel(false);
     // The connections' own receiver: the loop below waits on `stop`.
     let conn_stop = stop.clone();
@@ -142,7 +144,7 @@ pub async fn serve<H, F>(
         let conn = Box::new(Conn {
             http2: http2.clone(),
             tunnels: slots.tunnels.clone(),
-            settings,
+            settings: shared.clone(),
             signals: Signals {
                 stop: conn_stop.clone(),
                 forced: forced.clone(),
@@ -223,6 +225,7 @@ pub async fn serve<H, F>(
         }
     }
     drop(listener);
+    slots.stop_parked();
     // Connections handed to this thread and not yet taken are closed, and
     // their slots freed (the other threads serve what they accept next).
     drop(seat);
@@ -276,7 +279,7 @@ struct Conn {
     http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     /// The listener's WebSocket tunnels (`limits.max_tunnels`).
     tunnels: TunnelSlots,
-    settings: ConnSettings,
+    settings: Arc<ConnSettings>,
     signals: Signals,
     activity: Arc<Activity>,
     slots: Arc<Slots>,
@@ -345,34 +348,91 @@ impl Conn {
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let closing = AtomicBool::new(false);
-        let ending = {
+        let wire = h1::Connection::new(io, &self.settings, &self.activity, &self.slots);
+        let ending = loop {
             let conn = &mut *self;
-            let exchanges = pin!(h1::serve(
-                io,
-                conn.peer,
-                &conn.settings,
-                &closing,
-                &conn.activity,
-                &conn.slots,
-                &handler
-            ));
-            // Asked to end, it does after the exchange in progress.
-            let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
-            let watched = Watched {
-                timeouts: &conn.settings.timeouts,
-                activity: &conn.activity,
-                peer: conn.peer,
+            // Boxed: only while the connection is in use does it hold the
+            // future of its exchanges and their watchdog.
+            let served = async {
+                let exchanges = pin!(h1::serve(
+                    &wire,
+                    conn.peer,
+                    &closing,
+                    &conn.activity,
+                    &handler
+                ));
+                // Asked to end, it does after the exchange in progress.
+                let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
+                let watched = Watched {
+                    timeouts: &conn.settings.timeouts,
+                    activity: &conn.activity,
+                    peer: conn.peer,
+                    parkable: &|| wire.waits_idle(),
+                };
+                conn.signals.supervise(watched, exchanges, graceful).await
             };
-            conn.signals.supervise(watched, exchanges, graceful).await
+            // Matched at once: nothing of it is held while parked.
+            match Box::pin(served).await {
+                Outcome::Done(ending) => break ending,
+                Outcome::Cut => return,
+                Outcome::Parked => {}
+            }
+            if !conn.parked(&wire).await {
+                Box::pin(wire.close_idle()).await;
+                return;
+            }
         };
         match ending {
-            Some(h1::Ending::Http2 { io, read }) => {
-                Box::pin(self.http2(io, read, handler)).await;
+            h1::Ending::Closed => {}
+            h1::Ending::Http2 => {
+                if let Some((io, read)) = wire.into_parts() {
+                    Box::pin(self.http2(io, read, handler)).await;
+                }
             }
-            Some(h1::Ending::Upgraded { io, read, switch }) => {
-                Box::pin(self.tunnel(io, read, switch)).await;
+            h1::Ending::Upgraded(switch) => {
+                if let Some((io, read)) = wire.into_parts() {
+                    Box::pin(self.tunnel(io, read, switch)).await;
+                }
             }
-            Some(h1::Ending::Closed) | None => {}
+        }
+    }
+
+    /// Waits while the connection is parked: `true` when its client sends
+    /// its next request, `false` when it is to close (the client closed
+    /// it, the idle timeout, shutdown, the port out of slots). It holds a
+    /// timer and a place in the port's wake-up list, nothing more.
+    async fn parked<S>(&self, wire: &h1::Connection<S>) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut idle = pin!(tokio::time::sleep_until(
+            self.activity.deadline(self.settings.timeouts)
+        ));
+        loop {
+            let mut wake = pin!(self.slots.parked_wake());
+            wake.as_mut().enable();
+            if self.slots.parked_must_close() {
+                tracing::debug!(peer = %self.peer, "idle connection closed: shutdown or no free slot");
+                return false;
+            }
+            let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(sent) = wire.poll_wake(cx) {
+                    return Poll::Ready(Some(sent));
+                }
+                if wake.as_mut().poll(cx).is_ready() {
+                    // Looked at again above.
+                    return Poll::Ready(None);
+                }
+                if idle.as_mut().poll(cx).is_ready() {
+                    tracing::debug!(peer = %self.peer, "idle connection closed");
+                    return Poll::Ready(Some(false));
+                }
+                Poll::Pending
+            })
+            .await;
+            if let Some(sent) = woke {
+                return sent;
+            }
         }
     }
 
@@ -425,8 +485,9 @@ impl Conn {
             timeouts: &self.settings.timeouts,
             activity: &self.activity,
             peer,
+            parkable: &|| false,
         };
-        if let Some(Err(error)) = self.signals.supervise(watched, conn, graceful).await {
+        if let Outcome::Done(Err(error)) = self.signals.supervise(watched, conn, graceful).await {
             tracing::debug!(%error, %peer, "connection ended with an error");
         }
     }
@@ -437,14 +498,30 @@ struct Watched<'a> {
     timeouts: &'a Timeouts,
     activity: &'a Arc<Activity>,
     peer: SocketAddr,
+    /// Whether the connection waits for a request nothing of which has
+    /// come, so that it can be parked.
+    parkable: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// How long a connection waits for its next request before it is parked
+/// ([`Signals::parked`]).
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// How the watched connection's future ended.
+enum Outcome<T> {
+    Done(T),
+    /// Idle for [`PARK_AFTER`] and waiting for a request: its future can
+    /// be dropped.
+    Parked,
+    /// It was cut (shutdown forced, abuse, a client that reads nothing).
+    Cut,
 }
 
 impl Signals {
     /// Drives `conn` and its watchdog: shutdown (graceful, then forced
     /// after the drain timeout), the idle deadline, abusive resets.
     /// `graceful` asks the connection to end after the requests in flight
-    /// (at once if there are none). `None` when the connection was dropped
-    /// before it ended.
+    /// (at once if there are none).
     ///
     /// It waits on as few things at once as it can (one signal, one timer),
     /// since every idle connection holds that wait.
@@ -453,11 +530,12 @@ impl Signals {
         watched: Watched<'_>,
         mut conn: Pin<&mut C>,
         graceful: impl Fn(Pin<&mut C>),
-    ) -> Option<C::Output> {
+    ) -> Outcome<C::Output> {
         let Watched {
             timeouts,
             activity,
             peer,
+            parkable,
         } = watched;
         let mut closing = false;
         // An idle connection asked to close has `send` to do it: HTTP/2
@@ -477,10 +555,14 @@ impl Signals {
             // Before shutdown, the stop signal and the idle deadline; after
             // it, the drain timeout and the time an idle connection has to
             // close.
+            // An idle connection looks whether it can be parked.
+            let look = activity
+                .idle_since()
+                .map_or(deadline, |since| deadline.min(since + PARK_AFTER));
             let (signal, wake_at) = if closing {
                 (&mut self.forced, closed_by)
             } else {
-                (&mut self.stop, Some(deadline))
+                (&mut self.stop, Some(look))
             };
             let event = if *signal.borrow_and_update() {
                 Ok(Watch::Signal)
@@ -509,20 +591,20 @@ impl Signals {
                 .await
             };
             match event {
-                Err(output) => return Some(output),
-                Ok(Watch::Signal | Watch::Timer) if closing => return None,
+                Err(output) => return Outcome::Done(output),
+                Ok(Watch::Signal | Watch::Timer) if closing => return Outcome::Cut,
                 Ok(Watch::Signal) => {
                     graceful(conn.as_mut());
                     closing = true;
                 }
                 Ok(Watch::Rearm) if activity.resets_abusive() => {
                     tracing::debug!(%peer, "connection closed: it resets most of its requests");
-                    return None;
+                    return Outcome::Cut;
                 }
                 Ok(Watch::Rearm) => {}
                 Ok(Watch::Pressure) if activity.idle() => {
                     tracing::debug!(%peer, "idle connection closed: its port has no free slot");
-                    return None;
+                    return Outcome::Cut;
                 }
                 // A request body waiting for its client looks again at how
                 // long it may wait (`slots::PRESSED_SILENCE`).
@@ -531,13 +613,20 @@ impl Signals {
                     if activity.send_stalled(timeouts.send) {
                         tracing::debug!(%peer, "connection closed: the client reads no answer");
                         crate::metrics::client_error("send_timeout");
-                        return None;
+                        return Outcome::Cut;
                     }
-                    if activity.deadline(*timeouts) <= Instant::now() {
+                    let now = Instant::now();
+                    if activity.deadline(*timeouts) <= now {
                         tracing::debug!(%peer, "idle connection closed");
                         graceful(conn.as_mut());
                         closing = true;
-                        closed_by = Some(Instant::now() + timeouts.send);
+                        closed_by = Some(now + timeouts.send);
+                    } else if activity
+                        .idle_since()
+                        .is_some_and(|since| since + PARK_AFTER <= now)
+                        && parkable()
+                    {
+                        return Outcome::Parked;
                     }
                 }
             }

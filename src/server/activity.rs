@@ -109,6 +109,14 @@ impl Activity {
         cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
     }
 
+    /// Since when it has had no request in flight; `None` while it has one.
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.started + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)))
+    }
+
     /// When the connection may be closed if nothing happens until then.
     pub(super) fn deadline(&self, timeouts: Timeouts) -> Instant {
         let now = Instant::now();

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proxy::tunnel::TunnelSlots;
-use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::futures::Notified;
+use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// The longest a request body may be silent while its connection's port
 /// has no free slot.
@@ -34,6 +35,11 @@ pub struct Slots {
     /// The port's WebSocket tunnels (`limits.max_tunnels`); each also
     /// holds its connection's slot.
     pub(super) tunnels: TunnelSlots,
+    /// The port stops serving: its parked connections close.
+    stopping: AtomicBool,
+    /// Wakes the port's parked connections (`server::Conn::parked`) when
+    /// pressure rises or the port stops.
+    parked: Notify,
 }
 
 /// Whether the port has run out of slots; each raise wakes every
@@ -53,6 +59,8 @@ impl Slots {
                 high: AtomicBool::new(false),
                 raised: watch::Sender::new(0),
             },
+            stopping: AtomicBool::new(false),
+            parked: Notify::new(),
         }
     }
 
@@ -63,6 +71,7 @@ impl Slots {
             Ok(permit) => return Ok(permit),
             Err(_) => {
                 self.pressure.raise();
+                self.parked.notify_waiters();
                 self.permits.clone().acquire_owned().await
             }
         };
@@ -78,6 +87,25 @@ impl Slots {
 
     pub(super) fn pressure(&self) -> &Pressure {
         &self.pressure
+    }
+
+    /// The port stops serving: its parked connections are woken to close.
+    pub(super) fn stop_parked(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.parked.notify_waiters();
+    }
+
+    /// A wake-up for a parked connection: it must be enabled before the
+    /// connection looks at [`Slots::parked_must_close`], so that nothing
+    /// raised in between goes unseen.
+    pub(super) fn parked_wake(&self) -> Notified<'_> {
+        self.parked.notified()
+    }
+
+    /// Whether a parked connection is to close: the port stops, or has no
+    /// free slot.
+    pub(super) fn parked_must_close(&self) -> bool {
+        self.stopping.load(Ordering::Acquire) || self.pressure.is_high()
     }
 }
 

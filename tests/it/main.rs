@@ -39,6 +39,7 @@ mod introspection_gateway;
 mod jwt_validation;
 mod local_authorization_server;
 mod logging;
+mod parked;
 mod readme_story;
 mod reload;
 mod routing;

@@ -45,7 +45,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::{Activity, ConnSettings, InFlight, Slots};
-use crate::config::snapshot::Timeouts;
 use crate::http1;
 use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
 use crate::http1::request_head::{self as head, Framing, Head, Parsed, Refusal};
@@ -68,22 +67,81 @@ const WATCHED_BYTES: usize = 64 * 1024;
 /// Bytes read and dropped at most while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// How a connection ended.
-pub enum Ending<S> {
+/// How a connection's exchanges ended.
+pub enum Ending {
     Closed,
-    /// It began with the HTTP/2 preface: the bytes read so far, and the
-    /// stream, go to the HTTP/2 server.
-    Http2 {
+    /// It began with the HTTP/2 preface: the stream, with what was read
+    /// of it ([`Connection::into_parts`]), goes to the HTTP/2 server.
+    Http2,
+    /// A `101` was written: the stream, with what the client sent after
+    /// its handshake, goes to the tunnel.
+    Upgraded(tunnel::Switch),
+}
+
+/// An HTTP/1.1 connection of the gateway's ports. It outlives the future
+/// that serves its exchanges ([`serve`]): a connection idle for a while
+/// drops that future and waits for its next request with
+/// [`Connection::poll_wake`] alone, holding nothing more.
+pub(super) struct Connection<S>(Arc<Mutex<Wire<S>>>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
+    pub(super) fn new(
         io: S,
-        read: Bytes,
-    },
-    /// A `101` was written: the stream, and what the client sent after
-    /// its handshake, go to the tunnel.
-    Upgraded {
-        io: S,
-        read: Bytes,
-        switch: tunnel::Switch,
-    },
+        settings: &Arc<ConnSettings>,
+        activity: &Arc<Activity>,
+        slots: &Arc<Slots>,
+    ) -> Connection<S> {
+        Connection(Arc::new(Mutex::new(Wire {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            body: Delimited::Done,
+            failed: None,
+            write_failed: false,
+            continue_due: false,
+            first: true,
+            waiting: false,
+            fields: Vec::new(),
+            settings: settings.clone(),
+            read_wait: None,
+            activity: activity.clone(),
+            slots: slots.clone(),
+            write_deadline: None,
+        })))
+    }
+
+    /// Whether it waits for a next head of which nothing has come: the
+    /// future serving it can then be dropped and made again later.
+    pub(super) fn waits_idle(&self) -> bool {
+        let wire = lock(&self.0);
+        wire.waiting && wire.buf.is_empty()
+    }
+
+    /// Waits for the client to send (what it sends is kept for the next
+    /// head) or close: `Ready(true)` when it sent.
+    pub(super) fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut wire = lock(&self.0);
+        if !wire.buf.is_empty() {
+            return Poll::Ready(true);
+        }
+        match ready!(wire.poll_fill_idle(cx)) {
+            Ok(n) => Poll::Ready(n > 0),
+            Err(_) => Poll::Ready(false),
+        }
+    }
+
+    /// Closes it while it waits idle.
+    pub(super) async fn close_idle(&self) {
+        close(&self.0, false).await;
+    }
+
+    /// The stream and what was read of it, to be carried on by HTTP/2 or
+    /// a tunnel; `None` while a request body still reads from it.
+    pub(super) fn into_parts(self) -> Option<(S, Bytes)> {
+        let wire = Arc::try_unwrap(self.0).ok()?;
+        let wire = wire.into_inner().unwrap_or_else(PoisonError::into_inner);
+        Some((wire.io, wire.buf.freeze()))
+    }
 }
 
 /// The connection: the stream and its buffers, shared by the exchange
@@ -103,10 +161,14 @@ struct Wire<S> {
     write_failed: bool,
     /// `100 Continue` is sent when the body is first asked for.
     continue_due: bool,
+    /// No head has been read yet (only the first may be HTTP/2's preface).
+    first: bool,
+    /// It waits for a next head, nothing of which has come.
+    waiting: bool,
     /// Used by each head parsed, so that parsing allocates nothing.
     fields: head::FieldScratch,
-    /// `timeouts.body_read` and `timeouts.send`.
-    timeouts: Timeouts,
+    /// Its `timeouts.body_read` and `timeouts.send`.
+    settings: Arc<ConnSettings>,
     /// Since when the request body waits for the client, and until when
     /// it may.
     read_wait: Option<(Instant, Deadline)>,
@@ -178,7 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 if self.out.len() != before {
                     self.write_deadline = None;
                 }
-                let send = self.timeouts.send;
+                let send = self.settings.timeouts.send;
                 let deadline = self
                     .write_deadline
                     .get_or_insert_with(|| Deadline::after(send));
@@ -224,7 +286,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 // tightly while the port has no free slot.
                 Poll::Pending => {
                     self.activity.body_waker.register(cx.waker());
-                    let wait = self.slots.pressure().body_silence(self.timeouts.body_read);
+                    let wait = self
+                        .slots
+                        .pressure()
+                        .body_silence(self.settings.timeouts.body_read);
                     let (since, deadline) = self
                         .read_wait
                         .get_or_insert_with(|| (Instant::now(), Deadline::after(wait)));
@@ -299,51 +364,33 @@ enum HeadRead {
 /// writing) is a future of its own, allocated while it runs, so that
 /// thousands of idle keep-alive connections cost little memory each.
 pub(super) async fn serve<S, H, F>(
-    io: S,
+    conn: &Connection<S>,
     peer: SocketAddr,
-    settings: &ConnSettings,
     closing: &AtomicBool,
     activity: &Arc<Activity>,
-    slots: &Arc<Slots>,
     handler: &H,
-) -> Ending<S>
+) -> Ending
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Body>, SocketAddr) -> F,
     F: Future<Output = Response<Body>>,
 {
-    let wire = Arc::new(Mutex::new(Wire {
-        io,
-        buf: BytesMut::new(),
-        out: Vec::new(),
-        body: Delimited::Done,
-        failed: None,
-        write_failed: false,
-        continue_due: false,
-        fields: Vec::new(),
-        timeouts: settings.timeouts,
-        read_wait: None,
-        activity: activity.clone(),
-        slots: slots.clone(),
-        write_deadline: None,
-    }));
-    let mut first = true;
+    let wire = &conn.0;
     let end = loop {
-        let head = match read_head(&wire, settings, closing, first).await {
+        let head = match read_head(wire, closing).await {
             HeadRead::Head(head) => head,
             HeadRead::Closed => break End::Close { linger: false },
-            HeadRead::Http2 => return into_http2(wire),
+            HeadRead::Http2 => return Ending::Http2,
             HeadRead::Refused(rejection) => break End::Refuse(rejection),
         };
-        first = false;
-        let exchanged = Box::pin(exchange(&wire, head, peer, closing, activity, handler)).await;
+        let exchanged = Box::pin(exchange(wire, head, peer, closing, activity, handler)).await;
         match exchanged {
             Exchanged::Kept => {}
             Exchanged::Ended { linger } => break End::Close { linger },
-            Exchanged::Upgraded(switch) => return into_tunnel(wire, switch),
+            Exchanged::Upgraded(switch) => return Ending::Upgraded(switch),
         }
     };
-    Box::pin(finish(&wire, end, peer)).await;
+    Box::pin(finish(wire, end, peer)).await;
     Ending::Closed
 }
 
@@ -482,47 +529,59 @@ where
 /// `timeouts.header_read`.
 async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
     wire: &Mutex<Wire<S>>,
-    settings: &ConnSettings,
     closing: &AtomicBool,
-    first: bool,
 ) -> HeadRead {
     let mut deadline: Option<Deadline> = None;
     poll_fn(|cx| {
         let mut wire = lock(wire);
-        loop {
-            if !wire.buf.is_empty() {
-                let wire = &mut *wire;
-                match head::parse(&mut wire.buf, &settings.limits, first, &mut wire.fields) {
-                    Ok(Parsed::Head(head)) => return Poll::Ready(HeadRead::Head(head)),
-                    Ok(Parsed::Http2) => return Poll::Ready(HeadRead::Http2),
-                    Ok(Parsed::Partial) => {}
-                    Err(refusal) => return Poll::Ready(HeadRead::Refused(rejection(refusal))),
-                }
-            } else if closing.load(Ordering::Acquire) {
-                return Poll::Ready(HeadRead::Closed);
-            }
-            let filled = if wire.buf.is_empty() {
-                wire.poll_fill_idle(cx)
-            } else {
-                wire.poll_fill(cx)
-            };
-            match filled {
-                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(HeadRead::Closed),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Pending => break,
-            }
+        let read = poll_head(&mut wire, closing, &mut deadline, cx);
+        wire.waiting = read.is_pending() && wire.buf.is_empty();
+        if let Poll::Ready(HeadRead::Head(_)) = read {
+            wire.first = false;
         }
-        if wire.buf.is_empty() {
-            return Poll::Pending;
-        }
-        let timeout = settings.timeouts.header_read;
-        let deadline = deadline.get_or_insert_with(|| Deadline::after(timeout));
-        match Pin::new(deadline).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(HeadRead::Refused(Rejection::RequestTimeout)),
-            Poll::Pending => Poll::Pending,
-        }
+        read
     })
     .await
+}
+
+fn poll_head<S: AsyncRead + AsyncWrite + Unpin>(
+    wire: &mut Wire<S>,
+    closing: &AtomicBool,
+    deadline: &mut Option<Deadline>,
+    cx: &mut Context<'_>,
+) -> Poll<HeadRead> {
+    loop {
+        if !wire.buf.is_empty() {
+            let limits = &wire.settings.limits;
+            match head::parse(&mut wire.buf, limits, wire.first, &mut wire.fields) {
+                Ok(Parsed::Head(head)) => return Poll::Ready(HeadRead::Head(head)),
+                Ok(Parsed::Http2) => return Poll::Ready(HeadRead::Http2),
+                Ok(Parsed::Partial) => {}
+                Err(refusal) => return Poll::Ready(HeadRead::Refused(rejection(refusal))),
+            }
+        } else if closing.load(Ordering::Acquire) {
+            return Poll::Ready(HeadRead::Closed);
+        }
+        let filled = if wire.buf.is_empty() {
+            wire.poll_fill_idle(cx)
+        } else {
+            wire.poll_fill(cx)
+        };
+        match filled {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(HeadRead::Closed),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => break,
+        }
+    }
+    if wire.buf.is_empty() {
+        return Poll::Pending;
+    }
+    let timeout = wire.settings.timeouts.header_read;
+    let deadline = deadline.get_or_insert_with(|| Deadline::after(timeout));
+    match Pin::new(deadline).poll(cx) {
+        Poll::Ready(()) => Poll::Ready(HeadRead::Refused(Rejection::RequestTimeout)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 fn rejection(refusal: Refusal) -> Rejection {
@@ -666,31 +725,4 @@ fn switching(response: &mut Response<Body>) -> Option<tunnel::Switch> {
         *response = Rejection::BadGateway("101 with no tunnel".into()).into_response();
     }
     switch
-}
-
-fn into_tunnel<S>(wire: Arc<Mutex<Wire<S>>>, switch: tunnel::Switch) -> Ending<S> {
-    match Arc::try_unwrap(wire) {
-        Ok(wire) => {
-            let wire = wire.into_inner().unwrap_or_else(PoisonError::into_inner);
-            Ending::Upgraded {
-                io: wire.io,
-                read: wire.buf.freeze(),
-                switch,
-            }
-        }
-        Err(_) => Ending::Closed,
-    }
-}
-
-fn into_http2<S>(wire: Arc<Mutex<Wire<S>>>) -> Ending<S> {
-    match Arc::try_unwrap(wire) {
-        Ok(wire) => {
-            let wire = wire.into_inner().unwrap_or_else(PoisonError::into_inner);
-            Ending::Http2 {
-                io: wire.io,
-                read: wire.buf.freeze(),
-            }
-        }
-        Err(_) => Ending::Closed,
-    }
 }
