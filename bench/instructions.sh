@@ -38,6 +38,10 @@ need nginx nginx-light
 need valgrind valgrind
 
 build_release
+# KEEP=DIR keeps the profiles there (callgrind_annotate DIR/cg.this.*.1).
+on_cleanup() {
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$WORK"/cg.* "$KEEP"/; fi
+}
 declare -A BINS=([this]="$TARGET_DIR/release/microgateway")
 if [ -n "$BASE" ]; then
     BINS[$BASE]=$(base_binary "$BASE")

@@ -142,6 +142,7 @@ pub async fn serve<H, F>(
         // Boxed before the task: what the task's future captures it holds
         // for the connection's whole life, idle or not.
         let conn = Box::new(Conn {
+            accepted: Some((stream, transport.clone())),
             http2: http2.clone(),
             tunnels: slots.tunnels.clone(),
             settings: shared.clone(),
@@ -154,12 +155,12 @@ pub async fn serve<H, F>(
             slots: slots.clone(),
             peer,
         });
-        let transport = transport.clone();
         let handler = handler.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let _counted = counted;
-            conn.run(stream, transport, handler).await;
+            conn.run(handler).await;
+            // Held to the end (and not moved into locals: the future would
+            // hold them twice).
+            drop((permit, counted));
         });
     };
     loop {
@@ -276,6 +277,8 @@ where
 
 /// One accepted connection and what it needs to be served.
 struct Conn {
+    /// Taken when it is served.
+    accepted: Option<(TcpStream, Transport)>,
     http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     /// The listener's WebSocket tunnels (`limits.max_tunnels`).
     tunnels: TunnelSlots,
@@ -296,15 +299,19 @@ struct Signals {
 }
 
 impl Conn {
-    async fn run<H, F>(self: Box<Self>, stream: TcpStream, transport: Transport, handler: H)
+    async fn run<H, F>(mut self: Box<Self>, handler: H)
     where
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         // The task of every connection is as large as its largest state:
-        // TLS and HTTP/2 (hyper's connection) are boxed, so that the task
-        // of a plain HTTP/1.1 connection is ~4.5 KB, not the ~12 KB those
-        // would make it (`bench/idle.py`: ~6 KiB per idle connection).
+        // TLS, HTTP/2 (hyper's connection) and an HTTP/1.1 connection's
+        // exchanges are boxed, and the stream travels in the boxed `Conn`,
+        // so that the task of a parked HTTP/1.1 connection is ~770 B
+        // (`bench/idle.py`).
+        let Some((stream, transport)) = self.accepted.take() else {
+            return;
+        };
         let tunnels = self.tunnels.clone();
         let handler = move |mut req: Request<Body>, peer| {
             // Only a request that may open a tunnel needs to find them.
@@ -314,7 +321,10 @@ impl Conn {
             handler(req, peer)
         };
         match transport {
-            Transport::Plain => self.http(stream, handler).await,
+            Transport::Plain => {
+                let wire = h1::Connection::new(stream, &self.settings, &self.activity, &self.slots);
+                self.http(wire, handler).await;
+            }
             Transport::Tls(acceptor) => Box::pin(self.tls(stream, acceptor, handler)).await,
         }
     }
@@ -332,7 +342,9 @@ impl Conn {
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                     Box::pin(self.http2(tls, Bytes::new(), handler)).await;
                 } else {
-                    self.http(tls, handler).await;
+                    let wire =
+                        h1::Connection::new(tls, &self.settings, &self.activity, &self.slots);
+                    self.http(wire, handler).await;
                 }
             }
             Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
@@ -341,14 +353,13 @@ impl Conn {
     }
 
     /// HTTP/1.1, or HTTP/2 when the connection starts with its preface.
-    async fn http<S, H, F>(mut self: Box<Self>, io: S, handler: H)
+    async fn http<S, H, F>(mut self: Box<Self>, wire: h1::Connection<S>, handler: H)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
         let closing = AtomicBool::new(false);
-        let wire = h1::Connection::new(io, &self.settings, &self.activity, &self.slots);
         let ending = loop {
             let conn = &mut *self;
             // Boxed: only while the connection is in use does it hold the
@@ -405,6 +416,7 @@ impl Conn {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        wire.shed();
         let mut idle = pin!(tokio::time::sleep_until(
             self.activity.deadline(self.settings.timeouts)
         ));

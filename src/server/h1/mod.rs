@@ -117,6 +117,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
         wire.waiting && wire.buf.is_empty()
     }
 
+    /// Frees what the connection keeps for its next exchange (the scratch
+    /// its heads are parsed with): it is parked.
+    pub(super) fn shed(&self) {
+        let mut wire = lock(&self.0);
+        wire.fields = Vec::new();
+        if wire.out.is_empty() {
+            wire.out = Vec::new();
+        }
+    }
+
     /// Waits for the client to send (what it sends is kept for the next
     /// head) or close: `Ready(true)` when it sent.
     pub(super) fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<bool> {
@@ -171,14 +181,16 @@ struct Wire<S> {
     settings: Arc<ConnSettings>,
     /// Since when the request body waits for the client, and until when
     /// it may.
-    read_wait: Option<(Instant, Deadline)>,
+    /// (Boxed, as the deadline below: rarely set, and a connection's state
+    /// is held by every connection, idle ones included.)
+    read_wait: Option<Box<(Instant, Deadline)>>,
     /// Its watchdog wakes a body waiting for the client when the port
     /// runs out of slots.
     activity: Arc<Activity>,
     /// Under pressure a body may wait less (`server::slots`).
     slots: Arc<Slots>,
     /// Armed while a write waits for the client to take bytes.
-    write_deadline: Option<Deadline>,
+    write_deadline: Option<Box<Deadline>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,8 +255,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 let send = self.settings.timeouts.send;
                 let deadline = self
                     .write_deadline
-                    .get_or_insert_with(|| Deadline::after(send));
-                ready!(Pin::new(deadline).poll(cx));
+                    .get_or_insert_with(|| Box::new(Deadline::after(send)));
+                ready!(Pin::new(&mut **deadline).poll(cx));
                 crate::metrics::client_error("send_timeout");
                 Err(io::ErrorKind::TimedOut.into())
             }
@@ -290,9 +302,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                         .slots
                         .pressure()
                         .body_silence(self.settings.timeouts.body_read);
-                    let (since, deadline) = self
+                    let (since, deadline) = &mut **self
                         .read_wait
-                        .get_or_insert_with(|| (Instant::now(), Deadline::after(wait)));
+                        .get_or_insert_with(|| Box::new((Instant::now(), Deadline::after(wait))));
                     // Only ever earlier: a body cut short under pressure
                     // stays so when a slot frees.
                     if *since + wait < deadline.when() {
