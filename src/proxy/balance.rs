@@ -11,7 +11,12 @@
 //! (a guess beats a 503 for everything). Active checks, when configured,
 //! run once per gateway, one task per endpoint, and stop when the endpoint
 //! leaves the configuration.
+//!
+//! Each thread picks with a [`Balancer`] of its own (its own cursor, no
+//! counter shared with the other threads), over the endpoint states all
+//! threads share.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -453,6 +458,26 @@ pub struct Health {
     registry: Mutex<Registry>,
     /// By the address of the snapshot's [`Balanced`] they serve.
     balancers: ArcSwap<HashMap<usize, Arc<Balancer>>>,
+    /// Bumped by each [`Health::prepare`]: the threads' own balancers are
+    /// made again from the new ones.
+    generation: AtomicU64,
+}
+
+/// The balancers of one thread, made from those of one [`Health`] at one
+/// generation.
+#[derive(Default)]
+struct ThreadBalancers {
+    health: usize,
+    generation: u64,
+    by_config: Vec<(usize, Arc<Balancer>)>,
+}
+
+/// A thread keeps at most this many balancers (a snapshot's balanced
+/// APIs, and those of requests that began on the one before).
+const THREAD_BALANCERS: usize = 256;
+
+thread_local! {
+    static BALANCERS: RefCell<ThreadBalancers> = RefCell::default();
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -470,13 +495,53 @@ impl Health {
             runtime: tokio::runtime::Handle::try_current().ok(),
             registry: Mutex::default(),
             balancers: ArcSwap::from_pointee(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
-    /// The balancer for `balanced` (of `api`). One prepared for another
-    /// snapshot's settings (a request that started before a reload) shares
-    /// the states the registry still has.
+    /// This thread's balancer for `balanced` (of `api`): its own cursor,
+    /// the endpoint states of [`Health::shared_balancer`].
     pub fn balancer(&self, api: &str, balanced: &Arc<Balanced>) -> Arc<Balancer> {
+        let key = Arc::as_ptr(balanced) as usize;
+        let health = self as *const Health as usize;
+        let generation = self.generation.load(Ordering::Acquire);
+        let mine = |cache: &mut ThreadBalancers| {
+            if cache.health != health || cache.generation != generation {
+                *cache = ThreadBalancers {
+                    health,
+                    generation,
+                    by_config: Vec::new(),
+                };
+            }
+            cache
+                .by_config
+                .iter()
+                .find(|(k, b)| *k == key && Arc::ptr_eq(&b.config, balanced))
+                .map(|(_, b)| b.clone())
+        };
+        if let Some(found) = BALANCERS.with_borrow_mut(mine) {
+            return found;
+        }
+        let shared = self.shared_balancer(api, balanced);
+        let own = Arc::new(Balancer {
+            config: shared.config.clone(),
+            states: shared.states.clone(),
+            cursor: AtomicUsize::new(0),
+            epoch: shared.epoch,
+        });
+        BALANCERS.with_borrow_mut(|cache| {
+            if cache.by_config.len() >= THREAD_BALANCERS {
+                cache.by_config.clear();
+            }
+            cache.by_config.push((key, own.clone()));
+        });
+        own
+    }
+
+    /// The balancer for `balanced` (of `api`) the threads' own are made
+    /// from. One prepared for another snapshot's settings (a request that
+    /// started before a reload) shares the states the registry still has.
+    fn shared_balancer(&self, api: &str, balanced: &Arc<Balanced>) -> Arc<Balancer> {
         let key = Arc::as_ptr(balanced) as usize;
         if let Some(found) = self.balancers.load().get(&key) {
             if Arc::ptr_eq(&found.config, balanced) {
@@ -590,6 +655,7 @@ impl Health {
         }
         registry.states = states;
         self.balancers.store(Arc::new(balancers));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Each endpoint of `api` with its state, for the admin view.
@@ -753,6 +819,35 @@ mod tests {
             cursor: AtomicUsize::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    #[test]
+    fn each_thread_picks_with_its_own_balancer_over_the_shared_states() {
+        let health = Health::new(Arc::new(Connector::new(Duration::from_secs(1))));
+        let config = balancer(2, 1, 100).config;
+        {
+            let mut registry = lock(&health.registry);
+            for endpoint in &config.endpoints {
+                let state = EndpointState::detached("api".into(), endpoint.url.clone());
+                let key = ("api".into(), endpoint.url.clone());
+                registry.states.insert(key, Arc::new(state));
+            }
+        }
+        let here = health.balancer("api", &config);
+        assert!(Arc::ptr_eq(&here, &health.balancer("api", &config)));
+        let there =
+            std::thread::scope(|s| s.spawn(|| health.balancer("api", &config)).join().unwrap());
+        assert!(!Arc::ptr_eq(&here, &there), "one balancer per thread");
+        for (mine, theirs) in here.states.iter().zip(&there.states) {
+            assert!(Arc::ptr_eq(mine, theirs), "one state per endpoint");
+        }
+        // Each thread's cursor goes round all endpoints on its own.
+        let picks: Vec<usize> = (0..4).map(|_| here.pick(0).index).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
+        assert_eq!(there.pick(0).index, 0);
+        // After a reload's prepare, the thread's balancer is made again.
+        health.generation.fetch_add(1, Ordering::AcqRel);
+        assert!(!Arc::ptr_eq(&here, &health.balancer("api", &config)));
     }
 
     fn fail(balancer: &Balancer, index: usize) {
