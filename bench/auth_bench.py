@@ -3,6 +3,10 @@ proxy comparison, or alone): the same wrk load against
 
   nginx   plain keep-alive reverse proxy, with the same ~1 KiB Authorization header
   jwt     microgateway, JWT route (RS256), one token repeated (verified-token cache)
+  ha-jwt  HAProxy (Debian's, nbthread = cores) doing the same work: `jwt_verify`
+          of the RS256 signature, skipped for a token whose SHA-256 is already
+          in a stick table of verified tokens, and per request the `exp`,
+          `iss` and scope checks (jwt_payload_query)
   401     microgateway, JWT route, no token
   opaque  microgateway, introspection route, one cached opaque token
   rs256*  microgateway, every request a different RS256 token (signature verified)
@@ -14,8 +18,10 @@ and reports req/s, p50/p99, ratios to nginx, CPU µs per request (from
 /proc), and the introspection calls counted at the introspection server.
 """
 import base64, http.server, json, os, re, signal, socket, subprocess, sys, tempfile, threading, time
+import urllib.error, urllib.request
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 BIN = os.path.abspath(os.environ.get("MCGW_BIN", "target/release/microgateway"))
@@ -130,6 +136,39 @@ applications:
 """
 
 
+def haproxy_jwt_config(port, upstream, pubkey):
+    """HAProxy verifying the JWT route's tokens as the gateway does: the
+    signature once per token (a stick table of the SHA-256 of tokens
+    verified), `exp`, `iss` and the scope on every request."""
+    return f"""
+global
+    nbthread {os.cpu_count()}
+    maxconn 8192
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+backend verified
+    stick-table type binary len 32 size 100k expire 1h
+frontend jwt
+    bind 127.0.0.1:{port}
+    http-request deny deny_status 401 unless {{ http_auth_bearer -m found }}
+    http-request set-var(txn.key) http_auth_bearer,digest(sha256)
+    acl verified var(txn.key),in_table(verified)
+    http-request deny deny_status 401 if !verified !{{ http_auth_bearer,jwt_verify("RS256","{pubkey}") -m int 1 }}
+    http-request track-sc0 var(txn.key) table verified if !verified
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 unless {{ http_auth_bearer,jwt_payload_query('$.iss') -m str {ISSUER} }}
+    http-request deny deny_status 401 if {{ http_auth_bearer,jwt_payload_query('$.exp','int'),sub(txn.now) -m int lt 0 }}
+    http-request deny deny_status 403 unless {{ http_auth_bearer,jwt_payload_query('$.scope') -m reg (^|\ )view(\ |$) }}
+    default_backend upstream
+backend upstream
+    server up 127.0.0.1:{upstream}
+"""
+
+
 def wrk(url, header=None, script=None):
     cmd = ["wrk", "-t2", "-c64", f"-d{SECONDS}s", "--latency"]
     if header:
@@ -148,6 +187,19 @@ def wrk(url, header=None, script=None):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": pct(50), "p99": pct(99), "total": total,
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def status(url, header=None):
+    """The status of one GET of `url`."""
+    request = urllib.request.Request(url)
+    if header:
+        name, value = header.split(": ", 1)
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def cpu_seconds(pid):
@@ -170,6 +222,16 @@ def run(upstream_port, nginx_proxy_port):
         f.write(gateway_config(port, admin, upstream_port, idp))
     gw = subprocess.Popen([BIN, "start", "-c", path], env=dict(os.environ, MCGW_LOG="warn"),
                           stderr=subprocess.DEVNULL)
+    pubkey = os.path.join(tmp, "rs256.pub.pem")
+    with open(pubkey, "wb") as f:
+        f.write(idp.rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ha_port = free_port()
+    ha_cfg = os.path.join(tmp, "haproxy.cfg")
+    with open(ha_cfg, "w") as f:
+        f.write(haproxy_jwt_config(ha_port, upstream_port, pubkey))
+    haproxy = subprocess.Popen(["haproxy", "-f", ha_cfg, "-db"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.5)
         one = idp.token("RS256", pad=600)  # ~1 KiB Authorization header
@@ -197,6 +259,7 @@ end
         cases = {
             "nginx": lambda: wrk(f"http://127.0.0.1:{nginx_proxy_port}/x", header),
             "jwt": lambda: wrk(f"http://127.0.0.1:{port}/jwt/x", header),
+            "ha-jwt": lambda: wrk(f"http://127.0.0.1:{ha_port}/x", header),
             "401": lambda: wrk(f"http://127.0.0.1:{port}/jwt/x"),
             "opaque": lambda: wrk(f"http://127.0.0.1:{port}/jwt/x", f"Authorization: Bearer {opaque}"),
             "rs256*": lambda: wrk(f"http://127.0.0.1:{port}/jwt/x", script=scripts["RS256"]),
@@ -206,11 +269,18 @@ end
                                  "Authorization: Basic " + base64.b64encode(b"bench:bench-password").decode()),
         }
         results = {name: [] for name in cases}
+        # HAProxy answers the token as the gateway does, or it is not a peer.
+        for name, url in [("jwt", f"http://127.0.0.1:{port}/jwt/x"), ("ha-jwt", f"http://127.0.0.1:{ha_port}/x")]:
+            for auth, want in [(header, 200), ("Authorization: Bearer " + one[:-4] + "AAAA", 401), (None, 401)]:
+                got = status(url, auth)
+                if got != want:
+                    sys.exit(f"{name}: {got} for {'no token' if auth is None else 'a token'}, expected {want}")
         for _ in range(ROUNDS):
             for name, case in cases.items():
-                before = cpu_seconds(gw.pid)
+                pid = haproxy.pid if name == "ha-jwt" else gw.pid
+                before = cpu_seconds(pid)
                 r = case()
-                r["cpu_us"] = (cpu_seconds(gw.pid) - before) * 1e6 / max(r["total"], 1)
+                r["cpu_us"] = (cpu_seconds(pid) - before) * 1e6 / max(r["total"], 1)
                 results[name].append(r)
         base = median(results["nginx"], "rps")
         base_p99 = median(results["nginx"], "p99")
@@ -221,12 +291,18 @@ end
             p99 = median(runs, "p99")
             cpu = median(runs, "cpu_us") if name != "nginx" else float("nan")
             print(f"{name:8} {rps:9.0f} {rps / base:6.2f} {median(runs, 'p50'):7.2f} {p99:7.2f} {p99 / base_p99:6.2f} {cpu:10.1f} {median(runs, 'non2xx'):8d}")
+        ha = median(results["ha-jwt"], "rps")
+        print(f"jwt / ha-jwt: req/s {median(results['jwt'], 'rps') / ha:.2f}x, "
+              f"p99 {median(results['jwt'], 'p99') / median(results['ha-jwt'], 'p99'):.2f}x, "
+              f"cpu per request {median(results['jwt'], 'cpu_us') / median(results['ha-jwt'], 'cpu_us'):.2f}x")
         jwt_cpu = median(results["jwt"], "cpu_us")
         for alg in ["rs256*", "es256*"]:
             extra = median(results[alg], "cpu_us") - jwt_cpu
             print(f"{alg[:-1]} signature verification ≈ {extra:.1f} µs CPU each (distinct-token run minus cached run)")
         print(f"introspection calls at the introspection server: {idp.introspections} (distinct opaque tokens: 1)")
     finally:
+        haproxy.terminate()
+        haproxy.wait(timeout=30)
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=30)
         idp.server.shutdown()
