@@ -23,6 +23,7 @@ fn main() -> ExitCode {
 /// (purging at once instead, `MIMALLOC_PURGE_DELAY=0`, costs a fifth of the
 /// throughput: every freed page is unmapped and faulted in again).
 #[allow(unsafe_code)] // The allocator's collection has no safe binding.
+#[allow(clippy::disallowed_methods)] // `thread::sleep` on a thread of its own.
 fn return_freed_memory() {
     // Without it (no thread could be made), the gateway still serves.
     let _ = std::thread::Builder::new()
