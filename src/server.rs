@@ -52,7 +52,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -61,7 +61,7 @@ use self::h2_bodies::{H2Body, Tracked};
 use self::prefixed::Prefixed;
 pub use self::slots::Slots;
 use crate::config::snapshot::{Limits, Timeouts};
-use crate::proxy::tunnel::{self, TunnelSlots};
+use crate::proxy::tunnel;
 use crate::proxy::Body;
 
 /// Connection settings taken from the snapshot at start.
@@ -143,8 +143,8 @@ pub async fn serve<H, F>(
         // for the connection's whole life, idle or not.
         let conn = Box::new(Conn {
             accepted: Some((stream, transport.clone())),
+            _held: (permit, counted),
             http2: http2.clone(),
-            tunnels: slots.tunnels.clone(),
             settings: shared.clone(),
             signals: Signals {
                 stop: conn_stop.clone(),
@@ -156,12 +156,7 @@ pub async fn serve<H, F>(
             peer,
         });
         let handler = handler.clone();
-        tokio::spawn(async move {
-            conn.run(handler).await;
-            // Held to the end (and not moved into locals: the future would
-            // hold them twice).
-            drop((permit, counted));
-        });
+        tokio::spawn(conn.run(handler));
     };
     loop {
         let (stream, peer) = tokio::select! {
@@ -279,9 +274,9 @@ where
 struct Conn {
     /// Taken when it is served.
     accepted: Option<(TcpStream, Transport)>,
+    /// Its slot, and its count on this thread, until it ends.
+    _held: (OwnedSemaphorePermit, Option<spread::Serving>),
     http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
-    /// The listener's WebSocket tunnels (`limits.max_tunnels`).
-    tunnels: TunnelSlots,
     settings: Arc<ConnSettings>,
     signals: Signals,
     activity: Arc<Activity>,
@@ -312,7 +307,8 @@ impl Conn {
         let Some((stream, transport)) = self.accepted.take() else {
             return;
         };
-        let tunnels = self.tunnels.clone();
+        // The listener's WebSocket tunnels (`limits.max_tunnels`).
+        let tunnels = self.slots.tunnels.clone();
         let handler = move |mut req: Request<Body>, peer| {
             // Only a request that may open a tunnel needs to find them.
             if req.headers().contains_key(UPGRADE) || req.method() == Method::CONNECT {
@@ -323,7 +319,7 @@ impl Conn {
         match transport {
             Transport::Plain => {
                 let wire = h1::Connection::new(stream, &self.settings, &self.activity, &self.slots);
-                self.http(wire, handler).await;
+                self.http(wire, &handler).await;
             }
             Transport::Tls(acceptor) => Box::pin(self.tls(stream, acceptor, handler)).await,
         }
@@ -344,7 +340,7 @@ impl Conn {
                 } else {
                     let wire =
                         h1::Connection::new(tls, &self.settings, &self.activity, &self.slots);
-                    self.http(wire, handler).await;
+                    self.http(wire, &handler).await;
                 }
             }
             Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
@@ -353,7 +349,9 @@ impl Conn {
     }
 
     /// HTTP/1.1, or HTTP/2 when the connection starts with its preface.
-    async fn http<S, H, F>(mut self: Box<Self>, wire: h1::Connection<S>, handler: H)
+    /// (The handler is borrowed: the future of every idle connection
+    /// would hold it twice, as an argument and as a local.)
+    async fn http<S, H, F>(mut self: Box<Self>, wire: h1::Connection<S>, handler: &H)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -370,7 +368,7 @@ impl Conn {
                     conn.peer,
                     &closing,
                     &conn.activity,
-                    &handler
+                    handler
                 ));
                 // Asked to end, it does after the exchange in progress.
                 let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
@@ -397,7 +395,7 @@ impl Conn {
             h1::Ending::Closed => {}
             h1::Ending::Http2 => {
                 if let Some((io, read)) = wire.into_parts() {
-                    Box::pin(self.http2(io, read, handler)).await;
+                    Box::pin(self.http2(io, read, handler.clone())).await;
                 }
             }
             h1::Ending::Upgraded(switch) => {

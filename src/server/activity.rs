@@ -35,8 +35,8 @@ pub(super) struct Activity {
     /// Milliseconds after `started` when the client last took part of an
     /// answer (or an answer began to wait).
     sent_ms: AtomicU64,
-    /// `timeouts.send`.
-    send: Duration,
+    /// `timeouts.send`, in milliseconds (small: every connection holds it).
+    send_ms: u32,
     /// Milliseconds after `started` when the watchdog looks next.
     pub(super) watch_ms: AtomicU64,
     /// The task of an HTTP/1.1 request body waiting for its client, woken
@@ -56,7 +56,7 @@ impl Activity {
             quiet: Notify::new(),
             unsent: AtomicUsize::new(0),
             sent_ms: AtomicU64::new(0),
-            send,
+            send_ms: u32::try_from(send.as_millis()).unwrap_or(u32::MAX),
             watch_ms: AtomicU64::new(0),
             body_waker: AtomicWaker::new(),
         }
@@ -74,7 +74,7 @@ impl Activity {
         if self.unsent.fetch_add(1, Ordering::AcqRel) == 0 {
             self.sent_ms.store(now, Ordering::Release);
         }
-        let send = u64::try_from(self.send.as_millis()).unwrap_or(u64::MAX);
+        let send = u64::from(self.send_ms);
         if self.watch_ms.load(Ordering::Acquire) > now.saturating_add(send) {
             self.quiet.notify_one();
         }
