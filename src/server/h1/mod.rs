@@ -371,10 +371,9 @@ enum HeadRead {
 /// over to HTTP/2. `closing` asks it to end after the exchange in
 /// progress (at once when it waits for a head that has not begun).
 ///
-/// Between exchanges the connection's future holds little more than its
-/// wait for the next head: each exchange (the handler's answer and its
-/// writing) is a future of its own, allocated while it runs, so that
-/// thousands of idle keep-alive connections cost little memory each.
+/// This future is dropped while the connection is parked (see
+/// [`Connection`]), so it may be large: nothing of it is allocated per
+/// exchange.
 pub(super) async fn serve<S, H, F>(
     conn: &Connection<S>,
     peer: SocketAddr,
@@ -395,14 +394,14 @@ where
             HeadRead::Http2 => return Ending::Http2,
             HeadRead::Refused(rejection) => break End::Refuse(rejection),
         };
-        let exchanged = Box::pin(exchange(wire, head, peer, closing, activity, handler)).await;
+        let exchanged = exchange(wire, head, peer, closing, activity, handler).await;
         match exchanged {
             Exchanged::Kept => {}
             Exchanged::Ended { linger } => break End::Close { linger },
             Exchanged::Upgraded(switch) => return Ending::Upgraded(switch),
         }
     };
-    Box::pin(finish(wire, end, peer)).await;
+    finish(wire, end, peer).await;
     Ending::Closed
 }
 
