@@ -166,3 +166,32 @@ async fn parked_connections_leave_their_slots_to_a_new_client() {
     assert!(closed >= 1, "no parked connection gave its slot");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_parked_before_its_first_request_may_still_speak_http2() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // (`header_read` is 10 s by default: longer than the silence.)
+    let gw = Gateway::start(&yaml("30s", "")).await;
+    let stream = TcpStream::connect(gw.http).await.unwrap();
+    // Silent past the wait after which it is parked; then HTTP/2 by prior
+    // knowledge, whose preface only the first bytes may be.
+    tokio::time::sleep(PARKED).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            http::Request::get(format!("http://{}/quick/ping", gw.http))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    gw.shutdown().await;
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{crypto, Gateway, Upstream};
 use http::{Request, StatusCode};
-use http_body_util::{Empty, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -168,6 +168,39 @@ async fn https_serves_http1_and_h2_by_alpn() {
 
     // `transport: [https]`: the plain port does not serve this API.
     assert_eq!(gw.get("/secure/items").await.status(), 404);
+    gw.shutdown().await;
+}
+
+/// A TLS connection idle long enough to be parked (1 s) serves its next
+/// requests: what the client sends wakes it through the TLS layer.
+#[tokio::test]
+async fn a_parked_tls_connection_serves_its_next_requests() {
+    let Https {
+        dir: _dir,
+        leaf,
+        upstream,
+        gw,
+    } = https_gateway().await;
+    let tls = tls_connect(https_addr(&gw), &leaf.der, b"http/1.1").await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for round in 0..3 {
+        let resp = sender
+            .send_request(
+                Request::get("/secure/items")
+                    .header("host", "localhost")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+    }
+    assert_eq!(upstream.hits(), 3);
     gw.shutdown().await;
 }
 
