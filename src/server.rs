@@ -302,7 +302,7 @@ impl Conn {
         // The task of every connection is as large as its largest state:
         // TLS, HTTP/2 (hyper's connection) and an HTTP/1.1 connection's
         // exchanges are boxed, and the stream travels in the boxed `Conn`,
-        // so that the task of a parked HTTP/1.1 connection is ~770 B
+        // so that the task of a parked HTTP/1.1 connection is 640 B
         // (`bench/idle.py`).
         let Some((stream, transport)) = self.accepted.take() else {
             return;
@@ -514,7 +514,7 @@ struct Watched<'a> {
 }
 
 /// How long a connection waits for its next request before it is parked
-/// ([`Signals::parked`]).
+/// ([`Conn::parked`]).
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// How the watched connection's future ended.

@@ -15,6 +15,7 @@ use common::{crypto, Gateway, Upstream};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use microgateway::reload::Source;
@@ -95,6 +96,28 @@ async fn tls_connect(
         .expect("TLS handshake")
 }
 
+/// An HTTP/1.1 client on `tls`.
+async fn http1_sender(tls: TlsStream<TcpStream>) -> SendRequest<Empty<Bytes>> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `GET /secure/items` on `sender`.
+async fn get_items(sender: &mut SendRequest<Empty<Bytes>>) -> http::Response<Incoming> {
+    sender
+        .send_request(
+            Request::get("/secure/items")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
 /// A gateway serving HTTPS with a fresh self-signed certificate, written
 /// to `dir` (kept alive with it).
 struct Https {
@@ -131,19 +154,8 @@ async fn https_serves_http1_and_h2_by_alpn() {
 
     let tls = tls_connect(addr, &leaf.der, b"http/1.1").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(
-            Request::get("/secure/items")
-                .header("host", "localhost")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let mut sender = http1_sender(tls).await;
+    let resp = get_items(&mut sender).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(upstream.last().headers["x-forwarded-proto"], "https");
 
@@ -182,20 +194,9 @@ async fn a_parked_tls_connection_serves_its_next_requests() {
         gw,
     } = https_gateway().await;
     let tls = tls_connect(https_addr(&gw), &leaf.der, b"http/1.1").await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1_sender(tls).await;
     for round in 0..3 {
-        let resp = sender
-            .send_request(
-                Request::get("/secure/items")
-                    .header("host", "localhost")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let resp = get_items(&mut sender).await;
         assert_eq!(resp.status(), StatusCode::OK, "round {round}");
         resp.into_body().collect().await.unwrap();
         tokio::time::sleep(Duration::from_millis(1600)).await;
