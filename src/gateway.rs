@@ -418,6 +418,19 @@ struct Serving {
     transport: Transport,
 }
 
+/// Once a second, what this thread no longer uses is freed: the buffers
+/// of its pooled upstream connections idle for a while, then the pages
+/// its allocator holds empty (`allocator`).
+async fn tidy_this_thread() {
+    let mut every = tokio::time::interval(crate::allocator::COLLECT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        Upstreams::cool_pool_of_this_thread();
+        crate::allocator::collect_this_thread();
+    }
+}
+
 fn serve_on_this_thread(
     state: Arc<State>,
     listener: std::net::TcpListener,
@@ -445,6 +458,7 @@ fn serve_on_this_thread(
     let tls = matches!(transport, Transport::Tls(_));
     runtime.block_on(async move {
         tokio::spawn(deadlines);
+        tokio::spawn(tidy_this_thread());
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {

@@ -12,6 +12,7 @@
 //!
 //! 1. [`metrics`]: every metric. [`timer`]: the data path's deadlines
 //!    (request head, upstream answer), one queue per listener thread.
+//!    [`allocator`]: freed memory given back to the system.
 //! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
 //!    generation); every finding with file, line and column. [`logging`]:
 //!    the process's log, written by a thread of its own through a bounded
@@ -55,6 +56,7 @@
 //! and the response streams back. Nothing reaches an upstream without the
 //! grant of the authorize phase.
 pub mod admin;
+pub mod allocator;
 pub mod auth;
 pub mod authz_server;
 pub mod basic_auth;

@@ -132,9 +132,12 @@ pub async fn serve<H, F>(
     H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let http2 = Arc::new(http2_builder(settings));
-    // Shared by the port's connections rather than copied into each.
-    let shared = Arc::new(settings);
+    let port = Arc::new(Port {
+        settings,
+        slots: slots.clone(),
+        http2: http2_builder(settings),
+        transport,
+    });
     let (force, forced) = watch::channel(false);
     // The connections' own receiver: the loop below waits on `stop`.
     let conn_stop = stop.clone();
@@ -142,17 +145,15 @@ pub async fn serve<H, F>(
         // Boxed before the task: what the task's future captures it holds
         // for the connection's whole life, idle or not.
         let conn = Box::new(Conn {
-            accepted: Some((stream, transport.clone())),
+            accepted: Some(stream),
             _held: (permit, counted),
-            http2: http2.clone(),
-            settings: shared.clone(),
             signals: Signals {
                 stop: conn_stop.clone(),
                 forced: forced.clone(),
                 pressure: slots.pressure().subscribe(),
             },
             activity: Arc::new(Activity::new(settings.timeouts.send)),
-            slots: slots.clone(),
+            port: port.clone(),
             peer,
         });
         let handler = handler.clone();
@@ -273,15 +274,23 @@ where
 /// One accepted connection and what it needs to be served.
 struct Conn {
     /// Taken when it is served.
-    accepted: Option<(TcpStream, Transport)>,
+    accepted: Option<TcpStream>,
     /// Its slot, and its count on this thread, until it ends.
     _held: (OwnedSemaphorePermit, Option<spread::Serving>),
-    http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
-    settings: Arc<ConnSettings>,
     signals: Signals,
     activity: Arc<Activity>,
-    slots: Arc<Slots>,
+    port: Arc<Port>,
     peer: SocketAddr,
+}
+
+/// What every connection of a port on this thread reads, held once here
+/// rather than by each.
+struct Port {
+    settings: ConnSettings,
+    slots: Arc<Slots>,
+    /// HTTP/2 (HTTP/1.1 has its own codec, `h1`).
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    transport: Transport,
 }
 
 /// What the port tells its connections.
@@ -301,14 +310,15 @@ impl Conn {
     {
         // The task of every connection is as large as its largest state:
         // TLS, HTTP/2 (hyper's connection) and an HTTP/1.1 connection's
-        // exchanges are boxed, and the stream travels in the boxed `Conn`,
-        // so that the task of a parked HTTP/1.1 connection is 640 B
-        // (`bench/idle.py`).
-        let Some((stream, transport)) = self.accepted.take() else {
+        // exchanges are boxed, the stream travels in the boxed `Conn`, and
+        // what the port's connections share is in its `Port`, so that the
+        // task of a parked HTTP/1.1 connection is 512 B, its `Conn` 160 B
+        // and its codec state 192 B (`bench/idle.py`).
+        let Some(stream) = self.accepted.take() else {
             return;
         };
         // The listener's WebSocket tunnels (`limits.max_tunnels`).
-        let tunnels = self.slots.tunnels.clone();
+        let tunnels = self.port.slots.tunnels.clone();
         let handler = move |mut req: Request<Body>, peer| {
             // Only a request that may open a tunnel needs to find them.
             if req.headers().contains_key(UPGRADE) || req.method() == Method::CONNECT {
@@ -316,12 +326,15 @@ impl Conn {
             }
             handler(req, peer)
         };
-        match transport {
+        match &self.port.transport {
             Transport::Plain => {
-                let wire = h1::Connection::new(stream, &self.settings, &self.activity, &self.slots);
+                let wire = h1::Connection::new(stream, &self.activity, &self.port);
                 self.http(wire, &handler).await;
             }
-            Transport::Tls(acceptor) => Box::pin(self.tls(stream, acceptor, handler)).await,
+            Transport::Tls(acceptor) => {
+                let acceptor = acceptor.clone();
+                Box::pin(self.tls(stream, acceptor, handler)).await;
+            }
         }
     }
 
@@ -332,14 +345,13 @@ impl Conn {
     {
         let handshake = acceptor.accept(stream);
         let peer = self.peer;
-        match tokio::time::timeout(self.settings.timeouts.header_read, handshake).await {
+        match tokio::time::timeout(self.port.settings.timeouts.header_read, handshake).await {
             Ok(Ok(tls)) => {
                 let handler = with_client_certificate(&tls, handler);
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                     Box::pin(self.http2(tls, Bytes::new(), handler)).await;
                 } else {
-                    let wire =
-                        h1::Connection::new(tls, &self.settings, &self.activity, &self.slots);
+                    let wire = h1::Connection::new(tls, &self.activity, &self.port);
                     self.http(wire, &handler).await;
                 }
             }
@@ -373,7 +385,7 @@ impl Conn {
                 // Asked to end, it does after the exchange in progress.
                 let graceful = |_: Pin<&mut _>| closing.store(true, Ordering::Release);
                 let watched = Watched {
-                    timeouts: &conn.settings.timeouts,
+                    timeouts: &conn.port.settings.timeouts,
                     activity: &conn.activity,
                     peer: conn.peer,
                     parkable: &|| wire.waits_idle(),
@@ -400,7 +412,7 @@ impl Conn {
             }
             h1::Ending::Upgraded(switch) => {
                 if let Some((io, read)) = wire.into_parts() {
-                    Box::pin(self.tunnel(io, read, switch)).await;
+                    Box::pin(self.tunnel(io, read, *switch)).await;
                 }
             }
         }
@@ -416,12 +428,12 @@ impl Conn {
     {
         wire.shed();
         let mut idle = pin!(tokio::time::sleep_until(
-            self.activity.deadline(self.settings.timeouts)
+            self.activity.deadline(self.port.settings.timeouts)
         ));
         loop {
-            let mut wake = pin!(self.slots.parked_wake());
+            let mut wake = pin!(self.port.slots.parked_wake());
             wake.as_mut().enable();
-            if self.slots.parked_must_close() {
+            if self.port.slots.parked_must_close() {
                 tracing::debug!(peer = %self.peer, "idle connection closed: shutdown or no free slot");
                 return false;
             }
@@ -469,7 +481,7 @@ impl Conn {
     {
         let requests = self.activity.clone();
         let peer = self.peer;
-        let body_read = self.settings.timeouts.body_read;
+        let body_read = self.port.settings.timeouts.body_read;
         let service = service_fn(move |req: Request<Incoming>| {
             let guard = InFlight::begin(&requests);
             let req = req.map(|body| {
@@ -487,12 +499,12 @@ impl Conn {
             }
         });
         let io = TokioIo::new(Prefixed::new(read, io));
-        let conn = pin!(self.http2.serve_connection(io, service));
+        let conn = pin!(self.port.http2.serve_connection(io, service));
         let graceful = |conn: Pin<&mut _>| {
             hyper::server::conn::http2::Connection::graceful_shutdown(conn);
         };
         let watched = Watched {
-            timeouts: &self.settings.timeouts,
+            timeouts: &self.port.settings.timeouts,
             activity: &self.activity,
             peer,
             parkable: &|| false,

@@ -48,6 +48,12 @@ impl Upstreams {
         Pool::pin_to_this_thread(Pool::new(self.connector.clone()));
     }
 
+    /// The idle connections of this thread's pool unused for a while free
+    /// their buffers.
+    pub fn cool_pool_of_this_thread() {
+        super::pool::cool_this_thread();
+    }
+
     pub fn new(connect_timeout: Duration) -> Upstreams {
         let connector = Arc::new(Connector::new(connect_timeout));
         Upstreams {

@@ -55,6 +55,9 @@ pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
 /// recently used, taken first. The others free theirs (16 KiB each), so
 /// that a burst that leaves hundreds idle does not hold them all.
 const WARM_IDLE: usize = 16;
+/// How long an idle connection keeps its buffers at most
+/// ([`cool_this_thread`]): once traffic has stopped, none does.
+const WARM_FOR: Duration = Duration::from_secs(2);
 /// An idle connection unused for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -472,6 +475,17 @@ impl Pool {
         THREAD_POOL.with(|own| *own.borrow_mut() = Some(pool));
     }
 
+    /// The warm idle connections unused for [`WARM_FOR`] free their
+    /// buffers.
+    fn cool(&mut self, now: Instant) {
+        for slot in &mut self.slots {
+            let warm = slot.idle.iter_mut().rev().take(WARM_IDLE);
+            for idle in warm.filter(|idle| now.saturating_duration_since(idle.since) >= WARM_FOR) {
+                idle.conn.release_buffers();
+            }
+        }
+    }
+
     /// The slot of `key`, made on first use.
     fn slot(&mut self, key: &Key<'_>) -> Result<u32, NoUsableCa> {
         let https = *key.scheme == Scheme::HTTPS;
@@ -654,6 +668,23 @@ pub struct Checkout {
     home: Home,
     slot: SlotId,
     conn: Conn,
+}
+
+/// The calling thread's pool, if it has one, frees the buffers of the idle
+/// connections unused for [`WARM_FOR`]; called once a second.
+pub fn cool_this_thread() {
+    let now = Instant::now();
+    THREAD_POOL.with(|own| {
+        // Never borrowed across an await: it is free between tasks.
+        if let Some(pool) = own
+            .try_borrow_mut()
+            .ok()
+            .as_mut()
+            .and_then(|own| own.as_mut())
+        {
+            pool.cool(now);
+        }
+    });
 }
 
 /// Checks a connection to `key`'s upstream out of this thread's pool if
@@ -1131,6 +1162,36 @@ mod tests {
         }
         // Those without buffers carried the second burst as well.
         assert_eq!(upstream.connections(), burst);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_unused_for_a_while_free_their_buffers() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let upstream = TestUpstream::start(10).await;
+        let checkouts: Vec<Checkout> = (0..3)
+            .map(|_| pools.checkout_at(&upstream, Instant::now()))
+            .collect();
+        let mut responses = Vec::new();
+        for checkout in checkouts {
+            responses.push(pools.send(&upstream, checkout).await);
+        }
+        for response in responses {
+            assert_eq!(read_all(response).await, 10);
+        }
+        let key = key(&upstream);
+        let buffered_after = |unused: Duration| {
+            THREAD_POOL.with(|own| {
+                let mut own = own.borrow_mut();
+                let pool = own.as_mut().expect("pinned");
+                pool.cool(Instant::now() + unused);
+                pool.buffered_count(&key)
+            })
+        };
+        assert_eq!(buffered_after(Duration::ZERO), 3, "just used: warm");
+        assert_eq!(buffered_after(WARM_FOR), 0);
+        // They still carry requests.
+        assert_eq!(read_all(pools.get(&upstream).await).await, 10);
+        assert_eq!(upstream.connections(), 3);
     }
 
     #[tokio::test]

@@ -44,7 +44,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::{Activity, ConnSettings, InFlight, Slots};
+use super::{Activity, InFlight, Port};
 use crate::http1;
 use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
 use crate::http1::request_head::{self as head, Framing, Head, Parsed, Refusal};
@@ -74,8 +74,9 @@ pub enum Ending {
     /// of it ([`Connection::into_parts`]), goes to the HTTP/2 server.
     Http2,
     /// A `101` was written: the stream, with what the client sent after
-    /// its handshake, goes to the tunnel.
-    Upgraded(tunnel::Switch),
+    /// its handshake, goes to the tunnel. (Boxed: a rare ending that
+    /// would otherwise make every connection's future larger.)
+    Upgraded(Box<tunnel::Switch>),
 }
 
 /// An HTTP/1.1 connection of the gateway's ports. It outlives the future
@@ -85,12 +86,7 @@ pub enum Ending {
 pub(super) struct Connection<S>(Arc<Mutex<Wire<S>>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
-    pub(super) fn new(
-        io: S,
-        settings: &Arc<ConnSettings>,
-        activity: &Arc<Activity>,
-        slots: &Arc<Slots>,
-    ) -> Connection<S> {
+    pub(super) fn new(io: S, activity: &Arc<Activity>, port: &Arc<Port>) -> Connection<S> {
         Connection(Arc::new(Mutex::new(Wire {
             io,
             buf: BytesMut::new(),
@@ -102,11 +98,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             first: true,
             waiting: false,
             fields: Vec::new(),
-            settings: settings.clone(),
-            read_wait: None,
+            waits: None,
             activity: activity.clone(),
-            slots: slots.clone(),
-            write_deadline: None,
+            port: port.clone(),
         })))
     }
 
@@ -177,20 +171,25 @@ struct Wire<S> {
     waiting: bool,
     /// Used by each head parsed, so that parsing allocates nothing.
     fields: head::FieldScratch,
-    /// Its `timeouts.body_read` and `timeouts.send`.
-    settings: Arc<ConnSettings>,
-    /// Since when the request body waits for the client, and until when
-    /// it may.
-    /// (Boxed, as the deadline below: rarely set, and a connection's state
-    /// is held by every connection, idle ones included.)
-    read_wait: Option<Box<(Instant, Deadline)>>,
+    /// Set only while it waits for its client.
+    waits: Option<Box<Waits>>,
     /// Its watchdog wakes a body waiting for the client when the port
     /// runs out of slots.
     activity: Arc<Activity>,
-    /// Under pressure a body may wait less (`server::slots`).
-    slots: Arc<Slots>,
+    /// Its settings; under pressure a body may wait less
+    /// (`server::slots`).
+    port: Arc<Port>,
+}
+
+/// The deadlines of a connection waiting for its client. (Boxed: rarely
+/// set, and every connection holds its state, idle ones included.)
+#[derive(Default)]
+struct Waits {
+    /// Since when the request body waits for the client, and until when
+    /// it may.
+    read: Option<(Instant, Deadline)>,
     /// Armed while a write waits for the client to take bytes.
-    write_deadline: Option<Box<Deadline>>,
+    write: Option<Deadline>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,18 +249,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             Poll::Ready(written) => written,
             Poll::Pending => {
                 if self.out.len() != before {
-                    self.write_deadline = None;
+                    self.end_write_wait();
                 }
-                let send = self.settings.timeouts.send;
+                let send = self.port.settings.timeouts.send;
                 let deadline = self
-                    .write_deadline
-                    .get_or_insert_with(|| Box::new(Deadline::after(send)));
-                ready!(Pin::new(&mut **deadline).poll(cx));
+                    .waits
+                    .get_or_insert_with(Box::default)
+                    .write
+                    .get_or_insert_with(|| Deadline::after(send));
+                ready!(Pin::new(deadline).poll(cx));
                 crate::metrics::client_error("send_timeout");
                 Err(io::ErrorKind::TimedOut.into())
             }
         };
-        self.write_deadline = None;
+        self.end_write_wait();
         if written.is_err() {
             self.write_failed = true;
             self.out.clear();
@@ -284,7 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             match self.body.decode(&mut self.buf) {
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Decoded::End) => {
-                    self.read_wait = None;
+                    self.end_read_wait();
                     return Poll::Ready(None);
                 }
                 Ok(Decoded::NeedMore) => {}
@@ -292,19 +293,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             }
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => return self.fail(BodyError::Truncated),
-                Poll::Ready(Ok(_)) => self.read_wait = None,
+                Poll::Ready(Ok(_)) => self.end_read_wait(),
                 Poll::Ready(Err(error)) => return self.fail(error.into()),
                 // The client is due to send: its silence is bounded, more
                 // tightly while the port has no free slot.
                 Poll::Pending => {
                     self.activity.body_waker.register(cx.waker());
                     let wait = self
+                        .port
                         .slots
                         .pressure()
-                        .body_silence(self.settings.timeouts.body_read);
-                    let (since, deadline) = &mut **self
-                        .read_wait
-                        .get_or_insert_with(|| Box::new((Instant::now(), Deadline::after(wait))));
+                        .body_silence(self.port.settings.timeouts.body_read);
+                    let (since, deadline) = self
+                        .waits
+                        .get_or_insert_with(Box::default)
+                        .read
+                        .get_or_insert_with(|| (Instant::now(), Deadline::after(wait)));
                     // Only ever earlier: a body cut short under pressure
                     // stays so when a slot frees.
                     if *since + wait < deadline.when() {
@@ -317,13 +321,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
+    fn end_read_wait(&mut self) {
+        if let Some(waits) = &mut self.waits {
+            waits.read = None;
+            if waits.write.is_none() {
+                self.waits = None;
+            }
+        }
+    }
+
+    fn end_write_wait(&mut self) {
+        if let Some(waits) = &mut self.waits {
+            waits.write = None;
+            if waits.read.is_none() {
+                self.waits = None;
+            }
+        }
+    }
+
     /// The body ends in error, for good: the client's fault, counted once.
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let fault = error.fault();
         tracing::debug!(%error, "request body failed");
         crate::metrics::client_error(fault.cause());
         self.failed = Some(fault);
-        self.read_wait = None;
+        self.end_read_wait();
         Poll::Ready(Some(Err(Box::new(fault))))
     }
 }
@@ -443,7 +465,7 @@ enum Exchanged {
     /// To be closed, lingering or not.
     Ended { linger: bool },
     /// A `101` was written: the tunnel takes the connection.
-    Upgraded(tunnel::Switch),
+    Upgraded(Box<tunnel::Switch>),
 }
 
 /// One exchange: the handler's answer to the request `head` begins, then
@@ -563,7 +585,7 @@ fn poll_head<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Poll<HeadRead> {
     loop {
         if !wire.buf.is_empty() {
-            let limits = &wire.settings.limits;
+            let limits = &wire.port.settings.limits;
             match head::parse(&mut wire.buf, limits, wire.first, &mut wire.fields) {
                 Ok(Parsed::Head(head)) => return Poll::Ready(HeadRead::Head(head)),
                 Ok(Parsed::Http2) => return Poll::Ready(HeadRead::Http2),
@@ -587,7 +609,7 @@ fn poll_head<S: AsyncRead + AsyncWrite + Unpin>(
     if wire.buf.is_empty() {
         return Poll::Pending;
     }
-    let timeout = wire.settings.timeouts.header_read;
+    let timeout = wire.port.settings.timeouts.header_read;
     let deadline = deadline.get_or_insert_with(|| Deadline::after(timeout));
     match Pin::new(deadline).poll(cx) {
         Poll::Ready(()) => Poll::Ready(HeadRead::Refused(Rejection::RequestTimeout)),
@@ -724,14 +746,15 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(wire: &Mutex<Wire<S>>, linger:
 
 /// The tunnel a `101` response carries; a `101` without one would leave
 /// the client speaking a protocol nobody carries: it becomes a 502.
-fn switching(response: &mut Response<Body>) -> Option<tunnel::Switch> {
+fn switching(response: &mut Response<Body>) -> Option<Box<tunnel::Switch>> {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return None;
     }
     let switch = response
         .extensions_mut()
         .remove::<tunnel::Pending>()
-        .and_then(|pending| pending.take());
+        .and_then(|pending| pending.take())
+        .map(Box::new);
     if switch.is_none() {
         *response = Rejection::BadGateway("101 with no tunnel".into()).into_response();
     }
