@@ -2,6 +2,8 @@
 
   python3 bench/idle.py              # IDLE_CONNECTIONS=10000
   BASE=39010b9 python3 bench/idle.py # also the release build of another commit
+  TLS=1 python3 bench/idle.py        # the connections over TLS 1.3 (ECDSA P-256
+                                     # certificate, no session tickets)
 
 Starts an nginx upstream, nginx as a keep-alive reverse proxy to it and
 microgateway (release build) proxying to it too. For each contender it
@@ -13,13 +15,14 @@ figures and the cost per idle connection: (RSS open - RSS idle) / N.
 Targets: <= 2 KiB per idle connection; RSS back within 20 % of idle 10 s
 after the connections close.
 """
-import asyncio, os, resource, shutil, socket, subprocess, sys, tempfile, time
+import asyncio, os, resource, shutil, socket, ssl, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
 BIN = os.path.abspath(
     os.environ.get("MCGW_BIN", os.path.join(ROOT, "target/release/microgateway"))
 )
+TLS = os.environ.get("TLS", "0") == "1"
 
 
 def free_port():
@@ -59,8 +62,19 @@ def children(pid):
         return []
 
 
-async def one(port, request, conns):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def client_tls():
+    """TLS 1.3 to the bench's own certificate (not verified: a throwaway)."""
+    if not TLS:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+async def one(port, request, conns, tls):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
@@ -76,10 +90,11 @@ async def hold(port, path, pids):
     idle = rss_kib(pids)
     conns = []
     sem = asyncio.Semaphore(256)
+    tls = client_tls()
 
     async def guarded():
         async with sem:
-            await one(port, request, conns)
+            await one(port, request, conns, tls)
 
     await asyncio.gather(*(guarded() for _ in range(N)))
     # Held a few seconds: microgateway parks a connection idle for 1 s.
@@ -103,6 +118,15 @@ def main():
     work = tempfile.mkdtemp(prefix="mcgw-idle.")
     procs = []
     up, px = free_port(), free_port()
+    if TLS:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", f"{work}/key.pem",
+             "-out", f"{work}/cert.pem"],
+            check=True, capture_output=True,
+        )
+    nginx_tls = (f"""ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem;
+  ssl_protocols TLSv1.3; ssl_session_tickets off;""" if TLS else "")
     for name, conf in [
         ("upstream", f"""worker_processes 1;
 pid {work}/upstream/nginx.pid;
@@ -118,8 +142,9 @@ pid {work}/proxy/nginx.pid;
 error_log {work}/proxy/logs/error.log warn;
 events {{ worker_connections 32768; }}
 http {{ access_log off; keepalive_timeout 300s; keepalive_requests 100000;
+  {nginx_tls}
   upstream backend {{ server 127.0.0.1:{up}; keepalive 128; }}
-  server {{ listen 127.0.0.1:{px} reuseport;
+  server {{ listen 127.0.0.1:{px} reuseport{" ssl" if TLS else ""};
     location / {{ proxy_pass http://backend; proxy_http_version 1.1;
       proxy_set_header Connection ""; }} }} }}
 """),
@@ -141,8 +166,13 @@ http {{ access_log off; keepalive_timeout 300s; keepalive_requests 100000;
         bins.append(("baseline", base))
     for name, binary in bins:
         port, admin = free_port(), free_port()
+        if TLS:
+            ports = f"""ports: {{ http: {free_port()}, https: {port}, bind: 127.0.0.1 }}
+tls: {{ certificate: "{work}/cert.pem", key: "{work}/key.pem" }}"""
+        else:
+            ports = f"ports: {{ http: {port}, bind: 127.0.0.1 }}"
         with open(f"{work}/{name}.yaml", "w") as f:
-            f.write(f"""ports: {{ http: {port}, bind: 127.0.0.1 }}
+            f.write(f"""{ports}
 admin: {{ port: {admin}, bind: 127.0.0.1 }}
 limits: {{ max_connections: {2 * N} }}
 timeouts: {{ idle: 300s }}
@@ -163,7 +193,7 @@ apis:
         for _, port, _, _ in contenders:
             wait_port(port)
         time.sleep(1)
-        print(f"{N} idle keep-alive connections")
+        print(f"{N} idle keep-alive connections{' over TLS 1.3' if TLS else ''}")
         print(f"{'contender':<14} {'RSS idle':>10} {'RSS open':>10} {'per conn':>10} {'RSS +10s closed':>16}")
         for name, port, path, pid in contenders:
             pids = [pid] + children(pid)

@@ -174,8 +174,9 @@ async fn phases<'s>(
             },
             other => Rejection::Denied(other),
         })?; // authorize
-             // Boxed, like authentication: APIs without throttle policies carry
-             // no store call in their future.
+
+    // Boxed, like authentication: APIs without throttle policies carry no
+    // store call in their future.
     let fields = if route.api.throttle.is_empty() {
         None
     } else {
@@ -185,8 +186,9 @@ async fn phases<'s>(
         };
         Box::pin(throttle(snap, rt, &route, caller)).await?
     }; // throttle
-       // A WebSocket handshake holds a tunnel slot of its listener from here
-       // (503 when none is free), and asks the upstream to switch protocols.
+
+    // A WebSocket handshake holds a tunnel slot of its listener from here
+    // (503 when none is free), and asks the upstream to switch protocols.
     if h2_websocket && !route.api.websocket {
         return Err(Rejection::BadRequest("the API serves no WebSocket"));
     }
@@ -226,7 +228,8 @@ async fn phases<'s>(
     strip_application_credentials(route.api, who.as_ref(), headers);
     transform::apply(&route.api.transform, who.as_ref(), headers, added)
         .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
-                                                                  // Counted once the token can no longer be refused for its properties.
+
+    // Counted once the token can no longer be refused for its properties.
     route
         .api
         .metrics
