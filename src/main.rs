@@ -21,6 +21,6 @@ fn return_freed_memory() {
         .name("allocator".into())
         .spawn(|| loop {
             std::thread::sleep(microgateway::allocator::COLLECT_EVERY);
-            microgateway::allocator::collect_this_thread();
+            microgateway::allocator::collect_process();
         });
 }
