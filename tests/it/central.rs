@@ -301,12 +301,19 @@ async fn downstream_serves_what_the_central_defines_and_follows_its_changes() {
     assert_eq!(generation(&down), start_generation);
 
     // A change on the central is followed within the poll interval.
+    let applied = link.status().applied;
     central.write_config(&central_yaml(r#""GET /items", "GET /orders""#));
     central
         .state()
         .reload(Source::File)
         .expect("central reload");
     down.wait_generation(start_generation + 1).await;
+    // The new generation serves first; the cache file and the status
+    // follow it (nothing of a refused download may reach them).
+    eventually("the download counted as applied", || {
+        link.status().applied > applied
+    })
+    .await;
     assert_eq!(down.get("/catalog/orders").await.status(), 200);
     let status = status_of(&down).await;
     let etag = status["central"]["etag"].as_str().expect("etag").to_owned();
