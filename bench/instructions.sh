@@ -29,11 +29,6 @@ BASE=${BASE:-}
 ROUTE=${ROUTE:-plain}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 bench_workdir instr
-# KEEP=DIR keeps the callgrind profiles.
-on_cleanup() {
-    if [ -n "${KEEP:-}" ]; then cp "$WORK"/cg.* "$KEEP"/ 2>/dev/null || true; fi
-}
-
 need nginx nginx-light
 need valgrind valgrind
 

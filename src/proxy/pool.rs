@@ -1040,6 +1040,19 @@ mod tests {
                 .expect("response")
         }
 
+        /// `n` requests at once: each checked out before any is sent, so
+        /// each has a connection of its own.
+        async fn at_once(&self, upstream: &TestUpstream, n: usize) -> Vec<Response<Body>> {
+            let checkouts: Vec<Checkout> = (0..n)
+                .map(|_| self.checkout_at(upstream, Instant::now()))
+                .collect();
+            let mut responses = Vec::new();
+            for checkout in checkouts {
+                responses.push(self.send(upstream, checkout).await);
+            }
+            responses
+        }
+
         async fn get(&self, upstream: &TestUpstream) -> Response<Body> {
             let checkout = self.checkout_at(upstream, Instant::now());
             self.send(upstream, checkout).await
@@ -1141,14 +1154,7 @@ mod tests {
         let upstream = TestUpstream::start(10).await;
         let burst = WARM_IDLE + 4;
         for round in 0..2 {
-            let checkouts: Vec<Checkout> = (0..burst)
-                .map(|_| pools.checkout_at(&upstream, Instant::now()))
-                .collect();
-            let mut responses = Vec::new();
-            for checkout in checkouts {
-                responses.push(pools.send(&upstream, checkout).await);
-            }
-            for response in responses {
+            for response in pools.at_once(&upstream, burst).await {
                 assert_eq!(read_all(response).await, 10);
             }
             assert_eq!(pools.idle(&upstream), burst, "round {round}");
@@ -1168,14 +1174,7 @@ mod tests {
     async fn idle_connections_unused_for_a_while_free_their_buffers() {
         let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
         let upstream = TestUpstream::start(10).await;
-        let checkouts: Vec<Checkout> = (0..3)
-            .map(|_| pools.checkout_at(&upstream, Instant::now()))
-            .collect();
-        let mut responses = Vec::new();
-        for checkout in checkouts {
-            responses.push(pools.send(&upstream, checkout).await);
-        }
-        for response in responses {
+        for response in pools.at_once(&upstream, 3).await {
             assert_eq!(read_all(response).await, 10);
         }
         let key = key(&upstream);
@@ -1199,13 +1198,7 @@ mod tests {
         let pools = Pools::pinned(2, IDLE_TIMEOUT);
         let upstream = TestUpstream::start(10).await;
         // Three requests at once: three connections.
-        let checkouts: Vec<Checkout> = (0..3)
-            .map(|_| pools.checkout_at(&upstream, Instant::now()))
-            .collect();
-        let mut responses = Vec::new();
-        for checkout in checkouts {
-            responses.push(pools.send(&upstream, checkout).await);
-        }
+        let responses = pools.at_once(&upstream, 3).await;
         assert_eq!(upstream.connections(), 3);
         for response in responses {
             assert_eq!(read_all(response).await, 10);
