@@ -170,8 +170,13 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         allow: super::application_compile::cidrs(ctx, &filter.value.allow, "ip_filter.allow"),
         deny: super::application_compile::cidrs(ctx, &filter.value.deny, "ip_filter.deny"),
     });
+    let answer_room = 1
+        + if throttle.is_empty() { 0 } else { 2 }
+        + if cors.is_some() { 4 } else { 0 }
+        + response_transform.set.len();
     Some(Api {
         metrics: ApiMetrics::of(&name),
+        answer_room,
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),
         name,
         version,

@@ -182,6 +182,10 @@ pub struct Api {
     /// `None`: the API answers no preflight and sends no CORS fields.
     pub cors: Option<Cors>,
     pub response_transform: ResponseTransform,
+    /// How many fields the gateway may add to an upstream's answer
+    /// (`X-Request-Id`, the RateLimit pair, CORS, `set_headers`): the
+    /// answer's map is made with room for them.
+    pub answer_room: usize,
     /// `policies.throttle`, in file order.
     pub throttle: Vec<ThrottlePolicy>,
     /// For each application (by `Application::index`): may it call this API?

@@ -36,6 +36,8 @@ pub struct Destination<'a> {
     pub host: &'a HeaderValue,
     /// Written after the request's own fields.
     pub added: &'a AddedFields,
+    /// Fields the gateway may add to the answer (`Api::answer_room`).
+    pub room: usize,
 }
 
 /// The most fields the gateway adds to a request: `X-Request-Id`,
@@ -204,6 +206,7 @@ mod tests {
             path_and_query,
             host: &host,
             added: AddedFields::none(),
+            room: 0,
         };
         let framing = encode(&parts, &body, destination, &mut out);
         (String::from_utf8(out).expect("ascii"), framing)

@@ -57,13 +57,23 @@ pub enum HeadError {
     Field,
 }
 
+/// A connection's room for the heads it reads, used again for each.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The end-to-end fields of the head being read (names now, values as
+    /// offsets into its bytes).
+    end_to_end: Vec<(HeaderName, usize, usize)>,
+    /// Fields the gateway may add to the answer: the head's map is made
+    /// with room for them, so that adding them never grows it.
+    pub room: usize,
+}
+
 /// Parses the head at the front of `buf`, consuming it: `None` while it
 /// is incomplete. An informational (1xx) head is consumed and skipped.
-/// `scratch` is the connection's, used again for each head.
 pub fn parse(
     buf: &mut BytesMut,
     method: &Method,
-    scratch: &mut Vec<(HeaderName, usize, usize)>,
+    scratch: &mut Scratch,
 ) -> Result<Option<Head>, HeadError> {
     parse_head(buf, method, scratch, false)
 }
@@ -74,7 +84,7 @@ pub fn parse(
 pub fn parse_switching(
     buf: &mut BytesMut,
     method: &Method,
-    scratch: &mut Vec<(HeaderName, usize, usize)>,
+    scratch: &mut Scratch,
 ) -> Result<Option<Head>, HeadError> {
     parse_head(buf, method, scratch, true)
 }
@@ -82,7 +92,7 @@ pub fn parse_switching(
 fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
-    scratch: &mut Vec<(HeaderName, usize, usize)>,
+    scratch: &mut Scratch,
     switching: bool,
 ) -> Result<Option<Head>, HeadError> {
     loop {
@@ -114,7 +124,6 @@ fn parse_head(
                     .transpose()
                     .map_err(|_| HeadError::Field)?
                     .ok_or(HeadError::Upgrade)?;
-                scratch.clear();
                 let fields = Fields::scan(response.headers, buf.as_ptr() as usize, scratch)?;
                 let head = buf.split_to(len).freeze();
                 let mut headers = fields.header_map(&head)?;
@@ -134,7 +143,6 @@ fn parse_head(
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| HeadError::Field)?;
-        scratch.clear();
         let fields = Fields::scan(response.headers, buf.as_ptr() as usize, scratch)?;
         let head = buf.split_to(len).freeze();
         return framed(status, fields, &head, http11, method).map(Some);
@@ -147,6 +155,8 @@ fn parse_head(
 /// (RFC 9110 §7.6.1).
 struct Fields<'a> {
     end_to_end: &'a mut Vec<(HeaderName, usize, usize)>,
+    /// See [`Scratch::room`].
+    room: usize,
     /// Whether the last transfer coding of the last `Transfer-Encoding`
     /// is `chunked`, if there was one.
     chunked: Option<bool>,
@@ -161,10 +171,12 @@ impl<'a> Fields<'a> {
     fn scan(
         headers: &[httparse::Header<'_>],
         base: usize,
-        end_to_end: &'a mut Vec<(HeaderName, usize, usize)>,
+        scratch: &'a mut Scratch,
     ) -> Result<Fields<'a>, HeadError> {
+        scratch.end_to_end.clear();
         let mut fields = Fields {
-            end_to_end,
+            end_to_end: &mut scratch.end_to_end,
+            room: scratch.room,
             chunked: None,
             length: None,
             close: false,
@@ -204,8 +216,7 @@ impl<'a> Fields<'a> {
 
     /// The end-to-end fields, their values sharing `head`'s bytes.
     fn header_map(self, head: &Bytes) -> Result<HeaderMap, HeadError> {
-        // One more for the `X-Request-Id` the gateway adds.
-        let mut headers = HeaderMap::with_capacity(self.end_to_end.len() + 1);
+        let mut headers = HeaderMap::with_capacity(self.end_to_end.len() + self.room);
         for (name, start, end) in self.end_to_end.drain(..) {
             if self.listed.contains(&name) {
                 continue;
@@ -294,7 +305,7 @@ mod tests {
 
     fn head(raw: &str, method: Method) -> Result<Option<Head>, HeadError> {
         let mut buf = BytesMut::from(raw.as_bytes());
-        parse(&mut buf, &method, &mut Vec::new())
+        parse(&mut buf, &method, &mut Scratch::default())
     }
 
     fn framing(raw: &str) -> (Framing, bool) {
@@ -398,7 +409,7 @@ mod tests {
         let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
                    HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Id: 7\r\n\r\nhi";
         let mut buf = BytesMut::from(raw.as_bytes());
-        let created = parse(&mut buf, &Method::POST, &mut Vec::new())
+        let created = parse(&mut buf, &Method::POST, &mut Scratch::default())
             .expect("valid")
             .expect("complete");
         assert_eq!(created.status, StatusCode::CREATED);
@@ -415,7 +426,7 @@ mod tests {
         let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
                    Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\nKeep-Alive: 5\r\n\r\n\x01\x01a";
         let mut buf = BytesMut::from(raw.as_bytes());
-        let switched = parse_switching(&mut buf, &Method::GET, &mut Vec::new())
+        let switched = parse_switching(&mut buf, &Method::GET, &mut Scratch::default())
             .expect("valid")
             .expect("complete");
         assert_eq!(switched.status, StatusCode::SWITCHING_PROTOCOLS);
@@ -428,7 +439,7 @@ mod tests {
         // A 101 without Upgrade switches to nothing.
         let mut bare = BytesMut::from("HTTP/1.1 101 Switching Protocols\r\n\r\n");
         assert!(matches!(
-            parse_switching(&mut bare, &Method::GET, &mut Vec::new()),
+            parse_switching(&mut bare, &Method::GET, &mut Scratch::default()),
             Err(HeadError::Upgrade)
         ));
     }

@@ -759,6 +759,7 @@ async fn probe(
             path_and_query: &active.path,
             host: &endpoint.host,
             added: AddedFields::none(),
+            room: 0,
         };
         let response = conn.send(req, destination, active.timeout).await.ok()?;
         let status = response.status();

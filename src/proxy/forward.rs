@@ -130,6 +130,7 @@ impl Upstreams {
             path_and_query: &path_and_query,
             host,
             added,
+            room: api.answer_room,
         };
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
@@ -208,6 +209,7 @@ impl Upstreams {
                 path_and_query: &path_and_query,
                 host: &endpoint.host,
                 added,
+                room: api.answer_room,
             };
             let key = Key {
                 scheme: &endpoint.scheme,

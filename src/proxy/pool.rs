@@ -1086,6 +1086,7 @@ mod tests {
             path_and_query: "/resource",
             host,
             added: AddedFields::none(),
+            room: 0,
         }
     }
 

@@ -9,6 +9,7 @@ use super::{full, Body, BoxError};
 use crate::auth::TokenProblem;
 use crate::config::snapshot::CredentialType;
 use crate::policy::{Denied, InsufficientScope, PathProblem, RouteProblem};
+use crate::throttle::Fields;
 
 /// Why a client's request body could not be read: the client's fault,
 /// never the upstream's. The server's body readers fail with it, so that
@@ -97,7 +98,7 @@ pub enum Rejection {
     #[error("throttled by policy {policies:?}")]
     Throttled {
         policies: Vec<String>,
-        fields: Option<Box<crate::throttle::Fields>>,
+        fields: Option<Box<Fields>>,
     },
     #[error("throttle store unavailable")]
     ThrottleUnavailable,
@@ -356,7 +357,7 @@ impl Rejection {
             }
             Rejection::Throttled { fields, .. } => {
                 if let Some(fields) = fields {
-                    fields.apply(headers);
+                    Fields::clone(fields).apply(headers);
                 }
             }
             Rejection::ThrottleUnavailable | Rejection::TooManyTunnels => {

@@ -175,8 +175,9 @@ async fn phases<'s>(
             other => Rejection::Denied(other),
         })?; // authorize
 
-    // Boxed, like authentication: APIs without throttle policies carry no
-    // store call in their future.
+    // The memory store answers at once; a Redis call is boxed, like
+    // authentication, so that other requests carry no store call in
+    // their future.
     let fields = if route.api.throttle.is_empty() {
         None
     } else {
@@ -184,7 +185,14 @@ async fn phases<'s>(
             identity: who.as_ref(),
             client_ip,
         };
-        Box::pin(throttle(snap, rt, &route, caller)).await?
+        let verdict = match rt
+            .throttle
+            .check_in_memory(snap, route.api, route.resource, caller)
+        {
+            Some(verdict) => verdict,
+            None => Box::pin(rt.throttle.check(snap, route.api, route.resource, caller)).await,
+        };
+        throttled(verdict)?
     }; // throttle
 
     // A WebSocket handshake holds a tunnel slot of its listener from here
@@ -313,20 +321,11 @@ fn answer_preflight<'s, B>(
     Some((cors::answer(policy, &preflight, routed), api))
 }
 
-/// Counts the request against the API's throttle policies that apply to
-/// its resource: a refused request goes no further. Returns the RateLimit
-/// fields for the response.
-async fn throttle(
-    snap: &Snapshot,
-    rt: &Runtime,
-    route: &Route<'_>,
-    caller: Caller<'_>,
-) -> Result<Option<Fields>, Rejection> {
-    match rt
-        .throttle
-        .check(snap, route.api, route.resource, caller)
-        .await
-    {
+/// What the throttle's verdict means for the request: a refused request
+/// goes no further; an admitted one takes the RateLimit fields to its
+/// response.
+fn throttled(verdict: throttle::Verdict) -> Result<Option<Fields>, Rejection> {
+    match verdict {
         throttle::Verdict::Unthrottled | throttle::Verdict::StoreFailedAllowed => Ok(None),
         throttle::Verdict::Admitted(fields) => Ok(fields),
         throttle::Verdict::Refused { policies, fields } => Err(Rejection::Throttled {

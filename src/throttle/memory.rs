@@ -8,8 +8,9 @@
 //! hash picks the shard and finds the key in it.
 
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
 use smallvec::SmallVec;
@@ -22,10 +23,32 @@ const SHARDS: usize = 32;
 /// Keys and their theoretical arrival times (µs), with their hashes.
 type Shard = HashTable<Entry>;
 
+/// A key as the store keeps it.
 struct Entry {
     hash: u64,
-    key: Key,
+    policy: Arc<str>,
+    application: Option<Box<str>>,
+    ip: Option<IpAddr>,
     tat: u64,
+}
+
+impl Entry {
+    fn new(hash: u64, key: &Key<'_>, tat: u64) -> Entry {
+        Entry {
+            hash,
+            policy: key.policy.clone(),
+            application: key.application.map(Box::from),
+            ip: key.ip,
+            tat,
+        }
+    }
+
+    fn is(&self, key: &Key<'_>) -> bool {
+        // Most often the policy's own identity: equal by address.
+        self.policy == *key.policy
+            && self.ip == key.ip
+            && self.application.as_deref() == key.application
+    }
 }
 
 pub struct MemoryStore {
@@ -49,17 +72,55 @@ impl MemoryStore {
         self.max_keys.store(max_keys, Ordering::Relaxed);
     }
 
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash as usize) % self.shards.len()
+    }
+
+    fn per_shard(&self) -> usize {
+        (self.max_keys.load(Ordering::Relaxed) / self.shards.len()).max(1)
+    }
+
     /// Counts a request on every key, or on none: admitted only when each
     /// key has room. Returns whether it was admitted and each key's level
-    /// (TAT − now, µs). The shards involved are locked in index order, so
-    /// two requests never wait on each other in a loop.
-    pub fn check(&self, keys: &[(Key, Rate)], now: u64) -> (bool, Levels) {
+    /// (TAT − now, µs).
+    pub fn check(&self, keys: &[(Key<'_>, Rate)], now: u64) -> (bool, Levels) {
+        match keys {
+            [(key, rate)] => self.check_one(key, *rate, now),
+            _ => self.check_all(keys, now),
+        }
+    }
+
+    /// One key (the usual case): one lock, one lookup.
+    fn check_one(&self, key: &Key<'_>, rate: Rate, now: u64) -> (bool, Levels) {
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shards[self.shard_of(hash)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = shard.find_mut(hash, |e| e.is(key));
+        let base = entry.as_ref().map_or(0, |e| e.tat).max(now);
+        if !rate.fits(base, now) {
+            return (false, Levels::from_buf_and_len([base - now, 0, 0, 0], 1));
+        }
+        let tat = base + rate.interval;
+        match entry {
+            Some(entry) => entry.tat = tat,
+            None => {
+                let per_shard = self.per_shard();
+                make_room(&mut shard, per_shard, now);
+                shard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
+            }
+        }
+        (true, Levels::from_buf_and_len([tat - now, 0, 0, 0], 1))
+    }
+
+    /// Several keys: the shards involved are locked in index order, so two
+    /// requests never wait on each other in a loop.
+    fn check_all(&self, keys: &[(Key<'_>, Rate)], now: u64) -> (bool, Levels) {
         let hashes: SmallVec<[u64; 4]> = keys
             .iter()
             .map(|(key, _)| self.hasher.hash_one(key))
             .collect();
-        let shard_of = |hash: u64| (hash as usize) % self.shards.len();
-        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|&h| shard_of(h)).collect();
+        let mut order: SmallVec<[usize; 4]> = hashes.iter().map(|&h| self.shard_of(h)).collect();
         order.sort_unstable();
         order.dedup();
         let mut guards: SmallVec<[(usize, MutexGuard<Shard>); 4]> = order
@@ -76,8 +137,8 @@ impl MemoryStore {
         let mut bases = Levels::with_capacity(keys.len());
         let mut admitted = true;
         for ((key, rate), &hash) in keys.iter().zip(&hashes) {
-            let guard = guard_of(&mut guards, shard_of(hash));
-            let tat = guard.find(hash, |e| e.key == *key).map_or(0, |e| e.tat);
+            let guard = guard_of(&mut guards, self.shard_of(hash));
+            let tat = guard.find(hash, |e| e.is(key)).map_or(0, |e| e.tat);
             let base = tat.max(now);
             admitted &= rate.fits(base, now);
             bases.push(base);
@@ -85,24 +146,16 @@ impl MemoryStore {
         if !admitted {
             return (false, bases.iter().map(|base| base - now).collect());
         }
-        let per_shard = (self.max_keys.load(Ordering::Relaxed) / self.shards.len()).max(1);
+        let per_shard = self.per_shard();
         let mut levels = Levels::with_capacity(keys.len());
         for (((key, rate), &hash), base) in keys.iter().zip(&hashes).zip(bases) {
-            let guard = guard_of(&mut guards, shard_of(hash));
+            let guard = guard_of(&mut guards, self.shard_of(hash));
             let tat = base + rate.interval;
-            match guard.find_mut(hash, |e| e.key == *key) {
+            match guard.find_mut(hash, |e| e.is(key)) {
                 Some(entry) => entry.tat = tat,
                 None => {
                     make_room(guard, per_shard, now);
-                    guard.insert_unique(
-                        hash,
-                        Entry {
-                            hash,
-                            key: key.clone(),
-                            tat,
-                        },
-                        |e| e.hash,
-                    );
+                    guard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
                 }
             }
             levels.push(tat - now);
@@ -158,19 +211,15 @@ fn make_room(shard: &mut Shard, cap: usize, now: u64) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
-    use crate::throttle::Subject;
 
-    fn key(policy: &str, ip: u8) -> Key {
+    fn key(policy: &Arc<str>, ip: u8) -> Key<'_> {
         Key {
-            policy: Arc::from(policy),
-            subject: Subject {
-                application: None,
-                ip: Some(std::net::IpAddr::from([10, 0, 0, ip])),
-            },
+            policy,
+            application: None,
+            ip: Some(IpAddr::from([10, 0, 0, ip])),
         }
     }
 
@@ -179,7 +228,8 @@ mod tests {
         let store = MemoryStore::new(1000);
         let wide = Rate::of(10, Duration::from_secs(60));
         let narrow = Rate::of(1, Duration::from_secs(60));
-        let keys = [(key("wide", 1), wide), (key("narrow", 1), narrow)];
+        let (w, n) = (Arc::from("wide"), Arc::from("narrow"));
+        let keys = [(key(&w, 1), wide), (key(&n, 1), narrow)];
         assert!(store.check(&keys, 1).0);
         let (admitted, levels) = store.check(&keys, 1);
         assert!(!admitted);
@@ -191,11 +241,33 @@ mod tests {
     fn the_store_never_holds_more_than_its_bound() {
         let store = MemoryStore::new(SHARDS * 2);
         let rate = Rate::of(1, Duration::from_secs(60));
+        let (p, q) = (Arc::from("p"), Arc::from("q"));
         for ip in 0..=255 {
-            assert!(store.check(&[(key("p", ip), rate)], 1).0);
+            assert!(store.check(&[(key(&p, ip), rate)], 1).0);
         }
         assert!(store.len() <= SHARDS * 2, "{}", store.len());
         // Expired keys make room before live ones are dropped.
-        assert!(store.check(&[(key("q", 1), rate)], 120_000_001).0);
+        assert!(store.check(&[(key(&q, 1), rate)], 120_000_001).0);
+    }
+
+    #[test]
+    fn a_single_key_counts_until_its_limit_and_outlives_the_snapshot_that_named_it() {
+        let store = MemoryStore::new(1000);
+        let rate = Rate::of(2, Duration::from_secs(60));
+        let before: Arc<str> = Arc::from("api-wide");
+        assert_eq!(store.check(&[(key(&before, 1), rate)], 1), (true, Levels::from_slice(&[rate.interval])));
+        // A reload compiles the same identity into a new string.
+        let after: Arc<str> = Arc::from("api-wide");
+        let (admitted, levels) = store.check(&[(key(&after, 1), rate)], 1);
+        assert!(admitted);
+        assert_eq!(levels.as_slice(), [2 * rate.interval]);
+        let (admitted, levels) = store.check(&[(key(&after, 1), rate)], 1);
+        assert!(!admitted);
+        assert_eq!(levels.as_slice(), [2 * rate.interval], "a refusal counts nothing");
+        // Another subject of the same policy has its own counter.
+        assert!(store.check(&[(key(&after, 2), rate)], 1).0);
+        let application = Key { application: Some("app"), ..key(&after, 1) };
+        assert!(store.check(&[(application, rate)], 1).0);
+        assert_eq!(store.len(), 3);
     }
 }

@@ -37,33 +37,29 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// request is counted under a few policies at most.
 pub type Levels = SmallVec<[u64; 4]>;
 
-/// Whom a request is counted as, for one policy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Subject {
-    pub application: Option<Box<str>>,
+/// A counter: a policy's identity and whom it counts (the application,
+/// the client's address, both or neither). Borrowed from the policy and
+/// the request: a store copies a key only when it first counts under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key<'a> {
+    pub policy: &'a Arc<str>,
+    pub application: Option<&'a str>,
     pub ip: Option<IpAddr>,
 }
 
-/// A counter: a policy's identity and whom it counts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub policy: Arc<str>,
-    pub subject: Subject,
-}
-
-impl Key {
+impl Key<'_> {
     /// `mcgw:` + identity + subject. A subject longer than a client id or
     /// address usually is goes in hashed, so a key stays short.
     pub fn redis_key(&self) -> String {
         let mut key = String::with_capacity(self.policy.len() + 48);
         key.push_str("mcgw:");
-        key.push_str(&self.policy);
+        key.push_str(self.policy);
         let mut subject = String::new();
-        if let Some(application) = &self.subject.application {
+        if let Some(application) = self.application {
             subject.push_str(application);
         }
         subject.push('|');
-        if let Some(ip) = self.subject.ip {
+        if let Some(ip) = self.ip {
             let _ = write!(subject, "{ip}");
         }
         key.push(':');
@@ -112,43 +108,70 @@ pub struct Fields {
 
 impl Fields {
     fn of(counted: &[(&ThrottlePolicy, Quota)]) -> Option<Fields> {
-        let mut policy = String::with_capacity(counted.len() * 48);
-        let mut ratelimit = String::with_capacity(counted.len() * 48);
+        // Each value is written once into an allocation of its exact
+        // length, which the header value then owns: this runs for every
+        // admitted request.
+        let separators = 2 * counted.len().saturating_sub(1);
+        let mut policy = Vec::with_capacity(
+            counted
+                .iter()
+                .map(|(p, _)| p.policy_field.len())
+                .sum::<usize>()
+                + separators,
+        );
+        let mut ratelimit = Vec::with_capacity(
+            counted
+                .iter()
+                .map(|(p, quota)| {
+                    // `"name";r=remaining;t=reset`
+                    p.name.len() + 8 + digits(quota.remaining) + digits(seconds_up(quota.reset))
+                })
+                .sum::<usize>()
+                + separators,
+        );
         let mut retry_after: Option<Duration> = None;
         let mut number = itoa::Buffer::new();
         for (at, (p, quota)) in counted.iter().enumerate() {
             if at > 0 {
-                policy.push_str(", ");
-                ratelimit.push_str(", ");
+                policy.extend_from_slice(b", ");
+                ratelimit.extend_from_slice(b", ");
             }
-            policy.push_str(&p.policy_field);
-            // `"name";r=remaining;t=reset`, without the formatting
-            // machinery: this runs for every admitted request.
-            ratelimit.push('"');
-            ratelimit.push_str(&p.name);
-            ratelimit.push_str("\";r=");
-            ratelimit.push_str(number.format(quota.remaining));
-            ratelimit.push_str(";t=");
-            ratelimit.push_str(number.format(seconds_up(quota.reset)));
+            policy.extend_from_slice(p.policy_field.as_bytes());
+            ratelimit.push(b'"');
+            ratelimit.extend_from_slice(p.name.as_bytes());
+            ratelimit.extend_from_slice(b"\";r=");
+            ratelimit.extend_from_slice(number.format(quota.remaining).as_bytes());
+            ratelimit.extend_from_slice(b";t=");
+            ratelimit.extend_from_slice(number.format(seconds_up(quota.reset)).as_bytes());
             retry_after = retry_after.max(quota.retry_after);
         }
-        // Moved into the values, not copied (names and numbers only:
-        // always valid).
+        // Names and numbers only: always valid.
         Some(Fields {
-            policy: HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)).ok()?,
-            ratelimit: HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit)).ok()?,
+            policy: owned_value(policy)?,
+            ratelimit: owned_value(ratelimit)?,
             retry_after: retry_after.map(|after| HeaderValue::from(seconds_up(after).max(1))),
         })
     }
 
     /// Adds the fields to a response's headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
-        headers.insert(RATELIMIT.clone(), self.ratelimit.clone());
-        if let Some(after) = &self.retry_after {
-            headers.insert(RETRY_AFTER, after.clone());
+    pub fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
+        headers.insert(RATELIMIT.clone(), self.ratelimit);
+        if let Some(after) = self.retry_after {
+            headers.insert(RETRY_AFTER, after);
         }
     }
+}
+
+/// The decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// A header value owning `bytes`' allocation: no copy, and, at its exact
+/// length, no second allocation for a reference count.
+fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes.into_boxed_slice())).ok()
 }
 
 /// What throttling says about a request.
@@ -216,33 +239,79 @@ impl Throttler {
         resource: usize,
         caller: Caller<'_>,
     ) -> Verdict {
-        let policies: SmallVec<[&ThrottlePolicy; 4]> = api
+        let counting = Counting::of(api, resource, &caller);
+        if counting.policies.is_empty() {
+            return Verdict::Unthrottled;
+        }
+        let settings: &Throttling = &snapshot.throttling;
+        let answer = match &settings.store {
+            ThrottleStore::Memory => Ok(self.memory.check(&counting.keys, now_micros())),
+            ThrottleStore::Redis { .. } => match self.redis.load_full() {
+                Some(store) => store.check(&counting.keys, settings.timeout).await,
+                None => Err(redis::StoreError::Timeout(settings.timeout)),
+            },
+        };
+        counting.verdict(api, settings.on_store_error, answer)
+    }
+
+    /// [`Throttler::check`] without a future, when the store is in memory
+    /// (it answers at once); `None` for another store.
+    pub fn check_in_memory(
+        &self,
+        snapshot: &Snapshot,
+        api: &Api,
+        resource: usize,
+        caller: Caller<'_>,
+    ) -> Option<Verdict> {
+        let settings: &Throttling = &snapshot.throttling;
+        if !matches!(settings.store, ThrottleStore::Memory) {
+            return None;
+        }
+        let counting = Counting::of(api, resource, &caller);
+        if counting.policies.is_empty() {
+            return Some(Verdict::Unthrottled);
+        }
+        let answer = self.memory.check(&counting.keys, now_micros());
+        Some(counting.verdict(api, settings.on_store_error, Ok(answer)))
+    }
+}
+
+/// The policies that count one request, and its key under each.
+struct Counting<'a> {
+    policies: SmallVec<[&'a ThrottlePolicy; 2]>,
+    keys: SmallVec<[(Key<'a>, Rate); 2]>,
+}
+
+impl<'a> Counting<'a> {
+    fn of(api: &'a Api, resource: usize, caller: &Caller<'a>) -> Counting<'a> {
+        let policies: SmallVec<[&ThrottlePolicy; 2]> = api
             .throttle
             .iter()
             .filter(|p| p.applies_to(&api.resources[resource]))
             .collect();
-        if policies.is_empty() {
-            return Verdict::Unthrottled;
-        }
-        let keys: SmallVec<[(Key, Rate); 4]> = policies
+        let keys = policies
             .iter()
-            .map(|p| (key(p, &caller), Rate::of(p.limit, p.per)))
+            .map(|p| (key(p, caller), Rate::of(p.limit, p.per)))
             .collect();
-        let settings: &Throttling = &snapshot.throttling;
-        let answer = match &settings.store {
-            ThrottleStore::Memory => Ok(self.memory.check(&keys, now_micros())),
-            ThrottleStore::Redis { .. } => match self.redis.load_full() {
-                Some(store) => store.check(&keys, settings.timeout).await,
-                None => Err(redis::StoreError::Timeout(settings.timeout)),
-            },
-        };
+        Counting { policies, keys }
+    }
+
+    /// What the store's answer (admitted, and each key's level) means
+    /// for the request.
+    fn verdict(
+        self,
+        api: &Api,
+        on_error: OnStoreError,
+        answer: Result<(bool, Levels), redis::StoreError>,
+    ) -> Verdict {
         let (admitted, levels) = match answer {
             Ok(answer) => answer,
-            Err(error) => return store_failed(settings.on_store_error, api, &error),
+            Err(error) => return store_failed(on_error, api, &error),
         };
-        let counted: SmallVec<[(&ThrottlePolicy, Quota); 4]> = policies
+        let counted: SmallVec<[(&ThrottlePolicy, Quota); 2]> = self
+            .policies
             .iter()
-            .zip(keys.iter().zip(levels))
+            .zip(self.keys.iter().zip(levels))
             .map(|(p, ((_, rate), level))| (*p, quota(*rate, admitted, level)))
             .collect();
         if admitted {
@@ -309,15 +378,13 @@ fn log_due() -> Option<u64> {
     None
 }
 
-fn key(policy: &ThrottlePolicy, caller: &Caller) -> Key {
+fn key<'a>(policy: &'a ThrottlePolicy, caller: &Caller<'a>) -> Key<'a> {
     Key {
-        policy: policy.identity.clone(),
-        subject: Subject {
-            application: policy
-                .per_application
-                .then(|| application_of(caller).unwrap_or("").into()),
-            ip: policy.per_client_ip.then_some(caller.client_ip),
-        },
+        policy: &policy.identity,
+        application: policy
+            .per_application
+            .then(|| application_of(caller).unwrap_or("")),
+        ip: policy.per_client_ip.then_some(caller.client_ip),
     }
 }
 
@@ -363,12 +430,11 @@ mod tests {
 
     #[test]
     fn redis_keys_are_prefixed_and_bounded() {
-        let key = |application: &str| Key {
-            policy: Arc::from("[\"Time travels\",\"1.0\"]"),
-            subject: Subject {
-                application: Some(application.into()),
-                ip: Some(IpAddr::from([10, 0, 0, 1])),
-            },
+        let policy: Arc<str> = Arc::from("[\"Time travels\",\"1.0\"]");
+        let key = |application| Key {
+            policy: &policy,
+            application: Some(application),
+            ip: Some(IpAddr::from([10, 0, 0, 1])),
         };
         assert_eq!(
             key("app").redis_key(),

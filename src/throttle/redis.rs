@@ -97,7 +97,7 @@ impl RedisStore {
     /// Counts a request on every key, or on none (see `GCRA`).
     pub async fn check(
         &self,
-        keys: &[(Key, Rate)],
+        keys: &[(Key<'_>, Rate)],
         timeout: Duration,
     ) -> Result<(bool, Levels), StoreError> {
         let mut connection = self.connection()?;

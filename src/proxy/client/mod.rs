@@ -102,7 +102,7 @@ pub struct Connection {
     out: Vec<u8>,
     /// Used by each response head parsed, so that parsing allocates
     /// nothing.
-    fields: Vec<(http::HeaderName, usize, usize)>,
+    fields: response_head::Scratch,
     /// The upstream timeout of the exchange in progress. Boxed: a
     /// connection moves (pool → exchange → response body → pool) several
     /// times per request, and each move copies it.
@@ -131,7 +131,7 @@ impl Connection {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
-            fields: Vec::new(),
+            fields: response_head::Scratch::default(),
             waits: Box::new(Waits {
                 stall: Duration::ZERO,
                 write_deadline: None,
@@ -174,6 +174,7 @@ impl Connection {
         let (parts, mut body) = req.into_parts();
         self.out.clear();
         self.waits.stall = stall;
+        self.fields.room = destination.room;
         let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
             // A request that names a protocol to switch to may get `101`.
