@@ -284,9 +284,7 @@ async fn handle_api(
         .map_or(crate::metrics::ApiMetrics::unmatched(), |a| &a.metrics);
     series.count_response(&method, status);
     let elapsed = started.elapsed();
-    crate::metrics::get()
-        .request_duration
-        .observe(elapsed.as_secs_f64());
+    crate::metrics::get().observe_request(elapsed.as_secs_f64());
     if let Some(path) = logged_path {
         tracing::info!(
             target: "microgateway::access",

@@ -3,15 +3,17 @@
 //! carry a token, a secret or a client-chosen string other than a path the
 //! configuration declared (API names come from the snapshot).
 
-use std::cell::RefCell;
-use std::sync::{Arc, LazyLock, OnceLock};
+pub mod tally;
+
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 
 use http::{Method, StatusCode};
+use prometheus::local::LocalHistogram;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use thread_local::ThreadLocal;
+use tally::{Fold, PerThread};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -20,6 +22,8 @@ pub struct Metrics {
     /// `responses_total{api,class}`: status classes (2xx..5xx) per API.
     pub responses: IntCounterVec,
     pub request_duration: Histogram,
+    /// What each thread observed of `request_duration` and has not folded.
+    request_durations: PerThread<Option<LocalHistogram>>,
     /// `upstream_duration_seconds{api}`.
     pub upstream_duration: HistogramVec,
     /// `auth_decisions_total{api,result,type}`; `type` is the credential
@@ -265,6 +269,7 @@ impl Metrics {
             ),
             registry,
             request_duration,
+            request_durations: PerThread::new(),
             upstream_duration,
             config_generation,
         }
@@ -276,6 +281,12 @@ impl Metrics {
         reason = "text encoding into a Vec cannot fail and writes UTF-8"
     )]
     pub fn render(&self) -> String {
+        self.request_durations.each(|local| {
+            if let Some(local) = local {
+                local.flush();
+            }
+        });
+        tally::fold_all();
         if let Some(dropped) = DROPPED_LOG_LINES.get() {
             let total = dropped();
             let counted = self.log_lines_dropped.get();
@@ -288,6 +299,16 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text encoder writes UTF-8")
+    }
+}
+
+impl Metrics {
+    /// Observes a request's duration in `request_duration_seconds`.
+    pub fn observe_request(&self, seconds: f64) {
+        self.request_durations
+            .mine()
+            .get_or_insert_with(|| self.request_duration.local())
+            .observe(seconds);
     }
 }
 
@@ -333,9 +354,10 @@ pub fn introspection_cache() -> &'static CacheCounters {
 }
 
 /// The series of one API (or of requests that matched none, `api="-"`),
-/// looked up once when a snapshot is compiled. `requests_total` by method
-/// and status goes through a small per-thread cache, so counting a request
-/// takes no lock and hashes no label.
+/// looked up once when a snapshot is compiled. Each thread counts its
+/// requests in a tally of its own (`tally`), folded into the series when
+/// they are rendered: counting a request takes no lock another thread
+/// holds, hashes no label and writes no memory another core writes.
 #[derive(Clone)]
 pub struct ApiMetrics(Arc<ApiSeries>);
 
@@ -347,22 +369,32 @@ struct ApiSeries {
     upstream_duration: Histogram,
     /// `responses_total{api, class}`, 1xx..5xx.
     responses: [IntCounter; 5],
-    /// `requests_total{api, method, status}` seen by each thread.
-    requests: ThreadLocal<RefCell<Vec<(u32, IntCounter)>>>,
+    tallies: PerThread<ApiTally>,
+}
+
+/// What one thread counted for one API since the last fold.
+#[derive(Default)]
+struct ApiTally {
+    allowed: [u64; 5],
+    responses: [u64; 5],
+    /// `requests_total` by method and status (see [`request_key`]).
+    requests: Vec<(u32, u64)>,
+    upstream_duration: Option<LocalHistogram>,
 }
 
 /// The `type` labels of `auth_decisions_total`: no credential, then each
 /// credential type.
 pub const AUTH_TYPES: [&str; 5] = ["none", "oauth2", "api_key", "basic", "certificate"];
 
-/// Series a thread keeps at hand per API; past that, it looks them up.
+/// Method and status pairs a thread tallies per API; past that, it counts
+/// in the series directly.
 const CACHED_PER_THREAD: usize = 64;
 
 impl ApiMetrics {
     pub fn of(api: &str) -> ApiMetrics {
         let metrics = get();
         let class = |c: &str| metrics.responses.with_label_values(&[api, c]);
-        ApiMetrics(Arc::new(ApiSeries {
+        let series = Arc::new(ApiSeries {
             name: api.to_owned(),
             allowed: AUTH_TYPES.map(|kind| {
                 metrics
@@ -377,8 +409,11 @@ impl ApiMetrics {
                 class("4xx"),
                 class("5xx"),
             ],
-            requests: ThreadLocal::new(),
-        }))
+            tallies: PerThread::new(),
+        });
+        let owner: Weak<dyn Fold> = Arc::downgrade(&series) as Weak<dyn Fold>;
+        tally::register(owner);
+        ApiMetrics(series)
     }
 
     /// The series of requests that matched no API.
@@ -387,10 +422,11 @@ impl ApiMetrics {
         &UNMATCHED
     }
 
-    /// The `allowed` series of a credential type (one of [`AUTH_TYPES`]).
-    pub fn allowed(&self, kind: &str) -> &IntCounter {
+    /// Counts a request allowed with a credential type (one of
+    /// [`AUTH_TYPES`]).
+    pub fn count_allowed(&self, kind: &str) {
         let index = AUTH_TYPES.iter().position(|k| *k == kind).unwrap_or(0);
-        &self.0.allowed[index]
+        self.0.tallies.mine().allowed[index] += 1;
     }
 
     /// Counts a gRPC status in `responses_total{api, class="grpc_N"}`
@@ -421,30 +457,69 @@ impl ApiMetrics {
             .inc();
     }
 
-    pub fn upstream_duration(&self) -> &Histogram {
-        &self.0.upstream_duration
+    /// Observes the time the upstream took in `upstream_duration_seconds`.
+    pub fn observe_upstream(&self, seconds: f64) {
+        self.0
+            .tallies
+            .mine()
+            .upstream_duration
+            .get_or_insert_with(|| self.0.upstream_duration.local())
+            .observe(seconds);
     }
 
     /// Counts an answered request in `requests_total` and `responses_total`.
     pub fn count_response(&self, method: &Method, status: StatusCode) {
-        let series = &self.0;
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        series.responses[class].inc();
-        let (index, method) = method_label(method);
-        let key = u32::from(index) << 16 | u32::from(status.as_u16());
-        let mut cached = series.requests.get_or_default().borrow_mut();
-        if let Some((_, counter)) = cached.iter().find(|(k, _)| *k == key) {
-            counter.inc();
-            return;
+        let key = request_key(method, status);
+        let mut tally = self.0.tallies.mine();
+        tally.responses[class] += 1;
+        if let Some((_, count)) = tally.requests.iter_mut().find(|(k, _)| *k == key) {
+            *count += 1;
+        } else if tally.requests.len() < CACHED_PER_THREAD {
+            tally.requests.push((key, 1));
+        } else {
+            drop(tally);
+            self.0.requests(key).inc();
         }
-        let counter =
-            get()
-                .requests
-                .with_label_values(&[series.name.as_str(), method, status.as_str()]);
-        counter.inc();
-        if cached.len() < CACHED_PER_THREAD {
-            cached.push((key, counter));
-        }
+    }
+}
+
+impl ApiSeries {
+    /// The `requests_total` series of a [`request_key`].
+    fn requests(&self, key: u32) -> IntCounter {
+        let method = METHOD_LABELS[(key >> 16) as usize % METHOD_LABELS.len()];
+        let status = StatusCode::from_u16((key & 0xffff) as u16).unwrap_or(StatusCode::OK);
+        get()
+            .requests
+            .with_label_values(&[self.name.as_str(), method, status.as_str()])
+    }
+}
+
+impl Fold for ApiSeries {
+    fn fold(&self) {
+        self.tallies.each(|tally| {
+            for (series, count) in self.allowed.iter().zip(&mut tally.allowed) {
+                series.inc_by(std::mem::take(count));
+            }
+            for (series, count) in self.responses.iter().zip(&mut tally.responses) {
+                series.inc_by(std::mem::take(count));
+            }
+            for (key, count) in &mut tally.requests {
+                let count = std::mem::take(count);
+                if count > 0 {
+                    self.requests(*key).inc_by(count);
+                }
+            }
+            if let Some(local) = &tally.upstream_duration {
+                local.flush();
+            }
+        });
+    }
+}
+
+impl Drop for ApiSeries {
+    fn drop(&mut self) {
+        self.fold();
     }
 }
 
@@ -456,21 +531,28 @@ impl std::fmt::Debug for ApiMetrics {
     }
 }
 
-/// The `method` label: the standard methods by name, anything else as
+/// The `method` labels: the standard methods by name, anything else as
 /// `OTHER`, so a client cannot mint series with made-up methods.
-fn method_label(method: &Method) -> (u8, &'static str) {
-    match *method {
-        Method::GET => (0, "GET"),
-        Method::HEAD => (1, "HEAD"),
-        Method::POST => (2, "POST"),
-        Method::PUT => (3, "PUT"),
-        Method::DELETE => (4, "DELETE"),
-        Method::PATCH => (5, "PATCH"),
-        Method::OPTIONS => (6, "OPTIONS"),
-        Method::TRACE => (7, "TRACE"),
-        Method::CONNECT => (8, "CONNECT"),
-        _ => (9, "OTHER"),
-    }
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
+];
+
+/// A request's series in `requests_total`: its method's index in
+/// [`METHOD_LABELS`], then its status.
+fn request_key(method: &Method, status: StatusCode) -> u32 {
+    let index: u32 = match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::CONNECT => 8,
+        _ => 9,
+    };
+    index << 16 | u32::from(status.as_u16())
 }
 
 #[cfg(test)]
@@ -478,6 +560,7 @@ mod tests {
     use super::*;
 
     fn requests(api: &str, method: &str, status: &str) -> u64 {
+        tally::fold_all();
         get()
             .requests
             .with_label_values(&[api, method, status])
@@ -511,5 +594,42 @@ mod tests {
             .responses
             .with_label_values(&["metrics-test-cache", "2xx"]);
         assert_eq!(classes.get(), 2 * (CACHED_PER_THREAD as u64 + 10));
+    }
+
+    #[test]
+    fn what_threads_counted_shows_whole_when_rendered_and_when_the_api_goes() {
+        let api = ApiMetrics::of("metrics-test-threads");
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        api.count_response(&Method::POST, StatusCode::CREATED);
+                        api.count_allowed("oauth2");
+                        api.observe_upstream(0.002);
+                    }
+                });
+            }
+        });
+        let text = get().render();
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(requests("metrics-test-threads", "POST", "201"), 4000);
+        assert_eq!(
+            line(r#"microgateway_auth_decisions_total{api="metrics-test-threads",result="allowed",type="oauth2"}"#).as_deref(),
+            Some("4000")
+        );
+        assert_eq!(
+            line(r#"microgateway_upstream_duration_seconds_count{api="metrics-test-threads"}"#)
+                .as_deref(),
+            Some("4000")
+        );
+        // Counted after the last render, then the API's series go (a
+        // reload replaced its snapshot): nothing counted is lost.
+        api.count_response(&Method::POST, StatusCode::CREATED);
+        drop(api);
+        assert_eq!(requests("metrics-test-threads", "POST", "201"), 4001);
     }
 }

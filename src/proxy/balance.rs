@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -31,6 +31,7 @@ use super::pool::{self, Connector, Key};
 use crate::config::snapshot::{ActiveHealth, Balance, Balanced, CaBundle, Endpoint, Upstream};
 use crate::config::Snapshot;
 use crate::http1::request_encode::{AddedFields, Destination};
+use crate::metrics::tally::{self, Fold, PerThread};
 
 /// The `result` label of `upstream_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,9 @@ pub struct EndpointState {
 
 struct Series {
     counters: [IntCounter; 6],
+    /// Each thread's counts by outcome, folded into `counters` when
+    /// metrics are rendered (`metrics::tally`).
+    tallies: PerThread<[u64; 6]>,
     healthy: IntGauge,
 }
 
@@ -94,9 +98,21 @@ impl EndpointState {
             .with_label_values(&[&*api, &*url]);
         healthy.set(1);
         EndpointState {
-            series: Some(Series { counters, healthy }),
+            series: Some(Series {
+                counters,
+                tallies: PerThread::new(),
+                healthy,
+            }),
             ..EndpointState::detached(api, url)
         }
+    }
+
+    /// A state whose series show its counts whenever metrics are rendered.
+    fn shown(api: Arc<str>, url: Arc<str>) -> Arc<EndpointState> {
+        let state = Arc::new(EndpointState::new(api, url));
+        let owner: Weak<dyn Fold> = Arc::downgrade(&state) as Weak<dyn Fold>;
+        tally::register(owner);
+        state
     }
 
     /// A state no metric series shows.
@@ -126,7 +142,7 @@ impl EndpointState {
     fn count(&self, outcome: Outcome) {
         let Some(series) = &self.series else { return };
         if let Some(i) = OUTCOMES.iter().position(|(o, _)| *o == outcome) {
-            series.counters[i].inc();
+            series.tallies.mine()[i] += 1;
         }
     }
 
@@ -156,6 +172,30 @@ impl EndpointState {
             TRIAL => "trial",
             until if until > now_ms => "ejected",
             _ => "awaiting_trial",
+        }
+    }
+}
+
+impl Series {
+    fn fold(&self) {
+        self.tallies.each(|tally| {
+            for (counter, count) in self.counters.iter().zip(tally) {
+                counter.inc_by(std::mem::take(count));
+            }
+        });
+    }
+}
+
+impl Drop for Series {
+    fn drop(&mut self) {
+        self.fold();
+    }
+}
+
+impl Fold for EndpointState {
+    fn fold(&self) {
+        if let Some(series) = &self.series {
+            series.fold();
         }
     }
 }
@@ -590,7 +630,7 @@ impl Health {
                     .entry(key.clone())
                     .or_insert_with(|| {
                         registry.states.get(&key).cloned().unwrap_or_else(|| {
-                            Arc::new(EndpointState::new(name.clone(), endpoint.url.clone()))
+                            EndpointState::shown(name.clone(), endpoint.url.clone())
                         })
                     })
                     .clone();

@@ -173,8 +173,7 @@ impl Upstreams {
             // The upstream's hop-by-hop headers ended with its connection.
             Ok(response) => {
                 api.metrics
-                    .upstream_duration()
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe_upstream(started.elapsed().as_secs_f64());
                 Ok(response)
             }
             Err(error) => Err(failure(api, error, exceeded.as_ref(), started)),
@@ -227,8 +226,7 @@ impl Upstreams {
                 Ok(response) => {
                     exchange.answered(response.status());
                     api.metrics
-                        .upstream_duration()
-                        .observe(started.elapsed().as_secs_f64());
+                        .observe_upstream(started.elapsed().as_secs_f64());
                     return Ok(response);
                 }
                 Err(failed) => failed,
@@ -316,8 +314,7 @@ fn failure(
         SendError::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
     };
     api.metrics
-        .upstream_duration()
-        .observe(started.elapsed().as_secs_f64());
+        .observe_upstream(started.elapsed().as_secs_f64());
     api.metrics.upstream_error(cause);
     rejection
 }

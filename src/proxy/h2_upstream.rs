@@ -195,8 +195,7 @@ pub async fn forward(
     )
     .await;
     api.metrics
-        .upstream_duration()
-        .observe(exchange.started.elapsed().as_secs_f64());
+        .observe_upstream(exchange.started.elapsed().as_secs_f64());
     let error = match result {
         Ok(response) => return Ok(response),
         Err(error) => error,

@@ -241,8 +241,7 @@ async fn phases<'s>(
     route
         .api
         .metrics
-        .allowed(kind.map_or("none", CredentialType::label))
-        .inc();
+        .count_allowed(kind.map_or("none", CredentialType::label));
     if let Some(who) = &who {
         count_application(who);
     }

@@ -255,7 +255,10 @@ mod tests {
         let store = MemoryStore::new(1000);
         let rate = Rate::of(2, Duration::from_secs(60));
         let before: Arc<str> = Arc::from("api-wide");
-        assert_eq!(store.check(&[(key(&before, 1), rate)], 1), (true, Levels::from_slice(&[rate.interval])));
+        assert_eq!(
+            store.check(&[(key(&before, 1), rate)], 1),
+            (true, Levels::from_slice(&[rate.interval]))
+        );
         // A reload compiles the same identity into a new string.
         let after: Arc<str> = Arc::from("api-wide");
         let (admitted, levels) = store.check(&[(key(&after, 1), rate)], 1);
@@ -263,10 +266,17 @@ mod tests {
         assert_eq!(levels.as_slice(), [2 * rate.interval]);
         let (admitted, levels) = store.check(&[(key(&after, 1), rate)], 1);
         assert!(!admitted);
-        assert_eq!(levels.as_slice(), [2 * rate.interval], "a refusal counts nothing");
+        assert_eq!(
+            levels.as_slice(),
+            [2 * rate.interval],
+            "a refusal counts nothing"
+        );
         // Another subject of the same policy has its own counter.
         assert!(store.check(&[(key(&after, 2), rate)], 1).0);
-        let application = Key { application: Some("app"), ..key(&after, 1) };
+        let application = Key {
+            application: Some("app"),
+            ..key(&after, 1)
+        };
         assert!(store.check(&[(application, rate)], 1).0);
         assert_eq!(store.len(), 3);
     }

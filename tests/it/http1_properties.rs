@@ -28,7 +28,9 @@ use microgateway::http1::request_head::{
 use microgateway::http1::response_encode::{
     head as encode_response, BodyFraming as ResponseBodyFraming, Exchange,
 };
-use microgateway::http1::response_head::{parse as parse_response, Framing as ResponseFraming};
+use microgateway::http1::response_head::{
+    parse as parse_response, Framing as ResponseFraming, Scratch,
+};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -196,7 +198,7 @@ proptest! {
         let (framing, kept) = encode_response(&parts, &size, exchange, &mut out);
 
         let mut buf = BytesMut::from(&out[..]);
-        let head = parse_response(&mut buf, &method, &mut Vec::new())
+        let head = parse_response(&mut buf, &method, &mut Scratch::default())
             .expect("an encoded head parses")
             .expect("an encoded head is complete");
         prop_assert!(buf.is_empty(), "bytes left after the head");
@@ -245,7 +247,7 @@ proptest! {
         }
         let (parts, body) = request.into_parts();
         let host = HeaderValue::from_str(&host).expect("a host");
-        let destination = Destination { path_and_query: &target, host: &host, added: AddedFields::none() };
+        let destination = Destination { path_and_query: &target, host: &host, added: AddedFields::none(), room: 0 };
         let mut out = Vec::new();
         let framing = encode_request(&parts, &body, destination, &mut out);
 
