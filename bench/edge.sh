@@ -2,7 +2,7 @@
 # What an edge spends its life on: TLS and HTTP/2, against nginx and HAProxy
 # terminating the same way in front of the same upstream.
 #
-#   bench/edge.sh               # ROUNDS=3 DURATION=10 CONNECTIONS=64 STREAMS=16
+#   bench/edge.sh               # ROUNDS=3 DURATION=10 CONNECTIONS=64 STREAMS=16 RESUMERS=8
 #
 # An nginx upstream answers a small JSON body over HTTP/1.1 keep-alive. Each
 # front end terminates TLS 1.3 with one ECDSA P-256 certificate (made here
@@ -11,6 +11,11 @@
 #   https         wrk over TLS, keep-alive: req/s, p50, p99
 #   new-tls       wrk over TLS with `Connection: close`: every request a new
 #                 connection and a full handshake (wrk resumes no session)
+#   resumed-tls   RESUMERS (8) `openssl s_time -reuse` clients: every request a new
+#                 connection resuming the session of the first (TLS 1.3
+#                 PSK with ECDHE: no certificate signed or sent); each
+#                 front end keeps sessions in a cache of its own (no
+#                 stateless tickets)
 #   h2-tls        h2load -c CONNECTIONS -m STREAMS over TLS (ALPN h2): req/s
 #   h2c           the same over plain TCP, HTTP/2 by prior knowledge
 #                 (gateway and nginx; HAProxy's h2c needs its own frontend
@@ -28,6 +33,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 STREAMS=${STREAMS:-16}
+RESUMERS=${RESUMERS:-8}
 PORT_UPSTREAM=${PORT_UPSTREAM:-18380}
 PORT_NGINX_TLS=${PORT_NGINX_TLS:-18381}
 PORT_NGINX_H2C=${PORT_NGINX_H2C:-18382}
@@ -72,6 +78,7 @@ http {
     ssl_certificate_key $WORK/key.pem;
     ssl_protocols TLSv1.3;
     ssl_session_tickets off;
+    ssl_session_cache shared:SSL:10m;
     server {
         listen 127.0.0.1:$PORT_NGINX_TLS ssl http2 reuseport;
         location / {
@@ -150,6 +157,28 @@ wrk_run() {
     echo "${rate:-0} $p50 $p99" >>"$WORK/$1.txt"
     printf '  %-26s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms %s\n' "$1" "${rate:-0}" "$p50" "$p99" "$errors" >&2
 }
+# resumed_run NAME PORT: RESUMERS s_time clients at once, each connecting
+# again and again with the session of its first connection and asking for
+# one response per connection; appends the connections per second of all
+# to $WORK/NAME.txt. A client any of whose connections was not resumed
+# (s_time prints `*` for it instead of `r`) counts 0.
+resumed_run() {
+    local total=0 n i clients=()
+    for i in $(seq 1 "$RESUMERS"); do
+        openssl s_time -connect "127.0.0.1:$2" -www /bench/items -reuse -time "$DURATION" \
+            >"$WORK/s_time.$i" 2>&1 &
+        clients+=($!)
+    done
+    wait "${clients[@]}" || true
+    for i in $(seq 1 "$RESUMERS"); do
+        n=$(awk '/session id reuse/ {r = 1; next}
+            r && /\*/ {fresh = 1}
+            r && / connections in .* real seconds/ {if (!fresh && $4 > 0) print $1 / $4; exit}' "$WORK/s_time.$i")
+        total=$(awk -v a="$total" -v b="${n:-0}" 'BEGIN { print a + b }')
+    done
+    echo "$total 0 0" >>"$WORK/$1.txt"
+    printf '  %-26s %10.0f connections/s\n' "$1" "$total" >&2
+}
 # h2_run NAME URL: appends "rate" to $WORK/NAME.txt.
 h2_run() {
     local out rate failed
@@ -171,6 +200,9 @@ for round in $(seq 1 "$ROUNDS"); do
     wrk_run new-tls-nginx "https://127.0.0.1:$PORT_NGINX_TLS/bench/items" "Connection: close"
     wrk_run new-tls-haproxy "https://127.0.0.1:$PORT_HAPROXY_TLS/bench/items" "Connection: close"
     wrk_run new-tls-microgateway "https://127.0.0.1:$PORT_MCGW_TLS/bench/items" "Connection: close"
+    resumed_run resumed-tls-nginx "$PORT_NGINX_TLS"
+    resumed_run resumed-tls-haproxy "$PORT_HAPROXY_TLS"
+    resumed_run resumed-tls-microgateway "$PORT_MCGW_TLS"
     h2_run h2-tls-nginx "https://127.0.0.1:$PORT_NGINX_TLS/bench/items"
     h2_run h2-tls-haproxy "https://127.0.0.1:$PORT_HAPROXY_TLS/bench/items"
     h2_run h2-tls-microgateway "https://127.0.0.1:$PORT_MCGW_TLS/bench/items"
@@ -190,14 +222,14 @@ echo "load:    $ROUNDS interleaved rounds of ${DURATION}s, medians; wrk -t2 -c$C
 echo
 printf '%-28s %12s %10s %10s\n' "" "req/s" "p50 ms" "p99 ms"
 for name in https-nginx https-haproxy https-microgateway new-tls-nginx new-tls-haproxy new-tls-microgateway \
-    h2-tls-nginx h2-tls-haproxy h2-tls-microgateway h2c-nginx h2c-microgateway; do
+    resumed-tls-nginx resumed-tls-haproxy resumed-tls-microgateway h2-tls-nginx h2-tls-haproxy h2-tls-microgateway h2c-nginx h2c-microgateway; do
     case $name in
-        h2*) printf '%-28s %12.0f %10s %10s\n' "$name" "$(col "$name" 1)" - - ;;
+        h2* | resumed*) printf '%-28s %12.0f %10s %10s\n' "$name" "$(col "$name" 1)" - - ;;
         *) printf '%-28s %12.0f %10.3f %10.3f\n' "$name" "$(col "$name" 1)" "$(col "$name" 2)" "$(col "$name" 3)" ;;
     esac
 done
 echo
-for row in https new-tls h2-tls; do
+for row in https new-tls resumed-tls h2-tls; do
     peer=$(best "$(col "$row-nginx" 1)" "$(col "$row-haproxy" 1)")
     echo "$row: microgateway / best of nginx and HAProxy $(ratio "$(col "$row-microgateway" 1)" "$peer")x (target >= 1.0)"
 done

@@ -241,7 +241,13 @@ impl Balancer {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
+        self.ms_at(Instant::now())
+    }
+
+    /// `now` in milliseconds since the epoch; at least 1, so that the end
+    /// of an ejection is never read as [`IN`].
+    fn ms_at(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
             .unwrap_or(u64::MAX - 1)
             .max(1)
     }
@@ -250,7 +256,12 @@ impl Balancer {
     /// when none does, any not tried (panic mode); when all were tried,
     /// any.
     pub fn pick(&self, tried: u64) -> Pick {
-        let now = self.now_ms();
+        self.pick_at(tried, Instant::now())
+    }
+
+    /// [`Balancer::pick`] at `now` (a time the caller has already read).
+    pub fn pick_at(&self, tried: u64, now: Instant) -> Pick {
+        let now = self.ms_at(now);
         let chosen = match self.config.balance {
             Balance::RoundRobin => self.round_robin(tried, now),
             Balance::LeastRequests => self.least_requests(tried, now),

@@ -198,7 +198,13 @@ impl Upstreams {
         let mut tried = 0u64;
         let mut attempt = 1;
         loop {
-            let pick = balancer.pick(tried);
+            // The first try goes at the time the request was read for it.
+            let now = if attempt == 1 {
+                started
+            } else {
+                Instant::now()
+            };
+            let pick = balancer.pick_at(tried, now);
             tried |= 1 << pick.index;
             let endpoint = &config.endpoints[pick.index];
             let path_and_query = target(&endpoint.path, rest, req.uri().query()).ok_or(
@@ -216,7 +222,7 @@ impl Upstreams {
                 ca_bundle: config.ca_bundle.as_ref(),
                 dns_ttl: config.dns_ttl,
             };
-            let checkout = pool::checkout(&self.connector, &self.shared, &key, Instant::now())
+            let checkout = pool::checkout(&self.connector, &self.shared, &key, now)
                 .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
             let exchange = balancer.begin(&pick);
             let result = checkout
