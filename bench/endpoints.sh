@@ -168,5 +168,9 @@ MCGW_FAILED=$(awk '{print $2}' "$WORK/killed-$PORT_MCGW")
 echo
 echo "two endpoints, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, medians; all on one host"
 printf '%-14s %12.0f req/s\n' nginx "$NGINX_RPS" microgateway "$MCGW_RPS"
-echo "microgateway / nginx: req/s $(awk -v a="$MCGW_RPS" -v b="$NGINX_RPS" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')x (target >= 1.0)"
+# The median of the ratios round by round as well: drift that moves a whole
+# round cancels.
+PAIRED=$(paste "$WORK/microgateway.txt" "$WORK/nginx.txt" | awk '$3 > 0 {print $1 / $3}' | median)
+RANGE=$(paste "$WORK/microgateway.txt" "$WORK/nginx.txt" | awk '$3 > 0 {print $1 / $3}' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f-%.2f", lo, hi}')
+echo "microgateway / nginx: req/s $(awk -v a="$MCGW_RPS" -v b="$NGINX_RPS" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')x by medians, $(printf '%.2f' "$PAIRED")x paired (rounds $RANGE) (target >= 1.0)"
 echo "one endpoint stopped mid-run: failed requests nginx $NGINX_FAILED, microgateway $MCGW_FAILED (target 0)"
