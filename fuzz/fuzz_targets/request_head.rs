@@ -21,6 +21,7 @@ fn limits() -> Limits {
         max_uri: 2 * 1024,
         max_body: 1 << 20,
         max_connections: 10,
+        max_tunnels: 10,
     }
 }
 

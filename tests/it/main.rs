@@ -28,6 +28,7 @@ mod endpoints;
 mod enforcement;
 mod examples;
 mod fail_closed;
+mod fuzz_targets;
 mod grpc;
 mod header_rules;
 mod http1_differential;
