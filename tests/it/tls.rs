@@ -83,14 +83,24 @@ async fn tls_connect(
     trusted: &CertificateDer<'static>,
     alpn: &[u8],
 ) -> TlsStream<TcpStream> {
+    connect_with(addr, client_config(trusted, alpn)).await
+}
+
+/// A client trusting `trusted` and offering `alpn`; its connections share
+/// one session store.
+fn client_config(trusted: &CertificateDer<'static>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+async fn connect_with(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("TLS handshake")
@@ -180,6 +190,65 @@ async fn https_serves_http1_and_h2_by_alpn() {
 
     // `transport: [https]`: the plain port does not serve this API.
     assert_eq!(gw.get("/secure/items").await.status(), 404);
+    gw.shutdown().await;
+}
+
+/// A client that comes back resumes its session (TLS 1.3, a ticket from
+/// its first connection): no certificate is signed or sent again.
+#[tokio::test]
+async fn a_returning_client_resumes_its_session() {
+    let Https {
+        dir: _dir,
+        leaf,
+        upstream: _upstream,
+        gw,
+    } = https_gateway().await;
+    let addr = https_addr(&gw);
+    let config = client_config(&leaf.der, b"http/1.1");
+    let first = connect_with(addr, config.clone()).await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // The tickets follow the handshake: read with the first answer.
+    let mut sender = http1_sender(first).await;
+    assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
+    let second = connect_with(addr, config).await;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let mut sender = http1_sender(second).await;
+    assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
+    gw.shutdown().await;
+}
+
+/// Sessions stay resumable for more clients than rustls keeps by default
+/// (256 sessions; each connection gets two tickets).
+#[tokio::test]
+async fn hundreds_of_returning_clients_all_resume() {
+    let Https {
+        dir: _dir,
+        leaf,
+        upstream: _upstream,
+        gw,
+    } = https_gateway().await;
+    let addr = https_addr(&gw);
+    let clients: Vec<_> = (0..300)
+        .map(|_| client_config(&leaf.der, b"http/1.1"))
+        .collect();
+    for config in &clients {
+        let mut sender = http1_sender(connect_with(addr, config.clone()).await).await;
+        assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
+    }
+    let mut full = 0;
+    for config in &clients {
+        let tls = connect_with(addr, config.clone()).await;
+        if tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            full += 1;
+        }
+    }
+    assert_eq!(full, 0, "clients that could not resume");
     gw.shutdown().await;
 }
 
