@@ -560,12 +560,34 @@ pub struct ThrottlePolicy {
     pub identity: Arc<str>,
     pub limit: u64,
     pub per: Duration,
+    /// `limit` per `per`, as the GCRA counts it (`throttle::gcra`).
+    pub rate: Rate,
     /// Index into `Api::api_scopes`: counts only that scope's resources.
     pub api_scope: Option<usize>,
     pub per_application: bool,
     pub per_client_ip: bool,
     /// Its item of the `RateLimit-Policy` field (`"name";q=10;w=60`).
     pub policy_field: String,
+}
+
+/// A policy's rate, in microseconds: one request every `interval`, a
+/// burst of up to `period` / `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub interval: u64,
+    pub period: u64,
+}
+
+impl Rate {
+    /// `limit` requests per `per` (compile checks `per` ≥ `limit` µs).
+    pub fn of(limit: u64, per: Duration) -> Rate {
+        let per = u64::try_from(per.as_micros()).unwrap_or(u64::MAX);
+        let interval = (per / limit.max(1)).max(1);
+        Rate {
+            interval,
+            period: interval.saturating_mul(limit.max(1)),
+        }
+    }
 }
 
 impl ThrottlePolicy {

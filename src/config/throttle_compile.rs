@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::context::Ctx;
 use super::raw::{self, S};
-use super::snapshot::{OnStoreError, ThrottlePolicy, ThrottleStore, Throttling};
+use super::snapshot::{OnStoreError, Rate, ThrottlePolicy, ThrottleStore, Throttling};
 
 const STORE_ALLOWED: &str =
     "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
@@ -256,6 +256,7 @@ fn policy(ctx: &mut Ctx, entry: &S<raw::Throttle>, owner: &Owner) -> Option<Thro
         identity: identity.into(),
         limit,
         per,
+        rate: Rate::of(limit, per),
         api_scope,
         per_application,
         per_client_ip,

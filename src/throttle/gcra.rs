@@ -11,24 +11,9 @@
 
 use std::time::Duration;
 
-/// A policy's rate, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub interval: u64,
-    pub period: u64,
-}
+pub use crate::config::snapshot::Rate;
 
 impl Rate {
-    /// `limit` requests per `per` (compile checks `per` ≥ `limit` µs).
-    pub fn of(limit: u64, per: Duration) -> Rate {
-        let per = u64::try_from(per.as_micros()).unwrap_or(u64::MAX);
-        let interval = (per / limit.max(1)).max(1);
-        Rate {
-            interval,
-            period: interval.saturating_mul(limit.max(1)),
-        }
-    }
-
     /// Whether one more request fits on a key whose TAT is `base` (at
     /// least `now`).
     pub fn fits(self, base: u64, now: u64) -> bool {

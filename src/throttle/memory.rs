@@ -99,7 +99,7 @@ impl MemoryStore {
         let entry = shard.find_mut(hash, |e| e.is(key));
         let base = entry.as_ref().map_or(0, |e| e.tat).max(now);
         if !rate.fits(base, now) {
-            return (false, Levels::from_buf_and_len([base - now, 0, 0, 0], 1));
+            return (false, Levels::from_slice(&[base - now]));
         }
         let tat = base + rate.interval;
         match entry {
@@ -110,7 +110,7 @@ impl MemoryStore {
                 shard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
             }
         }
-        (true, Levels::from_buf_and_len([tat - now, 0, 0, 0], 1))
+        (true, Levels::from_slice(&[tat - now]))
     }
 
     /// Several keys: the shards involved are locked in index order, so two

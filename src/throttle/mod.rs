@@ -231,7 +231,7 @@ impl Throttler {
     }
 
     /// Counts a request to resource `resource` of `api` against the
-    /// policies that apply to it.
+    /// policies that apply to it, in whichever store the snapshot names.
     pub async fn check(
         &self,
         snapshot: &Snapshot,
@@ -239,17 +239,17 @@ impl Throttler {
         resource: usize,
         caller: Caller<'_>,
     ) -> Verdict {
+        if let Some(verdict) = self.check_in_memory(snapshot, api, resource, caller) {
+            return verdict;
+        }
         let counting = Counting::of(api, resource, &caller);
         if counting.policies.is_empty() {
             return Verdict::Unthrottled;
         }
         let settings: &Throttling = &snapshot.throttling;
-        let answer = match &settings.store {
-            ThrottleStore::Memory => Ok(self.memory.check(&counting.keys, now_micros())),
-            ThrottleStore::Redis { .. } => match self.redis.load_full() {
-                Some(store) => store.check(&counting.keys, settings.timeout).await,
-                None => Err(redis::StoreError::Timeout(settings.timeout)),
-            },
+        let answer = match self.redis.load_full() {
+            Some(store) => store.check(&counting.keys, settings.timeout).await,
+            None => Err(redis::StoreError::Timeout(settings.timeout)),
         };
         counting.verdict(api, settings.on_store_error, answer)
     }
@@ -289,10 +289,7 @@ impl<'a> Counting<'a> {
             .iter()
             .filter(|p| p.applies_to(&api.resources[resource]))
             .collect();
-        let keys = policies
-            .iter()
-            .map(|p| (key(p, caller), Rate::of(p.limit, p.per)))
-            .collect();
+        let keys = policies.iter().map(|p| (key(p, caller), p.rate)).collect();
         Counting { policies, keys }
     }
 
@@ -406,6 +403,7 @@ mod tests {
             identity: Arc::from(name),
             limit,
             per: Duration::from_secs(60),
+            rate: Rate::of(limit, Duration::from_secs(60)),
             api_scope: None,
             per_application: false,
             per_client_ip: false,

@@ -193,63 +193,58 @@ async fn https_serves_http1_and_h2_by_alpn() {
     gw.shutdown().await;
 }
 
+/// One `GET /secure/items` (answered 200) on a new connection of the
+/// client `config`: how its handshake went.
+async fn handshake_of_one_request(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let tls = connect_with(addr, config.clone()).await;
+    let kind = tls.get_ref().1.handshake_kind();
+    // The session's tickets follow the handshake: read with the answer.
+    let mut sender = http1_sender(tls).await;
+    assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
+    kind
+}
+
 /// A client that comes back resumes its session (TLS 1.3, a ticket from
 /// its first connection): no certificate is signed or sent again.
 #[tokio::test]
 async fn a_returning_client_resumes_its_session() {
-    let Https {
-        dir: _dir,
-        leaf,
-        upstream: _upstream,
-        gw,
-    } = https_gateway().await;
-    let addr = https_addr(&gw);
-    let config = client_config(&leaf.der, b"http/1.1");
-    let first = connect_with(addr, config.clone()).await;
+    let https = https_gateway().await;
+    let addr = https_addr(&https.gw);
+    let config = client_config(&https.leaf.der, b"http/1.1");
     assert_eq!(
-        first.get_ref().1.handshake_kind(),
+        handshake_of_one_request(addr, &config).await,
         Some(rustls::HandshakeKind::Full)
     );
-    // The tickets follow the handshake: read with the first answer.
-    let mut sender = http1_sender(first).await;
-    assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
-    let second = connect_with(addr, config).await;
     assert_eq!(
-        second.get_ref().1.handshake_kind(),
+        handshake_of_one_request(addr, &config).await,
         Some(rustls::HandshakeKind::Resumed)
     );
-    let mut sender = http1_sender(second).await;
-    assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
-    gw.shutdown().await;
+    https.gw.shutdown().await;
 }
 
 /// Sessions stay resumable for more clients than rustls keeps by default
 /// (256 sessions; each connection gets two tickets).
 #[tokio::test]
 async fn hundreds_of_returning_clients_all_resume() {
-    let Https {
-        dir: _dir,
-        leaf,
-        upstream: _upstream,
-        gw,
-    } = https_gateway().await;
-    let addr = https_addr(&gw);
+    let https = https_gateway().await;
+    let addr = https_addr(&https.gw);
     let clients: Vec<_> = (0..300)
-        .map(|_| client_config(&leaf.der, b"http/1.1"))
+        .map(|_| client_config(&https.leaf.der, b"http/1.1"))
         .collect();
     for config in &clients {
-        let mut sender = http1_sender(connect_with(addr, config.clone()).await).await;
-        assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
+        handshake_of_one_request(addr, config).await;
     }
     let mut full = 0;
     for config in &clients {
-        let tls = connect_with(addr, config.clone()).await;
-        if tls.get_ref().1.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        if handshake_of_one_request(addr, config).await != Some(rustls::HandshakeKind::Resumed) {
             full += 1;
         }
     }
     assert_eq!(full, 0, "clients that could not resume");
-    gw.shutdown().await;
+    https.gw.shutdown().await;
 }
 
 /// A TLS connection idle long enough to be parked (1 s) serves its next
