@@ -14,7 +14,8 @@
 # one): with ROUNDS a multiple of their number, each is measured in each
 # position equally often. Everything it starts is stopped on exit.
 #
-# Targets: req/s >= 1.0x nginx, p99 <= 1.25x nginx, idle RSS <= 20 MiB.
+# Targets: req/s >= 1.0x nginx and HAProxy, p99 <= HAProxy's, RSS idle <=
+# 10 MiB and under load <= 12 MiB.
 # Needs nginx, HAProxy and wrk (installed from Debian packages when missing).
 # HAProxy runs beside nginx as the second peer (nbthread = cores, http-reuse
 # always, no logging).
@@ -310,6 +311,7 @@ nginx_proxy_pids() { # the proxy's master and workers
 MCGW_IDLE_KIB=$(rss_kib "$MCGW_PID")
 # shellcheck disable=SC2046
 NGINX_IDLE_KIB=$(rss_kib $(nginx_proxy_pids))
+HAPROXY_IDLE_KIB=$(rss_kib "$HAPROXY_PID")
 
 # "1.23ms" / "850.00us" / "1.02s" -> milliseconds
 to_ms() {
@@ -332,9 +334,14 @@ run() {
     pids=$(pids_of "$1" | tr '\n' ' ')
     # shellcheck disable=SC2086
     before=$(cpu_ticks $pids)
+    # Resident memory under load: read once, halfway through the run.
+    # shellcheck disable=SC2086
+    (sleep "$HALFWAY"; rss_kib $pids >>"$WORK/$1.rss") &
+    local sampler=$!
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2${3:-/bench/items}")
     # shellcheck disable=SC2086
     after=$(cpu_ticks $pids)
+    wait "$sampler"
     local rps p50 p99 errors requests cpu
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
     p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
@@ -348,19 +355,8 @@ run() {
     printf '  %-17s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  cpu %6.2f us/req\n' "$1" "$rps" "$p50" "$p99" "$cpu" >&2
 }
 
-# Peak RSS of PIDS while a command runs.
-# hwm_kib PIDS...: the peak resident memory of the processes, summed
-# (VmHWM: the kernel keeps it, so nothing samples during the runs and takes
-# CPU from the contender being measured).
-hwm_kib() {
-    local total=0
-    for pid in "$@"; do
-        local kib
-        kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-        total=$((total + ${kib:-0}))
-    done
-    echo "$total"
-}
+# Halfway through a run of DURATION ("10s", "1m"), in seconds.
+HALFWAY=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; printf "%.1f", n / 2 }')
 
 echo "warm-up ..." >&2
 wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT_NGINX/bench/items" >/dev/null
@@ -384,9 +380,15 @@ for round in $(seq 1 "$ROUNDS"); do
         run ${RUNS[$(((k + round - 1) % ${#RUNS[@]}))]}
     done
 done
-MCGW_LOAD_KIB=$(hwm_kib "$MCGW_PID")
+# Idle again, once the runs are over and what they took is given back
+# (within 2 s): a proxy that has served, its request path resident.
+sleep 3
+MCGW_AFTER_KIB=$(rss_kib "$MCGW_PID")
 # shellcheck disable=SC2046
-NGINX_LOAD_KIB=$(hwm_kib $(nginx_proxy_pids))
+NGINX_AFTER_KIB=$(rss_kib $(nginx_proxy_pids))
+HAPROXY_AFTER_KIB=$(rss_kib "$HAPROXY_PID")
+# The median of a contender's samples under load, in MiB.
+loaded_mib() { median <"$WORK/$1.rss" | awk '{printf "%.1f", $1 / 1024}'; }
 
 col() { awk -v c="$2" '{print $c}' "$WORK/$1.txt" | median; }
 declare -A RPS P50 P99 CPU
@@ -448,10 +450,13 @@ fi
 if [ -n "$BASE" ]; then
     echo "  microgateway / baseline ($BASE): req/s $(paired microgateway baseline 1), cpu per request $(paired microgateway baseline 4)"
 fi
-printf 'RSS idle:   microgateway %.1f MiB (target <= 20), nginx proxy %.1f MiB (master + workers)\n' \
-    "$(awk -v k="$MCGW_IDLE_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_IDLE_KIB" 'BEGIN {print k / 1024}')"
-printf 'RSS loaded: microgateway %.1f MiB, nginx proxy %.1f MiB (peak)\n' \
-    "$(awk -v k="$MCGW_LOAD_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_LOAD_KIB" 'BEGIN {print k / 1024}')"
+printf 'RSS idle at start: microgateway %.1f MiB (target <= 10), nginx proxy %.1f MiB (master + workers), haproxy %.1f MiB\n' \
+    "$(awk -v k="$MCGW_IDLE_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_IDLE_KIB" 'BEGIN {print k / 1024}')" \
+    "$(awk -v k="$HAPROXY_IDLE_KIB" 'BEGIN {print k / 1024}')"
+printf 'RSS idle after the runs: microgateway %.1f MiB, nginx proxy %.1f MiB, haproxy %.1f MiB\n' \
+    "$(awk -v k="$MCGW_AFTER_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_AFTER_KIB" 'BEGIN {print k / 1024}')" \
+    "$(awk -v k="$HAPROXY_AFTER_KIB" 'BEGIN {print k / 1024}')"
+echo "RSS loaded: microgateway $(loaded_mib microgateway) MiB (target <= 12), nginx proxy $(loaded_mib nginx) MiB, haproxy $(loaded_mib haproxy) MiB (medians, read halfway through each run)"
 
 # OAuth2, API key and Basic routes against the same nginx baseline, in the
 # same run (JWT, 401, introspection, per-token signature verification, an

@@ -523,12 +523,26 @@ fn start(path: &Path, env: Env) -> ExitCode {
             config = %path.display(),
             "microgateway started"
         );
+        return_startup_code();
         wait_for_signals(&gateway).await;
         tracing::info!("shutting down: draining in-flight requests");
         gateway.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Once serving, the program's pages that only starting up read are given
+/// back (`allocator::return_startup_code`).
+fn return_startup_code() {
+    match crate::allocator::return_startup_code() {
+        Ok((before, after)) => tracing::debug!(
+            resident_kib_before = before,
+            resident_kib_after = after,
+            "gave back the program pages read at start"
+        ),
+        Err(error) => tracing::debug!(%error, "cannot give back the program pages read at start"),
+    }
 }
 
 /// A listener's address in the log (`127.0.0.1:4485`), or `off`.

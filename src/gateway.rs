@@ -184,7 +184,13 @@ impl Gateway {
                 stop: stop_rx.clone(),
                 transport: Transport::Plain,
             };
-            gateway.http = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
+            gateway.http = Some(serve_per_core(
+                &state,
+                addr,
+                listen.pin_threads,
+                serving,
+                &mut tasks,
+            )?);
         }
         if let Some(addr) = listen.https {
             let live = state.clone();
@@ -196,7 +202,13 @@ impl Gateway {
                 stop: stop_rx.clone(),
                 transport,
             };
-            gateway.https = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
+            gateway.https = Some(serve_per_core(
+                &state,
+                addr,
+                listen.pin_threads,
+                serving,
+                &mut tasks,
+            )?);
         }
         if let Some(addr) = listen.admin {
             let listener = bind(addr).await?;
@@ -376,13 +388,13 @@ fn bind_per_core(addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartEr
     Ok(listeners)
 }
 
-/// Serves one listener on a single-threaded runtime owned by this thread,
-/// with this thread's own upstream pool, until `stop`.
 /// Serves an API port on one socket and thread per core (see
-/// `bind_per_core`); returns the bound address.
+/// `bind_per_core`), each thread on a CPU of its own where
+/// `server::cpus::plan` says so; returns the bound address.
 fn serve_per_core(
     state: &Arc<State>,
     addr: SocketAddr,
+    pin_threads: bool,
     serving: Serving,
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, StartError> {
@@ -391,12 +403,20 @@ fn serve_per_core(
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let seats = server::spread::seats(listeners.len());
-    for (listener, seat) in listeners.into_iter().zip(seats) {
+    let cpus = server::cpus::plan(&server::cpus::allowed(), listeners.len(), pin_threads);
+    for ((listener, seat), cpu) in listeners.into_iter().zip(seats).zip(cpus) {
         let state = state.clone();
         let serving = serving.clone();
         let thread = std::thread::Builder::new()
             .name("microgateway-api".into())
-            .spawn(move || serve_on_this_thread(state, listener, seat, serving))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(error) = server::cpus::pin_this_thread(cpu) {
+                        tracing::warn!(cpu, %error, "cannot pin a listener thread to its CPU");
+                    }
+                }
+                serve_on_this_thread(state, listener, seat, serving)
+            })
             .map_err(|source| StartError::Bind { addr, source })?;
         tasks.spawn(async move {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -429,6 +449,8 @@ async fn tidy_this_thread() {
     }
 }
 
+/// Serves one listener on a single-threaded runtime owned by this thread,
+/// with this thread's own upstream pool, until `stop`.
 fn serve_on_this_thread(
     state: Arc<State>,
     listener: std::net::TcpListener,

@@ -25,6 +25,7 @@
 
 mod activity;
 pub mod client_cert;
+pub mod cpus;
 mod h1;
 mod h2_bodies;
 mod prefixed;

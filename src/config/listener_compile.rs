@@ -50,6 +50,7 @@ pub(super) fn listen(ctx: &mut Ctx, file: &raw::File) -> Listen {
         http: http.map(|p| SocketAddr::new(bind, p)),
         https: https.map(|p| SocketAddr::new(bind, p)),
         admin: admin.map(|p| SocketAddr::new(admin_bind, p)),
+        pin_threads: ctx.boolean(&file.ports.pin_threads, "ports.pin_threads", true),
     }
 }
 

@@ -171,6 +171,8 @@ pub struct Ports {
     pub https: Opt<Scalar>,
     /// Address the API ports bind to. Default `0.0.0.0`.
     pub bind: Opt<Scalar>,
+    /// Run each thread of an API port on a CPU of its own, when the process may use exactly as many CPUs as it has threads per port (not under a CPU quota on a larger machine). Default true.
+    pub pin_threads: Opt<Scalar>,
 }
 
 /// TLS of the HTTPS listener; PEM files, reloaded with the configuration. Relative paths start at the configuration file's directory.

@@ -198,6 +198,7 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("ports_http", |f| &mut f.ports.http),
     ("ports_https", |f| &mut f.ports.https),
     ("ports_bind", |f| &mut f.ports.bind),
+    ("ports_pin_threads", |f| &mut f.ports.pin_threads),
     ("tls_certificate", |f| &mut section(&mut f.tls).certificate),
     ("tls_key", |f| &mut section(&mut f.tls).key),
     ("tls_client_ca", |f| &mut section(&mut f.tls).client_ca),

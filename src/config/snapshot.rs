@@ -51,6 +51,8 @@ pub struct Listen {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// `ports.pin_threads` (`server::cpus`).
+    pub pin_threads: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

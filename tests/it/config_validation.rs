@@ -147,7 +147,12 @@ fn unknown_key_in_local_introspection_config() {
 fn unknown_key_in_a_flow_mapping() {
     refused(
         "ports: { http: 0, colour: red }\n",
-        error(1, 19, "unknown key `colour`", "one of: http, https, bind"),
+        error(
+            1,
+            19,
+            "unknown key `colour`",
+            "one of: http, https, bind, pin_threads",
+        ),
     );
 }
 

@@ -41,6 +41,7 @@ mod jwt_validation;
 mod local_authorization_server;
 mod logging;
 mod parked;
+mod process_resources;
 mod readme_story;
 mod reload;
 mod routing;

@@ -1,0 +1,141 @@
+//! What the running binary holds of the machine: the CPUs its API
+//! threads run on (`ports.pin_threads`), and the pages of its own program
+//! it keeps once started.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn start(dir: &Path, env: &[(&str, &str)]) -> common::process::Started {
+    let config = dir.join("gw.yaml");
+    std::fs::write(
+        &config,
+        r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+apis:
+- name: Echo
+  base_path: /echo
+  upstream: { echo: true }
+  resources: ["GET /x"]
+  authentication: { type: none }
+"#,
+    )
+    .expect("write the config");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .args(["start", "-c", config.to_str().expect("utf-8 path")]);
+    common::process::start(&mut command)
+}
+
+/// `Cpus_allowed_list` of a process's or thread's status file.
+fn cpus_allowed(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("a Cpus_allowed_list line")
+        .trim()
+        .to_owned()
+}
+
+/// The CPUs each API thread of `pid` may run on (their `comm` is cut to
+/// 15 bytes: `microgateway-ap`).
+fn api_threads_cpus(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    let mut cpus: Vec<String> = tasks
+        .map(|task| task.expect("a thread").path())
+        .filter(|task| {
+            std::fs::read_to_string(task.join("comm"))
+                .is_ok_and(|comm| comm.trim() == "microgateway-ap")
+        })
+        .map(|task| cpus_allowed(&std::fs::read_to_string(task.join("status")).expect("status")))
+        .collect();
+    cpus.sort();
+    cpus
+}
+
+/// The CPUs this test may run on, one by one (from a list like `0-3,6`).
+fn own_cpus() -> Vec<String> {
+    let list = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("status"));
+    list.split(',')
+        .flat_map(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            let first: usize = first.parse().expect("a CPU number");
+            let last: usize = last.parse().expect("a CPU number");
+            first..=last
+        })
+        .map(|cpu| cpu.to_string())
+        .collect()
+}
+
+#[test]
+fn each_api_thread_runs_on_a_cpu_of_its_own_when_they_are_as_many() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let own = own_cpus();
+    let started = start(dir.path(), &[]);
+    let seen = api_threads_cpus(started.child.id());
+    assert_eq!(seen.len(), threads, "one API thread per CPU: {seen:?}");
+    if threads > 1 && own.len() == threads {
+        let mut expected = own.clone();
+        expected.sort();
+        assert_eq!(seen, expected, "thread i on the i-th CPU of {own:?}");
+    } else {
+        // Fewer threads than CPUs (a quota), or one: left to the scheduler.
+        let whole = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("status"));
+        assert!(
+            seen.iter().all(|cpus| *cpus == whole),
+            "{seen:?} vs {whole}"
+        );
+    }
+}
+
+#[test]
+fn pin_threads_false_leaves_the_api_threads_to_the_scheduler() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let whole = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("status"));
+    let started = start(dir.path(), &[("MCGW_PORTS_PIN_THREADS", "false")]);
+    let seen = api_threads_cpus(started.child.id());
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|cpus| *cpus == whole),
+        "{seen:?} vs {whole}"
+    );
+}
+
+#[test]
+fn the_program_pages_read_at_start_are_given_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = start(dir.path(), &[("MCGW_LOG", "debug")]);
+    let line = std::iter::from_fn(|| {
+        started
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .ok()
+    })
+    .find(|line| line.contains("program pages read at start"))
+    .expect("a line on the program pages, after the start-up line");
+    let kib = |field: &str| -> u64 {
+        let at = line
+            .find(field)
+            .unwrap_or_else(|| panic!("{field} in {line}"))
+            + field.len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a number after {field} in {line}"))
+    };
+    let before = kib("resident_kib_before=");
+    let after = kib("resident_kib_after=");
+    // The code is at least unmapped from the process (and freed where the
+    // kernel allows): most of what starting up read.
+    assert!(
+        after < before / 2,
+        "{before} KiB before, {after} KiB after: {line}"
+    );
+}
