@@ -271,8 +271,7 @@ async fn handle_api(
     let started = Instant::now();
     let method = req.method().clone();
     // The access log's copy of the path, only when the log is on.
-    let logged_path = tracing::enabled!(target: "microgateway::access", tracing::Level::INFO)
-        .then(|| req.uri().path().to_owned());
+    let logged_path = crate::access_log::is_on().then(|| req.uri().path().to_owned());
     let snapshot = state.live.snapshot_here(&here.snapshot);
     conn.from_trusted = snapshot
         .trusted_proxies
@@ -298,17 +297,15 @@ async fn handle_api(
     let elapsed = started.elapsed();
     crate::metrics::get().observe_request(elapsed.as_secs_f64());
     if let Some(path) = logged_path {
-        tracing::info!(
-            target: "microgateway::access",
-            client = %conn.peer.ip(),
-            request_id = %request_id.to_str().unwrap_or("-"),
-            method = %method,
-            path = %path,
-            api = api.as_ref().map_or("-", |a| a.name.as_str()),
-            status = status.as_u16(),
-            micros = elapsed.as_micros() as u64,
-            "request"
-        );
+        crate::access_log::write(&crate::access_log::Entry {
+            client: conn.peer.ip(),
+            request_id: request_id.to_str().unwrap_or("-"),
+            method: method.as_str(),
+            path: &path,
+            api: api.as_ref().map_or("-", |a| a.name.as_str()),
+            status: status.as_u16(),
+            micros: elapsed.as_micros() as u64,
+        });
     }
     response
 }

@@ -55,6 +55,7 @@
 //! keep-alive HTTP/1.1 connection on the same thread carries the request,
 //! and the response streams back. Nothing reaches an upstream without the
 //! grant of the authorize phase.
+pub mod access_log;
 pub mod admin;
 pub mod allocator;
 pub mod auth;

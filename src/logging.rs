@@ -2,7 +2,8 @@
 //! (`info` by default, the access log included), `--log-format` how (text,
 //! or JSON lines). Colour only on a terminal, and never with `NO_COLOR`.
 //!
-//! Lines are formatted on the thread that logs and handed to one writer
+//! Lines are formatted on the thread that logs (the access log's by
+//! `access_log`, unless in colour) and handed to one writer
 //! thread through a bounded queue ([`QUEUED_LINES`]); the writer batches
 //! them into few writes to stderr: after each write it waits [`PACE`], so
 //! that under load a write carries hundreds of lines rather than one or
@@ -57,6 +58,9 @@ pub fn init(format: Format) -> Log {
             64 * 1024,
             std::io::stderr(),
         )));
+    if !ansi {
+        crate::access_log::compose_into(writer.clone(), format);
+    }
     let dropped = writer.error_counter();
     crate::metrics::count_dropped_log_lines(move || dropped.dropped_lines() as u64);
     let builder = tracing_subscriber::fmt()
