@@ -17,7 +17,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing_appender::non_blocking::NonBlocking;
 
-use crate::logging::Format;
+/// How the log's lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
 
 /// The target of the access log's lines.
 pub const TARGET: &str = "microgateway::access";

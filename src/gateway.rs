@@ -177,38 +177,22 @@ impl Gateway {
             tasks: JoinSet::new(),
             watcher: None,
         };
+        let serving = |transport| Serving {
+            settings,
+            slots: server::connection_slots(settings),
+            stop: stop_rx.clone(),
+            transport,
+            pin_threads: listen.pin_threads,
+        };
         if let Some(addr) = listen.http {
-            let serving = Serving {
-                settings,
-                slots: server::connection_slots(settings),
-                stop: stop_rx.clone(),
-                transport: Transport::Plain,
-            };
-            gateway.http = Some(serve_per_core(
-                &state,
-                addr,
-                listen.pin_threads,
-                serving,
-                &mut tasks,
-            )?);
+            let serving = serving(Transport::Plain);
+            gateway.http = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
         }
         if let Some(addr) = listen.https {
             let live = state.clone();
             let certificate = server::tls::LiveCertificate::new(move || live.live.snapshot())?;
-            let transport = Transport::Tls(certificate.acceptor()?);
-            let serving = Serving {
-                settings,
-                slots: server::connection_slots(settings),
-                stop: stop_rx.clone(),
-                transport,
-            };
-            gateway.https = Some(serve_per_core(
-                &state,
-                addr,
-                listen.pin_threads,
-                serving,
-                &mut tasks,
-            )?);
+            let serving = serving(Transport::Tls(certificate.acceptor()?));
+            gateway.https = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
         }
         if let Some(addr) = listen.admin {
             let listener = bind(addr).await?;
@@ -391,7 +375,6 @@ fn bind_per_core(addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartEr
 fn serve_per_core(
     state: &Arc<State>,
     addr: SocketAddr,
-    pin_threads: bool,
     serving: Serving,
     tasks: &mut JoinSet<()>,
 ) -> Result<SocketAddr, StartError> {
@@ -400,7 +383,11 @@ fn serve_per_core(
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let seats = server::spread::seats(listeners.len());
-    let cpus = server::cpus::plan(&server::cpus::allowed(), listeners.len(), pin_threads);
+    let cpus = server::cpus::plan(
+        &server::cpus::allowed(),
+        listeners.len(),
+        serving.pin_threads,
+    );
     for ((listener, seat), cpu) in listeners.into_iter().zip(seats).zip(cpus) {
         let state = state.clone();
         let serving = serving.clone();
@@ -431,6 +418,8 @@ struct Serving {
     slots: Arc<server::Slots>,
     stop: watch::Receiver<bool>,
     transport: Transport,
+    /// `ports.pin_threads`.
+    pin_threads: bool,
 }
 
 /// Once a second, what this thread no longer uses is freed: the buffers
@@ -471,6 +460,7 @@ fn serve_on_this_thread(
         slots,
         stop,
         transport,
+        pin_threads: _,
     } = serving;
     let tls = matches!(transport, Transport::Tls(_));
     runtime.block_on(async move {

@@ -13,6 +13,8 @@
 //! 1. [`metrics`]: every metric. [`timer`]: the data path's deadlines
 //!    (request head, upstream answer), one queue per listener thread.
 //!    [`allocator`]: freed memory given back to the system.
+//!    [`access_log`]: the access log's line, composed and handed to the
+//!    log's writer.
 //! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
 //!    generation); every finding with file, line and column. [`logging`]:
 //!    the process's log, written by a thread of its own through a bounded

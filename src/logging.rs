@@ -19,19 +19,15 @@ use std::time::Duration;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
+/// How lines are written; the access log composes its own in it.
+pub use crate::access_log::Format;
+
 /// Lines waiting for the writer at most (about 2 MiB of access log).
 pub const QUEUED_LINES: usize = 8192;
 
 /// How long the writer waits after each write before it takes the next
 /// lines: what arrives meanwhile goes out in one write.
 pub const PACE: Duration = Duration::from_millis(10);
-
-/// How lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-}
 
 /// Keeps the writer thread; dropping it writes what is queued.
 pub struct Log {

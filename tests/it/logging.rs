@@ -81,27 +81,6 @@ apis:
     assert!(dropped > 0, "{dropped} lines dropped");
 }
 
-fn echo_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let config = dir.join("gw.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-ports: {{ http: {port}, bind: 127.0.0.1 }}
-admin: {{ port: 0 }}
-apis:
-- name: Echo
-  base_path: /echo
-  upstream: {{ echo: true }}
-  resources: ["GET /x"]
-  authentication: {{ type: none }}
-"#
-        ),
-    )
-    .expect("write the config");
-    config
-}
-
 /// Reads the raw stderr of `command` until a line contains `until`, or
 /// `wait` passes; what it read.
 fn raw_log_until(command: &mut Command, until: &str, wait: Duration) -> String {
@@ -138,7 +117,7 @@ fn raw_log_until(command: &mut Command, until: &str, wait: Duration) -> String {
 #[test]
 fn the_start_up_line_shows_addresses_as_values_without_colour() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = echo_config(dir.path(), 0);
+    let config = common::process::echo_config(dir.path(), 0);
     let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
     // A pipe is not a terminal: no colour even without NO_COLOR.
     command
@@ -166,7 +145,7 @@ fn rust_log_is_honoured_when_mcgw_log_is_unset() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let config = echo_config(dir.path(), port);
+    let config = common::process::echo_config(dir.path(), port);
     // `error` only: the start-up line (info) is not written, though the
     // gateway serves.
     let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));

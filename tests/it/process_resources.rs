@@ -8,21 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn start(dir: &Path, env: &[(&str, &str)]) -> common::process::Started {
-    let config = dir.join("gw.yaml");
-    std::fs::write(
-        &config,
-        r#"
-ports: { http: 0, bind: 127.0.0.1 }
-admin: { port: 0 }
-apis:
-- name: Echo
-  base_path: /echo
-  upstream: { echo: true }
-  resources: ["GET /x"]
-  authentication: { type: none }
-"#,
-    )
-    .expect("write the config");
+    let config = common::process::echo_config(dir, 0);
     let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
     command
         .env_clear()

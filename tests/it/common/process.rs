@@ -126,3 +126,27 @@ fn logged_addr(line: &str, key: &str) -> Option<SocketAddr> {
     let end = line[start..].find(' ').map_or(line.len(), |at| start + at);
     line[start..end].parse().ok()
 }
+
+/// A configuration in `dir` serving an echo API (`GET /echo/x`, no
+/// authentication) on `port` (0: any) of 127.0.0.1, and the admin port on
+/// any; its path.
+pub fn echo_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let config = dir.join("gw.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+ports: {{ http: {port}, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Echo
+  base_path: /echo
+  upstream: {{ echo: true }}
+  resources: ["GET /x"]
+  authentication: {{ type: none }}
+"#
+        ),
+    )
+    .expect("write the config");
+    config
+}
