@@ -44,6 +44,20 @@ fn api_threads_cpus(pid: u32) -> Vec<String> {
     cpus
 }
 
+/// The API threads' CPUs once `settled` holds of them, or after 10 s: a
+/// thread names itself, then pins itself, as it starts, which may be just
+/// after the start-up line.
+fn settled_api_threads_cpus(pid: u32, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = api_threads_cpus(pid);
+        if settled(&seen) || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The CPUs this test may run on, one by one (from a list like `0-3,6`).
 fn own_cpus() -> Vec<String> {
     let list = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("status"));
@@ -63,34 +77,32 @@ fn each_api_thread_runs_on_a_cpu_of_its_own_when_they_are_as_many() {
     let dir = tempfile::tempdir().expect("temp dir");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let own = own_cpus();
-    let started = start(dir.path(), &[]);
-    let seen = api_threads_cpus(started.child.id());
-    assert_eq!(seen.len(), threads, "one API thread per CPU: {seen:?}");
-    if threads > 1 && own.len() == threads {
-        let mut expected = own.clone();
-        expected.sort();
-        assert_eq!(seen, expected, "thread i on the i-th CPU of {own:?}");
+    let whole = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("status"));
+    let expected: Vec<String> = if threads > 1 && own.len() == threads {
+        // Thread i on the i-th CPU.
+        let mut each = own.clone();
+        each.sort();
+        each
     } else {
         // Fewer threads than CPUs (a quota), or one: left to the scheduler.
-        let whole = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("status"));
-        assert!(
-            seen.iter().all(|cpus| *cpus == whole),
-            "{seen:?} vs {whole}"
-        );
-    }
+        vec![whole.clone(); threads]
+    };
+    let started = start(dir.path(), &[]);
+    let seen = settled_api_threads_cpus(started.child.id(), |seen| seen == expected);
+    assert_eq!(seen, expected, "one API thread per CPU of {own:?}");
 }
 
 #[test]
 fn pin_threads_false_leaves_the_api_threads_to_the_scheduler() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let whole = cpus_allowed(&std::fs::read_to_string("/proc/self/status").expect("status"));
+    let expected = vec![whole; threads];
     let started = start(dir.path(), &[("MCGW_PORTS_PIN_THREADS", "false")]);
-    let seen = api_threads_cpus(started.child.id());
-    assert!(!seen.is_empty());
-    assert!(
-        seen.iter().all(|cpus| *cpus == whole),
-        "{seen:?} vs {whole}"
-    );
+    // Settled once all are named; a pinned one would then show at once.
+    let seen = settled_api_threads_cpus(started.child.id(), |seen| seen.len() == threads);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(api_threads_cpus(started.child.id()), expected, "{seen:?}");
 }
 
 #[test]
