@@ -54,7 +54,7 @@ fn settled_api_threads_cpus(pid: u32, settled: impl Fn(&[String]) -> bool) -> Ve
         if settled(&seen) || std::time::Instant::now() > deadline {
             return seen;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::park_timeout(std::time::Duration::from_millis(50));
     }
 }
 
@@ -101,7 +101,7 @@ fn pin_threads_false_leaves_the_api_threads_to_the_scheduler() {
     let started = start(dir.path(), &[("MCGW_PORTS_PIN_THREADS", "false")]);
     // Settled once all are named; a pinned one would then show at once.
     let seen = settled_api_threads_cpus(started.child.id(), |seen| seen.len() == threads);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::thread::park_timeout(std::time::Duration::from_millis(200));
     assert_eq!(api_threads_cpus(started.child.id()), expected, "{seen:?}");
 }
 
