@@ -220,14 +220,19 @@ mod tests {
     }
 
     fn composed(format: Format, secs: u64, micros: u32, entry: &Entry<'_>) -> String {
+        let mut composer = composer();
+        composer.compose(format, secs, micros, entry);
+        composer.line
+    }
+
+    /// A composer whose writer writes nowhere.
+    fn composer() -> Composer {
         let (writer, _guard) = tracing_appender::non_blocking(std::io::sink());
-        let mut composer = Composer {
+        Composer {
             writer,
             line: String::new(),
             second: None,
-        };
-        composer.compose(format, secs, micros, entry);
-        composer.line
+        }
     }
 
     /// 2026-12-04T23:02:58Z.
@@ -318,12 +323,7 @@ mod tests {
 
     #[test]
     fn the_time_of_day_is_composed_again_each_second() {
-        let (writer, _guard) = tracing_appender::non_blocking(std::io::sink());
-        let mut composer = Composer {
-            writer,
-            line: String::new(),
-            second: None,
-        };
+        let mut composer = composer();
         composer.compose(Format::Text, SECS, 999_999, &entry("-"));
         composer.line.clear();
         composer.compose(Format::Text, SECS + 1, 1, &entry("-"));

@@ -134,14 +134,8 @@ async fn the_access_log_line_carries_the_request_id_the_client_got() {
         .unwrap()
         .to_owned();
     let wanted = format!("request_id={id}");
-    let line = (0..50)
-        .filter_map(|_| {
-            started
-                .lines
-                .recv_timeout(std::time::Duration::from_millis(200))
-                .ok()
-        })
-        .find(|line| line.contains("microgateway::access"))
+    let line = started
+        .line_with("microgateway::access", std::time::Duration::from_secs(10))
         .expect("an access-log line");
     assert!(line.contains(&wanted), "{line}");
 }

@@ -19,6 +19,19 @@ pub struct Started {
     pub before: Vec<String>,
 }
 
+impl Started {
+    /// The next log line that contains `needle`, waiting up to `within`
+    /// in all; `None` when none came.
+    pub fn line_with(&self, needle: &str, within: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        std::iter::from_fn(|| {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            self.lines.recv_timeout(wait).ok()
+        })
+        .find(|line| line.contains(needle))
+    }
+}
+
 impl Drop for Started {
     fn drop(&mut self) {
         let _ = self.child.kill();
