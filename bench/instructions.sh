@@ -6,6 +6,8 @@
 #   bench/instructions.sh                 # this checkout's release build
 #   BASE=39010b9 bench/instructions.sh    # and another commit's, the same way
 #   BUILD=0 bench/instructions.sh         # the release binary as it is
+#   TOKEN_BYTES=900 bench/instructions.sh # each request with a bearer token
+#                                         # that long (forwarded as it is)
 #   ROUTE=throttled bench/instructions.sh # one API-wide throttle (memory) too
 #                                         # high to refuse; ROUTE=balanced: two
 #                                         # endpoints (the same upstream), round robin
@@ -27,6 +29,7 @@ PORT_MCGW=${PORT_MCGW:-18191}
 PORT_ADMIN=${PORT_ADMIN:-18192}
 BASE=${BASE:-}
 ROUTE=${ROUTE:-plain}
+TOKEN_BYTES=${TOKEN_BYTES:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 bench_workdir instr
 need nginx nginx-light
@@ -72,11 +75,12 @@ CONF
 
 # client COUNT: COUNT keep-alive requests on one connection, each answered 200.
 client() {
-    python3 - "$PORT_MCGW" "$1" <<'PY'
+    python3 - "$PORT_MCGW" "$1" "$TOKEN_BYTES" <<'PY'
 import socket, sys
-port, count = int(sys.argv[1]), int(sys.argv[2])
+port, count, token = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 s = socket.create_connection(("127.0.0.1", port))
-req = b"GET /bench/items HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\nAccept: */*\r\n\r\n"
+auth = b"Authorization: Bearer " + b"eyJ0" * (token // 4) + b"\r\n" if token else b""
+req = b"GET /bench/items HTTP/1.1\r\nHost: bench\r\nUser-Agent: instructions\r\nAccept: */*\r\n" + auth + b"\r\n"
 buf = b""
 for _ in range(count):
     s.sendall(req)
@@ -112,5 +116,5 @@ for name in "${!BINS[@]}"; do
         ir=$(awk '/^summary:/ {print $2}' "$f")
         total=$((total + ${ir:-0}))
     done
-    printf '%-10s %8d instructions per request (%d requests, %s route)\n' "$name" $((total / REQUESTS)) "$REQUESTS" "$ROUTE"
+    printf '%-10s %8d instructions per request (%d requests, %s route, token %d bytes)\n' "$name" $((total / REQUESTS)) "$REQUESTS" "$ROUTE" "$TOKEN_BYTES"
 done

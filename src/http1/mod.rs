@@ -17,11 +17,12 @@ pub mod response_encode;
 pub mod response_head;
 
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::BytesMut;
-use http::HeaderName;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Bytes asked of the socket per read.
@@ -43,6 +44,25 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "proxy-authorization"
             | "proxy-authenticate"
     )
+}
+
+/// The value of a field `httparse` parsed, at `range` of the frozen
+/// `head`, sharing its bytes.
+///
+/// `httparse` admits in a field value exactly the bytes a `HeaderValue`
+/// may hold (HTAB, SP to `~`, 0x80 to 0xFF), as
+/// `tests::httparse_admits_what_header_values_do` checks byte by byte:
+/// checking them again would read every byte of every value a second time
+/// (the kilobyte of a bearer token, for one).
+pub fn parsed_value(head: &Bytes, range: Range<usize>) -> HeaderValue {
+    let value = head.slice(range);
+    debug_assert!(HeaderValue::from_bytes(&value).is_ok());
+    // SAFETY: no memory safety rests on it; the bytes are ones `httparse`
+    // admitted in a field value, all valid in a `HeaderValue` (above).
+    #[allow(unsafe_code)]
+    unsafe {
+        HeaderValue::from_maybe_shared_unchecked(value)
+    }
 }
 
 /// Reads what the peer has sent into `buf` (up to `READ_SIZE` more):
@@ -73,4 +93,47 @@ pub fn poll_write_all<S: AsyncWrite + Unpin>(
         out.drain(..n);
     }
     Pin::new(io).poll_flush(cx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each byte in a value of a request head and of a response head:
+    /// `httparse` takes it exactly when a `HeaderValue` may hold it.
+    #[test]
+    fn httparse_admits_what_header_values_do() {
+        for byte in 0..=u8::MAX {
+            let value = [b'a', byte, b'a'];
+            let valid = HeaderValue::from_bytes(&value).is_ok();
+            let mut request = b"GET / HTTP/1.1\r\nx-field: ".to_vec();
+            request.extend_from_slice(&value);
+            request.extend_from_slice(b"\r\n\r\n");
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let parsed = httparse::Request::new(&mut fields).parse(&request);
+            assert_eq!(
+                matches!(parsed, Ok(httparse::Status::Complete(_))),
+                valid,
+                "request, byte {byte:#04x}"
+            );
+            let mut response = b"HTTP/1.1 200 OK\r\nx-field: ".to_vec();
+            response.extend_from_slice(&value);
+            response.extend_from_slice(b"\r\n\r\n");
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let parsed = httparse::Response::new(&mut fields).parse(&response);
+            assert_eq!(
+                matches!(parsed, Ok(httparse::Status::Complete(_))),
+                valid,
+                "response, byte {byte:#04x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_parsed_value_shares_the_heads_bytes() {
+        let head = Bytes::from_static(b"x-field: value\r\n");
+        let value = parsed_value(&head, 9..14);
+        assert_eq!(value, "value");
+        assert_eq!(value.as_bytes().as_ptr(), head[9..].as_ptr());
+    }
 }

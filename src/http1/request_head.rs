@@ -15,9 +15,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING,
-};
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::config::snapshot::Limits;
@@ -153,9 +151,7 @@ pub fn parse(
         .map_err(|_| Refusal::BadRequest("malformed request target"))?;
     let mut headers = HeaderMap::with_capacity(fields.entries.len() + POLICY_FIELDS);
     for (name, start, end) in fields.entries.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| Refusal::BadRequest("malformed header value"))?;
-        headers.append(name, value);
+        headers.append(name, super::parsed_value(&head, start..end));
     }
     let mut request = Request::new(());
     *request.method_mut() = method;

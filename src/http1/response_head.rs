@@ -126,7 +126,7 @@ fn parse_head(
                     .ok_or(HeadError::Upgrade)?;
                 let fields = Fields::scan(response.headers, buf.as_ptr() as usize, scratch)?;
                 let head = buf.split_to(len).freeze();
-                let mut headers = fields.header_map(&head)?;
+                let mut headers = fields.header_map(&head);
                 headers.insert(UPGRADE, upgrade);
                 return Ok(Some(Head {
                     status: StatusCode::SWITCHING_PROTOCOLS,
@@ -215,17 +215,15 @@ impl<'a> Fields<'a> {
     }
 
     /// The end-to-end fields, their values sharing `head`'s bytes.
-    fn header_map(self, head: &Bytes) -> Result<HeaderMap, HeadError> {
+    fn header_map(self, head: &Bytes) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(self.end_to_end.len() + self.room);
         for (name, start, end) in self.end_to_end.drain(..) {
             if self.listed.contains(&name) {
                 continue;
             }
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| HeadError::Field)?;
-            headers.append(name, value);
+            headers.append(name, super::parsed_value(head, start..end));
         }
-        Ok(headers)
+        headers
     }
 }
 
@@ -239,7 +237,7 @@ fn framed(
 ) -> Result<Head, HeadError> {
     let mut keep_alive = http11 && !fields.close;
     let (chunked, length) = (fields.chunked, fields.length);
-    let mut headers = fields.header_map(head)?;
+    let mut headers = fields.header_map(head);
     // RFC 9112 §6.3, in its order.
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT

@@ -161,12 +161,23 @@ fn hex_value(bytes: &[u8]) -> HeaderValue {
     value(&text)
 }
 
-/// Lower-case hex of `bytes` into `out` (twice as long).
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
+/// Each byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 15]];
+        byte += 1;
+    }
+    pairs
+};
+
+/// Lower-case hex of `bytes` into `out` (twice as long): one lookup per
+/// byte, for the 40 random bytes of every request.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
 }
 
@@ -185,6 +196,15 @@ mod tests {
         let id = correlate(headers, from_trusted, &mut added);
         added.insert_into(headers);
         id
+    }
+
+    #[test]
+    fn every_byte_is_two_lower_case_hex_digits() {
+        let bytes: Vec<u8> = (0..=u8::MAX).collect();
+        let mut out = vec![0; 512];
+        hex_into(&mut out, &bytes);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
     #[test]
