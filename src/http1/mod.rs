@@ -3,7 +3,8 @@
 //! writes back (`response_encode`); the request heads the gateway sends
 //! upstream (`request_encode`) and the response heads upstreams answer
 //! (`response_head`); bodies delimited by length or by the chunked coding
-//! (`chunked`); and how a connection is read and written.
+//! (`chunked`); the header maps of those heads, used again on their thread
+//! (`header_maps`); and how a connection is read and written.
 //!
 //! One room for one wire protocol: `server` (the gateway's ports) and
 //! `proxy` (its upstream client) use this module; it uses neither of
@@ -11,6 +12,7 @@
 //! the two helpers below, which the drivers of both sides call.
 
 pub mod chunked;
+pub mod header_maps;
 pub mod request_encode;
 pub mod request_head;
 pub mod response_encode;

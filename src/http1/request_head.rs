@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Uri, Version};
+use http::{Method, Request, Uri, Version};
 
 use crate::config::snapshot::Limits;
 
@@ -149,7 +149,7 @@ pub fn parse(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_range))
         .map_err(|_| Refusal::BadRequest("malformed request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.entries.len() + POLICY_FIELDS);
+    let mut headers = super::header_maps::take(fields.entries.len() + POLICY_FIELDS);
     for (name, start, end) in fields.entries.drain(..) {
         headers.append(name, super::parsed_value(&head, start..end));
     }

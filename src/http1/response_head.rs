@@ -216,7 +216,7 @@ impl<'a> Fields<'a> {
 
     /// The end-to-end fields, their values sharing `head`'s bytes.
     fn header_map(self, head: &Bytes) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.end_to_end.len() + self.room);
+        let mut headers = super::header_maps::take(self.end_to_end.len() + self.room);
         for (name, start, end) in self.end_to_end.drain(..) {
             if self.listed.contains(&name) {
                 continue;

@@ -39,6 +39,7 @@ pub use stream::Stream;
 
 use super::{Body, BoxError};
 use crate::http1::chunked::{self, ChunkError};
+use crate::http1::header_maps;
 use crate::http1::request_encode::{self, BodyFraming, Destination};
 use crate::http1::response_head::{self, Head, HeadError};
 use crate::http1::{poll_fill, poll_write_all};
@@ -191,7 +192,10 @@ impl Connection {
                 Err(error) => Err((error, true)),
             };
             return match result {
-                Ok(head) => Ok(self.respond(head, true, stall)),
+                Ok(head) => {
+                    header_maps::give_back(parts.headers);
+                    Ok(self.respond(head, true, stall))
+                }
                 Err((error, unsent)) => {
                     let unanswered =
                         matches!(error, Error::Closed | Error::Io(_)) && self.buf.is_empty();
@@ -205,7 +209,7 @@ impl Connection {
             };
         }
         let method = parts.method;
-        drop(parts.headers);
+        header_maps::give_back(parts.headers);
         let fail = |error| Failure {
             error,
             request: None,

@@ -633,11 +633,12 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     response: Response<Body>,
     exchange: Exchange<'_>,
 ) -> bool {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
     let (framing, keep_alive) = {
         let mut wire = lock(wire);
         encode::head(&parts, &body.size_hint(), exchange, &mut wire.out)
     };
+    http1::header_maps::give_back(std::mem::take(&mut parts.headers));
     drop(parts);
     let mut declared = match framing {
         BodyFraming::Length(n) => Some(n),
