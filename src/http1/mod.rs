@@ -105,29 +105,19 @@ mod tests {
     /// `httparse` takes it exactly when a `HeaderValue` may hold it.
     #[test]
     fn httparse_admits_what_header_values_do() {
+        let head = |start: &[u8], value: &[u8]| [start, value, b"\r\n\r\n"].concat();
+        let complete = |parsed| matches!(parsed, Ok(httparse::Status::Complete(_)));
         for byte in 0..=u8::MAX {
             let value = [b'a', byte, b'a'];
             let valid = HeaderValue::from_bytes(&value).is_ok();
-            let mut request = b"GET / HTTP/1.1\r\nx-field: ".to_vec();
-            request.extend_from_slice(&value);
-            request.extend_from_slice(b"\r\n\r\n");
+            let request = head(b"GET / HTTP/1.1\r\nx-field: ", &value);
             let mut fields = [httparse::EMPTY_HEADER; 4];
             let parsed = httparse::Request::new(&mut fields).parse(&request);
-            assert_eq!(
-                matches!(parsed, Ok(httparse::Status::Complete(_))),
-                valid,
-                "request, byte {byte:#04x}"
-            );
-            let mut response = b"HTTP/1.1 200 OK\r\nx-field: ".to_vec();
-            response.extend_from_slice(&value);
-            response.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(complete(parsed), valid, "request, byte {byte:#04x}");
+            let response = head(b"HTTP/1.1 200 OK\r\nx-field: ", &value);
             let mut fields = [httparse::EMPTY_HEADER; 4];
             let parsed = httparse::Response::new(&mut fields).parse(&response);
-            assert_eq!(
-                matches!(parsed, Ok(httparse::Status::Complete(_))),
-                valid,
-                "response, byte {byte:#04x}"
-            );
+            assert_eq!(complete(parsed), valid, "response, byte {byte:#04x}");
         }
     }
 
