@@ -24,7 +24,11 @@ thread_local! {
 /// An empty map with room for `fields` fields: a spare one if the thread
 /// has one.
 pub fn take(fields: usize) -> HeaderMap {
-    let spare = SPARE.with(|spare| spare.try_borrow_mut().ok()?.pop());
+    // `try_with`: during the thread's exit the spares may be gone already.
+    let spare = SPARE
+        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten();
     if let Some(mut map) = spare {
         if map.try_reserve(fields).is_ok() {
             return map;
@@ -40,7 +44,7 @@ pub fn give_back(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    SPARE.with(|spare| {
+    let _ = SPARE.try_with(|spare| {
         if let Ok(mut spare) = spare.try_borrow_mut() {
             if spare.len() < SPARES {
                 spare.push(map);
