@@ -188,6 +188,10 @@ pub struct Api {
     /// (`X-Request-Id`, the RateLimit pair, CORS, `set_headers`): the
     /// answer's map is made with room for them.
     pub answer_room: usize,
+    /// No policy of the API reads or changes the fields of an upstream's
+    /// answer (no CORS, throttle or response transformation): they go to
+    /// an HTTP/1.1 client as the upstream sent them.
+    pub answer_unread: bool,
     /// `policies.throttle`, in file order.
     pub throttle: Vec<ThrottlePolicy>,
     /// For each application (by `Application::index`): may it call this API?

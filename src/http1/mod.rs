@@ -3,8 +3,9 @@
 //! writes back (`response_encode`); the request heads the gateway sends
 //! upstream (`request_encode`) and the response heads upstreams answer
 //! (`response_head`); bodies delimited by length or by the chunked coding
-//! (`chunked`); the header maps of those heads, used again on their thread
-//! (`header_maps`); and how a connection is read and written.
+//! (`chunked`); the fields of an upstream's answer that passes unread
+//! (`raw_fields`); the maps of those heads, used again on their thread
+//! (`spares`); and how a connection is read and written.
 //!
 //! One room for one wire protocol: `server` (the gateway's ports) and
 //! `proxy` (its upstream client) use this module; it uses neither of
@@ -12,11 +13,12 @@
 //! the two helpers below, which the drivers of both sides call.
 
 pub mod chunked;
-pub mod header_maps;
+pub mod raw_fields;
 pub mod request_encode;
 pub mod request_head;
 pub mod response_encode;
 pub mod response_head;
+pub mod spares;
 
 use std::io;
 use std::ops::Range;
@@ -30,21 +32,52 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 * 1024;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones): they
-/// describe one connection and end with it.
+/// What a field's name means to the framing and forwarding of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldName {
+    TransferEncoding,
+    Connection,
+    ContentLength,
+    Date,
+    /// Any other hop-by-hop field (RFC 9110 §7.6.1, and the proxy-only
+    /// ones): it describes one connection and ends with it.
+    HopByHop,
+    /// An end-to-end field the codec has nothing to do with.
+    Other,
+}
+
+/// The meaning of the field name `name` (a token, as `httparse` admits),
+/// in whatever case it is written.
+pub fn field_name(name: &[u8]) -> FieldName {
+    // The known names are lower-case letters and `-`: a token byte with
+    // the 0x20 bit set is one of them exactly when the byte is that
+    // letter, in either case, or `-`.
+    let is = |known: &str| {
+        name.iter()
+            .zip(known.as_bytes())
+            .all(|(&b, &k)| b | 0x20 == k)
+    };
+    // On the length first: most names are told apart without a comparison.
+    match name.len() {
+        2 if is("te") => FieldName::HopByHop,
+        4 if is("date") => FieldName::Date,
+        7 if is("trailer") || is("upgrade") => FieldName::HopByHop,
+        10 if is("connection") => FieldName::Connection,
+        10 if is("keep-alive") => FieldName::HopByHop,
+        14 if is("content-length") => FieldName::ContentLength,
+        16 if is("proxy-connection") => FieldName::HopByHop,
+        17 if is("transfer-encoding") => FieldName::TransferEncoding,
+        18 if is("proxy-authenticate") => FieldName::HopByHop,
+        19 if is("proxy-authorization") => FieldName::HopByHop,
+        _ => FieldName::Other,
+    }
+}
+
+/// Hop-by-hop headers: they describe one connection and end with it.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // A match on the (lowercase) name compiles to a switch on its length.
     matches!(
-        name.as_str(),
-        "connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
+        field_name(name.as_str().as_bytes()),
+        FieldName::Connection | FieldName::TransferEncoding | FieldName::HopByHop
     )
 }
 
@@ -118,6 +151,37 @@ mod tests {
             let mut fields = [httparse::EMPTY_HEADER; 4];
             let parsed = httparse::Response::new(&mut fields).parse(&response);
             assert_eq!(complete(parsed), valid, "response, byte {byte:#04x}");
+        }
+    }
+
+    #[test]
+    fn field_names_are_known_in_any_case() {
+        let known = [
+            ("Transfer-Encoding", FieldName::TransferEncoding),
+            ("CONNECTION", FieldName::Connection),
+            ("content-length", FieldName::ContentLength),
+            ("Date", FieldName::Date),
+            ("te", FieldName::HopByHop),
+            ("Trailer", FieldName::HopByHop),
+            ("upgrade", FieldName::HopByHop),
+            ("Keep-Alive", FieldName::HopByHop),
+            ("Proxy-Connection", FieldName::HopByHop),
+            ("Proxy-Authenticate", FieldName::HopByHop),
+            ("Proxy-Authorization", FieldName::HopByHop),
+            ("content-type", FieldName::Other),
+            ("dates", FieldName::Other),
+            ("x-connection", FieldName::Other),
+            ("", FieldName::Other),
+        ];
+        for (name, meaning) in known {
+            assert_eq!(field_name(name.as_bytes()), meaning, "{name}");
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                let hop = !matches!(
+                    meaning,
+                    FieldName::ContentLength | FieldName::Date | FieldName::Other
+                );
+                assert_eq!(is_hop_by_hop(&name), hop, "{name}");
+            }
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Destination<'a> {
     pub added: &'a AddedFields,
     /// Fields the gateway may add to the answer (`Api::answer_room`).
     pub room: usize,
+    /// Nothing will read or change the answer's fields: they may stay as
+    /// the upstream sent them (`response_head::Scratch::as_sent`).
+    pub as_sent: bool,
 }
 
 /// The most fields the gateway adds to a request: `X-Request-Id`,
@@ -207,6 +210,7 @@ mod tests {
             host: &host,
             added: AddedFields::none(),
             room: 0,
+            as_sent: false,
         };
         let framing = encode(&parts, &body, destination, &mut out);
         (String::from_utf8(out).expect("ascii"), framing)

@@ -13,6 +13,7 @@ use http::{Method, StatusCode};
 use http_body::SizeHint;
 
 use super::chunked::itoa;
+use super::raw_fields::RawFields;
 
 /// How the response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,7 +45,9 @@ const HEAD_EXTRA: usize = 160;
 const BODY_ROOM: usize = 16 * 1024;
 
 /// Appends the head of `parts` to `out`; says how the body follows, and
-/// whether the connection stays open after it.
+/// whether the connection stays open after it. An upstream's fields kept
+/// as sent ([`RawFields`] in the extensions) go first, but for those the
+/// map of `parts` replaces.
 pub fn head(
     parts: &Parts,
     size: &SizeHint,
@@ -72,11 +75,13 @@ pub fn head(
     };
     // One allocation for the head and a small body after it: a connection
     // between requests keeps no buffer, so `out` usually starts empty.
+    let raw = parts.extensions.get::<RawFields>();
     let fields: usize = parts
         .headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
+        .sum::<usize>()
+        + raw.map_or(0, RawFields::wire_len);
     let body = match framing {
         BodyFraming::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(BODY_ROOM),
         _ => 0,
@@ -89,11 +94,15 @@ pub fn head(
     out.extend_from_slice(b"\r\n");
     let mut had_length = false;
     let mut had_date = false;
+    // HEAD and 304 tell the length of what a GET would have got.
+    let keep_length = head_only && status != StatusCode::NO_CONTENT && !status.is_informational();
+    if let Some(raw) = raw {
+        (had_length, had_date) = raw.write(&parts.headers, keep_length, out);
+    }
     for (name, value) in &parts.headers {
         if *name == CONTENT_LENGTH {
             had_length = true;
-            // HEAD and 304 tell the length of what a GET would have got.
-            if !head_only || status == StatusCode::NO_CONTENT || status.is_informational() {
+            if !keep_length {
                 continue;
             }
         } else if *name == TRANSFER_ENCODING || *name == CONNECTION {
@@ -275,6 +284,90 @@ mod tests {
             encoded(no_content, SizeHint::default(), Method::DELETE, true, true),
             ("HTTP/1.1 204 No Content\n".into(), BodyFraming::None, true)
         );
+    }
+
+    /// `raw` parsed as an upstream's head, its fields in a map or as sent,
+    /// with the gateway's `own` fields added to the map; encoded for a
+    /// `method` request, without the date the encoder adds.
+    fn forwarded(raw: &str, as_sent: bool, own: &[(&str, &str)], method: &Method) -> String {
+        let mut buf = bytes::BytesMut::from(raw.as_bytes());
+        let mut scratch = super::super::response_head::Scratch::default();
+        scratch.as_sent = as_sent;
+        let head = super::super::response_head::parse(&mut buf, method, &mut scratch)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.raw.is_some(), as_sent);
+        let mut response = Response::new(());
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        for (name, value) in own {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+            response
+                .headers_mut()
+                .insert(name, http::HeaderValue::from_str(value).expect("value"));
+        }
+        if let Some(raw) = head.raw {
+            response.extensions_mut().insert(raw);
+        }
+        let size = match head.framing {
+            super::super::response_head::Framing::Length(n) => SizeHint::with_exact(n),
+            super::super::response_head::Framing::Empty => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        };
+        let (text, _, _) = encoded(response, size, method.clone(), true, true);
+        let mut lines: Vec<&str> = text.lines().collect();
+        // Fields of one name keep their order; others may come in any.
+        lines[1..].sort_by_key(|line| line.split(':').next().map(str::to_owned));
+        lines.join("\n")
+    }
+
+    #[test]
+    fn fields_kept_as_sent_are_written_as_a_map_of_them_would_be() {
+        let heads = [
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
+             Content-Type: application/json\r\nContent-Length: 5\r\n\
+             Connection: keep-alive\r\nX-Request-Id: upstream\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nVary: Accept\r\nset-cookie: b=2\r\n\
+             Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+             Connection: X-Hop, keep-alive\r\nX-HOP: secret\r\nUpgrade: h2c\r\n\
+             Proxy-Authenticate: Basic\r\nTrailer: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\
+             ETag: \"x\"\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 42\r\nETag: \"a\"\r\n\r\n",
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n\
+             WWW-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nCache-Control:no-store\r\nContent-Length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\nServer: bare\nX-Two:  spaced \nContent-Length: 0\n\n",
+        ];
+        let own = [("x-request-id", "gateway")];
+        for raw in heads {
+            for method in [Method::GET, Method::HEAD] {
+                let map = forwarded(raw, false, &own, &method);
+                assert_eq!(forwarded(raw, true, &own, &method), map, "{raw}");
+            }
+        }
+        let first = forwarded(heads[0], true, &own, &Method::GET);
+        assert!(first.contains("\nx-request-id: gateway"), "{first}");
+        assert!(!first.contains("upstream"), "{first}");
+        assert!(!first.contains("connection"), "{first}");
+        let second = forwarded(heads[1], true, &[], &Method::GET);
+        assert!(
+            second.contains("set-cookie: a=1\nset-cookie: b=2"),
+            "{second}"
+        );
+        for hop in [
+            "keep-alive",
+            "te:",
+            "x-hop",
+            "upgrade",
+            "proxy-authenticate",
+            "trailer",
+        ] {
+            assert!(
+                !second.to_ascii_lowercase().contains(hop),
+                "{hop} in {second}"
+            );
+        }
     }
 
     #[test]

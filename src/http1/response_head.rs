@@ -8,13 +8,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE,
-};
-
+use http::header::{HeaderName, HeaderValue, UPGRADE};
 use http::{HeaderMap, Method, StatusCode};
 
-use super::is_hop_by_hop;
+use super::raw_fields::{Field, Kind, RawFields};
+use super::{field_name, FieldName};
 
 /// The most header fields in a response head.
 const MAX_HEADERS: usize = 128;
@@ -36,7 +34,12 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
+    /// The end-to-end fields; only room for the gateway's own when they
+    /// are in `raw`.
     pub headers: HeaderMap,
+    /// The end-to-end fields as the head holds them, when the caller asked
+    /// for them so ([`Scratch::as_sent`]).
+    pub raw: Option<RawFields>,
     pub framing: Framing,
     /// The connection may carry another request after this response.
     pub keep_alive: bool,
@@ -60,12 +63,14 @@ pub enum HeadError {
 /// A connection's room for the heads it reads, used again for each.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    /// The end-to-end fields of the head being read (names now, values as
-    /// offsets into its bytes).
-    end_to_end: Vec<(HeaderName, usize, usize)>,
+    /// The end-to-end fields of the head being read, as places in it.
+    end_to_end: Vec<Field>,
     /// Fields the gateway may add to the answer: the head's map is made
     /// with room for them, so that adding them never grows it.
     pub room: usize,
+    /// The final head's fields are wanted as the head holds them
+    /// ([`RawFields`]), not in a map: nothing will read or change them.
+    pub as_sent: bool,
 }
 
 /// Parses the head at the front of `buf`, consuming it: `None` while it
@@ -126,11 +131,12 @@ fn parse_head(
                     .ok_or(HeadError::Upgrade)?;
                 let fields = Fields::scan(response.headers, buf.as_ptr() as usize, scratch)?;
                 let head = buf.split_to(len).freeze();
-                let mut headers = fields.header_map(&head);
+                let mut headers = fields.header_map(&head, false)?;
                 headers.insert(UPGRADE, upgrade);
                 return Ok(Some(Head {
                     status: StatusCode::SWITCHING_PROTOCOLS,
                     headers,
+                    raw: None,
                     framing: Framing::Empty,
                     keep_alive: false,
                 }));
@@ -145,26 +151,28 @@ fn parse_head(
         let status = StatusCode::from_u16(code).map_err(|_| HeadError::Field)?;
         let fields = Fields::scan(response.headers, buf.as_ptr() as usize, scratch)?;
         let head = buf.split_to(len).freeze();
-        return framed(status, fields, &head, http11, method).map(Some);
+        return framed(status, fields, head, http11, method).map(Some);
     }
 }
 
-/// A head's fields, sorted on the way: the end-to-end ones (names now,
-/// values as offsets, once the head's bytes are frozen they share them),
-/// and what the hop-by-hop ones said. Hop-by-hop fields end here
-/// (RFC 9110 §7.6.1).
+/// A head's fields, sorted on the way: the end-to-end ones (as places in
+/// the head, which once frozen their values share), and what the
+/// hop-by-hop ones said. Hop-by-hop fields end here (RFC 9110 §7.6.1).
 struct Fields<'a> {
-    end_to_end: &'a mut Vec<(HeaderName, usize, usize)>,
+    end_to_end: &'a mut Vec<Field>,
     /// See [`Scratch::room`].
     room: usize,
+    /// See [`Scratch::as_sent`].
+    as_sent: bool,
     /// Whether the last transfer coding of the last `Transfer-Encoding`
     /// is `chunked`, if there was one.
     chunked: Option<bool>,
     /// What the `Content-Length` fields said.
     length: Option<u64>,
     close: bool,
-    /// Further names `Connection` listed (RFC 9110 §7.6.1).
-    listed: Vec<HeaderName>,
+    /// Further names `Connection` listed (RFC 9110 §7.6.1), as places in
+    /// the head.
+    listed: Vec<(u32, u32)>,
 }
 
 impl<'a> Fields<'a> {
@@ -177,53 +185,100 @@ impl<'a> Fields<'a> {
         let mut fields = Fields {
             end_to_end: &mut scratch.end_to_end,
             room: scratch.room,
+            as_sent: scratch.as_sent,
             chunked: None,
             length: None,
             close: false,
             listed: Vec::new(),
         };
+        // Where a slice of the head is in it (within `MAX_HEAD`).
+        let at = |bytes: &[u8]| {
+            let start = (bytes.as_ptr() as usize - base) as u32;
+            (start, start + bytes.len() as u32)
+        };
         for header in headers {
-            let name =
-                HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| HeadError::Field)?;
-            if name == TRANSFER_ENCODING {
-                let last = header
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .unwrap_or_default();
-                fields.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name == CONNECTION {
-                for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        fields.close = true;
-                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                        // A token that names no field names nothing to drop.
-                        fields.listed.extend(HeaderName::from_bytes(token).ok());
+            let name = header.name.as_bytes();
+            let kind = match field_name(name) {
+                FieldName::TransferEncoding => {
+                    let last = header
+                        .value
+                        .rsplit(|&b| b == b',')
+                        .next()
+                        .unwrap_or_default();
+                    fields.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    continue;
+                }
+                FieldName::Connection => {
+                    for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            fields.close = true;
+                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                            fields.listed.push(at(token));
+                        }
                     }
+                    continue;
                 }
-            } else if !is_hop_by_hop(&name) {
-                if name == CONTENT_LENGTH {
+                FieldName::HopByHop => continue,
+                FieldName::ContentLength => {
                     add_length(&mut fields.length, header.value)?;
+                    Kind::ContentLength
                 }
-                let start = header.value.as_ptr() as usize - base;
-                fields
-                    .end_to_end
-                    .push((name, start, start + header.value.len()));
-            }
+                FieldName::Date => Kind::Date,
+                FieldName::Other => Kind::Other,
+            };
+            fields.end_to_end.push(Field {
+                name: at(name),
+                value: at(header.value),
+                kind,
+            });
         }
         Ok(fields)
     }
 
-    /// The end-to-end fields, their values sharing `head`'s bytes.
-    fn header_map(self, head: &Bytes) -> HeaderMap {
-        let mut headers = super::header_maps::take(self.end_to_end.len() + self.room);
-        for (name, start, end) in self.end_to_end.drain(..) {
-            if self.listed.contains(&name) {
-                continue;
-            }
-            headers.append(name, super::parsed_value(head, start..end));
+    /// The end-to-end fields to keep: not named by `Connection`, and
+    /// without `Content-Length` if `drop_length`.
+    fn kept<'f>(&'f self, head: &'f Bytes, drop_length: bool) -> impl Iterator<Item = Field> + 'f {
+        let bytes = |(start, end): (u32, u32)| &head[start as usize..end as usize];
+        self.end_to_end.iter().copied().filter(move |field| {
+            let dropped = drop_length && field.kind == Kind::ContentLength;
+            let listed = self
+                .listed
+                .iter()
+                .any(|&token| bytes(token).eq_ignore_ascii_case(bytes(field.name)));
+            !dropped && !listed
+        })
+    }
+
+    /// The end-to-end fields in a map, their values sharing `head`'s bytes.
+    fn header_map(&self, head: &Bytes, drop_length: bool) -> Result<HeaderMap, HeadError> {
+        let mut headers = super::spares::take(self.end_to_end.len() + self.room);
+        for field in self.kept(head, drop_length) {
+            let (start, end) = field.name;
+            let name = HeaderName::from_bytes(&head[start as usize..end as usize])
+                .map_err(|_| HeadError::Field)?;
+            let (start, end) = field.value;
+            headers.append(
+                name,
+                super::parsed_value(head, start as usize..end as usize),
+            );
         }
-        headers
+        Ok(headers)
+    }
+
+    /// The answer's fields: in a map, or as sent when that was asked for
+    /// (the map then only has room for the gateway's own).
+    fn answer(
+        &self,
+        head: Bytes,
+        drop_length: bool,
+    ) -> Result<(HeaderMap, Option<RawFields>), HeadError> {
+        if !self.as_sent {
+            return Ok((self.header_map(&head, drop_length)?, None));
+        }
+        let mut kept = Vec::with_capacity(self.end_to_end.len());
+        kept.extend(self.kept(&head, drop_length));
+        let headers = super::spares::take(self.room);
+        Ok((headers, Some(RawFields::new(head, kept))))
     }
 }
 
@@ -231,13 +286,13 @@ impl<'a> Fields<'a> {
 fn framed(
     status: StatusCode,
     fields: Fields,
-    head: &Bytes,
+    head: Bytes,
     http11: bool,
     method: &Method,
 ) -> Result<Head, HeadError> {
     let mut keep_alive = http11 && !fields.close;
     let (chunked, length) = (fields.chunked, fields.length);
-    let mut headers = fields.header_map(head);
+    let mut drop_length = false;
     // RFC 9112 §6.3, in its order.
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -248,7 +303,7 @@ fn framed(
         if length.is_some() {
             // §6.3 item 3: the coding wins; such a response may be an
             // attempt at splitting, so its connection is not trusted again.
-            headers.remove(CONTENT_LENGTH);
+            drop_length = true;
             keep_alive = false;
         }
         if http11 && chunked {
@@ -266,9 +321,11 @@ fn framed(
         keep_alive = false;
         Framing::UntilClose
     };
+    let (headers, raw) = fields.answer(head, drop_length)?;
     Ok(Head {
         status,
         headers,
+        raw,
         framing,
         keep_alive,
     })
@@ -299,6 +356,8 @@ fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), HeadError> {
 
 #[cfg(test)]
 mod tests {
+    use http::header::CONTENT_LENGTH;
+
     use super::*;
 
     fn head(raw: &str, method: Method) -> Result<Option<Head>, HeadError> {
@@ -440,6 +499,36 @@ mod tests {
             parse_switching(&mut bare, &Method::GET, &mut Scratch::default()),
             Err(HeadError::Upgrade)
         ));
+    }
+
+    #[test]
+    fn fields_wanted_as_sent_stay_in_the_head_and_the_map_keeps_room() {
+        let raw = "HTTP/1.1 200 OK\r\nServer: up\r\nConnection: X-Gone\r\nx-gone: 1\r\n\
+                   Content-Length: 2\r\nWWW-Authenticate: Bearer\r\n\r\nok";
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let mut scratch = Scratch::default();
+        (scratch.room, scratch.as_sent) = (3, true);
+        let head = parse(&mut buf, &Method::GET, &mut scratch)
+            .expect("valid")
+            .expect("complete");
+        assert!(head.headers.is_empty());
+        assert!(head.headers.capacity() >= 3);
+        assert_eq!((head.framing, head.keep_alive), (Framing::Length(2), true));
+        assert_eq!(&buf[..], b"ok");
+        let raw = head.raw.expect("as sent");
+        let fields: Vec<(&[u8], &[u8], Kind)> = raw.iter().collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"Server"[..], &b"up"[..], Kind::Other),
+                (b"Content-Length", b"2", Kind::ContentLength),
+                (b"WWW-Authenticate", b"Bearer", Kind::Other),
+            ]
+        );
+        assert_eq!(
+            raw.values("www-authenticate").collect::<Vec<_>>(),
+            [&b"Bearer"[..]]
+        );
     }
 
     #[test]

@@ -811,6 +811,7 @@ async fn probe(
             host: &endpoint.host,
             added: AddedFields::none(),
             room: 0,
+            as_sent: false,
         };
         let response = conn.send(req, destination, active.timeout).await.ok()?;
         let status = response.status();

@@ -70,14 +70,15 @@ impl Upstreams {
     }
 
     /// Sends the request to the API's upstream and returns the upstream's
-    /// response, streaming.
+    /// response, streaming; its fields as the upstream sent them if
+    /// `as_sent` ([`Destination::as_sent`]).
     pub async fn forward(
         &self,
         _grant: Grant,
         api: &Api,
         mut req: Request<Body>,
         rest: &str,
-        added: &AddedFields,
+        (added, as_sent): (&AddedFields, bool),
     ) -> Result<Response<Body>, Rejection> {
         let (scheme, authority, host, prefix, timeout, ca_bundle, protocol) = match &api.upstream {
             Upstream::Echo => {
@@ -105,7 +106,8 @@ impl Upstreams {
             ),
             Upstream::Balanced(balanced) => {
                 // Boxed: the single-endpoint future stays as small as it was.
-                return Box::pin(self.forward_balanced(api, balanced, req, rest, added)).await;
+                return Box::pin(self.forward_balanced(api, balanced, req, rest, (added, as_sent)))
+                    .await;
             }
         };
         let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);
@@ -131,6 +133,7 @@ impl Upstreams {
             host,
             added,
             room: api.answer_room,
+            as_sent,
         };
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
@@ -189,7 +192,7 @@ impl Upstreams {
         balanced: &Arc<Balanced>,
         mut req: Request<Body>,
         rest: &str,
-        added: &AddedFields,
+        (added, as_sent): (&AddedFields, bool),
     ) -> Result<Response<Body>, Rejection> {
         let balancer = self.health.balancer(&api.name, balanced);
         let config = balancer.config();
@@ -215,6 +218,7 @@ impl Upstreams {
                 host: &endpoint.host,
                 added,
                 room: api.answer_room,
+                as_sent,
             };
             let key = Key {
                 scheme: &endpoint.scheme,

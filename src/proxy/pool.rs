@@ -1087,6 +1087,7 @@ mod tests {
             host,
             added: AddedFields::none(),
             room: 0,
+            as_sent: false,
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use http::header::{
     CONTENT_LENGTH, HOST, ORIGIN, PROXY_AUTHENTICATE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
 };
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
@@ -27,6 +27,7 @@ use crate::auth::servers::Authenticator;
 use crate::auth::AuthFailure;
 use crate::config::snapshot::{Api, Authentication, CredentialType, Outbound};
 use crate::config::Snapshot;
+use crate::http1::raw_fields::RawFields;
 use crate::http1::request_encode::AddedFields;
 use crate::policy::{self, CanonicalPath, Route};
 use crate::throttle::{self, Caller, Fields, Throttler};
@@ -247,14 +248,18 @@ async fn phases<'s>(
     }
     outbound::apply(&route.api.outbound, headers); // outbound auth
     forwarded::set_forwarded(headers, added, conn.peer.ip(), conn.tls, conn.from_trusted);
+    // The HTTP/1.1 server writes an answer no policy reads from its fields
+    // as the upstream sent them (HTTP/2 clients get them from a map).
+    let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
-    let mut response = Box::pin(
-        rt.upstreams
-            .forward(grant, route.api, req, &route.rest, added),
-    )
-    .await?; // forward
+    let mut response =
+        Box::pin(
+            rt.upstreams
+                .forward(grant, route.api, req, &route.rest, (added, as_sent)),
+        )
+        .await?; // forward
     if let Some(permit) = tunnel {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let pending = response
@@ -353,11 +358,17 @@ fn refuse_upstream_challenge(api: &Api, response: &Response<Body>) -> Result<(),
         return Ok(());
     }
     let headers = response.headers();
+    let as_sent = response.extensions().get::<RawFields>();
     let challenges: Vec<String> = headers
         .get_all(WWW_AUTHENTICATE)
         .iter()
         .chain(headers.get_all(PROXY_AUTHENTICATE))
-        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .map(HeaderValue::as_bytes)
+        .chain(as_sent.into_iter().flat_map(|raw| {
+            raw.values(WWW_AUTHENTICATE.as_str())
+                .chain(raw.values(PROXY_AUTHENTICATE.as_str()))
+        }))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
         .collect();
     tracing::warn!(
         api = api.name,

@@ -247,7 +247,7 @@ proptest! {
         }
         let (parts, body) = request.into_parts();
         let host = HeaderValue::from_str(&host).expect("a host");
-        let destination = Destination { path_and_query: &target, host: &host, added: AddedFields::none(), room: 0 };
+        let destination = Destination { path_and_query: &target, host: &host, added: AddedFields::none(), room: 0, as_sent: false };
         let mut out = Vec::new();
         let framing = encode_request(&parts, &body, destination, &mut out);
 

@@ -577,6 +577,61 @@ async fn interim_responses_are_skipped_for_the_final_one() {
     .await;
 }
 
+// ------------------------------------------------------------ fields
+
+/// The head of the answer `gw` gives to a GET of `/f/items`: its lines
+/// after the status line sorted, the gateway's request id and date (which
+/// differ from one request to the next) written as `*`.
+async fn answer_head(gw: &Gateway) -> String {
+    let raw = common::raw_request(
+        gw.http,
+        b"GET /f/items HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let head = raw.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines: Vec<String> = head
+        .lines()
+        .map(|line| match line.split_once(": ") {
+            Some(("x-request-id", _)) => "x-request-id: *".to_owned(),
+            _ => line.to_owned(),
+        })
+        .collect();
+    // Fields of one name keep their order; the others may come in any.
+    lines[1..].sort_by_key(|line| line.split(':').next().map(str::to_owned));
+    lines.join("\n")
+}
+
+#[tokio::test]
+async fn an_answer_no_policy_reads_gets_to_the_client_as_one_read_into_a_map() {
+    bounded(async {
+        let head = "HTTP/1.1 200 OK\r\nServer: Raw\r\nX-Request-Id: chosen-upstream\r\n\
+                    Connection: X-Hop, keep-alive\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                    Set-Cookie: a=1\r\nVary:Accept\r\nset-cookie: b=2\r\n\
+                    Date: Tue, 01 Jan 2030 00:00:00 GMT\r\nX-Spaced:  two  \r\n\
+                    Content-Length: 2\r\n\r\nok";
+        let upstream = RawUpstream::start(move |_| Reply::keep(head)).await;
+        // No policy reads the answer: its fields go out as the head has them.
+        let as_sent = Gateway::start(&upstream.yaml()).await;
+        // A response transformation reads them into a map first.
+        let mapped = upstream.yaml().replace(
+            "  resources:",
+            "  policies: { response_transformation: { remove_headers: [X-Unrelated] } }\n  resources:",
+        );
+        let mapped = Gateway::start(&mapped).await;
+        let (sent, read) = (answer_head(&as_sent).await, answer_head(&mapped).await);
+        assert_eq!(sent, read);
+        assert_eq!(
+            sent,
+            "HTTP/1.1 200 OK\nconnection: close\ncontent-length: 2\n\
+             date: Tue, 01 Jan 2030 00:00:00 GMT\nserver: Raw\nset-cookie: a=1\n\
+             set-cookie: b=2\nvary: Accept\nx-request-id: *\nx-spaced: two"
+        );
+        as_sent.shutdown().await;
+        mapped.shutdown().await;
+    })
+    .await;
+}
+
 // ------------------------------------------------------------ malformed
 
 /// The first request is answered `bad`; the next one, from a new client

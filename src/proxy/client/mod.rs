@@ -39,9 +39,9 @@ pub use stream::Stream;
 
 use super::{Body, BoxError};
 use crate::http1::chunked::{self, ChunkError};
-use crate::http1::header_maps;
 use crate::http1::request_encode::{self, BodyFraming, Destination};
 use crate::http1::response_head::{self, Head, HeadError};
+use crate::http1::spares;
 use crate::http1::{poll_fill, poll_write_all};
 use crate::timer::Deadline;
 /// Request body bytes encoded before they are written.
@@ -176,6 +176,7 @@ impl Connection {
         self.out.clear();
         self.waits.stall = stall;
         self.fields.room = destination.room;
+        self.fields.as_sent = destination.as_sent;
         let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
         if framing == BodyFraming::None {
             // A request that names a protocol to switch to may get `101`.
@@ -193,7 +194,7 @@ impl Connection {
             };
             return match result {
                 Ok(head) => {
-                    header_maps::give_back(parts.headers);
+                    spares::give_back(parts.headers);
                     Ok(self.respond(head, true, stall))
                 }
                 Err((error, unsent)) => {
@@ -209,7 +210,7 @@ impl Connection {
             };
         }
         let method = parts.method;
-        header_maps::give_back(parts.headers);
+        spares::give_back(parts.headers);
         let fail = |error| Failure {
             error,
             request: None,
@@ -255,6 +256,11 @@ impl Connection {
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
+        if let Some(raw) = head.raw {
+            let extensions = response.extensions_mut();
+            *extensions = spares::take_extensions();
+            extensions.insert(raw);
+        }
         response
     }
 

@@ -638,7 +638,8 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         let mut wire = lock(wire);
         encode::head(&parts, &body.size_hint(), exchange, &mut wire.out)
     };
-    http1::header_maps::give_back(std::mem::take(&mut parts.headers));
+    http1::spares::give_back(std::mem::take(&mut parts.headers));
+    http1::spares::give_back_extensions(std::mem::take(&mut parts.extensions));
     drop(parts);
     let mut declared = match framing {
         BodyFraming::Length(n) => Some(n),

@@ -1,14 +1,18 @@
-//! Header maps used again on the thread that wrote them out.
+//! Header maps and extension maps used again on the thread that wrote
+//! their messages out.
 //!
 //! Every request head and every upstream response head parsed needs a
 //! `HeaderMap` (two allocations), and each is dropped as soon as its head
-//! has been encoded for the next hop. Those maps come back here, cleared,
-//! for the next heads the thread parses: no allocation, and memory that
-//! is still in the cache. A thread keeps a few, of moderate size only.
+//! has been encoded for the next hop; an upstream answer whose fields pass
+//! as sent carries them in its `Extensions` (two allocations more). Those
+//! maps come back here, cleared, for the next heads the thread parses: no
+//! allocation, and memory that is still in the cache. A thread keeps a
+//! few, of moderate size only.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
-use http::HeaderMap;
+use http::{Extensions, HeaderMap};
 
 /// Spare maps a thread keeps at most.
 const SPARES: usize = 16;
@@ -17,19 +21,19 @@ const SPARES: usize = 16;
 /// freed rather than kept.
 const MAX_KEPT_CAPACITY: usize = 48;
 
+/// Extensions that held more than this many values are freed rather
+/// than kept.
+const MAX_KEPT_EXTENSIONS: usize = 4;
+
 thread_local! {
     static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static SPARE_EXTENSIONS: RefCell<Vec<Extensions>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty map with room for `fields` fields: a spare one if the thread
 /// has one.
 pub fn take(fields: usize) -> HeaderMap {
-    // `try_with`: during the thread's exit the spares may be gone already.
-    let spare = SPARE
-        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten();
-    if let Some(mut map) = spare {
+    if let Some(mut map) = pop(&SPARE) {
         if map.try_reserve(fields).is_ok() {
             return map;
         }
@@ -44,10 +48,38 @@ pub fn give_back(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    let _ = SPARE.try_with(|spare| {
+    push(&SPARE, map);
+}
+
+/// Empty extensions: spare ones (with their memory) if the thread has.
+pub fn take_extensions() -> Extensions {
+    pop(&SPARE_EXTENSIONS).unwrap_or_default()
+}
+
+/// Takes back the extensions of a message written out: cleared and kept
+/// for [`take_extensions`] if they hold anything (empty ones may have no
+/// memory to keep), and of moderate size.
+pub fn give_back_extensions(mut extensions: Extensions) {
+    if extensions.is_empty() || extensions.len() > MAX_KEPT_EXTENSIONS {
+        return;
+    }
+    extensions.clear();
+    push(&SPARE_EXTENSIONS, extensions);
+}
+
+fn pop<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+    // `try_with`: during the thread's exit the spares may be gone already.
+    spares
+        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+}
+
+fn push<T: 'static>(spares: &'static LocalKey<RefCell<Vec<T>>>, item: T) {
+    let _ = spares.try_with(|spare| {
         if let Ok(mut spare) = spare.try_borrow_mut() {
             if spare.len() < SPARES {
-                spare.push(map);
+                spare.push(item);
             }
         }
     });
@@ -84,6 +116,20 @@ mod tests {
         give_back(HeaderMap::with_capacity(2));
         let map = take(40);
         assert!(map.capacity() >= 40);
+    }
+
+    #[test]
+    fn extensions_given_back_come_back_empty_unless_they_had_nothing() {
+        give_back_extensions(Extensions::new());
+        let spare_extensions = || SPARE_EXTENSIONS.with(|spare| spare.borrow().len());
+        assert_eq!(spare_extensions(), 0);
+        let mut extensions = take_extensions();
+        extensions.insert(7u32);
+        give_back_extensions(extensions);
+        assert_eq!(spare_extensions(), 1);
+        let again = take_extensions();
+        assert!(again.is_empty() && again.get::<u32>().is_none());
+        assert_eq!(spare_extensions(), 0);
     }
 
     #[test]
