@@ -42,17 +42,23 @@ def wait_port(port):
     sys.exit(f"port {port} did not open")
 
 
-def rss_kib(pids):
+def rss_kib(pids, field="VmRSS:"):
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
         except FileNotFoundError:
             pass
     return total
+
+
+def anon_kib(pids):
+    """The anonymous part of the RSS (the heap; the rest is the binary's
+    and libraries' pages, which the page cache decides)."""
+    return rss_kib(pids, "RssAnon:")
 
 
 def children(pid):
@@ -99,6 +105,7 @@ async def hold(port, path, pids):
         writer.close()
     await asyncio.sleep(3)
     idle = rss_kib(pids)
+    idle_anon = anon_kib(pids)
     conns = []
     sem = asyncio.Semaphore(256)
 
@@ -114,7 +121,7 @@ async def hold(port, path, pids):
         writer.close()
     await asyncio.sleep(10)
     closed = rss_kib(pids)
-    return idle, opened, closed, len(conns)
+    return idle, opened, closed, len(conns), (idle_anon, anon_kib(pids))
 
 
 def main():
@@ -204,13 +211,14 @@ apis:
             wait_port(port)
         time.sleep(1)
         print(f"{N} idle keep-alive connections{' over TLS 1.3' if TLS else ''}")
-        print(f"{'contender':<14} {'RSS idle':>10} {'RSS open':>10} {'per conn':>10} {'RSS +10s closed':>16}")
+        print(f"{'contender':<14} {'RSS idle':>10} {'RSS open':>10} {'per conn':>10} "
+              f"{'RSS +10s closed':>16} {'anon idle -> closed':>20}")
         for name, port, path, pid in contenders:
             pids = [pid] + children(pid)
-            idle, opened, closed, n = asyncio.run(hold(port, path, pids))
+            idle, opened, closed, n, anon = asyncio.run(hold(port, path, pids))
             per = (opened - idle) / max(n, 1)
             print(f"{name:<14} {idle / 1024:>8.1f}Mi {opened / 1024:>8.1f}Mi {per:>8.2f}Ki "
-                  f"{closed / 1024:>14.1f}Mi")
+                  f"{closed / 1024:>14.1f}Mi {anon[0] / 1024:>10.1f} -> {anon[1] / 1024:.1f}Mi")
     finally:
         for proc in procs:
             proc.terminate()

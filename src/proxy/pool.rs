@@ -58,6 +58,11 @@ const WARM_IDLE: usize = 16;
 /// How long an idle connection keeps its buffers at most
 /// ([`cool_this_thread`]): once traffic has stopped, none does.
 const WARM_FOR: Duration = Duration::from_secs(2);
+/// An idle connection beyond the [`WARM_IDLE`] most recently used is
+/// closed once unused for this long (HAProxy's `pool-purge-delay` is as
+/// long): the connections a burst opened do not outlive it by much, nor
+/// the memory they hold.
+const COLD_FOR: Duration = Duration::from_secs(5);
 /// An idle connection unused for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -476,9 +481,21 @@ impl Pool {
     }
 
     /// The warm idle connections unused for [`WARM_FOR`] free their
-    /// buffers.
+    /// buffers; the others unused for [`COLD_FOR`] are closed.
     fn cool(&mut self, now: Instant) {
         for slot in &mut self.slots {
+            // The oldest are at the front.
+            while slot.idle.len() > WARM_IDLE
+                && slot
+                    .idle
+                    .front()
+                    .is_some_and(|idle| now.saturating_duration_since(idle.since) >= COLD_FOR)
+            {
+                slot.idle.pop_front();
+            }
+            if slot.idle.capacity() > 4 * WARM_IDLE && slot.idle.len() <= WARM_IDLE {
+                slot.idle.shrink_to(WARM_IDLE);
+            }
             let warm = slot.idle.iter_mut().rev().take(WARM_IDLE);
             for idle in warm.filter(|idle| now.saturating_duration_since(idle.since) >= WARM_FOR) {
                 idle.conn.release_buffers();
@@ -671,7 +688,8 @@ pub struct Checkout {
 }
 
 /// The calling thread's pool, if it has one, frees the buffers of the idle
-/// connections unused for [`WARM_FOR`]; called once a second.
+/// connections unused for [`WARM_FOR`] and closes the cold ones unused for
+/// [`COLD_FOR`]; called once a second.
 pub fn cool_this_thread() {
     let now = Instant::now();
     THREAD_POOL.with(|own| {
@@ -1193,6 +1211,30 @@ mod tests {
         // They still carry requests.
         assert_eq!(read_all(pools.get(&upstream).await).await, 10);
         assert_eq!(upstream.connections(), 3);
+    }
+
+    #[tokio::test]
+    async fn cold_idle_connections_unused_for_a_while_are_closed() {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let upstream = TestUpstream::start(10).await;
+        let burst = WARM_IDLE + 4;
+        for response in pools.at_once(&upstream, burst).await {
+            assert_eq!(read_all(response).await, 10);
+        }
+        let idle_after = |unused: Duration| {
+            THREAD_POOL.with(|own| {
+                let mut own = own.borrow_mut();
+                let pool = own.as_mut().expect("pinned");
+                pool.cool(Instant::now() + unused);
+                pool.idle_count(&key(&upstream))
+            })
+        };
+        assert_eq!(idle_after(WARM_FOR), burst, "not cold for long enough");
+        assert_eq!(idle_after(COLD_FOR), WARM_IDLE);
+        // The warm ones stay until the idle timeout, and carry requests.
+        assert_eq!(idle_after(COLD_FOR * 2), WARM_IDLE);
+        assert_eq!(read_all(pools.get(&upstream).await).await, 10);
+        assert_eq!(upstream.connections(), burst);
     }
 
     #[tokio::test]
