@@ -2,7 +2,8 @@
 //! arbitrary bytes. Invariants: no panic; what is consumed was at the front
 //! of the buffer (the rest is left as it was); a head fed in two pieces
 //! parses as it does in one; no hop-by-hop field reaches the client; the
-//! framing agrees with the fields left and with the connection's reuse.
+//! framing agrees with the fields left and with the connection's reuse;
+//! the fields kept as sent (`Scratch::as_sent`) are the fields of the map.
 
 #![no_main]
 
@@ -22,6 +23,7 @@ fn outcome(buf: &mut BytesMut, method: &Method) -> String {
         Ok(Some(head)) => {
             assert!(buf.len() < original.len(), "a head of no bytes");
             check(&head, method);
+            same_as_sent(&original, method, &head, buf.len());
             format!(
                 "head {} {:?} {:?} {:?} {}",
                 buf.len(),
@@ -34,6 +36,41 @@ fn outcome(buf: &mut BytesMut, method: &Method) -> String {
         Ok(None) => "partial".into(),
         Err(error) => format!("error {error}"),
     }
+}
+
+/// The head parsed again with its fields kept as sent: the same head, its
+/// fields those of the map (in lower case; the order of fields of one
+/// name kept).
+fn same_as_sent(original: &[u8], method: &Method, head: &Head, left: usize) {
+    let mut buf = BytesMut::from(original);
+    let mut scratch = Scratch::default();
+    scratch.as_sent = true;
+    let sent = parse(&mut buf, method, &mut scratch)
+        .expect("parsed as the map was")
+        .expect("complete as the map was");
+    assert_eq!(buf.len(), left);
+    assert_eq!(
+        (sent.status, sent.framing, sent.keep_alive),
+        (head.status, head.framing, head.keep_alive)
+    );
+    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return; // not a final head: never kept as sent
+    }
+    assert!(sent.headers.is_empty());
+    let mut raw: Vec<(String, Vec<u8>)> = sent
+        .raw
+        .expect("kept as sent")
+        .iter()
+        .map(|(name, value, _)| (String::from_utf8_lossy(name).to_lowercase(), value.to_vec()))
+        .collect();
+    let mut map: Vec<(String, Vec<u8>)> = head
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+    map.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(raw, map);
 }
 
 fn check(head: &Head, method: &Method) {
