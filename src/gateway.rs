@@ -485,18 +485,20 @@ fn serve_on_this_thread(
                 .extensions()
                 .get::<crate::proxy::serve::ClientCertificate>()
                 .map(|c| c.0);
-            Box::pin(handle_api(
-                here,
-                req,
-                Connection {
-                    peer,
-                    tls,
-                    client_cert,
-                    // Decided by `handle_api`, against the snapshot the
-                    // request is served on.
-                    from_trusted: false,
-                },
-            ))
+            crate::proxy::pin_in_place(|| {
+                handle_api(
+                    here,
+                    req,
+                    Connection {
+                        peer,
+                        tls,
+                        client_cert,
+                        // Decided by `handle_api`, against the snapshot the
+                        // request is served on.
+                        from_trusted: false,
+                    },
+                )
+            })
         };
         server::serve(
             listener,

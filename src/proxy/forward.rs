@@ -106,8 +106,8 @@ impl Upstreams {
             ),
             Upstream::Balanced(balanced) => {
                 // Boxed: the single-endpoint future stays as small as it was.
-                return Box::pin(self.forward_balanced(api, balanced, req, rest, (added, as_sent)))
-                    .await;
+                let balanced = || self.forward_balanced(api, balanced, req, rest, (added, as_sent));
+                return super::pin_in_place(balanced).await;
             }
         };
         let mut path_and_query = String::with_capacity(prefix.len() + rest.len() + 32);

@@ -21,6 +21,9 @@ pub mod serve;
 pub mod transform;
 pub mod tunnel;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
@@ -59,4 +62,14 @@ pub async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Reje
         }
     }
     Ok(collected.freeze())
+}
+
+/// `Box::pin(make())`, the box allocated before the future is made: the
+/// future is then written where it stays instead of being made on the
+/// stack and copied (a few KiB, request after request, for the futures
+/// the request path boxes).
+#[inline(always)]
+pub fn pin_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let slot = Box::<F>::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
 }

@@ -165,7 +165,7 @@ async fn phases<'s>(
     let who = match &route.api.authentication {
         Authentication::None => None,
         Authentication::Identify(_) => {
-            Some(Box::pin(authenticate(snap, rt, &route, &req, (conn, kind))).await?)
+            Some(super::pin_in_place(|| authenticate(snap, rt, &route, &req, (conn, kind))).await?)
         }
     }; // authenticate
     let grant =
@@ -254,12 +254,11 @@ async fn phases<'s>(
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
     // enclosing future (every layer up to the connection) as it starts.
-    let mut response =
-        Box::pin(
-            rt.upstreams
-                .forward(grant, route.api, req, &route.rest, (added, as_sent)),
-        )
-        .await?; // forward
+    let mut response = super::pin_in_place(|| {
+        rt.upstreams
+            .forward(grant, route.api, req, &route.rest, (added, as_sent))
+    })
+    .await?; // forward
     if let Some(permit) = tunnel {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let pending = response
