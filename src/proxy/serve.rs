@@ -248,8 +248,9 @@ async fn phases<'s>(
     }
     outbound::apply(&route.api.outbound, headers); // outbound auth
     forwarded::set_forwarded(headers, added, conn.peer.ip(), conn.tls, conn.from_trusted);
-    // The HTTP/1.1 server writes an answer no policy reads from its fields
-    // as the upstream sent them (HTTP/2 clients get them from a map).
+    // An answer no policy reads goes to an HTTP/1.x client with its fields
+    // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
+    // client's goes through a map.
     let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
     let req = limit_body(snap, req)?;
     // Boxed: created once on the heap instead of being copied into each
