@@ -174,7 +174,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         + if throttle.is_empty() { 0 } else { 2 }
         + if cors.is_some() { 4 } else { 0 }
         + response_transform.set.len();
-    let answer_unread = throttle.is_empty() && cors.is_none() && response_transform.is_empty();
+    let answer_unread = cors.is_none() && response_transform.is_empty();
     Some(Api {
         metrics: ApiMetrics::of(&name),
         answer_room,

@@ -188,9 +188,11 @@ pub struct Api {
     /// (`X-Request-Id`, the RateLimit pair, CORS, `set_headers`): the
     /// answer's map is made with room for them.
     pub answer_room: usize,
-    /// No policy of the API reads or changes the fields of an upstream's
-    /// answer (no CORS, throttle or response transformation): they go to
-    /// an HTTP/1.1 client as the upstream sent them.
+    /// No policy of the API reads the fields of an upstream's answer or
+    /// changes them other than by setting whole fields of its own (the
+    /// RateLimit pair; no CORS, no response transformation): they go to
+    /// an HTTP/1.1 client as the upstream sent them, the gateway's
+    /// replacing any of the same name.
     pub answer_unread: bool,
     /// `policies.throttle`, in file order.
     pub throttle: Vec<ThrottlePolicy>,

@@ -326,7 +326,7 @@ mod tests {
         let heads = [
             "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
              Content-Type: application/json\r\nContent-Length: 5\r\n\
-             Connection: keep-alive\r\nX-Request-Id: upstream\r\n\r\n",
+             Connection: keep-alive\r\nX-Request-Id: upstream\r\nRateLimit: upstream\r\n\r\n",
             "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nVary: Accept\r\nset-cookie: b=2\r\n\
              Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
              Connection: X-Hop, keep-alive\r\nX-HOP: secret\r\nUpgrade: h2c\r\n\
@@ -339,7 +339,10 @@ mod tests {
             "HTTP/1.0 200 OK\r\nCache-Control:no-store\r\nContent-Length: 1\r\n\r\n",
             "HTTP/1.1 200 OK\nServer: bare\nX-Two:  spaced \nContent-Length: 0\n\n",
         ];
-        let own = [("x-request-id", "gateway")];
+        let own = [
+            ("x-request-id", "gateway"),
+            ("ratelimit", "\"api\";r=9;t=1"),
+        ];
         for raw in heads {
             for method in [Method::GET, Method::HEAD] {
                 let map = forwarded(raw, false, &own, &method);
@@ -348,6 +351,7 @@ mod tests {
         }
         let first = forwarded(heads[0], true, &own, &Method::GET);
         assert!(first.contains("\nx-request-id: gateway"), "{first}");
+        assert!(first.contains("\nratelimit: \"api\";r=9;t=1"), "{first}");
         assert!(!first.contains("upstream"), "{first}");
         assert!(!first.contains("connection"), "{first}");
         let second = forwarded(heads[1], true, &[], &Method::GET);
