@@ -84,6 +84,11 @@ pub struct Live {
     /// Counts swaps, bumped after each: a thread's copy of the snapshot
     /// ([`ThreadSnapshot`]) is current while it has not changed.
     swaps: AtomicU64,
+    /// The generation requests are served on: set after `swaps` is
+    /// bumped, so that whoever reads it (the admin API, a test) and then
+    /// sends a request has that request served on this generation or a
+    /// later one, never on the one before.
+    generation: AtomicU64,
 }
 
 /// One thread's copy of the serving snapshot. A request takes a clone of
@@ -114,6 +119,7 @@ impl Live {
             .set(first.generation as i64);
         Live {
             bound: Bound::of(&first),
+            generation: AtomicU64::new(first.generation),
             current: ArcSwap::from_pointee(first),
             status: Mutex::new(ReloadStatus::default()),
             reloading: Mutex::new(()),
@@ -161,7 +167,7 @@ impl Live {
     }
 
     pub fn generation(&self) -> u64 {
-        self.current.load().generation
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn status(&self) -> ReloadStatus {
@@ -186,6 +192,7 @@ impl Live {
         status.last_reload_error = None;
         self.current.store(Arc::new(next));
         self.swaps.fetch_add(1, Ordering::Release);
+        self.generation.store(generation, Ordering::Release);
         drop(status);
         crate::metrics::get()
             .config_generation
