@@ -78,7 +78,8 @@ impl Upstreams {
         api: &Api,
         mut req: Request<Body>,
         rest: &str,
-        (added, as_sent): (&AddedFields, bool),
+        added: &AddedFields,
+        as_sent: bool,
     ) -> Result<Response<Body>, Rejection> {
         let (scheme, authority, host, prefix, timeout, ca_bundle, protocol) = match &api.upstream {
             Upstream::Echo => {
@@ -106,7 +107,7 @@ impl Upstreams {
             ),
             Upstream::Balanced(balanced) => {
                 // Boxed: the single-endpoint future stays as small as it was.
-                let balanced = || self.forward_balanced(api, balanced, req, rest, (added, as_sent));
+                let balanced = || self.forward_balanced(api, balanced, req, rest, added, as_sent);
                 return super::pin_in_place(balanced).await;
             }
         };
@@ -192,7 +193,8 @@ impl Upstreams {
         balanced: &Arc<Balanced>,
         mut req: Request<Body>,
         rest: &str,
-        (added, as_sent): (&AddedFields, bool),
+        added: &AddedFields,
+        as_sent: bool,
     ) -> Result<Response<Body>, Rejection> {
         let balancer = self.health.balancer(&api.name, balanced);
         let config = balancer.config();

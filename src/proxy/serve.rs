@@ -257,7 +257,7 @@ async fn phases<'s>(
     // enclosing future (every layer up to the connection) as it starts.
     let mut response = super::pin_in_place(|| {
         rt.upstreams
-            .forward(grant, route.api, req, &route.rest, (added, as_sent))
+            .forward(grant, route.api, req, &route.rest, added, as_sent)
     })
     .await?; // forward
     if let Some(permit) = tunnel {
