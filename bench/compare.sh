@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# microgateway against nginx as a plain reverse proxy, with the same wrk load.
+# microgateway against nginx and HAProxy, every workload of the speed table
+# in one run.
 #
 #   bench/compare.sh            # ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2
+#   QUICK=1 bench/compare.sh    # a quick look: one short round of each
+#                               # workload, 1,000 idle connections
+#
+# The plain, logged, throttled and OAuth2 routes are measured here; then,
+# once these contenders are stopped, TLS and HTTP/2 (bench/edge.sh, EDGE=0
+# leaves it out) and idle connections, plain and over TLS (bench/idle.py,
+# IDLE=0 leaves it out), each against the same peers.
 #
 # Starts an nginx upstream answering a small JSON body, then measures in
 # interleaved rounds: the upstream direct, nginx proxying to it (keepalive
@@ -20,11 +28,10 @@
 # HAProxy runs beside nginx as the second peer (nbthread = cores, http-reuse
 # always, no logging).
 #
-#   LOGGED=1 bench/compare.sh   # also both with their access log on
-#
-# adds "nginx-logged" (nginx's default access_log, to a file) and
-# "microgateway-logged" (MCGW_LOG=info: one access-log line per request,
-# stderr to a file) to the same rounds.
+# With their access log on (LOGGED=1, the default): "nginx-logged"
+# (nginx's default access_log, to a file) and "microgateway-logged"
+# (MCGW_LOG=info: one access-log line per request, stderr to a file) in
+# the same rounds; LOGGED=0 leaves them out.
 #
 # Throttling (THROTTLE=1, the default): the contender "throttled" is the
 # same gateway on a route with one API-wide throttle too high to refuse
@@ -50,6 +57,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+    ROUNDS=${ROUNDS:-1}
+    DURATION=${DURATION:-3s}
+    export BENCH_ROUNDS=${BENCH_ROUNDS:-1} BENCH_SECONDS=${BENCH_SECONDS:-3}
+fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -61,7 +74,9 @@ PORT_ADMIN=${PORT_ADMIN:-18183}
 PORT_PGO=${PORT_PGO:-18184}
 PORT_PGO_ADMIN=${PORT_PGO_ADMIN:-18185}
 PGO=${PGO:-0}
-LOGGED=${LOGGED:-0}
+LOGGED=${LOGGED:-1}
+EDGE=${EDGE:-1}
+IDLE=${IDLE:-1}
 PORT_HAPROXY=${PORT_HAPROXY:-18188}
 PORT_NGINX_LOGGED=${PORT_NGINX_LOGGED:-18189}
 PORT_LOGGED=${PORT_LOGGED:-18190}
@@ -469,4 +484,27 @@ if [ "${AUTH_BENCH:-1}" = 1 ]; then
         echo "the same with the profile-guided build:"
         MCGW_BIN=$PGO_BIN python3 bench/auth_bench.py "$PORT_UPSTREAM" "$PORT_NGINX"
     fi
+fi
+
+# TLS, HTTP/2 and idle connections: their scripts start their own
+# contenders, once these are stopped (the binary measured is the same).
+if [ "$EDGE" = 1 ] || [ "$IDLE" = 1 ]; then
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+fi
+SHORT=$([ "$QUICK" = 1 ] && echo 3 || echo 10)
+if [ "$EDGE" = 1 ]; then
+    echo
+    echo "TLS and HTTP/2 (bench/edge.sh):"
+    BUILD=0 ROUNDS=$([ "$QUICK" = 1 ] && echo 1 || echo "$ROUNDS") DURATION=$SHORT \
+        CARGO_TARGET_DIR=$TARGET_DIR "$ROOT/bench/edge.sh"
+fi
+if [ "$IDLE" = 1 ]; then
+    IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-$([ "$QUICK" = 1 ] && echo 1000 || echo 10000)}
+    for tls in 0 1; do
+        echo
+        echo "idle connections$([ "$tls" = 1 ] && echo ' over TLS') (bench/idle.py):"
+        BUILD=0 BASE= TLS=$tls IDLE_CONNECTIONS=$IDLE_CONNECTIONS MCGW_BIN=$BIN python3 "$ROOT/bench/idle.py"
+    done
 fi

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub introspection_requests: IntCounterVec,
     /// `introspection_cache_total{result}` (hit|miss|negative_hit|coalesced).
     pub introspection_cache: IntCounterVec,
+    /// `basic_auth_cache_total{result}` (hit|miss|coalesced): a miss
+    /// is one Argon2 check.
+    pub basic_auth_cache: IntCounterVec,
     /// `jwks_refresh_total{auth_server,result}`.
     pub jwks_refresh: IntCounterVec,
     /// `config_reload_total{source,result}`.
@@ -217,6 +220,12 @@ impl Metrics {
                 "Introspection cache lookups",
                 &["result"],
             ),
+            basic_auth_cache: counter(
+                &registry,
+                "basic_auth_cache_total",
+                "Basic credential cache lookups (a miss is one Argon2 check)",
+                &["result"],
+            ),
             jwks_refresh: counter(
                 &registry,
                 "jwks_refresh_total",
@@ -346,6 +355,26 @@ pub fn introspection_cache() -> &'static CacheCounters {
         CacheCounters {
             hit: vec.with_label_values(&["hit"]),
             negative_hit: vec.with_label_values(&["negative_hit"]),
+            miss: vec.with_label_values(&["miss"]),
+            coalesced: vec.with_label_values(&["coalesced"]),
+        }
+    });
+    &COUNTERS
+}
+
+/// The series of `basic_auth_cache_total{result}`.
+pub struct BasicCacheCounters {
+    pub hit: IntCounter,
+    pub miss: IntCounter,
+    pub coalesced: IntCounter,
+}
+
+/// The Basic credential cache's series, looked up once.
+pub fn basic_auth_cache() -> &'static BasicCacheCounters {
+    static COUNTERS: LazyLock<BasicCacheCounters> = LazyLock::new(|| {
+        let vec = &get().basic_auth_cache;
+        BasicCacheCounters {
+            hit: vec.with_label_values(&["hit"]),
             miss: vec.with_label_values(&["miss"]),
             coalesced: vec.with_label_values(&["coalesced"]),
         }

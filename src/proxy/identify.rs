@@ -6,7 +6,9 @@
 //! the bounded blocking workers, never on a listener thread, and a
 //! success is cached by SHA-256 of the credential (bounded; emptied when
 //! the snapshot changes, so a removed user or password stops working at
-//! once). Failed attempts are counted per user name and per client
+//! once). A worker stores its success before it takes the next job, and
+//! each job looks in the cache first: a burst of requests with the same
+//! credential, queued behind the first, costs one hash, not one each. Failed attempts are counted per user name and per client
 //! address in fixed windows, like the password grant's: while locked, even
 //! a right password is refused without being checked (429).
 
@@ -35,7 +37,8 @@ const ATTEMPT_ENTRIES: usize = 10_000;
 #[derive(Debug)]
 pub struct Identifier {
     workers: Workers,
-    cache: Mutex<Cache>,
+    /// Shared with the jobs, which store what they verified.
+    cache: Arc<Mutex<Cache>>,
     attempts: Mutex<HashMap<Subject, Window>>,
 }
 
@@ -44,6 +47,23 @@ struct Cache {
     generation: u64,
     /// SHA-256 of user and password → application index.
     verified: HashMap<[u8; 32], usize>,
+}
+
+impl Cache {
+    /// The application index of a credential verified on snapshot `generation`.
+    fn get(&self, generation: u64, key: &[u8; 32]) -> Option<usize> {
+        (self.generation == generation)
+            .then(|| self.verified.get(key).copied())
+            .flatten()
+    }
+
+    fn remember(&mut self, generation: u64, key: [u8; 32], index: usize) {
+        if self.generation != generation || self.verified.len() >= CACHE_ENTRIES {
+            self.verified.clear();
+            self.generation = generation;
+        }
+        self.verified.insert(key, index);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,7 +97,7 @@ impl Identifier {
     pub fn new(workers: Workers) -> Identifier {
         Identifier {
             workers,
-            cache: Mutex::default(),
+            cache: Arc::default(),
             attempts: Mutex::default(),
         }
     }
@@ -112,10 +132,12 @@ impl Identifier {
         realm: &str,
     ) -> Result<Identity, Rejection> {
         let key = identity::basic_digest(&user, &password);
-        if let Some(app) = self
-            .cached(snap.generation, &key)
+        let counters = crate::metrics::basic_auth_cache();
+        if let Some(app) = lock(&self.cache)
+            .get(snap.generation, &key)
             .and_then(|index| snap.applications.list.get(index))
         {
+            counters.hit.inc();
             return Ok(with_user(app.clone(), user));
         }
         let now = unix_now();
@@ -127,13 +149,29 @@ impl Identifier {
         let applications = snap.applications.clone();
         let checked = {
             let user = user.clone();
+            let cache = Arc::clone(&self.cache);
+            let generation = snap.generation;
             self.workers
-                .run(move || identity::verify_basic(&applications, &user, &password))
+                .run(move || {
+                    // Verified by another request while this one waited
+                    // for a worker: no second hash.
+                    if let Some(app) = lock(&cache)
+                        .get(generation, &key)
+                        .and_then(|index| applications.list.get(index))
+                    {
+                        counters.coalesced.inc();
+                        return Some(app.clone());
+                    }
+                    counters.miss.inc();
+                    let app = identity::verify_basic(&applications, &user, &password)?;
+                    // Stored before the worker is free for the next job.
+                    lock(&cache).remember(generation, key, app.index);
+                    Some(app)
+                })
                 .await
         };
         match checked {
             Ok(Some(app)) => {
-                self.remember(snap.generation, key, app.index);
                 self.lock_attempts().remove(&as_user);
                 Ok(with_user(app, user))
             }
@@ -145,22 +183,6 @@ impl Identifier {
             // The check did not run to the end: not a wrong password.
             Err(_) => Err(Rejection::BadGateway("credential check failed".into())),
         }
-    }
-
-    fn cached(&self, generation: u64, key: &[u8; 32]) -> Option<usize> {
-        let cache = lock(&self.cache);
-        (cache.generation == generation)
-            .then(|| cache.verified.get(key).copied())
-            .flatten()
-    }
-
-    fn remember(&self, generation: u64, key: [u8; 32], index: usize) {
-        let mut cache = lock(&self.cache);
-        if cache.generation != generation || cache.verified.len() >= CACHE_ENTRIES {
-            cache.verified.clear();
-            cache.generation = generation;
-        }
-        cache.verified.insert(key, index);
     }
 
     fn check(&self, subject: &Subject, now: u64) -> Result<(), Rejection> {

@@ -718,6 +718,63 @@ async fn explain_command_takes_each_credential_and_agrees_with_the_data_path() {
     w.gw.shutdown().await;
 }
 
+/// Sixteen requests at once with one Basic credential not yet verified
+/// (an Argon2 hash of the default cost, tens of milliseconds): the first
+/// to get a worker hashes it, the others find it verified when their turn
+/// comes (`coalesced`) instead of hashing it again each. A process of its
+/// own, so that the counts are this test's alone (its start is awaited on
+/// a blocking call: the identity provider answers on another thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_with_one_basic_credential_costs_one_password_check() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let hash = Argon2::default()
+        .hash_password(b"herd-pw")
+        .expect("hash")
+        .to_string();
+    let herd = format!(
+        "- name: Herd\n  basic_users: [{{ username: herd, password_hash: \"{hash}\" }}]\n  apis: [\"Time travels\"]"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("microgateway.yaml");
+    std::fs::write(&config, yaml(&idp, &upstream, false, &herd)).unwrap();
+    let started = common::process::start(binary().env("MCGW_LOG", "info").args([
+        "start",
+        "-c",
+        config.to_str().unwrap(),
+    ]));
+    let client = common::client();
+    let url = format!("http://{}/travels/status", started.http);
+    let burst = (0..16).map(|_| client.get(&url).basic_auth("herd", Some("herd-pw")).send());
+    for resp in futures_util::future::join_all(burst).await {
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+    let admin = started.admin.expect("admin port");
+    let metrics = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |result: &str| {
+        common::metric(
+            &metrics,
+            &format!(r#"microgateway_basic_auth_cache_total{{result="{result}"}}"#),
+        )
+    };
+    // The workers: half the cores, at least one (one each may hash it
+    // before the first has stored it).
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .max(1);
+    let (hashed, coalesced, hits) = (count("miss"), count("coalesced"), count("hit"));
+    assert!((1..=workers as u64).contains(&hashed), "{metrics}");
+    assert_eq!(hashed + coalesced + hits, 16, "{metrics}");
+    assert_eq!(upstream.hits(), 16);
+}
+
 #[tokio::test]
 async fn api_keys_and_passwords_are_never_logged_nor_shown() {
     let idp = Idp::start().await;
