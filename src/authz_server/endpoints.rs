@@ -239,7 +239,7 @@ impl AuthorizationServer {
                     .unwrap_or_else(OAuthError::into_response)
             })
             .await
-            .unwrap_or_else(|_| OAuthError::Worker.into_response())
+            .unwrap_or_else(|failed| OAuthError::from(failed).into_response())
     }
 
     /// Issued tokens, without their values, for the admin API.

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use super::form::{FormError, MAX_FORM_BYTES};
 use super::store::StoreError;
 use super::tokens::TokenError;
+use super::workers::JobFailed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -54,6 +55,18 @@ pub enum OAuthError {
     Signing(#[from] TokenError),
     #[error("worker failed")]
     Worker,
+    /// Every worker stayed busy for longer than a request waits.
+    #[error("every worker is busy")]
+    Busy,
+}
+
+impl From<JobFailed> for OAuthError {
+    fn from(failed: JobFailed) -> OAuthError {
+        match failed {
+            JobFailed::Panicked => OAuthError::Worker,
+            JobFailed::Busy => OAuthError::Busy,
+        }
+    }
 }
 
 impl From<FormError> for OAuthError {
@@ -139,6 +152,14 @@ impl OAuthError {
                     "the token store is unavailable; try again",
                 )
             }
+            OAuthError::Busy => {
+                tracing::warn!("authorization server busy: no worker within the wait");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the authorization server is busy; try again",
+                )
+            }
             OAuthError::Store(_) | OAuthError::Signing(_) | OAuthError::Worker => {
                 tracing::error!(error = %self, "authorization server failure");
                 (
@@ -170,7 +191,7 @@ impl OAuthError {
             OAuthError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            OAuthError::Store(StoreError::Unavailable(_)) => {
+            OAuthError::Store(StoreError::Unavailable(_)) | OAuthError::Busy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             OAuthError::InvalidRequest(_)
@@ -205,4 +226,21 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_worker_in_time_is_a_503_to_retry_soon_and_a_panic_a_500() {
+        let busy = OAuthError::from(JobFailed::Busy).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let body: serde_json::Value = serde_json::from_slice(busy.body()).expect("json");
+        assert_eq!(body["error"], "temporarily_unavailable");
+        let panicked = OAuthError::from(JobFailed::Panicked).into_response();
+        assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!panicked.headers().contains_key(header::RETRY_AFTER));
+    }
 }

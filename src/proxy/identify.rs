@@ -8,9 +8,13 @@
 //! the snapshot changes, so a removed user or password stops working at
 //! once). A worker stores its success before it takes the next job, and
 //! each job looks in the cache first: a burst of requests with the same
-//! credential, queued behind the first, costs one hash, not one each. Failed attempts are counted per user name and per client
-//! address in fixed windows, like the password grant's: while locked, even
-//! a right password is refused without being checked (429).
+//! credential, queued behind the first, costs one hash, not one each.
+//!
+//! Failed attempts are counted per user name and per client address (as
+//! `trusted_proxies` make it known: behind a load balancer, its address
+//! would lock every caller out at once) in fixed windows, like the
+//! password grant's: while locked, even a right password is refused
+//! without being checked (429).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::reject::Rejection;
 use crate::auth::identity::{self, Identity};
-use crate::authz_server::workers::Workers;
+use crate::authz_server::workers::{JobFailed, Workers};
 use crate::config::snapshot::CredentialType;
 use crate::config::Snapshot;
 
@@ -128,7 +132,7 @@ impl Identifier {
         snap: &Snapshot,
         user: String,
         password: String,
-        peer: IpAddr,
+        client_ip: IpAddr,
         realm: &str,
     ) -> Result<Identity, Rejection> {
         let key = identity::basic_digest(&user, &password);
@@ -142,7 +146,7 @@ impl Identifier {
         }
         let now = unix_now();
         let as_user = Subject::User(user.clone());
-        let as_peer = Subject::Peer(peer);
+        let as_peer = Subject::Peer(client_ip);
         for subject in [&as_peer, &as_user] {
             self.check(subject, now)?;
         }
@@ -180,8 +184,11 @@ impl Identifier {
                 self.record_failure(as_peer, now);
                 Err(bad(CredentialType::Basic, realm))
             }
-            // The check did not run to the end: not a wrong password.
-            Err(_) => Err(Rejection::BadGateway("credential check failed".into())),
+            // Not checked, so not a wrong password either.
+            Err(JobFailed::Busy) => Err(Rejection::ChecksBusy),
+            Err(JobFailed::Panicked) => {
+                Err(Rejection::BadGateway("credential check failed".into()))
+            }
         }
     }
 

@@ -87,6 +87,10 @@ pub enum Rejection {
     BadCredentials { kind: CredentialType, realm: String },
     #[error("too many failed Basic attempts")]
     TooManyAttempts { retry_after: u64 },
+    /// The Basic password could not be checked: every worker busy for
+    /// longer than the wait allows (`authz_server::workers`).
+    #[error("every credential check worker is busy")]
+    ChecksBusy,
     #[error("{0}")]
     Denied(Denied),
     #[error("the client address is refused by ip_filter")]
@@ -119,6 +123,7 @@ impl Rejection {
             Rejection::TwoCredentials => Some("invalid_request"),
             Rejection::BadCredentials { .. } => Some("invalid_credentials"),
             Rejection::TooManyAttempts { .. } => Some("locked"),
+            Rejection::ChecksBusy => Some("busy"),
             Rejection::Denied(denied) => Some(denied.label()),
             Rejection::IpFiltered => Some("ip_filtered"),
             Rejection::BadPath(_)
@@ -282,6 +287,12 @@ impl Rejection {
                 "too many failed attempts; retry later".to_owned(),
                 None,
             ),
+            Rejection::ChecksBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "the credentials cannot be checked now; retry later".to_owned(),
+                None,
+            ),
             Rejection::Denied(Denied::Scope(InsufficientScope { would_grant })) => (
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
@@ -360,7 +371,7 @@ impl Rejection {
                     Fields::clone(fields).apply(headers);
                 }
             }
-            Rejection::ThrottleUnavailable | Rejection::TooManyTunnels => {
+            Rejection::ThrottleUnavailable | Rejection::TooManyTunnels | Rejection::ChecksBusy => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Rejection::TooManyAttempts { retry_after } => {
@@ -536,6 +547,17 @@ mod tests {
         assert_eq!(grpc_code(StatusCode::TOO_MANY_REQUESTS), 8);
         assert_eq!(grpc_code(StatusCode::GATEWAY_TIMEOUT), 14);
         assert_eq!(grpc_code(StatusCode::IM_A_TEAPOT), 2);
+    }
+
+    #[test]
+    fn busy_credential_checks_are_a_503_to_retry_soon() {
+        let response = Rejection::ChecksBusy.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
+        assert_eq!(Rejection::ChecksBusy.auth_result(), Some("busy"));
+        let grpc = Rejection::ChecksBusy.into_grpc_response();
+        assert_eq!(grpc.headers()["grpc-status"], "14"); // UNAVAILABLE
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! policy is answered right after matching; the CORS fields go on every
 //! other answer for that API, the gateway's refusals included.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -165,7 +165,8 @@ async fn phases<'s>(
     let who = match &route.api.authentication {
         Authentication::None => None,
         Authentication::Identify(_) => {
-            Some(super::pin_in_place(|| authenticate(snap, rt, &route, &req, (conn, kind))).await?)
+            let caller = (conn, client_ip, &mut *kind);
+            Some(super::pin_in_place(|| authenticate(snap, rt, &route, &req, caller)).await?)
         }
     }; // authenticate
     let grant =
@@ -470,13 +471,15 @@ fn check_transport(route: &Route<'_>, conn: Connection) -> Result<(), Rejection>
     }
 }
 
-/// The caller's identity from the one credential the request presents.
+/// The caller's identity from the one credential the request presents;
+/// `client_ip` is the caller's address behind trusted proxies, which
+/// failed Basic attempts are counted against.
 async fn authenticate<B>(
     snap: &Snapshot,
     rt: &Runtime,
     route: &Route<'_>,
     req: &Request<B>,
-    (conn, kind): (Connection, &mut Option<CredentialType>),
+    (conn, client_ip, kind): (Connection, IpAddr, &mut Option<CredentialType>),
 ) -> Result<Identity, Rejection> {
     let Authentication::Identify(accepted) = &route.api.authentication else {
         return Err(Rejection::BadRequest("no credential is accepted"));
@@ -540,7 +543,7 @@ async fn authenticate<B>(
         }
         Credential::Basic { user, password } => {
             rt.identifier
-                .basic(snap, user, password, conn.peer.ip(), &route.api.name)
+                .basic(snap, user, password, client_ip, &route.api.name)
                 .await
         }
     }

@@ -319,6 +319,34 @@ async fn basic_guessing_is_locked_even_for_the_right_password() {
     w.gw.shutdown().await;
 }
 
+/// Behind a trusted proxy, failed Basic attempts count against the
+/// address the proxy names: twenty wrong passwords from one client lock
+/// that client out, not every caller the proxy forwards.
+#[tokio::test]
+async fn basic_guessing_locks_the_client_behind_a_trusted_proxy_not_the_proxy() {
+    let w = world(true).await;
+    for n in 0..20 {
+        let resp = w
+            .get("/travels/status")
+            .header("X-Forwarded-For", "10.1.1.1")
+            .basic_auth(format!("nobody-{n}"), Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let from = |client: &'static str| {
+        w.get("/travels/status")
+            .header("X-Forwarded-For", client)
+            .basic_auth("batch", Some("batch-pw"))
+            .send()
+    };
+    assert_eq!(from("10.1.1.1").await.unwrap().status(), 429);
+    assert_eq!(from("10.2.2.2").await.unwrap().status(), 200);
+    assert_eq!(w.upstream.hits(), 1);
+    w.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn registered_only_needs_a_subscribed_application() {
     let w = world(false).await;
