@@ -254,9 +254,14 @@ async fn handle_api(
     let state = &*here.state;
     let started = Instant::now();
     let method = req.method().clone();
-    // The access log's copy of the path, only when the log is on.
-    let logged_path = crate::access_log::is_on().then(|| req.uri().path().to_owned());
     let snapshot = state.live.snapshot_here(&here.snapshot);
+    // What only the access log needs, only when it is on: the path, and
+    // the client's address as `trusted_proxies` make it known.
+    let logged = crate::access_log::is_on().then(|| {
+        let client =
+            proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies);
+        (req.uri().path().to_owned(), client)
+    });
     conn.from_trusted = snapshot
         .trusted_proxies
         .iter()
@@ -280,9 +285,9 @@ async fn handle_api(
     series.count_response(&method, status);
     let elapsed = started.elapsed();
     crate::metrics::get().observe_request(elapsed.as_secs_f64());
-    if let Some(path) = logged_path {
+    if let Some((path, client)) = logged {
         crate::access_log::write(&crate::access_log::Entry {
-            client: conn.peer.ip(),
+            client,
             request_id: request_id.to_str().unwrap_or("-"),
             method: method.as_str(),
             path: &path,

@@ -124,8 +124,10 @@ async fn the_access_log_line_carries_the_request_id_the_client_got() {
         config.to_str().expect("utf-8 path"),
     ]);
     let started = common::process::start(&mut command);
+    // No trusted proxy: the address is the peer's, whatever the request claims.
     let response = common::client()
         .get(format!("http://{}/echo/x", started.http))
+        .header("X-Forwarded-For", "203.0.113.9")
         .send()
         .await
         .expect("answered");
@@ -138,4 +140,33 @@ async fn the_access_log_line_carries_the_request_id_the_client_got() {
         .line_with("microgateway::access", std::time::Duration::from_secs(10))
         .expect("an access-log line");
     assert!(line.contains(&wanted), "{line}");
+    assert!(line.contains("client=127.0.0.1 "), "{line}");
+}
+
+/// Behind a trusted proxy, the access log names the client the proxy
+/// forwards for (the address throttles and `ip_filter` see too).
+#[tokio::test]
+async fn the_access_log_names_the_client_behind_a_trusted_proxy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, yaml(r#""127.0.0.1/32""#).replace("{{", "{"))
+        .expect("write the config");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command.env_clear().env("MCGW_LOG", "info").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    let started = common::process::start(&mut command);
+    let response = common::client()
+        .get(format!("http://{}/echo/x", started.http))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let line = started
+        .line_with("microgateway::access", std::time::Duration::from_secs(10))
+        .expect("an access-log line");
+    assert!(line.contains("client=203.0.113.7 "), "{line}");
 }
