@@ -778,14 +778,7 @@ async fn a_burst_with_one_basic_credential_costs_one_password_check() {
         assert_eq!(resp.unwrap().status(), 200);
     }
     let admin = started.admin.expect("admin port");
-    let metrics = client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::text_of(&client, format!("http://{admin}/metrics")).await;
     let count = |result: &str| {
         common::metric(
             &metrics,
@@ -833,30 +826,10 @@ async fn api_keys_and_passwords_are_never_logged_nor_shown() {
         .await
         .unwrap();
     let admin = started.admin.expect("admin port");
-    let assets = client
-        .get(format!("http://{admin}/rest/microgateway/assets"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let settings = client
-        .get(format!("http://{admin}/rest/microgateway/settings"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics = client
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let admin_text = |path: &str| common::text_of(&client, format!("http://{admin}{path}"));
+    let assets = admin_text("/rest/microgateway/assets").await;
+    let settings = admin_text("/rest/microgateway/settings").await;
+    let metrics = admin_text("/metrics").await;
     assert!(assets.contains(r#""name":"Partner""#), "{assets}");
     assert!(assets.contains(r#""api_keys":["****"]"#), "{assets}");
     assert!(assets.contains(r#""password_hash":"****""#), "{assets}");

@@ -106,24 +106,24 @@ async fn a_trusted_proxys_id_and_any_valid_traceparent_are_passed_on() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_access_log_line_carries_the_request_id_the_client_got() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gw.yaml");
-    std::fs::write(
-        &config,
-        yaml("")
-            .replace("trusted_proxies: []\n", "")
-            .replace("{{", "{"),
-    )
-    .expect("write the config");
+/// The binary serving [`yaml`] with `trusted` proxies, logging at info:
+/// its log is read, access lines included (`dir` holds its configuration).
+fn logging_process(dir: &std::path::Path, trusted: &str) -> common::process::Started {
+    let config = dir.join("gw.yaml");
+    std::fs::write(&config, yaml(trusted)).expect("write the config");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
     command.env_clear().env("MCGW_LOG", "info").args([
         "start",
         "-c",
         config.to_str().expect("utf-8 path"),
     ]);
-    let started = common::process::start(&mut command);
+    common::process::start(&mut command)
+}
+
+#[tokio::test]
+async fn the_access_log_line_carries_the_request_id_the_client_got() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = logging_process(dir.path(), "");
     // No trusted proxy: the address is the peer's, whatever the request claims.
     let response = common::client()
         .get(format!("http://{}/echo/x", started.http))
@@ -148,16 +148,7 @@ async fn the_access_log_line_carries_the_request_id_the_client_got() {
 #[tokio::test]
 async fn the_access_log_names_the_client_behind_a_trusted_proxy() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gw.yaml");
-    std::fs::write(&config, yaml(r#""127.0.0.1/32""#).replace("{{", "{"))
-        .expect("write the config");
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
-    command.env_clear().env("MCGW_LOG", "info").args([
-        "start",
-        "-c",
-        config.to_str().expect("utf-8 path"),
-    ]);
-    let started = common::process::start(&mut command);
+    let started = logging_process(dir.path(), r#""127.0.0.1/32""#);
     let response = common::client()
         .get(format!("http://{}/echo/x", started.http))
         .header("X-Forwarded-For", "203.0.113.7")

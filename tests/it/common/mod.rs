@@ -165,6 +165,12 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// The body of a `GET` of `url` (an admin endpoint of a process, say).
+pub async fn text_of(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    let resp = client.get(url).send().await.expect("answered");
+    resp.text().await.expect("a text body")
+}
+
 /// What a test upstream received.
 #[derive(Debug, Clone)]
 pub struct Received {
