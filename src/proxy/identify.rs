@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::reject::Rejection;
 use crate::auth::identity::{self, Identity};
 use crate::authz_server::workers::{JobFailed, Workers};
-use crate::config::snapshot::CredentialType;
+use crate::config::snapshot::{Application, Applications, CredentialType};
 use crate::config::Snapshot;
 
 /// Verified Basic credentials kept at most.
@@ -54,11 +54,18 @@ struct Cache {
 }
 
 impl Cache {
-    /// The application index of a credential verified on snapshot `generation`.
-    fn get(&self, generation: u64, key: &[u8; 32]) -> Option<usize> {
-        (self.generation == generation)
+    /// The application of a credential verified on snapshot `generation`,
+    /// out of that snapshot's `applications`.
+    fn get(
+        &self,
+        generation: u64,
+        key: &[u8; 32],
+        applications: &Applications,
+    ) -> Option<Arc<Application>> {
+        let index = (self.generation == generation)
             .then(|| self.verified.get(key).copied())
-            .flatten()
+            .flatten()?;
+        applications.list.get(index).cloned()
     }
 
     fn remember(&mut self, generation: u64, key: [u8; 32], index: usize) {
@@ -137,12 +144,10 @@ impl Identifier {
     ) -> Result<Identity, Rejection> {
         let key = identity::basic_digest(&user, &password);
         let counters = crate::metrics::basic_auth_cache();
-        if let Some(app) = lock(&self.cache)
-            .get(snap.generation, &key)
-            .and_then(|index| snap.applications.list.get(index))
-        {
+        let cached = lock(&self.cache).get(snap.generation, &key, &snap.applications);
+        if let Some(app) = cached {
             counters.hit.inc();
-            return Ok(with_user(app.clone(), user));
+            return Ok(with_user(app, user));
         }
         let now = unix_now();
         let as_user = Subject::User(user.clone());
@@ -159,12 +164,10 @@ impl Identifier {
                 .run(move || {
                     // Verified by another request while this one waited
                     // for a worker: no second hash.
-                    if let Some(app) = lock(&cache)
-                        .get(generation, &key)
-                        .and_then(|index| applications.list.get(index))
-                    {
+                    let cached = lock(&cache).get(generation, &key, &applications);
+                    if cached.is_some() {
                         counters.coalesced.inc();
-                        return Some(app.clone());
+                        return cached;
                     }
                     counters.miss.inc();
                     let app = identity::verify_basic(&applications, &user, &password)?;
@@ -235,7 +238,7 @@ impl Identifier {
     }
 }
 
-fn with_user(app: Arc<crate::config::snapshot::Application>, user: String) -> Identity {
+fn with_user(app: Arc<Application>, user: String) -> Identity {
     let mut who = Identity::of_application(CredentialType::Basic, app);
     who.user_name = Some(user);
     who
