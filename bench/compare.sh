@@ -33,6 +33,12 @@
 # (MCGW_LOG=info: one access-log line per request, stderr to a file) in
 # the same rounds; LOGGED=0 leaves them out.
 #
+# Equal work (FIELDS=1, the default): "nginx-fields" is the nginx proxy
+# adding to each request the fields microgateway adds by default
+# (X-Request-Id both ways, traceparent, X-Forwarded-For/-Proto/-Host,
+# Forwarded; bench/lib.sh) — the plain nginx adds none. The gateway's
+# plain and throttled routes are reported against both.
+#
 # Throttling (THROTTLE=1, the default): the contender "throttled" is the
 # same gateway on a route with one API-wide throttle too high to refuse
 # anything (memory store; target req/s >= 1.0x nginx), and, when
@@ -85,6 +91,8 @@ BASE=${BASE:-}
 PORT_BASE=${PORT_BASE:-18186}
 PORT_BASE_ADMIN=${PORT_BASE_ADMIN:-18187}
 THROTTLE=${THROTTLE:-1}
+FIELDS=${FIELDS:-1}
+PORT_NGINX_FIELDS=${PORT_NGINX_FIELDS:-18195}
 PORT_REDIS=${PORT_REDIS:-18192}
 PORT_REDIS_MCGW=${PORT_REDIS_MCGW:-18193}
 PORT_REDIS_ADMIN=${PORT_REDIS_ADMIN:-18194}
@@ -101,6 +109,7 @@ HAPROXY=$(command -v haproxy)
 build_release
 CONTENDERS=(direct nginx microgateway haproxy)
 if [ "$LOGGED" = 1 ]; then CONTENDERS+=(nginx-logged microgateway-logged); fi
+if [ "$FIELDS" = 1 ]; then CONTENDERS+=(nginx-fields); fi
 if [ "$PGO" = 1 ]; then
     echo "building microgateway (release, profile-guided) ..." >&2
     PGO_BIN=$("$ROOT/bench/pgo-build.sh" | tail -1)
@@ -129,12 +138,16 @@ start_nginx() { # name conf
     PIDS+=($!)
 }
 
-mkdir -p "$WORK/proxy"
 upstream_conf "$PORT_UPSTREAM"
-cat >"$WORK/proxy/nginx.conf" <<EOF
+# proxy_conf NAME PORT [fields]: $WORK/NAME/nginx.conf, nginx proxying to
+# the upstream (keep-alive pool, HTTP/1.1); with "fields", adding the
+# fields microgateway adds (bench/lib.sh).
+proxy_conf() {
+    mkdir -p "$WORK/$1"
+    cat >"$WORK/$1/nginx.conf" <<EOF
 worker_processes $(nproc);
-pid $WORK/proxy/nginx.pid;
-error_log $WORK/proxy/logs/error.log warn;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/logs/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
@@ -143,16 +156,21 @@ http {
         server 127.0.0.1:$PORT_UPSTREAM;
         keepalive 128;
     }
+$([ "${3:-}" = fields ] && nginx_fields_http)
     server {
-        listen 127.0.0.1:$PORT_NGINX reuseport;
+        listen 127.0.0.1:$2 reuseport;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+$([ "${3:-}" = fields ] && nginx_fields_location)
         }
     }
 }
 EOF
+}
+proxy_conf proxy "$PORT_NGINX"
+if [ "$FIELDS" = 1 ]; then proxy_conf proxy-fields "$PORT_NGINX_FIELDS" fields; fi
 if [ "$LOGGED" = 1 ]; then
     mkdir -p "$WORK/proxy-logged"
     # The same proxy with nginx's default access log (combined format).
@@ -215,6 +233,10 @@ start_nginx proxy
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
+if [ "$FIELDS" = 1 ]; then
+    start_nginx proxy-fields
+    wait_port "$PORT_NGINX_FIELDS"
+fi
 LOGGED_PID=
 if [ "$LOGGED" = 1 ]; then
     start_nginx proxy-logged
@@ -305,18 +327,21 @@ pids_of() { # name
         baseline) echo "$BASE_PID" ;;
         haproxy) echo "$HAPROXY_PID" ;;
         nginx-logged) nginx_logged_pids ;;
+        nginx-fields) nginx_master_and_workers proxy-fields ;;
         microgateway-logged) echo "$LOGGED_PID" ;;
         throttled) echo "$MCGW_PID" ;;
         throttled-redis) echo "$REDIS_MCGW_PID" ;;
     esac
 }
-nginx_logged_pids() {
+# nginx_master_and_workers NAME: the pids of the nginx in $WORK/NAME.
+nginx_master_and_workers() {
     local master
-    master=$(cat "$WORK/proxy-logged/nginx.pid" 2>/dev/null || echo "")
+    master=$(cat "$WORK/$1/nginx.pid" 2>/dev/null || echo "")
     [ -n "$master" ] || return 0
     echo "$master"
     pgrep -P "$master" || true
 }
+nginx_logged_pids() { nginx_master_and_workers proxy-logged; }
 nginx_proxy_pids() { # the proxy's master and workers
     [ -n "$NGINX_PROXY_PID" ] || return 0
     echo "$NGINX_PROXY_PID"
@@ -383,6 +408,7 @@ RUNS=("nginx $PORT_NGINX" "microgateway $PORT_MCGW" "haproxy $PORT_HAPROXY")
 if [ "$LOGGED" = 1 ]; then
     RUNS+=("nginx-logged $PORT_NGINX_LOGGED" "microgateway-logged $PORT_LOGGED")
 fi
+if [ "$FIELDS" = 1 ]; then RUNS+=("nginx-fields $PORT_NGINX_FIELDS"); fi
 if [ "$PGO" = 1 ]; then RUNS+=("microgateway-pgo $PORT_PGO"); fi
 if [ -n "$BASE" ]; then RUNS+=("baseline $PORT_BASE"); fi
 if [ "$THROTTLE" = 1 ]; then RUNS+=("throttled $PORT_MCGW /throttled/items"); fi
@@ -458,6 +484,15 @@ echo "  microgateway / nginx:   req/s $(paired microgateway nginx 1), cpu per re
 echo "  microgateway / haproxy: req/s $(paired microgateway haproxy 1), p99 $(paired microgateway haproxy 3), cpu per request $(paired microgateway haproxy 4)"
 if [ "$THROTTLE" = 1 ]; then
     echo "  throttled / nginx:      req/s $(paired throttled nginx 1)"
+fi
+if [ "$FIELDS" = 1 ]; then
+    echo "  equal work, nginx adding the same fields as the gateway (nginx-fields):"
+    for name in microgateway throttled microgateway-pgo; do
+        [ -n "${RPS[$name]:-}" ] || continue
+        printf '    %-16s / nginx-fields: req/s %sx by medians, %s paired\n' "$name" \
+            "$(ratio "${RPS[$name]}" "${RPS[nginx-fields]}")" "$(paired "$name" nginx-fields 1)"
+    done
+    echo "    nginx-fields / nginx: req/s $(paired nginx-fields nginx 1): what the fields cost nginx"
 fi
 if [ "$LOGGED" = 1 ]; then
     echo "  microgateway-logged / microgateway: req/s $(paired microgateway-logged microgateway 1); / nginx-logged: $(paired microgateway-logged nginx-logged 1)"
