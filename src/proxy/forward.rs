@@ -18,6 +18,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::balance::{Health, Outcome};
+use super::batch;
 use super::client;
 use super::pool::{self, Connector, Failed, Key, Pool, SendError};
 use super::reject::{BodyFault, Rejection};
@@ -164,6 +165,7 @@ impl Upstreams {
             }
             return result;
         }
+        let _on_its_way = batch::enter().await;
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
             .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
         // The timeout bounds connecting, each write the upstream takes
@@ -202,6 +204,7 @@ impl Upstreams {
         let started = Instant::now();
         let mut tried = 0u64;
         let mut attempt = 1;
+        let _on_its_way = batch::enter().await;
         loop {
             // The first try goes at the time the request was read for it.
             let now = if attempt == 1 {

@@ -2,11 +2,13 @@
 //! CORS preflight → authenticate → authorize → throttle → transform →
 //! outbound auth → forward → response transformation); `reject` decides
 //! what a refused client is told, `cors` what a browser is allowed;
-//! `forward` talks to the upstream, over the HTTP/1.1 `client` and its
+//! `forward` talks to the upstream (`batch` sends the requests a thread
+//! has ready back to back), over the HTTP/1.1 `client` and its
 //! `pool`, or over HTTP/2 (`h2_upstream`); `tunnel` carries WebSocket
 //! connections once both sides have switched.
 
 pub mod balance;
+mod batch;
 pub(crate) mod client;
 pub mod correlate;
 pub mod cors;

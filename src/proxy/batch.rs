@@ -1,0 +1,109 @@
+//! Requests that become ready together go to their upstreams together.
+//!
+//! Under load a listener thread finds many client requests ready in one
+//! turn of its event loop. Written to the upstream each as soon as it is
+//! processed, the writes are spread over the turn: each can wake the
+//! upstream for one request, and the woken upstream takes the CPU from
+//! this thread before the next is written. So a request about to go
+//! upstream while others of its thread are on their way first lets the
+//! thread's other ready tasks run (one yield to the runtime): the requests
+//! then leave back to back, and the upstream reads several per wake-up.
+//! With proxy, upstream and load sharing two cores, that took about 1 µs
+//! of CPU per request off the upstream and as much off the gateway
+//! (bench/README.md). A lone request goes at once.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Requests of this thread between [`enter`] and their response head.
+    /// A hint, not an account: a request that moved threads (a
+    /// multi-threaded runtime) decrements another thread's count, which
+    /// saturates at zero; the listener threads' tasks never move.
+    static ON_THEIR_WAY: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A request on its way to the upstream, counted until dropped.
+pub struct OnItsWay(());
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        ON_THEIR_WAY.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Counts the request as on its way; when others of this thread are too,
+/// returns only once the thread's other ready tasks have run.
+pub async fn enter() -> OnItsWay {
+    let others = ON_THEIR_WAY.with(|n| {
+        let others = n.get();
+        n.set(others.saturating_add(1));
+        others
+    });
+    let on_its_way = OnItsWay(());
+    if others > 0 {
+        tokio::task::yield_now().await;
+    }
+    on_its_way
+}
+
+/// Requests of this thread on their way (for tests).
+#[cfg(test)]
+fn on_their_way() -> usize {
+    ON_THEIR_WAY.with(Cell::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_request_goes_at_once_and_is_counted_until_dropped() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let other = tokio::spawn({
+            let ran = ran.clone();
+            async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let first = enter().await;
+        // Nothing else was on its way: no yield, the spawned task has not run.
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        assert_eq!(on_their_way(), 1);
+        drop(first);
+        assert_eq!(on_their_way(), 0);
+        other.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_behind_another_lets_the_ready_tasks_run_first() {
+        let first = enter().await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let other = tokio::spawn({
+            let ran = ran.clone();
+            async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let second = enter().await;
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the ready task ran before");
+        assert_eq!(on_their_way(), 2);
+        drop((first, second));
+        assert_eq!(on_their_way(), 0);
+        other.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_dropped_while_it_waits_is_no_longer_counted() {
+        let first = enter().await;
+        // Polled once (counted, then yielding), then dropped.
+        assert!(enter().now_or_never().is_none());
+        assert_eq!(on_their_way(), 1);
+        drop(first);
+        assert_eq!(on_their_way(), 0);
+    }
+}
