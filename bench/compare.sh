@@ -37,7 +37,9 @@
 # adding to each request the fields microgateway adds by default
 # (X-Request-Id both ways, traceparent, X-Forwarded-For/-Proto/-Host,
 # Forwarded; bench/lib.sh) — the plain nginx adds none. The gateway's
-# plain and throttled routes are reported against both.
+# plain and throttled routes are reported against both; and
+# "microgateway-bare", the same gateway with `forwarding` all off (it adds
+# nothing either), against the plain nginx.
 #
 # Throttling (THROTTLE=1, the default): the contender "throttled" is the
 # same gateway on a route with one API-wide throttle too high to refuse
@@ -49,7 +51,8 @@
 #   PGO=1 bench/compare.sh      # also the profile-guided build (bench/pgo-build.sh)
 #
 # measures the PGO build as a fourth contender in the same rounds, and runs
-# the OAuth2 routes once more with it.
+# the OAuth2 routes once more with it (PGO_BIN=PATH: that binary, as
+# bench/pgo-build.sh made it, instead of building one).
 #
 #   BASE=39010b9 bench/compare.sh   # also the release build of another commit
 #
@@ -93,6 +96,8 @@ PORT_BASE_ADMIN=${PORT_BASE_ADMIN:-18187}
 THROTTLE=${THROTTLE:-1}
 FIELDS=${FIELDS:-1}
 PORT_NGINX_FIELDS=${PORT_NGINX_FIELDS:-18195}
+PORT_BARE=${PORT_BARE:-18196}
+PORT_BARE_ADMIN=${PORT_BARE_ADMIN:-18197}
 PORT_REDIS=${PORT_REDIS:-18192}
 PORT_REDIS_MCGW=${PORT_REDIS_MCGW:-18193}
 PORT_REDIS_ADMIN=${PORT_REDIS_ADMIN:-18194}
@@ -109,10 +114,12 @@ HAPROXY=$(command -v haproxy)
 build_release
 CONTENDERS=(direct nginx microgateway haproxy)
 if [ "$LOGGED" = 1 ]; then CONTENDERS+=(nginx-logged microgateway-logged); fi
-if [ "$FIELDS" = 1 ]; then CONTENDERS+=(nginx-fields); fi
+if [ "$FIELDS" = 1 ]; then CONTENDERS+=(nginx-fields microgateway-bare); fi
 if [ "$PGO" = 1 ]; then
-    echo "building microgateway (release, profile-guided) ..." >&2
-    PGO_BIN=$("$ROOT/bench/pgo-build.sh" | tail -1)
+    if [ -z "${PGO_BIN:-}" ]; then
+        echo "building microgateway (release, profile-guided) ..." >&2
+        PGO_BIN=$("$ROOT/bench/pgo-build.sh" | tail -1)
+    fi
     CONTENDERS+=(microgateway-pgo)
 fi
 
@@ -233,9 +240,18 @@ start_nginx proxy
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
+BARE_PID=
 if [ "$FIELDS" = 1 ]; then
     start_nginx proxy-fields
+    {
+        gateway_config "$PORT_BARE" "$PORT_BARE_ADMIN"
+        echo "forwarding: { x_forwarded: false, forwarded: false, request_id: false, traceparent: false }"
+    } >"$WORK/microgateway-bare.yaml"
+    MCGW_LOG=warn "$BIN" start -c "$WORK/microgateway-bare.yaml" 2>"$WORK/microgateway-bare.log" &
+    BARE_PID=$!
+    PIDS+=($BARE_PID)
     wait_port "$PORT_NGINX_FIELDS"
+    wait_port "$PORT_BARE"
 fi
 LOGGED_PID=
 if [ "$LOGGED" = 1 ]; then
@@ -328,6 +344,7 @@ pids_of() { # name
         haproxy) echo "$HAPROXY_PID" ;;
         nginx-logged) nginx_logged_pids ;;
         nginx-fields) nginx_master_and_workers proxy-fields ;;
+        microgateway-bare) echo "$BARE_PID" ;;
         microgateway-logged) echo "$LOGGED_PID" ;;
         throttled) echo "$MCGW_PID" ;;
         throttled-redis) echo "$REDIS_MCGW_PID" ;;
@@ -408,7 +425,7 @@ RUNS=("nginx $PORT_NGINX" "microgateway $PORT_MCGW" "haproxy $PORT_HAPROXY")
 if [ "$LOGGED" = 1 ]; then
     RUNS+=("nginx-logged $PORT_NGINX_LOGGED" "microgateway-logged $PORT_LOGGED")
 fi
-if [ "$FIELDS" = 1 ]; then RUNS+=("nginx-fields $PORT_NGINX_FIELDS"); fi
+if [ "$FIELDS" = 1 ]; then RUNS+=("nginx-fields $PORT_NGINX_FIELDS" "microgateway-bare $PORT_BARE"); fi
 if [ "$PGO" = 1 ]; then RUNS+=("microgateway-pgo $PORT_PGO"); fi
 if [ -n "$BASE" ]; then RUNS+=("baseline $PORT_BASE"); fi
 if [ "$THROTTLE" = 1 ]; then RUNS+=("throttled $PORT_MCGW /throttled/items"); fi
@@ -493,6 +510,7 @@ if [ "$FIELDS" = 1 ]; then
             "$(ratio "${RPS[$name]}" "${RPS[nginx-fields]}")" "$(paired "$name" nginx-fields 1)"
     done
     echo "    nginx-fields / nginx: req/s $(paired nginx-fields nginx 1): what the fields cost nginx"
+    echo "  equal work, neither adding a field: microgateway-bare / nginx: req/s $(ratio "${RPS[microgateway-bare]}" "${RPS[nginx]}")x by medians, $(paired microgateway-bare nginx 1) paired, cpu per request $(paired microgateway-bare nginx 4)"
 fi
 if [ "$LOGGED" = 1 ]; then
     echo "  microgateway-logged / microgateway: req/s $(paired microgateway-logged microgateway 1); / nginx-logged: $(paired microgateway-logged nginx-logged 1)"

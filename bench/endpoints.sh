@@ -6,6 +6,10 @@
 #
 #   bench/endpoints.sh          # ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2
 #
+# "nginx-fields" is the same nginx adding to each request the fields the
+# gateway adds by default (bench/lib.sh): the equal-work peer, measured in
+# the same rotated rounds.
+#
 # Targets: req/s >= 1.0x nginx; 0 failed requests for the gateway when an
 # endpoint goes away (GETs go to the other endpoint). Needs nginx and wrk.
 # BUILD=0 uses the release binary already built.
@@ -23,6 +27,7 @@ PORT_B=${PORT_B:-18191}
 PORT_NGINX=${PORT_NGINX:-18192}
 PORT_MCGW=${PORT_MCGW:-18193}
 PORT_ADMIN=${PORT_ADMIN:-18194}
+PORT_NGINX_FIELDS=${PORT_NGINX_FIELDS:-18195}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/microgateway
 bench_workdir endpoints
@@ -64,11 +69,15 @@ EOF
 }
 upstream_conf a "$PORT_A"
 upstream_conf b "$PORT_B"
-mkdir -p "$WORK/proxy"
-cat >"$WORK/proxy/nginx.conf" <<EOF
+# proxy_conf NAME PORT [fields]: nginx in $WORK/NAME balancing over both
+# upstreams; with "fields", adding the fields microgateway adds
+# (bench/lib.sh): the equal-work peer.
+proxy_conf() {
+    mkdir -p "$WORK/$1"
+    cat >"$WORK/$1/nginx.conf" <<EOF
 worker_processes $(nproc);
-pid $WORK/proxy/nginx.pid;
-error_log $WORK/proxy/logs/error.log crit;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/logs/error.log crit;
 events { worker_connections 4096; }
 http {
     access_log off;
@@ -78,16 +87,21 @@ http {
         server 127.0.0.1:$PORT_B;
         keepalive 128;
     }
+$([ "${3:-}" = fields ] && nginx_fields_http)
     server {
-        listen 127.0.0.1:$PORT_NGINX reuseport;
+        listen 127.0.0.1:$2 reuseport;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+$([ "${3:-}" = fields ] && nginx_fields_location)
         }
     }
 }
 EOF
+}
+proxy_conf proxy "$PORT_NGINX"
+proxy_conf proxy-fields "$PORT_NGINX_FIELDS" fields
 cat >"$WORK/microgateway.yaml" <<EOF
 ports: { http: $PORT_MCGW, bind: 127.0.0.1 }
 admin: { port: $PORT_ADMIN, bind: 127.0.0.1 }
@@ -107,9 +121,10 @@ EOF
 start_nginx a
 start_nginx b
 start_nginx proxy
+start_nginx proxy-fields
 MCGW_LOG=warn "$BIN" start -c "$WORK/microgateway.yaml" 2>"$WORK/microgateway.log" &
 PIDS+=($!)
-for port in "$PORT_A" "$PORT_B" "$PORT_NGINX" "$PORT_MCGW"; do wait_port "$port"; done
+for port in "$PORT_A" "$PORT_B" "$PORT_NGINX" "$PORT_NGINX_FIELDS" "$PORT_MCGW"; do wait_port "$port"; done
 
 # wrk_run PORT: one wrk run; prints "req/s failed" (non-2xx answers plus
 # socket errors).
@@ -127,21 +142,21 @@ DURATION=2s wrk_run "$PORT_NGINX" >/dev/null
 DURATION=2s wrk_run "$PORT_MCGW" >/dev/null
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-measure_nginx() { wrk_run "$PORT_NGINX" | tee -a "$WORK/nginx.txt" | sed 's/^/  nginx        /' >&2; }
-measure_mcgw() { wrk_run "$PORT_MCGW" | tee -a "$WORK/microgateway.txt" | sed 's/^/  microgateway /' >&2; }
-# Which goes first alternates from round to round.
+measure() { # name port
+    wrk_run "$2" | tee -a "$WORK/$1.txt" | sed "s/^/  $(printf '%-13s' "$1")/" >&2
+}
+CONTENDERS=("nginx $PORT_NGINX" "microgateway $PORT_MCGW" "nginx-fields $PORT_NGINX_FIELDS")
+# Each round runs the contenders in another order (rotated by one).
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    if [ $((round % 2)) = 1 ]; then
-        measure_nginx
-        measure_mcgw
-    else
-        measure_mcgw
-        measure_nginx
-    fi
+    for k in 0 1 2; do
+        # shellcheck disable=SC2086
+        measure ${CONTENDERS[$(((k + round - 1) % 3))]}
+    done
 done
 NGINX_RPS=$(awk '{print $1}' "$WORK/nginx.txt" | median)
 MCGW_RPS=$(awk '{print $1}' "$WORK/microgateway.txt" | median)
+FIELDS_RPS=$(awk '{print $1}' "$WORK/nginx-fields.txt" | median)
 
 # One endpoint stopped (SIGTERM: nginx's fast shutdown) a third of the way
 # into a run, started again after; "req/s failed" in $WORK/killed-PORT.
@@ -167,10 +182,16 @@ MCGW_FAILED=$(awk '{print $2}' "$WORK/killed-$PORT_MCGW")
 
 echo
 echo "two endpoints, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, medians; all on one host"
-printf '%-14s %12.0f req/s\n' nginx "$NGINX_RPS" microgateway "$MCGW_RPS"
-# The median of the ratios round by round as well: drift that moves a whole
-# round cancels.
-PAIRED=$(paste "$WORK/microgateway.txt" "$WORK/nginx.txt" | awk '$3 > 0 {print $1 / $3}' | median)
-RANGE=$(paste "$WORK/microgateway.txt" "$WORK/nginx.txt" | awk '$3 > 0 {print $1 / $3}' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f-%.2f", lo, hi}')
-echo "microgateway / nginx: req/s $(awk -v a="$MCGW_RPS" -v b="$NGINX_RPS" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')x by medians, $(printf '%.2f' "$PAIRED")x paired (rounds $RANGE) (target >= 1.0)"
+printf '%-14s %12.0f req/s\n' nginx "$NGINX_RPS" microgateway "$MCGW_RPS" nginx-fields "$FIELDS_RPS"
+# compared A B: A/B by medians, and paired: the median of the ratios round
+# by round (drift that moves a whole round cancels), with their range.
+compared() {
+    local ratios
+    ratios=$(paste "$WORK/$1.txt" "$WORK/$2.txt" | awk '$3 > 0 {print $1 / $3}')
+    printf '%sx by medians, %.2fx paired (rounds %s)' \
+        "$(awk -v a="$(awk '{print $1}' "$WORK/$1.txt" | median)" -v b="$(awk '{print $1}' "$WORK/$2.txt" | median)" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')" \
+        "$(echo "$ratios" | median)" "$(echo "$ratios" | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f-%.2f", lo, hi}')"
+}
+echo "microgateway / nginx: req/s $(compared microgateway nginx) (target >= 1.0)"
+echo "equal work, nginx adding the fields the gateway adds (bench/lib.sh): microgateway / nginx-fields $(compared microgateway nginx-fields)"
 echo "one endpoint stopped mid-run: failed requests nginx $NGINX_FAILED, microgateway $MCGW_FAILED (target 0)"

@@ -267,7 +267,12 @@ async fn handle_api(
         .iter()
         .any(|net| net.contains(&conn.peer.ip()));
     let mut added = AddedFields::new();
-    let request_id = correlate::correlate(req.headers_mut(), conn.from_trusted, &mut added);
+    let request_id = correlate::correlate(
+        req.headers_mut(),
+        conn.from_trusted,
+        &mut added,
+        snapshot.forwarding,
+    );
     let (mut response, api) = match state.authz.load_full() {
         Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
             Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
@@ -275,9 +280,11 @@ async fn handle_api(
         ),
         _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
     };
-    response
-        .headers_mut()
-        .insert(correlate::X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(id) = &request_id {
+        response
+            .headers_mut()
+            .insert(correlate::X_REQUEST_ID.clone(), id.clone());
+    }
     let status = response.status();
     let series = api
         .as_ref()
@@ -288,7 +295,10 @@ async fn handle_api(
     if let Some((path, client)) = logged {
         crate::access_log::write(&crate::access_log::Entry {
             client,
-            request_id: request_id.to_str().unwrap_or("-"),
+            request_id: request_id
+                .as_ref()
+                .and_then(|id| id.to_str().ok())
+                .unwrap_or("-"),
             method: method.as_str(),
             path: &path,
             api: api.as_ref().map_or("-", |a| a.name.as_str()),

@@ -36,6 +36,7 @@ pub fn compile(
     let tls = listener_compile::tls(&mut ctx, file, &listen);
     let admin = listener_compile::admin(&mut ctx, &file.admin);
     let trusted_proxies = listener_compile::trusted_proxies(&mut ctx, &file.trusted_proxies);
+    let forwarding = listener_compile::forwarding(&mut ctx, &file.forwarding);
     let limits = listener_compile::limits(&mut ctx, &file.limits);
     let timeouts = listener_compile::timeouts(&mut ctx, &file.timeouts);
     let auth_servers =
@@ -88,6 +89,7 @@ pub fn compile(
         tls,
         admin,
         trusted_proxies,
+        forwarding,
         limits,
         timeouts,
         auth_servers,

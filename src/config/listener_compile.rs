@@ -201,6 +201,15 @@ pub(super) fn trusted_proxies(ctx: &mut Ctx, list: &[S<String>]) -> Vec<ipnet::I
 const MIN_HEADER_BYTES: u64 = 1 << 10;
 const MAX_HEADER_BYTES: u64 = 1 << 20;
 
+pub(super) fn forwarding(ctx: &mut Ctx, raw: &raw::Forwarding) -> Forwarding {
+    Forwarding {
+        x_forwarded: ctx.boolean(&raw.x_forwarded, "forwarding.x_forwarded", true),
+        forwarded: ctx.boolean(&raw.forwarded, "forwarding.forwarded", true),
+        request_id: ctx.boolean(&raw.request_id, "forwarding.request_id", true),
+        traceparent: ctx.boolean(&raw.traceparent, "forwarding.traceparent", true),
+    }
+}
+
 pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
     let max_headers = raw
         .max_headers

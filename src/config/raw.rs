@@ -139,6 +139,8 @@ pub struct File {
     pub admin: Admin,
     /// CIDRs whose `X-Forwarded-*`/`Forwarded` headers are kept (default: none).
     pub trusted_proxies: Vec<S<String>>,
+    /// The fields the gateway adds to each request it forwards (all on by default).
+    pub forwarding: Forwarding,
     /// Request size and connection limits.
     pub limits: Limits,
     /// Timeouts of clients and upstreams.
@@ -201,6 +203,22 @@ pub struct Admin {
     pub user: Opt<Scalar>,
     /// Basic password for `/rest/*` (secret: `${env:NAME}`, `${file:/path}`, `{encoded}BASE64` or clear).
     pub password: Opt<Scalar>,
+}
+
+/// The fields the gateway adds to each request it forwards. Turning one off
+/// never lets a client's own version of it through: an untrusted client's
+/// `X-Forwarded-*`, `Forwarded` and `X-Request-Id` are removed whatever is set.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Forwarding {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`. Default true.
+    pub x_forwarded: Opt<Scalar>,
+    /// RFC 7239 `Forwarded`. Default true.
+    pub forwarded: Opt<Scalar>,
+    /// An `X-Request-Id` made when no trusted proxy sent one, to the upstream, back to the client and into the access log. Default true.
+    pub request_id: Opt<Scalar>,
+    /// A W3C `traceparent` started when the request carries no valid one (a valid one is passed on either way). Default true.
+    pub traceparent: Opt<Scalar>,
 }
 
 /// Bounds of a request and of the connections. Sizes: `32KiB`, `10MiB` or integer bytes.

@@ -211,6 +211,10 @@ const OVERRIDES: &[(&str, Slot)] = &[
         &mut f.limits.max_header_bytes
     }),
     ("limits_max_headers", |f| &mut f.limits.max_headers),
+    ("forwarding_x_forwarded", |f| &mut f.forwarding.x_forwarded),
+    ("forwarding_forwarded", |f| &mut f.forwarding.forwarded),
+    ("forwarding_request_id", |f| &mut f.forwarding.request_id),
+    ("forwarding_traceparent", |f| &mut f.forwarding.traceparent),
     ("limits_max_uri", |f| &mut f.limits.max_uri),
     ("limits_max_body", |f| &mut f.limits.max_body),
     ("limits_max_connections", |f| &mut f.limits.max_connections),
@@ -303,6 +307,7 @@ const OVERRIDE_SECTIONS: &[&str] = &[
     "authorization_server",
     "api_gateway",
     "throttling",
+    "forwarding",
     "timeouts",
     "limits",
     "ports",

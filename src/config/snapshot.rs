@@ -31,6 +31,7 @@ pub struct Snapshot {
     pub tls: Option<TlsMaterial>,
     pub admin: Admin,
     pub trusted_proxies: Vec<IpNet>,
+    pub forwarding: Forwarding,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub auth_servers: BTreeMap<Arc<str>, Arc<AuthServer>>,
@@ -44,6 +45,30 @@ pub struct Snapshot {
     pub throttling: Throttling,
     /// The applications that call the APIs, and their credentials.
     pub applications: Arc<Applications>,
+}
+
+/// `forwarding`: which fields the gateway adds to the requests it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarding {
+    /// `X-Forwarded-For`, `-Proto` and `-Host`.
+    pub x_forwarded: bool,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: bool,
+    /// `X-Request-Id`, made when no trusted proxy sent one.
+    pub request_id: bool,
+    /// `traceparent`, started when the request has no valid one.
+    pub traceparent: bool,
+}
+
+impl Default for Forwarding {
+    fn default() -> Forwarding {
+        Forwarding {
+            x_forwarded: true,
+            forwarded: true,
+            request_id: true,
+            traceparent: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,11 +10,16 @@
 //!   from anyone (it names a trace, grants nothing); when absent or
 //!   malformed the gateway starts a trace (`00-<trace-id>-<parent-id>-01`)
 //!   and drops any `tracestate` that went with a malformed one.
+//!
+//! `forwarding.request_id: false` makes no id (a trusted proxy's is still
+//! kept, a client's still removed); `forwarding.traceparent: false` starts
+//! no trace (a valid one is still passed on, a malformed one removed).
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 use rand::RngCore;
 
+use crate::config::snapshot::Forwarding;
 use crate::http1::request_encode::AddedFields;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,14 +29,16 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The longest `X-Request-Id` taken from a trusted proxy.
 pub const MAX_REQUEST_ID: usize = 128;
 
-/// Decides the request's `X-Request-Id` and `traceparent`; returns the id.
-/// The ones the gateway makes go to `added` (written after the request's
-/// fields), the client's lines they replace leave `headers`.
+/// Decides the request's `X-Request-Id` and `traceparent`; returns the id
+/// (none when `forwarding.request_id` is off and no trusted proxy sent
+/// one). The ones the gateway makes go to `added` (written after the
+/// request's fields), the client's lines they replace leave `headers`.
 pub fn correlate(
     headers: &mut HeaderMap,
     from_trusted: bool,
     added: &mut AddedFields,
-) -> HeaderValue {
+    make: Forwarding,
+) -> Option<HeaderValue> {
     // One pass over the fields instead of a lookup per name: most
     // requests carry none of the three.
     let mut request_id = Seen::None;
@@ -53,22 +60,9 @@ pub fn correlate(
         _ => None,
     };
     let traced = matches!(traceparent, Seen::Once(t) if valid_traceparent(t.as_bytes()));
-    if let Some(id) = kept.as_ref().filter(|_| traced) {
-        // A trusted proxy's id and a valid trace: nothing to make.
-        return id.clone();
+    if kept.is_none() && sent_id {
+        headers.remove(&X_REQUEST_ID);
     }
-    let random = random_ids();
-    let id = match kept {
-        Some(id) => id,
-        None => {
-            if sent_id {
-                headers.remove(&X_REQUEST_ID);
-            }
-            let id = hex_value(&random[..16]);
-            added.add(&X_REQUEST_ID, id.clone());
-            id
-        }
-    };
     if !traced {
         if tracestate {
             headers.remove(&TRACESTATE);
@@ -76,6 +70,21 @@ pub fn correlate(
         if sent_traceparent {
             headers.remove(&TRACEPARENT);
         }
+    }
+    let make_id = kept.is_none() && make.request_id;
+    let start_trace = !traced && make.traceparent;
+    if !(make_id || start_trace) {
+        return kept; // nothing to make
+    }
+    let random = random_ids();
+    let id = if make_id {
+        let id = hex_value(&random[..16]);
+        added.add(&X_REQUEST_ID, id.clone());
+        Some(id)
+    } else {
+        kept
+    };
+    if start_trace {
         added.add(&TRACEPARENT, new_traceparent(&random[16..]));
     }
     id
@@ -192,10 +201,61 @@ mod tests {
     /// `correlate`, its added fields put into the map as the upstream
     /// receives them.
     fn correlated(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
+        correlated_making(headers, from_trusted, Forwarding::default()).expect("an id")
+    }
+
+    fn correlated_making(
+        headers: &mut HeaderMap,
+        from_trusted: bool,
+        make: Forwarding,
+    ) -> Option<HeaderValue> {
         let mut added = AddedFields::new();
-        let id = correlate(headers, from_trusted, &mut added);
+        let id = correlate(headers, from_trusted, &mut added, make);
         added.insert_into(headers);
         id
+    }
+
+    #[test]
+    fn switched_off_nothing_is_made_and_nothing_a_client_sent_is_believed() {
+        let off = Forwarding {
+            request_id: false,
+            traceparent: false,
+            ..Forwarding::default()
+        };
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // Nothing sent: nothing made.
+        let mut headers = HeaderMap::new();
+        assert_eq!(correlated_making(&mut headers, false, off), None);
+        assert!(headers.is_empty());
+        // A client's id is still removed; a valid trace still passed on.
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("mine"));
+        headers.insert(&TRACEPARENT, HeaderValue::from_static(good));
+        assert_eq!(correlated_making(&mut headers, false, off), None);
+        assert!(!headers.contains_key(&X_REQUEST_ID));
+        assert_eq!(headers.get(&TRACEPARENT).unwrap(), good);
+        // A trusted proxy's id is kept; a malformed trace removed with its state.
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("lb-42"));
+        headers.insert(&TRACEPARENT, HeaderValue::from_static("garbage"));
+        headers.insert(&TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        let kept = correlated_making(&mut headers, true, off);
+        assert_eq!(
+            kept.as_ref().map(HeaderValue::as_bytes),
+            Some(&b"lb-42"[..])
+        );
+        assert_eq!(headers.get(&X_REQUEST_ID).unwrap(), "lb-42");
+        assert!(!headers.contains_key(&TRACEPARENT));
+        assert!(!headers.contains_key(&TRACESTATE));
+        // One on, the other off.
+        let ids_only = Forwarding {
+            traceparent: false,
+            ..Forwarding::default()
+        };
+        let mut headers = HeaderMap::new();
+        let made = correlated_making(&mut headers, false, ids_only).expect("an id");
+        assert_eq!(headers.get(&X_REQUEST_ID), Some(&made));
+        assert!(!headers.contains_key(&TRACEPARENT));
     }
 
     #[test]

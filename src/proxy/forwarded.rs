@@ -15,7 +15,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, FORWARDED, HOST}
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::config::snapshot::folds_to;
+use crate::config::snapshot::{folds_to, Forwarding};
 use crate::http1::request_encode::AddedFields;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -182,12 +182,15 @@ pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> Ip
 /// or not: the gateway's go to `added`, the lines they replace leave
 /// `headers` (a trusted proxy's `X-Forwarded-For` and `Forwarded` are
 /// carried into the new values, its `X-Forwarded-Proto/-Host` kept).
+/// What `make` turns off is not added, and only a trusted proxy's lines
+/// of it go on.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     added: &mut AddedFields,
     ip: IpAddr,
     tls: bool,
     from_trusted: bool,
+    make: Forwarding,
 ) {
     let proto = if tls { "https" } else { "http" };
     let host = headers.get(HOST).cloned();
@@ -203,6 +206,29 @@ pub fn set_forwarded(
             sent_proto |= *name == X_FORWARDED_PROTO;
             sent_host |= *name == X_FORWARDED_HOST;
         }
+    }
+    if !make.x_forwarded {
+        if !from_trusted {
+            for (sent, name) in [
+                (sent_for, &X_FORWARDED_FOR),
+                (sent_proto, &X_FORWARDED_PROTO),
+                (sent_host, &X_FORWARDED_HOST),
+            ] {
+                if sent {
+                    headers.remove(name);
+                }
+            }
+        }
+        sent_for = false; // a trusted proxy's goes on as sent
+    }
+    if !make.forwarded {
+        if sent_forwarded && !from_trusted {
+            headers.remove(FORWARDED);
+        }
+        sent_forwarded = false; // likewise
+    }
+    if !(make.x_forwarded || make.forwarded) {
+        return;
     }
     let (forwarded_for, forwarded) = if from_trusted {
         compose(
@@ -221,11 +247,14 @@ pub fn set_forwarded(
     if sent_forwarded {
         headers.remove(FORWARDED);
     }
-    if let Some(value) = forwarded_for {
+    if let Some(value) = forwarded_for.filter(|_| make.x_forwarded) {
         added.add(&X_FORWARDED_FOR, value);
     }
-    if let Some(value) = forwarded {
+    if let Some(value) = forwarded.filter(|_| make.forwarded) {
         added.add(&FORWARDED_FIELD, value);
+    }
+    if !make.x_forwarded {
+        return;
     }
     if !(from_trusted && sent_proto) {
         if sent_proto {
@@ -351,10 +380,64 @@ mod tests {
     /// `set_forwarded`, its added fields put into the map as the upstream
     /// receives them.
     fn forwarded_into(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
+        forwarded_making(headers, peer, tls, trusted, Forwarding::default());
+    }
+
+    fn forwarded_making(
+        headers: &mut HeaderMap,
+        peer: SocketAddr,
+        tls: bool,
+        trusted: &[IpNet],
+        make: Forwarding,
+    ) {
         let mut added = AddedFields::new();
         let from_trusted = trusted.iter().any(|net| net.contains(&peer.ip()));
-        set_forwarded(headers, &mut added, peer.ip(), tls, from_trusted);
+        set_forwarded(headers, &mut added, peer.ip(), tls, from_trusted, make);
         added.insert_into(headers);
+    }
+
+    #[test]
+    fn a_field_switched_off_is_not_added_and_goes_on_only_from_a_trusted_proxy() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let stranger: SocketAddr = "5.5.5.5:4000".parse().unwrap();
+        let sent = || {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static("api.example"));
+            headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+            headers.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil"));
+            headers.insert(FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+            headers
+        };
+        let no_x = Forwarding {
+            x_forwarded: false,
+            ..Forwarding::default()
+        };
+        let mut headers = sent();
+        forwarded_making(&mut headers, stranger, false, &trusted, no_x);
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            assert!(!headers.contains_key(name), "{name} from a stranger");
+        }
+        assert_eq!(
+            headers.get(FORWARDED).unwrap(),
+            "for=5.5.5.5;proto=http;host=\"api.example\""
+        );
+        let mut headers = sent();
+        forwarded_making(&mut headers, proxy, false, &trusted, no_x);
+        assert_eq!(headers.get(&X_FORWARDED_FOR).unwrap(), "6.6.6.6");
+        assert_eq!(headers.get(&X_FORWARDED_HOST).unwrap(), "evil");
+        let none = Forwarding {
+            x_forwarded: false,
+            forwarded: false,
+            ..Forwarding::default()
+        };
+        let mut headers = sent();
+        forwarded_making(&mut headers, stranger, false, &trusted, none);
+        assert_eq!(headers.len(), 1, "only Host: {headers:?}");
+        let mut headers = sent();
+        forwarded_making(&mut headers, proxy, false, &trusted, none);
+        assert_eq!(headers, sent(), "a trusted proxy's go on as sent");
     }
 
     #[test]

@@ -248,7 +248,14 @@ async fn phases<'s>(
         count_application(who);
     }
     outbound::apply(&route.api.outbound, headers); // outbound auth
-    forwarded::set_forwarded(headers, added, conn.peer.ip(), conn.tls, conn.from_trusted);
+    forwarded::set_forwarded(
+        headers,
+        added,
+        conn.peer.ip(),
+        conn.tls,
+        conn.from_trusted,
+        snap.forwarding,
+    );
     // An answer no policy reads goes to an HTTP/1.x client with its fields
     // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
     // client's goes through a map.

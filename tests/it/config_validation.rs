@@ -94,7 +94,7 @@ const AUTH_SERVER_LAST: &str = r#"security_settings:
 "#;
 const RESOURCE_ALLOWED: &str = "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
 const SECRET_ALLOWED: &str = "a value, \"{encoded}BASE64\", \"${env:NAME}\" or \"${file:/path}\"";
-const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central, throttling, applications";
+const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, forwarding, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central, throttling, applications";
 
 // ------------------------------------------------------------ YAML shape
 

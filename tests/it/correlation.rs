@@ -1,6 +1,7 @@
 //! `X-Request-Id` and W3C `traceparent` through the gateway: made when
 //! missing, a client's request id replaced, a trusted proxy's kept, the
-//! same id returned to the client and logged.
+//! same id returned to the client and logged; with `forwarding` off,
+//! nothing made and nothing a client sent passed on.
 use crate::common;
 
 use common::Gateway;
@@ -103,6 +104,48 @@ async fn a_trusted_proxys_id_and_any_valid_traceparent_are_passed_on() {
     .await;
     assert_ne!(upstream["traceparent"], "00-xyz");
     assert!(upstream.get("tracestate").is_none(), "{upstream}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_forwarding_off_nothing_is_added_and_nothing_a_client_sent_goes_on() {
+    let off = "forwarding: { x_forwarded: false, forwarded: false, request_id: false, traceparent: false }\n";
+    let gw = Gateway::start(&(yaml("") + off)).await;
+    let response = gw
+        .client
+        .get(gw.url("/echo/x"))
+        .header("x-request-id", "chosen-by-client")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=6.6.6.6")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-request-id").is_none());
+    let echoed: Value = response.json().await.unwrap();
+    let upstream = &echoed["headers"];
+    for name in [
+        "x-request-id",
+        "traceparent",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ] {
+        assert!(upstream.get(name).is_none(), "{name}: {upstream}");
+    }
+    // A valid trace is still passed on.
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = gw
+        .client
+        .get(gw.url("/echo/x"))
+        .header("traceparent", trace)
+        .send()
+        .await
+        .expect("answered");
+    let echoed: Value = response.json().await.unwrap();
+    assert_eq!(echoed["headers"]["traceparent"], trace);
     gw.shutdown().await;
 }
 
