@@ -8,6 +8,8 @@
 #   BUILD=0 bench/instructions.sh         # the release binary as it is
 #   TOKEN_BYTES=900 bench/instructions.sh # each request with a bearer token
 #                                         # that long (forwarded as it is)
+#   BARE=1 bench/instructions.sh          # with `forwarding` all off (the
+#                                         # gateway adds no field)
 #   ROUTE=throttled bench/instructions.sh # one API-wide throttle (memory) too
 #                                         # high to refuse; ROUTE=balanced: two
 #                                         # endpoints (the same upstream), round robin
@@ -72,6 +74,9 @@ apis:
   resources: ["GET /items"]
 $POLICIES
 CONF
+if [ "${BARE:-0}" = 1 ]; then
+    echo "forwarding: { x_forwarded: false, forwarded: false, request_id: false, traceparent: false }" >>"$WORK/microgateway.yaml"
+fi
 
 # client COUNT: COUNT keep-alive requests on one connection, each answered 200.
 client() {
