@@ -202,11 +202,12 @@ const MIN_HEADER_BYTES: u64 = 1 << 10;
 const MAX_HEADER_BYTES: u64 = 1 << 20;
 
 pub(super) fn forwarding(ctx: &mut Ctx, raw: &raw::Forwarding) -> Forwarding {
+    let on = Forwarding::default();
     Forwarding {
-        x_forwarded: ctx.boolean(&raw.x_forwarded, "forwarding.x_forwarded", true),
-        forwarded: ctx.boolean(&raw.forwarded, "forwarding.forwarded", true),
-        request_id: ctx.boolean(&raw.request_id, "forwarding.request_id", true),
-        traceparent: ctx.boolean(&raw.traceparent, "forwarding.traceparent", true),
+        x_forwarded: ctx.boolean(&raw.x_forwarded, "forwarding.x_forwarded", on.x_forwarded),
+        forwarded: ctx.boolean(&raw.forwarded, "forwarding.forwarded", on.forwarded),
+        request_id: ctx.boolean(&raw.request_id, "forwarding.request_id", on.request_id),
+        traceparent: ctx.boolean(&raw.traceparent, "forwarding.traceparent", on.traceparent),
     }
 }
 

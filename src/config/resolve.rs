@@ -211,14 +211,14 @@ const OVERRIDES: &[(&str, Slot)] = &[
         &mut f.limits.max_header_bytes
     }),
     ("limits_max_headers", |f| &mut f.limits.max_headers),
-    ("forwarding_x_forwarded", |f| &mut f.forwarding.x_forwarded),
-    ("forwarding_forwarded", |f| &mut f.forwarding.forwarded),
-    ("forwarding_request_id", |f| &mut f.forwarding.request_id),
-    ("forwarding_traceparent", |f| &mut f.forwarding.traceparent),
     ("limits_max_uri", |f| &mut f.limits.max_uri),
     ("limits_max_body", |f| &mut f.limits.max_body),
     ("limits_max_connections", |f| &mut f.limits.max_connections),
     ("limits_max_tunnels", |f| &mut f.limits.max_tunnels),
+    ("forwarding_x_forwarded", |f| &mut f.forwarding.x_forwarded),
+    ("forwarding_forwarded", |f| &mut f.forwarding.forwarded),
+    ("forwarding_request_id", |f| &mut f.forwarding.request_id),
+    ("forwarding_traceparent", |f| &mut f.forwarding.traceparent),
     ("timeouts_header_read", |f| &mut f.timeouts.header_read),
     ("timeouts_idle", |f| &mut f.timeouts.idle),
     ("timeouts_upstream_connect", |f| {

@@ -61,15 +61,21 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_lone_request_goes_at_once_and_is_counted_until_dropped() {
+    /// A task made ready on this thread, and whether it has run.
+    fn ready_task() -> (Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
         let ran = Arc::new(AtomicUsize::new(0));
-        let other = tokio::spawn({
+        let task = tokio::spawn({
             let ran = ran.clone();
             async move {
                 ran.fetch_add(1, Ordering::SeqCst);
             }
         });
+        (ran, task)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_request_goes_at_once_and_is_counted_until_dropped() {
+        let (ran, other) = ready_task();
         let first = enter().await;
         // Nothing else was on its way: no yield, the spawned task has not run.
         assert_eq!(ran.load(Ordering::SeqCst), 0);
@@ -82,13 +88,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_request_behind_another_lets_the_ready_tasks_run_first() {
         let first = enter().await;
-        let ran = Arc::new(AtomicUsize::new(0));
-        let other = tokio::spawn({
-            let ran = ran.clone();
-            async move {
-                ran.fetch_add(1, Ordering::SeqCst);
-            }
-        });
+        let (ran, other) = ready_task();
         let second = enter().await;
         assert_eq!(ran.load(Ordering::SeqCst), 1, "the ready task ran before");
         assert_eq!(on_their_way(), 2);
