@@ -149,7 +149,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         .iter()
         .filter_map(|s| s.value.name.as_ref().map(|n| n.value.clone()))
         .collect();
-    let resources = resources(ctx, raw);
+    let mut resources = resources(ctx, raw);
     let grants = grants(&name, &api_scopes, refs);
     let transform = transform(ctx, &raw.policies);
     let outbound = outbound(ctx, &raw.policies, refs.aliases);
@@ -164,6 +164,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
             api_scopes: &api_scopes,
         },
     );
+    super::throttle_compile::bind(&mut resources, &throttle);
     let access =
         super::application_compile::access(refs.applications, &name, &version, &api_scopes);
     let ip_filter = raw.ip_filter.as_ref().map(|filter| IpFilter {
@@ -446,6 +447,8 @@ fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
                         method,
                         template,
                         api_scopes: vec![index],
+                        throttle: Box::default(),
+                        ratelimit_policy: None,
                     });
                 }
             }
@@ -469,6 +472,8 @@ fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
             method,
             template,
             api_scopes: Vec::new(),
+            throttle: Box::default(),
+            ratelimit_policy: None,
         });
     }
     resources

@@ -390,6 +390,12 @@ pub struct Resource {
     pub template: Template,
     /// Indexes into `Api::api_scopes`; empty = any valid token.
     pub api_scopes: Vec<usize>,
+    /// Indexes into `Api::throttle`: the policies that count requests to
+    /// this resource, and their `RateLimit-Policy` field (all of them
+    /// admitted a request; the field of those that refused one is made
+    /// then). Filled in once the API's throttle policies are compiled.
+    pub throttle: Box<[usize]>,
+    pub ratelimit_policy: Option<HeaderValue>,
 }
 
 /// A path template relative to the base path: `/bookings/{id}`.
@@ -628,6 +634,27 @@ impl ThrottlePolicy {
     pub fn applies_to(&self, resource: &Resource) -> bool {
         self.api_scope
             .is_none_or(|scope| resource.api_scopes.contains(&scope))
+    }
+
+    /// The `RateLimit-Policy` field listing `policies` (their items
+    /// joined by `, `); `None` for none.
+    pub fn field_of<'a>(
+        policies: impl Iterator<Item = &'a ThrottlePolicy> + Clone,
+    ) -> Option<HeaderValue> {
+        let mut field =
+            Vec::with_capacity(policies.clone().map(|p| p.policy_field.len() + 2).sum());
+        for policy in policies {
+            if !field.is_empty() {
+                field.extend_from_slice(b", ");
+            }
+            field.extend_from_slice(policy.policy_field.as_bytes());
+        }
+        if field.is_empty() {
+            return None;
+        }
+        // Names and numbers only (`throttle_compile`): always valid. At
+        // its exact length the value owns the allocation, no copy.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(field.into_boxed_slice())).ok()
     }
 
     /// `10 per 1m, per application` — for `explain`.

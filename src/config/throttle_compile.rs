@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::context::Ctx;
 use super::raw::{self, S};
-use super::snapshot::{OnStoreError, Rate, ThrottlePolicy, ThrottleStore, Throttling};
+use super::snapshot::{OnStoreError, Rate, Resource, ThrottlePolicy, ThrottleStore, Throttling};
 
 const STORE_ALLOWED: &str =
     "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
@@ -264,6 +264,20 @@ fn policy(ctx: &mut Ctx, entry: &S<raw::Throttle>, owner: &Owner) -> Option<Thro
     })
 }
 
+/// Gives each resource the policies of `policies` that count requests to
+/// it, and their `RateLimit-Policy` field: what the request path would
+/// otherwise work out for every request.
+pub fn bind(resources: &mut [Resource], policies: &[ThrottlePolicy]) {
+    for resource in resources {
+        let counting: Box<[usize]> = (0..policies.len())
+            .filter(|&i| policies[i].applies_to(resource))
+            .collect();
+        resource.ratelimit_policy =
+            ThrottlePolicy::field_of(counting.iter().map(|&i| &policies[i]));
+        resource.throttle = counting;
+    }
+}
+
 /// A name that is a valid structured-field string and metric label as it is.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -311,5 +325,55 @@ mod tests {
         );
         assert!(valid_name("api-per-client-ip"));
         assert!(!valid_name("a\"b"));
+    }
+
+    fn policy(name: &str, api_scope: Option<usize>) -> ThrottlePolicy {
+        let per = Duration::from_secs(60);
+        ThrottlePolicy {
+            name: name.to_owned(),
+            identity: name.into(),
+            limit: 10,
+            per,
+            rate: Rate::of(10, per),
+            api_scope,
+            per_application: false,
+            per_client_ip: false,
+            policy_field: format!("\"{name}\";q=10;w=60"),
+        }
+    }
+
+    fn resource(api_scopes: Vec<usize>) -> Resource {
+        Resource {
+            method: http::Method::GET,
+            template: super::super::snapshot::Template {
+                text: "/".to_owned(),
+                segments: Vec::new(),
+            },
+            api_scopes,
+            throttle: Box::default(),
+            ratelimit_policy: None,
+        }
+    }
+
+    #[test]
+    fn each_resource_gets_the_policies_that_count_it_and_their_field() {
+        let policies = [policy("api", None), policy("booking", Some(1))];
+        let mut resources = [resource(vec![1]), resource(vec![0]), resource(Vec::new())];
+        bind(&mut resources, &policies);
+        assert_eq!(*resources[0].throttle, [0, 1]);
+        assert_eq!(
+            resources[0].ratelimit_policy.as_ref().unwrap(),
+            r#""api";q=10;w=60, "booking";q=10;w=60"#
+        );
+        for other in &resources[1..] {
+            assert_eq!(*other.throttle, [0]);
+            assert_eq!(
+                other.ratelimit_policy.as_ref().unwrap(),
+                r#""api";q=10;w=60"#
+            );
+        }
+        let mut unthrottled = [resource(vec![1])];
+        bind(&mut unthrottled, &[]);
+        assert!(unthrottled[0].throttle.is_empty() && unthrottled[0].ratelimit_policy.is_none());
     }
 }

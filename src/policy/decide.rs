@@ -143,11 +143,11 @@ pub fn decide_for<'s>(
         }
     };
     let api = &matched.api;
-    verdict.throttle = api
+    verdict.throttle = matched
+        .resource()
         .throttle
         .iter()
-        .filter(|p| p.applies_to(matched.resource()))
-        .map(|p| p.describe())
+        .map(|&i| api.throttle[i].describe())
         .collect();
     verdict.required_api_scopes = matched
         .resource()

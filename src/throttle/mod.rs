@@ -107,18 +107,13 @@ pub struct Fields {
 }
 
 impl Fields {
-    fn of(counted: &[(&ThrottlePolicy, Quota)]) -> Option<Fields> {
-        // Each value is written once into an allocation of its exact
+    /// The fields for the policies `counted`, whose `RateLimit-Policy`
+    /// field is `policy`.
+    fn of(counted: &[(&ThrottlePolicy, Quota)], policy: Option<HeaderValue>) -> Option<Fields> {
+        // The value is written once into an allocation of its exact
         // length, which the header value then owns: this runs for every
         // admitted request.
         let separators = 2 * counted.len().saturating_sub(1);
-        let mut policy = Vec::with_capacity(
-            counted
-                .iter()
-                .map(|(p, _)| p.policy_field.len())
-                .sum::<usize>()
-                + separators,
-        );
         let mut ratelimit = Vec::with_capacity(
             counted
                 .iter()
@@ -133,10 +128,8 @@ impl Fields {
         let mut number = itoa::Buffer::new();
         for (at, (p, quota)) in counted.iter().enumerate() {
             if at > 0 {
-                policy.extend_from_slice(b", ");
                 ratelimit.extend_from_slice(b", ");
             }
-            policy.extend_from_slice(p.policy_field.as_bytes());
             ratelimit.push(b'"');
             ratelimit.extend_from_slice(p.name.as_bytes());
             ratelimit.extend_from_slice(b"\";r=");
@@ -147,7 +140,7 @@ impl Fields {
         }
         // Names and numbers only: always valid.
         Some(Fields {
-            policy: owned_value(policy)?,
+            policy: policy?,
             ratelimit: owned_value(ratelimit)?,
             retry_after: retry_after.map(|after| HeaderValue::from(seconds_up(after).max(1))),
         })
@@ -280,17 +273,24 @@ impl Throttler {
 struct Counting<'a> {
     policies: SmallVec<[&'a ThrottlePolicy; 2]>,
     keys: SmallVec<[(Key<'a>, Rate); 2]>,
+    /// Their `RateLimit-Policy` field.
+    field: &'a Option<HeaderValue>,
 }
 
 impl<'a> Counting<'a> {
     fn of(api: &'a Api, resource: usize, caller: &Caller<'a>) -> Counting<'a> {
-        let policies: SmallVec<[&ThrottlePolicy; 2]> = api
+        let resource = &api.resources[resource];
+        let policies: SmallVec<[&ThrottlePolicy; 2]> = resource
             .throttle
             .iter()
-            .filter(|p| p.applies_to(&api.resources[resource]))
+            .map(|&i| &api.throttle[i])
             .collect();
         let keys = policies.iter().map(|p| (key(p, caller), p.rate)).collect();
-        Counting { policies, keys }
+        Counting {
+            policies,
+            keys,
+            field: &resource.ratelimit_policy,
+        }
     }
 
     /// What the store's answer (admitted, and each key's level) means
@@ -312,7 +312,7 @@ impl<'a> Counting<'a> {
             .map(|(p, ((_, rate), level))| (*p, quota(*rate, admitted, level)))
             .collect();
         if admitted {
-            return Verdict::Admitted(Fields::of(&counted));
+            return Verdict::Admitted(Fields::of(&counted, self.field.clone()));
         }
         // The client hears about the policies that refused it.
         let refusing: Vec<(&ThrottlePolicy, Quota)> = counted
@@ -327,7 +327,10 @@ impl<'a> Counting<'a> {
         }
         Verdict::Refused {
             policies: refusing.iter().map(|(p, _)| p.name.clone()).collect(),
-            fields: Fields::of(&refusing),
+            fields: Fields::of(
+                &refusing,
+                ThrottlePolicy::field_of(refusing.iter().map(|(p, _)| *p)),
+            ),
         }
     }
 }
@@ -418,7 +421,8 @@ mod tests {
             (&a, quota(Rate::of(10, a.per), false, 6_000_000)),
             (&b, quota(Rate::of(1, b.per), false, 60_000_000)),
         ];
-        let fields = Fields::of(&counted).unwrap();
+        let field = ThrottlePolicy::field_of([&a, &b].into_iter());
+        let fields = Fields::of(&counted, field).unwrap();
         let mut headers = HeaderMap::new();
         fields.apply(&mut headers);
         assert_eq!(headers[&RATELIMIT_POLICY], r#""a";q=10;w=60, "b";q=1;w=60"#);
