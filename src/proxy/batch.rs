@@ -120,6 +120,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_request_behind_another_goes_before_the_next_poll_of_the_io_driver() {
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut writer, reader) = tokio::net::UnixStream::pair().unwrap();
+        let request = tokio::spawn({
+            let order = order.clone();
+            async move {
+                // A task waiting for I/O, registered before its data comes.
+                let waiting = tokio::spawn({
+                    let order = order.clone();
+                    async move {
+                        reader.readable().await.unwrap();
+                        order.lock().unwrap().push("woken by I/O");
+                    }
+                });
+                tokio::task::yield_now().await;
+                tokio::io::AsyncWriteExt::write_all(&mut writer, b"x")
+                    .await
+                    .unwrap();
+                // The data is there; only a poll of the driver would tell.
+                let first = enter().await;
+                let second = enter().await;
+                order.lock().unwrap().push("request");
+                drop((first, second));
+                waiting.await.unwrap();
+            }
+        });
+        request.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), ["request", "woken by I/O"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_request_dropped_while_it_waits_is_no_longer_counted() {
         let first = enter().await;
         // Polled once (counted, then yielding), then dropped.
