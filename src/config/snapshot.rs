@@ -391,10 +391,10 @@ pub struct Resource {
     /// Indexes into `Api::api_scopes`; empty = any valid token.
     pub api_scopes: Vec<usize>,
     /// Indexes into `Api::throttle`: the policies that count requests to
-    /// this resource, and their `RateLimit-Policy` field (all of them
-    /// admitted a request; the field of those that refused one is made
-    /// then). Filled in once the API's throttle policies are compiled.
+    /// this resource (filled in once the API's policies are compiled).
     pub throttle: Box<[usize]>,
+    /// The `RateLimit-Policy` field listing them, sent with each admitted
+    /// request (a refusal lists only the policies that refused it).
     pub ratelimit_policy: Option<HeaderValue>,
 }
 
@@ -641,8 +641,8 @@ impl ThrottlePolicy {
     pub fn field_of<'a>(
         policies: impl Iterator<Item = &'a ThrottlePolicy> + Clone,
     ) -> Option<HeaderValue> {
-        let mut field =
-            Vec::with_capacity(policies.clone().map(|p| p.policy_field.len() + 2).sum());
+        let separated: usize = policies.clone().map(|p| p.policy_field.len() + 2).sum();
+        let mut field = Vec::with_capacity(separated.saturating_sub(2));
         for policy in policies {
             if !field.is_empty() {
                 field.extend_from_slice(b", ");
