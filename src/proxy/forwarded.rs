@@ -231,9 +231,14 @@ pub fn set_forwarded(
         return;
     }
     let (forwarded_for, forwarded) = if from_trusted {
+        // A chain is joined only for the field that is made.
         compose(
-            joined(headers, &X_FORWARDED_FOR),
-            joined(headers, &FORWARDED),
+            make.x_forwarded
+                .then(|| joined(headers, &X_FORWARDED_FOR))
+                .flatten(),
+            make.forwarded
+                .then(|| joined(headers, &FORWARDED))
+                .flatten(),
             ip,
             proto,
             host.as_ref(),
