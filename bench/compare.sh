@@ -54,6 +54,11 @@
 # the OAuth2 routes once more with it (PGO_BIN=PATH: that binary, as
 # bench/pgo-build.sh made it, instead of building one).
 #
+#   MCGW_BIN=target/pgo/release/microgateway bench/compare.sh
+#
+# measures that binary as the gateway of every contender instead (here
+# the shipped build: the container image is built profile-guided).
+#
 #   BASE=39010b9 bench/compare.sh   # also the release build of another commit
 #
 # builds that commit in a detached worktree (target/bench-base/) and measures
@@ -102,7 +107,8 @@ PORT_REDIS=${PORT_REDIS:-18192}
 PORT_REDIS_MCGW=${PORT_REDIS_MCGW:-18193}
 PORT_REDIS_ADMIN=${PORT_REDIS_ADMIN:-18194}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release/microgateway
+# MCGW_BIN=PATH: that binary is the gateway of every contender (not built).
+BIN=${MCGW_BIN:-$TARGET_DIR/release/microgateway}
 bench_workdir bench
 
 need wrk wrk
@@ -111,7 +117,7 @@ need haproxy haproxy
 NGINX=$(command -v nginx)
 HAPROXY=$(command -v haproxy)
 
-build_release
+[ -n "${MCGW_BIN:-}" ] || build_release
 CONTENDERS=(direct nginx microgateway haproxy)
 if [ "$LOGGED" = 1 ]; then CONTENDERS+=(nginx-logged microgateway-logged); fi
 if [ "$FIELDS" = 1 ]; then CONTENDERS+=(nginx-fields microgateway-bare); fi

@@ -5,6 +5,9 @@
 # third of the way in, reporting the failed requests of both.
 #
 #   bench/endpoints.sh          # ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2
+#   MCGW_BIN=target/pgo/release/microgateway bench/endpoints.sh
+#                               # that binary as the gateway (here the
+#                               # shipped build: the image is profile-guided)
 #
 # "nginx-fields" is the same nginx adding to each request the fields the
 # gateway adds by default (bench/lib.sh): the equal-work peer, measured in
@@ -29,14 +32,15 @@ PORT_MCGW=${PORT_MCGW:-18193}
 PORT_ADMIN=${PORT_ADMIN:-18194}
 PORT_NGINX_FIELDS=${PORT_NGINX_FIELDS:-18195}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release/microgateway
+# MCGW_BIN=PATH: that binary is the gateway of every contender (not built).
+BIN=${MCGW_BIN:-$TARGET_DIR/release/microgateway}
 bench_workdir endpoints
 
 need wrk wrk
 need nginx nginx-light
 NGINX=$(command -v nginx)
 
-build_release
+[ -n "${MCGW_BIN:-}" ] || build_release
 
 # start_nginx NAME: nginx in the foreground on $WORK/NAME/nginx.conf; its
 # master pid in $WORK/NAME/master.

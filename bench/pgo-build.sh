@@ -6,7 +6,8 @@
 # 1. builds an instrumented release binary (target/pgo-instrumented);
 # 2. trains it: the binary serves a training configuration and wrk and
 #    h2load drive its data path — plain proxying through its own upstream
-#    client, JWT-protected calls (tokens from its own authorization
+#    client, a throttled route and one balanced over two endpoints,
+#    JWT-protected calls (tokens from its own authorization
 #    server) and the same tokens through RFC 7662 introspection, 401s and
 #    403s, POST bodies, HTTPS and HTTP/2 (h2c and over TLS) — then it stops
 #    cleanly and writes its profile;
@@ -98,6 +99,18 @@ apis:
   upstream: { url: "http://127.0.0.1:$PORT/echo" }
   authentication: { type: none }
   resources: ["GET /items", "POST /items"]
+- name: throttled
+  base_path: /throttled
+  upstream: { url: "http://127.0.0.1:$PORT/echo" }
+  authentication: { type: none }
+  resources: ["GET /items"]
+  policies: { throttle: [{ limit: 1000000, per: 1s }] }
+- name: balanced
+  base_path: /balanced
+  upstream:
+    endpoints: [{ url: "http://127.0.0.1:$PORT/echo" }, { url: "http://localhost:$PORT/echo" }]
+  authentication: { type: none }
+  resources: ["GET /items"]
 - name: protected
   base_path: /protected
   upstream: { url: "http://127.0.0.1:$PORT/echo" }
@@ -137,6 +150,8 @@ load() { # seconds url [wrk args...]
 }
 load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/plain/items"
 load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/protected/items" -H "Authorization: Bearer $VIEW"
+load 3 "http://127.0.0.1:$PORT/throttled/items"
+load 3 "http://127.0.0.1:$PORT/balanced/items"
 load 2 "http://127.0.0.1:$PORT/plain/items" -s "$WORK/post.lua"
 load 2 "http://127.0.0.1:$PORT/protected/items"
 load 2 "http://127.0.0.1:$PORT/protected/items" -s "$WORK/post.lua" -H "Authorization: Bearer $VIEW"

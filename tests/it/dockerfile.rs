@@ -1,5 +1,5 @@
 //! The container image, read from the Dockerfile (no Docker engine needed):
-//! a release build on `rust:1-bookworm`, a `debian:bookworm-slim` runtime
+//! a release build (profile-guided by default) on `rust:1-bookworm`, a `debian:bookworm-slim` runtime
 //! with CA certificates, a non-root user, the documented configuration
 //! path, the three ports, and a HEALTHCHECK that needs no HTTP client.
 use crate::common;
@@ -69,6 +69,34 @@ fn builds_release_on_rust_bookworm_and_runs_on_bookworm_slim() {
     assert!(runtime.iter().any(|(k, v)| k == "COPY"
         && v.contains("--from=build")
         && v.contains("target/release/microgateway")));
+}
+
+#[test]
+fn the_image_binary_is_profile_guided_unless_asked_otherwise() {
+    let all = dockerfile();
+    let build_stage = &all[..all.iter().rposition(|(k, _)| k == "FROM").unwrap()];
+    assert!(
+        build_stage.iter().any(|(k, v)| k == "ARG" && v == "PGO=1"),
+        "PGO defaults to 1: {build_stage:?}"
+    );
+    // Both builds are copied from where the runtime stage takes the binary.
+    let build = build_stage
+        .iter()
+        .find(|(k, v)| k == "RUN" && v.contains("bench/pgo-build.sh"))
+        .map(|(_, v)| v.as_str())
+        .expect("a RUN of bench/pgo-build.sh");
+    assert!(
+        build.contains("\"$PGO\" = 1")
+            && build.contains("cp target/pgo/release/microgateway target/release/microgateway")
+            && build.contains("cargo build --release --locked"),
+        "{build}"
+    );
+    // The script the build runs is in the build context.
+    assert!(build_stage
+        .iter()
+        .any(|(k, v)| k == "COPY" && v.contains("bench/pgo-build.sh")));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pgo-build.sh");
+    assert!(script.is_file(), "{}", script.display());
 }
 
 #[test]
