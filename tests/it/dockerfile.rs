@@ -99,6 +99,70 @@ fn the_image_binary_is_profile_guided_unless_asked_otherwise() {
     assert!(script.is_file(), "{}", script.display());
 }
 
+/// The configuration `bench/pgo-build.sh` trains the image's binary on
+/// (its heredoc, the script's variables filled in) is one `check`
+/// accepts, with an API for every route the training loads: a mistake
+/// there would fail the image's build, or train it on 404s.
+#[test]
+fn the_image_build_trains_on_a_valid_configuration_of_every_loaded_route() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = std::fs::read_to_string(root.join("bench/pgo-build.sh")).expect("pgo-build.sh");
+    let opening = "cat >\"$WORK/training.yaml\" <<YAML\n";
+    let start = script.find(opening).expect("the training heredoc") + opening.len();
+    let yaml = &script[start..start + script[start..].find("\nYAML\n").expect("its end")];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("certificate");
+    std::fs::write(dir.path().join("server.crt"), cert.pem()).expect("write certificate");
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).expect("write key");
+    let work = dir.path().to_str().expect("utf-8 path");
+    let filled = yaml
+        .replace("$TLS_PORT", "18292")
+        .replace("$PORT", "18290")
+        .replace("$ADMIN", "18291")
+        .replace("$WORK", work);
+    assert!(!filled.contains('$'), "a variable left unfilled: {filled}");
+    let config = dir.path().join("training.yaml");
+    std::fs::write(&config, &filled).expect("write training configuration");
+    let out = Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .env_clear()
+        .args(["check", "-c", config.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every route the training loads (`:$PORT/<base>/items`) is an API's.
+    let loaded: Vec<&str> = script
+        .split("$PORT/")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("/items").map(|(base, _)| base))
+        .filter(|base| !base.contains(['"', ' ', '/']))
+        .collect();
+    for base in [
+        "plain",
+        "throttled",
+        "balanced",
+        "protected",
+        "introspected",
+    ] {
+        assert!(
+            loaded.contains(&base),
+            "the training loads /{base}: {loaded:?}"
+        );
+    }
+    for base in &loaded {
+        assert!(
+            filled.contains(&format!("base_path: /{base}\n")),
+            "no API serves /{base}"
+        );
+    }
+}
+
 #[test]
 fn runs_as_a_non_root_user() {
     let all = dockerfile();
