@@ -29,7 +29,8 @@ COPY src ./src
 # instrumented build on the data path (plain, throttled, balanced and
 # OAuth2 routes, TLS, HTTP/2) and builds again with that profile, ~24%
 # fewer instructions per proxied request for two more builds and a minute
-# of training. PGO=0 builds once, plainly (what `cargo build --release`
+# of training (its load tools, wrk and h2load, come from Debian's
+# mirror). PGO=0 builds once, plainly (what `cargo build --release`
 # makes).
 ARG PGO=1
 COPY bench/lib.sh bench/pgo-build.sh ./bench/
