@@ -155,7 +155,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let outbound = outbound(ctx, &raw.policies, refs.aliases);
     let cors = super::cors_compile::compile(ctx, &raw.policies, &resources);
     let response_transform = super::response_compile::compile(ctx, &raw.policies);
-    let throttle = super::throttle_compile::policies(
+    let mut throttle = super::throttle_compile::policies(
         ctx,
         &raw.policies.throttle,
         &super::throttle_compile::Owner {
@@ -164,7 +164,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
             api_scopes: &api_scopes,
         },
     );
-    super::throttle_compile::bind(&mut resources, &throttle);
+    super::throttle_compile::bind(&mut resources, &mut throttle);
     let access =
         super::application_compile::access(refs.applications, &name, &version, &api_scopes);
     let ip_filter = raw.ip_filter.as_ref().map(|filter| IpFilter {

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, Method};
@@ -607,7 +608,41 @@ pub struct ThrottlePolicy {
     pub per_client_ip: bool,
     /// Its item of the `RateLimit-Policy` field (`"name";q=10;w=60`).
     pub policy_field: String,
+    /// Its one counter in the memory store, when it counts every request
+    /// alike (no partition) and no resource counts it together with
+    /// another policy: set when the store prepares the snapshot.
+    pub sole: SoleCounter,
 }
+
+/// See [`ThrottlePolicy::sole`]: a request then counts with one
+/// compare-and-swap, without hashing a key or taking a lock. Not part of
+/// what the policy says: policies are equal whatever their counters.
+#[derive(Debug, Clone, Default)]
+pub struct SoleCounter {
+    /// Whether the policy is counted that way (decided when compiled).
+    pub eligible: bool,
+    tat: OnceLock<Arc<AtomicU64>>,
+}
+
+impl SoleCounter {
+    /// The counter, once the memory store gave it.
+    pub fn get(&self) -> Option<&AtomicU64> {
+        self.tat.get().map(|tat| &**tat)
+    }
+
+    /// Gives the counter (a policy gets one once).
+    pub fn set(&self, tat: Arc<AtomicU64>) {
+        let _ = self.tat.set(tat);
+    }
+}
+
+impl PartialEq for SoleCounter {
+    fn eq(&self, other: &SoleCounter) -> bool {
+        self.eligible == other.eligible
+    }
+}
+
+impl Eq for SoleCounter {}
 
 /// A policy's rate, in microseconds: one request every `interval`, a
 /// burst of up to `period` / `interval`.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::context::Ctx;
 use super::raw::{self, S};
-use super::snapshot::{OnStoreError, Rate, Resource, ThrottlePolicy, ThrottleStore, Throttling};
+use super::snapshot::{
+    OnStoreError, Rate, Resource, SoleCounter, ThrottlePolicy, ThrottleStore, Throttling,
+};
 
 const STORE_ALLOWED: &str =
     "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
@@ -261,20 +263,36 @@ fn policy(ctx: &mut Ctx, entry: &S<raw::Throttle>, owner: &Owner) -> Option<Thro
         per_application,
         per_client_ip,
         policy_field,
+        sole: SoleCounter::default(),
     })
 }
 
 /// Gives each resource the policies of `policies` that count requests to
 /// it, and their `RateLimit-Policy` field: what the request path would
 /// otherwise work out for every request.
-pub fn bind(resources: &mut [Resource], policies: &[ThrottlePolicy]) {
+pub fn bind(resources: &mut [Resource], policies: &mut [ThrottlePolicy]) {
+    // A policy without a partition that always counts alone can keep its
+    // count in one number ([`ThrottlePolicy::sole`]); counted together
+    // with another, it counts in the store's keys, all or none.
+    let mut alone: Vec<bool> = policies
+        .iter()
+        .map(|p| !(p.per_application || p.per_client_ip))
+        .collect();
     for resource in resources {
         let counting: Box<[usize]> = (0..policies.len())
             .filter(|&i| policies[i].applies_to(resource))
             .collect();
+        if counting.len() > 1 {
+            for &i in counting.iter() {
+                alone[i] = false;
+            }
+        }
         resource.ratelimit_policy =
             ThrottlePolicy::field_of(counting.iter().map(|&i| &policies[i]));
         resource.throttle = counting;
+    }
+    for (policy, alone) in policies.iter_mut().zip(alone) {
+        policy.sole.eligible = alone;
     }
 }
 
@@ -339,6 +357,7 @@ mod tests {
             per_application: false,
             per_client_ip: false,
             policy_field: format!("\"{name}\";q=10;w=60"),
+            sole: SoleCounter::default(),
         }
     }
 
@@ -357,9 +376,9 @@ mod tests {
 
     #[test]
     fn each_resource_gets_the_policies_that_count_it_and_their_field() {
-        let policies = [policy("api", None), policy("booking", Some(1))];
+        let mut policies = [policy("api", None), policy("booking", Some(1))];
         let mut resources = [resource(vec![1]), resource(vec![0]), resource(Vec::new())];
-        bind(&mut resources, &policies);
+        bind(&mut resources, &mut policies);
         assert_eq!(*resources[0].throttle, [0, 1]);
         assert_eq!(
             resources[0].ratelimit_policy.as_ref().unwrap(),
@@ -373,7 +392,29 @@ mod tests {
             );
         }
         let mut unthrottled = [resource(vec![1])];
-        bind(&mut unthrottled, &[]);
+        bind(&mut unthrottled, &mut []);
         assert!(unthrottled[0].throttle.is_empty() && unthrottled[0].ratelimit_policy.is_none());
+    }
+
+    #[test]
+    fn only_a_policy_that_always_counts_alone_without_a_partition_keeps_a_sole_counter() {
+        // Counted alone on every resource that counts it: one number.
+        let mut policies = [policy("api", None)];
+        bind(
+            &mut [resource(vec![0]), resource(Vec::new())],
+            &mut policies,
+        );
+        assert!(policies[0].sole.eligible);
+        // Counted with another on one resource: in the store's keys, so
+        // that a request counts on both or on neither.
+        let mut policies = [policy("api", None), policy("booking", Some(1))];
+        bind(&mut [resource(vec![1]), resource(vec![0])], &mut policies);
+        assert!(!policies[0].sole.eligible && !policies[1].sole.eligible);
+        // Alone, but one counter per client: keyed.
+        let mut per_client = policy("api-per-client-ip", None);
+        per_client.per_client_ip = true;
+        let mut policies = [per_client];
+        bind(&mut [resource(Vec::new())], &mut policies);
+        assert!(!policies[0].sole.eligible);
     }
 }

@@ -7,9 +7,10 @@
 //! A key is hashed once per request (foldhash, seeded per process): the
 //! hash picks the shard and finds the key in it.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
@@ -17,6 +18,7 @@ use smallvec::SmallVec;
 
 use super::gcra::Rate;
 use super::{Key, Levels};
+use crate::config::snapshot::ThrottlePolicy;
 
 const SHARDS: usize = 32;
 
@@ -55,6 +57,10 @@ pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::quality::RandomState,
     max_keys: AtomicUsize,
+    /// The TATs of the policies that count in one number
+    /// ([`ThrottlePolicy::sole`]), by identity: bounded by the
+    /// configuration, and the same for every snapshot with the policy.
+    sole: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
 }
 
 impl MemoryStore {
@@ -63,6 +69,60 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
             hasher: Default::default(),
             max_keys: AtomicUsize::new(max_keys),
+            sole: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Gives each of `policies` that counts in one number its counter:
+    /// the one an earlier snapshot's policy of the same identity had (a
+    /// reload keeps its count), or a new one. Forgets the counters of
+    /// policies no longer named (a snapshot still serving keeps its own).
+    pub fn bind_sole_counters<'p>(&self, policies: impl Iterator<Item = &'p ThrottlePolicy>) {
+        let mut sole = self.sole.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = HashMap::with_capacity(sole.len());
+        for policy in policies.filter(|p| p.sole.eligible) {
+            let tat = sole
+                .remove(&policy.identity)
+                .or_else(|| kept.get(&policy.identity).cloned())
+                // Counted in the keys until now (it shared a resource
+                // with another policy): its count goes on from there.
+                .unwrap_or_else(|| Arc::new(AtomicU64::new(self.peek(&whole(&policy.identity)))));
+            policy.sole.set(tat.clone());
+            kept.insert(policy.identity.clone(), tat);
+        }
+        // Counted in the keys from now on (or no longer at all, and then
+        // the key expires as any other does).
+        for (identity, tat) in sole.drain() {
+            self.seed(&whole(&identity), tat.load(Ordering::Relaxed));
+        }
+        *sole = kept;
+    }
+
+    /// The TAT of `key` (0: none).
+    fn peek(&self, key: &Key<'_>) -> u64 {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shards[self.shard_of(hash)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.find(hash, |e| e.is(key)).map_or(0, |e| e.tat)
+    }
+
+    /// Makes `key`'s TAT at least `tat`.
+    fn seed(&self, key: &Key<'_>, tat: u64) {
+        if tat == 0 {
+            return;
+        }
+        let hash = self.hasher.hash_one(key);
+        let per_shard = self.per_shard();
+        let mut shard = self.shards[self.shard_of(hash)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.find_mut(hash, |e| e.is(key)) {
+            Some(entry) => entry.tat = entry.tat.max(tat),
+            None => {
+                make_room(&mut shard, per_shard, super::now_micros());
+                shard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
+            }
         }
     }
 
@@ -173,6 +233,34 @@ impl MemoryStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The key of a policy that counts every request alike.
+fn whole(identity: &Arc<str>) -> Key<'_> {
+    Key {
+        policy: identity,
+        application: None,
+        ip: None,
+    }
+}
+
+/// One request on a policy's sole counter: the GCRA step of
+/// [`MemoryStore::check_one`] as a compare-and-swap on the TAT. Admitted
+/// requests never exceed the limit however many threads count at once:
+/// each one's step is applied to the TAT it read, or read again.
+pub fn check_sole(tat: &AtomicU64, rate: Rate, now: u64) -> (bool, Levels) {
+    let mut seen = tat.load(Ordering::Relaxed);
+    loop {
+        let base = seen.max(now);
+        if !rate.fits(base, now) {
+            return (false, Levels::from_slice(&[base - now]));
+        }
+        let next = base + rate.interval;
+        match tat.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return (true, Levels::from_slice(&[next - now])),
+            Err(current) => seen = current,
+        }
     }
 }
 

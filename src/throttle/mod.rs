@@ -207,6 +207,8 @@ impl Throttler {
     pub fn prepare(&self, snapshot: &Snapshot) -> Result<(), String> {
         let settings = &snapshot.throttling;
         self.memory.set_max_keys(settings.max_keys);
+        self.memory
+            .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
         match &settings.store {
             ThrottleStore::Memory => self.redis.store(None),
             ThrottleStore::Redis { url, password } => {
@@ -264,7 +266,11 @@ impl Throttler {
         if counting.policies.is_empty() {
             return Some(Verdict::Unthrottled);
         }
-        let answer = self.memory.check(&counting.keys, now_micros());
+        let now = now_micros();
+        let answer = match counting.sole() {
+            Some((tat, rate)) => memory::check_sole(tat, rate, now),
+            None => self.memory.check(&counting.keys, now),
+        };
         Some(counting.verdict(api, settings.on_store_error, Ok(answer)))
     }
 }
@@ -290,6 +296,15 @@ impl<'a> Counting<'a> {
             policies,
             keys,
             field: &resource.ratelimit_policy,
+        }
+    }
+
+    /// The counter and rate of the one policy counting the request, when
+    /// it counts in one number ([`ThrottlePolicy::sole`]).
+    fn sole(&self) -> Option<(&'a std::sync::atomic::AtomicU64, Rate)> {
+        match (&*self.policies, &*self.keys) {
+            ([policy], [(_, rate)]) => Some((policy.sole.get()?, *rate)),
+            _ => None,
         }
     }
 
@@ -411,6 +426,7 @@ mod tests {
             per_application: false,
             per_client_ip: false,
             policy_field: format!("\"{name}\";q={limit};w=60"),
+            sole: Default::default(),
         }
     }
 
@@ -444,5 +460,80 @@ mod tests {
         );
         let long = key(&"x".repeat(1000)).redis_key();
         assert!(long.starts_with("mcgw:") && long.len() < 100, "{long}");
+    }
+
+    /// `limit` per hour, counting in one number.
+    fn sole_policy(name: &str, limit: u64) -> ThrottlePolicy {
+        let mut policy = policy(name, limit);
+        policy.rate = Rate::of(limit, Duration::from_secs(3600));
+        policy.sole.eligible = true;
+        policy
+    }
+
+    #[test]
+    fn a_sole_counter_admits_exactly_the_limit_however_many_threads_count() {
+        let store = MemoryStore::new(100);
+        let policy = sole_policy("api", 100);
+        store.bind_sole_counters([&policy].into_iter());
+        let tat = policy.sole.get().expect("a counter");
+        let now = now_micros();
+        let admitted: usize = std::thread::scope(|scope| {
+            let counting: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..1000)
+                            .filter(|_| memory::check_sole(tat, policy.rate, now).0)
+                            .count()
+                    })
+                })
+                .collect();
+            counting
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .sum()
+        });
+        assert_eq!(admitted, 100);
+        // The refusal says when the next request fits.
+        let (admitted, levels) = memory::check_sole(tat, policy.rate, now);
+        assert!(!admitted && levels[0] == policy.rate.period);
+        // The keyed store holds none of it.
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_sole_counter_outlives_reloads_and_moves_to_and_from_the_keys() {
+        let store = MemoryStore::new(100);
+        let first = sole_policy("api", 3);
+        store.bind_sole_counters([&first].into_iter());
+        let now = now_micros();
+        let tat = first.sole.get().expect("a counter");
+        assert!(memory::check_sole(tat, first.rate, now).0);
+        assert!(memory::check_sole(tat, first.rate, now).0);
+        // The same policy in the next snapshot: the same count.
+        let second = sole_policy("api", 3);
+        store.bind_sole_counters([&second].into_iter());
+        let tat = second.sole.get().expect("a counter");
+        assert!(memory::check_sole(tat, second.rate, now).0);
+        assert!(!memory::check_sole(tat, second.rate, now).0);
+        // Counted with another policy from now on: the keys take over
+        // the count (all three used).
+        let mut keyed = sole_policy("api", 3);
+        keyed.sole.eligible = false;
+        store.bind_sole_counters([&keyed].into_iter());
+        assert!(keyed.sole.get().is_none());
+        let keys = [(
+            Key {
+                policy: &keyed.identity,
+                application: None,
+                ip: None,
+            },
+            keyed.rate,
+        )];
+        assert!(!store.check(&keys, now).0);
+        // And back: the counter starts from the keys' count.
+        let again = sole_policy("api", 3);
+        store.bind_sole_counters([&again].into_iter());
+        let tat = again.sole.get().expect("a counter");
+        assert!(!memory::check_sole(tat, again.rate, now).0);
     }
 }

@@ -295,6 +295,40 @@ async fn a_reload_keeps_the_counters_of_unchanged_limits() {
     gw.shutdown().await;
 }
 
+/// An API-wide limit alone counts in one number, not in the keys: a
+/// reload keeps that count too, and a policy joining it on the same
+/// resources takes the count into the keys.
+#[tokio::test]
+async fn a_reload_keeps_the_count_of_a_limit_counted_alone() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&open_api("Alone", &upstream, "[{ limit: 2, per: 1h }]", "")).await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    gw.write_config(&open_api(
+        "Alone",
+        &upstream,
+        "[{ limit: 2, per: 1h }]",
+        "limits: { max_uri: 4096 }",
+    ));
+    gw.wait_generation(2).await;
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    gw.write_config(&open_api(
+        "Alone",
+        &upstream,
+        "[{ limit: 2, per: 1h }, { limit: 5, per: 1h, per_client_ip: true }]",
+        "",
+    ));
+    gw.wait_generation(3).await;
+    let refused = gw.get("/open/items").await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        field(&refused, "ratelimit-policy").as_deref(),
+        Some("\"api\";q=2;w=3600")
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn explain_names_the_throttle_policies_that_apply() {
     let idp = Idp::start().await;
