@@ -164,6 +164,7 @@ impl Gateway {
             .prepare(&first)
             .map_err(StartError::Throttle)?;
         state.runtime.upstreams.health().prepare(&first);
+        state.runtime.throttle.bind(&first);
         drop(first);
         tracing::debug!(generation, "first snapshot prepared");
         let (stop, stop_rx) = watch::channel(false);

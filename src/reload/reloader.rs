@@ -129,6 +129,7 @@ impl Reloader {
         self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
         self.health.prepare(&snapshot);
+        self.throttle.bind(&snapshot);
         self.live.swap(source, snapshot);
         tracing::info!(generation, source = source.label(), "configuration applied");
         Ok(generation)

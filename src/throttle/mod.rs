@@ -207,8 +207,6 @@ impl Throttler {
     pub fn prepare(&self, snapshot: &Snapshot) -> Result<(), String> {
         let settings = &snapshot.throttling;
         self.memory.set_max_keys(settings.max_keys);
-        self.memory
-            .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
         match &settings.store {
             ThrottleStore::Memory => self.redis.store(None),
             ThrottleStore::Redis { url, password } => {
@@ -223,6 +221,14 @@ impl Throttler {
             }
         }
         Ok(())
+    }
+
+    /// Gives the policies of `snapshot` that count in one number their
+    /// counters ([`MemoryStore::bind_sole_counters`]): the last step
+    /// before it goes live, once nothing can refuse it any more.
+    pub fn bind(&self, snapshot: &Snapshot) {
+        self.memory
+            .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
     }
 
     /// Counts a request to resource `resource` of `api` against the
