@@ -19,6 +19,17 @@ impl Rate {
     pub fn fits(self, base: u64, now: u64) -> bool {
         base + self.interval - now <= self.period
     }
+
+    /// One request on a key whose TAT is `tat` (0: none): the new TAT if
+    /// it fits, else the key's level (TAT − now).
+    pub fn step(self, tat: u64, now: u64) -> Result<u64, u64> {
+        let base = tat.max(now);
+        if self.fits(base, now) {
+            Ok(base + self.interval)
+        } else {
+            Err(base - now)
+        }
+    }
 }
 
 /// What a policy says about one request.

@@ -119,10 +119,7 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner);
         match shard.find_mut(hash, |e| e.is(key)) {
             Some(entry) => entry.tat = entry.tat.max(tat),
-            None => {
-                make_room(&mut shard, per_shard, super::now_micros());
-                shard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
-            }
+            None => insert(&mut shard, hash, key, tat, per_shard, super::now_micros()),
         }
     }
 
@@ -157,18 +154,13 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.find_mut(hash, |e| e.is(key));
-        let base = entry.as_ref().map_or(0, |e| e.tat).max(now);
-        if !rate.fits(base, now) {
-            return (false, Levels::from_slice(&[base - now]));
-        }
-        let tat = base + rate.interval;
+        let tat = match rate.step(entry.as_ref().map_or(0, |e| e.tat), now) {
+            Ok(tat) => tat,
+            Err(level) => return (false, Levels::from_slice(&[level])),
+        };
         match entry {
             Some(entry) => entry.tat = tat,
-            None => {
-                let per_shard = self.per_shard();
-                make_room(&mut shard, per_shard, now);
-                shard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
-            }
+            None => insert(&mut shard, hash, key, tat, self.per_shard(), now),
         }
         (true, Levels::from_slice(&[tat - now]))
     }
@@ -213,10 +205,7 @@ impl MemoryStore {
             let tat = base + rate.interval;
             match guard.find_mut(hash, |e| e.is(key)) {
                 Some(entry) => entry.tat = tat,
-                None => {
-                    make_room(guard, per_shard, now);
-                    guard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
-                }
+                None => insert(guard, hash, key, tat, per_shard, now),
             }
             levels.push(tat - now);
         }
@@ -252,11 +241,10 @@ fn whole(identity: &Arc<str>) -> Key<'_> {
 pub fn check_sole(tat: &AtomicU64, rate: Rate, now: u64) -> (bool, Levels) {
     let mut seen = tat.load(Ordering::Relaxed);
     loop {
-        let base = seen.max(now);
-        if !rate.fits(base, now) {
-            return (false, Levels::from_slice(&[base - now]));
-        }
-        let next = base + rate.interval;
+        let next = match rate.step(seen, now) {
+            Ok(next) => next,
+            Err(level) => return (false, Levels::from_slice(&[level])),
+        };
         match tat.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return (true, Levels::from_slice(&[next - now])),
             Err(current) => seen = current,
@@ -277,6 +265,13 @@ fn guard_of<'g, 'm>(
         .find(|(i, _)| *i == shard)
         .map(|(_, guard)| guard)
         .expect("every shard a key maps to was locked")
+}
+
+/// Adds `key` (not in `shard`) with its TAT, in a shard holding at most
+/// `cap`.
+fn insert(shard: &mut Shard, hash: u64, key: &Key<'_>, tat: u64, cap: usize, now: u64) {
+    make_room(shard, cap, now);
+    shard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
 }
 
 /// Leaves room for one more key in a shard holding at most `cap`.

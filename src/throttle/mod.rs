@@ -307,7 +307,7 @@ impl<'a> Counting<'a> {
 
     /// The counter and rate of the one policy counting the request, when
     /// it counts in one number ([`ThrottlePolicy::sole`]).
-    fn sole(&self) -> Option<(&'a std::sync::atomic::AtomicU64, Rate)> {
+    fn sole(&self) -> Option<(&'a AtomicU64, Rate)> {
         match (&*self.policies, &*self.keys) {
             ([policy], [(_, rate)]) => Some((policy.sole.get()?, *rate)),
             _ => None,
