@@ -12,11 +12,12 @@ pub mod gcra;
 pub mod memory;
 pub mod redis;
 
+use std::cell::RefCell;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
@@ -110,38 +111,21 @@ impl Fields {
     /// The fields for the policies `counted`, whose `RateLimit-Policy`
     /// field is `policy`.
     fn of(counted: &[(&ThrottlePolicy, Quota)], policy: Option<HeaderValue>) -> Option<Fields> {
-        // The value is written once into an allocation of its exact
-        // length, which the header value then owns: this runs for every
-        // admitted request.
-        let separators = 2 * counted.len().saturating_sub(1);
-        let mut ratelimit = Vec::with_capacity(
-            counted
-                .iter()
-                .map(|(p, quota)| {
-                    // `"name";r=remaining;t=reset`
-                    p.name.len() + 8 + digits(quota.remaining) + digits(seconds_up(quota.reset))
-                })
-                .sum::<usize>()
-                + separators,
-        );
-        let mut retry_after: Option<Duration> = None;
-        let mut number = itoa::Buffer::new();
-        for (at, (p, quota)) in counted.iter().enumerate() {
-            if at > 0 {
-                ratelimit.extend_from_slice(b", ");
-            }
-            ratelimit.push(b'"');
-            ratelimit.extend_from_slice(p.name.as_bytes());
-            ratelimit.extend_from_slice(b"\";r=");
-            ratelimit.extend_from_slice(number.format(quota.remaining).as_bytes());
-            ratelimit.extend_from_slice(b";t=");
-            ratelimit.extend_from_slice(number.format(seconds_up(quota.reset)).as_bytes());
-            retry_after = retry_after.max(quota.retry_after);
-        }
-        // Names and numbers only: always valid.
+        let ratelimit = match counted {
+            [(p, quota)] => LastRateLimit::of(&p.name, quota.remaining, seconds_up(quota.reset)),
+            _ => ratelimit_field(
+                counted
+                    .iter()
+                    .map(|(p, quota)| (p.name.as_str(), quota.remaining, seconds_up(quota.reset))),
+            ),
+        }?;
+        let retry_after = counted
+            .iter()
+            .filter_map(|(_, quota)| quota.retry_after)
+            .max();
         Some(Fields {
             policy: policy?,
-            ratelimit: owned_value(ratelimit)?,
+            ratelimit,
             retry_after: retry_after.map(|after| HeaderValue::from(seconds_up(after).max(1))),
         })
     }
@@ -153,6 +137,79 @@ impl Fields {
         if let Some(after) = self.retry_after {
             headers.insert(RETRY_AFTER, after);
         }
+    }
+}
+
+/// The `RateLimit` field of policies by name, their remaining quota and
+/// seconds until it is whole: `"name";r=remaining;t=reset, …`.
+fn ratelimit_field<'p>(
+    items: impl Iterator<Item = (&'p str, u64, u64)> + Clone,
+) -> Option<HeaderValue> {
+    // The value is written once into an allocation of its exact length,
+    // which the header value then owns.
+    let length = items
+        .clone()
+        .map(|(name, remaining, reset)| name.len() + 8 + digits(remaining) + digits(reset) + 2)
+        .sum::<usize>()
+        .saturating_sub(2);
+    let mut ratelimit = Vec::with_capacity(length);
+    let mut number = itoa::Buffer::new();
+    for (name, remaining, reset) in items {
+        if !ratelimit.is_empty() {
+            ratelimit.extend_from_slice(b", ");
+        }
+        ratelimit.push(b'"');
+        ratelimit.extend_from_slice(name.as_bytes());
+        ratelimit.extend_from_slice(b"\";r=");
+        ratelimit.extend_from_slice(number.format(remaining).as_bytes());
+        ratelimit.extend_from_slice(b";t=");
+        ratelimit.extend_from_slice(number.format(reset).as_bytes());
+    }
+    // Names and numbers only: always valid.
+    owned_value(ratelimit)
+}
+
+/// The last `RateLimit` field of one policy a thread made. A policy that
+/// is not under pressure tells every client the same (its burst nearly
+/// whole, the reset a second away), so the field is made once and shared
+/// for as long as it stays true, instead of for every admitted request.
+struct LastRateLimit {
+    name: String,
+    remaining: u64,
+    reset: u64,
+    value: HeaderValue,
+}
+
+impl LastRateLimit {
+    fn of(name: &str, remaining: u64, reset: u64) -> Option<HeaderValue> {
+        thread_local! {
+            static LAST: RefCell<Option<LastRateLimit>> = const { RefCell::new(None) };
+        }
+        let made = || ratelimit_field(std::iter::once((name, remaining, reset)));
+        // `try_with`: during the thread's exit the cache may be gone.
+        LAST.try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return made();
+            };
+            if let Some(last) = last.as_ref().filter(|last| {
+                last.remaining == remaining && last.reset == reset && last.name == name
+            }) {
+                return Some(last.value.clone());
+            }
+            let value = made()?;
+            // The name's allocation is used again.
+            let mut kept = last.take().map(|last| last.name).unwrap_or_default();
+            kept.clear();
+            kept.push_str(name);
+            *last = Some(LastRateLimit {
+                name: kept,
+                remaining,
+                reset,
+                value: value.clone(),
+            });
+            Some(value)
+        })
+        .unwrap_or_else(|_| made())
     }
 }
 
@@ -268,15 +325,15 @@ impl Throttler {
         if !matches!(settings.store, ThrottleStore::Memory) {
             return None;
         }
+        if let Some((counting, tat)) = Counting::sole(api, resource) {
+            let answer = memory::check_sole(tat, counting.policies[0].rate, now_micros());
+            return Some(counting.verdict(api, settings.on_store_error, Ok(answer)));
+        }
         let counting = Counting::of(api, resource, &caller);
         if counting.policies.is_empty() {
             return Some(Verdict::Unthrottled);
         }
-        let now = now_micros();
-        let answer = match counting.sole() {
-            Some((tat, rate)) => memory::check_sole(tat, rate, now),
-            None => self.memory.check(&counting.keys, now),
-        };
+        let answer = self.memory.check(&counting.keys, now_micros());
         Some(counting.verdict(api, settings.on_store_error, Ok(answer)))
     }
 }
@@ -284,6 +341,7 @@ impl Throttler {
 /// The policies that count one request, and its key under each.
 struct Counting<'a> {
     policies: SmallVec<[&'a ThrottlePolicy; 2]>,
+    /// Their keys, in their order (none for a sole counter).
     keys: SmallVec<[(Key<'a>, Rate); 2]>,
     /// Their `RateLimit-Policy` field.
     field: &'a Option<HeaderValue>,
@@ -305,13 +363,22 @@ impl<'a> Counting<'a> {
         }
     }
 
-    /// The counter and rate of the one policy counting the request, when
-    /// it counts in one number ([`ThrottlePolicy::sole`]).
-    fn sole(&self) -> Option<(&'a AtomicU64, Rate)> {
-        match (&*self.policies, &*self.keys) {
-            ([policy], [(_, rate)]) => Some((policy.sole.get()?, *rate)),
-            _ => None,
-        }
+    /// The one policy counting requests to `resource` and its counter,
+    /// when it counts them all in one number ([`ThrottlePolicy::sole`]):
+    /// no key to make.
+    fn sole(api: &'a Api, resource: usize) -> Option<(Counting<'a>, &'a AtomicU64)> {
+        let resource = &api.resources[resource];
+        let [only] = *resource.throttle else {
+            return None;
+        };
+        let policy = &api.throttle[only];
+        let tat = policy.sole.get()?;
+        let counting = Counting {
+            policies: smallvec::smallvec![policy],
+            keys: SmallVec::new(),
+            field: &resource.ratelimit_policy,
+        };
+        Some((counting, tat))
     }
 
     /// What the store's answer (admitted, and each key's level) means
@@ -329,8 +396,8 @@ impl<'a> Counting<'a> {
         let counted: SmallVec<[(&ThrottlePolicy, Quota); 2]> = self
             .policies
             .iter()
-            .zip(self.keys.iter().zip(levels))
-            .map(|(p, ((_, rate), level))| (*p, quota(*rate, admitted, level)))
+            .zip(levels)
+            .map(|(p, level)| (*p, quota(p.rate, admitted, level)))
             .collect();
         if admitted {
             return Verdict::Admitted(Fields::of(&counted, self.field.clone()));
@@ -419,6 +486,8 @@ fn now_micros() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn policy(name: &str, limit: u64) -> ThrottlePolicy {
@@ -450,6 +519,35 @@ mod tests {
         assert_eq!(headers[&RATELIMIT_POLICY], r#""a";q=10;w=60, "b";q=1;w=60"#);
         assert_eq!(headers[&RATELIMIT], r#""a";r=9;t=6, "b";r=0;t=60"#);
         assert_eq!(headers[RETRY_AFTER], "60");
+    }
+
+    #[test]
+    fn a_field_made_before_is_told_again_only_while_it_is_true() {
+        let one = |name: &str, remaining, reset| {
+            let p = policy(name, 100);
+            let q = Quota {
+                remaining,
+                reset: Duration::from_millis(reset),
+                retry_after: None,
+            };
+            let fields = Fields::of(&[(&p, q)], Some(HeaderValue::from_static("p")));
+            fields.expect("fields").ratelimit
+        };
+        assert_eq!(one("api", 99, 400), r#""api";r=99;t=1"#);
+        assert_eq!(one("api", 99, 900), r#""api";r=99;t=1"#);
+        // Each of name, remaining quota and reset tells another field.
+        assert_eq!(one("ap", 99, 900), r#""ap";r=99;t=1"#);
+        assert_eq!(one("api", 98, 900), r#""api";r=98;t=1"#);
+        assert_eq!(one("api", 98, 1100), r#""api";r=98;t=2"#);
+        assert_eq!(one("api", 98, 1100), r#""api";r=98;t=2"#);
+        // Two policies: one field with both.
+        let (a, b) = (policy("a", 10), policy("b", 10));
+        let q = quota(a.rate, true, 6_000_000);
+        let both = Fields::of(&[(&a, q), (&b, q)], Some(HeaderValue::from_static("p")));
+        assert_eq!(
+            both.expect("fields").ratelimit,
+            r#""a";r=9;t=6, "b";r=9;t=6"#
+        );
     }
 
     #[test]
