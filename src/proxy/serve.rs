@@ -30,7 +30,7 @@ use crate::config::Snapshot;
 use crate::http1::raw_fields::RawFields;
 use crate::http1::request_encode::AddedFields;
 use crate::policy::{self, CanonicalPath, Route};
-use crate::throttle::{self, Caller, Fields, Throttler};
+use crate::throttle::{self, Caller, Throttler};
 
 /// What the data path needs besides the snapshot.
 pub struct Runtime {
@@ -336,7 +336,7 @@ fn answer_preflight<'s, B>(
 /// What the throttle's verdict means for the request: a refused request
 /// goes no further; an admitted one takes the RateLimit fields to its
 /// response.
-fn throttled(verdict: throttle::Verdict) -> Result<Option<Fields>, Rejection> {
+fn throttled(verdict: throttle::Verdict<'_>) -> Result<Option<throttle::Admitted<'_>>, Rejection> {
     match verdict {
         throttle::Verdict::Unthrottled | throttle::Verdict::StoreFailedAllowed => Ok(None),
         throttle::Verdict::Admitted(fields) => Ok(fields),

@@ -99,7 +99,7 @@ fn application_of<'a>(caller: &Caller<'a>) -> Option<&'a str> {
     })
 }
 
-/// What the client is told about the policies that counted its request.
+/// What a refused client is told about the policies that refused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fields {
     policy: HeaderValue,
@@ -111,14 +111,7 @@ impl Fields {
     /// The fields for the policies `counted`, whose `RateLimit-Policy`
     /// field is `policy`.
     fn of(counted: &[(&ThrottlePolicy, Quota)], policy: Option<HeaderValue>) -> Option<Fields> {
-        let ratelimit = match counted {
-            [(p, quota)] => LastRateLimit::of(&p.name, quota.remaining, seconds_up(quota.reset)),
-            _ => ratelimit_field(
-                counted
-                    .iter()
-                    .map(|(p, quota)| (p.name.as_str(), quota.remaining, seconds_up(quota.reset))),
-            ),
-        }?;
+        let ratelimit = ratelimit_of(counted)?;
         let retry_after = counted
             .iter()
             .filter_map(|(_, quota)| quota.retry_after)
@@ -132,11 +125,43 @@ impl Fields {
 
     /// Adds the fields to a response's headers.
     pub fn apply(self, headers: &mut HeaderMap) {
-        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
-        headers.insert(RATELIMIT.clone(), self.ratelimit);
+        apply(headers, self.policy, self.ratelimit);
         if let Some(after) = self.retry_after {
             headers.insert(RETRY_AFTER, after);
         }
+    }
+}
+
+/// What an admitted request's answer is told: the `RateLimit-Policy`
+/// field of its resource, made when the snapshot was, and `RateLimit`.
+/// Small, as it waits for the upstream's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Admitted<'s> {
+    policy: &'s HeaderValue,
+    ratelimit: HeaderValue,
+}
+
+impl Admitted<'_> {
+    /// Adds the fields to a response's headers.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        apply(headers, self.policy.clone(), self.ratelimit);
+    }
+}
+
+fn apply(headers: &mut HeaderMap, policy: HeaderValue, ratelimit: HeaderValue) {
+    headers.insert(RATELIMIT_POLICY.clone(), policy);
+    headers.insert(RATELIMIT.clone(), ratelimit);
+}
+
+/// The `RateLimit` field of the policies `counted`.
+fn ratelimit_of(counted: &[(&ThrottlePolicy, Quota)]) -> Option<HeaderValue> {
+    match counted {
+        [(p, quota)] => LastRateLimit::of(&p.name, quota.remaining, seconds_up(quota.reset)),
+        _ => ratelimit_field(
+            counted
+                .iter()
+                .map(|(p, quota)| (p.name.as_str(), quota.remaining, seconds_up(quota.reset))),
+        ),
     }
 }
 
@@ -224,13 +249,13 @@ fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes.into_boxed_slice())).ok()
 }
 
-/// What throttling says about a request.
+/// What throttling says about a request to a resource of snapshot `'s`.
 #[derive(Debug)]
-pub enum Verdict {
+pub enum Verdict<'s> {
     /// No policy applies: nothing to count, nothing to tell.
     Unthrottled,
     /// Counted and admitted; the fields go on the response.
-    Admitted(Option<Fields>),
+    Admitted(Option<Admitted<'s>>),
     /// Refused (429) by the policies named.
     Refused {
         policies: Vec<String>,
@@ -290,13 +315,13 @@ impl Throttler {
 
     /// Counts a request to resource `resource` of `api` against the
     /// policies that apply to it, in whichever store the snapshot names.
-    pub async fn check(
+    pub async fn check<'s>(
         &self,
         snapshot: &Snapshot,
-        api: &Api,
+        api: &'s Api,
         resource: usize,
         caller: Caller<'_>,
-    ) -> Verdict {
+    ) -> Verdict<'s> {
         if let Some(verdict) = self.check_in_memory(snapshot, api, resource, caller) {
             return verdict;
         }
@@ -314,13 +339,13 @@ impl Throttler {
 
     /// [`Throttler::check`] without a future, when the store is in memory
     /// (it answers at once); `None` for another store.
-    pub fn check_in_memory(
+    pub fn check_in_memory<'s>(
         &self,
         snapshot: &Snapshot,
-        api: &Api,
+        api: &'s Api,
         resource: usize,
         caller: Caller<'_>,
-    ) -> Option<Verdict> {
+    ) -> Option<Verdict<'s>> {
         let settings: &Throttling = &snapshot.throttling;
         if !matches!(settings.store, ThrottleStore::Memory) {
             return None;
@@ -338,17 +363,21 @@ impl Throttler {
     }
 }
 
-/// The policies that count one request, and its key under each.
-struct Counting<'a> {
-    policies: SmallVec<[&'a ThrottlePolicy; 2]>,
+/// The policies of snapshot `'s` that count one request, and its key
+/// under each (borrowing the caller, `'c`).
+struct Counting<'s, 'c> {
+    policies: SmallVec<[&'s ThrottlePolicy; 2]>,
     /// Their keys, in their order (none for a sole counter).
-    keys: SmallVec<[(Key<'a>, Rate); 2]>,
+    keys: SmallVec<[(Key<'c>, Rate); 2]>,
     /// Their `RateLimit-Policy` field.
-    field: &'a Option<HeaderValue>,
+    field: &'s Option<HeaderValue>,
 }
 
-impl<'a> Counting<'a> {
-    fn of(api: &'a Api, resource: usize, caller: &Caller<'a>) -> Counting<'a> {
+impl<'s, 'c> Counting<'s, 'c> {
+    fn of(api: &'s Api, resource: usize, caller: &Caller<'c>) -> Counting<'s, 'c>
+    where
+        's: 'c,
+    {
         let resource = &api.resources[resource];
         let policies: SmallVec<[&ThrottlePolicy; 2]> = resource
             .throttle
@@ -366,7 +395,7 @@ impl<'a> Counting<'a> {
     /// The one policy counting requests to `resource` and its counter,
     /// when it counts them all in one number ([`ThrottlePolicy::sole`]):
     /// no key to make.
-    fn sole(api: &'a Api, resource: usize) -> Option<(Counting<'a>, &'a AtomicU64)> {
+    fn sole(api: &'s Api, resource: usize) -> Option<(Counting<'s, 'c>, &'s AtomicU64)> {
         let resource = &api.resources[resource];
         let [only] = *resource.throttle else {
             return None;
@@ -388,7 +417,7 @@ impl<'a> Counting<'a> {
         api: &Api,
         on_error: OnStoreError,
         answer: Result<(bool, Levels), redis::StoreError>,
-    ) -> Verdict {
+    ) -> Verdict<'s> {
         let (admitted, levels) = match answer {
             Ok(answer) => answer,
             Err(error) => return store_failed(on_error, api, &error),
@@ -400,7 +429,10 @@ impl<'a> Counting<'a> {
             .map(|(p, level)| (*p, quota(p.rate, admitted, level)))
             .collect();
         if admitted {
-            return Verdict::Admitted(Fields::of(&counted, self.field.clone()));
+            let fields = self.field.as_ref().zip(ratelimit_of(&counted));
+            return Verdict::Admitted(
+                fields.map(|(policy, ratelimit)| Admitted { policy, ratelimit }),
+            );
         }
         // The client hears about the policies that refused it.
         let refusing: Vec<(&ThrottlePolicy, Quota)> = counted
@@ -423,7 +455,7 @@ impl<'a> Counting<'a> {
     }
 }
 
-fn store_failed(on_error: OnStoreError, api: &Api, error: &redis::StoreError) -> Verdict {
+fn store_failed<'s>(on_error: OnStoreError, api: &Api, error: &redis::StoreError) -> Verdict<'s> {
     crate::metrics::get().throttle_store_errors.inc();
     let verdict = match on_error {
         OnStoreError::Allow => Verdict::StoreFailedAllowed,
