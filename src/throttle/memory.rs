@@ -235,18 +235,17 @@ fn whole(identity: &Arc<str>) -> Key<'_> {
 }
 
 /// One request on a policy's sole counter: the GCRA step of
-/// [`MemoryStore::check_one`] as a compare-and-swap on the TAT. Admitted
-/// requests never exceed the limit however many threads count at once:
-/// each one's step is applied to the TAT it read, or read again.
-pub fn check_sole(tat: &AtomicU64, rate: Rate, now: u64) -> (bool, Levels) {
+/// [`MemoryStore::check_one`] as a compare-and-swap on the TAT: the
+/// counter's level (TAT − now) once the request is counted, or, refused,
+/// as it stays. Admitted requests never exceed the limit however many
+/// threads count at once: each one's step is applied to the TAT it read,
+/// or read again.
+pub fn check_sole(tat: &AtomicU64, rate: Rate, now: u64) -> Result<u64, u64> {
     let mut seen = tat.load(Ordering::Relaxed);
     loop {
-        let next = match rate.step(seen, now) {
-            Ok(next) => next,
-            Err(level) => return (false, Levels::from_slice(&[level])),
-        };
+        let next = rate.step(seen, now)?;
         match tat.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return (true, Levels::from_slice(&[next - now])),
+            Ok(_) => return Ok(next - now),
             Err(current) => seen = current,
         }
     }

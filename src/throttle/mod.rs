@@ -351,8 +351,19 @@ impl Throttler {
             return None;
         }
         if let Some((counting, tat)) = Counting::sole(api, resource) {
-            let answer = memory::check_sole(tat, counting.policies[0].rate, now_micros());
-            return Some(counting.verdict(api, settings.on_store_error, Ok(answer)));
+            let policy = counting.policies[0];
+            return Some(match memory::check_sole(tat, policy.rate, now_micros()) {
+                Ok(level) => {
+                    let quota = quota(policy.rate, true, level);
+                    let ratelimit =
+                        LastRateLimit::of(&policy.name, quota.remaining, seconds_up(quota.reset));
+                    admitted(counting.field, ratelimit)
+                }
+                Err(level) => {
+                    let refused = Ok((false, Levels::from_slice(&[level])));
+                    counting.verdict(api, settings.on_store_error, refused)
+                }
+            });
         }
         let counting = Counting::of(api, resource, &caller);
         if counting.policies.is_empty() {
@@ -429,10 +440,7 @@ impl<'s, 'c> Counting<'s, 'c> {
             .map(|(p, level)| (*p, quota(p.rate, admitted, level)))
             .collect();
         if admitted {
-            let fields = self.field.as_ref().zip(ratelimit_of(&counted));
-            return Verdict::Admitted(
-                fields.map(|(policy, ratelimit)| Admitted { policy, ratelimit }),
-            );
+            return self::admitted(self.field, ratelimit_of(&counted));
         }
         // The client hears about the policies that refused it.
         let refusing: Vec<(&ThrottlePolicy, Quota)> = counted
@@ -453,6 +461,13 @@ impl<'s, 'c> Counting<'s, 'c> {
             ),
         }
     }
+}
+
+/// An admitted request's verdict: its resource's `RateLimit-Policy`
+/// field and the `RateLimit` field made for it.
+fn admitted(field: &Option<HeaderValue>, ratelimit: Option<HeaderValue>) -> Verdict<'_> {
+    let fields = field.as_ref().zip(ratelimit);
+    Verdict::Admitted(fields.map(|(policy, ratelimit)| Admitted { policy, ratelimit }))
 }
 
 fn store_failed<'s>(on_error: OnStoreError, api: &Api, error: &redis::StoreError) -> Verdict<'s> {
@@ -618,7 +633,7 @@ mod tests {
                 .map(|_| {
                     scope.spawn(|| {
                         (0..1000)
-                            .filter(|_| memory::check_sole(tat, policy.rate, now).0)
+                            .filter(|_| memory::check_sole(tat, policy.rate, now).is_ok())
                             .count()
                     })
                 })
@@ -630,8 +645,10 @@ mod tests {
         });
         assert_eq!(admitted, 100);
         // The refusal says when the next request fits.
-        let (admitted, levels) = memory::check_sole(tat, policy.rate, now);
-        assert!(!admitted && levels[0] == policy.rate.period);
+        assert_eq!(
+            memory::check_sole(tat, policy.rate, now),
+            Err(policy.rate.period)
+        );
         // The keyed store holds none of it.
         assert!(store.is_empty());
     }
@@ -643,14 +660,14 @@ mod tests {
         store.bind_sole_counters([&first].into_iter());
         let now = now_micros();
         let tat = first.sole.get().expect("a counter");
-        assert!(memory::check_sole(tat, first.rate, now).0);
-        assert!(memory::check_sole(tat, first.rate, now).0);
+        assert!(memory::check_sole(tat, first.rate, now).is_ok());
+        assert!(memory::check_sole(tat, first.rate, now).is_ok());
         // The same policy in the next snapshot: the same count.
         let second = sole_policy("api", 3);
         store.bind_sole_counters([&second].into_iter());
         let tat = second.sole.get().expect("a counter");
-        assert!(memory::check_sole(tat, second.rate, now).0);
-        assert!(!memory::check_sole(tat, second.rate, now).0);
+        assert!(memory::check_sole(tat, second.rate, now).is_ok());
+        assert!(memory::check_sole(tat, second.rate, now).is_err());
         // Counted with another policy from now on: the keys take over
         // the count (all three used).
         let mut keyed = sole_policy("api", 3);
@@ -670,6 +687,6 @@ mod tests {
         let again = sole_policy("api", 3);
         store.bind_sole_counters([&again].into_iter());
         let tat = again.sole.get().expect("a counter");
-        assert!(!memory::check_sole(tat, again.rate, now).0);
+        assert!(memory::check_sole(tat, again.rate, now).is_err());
     }
 }
