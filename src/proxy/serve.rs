@@ -336,7 +336,9 @@ fn answer_preflight<'s, B>(
 /// What the throttle's verdict means for the request: a refused request
 /// goes no further; an admitted one takes the RateLimit fields to its
 /// response.
-fn throttled(verdict: throttle::Verdict<'_>) -> Result<Option<throttle::Admitted<'_>>, Rejection> {
+fn throttled(
+    verdict: throttle::Verdict<'_>,
+) -> Result<Option<throttle::AdmittedFields<'_>>, Rejection> {
     match verdict {
         throttle::Verdict::Unthrottled | throttle::Verdict::StoreFailedAllowed => Ok(None),
         throttle::Verdict::Admitted(fields) => Ok(fields),

@@ -136,12 +136,12 @@ impl Fields {
 /// field of its resource, made when the snapshot was, and `RateLimit`.
 /// Small, as it waits for the upstream's answer.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Admitted<'s> {
+pub struct AdmittedFields<'s> {
     policy: &'s HeaderValue,
     ratelimit: HeaderValue,
 }
 
-impl Admitted<'_> {
+impl AdmittedFields<'_> {
     /// Adds the fields to a response's headers.
     pub fn apply(self, headers: &mut HeaderMap) {
         apply(headers, self.policy.clone(), self.ratelimit);
@@ -255,7 +255,7 @@ pub enum Verdict<'s> {
     /// No policy applies: nothing to count, nothing to tell.
     Unthrottled,
     /// Counted and admitted; the fields go on the response.
-    Admitted(Option<Admitted<'s>>),
+    Admitted(Option<AdmittedFields<'s>>),
     /// Refused (429) by the policies named.
     Refused {
         policies: Vec<String>,
@@ -467,7 +467,7 @@ impl<'s, 'c> Counting<'s, 'c> {
 /// field and the `RateLimit` field made for it.
 fn admitted(field: &Option<HeaderValue>, ratelimit: Option<HeaderValue>) -> Verdict<'_> {
     let fields = field.as_ref().zip(ratelimit);
-    Verdict::Admitted(fields.map(|(policy, ratelimit)| Admitted { policy, ratelimit }))
+    Verdict::Admitted(fields.map(|(policy, ratelimit)| AdmittedFields { policy, ratelimit }))
 }
 
 fn store_failed<'s>(on_error: OnStoreError, api: &Api, error: &redis::StoreError) -> Verdict<'s> {
