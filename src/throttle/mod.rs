@@ -156,7 +156,7 @@ fn apply(headers: &mut HeaderMap, policy: HeaderValue, ratelimit: HeaderValue) {
 /// The `RateLimit` field of the policies `counted`.
 fn ratelimit_of(counted: &[(&ThrottlePolicy, Quota)]) -> Option<HeaderValue> {
     match counted {
-        [(p, quota)] => LastRateLimit::of(&p.name, quota.remaining, seconds_up(quota.reset)),
+        [(p, quota)] => LastRateLimit::of(&p.name, quota),
         _ => ratelimit_field(
             counted
                 .iter()
@@ -206,7 +206,9 @@ struct LastRateLimit {
 }
 
 impl LastRateLimit {
-    fn of(name: &str, remaining: u64, reset: u64) -> Option<HeaderValue> {
+    /// The field of policy `name` telling `quota`.
+    fn of(name: &str, quota: &Quota) -> Option<HeaderValue> {
+        let (remaining, reset) = (quota.remaining, seconds_up(quota.reset));
         thread_local! {
             static LAST: RefCell<Option<LastRateLimit>> = const { RefCell::new(None) };
         }
@@ -354,9 +356,8 @@ impl Throttler {
             let policy = counting.policies[0];
             return Some(match memory::check_sole(tat, policy.rate, now_micros()) {
                 Ok(level) => {
-                    let quota = quota(policy.rate, true, level);
                     let ratelimit =
-                        LastRateLimit::of(&policy.name, quota.remaining, seconds_up(quota.reset));
+                        LastRateLimit::of(&policy.name, &quota(policy.rate, true, level));
                     admitted(counting.field, ratelimit)
                 }
                 Err(level) => {

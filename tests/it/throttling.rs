@@ -258,23 +258,35 @@ async fn without_a_trusted_proxy_the_peer_is_the_client() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_reload_keeps_the_counters_of_unchanged_limits() {
-    let upstream = Upstream::start().await;
-    let policies = "[{ limit: 2, per: 1h }, { limit: 5, per: 1h, per_client_ip: true }]";
-    let gw = Gateway::start(&open_api("Throttled reload", &upstream, policies, "")).await;
+/// A gateway whose API `name` is throttled by `policies`, the first an
+/// API-wide 2 per hour: that limit spent, then a reload that changes
+/// nothing of the API, after which it is still spent.
+async fn spent_across_an_unrelated_reload(
+    name: &str,
+    upstream: &Upstream,
+    policies: &str,
+) -> Gateway {
+    let gw = Gateway::start(&open_api(name, upstream, policies, "")).await;
     assert_eq!(gw.get("/open/items").await.status(), 200);
     assert_eq!(gw.get("/open/items").await.status(), 200);
     assert_eq!(gw.get("/open/items").await.status(), 429);
     // An unrelated change: the API-wide limit still counts from before.
     gw.write_config(&open_api(
-        "Throttled reload",
-        &upstream,
+        name,
+        upstream,
         policies,
         "limits: { max_uri: 4096 }",
     ));
     gw.wait_generation(2).await;
     assert_eq!(gw.get("/open/items").await.status(), 429);
+    gw
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_counters_of_unchanged_limits() {
+    let upstream = Upstream::start().await;
+    let policies = "[{ limit: 2, per: 1h }, { limit: 5, per: 1h, per_client_ip: true }]";
+    let gw = spent_across_an_unrelated_reload("Throttled reload", &upstream, policies).await;
     // A changed limit is a new counter.
     gw.write_config(&open_api(
         "Throttled reload",
@@ -301,18 +313,7 @@ async fn a_reload_keeps_the_counters_of_unchanged_limits() {
 #[tokio::test]
 async fn a_reload_keeps_the_count_of_a_limit_counted_alone() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&open_api("Alone", &upstream, "[{ limit: 2, per: 1h }]", "")).await;
-    assert_eq!(gw.get("/open/items").await.status(), 200);
-    assert_eq!(gw.get("/open/items").await.status(), 200);
-    assert_eq!(gw.get("/open/items").await.status(), 429);
-    gw.write_config(&open_api(
-        "Alone",
-        &upstream,
-        "[{ limit: 2, per: 1h }]",
-        "limits: { max_uri: 4096 }",
-    ));
-    gw.wait_generation(2).await;
-    assert_eq!(gw.get("/open/items").await.status(), 429);
+    let gw = spent_across_an_unrelated_reload("Alone", &upstream, "[{ limit: 2, per: 1h }]").await;
     gw.write_config(&open_api(
         "Alone",
         &upstream,
