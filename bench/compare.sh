@@ -39,7 +39,9 @@
 # Forwarded; bench/lib.sh) — the plain nginx adds none. The gateway's
 # plain and throttled routes are reported against both; and
 # "microgateway-bare", the same gateway with `forwarding` all off (it adds
-# nothing either), against the plain nginx.
+# nothing either), against the plain nginx, with (THROTTLE=1)
+# "throttled-bare", its throttled route: the throttle's cost against
+# nginx's plain proxy when neither adds a request field.
 #
 # Throttling (THROTTLE=1, the default): the contender "throttled" is the
 # same gateway on a route with one API-wide throttle too high to refuse
@@ -121,6 +123,7 @@ HAPROXY=$(command -v haproxy)
 CONTENDERS=(direct nginx microgateway haproxy)
 if [ "$LOGGED" = 1 ]; then CONTENDERS+=(nginx-logged microgateway-logged); fi
 if [ "$FIELDS" = 1 ]; then CONTENDERS+=(nginx-fields microgateway-bare); fi
+if [ "$FIELDS" = 1 ] && [ "$THROTTLE" = 1 ]; then CONTENDERS+=(throttled-bare); fi
 if [ "$PGO" = 1 ]; then
     if [ -z "${PGO_BIN:-}" ]; then
         echo "building microgateway (release, profile-guided) ..." >&2
@@ -250,7 +253,7 @@ BARE_PID=
 if [ "$FIELDS" = 1 ]; then
     start_nginx proxy-fields
     {
-        gateway_config "$PORT_BARE" "$PORT_BARE_ADMIN"
+        gateway_config "$PORT_BARE" "$PORT_BARE_ADMIN" "$MCGW_STORE"
         echo "forwarding: { x_forwarded: false, forwarded: false, request_id: false, traceparent: false }"
     } >"$WORK/microgateway-bare.yaml"
     MCGW_LOG=warn "$BIN" start -c "$WORK/microgateway-bare.yaml" 2>"$WORK/microgateway-bare.log" &
@@ -354,6 +357,7 @@ pids_of() { # name
         microgateway-logged) echo "$LOGGED_PID" ;;
         throttled) echo "$MCGW_PID" ;;
         throttled-redis) echo "$REDIS_MCGW_PID" ;;
+        throttled-bare) echo "$BARE_PID" ;;
     esac
 }
 # nginx_master_and_workers NAME: the pids of the nginx in $WORK/NAME.
@@ -436,6 +440,7 @@ if [ "$PGO" = 1 ]; then RUNS+=("microgateway-pgo $PORT_PGO"); fi
 if [ -n "$BASE" ]; then RUNS+=("baseline $PORT_BASE"); fi
 if [ "$THROTTLE" = 1 ]; then RUNS+=("throttled $PORT_MCGW /throttled/items"); fi
 if [ "$REDIS" = 1 ]; then RUNS+=("throttled-redis $PORT_REDIS_MCGW /throttled/items"); fi
+if [ "$FIELDS" = 1 ] && [ "$THROTTLE" = 1 ]; then RUNS+=("throttled-bare $PORT_BARE /throttled/items"); fi
 for round in $(seq 1 "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
     run direct "$PORT_UPSTREAM"
@@ -517,6 +522,9 @@ if [ "$FIELDS" = 1 ]; then
     done
     echo "    nginx-fields / nginx: req/s $(paired nginx-fields nginx 1): what the fields cost nginx"
     echo "  equal work, neither adding a field: microgateway-bare / nginx: req/s $(ratio "${RPS[microgateway-bare]}" "${RPS[nginx]}")x by medians, $(paired microgateway-bare nginx 1) paired, cpu per request $(paired microgateway-bare nginx 4)"
+    if [ "$THROTTLE" = 1 ]; then
+        echo "    throttled-bare / nginx: req/s $(ratio "${RPS[throttled-bare]}" "${RPS[nginx]}")x by medians (target >= 1.0), $(paired throttled-bare nginx 1) paired, cpu per request $(paired throttled-bare nginx 4); / microgateway-bare: $(paired throttled-bare microgateway-bare 1)"
+    fi
 fi
 if [ "$LOGGED" = 1 ]; then
     echo "  microgateway-logged / microgateway: req/s $(paired microgateway-logged microgateway 1); / nginx-logged: $(paired microgateway-logged nginx-logged 1)"
