@@ -2,6 +2,7 @@
 //! the listeners (API ports and admin port). `start` compiles everything
 //! before binding a socket; `reload` compiles a new snapshot and swaps it in.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -247,67 +248,70 @@ struct ThreadState {
 }
 
 /// One request on an API port: timed, counted and logged.
-async fn handle_api(
+#[allow(clippy::manual_async_fn)] // an `async fn` holds its arguments twice (see `proxy::serve::serve`)
+fn handle_api(
     here: Arc<ThreadState>,
     mut req: http::Request<Body>,
     mut conn: Connection,
-) -> Response<Body> {
-    let state = &*here.state;
-    let started = Instant::now();
-    let method = req.method().clone();
-    let snapshot = state.live.snapshot_here(&here.snapshot);
-    // What only the access log needs, only when it is on: the path, and
-    // the client's address as `trusted_proxies` make it known.
-    let logged = crate::access_log::is_on().then(|| {
-        let client =
-            proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies);
-        (req.uri().path().to_owned(), client)
-    });
-    conn.from_trusted = snapshot
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&conn.peer.ip()));
-    let mut added = AddedFields::new();
-    let request_id = correlate::correlate(
-        req.headers_mut(),
-        conn.from_trusted,
-        &mut added,
-        snapshot.forwarding,
-    );
-    let (mut response, api) = match state.authz.load_full() {
-        Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
-            Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
-            None,
-        ),
-        _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
-    };
-    if let Some(id) = &request_id {
-        response
-            .headers_mut()
-            .insert(correlate::X_REQUEST_ID.clone(), id.clone());
-    }
-    let status = response.status();
-    let series = api
-        .as_ref()
-        .map_or(crate::metrics::ApiMetrics::unmatched(), |a| &a.metrics);
-    series.count_response(&method, status);
-    let elapsed = started.elapsed();
-    crate::metrics::get().observe_request(elapsed.as_secs_f64());
-    if let Some((path, client)) = logged {
-        crate::access_log::write(&crate::access_log::Entry {
-            client,
-            request_id: request_id
-                .as_ref()
-                .and_then(|id| id.to_str().ok())
-                .unwrap_or("-"),
-            method: method.as_str(),
-            path: &path,
-            api: api.as_ref().map_or("-", |a| a.name.as_str()),
-            status: status.as_u16(),
-            micros: elapsed.as_micros() as u64,
+) -> impl Future<Output = Response<Body>> {
+    async move {
+        let state = &*here.state;
+        let started = Instant::now();
+        let method = req.method().clone();
+        let snapshot = state.live.snapshot_here(&here.snapshot);
+        // What only the access log needs, only when it is on: the path, and
+        // the client's address as `trusted_proxies` make it known.
+        let logged = crate::access_log::is_on().then(|| {
+            let client =
+                proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies);
+            (req.uri().path().to_owned(), client)
         });
+        conn.from_trusted = snapshot
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&conn.peer.ip()));
+        let mut added = AddedFields::new();
+        let request_id = correlate::correlate(
+            req.headers_mut(),
+            conn.from_trusted,
+            &mut added,
+            snapshot.forwarding,
+        );
+        let (mut response, api) = match state.authz.load_full() {
+            Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
+                Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
+                None,
+            ),
+            _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
+        };
+        if let Some(id) = &request_id {
+            response
+                .headers_mut()
+                .insert(correlate::X_REQUEST_ID.clone(), id.clone());
+        }
+        let status = response.status();
+        let series = api
+            .as_ref()
+            .map_or(crate::metrics::ApiMetrics::unmatched(), |a| &a.metrics);
+        series.count_response(&method, status);
+        let elapsed = started.elapsed();
+        crate::metrics::get().observe_request(elapsed.as_secs_f64());
+        if let Some((path, client)) = logged {
+            crate::access_log::write(&crate::access_log::Entry {
+                client,
+                request_id: request_id
+                    .as_ref()
+                    .and_then(|id| id.to_str().ok())
+                    .unwrap_or("-"),
+                method: method.as_str(),
+                path: &path,
+                api: api.as_ref().map_or("-", |a| a.name.as_str()),
+                status: status.as_u16(),
+                micros: elapsed.as_micros() as u64,
+            });
+        }
+        response
     }
-    response
 }
 
 /// Hands a request on an API port to the authorization server: the body

@@ -22,6 +22,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -747,46 +748,49 @@ impl Checkout {
     /// Sends `req` to `destination` and returns the response head; the connection goes back to its pool when the body has ended.
     /// The upstream may be silent for at most `stall` while more of the
     /// body is due.
-    pub async fn send(
+    #[allow(clippy::manual_async_fn)] // an `async fn` holds its arguments twice (see `proxy::serve::serve`)
+    pub fn send<'a>(
         self,
-        connector: &Connector,
+        connector: &'a Connector,
         req: Request<Body>,
-        destination: Destination<'_>,
+        destination: Destination<'a>,
         stall: Duration,
-    ) -> Result<Response<Body>, SendError> {
-        // Not a wrapper of `try_send`: the single-endpoint route keeps its
-        // smaller future and result.
-        let Checkout { home, slot, conn } = self;
-        let (conn, reused) = match conn {
-            Conn::Idle(conn) => (conn, true),
-            // Boxed (as below): connecting is a large future that requests
-            // on a pooled connection need not carry.
-            Conn::New(target) => (
-                Box::pin(connector.connect_within(&target, stall)).await?,
-                false,
-            ),
-        };
-        let response = match conn.send(req, destination, stall).await {
-            Ok(response) => response,
-            Err(Failure {
-                request: Some(req),
-                unsent,
-                ..
-            }) if reused && (unsent || is_idempotent(req.method())) => {
-                let target = home
-                    .with(|pool| pool.target(slot))
-                    .flatten()
-                    .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                let conn = Box::pin(connector.connect_within(&target, stall)).await?;
-                // Boxed: a second exchange in this future would double its
-                // size for every request, retried or not.
-                Box::pin(conn.send(req, destination, stall))
-                    .await
-                    .map_err(|failure| SendError::Request(failure.error))?
-            }
-            Err(failure) => return Err(SendError::Request(failure.error)),
-        };
-        Ok(pooled(response, home, slot))
+    ) -> impl Future<Output = Result<Response<Body>, SendError>> + 'a {
+        async move {
+            // Not a wrapper of `try_send`: the single-endpoint route keeps its
+            // smaller future and result.
+            let Checkout { home, slot, conn } = self;
+            let (conn, reused) = match conn {
+                Conn::Idle(conn) => (conn, true),
+                // Boxed (as below): connecting is a large future that requests
+                // on a pooled connection need not carry.
+                Conn::New(target) => (
+                    Box::pin(connector.connect_within(&target, stall)).await?,
+                    false,
+                ),
+            };
+            let response = match conn.send(req, destination, stall).await {
+                Ok(response) => response,
+                Err(Failure {
+                    request: Some(req),
+                    unsent,
+                    ..
+                }) if reused && (unsent || is_idempotent(req.method())) => {
+                    let target = home
+                        .with(|pool| pool.target(slot))
+                        .flatten()
+                        .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
+                    let conn = Box::pin(connector.connect_within(&target, stall)).await?;
+                    // Boxed: a second exchange in this future would double its
+                    // size for every request, retried or not.
+                    Box::pin(conn.send(req, destination, stall))
+                        .await
+                        .map_err(|failure| SendError::Request(failure.error))?
+                }
+                Err(failure) => return Err(SendError::Request(failure.error)),
+            };
+            Ok(pooled(response, home, slot))
+        }
     }
 
     /// [`Checkout::send`], giving the request back on a failure when it

@@ -166,66 +166,70 @@ impl Connection {
     /// Sends `req` to `destination` and reads the response head; the body
     /// streams from the connection, which may be silent for at most
     /// `stall` while more of it is due.
-    pub async fn send(
+    #[allow(clippy::manual_async_fn)] // an `async fn` holds its arguments twice (see `proxy::serve::serve`)
+    pub fn send(
         mut self,
         req: Request<Body>,
         destination: Destination<'_>,
         stall: Duration,
-    ) -> Result<Response<ResponseBody>, Failure> {
-        let (parts, mut body) = req.into_parts();
-        self.out.clear();
-        self.waits.stall = stall;
-        self.fields.room = destination.room;
-        self.fields.as_sent = destination.as_sent;
-        let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
-        if framing == BodyFraming::None {
-            // A request that names a protocol to switch to may get `101`.
-            let switching = parts.headers.contains_key(UPGRADE);
-            // Kept until an answer begins: the request may be sent again.
-            let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
-                Ok(()) => self
-                    .read_head(&parts.method, switching)
-                    .await
-                    .map_err(|e| (e, false)),
-                // An upstream that stopped taking the head may have read
-                // part of it: not sent again.
-                Err(error @ Error::WriteStalled(_)) => Err((error, false)),
-                Err(error) => Err((error, true)),
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Failure>> + use<'_> {
+        async move {
+            let (parts, mut body) = req.into_parts();
+            self.out.clear();
+            self.waits.stall = stall;
+            self.fields.room = destination.room;
+            self.fields.as_sent = destination.as_sent;
+            let framing = request_encode::encode(&parts, &body, destination, &mut self.out);
+            if framing == BodyFraming::None {
+                // A request that names a protocol to switch to may get `101`.
+                let switching = parts.headers.contains_key(UPGRADE);
+                // Kept until an answer begins: the request may be sent again.
+                let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
+                    Ok(()) => self
+                        .read_head(&parts.method, switching)
+                        .await
+                        .map_err(|e| (e, false)),
+                    // An upstream that stopped taking the head may have read
+                    // part of it: not sent again.
+                    Err(error @ Error::WriteStalled(_)) => Err((error, false)),
+                    Err(error) => Err((error, true)),
+                };
+                return match result {
+                    Ok(head) => {
+                        spares::give_back(parts.headers);
+                        Ok(self.respond(head, true, stall))
+                    }
+                    Err((error, unsent)) => {
+                        let unanswered =
+                            matches!(error, Error::Closed | Error::Io(_)) && self.buf.is_empty();
+                        let request =
+                            (unsent || unanswered).then(|| Request::from_parts(parts, body));
+                        Err(Failure {
+                            error,
+                            request,
+                            unsent,
+                        })
+                    }
+                };
+            }
+            let method = parts.method;
+            spares::give_back(parts.headers);
+            let fail = |error| Failure {
+                error,
+                request: None,
+                unsent: false,
             };
-            return match result {
-                Ok(head) => {
-                    spares::give_back(parts.headers);
+            let upload = self
+                .upload(&mut body, framing, &method)
+                .await
+                .map_err(fail)?;
+            drop(body);
+            match upload {
+                Upload::Answered(head) => Ok(self.respond(head, false, stall)),
+                Upload::Sent => {
+                    let head = self.read_head(&method, false).await.map_err(fail)?;
                     Ok(self.respond(head, true, stall))
                 }
-                Err((error, unsent)) => {
-                    let unanswered =
-                        matches!(error, Error::Closed | Error::Io(_)) && self.buf.is_empty();
-                    let request = (unsent || unanswered).then(|| Request::from_parts(parts, body));
-                    Err(Failure {
-                        error,
-                        request,
-                        unsent,
-                    })
-                }
-            };
-        }
-        let method = parts.method;
-        spares::give_back(parts.headers);
-        let fail = |error| Failure {
-            error,
-            request: None,
-            unsent: false,
-        };
-        let upload = self
-            .upload(&mut body, framing, &method)
-            .await
-            .map_err(fail)?;
-        drop(body);
-        match upload {
-            Upload::Answered(head) => Ok(self.respond(head, false, stall)),
-            Upload::Sent => {
-                let head = self.read_head(&method, false).await.map_err(fail)?;
-                Ok(self.respond(head, true, stall))
             }
         }
     }
