@@ -220,9 +220,16 @@ fn ctx_required_str(
 fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {
     let text = value.value.trim_end_matches('/');
     match template::path_template(if text.is_empty() { "/" } else { text }) {
-        Ok(t) if t.segments.iter().all(|s| matches!(s, Segment::Literal(_))) => {
-            Some(text.to_owned())
-        }
+        // In canonical form, as request paths are matched against it.
+        Ok(t) if t.segments.iter().all(|s| matches!(s, Segment::Literal(_))) => Some(
+            t.segments
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Literal(text) => Some(format!("/{text}")),
+                    _ => None,
+                })
+                .collect(),
+        ),
         Ok(_) => {
             ctx.report.error(
                 value.referenced,

@@ -7,6 +7,7 @@ use http::Method;
 use super::context::{self, Ctx};
 use super::raw::{Scalar, S};
 use super::snapshot::{Part, Segment, Template, ValueTemplate, Variable};
+use crate::policy::path;
 
 pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|type|claims.NAME} (or ${request.oauth2Token.clientId|owner}), ${request.application.name}";
 
@@ -152,7 +153,12 @@ fn segment(part: &str, last: bool, path: &str) -> Result<Segment, String> {
             "path `{path}`: segment `{part}` has characters a path cannot hold"
         ));
     }
-    Ok(Segment::Literal(part.to_owned()))
+    // Matched against canonical request paths, so held in that form too:
+    // `%7Eroot` is `~root`, `caf%c3%a9` is `caf%C3%A9`, `%40me` is `@me`.
+    let canonical = path::canonical_segment(part).ok_or_else(|| {
+        format!("path `{path}`: segment `{part}` is not one segment a request path can hold")
+    })?;
+    Ok(Segment::Literal(canonical))
 }
 
 #[cfg(test)]
@@ -209,6 +215,32 @@ mod tests {
         assert!(resource("GET /a%5cb").is_err());
         assert!(resource("GET /").is_ok());
         assert!(resource("GET /a%20b/{id}/{rest*}").is_ok());
+    }
+
+    #[test]
+    fn literals_are_held_in_the_form_request_paths_are_matched_in() {
+        let literals = |text| {
+            let (_, t) = resource(text).unwrap();
+            t.segments
+                .into_iter()
+                .map(|s| match s {
+                    Segment::Literal(text) => text,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(literals("GET /users/%7Eroot"), ["users", "~root"]);
+        assert_eq!(literals("GET /files/caf%c3%a9"), ["files", "caf%C3%A9"]);
+        assert_eq!(literals("GET /users/%40me/a%3ab"), ["users", "@me", "a:b"]);
+        for refused in [
+            "GET /a/%2e%2e",
+            "GET /a/%2E",
+            "GET /a/%00",
+            "GET /a/%252F",
+            "GET /a/%c3",
+        ] {
+            assert!(resource(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! Canonicalising a request path, once: percent-decoding of unreserved
-//! characters (RFC 3986 §6.2.2.2), upper-case hex, dot-segment removal
-//! (§5.2.4), and refusal of what could make the matcher and the upstream
-//! disagree. The canonical path is the one matched and the one forwarded.
+//! Canonicalising a request path, once: percent-decoding of the
+//! characters a path segment holds as they are (unreserved ones, RFC 3986
+//! §6.2.2.2, and the sub-delimiters, `:` and `@` of §3.3, but `;`),
+//! upper-case hex, empty segments merged (`//` is `/`), dot-segment
+//! removal (§5.2.4), and refusal of what could make the matcher and the
+//! upstream disagree. The canonical path is the one matched and the one
+//! forwarded: an upstream that decodes `%40` or merges slashes reads the
+//! path the gateway authorized, not another one that matched a weaker
+//! resource.
 //! Octets above 0x7F stay percent-encoded, but what they decode to must be
 //! UTF-8 (RFC 3986 §2.5; RFC 3629 §3 refuses overlong forms): an upstream
 //! decoding `%c0%ae` as `.` leniently would see a path the matcher never saw.
@@ -46,19 +51,57 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// [`segment_char`] or `/`, by octet.
+static SEGMENT_OR_SLASH: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = segment_char(b as u8) || b == b'/' as usize;
+        b += 1;
+    }
+    table
+};
+
+/// What a segment holds as it is, and so what an escape of it decodes to
+/// in the canonical path: unreserved characters, sub-delimiters, `:` and
+/// `@` (RFC 3986 §3.3), but `;`, whose parameters are refused. Any other
+/// character is percent-encoded in the canonical path, whichever way the
+/// request wrote it.
+const fn segment_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+        )
 }
 
 /// Canonicalises the path part of a request target (no query).
 pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathProblem> {
-    // Most paths are printable ASCII with nothing to decode and no dot
-    // segment: they are their own canonical form. (No early exit in the
-    // scan, so it vectorizes.)
-    let plain = raw.bytes().fold(true, |ok, b| {
-        ok & (b > 0x1f) & (b < 0x7f) & (b != b';') & (b != b'\\') & (b != b'%')
-    });
-    if plain && raw.starts_with('/') && !has_dot_segment_start(raw.as_bytes()) {
+    // Most paths are segment characters and slashes, with nothing to
+    // decode, no dot segment and no `//`: they are their own canonical
+    // form. (No early exit in the scan.)
+    let plain = raw
+        .bytes()
+        .fold(true, |ok, b| ok & SEGMENT_OR_SLASH[usize::from(b)]);
+    if plain
+        && raw.starts_with('/')
+        && !has_dot_segment_start(raw.as_bytes())
+        && memchr::memmem::find(raw.as_bytes(), b"//").is_none()
+    {
         return Ok(CanonicalPath {
             path: raw.to_owned(),
             encoded_slash: false,
@@ -124,18 +167,26 @@ fn decode_and_resolve(raw: &str) -> Result<CanonicalPath, PathProblem> {
                         encoded_slash = true;
                         decoded.push_str(if value == b'/' { "%2F" } else { "%5C" });
                     }
-                    v if unreserved(v) => decoded.push(v as char),
+                    v if segment_char(v) => decoded.push(v as char),
                     v => {
                         encoded_non_ascii |= v > 0x7f;
-                        decoded.push('%');
-                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
-                        decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v & 15)]));
+                        push_escape(&mut decoded, v);
                     }
                 }
                 i += 3;
             }
-            _ => {
+            b'/' => {
+                decoded.push('/');
+                i += 1;
+            }
+            b if segment_char(b) => {
                 decoded.push(b as char);
+                i += 1;
+            }
+            // A character a path cannot hold as it is (`"`, `{`, a space,
+            // ...): encoded, as its escape is kept.
+            b => {
+                push_escape(&mut decoded, b);
                 i += 1;
             }
         }
@@ -149,6 +200,13 @@ fn decode_and_resolve(raw: &str) -> Result<CanonicalPath, PathProblem> {
         encoded_slash,
         min_depth,
     })
+}
+
+/// `%XX` for octet `b`, upper-case hex.
+fn push_escape(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+    out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
 }
 
 /// Whether the path, every escape decoded, is UTF-8. Called only for a
@@ -167,6 +225,9 @@ fn remove_dot_segments(path: &str) -> Result<(String, Option<usize>), PathProble
     let last = parts.len() - 1;
     for (index, segment) in parts.iter().enumerate() {
         match *segment {
+            // `//` is `/`: an empty segment stays only at the end (a
+            // trailing slash).
+            "" if index != last => {}
             "." => {
                 if index == last {
                     out.push("");
@@ -193,6 +254,18 @@ fn remove_dot_segments(path: &str) -> Result<(String, Option<usize>), PathProble
         canonical.push('/');
     }
     Ok((canonical, min_depth))
+}
+
+/// The canonical form of one literal segment of a configured path (a
+/// resource template's, a base path's): what a request spelling it any
+/// other way is canonicalised to, so that they match. `None` when no
+/// canonical request path holds it as one segment (empty, a dot segment,
+/// an encoded `/` or `\`, or refused).
+pub fn canonical_segment(segment: &str) -> Option<String> {
+    let canonical = canonicalize(&format!("/{segment}")).ok()?;
+    let text = canonical.path.strip_prefix('/')?;
+    let one = !text.is_empty() && !text.contains('/') && !canonical.encoded_slash;
+    (one && canonical.min_depth.is_none()).then(|| text.to_owned())
 }
 
 /// Refuses `%25` followed by two hex digits in the canonical path: an
@@ -234,13 +307,63 @@ mod tests {
     }
 
     #[test]
-    fn decodes_unreserved_and_keeps_the_rest_encoded() {
+    fn decodes_what_a_segment_holds_as_it_is_and_keeps_the_rest_encoded() {
         assert_eq!(canon("/a/%62%6f%6F%6Bings").unwrap(), "/a/bookings");
         assert_eq!(
             canon("/gateway/Time%20travels/1.0").unwrap(),
             "/gateway/Time%20travels/1.0"
         );
-        assert_eq!(canon("/x%3a").unwrap(), "/x%3A");
+        // Sub-delimiters, `:` and `@` are one character whichever way
+        // they are written: an upstream decoding the path reads the same.
+        assert_eq!(canon("/users/%40me").unwrap(), "/users/@me");
+        assert_eq!(
+            canon("/x%3a%2B%21%24%26%27%28%29%2A%2C%3D").unwrap(),
+            "/x:+!$&'()*,="
+        );
+        // `;` stays encoded (raw, it is a refused parameter), as do `?`,
+        // `#`, `%` and what a path cannot hold as it is.
+        assert_eq!(canon("/a%3Bb%3F%23%25x").unwrap(), "/a%3Bb%3F%23%25x");
+        assert_eq!(
+            canon("/a%22%7b%7C%7d%20%5e%60%5B%5D").unwrap(),
+            "/a%22%7B%7C%7D%20%5E%60%5B%5D"
+        );
+    }
+
+    #[test]
+    fn characters_a_path_cannot_hold_are_encoded_as_their_escapes_are_kept() {
+        assert_eq!(
+            canon("/a\"{b}|c^`[d]").unwrap(),
+            canon("/a%22%7Bb%7D%7Cc%5E%60%5Bd%5D").unwrap()
+        );
+        assert_eq!(canon("/a\"b").unwrap(), "/a%22b");
+    }
+
+    #[test]
+    fn empty_segments_are_merged_but_a_trailing_slash_is_kept() {
+        assert_eq!(canon("/files//secret").unwrap(), "/files/secret");
+        assert_eq!(canon("//files///secret").unwrap(), "/files/secret");
+        assert_eq!(canon("/a//b/").unwrap(), "/a/b/");
+        assert_eq!(canon("/a/b//").unwrap(), "/a/b/");
+        assert_eq!(canon("//").unwrap(), "/");
+        assert_eq!(canon("/a//../b").unwrap(), "/b");
+        assert_eq!(canon("/a/%2e//b").unwrap(), "/a/b");
+    }
+
+    #[test]
+    fn a_configured_segment_takes_the_form_requests_are_matched_in() {
+        assert_eq!(canonical_segment("%7Eroot").as_deref(), Some("~root"));
+        assert_eq!(canonical_segment("caf%c3%a9").as_deref(), Some("caf%C3%A9"));
+        assert_eq!(canonical_segment("%40me").as_deref(), Some("@me"));
+        assert_eq!(canonical_segment("me:admin").as_deref(), Some("me:admin"));
+        assert_eq!(
+            canonical_segment("Time%20travels").as_deref(),
+            Some("Time%20travels")
+        );
+        for refused in [
+            "", ".", "..", "%2e", "%2E%2E", "a%2Fb", "a%5cb", "a/b", "%00", "%252F", "%c3",
+        ] {
+            assert_eq!(canonical_segment(refused), None, "{refused}");
+        }
     }
 
     #[test]

@@ -83,12 +83,22 @@ pub fn route<'s>(
         }
         _ => &[],
     };
-    let resource = select(api, method, segments).or_else(|| {
-        // RFC 9110 §9.3.2: HEAD is allowed wherever GET is.
-        (method == Method::HEAD)
-            .then(|| select(api, &Method::GET, segments))
-            .flatten()
-    });
+    // A trailing slash matches as the path without it (many upstreams read
+    // `/files/secret/` as `/files/secret`: it must need the same scope);
+    // only a `{tail*}` may then take the path as written (`/files/`).
+    let trimmed = match segments {
+        [before @ .., ""] if !before.is_empty() => before,
+        _ => segments,
+    };
+    let for_method = |segments| {
+        select(api, method, segments).or_else(|| {
+            // RFC 9110 §9.3.2: HEAD is allowed wherever GET is.
+            (method == Method::HEAD)
+                .then(|| select(api, &Method::GET, segments))
+                .flatten()
+        })
+    };
+    let resource = for_method(trimmed).or_else(|| for_method(segments));
     match resource {
         Some(index) => Ok(Route {
             api,
@@ -98,7 +108,8 @@ pub fn route<'s>(
         None => {
             let mut allow: Vec<Method> = Vec::new();
             for resource in &api.resources {
-                if !matches(&resource.template.segments, segments) {
+                let template = &resource.template.segments;
+                if !matches(template, trimmed) && !matches(template, segments) {
                     continue;
                 }
                 let method = &resource.method;

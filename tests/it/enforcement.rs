@@ -6,7 +6,7 @@
 use crate::common;
 
 use common::idp::{merged, unix_now, Idp, SigningKey};
-use common::{metric, Gateway, Upstream};
+use common::{metric, raw_request, status_of, Gateway, Upstream};
 use microgateway::policy::{self, Outcome};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::Method;
@@ -608,4 +608,81 @@ async fn metrics_never_show_a_token_or_a_secret() {
         assert!(!text.contains(secret), "metrics show a secret");
     }
     w.gw.shutdown().await;
+}
+
+/// A protected path needs its resource's scope however it is spelled: an
+/// upstream that decodes `%40`, merges `//` or reads `/secret/` as
+/// `/secret` serves the protected resource, so the gateway matches each
+/// spelling to it (and forwards the form it matched). Literals written
+/// in another spelling than the canonical one (`%7E` for `~`) protect too.
+#[tokio::test]
+async fn every_spelling_of_a_protected_path_needs_its_scope() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    localIntrospectionConfig: {{ issuer: "{}", jwksuri: "{}" }}
+apis:
+- name: Users
+  base_path: /u
+  upstream: {{ url: "{}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - name: Admin
+    resources: ["GET /users/@me", "GET /users/%7eroot", "GET /files/secret"]
+  - name: Read
+    resources: ["GET /users/{{id}}", "GET /files/{{rest*}}"]
+"#,
+        idp.issuer(),
+        idp.jwks_uri(),
+        upstream.url("/api")
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let (read, admin) = (idp.token(&["Read"]), idp.token(&["Admin"]));
+    let get = |path: &str, token: &str| {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let http = gw.http;
+        async move { status_of(&raw_request(http, request.as_bytes()).await) }
+    };
+    let protected = [
+        ("/u/users/@me", "/api/users/@me"),
+        ("/u/users/%40me", "/api/users/@me"),
+        ("/u/users/%40me/", "/api/users/@me/"),
+        ("/u/users/~root", "/api/users/~root"),
+        ("/u/users/%7Eroot", "/api/users/~root"),
+        ("/u/files/secret", "/api/files/secret"),
+        ("/u/files//secret", "/api/files/secret"),
+        ("/u//files/secret", "/api/files/secret"),
+        ("/u/files/secret/", "/api/files/secret/"),
+        ("/u/files/./secret", "/api/files/secret"),
+        ("/u/files/%73ecret", "/api/files/secret"),
+    ];
+    for (path, _) in protected {
+        assert_eq!(get(path, &read).await, 403, "{path} with the Read scope");
+    }
+    assert_eq!(upstream.hits(), 0);
+    for (path, forwarded) in protected {
+        assert_eq!(get(path, &admin).await, 200, "{path} with the Admin scope");
+        assert_eq!(upstream.last().uri, forwarded, "{path}");
+    }
+    // The weaker scope still reaches what is its own, slash or not.
+    for (path, forwarded) in [
+        ("/u/users/7", "/api/users/7"),
+        ("/u/users/7/", "/api/users/7/"),
+        ("/u/files/other//x", "/api/files/other/x"),
+        ("/u/files/", "/api/files/"),
+    ] {
+        assert_eq!(get(path, &read).await, 200, "{path} with the Read scope");
+        assert_eq!(upstream.last().uri, forwarded, "{path}");
+    }
+    gw.shutdown().await;
 }

@@ -144,6 +144,60 @@ apis:
     }
 }
 
+/// Each spelling of a path matches the resource it names: escapes of
+/// what a segment holds as it is are decoded, `//` merged, a trailing
+/// slash matched as the path without it (then, for a tail, as written);
+/// configured literals and base paths take the same canonical form.
+#[test]
+fn spellings_of_one_path_match_one_resource() {
+    let snap = snapshot(
+        r#"
+apis:
+- name: A
+  base_path: /caf%c3%a9/%7Ea
+  upstream: { echo: true }
+  resources:
+  - "GET /users/@me"
+  - "GET /users/%7eroot"
+  - "GET /users/{id}"
+  - "GET /files/secret"
+  - "GET /files/{rest*}"
+  authentication:
+    type: none
+"#,
+    );
+    let base = "/caf%C3%A9/~a";
+    for (path, resource) in [
+        ("/users/@me", "GET /users/@me"),
+        ("/users/%40me", "GET /users/@me"),
+        ("/users/%40me/", "GET /users/@me"),
+        ("/users/~root", "GET /users/%7eroot"),
+        ("/users/%7Eroot", "GET /users/%7eroot"),
+        ("/users/7/", "GET /users/{id}"),
+        ("/files/secret", "GET /files/secret"),
+        ("/files//secret", "GET /files/secret"),
+        ("//files/secret", "GET /files/secret"),
+        ("/files/secret/", "GET /files/secret"),
+        ("/files/secret//", "GET /files/secret"),
+        ("/files/other/", "GET /files/{rest*}"),
+        ("/files/", "GET /files/{rest*}"),
+    ] {
+        assert_eq!(
+            matched(&snap, Method::GET, &format!("{base}{path}")),
+            resource,
+            "{path}"
+        );
+    }
+    for spelled in ["/caf%c3%a9/%7ea", "/caf%C3%A9/%7Ea", "/caf%C3%A9//~a"] {
+        let path = format!("{spelled}/users/@me");
+        assert_eq!(
+            matched(&snap, Method::GET, &path),
+            "GET /users/@me",
+            "{path}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn forwards_with_base_path_stripped_and_query_kept() {
     let upstream = Upstream::start().await;
