@@ -58,6 +58,10 @@ pub enum HeadError {
     Upgrade,
     #[error("invalid header field")]
     Field,
+    /// A coding other than `chunked` (`gzip, chunked`): passed on without
+    /// it, the client would take coded bytes for the content.
+    #[error("transfer coding other than chunked")]
+    TransferCoding,
 }
 
 /// A connection's room for the heads it reads, used again for each.
@@ -71,6 +75,9 @@ pub struct Scratch {
     /// The final head's fields are wanted as the head holds them
     /// ([`RawFields`]), not in a map: nothing will read or change them.
     pub as_sent: bool,
+    /// Bytes of the informational heads skipped before the final one
+    /// (they count toward [`MAX_HEAD`]).
+    interim: usize,
 }
 
 /// Parses the head at the front of `buf`, consuming it: `None` while it
@@ -100,6 +107,19 @@ fn parse_head(
     scratch: &mut Scratch,
     switching: bool,
 ) -> Result<Option<Head>, HeadError> {
+    let parsed = parse_interim_and_final(buf, method, scratch, switching);
+    if !matches!(parsed, Ok(None)) {
+        scratch.interim = 0; // the next head is another response's
+    }
+    parsed
+}
+
+fn parse_interim_and_final(
+    buf: &mut BytesMut,
+    method: &Method,
+    scratch: &mut Scratch,
+    switching: bool,
+) -> Result<Option<Head>, HeadError> {
     loop {
         let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -108,12 +128,16 @@ fn parse_head(
             buf,
             &mut storage,
         )?;
+        // A head arriving in one read may be complete and still too large.
+        let seen = match parsed {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => buf.len(),
+        };
+        if scratch.interim.saturating_add(seen) > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
         let httparse::Status::Complete(len) = parsed else {
-            return if buf.len() > MAX_HEAD {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
+            return Ok(None);
         };
         let Some(code) = response.code else {
             return Err(HeadError::Malformed(httparse::Error::Status));
@@ -146,6 +170,7 @@ fn parse_head(
             }
             // RFC 9110 §15.2: informational responses precede the final one.
             let _ = buf.split_to(len);
+            scratch.interim += len;
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| HeadError::Field)?;
@@ -164,8 +189,8 @@ struct Fields<'a> {
     room: usize,
     /// See [`Scratch::as_sent`].
     as_sent: bool,
-    /// Whether the last transfer coding of the last `Transfer-Encoding`
-    /// is `chunked`, if there was one.
+    /// `Some(true)` when `Transfer-Encoding` said `chunked` (the only
+    /// coding taken).
     chunked: Option<bool>,
     /// What the `Content-Length` fields said.
     length: Option<u64>,
@@ -200,12 +225,18 @@ impl<'a> Fields<'a> {
             let name = header.name.as_bytes();
             let kind = match field_name(name) {
                 FieldName::TransferEncoding => {
-                    let last = header
-                        .value
-                        .rsplit(|&b| b == b',')
-                        .next()
-                        .unwrap_or_default();
-                    fields.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    // `chunked` once, and no other coding: the gateway
+                    // removes the chunked framing, and could not pass
+                    // another coding on with it.
+                    for coding in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if coding.is_empty() {
+                            continue;
+                        }
+                        if !coding.eq_ignore_ascii_case(b"chunked") || fields.chunked.is_some() {
+                            return Err(HeadError::TransferCoding);
+                        }
+                        fields.chunked = Some(true);
+                    }
                     continue;
                 }
                 FieldName::Connection => {
@@ -390,12 +421,12 @@ mod tests {
                 (Framing::Chunked, true),
             ),
             (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n",
                 (Framing::Chunked, true),
             ),
             (
-                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-                (Framing::UntilClose, false),
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: , chunked,\r\n\r\n",
+                (Framing::Chunked, true),
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -459,6 +490,35 @@ mod tests {
         ] {
             assert!(head(raw, Method::GET).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_once_are_refused() {
+        for te in [
+            "gzip, chunked",
+            "chunked, gzip",
+            "gzip",
+            "identity",
+            "chunked, chunked",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert!(
+                matches!(head(&raw, Method::GET), Err(HeadError::TransferCoding)),
+                "{te}"
+            );
+        }
+        let split =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(
+            head(split, Method::GET),
+            Err(HeadError::TransferCoding)
+        ));
+        let twice =
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(
+            head(twice, Method::GET),
+            Err(HeadError::TransferCoding)
+        ));
     }
 
     #[test]
@@ -546,5 +606,39 @@ mod tests {
             head(&long_value, Method::GET),
             Err(HeadError::TooLarge)
         ));
+        // Complete in one read, and too large all the same.
+        let complete = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(matches!(
+            head(&complete, Method::GET),
+            Err(HeadError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn informational_heads_count_toward_the_bound_across_reads() {
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n";
+        let mut scratch = Scratch::default();
+        let mut buf = BytesMut::new();
+        let mut refused = false;
+        // Arriving a few at a time, each read parsed as it comes.
+        for _ in 0..(MAX_HEAD / interim.len() / 8 + 1) {
+            buf.extend_from_slice(interim.repeat(8).as_bytes());
+            match parse(&mut buf, &Method::GET, &mut scratch) {
+                Ok(None) => {}
+                Err(HeadError::TooLarge) => {
+                    refused = true;
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(refused, "{} bytes of interim heads taken", scratch.interim);
+        // Another response on another exchange starts from nothing.
+        let mut scratch = Scratch::default();
+        let mut buf = BytesMut::from(format!("{interim}HTTP/1.1 204 No Content\r\n\r\n").as_str());
+        assert!(parse(&mut buf, &Method::GET, &mut scratch)
+            .expect("valid")
+            .is_some());
+        assert_eq!(scratch.interim, 0);
     }
 }

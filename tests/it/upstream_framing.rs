@@ -985,3 +985,142 @@ async fn request_framing_reaches_the_upstream_intact() {
     })
     .await;
 }
+
+/// Informational heads count toward the head's bound: 2 MiB of `100
+/// Continue` before the final answer is a 502, not a success.
+#[tokio::test]
+async fn interim_heads_are_bounded_in_bytes() {
+    let first = malformed_then_good(|| {
+        let mut bytes = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(2 * 1024 * 1024 / 25);
+        bytes.extend_from_slice(&ok(b"after-the-flood"));
+        Reply::keep(bytes)
+    })
+    .await;
+    let answer = first.expect("a response");
+    assert_eq!(
+        answer.status, 502,
+        "2 MiB of interim heads were accepted: {:?}",
+        answer.status
+    );
+}
+
+/// Interim heads that never end give way to the upstream timeout.
+#[tokio::test]
+async fn endless_interim_heads_end_within_the_timeout() {
+    bounded(async {
+        let upstream = RawUpstream::start(|_| {
+            Reply::endless(
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 102 Processing\r\n\r\n",
+            )
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml_with_timeout("2s")).await;
+        let started = Instant::now();
+        let answer = Client::connect(&gw).await.send(Method::GET, b"").await;
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(6), "{waited:?}");
+        assert!(matches!(answer, Ok(ref a) if a.status == 504 || a.status == 502));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// An upstream that answers as soon as it has the request head and
+/// closes without reading the body resets the connection: the gateway's
+/// next write fails, and the answer it has in hand is passed on all the
+/// same (not a 502).
+#[tokio::test]
+async fn an_early_answer_followed_by_a_reset_is_passed_on() {
+    bounded(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    let mut head = Vec::new();
+                    while stream.read_until(b'\n', &mut head).await.unwrap_or(0) > 0
+                        && !head.ends_with(b"\r\n\r\n")
+                    {}
+                    let answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\
+                                   Connection: close\r\n\r\nbig!";
+                    let _ = stream.get_mut().write_all(answer).await;
+                    // Closed with the body unread: a reset.
+                    drop(stream);
+                });
+            }
+        });
+        let gw = Gateway::start(&RawUpstream::yaml_for(addr, "30s")).await;
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let stream = TcpStream::connect(gw.http).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let request = Request::post("/f/items")
+                .header("host", "gateway.test")
+                .body(Full::new(Bytes::from(vec![b'u'; 8 * 1024 * 1024])))
+                .unwrap();
+            // The upstream's answer, body and all, not one of the gateway's.
+            let answer = match sender.send_request(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.into_body().collect().await.map(|b| b.to_bytes());
+                    (status, body.ok())
+                }
+                Err(_) => (0, None),
+            };
+            statuses.push(answer);
+        }
+        upstream.abort();
+        gw.shutdown().await;
+        assert!(
+            statuses
+                .iter()
+                .all(|(status, body)| *status == 413 && body.as_deref() == Some(&b"big!"[..])),
+            "the upstream's early 413 was lost: {statuses:?}"
+        );
+    })
+    .await;
+}
+
+/// A transfer coding other than chunked (`gzip, chunked`) is refused
+/// (502): the gateway removes the chunked framing and could not pass the
+/// other coding on, so the client would take gzip bytes for the content.
+#[tokio::test]
+async fn a_transfer_coding_besides_chunked_is_refused() {
+    bounded(async {
+        let upstream = RawUpstream::start(|_| {
+            Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+                   4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n"[..],
+            )
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let answer = Client::connect(&gw).await.get().await;
+        assert_eq!(answer.status, 502, "{answer:?}");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// A head over the bound that arrives complete in a few reads is refused
+/// as one arriving slowly is.
+#[tokio::test]
+async fn a_complete_head_over_the_bound_is_refused() {
+    let first = malformed_then_good(|| {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..60 {
+            head.extend_from_slice(format!("X-Big-{i}: {}\r\n", "a".repeat(2000)).as_bytes());
+        }
+        head.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+        Reply::keep(head)
+    })
+    .await;
+    let answer = first.expect("a response");
+    assert_eq!(answer.status, 502, "a 120 KiB head was accepted");
+}

@@ -124,6 +124,10 @@ enum Upload {
     Sent,
     /// The upstream answered before the request body was all sent.
     Answered(Head),
+    /// The connection failed while the request was going out: an upstream
+    /// that answered early and closed without reading the rest resets
+    /// it, and its answer may be on its way all the same.
+    Refused(Error),
 }
 
 impl Connection {
@@ -226,6 +230,10 @@ impl Connection {
             drop(body);
             match upload {
                 Upload::Answered(head) => Ok(self.respond(head, false, stall)),
+                Upload::Refused(error) => match self.read_head(&method, false).await {
+                    Ok(head) => Ok(self.respond(head, false, stall)),
+                    Err(_) => Err(fail(error)),
+                },
                 Upload::Sent => {
                     let head = self.read_head(&method, false).await.map_err(fail)?;
                     Ok(self.respond(head, true, stall))
@@ -322,6 +330,9 @@ impl Connection {
         poll_fn(|cx| loop {
             match self.poll_write_out(cx) {
                 Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error @ Error::Io(_))) => {
+                    return Poll::Ready(Ok(Upload::Refused(error)))
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => return self.poll_early_answer(cx, method),
             }
