@@ -102,8 +102,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         Some(b) => base_path(ctx, b)?,
         None => format!(
             "/gateway/{}/{}",
-            utf8_percent_encode(&name, NAME_KEEP),
-            utf8_percent_encode(&version, NAME_KEEP)
+            default_segment(&name),
+            default_segment(&version)
         ),
     };
     let transport = transport(ctx, raw);
@@ -215,6 +215,15 @@ fn ctx_required_str(
             .error(entry.referenced, format!("API `{key}` is missing"), "");
     }
     value.as_ref().map(|v| v.value.clone())
+}
+
+/// `text` (an API's name or version) as a segment of its default base
+/// path: percent-encoded, in the canonical form request paths are matched
+/// in (`Tom's API` is `Tom's%20API`, as `Tom%27s%20API` is canonicalised
+/// to). A name no request segment can hold (`a/b`, `..`) stays encoded.
+fn default_segment(text: &str) -> String {
+    let encoded = utf8_percent_encode(text, NAME_KEEP).to_string();
+    crate::policy::path::canonical_segment(&encoded).unwrap_or(encoded)
 }
 
 fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {

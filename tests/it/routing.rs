@@ -304,6 +304,30 @@ apis:
     gw.shutdown().await;
 }
 
+/// A name with characters a path segment holds as they are (`'`, `:`,
+/// `@`) makes a default base path that requests reach however they
+/// write them.
+#[test]
+fn default_base_path_of_a_name_with_sub_delimiters_is_reachable() {
+    let snap = snapshot(
+        r#"
+apis:
+- name: "Tom's orders: v2 @ eu"
+  version: "1.0"
+  upstream: { echo: true }
+  resources: ["GET /orders"]
+  authentication:
+    type: none
+"#,
+    );
+    for path in [
+        "/gateway/Tom%27s%20orders%3A%20v2%20%40%20eu/1.0/orders",
+        "/gateway/Tom's%20orders:%20v2%20@%20eu/1.0/orders",
+    ] {
+        assert_eq!(matched(&snap, Method::GET, path), "GET /orders", "{path}");
+    }
+}
+
 #[tokio::test]
 async fn head_is_allowed_where_get_is() {
     let upstream = Upstream::start().await;
