@@ -12,6 +12,8 @@
 //!
 //! 1. [`metrics`]: every metric. [`timer`]: the data path's deadlines
 //!    (request head, upstream answer), one queue per listener thread.
+//!    [`path`]: the canonical form of a path, which request paths are
+//!    matched and forwarded in and configured ones are held in.
 //!    [`allocator`]: freed memory given back to the system.
 //!    [`access_log`]: the access log's line, composed and handed to the
 //!    log's writer.
@@ -29,8 +31,8 @@
 //! 4. [`authz_server`]: the local OAuth2 authorization server (SQLite or
 //!    PostgreSQL store); it publishes its keys as a JWKS, so `auth` never
 //!    imports it.
-//!    [`policy`]: pure decisions over a snapshot — canonical path, route,
-//!    scopes, the verdict `explain` prints. [`throttle`]: the throttle
+//!    [`policy`]: pure decisions over a snapshot — route, scopes, the
+//!    verdict `explain` prints. [`throttle`]: the throttle
 //!    policies' counters (GCRA, in memory or on Redis) and RateLimit fields.
 //! 5. [`proxy`]: the data path, its phases in order, and the upstream pool
 //!    and HTTP/1.1 client.
@@ -70,6 +72,7 @@ pub mod gateway;
 pub mod http1;
 pub mod logging;
 pub mod metrics;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

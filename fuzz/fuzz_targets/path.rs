@@ -1,4 +1,4 @@
-//! Path canonicalisation (`policy::path::canonicalize`), from arbitrary
+//! Path canonicalisation (`path::canonicalize`), from arbitrary
 //! text (raw non-ASCII included: `httparse` and `http::Uri` let it
 //! through). Invariants: no panic; a canonical path is ASCII, starts with
 //! `/`, has no dot segment, no empty segment but a last one, no control
@@ -12,7 +12,7 @@
 
 use libfuzzer_sys::fuzz_target;
 // The function under test: its one path in this target.
-use microgateway::policy::path::canonicalize;
+use microgateway::path::canonicalize;
 
 fuzz_target!(|raw: &str| {
     let Ok(canonical) = canonicalize(raw) else {

@@ -223,7 +223,7 @@ fn ctx_required_str(
 /// to). A name no request segment can hold (`a/b`, `..`) stays encoded.
 fn default_segment(text: &str) -> String {
     let encoded = utf8_percent_encode(text, NAME_KEEP).to_string();
-    crate::policy::path::canonical_segment(&encoded).unwrap_or(encoded)
+    crate::path::canonical_segment(&encoded).unwrap_or(encoded)
 }
 
 fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {

@@ -7,7 +7,7 @@ use http::Method;
 use super::context::{self, Ctx};
 use super::raw::{Scalar, S};
 use super::snapshot::{Part, Segment, Template, ValueTemplate, Variable};
-use crate::policy::path;
+use crate::path;
 
 pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|type|claims.NAME} (or ${request.oauth2Token.clientId|owner}), ${request.application.name}";
 

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use http::Method;
 use serde_json::Map;
 
-use super::path::{canonicalize, PathProblem};
 use super::route::{route, Route, RouteProblem};
 use super::scope::{authorize, granting_scopes, Denied};
 use crate::auth::identity::Identity;
 use crate::auth::Principal;
 use crate::config::snapshot::{Authentication, Balance, Cors, CredentialType, Origins, Upstream};
 use crate::config::Snapshot;
+use crate::path::{canonicalize, PathProblem};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

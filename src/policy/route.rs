@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::path::CanonicalPath;
 use crate::config::snapshot::{Api, Resource, Segment};
 use crate::config::Snapshot;
+use crate::path::CanonicalPath;
 
 /// What a request matched: the API (borrowed from the snapshot: taking a
 /// request's route counts no reference other threads count too), its
