@@ -97,11 +97,7 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathProblem> {
     let plain = raw
         .bytes()
         .fold(true, |ok, b| ok & SEGMENT_OR_SLASH[usize::from(b)]);
-    if plain
-        && raw.starts_with('/')
-        && !has_dot_segment_start(raw.as_bytes())
-        && memchr::memmem::find(raw.as_bytes(), b"//").is_none()
-    {
+    if plain && raw.starts_with('/') && !has_odd_segment(raw.as_bytes()) {
         return Ok(CanonicalPath {
             path: raw.to_owned(),
             encoded_slash: false,
@@ -121,10 +117,10 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath, PathProblem> {
 /// No ASCII octet: those above 0x7F are always encoded.
 const NON_ASCII: &percent_encoding::AsciiSet = &percent_encoding::AsciiSet::EMPTY;
 
-/// Whether a segment starts with `.` (dots are rare in API paths: a
-/// search for them costs less than one for `/.`).
-fn has_dot_segment_start(path: &[u8]) -> bool {
-    memchr::memchr_iter(b'.', path).any(|at| at > 0 && path[at - 1] == b'/')
+/// Whether a segment starts with `.` or is empty (`//`): an API path has
+/// a few slashes, each looked past once.
+fn has_odd_segment(path: &[u8]) -> bool {
+    memchr::memchr_iter(b'/', path).any(|at| matches!(path.get(at + 1), Some(b'.' | b'/')))
 }
 
 /// The general case: percent-decoding, refusals and dot segments.
