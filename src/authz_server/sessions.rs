@@ -3,7 +3,9 @@
 //! A session is a random id (256 bits) in the `mcgw_session` cookie; the
 //! server keeps, under the id's SHA-256, when it started, its CSRF token
 //! and the user who logged in on it. Bounded in number ([`CAPACITY`]:
-//! past it, expired sessions go first, then the oldest) and in lifetime
+//! past it, expired sessions go first, then the oldest anonymous one —
+//! any client can start those, so they never push out a signed-in
+//! session while one of them is left — then the oldest) and in lifetime
 //! ([`LIFETIME_SECS`] from creation). Logging in starts a new session
 //! (new id, new CSRF token), so an id planted before login is worth
 //! nothing after it. Sessions are per process: they are lost on restart
@@ -88,11 +90,14 @@ impl Sessions {
             sessions.retain(|_, s| now < s.started + LIFETIME_SECS);
         }
         if sessions.len() >= CAPACITY {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.started)
-                .map(|(hash, _)| hash.clone());
-            if let Some(hash) = oldest {
+            let oldest = |anonymous_only: bool| {
+                sessions
+                    .iter()
+                    .filter(|(_, s)| !anonymous_only || s.user.is_none())
+                    .min_by_key(|(_, s)| s.started)
+                    .map(|(hash, _)| hash.clone())
+            };
+            if let Some(hash) = oldest(true).or_else(|| oldest(false)) {
                 sessions.remove(&hash);
             }
         }
@@ -181,6 +186,27 @@ mod tests {
         }
         assert_eq!(sessions.len(), CAPACITY);
         assert!(sessions.find(&first.id, 1).is_none(), "the oldest went");
+    }
+
+    #[test]
+    fn anonymous_sessions_never_push_out_a_signed_in_one() {
+        let sessions = Sessions::default();
+        let anonymous = sessions.start(None, 0);
+        let alice = sessions.renew(&anonymous, "alice".into(), 0);
+        // Any client can start anonymous sessions, as many as it likes.
+        for _ in 0..CAPACITY + 50 {
+            sessions.start(None, 1);
+        }
+        assert_eq!(sessions.len(), CAPACITY);
+        let found = sessions.find(&alice.id, 2).expect("still signed in");
+        assert_eq!(found.session.user.as_deref(), Some("alice"));
+        // Signed-in sessions only: the oldest goes.
+        let sessions = Sessions::default();
+        let first = sessions.start(Some("a".into()), 0);
+        for _ in 0..CAPACITY {
+            sessions.start(Some("b".into()), 1);
+        }
+        assert!(sessions.find(&first.id, 1).is_none());
     }
 
     #[test]
