@@ -1296,3 +1296,38 @@ async fn headless_chromium_renders_the_login_page() {
     assert!(dom.contains("BookYourTicket"), "{dom}");
     assert!(dom.contains("type=\"password\""), "{dom}");
 }
+
+/// RFC 6749 §4.1.2: a code presented again revokes the tokens issued from
+/// it, also after the expired-token cleanup ran in between (the spent
+/// code's row stays while its tokens live).
+#[tokio::test]
+async fn a_code_replayed_after_the_cleanup_still_revokes_its_tokens() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let location = browser
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
+        .await;
+    let code = code_from(&location);
+    let (status, first) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 200, "{first}");
+    let access = str_of(&first, "access_token").to_owned();
+    let refresh = str_of(&first, "refresh_token").to_owned();
+    let authz = gw.state().authz.load_full().expect("authz on");
+    authz.clock().advance(Duration::from_secs(601));
+    authz.remove_expired().await.expect("cleanup");
+    let (status, body) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(introspect(&gw, &access).await["active"], false);
+    let (status, refreshed) = token_request(
+        &gw,
+        Some(("bookyourticket", SECRET)),
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+    )
+    .await;
+    assert_eq!(status, 400, "{refreshed}");
+}

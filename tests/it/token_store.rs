@@ -51,6 +51,7 @@ against_both!(
     remove_expired_keeps_live_families,
     a_replay_racing_the_first_use_leaves_no_live_token,
     a_code_is_spent_once,
+    a_spent_code_is_kept_while_its_tokens_live,
     an_expired_code_is_not_spent,
     concurrent_redemptions_of_a_code_have_one_winner,
     concurrent_rotations_of_a_refresh_token_have_one_winner,
@@ -218,6 +219,32 @@ fn a_code_is_spent_once(open: Open) {
     assert!(store.code_replayed("h").unwrap());
     assert_eq!(store.take_code("x", 100, "f").unwrap(), CodeTake::Unknown);
     assert_eq!(store.remove_expired(300).unwrap().authorization_codes, 1);
+}
+
+/// Expired, a spent code stays while its family has a live token: a
+/// replay after a cleanup must still find it, and revoke them.
+fn a_spent_code_is_kept_while_its_tokens_live(open: Open) {
+    let store = open();
+    store.put_code(&code("h")).unwrap();
+    store.put_code(&code("unused")).unwrap();
+    assert!(matches!(
+        store.take_code("h", 100, "f").unwrap(),
+        CodeTake::Fresh(_)
+    ));
+    store
+        .insert_grant(&access("a", Some(500), Some("f")), Some(&refresh("r", "f")))
+        .unwrap();
+    // Another replica removes: the unused code goes, the spent one stays.
+    assert_eq!(open().remove_expired(300).unwrap().authorization_codes, 1);
+    assert_eq!(
+        store.take_code("h", 300, "g").unwrap(),
+        CodeTake::Reused {
+            family: Some("f".into())
+        }
+    );
+    assert_eq!(store.revoke_family("f").unwrap(), 2);
+    assert_eq!(store.remove_expired(300).unwrap().authorization_codes, 1);
+    assert_eq!(store.take_code("h", 300, "g").unwrap(), CodeTake::Unknown);
 }
 
 fn an_expired_code_is_not_spent(open: Open) {

@@ -329,8 +329,14 @@ impl TokenStore for SqliteStore {
                               AND revoked = 0))",
             [now],
         )?;
+        // A spent code is kept while tokens of its family live: presented
+        // again, it must still revoke them (RFC 6749 §4.1.2).
         let authorization_codes = tx.execute(
-            "DELETE FROM authorization_codes WHERE expires_at <= ?1",
+            "DELETE FROM authorization_codes WHERE expires_at <= ?1 AND (family IS NULL OR ( \
+               family NOT IN (SELECT family FROM refresh_tokens WHERE revoked = 0 \
+                              AND (expires_at IS NULL OR expires_at > ?1)) \
+               AND family NOT IN (SELECT family FROM access_tokens WHERE family IS NOT NULL \
+                              AND revoked = 0)))",
             [now],
         )?;
         tx.commit()?;
