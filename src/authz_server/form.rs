@@ -61,6 +61,18 @@ impl Form {
     /// Like [`parse`](Self::parse), but the names in `repeatable` may come
     /// more than once (read them with [`all`](Self::all)).
     pub fn parse_repeating(body: &[u8], repeatable: &[&str]) -> Result<Form, FormError> {
+        let form = Form::parse_keeping_repeats(body)?;
+        match form.repeated(repeatable) {
+            Some(_) => Err(FormError::Duplicate),
+            None => Ok(form),
+        }
+    }
+
+    /// The form with every parameter as sent, repeated ones included
+    /// ([`get`](Self::get) reads the first): for an endpoint that must
+    /// know more of a request than that it repeats a name
+    /// ([`repeated`](Self::repeated)).
+    pub fn parse_keeping_repeats(body: &[u8]) -> Result<Form, FormError> {
         if body.len() > MAX_FORM_BYTES {
             return Err(FormError::TooLarge);
         }
@@ -77,13 +89,17 @@ impl Form {
             // Kept even when the value is empty, so a duplicate still counts.
             params.push((decode(name)?, decode(value)?));
         }
-        let mut seen = HashSet::with_capacity(params.len());
-        for (name, _) in &params {
-            if !seen.insert(name.as_str()) && !repeatable.contains(&name.as_str()) {
-                return Err(FormError::Duplicate);
-            }
-        }
         Ok(Form { params })
+    }
+
+    /// The first name sent more than once (RFC 6749 §3.1: refused), but
+    /// those in `repeatable`.
+    pub fn repeated(&self, repeatable: &[&str]) -> Option<&str> {
+        let mut seen = HashSet::with_capacity(self.params.len());
+        self.params
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .find(|name| !seen.insert(*name) && !repeatable.contains(name))
     }
 
     /// The value of `name`; `None` when absent or empty (RFC 6749 §3.1).
@@ -131,6 +147,19 @@ mod tests {
         assert_eq!(Form::parse(b"scope=a&scope=b"), Err(FormError::Duplicate));
         assert_eq!(Form::parse(b"scope=&scope=b"), Err(FormError::Duplicate));
         assert_eq!(Form::parse(b"s%63ope=a&scope=b"), Err(FormError::Duplicate));
+    }
+
+    #[test]
+    fn repeats_kept_are_told_and_read_first_one_first() {
+        let form = Form::parse_keeping_repeats(b"a=1&b=2&b=3&c=4&c=5").expect("form");
+        assert_eq!(form.repeated(&[]), Some("b"));
+        assert_eq!(form.repeated(&["b"]), Some("c"));
+        assert_eq!(form.repeated(&["b", "c"]), None);
+        assert_eq!(form.get("b"), Some("2"));
+        assert_eq!(
+            Form::parse_repeating(b"b=2&b=3", &["b"]).map(|f| f.all("b").count()),
+            Ok(2)
+        );
     }
 
     #[test]

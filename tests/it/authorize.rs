@@ -856,6 +856,44 @@ async fn an_unregistered_redirect_uri_gets_a_page_never_a_redirect() {
     assert_eq!(good.status, 200);
 }
 
+/// RFC 6749 §3.1 and §4.1.2.1: a parameter sent twice is
+/// `invalid_request`, sent back to the client when its `client_id` and
+/// `redirect_uri` were each sent once and are good (a repeated `state` is
+/// not echoed); a repeated `client_id` or `redirect_uri` gets a page.
+#[tokio::test]
+async fn a_repeated_parameter_goes_back_to_the_client_unless_it_names_it() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let good = code_query("bookyourticket", "view", Some(&challenge));
+    for (repeated, state) in [
+        ("state=second", None),
+        ("scope=book", Some("xyz-state")),
+        ("response_type=code", Some("xyz-state")),
+    ] {
+        let reply = browser
+            .get(&format!("/oauth2/authorize?{good}&{repeated}"))
+            .await;
+        assert_eq!(reply.status, 303, "{repeated}: {}", reply.body);
+        let (to, params) = split_redirect(reply.location());
+        assert_eq!(to, CALLBACK, "{repeated}");
+        assert_eq!(
+            param(&params, "error"),
+            Some("invalid_request"),
+            "{repeated}"
+        );
+        assert_eq!(param(&params, "state"), state, "{repeated}");
+    }
+    let twice = format!("redirect_uri={CALLBACK}&redirect_uri={CALLBACK}");
+    for repeated in ["client_id=spa", &twice] {
+        let reply = browser
+            .get(&format!("/oauth2/authorize?{good}&{repeated}"))
+            .await;
+        assert_eq!(reply.status, 400, "{repeated}");
+        assert!(reply.header("location").is_none(), "{repeated}");
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_or_missing_client_gets_a_page() {
     let gw = gateway().await;

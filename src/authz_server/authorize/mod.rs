@@ -28,12 +28,9 @@ use super::sessions::{self, Current, Sessions};
 use super::settings::GrantType;
 use super::store::CodeRecord;
 use super::tokens::{self, Issue};
-use request::{Refusal, ResponseType, Valid};
+use request::{Refusal, ResponseType, Valid, GRANT_SCOPE};
 
 pub use request::encode_pairs;
-
-/// The checkbox name of a scope to grant (the one form field that repeats).
-const GRANT_SCOPE: &str = "grant_scope";
 
 const CSRF_FAILED: &str = "This form has expired or was not sent from this page. Please try again.";
 
@@ -122,7 +119,9 @@ fn read(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Result<Form, OAuthEr
         }
         req.body()
     };
-    Ok(Form::parse_repeating(bytes, &[GRANT_SCOPE])?)
+    // Repeated parameters are refused by `request::validate`, back to
+    // the client when it and its redirect URI are known good.
+    Ok(Form::parse_keeping_repeats(bytes)?)
 }
 
 fn login(

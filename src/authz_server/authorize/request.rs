@@ -11,7 +11,7 @@
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::authz_server::error::OAuthError;
-use crate::authz_server::form::Form;
+use crate::authz_server::form::{Form, FormError};
 use crate::authz_server::grants::granted_scopes;
 use crate::authz_server::pkce;
 use crate::authz_server::settings::{Client, GrantType, Settings};
@@ -131,7 +131,22 @@ pub enum Refusal<'s> {
     Redirect(Box<Target<'s>>, OAuthError),
 }
 
+/// The checkbox name of a scope to grant (the one form field that repeats).
+pub const GRANT_SCOPE: &str = "grant_scope";
+
+/// Parameters a request may carry more than once: the approval form's
+/// ticked scopes.
+const REPEATABLE: &[&str] = &[GRANT_SCOPE];
+
+/// Checks a request read with [`Form::parse_keeping_repeats`].
 pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Refusal<'s>> {
+    if matches!(
+        form.repeated(REPEATABLE),
+        Some("client_id" | "redirect_uri")
+    ) {
+        // Which one the request meant is not known: no redirect.
+        return Err(Refusal::Page(OAuthError::from(FormError::Duplicate)));
+    }
     let (client, redirect_uri, given) = trusted_redirect(settings, form).map_err(Refusal::Page)?;
     let response_type = match form.get("response_type") {
         Some("code") => Some(ResponseType::Code),
@@ -148,6 +163,19 @@ pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Re
         },
         issuer: &settings.issuer,
     };
+    if let Some(name) = form.repeated(REPEATABLE) {
+        // RFC 6749 §3.1 refuses it; the client and its redirect URI, each
+        // sent once, are good: back to the client (§4.1.2.1), without a
+        // `state` that was itself repeated.
+        let target = Target {
+            state: target.state.filter(|_| name != "state"),
+            ..target
+        };
+        return Err(Refusal::Redirect(
+            Box::new(target),
+            OAuthError::from(FormError::Duplicate),
+        ));
+    }
     let checked = check(settings, client, form, response_type);
     let (response_type, scopes, challenge) = match checked {
         Ok(checked) => checked,
