@@ -287,6 +287,8 @@ mod tests {
     async fn a_job_beyond_the_waiting_ones_is_refused_at_once() {
         let workers = Workers::bounded(1, 2, Duration::from_secs(60));
         let (release, holder) = hold(&workers);
+        // The holder has the permit before the others ask for it.
+        until_waiting(&workers, 0).await;
         let waiters: Vec<_> = (0..2)
             .map(|n| {
                 let workers = workers.clone();
