@@ -95,16 +95,37 @@ impl Gateway {
     /// Loads `config_path` (with the settings of its central gateway merged
     /// over it, when it downloads them), binds the listeners and starts serving.
     pub async fn start(config_path: &Path, env: Env) -> Result<Gateway, StartError> {
-        let document = match config::api_gateway(config_path, &env)? {
-            Some(settings) => crate::central::first_document(&settings).await?,
+        let settings = config::api_gateway(config_path, &env)?;
+        let mut document = match &settings {
+            Some(settings) => crate::central::first_document(settings).await?,
             None => None,
         };
-        let loaded = crate::central::load(config_path, None, &env, 1, document.as_deref())?;
+        let loaded = match crate::central::load(config_path, None, &env, 1, document.as_deref()) {
+            Ok(loaded) => loaded,
+            Err(invalid) => {
+                // A download that does not merge with the file: the last
+                // good one instead, when there is one.
+                let fresh = document.as_ref().is_some_and(|d| d.downloaded_at.is_some());
+                let cached = settings
+                    .as_ref()
+                    .filter(|_| fresh)
+                    .and_then(crate::central::cached_document)
+                    .ok_or_else(|| invalid.clone())?;
+                tracing::error!("the downloaded settings do not merge with the file; starting from the cached download:\n{invalid}");
+                let loaded = crate::central::load(config_path, None, &env, 1, Some(&cached))
+                    .map_err(|_| invalid)?;
+                document = Some(cached);
+                loaded
+            }
+        };
         server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
         let mut gateway = Gateway::start_with(config_path, env, loaded.snapshot).await?;
+        if let (Some(settings), Some(document)) = (&settings, &document) {
+            crate::central::keep(settings, document);
+        }
         gateway.state.central.adopt(document);
         let poller =
             crate::reload::follow::run(gateway.state.reloader.clone(), gateway.stop.subscribe());

@@ -64,7 +64,7 @@ pub fn settings(s: &Snapshot) -> Value {
         "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "security_settings": { "auth_servers": auth_servers, "aliases": aliases },
         "api_gateway": s.api_gateway.as_ref().map(|g| json!({
-            "url": g.url, "user": g.user, "password": REDACTED, "download_settings": g.download_settings,
+            "url": crate::central::shown_url(&g.url), "user": g.user, "password": REDACTED, "download_settings": g.download_settings,
             "download_apis": g.download_apis, "apis": g.apis, "poll_interval": g.poll_interval.as_secs(),
         })),
         "authorization_server": s.authorization_server.as_ref().map(|a| json!({

@@ -59,9 +59,29 @@ impl Document {
     }
 
     /// Checks the document on its own (it is a configuration by itself;
-    /// no `MCGW_` overrides apply, its secrets are in clear).
+    /// no `MCGW_` overrides apply, its secrets are in clear). It may name
+    /// no file: a central exports secrets in clear, and a document that
+    /// named one of this machine's files (`${file:}`) would have the
+    /// downstream read it and send it wherever the document says. (With
+    /// no environment given, `${env:}` is refused already.)
     pub fn validate(&self) -> Result<(), Invalid> {
-        config::load_text(&self.origin, &self.text, &Env::new(), 0).map(|_| ())
+        let loaded = config::load_text(&self.origin, &self.text, &Env::new(), 0)?;
+        match loaded
+            .snapshot
+            .files
+            .iter()
+            .find(|file| **file != self.origin)
+        {
+            Some(file) => Err(Invalid::single(
+                &self.origin,
+                format!(
+                    "the downloaded settings name the local file {}",
+                    file.display()
+                ),
+                "secrets in clear or {encoded}: a central names no file of its downstreams",
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -186,13 +206,26 @@ impl Link {
         };
         let status = self.status();
         json!({
-            "url": settings.url,
+            "url": shown_url(&settings.url),
             "last_download_at": status.last_download_at
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
             "etag": status.etag,
             "last_error": status.last_error,
         })
+    }
+}
+
+/// `url` as the admin port shows it: user information (`user:password@`)
+/// masked, as the password beside it is.
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://****@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
@@ -267,11 +300,34 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
             cache,
         });
     }
+    tracing::info!(url = %settings.url, etag = %document.etag, "settings downloaded from the central gateway");
+    Ok(Some(Arc::new(document)))
+}
+
+/// The cached download, when there is a valid one: what a downstream
+/// starts with when the document just downloaded does not merge with its
+/// file.
+pub fn cached_document(settings: &ApiGateway) -> Option<Arc<Document>> {
+    from_cache(settings, |cache| StartError::CacheInvalid {
+        cache,
+        invalid: Invalid {
+            findings: Vec::new(),
+        },
+    })
+    .ok()
+    .flatten()
+}
+
+/// Keeps `document` in the cache file once the configuration merged with
+/// it is live (a document read from the cache is there already): a
+/// download that was refused never replaces the last good one.
+pub fn keep(settings: &ApiGateway, document: &Document) {
+    if document.downloaded_at.is_none() {
+        return;
+    }
     if let Err(error) = write_private(&settings.cache_file, &document.text) {
         tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
     }
-    tracing::info!(url = %settings.url, etag = %document.etag, "settings downloaded from the central gateway");
-    Ok(Some(Arc::new(document)))
 }
 
 fn from_cache(
@@ -279,7 +335,7 @@ fn from_cache(
     missing: impl FnOnce(PathBuf) -> StartError,
 ) -> Result<Option<Arc<Document>>, StartError> {
     let cache = settings.cache_file.clone();
-    let text = match std::fs::read_to_string(&cache) {
+    let text = match config::resolve::read_bounded_text(&cache) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(missing(cache)),
         Err(source) => return Err(StartError::CacheUnreadable { cache, source }),
@@ -332,6 +388,25 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shown_url_masks_its_user_information() {
+        assert_eq!(
+            shown_url("https://fleet:pw-123@central.example:9485/x?a=b@c"),
+            "https://****@central.example:9485/x?a=b@c"
+        );
+        assert_eq!(
+            shown_url("https://a@b@central.example"),
+            "https://****@central.example"
+        );
+        for plain in [
+            "https://central.example:9485",
+            "http://127.0.0.1/a@b",
+            "central",
+        ] {
+            assert_eq!(shown_url(plain), plain);
+        }
+    }
 
     #[test]
     fn private_file_is_written_whole_with_mode_0600() {

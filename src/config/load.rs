@@ -43,7 +43,9 @@ pub fn read_text(path: &Path) -> Result<String, Invalid> {
             "at most 4 MiB",
         ));
     }
-    std::fs::read_to_string(path).map_err(|e| {
+    // Bounded again while reading: the file may grow, or be a FIFO or a
+    // device whose metadata says nothing of what it gives.
+    super::resolve::read_bounded_text(path).map_err(|e| {
         Invalid::single(
             path,
             format!("cannot read the configuration: {e}"),

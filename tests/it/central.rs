@@ -654,3 +654,197 @@ async fn download_settings_writes_a_file_that_check_accepts() {
     );
     central.shutdown().await;
 }
+
+// ---- the first download, the cache and what a document may name ----
+
+/// Valid on its own, but its API takes the base path of the downstream's
+/// local API `/local`: the merged configuration is invalid.
+const CLASHING_DOCUMENT: &str = r#"
+security_settings: { auth_servers: [], aliases: [] }
+scope_mappings: []
+apis:
+- { name: Clash, version: "1.0", base_path: /local, upstream: { echo: true }, resources: ["GET /ping"], authentication: { type: none } }
+"#;
+
+/// A download that is valid alone but does not merge with the file is
+/// refused at start as it is while polling: the downstream starts from the
+/// last good download, which stays on disk.
+#[tokio::test]
+async fn start_keeps_the_good_cache_when_the_download_does_not_merge() {
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        url: fake.url(),
+        password: PASSWORD,
+        settings: true,
+        apis_flag: true,
+        apis: &[],
+        cache: &cache,
+    };
+    let yaml = downstream.yaml();
+    let first = Gateway::start(&yaml).await;
+    assert_eq!(first.get("/remote/a").await.status(), 200);
+    first.shutdown().await;
+    assert_eq!(
+        std::fs::read_to_string(&cache).expect("cache"),
+        GOOD_DOCUMENT
+    );
+
+    // The central now serves a document the downstream cannot merge.
+    *fake.body.lock().expect("body") = CLASHING_DOCUMENT.to_owned();
+    let second = Gateway::start(&yaml).await;
+    assert_eq!(
+        second.get("/remote/a").await.status(),
+        200,
+        "from the cache"
+    );
+    second.shutdown().await;
+    let cached = std::fs::read_to_string(&cache).expect("cache");
+    assert_eq!(
+        cached, GOOD_DOCUMENT,
+        "the refused download replaced the good one"
+    );
+}
+
+/// The cached download is read within the configuration's bound, whatever
+/// it is (here a FIFO fed 64 MiB).
+#[cfg(unix)]
+#[tokio::test]
+async fn cache_file_is_read_bounded_when_the_central_is_down() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&cache)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    // A cache "file" that never ends within the limit: 64 MiB (16 x 4 MiB).
+    let fifo = cache.clone();
+    let writer = std::thread::spawn(move || {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("open fifo");
+        let chunk = vec![b'#'; 1024 * 1024];
+        let mut written = 0usize;
+        for _ in 0..64 {
+            match file.write_all(&chunk) {
+                Ok(()) => written += chunk.len(),
+                Err(_) => break,
+            }
+        }
+        written
+    });
+    let closed = crate::common::Refusing::new();
+    let downstream = Downstream {
+        url: format!("http://{}", closed.addr),
+        password: PASSWORD,
+        settings: true,
+        apis_flag: true,
+        apis: &[],
+        cache: &cache,
+    };
+    let result = Gateway::try_start(&downstream.yaml(), common::Env::new()).await;
+    let error = result.err().expect("no start");
+    assert!(error.contains("4 MiB"), "{error}");
+    let written = tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+        .await
+        .expect("join");
+    assert!(
+        written <= 8 * 1024 * 1024,
+        "the cache file was read far past the 4 MiB limit: {written} bytes"
+    );
+}
+
+/// A central exports secrets in clear: a document naming a file of the
+/// downstream (`${file:}`) is refused, and never read into a credential
+/// sent upstream.
+#[tokio::test]
+async fn downloaded_document_cannot_read_the_downstreams_local_files() {
+    let upstream = common::Upstream::start().await;
+    // A secret of the downstream's own host, which the central never had.
+    let local = tempfile::tempdir().expect("dir");
+    let secret_path = local.path().join("downstream-only-secret");
+    std::fs::write(&secret_path, "downstream-private-value\n").expect("write");
+    let document = format!(
+        r#"
+security_settings:
+  auth_servers: []
+  aliases:
+  - {{ name: grab, type: basic, username: x, password: "${{file:{}}}" }}
+scope_mappings: []
+apis:
+- name: Remote
+  version: "1.0"
+  base_path: /remote
+  upstream: {{ url: "{}" }}
+  resources: ["GET /a"]
+  authentication: {{ type: none }}
+  policies: {{ outbound_auth: {{ alias: grab }} }}
+"#,
+        secret_path.display(),
+        upstream.url("/up")
+    );
+    let fake = FakeCentral::start(&document).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        url: fake.url(),
+        password: PASSWORD,
+        settings: true,
+        apis_flag: true,
+        apis: &[],
+        cache: &cache,
+    };
+    let error = Gateway::try_start(&downstream.yaml(), common::Env::new())
+        .await
+        .err()
+        .expect("the download is refused");
+    assert!(error.contains("name the local file"), "{error}");
+    assert!(!cache.exists(), "a refused download is not kept");
+    assert_eq!(upstream.hits(), 0);
+}
+
+/// User information in `api_gateway.url` is masked on the admin port, as
+/// `api_gateway.password` is.
+#[tokio::test]
+async fn status_and_settings_do_not_show_a_password_in_the_central_url() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        url: "https://fleet:url-password-123@central.example:9485".to_owned(),
+        password: PASSWORD,
+        settings: false,
+        apis_flag: false,
+        apis: &[],
+        cache: &cache,
+    };
+    let yaml = downstream.yaml().replace(
+        "admin: { port: 0 }",
+        r#"admin: { port: 0, user: Administrator, password: "{encoded}bWFuYWdl" }"#,
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut leaks = Vec::new();
+    for path in ["/rest/microgateway/status", "/rest/microgateway/settings"] {
+        let text = gw
+            .client
+            .get(gw.admin_url(path))
+            .basic_auth("Administrator", Some("manage"))
+            .send()
+            .await
+            .expect("admin")
+            .text()
+            .await
+            .expect("text");
+        if text.contains("url-password-123") {
+            leaks.push(path);
+        }
+    }
+    gw.shutdown().await;
+    assert!(
+        leaks.is_empty(),
+        "the password in api_gateway.url is shown by {leaks:?}"
+    );
+}
