@@ -335,7 +335,7 @@ fn from_cache(
     missing: impl FnOnce(PathBuf) -> StartError,
 ) -> Result<Option<Arc<Document>>, StartError> {
     let cache = settings.cache_file.clone();
-    let text = match config::resolve::read_bounded_text(&cache) {
+    let text = match config::load::read_bounded_text(&cache) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(missing(cache)),
         Err(source) => return Err(StartError::CacheUnreadable { cache, source }),

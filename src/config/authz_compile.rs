@@ -67,7 +67,7 @@ pub fn compile(
     let approval_template = match &approval_page {
         Some((path, at)) => {
             ctx.files.push(path.clone());
-            match super::resolve::read_bounded_text(path) {
+            match super::load::read_bounded_text(path) {
                 Ok(text) => approval_template(ctx, path, text),
                 Err(e) => {
                     ctx.report.error(
@@ -350,7 +350,7 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
             "sslrootcert" => {
                 let path = ctx.path(&value);
                 ctx.files.push(path.clone());
-                let pem = super::resolve::read_bounded(&path)
+                let pem = super::load::read_bounded(&path)
                     .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
                 if !String::from_utf8_lossy(&pem).contains("CERTIFICATE-----") {
                     return Err(format!(

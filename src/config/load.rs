@@ -45,13 +45,39 @@ pub fn read_text(path: &Path) -> Result<String, Invalid> {
     }
     // Bounded again while reading: the file may grow, or be a FIFO or a
     // device whose metadata says nothing of what it gives.
-    super::resolve::read_bounded_text(path).map_err(|e| {
+    read_bounded_text(path).map_err(|e| {
         Invalid::single(
             path,
             format!("cannot read the configuration: {e}"),
             "UTF-8 YAML",
         )
     })
+}
+
+/// A file the configuration names (a secret, a certificate, a key), read
+/// whole but never more than the configuration file itself may hold: a
+/// path to a device or a growing file (`/dev/zero`) is an error, not a
+/// `check` that never ends.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = MAX_FILE_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than 4 MiB",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`], as UTF-8 text.
+pub fn read_bounded_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_bounded(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// Parses configuration text; `path` names it in diagnostics.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 
+use super::load::read_bounded_text;
 use super::raw::{self, Location, Scalar, S};
 use super::Secret;
 
@@ -146,32 +147,6 @@ pub fn secret(
         return Err(SecretProblem::Empty);
     }
     Ok((Secret::new(text), None))
-}
-
-/// A file the configuration names (a secret, a certificate, a key), read
-/// whole but never more than the configuration file itself may hold: a
-/// path to a device or a growing file (`/dev/zero`) is an error, not a
-/// `check` that never ends.
-pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let limit = super::load::MAX_FILE_BYTES;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "larger than 4 MiB",
-        ));
-    }
-    Ok(bytes)
-}
-
-/// [`read_bounded`], as UTF-8 text.
-pub fn read_bounded_text(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read_bounded(path)?)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 /// A path as written, relative to the configuration file's directory.
