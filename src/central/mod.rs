@@ -308,14 +308,7 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
 /// starts with when the document just downloaded does not merge with its
 /// file.
 pub fn cached_document(settings: &ApiGateway) -> Option<Arc<Document>> {
-    from_cache(settings, |cache| StartError::CacheInvalid {
-        cache,
-        invalid: Invalid {
-            findings: Vec::new(),
-        },
-    })
-    .ok()
-    .flatten()
+    read_cache(settings).ok().flatten()
 }
 
 /// Keeps `document` in the cache file once the configuration merged with
@@ -334,10 +327,18 @@ fn from_cache(
     settings: &ApiGateway,
     missing: impl FnOnce(PathBuf) -> StartError,
 ) -> Result<Option<Arc<Document>>, StartError> {
+    match read_cache(settings)? {
+        Some(document) => Ok(Some(document)),
+        None => Err(missing(settings.cache_file.clone())),
+    }
+}
+
+/// The cached download, checked; `None` when there is no cache file.
+fn read_cache(settings: &ApiGateway) -> Result<Option<Arc<Document>>, StartError> {
     let cache = settings.cache_file.clone();
     let text = match config::load::read_bounded_text(&cache) {
         Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(missing(cache)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StartError::CacheUnreadable { cache, source }),
     };
     let document = Document::cached(text, cache.clone());

@@ -97,6 +97,19 @@ struct Downstream<'a> {
 }
 
 impl Downstream<'_> {
+    /// Downloading settings and every API from `url`, with the right
+    /// password, keeping its download in `cache`.
+    fn of_all(url: String, cache: &Path) -> Downstream<'_> {
+        Downstream {
+            url,
+            password: PASSWORD,
+            settings: true,
+            apis_flag: true,
+            apis: &[],
+            cache,
+        }
+    }
+
     fn yaml(&self) -> String {
         let apis: Vec<String> = self.apis.iter().map(|a| format!("\"{a}\"")).collect();
         format!(
@@ -531,14 +544,7 @@ async fn invalid_download_is_refused_and_the_last_good_one_keeps_serving() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
     let dir = tempfile::tempdir().expect("dir");
     let cache = dir.path().join("settings.yaml");
-    let downstream = Downstream {
-        url: fake.url(),
-        password: PASSWORD,
-        settings: true,
-        apis_flag: true,
-        apis: &[],
-        cache: &cache,
-    };
+    let downstream = Downstream::of_all(fake.url(), &cache);
     let down = Gateway::start(&downstream.yaml()).await;
     assert_eq!(down.get("/remote/a").await.status(), 200);
     let start_generation = generation(&down);
@@ -674,14 +680,7 @@ async fn start_keeps_the_good_cache_when_the_download_does_not_merge() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
     let dir = tempfile::tempdir().expect("dir");
     let cache = dir.path().join("settings.yaml");
-    let downstream = Downstream {
-        url: fake.url(),
-        password: PASSWORD,
-        settings: true,
-        apis_flag: true,
-        apis: &[],
-        cache: &cache,
-    };
+    let downstream = Downstream::of_all(fake.url(), &cache);
     let yaml = downstream.yaml();
     let first = Gateway::start(&yaml).await;
     assert_eq!(first.get("/remote/a").await.status(), 200);
@@ -738,14 +737,7 @@ async fn cache_file_is_read_bounded_when_the_central_is_down() {
         written
     });
     let closed = crate::common::Refusing::new();
-    let downstream = Downstream {
-        url: format!("http://{}", closed.addr),
-        password: PASSWORD,
-        settings: true,
-        apis_flag: true,
-        apis: &[],
-        cache: &cache,
-    };
+    let downstream = Downstream::of_all(format!("http://{}", closed.addr), &cache);
     let result = Gateway::try_start(&downstream.yaml(), common::Env::new()).await;
     let error = result.err().expect("no start");
     assert!(error.contains("4 MiB"), "{error}");
@@ -790,14 +782,7 @@ apis:
     let fake = FakeCentral::start(&document).await;
     let dir = tempfile::tempdir().expect("dir");
     let cache = dir.path().join("settings.yaml");
-    let downstream = Downstream {
-        url: fake.url(),
-        password: PASSWORD,
-        settings: true,
-        apis_flag: true,
-        apis: &[],
-        cache: &cache,
-    };
+    let downstream = Downstream::of_all(fake.url(), &cache);
     let error = Gateway::try_start(&downstream.yaml(), common::Env::new())
         .await
         .err()

@@ -140,10 +140,8 @@ const REPEATABLE: &[&str] = &[GRANT_SCOPE];
 
 /// Checks a request read with [`Form::parse_keeping_repeats`].
 pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Refusal<'s>> {
-    if matches!(
-        form.repeated(REPEATABLE),
-        Some("client_id" | "redirect_uri")
-    ) {
+    let repeated = form.repeated(REPEATABLE);
+    if matches!(repeated, Some("client_id" | "redirect_uri")) {
         // Which one the request meant is not known: no redirect.
         return Err(Refusal::Page(OAuthError::from(FormError::Duplicate)));
     }
@@ -163,7 +161,7 @@ pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Re
         },
         issuer: &settings.issuer,
     };
-    if let Some(name) = form.repeated(REPEATABLE) {
+    if let Some(name) = repeated {
         // RFC 6749 §3.1 refuses it; the client and its redirect URI, each
         // sent once, are good: back to the client (§4.1.2.1), without a
         // `state` that was itself repeated.
