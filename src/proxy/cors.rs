@@ -124,7 +124,13 @@ pub fn decorate(cors: &Cors, origin: Option<&HeaderValue>, by: Answered, headers
         // hand it to another (Fetch standard, "CORS protocol and HTTP caches").
         headers.append(VARY, ORIGIN_VARY.clone());
     }
-    let Some(origin) = origin.filter(|origin| origin_allowed(cors, origin)) else {
+    // With any origin allowed the answer is the same for every request,
+    // `Origin` or not: a cache may hand it to any (Fetch standard).
+    let Some(origin) = cors
+        .any_origin
+        .as_ref()
+        .or(origin.filter(|origin| origin_allowed(cors, origin)))
+    else {
         return;
     };
     allow_origin(cors, origin, headers);

@@ -26,7 +26,7 @@ use super::{forwarded, outbound, transform, Body};
 use crate::auth::identity::{self, Credential, CredentialProblem, Identity};
 use crate::auth::servers::Authenticator;
 use crate::auth::AuthFailure;
-use crate::config::snapshot::{Api, Authentication, CredentialType, Outbound};
+use crate::config::snapshot::{Api, Authentication, Cors, CredentialType, Outbound};
 use crate::config::Snapshot;
 use crate::http1::raw_fields::RawFields;
 use crate::http1::request_encode::AddedFields;
@@ -77,11 +77,12 @@ pub fn serve<'s: 'a, 'a>(
     async move {
         let mut api: Option<&'s Arc<Api>> = None;
         let mut kind = None;
-        // Kept for the CORS fields, which go on refusals too (taken once the
-        // API is known to have a CORS policy); a preflight's answer has its own.
-        let mut origin = None;
+        // The CORS policy of the API the path is under, and the request's
+        // `Origin`, for the CORS fields, which go on refusals too (a
+        // preflight's answer has its own).
+        let mut cors = None;
         let preflight = cors::is_preflight(&req);
-        let seen = (&mut api, &mut kind, &mut origin);
+        let seen = (&mut api, &mut kind, &mut cors);
         let (mut response, by) = match phases(snap, rt, conn, req, added, seen).await {
             Ok(response) => (response, Answered::Upstream),
             Err(rejection) => {
@@ -106,27 +107,29 @@ pub fn serve<'s: 'a, 'a>(
                 (response, Answered::Gateway)
             }
         };
-        if let Some(policy) = api.as_ref().and_then(|api| api.cors.as_ref()) {
-            if !preflight {
-                cors::decorate(policy, origin.as_ref(), by, response.headers_mut());
-            }
+        if let Some((policy, origin)) = cors.filter(|_| !preflight) {
+            cors::decorate(policy, origin.as_ref(), by, response.headers_mut());
         }
         (response, api)
     }
 }
 
 /// What [`phases`] learns on the way, for the answer: the API matched, the
-/// kind of credential presented, and the `Origin` a CORS policy answers.
+/// kind of credential presented, and the CORS policy that answers (with
+/// the request's `Origin`).
 type Seen<'a, 's> = (
     &'a mut Option<&'s Arc<Api>>,
     &'a mut Option<CredentialType>,
-    &'a mut Option<http::HeaderValue>,
+    &'a mut Option<CorsSeen<'s>>,
 );
 
-/// The request's `Origin`, when `api` has a CORS policy to answer it.
-fn cors_origin<B>(api: &Api, req: &Request<B>) -> Option<http::HeaderValue> {
-    api.cors.as_ref()?;
-    req.headers().get(ORIGIN).cloned()
+/// An API's CORS policy and the `Origin` of a request under it.
+type CorsSeen<'s> = (&'s Cors, Option<HeaderValue>);
+
+/// `api`'s CORS policy, if it has one, and the request's `Origin`.
+fn cors_of<'s, B>(api: &'s Api, req: &Request<B>) -> Option<CorsSeen<'s>> {
+    let policy = api.cors.as_ref()?;
+    Some((policy, req.headers().get(ORIGIN).cloned()))
 }
 
 #[allow(clippy::manual_async_fn)] // an `async fn` holds its arguments twice (see `proxy::serve::serve`)
@@ -136,7 +139,7 @@ fn phases<'s: 'a, 'a>(
     conn: Connection,
     mut req: Request<Body>,
     added: &'a mut AddedFields,
-    (matched_api, kind, origin): Seen<'a, 's>,
+    (matched_api, kind, cors): Seen<'a, 's>,
 ) -> impl Future<Output = Result<Response<Body>, Rejection>> + use<'a, 's> {
     async move {
         // An HTTP/2 WebSocket (extended CONNECT) is matched and authorized as
@@ -155,16 +158,19 @@ fn phases<'s: 'a, 'a>(
         let route = match policy::route(snap, req.method(), &path) {
             Ok(route) => route,
             Err(problem) => {
-                // An unknown method of a gRPC service is answered as gRPC
-                // (UNIMPLEMENTED), and counted for its API.
-                if let Some(api) = snap.api_for(&path.path).filter(|api| api.grpc) {
-                    *origin = cors_origin(api, &req);
-                    *matched_api = Some(api);
+                // A 404 or 405 under an API is that API's answer: its CORS
+                // fields go on it, and an unknown method of a gRPC service
+                // is answered as gRPC (UNIMPLEMENTED), and counted for it.
+                if let Some(api) = snap.api_for(&path.path) {
+                    *cors = cors_of(api, &req);
+                    if api.grpc {
+                        *matched_api = Some(api);
+                    }
                 }
                 return Err(Rejection::NoRoute(problem));
             }
         }; // match
-        *origin = cors_origin(route.api, &req);
+        *cors = cors_of(route.api, &req);
         *matched_api = Some(route.api);
         check_transport(&route, conn)?;
         let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
@@ -189,26 +195,6 @@ fn phases<'s: 'a, 'a>(
                 },
                 other => Rejection::Denied(other),
             })?; // authorize
-
-        // The memory store answers at once; a Redis call is boxed, like
-        // authentication, so that other requests carry no store call in
-        // their future.
-        let fields = if route.api.throttle.is_empty() {
-            None
-        } else {
-            let caller = Caller {
-                identity: who.as_ref(),
-                client_ip,
-            };
-            let verdict = match rt
-                .throttle
-                .check_in_memory(snap, route.api, route.resource, caller)
-            {
-                Some(verdict) => verdict,
-                None => Box::pin(rt.throttle.check(snap, route.api, route.resource, caller)).await,
-            };
-            throttled(verdict)?
-        }; // throttle
 
         // A WebSocket handshake holds a tunnel slot of its listener from here
         // (503 when none is free), and asks the upstream to switch protocols.
@@ -253,7 +239,32 @@ fn phases<'s: 'a, 'a>(
         transform::apply(&route.api.transform, who.as_ref(), headers, added)
             .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
 
-        // Counted once the token can no longer be refused for its properties.
+        // Every refusal the request itself earns comes before it is counted:
+        // a refused request uses no quota.
+        let mut req = limit_body(snap, req)?;
+
+        // Throttled once nothing but the upstream can refuse the request.
+        // The memory store answers at once; a Redis call is boxed, like
+        // authentication, so that other requests carry no store call in
+        // their future.
+        let fields = if route.api.throttle.is_empty() {
+            None
+        } else {
+            let caller = Caller {
+                identity: who.as_ref(),
+                client_ip,
+            };
+            let verdict = match rt
+                .throttle
+                .check_in_memory(snap, route.api, route.resource, caller)
+            {
+                Some(verdict) => verdict,
+                None => Box::pin(rt.throttle.check(snap, route.api, route.resource, caller)).await,
+            };
+            throttled(verdict)?
+        }; // throttle
+
+        // Counted once nothing but the upstream can refuse the request.
         route
             .api
             .metrics
@@ -261,6 +272,7 @@ fn phases<'s: 'a, 'a>(
         if let Some(who) = &who {
             count_application(who);
         }
+        let headers = req.headers_mut();
         outbound::apply(&route.api.outbound, headers); // outbound auth
         forwarded::set_forwarded(
             headers,
@@ -274,7 +286,6 @@ fn phases<'s: 'a, 'a>(
         // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
         // client's goes through a map.
         let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
-        let req = limit_body(snap, req)?;
         // Boxed: created once on the heap instead of being copied into each
         // enclosing future (every layer up to the connection) as it starts.
         let mut response = super::pin_in_place(|| {
@@ -282,6 +293,13 @@ fn phases<'s: 'a, 'a>(
                 .forward(grant, route.api, req, &route.rest, added, as_sent)
         })
         .await?; // forward
+                 // RFC 8441 §5: a 2xx to an extended CONNECT is the tunnel opened;
+                 // an upstream that did not switch protocols opened none.
+        if h2_websocket && response.status().is_success() {
+            return Err(Rejection::BadGateway(
+                "the upstream did not switch protocols".into(),
+            ));
+        }
         if let Some(permit) = tunnel {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let pending = response
@@ -446,6 +464,9 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
     if req.method() == http::Method::CONNECT {
         return Err(Rejection::BadRequest("CONNECT is not served"));
     }
+    if req.version() == Version::HTTP_2 && too_many_fields(snap, req.headers()) {
+        return Err(Rejection::HeadersTooLarge);
+    }
     // RFC 9112 §6.3: both framings, or conflicting lengths, are how requests
     // are smuggled past a proxy.
     let mut lengths = req.headers().get_all(CONTENT_LENGTH).iter();
@@ -460,6 +481,18 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
         }
     }
     Ok(())
+}
+
+/// `limits.max_headers` for an HTTP/2 request (an HTTP/1.1 head is
+/// counted as it is parsed). The `cookie` crumbs a browser sends apart
+/// count as the one field they are joined into for the upstream.
+fn too_many_fields(snap: &Snapshot, headers: &http::HeaderMap) -> bool {
+    let fields = headers.len();
+    if fields <= snap.limits.max_headers {
+        return false;
+    }
+    let crumbs = headers.get_all(http::header::COOKIE).iter().count();
+    fields - crumbs.saturating_sub(1) > snap.limits.max_headers
 }
 
 /// An HTTP/2 request names its origin in `:authority`; the forwarding

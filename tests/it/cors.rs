@@ -315,6 +315,13 @@ async fn any_origin_gets_a_star_without_credentials() {
     assert_eq!(field(h, "access-control-allow-origin"), Some("*"));
     assert!(h.get("access-control-allow-credentials").is_none());
     assert_eq!(vary(h), ["Accept-Encoding"], "`*` does not vary by origin");
+    // The same answer without `Origin`: a shared cache may hand it to a
+    // browser's CORS request.
+    let resp = w.gw.get("/public/timetable").await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(field(h, "access-control-allow-origin"), Some("*"));
+    assert_eq!(vary(h), ["Accept-Encoding"]);
     let resp = preflight(&w.gw, "/public/timetable", "https://x.example", "GET", None).await;
     assert_eq!(resp.status(), 204);
     assert_eq!(
@@ -326,6 +333,43 @@ async fn any_origin_gets_a_star_without_credentials() {
         Some("GET, HEAD"),
         "without allow_methods, the methods the API serves"
     );
+}
+
+/// The gateway's 404 and 405 under the base path of an API with a CORS
+/// policy are that API's answers: an allowed origin can read them, and
+/// they vary by `Origin`. Paths under no API get no CORS field.
+#[tokio::test]
+async fn the_gateways_404_and_405_under_a_cors_api_carry_the_cors_fields() {
+    let upstream = RecordingUpstream::start().await;
+    let w = world(&upstream.url()).await;
+    for (method, path, status) in [
+        (Method::PUT, "/travels/bookings", 405),
+        (Method::GET, "/travels/nowhere", 404),
+    ] {
+        let resp =
+            w.gw.request(method.clone(), path)
+                .header("origin", APP)
+                .send()
+                .await
+                .expect("request");
+        assert_eq!(resp.status(), status, "{method} {path}");
+        let h = resp.headers();
+        assert_eq!(
+            field(h, "access-control-allow-origin"),
+            Some(APP),
+            "{method} {path}: {h:?}"
+        );
+        assert!(vary(h).iter().any(|v| v == "Origin"), "{h:?}");
+    }
+    let resp =
+        w.gw.request(Method::GET, "/elsewhere")
+            .header("origin", APP)
+            .send()
+            .await
+            .expect("request");
+    assert_eq!(resp.status(), 404);
+    assert!(has_no_cors_fields(resp.headers()));
+    assert_eq!(upstream.accepted(), 0);
 }
 
 #[tokio::test]

@@ -850,3 +850,48 @@ async fn an_unfinished_head_is_answered_408() {
     assert_eq!(upstream.hits(), 1, "only the first request went upstream");
     gw.shutdown().await;
 }
+
+/// `limits.max_headers` (431) holds for HTTP/2 requests as for HTTP/1.1
+/// ones: a request with more fields than the limit never reaches the
+/// upstream, whichever protocol the client spoke.
+#[tokio::test]
+async fn h2_more_fields_than_max_headers_are_refused() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    let url = format!("http://gw:{}/travels/bookings", gw.http.port());
+    // HTTP/1.1: 30 fields (max_headers: 20) get 431.
+    let mut head =
+        String::from("GET /travels/bookings HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
+    for i in 0..30 {
+        head.push_str(&format!("x-field-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    let raw = raw_request(gw.http, head.as_bytes()).await;
+    assert_eq!(status_of(&raw), 431, "{raw}");
+    assert_eq!(upstream.hits(), 0);
+    // HTTP/2: the same 30 fields (some 500 bytes, far under max_header_bytes).
+    let mut sender = h2_connect(gw.http).await;
+    let mut request = Request::get(&url);
+    for i in 0..30 {
+        request = request.header(format!("x-field-{i}"), i.to_string());
+    }
+    let result = sender
+        .send_request(request.body(Empty::new()).unwrap())
+        .await;
+    let resp = result.expect("an answer");
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(upstream.hits(), 0, "forwarded with 30 fields");
+    // A browser sends each cookie as a field of its own over HTTP/2: they
+    // count as the one field they are joined into for the upstream.
+    let mut request = Request::get(&url);
+    for i in 0..30 {
+        request = request.header("cookie", format!("c{i}={i}"));
+    }
+    let resp = sender
+        .send_request(request.body(Empty::new()).unwrap())
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}

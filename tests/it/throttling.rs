@@ -125,6 +125,58 @@ async fn past_the_limit_a_request_gets_429_with_retry_after_and_never_reaches_th
     gw.shutdown().await;
 }
 
+/// A request refused for what it carries uses no quota, whatever phase
+/// refuses it: here a token whose property the request transformation
+/// cannot put in a header (401 invalid_token), and a declared body over
+/// `max_body` (413).
+#[tokio::test]
+async fn a_request_refused_after_authorization_uses_no_quota() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = travels("Throttled refusals", &idp, &upstream, "[{ limit: 2, per: 1h }]")
+        .replace(
+            "    throttle:",
+            "    request_transformation:\n      set_headers: { X-Tenant: \"${request.authorization.claims.tenant}\" }\n    throttle:",
+        )
+        .replace("apis:", "limits: { max_body: 1KiB }\napis:");
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token = |tenant: &str| {
+        idp.token_with(serde_json::json!({"scope": "ViewTickets BookTickets", "tenant": tenant}))
+    };
+    for _ in 0..2 {
+        let refused = gw
+            .request(Method::GET, "/travels/bookings")
+            .bearer_auth(token("a\u{1}b"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        let refused = gw
+            .request(Method::POST, "/travels/bookings")
+            .bearer_auth(token("acme"))
+            .body(vec![b'x'; 4096])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 413);
+    }
+    let good = gw
+        .request(Method::GET, "/travels/bookings")
+        .bearer_auth(token("acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        good.status(),
+        200,
+        "the refused requests used the quota: {:?}",
+        field(&good, "ratelimit")
+    );
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_scope_limit_counts_only_the_scopes_resources() {
     let idp = Idp::start().await;

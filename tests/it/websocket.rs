@@ -476,6 +476,52 @@ async fn messages_are_echoed_over_http2_extended_connect() {
     ws.close(None).await.expect("close");
 }
 
+/// An upstream that is no WebSocket server: it answers every request
+/// `200 OK` with a chunked body.
+async fn not_a_websocket_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                          17\r\nnot a websocket server\n\r\n0\r\n\r\n",
+                    )
+                    .await;
+                let _ = stream.read(&mut head).await;
+            });
+        }
+    });
+    addr
+}
+
+/// RFC 8441 §5: over HTTP/2 a 2xx to the extended CONNECT *is* the opened
+/// tunnel. An upstream that answers the handshake `200` instead of `101`
+/// did not switch protocols: the client is told 502, not that its
+/// WebSocket is open.
+#[tokio::test]
+async fn an_http2_handshake_the_upstream_does_not_switch_is_a_502() {
+    let idp = Idp::start().await;
+    let upstream = not_a_websocket_server().await;
+    let gw = Gateway::start(&config_named(
+        "h2noswitch",
+        &idp,
+        &format!("http://{upstream}/ws"),
+        "",
+    ))
+    .await;
+    gw.wait_ready().await;
+    let (status, ws) = open_h2(&gw, Some(&idp.token(&["chat"]))).await;
+    assert_eq!(status, 502, "the upstream answered 200, not 101");
+    assert!(ws.is_none());
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_tunnel_is_closed_at_tunnel_max_lifetime_however_busy() {
     let idp = Idp::start().await;
