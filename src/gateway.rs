@@ -175,18 +175,18 @@ impl Gateway {
             reloader,
         });
         let first = state.live.snapshot();
+        let store = state
+            .runtime
+            .throttle
+            .prepare(&first)
+            .map_err(StartError::Throttle)?;
         state
             .reloader
             .prepare_authz(&first)
             .map_err(StartError::AuthorizationServer)?;
         state.runtime.auth.prepare(&first);
-        state
-            .runtime
-            .throttle
-            .prepare(&first)
-            .map_err(StartError::Throttle)?;
         state.runtime.upstreams.health().prepare(&first);
-        state.runtime.throttle.bind(&first);
+        state.runtime.throttle.bind(&first, store);
         drop(first);
         tracing::debug!(generation, "first snapshot prepared");
         let (stop, stop_rx) = watch::channel(false);

@@ -122,14 +122,17 @@ impl Reloader {
     }
 
     /// Prepares the runtime for `snapshot` (throttle store, authorization
-    /// server, then validators), then swaps it in. Nothing is swapped on error.
+    /// server, then validators), then swaps it in. Nothing is swapped on
+    /// error, and nothing the serving snapshot uses has changed: each step
+    /// that can fail comes before the first that publishes anything (the
+    /// throttle store is made here and put in use by `bind`).
     pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
         let generation = snapshot.generation;
-        self.throttle.prepare(&snapshot)?;
+        let store = self.throttle.prepare(&snapshot)?;
         self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
         self.health.prepare(&snapshot);
-        self.throttle.bind(&snapshot);
+        self.throttle.bind(&snapshot, store);
         self.live.swap(source, snapshot);
         tracing::info!(generation, source = source.label(), "configuration applied");
         Ok(generation)
@@ -137,6 +140,8 @@ impl Reloader {
 
     /// Opens the authorization server when its settings changed (it keeps
     /// its store and keys otherwise) and publishes its keys in-process.
+    /// It publishes only once nothing in it can fail, and is the last step
+    /// of [`Reloader::install`] that can.
     pub fn prepare_authz(&self, snapshot: &Snapshot) -> Result<(), String> {
         let Some(settings) = &snapshot.authorization_server else {
             self.authz.store(None);

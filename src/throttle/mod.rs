@@ -284,33 +284,46 @@ impl Default for Throttler {
     }
 }
 
+/// The store a snapshot names, ready and not yet in use: made by
+/// [`Throttler::prepare`], put in use by [`Throttler::bind`].
+pub struct Prepared {
+    max_keys: usize,
+    redis: Option<Arc<RedisStore>>,
+}
+
 impl Throttler {
-    /// Readies the store `snapshot` names: keeps the current one when its
+    /// Readies the store `snapshot` names: the current one when its
     /// settings are unchanged (and so its counters). Refuses a URL the
-    /// Redis client cannot use; nothing changes then.
-    pub fn prepare(&self, snapshot: &Snapshot) -> Result<(), String> {
+    /// Redis client cannot use. Changes nothing requests see: a reload
+    /// refused after this step leaves the serving store in use.
+    pub fn prepare(&self, snapshot: &Snapshot) -> Result<Prepared, String> {
         let settings = &snapshot.throttling;
-        self.memory.set_max_keys(settings.max_keys);
-        match &settings.store {
-            ThrottleStore::Memory => self.redis.store(None),
+        let redis = match &settings.store {
+            ThrottleStore::Memory => None,
             ThrottleStore::Redis { url, password } => {
-                let current = self.redis.load();
-                let same = current
-                    .as_ref()
-                    .is_some_and(|r| r.url == *url && r.password == *password);
-                if !same {
-                    let store = RedisStore::open(url, password.as_ref())?;
-                    self.redis.store(Some(Arc::new(store)));
+                let current = self
+                    .redis
+                    .load_full()
+                    .filter(|r| r.url == *url && r.password == *password);
+                match current {
+                    Some(current) => Some(current),
+                    None => Some(Arc::new(RedisStore::open(url, password.as_ref())?)),
                 }
             }
-        }
-        Ok(())
+        };
+        Ok(Prepared {
+            max_keys: settings.max_keys,
+            redis,
+        })
     }
 
-    /// Gives the policies of `snapshot` that count in one number their
-    /// counters ([`MemoryStore::bind_sole_counters`]): the last step
-    /// before it goes live, once nothing can refuse it any more.
-    pub fn bind(&self, snapshot: &Snapshot) {
+    /// Puts the store `prepared` for `snapshot` in use, and gives the
+    /// policies of `snapshot` that count in one number their counters
+    /// ([`MemoryStore::bind_sole_counters`]): the last step before it
+    /// goes live, once nothing can refuse it any more.
+    pub fn bind(&self, snapshot: &Snapshot, prepared: Prepared) {
+        self.memory.set_max_keys(prepared.max_keys);
+        self.redis.store(prepared.redis);
         self.memory
             .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
     }

@@ -11,6 +11,7 @@ use crate::common;
 use common::idp::Idp;
 use common::redis::Redis;
 use common::{metric, Gateway, Upstream};
+use microgateway::reload::Source;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, Response};
 
@@ -613,6 +614,36 @@ async fn redis_down_denies_with_503_when_told_and_recovers() {
     redis.restart().await;
     let resp = until(&gw, |r| r.status() == 200).await;
     assert!(field(&resp, "ratelimit").is_some());
+    gw.shutdown().await;
+}
+
+/// A reload that compiles but is refused when it is installed (its
+/// authorization server's signing key cannot be read) leaves the serving
+/// snapshot's throttle store in use: the spent limit stays spent.
+#[tokio::test]
+async fn a_reload_refused_at_install_keeps_the_serving_store() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let throttle = "[{ limit: 1, per: 1h }]";
+    let gw = on_redis("Kept store", &upstream, &redis, throttle, "allow").await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    let key = gw.dir.path().join("signing-key.pem");
+    std::fs::write(&key, "not a key").unwrap();
+    let authz = format!(
+        "authorization_server:\n  issuer: \"http://localhost:4485\"\n  signing_key: \"{}\"\n  store: sqlite:oauth.db",
+        key.display()
+    );
+    gw.write_config(&open_api("Kept store", &upstream, throttle, &authz));
+    let refused = gw
+        .state()
+        .reload(Source::Api)
+        .expect_err("a signing key that is not a key is refused");
+    assert_eq!(gw.state().live.generation(), 1, "{refused}");
+    assert!(gw.state().live.status().last_reload_error.is_some());
+    // Counted in Redis still, as the serving snapshot says.
+    assert_eq!(gw.get("/open/items").await.status(), 429);
+    assert_eq!(upstream.hits(), 1);
     gw.shutdown().await;
 }
 
