@@ -283,8 +283,10 @@ fn handle_api(
         // What only the access log needs, only when it is on: the path, and
         // the client's address as `trusted_proxies` make it known.
         let logged = crate::access_log::is_on().then(|| {
+            // An unknown client's request is refused; the log names its peer.
             let client =
-                proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies);
+                proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies)
+                    .unwrap_or(conn.peer.ip());
             (req.uri().path().to_owned(), client)
         });
         conn.from_trusted = snapshot

@@ -119,6 +119,13 @@ fn slot_count(settings: ConnSettings) -> usize {
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
 }
 
+/// A peer's address as `trusted_proxies`, `ip_filter` and `ip_ranges` name
+/// it: a dual-stack socket (`::`) gives an IPv4 peer as `::ffff:a.b.c.d`,
+/// which is its IPv4 address.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 /// Serves `listener` until `stop` turns true, then drains connections for at
 /// most `timeouts.drain` and closes what is left.
 pub async fn serve<H, F>(
@@ -163,7 +170,7 @@ pub async fn serve<H, F>(
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, peer)) => (stream, canonical(peer)),
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 
@@ -151,31 +151,54 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 
 /// The address of the client: the peer's, or, from a trusted proxy, the
 /// nearest address in `X-Forwarded-For` that is not itself a trusted
-/// proxy (read right to left: entries further left are the client's to
-/// write). An entry that is not an address stops the walk at the last
-/// trusted hop.
-pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
+/// proxy (read right to left, over every line: entries further left are
+/// the client's to write, and are never read). Each entry is read alone,
+/// from its bytes, so that what a client wrote further left (obs-text,
+/// garbage) cannot change which entry names it. An address is taken as
+/// written or with a port (`192.0.2.1:4711`, `[2001:db8::1]:4711`, as
+/// some proxies write it); an IPv4-mapped IPv6 address is its IPv4
+/// address. `peer` is canonical already (see `server`).
+///
+/// `None` when the entry that should name the client is not an address (a
+/// trusted proxy wrote `unknown`, an obfuscated name or garbage): the
+/// client is unknown. It is never taken to be the proxy, whose address an
+/// `ip_filter` or a per-address limit would then judge in its place.
+pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = peer.ip();
     if !is_trusted(&client) {
-        return client;
+        return Some(client);
     }
-    let lines: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
-    for line in lines.iter().rev() {
-        let Ok(text) = line.to_str() else {
-            return client;
-        };
-        for entry in text.rsplit(',') {
-            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
-                return client;
-            };
-            client = ip;
-            if !is_trusted(&ip) {
-                return client;
+    for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        for entry in line.as_bytes().rsplit(|b| *b == b',') {
+            let entry = entry.trim_ascii();
+            // RFC 9110 §5.6.1: empty list elements are ignored.
+            if entry.is_empty() {
+                continue;
+            }
+            client = address_of(entry)?;
+            if !is_trusted(&client) {
+                return Some(client);
             }
         }
     }
-    client
+    // Every entry is a trusted proxy: the farthest one sent the request.
+    Some(client)
+}
+
+/// The address an `X-Forwarded-For` entry names, canonical
+/// ([`IpAddr::to_canonical`]).
+fn address_of(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?;
+    let ip = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|at| at.ip()))
+        .or_else(|| {
+            let bracketed = text.strip_prefix('[')?.strip_suffix(']')?;
+            bracketed.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
 }
 
 /// Sets the forwarding headers for a request from `ip`, a trusted proxy
@@ -460,13 +483,61 @@ mod tests {
         // is the client's to write.
         assert_eq!(
             client_ip(&headers, proxy, &trusted),
-            "1.2.3.4".parse::<IpAddr>().unwrap()
+            Some("1.2.3.4".parse::<IpAddr>().unwrap())
         );
-        assert_eq!(client_ip(&headers, stranger, &trusted), stranger.ip());
-        assert_eq!(client_ip(&HeaderMap::new(), proxy, &trusted), proxy.ip());
-        let mut garbled = HeaderMap::new();
-        garbled.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4, bogus"));
-        assert_eq!(client_ip(&garbled, proxy, &trusted), proxy.ip());
+        assert_eq!(client_ip(&headers, stranger, &trusted), Some(stranger.ip()));
+        assert_eq!(
+            client_ip(&HeaderMap::new(), proxy, &trusted),
+            Some(proxy.ip())
+        );
+    }
+
+    #[test]
+    fn each_entry_is_read_alone_and_one_that_is_no_address_leaves_the_client_unknown() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let client_of = |lines: &[&[u8]]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(&X_FORWARDED_FOR, HeaderValue::from_bytes(line).unwrap());
+            }
+            client_ip(&headers, proxy, &trusted).map(|ip| ip.to_string())
+        };
+        let known = |ip: &str| Some(ip.to_owned());
+        // What the client wrote left of the entry naming it is not read.
+        assert_eq!(client_of(&[b"\xff, 203.0.113.1"]), known("203.0.113.1"));
+        assert_eq!(client_of(&[b"\xff", b"203.0.113.1"]), known("203.0.113.1"));
+        assert_eq!(
+            client_of(&[b"bogus, 203.0.113.1, 10.0.0.7"]),
+            known("203.0.113.1")
+        );
+        assert_eq!(
+            client_of(&[b"1.2.3.4,, 203.0.113.1 ,"]),
+            known("203.0.113.1")
+        );
+        // As some proxies write it, and IPv4-mapped IPv6.
+        assert_eq!(client_of(&[b"203.0.113.1:4711"]), known("203.0.113.1"));
+        assert_eq!(client_of(&[b"[2001:db8::1]:4711"]), known("2001:db8::1"));
+        assert_eq!(client_of(&[b"[2001:db8::1]"]), known("2001:db8::1"));
+        assert_eq!(client_of(&[b"::ffff:203.0.113.1"]), known("203.0.113.1"));
+        assert_eq!(
+            client_of(&[b"::ffff:10.0.0.7, ::ffff:10.0.0.8"]),
+            known("10.0.0.7")
+        );
+        // An entry a trusted proxy wrote that is no address: unknown, never
+        // the proxy.
+        for garbled in [
+            &b"1.2.3.4, bogus"[..],
+            b"1.2.3.4, unknown, 10.0.0.7",
+            b"\xff",
+        ] {
+            assert_eq!(client_of(&[garbled]), None, "{garbled:?}");
+        }
+        // From a peer that is not trusted, the header is not read at all.
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("bogus"));
+        let stranger: SocketAddr = "5.5.5.5:4000".parse().unwrap();
+        assert_eq!(client_ip(&headers, stranger, &trusted), Some(stranger.ip()));
     }
 
     #[test]

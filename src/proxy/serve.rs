@@ -173,7 +173,12 @@ fn phases<'s: 'a, 'a>(
         *cors = cors_of(route.api, &req);
         *matched_api = Some(route.api);
         check_transport(&route, conn)?;
-        let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
+        // An unknown client (a trusted proxy named none) is refused: every
+        // check below that reads the address would otherwise judge another.
+        let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies)
+            .ok_or(Rejection::BadRequest(
+                "X-Forwarded-For from a trusted proxy names no client address",
+            ))?;
         if let Some(filter) = &route.api.ip_filter {
             if !filter.admits(client_ip) {
                 return Err(Rejection::IpFiltered); // before any credential is looked at

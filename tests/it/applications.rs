@@ -476,6 +476,80 @@ async fn ip_filter_refuses_before_any_credential_and_trusts_only_trusted_proxies
     w.gw.shutdown().await;
 }
 
+/// An open API behind `ports.bind: bind`, with the loopback peer a
+/// trusted proxy when `trusted`, and `ip_filter: filter`.
+fn filtered(upstream: &Upstream, bind: &str, trusted: bool, filter: &str) -> String {
+    let trusted = if trusted { r#"["127.0.0.1/32"]"# } else { "[]" };
+    format!(
+        r#"
+ports: {{ http: 0, bind: "{bind}" }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+trusted_proxies: {trusted}
+apis:
+- name: Filtered
+  base_path: /filtered
+  upstream: {{ url: "{up}" }}
+  authentication: {{ type: none }}
+  ip_filter: {filter}
+  resources: ["GET /status"]
+"#,
+        up = upstream.url("/api"),
+    )
+}
+
+/// A proxy appends the client's address to the `X-Forwarded-For` the
+/// client sent: a byte outside ASCII in what the client wrote does not
+/// make the proxy the client.
+#[tokio::test]
+async fn ip_filter_reads_the_client_whatever_it_wrote_before_the_proxys_entry() {
+    let upstream = Upstream::start().await;
+    let yaml = filtered(
+        &upstream,
+        "127.0.0.1",
+        true,
+        r#"{ deny: ["203.0.113.0/24"] }"#,
+    );
+    let gw = Gateway::start(&yaml).await;
+    let from = |client: &'static [u8]| {
+        gw.request(Method::GET, "/filtered/status")
+            .header(
+                "X-Forwarded-For",
+                reqwest::header::HeaderValue::from_bytes(client).unwrap(),
+            )
+            .send()
+    };
+    assert_eq!(from(b"\xff, 203.0.113.5").await.unwrap().status(), 403);
+    assert_eq!(
+        from(b"caf\xc3\xa9, 203.0.113.5").await.unwrap().status(),
+        403
+    );
+    assert_eq!(upstream.hits(), 0);
+    // A trusted proxy that names no address: unknown, refused, never
+    // judged as the proxy's own address.
+    assert_eq!(from(b"203.0.113.5, unknown").await.unwrap().status(), 400);
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(from(b"\xff, 198.51.100.1").await.unwrap().status(), 200);
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+/// On a dual-stack listener an IPv4 client is judged by its IPv4 address,
+/// not as `::ffff:127.0.0.1`.
+#[tokio::test]
+async fn ip_filter_judges_an_ipv4_client_of_a_dual_stack_port_by_its_ipv4_address() {
+    if !common::dual_stack() {
+        eprintln!("skipped: no dual-stack socket on this machine");
+        return;
+    }
+    let upstream = Upstream::start().await;
+    let yaml = filtered(&upstream, "::", false, r#"{ deny: ["127.0.0.0/8"] }"#);
+    let gw = Gateway::start(&yaml).await;
+    let url = format!("http://127.0.0.1:{}/filtered/status", gw.http.port());
+    assert_eq!(gw.client.get(&url).send().await.unwrap().status(), 403);
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn explain_decides_like_the_data_path() {
     use microgateway::auth::identity::{self, Identity};

@@ -290,6 +290,65 @@ async fn a_per_client_ip_limit_reads_the_client_behind_a_trusted_proxy() {
     gw.shutdown().await;
 }
 
+/// What a client writes before the proxy's entry, a byte outside ASCII
+/// included, does not move its count to another address.
+#[tokio::test]
+async fn a_per_client_ip_limit_holds_whatever_the_client_wrote_before_the_proxys_entry() {
+    let upstream = Upstream::start().await;
+    let yaml = open_api(
+        "Throttled obs-text",
+        &upstream,
+        "[{ limit: 1, per: 1h, per_client_ip: true }]",
+        "trusted_proxies: [127.0.0.1/32]",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let from = |client: &'static [u8]| {
+        gw.request(Method::GET, "/open/items")
+            .header(
+                "x-forwarded-for",
+                reqwest::header::HeaderValue::from_bytes(client).unwrap(),
+            )
+            .send()
+    };
+    assert_eq!(from(b"203.0.113.1").await.unwrap().status(), 200);
+    assert_eq!(from(b"\xff, 203.0.113.1").await.unwrap().status(), 429);
+    assert_eq!(from(b"\xff, 203.0.113.1").await.unwrap().status(), 429);
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+/// On a dual-stack listener (`::`) an IPv4 peer is its IPv4 address, so a
+/// trusted proxy at 127.0.0.1 is trusted and its clients counted apart.
+#[tokio::test]
+async fn a_trusted_proxy_is_trusted_on_a_dual_stack_port() {
+    if !common::dual_stack() {
+        eprintln!("skipped: no dual-stack socket on this machine");
+        return;
+    }
+    let upstream = Upstream::start().await;
+    let yaml = open_api(
+        "Throttled dual stack",
+        &upstream,
+        "[{ limit: 1, per: 1h, per_client_ip: true }]",
+        "trusted_proxies: [127.0.0.1/32]",
+    )
+    .replace("bind: 127.0.0.1 }\nadmin", "bind: \"::\" }\nadmin");
+    let gw = Gateway::start(&yaml).await;
+    let url = format!("http://127.0.0.1:{}/open/items", gw.http.port());
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        let resp = gw
+            .client
+            .get(&url)
+            .header("x-forwarded-for", client)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{client}");
+    }
+    assert_eq!(upstream.hits(), 2);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn without_a_trusted_proxy_the_peer_is_the_client() {
     let upstream = Upstream::start().await;

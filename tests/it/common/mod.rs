@@ -292,6 +292,20 @@ pub fn env(pairs: &[(&str, &str)]) -> Env {
         .collect::<BTreeMap<_, _>>()
 }
 
+/// Whether a socket bound to `::` here also takes IPv4 connections (IPv6
+/// on, `bindv6only` off): a test of a dual-stack listener is skipped
+/// without one.
+pub fn dual_stack() -> bool {
+    let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+        return false;
+    };
+    let Ok(bound) = listener.local_addr() else {
+        return false;
+    };
+    let v4 = SocketAddr::from(([127, 0, 0, 1], bound.port()));
+    std::net::TcpStream::connect_timeout(&v4, Duration::from_secs(2)).is_ok()
+}
+
 /// Sends raw bytes on a new connection and returns what came back (up to
 /// the connection's close or 5 s).
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
