@@ -5,6 +5,7 @@
 //! credentials (Fetch standard, CORS protocol: a credentialed answer names
 //! the origin).
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -119,8 +120,12 @@ fn origins(ctx: &mut Ctx, entry: &S<raw::Cors>, credentials: bool) -> Option<Ori
     valid.then_some(Origins::List(origins))
 }
 
-/// `scheme://host[:port]` as a browser serializes it (RFC 6454 §6.2):
-/// scheme and host in lower case, the scheme's default port left out.
+/// `scheme://host[:port]` as a browser serializes it (RFC 6454 §6.2, the
+/// URL Standard's origin serialization): scheme and host in lower case,
+/// an IPv6 host in its shortest form, the port as a number (`08080` is
+/// `8080`). A scheme's default port, which browsers leave out, and an
+/// IPv4 host written otherwise than `a.b.c.d` in decimal (`127.1`,
+/// `0x7f.0.0.1`, which browsers turn into another text) are refused.
 pub fn origin(text: &str) -> Result<String, &'static str> {
     let (scheme, rest) = text
         .split_once("://")
@@ -148,7 +153,10 @@ pub fn origin(text: &str) -> Result<String, &'static str> {
             "" => None,
             _ => Some(after.strip_prefix(':').ok_or("has text after its host")?),
         };
-        (&rest[..inside.len() + 2], port)
+        let ip = inside
+            .parse::<Ipv6Addr>()
+            .map_err(|_| "has no valid IPv6 host")?;
+        (ipv6_host(ip), port)
     } else {
         let (host, port) = match rest.split_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -161,10 +169,13 @@ pub fn origin(text: &str) -> Result<String, &'static str> {
         if !host_ok {
             return Err("has no valid host");
         }
-        (host, port)
+        if ends_in_a_number(host) && host.parse::<Ipv4Addr>().is_err() {
+            return Err("has an IPv4 host not written as four decimal numbers (a.b.c.d)");
+        }
+        (host.to_ascii_lowercase(), port)
     };
     let scheme = scheme.to_ascii_lowercase();
-    let mut serialized = format!("{scheme}://{}", host.to_ascii_lowercase());
+    let mut serialized = format!("{scheme}://{host}");
     if let Some(port) = port {
         let number = port
             .parse::<u16>()
@@ -180,9 +191,56 @@ pub fn origin(text: &str) -> Result<String, &'static str> {
             return Err("names its scheme's default port, which browsers leave out");
         }
         serialized.push(':');
-        serialized.push_str(port);
+        serialized.push_str(&number.to_string());
     }
     Ok(serialized)
+}
+
+/// Whether the URL Standard's host parser takes `host` for an IPv4
+/// address: its last label (a final empty one aside) is a number, in
+/// decimal or `0x` hexadecimal.
+fn ends_in_a_number(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An IPv6 host as the URL Standard serializes it: `[`, the eight pieces
+/// in lower-case hexadecimal without leading zeros, the first longest run
+/// of two or more zero pieces as `::`, `]` (an IPv4-mapped address too:
+/// `[::ffff:7f00:1]`).
+fn ipv6_host(ip: Ipv6Addr) -> String {
+    let pieces = ip.segments();
+    // The first longest run of zero pieces, when it is two or more long.
+    let mut longest: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < pieces.len() {
+        let run = pieces[i..].iter().take_while(|p| **p == 0).count();
+        if run >= 2 && longest.is_none_or(|(_, length)| run > length) {
+            longest = Some((i, run));
+        }
+        i += run.max(1);
+    }
+    let mut host = String::from("[");
+    let mut i = 0;
+    while i < pieces.len() {
+        if let Some((start, length)) = longest.filter(|(start, _)| *start == i) {
+            host.push_str(if start == 0 { "::" } else { ":" });
+            i += length;
+            continue;
+        }
+        host.push_str(&format!("{:x}", pieces[i]));
+        if i + 1 < pieces.len() {
+            host.push(':');
+        }
+        i += 1;
+    }
+    host.push(']');
+    host
 }
 
 /// `allow_methods`, or the methods the API's resources serve.
@@ -256,6 +314,33 @@ mod tests {
             Ok("http://localhost:8080".into())
         );
         assert_eq!(origin("HTTP://[::1]:3000"), Ok("http://[::1]:3000".into()));
+        // A port as its number, an IPv6 host in its shortest form.
+        assert_eq!(
+            origin("http://localhost:08080"),
+            Ok("http://localhost:8080".into())
+        );
+        for (written, sent) in [
+            ("http://[0:0::1]", "http://[::1]"),
+            ("http://[0:0:0:0:0:0:0:1]:03000", "http://[::1]:3000"),
+            (
+                "http://[2001:DB8:0:0:1:0:0:1]",
+                "http://[2001:db8::1:0:0:1]",
+            ),
+            (
+                "http://[2001:db8:0:1:1:1:1:1]",
+                "http://[2001:db8:0:1:1:1:1:1]",
+            ),
+            ("http://[1::]", "http://[1::]"),
+            ("http://[::]", "http://[::]"),
+            ("http://[::ffff:127.0.0.1]", "http://[::ffff:7f00:1]"),
+        ] {
+            assert_eq!(origin(written).as_deref(), Ok(sent), "{written}");
+        }
+        assert_eq!(
+            origin("http://127.0.0.1:3000"),
+            Ok("http://127.0.0.1:3000".into())
+        );
+        assert_eq!(origin("http://1a.example"), Ok("http://1a.example".into()));
         assert_eq!(
             origin("chrome-extension://abcdef"),
             Ok("chrome-extension://abcdef".into())
@@ -280,6 +365,14 @@ mod tests {
             "1https://a.com",
             "https://[::1",
             "https://a b.com",
+            "http://app.example.com:0080",
+            "http://[::1]:80",
+            "http://[::g]",
+            "http://127.1",
+            "http://0x7f.0.0.1",
+            "http://127.0.0.01:3000",
+            "http://example.0x10",
+            "http://1.2.3.4.5",
         ] {
             assert!(origin(bad).is_err(), "{bad} was accepted");
         }

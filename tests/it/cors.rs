@@ -655,3 +655,21 @@ async fn a_reload_changes_the_origins_and_an_invalid_policy_keeps_the_good_one()
     assert!(allows("https://b.example").await);
     assert!(!allows("https://evil.example").await);
 }
+
+/// An origin is held as a browser sends it: a port written with a leading
+/// zero, or an IPv6 host not in its shortest form, still matches.
+#[tokio::test]
+async fn an_origin_written_otherwise_matches_as_a_browser_sends_it() {
+    let gw = Gateway::start(&reloadable(
+        r#"{ allow_origins: ["http://localhost:08080", "http://[0:0::1]:3000"] }"#,
+    ))
+    .await;
+    for origin in ["http://localhost:8080", "http://[::1]:3000"] {
+        let resp = preflight(&gw, "/a/x", origin, "GET", None).await;
+        assert_eq!(
+            field(resp.headers(), "access-control-allow-origin"),
+            Some(origin)
+        );
+    }
+    gw.shutdown().await;
+}
