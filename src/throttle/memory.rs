@@ -17,7 +17,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::gcra::Rate;
-use super::{Key, Levels};
+use super::{Key, Levels, Party};
 use crate::config::snapshot::ThrottlePolicy;
 
 const SHARDS: usize = 32;
@@ -29,9 +29,35 @@ type Shard = HashTable<Entry>;
 struct Entry {
     hash: u64,
     policy: Arc<str>,
-    application: Option<Box<str>>,
+    party: Option<KeptParty>,
     ip: Option<IpAddr>,
     tat: u64,
+}
+
+/// A [`Party`] as the store keeps it.
+enum KeptParty {
+    Application(Box<str>),
+    Client(Box<str>),
+    Unknown,
+}
+
+impl KeptParty {
+    fn of(party: Party<'_>) -> KeptParty {
+        match party {
+            Party::Application(name) => KeptParty::Application(name.into()),
+            Party::Client(id) => KeptParty::Client(id.into()),
+            Party::Unknown => KeptParty::Unknown,
+        }
+    }
+
+    fn is(&self, party: Party<'_>) -> bool {
+        match (self, party) {
+            (KeptParty::Application(kept), Party::Application(name)) => **kept == *name,
+            (KeptParty::Client(kept), Party::Client(id)) => **kept == *id,
+            (KeptParty::Unknown, Party::Unknown) => true,
+            _ => false,
+        }
+    }
 }
 
 impl Entry {
@@ -39,7 +65,7 @@ impl Entry {
         Entry {
             hash,
             policy: key.policy.clone(),
-            application: key.application.map(Box::from),
+            party: key.party.map(KeptParty::of),
             ip: key.ip,
             tat,
         }
@@ -49,7 +75,11 @@ impl Entry {
         // Most often the policy's own identity: equal by address.
         self.policy == *key.policy
             && self.ip == key.ip
-            && self.application.as_deref() == key.application
+            && match (&self.party, key.party) {
+                (Some(kept), Some(party)) => kept.is(party),
+                (None, None) => true,
+                _ => false,
+            }
     }
 }
 
@@ -229,7 +259,7 @@ impl MemoryStore {
 fn whole(identity: &Arc<str>) -> Key<'_> {
     Key {
         policy: identity,
-        application: None,
+        party: None,
         ip: None,
     }
 }
@@ -300,7 +330,7 @@ mod tests {
     fn key(policy: &Arc<str>, ip: u8) -> Key<'_> {
         Key {
             policy,
-            application: None,
+            party: None,
             ip: Some(IpAddr::from([10, 0, 0, ip])),
         }
     }
@@ -356,7 +386,7 @@ mod tests {
         // Another subject of the same policy has its own counter.
         assert!(store.check(&[(key(&after, 2), rate)], 1).0);
         let application = Key {
-            application: Some("app"),
+            party: Some(Party::Application("app")),
             ..key(&after, 1)
         };
         assert!(store.check(&[(application, rate)], 1).0);

@@ -44,8 +44,22 @@ pub type Levels = SmallVec<[u64; 4]>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key<'a> {
     pub policy: &'a Arc<str>,
-    pub application: Option<&'a str>,
+    pub party: Option<Party<'a>>,
     pub ip: Option<IpAddr>,
+}
+
+/// Whom a per-application policy counts a request for. An application
+/// and an OAuth2 client are named apart: a client id that no application
+/// lists never counts on the counter of an application of that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Party<'a> {
+    /// The identified application, by name.
+    Application(&'a str),
+    /// The client of a token no application names, by `client_id`.
+    Client(&'a str),
+    /// Neither: such requests share one counter (they are not let
+    /// through uncounted).
+    Unknown,
 }
 
 impl Key<'_> {
@@ -56,8 +70,16 @@ impl Key<'_> {
         key.push_str("mcgw:");
         key.push_str(self.policy);
         let mut subject = String::new();
-        if let Some(application) = self.application {
-            subject.push_str(application);
+        match self.party {
+            Some(Party::Application(name)) => {
+                subject.push_str("app:");
+                subject.push_str(name);
+            }
+            Some(Party::Client(id)) => {
+                subject.push_str("client:");
+                subject.push_str(id);
+            }
+            Some(Party::Unknown) | None => {}
         }
         subject.push('|');
         if let Some(ip) = self.ip {
@@ -85,18 +107,21 @@ pub struct Caller<'a> {
     pub client_ip: IpAddr,
 }
 
-/// The application a per-application policy counts a request under: the
-/// identified application (`applications`), or, for a token of a client
-/// no application names, that OAuth2 client. Requests with neither share
-/// one counter: they are not let through uncounted.
-fn application_of<'a>(caller: &Caller<'a>) -> Option<&'a str> {
-    let identity = caller.identity?;
-    identity.application_name().or_else(|| {
-        identity
-            .principal
-            .as_deref()
-            .and_then(|p| p.client_id.as_deref())
-    })
+/// Whom a per-application policy counts a request for: the identified
+/// application (`applications`), or, for a token of a client no
+/// application names, that OAuth2 client.
+fn party_of<'a>(caller: &Caller<'a>) -> Party<'a> {
+    let Some(identity) = caller.identity else {
+        return Party::Unknown;
+    };
+    if let Some(name) = identity.application_name() {
+        return Party::Application(name);
+    }
+    identity
+        .principal
+        .as_deref()
+        .and_then(|p| p.client_id.as_deref())
+        .map_or(Party::Unknown, Party::Client)
 }
 
 /// What a refused client is told about the policies that refused it.
@@ -530,9 +555,7 @@ fn log_due() -> Option<u64> {
 fn key<'a>(policy: &'a ThrottlePolicy, caller: &Caller<'a>) -> Key<'a> {
     Key {
         policy: &policy.identity,
-        application: policy
-            .per_application
-            .then(|| application_of(caller).unwrap_or("")),
+        party: policy.per_application.then(|| party_of(caller)),
         ip: policy.per_client_ip.then_some(caller.client_ip),
     }
 }
@@ -614,16 +637,25 @@ mod tests {
     #[test]
     fn redis_keys_are_prefixed_and_bounded() {
         let policy: Arc<str> = Arc::from("[\"Time travels\",\"1.0\"]");
-        let key = |application| Key {
+        let key = |party| Key {
             policy: &policy,
-            application: Some(application),
+            party: Some(party),
             ip: Some(IpAddr::from([10, 0, 0, 1])),
         };
         assert_eq!(
-            key("app").redis_key(),
-            "mcgw:[\"Time travels\",\"1.0\"]:app|10.0.0.1"
+            key(Party::Application("app")).redis_key(),
+            "mcgw:[\"Time travels\",\"1.0\"]:app:app|10.0.0.1"
         );
-        let long = key(&"x".repeat(1000)).redis_key();
+        // A client id is never an application's name.
+        assert_eq!(
+            key(Party::Client("app")).redis_key(),
+            "mcgw:[\"Time travels\",\"1.0\"]:client:app|10.0.0.1"
+        );
+        assert_eq!(
+            key(Party::Unknown).redis_key(),
+            "mcgw:[\"Time travels\",\"1.0\"]:|10.0.0.1"
+        );
+        let long = key(Party::Application(&"x".repeat(1000))).redis_key();
         assert!(long.starts_with("mcgw:") && long.len() < 100, "{long}");
     }
 
@@ -691,7 +723,7 @@ mod tests {
         let keys = [(
             Key {
                 policy: &keyed.identity,
-                application: None,
+                party: None,
                 ip: None,
             },
             keyed.rate,

@@ -263,6 +263,47 @@ async fn a_per_application_limit_counts_each_client_apart() {
     gw.shutdown().await;
 }
 
+/// An application and a token's client that no application lists are
+/// counted apart, even when the client id is the application's name.
+#[tokio::test]
+async fn a_client_id_never_counts_on_an_application_of_that_name() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = travels(
+        "Apart",
+        &idp,
+        &upstream,
+        "[{ limit: 1, per: 1h, per_application: true }]",
+    )
+    .replace(
+        "{ type: oauth2, auth_server: idp }",
+        "{ type: [oauth2, api_key], auth_server: idp }",
+    )
+    .replace(
+        "\napis:\n",
+        "\napplications:\n- name: partner\n  api_keys: [partner-key]\n  apis: [Apart]\n  api_scopes: [\"Apart:ViewTickets\"]\napis:\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let by_key = gw
+        .request(Method::GET, "/travels/bookings")
+        .header("x-api-key", "partner-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), 200);
+    let token = idp.token_with(serde_json::json!({"client_id": "partner", "scope": "ViewTickets"}));
+    let send = || {
+        gw.request(Method::GET, "/travels/bookings")
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    assert_eq!(send().await.unwrap().status(), 429);
+    assert_eq!(upstream.hits(), 2);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_per_client_ip_limit_reads_the_client_behind_a_trusted_proxy() {
     let upstream = Upstream::start().await;
