@@ -2,7 +2,13 @@
 //! shards, each behind its own mutex, so threads counting different keys
 //! rarely meet. Bounded: a shard holds at most its share of `max_keys`;
 //! when full, expired keys go first (an expired key is a full bucket, so
-//! nothing is lost), then the key nearest to expiry.
+//! nothing is lost), then the partitioned key (per application or client
+//! address: as many as there are clients) nearest to expiry, never one
+//! the request being counted has just written. A whole key (a policy
+//! counting a whole API or API scope) is never evicted: the configuration
+//! bounds how many there are, and evicting one would give every client
+//! the whole quota back. A shard holds more than its share only when
+//! those alone fill it.
 //!
 //! A key is hashed once per request (foldhash, seeded per process): the
 //! hash picks the shard and finds the key in it.
@@ -69,6 +75,11 @@ impl Entry {
             ip: key.ip,
             tat,
         }
+    }
+
+    /// A key of a policy counting a whole API or API scope: never evicted.
+    fn is_whole(&self) -> bool {
+        self.party.is_none() && self.ip.is_none()
     }
 
     fn is(&self, key: &Key<'_>) -> bool {
@@ -149,7 +160,10 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner);
         match shard.find_mut(hash, |e| e.is(key)) {
             Some(entry) => entry.tat = entry.tat.max(tat),
-            None => insert(&mut shard, hash, key, tat, per_shard, super::now_micros()),
+            None => {
+                let room = Room::of(per_shard, super::now_micros());
+                insert(&mut shard, Entry::new(hash, key, tat), &room);
+            }
         }
     }
 
@@ -190,7 +204,10 @@ impl MemoryStore {
         };
         match entry {
             Some(entry) => entry.tat = tat,
-            None => insert(&mut shard, hash, key, tat, self.per_shard(), now),
+            None => {
+                let room = Room::of(self.per_shard(), now);
+                insert(&mut shard, Entry::new(hash, key, tat), &room);
+            }
         }
         (true, Levels::from_slice(&[tat - now]))
     }
@@ -228,14 +245,18 @@ impl MemoryStore {
         if !admitted {
             return (false, bases.iter().map(|base| base - now).collect());
         }
-        let per_shard = self.per_shard();
+        // The request's keys written first stay while the next are added.
+        let room = Room {
+            keep: &hashes,
+            ..Room::of(self.per_shard(), now)
+        };
         let mut levels = Levels::with_capacity(keys.len());
         for (((key, rate), &hash), base) in keys.iter().zip(&hashes).zip(bases) {
             let guard = guard_of(&mut guards, self.shard_of(hash));
             let tat = base + rate.interval;
             match guard.find_mut(hash, |e| e.is(key)) {
                 Some(entry) => entry.tat = tat,
-                None => insert(guard, hash, key, tat, per_shard, now),
+                None => insert(guard, Entry::new(hash, key, tat), &room),
             }
             levels.push(tat - now);
         }
@@ -296,25 +317,50 @@ fn guard_of<'g, 'm>(
         .expect("every shard a key maps to was locked")
 }
 
-/// Adds `key` (not in `shard`) with its TAT, in a shard holding at most
-/// `cap`.
-fn insert(shard: &mut Shard, hash: u64, key: &Key<'_>, tat: u64, cap: usize, now: u64) {
-    make_room(shard, cap, now);
-    shard.insert_unique(hash, Entry::new(hash, key, tat), |e| e.hash);
+/// How a shard makes room for a key: at most `cap` partitioned keys, those
+/// whose TAT is not after `now` expired, and the keys hashed `keep` kept.
+struct Room<'k> {
+    cap: usize,
+    now: u64,
+    keep: &'k [u64],
 }
 
-/// Leaves room for one more key in a shard holding at most `cap`.
-fn make_room(shard: &mut Shard, cap: usize, now: u64) {
-    if shard.len() < cap {
+impl Room<'_> {
+    fn of(cap: usize, now: u64) -> Room<'static> {
+        Room {
+            cap,
+            now,
+            keep: &[],
+        }
+    }
+}
+
+/// Adds `entry` (its key not in `shard`), making room for it first.
+fn insert(shard: &mut Shard, entry: Entry, room: &Room<'_>) {
+    make_room(shard, room);
+    shard.insert_unique(entry.hash, entry, |e| e.hash);
+}
+
+/// Leaves room for one more key in a shard, as long as it is full:
+/// expired keys go, then the partitioned key nearest to expiry. Whole
+/// keys and those `room` keeps are never taken (a shard may then hold
+/// more than `room.cap`).
+fn make_room(shard: &mut Shard, room: &Room<'_>) {
+    if shard.len() < room.cap {
         return;
     }
-    shard.retain(|e| e.tat > now);
-    while shard.len() >= cap {
-        let nearest = shard.iter().min_by_key(|e| e.tat).map(|e| (e.hash, e.tat));
+    shard.retain(|e| e.tat > room.now);
+    let evictable = |e: &Entry| !e.is_whole() && !room.keep.contains(&e.hash);
+    while shard.len() >= room.cap {
+        let nearest = shard
+            .iter()
+            .filter(|e| evictable(e))
+            .min_by_key(|e| e.tat)
+            .map(|e| (e.hash, e.tat));
         let Some((hash, tat)) = nearest else {
             break;
         };
-        match shard.find_entry(hash, |e| e.tat == tat) {
+        match shard.find_entry(hash, |e| e.tat == tat && evictable(e)) {
             Ok(entry) => drop(entry.remove()),
             Err(_) => break,
         }
@@ -360,6 +406,27 @@ mod tests {
         assert!(store.len() <= SHARDS * 2, "{}", store.len());
         // Expired keys make room before live ones are dropped.
         assert!(store.check(&[(key(&q, 1), rate)], 120_000_001).0);
+    }
+
+    #[test]
+    fn a_full_store_never_evicts_a_whole_key() {
+        // One key per shard: every new client's key makes room.
+        let store = MemoryStore::new(SHARDS);
+        let whole_rate = Rate::of(300, Duration::from_secs(3600));
+        let per_ip = Rate::of(10, Duration::from_secs(86_400));
+        let (w, p) = (Arc::from("api"), Arc::from("api-per-client-ip"));
+        let admitted = (0..1000u32)
+            .filter(|i| {
+                let client = Key {
+                    policy: &p,
+                    party: None,
+                    ip: Some(IpAddr::from(i.to_be_bytes())),
+                };
+                let keys = [(whole(&w), whole_rate), (client, per_ip)];
+                store.check(&keys, 1).0
+            })
+            .count();
+        assert_eq!(admitted, 300);
     }
 
     #[test]

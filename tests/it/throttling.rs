@@ -483,6 +483,55 @@ async fn a_reload_keeps_the_count_of_a_limit_counted_alone() {
     gw.shutdown().await;
 }
 
+/// A full memory store makes room among the keys of single clients; an
+/// API-wide limit counted beside a per-address one is never what goes.
+#[tokio::test]
+async fn a_full_store_keeps_counting_an_api_wide_limit() {
+    let upstream = Upstream::start().await;
+    let mut yaml = open_api(
+        "Crowded",
+        &upstream,
+        "[{ limit: 300, per: 1h }, { limit: 10, per: 1d, per_client_ip: true }]",
+        "trusted_proxies: [127.0.0.1/32]\nthrottling: { max_keys: 320 }",
+    );
+    yaml.push_str(&format!(
+        r#"- name: "Crowding"
+  base_path: /crowding
+  upstream: {{ url: "{}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+  policies:
+    throttle: [{{ limit: 10, per: 1d, per_client_ip: true }}]
+"#,
+        upstream.url("/api")
+    ));
+    let gw = Gateway::start(&yaml).await;
+    // 1000 clients each send `path` once; how many were admitted.
+    let each_once = |path: &'static str, net: u8| {
+        let gw = &gw;
+        async move {
+            let mut admitted = 0;
+            for group in (0..1000u16).collect::<Vec<_>>().chunks(50) {
+                let sent = group.iter().map(|i| {
+                    let [hi, lo] = i.to_be_bytes();
+                    gw.request(Method::GET, path)
+                        .header("x-forwarded-for", format!("10.{net}.{hi}.{lo}"))
+                        .send()
+                });
+                for resp in futures_util::future::join_all(sent).await {
+                    admitted += usize::from(resp.unwrap().status() == 200);
+                }
+            }
+            admitted
+        }
+    };
+    assert_eq!(each_once("/crowding/items", 1).await, 1000);
+    // Each new client's key lands in the API-wide key's shard one time in
+    // 32: were that key evicted, it would be long before 300 are counted.
+    assert_eq!(each_once("/open/items", 2).await, 300);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn explain_names_the_throttle_policies_that_apply() {
     let idp = Idp::start().await;
