@@ -9,6 +9,11 @@
 //! [`MAX_CONNECTIONS`] per upstream, then the least loaded takes the
 //! request. A connection the upstream closed is replaced.
 //!
+//! A failure of the client's request body is the client's (400/408; 413
+//! over the limit), never counted as the upstream's. hyper only logs a
+//! request body's error and resets the stream: the error is kept by the
+//! body as it goes out ([`Watched`]), so that the client is told.
+//!
 //! Bodies stream both ways, trailers included (`grpc-status`). A request
 //! the upstream did not process — refused after its `GOAWAY`
 //! (`REFUSED_STREAM`), or never sent on a connection that closed — is
@@ -177,7 +182,8 @@ pub struct Exchange<'a> {
 
 /// Forwards an authorized request over HTTP/2; failures become the
 /// client's 400/408 or the upstream's 502/504, as over HTTP/1.1 (a body
-/// over the limit, 413, is told by `forward`).
+/// over the limit, 413, is told by `forward`). Only the upstream's own
+/// failures count in `upstream_errors_total`.
 pub async fn forward(
     connector: &Connector,
     api: &Api,
@@ -194,14 +200,19 @@ pub async fn forward(
         grpc,
     )
     .await;
-    api.metrics
-        .observe_upstream(exchange.started.elapsed().as_secs_f64());
     let error = match result {
-        Ok(response) => return Ok(response),
+        Ok(response) => {
+            api.metrics
+                .observe_upstream(exchange.started.elapsed().as_secs_f64());
+            return Ok(response);
+        }
         Err(error) => error,
     };
     tracing::debug!(%error, api = api.name, "HTTP/2 exchange failed");
     let (rejection, cause) = match error {
+        // The client's body broke (or went over the limit): the exchange
+        // was cut before the request was complete, and the upstream is
+        // not to blame.
         H2Error::RequestBody(error) => return Err(Rejection::ClientBody(BodyFault::of(&error))),
         H2Error::Timeout | H2Error::Connect(SendError::Timeout(_)) => {
             (Rejection::GatewayTimeout, "timeout")
@@ -209,6 +220,8 @@ pub async fn forward(
         H2Error::Connect(_) => (Rejection::BadGateway("connect".into()), "connect"),
         H2Error::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
     };
+    api.metrics
+        .observe_upstream(exchange.started.elapsed().as_secs_f64());
     api.metrics.upstream_error(cause);
     Err(rejection)
 }
@@ -249,8 +262,8 @@ pub async fn send(
         parts.headers.clone(),
     );
     let replay = Arc::new(Mutex::new(Replay::new(body)));
-    let recording = Recording(replay.clone()).boxed();
-    let mut req = Request::from_parts(parts, recording);
+    let (recording, mut failed) = Watched::new(Recording(replay.clone()));
+    let mut req = Request::from_parts(parts, recording.boxed());
     // Sends again what the upstream did not process, a bounded number of
     // times: under load several pooled connections can be going away at once.
     let mut replays = 0u8;
@@ -287,7 +300,9 @@ pub async fn send(
                 _ => error.into_error(),
             },
         };
-        if let Some(body_error) = request_body_error(&error) {
+        // hyper resets the stream of a body that failed, and tells only of
+        // the reset.
+        if let Some(body_error) = lock(&failed).take() {
             return Err(H2Error::RequestBody(body_error));
         }
         if exhausted || body_replayed || !refused(&error) {
@@ -299,8 +314,10 @@ pub async fn send(
         tracing::debug!(%error, "request refused by the upstream; sent again");
         replays += 1;
         body_replayed = true;
+        let (body, watched) = Watched::new(body);
+        failed = watched;
         let (method, uri, headers) = head.clone();
-        let mut again = Request::new(body);
+        let mut again = Request::new(body.boxed());
         *again.method_mut() = method;
         *again.uri_mut() = uri;
         *again.version_mut() = http::Version::HTTP_2;
@@ -328,17 +345,6 @@ fn refused(error: &hyper::Error) -> bool {
         source = cause.source();
     }
     false
-}
-
-/// The client's body error behind a failed exchange, if that was the cause.
-fn request_body_error(error: &hyper::Error) -> Option<BoxError> {
-    if !error.is_user() {
-        return None;
-    }
-    let cause = std::error::Error::source(error)?;
-    cause
-        .downcast_ref::<BodyFault>()
-        .map(|fault| Box::new(*fault) as BoxError)
 }
 
 fn respond(
@@ -457,7 +463,7 @@ impl Replay {
     }
 
     /// The whole body again: what was sent, then what was not.
-    fn again(&mut self) -> Option<Body> {
+    fn again(&mut self) -> Option<Replayed> {
         if self.overflow {
             return None;
         }
@@ -468,13 +474,10 @@ impl Replay {
                 Err(frame) => frame.into_trailers().ok().map(Frame::trailers),
             })
             .collect();
-        Some(
-            Replayed {
-                sent,
-                rest: self.rest.take(),
-            }
-            .boxed(),
-        )
+        Some(Replayed {
+            sent,
+            rest: self.rest.take(),
+        })
     }
 }
 
@@ -557,6 +560,60 @@ impl HttpBody for Replayed {
 
     fn is_end_stream(&self) -> bool {
         self.sent.is_empty() && self.rest.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+}
+
+/// What hyper is told of a failed request body (it only logs it); the
+/// client's own error is kept for [`send`].
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+struct BodyFailed;
+
+/// A request body as hyper sends it, keeping the client's error if it
+/// fails.
+struct Watched<B> {
+    inner: B,
+    failed: Arc<Mutex<Option<BoxError>>>,
+}
+
+impl<B> Watched<B> {
+    fn new(inner: B) -> (Watched<B>, Arc<Mutex<Option<BoxError>>>) {
+        let failed = Arc::new(Mutex::new(None));
+        let watched = Watched {
+            inner,
+            failed: failed.clone(),
+        };
+        (watched, failed)
+    }
+}
+
+impl<B> HttpBody for Watched<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                *lock(&this.failed) = Some(error);
+                Poll::Ready(Some(Err(Box::new(BodyFailed))))
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -613,3 +613,108 @@ async fn a_bidirectional_call_streams_both_ways_message_by_message() {
     assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
     gw.shutdown().await;
 }
+
+/// An HTTP/2 client connection to the gateway (h2c by prior knowledge).
+async fn h2_sender(
+    gw: &Gateway,
+) -> hyper::client::conn::http2::SendRequest<
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>,
+> {
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// A unary call of `echo.Echo/Unary` whose body is what `rx` sends.
+fn raw_call(
+    gw: &Gateway,
+    token: &str,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> http::Request<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>> {
+    use http_body_util::BodyExt;
+    http::Request::post(format!("http://{}/echo.Echo/Unary", gw.http))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(crate::common::channel_body(rx).boxed_unsync())
+        .unwrap()
+}
+
+/// A client that goes silent in the middle of its message is the client's
+/// fault (408: DEADLINE_EXCEEDED), over an HTTP/2 upstream as over an
+/// HTTP/1.1 one (grpc.md: "the client's body broken → 400/408"), and is
+/// never counted as an upstream error.
+#[tokio::test]
+async fn a_client_silent_in_its_message_is_deadline_exceeded_not_the_upstreams_fault() {
+    let idp = Idp::start().await;
+    let (addr, _, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let yaml = echo_yaml("Echo silent client", &idp, &upstream)
+        .replace("ports: {", "timeouts: { body_read: 1s }\nports: {");
+    let gw = Gateway::start(&yaml).await;
+    let mut sender = h2_sender(&gw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let req = raw_call(&gw, &idp.token(&["echo"]), rx);
+    // A message of 10 bytes announced, 2 sent, then silence.
+    tx.send(Bytes::from_static(&[0, 0, 0, 0, 10, b'h', b'i']))
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("answered")
+        .expect("an answer, not a reset");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("4"),
+        "DEADLINE_EXCEEDED (408), not UNAVAILABLE (502): {:?}",
+        response.headers()
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_upstream_errors_total{api="Echo silent client",cause="protocol"}"#
+        ),
+        0,
+        "the client's silence is counted as the upstream's fault"
+    );
+    drop(tx);
+    gw.shutdown().await;
+}
+
+/// A message over `limits.max_body` is the client's fault: 413
+/// (RESOURCE_EXHAUSTED), and no upstream error.
+#[tokio::test]
+async fn a_message_over_the_body_limit_is_not_counted_as_an_upstream_error() {
+    let idp = Idp::start().await;
+    let (addr, _, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let yaml = echo_yaml("Echo big message", &idp, &upstream)
+        .replace("ports: {", "limits: { max_body: 1KiB }\nports: {");
+    let gw = Gateway::start(&yaml).await;
+    let mut grpc = client(&gw).await;
+    let token = idp.token(&["echo"]);
+    let big = "x".repeat(64 * 1024);
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request(&big, Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_upstream_errors_total{api="Echo big message",cause="protocol"}"#
+        ),
+        0,
+        "the client's oversized body is counted as the upstream's fault"
+    );
+    gw.shutdown().await;
+}
