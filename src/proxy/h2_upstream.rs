@@ -12,7 +12,13 @@
 //! A failure of the client's request body is the client's (400/408; 413
 //! over the limit), never counted as the upstream's. hyper only logs a
 //! request body's error and resets the stream: the error is kept by the
-//! body as it goes out ([`Watched`]), so that the client is told.
+//! body as it goes out ([`Watched`]), so that the client is told. The
+//! body also tells whose turn it is: `timeout` is the upstream's, for
+//! taking each piece of the body hyper hands on and for the response
+//! head once the body has gone out; while the exchange waits for the
+//! client's next piece, the wait is the client's, bounded where the server
+//! reads its body (`timeouts.body_read`). An upstream may answer before
+//! the body ends (gRPC bidirectional calls).
 //!
 //! Bodies stream both ways, trailers included (`grpc-status`). A request
 //! the upstream did not process — refused after its `GOAWAY`
@@ -23,11 +29,11 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,12 +43,14 @@ use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::client::conn::http2::SendRequest;
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::pool::{Connector, Key, SendError};
 use super::{Body, BodyFault, BoxError, Rejection};
 use crate::config::snapshot::Api;
 use crate::metrics::ApiMetrics;
+use crate::timer::Deadline;
 
 /// Requests one connection carries at once (the RFC 9113 §6.5.2
 /// recommended minimum of the upstream's limit).
@@ -230,8 +238,10 @@ pub async fn forward(
 const MAX_REPLAYS: u8 = 3;
 
 /// Sends `req` (origin-form `path_and_query`) to the upstream over HTTP/2
-/// and returns its response, streaming. `timeout` bounds connecting, the
-/// wait for the response head and then each silence of its body.
+/// and returns its response, streaming. `timeout` bounds connecting, each
+/// piece of the request body the upstream takes, the wait for the
+/// response head once the request body has gone out, and then each
+/// silence of the response body; the client's pace is not the upstream's.
 pub async fn send(
     connector: &Connector,
     key: &Key<'_>,
@@ -262,7 +272,7 @@ pub async fn send(
         parts.headers.clone(),
     );
     let replay = Arc::new(Mutex::new(Replay::new(body)));
-    let (recording, mut failed) = Watched::new(Recording(replay.clone()));
+    let (recording, mut progress) = Watched::new(Recording(replay.clone()));
     let mut req = Request::from_parts(parts, recording.boxed());
     // Sends again what the upstream did not process, a bounded number of
     // times: under load several pooled connections can be going away at once.
@@ -287,10 +297,11 @@ pub async fn send(
             }
             Ok(Ok(())) => {}
         }
-        let error = match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
-            Err(_) => return Err(H2Error::Timeout),
-            Ok(Ok(response)) => return Ok(respond(response, guard, timeout, grpc)),
-            Ok(Err(mut error)) => match error.take_message() {
+        // Not polled yet: the upstream's turn, from now.
+        progress.restart();
+        let error = match answer(sender.try_send_request(req), &progress, timeout).await? {
+            Ok(response) => return Ok(respond(response, guard, timeout, grpc)),
+            Err(mut error) => match error.take_message() {
                 // Never sent: send it again as it is.
                 Some(unsent) if !exhausted => {
                     replays += 1;
@@ -302,7 +313,7 @@ pub async fn send(
         };
         // hyper resets the stream of a body that failed, and tells only of
         // the reset.
-        if let Some(body_error) = lock(&failed).take() {
+        if let Some(body_error) = progress.failure() {
             return Err(H2Error::RequestBody(body_error));
         }
         if exhausted || body_replayed || !refused(&error) {
@@ -315,7 +326,7 @@ pub async fn send(
         replays += 1;
         body_replayed = true;
         let (body, watched) = Watched::new(body);
-        failed = watched;
+        progress = watched;
         let (method, uri, headers) = head.clone();
         let mut again = Request::new(body.boxed());
         *again.method_mut() = method;
@@ -345,6 +356,47 @@ fn refused(error: &hyper::Error) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// Waits for the upstream's answer to a request whose body `progress`
+/// follows. The upstream has `timeout` from the moment it was handed the
+/// request or the last piece of its body (or the body ended) to take the
+/// next piece or answer; while the body waits for the client, the server
+/// bounds the client's silence. A body that failed ends the wait.
+async fn answer<F, T>(
+    response: F,
+    progress: &Progress,
+    timeout: Duration,
+) -> Result<Result<T, TrySendError<Request<Body>>>, H2Error>
+where
+    F: Future<Output = Result<T, TrySendError<Request<Body>>>>,
+{
+    let mut response = pin!(response);
+    let mut deadline: Option<Deadline> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(answered) = response.as_mut().poll(cx) {
+            progress.stop_watching();
+            return Poll::Ready(Ok(answered));
+        }
+        let since = match progress.turn(cx.waker()) {
+            Turn::Client => {
+                deadline = None;
+                return Poll::Pending;
+            }
+            Turn::Upstream(since) => since,
+            Turn::Failed => {
+                let error = progress.failure().unwrap_or_else(|| Box::new(BodyFailed));
+                return Poll::Ready(Err(H2Error::RequestBody(error)));
+            }
+        };
+        let due = since + timeout;
+        let deadline = match &mut deadline {
+            Some(deadline) if deadline.when() == due => deadline,
+            slot => slot.insert(Deadline::at(due)),
+        };
+        Pin::new(deadline).poll(cx).map(|()| Err(H2Error::Timeout))
+    })
+    .await
 }
 
 fn respond(
@@ -563,27 +615,112 @@ impl HttpBody for Replayed {
     }
 }
 
+/// Whose turn it is while a request's answer is due.
+#[derive(Clone, Copy)]
+enum Turn {
+    /// The body waits for the client's next piece.
+    Client,
+    /// The upstream's, since then: to take what hyper was handed, or to
+    /// answer once the body has ended.
+    Upstream(tokio::time::Instant),
+    /// The client's body failed.
+    Failed,
+}
+
+/// How far a request body has gone out: written by the body as hyper
+/// polls it (on hyper's task), read by the wait for the answer.
+struct Progress(Mutex<Watch>);
+
+struct Watch {
+    turn: Turn,
+    /// The failed body's error, until taken.
+    error: Option<BoxError>,
+    /// The wait for the answer, woken when the client's turn ends.
+    waiting: Option<Waker>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress(Mutex::new(Watch {
+            turn: Turn::Upstream(tokio::time::Instant::now()),
+            error: None,
+            waiting: None,
+        }))
+    }
+
+    /// The upstream's turn from now, unless the body failed.
+    fn restart(&self) {
+        let mut watch = lock(&self.0);
+        if !matches!(watch.turn, Turn::Failed) {
+            watch.turn = Turn::Upstream(tokio::time::Instant::now());
+        }
+    }
+
+    /// Whose turn it is; `waker` is woken when the client's turn ends.
+    fn turn(&self, waker: &Waker) -> Turn {
+        let mut watch = lock(&self.0);
+        match &watch.waiting {
+            Some(waiting) if waiting.will_wake(waker) => {}
+            _ => watch.waiting = Some(waker.clone()),
+        }
+        watch.turn
+    }
+
+    /// The client's error, if its body failed.
+    fn failure(&self) -> Option<BoxError> {
+        let mut watch = lock(&self.0);
+        match watch.turn {
+            Turn::Failed => Some(watch.error.take().unwrap_or_else(|| Box::new(BodyFailed))),
+            Turn::Client | Turn::Upstream(_) => None,
+        }
+    }
+
+    /// The answer came: nothing waits any more.
+    fn stop_watching(&self) {
+        lock(&self.0).waiting = None;
+    }
+
+    /// Moves to `turn` (a failed body stays failed), waking the wait for
+    /// the answer when the client's turn ended.
+    fn set(&self, turn: Turn, error: Option<BoxError>) {
+        let mut watch = lock(&self.0);
+        let woken = match (watch.turn, turn) {
+            (Turn::Failed, _) => return,
+            (Turn::Client, Turn::Upstream(_)) | (_, Turn::Failed) => watch.waiting.take(),
+            _ => None,
+        };
+        watch.turn = turn;
+        watch.error = error;
+        drop(watch);
+        if let Some(waker) = woken {
+            waker.wake();
+        }
+    }
+}
+
 /// What hyper is told of a failed request body (it only logs it); the
-/// client's own error is kept for [`send`].
+/// client's own error stays in [`Progress`].
 #[derive(Debug, thiserror::Error)]
 #[error("the client's request body failed")]
 struct BodyFailed;
 
-/// A request body as hyper sends it, keeping the client's error if it
-/// fails.
+/// A request body as hyper sends it, telling [`Progress`] whose turn it
+/// is: the client's while a piece is awaited, the upstream's from each
+/// piece handed on (and from the end), and the client's error if it
+/// failed.
 struct Watched<B> {
     inner: B,
-    failed: Arc<Mutex<Option<BoxError>>>,
+    progress: Arc<Progress>,
 }
 
 impl<B> Watched<B> {
-    fn new(inner: B) -> (Watched<B>, Arc<Mutex<Option<BoxError>>>) {
-        let failed = Arc::new(Mutex::new(None));
+    fn new(inner: B) -> (Watched<B>, Arc<Progress>) {
+        let progress = Arc::new(Progress::new());
         let watched = Watched {
             inner,
-            failed: failed.clone(),
+            progress: progress.clone(),
         };
-        (watched, failed)
+        (watched, progress)
     }
 }
 
@@ -600,11 +737,19 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                this.progress.set(Turn::Client, None);
+                Poll::Pending
+            }
             Poll::Ready(Some(Err(error))) => {
-                *lock(&this.failed) = Some(error);
+                this.progress.set(Turn::Failed, Some(error));
                 Poll::Ready(Some(Err(Box::new(BodyFailed))))
             }
-            polled => polled,
+            Poll::Ready(frame) => {
+                let now = tokio::time::Instant::now();
+                this.progress.set(Turn::Upstream(now), None);
+                Poll::Ready(frame)
+            }
         }
     }
 

@@ -718,3 +718,164 @@ async fn a_message_over_the_body_limit_is_not_counted_as_an_upstream_error() {
     );
     gw.shutdown().await;
 }
+
+/// The upstream timeout is the upstream's: a client that sends its
+/// message slowly but steadily (never silent for `body_read`) is not cut
+/// with 504 because the upload took longer than `upstream.timeout`, as
+/// over an HTTP/1.1 upstream ("the client's pace of sending its body is
+/// bounded by `timeouts.body_read`, not counted against the upstream").
+#[tokio::test]
+async fn a_message_sent_slowly_is_not_an_upstream_timeout() {
+    let idp = Idp::start().await;
+    let (addr, seen, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c, timeout: 1s }}");
+    let gw = Gateway::start(&echo_yaml("Echo slow sender", &idp, &upstream)).await;
+    let mut sender = h2_sender(&gw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let req = raw_call(&gw, &idp.token(&["echo"]), rx);
+    // "abcdefgh" in four pieces, 500 ms apart: 2 s in all.
+    tokio::spawn(async move {
+        tx.send(Bytes::from_static(&[0, 0, 0, 0, 8])).await.unwrap();
+        for piece in [&b"ab"[..], b"cd", b"ef", b"gh"] {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tx.send(Bytes::from_static(piece)).await.unwrap();
+        }
+    });
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("answered")
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get("grpc-status"),
+        None,
+        "a refusal instead of the upstream's answer: {:?}",
+        response.headers()
+    );
+    let collected = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
+
+/// An h2c upstream that never answers. With `read`, it takes each call's
+/// message to its end first; without, it takes none of it past the
+/// 16 KiB window it opens.
+async fn silent_upstream(read: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = service_fn(move |req: http::Request<Incoming>| async move {
+                if read {
+                    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                    std::future::pending::<()>().await;
+                } else {
+                    let _held = req;
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .initial_stream_window_size(16 * 1024)
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    addr
+}
+
+/// The upstream's timeout for its answer runs from the end of the
+/// message, however long the client took to send it: 504
+/// (UNAVAILABLE), counted as an upstream timeout.
+#[tokio::test]
+async fn the_upstream_timeout_runs_from_the_end_of_the_message() {
+    let idp = Idp::start().await;
+    let addr = silent_upstream(true).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c, timeout: 1s }}");
+    let gw = Gateway::start(&echo_yaml("Echo silent upstream", &idp, &upstream)).await;
+    let mut sender = h2_sender(&gw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let req = raw_call(&gw, &idp.token(&["echo"]), rx);
+    // "abcdefgh" in four pieces, 500 ms apart: 2 s in all.
+    let sending = tokio::spawn(async move {
+        tx.send(Bytes::from_static(&[0, 0, 0, 0, 8])).await.unwrap();
+        for piece in [&b"ab"[..], b"cd", b"ef", b"gh"] {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tx.send(Bytes::from_static(piece)).await.unwrap();
+        }
+        std::time::Instant::now()
+    });
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("answered")
+        .expect("an answer");
+    let answered = std::time::Instant::now();
+    let sent = sending.await.unwrap();
+    assert!(answered >= sent, "cut while the message was still coming");
+    assert_eq!(
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("14"),
+        "{:?}",
+        response.headers()
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_upstream_errors_total{api="Echo silent upstream",cause="timeout"}"#
+        ),
+        1
+    );
+    gw.shutdown().await;
+}
+
+/// An upstream that takes no more of a message than its window holds has
+/// `upstream.timeout` to take the rest, even while the message has not
+/// ended: 504 (UNAVAILABLE), counted as an upstream timeout.
+#[tokio::test]
+async fn an_upstream_that_takes_no_more_of_the_message_times_out() {
+    let idp = Idp::start().await;
+    let addr = silent_upstream(false).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c, timeout: 1s }}");
+    let gw = Gateway::start(&echo_yaml("Echo stuck upstream", &idp, &upstream)).await;
+    let mut sender = h2_sender(&gw).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let req = raw_call(&gw, &idp.token(&["echo"]), rx);
+    // A message of 1 MiB announced, 256 KiB of it sent, more to come.
+    tokio::spawn(async move {
+        let _ = tx.send(Bytes::from_static(&[0, 0x10, 0, 0, 0])).await;
+        for _ in 0..4 {
+            let _ = tx.send(Bytes::from(vec![b'x'; 64 * 1024])).await;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("answered within the upstream timeout")
+        .expect("an answer");
+    assert_eq!(
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("14"),
+        "{:?}",
+        response.headers()
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_upstream_errors_total{api="Echo stuck upstream",cause="timeout"}"#
+        ),
+        1
+    );
+    gw.shutdown().await;
+}
