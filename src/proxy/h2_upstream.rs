@@ -27,13 +27,15 @@
 //! the upstream refused after it went out is replayed once, from the copy
 //! kept of its first [`REPLAY_LIMIT`] bytes (a longer body is not retried).
 
+mod request_body;
+
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,6 +53,7 @@ use super::{Body, BodyFault, BoxError, Rejection};
 use crate::config::snapshot::Api;
 use crate::metrics::ApiMetrics;
 use crate::timer::Deadline;
+use request_body::{lock, Progress, Recording, Replay, Turn, Watched};
 
 /// Requests one connection carries at once (the RFC 9113 §6.5.2
 /// recommended minimum of the upstream's limit).
@@ -384,10 +387,7 @@ where
                 return Poll::Pending;
             }
             Turn::Upstream(since) => since,
-            Turn::Failed => {
-                let error = progress.failure().unwrap_or_else(|| Box::new(BodyFailed));
-                return Poll::Ready(Err(H2Error::RequestBody(error)));
-            }
+            Turn::Failed => return Poll::Ready(Err(H2Error::RequestBody(progress.error()))),
         };
         let due = since + timeout;
         let deadline = match &mut deadline {
@@ -491,316 +491,5 @@ impl HttpBody for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// A request body as sent, with a copy of its first [`REPLAY_LIMIT`]
-/// bytes (the frames themselves: `Bytes` are shared, not copied).
-struct Replay {
-    rest: Option<Body>,
-    sent: VecDeque<Frame<Bytes>>,
-    size: usize,
-    /// More went out than was kept: the body cannot be sent again.
-    overflow: bool,
-}
-
-impl Replay {
-    fn new(body: Body) -> Replay {
-        Replay {
-            rest: Some(body),
-            sent: VecDeque::new(),
-            size: 0,
-            overflow: false,
-        }
-    }
-
-    /// The whole body again: what was sent, then what was not.
-    fn again(&mut self) -> Option<Replayed> {
-        if self.overflow {
-            return None;
-        }
-        let sent = std::mem::take(&mut self.sent)
-            .into_iter()
-            .filter_map(|frame| match frame.into_data() {
-                Ok(data) => Some(Frame::data(data)),
-                Err(frame) => frame.into_trailers().ok().map(Frame::trailers),
-            })
-            .collect();
-        Some(Replayed {
-            sent,
-            rest: self.rest.take(),
-        })
-    }
-}
-
-/// The body handed to the first attempt: reads the client's body and
-/// keeps what it passed on.
-struct Recording(Arc<Mutex<Replay>>);
-
-impl HttpBody for Recording {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut replay = lock(&self.0);
-        let Some(rest) = replay.rest.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(rest).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            let kept = frame
-                .data_ref()
-                .map(|data| Frame::data(data.clone()))
-                .or_else(|| frame.trailers_ref().cloned().map(Frame::trailers));
-            let len = frame.data_ref().map_or(0, Bytes::len);
-            if !replay.overflow {
-                replay.size += len;
-                if replay.size > REPLAY_LIMIT {
-                    replay.overflow = true;
-                    replay.sent.clear();
-                } else if let Some(kept) = kept {
-                    replay.sent.push_back(kept);
-                }
-            }
-        }
-        if let Poll::Ready(None) = &polled {
-            replay.rest = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        lock(&self.0)
-            .rest
-            .as_ref()
-            .is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        lock(&self.0)
-            .rest
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
-
-/// A body sent again: the frames of the first attempt, then the rest.
-struct Replayed {
-    sent: VecDeque<Frame<Bytes>>,
-    rest: Option<Body>,
-}
-
-impl HttpBody for Replayed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(frame) = self.sent.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        match self.rest.as_mut() {
-            Some(rest) => Pin::new(rest).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.sent.is_empty() && self.rest.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-}
-
-/// Whose turn it is while a request's answer is due.
-#[derive(Clone, Copy)]
-enum Turn {
-    /// The body waits for the client's next piece.
-    Client,
-    /// The upstream's, since then: to take what hyper was handed, or to
-    /// answer once the body has ended.
-    Upstream(tokio::time::Instant),
-    /// The client's body failed.
-    Failed,
-}
-
-/// How far a request body has gone out: written by the body as hyper
-/// polls it (on hyper's task), read by the wait for the answer.
-struct Progress(Mutex<Watch>);
-
-struct Watch {
-    turn: Turn,
-    /// The failed body's error, until taken.
-    error: Option<BoxError>,
-    /// The wait for the answer, woken when the client's turn ends.
-    waiting: Option<Waker>,
-}
-
-impl Progress {
-    fn new() -> Progress {
-        Progress(Mutex::new(Watch {
-            turn: Turn::Upstream(tokio::time::Instant::now()),
-            error: None,
-            waiting: None,
-        }))
-    }
-
-    /// The upstream's turn from now, unless the body failed.
-    fn restart(&self) {
-        let mut watch = lock(&self.0);
-        if !matches!(watch.turn, Turn::Failed) {
-            watch.turn = Turn::Upstream(tokio::time::Instant::now());
-        }
-    }
-
-    /// Whose turn it is; `waker` is woken when the client's turn ends.
-    fn turn(&self, waker: &Waker) -> Turn {
-        let mut watch = lock(&self.0);
-        match &watch.waiting {
-            Some(waiting) if waiting.will_wake(waker) => {}
-            _ => watch.waiting = Some(waker.clone()),
-        }
-        watch.turn
-    }
-
-    /// The client's error, if its body failed.
-    fn failure(&self) -> Option<BoxError> {
-        let mut watch = lock(&self.0);
-        match watch.turn {
-            Turn::Failed => Some(watch.error.take().unwrap_or_else(|| Box::new(BodyFailed))),
-            Turn::Client | Turn::Upstream(_) => None,
-        }
-    }
-
-    /// The answer came: nothing waits any more.
-    fn stop_watching(&self) {
-        lock(&self.0).waiting = None;
-    }
-
-    /// Moves to `turn` (a failed body stays failed), waking the wait for
-    /// the answer when the client's turn ended.
-    fn set(&self, turn: Turn, error: Option<BoxError>) {
-        let mut watch = lock(&self.0);
-        let woken = match (watch.turn, turn) {
-            (Turn::Failed, _) => return,
-            (Turn::Client, Turn::Upstream(_)) | (_, Turn::Failed) => watch.waiting.take(),
-            _ => None,
-        };
-        watch.turn = turn;
-        watch.error = error;
-        drop(watch);
-        if let Some(waker) = woken {
-            waker.wake();
-        }
-    }
-}
-
-/// What hyper is told of a failed request body (it only logs it); the
-/// client's own error stays in [`Progress`].
-#[derive(Debug, thiserror::Error)]
-#[error("the client's request body failed")]
-struct BodyFailed;
-
-/// A request body as hyper sends it, telling [`Progress`] whose turn it
-/// is: the client's while a piece is awaited, the upstream's from each
-/// piece handed on (and from the end), and the client's error if it
-/// failed.
-struct Watched<B> {
-    inner: B,
-    progress: Arc<Progress>,
-}
-
-impl<B> Watched<B> {
-    fn new(inner: B) -> (Watched<B>, Arc<Progress>) {
-        let progress = Arc::new(Progress::new());
-        let watched = Watched {
-            inner,
-            progress: progress.clone(),
-        };
-        (watched, progress)
-    }
-}
-
-impl<B> HttpBody for Watched<B>
-where
-    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                this.progress.set(Turn::Client, None);
-                Poll::Pending
-            }
-            Poll::Ready(Some(Err(error))) => {
-                this.progress.set(Turn::Failed, Some(error));
-                Poll::Ready(Some(Err(Box::new(BodyFailed))))
-            }
-            Poll::Ready(frame) => {
-                let now = tokio::time::Instant::now();
-                this.progress.set(Turn::Upstream(now), None);
-                Poll::Ready(frame)
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::{BodyExt, StreamBody};
-
-    fn body(chunks: &[&'static [u8]]) -> Body {
-        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
-            .iter()
-            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
-            .collect();
-        StreamBody::new(tokio_stream::iter(frames)).boxed()
-    }
-
-    #[tokio::test]
-    async fn a_refused_body_is_replayed_whole_from_where_it_was_cut() {
-        let replay = Arc::new(Mutex::new(Replay::new(body(&[b"ab", b"cd", b"ef"]))));
-        let mut first = Recording(replay.clone());
-        // The first attempt took two frames before it was refused.
-        for _ in 0..2 {
-            first.frame().await.unwrap().unwrap();
-        }
-        let again = lock(&replay).again().unwrap();
-        let bytes = again.collect().await.unwrap().to_bytes();
-        assert_eq!(&bytes[..], b"abcdef");
-    }
-
-    #[tokio::test]
-    async fn a_body_longer_than_the_copy_is_not_replayed() {
-        static BIG: [u8; REPLAY_LIMIT] = [b'x'; REPLAY_LIMIT];
-        let replay = Arc::new(Mutex::new(Replay::new(body(&[&BIG, b"y"]))));
-        let mut first = Recording(replay.clone());
-        while first.frame().await.is_some() {}
-        assert!(lock(&replay).again().is_none());
     }
 }
