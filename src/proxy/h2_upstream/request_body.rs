@@ -255,6 +255,18 @@ impl<B> Watched<B> {
     }
 }
 
+/// A body hyper let go of while it waited for the client is polled no
+/// more, so the server's bound on the client's silence no longer runs:
+/// what is left to wait for is the upstream's.
+impl<B> Drop for Watched<B> {
+    fn drop(&mut self) {
+        let turn = lock(&self.progress.0).turn;
+        if let Turn::Client = turn {
+            self.progress.set(Turn::Upstream(Instant::now()), None);
+        }
+    }
+}
+
 impl<B> HttpBody for Watched<B>
 where
     B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
@@ -368,5 +380,16 @@ mod tests {
         // Failed it stays, whatever hyper does with the body next.
         progress.restart();
         assert!(matches!(turn(), Turn::Failed));
+    }
+
+    #[tokio::test]
+    async fn a_body_let_go_of_while_the_client_was_due_is_the_upstreams_turn() {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let client = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        let (mut body, progress) = Watched::new(client);
+        assert!(poll(&mut body).is_pending());
+        assert!(matches!(progress.turn(Waker::noop()), Turn::Client));
+        drop(body);
+        assert!(matches!(progress.turn(Waker::noop()), Turn::Upstream(_)));
     }
 }
