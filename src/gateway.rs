@@ -214,7 +214,8 @@ impl Gateway {
         if let Some(addr) = listen.https {
             let live = state.clone();
             let certificate = server::tls::LiveCertificate::new(move || live.live.snapshot())?;
-            let serving = serving(Transport::Tls(certificate.acceptor()?));
+            let tls = server::tls::LiveTls::new(certificate)?;
+            let serving = serving(Transport::Tls(Arc::new(tls)));
             gateway.https = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
         }
         if let Some(addr) = listen.admin {

@@ -100,7 +100,7 @@ fn http2_builder(settings: ConnSettings) -> hyper::server::conn::http2::Builder<
 #[derive(Clone)]
 pub enum Transport {
     Plain,
-    Tls(TlsAcceptor),
+    Tls(Arc<tls::LiveTls>),
 }
 
 /// The connection slots of one listener (or of the sockets of one port),
@@ -339,8 +339,8 @@ impl Conn {
                 let wire = h1::Connection::new(stream, &self.activity, &self.port);
                 self.http(wire, &handler).await;
             }
-            Transport::Tls(acceptor) => {
-                let acceptor = acceptor.clone();
+            Transport::Tls(live) => {
+                let acceptor = live.acceptor();
                 Box::pin(self.tls(stream, acceptor, handler)).await;
             }
         }

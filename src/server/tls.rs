@@ -1,6 +1,10 @@
-//! TLS on `ports.https`: one rustls `ServerConfig` (aws-lc-rs, ALPN `h2` and
+//! TLS on `ports.https`: a rustls `ServerConfig` (aws-lc-rs, ALPN `h2` and
 //! `http/1.1`) whose certificate comes from the live snapshot, so a reloaded
-//! certificate applies to the next handshake without re-binding.
+//! certificate applies to the next handshake without re-binding. Each
+//! client-certificate setting (`tls.client_ca`, `tls.client_auth`) has its
+//! own `ServerConfig` and with it its own store of resumable sessions: a
+//! resumed session skips the client's certificate, so one is resumed only
+//! under the setting that verified (or did not ask for) that certificate.
 //!
 //! [`certified_key`] is the one judge of TLS material: `check`, start and
 //! every reload ask it (through [`check`]) before a snapshot may serve, so a
@@ -23,7 +27,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use super::client_cert::Current;
+use super::client_cert::{self, ClientCaError, Setting};
 use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::config::snapshot::TlsMaterial;
 use crate::config::{Invalid, Snapshot};
@@ -61,6 +65,8 @@ pub enum TlsError {
     EncryptedKey { path: String },
     #[error("certificate and key cannot be used: {0}")]
     Rejected(#[from] rustls::Error),
+    #[error(transparent)]
+    ClientCa(#[from] ClientCaError),
 }
 
 impl TlsError {
@@ -73,7 +79,8 @@ impl TlsError {
             | TlsError::BadCertificate { .. }
             | TlsError::UnsupportedVersion { .. }
             | TlsError::Expired { .. }
-            | TlsError::NotYetValid { .. } => false,
+            | TlsError::NotYetValid { .. }
+            | TlsError::ClientCa(_) => false,
         }
     }
 
@@ -186,6 +193,9 @@ fn date(seconds: u64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
+/// The serving snapshot, as the TLS listener reads it per handshake.
+type Current = dyn Fn() -> Arc<Snapshot> + Send + Sync;
+
 /// Resolves the certificate of the snapshot serving now; parses it once per
 /// generation.
 pub struct LiveCertificate {
@@ -245,20 +255,85 @@ impl LiveCertificate {
         }
         cached.1.clone()
     }
+}
 
-    /// The acceptor of the https listener.
-    pub fn acceptor(self) -> Result<TlsAcceptor, TlsError> {
-        let provider = self.provider.clone();
-        let clients =
-            super::client_cert::LiveClientVerifier::new(self.current.clone(), provider.clone());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(Arc::new(clients))
-            .with_cert_resolver(Arc::new(self));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.session_storage = ServerSessionMemoryCache::new(RESUMABLE_SESSIONS);
-        Ok(TlsAcceptor::from(Arc::new(config)))
+/// The TLS of the https listener: the acceptor of the serving snapshot's
+/// client-certificate setting, made anew when the setting changes.
+pub struct LiveTls {
+    current: Arc<Current>,
+    provider: Arc<CryptoProvider>,
+    certificate: Arc<LiveCertificate>,
+    /// Generation checked last, the setting serving since and its acceptor.
+    cached: Mutex<(u64, Option<Setting>, TlsAcceptor)>,
+}
+
+impl fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveTls").finish_non_exhaustive()
     }
+}
+
+impl LiveTls {
+    /// Fails when the serving snapshot's client CA cannot be used.
+    pub fn new(certificate: LiveCertificate) -> Result<LiveTls, TlsError> {
+        let current = certificate.current.clone();
+        let provider = certificate.provider.clone();
+        let certificate = Arc::new(certificate);
+        let snapshot = current();
+        let acceptor = acceptor(&snapshot, &provider, &certificate)?;
+        Ok(LiveTls {
+            current,
+            provider,
+            certificate,
+            cached: Mutex::new((snapshot.generation, Setting::of(&snapshot), acceptor)),
+        })
+    }
+
+    /// The acceptor of the next handshake.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let snapshot = (self.current)();
+        let mut cached = match self.cached.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if cached.0 != snapshot.generation {
+            cached.0 = snapshot.generation;
+            let setting = Setting::of(&snapshot);
+            if setting != cached.1 {
+                match acceptor(&snapshot, &self.provider, &self.certificate) {
+                    Ok(acceptor) => {
+                        cached.1 = setting;
+                        cached.2 = acceptor;
+                    }
+                    Err(error) => tracing::error!(
+                        generation = snapshot.generation,
+                        %error,
+                        "client CA of the new configuration refused; the previous one keeps verifying"
+                    ),
+                }
+            }
+        }
+        cached.2.clone()
+    }
+}
+
+/// The acceptor of `snapshot`'s client-certificate setting, with a store
+/// of sessions of its own. It issues no stateless tickets: their key
+/// would outlive the setting.
+fn acceptor(
+    snapshot: &Snapshot,
+    provider: &Arc<CryptoProvider>,
+    certificate: &Arc<LiveCertificate>,
+) -> Result<TlsAcceptor, TlsError> {
+    let client_ca = snapshot.tls.as_ref().and_then(|t| t.client_ca.as_ref());
+    let clients = client_cert::verifier(client_ca, provider)?;
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(clients)
+        .with_cert_resolver(certificate.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(RESUMABLE_SESSIONS);
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Sessions a returning client can resume (TLS 1.3 tickets naming an

@@ -1186,4 +1186,176 @@ apis:
         );
         gw.shutdown().await;
     }
+
+    /// A client that keeps its TLS sessions (one `ClientConfig` for all its
+    /// connections, as every TLS client library does), presenting `client`
+    /// when given.
+    fn returning_client(
+        server: &CertificateDer<'static>,
+        client: Option<&Client>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.clone()).unwrap();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match client {
+            Some(c) => builder
+                .with_client_auth_cert(
+                    vec![c.der.clone()],
+                    PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        Arc::new(config)
+    }
+
+    /// GET `path` on a new connection of `config`: the status and how the
+    /// handshake went, or why the exchange failed.
+    async fn get_with(
+        addr: SocketAddr,
+        config: &Arc<rustls::ClientConfig>,
+        path: &str,
+    ) -> Result<(u16, Option<rustls::HandshakeKind>), String> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = TlsConnector::from(config.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let kind = tls.get_ref().1.handshake_kind();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(
+                http::Request::get(path)
+                    .header("host", "localhost")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((resp.status().as_u16(), kind))
+    }
+
+    /// A reloaded `client_ca` applies to the next handshake (the module's
+    /// contract), resumed ones included: a client whose certificate the
+    /// new CA does not sign is refused, whether it starts a new session or
+    /// resumes one its certificate opened before the reload.
+    #[tokio::test]
+    async fn a_client_ca_no_longer_trusted_after_a_reload_is_not_resumed() {
+        common::crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("server.crt"), server.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("server.key"),
+            server.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let old_ca = ca();
+        std::fs::write(dir.path().join("ca.pem"), old_ca.pem()).unwrap();
+        let partner = client(&old_ca, "partner");
+        let unrelated = client(&old_ca, "unrelated");
+        let upstream = Upstream::start().await;
+        let config = yaml(
+            dir.path(),
+            &upstream,
+            "required",
+            &partner.fingerprint(),
+            &unrelated.fingerprint(),
+        );
+        let gw = Gateway::start(&config).await;
+        let addr = gw.inner.as_ref().unwrap().https.expect("https");
+        let server_der = server.cert.der().clone();
+        let returning = returning_client(&server_der, Some(&partner));
+        assert_eq!(
+            get_with(addr, &returning, "/certified/items").await,
+            Ok((200, Some(rustls::HandshakeKind::Full)))
+        );
+
+        // The old CA is no longer trusted (its key leaked, say): another
+        // CA replaces it.
+        std::fs::write(dir.path().join("ca.pem"), ca().pem()).unwrap();
+        let generation = gw
+            .state()
+            .reload(microgateway::reload::Source::Api)
+            .expect("the new CA compiles");
+        gw.wait_generation(generation).await;
+
+        // A new session with the old CA's certificate: refused.
+        assert!(get(addr, &server_der, Some(&partner), "/certified/items")
+            .await
+            .is_err());
+        // The same certificate, resuming the session it opened before.
+        let resumed = get_with(addr, &returning, "/certified/items").await;
+        assert!(
+            resumed.is_err(),
+            "a certificate the CA in use does not sign got through: {resumed:?}"
+        );
+        assert_eq!(upstream.hits(), 1);
+        gw.shutdown().await;
+    }
+
+    /// A session opened without a certificate (`client_auth: optional`) is
+    /// not resumed once a reload makes one required: no certificate, no
+    /// exchange, on a new session or an old one.
+    #[tokio::test]
+    async fn a_session_without_a_certificate_is_not_resumed_once_one_is_required() {
+        common::crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("server.crt"), server.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("server.key"),
+            server.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        let authority = ca();
+        std::fs::write(dir.path().join("ca.pem"), authority.pem()).unwrap();
+        let partner = client(&authority, "partner");
+        let unrelated = client(&authority, "unrelated");
+        let upstream = Upstream::start().await;
+        let config = |mode| {
+            yaml(
+                dir.path(),
+                &upstream,
+                mode,
+                &partner.fingerprint(),
+                &unrelated.fingerprint(),
+            )
+        };
+        let gw = Gateway::start(&config("optional")).await;
+        let addr = gw.inner.as_ref().unwrap().https.expect("https");
+        let server_der = server.cert.der().clone();
+        let returning = returning_client(&server_der, None);
+        // `optional`: the handshake goes through, the request has no
+        // credential.
+        assert_eq!(
+            get_with(addr, &returning, "/certified/items").await,
+            Ok((401, Some(rustls::HandshakeKind::Full)))
+        );
+        assert_eq!(
+            get_with(addr, &returning, "/certified/items").await,
+            Ok((401, Some(rustls::HandshakeKind::Resumed))),
+            "the session is resumed while the setting stays"
+        );
+
+        gw.write_config(&config("required"));
+        gw.wait_generation(2).await;
+        assert!(get(addr, &server_der, None, "/certified/items")
+            .await
+            .is_err());
+        let resumed = get_with(addr, &returning, "/certified/items").await;
+        assert!(
+            resumed.is_err(),
+            "a session without a certificate got through: {resumed:?}"
+        );
+        // A client with its certificate is served.
+        assert_eq!(
+            get(addr, &server_der, Some(&partner), "/certified/items").await,
+            Ok(200)
+        );
+        gw.shutdown().await;
+    }
 }
