@@ -16,7 +16,8 @@
 //!   `BodyFault::Stalled` (the handler answers 408); any other failure
 //!   of a client's body is a `BodyFault` too: the client's, never the
 //!   upstream's.
-//! - A WebSocket tunnel (`proxy::tunnel`) keeps its connection's slot; it
+//! - A WebSocket tunnel (`proxy::tunnel`) keeps its connection's slot (an
+//!   HTTP/2 tunnel counts as a request in flight on its connection); it
 //!   has its own bounds (`tunnel_idle`, `tunnel_max_lifetime`) and, on
 //!   shutdown, the drain time before it is closed.
 //! - A connection whose client takes nothing of an answer for `send`
@@ -492,13 +493,18 @@ impl Conn {
         let body_read = self.port.settings.timeouts.body_read;
         let service = service_fn(move |req: Request<Incoming>| {
             let guard = InFlight::begin(&requests);
-            let req = req.map(|body| {
+            let mut req = req.map(|body| {
                 if body.is_end_stream() {
                     crate::proxy::empty()
                 } else {
                     H2Body::new(body, body_read).boxed()
                 }
             });
+            if tunnel::is_h2_handshake(&req) {
+                let open = InFlight::tunnel(&requests);
+                req.extensions_mut()
+                    .insert(tunnel::ConnectionHold::new(open));
+            }
             let response = handler(req, peer);
             async move {
                 let response = response.await;

@@ -232,7 +232,8 @@ fn phases<'s: 'a, 'a>(
         }
         let on_upgrade = if h2_websocket {
             tunnel::h1_handshake_of_h2(&mut req);
-            Some(hyper::upgrade::on(&mut req))
+            let hold = req.extensions_mut().remove::<tunnel::ConnectionHold>();
+            Some((hyper::upgrade::on(&mut req), hold))
         } else {
             None
         };
@@ -321,13 +322,13 @@ fn phases<'s: 'a, 'a>(
                     })
                     .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
                 match on_upgrade {
-                    Some(on_upgrade) => {
+                    Some((on_upgrade, hold)) => {
                         let switch = pending.take().ok_or_else(|| {
                             Rejection::BadGateway("101 without a connection".into())
                         })?;
                         *response.status_mut() = StatusCode::OK;
                         tunnel::h2_answer_of_h1(response.headers_mut());
-                        tunnel::spawn_h2(switch, on_upgrade);
+                        tunnel::spawn_h2(switch, on_upgrade, hold);
                     }
                     None => {
                         response.extensions_mut().insert(pending);

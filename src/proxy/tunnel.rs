@@ -146,9 +146,33 @@ pub fn h2_answer_of_h1(headers: &mut HeaderMap) {
     headers.remove(SEC_WEBSOCKET_ACCEPT);
 }
 
-/// Carries the tunnel of an HTTP/2 stream once hyper has sent its `200`.
-pub fn spawn_h2(switch: Switch, on_upgrade: hyper::upgrade::OnUpgrade) {
+/// What an HTTP/2 tunnel holds of its client connection while it is open.
+/// The server puts one on each extended `CONNECT` it hands on and counts
+/// the connection busy until it is dropped: as the stream becomes the
+/// tunnel, hyper drops the `200`'s body, and with it what counted the
+/// request. The proxy only carries it.
+#[derive(Clone)]
+pub struct ConnectionHold {
+    _held: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl ConnectionHold {
+    pub fn new(held: impl std::any::Any + Send + Sync) -> ConnectionHold {
+        ConnectionHold {
+            _held: Arc::new(held),
+        }
+    }
+}
+
+/// Carries the tunnel of an HTTP/2 stream once hyper has sent its `200`,
+/// holding its connection (`hold`) until the tunnel ends.
+pub fn spawn_h2(
+    switch: Switch,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    hold: Option<ConnectionHold>,
+) {
     tokio::spawn(async move {
+        let _hold = hold;
         match on_upgrade.await {
             Ok(upgraded) => {
                 run(switch, hyper_util::rt::TokioIo::new(upgraded), Bytes::new()).await;

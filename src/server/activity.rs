@@ -151,6 +151,16 @@ impl InFlight {
         }
     }
 
+    /// Counts an HTTP/2 tunnel (RFC 8441) as a request in flight while it
+    /// is open: its connection is not idle, and keeps its slot.
+    pub(super) fn tunnel(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            activity: activity.clone(),
+            answered: true,
+        }
+    }
+
     /// The handler has answered; the guard now goes with the body.
     pub(super) fn answered(mut self) -> InFlight {
         self.answered = true;

@@ -150,7 +150,10 @@ async fn open(gw: &Gateway, path: &str, token: Option<&str>) -> Result<Ws, WsErr
     Ok(ws)
 }
 
-async fn echo(ws: &mut Ws, text: &str) -> String {
+async fn echo<S>(ws: &mut WebSocketStream<S>, text: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.send(Message::text(text)).await.expect("send");
     let answer = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
@@ -547,4 +550,82 @@ async fn a_tunnel_is_closed_at_tunnel_max_lifetime_however_busy() {
     tokio::time::timeout(Duration::from_secs(20), busy)
         .await
         .expect("the tunnel was closed at its lifetime");
+}
+
+/// An HTTP/2 tunnel in use is not an idle connection: it lasts while bytes
+/// go through it (bounded by `tunnel_idle` and `tunnel_max_lifetime`), as
+/// an HTTP/1.1 tunnel does, however short `timeouts.idle` is.
+#[tokio::test]
+async fn a_busy_http2_tunnel_outlives_the_connection_idle_timeout() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config_named(
+        "h2busy",
+        &idp,
+        &upstream.url(),
+        "timeouts: { idle: 1s, send: 1s }",
+    ))
+    .await;
+    gw.wait_ready().await;
+    let (status, ws) = open_h2(&gw, Some(&idp.token(&["chat"]))).await;
+    assert_eq!(status, 200);
+    let mut ws = ws.expect("a WebSocket");
+    // Busy for 4 s: a message every 250 ms, far under tunnel_idle (1 h).
+    for i in 0..16 {
+        let text = format!("busy {i}");
+        ws.send(Message::text(text.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("send {i}: {e}"));
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the echo does not hang")
+            .unwrap_or_else(|| panic!("tunnel closed before message {i}"))
+            .unwrap_or_else(|e| panic!("tunnel cut before message {i}: {e}"));
+        assert_eq!(back.into_text().expect("text").as_str(), text);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    gw.shutdown().await;
+}
+
+/// A tunnel keeps its connection's slot: a port out of slots closes its
+/// connections with no request in flight, and an HTTP/2 connection that
+/// carries an open tunnel is not one of them. The client waiting for the
+/// slot has it once the tunnel's connection ends.
+#[tokio::test]
+async fn an_http2_tunnel_keeps_its_slot_when_the_port_runs_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let gw = Gateway::start(&config_named(
+        "h2slot",
+        &idp,
+        &upstream.url(),
+        "limits: { max_connections: 1 }",
+    ))
+    .await;
+    gw.wait_ready().await;
+    let (status, ws) = open_h2(&gw, Some(&idp.token(&["chat"]))).await;
+    assert_eq!(status, 200);
+    let mut ws = ws.expect("a WebSocket");
+    // A second client waits for the only slot.
+    let mut waiting = TcpStream::connect(gw.http).await.expect("connect");
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let text = format!("still open {i}");
+        assert_eq!(echo(&mut ws, &text).await, text);
+    }
+    drop(ws);
+    waiting
+        .write_all(b"GET /plain/room HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), waiting.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_ne!(
+        status_of(&answer),
+        0,
+        "the waiting client is served: {answer}"
+    );
+    gw.shutdown().await;
 }
