@@ -1,7 +1,9 @@
 //! Listeners: accepts connections on a bound socket (at most
 //! `limits.max_connections` at a time; the next one waits in the backlog
 //! while idle and stalled connections give their slot, `slots`),
-//! optionally completes a TLS handshake within `timeouts.header_read`, then
+//! optionally completes a TLS handshake within `timeouts.header_read` (given
+//! up at once, as an idle connection, when the port runs out of slots or
+//! stops), then
 //! serves HTTP/1.1 (the gateway's own codec, `h1`) and HTTP/2 (hyper's; ALPN
 //! `h2`, or h2c by prior knowledge) with the configured header limits,
 //! stream limits and timeouts, and drains in-flight requests on shutdown.
@@ -347,25 +349,46 @@ impl Conn {
         }
     }
 
-    async fn tls<H, F>(self: Box<Self>, stream: TcpStream, acceptor: TlsAcceptor, handler: H)
+    async fn tls<H, F>(mut self: Box<Self>, stream: TcpStream, acceptor: TlsAcceptor, handler: H)
     where
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
-        let handshake = acceptor.accept(stream);
+        let handshake = tokio::time::timeout(
+            self.port.settings.timeouts.header_read,
+            acceptor.accept(stream),
+        );
         let peer = self.peer;
-        match tokio::time::timeout(self.port.settings.timeouts.header_read, handshake).await {
-            Ok(Ok(tls)) => {
-                let handler = with_client_certificate(&tls, handler);
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Box::pin(self.http2(tls, Bytes::new(), handler)).await;
-                } else {
-                    let wire = h1::Connection::new(tls, &self.activity, &self.port);
-                    self.http(wire, &handler).await;
+        // A connection in its handshake has no request in flight: out of
+        // slots or on shutdown it closes at once, as an idle one does.
+        let signals = &mut self.signals;
+        let tls = tokio::select! {
+            finished = handshake => match finished {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
                 }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            () = stopped(&mut signals.stop) => {
+                tracing::debug!(%peer, "TLS handshake abandoned: shutdown");
+                return;
             }
-            Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            Ok(()) = signals.pressure.changed() => {
+                tracing::debug!(%peer, "TLS handshake abandoned: its port has no free slot");
+                return;
+            }
+        };
+        let handler = with_client_certificate(&tls, handler);
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Box::pin(self.http2(tls, Bytes::new(), handler)).await;
+        } else {
+            let wire = h1::Connection::new(tls, &self.activity, &self.port);
+            self.http(wire, &handler).await;
         }
     }
 

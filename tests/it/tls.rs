@@ -461,3 +461,95 @@ apis:
         .expect("refused");
     assert!(error.contains("/nonexistent/ca.pem"), "{error}");
 }
+
+/// Out of connection slots, "the port's connections that only make others
+/// wait give their slot at once: those with no request in flight close"
+/// (design.md). A connection that has not finished its TLS handshake has
+/// no request in flight either: it must not keep a client that has one
+/// waiting for `header_read`, any more than a silent plain connection
+/// does.
+#[tokio::test]
+async fn unfinished_tls_handshakes_leave_their_slots_to_a_new_client() {
+    use std::time::Instant;
+    crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = self_signed();
+    write_leaf(dir.path(), &leaf);
+    let upstream = Upstream::start().await;
+    let yaml = https_yaml(&upstream, dir.path())
+        .replace(
+            "timeouts: { header_read: 1s }",
+            "timeouts: { header_read: 10s }\nlimits: { max_connections: 2 }",
+        )
+        .replace("transport: [https]", "transport: [http, https]");
+    let gw = Gateway::start(&yaml).await;
+    let bound = Duration::from_secs(3);
+
+    // Plain port: two connections that send nothing give their slots.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(gw.http).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let raw = common::raw_request(
+        gw.http,
+        b"GET /secure/items HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(common::status_of(&raw), 200, "{raw}");
+    assert!(
+        started.elapsed() < bound,
+        "plain: waited {:?}",
+        started.elapsed()
+    );
+
+    // TLS port: two connections that never send their ClientHello.
+    let addr = https_addr(&gw);
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let config = client_config(&leaf.der, b"http/1.1");
+    let tls = tokio::time::timeout(Duration::from_secs(20), connect_with(addr, config))
+        .await
+        .expect("a handshake within 20 s");
+    let mut sender = http1_sender(tls).await;
+    assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < bound,
+        "TLS: waited {:?} behind handshakes that never began",
+        started.elapsed()
+    );
+    drop(silent);
+    gw.shutdown().await;
+}
+
+/// On shutdown a connection with no request in flight closes at once: one
+/// that has not finished its TLS handshake does not hold the drain up for
+/// `header_read`.
+#[tokio::test]
+async fn an_unfinished_tls_handshake_does_not_hold_up_shutdown() {
+    use std::time::Instant;
+    crypto();
+    let dir = tempfile::tempdir().unwrap();
+    write_leaf(dir.path(), &self_signed());
+    let upstream = Upstream::start().await;
+    let yaml = https_yaml(&upstream, dir.path()).replace(
+        "timeouts: { header_read: 1s }",
+        "timeouts: { header_read: 10s, drain: 10s }",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let silent = TcpStream::connect(https_addr(&gw)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    gw.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} for a handshake that never began",
+        started.elapsed()
+    );
+    drop(silent);
+}
