@@ -335,6 +335,101 @@ async fn refusing_past_the_local_reset_limit_ends_the_connection() {
     gw.shutdown().await;
 }
 
+/// Resident memory of process `pid`, in bytes.
+fn resident(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
+    let kib: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a VmRSS line");
+    kib << 10
+}
+
+/// A slow reader over HTTP/2: a client that opens its flow-control windows
+/// as wide as they go, asks for large answers on many streams and then
+/// reads nothing. Over HTTP/1.1 such a client pins a write batch (64 KiB)
+/// and its socket buffers; over HTTP/2 the gateway must not hold much
+/// more for one connection, however many streams it opened (each holds at
+/// most the send buffer, 64 KiB, ahead of the socket). The gateway is a
+/// process of its own, so that what the other tests hold meanwhile is not
+/// counted.
+#[tokio::test]
+async fn a_client_that_opens_its_windows_and_reads_nothing_pins_little_memory() {
+    use hyper::service::service_fn;
+    use std::convert::Infallible;
+    const STREAMS: u32 = 200;
+    static ANSWER: [u8; 4 << 20] = [0; 4 << 20];
+    // An upstream answering every request with 4 MiB (shared, not copied).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(&ANSWER),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, flood_yaml(&format!("http://{upstream}/api"))).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command
+        .env_clear()
+        .args(["start", "-c", config.to_str().unwrap()]);
+    let gw = common::process::start(&mut command);
+    let pid = gw.child.id();
+    // One answer read whole first: what serving takes at all is there.
+    let whole = common::client()
+        .get(format!("http://{}/travels/bookings", gw.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.bytes().await.unwrap().len(), ANSWER.len());
+    let before = resident(pid);
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gw.http).await.unwrap();
+    let (_read, mut write) = tcp.into_split(); // never read
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut settings = Vec::new();
+    settings.extend_from_slice(&raw::INITIAL_WINDOW_SIZE.to_be_bytes());
+    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    out.extend(raw::frame(raw::SETTINGS, 0, 0, &settings));
+    out.extend(raw::frame(
+        raw::WINDOW_UPDATE,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    ));
+    for n in 1..=STREAMS {
+        out.extend(raw::get(stream_id(n), "/travels/bookings"));
+    }
+    write.write_all(&out).await.unwrap();
+    // The most it holds, looked at for 4 s.
+    let mut most = before;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        most = most.max(resident(pid));
+    }
+    let grown = most.saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "one connection that reads nothing pins {} MiB",
+        grown >> 20
+    );
+    drop(write);
+}
+
 /// A client talking HTTP/2 frame by frame (RFC 9113 §4, HPACK RFC 7541
 /// without Huffman coding or the dynamic table).
 mod raw {
