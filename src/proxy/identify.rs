@@ -14,7 +14,7 @@
 //! `trusted_proxies` make it known: behind a load balancer, its address
 //! would lock every caller out at once) in fixed windows, like the
 //! password grant's: while locked, even a right password is refused
-//! without being checked (429).
+//! without being checked (429), a cached one included.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -142,18 +142,20 @@ impl Identifier {
         client_ip: IpAddr,
         realm: &str,
     ) -> Result<Identity, Rejection> {
+        let now = unix_now();
+        let as_user = Subject::User(user.clone());
+        let as_peer = Subject::Peer(client_ip);
+        // Locked means locked: a credential verified before the lock
+        // must not answer for a guess that happens to equal it.
+        for subject in [&as_peer, &as_user] {
+            self.check(subject, now)?;
+        }
         let key = identity::basic_digest(&user, &password);
         let counters = crate::metrics::basic_auth_cache();
         let cached = lock(&self.cache).get(snap.generation, &key, &snap.applications);
         if let Some(app) = cached {
             counters.hit.inc();
             return Ok(with_user(app, user));
-        }
-        let now = unix_now();
-        let as_user = Subject::User(user.clone());
-        let as_peer = Subject::Peer(client_ip);
-        for subject in [&as_peer, &as_user] {
-            self.check(subject, now)?;
         }
         let applications = snap.applications.clone();
         let checked = {

@@ -1359,3 +1359,46 @@ apis:
         gw.shutdown().await;
     }
 }
+
+/// A locked user stays locked for a credential the gateway has verified
+/// before: a guess equal to the cached password must not get through
+/// while failed attempts lock the user (429 "even for the right password").
+#[tokio::test]
+async fn basic_lock_holds_for_a_credential_verified_before_the_lock() {
+    let w = world(false).await;
+    // The owner signs in once: the credential is now cached.
+    let resp = w
+        .get("/travels/status")
+        .basic_auth("guessed", Some("right-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A guesser then locks the user out.
+    for _ in 0..5 {
+        let resp = w
+            .get("/travels/status")
+            .basic_auth("guessed", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let resp = w
+        .get("/travels/status")
+        .basic_auth("guessed", Some("wrong-again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "the user is locked");
+    // While locked, the right password (a guess that hits) is refused too.
+    let resp = w
+        .get("/travels/status")
+        .basic_auth("guessed", Some("right-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "a cached credential skips the lock");
+    assert_eq!(w.upstream.hits(), 1);
+    w.gw.shutdown().await;
+}
