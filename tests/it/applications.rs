@@ -1402,3 +1402,47 @@ async fn basic_lock_holds_for_a_credential_verified_before_the_lock() {
     assert_eq!(w.upstream.hits(), 1);
     w.gw.shutdown().await;
 }
+
+/// Five failed attempts lock a user: guesses sent at once must not all be
+/// checked before the first failure is counted (each 401 is one password
+/// actually tried).
+#[tokio::test]
+async fn concurrent_basic_guesses_are_not_checked_past_the_lock() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    // A hash of the default cost: a check takes some milliseconds, as in
+    // production, so concurrent guesses meet while the first is checked.
+    let expensive = Argon2::default()
+        .hash_password(b"target-right-pw")
+        .expect("hash")
+        .to_string();
+    let extra = format!(
+        r#"- name: Target
+  basic_users:
+  - {{ username: target, password_hash: "{expensive}" }}
+  apis: ["Time travels"]"#
+    );
+    let gw = Gateway::start_with_env(
+        &yaml(&idp, &upstream, false, &extra),
+        env(&[("PARTNER_KEY", PARTNER_KEY)]),
+    )
+    .await;
+    gw.wait_ready().await;
+    let guesses = (0..16).map(|n| {
+        gw.request(Method::GET, "/travels/status")
+            .basic_auth("target", Some(format!("guess-{n}")))
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|resp| resp.unwrap().status().as_u16())
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        checked <= 5,
+        "{checked} passwords of one user were tried within the window: {statuses:?}"
+    );
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
