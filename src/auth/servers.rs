@@ -121,8 +121,8 @@ impl Authenticator {
             let source = if in_process {
                 JwksSource::local(id.clone(), self.local_keys.clone())
             } else {
-                let client = match local.trust_store.as_ref().and_then(|p| std::fs::read(p).ok()) {
-                    Some(pem) => http_client(Some(&pem)),
+                let client = match &local.trust_store {
+                    Some(bundle) => http_client(Some(&bundle.pem)),
                     None => self.http.clone(),
                 };
                 JwksSource::remote(id.clone(), RemoteOptions::new(local.issuer.clone(), local.jwks_uri.clone(), client))

@@ -127,7 +127,7 @@ fn client_ca(ctx: &mut Ctx, section: &raw::Tls) -> Option<Option<ClientCa>> {
     }))
 }
 
-pub(super) fn read_pem(ctx: &mut Ctx, at: &S<Scalar>, path: &Path, label: &str) -> Option<Vec<u8>> {
+pub(super) fn read_pem<T>(ctx: &mut Ctx, at: &S<T>, path: &Path, label: &str) -> Option<Vec<u8>> {
     match super::load::read_bounded(path) {
         Ok(bytes) if String::from_utf8_lossy(&bytes).contains(&format!("{label}-----")) => {
             Some(bytes)

@@ -165,22 +165,15 @@ pub(super) fn local_introspection(
                 .error(at.referenced, "clockSkew is more than 60s", "at most 60s");
         }
     }
-    let trust_store = raw
-        .trust_store_alias
-        .as_ref()
-        .and_then(|t| t.value.as_ref().map(|p| (t.referenced, p)))
-        .map(|(at, p)| {
-            let path = ctx.path(p);
-            if !path.is_file() {
-                ctx.report.error(
-                    at,
-                    format!("trustStoreAlias: cannot read CA bundle {}", path.display()),
-                    "null, or the path of a PEM CA bundle",
-                );
-            }
-            ctx.files.push(path.clone());
-            path
-        });
+    let trust_store = raw.trust_store_alias.as_ref().and_then(|at| {
+        let path = ctx.path(at.value.as_ref()?);
+        ctx.files.push(path.clone());
+        let pem = super::listener_compile::read_pem(ctx, at, &path, "CERTIFICATE")?;
+        Some(CaBundle {
+            path,
+            pem: pem.into(),
+        })
+    });
     Some(LocalIntrospection {
         issuer,
         jwks_uri,

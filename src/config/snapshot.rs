@@ -152,8 +152,9 @@ pub struct LocalIntrospection {
     pub audience: Option<String>,
     pub clock_skew: Duration,
     pub accept_jwt_typ: bool,
-    /// PEM CA bundle for fetching the JWKS (`trustStoreAlias` as a path).
-    pub trust_store: Option<PathBuf>,
+    /// PEM CA bundle for fetching the JWKS (`trustStoreAlias`, a path),
+    /// its content part of the settings: a changed bundle is a change.
+    pub trust_store: Option<CaBundle>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -686,3 +686,135 @@ apis:
     }
     gw.shutdown().await;
 }
+
+/// A private CA (its PEM) and a `localhost` certificate it signed, with key.
+fn ca_and_leaf(name: &str) -> (String, rustls::pki_types::CertificateDer<'static>, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), leaf.der().clone(), leaf_key.serialize_der())
+}
+
+/// An `https` JWKS server (certificate of `localhost`) answering `/jwks`
+/// with whatever `keys` holds at the time.
+async fn https_jwks(
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+) -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    common::crypto();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf],
+            rustls::pki_types::PrivateKeyDer::try_from(key).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, keys) = (acceptor.clone(), keys.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    let body = json!({ "keys": *keys.lock().unwrap() }).to_string();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from(body),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `trustStoreAlias` is a CA bundle the gateway watches: once the file no
+/// longer holds the CA of the JWKS server (a CA withdrawn after a
+/// compromise), a reload must stop trusting it for key fetches.
+#[tokio::test]
+async fn a_reloaded_trust_store_applies_to_jwks_fetches() {
+    let (ca_pem, leaf, leaf_key) = ca_and_leaf("JWKS test CA");
+    let (other_ca_pem, _, _) = ca_and_leaf("Another CA");
+    let k1 = SigningKey::rsa("k1");
+    let k2 = SigningKey::rsa("k2");
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(vec![k1.jwk.clone()]));
+    let addr = https_jwks(leaf, leaf_key, keys.clone()).await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("jwks-ca.pem");
+    std::fs::write(&bundle, &ca_pem).unwrap();
+    let issuer = format!("https://localhost:{}", addr.port());
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    name: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+      jwksuri: "{issuer}/jwks"
+      trustStoreAlias: "{bundle}"
+apis:
+- name: Pinned
+  base_path: /pinned
+  upstream: {{ url: "{up}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  resources: ["GET /status"]
+"#,
+        bundle = bundle.display(),
+        up = upstream.url("/api"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token = |key: &SigningKey| {
+        let now = unix_now();
+        key.sign(
+            &key.header(),
+            &json!({"iss": issuer, "sub": "alice", "exp": now + 600, "iat": now}),
+        )
+    };
+    let status = |token: String| {
+        let request = gw.request(Method::GET, "/pinned/status").bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(token(&k1)).await, 200);
+
+    // The CA is withdrawn from the bundle, and the configuration reloaded.
+    std::fs::write(&bundle, &other_ca_pem).unwrap();
+    gw.write_config(&format!("{yaml}\n# trust store changed\n"));
+    gw.wait_generation(2).await;
+
+    // A new key: its kid makes the gateway fetch the set again, from a
+    // server whose CA the trust store no longer holds.
+    keys.lock().unwrap().push(k2.jwk.clone());
+    assert_ne!(
+        status(token(&k2)).await,
+        200,
+        "the JWK Set was fetched trusting a CA removed from trustStoreAlias"
+    );
+    gw.shutdown().await;
+}
