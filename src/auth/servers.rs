@@ -125,7 +125,9 @@ impl Authenticator {
                     Some(bundle) => http_client(Some(&bundle.pem)),
                     None => self.http.clone(),
                 };
-                JwksSource::remote(id.clone(), RemoteOptions::new(local.issuer.clone(), local.jwks_uri.clone(), client))
+                let mut options = RemoteOptions::new(local.issuer.clone(), local.jwks_uri.clone(), client);
+                options.allow_insecure_http = local.allow_insecure_http;
+                JwksSource::remote(id.clone(), options)
             };
             let source = Arc::new(source);
             if !in_process {

@@ -181,6 +181,12 @@ pub(super) fn local_introspection(
         clock_skew,
         accept_jwt_typ: ctx.boolean(&raw.accept_jwt_typ, "accept_jwt_typ", false),
         trust_store,
+        // A value that is no boolean is reported by `plain_http`.
+        allow_insecure_http: raw
+            .allow_insecure_http
+            .as_ref()
+            .and_then(|v| super::resolve::boolean(&v.value.0))
+            .unwrap_or(false),
     })
 }
 

@@ -155,6 +155,9 @@ pub struct LocalIntrospection {
     /// PEM CA bundle for fetching the JWKS (`trustStoreAlias`, a path),
     /// its content part of the settings: a changed bundle is a change.
     pub trust_store: Option<CaBundle>,
+    /// Key material over plain `http://` to a host that is not loopback
+    /// is accepted (a discovered `jwks_uri` included).
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

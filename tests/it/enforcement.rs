@@ -818,3 +818,127 @@ apis:
     );
     gw.shutdown().await;
 }
+
+/// This machine's address on its default route, if it has one that is not
+/// loopback (no packet is sent: a UDP "connect" only picks the source).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Keys over plain HTTP to a host that is not loopback are refused when
+/// configured (`jwksuri`); a `jwks_uri` the issuer's metadata names is the
+/// same key material and must not be fetched that way either.
+#[tokio::test]
+async fn a_discovered_plain_http_jwks_uri_to_another_host_is_not_used() {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("no non-loopback address: nothing to show");
+        return;
+    };
+    let key = std::sync::Arc::new(SigningKey::rsa("k1"));
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let metadata = json!({"issuer": issuer, "jwks_uri": format!("http://{ip}:{port}/jwks")});
+    let jwks = json!({"keys": [key.jwk.clone()]});
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (metadata, jwks, counted) = (metadata.clone(), jwks.clone(), counted.clone());
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let body = if req.uri().path() == "/jwks" {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    jwks.to_string()
+                } else {
+                    metadata.to_string()
+                };
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    name: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+apis:
+- name: Discovered
+  base_path: /discovered
+  upstream: {{ url: "{up}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  resources: ["GET /status"]
+"#,
+        up = upstream.url("/api"),
+    );
+    // The same URL configured as `jwksuri` is refused outright.
+    let configured = yaml.replace(
+        "      issuer: \"",
+        &format!("      jwksuri: \"http://{ip}:{port}/jwks\"\n      issuer: \""),
+    );
+    assert!(Gateway::try_start(&configured, common::Env::new())
+        .await
+        .is_err());
+
+    let gw = Gateway::start(&yaml).await;
+    let now = unix_now();
+    let token = key.sign(
+        &key.header(),
+        &json!({"iss": issuer, "sub": "alice", "exp": now + 600, "iat": now}),
+    );
+    assert_ne!(
+        status_once_keys_could_load(&gw, &token).await,
+        200,
+        "keys fetched over plain HTTP from {ip} ({} fetches) verified the token",
+        served.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    gw.shutdown().await;
+
+    // `allow_insecure_http` allows it, as it does for a configured one.
+    let allowed = yaml.replace(
+        "      issuer: \"",
+        "      allow_insecure_http: true\n      issuer: \"",
+    );
+    let gw = Gateway::start(&allowed).await;
+    assert_eq!(status_once_keys_could_load(&gw, &token).await, 200);
+    gw.shutdown().await;
+}
+
+/// The status of `GET /discovered/status` with `token`, asked until it is
+/// 200 or the keys had time enough to load (2 s).
+async fn status_once_keys_could_load(gw: &Gateway, token: &str) -> u16 {
+    let mut status = 0;
+    for _ in 0..40 {
+        let resp = gw
+            .request(Method::GET, "/discovered/status")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        status = resp.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    status
+}

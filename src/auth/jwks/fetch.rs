@@ -2,9 +2,13 @@
 //! `jwks_uri`, the URI comes from the issuer's metadata: RFC 8414 first,
 //! then OpenID Connect Discovery 1.0, and the metadata must name the
 //! configured issuer (RFC 8414 §3.3) so one server cannot hand out another's
-//! keys. Every body is read in chunks and dropped past [`MAX_BODY`]; the
-//! caller bounds the time. Only http(s) GETs to the configured or discovered
-//! URIs are made: nothing in a token chooses where to fetch from.
+//! keys. A discovered `jwks_uri` meets the rule a configured one met at
+//! load: https, or plain http only to loopback unless `allow_insecure_http`
+//! (keys read in the clear can be replaced on the way, and with them every
+//! token accepted). Every body is read in chunks and dropped past
+//! [`MAX_BODY`]; the caller bounds the time. Only http(s) GETs to the
+//! configured or discovered URIs are made: nothing in a token chooses where
+//! to fetch from.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -14,6 +18,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::{JwksError, KeySet};
+use crate::config::plain_http::is_loopback;
 
 /// Largest JWK Set or metadata document read.
 pub(super) const MAX_BODY: usize = 1 << 20;
@@ -23,6 +28,7 @@ pub(super) struct Fetcher {
     issuer: String,
     configured_uri: Option<String>,
     discovered_uri: Mutex<Option<String>>,
+    allow_insecure_http: bool,
 }
 
 pub(super) enum Fetched {
@@ -43,12 +49,18 @@ struct Metadata {
 }
 
 impl Fetcher {
-    pub(super) fn new(client: reqwest::Client, issuer: String, jwks_uri: Option<String>) -> Self {
+    pub(super) fn new(
+        client: reqwest::Client,
+        issuer: String,
+        jwks_uri: Option<String>,
+        allow_insecure_http: bool,
+    ) -> Self {
         Fetcher {
             client,
             issuer,
             configured_uri: jwks_uri,
             discovered_uri: Mutex::new(None),
+            allow_insecure_http,
         }
     }
 
@@ -126,9 +138,17 @@ impl Fetcher {
         if metadata.issuer.as_deref() != Some(self.issuer.as_str()) {
             return Err(unusable("its issuer is not the configured issuer"));
         }
-        metadata
+        let uri = metadata
             .jwks_uri
-            .ok_or_else(|| unusable("it has no jwks_uri"))
+            .ok_or_else(|| unusable("it has no jwks_uri"))?;
+        match transport(&uri) {
+            Transport::Protected => Ok(uri),
+            Transport::Clear if self.allow_insecure_http => Ok(uri),
+            Transport::Clear => Err(unusable(
+                "its jwks_uri is plain http to a host that is not loopback",
+            )),
+            Transport::Unusable => Err(unusable("its jwks_uri is not an http(s) URL")),
+        }
     }
 
     async fn fetch_keys(&self, uri: &str, etag: Option<&str>) -> Result<Fetched, JwksError> {
@@ -191,6 +211,28 @@ async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// How a discovered `jwks_uri` would carry the keys.
+#[derive(Debug, PartialEq, Eq)]
+enum Transport {
+    /// https, or http that never leaves the machine.
+    Protected,
+    /// Plain http to a host that is not loopback.
+    Clear,
+    Unusable,
+}
+
+fn transport(uri: &str) -> Transport {
+    let Ok(url) = reqwest::Url::parse(uri) else {
+        return Transport::Unusable;
+    };
+    match (url.scheme(), url.host_str()) {
+        ("https", Some(_)) => Transport::Protected,
+        ("http", Some(host)) if is_loopback(host) => Transport::Protected,
+        ("http", Some(_)) => Transport::Clear,
+        _ => Transport::Unusable,
+    }
 }
 
 /// Where an issuer's metadata may be: RFC 8414 §3.1 inserts the well-known
@@ -265,6 +307,24 @@ mod tests {
         assert_eq!(secs(&["private", "max-age=7"]), Some(7));
         assert_eq!(secs(&["max-age=600, no-cache"]), Some(0));
         assert_eq!(secs(&[]), None);
+    }
+
+    #[test]
+    fn a_discovered_jwks_uri_in_the_clear_is_only_loopback() {
+        for uri in [
+            "https://idp.example/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]/jwks",
+        ] {
+            assert_eq!(transport(uri), Transport::Protected, "{uri}");
+        }
+        for uri in ["http://idp.example/jwks", "http://10.0.0.1/jwks"] {
+            assert_eq!(transport(uri), Transport::Clear, "{uri}");
+        }
+        for uri in ["file:///etc/jwks", "/jwks", "ftp://idp/jwks"] {
+            assert_eq!(transport(uri), Transport::Unusable, "{uri}");
+        }
     }
 
     #[test]

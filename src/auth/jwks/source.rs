@@ -71,6 +71,9 @@ pub struct RemoteOptions {
     pub issuer: String,
     /// The set's URI; `None` discovers it from `issuer`.
     pub jwks_uri: Option<String>,
+    /// A discovered `jwks_uri` may be plain `http://` to a host that is
+    /// not loopback (as `allow_insecure_http` lets a configured one).
+    pub allow_insecure_http: bool,
     /// The gateway's shared client.
     pub client: reqwest::Client,
     /// Bound on one whole fetch, discovery included.
@@ -89,6 +92,7 @@ impl RemoteOptions {
         RemoteOptions {
             issuer: issuer.into(),
             jwks_uri,
+            allow_insecure_http: false,
             client,
             fetch_timeout: Duration::from_secs(5),
             unknown_kid_cooldown: Duration::from_secs(30),
@@ -133,7 +137,12 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl JwksSource {
     pub fn remote(auth_server: Arc<str>, options: RemoteOptions) -> JwksSource {
         let remote = Remote {
-            fetcher: Fetcher::new(options.client, options.issuer, options.jwks_uri),
+            fetcher: Fetcher::new(
+                options.client,
+                options.issuer,
+                options.jwks_uri,
+                options.allow_insecure_http,
+            ),
             fetch_timeout: options.fetch_timeout,
             cooldown: options.unknown_kid_cooldown,
             policy: options.refresh,
