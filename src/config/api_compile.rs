@@ -347,9 +347,9 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
     match (&up.value.url, echo) {
         (Some(url), false) => {
             let protocol = protocol?;
-            match super::upstream_compile::parse_url(&url.value.0) {
-                Some((scheme, ..)) if !protocol_fits(ctx, up, protocol, &scheme) => None,
-                Some((scheme, authority, host, path)) => Some(Upstream::Url {
+            match super::upstream_compile::upstream_url(ctx, url, "upstream.url")? {
+                (scheme, ..) if !protocol_fits(ctx, up, protocol, &scheme) => None,
+                (scheme, authority, host, path) => Some(Upstream::Url {
                     host,
                     scheme,
                     authority,
@@ -358,17 +358,6 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
                     ca_bundle,
                     protocol,
                 }),
-                None => {
-                    ctx.report.error(
-                        url.referenced,
-                        format!(
-                            "upstream.url `{}` is not an http(s) URL without query",
-                            url.value.0
-                        ),
-                        "http://host[:port]/path or https://…",
-                    );
-                    None
-                }
             }
         }
         (None, true) => Some(Upstream::Echo),

@@ -20,12 +20,38 @@ const MAX_CONSECUTIVE: u32 = 1000;
 const MAX_THRESHOLD: u32 = 100;
 const RETRY_ALLOWED: &str = "connect_failure, refused_stream";
 
-/// An `http(s)` URL without query: scheme, authority, `Host` value and the
-/// path without its trailing slash.
-pub fn parse_url(
-    text: &str,
-) -> Option<(http::uri::Scheme, http::uri::Authority, HeaderValue, String)> {
-    let u = http::Uri::from_str(text.trim()).ok()?;
+/// An upstream's URL, taken apart once: scheme, authority, `Host` value
+/// and the path without its trailing slash.
+pub type UpstreamUrl = (http::uri::Scheme, http::uri::Authority, HeaderValue, String);
+
+/// The upstream URL `url` (the value of `key`), or an error: it must be
+/// `http(s)`, without query, and without user information. Credentials in
+/// `user:password@` would travel as the `Host` field, in clear, and show
+/// wherever the URL does (admin views, metric labels); the upstream gets
+/// them through `outbound_auth`. The refusal does not repeat the URL.
+pub fn upstream_url(ctx: &mut Ctx, url: &S<Scalar>, key: &str) -> Option<UpstreamUrl> {
+    let text = url.value.0.trim();
+    if has_user_information(text) {
+        ctx.report.error(
+            url.referenced,
+            format!("{key} holds user information (`user:password@`), which would be sent in clear as the Host field"),
+            "http://host[:port]/path, with credentials for the upstream in `policies.outbound_auth` (an alias, or type: basic)",
+        );
+        return None;
+    }
+    let parsed = parse_url(text);
+    if parsed.is_none() {
+        ctx.report.error(
+            url.referenced,
+            format!("{key} `{text}` is not an http(s) URL without query"),
+            "http://host[:port]/path or https://…",
+        );
+    }
+    parsed
+}
+
+fn parse_url(text: &str) -> Option<UpstreamUrl> {
+    let u = http::Uri::from_str(text).ok()?;
     let scheme = u.scheme().cloned()?;
     let authority = u.authority().cloned()?;
     let host = HeaderValue::from_str(authority.as_str()).ok()?;
@@ -37,6 +63,15 @@ pub fn parse_url(
             u.path().trim_end_matches('/').to_owned(),
         )
     })
+}
+
+/// Whether the authority of `url` (`scheme://authority/…`) holds `@`.
+fn has_user_information(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest[..authority_end].contains('@')
 }
 
 /// Whether an upstream written with `url` asks for what only balanced
@@ -95,15 +130,9 @@ pub fn balanced(
             None => 1,
             Some(w) => bounded(ctx, w, "endpoints[].weight", 1, MAX_WEIGHT).unwrap_or(1),
         };
-        let Some((scheme, authority, host, path)) = parse_url(&url.value.0) else {
-            ctx.report.error(
-                url.referenced,
-                format!(
-                    "upstream endpoint url `{}` is not an http(s) URL without query",
-                    url.value.0
-                ),
-                "http://host[:port]/path or https://…",
-            );
+        let Some((scheme, authority, host, path)) =
+            upstream_url(ctx, url, "upstream.endpoints[].url")
+        else {
             ok = false;
             continue;
         };
@@ -349,7 +378,25 @@ fn retry(ctx: &mut Ctx, raw: Option<&S<raw::Retry>>) -> Retry {
 
 #[cfg(test)]
 mod tests {
-    use super::smooth_weighted;
+    use super::{has_user_information, smooth_weighted};
+
+    #[test]
+    fn user_information_is_an_at_sign_in_the_authority() {
+        for url in [
+            "http://svc:pw@127.0.0.1:8080/api",
+            "https://svc@upstream.example",
+            "http://a@b@upstream.example/x",
+        ] {
+            assert!(has_user_information(url), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:8080/api/@me",
+            "https://upstream.example",
+            "http://upstream.example/x#a@b",
+        ] {
+            assert!(!has_user_information(url), "{url}");
+        }
+    }
 
     #[test]
     fn smooth_weighted_interleaves_by_weight() {

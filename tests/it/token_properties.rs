@@ -311,3 +311,45 @@ async fn outbound_auth_sets_what_the_upstream_receives() {
     assert!(w.received("authorization").is_empty());
     w.gw.shutdown().await;
 }
+
+/// Credentials written in an upstream URL's user information would
+/// travel in clear as the `Host` field (RFC 9110 §7.2: `Host` is uri-host
+/// and port only) and show wherever the URL does (admin assets, metric
+/// labels): such a URL is refused at load, for one `url` as for balanced
+/// `endpoints`, pointing to `outbound_auth`, without repeating the
+/// password. Nothing is sent.
+#[tokio::test]
+async fn upstream_url_with_user_information_is_refused_at_load() {
+    let upstream = Upstream::start().await;
+    let with_userinfo = upstream
+        .url("/api")
+        .replace("http://", "http://svc:upstream-pw-clear@");
+    for written in [
+        format!(r#"{{ url: "{with_userinfo}" }}"#),
+        format!(
+            r#"{{ endpoints: [{{ url: "{}" }}, {{ url: "{with_userinfo}" }}] }}"#,
+            upstream.url("/b")
+        ),
+    ] {
+        let yaml = format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+apis:
+- name: Userinfo
+  base_path: /userinfo
+  upstream: {written}
+  authentication: {{ type: none }}
+  resources: ["GET /who"]
+"#
+        );
+        let refused = Gateway::try_start(&yaml, common::Env::new())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{written} was accepted"));
+        assert!(refused.contains("user information"), "{refused}");
+        assert!(refused.contains("outbound_auth"), "{refused}");
+        assert!(!refused.contains("upstream-pw-clear"), "{refused}");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
