@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use std::sync::Arc;
 
+use crate::central::shown_url;
 use crate::config::snapshot::{
     Alias, Authentication, Balance, Balanced, OnStoreError, Outbound, ThrottleStore, Throttling,
     Upstream,
@@ -22,12 +23,13 @@ pub fn settings(s: &Snapshot) -> Value {
             json!({
                 "id": &*a.id,
                 "name": a.name,
+                // User information in a URL is a password like the others.
                 "localIntrospectionConfig": a.local.as_ref().map(|l| json!({
-                    "issuer": l.issuer, "jwksuri": l.jwks_uri, "audience": l.audience,
+                    "issuer": shown_url(&l.issuer), "jwksuri": l.jwks_uri.as_deref().map(shown_url), "audience": l.audience,
                     "clockSkew": l.clock_skew.as_secs(), "accept_jwt_typ": l.accept_jwt_typ,
                 })),
                 "remoteIntrospectionConfig": a.remote.as_ref().map(|r| json!({
-                    "introspectionEndpoint": r.endpoint, "clientId": r.client_id, "clientSecret": REDACTED,
+                    "introspectionEndpoint": shown_url(&r.endpoint), "clientId": r.client_id, "clientSecret": REDACTED,
                     "cache_ttl": r.cache_ttl.as_secs(), "negative_cache_ttl": r.negative_cache_ttl.as_secs(),
                 })),
             })
@@ -64,7 +66,7 @@ pub fn settings(s: &Snapshot) -> Value {
         "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "security_settings": { "auth_servers": auth_servers, "aliases": aliases },
         "api_gateway": s.api_gateway.as_ref().map(|g| json!({
-            "url": crate::central::shown_url(&g.url), "user": g.user, "password": REDACTED, "download_settings": g.download_settings,
+            "url": shown_url(&g.url), "user": g.user, "password": REDACTED, "download_settings": g.download_settings,
             "download_apis": g.download_apis, "apis": g.apis, "poll_interval": g.poll_interval.as_secs(),
         })),
         "authorization_server": s.authorization_server.as_ref().map(|a| json!({

@@ -33,7 +33,9 @@ use sha2::{Digest, Sha256};
 
 pub use source::{JwksSource, RefreshPolicy, RemoteOptions};
 
-/// Why a JWK Set could not be obtained or used.
+/// Why a JWK Set could not be obtained or used. Its text is logged and
+/// kept as the auth server's last error: a `url` is held as shown (user
+/// information masked), and a `source` without its URL.
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
     #[error("not a JWK Set: {0}")]

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use crate::config::snapshot::ApiGateway;
 use crate::config::{self, Env, Invalid, Loaded, Snapshot};
 
+pub use crate::config::secret::shown_url;
 pub use poller::DownloadError;
 
 /// A downloaded settings document (a configuration file's text).
@@ -216,19 +217,6 @@ impl Link {
     }
 }
 
-/// `url` as the admin port shows it: user information (`user:password@`)
-/// masked, as the password beside it is.
-pub fn shown_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://****@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
-
 /// Compiles the file at `path`, with `document` merged over it when given
 /// (as the file's `api_gateway` download flags say).
 pub fn load(
@@ -389,25 +377,6 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_shown_url_masks_its_user_information() {
-        assert_eq!(
-            shown_url("https://fleet:pw-123@central.example:9485/x?a=b@c"),
-            "https://****@central.example:9485/x?a=b@c"
-        );
-        assert_eq!(
-            shown_url("https://a@b@central.example"),
-            "https://****@central.example"
-        );
-        for plain in [
-            "https://central.example:9485",
-            "http://127.0.0.1/a@b",
-            "central",
-        ] {
-            assert_eq!(shown_url(plain), plain);
-        }
-    }
 
     #[test]
     fn private_file_is_written_whole_with_mode_0600() {

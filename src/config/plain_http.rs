@@ -95,6 +95,7 @@ fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str, what: &str, allowed: &Option
         return;
     }
     let at: Location = value.referenced;
+    let text = super::secret::shown_url(text);
     if allow {
         ctx.report.warning(
             at,

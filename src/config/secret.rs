@@ -1,7 +1,9 @@
 //! A secret value (password, client secret, key material) that never prints.
 //!
 //! `Debug` and `Display` show `****`; the clear value is only reachable
-//! through [`Secret::expose`], and comparison is constant-time.
+//! through [`Secret::expose`], and comparison is constant-time. A URL,
+//! whose user information may hold a password, is printed through
+//! [`shown_url`].
 
 use std::fmt;
 
@@ -38,6 +40,30 @@ impl fmt::Display for Secret {
     }
 }
 
+/// `url` as it may be shown (admin views, logs, diagnostics): user
+/// information (`user:password@`) masked, as the password beside it is.
+pub fn shown_url(url: &str) -> String {
+    match user_information(url) {
+        Some((scheme, after)) => format!("{scheme}://****@{after}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Whether the authority of `url` (`scheme://authority/…`) holds user
+/// information.
+pub fn has_user_information(url: &str) -> bool {
+    user_information(url).is_some()
+}
+
+/// The scheme of `url` and what follows its user information, when its
+/// authority holds any.
+fn user_information(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some((scheme, &rest[at + 1..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +74,27 @@ mod tests {
         assert_eq!(format!("{s:?} {s}"), "**** ****");
         assert!(s.matches(b"hunter2"));
         assert!(!s.matches(b"hunter"));
+    }
+
+    #[test]
+    fn a_shown_url_masks_its_user_information() {
+        assert_eq!(
+            shown_url("https://fleet:pw-123@central.example:9485/x?a=b@c"),
+            "https://****@central.example:9485/x?a=b@c"
+        );
+        assert_eq!(
+            shown_url("https://a@b@central.example"),
+            "https://****@central.example"
+        );
+        for plain in [
+            "https://central.example:9485",
+            "http://127.0.0.1/a@b",
+            "http://upstream.example/x#a@b",
+            "central",
+        ] {
+            assert_eq!(shown_url(plain), plain);
+            assert!(!has_user_information(plain));
+        }
+        assert!(has_user_information("http://svc@upstream.example"));
     }
 }

@@ -74,7 +74,7 @@ pub(super) fn auth_servers(
                         at,
                         format!(
                             "issuer `{}` is also configured by auth server `{first}` with another key source ({} here, {} there); its tokens verify differently depending on the API",
-                            compiled.issuer,
+                            super::secret::shown_url(&compiled.issuer),
                             key_source(&source),
                             key_source(first_source),
                         ),
@@ -113,7 +113,7 @@ pub(super) fn auth_servers(
 
 fn key_source(jwks_uri: &Option<String>) -> String {
     match jwks_uri {
-        Some(uri) => format!("jwksuri {uri}"),
+        Some(uri) => format!("jwksuri {}", super::secret::shown_url(uri)),
         None => "discovery from the issuer".to_owned(),
     }
 }
@@ -129,7 +129,10 @@ pub(super) fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str) -> Option<String>
         _ => {
             ctx.report.error(
                 value.referenced,
-                format!("{key}: `{text}` is not an http(s) URL"),
+                format!(
+                    "{key}: `{}` is not an http(s) URL",
+                    super::secret::shown_url(text)
+                ),
                 "http://host[:port]/path or https://…",
             );
             None

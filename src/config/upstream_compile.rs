@@ -31,7 +31,7 @@ pub type UpstreamUrl = (http::uri::Scheme, http::uri::Authority, HeaderValue, St
 /// them through `outbound_auth`. The refusal does not repeat the URL.
 pub fn upstream_url(ctx: &mut Ctx, url: &S<Scalar>, key: &str) -> Option<UpstreamUrl> {
     let text = url.value.0.trim();
-    if has_user_information(text) {
+    if super::secret::has_user_information(text) {
         ctx.report.error(
             url.referenced,
             format!("{key} holds user information (`user:password@`), which would be sent in clear as the Host field"),
@@ -63,15 +63,6 @@ fn parse_url(text: &str) -> Option<UpstreamUrl> {
             u.path().trim_end_matches('/').to_owned(),
         )
     })
-}
-
-/// Whether the authority of `url` (`scheme://authority/…`) holds `@`.
-fn has_user_information(url: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    rest[..authority_end].contains('@')
 }
 
 /// Whether an upstream written with `url` asks for what only balanced
@@ -378,25 +369,7 @@ fn retry(ctx: &mut Ctx, raw: Option<&S<raw::Retry>>) -> Retry {
 
 #[cfg(test)]
 mod tests {
-    use super::{has_user_information, smooth_weighted};
-
-    #[test]
-    fn user_information_is_an_at_sign_in_the_authority() {
-        for url in [
-            "http://svc:pw@127.0.0.1:8080/api",
-            "https://svc@upstream.example",
-            "http://a@b@upstream.example/x",
-        ] {
-            assert!(has_user_information(url), "{url}");
-        }
-        for url in [
-            "http://127.0.0.1:8080/api/@me",
-            "https://upstream.example",
-            "http://upstream.example/x#a@b",
-        ] {
-            assert!(!has_user_information(url), "{url}");
-        }
-    }
+    use super::smooth_weighted;
 
     #[test]
     fn smooth_weighted_interleaves_by_weight() {

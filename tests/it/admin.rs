@@ -294,3 +294,41 @@ async fn unknown_admin_path_is_404() {
     }
     gw.shutdown().await;
 }
+
+/// A password in the user information of an auth server's URLs is a
+/// secret like `api_gateway.url`'s (which the settings show masked).
+#[tokio::test]
+async fn settings_mask_user_information_of_auth_server_urls() {
+    let upstream = Upstream::start().await;
+    let yaml = yaml(&upstream, WITH_CREDENTIALS)
+        .replace(
+            "http://127.0.0.1:9/introspect",
+            "http://gw:endpoint-pw-clear@127.0.0.1:9/introspect",
+        )
+        .replace(
+            "    remoteIntrospectionConfig:",
+            r#"    localIntrospectionConfig:
+      issuer: "http://127.0.0.1:9"
+      jwksuri: "http://gw:jwks-pw-clear@127.0.0.1:9/jwks"
+    remoteIntrospectionConfig:"#,
+        );
+    let gw = Gateway::start(&yaml).await;
+    let resp = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/settings"))
+        .basic_auth("Administrator", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("text");
+    for password in ["endpoint-pw-clear", "jwks-pw-clear"] {
+        assert!(!text.contains(password), "settings show {password}: {text}");
+    }
+    assert!(
+        text.contains("http://****@127.0.0.1:9/introspect"),
+        "{text}"
+    );
+    assert!(text.contains("http://****@127.0.0.1:9/jwks"), "{text}");
+    gw.shutdown().await;
+}

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::{JwksError, KeySet};
 use crate::config::plain_http::is_loopback;
+use crate::config::secret::shown_url;
 
 /// Largest JWK Set or metadata document read.
 pub(super) const MAX_BODY: usize = 1 << 20;
@@ -115,7 +116,7 @@ impl Fetcher {
             }
         }
         Err(last_error.unwrap_or(JwksError::Metadata {
-            url: self.issuer.clone(),
+            url: shown_url(&self.issuer),
             reason: "the issuer is not a URL",
         }))
     }
@@ -124,13 +125,13 @@ impl Fetcher {
         let response = self.get(url, None).await?;
         if !response.status().is_success() {
             return Err(JwksError::Status {
-                url: url.to_owned(),
+                url: shown_url(url),
                 status: response.status().as_u16(),
             });
         }
         let body = read_bounded(response, url).await?;
         let unusable = |reason| JwksError::Metadata {
-            url: url.to_owned(),
+            url: shown_url(url),
             reason,
         };
         let metadata: Metadata =
@@ -160,7 +161,7 @@ impl Fetcher {
         }
         if !status.is_success() {
             return Err(JwksError::Status {
-                url: uri.to_owned(),
+                url: shown_url(uri),
                 status: status.as_u16(),
             });
         }
@@ -183,15 +184,15 @@ impl Fetcher {
             request = request.header(IF_NONE_MATCH, etag);
         }
         request.send().await.map_err(|source| JwksError::Http {
-            url: url.to_owned(),
-            source,
+            url: shown_url(url),
+            source: source.without_url(),
         })
     }
 }
 
 async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>, JwksError> {
     let too_large = || JwksError::TooLarge {
-        url: url.to_owned(),
+        url: shown_url(url),
         limit: MAX_BODY,
     };
     if response
@@ -202,8 +203,8 @@ async fn read_bounded(mut response: reqwest::Response, url: &str) -> Result<Vec<
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|source| JwksError::Http {
-        url: url.to_owned(),
-        source,
+        url: shown_url(url),
+        source: source.without_url(),
     })? {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(too_large());
@@ -307,6 +308,24 @@ mod tests {
         assert_eq!(secs(&["private", "max-age=7"]), Some(7));
         assert_eq!(secs(&["max-age=600, no-cache"]), Some(0));
         assert_eq!(secs(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_does_not_tell_the_password_of_its_url() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("address").port();
+        drop(closed);
+        let url = format!("http://svc:jwks-pw-123@127.0.0.1:{port}/jwks");
+        let fetcher = Fetcher::new(reqwest::Client::new(), url.clone(), Some(url), false);
+        let error = fetcher
+            .fetch(None, Duration::from_secs(5))
+            .await
+            .err()
+            .expect("nothing listens");
+        let text = format!("{error} / {error:?}");
+        assert!(matches!(error, JwksError::Http { .. }), "{text}");
+        assert!(!text.contains("jwks-pw-123"), "{text}");
+        assert!(text.contains("http://****@127.0.0.1"), "{text}");
     }
 
     #[test]
