@@ -323,12 +323,17 @@ impl IntrospectionCache {
             return;
         }
         let at = Instant::now();
+        // Bounded by the configuration; one past the clock's range is not
+        // cached (the request is answered all the same).
+        let Some(expires) = at.checked_add(lifetime) else {
+            return;
+        };
         store.remove(&flight.key);
         store.purge_expired(at);
         while store.entries.len() >= self.capacity {
             store.evict_soonest();
         }
-        let slot = (at + lifetime, store.take_id());
+        let slot = (expires, store.take_id());
         store.by_expiry.insert(slot, flight.key.clone());
         store.entries.insert(
             flight.key.clone(),
@@ -458,6 +463,17 @@ mod tests {
                 Ok(active(None))
             })
             .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lifetime_past_the_clock_is_not_cached_and_does_not_panic() {
+        let cache = IntrospectionCache::new(3);
+        let endless = CacheTtl {
+            positive: Duration::MAX,
+            negative: Duration::MAX,
+        };
+        fill(&cache, "t", endless).await;
+        assert_eq!(cache.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]

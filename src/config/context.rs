@@ -17,6 +17,11 @@ use super::raw::{Location, Scalar, S};
 use super::resolve::{self, Env};
 use super::Secret;
 
+/// The longest duration any setting takes. Durations are added to clock
+/// readings (deadlines, cache expiries) on the data path, where an
+/// overflow would panic; no setting means anything past a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// Reads typed values out of raw scalars, reporting what is wrong.
 pub struct Ctx<'a> {
     pub report: &'a mut Report,
@@ -37,14 +42,25 @@ impl Ctx<'_> {
         default: Duration,
     ) -> Duration {
         let Some(value) = value else { return default };
-        resolve::duration(&value.value.0).unwrap_or_else(|| {
-            self.report.error(
-                Self::at(value),
-                format!("{key}: `{}` is not a duration", value.value.0),
-                "\"30s\", \"5m\", \"1h\", \"250ms\" or integer seconds",
-            );
-            default
-        })
+        match resolve::duration(&value.value.0) {
+            Some(duration) if duration <= MAX_DURATION => duration,
+            Some(_) => {
+                self.report.error(
+                    Self::at(value),
+                    format!("{key}: `{}` is longer than 365d", value.value.0),
+                    "a duration up to 365d",
+                );
+                default
+            }
+            None => {
+                self.report.error(
+                    Self::at(value),
+                    format!("{key}: `{}` is not a duration", value.value.0),
+                    "\"30s\", \"5m\", \"1h\", \"250ms\" or integer seconds",
+                );
+                default
+            }
+        }
     }
 
     pub fn size(&mut self, value: &Option<S<Scalar>>, key: &str, default: u64) -> u64 {

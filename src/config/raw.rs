@@ -395,9 +395,9 @@ pub struct RemoteIntrospection {
     pub user: Option<S<Ignored>>,
     /// How the client authenticates at the endpoint.
     pub client_auth: Opt<Scalar>,
-    /// How long an active answer is cached (duration).
+    /// How long an active answer is cached (duration, at most 24h).
     pub cache_ttl: Opt<Scalar>,
-    /// How long an inactive answer is cached (duration).
+    /// How long an inactive answer is cached (duration, at most 24h).
     pub negative_cache_ttl: Opt<Scalar>,
     /// Plain `http://` to a host that is not loopback: a warning, not an error.
     pub allow_insecure_http: Opt<Scalar>,

@@ -10,6 +10,10 @@ use super::context::{names, Ctx};
 use super::raw::{self, Scalar, S};
 use super::snapshot::*;
 
+/// The longest an introspection answer is cached (`cache_ttl`,
+/// `negative_cache_ttl`).
+const MAX_CACHE_LIFETIME: Duration = Duration::from_secs(86_400);
+
 pub(super) fn warn_ignored(ctx: &mut Ctx, name: &str, value: &S<raw::Ignored>) {
     if !value.value.is_null {
         ctx.report.warning(
@@ -223,8 +227,9 @@ pub(super) fn remote_introspection(
             ClientAuth::Basic
         }
     };
-    let cache_ttl = ctx.duration(&raw.cache_ttl, "cache_ttl", Duration::from_secs(60));
-    let negative_cache_ttl = ctx.duration(
+    let cache_ttl = cache_lifetime(ctx, &raw.cache_ttl, "cache_ttl", Duration::from_secs(60));
+    let negative_cache_ttl = cache_lifetime(
+        ctx,
         &raw.negative_cache_ttl,
         "negative_cache_ttl",
         Duration::from_secs(5),
@@ -237,6 +242,28 @@ pub(super) fn remote_introspection(
         cache_ttl,
         negative_cache_ttl,
     })
+}
+
+/// How long an introspection answer may be served from the cache: at
+/// most [`MAX_CACHE_LIFETIME`] (an answer outlives a revocation by as much).
+fn cache_lifetime(
+    ctx: &mut Ctx,
+    value: &Option<S<Scalar>>,
+    key: &str,
+    default: Duration,
+) -> Duration {
+    let lifetime = ctx.duration(value, key, default);
+    match value {
+        Some(at) if lifetime > MAX_CACHE_LIFETIME => {
+            ctx.report.error(
+                at.referenced,
+                format!("{key}: `{}` is longer than 24h", at.value.0),
+                "a duration up to 24h",
+            );
+            default
+        }
+        _ => lifetime,
+    }
 }
 
 pub(super) fn aliases(ctx: &mut Ctx, list: &[S<raw::Alias>]) -> BTreeMap<String, Alias> {

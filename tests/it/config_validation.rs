@@ -208,6 +208,24 @@ fn bad_duration() {
     );
 }
 
+/// Durations are added to clock readings on the data path: one past a
+/// year (`18446744073709551615` seconds overflowed the clock and panicked
+/// every connection's deadline) is refused, naming its key.
+#[test]
+fn durations_over_a_year_are_refused() {
+    refused(
+        "timeouts:\n  idle: 18446744073709551615\n",
+        error(
+            2,
+            9,
+            "timeouts.idle: `18446744073709551615` is longer than 365d",
+            "a duration up to 365d",
+        ),
+    );
+    let snap = loaded("timeouts: { idle: 365d }\n").snapshot;
+    assert_eq!(snap.timeouts.idle, Duration::from_secs(365 * 86_400));
+}
+
 #[test]
 fn durations_in_every_accepted_form() {
     let snap =

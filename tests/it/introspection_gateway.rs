@@ -351,3 +351,52 @@ async fn an_active_refresh_token_is_no_access_token() {
     assert_eq!(w.get("access-token").await.status(), 200);
     w.gw.shutdown().await;
 }
+
+/// A cache lifetime is at most a day: a longer one (which made every
+/// request it cached panic, past the clock's range) is refused at load,
+/// naming its key; a day is served.
+#[tokio::test]
+async fn a_cache_lifetime_over_a_day_is_refused_at_load() {
+    let introspector = Introspector::counting().await;
+    let upstream = Upstream::start().await;
+    for huge in ["18446744073709551615", "25h"] {
+        let yaml = travels(
+            &introspector,
+            &upstream,
+            &Settings {
+                negative_cache_ttl: huge,
+                ..DEFAULTS
+            },
+        );
+        let refused = Gateway::try_start(&yaml, common::Env::new())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("negative_cache_ttl: {huge} was accepted"));
+        assert!(refused.contains("negative_cache_ttl"), "{refused}");
+        let yaml = yaml
+            .replace("cache_ttl: 60s", &format!("cache_ttl: {huge}"))
+            .replace(
+                &format!("negative_cache_ttl: {huge}"),
+                "negative_cache_ttl: 5s",
+            );
+        let refused = Gateway::try_start(&yaml, common::Env::new())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("cache_ttl: {huge} was accepted"));
+        assert!(
+            refused.contains(&format!("cache_ttl: `{huge}`")),
+            "{refused}"
+        );
+        assert!(!refused.contains("negative_cache_ttl"), "{refused}");
+    }
+    let w = world(&Settings {
+        negative_cache_ttl: "24h",
+        ..DEFAULTS
+    })
+    .await;
+    w.introspector.answer("revoked", Answer::inactive());
+    assert_eq!(w.get("revoked").await.status(), 401);
+    assert_eq!(w.get("revoked").await.status(), 401);
+    assert_eq!(w.introspector.calls(), 1, "the inactive answer is cached");
+    w.gw.shutdown().await;
+}
