@@ -471,7 +471,7 @@ pub struct Api {
 pub struct Upstream {
     /// Base URL requests are forwarded to.
     pub url: Opt<Scalar>,
-    /// Answer with a description of the request instead of forwarding (for trials).
+    /// Answer with a description of the request instead of forwarding (for trials; credentials redacted).
     pub echo: Opt<Scalar>,
     /// Longest wait for the upstream's answer (duration; 504 beyond).
     pub timeout: Opt<Scalar>,

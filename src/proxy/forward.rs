@@ -12,7 +12,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, PROXY_AUTHORIZATION,
+};
 use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -406,7 +408,14 @@ where
     }
 }
 
-/// The `echo` upstream: the request as an upstream would receive it.
+/// What the `echo` upstream shows instead of a credential.
+const REDACTED: &str = "[redacted]";
+
+/// The `echo` upstream: the request as an upstream would receive it, but
+/// for the values of credentials. The caller reads the answer, and
+/// `outbound_auth` puts the gateway's own credentials (an alias's password)
+/// into the request: those values are marked sensitive, and the fields
+/// that carry credentials are never shown, whoever set them.
 async fn echo(req: Request<Body>) -> Result<Response<Body>, Rejection> {
     let (parts, body) = req.into_parts();
     let exceeded = parts.extensions.get::<LimitFlag>().cloned();
@@ -423,7 +432,12 @@ async fn echo(req: Request<Body>) -> Result<Response<Body>, Rejection> {
             .headers
             .get_all(name)
             .iter()
-            .map(|v| serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|v| match is_credential(name, v) {
+                true => serde_json::Value::from(REDACTED),
+                false => {
+                    serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                }
+            })
             .collect();
         let value = if values.len() == 1 {
             values.into_iter().next().unwrap_or_default()
@@ -444,4 +458,9 @@ async fn echo(req: Request<Body>) -> Result<Response<Body>, Rejection> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
+}
+
+/// A field value the `echo` upstream does not show.
+fn is_credential(name: &HeaderName, value: &HeaderValue) -> bool {
+    value.is_sensitive() || [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].contains(name)
 }

@@ -353,3 +353,43 @@ apis:
     }
     assert_eq!(upstream.hits(), 0);
 }
+
+/// The `echo` upstream answers whoever calls it with the request as an
+/// upstream would see it: the credentials `outbound_auth` adds (an alias's
+/// password) and those the client sent are shown redacted, the rest as is.
+#[tokio::test]
+async fn echo_shows_credentials_redacted() {
+    let yaml = r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0, bind: 127.0.0.1 }
+security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: "alias-pw-clear" }
+apis:
+- name: Echoed
+  base_path: /echoed
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["GET /who"]
+  policies:
+    outbound_auth: { alias: backend }
+"#;
+    let gw = Gateway::start(yaml).await;
+    let resp = gw
+        .request(Method::GET, "/echoed/who")
+        .header("Cookie", "session=cookie-clear")
+        .header("X-Visible", "shown")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("text");
+    for secret in [basic("svc", "alias-pw-clear").as_str(), "cookie-clear"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let echoed: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(echoed["headers"]["authorization"], "[redacted]");
+    assert_eq!(echoed["headers"]["cookie"], "[redacted]");
+    assert_eq!(echoed["headers"]["x-visible"], "shown");
+    gw.shutdown().await;
+}
