@@ -802,7 +802,7 @@ async fn a_redis_password_comes_from_the_secrets_and_is_never_shown() {
     let redis = Redis::start_with_password(PASSWORD).await;
     let upstream = Upstream::start().await;
     let extra = format!(
-        "admin: {{ port: 0, bind: 127.0.0.1, user: admin, password: admin-pw }}\nthrottling: {{ store: \"{}\", password: \"${{env:REDIS_PASSWORD}}\", on_store_error: deny }}",
+        "admin: {{ port: 0, bind: 127.0.0.1, user: admin, password: admin-pw }}\nthrottling: {{ store: \"{}\", password: \"${{env:REDIS_PASSWORD}}\", on_store_error: deny, timeout: 1s }}",
         redis.url()
     );
     let yaml = open_api(
@@ -813,6 +813,8 @@ async fn a_redis_password_comes_from_the_secrets_and_is_never_shown() {
     )
     .replacen("admin: { port: 0, bind: 127.0.0.1 }\n", "", 1);
     let gw = Gateway::start_with_env(&yaml, common::env(&[("REDIS_PASSWORD", PASSWORD)])).await;
+    // The first call of a thread connects (and authenticates) within the
+    // call's timeout: a generous one, on a test machine under load.
     assert_eq!(gw.get("/open/items").await.status(), 200);
     assert_eq!(gw.get("/open/items").await.status(), 429);
     let settings = gw
