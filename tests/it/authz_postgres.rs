@@ -255,6 +255,49 @@ async fn password_lockout_counts_across_replicas() {
     }
 }
 
+/// Guesses sent at once to one replica (its jobs run as many at a time as
+/// its pool has connections) are not all checked before the first failure
+/// is counted: with a hash of the default cost (a check takes
+/// milliseconds, as in production), no more of a user's passwords are
+/// tried than the lock has room for; the rest are refused unchecked.
+#[tokio::test]
+async fn concurrent_password_guesses_are_checked_no_further_than_the_lock() {
+    use argon2::PasswordHasher;
+    let pg = Postgres::shared();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let expensive = argon2::Argon2::default()
+        .hash_password(b"target-right-pw")
+        .expect("hash")
+        .to_string();
+    let yaml = yaml(&pg.url(&database), shared.path()).replacen(
+        "  clients:\n",
+        &format!("  - {{ username: target, password_hash: \"{expensive}\" }}\n  clients:\n"),
+        1,
+    );
+    let gw = &Gateway::start(&yaml).await;
+    let guesses: Vec<String> = (0..16).map(|n| format!("guess-{n}")).collect();
+    let replies = join_all(guesses.iter().map(|guess| {
+        let form = [
+            ("grant_type", "password"),
+            ("username", "target"),
+            ("password", guess.as_str()),
+        ];
+        async move {
+            post(gw, "/oauth2/token", ("bookyourticket", SECRET), &form)
+                .await
+                .0
+        }
+    }))
+    .await;
+    let checked = replies.iter().filter(|status| **status == 400).count();
+    assert!(
+        checked <= 5,
+        "{checked} of target's passwords were tried: {replies:?}"
+    );
+    assert!(replies.iter().all(|status| [400, 429].contains(status)));
+}
+
 async fn kids(gw: &Gateway) -> Vec<String> {
     let jwks: Value = gw.get("/oauth2/jwks").await.json().await.unwrap();
     jwks["keys"]

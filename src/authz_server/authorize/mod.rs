@@ -149,8 +149,11 @@ fn login(
     };
     let as_client = Subject::Client(valid.client.client_id.clone());
     let as_user = Subject::User(username.to_owned());
-    for subject in [&as_client, &as_user] {
-        if let Err(retry_after) = cx.grants.attempts.check(subject, now) {
+    let guarded = cx.grants.attempts.guarded(&as_client, &as_user, now, || {
+        cx.grants.users.verify(username, password)
+    });
+    match guarded {
+        Err(retry_after) => {
             let message = "Too many failed attempts. Wait a minute and try again.";
             let mut page = show(
                 cx,
@@ -164,15 +167,13 @@ fn login(
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             return page;
         }
+        Ok(false) => {
+            tracing::info!(client_id = %valid.client.client_id, "approval login refused: wrong credentials");
+            let message = "Wrong username or password.";
+            return show(cx, valid, session, StatusCode::OK, Some(message), &kept);
+        }
+        Ok(true) => {}
     }
-    if !cx.grants.users.verify(username, password) {
-        cx.grants.attempts.record_failure(&as_client, now);
-        cx.grants.attempts.record_failure(&as_user, now);
-        tracing::info!(client_id = %valid.client.client_id, "approval login refused: wrong credentials");
-        let message = "Wrong username or password.";
-        return show(cx, valid, session, StatusCode::OK, Some(message), &kept);
-    }
-    cx.grants.attempts.clear(&as_user);
     // A new session on login: an id known before it is worth nothing now.
     let renewed = cx.sessions.renew(session, username.to_owned(), now);
     let params = valid.params.iter().map(|(n, v)| (*n, v.as_str()));

@@ -11,10 +11,16 @@
 //! a configured client that is not locked, so each client adds at most 20
 //! entries per window, and windows that ended are dropped.
 //!
+//! A password check under way counts against its user's lock until it
+//! ends ([`FailedAttempts::guarded`]): guesses sent at once are not all
+//! let through before the first failure is counted, so no more passwords
+//! of one user are checked at a time than the lock has room for.
+//!
 //! A store shared by replicas (PostgreSQL) counts failures too, so a lock
 //! holds on every replica: a subject is locked when the local count or the
 //! store's says so. Failures are always counted locally as well, so an
-//! unreachable store never lifts a lock.
+//! unreachable store never lifts a lock. (Checks under way are counted by
+//! each replica alone.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,6 +69,8 @@ impl Subject {
 struct Window {
     started: u64,
     failures: u32,
+    /// Password checks under way.
+    checking: u32,
 }
 
 #[derive(Default)]
@@ -118,11 +126,10 @@ impl FailedAttempts {
             }
         }
         let mut windows = self.lock();
-        windows.retain(|s, w| now < w.started + s.limit().window_secs);
-        let window = windows.entry(subject.clone()).or_insert(Window {
-            started: now,
-            failures: 0,
-        });
+        windows.retain(|s, w| w.checking > 0 || now < w.started + s.limit().window_secs);
+        let window = windows
+            .entry(subject.clone())
+            .or_insert_with(|| Window::new(now));
         window.failures = window.failures.saturating_add(1);
     }
 
@@ -132,7 +139,70 @@ impl FailedAttempts {
                 tracing::warn!(%error, "shared failed-attempt count unavailable");
             }
         }
-        self.lock().remove(subject);
+        let mut windows = self.lock();
+        match windows.get_mut(subject) {
+            Some(window) if window.checking > 0 => window.failures = 0,
+            _ => {
+                windows.remove(subject);
+            }
+        }
+    }
+
+    /// Checks `user`'s password (`verify`) for `client`, under their
+    /// locks: `Err(retry_after_secs)` while either is locked, or while
+    /// `user`'s failures and the checks of its passwords under way leave
+    /// the lock no room; else whether the password matched, a failure
+    /// counted for both or the user's failures cleared.
+    pub fn guarded(
+        &self,
+        client: &Subject,
+        user: &Subject,
+        now: u64,
+        verify: impl FnOnce() -> bool,
+    ) -> Result<bool, u64> {
+        for subject in [client, user] {
+            self.check(subject, now)?;
+        }
+        // Counted until the outcome is, so that the lock never lapses.
+        let _checking = self.begin_check(user, now)?;
+        let matched = verify();
+        if matched {
+            self.clear(user);
+        } else {
+            self.record_failure(client, now);
+            self.record_failure(user, now);
+        }
+        Ok(matched)
+    }
+
+    /// Counts a check of `user`'s password as under way, if its lock has
+    /// room for one more.
+    fn begin_check(&self, user: &Subject, now: u64) -> Result<Checking<'_>, u64> {
+        let limit = user.limit();
+        let mut windows = self.lock();
+        let window = windows
+            .entry(user.clone())
+            .or_insert_with(|| Window::new(now));
+        if now >= window.started + limit.window_secs {
+            *window = Window {
+                checking: window.checking,
+                ..Window::new(now)
+            };
+        }
+        if window.failures.saturating_add(window.checking) >= limit.failures {
+            let locked = window.failures >= limit.failures;
+            // Checks under way end within moments; failures, with the window.
+            return Err(if locked {
+                window.started + limit.window_secs - now
+            } else {
+                1
+            });
+        }
+        window.checking += 1;
+        Ok(Checking {
+            attempts: self,
+            user: user.clone(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Subject, Window>> {
@@ -140,6 +210,34 @@ impl FailedAttempts {
         self.windows
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Window {
+    fn new(now: u64) -> Window {
+        Window {
+            started: now,
+            failures: 0,
+            checking: 0,
+        }
+    }
+}
+
+/// A check of a user's password under way ([`FailedAttempts::guarded`]).
+struct Checking<'a> {
+    attempts: &'a FailedAttempts,
+    user: Subject,
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        let mut windows = self.attempts.lock();
+        if let Some(window) = windows.get_mut(&self.user) {
+            window.checking = window.checking.saturating_sub(1);
+            if window.checking == 0 && window.failures == 0 {
+                windows.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -172,5 +270,27 @@ mod tests {
         assert_eq!(attempts.check(&app, 1), Ok(()));
         attempts.record_failure(&app, 1);
         assert_eq!(attempts.check(&app, 1), Err(59));
+    }
+
+    #[test]
+    fn checks_under_way_count_against_a_users_lock_until_they_end() {
+        let attempts = FailedAttempts::default();
+        let app = Subject::Client("app".into());
+        let alice = Subject::User("alice".into());
+        attempts.record_failure(&alice, 0);
+        attempts.record_failure(&alice, 0);
+        // Two failures and three checks under way fill the lock.
+        let under_way: Vec<Checking> = (0..3)
+            .map(|_| attempts.begin_check(&alice, 1).expect("room"))
+            .collect();
+        assert_eq!(attempts.guarded(&app, &alice, 1, || true), Err(1));
+        drop(under_way);
+        // Ended without an outcome (a panic): room again.
+        assert_eq!(attempts.guarded(&app, &alice, 2, || false), Ok(false));
+        assert_eq!(attempts.guarded(&app, &alice, 2, || false), Ok(false));
+        assert_eq!(attempts.guarded(&app, &alice, 2, || false), Ok(false));
+        assert_eq!(attempts.guarded(&app, &alice, 3, || true), Err(57));
+        assert_eq!(attempts.guarded(&app, &alice, 60, || true), Ok(true));
+        assert!(attempts.lock().get(&alice).is_none(), "nothing kept");
     }
 }

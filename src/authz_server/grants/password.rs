@@ -97,18 +97,16 @@ pub fn grant(
     let scopes = granted_scopes(form.get("scope"), &client.scopes)?;
     let as_client = Subject::Client(client.client_id.clone());
     let as_user = Subject::User(username.to_owned());
-    for subject in [&as_client, &as_user] {
-        cx.attempts
-            .check(subject, cx.now)
-            .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
-    }
-    if !cx.users.verify(username, password) {
-        cx.attempts.record_failure(&as_client, cx.now);
-        cx.attempts.record_failure(&as_user, cx.now);
+    let matched = cx
+        .attempts
+        .guarded(&as_client, &as_user, cx.now, || {
+            cx.users.verify(username, password)
+        })
+        .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
+    if !matched {
         tracing::info!(client_id = %client.client_id, "password grant refused: wrong credentials");
         return Err(OAuthError::InvalidGrant("wrong username or password"));
     }
-    cx.attempts.clear(&as_user);
     let issue = Issue {
         client,
         username: Some(username),
