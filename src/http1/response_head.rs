@@ -194,6 +194,10 @@ struct Fields<'a> {
     chunked: Option<bool>,
     /// What the `Content-Length` fields said.
     length: Option<u64>,
+    /// The length was said more than once (several fields, or a list):
+    /// passed on as one field of its own, never as sent (RFC 9110 §8.6;
+    /// a list is malformed in HTTP/2).
+    length_repeated: bool,
     close: bool,
     /// Further names `Connection` listed (RFC 9110 §7.6.1), as places in
     /// the head.
@@ -213,6 +217,7 @@ impl<'a> Fields<'a> {
             as_sent: scratch.as_sent,
             chunked: None,
             length: None,
+            length_repeated: false,
             close: false,
             listed: Vec::new(),
         };
@@ -251,6 +256,8 @@ impl<'a> Fields<'a> {
                 }
                 FieldName::HopByHop => continue,
                 FieldName::ContentLength => {
+                    fields.length_repeated |=
+                        fields.length.is_some() || header.value.contains(&b',');
                     add_length(&mut fields.length, header.value)?;
                     Kind::ContentLength
                 }
@@ -323,7 +330,10 @@ fn framed(
 ) -> Result<Head, HeadError> {
     let mut keep_alive = http11 && !fields.close;
     let (chunked, length) = (fields.chunked, fields.length);
-    let mut drop_length = false;
+    // RFC 9110 §8.6: no length in a 204, whatever the upstream said; a
+    // length said more than once goes on as one field.
+    let mut drop_length = status == StatusCode::NO_CONTENT || fields.length_repeated;
+    let restated = length.filter(|_| fields.length_repeated && chunked.is_none());
     // RFC 9112 §6.3, in its order.
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -352,7 +362,10 @@ fn framed(
         keep_alive = false;
         Framing::UntilClose
     };
-    let (headers, raw) = fields.answer(head, drop_length)?;
+    let (mut headers, raw) = fields.answer(head, drop_length)?;
+    if let Some(length) = restated.filter(|_| status != StatusCode::NO_CONTENT) {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     Ok(Head {
         status,
         headers,

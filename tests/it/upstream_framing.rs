@@ -1124,3 +1124,117 @@ async fn a_complete_head_over_the_bound_is_refused() {
     let answer = first.expect("a response");
     assert_eq!(answer.status, 502, "a 120 KiB head was accepted");
 }
+
+// ------------------------------------------------------------ lengths to every client
+
+/// An HTTP/2 client's GET of `/f/items` (h2c by prior knowledge): the
+/// status, the fields and the body, or the error that ended the exchange.
+async fn h2_get(gw: &Gateway) -> Result<(u16, HeaderMap, Bytes), String> {
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(format!("http://gateway.test:{}/f/items", gw.http.port()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok((status, headers, body))
+}
+
+/// RFC 9110 §8.6: a `Content-Length` list of one value (`2, 2`), which the
+/// gateway accepts as that length, reaches the client as one valid length.
+/// An HTTP/2 client is handed the list as is, which is a malformed
+/// `content-length` in HTTP/2 (RFC 9113 §8.1.1): the answer is reset.
+#[tokio::test]
+async fn a_content_length_list_of_one_value_reaches_an_http2_client_as_one_length() {
+    bounded(async {
+        let upstream = RawUpstream::start(|_| {
+            Reply::keep(&b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok"[..])
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let (status, headers, body) = h2_get(&gw).await.expect("an answer, not a reset stream");
+        assert_eq!(status, 200);
+        assert_eq!(&body[..], b"ok");
+        let lengths: Vec<_> = headers.get_all("content-length").iter().collect();
+        assert!(lengths.iter().all(|v| *v == "2"), "{lengths:?}");
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// The same for an HTTP/1.1 client's HEAD, whose answer keeps the length
+/// a GET would have got: one `content-length: 7`, not the upstream's two
+/// fields (or its list) passed on.
+#[tokio::test]
+async fn a_repeated_content_length_reaches_a_head_client_as_one_field() {
+    bounded(async {
+        let upstream = RawUpstream::start(|n| match n {
+            0 => Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n"[..],
+            ),
+            _ => Reply::keep(&b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n"[..]),
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        for _ in 0..2 {
+            let raw = raw_request(
+                gw.http,
+                b"HEAD /f/items HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert_eq!(status_of(&raw), 200, "{raw}");
+            let lengths: Vec<&str> = raw
+                .lines()
+                .filter_map(|line| line.strip_prefix("content-length: "))
+                .collect();
+            assert_eq!(lengths, ["7"], "{raw}");
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// RFC 9110 §8.6: no `Content-Length` in a 204. The HTTP/1.1 encoder drops
+/// the upstream's; an HTTP/2 client gets it.
+#[tokio::test]
+async fn a_204_reaches_an_http2_client_without_content_length() {
+    bounded(async {
+        let upstream = RawUpstream::start(|_| {
+            Reply::keep(&b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-Case: 204\r\n\r\n"[..])
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let (status, headers, body) = h2_get(&gw).await.expect("an answer");
+        assert_eq!(status, 204);
+        assert_eq!(headers["x-case"], "204");
+        assert!(body.is_empty());
+        assert!(
+            headers.get("content-length").is_none(),
+            "a 204 with Content-Length: {headers:?}"
+        );
+        // An HTTP/1.1 client's 204 has none (for comparison: this holds).
+        let raw = raw_request(
+            gw.http,
+            b"GET /f/items HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(!raw.contains("content-length"), "{raw}");
+        gw.shutdown().await;
+    })
+    .await;
+}
