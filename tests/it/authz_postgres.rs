@@ -205,6 +205,101 @@ async fn a_refresh_token_reused_on_two_replicas_at_once_rotates_once() {
     }
 }
 
+/// Reuse detection racing a legitimate rotation on the other replica: the
+/// replay of the first refresh token revokes the family, and that includes
+/// the access and refresh tokens the concurrent rotation stored while the
+/// revocation waited for it.
+///
+/// Made deterministic with a trigger that holds the rotation transaction,
+/// after it stored the successor, until the replay's revocation is waiting.
+#[tokio::test]
+async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
+    let pg = Postgres::shared();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    let (status, grant) = password_grant(&a, "wonderland").await;
+    assert_eq!(status, 200, "{grant}");
+    let first = string(&grant, "refresh_token");
+    let (status, body) = refresh(&a, &first).await;
+    assert_eq!(status, 200, "{body}");
+    let second = string(&body, "refresh_token");
+
+    // Instrumentation only: the rotation of `second` (which stores a
+    // refresh token with refreshes_used = 2) pauses before its commit
+    // while the test holds advisory lock 4242.
+    pg.psql(
+        &database,
+        "CREATE FUNCTION hold_rotation() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_advisory_lock_shared(4242); \
+         PERFORM pg_advisory_unlock_shared(4242); RETURN NEW; END $$; \
+         CREATE TRIGGER hold_rotation AFTER INSERT ON refresh_tokens FOR EACH ROW \
+         WHEN (NEW.refreshes_used = 2) EXECUTE FUNCTION hold_rotation();",
+    );
+    let (gate, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            pg.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    gate.execute("SELECT pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let gate = &gate;
+        async move {
+            let row = gate.query_one(sql, &[]).await.unwrap();
+            row.get::<_, i64>(0)
+        }
+    };
+    let wait_for = |sql: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count(sql).await == 0 {
+            assert!(Instant::now() < deadline, "never: {sql}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+
+    let legitimate = refresh(&a, &second);
+    let replay_and_release = async {
+        // A's rotation has stored its successor and waits before commit.
+        wait_for("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").await;
+        let replay = refresh(&b, &first);
+        let release = async {
+            // B's revocation of the family waits for a lock A holds.
+            wait_for(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted \
+                 AND NOT (locktype = 'advisory' AND objid = 4242 AND objsubid = 1)",
+            )
+            .await;
+            gate.execute("SELECT pg_advisory_unlock(4242)", &[])
+                .await
+                .unwrap();
+        };
+        tokio::join!(replay, release).0
+    };
+    let ((status_a, rotated), (status_b, replayed)) = tokio::join!(legitimate, replay_and_release);
+    assert_eq!(status_b, 400, "the replay is refused: {replayed}");
+    assert_eq!(status_a, 200, "the rotation went first: {rotated}");
+    let access = string(&rotated, "access_token");
+    let third = string(&rotated, "refresh_token");
+    let family_live = pg.psql(
+        &database,
+        "SELECT count(*) FROM refresh_tokens WHERE NOT revoked",
+    );
+    assert!(
+        !active(&b, &access).await,
+        "the access token of the revoked family is still active ({family_live} refresh tokens unrevoked)"
+    );
+    let (status, body) = refresh(&b, &third).await;
+    assert_eq!(
+        status, 400,
+        "the refresh token of the revoked family still rotates: {body}"
+    );
+}
+
 #[tokio::test]
 async fn refresh_limit_counts_across_replicas() {
     let pg = Postgres::shared();

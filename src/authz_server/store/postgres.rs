@@ -3,10 +3,12 @@
 //!
 //! Every rule that holds for one SQLite file holds across replicas because
 //! each decision is one conditional statement or one transaction holding a
-//! row lock, never a read then a write: a code is spent by one `UPDATE …
+//! lock, never a read then a write: a code is spent by one `UPDATE …
 //! RETURNING`, a refresh token rotates by an `UPDATE … WHERE NOT rotated`
-//! in the transaction that stores its successor. Introspection is one
-//! `SELECT` by primary key.
+//! in the transaction that stores its successor. A family's rotations and
+//! its revocation exclude each other through a transaction-scoped advisory
+//! lock on the family, so a revocation never misses a token that a
+//! rotation racing it stored. Introspection is one `SELECT` by primary key.
 //!
 //! The trait is blocking (callers are on the blocking pool); the store
 //! drives its async driver on a runtime of its own, one thread, so it can
@@ -373,6 +375,16 @@ fn from_sql(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
+/// First key of the two-key `pg_advisory_xact_lock` that a refresh family's
+/// rotations and its revocation take ("mgfa" in ASCII); the second is
+/// `hashtext(family)`. A collision only serialises two families.
+const FAMILY_LOCK: i32 = 0x6d67_6661;
+
+/// Takes the lock of the presented refresh token's family; no row when the
+/// token is unknown.
+const LOCK_FAMILY_OF_TOKEN: &str = "SELECT pg_advisory_xact_lock($1, hashtext(family)) \
+     FROM refresh_tokens WHERE hash = $2";
+
 const INSERT_ACCESS: &str = "INSERT INTO access_tokens (id, format, client_id, username, scope, \
      issued_at, expires_at, family, grant_type, revoked) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
@@ -670,13 +682,28 @@ impl TokenStore for PostgresStore {
         let (presented, access, next) = (presented.to_owned(), access.clone(), next.cloned());
         self.with(move |mut client| async move {
             let tx = client.transaction().await?;
+            // The family's lock first: a revocation of the family (reuse
+            // detected on any replica) waits for this rotation to commit,
+            // then sees what it stored; or it went first, and the
+            // presented token is revoked.
+            let statement = tx.prepare_cached(LOCK_FAMILY_OF_TOKEN).await?;
+            let locked = tx
+                .query_opt(&statement, &[&FAMILY_LOCK, &presented])
+                .await?;
+            if locked.is_none() {
+                tx.rollback().await?;
+                return Ok(Rotation::Stale);
+            }
             // The conditional update takes the row lock: of two concurrent
             // uses on any replicas, the second waits, then finds the token
-            // rotated and changes nothing.
+            // rotated and changes nothing. A family with a revoked token
+            // has been revoked as a whole: it never rotates again.
             let statement = tx
                 .prepare_cached(
-                    "UPDATE refresh_tokens SET rotated = TRUE \
-                     WHERE hash = $1 AND NOT rotated AND NOT revoked",
+                    "UPDATE refresh_tokens AS r SET rotated = TRUE \
+                     WHERE hash = $1 AND NOT rotated AND NOT revoked \
+                     AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS f \
+                                     WHERE f.family = r.family AND f.revoked)",
                 )
                 .await?;
             let changed = tx.execute(&statement, &[&presented]).await?;
@@ -708,8 +735,17 @@ impl TokenStore for PostgresStore {
 
     fn revoke_family(&self, family: &str) -> Result<u64, StoreError> {
         let family = family.to_owned();
-        self.with(move |client| async move {
-            let row = client
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await?;
+            // Under the family's lock no rotation of it is half done, and
+            // the next statement's snapshot, taken after the lock, holds
+            // every token the rotations before it stored.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&FAMILY_LOCK, &family],
+            )
+            .await?;
+            let row = tx
                 .query_one(
                     "WITH r AS (UPDATE refresh_tokens SET revoked = TRUE \
                                 WHERE family = $1 AND NOT revoked RETURNING 1), \
@@ -719,7 +755,9 @@ impl TokenStore for PostgresStore {
                     &[&family],
                 )
                 .await?;
-            Ok(from_sql(row.try_get(0)?))
+            let revoked = from_sql(row.try_get(0)?);
+            tx.commit().await?;
+            Ok(revoked)
         })
     }
 

@@ -224,9 +224,13 @@ impl TokenStore for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // The conditional update is the point of serialisation: of two
-        // concurrent uses of one refresh token, exactly one rotates it.
+        // concurrent uses of one refresh token, exactly one rotates it. A
+        // family with a revoked token has been revoked as a whole: it
+        // never rotates again.
         let changed = tx.execute(
-            "UPDATE refresh_tokens SET rotated = 1 WHERE hash = ?1 AND rotated = 0 AND revoked = 0",
+            "UPDATE refresh_tokens SET rotated = 1 WHERE hash = ?1 AND rotated = 0 AND revoked = 0 \
+             AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS f \
+                             WHERE f.family = refresh_tokens.family AND f.revoked = 1)",
             [presented],
         )?;
         if changed != 1 {
@@ -548,6 +552,33 @@ mod tests {
             .find_access_token("a2")
             .expect("find")
             .is_some_and(|t| t.revoked));
+    }
+
+    #[test]
+    fn a_revoked_family_never_rotates_again() {
+        let (_dir, store) = store();
+        store
+            .insert_grant(
+                &access("a1", Some(200), Some("f")),
+                Some(&refresh("r1", "f")),
+            )
+            .expect("insert");
+        store.revoke_family("f").expect("revoke");
+        // A successor stored after the revocation (a rotation that raced
+        // it) is of the revoked family all the same.
+        store
+            .insert_grant(
+                &access("a2", Some(200), Some("f")),
+                Some(&refresh("r2", "f")),
+            )
+            .expect("insert");
+        assert_eq!(
+            store
+                .rotate_refresh_token("r2", &access("a3", Some(300), Some("f")), None)
+                .expect("rotate"),
+            Rotation::Stale
+        );
+        assert_eq!(store.find_access_token("a3").expect("find"), None);
     }
 
     #[test]
