@@ -265,9 +265,11 @@ fn rotate_signing_key(path: &Path) -> ExitCode {
     match rotated {
         Ok(kid) => {
             println!(
-                "new signing key {kid} is current in {}; replicas sign with it within {} s",
+                "new signing key {kid} is in {}; every replica publishes it within {} s \
+                 and signs with it from {} s on",
                 postgres.display(),
-                crate::authz_server::KEY_REFRESH.as_secs()
+                crate::authz_server::KEY_REFRESH.as_secs(),
+                crate::authz_server::KEY_PUBLISHED_BEFORE_SIGNING.as_secs()
             );
             ExitCode::SUCCESS
         }

@@ -26,7 +26,7 @@ use super::error::{json_response, OAuthError};
 use super::form::Form;
 use super::grants::{self, attempts::FailedAttempts, password::Users, GrantContext};
 use super::introspect::{self, IntrospectContext};
-use super::keys::SigningKeys;
+use super::keys::{SigningKeys, KEY_REFRESH};
 use super::revoke::{self, RevokeContext};
 use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
@@ -167,9 +167,11 @@ impl AuthorizationServer {
 
     /// When the store keeps the signing keys (PostgreSQL), re-reads them
     /// every [`KEY_REFRESH`] (every second while they are pending), so a
-    /// key rotated by `microgateway rotate-signing-key` signs on every
-    /// replica within that time; `changed` gets each new JWKS. Ends when
-    /// the server is dropped. `None` when the keys are a file.
+    /// key rotated by `microgateway rotate-signing-key` is published by
+    /// every replica within that time, before any signs with it
+    /// ([`super::KEY_PUBLISHED_BEFORE_SIGNING`]); `changed` gets each new
+    /// JWKS. Ends when the server is dropped. `None` when the keys are a
+    /// file.
     pub fn spawn_key_refresh(
         &self,
         changed: impl Fn(&[u8]) + Send + Sync + 'static,
@@ -287,9 +289,6 @@ impl AuthorizationServer {
             .map_err(|_| AuthzError::Worker)?
     }
 }
-
-/// How often replicas re-read signing keys kept in the store.
-pub const KEY_REFRESH: Duration = Duration::from_secs(10);
 
 /// Told each new JWKS the key refresh finds.
 type KeysChanged = Arc<dyn Fn(&[u8]) + Send + Sync>;

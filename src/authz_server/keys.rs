@@ -13,6 +13,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
@@ -22,6 +23,15 @@ use super::store::{KnownKey, StoreError, TokenStore};
 
 /// Public keys kept in the JWKS besides the current one.
 const PREVIOUS_KEYS_PUBLISHED: usize = 2;
+
+/// How often replicas re-read signing keys kept in the store.
+pub const KEY_REFRESH: Duration = Duration::from_secs(10);
+
+/// How long a key rotated into the store is only published before it
+/// signs: every replica re-reads the keys within [`KEY_REFRESH`] (plus the
+/// time a re-read takes), so by then each one validates what the new key
+/// signs, whichever replica issued it.
+pub const KEY_PUBLISHED_BEFORE_SIGNING: Duration = Duration::from_secs(KEY_REFRESH.as_secs() + 5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -82,9 +92,11 @@ impl SigningKeys {
     /// public half in `store` and collects the previous ones.
     ///
     /// A store that keeps signing keys (PostgreSQL) is used instead of the
-    /// file: its newest key signs, and the first replica to find none
-    /// generates it under the store's lock. While such a store cannot be
-    /// reached the keys are [pending](Self::is_pending).
+    /// file: its newest key older than [`KEY_PUBLISHED_BEFORE_SIGNING`]
+    /// signs (the oldest one while none is that old), newer ones are only
+    /// published, and the first replica to find none generates it under
+    /// the store's lock. While such a store cannot be reached the keys are
+    /// [pending](Self::is_pending).
     pub fn open(path: &Path, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
         let current = if store.keeps_signing_keys() {
             match stored_key(store, now) {
@@ -154,8 +166,10 @@ impl SigningKeys {
         self.pending
     }
 
-    /// `microgateway rotate-signing-key`: a new RS256 key becomes current
-    /// in the store; the previous ones stay published. Returns its `kid`.
+    /// `microgateway rotate-signing-key`: a new RS256 key joins the store;
+    /// every replica publishes it at its next re-read and signs with it
+    /// once it is [`KEY_PUBLISHED_BEFORE_SIGNING`] old; the previous ones
+    /// stay published. Returns its `kid`.
     pub fn rotate(store: &dyn TokenStore, now: u64) -> Result<String, KeyError> {
         let pem = generate_rsa_pem()?;
         let key = parse(pem.as_bytes()).ok_or(KeyError::Generate)?;
@@ -195,10 +209,11 @@ impl SigningKeys {
     }
 }
 
-/// The store's newest key, generated (once, whichever replica is first)
-/// when it has none.
+/// The store's signing key (see [`SigningKeys::open`]), generated (once,
+/// whichever replica is first) when it has none.
 fn stored_key(store: &dyn TokenStore, now: u64) -> Result<SigningKey, KeyError> {
-    let pem = match store.current_signing_key()? {
+    let settled = now.saturating_sub(KEY_PUBLISHED_BEFORE_SIGNING.as_secs());
+    let pem = match store.current_signing_key(settled)? {
         Some(pem) => pem,
         None => {
             let pem = generate_rsa_pem()?;

@@ -405,12 +405,13 @@ async fn kids(gw: &Gateway) -> Vec<String> {
 
 /// The signing keys live in the database: one key, made by whichever
 /// replica came first, published alike by both (no key file is written);
-/// `microgateway rotate-signing-key` makes a new one current on both, the
-/// old one staying published.
+/// `microgateway rotate-signing-key` adds a new one that both publish at
+/// once and sign with once it is old enough for every replica to have
+/// published it, the old one staying published.
 #[tokio::test]
 async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
     let pg = Postgres::shared();
-    let (shared, a, b) = replicas(&pg).await;
+    let (shared, a, b, database) = replicas_on(&pg).await;
     let before = kids(&a).await;
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(kids(&b).await, before);
@@ -430,14 +431,36 @@ async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
         String::from_utf8_lossy(&output.stderr)
     );
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rotated = String::new();
+    // Published at once, the old key still current (first).
     for gw in [&a, &b] {
         loop {
             let now = kids(gw).await;
-            if now.len() == 2 && now[1] == before[0] {
-                assert!(stdout.contains(&now[0]), "{stdout}");
+            if now.len() == 2 && now[0] == before[0] {
+                assert!(stdout.contains(&now[1]), "{stdout}");
+                rotated = now[1].clone();
                 break;
             }
             assert!(Instant::now() < deadline, "rotation seen: {now:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The new key signs once it is older than the publication delay
+    // (the key's age is moved back rather than waited for).
+    pg.psql(
+        &database,
+        &format!(
+            "UPDATE signing_private_keys SET created_at = created_at - {}",
+            microgateway::authz_server::KEY_PUBLISHED_BEFORE_SIGNING.as_secs()
+        ),
+    );
+    for gw in [&a, &b] {
+        loop {
+            let now = kids(gw).await;
+            if now == [rotated.clone(), before[0].clone()] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "rotated key current: {now:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -506,6 +529,21 @@ apis:
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // Once old enough (moved back rather than waited for), the new key
+    // signs on both.
+    pg.psql(
+        &database,
+        &format!(
+            "UPDATE signing_private_keys SET created_at = created_at - {}",
+            microgateway::authz_server::KEY_PUBLISHED_BEFORE_SIGNING.as_secs()
+        ),
+    );
+    for gw in [&a, &b] {
+        while kids(gw).await.first() == before.first() {
+            assert!(Instant::now() < deadline, "rotated key current: {before:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let (_, grant) = password_grant(&b, "wonderland").await;
     let new = string(&grant, "access_token");
     for gw in [&a, &b] {
@@ -520,6 +558,83 @@ apis:
             "old key"
         );
     }
+}
+
+/// After `rotate-signing-key`, replicas re-read the keys at their own pace
+/// (replicas that started a few seconds apart re-read seconds apart); a JWT
+/// issued by the first replica to see the new key validates on the other at
+/// once, because a rotated key is published well before any replica signs
+/// with it.
+#[tokio::test]
+async fn a_jwt_signed_right_after_a_rotation_validates_on_the_other_replica() {
+    let pg = Postgres::shared();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let yaml = yaml(&pg.url(&database), shared.path())
+        .replace("token_format: opaque", "token_format: jwt")
+        + r#"
+security_settings:
+  auth_servers:
+  - id: local
+    name: local
+    type: authServerAlias
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+scope_mappings:
+- { auth_server: local, scope: view, api_scopes: ["Time travels:ViewTickets"] }
+apis:
+- name: "Time travels"
+  version: "1.0"
+  base_path: /travels
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - { name: ViewTickets, resources: ["GET /bookings"] }
+"#;
+    let a = Gateway::start(&yaml).await;
+    // Replicas do not start in the same second (rolling deploys, autoscaling).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let b = Gateway::start(&yaml).await;
+    let config = shared.path().join("microgateway.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["rotate-signing-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Whichever replica sees the new key first issues; the other validates.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (first, other) = loop {
+        if kids(&a).await.len() == 2 {
+            break (&a, &b);
+        }
+        if kids(&b).await.len() == 2 {
+            break (&b, &a);
+        }
+        assert!(Instant::now() < deadline, "no replica saw the rotation");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (status, grant) = password_grant(first, "wonderland").await;
+    assert_eq!(status, 200, "{grant}");
+    let token = string(&grant, "access_token");
+    let answer = other
+        .client
+        .get(other.url("/travels/bookings"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status(),
+        200,
+        "a token signed by one replica with the new key is refused by the other: {:?}",
+        answer.headers().get("www-authenticate")
+    );
 }
 
 /// `microgateway check` compiles the configuration without connecting.

@@ -227,8 +227,11 @@ pub trait TokenStore: Send + Sync {
     fn keeps_signing_keys(&self) -> bool {
         false
     }
-    /// The newest private signing key (PEM), if any.
-    fn current_signing_key(&self) -> Result<Option<String>, StoreError> {
+    /// The private signing key (PEM) that signs: the newest one created
+    /// at or before `settled`, else the oldest one (a key newer than that
+    /// may not be published by every replica yet); `None` when there is
+    /// none.
+    fn current_signing_key(&self, _settled: u64) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
     /// Makes `pem` the current signing key, in one step under the store's

@@ -492,12 +492,16 @@ impl TokenStore for PostgresStore {
         true
     }
 
-    fn current_signing_key(&self) -> Result<Option<String>, StoreError> {
+    fn current_signing_key(&self, settled: u64) -> Result<Option<String>, StoreError> {
+        let settled = to_sql(settled);
         self.with(move |client| async move {
             let row = client
                 .query_opt(
-                    "SELECT pem FROM signing_private_keys ORDER BY seq DESC LIMIT 1",
-                    &[],
+                    "SELECT pem FROM signing_private_keys \
+                     ORDER BY created_at <= $1 DESC, \
+                              CASE WHEN created_at <= $1 THEN -seq ELSE seq END \
+                     LIMIT 1",
+                    &[&settled],
                 )
                 .await?;
             Ok(match row {
