@@ -10,7 +10,9 @@
 //! (new id, new CSRF token), so an id planted before login is worth
 //! nothing after it. Sessions are per process: they are lost on restart
 //! or when the authorization server's settings change, which only means
-//! logging in again.
+//! logging in again, and replicas on one PostgreSQL store need session
+//! affinity for the approval page (another replica knows no session, so
+//! its CSRF check refuses the form).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

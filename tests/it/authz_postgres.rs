@@ -300,6 +300,54 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
     );
 }
 
+/// The approval page keeps its sessions per replica, so it needs session
+/// affinity (configuration.md, "Authorization server on PostgreSQL"): a
+/// consent posted to another replica than the one the resource owner
+/// logged in on is refused (the CSRF check fails, the login form shows
+/// again) and approves nothing; posted where the login was, it approves.
+#[tokio::test]
+async fn a_consent_posted_to_another_replica_than_the_login_approves_nothing() {
+    use crate::authorize::Browser;
+    let pg = Postgres::shared();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    let (verifier, challenge) = pkce();
+    let mut on_a = Browser::new(&a);
+    let consent = on_a
+        .login(&code_query("bookyourticket", "view", Some(&challenge)))
+        .await;
+    // Same browser (same cookie), next request lands on replica B.
+    let mut on_b = Browser::new(&b);
+    on_b.cookie = on_a.cookie.clone();
+    let refused = on_b
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.headers.get("location").is_none());
+    assert_eq!(
+        pg.psql(&database, "SELECT count(*) FROM authorization_codes")
+            .trim(),
+        "0"
+    );
+
+    let approved = on_a
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let code = code_from(approved.location());
+    let (status, body) = post(
+        &b,
+        "/oauth2/token",
+        ("bookyourticket", SECRET),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn refresh_limit_counts_across_replicas() {
     let pg = Postgres::shared();
