@@ -218,6 +218,9 @@ fn phases<'s: 'a, 'a>(
         } else {
             None
         };
+        // Every refusal the request itself earns comes before the throttle
+        // counts it: a refused request uses no quota.
+        check_declared_length(snap, &req)?;
         let from_h2 = req.version() == Version::HTTP_2;
         // `te: trailers` (gRPC requires it) reaches HTTP/2 upstreams only.
         let te_trailers =
@@ -244,10 +247,6 @@ fn phases<'s: 'a, 'a>(
         strip_application_credentials(route.api, who.as_ref(), headers);
         transform::apply(&route.api.transform, who.as_ref(), headers, added)
             .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
-
-        // Every refusal the request itself earns comes before it is counted:
-        // a refused request uses no quota.
-        let mut req = limit_body(snap, req)?;
 
         // Throttled once nothing but the upstream can refuse the request.
         // The memory store answers at once; a Redis call is boxed, like
@@ -278,7 +277,6 @@ fn phases<'s: 'a, 'a>(
         if let Some(who) = &who {
             count_application(who);
         }
-        let headers = req.headers_mut();
         outbound::apply(&route.api.outbound, headers); // outbound auth
         forwarded::set_forwarded(
             headers,
@@ -292,6 +290,7 @@ fn phases<'s: 'a, 'a>(
         // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
         // client's goes through a map.
         let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
+        let req = limit_body(snap, req);
         // Boxed: created once on the heap instead of being copied into each
         // enclosing future (every layer up to the connection) as it starts.
         let mut response = super::pin_in_place(|| {
@@ -640,9 +639,8 @@ fn count_application(who: &Identity) {
     }
 }
 
-/// Refuses a declared length over the limit at once; a chunked body is cut
-/// off (and the request answered 413) when it grows past it.
-fn limit_body(snap: &Snapshot, req: Request<Body>) -> Result<Request<Body>, Rejection> {
+/// Refuses a declared length over the limit at once.
+fn check_declared_length<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -651,13 +649,19 @@ fn limit_body(snap: &Snapshot, req: Request<Body>) -> Result<Request<Body>, Reje
     if declared.is_some_and(|len| len > snap.limits.max_body) {
         return Err(Rejection::PayloadTooLarge);
     }
+    Ok(())
+}
+
+/// A body that grows past the limit (chunked, or longer than declared) is
+/// cut off, and the request answered 413.
+fn limit_body(snap: &Snapshot, req: Request<Body>) -> Request<Body> {
     let (mut parts, body) = req.into_parts();
     if body.is_end_stream() {
         // Nothing to count (most GETs): no limit to watch, no allocation.
-        return Ok(Request::from_parts(parts, super::empty()));
+        return Request::from_parts(parts, super::empty());
     }
     let flag = LimitFlag::default();
     parts.extensions.insert(flag.clone());
     let body = LimitedBody::new(body, snap.limits.max_body, flag).boxed();
-    Ok(Request::from_parts(parts, body))
+    Request::from_parts(parts, body)
 }
