@@ -1019,6 +1019,21 @@ mod certificates {
         }
     }
 
+    /// A directory holding the gateway's certificate for `localhost`
+    /// (`server.crt`, `server.key`), and that certificate.
+    fn served_as_localhost() -> (tempfile::TempDir, rcgen::CertifiedKey<KeyPair>) {
+        common::crypto();
+        let dir = tempfile::tempdir().unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("server.crt"), server.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("server.key"),
+            server.signing_key.serialize_pem(),
+        )
+        .unwrap();
+        (dir, server)
+    }
+
     fn yaml(dir: &Path, upstream: &Upstream, mode: &str, partner: &str, other: &str) -> String {
         format!(
             r#"
@@ -1097,15 +1112,7 @@ apis:
 
     #[tokio::test]
     async fn a_client_certificate_identifies_its_application() {
-        common::crypto();
-        let dir = tempfile::tempdir().unwrap();
-        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.path().join("server.crt"), server.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("server.key"),
-            server.signing_key.serialize_pem(),
-        )
-        .unwrap();
+        let (dir, server) = served_as_localhost();
         let authority = ca();
         std::fs::write(dir.path().join("ca.pem"), authority.pem()).unwrap();
         let partner = client(&authority, "partner");
@@ -1244,15 +1251,7 @@ apis:
     /// resumes one its certificate opened before the reload.
     #[tokio::test]
     async fn a_client_ca_no_longer_trusted_after_a_reload_is_not_resumed() {
-        common::crypto();
-        let dir = tempfile::tempdir().unwrap();
-        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.path().join("server.crt"), server.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("server.key"),
-            server.signing_key.serialize_pem(),
-        )
-        .unwrap();
+        let (dir, server) = served_as_localhost();
         let old_ca = ca();
         std::fs::write(dir.path().join("ca.pem"), old_ca.pem()).unwrap();
         let partner = client(&old_ca, "partner");
@@ -1302,15 +1301,7 @@ apis:
     /// exchange, on a new session or an old one.
     #[tokio::test]
     async fn a_session_without_a_certificate_is_not_resumed_once_one_is_required() {
-        common::crypto();
-        let dir = tempfile::tempdir().unwrap();
-        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.path().join("server.crt"), server.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("server.key"),
-            server.signing_key.serialize_pem(),
-        )
-        .unwrap();
+        let (dir, server) = served_as_localhost();
         let authority = ca();
         std::fs::write(dir.path().join("ca.pem"), authority.pem()).unwrap();
         let partner = client(&authority, "partner");

@@ -515,16 +515,10 @@ async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
     assert_eq!(kids(&a).await, kids(&b).await);
 }
 
-/// JWTs from either replica pass either replica's in-process validation,
-/// before and after a rotation: the keys each replica validates with
-/// follow the store.
-#[tokio::test]
-async fn jwts_validate_across_replicas_through_a_rotation() {
-    let pg = Postgres::shared();
-    let shared = tempfile::tempdir().unwrap();
-    let database = pg.create_database();
-    let yaml = yaml(&pg.url(&database), shared.path())
-        .replace("token_format: opaque", "token_format: jwt")
+/// [`yaml`] issuing JWTs, with an API that validates them in-process
+/// against the local issuer.
+fn jwt_yaml(url: &str, shared: &std::path::Path) -> String {
+    yaml(url, shared).replace("token_format: opaque", "token_format: jwt")
         + r#"
 security_settings:
   auth_servers:
@@ -543,7 +537,18 @@ apis:
   authentication: { type: oauth2, auth_server: local }
   scopes:
   - { name: ViewTickets, resources: ["GET /bookings"] }
-"#;
+"#
+}
+
+/// JWTs from either replica pass either replica's in-process validation,
+/// before and after a rotation: the keys each replica validates with
+/// follow the store.
+#[tokio::test]
+async fn jwts_validate_across_replicas_through_a_rotation() {
+    let pg = Postgres::shared();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let yaml = jwt_yaml(&pg.url(&database), shared.path());
     let a = Gateway::start(&yaml).await;
     let b = Gateway::start(&yaml).await;
     let call = |gw: &Gateway, token: String| {
@@ -618,27 +623,7 @@ async fn a_jwt_signed_right_after_a_rotation_validates_on_the_other_replica() {
     let pg = Postgres::shared();
     let shared = tempfile::tempdir().unwrap();
     let database = pg.create_database();
-    let yaml = yaml(&pg.url(&database), shared.path())
-        .replace("token_format: opaque", "token_format: jwt")
-        + r#"
-security_settings:
-  auth_servers:
-  - id: local
-    name: local
-    type: authServerAlias
-    localIntrospectionConfig:
-      issuer: "http://localhost:4485"
-scope_mappings:
-- { auth_server: local, scope: view, api_scopes: ["Time travels:ViewTickets"] }
-apis:
-- name: "Time travels"
-  version: "1.0"
-  base_path: /travels
-  upstream: { echo: true }
-  authentication: { type: oauth2, auth_server: local }
-  scopes:
-  - { name: ViewTickets, resources: ["GET /bookings"] }
-"#;
+    let yaml = jwt_yaml(&pg.url(&database), shared.path());
     let a = Gateway::start(&yaml).await;
     // Replicas do not start in the same second (rolling deploys, autoscaling).
     tokio::time::sleep(Duration::from_secs(4)).await;
