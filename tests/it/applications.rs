@@ -1075,37 +1075,10 @@ apis:
         client: Option<&Client>,
         path: &str,
     ) -> Result<u16, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(server.clone()).unwrap();
-        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let config = match client {
-            Some(c) => builder
-                .with_client_auth_cert(
-                    vec![c.der.clone()],
-                    PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap(),
-                )
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        let config = returning_client(server, client);
+        get_with(addr, &config, path)
             .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let resp = sender
-            .send_request(
-                http::Request::get(path)
-                    .header("host", "localhost")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(resp.status().as_u16())
+            .map(|(status, _)| status)
     }
 
     use rustls::pki_types::pem::PemObject;
