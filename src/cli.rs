@@ -430,9 +430,13 @@ fn explain(args: &ExplainArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Judged as the data path judges a peer: an IPv4-mapped address is
+    // its IPv4 address.
     let client_ip = args
         .client_ip
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), |ip| {
+            ip.to_canonical()
+        });
     let request_path = &args.path;
     let verdict =
         crate::policy::decide_for(&loaded.snapshot, &method, request_path, &caller, client_ip);

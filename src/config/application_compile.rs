@@ -225,9 +225,24 @@ pub fn cidrs(ctx: &mut Ctx, list: &[S<String>], key: &str) -> Vec<IpNet> {
                     "an address range such as 10.0.0.0/8 or fd00::/8, or one address",
                 );
             }
-            parsed
+            parsed.map(canonical)
         })
         .collect()
+}
+
+/// An IPv4-mapped range (`::ffff:10.0.0.0/104`) as the IPv4 range it
+/// stands for (`10.0.0.0/8`): client addresses are judged canonical (an
+/// IPv4 peer of a dual-stack port is its IPv4 address), so the mapped
+/// form would match none of them. Other ranges are kept as written.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
 }
 
 /// `sha256:AB:CD:…`, `ab:cd:…` or `abcd…`: 32 bytes in hex, any case.
@@ -316,6 +331,18 @@ mod tests {
         assert_eq!(fingerprint(&format!("SHA256:{bare}")), Some([0xab; 32]));
         assert_eq!(fingerprint("sha256:AB"), None);
         assert_eq!(fingerprint(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn an_ipv4_mapped_range_is_the_ipv4_range_it_stands_for() {
+        let net = |text: &str| canonical(text.parse().expect("a CIDR"));
+        assert_eq!(net("::ffff:10.0.0.0/104"), "10.0.0.0/8".parse().unwrap());
+        assert_eq!(net("::ffff:192.0.2.1/128"), "192.0.2.1/32".parse().unwrap());
+        assert_eq!(net("::ffff:0:0/96"), "0.0.0.0/0".parse().unwrap());
+        // Other IPv6 ranges, and ranges wider than the mapped block, stay.
+        assert_eq!(net("fd00::/8"), "fd00::/8".parse().unwrap());
+        assert_eq!(net("::/0"), "::/0".parse().unwrap());
+        assert_eq!(net("10.0.0.0/8"), "10.0.0.0/8".parse().unwrap());
     }
 
     #[test]

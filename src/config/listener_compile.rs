@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use super::context::Ctx;
@@ -180,22 +179,7 @@ pub(super) fn admin(ctx: &mut Ctx, admin: &raw::Admin) -> Admin {
 }
 
 pub(super) fn trusted_proxies(ctx: &mut Ctx, list: &[S<String>]) -> Vec<ipnet::IpNet> {
-    list.iter()
-        .filter_map(|cidr| {
-            let text = cidr.value.trim();
-            let parsed = ipnet::IpNet::from_str(text)
-                .ok()
-                .or_else(|| IpAddr::from_str(text).ok().map(ipnet::IpNet::from));
-            if parsed.is_none() {
-                ctx.report.error(
-                    cidr.referenced,
-                    format!("trusted_proxies: `{text}` is not a CIDR"),
-                    "CIDRs such as 10.0.0.0/8 or 127.0.0.1/32",
-                );
-            }
-            parsed
-        })
-        .collect()
+    super::application_compile::cidrs(ctx, list, "trusted_proxies")
 }
 
 const MIN_HEADER_BYTES: u64 = 1 << 10;

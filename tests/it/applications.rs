@@ -550,6 +550,24 @@ async fn ip_filter_judges_an_ipv4_client_of_a_dual_stack_port_by_its_ipv4_addres
     gw.shutdown().await;
 }
 
+/// A range written IPv4-mapped (`::ffff:127.0.0.0/104`) is the IPv4 range
+/// it stands for: it judges IPv4 clients, which are never seen mapped.
+#[tokio::test]
+async fn an_ipv4_mapped_range_judges_ipv4_clients() {
+    let upstream = Upstream::start().await;
+    let yaml = filtered(
+        &upstream,
+        "127.0.0.1",
+        false,
+        r#"{ deny: ["::ffff:127.0.0.0/104"] }"#,
+    );
+    let gw = Gateway::start(&yaml).await;
+    let url = format!("http://127.0.0.1:{}/filtered/status", gw.http.port());
+    assert_eq!(gw.client.get(&url).send().await.unwrap().status(), 403);
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn explain_decides_like_the_data_path() {
     use microgateway::auth::identity::{self, Identity};
