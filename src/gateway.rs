@@ -20,6 +20,7 @@ use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::basic_auth::{admin_access, Access};
 use crate::config::{self, Env, Invalid, Snapshot};
+use crate::http1::raw_fields::set_own;
 use crate::http1::request_encode::AddedFields;
 use crate::proxy::{self, correlate, Body, Connection, Runtime, Upstreams};
 use crate::reload::swap::ThreadSnapshot;
@@ -309,9 +310,7 @@ fn handle_api(
             _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
         };
         if let Some(id) = &request_id {
-            response
-                .headers_mut()
-                .insert(correlate::X_REQUEST_ID.clone(), id.clone());
+            set_own(&mut response, &correlate::X_REQUEST_ID, id.clone());
         }
         let status = response.status();
         let series = api

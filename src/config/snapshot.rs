@@ -625,17 +625,23 @@ pub struct ThrottlePolicy {
 pub struct SoleCounter {
     /// Whether the policy is counted that way (decided when compiled).
     pub eligible: bool,
-    tat: OnceLock<Arc<AtomicU64>>,
+    tat: OnceLock<Arc<Tat>>,
 }
+
+/// A sole counter's theoretical arrival time. Every thread swaps it, request
+/// after request: it has its cache line to itself, so that the swaps do not
+/// take from other threads the lines of what they only read (its `Arc`'s
+/// counts, a neighbouring allocation).
+pub type Tat = crossbeam_utils::CachePadded<AtomicU64>;
 
 impl SoleCounter {
     /// The counter, once the memory store gave it.
     pub fn get(&self) -> Option<&AtomicU64> {
-        self.tat.get().map(|tat| &**tat)
+        self.tat.get().map(|tat| &***tat)
     }
 
     /// Gives the counter (a policy gets one once).
-    pub fn set(&self, tat: Arc<AtomicU64>) {
+    pub fn set(&self, tat: Arc<Tat>) {
         let _ = self.tat.set(tat);
     }
 }

@@ -5,11 +5,13 @@
 //! built (a name lookup, a hash and an insertion per field) only for the
 //! encoder to read it back; its fields are instead kept as places in the
 //! upstream's head and written to the client from there. The gateway's
-//! own fields travel in the response's map beside them and replace any
-//! of the same name.
+//! own fields travel beside them ([`set_own`]: `X-Request-Id`, the
+//! RateLimit fields) or in the response's map, and replace any of the
+//! same name.
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Response};
 
 /// What the encoder must know of a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +35,18 @@ pub(super) struct Field {
 pub struct RawFields {
     head: Bytes,
     fields: Vec<Field>,
+    /// The gateway's own fields, written after the upstream's (none
+    /// allocated until one is set).
+    added: Vec<(&'static HeaderName, HeaderValue)>,
 }
 
 impl RawFields {
     pub(super) fn new(head: Bytes, fields: Vec<Field>) -> RawFields {
-        RawFields { head, fields }
+        RawFields {
+            head,
+            fields,
+            added: Vec::new(),
+        }
     }
 
     /// Each field's name (as the upstream wrote it), value and kind, in
@@ -53,14 +62,16 @@ impl RawFields {
     }
 
     /// Appends the fields as `name: value` lines, the names in lower case
-    /// as a map's are written: all but those `own` has a field of the same
-    /// name, and `Content-Length` only if `keep_length`. Says whether a
-    /// `Content-Length` and a `Date` were among the fields.
+    /// as a map's are written, then the gateway's own: all of the
+    /// upstream's but those `own` or the gateway's own have a field of the
+    /// same name, and `Content-Length` only if `keep_length`. Says whether
+    /// a `Content-Length` and a `Date` were among the fields.
     pub fn write(&self, own: &HeaderMap, keep_length: bool, out: &mut Vec<u8>) -> (bool, bool) {
-        // The lengths of `own`'s names, as bits: most fields are told
+        // The lengths of the names replaced, as bits: most fields are told
         // apart from all of them by their length alone.
         let own_lengths = own
             .keys()
+            .chain(self.added.iter().map(|(name, _)| *name))
             .fold(0u64, |bits, name| bits | 1 << name.as_str().len().min(63));
         let head = &self.head[..];
         let (mut had_length, mut had_date) = (false, false);
@@ -81,6 +92,7 @@ impl RawFields {
             if own_lengths & 1 << name.len().min(63) != 0
                 && own
                     .keys()
+                    .chain(self.added.iter().map(|(name, _)| *name))
                     .any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name))
             {
                 continue;
@@ -99,7 +111,19 @@ impl RawFields {
             }
             out[start..start + name.len()].make_ascii_lowercase();
         }
+        for (name, value) in &self.added {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         (had_length, had_date)
+    }
+
+    /// Whether the gateway's own fields include `name` (the encoder then
+    /// leaves the map's line of it out).
+    pub fn adds(&self, name: &HeaderName) -> bool {
+        self.added.iter().any(|(added, _)| *added == name)
     }
 
     /// The values of the fields named `name` (any case), in order.
@@ -110,9 +134,35 @@ impl RawFields {
     }
 
     /// Room to reserve for the fields as `name: value` lines: the size of
-    /// the head they came from.
+    /// the head they came from, and the gateway's own.
     pub fn wire_len(&self) -> usize {
         self.head.len()
+            + self
+                .added
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum::<usize>()
+    }
+}
+
+/// Gives `response` the gateway's field `name: value`, replacing any the
+/// upstream sent: beside the upstream's fields when they go out as sent
+/// (no hashing, no insertion), else in its map. Each name is set at most
+/// once per answer.
+pub fn set_own<B>(response: &mut Response<B>, name: &'static HeaderName, value: HeaderValue) {
+    match response.extensions_mut().get_mut::<RawFields>() {
+        Some(raw) => {
+            debug_assert!(!raw.adds(name), "{name} set twice on one answer");
+            if raw.added.capacity() == 0 {
+                // The most an answer gets: `X-Request-Id` and the two
+                // RateLimit fields.
+                raw.added.reserve_exact(3);
+            }
+            raw.added.push((name, value));
+        }
+        None => {
+            response.headers_mut().insert(name.clone(), value);
+        }
     }
 }
 

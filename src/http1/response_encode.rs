@@ -100,6 +100,9 @@ pub fn head(
         (had_length, had_date) = raw.write(&parts.headers, keep_length, out);
     }
     for (name, value) in &parts.headers {
+        if raw.is_some_and(|raw| raw.adds(name)) {
+            continue; // the gateway's own, written with the upstream's
+        }
         if *name == CONTENT_LENGTH {
             had_length = true;
             if !keep_length {
@@ -287,9 +290,15 @@ mod tests {
     }
 
     /// `raw` parsed as an upstream's head, its fields in a map or as sent,
-    /// with the gateway's `own` fields added to the map; encoded for a
+    /// with the gateway's `own` fields set on it as the gateway sets them
+    /// ([`set_own`](super::super::raw_fields::set_own)); encoded for a
     /// `method` request, without the date the encoder adds.
-    fn forwarded(raw: &str, as_sent: bool, own: &[(&str, &str)], method: &Method) -> String {
+    fn forwarded(
+        raw: &str,
+        as_sent: bool,
+        own: &[(&'static http::HeaderName, &str)],
+        method: &Method,
+    ) -> String {
         let mut buf = bytes::BytesMut::from(raw.as_bytes());
         let mut scratch = super::super::response_head::Scratch::default();
         scratch.as_sent = as_sent;
@@ -300,14 +309,12 @@ mod tests {
         let mut response = Response::new(());
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
-        for (name, value) in own {
-            let name = http::HeaderName::from_bytes(name.as_bytes()).expect("name");
-            response
-                .headers_mut()
-                .insert(name, http::HeaderValue::from_str(value).expect("value"));
-        }
         if let Some(raw) = head.raw {
             response.extensions_mut().insert(raw);
+        }
+        for (name, value) in own {
+            let value = http::HeaderValue::from_str(value).expect("value");
+            super::super::raw_fields::set_own(&mut response, name, value);
         }
         let size = match head.framing {
             super::super::response_head::Framing::Length(n) => SizeHint::with_exact(n),
@@ -339,9 +346,11 @@ mod tests {
             "HTTP/1.0 200 OK\r\nCache-Control:no-store\r\nContent-Length: 1\r\n\r\n",
             "HTTP/1.1 200 OK\nServer: bare\nX-Two:  spaced \nContent-Length: 0\n\n",
         ];
+        static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+        static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
         let own = [
-            ("x-request-id", "gateway"),
-            ("ratelimit", "\"api\";r=9;t=1"),
+            (&X_REQUEST_ID, "gateway"),
+            (&RATELIMIT, "\"api\";r=9;t=1"),
         ];
         for raw in heads {
             for method in [Method::GET, Method::HEAD] {

@@ -338,7 +338,7 @@ fn phases<'s: 'a, 'a>(
         refuse_upstream_challenge(route.api, &response)?;
         transform::apply_to_response(&route.api.response_transform, response.headers_mut()); // response transformation
         if let Some(fields) = fields {
-            fields.apply(response.headers_mut());
+            fields.apply(&mut response);
         }
         Ok(response)
     }

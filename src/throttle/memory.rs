@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 
 use super::gcra::Rate;
 use super::{Key, Levels, Party};
-use crate::config::snapshot::ThrottlePolicy;
+use crate::config::snapshot::{Tat, ThrottlePolicy};
 
 const SHARDS: usize = 32;
 
@@ -101,7 +101,7 @@ pub struct MemoryStore {
     /// The TATs of the policies that count in one number
     /// ([`ThrottlePolicy::sole`]), by identity: bounded by the
     /// configuration, and the same for every snapshot with the policy.
-    sole: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    sole: Mutex<HashMap<Arc<str>, Arc<Tat>>>,
 }
 
 impl MemoryStore {
@@ -127,7 +127,11 @@ impl MemoryStore {
                 .or_else(|| kept.get(&policy.identity).cloned())
                 // Counted in the keys until now (it shared a resource
                 // with another policy): its count goes on from there.
-                .unwrap_or_else(|| Arc::new(AtomicU64::new(self.peek(&whole(&policy.identity)))));
+                .unwrap_or_else(|| {
+                    Arc::new(Tat::new(AtomicU64::new(
+                        self.peek(&whole(&policy.identity)),
+                    )))
+                });
             policy.sole.set(tat.clone());
             kept.insert(policy.identity.clone(), tat);
         }

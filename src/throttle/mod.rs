@@ -27,6 +27,7 @@ use smallvec::SmallVec;
 use crate::auth::identity::Identity;
 use crate::config::snapshot::{Api, OnStoreError, ThrottlePolicy, ThrottleStore, Throttling};
 use crate::config::Snapshot;
+use crate::http1::raw_fields::set_own;
 use gcra::{quota, seconds_up, Quota, Rate};
 use memory::MemoryStore;
 use redis::RedisStore;
@@ -167,9 +168,10 @@ pub struct AdmittedFields<'s> {
 }
 
 impl AdmittedFields<'_> {
-    /// Adds the fields to a response's headers.
-    pub fn apply(self, headers: &mut HeaderMap) {
-        apply(headers, self.policy.clone(), self.ratelimit);
+    /// Gives the upstream's answer the fields (replacing any it sent).
+    pub fn apply<B>(self, response: &mut http::Response<B>) {
+        set_own(response, &RATELIMIT_POLICY, self.policy.clone());
+        set_own(response, &RATELIMIT, self.ratelimit);
     }
 }
 
