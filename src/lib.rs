@@ -16,7 +16,9 @@
 //!    matched and forwarded in and configured ones are held in.
 //!    [`allocator`]: freed memory given back to the system.
 //!    [`access_log`]: the access log's line, composed and handed to the
-//!    log's writer.
+//!    log's writer. [`lockout`]: failed password attempts counted per
+//!    user and per client, and the lock past a limit, for the Basic users
+//!    of `proxy` and the password logins of `authz_server` alike.
 //! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
 //!    generation); every finding with file, line and column. [`logging`]:
 //!    the process's log, written by a thread of its own through a bounded
@@ -70,6 +72,7 @@ pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod http1;
+pub mod lockout;
 pub mod logging;
 pub mod metrics;
 pub mod path;

@@ -573,7 +573,14 @@ fn blank_comments_and_literals(text: &str) -> String {
 
 /// The floors of `src/lib.rs`'s module map, lowest first.
 const FLOORS: &[&[&str]] = &[
-    &["access_log", "allocator", "metrics", "path", "timer"],
+    &[
+        "access_log",
+        "allocator",
+        "lockout",
+        "metrics",
+        "path",
+        "timer",
+    ],
     &["config", "logging"],
     &["auth", "basic_auth", "http1"],
     &["authz_server", "policy", "throttle"],
