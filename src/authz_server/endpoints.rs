@@ -125,7 +125,8 @@ impl AuthorizationServer {
         let clock = Clock::default();
         let keys = SigningKeys::open(&settings.signing_key_path, store.as_ref(), clock.unix_now())?;
         let users = Users::new(&settings.users)?;
-        let attempts = FailedAttempts::shared(Arc::clone(&store));
+        let attempts =
+            FailedAttempts::shared(Arc::clone(&store)).for_clients(settings.clients.len());
         // A database store's jobs mostly wait for it: as many as it has
         // connections (Argon2 keeps its own bound, `Users`).
         let workers = match &settings.postgres {

@@ -22,7 +22,6 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use super::approval::{self, Approval, Page, Param, ScopeView, Step};
 use super::error::OAuthError;
 use super::form::Form;
-use super::grants::attempts::Subject;
 use super::grants::{issue_new, GrantContext};
 use super::sessions::{self, Current, Sessions};
 use super::settings::GrantType;
@@ -147,9 +146,8 @@ fn login(
             &kept,
         );
     };
-    let as_client = Subject::Client(valid.client.client_id.clone());
-    let as_user = Subject::User(username.to_owned());
-    let guarded = cx.grants.attempts.guarded(&as_client, &as_user, now, || {
+    let client_id = &valid.client.client_id;
+    let guarded = cx.grants.attempts.guarded(client_id, username, now, || {
         cx.grants.users.verify(username, password)
     });
     match guarded {

@@ -1,6 +1,9 @@
-//! Failed password attempts, counted per user and per client in fixed
-//! windows, to slow down guessing (RFC 6749 §10.7 asks the server to
-//! protect the password grant from brute force).
+//! Failed password attempts of the password grant and the approval page's
+//! login, counted per user and per client in fixed windows, to slow down
+//! guessing (RFC 6749 §10.7 asks the server to protect the password grant
+//! from brute force). The windows, the lock and the checks under way are
+//! [`crate::lockout`]'s, as for the gateway's Basic users; this module
+//! sets its limits and adds the count shared by replicas.
 //!
 //! Policy: 5 failures of one user, or 20 of one client (a client serves
 //! many users), within 60 s lock that user or client until the window
@@ -8,13 +11,16 @@
 //! checked, so a lock also caps the Argon2 work an attacker can cause.
 //! Unknown usernames are counted like known ones, so a lock does not tell
 //! which users exist. Memory stays bounded: a failure is only recorded for
-//! a configured client that is not locked, so each client adds at most 20
-//! entries per window, and windows that ended are dropped.
+//! a configured client that is not locked, so each client keeps at most
+//! `ENTRIES_PER_CLIENT` counts running, and the counters have room for
+//! every configured client's ([`FailedAttempts::for_clients`]): windows
+//! that ended are dropped to make room, never a running one.
 //!
-//! A password check under way counts against its user's lock until it
-//! ends ([`FailedAttempts::guarded`]): guesses sent at once are not all
-//! let through before the first failure is counted, so no more passwords
-//! of one user are checked at a time than the lock has room for.
+//! A password check under way counts against its user's and its client's
+//! locks until it ends ([`FailedAttempts::guarded`]): guesses sent at once
+//! are not all let through before the first failure is counted, so no more
+//! passwords of one user are checked at a time than the lock has room for.
+//! A check that ends without an outcome (a panic) counts as a failure.
 //!
 //! A store shared by replicas (PostgreSQL) counts failures too, so a lock
 //! holds on every replica: a subject is locked when the local count or the
@@ -22,62 +28,44 @@
 //! unreachable store never lifts a lock. (Checks under way are counted by
 //! each replica alone.)
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::authz_server::store::TokenStore;
+use crate::lockout::{self, Limits, Lockout, Outcome};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub failures: u32,
-    pub window_secs: u64,
-}
+/// A user (its name) or a client (its id).
+pub type Subject = lockout::Subject<String>;
 
-pub const PER_USER: Limit = Limit {
-    failures: 5,
+/// Failures of one client within a window that lock it.
+const CLIENT_FAILURES: u32 = 20;
+/// Failures of one user, or of one client, within a window.
+const LIMITS: Limits = Limits {
+    user: 5,
+    client: CLIENT_FAILURES,
     window_secs: 60,
-};
-pub const PER_CLIENT: Limit = Limit {
-    failures: 20,
-    window_secs: 60,
+    entries: ENTRIES_PER_CLIENT,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Subject {
-    User(String),
-    Client(String),
-}
+/// Counts one configured client keeps running at most: its own, the users
+/// whose failures through it still count (a minute spans at most two of
+/// its windows, each with at most its limit of failures), and the users
+/// whose passwords it has under check (no more than its limit either).
+const ENTRIES_PER_CLIENT: usize = 1 + 3 * CLIENT_FAILURES as usize;
 
-impl Subject {
-    /// The key of the store's shared counter.
-    fn key(&self) -> String {
-        match self {
-            Subject::User(name) => format!("user:{name}"),
-            Subject::Client(id) => format!("client:{id}"),
-        }
-    }
-
-    fn limit(&self) -> Limit {
-        match self {
-            Subject::User(_) => PER_USER,
-            Subject::Client(_) => PER_CLIENT,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    started: u64,
-    failures: u32,
-    /// Password checks under way.
-    checking: u32,
-}
-
-#[derive(Default)]
 pub struct FailedAttempts {
-    windows: Mutex<HashMap<Subject, Window>>,
+    local: Lockout<String>,
     /// The store, when it shares counts between replicas.
     shared: Option<Arc<dyn TokenStore>>,
+}
+
+impl Default for FailedAttempts {
+    /// Counts kept here, for one client.
+    fn default() -> FailedAttempts {
+        FailedAttempts {
+            local: Lockout::new(LIMITS),
+            shared: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for FailedAttempts {
@@ -89,27 +77,33 @@ impl std::fmt::Debug for FailedAttempts {
 }
 
 impl FailedAttempts {
-    /// Counts kept here and, when `store` shares them, in the store.
+    /// Counts kept here and, when `store` shares them, in the store; for
+    /// one client until [`FailedAttempts::for_clients`] says how many.
     pub fn shared(store: Arc<dyn TokenStore>) -> FailedAttempts {
         FailedAttempts {
-            windows: Mutex::default(),
             shared: store.shares_attempts().then_some(store),
+            ..FailedAttempts::default()
+        }
+    }
+
+    /// Room for the counts of `clients` configured clients.
+    pub fn for_clients(self, clients: usize) -> FailedAttempts {
+        let limits = Limits {
+            entries: ENTRIES_PER_CLIENT.saturating_mul(clients.max(1)),
+            ..LIMITS
+        };
+        FailedAttempts {
+            local: Lockout::new(limits),
+            ..self
         }
     }
 
     /// `Err(retry_after_secs)` while `subject` is locked.
     pub fn check(&self, subject: &Subject, now: u64) -> Result<(), u64> {
-        let limit = subject.limit();
-        {
-            let windows = self.lock();
-            if let Some(w) = windows.get(subject) {
-                if w.failures >= limit.failures && now < w.started + limit.window_secs {
-                    return Err(w.started + limit.window_secs - now);
-                }
-            }
-        }
+        self.local.check(subject, now).map_err(|l| l.retry_after)?;
         if let Some(store) = &self.shared {
-            match store.attempts_locked(&subject.key(), limit.failures, limit.window_secs, now) {
+            let (limit, window) = (LIMITS.of(subject), LIMITS.window_secs);
+            match store.attempts_locked(&store_key(subject), limit, window, now) {
                 Ok(Some(retry_after)) => return Err(retry_after),
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "shared failed-attempt count unavailable"),
@@ -119,125 +113,72 @@ impl FailedAttempts {
     }
 
     pub fn record_failure(&self, subject: &Subject, now: u64) {
-        if let Some(store) = &self.shared {
-            let window = subject.limit().window_secs;
-            if let Err(error) = store.attempts_record_failure(&subject.key(), window, now) {
-                tracing::warn!(%error, "shared failed-attempt count unavailable");
-            }
-        }
-        let mut windows = self.lock();
-        windows.retain(|s, w| w.checking > 0 || now < w.started + s.limit().window_secs);
-        let window = windows
-            .entry(subject.clone())
-            .or_insert_with(|| Window::new(now));
-        window.failures = window.failures.saturating_add(1);
+        self.record_shared(subject, now);
+        self.local.record_failure(subject, now);
     }
 
     pub fn clear(&self, subject: &Subject) {
-        if let Some(store) = &self.shared {
-            if let Err(error) = store.attempts_clear(&subject.key()) {
-                tracing::warn!(%error, "shared failed-attempt count unavailable");
-            }
-        }
-        let mut windows = self.lock();
-        match windows.get_mut(subject) {
-            Some(window) if window.checking > 0 => window.failures = 0,
-            _ => {
-                windows.remove(subject);
-            }
-        }
+        self.clear_shared(subject);
+        self.local.forgive(subject);
     }
 
-    /// Checks `user`'s password (`verify`) for `client`, under their
-    /// locks: `Err(retry_after_secs)` while either is locked, or while
-    /// `user`'s failures and the checks of its passwords under way leave
-    /// the lock no room; else whether the password matched, a failure
-    /// counted for both or the user's failures cleared.
+    /// Checks `username`'s password (`verify`) for `client_id`, under
+    /// their locks: `Err(retry_after_secs)` while either is locked, or
+    /// while its failures and its checks under way leave the lock no
+    /// room; else whether the password matched, a failure counted for
+    /// both or the user's failures cleared.
     pub fn guarded(
         &self,
-        client: &Subject,
-        user: &Subject,
+        client_id: &str,
+        username: &str,
         now: u64,
         verify: impl FnOnce() -> bool,
     ) -> Result<bool, u64> {
-        for subject in [client, user] {
+        let client = Subject::Client(client_id.to_owned());
+        let user = Subject::User(username.to_owned());
+        for subject in [&client, &user] {
             self.check(subject, now)?;
         }
         // Counted until the outcome is, so that the lock never lapses.
-        let _checking = self.begin_check(user, now)?;
+        let attempt = self
+            .local
+            .reserve(&client_id.to_owned(), username, None, now)
+            .map_err(|l| l.retry_after)?;
         let matched = verify();
         if matched {
-            self.clear(user);
+            self.clear_shared(&user);
+            attempt.end(Outcome::Right, now);
         } else {
-            self.record_failure(client, now);
-            self.record_failure(user, now);
+            self.record_shared(&client, now);
+            self.record_shared(&user, now);
+            attempt.end(Outcome::Wrong, now);
         }
         Ok(matched)
     }
 
-    /// Counts a check of `user`'s password as under way, if its lock has
-    /// room for one more.
-    fn begin_check(&self, user: &Subject, now: u64) -> Result<Checking<'_>, u64> {
-        let limit = user.limit();
-        let mut windows = self.lock();
-        let window = windows
-            .entry(user.clone())
-            .or_insert_with(|| Window::new(now));
-        if now >= window.started + limit.window_secs {
-            *window = Window {
-                checking: window.checking,
-                ..Window::new(now)
-            };
-        }
-        if window.failures.saturating_add(window.checking) >= limit.failures {
-            let locked = window.failures >= limit.failures;
-            // Checks under way end within moments; failures, with the window.
-            return Err(if locked {
-                window.started + limit.window_secs - now
-            } else {
-                1
-            });
-        }
-        window.checking += 1;
-        Ok(Checking {
-            attempts: self,
-            user: user.clone(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Subject, Window>> {
-        // Counters stay meaningful after a panic elsewhere.
-        self.windows
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Window {
-    fn new(now: u64) -> Window {
-        Window {
-            started: now,
-            failures: 0,
-            checking: 0,
-        }
-    }
-}
-
-/// A check of a user's password under way ([`FailedAttempts::guarded`]).
-struct Checking<'a> {
-    attempts: &'a FailedAttempts,
-    user: Subject,
-}
-
-impl Drop for Checking<'_> {
-    fn drop(&mut self) {
-        let mut windows = self.attempts.lock();
-        if let Some(window) = windows.get_mut(&self.user) {
-            window.checking = window.checking.saturating_sub(1);
-            if window.checking == 0 && window.failures == 0 {
-                windows.remove(&self.user);
+    fn record_shared(&self, subject: &Subject, now: u64) {
+        if let Some(store) = &self.shared {
+            let window = LIMITS.window_secs;
+            if let Err(error) = store.attempts_record_failure(&store_key(subject), window, now) {
+                tracing::warn!(%error, "shared failed-attempt count unavailable");
             }
         }
+    }
+
+    fn clear_shared(&self, subject: &Subject) {
+        if let Some(store) = &self.shared {
+            if let Err(error) = store.attempts_clear(&store_key(subject)) {
+                tracing::warn!(%error, "shared failed-attempt count unavailable");
+            }
+        }
+    }
+}
+
+/// The key of the store's shared counter.
+fn store_key(subject: &Subject) -> String {
+    match subject {
+        Subject::User(name) => format!("user:{name}"),
+        Subject::Client(id) => format!("client:{id}"),
     }
 }
 
@@ -258,39 +199,59 @@ mod tests {
         assert_eq!(attempts.check(&alice, 160), Ok(()));
         attempts.record_failure(&alice, 160);
         assert_eq!(attempts.check(&alice, 161), Ok(()));
+        attempts.clear(&alice);
     }
 
     #[test]
     fn a_client_has_a_higher_limit() {
         let attempts = FailedAttempts::default();
-        let app = Subject::Client("app".into());
-        for _ in 0..19 {
-            attempts.record_failure(&app, 0);
+        for n in 0..19 {
+            let user = format!("user-{n}");
+            assert_eq!(attempts.guarded("app", &user, 0, || false), Ok(false));
         }
-        assert_eq!(attempts.check(&app, 1), Ok(()));
-        attempts.record_failure(&app, 1);
-        assert_eq!(attempts.check(&app, 1), Err(59));
+        assert_eq!(attempts.check(&Subject::Client("app".into()), 1), Ok(()));
+        assert_eq!(attempts.guarded("app", "bob", 1, || false), Ok(false));
+        assert_eq!(attempts.guarded("app", "carol", 1, || true), Err(59));
+        assert_eq!(attempts.guarded("other", "carol", 1, || true), Ok(true));
     }
 
     #[test]
-    fn checks_under_way_count_against_a_users_lock_until_they_end() {
+    fn a_locked_user_is_refused_unchecked_and_a_right_password_forgives() {
         let attempts = FailedAttempts::default();
-        let app = Subject::Client("app".into());
-        let alice = Subject::User("alice".into());
-        attempts.record_failure(&alice, 0);
-        attempts.record_failure(&alice, 0);
-        // Two failures and three checks under way fill the lock.
-        let under_way: Vec<Checking> = (0..3)
-            .map(|_| attempts.begin_check(&alice, 1).expect("room"))
-            .collect();
-        assert_eq!(attempts.guarded(&app, &alice, 1, || true), Err(1));
-        drop(under_way);
-        // Ended without an outcome (a panic): room again.
-        assert_eq!(attempts.guarded(&app, &alice, 2, || false), Ok(false));
-        assert_eq!(attempts.guarded(&app, &alice, 2, || false), Ok(false));
-        assert_eq!(attempts.guarded(&app, &alice, 2, || false), Ok(false));
-        assert_eq!(attempts.guarded(&app, &alice, 3, || true), Err(57));
-        assert_eq!(attempts.guarded(&app, &alice, 60, || true), Ok(true));
-        assert!(attempts.lock().get(&alice).is_none(), "nothing kept");
+        for _ in 0..4 {
+            assert_eq!(attempts.guarded("app", "alice", 0, || false), Ok(false));
+        }
+        assert_eq!(attempts.guarded("app", "alice", 0, || true), Ok(true));
+        for _ in 0..5 {
+            assert_eq!(attempts.guarded("app", "alice", 1, || false), Ok(false));
+        }
+        let checked = std::cell::Cell::new(false);
+        let refused = attempts.guarded("app", "alice", 2, || {
+            checked.set(true);
+            true
+        });
+        assert_eq!(refused, Err(59));
+        assert!(!checked.get(), "a locked user's password is not checked");
+    }
+
+    /// Every configured client failing as often as it may, with as many
+    /// users as it may, drops no running count: a user's early failures
+    /// still lock it.
+    #[test]
+    fn the_counters_have_room_for_every_configured_client() {
+        let clients = ["a", "b", "c", "d"];
+        let attempts = FailedAttempts::default().for_clients(clients.len());
+        for _ in 0..4 {
+            assert_eq!(attempts.guarded("a", "alice", 0, || false), Ok(false));
+        }
+        for (c, client) in clients.iter().enumerate() {
+            let others = if c == 0 { 15 } else { 20 };
+            for n in 0..others {
+                let user = format!("{client}-user-{n}");
+                assert_eq!(attempts.guarded(client, &user, 1, || false), Ok(false));
+            }
+        }
+        assert_eq!(attempts.guarded("a", "alice", 2, || false), Ok(false));
+        assert_eq!(attempts.check(&Subject::User("alice".into()), 3), Err(57));
     }
 }

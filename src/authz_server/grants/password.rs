@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 
-use super::attempts::Subject;
 use super::{granted_scopes, issue_new, may_refresh, GrantContext, TokenResponse};
 use crate::authz_server::error::OAuthError;
 use crate::authz_server::form::Form;
@@ -95,11 +94,9 @@ pub fn grant(
         .get("password")
         .ok_or(OAuthError::InvalidRequest("password is required"))?;
     let scopes = granted_scopes(form.get("scope"), &client.scopes)?;
-    let as_client = Subject::Client(client.client_id.clone());
-    let as_user = Subject::User(username.to_owned());
     let matched = cx
         .attempts
-        .guarded(&as_client, &as_user, cx.now, || {
+        .guarded(&client.client_id, username, cx.now, || {
             cx.users.verify(username, password)
         })
         .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
