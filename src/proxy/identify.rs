@@ -27,10 +27,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::reject::Rejection;
 use crate::auth::identity::{self, Identity};
+use crate::authz_server::clock::unix_now;
 use crate::authz_server::workers::{JobFailed, Workers};
 use crate::config::snapshot::{Application, Applications, CredentialType};
 use crate::config::Snapshot;
@@ -219,12 +219,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
