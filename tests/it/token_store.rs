@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 
 use microgateway::authz_server::store::{
     AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
-    TokenStore,
+    SessionRecord, TokenStore,
 };
 use microgateway::authz_server::TokenFormat;
 
@@ -410,6 +410,39 @@ fn postgres_migrations_run_once_when_replicas_start_together() {
     );
 }
 
+/// A database at the first schema version (before the approval page's
+/// sessions moved into it) is brought to the current one when a store
+/// opens it, its rows kept.
+#[test]
+fn postgres_a_database_of_the_first_version_gains_the_sessions_table() {
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let store = pg.open_store(&database);
+    store
+        .insert_grant(&access("kept", Some(500), None), None)
+        .unwrap();
+    drop(store);
+    pg.psql(
+        &database,
+        "DROP TABLE approval_sessions; DELETE FROM microgateway_migrations WHERE version > 1",
+    );
+    let store = pg.open_store(&database);
+    assert!(store.find_access_token("kept").unwrap().is_some());
+    store
+        .session_insert(&session("s", None, 1000), None, 10, 0)
+        .unwrap();
+    assert!(store.session_find("s", 1).unwrap().is_some());
+    assert_eq!(
+        pg.psql(
+            &database,
+            "SELECT max(version) FROM microgateway_migrations"
+        ),
+        microgateway::authz_server::store::POSTGRES_MIGRATIONS
+            .len()
+            .to_string()
+    );
+}
+
 /// A database unreachable at start: not ready, calls fail as unavailable,
 /// ready once it is up; a restart under a ready store fails the calls
 /// made during it and nothing after.
@@ -468,4 +501,85 @@ fn postgres_failed_attempts_are_shared_by_replicas() {
     assert_eq!(other.check(&Subject::User("bob".into()), 110), Ok(()));
     assert_eq!(other.check(&alice, 160), Ok(()), "the window ended");
     other.clear(&alice);
+}
+
+fn session(hash: &str, user: Option<&str>, expires_at: u64) -> SessionRecord {
+    SessionRecord {
+        hash: hash.into(),
+        csrf_token: format!("csrf-{hash}"),
+        user: user.map(str::to_owned),
+        expires_at,
+    }
+}
+
+/// The approval page's sessions in a store two replicas share: what one
+/// stores the other finds; past the capacity (3 here) the oldest anonymous
+/// session makes room, never a signed-in one while an anonymous one is
+/// left; a login replaces its session in the same step; an expired session
+/// is never found, and is deleted when looked up, by the next insert or by
+/// `remove_expired`.
+#[test]
+fn postgres_sessions_are_shared_bounded_and_expire() {
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let (one, other) = (pg.open_store(&database), pg.open_store(&database));
+    let hashes = || {
+        pg.psql(
+            &database,
+            "SELECT string_agg(hash, ' ' ORDER BY hash) FROM approval_sessions",
+        )
+    };
+    one.session_insert(&session("alice", Some("alice"), 1100), None, 3, 500)
+        .unwrap();
+    for (i, hash) in ["anon1", "anon2", "anon3"].into_iter().enumerate() {
+        other
+            .session_insert(&session(hash, None, 1101 + i as u64), None, 3, 501)
+            .unwrap();
+    }
+    assert_eq!(hashes(), "alice anon2 anon3");
+    let found = other.session_find("alice", 600).unwrap().expect("shared");
+    assert_eq!(found, session("alice", Some("alice"), 1100));
+    assert!(one.session_find("anon1", 600).unwrap().is_none());
+
+    // Login: anon2 becomes bob's session, nothing else goes.
+    one.session_insert(&session("bob", Some("bob"), 1200), Some("anon2"), 3, 600)
+        .unwrap();
+    assert_eq!(hashes(), "alice anon3 bob");
+    // Only signed-in sessions left to push out: the oldest goes.
+    one.session_insert(
+        &session("carol", Some("carol"), 1201),
+        Some("anon3"),
+        3,
+        601,
+    )
+    .unwrap();
+    one.session_insert(&session("dave", Some("dave"), 1202), None, 3, 602)
+        .unwrap();
+    assert_eq!(hashes(), "bob carol dave");
+
+    // Expired at its expiry second: not found, and deleted.
+    assert!(other.session_find("bob", 1200).unwrap().is_none());
+    assert_eq!(hashes(), "carol dave");
+    // An insert purges every expired session.
+    other
+        .session_insert(&session("erin", None, 2000), None, 3, 1201)
+        .unwrap();
+    assert_eq!(hashes(), "dave erin");
+    one.session_delete("erin").unwrap();
+    assert_eq!(hashes(), "dave");
+    one.remove_expired(1202).unwrap();
+    assert_eq!(hashes(), "");
+}
+
+/// A store not shared by replicas keeps no sessions: each process does.
+#[test]
+fn sqlite_keeps_no_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        microgateway::authz_server::store::SqliteStore::open(&dir.path().join("oauth.db")).unwrap();
+    assert!(!store.is_shared());
+    assert!(matches!(
+        store.session_find("x", 0),
+        Err(microgateway::authz_server::store::StoreError::SessionsNotKept)
+    ));
 }

@@ -81,7 +81,7 @@ impl FailedAttempts {
     /// one client until [`FailedAttempts::for_clients`] says how many.
     pub fn shared(store: Arc<dyn TokenStore>) -> FailedAttempts {
         FailedAttempts {
-            shared: store.shares_attempts().then_some(store),
+            shared: store.is_shared().then_some(store),
             ..FailedAttempts::default()
         }
     }

@@ -1,11 +1,13 @@
 //! What the authorization server remembers: access tokens (by `jti`, or by
 //! the SHA-256 of an opaque token), refresh tokens, authorization codes and
-//! the public keys it has signed with.
+//! the public keys it has signed with; a store that replicas share also
+//! counts failed password attempts and keeps the approval page's browser
+//! sessions for all of them.
 //!
-//! Invariant: no clear token or code is ever stored — only its SHA-256
-//! (base64url), so a copy of the store cannot be replayed. The store is
-//! never on the gateway's request path for JWTs; callers use it from a
-//! blocking thread. `SqliteStore` is one local file; `PostgresStore` is a
+//! Invariant: no clear token, code or session id is ever stored — only its
+//! SHA-256 (base64url), so a copy of the store cannot be replayed. The
+//! store is never on the gateway's request path for JWTs; callers use it
+//! from a blocking thread. `SqliteStore` is one local file; `PostgresStore` is a
 //! database any number of replicas share, with the same rules.
 
 mod postgres;
@@ -49,6 +51,8 @@ pub enum StoreError {
     KeysNotKept,
     #[error("token store holds a value it does not understand in column {0}")]
     Corrupt(&'static str),
+    #[error("this token store does not keep the approval page's sessions: each process does")]
+    SessionsNotKept,
 }
 
 /// One issued access token; `id` is its `jti` (JWT) or the SHA-256 of the
@@ -166,6 +170,20 @@ impl Removed {
     }
 }
 
+/// A browser session of the approval page (`sessions`), stored under the
+/// SHA-256 of its id, never the id. Its CSRF token is kept as it is: it
+/// is shown on the page, and without the id it is worth nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// SHA-256 (base64url) of the session id.
+    pub hash: String,
+    pub csrf_token: String,
+    /// The resource owner who logged in on this session.
+    pub user: Option<String>,
+    /// Never accepted from this second on.
+    pub expires_at: u64,
+}
+
 /// A public signing key the server has used, kept so tokens signed before
 /// a key change still validate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,7 +226,8 @@ pub trait TokenStore: Send + Sync {
     fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Deletes expired access tokens and codes, and refresh tokens of
     /// families that can no longer be refreshed and have no live access
-    /// token left.
+    /// token left (and, where they are kept, expired failure windows and
+    /// approval sessions, not counted).
     fn remove_expired(&self, now: u64) -> Result<Removed, StoreError>;
     fn put_code(&self, code: &CodeRecord) -> Result<(), StoreError>;
     /// Spends a code: at most one caller ever gets [`CodeTake::Fresh`],
@@ -248,9 +267,10 @@ pub trait TokenStore: Send + Sync {
         Err(StoreError::KeysNotKept)
     }
 
-    /// Whether failed password attempts are counted here for every
-    /// replica (the `attempts_*` methods); otherwise each process counts.
-    fn shares_attempts(&self) -> bool {
+    /// Whether replicas share this store: it then counts failed password
+    /// attempts (`attempts_*`) and keeps the approval page's sessions
+    /// (`session_*`) for all of them; otherwise each process does.
+    fn is_shared(&self) -> bool {
         false
     }
     /// `Some(retry_after_secs)` while `subject` has `limit` failures in a
@@ -276,5 +296,27 @@ pub trait TokenStore: Send + Sync {
     }
     fn attempts_clear(&self, _subject: &str) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// The live session stored under `hash`. An expired one is never
+    /// returned, and is deleted.
+    fn session_find(&self, _hash: &str, _now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        Err(StoreError::SessionsNotKept)
+    }
+    /// Stores `session` and, in the same step, deletes `replaces` (the
+    /// session it follows, at login) and bounds the sessions kept: expired
+    /// ones are deleted, and past `capacity` the oldest anonymous ones,
+    /// then the oldest signed-in ones, make room.
+    fn session_insert(
+        &self,
+        _session: &SessionRecord,
+        _replaces: Option<&str>,
+        _capacity: usize,
+        _now: u64,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::SessionsNotKept)
+    }
+    fn session_delete(&self, _hash: &str) -> Result<(), StoreError> {
+        Err(StoreError::SessionsNotKept)
     }
 }

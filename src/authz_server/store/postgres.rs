@@ -9,6 +9,8 @@
 //! its revocation exclude each other through a transaction-scoped advisory
 //! lock on the family, so a revocation never misses a token that a
 //! rotation racing it stored. Introspection is one `SELECT` by primary key.
+//! The approval page's browser sessions are rows here too
+//! (`sessions`), so a browser's requests may reach any replica.
 //!
 //! The trait is blocking (callers are on the blocking pool); the store
 //! drives its async driver on a runtime of its own, one thread, so it can
@@ -19,6 +21,8 @@
 //! new connections as soon as it is back, and a store that could not
 //! migrate at start keeps retrying in the background with a bounded
 //! backoff, not ready until it has.
+
+mod sessions;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +43,7 @@ use tokio_postgres::Row;
 use super::postgres_schema;
 use super::{
     AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
-    StoreError, TokenStore, TokenSummary,
+    SessionRecord, StoreError, TokenStore, TokenSummary,
 };
 use crate::authz_server::settings::TokenFormat;
 use crate::config::authz::{PgTls, PostgresStore as PgSettings};
@@ -484,7 +488,7 @@ impl TokenStore for PostgresStore {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn shares_attempts(&self) -> bool {
+    fn is_shared(&self) -> bool {
         true
     }
 
@@ -616,6 +620,27 @@ impl TokenStore for PostgresStore {
                 .await?;
             Ok(())
         })
+    }
+
+    fn session_find(&self, hash: &str, now: u64) -> Result<Option<SessionRecord>, StoreError> {
+        let hash = hash.to_owned();
+        self.with(move |client| sessions::find(client, hash, now))
+    }
+
+    fn session_insert(
+        &self,
+        session: &SessionRecord,
+        replaces: Option<&str>,
+        capacity: usize,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let (session, replaces) = (session.clone(), replaces.map(str::to_owned));
+        self.with(move |client| sessions::insert(client, session, replaces, capacity, now))
+    }
+
+    fn session_delete(&self, hash: &str) -> Result<(), StoreError> {
+        let hash = hash.to_owned();
+        self.with(move |client| sessions::delete(client, hash))
     }
 
     fn insert_grant(
@@ -869,6 +894,11 @@ impl TokenStore for PostgresStore {
             // Failure windows last a minute; an hour old one has ended.
             tx.execute(
                 "DELETE FROM failed_attempts WHERE window_start + 3600 <= $1",
+                &[&now],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM approval_sessions WHERE expires_at <= $1",
                 &[&now],
             )
             .await?;

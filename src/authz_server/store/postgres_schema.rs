@@ -12,7 +12,8 @@ use super::StoreError;
 /// ("mgstore1" in ASCII).
 pub const ADVISORY_LOCK: i64 = 0x6d67_7374_6f72_6531;
 
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE access_tokens (
     id          TEXT PRIMARY KEY,
     format      TEXT NOT NULL,
@@ -71,7 +72,19 @@ CREATE TABLE failed_attempts (
     window_start  BIGINT NOT NULL,
     failures      INTEGER NOT NULL
 );
-"#];
+"#,
+    // The approval page's browser sessions, so that a browser's requests
+    // may reach any replica; `hash` is the SHA-256 of the session id.
+    r#"
+CREATE TABLE approval_sessions (
+    hash        TEXT PRIMARY KEY,
+    csrf_token  TEXT NOT NULL,
+    username    TEXT,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX approval_sessions_expires_at ON approval_sessions (expires_at);
+"#,
+];
 
 /// Applies the pending migrations under the advisory lock.
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
