@@ -127,6 +127,7 @@ impl AuthorizationServer {
         let users = Users::new(&settings.users)?;
         let attempts =
             FailedAttempts::shared(Arc::clone(&store)).for_clients(settings.clients.len());
+        let sessions = Sessions::for_store(Arc::clone(&store));
         // A database store's jobs mostly wait for it: as many as it has
         // connections (Argon2 keeps its own bound, `Users`).
         let workers = match &settings.postgres {
@@ -147,7 +148,7 @@ impl AuthorizationServer {
                 keys: ArcSwap::from_pointee(keys),
                 users,
                 attempts,
-                sessions: Sessions::default(),
+                sessions,
                 approval,
                 metadata,
                 workers,

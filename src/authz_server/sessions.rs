@@ -1,24 +1,36 @@
-//! Browser sessions of the approval page, in memory.
+//! Browser sessions of the approval page: in this process's memory, or in
+//! the token store when replicas share it.
 //!
-//! A session is a random id (256 bits) in the `mcgw_session` cookie; the
-//! server keeps, under the id's SHA-256, when it started, its CSRF token
-//! and the user who logged in on it. Bounded in number ([`CAPACITY`]:
-//! past it, expired sessions go first, then the oldest anonymous one —
-//! any client can start those, so they never push out a signed-in
-//! session while one of them is left — then the oldest) and in lifetime
-//! ([`LIFETIME_SECS`] from creation). Logging in starts a new session
-//! (new id, new CSRF token), so an id planted before login is worth
-//! nothing after it. Sessions are per process: they are lost on restart
-//! or when the authorization server's settings change, which only means
-//! logging in again, and replicas on one PostgreSQL store need session
-//! affinity for the approval page (another replica knows no session, so
-//! its CSRF check refuses the form).
+//! A session is a random id (256 bits) in the `mcgw_session` cookie; what
+//! is kept, under the id's SHA-256 (never the id), is its CSRF token, the
+//! user who logged in on it and when it expires ([`LIFETIME_SECS`] from
+//! creation). An expired session is never accepted, and is deleted when
+//! looked up. Logging in starts a new session (new id, new CSRF token) and
+//! deletes the old one in the same step, so an id planted before login is
+//! worth nothing after it, on every replica.
+//!
+//! Where they live: with a store shared by replicas (PostgreSQL, the store
+//! that shares failed-attempt counts) sessions are rows of the store, so a
+//! browser's login may reach one replica and its consent another; they
+//! outlive a restart or a change of settings. Otherwise they are in memory,
+//! per process, and lost on restart or when the authorization server's
+//! settings change, which only means logging in again. Either way they are
+//! bounded in number ([`CAPACITY`]: past it, expired sessions go first,
+//! then the oldest anonymous one — any client can start those, so they
+//! never push out a signed-in session while one of them is left — then the
+//! oldest; in the store, inserts made at the same moment on several
+//! replicas may each leave one more, which the next insert removes).
+//!
+//! A store that fails or does not answer in time (every call is bounded)
+//! is an error for the caller, which refuses the form: a session is never
+//! assumed.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use subtle::ConstantTimeEq;
 
+use super::store::{SessionRecord, StoreError, TokenStore};
 use super::tokens;
 
 /// Sessions kept at most.
@@ -28,19 +40,11 @@ pub const LIFETIME_SECS: u64 = 600;
 /// The cookie carrying the session id.
 pub const COOKIE: &str = "mcgw_session";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub csrf_token: String,
-    /// The resource owner who logged in on this session.
-    pub user: Option<String>,
-    started: u64,
-}
-
 /// A session as the handler sees it: its id (for the cookie) and state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Current {
     pub id: String,
-    pub session: Session,
+    pub session: SessionRecord,
     /// Created by this request: the response must set the cookie.
     pub is_new: bool,
 }
@@ -56,70 +60,148 @@ impl Current {
     }
 }
 
-#[derive(Debug, Default)]
+/// The sessions, wherever they are kept: the one interface the
+/// authorization endpoint calls.
 pub struct Sessions {
-    by_hash: Mutex<HashMap<String, Session>>,
+    kept: Kept,
+}
+
+/// Where sessions are kept.
+enum Kept {
+    Memory(Memory),
+    /// The token store, shared by replicas.
+    Store(Arc<dyn TokenStore>),
 }
 
 impl Sessions {
+    /// Sessions in this process's memory.
+    pub fn in_memory() -> Sessions {
+        Sessions {
+            kept: Kept::Memory(Memory::default()),
+        }
+    }
+
+    /// Sessions in `store` when replicas share it, else in memory.
+    pub fn for_store(store: Arc<dyn TokenStore>) -> Sessions {
+        if store.is_shared() {
+            Sessions {
+                kept: Kept::Store(store),
+            }
+        } else {
+            Sessions::in_memory()
+        }
+    }
+
     /// The live session with this id, if any.
-    pub fn find(&self, id: &str, now: u64) -> Option<Current> {
-        let sessions = self.lock();
-        let session = sessions.get(&tokens::hash_token(id))?;
-        (now < session.started + LIFETIME_SECS).then(|| Current {
+    pub fn find(&self, id: &str, now: u64) -> Result<Option<Current>, StoreError> {
+        let hash = tokens::hash_token(id);
+        let session = match &self.kept {
+            Kept::Memory(memory) => memory.find(&hash, now),
+            Kept::Store(store) => store.session_find(&hash, now)?,
+        };
+        Ok(session.map(|session| Current {
             id: id.to_owned(),
-            session: session.clone(),
+            session,
             is_new: false,
-        })
+        }))
     }
 
     /// The live session with this id, or a new anonymous one.
-    pub fn find_or_start(&self, id: Option<&str>, now: u64) -> Current {
-        id.and_then(|id| self.find(id, now))
-            .unwrap_or_else(|| self.start(None, now))
+    pub fn find_or_start(&self, id: Option<&str>, now: u64) -> Result<Current, StoreError> {
+        if let Some(id) = id {
+            if let Some(current) = self.find(id, now)? {
+                return Ok(current);
+            }
+        }
+        self.start(None, now)
     }
 
     /// Starts a session for `user` (or an anonymous one).
-    pub fn start(&self, user: Option<String>, now: u64) -> Current {
+    pub fn start(&self, user: Option<String>, now: u64) -> Result<Current, StoreError> {
+        self.insert(user, None, now)
+    }
+
+    /// Replaces `old` by a new session for `user` (login), in one step.
+    pub fn renew(&self, old: &Current, user: String, now: u64) -> Result<Current, StoreError> {
+        self.insert(Some(user), Some(&old.session.hash), now)
+    }
+
+    /// Ends `session` (sign-out): its id is worth nothing from now on.
+    pub fn end(&self, session: &Current) -> Result<(), StoreError> {
+        match &self.kept {
+            Kept::Memory(memory) => memory.remove(&session.session.hash),
+            Kept::Store(store) => store.session_delete(&session.session.hash)?,
+        }
+        Ok(())
+    }
+
+    fn insert(
+        &self,
+        user: Option<String>,
+        replaces: Option<&str>,
+        now: u64,
+    ) -> Result<Current, StoreError> {
         let id = tokens::random_token();
-        let session = Session {
+        let session = SessionRecord {
+            hash: tokens::hash_token(&id),
             csrf_token: tokens::random_token(),
             user,
-            started: now,
+            expires_at: now.saturating_add(LIFETIME_SECS),
         };
+        match &self.kept {
+            Kept::Memory(memory) => memory.insert(session.clone(), replaces, now),
+            Kept::Store(store) => store.session_insert(&session, replaces, CAPACITY, now)?,
+        }
+        Ok(Current {
+            id,
+            session,
+            is_new: true,
+        })
+    }
+}
+
+/// Sessions in memory, by hash, bounded by [`CAPACITY`].
+#[derive(Default)]
+struct Memory {
+    by_hash: Mutex<HashMap<String, SessionRecord>>,
+}
+
+impl Memory {
+    fn find(&self, hash: &str, now: u64) -> Option<SessionRecord> {
         let mut sessions = self.lock();
+        let session = sessions.get(hash)?;
+        if now < session.expires_at {
+            return Some(session.clone());
+        }
+        sessions.remove(hash);
+        None
+    }
+
+    fn insert(&self, session: SessionRecord, replaces: Option<&str>, now: u64) {
+        let mut sessions = self.lock();
+        if let Some(hash) = replaces {
+            sessions.remove(hash);
+        }
         if sessions.len() >= CAPACITY {
-            sessions.retain(|_, s| now < s.started + LIFETIME_SECS);
+            sessions.retain(|_, s| now < s.expires_at);
         }
         if sessions.len() >= CAPACITY {
             let oldest = |anonymous_only: bool| {
                 sessions
-                    .iter()
-                    .filter(|(_, s)| !anonymous_only || s.user.is_none())
-                    .min_by_key(|(_, s)| s.started)
-                    .map(|(hash, _)| hash.clone())
+                    .values()
+                    .filter(|s| !anonymous_only || s.user.is_none())
+                    .min_by_key(|s| s.expires_at)
+                    .map(|s| s.hash.clone())
             };
             if let Some(hash) = oldest(true).or_else(|| oldest(false)) {
                 sessions.remove(&hash);
             }
         }
-        sessions.insert(tokens::hash_token(&id), session.clone());
-        Current {
-            id,
-            session,
-            is_new: true,
-        }
+        sessions.insert(session.hash.clone(), session);
     }
 
-    /// Replaces `old` by a new session for `user` (login).
-    pub fn renew(&self, old: &Current, user: String, now: u64) -> Current {
-        self.lock().remove(&tokens::hash_token(&old.id));
-        self.start(Some(user), now)
-    }
-
-    /// Ends `session` (sign-out): its id is worth nothing from now on.
-    pub fn end(&self, session: &Current) {
-        self.lock().remove(&tokens::hash_token(&session.id));
+    fn remove(&self, hash: &str) {
+        self.lock().remove(hash);
     }
 
     #[cfg(test)]
@@ -127,7 +209,7 @@ impl Sessions {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionRecord>> {
         // A session map stays consistent after a panic elsewhere: each
         // change is one insert or remove.
         self.by_hash
@@ -159,56 +241,80 @@ pub fn set_cookie(id: &str, secure: bool) -> String {
 mod tests {
     use super::*;
 
+    fn len(sessions: &Sessions) -> usize {
+        match &sessions.kept {
+            Kept::Memory(memory) => memory.len(),
+            Kept::Store(_) => unreachable!("memory sessions under test"),
+        }
+    }
+
     #[test]
-    fn a_session_expires_and_login_replaces_it() {
-        let sessions = Sessions::default();
-        let anonymous = sessions.start(None, 100);
+    fn a_session_expires_and_login_replaces_it() -> Result<(), StoreError> {
+        let sessions = Sessions::in_memory();
+        let anonymous = sessions.start(None, 100)?;
+        assert_ne!(anonymous.session.hash, anonymous.id, "kept by hash");
         assert!(sessions
-            .find(&anonymous.id, 100 + LIFETIME_SECS - 1)
+            .find(&anonymous.id, 100 + LIFETIME_SECS - 1)?
             .is_some());
-        assert!(sessions.find(&anonymous.id, 100 + LIFETIME_SECS).is_none());
-        let logged_in = sessions.renew(&anonymous, "alice".into(), 200);
-        assert!(sessions.find(&anonymous.id, 200).is_none());
-        let found = sessions.find(&logged_in.id, 200).expect("session");
+        assert!(sessions.find(&anonymous.id, 100 + LIFETIME_SECS)?.is_none());
+        assert_eq!(len(&sessions), 0, "an expired session is deleted");
+        let anonymous = sessions.start(None, 200)?;
+        let logged_in = sessions.renew(&anonymous, "alice".into(), 200)?;
+        assert!(sessions.find(&anonymous.id, 200)?.is_none());
+        let found = sessions.find(&logged_in.id, 200)?.expect("session");
         assert_eq!(found.session.user.as_deref(), Some("alice"));
         assert_ne!(found.session.csrf_token, anonymous.session.csrf_token);
         assert!(found.csrf_matches(Some(&logged_in.session.csrf_token)));
         assert!(!found.csrf_matches(Some("nope")));
         assert!(!found.csrf_matches(None));
-        sessions.end(&found);
-        assert!(sessions.find(&logged_in.id, 200).is_none(), "signed out");
+        sessions.end(&found)?;
+        assert!(sessions.find(&logged_in.id, 200)?.is_none(), "signed out");
+        Ok(())
     }
 
     #[test]
-    fn the_number_of_sessions_is_bounded() {
-        let sessions = Sessions::default();
-        let first = sessions.start(None, 0);
+    fn the_number_of_sessions_is_bounded() -> Result<(), StoreError> {
+        let sessions = Sessions::in_memory();
+        let first = sessions.start(None, 0)?;
         for _ in 0..CAPACITY {
-            sessions.start(None, 1);
+            sessions.start(None, 1)?;
         }
-        assert_eq!(sessions.len(), CAPACITY);
-        assert!(sessions.find(&first.id, 1).is_none(), "the oldest went");
+        assert_eq!(len(&sessions), CAPACITY);
+        assert!(sessions.find(&first.id, 1)?.is_none(), "the oldest went");
+        Ok(())
     }
 
     #[test]
-    fn anonymous_sessions_never_push_out_a_signed_in_one() {
-        let sessions = Sessions::default();
-        let anonymous = sessions.start(None, 0);
-        let alice = sessions.renew(&anonymous, "alice".into(), 0);
+    fn anonymous_sessions_never_push_out_a_signed_in_one() -> Result<(), StoreError> {
+        let sessions = Sessions::in_memory();
+        let anonymous = sessions.start(None, 0)?;
+        let alice = sessions.renew(&anonymous, "alice".into(), 0)?;
         // Any client can start anonymous sessions, as many as it likes.
         for _ in 0..CAPACITY + 50 {
-            sessions.start(None, 1);
+            sessions.start(None, 1)?;
         }
-        assert_eq!(sessions.len(), CAPACITY);
-        let found = sessions.find(&alice.id, 2).expect("still signed in");
+        assert_eq!(len(&sessions), CAPACITY);
+        let found = sessions.find(&alice.id, 2)?.expect("still signed in");
         assert_eq!(found.session.user.as_deref(), Some("alice"));
         // Signed-in sessions only: the oldest goes.
-        let sessions = Sessions::default();
-        let first = sessions.start(Some("a".into()), 0);
+        let sessions = Sessions::in_memory();
+        let first = sessions.start(Some("a".into()), 0)?;
         for _ in 0..CAPACITY {
-            sessions.start(Some("b".into()), 1);
+            sessions.start(Some("b".into()), 1)?;
         }
-        assert!(sessions.find(&first.id, 1).is_none());
+        assert!(sessions.find(&first.id, 1)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_store_not_shared_by_replicas_leaves_sessions_in_memory() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = super::super::store::SqliteStore::open(&dir.path().join("oauth.db"))?;
+        let sessions = Sessions::for_store(Arc::new(store));
+        let started = sessions.start(None, 0)?;
+        assert!(sessions.find(&started.id, 1)?.is_some());
+        assert_eq!(len(&sessions), 1);
+        Ok(())
     }
 
     #[test]

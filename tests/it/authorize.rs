@@ -359,6 +359,13 @@ impl<'g> Browser<'g> {
         Browser { gw, cookie: None }
     }
 
+    /// The same browser (cookie jar), its next requests reaching `gw`
+    /// (another replica behind one load balancer).
+    pub(crate) fn via(&mut self, gw: &'g Gateway) -> &mut Browser<'g> {
+        self.gw = gw;
+        self
+    }
+
     pub(crate) async fn get(&mut self, path_and_query: &str) -> Reply {
         let mut request = self.gw.client.get(self.gw.url(path_and_query));
         if let Some(cookie) = &self.cookie {

@@ -1,7 +1,8 @@
 //! Several gateways serving one issuer from one PostgreSQL database: every
-//! rule of the token store holds when consecutive (or simultaneous)
-//! requests reach different replicas, and a database outage is a 503
-//! `temporarily_unavailable` that ends without restarting a gateway.
+//! rule of the token store, and of the approval page's sessions, holds when
+//! consecutive (or simultaneous) requests reach different replicas, and a
+//! database outage is a 503 `temporarily_unavailable` that ends without
+//! restarting a gateway.
 
 use std::time::{Duration, Instant};
 
@@ -300,42 +301,204 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
     );
 }
 
-/// The approval page keeps its sessions per replica, so it needs session
-/// affinity (configuration.md, "Authorization server on PostgreSQL"): a
-/// consent posted to another replica than the one the resource owner
-/// logged in on is refused (the CSRF check fails, the login form shows
-/// again) and approves nothing; posted where the login was, it approves.
+const ALICE: [(&str, &str); 2] = [("username", "alice"), ("password", "wonderland")];
+
+/// Rows of `approval_sessions`, signed-in ones (`username` set) or all.
+fn sessions_in(pg: &Postgres, database: &str, signed_in_only: bool) -> String {
+    let filter = if signed_in_only {
+        " WHERE username IS NOT NULL"
+    } else {
+        ""
+    };
+    pg.psql(
+        database,
+        &format!("SELECT count(*) FROM approval_sessions{filter}"),
+    )
+}
+
+/// The approval page's sessions live in the shared store: a browser whose
+/// requests alternate between the replicas (no session affinity) logs in
+/// on one, approves on the other, and the code it gets buys a token. The
+/// database holds the session id's SHA-256, never the id.
 #[tokio::test]
-async fn a_consent_posted_to_another_replica_than_the_login_approves_nothing() {
-    use crate::authorize::Browser;
+async fn login_on_one_replica_and_consent_on_the_other_issue_a_working_code() {
     let pg = Postgres::shared();
     let (_shared, a, b, database) = replicas_on(&pg).await;
     let (verifier, challenge) = pkce();
-    let mut on_a = Browser::new(&a);
-    let consent = on_a
-        .login(&code_query("bookyourticket", "view", Some(&challenge)))
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(&a);
+    let page = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let logged_in = browser.via(&b).submit(&page, "login", &ALICE).await;
+    assert_eq!(logged_in.status, 303, "{}", logged_in.body);
+    let consent = browser.via(&a).get(logged_in.location()).await;
+    assert_eq!(consent.status, 200, "{}", consent.body);
+    assert!(consent.body.contains("alice"), "{}", consent.body);
+    let approved = browser
+        .via(&b)
+        .submit(&consent, "approve", &[("grant_scope", "view")])
         .await;
-    // Same browser (same cookie), next request lands on replica B.
-    let mut on_b = Browser::new(&b);
-    on_b.cookie = on_a.cookie.clone();
-    let refused = on_b
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let code = code_from(approved.location());
+    let (status, token) = post(
+        &a,
+        "/oauth2/token",
+        ("bookyourticket", SECRET),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["scope"], "view");
+    assert!(active(&b, &string(&token, "access_token")).await);
+
+    let id = browser.cookie.clone().expect("a session cookie");
+    let hash = microgateway::authz_server::tokens::hash_token(&id);
+    let rows = pg.psql(
+        &database,
+        "SELECT string_agg(s::text, ' ') FROM approval_sessions s",
+    );
+    assert!(rows.contains(&hash), "{rows}");
+    assert!(!rows.contains(&id), "a session id in the clear: {rows}");
+}
+
+/// A session past its lifetime in the store (its creation moved back by
+/// the lifetime, 600 s, rather than waited for) is refused by either
+/// replica: the form is refused (403, the login form again) and approves
+/// nothing, and the expired row is deleted.
+#[tokio::test]
+async fn a_session_expired_in_the_store_is_refused_and_deleted() {
+    let pg = Postgres::shared();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(&a);
+    let consent = browser.login(&authorize).await;
+    assert_eq!(sessions_in(&pg, &database, true), "1");
+    pg.psql(
+        &database,
+        "UPDATE approval_sessions SET expires_at = expires_at - 600",
+    );
+    let refused = browser
+        .via(&b)
         .submit(&consent, "approve", &[("grant_scope", "view")])
         .await;
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert!(refused.headers.get("location").is_none());
+    assert!(refused.form().text_inputs.contains(&"username".to_owned()));
     assert_eq!(
-        pg.psql(&database, "SELECT count(*) FROM authorization_codes")
-            .trim(),
+        pg.psql(&database, "SELECT count(*) FROM authorization_codes"),
         "0"
     );
+    assert_eq!(sessions_in(&pg, &database, true), "0", "deleted");
+    // The refusal started a new, anonymous session: back to the login form.
+    let again = browser
+        .via(&a)
+        .get(&format!("/oauth2/authorize?{authorize}"))
+        .await;
+    assert!(again.form().text_inputs.contains(&"username".to_owned()));
+}
 
-    let approved = on_a
+/// An id planted before login (session fixation) is worth nothing after
+/// the login, on either replica, even with the signed-in session's CSRF
+/// token: the login deleted its session from the store.
+#[tokio::test]
+async fn a_session_id_from_before_login_is_worthless_after_login_on_the_other_replica() {
+    let pg = Postgres::shared();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut victim = Browser::new(&a);
+    let page = victim.get(&format!("/oauth2/authorize?{authorize}")).await;
+    let planted = victim.cookie.clone().expect("a session cookie");
+    let logged_in = victim.via(&b).submit(&page, "login", &ALICE).await;
+    assert_eq!(logged_in.status, 303, "{}", logged_in.body);
+    assert_ne!(victim.cookie.as_deref(), Some(planted.as_str()));
+    let consent = victim.via(&a).get(logged_in.location()).await;
+    assert!(consent.body.contains("alice"), "{}", consent.body);
+
+    for gw in [&a, &b] {
+        let mut attacker = Browser::new(gw);
+        attacker.cookie = Some(planted.clone());
+        let refused = attacker
+            .submit(&consent, "approve", &[("grant_scope", "view")])
+            .await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        assert!(refused.headers.get("location").is_none());
+        attacker.cookie = Some(planted.clone());
+        let shown = attacker
+            .get(&format!("/oauth2/authorize?{authorize}"))
+            .await;
+        assert!(
+            shown.form().text_inputs.contains(&"username".to_owned()),
+            "not signed in as alice: {}",
+            shown.body
+        );
+    }
+    assert_eq!(
+        pg.psql(&database, "SELECT count(*) FROM authorization_codes"),
+        "0"
+    );
+    let hash = microgateway::authz_server::tokens::hash_token(&planted);
+    assert_eq!(
+        pg.psql(
+            &database,
+            &format!("SELECT count(*) FROM approval_sessions WHERE hash = '{hash}'")
+        ),
+        "0"
+    );
+}
+
+/// With the database down, the approval page cannot confirm a session, so
+/// it accepts no form: a consent is refused with a page that says so (503,
+/// `Retry-After`, no redirect, nothing issued), and so is the login page.
+/// Once the database is back the same form approves.
+#[tokio::test]
+async fn the_store_unreachable_refuses_the_approval_form_with_a_clear_error() {
+    let pg = Postgres::start();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    let (verifier, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(&a);
+    let consent = browser.login(&authorize).await;
+    pg.stop();
+    let refused = browser
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.headers.get("location").is_none());
+    assert!(
+        refused
+            .body
+            .contains("Signing in is not possible right now"),
+        "{}",
+        refused.body
+    );
+    assert!(!refused.body.contains("<form"), "{}", refused.body);
+    let page = browser
+        .via(&b)
+        .get(&format!("/oauth2/authorize?{authorize}"))
+        .await;
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert!(!page.body.contains("<form"), "{}", page.body);
+
+    pg.resume();
+    assert_eq!(
+        pg.psql(&database, "SELECT count(*) FROM authorization_codes"),
+        "0"
+    );
+    let approved = browser
+        .via(&b)
         .submit(&consent, "approve", &[("grant_scope", "view")])
         .await;
     assert_eq!(approved.status, 303, "{}", approved.body);
     let code = code_from(approved.location());
     let (status, body) = post(
-        &b,
+        &a,
         "/oauth2/token",
         ("bookyourticket", SECRET),
         &[

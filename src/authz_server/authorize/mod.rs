@@ -62,15 +62,28 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
     };
     let cookie = sessions::cookie_value(req.headers());
     if req.method() == Method::GET {
-        let session = cx.sessions.find_or_start(cookie, cx.grants.now);
-        return show(cx, &valid, &session, StatusCode::OK, None, &Kept::default());
+        return match cx.sessions.find_or_start(cookie, cx.grants.now) {
+            Ok(session) => show(cx, &valid, &session, StatusCode::OK, None, &Kept::default()),
+            Err(error) => error_page(cx, &error.into()),
+        };
     }
-    let session = cookie.and_then(|id| cx.sessions.find(id, cx.grants.now));
+    // A store that cannot answer refuses the form: no session is assumed.
+    let found = cookie.map(|id| cx.sessions.find(id, cx.grants.now));
+    let session = match found.transpose() {
+        Ok(session) => session.flatten(),
+        Err(error) => return error_page(cx, &error.into()),
+    };
     let session = match session {
         Some(session) if session.csrf_matches(form.get("csrf_token")) => session,
         other => {
             tracing::info!(client_id = %valid.client.client_id, "approval form refused: CSRF token missing or wrong");
-            let session = other.unwrap_or_else(|| cx.sessions.start(None, cx.grants.now));
+            let session = match other {
+                Some(session) => session,
+                None => match cx.sessions.start(None, cx.grants.now) {
+                    Ok(session) => session,
+                    Err(error) => return error_page(cx, &error.into()),
+                },
+            };
             let kept = Kept {
                 username: form.get("username"),
                 ticked: (form.get("action") == Some("approve"))
@@ -173,7 +186,10 @@ fn login(
         Ok(true) => {}
     }
     // A new session on login: an id known before it is worth nothing now.
-    let renewed = cx.sessions.renew(session, username.to_owned(), now);
+    let renewed = match cx.sessions.renew(session, username.to_owned(), now) {
+        Ok(renewed) => renewed,
+        Err(error) => return error_page(cx, &error.into()),
+    };
     let params = valid.params.iter().map(|(n, v)| (*n, v.as_str()));
     let mut response =
         approval::redirect(&format!("{}?{}", req.uri().path(), encode_pairs(params)));
@@ -252,9 +268,15 @@ fn sign_out(
     valid: &Valid<'_>,
     session: &Current,
 ) -> Response<Bytes> {
-    cx.sessions.end(session);
+    let fresh = cx
+        .sessions
+        .end(session)
+        .and_then(|()| cx.sessions.start(None, cx.grants.now));
+    let fresh = match fresh {
+        Ok(fresh) => fresh,
+        Err(error) => return error_page(cx, &error.into()),
+    };
     tracing::info!(client_id = %valid.client.client_id, "resource owner signed out on the approval page");
-    let fresh = cx.sessions.start(None, cx.grants.now);
     let params = valid.params.iter().map(|(n, v)| (*n, v.as_str()));
     let mut response =
         approval::redirect(&format!("{}?{}", req.uri().path(), encode_pairs(params)));
@@ -382,13 +404,25 @@ fn show(
 fn error_page(cx: &AuthorizeContext<'_>, error: &OAuthError) -> Response<Bytes> {
     let (status, _, description) = error.parts();
     tracing::info!(%error, "authorization request answered with an error page");
-    cx.approval
-        .respond(status, &Page::error(in_user_words(description)), None)
+    let page = Page::error(in_user_words(status, description));
+    let mut response = cx.approval.respond(status, &page, None);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// What a refused authorization request means for the resource owner.
-fn in_user_words(description: &str) -> &'static str {
-    if description.contains("redirect_uri") || description.contains("redirect URI") {
+fn in_user_words(status: StatusCode, description: &str) -> &'static str {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        "Signing in is not possible right now. Nothing was approved. \
+         Please try again in a moment."
+    } else if status.is_server_error() {
+        "Something went wrong on our side. Nothing was approved. \
+         Go back to the application and try again."
+    } else if description.contains("redirect_uri") || description.contains("redirect URI") {
         "This application is not allowed to send you to that address. \
          Go back to the application and tell its owner."
     } else if description.contains("client") {
