@@ -348,10 +348,7 @@ mod tests {
         ];
         static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
         static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
-        let own = [
-            (&X_REQUEST_ID, "gateway"),
-            (&RATELIMIT, "\"api\";r=9;t=1"),
-        ];
+        let own = [(&X_REQUEST_ID, "gateway"), (&RATELIMIT, "\"api\";r=9;t=1")];
         for raw in heads {
             for method in [Method::GET, Method::HEAD] {
                 let map = forwarded(raw, false, &own, &method);

@@ -303,6 +303,22 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
 
 const ALICE: [(&str, &str); 2] = [("username", "alice"), ("password", "wonderland")];
 
+/// Redeems the code of the approval's redirect `location` on `gw`.
+async fn redeem(gw: &Gateway, location: &str, verifier: &str) -> (u16, Value) {
+    let code = code_from(location);
+    post(
+        gw,
+        "/oauth2/token",
+        ("bookyourticket", SECRET),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await
+}
+
 /// Rows of `approval_sessions`, signed-in ones (`username` set) or all.
 fn sessions_in(pg: &Postgres, database: &str, signed_in_only: bool) -> String {
     let filter = if signed_in_only {
@@ -339,18 +355,7 @@ async fn login_on_one_replica_and_consent_on_the_other_issue_a_working_code() {
         .submit(&consent, "approve", &[("grant_scope", "view")])
         .await;
     assert_eq!(approved.status, 303, "{}", approved.body);
-    let code = code_from(approved.location());
-    let (status, token) = post(
-        &a,
-        "/oauth2/token",
-        ("bookyourticket", SECRET),
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("code_verifier", verifier.as_str()),
-        ],
-    )
-    .await;
+    let (status, token) = redeem(&a, approved.location(), &verifier).await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["scope"], "view");
     assert!(active(&b, &string(&token, "access_token")).await);
@@ -496,18 +501,7 @@ async fn the_store_unreachable_refuses_the_approval_form_with_a_clear_error() {
         .submit(&consent, "approve", &[("grant_scope", "view")])
         .await;
     assert_eq!(approved.status, 303, "{}", approved.body);
-    let code = code_from(approved.location());
-    let (status, body) = post(
-        &a,
-        "/oauth2/token",
-        ("bookyourticket", SECRET),
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("code_verifier", verifier.as_str()),
-        ],
-    )
-    .await;
+    let (status, body) = redeem(&a, approved.location(), &verifier).await;
     assert_eq!(status, 200, "{body}");
 }
 
