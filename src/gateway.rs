@@ -170,6 +170,7 @@ impl Gateway {
                 reloader: reloader.clone(),
                 started: Instant::now(),
                 listening: listening.clone(),
+                logins: Default::default(),
             }),
             authz: reloader.authz.clone(),
             central: reloader.central.clone(),
@@ -223,9 +224,9 @@ impl Gateway {
             let listener = bind(addr).await?;
             gateway.admin = listener.local_addr().ok();
             let admin = state.admin.clone();
-            let handler = move |req, _peer| {
+            let handler = move |req, peer: SocketAddr| {
                 let admin = admin.clone();
-                async move { crate::admin::handle(&admin, req).await }
+                async move { crate::admin::handle(&admin, req, peer.ip()).await }
             };
             tasks.spawn(server::serve(
                 listener,
@@ -304,7 +305,14 @@ fn handle_api(
         );
         let (mut response, api) = match state.authz.load_full() {
             Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
-                Box::pin(authz_endpoint(&snapshot, &authz, conn, req)).await,
+                Box::pin(authz_endpoint(
+                    &snapshot,
+                    &authz,
+                    &state.admin.logins,
+                    conn,
+                    req,
+                ))
+                .await,
                 None,
             ),
             _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
@@ -343,6 +351,7 @@ fn handle_api(
 async fn authz_endpoint(
     snapshot: &Snapshot,
     authz: &AuthorizationServer,
+    logins: &crate::basic_auth::Logins,
     conn: Connection,
     req: http::Request<Body>,
 ) -> Response<Body> {
@@ -351,9 +360,14 @@ async fn authz_endpoint(
             .headers()
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let admin_ok = match admin_access(snapshot, req.headers()) {
+    // Failed logins count against the client as `trusted_proxies` make it
+    // known (its proxy's address when it is unknown).
+    let client = proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies)
+        .unwrap_or(conn.peer.ip());
+    let admin_ok = match admin_access(snapshot, req.headers(), logins, client) {
         Access::Granted => Some(true),
-        Access::Denied => Some(false),
+        // Locked: refused unchecked, as a wrong password is.
+        Access::Denied | Access::Locked(_) => Some(false),
         Access::Open => None,
     };
     let ctx = crate::authz_server::RequestContext {

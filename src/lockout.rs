@@ -341,7 +341,9 @@ impl<C: Clone + Eq + Hash> Drop for Attempt<'_, C> {
     }
 }
 
-fn system_now() -> u64 {
+/// Seconds since the Unix epoch, the clock a caller without its own
+/// counts on.
+pub fn system_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

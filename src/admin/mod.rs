@@ -5,15 +5,16 @@
 
 mod views;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
-use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::basic_auth::{admin_access, Access};
+use crate::basic_auth::{admin_access, Access, Logins};
 use crate::proxy::{full, Body};
 use crate::reload::{Reloader, Source};
 
@@ -25,6 +26,8 @@ pub struct Admin {
     pub started: Instant,
     /// The listeners are bound and serving.
     pub listening: Arc<AtomicBool>,
+    /// Failed logins with the admin or central credentials, on every port.
+    pub logins: Logins,
 }
 
 impl Admin {
@@ -42,7 +45,8 @@ impl Admin {
     }
 }
 
-pub async fn handle(admin: &Admin, req: Request<Body>) -> Response<Body> {
+/// Answers `req`, from `peer`, on the admin port.
+pub async fn handle(admin: &Admin, req: Request<Body>, peer: IpAddr) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (&method, path.as_str()) {
@@ -69,13 +73,19 @@ pub async fn handle(admin: &Admin, req: Request<Body>) -> Response<Body> {
             response
         }
         (_, p) if p.starts_with("/rest/microgateway/") => {
-            rest(admin, &method, &p["/rest/microgateway/".len()..], req).await
+            rest(admin, &method, &p["/rest/microgateway/".len()..], req, peer).await
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
     }
 }
 
-async fn rest(admin: &Admin, method: &Method, path: &str, req: Request<Body>) -> Response<Body> {
+async fn rest(
+    admin: &Admin,
+    method: &Method,
+    path: &str,
+    req: Request<Body>,
+    peer: IpAddr,
+) -> Response<Body> {
     if path == "settings/export" && method == Method::GET {
         // Authenticated against `central.users`, not the admin credentials.
         let snapshot = admin.reloader.live.snapshot();
@@ -85,14 +95,27 @@ async fn rest(admin: &Admin, method: &Method, path: &str, req: Request<Body>) ->
                 .central
                 .export_tree(&snapshot, &admin.reloader.env)
         };
-        return crate::central::export::respond(&snapshot, req.headers(), req.uri().query(), tree)
-            .map(full);
+        let login = (&admin.logins, peer);
+        return crate::central::export::respond(
+            &snapshot,
+            req.headers(),
+            req.uri().query(),
+            login,
+            tree,
+        )
+        .map(full);
     }
-    let access = admin_access(&admin.reloader.live.snapshot(), req.headers());
+    let access = admin_access(
+        &admin.reloader.live.snapshot(),
+        req.headers(),
+        &admin.logins,
+        peer,
+    );
     // "required": these need configured admin credentials even to read.
     let mutating = (method != Method::GET && method != Method::HEAD) || path.starts_with("oauth2/");
     match (access, mutating) {
         (Access::Denied, _) => return unauthorized(),
+        (Access::Locked(retry_after), _) => return locked(retry_after),
         (Access::Open, true) => {
             return json_response(
                 StatusCode::FORBIDDEN,
@@ -184,6 +207,18 @@ pub fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Bo
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// 429 to a login refused unchecked: too many failed ones.
+pub fn locked(retry_after: u64) -> Response<Body> {
+    let mut response = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": "too_many_attempts", "error_description": "too many failed logins; try again later"}),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
     response
 }
 

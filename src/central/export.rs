@@ -12,17 +12,22 @@
 //! content has an equal ETag across restarts and instances.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, WWW_AUTHENTICATE};
+use http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::basic_auth::Logins;
 use crate::config::resolve::{self, Env, SecretProblem};
 use crate::config::snapshot::Central;
 use crate::config::Snapshot;
+use crate::lockout::Locked;
 
 /// Why the export document could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -197,13 +202,23 @@ pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
 
 /// Whether Basic credentials name one of `central.users`. Every user is
 /// compared, in constant time, whatever matched before.
-pub fn authorized(central: &Central, headers: &HeaderMap) -> bool {
+/// Whether `headers` carry the Basic credentials of a `central.users`
+/// entry, for a login from `peer` counted in `logins` (refused unchecked
+/// while its user or address is locked).
+pub fn authorized(
+    central: &Central,
+    headers: &HeaderMap,
+    (logins, peer): (&Logins, IpAddr),
+) -> Result<bool, Locked> {
     let Some((user, password)) = crate::basic_auth::basic_credentials(headers) else {
-        return false;
+        return Ok(false); // no guess made: nothing to count
     };
-    central.users.iter().fold(false, |found, (name, secret)| {
-        let name_ok: bool = subtle::ConstantTimeEq::ct_eq(name.as_bytes(), user.as_bytes()).into();
-        found | (name_ok & secret.matches(password.as_bytes()))
+    logins.judge(peer, &user, || {
+        central.users.iter().fold(false, |found, (name, secret)| {
+            let name_ok: bool =
+                subtle::ConstantTimeEq::ct_eq(name.as_bytes(), user.as_bytes()).into();
+            found | (name_ok & secret.matches(password.as_bytes()))
+        })
     })
 }
 
@@ -232,6 +247,7 @@ pub fn respond(
     snapshot: &Snapshot,
     headers: &HeaderMap,
     query: Option<&str>,
+    login: (&Logins, IpAddr),
     tree: impl FnOnce() -> Result<Tree, ExportError>,
 ) -> Response<Bytes> {
     let Some(central) = &snapshot.central else {
@@ -240,7 +256,20 @@ pub fn respond(
             json!({"error": "not_found", "error_description": "this gateway is not a central gateway"}),
         );
     };
-    if !authorized(central, headers) {
+    let granted = match authorized(central, headers, login) {
+        Ok(granted) => granted,
+        Err(locked) => {
+            let mut response = answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": "too_many_attempts", "error_description": "too many failed logins; try again later"}),
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(locked.retry_after.max(1)));
+            return response;
+        }
+    };
+    if !granted {
         let mut response = answer(StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"}));
         response.headers_mut().insert(
             WWW_AUTHENTICATE,

@@ -332,3 +332,63 @@ async fn settings_mask_user_information_of_auth_server_urls() {
     assert!(text.contains("http://****@127.0.0.1:9/jwks"), "{text}");
     gw.shutdown().await;
 }
+
+/// Five wrong admin passwords for one user lock that user out of the admin
+/// endpoints for the window: the right password is then refused unchecked
+/// (429, `Retry-After`), on the admin port as for the central export.
+#[tokio::test]
+async fn guessing_the_admin_password_is_locked_out() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, WITH_CREDENTIALS)).await;
+    let status = |user: &'static str, password: &'static str| {
+        let request = gw
+            .client
+            .get(gw.admin_url("/rest/microgateway/status"))
+            .basic_auth(user, Some(password));
+        async move { request.send().await.expect("request") }
+    };
+    // A right login forgives the user's failures so far.
+    for _ in 0..4 {
+        assert_eq!(status("Administrator", "wrong").await.status(), 401);
+    }
+    assert_eq!(status("Administrator", ADMIN_PASSWORD).await.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(status("Administrator", "wrong").await.status(), 401);
+    }
+    let locked = status("Administrator", ADMIN_PASSWORD).await;
+    assert_eq!(locked.status(), 429);
+    let retry_after: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Another user name from the same address is not locked (yet).
+    assert_eq!(status("Operator", "wrong").await.status(), 401);
+    gw.shutdown().await;
+}
+
+/// The central export's users are locked out the same way: the export
+/// holds every secret in clear.
+#[tokio::test]
+async fn guessing_a_central_users_password_is_locked_out() {
+    let upstream = Upstream::start().await;
+    let central = format!(
+        "{}central:\n  users:\n  - {{ user: fleet, password: \"fleet-secret\" }}\n",
+        yaml(&upstream, "")
+    );
+    let gw = Gateway::start(&central).await;
+    let export = |password: &'static str| {
+        let request = gw
+            .client
+            .get(gw.admin_url("/rest/microgateway/settings/export"))
+            .basic_auth("fleet", Some(password));
+        async move { request.send().await.expect("request").status() }
+    };
+    assert_eq!(export("fleet-secret").await, 200);
+    for _ in 0..5 {
+        assert_eq!(export("wrong").await, 401);
+    }
+    assert_eq!(export("fleet-secret").await, 429);
+    gw.shutdown().await;
+}
