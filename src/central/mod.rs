@@ -217,8 +217,9 @@ impl Link {
     }
 }
 
-/// Compiles the file at `path`, with `document` merged over it when given
-/// (as the file's `api_gateway` download flags say).
+/// Compiles the file at `path` (or `text`, what was read from it), with
+/// `document` merged over it when given (as the file's `api_gateway`
+/// download flags say).
 pub fn load(
     path: &Path,
     text: Option<&str>,

@@ -6,6 +6,11 @@
 //! serving snapshot on every round, so a file reload can turn downloading
 //! on or off; with both flags false it sends nothing. Its waits are on the
 //! tokio clock, so a test advances them instead of sleeping.
+//!
+//! A download is merged with the text the serving snapshot was compiled
+//! from, never with the file read again: an edit on disk that was refused,
+//! or is still being written, is the file watcher's to judge, and never
+//! blamed on the central.
 
 use std::sync::Arc;
 
@@ -104,8 +109,9 @@ async fn poll_once(
     Ok(())
 }
 
-/// Validates `document` on its own and merged, then swaps it in and
-/// writes the cache file. Returns false when it was refused.
+/// Validates `document` on its own and merged with the serving
+/// configuration, then swaps it in and writes the cache file. Returns
+/// false when it was refused.
 pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> bool {
     let _one_at_a_time = reloader.live.one_reload_at_a_time();
     let current = reloader.central.document();
@@ -128,7 +134,11 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
         }
         Ok(()) => {
             let document = Arc::new(document);
-            match reloader.reload_locked(Source::Central, None, Some(&document)) {
+            // Read under the reload lock: the text of the last reload that
+            // applied, not the file as it is on disk now.
+            let serving = reloader.live.snapshot();
+            let text = Some(&*serving.source_text);
+            match reloader.reload_locked(Source::Central, text, Some(&document)) {
                 Ok(generation) => {
                     if let Err(error) = write_private(&settings.cache_file, &document.text) {
                         tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");

@@ -5,6 +5,13 @@
 //! (`Live::one_reload_at_a_time`), so generations are numbered in order;
 //! on any error the serving snapshot stays and the findings are recorded.
 //!
+//! Who reads the configuration file: the file watcher compiles the content
+//! it saw settle; SIGHUP and REST ask for the file as it is on disk (an
+//! operator asking for a reload asks for it to be read); a download from
+//! the central is merged with the text the serving snapshot was compiled
+//! from (`Snapshot::source_text`), never with the file read again, so a
+//! refused or half-written edit on disk cannot block it or ride in with it.
+//!
 //! A reload blocks: it reads files, compiles, may open SQLite and generate
 //! keys, and takes a std mutex. Async callers run it on the blocking pool
 //! ([`Reloader::reload_on_blocking_pool`]), never on a runtime worker, so a
@@ -78,10 +85,11 @@ impl Reloader {
         self.reload_locked(source, text, document.as_deref())
     }
 
-    /// Compiles the file (or `text` read from it), with `document`
-    /// (downloaded from a central gateway) merged over it, and swaps the
-    /// result in. The caller holds `live.one_reload_at_a_time()`, so
-    /// reloads from every source neither interleave nor share a generation.
+    /// Compiles `text` (the file's content; the file read now when `None`),
+    /// with `document` (downloaded from a central gateway) merged over it,
+    /// and swaps the result in. The caller holds
+    /// `live.one_reload_at_a_time()`, so reloads from every source neither
+    /// interleave nor share a generation.
     pub fn reload_locked(
         &self,
         source: Source,

@@ -833,3 +833,59 @@ async fn status_and_settings_do_not_show_a_password_in_the_central_url() {
         "the password in api_gateway.url is shown by {leaks:?}"
     );
 }
+
+// ---- the configuration life cycle of a downstream, under faults ----
+
+/// The downstream's central link as the status shows it, for failure messages.
+fn link_summary(gw: &Gateway) -> String {
+    let status = gw.state().central.status();
+    format!(
+        "applied {}, refused {}, not_modified {}, last_error {:?}",
+        status.applied, status.refused, status.not_modified, status.last_error
+    )
+}
+
+/// A download is merged with the configuration that serves, not with an
+/// edit of the local file that was refused (or is still being written):
+/// a typo on disk does not block the central's changes.
+#[tokio::test]
+async fn a_download_merges_with_the_serving_file_not_a_refused_edit_on_disk() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let yaml = following(&central, &cache).yaml();
+    let down = Gateway::start(&yaml).await;
+    assert_eq!(down.get("/catalog/orders").await.status(), 404);
+    let link = &down.state().central;
+
+    // A broken edit of the downstream's file: refused, the last good one serves.
+    down.write_config(&format!("{yaml}\n  broken: [\n"));
+    for _ in 0..200 {
+        if down.state().live.status().last_reload_error.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(down.state().live.status().last_reload_error.is_some());
+    assert_eq!(down.get("/local/ping").await.status(), 200);
+
+    // The central adds a resource.
+    central.write_config(&central_yaml(r#""GET /items", "GET /orders""#));
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    eventually("the download decided", || {
+        let status = link.status();
+        status.applied + status.refused >= 1
+    })
+    .await;
+    assert_eq!(
+        down.get("/catalog/orders").await.status(),
+        200,
+        "the central's change was not applied ({})",
+        link_summary(&down)
+    );
+    down.shutdown().await;
+    central.shutdown().await;
+}
