@@ -8,7 +8,9 @@
 //! `download_apis` are both false; a download is applied only when it is
 //! valid on its own *and* merged; the last good download is kept in memory
 //! (so a later file reload merges it again) and in `cache_file` (mode 0600,
-//! written atomically); credentials and downloaded secrets are never logged.
+//! written atomically); a refused download is not the one in use, so it is
+//! asked for again (see [`Link::local_reload_applied`]); credentials and
+//! downloaded secrets are never logged.
 
 pub mod export;
 pub mod merge;
@@ -126,7 +128,8 @@ pub enum StartError {
 /// What the status endpoint shows of the downstream link.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    /// When the last good document was downloaded (200, valid).
+    /// When the central last confirmed the document in use: sent it (200,
+    /// applied or the same as the one in use) or answered 304 to its ETag.
     pub last_download_at: Option<SystemTime>,
     /// ETag of the document in use.
     pub etag: Option<String>,
@@ -141,6 +144,10 @@ pub struct Status {
     pub refused: u64,
     /// Requests that failed (unreachable, refused credentials, bad status).
     pub failed: u64,
+    /// The last document the central sent was refused, and it has not been
+    /// seen serving another since: a local reload that applies asks for it
+    /// again (it may merge with the new file).
+    pub refusal_stands: bool,
 }
 
 /// This instance's link to central configuration: the export it serves (as
@@ -150,6 +157,8 @@ pub struct Link {
     export: Mutex<Option<(u64, Arc<export::Tree>)>>,
     document: Mutex<Option<Arc<Document>>>,
     status: Mutex<Status>,
+    /// Wakes the poll loop for a download at once.
+    retry: tokio::sync::Notify,
 }
 
 impl Link {
@@ -198,6 +207,21 @@ impl Link {
 
     pub fn update(&self, change: impl FnOnce(&mut Status)) {
         change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Told after a local reload (file, signal, REST) applied: while a
+    /// download stands refused, the poll loop asks the central again at
+    /// once instead of at its next round (or never, with a zero interval).
+    pub fn local_reload_applied(&self) {
+        if self.status().refusal_stands {
+            // A permit is kept when the loop is not waiting: not lost.
+            self.retry.notify_one();
+        }
+    }
+
+    /// Resolves when [`Link::local_reload_applied`] asked for a download.
+    pub async fn retry_wanted(&self) {
+        self.retry.notified().await;
     }
 
     /// The `central` member of the status JSON (null without `api_gateway:`).

@@ -274,7 +274,7 @@ pub struct ApiGateway {
     pub download_apis: Opt<Scalar>,
     /// Only these APIs of the central (names); default all.
     pub apis: Vec<S<String>>,
-    /// How often the central is asked for changes (duration).
+    /// How often the central is asked for changes (duration); `0` asks once per start, and again after a local reload while a download stands refused. Default `30s`.
     pub poll_interval: Opt<Scalar>,
     /// Where the last good download is kept; used at start when the central cannot be reached, and by `check`/`explain`.
     pub cache_file: Opt<Scalar>,

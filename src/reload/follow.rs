@@ -7,12 +7,21 @@
 //! on or off; with both flags false it sends nothing. Its waits are on the
 //! tokio clock, so a test advances them instead of sleeping.
 //!
-//! A download is merged with the text the serving snapshot was compiled
-//! from, never with the file read again: an edit on disk that was refused,
-//! or is still being written, is the file watcher's to judge, and never
-//! blamed on the central.
+//! Only the document in use is *seen* (its ETag is the `If-None-Match`): a
+//! refused one is downloaded and tried again on the next round, and at once
+//! after a local reload applied ([`Link::local_reload_applied`]), since the
+//! new file may merge with it. A download is merged with the text the
+//! serving snapshot was compiled from, never with the file read again: an
+//! edit on disk that was refused, or is still being written, is the file
+//! watcher's to judge, and never blamed on the central.
+//! With `poll_interval: 0` the central is asked until it has answered once
+//! (a document, applied or refused, or a 304), and again after a local
+//! reload while a download stands refused.
+//!
+//! [`Link::local_reload_applied`]: crate::central::Link::local_reload_applied
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
@@ -25,11 +34,13 @@ use crate::config::snapshot::ApiGateway;
 /// The poll loop of a downstream; returns when `stop` turns true.
 pub async fn run(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
     let client = client();
-    let mut seen = reloader.central.document().map(|d| d.etag.clone());
+    let link = Arc::clone(&reloader.central);
+    let mut seen = link.document().map(|d| d.etag.clone());
+    // Not heard from at start (started from the cache file, or without a
+    // download): a download is owed whatever the interval.
+    let mut owed = link.status().last_download_at.is_none();
     // Started from the cache file: the central was unreachable, try again soon.
-    let mut failures =
-        u32::from(seen.is_some() && reloader.central.status().last_download_at.is_none());
-    let mut refused = false;
+    let mut failures = u32::from(seen.is_some() && owed);
     loop {
         if *stop.borrow() {
             return;
@@ -37,23 +48,27 @@ pub async fn run(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
         let settings = reloader.live.snapshot().api_gateway.clone();
         let wait = settings
             .as_ref()
-            .filter(|s| wants_download(s, &reloader))
+            .filter(|s| wants_download(s, owed))
             .map_or(IDLE, |s| delay(s.poll_interval, failures));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = link.retry_wanted() => owed = true,
             _ = stop.changed() => return,
         }
         let settings = reloader.live.snapshot().api_gateway.clone();
-        let Some(settings) = settings.filter(|s| wants_download(s, &reloader)) else {
+        let Some(settings) = settings.filter(|s| wants_download(s, owed)) else {
             continue;
         };
-        let round = poll_once(&reloader, &client, &settings, &mut seen, &mut refused);
+        let round = poll_once(&reloader, &client, &settings, &mut seen);
         let result = tokio::select! {
             result = round => result,
             _ = stop.changed() => return,
         };
         match result {
-            Ok(()) => failures = 0,
+            Ok(()) => {
+                failures = 0;
+                owed = false;
+            }
             Err(error) => {
                 failures = failures.saturating_add(1);
                 let retry = delay(settings.poll_interval, failures);
@@ -63,7 +78,7 @@ pub async fn run(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
                     retry_in_s = retry.as_secs(),
                     "cannot download settings from the central gateway; the current configuration keeps serving"
                 );
-                reloader.central.update(|status| {
+                link.update(|status| {
                     status.failed += 1;
                     status.last_error = Some(error.to_string());
                 });
@@ -73,37 +88,41 @@ pub async fn run(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Whether a download is due: a flag is on, and polling is on (a zero
-/// interval downloads once, so only until one download succeeded).
-fn wants_download(settings: &ApiGateway, reloader: &Reloader) -> bool {
+/// interval downloads only while one is `owed`).
+fn wants_download(settings: &ApiGateway, owed: bool) -> bool {
     (settings.download_settings || settings.download_apis)
-        && (!settings.poll_interval.is_zero()
-            || reloader.central.status().last_download_at.is_none())
+        && (!settings.poll_interval.is_zero() || owed)
 }
 
+/// One download, decided: `seen` becomes the ETag of the document sent
+/// only when that document is in use once decided.
 async fn poll_once(
     reloader: &Arc<Reloader>,
     client: &reqwest::Client,
     settings: &ApiGateway,
     seen: &mut Option<String>,
-    refused: &mut bool,
 ) -> Result<(), DownloadError> {
     match download(client, settings, seen.as_deref()).await? {
+        // The ETag sent names the document in use: the central serves it
+        // (again), so no refusal stands.
         Fetched::NotModified => reloader.central.update(|status| {
             status.not_modified += 1;
-            // The refusal of the document it names still stands.
-            if !*refused {
-                status.last_error = None;
-            }
+            status.last_download_at = Some(SystemTime::now());
+            status.last_error = None;
+            status.refusal_stands = false;
         }),
         Fetched::Document { text, etag } => {
             let document = Document::downloaded(text, settings.cache_file.clone());
-            *seen = Some(etag.unwrap_or_else(|| document.etag.clone()));
+            let etag = etag.unwrap_or_else(|| document.etag.clone());
             // Validating, compiling and swapping block: off the runtime worker.
             let reloader = Arc::clone(reloader);
             let settings = settings.clone();
-            *refused = !tokio::task::spawn_blocking(move || apply(&reloader, &settings, document))
+            let in_use = tokio::task::spawn_blocking(move || apply(&reloader, &settings, document))
                 .await
                 .unwrap_or(false);
+            if in_use {
+                *seen = Some(etag);
+            }
         }
     }
     Ok(())
@@ -111,7 +130,7 @@ async fn poll_once(
 
 /// Validates `document` on its own and merged with the serving
 /// configuration, then swaps it in and writes the cache file. Returns
-/// false when it was refused.
+/// whether it is in use: false when it was refused.
 pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> bool {
     let _one_at_a_time = reloader.live.one_reload_at_a_time();
     let current = reloader.central.document();
@@ -120,6 +139,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
             status.unchanged += 1;
             status.last_download_at = document.downloaded_at;
             status.last_error = None;
+            status.refusal_stands = false;
         });
         return true;
     }
@@ -148,6 +168,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
                     reloader.central.update(|status| {
                         status.applied += 1;
                         status.last_error = None;
+                        status.refusal_stands = false;
                     });
                     None
                 }
@@ -161,6 +182,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
     reloader.central.update(|status| {
         status.refused += 1;
         status.last_error = Some(format!("the downloaded settings were refused: {invalid}"));
+        status.refusal_stands = true;
     });
     false
 }

@@ -11,6 +11,8 @@
 //! the central is merged with the text the serving snapshot was compiled
 //! from (`Snapshot::source_text`), never with the file read again, so a
 //! refused or half-written edit on disk cannot block it or ride in with it.
+//! A local reload that applies lets the central link ask again for a
+//! download refused against the file before.
 //!
 //! A reload blocks: it reads files, compiles, may open SQLite and generate
 //! keys, and takes a std mutex. Async callers run it on the blocking pool
@@ -82,7 +84,11 @@ impl Reloader {
     fn reload_from(&self, source: Source, text: Option<&str>) -> Result<u64, Invalid> {
         let _serialised = self.live.one_reload_at_a_time();
         let document = self.central.document();
-        self.reload_locked(source, text, document.as_deref())
+        let reloaded = self.reload_locked(source, text, document.as_deref());
+        if reloaded.is_ok() {
+            self.central.local_reload_applied();
+        }
+        reloaded
     }
 
     /// Compiles `text` (the file's content; the file read now when `None`),

@@ -845,6 +845,61 @@ fn link_summary(gw: &Gateway) -> String {
     )
 }
 
+/// A download refused because it clashed with the local file is applied
+/// once the local file no longer clashes: the central's current settings
+/// are not left behind by a 304 that names the refused document.
+#[tokio::test]
+async fn a_refused_download_is_applied_once_the_local_file_no_longer_clashes() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let yaml = following(&central, &cache).yaml();
+    let down = Gateway::start(&yaml).await;
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+    let link = &down.state().central;
+
+    // The central moves Catalog onto the base path of the downstream's local API.
+    central.write_config(
+        &central_yaml(r#""GET /items""#).replace("base_path: /catalog", "base_path: /local"),
+    );
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    eventually("the clashing download refused", || {
+        link.status().refused >= 1
+    })
+    .await;
+    assert_eq!(
+        down.get("/catalog/items").await.status(),
+        200,
+        "last good kept"
+    );
+
+    // The downstream's operator moves the local API out of the way.
+    let before = generation(&down);
+    down.write_config(&yaml.replace("base_path: /local", "base_path: /local-moved"));
+    down.wait_generation(before + 1).await;
+    assert_eq!(down.get("/local-moved/ping").await.status(), 200);
+
+    // The central's current settings merge now: a few polls later they serve.
+    for _ in 0..40 {
+        if link.status().applied >= 1 {
+            break;
+        }
+        advance(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        down.get("/local/items").await.status(),
+        200,
+        "the central's current settings were never applied ({})",
+        link_summary(&down)
+    );
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
 /// A download is merged with the configuration that serves, not with an
 /// edit of the local file that was refused (or is still being written):
 /// a typo on disk does not block the central's changes.
@@ -886,6 +941,130 @@ async fn a_download_merges_with_the_serving_file_not_a_refused_edit_on_disk() {
         "the central's change was not applied ({})",
         link_summary(&down)
     );
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
+/// Every answer the downstream has had from its central.
+fn answers(gw: &Gateway) -> u64 {
+    let status = gw.state().central.status();
+    status.applied + status.refused + status.unchanged + status.not_modified + status.failed
+}
+
+/// Moves the tokio clock, which the poll loop waits by, 10 s forward in
+/// steps, each with time to send a request: the downstream asks its
+/// central nothing meanwhile.
+async fn assert_asks_nothing_more(gw: &Gateway, what: &str) {
+    let before = answers(gw);
+    for _ in 0..20 {
+        advance(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answers(gw), before, "{what} ({})", link_summary(gw));
+}
+
+/// A downstream of `central` that downloads once (`poll_interval: 0`).
+fn downloading_once(central: &Gateway, cache: &Path) -> String {
+    following(central, cache)
+        .yaml()
+        .replace("poll_interval: 1s", "poll_interval: 0s")
+}
+
+/// With `poll_interval: 0` a downstream that started from its cache file
+/// asks until the central answers; a 304 (the cache is current) is that
+/// answer, and the status says when it came.
+#[tokio::test]
+async fn a_zero_poll_interval_stops_asking_once_a_304_confirms_the_cache() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let yaml = downloading_once(&central, &cache);
+    Gateway::start(&yaml).await.shutdown().await;
+
+    // The central stops serving its settings (without `central:` the
+    // export is 404): the downstream starts from its cache.
+    let serving = central_yaml(r#""GET /items""#);
+    let without_export: String = serving
+        .lines()
+        .filter(|line| {
+            !["central:", "  users:", "  - { user:"]
+                .iter()
+                .any(|s| line.starts_with(s))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    central.write_config(&without_export);
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    let down = Gateway::start(&yaml).await;
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+    let link = &down.state().central;
+    assert!(link.status().last_download_at.is_none());
+
+    // It serves them again, unchanged.
+    central.write_config(&serving);
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    eventually("a 304", || link.status().not_modified >= 1).await;
+    assert!(
+        link.status().last_download_at.is_some(),
+        "the 304 is not shown as the central's last answer"
+    );
+    assert_asks_nothing_more(&down, "asked again after the 304").await;
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
+/// With `poll_interval: 0` a download refused because it clashes with the
+/// local file is not asked for over and over, but again right after a
+/// local reload applied; then it merges.
+#[tokio::test]
+async fn a_zero_poll_interval_asks_again_for_a_refused_download_after_a_local_reload() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let yaml = downloading_once(&central, &cache);
+    Gateway::start(&yaml).await.shutdown().await;
+
+    // The central moves Catalog onto the base path of the downstream's
+    // local API: the downstream starts from its cache and refuses the
+    // download once.
+    central.write_config(
+        &central_yaml(r#""GET /items""#).replace("base_path: /catalog", "base_path: /local"),
+    );
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    let down = Gateway::start(&yaml).await;
+    assert_eq!(
+        down.get("/catalog/items").await.status(),
+        200,
+        "from the cache"
+    );
+    let link = &down.state().central;
+    eventually("the clashing download refused", || {
+        link.status().refused >= 1
+    })
+    .await;
+    assert_asks_nothing_more(&down, "a refused download asked for over and over").await;
+
+    // The downstream's operator moves the local API out of the way.
+    let before = generation(&down);
+    down.write_config(&yaml.replace("base_path: /local", "base_path: /local-moved"));
+    down.wait_generation(before + 1).await;
+    eventually("the download applied", || link.status().applied >= 1).await;
+    assert_eq!(
+        down.get("/local/items").await.status(),
+        200,
+        "{}",
+        link_summary(&down)
+    );
+    assert!(link.status().last_error.is_none());
     down.shutdown().await;
     central.shutdown().await;
 }
