@@ -631,16 +631,17 @@ fn download_settings(args: DownloadArgs) -> ExitCode {
         eprintln!("cannot start the runtime");
         return ExitCode::FAILURE;
     };
+    let shown = crate::central::shown_url(&settings.url);
     let client = crate::central::poller::client();
     let fetched = runtime.block_on(crate::central::poller::download(&client, &settings, None));
     let text = match fetched {
         Ok(crate::central::poller::Fetched::Document { text, .. }) => text,
         Ok(crate::central::poller::Fetched::NotModified) => {
-            eprintln!("{}: unexpected 304 Not Modified", settings.url);
+            eprintln!("{shown}: unexpected 304 Not Modified");
             return ExitCode::FAILURE;
         }
         Err(error) => {
-            eprintln!("cannot download settings from {}: {error}", settings.url);
+            eprintln!("cannot download settings from {shown}: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -656,7 +657,7 @@ fn download_settings(args: DownloadArgs) -> ExitCode {
                 eprintln!("cannot write {}: {error}", path.display());
                 return ExitCode::FAILURE;
             }
-            eprintln!("{}: settings of {} written", path.display(), settings.url);
+            eprintln!("{}: settings of {shown} written", path.display());
         }
     }
     ExitCode::SUCCESS

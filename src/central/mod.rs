@@ -90,8 +90,9 @@ impl Document {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "the central gateway {url} refused the credentials of user `{user}` ({status}); \
-         check api_gateway.user and api_gateway.password (or --user/--password)"
+        "the central gateway {} refused the credentials of user `{user}` ({status}); \
+         check api_gateway.user and api_gateway.password (or --user/--password)",
+        shown_url(url)
     )]
     Refused {
         url: String,
@@ -99,8 +100,9 @@ pub enum StartError {
         status: http::StatusCode,
     },
     #[error(
-        "cannot download settings from the central gateway {url}: {cause}; \
+        "cannot download settings from the central gateway {}: {cause}; \
          and there is no cached download at {} to start from",
+        shown_url(url),
         cache.display()
     )]
     Unavailable {
@@ -108,7 +110,11 @@ pub enum StartError {
         cause: DownloadError,
         cache: PathBuf,
     },
-    #[error("the settings downloaded from {url} are invalid, and there is no cached download at {} to start from:\n{invalid}", cache.display())]
+    #[error(
+        "the settings downloaded from {} are invalid, and there is no cached download at {} to start from:\n{invalid}",
+        shown_url(url),
+        cache.display()
+    )]
     InvalidDownload {
         url: String,
         invalid: Invalid,
@@ -271,7 +277,7 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
             })
         }
         Err(cause) => {
-            tracing::warn!(%url, error = %cause, "the central gateway is unreachable");
+            tracing::warn!(url = %shown_url(&url), error = %cause, "the central gateway is unreachable");
             return from_cache(settings, |cache| StartError::Unavailable {
                 url,
                 cause,
@@ -281,14 +287,14 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
     };
     let document = Document::downloaded(text, settings.cache_file.clone());
     if let Err(invalid) = document.validate() {
-        tracing::error!(%url, "the downloaded settings are invalid:\n{invalid}");
+        tracing::error!(url = %shown_url(&url), "the downloaded settings are invalid:\n{invalid}");
         return from_cache(settings, |cache| StartError::InvalidDownload {
             url,
             invalid,
             cache,
         });
     }
-    tracing::info!(url = %settings.url, etag = %document.etag, "settings downloaded from the central gateway");
+    tracing::info!(url = %shown_url(&settings.url), etag = %document.etag, "settings downloaded from the central gateway");
     Ok(Some(Arc::new(document)))
 }
 

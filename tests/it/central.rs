@@ -833,3 +833,23 @@ async fn status_and_settings_do_not_show_a_password_in_the_central_url() {
         "the password in api_gateway.url is shown by {leaks:?}"
     );
 }
+
+// ---- the configuration life cycle of a downstream, under faults ----
+
+/// User information in `api_gateway.url` is a password: the start error
+/// (printed by `start`) does not show it.
+#[tokio::test]
+async fn start_error_does_not_show_a_password_in_the_central_url() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let closed = crate::common::Refusing::new();
+    let downstream = Downstream {
+        url: format!("http://fleet:url-password-123@{}", closed.addr),
+        ..Downstream::of_all(String::new(), &cache)
+    };
+    let error = Gateway::try_start(&downstream.yaml(), common::Env::new())
+        .await
+        .err()
+        .expect("no start");
+    assert!(!error.contains("url-password-123"), "{error}");
+}
