@@ -55,6 +55,11 @@ pub struct DownloadArgs {
     /// File to write (mode 0600).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Allow plain http:// to a host that is not loopback (the password
+    /// and the settings' secrets travel in clear), as
+    /// `api_gateway.allow_insecure_http` does.
+    #[arg(long)]
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -598,31 +603,29 @@ async fn wait_for_signals(_gateway: &Gateway) {
 /// Downloads a central gateway's settings once, checks them, and writes
 /// them (mode 0600) or prints them.
 fn download_settings(args: DownloadArgs) -> ExitCode {
-    let DownloadArgs {
-        gateway: url,
-        user,
-        password,
-        apis,
-        output,
-    } = args;
-    let output = output.as_deref();
-    let password = match config::resolve::secret(&password, &environment(), Path::new(".")) {
-        Ok((secret, _)) => secret,
-        Err(problem) => {
-            eprintln!("--password: {problem}");
+    let output = args.output.as_deref();
+    let label = output.unwrap_or(Path::new("downloaded-settings.yaml"));
+    let flags = config::fleet_compile::DownloadFlags {
+        url: args.gateway,
+        user: args.user,
+        password: args.password,
+        apis: args.apis,
+        allow_insecure_http: args.allow_insecure_http,
+        output: label.to_path_buf(),
+    };
+    // The flags are checked as `api_gateway:` is: no credentials in clear
+    // to a host that is not loopback unless asked for.
+    let settings = match config::fleet_compile::download_flags(flags, &environment()) {
+        Ok((settings, warnings)) => {
+            for warning in &warnings {
+                eprintln!("{warning}");
+            }
+            settings
+        }
+        Err(invalid) => {
+            eprintln!("{invalid}");
             return ExitCode::FAILURE;
         }
-    };
-    let label = output.unwrap_or(Path::new("downloaded-settings.yaml"));
-    let settings = crate::config::snapshot::ApiGateway {
-        url,
-        user,
-        password,
-        download_settings: true,
-        download_apis: true,
-        apis,
-        poll_interval: std::time::Duration::ZERO,
-        cache_file: label.to_path_buf(),
     };
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -853,3 +853,26 @@ async fn start_error_does_not_show_a_password_in_the_central_url() {
         .expect("no start");
     assert!(!error.contains("url-password-123"), "{error}");
 }
+
+/// `download-settings` sends the password (and receives secrets in clear)
+/// only as `api_gateway.url` may: not over plain HTTP to a host that is
+/// not loopback.
+#[tokio::test]
+async fn download_settings_refuses_plain_http_to_a_remote_host() {
+    let args: Vec<String> = vec![
+        "download-settings".into(),
+        "--gateway".into(),
+        // TEST-NET-1: nothing answers there.
+        "http://192.0.2.1:9485".into(),
+        "--user".into(),
+        USER.into(),
+        "--password".into(),
+        PASSWORD.into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || run_binary(args))
+        .await
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(stderr.contains("plain HTTP"), "{stderr}");
+}
