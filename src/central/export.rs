@@ -184,6 +184,16 @@ pub fn etag_of(body: &str) -> String {
     format!("\"{hex}\"")
 }
 
+/// Whether `etag` has the form [`etag_of`] gives: strong, quoted, 64
+/// lowercase hex digits.
+pub fn is_digest(etag: &str) -> bool {
+    etag.strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
 /// Whether `If-None-Match` names `etag` (RFC 9110 §13.1.2: weak comparison).
 pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
     headers
@@ -337,6 +347,14 @@ apis: [{ name: One }, { name: Two }]
         assert_eq!(etag, etag_of("body"));
         assert_ne!(etag, etag_of("other"));
         assert!(etag.starts_with('"') && etag.len() == 66);
+        assert!(is_digest(&etag));
+        for other in [
+            "W/".to_owned() + &etag,
+            etag.to_uppercase(),
+            "\"abc\"".into(),
+        ] {
+            assert!(!is_digest(&other), "{other}");
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             IF_NONE_MATCH,

@@ -64,7 +64,9 @@ impl Document {
     /// no file: a central exports secrets in clear, and a document that
     /// named one of this machine's files (`${file:}`) would have the
     /// downstream read it and send it wherever the document says. (With
-    /// no environment given, `${env:}` is refused already.)
+    /// no environment given, `${env:}` is refused already.) It must have
+    /// every section of an export, so that what is not there is known to
+    /// be empty, not lost on the way.
     pub fn validate(&self) -> Result<(), Invalid> {
         let loaded = config::load_text(&self.origin, &self.text, &Env::new(), 0)?;
         match loaded
@@ -81,9 +83,45 @@ impl Document {
                 ),
                 "secrets in clear or {encoded}: a central names no file of its downstreams",
             )),
-            None => Ok(()),
+            None => whole_export(&self.origin, &self.text),
         }
     }
+}
+
+/// The sections every export has, empty lists included (`null` counts as
+/// absent).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Sections {
+    security_settings: Option<serde::de::IgnoredAny>,
+    scope_mappings: Option<serde::de::IgnoredAny>,
+    apis: Option<serde::de::IgnoredAny>,
+}
+
+/// Refuses a document that lacks one of the sections of an export: an
+/// empty answer or a body cut short is no export, and merging it would
+/// remove what the missing sections held.
+fn whole_export(origin: &Path, text: &str) -> Result<(), Invalid> {
+    let sections = config::load::parse_first::<Sections>(origin, text)?.unwrap_or_default();
+    let missing: Vec<&str> = [
+        ("security_settings", sections.security_settings.is_none()),
+        ("scope_mappings", sections.scope_mappings.is_none()),
+        ("apis", sections.apis.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(name, absent)| absent.then_some(name))
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Invalid::single(
+        origin,
+        format!(
+            "the downloaded settings are not a whole export (an empty answer, or one cut short): \
+             no {}",
+            missing.join(", no ")
+        ),
+        "security_settings, scope_mappings and apis, as every export has them (empty lists included)",
+    ))
 }
 
 /// Why a downstream could not start.
@@ -383,6 +421,52 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn document(text: &str) -> Document {
+        Document::cached(text.to_owned(), PathBuf::from("settings.yaml"))
+    }
+
+    #[test]
+    fn the_export_of_an_empty_central_is_a_whole_document() {
+        let central = "central:\n  users: [{ user: fleet, password: secret }]\n";
+        let loaded =
+            config::load_text(Path::new("central.yaml"), central, &Env::new(), 1).expect("central");
+        let body = export::build(&loaded.snapshot, &Env::new())
+            .and_then(|tree| tree.render())
+            .expect("export")
+            .body;
+        assert_eq!(
+            document(&body).validate().map_err(|e| e.to_string()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_document_without_a_section_of_the_export_is_refused() {
+        let whole =
+            "security_settings:\n  auth_servers:\n  - !<authServerAlias>\n    id: idp\n    \
+                     localIntrospectionConfig: { issuer: \"https://idp\" }\n  aliases: []\n\
+                     scope_mappings: []\napis: []\n";
+        assert_eq!(
+            document(whole).validate().map_err(|e| e.to_string()),
+            Ok(())
+        );
+        for (text, missing) in [
+            ("", "no security_settings, no scope_mappings, no apis"),
+            (
+                "# nothing\n",
+                "no security_settings, no scope_mappings, no apis",
+            ),
+            (&whole[..whole.find("apis").expect("apis")], "no apis"),
+            ("security_settings: {}\napis: []\n", "no scope_mappings"),
+        ] {
+            let error = document(text).validate().expect_err(text).to_string();
+            assert!(error.contains("not a whole export"), "{error}");
+            assert!(error.contains(&format!("{missing};")), "{text:?}: {error}");
+        }
+        let cut_after_the_key = format!("{}apis:\n", &whole[..whole.find("apis").expect("apis")]);
+        assert!(document(&cut_after_the_key).validate().is_err());
+    }
 
     #[test]
     fn private_file_is_written_whole_with_mode_0600() {

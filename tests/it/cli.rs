@@ -338,9 +338,12 @@ apis:
     )
 }
 
+/// A central's export (every section, as an export has them) with one API.
 fn cached_api(name: &str, base_path: &str) -> String {
     format!(
-        r#"apis:
+        r#"security_settings: {{ auth_servers: [], aliases: [] }}
+scope_mappings: []
+apis:
 - name: {name}
   version: "1.0"
   base_path: {base_path}
