@@ -361,7 +361,7 @@ fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Docu
     if !settings.download_settings && !settings.download_apis {
         return Ok(None);
     }
-    let cache = settings.cache_file;
+    let cache = settings.cache_file.clone();
     let text = match std::fs::read_to_string(&cache) {
         Ok(text) => text,
         Err(error) => {
@@ -372,6 +372,13 @@ fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Docu
             return Ok(None);
         }
     };
+    // The gateway would not start from it either.
+    if let Err(mismatch) = crate::central::provenance::check(&settings) {
+        eprintln!(
+            "note: the downloaded settings are not checked: the cache file is not used: {mismatch}"
+        );
+        return Ok(None);
+    }
     let document = crate::central::Document::cached(text, cache);
     if let Err(invalid) = document.validate() {
         eprintln!("{invalid}");
@@ -656,7 +663,8 @@ fn download_settings(args: DownloadArgs) -> ExitCode {
     match output {
         None => print!("{}", document.text),
         Some(path) => {
-            if let Err(error) = crate::central::write_private(path, &document.text) {
+            // With its record: the file can be a downstream's cache_file.
+            if let Err(error) = crate::central::provenance::write(&settings, &document.text) {
                 eprintln!("cannot write {}: {error}", path.display());
                 return ExitCode::FAILURE;
             }

@@ -11,7 +11,6 @@
 //! to its cache file. The ETag is the quoted SHA-256 of the body, so equal
 //! content has an equal ETag across restarts and instances.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::selection::Selection;
 use crate::config::resolve::{self, Env, SecretProblem};
 use crate::config::snapshot::Central;
 use crate::config::Snapshot;
@@ -114,35 +114,23 @@ fn reveal(value: Option<&mut Value>, key: &str, env: &Env, base: &Path) -> Resul
 impl Tree {
     /// Only the APIs named in `apis` (all when empty), and the scope
     /// mappings' API scopes of those APIs (a mapping left with none is
-    /// dropped). Security settings are kept whole.
+    /// dropped), by the rule of [`Selection`]. Security settings are kept
+    /// whole.
     pub fn filter(&self, apis: &[String]) -> Tree {
-        if apis.is_empty() {
+        let selection = Selection::of(apis);
+        if selection == Selection::All {
             return self.clone();
         }
-        let wanted: HashSet<&str> = apis.iter().map(String::as_str).collect();
         let mut tree = self.0.clone();
         if let Some(Value::Array(list)) = tree.get_mut("apis") {
-            list.retain(|api| {
-                api.get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|name| wanted.contains(name))
-            });
+            list.retain(|api| selection.takes(api.get("name").and_then(Value::as_str)));
         }
         if let Some(Value::Array(mappings)) = tree.get_mut("scope_mappings") {
-            mappings.retain_mut(|mapping| {
-                let Some(Value::Array(scopes)) = mapping.get_mut("api_scopes") else {
-                    return true;
-                };
-                if scopes.is_empty() {
-                    return true;
+            mappings.retain_mut(|mapping| match mapping.get_mut("api_scopes") {
+                Some(Value::Array(api_scopes)) => {
+                    selection.keep_api_scopes(api_scopes, Value::as_str)
                 }
-                scopes.retain(|scope| {
-                    scope
-                        .as_str()
-                        .and_then(|s| s.rsplit_once(':'))
-                        .is_some_and(|(api, _)| wanted.contains(api))
-                });
-                !scopes.is_empty()
+                _ => true,
             });
         }
         Tree(tree)

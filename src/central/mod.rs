@@ -2,17 +2,22 @@
 //! settings (`export`); a downstream downloads them (`poller`), merges them
 //! over its local file (`merge`) and swaps the result in through the same
 //! compile-validate-swap path as a file change (the poll loop doing so is
-//! `reload::follow`: nothing here changes the serving snapshot).
+//! `reload::follow`: nothing here changes the serving snapshot). Both ends
+//! take the APIs of a download by one rule (`selection`).
 //!
 //! Invariants: the central is never contacted when `download_settings` and
 //! `download_apis` are both false; a download is applied only when it is
 //! valid on its own *and* merged; the last good download is kept in memory
 //! (so a later file reload merges it again) and in `cache_file` (mode 0600,
-//! written atomically); credentials and downloaded secrets are never logged.
+//! written atomically), beside the record of what it was downloaded for
+//! (`provenance`), and a cache is used only for that; credentials and
+//! downloaded secrets are never logged, nor a URL's user information.
 
 pub mod export;
 pub mod merge;
 pub mod poller;
+pub mod provenance;
+pub mod selection;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -165,6 +170,8 @@ pub enum StartError {
     },
     #[error("the cached download {} is invalid:\n{invalid}", cache.display())]
     CacheInvalid { cache: PathBuf, invalid: Invalid },
+    #[error("the cached download is not used: {0}")]
+    CacheMismatch(provenance::Mismatch),
 }
 
 /// What the status endpoint shows of the downstream link.
@@ -284,7 +291,8 @@ pub fn load(
     let (downloaded, _) = config::load::parse(&document.origin, &document.text)?;
     config::load_text_with(path, text, env, generation, |file| {
         let flags = merge::Flags::of(file);
-        merge::merge(file, downloaded, flags);
+        let selection = merge::selection(file);
+        merge::merge(file, downloaded, flags, &selection);
     })
 }
 
@@ -350,7 +358,7 @@ pub fn keep(settings: &ApiGateway, document: &Document) {
     if document.downloaded_at.is_none() {
         return;
     }
-    if let Err(error) = write_private(&settings.cache_file, &document.text) {
+    if let Err(error) = provenance::write(settings, &document.text) {
         tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
     }
 }
@@ -373,6 +381,10 @@ fn read_cache(settings: &ApiGateway) -> Result<Option<Arc<Document>>, StartError
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StartError::CacheUnreadable { cache, source }),
     };
+    if let Err(mismatch) = provenance::check(settings) {
+        tracing::error!("the cached download is not used: {mismatch}");
+        return Err(StartError::CacheMismatch(mismatch));
+    }
     let document = Document::cached(text, cache.clone());
     document
         .validate()

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::reloader::Reloader;
 use super::swap::Source;
 use crate::central::poller::{client, delay, download, DownloadError, Fetched, IDLE};
-use crate::central::{shown_url, write_private, Document};
+use crate::central::{provenance, shown_url, Document};
 use crate::config::snapshot::ApiGateway;
 
 /// The poll loop of a downstream; returns when `stop` turns true.
@@ -130,7 +130,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
             let document = Arc::new(document);
             match reloader.reload_locked(Source::Central, None, Some(&document)) {
                 Ok(generation) => {
-                    if let Err(error) = write_private(&settings.cache_file, &document.text) {
+                    if let Err(error) = provenance::write(settings, &document.text) {
                         tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
                     }
                     tracing::info!(generation, etag = %document.etag, "settings downloaded from the central gateway applied");

@@ -950,6 +950,57 @@ async fn a_download_cut_short_is_refused() {
     assert_eq!(cached, TWO_APIS, "a truncated download replaced the cache");
 }
 
+/// The cache of a download of other APIs (here the file named `Catalog`,
+/// now names `Secure`) is not served when the central is down at start.
+#[tokio::test]
+async fn a_cache_of_other_apis_is_not_served_when_the_central_is_down() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let catalog = Downstream {
+        apis: &["Catalog"],
+        ..following(&central, &cache)
+    }
+    .yaml();
+    let secure = Downstream {
+        apis: &["Secure"],
+        ..following(&central, &cache)
+    }
+    .yaml();
+    let first = Gateway::start(&catalog).await;
+    assert_eq!(first.get("/catalog/items").await.status(), 200);
+    first.shutdown().await;
+    central.shutdown().await;
+
+    // Restarted with another selection while the central is down.
+    match Gateway::try_start(&secure, common::Env::new()).await {
+        Err(_) => {}
+        Ok(second) => {
+            let served = second.get("/catalog/items").await.status();
+            second.shutdown().await;
+            assert_ne!(served, 200, "an API the file does not name is served");
+        }
+    }
+}
+
+/// A downstream serves only the APIs its `apis:` names, whatever the
+/// central answers.
+#[tokio::test]
+async fn a_downstream_serves_only_the_apis_it_names_whatever_the_central_sends() {
+    let fake = FakeCentral::start(TWO_APIS).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        apis: &["Remote"],
+        ..Downstream::of_all(fake.url(), &cache)
+    };
+    let down = Gateway::start(&downstream.yaml()).await;
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    let served = down.get("/second/b").await.status();
+    down.shutdown().await;
+    assert_eq!(served, 404, "an API the file does not name is served");
+}
+
 /// User information in `api_gateway.url` is a password: the start error
 /// (printed by `start`) does not show it.
 #[tokio::test]
