@@ -55,6 +55,11 @@ pub struct DownloadArgs {
     /// File to write (mode 0600).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Allow plain http:// to a host that is not loopback (the password
+    /// and the settings' secrets travel in clear), as
+    /// `api_gateway.allow_insecure_http` does.
+    #[arg(long)]
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,7 +361,7 @@ fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Docu
     if !settings.download_settings && !settings.download_apis {
         return Ok(None);
     }
-    let cache = settings.cache_file;
+    let cache = settings.cache_file.clone();
     let text = match std::fs::read_to_string(&cache) {
         Ok(text) => text,
         Err(error) => {
@@ -367,6 +372,13 @@ fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Docu
             return Ok(None);
         }
     };
+    // The gateway would not start from it either.
+    if let Err(mismatch) = crate::central::provenance::check(&settings) {
+        eprintln!(
+            "note: the downloaded settings are not checked: the cache file is not used: {mismatch}"
+        );
+        return Ok(None);
+    }
     let document = crate::central::Document::cached(text, cache);
     if let Err(invalid) = document.validate() {
         eprintln!("{invalid}");
@@ -598,31 +610,29 @@ async fn wait_for_signals(_gateway: &Gateway) {
 /// Downloads a central gateway's settings once, checks them, and writes
 /// them (mode 0600) or prints them.
 fn download_settings(args: DownloadArgs) -> ExitCode {
-    let DownloadArgs {
-        gateway: url,
-        user,
-        password,
-        apis,
-        output,
-    } = args;
-    let output = output.as_deref();
-    let password = match config::resolve::secret(&password, &environment(), Path::new(".")) {
-        Ok((secret, _)) => secret,
-        Err(problem) => {
-            eprintln!("--password: {problem}");
+    let output = args.output.as_deref();
+    let label = output.unwrap_or(Path::new("downloaded-settings.yaml"));
+    let flags = config::fleet_compile::DownloadFlags {
+        url: args.gateway,
+        user: args.user,
+        password: args.password,
+        apis: args.apis,
+        allow_insecure_http: args.allow_insecure_http,
+        output: label.to_path_buf(),
+    };
+    // The flags are checked as `api_gateway:` is: no credentials in clear
+    // to a host that is not loopback unless asked for.
+    let settings = match config::fleet_compile::download_flags(flags, &environment()) {
+        Ok((settings, warnings)) => {
+            for warning in &warnings {
+                eprintln!("{warning}");
+            }
+            settings
+        }
+        Err(invalid) => {
+            eprintln!("{invalid}");
             return ExitCode::FAILURE;
         }
-    };
-    let label = output.unwrap_or(Path::new("downloaded-settings.yaml"));
-    let settings = crate::config::snapshot::ApiGateway {
-        url,
-        user,
-        password,
-        download_settings: true,
-        download_apis: true,
-        apis,
-        poll_interval: std::time::Duration::ZERO,
-        cache_file: label.to_path_buf(),
     };
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -631,16 +641,17 @@ fn download_settings(args: DownloadArgs) -> ExitCode {
         eprintln!("cannot start the runtime");
         return ExitCode::FAILURE;
     };
+    let shown = crate::central::shown_url(&settings.url);
     let client = crate::central::poller::client();
     let fetched = runtime.block_on(crate::central::poller::download(&client, &settings, None));
     let text = match fetched {
         Ok(crate::central::poller::Fetched::Document { text, .. }) => text,
         Ok(crate::central::poller::Fetched::NotModified) => {
-            eprintln!("{}: unexpected 304 Not Modified", settings.url);
+            eprintln!("{shown}: unexpected 304 Not Modified");
             return ExitCode::FAILURE;
         }
         Err(error) => {
-            eprintln!("cannot download settings from {}: {error}", settings.url);
+            eprintln!("cannot download settings from {shown}: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -652,11 +663,12 @@ fn download_settings(args: DownloadArgs) -> ExitCode {
     match output {
         None => print!("{}", document.text),
         Some(path) => {
-            if let Err(error) = crate::central::write_private(path, &document.text) {
+            // With its record: the file can be a downstream's cache_file.
+            if let Err(error) = crate::central::provenance::write(&settings, &document.text) {
                 eprintln!("cannot write {}: {error}", path.display());
                 return ExitCode::FAILURE;
             }
-            eprintln!("{}: settings of {} written", path.display(), settings.url);
+            eprintln!("{}: settings of {shown} written", path.display());
         }
     }
     ExitCode::SUCCESS

@@ -11,7 +11,6 @@
 //! to its cache file. The ETag is the quoted SHA-256 of the body, so equal
 //! content has an equal ETag across restarts and instances.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +22,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::selection::Selection;
 use crate::basic_auth::Logins;
 use crate::config::resolve::{self, Env, SecretProblem};
 use crate::config::snapshot::Central;
@@ -119,35 +119,23 @@ fn reveal(value: Option<&mut Value>, key: &str, env: &Env, base: &Path) -> Resul
 impl Tree {
     /// Only the APIs named in `apis` (all when empty), and the scope
     /// mappings' API scopes of those APIs (a mapping left with none is
-    /// dropped). Security settings are kept whole.
+    /// dropped), by the rule of [`Selection`]. Security settings are kept
+    /// whole.
     pub fn filter(&self, apis: &[String]) -> Tree {
-        if apis.is_empty() {
+        let selection = Selection::of(apis);
+        if selection == Selection::All {
             return self.clone();
         }
-        let wanted: HashSet<&str> = apis.iter().map(String::as_str).collect();
         let mut tree = self.0.clone();
         if let Some(Value::Array(list)) = tree.get_mut("apis") {
-            list.retain(|api| {
-                api.get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|name| wanted.contains(name))
-            });
+            list.retain(|api| selection.takes(api.get("name").and_then(Value::as_str)));
         }
         if let Some(Value::Array(mappings)) = tree.get_mut("scope_mappings") {
-            mappings.retain_mut(|mapping| {
-                let Some(Value::Array(scopes)) = mapping.get_mut("api_scopes") else {
-                    return true;
-                };
-                if scopes.is_empty() {
-                    return true;
+            mappings.retain_mut(|mapping| match mapping.get_mut("api_scopes") {
+                Some(Value::Array(api_scopes)) => {
+                    selection.keep_api_scopes(api_scopes, Value::as_str)
                 }
-                scopes.retain(|scope| {
-                    scope
-                        .as_str()
-                        .and_then(|s| s.rsplit_once(':'))
-                        .is_some_and(|(api, _)| wanted.contains(api))
-                });
-                !scopes.is_empty()
+                _ => true,
             });
         }
         Tree(tree)
@@ -187,6 +175,16 @@ pub fn etag_of(body: &str) -> String {
     let digest = Sha256::digest(body.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("\"{hex}\"")
+}
+
+/// Whether `etag` has the form [`etag_of`] gives: strong, quoted, 64
+/// lowercase hex digits.
+pub fn is_digest(etag: &str) -> bool {
+    etag.strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
 }
 
 /// Whether `If-None-Match` names `etag` (RFC 9110 §13.1.2: weak comparison).
@@ -366,6 +364,14 @@ apis: [{ name: One }, { name: Two }]
         assert_eq!(etag, etag_of("body"));
         assert_ne!(etag, etag_of("other"));
         assert!(etag.starts_with('"') && etag.len() == 66);
+        assert!(is_digest(&etag));
+        for other in [
+            "W/".to_owned() + &etag,
+            etag.to_uppercase(),
+            "\"abc\"".into(),
+        ] {
+            assert!(!is_digest(&other), "{other}");
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             IF_NONE_MATCH,

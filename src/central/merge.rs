@@ -3,11 +3,15 @@
 //! entries win: auth servers by `id`, aliases by `name`, scope mappings by
 //! `(auth_server, scope)`, APIs by `(name, version)`. `download_settings`
 //! takes the security settings and scope mappings, `download_apis` the APIs;
-//! nothing else of the download is used. Pure: no I/O, no validation (the
-//! merged file is compiled like any other).
+//! nothing else of the download is used. Of the APIs and scope mappings,
+//! only what the file's own `apis:` selects is taken, by the rule the
+//! central's export filter applies (`selection`), whatever the document
+//! holds. Pure: no I/O, no validation (the merged file is compiled like
+//! any other).
 
 use std::collections::HashSet;
 
+use super::selection::Selection;
 use crate::config::raw::{self, Scalar, S};
 use crate::config::resolve;
 
@@ -43,12 +47,20 @@ impl Flags {
     }
 }
 
-/// Merges `downloaded` into `local`.
+/// The APIs a file's `api_gateway.apis` selects (all without the section).
+pub fn selection(file: &raw::File) -> Selection {
+    let names: Vec<String> = file.api_gateway.as_ref().map_or(Vec::new(), |gateway| {
+        gateway.value.apis.iter().map(|a| a.value.clone()).collect()
+    });
+    Selection::of(&names)
+}
+
+/// Merges what `selection` takes of `downloaded` into `local`.
 ///
 /// Scope mappings are merged after the APIs and keep only the API scopes of
 /// APIs the merged file has: with `download_settings` alone, the central's
 /// mappings for APIs this gateway does not serve are not an error here.
-pub fn merge(local: &mut raw::File, downloaded: raw::File, flags: Flags) {
+pub fn merge(local: &mut raw::File, downloaded: raw::File, flags: Flags, selection: &Selection) {
     let raw::File {
         security_settings,
         scope_mappings,
@@ -56,7 +68,10 @@ pub fn merge(local: &mut raw::File, downloaded: raw::File, flags: Flags) {
         ..
     } = downloaded;
     if flags.apis {
-        upsert(&mut local.apis, apis, api_key);
+        let taken = apis
+            .into_iter()
+            .filter(|api| selection.takes(api.value.name.as_ref().map(|n| n.value.as_str())));
+        upsert(&mut local.apis, taken, api_key);
     }
     if flags.settings {
         upsert(
@@ -69,14 +84,19 @@ pub fn merge(local: &mut raw::File, downloaded: raw::File, flags: Flags) {
             security_settings.aliases,
             |alias| text(&alias.name),
         );
-        let served: HashSet<String> = local
-            .apis
-            .iter()
-            .filter_map(|a| text(&a.value.name))
-            .collect();
-        let mappings = scope_mappings
-            .into_iter()
-            .filter_map(|mapping| for_served_apis(mapping, &served));
+        let served = Selection::Only(
+            local
+                .apis
+                .iter()
+                .filter_map(|a| text(&a.value.name))
+                .collect::<HashSet<String>>(),
+        );
+        let mappings = scope_mappings.into_iter().filter_map(|mut mapping| {
+            let api_scopes = &mut mapping.value.api_scopes;
+            let kept = selection.keep_api_scopes(api_scopes, api_scope)
+                && served.keep_api_scopes(api_scopes, api_scope);
+            kept.then_some(mapping)
+        });
         upsert(&mut local.scope_mappings, mappings, |mapping| {
             (text(&mapping.auth_server), text(&mapping.scope))
         });
@@ -98,6 +118,10 @@ fn upsert<T, K: PartialEq>(
     }
 }
 
+fn api_scope(api_scope: &S<String>) -> Option<&str> {
+    Some(&api_scope.value)
+}
+
 fn text(value: &Option<S<String>>) -> Option<String> {
     value.as_ref().map(|v| v.value.clone())
 }
@@ -107,24 +131,6 @@ fn api_key(api: &raw::Api) -> (Option<String>, Option<String>) {
         text(&api.name),
         api.version.as_ref().map(|v| v.value.0.clone()),
     )
-}
-
-/// The mapping with only the API scopes (`API name:scope`) of `served`
-/// APIs; `None` when it named API scopes and none of them is served.
-fn for_served_apis(
-    mut mapping: S<raw::ScopeMapping>,
-    served: &HashSet<String>,
-) -> Option<S<raw::ScopeMapping>> {
-    if mapping.value.api_scopes.is_empty() {
-        return Some(mapping);
-    }
-    mapping.value.api_scopes.retain(|api_scope| {
-        api_scope
-            .value
-            .rsplit_once(':')
-            .is_some_and(|(api, _)| served.contains(api))
-    });
-    (!mapping.value.api_scopes.is_empty()).then_some(mapping)
 }
 
 #[cfg(test)]
@@ -211,7 +217,7 @@ apis:
     #[test]
     fn auth_servers_merge_by_id_and_downloaded_wins() {
         let mut local = parse(LOCAL);
-        merge(&mut local, parse(DOWNLOADED), BOTH);
+        merge(&mut local, parse(DOWNLOADED), BOTH, &Selection::All);
         assert_eq!(
             issuers(&local),
             [
@@ -225,7 +231,7 @@ apis:
     #[test]
     fn aliases_merge_by_name() {
         let mut local = parse(LOCAL);
-        merge(&mut local, parse(DOWNLOADED), BOTH);
+        merge(&mut local, parse(DOWNLOADED), BOTH, &Selection::All);
         let aliases = &local.security_settings.aliases;
         assert_eq!(aliases.len(), 1);
         let user = aliases[0].value.username.as_ref().expect("username");
@@ -235,7 +241,7 @@ apis:
     #[test]
     fn apis_merge_by_name_and_version() {
         let mut local = parse(LOCAL);
-        merge(&mut local, parse(DOWNLOADED), BOTH);
+        merge(&mut local, parse(DOWNLOADED), BOTH, &Selection::All);
         let list = apis(&local);
         let key = |n: &str, v: &str, b: &str| (n.to_owned(), v.to_owned(), b.to_owned());
         assert_eq!(
@@ -252,7 +258,7 @@ apis:
     #[test]
     fn scope_mappings_merge_by_auth_server_and_scope() {
         let mut local = parse(LOCAL);
-        merge(&mut local, parse(DOWNLOADED), BOTH);
+        merge(&mut local, parse(DOWNLOADED), BOTH, &Selection::All);
         let view = vec!["Shared:View".to_owned(), "Remote:View".to_owned()];
         assert_eq!(
             mappings(&local),
@@ -270,7 +276,7 @@ apis:
             settings: true,
             apis: false,
         };
-        merge(&mut local, parse(DOWNLOADED), flags);
+        merge(&mut local, parse(DOWNLOADED), flags, &Selection::All);
         assert_eq!(apis(&local).len(), 2);
         assert_eq!(issuers(&local)[0].1, "http://central");
         assert_eq!(
@@ -286,7 +292,7 @@ apis:
             settings: false,
             apis: true,
         };
-        merge(&mut local, parse(DOWNLOADED), flags);
+        merge(&mut local, parse(DOWNLOADED), flags, &Selection::All);
         assert_eq!(apis(&local).len(), 4);
         assert_eq!(issuers(&local)[0].1, "http://local");
         assert_eq!(
@@ -298,9 +304,49 @@ apis:
     #[test]
     fn no_flags_merge_nothing() {
         let mut local = parse(LOCAL);
-        merge(&mut local, parse(DOWNLOADED), Flags::default());
+        merge(
+            &mut local,
+            parse(DOWNLOADED),
+            Flags::default(),
+            &Selection::All,
+        );
         assert_eq!(apis(&local).len(), 2);
         assert_eq!(issuers(&local).len(), 2);
+    }
+
+    #[test]
+    fn only_the_selected_apis_and_their_mappings_are_taken() {
+        let mut local = parse(LOCAL);
+        let selection = Selection::of(&["Shared".to_owned()]);
+        merge(&mut local, parse(DOWNLOADED), BOTH, &selection);
+        let key = |n: &str, v: &str, b: &str| (n.to_owned(), v.to_owned(), b.to_owned());
+        assert_eq!(
+            apis(&local),
+            [
+                key("Local", "1.0", "/local"),
+                key("Shared", "1.0", "/shared"),
+                key("Shared", "2.0", "/shared2"),
+            ],
+            "the local file's own APIs stay; of the download, only Shared"
+        );
+        assert_eq!(
+            mappings(&local),
+            [("view".to_owned(), vec!["Shared:View".to_owned()])]
+        );
+    }
+
+    #[test]
+    fn the_selection_comes_from_the_api_gateway_section() {
+        let file = parse("api_gateway: { url: x, apis: [One, \"Time travels\"] }\n");
+        assert_eq!(
+            selection(&file),
+            Selection::of(&["One".to_owned(), "Time travels".to_owned()])
+        );
+        assert_eq!(
+            selection(&parse("api_gateway: { url: x }\n")),
+            Selection::All
+        );
+        assert_eq!(selection(&parse("ports: {}\n")), Selection::All);
     }
 
     #[test]

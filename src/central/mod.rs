@@ -2,19 +2,24 @@
 //! settings (`export`); a downstream downloads them (`poller`), merges them
 //! over its local file (`merge`) and swaps the result in through the same
 //! compile-validate-swap path as a file change (the poll loop doing so is
-//! `reload::follow`: nothing here changes the serving snapshot).
+//! `reload::follow`: nothing here changes the serving snapshot). Both ends
+//! take the APIs of a download by one rule (`selection`).
 //!
 //! Invariants: the central is never contacted when `download_settings` and
 //! `download_apis` are both false; a download is applied only when it is
 //! valid on its own *and* merged; the last good download is kept in memory
 //! (so a later file reload merges it again) and in `cache_file` (mode 0600,
-//! written atomically); a refused download is not the one in use, so it is
-//! asked for again (see [`Link::local_reload_applied`]); credentials and
-//! downloaded secrets are never logged.
+//! written atomically), beside the record of what it was downloaded for
+//! (`provenance`), and a cache is used only for that; a refused download
+//! is not the one in use, so it is asked for again (see
+//! [`Link::local_reload_applied`]); credentials and downloaded secrets are
+//! never logged, nor a URL's user information.
 
 pub mod export;
 pub mod merge;
 pub mod poller;
+pub mod provenance;
+pub mod selection;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,7 +71,9 @@ impl Document {
     /// no file: a central exports secrets in clear, and a document that
     /// named one of this machine's files (`${file:}`) would have the
     /// downstream read it and send it wherever the document says. (With
-    /// no environment given, `${env:}` is refused already.)
+    /// no environment given, `${env:}` is refused already.) It must have
+    /// every section of an export, so that what is not there is known to
+    /// be empty, not lost on the way.
     pub fn validate(&self) -> Result<(), Invalid> {
         let loaded = config::load_text(&self.origin, &self.text, &Env::new(), 0)?;
         match loaded
@@ -83,17 +90,54 @@ impl Document {
                 ),
                 "secrets in clear or {encoded}: a central names no file of its downstreams",
             )),
-            None => Ok(()),
+            None => whole_export(&self.origin, &self.text),
         }
     }
+}
+
+/// The sections every export has, empty lists included (`null` counts as
+/// absent).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Sections {
+    security_settings: Option<serde::de::IgnoredAny>,
+    scope_mappings: Option<serde::de::IgnoredAny>,
+    apis: Option<serde::de::IgnoredAny>,
+}
+
+/// Refuses a document that lacks one of the sections of an export: an
+/// empty answer or a body cut short is no export, and merging it would
+/// remove what the missing sections held.
+fn whole_export(origin: &Path, text: &str) -> Result<(), Invalid> {
+    let sections = config::load::parse_first::<Sections>(origin, text)?.unwrap_or_default();
+    let missing: Vec<&str> = [
+        ("security_settings", sections.security_settings.is_none()),
+        ("scope_mappings", sections.scope_mappings.is_none()),
+        ("apis", sections.apis.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(name, absent)| absent.then_some(name))
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Invalid::single(
+        origin,
+        format!(
+            "the downloaded settings are not a whole export (an empty answer, or one cut short): \
+             no {}",
+            missing.join(", no ")
+        ),
+        "security_settings, scope_mappings and apis, as every export has them (empty lists included)",
+    ))
 }
 
 /// Why a downstream could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "the central gateway {url} refused the credentials of user `{user}` ({status}); \
-         check api_gateway.user and api_gateway.password (or --user/--password)"
+        "the central gateway {} refused the credentials of user `{user}` ({status}); \
+         check api_gateway.user and api_gateway.password (or --user/--password)",
+        shown_url(url)
     )]
     Refused {
         url: String,
@@ -101,8 +145,9 @@ pub enum StartError {
         status: http::StatusCode,
     },
     #[error(
-        "cannot download settings from the central gateway {url}: {cause}; \
+        "cannot download settings from the central gateway {}: {cause}; \
          and there is no cached download at {} to start from",
+        shown_url(url),
         cache.display()
     )]
     Unavailable {
@@ -110,7 +155,11 @@ pub enum StartError {
         cause: DownloadError,
         cache: PathBuf,
     },
-    #[error("the settings downloaded from {url} are invalid, and there is no cached download at {} to start from:\n{invalid}", cache.display())]
+    #[error(
+        "the settings downloaded from {} are invalid, and there is no cached download at {} to start from:\n{invalid}",
+        shown_url(url),
+        cache.display()
+    )]
     InvalidDownload {
         url: String,
         invalid: Invalid,
@@ -123,6 +172,8 @@ pub enum StartError {
     },
     #[error("the cached download {} is invalid:\n{invalid}", cache.display())]
     CacheInvalid { cache: PathBuf, invalid: Invalid },
+    #[error("the cached download is not used: {0}")]
+    CacheMismatch(provenance::Mismatch),
 }
 
 /// What the status endpoint shows of the downstream link.
@@ -265,7 +316,8 @@ pub fn load(
     let (downloaded, _) = config::load::parse(&document.origin, &document.text)?;
     config::load_text_with(path, text, env, generation, |file| {
         let flags = merge::Flags::of(file);
-        merge::merge(file, downloaded, flags);
+        let selection = merge::selection(file);
+        merge::merge(file, downloaded, flags, &selection);
     })
 }
 
@@ -296,7 +348,7 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
             })
         }
         Err(cause) => {
-            tracing::warn!(%url, error = %cause, "the central gateway is unreachable");
+            tracing::warn!(url = %shown_url(&url), error = %cause, "the central gateway is unreachable");
             return from_cache(settings, |cache| StartError::Unavailable {
                 url,
                 cause,
@@ -306,14 +358,14 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
     };
     let document = Document::downloaded(text, settings.cache_file.clone());
     if let Err(invalid) = document.validate() {
-        tracing::error!(%url, "the downloaded settings are invalid:\n{invalid}");
+        tracing::error!(url = %shown_url(&url), "the downloaded settings are invalid:\n{invalid}");
         return from_cache(settings, |cache| StartError::InvalidDownload {
             url,
             invalid,
             cache,
         });
     }
-    tracing::info!(url = %settings.url, etag = %document.etag, "settings downloaded from the central gateway");
+    tracing::info!(url = %shown_url(&settings.url), etag = %document.etag, "settings downloaded from the central gateway");
     Ok(Some(Arc::new(document)))
 }
 
@@ -331,7 +383,7 @@ pub fn keep(settings: &ApiGateway, document: &Document) {
     if document.downloaded_at.is_none() {
         return;
     }
-    if let Err(error) = write_private(&settings.cache_file, &document.text) {
+    if let Err(error) = provenance::write(settings, &document.text) {
         tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
     }
 }
@@ -354,6 +406,10 @@ fn read_cache(settings: &ApiGateway) -> Result<Option<Arc<Document>>, StartError
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StartError::CacheUnreadable { cache, source }),
     };
+    if let Err(mismatch) = provenance::check(settings) {
+        tracing::error!("the cached download is not used: {mismatch}");
+        return Err(StartError::CacheMismatch(mismatch));
+    }
     let document = Document::cached(text, cache.clone());
     document
         .validate()
@@ -402,6 +458,52 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn document(text: &str) -> Document {
+        Document::cached(text.to_owned(), PathBuf::from("settings.yaml"))
+    }
+
+    #[test]
+    fn the_export_of_an_empty_central_is_a_whole_document() {
+        let central = "central:\n  users: [{ user: fleet, password: secret }]\n";
+        let loaded =
+            config::load_text(Path::new("central.yaml"), central, &Env::new(), 1).expect("central");
+        let body = export::build(&loaded.snapshot, &Env::new())
+            .and_then(|tree| tree.render())
+            .expect("export")
+            .body;
+        assert_eq!(
+            document(&body).validate().map_err(|e| e.to_string()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_document_without_a_section_of_the_export_is_refused() {
+        let whole =
+            "security_settings:\n  auth_servers:\n  - !<authServerAlias>\n    id: idp\n    \
+                     localIntrospectionConfig: { issuer: \"https://idp\" }\n  aliases: []\n\
+                     scope_mappings: []\napis: []\n";
+        assert_eq!(
+            document(whole).validate().map_err(|e| e.to_string()),
+            Ok(())
+        );
+        for (text, missing) in [
+            ("", "no security_settings, no scope_mappings, no apis"),
+            (
+                "# nothing\n",
+                "no security_settings, no scope_mappings, no apis",
+            ),
+            (&whole[..whole.find("apis").expect("apis")], "no apis"),
+            ("security_settings: {}\napis: []\n", "no scope_mappings"),
+        ] {
+            let error = document(text).validate().expect_err(text).to_string();
+            assert!(error.contains("not a whole export"), "{error}");
+            assert!(error.contains(&format!("{missing};")), "{text:?}: {error}");
+        }
+        let cut_after_the_key = format!("{}apis:\n", &whole[..whole.find("apis").expect("apis")]);
+        assert!(document(&cut_after_the_key).validate().is_err());
+    }
 
     #[test]
     fn private_file_is_written_whole_with_mode_0600() {

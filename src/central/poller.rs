@@ -1,6 +1,8 @@
 //! Downloading a central gateway's settings: a conditional GET of its export
 //! with Basic credentials and `If-None-Match`, bounded in time and size, no
-//! redirects (a redirect could carry the credentials elsewhere), and the
+//! redirects (a redirect could carry the credentials elsewhere), a body
+//! checked against the central's strong ETag (its SHA-256: a body cut short
+//! by a closed connection or changed on the way is an error), and the
 //! wait before the next attempt (the poll interval, or an exponential
 //! backoff up to 5 minutes). The poll loop that applies a download is
 //! `reload::follow`; nothing here changes the serving snapshot.
@@ -10,6 +12,7 @@ use std::time::Duration;
 use http::header::{ACCEPT, AUTHORIZATION, ETAG, IF_NONE_MATCH};
 use http::StatusCode;
 
+use super::export;
 use crate::config::snapshot::ApiGateway;
 
 /// Largest document accepted (the size bound of a configuration file).
@@ -36,6 +39,10 @@ pub enum DownloadError {
     TooLarge,
     #[error("the document is not UTF-8 text")]
     NotUtf8,
+    #[error(
+        "the document does not hash to the ETag {0} sent with it (cut short or changed on the way)"
+    )]
+    Digest(String),
 }
 
 /// An error with its causes (reqwest's own message omits them).
@@ -136,6 +143,13 @@ pub async fn download(
         body.extend_from_slice(&chunk);
     }
     let text = String::from_utf8(body).map_err(|_| DownloadError::NotUtf8)?;
+    // The central's ETag is the SHA-256 of the body; an ETag of another
+    // form (a proxy's, say) says nothing about it.
+    if let Some(sent) = etag.as_deref().filter(|e| export::is_digest(e)) {
+        if export::etag_of(&text) != sent {
+            return Err(DownloadError::Digest(sent.to_owned()));
+        }
+    }
     Ok(Fetched::Document { text, etag })
 }
 

@@ -73,7 +73,7 @@ pub fn compile(
     let api_gateway = file
         .api_gateway
         .as_ref()
-        .and_then(|g| fleet_compile::api_gateway(&mut ctx, g));
+        .and_then(|g| fleet_compile::api_gateway(&mut ctx, g, fleet_compile::FILE_KEYS));
     let throttling = super::throttle_compile::throttling(&mut ctx, file.throttling.as_ref());
     if ctx.report.has_errors() {
         return None;

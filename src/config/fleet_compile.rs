@@ -1,12 +1,15 @@
 //! Compiling the fleet roles: `central:` (who may download this instance's
-//! settings) and `api_gateway:` (the central to download from).
+//! settings) and `api_gateway:` (the central to download from). The
+//! `download-settings` command's flags are checked as `api_gateway:` is,
+//! their findings named by flag.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::context::Ctx;
-use super::diagnostic::Report;
-use super::raw::{self, S};
+use super::diagnostic::{Diagnostic, Invalid, Report, Severity};
+use super::plain_http::OptIn;
+use super::raw::{self, Location, Scalar, S};
 use super::resolve::Env;
 use super::security_compile::{url, warn_ignored};
 use super::snapshot::*;
@@ -34,6 +37,94 @@ pub(super) fn central(ctx: &mut Ctx, central: &S<raw::Central>) -> Central {
     Central { users }
 }
 
+/// How the settings of a download are named in findings.
+#[derive(Debug, Clone, Copy)]
+pub struct DownloadKeys {
+    pub url: &'static str,
+    pub user: &'static str,
+    pub password: &'static str,
+    pub allow_insecure_http: OptIn,
+}
+
+/// The keys of `api_gateway:` in a file.
+pub const FILE_KEYS: DownloadKeys = DownloadKeys {
+    url: "api_gateway.url",
+    user: "api_gateway.user",
+    password: "api_gateway.password",
+    allow_insecure_http: super::plain_http::ENTRY,
+};
+
+/// The flags of `download-settings`.
+pub const FLAG_KEYS: DownloadKeys = DownloadKeys {
+    url: "--gateway",
+    user: "--user",
+    password: "--password",
+    allow_insecure_http: OptIn {
+        name: "--allow-insecure-http",
+        how: "--allow-insecure-http",
+    },
+};
+
+/// What `download-settings` was given.
+#[derive(Debug)]
+pub struct DownloadFlags {
+    pub url: String,
+    pub user: String,
+    /// As written: a value, `{encoded}…`, `${env:…}` or `${file:…}`.
+    pub password: String,
+    pub apis: Vec<String>,
+    pub allow_insecure_http: bool,
+    /// Where the document goes (names it in diagnostics).
+    pub output: PathBuf,
+}
+
+/// The download `flags` describe, checked as `api_gateway:` is (URL form,
+/// plain HTTP, Basic user, secret syntax), with the warnings found; or
+/// every finding when one is an error. Relative paths start at the
+/// working directory.
+pub fn download_flags(
+    flags: DownloadFlags,
+    env: &Env,
+) -> Result<(ApiGateway, Vec<Diagnostic>), Invalid> {
+    let given = |text: String| Some(S::new(Scalar(text), Location::UNKNOWN, Location::UNKNOWN));
+    let section = raw::ApiGateway {
+        url: given(flags.url),
+        user: given(flags.user),
+        password: given(flags.password),
+        download_settings: given("true".into()),
+        download_apis: given("true".into()),
+        apis: (flags.apis.into_iter())
+            .map(|name| S::new(name, Location::UNKNOWN, Location::UNKNOWN))
+            .collect(),
+        poll_interval: given("0".into()),
+        allow_insecure_http: given(flags.allow_insecure_http.to_string()),
+        ..raw::ApiGateway::default()
+    };
+    let mut report = Report::new(Path::new("download-settings"));
+    let mut ctx = Ctx {
+        report: &mut report,
+        env,
+        base: PathBuf::from("."),
+        files: Vec::new(),
+    };
+    let entry = S::new(section, Location::UNKNOWN, Location::UNKNOWN);
+    let settings = api_gateway(&mut ctx, &entry, FLAG_KEYS);
+    let findings = report.findings;
+    match settings {
+        Some(settings) if !findings.iter().any(|d| d.severity == Severity::Error) => {
+            let cache_file = flags.output;
+            Ok((
+                ApiGateway {
+                    cache_file,
+                    ..settings
+                },
+                findings,
+            ))
+        }
+        _ => Err(Invalid { findings }),
+    }
+}
+
 /// The `api_gateway:` section alone, so a downstream can download its
 /// settings before the rest of the file is compiled.
 pub fn api_gateway_only(
@@ -52,10 +143,14 @@ pub fn api_gateway_only(
         files: Vec::new(),
     };
     let entry = file.api_gateway.as_ref()?;
-    api_gateway(&mut ctx, entry)
+    api_gateway(&mut ctx, entry, FILE_KEYS)
 }
 
-pub(super) fn api_gateway(ctx: &mut Ctx, entry: &S<raw::ApiGateway>) -> Option<ApiGateway> {
+pub(super) fn api_gateway(
+    ctx: &mut Ctx,
+    entry: &S<raw::ApiGateway>,
+    keys: DownloadKeys,
+) -> Option<ApiGateway> {
     let raw = &entry.value;
     if let Some(dir) = &raw.dir {
         warn_ignored(ctx, "dir", dir);
@@ -76,18 +171,18 @@ pub(super) fn api_gateway(ctx: &mut Ctx, entry: &S<raw::ApiGateway>) -> Option<A
         return None;
     }
     if downloads {
-        super::plain_http::api_gateway(ctx, raw);
+        super::plain_http::api_gateway(ctx, raw, keys.url, keys.allow_insecure_http);
     }
     let at = entry.referenced;
     let url = ctx
-        .required(&raw.url, at, "api_gateway.url")
-        .and_then(|u| url(ctx, u, "api_gateway.url"));
+        .required(&raw.url, at, keys.url)
+        .and_then(|u| url(ctx, u, keys.url));
     let user = ctx
-        .required(&raw.user, at, "api_gateway.user")
-        .and_then(|u| ctx.basic_user(u.referenced, &u.value.0, "api_gateway.user"));
+        .required(&raw.user, at, keys.user)
+        .and_then(|u| ctx.basic_user(u.referenced, &u.value.0, keys.user));
     let password = ctx
-        .required(&raw.password, at, "api_gateway.password")
-        .and_then(|p| ctx.secret(p, "api_gateway.password"));
+        .required(&raw.password, at, keys.password)
+        .and_then(|p| ctx.secret(p, keys.password));
     Some(ApiGateway {
         url: url?,
         user: user?,
@@ -98,4 +193,66 @@ pub(super) fn api_gateway(ctx: &mut Ctx, entry: &S<raw::ApiGateway>) -> Option<A
         poll_interval,
         cache_file,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(url: &str, allow_insecure_http: bool) -> DownloadFlags {
+        DownloadFlags {
+            url: url.into(),
+            user: "fleet".into(),
+            password: "{encoded}ZmxlZXQtc2VjcmV0".into(),
+            apis: vec!["Catalog".into()],
+            allow_insecure_http,
+            output: "out.yaml".into(),
+        }
+    }
+
+    #[test]
+    fn download_flags_refuse_plain_http_to_a_remote_host_by_flag_name() {
+        let invalid = download_flags(flags("http://fleet:pw@192.0.2.1:9485", false), &Env::new())
+            .expect_err("plain HTTP refused");
+        assert_eq!(
+            invalid.to_string(),
+            "download-settings: error: --gateway: `http://****@192.0.2.1:9485` would carry the \
+             central's settings and the download password over plain HTTP to a host that is not \
+             loopback; allowed: https://…, http:// only to localhost, 127.0.0.0/8 or [::1], or \
+             --allow-insecure-http"
+        );
+    }
+
+    #[test]
+    fn download_flags_allow_plain_http_when_asked_and_to_loopback() {
+        let (settings, warnings) =
+            download_flags(flags("http://192.0.2.1:9485", true), &Env::new()).expect("allowed");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].message.ends_with("(--allow-insecure-http)"));
+        assert_eq!(settings.password.expose(), "fleet-secret");
+        assert_eq!(settings.apis, ["Catalog"]);
+        assert_eq!(settings.cache_file, PathBuf::from("out.yaml"));
+        let (_, warnings) =
+            download_flags(flags("http://127.0.0.1:9485", false), &Env::new()).expect("loopback");
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn download_flags_check_the_url_and_user_as_the_file_does() {
+        let mut bad = flags("central:9485", false);
+        bad.user = "a:b".into();
+        let invalid = download_flags(bad, &Env::new()).expect_err("refused");
+        let messages: Vec<&str> = invalid
+            .findings
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "--gateway: `central:9485` is not an http(s) URL",
+                "--user: `a:b` contains `:`, which Basic authentication cannot carry in a user name",
+            ]
+        );
+    }
 }

@@ -111,6 +111,30 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
     Ok((file, report))
 }
 
+/// The first document of configuration text read as `T` (a view of some
+/// of its keys), within the bounds [`parse`] reads it in; `None` when the
+/// text holds no document.
+pub fn parse_first<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Option<T>, Invalid> {
+    let mut report = Report::new(path);
+    let first = split_documents(text).into_iter().next().unwrap_or_default();
+    let parsed = if text.len() as u64 > MAX_FILE_BYTES {
+        report.error(
+            Location::UNKNOWN,
+            "the document is larger than 4 MiB",
+            "at most 4 MiB",
+        );
+        None
+    } else {
+        parse_document::<T>(&first, &mut report)
+    };
+    if report.has_errors() {
+        return Err(Invalid {
+            findings: report.findings,
+        });
+    }
+    Ok(parsed)
+}
+
 /// Splits a multi-document stream at `---` lines. Each document is padded
 /// with the empty lines before it, so every location the parser reports is
 /// already a line of the file.

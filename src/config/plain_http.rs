@@ -4,14 +4,43 @@
 //! upstream or a central gateway over `http://` can be read. Such a URL is
 //! an error unless its host is loopback (127.0.0.0/8, ::1, `localhost`) or
 //! the entry says `allow_insecure_http: true`, which makes it a warning.
-//! Reads the raw file after the sections are compiled; decides nothing else.
+//! Reads the raw file after the sections are compiled (and the
+//! `download-settings` command's flags, as `api_gateway:`); decides
+//! nothing else.
 
 use std::net::IpAddr;
 
 use super::context::Ctx;
 use super::raw::{self, Location, Scalar, S};
 
-const ALLOWED: &str = "https://…, http:// only to localhost, 127.0.0.0/8 or [::1], or `allow_insecure_http: true` on this entry";
+/// How plain HTTP to a host that is not loopback is allowed where a URL
+/// is given: the setting's name (in the warning) and how to set it (in
+/// the error's "allowed:").
+#[derive(Debug, Clone, Copy)]
+pub struct OptIn {
+    pub name: &'static str,
+    pub how: &'static str,
+}
+
+/// `allow_insecure_http: true` beside the URL in the file.
+pub const ENTRY: OptIn = OptIn {
+    name: "allow_insecure_http",
+    how: "`allow_insecure_http: true` on this entry",
+};
+
+/// The setting that allows plain HTTP where a URL is given, and how it is named.
+struct Allowance<'a> {
+    setting: &'a Option<S<Scalar>>,
+    opt_in: OptIn,
+}
+
+/// The `allow_insecure_http` of a file's entry.
+fn entry(setting: &Option<S<Scalar>>) -> Allowance<'_> {
+    Allowance {
+        setting,
+        opt_in: ENTRY,
+    }
+}
 
 /// Checks every URL of `file` that carries keys, tokens or credentials.
 /// `own_issuer` is this instance's authorization server's issuer, whose
@@ -26,7 +55,7 @@ pub(super) fn check(ctx: &mut Ctx, file: &raw::File, own_issuer: Option<&str>) {
             if let Some(endpoint) = &remote.introspection_endpoint {
                 let allowed = &remote.allow_insecure_http;
                 let what = "introspection (tokens and the client secret)";
-                url(ctx, endpoint, "introspectionEndpoint", what, allowed);
+                url(ctx, endpoint, "introspectionEndpoint", what, entry(allowed));
             }
         }
     }
@@ -38,11 +67,17 @@ pub(super) fn check(ctx: &mut Ctx, file: &raw::File, own_issuer: Option<&str>) {
         let allowed = &upstream.value.allow_insecure_http;
         let what = "outbound credentials (outbound_auth)";
         if let Some(target) = &upstream.value.url {
-            url(ctx, target, "upstream.url", what, allowed);
+            url(ctx, target, "upstream.url", what, entry(allowed));
         }
         let endpoints = upstream.value.endpoints.iter().flat_map(|e| &e.value);
         for target in endpoints.filter_map(|e| e.value.url.as_ref()) {
-            url(ctx, target, "upstream.endpoints[].url", what, allowed);
+            url(
+                ctx,
+                target,
+                "upstream.endpoints[].url",
+                what,
+                entry(allowed),
+            );
         }
     }
 }
@@ -55,7 +90,7 @@ fn local_introspection(ctx: &mut Ctx, local: &raw::LocalIntrospection, own_issue
     if in_process {
         return;
     }
-    let allowed = &local.allow_insecure_http;
+    let allowed = entry(&local.allow_insecure_http);
     match (&local.jwksuri, issuer) {
         (Some(jwks), _) => url(ctx, jwks, "jwksuri", "the JWK Set", allowed),
         (None, Some(issuer)) => url(
@@ -70,22 +105,21 @@ fn local_introspection(ctx: &mut Ctx, local: &raw::LocalIntrospection, own_issue
 }
 
 /// The `api_gateway.url` a downstream downloads its settings from (with
-/// its password, and secrets in clear in the answer).
-pub(super) fn api_gateway(ctx: &mut Ctx, gateway: &raw::ApiGateway) {
+/// its password, and secrets in clear in the answer), named `key`.
+pub(super) fn api_gateway(ctx: &mut Ctx, gateway: &raw::ApiGateway, key: &str, opt_in: OptIn) {
     if let Some(target) = &gateway.url {
         let what = "the central's settings and the download password";
-        url(
-            ctx,
-            target,
-            "api_gateway.url",
-            what,
-            &gateway.allow_insecure_http,
-        );
+        let allowed = Allowance {
+            setting: &gateway.allow_insecure_http,
+            opt_in,
+        };
+        url(ctx, target, key, what, allowed);
     }
 }
 
-fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str, what: &str, allowed: &Option<S<Scalar>>) {
-    let allow = ctx.boolean(allowed, "allow_insecure_http", false);
+fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str, what: &str, allowed: Allowance) {
+    let opt_in = allowed.opt_in;
+    let allow = ctx.boolean(allowed.setting, opt_in.name, false);
     let text = value.value.0.trim();
     // A URL that does not parse is reported by the section that reads it.
     let Ok(uri) = text.parse::<http::Uri>() else {
@@ -99,7 +133,10 @@ fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str, what: &str, allowed: &Option
     if allow {
         ctx.report.warning(
             at,
-            format!("{key}: `{text}` carries {what} over plain HTTP (allow_insecure_http)"),
+            format!(
+                "{key}: `{text}` carries {what} over plain HTTP ({})",
+                opt_in.name
+            ),
         );
     } else {
         ctx.report.error(
@@ -107,7 +144,10 @@ fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str, what: &str, allowed: &Option
             format!(
                 "{key}: `{text}` would carry {what} over plain HTTP to a host that is not loopback"
             ),
-            ALLOWED,
+            format!(
+                "https://…, http:// only to localhost, 127.0.0.0/8 or [::1], or {}",
+                opt_in.how
+            ),
         );
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use super::reloader::Reloader;
 use super::swap::Source;
 use crate::central::poller::{client, delay, download, DownloadError, Fetched, IDLE};
-use crate::central::{write_private, Document};
+use crate::central::{provenance, shown_url, Document};
 use crate::config::snapshot::ApiGateway;
 
 /// The poll loop of a downstream; returns when `stop` turns true.
@@ -73,7 +73,7 @@ pub async fn run(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
                 failures = failures.saturating_add(1);
                 let retry = delay(settings.poll_interval, failures);
                 tracing::warn!(
-                    url = %settings.url,
+                    url = %shown_url(&settings.url),
                     %error,
                     retry_in_s = retry.as_secs(),
                     "cannot download settings from the central gateway; the current configuration keeps serving"
@@ -146,7 +146,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
     let refusal = match document.validate() {
         Err(invalid) => {
             tracing::error!(
-                url = %settings.url,
+                url = %shown_url(&settings.url),
                 "settings downloaded from the central gateway refused; the last good configuration keeps serving:\n{invalid}"
             );
             reloader.live.refuse(Source::Central, invalid.to_string());
@@ -160,7 +160,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
             let text = Some(&*serving.source_text);
             match reloader.reload_locked(Source::Central, text, Some(&document)) {
                 Ok(generation) => {
-                    if let Err(error) = write_private(&settings.cache_file, &document.text) {
+                    if let Err(error) = provenance::write(settings, &document.text) {
                         tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
                     }
                     tracing::info!(generation, etag = %document.etag, "settings downloaded from the central gateway applied");

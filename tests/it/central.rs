@@ -1068,3 +1068,209 @@ async fn a_zero_poll_interval_asks_again_for_a_refused_download_after_a_local_re
     down.shutdown().await;
     central.shutdown().await;
 }
+
+/// A 200 whose body is empty is not an export (an export always has its
+/// three sections): it does not wipe the downloaded APIs, nor the cache.
+#[tokio::test]
+async fn an_empty_answer_does_not_replace_the_downloaded_settings() {
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let down = Gateway::start(&Downstream::of_all(fake.url(), &cache).yaml()).await;
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    let link = &down.state().central;
+
+    *fake.body.lock().expect("body") = String::new();
+    eventually("the empty answer decided", || {
+        let status = link.status();
+        status.applied + status.refused >= 1
+    })
+    .await;
+    let served = down.get("/remote/a").await.status();
+    let cached = std::fs::read_to_string(&cache).expect("cache");
+    down.shutdown().await;
+    assert_eq!(served, 200, "an empty answer removed the downloaded API");
+    assert_eq!(cached, GOOD_DOCUMENT, "an empty answer replaced the cache");
+}
+
+/// A stand-in central over raw TCP that answers with `ETag` = SHA-256 of
+/// `full`, and either the whole of it (with `Content-Length`) or, once
+/// `cut` is set, its first `cut` bytes delimited by closing the connection
+/// (as a proxy that gives up mid-answer does).
+struct CuttingCentral {
+    addr: SocketAddr,
+    cut: Arc<Mutex<Option<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingCentral {
+    async fn start(full: &'static str) -> CuttingCentral {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cut = Arc::new(Mutex::new(None::<usize>));
+        let shared = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let cut = *shared.lock().expect("cut");
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let etag = microgateway::central::export::etag_of(full);
+                    let answer = match cut {
+                        None => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/yaml\r\netag: {etag}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{full}",
+                            full.len()
+                        ),
+                        Some(cut) => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/yaml\r\netag: {etag}\r\nconnection: close\r\n\r\n{}",
+                            &full[..cut]
+                        ),
+                    };
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        CuttingCentral { addr, cut, task }
+    }
+}
+
+impl Drop for CuttingCentral {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const TWO_APIS: &str = r#"
+security_settings: { auth_servers: [], aliases: [] }
+scope_mappings: []
+apis:
+- { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /a"], authentication: { type: none } }
+- { name: Second, version: "1.0", base_path: /second, upstream: { echo: true }, resources: ["GET /b"], authentication: { type: none } }
+"#;
+
+/// A download cut short (the body does not hash to the strong ETag the
+/// central sent with it) is refused: it does not drop the APIs it lost.
+#[tokio::test]
+async fn a_download_cut_short_is_refused() {
+    let fake = CuttingCentral::start(TWO_APIS).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let url = format!("http://{}", fake.addr);
+    let down = Gateway::start(&Downstream::of_all(url, &cache).yaml()).await;
+    assert_eq!(down.get("/second/b").await.status(), 200);
+    let link = &down.state().central;
+
+    // The answer now ends right before the second API.
+    let cut = TWO_APIS.find("- { name: Second").expect("second API");
+    *fake.cut.lock().expect("cut") = Some(cut);
+    eventually("the cut answer decided", || {
+        let status = link.status();
+        status.applied + status.refused + status.failed >= 1
+    })
+    .await;
+    let served = down.get("/second/b").await.status();
+    let cached = std::fs::read_to_string(&cache).expect("cache");
+    down.shutdown().await;
+    assert_eq!(served, 200, "a truncated download removed an API");
+    assert_eq!(cached, TWO_APIS, "a truncated download replaced the cache");
+}
+
+/// The cache of a download of other APIs (here the file named `Catalog`,
+/// now names `Secure`) is not served when the central is down at start.
+#[tokio::test]
+async fn a_cache_of_other_apis_is_not_served_when_the_central_is_down() {
+    let central = start_central(r#""GET /items""#).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let catalog = Downstream {
+        apis: &["Catalog"],
+        ..following(&central, &cache)
+    }
+    .yaml();
+    let secure = Downstream {
+        apis: &["Secure"],
+        ..following(&central, &cache)
+    }
+    .yaml();
+    let first = Gateway::start(&catalog).await;
+    assert_eq!(first.get("/catalog/items").await.status(), 200);
+    first.shutdown().await;
+    central.shutdown().await;
+
+    // Restarted with another selection while the central is down.
+    match Gateway::try_start(&secure, common::Env::new()).await {
+        Err(_) => {}
+        Ok(second) => {
+            let served = second.get("/catalog/items").await.status();
+            second.shutdown().await;
+            assert_ne!(served, 200, "an API the file does not name is served");
+        }
+    }
+}
+
+/// A downstream serves only the APIs its `apis:` names, whatever the
+/// central answers.
+#[tokio::test]
+async fn a_downstream_serves_only_the_apis_it_names_whatever_the_central_sends() {
+    let fake = FakeCentral::start(TWO_APIS).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let downstream = Downstream {
+        apis: &["Remote"],
+        ..Downstream::of_all(fake.url(), &cache)
+    };
+    let down = Gateway::start(&downstream.yaml()).await;
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    let served = down.get("/second/b").await.status();
+    down.shutdown().await;
+    assert_eq!(served, 404, "an API the file does not name is served");
+}
+
+/// User information in `api_gateway.url` is a password: the start error
+/// (printed by `start`) does not show it.
+#[tokio::test]
+async fn start_error_does_not_show_a_password_in_the_central_url() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let closed = crate::common::Refusing::new();
+    let downstream = Downstream {
+        url: format!("http://fleet:url-password-123@{}", closed.addr),
+        ..Downstream::of_all(String::new(), &cache)
+    };
+    let error = Gateway::try_start(&downstream.yaml(), common::Env::new())
+        .await
+        .err()
+        .expect("no start");
+    assert!(!error.contains("url-password-123"), "{error}");
+}
+
+/// `download-settings` sends the password (and receives secrets in clear)
+/// only as `api_gateway.url` may: not over plain HTTP to a host that is
+/// not loopback.
+#[tokio::test]
+async fn download_settings_refuses_plain_http_to_a_remote_host() {
+    let args: Vec<String> = vec![
+        "download-settings".into(),
+        "--gateway".into(),
+        // TEST-NET-1: nothing answers there.
+        "http://192.0.2.1:9485".into(),
+        "--user".into(),
+        USER.into(),
+        "--password".into(),
+        PASSWORD.into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || run_binary(args))
+        .await
+        .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(stderr.contains("plain HTTP"), "{stderr}");
+}

@@ -338,9 +338,20 @@ apis:
     )
 }
 
+/// Writes `text` as the cached download of `downstream`'s file, with the
+/// record of the central and APIs it was downloaded for.
+fn write_cache(cache: &Path, text: &str) {
+    std::fs::write(cache, text).expect("write cache");
+    let record = microgateway::central::provenance::record_path(cache);
+    std::fs::write(record, r#"{"url": "http://127.0.0.1:9", "apis": []}"#).expect("write record");
+}
+
+/// A central's export (every section, as an export has them) with one API.
 fn cached_api(name: &str, base_path: &str) -> String {
     format!(
-        r#"apis:
+        r#"security_settings: {{ auth_servers: [], aliases: [] }}
+scope_mappings: []
+apis:
 - name: {name}
   version: "1.0"
   base_path: {base_path}
@@ -366,7 +377,16 @@ fn check_of_a_downstream_merges_its_cached_download() {
         "{}",
         text(&out.stderr)
     );
+    // A cache that does not say what it was downloaded for is not used.
     std::fs::write(&cache, cached_api("Central", "/central")).expect("write cache");
+    let out = run(&["check", "-c", config_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not used"),
+        "{}",
+        text(&out.stderr)
+    );
+    write_cache(&cache, &cached_api("Central", "/central"));
     let out = run(&["check", "-c", config_arg]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
@@ -378,7 +398,7 @@ fn check_of_a_downstream_merges_its_cached_download() {
         )
     );
     // Valid alone, but its base path is the local API's: the merge fails.
-    std::fs::write(&cache, cached_api("Other", "/local")).expect("write cache");
+    write_cache(&cache, &cached_api("Other", "/local"));
     let out = run(&["check", "-c", config_arg]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(
@@ -403,7 +423,7 @@ fn explain_of_a_downstream_decides_on_its_cached_download_as_check_does() {
         "{}",
         text(&out.stderr)
     );
-    std::fs::write(&cache, cached_api("Central", "/central")).expect("write cache");
+    write_cache(&cache, &cached_api("Central", "/central"));
     for out in [explain("/central/x"), run(&["check", "-c", config_arg])] {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
         // Both name the files they read, one line each.
@@ -418,7 +438,7 @@ fn explain_of_a_downstream_decides_on_its_cached_download_as_check_does() {
     }
     assert!(text(&explain("/local/ping").stdout).contains("ALLOW"));
     // An invalid merge fails `explain` as it fails `check`.
-    std::fs::write(&cache, cached_api("Other", "/local")).expect("write cache");
+    write_cache(&cache, &cached_api("Other", "/local"));
     for out in [explain("/local/ping"), run(&["check", "-c", config_arg])] {
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
         assert!(

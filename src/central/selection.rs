@@ -1,0 +1,82 @@
+//! Which APIs a download takes: those `api_gateway.apis` names (`?apis=A,B`
+//! on the export), all when it names none. One rule for both ends: the
+//! central filters its export by it, and a downstream filters what it
+//! downloaded (or cached) by its own `apis:` again, whatever it was sent.
+//! A scope mapping keeps the API scopes (`API name:scope`) of the APIs
+//! taken; one left with none is dropped, one that named none is kept.
+
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Only(HashSet<String>),
+}
+
+impl Selection {
+    /// The APIs `names` names; all when it is empty.
+    pub fn of(names: &[String]) -> Selection {
+        if names.is_empty() {
+            Selection::All
+        } else {
+            Selection::Only(names.iter().cloned().collect())
+        }
+    }
+
+    /// Whether the API named `name` is taken (an API without a name is
+    /// taken only by `All`).
+    pub fn takes(&self, name: Option<&str>) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Only(names) => name.is_some_and(|name| names.contains(name)),
+        }
+    }
+
+    /// Keeps in a scope mapping's `api_scopes` those of APIs taken (`text`
+    /// reads one); false when the mapping is to be dropped.
+    pub fn keep_api_scopes<T>(
+        &self,
+        api_scopes: &mut Vec<T>,
+        text: impl Fn(&T) -> Option<&str>,
+    ) -> bool {
+        if *self == Selection::All || api_scopes.is_empty() {
+            return true;
+        }
+        api_scopes.retain(|api_scope| {
+            let api = text(api_scope).and_then(|s| s.rsplit_once(':'));
+            api.is_some_and(|(api, _)| self.takes(Some(api)))
+        });
+        !api_scopes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn no_names_take_every_api() {
+        let all = Selection::of(&[]);
+        assert!(all.takes(Some("Any")) && all.takes(None));
+        let mut scopes = names(&["Any:View", "malformed"]);
+        assert!(all.keep_api_scopes(&mut scopes, |s| Some(s.as_str())));
+        assert_eq!(scopes.len(), 2);
+    }
+
+    #[test]
+    fn named_apis_keep_their_api_scopes_only() {
+        let one = Selection::of(&names(&["One", "Time travels"]));
+        assert!(one.takes(Some("One")) && !one.takes(Some("Two")) && !one.takes(None));
+        let mut scopes = names(&["One:View", "Two:View", "Time travels:Book", "bare"]);
+        assert!(one.keep_api_scopes(&mut scopes, |s| Some(s.as_str())));
+        assert_eq!(scopes, ["One:View", "Time travels:Book"]);
+        let mut others = names(&["Two:View"]);
+        assert!(!one.keep_api_scopes(&mut others, |s| Some(s.as_str())));
+        let mut none: Vec<String> = Vec::new();
+        assert!(one.keep_api_scopes(&mut none, |s| Some(s.as_str())));
+    }
+}
