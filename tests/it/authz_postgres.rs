@@ -248,33 +248,21 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
     gate.execute("SELECT pg_advisory_lock(4242)", &[])
         .await
         .unwrap();
-    let count = |sql: &'static str| {
-        let gate = &gate;
-        async move {
-            let row = gate.query_one(sql, &[]).await.unwrap();
-            row.get::<_, i64>(0)
-        }
-    };
-    let wait_for = |sql: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while count(sql).await == 0 {
-            assert!(Instant::now() < deadline, "never: {sql}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let gate_pid: i32 = gate
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
 
     let legitimate = refresh(&a, &second);
     let replay_and_release = async {
-        // A's rotation has stored its successor and waits before commit.
-        wait_for("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").await;
+        // A's rotation has stored its successor and waits for the gate.
+        let rotation = waiter_on(&gate, gate_pid).await;
         let replay = refresh(&b, &first);
         let release = async {
-            // B's revocation of the family waits for a lock A holds.
-            wait_for(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted \
-                 AND NOT (locktype = 'advisory' AND objid = 4242 AND objsubid = 1)",
-            )
-            .await;
+            // B's revocation of the family waits for a lock A's rotation
+            // holds.
+            waiter_on(&gate, rotation).await;
             gate.execute("SELECT pg_advisory_unlock(4242)", &[])
                 .await
                 .unwrap();
@@ -299,6 +287,32 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
         status, 400,
         "the refresh token of the revoked family still rotates: {body}"
     );
+}
+
+/// The backend that waits for a lock the backend `holder` holds, polled
+/// until one does. Asked by pid: `pg_locks` shows the whole cluster, whose
+/// other databases (the tests running beside this one) have lock waits of
+/// their own.
+async fn waiter_on(client: &tokio_postgres::Client, holder: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiter = client
+            .query_opt(
+                "SELECT pid FROM pg_locks WHERE NOT granted \
+                 AND $1 = ANY (pg_blocking_pids(pid)) LIMIT 1",
+                &[&holder],
+            )
+            .await
+            .unwrap();
+        if let Some(waiter) = waiter {
+            return waiter.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backend waits for a lock of backend {holder}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 const ALICE: [(&str, &str); 2] = [("username", "alice"), ("password", "wonderland")];
