@@ -78,12 +78,28 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// `url` without its user information, which is never sent: the HTTP
+/// client would turn it into an `Authorization` field of its own, beside
+/// the one made from `api_gateway.user` and `password` (the credentials).
+fn without_user_information(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // Both succeed on a URL that has a host, as one with user
+            // information has.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// `{url}/rest/microgateway/settings/export[?apis=A,B]`; each name is
 /// percent-encoded, so a comma inside a name survives.
 pub fn export_url(settings: &ApiGateway) -> String {
     let mut url = format!(
         "{}/rest/microgateway/settings/export",
-        settings.url.trim_end_matches('/')
+        without_user_information(&settings.url).trim_end_matches('/')
     );
     if !settings.apis.is_empty() {
         let names: Vec<String> = settings
@@ -199,6 +215,16 @@ mod tests {
         assert_eq!(
             export_url(&settings),
             "http://central:9485/rest/microgateway/settings/export?apis=Time%20travels,A%2CB"
+        );
+        // User information is never sent: the credentials are user and password.
+        let settings = ApiGateway {
+            url: "https://fleet:url-secret@central:9485/fleet/".into(),
+            apis: Vec::new(),
+            ..settings
+        };
+        assert_eq!(
+            export_url(&settings),
+            "https://central:9485/fleet/rest/microgateway/settings/export"
         );
     }
 }
