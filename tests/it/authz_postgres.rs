@@ -612,6 +612,25 @@ async fn concurrent_password_guesses_are_checked_no_further_than_the_lock() {
     assert!(replies.iter().all(|status| [400, 429].contains(status)));
 }
 
+/// `microgateway rotate-signing-key` on `yaml`, written into `dir`; its
+/// standard output.
+fn rotate_signing_key(dir: &std::path::Path, yaml: &str) -> String {
+    let config = dir.join("microgateway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+        .args(["rotate-signing-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 async fn kids(gw: &Gateway) -> Vec<String> {
     let jwks: Value = gw.get("/oauth2/jwks").await.json().await.unwrap();
     jwks["keys"]
@@ -636,19 +655,7 @@ async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
     assert_eq!(kids(&b).await, before);
     assert!(!shared.path().join("signing-key.pem").exists());
 
-    let config = shared.path().join("microgateway.yaml");
-    std::fs::write(&config, std::fs::read_to_string(&a.config).unwrap()).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
-        .args(["rotate-signing-key", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = rotate_signing_key(shared.path(), &std::fs::read_to_string(&a.config).unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut rotated = String::new();
     // Published at once, the old key still current (first).
@@ -733,18 +740,7 @@ async fn jwts_validate_across_replicas_through_a_rotation() {
     for gw in [&a, &b] {
         assert_eq!(call(gw, old.clone()).await.unwrap().status(), 200);
     }
-    let config = shared.path().join("microgateway.yaml");
-    std::fs::write(&config, &yaml).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
-        .args(["rotate-signing-key", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rotate_signing_key(shared.path(), &yaml);
     let before = kids(&a).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     for gw in [&a, &b] {
@@ -799,18 +795,7 @@ async fn a_jwt_signed_right_after_a_rotation_validates_on_the_other_replica() {
     // Replicas do not start in the same second (rolling deploys, autoscaling).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let b = Gateway::start(&yaml).await;
-    let config = shared.path().join("microgateway.yaml");
-    std::fs::write(&config, &yaml).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
-        .args(["rotate-signing-key", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rotate_signing_key(shared.path(), &yaml);
     // Whichever replica sees the new key first issues; the other validates.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (first, other) = loop {
