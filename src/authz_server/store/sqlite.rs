@@ -496,6 +496,23 @@ mod tests {
         }
     }
 
+    /// Stores access token `access_id` (expiring at `expires_at`) and
+    /// refresh token `refresh_hash`, both of `family`.
+    fn grant(
+        store: &SqliteStore,
+        access_id: &str,
+        expires_at: u64,
+        refresh_hash: &str,
+        family: &str,
+    ) {
+        store
+            .insert_grant(
+                &access(access_id, Some(expires_at), Some(family)),
+                Some(&refresh(refresh_hash, family)),
+            )
+            .expect("insert");
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("sub/oauth.db")).expect("open");
@@ -527,12 +544,7 @@ mod tests {
     #[test]
     fn a_refresh_token_rotates_once() {
         let (_dir, store) = store();
-        store
-            .insert_grant(
-                &access("a1", Some(200), Some("f")),
-                Some(&refresh("r1", "f")),
-            )
-            .expect("insert");
+        grant(&store, "a1", 200, "r1", "f");
         let next = refresh("r2", "f");
         assert_eq!(
             store
@@ -557,21 +569,11 @@ mod tests {
     #[test]
     fn a_revoked_family_never_rotates_again() {
         let (_dir, store) = store();
-        store
-            .insert_grant(
-                &access("a1", Some(200), Some("f")),
-                Some(&refresh("r1", "f")),
-            )
-            .expect("insert");
+        grant(&store, "a1", 200, "r1", "f");
         store.revoke_family("f").expect("revoke");
         // A successor stored after the revocation (a rotation that raced
         // it) is of the revoked family all the same.
-        store
-            .insert_grant(
-                &access("a2", Some(200), Some("f")),
-                Some(&refresh("r2", "f")),
-            )
-            .expect("insert");
+        grant(&store, "a2", 200, "r2", "f");
         assert_eq!(
             store
                 .rotate_refresh_token("r2", &access("a3", Some(300), Some("f")), None)
@@ -587,18 +589,8 @@ mod tests {
         store
             .insert_grant(&access("old", Some(150), None), None)
             .expect("insert");
-        store
-            .insert_grant(
-                &access("live", Some(500), Some("f")),
-                Some(&refresh("r", "f")),
-            )
-            .expect("insert");
-        store
-            .insert_grant(
-                &access("gone", Some(150), Some("g")),
-                Some(&refresh("s", "g")),
-            )
-            .expect("insert");
+        grant(&store, "live", 500, "r", "f");
+        grant(&store, "gone", 150, "s", "g");
         store.revoke_family("g").expect("revoke");
         let removed = store.remove_expired(200).expect("remove");
         assert_eq!(
