@@ -3,7 +3,9 @@
 //! `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) set from the
 //! connection — client-sent values kept only from trusted proxies; headers
 //! reserved to the gateway removed in every spelling a CGI-style upstream
-//! reads as theirs; HTTP/2 `cookie` fields joined for HTTP/1.1 upstreams.
+//! reads as theirs, and so are the fields naming the client's address
+//! (`X-Real-IP` and its kin) unless a trusted proxy sent them; HTTP/2
+//! `cookie` fields joined for HTTP/1.1 upstreams.
 
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -42,6 +44,13 @@ const FORWARDING: [&str; 4] = [
     "x-request-id",
 ];
 
+/// Fields in which upstreams read the client's address (folded; nginx's
+/// `X-Real-IP`, and `X-Client-IP`): only a trusted proxy may vouch for
+/// them, so a client's own go nowhere, in any spelling.
+const CLIENT_ADDRESS: [&str; 2] = ["x-real-ip", "x-client-ip"];
+/// The CDNs' field of that kind, the one not starting with `x`.
+const TRUE_CLIENT_IP: &[u8] = b"true-client-ip";
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
 pub use crate::http1::is_hop_by_hop;
 
@@ -64,11 +73,12 @@ pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
 /// Removes, from a request on its way upstream, in one pass over its
 /// names (most requests carry none of these): the hop-by-hop fields and
 /// those `Connection` names (RFC 9110 §7.6.1); method-override fields in
-/// every spelling; and the forwarding fields in every spelling but their
+/// every spelling; the forwarding fields in every spelling but their
 /// own (which [`set_forwarded`] replaces or, from a trusted proxy,
-/// extends). No allocation unless one is present.
-pub fn strip_request(headers: &mut HeaderMap) {
-    strip(headers, reserved);
+/// extends); and, unless the peer is a trusted proxy, the client address
+/// fields in every spelling. No allocation unless one is present.
+pub fn strip_request(headers: &mut HeaderMap, from_trusted: bool) {
+    strip(headers, |name| reserved(name, from_trusted));
 }
 
 /// Removes the hop-by-hop fields, those `Connection` names, and those
@@ -118,13 +128,20 @@ pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> 
     }
 }
 
-fn reserved(name: &HeaderName) -> bool {
-    // Every reserved name starts with `x`: most names stop here.
-    name.as_str().as_bytes().first() == Some(&b'x')
-        && (OVERRIDES.iter().any(|o| folds_to(name, o.as_bytes()))
-            || FORWARDING
-                .iter()
-                .any(|f| name.as_str() != *f && folds_to(name, f.as_bytes())))
+fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
+    // Every reserved name but one starts with `x`: most names stop at
+    // their first byte, and `folds_to` compares lengths before bytes.
+    match name.as_str().as_bytes().first() {
+        Some(b'x') => {
+            OVERRIDES.iter().any(|o| folds_to(name, o.as_bytes()))
+                || FORWARDING
+                    .iter()
+                    .any(|f| name.as_str() != *f && folds_to(name, f.as_bytes()))
+                || (!from_trusted && CLIENT_ADDRESS.iter().any(|a| folds_to(name, a.as_bytes())))
+        }
+        Some(b't') => !from_trusted && folds_to(name, TRUE_CLIENT_IP),
+        _ => false,
+    }
 }
 
 /// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into one field per
@@ -558,7 +575,7 @@ mod tests {
             h.insert(name, HeaderValue::from_static("x"));
         }
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_request(&mut h);
+        strip_request(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
@@ -570,7 +587,7 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         h.insert(TE, HeaderValue::from_static("trailers"));
-        strip_request(&mut h);
+        strip_request(&mut h, false);
         assert!(h.get("x-secret").is_none());
         assert!(h.get(TE).is_none());
         assert!(h.get("x-kept").is_some());
@@ -640,13 +657,74 @@ mod tests {
         for kept in ["x-forwarded-for", "x-http-methods", "x-kept", "cookie"] {
             h.insert(kept, HeaderValue::from_static("1"));
         }
-        strip_request(&mut h);
+        strip_request(&mut h, false);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(
             left,
             ["cookie", "x-forwarded-for", "x-http-methods", "x-kept"]
         );
+    }
+
+    /// Every spelling of the client address fields, on several lines, and
+    /// names that only resemble them.
+    fn claiming_a_client_address() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-real-ip",
+            "X_Real_IP",
+            "x.real.ip",
+            "true-client-ip",
+            "True_Client_Ip",
+            "x-client-ip",
+            "X-Client_IP",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            h.append(&name, HeaderValue::from_static("6.6.6.6"));
+            h.append(name, HeaderValue::from_static("6.6.6.7"));
+        }
+        for kept in ["x-real-ips", "true-client", "traceparent", "x-client-id"] {
+            h.insert(kept, HeaderValue::from_static("1"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_client_address_field_goes_on_only_from_a_trusted_proxy() {
+        let mut h = claiming_a_client_address();
+        strip_request(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["traceparent", "true-client", "x-client-id", "x-real-ips"]
+        );
+        let mut h = claiming_a_client_address();
+        strip_request(&mut h, true);
+        assert_eq!(
+            h,
+            claiming_a_client_address(),
+            "as a trusted proxy sent them"
+        );
+        assert_eq!(h.get_all("x-real-ip").iter().count(), 2);
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_still_denied_what_no_client_may_send() {
+        let mut h = claiming_a_client_address();
+        h.insert("x_http_method", HeaderValue::from_static("DELETE"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        h.insert(CONNECTION, HeaderValue::from_static("x-real-ip"));
+        strip_request(&mut h, true);
+        for gone in [
+            "x_http_method",
+            "x_forwarded_for",
+            "connection",
+            "x-real-ip",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}: {h:?}");
+        }
+        assert_eq!(h.get_all("true-client-ip").iter().count(), 2);
     }
 
     #[test]

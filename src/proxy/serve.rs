@@ -226,7 +226,7 @@ fn phases<'s: 'a, 'a>(
         let te_trailers =
             route.api.upstream.is_http2() && forwarded::asks_for_trailers(req.headers());
         let headers = req.headers_mut();
-        forwarded::strip_request(headers);
+        forwarded::strip_request(headers, conn.from_trusted);
         if tunnel.is_some() {
             tunnel::ask_upgrade(headers);
         }
