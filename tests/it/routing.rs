@@ -7,10 +7,14 @@ use crate::common;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{raw_request, status_of, Env, Gateway, Upstream};
-use http::Method;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use microgateway::config::Snapshot;
 use microgateway::policy::{decide, Outcome, RouteProblem};
+use tokio::net::TcpStream;
 
 fn travels(upstream: &Upstream) -> String {
     format!(
@@ -524,6 +528,64 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
         format!("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;host=\"{host}\"").as_str()
     );
     gw.shutdown().await;
+}
+
+/// `X-Real-IP`, `True-Client-IP` and `X-Client-IP` name the client to an
+/// upstream that reads them: a client's own go nowhere, in any spelling,
+/// over HTTP/1.1 and HTTP/2, even with `forwarding` all off; a trusted
+/// proxy's go on as sent.
+#[tokio::test]
+async fn client_address_fields_reach_the_upstream_only_from_a_trusted_proxy() {
+    const CLAIMED: [(&str, &str); 4] = [
+        ("X-Real-IP", "6.6.6.6"),
+        ("X_Real_IP", "6.6.6.7"),
+        ("True-Client-IP", "6.6.6.8"),
+        ("X-Client-IP", "6.6.6.9"),
+    ];
+    let upstream = Upstream::start().await;
+    let all_off =
+        "forwarding: { x_forwarded: false, forwarded: false, request_id: false, traceparent: false }";
+    let direct = Gateway::start(&travels_with(&upstream, all_off)).await;
+    let proxied = Gateway::start(&travels_with(&upstream, "trusted_proxies: [127.0.0.1/32]")).await;
+    for (gw, from_trusted) in [(&direct, false), (&proxied, true)] {
+        let mut request = gw.client.get(gw.url("/travels/bookings"));
+        for (name, value) in CLAIMED {
+            request = request.header(name, value);
+        }
+        let resp = request.send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        let headers = upstream.last().headers;
+        for (name, value) in CLAIMED {
+            let seen: Vec<_> = headers.get_all(name).iter().collect();
+            if from_trusted {
+                assert_eq!(seen, [value], "{name} from a trusted proxy");
+            } else {
+                assert!(seen.is_empty(), "{name} from a client: {seen:?}");
+            }
+        }
+    }
+    // HTTP/2, whose names are lower case: every line goes.
+    let tcp = TcpStream::connect(direct.http).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let request = Request::get(direct.url("/travels/bookings"))
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.7")
+        .header("true-client-ip", "6.6.6.8")
+        .header("x-kept", "yes")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(request).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let headers = upstream.last().headers;
+    assert!(headers.get("x-real-ip").is_none(), "{headers:?}");
+    assert!(headers.get("true-client-ip").is_none(), "{headers:?}");
+    assert_eq!(headers["x-kept"], "yes");
+    direct.shutdown().await;
+    proxied.shutdown().await;
 }
 
 #[tokio::test]
