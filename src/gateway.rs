@@ -166,12 +166,7 @@ impl Gateway {
         let state = Arc::new(State {
             live: reloader.live.clone(),
             runtime,
-            admin: Arc::new(Admin {
-                reloader: reloader.clone(),
-                started: Instant::now(),
-                listening: listening.clone(),
-                logins: Default::default(),
-            }),
+            admin: Arc::new(Admin::new(reloader.clone(), listening.clone())),
             authz: reloader.authz.clone(),
             central: reloader.central.clone(),
             reloader,

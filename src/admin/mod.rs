@@ -28,20 +28,59 @@ pub struct Admin {
     pub listening: Arc<AtomicBool>,
     /// Failed logins with the admin or central credentials, on every port.
     pub logins: Logins,
+    /// The readiness check has once found the gateway ready; from then on
+    /// the JWKS no longer count (see [`Admin::readiness`]).
+    was_ready: AtomicBool,
+}
+
+/// What `/health/ready` answers.
+pub struct Readiness {
+    pub ready: bool,
+    /// The auth servers of the serving snapshot still waiting for their
+    /// JWKS, by id.
+    pub jwks_pending: Vec<Arc<str>>,
 }
 
 impl Admin {
-    /// Listening, every remote JWKS fetched once, and the authorization
-    /// server's store reached (a database store may not be yet).
-    pub fn is_ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
-            && self.reloader.auth.is_ready()
+    pub fn new(reloader: Arc<Reloader>, listening: Arc<AtomicBool>) -> Admin {
+        Admin {
+            reloader,
+            started: Instant::now(),
+            listening,
+            logins: Logins::default(),
+            was_ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Listening, the authorization server's store reached (a database
+    /// store may not be yet), and, until the gateway has once been found
+    /// ready, every JWKS of the serving snapshot fetched. The keys are a condition of the start only: an
+    /// auth server a reload or download adds later, whose JWKS cannot be
+    /// fetched, refuses its own tokens (503) and is listed as pending, but
+    /// does not take a serving gateway, and a fleet following one central
+    /// configuration, out of service.
+    pub fn readiness(&self) -> Readiness {
+        let jwks_pending = self.reloader.auth.jwks_pending();
+        let keys = jwks_pending.is_empty() || self.was_ready.load(Ordering::Acquire);
+        let ready = keys
+            && self.listening.load(Ordering::Acquire)
             && self
                 .reloader
                 .authz
                 .load()
                 .as_ref()
-                .is_none_or(|server| server.is_ready())
+                .is_none_or(|server| server.is_ready());
+        if ready {
+            self.was_ready.store(true, Ordering::Release);
+        }
+        Readiness {
+            ready,
+            jwks_pending,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.readiness().ready
     }
 }
 
@@ -52,15 +91,20 @@ pub async fn handle(admin: &Admin, req: Request<Body>, peer: IpAddr) -> Response
     match (&method, path.as_str()) {
         (&Method::GET, "/health/live") => json_response(StatusCode::OK, json!({"status": "up"})),
         (&Method::GET, "/health/ready") => {
-            if admin.is_ready() {
+            let Readiness {
+                ready,
+                jwks_pending,
+            } = admin.readiness();
+            let jwks_pending: Vec<&str> = jwks_pending.iter().map(AsRef::as_ref).collect();
+            if ready {
                 json_response(
                     StatusCode::OK,
-                    json!({"status": "ready", "generation": admin.reloader.live.generation()}),
+                    json!({"status": "ready", "generation": admin.reloader.live.generation(), "jwks_pending": jwks_pending}),
                 )
             } else {
                 json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"status": "not ready"}),
+                    json!({"status": "not ready", "jwks_pending": jwks_pending}),
                 )
             }
         }

@@ -178,12 +178,18 @@ impl Authenticator {
         }
     }
 
-    /// True once every auth server that validates JWTs has its keys.
-    pub fn is_ready(&self) -> bool {
-        self.servers
+    /// The auth servers that validate JWTs and have no keys yet, by id:
+    /// their tokens get 503 until the keys are fetched.
+    pub fn jwks_pending(&self) -> Vec<Arc<str>> {
+        let mut pending: Vec<Arc<str>> = self
+            .servers
             .load()
-            .values()
-            .all(|v| v.jwt.as_ref().is_none_or(|jwt| jwt.jwks().is_ready()))
+            .iter()
+            .filter(|(_, v)| v.jwt.as_ref().is_some_and(|jwt| !jwt.jwks().is_ready()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        pending.sort();
+        pending
     }
 
     pub fn validators(&self, auth_server: &str) -> Option<Arc<Validators>> {

@@ -6,7 +6,7 @@
 use crate::common;
 
 use common::idp::{merged, unix_now, Idp, SigningKey};
-use common::{metric, raw_request, status_of, Gateway, Upstream};
+use common::{metric, raw_request, status_of, Gateway, Refusing, Upstream};
 use microgateway::policy::{self, Outcome};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::Method;
@@ -435,6 +435,122 @@ async fn jwks_down_at_start_is_not_ready_and_answers_503_with_retry_after() {
     let resp = gw.get("/travels/bookings").await;
     assert_eq!(resp.status(), 401);
     assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
+/// `yaml` (of [`travels`]) with a second auth server, `partners`, whose
+/// JWKS is at `jwks` (where connections are refused), and an API on it:
+/// what a reload or a central download may add.
+fn with_partners(yaml: &str, jwks: &Refusing, upstream: &Upstream) -> String {
+    let auth_server = format!(
+        "  - id: partners\n    name: partners\n    localIntrospectionConfig: {{ issuer: \"http://{addr}\", jwksuri: \"http://{addr}/jwks\" }}\n  aliases:\n",
+        addr = jwks.addr,
+    );
+    let api = format!(
+        "- name: Partners\n  version: \"1.0\"\n  base_path: /partners\n  upstream: {{ url: \"{}\" }}\n  authentication: {{ type: oauth2, auth_server: partners }}\n  resources: [\"GET /status\"]\n",
+        upstream.url("/api"),
+    );
+    format!("{}{api}", yaml.replacen("  aliases:\n", &auth_server, 1))
+}
+
+/// The status and JSON body of `/health/ready`.
+async fn readiness_body(gw: &Gateway) -> (u16, Value) {
+    let resp = gw
+        .client
+        .get(gw.admin_url("/health/ready"))
+        .send()
+        .await
+        .expect("readiness");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON body"))
+}
+
+/// The JWKS is a condition of the start: a reload adding an auth server
+/// whose keys cannot be fetched must not take a serving gateway (and every
+/// gateway following the same central configuration) out of service. Its
+/// API alone is refused, and the readiness body names what is missing.
+#[tokio::test]
+async fn a_reload_adding_an_unreachable_jwks_keeps_a_ready_gateway_ready() {
+    let w = world("Time travels").await;
+    let token = w.idp.token(&["view"]);
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&token))
+            .await
+            .status(),
+        200
+    );
+    let unreachable = Refusing::new();
+    let yaml = travels(&w.idp, &w.upstream, "Time travels");
+    w.gw.write_config(&with_partners(&yaml, &unreachable, &w.upstream));
+    w.gw.wait_generation(2).await;
+
+    let (status, ready) = readiness_body(&w.gw).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["generation"], 2);
+    assert_eq!(ready["jwks_pending"], json!(["partners"]));
+    // Fail closed: the new API's tokens cannot be checked, so it answers
+    // 503 with `Retry-After`, and 401 without a token.
+    let resp = w.send(Method::GET, "/partners/status", Some(&token)).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key(RETRY_AFTER));
+    assert_eq!(body(resp).await["error"], "temporarily_unavailable");
+    assert_eq!(
+        w.send(Method::GET, "/partners/status", None).await.status(),
+        401
+    );
+    let hits = w.upstream.hits();
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&token))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(w.upstream.hits(), hits + 1, "only the old API proxied");
+    assert_eq!(readiness_body(&w.gw).await.0, 200);
+    w.gw.shutdown().await;
+}
+
+/// Before the gateway has been ready, every auth server of the serving
+/// snapshot counts: one added by a reload keeps it not ready even once the
+/// keys it started with are fetched.
+#[tokio::test]
+async fn a_reload_before_the_first_ready_adds_its_jwks_to_the_start() {
+    let idp = Idp::start().await;
+    idp.set_down(true);
+    let upstream = Upstream::start().await;
+    let yaml = travels(&idp, &upstream, "Time travels");
+    let gw = Gateway::start(&yaml).await;
+    let (status, not_ready) = readiness_body(&gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        not_ready,
+        json!({"status": "not ready", "jwks_pending": ["idp"]})
+    );
+
+    let unreachable = Refusing::new();
+    gw.write_config(&with_partners(&yaml, &unreachable, &upstream));
+    gw.wait_generation(2).await;
+    idp.set_down(false);
+    let token = idp.token(&["view"]);
+    let mut status = 0;
+    for _ in 0..200 {
+        let resp = gw
+            .request(Method::GET, "/travels/bookings")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request");
+        status = resp.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the keys of `idp` were fetched");
+    let (status, not_ready) = readiness_body(&gw).await;
+    assert_eq!(status, 503, "{not_ready}");
+    assert_eq!(not_ready["jwks_pending"], json!(["partners"]));
     gw.shutdown().await;
 }
 
