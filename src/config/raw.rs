@@ -137,7 +137,7 @@ pub struct File {
     pub tls: Option<S<Tls>>,
     /// The admin listener: health, metrics and REST.
     pub admin: Admin,
-    /// CIDRs whose `X-Forwarded-*`/`Forwarded` headers, and `X-Real-IP`, `True-Client-IP` and `X-Client-IP`, are kept (default: none).
+    /// CIDRs whose `X-Forwarded-*`/`Forwarded` headers, and `X-Real-IP` and the other client address fields, are kept (default: none).
     pub trusted_proxies: Vec<S<String>>,
     /// The fields the gateway adds to each request it forwards (all on by default).
     pub forwarding: Forwarding,

@@ -44,12 +44,24 @@ const FORWARDING: [&str; 4] = [
     "x-request-id",
 ];
 
-/// Fields in which upstreams read the client's address (folded; nginx's
-/// `X-Real-IP`, and `X-Client-IP`): only a trusted proxy may vouch for
-/// them, so a client's own go nowhere, in any spelling.
-const CLIENT_ADDRESS: [&str; 2] = ["x-real-ip", "x-client-ip"];
-/// The CDNs' field of that kind, the one not starting with `x`.
-const TRUE_CLIENT_IP: &[u8] = b"true-client-ip";
+/// Fields in which upstreams read the client's address (folded): nginx's
+/// `X-Real-IP`, the CDNs' (Akamai's `True-Client-IP`, Cloudflare's,
+/// Fastly's, Google App Engine's) and the others client-address libraries
+/// try before `X-Forwarded-For`. Only a trusted proxy may vouch for them,
+/// so a client's own go nowhere, in any spelling. Each starts with one of
+/// [`CLIENT_ADDRESS_STARTS`].
+const CLIENT_ADDRESS: [&str; 9] = [
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "x-appengine-user-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "forwarded-for",
+];
+const CLIENT_ADDRESS_STARTS: [u8; 4] = [b'x', b't', b'c', b'f'];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
 pub use crate::http1::is_hop_by_hop;
@@ -129,18 +141,25 @@ pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> 
 }
 
 fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
-    // Every reserved name but one starts with `x`: most names stop at
-    // their first byte, and `folds_to` compares lengths before bytes.
-    match name.as_str().as_bytes().first() {
-        Some(b'x') => {
+    // Most names stop at their first byte (every reserved name starts
+    // with one of four), and `folds_to` compares lengths before bytes.
+    let Some(&first) = name.as_str().as_bytes().first() else {
+        return false;
+    };
+    let client_address = || {
+        !from_trusted
+            && CLIENT_ADDRESS_STARTS.contains(&first)
+            && CLIENT_ADDRESS.iter().any(|a| folds_to(name, a.as_bytes()))
+    };
+    match first {
+        b'x' => {
             OVERRIDES.iter().any(|o| folds_to(name, o.as_bytes()))
                 || FORWARDING
                     .iter()
                     .any(|f| name.as_str() != *f && folds_to(name, f.as_bytes()))
-                || (!from_trusted && CLIENT_ADDRESS.iter().any(|a| folds_to(name, a.as_bytes())))
+                || client_address()
         }
-        Some(b't') => !from_trusted && folds_to(name, TRUE_CLIENT_IP),
-        _ => false,
+        _ => client_address(),
     }
 }
 
@@ -678,12 +697,25 @@ mod tests {
             "True_Client_Ip",
             "x-client-ip",
             "X-Client_IP",
+            "x-cluster-client-ip",
+            "X-Forwarded",
+            "x-appengine-user-ip",
+            "CF-Connecting-IP",
+            "fastly-client-ip",
+            "Forwarded_For",
         ] {
             let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
             h.append(&name, HeaderValue::from_static("6.6.6.6"));
             h.append(name, HeaderValue::from_static("6.6.6.7"));
         }
-        for kept in ["x-real-ips", "true-client", "traceparent", "x-client-id"] {
+        for kept in [
+            "x-real-ips",
+            "true-client",
+            "traceparent",
+            "x-client-id",
+            "forwarded",
+            "fastly-debug",
+        ] {
             h.insert(kept, HeaderValue::from_static("1"));
         }
         h
@@ -697,7 +729,14 @@ mod tests {
         left.sort_unstable();
         assert_eq!(
             left,
-            ["traceparent", "true-client", "x-client-id", "x-real-ips"]
+            [
+                "fastly-debug",
+                "forwarded",
+                "traceparent",
+                "true-client",
+                "x-client-id",
+                "x-real-ips"
+            ]
         );
         let mut h = claiming_a_client_address();
         strip_request(&mut h, true);
