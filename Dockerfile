@@ -29,14 +29,15 @@ COPY src ./src
 # instrumented build on the data path (plain, throttled, balanced and
 # OAuth2 routes, TLS, HTTP/2) and builds again with that profile, ~24%
 # fewer instructions per proxied request for two more builds and a minute
-# of training (its load tools, wrk and h2load, come from Debian's
-# mirror). PGO=0 builds once, plainly (what `cargo build --release`
-# makes).
+# of training; then BOLT (Debian's bolt-19) lays that binary out again
+# from a second training run. Its tools (wrk, h2load, llvm-bolt) come from
+# Debian's mirror. PGO=0 builds once, plainly (what `cargo build
+# --release` makes).
 ARG PGO=1
 COPY bench/lib.sh bench/pgo-build.sh ./bench/
 RUN touch src/main.rs src/lib.rs \
     && if [ "$PGO" = 1 ]; then \
-         bench/pgo-build.sh && cp target/pgo/release/microgateway target/release/microgateway; \
+         bench/pgo-build.sh >/tmp/pgo-build.out && cp "$(tail -1 /tmp/pgo-build.out)" target/release/microgateway; \
        else \
          cargo build --release --locked; \
        fi \

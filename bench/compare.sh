@@ -56,10 +56,14 @@
 # the OAuth2 routes once more with it (PGO_BIN=PATH: that binary, as
 # bench/pgo-build.sh made it, instead of building one).
 #
-#   MCGW_BIN=target/pgo/release/microgateway bench/compare.sh
+#   MCGW_BIN=target/pgo/release/microgateway-bolt bench/compare.sh
 #
 # measures that binary as the gateway of every contender instead (here
-# the shipped build: the container image is built profile-guided).
+# the shipped build: the container image is built profile-guided, then
+# laid out by BOLT). With PGO=1 PGO_BIN=target/pgo/release/microgateway
+# beside it, the same rounds put the image's build against the
+# profile-guided build without BOLT (paired: microgateway /
+# microgateway-pgo).
 #
 #   BASE=39010b9 bench/compare.sh   # also the release build of another commit
 #
@@ -531,6 +535,9 @@ if [ "$LOGGED" = 1 ]; then
 fi
 if [ -n "$BASE" ]; then
     echo "  microgateway / baseline ($BASE): req/s $(paired microgateway baseline 1), cpu per request $(paired microgateway baseline 4)"
+fi
+if [ "$PGO" = 1 ]; then
+    echo "  microgateway / microgateway-pgo: req/s $(paired microgateway microgateway-pgo 1), cpu per request $(paired microgateway microgateway-pgo 4)"
 fi
 printf 'RSS idle at start: microgateway %.1f MiB (target <= 10), nginx proxy %.1f MiB (master + workers), haproxy %.1f MiB\n' \
     "$(awk -v k="$MCGW_IDLE_KIB" 'BEGIN {print k / 1024}')" "$(awk -v k="$NGINX_IDLE_KIB" 'BEGIN {print k / 1024}')" \

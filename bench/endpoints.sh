@@ -5,7 +5,7 @@
 # third of the way in, reporting the failed requests of both.
 #
 #   bench/endpoints.sh          # ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2
-#   MCGW_BIN=target/pgo/release/microgateway bench/endpoints.sh
+#   MCGW_BIN=target/pgo/release/microgateway-bolt bench/endpoints.sh
 #                               # that binary as the gateway (here the
 #                               # shipped build: the image is profile-guided)
 #

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# A profile-guided (PGO) release build of microgateway.
+# A profile-guided (PGO) release build of microgateway, laid out again by
+# BOLT.
 #
-#   bench/pgo-build.sh            # prints the binary's path: target/pgo/release/microgateway
+#   bench/pgo-build.sh            # prints the binary's path on its last line:
+#                                 # target/pgo/release/microgateway-bolt
+#   BOLT=0 bench/pgo-build.sh     # profile-guided only: .../microgateway
 #
 # 1. builds an instrumented release binary (target/pgo-instrumented);
 # 2. trains it: the binary serves a training configuration and wrk and
@@ -11,14 +14,19 @@
 #    server) and the same tokens through RFC 7662 introspection, 401s and
 #    403s, POST bodies, HTTPS and HTTP/2 (h2c and over TLS) — then it stops
 #    cleanly and writes its profile;
-# 3. builds the release binary again with that profile (target/pgo).
+# 3. builds the release binary again with that profile (target/pgo);
+# 4. with llvm-bolt (Debian's bolt-19), instruments that binary (BOLT's own
+#    counters, no sampling hardware needed), trains it the same way, and
+#    lays its functions and blocks out for the paths taken: hot code
+#    packed together, cold code split off (microgateway-bolt beside it).
 #
 # The same code as `cargo build --release`, laid out and inlined for the
 # paths the training took: about 24% fewer instructions per proxied request
-# (callgrind). Paths the training does not take (the authorization
-# server's grants beyond client credentials, say) are laid out as cold code. Needs the rustup component
-# llvm-tools (added when missing), curl, openssl, wrk and h2load (installed
-# from Debian packages when missing).
+# with PGO alone (callgrind). Paths the training does not take (the
+# authorization server's grants beyond client credentials, say) are laid
+# out as cold code. Needs the rustup component llvm-tools (added when
+# missing), curl, openssl, wrk, h2load and llvm-bolt-19 (installed from
+# Debian packages when missing).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,7 +59,14 @@ if [ ! -x "$PROFDATA" ]; then
     exit 1
 fi
 
-echo "1/3 instrumented build ..." >&2
+BOLT=${BOLT:-1}
+if [ "$BOLT" = 1 ]; then
+    need llvm-bolt-19 bolt-19
+    BOLT_BIN=$(command -v llvm-bolt-19)
+fi
+
+STEPS=$([ "$BOLT" = 1 ] && echo 4 || echo 3)
+echo "1/$STEPS instrumented build ..." >&2
 # Paths in RUSTFLAGS stay the same from run to run: cargo rebuilds
 # everything when its flags change.
 PROFILES=$INSTRUMENTED/profiles
@@ -60,7 +75,7 @@ PROFILES=$INSTRUMENTED/profiles
 # Build scripts ran instrumented too: only the gateway's own run counts.
 rm -rf "$PROFILES"
 
-echo "2/3 training ..." >&2
+echo "2/$STEPS training ..." >&2
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
     -subj /CN=localhost -keyout "$WORK/server.key" -out "$WORK/server.crt" 2>/dev/null
 cat >"$WORK/training.yaml" <<YAML
@@ -124,20 +139,10 @@ apis:
   authentication: { type: oauth2, auth_server: introspected }
   scopes: [{ name: view, resources: ["GET /items"] }]
 YAML
-MCGW_LOG=warn LLVM_PROFILE_FILE="$PROFILES/gateway-%p.profraw" \
-    "$INSTRUMENTED/release/microgateway" start -c "$WORK/training.yaml" 2>"$WORK/gateway.log" &
-GATEWAY=$!
-wait_port "$PORT"
 token() { # scope
     curl -sf -u trainer:trainer-secret -d grant_type=client_credentials -d "scope=$1" \
         "http://127.0.0.1:$PORT/oauth2/token" | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p'
 }
-VIEW=$(token view)
-if [ -z "$VIEW" ]; then
-    echo "the training gateway issued no token:" >&2
-    cat "$WORK/gateway.log" >&2
-    exit 1
-fi
 cat >"$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"seat":"12A","from":"1985","to":"1955"}'
@@ -148,30 +153,110 @@ load() { # seconds url [wrk args...]
     shift 2
     wrk -t2 -c64 -d"${seconds}s" "$@" "$url" >/dev/null
 }
-load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/plain/items"
-load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/protected/items" -H "Authorization: Bearer $VIEW"
-load 3 "http://127.0.0.1:$PORT/throttled/items"
-load 3 "http://127.0.0.1:$PORT/balanced/items"
-load 2 "http://127.0.0.1:$PORT/plain/items" -s "$WORK/post.lua"
-load 2 "http://127.0.0.1:$PORT/protected/items"
-load 2 "http://127.0.0.1:$PORT/protected/items" -s "$WORK/post.lua" -H "Authorization: Bearer $VIEW"
-load 3 "http://127.0.0.1:$PORT/introspected/items" -H "Authorization: Bearer $VIEW"
-load 3 "https://127.0.0.1:$TLS_PORT/plain/items"
-load 2 "https://127.0.0.1:$TLS_PORT/protected/items" -H "Authorization: Bearer $VIEW"
-h2load -n 40000 -c 16 -m 8 "http://127.0.0.1:$PORT/plain/items" >/dev/null
-h2load -n 20000 -c 16 -m 8 -H "Authorization: Bearer $VIEW" "https://127.0.0.1:$TLS_PORT/protected/items" >/dev/null
-kill -TERM "$GATEWAY"
-wait "$GATEWAY" || true
-GATEWAY=""
+# train BINARY: BINARY serves the training configuration under the load
+# above, then stops cleanly (an instrumented binary writes its counts as
+# it exits). The authorization server starts afresh each time.
+train() {
+    rm -f "$WORK"/oauth.db* "$WORK/signing-key.pem"
+    MCGW_LOG=warn "$1" start -c "$WORK/training.yaml" 2>"$WORK/gateway.log" &
+    GATEWAY=$!
+    wait_port "$PORT"
+    VIEW=$(token view)
+    if [ -z "$VIEW" ]; then
+        echo "the training gateway issued no token:" >&2
+        cat "$WORK/gateway.log" >&2
+        exit 1
+    fi
+    load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/plain/items"
+    load "$TRAIN_SECONDS" "http://127.0.0.1:$PORT/protected/items" -H "Authorization: Bearer $VIEW"
+    load 3 "http://127.0.0.1:$PORT/throttled/items"
+    load 3 "http://127.0.0.1:$PORT/balanced/items"
+    load 2 "http://127.0.0.1:$PORT/plain/items" -s "$WORK/post.lua"
+    load 2 "http://127.0.0.1:$PORT/protected/items"
+    load 2 "http://127.0.0.1:$PORT/protected/items" -s "$WORK/post.lua" -H "Authorization: Bearer $VIEW"
+    load 3 "http://127.0.0.1:$PORT/introspected/items" -H "Authorization: Bearer $VIEW"
+    load 3 "https://127.0.0.1:$TLS_PORT/plain/items"
+    load 2 "https://127.0.0.1:$TLS_PORT/protected/items" -H "Authorization: Bearer $VIEW"
+    h2load -n 40000 -c 16 -m 8 "http://127.0.0.1:$PORT/plain/items" >/dev/null
+    h2load -n 20000 -c 16 -m 8 -H "Authorization: Bearer $VIEW" "https://127.0.0.1:$TLS_PORT/protected/items" >/dev/null
+    kill -TERM "$GATEWAY"
+    wait "$GATEWAY" || true
+    GATEWAY=""
+}
+# smoke BINARY: the binary about to be handed out answers as the gateway
+# must on each kind of route the training took (its layout changed, its
+# code did not: any other answer is a broken build).
+smoke() {
+    rm -f "$WORK"/oauth.db* "$WORK/signing-key.pem"
+    MCGW_LOG=warn "$1" start -c "$WORK/training.yaml" 2>"$WORK/gateway.log" &
+    GATEWAY=$!
+    wait_port "$PORT"
+    local view failed=""
+    view=$(token view || true)
+    expect() { # status curl-args...
+        local want=$1 got
+        shift
+        got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true)
+        [ "$got" = "$want" ] || failed="$failed\n  $* -> $got (want $want)"
+    }
+    expect 200 "http://127.0.0.1:$PORT/plain/items"
+    expect 200 "http://127.0.0.1:$PORT/throttled/items"
+    expect 200 "http://127.0.0.1:$PORT/balanced/items"
+    expect 200 -X POST -d '{"seat":"12A"}' "http://127.0.0.1:$PORT/plain/items"
+    expect 401 "http://127.0.0.1:$PORT/protected/items"
+    expect 200 -H "Authorization: Bearer $view" "http://127.0.0.1:$PORT/protected/items"
+    expect 403 -X POST -H "Authorization: Bearer $view" "http://127.0.0.1:$PORT/protected/items"
+    expect 200 -H "Authorization: Bearer $view" "http://127.0.0.1:$PORT/introspected/items"
+    expect 200 -k "https://127.0.0.1:$TLS_PORT/plain/items"
+    expect 200 --http2-prior-knowledge "http://127.0.0.1:$PORT/plain/items"
+    expect 200 -k --http2 "https://127.0.0.1:$TLS_PORT/plain/items"
+    kill -TERM "$GATEWAY"
+    wait "$GATEWAY" || failed="$failed\n  did not stop cleanly"
+    GATEWAY=""
+    if [ -n "$failed" ]; then
+        printf "the optimized gateway answered wrongly:%b\n" "$failed" >&2
+        cat "$WORK/gateway.log" >&2
+        exit 1
+    fi
+}
+LLVM_PROFILE_FILE="$PROFILES/gateway-%p.profraw" train "$INSTRUMENTED/release/microgateway"
 "$PROFDATA" merge -o "$WORK/merged.profdata" "$PROFILES"/*.profraw
 
-echo "3/3 optimized build ..." >&2
+echo "3/$STEPS optimized build ..." >&2
 # cargo does not look into the profile: named by its digest, a new profile
 # is new flags, and every crate is built again with it.
 mkdir -p "$OPTIMIZED"
 rm -f "$OPTIMIZED"/microgateway-*.profdata
 PROFILE=$OPTIMIZED/microgateway-$(sha256sum "$WORK/merged.profdata" | cut -c1-16).profdata
 cp "$WORK/merged.profdata" "$PROFILE"
-(cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$PROFILE" CARGO_TARGET_DIR="$OPTIMIZED" \
+# BOLT moves functions only in a binary that keeps its relocations.
+RELOCS=
+if [ "$BOLT" = 1 ]; then RELOCS=" -Clink-arg=-Wl,--emit-relocs"; fi
+(cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$PROFILE$RELOCS" CARGO_TARGET_DIR="$OPTIMIZED" \
     cargo build --release --locked --quiet)
-echo "$OPTIMIZED/release/microgateway"
+BIN=$OPTIMIZED/release/microgateway
+if [ "$BOLT" != 1 ]; then
+    smoke "$BIN"
+    echo "$BIN"
+    exit 0
+fi
+
+echo "4/4 BOLT layout ..." >&2
+"$BOLT_BIN" "$BIN" -instrument -instrumentation-file="$WORK/bolt.fdata" \
+    -o "$WORK/microgateway-bolt-instrumented" >"$WORK/bolt.log" 2>&1 || {
+    cat "$WORK/bolt.log" >&2
+    exit 1
+}
+train "$WORK/microgateway-bolt-instrumented"
+if [ ! -s "$WORK/bolt.fdata" ]; then
+    echo "the BOLT-instrumented gateway wrote no profile" >&2
+    exit 1
+fi
+"$BOLT_BIN" "$BIN" -data="$WORK/bolt.fdata" -o "$BIN-bolt" \
+    -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
+    -icf=1 -use-gnu-stack -dyno-stats >"$WORK/bolt.log" 2>&1 || {
+    cat "$WORK/bolt.log" >&2
+    exit 1
+}
+smoke "$BIN-bolt"
+echo "$BIN-bolt"

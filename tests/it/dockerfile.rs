@@ -79,7 +79,8 @@ fn the_image_binary_is_profile_guided_unless_asked_otherwise() {
         build_stage.iter().any(|(k, v)| k == "ARG" && v == "PGO=1"),
         "PGO defaults to 1: {build_stage:?}"
     );
-    // Both builds are copied from where the runtime stage takes the binary.
+    // Both builds are copied from where the runtime stage takes the binary:
+    // the profile-guided one from the path the script prints last.
     let build = build_stage
         .iter()
         .find(|(k, v)| k == "RUN" && v.contains("bench/pgo-build.sh"))
@@ -87,7 +88,8 @@ fn the_image_binary_is_profile_guided_unless_asked_otherwise() {
         .expect("a RUN of bench/pgo-build.sh");
     assert!(
         build.contains("\"$PGO\" = 1")
-            && build.contains("cp target/pgo/release/microgateway target/release/microgateway")
+            && build.contains("bench/pgo-build.sh >/tmp/pgo-build.out")
+            && build.contains("cp \"$(tail -1 /tmp/pgo-build.out)\" target/release/microgateway")
             && build.contains("cargo build --release --locked"),
         "{build}"
     );
