@@ -62,7 +62,9 @@ fi
 BOLT=${BOLT:-1}
 if [ "$BOLT" = 1 ]; then
     need llvm-bolt-19 bolt-19
-    BOLT_BIN=$(command -v llvm-bolt-19)
+    # Its runtime for instrumented binaries is found beside the real
+    # binary (/usr/lib/llvm-19/lib), not beside the /usr/bin link.
+    BOLT_BIN=$(readlink -f "$(command -v llvm-bolt-19)")
 fi
 
 STEPS=$([ "$BOLT" = 1 ] && echo 4 || echo 3)
