@@ -101,6 +101,14 @@ fn challenge(resp: &reqwest::Response) -> Option<String> {
         .map(|v| v.to_str().expect("ascii").to_owned())
 }
 
+/// A token that cannot be checked now (no keys): 503 with `Retry-After`
+/// and the RFC 6750 error `temporarily_unavailable`, never a pass.
+async fn assert_unavailable(resp: reqwest::Response) {
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key(RETRY_AFTER));
+    assert_eq!(body(resp).await["error"], "temporarily_unavailable");
+}
+
 async fn body(resp: reqwest::Response) -> Value {
     assert_eq!(
         resp.headers()["content-type"],
@@ -427,9 +435,7 @@ async fn jwks_down_at_start_is_not_ready_and_answers_503_with_retry_after() {
             .send()
             .await
             .expect("request");
-        assert_eq!(resp.status(), 503);
-        assert!(resp.headers().contains_key(RETRY_AFTER));
-        assert_eq!(body(resp).await["error"], "temporarily_unavailable");
+        assert_unavailable(resp).await;
     }
     // Without a token the answer is still 401: nothing to validate.
     let resp = gw.get("/travels/bookings").await;
@@ -491,10 +497,7 @@ async fn a_reload_adding_an_unreachable_jwks_keeps_a_ready_gateway_ready() {
     assert_eq!(ready["jwks_pending"], json!(["partners"]));
     // Fail closed: the new API's tokens cannot be checked, so it answers
     // 503 with `Retry-After`, and 401 without a token.
-    let resp = w.send(Method::GET, "/partners/status", Some(&token)).await;
-    assert_eq!(resp.status(), 503);
-    assert!(resp.headers().contains_key(RETRY_AFTER));
-    assert_eq!(body(resp).await["error"], "temporarily_unavailable");
+    assert_unavailable(w.send(Method::GET, "/partners/status", Some(&token)).await).await;
     assert_eq!(
         w.send(Method::GET, "/partners/status", None).await.status(),
         401
