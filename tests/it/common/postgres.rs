@@ -18,6 +18,14 @@ use microgateway::config::authz::{PgTls, PostgresStore as PgSettings};
 /// The user the server runs as when the tests run as root.
 const SERVER_USER: &str = "nobody";
 
+/// Longest `pg_ctl` waits for a cluster to start or stop. A start after an
+/// immediate stop replays the WAL first; on a 2-core CI machine running
+/// several test processes that takes far longer than on an idle one.
+const PG_CTL_WAIT_SECS: u32 = 180;
+
+/// Lines of the server's log shown when `pg_ctl` fails.
+const LOG_TAIL_LINES: usize = 30;
+
 /// A running cluster; stopped (immediately) on drop.
 pub struct Postgres {
     dir: tempfile::TempDir,
@@ -222,24 +230,69 @@ impl Postgres {
             self.dir.path().display(),
             self.extra
         );
-        run(
+        self.pg_ctl(
             as_server_user(&self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(self.data())
                 .arg("-l")
-                .arg(self.dir.path().join("server.log"))
-                .args(["-w", "-t", "60", "-o", &options, "start"]),
-            "pg_ctl start",
+                .arg(self.log())
+                .args(["-w", "-t", &PG_CTL_WAIT_SECS.to_string()])
+                .args(["-o", &options, "start"]),
+            "start (accept connections)",
         );
     }
 
-    /// Stops at once (connections are cut, as in a crash or failover).
+    /// Stops at once (connections are cut, as in a crash or failover),
+    /// waiting until the server has exited.
     pub fn stop(&self) {
-        let _ = as_server_user(&self.bin.join("pg_ctl"))
+        self.pg_ctl(&mut self.stop_command(), "stop");
+    }
+
+    fn stop_command(&self) -> Command {
+        let mut command = as_server_user(&self.bin.join("pg_ctl"));
+        command
             .arg("-D")
             .arg(self.data())
-            .args(["-m", "immediate", "-w", "-t", "30", "stop"])
-            .output();
+            .args(["-m", "immediate", "-w", "-t", &PG_CTL_WAIT_SECS.to_string()])
+            .arg("stop");
+        command
+    }
+
+    /// Runs `pg_ctl`; when it fails (it waited [`PG_CTL_WAIT_SECS`] in
+    /// vain, or the server exited), says what it was to do, what it
+    /// printed and how the server's log ends.
+    fn pg_ctl(&self, command: &mut Command, what: &str) {
+        let started = std::time::Instant::now();
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("pg_ctl {what}: {e}"));
+        if output.status.success() {
+            return;
+        }
+        panic!(
+            "pg_ctl {what} on port {} failed after {:.1?} (it waits at most {PG_CTL_WAIT_SECS} s): \
+             {}{}\n--- last lines of {} ---\n{}",
+            self.port,
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log().display(),
+            self.log_tail(),
+        );
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn log_tail(&self) -> String {
+        match std::fs::read_to_string(self.log()) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+            }
+            Err(e) => format!("(unreadable: {e})"),
+        }
     }
 
     /// A new, empty database.
@@ -300,7 +353,8 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        self.stop();
+        // No panic here: a failed stop ends with the kill below.
+        let _ = self.stop_command().output();
         let pid_file = self.data().join("postmaster.pid");
         if let Ok(text) = std::fs::read_to_string(pid_file) {
             if let Some(pid) = text.lines().next() {
