@@ -11,9 +11,12 @@
 //! (so a later file reload merges it again) and in `cache_file` (mode 0600,
 //! written atomically), beside the record of what it was downloaded for
 //! (`provenance`), and a cache is used only for that; a refused download
-//! is not the one in use, so it is asked for again (see
-//! [`Link::local_reload_applied`]); credentials and downloaded secrets are
-//! never logged, nor a URL's user information.
+//! is judged once: its [`Refusal`] stands (and is asked about by ETag, not
+//! downloaded again) until something that could change the verdict
+//! changes — a local reload applied ([`Link::local_reload_applied`]), or
+//! another document from the central — and is never persisted, so a
+//! restart judges it again; credentials and downloaded secrets are never
+//! logged, nor a URL's user information.
 
 pub mod export;
 pub mod merge;
@@ -189,16 +192,33 @@ pub struct Status {
     pub applied: u64,
     /// Conditional requests answered 304.
     pub not_modified: u64,
-    /// Downloads whose content equalled the document in use.
+    /// Downloads whose content equalled a document already judged: the
+    /// one in use, or the refused one that stands (from a central that
+    /// ignores `If-None-Match`).
     pub unchanged: u64,
     /// Downloads refused as invalid.
     pub refused: u64,
     /// Requests that failed (unreachable, refused credentials, bad status).
     pub failed: u64,
-    /// The last document the central sent was refused, and it has not been
-    /// seen serving another since: a local reload that applies asks for it
-    /// again (it may merge with the new file).
-    pub refusal_stands: bool,
+    /// The last document the central sent was refused, and nothing that
+    /// could change the verdict has changed since: the central still
+    /// serves it, and no local reload applied (which clears it and asks
+    /// for the document again: it may merge with the new file).
+    pub refusal: Option<Refusal>,
+}
+
+/// A document the central sent that was refused: while it stands, a poll
+/// asks the central about it by ETag, and its answer that it still serves
+/// it is neither merged, logged nor counted as a failed reload again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The ETag the central sent with it, for `If-None-Match`.
+    pub etag: String,
+    /// Its SHA-256 ([`Document::etag`]): the same body sent again (by a
+    /// central that ignores `If-None-Match`) is known by it.
+    pub digest: String,
+    /// Why it was refused: `last_error` while it stands.
+    pub error: String,
 }
 
 /// This instance's link to central configuration: the export it serves (as
@@ -260,14 +280,59 @@ impl Link {
         change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Told after a local reload (file, signal, REST) applied: while a
-    /// download stands refused, the poll loop asks the central again at
-    /// once instead of at its next round (or never, with a zero interval).
+    /// Told after a local reload (file, signal, REST) applied: a refusal
+    /// that stood no longer does (the new file may merge with the
+    /// document), and the poll loop downloads it again at once instead of
+    /// at its next round (or never, with a zero interval). `last_error`
+    /// keeps saying why until that download is judged.
     pub fn local_reload_applied(&self) {
-        if self.status().refusal_stands {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.refusal.take().is_some() {
             // A permit is kept when the loop is not waiting: not lost.
             self.retry.notify_one();
         }
+    }
+
+    /// The ETag of the refused document that stands, if one does.
+    pub fn refused_etag(&self) -> Option<String> {
+        self.status().refusal.map(|refusal| refusal.etag)
+    }
+
+    /// Records `refusal` as the verdict on the document the central serves.
+    pub fn refuse(&self, refusal: Refusal) {
+        self.update(|status| {
+            status.refused += 1;
+            status.last_error = Some(refusal.error.clone());
+            status.refusal = Some(refusal);
+        });
+    }
+
+    /// Told that the central still serves the refused document whose
+    /// ETag is `etag` (a 304 for it): whether that refusal still stands.
+    /// If it does, `last_error` says why again (a failed request since
+    /// may have replaced it).
+    pub fn refusal_confirmed(&self, etag: &str) -> bool {
+        self.confirm_refusal(|refusal| refusal.etag == etag)
+    }
+
+    /// Like [`Link::refusal_confirmed`], for a body whose SHA-256 is
+    /// `digest`, sent again in full.
+    pub fn refused_body_again(&self, digest: &str) -> bool {
+        self.confirm_refusal(|refusal| refusal.digest == digest)
+    }
+
+    fn confirm_refusal(&self, same: impl Fn(&Refusal) -> bool) -> bool {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(error) = status
+            .refusal
+            .as_ref()
+            .filter(|r| same(r))
+            .map(|r| r.error.clone())
+        else {
+            return false;
+        };
+        status.last_error = Some(error);
+        true
     }
 
     /// Resolves when [`Link::local_reload_applied`] asked for a download.
@@ -329,11 +394,11 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
         return Ok(None);
     }
     let client = poller::client();
-    let fetched = poller::download(&client, settings, None).await;
+    let fetched = poller::download(&client, settings, &[]).await;
     let url = settings.url.clone();
     let text = match fetched {
         Ok(poller::Fetched::Document { text, .. }) => text,
-        Ok(poller::Fetched::NotModified) => {
+        Ok(poller::Fetched::NotModified { .. }) => {
             return from_cache(settings, |cache| StartError::Unavailable {
                 url,
                 cause: DownloadError::Status(http::StatusCode::NOT_MODIFIED),
