@@ -643,10 +643,10 @@ fn download_settings(args: DownloadArgs) -> ExitCode {
     };
     let shown = crate::central::shown_url(&settings.url);
     let client = crate::central::poller::client();
-    let fetched = runtime.block_on(crate::central::poller::download(&client, &settings, None));
+    let fetched = runtime.block_on(crate::central::poller::download(&client, &settings, &[]));
     let text = match fetched {
         Ok(crate::central::poller::Fetched::Document { text, .. }) => text,
-        Ok(crate::central::poller::Fetched::NotModified) => {
+        Ok(crate::central::poller::Fetched::NotModified { .. }) => {
             eprintln!("{shown}: unexpected 304 Not Modified");
             return ExitCode::FAILURE;
         }

@@ -3,7 +3,8 @@
 //! over its local file (`merge`) and swaps the result in through the same
 //! compile-validate-swap path as a file change (the poll loop doing so is
 //! `reload::follow`: nothing here changes the serving snapshot). Both ends
-//! take the APIs of a download by one rule (`selection`).
+//! take the APIs of a download by one rule (`selection`); what an instance
+//! holds of its link (the document in use, a refusal, the status) is `link`.
 //!
 //! Invariants: the central is never contacted when `download_settings` and
 //! `download_apis` are both false; a download is applied only when it is
@@ -11,11 +12,15 @@
 //! (so a later file reload merges it again) and in `cache_file` (mode 0600,
 //! written atomically), beside the record of what it was downloaded for
 //! (`provenance`), and a cache is used only for that; a refused download
-//! is not the one in use, so it is asked for again (see
-//! [`Link::local_reload_applied`]); credentials and downloaded secrets are
-//! never logged, nor a URL's user information.
+//! is judged once: its [`Refusal`] stands (and is asked about by ETag, not
+//! downloaded again) until something that could change the verdict
+//! changes — a local reload applied ([`Link::local_reload_applied`]), or
+//! another document from the central — and is never persisted, so a
+//! restart judges it again; credentials and downloaded secrets are never
+//! logged, nor a URL's user information.
 
 pub mod export;
+pub mod link;
 pub mod merge;
 pub mod poller;
 pub mod provenance;
@@ -23,15 +28,14 @@ pub mod selection;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::{json, Value};
-
 use crate::config::snapshot::ApiGateway;
-use crate::config::{self, Env, Invalid, Loaded, Snapshot};
+use crate::config::{self, Env, Invalid, Loaded};
 
 pub use crate::config::secret::shown_url;
+pub use link::{Link, Refusal, Status};
 pub use poller::DownloadError;
 
 /// A downloaded settings document (a configuration file's text).
@@ -176,122 +180,6 @@ pub enum StartError {
     CacheMismatch(provenance::Mismatch),
 }
 
-/// What the status endpoint shows of the downstream link.
-#[derive(Debug, Clone, Default)]
-pub struct Status {
-    /// When the central last confirmed the document in use: sent it (200,
-    /// applied or the same as the one in use) or answered 304 to its ETag.
-    pub last_download_at: Option<SystemTime>,
-    /// ETag of the document in use.
-    pub etag: Option<String>,
-    pub last_error: Option<String>,
-    /// Downloads applied (a new generation each).
-    pub applied: u64,
-    /// Conditional requests answered 304.
-    pub not_modified: u64,
-    /// Downloads whose content equalled the document in use.
-    pub unchanged: u64,
-    /// Downloads refused as invalid.
-    pub refused: u64,
-    /// Requests that failed (unreachable, refused credentials, bad status).
-    pub failed: u64,
-    /// The last document the central sent was refused, and it has not been
-    /// seen serving another since: a local reload that applies asks for it
-    /// again (it may merge with the new file).
-    pub refusal_stands: bool,
-}
-
-/// This instance's link to central configuration: the export it serves (as
-/// a central) and the document it downloaded (as a downstream).
-#[derive(Debug, Default)]
-pub struct Link {
-    export: Mutex<Option<(u64, Arc<export::Tree>)>>,
-    document: Mutex<Option<Arc<Document>>>,
-    status: Mutex<Status>,
-    /// Wakes the poll loop for a download at once.
-    retry: tokio::sync::Notify,
-}
-
-impl Link {
-    /// The export tree of `snapshot`, built once per generation.
-    pub fn export_tree(
-        &self,
-        snapshot: &Snapshot,
-        env: &Env,
-    ) -> Result<export::Tree, export::ExportError> {
-        let mut cached = self.export.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((generation, tree)) = cached.as_ref() {
-            if *generation == snapshot.generation {
-                return Ok((**tree).clone());
-            }
-        }
-        let tree = export::build(snapshot, env)?;
-        *cached = Some((snapshot.generation, Arc::new(tree.clone())));
-        Ok(tree)
-    }
-
-    /// The downloaded document in use, if any.
-    pub fn document(&self) -> Option<Arc<Document>> {
-        self.document
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Keeps `document` as the one in use (merged by every later reload).
-    pub fn adopt(&self, document: Option<Arc<Document>>) {
-        let etag = document.as_ref().map(|d| d.etag.clone());
-        let downloaded_at = document.as_ref().and_then(|d| d.downloaded_at);
-        *self.document.lock().unwrap_or_else(|p| p.into_inner()) = document;
-        self.update(|status| {
-            status.etag = etag;
-            status.last_download_at = downloaded_at.or(status.last_download_at);
-        });
-    }
-
-    pub fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn update(&self, change: impl FnOnce(&mut Status)) {
-        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    /// Told after a local reload (file, signal, REST) applied: while a
-    /// download stands refused, the poll loop asks the central again at
-    /// once instead of at its next round (or never, with a zero interval).
-    pub fn local_reload_applied(&self) {
-        if self.status().refusal_stands {
-            // A permit is kept when the loop is not waiting: not lost.
-            self.retry.notify_one();
-        }
-    }
-
-    /// Resolves when [`Link::local_reload_applied`] asked for a download.
-    pub async fn retry_wanted(&self) {
-        self.retry.notified().await;
-    }
-
-    /// The `central` member of the status JSON (null without `api_gateway:`).
-    pub fn status_json(&self, settings: Option<&ApiGateway>) -> Value {
-        let Some(settings) = settings else {
-            return Value::Null;
-        };
-        let status = self.status();
-        json!({
-            "url": shown_url(&settings.url),
-            "last_download_at": status.last_download_at
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
-            "etag": status.etag,
-            "last_error": status.last_error,
-        })
-    }
-}
-
 /// Compiles the file at `path` (or `text`, what was read from it), with
 /// `document` merged over it when given (as the file's `api_gateway`
 /// download flags say).
@@ -329,11 +217,11 @@ pub async fn first_document(settings: &ApiGateway) -> Result<Option<Arc<Document
         return Ok(None);
     }
     let client = poller::client();
-    let fetched = poller::download(&client, settings, None).await;
+    let fetched = poller::download(&client, settings, &[]).await;
     let url = settings.url.clone();
     let text = match fetched {
         Ok(poller::Fetched::Document { text, .. }) => text,
-        Ok(poller::Fetched::NotModified) => {
+        Ok(poller::Fetched::NotModified { .. }) => {
             return from_cache(settings, |cache| StartError::Unavailable {
                 url,
                 cause: DownloadError::Status(http::StatusCode::NOT_MODIFIED),

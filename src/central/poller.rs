@@ -1,5 +1,6 @@
 //! Downloading a central gateway's settings: a conditional GET of its export
-//! with Basic credentials and `If-None-Match`, bounded in time and size, no
+//! with Basic credentials and `If-None-Match` (the ETags of the documents
+//! already judged: the one in use, and one refused), bounded in time and size, no
 //! redirects (a redirect could carry the credentials elsewhere), a body
 //! checked against the central's strong ETag (its SHA-256: a body cut short
 //! by a closed connection or changed on the way is an error), and the
@@ -60,8 +61,11 @@ fn chain(error: &dyn std::error::Error) -> String {
 /// What a download brought.
 #[derive(Debug)]
 pub enum Fetched {
-    /// 304: the document named by `If-None-Match` is current.
-    NotModified,
+    /// 304: a document named by `If-None-Match` is current; `etag` (the
+    /// field the central sends with a 304, RFC 9110 §15.4.5) says which.
+    NotModified {
+        etag: Option<String>,
+    },
     Document {
         text: String,
         etag: Option<String>,
@@ -116,11 +120,12 @@ pub fn export_url(settings: &ApiGateway) -> String {
     url
 }
 
-/// One GET of the export, conditional on `etag` when given.
+/// One GET of the export, conditional on the ETags in `known` when there
+/// are any.
 pub async fn download(
     client: &reqwest::Client,
     settings: &ApiGateway,
-    etag: Option<&str>,
+    known: &[&str],
 ) -> Result<Fetched, DownloadError> {
     let credentials = crate::config::context::basic_header(&settings.user, &settings.password)
         .ok_or(DownloadError::Credentials)?;
@@ -128,23 +133,24 @@ pub async fn download(
         .get(export_url(settings))
         .header(AUTHORIZATION, credentials)
         .header(ACCEPT, "application/yaml");
-    if let Some(etag) = etag {
-        request = request.header(IF_NONE_MATCH, etag);
+    if !known.is_empty() {
+        // RFC 9110 §13.1.2: a list of entity tags, any of which matches.
+        request = request.header(IF_NONE_MATCH, known.join(", "));
     }
     let mut response = request.send().await?;
-    match response.status() {
-        StatusCode::OK => {}
-        StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
-        status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-            return Err(DownloadError::Unauthorized(status))
-        }
-        status => return Err(DownloadError::Status(status)),
-    }
     let etag = response
         .headers()
         .get(ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    match response.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified { etag }),
+        status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+            return Err(DownloadError::Unauthorized(status))
+        }
+        status => return Err(DownloadError::Status(status)),
+    }
     if response
         .content_length()
         .is_some_and(|length| length > MAX_DOCUMENT as u64)

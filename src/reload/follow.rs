@@ -7,10 +7,14 @@
 //! on or off; with both flags false it sends nothing. Its waits are on the
 //! tokio clock, so a test advances them instead of sleeping.
 //!
-//! Only the document in use is *seen* (its ETag is the `If-None-Match`): a
-//! refused one is downloaded and tried again on the next round, and at once
-//! after a local reload applied ([`Link::local_reload_applied`]), since the
-//! new file may merge with it. A download is merged with the text the
+//! A document is judged once. `If-None-Match` names the document in use
+//! and the refused one that stands ([`Refusal`]); a 304 for the refused
+//! one (the central's `ETag` says which) is the same verdict: nothing is
+//! merged, logged above debug or counted as a failed reload again, and
+//! `last_error` goes on saying why. A local reload that applied clears the
+//! refusal ([`Link::local_reload_applied`]) and the document is downloaded
+//! again at once, since the new file may merge with it; another document
+//! from the central is downloaded and judged. A download is merged with the
 //! serving snapshot was compiled from, never with the file read again: an
 //! edit on disk that was refused, or is still being written, is the file
 //! watcher's to judge, and never blamed on the central.
@@ -19,6 +23,7 @@
 //! reload while a download stands refused.
 //!
 //! [`Link::local_reload_applied`]: crate::central::Link::local_reload_applied
+//! [`Refusal`]: crate::central::Refusal
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -28,7 +33,7 @@ use tokio::sync::watch;
 use super::reloader::Reloader;
 use super::swap::Source;
 use crate::central::poller::{client, delay, download, DownloadError, Fetched, IDLE};
-use crate::central::{provenance, shown_url, Document};
+use crate::central::{provenance, shown_url, Document, Link, Refusal};
 use crate::config::snapshot::ApiGateway;
 
 /// The poll loop of a downstream; returns when `stop` turns true.
@@ -102,24 +107,26 @@ async fn poll_once(
     settings: &ApiGateway,
     seen: &mut Option<String>,
 ) -> Result<(), DownloadError> {
-    match download(client, settings, seen.as_deref()).await? {
-        // The ETag sent names the document in use: the central serves it
-        // (again), so no refusal stands.
-        Fetched::NotModified => reloader.central.update(|status| {
-            status.not_modified += 1;
-            status.last_download_at = Some(SystemTime::now());
-            status.last_error = None;
-            status.refusal_stands = false;
-        }),
+    let refused = reloader.central.refused_etag();
+    let known: Vec<&str> = seen.iter().chain(&refused).map(String::as_str).collect();
+    match download(client, settings, &known).await? {
+        Fetched::NotModified { etag } => not_modified(
+            &reloader.central,
+            seen.as_deref(),
+            refused.as_deref(),
+            etag.as_deref(),
+        ),
         Fetched::Document { text, etag } => {
             let document = Document::downloaded(text, settings.cache_file.clone());
             let etag = etag.unwrap_or_else(|| document.etag.clone());
             // Validating, compiling and swapping block: off the runtime worker.
             let reloader = Arc::clone(reloader);
             let settings = settings.clone();
-            let in_use = tokio::task::spawn_blocking(move || apply(&reloader, &settings, document))
-                .await
-                .unwrap_or(false);
+            let sent = etag.clone();
+            let in_use =
+                tokio::task::spawn_blocking(move || apply(&reloader, &settings, document, sent))
+                    .await
+                    .unwrap_or(false);
             if in_use {
                 *seen = Some(etag);
             }
@@ -128,10 +135,39 @@ async fn poll_once(
     Ok(())
 }
 
-/// Validates `document` on its own and merged with the serving
-/// configuration, then swaps it in and writes the cache file. Returns
-/// whether it is in use: false when it was refused.
-pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> bool {
+/// A 304 to a request that named `in_use` and `refused`: the central's
+/// `answered` ETag says which it still serves. Asked about the document in
+/// use alone, the 304 is for it; asked about both, only its ETag tells
+/// them apart, and without one nothing is known to have changed.
+fn not_modified(link: &Link, in_use: Option<&str>, refused: Option<&str>, answered: Option<&str>) {
+    let for_in_use = match refused {
+        None => true,
+        Some(_) => answered.is_some() && answered == in_use,
+    };
+    if for_in_use {
+        // The central serves the document in use (again): no refusal stands.
+        link.update(|status| {
+            status.not_modified += 1;
+            status.last_download_at = Some(SystemTime::now());
+            status.last_error = None;
+            status.refusal = None;
+        });
+        return;
+    }
+    // A refusal cleared meanwhile by a local reload is not set again: the
+    // download that reload asked for follows.
+    let stands = refused.is_some_and(|etag| link.refusal_confirmed(etag));
+    link.update(|status| status.not_modified += 1);
+    tracing::debug!(
+        stands,
+        "the central gateway still serves the settings refused before"
+    );
+}
+
+/// Validates `document` (sent with `etag`) on its own and merged with the
+/// serving configuration, then swaps it in and writes the cache file.
+/// Returns whether it is in use: false when it was refused, now or before.
+pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document, etag: String) -> bool {
     let _one_at_a_time = reloader.live.one_reload_at_a_time();
     let current = reloader.central.document();
     if current.is_some_and(|c| c.etag == document.etag) {
@@ -139,10 +175,17 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
             status.unchanged += 1;
             status.last_download_at = document.downloaded_at;
             status.last_error = None;
-            status.refusal_stands = false;
+            status.refusal = None;
         });
         return true;
     }
+    // Under the reload lock: no local reload has applied since the refusal.
+    if reloader.central.refused_body_again(&document.etag) {
+        reloader.central.update(|status| status.unchanged += 1);
+        tracing::debug!("the central gateway sent the settings refused before again");
+        return false;
+    }
+    let digest = document.etag.clone();
     let refusal = match document.validate() {
         Err(invalid) => {
             tracing::error!(
@@ -168,7 +211,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
                     reloader.central.update(|status| {
                         status.applied += 1;
                         status.last_error = None;
-                        status.refusal_stands = false;
+                        status.refusal = None;
                     });
                     None
                 }
@@ -179,10 +222,79 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document) -> 
     let Some(invalid) = refusal else {
         return true;
     };
-    reloader.central.update(|status| {
-        status.refused += 1;
-        status.last_error = Some(format!("the downloaded settings were refused: {invalid}"));
-        status.refusal_stands = true;
+    reloader.central.refuse(Refusal {
+        etag,
+        digest,
+        error: format!("the downloaded settings were refused: {invalid}"),
     });
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IN_USE: &str = "\"in-use\"";
+    const REFUSED: &str = "\"refused\"";
+
+    fn refusing() -> Link {
+        let link = Link::default();
+        link.refuse(Refusal {
+            etag: REFUSED.into(),
+            digest: REFUSED.into(),
+            error: "the downloaded settings were refused: a clash".into(),
+        });
+        link
+    }
+
+    #[test]
+    fn a_304_for_the_refused_document_keeps_the_refusal_and_its_error() {
+        let link = refusing();
+        link.update(|status| status.last_error = Some("the central is unreachable".into()));
+        not_modified(&link, Some(IN_USE), Some(REFUSED), Some(REFUSED));
+        let status = link.status();
+        assert_eq!(status.refused, 1);
+        assert_eq!(status.not_modified, 1);
+        assert_eq!(link.refused_etag().as_deref(), Some(REFUSED));
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("the downloaded settings were refused: a clash")
+        );
+        assert!(
+            status.last_download_at.is_none(),
+            "the 304 confirmed nothing in use"
+        );
+    }
+
+    #[test]
+    fn a_304_without_an_etag_to_both_asked_about_changes_no_verdict() {
+        let link = refusing();
+        not_modified(&link, Some(IN_USE), Some(REFUSED), None);
+        assert_eq!(link.refused_etag().as_deref(), Some(REFUSED));
+    }
+
+    #[test]
+    fn a_304_for_the_document_in_use_ends_the_refusal() {
+        let link = refusing();
+        not_modified(&link, Some(IN_USE), Some(REFUSED), Some(IN_USE));
+        let status = link.status();
+        assert!(status.refusal.is_none());
+        assert!(status.last_error.is_none());
+        assert!(status.last_download_at.is_some());
+    }
+
+    #[test]
+    fn a_local_reload_clears_the_refusal_but_not_its_error() {
+        let link = refusing();
+        link.local_reload_applied();
+        assert!(link.refused_etag().is_none());
+        assert!(
+            link.status().last_error.is_some(),
+            "said until judged again"
+        );
+        // A 304 asked before the reload does not set it again.
+        not_modified(&link, Some(IN_USE), Some(REFUSED), Some(REFUSED));
+        assert!(link.refused_etag().is_none());
+        assert!(!link.refused_body_again(REFUSED));
+    }
 }

@@ -557,6 +557,11 @@ async fn invalid_download_is_refused_and_the_last_good_one_keeps_serving() {
         central_errors() > errors,
         "config_reload_total{{source=central,result=error}}"
     );
+    // A central that ignores `If-None-Match` sends the same refused
+    // document again: it is not judged again.
+    let hits = fake.hits();
+    eventually("three more polls", || fake.hits() >= hits + 3).await;
+    assert_eq!(link.status().refused, 1, "{}", link_summary(&down));
     assert_eq!(generation(&down), start_generation);
     assert_eq!(
         down.get("/remote/a").await.status(),
@@ -896,6 +901,254 @@ async fn a_refused_download_is_applied_once_the_local_file_no_longer_clashes() {
         "the central's current settings were never applied ({})",
         link_summary(&down)
     );
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
+/// One request a downstream sent its central, as the relay passed it on.
+#[derive(Debug, Clone)]
+struct Relayed {
+    if_none_match: Option<String>,
+    status: u16,
+}
+
+/// Between a downstream and its central: passes each request on over HTTP
+/// and records the `If-None-Match` it carried and the status answered, so
+/// a test counts the full downloads the central served.
+struct CountingRelay {
+    addr: SocketAddr,
+    relayed: Arc<Mutex<Vec<Relayed>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    async fn start(central: &Gateway) -> CountingRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = format!("http://{}", central.admin.expect("central admin port"));
+        let relayed = Arc::new(Mutex::new(Vec::new()));
+        let (record, client) = (relayed.clone(), common::client());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (record, client, target) = (record.clone(), client.clone(), target.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (record, client, target) =
+                            (record.clone(), client.clone(), target.clone());
+                        async move { Ok::<_, Infallible>(relay(&client, &target, &record, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        CountingRelay {
+            addr,
+            relayed,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn relayed(&self) -> Vec<Relayed> {
+        self.relayed.lock().expect("relayed").clone()
+    }
+
+    /// Requests relayed after the first `from` that the central answered 200.
+    fn downloads_since(&self, from: usize) -> usize {
+        let relayed = self.relayed();
+        relayed[from.min(relayed.len())..]
+            .iter()
+            .filter(|r| r.status == 200)
+            .count()
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `req` on to `target` with the fields a download carries and
+/// answers with what came back (status, `ETag`, body).
+async fn relay(
+    client: &reqwest::Client,
+    target: &str,
+    record: &Mutex<Vec<Relayed>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut onward = client.get(format!("{target}{path}"));
+    for name in ["authorization", "accept", "if-none-match"] {
+        if let Some(value) = req.headers().get(name) {
+            onward = onward.header(name, value.clone());
+        }
+    }
+    let answer = onward.send().await.expect("the central answers");
+    let status = answer.status();
+    let etag = answer.headers().get("etag").cloned();
+    let body = answer.bytes().await.expect("the central's body");
+    record.lock().expect("relayed").push(Relayed {
+        if_none_match: req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        status: status.as_u16(),
+    });
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if let Some(etag) = etag {
+        response.headers_mut().insert("etag", etag);
+    }
+    response
+}
+
+/// The central's settings moved onto the base path of the downstream's
+/// local API (`/local`): they clash with the downstream's file.
+fn clashing_central(resources: &str) -> String {
+    central_yaml(resources).replace("base_path: /catalog", "base_path: /local")
+}
+
+/// A downstream of `central` through a counting relay, once it has refused
+/// the central's settings for a clash with its file: the relay's count of
+/// requests then, and the configuration the downstream started with.
+async fn refusing_through_relay(
+    central: &Gateway,
+    relay: &CountingRelay,
+    cache: &Path,
+) -> (Gateway, usize, String) {
+    let yaml = Downstream::of_all(relay.url(), cache).yaml();
+    let down = Gateway::start(&yaml).await;
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+    central.write_config(&clashing_central(r#""GET /items""#));
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    let link = &down.state().central;
+    eventually("the clashing download refused", || {
+        link.status().refused >= 1
+    })
+    .await;
+    let refused_at = relay.relayed().len();
+    (down, refused_at, yaml)
+}
+
+/// Moves the tokio clock on until the downstream has asked its central
+/// `polls` more times through `relay` since `from` requests.
+async fn polls_since(relay: &CountingRelay, from: usize, polls: usize) {
+    eventually(&format!("{polls} more polls"), || {
+        relay.relayed().len() >= from + polls
+    })
+    .await;
+}
+
+/// A refused document is downloaded once: later polls ask the central with
+/// its ETag beside the one in use, a 304 names it, and nothing is merged,
+/// refused or counted again; the status goes on saying why it is refused.
+/// Once the local file no longer clashes, the next poll downloads it again
+/// and it applies.
+#[tokio::test]
+async fn a_refused_download_is_not_downloaded_again_until_the_local_file_changes() {
+    let central = start_central(r#""GET /items""#).await;
+    let relay = CountingRelay::start(&central).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let (down, refused_at, yaml) = refusing_through_relay(&central, &relay, &cache).await;
+    let link = &down.state().central;
+    let reload_status = down.state().live.status();
+    let error = link.status().last_error.expect("the refusal in the status");
+    assert!(error.contains("refused"), "{error}");
+
+    polls_since(&relay, refused_at, 3).await;
+    assert_eq!(
+        relay.downloads_since(refused_at),
+        0,
+        "the refused document downloaded again ({}; {:?})",
+        link_summary(&down),
+        relay.relayed()
+    );
+    let asked = relay.relayed()[refused_at]
+        .if_none_match
+        .clone()
+        .expect("a conditional request");
+    assert_eq!(asked.split(", ").count(), 2, "in use and refused: {asked}");
+    let status = link.status();
+    assert_eq!(status.refused, 1, "{}", link_summary(&down));
+    assert_eq!(
+        down.state().live.status().last_reload_at,
+        reload_status.last_reload_at,
+        "a failed reload recorded again"
+    );
+    assert_eq!(
+        status_of(&down).await["central"]["last_error"].as_str(),
+        Some(error.as_str()),
+        "the status no longer says why the central's settings are refused"
+    );
+
+    // The downstream's operator moves the local API out of the way.
+    let before = generation(&down);
+    let fixed_at = relay.relayed().len();
+    down.write_config(&yaml.replace("base_path: /local", "base_path: /local-moved"));
+    down.wait_generation(before + 1).await;
+    eventually("the download applied", || link.status().applied >= 1).await;
+    assert_eq!(
+        down.get("/local/items").await.status(),
+        200,
+        "{}",
+        link_summary(&down)
+    );
+    assert_eq!(relay.downloads_since(fixed_at), 1);
+    assert!(link.status().last_error.is_none());
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
+/// While a download stands refused, a new document from the central (another
+/// ETag) is downloaded and judged again, once; one that merges applies.
+#[tokio::test]
+async fn a_new_document_from_the_central_is_judged_again_while_one_stands_refused() {
+    let central = start_central(r#""GET /items""#).await;
+    let relay = CountingRelay::start(&central).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    let (down, refused_at, _) = refusing_through_relay(&central, &relay, &cache).await;
+    let link = &down.state().central;
+
+    // Another document, clashing still: downloaded once, refused once.
+    central.write_config(&clashing_central(r#""GET /items", "GET /orders""#));
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    eventually("the second document refused", || link.status().refused >= 2).await;
+    let second_at = relay.relayed().len();
+    polls_since(&relay, second_at, 3).await;
+    assert_eq!(
+        relay.downloads_since(refused_at),
+        1,
+        "{}; {:?}",
+        link_summary(&down),
+        relay.relayed()
+    );
+    assert_eq!(link.status().refused, 2, "{}", link_summary(&down));
+
+    // A document that merges: downloaded and applied.
+    central.write_config(&central_yaml(r#""GET /items", "GET /orders""#));
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    eventually("the third document applied", || link.status().applied >= 1).await;
+    assert_eq!(down.get("/catalog/orders").await.status(), 200);
+    assert!(link.status().last_error.is_none());
+    assert_eq!(relay.downloads_since(refused_at), 2);
     down.shutdown().await;
     central.shutdown().await;
 }
