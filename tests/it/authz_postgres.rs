@@ -594,15 +594,7 @@ async fn concurrent_password_guesses_are_checked_no_further_than_the_lock() {
     );
     let gw = &Gateway::start(&yaml).await;
     let guesses: Vec<String> = (0..16).map(|n| format!("guess-{n}")).collect();
-    let replies = join_all(guesses.iter().map(|guess| {
-        let form = [
-            ("grant_type", "password"),
-            ("username", "target"),
-            ("password", guess.as_str()),
-        ];
-        async move { answer(gw, &form).await }
-    }))
-    .await;
+    let replies = join_all(guesses.iter().map(|guess| target_password(gw, guess))).await;
     let checked = replies.iter().filter(|reply| reply.0 == 400).count();
     assert!(
         checked <= 5,
@@ -633,23 +625,23 @@ async fn concurrent_password_guesses_are_checked_no_further_than_the_lock() {
     // password is refused.
     let mut tried = checked;
     for _ in checked..5 {
-        let form = [
-            ("grant_type", "password"),
-            ("username", "target"),
-            ("password", "one-more-guess"),
-        ];
-        let (status, _, body) = answer(gw, &form).await;
+        let (status, _, body) = target_password(gw, "one-more-guess").await;
         assert_eq!(status, 400, "{body}");
         tried += 1;
     }
+    let (status, retry_after, body) = target_password(gw, "target-right-pw").await;
+    assert_eq!(status, 429, "after {tried} tried: {body}");
+    assert!(retry_after.is_some(), "{body}");
+}
+
+/// The password grant for `target` with `password`, answered.
+async fn target_password(gw: &Gateway, password: &str) -> (u16, Option<String>, Value) {
     let form = [
         ("grant_type", "password"),
         ("username", "target"),
-        ("password", "target-right-pw"),
+        ("password", password),
     ];
-    let (status, retry_after, body) = answer(gw, &form).await;
-    assert_eq!(status, 429, "after {tried} tried: {body}");
-    assert!(retry_after.is_some(), "{body}");
+    answer(gw, &form).await
 }
 
 /// A token request's status, `Retry-After` and body.

@@ -420,12 +420,20 @@ async fn expired_foreign_or_forged_tokens_get_401_invalid_token() {
     w.gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn jwks_down_at_start_is_not_ready_and_answers_503_with_retry_after() {
+/// The travels API behind a gateway started while its IdP is down (no
+/// JWKS to fetch), and the configuration it started with.
+async fn idp_down_at_start() -> (Idp, Upstream, String, Gateway) {
     let idp = Idp::start().await;
     idp.set_down(true);
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&travels(&idp, &upstream, "Time travels")).await;
+    let yaml = travels(&idp, &upstream, "Time travels");
+    let gw = Gateway::start(&yaml).await;
+    (idp, upstream, yaml, gw)
+}
+
+#[tokio::test]
+async fn jwks_down_at_start_is_not_ready_and_answers_503_with_retry_after() {
+    let (idp, upstream, _, gw) = idp_down_at_start().await;
     let token = idp.token(&["view"]);
     for _ in 0..5 {
         assert_eq!(gw.readiness().await, 503);
@@ -519,11 +527,7 @@ async fn a_reload_adding_an_unreachable_jwks_keeps_a_ready_gateway_ready() {
 /// keys it started with are fetched.
 #[tokio::test]
 async fn a_reload_before_the_first_ready_adds_its_jwks_to_the_start() {
-    let idp = Idp::start().await;
-    idp.set_down(true);
-    let upstream = Upstream::start().await;
-    let yaml = travels(&idp, &upstream, "Time travels");
-    let gw = Gateway::start(&yaml).await;
+    let (idp, upstream, yaml, gw) = idp_down_at_start().await;
     let (status, not_ready) = readiness_body(&gw).await;
     assert_eq!(status, 503);
     assert_eq!(
