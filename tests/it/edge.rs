@@ -247,6 +247,38 @@ async fn method_override_headers_are_ignored_and_not_forwarded() {
     gw.shutdown().await;
 }
 
+/// A client that sends its whole body before it reads (as simple upload
+/// clients do) still gets the 413 the gateway answered at once: while the
+/// connection closes, the body is read and dropped (like nginx's
+/// `lingering_close`), not left for the kernel to answer with a reset that
+/// cuts the upload off and can destroy the answer unread.
+#[tokio::test]
+async fn a_client_sending_a_large_body_before_it_reads_gets_its_413() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    // More than the socket buffers take while nothing reads them.
+    const BODY: usize = 16 << 20;
+    let mut stream = TcpStream::connect(gw.http).await.unwrap();
+    let head =
+        format!("POST /travels/bookings HTTP/1.1\r\nHost: gw\r\nContent-Length: {BODY}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'b'; 256 << 10];
+    let mut written = Ok(());
+    for _ in 0..BODY / chunk.len() {
+        if let Err(error) = stream.write_all(&chunk).await {
+            written = Err(error);
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(written.is_ok(), "the upload was cut off: {written:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), 413, "{read:?}: {answer}");
+    assert_eq!(upstream.hits(), 0);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn limits_answer_431_414_413_before_the_upstream() {
     let upstream = Upstream::start().await;

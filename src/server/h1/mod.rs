@@ -64,8 +64,16 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Bytes a client may send ahead while its answer streams; past them its
 /// connection is not watched for a close until the answer has ended.
 const WATCHED_BYTES: usize = 64 * 1024;
-/// Bytes read and dropped at most while lingering.
-const LINGER_BYTES: usize = 256 * 1024;
+/// Bytes read and dropped at most while lingering. With [`LINGER`] it
+/// bounds what a closing connection can ask of the gateway; it is high
+/// enough that a client still sending a large body after an early answer
+/// (a 413, an upstream's refusal) has it read and dropped rather than
+/// reset, so that it reads the answer.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes read while lingering before the task yields: a client sending as
+/// fast as it can neither holds the thread nor keeps [`LINGER`] from ending
+/// the drain.
+const LINGER_TURN: usize = 256 * 1024;
 
 /// How a connection's exchanges ended.
 pub enum Ending {
@@ -735,12 +743,22 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(wire: &Mutex<Wire<S>>, linger:
         return;
     }
     let mut dropped = 0;
-    let drain = poll_fn(|cx| loop {
-        let mut wire = lock(wire);
-        wire.buf.clear();
-        match ready!(wire.poll_fill(cx)) {
-            Ok(n) if n > 0 && dropped < LINGER_BYTES => dropped += n,
-            _ => return Poll::Ready(()),
+    let drain = poll_fn(|cx| {
+        let mut turn = 0;
+        loop {
+            let mut wire = lock(wire);
+            wire.buf.clear();
+            match ready!(wire.poll_fill(cx)) {
+                Ok(n) if n > 0 && dropped < LINGER_BYTES => {
+                    dropped += n;
+                    turn += n;
+                    if turn >= LINGER_TURN {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+                _ => return Poll::Ready(()),
+            }
         }
     });
     let _ = tokio::time::timeout(LINGER, drain).await;
