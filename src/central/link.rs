@@ -129,7 +129,8 @@ impl Link {
 
     /// The ETag of the refused document that stands, if one does.
     pub fn refused_etag(&self) -> Option<String> {
-        self.status().refusal.map(|refusal| refusal.etag)
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.refusal.as_ref().map(|refusal| refusal.etag.clone())
     }
 
     /// Records `refusal` as the verdict on the document the central serves.
