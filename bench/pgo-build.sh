@@ -155,14 +155,26 @@ load() { # seconds url [wrk args...]
     shift 2
     wrk -t2 -c64 -d"${seconds}s" "$@" "$url" >/dev/null
 }
-# train BINARY: BINARY serves the training configuration under the load
-# above, then stops cleanly (an instrumented binary writes its counts as
-# it exits). The authorization server starts afresh each time.
-train() {
+# serve BINARY: BINARY serves the training configuration, its
+# authorization server afresh; stop_serving stops it (an instrumented
+# binary writes its counts as it exits) and fails if it did not end well.
+serve() {
     rm -f "$WORK"/oauth.db* "$WORK/signing-key.pem"
     MCGW_LOG=warn "$1" start -c "$WORK/training.yaml" 2>"$WORK/gateway.log" &
     GATEWAY=$!
     wait_port "$PORT"
+}
+stop_serving() {
+    local ended=0
+    kill -TERM "$GATEWAY"
+    wait "$GATEWAY" || ended=$?
+    GATEWAY=""
+    return "$ended"
+}
+# train BINARY: BINARY serves the training configuration under the load
+# above, then stops.
+train() {
+    serve "$1"
     VIEW=$(token view)
     if [ -z "$VIEW" ]; then
         echo "the training gateway issued no token:" >&2
@@ -181,18 +193,13 @@ train() {
     load 2 "https://127.0.0.1:$TLS_PORT/protected/items" -H "Authorization: Bearer $VIEW"
     h2load -n 40000 -c 16 -m 8 "http://127.0.0.1:$PORT/plain/items" >/dev/null
     h2load -n 20000 -c 16 -m 8 -H "Authorization: Bearer $VIEW" "https://127.0.0.1:$TLS_PORT/protected/items" >/dev/null
-    kill -TERM "$GATEWAY"
-    wait "$GATEWAY" || true
-    GATEWAY=""
+    stop_serving || true
 }
 # smoke BINARY: the binary about to be handed out answers as the gateway
 # must on each kind of route the training took (its layout changed, its
 # code did not: any other answer is a broken build).
 smoke() {
-    rm -f "$WORK"/oauth.db* "$WORK/signing-key.pem"
-    MCGW_LOG=warn "$1" start -c "$WORK/training.yaml" 2>"$WORK/gateway.log" &
-    GATEWAY=$!
-    wait_port "$PORT"
+    serve "$1"
     local view failed=""
     view=$(token view || true)
     expect() { # status curl-args...
@@ -212,9 +219,7 @@ smoke() {
     expect 200 -k "https://127.0.0.1:$TLS_PORT/plain/items"
     expect 200 --http2-prior-knowledge "http://127.0.0.1:$PORT/plain/items"
     expect 200 -k --http2 "https://127.0.0.1:$TLS_PORT/plain/items"
-    kill -TERM "$GATEWAY"
-    wait "$GATEWAY" || failed="$failed\n  did not stop cleanly"
-    GATEWAY=""
+    stop_serving || failed="$failed\n  did not stop cleanly"
     if [ -n "$failed" ]; then
         printf "the optimized gateway answered wrongly:%b\n" "$failed" >&2
         cat "$WORK/gateway.log" >&2
