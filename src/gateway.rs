@@ -73,10 +73,6 @@ impl State {
     pub fn reload(&self, source: Source) -> Result<u64, Invalid> {
         self.reloader.reload(source)
     }
-
-    pub fn is_ready(&self) -> bool {
-        self.admin.is_ready()
-    }
 }
 
 /// A started gateway with its bound addresses.

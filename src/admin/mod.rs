@@ -78,10 +78,6 @@ impl Admin {
             jwks_pending,
         }
     }
-
-    pub fn is_ready(&self) -> bool {
-        self.readiness().ready
-    }
 }
 
 /// Answers `req`, from `peer`, on the admin port.
