@@ -8,7 +8,10 @@
 //! answers GET and POST with HTML pages and redirects. Store and Argon2
 //! work run on the blocking pool, never on the reactor: Argon2 on at most
 //! half the cores, jobs on as many threads as that too (SQLite) or as the
-//! database has connections (PostgreSQL) (`workers`).
+//! database has connections (PostgreSQL) (`workers`). A request that may
+//! have a password checked waits for its turn at Argon2 before it takes a
+//! worker, so that a flood of password guesses leaves the workers to the
+//! other requests.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,7 +34,7 @@ use super::revoke::{self, RevokeContext};
 use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
 use super::store::{PostgresStore, Removed, SqliteStore, TokenStore, TokenSummary};
-use super::workers::Workers;
+use super::workers::{self, Gate, Workers};
 use super::AuthzError;
 
 /// Largest request body the endpoints read; their forms are a few hundred
@@ -80,6 +83,19 @@ fn route(path: &str) -> Option<Endpoint> {
     }
 }
 
+/// Whether `req` may have a password checked: a form posted to the token
+/// endpoint (the password grant) or to the approval page (its login) with
+/// a `password`, read as both read their forms. A request this misjudges
+/// is still bounded by Argon2's own gate; it only waits in the wrong line.
+fn may_check_password(req: &Request<Bytes>) -> bool {
+    req.method() == Method::POST
+        && matches!(
+            route(req.uri().path()),
+            Some(Endpoint::Token | Endpoint::Authorize)
+        )
+        && Form::parse_keeping_repeats(req.body()).is_ok_and(|form| form.get("password").is_some())
+}
+
 /// Whether `path` (without query) belongs to the authorization server.
 pub fn is_endpoint(path: &str) -> bool {
     route(path).is_some()
@@ -104,6 +120,9 @@ struct Inner {
     approval: Approval,
     metadata: Bytes,
     workers: Workers,
+    /// Passed before a worker by each request that may have a password
+    /// checked: as many at once as Argon2 may run.
+    password_checks: Gate,
 }
 
 impl AuthorizationServer {
@@ -152,6 +171,7 @@ impl AuthorizationServer {
                 approval,
                 metadata,
                 workers,
+                password_checks: Gate::new(workers::half_the_cores()),
             }),
         })
     }
@@ -234,16 +254,20 @@ impl AuthorizationServer {
                 .dispatch(&req, ctx, now)
                 .unwrap_or_else(OAuthError::into_response);
         }
+        let checks_password = may_check_password(&req);
         let inner = Arc::clone(&self.inner);
-        self.inner
-            .workers
-            .run(move || {
-                inner
-                    .dispatch(&req, ctx, now)
-                    .unwrap_or_else(OAuthError::into_response)
-            })
-            .await
-            .unwrap_or_else(|failed| OAuthError::from(failed).into_response())
+        let job = move || {
+            inner
+                .dispatch(&req, ctx, now)
+                .unwrap_or_else(OAuthError::into_response)
+        };
+        let workers = &self.inner.workers;
+        let answer = if checks_password {
+            workers.run_after(&self.inner.password_checks, job).await
+        } else {
+            workers.run(job).await
+        };
+        answer.unwrap_or_else(|failed| OAuthError::from(failed).into_response())
     }
 
     /// Issued tokens, without their values, for the admin API.
@@ -613,5 +637,59 @@ mod tests {
         }
         assert!(!is_endpoint("/oauth2/token/"));
         assert!(!is_endpoint("/travels/oauth2/token"));
+    }
+
+    fn request(method: Method, path: &str, body: &'static str) -> Request<Bytes> {
+        let mut req = Request::new(Bytes::from_static(body.as_bytes()));
+        *req.method_mut() = method;
+        *req.uri_mut() = path.parse().expect("path");
+        req
+    }
+
+    #[test]
+    fn the_requests_that_may_check_a_password_are_told_apart() {
+        let grant = "grant_type=password&username=alice&password=p%40ss";
+        let login = "client_id=app&username=alice&password=secret";
+        for (method, path, body) in [
+            (Method::POST, "/oauth2/token", grant),
+            (
+                Method::POST,
+                "/invoke/pub.apigateway.oauth2/getAccessToken",
+                grant,
+            ),
+            (Method::POST, "/oauth2/authorize", login),
+            // Read as the endpoints read them: repeated, or a grant type
+            // spelled with escapes, still checks the (first) password.
+            (Method::POST, "/oauth2/token", "password=a&password=b"),
+            (
+                Method::POST,
+                "/oauth2/token",
+                "grant_type=pass%77ord&password=x",
+            ),
+        ] {
+            assert!(
+                may_check_password(&request(method, path, body)),
+                "{path} {body}"
+            );
+        }
+        for (method, path, body) in [
+            (
+                Method::POST,
+                "/oauth2/token",
+                "grant_type=client_credentials",
+            ),
+            (
+                Method::POST,
+                "/oauth2/token",
+                "grant_type=password&username=a&password=",
+            ),
+            (Method::POST, "/oauth2/introspect", "token=t&password=x"),
+            (Method::GET, "/oauth2/authorize", login),
+        ] {
+            assert!(
+                !may_check_password(&request(method, path, body)),
+                "{path} {body}"
+            );
+        }
     }
 }

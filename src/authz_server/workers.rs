@@ -13,7 +13,11 @@
 //! With a store on the network (PostgreSQL) most of a job is waiting for
 //! the database, so the jobs are bounded by its connection pool instead,
 //! and the CPU bound moves onto Argon2 itself: [`CpuGate`], half the cores,
-//! taken inside the job around each hash check.
+//! taken inside the job around each hash check. A job that will check a
+//! password first passes a [`Gate`] of its own ([`Workers::run_after`]),
+//! as wide as the [`CpuGate`]: password checks beyond it wait there,
+//! holding no worker, so that a flood of them leaves the workers to the
+//! requests that need none (introspection, a refresh, a client's token).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,11 +30,25 @@ pub const MAX_WAITING: usize = 1024;
 /// The longest a job waits for a permit.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 
+/// Half the cores, at least one: what CPU-heavy work may take, leaving the
+/// data path the other half.
+pub fn half_the_cores() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).max(1)
+}
+
+/// A bounded admission: at most `limit` holders at once, at most
+/// `max_waiting` waiting, each for at most `max_wait`.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    queue: Arc<Queue>,
+}
+
 /// A bounded gate in front of `spawn_blocking`.
 #[derive(Debug, Clone)]
 pub struct Workers {
-    permits: Arc<Semaphore>,
-    queue: Arc<Queue>,
+    gate: Gate,
 }
 
 /// The jobs waiting for a permit, and their bounds.
@@ -53,24 +71,17 @@ pub enum JobFailed {
     Busy,
 }
 
-impl Workers {
-    /// Half the cores, at least one: the data path keeps the other half
-    /// however many token requests arrive.
-    pub fn sized_from_cores() -> Workers {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Workers::new((cores / 2).max(1))
+impl Gate {
+    /// At most `limit` holders, the waits bounded by [`MAX_WAITING`] and
+    /// [`MAX_WAIT`].
+    pub fn new(limit: usize) -> Gate {
+        Gate::bounded(limit, MAX_WAITING, MAX_WAIT)
     }
 
-    /// At most `limit` jobs at once, the waits bounded by [`MAX_WAITING`]
-    /// and [`MAX_WAIT`].
-    pub fn new(limit: usize) -> Workers {
-        Workers::bounded(limit, MAX_WAITING, MAX_WAIT)
-    }
-
-    /// At most `limit` jobs at once, `max_waiting` waiting, each for at
+    /// At most `limit` holders at once, `max_waiting` waiting, each for at
     /// most `max_wait`.
-    pub fn bounded(limit: usize, max_waiting: usize, max_wait: Duration) -> Workers {
-        Workers {
+    pub fn bounded(limit: usize, max_waiting: usize, max_wait: Duration) -> Gate {
+        Gate {
             permits: Arc::new(Semaphore::new(limit)),
             queue: Arc::new(Queue {
                 waiting: AtomicUsize::new(0),
@@ -80,21 +91,13 @@ impl Workers {
         }
     }
 
-    /// Runs `job` on a blocking thread once a permit is free.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, JobFailed> {
-        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => self.wait_for_permit().await?,
-        };
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            job()
-        })
-        .await
-        .map_err(|_| JobFailed::Panicked)
+    /// A permit, at once or after a bounded wait; [`JobFailed::Busy`] when
+    /// none came in time or too many wait already.
+    pub async fn enter(&self) -> Result<OwnedSemaphorePermit, JobFailed> {
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(_) => self.wait_for_permit().await,
+        }
     }
 
     async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, JobFailed> {
@@ -120,6 +123,63 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Half the cores, at least one: the data path keeps the other half
+    /// however many token requests arrive.
+    pub fn sized_from_cores() -> Workers {
+        Workers::new(half_the_cores())
+    }
+
+    /// At most `limit` jobs at once, the waits bounded by [`MAX_WAITING`]
+    /// and [`MAX_WAIT`].
+    pub fn new(limit: usize) -> Workers {
+        Workers::bounded(limit, MAX_WAITING, MAX_WAIT)
+    }
+
+    /// At most `limit` jobs at once, `max_waiting` waiting, each for at
+    /// most `max_wait`.
+    pub fn bounded(limit: usize, max_waiting: usize, max_wait: Duration) -> Workers {
+        Workers {
+            gate: Gate::bounded(limit, max_waiting, max_wait),
+        }
+    }
+
+    /// Runs `job` on a blocking thread once a permit is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, JobFailed> {
+        let permit = self.gate.enter().await?;
+        run_holding((permit, None), job).await
+    }
+
+    /// Runs `job` once `first` admits it and then a worker is free: while
+    /// it waits for `first` it holds no worker. It keeps both permits
+    /// until it returns, even if its caller has gone.
+    pub async fn run_after<T: Send + 'static>(
+        &self,
+        first: &Gate,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, JobFailed> {
+        let admitted = first.enter().await?;
+        let permit = self.gate.enter().await?;
+        run_holding((permit, Some(admitted)), job).await
+    }
+}
+
+/// Runs `job` on a blocking thread, which holds `permits` until it returns.
+async fn run_holding<T: Send + 'static>(
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, JobFailed> {
+    tokio::task::spawn_blocking(move || {
+        let _permits = permits;
+        job()
+    })
+    .await
+    .map_err(|_| JobFailed::Panicked)
+}
+
 /// At most `limit` CPU-heavy sections (Argon2) at once among blocking
 /// jobs; the others wait on their (blocking) thread.
 #[derive(Debug)]
@@ -132,8 +192,7 @@ pub struct CpuGate {
 impl CpuGate {
     /// Half the cores, at least one.
     pub fn sized_from_cores() -> CpuGate {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        CpuGate::new((cores / 2).max(1))
+        CpuGate::new(half_the_cores())
     }
 
     pub fn new(limit: usize) -> CpuGate {
@@ -272,15 +331,88 @@ mod tests {
 
     /// Waits (10 s at most) until `n` jobs wait for a permit.
     async fn until_waiting(workers: &Workers, n: usize) {
+        until_gate(&workers.gate, 0, n).await;
+    }
+
+    /// Waits (10 s at most) until `gate` has `free` permits and `n` jobs
+    /// wait for one.
+    async fn until_gate(gate: &Gate, free: usize, n: usize) {
         for _ in 0..1000 {
-            if workers.queue.waiting.load(Ordering::Acquire) == n
-                && workers.permits.available_permits() == 0
+            if gate.queue.waiting.load(Ordering::Acquire) == n
+                && gate.permits.available_permits() == free
             {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("{n} jobs never waited");
+        panic!("never {free} free and {n} waiting");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_checks_wait_for_their_turn_holding_no_worker() {
+        let workers = Workers::new(2);
+        let checks = Gate::new(1);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let (workers, checks) = (workers.clone(), checks.clone());
+            tokio::spawn(async move {
+                workers
+                    .run_after(&checks, move || held.recv().expect("released"))
+                    .await
+            })
+        };
+        until_gate(&workers.gate, 1, 0).await;
+        let next: Vec<_> = (0..3)
+            .map(|n| {
+                let (workers, checks) = (workers.clone(), checks.clone());
+                tokio::spawn(async move { workers.run_after(&checks, move || n).await })
+            })
+            .collect();
+        until_gate(&checks, 0, 3).await;
+        // Three checks wait, one runs: the second worker is free for a job
+        // that checks no password.
+        assert_eq!(workers.gate.permits.available_permits(), 1);
+        let cheap = tokio::time::timeout(Duration::from_secs(10), workers.run(|| 7)).await;
+        assert_eq!(cheap, Ok(Ok(7)));
+        release.send(()).expect("first");
+        assert_eq!(first.await.expect("joined"), Ok(()));
+        for (n, check) in next.into_iter().enumerate() {
+            assert_eq!(check.await.expect("joined"), Ok(n), "waited, then ran");
+        }
+        until_gate(&checks, 1, 0).await;
+        until_gate(&workers.gate, 2, 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_password_check_keeps_its_turn_until_it_returns_though_its_caller_went() {
+        let workers = Workers::new(2);
+        let checks = Gate::new(1);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (ran, done) = std::sync::mpsc::channel::<()>();
+        let caller = {
+            let (workers, checks) = (workers.clone(), checks.clone());
+            tokio::spawn(async move {
+                workers
+                    .run_after(&checks, move || {
+                        held.recv().expect("released");
+                        ran.send(()).expect("told");
+                    })
+                    .await
+            })
+        };
+        until_gate(&checks, 0, 0).await;
+        until_gate(&workers.gate, 1, 0).await;
+        caller.abort();
+        assert!(caller.await.is_err_and(|e| e.is_cancelled()));
+        // The job still runs: both its permits are still taken.
+        assert_eq!(checks.permits.available_permits(), 0);
+        assert_eq!(workers.gate.permits.available_permits(), 1);
+        release.send(()).expect("job");
+        tokio::task::spawn_blocking(move || done.recv().expect("ran"))
+            .await
+            .expect("joined");
+        until_gate(&checks, 1, 0).await;
+        until_gate(&workers.gate, 2, 0).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +434,7 @@ mod tests {
         for (n, waiter) in waiters.into_iter().enumerate() {
             assert_eq!(waiter.await.expect("joined"), Ok(n), "waited, then ran");
         }
-        assert_eq!(workers.queue.waiting.load(Ordering::Acquire), 0);
+        assert_eq!(workers.gate.queue.waiting.load(Ordering::Acquire), 0);
         assert_eq!(workers.run(|| 7).await, Ok(7));
     }
 
@@ -312,7 +444,7 @@ mod tests {
         let (release, holder) = hold(&workers);
         until_waiting(&workers, 0).await;
         assert_eq!(workers.run(|| 9).await, Err(JobFailed::Busy));
-        assert_eq!(workers.queue.waiting.load(Ordering::Acquire), 0);
+        assert_eq!(workers.gate.queue.waiting.load(Ordering::Acquire), 0);
         release.send(()).expect("holder");
         holder.await.expect("joined");
         assert_eq!(workers.run(|| 7).await, Ok(7));

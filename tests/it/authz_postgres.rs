@@ -4,9 +4,11 @@
 //! database outage is a 503 `temporarily_unavailable` that ends without
 //! restarting a gateway.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
 use crate::authorize::{cheap_hash, code_from, code_query, pkce, query, Browser, CALLBACK, SECRET};
@@ -587,11 +589,7 @@ async fn concurrent_password_guesses_are_checked_no_further_than_the_lock() {
         .hash_password(b"target-right-pw")
         .expect("hash")
         .to_string();
-    let yaml = yaml(&pg.url(&database), shared.path()).replacen(
-        "  clients:\n",
-        &format!("  - {{ username: target, password_hash: \"{expensive}\" }}\n  clients:\n"),
-        1,
-    );
+    let yaml = with_target(&yaml(&pg.url(&database), shared.path()), &expensive);
     let gw = &Gateway::start(&yaml).await;
     let guesses: Vec<String> = (0..16).map(|n| format!("guess-{n}")).collect();
     let replies = join_all(guesses.iter().map(|guess| target_password(gw, guess))).await;
@@ -632,6 +630,86 @@ async fn concurrent_password_guesses_are_checked_no_further_than_the_lock() {
     let (status, retry_after, body) = target_password(gw, "target-right-pw").await;
     assert_eq!(status, 429, "after {tried} tried: {body}");
     assert!(retry_after.is_some(), "{body}");
+}
+
+/// `yaml` with a user more, `target`, whose password hash is `hash`.
+fn with_target(yaml: &str, hash: &str) -> String {
+    yaml.replacen(
+        "  clients:\n",
+        &format!("  - {{ username: target, password_hash: \"{hash}\" }}\n  clients:\n"),
+        1,
+    )
+}
+
+/// A flood of password grants for a user whose hash is costly (each check
+/// a good part of a second, one at a time on two cores): the requests that
+/// check no password (introspection here) are answered at once all the
+/// same. The grants wait for their turn at Argon2 holding no worker (and
+/// no connection of the pool); before, they held every worker and an
+/// introspection queued behind all of them, past the bound of the wait,
+/// and got the busy 503. Each grant is answered with a token or with that
+/// documented busy answer, nothing else.
+#[tokio::test]
+async fn a_flood_of_password_checks_leaves_the_workers_to_other_requests() {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+    let pg = Postgres::shared();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let params = Params::new(64 * 1024, 4, 1, None).expect("params");
+    let costly = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(b"target-right-pw")
+        .expect("hash")
+        .to_string();
+    let yaml = with_target(&yaml(&pg.url(&database), shared.path()), &costly);
+    let gw = &Gateway::start(&yaml).await;
+    let (status, body) = password_grant(gw, "wonderland").await;
+    assert_eq!(status, 200, "{body}");
+    let token = string(&body, "access_token");
+    let mut flood: FuturesUnordered<_> = (0..40)
+        .map(|_| target_password(gw, "target-right-pw"))
+        .collect();
+    // Once a grant is answered, the others are in line behind it.
+    let first = flood.next().await.expect("answered");
+    let grants = RefCell::new(vec![first]);
+    let drain = async {
+        while let Some(grant) = flood.next().await {
+            grants.borrow_mut().push(grant);
+        }
+    };
+    let introspections = async {
+        let form = [("token", token.as_str())];
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let introspector = ("introspector", "intro-secret");
+            answers.push(post(gw, "/oauth2/introspect", introspector, &form).await);
+        }
+        // Before, they were answered only once the grants in line before
+        // them had waited out their bound (and been refused as busy).
+        let busy = grants
+            .borrow()
+            .iter()
+            .filter(|grant| grant.0 == 503)
+            .count();
+        assert_eq!(busy, 0, "the introspections waited behind the grants");
+        answers
+    };
+    let (answers, ()) = tokio::join!(introspections, drain);
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "introspection during the flood: {body}");
+        assert_eq!(body["active"], true, "{body}");
+    }
+    let grants = grants.into_inner();
+    for (status, retry_after, body) in &grants {
+        match status {
+            200 => assert!(body["access_token"].is_string(), "{body}"),
+            503 => {
+                assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+                assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(grants.iter().any(|grant| grant.0 == 200), "{grants:?}");
 }
 
 /// The password grant for `target` with `password`, answered.
