@@ -3,7 +3,11 @@
 //! its validators (and with them its JWKS and verified-token cache); the
 //! introspection cache drops the entries of an auth server that changed.
 //! Prepared before a snapshot is swapped in, so a request never meets an
-//! auth server without validators.
+//! auth server without validators; and those of an auth server the new
+//! snapshot removed stay for one more snapshot, so that a request that
+//! began on the old one (which still names it) is validated as it says.
+//! An auth server that changed validates with its new settings at once,
+//! requests begun before the change included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,11 +44,33 @@ impl Validators {
 }
 
 pub struct Authenticator {
-    servers: ArcSwap<HashMap<Arc<str>, Arc<Validators>>>,
+    servers: ArcSwap<Generations>,
     introspection_cache: Arc<IntrospectionCache>,
     /// Keys of this instance's authorization server, published in-process.
     local_keys: Arc<ArcSwap<KeySet>>,
     http: reqwest::Client,
+}
+
+/// Validators by auth server id.
+type ById = HashMap<Arc<str>, Arc<Validators>>;
+
+/// The validators of the serving snapshot's auth servers, and those of the
+/// snapshot it replaced.
+#[derive(Default)]
+struct Generations {
+    current: ById,
+    previous: ById,
+}
+
+impl Generations {
+    /// The serving snapshot's validators of `auth_server`, or else those
+    /// it had in the snapshot before (where a request begun there still
+    /// finds the auth server the serving one removed).
+    fn of(&self, auth_server: &str) -> Option<&Arc<Validators>> {
+        self.current
+            .get(auth_server)
+            .or_else(|| self.previous.get(auth_server))
+    }
 }
 
 impl Default for Authenticator {
@@ -72,7 +98,7 @@ fn http_client(ca_bundle: Option<&[u8]>) -> reqwest::Client {
 impl Authenticator {
     pub fn new() -> Authenticator {
         Authenticator {
-            servers: ArcSwap::from_pointee(HashMap::new()),
+            servers: ArcSwap::from_pointee(Generations::default()),
             introspection_cache: Arc::new(IntrospectionCache::new(INTROSPECTION_CACHE_CAPACITY)),
             local_keys: Arc::new(ArcSwap::from_pointee(KeySet::default())),
             http: http_client(None),
@@ -90,8 +116,9 @@ impl Authenticator {
             .authorization_server
             .as_ref()
             .map(|a| a.issuer.as_str());
-        let current = self.servers.load();
-        let next: HashMap<Arc<str>, Arc<Validators>> = snapshot
+        let generations = self.servers.load();
+        let current = &generations.current;
+        let next: ById = snapshot
             .auth_servers
             .iter()
             .map(|(id, settings)| {
@@ -113,7 +140,10 @@ impl Authenticator {
         for id in current.keys().filter(|id| !next.contains_key(*id)) {
             self.introspection_cache.clear_auth_server(id);
         }
-        self.servers.store(Arc::new(next));
+        self.servers.store(Arc::new(Generations {
+            current: next,
+            previous: current.clone(),
+        }));
     }
 
     fn build(&self, id: &Arc<str>, settings: &Arc<AuthServer>, in_process: bool) -> Validators {
@@ -184,6 +214,7 @@ impl Authenticator {
         let mut pending: Vec<Arc<str>> = self
             .servers
             .load()
+            .current
             .iter()
             .filter(|(_, v)| v.jwt.as_ref().is_some_and(|jwt| !jwt.jwks().is_ready()))
             .map(|(id, _)| id.clone())
@@ -193,7 +224,7 @@ impl Authenticator {
     }
 
     pub fn validators(&self, auth_server: &str) -> Option<Arc<Validators>> {
-        self.servers.load().get(auth_server).cloned()
+        self.servers.load().of(auth_server).cloned()
     }
 
     /// Validates `token` for `auth_server`: a JWT locally when the auth
@@ -232,7 +263,52 @@ fn count_dots(bytes: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::count_dots;
+    use super::*;
+    use crate::config::{load_text, Env};
+    use std::path::Path;
+
+    /// `partners` (opaque tokens, introspected at `endpoint`) and an API on
+    /// it, or, without `endpoint`, neither.
+    fn snapshot(endpoint: Option<&str>) -> Snapshot {
+        let yaml = match endpoint {
+            Some(endpoint) => format!(
+                "security_settings:\n  auth_servers:\n  - id: partners\n    name: partners\n    remoteIntrospectionConfig: {{ introspectionEndpoint: \"{endpoint}\", clientId: gw, clientSecret: s }}\napis:\n- name: Partners\n  base_path: /partners\n  upstream: {{ url: \"http://127.0.0.1:9/\" }}\n  authentication: {{ type: oauth2, auth_server: partners }}\n  resources: [\"GET /status\"]\n"
+            ),
+            None => "apis: []\n".to_owned(),
+        };
+        load_text(Path::new("microgateway.yaml"), &yaml, &Env::new(), 1)
+            .expect("valid configuration")
+            .snapshot
+    }
+
+    #[test]
+    fn an_auth_server_removed_still_validates_for_the_snapshot_before() {
+        let auth = Authenticator::new();
+        auth.prepare(&snapshot(Some("http://127.0.0.1:9/introspect")));
+        let prepared = auth.validators("partners").expect("prepared");
+        // A request that began on the first snapshot finds its validators
+        // after the second is prepared (and swapped in).
+        auth.prepare(&snapshot(None));
+        let found = auth.validators("partners").expect("kept for one snapshot");
+        assert!(Arc::ptr_eq(&prepared, &found));
+        assert!(auth.jwks_pending().is_empty());
+        auth.prepare(&snapshot(None));
+        assert!(auth.validators("partners").is_none());
+    }
+
+    #[test]
+    fn an_auth_server_changed_validates_with_its_new_settings_at_once() {
+        let auth = Authenticator::new();
+        auth.prepare(&snapshot(Some("http://127.0.0.1:9/introspect")));
+        let before = auth.validators("partners").expect("prepared");
+        auth.prepare(&snapshot(Some("http://127.0.0.1:9/introspect")));
+        let unchanged = auth.validators("partners").expect("prepared");
+        assert!(Arc::ptr_eq(&before, &unchanged), "kept: the same settings");
+        auth.prepare(&snapshot(Some("http://127.0.0.1:10/introspect")));
+        let changed = auth.validators("partners").expect("prepared");
+        assert!(!Arc::ptr_eq(&before, &changed));
+        assert_ne!(changed.settings, before.settings);
+    }
 
     #[test]
     fn dots_are_counted_across_chunks() {
