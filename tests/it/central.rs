@@ -155,6 +155,13 @@ fn following<'a>(central: &Gateway, cache: &'a Path) -> Downstream<'a> {
     }
 }
 
+/// A temporary directory, and the path of a settings cache in it.
+fn cache_in_tempdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache = dir.path().join("settings.yaml");
+    (dir, cache)
+}
+
 fn generation(gw: &Gateway) -> u64 {
     gw.state().live.generation()
 }
@@ -360,8 +367,7 @@ async fn downstream_serves_what_the_central_defines_and_follows_its_changes() {
 #[tokio::test]
 async fn downstream_restarted_while_central_is_down_starts_from_cache() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let yaml = following(&central, &cache).yaml();
     let first = Gateway::start(&yaml).await;
     first.shutdown().await;
@@ -384,8 +390,7 @@ async fn downstream_restarted_while_central_is_down_starts_from_cache() {
 
 #[tokio::test]
 async fn central_down_and_no_cache_is_a_start_error() {
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let closed = crate::common::Refusing::new();
     let url = format!("http://{}", closed.addr);
     let downstream = Downstream {
@@ -407,8 +412,7 @@ async fn central_down_and_no_cache_is_a_start_error() {
 #[tokio::test]
 async fn wrong_credentials_are_a_clear_start_error() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream {
         password: "not-the-password",
         ..following(&central, &cache)
@@ -429,8 +433,7 @@ async fn wrong_credentials_are_a_clear_start_error() {
 #[tokio::test]
 async fn downstream_takes_only_the_apis_it_names() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream {
         apis: &["Catalog"],
         ..following(&central, &cache)
@@ -445,8 +448,7 @@ async fn downstream_takes_only_the_apis_it_names() {
 #[tokio::test]
 async fn settings_alone_give_local_apis_the_central_auth_servers() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream {
         apis_flag: false,
         ..following(&central, &cache)
@@ -542,8 +544,7 @@ apis:
 #[tokio::test]
 async fn invalid_download_is_refused_and_the_last_good_one_keeps_serving() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream::of_all(fake.url(), &cache);
     let down = Gateway::start(&downstream.yaml()).await;
     assert_eq!(down.get("/remote/a").await.status(), 200);
@@ -585,8 +586,7 @@ async fn invalid_download_is_refused_and_the_last_good_one_keeps_serving() {
 #[tokio::test]
 async fn central_is_never_contacted_when_both_flags_are_false() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream {
         url: fake.url(),
         password: PASSWORD,
@@ -683,8 +683,7 @@ apis:
 #[tokio::test]
 async fn start_keeps_the_good_cache_when_the_download_does_not_merge() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream::of_all(fake.url(), &cache);
     let yaml = downstream.yaml();
     let first = Gateway::start(&yaml).await;
@@ -717,8 +716,7 @@ async fn start_keeps_the_good_cache_when_the_download_does_not_merge() {
 #[tokio::test]
 async fn cache_file_is_read_bounded_when_the_central_is_down() {
     use std::io::Write;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let made = std::process::Command::new("mkfifo")
         .arg(&cache)
         .status()
@@ -785,8 +783,7 @@ apis:
         upstream.url("/up")
     );
     let fake = FakeCentral::start(&document).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream::of_all(fake.url(), &cache);
     let error = Gateway::try_start(&downstream.yaml(), common::Env::new())
         .await
@@ -801,8 +798,7 @@ apis:
 /// `api_gateway.password` is.
 #[tokio::test]
 async fn status_and_settings_do_not_show_a_password_in_the_central_url() {
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream {
         url: "https://fleet:url-password-123@central.example:9485".to_owned(),
         password: PASSWORD,
@@ -856,8 +852,7 @@ fn link_summary(gw: &Gateway) -> String {
 #[tokio::test]
 async fn a_refused_download_is_applied_once_the_local_file_no_longer_clashes() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let yaml = following(&central, &cache).yaml();
     let down = Gateway::start(&yaml).await;
     assert_eq!(down.get("/catalog/items").await.status(), 200);
@@ -1058,8 +1053,7 @@ async fn polls_since(relay: &CountingRelay, from: usize, polls: usize) {
 async fn a_refused_download_is_not_downloaded_again_until_the_local_file_changes() {
     let central = start_central(r#""GET /items""#).await;
     let relay = CountingRelay::start(&central).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let (down, refused_at, yaml) = refusing_through_relay(&central, &relay, &cache).await;
     let link = &down.state().central;
     let reload_status = down.state().live.status();
@@ -1116,8 +1110,7 @@ async fn a_refused_download_is_not_downloaded_again_until_the_local_file_changes
 async fn a_new_document_from_the_central_is_judged_again_while_one_stands_refused() {
     let central = start_central(r#""GET /items""#).await;
     let relay = CountingRelay::start(&central).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let (down, refused_at, _) = refusing_through_relay(&central, &relay, &cache).await;
     let link = &down.state().central;
 
@@ -1159,8 +1152,7 @@ async fn a_new_document_from_the_central_is_judged_again_while_one_stands_refuse
 #[tokio::test]
 async fn a_download_merges_with_the_serving_file_not_a_refused_edit_on_disk() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let yaml = following(&central, &cache).yaml();
     let down = Gateway::start(&yaml).await;
     assert_eq!(down.get("/catalog/orders").await.status(), 404);
@@ -1229,8 +1221,7 @@ fn downloading_once(central: &Gateway, cache: &Path) -> String {
 #[tokio::test]
 async fn a_zero_poll_interval_stops_asking_once_a_304_confirms_the_cache() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let yaml = downloading_once(&central, &cache);
     Gateway::start(&yaml).await.shutdown().await;
 
@@ -1278,8 +1269,7 @@ async fn a_zero_poll_interval_stops_asking_once_a_304_confirms_the_cache() {
 #[tokio::test]
 async fn a_zero_poll_interval_asks_again_for_a_refused_download_after_a_local_reload() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let yaml = downloading_once(&central, &cache);
     Gateway::start(&yaml).await.shutdown().await;
 
@@ -1327,8 +1317,7 @@ async fn a_zero_poll_interval_asks_again_for_a_refused_download_after_a_local_re
 #[tokio::test]
 async fn an_empty_answer_does_not_replace_the_downloaded_settings() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let down = Gateway::start(&Downstream::of_all(fake.url(), &cache).yaml()).await;
     assert_eq!(down.get("/remote/a").await.status(), 200);
     let link = &down.state().central;
@@ -1414,8 +1403,7 @@ apis:
 #[tokio::test]
 async fn a_download_cut_short_is_refused() {
     let fake = CuttingCentral::start(TWO_APIS).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let url = format!("http://{}", fake.addr);
     let down = Gateway::start(&Downstream::of_all(url, &cache).yaml()).await;
     assert_eq!(down.get("/second/b").await.status(), 200);
@@ -1441,8 +1429,7 @@ async fn a_download_cut_short_is_refused() {
 #[tokio::test]
 async fn a_cache_of_other_apis_is_not_served_when_the_central_is_down() {
     let central = start_central(r#""GET /items""#).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let catalog = Downstream {
         apis: &["Catalog"],
         ..following(&central, &cache)
@@ -1474,8 +1461,7 @@ async fn a_cache_of_other_apis_is_not_served_when_the_central_is_down() {
 #[tokio::test]
 async fn a_downstream_serves_only_the_apis_it_names_whatever_the_central_sends() {
     let fake = FakeCentral::start(TWO_APIS).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let downstream = Downstream {
         apis: &["Remote"],
         ..Downstream::of_all(fake.url(), &cache)
@@ -1491,8 +1477,7 @@ async fn a_downstream_serves_only_the_apis_it_names_whatever_the_central_sends()
 /// (printed by `start`) does not show it.
 #[tokio::test]
 async fn start_error_does_not_show_a_password_in_the_central_url() {
-    let dir = tempfile::tempdir().expect("dir");
-    let cache = dir.path().join("settings.yaml");
+    let (_dir, cache) = cache_in_tempdir();
     let closed = crate::common::Refusing::new();
     let downstream = Downstream {
         url: format!("http://fleet:url-password-123@{}", closed.addr),
