@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +23,7 @@ use crate::http1::raw_fields::set_own;
 use crate::http1::request_encode::AddedFields;
 use crate::proxy::{self, correlate, Body, Connection, Runtime, Upstreams};
 use crate::reload::swap::ThreadSnapshot;
-use crate::reload::{Live, Reloader, Source, Watcher};
+use crate::reload::{Live, Reloader, Source, StartLatch, Watcher};
 use crate::server::{self, ConnSettings, Transport};
 
 /// Why a gateway could not start.
@@ -148,21 +147,24 @@ impl Gateway {
             identifier: crate::proxy::identify::Identifier::default(),
         };
         let generation = snapshot.generation;
+        let live = Arc::new(Live::new(snapshot));
+        let authz = Arc::new(ArcSwapOption::empty());
+        let start = StartLatch::new(live.clone(), runtime.auth.clone(), authz.clone());
         let reloader = Arc::new(Reloader {
-            live: Arc::new(Live::new(snapshot)),
+            live,
             config_path: config_path.to_path_buf(),
             env,
             central: Arc::default(),
-            authz: Arc::new(ArcSwapOption::empty()),
+            authz,
             auth: runtime.auth.clone(),
             throttle: runtime.throttle.clone(),
             health: runtime.upstreams.health().clone(),
+            start: Arc::new(start),
         });
-        let listening = Arc::new(AtomicBool::new(false));
         let state = Arc::new(State {
             live: reloader.live.clone(),
             runtime,
-            admin: Arc::new(Admin::new(reloader.clone(), listening.clone())),
+            admin: Arc::new(Admin::new(reloader.clone())),
             authz: reloader.authz.clone(),
             central: reloader.central.clone(),
             reloader,
@@ -229,8 +231,11 @@ impl Gateway {
                 handler,
             ));
         }
+        state.reloader.start.set_listening();
+        // Ends once the start is met: from then on the JWKS of what a
+        // reload adds no longer count for readiness.
+        tasks.spawn(state.reloader.start.clone().watch(stop_rx.clone()));
         gateway.tasks = tasks;
-        listening.store(true, Ordering::Release);
         gateway.watcher = Watcher::spawn(state.reloader.clone())
             .inspect_err(|error| tracing::warn!("{error}; reload with SIGHUP or the REST API"))
             .ok();

@@ -42,8 +42,10 @@
 //!    [`central`]: the export a central serves, downloading it, merging a
 //!    download over the local file.
 //! 7. [`reload`]: the serving snapshot (`swap`), the one reload pipeline
-//!    (`Reloader`: compile, prepare, swap; off the runtime workers) and its
-//!    sources: the file watcher and the central poll loop (`follow`).
+//!    (`Reloader`: compile, prepare, swap; off the runtime workers), its
+//!    sources: the file watcher and the central poll loop (`follow`), and
+//!    the start (`ready`: met once, after which the JWKS of what a reload
+//!    adds no longer count for readiness).
 //! 8. [`admin`]: health, metrics and REST on the admin port.
 //! 9. [`gateway`]: a running gateway (snapshot, runtime, listeners), which
 //!    wires the floors below; [`cli`]: the commands.

@@ -6,7 +6,6 @@
 mod views;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -19,18 +18,13 @@ use crate::proxy::{full, Body};
 use crate::reload::{Reloader, Source};
 
 /// What the admin port reads and may change: the reload pipeline (which
-/// holds the serving snapshot, the central link and the authorization
-/// server) and the gateway's readiness, never the gateway itself.
+/// holds the serving snapshot, the central link, the authorization server
+/// and the gateway's start), never the gateway itself.
 pub struct Admin {
     pub reloader: Arc<Reloader>,
     pub started: Instant,
-    /// The listeners are bound and serving.
-    pub listening: Arc<AtomicBool>,
     /// Failed logins with the admin or central credentials, on every port.
     pub logins: Logins,
-    /// The readiness check has once found the gateway ready; from then on
-    /// the JWKS no longer count (see [`Admin::readiness`]).
-    was_ready: AtomicBool,
 }
 
 /// What `/health/ready` answers.
@@ -42,37 +36,29 @@ pub struct Readiness {
 }
 
 impl Admin {
-    pub fn new(reloader: Arc<Reloader>, listening: Arc<AtomicBool>) -> Admin {
+    pub fn new(reloader: Arc<Reloader>) -> Admin {
         Admin {
             reloader,
             started: Instant::now(),
-            listening,
             logins: Logins::default(),
-            was_ready: AtomicBool::new(false),
         }
     }
 
     /// Listening, the authorization server's store reached (a database
-    /// store may not be yet), and, until the gateway has once been found
-    /// ready, every JWKS of the serving snapshot fetched. The keys are a condition of the start only: an
-    /// auth server a reload or download adds later, whose JWKS cannot be
-    /// fetched, refuses its own tokens (503) and is listed as pending, but
-    /// does not take a serving gateway, and a fleet following one central
-    /// configuration, out of service.
+    /// store may not be yet), and, until the gateway has started, every
+    /// JWKS of the serving snapshot fetched. The keys are a condition of the
+    /// start only, and the start is noted the moment it is met, asked or
+    /// not ([`StartLatch`]): an auth server a reload or download adds
+    /// later, whose JWKS cannot be fetched, refuses its own tokens (503)
+    /// and is listed as pending, but does not take a serving gateway, and a
+    /// fleet following one central configuration, out of service.
+    ///
+    /// [`StartLatch`]: crate::reload::StartLatch
     pub fn readiness(&self) -> Readiness {
+        let start = &self.reloader.start;
+        let started = start.note();
         let jwks_pending = self.reloader.auth.jwks_pending();
-        let keys = jwks_pending.is_empty() || self.was_ready.load(Ordering::Acquire);
-        let ready = keys
-            && self.listening.load(Ordering::Acquire)
-            && self
-                .reloader
-                .authz
-                .load()
-                .as_ref()
-                .is_none_or(|server| server.is_ready());
-        if ready {
-            self.was_ready.store(true, Ordering::Release);
-        }
+        let ready = start.is_serving() && (started || jwks_pending.is_empty());
         Readiness {
             ready,
             jwks_pending,

@@ -1,7 +1,8 @@
 //! The one reload pipeline, whatever asked for it (file watcher, SIGHUP,
 //! REST, central poller): compile the configuration file (with the
-//! central's document merged over it) → prepare the runtime (authorization
-//! server, token validators, endpoint health) → swap. Reloads run one at a time
+//! central's document merged over it) → note a start met by then
+//! ([`StartLatch`]) → prepare the runtime (authorization server, token
+//! validators, endpoint health) → swap. Reloads run one at a time
 //! (`Live::one_reload_at_a_time`), so generations are numbered in order;
 //! on any error the serving snapshot stays and the findings are recorded.
 //!
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
+use super::ready::StartLatch;
 use super::swap::{Live, Source};
 use crate::auth::jwks::KeySet;
 use crate::auth::servers::Authenticator;
@@ -50,6 +52,8 @@ pub struct Reloader {
     pub throttle: Arc<Throttler>,
     /// The health of the endpoints of balanced upstreams.
     pub health: Arc<Health>,
+    /// Listening, and whether the start conditions have once been met.
+    pub start: Arc<StartLatch>,
 }
 
 impl Reloader {
@@ -139,8 +143,13 @@ impl Reloader {
     /// server, then validators), then swaps it in. Nothing is swapped on
     /// error, and nothing the serving snapshot uses has changed: each step
     /// that can fail comes before the first that publishes anything (the
-    /// throttle store is made here and put in use by `bind`).
+    /// throttle store is made here and put in use by `bind`). The caller
+    /// holds `live.one_reload_at_a_time()`.
     pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
+        // The last moment the runtime is all the serving snapshot's: a
+        // start met by now is noted before the validators of `snapshot`
+        // (and its JWKS not fetched yet) replace it, probed or not.
+        self.start.note_locked();
         let generation = snapshot.generation;
         let store = self.throttle.prepare(&snapshot)?;
         self.prepare_authz(&snapshot)?;

@@ -6,7 +6,7 @@
 //! them says so.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -154,6 +154,16 @@ impl Live {
             .unwrap_or_else(PoisonError::into_inner);
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         guard
+    }
+
+    /// Like [`Live::one_reload_at_a_time`], but never waits: `None` while a
+    /// reload is in progress.
+    pub fn try_one_reload_at_a_time(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.reloading.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// How many reloads wait for the one in progress (a test holds a reload

@@ -540,11 +540,63 @@ async fn a_reload_before_the_first_ready_adds_its_jwks_to_the_start() {
     gw.wait_generation(2).await;
     idp.set_down(false);
     let token = idp.token(&["view"]);
+    assert_eq!(
+        status_once_keys_loaded(&gw, "/travels/bookings", &token).await,
+        200,
+        "the keys of `idp` were fetched"
+    );
+    let (status, not_ready) = readiness_body(&gw).await;
+    assert_eq!(status, 503, "{not_ready}");
+    assert_eq!(not_ready["jwks_pending"], json!(["partners"]));
+    gw.shutdown().await;
+}
+
+/// The start is met when it is met, not when someone asks: a gateway whose
+/// keys were fetched, and whose readiness was never probed, stays ready
+/// through a reload adding an auth server whose JWKS cannot be fetched.
+#[tokio::test]
+async fn a_reload_after_an_unprobed_start_keeps_the_gateway_ready() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = travels(&idp, &upstream, "Time travels");
+    // Returns once the listeners are bound: nothing asks `/health/ready`
+    // before the reload.
+    let gw = Gateway::start(&yaml).await;
+    let token = idp.token(&["view"]);
+    assert_eq!(
+        status_once_keys_loaded(&gw, "/travels/bookings", &token).await,
+        200,
+        "the keys of `idp` were fetched"
+    );
+
+    let unreachable = Refusing::new();
+    gw.write_config(&with_partners(&yaml, &unreachable, &upstream));
+    gw.wait_generation(2).await;
+    let (status, ready) = readiness_body(&gw).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "generation": 2, "jwks_pending": ["partners"]})
+    );
+    let send = |path: &'static str| gw.request(Method::GET, path).bearer_auth(&token).send();
+    assert_unavailable(send("/partners/status").await.expect("request")).await;
+    let hits = upstream.hits();
+    assert_eq!(
+        send("/travels/bookings").await.expect("request").status(),
+        200
+    );
+    assert_eq!(upstream.hits(), hits + 1, "only the old API proxied");
+    gw.shutdown().await;
+}
+
+/// The status of `GET path` with `token`, asked until it is 200 or the
+/// keys had time enough to load (10 s).
+async fn status_once_keys_loaded(gw: &Gateway, path: &str, token: &str) -> u16 {
     let mut status = 0;
     for _ in 0..200 {
         let resp = gw
-            .request(Method::GET, "/travels/bookings")
-            .bearer_auth(&token)
+            .request(Method::GET, path)
+            .bearer_auth(token)
             .send()
             .await
             .expect("request");
@@ -554,11 +606,7 @@ async fn a_reload_before_the_first_ready_adds_its_jwks_to_the_start() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(status, 200, "the keys of `idp` were fetched");
-    let (status, not_ready) = readiness_body(&gw).await;
-    assert_eq!(status, 503, "{not_ready}");
-    assert_eq!(not_ready["jwks_pending"], json!(["partners"]));
-    gw.shutdown().await;
+    status
 }
 
 #[tokio::test]
