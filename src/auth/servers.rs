@@ -264,8 +264,7 @@ fn count_dots(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_text, Env};
-    use std::path::Path;
+    use crate::config::first_snapshot;
 
     /// `partners` (opaque tokens, introspected at `endpoint`) and an API on
     /// it, or, without `endpoint`, neither.
@@ -276,9 +275,7 @@ mod tests {
             ),
             None => "apis: []\n".to_owned(),
         };
-        load_text(Path::new("microgateway.yaml"), &yaml, &Env::new(), 1)
-            .expect("valid configuration")
-            .snapshot
+        first_snapshot(&yaml)
     }
 
     #[test]

@@ -72,6 +72,15 @@ pub fn load_text(path: &Path, text: &str, env: &Env, generation: u64) -> Result<
     load_text_with(path, text, env, generation, |_| {})
 }
 
+/// `yaml` compiled as a first snapshot, for the tests of what a snapshot
+/// drives.
+#[cfg(test)]
+pub fn first_snapshot(yaml: &str) -> Snapshot {
+    load_text(Path::new("microgateway.yaml"), yaml, &Env::new(), 1)
+        .expect("valid configuration")
+        .snapshot
+}
+
 /// Like [`load_with`], for text already read.
 pub fn load_text_with(
     path: &Path,

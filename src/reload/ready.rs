@@ -117,14 +117,7 @@ impl StartLatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_text, Env, Snapshot};
-    use std::path::Path;
-
-    fn snapshot(yaml: &str) -> Snapshot {
-        load_text(Path::new("microgateway.yaml"), yaml, &Env::new(), 1)
-            .expect("valid configuration")
-            .snapshot
-    }
+    use crate::config::{first_snapshot as snapshot, Snapshot};
 
     fn latch(snapshot: Snapshot) -> StartLatch {
         let auth = Arc::new(Authenticator::new());

@@ -229,14 +229,7 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load_text, Env};
-    use std::path::Path;
-
-    fn snapshot(yaml: &str) -> Snapshot {
-        load_text(Path::new("microgateway.yaml"), yaml, &Env::new(), 1)
-            .expect("valid configuration")
-            .snapshot
-    }
+    use crate::config::first_snapshot as snapshot;
 
     #[test]
     fn a_changed_port_needs_a_restart_and_a_changed_api_does_not() {
