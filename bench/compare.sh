@@ -515,7 +515,7 @@ echo "paired, the median of the ratios round by round (what the verdicts rest on
 echo "  microgateway / nginx:   req/s $(paired microgateway nginx 1), cpu per request $(paired microgateway nginx 4)"
 echo "  microgateway / haproxy: req/s $(paired microgateway haproxy 1), p99 $(paired microgateway haproxy 3), cpu per request $(paired microgateway haproxy 4)"
 if [ "$THROTTLE" = 1 ]; then
-    echo "  throttled / nginx:      req/s $(paired throttled nginx 1)"
+    echo "  throttled / nginx:      req/s $(paired throttled nginx 1), cpu per request $(paired throttled nginx 4)"
 fi
 if [ "$FIELDS" = 1 ]; then
     echo "  equal work, nginx adding the same fields as the gateway (nginx-fields):"
