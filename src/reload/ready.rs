@@ -129,6 +129,37 @@ mod tests {
         )
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_start_up_watch_notes_the_start_unasked_and_ends() {
+        let latch = Arc::new(latch(snapshot("ports: { http: 4485 }\n")));
+        let (_stop, stopped) = watch::channel(false);
+        let watching = tokio::spawn(latch.clone().watch(stopped));
+        // Not listening: the watch goes on checking.
+        tokio::time::sleep(CHECK_EVERY * 5).await;
+        assert!(!watching.is_finished());
+        assert!(!latch.latched.load(Ordering::Acquire));
+        latch.set_listening();
+        tokio::time::timeout(CHECK_EVERY * 3, watching)
+            .await
+            .expect("the watch ends once the start is met")
+            .expect("joined");
+        assert!(latch.latched.load(Ordering::Acquire), "noted, nobody asked");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_start_up_watch_ends_at_shutdown_though_the_start_was_never_met() {
+        let latch = Arc::new(latch(snapshot("ports: { http: 4485 }\n")));
+        let (stop, stopped) = watch::channel(false);
+        let watching = tokio::spawn(latch.clone().watch(stopped));
+        tokio::time::sleep(CHECK_EVERY * 5).await;
+        stop.send(true).expect("watching");
+        tokio::time::timeout(CHECK_EVERY, watching)
+            .await
+            .expect("the watch ends at shutdown")
+            .expect("joined");
+        assert!(!latch.latched.load(Ordering::Acquire));
+    }
+
     #[test]
     fn the_start_waits_for_the_listeners_and_stays_noted() {
         let latch = latch(snapshot("ports: { http: 4485 }\n"));
