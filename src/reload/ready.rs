@@ -129,13 +129,24 @@ mod tests {
         )
     }
 
+    /// A latch not listening yet, and its start-up watch, which has
+    /// checked a few times already; the sender stops it.
+    async fn watched() -> (
+        Arc<StartLatch>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let latch = Arc::new(latch(snapshot("ports: { http: 4485 }\n")));
+        let (stop, stopped) = watch::channel(false);
+        let watching = tokio::spawn(latch.clone().watch(stopped));
+        tokio::time::sleep(CHECK_EVERY * 5).await;
+        (latch, stop, watching)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_start_up_watch_notes_the_start_unasked_and_ends() {
-        let latch = Arc::new(latch(snapshot("ports: { http: 4485 }\n")));
-        let (_stop, stopped) = watch::channel(false);
-        let watching = tokio::spawn(latch.clone().watch(stopped));
+        let (latch, _stop, watching) = watched().await;
         // Not listening: the watch goes on checking.
-        tokio::time::sleep(CHECK_EVERY * 5).await;
         assert!(!watching.is_finished());
         assert!(!latch.latched.load(Ordering::Acquire));
         latch.set_listening();
@@ -148,10 +159,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_start_up_watch_ends_at_shutdown_though_the_start_was_never_met() {
-        let latch = Arc::new(latch(snapshot("ports: { http: 4485 }\n")));
-        let (stop, stopped) = watch::channel(false);
-        let watching = tokio::spawn(latch.clone().watch(stopped));
-        tokio::time::sleep(CHECK_EVERY * 5).await;
+        let (latch, stop, watching) = watched().await;
         stop.send(true).expect("watching");
         tokio::time::timeout(CHECK_EVERY, watching)
             .await
