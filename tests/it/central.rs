@@ -3,7 +3,6 @@
 //! refusals, and `download-settings`.
 use crate::common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,9 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use microgateway::central::poller::IDLE;
 use microgateway::reload::Source;
 use tokio::net::TcpListener;
@@ -485,20 +482,10 @@ impl FakeCentral {
         let hits = Arc::new(AtomicUsize::new(0));
         let body = Arc::new(Mutex::new(body.to_owned()));
         let (h, b) = (hits.clone(), body.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (h, b) = (h.clone(), b.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |_req: Request<Incoming>| {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        let text = b.lock().expect("body").clone();
-                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = common::serve_each(listener, move |_req: Request<Incoming>| {
+            h.fetch_add(1, Ordering::SeqCst);
+            let text = b.lock().expect("body").clone();
+            async move { Response::new(Full::new(Bytes::from(text))) }
         });
         FakeCentral {
             addr,
@@ -923,20 +910,9 @@ impl CountingRelay {
         let target = format!("http://{}", central.admin.expect("central admin port"));
         let relayed = Arc::new(Mutex::new(Vec::new()));
         let (record, client) = (relayed.clone(), common::client());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (record, client, target) = (record.clone(), client.clone(), target.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (record, client, target) =
-                            (record.clone(), client.clone(), target.clone());
-                        async move { Ok::<_, Infallible>(relay(&client, &target, &record, req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let task = common::serve_each(listener, move |req: Request<Incoming>| {
+            let (record, client, target) = (record.clone(), client.clone(), target.clone());
+            async move { relay(&client, &target, &record, req).await }
         });
         CountingRelay {
             addr,

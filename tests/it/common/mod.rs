@@ -180,6 +180,29 @@ pub struct Received {
     pub body: Bytes,
 }
 
+/// Serves every connection `listener` accepts (HTTP/1.1, or HTTP/2 by
+/// prior knowledge) with `handle`, until the returned task is aborted.
+pub fn serve_each<H, F>(listener: TcpListener, handle: H) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let answer = handle(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
 /// A test upstream: answers 200 with a small JSON body, records every
 /// request, optionally after a delay.
 pub struct Upstream {
@@ -200,51 +223,37 @@ impl Upstream {
         let received = Arc::new(Mutex::new(Vec::new()));
         let delay = Arc::new(Mutex::new(Duration::ZERO));
         let (h, r, d) = (hits.clone(), received.clone(), delay.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    break;
-                };
-                let (h, r, d) = (h.clone(), r.clone(), d.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (h, r, d) = (h.clone(), r.clone(), d.clone());
-                        async move {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            r.lock().unwrap().push(Received {
-                                method: parts.method.to_string(),
-                                uri: parts.uri.to_string(),
-                                headers: parts.headers.clone(),
-                                body,
-                            });
-                            let wait = *d.lock().unwrap();
-                            if !wait.is_zero() {
-                                tokio::time::sleep(wait).await;
-                            }
-                            let mut response =
-                                Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
-                            response
-                                .headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            response
-                                .headers_mut()
-                                .insert("connection", "x-upstream-hop".parse().unwrap());
-                            response
-                                .headers_mut()
-                                .insert("x-upstream-hop", "1".parse().unwrap());
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+        let task = serve_each(listener, move |req: Request<Incoming>| {
+            let (h, r, d) = (h.clone(), r.clone(), d.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                r.lock().unwrap().push(Received {
+                    method: parts.method.to_string(),
+                    uri: parts.uri.to_string(),
+                    headers: parts.headers.clone(),
+                    body,
                 });
+                let wait = *d.lock().unwrap();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                let mut response = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/json".parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("connection", "x-upstream-hop".parse().unwrap());
+                response
+                    .headers_mut()
+                    .insert("x-upstream-hop", "1".parse().unwrap());
+                response
             }
         });
         Upstream {
