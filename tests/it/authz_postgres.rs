@@ -71,6 +71,18 @@ async fn post(
     basic: (&str, &str),
     form: &[(&str, &str)],
 ) -> (u16, Value) {
+    let (status, _, body) = posted(gw, path, basic, form).await;
+    (status, body)
+}
+
+/// A form posted with Basic client credentials: the status, `Retry-After`
+/// and the body.
+async fn posted(
+    gw: &Gateway,
+    path: &str,
+    basic: (&str, &str),
+    form: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
     let response = gw
         .client
         .post(gw.url(path))
@@ -81,8 +93,17 @@ async fn post(
         .await
         .expect("request");
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     let body = response.text().await.expect("body");
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    (
+        status,
+        retry_after,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
 }
 
 async fn password_grant(gw: &Gateway, password: &str) -> (u16, Value) {
@@ -724,27 +745,7 @@ async fn target_password(gw: &Gateway, password: &str) -> (u16, Option<String>, 
 
 /// A token request's status, `Retry-After` and body.
 async fn answer(gw: &Gateway, form: &[(&str, &str)]) -> (u16, Option<String>, Value) {
-    let response = gw
-        .client
-        .post(gw.url("/oauth2/token"))
-        .basic_auth("bookyourticket", Some(SECRET))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(query(form))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    let body = response.text().await.expect("body");
-    (
-        status,
-        retry_after,
-        serde_json::from_str(&body).unwrap_or(Value::Null),
-    )
+    posted(gw, "/oauth2/token", ("bookyourticket", SECRET), form).await
 }
 
 /// `microgateway rotate-signing-key` on `yaml`, written into `dir`; its
