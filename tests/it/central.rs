@@ -825,6 +825,24 @@ async fn status_and_settings_do_not_show_a_password_in_the_central_url() {
 // ---- the configuration life cycle of a downstream, under faults ----
 
 /// The downstream's central link as the status shows it, for failure messages.
+/// The downstream's operator moves its local API (`yaml`'s, at `/local`)
+/// out of the way: the central's download, refused while the two clashed,
+/// is applied, its API serves at `/local`, and the error is gone.
+async fn move_the_local_api_aside(down: &Gateway, yaml: &str) {
+    let link = &down.state().central;
+    let before = generation(down);
+    down.write_config(&yaml.replace("base_path: /local", "base_path: /local-moved"));
+    down.wait_generation(before + 1).await;
+    eventually("the download applied", || link.status().applied >= 1).await;
+    assert_eq!(
+        down.get("/local/items").await.status(),
+        200,
+        "{}",
+        link_summary(down)
+    );
+    assert!(link.status().last_error.is_none());
+}
+
 fn link_summary(gw: &Gateway) -> String {
     let status = gw.state().central.status();
     format!(
@@ -1062,20 +1080,9 @@ async fn a_refused_download_is_not_downloaded_again_until_the_local_file_changes
         "the status no longer says why the central's settings are refused"
     );
 
-    // The downstream's operator moves the local API out of the way.
-    let before = generation(&down);
     let fixed_at = relay.relayed().len();
-    down.write_config(&yaml.replace("base_path: /local", "base_path: /local-moved"));
-    down.wait_generation(before + 1).await;
-    eventually("the download applied", || link.status().applied >= 1).await;
-    assert_eq!(
-        down.get("/local/items").await.status(),
-        200,
-        "{}",
-        link_summary(&down)
-    );
+    move_the_local_api_aside(&down, &yaml).await;
     assert_eq!(relay.downloads_since(fixed_at), 1);
-    assert!(link.status().last_error.is_none());
     down.shutdown().await;
     central.shutdown().await;
 }
@@ -1272,18 +1279,7 @@ async fn a_zero_poll_interval_asks_again_for_a_refused_download_after_a_local_re
     .await;
     assert_asks_nothing_more(&down, "a refused download asked for over and over").await;
 
-    // The downstream's operator moves the local API out of the way.
-    let before = generation(&down);
-    down.write_config(&yaml.replace("base_path: /local", "base_path: /local-moved"));
-    down.wait_generation(before + 1).await;
-    eventually("the download applied", || link.status().applied >= 1).await;
-    assert_eq!(
-        down.get("/local/items").await.status(),
-        200,
-        "{}",
-        link_summary(&down)
-    );
-    assert!(link.status().last_error.is_none());
+    move_the_local_api_aside(&down, &yaml).await;
     down.shutdown().await;
     central.shutdown().await;
 }
