@@ -145,6 +145,7 @@ impl Gateway {
             upstreams: Upstreams::new(snapshot.timeouts.upstream_connect),
             throttle: Arc::default(),
             identifier: crate::proxy::identify::Identifier::default(),
+            limits: snapshot.limits,
         };
         let generation = snapshot.generation;
         let live = Arc::new(Live::new(snapshot));

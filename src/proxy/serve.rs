@@ -26,7 +26,7 @@ use super::{forwarded, outbound, transform, Body};
 use crate::auth::identity::{self, Credential, CredentialProblem, Identity};
 use crate::auth::servers::Authenticator;
 use crate::auth::AuthFailure;
-use crate::config::snapshot::{Api, Authentication, Cors, CredentialType, Outbound};
+use crate::config::snapshot::{Api, Authentication, Cors, CredentialType, Limits, Outbound};
 use crate::config::Snapshot;
 use crate::http1::raw_fields::RawFields;
 use crate::http1::request_encode::AddedFields;
@@ -40,6 +40,10 @@ pub struct Runtime {
     /// Checks API keys, Basic users and client certificates.
     pub identifier: Identifier,
     pub throttle: Arc<Throttler>,
+    /// The limits the listeners started with. Like the listeners' own
+    /// (the head sizes their parser allows), they change on a restart
+    /// only, whatever a reload says.
+    pub limits: Limits,
 }
 
 /// The connection a request arrived on.
@@ -148,7 +152,7 @@ fn phases<'s: 'a, 'a>(
         if h2_websocket {
             *req.method_mut() = http::Method::GET;
         }
-        check_target(snap, &req)?;
+        check_target(&rt.limits, &req)?;
         host_from_authority(&mut req);
         let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
         if let Some((answer, api)) = answer_preflight(snap, conn, &req, &path) {
@@ -220,7 +224,7 @@ fn phases<'s: 'a, 'a>(
         };
         // Every refusal the request itself earns comes before the throttle
         // counts it: a refused request uses no quota.
-        check_declared_length(snap, &req)?;
+        check_declared_length(&rt.limits, &req)?;
         let from_h2 = req.version() == Version::HTTP_2;
         // `te: trailers` (gRPC requires it) reaches HTTP/2 upstreams only.
         let te_trailers =
@@ -290,7 +294,7 @@ fn phases<'s: 'a, 'a>(
         // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
         // client's goes through a map.
         let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
-        let req = limit_body(snap, req);
+        let req = limit_body(&rt.limits, req);
         // Boxed: created once on the heap instead of being copied into each
         // enclosing future (every layer up to the connection) as it starts.
         let mut response = super::pin_in_place(|| {
@@ -430,10 +434,10 @@ fn refuse_upstream_challenge(api: &Api, response: &Response<Body>) -> Result<(),
 }
 
 /// Request-target and framing checks that come before any matching.
-fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
+fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
     let uri = req.uri();
     let target_len = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
-    if target_len > snap.limits.max_uri {
+    if target_len > limits.max_uri {
         return Err(Rejection::UriTooLong);
     }
     let mut hosts = req.headers().get_all(HOST).iter();
@@ -469,7 +473,7 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
     if req.method() == http::Method::CONNECT {
         return Err(Rejection::BadRequest("CONNECT is not served"));
     }
-    if req.version() == Version::HTTP_2 && too_many_fields(snap, req.headers()) {
+    if req.version() == Version::HTTP_2 && too_many_fields(limits, req.headers()) {
         return Err(Rejection::HeadersTooLarge);
     }
     // RFC 9112 §6.3: both framings, or conflicting lengths, are how requests
@@ -491,13 +495,13 @@ fn check_target<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
 /// `limits.max_headers` for an HTTP/2 request (an HTTP/1.1 head is
 /// counted as it is parsed). The `cookie` crumbs a browser sends apart
 /// count as the one field they are joined into for the upstream.
-fn too_many_fields(snap: &Snapshot, headers: &http::HeaderMap) -> bool {
+fn too_many_fields(limits: &Limits, headers: &http::HeaderMap) -> bool {
     let fields = headers.len();
-    if fields <= snap.limits.max_headers {
+    if fields <= limits.max_headers {
         return false;
     }
     let crumbs = headers.get_all(http::header::COOKIE).iter().count();
-    fields - crumbs.saturating_sub(1) > snap.limits.max_headers
+    fields - crumbs.saturating_sub(1) > limits.max_headers
 }
 
 /// An HTTP/2 request names its origin in `:authority`; the forwarding
@@ -640,13 +644,13 @@ fn count_application(who: &Identity) {
 }
 
 /// Refuses a declared length over the limit at once.
-fn check_declared_length<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rejection> {
+fn check_declared_length<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > snap.limits.max_body) {
+    if declared.is_some_and(|len| len > limits.max_body) {
         return Err(Rejection::PayloadTooLarge);
     }
     Ok(())
@@ -654,7 +658,7 @@ fn check_declared_length<B>(snap: &Snapshot, req: &Request<B>) -> Result<(), Rej
 
 /// A body that grows past the limit (chunked, or longer than declared) is
 /// cut off, and the request answered 413.
-fn limit_body(snap: &Snapshot, req: Request<Body>) -> Request<Body> {
+fn limit_body(limits: &Limits, req: Request<Body>) -> Request<Body> {
     let (mut parts, body) = req.into_parts();
     if body.is_end_stream() {
         // Nothing to count (most GETs): no limit to watch, no allocation.
@@ -662,6 +666,6 @@ fn limit_body(snap: &Snapshot, req: Request<Body>) -> Request<Body> {
     }
     let flag = LimitFlag::default();
     parts.extensions.insert(flag.clone());
-    let body = LimitedBody::new(body, snap.limits.max_body, flag).boxed();
+    let body = LimitedBody::new(body, limits.max_body, flag).boxed();
     Request::from_parts(parts, body)
 }

@@ -777,3 +777,58 @@ fn blocking_exchange(addr: std::net::SocketAddr, request: &str) -> String {
     let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// The echo API under `limits` whose `max_uri` and `max_body` are these.
+fn limits_yaml(max_uri: &str, max_body: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+limits: {{ max_uri: {max_uri}, max_body: {max_body} }}
+apis:
+- name: echo
+  version: "1"
+  base_path: /echo
+  upstream: {{ echo: true }}
+  authentication: {{ type: none }}
+  resources: ["GET /ping", "POST /ping"]
+"#
+    )
+}
+
+/// Limits take effect on a restart only, as the reload's warning says:
+/// the data path keeps the ones the listeners started with, whichever
+/// way a reload changes them.
+#[tokio::test]
+async fn changed_limits_wait_for_a_restart() {
+    let gw = Gateway::start(&limits_yaml("1KiB", "1KiB")).await;
+    let post = |len: usize| {
+        gw.client
+            .post(gw.url("/echo/ping"))
+            .body(vec![b'x'; len])
+            .send()
+    };
+    let long_query = format!("/echo/ping?q={}", "a".repeat(1500));
+    assert_eq!(post(2048).await.expect("post").status(), 413);
+    assert_eq!(gw.get(&long_query).await.status(), 414);
+    gw.write_config(&limits_yaml("64KiB", "1MiB"));
+    applied(&gw, 2).await;
+    assert_eq!(post(2048).await.expect("post").status(), 413);
+    assert_eq!(gw.get(&long_query).await.status(), 414);
+    assert_eq!(post(512).await.expect("post").status(), 200);
+    gw.shutdown().await;
+
+    // Lowered, the same: the started limits still admit what they did.
+    let gw = Gateway::start(&limits_yaml("8KiB", "1MiB")).await;
+    gw.write_config(&limits_yaml("1KiB", "1KiB"));
+    applied(&gw, 2).await;
+    let post = |len: usize| {
+        gw.client
+            .post(gw.url("/echo/ping"))
+            .body(vec![b'x'; len])
+            .send()
+    };
+    assert_eq!(post(2048).await.expect("post").status(), 200);
+    assert_eq!(gw.get(&long_query).await.status(), 200);
+    gw.shutdown().await;
+}
