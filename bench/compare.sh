@@ -473,13 +473,30 @@ for name in "${CONTENDERS[@]}"; do
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 # paired A B COLUMN: the median of A/B round by round (a round's drift,
-# which moves both, cancels out), and the lowest and highest.
+# which moves both, cancels out), the lowest and highest, and from six
+# rounds on a confidence interval of that median that assumes nothing of
+# the rounds' spread (median_ci).
 paired() {
     local ratios
     ratios=$(paste "$WORK/$1.txt" "$WORK/$2.txt" | awk -v c="$3" -v n="$(awk '{print NF; exit}' "$WORK/$1.txt")" \
         '$(c + n) > 0 { printf "%.4f\n", $c / $(c + n) }')
-    printf '%.2fx (rounds %.2f-%.2f)' "$(echo "$ratios" | median)" \
-        "$(echo "$ratios" | sort -g | head -1)" "$(echo "$ratios" | sort -g | tail -1)"
+    printf '%.2fx (rounds %.2f-%.2f%s)' "$(echo "$ratios" | median)" \
+        "$(echo "$ratios" | sort -g | head -1)" "$(echo "$ratios" | sort -g | tail -1)" \
+        "$(echo "$ratios" | median_ci)"
+}
+
+# median_ci: for n >= 6 values, "; 95% CI a-b": the k-th lowest and the
+# k-th highest, k the largest with P(Binomial(n, 1/2) < k) <= 2.5% (the
+# sign test's interval for a median: at least 95% whatever the values'
+# distribution, e.g. the 3rd and 10th of 12, the 6th and 15th of 20).
+median_ci() {
+    sort -g | awk '{ v[NR] = $1 } END {
+        n = NR; if (n < 6) exit
+        k = 0; cum = 0; p = 0.5 ^ n
+        for (i = 0; i < n; i++) { cum += p; if (cum > 0.025) break; k = i + 1; p = p * (n - i) / (i + 1) }
+        if (k < 1) exit
+        printf "; 95%% CI %.2f-%.2f", v[k], v[n - k + 1]
+    }'
 }
 
 echo
