@@ -167,6 +167,7 @@ fn applications(s: &Snapshot) -> Vec<Value> {
             json!({
                 "name": &*app.name,
                 "client_ids": app.client_ids,
+                "auth_servers": app.auth_servers.iter().map(|s| &**s).collect::<Vec<_>>(),
                 "api_keys": vec![REDACTED; app.api_keys],
                 "basic_users": app.basic_users.iter().map(|u| json!({"username": u, "password_hash": REDACTED})).collect::<Vec<_>>(),
                 "certificates": app.certificates.iter().map(|fp| {

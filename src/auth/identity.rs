@@ -30,7 +30,8 @@ pub struct Identity {
     /// The validated token (`kind` oauth2).
     pub principal: Option<Arc<Principal>>,
     /// The application the credential belongs to; for a token, the one
-    /// whose `client_ids` has its client id, if any.
+    /// whose `client_ids` has its client id at the auth server that
+    /// issued it, if any.
     pub application: Option<Arc<Application>>,
     /// The Basic user name (`kind` basic).
     pub user_name: Option<String>,
@@ -47,7 +48,7 @@ impl Identity {
         let application = principal
             .client_id
             .as_deref()
-            .and_then(|id| applications.by_client_id(id))
+            .and_then(|id| applications.by_client_id(&principal.auth_server, id))
             .cloned();
         Identity {
             kind: CredentialType::OAuth2,

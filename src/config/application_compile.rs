@@ -5,7 +5,7 @@
 //! file. A credential names one application: a key, user name, client id
 //! or certificate listed twice is an error, wherever it is.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::{names, Ctx};
 use super::raw::{self, S};
-use super::snapshot::{AppAccess, Application, Applications};
+use super::snapshot::{AppAccess, Application, Applications, AuthServer};
 use super::Secret;
 
 const FINGERPRINT_ALLOWED: &str =
@@ -54,7 +54,12 @@ impl<'a> ApiNames<'a> {
     }
 }
 
-pub fn compile(ctx: &mut Ctx, list: &[S<raw::Application>], apis: &ApiNames) -> Applications {
+pub fn compile(
+    ctx: &mut Ctx,
+    list: &[S<raw::Application>],
+    apis: &ApiNames,
+    auth_servers: &BTreeMap<Arc<str>, Arc<AuthServer>>,
+) -> Applications {
     let mut out = Applications::default();
     let mut by_name: HashMap<String, ()> = HashMap::new();
     let mut keys: HashMap<[u8; 32], ()> = HashMap::new();
@@ -108,17 +113,24 @@ pub fn compile(ctx: &mut Ctx, list: &[S<raw::Application>], apis: &ApiNames) -> 
             }
             certificates.push(fingerprint);
         }
+        let trusted = trusted_servers(ctx, raw, auth_servers);
         for id in &raw.client_ids {
-            if out.client_ids.insert(id.value.clone(), index).is_some() {
+            let given = out.client_ids.entry(id.value.clone()).or_default();
+            let shared = given
+                .iter()
+                .any(|&other| overlap(&out.list[other].auth_servers, &trusted));
+            if shared {
                 ctx.report.error(
                     id.referenced,
                     format!(
-                        "client id `{}` is given to two applications (or twice)",
+                        "client id `{}` is given to two applications (or twice) at the same auth server",
                         id.value
                     ),
-                    "each client id once",
+                    "each client id once per auth server (an application's `auth_servers` say which)",
                 );
+                continue;
             }
+            given.push(index);
         }
         let ip_ranges = cidrs(ctx, &raw.ip_ranges, "ip_ranges");
         for subscription in &raw.apis {
@@ -152,6 +164,7 @@ pub fn compile(ctx: &mut Ctx, list: &[S<raw::Application>], apis: &ApiNames) -> 
                 .with_label_values(&[name.value.as_str()]),
             name: Arc::from(name.value.as_str()),
             client_ids: raw.client_ids.iter().map(|c| c.value.clone()).collect(),
+            auth_servers: trusted,
             basic_users,
             api_keys: raw.api_keys.len(),
             certificates,
@@ -161,6 +174,35 @@ pub fn compile(ctx: &mut Ctx, list: &[S<raw::Application>], apis: &ApiNames) -> 
         }));
     }
     out
+}
+
+/// The auth servers an application's `auth_servers` name (empty: any).
+fn trusted_servers(
+    ctx: &mut Ctx,
+    raw: &raw::Application,
+    auth_servers: &BTreeMap<Arc<str>, Arc<AuthServer>>,
+) -> Vec<Arc<str>> {
+    let mut trusted = Vec::new();
+    for name in &raw.auth_servers {
+        match auth_servers.get_key_value(name.value.as_str()) {
+            Some((id, _)) if !trusted.contains(id) => trusted.push(id.clone()),
+            Some(_) => {}
+            None => ctx.report.error(
+                name.referenced,
+                format!("auth server `{}` is not defined", name.value),
+                format!(
+                    "one of: {}",
+                    names(auth_servers.keys().map(|k| k.to_string()))
+                ),
+            ),
+        }
+    }
+    trusted
+}
+
+/// Whether two applications' auth servers (empty: any) have one in common.
+fn overlap(a: &[Arc<str>], b: &[Arc<str>]) -> bool {
+    a.is_empty() || b.is_empty() || a.iter().any(|server| b.contains(server))
 }
 
 fn basic_users(

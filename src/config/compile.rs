@@ -52,6 +52,7 @@ pub fn compile(
         &mut ctx,
         &file.applications,
         &super::application_compile::ApiNames::of(&file.apis),
+        &auth_servers,
     );
     let apis = super::api_compile::compile_all(
         &mut ctx,

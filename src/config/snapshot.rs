@@ -808,6 +808,9 @@ pub struct Application {
     pub index: usize,
     pub name: Arc<str>,
     pub client_ids: Vec<String>,
+    /// The auth servers whose tokens its client ids are matched on
+    /// (empty: any).
+    pub auth_servers: Vec<Arc<str>>,
     pub basic_users: Vec<String>,
     pub api_keys: usize,
     /// SHA-256 fingerprints of its client certificates.
@@ -826,6 +829,11 @@ impl Application {
     pub fn admits(&self, ip: std::net::IpAddr) -> bool {
         self.ip_ranges.is_empty() || self.ip_ranges.iter().any(|net| net.contains(&ip))
     }
+
+    /// Whether its client ids stand for it on tokens of `auth_server`.
+    pub fn trusts(&self, auth_server: &str) -> bool {
+        self.auth_servers.is_empty() || self.auth_servers.iter().any(|s| &**s == auth_server)
+    }
 }
 
 /// Every application, and its credentials indexed for lookup.
@@ -837,7 +845,9 @@ pub struct Applications {
     /// Basic user name → (application index, Argon2 PHC string).
     pub basic_users: HashMap<String, (usize, Secret)>,
     pub certificates: HashMap<[u8; 32], usize>,
-    pub client_ids: HashMap<String, usize>,
+    /// Client id → the applications it is given to, each at auth servers
+    /// of its own (no two at the same one).
+    pub client_ids: HashMap<String, Vec<usize>>,
 }
 
 impl Applications {
@@ -860,9 +870,13 @@ impl Applications {
             .and_then(|&index| self.list.get(index))
     }
 
-    pub fn by_client_id(&self, client_id: &str) -> Option<&Arc<Application>> {
+    /// The application a token of `auth_server` with this client id
+    /// comes from.
+    pub fn by_client_id(&self, auth_server: &str, client_id: &str) -> Option<&Arc<Application>> {
         self.client_ids
-            .get(client_id)
-            .and_then(|&index| self.list.get(index))
+            .get(client_id)?
+            .iter()
+            .filter_map(|&index| self.list.get(index))
+            .find(|app| app.trusts(auth_server))
     }
 }

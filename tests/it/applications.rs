@@ -1428,3 +1428,119 @@ async fn concurrent_basic_guesses_are_not_checked_past_the_lock() {
     assert_eq!(upstream.hits(), 0);
     gw.shutdown().await;
 }
+
+/// Two identity providers, and an API under each that only registered
+/// applications may call; `apps` are the applications.
+fn two_idps_yaml(first: &Idp, second: &Idp, upstream: &Upstream, apps: &str) -> String {
+    let server = |id: &str, idp: &Idp| {
+        format!(
+            r#"  - id: {id}
+    name: {id}
+    localIntrospectionConfig: {{ issuer: "{}", jwksuri: "{}", audience: travels }}
+"#,
+            idp.issuer(),
+            idp.jwks_uri()
+        )
+    };
+    let api = |name: &str, server: &str| {
+        format!(
+            r#"- name: {name}
+  base_path: /{name}
+  upstream: {{ url: "{}" }}
+  authentication: {{ type: oauth2, auth_server: {server}, applications: registered }}
+  resources: ["GET /status"]
+  policies:
+    request_transformation:
+      set_headers: {{ X-App: "${{request.application.name}}" }}
+"#,
+            upstream.url("/api")
+        )
+    };
+    format!(
+        "ports: {{ http: 0, bind: 127.0.0.1 }}\nsecurity_settings:\n  auth_servers:\n{}{}applications:\n{apps}\napis:\n{}{}",
+        server("first", first),
+        server("second", second),
+        api("one", "first"),
+        api("two", "second"),
+    )
+}
+
+/// A client id names an application only on tokens of the auth servers
+/// it is given at: the same id at another identity provider (where anyone
+/// may have registered it) is somebody else.
+#[tokio::test]
+async fn a_client_id_stands_for_its_application_only_at_its_auth_servers() {
+    let (first, second) = (Idp::start().await, Idp::start().await);
+    let upstream = Upstream::start().await;
+    let apps = r#"- name: Partner
+  client_ids: [app]
+  auth_servers: [first]
+  apis: [one, two]"#;
+    let gw = Gateway::start(&two_idps_yaml(&first, &second, &upstream, apps)).await;
+    gw.wait_ready().await;
+    let call = |path: &'static str, token: String| {
+        let gw = &gw;
+        async move {
+            gw.request(Method::GET, path)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call("/one/status", first.token(&[])).await.status(), 200);
+    assert_eq!(upstream.last().headers["x-app"], "Partner");
+    // The same client id from the second provider is no application:
+    // refused where registration is asked, even where Partner subscribed.
+    let resp = call("/two/status", second.token(&[])).await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+
+    // The same id given at each provider to an application of its own.
+    let apps = r#"- name: Partner
+  client_ids: [app]
+  auth_servers: [first]
+  apis: [one, two]
+- name: Stranger
+  client_ids: [app]
+  auth_servers: [second]
+  apis: [two]"#;
+    let gw = Gateway::start(&two_idps_yaml(&first, &second, &upstream, apps)).await;
+    gw.wait_ready().await;
+    let call = |path: &'static str, token: String| {
+        let gw = &gw;
+        async move {
+            gw.request(Method::GET, path)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call("/two/status", second.token(&[])).await.status(), 200);
+    assert_eq!(upstream.last().headers["x-app"], "Stranger");
+    assert_eq!(call("/two/status", first.token(&[])).await.status(), 401);
+    assert_eq!(call("/one/status", first.token(&[])).await.status(), 200);
+    assert_eq!(upstream.last().headers["x-app"], "Partner");
+    gw.shutdown().await;
+
+    // Without `auth_servers` an id is given at every auth server: given
+    // twice there, or at an auth server nobody defined, it is refused.
+    for (apps, expected) in [
+        (
+            "- name: A\n  client_ids: [app]\n- name: B\n  client_ids: [app]\n  auth_servers: [second]",
+            "client id `app` is given to two applications (or twice) at the same auth server",
+        ),
+        (
+            "- name: A\n  client_ids: [app]\n  auth_servers: [third]",
+            "auth server `third` is not defined",
+        ),
+    ] {
+        let error = Gateway::try_start(&two_idps_yaml(&first, &second, &upstream, apps), env(&[]))
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.contains(expected), "{expected} in\n{error}");
+    }
+}
