@@ -1465,6 +1465,12 @@ fn two_idps_yaml(first: &Idp, second: &Idp, upstream: &Upstream, apps: &str) -> 
     )
 }
 
+/// `GET path` with `token`.
+async fn call(gw: &Gateway, path: &str, token: String) -> reqwest::Response {
+    let resp = gw.request(Method::GET, path).bearer_auth(token).send();
+    resp.await.expect("response")
+}
+
 /// A client id names an application only on tokens of the auth servers
 /// it is given at: the same id at another identity provider (where anyone
 /// may have registered it) is somebody else.
@@ -1478,21 +1484,14 @@ async fn a_client_id_stands_for_its_application_only_at_its_auth_servers() {
   apis: [one, two]"#;
     let gw = Gateway::start(&two_idps_yaml(&first, &second, &upstream, apps)).await;
     gw.wait_ready().await;
-    let call = |path: &'static str, token: String| {
-        let gw = &gw;
-        async move {
-            gw.request(Method::GET, path)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(call("/one/status", first.token(&[])).await.status(), 200);
+    assert_eq!(
+        call(&gw, "/one/status", first.token(&[])).await.status(),
+        200
+    );
     assert_eq!(upstream.last().headers["x-app"], "Partner");
     // The same client id from the second provider is no application:
     // refused where registration is asked, even where Partner subscribed.
-    let resp = call("/two/status", second.token(&[])).await;
+    let resp = call(&gw, "/two/status", second.token(&[])).await;
     assert_eq!(resp.status(), 403);
     assert_eq!(upstream.hits(), 1);
     gw.shutdown().await;
@@ -1508,20 +1507,19 @@ async fn a_client_id_stands_for_its_application_only_at_its_auth_servers() {
   apis: [two]"#;
     let gw = Gateway::start(&two_idps_yaml(&first, &second, &upstream, apps)).await;
     gw.wait_ready().await;
-    let call = |path: &'static str, token: String| {
-        let gw = &gw;
-        async move {
-            gw.request(Method::GET, path)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(call("/two/status", second.token(&[])).await.status(), 200);
+    assert_eq!(
+        call(&gw, "/two/status", second.token(&[])).await.status(),
+        200
+    );
     assert_eq!(upstream.last().headers["x-app"], "Stranger");
-    assert_eq!(call("/two/status", first.token(&[])).await.status(), 401);
-    assert_eq!(call("/one/status", first.token(&[])).await.status(), 200);
+    assert_eq!(
+        call(&gw, "/two/status", first.token(&[])).await.status(),
+        401
+    );
+    assert_eq!(
+        call(&gw, "/one/status", first.token(&[])).await.status(),
+        200
+    );
     assert_eq!(upstream.last().headers["x-app"], "Partner");
     gw.shutdown().await;
 

@@ -30,7 +30,7 @@ apis:
   base_path: /echo
   upstream: {{ echo: true }}
   authentication: {{ type: none }}
-  resources: ["GET /ping"]
+  resources: ["GET /ping", "POST /ping"]
   policies:
     request_transformation:
       set_headers: {{ X-Mode: "{mode}" }}
@@ -781,18 +781,8 @@ fn blocking_exchange(addr: std::net::SocketAddr, request: &str) -> String {
 /// The echo API under `limits` whose `max_uri` and `max_body` are these.
 fn limits_yaml(max_uri: &str, max_body: &str) -> String {
     format!(
-        r#"
-ports: {{ http: 0, bind: 127.0.0.1 }}
-admin: {{ port: 0, bind: 127.0.0.1 }}
-limits: {{ max_uri: {max_uri}, max_body: {max_body} }}
-apis:
-- name: echo
-  version: "1"
-  base_path: /echo
-  upstream: {{ echo: true }}
-  authentication: {{ type: none }}
-  resources: ["GET /ping", "POST /ping"]
-"#
+        "limits: {{ max_uri: {max_uri}, max_body: {max_body} }}\n{}",
+        echo_yaml("limited")
     )
 }
 
