@@ -47,8 +47,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct RequestContext {
     /// TLS, or `https` from a trusted proxy.
     pub is_https: bool,
-    /// Admin Basic credentials: `None` = none configured (admin endpoints
-    /// are off, 403), `Some(false)` = missing or wrong (401).
+    /// Admin Basic credentials, judged only where [`needs_admin`] says
+    /// so: `None` = none configured (admin endpoints are off, 403) or not
+    /// judged, `Some(false)` = missing or wrong (401).
     pub admin_ok: Option<bool>,
 }
 
@@ -99,6 +100,17 @@ fn may_check_password(req: &Request<Bytes>) -> bool {
 /// Whether `path` (without query) belongs to the authorization server.
 pub fn is_endpoint(path: &str) -> bool {
     route(path).is_some()
+}
+
+/// Whether the endpoint at `path` reads [`RequestContext::admin_ok`]. The
+/// admin credentials are judged for these alone: judging counts a wrong
+/// login against the caller's address, and the other endpoints take a
+/// client's own Basic credentials, which are no admin login.
+pub fn needs_admin(path: &str) -> bool {
+    matches!(
+        route(path),
+        Some(Endpoint::RemoveExpired | Endpoint::RemoveExpiredInvoke)
+    )
 }
 
 /// The local authorization server. Cheap to clone; clones share the store,
@@ -637,6 +649,28 @@ mod tests {
         }
         assert!(!is_endpoint("/oauth2/token/"));
         assert!(!is_endpoint("/travels/oauth2/token"));
+    }
+
+    #[test]
+    fn only_removing_expired_tokens_needs_the_admin_credentials() {
+        for path in [
+            "/oauth2/tokens/remove-expired",
+            "/invoke/pub.oauth/removeExpiredAccessTokens",
+        ] {
+            assert!(needs_admin(path), "{path}");
+        }
+        for path in [
+            "/oauth2/authorize",
+            "/oauth2/token",
+            "/invoke/pub.apigateway.oauth2/getAccessToken",
+            "/oauth2/introspect",
+            "/invoke/pub.oauth/introspectToken",
+            "/oauth2/revoke",
+            "/oauth2/jwks",
+            "/travels/oauth2/tokens/remove-expired",
+        ] {
+            assert!(!needs_admin(path), "{path}");
+        }
     }
 
     fn request(method: Method, path: &str, body: &'static str) -> Request<Bytes> {

@@ -93,10 +93,45 @@ pub enum SecretProblem {
     EmptyFile(String),
     #[error("{{encoded}} value decodes to nothing")]
     EmptyEncoded,
+    /// The value is not quoted: a mistyped reference may be a password.
+    #[error("`${{…}}` is no secret reference: write exactly \"${{env:NAME}}\" or \"${{file:/path}}\", no spaces around it (a secret that starts with `${{` is written as \"{{encoded}}BASE64\")")]
+    MistypedReference,
+}
+
+/// Where a secret written as a reference is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reference<'a> {
+    Env(&'a str),
+    File(&'a str),
+}
+
+/// The reference `text` is written as: `None` for a value that is no
+/// reference (it does not start with `${`, spaces aside), an error for one
+/// that starts so but is not exactly `${env:NAME}` or `${file:PATH}`. Taken
+/// as the secret itself, a mistyped reference would let in whoever reads
+/// the configuration file.
+fn reference(text: &str) -> Result<Option<Reference<'_>>, SecretProblem> {
+    if !text.trim_start().starts_with("${") {
+        return Ok(None);
+    }
+    let inner = text.strip_prefix("${").and_then(|t| t.strip_suffix('}'));
+    match inner.and_then(|t| t.split_once(':')) {
+        Some(("env", name))
+            if !name.is_empty()
+                && !name.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') =>
+        {
+            Ok(Some(Reference::Env(name)))
+        }
+        Some(("file", path)) if !path.is_empty() && path.trim() == path => {
+            Ok(Some(Reference::File(path)))
+        }
+        _ => Err(SecretProblem::MistypedReference),
+    }
 }
 
 /// Resolves a secret written as `{encoded}BASE64`, `${env:NAME}`,
-/// `${file:/path}` or in clear. Returns the file it read, if any.
+/// `${file:/path}` or in clear; a value starting with `${` (spaces aside)
+/// must be one of the two references. Returns the file it read, if any.
 pub fn secret(
     text: &str,
     env: &Env,
@@ -115,38 +150,36 @@ pub fn secret(
         }
         return Ok((Secret::new(clear), None));
     }
-    if let Some(name) = text
-        .strip_prefix("${env:")
-        .and_then(|t| t.strip_suffix('}'))
-    {
-        let value = env
-            .get(name)
-            .ok_or_else(|| SecretProblem::MissingEnv(name.to_owned()))?;
-        // `ADMIN_PW=` is a mistake, not a password: an empty secret would
-        // let anyone in with an empty password.
-        if value.is_empty() {
-            return Err(SecretProblem::EmptyEnv(name.to_owned()));
-        }
-        return Ok((Secret::new(value.clone()), None));
+    match reference(text)? {
+        Some(Reference::Env(name)) => env_secret(name, env),
+        Some(Reference::File(file)) => file_secret(file, base),
+        None if text.is_empty() => Err(SecretProblem::Empty),
+        None => Ok((Secret::new(text), None)),
     }
-    if let Some(file) = text
-        .strip_prefix("${file:")
-        .and_then(|t| t.strip_suffix('}'))
-    {
-        let path = relative(base, file);
-        let value = read_bounded_text(&path)
-            .map_err(|e| SecretProblem::Unreadable(path.display().to_string(), e.to_string()))?;
-        // Editors end a file with a line break that is no part of the secret.
-        let value = value.trim_end_matches(['\n', '\r']).to_owned();
-        if value.is_empty() {
-            return Err(SecretProblem::EmptyFile(path.display().to_string()));
-        }
-        return Ok((Secret::new(value), Some(path)));
+}
+
+fn env_secret(name: &str, env: &Env) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+    let value = env
+        .get(name)
+        .ok_or_else(|| SecretProblem::MissingEnv(name.to_owned()))?;
+    // `ADMIN_PW=` is a mistake, not a password: an empty secret would
+    // let anyone in with an empty password.
+    if value.is_empty() {
+        return Err(SecretProblem::EmptyEnv(name.to_owned()));
     }
-    if text.is_empty() {
-        return Err(SecretProblem::Empty);
+    Ok((Secret::new(value.clone()), None))
+}
+
+fn file_secret(file: &str, base: &Path) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+    let path = relative(base, file);
+    let value = read_bounded_text(&path)
+        .map_err(|e| SecretProblem::Unreadable(path.display().to_string(), e.to_string()))?;
+    // Editors end a file with a line break that is no part of the secret.
+    let value = value.trim_end_matches(['\n', '\r']).to_owned();
+    if value.is_empty() {
+        return Err(SecretProblem::EmptyFile(path.display().to_string()));
     }
-    Ok((Secret::new(text), None))
+    Ok((Secret::new(value), Some(path)))
 }
 
 /// A path as written, relative to the configuration file's directory.
@@ -404,6 +437,48 @@ mod tests {
             secret("${file:missing}", &env, base),
             Err(SecretProblem::Unreadable(..))
         ));
+    }
+
+    #[test]
+    fn a_mistyped_reference_is_refused_not_taken_as_the_secret() {
+        let mut env = Env::new();
+        env.insert("PW".into(), "from-env".into());
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pw"), "from-file").expect("write");
+        let base = dir.path();
+        for mistyped in [
+            "${env:PW",
+            "${ENV:PW}",
+            " ${env:PW}",
+            "${env:PW} ",
+            "${env:PW}\n",
+            "${env: PW}",
+            "${env:}",
+            "${env:PW}${env:PW}",
+            "${vault:x}",
+            "${PW}",
+            "${file:}",
+            "${file: pw}",
+            "${",
+            "\t${file:pw}",
+        ] {
+            assert_eq!(
+                secret(mistyped, &env, base),
+                Err(SecretProblem::MistypedReference),
+                "{mistyped:?}"
+            );
+        }
+        assert_eq!(
+            secret("${file:pw}", &env, base).unwrap().0.expose(),
+            "from-file"
+        );
+        // Only a value that starts with `${` is read as a reference.
+        for clear in ["pa${env:PW}", "$ {env:PW}", "{env:PW}", "$env:PW"] {
+            assert_eq!(secret(clear, &env, base).unwrap().0.expose(), clear);
+        }
+        // The problem never quotes the value.
+        let problem = SecretProblem::MistypedReference.to_string();
+        assert!(!problem.contains("PW"), "{problem}");
     }
 
     #[test]

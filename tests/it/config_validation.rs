@@ -94,6 +94,7 @@ const AUTH_SERVER_LAST: &str = r#"security_settings:
 "#;
 const RESOURCE_ALLOWED: &str = "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
 const SECRET_ALLOWED: &str = "a value, \"{encoded}BASE64\", \"${env:NAME}\" or \"${file:/path}\"";
+const MISTYPED_REFERENCE: &str = "`${…}` is no secret reference: write exactly \"${env:NAME}\" or \"${file:/path}\", no spaces around it (a secret that starts with `${` is written as \"{encoded}BASE64\")";
 const TOP_LEVEL_KEYS: &str = "one of: ports, tls, admin, trusted_proxies, forwarding, limits, timeouts, api_gateway, security_settings, scope_mappings, apis, authorization_server, central, throttling, applications";
 
 // ------------------------------------------------------------ YAML shape
@@ -926,6 +927,61 @@ fn secrets_in_every_form() {
     assert_eq!(password("clear"), "plain");
     // A `${file:}` secret is watched like the configuration itself.
     assert!(snap.files.contains(&secret_file), "{:?}", snap.files);
+}
+
+#[test]
+fn a_mistyped_secret_reference_is_refused_not_taken_as_the_secret() {
+    // Each would resolve, written right; `${request.…}` in a template is
+    // no secret.
+    let findings = Config::new(
+        r#"admin:
+  user: Administrator
+  password: "${env:ADMIN_PW"
+security_settings:
+  aliases:
+  - { name: upper, username: u, password: "${ENV:ADMIN_PW}" }
+  - { name: lead, username: u, password: " ${env:ADMIN_PW}" }
+  - { name: trail, username: u, password: "${env:ADMIN_PW} " }
+  - { name: vault, username: u, password: "${vault:x}" }
+  - { name: no-file, username: u, password: "${file:}" }
+  - { name: two, username: u, password: "${env:ADMIN_PW}${env:ADMIN_PW}" }
+  - { name: good, username: u, password: "${env:ADMIN_PW}" }
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  resources: ["GET /a"]
+  policies:
+    request_transformation:
+      set_headers: { X-Client-Id: "${request.authorization.clientId}" }
+"#,
+    )
+    .load(&env(&[("ADMIN_PW", "s3cret")]))
+    .expect_err("mistyped references are refused");
+    let found: Vec<Found> = findings.iter().map(found).collect();
+    let mistyped = |line, column, key: &str| {
+        error(
+            line,
+            column,
+            &format!("{key}: {MISTYPED_REFERENCE}"),
+            SECRET_ALLOWED,
+        )
+    };
+    assert_eq!(
+        found,
+        vec![
+            mistyped(3, 13, "admin.password"),
+            mistyped(6, 43, "password"),
+            mistyped(7, 42, "password"),
+            mistyped(8, 43, "password"),
+            mistyped(9, 43, "password"),
+            mistyped(10, 45, "password"),
+            mistyped(11, 41, "password"),
+        ]
+    );
 }
 
 // ------------------------------------------------------------ authorization server

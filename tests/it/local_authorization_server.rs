@@ -2,7 +2,8 @@
 //! port (standard and webMethods paths, driven by a standard OAuth2 client)
 //! and enforced by the same gateway — JWTs against the in-process keys,
 //! opaque tokens by introspection against its own endpoint — plus
-//! revocation and the admin token endpoints.
+//! revocation, the admin token endpoints, and which of them judge the
+//! admin credentials.
 //!
 //! The issuer and the introspection endpoint must be written in the YAML,
 //! so each gateway listens on a port picked beforehand: bind 127.0.0.1:0,
@@ -24,6 +25,19 @@ use reqwest::Method;
 use serde_json::Value;
 
 const ADMIN: (&str, &str) = ("Administrator", "manage");
+
+/// Confidential clients on one host: enough of them that, were their
+/// Basic logins judged as admin logins, their address would be locked (5
+/// failures lock a user name, 20 an address).
+const PARTNERS: [(&str, &str); 4] = [
+    ("partner-1", "partner-1-secret"),
+    ("partner-2", "partner-2-secret"),
+    ("partner-3", "partner-3-secret"),
+    ("partner-4", "partner-4-secret"),
+];
+
+/// More logins per client than lock a user name.
+const LOGINS_EACH: usize = 6;
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -127,7 +141,7 @@ authorization_server:
     client_secret: gateway-secret
     introspect: true
     grant_types: []
-    scopes: []
+    scopes: []{partners}
 security_settings:
   auth_servers:{servers}
 scope_mappings:{mappings}
@@ -135,6 +149,13 @@ apis:{apis}
 "#,
         format = options.token_format,
         hash = cheap_hash("wonderland"),
+        partners = PARTNERS
+            .map(|(id, secret)| format!(
+                r#"
+  - {{ name: {id}, client_id: {id}, client_secret: {secret}, introspect: true,
+       grant_types: [client_credentials], scopes: [view] }}"#
+            ))
+            .concat(),
         servers = auth_server("local", "/oauth2/introspect")
             + &auth_server("local-wm", "/invoke/pub.oauth/introspectToken"),
         mappings = mappings("local", "Time travels") + &mappings("local-wm", "WM travels"),
@@ -168,8 +189,24 @@ impl World {
         oauth2::EndpointNotSet,
         oauth2::EndpointSet,
     > {
-        BasicClient::new(ClientId::new("app".into()))
-            .set_client_secret(ClientSecret::new("app-secret".into()))
+        self.oauth_client_of(("app", "app-secret"), token_path)
+    }
+
+    /// A standard client with this id and secret, which it sends as Basic
+    /// credentials (RFC 6749 §2.3.1).
+    fn oauth_client_of(
+        &self,
+        (id, secret): (&str, &str),
+        token_path: &str,
+    ) -> BasicClient<
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointNotSet,
+        oauth2::EndpointSet,
+    > {
+        BasicClient::new(ClientId::new(id.into()))
+            .set_client_secret(ClientSecret::new(secret.into()))
             .set_token_uri(TokenUrl::new(self.gw.url(token_path)).expect("token URL"))
     }
 
@@ -218,6 +255,27 @@ impl World {
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.expect("JSON");
         body["tokens"].as_array().expect("a list").clone()
+    }
+
+    /// `GET /rest/microgateway/status` with the admin credentials.
+    async fn admin_status(&self) -> u16 {
+        self.admin(Method::GET, "/rest/microgateway/status")
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .send()
+            .await
+            .expect("status")
+            .status()
+            .as_u16()
+    }
+
+    /// Asks the authorization server to remove expired tokens at `path`,
+    /// with these Basic credentials, if any.
+    async fn remove_expired(&self, method: Method, path: &str, login: Option<(&str, &str)>) -> u16 {
+        let mut request = self.gw.client.request(method, self.gw.url(path));
+        if let Some((user, password)) = login {
+            request = request.basic_auth(user, Some(password));
+        }
+        request.send().await.expect("remove").status().as_u16()
     }
 }
 
@@ -448,9 +506,87 @@ async fn admin_token_endpoints_are_off_without_admin_credentials() {
     assert_eq!(list.send().await.expect("list").status(), 403);
     let delete = w.admin(Method::DELETE, "/rest/microgateway/oauth2/tokens/anything");
     assert_eq!(delete.send().await.expect("delete").status(), 403);
+    let remove = "/oauth2/tokens/remove-expired";
+    assert_eq!(
+        w.remove_expired(Method::POST, remove, Some(ADMIN)).await,
+        403
+    );
     assert_eq!(
         w.status(Method::GET, "/travels/bookings", &token).await,
         200
     );
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_basic_logins_at_the_token_endpoint_leave_the_admin_port_open() {
+    let w = world(OPAQUE).await;
+    for partner in PARTNERS {
+        let client = w.oauth_client_of(partner, "/oauth2/token");
+        for _ in 0..LOGINS_EACH {
+            client
+                .exchange_client_credentials()
+                .add_scope(Scope::new("view".into()))
+                .request_async(&w.transport())
+                .await
+                .expect("client credentials grant");
+        }
+    }
+    assert_eq!(w.admin_status().await, 200);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_basic_logins_at_the_introspection_endpoint_leave_the_admin_port_open() {
+    let w = world(OPAQUE).await;
+    // Anyone can make the gateway introspect, with its own Basic client
+    // credentials and from 127.0.0.1, by sending tokens it does not know.
+    for n in 0..LOGINS_EACH {
+        let token = format!("unknown-token-{n}");
+        assert_eq!(
+            w.status(Method::GET, "/travels/bookings", &token).await,
+            401
+        );
+    }
+    for (id, secret) in &PARTNERS[1..] {
+        for _ in 0..LOGINS_EACH {
+            let resp =
+                w.gw.client
+                    .post(w.gw.url("/oauth2/introspect"))
+                    .basic_auth(id, Some(secret))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body("token=unknown-token")
+                    .send()
+                    .await
+                    .expect("introspect");
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    assert_eq!(w.admin_status().await, 200);
+    w.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_expired_tokens_judges_the_admin_credentials() {
+    let w = world(OPAQUE).await;
+    let remove = "/oauth2/tokens/remove-expired";
+    let alias = "/invoke/pub.oauth/removeExpiredAccessTokens";
+    assert_eq!(
+        w.remove_expired(Method::POST, remove, Some(ADMIN)).await,
+        200
+    );
+    assert_eq!(w.remove_expired(Method::GET, alias, Some(ADMIN)).await, 200);
+    assert_eq!(w.remove_expired(Method::POST, remove, None).await, 401);
+    // A wrong password counts, on either path, as a failed admin login:
+    // five lock the user name, on the admin port too.
+    let wrong = Some((ADMIN.0, "wrong"));
+    for path in [remove, alias, remove, alias, remove] {
+        assert_eq!(w.remove_expired(Method::POST, path, wrong).await, 401);
+    }
+    assert_eq!(
+        w.remove_expired(Method::POST, remove, Some(ADMIN)).await,
+        401
+    );
+    assert_eq!(w.admin_status().await, 429);
     w.gw.shutdown().await;
 }
