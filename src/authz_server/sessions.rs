@@ -230,11 +230,27 @@ pub fn cookie_value(headers: &http::HeaderMap) -> Option<&str> {
         .map(|(_, value)| value.trim_matches('"'))
 }
 
-/// The `Set-Cookie` value for a session: not readable by scripts, not sent
-/// on cross-site subrequests or POSTs, `Secure` when served over HTTPS.
-pub fn set_cookie(id: &str, secure: bool) -> String {
+/// The paths the session cookie is sent on: the approval page's, where
+/// its forms post (the default template posts to the first; a template of
+/// one's own may post to its alias). The API ports serve the APIs on the
+/// same origin, and a cookie sent with their requests would reach their
+/// upstreams, where whoever reads it could approve tokens in the
+/// signed-in user's name.
+pub const COOKIE_PATHS: [&str; 2] = [
+    "/oauth2/authorize",
+    "/invoke/pub.apigateway.oauth2/authorize",
+];
+
+/// The `Set-Cookie` values for a session, one per path of the approval
+/// page: sent there alone, not readable by scripts, not sent on
+/// cross-site subrequests or POSTs, `Secure` when served over HTTPS.
+pub fn set_cookies(id: &str, secure: bool) -> [String; 2] {
     let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}={id}; Max-Age={LIFETIME_SECS}; Path=/; HttpOnly; SameSite=Lax{secure}")
+    COOKIE_PATHS.map(|path| {
+        format!(
+            "{COOKIE}={id}; Max-Age={LIFETIME_SECS}; Path={path}; HttpOnly; SameSite=Lax{secure}"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -325,7 +341,10 @@ mod tests {
             http::HeaderValue::from_static("a=1; mcgw_session=abc"),
         );
         assert_eq!(cookie_value(&headers), Some("abc"));
-        assert!(set_cookie("abc", true).ends_with("; Secure"));
-        assert!(!set_cookie("abc", false).contains("Secure"));
+        for (cookie, path) in set_cookies("abc", true).iter().zip(COOKIE_PATHS) {
+            assert!(cookie.ends_with("; Secure"), "{cookie}");
+            assert!(cookie.contains(&format!("; Path={path};")), "{cookie}");
+        }
+        assert!(!set_cookies("abc", false)[0].contains("Secure"));
     }
 }

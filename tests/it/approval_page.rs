@@ -4,7 +4,9 @@
 //! owner's words — over real HTTP, and in a real headless Chromium at
 //! 360 px and 1280 px (no horizontal scroll, the button in view).
 
-use crate::authorize::{code_query, pkce, query, yaml, Browser, Options, Reply, CALLBACK};
+use crate::authorize::{
+    code_from, code_query, exchange, pkce, query, yaml, Browser, Options, Reply, CALLBACK,
+};
 use crate::common::chromium::Chromium;
 use crate::common::{Env, Gateway};
 
@@ -319,7 +321,7 @@ async fn the_pages_fit_360_and_1280_pixels_in_headless_chromium() {
         ..Options::default()
     }))
     .await;
-    let (_, challenge) = pkce();
+    let (verifier, challenge) = pkce();
     let authorize = gw.url(&format!(
         "/oauth2/authorize?{}",
         code_query("bookyourticket", "view book cancel", Some(&challenge))
@@ -379,15 +381,30 @@ async fn the_pages_fit_360_and_1280_pixels_in_headless_chromium() {
     chromium.wait_for("button[value=approve]").await;
     chromium.click("button[value=approve]").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    let landed = loop {
         let landed = chromium.current_url().await;
         if landed.starts_with(&format!("{CALLBACK}?code=")) {
-            break;
+            break landed;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "the browser went to {landed}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    };
+
+    // The signed-in browser calls an API of the same port with the token
+    // the code buys: its session cookie, sent to the approval page alone,
+    // never reaches the upstream (the echo shows a `cookie` it got).
+    let (status, tokens) = exchange(&gw, &code_from(&landed), Some(&verifier)).await;
+    assert_eq!(status, 200, "{tokens}");
+    chromium.goto(&gw.url("/oauth2/jwks")).await;
+    let seen = chromium
+        .eval(
+            "return fetch('/travels/bookings', { headers: { authorization: 'Bearer ' + arguments[0] } })\
+             .then(r => r.json()).then(echo => [echo.path, echo.headers.cookie || null])",
+            serde_json::json!([tokens["access_token"]]),
+        )
+        .await;
+    assert_eq!(seen, serde_json::json!(["/bookings", null]), "{seen}");
 }

@@ -524,7 +524,7 @@ async fn token_request(
     (status, response.json().await.expect("json"))
 }
 
-async fn exchange(gw: &Gateway, code: &str, verifier: Option<&str>) -> (u16, Value) {
+pub(crate) async fn exchange(gw: &Gateway, code: &str, verifier: Option<&str>) -> (u16, Value) {
     let mut form = vec![("grant_type", "authorization_code"), ("code", code)];
     if let Some(verifier) = verifier {
         form.push(("code_verifier", verifier));

@@ -443,8 +443,9 @@ fn redirect_error(target: &request::Target<'_>, error: &OAuthError) -> Response<
 }
 
 fn set_cookie(cx: &AuthorizeContext<'_>, response: &mut Response<Bytes>, session: &Current) {
-    let cookie = sessions::set_cookie(&session.id, cx.is_https);
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
+    for cookie in sessions::set_cookies(&session.id, cx.is_https) {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
     }
 }
