@@ -240,41 +240,32 @@ pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
 const TUNNEL_IDLE: Duration = Duration::from_secs(3600);
 
 pub(super) fn timeouts(ctx: &mut Ctx, raw: &raw::Timeouts) -> Timeouts {
+    let secs = Duration::from_secs;
     Timeouts {
-        header_read: ctx.duration(
-            &raw.header_read,
-            "timeouts.header_read",
-            Duration::from_secs(10),
-        ),
-        idle: ctx.duration(&raw.idle, "timeouts.idle", Duration::from_secs(60)),
-        upstream_connect: ctx.duration(
+        header_read: positive(ctx, &raw.header_read, "timeouts.header_read", secs(10)),
+        idle: positive(ctx, &raw.idle, "timeouts.idle", secs(60)),
+        upstream_connect: positive(
+            ctx,
             &raw.upstream_connect,
             "timeouts.upstream_connect",
-            Duration::from_secs(2),
+            secs(2),
         ),
-        drain: ctx.duration(&raw.drain, "timeouts.drain", Duration::from_secs(30)),
-        body_read: positive(ctx, &raw.body_read, "timeouts.body_read"),
-        send: positive(ctx, &raw.send, "timeouts.send"),
-        tunnel_idle: match ctx.duration(&raw.tunnel_idle, "timeouts.tunnel_idle", TUNNEL_IDLE) {
-            zero if zero.is_zero() => {
-                if let Some(at) = &raw.tunnel_idle {
-                    ctx.report.error(
-                        Ctx::at(at),
-                        "timeouts.tunnel_idle: must be more than 0",
-                        "a duration such as \"1h\" or \"90s\"",
-                    );
-                }
-                TUNNEL_IDLE
-            }
-            idle => idle,
-        },
+        // Zero is a choice here: on shutdown, requests in flight are not
+        // waited for.
+        drain: ctx.duration(&raw.drain, "timeouts.drain", secs(30)),
+        body_read: positive(ctx, &raw.body_read, "timeouts.body_read", secs(30)),
+        send: positive(ctx, &raw.send, "timeouts.send", secs(30)),
+        tunnel_idle: positive(ctx, &raw.tunnel_idle, "timeouts.tunnel_idle", TUNNEL_IDLE),
     }
 }
 
-/// A deadline on client I/O (default 30 s): zero would cut every body and
-/// every response that does not fit in one write.
-fn positive(ctx: &mut Ctx, raw: &Option<S<Scalar>>, key: &str) -> Duration {
-    let value = ctx.duration(raw, key, Duration::from_secs(30));
+/// A deadline that zero would turn into a refusal of everything it
+/// bounds: every head (`header_read`), every kept-alive or busy
+/// connection (`idle`), every upstream connection (`upstream_connect`),
+/// every body and every response that does not fit in one write
+/// (`body_read`, `send`), every tunnel (`tunnel_idle`).
+fn positive(ctx: &mut Ctx, raw: &Option<S<Scalar>>, key: &str, default: Duration) -> Duration {
+    let value = ctx.duration(raw, key, default);
     match raw {
         Some(at) if value.is_zero() => {
             ctx.report.error(
@@ -282,7 +273,7 @@ fn positive(ctx: &mut Ctx, raw: &Option<S<Scalar>>, key: &str) -> Duration {
                 format!("{key}: must be more than 0"),
                 "a duration such as \"30s\" or \"500ms\"",
             );
-            Duration::from_secs(30)
+            default
         }
         _ => value,
     }

@@ -1857,3 +1857,36 @@ fn downloading_settings_over_plain_http_from_a_remote_central_is_refused() {
     // Without a download the central is never contacted.
     loaded(&yaml.replace("download_settings: true", "download_settings: false"));
 }
+
+/// A deadline of zero would refuse everything it bounds (every head, every
+/// kept-alive connection, every upstream connection, every tunnel): it is
+/// an error at its place. Only `drain` may be zero (shutdown then waits
+/// for nothing).
+#[test]
+fn a_deadline_of_zero_is_refused_but_a_drain_of_zero_is_taken() {
+    let yaml = "timeouts:\n  header_read: 0s\n  idle: 0s\n  upstream_connect: 0ms\n  body_read: 0s\n  send: 0s\n  tunnel_idle: 0s\n  drain: 0s\napis: []\n";
+    let allowed = "a duration such as \"30s\" or \"500ms\"";
+    let expected: Vec<Found> = [
+        "header_read",
+        "idle",
+        "upstream_connect",
+        "body_read",
+        "send",
+        "tunnel_idle",
+    ]
+    .iter()
+    .zip(2..)
+    .map(|(key, line)| {
+        let column = 5 + key.len() as u64;
+        error(
+            line,
+            column,
+            &format!("timeouts.{key}: must be more than 0"),
+            allowed,
+        )
+    })
+    .collect();
+    assert_eq!(errors(yaml), expected);
+    let taken = loaded("timeouts: { drain: 0s }\napis: []\n");
+    assert!(taken.snapshot.timeouts.drain.is_zero());
+}
