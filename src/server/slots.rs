@@ -16,7 +16,7 @@
 //! it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::proxy::tunnel::TunnelSlots;
@@ -47,6 +47,11 @@ pub struct Slots {
 pub(super) struct Pressure {
     high: AtomicBool,
     raised: watch::Sender<u64>,
+    /// Accepts waiting for a slot (one per thread of the port at most):
+    /// pressure stays high until the last of them has one, and it is
+    /// raised and lowered under this lock, so that one thread's slot never
+    /// lowers it while another thread still waits.
+    waiting: Mutex<usize>,
 }
 
 impl Slots {
@@ -58,6 +63,7 @@ impl Slots {
             pressure: Pressure {
                 high: AtomicBool::new(false),
                 raised: watch::Sender::new(0),
+                waiting: Mutex::new(0),
             },
             stopping: AtomicBool::new(false),
             parked: Notify::new(),
@@ -65,18 +71,17 @@ impl Slots {
     }
 
     /// A slot for a new connection. When there is none, pressure is raised
-    /// until one is free.
+    /// until every accept waiting for one (each thread of the port has its
+    /// own) has one.
     pub(super) async fn acquire(&self) -> Result<OwnedSemaphorePermit, AcquireError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => return Ok(permit),
-            Err(_) => {
-                self.pressure.raise();
-                self.parked.notify_waiters();
-                self.permits.clone().acquire_owned().await
-            }
-        };
-        self.pressure.lower();
-        permit
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        // Lowers pressure when the last waiter leaves, with a slot or not
+        // (its accept loop gone).
+        let _waiting = self.pressure.wait();
+        self.parked.notify_waiters();
+        self.permits.clone().acquire_owned().await
     }
 
     /// Waits until every slot is back: every connection has ended.
@@ -110,16 +115,16 @@ impl Slots {
 }
 
 impl Pressure {
-    fn raise(&self) {
+    /// One more accept waits for a slot: pressure is raised (again).
+    fn wait(&self) -> Waiting<'_> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        *waiting += 1;
         if !self.high.swap(true, Ordering::AcqRel) {
             tracing::debug!("no free connection slot: idle and stalled connections give theirs");
         }
         self.raised
             .send_modify(|raises| *raises = raises.wrapping_add(1));
-    }
-
-    fn lower(&self) {
-        self.high.store(false, Ordering::Release);
+        Waiting(self)
     }
 
     pub(super) fn is_high(&self) -> bool {
@@ -137,6 +142,23 @@ impl Pressure {
             body_read.min(PRESSED_SILENCE)
         } else {
             body_read
+        }
+    }
+}
+
+/// An accept waiting for a slot; the last to leave lowers pressure.
+struct Waiting<'a>(&'a Pressure);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let pressure = self.0;
+        let mut waiting = pressure
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *waiting = waiting.saturating_sub(1);
+        if *waiting == 0 {
+            pressure.high.store(false, Ordering::Release);
         }
     }
 }
@@ -173,5 +195,50 @@ mod tests {
             slots.pressure().body_silence(Duration::from_secs(30)),
             Duration::from_secs(30)
         );
+    }
+
+    #[tokio::test]
+    async fn pressure_stays_while_another_thread_still_waits_for_a_slot() {
+        let slots = Arc::new(Slots::new(1, 1));
+        let mut raised = slots.pressure().subscribe();
+        let held = slots.acquire().await.unwrap();
+        let (got_first, mut first) = tokio::sync::mpsc::unbounded_channel();
+        let waiter = |got: tokio::sync::mpsc::UnboundedSender<OwnedSemaphorePermit>| {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let permit = slots.acquire().await.unwrap();
+                let _ = got.send(permit);
+            })
+        };
+        let one = waiter(got_first.clone());
+        raised.changed().await.unwrap();
+        let other = waiter(got_first);
+        raised.changed().await.unwrap();
+        // One of them gets the freed slot; the other still waits.
+        drop(held);
+        let permit = first.recv().await.unwrap();
+        assert!(slots.pressure().is_high(), "another accept still waits");
+        drop(permit);
+        let last = first.recv().await.unwrap();
+        one.await.unwrap();
+        other.await.unwrap();
+        assert!(!slots.pressure().is_high(), "nobody waits any more");
+        drop(last);
+    }
+
+    #[tokio::test]
+    async fn an_accept_given_up_while_waiting_lowers_pressure_when_it_was_the_last() {
+        let slots = Arc::new(Slots::new(1, 1));
+        let mut raised = slots.pressure().subscribe();
+        let _held = slots.acquire().await.unwrap();
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire().await.map(drop) }
+        });
+        raised.changed().await.unwrap();
+        assert!(slots.pressure().is_high());
+        waiting.abort();
+        let _ = waiting.await;
+        assert!(!slots.pressure().is_high());
     }
 }
