@@ -181,3 +181,35 @@ async fn an_event_stream_silent_for_the_upstream_timeout_is_cut() {
     // cut (no last chunk), so that the client knows it is incomplete.
     assert!(!client.until("0\r\n\r\n").await);
 }
+
+/// A long poll whose client leaves before the upstream has answered: the
+/// gateway closes the upstream connection at once instead of holding it
+/// (and the client's slot) until `upstream.timeout`.
+#[tokio::test]
+async fn a_client_that_leaves_a_long_poll_ends_the_upstream_exchange_before_the_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        // Reads the request and answers nothing, until the gateway closes.
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = closed_tx.send(Instant::now());
+    });
+    let gw = Gateway::start(&config(upstream, "60s")).await;
+    let client = Reader::open(&gw).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = Instant::now();
+    drop(client);
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the gateway closed the upstream connection when the client left")
+        .expect("reported");
+    assert!(closed >= left);
+    gw.shutdown().await;
+}

@@ -505,7 +505,13 @@ where
         Framing::Chunked => read_body(wire, Delimited::Chunked(Chunked::new()), expect_continue),
     };
     let guard = InFlight::begin(activity);
-    let mut response = handler(request.map(|()| body), peer).await;
+    let answer = handler(request.map(|()| body), peer);
+    let Some(mut response) = answer_unless_gone(wire, answer).await else {
+        // The client left: the answer (and the upstream exchange) is
+        // dropped, and nobody is there to read anything more.
+        drop(guard);
+        return Exchanged::Ended { linger: false };
+    };
     let guard = guard.answered();
     let switch = switching(&mut response);
     // The rest of a request body the handler did not read would be
@@ -552,6 +558,48 @@ where
     Exchanged::Ended {
         linger: (!read_all || !wire.buf.is_empty()) && !wire.write_failed,
     }
+}
+
+/// The handler's answer, or `None` if the client closes its connection
+/// first. Once the request has nothing more to read (most have no body),
+/// the connection is watched while the answer is awaited — a long poll, an
+/// upstream slow to answer — as it is while an answer's body waits
+/// ([`respond`]): a client that went away no longer holds its slot, its
+/// upstream connection and the upstream's work for `upstream.timeout`.
+/// What it sends meanwhile (a next request) is kept. The watch reads only
+/// when the socket says there is something: a connection the head was
+/// read from to its end costs no system call here.
+async fn answer_unless_gone<S, F>(wire: &Mutex<Wire<S>>, answer: F) -> Option<Response<Body>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Response<Body>>,
+{
+    let mut answer = std::pin::pin!(answer);
+    poll_fn(|cx| {
+        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        let mut wire = lock(wire);
+        while wire.body.is_done() && wire.failed.is_none() && wire.buf.len() < WATCHED_BYTES {
+            // An empty buffer reads on the stack: the connection holds no
+            // read buffer for a request that sent nothing more.
+            let filled = if wire.buf.is_empty() {
+                wire.poll_fill_idle(cx)
+            } else {
+                wire.poll_fill(cx)
+            };
+            match filled {
+                Poll::Ready(Ok(0) | Err(_)) => {
+                    tracing::debug!("the client closed the connection before the answer");
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn read_body<S>(wire: &Arc<Mutex<Wire<S>>>, body: Delimited, expect_continue: bool) -> Body
