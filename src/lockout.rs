@@ -2,7 +2,8 @@
 //! windows, and the lock they put on either: the one mechanism behind the
 //! gateway's Basic users (`proxy::identify`, a client is an address), the
 //! authorization server's password logins
-//! (`authz_server::grants::attempts`, a client is an OAuth client id) and
+//! (`authz_server::grants::attempts`, a client is an OAuth client id, or
+//! the approval page's caller address) and
 //! its client authentications (`authz_server::client_auth`, a client is
 //! an address, and no user is counted). Each configures it with its
 //! [`Limits`]; this module imports none of them.
