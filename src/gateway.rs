@@ -344,8 +344,8 @@ fn handle_api(
 
 /// Hands a request on an API port to the authorization server: the body
 /// is read up to its limit, the request classified as HTTPS (TLS, or
-/// `https` from a trusted proxy) and, for the endpoints that need them,
-/// admin credentials checked.
+/// `https` from a trusted proxy), its caller's address made known and,
+/// for the endpoints that need them, admin credentials checked.
 async fn authz_endpoint(
     snapshot: &Snapshot,
     authz: &AuthorizationServer,
@@ -358,17 +358,17 @@ async fn authz_endpoint(
             .headers()
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    // Failed logins and client authentications count against the caller
+    // as `trusted_proxies` make it known (its proxy's address when it is
+    // unknown).
+    let address = proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies)
+        .unwrap_or(conn.peer.ip());
     // Only the admin endpoints judge the admin credentials: a client's own
     // Basic credentials at the token, introspection or revocation endpoint
     // (the gateway's own introspection calls among them) are no failed
     // admin login, and must not lock its address out of the admin port.
     let admin_ok = if crate::authz_server::needs_admin(req.uri().path()) {
-        // Failed logins count against the client as `trusted_proxies` make
-        // it known (its proxy's address when it is unknown).
-        let client =
-            proxy::forwarded::client_ip(req.headers(), conn.peer, &snapshot.trusted_proxies)
-                .unwrap_or(conn.peer.ip());
-        match admin_access(snapshot, req.headers(), logins, client) {
+        match admin_access(snapshot, req.headers(), logins, address) {
             Access::Granted => Some(true),
             // Locked: refused unchecked, as a wrong password is.
             Access::Denied | Access::Locked(_) => Some(false),
@@ -379,6 +379,7 @@ async fn authz_endpoint(
     };
     let ctx = crate::authz_server::RequestContext {
         is_https: conn.tls || forwarded_https,
+        address,
         admin_ok,
     };
     let (parts, body) = req.into_parts();

@@ -1,9 +1,12 @@
 //! Failed password attempts, counted per user and per client in fixed
 //! windows, and the lock they put on either: the one mechanism behind the
-//! gateway's Basic users (`proxy::identify`, a client is an address) and
-//! the authorization server's password logins
-//! (`authz_server::grants::attempts`, a client is an OAuth client id).
-//! Each configures it with its [`Limits`]; this module imports neither.
+//! gateway's Basic users (`proxy::identify`, a client is an address), the
+//! authorization server's password logins
+//! (`authz_server::grants::attempts`, a client is an OAuth client id, or
+//! the approval page's caller address) and
+//! its client authentications (`authz_server::client_auth`, a client is
+//! an address, and no user is counted). Each configures it with its
+//! [`Limits`]; this module imports none of them.
 //!
 //! - A subject that reaches its limit of failures within a window is
 //!   locked until the window ends. A window starts with the first attempt

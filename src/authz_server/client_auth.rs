@@ -7,6 +7,19 @@
 //! `client_id`. Secrets are compared in constant time; a wrong secret, an
 //! unknown client and a secret for a public client all look the same to
 //! the caller.
+//!
+//! Guessing is locked out (RFC 6749 §2.3.1 asks for protection against
+//! brute force): those failures count against the caller's address
+//! ([`Failures`]), never against the client id, which anyone may send. 20
+//! within 60 s lock the address for client authentication until the
+//! window ends; while locked, every client authentication from it is
+//! refused before a secret is compared, a right one too. A right secret
+//! forgives nothing: the address may serve a guesser and a client alike.
+//! A request that presents no guess (no secret for a confidential client,
+//! malformed credentials) is refused uncounted. The count is this
+//! process's own, apart from the admin logins' and the password logins'.
+
+use std::net::IpAddr;
 
 use base64::Engine;
 use http::{header, HeaderMap};
@@ -14,6 +27,7 @@ use http::{header, HeaderMap};
 use super::error::OAuthError;
 use super::form::{self, Form};
 use super::settings::{Client, Settings};
+use crate::lockout::{Limits, Lockout, Subject};
 
 /// How the client presented itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +45,100 @@ pub struct Authenticated<'s> {
     pub method: Method,
 }
 
+/// Failed client authentications within a window that lock an address.
+const FAILURES: u32 = 20;
+
+/// Only addresses are counted (as the clients of [`Lockout`]): no user
+/// has a limit here.
+const LIMITS: Limits = Limits {
+    user: FAILURES,
+    client: FAILURES,
+    window_secs: 60,
+    // Addresses are anyone's to choose: past it, windows that ended go
+    // first, then the oldest.
+    entries: 10_000,
+};
+
+/// Failed client authentications, per caller address. A secret is
+/// compared in moments, so no comparison under way is counted (as a
+/// password check under Argon2 is): concurrent guesses pass the lock no
+/// further than the requests one process runs at once.
+#[derive(Debug)]
+pub struct Failures(Lockout<IpAddr>);
+
+impl Default for Failures {
+    fn default() -> Failures {
+        Failures(Lockout::new(LIMITS))
+    }
+}
+
+impl Failures {
+    /// `Err` while `address` is locked: 429 with the seconds left.
+    fn check(&self, address: IpAddr, now: u64) -> Result<(), OAuthError> {
+        self.0
+            .check(&Subject::Client(address), now)
+            .map_err(|locked| OAuthError::ClientLocked {
+                retry_after: locked.retry_after,
+            })
+    }
+
+    fn record(&self, address: IpAddr, now: u64) {
+        self.0.record_failure(&Subject::Client(address), now);
+    }
+}
+
+/// Where a client authentication comes from, and the count its failure
+/// adds to.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The caller's address, as `trusted_proxies` make it known.
+    pub address: IpAddr,
+    pub failures: &'a Failures,
+    pub now: u64,
+}
+
+/// Authenticates the client of a request from `caller`: refused unchecked
+/// while its address is locked; a guess that fails counts against it.
 pub fn authenticate<'s>(
     settings: &'s Settings,
+    caller: Caller<'_>,
     headers: &HeaderMap,
     form: &Form,
 ) -> Result<Authenticated<'s>, OAuthError> {
+    caller.failures.check(caller.address, caller.now)?;
+    let presented = presented(headers, form)?;
+    let method = presented.method;
+    match judge(settings, &presented) {
+        Ok(client) => Ok(Authenticated { client, method }),
+        Err(refused) => {
+            if refused == Refused::Guess {
+                caller.failures.record(caller.address, caller.now);
+            }
+            Err(OAuthError::InvalidClient {
+                basic: method == Method::Basic,
+            })
+        }
+    }
+}
+
+/// The credentials a request presents.
+#[derive(Debug)]
+struct Presented {
+    client_id: String,
+    secret: Option<String>,
+    method: Method,
+}
+
+/// Why presented credentials were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// An unknown client, a wrong secret or a secret for a public client.
+    Guess,
+    /// A confidential client without its secret: nothing was guessed.
+    NoSecret,
+}
+
+fn presented(headers: &HeaderMap, form: &Form) -> Result<Presented, OAuthError> {
     let basic = basic_credentials(headers)?;
     let (client_id, secret, method) = match (basic, form.get("client_secret")) {
         (Some(_), Some(_)) => {
@@ -64,16 +167,23 @@ pub fn authenticate<'s>(
             (id, secret.map(str::to_owned), method)
         }
     };
-    let failed = || OAuthError::InvalidClient {
-        basic: method == Method::Basic,
-    };
-    let client = settings.client(&client_id).ok_or_else(failed)?;
-    match (&client.client_secret, secret) {
-        (Some(expected), Some(presented)) if expected.matches(presented.as_bytes()) => {
-            Ok(Authenticated { client, method })
-        }
-        (None, None) => Ok(Authenticated { client, method }),
-        (Some(_), _) | (None, Some(_)) => Err(failed()),
+    Ok(Presented {
+        client_id,
+        secret,
+        method,
+    })
+}
+
+/// The configured client that `presented` proves to be.
+fn judge<'s>(settings: &'s Settings, presented: &Presented) -> Result<&'s Client, Refused> {
+    let client = settings
+        .client(&presented.client_id)
+        .ok_or(Refused::Guess)?;
+    match (&client.client_secret, &presented.secret) {
+        (Some(expected), Some(secret)) if expected.matches(secret.as_bytes()) => Ok(client),
+        (None, None) => Ok(client),
+        (Some(_), Some(_)) | (None, Some(_)) => Err(Refused::Guess),
+        (Some(_), None) => Err(Refused::NoSecret),
     }
 }
 
@@ -159,13 +269,32 @@ mod tests {
         headers
     }
 
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    fn from(address: IpAddr, failures: &Failures, now: u64) -> Caller<'_> {
+        Caller {
+            address,
+            failures,
+            now,
+        }
+    }
+
+    fn post(body: &[u8]) -> Form {
+        Form::parse(body).expect("form")
+    }
+
     #[test]
     fn basic_parts_are_form_urldecoded() {
         let s = settings();
-        let ok = authenticate(&s, &basic("a%3Ab:s%26%2B+p"), &Form::default()).expect("auth");
+        let failures = Failures::default();
+        let auth = |headers: &HeaderMap, form: &Form| {
+            authenticate(&s, from(HERE, &failures, 0), headers, form)
+        };
+        let ok = auth(&basic("a%3Ab:s%26%2B+p"), &Form::default()).expect("auth");
         assert_eq!(ok.client.client_id, "a:b");
         assert_eq!(ok.method, Method::Basic);
-        let err = authenticate(&s, &basic("a%3Ab:wrong"), &Form::default());
+        let err = auth(&basic("a%3Ab:wrong"), &Form::default());
         assert!(matches!(
             err,
             Err(OAuthError::InvalidClient { basic: true })
@@ -175,29 +304,114 @@ mod tests {
     #[test]
     fn post_public_and_mixed() {
         let s = settings();
+        let failures = Failures::default();
+        let auth = |headers: &HeaderMap, form: &Form| {
+            authenticate(&s, from(HERE, &failures, 0), headers, form)
+        };
         let form = Form::parse(b"client_id=a%3Ab&client_secret=s%26%2B+p").expect("form");
         assert_eq!(
-            authenticate(&s, &HeaderMap::new(), &form)
-                .expect("auth")
-                .method,
+            auth(&HeaderMap::new(), &form).expect("auth").method,
             Method::Post
         );
         let form = Form::parse(b"client_id=pub").expect("form");
         assert_eq!(
-            authenticate(&s, &HeaderMap::new(), &form)
-                .expect("auth")
-                .method,
+            auth(&HeaderMap::new(), &form).expect("auth").method,
             Method::None
         );
         let form = Form::parse(b"client_id=a%3Ab").expect("form");
         assert!(matches!(
-            authenticate(&s, &HeaderMap::new(), &form),
+            auth(&HeaderMap::new(), &form),
             Err(OAuthError::InvalidClient { basic: false })
         ));
         let form = Form::parse(b"client_secret=x").expect("form");
         assert!(matches!(
-            authenticate(&s, &basic("pub:"), &form),
+            auth(&basic("pub:"), &form),
             Err(OAuthError::InvalidRequest(_))
         ));
+    }
+
+    #[test]
+    fn twenty_guesses_lock_their_address_not_the_client() {
+        let s = settings();
+        let failures = Failures::default();
+        let right = post(b"client_id=a%3Ab&client_secret=s%26%2B+p");
+        let wrong = post(b"client_id=a%3Ab&client_secret=guess");
+        for t in 0..20 {
+            let caller = from(HERE, &failures, 100 + t);
+            assert!(matches!(
+                authenticate(&s, caller, &HeaderMap::new(), &wrong),
+                Err(OAuthError::InvalidClient { basic: false })
+            ));
+        }
+        // Refused before any secret is compared, the right one too.
+        for (form, headers) in [
+            (&right, HeaderMap::new()),
+            (&Form::default(), basic("a%3Ab:x")),
+        ] {
+            assert!(matches!(
+                authenticate(&s, from(HERE, &failures, 130), &headers, form),
+                Err(OAuthError::ClientLocked { retry_after: 30 })
+            ));
+        }
+        // The client authenticates from elsewhere, and once the window ends.
+        let elsewhere = from(ELSEWHERE, &failures, 130);
+        assert!(authenticate(&s, elsewhere, &HeaderMap::new(), &right).is_ok());
+        let later = from(HERE, &failures, 160);
+        assert!(authenticate(&s, later, &HeaderMap::new(), &right).is_ok());
+    }
+
+    #[test]
+    fn unknown_clients_and_secrets_for_public_clients_are_guesses_a_missing_secret_is_not() {
+        let s = settings();
+        let failures = Failures::default();
+        let guesses = [
+            post(b"client_id=nobody&client_secret=x"),
+            post(b"client_id=nobody"),
+            post(b"client_id=pub&client_secret=x"),
+            post(b"client_id=a%3Ab&client_secret=x"),
+        ];
+        let no_secret = post(b"client_id=a%3Ab");
+        let right = post(b"client_id=a%3Ab&client_secret=s%26%2B+p");
+        for n in 0..19 {
+            let caller = from(HERE, &failures, 0);
+            assert!(authenticate(&s, caller, &HeaderMap::new(), &guesses[n % 4]).is_err());
+            // Neither a missing secret nor a right one changes the count.
+            assert!(authenticate(&s, caller, &HeaderMap::new(), &no_secret).is_err());
+            assert!(authenticate(&s, caller, &HeaderMap::new(), &right).is_ok());
+        }
+        let caller = from(HERE, &failures, 0);
+        assert!(authenticate(&s, caller, &HeaderMap::new(), &guesses[0]).is_err());
+        assert!(matches!(
+            authenticate(&s, caller, &HeaderMap::new(), &right),
+            Err(OAuthError::ClientLocked { retry_after: 60 })
+        ));
+    }
+
+    #[test]
+    fn judge_tells_guesses_from_a_missing_secret() {
+        let s = settings();
+        let presented = |client_id: &str, secret: Option<&str>| Presented {
+            client_id: client_id.into(),
+            secret: secret.map(str::to_owned),
+            method: Method::Post,
+        };
+        assert!(judge(&s, &presented("a:b", Some("s&+ p"))).is_ok());
+        assert!(judge(&s, &presented("pub", None)).is_ok());
+        for (id, secret) in [
+            ("a:b", Some("wrong")),
+            ("nobody", Some("x")),
+            ("nobody", None),
+            ("pub", Some("x")),
+        ] {
+            assert_eq!(
+                judge(&s, &presented(id, secret)).err(),
+                Some(Refused::Guess),
+                "{id}"
+            );
+        }
+        assert_eq!(
+            judge(&s, &presented("a:b", None)).err(),
+            Some(Refused::NoSecret)
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! worker, so that a flood of password guesses leaves the workers to the
 //! other requests.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -47,6 +48,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct RequestContext {
     /// TLS, or `https` from a trusted proxy.
     pub is_https: bool,
+    /// The caller's address, as `trusted_proxies` make it known: failed
+    /// client authentications and approval page logins count against it.
+    pub address: IpAddr,
     /// Admin Basic credentials, judged only where [`needs_admin`] says
     /// so: `None` = none configured (admin endpoints are off, 403) or not
     /// judged, `Some(false)` = missing or wrong (401).
@@ -128,6 +132,7 @@ struct Inner {
     keys: ArcSwap<SigningKeys>,
     users: Users,
     attempts: FailedAttempts,
+    client_failures: client_auth::Failures,
     sessions: Sessions,
     approval: Approval,
     metadata: Bytes,
@@ -179,6 +184,7 @@ impl AuthorizationServer {
                 keys: ArcSwap::from_pointee(keys),
                 users,
                 attempts,
+                client_failures: client_auth::Failures::default(),
                 sessions,
                 approval,
                 metadata,
@@ -421,15 +427,15 @@ impl Inner {
             }
             Endpoint::Token => {
                 let form = self.form(req, ctx)?;
-                self.token(req, &form, now)
+                self.token(req, &form, ctx.address, now)
             }
             Endpoint::Introspect => {
                 let form = self.form(req, ctx)?;
-                self.introspect(req, &form, now)
+                self.introspect(req, &form, self.caller(ctx, now))
             }
             Endpoint::Revoke => {
                 let form = self.form(req, ctx)?;
-                self.revoke(req, &form)
+                self.revoke(req, &form, self.caller(ctx, now))
             }
             Endpoint::RemoveExpired => {
                 allow(req, &[Method::POST], "POST")?;
@@ -439,6 +445,15 @@ impl Inner {
                 allow(req, &[Method::GET, Method::POST], "GET, POST")?;
                 self.remove_expired(ctx, now)
             }
+        }
+    }
+
+    /// Whence the client of a request in `ctx` authenticates.
+    fn caller(&self, ctx: RequestContext, now: u64) -> client_auth::Caller<'_> {
+        client_auth::Caller {
+            address: ctx.address,
+            failures: &self.client_failures,
+            now,
         }
     }
 
@@ -471,6 +486,8 @@ impl Inner {
                 key: keys.current(),
                 users: &self.users,
                 attempts: &self.attempts,
+                address: ctx.address,
+                client_failures: &self.client_failures,
                 now,
             },
             sessions: &self.sessions,
@@ -488,6 +505,7 @@ impl Inner {
         &self,
         req: &Request<Bytes>,
         form: &Form,
+        address: IpAddr,
         now: u64,
     ) -> Result<Response<Bytes>, OAuthError> {
         let keys = self.keys.load();
@@ -497,6 +515,8 @@ impl Inner {
             key: keys.current(),
             users: &self.users,
             attempts: &self.attempts,
+            address,
+            client_failures: &self.client_failures,
             now,
         };
         let (grant, response) = grants::token(&cx, req.headers(), form)?;
@@ -512,9 +532,10 @@ impl Inner {
         &self,
         req: &Request<Bytes>,
         form: &Form,
-        now: u64,
+        from: client_auth::Caller<'_>,
     ) -> Result<Response<Bytes>, OAuthError> {
-        let caller = client_auth::authenticate(&self.settings, req.headers(), form)?;
+        let now = from.now;
+        let caller = client_auth::authenticate(&self.settings, from, req.headers(), form)?;
         // RFC 7662 §2.1: the caller must be authorised; a public client
         // cannot be.
         if caller.method == AuthMethod::None {
@@ -534,8 +555,13 @@ impl Inner {
         Ok(json_response(StatusCode::OK, &answer))
     }
 
-    fn revoke(&self, req: &Request<Bytes>, form: &Form) -> Result<Response<Bytes>, OAuthError> {
-        let caller = client_auth::authenticate(&self.settings, req.headers(), form)?;
+    fn revoke(
+        &self,
+        req: &Request<Bytes>,
+        form: &Form,
+        from: client_auth::Caller<'_>,
+    ) -> Result<Response<Bytes>, OAuthError> {
+        let caller = client_auth::authenticate(&self.settings, from, req.headers(), form)?;
         let token = form
             .get("token")
             .ok_or(OAuthError::InvalidRequest("token is required"))?;

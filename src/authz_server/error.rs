@@ -38,6 +38,9 @@ pub enum OAuthError {
     /// Too many failed password attempts for the user or the client.
     #[error("too many failed attempts; retry after {retry_after}s")]
     TooManyAttempts { retry_after: u64 },
+    /// Too many failed client authentications from the caller's address.
+    #[error("too many failed client authentications; retry after {retry_after}s")]
+    ClientLocked { retry_after: u64 },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("method not allowed; allowed: {allow}")]
@@ -122,6 +125,12 @@ impl OAuthError {
                 "invalid_grant",
                 "too many failed attempts; retry later",
             ),
+            // As above: the §5.2 code of a refused client authentication.
+            OAuthError::ClientLocked { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many failed client authentications; retry later",
+            ),
             OAuthError::BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",
@@ -185,7 +194,8 @@ impl OAuthError {
                     HeaderValue::from_static(r#"Basic realm="microgateway""#),
                 );
             }
-            OAuthError::TooManyAttempts { retry_after } => {
+            OAuthError::TooManyAttempts { retry_after }
+            | OAuthError::ClientLocked { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             OAuthError::MethodNotAllowed { allow } => {
@@ -231,6 +241,16 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_locked_address_is_a_429_to_retry_when_its_window_ends() {
+        let locked = OAuthError::ClientLocked { retry_after: 42 }.into_response();
+        assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(locked.headers()[header::RETRY_AFTER], "42");
+        assert!(!locked.headers().contains_key(header::WWW_AUTHENTICATE));
+        let body: serde_json::Value = serde_json::from_slice(locked.body()).expect("json");
+        assert_eq!(body["error"], "invalid_client");
+    }
 
     #[test]
     fn no_worker_in_time_is_a_503_to_retry_soon_and_a_panic_a_500() {

@@ -38,6 +38,8 @@ pub(crate) struct Options<'a> {
     pub(crate) approval_page: Option<&'a Path>,
     /// `authorization_server.branding`, as a YAML flow mapping.
     pub(crate) branding: Option<&'a str>,
+    /// `trusted_proxies`, as a YAML flow sequence.
+    pub(crate) trusted_proxies: Option<&'a str>,
 }
 
 pub(crate) fn yaml(options: &Options<'_>) -> String {
@@ -51,9 +53,11 @@ pub(crate) fn yaml(options: &Options<'_>) -> String {
         .branding
         .map(|b| format!("branding: {b}"))
         .unwrap_or_default();
+    let proxies = options.trusted_proxies.unwrap_or("[]");
     format!(
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
+trusted_proxies: {proxies}
 admin: {{ port: 0 }}
 authorization_server:
   issuer: "http://localhost:4485"
@@ -332,6 +336,8 @@ pub(crate) struct Browser<'g> {
     gw: &'g Gateway,
     /// The `mcgw_session` cookie's value.
     pub(crate) cookie: Option<String>,
+    /// The address a proxy on 127.0.0.1 names it by (`X-Forwarded-For`).
+    forwarded_for: Option<&'static str>,
 }
 
 pub(crate) struct Reply {
@@ -356,7 +362,30 @@ impl Reply {
 
 impl<'g> Browser<'g> {
     pub(crate) fn new(gw: &'g Gateway) -> Browser<'g> {
-        Browser { gw, cookie: None }
+        Browser {
+            gw,
+            cookie: None,
+            forwarded_for: None,
+        }
+    }
+
+    /// A browser at `address`, reaching `gw` through a proxy on 127.0.0.1
+    /// (which the gateway must trust to believe it).
+    pub(crate) fn at(gw: &'g Gateway, address: &'static str) -> Browser<'g> {
+        Browser {
+            forwarded_for: Some(address),
+            ..Browser::new(gw)
+        }
+    }
+
+    fn headers(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", format!("mcgw_session={cookie}"));
+        }
+        if let Some(address) = self.forwarded_for {
+            request = request.header("x-forwarded-for", address);
+        }
+        request
     }
 
     /// The same browser (cookie jar), its next requests reaching `gw`
@@ -367,10 +396,7 @@ impl<'g> Browser<'g> {
     }
 
     pub(crate) async fn get(&mut self, path_and_query: &str) -> Reply {
-        let mut request = self.gw.client.get(self.gw.url(path_and_query));
-        if let Some(cookie) = &self.cookie {
-            request = request.header("cookie", format!("mcgw_session={cookie}"));
-        }
+        let request = self.headers(self.gw.client.get(self.gw.url(path_and_query)));
         self.read(request.send().await.expect("GET")).await
     }
 
@@ -380,15 +406,13 @@ impl<'g> Browser<'g> {
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
             .collect::<Vec<_>>()
             .join("&");
-        let mut request = self
-            .gw
-            .client
-            .post(self.gw.url(path))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        if let Some(cookie) = &self.cookie {
-            request = request.header("cookie", format!("mcgw_session={cookie}"));
-        }
+        let request = self.headers(
+            self.gw
+                .client
+                .post(self.gw.url(path))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body),
+        );
         self.read(request.send().await.expect("POST")).await
     }
 
@@ -684,6 +708,52 @@ async fn wrong_password_stays_on_the_login_page_and_repeated_failures_lock() {
         )
         .await;
     assert_eq!(locked.status, 429);
+    assert!(locked.header("retry-after").is_some());
+}
+
+/// The approval page's `client_id` is anyone's to send: failed logins
+/// lock the address they come from, never every user of the client.
+#[tokio::test]
+async fn failed_logins_for_a_client_lock_their_address_not_the_client() {
+    let gw = Gateway::start(&yaml(&Options {
+        trusted_proxies: Some(r#"["127.0.0.1/32"]"#),
+        ..Options::default()
+    }))
+    .await;
+    let (_, challenge) = pkce();
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "spa"),
+        ("redirect_uri", SPA_CALLBACK),
+        ("scope", "view"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let mut guesser = Browser::at(&gw, "203.0.113.66");
+    let mut page = guesser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    for _ in 0..20 {
+        let user = URL_SAFE_NO_PAD.encode(&rand_bytes()[..9]);
+        page = guesser
+            .submit(
+                &page,
+                "login",
+                &[("username", &user), ("password", "wrong")],
+            )
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains("Wrong username or password."));
+    }
+    // Alice, elsewhere, signs in to the same client.
+    Browser::at(&gw, "198.51.100.7").login(&authorize).await;
+    // The guessing address is refused unchecked, even alice's password.
+    let locked = guesser
+        .submit(
+            &page,
+            "login",
+            &[("username", "alice"), ("password", "wonderland")],
+        )
+        .await;
+    assert_eq!(locked.status, 429, "{}", locked.body);
     assert!(locked.header("retry-after").is_some());
 }
 

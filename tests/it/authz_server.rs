@@ -2,7 +2,7 @@
 //! to end, client authentication, scopes, refresh rotation and limits,
 //! introspection and revocation in both token formats, cleanup, restarts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -155,7 +155,7 @@ impl TestServer {
         let clock = Arc::clone(&offset);
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok((stream, peer)) = listener.accept().await else {
                     return;
                 };
                 let authz = authz.clone();
@@ -171,6 +171,7 @@ impl TestServer {
                                 .headers
                                 .get("x-forwarded-proto")
                                 .is_some_and(|v| v == "https"),
+                            address: peer.ip(),
                             admin_ok: admin.map(|(user, password)| {
                                 let expected = base64::engine::general_purpose::STANDARD
                                     .encode(format!("{user}:{password}"));
@@ -202,6 +203,14 @@ impl TestServer {
 
     fn advance(&self, secs: u64) {
         self.offset.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    /// Its next requests come from `address`, another loopback address.
+    fn connect_from(&mut self, address: IpAddr) {
+        self.http = reqwest::Client::builder()
+            .local_address(address)
+            .build()
+            .expect("client");
     }
 
     async fn post(&self, path: &str, form: &[(&str, &str)]) -> Reply {
@@ -416,6 +425,84 @@ async fn client_authentication_failures() {
         )
         .await;
     assert_eq!(ok.status, 200, "{}", ok.json);
+}
+
+fn retry_after(reply: &Reply) -> u64 {
+    reply
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("seconds")
+}
+
+/// RFC 6749 §2.3.1: guessing a client secret is locked out per address.
+/// The client itself is not locked: whoever knows its id could lock it.
+#[tokio::test]
+async fn twenty_wrong_client_secrets_lock_the_address_for_a_minute() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
+    let cc = [("grant_type", "client_credentials")];
+    for n in 0..20 {
+        let path = match n % 2 {
+            0 => "/oauth2/token",
+            _ => "/invoke/pub.apigateway.oauth2/getAccessToken",
+        };
+        let guess = format!("guess-{n}");
+        let reply = server.post_basic(path, "app", &guess, &cc).await;
+        assert_eq!(
+            (reply.status, reply.error()),
+            (401, "invalid_client"),
+            "{n}"
+        );
+    }
+    // Refused unchecked, the right secret too.
+    for secret in ["guess-20", "s3cret/+:&"] {
+        let locked = server.post_basic("/oauth2/token", "app", secret, &cc).await;
+        assert_eq!((locked.status, locked.error()), (429, "invalid_client"));
+        assert_eq!(locked.header("cache-control"), Some("no-store"));
+        assert!((1..=60).contains(&retry_after(&locked)));
+    }
+    let revoke = server
+        .post(
+            "/oauth2/revoke",
+            &[("client_id", "public-app"), ("token", "t")],
+        )
+        .await;
+    assert_eq!(revoke.status, 429);
+    // From another address the client authenticates.
+    server.connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    server.token("app", "s3cret/+:&", &cc).await;
+    // The lock ends with its window.
+    server.connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    server.advance(60);
+    server.token("app", "s3cret/+:&", &cc).await;
+}
+
+#[tokio::test]
+async fn wrong_introspector_secrets_lock_introspection_from_the_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
+    let form = [("token", "some-token")];
+    for n in 0..20 {
+        let path = match n % 2 {
+            0 => "/oauth2/introspect",
+            _ => "/invoke/pub.oauth/introspectToken",
+        };
+        let guess = format!("guess-{n}");
+        let reply = server.post_basic(path, "introspector", &guess, &form).await;
+        assert_eq!(
+            (reply.status, reply.error()),
+            (401, "invalid_client"),
+            "{n}"
+        );
+    }
+    let locked = server
+        .post_basic("/oauth2/introspect", "introspector", "intro-secret", &form)
+        .await;
+    assert_eq!((locked.status, locked.error()), (429, "invalid_client"));
+    assert!((1..=60).contains(&retry_after(&locked)));
+    server.advance(60);
+    assert_eq!(server.introspect("some-token").await["active"], false);
 }
 
 #[tokio::test]
@@ -1097,6 +1184,7 @@ async fn admin_helpers_list_without_values_and_revoke_by_id() {
         .expect("request");
     let ctx = RequestContext {
         is_https: false,
+        address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         admin_ok: None,
     };
     let response = authz.handle(request, ctx).await;
@@ -1147,6 +1235,7 @@ async fn the_cleanup_task_removes_expired_tokens() {
         .expect("request");
     let ctx = RequestContext {
         is_https: false,
+        address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         admin_ok: None,
     };
     assert_eq!(authz.handle(request, ctx).await.status(), 200);

@@ -566,6 +566,34 @@ async fn client_basic_logins_at_the_introspection_endpoint_leave_the_admin_port_
     w.gw.shutdown().await;
 }
 
+/// Guessed client secrets lock their address out of client
+/// authentication, on a count of its own: the admin port stays open to
+/// the same address.
+#[tokio::test]
+async fn guessed_client_secrets_lock_client_authentication_not_the_admin_port() {
+    let w = world(OPAQUE).await;
+    let token = |(id, secret): (&str, &str)| {
+        w.gw.client
+            .post(w.gw.url("/oauth2/token"))
+            .basic_auth(id, Some(secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+    };
+    for n in 0..20 {
+        let (id, _) = PARTNERS[n % PARTNERS.len()];
+        let resp = token((id, "wrong")).await.expect("token");
+        assert_eq!(resp.status(), 401, "{n}");
+    }
+    let locked = token(PARTNERS[0]).await.expect("token");
+    assert_eq!(locked.status(), 429);
+    assert!(locked.headers().contains_key("retry-after"));
+    let body: Value = locked.json().await.expect("JSON");
+    assert_eq!(body["error"], "invalid_client");
+    assert_eq!(w.admin_status().await, 200);
+    w.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn removing_expired_tokens_judges_the_admin_credentials() {
     let w = world(OPAQUE).await;

@@ -484,10 +484,11 @@ fn postgres_store_is_not_ready_until_the_database_is_reached() {
     assert!(store.find_access_token("a").unwrap().is_some());
 }
 
-/// Failed password attempts counted on two replicas lock on both.
+/// Failed password attempts counted on two replicas lock on both, a
+/// user's and an address's alike.
 #[test]
 fn postgres_failed_attempts_are_shared_by_replicas() {
-    use microgateway::authz_server::grants::attempts::{FailedAttempts, Subject};
+    use microgateway::authz_server::grants::attempts::{FailedAttempts, Source, Subject};
     let pg = Postgres::shared();
     let database = pg.create_database();
     let one = FailedAttempts::shared(Arc::new(pg.open_store(&database)));
@@ -501,6 +502,14 @@ fn postgres_failed_attempts_are_shared_by_replicas() {
     assert_eq!(other.check(&Subject::User("bob".into()), 110), Ok(()));
     assert_eq!(other.check(&alice, 160), Ok(()), "the window ended");
     other.clear(&alice);
+    let address = Subject::Client(Source::Address("192.0.2.1".parse().unwrap()));
+    for replica in [&one, &other].repeat(10) {
+        assert_eq!(replica.check(&address, 100), Ok(()));
+        replica.record_failure(&address, 100);
+    }
+    assert_eq!(one.check(&address, 110), Err(50));
+    let elsewhere = Subject::Client(Source::Address("192.0.2.2".parse().unwrap()));
+    assert_eq!(one.check(&elsewhere, 110), Ok(()));
 }
 
 fn session(hash: &str, user: Option<&str>, expires_at: u64) -> SessionRecord {

@@ -11,7 +11,10 @@
 //! redirect URI, PKCE challenge, user and granted scopes) or, for the
 //! implicit grant, an access token in the fragment — never a refresh
 //! token (§4.2.2). The resource owner may grant fewer scopes than asked.
-//! Logins share the password grant's per-user and per-client limits.
+//! Logins share the password grant's per-user limit; its wider limit
+//! counts the caller's address here, not the client: a `client_id` is
+//! anyone's to send, and counted against it, wrong logins would lock
+//! every user of that client out.
 //! Nothing here logs a password, code or token.
 
 mod request;
@@ -22,7 +25,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use super::approval::{self, Approval, Page, Param, ScopeView, Step};
 use super::error::OAuthError;
 use super::form::Form;
-use super::grants::{issue_new, GrantContext};
+use super::grants::{attempts::Source, issue_new, GrantContext};
 use super::sessions::{self, Current, Sessions};
 use super::settings::GrantType;
 use super::store::CodeRecord;
@@ -159,8 +162,8 @@ fn login(
             &kept,
         );
     };
-    let client_id = &valid.client.client_id;
-    let guarded = cx.grants.attempts.guarded(client_id, username, now, || {
+    let source = Source::Address(cx.grants.address);
+    let guarded = cx.grants.attempts.guarded(&source, username, now, || {
         cx.grants.users.verify(username, password)
     });
     match guarded {

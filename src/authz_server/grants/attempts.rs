@@ -1,59 +1,83 @@
 //! Failed password attempts of the password grant and the approval page's
-//! login, counted per user and per client in fixed windows, to slow down
-//! guessing (RFC 6749 §10.7 asks the server to protect the password grant
-//! from brute force). The windows, the lock and the checks under way are
-//! [`crate::lockout`]'s, as for the gateway's Basic users; this module
-//! sets its limits and adds the count shared by replicas.
+//! login, counted per user and per source (the client, or the address) in
+//! fixed windows, to slow down guessing (RFC 6749 §10.7 asks the server to
+//! protect the password grant from brute force). The windows, the lock and
+//! the checks under way are [`crate::lockout`]'s, as for the gateway's
+//! Basic users; this module sets its limits and adds the count shared by
+//! replicas.
 //!
-//! Policy: 5 failures of one user, or 20 of one client (a client serves
-//! many users), within 60 s lock that user or client until the window
-//! ends; while locked, even a right password is refused without being
-//! checked, so a lock also caps the Argon2 work an attacker can cause.
-//! Unknown usernames are counted like known ones, so a lock does not tell
-//! which users exist. Memory stays bounded: a failure is only recorded for
+//! Policy: 5 failures of one user, or 20 of one source, within 60 s lock
+//! that user or source until the window ends; while locked, even a right
+//! password is refused without being checked, so a lock also caps the
+//! Argon2 work an attacker can cause. The source is what the wide lock
+//! may hold back without locking out others: the password grant's client,
+//! which authenticated itself (a client serves many users); the approval
+//! page's caller address, as `trusted_proxies` make it known, because the
+//! page's `client_id` is anyone's to send: counted against it, 20 wrong
+//! logins would lock every user of that client. Unknown usernames are
+//! counted like known ones, so a lock does not tell which users exist.
+//!
+//! Memory stays bounded. A password grant's failure is only recorded for
 //! a configured client that is not locked, so each client keeps at most
 //! `ENTRIES_PER_CLIENT` counts running, and the counters have room for
-//! every configured client's ([`FailedAttempts::for_clients`]): windows
-//! that ended are dropped to make room, never a running one.
+//! every configured client's ([`FailedAttempts::for_clients`]). Addresses
+//! are anyone's to choose: the approval page's counts have
+//! `ADDRESS_ENTRIES` more. Past the bound, windows that ended are dropped
+//! to make room first, then the oldest running one: only failed logins
+//! from some hundreds of addresses within a minute reach that far, and
+//! each of their guesses waits for its turn at Argon2.
 //!
-//! A password check under way counts against its user's and its client's
+//! A password check under way counts against its user's and its source's
 //! locks until it ends ([`FailedAttempts::guarded`]): guesses sent at once
 //! are not all let through before the first failure is counted, so no more
 //! passwords of one user are checked at a time than the lock has room for.
 //! A check that ends without an outcome (a panic) counts as a failure.
 //!
-//! A store shared by replicas (PostgreSQL) counts failures too, so a lock
-//! holds on every replica: a subject is locked when the local count or the
-//! store's says so. Failures are always counted locally as well, so an
-//! unreachable store never lifts a lock. (Checks under way are counted by
-//! each replica alone.)
+//! A store shared by replicas (PostgreSQL) counts failures too, of users,
+//! clients and addresses alike, so a lock holds on every replica: a
+//! subject is locked when the local count or the store's says so. Failures
+//! are always counted locally as well, so an unreachable store never lifts
+//! a lock. (Checks under way are counted by each replica alone.)
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::authz_server::store::TokenStore;
 use crate::lockout::{self, Limits, Lockout, Outcome};
 
-/// A user (its name) or a client (its id).
-pub type Subject = lockout::Subject<String>;
+/// Where guesses come from, as the wide lock counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The authenticated client of a password grant (its id).
+    Client(String),
+    /// The caller of the approval page.
+    Address(IpAddr),
+}
 
-/// Failures of one client within a window that lock it.
-const CLIENT_FAILURES: u32 = 20;
-/// Failures of one user, or of one client, within a window.
+/// A user (its name) or a source (a client or an address).
+pub type Subject = lockout::Subject<Source>;
+
+/// Failures of one source within a window that lock it.
+const SOURCE_FAILURES: u32 = 20;
+/// Failures of one user, or of one source, within a window.
 const LIMITS: Limits = Limits {
     user: 5,
-    client: CLIENT_FAILURES,
+    client: SOURCE_FAILURES,
     window_secs: 60,
-    entries: ENTRIES_PER_CLIENT,
+    entries: ENTRIES_PER_CLIENT + ADDRESS_ENTRIES,
 };
 
-/// Counts one configured client keeps running at most: its own, the users
-/// whose failures through it still count (a minute spans at most two of
-/// its windows, each with at most its limit of failures), and the users
-/// whose passwords it has under check (no more than its limit either).
-const ENTRIES_PER_CLIENT: usize = 1 + 3 * CLIENT_FAILURES as usize;
+/// Counts one source keeps running at most: its own, the users whose
+/// failures through it still count (a minute spans at most two of its
+/// windows, each with at most its limit of failures), and the users whose
+/// passwords it has under check (no more than its limit either).
+const ENTRIES_PER_CLIENT: usize = 1 + 3 * SOURCE_FAILURES as usize;
+
+/// Room for the counts of the approval page's addresses and their users.
+const ADDRESS_ENTRIES: usize = 10_000;
 
 pub struct FailedAttempts {
-    local: Lockout<String>,
+    local: Lockout<Source>,
     /// The store, when it shares counts between replicas.
     shared: Option<Arc<dyn TokenStore>>,
 }
@@ -86,10 +110,13 @@ impl FailedAttempts {
         }
     }
 
-    /// Room for the counts of `clients` configured clients.
+    /// Room for the counts of `clients` configured clients, and of the
+    /// approval page's addresses.
     pub fn for_clients(self, clients: usize) -> FailedAttempts {
         let limits = Limits {
-            entries: ENTRIES_PER_CLIENT.saturating_mul(clients.max(1)),
+            entries: ENTRIES_PER_CLIENT
+                .saturating_mul(clients.max(1))
+                .saturating_add(ADDRESS_ENTRIES),
             ..LIMITS
         };
         FailedAttempts {
@@ -122,34 +149,34 @@ impl FailedAttempts {
         self.local.forgive(subject);
     }
 
-    /// Checks `username`'s password (`verify`) for `client_id`, under
+    /// Checks `username`'s password (`verify`) from `source`, under
     /// their locks: `Err(retry_after_secs)` while either is locked, or
     /// while its failures and its checks under way leave the lock no
     /// room; else whether the password matched, a failure counted for
     /// both or the user's failures cleared.
     pub fn guarded(
         &self,
-        client_id: &str,
+        source: &Source,
         username: &str,
         now: u64,
         verify: impl FnOnce() -> bool,
     ) -> Result<bool, u64> {
-        let client = Subject::Client(client_id.to_owned());
+        let wide = Subject::Client(source.clone());
         let user = Subject::User(username.to_owned());
-        for subject in [&client, &user] {
+        for subject in [&wide, &user] {
             self.check(subject, now)?;
         }
         // Counted until the outcome is, so that the lock never lapses.
         let attempt = self
             .local
-            .reserve(&client_id.to_owned(), username, None, now)
+            .reserve(source, username, None, now)
             .map_err(|l| l.retry_after)?;
         let matched = verify();
         if matched {
             self.clear_shared(&user);
             attempt.end(Outcome::Right, now);
         } else {
-            self.record_shared(&client, now);
+            self.record_shared(&wide, now);
             self.record_shared(&user, now);
             attempt.end(Outcome::Wrong, now);
         }
@@ -178,13 +205,23 @@ impl FailedAttempts {
 fn store_key(subject: &Subject) -> String {
     match subject {
         Subject::User(name) => format!("user:{name}"),
-        Subject::Client(id) => format!("client:{id}"),
+        Subject::Client(Source::Client(id)) => format!("client:{id}"),
+        Subject::Client(Source::Address(ip)) => format!("address:{ip}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    fn app(client_id: &str) -> Source {
+        Source::Client(client_id.into())
+    }
+
+    fn address(last: u8) -> Source {
+        Source::Address(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)))
+    }
 
     #[test]
     fn five_failures_lock_a_user_until_the_window_ends() {
@@ -207,26 +244,35 @@ mod tests {
         let attempts = FailedAttempts::default();
         for n in 0..19 {
             let user = format!("user-{n}");
-            assert_eq!(attempts.guarded("app", &user, 0, || false), Ok(false));
+            assert_eq!(attempts.guarded(&app("app"), &user, 0, || false), Ok(false));
         }
-        assert_eq!(attempts.check(&Subject::Client("app".into()), 1), Ok(()));
-        assert_eq!(attempts.guarded("app", "bob", 1, || false), Ok(false));
-        assert_eq!(attempts.guarded("app", "carol", 1, || true), Err(59));
-        assert_eq!(attempts.guarded("other", "carol", 1, || true), Ok(true));
+        assert_eq!(attempts.check(&Subject::Client(app("app")), 1), Ok(()));
+        assert_eq!(attempts.guarded(&app("app"), "bob", 1, || false), Ok(false));
+        assert_eq!(attempts.guarded(&app("app"), "carol", 1, || true), Err(59));
+        assert_eq!(
+            attempts.guarded(&app("other"), "carol", 1, || true),
+            Ok(true)
+        );
     }
 
     #[test]
     fn a_locked_user_is_refused_unchecked_and_a_right_password_forgives() {
         let attempts = FailedAttempts::default();
         for _ in 0..4 {
-            assert_eq!(attempts.guarded("app", "alice", 0, || false), Ok(false));
+            assert_eq!(
+                attempts.guarded(&app("app"), "alice", 0, || false),
+                Ok(false)
+            );
         }
-        assert_eq!(attempts.guarded("app", "alice", 0, || true), Ok(true));
+        assert_eq!(attempts.guarded(&app("app"), "alice", 0, || true), Ok(true));
         for _ in 0..5 {
-            assert_eq!(attempts.guarded("app", "alice", 1, || false), Ok(false));
+            assert_eq!(
+                attempts.guarded(&app("app"), "alice", 1, || false),
+                Ok(false)
+            );
         }
         let checked = std::cell::Cell::new(false);
-        let refused = attempts.guarded("app", "alice", 2, || {
+        let refused = attempts.guarded(&app("app"), "alice", 2, || {
             checked.set(true);
             true
         });
@@ -242,16 +288,66 @@ mod tests {
         let clients = ["a", "b", "c", "d"];
         let attempts = FailedAttempts::default().for_clients(clients.len());
         for _ in 0..4 {
-            assert_eq!(attempts.guarded("a", "alice", 0, || false), Ok(false));
+            assert_eq!(attempts.guarded(&app("a"), "alice", 0, || false), Ok(false));
         }
         for (c, client) in clients.iter().enumerate() {
             let others = if c == 0 { 15 } else { 20 };
             for n in 0..others {
                 let user = format!("{client}-user-{n}");
-                assert_eq!(attempts.guarded(client, &user, 1, || false), Ok(false));
+                assert_eq!(
+                    attempts.guarded(&app(client), &user, 1, || false),
+                    Ok(false)
+                );
             }
         }
-        assert_eq!(attempts.guarded("a", "alice", 2, || false), Ok(false));
+        assert_eq!(attempts.guarded(&app("a"), "alice", 2, || false), Ok(false));
         assert_eq!(attempts.check(&Subject::User("alice".into()), 3), Err(57));
+    }
+
+    /// The approval page counts its caller's address in the client's
+    /// stead: 20 wrong logins lock that address, not the client whose id
+    /// they named, nor another address.
+    #[test]
+    fn an_address_has_the_wide_limit_and_locks_no_client() {
+        let attempts = FailedAttempts::default();
+        for n in 0..20 {
+            let user = format!("user-{n}");
+            assert_eq!(attempts.guarded(&address(1), &user, 0, || false), Ok(false));
+        }
+        assert_eq!(attempts.guarded(&address(1), "alice", 1, || true), Err(59));
+        assert_eq!(attempts.guarded(&address(2), "alice", 1, || true), Ok(true));
+        assert_eq!(attempts.check(&Subject::Client(app("spa")), 1), Ok(()));
+    }
+
+    /// A user's failures count the same from any source.
+    #[test]
+    fn a_user_is_counted_across_sources() {
+        let attempts = FailedAttempts::default();
+        for _ in 0..3 {
+            assert_eq!(
+                attempts.guarded(&app("app"), "alice", 0, || false),
+                Ok(false)
+            );
+        }
+        for last in [1, 2] {
+            assert_eq!(
+                attempts.guarded(&address(last), "alice", 0, || false),
+                Ok(false)
+            );
+        }
+        assert_eq!(attempts.guarded(&address(3), "alice", 1, || true), Err(59));
+        assert_eq!(
+            attempts.guarded(&app("other"), "alice", 1, || true),
+            Err(59)
+        );
+    }
+
+    #[test]
+    fn the_stores_keys_name_their_kind() {
+        assert_eq!(store_key(&Subject::User("alice".into())), "user:alice");
+        assert_eq!(store_key(&Subject::Client(app("app"))), "client:app");
+        assert_eq!(store_key(&Subject::Client(address(7))), "address:192.0.2.7");
+        let v6 = Source::Address("2001:db8::1".parse().expect("address"));
+        assert_eq!(store_key(&Subject::Client(v6)), "address:2001:db8::1");
     }
 }

@@ -14,6 +14,8 @@ mod client_credentials;
 pub mod password;
 mod refresh_token;
 
+use std::net::IpAddr;
+
 use http::HeaderMap;
 use serde::Serialize;
 
@@ -34,7 +36,22 @@ pub struct GrantContext<'a> {
     pub key: &'a SigningKey,
     pub users: &'a Users,
     pub attempts: &'a FailedAttempts,
+    /// The caller's address, as `trusted_proxies` make it known.
+    pub address: IpAddr,
+    /// Failed client authentications, per address.
+    pub client_failures: &'a client_auth::Failures,
     pub now: u64,
+}
+
+impl<'a> GrantContext<'a> {
+    /// Whence this request's client authenticates.
+    pub fn caller(&self) -> client_auth::Caller<'a> {
+        client_auth::Caller {
+            address: self.address,
+            failures: self.client_failures,
+            now: self.now,
+        }
+    }
 }
 
 /// RFC 6749 §5.1 successful response.
@@ -58,7 +75,7 @@ pub fn token(
     let grant_type = form
         .get("grant_type")
         .ok_or(OAuthError::InvalidRequest("grant_type is required"))?;
-    let caller = client_auth::authenticate(cx.settings, headers, form)?;
+    let caller = client_auth::authenticate(cx.settings, cx.caller(), headers, form)?;
     let grant = match grant_type {
         "authorization_code" => GrantType::AuthorizationCode,
         "client_credentials" => GrantType::ClientCredentials,

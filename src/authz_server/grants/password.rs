@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 
+use super::attempts::Source;
 use super::{granted_scopes, issue_new, may_refresh, GrantContext, TokenResponse};
 use crate::authz_server::error::OAuthError;
 use crate::authz_server::form::Form;
@@ -96,9 +97,12 @@ pub fn grant(
     let scopes = granted_scopes(form.get("scope"), &client.scopes)?;
     let matched = cx
         .attempts
-        .guarded(&client.client_id, username, cx.now, || {
-            cx.users.verify(username, password)
-        })
+        .guarded(
+            &Source::Client(client.client_id.clone()),
+            username,
+            cx.now,
+            || cx.users.verify(username, password),
+        )
         .map_err(|retry_after| OAuthError::TooManyAttempts { retry_after })?;
     if !matched {
         tracing::info!(client_id = %client.client_id, "password grant refused: wrong credentials");
