@@ -520,6 +520,18 @@ pub(crate) fn code_query(client_id: &str, scope: &str, challenge: Option<&str>) 
     query(&pairs)
 }
 
+/// The public client's authorization query for `view`, with PKCE.
+fn spa_query(challenge: &str) -> String {
+    query(&[
+        ("response_type", "code"),
+        ("client_id", "spa"),
+        ("redirect_uri", SPA_CALLBACK),
+        ("scope", "view"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ])
+}
+
 /// The code from a successful redirect to `CALLBACK`.
 pub(crate) fn code_from(location: &str) -> String {
     let (base, params) = split_redirect(location);
@@ -721,14 +733,7 @@ async fn failed_logins_for_a_client_lock_their_address_not_the_client() {
     }))
     .await;
     let (_, challenge) = pkce();
-    let authorize = query(&[
-        ("response_type", "code"),
-        ("client_id", "spa"),
-        ("redirect_uri", SPA_CALLBACK),
-        ("scope", "view"),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-    ]);
+    let authorize = spa_query(&challenge);
     let mut guesser = Browser::at(&gw, "203.0.113.66");
     let mut page = guesser.get(&format!("/oauth2/authorize?{authorize}")).await;
     for _ in 0..20 {
@@ -778,14 +783,7 @@ async fn public_client_with_pkce_exchanges_without_a_secret() {
     let gw = gateway().await;
     let mut browser = Browser::new(&gw);
     let (verifier, challenge) = pkce();
-    let authorize = query(&[
-        ("response_type", "code"),
-        ("client_id", "spa"),
-        ("redirect_uri", SPA_CALLBACK),
-        ("scope", "view"),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-    ]);
+    let authorize = spa_query(&challenge);
     let location = browser.approve(&authorize, None).await;
     let (base, params) = split_redirect(&location);
     assert_eq!(base, SPA_CALLBACK);

@@ -437,24 +437,35 @@ fn retry_after(reply: &Reply) -> u64 {
 
 /// RFC 6749 §2.3.1: guessing a client secret is locked out per address.
 /// The client itself is not locked: whoever knows its id could lock it.
-#[tokio::test]
-async fn twenty_wrong_client_secrets_lock_the_address_for_a_minute() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
-    let cc = [("grant_type", "client_credentials")];
+/// Twenty wrong secrets of `client`, at each of `paths` in turn: each
+/// answered 401 `invalid_client`.
+async fn twenty_wrong_secrets(
+    server: &TestServer,
+    paths: [&str; 2],
+    client: &str,
+    form: &[(&str, &str)],
+) {
     for n in 0..20 {
-        let path = match n % 2 {
-            0 => "/oauth2/token",
-            _ => "/invoke/pub.apigateway.oauth2/getAccessToken",
-        };
         let guess = format!("guess-{n}");
-        let reply = server.post_basic(path, "app", &guess, &cc).await;
+        let reply = server.post_basic(paths[n % 2], client, &guess, form).await;
         assert_eq!(
             (reply.status, reply.error()),
             (401, "invalid_client"),
             "{n}"
         );
     }
+}
+
+#[tokio::test]
+async fn twenty_wrong_client_secrets_lock_the_address_for_a_minute() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
+    let cc = [("grant_type", "client_credentials")];
+    let paths = [
+        "/oauth2/token",
+        "/invoke/pub.apigateway.oauth2/getAccessToken",
+    ];
+    twenty_wrong_secrets(&server, paths, "app", &cc).await;
     // Refused unchecked, the right secret too.
     for secret in ["guess-20", "s3cret/+:&"] {
         let locked = server.post_basic("/oauth2/token", "app", secret, &cc).await;
@@ -483,19 +494,8 @@ async fn wrong_introspector_secrets_lock_introspection_from_the_address() {
     let dir = tempfile::tempdir().expect("dir");
     let server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
     let form = [("token", "some-token")];
-    for n in 0..20 {
-        let path = match n % 2 {
-            0 => "/oauth2/introspect",
-            _ => "/invoke/pub.oauth/introspectToken",
-        };
-        let guess = format!("guess-{n}");
-        let reply = server.post_basic(path, "introspector", &guess, &form).await;
-        assert_eq!(
-            (reply.status, reply.error()),
-            (401, "invalid_client"),
-            "{n}"
-        );
-    }
+    let paths = ["/oauth2/introspect", "/invoke/pub.oauth/introspectToken"];
+    twenty_wrong_secrets(&server, paths, "introspector", &form).await;
     let locked = server
         .post_basic("/oauth2/introspect", "introspector", "intro-secret", &form)
         .await;

@@ -176,35 +176,25 @@ async fn world(options: Options) -> World {
     World { upstream, gw }
 }
 
+/// A standard OAuth2 client that knows the token endpoint only.
+type TokenClient = BasicClient<
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
 /// The OAuth2 library's transport: our reqwest client (the library's own
 /// reqwest feature pins another major version).
 impl World {
-    fn oauth_client(
-        &self,
-        token_path: &str,
-    ) -> BasicClient<
-        oauth2::EndpointNotSet,
-        oauth2::EndpointNotSet,
-        oauth2::EndpointNotSet,
-        oauth2::EndpointNotSet,
-        oauth2::EndpointSet,
-    > {
+    fn oauth_client(&self, token_path: &str) -> TokenClient {
         self.oauth_client_of(("app", "app-secret"), token_path)
     }
 
     /// A standard client with this id and secret, which it sends as Basic
     /// credentials (RFC 6749 §2.3.1).
-    fn oauth_client_of(
-        &self,
-        (id, secret): (&str, &str),
-        token_path: &str,
-    ) -> BasicClient<
-        oauth2::EndpointNotSet,
-        oauth2::EndpointNotSet,
-        oauth2::EndpointNotSet,
-        oauth2::EndpointNotSet,
-        oauth2::EndpointSet,
-    > {
+    fn oauth_client_of(&self, (id, secret): (&str, &str), token_path: &str) -> TokenClient {
         BasicClient::new(ClientId::new(id.into()))
             .set_client_secret(ClientSecret::new(secret.into()))
             .set_token_uri(TokenUrl::new(self.gw.url(token_path)).expect("token URL"))
