@@ -2,7 +2,8 @@
 //! server (raw byte messages, no generated code) over an `h2c` and an
 //! `http2` (TLS, private CA) upstream. Statuses and trailers arrive
 //! intact; the gateway's own refusals are gRPC statuses; an upstream's
-//! `GOAWAY` loses no request it did not process.
+//! `GOAWAY` loses no request it did not process. An HTTP/1.1 client's
+//! upload to an HTTP/2 upstream streams while its answer comes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -859,5 +860,156 @@ async fn an_upstream_that_takes_no_more_of_the_message_times_out() {
         ),
         1
     );
+    gw.shutdown().await;
+}
+
+/// An h2c upstream on loopback whose every request is answered by
+/// `answer` (the request is its to read, hold or drop).
+async fn h2c_upstream<F>(answer: F) -> SocketAddr
+where
+    F: Fn(
+            http::Request<Incoming>,
+        ) -> http::Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let answer = answer.clone();
+            let service = service_fn(move |req: http::Request<Incoming>| {
+                let response = answer(req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    addr
+}
+
+/// The API `Stream h2c` at `/stream`, with no authentication, whose
+/// upstream speaks h2c; `extra` goes at the top level.
+fn stream_yaml(addr: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+{extra}
+apis:
+- name: Stream h2c
+  version: "1.0"
+  base_path: /stream
+  upstream: {{ url: "http://{addr}/stream", protocol: h2c }}
+  authentication: {{ type: none }}
+  resources: ["POST /echo"]
+"#
+    )
+}
+
+/// The data of a chunked body, `None` while its last chunk has not come.
+fn dechunk(mut encoded: &[u8]) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    loop {
+        let line = encoded.windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&encoded[..line]).ok()?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        encoded = &encoded[line + 2..];
+        if size == 0 {
+            return encoded.starts_with(b"\r\n").then_some(data);
+        }
+        if encoded.len() < size + 2 {
+            return None;
+        }
+        data.extend_from_slice(&encoded[..size]);
+        encoded = &encoded[size + 2..];
+    }
+}
+
+/// An HTTP/1.1 client's upload to an HTTP/2 upstream streams both ways at
+/// once: the upstream echoes each piece as it comes, the client reads the
+/// echo (slowly, so that the gateway's writes wait for it) while it still
+/// sends. The upload's reading and the answer's writing share the
+/// client's connection; neither waits for the other.
+#[tokio::test]
+async fn an_http1_upload_to_an_http2_upstream_streams_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = h2c_upstream(|req: http::Request<Incoming>| {
+        http::Response::new(http_body_util::BodyExt::boxed(req.into_body()))
+    })
+    .await;
+    // Long timeouts: no watchdog's look at the connection hides a lost
+    // wake-up within the test's bound.
+    let extra =
+        "limits: { max_body: 64MiB }\ntimeouts: { send: 120s, idle: 120s, body_read: 120s }";
+    let gw = Gateway::start(&stream_yaml(addr, extra)).await;
+    let sent: Vec<u8> = (0..12 * 1024 * 1024)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    // A small receive buffer: the gateway's writes wait for the client.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(gw.http).await.unwrap();
+    let (mut reader, mut writer) = tcp.into_split();
+    let upload = sent.clone();
+    let sending = tokio::spawn(async move {
+        writer
+            .write_all(
+                b"POST /stream/echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await?;
+        for piece in upload.chunks(16 * 1024) {
+            let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+            chunk.extend_from_slice(piece);
+            chunk.extend_from_slice(b"\r\n");
+            writer.write_all(&chunk).await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let receiving = async {
+        let mut raw = Vec::new();
+        let mut piece = vec![0; 8 * 1024];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                if let Some(echo) = dechunk(&raw[end + 4..]) {
+                    return (raw, echo);
+                }
+            }
+            let n = reader.read(&mut piece).await.unwrap();
+            assert!(
+                n > 0,
+                "closed: {}",
+                String::from_utf8_lossy(&raw[..raw.len().min(200)])
+            );
+            raw.extend_from_slice(&piece[..n]);
+            // A slow reader.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let (raw, echo) = tokio::time::timeout(Duration::from_secs(20), receiving)
+        .await
+        .expect("the whole echo arrives");
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw[..200])
+    );
+    assert!(
+        echo == sent,
+        "the echo differs from the upload ({} bytes of {})",
+        echo.len(),
+        sent.len()
+    );
+    tokio::time::timeout(Duration::from_secs(5), sending)
+        .await
+        .expect("the upload ended")
+        .unwrap()
+        .unwrap();
     gw.shutdown().await;
 }

@@ -23,6 +23,12 @@
 //! its source (an event stream, a long poll), a client that closes the
 //! connection ends the exchange at once.
 //!
+//! The request body may be read on a task of its own (an HTTP/2
+//! upstream's client polls it so) while the exchange writes the answer:
+//! once the answer has begun, only the exchange writes to the client and
+//! the body only reads, so that each task is the one woken for what it
+//! waits on.
+//!
 //! A `101` answer carries its tunnel (`proxy::tunnel`): once its head is
 //! written, the connection, with what the client sent after its
 //! handshake, leaves the codec ([`Ending::Upgraded`]).
@@ -103,6 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             failed: None,
             write_failed: false,
             continue_due: false,
+            answering: false,
             first: true,
             waiting: false,
             fields: Vec::new(),
@@ -173,6 +180,9 @@ struct Wire<S> {
     write_failed: bool,
     /// `100 Continue` is sent when the body is first asked for.
     continue_due: bool,
+    /// The handler's answer has begun: the exchange alone writes from
+    /// then on, the request body only reads.
+    answering: bool,
     /// No head has been read yet (only the first may be HTTP/2's preface).
     first: bool,
     /// It waits for a next head, nothing of which has come.
@@ -280,11 +290,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// The next piece of the request body.
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if std::mem::take(&mut self.continue_due) {
-            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        }
-        if let Err(error) = ready!(self.poll_write_out(cx)) {
-            return self.fail(error.into());
+        if !self.answering {
+            if std::mem::take(&mut self.continue_due) {
+                self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            match self.poll_write_out(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return self.fail(error.into()),
+                // Should the answer begin meanwhile, its writing is the
+                // exchange's: this task is woken to read on.
+                Poll::Pending => {
+                    self.activity.body_waker.register(cx.waker());
+                    return Poll::Pending;
+                }
+            }
         }
         loop {
             if let Some(fault) = self.failed {
@@ -518,9 +537,16 @@ where
     // taken for the next head: the connection ends instead.
     let read_all = {
         let mut wire = lock(wire);
-        // Too late to ask for the body: the answer is given.
+        // Too late to ask for the body: the answer is given, and written
+        // by this task alone.
         wire.continue_due = false;
-        wire.body.is_done() && wire.failed.is_none()
+        wire.answering = true;
+        let read_all = wire.body.is_done() && wire.failed.is_none();
+        if !wire.body.is_done() {
+            // A body waiting to write its `100 Continue` reads on.
+            wire.activity.body_waker.wake();
+        }
+        read_all
     };
     if let Some(switch) = switch {
         let exchange = Exchange {
@@ -610,6 +636,7 @@ where
         let mut guard = lock(wire);
         guard.body = body;
         guard.continue_due = expect_continue;
+        guard.answering = false;
     }
     RequestBody { wire: wire.clone() }.boxed()
 }
