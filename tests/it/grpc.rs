@@ -3,7 +3,8 @@
 //! `http2` (TLS, private CA) upstream. Statuses and trailers arrive
 //! intact; the gateway's own refusals are gRPC statuses; an upstream's
 //! `GOAWAY` loses no request it did not process. An HTTP/1.1 client's
-//! upload to an HTTP/2 upstream streams while its answer comes.
+//! upload to an HTTP/2 upstream streams while its answer comes, and ends
+//! with the answer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Request, Response, Status};
 
 use crate::common::idp::Idp;
-use crate::common::{crypto, metric, Gateway};
+use crate::common::{crypto, metric, raw_request, Gateway};
 
 /// Messages as raw bytes.
 #[derive(Clone, Copy, Default)]
@@ -907,7 +908,7 @@ apis:
   base_path: /stream
   upstream: {{ url: "http://{addr}/stream", protocol: h2c }}
   authentication: {{ type: none }}
-  resources: ["POST /echo"]
+  resources: ["POST /echo", "POST /hold", "GET /hold"]
 "#
     )
 }
@@ -1011,5 +1012,67 @@ async fn an_http1_upload_to_an_http2_upstream_streams_both_ways() {
         .expect("the upload ended")
         .unwrap()
         .unwrap();
+    gw.shutdown().await;
+}
+
+/// An HTTP/2 upstream that answers at once, while the client's upload to
+/// it over HTTP/1.1 still comes: once the answer has been written, the
+/// client's connection ends (the rest of the upload is not read on) and
+/// its slot serves the next connection.
+#[tokio::test]
+async fn an_http1_upload_answered_before_its_end_ends_its_connection() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = h2c_upstream(|req: http::Request<Incoming>| {
+        // The stream stays open: the request is held, unread.
+        tokio::spawn(async move {
+            let _held = req;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let done = http_body_util::Full::new(Bytes::from_static(b"done"));
+        http::Response::new(done.map_err(|never| match never {}).boxed())
+    })
+    .await;
+    let gw = Gateway::start(&stream_yaml(addr, "limits: { max_connections: 1 }")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut reader, mut writer) = tcp.into_split();
+    // The upload, in small pieces, until the connection refuses them.
+    let sending = tokio::spawn(async move {
+        writer
+            .write_all(
+                b"POST /stream/hold HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if writer
+                .write_all(b"10\r\n0123456789abcdef\r\n")
+                .await
+                .is_err()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    });
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut raw)).await;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.ends_with("done"), "{raw}");
+    assert!(read.is_ok(), "the answered connection did not end: {raw}");
+    let refused = tokio::time::timeout(Duration::from_secs(10), sending)
+        .await
+        .expect("the connection ends while the upload still comes")
+        .unwrap();
+    assert!(refused, "the rest of the upload was still taken");
+    // The one slot serves the next connection.
+    let get = b"GET /stream/hold HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+    let next = tokio::time::timeout(Duration::from_secs(10), raw_request(gw.http, get))
+        .await
+        .expect("the next connection is served");
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
     gw.shutdown().await;
 }

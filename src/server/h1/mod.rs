@@ -27,7 +27,9 @@
 //! upstream's client polls it so) while the exchange writes the answer:
 //! once the answer has begun, only the exchange writes to the client and
 //! the body only reads, so that each task is the one woken for what it
-//! waits on.
+//! waits on. An exchange that ends before its request body has been read
+//! to its end ends the body for good: its reader gets an error at its next
+//! poll and lets the connection go.
 //!
 //! A `101` answer carries its tunnel (`proxy::tunnel`): once its head is
 //! written, the connection, with what the client sent after its
@@ -366,6 +368,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
+    /// The exchange has ended before its request body: the body ends for
+    /// good (cut short, as the upstream sees it), so that a task still
+    /// reading it gets an error at once and drops it, and nothing more of
+    /// it is decoded from the buffer of the closing connection.
+    fn abandon_body(&mut self) {
+        if self.body.is_done() || self.failed.is_some() {
+            return;
+        }
+        self.failed = Some(BodyFault::Truncated);
+        self.end_read_wait();
+        self.activity.body_waker.wake();
+    }
+
     /// The body ends in error, for good: the client's fault, counted once.
     fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let fault = error.fault();
@@ -556,11 +571,11 @@ where
         };
         let written = read_all && respond(wire, response, exchange).await;
         drop(guard);
-        return if written {
-            Exchanged::Upgraded(switch)
-        } else {
-            Exchanged::Ended { linger: false }
-        };
+        if written {
+            return Exchanged::Upgraded(switch);
+        }
+        lock(wire).abandon_body();
+        return Exchanged::Ended { linger: false };
     }
     let exchange = Exchange {
         method: &method,
@@ -579,6 +594,7 @@ where
     if kept {
         return Exchanged::Kept;
     }
+    wire.abandon_body();
     // Lingering lets a client read its last answer; one that stopped
     // reading gets no such grace.
     Exchanged::Ended {
