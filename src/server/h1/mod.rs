@@ -871,3 +871,95 @@ fn switching(response: &mut Response<Body>) -> Option<Box<tunnel::Switch>> {
     }
     switch
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::config::snapshot::{Limits, Timeouts};
+    use crate::server::{connection_slots, http2_builder, ConnSettings, Transport};
+
+    /// Counts the times its task was woken.
+    #[derive(Default)]
+    struct Woken(AtomicUsize);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn port() -> Arc<Port> {
+        let settings = ConnSettings {
+            limits: Limits {
+                max_header_bytes: 32 * 1024,
+                max_headers: 100,
+                max_uri: 8 * 1024,
+                max_body: 1 << 20,
+                max_connections: 1,
+                max_tunnels: 1,
+            },
+            timeouts: Timeouts {
+                header_read: Duration::from_secs(30),
+                idle: Duration::from_secs(30),
+                upstream_connect: Duration::from_secs(30),
+                drain: Duration::from_secs(30),
+                body_read: Duration::from_secs(30),
+                send: Duration::from_secs(30),
+                tunnel_idle: Duration::from_secs(30),
+            },
+        };
+        Arc::new(Port {
+            settings,
+            slots: connection_slots(settings),
+            http2: http2_builder(settings),
+            transport: Transport::Plain,
+        })
+    }
+
+    /// The answer's writer waits for the client to take its bytes while
+    /// the request body is polled on another task: once the client reads,
+    /// the writer is the one woken, whichever polled last.
+    #[tokio::test]
+    async fn a_request_body_polled_while_the_answer_waits_leaves_the_wake_up_to_the_writer() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::new(Duration::from_secs(30)));
+        let conn = Connection::new(server, &activity, &port());
+        let mut body = read_body(&conn.0, Delimited::Chunked(Chunked::new()), false);
+        // The answer begins, more of it than the client has room for.
+        {
+            let mut wire = lock(&conn.0);
+            wire.answering = true;
+            wire.out.extend_from_slice(&[b'a'; 256]);
+        }
+        let writer = Arc::new(Woken::default());
+        let writer_waker = Waker::from(writer.clone());
+        let written = lock(&conn.0).poll_write_out(&mut Context::from_waker(&writer_waker));
+        assert!(
+            written.is_pending(),
+            "the client has no room for the answer"
+        );
+        // The body's task polls it next: it waits for the client to send.
+        let reader = Arc::new(Woken::default());
+        let reader_waker = Waker::from(reader.clone());
+        let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&reader_waker));
+        assert!(polled.is_pending(), "the client has sent nothing");
+        assert_eq!(
+            lock(&conn.0).out.len(),
+            256 - 64,
+            "what the client had room for"
+        );
+        let mut taken = [0; 64];
+        client.read_exact(&mut taken).await.unwrap();
+        assert_eq!(
+            writer.0.load(Ordering::SeqCst),
+            1,
+            "the writer is woken when the client takes the answer"
+        );
+        assert_eq!(reader.0.load(Ordering::SeqCst), 0, "the body waits to read");
+    }
+}
