@@ -153,7 +153,10 @@ async fn rest(
     let snapshot = admin.reloader.live.snapshot();
     match (method, path) {
         (&Method::GET, "status") => json_response(StatusCode::OK, status(admin)),
-        (&Method::GET, "settings") => json_response(StatusCode::OK, views::settings(&snapshot)),
+        (&Method::GET, "settings") => json_response(
+            StatusCode::OK,
+            views::settings(&snapshot, admin.reloader.live.bound()),
+        ),
         (&Method::GET, "assets") => json_response(
             StatusCode::OK,
             views::assets(&snapshot, Some(&admin.reloader.health)),

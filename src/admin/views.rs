@@ -12,10 +12,14 @@ use crate::config::snapshot::{
 };
 use crate::config::Snapshot;
 use crate::proxy::balance::Health;
+use crate::reload::Bound;
 
 const REDACTED: &str = "****";
 
-pub fn settings(s: &Snapshot) -> Value {
+/// The serving configuration. Ports, `limits` and `timeouts` are those in
+/// effect, the listeners' since they started; `restart_needed` names
+/// those the configuration has changed since (a restart applies them).
+pub fn settings(s: &Snapshot, bound: &Bound) -> Value {
     let auth_servers: Vec<Value> = s
         .auth_servers
         .values()
@@ -45,24 +49,26 @@ pub fn settings(s: &Snapshot) -> Value {
             Alias::Bearer { .. } => json!({"name": name, "type": "bearer", "token": REDACTED}),
         })
         .collect();
+    let (limits, timeouts) = (&bound.limits, &bound.timeouts);
     json!({
         "generation": s.generation,
         "source": s.source.display().to_string(),
         "ports": {
-            "http": s.listen.http.map(|a| a.port()),
-            "https": s.listen.https.map(|a| a.port()),
-            "admin": s.listen.admin.map(|a| a.port()),
+            "http": bound.listen.http.map(|a| a.port()),
+            "https": bound.listen.https.map(|a| a.port()),
+            "admin": bound.listen.admin.map(|a| a.port()),
         },
         "admin": { "user": s.admin.credentials.as_ref().map(|(u, _)| u), "password": s.admin.credentials.as_ref().map(|_| REDACTED) },
         "limits": {
-            "max_header_bytes": s.limits.max_header_bytes, "max_headers": s.limits.max_headers,
-            "max_uri": s.limits.max_uri, "max_body": s.limits.max_body, "max_connections": s.limits.max_connections,
+            "max_header_bytes": limits.max_header_bytes, "max_headers": limits.max_headers,
+            "max_uri": limits.max_uri, "max_body": limits.max_body, "max_connections": limits.max_connections,
         },
         "timeouts": {
-            "header_read": s.timeouts.header_read.as_secs_f64(), "idle": s.timeouts.idle.as_secs_f64(),
-            "upstream_connect": s.timeouts.upstream_connect.as_secs_f64(), "drain": s.timeouts.drain.as_secs_f64(),
-            "body_read": s.timeouts.body_read.as_secs_f64(), "send": s.timeouts.send.as_secs_f64(),
+            "header_read": timeouts.header_read.as_secs_f64(), "idle": timeouts.idle.as_secs_f64(),
+            "upstream_connect": timeouts.upstream_connect.as_secs_f64(), "drain": timeouts.drain.as_secs_f64(),
+            "body_read": timeouts.body_read.as_secs_f64(), "send": timeouts.send.as_secs_f64(),
         },
+        "restart_needed": bound.restart_needed(s),
         "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "security_settings": { "auth_servers": auth_servers, "aliases": aliases },
         "api_gateway": s.api_gateway.as_ref().map(|g| json!({

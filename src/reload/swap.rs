@@ -176,6 +176,11 @@ impl Live {
         self.current.load_full()
     }
 
+    /// What the listeners were started with: in effect until a restart.
+    pub fn bound(&self) -> &Bound {
+        &self.bound
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

@@ -806,6 +806,22 @@ async fn changed_limits_wait_for_a_restart() {
     assert_eq!(post(2048).await.expect("post").status(), 413);
     assert_eq!(gw.get(&long_query).await.status(), 414);
     assert_eq!(post(512).await.expect("post").status(), 200);
+    // The settings show the limits in effect, and that a restart would
+    // change them.
+    let settings: serde_json::Value = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/settings"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .expect("settings")
+        .json()
+        .await
+        .expect("settings JSON");
+    assert_eq!(settings["generation"], 2);
+    assert_eq!(settings["limits"]["max_body"], 1024, "{settings}");
+    assert_eq!(settings["limits"]["max_uri"], 1024, "{settings}");
+    assert_eq!(settings["restart_needed"], serde_json::json!(["limits"]));
     gw.shutdown().await;
 
     // Lowered, the same: the started limits still admit what they did.
