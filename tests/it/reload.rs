@@ -86,15 +86,20 @@ async fn applied(gw: &Gateway, generation: u64) -> u64 {
 }
 
 async fn status(gw: &Gateway) -> serde_json::Value {
+    admin_json(gw, "/rest/microgateway/status").await
+}
+
+/// The JSON of an admin `GET`, with the admin credentials.
+async fn admin_json(gw: &Gateway, path: &str) -> serde_json::Value {
     gw.client
-        .get(gw.admin_url("/rest/microgateway/status"))
+        .get(gw.admin_url(path))
         .basic_auth(ADMIN.0, Some(ADMIN.1))
         .send()
         .await
-        .expect("status")
+        .expect(path)
         .json()
         .await
-        .expect("status JSON")
+        .expect("JSON")
 }
 
 /// Waits until status shows a reload error and returns it.
@@ -808,16 +813,7 @@ async fn changed_limits_wait_for_a_restart() {
     assert_eq!(post(512).await.expect("post").status(), 200);
     // The settings show the limits in effect, and that a restart would
     // change them.
-    let settings: serde_json::Value = gw
-        .client
-        .get(gw.admin_url("/rest/microgateway/settings"))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .send()
-        .await
-        .expect("settings")
-        .json()
-        .await
-        .expect("settings JSON");
+    let settings = admin_json(&gw, "/rest/microgateway/settings").await;
     assert_eq!(settings["generation"], 2);
     assert_eq!(settings["limits"]["max_body"], 1024, "{settings}");
     assert_eq!(settings["limits"]["max_uri"], 1024, "{settings}");
