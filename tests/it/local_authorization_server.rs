@@ -39,11 +39,6 @@ const PARTNERS: [(&str, &str); 4] = [
 /// More logins per client than lock a user name.
 const LOGINS_EACH: usize = 6;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 fn cheap_hash(password: &str) -> String {
     let params = Params::new(8, 1, 1, None).expect("params");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
@@ -171,7 +166,7 @@ struct World {
 
 async fn world(options: Options) -> World {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&yaml(free_port(), &upstream, options)).await;
+    let gw = Gateway::start(&yaml(common::ports::unused(), &upstream, options)).await;
     gw.wait_ready().await;
     World { upstream, gw }
 }

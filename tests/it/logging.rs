@@ -141,10 +141,7 @@ fn the_start_up_line_shows_addresses_as_values_without_colour() {
 #[test]
 fn rust_log_is_honoured_when_mcgw_log_is_unset() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = common::ports::unused();
     let config = common::process::echo_config(dir.path(), port);
     // `error` only: the start-up line (info) is not written, though the
     // gateway serves.

@@ -6,7 +6,6 @@
 //! Scripts run through WebDriver are not the page's: its CSP (no script)
 //! stays in force for the page itself.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,10 +25,7 @@ pub struct Chromium {
 impl Chromium {
     /// Starts chromedriver and a headless browser (up to 60 s).
     pub async fn start() -> Chromium {
-        let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
-            probe.local_addr().expect("addr").port()
-        };
+        let port = super::ports::unused();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

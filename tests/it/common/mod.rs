@@ -6,6 +6,7 @@
 pub mod chromium;
 pub mod idp;
 pub mod oauth;
+pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod recording;

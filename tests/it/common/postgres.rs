@@ -142,14 +142,6 @@ fn template(bin: &Path) -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 impl Postgres {
     /// A new cluster of its own (for tests that stop or restart it).
     pub fn start() -> Postgres {
@@ -195,7 +187,7 @@ impl Postgres {
         let postgres = Postgres {
             dir,
             bin,
-            port: free_port(),
+            port: super::ports::unused(),
             databases: AtomicUsize::new(0),
             extra,
         };

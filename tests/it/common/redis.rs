@@ -2,7 +2,6 @@
 //! directory (no persistence), killed on drop. A test can stop it and
 //! start it again on the same port.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,10 +23,7 @@ impl Redis {
     }
 
     async fn start_inner(password: Option<String>) -> Redis {
-        let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
-            probe.local_addr().expect("addr").port()
-        };
+        let port = super::ports::unused();
         let mut redis = Redis {
             port,
             dir: tempfile::tempdir().expect("temp dir"),
