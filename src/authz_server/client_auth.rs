@@ -16,10 +16,13 @@
 //! refused before a secret is compared, a right one too. A right secret
 //! forgives nothing: the address may serve a guesser and a client alike.
 //! A request that presents no guess (no secret for a confidential client,
-//! malformed credentials) is refused uncounted. The count is this
-//! process's own, apart from the admin logins' and the password logins'.
+//! malformed credentials) is refused uncounted. The count is apart from
+//! the admin logins' and the password logins'; a store that replicas share
+//! (PostgreSQL) keeps it for all of them as well, so guesses spread over
+//! replicas lock the address on each.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use base64::Engine;
 use http::{header, HeaderMap};
@@ -27,6 +30,7 @@ use http::{header, HeaderMap};
 use super::error::OAuthError;
 use super::form::{self, Form};
 use super::settings::{Client, Settings};
+use super::store::{SharedCounts, TokenStore};
 use crate::lockout::{Limits, Lockout, Subject};
 
 /// How the client presented itself.
@@ -59,32 +63,63 @@ const LIMITS: Limits = Limits {
     entries: 10_000,
 };
 
-/// Failed client authentications, per caller address. A secret is
-/// compared in moments, so no comparison under way is counted (as a
-/// password check under Argon2 is): concurrent guesses pass the lock no
-/// further than the requests one process runs at once.
+/// Failed client authentications, per caller address, counted here and,
+/// when replicas share the store, there too (an address is locked when
+/// either count says so). A secret is compared in moments, so no
+/// comparison under way is counted (as a password check under Argon2 is):
+/// concurrent guesses pass the lock no further than the requests one
+/// process runs at once.
 #[derive(Debug)]
-pub struct Failures(Lockout<IpAddr>);
+pub struct Failures {
+    local: Lockout<IpAddr>,
+    shared: SharedCounts,
+}
 
 impl Default for Failures {
+    /// Counted here only.
     fn default() -> Failures {
-        Failures(Lockout::new(LIMITS))
+        Failures {
+            local: Lockout::new(LIMITS),
+            shared: SharedCounts::default(),
+        }
     }
 }
 
 impl Failures {
+    /// Counted here and, when replicas share `store`, in it.
+    pub fn shared(store: Arc<dyn TokenStore>) -> Failures {
+        Failures {
+            shared: SharedCounts::of(store),
+            ..Failures::default()
+        }
+    }
+
     /// `Err` while `address` is locked: 429 with the seconds left.
     fn check(&self, address: IpAddr, now: u64) -> Result<(), OAuthError> {
-        self.0
-            .check(&Subject::Client(address), now)
-            .map_err(|locked| OAuthError::ClientLocked {
-                retry_after: locked.retry_after,
-            })
+        let local = self.local.check(&Subject::Client(address), now);
+        let retry_after = match local {
+            Err(locked) => Some(locked.retry_after),
+            Ok(()) => self
+                .shared
+                .locked(&store_key(address), FAILURES, LIMITS.window_secs, now),
+        };
+        match retry_after {
+            Some(retry_after) => Err(OAuthError::ClientLocked { retry_after }),
+            None => Ok(()),
+        }
     }
 
     fn record(&self, address: IpAddr, now: u64) {
-        self.0.record_failure(&Subject::Client(address), now);
+        self.shared
+            .record(&store_key(address), LIMITS.window_secs, now);
+        self.local.record_failure(&Subject::Client(address), now);
     }
+}
+
+/// The key of the store's shared count of `address`, apart from the
+/// approval page's count of its logins (`address:…`).
+fn store_key(address: IpAddr) -> String {
+    format!("client-authentication:{address}")
 }
 
 /// Where a client authentication comes from, and the count its failure

@@ -163,6 +163,7 @@ impl AuthorizationServer {
         let users = Users::new(&settings.users)?;
         let attempts =
             FailedAttempts::shared(Arc::clone(&store)).for_clients(settings.clients.len());
+        let client_failures = client_auth::Failures::shared(Arc::clone(&store));
         let sessions = Sessions::for_store(Arc::clone(&store));
         // A database store's jobs mostly wait for it: as many as it has
         // connections (Argon2 keeps its own bound, `Users`).
@@ -184,7 +185,7 @@ impl AuthorizationServer {
                 keys: ArcSwap::from_pointee(keys),
                 users,
                 attempts,
-                client_failures: client_auth::Failures::default(),
+                client_failures,
                 sessions,
                 approval,
                 metadata,

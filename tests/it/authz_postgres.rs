@@ -592,6 +592,42 @@ async fn password_lockout_counts_across_replicas() {
     }
 }
 
+/// Guesses of a client secret spread over two replicas lock the caller's
+/// address on both once they make 20 in all, though each replica saw
+/// only 10: then even the right secret is refused.
+#[tokio::test]
+async fn client_secret_guesses_count_across_replicas() {
+    let pg = Postgres::shared();
+    let (_shared, a, b) = replicas(&pg).await;
+    let form = [
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "wonderland"),
+        ("scope", "view"),
+    ];
+    for _ in 0..10 {
+        for gw in [&a, &b] {
+            let (status, body) =
+                post(gw, "/oauth2/token", ("bookyourticket", "guess"), &form).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (401, Some("invalid_client"))
+            );
+        }
+    }
+    for gw in [&a, &b] {
+        let (status, retry_after, body) =
+            posted(gw, "/oauth2/token", ("bookyourticket", SECRET), &form).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (429, Some("invalid_client")),
+            "{body}"
+        );
+        let retry_after: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+    }
+}
+
 /// Guesses sent at once to one replica (its jobs run as many at a time as
 /// its pool has connections) are not all checked before the first failure
 /// is counted: with a hash of the default cost (a check takes

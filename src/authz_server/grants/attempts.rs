@@ -42,7 +42,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::authz_server::store::TokenStore;
+use crate::authz_server::store::{SharedCounts, TokenStore};
 use crate::lockout::{self, Limits, Lockout, Outcome};
 
 /// Where guesses come from, as the wide lock counts them.
@@ -78,8 +78,7 @@ const ADDRESS_ENTRIES: usize = 10_000;
 
 pub struct FailedAttempts {
     local: Lockout<Source>,
-    /// The store, when it shares counts between replicas.
-    shared: Option<Arc<dyn TokenStore>>,
+    shared: SharedCounts,
 }
 
 impl Default for FailedAttempts {
@@ -87,7 +86,7 @@ impl Default for FailedAttempts {
     fn default() -> FailedAttempts {
         FailedAttempts {
             local: Lockout::new(LIMITS),
-            shared: None,
+            shared: SharedCounts::default(),
         }
     }
 }
@@ -95,7 +94,7 @@ impl Default for FailedAttempts {
 impl std::fmt::Debug for FailedAttempts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FailedAttempts")
-            .field("shared", &self.shared.is_some())
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +104,7 @@ impl FailedAttempts {
     /// one client until [`FailedAttempts::for_clients`] says how many.
     pub fn shared(store: Arc<dyn TokenStore>) -> FailedAttempts {
         FailedAttempts {
-            shared: store.is_shared().then_some(store),
+            shared: SharedCounts::of(store),
             ..FailedAttempts::default()
         }
     }
@@ -128,15 +127,11 @@ impl FailedAttempts {
     /// `Err(retry_after_secs)` while `subject` is locked.
     pub fn check(&self, subject: &Subject, now: u64) -> Result<(), u64> {
         self.local.check(subject, now).map_err(|l| l.retry_after)?;
-        if let Some(store) = &self.shared {
-            let (limit, window) = (LIMITS.of(subject), LIMITS.window_secs);
-            match store.attempts_locked(&store_key(subject), limit, window, now) {
-                Ok(Some(retry_after)) => return Err(retry_after),
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "shared failed-attempt count unavailable"),
-            }
+        let (limit, window) = (LIMITS.of(subject), LIMITS.window_secs);
+        match self.shared.locked(&store_key(subject), limit, window, now) {
+            Some(retry_after) => Err(retry_after),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn record_failure(&self, subject: &Subject, now: u64) {
@@ -184,20 +179,12 @@ impl FailedAttempts {
     }
 
     fn record_shared(&self, subject: &Subject, now: u64) {
-        if let Some(store) = &self.shared {
-            let window = LIMITS.window_secs;
-            if let Err(error) = store.attempts_record_failure(&store_key(subject), window, now) {
-                tracing::warn!(%error, "shared failed-attempt count unavailable");
-            }
-        }
+        self.shared
+            .record(&store_key(subject), LIMITS.window_secs, now);
     }
 
     fn clear_shared(&self, subject: &Subject) {
-        if let Some(store) = &self.shared {
-            if let Err(error) = store.attempts_clear(&store_key(subject)) {
-                tracing::warn!(%error, "shared failed-attempt count unavailable");
-            }
-        }
+        self.shared.clear(&store_key(subject));
     }
 }
 

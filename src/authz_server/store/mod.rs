@@ -13,10 +13,12 @@
 mod postgres;
 mod postgres_schema;
 mod schema;
+mod shared_counts;
 mod sqlite;
 
 pub use postgres::{PostgresStore, OPERATION_TIMEOUT};
 pub use postgres_schema::MIGRATIONS as POSTGRES_MIGRATIONS;
+pub use shared_counts::SharedCounts;
 pub use sqlite::SqliteStore;
 
 use serde::Serialize;
@@ -268,7 +270,8 @@ pub trait TokenStore: Send + Sync {
     }
 
     /// Whether replicas share this store: it then counts failed password
-    /// attempts (`attempts_*`) and keeps the approval page's sessions
+    /// attempts and client authentications (`attempts_*`, through
+    /// [`SharedCounts`]) and keeps the approval page's sessions
     /// (`session_*`) for all of them; otherwise each process does.
     fn is_shared(&self) -> bool {
         false
