@@ -53,7 +53,7 @@ pub fn load(path: &Path, env: &Env, generation: u64) -> Result<Loaded, Invalid> 
     load_with(path, env, generation, |_| {})
 }
 
-/// Like [`load`], with `edit` applied to the raw file after the `MCGW_`
+/// Like [`load()`], with `edit` applied to the raw file after the `MCGW_`
 /// overrides and before anything is checked (a downstream merges the
 /// document it downloaded there).
 pub fn load_with(
@@ -66,7 +66,7 @@ pub fn load_with(
     load_text_with(path, &text, env, generation, edit)
 }
 
-/// Like [`load`], for text that did not come from `path` itself (a download,
+/// Like [`load()`], for text that did not come from `path` itself (a download,
 /// or what the file watcher saw settle).
 pub fn load_text(path: &Path, text: &str, env: &Env, generation: u64) -> Result<Loaded, Invalid> {
     load_text_with(path, text, env, generation, |_| {})

@@ -551,7 +551,7 @@ impl Health {
     }
 
     /// This thread's balancer for `balanced` (of `api`): its own cursor,
-    /// the endpoint states of [`Health::shared_balancer`].
+    /// the endpoint states of `Health::shared_balancer`.
     pub fn balancer(&self, api: &str, balanced: &Arc<Balanced>) -> Arc<Balancer> {
         let key = Arc::as_ptr(balanced) as usize;
         let health = self as *const Health as usize;

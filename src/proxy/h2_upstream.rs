@@ -12,7 +12,7 @@
 //! A failure of the client's request body is the client's (400/408; 413
 //! over the limit), never counted as the upstream's. hyper only logs a
 //! request body's error and resets the stream: the error is kept by the
-//! body as it goes out ([`Watched`]), so that the client is told. The
+//! body as it goes out (`Watched`), so that the client is told. The
 //! body also tells whose turn it is: `timeout` is the upstream's, for
 //! taking each piece of the body hyper hands on and for the response
 //! head once the body has gone out; while the exchange waits for the
@@ -23,7 +23,7 @@
 //! Bodies stream both ways, trailers included (`grpc-status`). A request
 //! the upstream did not process — refused after its `GOAWAY`
 //! (`REFUSED_STREAM`), or never sent on a connection that closed — is
-//! sent again on another connection, at most [`MAX_REPLAYS`] times; a body
+//! sent again on another connection, at most `MAX_REPLAYS` times; a body
 //! the upstream refused after it went out is replayed once, from the copy
 //! kept of its first [`REPLAY_LIMIT`] bytes (a longer body is not retried).
 

@@ -68,7 +68,7 @@ pub struct ClientCertificate(pub [u8; 32]);
 /// each argument twice in its future (as given, and as the local it is
 /// moved to), and a future is copied as it is made and awaited. The
 /// layers that take the request by value (`gateway::handle_api`, this,
-/// [`phases`], `pool::Checkout::send`, `client::Connection::send`) are
+/// `phases`, `pool::Checkout::send`, `client::Connection::send`) are
 /// written so: ~3.5 KB less copied per request.
 #[allow(clippy::manual_async_fn)] // see above
 pub fn serve<'s: 'a, 'a>(

@@ -34,7 +34,7 @@ pub fn fingerprint(der: &[u8]) -> [u8; 32] {
     Sha256::digest(der).into()
 }
 
-/// The client CA of `snapshot` judged as [`verifier`] judges it.
+/// The client CA of `snapshot` judged as `verifier` judges it.
 pub fn check(snapshot: &Snapshot) -> Result<(), Invalid> {
     let Some(ca) = snapshot.tls.as_ref().and_then(|t| t.client_ca.as_ref()) else {
         return Ok(());

@@ -290,7 +290,7 @@ fn whole(identity: &Arc<str>) -> Key<'_> {
 }
 
 /// One request on a policy's sole counter: the GCRA step of
-/// [`MemoryStore::check_one`] as a compare-and-swap on the TAT: the
+/// `MemoryStore::check_one` as a compare-and-swap on the TAT: the
 /// counter's level (TAT − now) once the request is counted, or, refused,
 /// as it stays. Admitted requests never exceed the limit however many
 /// threads count at once: each one's step is applied to the TAT it read,
