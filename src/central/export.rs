@@ -56,12 +56,18 @@ pub struct Rendered {
 
 /// Builds the export tree from the text `snapshot` was compiled from.
 pub fn build(snapshot: &Snapshot, env: &Env) -> Result<Tree, ExportError> {
-    let base = snapshot
-        .source
+    tree_of(&snapshot.source, &snapshot.source_text, env)
+}
+
+/// The export tree of the configuration text of `source`.
+fn tree_of(source: &Path, text: &str, env: &Env) -> Result<Tree, ExportError> {
+    let base = source
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let documents: Vec<Value> = serde_saphyr::from_str_multiple(&snapshot.source_text)
+    // Read as `load` reads it, so that every value means downstream what
+    // it means here (`on` stays text, `007` keeps its zeros).
+    let documents = crate::config::load::parse_untyped(source, text)
         .map_err(|e| ExportError::Parse(e.to_string()))?;
     let mut documents = documents.into_iter();
     let mut config = documents.next().unwrap_or(Value::Null);
@@ -359,6 +365,41 @@ apis: [{ name: One }, { name: Two }]
             Some(1)
         );
         assert_eq!(all.filter(&[]), all);
+    }
+
+    /// Each value reaches a downstream as the text the central reads: as
+    /// YAML 1.1 would have it, `on` was `true` and `007` was `7`.
+    #[test]
+    fn values_keep_the_text_the_central_reads() {
+        let source = r#"
+apis:
+- name: 007
+  version: 0100
+  upstream: { url: "http://127.0.0.1:9/x" }
+  authentication: { type: none }
+  policies:
+    response_transformation:
+      set_headers: { X-Mode: on, X-Count: 1_000, X-Flag: no }
+"#;
+        let path = Path::new("/etc/microgateway/microgateway.yaml");
+        let body = tree_of(path, source, &Env::default())
+            .expect("tree")
+            .render()
+            .expect("render")
+            .body;
+        let (file, _) = crate::config::load::parse(path, &body).expect("a downstream reads it");
+        let api = &file.apis[0].value;
+        let name = api.name.as_ref().map(|n| n.value.clone());
+        let version = api.version.as_ref().map(|v| v.value.0.clone());
+        assert_eq!(name.as_deref(), Some("007"), "{body}");
+        assert_eq!(version.as_deref(), Some("0100"), "{body}");
+        let read = crate::config::load::parse_untyped(path, &body).expect("untyped");
+        let set = &read[0]["apis"][0]["policies"]["response_transformation"]["set_headers"];
+        assert_eq!(
+            set,
+            &json!({ "X-Mode": "on", "X-Count": "1_000", "X-Flag": "no" }),
+            "{body}"
+        );
     }
 
     #[test]

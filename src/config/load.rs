@@ -135,6 +135,34 @@ pub fn parse_first<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Optio
     Ok(parsed)
 }
 
+/// Every document of configuration text, untyped, read within the bounds
+/// and by the rules [`parse`] reads them by (YAML 1.2 booleans, no tag but
+/// `!<authServerAlias>`); an empty document is `null`.
+pub fn parse_untyped(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, Invalid> {
+    let mut report = Report::new(path);
+    if text.len() as u64 > MAX_FILE_BYTES {
+        report.error(
+            Location::UNKNOWN,
+            "the document is larger than 4 MiB",
+            "at most 4 MiB",
+        );
+    }
+    let documents = if report.has_errors() {
+        Vec::new()
+    } else {
+        split_documents(text)
+            .iter()
+            .map(|body| parse_document(body, &mut report).unwrap_or_default())
+            .collect()
+    };
+    if report.has_errors() {
+        return Err(Invalid {
+            findings: report.findings,
+        });
+    }
+    Ok(documents)
+}
+
 /// Splits a multi-document stream at `---` lines. Each document is padded
 /// with the empty lines before it, so every location the parser reports is
 /// already a line of the file.
@@ -180,6 +208,10 @@ fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Optio
         // YAML 1.2 booleans only: `on`, `yes`, `off`, `no` stay text, and
         // `Ctx::boolean` refuses them with what they would have meant.
         strict_booleans: true,
+        // Read untyped (`parse_untyped`), `007` and `1_000` stay text, as
+        // a `raw::Scalar` reads them.
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
     };
     match serde_saphyr::from_str_with_options::<T>(body, options) {
         Ok(value) => Some(value),
@@ -281,6 +313,13 @@ fn describe(error: &serde_saphyr::Error) -> (String, String) {
                 None => "a key is written twice in this mapping".to_owned(),
             },
             "each key once".to_owned(),
+        ),
+        Error::Unexpected {
+            expected: "string scalar",
+            ..
+        } => (
+            "expected a single value (text, number or boolean), not a list or mapping".to_owned(),
+            String::new(),
         ),
         Error::Budget {
             breach: BudgetBreach::Depth { .. },

@@ -94,7 +94,11 @@ impl<'de> Deserialize<'de> for Scalar {
                 Ok(Scalar(v.to_string()))
             }
         }
-        deserializer.deserialize_any(ScalarVisitor)
+        // Asked for as text, a plain scalar keeps what was written:
+        // `0042` stays `0042` and `1.0` stays `1.0` (as a number they
+        // would come back as `42` and `1`: a password or an API key
+        // silently changed, a version that names other paths).
+        deserializer.deserialize_str(ScalarVisitor)
     }
 }
 

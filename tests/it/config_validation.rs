@@ -180,8 +180,8 @@ fn wrong_type() {
         "ports:\n  http: [1]\n",
         error(
             2,
-            3,
-            "invalid type: sequence, expected a scalar (string, number or boolean)",
+            9,
+            "expected a single value (text, number or boolean), not a list or mapping",
             "",
         ),
     );
@@ -927,6 +927,43 @@ fn secrets_in_every_form() {
     assert_eq!(password("clear"), "plain");
     // A `${file:}` secret is watched like the configuration itself.
     assert!(snap.files.contains(&secret_file), "{:?}", snap.files);
+}
+
+/// A plain scalar is taken as written: read as a number first, `0042`
+/// would be `42` and `1.0` would be `1`.
+#[test]
+fn unquoted_secrets_and_versions_that_look_like_numbers_keep_their_text() {
+    let config = Config::new(
+        r#"security_settings:
+  aliases:
+  - { name: zeros, username: 0012, password: 00000042 }
+  - { name: float, username: u, password: 1.0 }
+  - { name: exponent, username: u, password: 1e3 }
+  - { name: hex, username: u, password: 0x1F }
+  - { name: long, username: u, password: 123456789012345678901234567890 }
+  - { name: flag, username: u, password: True }
+apis:
+- name: Numbered
+  version: 1.0
+  upstream: { url: "http://127.0.0.1:9/x" }
+  authentication: { type: none }
+"#,
+    );
+    let snap = config.load(&Env::default()).expect("valid").snapshot;
+    let basic = |name: &str| match &snap.aliases[name] {
+        microgateway::config::snapshot::Alias::Basic {
+            username, password, ..
+        } => (username.clone(), password.expose().to_owned()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(basic("zeros"), ("0012".to_owned(), "00000042".to_owned()));
+    assert_eq!(basic("float").1, "1.0");
+    assert_eq!(basic("exponent").1, "1e3");
+    assert_eq!(basic("hex").1, "0x1F");
+    assert_eq!(basic("long").1, "123456789012345678901234567890");
+    assert_eq!(basic("flag").1, "True");
+    let api = snap.apis.first().expect("one API");
+    assert_eq!(api.version, "1.0");
 }
 
 #[test]
