@@ -6,9 +6,11 @@
 //! the bounded blocking workers, never on a listener thread, and a
 //! success is cached by SHA-256 of the credential (bounded; emptied when
 //! the snapshot changes, so a removed user or password stops working at
-//! once). A worker stores its success before it takes the next job, and
-//! each job looks in the cache first: a burst of requests with the same
-//! credential, queued behind the first, costs one hash, not one each.
+//! once). A wrong credential is remembered the same way, until the
+//! snapshot changes. A worker stores its outcome before it takes the next
+//! job, and each job looks in the cache first: a burst of requests with
+//! the same credential, right or wrong, queued behind the first, costs one
+//! hash, not one each (a wrong one still counts a failure for each).
 //!
 //! Failed attempts are counted per user name and per client address (as
 //! `trusted_proxies` make it known: behind a load balancer, its address
@@ -24,7 +26,7 @@
 //! client's requests is one guess, and costs one hash). At most
 //! `ATTEMPT_ENTRIES` counters are kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -64,6 +66,9 @@ struct Cache {
     generation: u64,
     /// SHA-256 of user and password → application index.
     verified: HashMap<[u8; 32], usize>,
+    /// SHA-256 of user and password found wrong: wrong until the snapshot
+    /// changes.
+    refused: HashSet<[u8; 32]>,
 }
 
 impl Cache {
@@ -81,12 +86,34 @@ impl Cache {
         applications.list.get(index).cloned()
     }
 
+    /// Whether a credential was found wrong on snapshot `generation`.
+    fn is_refused(&self, generation: u64, key: &[u8; 32]) -> bool {
+        self.generation == generation && self.refused.contains(key)
+    }
+
     fn remember(&mut self, generation: u64, key: [u8; 32], index: usize) {
-        if self.generation != generation || self.verified.len() >= CACHE_ENTRIES {
+        self.start(generation);
+        if self.verified.len() >= CACHE_ENTRIES {
             self.verified.clear();
-            self.generation = generation;
         }
         self.verified.insert(key, index);
+    }
+
+    fn refuse(&mut self, generation: u64, key: [u8; 32]) {
+        self.start(generation);
+        if self.refused.len() >= CACHE_ENTRIES {
+            self.refused.clear();
+        }
+        self.refused.insert(key);
+    }
+
+    /// Forgets what an older snapshot's users decided.
+    fn start(&mut self, generation: u64) {
+        if self.generation != generation {
+            self.verified.clear();
+            self.refused.clear();
+            self.generation = generation;
+        }
     }
 }
 
@@ -158,18 +185,24 @@ impl Identifier {
             let generation = snap.generation;
             self.workers
                 .run(move || {
-                    // Verified by another request while this one waited
-                    // for a worker: no second hash.
-                    let cached = lock(&cache).get(generation, &key, &applications);
-                    if cached.is_some() {
-                        counters.coalesced.inc();
-                        return cached;
+                    // Decided by another request while this one waited
+                    // for a worker: no second hash, right or wrong.
+                    {
+                        let cache = lock(&cache);
+                        let cached = cache.get(generation, &key, &applications);
+                        if cached.is_some() || cache.is_refused(generation, &key) {
+                            counters.coalesced.inc();
+                            return cached;
+                        }
                     }
                     counters.miss.inc();
-                    let app = identity::verify_basic(&applications, &user, &password)?;
+                    let app = identity::verify_basic(&applications, &user, &password);
                     // Stored before the worker is free for the next job.
-                    lock(&cache).remember(generation, key, app.index);
-                    Some(app)
+                    match &app {
+                        Some(app) => lock(&cache).remember(generation, key, app.index),
+                        None => lock(&cache).refuse(generation, key),
+                    }
+                    app
                 })
                 .await
         };

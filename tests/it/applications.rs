@@ -846,6 +846,43 @@ async fn explain_command_takes_each_credential_and_agrees_with_the_data_path() {
 /// a blocking call: the identity provider answers on another thread).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_with_one_basic_credential_costs_one_password_check() {
+    let (statuses, hashed, others, upstream) = basic_burst("herd-pw").await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        (1..=password_workers()).contains(&hashed),
+        "{hashed} hashes"
+    );
+    assert_eq!(hashed + others, 16);
+    assert_eq!(upstream.hits(), 16);
+}
+
+/// A wrong password, sent many times at once, is hashed once too (by each
+/// worker at most): its failure is remembered until the snapshot changes.
+/// Every request still counts as a failure, so the user name locks.
+#[tokio::test]
+async fn a_burst_with_one_wrong_basic_password_costs_one_password_check() {
+    let (statuses, hashed, others, upstream) = basic_burst("not-herd-pw").await;
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(
+        (1..=password_workers()).contains(&hashed),
+        "{hashed} hashes"
+    );
+    assert_eq!(hashed + others, 16);
+    assert_eq!(upstream.hits(), 0);
+}
+
+/// The blocking workers that check passwords: half the cores, at least
+/// one (one each may hash a credential before the first has stored it).
+fn password_workers() -> u64 {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .max(1) as u64
+}
+
+/// 16 requests at once as Basic user `herd` with `password` to a gateway
+/// process of their own: their statuses, how many passwords were hashed,
+/// how many were answered from the cache, and the upstream.
+async fn basic_burst(password: &str) -> (Vec<u16>, u64, u64, Upstream) {
     let idp = Idp::start().await;
     let upstream = Upstream::start().await;
     let hash = Argon2::default()
@@ -865,10 +902,12 @@ async fn a_burst_with_one_basic_credential_costs_one_password_check() {
     ]));
     let client = common::client();
     let url = format!("http://{}/travels/status", started.http);
-    let burst = (0..16).map(|_| client.get(&url).basic_auth("herd", Some("herd-pw")).send());
-    for resp in futures_util::future::join_all(burst).await {
-        assert_eq!(resp.unwrap().status(), 200);
-    }
+    let burst = (0..16).map(|_| client.get(&url).basic_auth("herd", Some(password)).send());
+    let statuses = futures_util::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|resp| resp.expect("answer").status().as_u16())
+        .collect();
     let admin = started.admin.expect("admin port");
     let metrics = common::text_of(&client, format!("http://{admin}/metrics")).await;
     let count = |result: &str| {
@@ -877,15 +916,8 @@ async fn a_burst_with_one_basic_credential_costs_one_password_check() {
             &format!(r#"microgateway_basic_auth_cache_total{{result="{result}"}}"#),
         )
     };
-    // The workers: half the cores, at least one (one each may hash it
-    // before the first has stored it).
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get() / 2)
-        .max(1);
-    let (hashed, coalesced, hits) = (count("miss"), count("coalesced"), count("hit"));
-    assert!((1..=workers as u64).contains(&hashed), "{metrics}");
-    assert_eq!(hashed + coalesced + hits, 16, "{metrics}");
-    assert_eq!(upstream.hits(), 16);
+    let answered = count("coalesced") + count("hit");
+    (statuses, count("miss"), answered, upstream)
 }
 
 #[tokio::test]
