@@ -155,7 +155,7 @@ fn phases<'s: 'a, 'a>(
         check_target(&rt.limits, &req)?;
         host_from_authority(&mut req);
         let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
-        if let Some((answer, api)) = answer_preflight(snap, conn, &req, &path) {
+        if let Some((answer, api)) = answer_preflight(snap, conn, &req, &path)? {
             *matched_api = Some(api);
             return Ok(answer); // CORS preflight: no credentials, never forwarded
         }
@@ -350,29 +350,48 @@ fn phases<'s: 'a, 'a>(
 
 /// Answers a CORS preflight to an API with a CORS policy, served on this
 /// connection's transport; anything else goes on to the other phases.
+/// The answer to a CORS preflight for an API with a `cors` policy; not one
+/// (`None`) for any other request. A client the API's `ip_filter` refuses
+/// is refused here too: a preflight must not tell it the API's methods.
+#[allow(
+    clippy::type_complexity,
+    reason = "an answer and its API, or none, or a refusal: one use"
+)]
 fn answer_preflight<'s, B>(
     snap: &'s Snapshot,
     conn: Connection,
     req: &Request<B>,
     path: &CanonicalPath,
-) -> Option<(Response<Body>, &'s Arc<Api>)> {
-    let preflight = Preflight::of(req)?;
-    let api = snap.api_for(&path.path)?;
-    let policy = api.cors.as_ref()?;
+) -> Result<Option<(Response<Body>, &'s Arc<Api>)>, Rejection> {
+    let Some(preflight) = Preflight::of(req) else {
+        return Ok(None);
+    };
+    let Some(api) = snap.api_for(&path.path) else {
+        return Ok(None);
+    };
+    let Some(policy) = api.cors.as_ref() else {
+        return Ok(None);
+    };
     let served = if conn.tls {
         api.transport.https
     } else {
         api.transport.http
     };
     if !served {
-        return None;
+        return Ok(None);
+    }
+    if let Some(filter) = &api.ip_filter {
+        let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
+        if !client_ip.is_some_and(|ip| filter.admits(ip)) {
+            return Err(Rejection::IpFiltered);
+        }
     }
     // The method the actual request will use must be served on this path.
     let routed = preflight
         .method
         .as_ref()
         .is_some_and(|method| policy::route(snap, method, path).is_ok());
-    Some((cors::answer(policy, &preflight, routed), api))
+    Ok(Some((cors::answer(policy, &preflight, routed), api)))
 }
 
 /// What the throttle's verdict means for the request: a refused request

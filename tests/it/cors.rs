@@ -73,6 +73,15 @@ apis:
   upstream: {{ url: "{upstream}" }}
   authentication: {{ type: none }}
   resources: ["GET /x"]
+- name: Filtered
+  base_path: /filtered
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /x"]
+  ip_filter: {{ allow: ["10.0.0.0/8"] }}
+  policies:
+    cors:
+      allow_origins: ["*"]
 "#,
         issuer = idp.issuer(),
         jwks = idp.jwks_uri(),
@@ -245,6 +254,20 @@ async fn preflight_not_allowed_is_answered_204_without_cors_fields() {
         assert_eq!(vary(resp.headers())[0], "Origin");
     }
     assert_eq!(upstream.accepted(), 0, "a preflight reached the upstream");
+}
+
+/// `ip_filter` refuses a client before anything else: a preflight from it
+/// is refused too, and tells it nothing of the API's methods.
+#[tokio::test]
+async fn a_preflight_from_an_address_the_ip_filter_refuses_is_refused() {
+    let upstream = RecordingUpstream::start().await;
+    let w = world(&upstream.url()).await;
+    for path in ["/filtered/x", "/filtered/unknown"] {
+        let resp = preflight(&w.gw, path, APP, "GET", None).await;
+        assert_eq!(resp.status(), 403, "{path}");
+        assert!(has_no_cors_fields(resp.headers()), "{path}");
+    }
+    assert_eq!(upstream.accepted(), 0);
 }
 
 #[tokio::test]
