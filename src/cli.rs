@@ -362,7 +362,8 @@ fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Docu
         return Ok(None);
     }
     let cache = settings.cache_file.clone();
-    let text = match std::fs::read_to_string(&cache) {
+    // Within 4 MiB, as `start` reads it: a device is no cache.
+    let text = match config::load::read_bounded_text(&cache) {
         Ok(text) => text,
         Err(error) => {
             eprintln!(

@@ -408,6 +408,26 @@ fn check_of_a_downstream_merges_its_cached_download() {
     );
 }
 
+/// A cache file is read within 4 MiB, as `start` reads it: `/dev/zero` is
+/// an unreadable cache, not a check that never ends.
+#[test]
+fn check_reads_no_more_of_a_cache_file_than_start_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = downstream(dir.path(), Path::new("/dev/zero"));
+    let mut child = binary()
+        .args(["check", "-c", config.to_str().expect("utf-8 path")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    let status = common::process::exit_of(&mut child).expect("check ends within 20 s");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("cannot read the cache file"), "{stderr}");
+}
+
 #[test]
 fn explain_of_a_downstream_decides_on_its_cached_download_as_check_does() {
     let dir = tempfile::tempdir().expect("temp dir");

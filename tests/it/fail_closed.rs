@@ -9,7 +9,6 @@ use crate::common;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{env, metric, Env, Gateway};
 use microgateway::reload::Source;
@@ -263,24 +262,6 @@ async fn a_reload_whose_certificate_cannot_be_used_is_refused() {
 
 // ------------------------------------------------------------ one instance per port
 
-/// Waits (bounded) for `child` to exit; kills it if it does not.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "polls a child process from the blocking pool"
-)]
-fn exit_of(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 #[tokio::test]
 async fn a_second_instance_on_a_served_port_exits_naming_the_port() {
     let first = Gateway::start("ports: { http: 0, bind: 127.0.0.1 }\nadmin: { port: 0 }\n").await;
@@ -300,9 +281,10 @@ async fn a_second_instance_on_a_served_port_exits_naming_the_port() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the binary");
-    let (status, mut second) = tokio::task::spawn_blocking(move || (exit_of(&mut second), second))
-        .await
-        .expect("the waiting thread");
+    let (status, mut second) =
+        tokio::task::spawn_blocking(move || (common::process::exit_of(&mut second), second))
+            .await
+            .expect("the waiting thread");
     let status = status.expect("the second instance exits instead of sharing the port");
     let mut stderr = String::new();
     second

@@ -163,3 +163,21 @@ apis:
     .expect("write the config");
     config
 }
+
+/// Waits (at most 20 s) for `child` to exit; kills it if it does not.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "polls a child process, from a test thread or the blocking pool"
+)]
+pub fn exit_of(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
