@@ -264,6 +264,26 @@ fn redact_url(text: &str) -> String {
     }
 }
 
+/// Where the query of a postgres URL (past its scheme) starts. A `?`
+/// followed by the `@` that ends the user info, with no `/` between them,
+/// is a character of the password (unencoded), and so is one inside the
+/// password's `${…}`: taken for the query's start, part of the password
+/// would be read, and quoted, as a parameter.
+fn query_start(rest: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(found) = rest[from..].find('?') {
+        let q = from + found;
+        let after = &rest[q + 1..];
+        let in_user_info = after.find('@').is_some_and(|at| !after[..at].contains('/'));
+        let in_reference = rest[..q].contains("${") && !rest[..q].contains('}');
+        if !in_user_info && !in_reference {
+            return Some(q);
+        }
+        from = q + 1;
+    }
+    None
+}
+
 /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…&sslrootcert=…&host=…]`.
 /// The password may use the secrets syntax (`${env:NAME}`, `${file:/path}`,
 /// `{encoded}…`) or be percent-encoded. Errors never quote the password.
@@ -272,12 +292,9 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
         .strip_prefix("postgresql://")
         .or_else(|| text.strip_prefix("postgres://"))
         .ok_or("not a postgres:// URL")?;
-    let (rest, query) = match rest.find('?') {
-        // A `?` inside the password's `${…}` is no query.
-        Some(q) if !rest[..q].contains("${") || rest[..q].contains('}') => {
-            (&rest[..q], Some(&rest[q + 1..]))
-        }
-        _ => (rest, None),
+    let (rest, query) = match query_start(rest) {
+        Some(q) => (&rest[..q], Some(&rest[q + 1..])),
+        None => (rest, None),
     };
     let at = rest.rfind('@').ok_or("the URL names no user (USER@HOST)")?;
     let (userinfo, hostpart) = (&rest[..at], &rest[at + 1..]);

@@ -125,10 +125,12 @@ impl Ctx<'_> {
     /// A Basic user name: RFC 7617 §2 splits user-id and password at the
     /// first colon, so a user-id with one would be read as another user.
     pub fn basic_user(&mut self, at: Location, user: &str, key: &str) -> Option<String> {
-        if user.contains(':') {
+        if let Some((name, _)) = user.split_once(':') {
+            // What follows the colon is not shown: written as `user:password`,
+            // it is a password.
             self.report.error(
                 at,
-                format!("{key}: `{user}` contains `:`, which Basic authentication cannot carry in a user name"),
+                format!("{key}: `{name}:…` contains `:`, which Basic authentication cannot carry in a user name"),
                 "a user name without `:` (RFC 7617 §2)",
             );
             return None;

@@ -121,7 +121,7 @@ pub fn download_flags(
                 findings,
             ))
         }
-        _ => Err(Invalid { findings }),
+        _ => Err(Invalid::new(findings)),
     }
 }
 
@@ -251,7 +251,7 @@ mod tests {
             messages,
             [
                 "--gateway: `central:9485` is not an http(s) URL",
-                "--user: `a:b` contains `:`, which Basic authentication cannot carry in a user name",
+                "--user: `a:…` contains `:`, which Basic authentication cannot carry in a user name",
             ]
         );
     }

@@ -1767,7 +1767,7 @@ fn a_basic_user_name_with_a_colon_is_refused() {
         error(
             3,
             45,
-            "username: `svc:admin` contains `:`, which Basic authentication cannot carry in a user name",
+            "username: `svc:…` contains `:`, which Basic authentication cannot carry in a user name",
             "a user name without `:` (RFC 7617 §2)",
         ),
     );
