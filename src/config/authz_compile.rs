@@ -314,7 +314,11 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
                     ctx.files.extend(file);
                     secret
                 })
-                .map_err(|problem| format!("password: {problem}"))?,
+                .map_err(|problem| {
+                    ctx.files
+                        .extend(super::resolve::referenced_file(p, &ctx.base));
+                    format!("password: {problem}")
+                })?,
         ),
         // An empty secret, from any source, is an error.
         Some("") => return Err("the password is empty".into()),

@@ -14,14 +14,16 @@ use super::resolve::Env;
 use super::snapshot::*;
 use super::{fleet_compile, listener_compile, security_compile};
 
-/// Compiles a raw configuration. `source` is the file it came from.
+/// Compiles a raw configuration. `source` is the file it came from. When
+/// it is refused (the findings are in `report`), the files it names, as
+/// far as they were reached.
 pub fn compile(
     file: &raw::File,
     report: &mut Report,
     env: &Env,
     source: &Path,
     generation: u64,
-) -> Option<Snapshot> {
+) -> Result<Snapshot, Vec<PathBuf>> {
     let base = source
         .parent()
         .map(Path::to_path_buf)
@@ -76,11 +78,11 @@ pub fn compile(
         .as_ref()
         .and_then(|g| fleet_compile::api_gateway(&mut ctx, g, fleet_compile::FILE_KEYS));
     let throttling = super::throttle_compile::throttling(&mut ctx, file.throttling.as_ref());
-    if ctx.report.has_errors() {
-        return None;
-    }
     let files = std::mem::take(&mut ctx.files);
-    Some(Snapshot {
+    if ctx.report.has_errors() {
+        return Err(files);
+    }
+    Ok(Snapshot {
         generation,
         loaded_at: SystemTime::now(),
         source: source.to_path_buf(),

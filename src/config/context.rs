@@ -112,6 +112,9 @@ impl Ctx<'_> {
                 Some(secret)
             }
             Err(problem) => {
+                // Named though not read: its appearance is a change to watch for.
+                self.files
+                    .extend(resolve::referenced_file(&value.value.0, &self.base));
                 self.report.error(
                     Self::at(value),
                     format!("{key}: {problem}"),

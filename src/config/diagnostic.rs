@@ -114,6 +114,10 @@ impl Report {
 #[error("{}", render(.findings))]
 pub struct Invalid {
     pub findings: Vec<Diagnostic>,
+    /// The files the refused configuration names, as far as it was
+    /// compiled (the configuration file first; empty when it was not):
+    /// one of them written may be what makes it valid.
+    pub files: Vec<PathBuf>,
 }
 
 fn render(findings: &[Diagnostic]) -> String {
@@ -129,8 +133,14 @@ impl Invalid {
         let mut report = Report::new(path);
         report.error(Location::UNKNOWN, message, allowed);
         report.findings[0].origin = Origin::Other(PathBuf::from(path).display().to_string());
+        Invalid::new(report.findings)
+    }
+
+    /// The findings of a configuration that names no file (or was not read).
+    pub fn new(findings: Vec<Diagnostic>) -> Invalid {
         Invalid {
-            findings: report.findings,
+            findings,
+            files: Vec::new(),
         }
     }
 }

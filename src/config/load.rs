@@ -89,9 +89,7 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
             "the document is larger than 4 MiB",
             "at most 4 MiB",
         );
-        return Err(Invalid {
-            findings: report.findings,
-        });
+        return Err(Invalid::new(report.findings));
     }
     let mut file = raw::File::default();
     for (index, body) in split_documents(text).iter().enumerate() {
@@ -104,9 +102,7 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
         }
     }
     if report.has_errors() {
-        return Err(Invalid {
-            findings: report.findings,
-        });
+        return Err(Invalid::new(report.findings));
     }
     Ok((file, report))
 }
@@ -128,9 +124,7 @@ pub fn parse_first<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Optio
         parse_document::<T>(&first, &mut report)
     };
     if report.has_errors() {
-        return Err(Invalid {
-            findings: report.findings,
-        });
+        return Err(Invalid::new(report.findings));
     }
     Ok(parsed)
 }
@@ -156,9 +150,7 @@ pub fn parse_untyped(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, 
             .collect()
     };
     if report.has_errors() {
-        return Err(Invalid {
-            findings: report.findings,
-        });
+        return Err(Invalid::new(report.findings));
     }
     Ok(documents)
 }

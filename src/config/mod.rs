@@ -108,7 +108,7 @@ pub fn api_gateway(path: &Path, env: &Env) -> Result<Option<snapshot::ApiGateway
     if report.has_errors() {
         let mut findings = report.findings;
         findings.retain(|d| d.severity == Severity::Error);
-        return Err(Invalid { findings });
+        return Err(Invalid::new(findings));
     }
     Ok(settings)
 }
@@ -170,13 +170,13 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
         (d.severity != Severity::Error, place)
     });
     match snapshot {
-        Some(mut snapshot) => {
+        Ok(mut snapshot) => {
             snapshot.source_text = Arc::from(text);
             Ok(Loaded {
                 snapshot,
                 warnings: findings,
             })
         }
-        None => Err(Invalid { findings }),
+        Err(files) => Err(Invalid { findings, files }),
     }
 }

@@ -170,6 +170,14 @@ fn env_secret(name: &str, env: &Env) -> Result<(Secret, Option<PathBuf>), Secret
     Ok((Secret::new(value.clone()), None))
 }
 
+/// The file a `${file:PATH}` secret names, whether or not it can be read.
+pub fn referenced_file(text: &str, base: &Path) -> Option<PathBuf> {
+    match reference(text) {
+        Ok(Some(Reference::File(file))) => Some(relative(base, file)),
+        _ => None,
+    }
+}
+
 fn file_secret(file: &str, base: &Path) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
     let path = relative(base, file);
     let value = read_bounded_text(&path)

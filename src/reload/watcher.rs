@@ -14,6 +14,12 @@
 //! The configuration compiled is the text of the settled reading, never a
 //! fresh read that could catch the next writer halfway.
 //!
+//! A refused configuration keeps the files it names watched too (with
+//! those of the serving snapshot) until the file is reloaded again: a
+//! secret or a certificate it names that is written after it, as a
+//! Kubernetes Secret volume may be after its ConfigMap, is the change that
+//! makes it valid, and is taken at once.
+//!
 //! A configuration file that is missing or empty is taken as a save in
 //! progress (deleted then recreated, truncated then written) and waited for;
 //! it is never loaded as an empty configuration. Reloads on demand (signal,
@@ -84,8 +90,9 @@ impl Watcher {
         // the runtime that started the gateway.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut watch = Watch {
-            last_seen: read_files(&watched_files(&reloader)).hash,
+            last_seen: read_files(&watched_files(&reloader, &[])).hash,
             generation: reloader.live.generation(),
+            refused_files: Vec::new(),
             reloader,
             notify,
             watched: BTreeSet::new(),
@@ -135,6 +142,9 @@ struct Watch {
     last_seen: [u8; 32],
     /// Generation the watched set was computed for.
     generation: u64,
+    /// The files the configuration last refused from the file names (none
+    /// once one is applied).
+    refused_files: Vec<PathBuf>,
 }
 
 impl Watch {
@@ -185,7 +195,7 @@ impl Watch {
 
     /// Reloads when the settled content differs from what was last seen.
     fn check(&mut self) -> Result<(), Stopped> {
-        let files = watched_files(&self.reloader);
+        let files = watched_files(&self.reloader, &self.refused_files);
         let Some(reading) = self.settle(&files)? else {
             tracing::warn!("configuration files keep changing; waiting for the next change");
             return Ok(());
@@ -207,10 +217,14 @@ impl Watch {
         self.last_seen = reading.hash;
         // Logged, counted and shown in status by `reload`; on error the last
         // good snapshot keeps serving.
-        let _ = match String::from_utf8(text) {
+        let reloaded = match String::from_utf8(text) {
             Ok(text) => self.reloader.reload_text(Source::File, &text),
             // Read again by `reload`, which says what is wrong with the file.
             Err(_) => self.reloader.reload(Source::File),
+        };
+        self.refused_files = match reloaded {
+            Ok(_) => Vec::new(),
+            Err(invalid) => invalid.files,
         };
         self.follow_files();
         Ok(())
@@ -251,15 +265,16 @@ impl Watch {
     /// names and take its content as seen.
     fn follow_other_reloads(&mut self) {
         if self.reloader.live.generation() != self.generation {
-            self.last_seen = read_files(&watched_files(&self.reloader)).hash;
+            self.last_seen = read_files(&watched_files(&self.reloader, &self.refused_files)).hash;
             self.follow_files();
         }
     }
 
-    /// Watches exactly the directories of the serving snapshot's files.
+    /// Watches exactly the directories of the serving snapshot's files,
+    /// and of those the configuration last refused names.
     fn follow_files(&mut self) {
         self.generation = self.reloader.live.generation();
-        let (dirs, interest) = watch_set(&watched_files(&self.reloader));
+        let (dirs, interest) = watch_set(&watched_files(&self.reloader, &self.refused_files));
         for gone in self.watched.difference(&dirs) {
             if let Err(error) = self.notify.unwatch(gone) {
                 tracing::debug!(dir = %gone.display(), %error, "cannot unwatch");
@@ -287,11 +302,12 @@ impl Watch {
     }
 }
 
-/// The configuration file and every file the serving snapshot names.
-fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
+/// The configuration file, every file the serving snapshot names, and
+/// `refused` (those a refused configuration names).
+fn watched_files(reloader: &Reloader, refused: &[PathBuf]) -> Vec<PathBuf> {
     let snapshot = reloader.live.snapshot();
     let mut files = vec![reloader.config_path.clone()];
-    for file in &snapshot.files {
+    for file in snapshot.files.iter().chain(refused) {
         if !files.contains(file) {
             files.push(file.clone());
         }

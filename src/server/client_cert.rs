@@ -49,6 +49,7 @@ pub fn check(snapshot: &Snapshot) -> Result<(), Invalid> {
                 message: format!("tls.client_ca: {error}"),
                 allowed: Some("a PEM bundle of X.509 CA certificates".to_owned()),
             }],
+            files: snapshot.files.clone(),
         }),
     }
 }

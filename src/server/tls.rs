@@ -116,6 +116,7 @@ pub fn check(snapshot: &Snapshot, now: SystemTime) -> Result<(), Invalid> {
             message: format!("{key}: {error}"),
             allowed: Some(error.allowed().to_owned()),
         }],
+        files: snapshot.files.clone(),
     })
 }
 

@@ -412,6 +412,28 @@ async fn changed_file_secret_is_applied_with_the_same_config_text() {
     gw.shutdown().await;
 }
 
+/// A configuration refused for a secret file that is not there yet is
+/// taken once the file is written: the files a refused configuration
+/// names are watched as well, though no snapshot names them.
+#[tokio::test]
+async fn a_configuration_refused_for_a_missing_secret_file_is_taken_once_the_file_is_written() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("backend.secret"), "one\n").expect("secret");
+    let gw = start_in(dir, &secret_yaml(&upstream)).await;
+    let errors = file_reload_errors(&gw).await;
+    gw.write_config(&secret_yaml(&upstream).replace("backend.secret", "late.secret"));
+    let error = assert_refused(&gw, errors).await;
+    assert!(error.contains("late.secret"), "{error}");
+    std::fs::write(gw.dir.path().join("late.secret"), "two\n").expect("secret");
+    applied(&gw, 2).await;
+    assert_eq!(
+        upstream_authorization(&gw, &upstream).await,
+        basic("svc", "two")
+    );
+    gw.shutdown().await;
+}
+
 /// Starts a gateway on `yaml` written to `dir/microgateway.yaml` (for
 /// configurations that name files which must exist first).
 async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Gateway {
