@@ -663,10 +663,13 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// `limit` requests per `per` (compile checks `per` ≥ `limit` µs).
+    /// `limit` requests per `per` (compile checks `per` ≥ `limit` µs). The
+    /// interval is rounded up to whole microseconds: a policy admits its
+    /// limit or a little less, never more (600,000 per second rounded
+    /// down would admit one request every microsecond, a million).
     pub fn of(limit: u64, per: Duration) -> Rate {
         let per = u64::try_from(per.as_micros()).unwrap_or(u64::MAX);
-        let interval = (per / limit.max(1)).max(1);
+        let interval = per.div_ceil(limit.max(1)).max(1);
         Rate {
             interval,
             period: interval.saturating_mul(limit.max(1)),

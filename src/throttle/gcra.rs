@@ -121,6 +121,28 @@ mod tests {
         assert_eq!(admitted, 4);
     }
 
+    /// Over a long run a policy admits its limit per period, never more:
+    /// 600,000 per second is one request every 2 µs (1⅔ rounded up), not
+    /// every 1 µs (rounded down: a million a second).
+    #[test]
+    fn a_high_limit_is_never_exceeded_over_time() {
+        let rate = Rate::of(600_000, Duration::from_secs(1));
+        let mut tat = 0;
+        let mut admitted = 0u64;
+        // Two requests a microsecond for two seconds.
+        for now in 1..=2_000_000 {
+            for _ in 0..2 {
+                if admit(&mut tat, now, rate).retry_after.is_none() {
+                    admitted += 1;
+                }
+            }
+        }
+        // Two seconds' worth and one burst, at most; the interval rounded
+        // up to 2 µs admits fewer (500,000 a second after the burst).
+        assert!(admitted <= 3 * 600_000, "{admitted}");
+        assert!(admitted >= 600_000 + 2 * 500_000 - 1, "{admitted}");
+    }
+
     #[test]
     fn seconds_round_up() {
         assert_eq!(seconds_up(Duration::from_millis(1)), 1);
