@@ -250,9 +250,7 @@ fn policy(ctx: &mut Ctx, entry: &S<raw::Throttle>, owner: &Owner) -> Option<Thro
         per_client_ip
     ])
     .to_string();
-    // draft-ietf-httpapi-ratelimit-headers §4: quota `q`, window `w` in seconds.
-    let window = per.as_secs() + u64::from(per.subsec_nanos() > 0);
-    let policy_field = format!("\"{name}\";q={limit};w={window}");
+    let policy_field = policy_field(&name, limit, per);
     Some(ThrottlePolicy {
         name,
         identity: identity.into(),
@@ -265,6 +263,23 @@ fn policy(ctx: &mut Ctx, entry: &S<raw::Throttle>, owner: &Owner) -> Option<Thro
         policy_field,
         sole: SoleCounter::default(),
     })
+}
+
+/// The policy's item of `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-
+/// headers §4): quota `q` per window `w`, in whole seconds. A `per` that
+/// is not whole seconds is told as the whole seconds that hold it, with
+/// the quota its rate gives them, rounded down (10 per 100 ms: 100 per
+/// second), never as more than it admits.
+fn policy_field(name: &str, limit: u64, per: Duration) -> String {
+    let window = per.as_secs() + u64::from(per.subsec_nanos() > 0);
+    let quota = if per.subsec_nanos() == 0 {
+        limit
+    } else {
+        let per_micros = per.as_micros().max(1);
+        let quota = u128::from(limit) * u128::from(window) * 1_000_000 / per_micros;
+        u64::try_from(quota).unwrap_or(u64::MAX)
+    };
+    format!("\"{name}\";q={quota};w={window}")
 }
 
 /// Gives each resource the policies of `policies` that count requests to
@@ -343,6 +358,17 @@ mod tests {
         );
         assert!(valid_name("api-per-client-ip"));
         assert!(!valid_name("a\"b"));
+    }
+
+    /// A window of whole seconds is told as it is; one shorter or not
+    /// whole is told as the whole seconds that hold it, at its rate.
+    #[test]
+    fn the_policy_field_tells_the_rate_in_whole_seconds() {
+        let field = |limit, millis| policy_field("p", limit, Duration::from_millis(millis));
+        assert_eq!(field(10, 60_000), "\"p\";q=10;w=60");
+        assert_eq!(field(10, 100), "\"p\";q=100;w=1");
+        assert_eq!(field(3, 1_500), "\"p\";q=4;w=2");
+        assert_eq!(field(1, 3_000), "\"p\";q=1;w=3");
     }
 
     fn policy(name: &str, api_scope: Option<usize>) -> ThrottlePolicy {
