@@ -99,6 +99,11 @@ pub enum CredentialProblem {
     /// RFC 6750 §3.1 `invalid_request` (two `Authorization` headers, a token in the query).
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// A credential of another kind sent twice (two API key headers, two
+    /// `Authorization` headers where no token is accepted): a plain bad
+    /// request, with no bearer challenge.
+    #[error("bad request: {0}")]
+    Repeated(&'static str),
     #[error("invalid token: {0}")]
     InvalidToken(TokenProblem),
     /// A malformed credential of this kind: refused like a wrong one.
@@ -140,9 +145,7 @@ pub fn credential<'a>(
         let mut values = headers.get_all(&accepted.api_key_header).iter();
         if let Some(value) = values.next() {
             if values.next().is_some() {
-                return Err(CredentialProblem::InvalidRequest(
-                    "more than one API key header",
-                ));
+                return Err(CredentialProblem::Repeated("more than one API key header"));
             }
             let key = value.as_bytes();
             if key.is_empty() || key.len() > MAX_CREDENTIAL_BYTES {
@@ -166,7 +169,7 @@ fn basic(headers: &HeaderMap) -> Result<Option<Credential<'static>>, CredentialP
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(CredentialProblem::InvalidRequest(
+        return Err(CredentialProblem::Repeated(
             "more than one Authorization header",
         ));
     }

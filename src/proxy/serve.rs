@@ -588,6 +588,7 @@ async fn authenticate<B>(
         Err(CredentialProblem::InvalidRequest(why)) => {
             return Err(Rejection::InvalidRequest { why })
         }
+        Err(CredentialProblem::Repeated(why)) => return Err(Rejection::BadRequest(why)),
         Err(CredentialProblem::InvalidToken(problem)) => {
             *kind = Some(CredentialType::OAuth2);
             return Err(Rejection::InvalidToken { problem });

@@ -219,6 +219,17 @@ async fn missing_wrong_and_doubled_credentials_are_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+    // A key-only API: a doubled key header is a bad request, with no
+    // bearer challenge (that API takes no token).
+    let resp = w
+        .get("/other/status")
+        .header("X-Partner-Key", PARTNER_KEY)
+        .header("X-Partner-Key", PARTNER_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(challenges(&resp).is_empty(), "{:?}", challenges(&resp));
     // A token alone keeps the OAuth2 rules.
     let resp = w
         .get("/travels/status")
