@@ -122,6 +122,10 @@ impl Gateway {
         if let (Some(settings), Some(document)) = (&settings, &document) {
             crate::central::keep(settings, document);
         }
+        if let (Some(settings), Some(_)) = (&settings, &document) {
+            // Downloaded for them now, or read from a cache recorded so.
+            gateway.state.central.answered_for(settings);
+        }
         gateway.state.central.adopt(document);
         let poller =
             crate::reload::follow::run(gateway.state.reloader.clone(), gateway.stop.subscribe());

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
+use super::provenance::Provenance;
 use super::{export, shown_url, Document};
 use crate::config::snapshot::ApiGateway;
 use crate::config::{Env, Snapshot};
@@ -61,6 +62,9 @@ pub struct Refusal {
 pub struct Link {
     export: Mutex<Option<(u64, Arc<export::Tree>)>>,
     document: Mutex<Option<Arc<Document>>>,
+    /// The central and APIs the central last answered for (the document
+    /// in use came from them, or was confirmed by them).
+    answered_for: Mutex<Option<Provenance>>,
     status: Mutex<Status>,
     /// Wakes the poll loop for a download at once.
     retry: tokio::sync::Notify,
@@ -114,14 +118,29 @@ impl Link {
         change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Told after a local reload (file, signal, REST) applied: a refusal
-    /// that stood no longer does (the new file may merge with the
-    /// document), and the poll loop downloads it again at once instead of
-    /// at its next round (or never, with a zero interval). `last_error`
+    /// Notes that the central of `settings` answered for its APIs.
+    pub fn answered_for(&self, settings: &ApiGateway) {
+        *self.answered_for.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Provenance::of(settings));
+    }
+
+    /// Told after a local reload (file, signal, REST) applied, with the
+    /// `api_gateway` it serves: a refusal that stood no longer does (the
+    /// new file may merge with the document), and the poll loop downloads
+    /// it again at once instead of at its next round (or never, with a zero
+    /// interval). So it does when the file now names another central, or
+    /// other APIs, than the one that last answered: the document in use
+    /// goes on being merged only until that central answers. `last_error`
     /// keeps saying why until that download is judged.
-    pub fn local_reload_applied(&self) {
+    pub fn local_reload_applied(&self, settings: Option<&ApiGateway>) {
+        let moved = settings.is_some_and(|settings| {
+            let answered = self.answered_for.lock().unwrap_or_else(|p| p.into_inner());
+            answered
+                .as_ref()
+                .is_some_and(|answered| *answered != Provenance::of(settings))
+        });
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        if status.refusal.take().is_some() {
+        if status.refusal.take().is_some() || moved {
             // A permit is kept when the loop is not waiting: not lost.
             self.retry.notify_one();
         }

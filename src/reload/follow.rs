@@ -73,6 +73,7 @@ pub async fn run(reloader: Arc<Reloader>, mut stop: watch::Receiver<bool>) {
             Ok(()) => {
                 failures = 0;
                 owed = false;
+                link.answered_for(&settings);
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -286,7 +287,7 @@ mod tests {
     #[test]
     fn a_local_reload_clears_the_refusal_but_not_its_error() {
         let link = refusing();
-        link.local_reload_applied();
+        link.local_reload_applied(None);
         assert!(link.refused_etag().is_none());
         assert!(
             link.status().last_error.is_some(),

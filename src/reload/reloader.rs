@@ -90,7 +90,8 @@ impl Reloader {
         let document = self.central.document();
         let reloaded = self.reload_locked(source, text, document.as_deref());
         if reloaded.is_ok() {
-            self.central.local_reload_applied();
+            let settings = self.live.snapshot().api_gateway.clone();
+            self.central.local_reload_applied(settings.as_ref());
         }
         reloaded
     }

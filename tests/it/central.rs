@@ -1284,6 +1284,32 @@ async fn a_zero_poll_interval_asks_again_for_a_refused_download_after_a_local_re
     central.shutdown().await;
 }
 
+/// A downstream whose file comes to name another central downloads from
+/// it at once, even with `poll_interval: 0`: the settings of the central
+/// it followed are merged only until the new one answers.
+#[tokio::test]
+async fn a_file_naming_another_central_downloads_from_it_at_once() {
+    let first = start_central(r#""GET /items""#).await;
+    let second = start_central(r#""GET /other""#).await;
+    let (_dir, cache) = cache_in_tempdir();
+    let down = Gateway::start(&downloading_once(&first, &cache)).await;
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+    assert_eq!(down.get("/catalog/other").await.status(), 404);
+    let link = &down.state().central;
+    let before = generation(&down);
+    down.write_config(&downloading_once(&second, &cache));
+    down.wait_generation(before + 1).await;
+    eventually("the second central's settings applied", || {
+        link.status().applied >= 1
+    })
+    .await;
+    assert_eq!(down.get("/catalog/other").await.status(), 200);
+    assert_eq!(down.get("/catalog/items").await.status(), 404);
+    down.shutdown().await;
+    second.shutdown().await;
+    first.shutdown().await;
+}
+
 /// A 200 whose body is empty is not an export (an export always has its
 /// three sections): it does not wipe the downloaded APIs, nor the cache.
 #[tokio::test]
