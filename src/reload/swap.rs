@@ -38,6 +38,8 @@ impl Source {
 pub struct ReloadStatus {
     pub last_reload_at: Option<SystemTime>,
     pub last_reload_error: Option<String>,
+    /// What the refusal in `last_reload_error` came from.
+    pub error_source: Option<Source>,
 }
 
 /// What the listeners were started with; a reload cannot change it.
@@ -204,7 +206,12 @@ impl Live {
         // whoever sees the new generation also sees its status.
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         status.last_reload_at = Some(SystemTime::now());
-        status.last_reload_error = None;
+        // A download is merged with the text that serves, not with the
+        // file on disk: it does not make a refused edit of the file good.
+        if source != Source::Central || status.error_source == Some(Source::Central) {
+            status.last_reload_error = None;
+            status.error_source = None;
+        }
         self.current.store(Arc::new(next));
         self.swaps.fetch_add(1, Ordering::Release);
         self.generation.store(generation, Ordering::Release);
@@ -227,6 +234,7 @@ impl Live {
         if let Ok(mut status) = self.status.lock() {
             status.last_reload_at = Some(SystemTime::now());
             status.last_reload_error = Some(error);
+            status.error_source = Some(source);
         }
     }
 }

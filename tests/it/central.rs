@@ -1169,6 +1169,12 @@ async fn a_download_merges_with_the_serving_file_not_a_refused_edit_on_disk() {
         "the central's change was not applied ({})",
         link_summary(&down)
     );
+    // The edit on disk is still refused: the status goes on saying so.
+    let error = down.state().live.status().last_reload_error;
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("broken")),
+        "{error:?}"
+    );
     down.shutdown().await;
     central.shutdown().await;
 }
