@@ -583,6 +583,20 @@ fn outbound(
         return Some(Outbound::None);
     };
     let raw = &entry.value;
+    // One way to authenticate: with two, which one the upstream gets
+    // would be a guess (the client's token instead of the alias's
+    // credentials, say).
+    let ways = usize::from(raw.delegate.is_some())
+        + usize::from(raw.alias.is_some())
+        + usize::from(raw.kind.is_some() || raw.username.is_some() || raw.password.is_some());
+    if ways > 1 {
+        ctx.report.error(
+            entry.referenced,
+            "outbound_auth names more than one way to authenticate",
+            "one of: `alias`, { type: basic, username, password } or { delegate: incoming_token }",
+        );
+        return None;
+    }
     if let Some(delegate) = &raw.delegate {
         if delegate.value == "incoming_token" {
             return Some(Outbound::Delegate);

@@ -767,6 +767,29 @@ apis:
 }
 
 #[test]
+fn outbound_auth_with_two_ways_to_authenticate_is_refused() {
+    refused(
+        r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: s3cret }
+apis:
+- name: A
+  upstream: { url: "http://127.0.0.1:9/a" }
+  authentication: { type: none }
+  resources: ["GET /x"]
+  policies:
+    outbound_auth: { delegate: incoming_token, alias: backend }
+"#,
+        error(
+            10,
+            20,
+            "outbound_auth names more than one way to authenticate",
+            "one of: `alias`, { type: basic, username, password } or { delegate: incoming_token }",
+        ),
+    );
+}
+
+#[test]
 fn undefined_api_scope_in_scope_mappings() {
     refused(
         r#"security_settings:
