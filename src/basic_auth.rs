@@ -7,14 +7,21 @@
 //! password at the gateway is: 5 failures of one user name, or 20 from
 //! one client address, within 60 s lock that name or address — on every
 //! port that checks these credentials — until the window ends; while
-//! locked even the right password is refused unchecked.
+//! locked even the right password is refused unchecked. But a name locked
+//! by guesses from elsewhere does not lock out its known callers: an
+//! address that logged in as that user within a day is still checked,
+//! unless the address is locked or has itself failed 5 times as that user
+//! within the window, so a stranger's five guesses a minute cannot keep
+//! an operator, or a fleet's downstreams, out.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use base64::Engine;
 
 use crate::config::Snapshot;
-use crate::lockout::{self, Limits, Locked, Lockout, Outcome};
+use crate::lockout::{self, Limits, Locked, Lockout, Outcome, Subject};
 
 /// The limits of [`Logins`].
 const LOGIN_LIMITS: Limits = Limits {
@@ -25,38 +32,121 @@ const LOGIN_LIMITS: Limits = Limits {
     entries: 10_000,
 };
 
+/// How long an address that logged in as a user stays known as its caller.
+const KNOWN_FOR_SECS: u64 = 24 * 60 * 60;
+/// Known callers kept at most; past it, those no longer known go first,
+/// then the one that logged in longest ago.
+const KNOWN_ENTRIES: usize = 1024;
+
 /// Failed logins with the admin credentials or a `central.users` entry,
-/// per user name and per client address: one for the process, shared by
-/// the admin port and the API ports.
+/// per user name and per client address, and the addresses each user
+/// logged in from: one for the process, shared by the admin port and the
+/// API ports.
 #[derive(Debug)]
-pub struct Logins(Lockout<IpAddr>);
+pub struct Logins {
+    counts: Lockout<IpAddr>,
+    /// Failures per (user, address): what locks a known caller.
+    pairs: Lockout<(String, IpAddr)>,
+    /// (user, address) → when it last logged in.
+    known: Mutex<HashMap<(String, IpAddr), u64>>,
+}
 
 impl Default for Logins {
     fn default() -> Logins {
-        Logins(Lockout::new(LOGIN_LIMITS))
+        Logins {
+            counts: Lockout::new(LOGIN_LIMITS),
+            pairs: Lockout::new(Limits {
+                client: LOGIN_LIMITS.user,
+                ..LOGIN_LIMITS
+            }),
+            known: Mutex::default(),
+        }
     }
 }
 
 impl Logins {
     /// Whether `right` says `user`'s password is right, for a login from
-    /// `peer`: refused unchecked while the name or the address is locked;
-    /// a wrong one counts against both.
+    /// `peer`: refused unchecked while the address is locked, or the name
+    /// is and `peer` is not a known caller of it; a wrong one counts
+    /// against both.
     pub fn judge(
         &self,
         peer: IpAddr,
         user: &str,
         right: impl FnOnce() -> bool,
     ) -> Result<bool, Locked> {
-        let now = lockout::system_now();
-        let attempt = self.0.reserve(&peer, user, None, now)?;
-        let granted = right();
-        let outcome = if granted {
-            Outcome::Right
-        } else {
-            Outcome::Wrong
+        self.judge_at(peer, user, lockout::system_now(), right)
+    }
+
+    fn judge_at(
+        &self,
+        peer: IpAddr,
+        user: &str,
+        now: u64,
+        right: impl FnOnce() -> bool,
+    ) -> Result<bool, Locked> {
+        let pair = Subject::Client((user.to_owned(), peer));
+        let granted = match self.counts.reserve(&peer, user, None, now) {
+            Ok(attempt) => {
+                let granted = right();
+                let outcome = if granted {
+                    Outcome::Right
+                } else {
+                    Outcome::Wrong
+                };
+                attempt.end(outcome, now);
+                granted
+            }
+            Err(locked) => {
+                // The name is locked (or its checks fill the lock): its
+                // known callers are still checked, unless their address
+                // is locked, or they failed as that user themselves.
+                if !self.is_known(user, peer, now) {
+                    return Err(locked);
+                }
+                self.counts.check(&Subject::Client(peer), now)?;
+                self.pairs.check(&pair, now)?;
+                let granted = right();
+                if !granted {
+                    self.counts.record_failure(&Subject::Client(peer), now);
+                    self.counts
+                        .record_failure(&Subject::User(user.to_owned()), now);
+                }
+                granted
+            }
         };
-        attempt.end(outcome, now);
+        if granted {
+            self.pairs.forgive(&pair);
+            self.remember(user, peer, now);
+        } else {
+            self.pairs.record_failure(&pair, now);
+        }
         Ok(granted)
+    }
+
+    fn is_known(&self, user: &str, peer: IpAddr, now: u64) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(&(user.to_owned(), peer))
+            .is_some_and(|at| now < at.saturating_add(KNOWN_FOR_SECS))
+    }
+
+    fn remember(&self, user: &str, peer: IpAddr, now: u64) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (user.to_owned(), peer);
+        if known.len() >= KNOWN_ENTRIES && !known.contains_key(&key) {
+            known.retain(|_, at| now < at.saturating_add(KNOWN_FOR_SECS));
+            if known.len() >= KNOWN_ENTRIES {
+                let oldest = known
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    known.remove(&oldest);
+                }
+            }
+        }
+        known.insert(key, now);
     }
 }
 
@@ -114,4 +204,55 @@ pub fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> 
 pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const FLEET: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const NEWCOMER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+
+    /// A stranger's guesses lock the name for everyone but the addresses
+    /// that logged in as it: those are still checked, and their own
+    /// failures still count.
+    #[test]
+    fn a_locked_name_still_lets_its_known_callers_in() {
+        let logins = Logins::default();
+        assert_eq!(logins.judge_at(FLEET, "fleet", 100, || true), Ok(true));
+        for t in 0..5 {
+            assert_eq!(
+                logins.judge_at(STRANGER, "fleet", 101 + t, || false),
+                Ok(false)
+            );
+        }
+        let locked = |r: Result<bool, Locked>| matches!(r, Err(Locked { .. }));
+        assert!(locked(logins.judge_at(STRANGER, "fleet", 110, || true)));
+        assert!(locked(logins.judge_at(NEWCOMER, "fleet", 110, || true)));
+        assert_eq!(logins.judge_at(FLEET, "fleet", 110, || true), Ok(true));
+        // A known address that guesses is locked by its own failures.
+        for t in 0..5 {
+            assert_eq!(
+                logins.judge_at(FLEET, "fleet", 111 + t, || false),
+                Ok(false)
+            );
+        }
+        assert!(locked(logins.judge_at(FLEET, "fleet", 120, || true)));
+    }
+
+    #[test]
+    fn an_address_is_known_for_one_user_only_and_not_for_ever() {
+        let logins = Logins::default();
+        assert_eq!(logins.judge_at(FLEET, "fleet", 100, || true), Ok(true));
+        assert!(logins.is_known("fleet", FLEET, 100 + KNOWN_FOR_SECS - 1));
+        assert!(!logins.is_known("fleet", FLEET, 100 + KNOWN_FOR_SECS));
+        assert!(!logins.is_known("admin", FLEET, 101));
+        for n in 0..KNOWN_ENTRIES + 10 {
+            let user = format!("user-{n}");
+            logins.remember(&user, STRANGER, 200);
+        }
+        assert!(logins.known.lock().expect("lock").len() <= KNOWN_ENTRIES);
+    }
 }
