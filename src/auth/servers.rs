@@ -20,7 +20,7 @@ use super::introspection::{IntrospectionSettings, Introspector};
 use super::jwks::{JwksSource, KeySet, RemoteOptions};
 use super::jwt::{JwtRules, JwtValidator};
 use super::{AuthFailure, Principal, TokenProblem};
-use crate::config::snapshot::AuthServer;
+use crate::config::snapshot::{AuthServer, LocalIntrospection};
 use crate::config::Snapshot;
 
 /// Verified JWTs remembered per auth server.
@@ -40,6 +40,38 @@ pub struct Validators {
 impl Validators {
     pub fn jwt(&self) -> Option<&JwtValidator> {
         self.jwt.as_ref()
+    }
+
+    /// Its key source, when validators of `settings` would fetch keys
+    /// from the same place the same way: a change of the audience, the
+    /// clock skew or the introspection client keeps the keys it has (a
+    /// JWKS endpoint down at that moment would otherwise refuse every
+    /// token until it is back).
+    fn same_keys(&self, settings: &AuthServer, in_process: bool) -> Option<Arc<JwksSource>> {
+        let (before, after) = (self.settings.local.as_ref()?, settings.local.as_ref()?);
+        let same = self.in_process == in_process
+            && before.issuer == after.issuer
+            && before.jwks_uri == after.jwks_uri
+            && before.trust_store == after.trust_store
+            && before.allow_insecure_http == after.allow_insecure_http;
+        let jwt = self.jwt.as_ref().filter(|_| same)?;
+        Some(Arc::clone(jwt.jwks()))
+    }
+}
+
+/// What a JWT of `local` must be. This instance's authorization server
+/// writes its issuer without a trailing `/`; `in_process` already matched
+/// them that way.
+fn rules_of(local: &LocalIntrospection, in_process: bool) -> JwtRules {
+    let issuer = match in_process {
+        true => local.issuer.trim_end_matches('/').to_owned(),
+        false => local.issuer.clone(),
+    };
+    JwtRules {
+        issuer,
+        audience: local.audience.clone(),
+        leeway: local.clock_skew,
+        accept_jwt_typ: local.accept_jwt_typ,
     }
 }
 
@@ -126,13 +158,14 @@ impl Authenticator {
                     .local
                     .as_ref()
                     .is_some_and(|l| Some(l.issuer.trim_end_matches('/')) == own_issuer);
-                let kept = current
-                    .get(id)
+                let before = current.get(id);
+                let kept = before
                     .filter(|v| *v.settings == **settings && v.in_process == in_process)
                     .cloned();
                 let validators = kept.unwrap_or_else(|| {
                     self.introspection_cache.clear_auth_server(id);
-                    Arc::new(self.build(id, settings, in_process))
+                    let keys = before.and_then(|v| v.same_keys(settings, in_process));
+                    Arc::new(self.build(id, settings, in_process, keys))
                 });
                 (id.clone(), validators)
             })
@@ -146,8 +179,20 @@ impl Authenticator {
         }));
     }
 
-    fn build(&self, id: &Arc<str>, settings: &Arc<AuthServer>, in_process: bool) -> Validators {
+    /// The validators of `settings`; `keys`, the key source of the ones
+    /// they replace when it fetches from the same place (its last good
+    /// set and its refresh kept).
+    fn build(
+        &self,
+        id: &Arc<str>,
+        settings: &Arc<AuthServer>,
+        in_process: bool,
+        keys: Option<Arc<JwksSource>>,
+    ) -> Validators {
         let jwt = settings.local.as_ref().map(|local| {
+            if let Some(source) = keys {
+                return JwtValidator::new(id.clone(), rules_of(local, in_process), source, VERIFIED_CACHE_CAPACITY);
+            }
             let source = if in_process {
                 JwksSource::local(id.clone(), self.local_keys.clone())
             } else {
@@ -169,19 +214,7 @@ impl Authenticator {
                     first.spawn_refresh();
                 });
             }
-            // This instance's authorization server writes its issuer without
-            // a trailing `/`; `in_process` already matched them that way.
-            let issuer = match in_process {
-                true => local.issuer.trim_end_matches('/').to_owned(),
-                false => local.issuer.clone(),
-            };
-            let rules = JwtRules {
-                issuer,
-                audience: local.audience.clone(),
-                leeway: local.clock_skew,
-                accept_jwt_typ: local.accept_jwt_typ,
-            };
-            JwtValidator::new(id.clone(), rules, source, VERIFIED_CACHE_CAPACITY)
+            JwtValidator::new(id.clone(), rules_of(local, in_process), source, VERIFIED_CACHE_CAPACITY)
         });
         let remote = settings.remote.as_ref().and_then(|remote| {
             let endpoint = reqwest::Url::parse(&remote.endpoint).ok()?;

@@ -420,6 +420,33 @@ async fn expired_foreign_or_forged_tokens_get_401_invalid_token() {
     w.gw.shutdown().await;
 }
 
+/// A reload that changes an auth server's rules but not where its keys
+/// come from keeps the keys: with the JWKS endpoint down meanwhile, its
+/// tokens are still validated.
+#[tokio::test]
+async fn a_reload_of_an_auth_servers_rules_keeps_its_keys() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = travels(&idp, &upstream, "Time travels");
+    let gw = Gateway::start(&yaml).await;
+    let send = |token: String| {
+        let request = gw
+            .request(Method::GET, "/travels/bookings")
+            .bearer_auth(token);
+        async move { request.send().await.expect("request").status() }
+    };
+    assert_eq!(send(idp.token(&["view"])).await, 200);
+    idp.set_down(true);
+    gw.write_config(&yaml.replace(
+        "      audience: travels\n",
+        "      audience: travels\n      clockSkew: 30s\n",
+    ));
+    gw.wait_generation(2).await;
+    // A token the new validators have not seen: checked against the keys.
+    assert_eq!(send(idp.token(&["view", "book"])).await, 200);
+    gw.shutdown().await;
+}
+
 /// The travels API behind a gateway started while its IdP is down (no
 /// JWKS to fetch), and the configuration it started with.
 async fn idp_down_at_start() -> (Idp, Upstream, String, Gateway) {
