@@ -2,8 +2,8 @@
 //! `limits.max_connections` at a time; the next one waits in the backlog
 //! while idle and stalled connections give their slot, `slots`),
 //! optionally completes a TLS handshake within `timeouts.header_read` (given
-//! up at once, as an idle connection, when the port runs out of slots or
-//! stops), then
+//! up, as an idle connection, when the port runs out of slots once it has
+//! had [`HANDSHAKE_GRACE`], or when it stops), then
 //! serves HTTP/1.1 (the gateway's own codec, `h1`) and HTTP/2 (hyper's; ALPN
 //! `h2`, or h2c by prior knowledge) with the configured header limits,
 //! stream limits and timeouts, and drains in-flight requests on shutdown.
@@ -25,6 +25,11 @@
 //! - A connection whose client takes nothing of an answer for `send`
 //!   (HTTP/1.1: a write makes no progress; HTTP/2: an answer waits for a
 //!   flow-control window the client does not open) is closed.
+
+/// How long a new connection may take to finish its TLS handshake and send
+/// its first request before it gives its slot to a client waiting for one:
+/// a few round trips, even across continents.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
 mod activity;
 pub mod client_cert;
@@ -167,6 +172,7 @@ pub async fn serve<H, F>(
                 stop: conn_stop.clone(),
                 forced: forced.clone(),
                 pressure: slots.pressure().subscribe(),
+                slots: slots.clone(),
             },
             activity: Arc::new(Activity::new(settings.timeouts.send)),
             port: port.clone(),
@@ -316,6 +322,8 @@ struct Signals {
     forced: watch::Receiver<bool>,
     /// Changes when the port runs out of slots.
     pressure: watch::Receiver<u64>,
+    /// Whether it still has none.
+    slots: Arc<Slots>,
 }
 
 impl Conn {
@@ -364,9 +372,26 @@ impl Conn {
             acceptor.accept(stream),
         );
         let peer = self.peer;
-        // A connection in its handshake has no request in flight: out of
-        // slots or on shutdown it closes at once, as an idle one does.
+        // A connection in its handshake has no request in flight: on
+        // shutdown it closes at once, as an idle one does, and out of
+        // slots once it has had its grace. Given up at once, each
+        // handshake would give its slot to the next client accepted, whose
+        // own would give it to the next: under a queue of clients, none
+        // would finish.
+        let slots = Arc::clone(&self.port.slots);
         let signals = &mut self.signals;
+        let pressure = &mut signals.pressure;
+        let out_of_slots = async move {
+            tokio::time::sleep(HANDSHAKE_GRACE).await;
+            loop {
+                if slots.pressure().is_high() {
+                    return;
+                }
+                if pressure.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
         let tls = tokio::select! {
             finished = handshake => match finished {
                 Ok(Ok(tls)) => tls,
@@ -383,7 +408,7 @@ impl Conn {
                 tracing::debug!(%peer, "TLS handshake abandoned: shutdown");
                 return;
             }
-            Ok(()) = signals.pressure.changed() => {
+            () = out_of_slots => {
                 tracing::debug!(%peer, "TLS handshake abandoned: its port has no free slot");
                 return;
             }
@@ -606,6 +631,9 @@ impl Signals {
         // may still hold the end of an answer for a client that does not
         // open its window, which no request in flight shows any more.
         let mut closed_by: Option<Instant> = None;
+        // Out of slots while it had not had the time to send its first
+        // request: looked at again when its grace ends.
+        let mut pressed_early = false;
         let watchdog = Watchdog::new();
         loop {
             let deadline = activity.deadline(*timeouts);
@@ -620,9 +648,12 @@ impl Signals {
             // it, the drain timeout and the time an idle connection has to
             // close.
             // An idle connection looks whether it can be parked.
-            let look = activity
+            let mut look = activity
                 .idle_since()
                 .map_or(deadline, |since| deadline.min(since + PARK_AFTER));
+            if pressed_early {
+                look = look.min(activity.started + HANDSHAKE_GRACE);
+            }
             let (signal, wake_at) = if closing {
                 (&mut self.forced, closed_by)
             } else {
@@ -666,6 +697,12 @@ impl Signals {
                     return Outcome::Cut;
                 }
                 Ok(Watch::Rearm) => {}
+                // A new connection has its grace to send its first request:
+                // cut at once, each would give its slot to the next client
+                // accepted, which would give it to the next.
+                Ok(Watch::Pressure) if activity.idle() && activity.is_new(HANDSHAKE_GRACE) => {
+                    pressed_early = true;
+                }
                 Ok(Watch::Pressure) if activity.idle() => {
                     tracing::debug!(%peer, "idle connection closed: its port has no free slot");
                     return Outcome::Cut;
@@ -674,6 +711,13 @@ impl Signals {
                 // long it may wait (`slots::PRESSED_SILENCE`).
                 Ok(Watch::Pressure) => activity.body_waker.wake(),
                 Ok(Watch::Timer) => {
+                    if pressed_early && !activity.is_new(HANDSHAKE_GRACE) {
+                        pressed_early = false;
+                        if activity.idle() && self.slots.pressure().is_high() {
+                            tracing::debug!(%peer, "idle connection closed: its port has no free slot");
+                            return Outcome::Cut;
+                        }
+                    }
                     if activity.send_stalled(timeouts.send) {
                         tracing::debug!(%peer, "connection closed: the client reads no answer");
                         crate::metrics::client_error("send_timeout");

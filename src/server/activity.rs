@@ -62,6 +62,12 @@ impl Activity {
         }
     }
 
+    /// It has not begun a request yet, and was accepted less than `grace`
+    /// ago.
+    pub(super) fn is_new(&self, grace: Duration) -> bool {
+        self.served.load(Ordering::Acquire) == 0 && self.started.elapsed() < grace
+    }
+
     /// No request in flight.
     pub(super) fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0

@@ -527,6 +527,44 @@ async fn unfinished_tls_handshakes_leave_their_slots_to_a_new_client() {
     gw.shutdown().await;
 }
 
+/// Clients queued for the only slot each finish their TLS handshake once
+/// the slot is theirs: the next client accepted waits, as they did, and
+/// does not take the slot of a handshake under way.
+#[tokio::test]
+async fn tls_clients_queued_for_a_slot_all_finish_their_handshakes() {
+    crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = self_signed();
+    write_leaf(dir.path(), &leaf);
+    let upstream = Upstream::start().await;
+    let yaml = https_yaml(&upstream, dir.path()).replace(
+        "timeouts: { header_read: 1s }",
+        "timeouts: { header_read: 10s }\nlimits: { max_connections: 1 }",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let addr = https_addr(&gw);
+    upstream.set_delay(Duration::from_millis(500));
+    let config = client_config(&leaf.der, b"http/1.1");
+    let client = |config: Arc<rustls::ClientConfig>| async move {
+        let tls = tokio::time::timeout(Duration::from_secs(20), connect_with(addr, config))
+            .await
+            .expect("a handshake within 20 s");
+        let mut sender = http1_sender(tls).await;
+        get_items(&mut sender).await.status()
+    };
+    // The first holds the only slot with a request in flight; two more
+    // queue behind it, one after the other.
+    let first = tokio::spawn(client(config.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::spawn(client(config.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = tokio::spawn(client(config));
+    for (name, task) in [("first", first), ("second", second), ("third", third)] {
+        assert_eq!(task.await.expect(name), StatusCode::OK, "{name}");
+    }
+    gw.shutdown().await;
+}
+
 /// On shutdown a connection with no request in flight closes at once: one
 /// that has not finished its TLS handshake does not hold the drain up for
 /// `header_read`.
