@@ -156,6 +156,9 @@ async fn connect(
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
+        // A pooled connection waits between requests: a dead one is found
+        // by its PING, not by the next request waiting `upstream.timeout`.
+        .keep_alive_while_idle(true)
         .timer(hyper_util::rt::TokioTimer::new());
     let handshake = builder.handshake(TokioIo::new(stream));
     let (sender, conn) = tokio::time::timeout(timeout, handshake)
