@@ -47,10 +47,13 @@ const FORWARDING: [&str; 4] = [
 /// Fields in which upstreams read the client's address (folded): nginx's
 /// `X-Real-IP`, the CDNs' (Akamai's `True-Client-IP`, Cloudflare's,
 /// Fastly's, Google App Engine's) and the others client-address libraries
-/// try before `X-Forwarded-For`. Only a trusted proxy may vouch for them,
-/// so a client's own go nowhere, in any spelling. Each starts with one of
+/// try before `X-Forwarded-For`; and those in which they read how the
+/// client reached the proxy (Rack takes `X-Forwarded-Ssl: on` for HTTPS
+/// before `X-Forwarded-Proto`, Spring builds links from the port and the
+/// prefix). Only a trusted proxy may vouch for them, so a client's own go
+/// nowhere, in any spelling. Each starts with one of
 /// [`CLIENT_ADDRESS_STARTS`].
-const CLIENT_ADDRESS: [&str; 9] = [
+const CLIENT_ADDRESS: [&str; 16] = [
     "x-real-ip",
     "x-client-ip",
     "x-cluster-client-ip",
@@ -60,6 +63,13 @@ const CLIENT_ADDRESS: [&str; 9] = [
     "cf-connecting-ip",
     "fastly-client-ip",
     "forwarded-for",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-url-scheme",
+    "front-end-https",
 ];
 const CLIENT_ADDRESS_STARTS: [u8; 4] = [b'x', b't', b'c', b'f'];
 

@@ -109,6 +109,11 @@ async fn reserved_headers_are_stripped_in_every_spelling_that_folds_to_theirs() 
           X_Forwarded_For: 6.6.6.6\r\n\
           X.Forwarded.Host: evil.example\r\n\
           X-Kept_Header: yes\r\n\
+          X-Forwarded-Ssl: on\r\n\
+          X_Forwarded_Scheme: https\r\n\
+          X-Forwarded-Port: 443\r\n\
+          X-Forwarded-Prefix: //evil.example\r\n\
+          Front-End-Https: on\r\n\
           Connection: close\r\n\r\n",
     )
     .await;
@@ -132,6 +137,19 @@ async fn reserved_headers_are_stripped_in_every_spelling_that_folds_to_theirs() 
     assert_eq!(user, ["set-by-gateway"]);
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-kept_header"], "yes");
+    // How the client reached a proxy: only a trusted proxy may say.
+    for name in [
+        "x-forwarded-ssl",
+        "x_forwarded_scheme",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "front-end-https",
+    ] {
+        assert!(
+            !names.contains(&name),
+            "{name} reached the upstream: {names:?}"
+        );
+    }
     gw.shutdown().await;
 }
 
