@@ -241,8 +241,15 @@ fn parse_header(segment: &str) -> Result<JoseHeader, TokenProblem> {
         Some(Value::String(text)) => Ok(Some(text.clone())),
         Some(_) => Err(TokenProblem::Malformed),
     };
+    let alg = text("alg")?.ok_or(TokenProblem::Malformed)?;
     Ok(JoseHeader {
-        alg: text("alg")?.ok_or(TokenProblem::Malformed)?,
+        // RFC 9864 names EdDSA over Ed25519 "Ed25519": the same algorithm
+        // (a JWKS key may carry either name, `jwks`).
+        alg: if alg == "Ed25519" {
+            "EdDSA".to_owned()
+        } else {
+            alg
+        },
         kid: text("kid")?,
         typ: text("typ")?,
         crit: header.contains_key("crit"),

@@ -866,6 +866,18 @@ async fn token_without_kid_needs_a_single_key_set() {
     );
 }
 
+/// RFC 9864 names EdDSA over Ed25519 "Ed25519", in the key and in the
+/// token's header alike: the same algorithm as "EdDSA".
+#[tokio::test]
+async fn an_ed25519_token_named_by_its_fully_specified_algorithm_is_valid() {
+    let mut key = ed_key("ed");
+    key.jwk["alg"] = json!("Ed25519");
+    let (idp, _source, validator) = ready("ed25519", &[&key]).await;
+    let header = json!({"alg": "Ed25519", "typ": "at+jwt", "kid": "ed"});
+    let token = sign_raw(&header, &claims_for(&idp.issuer()), &key.encoding, key.alg);
+    assert_eq!(check(&validator, &token).await, Ok(()));
+}
+
 #[tokio::test]
 async fn verified_cache_skips_the_signature_but_not_the_clock() {
     let key = rsa_key("k", Algorithm::PS256);
