@@ -3,8 +3,9 @@
 //! cancelled (rapid reset), and HTTP/2 answers waiting for the client to
 //! take them. Counters only: it decides nothing, the watchdog does.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
@@ -30,11 +31,11 @@ pub(super) struct Activity {
     first_done: AtomicBool,
     /// Woken when the first request has finished.
     pub(super) quiet: Notify,
-    /// HTTP/2 answers that handed data on and wait to be asked for more.
-    unsent: AtomicUsize,
-    /// Milliseconds after `started` when the client last took part of an
-    /// answer (or an answer began to wait).
-    sent_ms: AtomicU64,
+    /// HTTP/2 answers that handed data on and wait to be asked for more:
+    /// how many began to wait at each millisecond after `started`. Each
+    /// answer is judged by its own wait: a client that reads one stream
+    /// does not excuse another it never opens a window for.
+    waiting: Mutex<BTreeMap<u64, u32>>,
     /// `timeouts.send`, in milliseconds (small: every connection holds it).
     send_ms: u32,
     /// Milliseconds after `started` when the watchdog looks next.
@@ -54,8 +55,7 @@ impl Activity {
             served: AtomicU64::new(0),
             first_done: AtomicBool::new(false),
             quiet: Notify::new(),
-            unsent: AtomicUsize::new(0),
-            sent_ms: AtomicU64::new(0),
+            waiting: Mutex::new(BTreeMap::new()),
             send_ms: u32::try_from(send.as_millis()).unwrap_or(u32::MAX),
             watch_ms: AtomicU64::new(0),
             body_waker: AtomicWaker::new(),
@@ -73,35 +73,45 @@ impl Activity {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    /// An answer begins to wait for the client: the watchdog, if it
-    /// sleeps past when that wait may end the connection, looks again.
-    pub(super) fn answer_waits(&self) {
+    /// An answer begins to wait for the client; returns since when, for
+    /// [`Activity::answer_taken`]. The watchdog, if it sleeps past when
+    /// that wait may end the connection, looks again.
+    pub(super) fn answer_waits(&self) -> u64 {
         let now = self.elapsed_ms();
-        if self.unsent.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.sent_ms.store(now, Ordering::Release);
-        }
+        *self.waits().entry(now).or_insert(0) += 1;
         let send = u64::from(self.send_ms);
         if self.watch_ms.load(Ordering::Acquire) > now.saturating_add(send) {
             self.quiet.notify_one();
         }
+        now
     }
 
-    /// An answer that waited has been asked for more: the client took
-    /// part of it.
-    pub(super) fn answer_taken(&self) {
-        self.sent_ms.store(self.elapsed_ms(), Ordering::Release);
-        self.unsent.fetch_sub(1, Ordering::AcqRel);
+    /// An answer that waited `since` has been asked for more (the client
+    /// took part of it), or ended.
+    pub(super) fn answer_taken(&self, since: u64) {
+        let mut waits = self.waits();
+        if let Some(count) = waits.get_mut(&since) {
+            *count -= 1;
+            if *count == 0 {
+                waits.remove(&since);
+            }
+        }
+    }
+
+    fn waits(&self) -> MutexGuard<'_, BTreeMap<u64, u32>> {
+        // Counts stay meaningful after a panic elsewhere.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// An answer waits for the client, and the client has taken nothing
-    /// of any answer for `send`.
+    /// An answer has waited for the client for `send`: the client has
+    /// taken nothing of it since.
     pub(super) fn send_stalled(&self, send: Duration) -> bool {
-        let since = Duration::from_millis(self.sent_ms.load(Ordering::Acquire));
-        self.unsent.load(Ordering::Acquire) > 0 && self.started.elapsed() >= since + send
+        let oldest = self.waits().keys().next().copied();
+        oldest.is_some_and(|since| self.started.elapsed() >= Duration::from_millis(since) + send)
     }
 
     /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
@@ -212,19 +222,34 @@ mod tests {
         let send = Duration::from_secs(30);
         let activity = Activity::new(send);
         assert!(!activity.send_stalled(send));
-        activity.answer_waits();
+        let since = activity.answer_waits();
         tokio::time::advance(Duration::from_secs(29)).await;
         assert!(!activity.send_stalled(send));
         // The client takes part of it: the clock starts again.
-        activity.answer_taken();
-        activity.answer_waits();
+        activity.answer_taken(since);
+        let since = activity.answer_waits();
         tokio::time::advance(Duration::from_secs(29)).await;
         assert!(!activity.send_stalled(send));
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(activity.send_stalled(send));
         // Nothing waits: nothing stalls.
-        activity.answer_taken();
+        activity.answer_taken(since);
         assert!(!activity.send_stalled(send));
+    }
+
+    /// Each answer is judged by its own wait: answers the client takes on
+    /// other streams do not excuse one it never opens a window for.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_left_waiting_stalls_however_busy_the_other_streams_are() {
+        let send = Duration::from_secs(30);
+        let activity = Activity::new(send);
+        let _forgotten = activity.answer_waits();
+        for _ in 0..40 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let since = activity.answer_waits();
+            activity.answer_taken(since);
+        }
+        assert!(activity.send_stalled(send));
     }
 
     #[test]

@@ -24,8 +24,9 @@ use crate::timer::Deadline;
 pub(super) struct Tracked {
     body: Body,
     guard: InFlight,
-    /// Data was handed on; the body waits to be asked for more.
-    waiting: bool,
+    /// Data was handed on; the body waits to be asked for more, since
+    /// then (milliseconds into the connection).
+    waiting: Option<u64>,
 }
 
 impl Tracked {
@@ -33,13 +34,13 @@ impl Tracked {
         Tracked {
             body,
             guard,
-            waiting: false,
+            waiting: None,
         }
     }
 
     fn stop_waiting(&mut self) {
-        if std::mem::take(&mut self.waiting) {
-            self.guard.activity.answer_taken();
+        if let Some(since) = self.waiting.take() {
+            self.guard.activity.answer_taken(since);
         }
     }
 }
@@ -65,8 +66,7 @@ impl HttpBody for Tracked {
         // window has room, and drops this body only once it is sent.
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if frame.is_data() {
-                this.guard.activity.answer_waits();
-                this.waiting = true;
+                this.waiting = Some(this.guard.activity.answer_waits());
             }
         }
         polled

@@ -357,6 +357,52 @@ async fn an_http2_client_that_keeps_its_window_shut_is_cut_within_send() {
     gw.shutdown().await;
 }
 
+/// A stream whose window the client never opens is cut within `send`,
+/// however busy the client keeps its other streams: each answer is judged
+/// by its own wait.
+#[tokio::test]
+async fn an_http2_stream_left_with_a_shut_window_is_cut_while_other_streams_are_busy() {
+    let upstream = big_upstream(1 << 20).await;
+    let url = format!("http://{upstream}/api");
+    let gw = Gateway::start(&slow_yaml(&url, "30s", "")).await;
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    // A stream window of 64 KiB, never opened again for the big answer;
+    // the connection's window is wide, so other streams go on.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(4 << 20)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake");
+    let mut conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(format!("http://{}{path}", gw.http))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let stuck = sender.send_request(get("/slow/orders")).await.unwrap();
+    assert_eq!(stuck.status(), 200);
+    let started = Instant::now();
+    let bound = SEND + SEND / 2 + SLACK + SLACK;
+    let closed = loop {
+        if started.elapsed() > bound {
+            break false;
+        }
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(300), &mut conn).await {
+            done.expect("connection task").ok();
+            break true;
+        }
+        // Another stream, read whole: the client takes that answer.
+        let Ok(ping) = sender.send_request(get("/quick/ping")).await else {
+            break true;
+        };
+        let _ = ping.into_body().collect().await;
+    };
+    assert!(closed, "still open after {:?}", started.elapsed());
+    drop(stuck);
+    gw.shutdown().await;
+}
+
 /// An upstream answering every request with two pieces of `piece` bytes,
 /// the second a moment after the first.
 async fn two_piece_upstream(piece: usize) -> SocketAddr {
