@@ -60,6 +60,15 @@ use request_body::{lock, Progress, Recording, Replay, Turn, Watched};
 pub const MAX_STREAMS: usize = 100;
 /// Connections kept per upstream (per thread).
 pub const MAX_CONNECTIONS: usize = 8;
+
+/// What an upstream may send on one stream before the gateway has passed
+/// it on: a client that reads slowly (or not at all) holds this much.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// The connection's window holds every stream's whole window: data held
+/// for clients that do not read never stops the other streams (with
+/// hyper's default, 2 MiB a stream and 5 MiB in all, three slow readers
+/// would starve a connection's other calls).
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW * MAX_STREAMS as u32;
 /// Bytes of a request body kept so that a refused request can be sent again.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 
@@ -152,6 +161,8 @@ async fn connect(
         .map_err(H2Error::Connect)?;
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_reset_streams(64)
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30))

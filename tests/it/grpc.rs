@@ -1017,6 +1017,60 @@ async fn an_http1_upload_to_an_http2_upstream_streams_both_ways() {
     gw.shutdown().await;
 }
 
+/// Clients that do not read big answers hold no more of a shared upstream
+/// connection's window than their streams' own: the other calls on that
+/// connection still get their data.
+#[tokio::test]
+async fn slow_readers_of_big_answers_leave_the_shared_connection_to_other_calls() {
+    use http_body_util::BodyExt;
+    let addr = h2c_upstream(|req: http::Request<Incoming>| {
+        let body = match req.uri().path() {
+            "/stream/big" => Bytes::from(vec![b'b'; 3 << 20]),
+            _ => Bytes::from_static(b"small"),
+        };
+        let full = http_body_util::Full::new(body);
+        http::Response::new(full.map_err(|never| match never {}).boxed())
+    })
+    .await;
+    let yaml = stream_yaml(addr, "")
+        .replace(
+            r#""GET /hold"]"#,
+            r#""GET /hold", "GET /big", "GET /small"]"#,
+        )
+        .replace("protocol: h2c }", "protocol: h2c, timeout: 2s }");
+    let gw = Gateway::start(&yaml).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(16 << 20)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("http://{}{path}", gw.http))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        let big = sender.send_request(get("/stream/big")).await.unwrap();
+        assert_eq!(big.status(), 200);
+        unread.push(big);
+    }
+    // Give the upstream time to fill what the gateway lets it send.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let small = tokio::time::timeout(Duration::from_millis(1500), async {
+        let answer = sender.send_request(get("/stream/small")).await.unwrap();
+        answer.into_body().collect().await.map(|b| b.to_bytes())
+    })
+    .await
+    .expect("the small answer within 1.5 s");
+    assert_eq!(small.expect("its body"), Bytes::from_static(b"small"));
+    drop(unread);
+    gw.shutdown().await;
+}
+
 /// An HTTP/2 upstream that answers at once, while the client's upload to
 /// it over HTTP/1.1 still comes: once the answer has been written, the
 /// client's connection ends (the rest of the upload is not read on) and
