@@ -47,6 +47,7 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http2::SendRequest;
 use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Notify;
 
 use super::pool::{Connector, Key, SendError};
 use super::{Body, BodyFault, BoxError, Rejection};
@@ -100,15 +101,20 @@ struct H2Conn {
     used: Instant,
 }
 
-/// One thread's connections, and when idle ones are next looked for.
+/// One thread's connections, those being opened, and when idle ones are
+/// next looked for.
 struct Pool {
     conns: HashMap<PoolKey, Vec<H2Conn>>,
+    /// A connection being opened per upstream: what its requests waiting
+    /// for it are woken by, and since when.
+    opening: HashMap<PoolKey, (Arc<Notify>, Instant)>,
     next_sweep: Instant,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool {
         conns: HashMap::new(),
+        opening: HashMap::new(),
         next_sweep: Instant::now() + SWEEP_EVERY,
     });
 }
@@ -118,6 +124,85 @@ thread_local! {
 /// not keep connections.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// What a request gets of this thread's pool.
+enum Claim {
+    /// A connection with room for it.
+    Pooled((SendRequest<Body>, Arc<AtomicUsize>)),
+    /// A new connection is due, and this request opens it.
+    Open(Opening),
+    /// A connection is being opened: the request waits for it instead of
+    /// opening another (a burst on a cold pool opens one, not one each).
+    Wait(Arc<Notify>),
+}
+
+/// A connection being opened for `key`; dropped, it lets the requests
+/// waiting for it look again.
+struct Opening {
+    key: PoolKey,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        // Not when the thread ends (its pool goes too) or the pool is in
+        // use up the stack: nothing waits then that could be woken.
+        let _ = POOL.try_with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                if let Some((done, _)) = pool.opening.remove(&self.key) {
+                    done.notify_waiters();
+                }
+            }
+        });
+    }
+}
+
+/// A connection for a request to `key`: a pooled one with room, a new one
+/// it opens, or, while one is being opened, that one once it is (bounded
+/// by `timeout`).
+async fn checkout(
+    connector: &Connector,
+    key: &Key<'_>,
+    pool_key: &PoolKey,
+    timeout: Duration,
+) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), H2Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match claim(pool_key, timeout) {
+            Claim::Pooled(conn) => return Ok(conn),
+            Claim::Open(opening) => {
+                let conn = connect(connector, key, pool_key, timeout).await;
+                drop(opening);
+                return conn;
+            }
+            Claim::Wait(done) => {
+                // Enabled before anything else runs on this thread: the
+                // wake-up of the connection being opened is not missed.
+                let waiting = done.notified();
+                if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                    return Err(H2Error::Connect(SendError::Timeout(timeout)));
+                }
+            }
+        }
+    }
+}
+
+/// An opening older than `timeout` (whose end was never told) is no
+/// longer waited for: this request opens one.
+fn claim(key: &PoolKey, timeout: Duration) -> Claim {
+    if let Some(conn) = pooled(key) {
+        return Claim::Pooled(conn);
+    }
+    POOL.with_borrow_mut(|pool| match pool.opening.get(key) {
+        Some((done, since)) if since.elapsed() < timeout => Claim::Wait(Arc::clone(done)),
+        _ => {
+            let opening = (Arc::new(Notify::new()), Instant::now());
+            if let Some((stale, _)) = pool.opening.insert(key.clone(), opening) {
+                stale.notify_waiters();
+            }
+            Claim::Open(Opening { key: key.clone() })
+        }
+    })
+}
 
 /// A usable connection from this thread's pool, or `None` when a new one
 /// is due.
@@ -298,10 +383,7 @@ pub async fn send(
     let mut body_replayed = false;
     loop {
         let exhausted = replays >= MAX_REPLAYS;
-        let (mut sender, in_flight) = match pooled(&pool_key) {
-            Some(conn) => conn,
-            None => connect(connector, key, &pool_key, timeout).await?,
-        };
+        let (mut sender, in_flight) = checkout(connector, key, &pool_key, timeout).await?;
         let guard = InFlight::new(in_flight);
         match tokio::time::timeout(timeout, sender.ready()).await {
             Err(_) => return Err(H2Error::Timeout),

@@ -1017,6 +1017,57 @@ async fn an_http1_upload_to_an_http2_upstream_streams_both_ways() {
     gw.shutdown().await;
 }
 
+/// A burst of calls on a cold pool opens one upstream connection and
+/// multiplexes them over it, not a connection each.
+#[tokio::test]
+async fn a_burst_of_calls_on_a_cold_pool_opens_one_connection() {
+    use http_body_util::BodyExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let service = service_fn(|_req: http::Request<Incoming>| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let body = http_body_util::Full::new(Bytes::from_static(b"ok"));
+                Ok::<_, Infallible>(http::Response::new(body))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    let yaml = stream_yaml(addr, "").replace(r#""GET /hold"]"#, r#""GET /hold", "GET /small"]"#);
+    let gw = Gateway::start(&yaml).await;
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(conn);
+    let calls = (0..50).map(|_| {
+        let mut sender = sender.clone();
+        let request = http::Request::get(format!("http://{}/stream/small", gw.http))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        async move {
+            let answer = sender.send_request(request).await.expect("answer");
+            let status = answer.status();
+            let _ = answer.into_body().collect().await;
+            status
+        }
+    });
+    for status in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200);
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(opened <= 2, "{opened} upstream connections for one burst");
+    gw.shutdown().await;
+}
+
 /// Clients that do not read big answers hold no more of a shared upstream
 /// connection's window than their streams' own: the other calls on that
 /// connection still get their data.
