@@ -399,7 +399,10 @@ pub async fn send(
         // Not polled yet: the upstream's turn, from now.
         progress.restart();
         let error = match answer(sender.try_send_request(req), &progress, timeout).await? {
-            Ok(response) => return Ok(respond(response, guard, timeout, grpc)),
+            Ok(response) => {
+                lock(&replay).answered();
+                return Ok(respond(response, guard, timeout, grpc));
+            }
             Err(mut error) => match error.take_message() {
                 // Never sent: send it again as it is.
                 Some(unsent) if !exhausted => {

@@ -37,6 +37,15 @@ impl Replay {
         }
     }
 
+    /// The upstream answered: the body is never sent again, so nothing
+    /// more of it is kept, and what was kept is let go (a long streaming
+    /// call would otherwise hold it, and the read buffers its frames
+    /// share, for as long as it lasts).
+    pub(super) fn answered(&mut self) {
+        self.overflow = true;
+        self.sent = VecDeque::new();
+    }
+
     /// The whole body again: what was sent, then what was not.
     pub(super) fn again(&mut self) -> Option<Replayed> {
         if self.overflow {
@@ -344,6 +353,21 @@ mod tests {
         let replay = Arc::new(Mutex::new(Replay::new(body(&[&BIG, b"y"]))));
         let mut first = Recording(replay.clone());
         while first.frame().await.is_some() {}
+        assert!(lock(&replay).again().is_none());
+    }
+
+    /// Once the upstream has answered, nothing of the body is kept: what
+    /// was goes, and what goes out after is not kept either.
+    #[tokio::test]
+    async fn an_answered_body_keeps_no_copy() {
+        let replay = Arc::new(Mutex::new(Replay::new(body(&[b"ab", b"cd", b"ef"]))));
+        let mut first = Recording(replay.clone());
+        first.frame().await.unwrap().unwrap();
+        assert_eq!(lock(&replay).sent.len(), 1);
+        lock(&replay).answered();
+        assert!(lock(&replay).sent.is_empty());
+        while first.frame().await.is_some() {}
+        assert!(lock(&replay).sent.is_empty());
         assert!(lock(&replay).again().is_none());
     }
 
