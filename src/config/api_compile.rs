@@ -522,9 +522,14 @@ fn grants(api: &str, api_scopes: &[String], refs: &Refs) -> GrantTable {
                 .iter()
                 .filter(|m| &m.auth_server == server)
                 .collect();
-            let names_api = mappings
-                .iter()
-                .any(|m| m.api_scopes.iter().any(|s| s.starts_with(&prefix)));
+            // Names one of this API's scopes, whole: `Orders:v2:Read`
+            // names no scope of an API `Orders` that has none called
+            // `v2:Read`.
+            let names_api = mappings.iter().any(|m| {
+                api_scopes
+                    .iter()
+                    .any(|scope| m.api_scopes.contains(&format!("{prefix}{scope}")))
+            });
             let table = api_scopes
                 .iter()
                 .map(|scope| {

@@ -379,10 +379,10 @@ pub(super) fn scope_mappings(
         }
         let mut api_scopes = Vec::new();
         for api_scope in &raw.api_scopes {
-            let known = api_scope
-                .value
-                .rsplit_once(':')
-                .is_some_and(|(api, s)| declared.contains(&(api.to_owned(), s.to_owned())));
+            // Compared whole: an API or a scope name may hold a `:` too.
+            let known = declared
+                .iter()
+                .any(|(api, s)| api_scope.value == format!("{api}:{s}"));
             if known {
                 api_scopes.push(api_scope.value.clone());
             } else {

@@ -118,6 +118,60 @@ async fn body(resp: reqwest::Response) -> Value {
     resp.json().await.expect("JSON body")
 }
 
+/// Mappings are read by whole names: a mapping naming `Orders:v2:Read`
+/// (API `Orders:v2`) names no scope of an API `Orders`, whose scopes a
+/// token scope of the same name still grants; and an API scope with a `:`
+/// in its name can be mapped.
+#[tokio::test]
+async fn mapped_names_with_colons_are_read_whole() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    localIntrospectionConfig: {{ issuer: "{issuer}", jwksuri: "{jwks}", audience: travels }}
+scope_mappings:
+- {{ auth_server: idp, scope: v2, api_scopes: ["Orders:v2:Read"] }}
+- {{ auth_server: idp, scope: audit, api_scopes: ["Audit:logs:read"] }}
+apis:
+- name: Orders
+  base_path: /orders
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes: [{{ name: Read, resources: ["GET /items"] }}]
+- name: "Orders:v2"
+  base_path: /orders2
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes: [{{ name: Read, resources: ["GET /items"] }}]
+- name: Audit
+  base_path: /audit
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes: [{{ name: "logs:read", resources: ["GET /logs"] }}]
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        upstream = upstream.url("/api"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let status = |path: &'static str, scope: &'static str| {
+        let request = gw
+            .request(Method::GET, path)
+            .bearer_auth(idp.token(&[scope]));
+        async move { request.send().await.expect("request").status() }
+    };
+    assert_eq!(status("/orders/items", "Read").await, 200);
+    assert_eq!(status("/orders2/items", "v2").await, 200);
+    assert_eq!(status("/orders2/items", "Read").await, 403);
+    assert_eq!(status("/audit/logs", "audit").await, 200);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn token_scope_named_like_the_api_scope_grants_it_without_a_mapping() {
     let w = world("Time travels").await;
