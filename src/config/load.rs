@@ -83,12 +83,7 @@ pub fn read_bounded_text(path: &Path) -> std::io::Result<String> {
 /// Parses configuration text; `path` names it in diagnostics.
 pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
     let mut report = Report::new(path);
-    if text.len() as u64 > MAX_FILE_BYTES {
-        report.error(
-            Location::UNKNOWN,
-            "the document is larger than 4 MiB",
-            "at most 4 MiB",
-        );
+    if too_large(text, &mut report) {
         return Err(Invalid::new(report.findings));
     }
     let mut file = raw::File::default();
@@ -113,12 +108,7 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
 pub fn parse_first<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Option<T>, Invalid> {
     let mut report = Report::new(path);
     let first = split_documents(text).into_iter().next().unwrap_or_default();
-    let parsed = if text.len() as u64 > MAX_FILE_BYTES {
-        report.error(
-            Location::UNKNOWN,
-            "the document is larger than 4 MiB",
-            "at most 4 MiB",
-        );
+    let parsed = if too_large(text, &mut report) {
         None
     } else {
         parse_document::<T>(&first, &mut report)
@@ -134,14 +124,7 @@ pub fn parse_first<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Optio
 /// `!<authServerAlias>`); an empty document is `null`.
 pub fn parse_untyped(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, Invalid> {
     let mut report = Report::new(path);
-    if text.len() as u64 > MAX_FILE_BYTES {
-        report.error(
-            Location::UNKNOWN,
-            "the document is larger than 4 MiB",
-            "at most 4 MiB",
-        );
-    }
-    let documents = if report.has_errors() {
+    let documents = if too_large(text, &mut report) {
         Vec::new()
     } else {
         split_documents(text)
@@ -153,6 +136,19 @@ pub fn parse_untyped(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, 
         return Err(Invalid::new(report.findings));
     }
     Ok(documents)
+}
+
+/// Whether `text` is over the 4 MiB a configuration may hold (reported).
+fn too_large(text: &str, report: &mut Report) -> bool {
+    let over = text.len() as u64 > MAX_FILE_BYTES;
+    if over {
+        report.error(
+            Location::UNKNOWN,
+            "the document is larger than 4 MiB",
+            "at most 4 MiB",
+        );
+    }
+    over
 }
 
 /// Splits a multi-document stream at `---` lines. Each document is padded
