@@ -304,6 +304,15 @@ fn handle_api(
             &mut added,
             snapshot.forwarding,
         );
+        // Dropped before an answer (the client left, or reset its stream),
+        // the request is still counted and logged.
+        let mut unanswered = Unanswered {
+            started,
+            method: &method,
+            logged: logged.as_ref(),
+            request_id: request_id.as_ref(),
+            answered: false,
+        };
         let (mut response, api) = match state.authz.load_full() {
             Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
                 Box::pin(authz_endpoint(
@@ -318,31 +327,65 @@ fn handle_api(
             ),
             _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
         };
+        unanswered.answered = true;
         if let Some(id) = &request_id {
             set_own(&mut response, &correlate::X_REQUEST_ID, id.clone());
         }
-        let status = response.status();
         let series = api
             .as_ref()
             .map_or(crate::metrics::ApiMetrics::unmatched(), |a| &a.metrics);
-        series.count_response(&method, status);
-        let elapsed = started.elapsed();
+        let name = api.as_ref().map_or("-", |a| a.name.as_str());
+        unanswered.record(series, name, response.status());
+        response
+    }
+}
+
+/// Status counted and logged for a request whose client left before its
+/// answer (nginx's "client closed request").
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// What a request's line and counts need; recorded once answered, or, if
+/// dropped unanswered, with [`CLIENT_CLOSED_REQUEST`] (the API unknown).
+struct Unanswered<'a> {
+    started: Instant,
+    method: &'a http::Method,
+    logged: Option<&'a (String, std::net::IpAddr)>,
+    request_id: Option<&'a http::HeaderValue>,
+    answered: bool,
+}
+
+impl Unanswered<'_> {
+    fn record(&self, series: &crate::metrics::ApiMetrics, api: &str, status: http::StatusCode) {
+        series.count_response(self.method, status);
+        let elapsed = self.started.elapsed();
         crate::metrics::get().observe_request(elapsed.as_secs_f64());
-        if let Some((path, client)) = logged {
+        if let Some((path, client)) = self.logged {
             crate::access_log::write(&crate::access_log::Entry {
-                client,
-                request_id: request_id
-                    .as_ref()
+                client: *client,
+                request_id: self
+                    .request_id
                     .and_then(|id| id.to_str().ok())
                     .unwrap_or("-"),
-                method: method.as_str(),
-                path: &path,
-                api: api.as_ref().map_or("-", |a| a.name.as_str()),
+                method: self.method.as_str(),
+                path,
+                api,
                 status: status.as_u16(),
                 micros: elapsed.as_micros() as u64,
             });
         }
-        response
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        crate::metrics::client_error("gone");
+        // A status outside the standard ones is a valid code: it cannot fail.
+        if let Ok(status) = http::StatusCode::from_u16(CLIENT_CLOSED_REQUEST) {
+            self.record(crate::metrics::ApiMetrics::unmatched(), "-", status);
+        }
     }
 }
 
