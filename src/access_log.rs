@@ -66,7 +66,7 @@ pub fn write(entry: &Entry<'_>) {
             client = %entry.client,
             request_id = %entry.request_id,
             method = %entry.method,
-            path = %entry.path,
+            path = %Escaped(entry.path),
             api = entry.api,
             status = entry.status,
             micros = entry.micros,
@@ -120,7 +120,7 @@ impl Composer {
                 line.push_str(" method=");
                 line.push_str(entry.method);
                 line.push_str(" path=");
-                line.push_str(entry.path);
+                push_escaped(line, entry.path);
                 line.push_str(" api=");
                 let _ = write!(line, "{:?}", entry.api);
                 line.push_str(" status=");
@@ -149,6 +149,36 @@ impl Composer {
             }
         }
         line.push('\n');
+    }
+}
+
+/// `text` with the terminal controls a request target can carry escaped
+/// as tracing-subscriber escapes them in messages: ESC, BEL, BS, FF and
+/// DEL as `\xNN`, the C1 controls (NEL, CSI, …) as `\u{NN}` — a client's
+/// path cannot split a line for a reader that breaks at NEL, nor move a
+/// terminal's cursor or colour what follows. The general formatter
+/// writes such a field as it is: the field it is given is [`Escaped`].
+fn push_escaped(line: &mut String, text: &str) {
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        line.push_str(text);
+    } else {
+        let _ = write!(line, "{}", Escaped(text));
+    }
+}
+
+/// A field written with its terminal controls escaped ([`push_escaped`]).
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' => write!(f, "\\x{:02x}", c as u32)?,
+                '\u{80}'..='\u{9f}' => write!(f, "\\u{{{:x}}}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -310,6 +340,31 @@ mod tests {
             line
         };
         assert_eq!(without_time(json), without_time(composed_json));
+    }
+
+    /// A path with terminal controls is written escaped.
+    #[test]
+    fn a_path_with_terminal_controls_is_escaped() {
+        let entry = Entry {
+            client: IpAddr::from([192, 0, 2, 1]),
+            request_id: "r-1",
+            method: "GET",
+            path: "/a\u{9b}31m\u{85}b\u{1b}c\u{7f}é",
+            api: "-",
+            status: 404,
+            micros: 1,
+        };
+        let line = composed(Format::Text, SECS, 0, &entry);
+        let text = formatted_by_tracing(Format::Text, &entry);
+        assert_eq!(text[27..], line[27..], "{text}");
+        assert!(
+            line.contains(r"path=/a\u{9b}31m\u{85}b\x1bc\x7fé api="),
+            "{line}"
+        );
+        assert!(
+            !line.contains(['\u{9b}', '\u{85}', '\u{1b}', '\u{7f}']),
+            "{line}"
+        );
     }
 
     #[test]
