@@ -165,6 +165,16 @@ fn explain_allows_a_token_with_a_mapped_scope() {
     );
 }
 
+/// A request target with a query is routed by its path, as the gateway
+/// routes it.
+#[test]
+fn explain_routes_a_target_with_a_query_by_its_path() {
+    let (code, out) = explain(&["GET", "/travels/bookings/7?x=1", "--scopes", "view"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("GET /travels/bookings/7?x=1\n"), "{out}");
+    assert!(out.contains("resource:   GET /bookings/{id}\n"), "{out}");
+}
+
 #[test]
 fn explain_denies_a_token_without_a_mapped_scope_with_exit_2() {
     let (code, out) = explain(&["GET", "/travels/bookings", "--scopes", "book"]);
