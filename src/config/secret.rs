@@ -60,7 +60,18 @@ pub fn has_user_information(url: &str) -> bool {
 fn user_information(url: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let at = rest[..authority_end].rfind('@')?;
+    let authority = &rest[..authority_end];
+    if let Some(at) = authority.rfind('@') {
+        return Some((scheme, &rest[at + 1..]));
+    }
+    // A "port" that is no number is a password whose `/`, `?` or `#` was
+    // not percent-encoded (`user:pa/ss@host`): up to the last `@`, all of
+    // it is user information.
+    let text_port = !authority.starts_with('[')
+        && authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()));
+    let at = rest.rfind('@').filter(|_| text_port)?;
     Some((scheme, &rest[at + 1..]))
 }
 
@@ -96,5 +107,12 @@ mod tests {
             assert!(!has_user_information(plain));
         }
         assert!(has_user_information("http://svc@upstream.example"));
+        // A password with an unencoded `/`: its "port" is no number.
+        assert_eq!(
+            shown_url("https://gw:Zm9v/YmFy@idp.example/introspect"),
+            "https://****@idp.example/introspect"
+        );
+        assert!(has_user_information("https://gw:Zm9v/YmFy@idp.example/x"));
+        assert_eq!(shown_url("http://[::1]/a@b"), "http://[::1]/a@b");
     }
 }

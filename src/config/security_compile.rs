@@ -125,8 +125,15 @@ fn key_source(jwks_uri: &Option<String>) -> String {
 pub(super) fn url(ctx: &mut Ctx, value: &S<Scalar>, key: &str) -> Option<String> {
     let text = value.value.0.trim();
     match http::Uri::from_str(text) {
+        // A port must be a number: a "port" of text is an unencoded
+        // password (`user:pa/ss@host`), and the URL is not what it says.
         Ok(uri)
-            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.authority().is_some_and(|a| {
+                    let text = a.as_str();
+                    let no_port = !text.contains(':') || text.ends_with(']');
+                    no_port || a.port_u16().is_some()
+                }) =>
         {
             Some(text.to_owned())
         }

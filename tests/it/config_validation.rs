@@ -1653,6 +1653,33 @@ fn key_and_token_sources_over_plain_http_to_a_remote_host() {
     );
 }
 
+/// A password with an unencoded `/` makes the URL's "port" text: the URL
+/// is refused, and no finding shows the password.
+#[test]
+fn a_url_whose_port_is_text_is_refused_without_showing_it() {
+    let findings = errors(
+        r#"security_settings:
+  auth_servers:
+  - id: opaque
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://gw:Zm9v/YmFy@idp.example/introspect"
+      clientId: gw
+      clientSecret: s3cret
+"#,
+    );
+    assert!(!findings.is_empty());
+    for finding in &findings {
+        let text = format!("{finding:?}");
+        assert!(!text.contains("YmFy") && !text.contains("Zm9v"), "{text}");
+    }
+    assert!(
+        findings
+            .iter()
+            .any(|f| format!("{f:?}").contains("is not an http(s) URL")),
+        "{findings:?}"
+    );
+}
+
 #[test]
 fn credentials_to_a_plain_http_upstream_are_refused() {
     refused(
