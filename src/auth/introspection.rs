@@ -114,6 +114,9 @@ pub struct Introspector {
     settings: IntrospectionSettings,
     http: reqwest::Client,
     cache: Arc<IntrospectionCache>,
+    /// Failures are not cached: while the endpoint is down every opaque
+    /// token fails, and its line is written once in a while.
+    failures_logged: crate::logging::Sparse,
 }
 
 impl Introspector {
@@ -128,6 +131,7 @@ impl Introspector {
             settings,
             http,
             cache,
+            failures_logged: crate::logging::Sparse::new(),
         }
     }
 
@@ -179,7 +183,9 @@ impl Introspector {
             .with_label_values(&[&self.auth_server, label])
             .inc();
         result.map_err(|problem| {
-            tracing::warn!(auth_server = %self.auth_server, cause = %problem, "introspection failed");
+            if let Some(suppressed) = self.failures_logged.due() {
+                tracing::warn!(auth_server = %self.auth_server, cause = %problem, suppressed, "introspection failed");
+            }
             AuthFailure::Unavailable {
                 auth_server: Arc::clone(&self.auth_server),
                 cause: problem.to_string(),

@@ -15,7 +15,7 @@ pub mod redis;
 use std::cell::RefCell;
 use std::fmt::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -519,7 +519,8 @@ fn store_failed<'s>(on_error: OnStoreError, api: &Api, error: &redis::StoreError
     };
     // One line per interval, not per request: a store that is down for
     // every request would otherwise fill the log (the metric counts all).
-    if let Some(suppressed) = log_due() {
+    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
+    if let Some(suppressed) = LOGGED.due() {
         let outcome = match on_error {
             OnStoreError::Allow => "allowed unthrottled",
             OnStoreError::Deny => "refused (503)",
@@ -532,26 +533,6 @@ fn store_failed<'s>(on_error: OnStoreError, api: &Api, error: &redis::StoreError
         );
     }
     verdict
-}
-
-/// Whether a store failure is logged now; returns how many were not
-/// logged since the last line.
-fn log_due() -> Option<u64> {
-    const EVERY: u64 = 10_000_000;
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let now = now_micros();
-    let last = LAST.load(Ordering::Relaxed);
-    let due = last == 0 || now.saturating_sub(last) >= EVERY;
-    if due
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        return Some(SUPPRESSED.swap(0, Ordering::Relaxed));
-    }
-    SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-    None
 }
 
 fn key<'a>(policy: &'a ThrottlePolicy, caller: &Caller<'a>) -> Key<'a> {

@@ -179,3 +179,54 @@ fn rust_log_is_honoured_when_mcgw_log_is_unset() {
     );
     assert!(log.contains("microgateway started"), "{log}");
 }
+
+/// While an introspection endpoint is down, every opaque token fails
+/// (failures are not cached), and the warning is written once in a
+/// while, with how many it held back, not once a request.
+#[tokio::test]
+async fn an_introspection_endpoint_down_is_logged_once_in_a_while_not_per_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+security_settings:
+  auth_servers:
+  - id: opaque
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://127.0.0.1:9/introspect"
+      clientId: gw
+      clientSecret: s3cret
+apis:
+- name: Opaque
+  base_path: /opaque
+  upstream: { echo: true }
+  resources: ["GET /x"]
+  authentication: { type: oauth2, auth_server: opaque }
+"#,
+    )
+    .expect("write the config");
+    let started = common::process::start(binary().env("MCGW_LOG", "info").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]));
+    let client = common::client();
+    let url = format!("http://{}/opaque/x", started.http);
+    for n in 0..20 {
+        let resp = client
+            .get(&url)
+            .bearer_auth(format!("opaque-token-{n}"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status(), 503);
+    }
+    let mut failures = Vec::new();
+    while let Some(line) = started.line_with("introspection failed", Duration::from_millis(500)) {
+        failures.push(line);
+    }
+    assert_eq!(failures.len(), 1, "{failures:?}");
+}
