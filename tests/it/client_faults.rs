@@ -176,3 +176,33 @@ async fn client_faults_and_upstream_failures_are_counted_apart() {
     );
     gw.shutdown().await;
 }
+
+/// Heads refused before they are a request (no API to count them for, no
+/// line in the access log) are counted as the client's faults, by cause.
+#[tokio::test]
+async fn refused_request_heads_are_counted_as_client_faults() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&faults_yaml("Heads", &upstream.url())).await;
+    let long_field = format!(
+        "GET /x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
+    let cases: [(&[u8], u16, &str); 3] = [
+        (b"GET /x HTTP/1.1\r\nHost gw\r\n\r\n", 400, "head_malformed"),
+        (long_field.as_bytes(), 431, "head_too_large"),
+        (
+            b"POST /x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+            "transfer_coding",
+        ),
+    ];
+    for (request, status, cause) in cases {
+        // The metrics are the process's: other tests count too.
+        let series = format!(r#"microgateway_client_errors_total{{cause="{cause}"}}"#);
+        let before = metric(&gw.metrics().await, &series);
+        let raw = raw_request(gw.http, request).await;
+        assert_eq!(status_of(&raw), status, "{cause}: {raw}");
+        assert!(metric(&gw.metrics().await, &series) > before, "{cause}");
+    }
+    assert_eq!(upstream.accepted(), 0);
+}

@@ -492,7 +492,17 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
                 http11: true,
                 keep_alive: false,
             };
-            let _ = respond(wire, rejection.into_response(), exchange).await;
+            let response = rejection.into_response();
+            // No request to log nor an API to count it for: the client's
+            // fault is counted.
+            crate::metrics::client_error(match response.status().as_u16() {
+                408 => "head_timeout",
+                414 => "uri_too_long",
+                431 => "head_too_large",
+                501 => "transfer_coding",
+                _ => "head_malformed",
+            });
+            let _ = respond(wire, response, exchange).await;
             true
         }
         End::Close { linger } => linger,
