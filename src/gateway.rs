@@ -121,8 +121,6 @@ impl Gateway {
         let mut gateway = Gateway::start_with(config_path, env, loaded.snapshot).await?;
         if let (Some(settings), Some(document)) = (&settings, &document) {
             crate::central::keep(settings, document);
-        }
-        if let (Some(settings), Some(_)) = (&settings, &document) {
             // Downloaded for them now, or read from a cache recorded so.
             gateway.state.central.answered_for(settings);
         }
