@@ -325,20 +325,37 @@ async fn an_http2_body_that_stalls_is_answered_408() {
     gw.shutdown().await;
 }
 
+/// An h2c client of `addr` whose streams have 64 KiB of window, never
+/// opened again (no answer body is read), and whose connection has
+/// `connection_window`.
+async fn shut_window_client(
+    addr: SocketAddr,
+    connection_window: u32,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    hyper::client::conn::http2::Connection<
+        TokioIo<TcpStream>,
+        http_body_util::Empty<Bytes>,
+        TokioExecutor,
+    >,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(connection_window)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake")
+}
+
 #[tokio::test]
 async fn an_http2_client_that_keeps_its_window_shut_is_cut_within_send() {
     let upstream = big_upstream(1 << 20).await;
     let url = format!("http://{upstream}/api");
     let gw = Gateway::start(&slow_yaml(&url, "30s", "")).await;
-    let tcp = TcpStream::connect(gw.http).await.unwrap();
     // Windows of 64 KiB, never opened again: the answer's body is never
     // read.
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2c handshake");
+    let (mut sender, conn) = shut_window_client(gw.http, 65_535).await;
     let conn = tokio::spawn(conn);
     let req = Request::get(format!("http://{}/slow/orders", gw.http))
         .body(http_body_util::Empty::<Bytes>::new())
@@ -365,15 +382,9 @@ async fn an_http2_stream_left_with_a_shut_window_is_cut_while_other_streams_are_
     let upstream = big_upstream(1 << 20).await;
     let url = format!("http://{upstream}/api");
     let gw = Gateway::start(&slow_yaml(&url, "30s", "")).await;
-    let tcp = TcpStream::connect(gw.http).await.unwrap();
     // A stream window of 64 KiB, never opened again for the big answer;
     // the connection's window is wide, so other streams go on.
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(4 << 20)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2c handshake");
+    let (mut sender, conn) = shut_window_client(gw.http, 4 << 20).await;
     let mut conn = tokio::spawn(conn);
     let get = |path: &str| {
         Request::get(format!("http://{}{path}", gw.http))
@@ -434,13 +445,7 @@ async fn an_http2_answer_whose_last_piece_waits_for_a_shut_window_is_cut_within_
     let url = format!("http://{upstream}/api");
     let yaml = slow_yaml(&url, "30s", "").replace("idle: 30s", "idle: 1s");
     let gw = Gateway::start(&yaml).await;
-    let tcp = TcpStream::connect(gw.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2c handshake");
+    let (mut sender, conn) = shut_window_client(gw.http, 65_535).await;
     let conn = tokio::spawn(conn);
     let req = Request::get(format!("http://{}/slow/orders", gw.http))
         .body(http_body_util::Empty::<Bytes>::new())
