@@ -186,7 +186,7 @@ async fn tokens(admin: &Admin) -> Response<Body> {
         );
     };
     match authz.list_tokens().await {
-        Ok(tokens) => json_response(StatusCode::OK, json!({ "tokens": tokens })),
+        Ok(listing) => json_response(StatusCode::OK, json!(listing)),
         Err(error) => {
             tracing::error!(%error, "listing tokens failed");
             json_response(

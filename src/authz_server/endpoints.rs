@@ -42,6 +42,17 @@ use super::AuthzError;
 /// bytes.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Access tokens, and refresh tokens, the admin API lists at most.
+pub const LISTED_PER_KIND: usize = 10_000;
+
+/// What the admin API lists of the issued tokens.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenListing {
+    pub tokens: Vec<TokenSummary>,
+    /// More of a kind were issued than are listed (the oldest are left out).
+    pub truncated: bool,
+}
+
 /// What the server layer knows about a request that the request itself
 /// does not carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,9 +300,25 @@ impl AuthorizationServer {
         answer.unwrap_or_else(|failed| OAuthError::from(failed).into_response())
     }
 
-    /// Issued tokens, without their values, for the admin API.
-    pub async fn list_tokens(&self) -> Result<Vec<TokenSummary>, AuthzError> {
-        self.blocking(|inner| Ok(inner.store.list_tokens()?)).await
+    /// Issued tokens, without their values, for the admin API: the
+    /// [`LISTED_PER_KIND`] most recently issued of each kind, and whether
+    /// there are more.
+    pub async fn list_tokens(&self) -> Result<TokenListing, AuthzError> {
+        let mut tokens = self
+            .blocking(|inner| Ok(inner.store.list_tokens(LISTED_PER_KIND + 1)?))
+            .await?;
+        let mut truncated = false;
+        for kind in ["access_token", "refresh_token"] {
+            let of_kind = tokens.iter().filter(|t| t.kind == kind).count();
+            if of_kind > LISTED_PER_KIND {
+                truncated = true;
+                // Each kind is oldest first: its oldest one goes.
+                if let Some(oldest) = tokens.iter().position(|t| t.kind == kind) {
+                    tokens.remove(oldest);
+                }
+            }
+        }
+        Ok(TokenListing { tokens, truncated })
     }
 
     /// Revokes the access token with this id, or the family of the refresh

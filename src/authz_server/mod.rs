@@ -33,7 +33,10 @@ pub mod tokens;
 pub mod workers;
 
 pub use clock::{unix_now, Clock};
-pub use endpoints::{is_endpoint, needs_admin, AuthorizationServer, RequestContext, MAX_BODY};
+pub use endpoints::{
+    is_endpoint, needs_admin, AuthorizationServer, RequestContext, TokenListing, LISTED_PER_KIND,
+    MAX_BODY,
+};
 pub use keys::{KEY_PUBLISHED_BEFORE_SIGNING, KEY_REFRESH};
 pub use settings::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
 pub use store::{Removed, TokenSummary};

@@ -1191,7 +1191,9 @@ async fn admin_helpers_list_without_values_and_revoke_by_id() {
     assert_eq!(response.status(), 200);
     let grant: Value = serde_json::from_slice(response.body()).expect("json");
 
-    let tokens = authz.list_tokens().await.expect("list");
+    let listing = authz.list_tokens().await.expect("list");
+    assert!(!listing.truncated);
+    let tokens = listing.tokens;
     assert_eq!(tokens.len(), 2);
     let listed = serde_json::to_string(&tokens).expect("json");
     assert!(!listed.contains(str_of(&grant, "access_token")));
@@ -1208,6 +1210,7 @@ async fn admin_helpers_list_without_values_and_revoke_by_id() {
         .list_tokens()
         .await
         .expect("list")
+        .tokens
         .iter()
         .all(|t| t.revoked));
     assert!(!authz.revoke_by_id("unknown".into()).await.expect("revoke"));
@@ -1239,10 +1242,10 @@ async fn the_cleanup_task_removes_expired_tokens() {
         admin_ok: None,
     };
     assert_eq!(authz.handle(request, ctx).await.status(), 200);
-    assert_eq!(authz.list_tokens().await.expect("list").len(), 1);
+    assert_eq!(authz.list_tokens().await.expect("list").tokens.len(), 1);
     let task = authz.spawn_cleanup().expect("interval configured");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !authz.list_tokens().await.expect("list").is_empty() {
+    while !authz.list_tokens().await.expect("list").tokens.is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "not cleaned up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

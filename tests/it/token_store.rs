@@ -57,6 +57,7 @@ against_both!(
     concurrent_rotations_of_a_refresh_token_have_one_winner,
     revocation_is_seen_by_every_replica_at_once,
     tokens_are_listed_and_deleted,
+    the_newest_tokens_of_each_kind_are_listed,
     known_keys_are_newest_first,
 );
 
@@ -357,13 +358,34 @@ fn tokens_are_listed_and_deleted(open: Open) {
     store
         .insert_grant(&access("a", Some(500), Some("f")), Some(&refresh("r", "f")))
         .unwrap();
-    let listed = store.list_tokens().unwrap();
+    let listed = store.list_tokens(100).unwrap();
     let kinds: Vec<_> = listed.iter().map(|t| (t.id.as_str(), t.kind)).collect();
     assert_eq!(kinds, [("a", "access_token"), ("r", "refresh_token")]);
     assert!(open().delete_token("r").unwrap());
     assert!(!store.delete_token("r").unwrap());
     assert!(store.find_refresh_token("r").unwrap().is_none());
-    assert_eq!(store.list_tokens().unwrap().len(), 1);
+    assert_eq!(store.list_tokens(100).unwrap().len(), 1);
+}
+
+/// A listing holds the most recently issued of each kind, oldest first.
+fn the_newest_tokens_of_each_kind_are_listed(open: Open) {
+    let store = open();
+    for (id, issued_at) in [("old", 100), ("mid", 200), ("new", 300)] {
+        let token = AccessTokenRecord {
+            issued_at,
+            ..access(id, Some(500), None)
+        };
+        store.insert_grant(&token, None).unwrap();
+    }
+    store
+        .insert_grant(
+            &access("with-refresh", Some(500), Some("f")),
+            Some(&refresh("r", "f")),
+        )
+        .unwrap();
+    let listed = store.list_tokens(2).unwrap();
+    let ids: Vec<_> = listed.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["mid", "new", "r"]);
 }
 
 fn known_keys_are_newest_first(open: Open) {

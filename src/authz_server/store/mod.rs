@@ -223,7 +223,10 @@ pub trait TokenStore: Send + Sync {
     fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Revokes every refresh and access token of a family; returns how many.
     fn revoke_family(&self, family: &str) -> Result<u64, StoreError>;
-    fn list_tokens(&self) -> Result<Vec<TokenSummary>, StoreError>;
+    /// The `per_kind` most recently issued access tokens and refresh
+    /// tokens (each kind oldest first): a store of millions is never read
+    /// whole into one answer.
+    fn list_tokens(&self, per_kind: usize) -> Result<Vec<TokenSummary>, StoreError>;
     /// Deletes one access token (by id) or refresh token (by hash).
     fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Deletes expired access tokens and codes, and refresh tokens of

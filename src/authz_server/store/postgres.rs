@@ -790,13 +790,18 @@ impl TokenStore for PostgresStore {
         })
     }
 
-    fn list_tokens(&self) -> Result<Vec<TokenSummary>, StoreError> {
+    fn list_tokens(&self, per_kind: usize) -> Result<Vec<TokenSummary>, StoreError> {
+        let limit = i64::try_from(per_kind).unwrap_or(i64::MAX);
         self.with(move |client| async move {
             let mut tokens = Vec::new();
             let access = client
                 .query(
-                    &format!("SELECT {ACCESS_COLUMNS} FROM access_tokens ORDER BY issued_at, id"),
-                    &[],
+                    &format!(
+                        "SELECT * FROM (SELECT {ACCESS_COLUMNS} FROM access_tokens \
+                         ORDER BY issued_at DESC, id DESC LIMIT $1) AS newest \
+                         ORDER BY issued_at, id"
+                    ),
+                    &[&limit],
                 )
                 .await?;
             for row in &access {
@@ -817,9 +822,11 @@ impl TokenStore for PostgresStore {
             let refresh = client
                 .query(
                     &format!(
-                        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens ORDER BY issued_at, hash"
+                        "SELECT * FROM (SELECT {REFRESH_COLUMNS} FROM refresh_tokens \
+                         ORDER BY issued_at DESC, hash DESC LIMIT $1) AS newest \
+                         ORDER BY issued_at, hash"
                     ),
-                    &[],
+                    &[&limit],
                 )
                 .await?;
             for row in &refresh {

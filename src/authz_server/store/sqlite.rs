@@ -265,13 +265,15 @@ impl TokenStore for SqliteStore {
         Ok((refresh + access) as u64)
     }
 
-    fn list_tokens(&self) -> Result<Vec<TokenSummary>, StoreError> {
+    fn list_tokens(&self, per_kind: usize) -> Result<Vec<TokenSummary>, StoreError> {
         let conn = self.conn();
+        let limit = i64::try_from(per_kind).unwrap_or(i64::MAX);
         let mut tokens = Vec::new();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {ACCESS_COLUMNS} FROM access_tokens ORDER BY issued_at, id"
+            "SELECT * FROM (SELECT {ACCESS_COLUMNS} FROM access_tokens \
+             ORDER BY issued_at DESC, id DESC LIMIT ?1) ORDER BY issued_at, id"
         ))?;
-        for row in stmt.query_map([], access_row)? {
+        for row in stmt.query_map([limit], access_row)? {
             let t = with_format(row?)?;
             tokens.push(TokenSummary {
                 id: t.id,
@@ -287,9 +289,10 @@ impl TokenStore for SqliteStore {
             });
         }
         let mut stmt = conn.prepare(&format!(
-            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens ORDER BY issued_at, hash"
+            "SELECT * FROM (SELECT {REFRESH_COLUMNS} FROM refresh_tokens \
+             ORDER BY issued_at DESC, hash DESC LIMIT ?1) ORDER BY issued_at, hash"
         ))?;
-        for row in stmt.query_map([], refresh_row)? {
+        for row in stmt.query_map([limit], refresh_row)? {
             let t = row?;
             tokens.push(TokenSummary {
                 id: t.hash,
