@@ -11,6 +11,16 @@
 //! UTF-8 (RFC 3986 §2.5; RFC 3629 §3 refuses overlong forms): an upstream
 //! decoding `%c0%ae` as `.` leniently would see a path the matcher never saw.
 
+/// Whether `query` has a parameter named `name`, names compared
+/// percent-decoded: an upstream's framework decodes `access%5Ftoken` to
+/// `access_token`.
+pub fn query_names(query: &str, name: &[u8]) -> bool {
+    query.split('&').any(|pair| {
+        let written = pair.split('=').next().unwrap_or_default();
+        percent_encoding::percent_decode_str(written).eq(name.iter().copied())
+    })
+}
+
 /// A canonical path and what the rest of the pipeline must still check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalPath {

@@ -20,7 +20,7 @@ pub enum Extracted<'a> {
 }
 
 pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Extracted<'a> {
-    if query.is_some_and(has_access_token) {
+    if query.is_some_and(|q| crate::path::query_names(q, b"access_token")) {
         return Extracted::InvalidRequest("access_token in the query is not accepted");
     }
     let mut values = headers.get_all(AUTHORIZATION).iter();
@@ -74,15 +74,6 @@ fn is_b64token(token: &str) -> bool {
                 | (b == b'+')
                 | (b == b'/'))
         })
-}
-
-/// Names are compared percent-decoded: the upstream's framework decodes
-/// `access%5Ftoken` to `access_token`.
-fn has_access_token(query: &str) -> bool {
-    query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or_default();
-        percent_encoding::percent_decode_str(name).eq(*b"access_token")
-    })
 }
 
 #[cfg(test)]

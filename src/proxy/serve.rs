@@ -453,14 +453,6 @@ fn refuse_upstream_challenge(api: &Api, response: &Response<Body>) -> Result<(),
 }
 
 /// Request-target and framing checks that come before any matching.
-/// Whether a query names a `_method` parameter (its name percent-decoded).
-fn names_a_method_override(query: &str) -> bool {
-    query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or_default();
-        percent_encoding::percent_decode_str(name).eq(*b"_method")
-    })
-}
-
 fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
     let uri = req.uri();
     let target_len = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
@@ -503,7 +495,11 @@ fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
     // Laravel, Symfony and Rack serve a POST with `?_method=DELETE` as a
     // DELETE: authorized as the method sent, it would run as another.
     let overridable = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-    if overridable && uri.query().is_some_and(names_a_method_override) {
+    if overridable
+        && uri
+            .query()
+            .is_some_and(|q| crate::path::query_names(q, b"_method"))
+    {
         return Err(Rejection::BadRequest(
             "a method-override parameter (_method) is not accepted",
         ));
