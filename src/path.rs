@@ -11,13 +11,31 @@
 //! UTF-8 (RFC 3986 §2.5; RFC 3629 §3 refuses overlong forms): an upstream
 //! decoding `%c0%ae` as `.` leniently would see a path the matcher never saw.
 
-/// Whether `query` has a parameter named `name`, names compared
-/// percent-decoded: an upstream's framework decodes `access%5Ftoken` to
-/// `access_token`.
+/// Whether `query` has a parameter named `name` as an upstream's framework
+/// reads the names: form-decoded (`%5F` is `_`, `+` a space), then as PHP
+/// files them (Laravel and Symfony read `_method` through it): leading
+/// spaces dropped, `.` and spaces made `_`, an array's `[...]` cut off. So
+/// `access%5Ftoken`, `.method`, `+_method` and `_method[]` all name what
+/// they name upstream. Names a framework reads otherwise are only ever
+/// more of them: refusing on this reading errs on the side of refusing.
 pub fn query_names(query: &str, name: &[u8]) -> bool {
     query.split('&').any(|pair| {
         let written = pair.split('=').next().unwrap_or_default();
-        percent_encoding::percent_decode_str(written).eq(name.iter().copied())
+        if !written.contains(['%', '+', '.', ' ', '[']) {
+            return written.as_bytes() == name; // the common case: nothing to decode
+        }
+        let spaced = written.replace('+', " ");
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
+        let trimmed = decoded.trim_ascii_start();
+        let base = match trimmed.iter().position(|&b| b == b'[') {
+            Some(0) | None => trimmed,
+            Some(bracket) => &trimmed[..bracket],
+        };
+        base.len() == name.len()
+            && base
+                .iter()
+                .map(|&b| if matches!(b, b'.' | b' ') { b'_' } else { b })
+                .eq(name.iter().copied())
     })
 }
 
@@ -293,6 +311,36 @@ fn refuse_escaped_escape(canonical: CanonicalPath) -> Result<CanonicalPath, Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_names_are_read_as_frameworks_file_them() {
+        for query in [
+            "_method=x",
+            "a=1&_method",
+            "%5Fmethod=x",
+            ".method=x",
+            "+_method=x",
+            "%20_method=x",
+            "_method[]=x",
+            "_method%5Bk%5D=x",
+            " .method=x",
+        ] {
+            assert!(query_names(query, b"_method"), "{query}");
+        }
+        for query in [
+            "",
+            "method=x",
+            "_methods=x",
+            "a=_method",
+            "x_method=x",
+            "[_method]=x",
+            "_meth%6fd_=x",
+            "_method_=x",
+        ] {
+            assert!(!query_names(query, b"_method"), "{query}");
+        }
+        assert!(query_names("access.token=t", b"access_token"));
+    }
 
     #[test]
     fn plain_paths_take_the_short_way_to_the_same_result() {

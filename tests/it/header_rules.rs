@@ -154,11 +154,22 @@ async fn reserved_headers_are_stripped_in_every_spelling_that_folds_to_theirs() 
 }
 
 /// `?_method=DELETE` turns a POST into a DELETE in Laravel, Symfony and
-/// Rack: such a request is refused before it is authorized as a POST.
+/// Rack: such a request is refused before it is authorized as a POST, in
+/// every spelling PHP files under `_method` (`.` and spaces made `_`,
+/// leading spaces dropped, an array's brackets cut off).
 #[tokio::test]
 async fn a_method_override_parameter_is_refused() {
     let (upstream, gw) = start().await;
-    for target in ["/rules/who?_method=DELETE", "/rules/who?a=1&%5Fmethod=PUT"] {
+    for target in [
+        "/rules/who?_method=DELETE",
+        "/rules/who?a=1&%5Fmethod=PUT",
+        "/rules/who?.method=DELETE",
+        "/rules/who?+_method=DELETE",
+        "/rules/who?%20%20_method=DELETE",
+        "/rules/who?_method%5B%5D=DELETE",
+        "/rules/who?_method[x]=DELETE",
+        "/rules/who?a=1&%2Emethod=DELETE",
+    ] {
         let resp = gw
             .request(Method::POST, target)
             .send()
