@@ -13,7 +13,7 @@
 //! the request's map would hash and store each one, request after request,
 //! only for the encoder to read them back.
 
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::HeaderMap;
 use http_body::Body as HttpBody;
@@ -156,7 +156,11 @@ pub fn encode<B: HttpBody>(
             had_length = true;
             continue;
         }
-        if *name == TRANSFER_ENCODING || *name == HOST {
+        // `Expect`: the gateway answered the client's `100-continue` itself
+        // and sends the body at once; an upstream that answers without
+        // reading the body it expects to be asked for would read it as
+        // the next request on a pooled connection.
+        if *name == TRANSFER_ENCODING || *name == HOST || *name == EXPECT {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());

@@ -121,15 +121,16 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     }
     if hop_by_hop {
         doomed.extend(
+            // Read as bytes: a value with an octet above 0x7F still names
+            // the fields its other members list (RFC 9110 §7.6.1).
             headers
                 .get_all(CONNECTION)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
                 // Names a header the list above has covered already.
-                .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+                .filter(|name| !name.eq_ignore_ascii_case(b"keep-alive"))
+                .filter_map(|name| HeaderName::from_bytes(name).ok()),
         );
     }
     for name in doomed {
@@ -619,6 +620,15 @@ mod tests {
         strip_request(&mut h, false);
         assert!(h.get("x-secret").is_none());
         assert!(h.get(TE).is_none());
+        assert!(h.get("x-kept").is_some());
+        // A member with an octet above 0x7F does not hide the others.
+        let mut h = HeaderMap::new();
+        let listed = HeaderValue::from_bytes(b"X-Hop, caf\xE9").unwrap(); // a valid field value
+        h.insert(CONNECTION, listed);
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_request(&mut h, false);
+        assert!(h.get("x-hop").is_none(), "{h:?}");
         assert!(h.get("x-kept").is_some());
     }
 

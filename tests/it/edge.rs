@@ -822,6 +822,9 @@ async fn expect_100_continue_is_answered_when_the_body_is_wanted() {
     let raw = interim + &String::from_utf8_lossy(&bytes);
     assert_eq!(statuses(&raw), [100, 200], "{raw}");
     assert_eq!(upstream.last().body.as_ref(), b"hello");
+    // The expectation was met here: an upstream asked it too, answering
+    // without reading the body, would read the body as the next request.
+    assert!(upstream.last().headers.get("expect").is_none());
     // Refused by its route before the body is wanted: no 100.
     let raw = raw_request(
         gw.http,
