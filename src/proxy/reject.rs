@@ -95,6 +95,8 @@ pub enum Rejection {
     Denied(Denied),
     #[error("the client address is refused by ip_filter")]
     IpFiltered,
+    #[error("a WebSocket handshake from an origin the API does not allow")]
+    CrossOriginTunnel,
     #[error("upstream unreachable: {0}")]
     BadGateway(String),
     #[error("upstream did not answer in time")]
@@ -126,6 +128,7 @@ impl Rejection {
             Rejection::ChecksBusy => Some("busy"),
             Rejection::Denied(denied) => Some(denied.label()),
             Rejection::IpFiltered => Some("ip_filtered"),
+            Rejection::CrossOriginTunnel => Some("origin_refused"),
             Rejection::BadPath(_)
             | Rejection::BadRequest(_)
             | Rejection::NoRoute(_)
@@ -319,6 +322,12 @@ impl Rejection {
                 "the client address may not call this API".to_owned(),
                 None,
             ),
+            Rejection::CrossOriginTunnel => (
+                StatusCode::FORBIDDEN,
+                Some("access_denied"),
+                "a page of this origin may not open a WebSocket to this API".to_owned(),
+                None,
+            ),
             Rejection::BadGateway(_) => (
                 StatusCode::BAD_GATEWAY,
                 Some("bad_gateway"),
@@ -418,6 +427,7 @@ impl Rejection {
             | Rejection::BadCredentials { .. }
             | Rejection::Denied(_)
             | Rejection::IpFiltered
+            | Rejection::CrossOriginTunnel
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout => {}
         }

@@ -188,6 +188,10 @@ fn phases<'s: 'a, 'a>(
                 return Err(Rejection::IpFiltered); // before any credential is looked at
             }
         }
+        let handshake = route.api.websocket && (h2_websocket || tunnel::is_handshake(&req));
+        if handshake && !tunnel::origin_admitted(&req, route.api.cors.as_ref()) {
+            return Err(Rejection::CrossOriginTunnel); // whatever credential the browser adds
+        }
         // Boxed: the credential checks are a large future that requests to
         // APIs without authentication need not carry.
         let who = match &route.api.authentication {
@@ -210,10 +214,7 @@ fn phases<'s: 'a, 'a>(
         if h2_websocket && !route.api.websocket {
             return Err(Rejection::BadRequest("the API serves no WebSocket"));
         }
-        let tunnel = if route.api.websocket
-            && (h2_websocket || tunnel::is_handshake(&req))
-            && req.body().is_end_stream()
-        {
+        let tunnel = if handshake && req.body().is_end_stream() {
             let permit = req
                 .extensions()
                 .get::<TunnelSlots>()
@@ -294,6 +295,11 @@ fn phases<'s: 'a, 'a>(
         // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
         // client's goes through a map.
         let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
+        // What a `101` must say it accepted: the key the upstream is sent.
+        let accept = tunnel
+            .as_ref()
+            .and_then(|_| req.headers().get(http::header::SEC_WEBSOCKET_KEY))
+            .map(tunnel::expected_accept);
         let req = limit_body(&rt.limits, req);
         // Boxed: created once on the heap instead of being copied into each
         // enclosing future (every layer up to the connection) as it starts.
@@ -311,6 +317,11 @@ fn phases<'s: 'a, 'a>(
         }
         if let Some(permit) = tunnel {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if !tunnel::switched_to_websocket(response.headers(), accept.as_deref()) {
+                    return Err(Rejection::BadGateway(
+                        "the upstream switched to another protocol".into(),
+                    ));
+                }
                 let pending = response
                     .extensions()
                     .get::<Switched>()

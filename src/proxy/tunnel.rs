@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
+    HeaderValue, CONNECTION, HOST, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Version};
 use prometheus::IntCounter;
@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::client::{Stream, Switched};
+use crate::config::snapshot::Cors;
 
 /// Bytes each direction of a tunnel holds at most.
 const BUFFER: usize = 16 * 1024;
@@ -107,6 +108,87 @@ fn has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool 
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether a handshake's `Origin` may open a tunnel. A browser opens a
+/// WebSocket from any page, to any host, sending that host's cookies,
+/// cached Basic credentials and client certificate, and no CORS rule
+/// holds a WebSocket back: the page's origin is the only sign of whose it
+/// is (cross-site WebSocket hijacking). A handshake without `Origin` (not
+/// from a browser) is admitted; one with it when the origin is the
+/// request's own host and port (whatever the scheme: a TLS-terminating
+/// proxy in front changes it), or one the API's CORS policy allows.
+pub fn origin_admitted<B>(req: &Request<B>, cors: Option<&Cors>) -> bool {
+    let Some(origin) = req.headers().get(ORIGIN) else {
+        return true;
+    };
+    same_host(origin, req.headers().get(HOST))
+        || cors.is_some_and(|policy| super::cors::origin_allowed(policy, origin))
+}
+
+/// Whether the serialized origin `origin` (`scheme://host[:port]`) names
+/// the host and port of the `Host` field, the port defaulting to the
+/// origin's scheme's.
+fn same_host(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(HeaderValue::to_str)) else {
+        return false; // `null`, opaque or unreadable: no host to match
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else {
+        return false;
+    };
+    let (Ok(origin), Ok(host)) = (
+        authority.parse::<http::uri::Authority>(),
+        host.parse::<http::uri::Authority>(),
+    ) else {
+        return false;
+    };
+    // An origin is exactly `scheme://host[:port]` (no user, no path).
+    origin.as_str() == authority
+        && !authority.contains('@')
+        && origin.host().eq_ignore_ascii_case(host.host())
+        && origin.port_u16().unwrap_or(default_port) == host.port_u16().unwrap_or(default_port)
+}
+
+/// The `Sec-WebSocket-Accept` an upstream must answer to a handshake with
+/// `key` (RFC 6455 §4.2.2): the key and the protocol's GUID, hashed
+/// (SHA-1) and base64-encoded.
+pub fn expected_accept(key: &HeaderValue) -> String {
+    use base64::Engine as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    context.update(key.as_bytes());
+    context.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(context.finish())
+}
+
+/// Whether an upstream's `101` switched to what the handshake asked for:
+/// `Upgrade: websocket` and the `Sec-WebSocket-Accept` of its key (RFC
+/// 6455 §4.1, the client's checks, which the gateway makes for every
+/// client). An upstream led to answer `101` to anything else (another
+/// protocol, a request it did not read as a handshake) would get a raw
+/// tunnel past every per-request check.
+pub fn switched_to_websocket(answer: &HeaderMap, accept: Option<&str>) -> bool {
+    let upgrade = answer.get_all(UPGRADE).iter().collect::<Vec<_>>();
+    let websocket = matches!(upgrade.as_slice(), [one] if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    let accepted = match (
+        accept,
+        answer
+            .get_all(SEC_WEBSOCKET_ACCEPT)
+            .iter()
+            .collect::<Vec<_>>()
+            .as_slice(),
+    ) {
+        (Some(expected), [one]) => one.as_bytes().trim_ascii() == expected.as_bytes(),
+        _ => false,
+    };
+    websocket && accepted
 }
 
 /// Whether `req` opens a WebSocket over HTTP/2 (RFC 8441): an extended

@@ -629,3 +629,136 @@ async fn an_http2_tunnel_keeps_its_slot_when_the_port_runs_out() {
     );
     gw.shutdown().await;
 }
+
+/// Sends a handshake on a new connection and returns the head of the
+/// answer (a `101` leaves the connection open: no reading to its close).
+async fn answer_head(addr: SocketAddr, handshake: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(handshake).await.expect("write");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.expect("an answer within 5 s");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A handshake with a token, from `origin`, as a browser page sends it.
+fn handshake_from(origin: &str, host: &str, token: &str) -> Vec<u8> {
+    format!(
+        "GET /chat/room HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Cross-site WebSocket hijacking: a page of any origin can open a
+/// WebSocket, and the browser adds its cookies, cached Basic credentials
+/// and client certificate. A handshake whose `Origin` is neither the
+/// gateway's own host nor one the API's CORS policy allows is refused
+/// before it is forwarded; a client that sends no `Origin` (not a
+/// browser) is not judged by it.
+#[tokio::test]
+async fn a_handshake_from_a_foreign_origin_is_refused() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let cors = r#"
+  policies:
+    cors: { allow_origins: ["https://app.example.com"] }"#;
+    let yaml = config_named("origins", &idp, &upstream.url(), "")
+        .replace("  websocket: true\n", &format!("  websocket: true{cors}\n"));
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["chat"]);
+    for (origin, host) in [
+        ("https://evil.example", "gw.example.com"),
+        ("null", "gw.example.com"),
+        ("https://gw.example.com.evil.example", "gw.example.com"),
+        ("https://gw.example.com:8443", "gw.example.com"),
+        ("http://gw.example.com", "gw.example.com:8080"),
+        ("https://user@gw.example.com", "gw.example.com"),
+    ] {
+        let answer = answer_head(gw.http, &handshake_from(origin, host, &token)).await;
+        assert_eq!(status_of(&answer), 403, "{origin} → {host}: {answer}");
+    }
+    assert!(upstream.handshakes().is_empty());
+    for (origin, host) in [
+        ("https://app.example.com", "gw.example.com"), // the CORS policy's
+        ("https://GW.example.com", "gw.example.com:443"), // its own host
+        ("http://gw.example.com:8080", "gw.example.com:8080"),
+        ("http://gw.example.com", "gw.example.com"),
+    ] {
+        let answer = answer_head(gw.http, &handshake_from(origin, host, &token)).await;
+        assert_eq!(status_of(&answer), 101, "{origin} → {host}: {answer}");
+    }
+    assert_eq!(upstream.handshakes().len(), 4);
+    let mut ws = open(&gw, "/chat/room", Some(&token))
+        .await
+        .expect("no Origin");
+    assert_eq!(echo(&mut ws, "hello").await, "hello");
+    gw.shutdown().await;
+}
+
+/// An upstream that answers `101` with `upgrade` (whatever protocol) and
+/// `accept` as `Sec-WebSocket-Accept`, then echoes raw bytes.
+async fn switching_server(upgrade: &'static str, accept: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {upgrade}\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    let _ = stream.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// RFC 6455 §4.1: a `101` opens a WebSocket only with `Upgrade: websocket`
+/// and the `Sec-WebSocket-Accept` of the key sent. An upstream that
+/// switches to anything else gets no tunnel past the gateway's checks.
+#[tokio::test]
+async fn a_101_to_another_protocol_or_key_opens_no_tunnel() {
+    let idp = Idp::start().await;
+    let token = idp.token(&["chat"]);
+    // The accept RFC 6455 §1.3 gives for the key `handshake` sends.
+    let right = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+    for (upgrade, accept, status) in [
+        ("h2c", right, 502),
+        ("websocket", "dGhlIHNhbXBsZSBub25jZQ==", 502),
+        ("websocket, h2c", right, 502),
+        ("WebSocket", right, 101),
+    ] {
+        let upstream = switching_server(upgrade, accept).await;
+        let gw = Gateway::start(&config_named(
+            "switching",
+            &idp,
+            &format!("http://{upstream}/ws"),
+            "",
+        ))
+        .await;
+        gw.wait_ready().await;
+        let answer = answer_head(gw.http, &handshake("/chat/room", Some(&token))).await;
+        assert_eq!(status_of(&answer), status, "{upgrade} {accept}: {answer}");
+        gw.shutdown().await;
+    }
+}
