@@ -301,7 +301,7 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
     let ca_bundle = up.value.ca_bundle.as_ref().and_then(|at| {
         let path = ctx.path(&at.value.0);
         ctx.files.push(path.clone());
-        let pem = super::listener_compile::read_pem(ctx, at, &path, "CERTIFICATE")?;
+        let pem = super::listener_compile::read_ca_bundle(ctx, at, &path)?;
         Some(CaBundle {
             path,
             pem: pem.into(),

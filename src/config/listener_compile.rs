@@ -117,13 +117,35 @@ fn client_ca(ctx: &mut Ctx, section: &raw::Tls) -> Option<Option<ClientCa>> {
     };
     let path = ctx.path(&ca.value.0);
     ctx.files.push(path.clone());
-    let pem = read_pem(ctx, ca, &path, "CERTIFICATE")?;
+    let pem = read_ca_bundle(ctx, ca, &path)?;
     Some(Some(ClientCa {
         path,
         pem,
         required,
         at: ctx.report.origin(ca.referenced),
     }))
+}
+
+/// A CA bundle's PEM, read as [`read_pem`] does, holding at least one
+/// certificate that can be trusted as a root: a bundle nothing in which
+/// parses would pass `check` and fail every connection at run time.
+pub(super) fn read_ca_bundle<T>(ctx: &mut Ctx, at: &S<T>, path: &Path) -> Option<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let pem = read_pem(ctx, at, path, "CERTIFICATE")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        ctx.report.error(
+            at.referenced,
+            format!("{} holds no usable CA certificate", path.display()),
+            "PEM certificates that parse",
+        );
+        return None;
+    }
+    Some(pem)
 }
 
 pub(super) fn read_pem<T>(ctx: &mut Ctx, at: &S<T>, path: &Path, label: &str) -> Option<Vec<u8>> {

@@ -216,6 +216,9 @@ impl Upstreams {
             };
             let pick = balancer.pick_at(tried, now);
             tried |= 1 << pick.index;
+            // Begun before anything can fail: a trial the pick claimed is
+            // given back (`Attempt`'s drop) on every way out.
+            let exchange = balancer.begin(&pick);
             let endpoint = &config.endpoints[pick.index];
             let path_and_query = target(&endpoint.path, rest, req.uri().query()).ok_or(
                 Rejection::BadRequest("the request cannot be mapped to the upstream"),
@@ -235,7 +238,6 @@ impl Upstreams {
             };
             let checkout = pool::checkout(&self.connector, &self.shared, &key, now)
                 .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
-            let exchange = balancer.begin(&pick);
             let result = checkout
                 .try_send(&self.connector, req, destination, config.timeout)
                 .await;
@@ -275,8 +277,11 @@ impl Upstreams {
                 Outcome::Refused => config.retry.refused_stream,
                 _ => false,
             };
+            // Each try to an endpoint not tried yet: a request that breaks
+            // its endpoint is not sent to it again.
+            let untried = (tried.count_ones() as usize) < config.endpoints.len();
             match request {
-                Some(again) if retry && attempt < config.retry.attempts => {
+                Some(again) if retry && untried && attempt < config.retry.attempts => {
                     tracing::debug!(%error, api = api.name, endpoint = &*endpoint.url, "trying another endpoint");
                     req = again;
                     attempt += 1;

@@ -863,6 +863,30 @@ fn certificate_that_is_not_pem() {
     );
 }
 
+/// A CA bundle whose PEM blocks hold no certificate that parses would fail
+/// every connection at run time: `check` refuses it.
+#[test]
+fn a_ca_bundle_with_no_usable_certificate_is_refused() {
+    let config = Config::new(
+        "apis:\n- name: a\n  base_path: /a\n  upstream: { url: \"https://up.example:8443/\", ca_bundle: ca.pem }\n  authentication: { type: none }\n  resources: [\"GET /x\"]\n",
+    );
+    config.file(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
+    let findings = config.load(&Env::new()).expect_err("refused");
+    let ca = config.dir.path().join("ca.pem");
+    assert_eq!(
+        findings.iter().map(found).collect::<Vec<_>>(),
+        vec![error(
+            4,
+            59,
+            &format!("{} holds no usable CA certificate", ca.display()),
+            "PEM certificates that parse"
+        )]
+    );
+}
+
 fn admin_password(secret: &str) -> String {
     format!("admin:\n  user: Administrator\n  password: \"{secret}\"\n")
 }

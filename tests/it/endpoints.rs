@@ -841,3 +841,32 @@ fn explain_names_the_endpoints() {
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
 }
+
+/// Each try goes to an endpoint not tried yet: with every endpoint tried,
+/// a request that broke them is not sent again, whatever
+/// `retry.attempts` allows (a request that crashes its upstream would
+/// otherwise crash it once per attempt).
+#[tokio::test]
+async fn a_request_is_not_sent_again_to_an_endpoint_it_was_tried_on() {
+    let (dropping, read) = dropping_endpoint().await;
+    let (other, read_other) = dropping_endpoint().await;
+    let one = format!(
+        "    url: \"http://{dropping}/api\"\n    retry: {{ attempts: 5 }}\n    health:\n      passive: {{ consecutive_failures: 100 }}\n"
+    );
+    let gw = Gateway::start(&yaml(&one)).await;
+    assert_eq!(get(&gw).await, 502);
+    assert_eq!(read.load(Ordering::SeqCst), 1, "one endpoint, one try");
+    gw.shutdown().await;
+    let two = format!(
+        "    endpoints:\n    - url: \"http://{dropping}/api\"\n    - url: \"http://{other}/api\"\n    retry: {{ attempts: 5 }}\n    health:\n      passive: {{ consecutive_failures: 100 }}\n"
+    );
+    let gw = Gateway::start(&yaml(&two)).await;
+    assert_eq!(get(&gw).await, 502);
+    assert_eq!(
+        read.load(Ordering::SeqCst) + read_other.load(Ordering::SeqCst),
+        3,
+        "two endpoints, one try each"
+    );
+    assert_eq!(read_other.load(Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
