@@ -68,7 +68,7 @@ const COLD_FOR: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
-/// The addresses of host names (`host:port`), and until when they hold.
+/// The addresses of host names (`host:port`), and when they were resolved.
 type Resolved = HashMap<String, (Instant, Arc<[SocketAddr]>)>;
 
 /// TLS settings by CA-bundle path, with the bundle they trust.
@@ -83,7 +83,7 @@ pub struct Connector {
     /// TLS settings by CA-bundle path, with the bundle they trust (built on
     /// first use, rebuilt when a reload brings a different bundle).
     by_bundle: Mutex<BundleConfigs>,
-    /// Resolved host names (`host:port`), until their TTL ends.
+    /// Resolved host names (`host:port`), for the longest TTL any caller has.
     dns: Mutex<Resolved>,
     /// Spreads new connections over the addresses of a host.
     next_address: AtomicU64,
@@ -92,6 +92,10 @@ pub struct Connector {
 /// Host names whose addresses are kept at once (expired ones go first,
 /// then all: the cache never grows past this).
 pub const MAX_DNS_ENTRIES: usize = 1024;
+
+/// The longest `dns_ttl` a configuration may give: an entry older than it
+/// is no caller's.
+const MAX_DNS_TTL: Duration = Duration::from_secs(3600);
 
 /// The CA bundle has no certificate rustls accepts.
 #[derive(Debug)]
@@ -190,25 +194,31 @@ impl Connector {
             .map_err(|_| SendError::Timeout(timeout))?
     }
 
-    /// The addresses of `host`, from the cache while their TTL lasts.
+    /// The addresses of `host`, from the cache if they were resolved
+    /// within `ttl` (the caller's: an upstream with `dns_ttl: 0`, and an
+    /// active health check, never use what another upstream keeps longer).
     async fn resolve(&self, host: &str, port: u16, ttl: Duration) -> io::Result<Arc<[SocketAddr]>> {
         let name = format!("{host}:{port}");
         let now = Instant::now();
-        if let Some((until, addrs)) = lock(&self.dns).get(&name) {
-            if now < *until {
-                return Ok(addrs.clone());
+        if !ttl.is_zero() {
+            if let Some((resolved, addrs)) = lock(&self.dns).get(&name) {
+                if now.saturating_duration_since(*resolved) < ttl {
+                    return Ok(addrs.clone());
+                }
             }
         }
         let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host((host, port)).await?.collect();
-        if !ttl.is_zero() && !addrs.is_empty() {
+        if !addrs.is_empty() {
             let mut cache = lock(&self.dns);
             if cache.len() >= MAX_DNS_ENTRIES {
-                cache.retain(|_, (until, _)| now < *until);
+                cache.retain(|_, (resolved, _)| {
+                    now.saturating_duration_since(*resolved) < MAX_DNS_TTL
+                });
                 if cache.len() >= MAX_DNS_ENTRIES {
                     cache.clear();
                 }
             }
-            cache.insert(name, (now + ttl, addrs.clone()));
+            cache.insert(name, (now, addrs.clone()));
         }
         Ok(addrs)
     }
@@ -986,6 +996,27 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// An address kept for one upstream's `dns_ttl` is not another's that
+    /// keeps none (or less): each reads the cache within its own TTL.
+    #[tokio::test]
+    async fn each_caller_reads_the_dns_cache_within_its_own_ttl() {
+        let connector = Connector::new(Duration::from_secs(2));
+        let stale: Arc<[SocketAddr]> = Arc::new(["10.9.9.9:80".parse().unwrap()]);
+        let resolved = Instant::now() - Duration::from_secs(10);
+        lock(&connector.dns).insert("localhost:80".into(), (resolved, stale.clone()));
+        let ttl = |secs| connector.resolve("localhost", 80, Duration::from_secs(secs));
+        assert_eq!(
+            ttl(30).await.unwrap(),
+            stale,
+            "resolved 10 s ago, kept 30 s"
+        );
+        let fresh = ttl(0).await.unwrap();
+        assert!(fresh.iter().all(|a| a.ip().is_loopback()), "{fresh:?}");
+        assert_eq!(ttl(30).await.unwrap(), fresh, "the new resolution is kept");
+        lock(&connector.dns).insert("localhost:80".into(), (resolved, stale.clone()));
+        assert_ne!(ttl(5).await.unwrap(), stale, "older than this caller's 5 s");
+    }
 
     /// An upstream answering every request with `len` bytes, counting the
     /// TCP connections it accepted.
