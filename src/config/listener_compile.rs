@@ -221,7 +221,16 @@ pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
     let max_headers = raw
         .max_headers
         .as_ref()
-        .and_then(|v| ctx.number::<usize>(v, "limits.max_headers", "a positive integer"))
+        .and_then(|v| {
+            let n = ctx.number::<usize>(v, "limits.max_headers", "a positive integer")?;
+            if (1..=MAX_HEADERS).contains(&n) {
+                return Some(n);
+            }
+            let problem = format!("limits.max_headers: `{}` is out of range", v.value.0);
+            ctx.report
+                .error(Ctx::at(v), problem, format!("1 to {MAX_HEADERS}"));
+            None
+        })
         .unwrap_or(100);
     let max_connections = raw
         .max_connections

@@ -112,9 +112,14 @@ pub struct Admin {
     pub credentials: Option<(String, Secret)>,
 }
 
+/// The most `limits.max_headers` may be: the HTTP/1.1 parser's slots for
+/// fields live on the stack.
+pub const MAX_HEADERS: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_header_bytes: usize,
+    /// 1 to [`MAX_HEADERS`].
     pub max_headers: usize,
     pub max_uri: usize,
     pub max_body: u64,

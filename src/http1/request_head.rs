@@ -20,9 +20,9 @@ use http::{Method, Request, Uri, Version};
 
 use crate::config::snapshot::Limits;
 
-/// Header fields parsed at most, whatever `limits.max_headers` says: the
-/// parser's slots live on the stack.
-const HEADER_SLOTS: usize = 256;
+/// Header fields parsed at most (`limits.max_headers` is at most this):
+/// the parser's slots live on the stack.
+const HEADER_SLOTS: usize = crate::config::snapshot::MAX_HEADERS;
 
 /// Room for fields a policy sets on the request (outbound auth, request
 /// transformation) without regrowing the map. The gateway's own fields

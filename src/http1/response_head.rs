@@ -199,6 +199,11 @@ struct Fields<'a> {
     /// a list is malformed in HTTP/2).
     length_repeated: bool,
     close: bool,
+    /// `Transfer-Encoding` named a coding other than `chunked`, or
+    /// `chunked` twice: a body so framed is refused (a HEAD, 204 or 304
+    /// answer has none, and may state the codings a GET would have had,
+    /// RFC 9112 §6.1).
+    odd_coding: bool,
     /// Further names `Connection` listed (RFC 9110 §7.6.1), as places in
     /// the head.
     listed: Vec<(u32, u32)>,
@@ -219,6 +224,7 @@ impl<'a> Fields<'a> {
             length: None,
             length_repeated: false,
             close: false,
+            odd_coding: false,
             listed: Vec::new(),
         };
         // Where a slice of the head is in it (within `MAX_HEAD`).
@@ -238,7 +244,7 @@ impl<'a> Fields<'a> {
                             continue;
                         }
                         if !coding.eq_ignore_ascii_case(b"chunked") || fields.chunked.is_some() {
-                            return Err(HeadError::TransferCoding);
+                            fields.odd_coding = true;
                         }
                         fields.chunked = Some(true);
                     }
@@ -340,6 +346,8 @@ fn framed(
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Empty
+    } else if fields.odd_coding {
+        return Err(HeadError::TransferCoding);
     } else if let Some(chunked) = chunked {
         if length.is_some() {
             // §6.3 item 3: the coding wins; such a response may be an
@@ -532,6 +540,16 @@ mod tests {
             head(twice, Method::GET),
             Err(HeadError::TransferCoding)
         ));
+        // RFC 9112 §6.1: an answer with no body may state the codings a
+        // GET would have had; it is passed on, empty, its connection kept.
+        for (status, method) in [(200, Method::HEAD), (304, Method::GET), (204, Method::GET)] {
+            let raw = format!("HTTP/1.1 {status} X\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+            let answer = head(&raw, method.clone())
+                .expect("no body to frame")
+                .expect("a whole head");
+            assert_eq!(answer.framing, Framing::Empty, "{status} {method}");
+            assert!(answer.keep_alive, "{status} {method}");
+        }
     }
 
     #[test]

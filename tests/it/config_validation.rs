@@ -264,6 +264,25 @@ fn header_bytes_out_of_range() {
     );
 }
 
+/// More fields than the HTTP/1.1 parser holds would be a limit HTTP/2
+/// requests get and HTTP/1.1 requests do not; none is none at all.
+#[test]
+fn header_count_out_of_range() {
+    for (count, column) in [("500", 16), ("0", 16)] {
+        refused(
+            &format!("limits:\n  max_headers: {count}\n"),
+            error(
+                2,
+                column,
+                &format!("limits.max_headers: `{count}` is out of range"),
+                "1 to 256",
+            ),
+        );
+    }
+    let snap = loaded("limits: { max_headers: 256 }\n").snapshot;
+    assert_eq!(snap.limits.max_headers, 256);
+}
+
 #[test]
 fn sizes_in_every_accepted_form() {
     let snap =
