@@ -427,7 +427,7 @@ impl Conn {
     /// would hold it twice, as an argument and as a local.)
     async fn http<S, H, F>(mut self: Box<Self>, wire: h1::Connection<S>, handler: &H)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + h1::Reset + Unpin + Send + 'static,
         H: Fn(Request<Body>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<Body>> + Send + 'static,
     {
@@ -486,7 +486,7 @@ impl Conn {
     /// timer and a place in the port's wake-up list, nothing more.
     async fn parked<S>(&self, wire: &h1::Connection<S>) -> bool
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + h1::Reset + Unpin + Send + 'static,
     {
         wire.shed();
         let mut idle = pin!(tokio::time::sleep_until(

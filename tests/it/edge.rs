@@ -930,3 +930,58 @@ async fn h2_more_fields_than_max_headers_are_refused() {
     assert_eq!(upstream.hits(), 1);
     gw.shutdown().await;
 }
+
+/// An upstream that answers every request with `answer` and closes.
+async fn answering_upstream(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.0 client's answer of no known length ends with the
+/// connection (RFC 9112 §6.3): one whose upstream broke off is reset, so
+/// that the client (or a cache before it) cannot take the part it got
+/// for the whole; a whole one ends with a close.
+#[tokio::test]
+async fn an_http_1_0_answer_cut_short_upstream_ends_with_a_reset() {
+    for (answer, whole) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
+            false,
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+            true,
+        ),
+    ] {
+        let upstream = answering_upstream(answer).await;
+        let gw = Gateway::start(&edge_yaml(&format!("http://{upstream}/api"), "")).await;
+        let mut stream = TcpStream::connect(gw.http).await.unwrap();
+        stream
+            .write_all(b"GET /travels/bookings HTTP/1.0\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
+            .await
+            .expect("the connection ends");
+        let text = String::from_utf8_lossy(&got);
+        if whole {
+            assert!(read.is_ok(), "{read:?} {text}");
+            assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+        } else {
+            let error = read.expect_err("a reset, not an end of stream");
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{text}");
+        }
+        gw.shutdown().await;
+    }
+}

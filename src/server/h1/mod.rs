@@ -101,7 +101,7 @@ pub enum Ending {
 /// [`Connection::poll_wake`] alone, holding nothing more.
 pub(super) struct Connection<S>(Arc<Mutex<Wire<S>>>);
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static> Connection<S> {
     pub(super) fn new(io: S, activity: &Arc<Activity>, port: &Arc<Port>) -> Connection<S> {
         Connection(Arc::new(Mutex::new(Wire {
             io,
@@ -110,6 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
             body: Delimited::Done,
             failed: None,
             write_failed: false,
+            cut: false,
             continue_due: false,
             answering: false,
             first: true,
@@ -165,6 +166,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<S> {
     }
 }
 
+/// A client connection that can be cut with a reset: closed then, it
+/// sends no end of stream (a FIN, a TLS `close_notify`), which is how a
+/// body delimited by the close would say it is whole.
+pub(crate) trait Reset {
+    /// Makes the stream's close a reset (`SO_LINGER` 0): it is then
+    /// dropped without being shut down.
+    fn reset(&self);
+}
+
+impl Reset for tokio::net::TcpStream {
+    fn reset(&self) {
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<S: Reset> Reset for tokio_rustls::server::TlsStream<S> {
+    fn reset(&self) {
+        self.get_ref().0.reset();
+    }
+}
+
+#[cfg(test)]
+impl Reset for tokio::io::DuplexStream {
+    fn reset(&self) {}
+}
+
 /// The connection: the stream and its buffers, shared by the exchange
 /// and the request body that reads from it.
 struct Wire<S> {
@@ -180,6 +207,11 @@ struct Wire<S> {
     /// A write failed or made no progress for `timeouts.send`: nothing
     /// more is written.
     write_failed: bool,
+    /// An answer whose body ends only with the connection (an HTTP/1.0
+    /// client's, of no known length) broke: the connection is reset, not
+    /// closed, so that the client cannot take the part for the whole
+    /// (RFC 9112 §8).
+    cut: bool,
     /// `100 Continue` is sent when the body is first asked for.
     continue_due: bool,
     /// The handler's answer has begun: the exchange alone writes from
@@ -446,7 +478,7 @@ pub(super) async fn serve<S, H, F>(
     handler: &H,
 ) -> Ending
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
     H: Fn(Request<Body>, SocketAddr) -> F,
     F: Future<Output = Response<Body>>,
 {
@@ -479,7 +511,7 @@ enum End {
 }
 
 /// Answers a refused head, then closes the connection.
-async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+async fn finish<S: AsyncRead + AsyncWrite + Reset + Unpin>(
     wire: &Mutex<Wire<S>>,
     end: End,
     peer: SocketAddr,
@@ -828,13 +860,23 @@ async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         }
     })
     .await;
+    if written.is_err() && framing == BodyFraming::UntilClose {
+        lock(wire).cut = true;
+    }
     written.is_ok() && keep_alive
 }
 
 /// Ends the connection: what is encoded is written, then the write side
 /// shut down; with `linger`, what the client still sends is read and
 /// dropped for a short while.
-async fn close<S: AsyncRead + AsyncWrite + Unpin>(wire: &Mutex<Wire<S>>, linger: bool) {
+async fn close<S: AsyncRead + AsyncWrite + Reset + Unpin>(wire: &Mutex<Wire<S>>, linger: bool) {
+    if lock(wire).cut {
+        // What was encoded goes out; then a reset, no end of stream.
+        let written = poll_fn(|cx| lock(wire).poll_write_out(cx));
+        let _ = tokio::time::timeout(LINGER, written).await;
+        lock(wire).io.reset();
+        return;
+    }
     let shutdown = poll_fn(|cx| {
         let mut wire = lock(wire);
         ready!(wire.poll_write_out(cx))?;
