@@ -152,7 +152,8 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let mut resources = resources(ctx, raw);
     let grants = grants(&name, &api_scopes, refs);
     let transform = transform(ctx, &raw.policies);
-    let outbound = outbound(ctx, &raw.policies, refs.aliases);
+    let validates_tokens = authentication.as_ref().map(|a| a.auth_server().is_some());
+    let outbound = outbound(ctx, &raw.policies, refs.aliases, validates_tokens);
     let cors = super::cors_compile::compile(ctx, &raw.policies, &resources);
     let response_transform = super::response_compile::compile(ctx, &raw.policies);
     let mut throttle = super::throttle_compile::policies(
@@ -579,10 +580,13 @@ fn strip_every_spelling(transform: &mut Transform, header: &HeaderName) {
     }
 }
 
+/// `validates_tokens`: whether the API's authentication validates bearer
+/// tokens (`None` when it did not compile).
 fn outbound(
     ctx: &mut Ctx,
     policies: &raw::Policies,
     aliases: &BTreeMap<String, Alias>,
+    validates_tokens: Option<bool>,
 ) -> Option<Outbound> {
     let Some(entry) = &policies.outbound_auth else {
         return Some(Outbound::None);
@@ -604,6 +608,17 @@ fn outbound(
     }
     if let Some(delegate) = &raw.delegate {
         if delegate.value == "incoming_token" {
+            // Without oauth2 the "incoming token" is whatever the client
+            // wrote in `Authorization`, validated by nobody, and the
+            // upstream would take it as the gateway's word.
+            if validates_tokens == Some(false) {
+                ctx.report.error(
+                    delegate.referenced,
+                    "delegate: incoming_token on an API that validates no token",
+                    "authentication type oauth2 (with auth_server), or another outbound_auth",
+                );
+                return None;
+            }
             return Some(Outbound::Delegate);
         }
         ctx.report.error(

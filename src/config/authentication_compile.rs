@@ -56,6 +56,37 @@ pub(super) fn authentication(
             );
             return None;
         }
+        // Nor would anything apply the keys that restrict who may call:
+        // `applications: registered` beside `type: none` opens the API
+        // to anyone while it reads as closed.
+        let restricting = [
+            (
+                "auth_server",
+                auth.value.auth_server.as_ref().map(|v| v.referenced),
+            ),
+            (
+                "api_key_header",
+                auth.value.api_key_header.as_ref().map(|v| v.referenced),
+            ),
+            (
+                "applications",
+                auth.value.applications.as_ref().map(|v| v.referenced),
+            ),
+        ];
+        let mut refused = false;
+        for (key, at) in restricting {
+            if let Some(at) = at {
+                ctx.report.error(
+                    at,
+                    format!("`{key}` beside authentication type none; nothing would apply it"),
+                    "type: oauth2, api_key, basic or certificate to restrict callers, or type: none alone",
+                );
+                refused = true;
+            }
+        }
+        if refused {
+            return None;
+        }
         return Some(Authentication::None);
     }
     let mut types = Vec::new();
@@ -87,6 +118,14 @@ pub(super) fn authentication(
     let auth_server = if types.contains(&CredentialType::OAuth2) {
         Some(auth_server(ctx, auth, auth_servers)?)
     } else {
+        if let Some(server) = &auth.value.auth_server {
+            ctx.report.error(
+                server.referenced,
+                "`auth_server` without authentication type oauth2; no token would be validated by it",
+                "oauth2 among the types, or no auth_server",
+            );
+            return None;
+        }
         None
     };
     let api_key_header = match &auth.value.api_key_header {

@@ -1746,6 +1746,55 @@ apis:
     );
 }
 
+/// Keys that restrict callers, or pass their token on, mean nothing on an
+/// API that validates no token: they would read as protection that is
+/// not there.
+#[test]
+fn restrictions_an_open_api_would_not_apply_are_refused() {
+    let api = |authentication: &str, policies: &str| {
+        format!(
+            "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: {{ issuer: \"https://idp.example\" }}\napis:\n- name: A\n  upstream: {{ url: \"https://backend.example/api\" }}\n  authentication: {authentication}\n  resources: [\"GET /a\"]\n{policies}"
+        )
+    };
+    for (authentication, policies, problem) in [
+        (
+            "{ type: none, applications: registered }",
+            "",
+            "`applications` beside authentication type none; nothing would apply it",
+        ),
+        (
+            "{ type: none, auth_server: idp }",
+            "",
+            "`auth_server` beside authentication type none; nothing would apply it",
+        ),
+        (
+            "{ type: none, api_key_header: X-Key }",
+            "",
+            "`api_key_header` beside authentication type none; nothing would apply it",
+        ),
+        (
+            "{ type: basic, auth_server: idp }",
+            "",
+            "`auth_server` without authentication type oauth2; no token would be validated by it",
+        ),
+        (
+            "{ type: none }",
+            "  policies:\n    outbound_auth: { delegate: incoming_token }\n",
+            "delegate: incoming_token on an API that validates no token",
+        ),
+        (
+            "{ type: api_key }",
+            "  policies:\n    outbound_auth: { delegate: incoming_token }\n",
+            "delegate: incoming_token on an API that validates no token",
+        ),
+    ] {
+        let config = Config::new(&api(authentication, policies));
+        let findings = config.load(&Env::new()).expect_err(authentication);
+        let said: Vec<String> = findings.iter().map(|f| found(f).2).collect();
+        assert_eq!(said, [problem], "{authentication} {policies}");
+    }
+}
+
 #[test]
 fn allow_insecure_http_makes_plain_http_a_warning_and_loopback_needs_nothing() {
     let loaded = loaded(
@@ -1768,7 +1817,7 @@ security_settings:
 apis:
 - name: A
   upstream: { url: "http://backend.example/api", allow_insecure_http: true }
-  authentication: { type: none }
+  authentication: { type: oauth2, auth_server: loopback }
   resources: ["GET /a"]
   policies:
     outbound_auth: { delegate: incoming_token }
