@@ -260,14 +260,33 @@ pub fn cidrs(ctx: &mut Ctx, list: &[S<String>], key: &str) -> Vec<IpNet> {
                 .parse::<IpNet>()
                 .ok()
                 .or_else(|| value.parse::<std::net::IpAddr>().ok().map(IpNet::from));
-            if parsed.is_none() {
+            let Some(net) = parsed else {
                 ctx.report.error(
                     text.referenced,
                     format!("{key}: `{}` is not a CIDR", text.value),
                     "an address range such as 10.0.0.0/8 or fd00::/8, or one address",
                 );
+                return None;
+            };
+            // `10.1.2.3/8` is all of 10.0.0.0/8: most likely one address
+            // meant, and a range a thousand times wider taken.
+            if net != net.trunc() {
+                ctx.report.error(
+                    text.referenced,
+                    format!(
+                        "{key}: `{}` has address bits past its /{} prefix",
+                        text.value,
+                        net.prefix_len()
+                    ),
+                    format!(
+                        "{} for the range, or {} for the one address",
+                        net.trunc(),
+                        net.addr()
+                    ),
+                );
+                return None;
             }
-            parsed.map(canonical)
+            Some(canonical(net))
         })
         .collect()
 }

@@ -201,7 +201,23 @@ pub(super) fn admin(ctx: &mut Ctx, admin: &raw::Admin) -> Admin {
 }
 
 pub(super) fn trusted_proxies(ctx: &mut Ctx, list: &[S<String>]) -> Vec<ipnet::IpNet> {
-    super::application_compile::cidrs(ctx, list, "trusted_proxies")
+    let proxies = super::application_compile::cidrs(ctx, list, "trusted_proxies");
+    // Every address a proxy: any client names its own address (and
+    // scheme) in `X-Forwarded-For`, past `ip_filter`, `ip_ranges`, the
+    // per-address throttles and lockouts.
+    for text in list {
+        let everything = text.value.trim().parse::<ipnet::IpNet>();
+        if everything.is_ok_and(|net| net.prefix_len() == 0) {
+            ctx.report.warning(
+                text.referenced,
+                format!(
+                    "trusted_proxies: `{}` trusts every address as a proxy; any client can then choose the address the gateway judges",
+                    text.value
+                ),
+            );
+        }
+    }
+    proxies
 }
 
 const MIN_HEADER_BYTES: u64 = 1 << 10;

@@ -1795,6 +1795,39 @@ fn restrictions_an_open_api_would_not_apply_are_refused() {
     }
 }
 
+/// `10.1.2.3/8` reads as one address and is all of 10.0.0.0/8: refused
+/// in every address list; trusting every address as a proxy is said.
+#[test]
+fn address_ranges_with_bits_past_their_prefix_are_refused() {
+    for (yaml, line, column, key) in [
+        ("trusted_proxies: [\"10.1.2.3/8\"]\n", 1, 19, "trusted_proxies"),
+        (
+            "apis:\n- name: A\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  ip_filter: { allow: [\"10.1.2.3/8\"] }\n",
+            6,
+            24,
+            "ip_filter.allow",
+        ),
+    ] {
+        refused(
+            yaml,
+            error(
+                line,
+                column,
+                &format!("{key}: `10.1.2.3/8` has address bits past its /8 prefix"),
+                "10.0.0.0/8 for the range, or 10.1.2.3 for the one address",
+            ),
+        );
+    }
+    let loaded = loaded("trusted_proxies: [\"10.0.0.0/8\", \"::/0\"]\n");
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":1:33: warning: trusted_proxies: `::/0` trusts every address as a proxy; any client can then choose the address the gateway judges"),
+        "{}",
+        warnings[0]
+    );
+}
+
 #[test]
 fn allow_insecure_http_makes_plain_http_a_warning_and_loopback_needs_nothing() {
     let loaded = loaded(
