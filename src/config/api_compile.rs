@@ -511,7 +511,7 @@ fn parse_resource(ctx: &mut Ctx, text: &S<String>) -> Option<(http::Method, Temp
 }
 
 /// For each auth server, the token scopes granting each API scope: those
-/// mapped to `API:scope`, or — where no mapping of that auth server names
+/// mapped to `API:scope`, or — where no mapping of any auth server names
 /// this API — a token scope literally named like the API scope.
 fn grants(api: &str, api_scopes: &[String], refs: &Refs) -> GrantTable {
     let prefix = format!("{api}:");
@@ -523,14 +523,14 @@ fn grants(api: &str, api_scopes: &[String], refs: &Refs) -> GrantTable {
                 .iter()
                 .filter(|m| &m.auth_server == server)
                 .collect();
-            // Names one of this API's scopes, whole: `Orders:v2:Read`
-            // names no scope of an API `Orders` that has none called
-            // `v2:Read`.
-            let names_api = mappings.iter().any(|m| {
-                api_scopes
-                    .iter()
-                    .any(|scope| m.api_scopes.contains(&format!("{prefix}{scope}")))
-            });
+            // A mapping of any auth server names a scope of this API, of
+            // any version, whole (`Orders:v2:Read` names no scope of an
+            // API `Orders` that has none called `v2:Read`): mappings are
+            // how this API's scopes are granted, literal names are not.
+            let names_api = refs
+                .scope_mappings
+                .iter()
+                .any(|m| m.apis.iter().any(|a| a == api));
             let table = api_scopes
                 .iter()
                 .map(|scope| {

@@ -1,7 +1,7 @@
 //! Compiling `security_settings` (auth servers with their webMethods keys,
 //! aliases) and `scope_mappings`, with every reference checked.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -351,6 +351,23 @@ pub(super) fn scope_mappings(
             })
         })
         .collect();
+    // The auth servers each API name's versions validate tokens with.
+    let mut validated_by: HashMap<String, Vec<String>> = HashMap::new();
+    for api in apis {
+        let name = api
+            .value
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_default();
+        let server = api
+            .value
+            .authentication
+            .as_ref()
+            .and_then(|a| a.value.auth_server.as_ref())
+            .map(|s| s.value.clone());
+        validated_by.entry(name).or_default().extend(server);
+    }
     let mut seen = HashSet::new();
     let mut mappings = Vec::new();
     for entry in list {
@@ -385,13 +402,41 @@ pub(super) fn scope_mappings(
             );
         }
         let mut api_scopes = Vec::new();
+        let mut named = Vec::new();
         for api_scope in &raw.api_scopes {
             // Compared whole: an API or a scope name may hold a `:` too.
-            let known = declared
+            let of: Vec<&String> = declared
                 .iter()
-                .any(|(api, s)| api_scope.value == format!("{api}:{s}"));
-            if known {
+                .filter(|(api, s)| api_scope.value == format!("{api}:{s}"))
+                .map(|(api, _)| api)
+                .collect();
+            // A mapping for tokens the API never sees applies to nothing
+            // (webMethods exports carry such mappings of other aliases);
+            // a server meant and not written is told.
+            let elsewhere = of.iter().find(|api| {
+                !validated_by
+                    .get(api.as_str())
+                    .is_some_and(|servers| servers.contains(&server.value))
+            });
+            if let Some(api) = elsewhere {
+                let servers = validated_by.get(api.as_str()).cloned().unwrap_or_default();
+                ctx.report.warning(
+                    api_scope.referenced,
+                    format!(
+                        "api scope `{}` is mapped for auth server `{}`, but API `{api}` validates tokens of {}; the mapping never applies",
+                        api_scope.value,
+                        server.value,
+                        if servers.is_empty() {
+                            "no auth server".to_owned()
+                        } else {
+                            names(servers.iter().map(|s| format!("`{s}`")))
+                        }
+                    ),
+                );
+            }
+            if !of.is_empty() {
                 api_scopes.push(api_scope.value.clone());
+                named.extend(of.into_iter().cloned());
             } else {
                 ctx.report.error(
                     api_scope.referenced,
@@ -403,10 +448,13 @@ pub(super) fn scope_mappings(
                 );
             }
         }
+        named.sort();
+        named.dedup();
         mappings.push(ScopeMapping {
             auth_server: Arc::from(server.value.as_str()),
             token_scope: scope.value.clone(),
             api_scopes,
+            apis: named,
         });
     }
     mappings

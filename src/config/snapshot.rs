@@ -193,6 +193,10 @@ pub struct ScopeMapping {
     pub token_scope: String,
     /// `API name:API scope` strings, as written.
     pub api_scopes: Vec<String>,
+    /// The names of the APIs those scopes are of (any version): where a
+    /// mapping of an auth server names an API, that server's tokens get
+    /// none of the API's scopes by their literal names.
+    pub apis: Vec<String>,
 }
 
 #[derive(Debug)]

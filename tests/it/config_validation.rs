@@ -1828,6 +1828,22 @@ fn address_ranges_with_bits_past_their_prefix_are_refused() {
     );
 }
 
+/// A mapping for an auth server whose tokens the API never sees applies
+/// to nothing: said, not refused (webMethods exports carry them).
+#[test]
+fn a_mapping_for_an_auth_server_the_api_does_not_use_is_warned_about() {
+    let loaded = loaded(
+        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\" }\n  - id: partners\n    localIntrospectionConfig: { issuer: \"https://partners.example\" }\nscope_mappings:\n- { auth_server: partners, scope: admin, api_scopes: [\"Orders:Admin\"] }\napis:\n- name: Orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Admin, resources: [\"GET /a\"] }]\n",
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":8:55: warning: api scope `Orders:Admin` is mapped for auth server `partners`, but API `Orders` validates tokens of `idp`; the mapping never applies"),
+        "{}",
+        warnings[0]
+    );
+}
+
 #[test]
 fn allow_insecure_http_makes_plain_http_a_warning_and_loopback_needs_nothing() {
     let loaded = loaded(

@@ -172,6 +172,70 @@ apis:
     gw.shutdown().await;
 }
 
+/// Literal scope names grant an API's scopes only where no mapping of any
+/// auth server names the API, of any version: a mapping written for the
+/// wrong auth server, or naming a scope only another version has, does
+/// not leave the API's own tokens granting by name.
+#[tokio::test]
+async fn a_mapping_naming_the_api_anywhere_ends_literal_grants() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    localIntrospectionConfig: {{ issuer: "{issuer}", jwksuri: "{jwks}", audience: travels }}
+  - id: partners
+    localIntrospectionConfig: {{ issuer: "https://partners.example", jwksuri: "{jwks}" }}
+scope_mappings:
+- {{ auth_server: partners, scope: admin, api_scopes: ["Orders:Admin"] }}
+- {{ auth_server: idp, scope: reader, api_scopes: ["Ledger:Read"] }}
+apis:
+- name: Orders
+  base_path: /orders
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes: [{{ name: Admin, resources: ["GET /items"] }}]
+- name: Ledger
+  version: "1.0"
+  base_path: /ledger1
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes: [{{ name: Read, resources: ["GET /items"] }}]
+- name: Ledger
+  version: "2.0"
+  base_path: /ledger2
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes: [{{ name: Write, resources: ["GET /items"] }}]
+- name: Plain
+  base_path: /plain
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes: [{{ name: Admin, resources: ["GET /items"] }}]
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        upstream = upstream.url("/api"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let status = |path: &'static str, scope: &'static str| {
+        let request = gw
+            .request(Method::GET, path)
+            .bearer_auth(idp.token(&[scope]));
+        async move { request.send().await.expect("request").status() }
+    };
+    assert_eq!(status("/orders/items", "Admin").await, 403);
+    assert_eq!(status("/ledger1/items", "reader").await, 200);
+    assert_eq!(status("/ledger2/items", "Write").await, 403);
+    // No mapping names `Plain`: its scopes are granted by name.
+    assert_eq!(status("/plain/items", "Admin").await, 200);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn token_scope_named_like_the_api_scope_grants_it_without_a_mapping() {
     let w = world("Time travels").await;
