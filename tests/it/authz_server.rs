@@ -641,6 +641,61 @@ async fn wrong_passwords_lock_the_user_for_a_minute() {
         .await;
 }
 
+/// A public client's `client_id` authenticates nothing: a stranger's 20
+/// wrong passwords through it lock the stranger's address for that
+/// client, not every user of the client.
+#[tokio::test]
+async fn wrong_passwords_through_a_public_client_lock_only_their_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
+    let public = |user: &'static str, password: &'static str| {
+        let mut form = password_form(user, password);
+        form.push(("client_id", "public-app"));
+        form
+    };
+    const USERS: [&str; 20] = [
+        "u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "u9", "u10", "u11", "u12", "u13",
+        "u14", "u15", "u16", "u17", "u18", "u19",
+    ];
+    for user in USERS {
+        let reply = server.post("/oauth2/token", &public(user, "guess")).await;
+        assert_eq!((reply.status, reply.error()), (400, "invalid_grant"));
+    }
+    let locked = server
+        .post("/oauth2/token", &public("alice", "wonderland"))
+        .await;
+    assert_eq!((locked.status, locked.error()), (429, "invalid_grant"));
+    server.connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let reply = server
+        .post("/oauth2/token", &public("alice", "wonderland"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    // A confidential client proved itself: its failures count wherever
+    // they come from.
+    server.connect_from(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    for user in USERS {
+        let reply = server
+            .post_basic(
+                "/oauth2/token",
+                "app",
+                "s3cret/+:&",
+                &password_form(user, "x"),
+            )
+            .await;
+        assert_eq!((reply.status, reply.error()), (400, "invalid_grant"));
+    }
+    server.connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let locked = server
+        .post_basic(
+            "/oauth2/token",
+            "app",
+            "s3cret/+:&",
+            &password_form("bob", "builder"),
+        )
+        .await;
+    assert_eq!((locked.status, locked.error()), (429, "invalid_grant"));
+}
+
 #[tokio::test]
 async fn scopes_narrow_but_never_widen() {
     let dir = tempfile::tempdir().expect("dir");

@@ -10,22 +10,26 @@
 //! that user or source until the window ends; while locked, even a right
 //! password is refused without being checked, so a lock also caps the
 //! Argon2 work an attacker can cause. The source is what the wide lock
-//! may hold back without locking out others: the password grant's client,
-//! which authenticated itself (a client serves many users); the approval
-//! page's caller address, as `trusted_proxies` make it known, because the
-//! page's `client_id` is anyone's to send: counted against it, 20 wrong
-//! logins would lock every user of that client. Unknown usernames are
-//! counted like known ones, so a lock does not tell which users exist.
+//! may hold back without locking out others: the password grant's
+//! confidential client, which proved itself with its secret (a client
+//! serves many users); a public client's `client_id` proves nothing, so
+//! its password grants count per caller address and client id; the
+//! approval page's caller address, because the page's `client_id` is
+//! anyone's to send. Counted against a client id anyone may send, 20
+//! wrong passwords would lock every user of that client out. Addresses are
+//! as `trusted_proxies` make them known. Unknown usernames are counted
+//! like known ones, so a lock does not tell which users exist.
 //!
 //! Memory stays bounded. A password grant's failure is only recorded for
-//! a configured client that is not locked, so each client keeps at most
-//! `ENTRIES_PER_CLIENT` counts running, and the counters have room for
-//! every configured client's ([`FailedAttempts::for_clients`]). Addresses
-//! are anyone's to choose: the approval page's counts have
-//! `ADDRESS_ENTRIES` more. Past the bound, windows that ended are dropped
-//! to make room first, then the oldest running one: only failed logins
-//! from some hundreds of addresses within a minute reach that far, and
-//! each of their guesses waits for its turn at Argon2.
+//! a configured client that is not locked, so each confidential client
+//! keeps at most `ENTRIES_PER_CLIENT` counts running, and the counters
+//! have room for every configured client's
+//! ([`FailedAttempts::for_clients`]). Addresses are anyone's to choose:
+//! the counts of the approval page's addresses and of public clients'
+//! callers have `ADDRESS_ENTRIES` more. Past the bound, windows that ended
+//! are dropped to make room first, then the oldest running one: only
+//! failed logins from some hundreds of addresses within a minute reach
+//! that far, and each of their guesses waits for its turn at Argon2.
 //!
 //! A password check under way counts against its user's and its source's
 //! locks until it ends ([`FailedAttempts::guarded`]): guesses sent at once
@@ -42,16 +46,36 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::authz_server::settings::Client;
 use crate::authz_server::store::{SharedCounts, TokenStore};
 use crate::lockout::{self, Limits, Lockout, Outcome};
 
 /// Where guesses come from, as the wide lock counts them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source {
-    /// The authenticated client of a password grant (its id).
+    /// The confidential client of a password grant (its id), which proved
+    /// itself with its secret.
     Client(String),
+    /// A public client of a password grant (its id, which anyone may
+    /// send), as called from one address.
+    PublicClient { client_id: String, address: IpAddr },
     /// The caller of the approval page.
     Address(IpAddr),
+}
+
+impl Source {
+    /// The source of a password grant by `client` from `address`: a
+    /// public client's own count would be anyone's to fill.
+    pub fn of_grant(client: &Client, address: IpAddr) -> Source {
+        if client.client_secret.is_some() {
+            Source::Client(client.client_id.clone())
+        } else {
+            Source::PublicClient {
+                client_id: client.client_id.clone(),
+                address,
+            }
+        }
+    }
 }
 
 /// A user (its name) or a source (a client or an address).
@@ -193,6 +217,10 @@ fn store_key(subject: &Subject) -> String {
     match subject {
         Subject::User(name) => format!("user:{name}"),
         Subject::Client(Source::Client(id)) => format!("client:{id}"),
+        // An address holds no `@`: the last one ends the id.
+        Subject::Client(Source::PublicClient { client_id, address }) => {
+            format!("public-client:{client_id}@{address}")
+        }
         Subject::Client(Source::Address(ip)) => format!("address:{ip}"),
     }
 }
@@ -306,6 +334,25 @@ mod tests {
         assert_eq!(attempts.check(&Subject::Client(app("spa")), 1), Ok(()));
     }
 
+    /// A public client's id proves nothing: its password grants count
+    /// per caller address, and 20 failures from one address lock neither
+    /// the client elsewhere nor its users.
+    #[test]
+    fn a_public_client_is_counted_per_address() {
+        let attempts = FailedAttempts::default();
+        let spa = |last: u8| Source::PublicClient {
+            client_id: "spa".into(),
+            address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
+        };
+        for n in 0..20 {
+            let user = format!("user-{n}");
+            assert_eq!(attempts.guarded(&spa(1), &user, 0, || false), Ok(false));
+        }
+        assert_eq!(attempts.guarded(&spa(1), "alice", 1, || true), Err(59));
+        assert_eq!(attempts.guarded(&spa(2), "alice", 1, || true), Ok(true));
+        assert_eq!(attempts.check(&Subject::Client(app("spa")), 1), Ok(()));
+    }
+
     /// A user's failures count the same from any source.
     #[test]
     fn a_user_is_counted_across_sources() {
@@ -336,5 +383,13 @@ mod tests {
         assert_eq!(store_key(&Subject::Client(address(7))), "address:192.0.2.7");
         let v6 = Source::Address("2001:db8::1".parse().expect("address"));
         assert_eq!(store_key(&Subject::Client(v6)), "address:2001:db8::1");
+        let public = Source::PublicClient {
+            client_id: "spa@x".into(),
+            address: "2001:db8::1".parse().expect("address"),
+        };
+        assert_eq!(
+            store_key(&Subject::Client(public)),
+            "public-client:spa@x@2001:db8::1"
+        );
     }
 }

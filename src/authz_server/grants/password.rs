@@ -3,8 +3,10 @@
 //! Passwords are checked against the configured Argon2 PHC strings (the
 //! string carries its own parameters). An unknown user is checked against
 //! a dummy hash, so a response's timing does not tell which usernames
-//! exist. Failures count towards the per-user and per-client limits of
-//! `attempts`; a locked user or client gets 429 with `Retry-After`.
+//! exist. Failures count towards the per-user and per-source limits of
+//! `attempts` (the source: a confidential client, or a public client as
+//! called from one address); a locked user or source gets 429 with
+//! `Retry-After`.
 
 use std::collections::HashMap;
 
@@ -98,7 +100,7 @@ pub fn grant(
     let matched = cx
         .attempts
         .guarded(
-            &Source::Client(client.client_id.clone()),
+            &Source::of_grant(client, cx.address),
             username,
             cx.now,
             || cx.users.verify(username, password),
