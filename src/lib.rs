@@ -18,7 +18,8 @@
 //!    [`access_log`]: the access log's line, composed and handed to the
 //!    log's writer. [`lockout`]: failed password attempts counted per
 //!    user and per client, and the lock past a limit, for the Basic users
-//!    of `proxy` and the password logins of `authz_server` alike.
+//!    of `proxy` and the password logins of `authz_server` alike; the
+//!    address a lock counts a caller by (an IPv6 one by its /64).
 //! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
 //!    generation); every finding with file, line and column. [`logging`]:
 //!    the process's log, written by a thread of its own through a bounded

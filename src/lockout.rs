@@ -30,13 +30,51 @@
 //!   caller whose subjects are bounded otherwise sizes it so that no
 //!   running window is ever dropped).
 //!
+//! - A caller's address is counted as its [`AddressKey`]: an IPv6 caller
+//!   by its /64, which one subscriber gets whole and may rotate through.
+//!
 //! It counts in this process, on the clock its callers read; a count
 //! shared by replicas is a layer its caller adds on top.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The address a lock counts a caller by. An IPv4 address is itself (an
+/// IPv4-mapped IPv6 address too: it is the same caller); an IPv6 address
+/// counts by its /64 prefix, the block a single subscriber or host is
+/// given (RFC 6177 §2, RFC 7421 §1), whose 2^64 addresses a guesser may
+/// rotate through at no cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressKey(IpAddr);
+
+impl AddressKey {
+    pub fn of(address: IpAddr) -> AddressKey {
+        match address {
+            IpAddr::V4(v4) => AddressKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !u128::from(u64::MAX);
+                    AddressKey(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+        }
+    }
+}
+
+impl fmt::Display for AddressKey {
+    /// `192.0.2.1`, `2001:db8::/64`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
 
 /// What locks a subject, and how many subjects are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +393,21 @@ pub fn system_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(address: &str) -> AddressKey {
+        AddressKey::of(address.parse().expect("address"))
+    }
+
+    #[test]
+    fn an_ipv6_caller_counts_by_its_64_prefix_an_ipv4_one_by_its_address() {
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:1:2:3"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2:3:4:5:6").to_string(), "2001:db8:1:2::/64");
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("192.0.2.1").to_string(), "192.0.2.1");
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("::ffff:192.0.2.1"), key("::ffff:192.0.2.2"));
+    }
 
     const LIMITS: Limits = Limits {
         user: 5,

@@ -10,7 +10,9 @@
 //!
 //! Guessing is locked out (RFC 6749 §2.3.1 asks for protection against
 //! brute force): those failures count against the caller's address
-//! ([`Failures`]), never against the client id, which anyone may send. 20
+//! ([`Failures`]), never against the client id, which anyone may send;
+//! an IPv6 caller counts by its /64 ([`AddressKey`]), whose addresses it
+//! may rotate through. 20
 //! within 60 s lock the address for client authentication until the
 //! window ends; while locked, every client authentication from it is
 //! refused before a secret is compared, a right one too. A right secret
@@ -31,7 +33,7 @@ use super::error::OAuthError;
 use super::form::{self, Form};
 use super::settings::{Client, Settings};
 use super::store::{SharedCounts, TokenStore};
-use crate::lockout::{Limits, Lockout, Subject};
+use crate::lockout::{AddressKey, Limits, Lockout, Subject};
 
 /// How the client presented itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +73,7 @@ const LIMITS: Limits = Limits {
 /// process runs at once.
 #[derive(Debug)]
 pub struct Failures {
-    local: Lockout<IpAddr>,
+    local: Lockout<AddressKey>,
     shared: SharedCounts,
 }
 
@@ -96,6 +98,7 @@ impl Failures {
 
     /// `Err` while `address` is locked: 429 with the seconds left.
     fn check(&self, address: IpAddr, now: u64) -> Result<(), OAuthError> {
+        let address = AddressKey::of(address);
         let local = self.local.check(&Subject::Client(address), now);
         let retry_after = match local {
             Err(locked) => Some(locked.retry_after),
@@ -110,6 +113,7 @@ impl Failures {
     }
 
     fn record(&self, address: IpAddr, now: u64) {
+        let address = AddressKey::of(address);
         self.shared
             .record(&store_key(address), LIMITS.window_secs, now);
         self.local.record_failure(&Subject::Client(address), now);
@@ -118,7 +122,7 @@ impl Failures {
 
 /// The key of the store's shared count of `address`, apart from the
 /// approval page's count of its logins (`address:…`).
-fn store_key(address: IpAddr) -> String {
+fn store_key(address: AddressKey) -> String {
     format!("client-authentication:{address}")
 }
 
@@ -393,6 +397,46 @@ mod tests {
         assert!(authenticate(&s, elsewhere, &HeaderMap::new(), &right).is_ok());
         let later = from(HERE, &failures, 160);
         assert!(authenticate(&s, later, &HeaderMap::new(), &right).is_ok());
+    }
+
+    /// An IPv6 caller may send each guess from another address of its
+    /// /64: they count as one; an IPv4-mapped address as its IPv4.
+    #[test]
+    fn guesses_from_one_ipv6_64_lock_it_whole() {
+        let s = settings();
+        let failures = Failures::default();
+        let right = post(b"client_id=a%3Ab&client_secret=s%26%2B+p");
+        let wrong = post(b"client_id=a%3Ab&client_secret=guess");
+        let at = |text: &str| -> IpAddr { text.parse().expect("address") };
+        for n in 0..20u16 {
+            let rotated = at(&format!("2001:db8:1:2:{n:x}::{n:x}"));
+            let caller = from(rotated, &failures, 0);
+            assert!(authenticate(&s, caller, &HeaderMap::new(), &wrong).is_err());
+        }
+        let same_64 = from(at("2001:db8:1:2:ffff::1"), &failures, 1);
+        assert!(matches!(
+            authenticate(&s, same_64, &HeaderMap::new(), &right),
+            Err(OAuthError::ClientLocked { retry_after: 59 })
+        ));
+        let next_64 = from(at("2001:db8:1:3::1"), &failures, 1);
+        assert!(authenticate(&s, next_64, &HeaderMap::new(), &right).is_ok());
+
+        for _ in 0..20 {
+            let mapped = from(at("::ffff:192.0.2.9"), &failures, 0);
+            assert!(authenticate(&s, mapped, &HeaderMap::new(), &wrong).is_err());
+        }
+        let v4 = from(at("192.0.2.9"), &failures, 1);
+        assert!(matches!(
+            authenticate(&s, v4, &HeaderMap::new(), &right),
+            Err(OAuthError::ClientLocked { .. })
+        ));
+        assert!(authenticate(
+            &s,
+            from(at("192.0.2.10"), &failures, 1),
+            &HeaderMap::new(),
+            &right
+        )
+        .is_ok());
     }
 
     #[test]

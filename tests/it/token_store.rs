@@ -511,6 +511,7 @@ fn postgres_store_is_not_ready_until_the_database_is_reached() {
 #[test]
 fn postgres_failed_attempts_are_shared_by_replicas() {
     use microgateway::authz_server::grants::attempts::{FailedAttempts, Source, Subject};
+    use microgateway::lockout::AddressKey;
     let pg = Postgres::shared();
     let database = pg.create_database();
     let one = FailedAttempts::shared(Arc::new(pg.open_store(&database)));
@@ -524,13 +525,17 @@ fn postgres_failed_attempts_are_shared_by_replicas() {
     assert_eq!(other.check(&Subject::User("bob".into()), 110), Ok(()));
     assert_eq!(other.check(&alice, 160), Ok(()), "the window ended");
     other.clear(&alice);
-    let address = Subject::Client(Source::Address("192.0.2.1".parse().unwrap()));
+    let address = Subject::Client(Source::Address(AddressKey::of(
+        "192.0.2.1".parse().unwrap(),
+    )));
     for replica in [&one, &other].repeat(10) {
         assert_eq!(replica.check(&address, 100), Ok(()));
         replica.record_failure(&address, 100);
     }
     assert_eq!(one.check(&address, 110), Err(50));
-    let elsewhere = Subject::Client(Source::Address("192.0.2.2".parse().unwrap()));
+    let elsewhere = Subject::Client(Source::Address(AddressKey::of(
+        "192.0.2.2".parse().unwrap(),
+    )));
     assert_eq!(one.check(&elsewhere, 110), Ok(()));
 }
 

@@ -30,6 +30,7 @@ use super::sessions::{self, Current, Sessions};
 use super::settings::GrantType;
 use super::store::CodeRecord;
 use super::tokens::{self, Issue};
+use crate::lockout::AddressKey;
 use request::{Refusal, ResponseType, Valid, GRANT_SCOPE};
 
 pub use request::encode_pairs;
@@ -162,7 +163,7 @@ fn login(
             &kept,
         );
     };
-    let source = Source::Address(cx.grants.address);
+    let source = Source::Address(AddressKey::of(cx.grants.address));
     let guarded = cx.grants.attempts.guarded(&source, username, now, || {
         cx.grants.users.verify(username, password)
     });

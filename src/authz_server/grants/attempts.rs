@@ -17,7 +17,8 @@
 //! approval page's caller address, because the page's `client_id` is
 //! anyone's to send. Counted against a client id anyone may send, 20
 //! wrong passwords would lock every user of that client out. Addresses are
-//! as `trusted_proxies` make them known. Unknown usernames are counted
+//! as `trusted_proxies` make them known, an IPv6 one counted by its /64
+//! ([`AddressKey`]): its other addresses are the same caller's to use. Unknown usernames are counted
 //! like known ones, so a lock does not tell which users exist.
 //!
 //! Memory stays bounded. A password grant's failure is only recorded for
@@ -48,7 +49,7 @@ use std::sync::Arc;
 
 use crate::authz_server::settings::Client;
 use crate::authz_server::store::{SharedCounts, TokenStore};
-use crate::lockout::{self, Limits, Lockout, Outcome};
+use crate::lockout::{self, AddressKey, Limits, Lockout, Outcome};
 
 /// Where guesses come from, as the wide lock counts them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,9 +59,12 @@ pub enum Source {
     Client(String),
     /// A public client of a password grant (its id, which anyone may
     /// send), as called from one address.
-    PublicClient { client_id: String, address: IpAddr },
+    PublicClient {
+        client_id: String,
+        address: AddressKey,
+    },
     /// The caller of the approval page.
-    Address(IpAddr),
+    Address(AddressKey),
 }
 
 impl Source {
@@ -72,7 +76,7 @@ impl Source {
         } else {
             Source::PublicClient {
                 client_id: client.client_id.clone(),
-                address,
+                address: AddressKey::of(address),
             }
         }
     }
@@ -235,7 +239,7 @@ mod tests {
     }
 
     fn address(last: u8) -> Source {
-        Source::Address(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)))
+        Source::Address(AddressKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))))
     }
 
     #[test]
@@ -342,7 +346,7 @@ mod tests {
         let attempts = FailedAttempts::default();
         let spa = |last: u8| Source::PublicClient {
             client_id: "spa".into(),
-            address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)),
+            address: AddressKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))),
         };
         for n in 0..20 {
             let user = format!("user-{n}");
@@ -351,6 +355,39 @@ mod tests {
         assert_eq!(attempts.guarded(&spa(1), "alice", 1, || true), Err(59));
         assert_eq!(attempts.guarded(&spa(2), "alice", 1, || true), Ok(true));
         assert_eq!(attempts.check(&Subject::Client(app("spa")), 1), Ok(()));
+    }
+
+    /// Addresses of one IPv6 /64 are one caller to the wide lock, at the
+    /// approval page and through a public client alike.
+    #[test]
+    fn an_ipv6_64_is_one_address() {
+        let attempts = FailedAttempts::default();
+        let at = |n: u16| -> IpAddr { format!("2001:db8:0:7:{n:x}::1").parse().expect("address") };
+        for n in 0..20u16 {
+            let user = format!("user-{n}");
+            let source = Source::Address(AddressKey::of(at(n)));
+            assert_eq!(attempts.guarded(&source, &user, 0, || false), Ok(false));
+        }
+        let rotated = Source::Address(AddressKey::of(at(99)));
+        assert_eq!(attempts.guarded(&rotated, "alice", 1, || true), Err(59));
+        let spa = Client {
+            name: "spa".into(),
+            client_id: "spa".into(),
+            client_secret: None,
+            redirect_uris: vec![],
+            grant_types: vec![],
+            scopes: vec![],
+            token_lifetime: None,
+            refresh_limit: 0,
+            introspect: false,
+        };
+        for n in 0..20u16 {
+            let user = format!("user-{n}");
+            let source = Source::of_grant(&spa, at(n));
+            assert_eq!(attempts.guarded(&source, &user, 2, || false), Ok(false));
+        }
+        let rotated = Source::of_grant(&spa, at(99));
+        assert_eq!(attempts.guarded(&rotated, "bob", 3, || true), Err(59));
     }
 
     /// A user's failures count the same from any source.
@@ -381,15 +418,18 @@ mod tests {
         assert_eq!(store_key(&Subject::User("alice".into())), "user:alice");
         assert_eq!(store_key(&Subject::Client(app("app"))), "client:app");
         assert_eq!(store_key(&Subject::Client(address(7))), "address:192.0.2.7");
-        let v6 = Source::Address("2001:db8::1".parse().expect("address"));
-        assert_eq!(store_key(&Subject::Client(v6)), "address:2001:db8::1");
+        let v6 = AddressKey::of("2001:db8::1".parse().expect("address"));
+        assert_eq!(
+            store_key(&Subject::Client(Source::Address(v6))),
+            "address:2001:db8::/64"
+        );
         let public = Source::PublicClient {
             client_id: "spa@x".into(),
-            address: "2001:db8::1".parse().expect("address"),
+            address: v6,
         };
         assert_eq!(
             store_key(&Subject::Client(public)),
-            "public-client:spa@x@2001:db8::1"
+            "public-client:spa@x@2001:db8::/64"
         );
     }
 }
