@@ -102,6 +102,15 @@ impl Form {
             .find(|name| !seen.insert(*name) && !repeatable.contains(name))
     }
 
+    /// Whether `name` is sent more than once, empty values included.
+    pub fn repeats(&self, name: &str) -> bool {
+        self.params
+            .iter()
+            .filter(|(n, _)| n == name)
+            .nth(1)
+            .is_some()
+    }
+
     /// The value of `name`; `None` when absent or empty (RFC 6749 §3.1).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.params
@@ -155,6 +164,9 @@ mod tests {
         assert_eq!(form.repeated(&[]), Some("b"));
         assert_eq!(form.repeated(&["b"]), Some("c"));
         assert_eq!(form.repeated(&["b", "c"]), None);
+        assert!(form.repeats("c") && !form.repeats("a") && !form.repeats("d"));
+        let empty = Form::parse_keeping_repeats(b"c=&c=4").expect("form");
+        assert!(empty.repeats("c"));
         assert_eq!(form.get("b"), Some("2"));
         assert_eq!(
             Form::parse_repeating(b"b=2&b=3", &["b"]).map(|f| f.all("b").count()),

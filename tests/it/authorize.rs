@@ -969,6 +969,33 @@ async fn a_repeated_parameter_goes_back_to_the_client_unless_it_names_it() {
     }
 }
 
+/// A repeated `client_id` or `redirect_uri` gets a page even after
+/// another repeated parameter: which client, or which address, the
+/// request meant is unknown (RFC 6749 §4.1.2.1).
+#[tokio::test]
+async fn a_repeated_client_id_or_redirect_uri_gets_a_page_whatever_repeats_first() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (_, challenge) = pkce();
+    let pkce = format!("code_challenge={challenge}&code_challenge_method=S256");
+    let callback = encode(CALLBACK);
+    let elsewhere = encode("https://attacker.example/cb");
+    for request in [
+        format!(
+            "state=a&state=b&response_type=code&client_id=bookyourticket\
+             &redirect_uri={callback}&redirect_uri={elsewhere}&{pkce}"
+        ),
+        format!(
+            "scope=view&scope=book&response_type=code&client_id=bookyourticket\
+             &client_id=spa&redirect_uri={callback}&{pkce}"
+        ),
+    ] {
+        let reply = browser.get(&format!("/oauth2/authorize?{request}")).await;
+        assert_eq!(reply.status, 400, "{request}: {}", reply.body);
+        assert!(reply.header("location").is_none(), "{request}");
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_or_missing_client_gets_a_page() {
     let gw = gateway().await;

@@ -140,11 +140,12 @@ const REPEATABLE: &[&str] = &[GRANT_SCOPE];
 
 /// Checks a request read with [`Form::parse_keeping_repeats`].
 pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Refusal<'s>> {
-    let repeated = form.repeated(REPEATABLE);
-    if matches!(repeated, Some("client_id" | "redirect_uri")) {
-        // Which one the request meant is not known: no redirect.
+    // Which client or redirect URI the request meant is not known: no
+    // redirect, whichever parameter repeats first.
+    if form.repeats("client_id") || form.repeats("redirect_uri") {
         return Err(Refusal::Page(OAuthError::from(FormError::Duplicate)));
     }
+    let repeated = form.repeated(REPEATABLE);
     let (client, redirect_uri, given) = trusted_redirect(settings, form).map_err(Refusal::Page)?;
     let response_type = match form.get("response_type") {
         Some("code") => Some(ResponseType::Code),
