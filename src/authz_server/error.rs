@@ -169,6 +169,16 @@ impl OAuthError {
                     "the authorization server is busy; try again",
                 )
             }
+            // The store is reached, but the keys are not re-read from it
+            // yet (at most a second): as for the store itself.
+            OAuthError::Signing(TokenError::KeysPending(_)) => {
+                tracing::warn!("signing keys pending: no JWT is issued");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the signing keys are not available yet; try again",
+                )
+            }
             OAuthError::Store(_) | OAuthError::Signing(_) | OAuthError::Worker => {
                 tracing::error!(error = %self, "authorization server failure");
                 (
@@ -201,7 +211,9 @@ impl OAuthError {
             OAuthError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            OAuthError::Store(StoreError::Unavailable(_)) | OAuthError::Busy => {
+            OAuthError::Store(StoreError::Unavailable(_))
+            | OAuthError::Signing(TokenError::KeysPending(_))
+            | OAuthError::Busy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             OAuthError::InvalidRequest(_)
@@ -241,6 +253,7 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<B
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::authz_server::keys::KeysPending;
 
     #[test]
     fn a_locked_address_is_a_429_to_retry_when_its_window_ends() {
@@ -253,11 +266,17 @@ mod tests {
     }
 
     #[test]
-    fn no_worker_in_time_is_a_503_to_retry_soon_and_a_panic_a_500() {
+    fn no_worker_in_time_or_no_signing_key_yet_is_a_503_to_retry_soon_and_a_panic_a_500() {
         let busy = OAuthError::from(JobFailed::Busy).into_response();
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
         let body: serde_json::Value = serde_json::from_slice(busy.body()).expect("json");
+        assert_eq!(body["error"], "temporarily_unavailable");
+        let pending = OAuthError::Signing(TokenError::KeysPending(KeysPending)).into_response();
+        assert_eq!(pending.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(pending.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(pending.headers()[header::CACHE_CONTROL], "no-store");
+        let body: serde_json::Value = serde_json::from_slice(pending.body()).expect("json");
         assert_eq!(body["error"], "temporarily_unavailable");
         let panicked = OAuthError::from(JobFailed::Panicked).into_response();
         assert_eq!(panicked.status(), StatusCode::INTERNAL_SERVER_ERROR);

@@ -60,11 +60,32 @@ pub struct SigningKey {
     pub alg: Algorithm,
     encoding: EncodingKey,
     jwk: Jwk,
+    /// A stand-in while the keys are pending: published nowhere, so
+    /// nothing it signed would validate.
+    placeholder: bool,
 }
 
+/// Nothing is signed while the keys live in a store not reached yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the signing keys are pending until the token store is reached")]
+pub struct KeysPending;
+
 impl SigningKey {
-    pub fn encoding_key(&self) -> &EncodingKey {
-        &self.encoding
+    /// The key to sign with; refused while it is a placeholder.
+    pub fn encoding_key(&self) -> Result<&EncodingKey, KeysPending> {
+        if self.placeholder {
+            return Err(KeysPending);
+        }
+        Ok(&self.encoding)
+    }
+
+    /// A stand-in for keys pending in a store not reached yet.
+    pub(super) fn placeholder() -> Result<SigningKey, KeyError> {
+        let key = parse(generate_rsa_pem()?.as_bytes()).ok_or(KeyError::Generate)?;
+        Ok(SigningKey {
+            placeholder: true,
+            ..key
+        })
     }
 }
 
@@ -82,8 +103,8 @@ pub struct SigningKeys {
     published: Vec<Jwk>,
     verifiers: Vec<Verifier>,
     /// The keys live in a store not reached yet: `current` is a throwaway
-    /// placeholder (nothing it signs is ever issued, as issuing needs the
-    /// store) and nothing is published.
+    /// placeholder that signs nothing (the store may be reached before
+    /// the keys are re-read) and nothing is published.
     pending: bool,
 }
 
@@ -105,7 +126,7 @@ impl SigningKeys {
                     tracing::warn!(%reason, "signing keys pending until the token store is reached");
                     return Ok(SigningKeys {
                         path: path.to_owned(),
-                        current: parse(generate_rsa_pem()?.as_bytes()).ok_or(KeyError::Generate)?,
+                        current: SigningKey::placeholder()?,
                         published: Vec::new(),
                         verifiers: Vec::new(),
                         pending: true,
@@ -282,6 +303,7 @@ fn parse(pem: &[u8]) -> Option<SigningKey> {
             alg,
             encoding,
             jwk,
+            placeholder: false,
         })
     })
 }
@@ -347,6 +369,16 @@ fn warn_if_readable_by_others(path: &Path) {
 mod tests {
     use super::*;
     use crate::authz_server::store::SqliteStore;
+
+    #[test]
+    fn a_placeholder_key_signs_nothing() {
+        let placeholder = SigningKey::placeholder().expect("placeholder");
+        assert_eq!(placeholder.encoding_key().err(), Some(KeysPending));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("db")).expect("store");
+        let keys = SigningKeys::open(&dir.path().join("k.pem"), &store, 10).expect("generate");
+        assert!(keys.current().encoding_key().is_ok());
+    }
 
     #[test]
     fn generates_once_with_owner_only_mode_and_keeps_it() {

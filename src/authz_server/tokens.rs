@@ -15,7 +15,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::keys::SigningKey;
+use super::keys::{KeysPending, SigningKey};
 use super::settings::{Client, GrantType, Settings, TokenFormat};
 use super::store::{AccessTokenRecord, RefreshTokenRecord};
 
@@ -23,6 +23,9 @@ use super::store::{AccessTokenRecord, RefreshTokenRecord};
 pub enum TokenError {
     #[error("cannot sign a JWT: {0}")]
     Sign(#[from] jsonwebtoken::errors::Error),
+    /// No key that anyone could verify with is known yet.
+    #[error("cannot sign a JWT: {0}")]
+    KeysPending(#[from] KeysPending),
     #[error("client {client_id} has no token lifetime, which a JWT cannot have (RFC 9068 §2.2)")]
     JwtWithoutExpiry { client_id: String },
 }
@@ -98,7 +101,7 @@ pub fn mint_access(
             // RFC 9068 §2.1: distinguishes access tokens from ID tokens.
             header.typ = Some("at+jwt".to_owned());
             header.kid = Some(key.kid.clone());
-            let token = jsonwebtoken::encode(&header, &claims, key.encoding_key())?;
+            let token = jsonwebtoken::encode(&header, &claims, key.encoding_key()?)?;
             (token, jti)
         }
     };
@@ -180,5 +183,56 @@ mod tests {
         assert_eq!(random_id().len(), 22);
         assert_eq!(hash_token("x").len(), 43);
         assert_ne!(hash_token(&a), a);
+    }
+
+    fn settings(token_format: TokenFormat) -> Settings {
+        Settings {
+            issuer: "http://localhost".into(),
+            token_format,
+            signing_key_path: "k".into(),
+            store_path: "s".into(),
+            postgres: None,
+            require_https: false,
+            authorization_code_lifetime: std::time::Duration::from_secs(60),
+            require_pkce: false,
+            cleanup_interval: None,
+            approval_page: None,
+            approval_template: None,
+            branding: Default::default(),
+            scopes: vec![],
+            users: vec![],
+            clients: vec![],
+            audience: None,
+        }
+    }
+
+    /// With PostgreSQL, the store may be reached before the keys are
+    /// re-read from it: the placeholder key in use until then is
+    /// published nowhere, so no JWT is signed with it.
+    #[test]
+    fn no_jwt_is_signed_while_the_keys_are_pending() {
+        let client = Client {
+            name: "app".into(),
+            client_id: "app".into(),
+            client_secret: None,
+            redirect_uris: vec![],
+            grant_types: vec![],
+            scopes: vec![],
+            token_lifetime: Some(std::time::Duration::from_secs(60)),
+            refresh_limit: 0,
+            introspect: false,
+        };
+        let issue = Issue {
+            client: &client,
+            username: None,
+            scopes: &[],
+            grant_type: GrantType::ClientCredentials,
+            family: None,
+        };
+        let placeholder = SigningKey::placeholder().expect("placeholder");
+        let jwt = mint_access(&settings(TokenFormat::Jwt), &placeholder, &issue, 10);
+        assert!(matches!(jwt, Err(TokenError::KeysPending(KeysPending))));
+        let opaque = mint_access(&settings(TokenFormat::Opaque), &placeholder, &issue, 10);
+        assert!(opaque.is_ok(), "an opaque token needs no key");
     }
 }
