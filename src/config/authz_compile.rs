@@ -134,11 +134,7 @@ pub fn compile(
         store_path,
         postgres,
         require_https: ctx.boolean(&raw.require_https, "require_https", false),
-        authorization_code_lifetime: ctx.duration(
-            &raw.authorization_code_lifetime,
-            "authorization_code_lifetime",
-            Duration::from_secs(600),
-        ),
+        authorization_code_lifetime: code_lifetime(ctx, &raw.authorization_code_lifetime),
         require_pkce: ctx.boolean(&raw.require_pkce, "require_pkce", false),
         cleanup_interval: (!cleanup.is_zero()).then_some(cleanup),
         approval_page: approval_page.map(|(p, _)| p),
@@ -555,6 +551,28 @@ fn approval_template(ctx: &mut Ctx, path: &Path, text: String) -> Option<String>
     None
 }
 
+/// The longest an authorization code may live: RFC 6749 §4.1.2 asks for
+/// at most 10 minutes. Also the default.
+const MAX_CODE_LIFETIME: Duration = Duration::from_secs(600);
+
+/// `authorization_code_lifetime`: 1s to 10 minutes. Codes expire on whole
+/// seconds, so one that lives less than a second could never be redeemed.
+fn code_lifetime(ctx: &mut Ctx, value: &Option<S<Scalar>>) -> Duration {
+    let key = "authorization_code_lifetime";
+    let lifetime = ctx.duration(value, key, MAX_CODE_LIFETIME);
+    match value {
+        Some(at) if !(Duration::from_secs(1)..=MAX_CODE_LIFETIME).contains(&lifetime) => {
+            ctx.report.error(
+                at.referenced,
+                format!("{key}: `{}` is not between 1s and 600s", at.value.0),
+                "a duration from 1s to 600s (RFC 6749 §4.1.2: at most 10 minutes)",
+            );
+            MAX_CODE_LIFETIME
+        }
+        _ => lifetime,
+    }
+}
+
 fn lifetime(
     ctx: &mut Ctx,
     value: &Option<S<Scalar>>,
@@ -572,8 +590,9 @@ fn lifetime(
         }
         return None;
     }
+    // Tokens expire on whole seconds: less than one would be born expired.
     match super::resolve::duration(&v.value.0) {
-        Some(d) if !d.is_zero() => Some(d),
+        Some(d) if d.as_secs() >= 1 => Some(d),
         _ => {
             ctx.report.error(
                 v.referenced,

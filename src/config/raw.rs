@@ -701,11 +701,11 @@ pub struct AuthorizationServer {
     pub store_pool: Option<S<StorePool>>,
     /// Refuse token, introspect and revoke over plain HTTP. Default false.
     pub require_https: Opt<Scalar>,
-    /// Lifetime of an authorization code (duration). Default 600s.
+    /// Lifetime of an authorization code (duration, 1s to 600s). Default 600s.
     pub authorization_code_lifetime: Opt<Scalar>,
     /// PKCE for every client (always for public clients). Default false.
     pub require_pkce: Opt<Scalar>,
-    /// Default token lifetime in seconds (-1: never expires, opaque only). Default 3600.
+    /// Default token lifetime in seconds, at least 1 (-1: never expires, opaque only). Default 3600.
     pub token_lifetime: Opt<Scalar>,
     /// Default refresh rotations (0: no refresh token). Default 0.
     pub refresh_limit: Opt<Scalar>,

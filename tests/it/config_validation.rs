@@ -1199,6 +1199,46 @@ fn never_expiring_jwt() {
     loaded(&yaml.replace("token_format: jwt", "token_format: opaque"));
 }
 
+/// RFC 6749 §4.1.2: an authorization code lives at most 10 minutes; one
+/// that lives no whole second could never be redeemed.
+#[test]
+fn authorization_code_lifetime_is_1s_to_600s() {
+    for value in ["0", "0s", "500ms", "601s", "11m", "1h"] {
+        refused(
+            &format!("authorization_server:\n  authorization_code_lifetime: {value}\n"),
+            error(
+                2,
+                32,
+                &format!("authorization_code_lifetime: `{value}` is not between 1s and 600s"),
+                "a duration from 1s to 600s (RFC 6749 §4.1.2: at most 10 minutes)",
+            ),
+        );
+    }
+    for (value, secs) in [("1s", 1), ("600s", 600), ("10m", 600), ("90", 90)] {
+        let yaml = format!("authorization_server:\n  authorization_code_lifetime: {value}\n");
+        let snap = loaded(&yaml).snapshot;
+        let authz = snap.authorization_server.as_ref().expect("authz");
+        assert_eq!(authz.authorization_code_lifetime, Duration::from_secs(secs));
+    }
+}
+
+/// A token lifetime of no whole second would issue tokens already expired.
+#[test]
+fn token_lifetime_of_less_than_a_second_is_refused() {
+    for value in ["0", "0s", "500ms"] {
+        refused(
+            &format!("authorization_server:\n  token_lifetime: {value}\n"),
+            error(
+                2,
+                19,
+                &format!("token_lifetime `{value}` is not valid"),
+                "seconds (e.g. 3600), a duration (\"1h\"), or -1 for never (opaque only)",
+            ),
+        );
+    }
+    loaded("authorization_server:\n  token_lifetime: 1s\n");
+}
+
 // ------------------------------------------------------------ auth servers
 
 #[test]
