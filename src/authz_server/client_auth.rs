@@ -286,6 +286,7 @@ mod tests {
             postgres: None,
             require_https: false,
             authorization_code_lifetime: Duration::from_secs(60),
+            refresh_token_lifetime: Duration::from_secs(86_400),
             require_pkce: false,
             cleanup_interval: None,
             approval_page: None,

@@ -7,6 +7,9 @@
 //! introspection and revocation work. An opaque token, and every refresh
 //! token, is 32 random bytes (256 bits, RFC 6749 §10.10), base64url, and
 //! only its SHA-256 is stored. A token without lifetime has no `exp`.
+//! A refresh token family ends `refresh_token_lifetime` after its grant:
+//! rotation never extends it (RFC 9700 §4.14.2 lets a refresh token
+//! expire; a stolen one must not live on by being refreshed).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -122,25 +125,33 @@ pub fn mint_access(
     })
 }
 
-/// A refresh token for `family`, the `refreshes_used`-th of it.
+/// The next refresh token of a family.
+pub struct NextRefresh<'a> {
+    pub family: &'a str,
+    pub family_scope: &'a str,
+    /// Refreshes of the family before this token.
+    pub refreshes_used: u32,
+    /// The family's end, the same for each of its tokens.
+    pub expires_at: u64,
+}
+
+/// A refresh token of `next.family`, the `refreshes_used`-th of it.
 pub fn mint_refresh(
     issue: &Issue<'_>,
-    family: &str,
-    family_scope: &str,
-    refreshes_used: u32,
+    next: &NextRefresh<'_>,
     now: u64,
 ) -> (String, RefreshTokenRecord) {
     let token = random_token();
     let record = RefreshTokenRecord {
         hash: hash_token(&token),
-        family: family.to_owned(),
+        family: next.family.to_owned(),
         client_id: issue.client.client_id.clone(),
         username: issue.username.map(str::to_owned),
-        scope: family_scope.to_owned(),
-        refreshes_used,
+        scope: next.family_scope.to_owned(),
+        refreshes_used: next.refreshes_used,
         issued_at: now,
-        // Refresh tokens are bounded by count (`refresh_limit`), not time.
-        expires_at: None,
+        // Bounded by count (`refresh_limit`) and by the family's lifetime.
+        expires_at: Some(next.expires_at),
         rotated: false,
         revoked: false,
     };
@@ -194,6 +205,7 @@ mod tests {
             postgres: None,
             require_https: false,
             authorization_code_lifetime: std::time::Duration::from_secs(60),
+            refresh_token_lifetime: std::time::Duration::from_secs(86_400),
             require_pkce: false,
             cleanup_interval: None,
             approval_page: None,

@@ -86,6 +86,9 @@ pub struct Settings {
     pub postgres: Option<PostgresStore>,
     pub require_https: bool,
     pub authorization_code_lifetime: Duration,
+    /// How long a refresh token family lives from its grant: rotation
+    /// hands the next token the same expiry.
+    pub refresh_token_lifetime: Duration,
     pub require_pkce: bool,
     pub cleanup_interval: Option<Duration>,
     pub approval_page: Option<PathBuf>,

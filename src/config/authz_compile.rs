@@ -135,6 +135,11 @@ pub fn compile(
         postgres,
         require_https: ctx.boolean(&raw.require_https, "require_https", false),
         authorization_code_lifetime: code_lifetime(ctx, &raw.authorization_code_lifetime),
+        refresh_token_lifetime: refresh_lifetime(
+            ctx,
+            &raw.refresh_token_lifetime,
+            default_lifetime,
+        ),
         require_pkce: ctx.boolean(&raw.require_pkce, "require_pkce", false),
         cleanup_interval: (!cleanup.is_zero()).then_some(cleanup),
         approval_page: approval_page.map(|(p, _)| p),
@@ -571,6 +576,36 @@ fn code_lifetime(ctx: &mut Ctx, value: &Option<S<Scalar>>) -> Duration {
         }
         _ => lifetime,
     }
+}
+
+/// How long a refresh token family lives by default: 30 days, as Ory
+/// Hydra's 720h.
+const REFRESH_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+/// `refresh_token_lifetime`: at least a minute, and longer than the
+/// default access token lifetime, which a refresh would otherwise not
+/// outlive.
+fn refresh_lifetime(
+    ctx: &mut Ctx,
+    value: &Option<S<Scalar>>,
+    token_lifetime: Option<Duration>,
+) -> Duration {
+    let key = "refresh_token_lifetime";
+    let lifetime = ctx.duration(value, key, REFRESH_LIFETIME);
+    let Some(at) = value else { return lifetime };
+    let floor = token_lifetime.map_or(Duration::ZERO, |t| t + Duration::from_secs(1));
+    if lifetime < Duration::from_secs(60) || lifetime < floor {
+        ctx.report.error(
+            at.referenced,
+            format!(
+                "{key}: `{}` is shorter than a minute or than token_lifetime",
+                at.value.0
+            ),
+            "a duration of at least 1m and longer than token_lifetime, up to 365d",
+        );
+        return REFRESH_LIFETIME;
+    }
+    lifetime
 }
 
 fn lifetime(

@@ -703,6 +703,8 @@ pub struct AuthorizationServer {
     pub require_https: Opt<Scalar>,
     /// Lifetime of an authorization code (duration, 1s to 600s). Default 600s.
     pub authorization_code_lifetime: Opt<Scalar>,
+    /// Lifetime of refresh tokens from the grant that started them (duration, at least 1m and longer than token_lifetime); a refresh keeps the expiry. Default 30d.
+    pub refresh_token_lifetime: Opt<Scalar>,
     /// PKCE for every client (always for public clients). Default false.
     pub require_pkce: Opt<Scalar>,
     /// Default token lifetime in seconds, at least 1 (-1: never expires, opaque only). Default 3600.

@@ -293,6 +293,9 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("authorization_server_authorization_code_lifetime", |f| {
         &mut section(&mut f.authorization_server).authorization_code_lifetime
     }),
+    ("authorization_server_refresh_token_lifetime", |f| {
+        &mut section(&mut f.authorization_server).refresh_token_lifetime
+    }),
     ("authorization_server_approval_page", |f| {
         &mut section(&mut f.authorization_server).approval_page
     }),

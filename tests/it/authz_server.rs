@@ -97,6 +97,7 @@ fn settings(dir: &Path, token_format: TokenFormat) -> Settings {
         postgres: None,
         require_https: false,
         authorization_code_lifetime: Duration::from_secs(600),
+        refresh_token_lifetime: Duration::from_secs(30 * 86_400),
         require_pkce: false,
         cleanup_interval: None,
         approval_page: None,
@@ -814,6 +815,42 @@ async fn refresh_tokens_rotate_until_the_limit() {
         )
         .await;
     assert_eq!((stolen.status, stolen.error()), (400, "invalid_grant"));
+}
+
+/// A refresh token family ends `refresh_token_lifetime` after its grant:
+/// a refresh hands the next token the same end, refused past it, and
+/// `remove-expired` then removes the family.
+#[tokio::test]
+async fn a_refresh_token_family_ends_its_lifetime_after_the_grant() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(dir.path(), TokenFormat::Opaque);
+    s.refresh_token_lifetime = Duration::from_secs(7200);
+    let server = TestServer::start(s, Some(ADMIN)).await;
+    let first = server
+        .token("app", "s3cret/+:&", &password_form("alice", "wonderland"))
+        .await;
+    server.advance(5000);
+    let r0 = str_of(&first, "refresh_token");
+    let form = [("grant_type", "refresh_token"), ("refresh_token", r0)];
+    let second = server.token("app", "s3cret/+:&", &form).await;
+    // 7,201 s after the grant, 2,201 s after the refresh.
+    server.advance(2201);
+    let r1 = str_of(&second, "refresh_token");
+    let form = [("grant_type", "refresh_token"), ("refresh_token", r1)];
+    let expired = server
+        .post_basic("/oauth2/token", "app", "s3cret/+:&", &form)
+        .await;
+    assert_eq!((expired.status, expired.error()), (400, "invalid_grant"));
+    let removed = server
+        .post_basic("/oauth2/tokens/remove-expired", ADMIN.0, ADMIN.1, &[])
+        .await;
+    assert_eq!(removed.status, 200, "{}", removed.json);
+    assert_eq!(removed.json["refresh_tokens"], 2, "{}", removed.json);
+    // The access token of the refresh lives its own lifetime.
+    assert_eq!(
+        server.introspect(str_of(&second, "access_token")).await["active"],
+        true
+    );
 }
 
 #[tokio::test]

@@ -1239,6 +1239,42 @@ fn token_lifetime_of_less_than_a_second_is_refused() {
     loaded("authorization_server:\n  token_lifetime: 1s\n");
 }
 
+/// A refresh token family lives 30 days by default; a lifetime under a
+/// minute, or no longer than the access tokens', is refused.
+#[test]
+fn refresh_token_lifetime_is_at_least_a_minute_and_longer_than_token_lifetime() {
+    for value in ["0", "59s", "1h"] {
+        refused(
+            &format!("authorization_server:\n  refresh_token_lifetime: {value}\n"),
+            error(
+                2,
+                27,
+                &format!(
+                    "refresh_token_lifetime: `{value}` is shorter than a minute or than token_lifetime"
+                ),
+                "a duration of at least 1m and longer than token_lifetime, up to 365d",
+            ),
+        );
+    }
+    let lifetime = |yaml: &str| {
+        let snap = loaded(yaml).snapshot;
+        let authz = snap.authorization_server.as_ref().expect("authz");
+        authz.refresh_token_lifetime
+    };
+    assert_eq!(
+        lifetime("authorization_server: {}\n"),
+        Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(
+        lifetime("authorization_server: { refresh_token_lifetime: 3601 }\n"),
+        Duration::from_secs(3601)
+    );
+    assert_eq!(
+        lifetime("authorization_server: { token_lifetime: 30, refresh_token_lifetime: 1m }\n"),
+        Duration::from_secs(60)
+    );
+}
+
 // ------------------------------------------------------------ auth servers
 
 #[test]

@@ -152,11 +152,22 @@ pub fn issue_in_family(
     refreshable: bool,
 ) -> Result<TokenResponse, OAuthError> {
     let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
+    let expires_at = cx
+        .now
+        .saturating_add(cx.settings.refresh_token_lifetime.as_secs());
     let refresh = issue
         .family
         .as_deref()
         .filter(|_| refreshable)
-        .map(|family| tokens::mint_refresh(&issue, family, &access.record.scope, 0, cx.now));
+        .map(|family| {
+            let next = tokens::NextRefresh {
+                family,
+                family_scope: &access.record.scope,
+                refreshes_used: 0,
+                expires_at,
+            };
+            tokens::mint_refresh(&issue, &next, cx.now)
+        });
     cx.store
         .insert_grant(&access.record, refresh.as_ref().map(|(_, record)| record))?;
     Ok(response(access, refresh.map(|(token, _)| token), cx.now))

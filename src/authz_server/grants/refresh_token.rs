@@ -1,8 +1,11 @@
-//! Refresh token grant (RFC 6749 §6) with rotation and a count limit.
+//! Refresh token grant (RFC 6749 §6) with rotation, a count limit and a
+//! lifetime.
 //!
 //! Each refresh spends the presented token and, while the family has
-//! refreshes left (`refresh_limit`), issues the next one; the refresh that
-//! reaches the limit returns no refresh token. Presenting a spent token
+//! refreshes left (`refresh_limit`), issues the next one, which ends when
+//! the family does (`refresh_token_lifetime` after the grant); the refresh
+//! that reaches the limit returns no refresh token. A token past its
+//! family's end is `invalid_grant`. Presenting a spent token
 //! again is reuse (RFC 9700 §4.14.2): the whole family — refresh and access
 //! tokens — is revoked. Scopes may narrow but never widen past the
 //! original grant (§6), nor past what the client may still have.
@@ -63,8 +66,21 @@ pub fn grant(
     };
     let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
     let used = record.refreshes_used + 1;
-    let next = (used < client.refresh_limit)
-        .then(|| tokens::mint_refresh(&issue, &record.family, &record.scope, used, cx.now));
+    // The family keeps its end; one from before refresh tokens expired
+    // gets the full lifetime from now.
+    let expires_at = record.expires_at.unwrap_or_else(|| {
+        cx.now
+            .saturating_add(cx.settings.refresh_token_lifetime.as_secs())
+    });
+    let next = (used < client.refresh_limit).then(|| {
+        let next = tokens::NextRefresh {
+            family: &record.family,
+            family_scope: &record.scope,
+            refreshes_used: used,
+            expires_at,
+        };
+        tokens::mint_refresh(&issue, &next, cx.now)
+    });
     match cx.store.rotate_refresh_token(
         &hash,
         &access.record,
