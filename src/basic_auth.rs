@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use base64::Engine;
 
 use crate::config::Snapshot;
-use crate::lockout::{self, Limits, Locked, Lockout, Outcome, Subject};
+use crate::lockout::{self, AddressKey, Limits, Locked, Lockout, Outcome, Subject};
 
 /// The limits of [`Logins`].
 const LOGIN_LIMITS: Limits = Limits {
@@ -44,11 +44,12 @@ const KNOWN_ENTRIES: usize = 1024;
 /// API ports.
 #[derive(Debug)]
 pub struct Logins {
-    counts: Lockout<IpAddr>,
+    /// Addresses counted as [`AddressKey`]s (an IPv6 caller by its /64).
+    counts: Lockout<AddressKey>,
     /// Failures per (user, address): what locks a known caller.
-    pairs: Lockout<(String, IpAddr)>,
+    pairs: Lockout<(String, AddressKey)>,
     /// (user, address) → when it last logged in.
-    known: Mutex<HashMap<(String, IpAddr), u64>>,
+    known: Mutex<HashMap<(String, AddressKey), u64>>,
 }
 
 impl Default for Logins {
@@ -85,6 +86,7 @@ impl Logins {
         now: u64,
         right: impl FnOnce() -> bool,
     ) -> Result<bool, Locked> {
+        let peer = AddressKey::of(peer);
         let pair = Subject::Client((user.to_owned(), peer));
         let granted = match self.counts.reserve(&peer, user, None, now) {
             Ok(attempt) => {
@@ -124,14 +126,14 @@ impl Logins {
         Ok(granted)
     }
 
-    fn is_known(&self, user: &str, peer: IpAddr, now: u64) -> bool {
+    fn is_known(&self, user: &str, peer: AddressKey, now: u64) -> bool {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         known
             .get(&(user.to_owned(), peer))
             .is_some_and(|at| now < at.saturating_add(KNOWN_FOR_SECS))
     }
 
-    fn remember(&self, user: &str, peer: IpAddr, now: u64) {
+    fn remember(&self, user: &str, peer: AddressKey, now: u64) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let key = (user.to_owned(), peer);
         if known.len() >= KNOWN_ENTRIES && !known.contains_key(&key) {
@@ -242,16 +244,33 @@ mod tests {
         assert!(locked(logins.judge_at(FLEET, "fleet", 120, || true)));
     }
 
+    /// A guesser rotating through the addresses of one IPv6 /64 is one
+    /// caller: its twentieth wrong password locks the whole block.
+    #[test]
+    fn an_ipv6_guesser_is_counted_by_its_64() {
+        let logins = Logins::default();
+        let address = |n: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, n]);
+        for n in 0..20 {
+            let _ = logins.judge_at(address(n), &format!("user-{n}"), 100, || false);
+        }
+        assert!(logins
+            .judge_at(address(999), "other", 101, || true)
+            .is_err());
+        let next_block = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert_eq!(logins.judge_at(next_block, "other", 101, || true), Ok(true));
+    }
+
     #[test]
     fn an_address_is_known_for_one_user_only_and_not_for_ever() {
         let logins = Logins::default();
         assert_eq!(logins.judge_at(FLEET, "fleet", 100, || true), Ok(true));
-        assert!(logins.is_known("fleet", FLEET, 100 + KNOWN_FOR_SECS - 1));
-        assert!(!logins.is_known("fleet", FLEET, 100 + KNOWN_FOR_SECS));
-        assert!(!logins.is_known("admin", FLEET, 101));
+        let fleet = AddressKey::of(FLEET);
+        assert!(logins.is_known("fleet", fleet, 100 + KNOWN_FOR_SECS - 1));
+        assert!(!logins.is_known("fleet", fleet, 100 + KNOWN_FOR_SECS));
+        assert!(!logins.is_known("admin", fleet, 101));
         for n in 0..KNOWN_ENTRIES + 10 {
             let user = format!("user-{n}");
-            logins.remember(&user, STRANGER, 200);
+            logins.remember(&user, AddressKey::of(STRANGER), 200);
         }
         assert!(logins.known.lock().expect("lock").len() <= KNOWN_ENTRIES);
     }

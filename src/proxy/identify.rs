@@ -36,7 +36,7 @@ use crate::authz_server::clock::unix_now;
 use crate::authz_server::workers::{JobFailed, Workers};
 use crate::config::snapshot::{Application, Applications, CredentialType};
 use crate::config::Snapshot;
-use crate::lockout::{Limits, Locked, Lockout, Outcome, Subject};
+use crate::lockout::{AddressKey, Limits, Locked, Lockout, Outcome, Subject};
 
 /// Verified Basic credentials kept at most.
 const CACHE_ENTRIES: usize = 1024;
@@ -58,7 +58,8 @@ pub struct Identifier {
     /// Shared with the jobs, which store what they verified.
     cache: Arc<Mutex<Cache>>,
     /// Failed attempts, per user name and per client address.
-    attempts: Lockout<IpAddr>,
+    /// Addresses counted as [`AddressKey`]s (an IPv6 caller by its /64).
+    attempts: Lockout<AddressKey>,
 }
 
 #[derive(Debug, Default)]
@@ -164,6 +165,7 @@ impl Identifier {
         // Locked means locked: a credential verified before the lock
         // must not answer for a guess that happens to equal it.
         let now = unix_now();
+        let client_ip = AddressKey::of(client_ip);
         for subject in [Subject::Client(client_ip), Subject::User(user.clone())] {
             self.attempts.check(&subject, now).map_err(too_many)?;
         }
@@ -261,7 +263,7 @@ mod tests {
     #[test]
     fn a_user_name_locks_after_five_failures_an_address_after_twenty() {
         let identifier = Identifier::new(Workers::new(1));
-        let client = IpAddr::from([127, 0, 0, 1]);
+        let client = AddressKey::of(IpAddr::from([127, 0, 0, 1]));
         let fail = |user: &str| {
             let key = identity::basic_digest(user, "guess");
             let attempt = identifier.attempts.reserve(&client, user, Some(key), 100);
@@ -282,7 +284,7 @@ mod tests {
             .attempts
             .check(&Subject::Client(client), 110)
             .is_err());
-        let elsewhere = Subject::Client(IpAddr::from([127, 0, 0, 2]));
+        let elsewhere = Subject::Client(AddressKey::of(IpAddr::from([127, 0, 0, 2])));
         assert_eq!(identifier.attempts.check(&elsewhere, 110), Ok(()));
     }
 }
