@@ -84,8 +84,11 @@ pub fn route<'s>(
         _ => &[],
     };
     // A trailing slash matches as the path without it (many upstreams read
-    // `/files/secret/` as `/files/secret`: it must need the same scope);
-    // only a `{tail*}` may then take the path as written (`/files/`).
+    // `/files/secret/` as `/files/secret`: it must need the same scope),
+    // unless the path as written matches a more specific resource (a
+    // directory-serving upstream reads `/files/secret/` as what
+    // `/files/secret/{rest*}` protects, not as `/files/{name}`); a
+    // `{tail*}` may take the path as written (`/files/`).
     let trimmed = match segments {
         [before @ .., ""] if !before.is_empty() => before,
         _ => segments,
@@ -98,7 +101,14 @@ pub fn route<'s>(
                 .flatten()
         })
     };
-    let resource = for_method(trimmed).or_else(|| for_method(segments));
+    let resource = match for_method(trimmed) {
+        Some(trimmed_match) if trimmed.len() < segments.len() => match for_method(segments) {
+            Some(written) if more_specific(api, written, trimmed_match) => Some(written),
+            _ => Some(trimmed_match),
+        },
+        Some(trimmed_match) => Some(trimmed_match),
+        None => for_method(segments),
+    };
     match resource {
         Some(index) => Ok(Route {
             api,
@@ -146,17 +156,24 @@ fn select(api: &Api, method: &Method, segments: &[&str]) -> Option<usize> {
         .iter()
         .enumerate()
         .filter(|(_, r)| r.method == *method && matches(&r.template.segments, segments))
-        .min_by(|(_, a), (_, b)| {
-            let rank = |s: &Segment| match s {
-                Segment::Literal(_) => 0,
-                Segment::Param(_) => 1,
-                Segment::Tail(_) => 2,
-            };
-            let a_ranks = a.template.segments.iter().map(rank);
-            let b_ranks = b.template.segments.iter().map(rank);
-            a_ranks.cmp(b_ranks)
-        })
+        .min_by(|(_, a), (_, b)| specificity(a).cmp(specificity(b)))
         .map(|(index, _)| index)
+}
+
+/// A resource's template as ranks, segment by segment (a literal 0,
+/// `{param}` 1, `{tail*}` 2): the lesser sequence is the more specific.
+fn specificity(resource: &Resource) -> impl Iterator<Item = u8> + '_ {
+    resource.template.segments.iter().map(|s| match s {
+        Segment::Literal(_) => 0,
+        Segment::Param(_) => 1,
+        Segment::Tail(_) => 2,
+    })
+}
+
+/// Whether resource `a` of `api` is strictly more specific than `b`.
+fn more_specific(api: &Api, a: usize, b: usize) -> bool {
+    let (a, b) = (&api.resources[a], &api.resources[b]);
+    specificity(a).cmp(specificity(b)) == std::cmp::Ordering::Less
 }
 
 fn matches(template: &[Segment], segments: &[&str]) -> bool {

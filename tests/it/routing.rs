@@ -202,6 +202,38 @@ apis:
     }
 }
 
+/// A trailing slash matches as the path without it, unless the path as
+/// written matches a more specific resource: `/files/secret/` is what
+/// `/files/secret/{rest*}` protects to a directory-serving upstream, not
+/// the open `/files/{name}`.
+#[test]
+fn a_trailing_slash_takes_the_more_specific_of_its_two_readings() {
+    let snap = snapshot(
+        r#"
+apis:
+- name: A
+  base_path: /a
+  upstream: { echo: true }
+  resources:
+  - "GET /files/{name}"
+  - "GET /files/secret/{rest*}"
+  - "GET /docs/{name}"
+  - "GET /docs/{rest*}"
+  authentication:
+    type: none
+"#,
+    );
+    for (path, resource) in [
+        ("/a/files/secret/", "GET /files/secret/{rest*}"),
+        ("/a/files/secret", "GET /files/{name}"),
+        ("/a/files/other/", "GET /files/{name}"),
+        ("/a/files/secret/x", "GET /files/secret/{rest*}"),
+        ("/a/docs/x/", "GET /docs/{name}"),
+    ] {
+        assert_eq!(matched(&snap, Method::GET, path), resource, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn forwards_with_base_path_stripped_and_query_kept() {
     let upstream = Upstream::start().await;
