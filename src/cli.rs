@@ -404,9 +404,14 @@ pub struct ExplainArgs {
     /// Token scopes, space-separated (omit for a request without token).
     #[arg(long)]
     scopes: Option<String>,
-    /// Auth server that validated the token (default: the API's).
+    /// Auth server that validated the token (default: the API's; another
+    /// one's token is not valid on the API).
     #[arg(long)]
     auth_server: Option<String>,
+    /// The client the token was issued to, for `applications: registered`
+    /// and the applications its client id names.
+    #[arg(long, requires = "scopes")]
+    client_id: Option<String>,
     /// An API key, as sent in the API's `api_key_header`.
     #[arg(long)]
     api_key: Option<String>,
@@ -477,9 +482,19 @@ fn caller(args: &ExplainArgs, snapshot: &Snapshot) -> Result<Caller, String> {
         let scopes = crate::auth::scope::split(scopes).map_err(|problem| {
             format!("--scopes: {problem}; allowed: scope tokens separated by single spaces")
         })?;
+        if let Some(named) = &args.auth_server {
+            if !snapshot.auth_servers.contains_key(named.as_str()) {
+                let known: Vec<&str> = snapshot.auth_servers.keys().map(|k| &**k).collect();
+                return Err(format!(
+                    "--auth-server {named}: no such auth server; allowed: one of {}",
+                    known.join(", ")
+                ));
+            }
+        }
         return Ok(Caller::Token {
             scopes: scopes.map(str::to_owned).collect(),
             auth_server: args.auth_server.clone(),
+            client_id: args.client_id.clone(),
         });
     }
     if let Some(key) = &args.api_key {

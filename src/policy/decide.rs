@@ -34,6 +34,12 @@ pub enum Outcome {
     BadCredentials(CredentialType),
     /// The caller is identified but may not call the resource.
     Denied(Denied),
+    /// A token of another auth server than the one the API validates
+    /// tokens with: not valid there.
+    OtherAuthServer {
+        named: String,
+        own: Arc<str>,
+    },
 }
 
 impl Outcome {
@@ -47,7 +53,10 @@ impl Outcome {
             ) => 400,
             Outcome::NoRoute(RouteProblem::MethodNotAllowed { .. }) => 405,
             Outcome::NoRoute(RouteProblem::NoApi | RouteProblem::NoResource { .. }) => 404,
-            Outcome::NeedsToken | Outcome::NeedsCredentials | Outcome::BadCredentials(_) => 401,
+            Outcome::NeedsToken
+            | Outcome::NeedsCredentials
+            | Outcome::BadCredentials(_)
+            | Outcome::OtherAuthServer { .. } => 401,
             Outcome::InsufficientScope | Outcome::IpFiltered | Outcome::Denied(_) => 403,
         }
     }
@@ -57,10 +66,12 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub enum Caller {
     Nobody,
-    /// A valid token with these scopes, of `auth_server` (the API's own when `None`).
+    /// A valid token with these scopes, of `auth_server` (the API's own
+    /// when `None`), issued to `client_id` (for `applications`).
     Token {
         scopes: Vec<String>,
         auth_server: Option<String>,
+        client_id: Option<String>,
     },
     /// An application credential that was checked: its identity.
     Identified(Identity),
@@ -98,6 +109,7 @@ pub fn decide<'s>(
         Some(scopes) => Caller::Token {
             scopes: scopes.to_vec(),
             auth_server: auth_server.map(str::to_owned),
+            client_id: None,
         },
     };
     decide_for(
@@ -157,15 +169,21 @@ pub fn decide_for<'s>(
         .collect();
     let filtered = api.ip_filter.as_ref().is_some_and(|f| !f.admits(client_ip));
     if let Authentication::Identify(identification) = &api.authentication {
-        let server: Option<Arc<str>> = match (caller, &identification.auth_server) {
+        // The data path validates tokens with the API's auth server only:
+        // a token of another is refused, whatever its scopes.
+        let server = identification.auth_server.clone();
+        let other = match (caller, &server) {
             (
                 Caller::Token {
                     auth_server: Some(named),
                     ..
                 },
-                Some(_),
-            ) => Some(Arc::from(named.as_str())),
-            (_, own) => own.clone(),
+                Some(own),
+            ) if **own != **named => Some(Outcome::OtherAuthServer {
+                named: named.clone(),
+                own: own.clone(),
+            }),
+            _ => None,
         };
         if let Some(server) = &server {
             verdict.granting_token_scopes = granting_scopes(&matched, server);
@@ -178,12 +196,15 @@ pub fn decide_for<'s>(
         };
         let who = match caller {
             Caller::Nobody => Err(missing),
-            Caller::Token { scopes, .. } => match &server {
+            Caller::Token { .. } if other.is_some() => Err(other.unwrap_or(missing)),
+            Caller::Token {
+                scopes, client_id, ..
+            } => match &server {
                 Some(server) => Ok(Identity::of_token(
                     Arc::new(Principal {
                         auth_server: server.clone(),
                         token_scopes: scopes.clone(),
-                        client_id: None,
+                        client_id: client_id.clone(),
                         user_name: None,
                         issuer: None,
                         audience: Vec::new(),
@@ -353,6 +374,9 @@ impl fmt::Display for Verdict<'_> {
                 format!("DENY 401: the {} credential is not valid", kind.label())
             }
             Outcome::Denied(denied) => format!("DENY 403: {} ({denied})", denied.label()),
+            Outcome::OtherAuthServer { named, own } => format!(
+                "DENY 401: invalid_token (the API validates tokens of auth server {own}, not {named})"
+            ),
         };
         write!(f, "verdict:    {verdict}")
     }

@@ -849,6 +849,89 @@ async fn explain_command_takes_each_credential_and_agrees_with_the_data_path() {
     w.gw.shutdown().await;
 }
 
+/// `explain` with a token: the client it was issued to decides
+/// `applications: registered`, and a token of another auth server than
+/// the API's is not valid there — as the data path answers.
+#[tokio::test]
+async fn explain_takes_the_tokens_client_and_auth_server_as_the_data_path_does() {
+    let w = world(true).await;
+    let registered = w
+        .idp
+        .token_with(serde_json::json!({ "client_id": "app", "scope": "" }));
+    let stranger = w
+        .idp
+        .token_with(serde_json::json!({ "client_id": "stranger", "scope": "" }));
+    for (args, token) in [
+        (
+            &[
+                "GET",
+                "/registered/status",
+                "--scopes",
+                "",
+                "--client-id",
+                "app",
+            ][..],
+            &registered,
+        ),
+        (
+            &[
+                "GET",
+                "/registered/status",
+                "--scopes",
+                "",
+                "--client-id",
+                "stranger",
+            ][..],
+            &stranger,
+        ),
+    ] {
+        let predicted = explained(&w.gw.config, args);
+        let status =
+            w.gw.request(Method::GET, args[1])
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+        assert_eq!(status, predicted, "{args:?}");
+    }
+    assert_eq!(
+        explained(
+            &w.gw.config,
+            &[
+                "GET",
+                "/registered/status",
+                "--scopes",
+                "",
+                "--client-id",
+                "app"
+            ]
+        ),
+        200
+    );
+    let other = binary()
+        .args(["explain", "-c", w.gw.config.to_str().unwrap()])
+        .args([
+            "GET",
+            "/travels/bookings",
+            "--scopes",
+            "ViewTickets",
+            "--auth-server",
+            "nobody",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&other.stderr)
+            .contains("--auth-server nobody: no such auth server"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    w.gw.shutdown().await;
+}
+
 /// Sixteen requests at once with one Basic credential not yet verified
 /// (an Argon2 hash of the default cost, tens of milliseconds): the first
 /// to get a worker hashes it, the others find it verified when their turn

@@ -119,6 +119,8 @@ security_settings:
   auth_servers:
   - id: local
     localIntrospectionConfig: { issuer: "http://localhost:4485" }
+  - id: partners
+    localIntrospectionConfig: { issuer: "https://partners.example" }
 scope_mappings:
 - auth_server: local
   scope: view
@@ -199,6 +201,36 @@ fn explain_reads_scopes_as_tokens_carry_them_split_on_spaces_only() {
     assert_eq!(out, "");
     let (code, _) = explain(&["GET", "/travels/bookings/7", "--scopes", " openid  view "]);
     assert_eq!(code, Some(0));
+}
+
+/// The data path validates an API's tokens with its own auth server: a
+/// token of another is refused (401) whatever it carries.
+#[test]
+fn explain_refuses_a_token_of_another_auth_server() {
+    let (code, out) = explain(&[
+        "GET",
+        "/travels/bookings",
+        "--scopes",
+        "view",
+        "--auth-server",
+        "partners",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.ends_with(
+            "verdict:    DENY 401: invalid_token (the API validates tokens of auth server local, not partners)\n"
+        ),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "GET",
+        "/travels/bookings",
+        "--scopes",
+        "view",
+        "--auth-server",
+        "local",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[test]

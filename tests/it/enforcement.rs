@@ -876,7 +876,9 @@ async fn explain_gives_the_verdict_of_the_data_path() {
             Outcome::NoRoute(policy::RouteProblem::MethodNotAllowed { .. }) => 405,
             Outcome::NoRoute(_) => 404,
             Outcome::IpFiltered | Outcome::Denied(_) => 403,
-            Outcome::NeedsCredentials | Outcome::BadCredentials(_) => 401,
+            Outcome::NeedsCredentials
+            | Outcome::BadCredentials(_)
+            | Outcome::OtherAuthServer { .. } => 401,
         };
         let token = scopes.map(|s| w.idp.token(s));
         let resp = w.send(method.clone(), path, token.as_deref()).await;
