@@ -45,6 +45,42 @@ pub(super) fn listen(ctx: &mut Ctx, file: &raw::File) -> Listen {
         Some(_) => port(ctx, &file.admin.port, "admin.port"),
         None => Some(9485),
     };
+    // Two listeners on one port: `check` says so, not the bind at start.
+    let overlap = |a: IpAddr, b: IpAddr| a == b || a.is_unspecified() || b.is_unspecified();
+    let listeners = [
+        ("ports.http", &file.ports.http, http, bind),
+        ("ports.https", &file.ports.https, https, bind),
+        ("admin.port", &file.admin.port, admin, admin_bind),
+    ];
+    for (later, (key, at, port, address)) in listeners.iter().enumerate() {
+        let (Some(at), Some(port @ 1..)) = (at, port) else {
+            continue;
+        };
+        let earlier = listeners[..later]
+            .iter()
+            .find(|(_, _, other, other_address)| {
+                *other == Some(*port) && overlap(*address, *other_address)
+            });
+        if let Some((other, ..)) = earlier {
+            ctx.report.error(
+                at.referenced,
+                format!("{key}: port {port} is {other}'s too"),
+                "a port of its own for each listener",
+            );
+        }
+    }
+    // The admin port's reads (status, settings, assets) need credentials
+    // only when credentials are set.
+    let loopback = admin_bind.to_canonical().is_loopback();
+    if let (Some(bind), false, None) = (&file.admin.bind, loopback, &file.admin.user) {
+        ctx.report.warning(
+            bind.referenced,
+            format!(
+                "admin.bind: `{}` without admin.user: status, settings and assets are readable by anyone who reaches the port",
+                bind.value.0
+            ),
+        );
+    }
     Listen {
         http: http.map(|p| SocketAddr::new(bind, p)),
         https: https.map(|p| SocketAddr::new(bind, p)),

@@ -1920,6 +1920,41 @@ fn a_mapping_for_an_auth_server_the_api_does_not_use_is_warned_about() {
     );
 }
 
+/// Two listeners on one port would fail at start only: `check` says so.
+#[test]
+fn two_listeners_on_one_port_are_refused() {
+    refused(
+        "ports: { http: 8080 }\nadmin: { port: 8080 }\n",
+        error(
+            2,
+            16,
+            "admin.port: port 8080 is ports.http's too",
+            "a port of its own for each listener",
+        ),
+    );
+    // Different addresses may share a port number.
+    loaded("ports: { http: 8080, bind: 127.0.0.1 }\nadmin: { port: 8080, bind: 127.0.0.2 }\n");
+}
+
+/// Without credentials the admin port's reads are open: bound beyond
+/// loopback, that is said.
+#[test]
+fn an_admin_port_open_beyond_loopback_without_credentials_is_warned_about() {
+    let loaded = loaded("admin: { port: 9485, bind: 0.0.0.0 }\n");
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":1:28: warning: admin.bind: `0.0.0.0` without admin.user: status, settings and assets are readable by anyone who reaches the port"),
+        "{}",
+        warnings[0]
+    );
+    let quiet = loaded_with(
+        "admin: { port: 9485, bind: 0.0.0.0, user: ops, password: \"${env:ADMIN_PW}\" }\n",
+        &env(&[("ADMIN_PW", "s3cret-enough")]),
+    );
+    assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+}
+
 #[test]
 fn allow_insecure_http_makes_plain_http_a_warning_and_loopback_needs_nothing() {
     let loaded = loaded(
