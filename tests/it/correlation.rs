@@ -186,6 +186,23 @@ async fn the_access_log_line_carries_the_request_id_the_client_got() {
     assert!(line.contains("client=127.0.0.1 "), "{line}");
 }
 
+/// A head refused before it made a request (malformed, too large, too
+/// slow) is in the access log too, with its status and the peer.
+#[tokio::test]
+async fn a_refused_request_head_has_its_access_log_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = logging_process(dir.path(), "");
+    let answer =
+        common::raw_request(started.http, b"GET /echo/x HTTP/1.1\r\nHost gw\r\n\r\n").await;
+    assert_eq!(common::status_of(&answer), 400, "{answer}");
+    let line = started
+        .line_with("microgateway::access", std::time::Duration::from_secs(10))
+        .expect("an access-log line");
+    assert!(line.contains("status=400"), "{line}");
+    assert!(line.contains("client=127.0.0.1 "), "{line}");
+    assert!(line.contains("method=- "), "{line}");
+}
+
 /// Behind a trusted proxy, the access log names the client the proxy
 /// forwards for (the address throttles and `ip_filter` see too).
 #[tokio::test]

@@ -525,9 +525,22 @@ async fn finish<S: AsyncRead + AsyncWrite + Reset + Unpin>(
                 keep_alive: false,
             };
             let response = rejection.into_response();
-            // No request to log nor an API to count it for: the client's
-            // fault is counted.
-            crate::metrics::client_error(match response.status().as_u16() {
+            // No request to count for an API: the client's fault is
+            // counted, and logged with what is known of it (no method,
+            // path or request id: the head did not make a request).
+            let status = response.status().as_u16();
+            if crate::access_log::is_on() {
+                crate::access_log::write(&crate::access_log::Entry {
+                    client: peer.ip().to_canonical(),
+                    request_id: "-",
+                    method: "-",
+                    path: "-",
+                    api: "-",
+                    status,
+                    micros: 0,
+                });
+            }
+            crate::metrics::client_error(match status {
                 408 => "head_timeout",
                 414 => "uri_too_long",
                 431 => "head_too_large",
