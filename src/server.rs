@@ -634,6 +634,10 @@ impl Signals {
         // Out of slots while it had not had the time to send its first
         // request: looked at again when its grace ends.
         let mut pressed_early = false;
+        // When an idle connection that could not be parked (HTTP/2, a
+        // head begun, a close lingering) looks again: a look that fails
+        // must not be due again at once, or the watchdog spins.
+        let mut park_look_at: Option<Instant> = None;
         let watchdog = Watchdog::new();
         loop {
             let deadline = activity.deadline(*timeouts);
@@ -648,9 +652,10 @@ impl Signals {
             // it, the drain timeout and the time an idle connection has to
             // close.
             // An idle connection looks whether it can be parked.
-            let mut look = activity
-                .idle_since()
-                .map_or(deadline, |since| deadline.min(since + PARK_AFTER));
+            let mut look = activity.idle_since().map_or(deadline, |since| {
+                let park = (since + PARK_AFTER).max(park_look_at.unwrap_or(since));
+                deadline.min(park)
+            });
             if pressed_early {
                 look = look.min(activity.started + HANDSHAKE_GRACE);
             }
@@ -732,9 +737,11 @@ impl Signals {
                     } else if activity
                         .idle_since()
                         .is_some_and(|since| since + PARK_AFTER <= now)
-                        && parkable()
                     {
-                        return Outcome::Parked;
+                        if parkable() {
+                            return Outcome::Parked;
+                        }
+                        park_look_at = Some(now + PARK_AFTER);
                     }
                 }
             }

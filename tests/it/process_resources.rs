@@ -137,3 +137,56 @@ fn the_program_pages_read_at_start_are_given_back() {
         "{before} KiB before, {after} KiB after: {line}"
     );
 }
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The fields after the command name (which may hold spaces), from the
+    // third: utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').expect("comm").1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Connections that stay open idle without being parked (an HTTP/2 one
+/// after its request, an HTTP/1.1 one with half a head) cost nothing
+/// while they wait: their watchdog sleeps until something is due instead
+/// of looking again and again at a time already past.
+#[tokio::test]
+async fn idle_connections_that_cannot_be_parked_use_no_cpu() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = start(dir.path(), &[]);
+    let tcp = tokio::net::TcpStream::connect(started.http)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let url = format!("http://{}/echo/x", started.http);
+    let request = http::Request::get(&url)
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("answer");
+    assert_eq!(answer.status(), 200);
+    let mut half = tokio::net::TcpStream::connect(started.http)
+        .await
+        .expect("connect");
+    half.write_all(b"GET /echo/x HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    // Past the second after which an idle connection looks whether it
+    // can be parked; then two seconds of doing nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let pid = started.child.id();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    // A spinning watchdog takes a core (about 200 ticks in 2 s).
+    assert!(used < 50, "{used} ticks of CPU in 2 s while idle");
+    drop((sender, half));
+}
