@@ -300,6 +300,12 @@ impl LiveTls {
         if cached.0 != snapshot.generation {
             cached.0 = snapshot.generation;
             let setting = Setting::of(&snapshot);
+            // Without `tls:` the listener goes on as the certificate does
+            // (until a restart): with the clients it verified, never
+            // with none (`client_auth: required` quietly gone).
+            if snapshot.tls.is_none() {
+                return cached.2.clone();
+            }
             if setting != cached.1 {
                 match acceptor(&snapshot, &self.provider, &self.certificate) {
                     Ok(acceptor) => {
@@ -430,6 +436,11 @@ mod x509 {
     fn time(input: &[u8]) -> Option<(u64, &[u8])> {
         let (tag, content, rest) = tlv(input)?;
         let text = std::str::from_utf8(content).ok()?.strip_suffix('Z')?;
+        // Digits only: sliced by bytes below, which a wider character
+        // would not fall on.
+        if !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
         let (year, rest_text) = match (tag, text.len()) {
             (UTC_TIME, 12) => {
                 let yy: i64 = text[..2].parse().ok()?;
@@ -482,6 +493,10 @@ mod x509 {
             let (at, _) = time(b"\x18\x0f19500101000000Z").expect("GeneralizedTime");
             assert_eq!(at, 0);
             assert!(time(b"\x17\x0d4912312359xxZ").is_none());
+            // Twelve bytes, but a wide character where the year is: no
+            // slice may fall inside it.
+            assert!(time("\x17\x0d\u{20ac}000000000Z".as_bytes()).is_none());
+            assert!(time("\x18\x0f20\u{20ac}000000000Z".as_bytes()).is_none());
         }
 
         #[test]

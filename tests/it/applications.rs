@@ -1466,6 +1466,56 @@ apis:
         );
         gw.shutdown().await;
     }
+
+    /// A reload without `tls:` (and without `ports.https`, a change that
+    /// waits for a restart) leaves the running HTTPS listener verifying
+    /// clients as before: it does not fall back to taking anyone.
+    #[tokio::test]
+    async fn a_reload_without_tls_keeps_requiring_client_certificates() {
+        let (dir, server) = served_as_localhost();
+        let authority = ca();
+        std::fs::write(dir.path().join("ca.pem"), authority.pem()).unwrap();
+        let partner = client(&authority, "partner");
+        let unrelated = client(&authority, "unrelated");
+        let upstream = Upstream::start().await;
+        let gw = Gateway::start(&yaml(
+            dir.path(),
+            &upstream,
+            "required",
+            &partner.fingerprint(),
+            &unrelated.fingerprint(),
+        ))
+        .await;
+        let addr = gw.inner.as_ref().unwrap().https.expect("https");
+        let server_der = server.cert.der().clone();
+        assert!(get(addr, &server_der, None, "/certified/items")
+            .await
+            .is_err());
+        gw.write_config(&format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+apis:
+- name: Certified
+  base_path: /certified
+  upstream: {{ url: "{}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+"#,
+            upstream.url("/api")
+        ));
+        gw.wait_generation(2).await;
+        let anonymous = get(addr, &server_der, None, "/certified/items").await;
+        assert!(
+            anonymous.is_err(),
+            "a client without a certificate got through: {anonymous:?}"
+        );
+        assert_eq!(
+            get(addr, &server_der, Some(&partner), "/certified/items").await,
+            Ok(200)
+        );
+        gw.shutdown().await;
+    }
 }
 
 /// A locked user stays locked for a credential the gateway has verified
