@@ -451,6 +451,7 @@ impl Conn {
                     activity: &conn.activity,
                     peer: conn.peer,
                     parkable: &|| wire.waits_idle(),
+                    multiplexed: false,
                 };
                 conn.signals.supervise(watched, exchanges, graceful).await
             };
@@ -544,13 +545,14 @@ impl Conn {
         let requests = self.activity.clone();
         let peer = self.peer;
         let body_read = self.port.settings.timeouts.body_read;
+        let slots = self.port.slots.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let guard = InFlight::begin(&requests);
             let mut req = req.map(|body| {
                 if body.is_end_stream() {
                     crate::proxy::empty()
                 } else {
-                    H2Body::new(body, body_read).boxed()
+                    H2Body::new(body, body_read, slots.clone()).boxed()
                 }
             });
             if tunnel::is_h2_handshake(&req) {
@@ -575,6 +577,7 @@ impl Conn {
             activity: &self.activity,
             peer,
             parkable: &|| false,
+            multiplexed: true,
         };
         if let Outcome::Done(Err(error)) = self.signals.supervise(watched, conn, graceful).await {
             tracing::debug!(%error, %peer, "connection ended with an error");
@@ -590,6 +593,8 @@ struct Watched<'a> {
     /// Whether the connection waits for a request nothing of which has
     /// come, so that it can be parked.
     parkable: &'a (dyn Fn() -> bool + Sync),
+    /// HTTP/2: idle, it may still be sending the end of an answer.
+    multiplexed: bool,
 }
 
 /// How long a connection waits for its next request before it is parked
@@ -625,6 +630,7 @@ impl Signals {
             activity,
             peer,
             parkable,
+            multiplexed,
         } = watched;
         let mut closing = false;
         // An idle connection asked to close has `send` to do it: HTTP/2
@@ -701,6 +707,21 @@ impl Signals {
                     tracing::debug!(%peer, "connection closed: it resets most of its requests");
                     return Outcome::Cut;
                 }
+                // Idle again while its port still has no free slot.
+                Ok(Watch::Rearm)
+                    if !closing
+                        && activity.idle()
+                        && !activity.is_new(HANDSHAKE_GRACE)
+                        && self.slots.pressure().is_high() =>
+                {
+                    tracing::debug!(%peer, "idle connection closed: its port has no free slot");
+                    if !multiplexed {
+                        return Outcome::Cut;
+                    }
+                    graceful(conn.as_mut());
+                    closing = true;
+                    closed_by = Some(Instant::now() + timeouts.send);
+                }
                 Ok(Watch::Rearm) => {}
                 // A new connection has its grace to send its first request:
                 // cut at once, each would give its slot to the next client
@@ -708,13 +729,28 @@ impl Signals {
                 Ok(Watch::Pressure) if activity.idle() && activity.is_new(HANDSHAKE_GRACE) => {
                     pressed_early = true;
                 }
+                // An HTTP/2 connection with no request in flight may still
+                // hold the end of an answer for a client that has not opened
+                // its window: it is closed as at its idle timeout, with
+                // `send` to finish; an HTTP/1.1 one has written everything.
                 Ok(Watch::Pressure) if activity.idle() => {
                     tracing::debug!(%peer, "idle connection closed: its port has no free slot");
-                    return Outcome::Cut;
+                    if !multiplexed {
+                        return Outcome::Cut;
+                    }
+                    if !closing {
+                        graceful(conn.as_mut());
+                        closing = true;
+                        closed_by = Some(Instant::now() + timeouts.send);
+                    }
                 }
                 // A request body waiting for its client looks again at how
-                // long it may wait (`slots::PRESSED_SILENCE`).
-                Ok(Watch::Pressure) => activity.body_waker.wake(),
+                // long it may wait (`slots::PRESSED_SILENCE`); the watchdog
+                // looks again once the connection is idle.
+                Ok(Watch::Pressure) => {
+                    activity.wake_when_idle.store(true, Ordering::Release);
+                    activity.body_waker.wake();
+                }
                 Ok(Watch::Timer) => {
                     if pressed_early && !activity.is_new(HANDSHAKE_GRACE) {
                         pressed_early = false;

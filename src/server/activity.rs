@@ -43,6 +43,9 @@ pub(super) struct Activity {
     /// The task of an HTTP/1.1 request body waiting for its client, woken
     /// when the port runs out of slots (`server::slots`).
     pub(super) body_waker: AtomicWaker,
+    /// The watchdog asks to be woken (`quiet`) when the last request in
+    /// flight ends: the port ran out of slots while it was busy.
+    pub(super) wake_when_idle: AtomicBool,
 }
 
 impl Activity {
@@ -59,6 +62,7 @@ impl Activity {
             send_ms: u32::try_from(send.as_millis()).unwrap_or(u32::MAX),
             watch_ms: AtomicU64::new(0),
             body_waker: AtomicWaker::new(),
+            wake_when_idle: AtomicBool::new(false),
         }
     }
 
@@ -197,10 +201,14 @@ impl Drop for InFlight {
         activity
             .idle_since_ms
             .store(activity.elapsed_ms(), Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let left = activity.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         // Deadlines only move later, except once: from `header_read` before
-        // the first request to `idle` after it. Re-arm the timer then only.
-        if !activity.first_done.swap(true, Ordering::AcqRel) {
+        // the first request to `idle` after it. Re-arm the timer then only,
+        // and when the watchdog asked to see the connection idle.
+        let asked = left == 0
+            && activity.wake_when_idle.load(Ordering::Relaxed)
+            && activity.wake_when_idle.swap(false, Ordering::AcqRel);
+        if !activity.first_done.swap(true, Ordering::AcqRel) || asked {
             activity.quiet.notify_one();
         }
     }

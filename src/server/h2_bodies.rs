@@ -13,7 +13,12 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
 use super::activity::InFlight;
+use super::slots::{Slots, PRESSED_SILENCE};
 use crate::proxy::{Body, BodyFault, BoxError};
 use crate::timer::Deadline;
 
@@ -82,22 +87,28 @@ impl HttpBody for Tracked {
 }
 
 /// An HTTP/2 request body: each silence of the client while more is due
-/// bounded by `timeouts.body_read`, every failure the client's
-/// [`BodyFault`].
+/// bounded by `timeouts.body_read` — by [`PRESSED_SILENCE`] while the
+/// port has no free slot, as for HTTP/1.1, so that a few clients
+/// trickling bodies cannot keep out a client that has a request — every
+/// failure the client's [`BodyFault`].
 pub(super) struct H2Body {
     inner: Incoming,
     wait: Duration,
-    /// Armed while the body waits for the client.
-    deadline: Option<Deadline>,
+    slots: Arc<Slots>,
+    /// Armed while the body waits for the client: since when it waits,
+    /// and when it looks again (at the latest every [`PRESSED_SILENCE`]:
+    /// the port may run out of slots meanwhile).
+    waiting: Option<(Instant, Deadline)>,
     failed: Option<BodyFault>,
 }
 
 impl H2Body {
-    pub(super) fn new(inner: Incoming, wait: Duration) -> H2Body {
+    pub(super) fn new(inner: Incoming, wait: Duration, slots: Arc<Slots>) -> H2Body {
         H2Body {
             inner,
             wait,
-            deadline: None,
+            slots,
+            waiting: None,
             failed: None,
         }
     }
@@ -105,8 +116,15 @@ impl H2Body {
     fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         crate::metrics::client_error(fault.cause());
         self.failed = Some(fault);
-        self.deadline = None;
+        self.waiting = None;
         Poll::Ready(Some(Err(Box::new(fault))))
+    }
+
+    /// When a silence that began at `since` is looked at next: at its end,
+    /// or within [`PRESSED_SILENCE`] while that end is further away.
+    fn next_look(&self, since: Instant, now: Instant) -> Instant {
+        let allowed = self.slots.pressure().body_silence(self.wait);
+        (since + allowed).min(now + PRESSED_SILENCE)
     }
 }
 
@@ -124,7 +142,7 @@ impl HttpBody for H2Body {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.deadline = None;
+                this.waiting = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -134,15 +152,27 @@ impl HttpBody for H2Body {
                 this.fail(BodyFault::Truncated)
             }
             Poll::Ready(None) => {
-                this.deadline = None;
+                this.waiting = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let wait = this.wait;
-                let deadline = this.deadline.get_or_insert_with(|| Deadline::after(wait));
-                ready!(Pin::new(deadline).poll(cx));
-                this.fail(BodyFault::Stalled)
-            }
+            Poll::Pending => loop {
+                let now = Instant::now();
+                let first_look = this.next_look(now, now);
+                let (since, deadline) = this
+                    .waiting
+                    .get_or_insert_with(|| (now, Deadline::at(first_look)));
+                ready!(Pin::new(&mut *deadline).poll(cx));
+                let since = *since;
+                let now = Instant::now();
+                let allowed = this.slots.pressure().body_silence(this.wait);
+                if now.saturating_duration_since(since) >= allowed {
+                    return this.fail(BodyFault::Stalled);
+                }
+                let next = this.next_look(since, now);
+                if let Some((_, deadline)) = &mut this.waiting {
+                    *deadline = Deadline::at(next);
+                }
+            },
         }
     }
 

@@ -163,6 +163,69 @@ async fn four_trickled_bodies_leave_their_slots_to_a_fifth_client() {
     gw.shutdown().await;
 }
 
+/// The same over HTTP/2: four h2c connections each trickling a request
+/// body hold every slot; their silence is bounded by the pressed bound
+/// once a fifth client waits, not by `body_read` (30 s).
+#[tokio::test]
+async fn four_trickled_http2_bodies_leave_their_slots_to_a_fifth_client() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&four_slots_yaml(&upstream.url())).await;
+    let mut senders = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let tcp = TcpStream::connect(gw.http).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c handshake");
+        let connection = tokio::spawn(conn);
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let req = Request::post(format!("http://{}/slow/orders", gw.http))
+            .body(channel_body(rx).boxed_unsync())
+            .unwrap();
+        tx.send(Bytes::from_static(b"hello")).await.unwrap();
+        answers.push(tokio::spawn(sender.send_request(req)));
+        senders.push((sender, tx, connection));
+    }
+    // Let the four take every slot and go silent before the fifth comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let innocent = stall(
+        gw.http,
+        "GET /quick/ping HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (raw, at) = answer(innocent).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let bound = Duration::from_secs(1) + SLACK + SLACK;
+    assert!(
+        at - started < bound,
+        "the fifth client waited {:?}",
+        at - started
+    );
+    // Each silent body looks at the pressure on its own: as many are
+    // answered 408 as freed the slot the fifth needed (one, or a few that
+    // looked at once); the others may go on trickling.
+    let mut timed_out = 0;
+    for answer in &mut answers {
+        if let Ok(response) = tokio::time::timeout(Duration::from_millis(100), answer).await {
+            assert_eq!(response.unwrap().expect("an answer").status(), 408);
+            timed_out += 1;
+        }
+    }
+    assert!(timed_out >= 1, "no trickled body made way");
+    // The clients still trickling leave: everything of theirs dropped
+    // (the connection's task alone does not hold its socket).
+    for answer in answers {
+        answer.abort();
+    }
+    for (sender, tx, connection) in senders {
+        connection.abort();
+        drop((sender, tx));
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_leave_their_slots_to_a_new_client() {
     let upstream = RecordingUpstream::start().await;
