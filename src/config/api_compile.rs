@@ -11,7 +11,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::context::{basic_header, header_name, names, Ctx, GrantTable};
+use super::context::{
+    basic_header, header_name, is_connection_field, names, Ctx, GrantTable, CONNECTION_FIELDS,
+};
 use super::raw::{self, Location, S};
 use super::snapshot::*;
 use super::template;
@@ -555,11 +557,27 @@ fn transform(ctx: &mut Ctx, policies: &raw::Policies) -> Transform {
         return Transform::default();
     };
     let mut transform = Transform::default();
+    let mut written: Vec<(FoldedName, &S<String>)> = Vec::new();
     for (name, value) in &rt.value.set_headers.0 {
-        let (Some(header), Some(template)) = (header_name(ctx, name), value_template(ctx, value))
-        else {
+        let header = header_name(ctx, name).and_then(|h| settable(ctx, name, h));
+        let template = value_template(ctx, value);
+        let Some(header) = header else { continue };
+        // `X-User` and `x_user` would both be set, and an upstream reads
+        // one of them: which one is no policy.
+        let folded = FoldedName::new(header.as_str());
+        if let Some((_, first)) = written.iter().find(|(f, _)| *f == folded) {
+            ctx.report.error(
+                name.referenced,
+                format!(
+                    "set_headers names `{}` twice (also as `{}`)",
+                    name.value, first.value
+                ),
+                "each header once, in any spelling (case, `-`, `_` and `.` alike)",
+            );
             continue;
-        };
+        }
+        written.push((folded, name));
+        let Some(template) = template else { continue };
         strip_every_spelling(&mut transform, &header);
         transform.set.push((header, template));
     }
@@ -569,6 +587,22 @@ fn transform(ctx: &mut Ctx, policies: &raw::Policies) -> Transform {
         }
     }
     transform
+}
+
+/// A name `set_headers` may set: the gateway writes `Host` (from the
+/// upstream URL, RFC 9110 §7.2) and the connection's own fields itself;
+/// one set here would be dropped, or reach the upstream past the
+/// stripping of the client's hop-by-hop fields.
+fn settable(ctx: &mut Ctx, written: &S<String>, name: HeaderName) -> Option<HeaderName> {
+    if name == http::header::HOST || is_connection_field(&name) {
+        ctx.report.error(
+            written.referenced,
+            format!("request_transformation cannot set `{}`", written.value),
+            format!("an end-to-end header name; Host, {CONNECTION_FIELDS} are the gateway's"),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 /// Folded once here, so a request only compares: some servers read

@@ -190,6 +190,31 @@ pub(super) fn header_name(ctx: &mut Ctx, name: &S<String>) -> Option<HeaderName>
     parsed
 }
 
+/// The fields of [`is_connection_field`], for "allowed:" texts.
+pub(super) const CONNECTION_FIELDS: &str =
+    "Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length and the Proxy- fields";
+
+/// Fields that belong to one connection or frame the message (RFC 9110
+/// §7.6.1, §8.6; RFC 9112 §6, §7.1.2): the gateway writes them itself on
+/// each side, so neither transformation may name them. One added to a
+/// request after the client's hop-by-hop fields were stripped would reach
+/// the upstream as the gateway's word.
+pub(super) fn is_connection_field(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
 pub(super) fn method(text: &str) -> Option<Method> {
     match text {
         "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => {

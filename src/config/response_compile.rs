@@ -6,12 +6,9 @@
 
 use http::{HeaderName, HeaderValue};
 
-use super::context::{header_name, Ctx};
+use super::context::{header_name, is_connection_field, Ctx, CONNECTION_FIELDS};
 use super::raw::{self, S};
 use super::snapshot::ResponseTransform;
-
-const NAME_ALLOWED: &str =
-    "an end-to-end header name; Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length and the Proxy- fields are the gateway's";
 
 pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
     let Some(entry) = &policies.response_transformation else {
@@ -53,27 +50,14 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
 
 fn end_to_end(ctx: &mut Ctx, written: &S<String>) -> Option<HeaderName> {
     let name = header_name(ctx, written)?;
-    let reserved = matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-    );
-    if reserved {
+    if is_connection_field(&name) {
         ctx.report.error(
             written.referenced,
             format!(
                 "response_transformation cannot set or remove `{}`",
                 written.value
             ),
-            NAME_ALLOWED,
+            format!("an end-to-end header name; {CONNECTION_FIELDS} are the gateway's"),
         );
         return None;
     }

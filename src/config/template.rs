@@ -2,7 +2,7 @@
 //! templates (`GET /bookings/{id}`) and header value templates
 //! (`tenant-${request.authorization.claims.tenant}`).
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use super::context::{self, Ctx};
 use super::raw::{Scalar, S};
@@ -10,6 +10,8 @@ use super::snapshot::{Part, Segment, Template, ValueTemplate, Variable};
 use crate::path;
 
 pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|type|claims.NAME} (or ${request.oauth2Token.clientId|owner}), ${request.application.name}";
+
+const VALUE_ALLOWED: &str = "text without line breaks or other control characters around the variables (write a block scalar as `|-`)";
 
 pub const RESOURCE_ALLOWED: &str =
     "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
@@ -58,15 +60,34 @@ fn variable(name: &str) -> Result<Variable, String> {
     })
 }
 
-/// A header value template, or a finding at its position.
+/// A header value template, or a finding at its position. Its literal
+/// text is checked as a header value here: a line break (a YAML block
+/// scalar `|` ends in one) would otherwise fail every request at run time.
 pub(super) fn value_template(ctx: &mut Ctx, value: &S<Scalar>) -> Option<ValueTemplate> {
-    match parse(&value.value.0) {
-        Ok(parsed) => Some(parsed),
+    let text = &value.value.0;
+    let parsed = match parse(text) {
+        Ok(parsed) => parsed,
         Err(problem) => {
             ctx.report.error(value.referenced, problem, ALLOWED);
-            None
+            return None;
         }
+    };
+    let literal_ok = parsed.parts.iter().all(|part| match part {
+        Part::Text(literal) => HeaderValue::from_str(literal).is_ok(),
+        Part::Var(_) => true,
+    });
+    if !literal_ok {
+        ctx.report.error(
+            value.referenced,
+            format!(
+                "set_headers value `{}` is not a valid header value",
+                text.escape_debug()
+            ),
+            VALUE_ALLOWED,
+        );
+        return None;
     }
+    Some(parsed)
 }
 
 /// Parses `METHOD /path/{param}/{tail*}`.

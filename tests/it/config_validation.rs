@@ -2229,3 +2229,103 @@ fn a_deadline_of_zero_is_refused_but_a_drain_of_zero_is_taken() {
     let taken = loaded("timeouts: { drain: 0s }\napis: []\n");
     assert!(taken.snapshot.timeouts.drain.is_zero());
 }
+
+// ------------------------------------------------------------ transformations
+
+const REQUEST_NAME_ALLOWED: &str = "an end-to-end header name; Host, Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length and the Proxy- fields are the gateway's";
+
+/// An open API whose `request_transformation` is `policy` (indented under
+/// `request_transformation:`, from line 8).
+fn with_request_transformation(policy: &str) -> String {
+    format!(
+        "apis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  resources: [\"GET /a\"]\n  policies:\n    request_transformation:\n{policy}"
+    )
+}
+
+/// Hop-by-hop fields set by the policy would reach the upstream past the
+/// stripping of the client's; `Host` and `Content-Length` would be dropped.
+#[test]
+fn request_transformation_cannot_set_the_gateways_own_fields() {
+    let names = [
+        "Connection",
+        "Upgrade",
+        "TE",
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "Trailer",
+        "Transfer-Encoding",
+        "Host",
+        "Content-Length",
+    ];
+    let policy: String = names
+        .iter()
+        .map(|name| format!("        {name}: x\n"))
+        .collect();
+    let found = errors(&with_request_transformation(&format!(
+        "      set_headers:\n{policy}        X-Fine: x\n"
+    )));
+    let expected: Vec<Found> = names
+        .iter()
+        .zip(9..)
+        .map(|(name, line)| {
+            error(
+                line,
+                9,
+                &format!("request_transformation cannot set `{name}`"),
+                REQUEST_NAME_ALLOWED,
+            )
+        })
+        .collect();
+    assert_eq!(found, expected);
+}
+
+/// A block scalar (`|`) ends in a line break: once refused by every
+/// request at run time (401), now by the file.
+#[test]
+fn set_headers_literal_text_must_be_a_header_value() {
+    let allowed = "text without line breaks or other control characters around the variables (write a block scalar as `|-`)";
+    assert_eq!(
+        errors(&with_request_transformation(
+            "      set_headers:\n        X-Env: |\n          prod\n        X-Tenant: \"t\\r-${request.authorization.clientId}\"\n        X-Ok: |-\n          prod\n"
+        )),
+        vec![
+            error(
+                10,
+                11,
+                "set_headers value `prod\\n` is not a valid header value",
+                allowed
+            ),
+            error(
+                11,
+                19,
+                "set_headers value `t\\r-${request.authorization.clientId}` is not a valid header value",
+                allowed
+            ),
+        ]
+    );
+}
+
+#[test]
+fn set_headers_naming_one_header_twice_in_any_spelling_is_refused() {
+    let allowed = "each header once, in any spelling (case, `-`, `_` and `.` alike)";
+    assert_eq!(
+        errors(&with_request_transformation(
+            "      set_headers:\n        X-User: a\n        x-user: b\n        X_User: c\n        X-Other: d\n"
+        )),
+        vec![
+            error(
+                10,
+                9,
+                "set_headers names `x-user` twice (also as `X-User`)",
+                allowed
+            ),
+            error(
+                11,
+                9,
+                "set_headers names `X_User` twice (also as `X-User`)",
+                allowed
+            ),
+        ]
+    );
+}
