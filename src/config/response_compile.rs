@@ -2,7 +2,8 @@
 //! values checked once, here. Values are plain text (no `${…}`: an
 //! upstream's answer is no place for token properties). Fields that frame
 //! the message or belong to one connection (RFC 9110 §7.6.1, §8.6; RFC
-//! 9112 §6) are refused: the gateway sets those itself.
+//! 9112 §6) are refused: the gateway sets those itself; so are the CORS
+//! fields, which are `policies.cors`'s.
 
 use http::{HeaderName, HeaderValue};
 
@@ -15,8 +16,8 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
         return ResponseTransform::default();
     };
     let mut transform = ResponseTransform::default();
-    for (name, value) in &entry.value.set_headers.0 {
-        let name = end_to_end(ctx, name);
+    for (written, value) in &entry.value.set_headers.0 {
+        let name = end_to_end(ctx, written).and_then(|name| not_cors(ctx, written, name));
         let text = &value.value.0;
         if text.contains("${") {
             ctx.report.error(
@@ -46,6 +47,22 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
         }
     }
     transform
+}
+
+/// The CORS fields are `policies.cors`'s to write: one set here would be
+/// sent on every answer whatever the origin, past every rule of CORS
+/// (`Access-Control-Allow-Origin: null` with credentials). Removing them
+/// stays allowed: it takes nothing away that CORS grants.
+fn not_cors(ctx: &mut Ctx, written: &S<String>, name: HeaderName) -> Option<HeaderName> {
+    if name.as_str().starts_with("access-control-") {
+        ctx.report.error(
+            written.referenced,
+            format!("response_transformation cannot set `{}`", written.value),
+            "a header outside Access-Control-*; the CORS fields come from policies.cors",
+        );
+        return None;
+    }
+    Some(name)
 }
 
 fn end_to_end(ctx: &mut Ctx, written: &S<String>) -> Option<HeaderName> {

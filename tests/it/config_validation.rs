@@ -2329,3 +2329,29 @@ fn set_headers_naming_one_header_twice_in_any_spelling_is_refused() {
         ]
     );
 }
+
+/// `Access-Control-Allow-Origin: null` with credentials, set on every
+/// answer, would open the API to any sandboxed page past every CORS rule.
+#[test]
+fn response_transformation_cannot_set_cors_fields() {
+    let yaml = "apis:\n- name: A\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  policies:\n    response_transformation:\n      set_headers:\n        Access-Control-Allow-Origin: \"null\"\n        access-control-allow-credentials: \"true\"\n        Cache-Control: no-store\n      remove_headers: [Access-Control-Allow-Origin]\n";
+    let allowed = "a header outside Access-Control-*; the CORS fields come from policies.cors";
+    assert_eq!(
+        errors(yaml),
+        vec![
+            error(
+                9,
+                9,
+                "response_transformation cannot set `Access-Control-Allow-Origin`",
+                allowed
+            ),
+            error(
+                10,
+                9,
+                "response_transformation cannot set `access-control-allow-credentials`",
+                allowed
+            ),
+        ]
+    );
+    loaded("apis:\n- name: A\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  policies:\n    response_transformation:\n      remove_headers: [Access-Control-Allow-Origin]\n");
+}
