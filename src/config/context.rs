@@ -109,6 +109,12 @@ impl Ctx<'_> {
         match resolve::secret(&value.value.0, self.env, &self.base) {
             Ok((secret, file)) => {
                 self.files.extend(file);
+                if resolve::encoded_with_line_break(&value.value.0, &secret) {
+                    self.report.warning(
+                        Self::at(value),
+                        format!("{key}: the decoded {{encoded}} secret ends with a line break, which is part of the secret (`echo pw | base64` adds one; `printf %s pw | base64` does not)"),
+                    );
+                }
                 Some(secret)
             }
             Err(problem) => {

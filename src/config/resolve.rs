@@ -93,6 +93,8 @@ pub enum SecretProblem {
     EmptyFile(String),
     #[error("{{encoded}} value decodes to nothing")]
     EmptyEncoded,
+    #[error("the secret is only whitespace")]
+    Blank,
     /// The value is not quoted: a mistyped reference may be a password.
     #[error("`${{…}}` is no secret reference: write exactly \"${{env:NAME}}\" or \"${{file:/path}}\", no spaces around it (a secret that starts with `${{` is written as \"{{encoded}}BASE64\")")]
     MistypedReference,
@@ -132,7 +134,28 @@ fn reference(text: &str) -> Result<Option<Reference<'_>>, SecretProblem> {
 /// Resolves a secret written as `{encoded}BASE64`, `${env:NAME}`,
 /// `${file:/path}` or in clear; a value starting with `${` (spaces aside)
 /// must be one of the two references. Returns the file it read, if any.
+/// A secret that is empty or only whitespace, from any source, is an
+/// error: it would let anyone in who sends that much.
 pub fn secret(
+    text: &str,
+    env: &Env,
+    base: &Path,
+) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+    let (secret, file) = written_secret(text, env, base)?;
+    if secret.expose().trim().is_empty() {
+        return Err(SecretProblem::Blank);
+    }
+    Ok((secret, file))
+}
+
+/// Whether `text` is written `{encoded}…` and its clear value `secret`
+/// ends with a line break: `echo pw | base64` encodes one, which is then
+/// part of the password.
+pub fn encoded_with_line_break(text: &str, secret: &Secret) -> bool {
+    text.starts_with("{encoded}") && secret.expose().ends_with(['\n', '\r'])
+}
+
+fn written_secret(
     text: &str,
     env: &Env,
     base: &Path,
@@ -162,12 +185,19 @@ fn env_secret(name: &str, env: &Env) -> Result<(Secret, Option<PathBuf>), Secret
     let value = env
         .get(name)
         .ok_or_else(|| SecretProblem::MissingEnv(name.to_owned()))?;
+    // A value taken from a file (Kubernetes `secretKeyRef`, `$(cat pw)`
+    // kept verbatim) often ends with the file's line break, no part of
+    // the secret: one is dropped, as `${file:}` drops them.
+    let value = value
+        .strip_suffix("\r\n")
+        .or_else(|| value.strip_suffix('\n'))
+        .unwrap_or(value);
     // `ADMIN_PW=` is a mistake, not a password: an empty secret would
     // let anyone in with an empty password.
     if value.is_empty() {
         return Err(SecretProblem::EmptyEnv(name.to_owned()));
     }
-    Ok((Secret::new(value.clone()), None))
+    Ok((Secret::new(value), None))
 }
 
 /// The file a `${file:PATH}` secret names, whether or not it can be read.

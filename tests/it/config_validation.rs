@@ -1730,6 +1730,85 @@ security_settings:
     );
 }
 
+/// Whitespace lets in whoever sends that much, as an empty secret would.
+#[test]
+fn a_secret_of_only_whitespace_is_refused() {
+    let config = Config::new(
+        r#"security_settings:
+  aliases:
+  - { name: clear, username: u, password: "   " }
+  - { name: encoded, username: u, password: "{encoded}IA==" }
+  - { name: from-env, username: u, password: "${env:PW}" }
+  - { name: from-file, username: u, password: "${file:pw}" }
+  - { name: fine, username: u, password: " a " }
+"#,
+    );
+    config.file("pw", " \t\n");
+    let findings = config
+        .load(&env(&[("PW", "  \n")]))
+        .expect_err("blank secrets are refused");
+    let found: Vec<Found> = findings.iter().map(found).collect();
+    let blank = |line, column| {
+        error(
+            line,
+            column,
+            "password: the secret is only whitespace",
+            SECRET_ALLOWED,
+        )
+    };
+    assert_eq!(
+        found,
+        vec![blank(3, 43), blank(4, 45), blank(5, 46), blank(6, 47)]
+    );
+}
+
+/// A variable filled from a file (a Kubernetes `secretKeyRef`) keeps the
+/// file's line break: one is dropped, `\n` or `\r\n`, as `${file:}` drops it.
+#[test]
+fn an_env_secret_loses_one_trailing_line_break() {
+    let yaml = r#"security_settings:
+  aliases:
+  - { name: lf, username: u, password: "${env:LF}" }
+  - { name: crlf, username: u, password: "${env:CRLF}" }
+  - { name: two, username: u, password: "${env:TWO}" }
+"#;
+    let loaded = loaded_with(
+        yaml,
+        &env(&[("LF", "pw\n"), ("CRLF", "pw\r\n"), ("TWO", "pw\n\n")]),
+    );
+    let password = |name: &str| match &loaded.snapshot.aliases[name] {
+        microgateway::config::snapshot::Alias::Basic { password, .. } => {
+            password.expose().to_owned()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(password("lf"), "pw");
+    assert_eq!(password("crlf"), "pw");
+    assert_eq!(password("two"), "pw\n");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+/// `echo pw | base64` encodes `pw\n`: taken as written, but said.
+#[test]
+fn an_encoded_secret_ending_in_a_line_break_is_warned_about() {
+    let loaded = loaded(
+        "security_settings:\n  aliases:\n  - { name: a, username: u, password: \"{encoded}cHcK\" }\n",
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":3:39: warning: password: the decoded {encoded} secret ends with a line break, which is part of the secret (`echo pw | base64` adds one; `printf %s pw | base64` does not)"),
+        "{}",
+        warnings[0]
+    );
+    match &loaded.snapshot.aliases["a"] {
+        microgateway::config::snapshot::Alias::Basic { password, .. } => {
+            assert_eq!(password.expose(), "pw\n");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn key_and_token_sources_over_plain_http_to_a_remote_host() {
     assert_eq!(
