@@ -13,6 +13,7 @@ use super::authz::{
 };
 use super::context::Ctx;
 use super::diagnostic::{Diagnostic, Origin, Severity};
+use super::plain_http::{self, ClearStore};
 use super::raw::{self, Scalar, S};
 
 pub fn compile(
@@ -178,7 +179,10 @@ fn store(ctx: &mut Ctx, raw: &raw::AuthorizationServer) -> (PathBuf, Option<Post
             }
             if text.starts_with("postgres://") || text.starts_with("postgresql://") {
                 match postgres_url(ctx, text) {
-                    Ok(pg) => Some(pg),
+                    Ok(pg) => {
+                        unencrypted_postgres(ctx, raw, store, &pg);
+                        Some(pg)
+                    }
                     Err(problem) => {
                         ctx.report.error(
                             store.referenced,
@@ -249,6 +253,35 @@ fn store(ctx: &mut Ctx, raw: &raw::AuthorizationServer) -> (PathBuf, Option<Post
         }
     }
     (default_path, Some(pg))
+}
+
+/// `sslmode=disable` over TCP: the password (or what stands for it) and
+/// every token and code the store holds cross the network in clear, so
+/// only to a loopback host unless `allow_insecure_store: true`.
+fn unencrypted_postgres(
+    ctx: &mut Ctx,
+    raw: &raw::AuthorizationServer,
+    store: &S<Scalar>,
+    pg: &PostgresStore,
+) {
+    // A Unix socket directory never leaves the machine.
+    if pg.tls != PgTls::Disable || pg.host.starts_with('/') {
+        return;
+    }
+    let shown = pg.display();
+    let clear = ClearStore {
+        key: "authorization_server.store",
+        shown: &format!("{shown}?sslmode=disable"),
+        what: "the store's password and tokens",
+        encrypted: Some("sslmode=verify-full (or require)"),
+    };
+    plain_http::store(
+        ctx,
+        store.referenced,
+        &pg.host,
+        &raw.allow_insecure_store,
+        clear,
+    );
 }
 
 /// The URL with its password hidden, for diagnostics.

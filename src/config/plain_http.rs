@@ -5,8 +5,11 @@
 //! an error unless its host is loopback (127.0.0.0/8, ::1, `localhost`) or
 //! the entry says `allow_insecure_http: true`, which makes it a warning.
 //! Reads the raw file after the sections are compiled (and the
-//! `download-settings` command's flags, as `api_gateway:`); decides
-//! nothing else.
+//! `download-settings` command's flags, as `api_gateway:`). The stores
+//! (the authorization server's PostgreSQL, the throttling Redis) follow
+//! the same rule for their unencrypted connections, asked by their
+//! sections with [`store`] and opted into with `allow_insecure_store`.
+//! Decides nothing else.
 
 use std::net::IpAddr;
 
@@ -27,6 +30,66 @@ pub const ENTRY: OptIn = OptIn {
     name: "allow_insecure_http",
     how: "`allow_insecure_http: true` on this entry",
 };
+
+/// `allow_insecure_store: true` beside a store's URL.
+pub const STORE: OptIn = OptIn {
+    name: "allow_insecure_store",
+    how: "`allow_insecure_store: true` beside the store",
+};
+
+/// A store reached without TLS, as a diagnostic names it.
+pub(super) struct ClearStore<'a> {
+    /// The setting, `authorization_server.store`.
+    pub key: &'a str,
+    /// The URL as it may be shown (no password).
+    pub shown: &'a str,
+    /// What the connection carries, `the store's password and tokens`.
+    pub what: &'a str,
+    /// How to encrypt it, for "allowed:", where the store can be.
+    pub encrypted: Option<&'a str>,
+}
+
+/// A store connection without TLS to `host`: an error unless the host is
+/// loopback, a warning when `setting` (`allow_insecure_store`) is true.
+pub(super) fn store(
+    ctx: &mut Ctx,
+    at: Location,
+    host: &str,
+    setting: &Option<S<Scalar>>,
+    store: ClearStore,
+) {
+    let allow = ctx.boolean(setting, STORE.name, false);
+    if is_loopback(host) {
+        return;
+    }
+    let ClearStore {
+        key,
+        shown,
+        what,
+        encrypted,
+    } = store;
+    if allow {
+        ctx.report.warning(
+            at,
+            format!(
+                "{key}: `{shown}` carries {what} unencrypted ({})",
+                STORE.name
+            ),
+        );
+    } else {
+        ctx.report.error(
+            at,
+            format!(
+                "{key}: `{shown}` would carry {what} unencrypted to a host that is not loopback"
+            ),
+            format!(
+                "{}a host that is localhost, 127.0.0.0/8 or [::1], or {}",
+                encrypted.map_or(String::new(), |e| format!("{e}, ")),
+                STORE.how
+            ),
+        );
+    }
+}
 
 /// The setting that allows plain HTTP where a URL is given, and how it is named.
 struct Allowance<'a> {

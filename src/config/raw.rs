@@ -632,6 +632,8 @@ pub struct Throttling {
     pub store: Opt<Scalar>,
     /// Redis password (secret syntax).
     pub password: Opt<Scalar>,
+    /// Send the Redis password unencrypted to a host that is not loopback (a warning, not an error). Default false.
+    pub allow_insecure_store: Opt<Scalar>,
     /// When the store fails: `allow` (forwarded, counted, logged) or `deny` (503). Default `allow`.
     pub on_store_error: Opt<Scalar>,
     /// Longest store call. Default 50ms; 1ms to 10s.
@@ -699,6 +701,8 @@ pub struct AuthorizationServer {
     pub store: Opt<Scalar>,
     /// The PostgreSQL store's connections.
     pub store_pool: Option<S<StorePool>>,
+    /// Allow `sslmode=disable` to a host that is not loopback (a warning, not an error). Default false.
+    pub allow_insecure_store: Opt<Scalar>,
     /// Refuse token, introspect and revoke over plain HTTP. Default false.
     pub require_https: Opt<Scalar>,
     /// Lifetime of an authorization code (duration, 1s to 600s). Default 600s.

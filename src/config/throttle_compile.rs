@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::context::Ctx;
+use super::plain_http::{self, ClearStore};
 use super::raw::{self, S};
+use super::secret::shown_url;
 use super::snapshot::{
     OnStoreError, Rate, Resource, SoleCounter, ThrottlePolicy, ThrottleStore, Throttling,
 };
@@ -115,7 +117,42 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
         .password
         .as_ref()
         .and_then(|p| ctx.secret(p, "throttling.password"));
+    let (host, url_password) = redis_host(url.expose());
+    // `redis://` is plain TCP (this build has no `rediss://`): a password
+    // sent to another machine can be read on the way.
+    if url_password || raw.password.is_some() {
+        let clear = ClearStore {
+            key: "throttling.store",
+            shown: &shown_url(url.expose()),
+            what: "the Redis password (redis:// has no TLS)",
+            encrypted: None,
+        };
+        plain_http::store(ctx, at.referenced, host, &raw.allow_insecure_store, clear);
+    }
     ThrottleStore::Redis { url, password }
+}
+
+/// The host of a `redis://[USER[:PASSWORD]@]HOST[:PORT][/DB]` URL, and
+/// whether its user information holds a password.
+fn redis_host(url: &str) -> (&str, bool) {
+    let rest = url.strip_prefix("redis://").unwrap_or(url);
+    let (password, rest) = match rest.rsplit_once('@') {
+        Some((user_information, rest)) => (
+            user_information
+                .split_once(':')
+                .is_some_and(|(_, password)| !password.is_empty()),
+            rest,
+        ),
+        None => (false, rest),
+    };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let host = match authority.find(']') {
+        Some(end) if authority.starts_with('[') => &authority[..=end],
+        _ => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    (host, password)
 }
 
 /// What a policy list may name: its API and the API's scopes.
@@ -348,6 +385,24 @@ fn default_name(scope: Option<&str>, per_application: bool, per_client_ip: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_of_a_redis_url_and_whether_it_holds_a_password() {
+        assert_eq!(
+            redis_host("redis://cache.example:6379/0"),
+            ("cache.example", false)
+        );
+        assert_eq!(
+            redis_host("redis://:pw@cache.example/0"),
+            ("cache.example", true)
+        );
+        assert_eq!(redis_host("redis://user:p@ss@[::1]:6379"), ("[::1]", true));
+        assert_eq!(
+            redis_host("redis://user@10.0.0.1?protocol=resp3"),
+            ("10.0.0.1", false)
+        );
+        assert_eq!(redis_host("redis://user:@localhost"), ("localhost", false));
+    }
 
     #[test]
     fn default_names_say_what_is_counted() {

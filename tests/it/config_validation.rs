@@ -2434,3 +2434,92 @@ fn response_transformation_cannot_set_cors_fields() {
     );
     loaded("apis:\n- name: A\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  policies:\n    response_transformation:\n      remove_headers: [Access-Control-Allow-Origin]\n");
 }
+
+// ------------------------------------------------------------ stores in clear
+
+const STORE_IN_CLEAR_ALLOWED: &str =
+    "a host that is localhost, 127.0.0.0/8 or [::1], or `allow_insecure_store: true` beside the store";
+
+/// `sslmode=disable` sends the store's password and every token it holds
+/// over the network in clear: to loopback or a socket only, unless opted in.
+#[test]
+fn an_unencrypted_postgres_store_on_another_host_is_refused() {
+    refused(
+        "authorization_server:\n  store: \"postgres://mg:hunter2@db.internal:5432/gw?sslmode=disable\"\n",
+        error(
+            2,
+            10,
+            "authorization_server.store: `postgres://mg:****@db.internal:5432/gw?sslmode=disable` would carry the store's password and tokens unencrypted to a host that is not loopback",
+            &format!("sslmode=verify-full (or require), {STORE_IN_CLEAR_ALLOWED}"),
+        ),
+    );
+    let env = env(&[("PGPASSWORD", "pg-pw")]);
+    for local in [
+        "postgres://mg:${env:PGPASSWORD}@127.0.0.1/gw?sslmode=disable",
+        "postgres://mg:${env:PGPASSWORD}@[::1]/gw?sslmode=disable",
+        "postgres://mg@x/gw?sslmode=disable&host=/run/postgresql",
+        "postgres://mg:${env:PGPASSWORD}@db.internal/gw?sslmode=require",
+    ] {
+        let loaded = loaded_with(
+            &format!("authorization_server:\n  store: \"{local}\"\n"),
+            &env,
+        );
+        assert!(loaded.warnings.is_empty(), "{local}: {:?}", loaded.warnings);
+    }
+    let allowed = loaded_with(
+        "authorization_server:\n  store: \"postgres://mg:${env:PGPASSWORD}@db.internal/gw?sslmode=disable\"\n  allow_insecure_store: true\n",
+        &env,
+    );
+    let warnings: Vec<String> = allowed.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":2:10: warning: authorization_server.store: `postgres://mg:****@db.internal:5432/gw?sslmode=disable` carries the store's password and tokens unencrypted (allow_insecure_store)"),
+        "{}",
+        warnings[0]
+    );
+}
+
+/// `redis://` has no TLS: a password, in the URL or in `password`, goes to
+/// another machine in clear unless opted in.
+#[test]
+fn a_redis_password_to_another_host_is_refused() {
+    let message = |url: &str| {
+        format!("throttling.store: `{url}` would carry the Redis password (redis:// has no TLS) unencrypted to a host that is not loopback")
+    };
+    assert_eq!(
+        errors("throttling:\n  store: \"redis://:hunter2@cache.example:6379/0\"\n"),
+        vec![error(
+            2,
+            10,
+            &message("redis://****@cache.example:6379/0"),
+            STORE_IN_CLEAR_ALLOWED
+        )]
+    );
+    assert_eq!(
+        errors("throttling:\n  store: redis://cache.example/0\n  password: hunter2\n"),
+        vec![error(
+            2,
+            10,
+            &message("redis://cache.example/0"),
+            STORE_IN_CLEAR_ALLOWED
+        )]
+    );
+    for fine in [
+        "throttling:\n  store: redis://cache.example/0\n",
+        "throttling:\n  store: redis://127.0.0.1/0\n  password: hunter2\n",
+        "throttling:\n  store: \"redis://:hunter2@localhost:6379/0\"\n",
+    ] {
+        let loaded = loaded(fine);
+        assert!(loaded.warnings.is_empty(), "{fine}: {:?}", loaded.warnings);
+    }
+    let allowed = loaded(
+        "throttling:\n  store: redis://cache.example/0\n  password: hunter2\n  allow_insecure_store: true\n",
+    );
+    let warnings: Vec<String> = allowed.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":2:10: warning: throttling.store: `redis://cache.example/0` carries the Redis password (redis:// has no TLS) unencrypted (allow_insecure_store)"),
+        "{}",
+        warnings[0]
+    );
+}
