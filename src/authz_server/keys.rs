@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
 use super::store::{KnownKey, StoreError, TokenStore};
+use crate::config::signing_key::{self, ParsedKey};
 
 /// Public keys kept in the JWKS besides the current one.
 const PREVIOUS_KEYS_PUBLISHED: usize = 2;
@@ -40,7 +41,7 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("signing key {path} is not a PEM RSA (2048+ bits) or P-256/P-384 PKCS#8 private key")]
+    #[error("signing key {path} is not {}", signing_key::KINDS)]
     Unsupported { path: PathBuf },
     #[error("signing key generation failed")]
     Generate,
@@ -282,29 +283,20 @@ fn load_or_generate(path: &Path) -> Result<SigningKey, KeyError> {
     }
 }
 
-/// Tries RSA, then the EC curves: the PEM label alone does not say which
-/// (PKCS#8 `PRIVATE KEY` covers both).
+/// The key in `pem`, judged as `check` judges the `signing_key` file.
 fn parse(pem: &[u8]) -> Option<SigningKey> {
-    let candidates = [
-        (EncodingKey::from_rsa_pem(pem), Algorithm::RS256),
-        (EncodingKey::from_ec_pem(pem), Algorithm::ES256),
-        (EncodingKey::from_ec_pem(pem), Algorithm::ES384),
-    ];
-    candidates.into_iter().find_map(|(key, alg)| {
-        let encoding = key.ok()?;
-        let mut jwk = Jwk::from_encoding_key(&encoding, alg).ok()?;
-        let kid = jwk.thumbprint(ThumbprintHash::SHA256).ok()?;
-        jwk.common.key_id = Some(kid.clone());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        // Proves the key signs with this algorithm (a P-384 key fails ES256).
-        jsonwebtoken::crypto::sign(b"probe", &encoding, alg).ok()?;
-        Some(SigningKey {
-            kid,
-            alg,
-            encoding,
-            jwk,
-            placeholder: false,
-        })
+    let ParsedKey {
+        kid,
+        alg,
+        encoding,
+        jwk,
+    } = signing_key::parse(pem)?;
+    Some(SigningKey {
+        kid,
+        alg,
+        encoding,
+        jwk,
+        placeholder: false,
     })
 }
 

@@ -14,7 +14,8 @@ use super::authz::{
 use super::context::Ctx;
 use super::diagnostic::{Diagnostic, Origin, Severity};
 use super::plain_http::{self, ClearStore};
-use super::raw::{self, Scalar, S};
+use super::raw::{self, Location, Scalar, S};
+use super::signing_key;
 
 pub fn compile(
     ctx: &mut Ctx,
@@ -53,6 +54,14 @@ pub fn compile(
         .unwrap_or_else(|| "data/signing-key.pem".into());
     let signing_key_path = ctx.path(&signing_key);
     let (store_path, postgres) = store(ctx, raw);
+    // A PostgreSQL store keeps the keys itself: the file is not read.
+    if postgres.is_none() {
+        let at = raw
+            .signing_key
+            .as_ref()
+            .map_or(entry.referenced, |k| k.referenced);
+        signing_key_file(ctx, at, &signing_key_path);
+    }
     let default_lifetime = lifetime(
         ctx,
         &raw.token_lifetime,
@@ -159,6 +168,37 @@ pub fn compile(
 
 const STORE_ALLOWED: &str =
     "sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=disable|require|verify-full";
+
+/// An existing `signing_key` file must hold a key the authorization
+/// server signs with, judged by the function it reads the file with: else
+/// `check` passes what `start` refuses. A missing file is generated on
+/// first start.
+fn signing_key_file(ctx: &mut Ctx, at: Location, path: &Path) {
+    let allowed = format!(
+        "{}, or no file (one is generated on first start)",
+        signing_key::KINDS
+    );
+    let pem = match super::load::read_bounded(path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            let message = format!("signing_key: cannot read {}: {e}", path.display());
+            ctx.report.error(at, message, allowed);
+            return;
+        }
+    };
+    if signing_key::parse(&pem).is_none() {
+        ctx.report.error(
+            at,
+            format!(
+                "signing_key: {} is not {}",
+                path.display(),
+                signing_key::KINDS
+            ),
+            allowed,
+        );
+    }
+}
 
 /// `store:` and `store_pool:`: the SQLite file, or the PostgreSQL database.
 fn store(ctx: &mut Ctx, raw: &raw::AuthorizationServer) -> (PathBuf, Option<PostgresStore>) {

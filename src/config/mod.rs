@@ -5,6 +5,8 @@
 //! `throttle_compile`), `authz_compile`, `fleet_compile`, all
 //! sharing `context`, which imports none of them) into
 //! an immutable [`Snapshot`] with a generation number.
+//! `signing_key` parses the authorization server's key for both
+//! `authz_compile` and the server itself.
 //! Every finding is a [`Diagnostic`] with file, line and column. Never
 //! touches the network; reads only the files the configuration names.
 
@@ -27,6 +29,7 @@ pub mod response_compile;
 pub mod schema;
 pub mod secret;
 pub mod security_compile;
+pub mod signing_key;
 pub mod snapshot;
 pub mod template;
 pub mod throttle_compile;

@@ -2523,3 +2523,63 @@ fn a_redis_password_to_another_host_is_refused() {
         warnings[0]
     );
 }
+
+// ------------------------------------------------------------ signing key
+
+/// `check` judges an existing `signing_key` file with the function the
+/// authorization server reads it with: what `start` would refuse, `check`
+/// refuses, at the key's position (or the section's, for the default path).
+#[test]
+fn a_signing_key_file_that_is_no_key_is_refused() {
+    let allowed = "a PEM RSA (2048+ bits) or P-256/P-384 PKCS#8 private key, or no file (one is generated on first start)";
+    let config = Config::new("authorization_server:\n  issuer: \"http://localhost:4485\"\n  signing_key: keys/signing.pem\n");
+    let path = config.file(
+        "keys/signing.pem",
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    );
+    let refused_key: Vec<Found> = config
+        .load(&Env::new())
+        .expect_err("a broken key is refused")
+        .iter()
+        .map(found)
+        .collect();
+    let broken = |line, column, path: &Path| {
+        error(
+            line,
+            column,
+            &format!(
+                "signing_key: {} is not a PEM RSA (2048+ bits) or P-256/P-384 PKCS#8 private key",
+                path.display()
+            ),
+            allowed,
+        )
+    };
+    assert_eq!(refused_key, vec![broken(3, 16, &path)]);
+
+    let key = rcgen::KeyPair::generate().expect("P-256 key");
+    std::fs::write(&path, key.serialize_pem()).expect("write key");
+    config
+        .load(&Env::new())
+        .expect("a P-256 PKCS#8 key is taken");
+    std::fs::remove_file(&path).expect("remove key");
+    config
+        .load(&Env::new())
+        .expect("a missing key is generated at start");
+
+    let default = Config::new("authorization_server:\n  issuer: \"http://localhost:4485\"\n");
+    let path = default.file("data/signing-key.pem", "not a key\n");
+    let refused_default: Vec<Found> = default
+        .load(&Env::new())
+        .expect_err("a broken default key is refused")
+        .iter()
+        .map(found)
+        .collect();
+    assert_eq!(refused_default, vec![broken(2, 3, &path)]);
+
+    // With PostgreSQL the keys live in the database: the file is not read.
+    let postgres = Config::new(
+        "authorization_server:\n  store: \"postgres://mg@127.0.0.1/gw?sslmode=disable\"\n",
+    );
+    postgres.file("data/signing-key.pem", "not a key\n");
+    postgres.load(&Env::new()).expect("the file is not used");
+}
