@@ -142,6 +142,19 @@ impl Gateway {
             timeouts: snapshot.timeouts,
         };
         let listen = snapshot.listen.clone();
+        if let Some(descriptors) = server::fds::raise_limit() {
+            // Each connection takes one, and its upstream connection another.
+            let wanted = u64::try_from(settings.limits.max_connections)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(2);
+            if wanted > descriptors {
+                tracing::warn!(
+                    max_connections = settings.limits.max_connections,
+                    descriptors,
+                    "the process may open fewer files than limits.max_connections needs (one for each client and one for its upstream); accepts fail before the limit is reached (raise `ulimit -n`)"
+                );
+            }
+        }
         let runtime = Runtime {
             auth: Arc::new(Authenticator::default()),
             upstreams: Upstreams::new(snapshot.timeouts.upstream_connect),

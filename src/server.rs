@@ -34,6 +34,7 @@ pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 mod activity;
 pub mod client_cert;
 pub mod cpus;
+pub mod fds;
 mod h1;
 mod h2_bodies;
 mod prefixed;
@@ -186,8 +187,17 @@ pub async fn serve<H, F>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => (stream, canonical(peer)),
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    static FAILED: crate::logging::Sparse = crate::logging::Sparse::new();
+                    if let Some(suppressed) = FAILED.due() {
+                        tracing::warn!(%error, suppressed, "accept failed");
+                    }
+                    if fds::exhausted(&error) {
+                        // The descriptors idle connections hold are what
+                        // the clients in the backlog need: as out of slots.
+                        slots.short_of_descriptors(ACCEPT_PAUSE).await;
+                    } else {
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
                     continue;
                 }
             },
@@ -596,6 +606,9 @@ struct Watched<'a> {
     /// HTTP/2: idle, it may still be sending the end of an answer.
     multiplexed: bool,
 }
+
+/// How long a listener waits after an accept failed before it tries again.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// How long a connection waits for its next request before it is parked
 /// ([`Conn::parked`]).

@@ -84,6 +84,15 @@ impl Slots {
         self.permits.clone().acquire_owned().await
     }
 
+    /// Accepts fail for want of file descriptors: pressure is raised for
+    /// `pause`, so that the connections that only make others wait give
+    /// theirs, as when the port is out of slots.
+    pub(super) async fn short_of_descriptors(&self, pause: std::time::Duration) {
+        let _waiting = self.pressure.wait();
+        self.parked.notify_waiters();
+        tokio::time::sleep(pause).await;
+    }
+
     /// Waits until every slot is back: every connection has ended.
     pub(super) async fn all_free(&self) {
         let all = u32::try_from(self.count).unwrap_or(u32::MAX);

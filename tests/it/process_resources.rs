@@ -190,3 +190,61 @@ async fn idle_connections_that_cannot_be_parked_use_no_cpu() {
     assert!(used < 50, "{used} ticks of CPU in 2 s while idle");
     drop((sender, half));
 }
+
+/// Sends one request on `stream` and waits (at most `within`) for the
+/// start of its answer: whether it was a 200.
+async fn answered_200(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream
+        .write_all(b"GET /echo/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(within, stream.read(&mut buf)).await {
+        Ok(Ok(n)) => buf[..n].starts_with(b"HTTP/1.1 200"),
+        _ => false,
+    }
+}
+
+/// Out of file descriptors, accepts fail and new clients wait in the
+/// backlog: the idle connections give theirs, as when the port is out of
+/// slots, instead of holding them until their idle timeout.
+#[tokio::test]
+async fn idle_connections_give_their_descriptors_to_new_clients() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = common::process::echo_config(dir.path(), 0);
+    let mut command = Command::new("prlimit");
+    command
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .args(["--nofile=64:64", "--", env!("CARGO_BIN_EXE_microgateway")])
+        .args(["start", "-c", config.to_str().expect("utf-8 path")]);
+    let started = common::process::start(&mut command);
+    let within = std::time::Duration::from_secs(5);
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        let mut stream = tokio::net::TcpStream::connect(started.http)
+            .await
+            .expect("connect");
+        assert!(answered_200(&mut stream, within).await, "below the limit");
+        idle.push(stream);
+    }
+    // Past the grace a new connection has, and idle.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Thirty more: about ten fit beside the first thirty.
+    let mut newcomers = Vec::new();
+    for n in 0..30 {
+        let mut stream = tokio::net::TcpStream::connect(started.http)
+            .await
+            .expect("connect");
+        assert!(
+            answered_200(&mut stream, within).await,
+            "newcomer {n} was not served"
+        );
+        newcomers.push(stream);
+    }
+    drop((idle, newcomers));
+}
