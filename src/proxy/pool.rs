@@ -208,7 +208,7 @@ impl Connector {
             }
         }
         let addrs: Arc<[SocketAddr]> = tokio::net::lookup_host((host, port)).await?.collect();
-        if !addrs.is_empty() {
+        if !ttl.is_zero() && !addrs.is_empty() {
             let mut cache = lock(&self.dns);
             if cache.len() >= MAX_DNS_ENTRIES {
                 cache.retain(|_, (resolved, _)| {
@@ -1013,9 +1013,14 @@ mod tests {
         );
         let fresh = ttl(0).await.unwrap();
         assert!(fresh.iter().all(|a| a.ip().is_loopback()), "{fresh:?}");
-        assert_eq!(ttl(30).await.unwrap(), fresh, "the new resolution is kept");
-        lock(&connector.dns).insert("localhost:80".into(), (resolved, stale.clone()));
-        assert_ne!(ttl(5).await.unwrap(), stale, "older than this caller's 5 s");
+        assert_eq!(ttl(30).await.unwrap(), stale, "a TTL of 0 keeps nothing");
+        let renewed = ttl(5).await.unwrap();
+        assert_ne!(renewed, stale, "older than this caller's 5 s");
+        assert_eq!(
+            ttl(30).await.unwrap(),
+            renewed,
+            "the new resolution is kept"
+        );
     }
 
     /// An upstream answering every request with `len` bytes, counting the
