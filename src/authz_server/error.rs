@@ -41,6 +41,9 @@ pub enum OAuthError {
     /// Too many failed client authentications from the caller's address.
     #[error("too many failed client authentications; retry after {retry_after}s")]
     ClientLocked { retry_after: u64 },
+    /// Too many approval-page sessions started from the caller's address.
+    #[error("too many sign-in sessions started from this address; retry after {retry_after}s")]
+    TooManySessions { retry_after: u64 },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("method not allowed; allowed: {allow}")]
@@ -131,6 +134,11 @@ impl OAuthError {
                 "invalid_client",
                 "too many failed client authentications; retry later",
             ),
+            OAuthError::TooManySessions { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many sign-in sessions started from this address; retry later",
+            ),
             OAuthError::BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request",
@@ -205,7 +213,8 @@ impl OAuthError {
                 );
             }
             OAuthError::TooManyAttempts { retry_after }
-            | OAuthError::ClientLocked { retry_after } => {
+            | OAuthError::ClientLocked { retry_after }
+            | OAuthError::TooManySessions { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             OAuthError::MethodNotAllowed { allow } => {

@@ -32,9 +32,15 @@ use subtle::ConstantTimeEq;
 
 use super::store::{SessionRecord, StoreError, TokenStore};
 use super::tokens;
+use crate::lockout::AddressKey;
 
 /// Sessions kept at most.
 pub const CAPACITY: usize = 10_000;
+/// Anonymous sessions one caller address (an IPv6 /64) may start a
+/// minute: a person signs in with one or two, and a flood from one
+/// address cannot push every browser midway through its login out of
+/// [`CAPACITY`] (it would take more than 80 addresses for ten minutes).
+pub const STARTS_PER_MINUTE: u32 = 120;
 /// A session's lifetime from its creation (the approval takes minutes).
 pub const LIFETIME_SECS: u64 = 600;
 /// The cookie carrying the session id.
@@ -64,6 +70,16 @@ impl Current {
 /// authorization endpoint calls.
 pub struct Sessions {
     kept: Kept,
+    /// Anonymous sessions started in the current minute, per address (in
+    /// this process: each replica counts its own).
+    starts: Mutex<Starts>,
+}
+
+/// Sessions started per address in one minute.
+#[derive(Default)]
+struct Starts {
+    minute: u64,
+    by_address: HashMap<AddressKey, u32>,
 }
 
 /// Where sessions are kept.
@@ -78,6 +94,7 @@ impl Sessions {
     pub fn in_memory() -> Sessions {
         Sessions {
             kept: Kept::Memory(Memory::default()),
+            starts: Mutex::default(),
         }
     }
 
@@ -86,6 +103,7 @@ impl Sessions {
         if store.is_shared() {
             Sessions {
                 kept: Kept::Store(store),
+                starts: Mutex::default(),
             }
         } else {
             Sessions::in_memory()
@@ -106,14 +124,26 @@ impl Sessions {
         }))
     }
 
-    /// The live session with this id, or a new anonymous one.
-    pub fn find_or_start(&self, id: Option<&str>, now: u64) -> Result<Current, StoreError> {
-        if let Some(id) = id {
-            if let Some(current) = self.find(id, now)? {
-                return Ok(current);
-            }
+    /// Whether `from` may start one more anonymous session now
+    /// ([`STARTS_PER_MINUTE`]); if not, in how many seconds it may.
+    pub fn may_start(&self, from: AddressKey, now: u64) -> Result<(), u64> {
+        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
+        let minute = now / 60;
+        if starts.minute != minute {
+            starts.minute = minute;
+            starts.by_address.clear();
         }
-        self.start(None, now)
+        // Bounded: a minute's count of more addresses than sessions can
+        // be kept counts none of them.
+        if starts.by_address.len() >= CAPACITY && !starts.by_address.contains_key(&from) {
+            starts.by_address.clear();
+        }
+        let count = starts.by_address.entry(from).or_insert(0);
+        if *count >= STARTS_PER_MINUTE {
+            return Err(60 - now % 60);
+        }
+        *count += 1;
+        Ok(())
     }
 
     /// Starts a session for `user` (or an anonymous one).
@@ -256,6 +286,21 @@ pub fn set_cookies(id: &str, secure: bool) -> [String; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_address_starts_its_own_sessions_a_minute() {
+        let sessions = Sessions::in_memory();
+        let from = |a: &str| AddressKey::of(a.parse().expect("address"));
+        let now = 6_000; // the start of a minute
+        for _ in 0..STARTS_PER_MINUTE {
+            assert_eq!(sessions.may_start(from("203.0.113.1"), now + 5), Ok(()));
+        }
+        assert_eq!(sessions.may_start(from("203.0.113.1"), now + 5), Err(55));
+        assert_eq!(sessions.may_start(from("203.0.113.2"), now + 5), Ok(()));
+        // One /64 is one address.
+        assert_eq!(sessions.may_start(from("2001:db8::1"), now + 5), Ok(()));
+        assert_eq!(sessions.may_start(from("203.0.113.1"), now + 60), Ok(()));
+    }
 
     fn len(sessions: &Sessions) -> usize {
         match &sessions.kept {

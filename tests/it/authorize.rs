@@ -762,6 +762,52 @@ async fn failed_logins_for_a_client_lock_their_address_not_the_client() {
     assert!(locked.header("retry-after").is_some());
 }
 
+/// Anyone can start an anonymous session with a GET: one address may
+/// start 120 a minute, so that a flood from it cannot push the sessions
+/// of people midway through their login out of the bounded store; its
+/// live session, and other addresses, are served as before.
+#[tokio::test]
+async fn one_address_cannot_start_sessions_without_end() {
+    let gw = Gateway::start(&yaml(&Options {
+        trusted_proxies: Some(r#"["127.0.0.1/32"]"#),
+        ..Options::default()
+    }))
+    .await;
+    let (_, challenge) = pkce();
+    let authorize = format!("/oauth2/authorize?{}", spa_query(&challenge));
+    // A person midway through a login elsewhere.
+    let mut alice = Browser::at(&gw, "198.51.100.7");
+    let page = alice.get(&authorize).await;
+    assert_eq!(page.status, 200);
+    let mut refused = None;
+    for n in 0..250 {
+        let mut flooder = Browser::at(&gw, "203.0.113.66");
+        let reply = flooder.get(&authorize).await;
+        if reply.status == 429 {
+            refused = Some((n, reply));
+            break;
+        }
+        assert_eq!(reply.status, 200);
+    }
+    // The minute may turn during the loop: its count starts again then.
+    let (n, reply) = refused.expect("refused within 250");
+    assert!(n >= 120, "refused after {n}");
+    assert!(reply.header("retry-after").is_some());
+    assert!(
+        reply.body.contains("Too many sign-in pages"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.header("set-cookie").is_none());
+    // Alice's session goes on; so do others.
+    assert_eq!(alice.get(&authorize).await.status, 200);
+    assert_eq!(
+        Browser::at(&gw, "192.0.2.9").get(&authorize).await.status,
+        200
+    );
+    alice.login(&spa_query(&challenge)).await;
+}
+
 // ---- PKCE -----------------------------------------------------------------
 
 #[tokio::test]

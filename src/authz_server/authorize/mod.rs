@@ -65,27 +65,31 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
         Err(Refusal::Redirect(target, error)) => return redirect_error(&target, &error),
     };
     let cookie = sessions::cookie_value(req.headers());
-    if req.method() == Method::GET {
-        return match cx.sessions.find_or_start(cookie, cx.grants.now) {
-            Ok(session) => show(cx, &valid, &session, StatusCode::OK, None, &Kept::default()),
-            Err(error) => error_page(cx, &error.into()),
-        };
-    }
     // A store that cannot answer refuses the form: no session is assumed.
     let found = cookie.map(|id| cx.sessions.find(id, cx.grants.now));
     let session = match found.transpose() {
         Ok(session) => session.flatten(),
         Err(error) => return error_page(cx, &error.into()),
     };
+    if req.method() == Method::GET {
+        let session = match session {
+            Some(session) => session,
+            None => match start_anonymous(cx) {
+                Ok(session) => session,
+                Err(error) => return error_page(cx, &error),
+            },
+        };
+        return show(cx, &valid, &session, StatusCode::OK, None, &Kept::default());
+    }
     let session = match session {
         Some(session) if session.csrf_matches(form.get("csrf_token")) => session,
         other => {
             tracing::info!(client_id = %valid.client.client_id, "approval form refused: CSRF token missing or wrong");
             let session = match other {
                 Some(session) => session,
-                None => match cx.sessions.start(None, cx.grants.now) {
+                None => match start_anonymous(cx) {
                     Ok(session) => session,
-                    Err(error) => return error_page(cx, &error.into()),
+                    Err(error) => return error_page(cx, &error),
                 },
             };
             let kept = Kept {
@@ -405,6 +409,16 @@ fn show(
 
 /// A page for a request that cannot be answered to a client: the
 /// resource owner reads what it means for them, the log the detail.
+/// A new anonymous session for the caller, unless its address started too
+/// many this minute (`sessions::STARTS_PER_MINUTE`).
+fn start_anonymous(cx: &AuthorizeContext<'_>) -> Result<Current, OAuthError> {
+    let from = AddressKey::of(cx.grants.address);
+    cx.sessions
+        .may_start(from, cx.grants.now)
+        .map_err(|retry_after| OAuthError::TooManySessions { retry_after })?;
+    Ok(cx.sessions.start(None, cx.grants.now)?)
+}
+
 fn error_page(cx: &AuthorizeContext<'_>, error: &OAuthError) -> Response<Bytes> {
     let (status, _, description) = error.parts();
     tracing::info!(%error, "authorization request answered with an error page");
@@ -415,12 +429,20 @@ fn error_page(cx: &AuthorizeContext<'_>, error: &OAuthError) -> Response<Bytes> 
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if let OAuthError::TooManySessions { retry_after } = error {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+    }
     response
 }
 
 /// What a refused authorization request means for the resource owner.
 fn in_user_words(status: StatusCode, description: &str) -> &'static str {
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        "Too many sign-in pages were opened from your network. Nothing was approved. \
+         Please wait a minute and try again."
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
         "Signing in is not possible right now. Nothing was approved. \
          Please try again in a moment."
     } else if status.is_server_error() {
