@@ -13,8 +13,9 @@
 
 /// Whether `query` has a parameter named `name` as an upstream's framework
 /// reads the names: form-decoded (`%5F` is `_`, `+` a space), then as PHP
-/// files them (Laravel and Symfony read `_method` through it): leading
-/// spaces dropped, `.` and spaces made `_`, an array's `[...]` cut off. So
+/// files them (Laravel and Symfony read `_method` through it): up to a
+/// NUL, leading spaces dropped, `.` and spaces made `_`, an array's
+/// `[...]` cut off. So
 /// `access%5Ftoken`, `.method`, `+_method` and `_method[]` all name what
 /// they name upstream. Names a framework reads otherwise are only ever
 /// more of them: refusing on this reading errs on the side of refusing.
@@ -26,6 +27,8 @@ pub fn query_names(query: &str, name: &[u8]) -> bool {
         }
         let spaced = written.replace('+', " ");
         let decoded: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
+        // PHP reads a name up to its first NUL.
+        let decoded = decoded.split(|&b| b == 0).next().unwrap_or_default();
         let trimmed = decoded.trim_ascii_start();
         let base = match trimmed.iter().position(|&b| b == b'[') {
             Some(0) | None => trimmed,
@@ -324,6 +327,8 @@ mod tests {
             "_method[]=x",
             "_method%5Bk%5D=x",
             " .method=x",
+            "_method%00=x",
+            "_method%00x=x",
         ] {
             assert!(query_names(query, b"_method"), "{query}");
         }

@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::client::{Stream, Switched};
-use crate::config::snapshot::Cors;
+use crate::config::snapshot::{Cors, Origins};
 
 /// Bytes each direction of a tunnel holds at most.
 const BUFFER: usize = 16 * 1024;
@@ -117,13 +117,18 @@ fn has_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> bool 
 /// is (cross-site WebSocket hijacking). A handshake without `Origin` (not
 /// from a browser) is admitted; one with it when the origin is the
 /// request's own host and port (whatever the scheme: a TLS-terminating
-/// proxy in front changes it), or one the API's CORS policy allows.
+/// proxy in front changes it), or one the API's CORS policy names. Not
+/// any origin of `allow_origins: ["*"]`: that policy never lets a page
+/// send credentials, and a WebSocket always carries the browser's.
 pub fn origin_admitted<B>(req: &Request<B>, cors: Option<&Cors>) -> bool {
     let Some(origin) = req.headers().get(ORIGIN) else {
         return true;
     };
-    same_host(origin, req.headers().get(HOST))
-        || cors.is_some_and(|policy| super::cors::origin_allowed(policy, origin))
+    let named = |policy: &Cors| match &policy.origins {
+        Origins::List(list) => list.iter().any(|allowed| allowed == origin),
+        Origins::Any => false,
+    };
+    same_host(origin, req.headers().get(HOST)) || cors.is_some_and(named)
 }
 
 /// Whether the serialized origin `origin` (`scheme://host[:port]`) names

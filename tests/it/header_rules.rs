@@ -169,6 +169,7 @@ async fn a_method_override_parameter_is_refused() {
         "/rules/who?_method%5B%5D=DELETE",
         "/rules/who?_method[x]=DELETE",
         "/rules/who?a=1&%2Emethod=DELETE",
+        "/rules/who?_method%00=DELETE",
     ] {
         let resp = gw
             .request(Method::POST, target)

@@ -704,6 +704,20 @@ async fn a_handshake_from_a_foreign_origin_is_refused() {
         .await
         .expect("no Origin");
     assert_eq!(echo(&mut ws, "hello").await, "hello");
+    let _ = ws.close(None).await;
+    drop(ws);
+    gw.shutdown().await;
+    // `allow_origins: ["*"]` never lets a page send credentials; a
+    // WebSocket always carries them: it admits no foreign page.
+    let any = config_named("origins", &idp, &upstream.url(), "").replace(
+        "  websocket: true\n",
+        "  websocket: true\n  policies:\n    cors: { allow_origins: [\"*\"] }\n",
+    );
+    let gw = Gateway::start(&any).await;
+    gw.wait_ready().await;
+    let foreign = handshake_from("https://evil.example", "gw.example.com", &token);
+    let answer = answer_head(gw.http, &foreign).await;
+    assert_eq!(status_of(&answer), 403, "{answer}");
     gw.shutdown().await;
 }
 
