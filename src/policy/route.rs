@@ -17,6 +17,10 @@ use crate::path::CanonicalPath;
 pub struct Route<'s> {
     pub api: &'s Arc<Api>,
     pub resource: usize,
+    /// A path with a trailing slash whose two readings (with and without
+    /// it) match different resources: the other one, which must allow the
+    /// request too (upstreams read such a path either way).
+    pub also: Option<usize>,
     pub rest: String,
 }
 
@@ -84,11 +88,12 @@ pub fn route<'s>(
         _ => &[],
     };
     // A trailing slash matches as the path without it (many upstreams read
-    // `/files/secret/` as `/files/secret`: it must need the same scope),
-    // unless the path as written matches a more specific resource (a
+    // `/files/secret/` as `/files/secret`) and as written (a
     // directory-serving upstream reads `/files/secret/` as what
-    // `/files/secret/{rest*}` protects, not as `/files/{name}`); a
-    // `{tail*}` may take the path as written (`/files/`).
+    // `/files/secret/{rest*}` protects): when the two readings match
+    // different resources, the request must be allowed by both; the more
+    // specific is its resource. A `{tail*}` may take the path as written
+    // alone (`/files/`).
     let trimmed = match segments {
         [before @ .., ""] if !before.is_empty() => before,
         _ => segments,
@@ -101,18 +106,23 @@ pub fn route<'s>(
                 .flatten()
         })
     };
-    let resource = match for_method(trimmed) {
+    let (resource, also) = match for_method(trimmed) {
         Some(trimmed_match) if trimmed.len() < segments.len() => match for_method(segments) {
-            Some(written) if more_specific(api, written, trimmed_match) => Some(written),
-            _ => Some(trimmed_match),
+            Some(written) if written == trimmed_match => (Some(written), None),
+            Some(written) if more_specific(api, written, trimmed_match) => {
+                (Some(written), Some(trimmed_match))
+            }
+            Some(written) => (Some(trimmed_match), Some(written)),
+            None => (Some(trimmed_match), None),
         },
-        Some(trimmed_match) => Some(trimmed_match),
-        None => for_method(segments),
+        Some(trimmed_match) => (Some(trimmed_match), None),
+        None => (for_method(segments), None),
     };
     match resource {
         Some(index) => Ok(Route {
             api,
             resource: index,
+            also,
             rest: rest.to_owned(),
         }),
         None => {

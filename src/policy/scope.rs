@@ -105,6 +105,26 @@ pub fn authorize(
     who: Option<&Identity>,
     client_ip: IpAddr,
 ) -> Result<Grant, Denied> {
+    let grant = authorize_resource(route, who, client_ip)?;
+    if let Some(also) = route.also {
+        // The path's other reading must allow it too.
+        let other = Route {
+            resource: also,
+            also: None,
+            api: route.api,
+            rest: String::new(),
+        };
+        authorize_resource(&other, who, client_ip)?;
+    }
+    Ok(grant)
+}
+
+/// [`authorize`] for the route's resource alone.
+fn authorize_resource(
+    route: &Route<'_>,
+    who: Option<&Identity>,
+    client_ip: IpAddr,
+) -> Result<Grant, Denied> {
     let identification = match &route.api.authentication {
         Authentication::None => return Ok(Grant::open()),
         Authentication::Identify(identification) => identification,

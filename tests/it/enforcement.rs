@@ -172,6 +172,51 @@ apis:
     gw.shutdown().await;
 }
 
+/// A path with a trailing slash is read with and without it by upstreams
+/// (Express drops it, a file server lists the directory): where the two
+/// readings are resources with other scopes, the request needs both —
+/// whichever reading is the more specific.
+#[tokio::test]
+async fn a_trailing_slash_needs_what_both_its_readings_need() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    localIntrospectionConfig: {{ issuer: "{issuer}", jwksuri: "{jwks}", audience: travels }}
+apis:
+- name: Files
+  base_path: /f
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - {{ name: Admin, resources: ["GET /admin/{{name}}", "GET /files/secret/{{rest*}}"] }}
+  resources: ["GET /admin/public/{{rest*}}", "GET /files/{{name}}"]
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        upstream = upstream.url("/api"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let status = |path: &'static str, scopes: &'static [&'static str]| {
+        let request = gw.request(Method::GET, path).bearer_auth(idp.token(scopes));
+        async move { request.send().await.expect("request").status() }
+    };
+    for path in ["/f/admin/public/", "/f/files/secret/"] {
+        assert_eq!(status(path, &["other"]).await, 403, "{path}");
+        assert_eq!(status(path, &["Admin"]).await, 200, "{path}");
+    }
+    assert_eq!(upstream.hits(), 2);
+    // Each reading alone needs only its own.
+    assert_eq!(status("/f/admin/public/x", &["other"]).await, 200);
+    assert_eq!(status("/f/files/secret", &["other"]).await, 200);
+    gw.shutdown().await;
+}
+
 /// Literal scope names grant an API's scopes only where no mapping of any
 /// auth server names the API, of any version: a mapping written for the
 /// wrong auth server, or naming a scope only another version has, does
@@ -988,10 +1033,20 @@ apis:
         assert_eq!(get(path, &read).await, 403, "{path} with the Read scope");
     }
     assert_eq!(upstream.hits(), 0);
+    // `/u/files/secret/` is `GET /files/secret` to an upstream that drops
+    // the slash and `GET /files/{rest*}` to one that lists directories:
+    // it needs what each needs.
+    let both = idp.token(&["Admin", "Read"]);
     for (path, forwarded) in protected {
-        assert_eq!(get(path, &admin).await, 200, "{path} with the Admin scope");
+        let token = if path.ends_with("secret/") {
+            &both
+        } else {
+            &admin
+        };
+        assert_eq!(get(path, token).await, 200, "{path} with the Admin scope");
         assert_eq!(upstream.last().uri, forwarded, "{path}");
     }
+    assert_eq!(get("/u/files/secret/", &admin).await, 403, "Admin alone");
     // The weaker scope still reaches what is its own, slash or not.
     for (path, forwarded) in [
         ("/u/users/7", "/api/users/7"),

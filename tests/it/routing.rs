@@ -202,10 +202,9 @@ apis:
     }
 }
 
-/// A trailing slash matches as the path without it, unless the path as
-/// written matches a more specific resource: `/files/secret/` is what
-/// `/files/secret/{rest*}` protects to a directory-serving upstream, not
-/// the open `/files/{name}`.
+/// A trailing slash matches as the path without it and as written: the
+/// more specific of the two resources is the request's (the other must
+/// allow it too, `enforcement::a_trailing_slash_needs_what_both_its_readings_need`).
 #[test]
 fn a_trailing_slash_takes_the_more_specific_of_its_two_readings() {
     let snap = snapshot(
