@@ -26,6 +26,7 @@ use super::keys::SigningKey;
 use super::settings::{Client, GrantType, Settings};
 use super::store::TokenStore;
 use super::tokens::{self, Issue};
+use crate::config::authz::TokenFormat;
 use attempts::FailedAttempts;
 use password::Users;
 
@@ -66,6 +67,17 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
 }
 
+/// JWTs are issued only with the published signing key: while the keys
+/// are not read from the store yet, a token request is refused (503, to
+/// retry soon) before anything is spent — an authorization code taken
+/// and then not answered for could not be presented again.
+fn ready_to_sign(format: TokenFormat, key: &SigningKey) -> Result<(), OAuthError> {
+    if format == TokenFormat::Jwt {
+        key.encoding_key().map_err(tokens::TokenError::from)?;
+    }
+    Ok(())
+}
+
 /// Handles one token request; the grant type used is returned for metrics.
 pub fn token(
     cx: &GrantContext<'_>,
@@ -88,6 +100,7 @@ pub fn token(
             "the client may not use this grant type",
         ));
     }
+    ready_to_sign(cx.settings.token_format, cx.key)?;
     let response = match grant {
         GrantType::ClientCredentials => client_credentials::grant(cx, caller.client, form)?,
         GrantType::Password => password::grant(cx, caller.client, form)?,
@@ -190,6 +203,14 @@ fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_token_request_is_taken_up_before_the_keys_are_read() {
+        let placeholder = super::super::keys::SigningKey::placeholder().expect("key");
+        let refused = ready_to_sign(TokenFormat::Jwt, &placeholder).expect_err("pending");
+        assert_eq!(refused.parts().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(ready_to_sign(TokenFormat::Opaque, &placeholder).is_ok());
+    }
 
     fn ceiling() -> Vec<String> {
         vec!["view".into(), "book".into()]
