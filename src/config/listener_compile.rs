@@ -52,8 +52,9 @@ pub(super) fn listen(ctx: &mut Ctx, file: &raw::File) -> Listen {
         ("ports.https", &file.ports.https, https, bind),
         ("admin.port", &file.admin.port, admin, admin_bind),
     ];
+    // (`admin.port` is 9485 when not written: reported where the other is.)
     for (later, (key, at, port, address)) in listeners.iter().enumerate() {
-        let (Some(at), Some(port @ 1..)) = (at, port) else {
+        let Some(port @ 1..) = port else {
             continue;
         };
         let earlier = listeners[..later]
@@ -61,13 +62,19 @@ pub(super) fn listen(ctx: &mut Ctx, file: &raw::File) -> Listen {
             .find(|(_, _, other, other_address)| {
                 *other == Some(*port) && overlap(*address, *other_address)
             });
-        if let Some((other, ..)) = earlier {
-            ctx.report.error(
-                at.referenced,
-                format!("{key}: port {port} is {other}'s too"),
-                "a port of its own for each listener",
-            );
-        }
+        let Some((other, other_at, ..)) = earlier else {
+            continue;
+        };
+        let (key, other, at) = match (at, other_at) {
+            (Some(at), _) => (*key, *other, at),
+            (None, Some(other_at)) => (*other, *key, other_at),
+            (None, None) => continue,
+        };
+        ctx.report.error(
+            at.referenced,
+            format!("{key}: port {port} is {other}'s too"),
+            "a port of its own for each listener",
+        );
     }
     // The admin port's reads (status, settings, assets) need credentials
     // only when credentials are set.

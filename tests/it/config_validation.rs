@@ -2011,6 +2011,16 @@ fn two_listeners_on_one_port_are_refused() {
             "a port of its own for each listener",
         ),
     );
+    // The admin port not written is 9485.
+    refused(
+        "ports: { http: 9485 }\n",
+        error(
+            1,
+            16,
+            "ports.http: port 9485 is admin.port's too",
+            "a port of its own for each listener",
+        ),
+    );
     // Different addresses may share a port number.
     loaded("ports: { http: 8080, bind: 127.0.0.1 }\nadmin: { port: 8080, bind: 127.0.0.2 }\n");
 }
