@@ -46,10 +46,11 @@ const KNOWN_ENTRIES: usize = 1024;
 pub struct Logins {
     /// Addresses counted as [`AddressKey`]s (an IPv6 caller by its /64).
     counts: Lockout<AddressKey>,
-    /// Failures per (user, address): what locks a known caller.
-    pairs: Lockout<(String, AddressKey)>,
-    /// (user, address) → when it last logged in.
-    known: Mutex<HashMap<(String, AddressKey), u64>>,
+    /// Failures per (user, exact address): what locks a known caller —
+    /// not its neighbours' failures in a shared /64.
+    pairs: Lockout<(String, IpAddr)>,
+    /// (user, exact address) → when it last logged in.
+    known: Mutex<HashMap<(String, IpAddr), u64>>,
 }
 
 impl Default for Logins {
@@ -86,9 +87,9 @@ impl Logins {
         now: u64,
         right: impl FnOnce() -> bool,
     ) -> Result<bool, Locked> {
-        let peer = AddressKey::of(peer);
+        let address = AddressKey::of(peer);
         let pair = Subject::Client((user.to_owned(), peer));
-        let granted = match self.counts.reserve(&peer, user, None, now) {
+        let granted = match self.counts.reserve(&address, user, None, now) {
             Ok(attempt) => {
                 let granted = right();
                 let outcome = if granted {
@@ -100,17 +101,18 @@ impl Logins {
                 granted
             }
             Err(locked) => {
-                // The name is locked (or its checks fill the lock): its
-                // known callers are still checked, unless their address
-                // is locked, or they failed as that user themselves.
+                // The name or the address is locked (or its checks fill
+                // the lock): its known callers are still checked, unless
+                // they failed as that user themselves (from the exact
+                // address: a neighbour in a shared /64 locks them out no
+                // more than a stranger does).
                 if !self.is_known(user, peer, now) {
                     return Err(locked);
                 }
-                self.counts.check(&Subject::Client(peer), now)?;
                 self.pairs.check(&pair, now)?;
                 let granted = right();
                 if !granted {
-                    self.counts.record_failure(&Subject::Client(peer), now);
+                    self.counts.record_failure(&Subject::Client(address), now);
                     self.counts
                         .record_failure(&Subject::User(user.to_owned()), now);
                 }
@@ -126,14 +128,14 @@ impl Logins {
         Ok(granted)
     }
 
-    fn is_known(&self, user: &str, peer: AddressKey, now: u64) -> bool {
+    fn is_known(&self, user: &str, peer: IpAddr, now: u64) -> bool {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         known
             .get(&(user.to_owned(), peer))
             .is_some_and(|at| now < at.saturating_add(KNOWN_FOR_SECS))
     }
 
-    fn remember(&self, user: &str, peer: AddressKey, now: u64) {
+    fn remember(&self, user: &str, peer: IpAddr, now: u64) {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let key = (user.to_owned(), peer);
         if known.len() >= KNOWN_ENTRIES && !known.contains_key(&key) {
@@ -260,17 +262,32 @@ mod tests {
         assert_eq!(logins.judge_at(next_block, "other", 101, || true), Ok(true));
     }
 
+    /// A known caller in a shared /64 is not locked out by a neighbour's
+    /// guesses: the address lock counts the block, the known caller its
+    /// own failures.
+    #[test]
+    fn a_known_caller_is_not_locked_by_its_neighbours_in_a_64() {
+        let logins = Logins::default();
+        let fleet = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x10]);
+        let neighbour = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x99]);
+        assert_eq!(logins.judge_at(fleet, "fleet", 100, || true), Ok(true));
+        for n in 0..20 {
+            let _ = logins.judge_at(neighbour, &format!("user-{n}"), 101, || false);
+        }
+        assert!(logins.judge_at(neighbour, "fleet", 102, || true).is_err());
+        assert_eq!(logins.judge_at(fleet, "fleet", 102, || true), Ok(true));
+    }
+
     #[test]
     fn an_address_is_known_for_one_user_only_and_not_for_ever() {
         let logins = Logins::default();
         assert_eq!(logins.judge_at(FLEET, "fleet", 100, || true), Ok(true));
-        let fleet = AddressKey::of(FLEET);
-        assert!(logins.is_known("fleet", fleet, 100 + KNOWN_FOR_SECS - 1));
-        assert!(!logins.is_known("fleet", fleet, 100 + KNOWN_FOR_SECS));
-        assert!(!logins.is_known("admin", fleet, 101));
+        assert!(logins.is_known("fleet", FLEET, 100 + KNOWN_FOR_SECS - 1));
+        assert!(!logins.is_known("fleet", FLEET, 100 + KNOWN_FOR_SECS));
+        assert!(!logins.is_known("admin", FLEET, 101));
         for n in 0..KNOWN_ENTRIES + 10 {
             let user = format!("user-{n}");
-            logins.remember(&user, AddressKey::of(STRANGER), 200);
+            logins.remember(&user, STRANGER, 200);
         }
         assert!(logins.known.lock().expect("lock").len() <= KNOWN_ENTRIES);
     }
