@@ -249,8 +249,13 @@ pub(super) fn trusted_proxies(ctx: &mut Ctx, list: &[S<String>]) -> Vec<ipnet::I
     // scheme) in `X-Forwarded-For`, past `ip_filter`, `ip_ranges`, the
     // per-address throttles and lockouts.
     for text in list {
+        // `::ffff:0.0.0.0/96` is every IPv4 address (`0.0.0.0/0`).
         let everything = text.value.trim().parse::<ipnet::IpNet>();
-        if everything.is_ok_and(|net| net.prefix_len() == 0) {
+        let all = |net: ipnet::IpNet| match net {
+            ipnet::IpNet::V6(v6) if v6.addr().to_ipv4_mapped().is_some() => v6.prefix_len() <= 96,
+            net => net.prefix_len() == 0,
+        };
+        if everything.is_ok_and(all) {
             ctx.report.warning(
                 text.referenced,
                 format!(

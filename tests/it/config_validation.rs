@@ -1973,6 +1973,8 @@ fn address_ranges_with_bits_past_their_prefix_are_refused() {
             ),
         );
     }
+    let mapped = loaded("trusted_proxies: [\"::ffff:0.0.0.0/96\"]\n");
+    assert_eq!(mapped.warnings.len(), 1, "{:?}", mapped.warnings);
     let loaded = loaded("trusted_proxies: [\"10.0.0.0/8\", \"::/0\"]\n");
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
