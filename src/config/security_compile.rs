@@ -334,24 +334,9 @@ pub(super) fn scope_mappings(
     auth_servers: &BTreeMap<Arc<str>, Arc<AuthServer>>,
     apis: &[S<raw::Api>],
 ) -> Vec<ScopeMapping> {
-    let declared: HashSet<(String, String)> = apis
-        .iter()
-        .flat_map(|api| {
-            let name = api
-                .value
-                .name
-                .as_ref()
-                .map(|n| n.value.clone())
-                .unwrap_or_default();
-            api.value.scopes.iter().filter_map(move |s| {
-                s.value
-                    .name
-                    .as_ref()
-                    .map(|n| (name.clone(), n.value.clone()))
-            })
-        })
-        .collect();
-    // The auth servers each API name's versions validate tokens with.
+    // The (API name, scope name) pairs of every version, and the auth
+    // servers each API name's versions validate tokens with.
+    let mut declared: HashSet<(String, String)> = HashSet::new();
     let mut validated_by: HashMap<String, Vec<String>> = HashMap::new();
     for api in apis {
         let name = api
@@ -360,6 +345,11 @@ pub(super) fn scope_mappings(
             .as_ref()
             .map(|n| n.value.clone())
             .unwrap_or_default();
+        for scope in &api.value.scopes {
+            if let Some(scope) = &scope.value.name {
+                declared.insert((name.clone(), scope.value.clone()));
+            }
+        }
         let server = api
             .value
             .authentication
