@@ -148,7 +148,12 @@ pub fn compile(
         refresh_token_lifetime: refresh_lifetime(
             ctx,
             &raw.refresh_token_lifetime,
-            default_lifetime,
+            // The longest access token a refresh would otherwise not outlive.
+            clients
+                .iter()
+                .filter_map(|c| c.token_lifetime)
+                .chain(default_lifetime)
+                .max(),
         ),
         require_pkce: ctx.boolean(&raw.require_pkce, "require_pkce", false),
         cleanup_interval: (!cleanup.is_zero()).then_some(cleanup),
@@ -656,8 +661,9 @@ fn code_lifetime(ctx: &mut Ctx, value: &Option<S<Scalar>>) -> Duration {
 const REFRESH_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 
 /// `refresh_token_lifetime`: at least a minute, and longer than the
-/// default access token lifetime, which a refresh would otherwise not
-/// outlive.
+/// longest access token lifetime (the server's or a client's), which a
+/// refresh would otherwise not outlive. Not written, 30 days, or that
+/// longest lifetime when it is longer.
 fn refresh_lifetime(
     ctx: &mut Ctx,
     value: &Option<S<Scalar>>,
@@ -665,7 +671,11 @@ fn refresh_lifetime(
 ) -> Duration {
     let key = "refresh_token_lifetime";
     let lifetime = ctx.duration(value, key, REFRESH_LIFETIME);
-    let Some(at) = value else { return lifetime };
+    let Some(at) = value else {
+        return token_lifetime.map_or(lifetime, |longest| {
+            lifetime.max(longest + Duration::from_secs(1))
+        });
+    };
     let floor = token_lifetime.map_or(Duration::ZERO, |t| t + Duration::from_secs(1));
     if lifetime < Duration::from_secs(60) || lifetime < floor {
         ctx.report.error(

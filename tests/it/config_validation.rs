@@ -1273,6 +1273,28 @@ fn refresh_token_lifetime_is_at_least_a_minute_and_longer_than_token_lifetime() 
         lifetime("authorization_server: { token_lifetime: 30, refresh_token_lifetime: 1m }\n"),
         Duration::from_secs(60)
     );
+    // Not written, refresh tokens outlive the longest access token.
+    assert_eq!(
+        lifetime("authorization_server: { token_lifetime: 60d }\n"),
+        Duration::from_secs(60 * 86_400 + 1)
+    );
+    let client = "  clients:\n  - client_id: app\n    client_secret: s1\n    grant_types: [client_credentials]\n    token_lifetime: 90d\n";
+    assert_eq!(
+        lifetime(&format!("authorization_server:\n{client}")),
+        Duration::from_secs(90 * 86_400 + 1)
+    );
+    let config = Config::new(&format!(
+        "authorization_server:\n  refresh_token_lifetime: 30d\n{client}"
+    ));
+    let findings = config
+        .load(&Env::new())
+        .expect_err("a client's tokens outlive it");
+    assert!(
+        findings.iter().any(|f| f
+            .message
+            .contains("is shorter than a minute or than token_lifetime")),
+        "{findings:?}"
+    );
 }
 
 // ------------------------------------------------------------ auth servers
