@@ -143,7 +143,7 @@ pub fn decorate(cors: &Cors, origin: Option<&HeaderValue>, by: Answered, headers
     }
 }
 
-fn origin_allowed(cors: &Cors, origin: &HeaderValue) -> bool {
+pub(super) fn origin_allowed(cors: &Cors, origin: &HeaderValue) -> bool {
     match &cors.origins {
         Origins::Any => true,
         Origins::List(list) => list.iter().any(|allowed| allowed == origin),

@@ -124,9 +124,8 @@ pub fn origin_admitted<B>(req: &Request<B>, cors: Option<&Cors>) -> bool {
     let Some(origin) = req.headers().get(ORIGIN) else {
         return true;
     };
-    let named = |policy: &Cors| match &policy.origins {
-        Origins::List(list) => list.iter().any(|allowed| allowed == origin),
-        Origins::Any => false,
+    let named = |policy: &Cors| {
+        !matches!(policy.origins, Origins::Any) && super::cors::origin_allowed(policy, origin)
     };
     same_host(origin, req.headers().get(HOST)) || cors.is_some_and(named)
 }
