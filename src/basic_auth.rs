@@ -20,6 +20,7 @@ use std::sync::Mutex;
 
 use base64::Engine;
 
+use crate::config::secret::constant_eq;
 use crate::config::Snapshot;
 use crate::lockout::{self, AddressKey, Limits, Locked, Lockout, Outcome, Subject};
 
@@ -202,12 +203,6 @@ pub fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> 
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
-}
-
-/// Byte equality whose time does not depend on where the inputs differ.
-pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

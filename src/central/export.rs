@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use super::selection::Selection;
 use crate::basic_auth::Logins;
 use crate::config::resolve::{self, Env, SecretProblem};
+use crate::config::secret::constant_eq;
 use crate::config::snapshot::Central;
 use crate::config::Snapshot;
 use crate::lockout::Locked;
@@ -222,8 +223,7 @@ pub fn authorized(
     };
     logins.judge(peer, &user, || {
         central.users.iter().fold(false, |found, (name, secret)| {
-            let name_ok: bool =
-                subtle::ConstantTimeEq::ct_eq(name.as_bytes(), user.as_bytes()).into();
+            let name_ok = constant_eq(name.as_bytes(), user.as_bytes());
             found | (name_ok & secret.matches(password.as_bytes()))
         })
     })

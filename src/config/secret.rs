@@ -1,12 +1,14 @@
 //! A secret value (password, client secret, key material) that never prints.
 //!
 //! `Debug` and `Display` show `****`; the clear value is only reachable
-//! through [`Secret::expose`], and comparison is constant-time. A URL,
+//! through [`Secret::expose`], and comparison is constant-time, the
+//! length included ([`constant_eq`]). A URL,
 //! whose user information may hold a password, is printed through
 //! [`shown_url`].
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 #[derive(Clone, PartialEq, Eq)]
@@ -24,8 +26,18 @@ impl Secret {
 
     /// Constant-time comparison with a presented value.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        self.0.as_bytes().ct_eq(presented).into()
+        constant_eq(self.0.as_bytes(), presented)
     }
+}
+
+/// Byte equality whose time depends neither on where the inputs differ
+/// nor on their lengths: both are digested (SHA-256) and the digests
+/// compared in constant time. Comparing the bytes themselves ends at once
+/// when the lengths differ, which tells a caller trying lengths the
+/// length of a secret.
+pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 impl fmt::Debug for Secret {
@@ -85,6 +97,15 @@ mod tests {
         assert_eq!(format!("{s:?} {s}"), "**** ****");
         assert!(s.matches(b"hunter2"));
         assert!(!s.matches(b"hunter"));
+    }
+
+    #[test]
+    fn constant_eq_compares_bytes_whatever_their_lengths() {
+        assert!(constant_eq(b"", b""));
+        assert!(constant_eq(b"fleet", b"fleet"));
+        assert!(!constant_eq(b"fleet", b"fleet "));
+        assert!(!constant_eq(b"fleet", b"fleeT"));
+        assert!(!constant_eq(b"", b"\0"));
     }
 
     #[test]
