@@ -182,7 +182,16 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         tokio::spawn(conn.run(handler));
     };
-    loop {
+    // A connection another thread handed this one: served here.
+    let take = |handed: spread::Handed, seat: Option<&spread::Seat>| {
+        // Counted from here (by the thread that handed it).
+        let counted = seat.map(|seat| seat.serving_handed());
+        match TcpStream::from_std(handed.stream) {
+            Ok(stream) => start(stream, handed.peer, handed.permit, counted),
+            Err(error) => tracing::warn!(%error, "cannot serve a handed connection"),
+        }
+    };
+    'accepting: loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => (stream, canonical(peer)),
@@ -202,25 +211,26 @@ pub async fn serve<H, F>(
                 }
             },
             Some(handed) = handed(seat.as_mut()) => {
-                // Counted from here (by the thread that handed it).
-                let counted = seat.as_ref().map(|seat| seat.serving_handed());
-                match TcpStream::from_std(handed.stream) {
-                    Ok(stream) => start(stream, handed.peer, handed.permit, counted),
-                    Err(error) => tracing::warn!(%error, "cannot serve a handed connection"),
-                }
+                take(handed, seat.as_ref());
                 continue;
             }
             _ = stopped(&mut stop) => break,
         };
         // Over the limit, an accepted connection waits (unread) for a slot,
         // and this listener accepts nothing more meanwhile; the connections
-        // that only make others wait give theirs (`slots`).
-        let permit = tokio::select! {
-            permit = slots.acquire() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut stop) => break,
+        // that only make others wait give theirs (`slots`). Connections
+        // other threads hand this one hold slots already: they are served
+        // meanwhile, not left waiting behind it.
+        let mut acquire = pin!(slots.acquire());
+        let permit = loop {
+            tokio::select! {
+                permit = &mut acquire => match permit {
+                    Ok(p) => break p,
+                    Err(_) => break 'accepting,
+                },
+                Some(handed) = handed(seat.as_mut()) => take(handed, seat.as_ref()),
+                _ = stopped(&mut stop) => break 'accepting,
+            }
         };
         let _ = stream.set_nodelay(true);
         let Some(seat) = seat.as_ref() else {
@@ -857,5 +867,141 @@ impl Watchdog {
             return Poll::Pending;
         }
         watch.poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::snapshot::{Limits, Timeouts};
+
+    /// Settings for tests: generous limits and timeouts, `max_connections`
+    /// slots.
+    pub(crate) fn settings(max_connections: usize) -> ConnSettings {
+        let long = Duration::from_secs(30);
+        ConnSettings {
+            limits: Limits {
+                max_header_bytes: 32 * 1024,
+                max_headers: 100,
+                max_uri: 8 * 1024,
+                max_body: 1 << 20,
+                max_connections,
+                max_tunnels: 1,
+            },
+            timeouts: Timeouts {
+                header_read: long,
+                idle: long,
+                upstream_connect: long,
+                drain: long,
+                body_read: long,
+                send: long,
+                tunnel_idle: long,
+            },
+        }
+    }
+
+    /// The first line of what `client` receives, within a bound.
+    async fn status_line(client: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0; 1024];
+            while !answer.windows(2).any(|w| w == b"\r\n") {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "no answer within 5 s");
+        let text = String::from_utf8_lossy(&answer);
+        text.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// A thread whose port is out of slots waits, with the connection it
+    /// accepted, for one; a connection another thread hands it meanwhile
+    /// holds a slot already, and is served rather than left waiting (with
+    /// the slot it holds) until one frees.
+    #[tokio::test]
+    async fn a_thread_waiting_for_a_slot_serves_the_connections_handed_to_it() {
+        let settings = settings(2);
+        let slots = connection_slots(settings);
+        let mut seats = spread::seats(2);
+        let (Some(other), Some(mine)) = (seats.pop(), seats.pop()) else {
+            panic!("two seats");
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stop) = watch::channel(false);
+        let (release, released) = watch::channel(false);
+        let handler = move |req: Request<Body>, _peer| {
+            let mut released = released.clone();
+            async move {
+                if req.uri().path() == "/hold" {
+                    let _ = released.wait_for(|r| *r).await;
+                }
+                Response::new(crate::proxy::full("ok"))
+            }
+        };
+        let serving = tokio::spawn(serve(
+            listener,
+            Transport::Plain,
+            settings,
+            slots.clone(),
+            stop,
+            Some(mine),
+            handler,
+        ));
+        // One slot: a request in flight, which pressure never cuts.
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The other: taken as another thread takes one for a connection
+        // it accepts (once the first is taken).
+        let mut raised = slots.pressure().subscribe();
+        let permit = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if slots.free() == 1 {
+                    break slots.acquire().await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        // A third client: accepted, it waits for a slot.
+        let _waiting = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), raised.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        // The other thread hands this one a connection, with its slot.
+        let side = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut handed = TcpStream::connect(side.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = side.accept().await.unwrap();
+        let stream = stream.into_std().unwrap();
+        assert!(other
+            .hand(
+                0,
+                spread::Handed {
+                    stream,
+                    peer,
+                    permit
+                }
+            )
+            .is_ok());
+        handed
+            .write_all(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(status_line(&mut handed).await, "HTTP/1.1 200 OK");
+        let _ = release.send(true);
+        assert_eq!(status_line(&mut busy).await, "HTTP/1.1 200 OK");
+        serving.abort();
     }
 }

@@ -84,6 +84,12 @@ impl Slots {
         self.permits.clone().acquire_owned().await
     }
 
+    /// The slots no connection holds.
+    #[cfg(test)]
+    pub(super) fn free(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// Accepts fail for want of file descriptors: pressure is raised for
     /// `pause`, so that the connections that only make others wait give
     /// theirs, as when the port is out of slots.

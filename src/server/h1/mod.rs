@@ -945,8 +945,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
-    use crate::config::snapshot::{Limits, Timeouts};
-    use crate::server::{connection_slots, http2_builder, ConnSettings, Transport};
+    use crate::server::{connection_slots, http2_builder, Transport};
 
     /// Counts the times its task was woken.
     #[derive(Default)]
@@ -959,25 +958,7 @@ mod tests {
     }
 
     fn port() -> Arc<Port> {
-        let settings = ConnSettings {
-            limits: Limits {
-                max_header_bytes: 32 * 1024,
-                max_headers: 100,
-                max_uri: 8 * 1024,
-                max_body: 1 << 20,
-                max_connections: 1,
-                max_tunnels: 1,
-            },
-            timeouts: Timeouts {
-                header_read: Duration::from_secs(30),
-                idle: Duration::from_secs(30),
-                upstream_connect: Duration::from_secs(30),
-                drain: Duration::from_secs(30),
-                body_read: Duration::from_secs(30),
-                send: Duration::from_secs(30),
-                tunnel_idle: Duration::from_secs(30),
-            },
-        };
+        let settings = crate::server::tests::settings(1);
         Arc::new(Port {
             settings,
             slots: connection_slots(settings),
