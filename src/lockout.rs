@@ -51,6 +51,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AddressKey(IpAddr);
 
+impl From<AddressKey> for IpAddr {
+    /// The address itself (IPv4), or the first of its /64 (IPv6).
+    fn from(key: AddressKey) -> IpAddr {
+        key.0
+    }
+}
+
 impl AddressKey {
     pub fn of(address: IpAddr) -> AddressKey {
         match address {

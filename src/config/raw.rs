@@ -656,7 +656,7 @@ pub struct Throttle {
     pub scope: Opt<String>,
     /// One counter per application (else per token client). Default false.
     pub per_application: Opt<Scalar>,
-    /// One counter per client address. Default false.
+    /// One counter per client address (an IPv6 one by its /64 prefix). Default false.
     pub per_client_ip: Opt<Scalar>,
 }
 

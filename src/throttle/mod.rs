@@ -28,6 +28,7 @@ use crate::auth::identity::Identity;
 use crate::config::snapshot::{Api, OnStoreError, ThrottlePolicy, ThrottleStore, Throttling};
 use crate::config::Snapshot;
 use crate::http1::raw_fields::set_own;
+use crate::lockout::AddressKey;
 use gcra::{quota, seconds_up, Quota, Rate};
 use memory::MemoryStore;
 use redis::RedisStore;
@@ -539,7 +540,10 @@ fn key<'a>(policy: &'a ThrottlePolicy, caller: &Caller<'a>) -> Key<'a> {
     Key {
         policy: &policy.identity,
         party: policy.per_application.then(|| party_of(caller)),
-        ip: policy.per_client_ip.then_some(caller.client_ip),
+        // An IPv6 caller by its /64: its other addresses are its own too.
+        ip: policy
+            .per_client_ip
+            .then(|| AddressKey::of(caller.client_ip).into()),
     }
 }
 

@@ -331,6 +331,41 @@ async fn a_per_client_ip_limit_reads_the_client_behind_a_trusted_proxy() {
     gw.shutdown().await;
 }
 
+/// An IPv6 client counts by its /64: the other addresses of its block,
+/// which it may rotate through at no cost, are its own too.
+#[tokio::test]
+async fn a_per_client_ip_limit_counts_an_ipv6_client_by_its_64() {
+    let upstream = Upstream::start().await;
+    let yaml = open_api(
+        "Throttled address",
+        &upstream,
+        "[{ limit: 1, per: 1h, per_client_ip: true }]",
+        "trusted_proxies: [127.0.0.1/32]",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let from = |client: &'static str| {
+        gw.request(Method::GET, "/open/items")
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    assert_eq!(from("2001:db8:1:2::1").await.unwrap().status(), 200);
+    assert_eq!(from("2001:db8:1:2::2").await.unwrap().status(), 429);
+    assert_eq!(
+        from("2001:db8:1:2:ffff:ffff:ffff:ffff")
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    // The next /64 is another client; an IPv4-mapped address is the
+    // IPv4 client.
+    assert_eq!(from("2001:db8:1:3::1").await.unwrap().status(), 200);
+    assert_eq!(from("203.0.113.9").await.unwrap().status(), 200);
+    assert_eq!(from("::ffff:203.0.113.9").await.unwrap().status(), 429);
+    assert_eq!(upstream.hits(), 3);
+    gw.shutdown().await;
+}
+
 /// What a client writes before the proxy's entry, a byte outside ASCII
 /// included, does not move its count to another address.
 #[tokio::test]
