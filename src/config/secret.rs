@@ -55,10 +55,28 @@ impl fmt::Display for Secret {
 /// `url` as it may be shown (admin views, logs, diagnostics): user
 /// information (`user:password@`) masked, as the password beside it is.
 pub fn shown_url(url: &str) -> String {
-    match user_information(url) {
+    match user_information(url).or_else(|| maybe_user_information(url)) {
         Some((scheme, after)) => format!("{scheme}://****@{after}"),
         None => url.to_owned(),
     }
+}
+
+/// A "port" of digits followed by a `/`, `?` or `#` and an `@` further on
+/// may be a password that begins with digits (`redis://:2024/Summer@host`)
+/// as well as a port and a path: shown, it is masked up to the last `@`
+/// (what is lost is part of a path, never a password).
+fn maybe_user_information(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let port = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .split_once(']')
+            .is_some_and(|(_, p)| p.starts_with(':')),
+        None => authority.contains(':'),
+    };
+    let at = rest.rfind('@').filter(|&at| port && at > authority_end)?;
+    Some((scheme, &rest[at + 1..]))
 }
 
 /// Whether the authority of `url` (`scheme://authority/…`) holds user
@@ -135,5 +153,20 @@ mod tests {
         );
         assert!(has_user_information("https://gw:Zm9v/YmFy@idp.example/x"));
         assert_eq!(shown_url("http://[::1]/a@b"), "http://[::1]/a@b");
+        // A password of digits before its `/`: as a port and a path, it
+        // would be shown.
+        assert_eq!(
+            shown_url("redis://:2024/Summer@redis.internal:6379/0"),
+            "redis://****@redis.internal:6379/0"
+        );
+        assert_eq!(
+            shown_url("redis://default:2024?x#y@redis.internal"),
+            "redis://****@redis.internal"
+        );
+        assert_eq!(
+            shown_url("http://[::1]:8080/a@b"),
+            "http://****@b",
+            "over-masked: a path is lost, never a password"
+        );
     }
 }
