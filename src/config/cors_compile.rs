@@ -29,7 +29,17 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies, resources: &[Resource]) 
     let origins = origins(ctx, entry, credentials);
     let methods = methods(ctx, raw, resources);
     let headers = header_names(ctx, &raw.allow_headers, "cors.allow_headers");
-    let exposed = header_names(ctx, &raw.expose_headers, "cors.expose_headers");
+    let mut exposed = header_names(ctx, &raw.expose_headers, "cors.expose_headers");
+    // The fields the gateway's own throttle adds are the application's to
+    // read, on answers and refusals alike.
+    if !policies.throttle.is_empty() {
+        let fields = ["ratelimit", "ratelimit-policy"];
+        for name in fields.map(HeaderName::from_static) {
+            if !exposed.contains(&name) {
+                exposed.push(name);
+            }
+        }
+    }
     let max_age = raw.max_age.as_ref().and_then(|written| {
         let age = ctx.duration(&raw.max_age, "cors.max_age", Duration::ZERO);
         if age > MAX_AGE_LIMIT {

@@ -68,6 +68,17 @@ apis:
   policies:
     cors:
       allow_origins: ["*"]
+- name: Limited
+  base_path: /limited
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /x"]
+  policies:
+    throttle:
+    - {{ limit: 1, per: 1h }}
+    cors:
+      allow_origins: ["{APP}"]
+      expose_headers: [X-Request-Id]
 - name: Plain
   base_path: /plain
   upstream: {{ url: "{upstream}" }}
@@ -393,6 +404,34 @@ async fn the_gateways_404_and_405_under_a_cors_api_carry_the_cors_fields() {
     assert_eq!(resp.status(), 404);
     assert!(has_no_cors_fields(resp.headers()));
     assert_eq!(upstream.accepted(), 0);
+}
+
+/// The RateLimit fields the throttle adds are exposed to the application,
+/// on the answers it admits and on its 429 alike.
+#[tokio::test]
+async fn the_throttles_fields_are_exposed_to_the_application() {
+    let upstream = chatty_upstream().await;
+    let w = world(&format!("http://{upstream}/api")).await;
+    let get = || {
+        w.gw.request(Method::GET, "/limited/x")
+            .header("origin", APP)
+            .send()
+    };
+    let resp = get().await.expect("get");
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(field(h, "access-control-allow-origin"), Some(APP));
+    assert_eq!(
+        field(h, "access-control-expose-headers"),
+        Some("x-request-id, ratelimit, ratelimit-policy")
+    );
+    assert!(h.get("ratelimit").is_some());
+    let resp = get().await.expect("get");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(
+        field(resp.headers(), "access-control-expose-headers"),
+        Some("x-request-id, ratelimit, ratelimit-policy, www-authenticate, retry-after")
+    );
 }
 
 #[tokio::test]
