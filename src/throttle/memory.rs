@@ -2,9 +2,10 @@
 //! shards, each behind its own mutex, so threads counting different keys
 //! rarely meet. Bounded: a shard holds at most its share of `max_keys`;
 //! when full, expired keys go first (an expired key is a full bucket, so
-//! nothing is lost), then the partitioned key (per application or client
-//! address: as many as there are clients) nearest to expiry, never one
-//! the request being counted has just written. A whole key (a policy
+//! nothing is lost), then the partitioned keys (per application or client
+//! address: as many as there are clients) nearest to expiry, an eighth of
+//! the shard at once, never one the request being counted has just
+//! written. A whole key (a policy
 //! counting a whole API or API scope) is never evicted: the configuration
 //! bounds how many there are, and evicting one would give every client
 //! the whole quota back. A shard holds more than its share only when
@@ -346,29 +347,48 @@ fn insert(shard: &mut Shard, entry: Entry, room: &Room<'_>) {
 }
 
 /// Leaves room for one more key in a shard, as long as it is full:
-/// expired keys go, then the partitioned key nearest to expiry. Whole
-/// keys and those `room` keeps are never taken (a shard may then hold
-/// more than `room.cap`).
+/// expired keys go, then the partitioned keys nearest to expiry, an
+/// eighth of the shard at once, so that the next keys find room without
+/// a scan of their own (one key at a time, a shard full of live clients
+/// scanned all its keys for every new client, under its lock). Whole keys
+/// and those `room` keeps are never taken (a shard may then hold more than
+/// `room.cap`).
 fn make_room(shard: &mut Shard, room: &Room<'_>) {
     if shard.len() < room.cap {
         return;
     }
     shard.retain(|e| e.tat > room.now);
-    let evictable = |e: &Entry| !e.is_whole() && !room.keep.contains(&e.hash);
-    while shard.len() >= room.cap {
-        let nearest = shard
-            .iter()
-            .filter(|e| evictable(e))
-            .min_by_key(|e| e.tat)
-            .map(|e| (e.hash, e.tat));
-        let Some((hash, tat)) = nearest else {
-            break;
-        };
-        match shard.find_entry(hash, |e| e.tat == tat && evictable(e)) {
-            Ok(entry) => drop(entry.remove()),
-            Err(_) => break,
-        }
+    if shard.len() < room.cap {
+        return;
     }
+    let evictable = |e: &Entry| !e.is_whole() && !room.keep.contains(&e.hash);
+    // What the shard keeps: below its cap by a batch (a cap lowered by a
+    // reload is reached in this one pass too).
+    let kept = room.cap - (room.cap / 8).max(1);
+    let mut tats: Vec<u64> = shard
+        .iter()
+        .filter(|e| evictable(e))
+        .map(|e| e.tat)
+        .collect();
+    let taken = (shard.len() - kept).min(tats.len());
+    let Some(last) = taken.checked_sub(1) else {
+        return;
+    };
+    // The `taken` nearest to expiry: every key before the `taken`-th TAT,
+    // and as many of those at it as make up the number.
+    let (before, &mut at, _) = tats.select_nth_unstable(last);
+    let mut at_taken = taken - before.iter().filter(|&&tat| tat < at).count();
+    shard.retain(|e| {
+        if !evictable(e) || e.tat > at {
+            return true;
+        }
+        if e.tat < at {
+            return false;
+        }
+        let take = at_taken > 0;
+        at_taken = at_taken.saturating_sub(1);
+        !take
+    });
 }
 
 #[cfg(test)]
@@ -410,6 +430,54 @@ mod tests {
         assert!(store.len() <= SHARDS * 2, "{}", store.len());
         // Expired keys make room before live ones are dropped.
         assert!(store.check(&[(key(&q, 1), rate)], 120_000_001).0);
+    }
+
+    /// A shard of `count` live keys of clients, the i-th expiring at
+    /// 1000 + i.
+    fn full_shard(count: u64) -> Shard {
+        let policy: Arc<str> = Arc::from("api-per-client-ip");
+        let mut shard = Shard::new();
+        for i in 0..count {
+            let entry = Entry {
+                hash: i,
+                policy: policy.clone(),
+                party: None,
+                ip: Some(IpAddr::from([10, 0, 0, 1])),
+                tat: 1000 + i,
+            };
+            shard.insert_unique(i, entry, |e| e.hash);
+        }
+        shard
+    }
+
+    #[test]
+    fn a_full_shard_makes_room_for_a_batch_of_keys_nearest_to_expiry_first() {
+        let mut shard = full_shard(64);
+        make_room(&mut shard, &Room::of(64, 1));
+        // An eighth of the shard, the keys nearest to expiry: the next
+        // seven keys find room without a scan.
+        assert_eq!(shard.len(), 56);
+        let mut left: Vec<u64> = shard.iter().map(|e| e.tat).collect();
+        left.sort_unstable();
+        assert_eq!(left, (1008..1064).collect::<Vec<_>>());
+        make_room(&mut shard, &Room::of(64, 1));
+        assert_eq!(shard.len(), 56, "room was left");
+        // A cap lowered by a reload is reached in one pass.
+        let mut shard = full_shard(10_000);
+        make_room(&mut shard, &Room::of(16, 1));
+        assert_eq!(shard.len(), 14);
+        // Keys the request counts on are kept, whatever their expiry.
+        let mut shard = full_shard(8);
+        let keep = [0, 1];
+        let room = Room {
+            cap: 8,
+            now: 1,
+            keep: &keep,
+        };
+        make_room(&mut shard, &room);
+        let mut left: Vec<u64> = shard.iter().map(|e| e.hash).collect();
+        left.sort_unstable();
+        assert_eq!(left, [0, 1, 3, 4, 5, 6, 7]);
     }
 
     #[test]
