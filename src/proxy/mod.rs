@@ -14,6 +14,7 @@ pub mod correlate;
 pub mod cors;
 pub mod forward;
 pub mod forwarded;
+pub mod grpc_timeout;
 pub mod h2_upstream;
 pub mod identify;
 pub mod outbound;
