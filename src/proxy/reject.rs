@@ -5,6 +5,7 @@
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Response, StatusCode};
 
+use super::grpc_timeout::Malformed;
 use super::{full, Body, BoxError};
 use crate::auth::TokenProblem;
 use crate::config::snapshot::CredentialType;
@@ -101,6 +102,13 @@ pub enum Rejection {
     BadGateway(String),
     #[error("upstream did not answer in time")]
     GatewayTimeout,
+    /// A gRPC call's `grpc-timeout` is not a timeout (`proxy::grpc_timeout`).
+    #[error("malformed grpc-timeout: {0}")]
+    MalformedGrpcTimeout(Malformed),
+    /// The deadline a gRPC client stated (`grpc-timeout`) passed before
+    /// the upstream answered, or before the call could be sent.
+    #[error("the call's deadline (grpc-timeout) passed before the upstream answered")]
+    DeadlineExceeded,
     #[error("throttled by policy {policies:?}")]
     Throttled {
         policies: Vec<String>,
@@ -138,6 +146,47 @@ impl Rejection {
             | Rejection::PayloadTooLarge
             | Rejection::ClientBody(_)
             | Rejection::NotImplemented(_)
+            | Rejection::BadGateway(_)
+            | Rejection::GatewayTimeout
+            | Rejection::MalformedGrpcTimeout(_)
+            | Rejection::DeadlineExceeded
+            | Rejection::Throttled { .. }
+            | Rejection::ThrottleUnavailable
+            | Rejection::TooManyTunnels => None,
+        }
+    }
+
+    /// The gRPC status of a refusal whose HTTP status does not tell it
+    /// (see [`grpc_code`]): a passed deadline is DEADLINE_EXCEEDED, not
+    /// UNAVAILABLE as a 504 is; a malformed `grpc-timeout` is INTERNAL, as
+    /// grpc-go answers it (`proxy::grpc_timeout`), not INVALID_ARGUMENT as
+    /// a 400 is.
+    fn own_grpc_code(&self) -> Option<u16> {
+        match self {
+            Rejection::DeadlineExceeded => Some(4), // DEADLINE_EXCEEDED
+            Rejection::MalformedGrpcTimeout(_) => Some(13), // INTERNAL
+            Rejection::BadPath(_)
+            | Rejection::BadRequest(_)
+            | Rejection::NoRoute(_)
+            | Rejection::UriTooLong
+            | Rejection::HeadersTooLarge
+            | Rejection::RequestTimeout
+            | Rejection::PayloadTooLarge
+            | Rejection::ClientBody(_)
+            | Rejection::NotImplemented(_)
+            | Rejection::MissingToken { .. }
+            | Rejection::InvalidRequest { .. }
+            | Rejection::InvalidToken { .. }
+            | Rejection::InsufficientScope { .. }
+            | Rejection::AuthUnavailable { .. }
+            | Rejection::MissingCredentials { .. }
+            | Rejection::TwoCredentials
+            | Rejection::BadCredentials { .. }
+            | Rejection::TooManyAttempts { .. }
+            | Rejection::ChecksBusy
+            | Rejection::Denied(_)
+            | Rejection::IpFiltered
+            | Rejection::CrossOriginTunnel
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout
             | Rejection::Throttled { .. }
@@ -340,6 +389,18 @@ impl Rejection {
                 "the upstream did not answer in time".to_owned(),
                 None,
             ),
+            Rejection::MalformedGrpcTimeout(_) => (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                self.to_string(),
+                None,
+            ),
+            Rejection::DeadlineExceeded => (
+                StatusCode::GATEWAY_TIMEOUT,
+                Some("gateway_timeout"),
+                self.to_string(),
+                None,
+            ),
             // RFC 6585 §4; the RateLimit fields say which limit and when.
             Rejection::Throttled { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -429,7 +490,9 @@ impl Rejection {
             | Rejection::IpFiltered
             | Rejection::CrossOriginTunnel
             | Rejection::BadGateway(_)
-            | Rejection::GatewayTimeout => {}
+            | Rejection::GatewayTimeout
+            | Rejection::MalformedGrpcTimeout(_)
+            | Rejection::DeadlineExceeded => {}
         }
         response
     }
@@ -443,8 +506,9 @@ impl Rejection {
     /// fields (challenge, `Retry-After`, RateLimit, `Allow`) are kept.
     pub fn into_grpc_response(self) -> Response<Body> {
         let message = self.grpc_message();
+        let own_code = self.own_grpc_code();
         let http = self.into_response();
-        let code = grpc_code(http.status());
+        let code = own_code.unwrap_or_else(|| grpc_code(http.status()));
         let (mut parts, _) = http.into_parts();
         parts.status = StatusCode::OK;
         parts.headers.remove(http::header::CONTENT_LENGTH);
@@ -557,6 +621,29 @@ mod tests {
         assert_eq!(grpc_code(StatusCode::TOO_MANY_REQUESTS), 8);
         assert_eq!(grpc_code(StatusCode::GATEWAY_TIMEOUT), 14);
         assert_eq!(grpc_code(StatusCode::IM_A_TEAPOT), 2);
+    }
+
+    #[test]
+    fn a_grpc_deadline_is_deadline_exceeded_and_a_malformed_one_internal() {
+        let passed = Rejection::DeadlineExceeded.into_grpc_response();
+        assert_eq!(passed.headers()["grpc-status"], "4");
+        assert_eq!(
+            passed.headers()["grpc-message"],
+            "the call's deadline (grpc-timeout) passed before the upstream answered"
+        );
+        // Not UNAVAILABLE, as the upstream's own timeout (504) is.
+        let timeout = Rejection::GatewayTimeout.into_grpc_response();
+        assert_eq!(timeout.headers()["grpc-status"], "14");
+        let malformed = Rejection::MalformedGrpcTimeout(Malformed::TooLong).into_grpc_response();
+        assert_eq!(malformed.headers()["grpc-status"], "13");
+        assert_eq!(
+            malformed.headers()["grpc-message"],
+            "malformed grpc-timeout: more than 8 digits"
+        );
+        assert_eq!(
+            Rejection::DeadlineExceeded.into_response().status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
     }
 
     #[test]
