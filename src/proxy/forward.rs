@@ -73,17 +73,20 @@ impl Upstreams {
     }
 
     /// Sends the request to the API's upstream and returns the upstream's
-    /// response, streaming; its fields as the upstream sent them if
-    /// `as_sent` ([`Destination::as_sent`]).
+    /// response, streaming.
     pub async fn forward(
         &self,
         _grant: Grant,
         api: &Api,
         mut req: Request<Body>,
-        rest: &str,
-        added: &AddedFields,
-        as_sent: bool,
+        outgoing: Outgoing<'_>,
     ) -> Result<Response<Body>, Rejection> {
+        let Outgoing {
+            rest,
+            added,
+            as_sent,
+            deadline,
+        } = outgoing;
         let (scheme, authority, host, prefix, timeout, ca_bundle, protocol) = match &api.upstream {
             Upstream::Echo => {
                 let path = if rest.is_empty() { "/" } else { rest };
@@ -152,7 +155,7 @@ impl Upstreams {
             let exchange = super::h2_upstream::Exchange {
                 key: &key,
                 path_and_query: &path_and_query,
-                timeout,
+                bound: super::h2_upstream::Bound { timeout, deadline },
                 started,
             };
             let result = Box::pin(super::h2_upstream::forward(
@@ -290,6 +293,21 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// What `serve` worked out for a request besides its API.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The request's path below the API's base path.
+    pub rest: &'a str,
+    /// The fields the gateway adds for the upstream.
+    pub added: &'a AddedFields,
+    /// The answer's fields as the upstream sent them
+    /// ([`Destination::as_sent`]).
+    pub as_sent: bool,
+    /// The deadline a gRPC client stated (`grpc-timeout`) for a call to
+    /// an HTTP/2 upstream; it bounds the call with `upstream.timeout`.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// The upstream's request target: `prefix` + `rest` (+ `?query`), or

@@ -20,6 +20,12 @@
 //! reads its body (`timeouts.body_read`). An upstream may answer before
 //! the body ends (gRPC bidirectional calls).
 //!
+//! A gRPC client's deadline (`grpc-timeout`, read by `serve`) ends every
+//! one of those waits, whoever's turn it is, when it comes before the
+//! timeout does ([`Bound`]): the call is then DEADLINE_EXCEEDED, and a
+//! call whose deadline has passed is never sent. Each attempt tells the
+//! upstream the time that remains.
+//!
 //! Bodies stream both ways, trailers included (`grpc-status`). A request
 //! the upstream did not process — refused after its `GOAWAY`
 //! (`REFUSED_STREAM`), or never sent on a connection that closed — is
@@ -49,6 +55,7 @@ use hyper::client::conn::TrySendError;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Notify;
 
+use super::grpc_timeout::{self, GRPC_TIMEOUT};
 use super::pool::{Connector, Key, SendError};
 use super::{Body, BodyFault, BoxError, Rejection};
 use crate::config::snapshot::Api;
@@ -80,6 +87,9 @@ pub enum H2Error {
     Connect(SendError),
     #[error("the upstream did not answer in time")]
     Timeout,
+    /// The client's gRPC deadline passed first.
+    #[error("the call's deadline (grpc-timeout) passed")]
+    Deadline,
     /// The client's request body failed (its error is the client's).
     #[error("request body: {0}")]
     RequestBody(BoxError),
@@ -157,20 +167,20 @@ impl Drop for Opening {
 }
 
 /// A connection for a request to `key`: a pooled one with room, a new one
-/// it opens, or, while one is being opened, that one once it is (bounded
-/// by `timeout`).
+/// it opens, or, while one is being opened, that one once it is (within
+/// `bound`).
 async fn checkout(
     connector: &Connector,
     key: &Key<'_>,
     pool_key: &PoolKey,
-    timeout: Duration,
+    bound: Bound,
 ) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), H2Error> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let due = bound.due(tokio::time::Instant::now());
     loop {
-        match claim(pool_key, timeout) {
+        match claim(pool_key, bound.timeout) {
             Claim::Pooled(conn) => return Ok(conn),
             Claim::Open(opening) => {
-                let conn = connect(connector, key, pool_key, timeout).await;
+                let conn = connect(connector, key, pool_key, bound).await;
                 drop(opening);
                 return conn;
             }
@@ -178,8 +188,8 @@ async fn checkout(
                 // Enabled before anything else runs on this thread: the
                 // wake-up of the connection being opened is not missed.
                 let waiting = done.notified();
-                if tokio::time::timeout_at(deadline, waiting).await.is_err() {
-                    return Err(H2Error::Connect(SendError::Timeout(timeout)));
+                if tokio::time::timeout_at(due, waiting).await.is_err() {
+                    return Err(H2Error::Connect(SendError::Timeout(bound.timeout)));
                 }
             }
         }
@@ -238,10 +248,10 @@ async fn connect(
     connector: &Connector,
     key: &Key<'_>,
     pool_key: &PoolKey,
-    timeout: Duration,
+    bound: Bound,
 ) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), H2Error> {
     let stream = connector
-        .h2_stream(key, timeout)
+        .h2_stream(key, bound.limit())
         .await
         .map_err(H2Error::Connect)?;
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -257,9 +267,10 @@ async fn connect(
         .keep_alive_while_idle(true)
         .timer(hyper_util::rt::TokioTimer::new());
     let handshake = builder.handshake(TokioIo::new(stream));
-    let (sender, conn) = tokio::time::timeout(timeout, handshake)
+    let within = bound.limit();
+    let (sender, conn) = tokio::time::timeout(within, handshake)
         .await
-        .map_err(|_| H2Error::Connect(SendError::Timeout(timeout)))?
+        .map_err(|_| H2Error::Connect(SendError::Timeout(within)))?
         .map_err(|e| H2Error::Connect(SendError::Connect(e.into())))?;
     tokio::spawn(async move {
         if let Err(error) = conn.await {
@@ -286,8 +297,64 @@ pub struct Exchange<'a> {
     pub key: &'a Key<'a>,
     /// Origin-form target at the upstream.
     pub path_and_query: &'a str,
-    pub timeout: Duration,
+    pub bound: Bound,
     pub started: Instant,
+}
+
+/// What ends each wait on the upstream: `upstream.timeout` from the
+/// wait's start, or the client's gRPC deadline (`grpc-timeout`) if it
+/// comes first. One timer per wait, as without a deadline.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub timeout: Duration,
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl Bound {
+    /// When a wait on the upstream that started at `since` ends.
+    fn due(self, since: tokio::time::Instant) -> tokio::time::Instant {
+        let due = since + self.timeout;
+        self.deadline.map_or(due, |deadline| deadline.min(due))
+    }
+
+    /// The longest a wait that starts now may last.
+    fn limit(self) -> Duration {
+        match self.deadline {
+            None => self.timeout,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                left.min(self.timeout)
+            }
+        }
+    }
+
+    /// The time the call has left, if the client stated a deadline;
+    /// [`H2Error::Deadline`] once it has passed.
+    fn remaining(self) -> Result<Option<Duration>, H2Error> {
+        let Some(deadline) = self.deadline else {
+            return Ok(None);
+        };
+        match deadline.saturating_duration_since(tokio::time::Instant::now()) {
+            Duration::ZERO => Err(H2Error::Deadline),
+            left => Ok(Some(left)),
+        }
+    }
+
+    /// The client's deadline has passed.
+    fn passed(self) -> bool {
+        self.remaining().is_err()
+    }
+
+    /// A wait that ran out ran out on the client's deadline once that has
+    /// passed: the call is DEADLINE_EXCEEDED, not the upstream's timeout.
+    fn blame(self, error: H2Error) -> H2Error {
+        match error {
+            H2Error::Timeout | H2Error::Connect(SendError::Timeout(_)) if self.passed() => {
+                H2Error::Deadline
+            }
+            error => error,
+        }
+    }
 }
 
 /// Forwards an authorized request over HTTP/2; failures become the
@@ -301,22 +368,14 @@ pub async fn forward(
     exchange: Exchange<'_>,
 ) -> Result<Response<Body>, Rejection> {
     let grpc = api.grpc.then_some(&api.metrics);
-    let result = send(
-        connector,
-        exchange.key,
-        req,
-        exchange.path_and_query,
-        exchange.timeout,
-        grpc,
-    )
-    .await;
+    let result = send(connector, req, &exchange, grpc).await;
     let error = match result {
         Ok(response) => {
             api.metrics
                 .observe_upstream(exchange.started.elapsed().as_secs_f64());
             return Ok(response);
         }
-        Err(error) => error,
+        Err(error) => exchange.bound.blame(error),
     };
     tracing::debug!(%error, api = api.name, "HTTP/2 exchange failed");
     let (rejection, cause) = match error {
@@ -324,6 +383,13 @@ pub async fn forward(
         // was cut before the request was complete, and the upstream is
         // not to blame.
         H2Error::RequestBody(error) => return Err(Rejection::ClientBody(BodyFault::of(&error))),
+        // The client's deadline may be shorter than any upstream could
+        // answer in: not counted as the upstream's failure.
+        H2Error::Deadline => {
+            api.metrics
+                .observe_upstream(exchange.started.elapsed().as_secs_f64());
+            return Err(Rejection::DeadlineExceeded);
+        }
         H2Error::Timeout | H2Error::Connect(SendError::Timeout(_)) => {
             (Rejection::GatewayTimeout, "timeout")
         }
@@ -339,19 +405,24 @@ pub async fn forward(
 /// Most times a request the upstream did not process is sent again.
 const MAX_REPLAYS: u8 = 3;
 
-/// Sends `req` (origin-form `path_and_query`) to the upstream over HTTP/2
-/// and returns its response, streaming. `timeout` bounds connecting, each
+/// Sends `req` to the exchange's upstream over HTTP/2 and returns its
+/// response, streaming. The exchange's [`Bound`] ends connecting, each
 /// piece of the request body the upstream takes, the wait for the
 /// response head once the request body has gone out, and then each
-/// silence of the response body; the client's pace is not the upstream's.
+/// silence of the response body; the client's pace is not the upstream's
+/// (its deadline is).
 pub async fn send(
     connector: &Connector,
-    key: &Key<'_>,
     req: Request<Body>,
-    path_and_query: &str,
-    timeout: Duration,
+    exchange: &Exchange<'_>,
     grpc: Option<&ApiMetrics>,
 ) -> Result<Response<Body>, H2Error> {
+    let Exchange {
+        key,
+        path_and_query,
+        bound,
+        ..
+    } = *exchange;
     let pool_key = PoolKey {
         https: key.scheme == &Scheme::HTTPS,
         authority: key.authority.clone(),
@@ -383,9 +454,11 @@ pub async fn send(
     let mut body_replayed = false;
     loop {
         let exhausted = replays >= MAX_REPLAYS;
-        let (mut sender, in_flight) = checkout(connector, key, &pool_key, timeout).await?;
+        // A call whose deadline has passed opens no connection.
+        bound.remaining()?;
+        let (mut sender, in_flight) = checkout(connector, key, &pool_key, bound).await?;
         let guard = InFlight::new(in_flight);
-        match tokio::time::timeout(timeout, sender.ready()).await {
+        match tokio::time::timeout(bound.limit(), sender.ready()).await {
             Err(_) => return Err(H2Error::Timeout),
             // Closed before the request was handed to it: the request is
             // still ours, for a new connection.
@@ -396,12 +469,17 @@ pub async fn send(
             }
             Ok(Ok(())) => {}
         }
+        // The upstream is told the time the call has left, as it goes.
+        if let Some(left) = bound.remaining()? {
+            req.headers_mut()
+                .insert(GRPC_TIMEOUT, grpc_timeout::encode(left));
+        }
         // Not polled yet: the upstream's turn, from now.
         progress.restart();
-        let error = match answer(sender.try_send_request(req), &progress, timeout).await? {
+        let error = match answer(sender.try_send_request(req), &progress, bound).await? {
             Ok(response) => {
                 lock(&replay).answered();
-                return Ok(respond(response, guard, timeout, grpc));
+                return Ok(respond(response, guard, bound, grpc));
             }
             Err(mut error) => match error.take_message() {
                 // Never sent: send it again as it is.
@@ -461,39 +539,42 @@ fn refused(error: &hyper::Error) -> bool {
 }
 
 /// Waits for the upstream's answer to a request whose body `progress`
-/// follows. The upstream has `timeout` from the moment it was handed the
-/// request or the last piece of its body (or the body ended) to take the
-/// next piece or answer; while the body waits for the client, the server
-/// bounds the client's silence. A body that failed ends the wait.
+/// follows. The upstream has `bound.timeout` from the moment it was
+/// handed the request or the last piece of its body (or the body ended)
+/// to take the next piece or answer; while the body waits for the
+/// client, the server bounds the client's silence. The client's deadline
+/// ends the wait on either turn. A body that failed ends the wait.
 async fn answer<F, T>(
     response: F,
     progress: &Progress,
-    timeout: Duration,
+    bound: Bound,
 ) -> Result<Result<T, TrySendError<Request<Body>>>, H2Error>
 where
     F: Future<Output = Result<T, TrySendError<Request<Body>>>>,
 {
     let mut response = pin!(response);
-    let mut deadline: Option<Deadline> = None;
+    let mut timer: Option<Deadline> = None;
     poll_fn(|cx| {
         if let Poll::Ready(answered) = response.as_mut().poll(cx) {
             progress.stop_watching();
             return Poll::Ready(Ok(answered));
         }
-        let since = match progress.turn(cx.waker()) {
-            Turn::Client => {
-                deadline = None;
-                return Poll::Pending;
-            }
-            Turn::Upstream(since) => since,
+        let due = match progress.turn(cx.waker()) {
+            Turn::Client => match bound.deadline {
+                Some(deadline) => deadline,
+                None => {
+                    timer = None;
+                    return Poll::Pending;
+                }
+            },
+            Turn::Upstream(since) => bound.due(since),
             Turn::Failed => return Poll::Ready(Err(H2Error::RequestBody(progress.error()))),
         };
-        let due = since + timeout;
-        let deadline = match &mut deadline {
-            Some(deadline) if deadline.when() == due => deadline,
+        let timer = match &mut timer {
+            Some(timer) if timer.when() == due => timer,
             slot => slot.insert(Deadline::at(due)),
         };
-        Pin::new(deadline).poll(cx).map(|()| Err(H2Error::Timeout))
+        Pin::new(timer).poll(cx).map(|()| Err(H2Error::Timeout))
     })
     .await
 }
@@ -501,7 +582,7 @@ where
 fn respond(
     response: Response<hyper::body::Incoming>,
     guard: InFlight,
-    timeout: Duration,
+    bound: Bound,
     grpc: Option<&ApiMetrics>,
 ) -> Response<Body> {
     let (parts, body) = response.into_parts();
@@ -515,7 +596,7 @@ fn respond(
     let body = ResponseBody {
         inner: body,
         _guard: guard,
-        timeout,
+        bound,
         silence: None,
         grpc: grpc.filter(|_| !counted).cloned(),
     };
@@ -538,12 +619,13 @@ impl Drop for InFlight {
     }
 }
 
-/// The upstream's response body: each silence bounded, the connection's
-/// stream counted until it ends, the `grpc-status` trailer counted.
+/// The upstream's response body: each silence bounded (and none lasts
+/// past the client's deadline), the connection's stream counted until it
+/// ends, the `grpc-status` trailer counted.
 struct ResponseBody {
     inner: hyper::body::Incoming,
     _guard: InFlight,
-    timeout: Duration,
+    bound: Bound,
     silence: Option<Pin<Box<tokio::time::Sleep>>>,
     grpc: Option<ApiMetrics>,
 }
@@ -572,11 +654,16 @@ impl HttpBody for ResponseBody {
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
             Poll::Pending => {
-                let timeout = this.timeout;
-                let silence = this
-                    .silence
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let bound = this.bound;
+                let silence = this.silence.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(
+                        bound.due(tokio::time::Instant::now()),
+                    ))
+                });
                 match silence.as_mut().poll(cx) {
+                    Poll::Ready(()) if bound.passed() => {
+                        Poll::Ready(Some(Err(Box::new(H2Error::Deadline))))
+                    }
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Silent)))),
                     Poll::Pending => Poll::Pending,
                 }

@@ -4,8 +4,9 @@
 //! what a refused client is told, `cors` what a browser is allowed;
 //! `forward` talks to the upstream (`batch` sends the requests a thread
 //! has ready back to back), over the HTTP/1.1 `client` and its
-//! `pool`, or over HTTP/2 (`h2_upstream`); `tunnel` carries WebSocket
-//! connections once both sides have switched.
+//! `pool`, or over HTTP/2 (`h2_upstream`, bounded by a gRPC client's
+//! deadline too: `grpc_timeout`); `tunnel` carries WebSocket connections
+//! once both sides have switched.
 
 pub mod balance;
 mod batch;

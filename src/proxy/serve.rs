@@ -18,11 +18,11 @@ use http_body_util::BodyExt;
 
 use super::client::Switched;
 use super::cors::{self, Answered, Preflight};
-use super::forward::{LimitFlag, LimitedBody, Upstreams};
+use super::forward::{LimitFlag, LimitedBody, Outgoing, Upstreams};
 use super::identify::Identifier;
 use super::reject::Rejection;
 use super::tunnel::{self, TunnelSlots};
-use super::{forwarded, outbound, transform, Body};
+use super::{forwarded, grpc_timeout, outbound, transform, Body};
 use crate::auth::identity::{self, Credential, CredentialProblem, Identity};
 use crate::auth::servers::Authenticator;
 use crate::auth::AuthFailure;
@@ -188,6 +188,7 @@ fn phases<'s: 'a, 'a>(
                 return Err(Rejection::IpFiltered); // before any credential is looked at
             }
         }
+        let deadline = grpc_deadline(route.api, req.headers())?;
         let handshake = route.api.websocket && (h2_websocket || tunnel::is_handshake(&req));
         if handshake && !tunnel::origin_admitted(&req, route.api.cors.as_ref()) {
             return Err(Rejection::CrossOriginTunnel); // whatever credential the browser adds
@@ -301,15 +302,19 @@ fn phases<'s: 'a, 'a>(
             .and_then(|_| req.headers().get(http::header::SEC_WEBSOCKET_KEY))
             .map(tunnel::expected_accept);
         let req = limit_body(&rt.limits, req);
+        let outgoing = Outgoing {
+            rest: &route.rest,
+            added,
+            as_sent,
+            deadline,
+        };
         // Boxed: created once on the heap instead of being copied into each
         // enclosing future (every layer up to the connection) as it starts.
-        let mut response = super::pin_in_place(|| {
-            rt.upstreams
-                .forward(grant, route.api, req, &route.rest, added, as_sent)
-        })
-        .await?; // forward
-                 // RFC 8441 §5: a 2xx to an extended CONNECT is the tunnel opened;
-                 // an upstream that did not switch protocols opened none.
+        let forward = || rt.upstreams.forward(grant, route.api, req, outgoing);
+        let mut response = super::pin_in_place(forward).await?; // forward
+
+        // RFC 8441 §5: a 2xx to an extended CONNECT is the tunnel opened;
+        // an upstream that did not switch protocols opened none.
         if h2_websocket && response.status().is_success() {
             return Err(Rejection::BadGateway(
                 "the upstream did not switch protocols".into(),
@@ -564,6 +569,22 @@ fn valid_host(host: &[u8]) -> bool {
         && host.iter().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
         })
+}
+
+/// The deadline a gRPC client states (`grpc-timeout`) for a call to a
+/// `grpc: true` API over HTTP/2, counted from now: the time the call
+/// spends in the gateway is the call's too. Other APIs pass the field on
+/// as any other (an HTTP/1.1 upstream cannot carry gRPC). A deadline past
+/// what the clock can count is none: the field then goes on as sent.
+fn grpc_deadline(
+    api: &Api,
+    headers: &http::HeaderMap,
+) -> Result<Option<tokio::time::Instant>, Rejection> {
+    if !(api.grpc && api.upstream.is_http2()) {
+        return Ok(None);
+    }
+    let timeout = grpc_timeout::read(headers).map_err(Rejection::MalformedGrpcTimeout)?;
+    Ok(timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout)))
 }
 
 fn check_transport(route: &Route<'_>, conn: Connection) -> Result<(), Rejection> {

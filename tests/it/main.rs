@@ -30,6 +30,7 @@ mod examples;
 mod fail_closed;
 mod fuzz_targets;
 mod grpc;
+mod grpc_deadline;
 mod header_rules;
 mod http1_differential;
 mod http1_properties;
