@@ -34,7 +34,7 @@ use http::header::{
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Version};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -334,8 +334,8 @@ where
         _permit,
     } = switch;
     let metrics = crate::metrics::get();
-    let open = metrics.tunnels_open.with_label_values(&[api.as_str()]);
-    open.inc();
+    // Counted down however it ends, closed from outside too.
+    let _open = Open::new(metrics.tunnels_open.with_label_values(&[api.as_str()]));
     let mut up = Half::new(
         &client_read,
         metrics
@@ -395,8 +395,23 @@ where
         }
     })
     .await;
-    open.dec();
     tracing::debug!(api, why = ended, "tunnel ended");
+}
+
+/// A tunnel counted in `tunnels_open` while it is held.
+struct Open(IntGauge);
+
+impl Open {
+    fn new(gauge: IntGauge) -> Open {
+        gauge.inc();
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// One direction of a tunnel: read from one side, written to the other.
