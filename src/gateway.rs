@@ -164,6 +164,14 @@ impl Gateway {
         };
         let generation = snapshot.generation;
         let live = Arc::new(Live::new(snapshot));
+        let tls = match listen.https {
+            Some(_) => {
+                let live = live.clone();
+                let certificate = server::tls::LiveCertificate::new(move || live.snapshot())?;
+                Some(Arc::new(server::tls::LiveTls::new(certificate)?))
+            }
+            None => None,
+        };
         let authz = Arc::new(ArcSwapOption::empty());
         let start = StartLatch::new(live.clone(), runtime.auth.clone(), authz.clone());
         let reloader = Arc::new(Reloader {
@@ -176,6 +184,7 @@ impl Gateway {
             throttle: runtime.throttle.clone(),
             health: runtime.upstreams.health().clone(),
             start: Arc::new(start),
+            tls: tls.clone(),
         });
         let state = Arc::new(State {
             live: reloader.live.clone(),
@@ -222,11 +231,8 @@ impl Gateway {
             let serving = serving(Transport::Plain);
             gateway.http = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
         }
-        if let Some(addr) = listen.https {
-            let live = state.clone();
-            let certificate = server::tls::LiveCertificate::new(move || live.live.snapshot())?;
-            let tls = server::tls::LiveTls::new(certificate)?;
-            let serving = serving(Transport::Tls(Arc::new(tls)));
+        if let (Some(addr), Some(tls)) = (listen.https, tls) {
+            let serving = serving(Transport::Tls(tls));
             gateway.https = Some(serve_per_core(&state, addr, serving, &mut tasks)?);
         }
         if let Some(addr) = listen.admin {

@@ -25,6 +25,15 @@
 //! - A connection whose client takes nothing of an answer for `send`
 //!   (HTTP/1.1: a write makes no progress; HTTP/2: an answer waits for a
 //!   flow-control window the client does not open) is closed.
+//!
+//! A TLS connection ends as at shutdown when a reload replaces the
+//! client-certificate setting its handshake was verified under
+//! (`verified`): what is in flight has `timeouts.drain` to finish (HTTP/1.1:
+//! its answer says `Connection: close`; HTTP/2: `GOAWAY`), an idle
+//! connection closes at once, its WebSocket tunnels close at once, and a
+//! request that comes after the change is not served (HTTP/1.1: the
+//! connection closes; HTTP/2: the stream is refused, `REFUSED_STREAM`, safe
+//! to retry).
 
 /// How long a new connection may take to finish its TLS handshake and send
 /// its first request before it gives its slot to a client waiting for one:
@@ -41,8 +50,8 @@ mod prefixed;
 mod slots;
 pub mod spread;
 pub mod tls;
+mod verified;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
@@ -70,6 +79,7 @@ use self::activity::{Activity, InFlight};
 use self::h2_bodies::{H2Body, Tracked};
 use self::prefixed::Prefixed;
 pub use self::slots::Slots;
+use self::verified::{retired, Verified};
 use crate::config::snapshot::{Limits, Timeouts};
 use crate::proxy::tunnel;
 use crate::proxy::Body;
@@ -176,6 +186,7 @@ pub async fn serve<H, F>(
                 slots: slots.clone(),
             },
             activity: Arc::new(Activity::new(settings.timeouts.send)),
+            verified: None,
             port: port.clone(),
             peer,
         });
@@ -321,6 +332,8 @@ struct Conn {
     _held: (OwnedSemaphorePermit, Option<spread::Serving>),
     signals: Signals,
     activity: Arc<Activity>,
+    /// The client-certificate setting its TLS handshake verified under.
+    verified: Option<Verified>,
     port: Arc<Port>,
     peer: SocketAddr,
 }
@@ -372,11 +385,12 @@ impl Conn {
         };
         match &self.port.transport {
             Transport::Plain => {
-                let wire = h1::Connection::new(stream, &self.activity, &self.port);
+                let wire = h1::Connection::new(stream, &self.activity, &self.port, None);
                 self.http(wire, &handler).await;
             }
             Transport::Tls(live) => {
-                let acceptor = live.acceptor();
+                let (acceptor, verified) = live.acceptor();
+                self.verified = Some(verified);
                 Box::pin(self.tls(stream, acceptor, handler)).await;
             }
         }
@@ -437,7 +451,8 @@ impl Conn {
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             Box::pin(self.http2(tls, Bytes::new(), handler)).await;
         } else {
-            let wire = h1::Connection::new(tls, &self.activity, &self.port);
+            let verification = self.verified.as_ref().map(Verified::verification);
+            let wire = h1::Connection::new(tls, &self.activity, &self.port, verification);
             self.http(wire, &handler).await;
         }
     }
@@ -469,6 +484,7 @@ impl Conn {
                 let watched = Watched {
                     timeouts: &conn.port.settings.timeouts,
                     activity: &conn.activity,
+                    verified: conn.verified.as_ref(),
                     peer: conn.peer,
                     parkable: &|| wire.waits_idle(),
                     multiplexed: false,
@@ -503,8 +519,10 @@ impl Conn {
 
     /// Waits while the connection is parked: `true` when its client sends
     /// its next request, `false` when it is to close (the client closed
-    /// it, the idle timeout, shutdown, the port out of slots). It holds a
-    /// timer and a place in the port's wake-up list, nothing more.
+    /// it, the idle timeout, shutdown, the port out of slots, the
+    /// client-certificate setting it was verified under replaced). It
+    /// holds a timer and a place in the port's wake-up list (and, with
+    /// TLS, in its setting's), nothing more.
     async fn parked<S>(&self, wire: &h1::Connection<S>) -> bool
     where
         S: AsyncRead + AsyncWrite + h1::Reset + Unpin + Send + 'static,
@@ -513,6 +531,12 @@ impl Conn {
         let mut idle = pin!(tokio::time::sleep_until(
             self.activity.deadline(self.port.settings.timeouts)
         ));
+        // Boxed: every parked connection holds this future, and only a TLS
+        // one waits for its setting.
+        let mut replaced = self
+            .verified
+            .as_ref()
+            .map(|verified| Box::pin(verified.retired()));
         loop {
             let mut wake = pin!(self.port.slots.parked_wake());
             wake.as_mut().enable();
@@ -527,6 +551,12 @@ impl Conn {
                 if wake.as_mut().poll(cx).is_ready() {
                     // Looked at again above.
                     return Poll::Ready(None);
+                }
+                if let Some(replaced) = replaced.as_mut() {
+                    if replaced.as_mut().poll(cx).is_ready() {
+                        tracing::debug!(peer = %self.peer, "idle connection closed: the client-certificate settings it was verified under were replaced");
+                        return Poll::Ready(Some(false));
+                    }
                 }
                 if idle.as_mut().poll(cx).is_ready() {
                     tracing::debug!(peer = %self.peer, "idle connection closed");
@@ -543,7 +573,8 @@ impl Conn {
 
     /// Carries a WebSocket tunnel on this connection, which keeps its slot
     /// meanwhile. On shutdown the tunnel has the listener's drain time to
-    /// end, then is closed.
+    /// end, then is closed; it is closed at once when the client-certificate
+    /// setting its connection was verified under is replaced.
     async fn tunnel<S>(mut self: Box<Self>, io: S, read: Bytes, switch: tunnel::Switch)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -552,6 +583,9 @@ impl Conn {
             () = tunnel::run(switch, io, read) => {}
             () = stopped(&mut self.signals.forced) => {
                 tracing::debug!(peer = %self.peer, "tunnel closed: drain timeout reached");
+            }
+            () = retired(self.verified.as_ref()) => {
+                tracing::debug!(peer = %self.peer, "tunnel closed: the client-certificate settings its connection was verified under were replaced");
             }
         }
     }
@@ -566,25 +600,40 @@ impl Conn {
         let peer = self.peer;
         let body_read = self.port.settings.timeouts.body_read;
         let slots = self.port.slots.clone();
+        let verification = self.verified.as_ref().map(Verified::verification);
         let service = service_fn(move |req: Request<Incoming>| {
-            let guard = InFlight::begin(&requests);
-            let mut req = req.map(|body| {
-                if body.is_end_stream() {
-                    crate::proxy::empty()
-                } else {
-                    H2Body::new(body, body_read, slots.clone()).boxed()
+            // A stream opened after the client-certificate setting was
+            // replaced, before the client has seen the `GOAWAY`: refused,
+            // which says it was not processed (RFC 9113 §8.7).
+            let replaced = verification.as_ref().is_some_and(|v| v.is_retired());
+            let answer = (!replaced).then(|| {
+                let guard = InFlight::begin(&requests);
+                let mut req = req.map(|body| {
+                    if body.is_end_stream() {
+                        crate::proxy::empty()
+                    } else {
+                        H2Body::new(body, body_read, slots.clone()).boxed()
+                    }
+                });
+                if tunnel::is_h2_handshake(&req) {
+                    let open = InFlight::tunnel(&requests);
+                    // The tunnel outlives the stream's service: it
+                    // watches the setting itself.
+                    let ends = verification.clone().map(|verification| {
+                        Box::pin(async move { verification.retired().await }) as tunnel::Ends
+                    });
+                    req.extensions_mut()
+                        .insert(tunnel::ConnectionHold::new(open, ends));
                 }
+                (handler(req, peer), guard)
             });
-            if tunnel::is_h2_handshake(&req) {
-                let open = InFlight::tunnel(&requests);
-                req.extensions_mut()
-                    .insert(tunnel::ConnectionHold::new(open));
-            }
-            let response = handler(req, peer);
             async move {
+                let Some((response, guard)) = answer else {
+                    return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
+                };
                 let response = response.await;
                 let guard = guard.answered();
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+                Ok(response.map(|body| Tracked::new(body, guard)))
             }
         });
         let io = TokioIo::new(Prefixed::new(read, io));
@@ -595,6 +644,7 @@ impl Conn {
         let watched = Watched {
             timeouts: &self.port.settings.timeouts,
             activity: &self.activity,
+            verified: self.verified.as_ref(),
             peer,
             parkable: &|| false,
             multiplexed: true,
@@ -609,6 +659,8 @@ impl Conn {
 struct Watched<'a> {
     timeouts: &'a Timeouts,
     activity: &'a Arc<Activity>,
+    /// The client-certificate setting it was verified under (TLS only).
+    verified: Option<&'a Verified>,
     peer: SocketAddr,
     /// Whether the connection waits for a request nothing of which has
     /// come, so that it can be parked.
@@ -636,7 +688,9 @@ enum Outcome<T> {
 
 impl Signals {
     /// Drives `conn` and its watchdog: shutdown (graceful, then forced
-    /// after the drain timeout), the idle deadline, abusive resets.
+    /// after the drain timeout), the idle deadline, abusive resets, the
+    /// client-certificate setting it was verified under replaced (as at
+    /// shutdown, its drain timeout counted from then).
     /// `graceful` asks the connection to end after the requests in flight
     /// (at once if there are none).
     ///
@@ -651,6 +705,7 @@ impl Signals {
         let Watched {
             timeouts,
             activity,
+            mut verified,
             peer,
             parkable,
             multiplexed,
@@ -707,6 +762,7 @@ impl Signals {
                         },
                         _ = activity.quiet.notified() => Watch::Rearm,
                         Ok(()) = pressure.changed() => Watch::Pressure,
+                        () = retired(verified) => Watch::Replaced,
                         _ = tokio::time::sleep_until(wake_at.unwrap_or(deadline)), if wake_at.is_some() => Watch::Timer,
                     }
                 });
@@ -725,6 +781,23 @@ impl Signals {
                 Ok(Watch::Signal) => {
                     graceful(conn.as_mut());
                     closing = true;
+                }
+                // As at shutdown, with a drain of its own: what is in flight
+                // has `drain` to finish; an idle connection closes at once
+                // (HTTP/2: with `send` to deliver what a client's window
+                // holds back, as under pressure).
+                Ok(Watch::Replaced) => {
+                    verified = None;
+                    if !closing {
+                        tracing::debug!(%peer, "connection ends: the client-certificate settings it was verified under were replaced");
+                        graceful(conn.as_mut());
+                        closing = true;
+                        let within = match activity.idle() {
+                            true => timeouts.send,
+                            false => timeouts.drain,
+                        };
+                        closed_by = Some(Instant::now() + within);
+                    }
                 }
                 Ok(Watch::Rearm) if activity.resets_abusive() => {
                     tracing::debug!(%peer, "connection closed: it resets most of its requests");
@@ -815,6 +888,9 @@ enum Watch {
     Rearm,
     /// The port has run out of connection slots.
     Pressure,
+    /// The client-certificate setting the connection was verified under
+    /// has been replaced.
+    Replaced,
     /// Before shutdown: the idle deadline. After: the time to close has
     /// passed.
     Timer,

@@ -18,7 +18,11 @@
 //! for `timeouts.tunnel_idle`, or when the API's
 //! `tunnel_max_lifetime` has passed since the handshake. What was
 //! authorized is the handshake: a token that expires later does not end
-//! the tunnel (the lifetime bounds how long it may outlive it).
+//! the tunnel (the lifetime bounds how long it may outlive it). The
+//! server also ends it with its connection: on shutdown once the drain
+//! has passed, and at once when a reload replaces the client-certificate
+//! setting the connection's TLS handshake was verified under (for an
+//! HTTP/2 stream's tunnel, through its [`ConnectionHold`]).
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -232,38 +236,64 @@ pub fn h2_answer_of_h1(headers: &mut HeaderMap) {
     headers.remove(SEC_WEBSOCKET_ACCEPT);
 }
 
+/// Ends a tunnel when its client connection is to end before the tunnel
+/// does (the client-certificate setting it was verified under replaced).
+pub type Ends = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// What an HTTP/2 tunnel holds of its client connection while it is open.
 /// The server puts one on each extended `CONNECT` it hands on and counts
 /// the connection busy until it is dropped: as the stream becomes the
 /// tunnel, hyper drops the `200`'s body, and with it what counted the
-/// request. The proxy only carries it.
+/// request. With it comes what ends the tunnel with its connection
+/// ([`Ends`]). The proxy only carries it.
 #[derive(Clone)]
 pub struct ConnectionHold {
     _held: Arc<dyn std::any::Any + Send + Sync>,
+    /// Taken by the tunnel.
+    ends: Arc<Mutex<Option<Ends>>>,
 }
 
 impl ConnectionHold {
-    pub fn new(held: impl std::any::Any + Send + Sync) -> ConnectionHold {
+    pub fn new(held: impl std::any::Any + Send + Sync, ends: Option<Ends>) -> ConnectionHold {
         ConnectionHold {
             _held: Arc::new(held),
+            ends: Arc::new(Mutex::new(ends)),
         }
+    }
+
+    fn take_ends(&self) -> Option<Ends> {
+        self.ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
 /// Carries the tunnel of an HTTP/2 stream once hyper has sent its `200`,
-/// holding its connection (`hold`) until the tunnel ends.
+/// holding its connection (`hold`) until the tunnel ends, or until what
+/// the hold says ends it.
 pub fn spawn_h2(
     switch: Switch,
     on_upgrade: hyper::upgrade::OnUpgrade,
     hold: Option<ConnectionHold>,
 ) {
+    let ends = hold.as_ref().and_then(ConnectionHold::take_ends);
     tokio::spawn(async move {
         let _hold = hold;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                run(switch, hyper_util::rt::TokioIo::new(upgraded), Bytes::new()).await;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "the HTTP/2 stream did not open its tunnel");
+                return;
             }
-            Err(error) => tracing::debug!(%error, "the HTTP/2 stream did not open its tunnel"),
+        };
+        let tunnel = run(switch, hyper_util::rt::TokioIo::new(upgraded), Bytes::new());
+        let Some(ends) = ends else {
+            return tunnel.await;
+        };
+        tokio::select! {
+            () = tunnel => {}
+            () = ends => tracing::debug!("tunnel closed: its connection ends"),
         }
     });
 }

@@ -33,6 +33,7 @@ use crate::authz_server::AuthorizationServer;
 use crate::central::{self, Document, Link};
 use crate::config::{Env, Invalid, Snapshot};
 use crate::proxy::balance::Health;
+use crate::server::tls::LiveTls;
 use crate::throttle::Throttler;
 
 /// What a reload reads and what it changes: the handle the lower layers
@@ -54,6 +55,9 @@ pub struct Reloader {
     pub health: Arc<Health>,
     /// Listening, and whether the start conditions have once been met.
     pub start: Arc<StartLatch>,
+    /// The client-certificate setting of the HTTPS listener, when there is
+    /// one: told of each snapshot before it serves.
+    pub tls: Option<Arc<LiveTls>>,
 }
 
 impl Reloader {
@@ -144,8 +148,11 @@ impl Reloader {
     /// server, then validators), then swaps it in. Nothing is swapped on
     /// error, and nothing the serving snapshot uses has changed: each step
     /// that can fail comes before the first that publishes anything (the
-    /// throttle store is made here and put in use by `bind`). The caller
-    /// holds `live.one_reload_at_a_time()`.
+    /// throttle store is made here and put in use by `bind`). The HTTPS
+    /// listener learns of a changed client-certificate setting just before
+    /// the swap, so that, once the generation shows, no request is served
+    /// on it over a connection verified under the setting it replaced. The
+    /// caller holds `live.one_reload_at_a_time()`.
     pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
         // The last moment the runtime is all the serving snapshot's: a
         // start met by now is noted before the validators of `snapshot`
@@ -157,6 +164,9 @@ impl Reloader {
         self.auth.prepare(&snapshot);
         self.health.prepare(&snapshot);
         self.throttle.bind(&snapshot, store);
+        if let Some(tls) = &self.tls {
+            tls.follow(&snapshot);
+        }
         self.live.swap(source, snapshot);
         tracing::info!(generation, source = source.label(), "configuration applied");
         Ok(generation)

@@ -2,7 +2,9 @@
 //! the rustls verifier of each setting, which the listener's TLS
 //! configuration for that setting uses (`tls::LiveTls`), so a reloaded CA
 //! bundle or mode applies to the next handshake without re-binding, like
-//! the server certificate. A bundle that cannot be used keeps the previous
+//! the server certificate, and the connections verified under the
+//! previous one end (`server::verified`): a certificate is checked at the
+//! handshake only. A bundle that cannot be used keeps the previous
 //! setting (and [`check`] refuses it before a snapshot may serve). Without
 //! `client_ca` no certificate is asked for. A verified certificate's
 //! SHA-256 fingerprint is what the data path matches against
@@ -85,7 +87,8 @@ pub(super) fn verifier(
 
 /// What a handshake asks of clients: the bundle's PEM and the mode
 /// (`None` without `client_ca`). Two snapshots with the same setting
-/// share their TLS sessions; a change of either starts afresh.
+/// share their TLS sessions; a change of either starts afresh, and ends
+/// the connections verified under the previous setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Setting {
     pem: Vec<u8>,

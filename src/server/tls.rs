@@ -5,6 +5,9 @@
 //! own `ServerConfig` and with it its own store of resumable sessions: a
 //! resumed session skips the client's certificate, so one is resumed only
 //! under the setting that verified (or did not ask for) that certificate.
+//! A reload that changes the setting also ends the connections verified
+//! under the previous one (`server::verified`); one that changes only the
+//! server certificate leaves them.
 //!
 //! [`certified_key`] is the one judge of TLS material: `check`, start and
 //! every reload ask it (through [`check`]) before a snapshot may serve, so a
@@ -16,7 +19,7 @@
 //! keeps the last good certificate serving (logged once per generation).
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
@@ -28,6 +31,7 @@ use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
 use super::client_cert::{self, ClientCaError, Setting};
+use super::verified::{Verification, Verified};
 use crate::config::diagnostic::{Diagnostic, Severity};
 use crate::config::snapshot::TlsMaterial;
 use crate::config::{Invalid, Snapshot};
@@ -200,7 +204,7 @@ type Current = dyn Fn() -> Arc<Snapshot> + Send + Sync;
 /// Resolves the certificate of the snapshot serving now; parses it once per
 /// generation.
 pub struct LiveCertificate {
-    current: Arc<Current>,
+    current: Box<Current>,
     provider: Arc<CryptoProvider>,
     /// Generation checked last, and the certificate serving since.
     cached: Mutex<(u64, Arc<CertifiedKey>)>,
@@ -223,7 +227,7 @@ impl LiveCertificate {
         let material = snapshot.tls.as_ref().ok_or(TlsError::Missing)?;
         let key = Arc::new(certified_key(material, &provider, SystemTime::now())?);
         Ok(LiveCertificate {
-            current: Arc::new(current),
+            current: Box::new(current),
             provider,
             cached: Mutex::new((snapshot.generation, key)),
         })
@@ -258,14 +262,22 @@ impl LiveCertificate {
     }
 }
 
-/// The TLS of the https listener: the acceptor of the serving snapshot's
-/// client-certificate setting, made anew when the setting changes.
+/// The TLS of the https listener: the acceptor of the client-certificate
+/// setting in force, made anew when a snapshot about to serve changes it
+/// ([`LiveTls::follow`]); the connections verified under the previous
+/// setting then end (`server::verified`).
 pub struct LiveTls {
-    current: Arc<Current>,
     provider: Arc<CryptoProvider>,
     certificate: Arc<LiveCertificate>,
-    /// Generation checked last, the setting serving since and its acceptor.
-    cached: Mutex<(u64, Option<Setting>, TlsAcceptor)>,
+    serving: Mutex<Verifying>,
+}
+
+/// A client-certificate setting in force: its acceptor, and the
+/// connections it verified.
+struct Verifying {
+    setting: Option<Setting>,
+    acceptor: TlsAcceptor,
+    verification: Arc<Verification>,
 }
 
 impl fmt::Debug for LiveTls {
@@ -277,50 +289,76 @@ impl fmt::Debug for LiveTls {
 impl LiveTls {
     /// Fails when the serving snapshot's client CA cannot be used.
     pub fn new(certificate: LiveCertificate) -> Result<LiveTls, TlsError> {
-        let current = certificate.current.clone();
         let provider = certificate.provider.clone();
         let certificate = Arc::new(certificate);
-        let snapshot = current();
+        let snapshot = (certificate.current)();
         let acceptor = acceptor(&snapshot, &provider, &certificate)?;
         Ok(LiveTls {
-            current,
             provider,
             certificate,
-            cached: Mutex::new((snapshot.generation, Setting::of(&snapshot), acceptor)),
+            serving: Mutex::new(Verifying {
+                setting: Setting::of(&snapshot),
+                acceptor,
+                verification: Verification::new(),
+            }),
         })
     }
 
-    /// The acceptor of the next handshake.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        let snapshot = (self.current)();
-        let mut cached = match self.cached.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if cached.0 != snapshot.generation {
-            cached.0 = snapshot.generation;
-            let setting = Setting::of(&snapshot);
-            // Without `tls:` the listener goes on as the certificate does
-            // (until a restart): with the clients it verified, never
-            // with none (`client_auth: required` quietly gone).
-            if snapshot.tls.is_none() {
-                return cached.2.clone();
-            }
-            if setting != cached.1 {
-                match acceptor(&snapshot, &self.provider, &self.certificate) {
-                    Ok(acceptor) => {
-                        cached.1 = setting;
-                        cached.2 = acceptor;
-                    }
-                    Err(error) => tracing::error!(
-                        generation = snapshot.generation,
-                        %error,
-                        "client CA of the new configuration refused; the previous one keeps verifying"
-                    ),
-                }
-            }
+    /// The acceptor of the next handshake, and the setting it verifies
+    /// under, taken together: a connection verified under a setting ends
+    /// when that setting is replaced.
+    pub(super) fn acceptor(&self) -> (TlsAcceptor, Verified) {
+        let serving = self.serving();
+        (serving.acceptor.clone(), serving.verification.verify())
+    }
+
+    /// `snapshot` is about to serve (the reload pipeline calls this before
+    /// it swaps one in, so that no request is served on it over a
+    /// connection verified under a setting it replaced): when its
+    /// client-certificate setting differs, the next handshakes verify
+    /// under it, and the connections verified under the previous one end.
+    /// A change of the server certificate alone changes no setting.
+    pub fn follow(&self, snapshot: &Snapshot) {
+        // Without `tls:` the listener goes on as the certificate does
+        // (until a restart): with the clients it verified, never with none
+        // (`client_auth: required` quietly gone).
+        if snapshot.tls.is_none() {
+            return;
         }
-        cached.2.clone()
+        let setting = Setting::of(snapshot);
+        let mut serving = self.serving();
+        if setting == serving.setting {
+            return;
+        }
+        let acceptor = match acceptor(snapshot, &self.provider, &self.certificate) {
+            Ok(acceptor) => acceptor,
+            Err(error) => {
+                tracing::error!(
+                    generation = snapshot.generation,
+                    %error,
+                    "client CA of the new configuration refused; the previous one keeps verifying"
+                );
+                return;
+            }
+        };
+        let previous = std::mem::replace(
+            &mut *serving,
+            Verifying {
+                setting,
+                acceptor,
+                verification: Verification::new(),
+            },
+        );
+        let connections = previous.verification.retire();
+        tracing::info!(
+            generation = snapshot.generation,
+            connections,
+            "client-certificate settings changed: the connections verified under the previous ones end"
+        );
+    }
+
+    fn serving(&self) -> std::sync::MutexGuard<'_, Verifying> {
+        self.serving.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

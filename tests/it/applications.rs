@@ -1227,6 +1227,8 @@ apis:
 
     use rustls::pki_types::pem::PemObject;
 
+    mod replaced;
+
     #[tokio::test]
     async fn a_client_certificate_identifies_its_application() {
         let (dir, server) = served_as_localhost();

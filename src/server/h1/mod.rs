@@ -34,6 +34,10 @@
 //! A `101` answer carries its tunnel (`proxy::tunnel`): once its head is
 //! written, the connection, with what the client sent after its
 //! handshake, leaves the codec ([`Ending::Upgraded`]).
+//!
+//! A head read after a reload replaced the client-certificate setting the
+//! TLS connection was verified under is not served: the connection closes
+//! (`server::verified`).
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -52,6 +56,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::verified::Verification;
 use super::{Activity, InFlight, Port};
 use crate::http1;
 use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
@@ -102,7 +107,12 @@ pub enum Ending {
 pub(super) struct Connection<S>(Arc<Mutex<Wire<S>>>);
 
 impl<S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static> Connection<S> {
-    pub(super) fn new(io: S, activity: &Arc<Activity>, port: &Arc<Port>) -> Connection<S> {
+    pub(super) fn new(
+        io: S,
+        activity: &Arc<Activity>,
+        port: &Arc<Port>,
+        verification: Option<Arc<Verification>>,
+    ) -> Connection<S> {
         Connection(Arc::new(Mutex::new(Wire {
             io,
             buf: BytesMut::new(),
@@ -119,6 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static> Connection<S> {
             waits: None,
             activity: activity.clone(),
             port: port.clone(),
+            verification,
         })))
     }
 
@@ -231,6 +242,9 @@ struct Wire<S> {
     /// Its settings; under pressure a body may wait less
     /// (`server::slots`).
     port: Arc<Port>,
+    /// The client-certificate setting its TLS handshake verified under:
+    /// once it is replaced, no further request is served.
+    verification: Option<Arc<Verification>>,
 }
 
 /// The deadlines of a connection waiting for its client. (Boxed: rarely
@@ -461,6 +475,9 @@ enum HeadRead {
     Refused(Rejection),
     /// The client closed, or the connection is closing while idle.
     Closed,
+    /// A head came after the client-certificate setting the connection
+    /// was verified under was replaced: it is not served.
+    Unverified,
 }
 
 /// Serves the exchanges of one connection until it closes, or hands it
@@ -489,6 +506,15 @@ where
             HeadRead::Closed => break End::Close { linger: false },
             HeadRead::Http2 => return Ending::Http2,
             HeadRead::Refused(rejection) => break End::Refuse(rejection),
+            // As when a connection closes while the client's next request
+            // is on its way: nothing of it was processed, and a client may
+            // send it again on a new connection (RFC 9112 §9.3.1), whose
+            // handshake verifies it under the setting in force. Lingering
+            // lets the client read the close rather than a reset.
+            HeadRead::Unverified => {
+                tracing::debug!(%peer, "request not served: the client-certificate settings its connection was verified under were replaced");
+                break End::Close { linger: true };
+            }
         };
         let exchanged = exchange(wire, head, peer, closing, activity, handler).await;
         match exchanged {
@@ -725,6 +751,10 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         wire.waiting = read.is_pending() && wire.buf.is_empty();
         if let Poll::Ready(HeadRead::Head(_)) = read {
             wire.first = false;
+            // The one look per request at the setting (TLS only).
+            if wire.verification.as_ref().is_some_and(|v| v.is_retired()) {
+                return Poll::Ready(HeadRead::Unverified);
+            }
         }
         read
     })
@@ -974,7 +1004,7 @@ mod tests {
     async fn a_request_body_polled_while_the_answer_waits_leaves_the_wake_up_to_the_writer() {
         let (mut client, server) = tokio::io::duplex(64);
         let activity = Arc::new(Activity::new(Duration::from_secs(30)));
-        let conn = Connection::new(server, &activity, &port());
+        let conn = Connection::new(server, &activity, &port(), None);
         let mut body = read_body(&conn.0, Delimited::Chunked(Chunked::new()), false);
         // The answer begins, more of it than the client has room for.
         {
