@@ -29,7 +29,7 @@
 //! A TLS connection ends as at shutdown when a reload replaces the
 //! client-certificate setting its handshake was verified under
 //! (`verified`): what is in flight has `timeouts.drain` to finish (HTTP/1.1:
-//! its answer says `Connection: close`; HTTP/2: `GOAWAY`), an idle
+//! the connection closes after the answer; HTTP/2: `GOAWAY`), an idle
 //! connection closes at once, its WebSocket tunnels close at once, and a
 //! request that comes after the change is not served (HTTP/1.1: the
 //! connection closes; HTTP/2: the stream is refused, `REFUSED_STREAM`, safe

@@ -10,12 +10,12 @@
 //! that setting's acceptor (`tls::LiveTls`). When a reload replaces the
 //! setting, the old one is retired: its connections' watchdogs are woken
 //! and end them as at shutdown (`server::Conn::supervise`: what is in
-//! flight has `timeouts.drain` to finish, HTTP/1.1 answering with
-//! `Connection: close`, HTTP/2 after a `GOAWAY`; an idle one closes at
-//! once), and their WebSocket tunnels close at once. A request that comes
-//! after the change is not served (one atomic load per request of a TLS
-//! connection; a plain connection has none). A setting is never
-//! un-retired, and a connection never changes its own.
+//! flight has `timeouts.drain` to finish, HTTP/1.1 closing after the
+//! answer, HTTP/2 after a `GOAWAY`; an idle one closes at once), and their
+//! WebSocket tunnels close at once. A request that comes after the change
+//! is not served (one atomic load per request of a TLS connection, where
+//! its head is read or its stream accepted; a plain connection has none).
+//! A setting is never un-retired, and a connection never changes its own.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
