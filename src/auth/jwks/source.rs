@@ -24,7 +24,9 @@ use crate::auth::{AuthFailure, TokenProblem};
 pub struct RefreshPolicy {
     /// Shortest interval, whatever `Cache-Control` says.
     pub min: Duration,
-    /// Longest interval, whatever `Cache-Control` says.
+    /// Longest interval, whatever `Cache-Control` says: a key the
+    /// auth server withdrew (rotated out, compromised) is trusted at most
+    /// this long after (IdPs advertise up to a day or more).
     pub max: Duration,
     /// Interval when the response has no `max-age`.
     pub default: Duration,
@@ -39,7 +41,7 @@ impl Default for RefreshPolicy {
     fn default() -> Self {
         RefreshPolicy {
             min: Duration::from_secs(60),
-            max: Duration::from_secs(24 * 60 * 60),
+            max: Duration::from_secs(60 * 60),
             default: Duration::from_secs(5 * 60),
             first_retry: Duration::from_secs(1),
             retry: Duration::from_secs(30),
@@ -334,15 +336,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn max_age_is_clamped_to_a_minute_and_a_day() {
+    fn max_age_is_clamped_to_a_minute_and_an_hour() {
         let policy = RefreshPolicy::default();
         let secs = |age: Option<u64>| policy.interval(age.map(Duration::from_secs)).as_secs();
         assert_eq!(secs(None), 300);
         assert_eq!(secs(Some(0)), 60);
         assert_eq!(secs(Some(59)), 60);
         assert_eq!(secs(Some(600)), 600);
-        assert_eq!(secs(Some(86_401)), 86_400);
-        assert_eq!(secs(Some(u64::MAX)), 86_400);
+        assert_eq!(secs(Some(3_600)), 3_600);
+        assert_eq!(secs(Some(86_400)), 3_600);
+        assert_eq!(secs(Some(u64::MAX)), 3_600);
     }
 
     #[test]
