@@ -2,6 +2,7 @@
 //! depends only on the configuration (route tables, header names, templates,
 //! scope grants, credentials) is computed once, here, never per request.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -578,6 +579,46 @@ pub struct Throttling {
     pub timeout: Duration,
     /// Keys the memory store holds at most (expired ones are evicted first).
     pub max_keys: usize,
+    /// The shared store `store` names, once the throttler opened it for
+    /// this snapshot: held as long as the snapshot is, so a request that
+    /// started on it counts in it to the end, whatever a reload opens.
+    pub opened: OpenedStore,
+}
+
+/// See [`Throttling::opened`]. Its type is the throttler's, which the
+/// configuration does not know: it is held as `Any` and asked for by
+/// type. Not part of what the settings say: settings are equal whatever
+/// store they were given.
+#[derive(Clone, Default)]
+pub struct OpenedStore(OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl OpenedStore {
+    /// The store, once given, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.get()?.downcast_ref()
+    }
+
+    /// Gives the store (a snapshot gets one once).
+    pub fn set<T: Any + Send + Sync>(&self, store: Arc<T>) {
+        let _ = self.0.set(store);
+    }
+}
+
+impl std::fmt::Debug for OpenedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = if self.0.get().is_some() {
+            "given"
+        } else {
+            "none"
+        };
+        f.debug_tuple("OpenedStore").field(&given).finish()
+    }
+}
+
+impl PartialEq for OpenedStore {
+    fn eq(&self, _: &OpenedStore) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,8 @@ use super::plain_http::{self, ClearStore};
 use super::raw::{self, S};
 use super::secret::shown_url;
 use super::snapshot::{
-    OnStoreError, Rate, Resource, SoleCounter, ThrottlePolicy, ThrottleStore, Throttling,
+    OnStoreError, OpenedStore, Rate, Resource, SoleCounter, ThrottlePolicy, ThrottleStore,
+    Throttling,
 };
 
 const STORE_ALLOWED: &str =
@@ -31,6 +32,7 @@ pub(super) fn throttling(ctx: &mut Ctx, raw: Option<&S<raw::Throttling>>) -> Thr
             on_store_error: OnStoreError::Allow,
             timeout: DEFAULT_TIMEOUT,
             max_keys: DEFAULT_MAX_KEYS,
+            opened: OpenedStore::default(),
         };
     };
     let raw = &entry.value;
@@ -84,6 +86,7 @@ pub(super) fn throttling(ctx: &mut Ctx, raw: Option<&S<raw::Throttling>>) -> Thr
         on_store_error,
         timeout,
         max_keys,
+        opened: OpenedStore::default(),
     }
 }
 

@@ -5,8 +5,11 @@
 //! Counters are keyed by a policy's identity (API, scope, limit, period,
 //! partition), never by the snapshot, so they survive reloads that keep
 //! the policy. The memory store lives as long as the gateway; a Redis
-//! store as long as its URL and password stay the same. A store that does
-//! not answer in time never holds a request: `on_store_error` decides.
+//! store as long as its URL and password stay the same, and as long as a
+//! snapshot counting in it serves a request: a snapshot holds the store it
+//! was bound with ([`Throttling::opened`]), so a request that started
+//! before a reload counts where its snapshot says to the end. A store that
+//! does not answer in time never holds a request: `on_store_error` decides.
 
 pub mod gcra;
 pub mod memory;
@@ -300,6 +303,8 @@ pub enum Verdict<'s> {
 /// The stores of one gateway.
 pub struct Throttler {
     memory: MemoryStore,
+    /// The Redis store last bound, which the next snapshot reuses while
+    /// its settings are unchanged. Requests count in their snapshot's.
     redis: ArcSwapOption<RedisStore>,
 }
 
@@ -345,12 +350,16 @@ impl Throttler {
         })
     }
 
-    /// Puts the store `prepared` for `snapshot` in use, and gives the
-    /// policies of `snapshot` that count in one number their counters
-    /// ([`MemoryStore::bind_sole_counters`]): the last step before it
-    /// goes live, once nothing can refuse it any more.
+    /// Puts the store `prepared` for `snapshot` in use, gives it to
+    /// `snapshot` to hold, and gives the policies of `snapshot` that count
+    /// in one number their counters ([`MemoryStore::bind_sole_counters`]):
+    /// the last step before it goes live, once nothing can refuse it any
+    /// more. The snapshot serving meanwhile keeps its own store.
     pub fn bind(&self, snapshot: &Snapshot, prepared: Prepared) {
         self.memory.set_max_keys(prepared.max_keys);
+        if let Some(redis) = &prepared.redis {
+            snapshot.throttling.opened.set(Arc::clone(redis));
+        }
         self.redis.store(prepared.redis);
         self.memory
             .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
@@ -373,7 +382,7 @@ impl Throttler {
             return Verdict::Unthrottled;
         }
         let settings: &Throttling = &snapshot.throttling;
-        let answer = match self.redis.load_full() {
+        let answer = match settings.opened.get::<RedisStore>() {
             Some(store) => store.check(&counting.keys, settings.timeout).await,
             None => Err(redis::StoreError::Timeout(settings.timeout)),
         };

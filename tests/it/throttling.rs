@@ -2,18 +2,22 @@
 //! RateLimit fields, the upstream never reached by a refused request,
 //! counters kept across reloads; on a real Redis: one limit held by two
 //! gateways, the store killed mid-run (`on_store_error` both ways) and
-//! recovery once it is back.
+//! recovery once it is back, and a request that outlives a reload counted
+//! in its snapshot's store.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common;
 
-use common::idp::Idp;
+use common::idp::{unix_now, Answer, Idp, Introspector};
 use common::redis::Redis;
 use common::{metric, Gateway, Upstream};
 use microgateway::reload::Source;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, Response};
+use serde_json::json;
+use tokio::sync::Semaphore;
 
 fn field(resp: &Response, name: &str) -> Option<String> {
     resp.headers()
@@ -828,6 +832,82 @@ async fn a_reload_refused_at_install_keeps_the_serving_store() {
     // Counted in Redis still, as the serving snapshot says.
     assert_eq!(gw.get("/open/items").await.status(), 429);
     assert_eq!(upstream.hits(), 1);
+    gw.shutdown().await;
+}
+
+/// An API whose opaque tokens `introspector` validates, throttled in
+/// `store` (denying on a store error).
+fn introspected(introspector: &Introspector, upstream: &Upstream, store: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+throttling: {{ store: "{store}", on_store_error: deny, timeout: 1s }}
+security_settings:
+  auth_servers:
+  - id: remote
+    name: remote
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "{endpoint}"
+      clientId: gateway
+      clientSecret: gateway-secret
+apis:
+- name: "Held"
+  base_path: /held
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: remote }}
+  resources: ["GET /items"]
+  policies:
+    throttle: [{{ limit: 5, per: 1h }}]
+"#,
+        endpoint = introspector.endpoint(),
+        upstream = upstream.url("/api"),
+    )
+}
+
+/// A reload from Redis to memory while a request waits for its token's
+/// introspection: the request counts in the Redis store of the snapshot
+/// it started on, never refused for want of a store.
+#[tokio::test]
+async fn a_request_that_started_before_a_reload_counts_in_its_snapshots_store() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let introspector = Introspector::counting().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let claims = json!({"active": true, "scope": "any", "exp": unix_now() + 600});
+    introspector.answer_all(Answer::Held(gate.clone(), claims.to_string()));
+    let gw = Gateway::start(&introspected(&introspector, &upstream, &redis.url())).await;
+    let held = tokio::spawn(
+        gw.request(Method::GET, "/held/items")
+            .bearer_auth("opaque-held")
+            .send(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while introspector.calls() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached introspection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.write_config(&introspected(&introspector, &upstream, "memory"));
+    gw.wait_generation(2).await;
+    gate.add_permits(1);
+    let resp = held.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        field(&resp, "ratelimit").as_deref(),
+        Some(r#""api";r=4;t=720"#)
+    );
+    // Counted in Redis, as its snapshot said.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("mcgw:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
     gw.shutdown().await;
 }
 

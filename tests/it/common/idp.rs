@@ -239,6 +239,9 @@ pub enum Answer {
     Status(u16, String),
     /// 200 with this JSON text after a delay.
     Slow(Duration, String),
+    /// 200 with this JSON text once the gate gives a permit (at most 10 s
+    /// later: then 504), so a test can act while a request waits.
+    Held(Arc<tokio::sync::Semaphore>, String),
 }
 
 impl Answer {
@@ -407,6 +410,12 @@ async fn introspect(
         Answer::Slow(delay, body) => {
             tokio::time::sleep(delay).await;
             (200, body)
+        }
+        Answer::Held(gate, body) => {
+            match tokio::time::timeout(Duration::from_secs(10), gate.acquire()).await {
+                Ok(Ok(_)) => (200, body),
+                _ => (504, String::new()),
+            }
         }
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
