@@ -62,6 +62,9 @@ pub struct Metrics {
     /// `throttle_store_errors_total`: throttle store calls that failed or
     /// timed out (each then decided by `on_store_error`).
     pub throttle_store_errors: IntCounter,
+    /// `throttle_store_reconnects_total`: connections to the Redis store
+    /// replaced after calls on them failed in a row.
+    pub throttle_store_reconnects: IntCounter,
     /// `upstream_requests_total{api,endpoint,result}`: exchanges with each
     /// configured endpoint of a balanced upstream
     /// (ok|error_status|connect_failure|refused|timeout|failure).
@@ -168,6 +171,17 @@ impl Metrics {
         registry
             .register(Box::new(throttle_store_errors.clone()))
             .expect("registered once");
+        let throttle_store_reconnects = IntCounter::with_opts(
+            Opts::new(
+                "throttle_store_reconnects_total",
+                "Connections to the Redis throttle store replaced after calls on them failed in a row",
+            )
+            .namespace("microgateway"),
+        )
+        .expect("static counter options are valid");
+        registry
+            .register(Box::new(throttle_store_reconnects.clone()))
+            .expect("registered once");
         let tunnels_open = IntGaugeVec::new(
             Opts::new("tunnels_open", "WebSocket tunnels open").namespace("microgateway"),
             &["api"],
@@ -264,6 +278,7 @@ impl Metrics {
                 &["api", "policy"],
             ),
             throttle_store_errors,
+            throttle_store_reconnects,
             upstream_requests: counter(
                 &registry,
                 "upstream_requests_total",

@@ -4,14 +4,20 @@
 //! decision is atomic and exact however many gateways ask. Keys are
 //! prefixed `mcgw:` and expire when their bucket is full again.
 //!
-//! Each listener thread has its own managed connection (it reconnects
-//! after Redis comes back); each call is bounded by `throttling.timeout`,
-//! after which the caller applies `on_store_error`: never a hang.
+//! Each listener thread has its own connection ([`link`]: reconnected
+//! after Redis comes back, replaced when it stops answering); each call is
+//! bounded by `throttling.timeout`, after which the caller applies
+//! `on_store_error`: never a hang. The socket sends TCP keepalives and
+//! gives up on data unacknowledged for [`UNACKNOWLEDGED`], so that the
+//! kernel, too, closes a connection whose peer is gone.
 
+mod link;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, IntoConnectionInfo, Script};
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::{Client, ConnectionInfo, IntoConnectionInfo, Script};
 use thread_local::ThreadLocal;
 
 use super::gcra::Rate;
@@ -60,12 +66,30 @@ pub enum StoreError {
     Malformed(usize, usize),
 }
 
+impl StoreError {
+    /// Whether the connection gave no answer (an error Redis sent, or an
+    /// answer of the wrong shape, is an answer).
+    fn unanswered(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Redis(error) => error.is_io_error(),
+            StoreError::Malformed(..) => false,
+        }
+    }
+}
+
+/// Idle time before the first keepalive probe, and between probes.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long sent data may stay unacknowledged before the kernel closes
+/// the connection (Linux `TCP_USER_TIMEOUT`; it also ends the probes).
+const UNACKNOWLEDGED: Duration = Duration::from_secs(20);
+
 pub struct RedisStore {
     /// What it was opened with, to tell whether a new snapshot changes it.
     pub url: Secret,
     pub password: Option<Secret>,
     client: Client,
-    connections: ThreadLocal<ConnectionManager>,
+    links: ThreadLocal<Arc<link::Link>>,
     script: Script,
 }
 
@@ -83,13 +107,13 @@ impl RedisStore {
                 .set_password(password.expose());
             info = info.set_redis_settings(settings);
         }
-        let client = Client::open(info)
+        let client = Client::open(with_keepalive(info))
             .map_err(|_| "throttling.store is not a valid redis:// URL".to_owned())?;
         Ok(RedisStore {
             url: url.clone(),
             password: password.cloned(),
             client,
-            connections: ThreadLocal::new(),
+            links: ThreadLocal::new(),
             script: Script::new(GCRA),
         })
     }
@@ -100,7 +124,8 @@ impl RedisStore {
         keys: &[(Key<'_>, Rate)],
         timeout: Duration,
     ) -> Result<(bool, Levels), StoreError> {
-        let mut connection = self.connection()?;
+        let link = self.link()?;
+        let mut taken = link.take();
         let mut invocation = self.script.prepare_invoke();
         for (key, rate) in keys {
             invocation
@@ -108,10 +133,16 @@ impl RedisStore {
                 .arg(rate.interval)
                 .arg(rate.period);
         }
-        let answer: Vec<i64> =
-            tokio::time::timeout(timeout, invocation.invoke_async(&mut connection))
+        let answer: Result<Vec<i64>, StoreError> =
+            tokio::time::timeout(timeout, invocation.invoke_async(&mut taken.connection))
                 .await
-                .map_err(|_| StoreError::Timeout(timeout))??;
+                .map_err(|_| StoreError::Timeout(timeout))
+                .and_then(|answer| answer.map_err(StoreError::from));
+        match &answer {
+            Err(error) if error.unanswered() => link.failed(&taken),
+            _ => link.answered(&taken),
+        }
+        let answer = answer?;
         match answer.split_first() {
             Some((admitted, levels)) if levels.len() == keys.len() => Ok((
                 *admitted == 1,
@@ -124,17 +155,24 @@ impl RedisStore {
         }
     }
 
-    /// This thread's connection, created (not yet connected) on first use.
-    fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let connection = self.connections.get_or_try(|| {
-            // A connection attempt longer than a call may take would be
-            // given up anyway; failed ones are retried by the next call.
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(1)))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(100));
-            ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-        })?;
-        Ok(connection.clone())
+    /// This thread's link, made (not yet connected) on first use.
+    fn link(&self) -> Result<&Arc<link::Link>, StoreError> {
+        Ok(self
+            .links
+            .get_or_try(|| link::Link::open(self.client.clone()).map(Arc::new))?)
     }
+}
+
+/// `info` with TCP keepalive (and, on Linux, a bound on unacknowledged
+/// data): the kernel closes a connection whose peer is gone without a
+/// word within a minute, idle or not, instead of the 15 minutes or more
+/// of its defaults, and redis-rs then reconnects.
+fn with_keepalive(info: ConnectionInfo) -> ConnectionInfo {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE);
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    let keepalive = keepalive.with_interval(KEEPALIVE).with_retries(3);
+    let settings = info.tcp_settings().clone().set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(UNACKNOWLEDGED);
+    info.set_tcp_settings(settings)
 }

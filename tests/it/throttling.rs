@@ -2,9 +2,11 @@
 //! RateLimit fields, the upstream never reached by a refused request,
 //! counters kept across reloads; on a real Redis: one limit held by two
 //! gateways, the store killed mid-run (`on_store_error` both ways) and
-//! recovery once it is back, and a request that outlives a reload counted
-//! in its snapshot's store.
+//! recovery once it is back, a connection gone silent behind a black hole
+//! replaced, and a request that outlives a reload counted in its
+//! snapshot's store.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,8 @@ use microgateway::reload::Source;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, Response};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 fn field(resp: &Response, name: &str) -> Option<String> {
@@ -980,6 +984,161 @@ async fn a_redis_that_stops_answering_costs_at_most_the_timeout() {
     );
     redis.resume();
     until(&gw, |r| r.status() == 200).await;
+    gw.shutdown().await;
+}
+
+/// A TCP relay to Redis that can turn into a black hole, as a host crash,
+/// a failover that moves the address, a partition or a load balancer that
+/// forgets a flow does: the connections it relays stop forwarding without
+/// being closed, and those it accepts meanwhile go nowhere. Once it
+/// relays again, it does so for new connections only: the old ones stay
+/// open and silent.
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// Bumped by each black hole: a connection relays only in the era it
+    /// was accepted in, while `open`.
+    era: Arc<AtomicU64>,
+    open: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(redis: &Redis) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let era = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(AtomicBool::new(true));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (e, o, a, port) = (era.clone(), open.clone(), accepted.clone(), redis.port);
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop: every connection closes then.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (era, open) = (e.clone(), o.clone());
+                let accepted_in = era.load(Ordering::SeqCst);
+                let alive = move || {
+                    open.load(Ordering::SeqCst) && era.load(Ordering::SeqCst) == accepted_in
+                };
+                if !alive() {
+                    connections.spawn(async move {
+                        let _silent = client;
+                        std::future::pending::<()>().await;
+                    });
+                    continue;
+                }
+                let server = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let (client_in, client_out) = client.into_split();
+                let (server_in, server_out) = server.into_split();
+                connections.spawn(relay(client_in, server_out, alive.clone()));
+                connections.spawn(relay(server_in, client_out, alive));
+            }
+        });
+        Relay {
+            addr,
+            era,
+            open,
+            accepted,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    fn black_hole(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.era.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while `alive`; then holds both open, silent.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    alive: impl Fn() -> bool,
+) {
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if !alive() {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Redis goes silent behind a black hole and comes back at the same
+/// address for new connections only: each listener thread's connection
+/// stays open and never answers again, and is replaced.
+#[tokio::test]
+async fn a_connection_that_went_silent_is_replaced() {
+    let redis = Redis::start().await;
+    let relay = Relay::to(&redis).await;
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "throttling: {{ store: \"{}\", on_store_error: deny, timeout: 200ms }}",
+        relay.url()
+    );
+    let gw = Gateway::start(&open_api(
+        "Black hole",
+        &upstream,
+        "[{ limit: 1000, per: 1h }]",
+        &extra,
+    ))
+    .await;
+    // Every listener thread connects (one connection each), from new
+    // client connections spread over the threads' sockets.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for _ in 0..200 {
+        if relay.accepted.load(Ordering::SeqCst) >= threads {
+            break;
+        }
+        let resp = common::client()
+            .get(gw.url("/open/items"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert!(
+        relay.accepted.load(Ordering::SeqCst) >= threads,
+        "not every thread connected"
+    );
+    let reconnects = metric(
+        &gw.metrics().await,
+        "microgateway_throttle_store_reconnects_total",
+    );
+    relay.black_hole();
+    for _ in 0..3 {
+        assert_eq!(gw.get("/open/items").await.status(), 503);
+    }
+    relay.reopen();
+    let resp = until(&gw, |r| r.status() == 200).await;
+    assert!(field(&resp, "ratelimit").is_some());
+    assert!(
+        metric(
+            &gw.metrics().await,
+            "microgateway_throttle_store_reconnects_total"
+        ) > reconnects
+    );
     gw.shutdown().await;
 }
 
