@@ -751,10 +751,6 @@ async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
         wire.waiting = read.is_pending() && wire.buf.is_empty();
         if let Poll::Ready(HeadRead::Head(_)) = read {
             wire.first = false;
-            // The one look per request at the setting (TLS only).
-            if wire.verification.as_ref().is_some_and(|v| v.is_retired()) {
-                return Poll::Ready(HeadRead::Unverified);
-            }
         }
         read
     })
@@ -771,6 +767,12 @@ fn poll_head<S: AsyncRead + AsyncWrite + Unpin>(
         if !wire.buf.is_empty() {
             let limits = &wire.port.settings.limits;
             match head::parse(&mut wire.buf, limits, wire.first, &mut wire.fields) {
+                // The one look per request at the setting (TLS only).
+                Ok(Parsed::Head(_))
+                    if wire.verification.as_ref().is_some_and(|v| v.is_retired()) =>
+                {
+                    return Poll::Ready(HeadRead::Unverified)
+                }
                 Ok(Parsed::Head(head)) => return Poll::Ready(HeadRead::Head(head)),
                 Ok(Parsed::Http2) => return Poll::Ready(HeadRead::Http2),
                 Ok(Parsed::Partial) => {}
