@@ -18,6 +18,7 @@ use crate::admin::Admin;
 use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::basic_auth::{admin_access, Access};
+use crate::central::Link;
 use crate::config::{self, Env, Invalid, Snapshot};
 use crate::http1::raw_fields::set_own;
 use crate::http1::request_encode::AddedFields;
@@ -62,7 +63,7 @@ pub struct State {
     /// This instance's authorization server, when `authorization_server:` is on.
     pub authz: Arc<ArcSwapOption<AuthorizationServer>>,
     /// The export served as a central; the document downloaded as a downstream.
-    pub central: Arc<crate::central::Link>,
+    pub central: Arc<Link>,
 }
 
 impl State {
@@ -118,24 +119,32 @@ impl Gateway {
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        let mut gateway = Gateway::start_with(config_path, env, loaded.snapshot).await?;
+        // The document is in the link before anything listens or watches:
+        // a reload from the first moment (REST, SIGHUP, the file) merges it.
+        let central = Arc::new(Link::default());
+        if let (Some(settings), Some(_)) = (&settings, &document) {
+            // Downloaded for them now, or read from a cache recorded so.
+            central.answered_for(settings);
+        }
+        central.adopt(document.clone());
+        let mut gateway = Gateway::start_with(config_path, env, loaded.snapshot, central).await?;
         if let (Some(settings), Some(document)) = (&settings, &document) {
             crate::central::keep(settings, document);
-            // Downloaded for them now, or read from a cache recorded so.
-            gateway.state.central.answered_for(settings);
         }
-        gateway.state.central.adopt(document);
         let poller =
             crate::reload::follow::run(gateway.state.reloader.clone(), gateway.stop.subscribe());
         gateway.tasks.spawn(poller);
         Ok(gateway)
     }
 
-    /// Starts serving an already compiled snapshot.
+    /// Starts serving an already compiled snapshot, which `central` holds
+    /// the downloaded document of (if any): every reload merges it, from
+    /// the first the listeners or the file watcher may ask for.
     pub async fn start_with(
         config_path: &Path,
         env: Env,
         snapshot: Snapshot,
+        central: Arc<Link>,
     ) -> Result<Gateway, StartError> {
         let settings = ConnSettings {
             limits: snapshot.limits,
@@ -178,7 +187,7 @@ impl Gateway {
             live,
             config_path: config_path.to_path_buf(),
             env,
-            central: Arc::default(),
+            central,
             authz,
             auth: runtime.auth.clone(),
             throttle: runtime.throttle.clone(),

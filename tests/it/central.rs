@@ -781,6 +781,162 @@ apis:
     assert_eq!(upstream.hits(), 0);
 }
 
+/// Makes a FIFO at `path`.
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// The writer end of the FIFO at its path: opened and closed, it lets
+/// whoever waits to read go on (an end of file). Dropped unreleased, it
+/// does so for a reader waiting then: also when the test fails while one
+/// waits.
+#[cfg(unix)]
+struct FifoWriter {
+    path: PathBuf,
+    released: bool,
+}
+
+#[cfg(unix)]
+impl FifoWriter {
+    fn new(path: PathBuf) -> FifoWriter {
+        FifoWriter {
+            path,
+            released: false,
+        }
+    }
+
+    /// Whether a reader was waiting, and has been let go on.
+    fn try_release(&mut self) -> bool {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not blocking: with no reader waiting, opening fails at once.
+        self.released = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)
+            .is_ok();
+        self.released
+    }
+
+    /// Lets the reader go on once it waits (within 10 s).
+    async fn release(mut self) {
+        for _ in 0..400 {
+            if self.try_release() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("nothing read {} within 10 s", self.path.display());
+    }
+}
+
+#[cfg(unix)]
+impl Drop for FifoWriter {
+    fn drop(&mut self) {
+        if !self.released {
+            self.try_release();
+        }
+    }
+}
+
+/// A REST reload answered while the gateway starts — its listeners up, the
+/// start not returned (held here at the cache file's record, a FIFO) —
+/// merges the document downloaded at start: the document is the link's
+/// before anything listens, so the downloaded APIs are never lost to it.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_reload_while_the_gateway_starts_keeps_the_downloaded_apis() {
+    common::crypto();
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let (dir, cache) = cache_in_tempdir();
+    let record = microgateway::central::provenance::record_path(&cache);
+    mkfifo(&record);
+    let writer = FifoWriter::new(record);
+    let admin_port = common::ports::unused();
+    let yaml = Downstream::of_all(fake.url(), &cache).yaml().replace(
+        "admin: { port: 0 }",
+        &format!(
+            r#"admin: {{ port: {admin_port}, user: Administrator, password: "{{encoded}}bWFuYWdl" }}"#
+        ),
+    );
+    let config = dir.path().join("microgateway.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+
+    // The start blocks its thread while it waits on the FIFO: a runtime of
+    // its own, on a thread of its own, serves the listeners meanwhile.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let starting = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let started = microgateway::gateway::Gateway::start(&config, common::Env::new()).await;
+            let gateway = started.expect("the downstream starts");
+            let _ = started_tx.send(gateway.http.expect("http"));
+            let _ = stop_rx.await;
+            gateway.shutdown().await;
+        });
+    });
+
+    let client = common::client();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let mut listening = false;
+    for _ in 0..800 {
+        if client
+            .get(format!("{admin}/health/live"))
+            .send()
+            .await
+            .is_ok()
+        {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(listening, "the admin port did not answer within 20 s");
+    let reload = client
+        .post(format!("{admin}/rest/microgateway/reload"))
+        .basic_auth("Administrator", Some("manage"))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(reload.status(), 200);
+    assert!(
+        started_rx.try_recv().is_err(),
+        "the start returned before the reload: nothing was tested"
+    );
+
+    writer.release().await;
+    let started =
+        tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(10)));
+    let http = started
+        .await
+        .expect("join")
+        .expect("the start returned once the record could be read");
+    let remote = client
+        .get(format!("http://{http}/remote/a"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        remote.status(),
+        200,
+        "the downloaded API was lost to the reload during the start"
+    );
+    let _ = stop_tx.send(());
+    tokio::task::spawn_blocking(move || starting.join())
+        .await
+        .expect("join")
+        .expect("the downstream's thread");
+}
+
 /// User information in `api_gateway.url` is masked on the admin port, as
 /// `api_gateway.password` is.
 #[tokio::test]
