@@ -4,7 +4,9 @@
 //! compile-validate-swap path as a file change (the poll loop doing so is
 //! `reload::follow`: nothing here changes the serving snapshot). Both ends
 //! take the APIs of a download by one rule (`selection`); what an instance
-//! holds of its link (the document in use, a refusal, the status) is `link`.
+//! holds of its link (the document in use, a refusal, the status) is `link`;
+//! what a download may reach of the downstream (no file, no environment
+//! variable) is `trust`.
 //!
 //! Invariants: the central is never contacted when `download_settings` and
 //! `download_apis` are both false; a download is applied only when it is
@@ -25,6 +27,7 @@ pub mod merge;
 pub mod poller;
 pub mod provenance;
 pub mod selection;
+pub mod trust;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,13 +75,16 @@ impl Document {
 
     /// Checks the document on its own (it is a configuration by itself;
     /// no `MCGW_` overrides apply, its secrets are in clear). It may name
-    /// no file: a central exports secrets in clear, and a document that
-    /// named one of this machine's files (`${file:}`) would have the
-    /// downstream read it and send it wherever the document says. (With
-    /// no environment given, `${env:}` is refused already.) It must have
-    /// every section of an export, so that what is not there is known to
-    /// be empty, not lost on the way.
+    /// nothing of this host: a central exports secrets in clear, and a
+    /// document that named one of this machine's files (`${file:}`, a CA
+    /// bundle) or variables (`${env:}`) would have the downstream read it
+    /// and send it wherever the document says. That is judged on the text
+    /// first, before anything is read (`trust`); the files the compiled
+    /// document names are checked again after, for a path no key of
+    /// `trust` knows. It must have every section of an export, so that
+    /// what is not there is known to be empty, not lost on the way.
     pub fn validate(&self) -> Result<(), Invalid> {
+        trust::local_references(&self.origin, &self.text)?;
         let loaded = config::load_text(&self.origin, &self.text, &Env::new(), 0)?;
         match loaded
             .snapshot

@@ -208,6 +208,14 @@ pub fn referenced_file(text: &str, base: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The variable a `${env:NAME}` secret names, whether or not it is set.
+pub fn referenced_env(text: &str) -> Option<&str> {
+    match reference(text) {
+        Ok(Some(Reference::Env(name))) => Some(name),
+        _ => None,
+    }
+}
+
 fn file_secret(file: &str, base: &Path) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
     let path = relative(base, file);
     let value = read_bounded_text(&path)

@@ -776,9 +776,74 @@ apis:
         .await
         .err()
         .expect("the download is refused");
-    assert!(error.contains("name the local file"), "{error}");
+    assert!(error.contains("names a file of this host"), "{error}");
     assert!(!cache.exists(), "a refused download is not kept");
     assert_eq!(upstream.hits(), 0);
+}
+
+/// The downstream's own configuration file named relative to where the
+/// document is checked (`${file:microgateway.yaml}`, beside a cache file
+/// of that name): refused on the text, before any file is read, so the
+/// file is read into no secret and sent to no endpoint the document names.
+#[tokio::test]
+async fn a_download_naming_the_downstreams_config_file_is_refused() {
+    let introspection = common::Upstream::start().await;
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let cache_dir = tempfile::tempdir().expect("dir");
+    // Named as the configuration file is, in another directory.
+    let cache = cache_dir.path().join("microgateway.yaml");
+    let down = Gateway::start(&Downstream::of_all(fake.url(), &cache).yaml()).await;
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    let start_generation = generation(&down);
+
+    *fake.body.lock().expect("body") = format!(
+        r#"
+security_settings:
+  auth_servers:
+  - id: grab
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "{}"
+      clientId: gateway
+      clientSecret: "${{file:microgateway.yaml}}"
+  aliases: []
+scope_mappings: []
+apis:
+- {{ name: Grab, version: "1.0", base_path: /grab, upstream: {{ echo: true }}, resources: ["GET /a"], authentication: {{ type: oauth2, auth_server: grab }} }}
+"#,
+        introspection.url("/introspect")
+    );
+    let link = &down.state().central;
+    eventually("the download refused", || link.status().refused >= 1).await;
+    let error = link.status().last_error.expect("the refusal in the status");
+    assert!(
+        error.contains(
+            "security_settings.auth_servers[0].remoteIntrospectionConfig.clientSecret: \"${file:microgateway.yaml}\" names a file of this host"
+        ),
+        "{error}"
+    );
+    assert_eq!(generation(&down), start_generation);
+    assert_eq!(
+        down.get("/remote/a").await.status(),
+        200,
+        "the last good configuration serves"
+    );
+    let grab = down
+        .request(reqwest::Method::GET, "/grab/a")
+        .bearer_auth("an-opaque-token")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(grab.status(), 404);
+    assert_eq!(
+        introspection.hits(),
+        0,
+        "a request to the document's endpoint"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cache).expect("cache"),
+        GOOD_DOCUMENT
+    );
+    down.shutdown().await;
 }
 
 /// Makes a FIFO at `path`.
@@ -841,6 +906,47 @@ impl Drop for FifoWriter {
             self.try_release();
         }
     }
+}
+
+/// A document naming a FIFO (whose reader waits for a writer that never
+/// comes) is refused at once, without opening it, and the reload lock is
+/// free for the local reloads that follow.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_download_naming_a_fifo_is_refused_at_once_and_local_reloads_go_on() {
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let (dir, cache) = cache_in_tempdir();
+    let fifo = dir.path().join("secret");
+    mkfifo(&fifo);
+    let _writer = FifoWriter::new(fifo.clone());
+    let down = Gateway::start(&Downstream::of_all(fake.url(), &cache).yaml()).await;
+    let start_generation = generation(&down);
+
+    *fake.body.lock().expect("body") = format!(
+        r#"
+security_settings:
+  auth_servers: []
+  aliases:
+  - {{ name: grab, type: basic, username: x, password: "${{file:{}}}" }}
+scope_mappings: []
+apis: []
+"#,
+        fifo.display()
+    );
+    let link = &down.state().central;
+    eventually("the download refused", || link.status().refused >= 1).await;
+    let error = link.status().last_error.expect("the refusal in the status");
+    assert!(
+        error.contains("security_settings.aliases[0].password"),
+        "{error}"
+    );
+    let reload = down.state().reloader.reload_on_blocking_pool(Source::Api);
+    let reloaded = tokio::time::timeout(Duration::from_secs(10), reload)
+        .await
+        .expect("the local reload finished");
+    assert_eq!(reloaded.expect("applied"), start_generation + 1);
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    down.shutdown().await;
 }
 
 /// A REST reload answered while the gateway starts — its listeners up, the
