@@ -7,12 +7,15 @@
 //! only what the file's own `apis:` selects is taken, by the rule the
 //! central's export filter applies (`selection`), whatever the document
 //! holds. Pure: no I/O, no validation (the merged file is compiled like
-//! any other).
+//! any other), except the one rule only the merge can judge, since only it
+//! knows which entry came from where: the downloaded APIs that name an
+//! alias of the local file are returned ([`Borrowed`]; `trust` refuses
+//! them unless the alias lends itself to downloaded APIs).
 
 use std::collections::HashSet;
 
 use super::selection::Selection;
-use crate::config::raw::{self, Scalar, S};
+use crate::config::raw::{self, Location, Scalar, S};
 use crate::config::resolve;
 
 /// Which parts of a download are merged.
@@ -55,22 +58,49 @@ pub fn selection(file: &raw::File) -> Selection {
     Selection::of(&names)
 }
 
-/// Merges what `selection` takes of `downloaded` into `local`.
+/// A downloaded API's `outbound_auth.alias` that names an alias of the
+/// local file without `allow_downloaded_apis: true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Borrowed {
+    /// The API, as shown: `` `name` version ``.
+    pub api: String,
+    pub alias: String,
+    /// Where the downloaded document names the alias.
+    pub at: Location,
+}
+
+/// Merges what `selection` takes of `downloaded` into `local`; returns the
+/// aliases the downloaded APIs taken borrow from the local file.
 ///
 /// Scope mappings are merged after the APIs and keep only the API scopes of
 /// APIs the merged file has: with `download_settings` alone, the central's
 /// mappings for APIs this gateway does not serve are not an error here.
-pub fn merge(local: &mut raw::File, downloaded: raw::File, flags: Flags, selection: &Selection) {
+pub fn merge(
+    local: &mut raw::File,
+    downloaded: raw::File,
+    flags: Flags,
+    selection: &Selection,
+) -> Vec<Borrowed> {
     let raw::File {
         security_settings,
         scope_mappings,
         apis,
         ..
     } = downloaded;
+    let mut borrowed = Vec::new();
     if flags.apis {
-        let taken = apis
+        let taken: Vec<S<raw::Api>> = apis
             .into_iter()
-            .filter(|api| selection.takes(api.value.name.as_ref().map(|n| n.value.as_str())));
+            .filter(|api| selection.takes(api.value.name.as_ref().map(|n| n.value.as_str())))
+            .collect();
+        // With the settings, the download's aliases replace the local ones
+        // of the same name: those are the download's own.
+        let own: &[S<raw::Alias>] = if flags.settings {
+            &security_settings.aliases
+        } else {
+            &[]
+        };
+        borrowed = borrowed_aliases(&taken, &local.security_settings.aliases, own);
         upsert(&mut local.apis, taken, api_key);
     }
     if flags.settings {
@@ -101,6 +131,55 @@ pub fn merge(local: &mut raw::File, downloaded: raw::File, flags: Flags, selecti
             (text(&mapping.auth_server), text(&mapping.scope))
         });
     }
+    borrowed
+}
+
+/// The aliases of `local` that `apis` name and `own` (the download's
+/// aliases merged) does not define, unless they lend themselves. An alias
+/// defined nowhere is left to compiling, which reports it.
+fn borrowed_aliases(
+    apis: &[S<raw::Api>],
+    local: &[S<raw::Alias>],
+    own: &[S<raw::Alias>],
+) -> Vec<Borrowed> {
+    let named = |list: &'_ [S<raw::Alias>], name: &str| -> Option<bool> {
+        list.iter()
+            .find(|a| a.value.name.as_ref().is_some_and(|n| n.value == name))
+            .map(|a| lends(&a.value))
+    };
+    apis.iter()
+        .filter_map(|api| {
+            let outbound = api.value.policies.outbound_auth.as_ref()?;
+            let alias = outbound.value.alias.as_ref()?;
+            if named(own, &alias.value).is_some() {
+                return None;
+            }
+            // Defined nowhere: compiling says so.
+            if named(local, &alias.value)? {
+                return None;
+            }
+            let (name, version) = api_key(&api.value);
+            Some(Borrowed {
+                api: format!(
+                    "`{}` {}",
+                    name.unwrap_or_default(),
+                    version.unwrap_or_default()
+                ),
+                alias: alias.value.clone(),
+                at: alias.referenced,
+            })
+        })
+        .collect()
+}
+
+/// Whether an alias lends its credentials to downloaded APIs. A value that
+/// is not a boolean counts as false here; compiling the file reports it.
+fn lends(alias: &raw::Alias) -> bool {
+    alias
+        .allow_downloaded_apis
+        .as_ref()
+        .and_then(|v| resolve::boolean(&v.value.0))
+        .unwrap_or(false)
 }
 
 /// Replaces the local entry with the same key in place, or appends.
@@ -347,6 +426,74 @@ apis:
             Selection::All
         );
         assert_eq!(selection(&parse("ports: {}\n")), Selection::All);
+    }
+
+    const LENDING: &str = r#"
+security_settings:
+  aliases:
+  - { name: kept, username: local-user, password: x }
+  - { name: lent, username: local-user, password: x, allow_downloaded_apis: true }
+"#;
+
+    /// Downloaded APIs naming the aliases `names`, each with a dummy alias of its own.
+    fn naming(names: &[&str]) -> String {
+        let mut text = String::from("security_settings:\n  aliases:\n");
+        for name in names {
+            text.push_str(&format!(
+                "  - {{ name: {name}, username: u, password: p }}\n"
+            ));
+        }
+        text.push_str("apis:\n");
+        for (index, name) in names.iter().enumerate() {
+            text.push_str(&format!(
+                "- {{ name: Api{index}, version: \"1.0\", policies: {{ outbound_auth: {{ alias: {name} }} }} }}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn a_downloaded_api_borrows_a_local_alias_only_where_it_is_lent() {
+        let apis_only = Flags {
+            settings: false,
+            apis: true,
+        };
+        let mut local = parse(LENDING);
+        let borrowed = merge(
+            &mut local,
+            parse(&naming(&["kept", "lent", "undefined"])),
+            apis_only,
+            &Selection::All,
+        );
+        assert_eq!(borrowed.len(), 1, "{borrowed:?}");
+        assert_eq!(borrowed[0].api, "`Api0` 1.0");
+        assert_eq!(borrowed[0].alias, "kept");
+        assert_eq!(
+            (borrowed[0].at.line(), borrowed[0].at.column()),
+            (7, 69),
+            "where the document names it"
+        );
+    }
+
+    #[test]
+    fn with_the_settings_a_downloaded_api_uses_the_downloads_own_alias() {
+        let mut local = parse(LENDING);
+        let borrowed = merge(&mut local, parse(&naming(&["kept"])), BOTH, &Selection::All);
+        assert_eq!(borrowed, []);
+        let kept = &local.security_settings.aliases[0].value;
+        assert_eq!(kept.username.as_ref().expect("username").value.0, "u");
+    }
+
+    #[test]
+    fn an_api_not_taken_borrows_nothing() {
+        let mut local = parse(LENDING);
+        let apis_only = Flags {
+            settings: false,
+            apis: true,
+        };
+        let selection = Selection::of(&["Other".to_owned()]);
+        let borrowed = merge(&mut local, parse(&naming(&["kept"])), apis_only, &selection);
+        assert_eq!(borrowed, []);
     }
 
     #[test]

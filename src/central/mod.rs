@@ -6,7 +6,7 @@
 //! take the APIs of a download by one rule (`selection`); what an instance
 //! holds of its link (the document in use, a refusal, the status) is `link`;
 //! what a download may reach of the downstream (no file, no environment
-//! variable) is `trust`.
+//! variable, no credential of its own file unless lent) is `trust`.
 //!
 //! Invariants: the central is never contacted when `download_settings` and
 //! `download_apis` are both false; a download is applied only when it is
@@ -188,7 +188,8 @@ pub enum StartError {
 
 /// Compiles the file at `path` (or `text`, what was read from it), with
 /// `document` merged over it when given (as the file's `api_gateway`
-/// download flags say).
+/// download flags say). Refused when a downloaded API names an alias of
+/// the file that is not lent to downloaded APIs.
 pub fn load(
     path: &Path,
     text: Option<&str>,
@@ -208,11 +209,13 @@ pub fn load(
         return config::load_text(path, text, env, generation);
     };
     let (downloaded, _) = config::load::parse(&document.origin, &document.text)?;
-    config::load_text_with(path, text, env, generation, |file| {
+    let mut borrowed = Vec::new();
+    let merged = config::load_text_with(path, text, env, generation, |file| {
         let flags = merge::Flags::of(file);
         let selection = merge::selection(file);
-        merge::merge(file, downloaded, flags, &selection);
-    })
+        borrowed = merge::merge(file, downloaded, flags, &selection);
+    });
+    trust::refuse_borrowed(&document.origin, &borrowed, merged)
 }
 
 /// The document a downstream starts with: downloaded now, or (when the

@@ -4,20 +4,26 @@
 //! nothing of the downstream's host — no file (`${file:}`, a CA bundle
 //! path), no environment variable (`${env:}`), no section beyond the
 //! sections of an export (TLS, the admin port, the authorization server's
-//! key and store are the downstream's own).
+//! key and store are the downstream's own) — and its APIs send upstream no
+//! credential of the downstream's own file, unless that alias says it
+//! lends itself to them (`allow_downloaded_apis`).
 //!
-//! It is judged on the document's text alone ([`local_references`]),
+//! The first is judged on the document's text alone ([`local_references`]),
 //! before anything of it is compiled or read: a relative path names another
 //! file on the downstream's side than where the document is checked, and a
-//! FIFO or `/proc/self/fd/0` would block the reload that reads it.
+//! FIFO or `/proc/self/fd/0` would block the reload that reads it. The
+//! second needs the merge, the one place that knows which entry came from
+//! where: `merge::merge` finds the aliases borrowed, [`refuse_borrowed`]
+//! refuses the merged configuration for them.
 
 use std::path::Path;
 
 use serde_json::Value;
 
+use super::merge::Borrowed;
 use crate::config::diagnostic::Report;
 use crate::config::raw::Location;
-use crate::config::{load, resolve, Invalid};
+use crate::config::{load, resolve, Invalid, Loaded};
 
 /// The sections of an export: all a downloaded document may hold.
 pub const SECTIONS: [&str; 3] = ["security_settings", "scope_mappings", "apis"];
@@ -141,6 +147,44 @@ fn reference(report: &mut Report, place: &Place, text: &str) {
         ),
         "the secret in clear or {encoded} (a central exports its secrets resolved)",
     );
+}
+
+/// `merged` (the local file with a download merged over it), refused when
+/// a downloaded API names an alias of the local file that does not lend
+/// itself to downloaded APIs (`borrowed`, as the merge found them): its
+/// upstream, which the central chose, would receive that credential.
+pub fn refuse_borrowed(
+    origin: &Path,
+    borrowed: &[Borrowed],
+    merged: Result<Loaded, Invalid>,
+) -> Result<Loaded, Invalid> {
+    if borrowed.is_empty() {
+        return merged;
+    }
+    let mut report = Report::new(origin);
+    for borrowed in borrowed {
+        report.error(
+            borrowed.at,
+            format!(
+                "the downloaded API {} names the alias `{}` of this gateway's own file: its upstream would receive that alias's credentials",
+                borrowed.api, borrowed.alias
+            ),
+            format!(
+                "an alias the download defines (with download_settings: true), or `allow_downloaded_apis: true` on the local alias `{}`",
+                borrowed.alias
+            ),
+        );
+    }
+    Err(match merged {
+        Ok(loaded) => Invalid {
+            findings: report.findings,
+            files: loaded.snapshot.files,
+        },
+        Err(mut invalid) => {
+            invalid.findings.splice(0..0, report.findings);
+            invalid
+        }
+    })
 }
 
 #[cfg(test)]

@@ -422,6 +422,8 @@ pub struct Alias {
     pub password: Opt<Scalar>,
     /// Bearer token (secret syntax).
     pub token: Opt<Scalar>,
+    /// Lend these credentials to the APIs a central gateway's download brings (`download_apis`): their upstreams, which the central chooses, then receive them. Default false: a downloaded API may name only an alias of the same download.
+    pub allow_downloaded_apis: Opt<Scalar>,
 }
 
 /// A token scope of an auth server granting API scopes.

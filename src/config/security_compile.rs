@@ -288,6 +288,8 @@ pub(super) fn aliases(ctx: &mut Ctx, list: &[S<raw::Alias>]) -> BTreeMap<String,
             );
             continue;
         }
+        // Judged where a download is merged (`central::merge`); checked here.
+        ctx.boolean(&raw.allow_downloaded_apis, "allow_downloaded_apis", false);
         let kind = raw
             .kind
             .as_ref()

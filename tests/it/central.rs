@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -1041,6 +1042,92 @@ async fn a_reload_while_the_gateway_starts_keeps_the_downloaded_apis() {
         .await
         .expect("join")
         .expect("the downstream's thread");
+}
+
+/// The downstream's own alias, whose password comes from its environment.
+const LOCAL_ALIAS: &str = r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: "${env:BACKEND_PASSWORD}" }
+apis:"#;
+
+/// A document whose API sends the alias `backend` to `upstream` (with an
+/// alias of that name of its own, so that it is valid alone).
+fn borrowing_document(upstream: &common::Upstream) -> String {
+    format!(
+        r#"
+security_settings:
+  auth_servers: []
+  aliases:
+  - {{ name: backend, type: basic, username: dummy, password: dummy }}
+scope_mappings: []
+apis:
+- name: Borrow
+  version: "1.0"
+  base_path: /borrow
+  upstream: {{ url: "{}" }}
+  resources: ["GET /a"]
+  authentication: {{ type: none }}
+  policies: {{ outbound_auth: {{ alias: backend }} }}
+"#,
+        upstream.url("/up")
+    )
+}
+
+/// With `download_apis` alone, the download's aliases are not merged: a
+/// downloaded API naming `backend` would send the downstream's own
+/// credentials to the upstream the central chose. The download is refused
+/// unless the local alias lends itself (`allow_downloaded_apis: true`).
+#[tokio::test]
+async fn a_downloaded_api_sends_a_local_alias_upstream_only_where_it_is_lent() {
+    let upstream = common::Upstream::start().await;
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let (_dir, cache) = cache_in_tempdir();
+    let downstream = Downstream {
+        settings: false,
+        ..Downstream::of_all(fake.url(), &cache)
+    };
+    let yaml = downstream
+        .yaml()
+        .replacen("apis:\n-", &format!("{LOCAL_ALIAS}\n-"), 1);
+    let env = env(&[("BACKEND_PASSWORD", "downstream-only-password")]);
+    let down = Gateway::start_with_env(&yaml, env.clone()).await;
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    let start_generation = generation(&down);
+
+    *fake.body.lock().expect("body") = borrowing_document(&upstream);
+    let link = &down.state().central;
+    eventually("the download refused", || link.status().refused >= 1).await;
+    let error = link.status().last_error.expect("the refusal in the status");
+    assert!(
+        error.contains(
+            "the downloaded API `Borrow` 1.0 names the alias `backend` of this gateway's own file"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("allow_downloaded_apis: true"), "{error}");
+    assert_eq!(generation(&down), start_generation);
+    assert_eq!(
+        down.get("/remote/a").await.status(),
+        200,
+        "the last good configuration serves"
+    );
+    assert_eq!(down.get("/borrow/a").await.status(), 404);
+    assert_eq!(upstream.hits(), 0);
+    down.shutdown().await;
+
+    // Lent: the same document is served, with the local credentials.
+    let lent = yaml.replace(
+        r#"password: "${env:BACKEND_PASSWORD}" }"#,
+        r#"password: "${env:BACKEND_PASSWORD}", allow_downloaded_apis: true }"#,
+    );
+    let down = Gateway::start_with_env(&lent, env).await;
+    assert_eq!(down.get("/borrow/a").await.status(), 200);
+    let sent = base64::engine::general_purpose::STANDARD.encode("svc:downstream-only-password");
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        format!("Basic {sent}").as_str()
+    );
+    down.shutdown().await;
 }
 
 /// User information in `api_gateway.url` is masked on the admin port, as

@@ -2145,6 +2145,28 @@ fn yaml_1_1_booleans_are_refused_with_what_they_are() {
 }
 
 #[test]
+fn an_aliases_lending_to_downloaded_apis_is_a_boolean() {
+    refused(
+        r#"security_settings:
+  aliases:
+  - { name: backend, username: u, password: p, allow_downloaded_apis: maybe }
+"#,
+        error(
+            3,
+            71,
+            "allow_downloaded_apis: `maybe` is not a boolean",
+            "true or false",
+        ),
+    );
+    loaded(
+        r#"security_settings:
+  aliases:
+  - { name: backend, username: u, password: p, allow_downloaded_apis: true }
+"#,
+    );
+}
+
+#[test]
 fn yaml_tags_other_than_the_webmethods_alias_are_refused() {
     assert_eq!(
         errors(
