@@ -2,8 +2,10 @@
 //! are stripped first (every name that folds to theirs, any case with `-`,
 //! `_` and `.` alike, so a client cannot spoof them), then token properties
 //! are set from the principal. A variable with no value sets no header; a
-//! value that is not a valid header value refuses the request. The names
-//! were folded when the snapshot was compiled; a request only compares.
+//! value from the request or its token that is not visible ASCII, space or
+//! tab, or is longer than [`MAX_PROPERTY_BYTES`], refuses the request. The
+//! names were folded when the snapshot was compiled; a request only
+//! compares.
 //! Response transformation: the upstream's answer has the policy's fields
 //! removed, then set (plain values, checked when compiled).
 
@@ -14,6 +16,11 @@ use crate::auth::identity::Identity;
 use crate::auth::TokenProblem;
 use crate::config::snapshot::{Part, ResponseTransform, Transform, Variable};
 use crate::http1::request_encode::AddedFields;
+
+/// The longest token property copied into a header: claims of an
+/// introspection answer may be up to its 64 KiB, more than an upstream
+/// reads in one field.
+pub const MAX_PROPERTY_BYTES: usize = 4 * 1024;
 
 pub fn apply(
     transform: &Transform,
@@ -29,7 +36,7 @@ pub fn apply(
         added.remove_matching(stripped);
     }
     for (name, template) in &transform.set {
-        let Some(text) = render(&template.parts, who) else {
+        let Some(text) = render(&template.parts, who)? else {
             continue;
         };
         let value = HeaderValue::from_str(&text).map_err(|_| TokenProblem::BadProperty)?;
@@ -50,16 +57,49 @@ pub fn apply_to_response(transform: &ResponseTransform, headers: &mut HeaderMap)
     }
 }
 
-/// The header text, or `None` when a variable has no value.
-fn render(parts: &[Part], who: Option<&Identity>) -> Option<String> {
+/// The header text, `Ok(None)` when a variable has no value.
+fn render(parts: &[Part], who: Option<&Identity>) -> Result<Option<String>, TokenProblem> {
     let mut out = String::new();
     for part in parts {
         match part {
             Part::Text(text) => out.push_str(text),
-            Part::Var(variable) => out.push_str(&value(variable, who?)?),
+            Part::Var(variable) => {
+                let Some(value) = who.and_then(|who| value(variable, who)) else {
+                    return Ok(None);
+                };
+                if !from_configuration(variable) && !is_plain_property(&value) {
+                    return Err(TokenProblem::BadProperty);
+                }
+                out.push_str(&value);
+            }
         }
     }
-    Some(out)
+    Ok(Some(out))
+}
+
+/// Whether the variable's value was written in the configuration (an
+/// application's name), not carried by the request or its token.
+fn from_configuration(variable: &Variable) -> bool {
+    match variable {
+        Variable::ApplicationName | Variable::AuthorizationType => true,
+        Variable::ClientId
+        | Variable::UserName
+        | Variable::Issuer
+        | Variable::Audience
+        | Variable::Scope
+        | Variable::Claim(_) => false,
+    }
+}
+
+/// RFC 9110 §5.5: a field value is visible ASCII, space and tab, plus
+/// `obs-text` (0x80–0xFF), which recipients read as they please (Latin-1,
+/// UTF-8, or a refusal); a property is held to the portable part, and
+/// its length to [`MAX_PROPERTY_BYTES`].
+fn is_plain_property(value: &str) -> bool {
+    value.len() <= MAX_PROPERTY_BYTES
+        && value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn value(variable: &Variable, identity: &Identity) -> Option<String> {
@@ -142,6 +182,29 @@ mod tests {
                 ("x-userid", "kept"),
             ]
         );
+    }
+
+    #[test]
+    fn a_property_is_visible_ascii_space_or_tab_up_to_4_kib() {
+        for plain in [
+            "",
+            "acme",
+            "a b\tc",
+            "~!\"#{}",
+            &"x".repeat(MAX_PROPERTY_BYTES),
+        ] {
+            assert!(is_plain_property(plain), "{plain:?}");
+        }
+        for bad in [
+            "café",
+            "\u{7f}",
+            "a\r\nb",
+            "nul\0",
+            "\u{2003}",
+            &"x".repeat(MAX_PROPERTY_BYTES + 1),
+        ] {
+            assert!(!is_plain_property(bad), "{bad:?}");
+        }
     }
 
     #[test]
