@@ -167,7 +167,7 @@ pub fn compile(
         scopes,
         users,
         clients,
-        audience: ctx.text(&raw.audience),
+        audience: ctx.audience(&raw.audience, "authorization_server.audience"),
     })
 }
 

@@ -105,6 +105,21 @@ impl Ctx<'_> {
         value.as_ref().map(|v| v.value.0.clone())
     }
 
+    /// An audience a token's `aud` is to name: an empty one (or only
+    /// whitespace) names none, and would refuse every token.
+    pub fn audience(&mut self, value: &Option<S<Scalar>>, key: &str) -> Option<String> {
+        let value = value.as_ref()?;
+        if value.value.0.trim().is_empty() {
+            self.report.error(
+                Self::at(value),
+                format!("{key} is empty: no token's `aud` names it"),
+                "an audience such as `time-travels`, or no key (no audience check)",
+            );
+            return None;
+        }
+        Some(value.value.0.clone())
+    }
+
     pub fn secret(&mut self, value: &S<Scalar>, key: &str) -> Option<Secret> {
         match resolve::secret(&value.value.0, self.env, &self.base) {
             Ok((secret, file)) => {

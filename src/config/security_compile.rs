@@ -191,7 +191,7 @@ pub(super) fn local_introspection(
     Some(LocalIntrospection {
         issuer,
         jwks_uri,
-        audience: ctx.text(&raw.audience),
+        audience: ctx.audience(&raw.audience, "localIntrospectionConfig.audience"),
         clock_skew,
         accept_jwt_typ: ctx.boolean(&raw.accept_jwt_typ, "accept_jwt_typ", false),
         trust_store,

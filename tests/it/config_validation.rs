@@ -1313,6 +1313,49 @@ fn clock_skew_over_60s() {
     );
 }
 
+/// An empty audience is named by no token's `aud`: every token would be
+/// refused as for another API. Refused wherever an audience is written,
+/// whitespace alone too.
+#[test]
+fn an_empty_audience_is_refused() {
+    let allowed = "an audience such as `time-travels`, or no key (no audience check)";
+    for empty in [r#""""#, r#"" ""#, r#""\t""#] {
+        refused(
+            &format!(
+                r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig:
+      issuer: "http://localhost:4485"
+      audience: {empty}
+"#
+            ),
+            error(
+                6,
+                17,
+                "localIntrospectionConfig.audience is empty: no token's `aud` names it",
+                allowed,
+            ),
+        );
+        refused(
+            &format!("authorization_server:\n  audience: {empty}\n"),
+            error(
+                2,
+                13,
+                "authorization_server.audience is empty: no token's `aud` names it",
+                allowed,
+            ),
+        );
+    }
+    loaded(
+        r#"security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485", audience: travels }
+"#,
+    );
+}
+
 // ------------------------------------------------------------ all findings
 
 #[test]
