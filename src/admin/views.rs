@@ -34,7 +34,7 @@ pub fn settings(s: &Snapshot, bound: &Bound) -> Value {
                 })),
                 "remoteIntrospectionConfig": a.remote.as_ref().map(|r| json!({
                     "introspectionEndpoint": shown_url(&r.endpoint), "clientId": r.client_id, "clientSecret": REDACTED,
-                    "cache_ttl": r.cache_ttl.as_secs(), "negative_cache_ttl": r.negative_cache_ttl.as_secs(),
+                    "audience": r.audience, "cache_ttl": r.cache_ttl.as_secs(), "negative_cache_ttl": r.negative_cache_ttl.as_secs(),
                 })),
             })
         })

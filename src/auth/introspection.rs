@@ -7,8 +7,10 @@
 //!
 //! Invariants:
 //! - only a JSON object whose `active` is the boolean `true` accepts a token
-//!   (RFC 7662 §2.2); `active: false`, an active refresh token, or a
-//!   `scope` that is not RFC 6749 §3.3 scope tokens, is `Invalid(Inactive)`;
+//!   (RFC 7662 §2.2); `active: false`, an active token that is no access
+//!   token (a refresh or ID token), one without the configured audience,
+//!   or a `scope` that is not RFC 6749 §3.3 scope tokens, is
+//!   `Invalid(Inactive)`;
 //! - anything else — timeout, refused connection, non-2xx, oversized or
 //!   malformed body, `"active": "true"` — is `Unavailable` (503 upstream of
 //!   here), never an accept, and is not cached;
@@ -23,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::cache::{time_left, CacheKey, CacheTtl, Introspected, IntrospectionCache};
 use super::{AuthFailure, Principal, TokenProblem};
@@ -51,6 +53,8 @@ pub struct IntrospectionSettings {
     pub timeout: Duration,
     /// Largest answer read, in bytes.
     pub max_response: usize,
+    /// What an active answer's `aud` must contain, when set.
+    pub audience: Option<String>,
 }
 
 impl IntrospectionSettings {
@@ -74,6 +78,7 @@ impl IntrospectionSettings {
             negative_cache_ttl: Self::DEFAULT_NEGATIVE_CACHE_TTL,
             timeout: Self::DEFAULT_TIMEOUT,
             max_response: Self::DEFAULT_MAX_RESPONSE,
+            audience: None,
         }
     }
 }
@@ -279,11 +284,13 @@ impl Introspector {
             Some(Value::Bool(false)) => return Ok(Introspected::Inactive),
             _ => return Err(CallProblem::ActiveNotBoolean),
         }
-        // A server answers "active" about a refresh token to the client it
-        // was issued to; presented as a bearer token it grants nothing.
-        let token_type = claims.get("token_type").and_then(Value::as_str);
-        if token_type.is_some_and(|t| t.eq_ignore_ascii_case("refresh_token")) {
+        if !is_access_token(&claims) {
             return Ok(Introspected::Inactive);
+        }
+        if let Some(audience) = &self.settings.audience {
+            if !super::audience_contains(claims.get("aud"), audience) {
+                return Ok(Introspected::Inactive);
+            }
         }
         // `exp` is what bounds the cache entry: a value we cannot read
         // would make the token look eternal.
@@ -301,6 +308,28 @@ impl Introspector {
             }
         }
     }
+}
+
+/// Whether an active answer is about an access token. A server may answer
+/// "active" about any token it issued — a refresh token to the client it
+/// was issued to, an ID token — and presented as a bearer token those
+/// grant nothing. Each server says it its own way: `token_type`
+/// (`refresh_token`, as the local authorization server answers), Ory
+/// Hydra's `token_use` (`access_token`), Keycloak's `typ` (`Bearer`, else
+/// `Refresh`, `ID`, `Offline`); a field that is present must say "access
+/// token".
+fn is_access_token(claims: &Map<String, Value>) -> bool {
+    let says = |name: &str, expected: &str| match claims.get(name) {
+        None => true,
+        Some(value) => value
+            .as_str()
+            .is_some_and(|text| text.eq_ignore_ascii_case(expected)),
+    };
+    let refresh = claims
+        .get("token_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("refresh_token"));
+    !refresh && says("token_use", "access_token") && says("typ", "Bearer")
 }
 
 /// Appends `value` encoded as `application/x-www-form-urlencoded`
@@ -396,6 +425,57 @@ mod tests {
             br#"{"active":true,"exp":-1}"#,
         ] {
             assert!(i.interpret(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn only_access_tokens_are_active() {
+        let i = introspector(ClientAuth::Basic, "c", "s");
+        for other in [
+            r#"{"active":true,"token_type":"refresh_token"}"#,
+            r#"{"active":true,"token_use":"refresh_token"}"#,
+            r#"{"active":true,"token_use":7}"#,
+            r#"{"active":true,"typ":"Refresh"}"#,
+            r#"{"active":true,"typ":"ID"}"#,
+            r#"{"active":true,"typ":"Offline"}"#,
+            r#"{"active":true,"typ":null}"#,
+            r#"{"active":true,"token_type":"Bearer","typ":"ID"}"#,
+        ] {
+            let answer = i.interpret(other.as_bytes());
+            assert!(matches!(answer, Ok(Introspected::Inactive)), "{other}");
+        }
+        for access in [
+            r#"{"active":true,"token_type":"Bearer"}"#,
+            r#"{"active":true,"token_use":"access_token"}"#,
+            r#"{"active":true,"typ":"Bearer"}"#,
+            r#"{"active":true,"typ":"bearer","token_use":"Access_Token"}"#,
+        ] {
+            let answer = i.interpret(access.as_bytes());
+            assert!(matches!(answer, Ok(Introspected::Active(_))), "{access}");
+        }
+    }
+
+    #[test]
+    fn a_configured_audience_must_be_named_by_aud() {
+        let mut i = introspector(ClientAuth::Basic, "c", "s");
+        i.settings.audience = Some("travels".into());
+        for named in [
+            r#"{"active":true,"aud":"travels"}"#,
+            r#"{"active":true,"aud":["other","travels"]}"#,
+        ] {
+            let answer = i.interpret(named.as_bytes());
+            assert!(matches!(answer, Ok(Introspected::Active(_))), "{named}");
+        }
+        for not_named in [
+            r#"{"active":true}"#,
+            r#"{"active":true,"aud":"other"}"#,
+            r#"{"active":true,"aud":["other"]}"#,
+            r#"{"active":true,"aud":"Travels"}"#,
+            r#"{"active":true,"aud":"travels other"}"#,
+            r#"{"active":true,"aud":[["travels"]]}"#,
+        ] {
+            let answer = i.interpret(not_named.as_bytes());
+            assert!(matches!(answer, Ok(Introspected::Inactive)), "{not_named}");
         }
     }
 

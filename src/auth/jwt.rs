@@ -321,12 +321,7 @@ fn check_claims(claims: &Map<String, Value>, rules: &JwtRules) -> Result<Validit
         _ => return Err(TokenProblem::WrongIssuer),
     }
     if let Some(audience) = &rules.audience {
-        let contains = match claims.get("aud") {
-            Some(Value::String(aud)) => aud == audience,
-            Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(audience)),
-            _ => false,
-        };
-        if !contains {
+        if !super::audience_contains(claims.get("aud"), audience) {
             return Err(TokenProblem::WrongAudience);
         }
     }

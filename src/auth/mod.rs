@@ -152,6 +152,16 @@ impl Principal {
     }
 }
 
+/// Whether an `aud` claim — one string or an array of them (RFC 7519
+/// §4.1.3) — names `audience`.
+fn audience_contains(aud: Option<&Value>, audience: &str) -> bool {
+    match aud {
+        Some(Value::String(one)) => one == audience,
+        Some(Value::Array(many)) => many.iter().any(|aud| aud.as_str() == Some(audience)),
+        _ => false,
+    }
+}
+
 /// A space-separated string, or an array whose every entry is one scope
 /// token; `null` is no scope at all.
 fn scope_list(value: &Value) -> Result<Vec<String>, ScopeProblem> {

@@ -224,6 +224,7 @@ impl Authenticator {
                 remote.client_secret.clone(),
             );
             introspection.client_auth = remote.client_auth;
+            introspection.audience = remote.audience.clone();
             introspection.cache_ttl = remote.cache_ttl;
             introspection.negative_cache_ttl = remote.negative_cache_ttl;
             Some(Introspector::new(

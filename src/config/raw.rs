@@ -399,6 +399,8 @@ pub struct RemoteIntrospection {
     pub user: Option<S<Ignored>>,
     /// How the client authenticates at the endpoint.
     pub client_auth: Opt<Scalar>,
+    /// Expected `aud` of an active answer (default: `localIntrospectionConfig.audience`).
+    pub audience: Opt<Scalar>,
     /// How long an active answer is cached (duration, at most 24h).
     pub cache_ttl: Opt<Scalar>,
     /// How long an inactive answer is cached (duration, at most 24h).

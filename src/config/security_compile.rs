@@ -60,10 +60,11 @@ pub(super) fn auth_servers(
             .local_introspection
             .as_ref()
             .and_then(|l| local_introspection(ctx, l));
+        let local_audience = local.as_ref().and_then(|l| l.audience.as_deref());
         let remote = raw
             .remote_introspection
             .as_ref()
-            .and_then(|r| remote_introspection(ctx, r));
+            .and_then(|r| remote_introspection(ctx, r, local_audience));
         if let (Some(config), Some(compiled)) = (&raw.local_introspection, &local) {
             let source = compiled.jwks_uri.clone();
             match issuers.get(&compiled.issuer) {
@@ -204,9 +205,13 @@ pub(super) fn local_introspection(
     })
 }
 
+/// `remoteIntrospectionConfig`; without an `audience` of its own, answers
+/// must name `local_audience`: the JWTs and the opaque tokens of one auth
+/// server are for the same API.
 pub(super) fn remote_introspection(
     ctx: &mut Ctx,
     entry: &S<raw::RemoteIntrospection>,
+    local_audience: Option<&str>,
 ) -> Option<RemoteIntrospection> {
     let raw = &entry.value;
     if let Some(user) = &raw.user {
@@ -234,6 +239,10 @@ pub(super) fn remote_introspection(
             ClientAuth::Basic
         }
     };
+    let audience = match &raw.audience {
+        Some(_) => ctx.audience(&raw.audience, "remoteIntrospectionConfig.audience"),
+        None => local_audience.map(str::to_owned),
+    };
     let cache_ttl = cache_lifetime(ctx, &raw.cache_ttl, "cache_ttl", Duration::from_secs(60));
     let negative_cache_ttl = cache_lifetime(
         ctx,
@@ -246,6 +255,7 @@ pub(super) fn remote_introspection(
         client_id: client_id?,
         client_secret: client_secret?,
         client_auth,
+        audience,
         cache_ttl,
         negative_cache_ttl,
     })

@@ -178,6 +178,9 @@ pub struct RemoteIntrospection {
     pub client_id: String,
     pub client_secret: Secret,
     pub client_auth: ClientAuth,
+    /// What an active answer's `aud` must contain: as written, else the
+    /// auth server's `localIntrospectionConfig.audience`.
+    pub audience: Option<String>,
     pub cache_ttl: Duration,
     pub negative_cache_ttl: Duration,
 }

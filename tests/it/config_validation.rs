@@ -1338,6 +1338,25 @@ fn an_empty_audience_is_refused() {
             ),
         );
         refused(
+            &format!(
+                r#"security_settings:
+  auth_servers:
+  - id: remote
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://127.0.0.1:9/introspect"
+      clientId: gateway
+      clientSecret: s
+      audience: {empty}
+"#
+            ),
+            error(
+                8,
+                17,
+                "remoteIntrospectionConfig.audience is empty: no token's `aud` names it",
+                allowed,
+            ),
+        );
+        refused(
             &format!("authorization_server:\n  audience: {empty}\n"),
             error(
                 2,
@@ -1352,6 +1371,11 @@ fn an_empty_audience_is_refused() {
   auth_servers:
   - id: local
     localIntrospectionConfig: { issuer: "http://localhost:4485", audience: travels }
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://127.0.0.1:9/introspect"
+      clientId: gateway
+      clientSecret: s
+      audience: billing
 "#,
     );
 }

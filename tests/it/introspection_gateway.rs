@@ -1,17 +1,18 @@
 //! Opaque tokens through the gateway: RFC 7662 introspection against a
 //! counting endpoint — one call per token while cached, coalesced first
-//! uses, failures as 503 never cached, and the client authentication the
+//! uses, failures as 503 never cached, only access tokens for the
+//! configured audience accepted, and the client authentication the
 //! endpoint receives.
 
 use crate::common;
 
 use std::time::Duration;
 
-use common::idp::{unix_now, Answer, Introspector};
+use common::idp::{merged, unix_now, Answer, Idp, Introspector};
 use common::{Gateway, Upstream};
 use reqwest::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const CLIENT_ID: &str = "gateway client";
 const CLIENT_SECRET: &str = "s3cret/+:&";
@@ -19,11 +20,14 @@ const CLIENT_SECRET: &str = "s3cret/+:&";
 struct Settings<'a> {
     client_auth: &'a str,
     negative_cache_ttl: &'a str,
+    /// `remoteIntrospectionConfig.audience`, when written.
+    audience: Option<&'a str>,
 }
 
 const DEFAULTS: Settings<'static> = Settings {
     client_auth: "client_secret_basic",
     negative_cache_ttl: "5s",
+    audience: None,
 };
 
 fn travels(introspector: &Introspector, upstream: &Upstream, settings: &Settings) -> String {
@@ -41,7 +45,7 @@ security_settings:
       clientSecret: "{CLIENT_SECRET}"
       client_auth: {client_auth}
       cache_ttl: 60s
-      negative_cache_ttl: {negative}
+      negative_cache_ttl: {negative}{audience}
 scope_mappings:
 - {{ auth_server: remote, scope: view,   api_scopes: ["Time travels:ViewTickets"] }}
 - {{ auth_server: remote, scope: cancel, api_scopes: ["Time travels:CancelTickets"] }}
@@ -60,6 +64,10 @@ apis:
         endpoint = introspector.endpoint(),
         client_auth = settings.client_auth,
         negative = settings.negative_cache_ttl,
+        audience = settings
+            .audience
+            .map(|a| format!("\n      audience: \"{a}\""))
+            .unwrap_or_default(),
         upstream = upstream.url("/api"),
     )
 }
@@ -350,6 +358,137 @@ async fn an_active_refresh_token_is_no_access_token() {
     );
     assert_eq!(w.get("access-token").await.status(), 200);
     w.gw.shutdown().await;
+}
+
+/// An introspection endpoint says "active" of every token it issued that
+/// is live; as a bearer token only an access token grants anything. Ory
+/// Hydra says which in `token_use`, Keycloak in `typ`.
+#[tokio::test]
+async fn only_an_access_token_is_accepted_whatever_field_says_what_it_is() {
+    let w = world(&DEFAULTS).await;
+    let refused = [
+        ("hydra-refresh", json!({"token_use": "refresh_token"})),
+        ("keycloak-refresh", json!({"typ": "Refresh"})),
+        ("keycloak-id", json!({"typ": "ID"})),
+        (
+            "bearer-but-id",
+            json!({"token_type": "Bearer", "typ": "ID"}),
+        ),
+    ];
+    for (token, kind) in &refused {
+        w.introspector.answer(
+            token,
+            Answer::active(merged(json!({"scope": "view"}), kind)),
+        );
+        let resp = w.get(token).await;
+        assert_eq!(resp.status(), 401, "{token}");
+        assert_eq!(
+            resp.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token""#,
+            "{token}"
+        );
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    let accepted = [
+        ("hydra-access", json!({"token_use": "access_token"})),
+        ("keycloak-access", json!({"typ": "Bearer"})),
+    ];
+    for (token, kind) in &accepted {
+        w.introspector.answer(
+            token,
+            Answer::active(merged(json!({"scope": "view"}), kind)),
+        );
+        assert_eq!(w.get(token).await.status(), 200, "{token}");
+    }
+    w.gw.shutdown().await;
+}
+
+/// `remoteIntrospectionConfig.audience`: an active answer must name it in
+/// `aud`, one string or an array; any other is a token for another API.
+#[tokio::test]
+async fn an_introspected_token_must_be_for_the_configured_audience() {
+    let w = world(&Settings {
+        audience: Some("travels"),
+        ..DEFAULTS
+    })
+    .await;
+    for (token, aud) in [
+        ("for-other", json!(["other"])),
+        ("for-other-string", json!("other")),
+        ("for-nobody", Value::Null),
+    ] {
+        // A `null` change leaves `aud` out.
+        let claims = merged(json!({"scope": "view"}), &json!({ "aud": aud }));
+        w.introspector.answer(token, Answer::active(claims));
+        let resp = w.get(token).await;
+        assert_eq!(resp.status(), 401, "{token}");
+        assert_eq!(
+            resp.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token""#,
+            "{token}"
+        );
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    for (token, aud) in [
+        ("for-travels", json!("travels")),
+        ("for-several", json!(["other", "travels"])),
+    ] {
+        w.introspector
+            .answer(token, Answer::active(json!({"scope": "view", "aud": aud})));
+        assert_eq!(w.get(token).await.status(), 200, "{token}");
+    }
+    w.gw.shutdown().await;
+}
+
+/// An auth server that validates JWTs for an audience holds its opaque
+/// tokens to it too, unless `remoteIntrospectionConfig` names its own.
+#[tokio::test]
+async fn introspection_takes_the_local_audience_unless_it_names_one() {
+    let idp = Idp::start().await;
+    let introspector = Introspector::counting().await;
+    let upstream = Upstream::start().await;
+    let local = format!(
+        "    localIntrospectionConfig: {{ issuer: \"{}\", jwksuri: \"{}\", audience: travels }}\n    remoteIntrospectionConfig:",
+        idp.issuer(),
+        idp.jwks_uri()
+    );
+    introspector.answer(
+        "for-travels",
+        Answer::active(json!({"scope": "view", "aud": "travels"})),
+    );
+    introspector.answer(
+        "for-billing",
+        Answer::active(json!({"scope": "view", "aud": ["billing"]})),
+    );
+    let cases = [
+        (None, "for-travels", "for-billing"),
+        (Some("billing"), "for-billing", "for-travels"),
+    ];
+    for (own, accepted, refused) in cases {
+        let settings = Settings {
+            audience: own,
+            ..DEFAULTS
+        };
+        let yaml = travels(&introspector, &upstream, &settings)
+            .replace("    remoteIntrospectionConfig:", &local);
+        let gw = Gateway::start(&yaml).await;
+        let get = |token: &'static str| {
+            gw.request(Method::GET, "/travels/bookings")
+                .bearer_auth(token)
+                .send()
+        };
+        assert_eq!(
+            get(accepted).await.expect("request").status(),
+            200,
+            "{own:?}"
+        );
+        assert_eq!(
+            get(refused).await.expect("request").status(),
+            401,
+            "{own:?}"
+        );
+        gw.shutdown().await;
+    }
 }
 
 /// A cache lifetime is at most a day: a longer one (which made every
