@@ -14,6 +14,10 @@
 //! - anything else — timeout, refused connection, non-2xx, oversized or
 //!   malformed body, `"active": "true"` — is `Unavailable` (503 upstream of
 //!   here), never an accept, and is not cached;
+//! - at most `max_in_flight` calls of one auth server are in flight: every
+//!   new token leads a call of its own, so a client sending random tokens
+//!   would otherwise make one call per request. A call that finds none
+//!   free within `queue_wait` is `Unavailable` without being made;
 //! - an active token whose `exp` has passed at `now` is `Invalid(Expired)`,
 //!   whether the answer is fresh or cached;
 //! - the token and the client secret are never logged, and never part of an
@@ -26,6 +30,7 @@ use base64::Engine as _;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
 use super::cache::{time_left, CacheKey, CacheTtl, Introspected, IntrospectionCache};
 use super::{AuthFailure, Principal, TokenProblem};
@@ -55,6 +60,11 @@ pub struct IntrospectionSettings {
     pub max_response: usize,
     /// What an active answer's `aud` must contain, when set.
     pub audience: Option<String>,
+    /// Calls to the endpoint in flight at once, at most.
+    pub max_in_flight: usize,
+    /// How long a call waits for one in flight to end, at most (and never
+    /// past `timeout`).
+    pub queue_wait: Duration,
 }
 
 impl IntrospectionSettings {
@@ -62,6 +72,13 @@ impl IntrospectionSettings {
     pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(5);
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024;
+    /// Enough for a healthy endpoint's bursts of new tokens; few enough
+    /// that a flood of made-up ones does not pile up on a slow one.
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+    /// A quarter of the default timeout: while the endpoint is slow, a
+    /// request over the limit is refused soon rather than when the calls
+    /// ahead of it give up.
+    pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_millis(500);
 
     /// Settings with `client_secret_basic` and the default limits.
     pub fn new(
@@ -79,6 +96,8 @@ impl IntrospectionSettings {
             timeout: Self::DEFAULT_TIMEOUT,
             max_response: Self::DEFAULT_MAX_RESPONSE,
             audience: None,
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            queue_wait: Self::DEFAULT_QUEUE_WAIT,
         }
     }
 }
@@ -89,6 +108,8 @@ impl IntrospectionSettings {
 enum CallProblem {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("the limit of {0} calls in flight is reached")]
+    Saturated(usize),
     #[error("request failed: {0}")]
     Request(reqwest::Error),
     #[error("answered with status {0}")]
@@ -119,24 +140,32 @@ pub struct Introspector {
     settings: IntrospectionSettings,
     http: reqwest::Client,
     cache: Arc<IntrospectionCache>,
+    /// Permits for the calls in flight (`max_in_flight`).
+    in_flight: Semaphore,
     /// Failures are not cached: while the endpoint is down every opaque
     /// token fails, and its line is written once in a while.
     failures_logged: crate::logging::Sparse,
+    /// Likewise for tokens refused because every permit was taken.
+    saturation_logged: crate::logging::Sparse,
 }
 
 impl Introspector {
     pub fn new(
         auth_server: Arc<str>,
-        settings: IntrospectionSettings,
+        mut settings: IntrospectionSettings,
         http: reqwest::Client,
         cache: Arc<IntrospectionCache>,
     ) -> Introspector {
+        // No call at all would refuse every opaque token.
+        settings.max_in_flight = settings.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Introspector {
             auth_server,
+            in_flight: Semaphore::new(settings.max_in_flight),
             settings,
             http,
             cache,
             failures_logged: crate::logging::Sparse::new(),
+            saturation_logged: crate::logging::Sparse::new(),
         }
     }
 
@@ -174,13 +203,11 @@ impl Introspector {
 
     /// One call to the endpoint, counted and, on failure, logged.
     async fn introspect(&self, token: &str) -> Result<Introspected, AuthFailure> {
-        let result = match tokio::time::timeout(self.settings.timeout, self.call(token)).await {
-            Ok(answer) => answer.and_then(|body| self.interpret(&body)),
-            Err(_) => Err(CallProblem::Timeout(self.settings.timeout)),
-        };
+        let result = self.call_in_turn(token).await;
         let label = match &result {
             Ok(Introspected::Active(_)) => "active",
             Ok(Introspected::Inactive) => "inactive",
+            Err(CallProblem::Saturated(_)) => "saturated",
             Err(_) => "error",
         };
         crate::metrics::get()
@@ -188,7 +215,11 @@ impl Introspector {
             .with_label_values(&[&self.auth_server, label])
             .inc();
         result.map_err(|problem| {
-            if let Some(suppressed) = self.failures_logged.due() {
+            let sparse = match problem {
+                CallProblem::Saturated(_) => &self.saturation_logged,
+                _ => &self.failures_logged,
+            };
+            if let Some(suppressed) = sparse.due() {
                 tracing::warn!(auth_server = %self.auth_server, cause = %problem, suppressed, "introspection failed");
             }
             AuthFailure::Unavailable {
@@ -196,6 +227,24 @@ impl Introspector {
                 cause: problem.to_string(),
             }
         })
+    }
+
+    /// The call, once one of the permits in flight is free; the wait for
+    /// it and the call together take at most `timeout`.
+    async fn call_in_turn(&self, token: &str) -> Result<Introspected, CallProblem> {
+        let started = tokio::time::Instant::now();
+        let timeout = self.settings.timeout;
+        let queue_wait = self.settings.queue_wait.min(timeout);
+        let permit = tokio::time::timeout(queue_wait, self.in_flight.acquire()).await;
+        // The semaphore is never closed: an error is as good as no permit.
+        let Ok(Ok(_permit)) = permit else {
+            return Err(CallProblem::Saturated(self.settings.max_in_flight));
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.call(token)).await {
+            Ok(answer) => answer.and_then(|body| self.interpret(&body)),
+            Err(_) => Err(CallProblem::Timeout(timeout)),
+        }
     }
 
     /// POSTs the token and reads at most `max_response` bytes of a 2xx answer.

@@ -518,3 +518,106 @@ async fn clear_auth_server_forgets_only_that_server() {
         .expect("still cached");
     assert_eq!((endpoint_a.calls(), endpoint_b.calls()), (2, 1));
 }
+
+/// An endpoint holding its answers, limited to `max_in_flight: 1` with
+/// `queue_wait`: the validator, and the endpoint once it holds one call.
+async fn one_call_held(
+    queue_wait: Duration,
+) -> (crate::common::idp::Introspector, Arc<Introspector>) {
+    let endpoint = crate::common::idp::Introspector::counting().await;
+    endpoint.answer_all(crate::common::idp::Answer::Json(ACTIVE.into()));
+    endpoint.hold();
+    let mut settings = IntrospectionSettings::new(
+        Url::parse(&endpoint.endpoint()).expect("url"),
+        "gateway",
+        ClientSecret::new("secret"),
+    );
+    settings.max_in_flight = 1;
+    settings.queue_wait = queue_wait;
+    settings.timeout = Duration::from_secs(60);
+    (
+        endpoint,
+        Arc::new(introspector("local", settings, &cache())),
+    )
+}
+
+/// Waits, at most 10 s, until `endpoint` has been called `calls` times.
+async fn called(endpoint: &crate::common::idp::Introspector, calls: usize) {
+    for _ in 0..400 {
+        if endpoint.calls() >= calls {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the endpoint was not called {calls} times");
+}
+
+/// A new token over the calls in flight waits for one to end, and is
+/// introspected then: a burst of new tokens is served in turn.
+#[tokio::test]
+async fn a_call_over_the_limit_is_made_when_one_in_flight_ends() {
+    let (endpoint, gate) = one_call_held(Duration::from_secs(30)).await;
+    let first = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.validate("first", SystemTime::now()).await }
+    });
+    called(&endpoint, 1).await;
+    let second = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.validate("second", SystemTime::now()).await }
+    });
+    // A token of another auth server, asked after the second, has permits
+    // of its own: once it reaches the endpoint, the second would have too.
+    let mut probe_settings = IntrospectionSettings::new(
+        Url::parse(&endpoint.endpoint()).expect("url"),
+        "gateway",
+        ClientSecret::new("secret"),
+    );
+    probe_settings.timeout = Duration::from_secs(60);
+    let probe = introspector("other", probe_settings, &cache());
+    let probe = tokio::spawn(async move { probe.validate("probe", SystemTime::now()).await });
+    called(&endpoint, 2).await;
+    assert_eq!(endpoint.calls_for("probe"), 1);
+    assert_eq!(
+        endpoint.calls_for("second"),
+        0,
+        "the second waits for the first"
+    );
+    endpoint.release();
+    let bound = Duration::from_secs(10);
+    for task in [first, second, probe] {
+        let done = tokio::time::timeout(bound, task).await.expect("answered");
+        done.expect("task").expect("active");
+    }
+    assert_eq!(endpoint.calls_for("second"), 1);
+    assert_eq!(endpoint.calls(), 3);
+}
+
+/// One that finds no call ending within `queue_wait` is unavailable (503)
+/// without a call, while the one in flight still waits for its answer.
+#[tokio::test]
+async fn a_call_over_the_limit_gives_up_after_the_queue_wait() {
+    let (endpoint, gate) = one_call_held(Duration::from_millis(100)).await;
+    let first = tokio::spawn({
+        let gate = Arc::clone(&gate);
+        async move { gate.validate("first", SystemTime::now()).await }
+    });
+    called(&endpoint, 1).await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        gate.validate("second", SystemTime::now()),
+    )
+    .await
+    .expect("refused within its wait");
+    let cause = assert_unavailable(refused);
+    assert!(cause.contains("the limit of 1 calls in flight"), "{cause}");
+    assert_eq!(endpoint.calls(), 1);
+    endpoint.release();
+    let done = tokio::time::timeout(Duration::from_secs(10), first).await;
+    done.expect("answered").expect("task").expect("active");
+    // Not cached: asked again, the second is introspected.
+    gate.validate("second", SystemTime::now())
+        .await
+        .expect("active");
+    assert_eq!(endpoint.calls(), 2);
+}

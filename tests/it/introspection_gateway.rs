@@ -1,8 +1,8 @@
 //! Opaque tokens through the gateway: RFC 7662 introspection against a
 //! counting endpoint — one call per token while cached, coalesced first
 //! uses, failures as 503 never cached, only access tokens for the
-//! configured audience accepted, and the client authentication the
-//! endpoint receives.
+//! configured audience accepted, a bounded number of calls in flight, and
+//! the client authentication the endpoint receives.
 
 use crate::common;
 
@@ -489,6 +489,73 @@ async fn introspection_takes_the_local_audience_unless_it_names_one() {
         );
         gw.shutdown().await;
     }
+}
+
+/// Each new token leads a call of its own: a client with made-up tokens
+/// on many connections would make one call per request, and while the
+/// endpoint is slow they would all wait on it. An auth server has at most
+/// 64 calls in flight; a request that finds none free within its short
+/// wait gets 503 at once, without a call, while the others still wait.
+#[tokio::test]
+async fn introspection_calls_in_flight_are_bounded() {
+    const LIMIT: usize = 64;
+    const OVER: usize = 8;
+    let w = world(&DEFAULTS).await;
+    w.introspector.answer_all(active("view"));
+    w.introspector.hold();
+    let saturated =
+        r#"microgateway_introspection_requests_total{auth_server="remote",result="saturated"}"#;
+    let before = common::metric(&w.gw.metrics().await, saturated);
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..LIMIT + OVER {
+        let (client, url, done) = (
+            w.gw.client.clone(),
+            w.gw.url("/travels/bookings"),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            let resp = client
+                .get(&url)
+                .bearer_auth(format!("made-up-{n}"))
+                .send()
+                .await;
+            let _ = done.send(resp.expect("request"));
+        });
+    }
+    let bound = Duration::from_secs(10);
+    for _ in 0..OVER {
+        let resp = tokio::time::timeout(bound, finished.recv())
+            .await
+            .expect("the requests over the limit are answered while the others wait")
+            .expect("an answer");
+        assert_unavailable(&resp, "over the limit");
+    }
+    // Those with a permit may still be on their way to the endpoint.
+    for _ in 0..400 {
+        if w.introspector.calls() >= LIMIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(w.introspector.calls(), LIMIT, "no call for those refused");
+    let text = w.gw.metrics().await;
+    assert_eq!(
+        common::metric(&text, saturated) - before,
+        OVER as u64,
+        "{text}"
+    );
+    w.introspector.release();
+    for _ in 0..LIMIT {
+        tokio::time::timeout(bound, finished.recv())
+            .await
+            .expect("every held request is answered")
+            .expect("an answer");
+    }
+    assert_eq!(w.introspector.most_in_flight(), LIMIT);
+    // The permits are free again: a new token is introspected and let in.
+    w.introspector.answer("after", active("view"));
+    assert_eq!(w.get("after").await.status(), 200);
+    w.gw.shutdown().await;
 }
 
 /// A cache lifetime is at most a day: a longer one (which made every

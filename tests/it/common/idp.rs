@@ -1,7 +1,8 @@
 //! A test identity provider on 127.0.0.1:0: a JWKS server that counts its
 //! fetches and signs `at+jwt` access tokens with real keys (RS256 by
 //! default, rotatable), and an RFC 7662 introspection endpoint that counts
-//! its calls and answers per token.
+//! its calls (and those in flight at once), answers per token, and can hold
+//! its answers until released.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -280,10 +281,40 @@ struct IntrospectorState {
     calls: Vec<Call>,
 }
 
+/// The calls an endpoint is answering, now and at most at once.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+/// One call counted in flight while it lives.
+struct Counted<'a>(&'a InFlight);
+
+impl<'a> Counted<'a> {
+    fn new(in_flight: &'a InFlight) -> Counted<'a> {
+        let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+        in_flight.most.fetch_max(now, Ordering::SeqCst);
+        Counted(in_flight)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The longest a held answer waits for [`Introspector::release`].
+const HOLD_AT_MOST: Duration = Duration::from_secs(30);
+
 /// An RFC 7662 endpoint counting its calls; unknown tokens are inactive.
 pub struct Introspector {
     pub addr: SocketAddr,
     state: Arc<Mutex<IntrospectorState>>,
+    in_flight: Arc<InFlight>,
+    /// `false` while answers are held.
+    open: Arc<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -294,13 +325,22 @@ impl Introspector {
             .expect("bind introspector");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(IntrospectorState::default()));
-        let s = state.clone();
+        let in_flight = Arc::new(InFlight::default());
+        let open = Arc::new(tokio::sync::watch::Sender::new(true));
+        let (s, f, o) = (state.clone(), in_flight.clone(), open.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let s = s.clone();
+                let (s, f, o) = (s.clone(), f.clone(), o.clone());
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let s = s.clone();
-                    async move { Ok::<_, Infallible>(introspect(&s, req).await) }
+                    let (s, f, o) = (s.clone(), f.clone(), o.clone());
+                    async move {
+                        let _counted = Counted::new(&f);
+                        let answer = introspect(&s, req).await;
+                        let mut open = o.subscribe();
+                        let _ =
+                            tokio::time::timeout(HOLD_AT_MOST, open.wait_for(|open| *open)).await;
+                        Ok::<_, Infallible>(answer)
+                    }
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -308,7 +348,34 @@ impl Introspector {
                 );
             }
         });
-        Introspector { addr, state, task }
+        Introspector {
+            addr,
+            state,
+            in_flight,
+            open,
+            task,
+        }
+    }
+
+    /// From now on, answers wait until [`Introspector::release`] (at most
+    /// 30 s); the calls are counted as they arrive.
+    pub fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Sends the held answers, and answers at once from now on.
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Calls being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.now.load(Ordering::SeqCst)
+    }
+
+    /// The most calls that were being answered at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.in_flight.most.load(Ordering::SeqCst)
     }
 
     pub fn endpoint(&self) -> String {
