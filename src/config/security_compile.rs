@@ -189,12 +189,22 @@ pub(super) fn local_introspection(
             pem: pem.into(),
         })
     });
+    let audience = ctx.audience(&raw.audience, "localIntrospectionConfig.audience");
+    let accept_jwt_typ = ctx.boolean(&raw.accept_jwt_typ, "accept_jwt_typ", false);
+    if let (true, None, Some(at)) = (accept_jwt_typ, &audience, &raw.accept_jwt_typ) {
+        // An OpenID Connect ID token is a `typ: JWT` of the same issuer:
+        // only an audience tells it from an access token.
+        ctx.report.warning(
+            at.referenced,
+            "accept_jwt_typ: true without an audience: the issuer's ID tokens (typ JWT) pass as access tokens on resources that need no scope",
+        );
+    }
     Some(LocalIntrospection {
         issuer,
         jwks_uri,
-        audience: ctx.audience(&raw.audience, "localIntrospectionConfig.audience"),
+        audience,
         clock_skew,
-        accept_jwt_typ: ctx.boolean(&raw.accept_jwt_typ, "accept_jwt_typ", false),
+        accept_jwt_typ,
         trust_store,
         // A value that is no boolean is reported by `plain_http`.
         allow_insecure_http: raw

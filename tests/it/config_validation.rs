@@ -2706,3 +2706,30 @@ fn a_signing_key_file_that_is_no_key_is_refused() {
     postgres.file("data/signing-key.pem", "not a key\n");
     postgres.load(&Env::new()).expect("the file is not used");
 }
+
+/// An ID token of the issuer is a `typ: JWT` too: admitting that `typ`
+/// without an audience lets it pass for an access token. Said, not refused.
+#[test]
+fn accept_jwt_typ_without_an_audience_is_warned_about() {
+    let server = |audience: &str| {
+        format!(
+            "security_settings:\n  auth_servers:\n  - id: idp\n    name: idp\n    localIntrospectionConfig:\n      issuer: \"https://idp.example\"\n      jwksuri: \"https://idp.example/jwks\"\n      accept_jwt_typ: true\n{audience}"
+        )
+    };
+    let warnings = |yaml: &str| -> Vec<String> {
+        loaded(yaml)
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let without = warnings(&server(""));
+    assert_eq!(without.len(), 1, "{without:#?}");
+    assert!(
+        without[0].ends_with(":8:23: warning: accept_jwt_typ: true without an audience: the issuer's ID tokens (typ JWT) pass as access tokens on resources that need no scope"),
+        "{}",
+        without[0]
+    );
+    let with = warnings(&server("      audience: travels\n"));
+    assert!(with.is_empty(), "{with:#?}");
+}
