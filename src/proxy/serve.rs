@@ -188,7 +188,11 @@ fn phases<'s: 'a, 'a>(
                 return Err(Rejection::IpFiltered); // before any credential is looked at
             }
         }
-        let deadline = grpc_deadline(route.api, req.headers())?;
+        let deadline = if route.api.grpc && route.api.upstream.is_http2() {
+            grpc_deadline(req.headers())?
+        } else {
+            None
+        };
         let handshake = route.api.websocket && (h2_websocket || tunnel::is_handshake(&req));
         if handshake && !tunnel::origin_admitted(&req, route.api.cors.as_ref()) {
             return Err(Rejection::CrossOriginTunnel); // whatever credential the browser adds
@@ -574,15 +578,11 @@ fn valid_host(host: &[u8]) -> bool {
 /// The deadline a gRPC client states (`grpc-timeout`) for a call to a
 /// `grpc: true` API over HTTP/2, counted from now: the time the call
 /// spends in the gateway is the call's too. Other APIs pass the field on
-/// as any other (an HTTP/1.1 upstream cannot carry gRPC). A deadline past
-/// what the clock can count is none: the field then goes on as sent.
-fn grpc_deadline(
-    api: &Api,
-    headers: &http::HeaderMap,
-) -> Result<Option<tokio::time::Instant>, Rejection> {
-    if !(api.grpc && api.upstream.is_http2()) {
-        return Ok(None);
-    }
+/// as any other (an HTTP/1.1 upstream cannot carry gRPC), and do not call
+/// this. A deadline past what the clock can count is none: the field then
+/// goes on as sent.
+#[inline(never)]
+fn grpc_deadline(headers: &http::HeaderMap) -> Result<Option<tokio::time::Instant>, Rejection> {
     let timeout = grpc_timeout::read(headers).map_err(Rejection::MalformedGrpcTimeout)?;
     Ok(timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout)))
 }
