@@ -191,6 +191,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         allow_encoded_slashes,
         websocket,
         tunnel_max_lifetime,
+        grpc_deadlines: grpc && upstream.as_ref().is_some_and(Upstream::is_http2),
         upstream: upstream?,
         authentication: authentication?,
         api_scopes,

@@ -251,6 +251,9 @@ pub struct Api {
     /// `grpc-status` and `grpc-message`), and `responses_total` counts
     /// gRPC status classes.
     pub grpc: bool,
+    /// `grpc: true` over HTTP/2: a call's `grpc-timeout` bounds it
+    /// (`proxy::grpc_timeout`); other APIs pass the field on untouched.
+    pub grpc_deadlines: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -188,7 +188,7 @@ fn phases<'s: 'a, 'a>(
                 return Err(Rejection::IpFiltered); // before any credential is looked at
             }
         }
-        let deadline = if route.api.grpc && route.api.upstream.is_http2() {
+        let deadline = if route.api.grpc_deadlines {
             grpc_deadline(req.headers())?
         } else {
             None
