@@ -13,6 +13,7 @@ use http::{HeaderName, HeaderValue, Method};
 use super::context::{header_name, method, Ctx};
 use super::raw::{self, S};
 use super::snapshot::{Cors, Origins, Resource};
+use super::throttle_compile::{RATELIMIT, RATELIMIT_POLICY};
 
 /// Browsers keep a preflight at most this long (Firefox: 24 h).
 const MAX_AGE_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
@@ -33,10 +34,9 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies, resources: &[Resource]) 
     // The fields the gateway's own throttle adds are the application's to
     // read, on answers and refusals alike.
     if !policies.throttle.is_empty() {
-        let fields = ["ratelimit", "ratelimit-policy"];
-        for name in fields.map(HeaderName::from_static) {
-            if !exposed.contains(&name) {
-                exposed.push(name);
+        for name in [&RATELIMIT, &RATELIMIT_POLICY] {
+            if !exposed.contains(name) {
+                exposed.push(name.clone());
             }
         }
     }

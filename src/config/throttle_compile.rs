@@ -15,6 +15,11 @@ use super::snapshot::{
     Throttling,
 };
 
+/// The fields a throttle adds to answers (draft-ietf-httpapi-ratelimit-headers),
+/// named here for the throttle and for the CORS policy that exposes them.
+pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
 const STORE_ALLOWED: &str =
     "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);

@@ -23,7 +23,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderValue, RETRY_AFTER};
 use http::HeaderMap;
 use smallvec::SmallVec;
 
@@ -36,8 +36,7 @@ use gcra::{quota, seconds_up, Quota, Rate};
 use memory::MemoryStore;
 use redis::RedisStore;
 
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub use crate::config::throttle_compile::{RATELIMIT, RATELIMIT_POLICY};
 
 /// Each counted key's level (TAT − now, µs), in the order of the keys: a
 /// request is counted under a few policies at most.
