@@ -61,13 +61,23 @@ pub fn shown_url(url: &str) -> String {
     }
 }
 
+/// The scheme of `url`, what follows its `://`, and where the authority
+/// ends in that (at the first `/`, `?` or `#`).
+fn split(url: &str) -> Option<(&str, &str, usize)> {
+    let (scheme, rest) = url.split_once("://")?;
+    Some((
+        scheme,
+        rest,
+        rest.find(['/', '?', '#']).unwrap_or(rest.len()),
+    ))
+}
+
 /// A "port" of digits followed by a `/`, `?` or `#` and an `@` further on
 /// may be a password that begins with digits (`redis://:2024/Summer@host`)
 /// as well as a port and a path: shown, it is masked up to the last `@`
 /// (what is lost is part of a path, never a password).
 fn maybe_user_information(url: &str) -> Option<(&str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (scheme, rest, authority_end) = split(url)?;
     let authority = &rest[..authority_end];
     let port = match authority.strip_prefix('[') {
         Some(bracketed) => bracketed
@@ -88,8 +98,7 @@ pub fn has_user_information(url: &str) -> bool {
 /// The scheme of `url` and what follows its user information, when its
 /// authority holds any.
 fn user_information(url: &str) -> Option<(&str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (scheme, rest, authority_end) = split(url)?;
     let authority = &rest[..authority_end];
     if let Some(at) = authority.rfind('@') {
         return Some((scheme, &rest[at + 1..]));
