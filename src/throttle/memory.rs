@@ -364,7 +364,7 @@ fn make_room(shard: &mut Shard, room: &Room<'_>) {
     let evictable = |e: &Entry| !e.is_whole() && !room.keep.contains(&e.hash);
     // What the shard keeps: below its cap by a batch (a cap lowered by a
     // reload is reached in this one pass too).
-    let kept = room.cap - (room.cap / 8).max(1);
+    let kept = room.cap.saturating_sub((room.cap / 8).max(1));
     let mut tats: Vec<u64> = shard
         .iter()
         .filter(|e| evictable(e))
