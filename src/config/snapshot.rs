@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 use super::authz;
 use super::Secret;
@@ -417,6 +418,29 @@ pub struct Resource {
     /// The `RateLimit-Policy` field listing them, sent with each admitted
     /// request (a refusal lists only the policies that refused it).
     pub ratelimit_policy: Option<HeaderValue>,
+}
+
+impl Api {
+    /// The policies (indexes into `Api::throttle`, in its order) that
+    /// count a request to resource `matched` and, for a path with a
+    /// trailing slash whose other reading matches another resource, to
+    /// `also` too: upstreams read such a path either way.
+    pub fn throttle_counting(&self, matched: usize, also: Option<usize>) -> SmallVec<[usize; 2]> {
+        let mut counting: SmallVec<[usize; 2]> =
+            self.resources[matched].throttle.iter().copied().collect();
+        if let Some(also) = also {
+            let before = counting.len();
+            for &i in self.resources[also].throttle.iter() {
+                if !counting.contains(&i) {
+                    counting.push(i);
+                }
+            }
+            if counting.len() > before {
+                counting.sort_unstable();
+            }
+        }
+        counting
+    }
 }
 
 /// A path template relative to the base path: `/bookings/{id}`.

@@ -333,26 +333,32 @@ fn policy_field(name: &str, limit: u64, per: Duration) -> String {
 pub fn bind(resources: &mut [Resource], policies: &mut [ThrottlePolicy]) {
     // A policy without a partition that always counts alone can keep its
     // count in one number ([`ThrottlePolicy::sole`]); counted together
-    // with another, it counts in the store's keys, all or none.
-    let mut alone: Vec<bool> = policies
-        .iter()
-        .map(|p| !(p.per_application || p.per_client_ip))
-        .collect();
-    for resource in resources {
+    // with another, it counts in the store's keys, all or none. A path
+    // with a trailing slash counts under the policies of the two
+    // resources its readings match (`throttle::Resources`): a policy
+    // counts alone only when no throttled resource counts under another.
+    let mut counted: Option<Box<[usize]>> = None;
+    let mut alone = true;
+    for resource in resources.iter_mut() {
         let counting: Box<[usize]> = (0..policies.len())
             .filter(|&i| policies[i].applies_to(resource))
             .collect();
-        if counting.len() > 1 {
-            for &i in counting.iter() {
-                alone[i] = false;
+        if !counting.is_empty() {
+            match &counted {
+                None => counted = Some(counting.clone()),
+                Some(first) => alone &= *first == counting,
             }
         }
         resource.ratelimit_policy =
             ThrottlePolicy::field_of(counting.iter().map(|&i| &policies[i]));
         resource.throttle = counting;
     }
-    for (policy, alone) in policies.iter_mut().zip(alone) {
-        policy.sole.eligible = alone;
+    for policy in policies.iter_mut() {
+        policy.sole.eligible = false;
+    }
+    if let (true, Some([only])) = (alone, counted.as_deref()) {
+        let policy = &mut policies[*only];
+        policy.sole.eligible = !(policy.per_application || policy.per_client_ip);
     }
 }
 
@@ -497,6 +503,20 @@ mod tests {
         // Counted with another on one resource: in the store's keys, so
         // that a request counts on both or on neither.
         let mut policies = [policy("api", None), policy("booking", Some(1))];
+        bind(&mut [resource(vec![1]), resource(vec![0])], &mut policies);
+        assert!(!policies[0].sole.eligible && !policies[1].sole.eligible);
+        // A scope's policy alone on the scope's resources, the others
+        // unthrottled: one number.
+        let mut policies = [policy("booking", Some(1))];
+        bind(
+            &mut [resource(vec![1]), resource(vec![0]), resource(Vec::new())],
+            &mut policies,
+        );
+        assert!(policies[0].sole.eligible);
+        // Two scopes' policies, each alone on its resources: the two
+        // readings of a path with a trailing slash may match one resource
+        // of each and count under both, so neither keeps one number.
+        let mut policies = [policy("viewing", Some(0)), policy("booking", Some(1))];
         bind(&mut [resource(vec![1]), resource(vec![0])], &mut policies);
         assert!(!policies[0].sole.eligible && !policies[1].sole.eligible);
         // Alone, but one counter per client: keyed.

@@ -88,7 +88,8 @@ pub struct Verdict<'s> {
     /// Token scopes of the auth server that grant one of them.
     pub granting_token_scopes: Vec<String>,
     pub granted_api_scope: Option<String>,
-    /// The throttle policies that count requests to the matched resource.
+    /// The throttle policies that count the request (those of both of a
+    /// trailing slash's readings).
     pub throttle: Vec<String>,
     /// The identified caller: credential type and application, if any.
     pub caller: Option<(CredentialType, Option<Arc<str>>)>,
@@ -155,9 +156,8 @@ pub fn decide_for<'s>(
         }
     };
     let api = &matched.api;
-    verdict.throttle = matched
-        .resource()
-        .throttle
+    verdict.throttle = api
+        .throttle_counting(matched.resource, matched.also)
         .iter()
         .map(|&i| api.throttle[i].describe())
         .collect();

@@ -269,12 +269,16 @@ fn phases<'s: 'a, 'a>(
                 identity: who.as_ref(),
                 client_ip,
             };
+            let resources = throttle::Resources {
+                matched: route.resource,
+                also: route.also,
+            };
             let verdict = match rt
                 .throttle
-                .check_in_memory(snap, route.api, route.resource, caller)
+                .check_in_memory(snap, route.api, resources, caller)
             {
                 Some(verdict) => verdict,
-                None => Box::pin(rt.throttle.check(snap, route.api, route.resource, caller)).await,
+                None => Box::pin(rt.throttle.check(snap, route.api, resources, caller)).await,
             };
             throttled(verdict)?
         }; // throttle

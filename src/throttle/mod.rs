@@ -15,6 +15,7 @@ pub mod gcra;
 pub mod memory;
 pub mod redis;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -162,18 +163,19 @@ impl Fields {
 }
 
 /// What an admitted request's answer is told: the `RateLimit-Policy`
-/// field of its resource, made when the snapshot was, and `RateLimit`.
-/// Small, as it waits for the upstream's answer.
+/// field of its resource, made when the snapshot was (made for the
+/// request only when its path's two readings count under different
+/// policies), and `RateLimit`. Small, as it waits for the upstream's answer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AdmittedFields<'s> {
-    policy: &'s HeaderValue,
+    policy: Cow<'s, HeaderValue>,
     ratelimit: HeaderValue,
 }
 
 impl AdmittedFields<'_> {
     /// Gives the upstream's answer the fields (replacing any it sent).
     pub fn apply<B>(self, response: &mut http::Response<B>) {
-        set_own(response, &RATELIMIT_POLICY, self.policy.clone());
+        set_own(response, &RATELIMIT_POLICY, self.policy.into_owned());
         set_own(response, &RATELIMIT, self.ratelimit);
     }
 }
@@ -364,19 +366,19 @@ impl Throttler {
             .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
     }
 
-    /// Counts a request to resource `resource` of `api` against the
-    /// policies that apply to it, in whichever store the snapshot names.
+    /// Counts a request to `resources` of `api` against the policies that
+    /// apply to them, in whichever store the snapshot names.
     pub async fn check<'s>(
         &self,
         snapshot: &Snapshot,
         api: &'s Api,
-        resource: usize,
+        resources: Resources,
         caller: Caller<'_>,
     ) -> Verdict<'s> {
-        if let Some(verdict) = self.check_in_memory(snapshot, api, resource, caller) {
+        if let Some(verdict) = self.check_in_memory(snapshot, api, resources, caller) {
             return verdict;
         }
-        let counting = Counting::of(api, resource, &caller);
+        let counting = Counting::of(api, resources, &caller);
         if counting.policies.is_empty() {
             return Verdict::Unthrottled;
         }
@@ -394,14 +396,14 @@ impl Throttler {
         &self,
         snapshot: &Snapshot,
         api: &'s Api,
-        resource: usize,
+        resources: Resources,
         caller: Caller<'_>,
     ) -> Option<Verdict<'s>> {
         let settings: &Throttling = &snapshot.throttling;
         if !matches!(settings.store, ThrottleStore::Memory) {
             return None;
         }
-        if let Some((counting, tat)) = Counting::sole(api, resource) {
+        if let Some((counting, tat)) = Counting::sole(api, resources) {
             let policy = counting.policies[0];
             return Some(match memory::check_sole(tat, policy.rate, now_micros()) {
                 Ok(level) => {
@@ -415,13 +417,25 @@ impl Throttler {
                 }
             });
         }
-        let counting = Counting::of(api, resource, &caller);
+        let counting = Counting::of(api, resources, &caller);
         if counting.policies.is_empty() {
             return Some(Verdict::Unthrottled);
         }
         let answer = self.memory.check(&counting.keys, now_micros());
         Some(counting.verdict(api, settings.on_store_error, Ok(answer)))
     }
+}
+
+/// The resources (indexes into `Api::resources`) a request counts
+/// under: the one it matched and, for a path with a trailing slash whose
+/// two readings match different resources, the other
+/// (`policy::route::Route::also`). Upstreams read such a path either way,
+/// so it counts against the policies of both, as it needs the scopes of
+/// both.
+#[derive(Debug, Clone, Copy)]
+pub struct Resources {
+    pub matched: usize,
+    pub also: Option<usize>,
 }
 
 /// The policies of snapshot `'s` that count one request, and its key
@@ -431,42 +445,54 @@ struct Counting<'s, 'c> {
     /// Their keys, in their order (none for a sole counter).
     keys: SmallVec<[(Key<'c>, Rate); 2]>,
     /// Their `RateLimit-Policy` field.
-    field: &'s Option<HeaderValue>,
+    field: Cow<'s, Option<HeaderValue>>,
 }
 
 impl<'s, 'c> Counting<'s, 'c> {
-    fn of(api: &'s Api, resource: usize, caller: &Caller<'c>) -> Counting<'s, 'c>
+    fn of(api: &'s Api, resources: Resources, caller: &Caller<'c>) -> Counting<'s, 'c>
     where
         's: 'c,
     {
-        let resource = &api.resources[resource];
-        let policies: SmallVec<[&ThrottlePolicy; 2]> = resource
-            .throttle
-            .iter()
-            .map(|&i| &api.throttle[i])
-            .collect();
+        let matched = &api.resources[resources.matched];
+        let counting = api.throttle_counting(resources.matched, resources.also);
+        let field = if counting.len() == matched.throttle.len() {
+            Cow::Borrowed(&matched.ratelimit_policy)
+        } else {
+            // The other reading's policies too: a field made for it.
+            Cow::Owned(ThrottlePolicy::field_of(
+                counting.iter().map(|&i| &api.throttle[i]),
+            ))
+        };
+        let policies: SmallVec<[&ThrottlePolicy; 2]> =
+            counting.iter().map(|&i| &api.throttle[i]).collect();
         let keys = policies.iter().map(|p| (key(p, caller), p.rate)).collect();
         Counting {
             policies,
             keys,
-            field: &resource.ratelimit_policy,
+            field,
         }
     }
 
-    /// The one policy counting requests to `resource` and its counter,
+    /// The one policy counting requests to `resources` and its counter,
     /// when it counts them all in one number ([`ThrottlePolicy::sole`]):
-    /// no key to make.
-    fn sole(api: &'s Api, resource: usize) -> Option<(Counting<'s, 'c>, &'s AtomicU64)> {
-        let resource = &api.resources[resource];
-        let [only] = *resource.throttle else {
-            return None;
+    /// no key to make. A policy that may count together with another,
+    /// in one resource or in the two readings of one path, has none
+    /// (`config::throttle_compile::bind`).
+    fn sole(api: &'s Api, resources: Resources) -> Option<(Counting<'s, 'c>, &'s AtomicU64)> {
+        let matched = &api.resources[resources.matched];
+        let other = resources.also.map(|also| &api.resources[also]);
+        let (only, resource) = match (&*matched.throttle, other.map(|r| (&*r.throttle, r))) {
+            ([only], None | Some(([], _))) => (*only, matched),
+            ([only], Some(([also], _))) if also == only => (*only, matched),
+            ([], Some(([only], other))) => (*only, other),
+            _ => return None,
         };
         let policy = &api.throttle[only];
         let tat = policy.sole.get()?;
         let counting = Counting {
             policies: smallvec::smallvec![policy],
             keys: SmallVec::new(),
-            field: &resource.ratelimit_policy,
+            field: Cow::Borrowed(&resource.ratelimit_policy),
         };
         Some((counting, tat))
     }
@@ -515,8 +541,12 @@ impl<'s, 'c> Counting<'s, 'c> {
 
 /// An admitted request's verdict: its resource's `RateLimit-Policy`
 /// field and the `RateLimit` field made for it.
-fn admitted(field: &Option<HeaderValue>, ratelimit: Option<HeaderValue>) -> Verdict<'_> {
-    let fields = field.as_ref().zip(ratelimit);
+fn admitted(field: Cow<'_, Option<HeaderValue>>, ratelimit: Option<HeaderValue>) -> Verdict<'_> {
+    let field = match field {
+        Cow::Borrowed(field) => field.as_ref().map(Cow::Borrowed),
+        Cow::Owned(field) => field.map(Cow::Owned),
+    };
+    let fields = field.zip(ratelimit);
     Verdict::Admitted(fields.map(|(policy, ratelimit)| AdmittedFields { policy, ratelimit }))
 }
 

@@ -225,6 +225,96 @@ async fn a_scope_limit_counts_only_the_scopes_resources() {
     gw.shutdown().await;
 }
 
+/// An oauth2 API whose resources `GET /files/{name}` (scope Secret) and
+/// `GET /files/secret/{rest*}` (scope Files) are throttled by `throttle`.
+fn files(idp: &Idp, upstream: &Upstream, throttle: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    name: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+      jwksuri: "{jwks}"
+      audience: travels
+apis:
+- name: Files
+  base_path: /travels
+  upstream: {{ url: "{upstream}" }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - name: Secret
+    resources: ["GET /files/{{name}}"]
+  - name: Files
+    resources: ["GET /files/secret/{{rest*}}"]
+  policies:
+    throttle: {throttle}
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        upstream = upstream.url("/api"),
+    )
+}
+
+/// `/files/secret/` is `/files/secret` to many upstreams: its trailing
+/// slash must not take it out of the Secret scope's limit (on
+/// `/files/{name}`), which its written reading (the more specific
+/// `/files/secret/{rest*}`, the request's resource) is not in.
+#[tokio::test]
+async fn a_trailing_slash_counts_under_the_limits_of_both_its_readings() {
+    let idp = Idp::start().await;
+    let upstream = Upstream::start().await;
+    // The Secret scope's limit alone (counted in one number).
+    let yaml = files(&idp, &upstream, "[{ limit: 1, per: 1h, scope: Secret }]");
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["Secret", "Files"]);
+    let get = |path: &'static str| gw.request(Method::GET, path).bearer_auth(&token).send();
+    assert_eq!(get("/travels/files/secret").await.unwrap().status(), 200);
+    let slashed = get("/travels/files/secret/").await.unwrap();
+    assert_eq!(slashed.status(), 429);
+    assert_eq!(
+        field(&slashed, "ratelimit-policy").as_deref(),
+        Some(r#""Secret";q=1;w=3600"#)
+    );
+    assert_eq!(get("/travels/files/secret/x").await.unwrap().status(), 200);
+    assert_eq!(upstream.hits(), 2);
+    gw.shutdown().await;
+
+    // A limit on each scope: the slashed path counts under both, all or
+    // none, and is told about both.
+    let upstream = Upstream::start().await;
+    let yaml = files(
+        &idp,
+        &upstream,
+        "[{ limit: 1, per: 1h, scope: Secret }, { limit: 2, per: 1h, scope: Files }]",
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let get = |path: &'static str| gw.request(Method::GET, path).bearer_auth(&token).send();
+    let slashed = get("/travels/files/secret/").await.unwrap();
+    assert_eq!(slashed.status(), 200);
+    assert_eq!(
+        field(&slashed, "ratelimit-policy").as_deref(),
+        Some(r#""Secret";q=1;w=3600, "Files";q=2;w=3600"#)
+    );
+    // Secret is spent: refused, and Files keeps its last request.
+    let refused = get("/travels/files/secret/").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        field(&refused, "ratelimit-policy").as_deref(),
+        Some(r#""Secret";q=1;w=3600"#)
+    );
+    assert_eq!(get("/travels/files/secret").await.unwrap().status(), 429);
+    assert_eq!(get("/travels/files/secret/x").await.unwrap().status(), 200);
+    assert_eq!(get("/travels/files/secret/y").await.unwrap().status(), 429);
+    assert_eq!(upstream.hits(), 2);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_per_application_limit_counts_each_client_apart() {
     let idp = Idp::start().await;
