@@ -10,6 +10,9 @@
 //! revocation shows for both formats. A refresh token is reported active
 //! only to the client it was issued to: a resource server asking about a
 //! refresh token presented as a bearer token must see it inactive.
+//! A token whose client or user is no longer in the settings is inactive
+//! too: removing them is how an operator ends their access, and the
+//! grants already refuse them (RFC 7662 §2.2: active = usable now).
 
 use serde_json::{json, Map, Value};
 
@@ -42,6 +45,13 @@ pub fn introspect(
         opaque(cx, caller, token)?
     };
     Ok(found.unwrap_or_else(|| json!({ "active": false })))
+}
+
+/// Whether the client a token was issued to, and its user if any, are
+/// still configured.
+fn holder_configured(settings: &Settings, client_id: &str, username: Option<&str>) -> bool {
+    settings.client(client_id).is_some()
+        && username.is_none_or(|user| settings.users.iter().any(|u| u.username == user))
 }
 
 fn is_live(expires_at: Option<u64>, now: u64) -> bool {
@@ -80,7 +90,9 @@ fn jwt(cx: &IntrospectContext<'_>, token: &str) -> Result<Option<Value>, OAuthEr
     let Some(record) = cx.store.find_access_token(&claims.jti)? else {
         return Ok(None);
     };
-    if record.revoked {
+    if record.revoked
+        || !holder_configured(cx.settings, &record.client_id, record.username.as_deref())
+    {
         return Ok(None);
     }
     let mut answer = access_answer(cx.settings, &record);
@@ -97,7 +109,10 @@ fn opaque(
 ) -> Result<Option<Value>, OAuthError> {
     let hash = tokens::hash_token(token);
     if let Some(record) = cx.store.find_access_token(&hash)? {
-        if record.revoked || !is_live(record.expires_at, cx.now) {
+        if record.revoked
+            || !is_live(record.expires_at, cx.now)
+            || !holder_configured(cx.settings, &record.client_id, record.username.as_deref())
+        {
             return Ok(None);
         }
         return Ok(Some(Value::Object(access_answer(cx.settings, &record))));
@@ -109,6 +124,7 @@ fn opaque(
         || refresh.rotated
         || !is_live(refresh.expires_at, cx.now)
         || refresh.client_id != caller
+        || !holder_configured(cx.settings, &refresh.client_id, refresh.username.as_deref())
     {
         return Ok(None);
     }

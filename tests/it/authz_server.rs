@@ -1122,6 +1122,45 @@ async fn tokens_and_the_signing_key_survive_a_restart() {
     assert!(refreshed["access_token"].is_string());
 }
 
+/// Removing a user or a client from the settings ends their tokens at
+/// introspection, as it already ends their refreshes: a never-expiring
+/// opaque token of a removed client included.
+#[tokio::test]
+async fn introspection_forgets_the_tokens_of_removed_users_and_clients() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
+    let alice = server
+        .token("app", "s3cret/+:&", &password_form("alice", "wonderland"))
+        .await;
+    let bob = server
+        .token("app", "s3cret/+:&", &password_form("bob", "builder"))
+        .await;
+    let forever = server
+        .token(
+            "forever",
+            "forever-secret",
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    for grant in [&alice, &bob, &forever] {
+        let info = server.introspect(str_of(grant, "access_token")).await;
+        assert_eq!(info["active"], true, "{info}");
+    }
+    drop(server);
+
+    let mut fewer = settings(dir.path(), TokenFormat::Opaque);
+    fewer.users.retain(|u| u.username != "alice");
+    fewer.clients.retain(|c| c.client_id != "forever");
+    let server = TestServer::start(fewer, None).await;
+    for grant in [&alice, &forever] {
+        let info = server.introspect(str_of(grant, "access_token")).await;
+        assert_eq!(info, json!({"active": false}));
+    }
+    let info = server.introspect(str_of(&bob, "access_token")).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["username"], "bob");
+}
+
 #[tokio::test]
 async fn webmethods_alias_paths() {
     let dir = tempfile::tempdir().expect("dir");
