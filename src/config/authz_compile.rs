@@ -1,7 +1,8 @@
 //! Compiling `authorization_server:` with the rules of DESIGN: unique client
 //! ids, no public client with client credentials, redirect URIs where the
 //! browser flows need them (https, or http only on loopback), no
-//! never-expiring JWTs, an approval page template that compiles.
+//! never-expiring JWTs, an approval page template that compiles, no
+//! client-credentials client named like a user.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -120,13 +121,30 @@ pub fn compile(
             token_format,
             &known_scopes,
         ) {
+            let at = entry
+                .value
+                .client_id
+                .as_ref()
+                .map(|c| c.referenced)
+                .unwrap_or(entry.referenced);
+            // RFC 9700 §4.15: a client-credentials token's `sub` is the
+            // client id (RFC 9068 §2.2), a user's token's the username;
+            // were they one name, the client's own token would speak for
+            // that user upstream (`userName`) and at introspection.
+            if client.allows(GrantType::ClientCredentials)
+                && users.iter().any(|u| u.username == client.client_id)
+            {
+                ctx.report.error(
+                    at,
+                    format!(
+                        "client_id `{}` of a client_credentials client is also a username: \
+                         its tokens would speak for that user",
+                        client.client_id
+                    ),
+                    "a client_id that no user has",
+                );
+            }
             if !ids.insert(client.client_id.clone()) {
-                let at = entry
-                    .value
-                    .client_id
-                    .as_ref()
-                    .map(|c| c.referenced)
-                    .unwrap_or(entry.referenced);
                 ctx.report.error(
                     at,
                     format!("client_id `{}` is defined twice", client.client_id),

@@ -1378,6 +1378,51 @@ fn a_template_that_does_not_compile_is_a_configuration_error() {
     );
 }
 
+/// RFC 9700 §4.15: a client-credentials token's `sub` is its client id,
+/// which must never be taken for a user's name.
+#[test]
+fn a_client_credentials_client_named_like_a_user_is_a_configuration_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("microgateway.yaml");
+    let named_like_alice = "  - name: Alice's robot\n    client_id: alice\n    \
+                            client_secret: robot-secret\n    grant_types: [client_credentials]\n    \
+                            scopes: [view]\n  - name: Introspector\n";
+    let text = yaml(&Options::default()).replacen("  - name: Introspector\n", named_like_alice, 1);
+    let line = text
+        .lines()
+        .position(|l| l.contains("client_id: alice"))
+        .expect("the client")
+        + 1;
+    std::fs::write(&config, text).expect("write config");
+    let invalid = match microgateway::config::load(&config, &common::Env::new(), 1) {
+        Ok(_) => panic!("a client named like a user was accepted"),
+        Err(invalid) => invalid.to_string(),
+    };
+    assert!(
+        invalid.contains(&format!("{}:{line}:", config.display())),
+        "{invalid}"
+    );
+    assert!(
+        invalid.contains("client_id `alice` of a client_credentials client is also a username"),
+        "{invalid}"
+    );
+    // Without client credentials it gets no token of its own: allowed.
+    let text = yaml(&Options::default()).replacen(
+        "  - name: Introspector\n",
+        &named_like_alice
+            .replace("[client_credentials]", "[authorization_code]")
+            .replace(
+                "    scopes: [view]\n",
+                "    scopes: [view]\n    redirect_uris: [\"https://robot.example/cb\"]\n",
+            ),
+        1,
+    );
+    std::fs::write(&config, text).expect("write config");
+    if let Err(invalid) = microgateway::config::load(&config, &common::Env::new(), 1) {
+        panic!("{invalid}");
+    }
+}
+
 #[tokio::test]
 async fn metadata_advertises_the_authorization_endpoint_and_pkce() {
     let gw = gateway().await;
