@@ -3,7 +3,8 @@
 //! here when [`is_endpoint`] says so.
 //!
 //! Every form endpoint is POST-only (RFC 6749 §3.2), refuses plain HTTP
-//! when `require_https` is set, bounds its body to [`MAX_BODY`], and answers
+//! when `require_https` is set, refuses a secret in its URI (§2.3.1),
+//! bounds its body to [`MAX_BODY`], and answers
 //! with `Cache-Control: no-store`. The authorization endpoint (`authorize`)
 //! answers GET and POST with HTML pages and redirects. Store and Argon2
 //! work run on the blocking pool, never on the reactor: Argon2 on at most
@@ -494,6 +495,11 @@ impl Inner {
         if self.settings.require_https && !ctx.is_https {
             return Err(OAuthError::InvalidRequest("HTTPS is required"));
         }
+        if secret_in_query(req.uri().query()) {
+            return Err(OAuthError::InvalidRequest(
+                "credentials and tokens go in the request body, never in the URI",
+            ));
+        }
         if req.body().len() > MAX_BODY {
             return Err(OAuthError::BodyTooLarge { limit: MAX_BODY });
         }
@@ -628,6 +634,34 @@ impl Inner {
     }
 }
 
+/// Parameters of the form endpoints that carry a secret: a client's
+/// (RFC 6749 §2.3.1: "MUST NOT be included in the request URI"), a
+/// user's password (§4.3.2), a code and its verifier, a refresh token, a
+/// token to introspect or revoke.
+const SECRET_PARAMS: [&str; 6] = [
+    "client_secret",
+    "password",
+    "code",
+    "code_verifier",
+    "refresh_token",
+    "token",
+];
+
+/// Whether a form endpoint's query names a secret parameter (in any
+/// spelling that decodes to it). Such a request is refused rather than
+/// answered from its body alone, so the client learns to stop putting
+/// its secrets where logs and proxies keep URIs. The query is bounded by
+/// the listener's URI limit.
+fn secret_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        query.split('&').any(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            super::form::decode(name.as_bytes())
+                .is_ok_and(|name| SECRET_PARAMS.contains(&name.as_str()))
+        })
+    })
+}
+
 fn allow(req: &Request<Bytes>, methods: &[Method], allow: &'static str) -> Result<(), OAuthError> {
     if methods.contains(req.method()) {
         Ok(())
@@ -732,6 +766,23 @@ mod tests {
         *req.method_mut() = method;
         *req.uri_mut() = path.parse().expect("path");
         req
+    }
+
+    #[test]
+    fn secrets_are_found_in_a_query_in_any_spelling() {
+        for query in [
+            "client_secret=s",
+            "a=1&password=p",
+            "c%6Fde=x",
+            "refresh_token",
+            "x=1&token=t&y",
+        ] {
+            assert!(secret_in_query(Some(query)), "{query}");
+        }
+        for query in ["", "client_id=app", "a=%ff", "scope=token&code_challenge=x"] {
+            assert!(!secret_in_query(Some(query)), "{query}");
+        }
+        assert!(!secret_in_query(None));
     }
 
     #[test]

@@ -1232,6 +1232,56 @@ async fn require_https_refuses_plain_http() {
     assert_eq!(server.get("/oauth2/jwks").await.status, 200);
 }
 
+/// RFC 6749 §2.3.1: client credentials never go in the request URI, nor
+/// does any other secret of these forms; a request that puts one there is
+/// refused, whatever its body holds, and says where they belong.
+#[tokio::test]
+async fn secrets_in_the_query_string_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
+    let cc = [("grant_type", "client_credentials"), ("client_id", "app")];
+    let in_query = server
+        .post("/oauth2/token?client_secret=s3cret%2F%2B%3A%26", &cc)
+        .await;
+    assert_eq!(
+        (in_query.status, in_query.error()),
+        (400, "invalid_request")
+    );
+    assert!(
+        in_query.json["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("URI")),
+        "{}",
+        in_query.json
+    );
+    assert_eq!(in_query.header("cache-control"), Some("no-store"));
+    let granted = server
+        .token("app", "s3cret/+:&", &[("grant_type", "client_credentials")])
+        .await;
+    let token = str_of(&granted, "access_token");
+    for path in [
+        format!("/oauth2/introspect?token={token}"),
+        format!("/oauth2/revoke?t%6Fken={token}"),
+        "/invoke/pub.apigateway.oauth2/getAccessToken?password=wonderland".to_owned(),
+    ] {
+        let reply = server
+            .post_basic(&path, "introspector", "intro-secret", &[("token", token)])
+            .await;
+        assert_eq!(
+            (reply.status, reply.error()),
+            (400, "invalid_request"),
+            "{path}"
+        );
+    }
+    // Nothing was revoked, and the same requests with their secrets in
+    // the body work.
+    assert_eq!(server.introspect(token).await["active"], true);
+    let mut body = cc.to_vec();
+    body.push(("client_secret", "s3cret/+:&"));
+    let in_body = server.post("/oauth2/token?x=1", &body).await;
+    assert_eq!(in_body.status, 200, "{}", in_body.json);
+}
+
 #[tokio::test]
 async fn malformed_requests_are_refused_and_the_next_one_works() {
     let dir = tempfile::tempdir().expect("dir");
