@@ -304,7 +304,6 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
     let echo = ctx.boolean(&up.value.echo, "upstream.echo", false);
     let ca_bundle = up.value.ca_bundle.as_ref().and_then(|at| {
         let path = ctx.path(&at.value.0);
-        ctx.files.push(path.clone());
         let pem = super::listener_compile::read_ca_bundle(ctx, at, &path)?;
         Some(CaBundle {
             path,

@@ -76,20 +76,17 @@ pub fn compile(
         .as_ref()
         .map(|p| (ctx.path(&p.value.0), p.referenced));
     let approval_template = match &approval_page {
-        Some((path, at)) => {
-            ctx.files.push(path.clone());
-            match super::load::read_bounded_text(path) {
-                Ok(text) => approval_template(ctx, path, text),
-                Err(e) => {
-                    ctx.report.error(
-                        *at,
-                        format!("cannot read approval page {}: {e}", path.display()),
-                        "a readable HTML template",
-                    );
-                    None
-                }
+        Some((path, at)) => match ctx.read(path).and_then(super::load::utf8) {
+            Ok(text) => approval_template(ctx, path, text),
+            Err(e) => {
+                ctx.report.error(
+                    *at,
+                    format!("cannot read approval page {}: {e}", path.display()),
+                    "a readable HTML template",
+                );
+                None
             }
-        }
+        },
         None => None,
     };
     let scopes: Vec<ScopeDef> = raw
@@ -408,7 +405,9 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
         Some(p) if p.starts_with("${") || p.starts_with("{encoded}") => Some(
             super::resolve::secret(p, ctx.env, &ctx.base)
                 .map(|(secret, file)| {
-                    ctx.files.extend(file);
+                    if let Some(content) = file {
+                        ctx.note_read(content);
+                    }
                     secret
                 })
                 .map_err(|problem| {
@@ -467,8 +466,8 @@ fn postgres_url(ctx: &mut Ctx, text: &str) -> Result<PostgresStore, String> {
             }
             "sslrootcert" => {
                 let path = ctx.path(&value);
-                ctx.files.push(path.clone());
-                let pem = super::load::read_bounded(&path)
+                let pem = ctx
+                    .read(&path)
                     .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
                 if !String::from_utf8_lossy(&pem).contains("CERTIFICATE-----") {
                     return Err(format!(

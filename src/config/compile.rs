@@ -33,6 +33,7 @@ pub fn compile(
         env,
         base,
         files: vec![source.to_path_buf()],
+        contents: Default::default(),
     };
     let listen = listener_compile::listen(&mut ctx, file);
     let tls = listener_compile::tls(&mut ctx, file, &listen);
@@ -79,6 +80,7 @@ pub fn compile(
         .and_then(|g| fleet_compile::api_gateway(&mut ctx, g, fleet_compile::FILE_KEYS));
     let throttling = super::throttle_compile::throttling(&mut ctx, file.throttling.as_ref());
     let files = std::mem::take(&mut ctx.files);
+    let contents = std::mem::take(&mut ctx.contents);
     if ctx.report.has_errors() {
         return Err(files);
     }
@@ -88,6 +90,7 @@ pub fn compile(
         source: source.to_path_buf(),
         source_text: Arc::from(""),
         files,
+        contents,
         listen,
         tls,
         admin,

@@ -1,10 +1,11 @@
 //! What the section compilers share: [`Ctx`] (typed reads of raw scalars,
-//! every problem reported with its position, the files read on the way)
+//! every problem reported with its position, the files named on the way
+//! and what those read held)
 //! and small helpers for "allowed:" texts, header names and methods.
 //! Imports none of the section compilers; they all import it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use http::{HeaderName, HeaderValue, Method};
 
+use super::contents::{Content, Contents};
 use super::diagnostic::Report;
 use super::raw::{Location, Scalar, S};
 use super::resolve::{self, Env};
@@ -27,10 +29,31 @@ pub struct Ctx<'a> {
     pub report: &'a mut Report,
     pub env: &'a Env,
     pub base: PathBuf,
+    /// The files the configuration names (read or not).
     pub files: Vec<PathBuf>,
+    /// What each file read held when it was read.
+    pub contents: Contents,
 }
 
 impl Ctx<'_> {
+    /// Reads a file the configuration names, within the bound of
+    /// [`read_bounded`](super::load::read_bounded), noting it as named and
+    /// what it held.
+    pub fn read(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = super::load::read_bounded(path);
+        self.note_read(Content::of(path, bytes.as_deref().ok()));
+        bytes
+    }
+
+    /// Notes a file read on the way (a `${file:}` secret) as named, and
+    /// what it held.
+    pub fn note_read(&mut self, content: Content) {
+        if !self.files.contains(&content.path) {
+            self.files.push(content.path.clone());
+        }
+        self.contents.note(content);
+    }
+
     pub(super) fn at<T>(value: &S<T>) -> Location {
         value.referenced
     }
@@ -123,7 +146,9 @@ impl Ctx<'_> {
     pub fn secret(&mut self, value: &S<Scalar>, key: &str) -> Option<Secret> {
         match resolve::secret(&value.value.0, self.env, &self.base) {
             Ok((secret, file)) => {
-                self.files.extend(file);
+                if let Some(content) = file {
+                    self.note_read(content);
+                }
                 if resolve::encoded_with_line_break(&value.value.0, &secret) {
                     self.report.warning(
                         Self::at(value),

@@ -106,6 +106,7 @@ pub fn download_flags(
         env,
         base: PathBuf::from("."),
         files: Vec::new(),
+        contents: Default::default(),
     };
     let entry = S::new(section, Location::UNKNOWN, Location::UNKNOWN);
     let settings = api_gateway(&mut ctx, &entry, FLAG_KEYS);
@@ -141,6 +142,7 @@ pub fn api_gateway_only(
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(".")),
         files: Vec::new(),
+        contents: Default::default(),
     };
     let entry = file.api_gateway.as_ref()?;
     api_gateway(&mut ctx, entry, FILE_KEYS)

@@ -112,6 +112,8 @@ pub(super) fn tls(ctx: &mut Ctx, file: &raw::File, listen: &Listen) -> Option<Tl
     let key = ctx.required(&section.value.key, at, "tls.key")?;
     let certificate_path = ctx.path(&cert.value.0);
     let key_path = ctx.path(&key.value.0);
+    // Both named before either is read: while a refused certificate is
+    // being fixed, a new key is a change to watch for too.
     ctx.files.push(certificate_path.clone());
     ctx.files.push(key_path.clone());
     let certificate_pem = read_pem(ctx, cert, &certificate_path, "CERTIFICATE")?;
@@ -159,7 +161,6 @@ fn client_ca(ctx: &mut Ctx, section: &raw::Tls) -> Option<Option<ClientCa>> {
         return Some(None);
     };
     let path = ctx.path(&ca.value.0);
-    ctx.files.push(path.clone());
     let pem = read_ca_bundle(ctx, ca, &path)?;
     Some(Some(ClientCa {
         path,
@@ -192,7 +193,7 @@ pub(super) fn read_ca_bundle<T>(ctx: &mut Ctx, at: &S<T>, path: &Path) -> Option
 }
 
 pub(super) fn read_pem<T>(ctx: &mut Ctx, at: &S<T>, path: &Path, label: &str) -> Option<Vec<u8>> {
-    match super::load::read_bounded(path) {
+    match ctx.read(path) {
         Ok(bytes) if String::from_utf8_lossy(&bytes).contains(&format!("{label}-----")) => {
             Some(bytes)
         }

@@ -76,7 +76,12 @@ pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// [`read_bounded`], as UTF-8 text.
 pub fn read_bounded_text(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read_bounded(path)?)
+    utf8(read_bounded(path)?)
+}
+
+/// The bytes of a file read, as UTF-8 text.
+pub fn utf8(bytes: Vec<u8>) -> std::io::Result<String> {
+    String::from_utf8(bytes)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 

@@ -3,7 +3,8 @@
 //! `security_compile`, `application_compile`, `api_compile` (with
 //! `authentication_compile`, `cors_compile`, `response_compile` and
 //! `throttle_compile`), `authz_compile`, `fleet_compile`, all
-//! sharing `context`, which imports none of them) into
+//! sharing `context`, which imports none of them and notes what each file
+//! read held in `contents`) into
 //! an immutable [`Snapshot`] with a generation number.
 //! `signing_key` parses the authorization server's key for both
 //! `authz_compile` and the server itself.
@@ -16,6 +17,7 @@ pub mod authentication_compile;
 pub mod authz;
 pub mod authz_compile;
 pub mod compile;
+pub mod contents;
 pub mod context;
 pub mod cors_compile;
 pub mod diagnostic;
@@ -174,6 +176,9 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
     });
     match snapshot {
         Ok(mut snapshot) => {
+            snapshot
+                .contents
+                .note(contents::Content::of(path, Some(text.as_bytes())));
             snapshot.source_text = Arc::from(text);
             Ok(Loaded {
                 snapshot,

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use super::load::read_bounded_text;
+use super::contents::Content;
+use super::load::{read_bounded, utf8};
 use super::raw::{self, Location, Scalar, S};
 use super::Secret;
 
@@ -133,14 +134,15 @@ fn reference(text: &str) -> Result<Option<Reference<'_>>, SecretProblem> {
 
 /// Resolves a secret written as `{encoded}BASE64`, `${env:NAME}`,
 /// `${file:/path}` or in clear; a value starting with `${` (spaces aside)
-/// must be one of the two references. Returns the file it read, if any.
+/// must be one of the two references. Returns the file it read, if any,
+/// as it read it.
 /// A secret that is empty or only whitespace, from any source, is an
 /// error: it would let anyone in who sends that much.
 pub fn secret(
     text: &str,
     env: &Env,
     base: &Path,
-) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+) -> Result<(Secret, Option<Content>), SecretProblem> {
     let (secret, file) = written_secret(text, env, base)?;
     if secret.expose().trim().is_empty() {
         return Err(SecretProblem::Blank);
@@ -159,7 +161,7 @@ fn written_secret(
     text: &str,
     env: &Env,
     base: &Path,
-) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+) -> Result<(Secret, Option<Content>), SecretProblem> {
     if text.starts_with("****") {
         return Err(SecretProblem::Masked);
     }
@@ -181,7 +183,7 @@ fn written_secret(
     }
 }
 
-fn env_secret(name: &str, env: &Env) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+fn env_secret(name: &str, env: &Env) -> Result<(Secret, Option<Content>), SecretProblem> {
     let value = env
         .get(name)
         .ok_or_else(|| SecretProblem::MissingEnv(name.to_owned()))?;
@@ -216,16 +218,19 @@ pub fn referenced_env(text: &str) -> Option<&str> {
     }
 }
 
-fn file_secret(file: &str, base: &Path) -> Result<(Secret, Option<PathBuf>), SecretProblem> {
+fn file_secret(file: &str, base: &Path) -> Result<(Secret, Option<Content>), SecretProblem> {
     let path = relative(base, file);
-    let value = read_bounded_text(&path)
-        .map_err(|e| SecretProblem::Unreadable(path.display().to_string(), e.to_string()))?;
+    let unreadable =
+        |e: std::io::Error| SecretProblem::Unreadable(path.display().to_string(), e.to_string());
+    let bytes = read_bounded(&path).map_err(unreadable)?;
+    let content = Content::of(&path, Some(&bytes));
+    let value = utf8(bytes).map_err(unreadable)?;
     // Editors end a file with a line break that is no part of the secret.
     let value = value.trim_end_matches(['\n', '\r']).to_owned();
     if value.is_empty() {
         return Err(SecretProblem::EmptyFile(path.display().to_string()));
     }
-    Ok((Secret::new(value), Some(path)))
+    Ok((Secret::new(value), Some(content)))
 }
 
 /// A path as written, relative to the configuration file's directory.

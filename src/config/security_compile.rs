@@ -182,7 +182,6 @@ pub(super) fn local_introspection(
     }
     let trust_store = raw.trust_store_alias.as_ref().and_then(|at| {
         let path = ctx.path(at.value.as_ref()?);
-        ctx.files.push(path.clone());
         let pem = super::listener_compile::read_ca_bundle(ctx, at, &path)?;
         Some(CaBundle {
             path,

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use super::authz;
+use super::contents::Contents;
 use super::Secret;
 pub use crate::metrics::ApiMetrics;
 
@@ -30,6 +31,10 @@ pub struct Snapshot {
     pub source_text: Arc<str>,
     /// Every file the configuration names (watched for changes).
     pub files: Vec<PathBuf>,
+    /// What `source` (the text compiled) and each file of `files` held
+    /// when this snapshot was compiled from them: whether the files on
+    /// disk are still what serves is a comparison with these.
+    pub contents: Contents,
     pub listen: Listen,
     pub tls: Option<TlsMaterial>,
     pub admin: Admin,
