@@ -14,6 +14,10 @@
 //! refused or half-written edit on disk cannot block it or ride in with it.
 //! A local reload that applies lets the central link ask again for a
 //! download refused against the file before.
+//! Whoever asked, the snapshot swapped in notes what each file held as
+//! its compilation read it (`Snapshot::contents`): the file watcher
+//! compares the files on disk with that, so a file written after a reload
+//! read it is a change, whichever source the reload came from.
 //!
 //! A reload blocks: it reads files, compiles, may open SQLite and generate
 //! keys, and takes a std mutex. Async callers run it on the blocking pool

@@ -7,18 +7,31 @@
 //! over the old one, and a watch on the file itself would be lost either way.
 //! Events are filtered by file name (plus `..data`), debounced until the
 //! directory has been quiet for [`QUIET`], and then the content of all the
-//! files is hashed until two readings [`SETTLE`] apart agree. Only content
-//! that differs from what was last acted upon triggers a reload, so a save
-//! without changes does not create a generation, while a changed
-//! certificate or secret does even when the configuration text is the same.
-//! The configuration compiled is the text of the settled reading, never a
+//! files is hashed until two readings [`SETTLE`] apart agree. The settled
+//! reading is compared with what the *serving snapshot* was compiled from
+//! (`Snapshot::contents`, noted by the loader as it read each file, the
+//! configuration text included), never with what the watcher itself read
+//! last: a file written after a reload read it, whoever asked for that
+//! reload (the watcher, SIGHUP, REST, a central's download), is a change,
+//! however soon after the reload it was written. So a save without
+//! changes does not create a generation, while a changed certificate or
+//! secret does even when the configuration text is the same. The
+//! configuration compiled is the text of the settled reading, never a
 //! fresh read that could catch the next writer halfway.
 //!
-//! A refused configuration keeps the files it names watched too (with
-//! those of the serving snapshot) until the file is reloaded again: a
-//! secret or a certificate it names that is written after it, as a
-//! Kubernetes Secret volume may be after its ConfigMap, is the change that
-//! makes it valid, and is taken at once.
+//! After a reload from another source the watcher follows the files the
+//! new snapshot names and compares them with it at once: a file changed
+//! between that reload's read and the watch on its directory sends no
+//! event. It does the same when it starts, for a change made while the
+//! first snapshot was compiled.
+//!
+//! A refused configuration is not tried again while the files hold what it
+//! was refused for (a refused reading is remembered apart from what
+//! serves, and no snapshot is taken as compiled from it). It keeps the
+//! files it names watched too (with those of the serving snapshot) until
+//! the file is reloaded again: a secret or a certificate it names that is
+//! written after it, as a Kubernetes Secret volume may be after its
+//! ConfigMap, is the change that makes it valid, and is taken at once.
 //!
 //! A configuration file that is missing or empty is taken as a save in
 //! progress (deleted then recreated, truncated then written) and waited for;
@@ -39,10 +52,11 @@ use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
-use sha2::{Digest, Sha256};
 
+use super::reading::{calls_for_reload, read_files, Reading, Refused};
 use super::reloader::Reloader;
 use super::swap::Source;
+use crate::config::contents::Contents;
 
 /// How long the watched directories must be quiet before the files are read.
 pub const QUIET: Duration = Duration::from_millis(100);
@@ -54,7 +68,8 @@ const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 /// next event starts over).
 const MAX_SETTLE_TRIES: usize = 40;
 /// How often an idle watcher looks for reloads from other sources (signal,
-/// REST, central) that may name other files.
+/// REST, central): they may name other files, and the files may have
+/// changed since they were read.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The name Kubernetes gives the symlink it swaps on a ConfigMap update.
 const CONFIGMAP_DATA: &str = "..data";
@@ -90,9 +105,8 @@ impl Watcher {
         // the runtime that started the gateway.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut watch = Watch {
-            last_seen: read_files(&watched_files(&reloader, &[])).hash,
             generation: reloader.live.generation(),
-            refused_files: Vec::new(),
+            refused: None,
             reloader,
             notify,
             watched: BTreeSet::new(),
@@ -104,7 +118,10 @@ impl Watcher {
             .name("config-watcher".into())
             .spawn(move || {
                 let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
-                watch.run();
+                // Watched from here on; changed since the snapshot was read?
+                if watch.recheck().is_ok() {
+                    watch.run();
+                }
             })
             .map_err(WatchError::Thread)?;
         Ok(Watcher {
@@ -138,13 +155,11 @@ struct Watch {
     watched: BTreeSet<PathBuf>,
     /// File names whose events matter.
     interest: BTreeSet<OsString>,
-    /// Hash of the content last acted upon (applied or refused).
-    last_seen: [u8; 32],
     /// Generation the watched set was computed for.
     generation: u64,
-    /// The files the configuration last refused from the file names (none
-    /// once one is applied).
-    refused_files: Vec<PathBuf>,
+    /// The last reload of the file, when it was refused (none once one
+    /// applies).
+    refused: Option<Refused>,
 }
 
 impl Watch {
@@ -153,13 +168,9 @@ impl Watch {
             let outcome = match self.rx.recv_timeout(IDLE_TICK) {
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Message::Changed(event)) if self.matters(&event) => self.debounce(),
-                Ok(Message::Changed(_)) => Ok(()),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.follow_other_reloads();
-                    Ok(())
-                }
+                Ok(Message::Changed(_)) | Err(RecvTimeoutError::Timeout) => Ok(()),
             };
-            if outcome.is_err() {
+            if outcome.and_then(|()| self.follow_other_reloads()).is_err() {
                 return;
             }
         }
@@ -193,14 +204,15 @@ impl Watch {
         self.check()
     }
 
-    /// Reloads when the settled content differs from what was last seen.
+    /// Reloads when the settled content is not what the serving snapshot
+    /// was compiled from (nor what was last refused).
     fn check(&mut self) -> Result<(), Stopped> {
-        let files = watched_files(&self.reloader, &self.refused_files);
+        let files = watched_files(&self.reloader, self.refused_files());
         let Some(reading) = self.settle(&files)? else {
             tracing::warn!("configuration files keep changing; waiting for the next change");
             return Ok(());
         };
-        if reading.hash == self.last_seen {
+        if !self.calls_for_reload(&reading.contents) {
             tracing::debug!("configuration files unchanged");
             return Ok(());
         }
@@ -214,20 +226,35 @@ impl Watch {
                 return Ok(());
             }
         };
-        self.last_seen = reading.hash;
         // Logged, counted and shown in status by `reload`; on error the last
-        // good snapshot keeps serving.
+        // good snapshot keeps serving. An applied snapshot holds what its
+        // compilation read, which may be newer than this reading.
         let reloaded = match String::from_utf8(text) {
             Ok(text) => self.reloader.reload_text(Source::File, &text),
             // Read again by `reload`, which says what is wrong with the file.
             Err(_) => self.reloader.reload(Source::File),
         };
-        self.refused_files = match reloaded {
-            Ok(_) => Vec::new(),
-            Err(invalid) => invalid.files,
+        self.refused = match reloaded {
+            Ok(_) => None,
+            Err(invalid) => Some(Refused::new(reading.contents, invalid.files)),
         };
         self.follow_files();
         Ok(())
+    }
+
+    /// Whether the files, read as `reading`, call for a reload (see
+    /// [`calls_for_reload`]).
+    fn calls_for_reload(&self, reading: &Contents) -> bool {
+        calls_for_reload(
+            reading,
+            &self.reloader.live.snapshot(),
+            self.refused.as_ref(),
+        )
+    }
+
+    /// The files the configuration last refused names.
+    fn refused_files(&self) -> &[PathBuf] {
+        self.refused.as_ref().map_or(&[], |refused| &refused.files)
     }
 
     /// Reads `files` until two readings `SETTLE` apart agree.
@@ -236,7 +263,7 @@ impl Watch {
         for _ in 0..MAX_SETTLE_TRIES {
             self.pause(SETTLE)?;
             let current = read_files(files);
-            if current.hash == previous.hash {
+            if current.contents == previous.contents {
                 return Ok(Some(current));
             }
             previous = current;
@@ -262,19 +289,31 @@ impl Watch {
     }
 
     /// After a reload from another source, watch the files the new snapshot
-    /// names and take its content as seen.
-    fn follow_other_reloads(&mut self) {
-        if self.reloader.live.generation() != self.generation {
-            self.last_seen = read_files(&watched_files(&self.reloader, &self.refused_files)).hash;
-            self.follow_files();
+    /// names, and reload if they no longer hold what it was compiled from.
+    fn follow_other_reloads(&mut self) -> Result<(), Stopped> {
+        if self.reloader.live.generation() == self.generation {
+            return Ok(());
         }
+        self.follow_files();
+        self.recheck()
+    }
+
+    /// Checks the files (settled) when one reading of them calls for a
+    /// reload: what no event announced, such as a change made before the
+    /// directory was watched, is found too.
+    fn recheck(&mut self) -> Result<(), Stopped> {
+        let reading = read_files(&watched_files(&self.reloader, self.refused_files()));
+        if self.calls_for_reload(&reading.contents) {
+            self.check()?;
+        }
+        Ok(())
     }
 
     /// Watches exactly the directories of the serving snapshot's files,
     /// and of those the configuration last refused names.
     fn follow_files(&mut self) {
         self.generation = self.reloader.live.generation();
-        let (dirs, interest) = watch_set(&watched_files(&self.reloader, &self.refused_files));
+        let (dirs, interest) = watch_set(&watched_files(&self.reloader, self.refused_files()));
         for gone in self.watched.difference(&dirs) {
             if let Err(error) = self.notify.unwatch(gone) {
                 tracing::debug!(dir = %gone.display(), %error, "cannot unwatch");
@@ -363,50 +402,6 @@ fn touches(interest: &BTreeSet<OsString>, paths: &[PathBuf]) -> bool {
             .any(|name| interest.contains(name))
 }
 
-/// One reading of the watched files.
-struct Reading {
-    /// SHA-256 over each file's path and content (a missing file hashes
-    /// differently from an empty one).
-    hash: [u8; 32],
-    /// The content of the first file, the configuration, if readable.
-    config: Option<Vec<u8>>,
-}
-
-fn read_files(files: &[PathBuf]) -> Reading {
-    let mut hasher = Sha256::new();
-    let mut config = None;
-    for (index, file) in files.iter().enumerate() {
-        hasher.update(file.as_os_str().as_encoded_bytes());
-        hasher.update([0]);
-        match read_bounded(file) {
-            Ok(content) => {
-                hasher.update([1]);
-                hasher.update((content.len() as u64).to_be_bytes());
-                hasher.update(&content);
-                if index == 0 {
-                    config = Some(content);
-                }
-            }
-            Err(_) => hasher.update([0]),
-        }
-    }
-    Reading {
-        hash: hasher.finalize().into(),
-        config,
-    }
-}
-
-/// Reads at most one byte more than the loader accepts (enough for it to
-/// say the file is too large).
-fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut content = Vec::new();
-    std::fs::File::open(path)?
-        .take(crate::config::load::MAX_FILE_BYTES + 1)
-        .read_to_end(&mut content)?;
-    Ok(content)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,24 +468,5 @@ mod tests {
         let (dirs, interest) = watch_set(&[link]);
         assert_eq!(dirs.len(), 2);
         assert!(interest.contains(&OsString::from("target.yaml")));
-    }
-
-    #[test]
-    fn hash_tells_missing_from_empty_and_follows_content() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("secret");
-        let hash = |file: &PathBuf| read_files(std::slice::from_ref(file)).hash;
-        let missing = hash(&file);
-        std::fs::write(&file, "").expect("write");
-        let empty = hash(&file);
-        std::fs::write(&file, "a").expect("write");
-        let a = hash(&file);
-        assert_ne!(missing, empty);
-        assert_ne!(empty, a);
-        assert_eq!(a, hash(&file));
-        assert_eq!(
-            read_files(&[file.clone(), dir.path().join("other")]).config,
-            Some(b"a".to_vec())
-        );
     }
 }
