@@ -645,6 +645,92 @@ async fn rest_reload_applies_at_once_and_reports_refusals() {
     gw.shutdown().await;
 }
 
+/// Waits until the echo upstream sees `X-Mode: {expected}`.
+async fn serves(gw: &Gateway, expected: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = mode(gw).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{expected}` never served (serving `{now}`, generation {})",
+            gw.state().live.generation()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A reload on demand reads the file as it is then; the file written
+/// again right after, before the watcher looked (here back to what the
+/// watcher saw at the start), is loaded too: the watcher compares the
+/// files with what the serving snapshot was compiled from, not with what
+/// it read itself.
+#[tokio::test]
+async fn a_file_edited_right_after_a_rest_reload_is_loaded() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    gw.write_config(&echo_yaml("beta"));
+    let resp = gw
+        .client
+        .post(gw.admin_url("/rest/microgateway/reload"))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(resp.status(), 200);
+    gw.write_config(&echo_yaml("alpha"));
+    serves(&gw, "alpha").await;
+    assert!(gw.state().live.generation() >= 3);
+    gw.shutdown().await;
+}
+
+/// The watcher settles on the files, then waits for the reload in
+/// progress (the test holds it); meanwhile the secret is written, so the
+/// compilation reads the new one. Written back after that, the secret is
+/// what the watcher had settled on, but not what serves: it is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test thread holds the reload lock while the watcher queues behind it"
+)]
+async fn a_secret_written_while_a_reload_waits_is_followed_to_its_last_content() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("backend.secret");
+    std::fs::write(&secret, "one\n").expect("secret");
+    let gw = start_in(dir, &secret_yaml(&upstream)).await;
+    let live = gw.state().live.clone();
+
+    let in_progress = live.one_reload_at_a_time();
+    gw.write_config(&secret_yaml(&upstream).replace(r#""GET /a""#, r#""GET /a", "GET /b""#));
+    let queued = Instant::now() + DEADLINE;
+    while live.reloads_waiting() == 0 {
+        assert!(Instant::now() < queued, "the watcher never reloaded");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::fs::write(&secret, "two\n").expect("secret");
+    drop(in_progress);
+    applied(&gw, 2).await;
+    assert_eq!(
+        upstream_authorization(&gw, &upstream).await,
+        basic("svc", "two")
+    );
+
+    std::fs::write(&secret, "one\n").expect("secret");
+    let deadline = Instant::now() + DEADLINE;
+    while upstream_authorization(&gw, &upstream).await != basic("svc", "one") {
+        assert!(
+            Instant::now() < deadline,
+            "the secret written back never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.get("/travels/b").await.status(), 200);
+    drop(live);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn thousand_reloads_leave_no_old_snapshot_behind() {
     let gw = Gateway::start(&echo_yaml("alpha")).await;
