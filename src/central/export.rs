@@ -1,6 +1,9 @@
-//! The central role's export: the `security_settings`, `scope_mappings` and
-//! `apis` of this instance's own configuration file, as YAML in the
-//! configuration schema, so the document is a valid configuration on its own.
+//! The central role's export: the `security_settings`, `scope_mappings`,
+//! `apis` and `applications` of this instance's own configuration file, as
+//! YAML in the configuration schema, so the document is a valid
+//! configuration on its own. `applications` is left out when there are
+//! none, so that a downstream that knows only the first three sections
+//! follows a central without applications.
 //!
 //! The source is the text the serving snapshot was compiled from (never the
 //! file as it is now on disk, which may hold a refused change). Secrets are
@@ -44,7 +47,7 @@ pub enum ExportError {
     Render(String),
 }
 
-/// The three exported sections, secrets in clear.
+/// The exported sections, secrets in clear.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tree(Value);
 
@@ -78,6 +81,7 @@ fn tree_of(source: &Path, text: &str, env: &Env) -> Result<Tree, ExportError> {
     let mut aliases = take_list(config.get_mut("security_settings"), "aliases");
     let scope_mappings = take_list(Some(&mut config), "scope_mappings");
     let mut apis = take_list(Some(&mut config), "apis");
+    let mut applications = take_list(Some(&mut config), "applications");
     let clear = |value: Option<&mut Value>, key: &str| reveal(value, key, env, &base);
     for server in &mut auth_servers {
         let remote = server.get_mut("remoteIntrospectionConfig");
@@ -96,10 +100,18 @@ fn tree_of(source: &Path, text: &str, env: &Env) -> Result<Tree, ExportError> {
             .and_then(|p| p.get_mut("outbound_auth"));
         clear(outbound.and_then(|o| o.get_mut("password")), "password")?;
     }
+    for application in &mut applications {
+        if let Some(Value::Array(keys)) = application.get_mut("api_keys") {
+            for key in keys {
+                clear(Some(key), "api_keys")?;
+            }
+        }
+    }
     Ok(Tree(json!({
         "security_settings": { "auth_servers": auth_servers, "aliases": aliases },
         "scope_mappings": scope_mappings,
         "apis": apis,
+        "applications": applications,
     })))
 }
 
@@ -127,10 +139,11 @@ fn reveal(value: Option<&mut Value>, key: &str, env: &Env, base: &Path) -> Resul
 }
 
 impl Tree {
-    /// Only the APIs named in `apis` (all when empty), and the scope
+    /// Only the APIs named in `apis` (all when empty), the scope
     /// mappings' API scopes of those APIs (a mapping left with none is
-    /// dropped), by the rule of [`Selection`]. Security settings are kept
-    /// whole.
+    /// dropped), and the applications' subscriptions and API scopes of
+    /// those APIs (an application left with no subscription is dropped),
+    /// by the rule of [`Selection`]. Security settings are kept whole.
     pub fn filter(&self, apis: &[String]) -> Tree {
         let selection = Selection::of(apis);
         if selection == Selection::All {
@@ -148,6 +161,17 @@ impl Tree {
                 _ => true,
             });
         }
+        if let Some(Value::Array(applications)) = tree.get_mut("applications") {
+            applications.retain_mut(|application| {
+                if let Some(Value::Array(api_scopes)) = application.get_mut("api_scopes") {
+                    selection.keep_api_scopes(api_scopes, Value::as_str);
+                }
+                match application.get_mut("apis") {
+                    Some(Value::Array(apis)) => selection.keep_subscriptions(apis, Value::as_str),
+                    _ => true,
+                }
+            });
+        }
         Tree(tree)
     }
 
@@ -159,11 +183,17 @@ impl Tree {
             security_settings: &'a Value,
             scope_mappings: &'a Value,
             apis: &'a Value,
+            #[serde(skip_serializing_if = "none")]
+            applications: &'a Value,
+        }
+        fn none(list: &&Value) -> bool {
+            list.as_array().is_none_or(Vec::is_empty)
         }
         let sections = Sections {
             security_settings: &self.0["security_settings"],
             scope_mappings: &self.0["scope_mappings"],
             apis: &self.0["apis"],
+            applications: &self.0["applications"],
         };
         let yaml =
             serde_saphyr::to_string(&sections).map_err(|e| ExportError::Render(e.to_string()))?;
@@ -365,6 +395,57 @@ apis: [{ name: One }, { name: Two }]
             Some(1)
         );
         assert_eq!(all.filter(&[]), all);
+    }
+
+    #[test]
+    fn filter_keeps_the_applications_of_named_apis_and_only_their_part() {
+        let all = tree(
+            r#"
+security_settings: { auth_servers: [], aliases: [] }
+scope_mappings: []
+apis: [{ name: One }, { name: Two }]
+applications:
+- { name: both, apis: ["One:1.0", "Two"], api_scopes: ["One:View", "Two:View"] }
+- { name: two, apis: ["Two"] }
+- { name: everywhere, client_ids: [c] }
+"#,
+        );
+        let one = all.filter(&["One".to_owned()]);
+        assert_eq!(
+            one.as_value()["applications"],
+            json!([
+                { "name": "both", "apis": ["One:1.0"], "api_scopes": ["One:View"] },
+                { "name": "everywhere", "client_ids": ["c"] },
+            ])
+        );
+    }
+
+    /// A central without applications sends the three sections a
+    /// downstream that knows no more of them reads.
+    #[test]
+    fn applications_are_exported_with_their_keys_in_clear_and_only_when_there_are_some() {
+        let path = Path::new("/etc/microgateway/microgateway.yaml");
+        let env = Env::from([("PARTNER_KEY".to_owned(), "k-123".to_owned())]);
+        let source = r#"
+applications:
+- { name: Partner, api_keys: ["${env:PARTNER_KEY}", "{encoded}a2V5LTI="], apis: [] }
+"#;
+        let body = tree_of(path, source, &env)
+            .expect("tree")
+            .render()
+            .expect("render")
+            .body;
+        let read: Value = serde_saphyr::from_str(&body).expect("YAML");
+        assert_eq!(
+            read["applications"][0]["api_keys"],
+            json!(["k-123", "key-2"])
+        );
+        let body = tree_of(path, "apis: []\n", &env)
+            .expect("tree")
+            .render()
+            .expect("render")
+            .body;
+        assert!(!body.contains("applications"), "{body}");
     }
 
     /// Each value reaches a downstream as the text the central reads: as

@@ -1,12 +1,14 @@
 //! Merging a downloaded document over the local file, on the raw model (so
 //! the local entries keep their file positions for diagnostics). Downloaded
 //! entries win: auth servers by `id`, aliases by `name`, scope mappings by
-//! `(auth_server, scope)`, APIs by `(name, version)`. `download_settings`
-//! takes the security settings and scope mappings, `download_apis` the APIs;
-//! nothing else of the download is used. Of the APIs and scope mappings,
-//! only what the file's own `apis:` selects is taken, by the rule the
-//! central's export filter applies (`selection`), whatever the document
-//! holds. Pure: no I/O, no validation (the merged file is compiled like
+//! `(auth_server, scope)`, APIs by `(name, version)`, applications by
+//! `name`. `download_settings` takes the security settings and scope
+//! mappings, `download_apis` the APIs and the applications that call them;
+//! nothing else of the download is used. Of the APIs, scope mappings and
+//! applications, only what the file's own `apis:` selects is taken, by the
+//! rule the central's export filter applies (`selection`), whatever the
+//! document holds, and of the mappings and applications only the parts
+//! that name APIs the merged file serves. Pure: no I/O, no validation (the merged file is compiled like
 //! any other), except the one rule only the merge can judge, since only it
 //! knows which entry came from where: the downloaded APIs that name an
 //! alias of the local file are returned ([`Borrowed`]; `trust` refuses
@@ -23,6 +25,7 @@ use crate::config::resolve;
 pub struct Flags {
     /// Auth servers, aliases and scope mappings.
     pub settings: bool,
+    /// APIs and applications.
     pub apis: bool,
 }
 
@@ -85,6 +88,7 @@ pub fn merge(
         security_settings,
         scope_mappings,
         apis,
+        applications,
         ..
     } = downloaded;
     let mut borrowed = Vec::new();
@@ -103,6 +107,29 @@ pub fn merge(
         borrowed = borrowed_aliases(&taken, &local.security_settings.aliases, own);
         upsert(&mut local.apis, taken, api_key);
     }
+    let served = Selection::Only(
+        local
+            .apis
+            .iter()
+            .filter_map(|a| text(&a.value.name))
+            .collect::<HashSet<String>>(),
+    );
+    if flags.apis {
+        // An application keeps what names the APIs taken and served: a
+        // subscription to an API this gateway does not serve would make
+        // the merged file invalid.
+        let applications = applications.into_iter().filter_map(|mut application| {
+            let named = &mut application.value;
+            selection.keep_api_scopes(&mut named.api_scopes, listed);
+            served.keep_api_scopes(&mut named.api_scopes, listed);
+            let kept = selection.keep_subscriptions(&mut named.apis, listed)
+                && served.keep_subscriptions(&mut named.apis, listed);
+            kept.then_some(application)
+        });
+        upsert(&mut local.applications, applications, |application| {
+            text(&application.name)
+        });
+    }
     if flags.settings {
         upsert(
             &mut local.security_settings.auth_servers,
@@ -114,17 +141,10 @@ pub fn merge(
             security_settings.aliases,
             |alias| text(&alias.name),
         );
-        let served = Selection::Only(
-            local
-                .apis
-                .iter()
-                .filter_map(|a| text(&a.value.name))
-                .collect::<HashSet<String>>(),
-        );
         let mappings = scope_mappings.into_iter().filter_map(|mut mapping| {
             let api_scopes = &mut mapping.value.api_scopes;
-            let kept = selection.keep_api_scopes(api_scopes, api_scope)
-                && served.keep_api_scopes(api_scopes, api_scope);
+            let kept = selection.keep_api_scopes(api_scopes, listed)
+                && served.keep_api_scopes(api_scopes, listed);
             kept.then_some(mapping)
         });
         upsert(&mut local.scope_mappings, mappings, |mapping| {
@@ -197,8 +217,8 @@ fn upsert<T, K: PartialEq>(
     }
 }
 
-fn api_scope(api_scope: &S<String>) -> Option<&str> {
-    Some(&api_scope.value)
+fn listed(entry: &S<String>) -> Option<&str> {
+    Some(&entry.value)
 }
 
 fn text(value: &Option<S<String>>) -> Option<String> {
@@ -346,6 +366,56 @@ apis:
                 ("book".to_owned(), vec!["Remote:Book".to_owned()]),
             ]
         );
+    }
+
+    #[test]
+    fn applications_merge_by_name_with_what_names_served_apis_only() {
+        let mut local = parse(&format!(
+            "{LOCAL}applications:\n- {{ name: Mine, apis: [Local] }}\n- {{ name: Partner, apis: [Local] }}\n"
+        ));
+        let downloaded = parse(&format!(
+            r#"{DOWNLOADED}
+applications:
+- {{ name: Partner, apis: ["Remote:1.0", Gone], api_scopes: ["Remote:Book", "Gone:View"] }}
+- {{ name: Elsewhere, apis: [Gone] }}
+- {{ name: Anywhere, client_ids: [c] }}
+"#
+        ));
+        merge(&mut local, downloaded, BOTH, &Selection::All);
+        let shown: Vec<(String, Vec<String>, Vec<String>)> = local
+            .applications
+            .iter()
+            .map(|a| {
+                let list = |l: &[S<String>]| l.iter().map(|e| e.value.clone()).collect();
+                let name = text(&a.value.name).unwrap_or_default();
+                (name, list(&a.value.apis), list(&a.value.api_scopes))
+            })
+            .collect();
+        let entry = |name: &str, apis: &[&str], scopes: &[&str]| {
+            let owned = |l: &[&str]| l.iter().map(|e| (*e).to_owned()).collect();
+            (name.to_owned(), owned(apis), owned(scopes))
+        };
+        assert_eq!(
+            shown,
+            [
+                entry("Mine", &["Local"], &[]),
+                entry("Partner", &["Remote:1.0"], &["Remote:Book"]),
+                entry("Anywhere", &[], &[]),
+            ]
+        );
+        // Without `download_apis`, the applications are the file's own.
+        let mut local = parse(&format!(
+            "{LOCAL}applications:\n- {{ name: Mine, apis: [Local] }}\n"
+        ));
+        let downloaded = parse(&format!(
+            "{DOWNLOADED}applications:\n- {{ name: Anywhere }}\n"
+        ));
+        let settings = Flags {
+            settings: true,
+            apis: false,
+        };
+        merge(&mut local, downloaded, settings, &Selection::All);
+        assert_eq!(local.applications.len(), 1);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! central filters its export by it, and a downstream filters what it
 //! downloaded (or cached) by its own `apis:` again, whatever it was sent.
 //! A scope mapping keeps the API scopes (`API name:scope`) of the APIs
-//! taken; one left with none is dropped, one that named none is kept.
+//! taken; one left with none is dropped, one that named none is kept. An
+//! application keeps its subscriptions (`name`, `name:version`) to APIs
+//! taken; one left with none is dropped, one that had none is kept.
 
 use std::collections::HashSet;
 
@@ -48,6 +50,28 @@ impl Selection {
         });
         !api_scopes.is_empty()
     }
+
+    /// Keeps in an application's subscriptions (`name` or
+    /// `name:version`, `text` reads one) those to APIs taken; false when
+    /// the application is to be dropped (it subscribed, to none taken).
+    pub fn keep_subscriptions<T>(
+        &self,
+        apis: &mut Vec<T>,
+        text: impl Fn(&T) -> Option<&str>,
+    ) -> bool {
+        if *self == Selection::All || apis.is_empty() {
+            return true;
+        }
+        apis.retain(|api| {
+            text(api).is_some_and(|named| {
+                self.takes(Some(named))
+                    || named
+                        .rsplit_once(':')
+                        .is_some_and(|(name, _)| self.takes(Some(name)))
+            })
+        });
+        !apis.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -78,5 +102,20 @@ mod tests {
         assert!(!one.keep_api_scopes(&mut others, |s| Some(s.as_str())));
         let mut none: Vec<String> = Vec::new();
         assert!(one.keep_api_scopes(&mut none, |s| Some(s.as_str())));
+    }
+
+    #[test]
+    fn named_apis_keep_the_subscriptions_to_them_by_name_or_version() {
+        let one = Selection::of(&names(&["One", "Time travels"]));
+        let mut apis = names(&["One:2.0", "Two", "Time travels", "Two:1.0"]);
+        assert!(one.keep_subscriptions(&mut apis, |s| Some(s.as_str())));
+        assert_eq!(apis, ["One:2.0", "Time travels"]);
+        let mut others = names(&["Two"]);
+        assert!(!one.keep_subscriptions(&mut others, |s| Some(s.as_str())));
+        let mut none: Vec<String> = Vec::new();
+        assert!(one.keep_subscriptions(&mut none, |s| Some(s.as_str())));
+        let mut all = names(&["Two"]);
+        assert!(Selection::All.keep_subscriptions(&mut all, |s| Some(s.as_str())));
+        assert_eq!(all, ["Two"]);
     }
 }

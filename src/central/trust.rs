@@ -26,7 +26,12 @@ use crate::config::raw::Location;
 use crate::config::{load, resolve, Invalid, Loaded};
 
 /// The sections of an export: all a downloaded document may hold.
-pub const SECTIONS: [&str; 3] = ["security_settings", "scope_mappings", "apis"];
+pub const SECTIONS: [&str; 4] = [
+    "security_settings",
+    "scope_mappings",
+    "apis",
+    "applications",
+];
 
 /// The keys of the exported sections whose value is a path on the host
 /// that reads the configuration, by their place (`[]`: any entry of a list).
@@ -50,7 +55,7 @@ pub fn local_references(origin: &Path, text: &str) -> Result<(), Invalid> {
                 report.error(
                     Location::UNKNOWN,
                     format!("{key}: no export has this section; a downloaded document holds only the sections of one"),
-                    "security_settings, scope_mappings and apis (the rest of the configuration is the downstream's own file)",
+                    "security_settings, scope_mappings, apis and applications (the rest of the configuration is the downstream's own file)",
                 );
             }
         }

@@ -443,6 +443,76 @@ async fn downstream_takes_only_the_apis_it_names() {
     central.shutdown().await;
 }
 
+/// A central whose `Keyed` API is called with API keys, and whose
+/// application `Partner` calls it (and `Catalog`) with `key`.
+fn keyed_central_yaml(key: &str) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+central:
+  users:
+  - {{ user: {USER}, password: "{{encoded}}ZmxlZXQtc2VjcmV0" }}
+apis:
+- name: Catalog
+  version: "1.0"
+  base_path: /catalog
+  upstream: {{ echo: true }}
+  resources: ["GET /items"]
+  authentication: {{ type: none }}
+- name: Keyed
+  version: "1.0"
+  base_path: /keyed
+  upstream: {{ echo: true }}
+  resources: ["GET /items"]
+  authentication: {{ type: api_key }}
+applications:
+- name: Partner
+  api_keys: ["{key}"]
+  apis: ["Keyed", "Catalog:1.0"]
+"#
+    )
+}
+
+/// A fleet follows the central's applications as it follows its APIs:
+/// the key the central gives an application opens the API downstream,
+/// the central's change of key is followed, and a downstream that takes
+/// some APIs only keeps the application's subscriptions to those.
+#[tokio::test]
+async fn downstream_follows_the_centrals_applications() {
+    let central = Gateway::start_with_env(
+        &keyed_central_yaml("${env:PARTNER_KEY}"),
+        env(&[("PARTNER_KEY", "partner-key-1")]),
+    )
+    .await;
+    let (_dir, cache) = cache_in_tempdir();
+    let downstream = Downstream {
+        apis: &["Keyed"],
+        ..following(&central, &cache)
+    };
+    let down = Gateway::start(&downstream.yaml()).await;
+    let call = |key: &'static str| {
+        down.request(reqwest::Method::GET, "/keyed/items")
+            .header("X-API-Key", key)
+            .send()
+    };
+    assert_eq!(call("partner-key-1").await.unwrap().status(), 200);
+    assert_eq!(call("partner-key-2").await.unwrap().status(), 401);
+    assert_eq!(down.get("/catalog/items").await.status(), 404, "not taken");
+
+    let start_generation = generation(&down);
+    central.write_config(&keyed_central_yaml("partner-key-2"));
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    down.wait_generation(start_generation + 1).await;
+    assert_eq!(call("partner-key-2").await.unwrap().status(), 200);
+    assert_eq!(call("partner-key-1").await.unwrap().status(), 401);
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
 #[tokio::test]
 async fn settings_alone_give_local_apis_the_central_auth_servers() {
     let central = start_central(r#""GET /items""#).await;
