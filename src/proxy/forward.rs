@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use super::balance::{Health, Outcome};
 use super::batch;
 use super::client;
-use super::pool::{self, Connector, Failed, Key, Pool, SendError};
+use super::pool::{self, Connector, Failed, Key, Pool, SendError, TryBounds};
 use super::reject::{BodyFault, Rejection};
 use super::{full, Body, BoxError};
 use crate::config::snapshot::{Api, Balanced, Upstream, UpstreamProtocol};
@@ -193,7 +193,8 @@ impl Upstreams {
 
     /// Forwards to one of the endpoints of `balanced`, and to another one
     /// when the first failed in a way that left the request unsent (or,
-    /// idempotent and bodiless, unanswered), as `retry` allows.
+    /// idempotent and bodiless, unanswered), as `retry` allows, while
+    /// the `timeout` for connecting has time left.
     async fn forward_balanced(
         &self,
         api: &Api,
@@ -207,6 +208,13 @@ impl Upstreams {
         let config = balancer.config();
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
         let started = Instant::now();
+        // Connecting, over all the tries, within one `timeout`: a retry
+        // never starts a new one (Envoy's route timeout, nginx's
+        // `proxy_next_upstream_timeout`).
+        let bounds = TryBounds {
+            connect_by: started + config.timeout,
+            stall: config.timeout,
+        };
         let mut tried = 0u64;
         let mut attempt = 1;
         let _on_its_way = batch::enter().await;
@@ -242,7 +250,7 @@ impl Upstreams {
             let checkout = pool::checkout(&self.connector, &self.shared, &key, now)
                 .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
             let result = checkout
-                .try_send(&self.connector, req, destination, config.timeout)
+                .try_send(&self.connector, req, destination, bounds)
                 .await;
             let Failed { error, request } = match result {
                 Ok(response) => {
@@ -283,8 +291,9 @@ impl Upstreams {
             // Each try to an endpoint not tried yet: a request that breaks
             // its endpoint is not sent to it again.
             let untried = (tried.count_ones() as usize) < config.endpoints.len();
+            let in_time = Instant::now() < bounds.connect_by;
             match request {
-                Some(again) if retry && untried && attempt < config.retry.attempts => {
+                Some(again) if retry && untried && in_time && attempt < config.retry.attempts => {
                     tracing::debug!(%error, api = api.name, endpoint = &*endpoint.url, "trying another endpoint");
                     req = again;
                     attempt += 1;

@@ -194,6 +194,20 @@ impl Connector {
             .map_err(|_| SendError::Timeout(timeout))?
     }
 
+    /// A new connection to `target`, made by `until` (a budget of
+    /// `budget` that earlier tries may have spent part of).
+    async fn connect_until(
+        &self,
+        target: &Target,
+        until: Instant,
+        budget: Duration,
+    ) -> Result<Connection, SendError> {
+        let until = tokio::time::Instant::from_std(until);
+        tokio::time::timeout_at(until, self.connect(target))
+            .await
+            .map_err(|_| SendError::Timeout(budget))?
+    }
+
     /// The addresses of `host`, from the cache if they were resolved
     /// within `ttl` (the caller's: an upstream with `dns_ttl: 0`, and an
     /// active health check, never use what another upstream keeps longer).
@@ -746,6 +760,17 @@ pub fn checkout(
     })
 }
 
+/// The bounds of one try of a request that may go to several endpoints.
+#[derive(Clone, Copy)]
+pub struct TryBounds {
+    /// When connecting must be done by: the tries of one request share one
+    /// `timeout` for it, so that retries never multiply it.
+    pub connect_by: Instant,
+    /// The upstream timeout: for each wait once connected (see
+    /// [`Checkout::send`]), and the budget `connect_by` ends.
+    pub stall: Duration,
+}
+
 /// A request that got no response, with the request itself when no byte
 /// of it can have reached the upstream, or when it is idempotent, had no
 /// body and got no byte of answer: it may then go to another upstream.
@@ -804,28 +829,32 @@ impl Checkout {
     }
 
     /// [`Checkout::send`], giving the request back on a failure when it
-    /// is safe to send it elsewhere (see [`Failed`]).
+    /// is safe to send it elsewhere (see [`Failed`]); connecting ends at
+    /// `bounds.connect_by`.
     pub async fn try_send(
         self,
         connector: &Connector,
         req: Request<Body>,
         destination: Destination<'_>,
-        stall: Duration,
+        bounds: TryBounds,
     ) -> Result<Response<Body>, Failed> {
+        let TryBounds { connect_by, stall } = bounds;
         let Checkout { home, slot, conn } = self;
         let (conn, reused) = match conn {
             Conn::Idle(conn) => (conn, true),
             // Boxed (as below): connecting is a large future that requests
             // on a pooled connection need not carry.
-            Conn::New(target) => match Box::pin(connector.connect_within(&target, stall)).await {
-                Ok(conn) => (conn, false),
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        request: Some(req),
-                    })
+            Conn::New(target) => {
+                match Box::pin(connector.connect_until(&target, connect_by, stall)).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(req),
+                        })
+                    }
                 }
-            },
+            }
         };
         let response = match conn.send(req, destination, stall).await {
             Ok(response) => response,
@@ -841,7 +870,8 @@ impl Checkout {
                         request: Some(req),
                     });
                 };
-                let conn = match Box::pin(connector.connect_within(&target, stall)).await {
+                let connect = connector.connect_until(&target, connect_by, stall);
+                let conn = match Box::pin(connect).await {
                     Ok(conn) => conn,
                     Err(error) => {
                         return Err(Failed {

@@ -870,3 +870,40 @@ async fn a_request_is_not_sent_again_to_an_endpoint_it_was_tried_on() {
     assert_eq!(read_other.load(Ordering::SeqCst), 1);
     gw.shutdown().await;
 }
+
+/// An endpoint that accepts connections and never sends a byte (a TLS
+/// handshake with it never ends); counts the connections it accepted.
+async fn silent_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+/// The tries of one request share one `timeout` for connecting: a try
+/// whose connecting spent it is not followed by another, so retries never
+/// multiply the wait before the 504.
+#[tokio::test]
+async fn retries_share_the_upstream_timeout_for_connecting() {
+    let (x, x_accepted) = silent_endpoint().await;
+    let (y, y_accepted) = silent_endpoint().await;
+    let upstream = format!(
+        "    endpoints:\n    - url: \"https://{x}/api\"\n    - url: \"https://{y}/api\"\n    timeout: 1s\n    retry: {{ attempts: 2 }}\n    health:\n      passive: {{ consecutive_failures: 100 }}\n"
+    );
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    assert_eq!(get(&gw).await, 504);
+    assert_eq!(
+        x_accepted.load(Ordering::SeqCst) + y_accepted.load(Ordering::SeqCst),
+        1,
+        "one try: the handshake of the first spent the timeout"
+    );
+    gw.shutdown().await;
+}
