@@ -168,14 +168,26 @@ impl Fields {
 /// policies), and `RateLimit`. Small, as it waits for the upstream's answer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AdmittedFields<'s> {
-    policy: Cow<'s, HeaderValue>,
+    policy: PolicyField<'s>,
     ratelimit: HeaderValue,
+}
+
+/// A `RateLimit-Policy` field: a resource's, or one made for a request
+/// (boxed: rare, and the fields wait in the request's future).
+#[derive(Debug, PartialEq, Eq)]
+enum PolicyField<'s> {
+    Compiled(&'s HeaderValue),
+    Made(Box<HeaderValue>),
 }
 
 impl AdmittedFields<'_> {
     /// Gives the upstream's answer the fields (replacing any it sent).
     pub fn apply<B>(self, response: &mut http::Response<B>) {
-        set_own(response, &RATELIMIT_POLICY, self.policy.into_owned());
+        let policy = match self.policy {
+            PolicyField::Compiled(field) => field.clone(),
+            PolicyField::Made(field) => *field,
+        };
+        set_own(response, &RATELIMIT_POLICY, policy);
         set_own(response, &RATELIMIT, self.ratelimit);
     }
 }
@@ -480,12 +492,20 @@ impl<'s, 'c> Counting<'s, 'c> {
     /// (`config::throttle_compile::bind`).
     fn sole(api: &'s Api, resources: Resources) -> Option<(Counting<'s, 'c>, &'s AtomicU64)> {
         let matched = &api.resources[resources.matched];
-        let other = resources.also.map(|also| &api.resources[also]);
-        let (only, resource) = match (&*matched.throttle, other.map(|r| (&*r.throttle, r))) {
-            ([only], None | Some(([], _))) => (*only, matched),
-            ([only], Some(([also], _))) if also == only => (*only, matched),
-            ([], Some(([only], other))) => (*only, other),
-            _ => return None,
+        let (only, resource) = match resources.also {
+            None => match *matched.throttle {
+                [only] => (only, matched),
+                _ => return None,
+            },
+            Some(also) => {
+                let other = &api.resources[also];
+                match (&*matched.throttle, &*other.throttle) {
+                    ([only], []) => (*only, matched),
+                    ([only], [also]) if also == only => (*only, matched),
+                    ([], [only]) => (*only, other),
+                    _ => return None,
+                }
+            }
         };
         let policy = &api.throttle[only];
         let tat = policy.sole.get()?;
@@ -543,8 +563,8 @@ impl<'s, 'c> Counting<'s, 'c> {
 /// field and the `RateLimit` field made for it.
 fn admitted(field: Cow<'_, Option<HeaderValue>>, ratelimit: Option<HeaderValue>) -> Verdict<'_> {
     let field = match field {
-        Cow::Borrowed(field) => field.as_ref().map(Cow::Borrowed),
-        Cow::Owned(field) => field.map(Cow::Owned),
+        Cow::Borrowed(field) => field.as_ref().map(PolicyField::Compiled),
+        Cow::Owned(field) => field.map(|field| PolicyField::Made(Box::new(field))),
     };
     let fields = field.zip(ratelimit);
     Verdict::Admitted(fields.map(|(policy, ratelimit)| AdmittedFields { policy, ratelimit }))
