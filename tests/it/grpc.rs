@@ -947,7 +947,7 @@ async fn an_http1_upload_to_an_http2_upstream_streams_both_ways() {
     // Long timeouts: no watchdog's look at the connection hides a lost
     // wake-up within the test's bound.
     let extra =
-        "limits: { max_body: 64MiB }\ntimeouts: { send: 120s, idle: 120s, body_read: 120s }";
+        "limits: { max_body: 64MiB }\ntimeouts: { send: 300s, idle: 300s, body_read: 300s }";
     let gw = Gateway::start(&stream_yaml(addr, extra)).await;
     let sent: Vec<u8> = (0..12 * 1024 * 1024)
         .map(|i| b'a' + (i % 26) as u8)
@@ -993,9 +993,11 @@ async fn an_http1_upload_to_an_http2_upstream_streams_both_ways() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
-    // ~6 s on a quiet machine; a lost wake-up waits for the watchdog's
-    // look at the connection, every half `send` (60 s).
-    let (raw, echo) = tokio::time::timeout(Duration::from_secs(50), receiving)
+    // ~6 s on a quiet machine (a debug build moving 12 MiB each way, with
+    // a slow reader), several times that on a busy one; a lost wake-up
+    // waits for the watchdog's look at the connection, every half `send`
+    // (150 s).
+    let (raw, echo) = tokio::time::timeout(Duration::from_secs(120), receiving)
         .await
         .expect("the whole echo arrives");
     assert!(
