@@ -339,13 +339,12 @@ fn phases<'s: 'a, 'a>(
                     .extensions()
                     .get::<Switched>()
                     .and_then(|switched| {
-                        tunnel::Pending::of(
-                            switched,
-                            &route.api.name,
-                            snap.timeouts.tunnel_idle,
-                            route.api.tunnel_max_lifetime,
-                            permit,
-                        )
+                        let bounds = tunnel::Bounds {
+                            idle: snap.timeouts.tunnel_idle,
+                            send: snap.timeouts.send,
+                            lifetime: route.api.tunnel_max_lifetime,
+                        };
+                        tunnel::Pending::of(switched, &route.api.name, bounds, permit)
                     })
                     .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
                 match on_upgrade {

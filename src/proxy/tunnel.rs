@@ -15,7 +15,9 @@
 //!
 //! A tunnel ends when both sides have closed (the second has two seconds
 //! to follow the first), when either fails, when no byte went either way
-//! for `timeouts.tunnel_idle`, or when the API's
+//! for `timeouts.tunnel_idle`, when the client has taken nothing of what
+//! the upstream sent for `timeouts.send` (as an answer's client would be
+//! cut: bytes going the other way do not excuse it), or when the API's
 //! `tunnel_max_lifetime` has passed since the handshake. What was
 //! authorized is the handshake: a token that expires later does not end
 //! the tunnel (the lifetime bounds how long it may outlive it). The
@@ -305,14 +307,24 @@ pub fn ask_upgrade(headers: &mut HeaderMap) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
+/// How long a tunnel may stay open without use.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// No byte either way (`timeouts.tunnel_idle`).
+    pub idle: Duration,
+    /// The client takes nothing of what the upstream sent (`timeouts.send`).
+    pub send: Duration,
+    /// Since the handshake, however busy (`tunnel_max_lifetime`).
+    pub lifetime: Option<Duration>,
+}
+
 /// What a tunnel carries besides the client connection.
 pub struct Switch {
     upstream: Stream,
     /// Sent by the upstream after its `101`, for the client.
     read: BytesMut,
     api: String,
-    idle: Duration,
-    lifetime: Option<Duration>,
+    bounds: Bounds,
     _permit: TunnelPermit,
 }
 
@@ -327,8 +339,7 @@ impl Pending {
     pub fn of(
         switched: &Switched,
         api: &str,
-        idle: Duration,
-        lifetime: Option<Duration>,
+        bounds: Bounds,
         permit: TunnelPermit,
     ) -> Option<Pending> {
         let (upstream, read) = switched.take()?;
@@ -336,8 +347,7 @@ impl Pending {
             upstream,
             read,
             api: api.to_owned(),
-            idle,
-            lifetime,
+            bounds,
             _permit: permit,
         })))))
     }
@@ -359,8 +369,11 @@ where
         mut upstream,
         read,
         api,
-        idle,
-        lifetime,
+        bounds: Bounds {
+            idle,
+            send,
+            lifetime,
+        },
         _permit,
     } = switch;
     let metrics = crate::metrics::get();
@@ -382,6 +395,9 @@ where
     let mut end_of_life: Option<Pin<Box<Sleep>>> =
         lifetime.map(|lifetime| Box::pin(tokio::time::sleep(lifetime)));
     let mut half_closed = false;
+    // Armed while what the upstream sent waits for the client to take it.
+    let mut unread = Box::pin(tokio::time::sleep(send));
+    let mut unread_since: Option<Instant> = None;
     let ended = poll_fn(|cx| loop {
         let mut moved = false;
         let up_done = match up.poll(cx, &mut client, &mut upstream, &mut moved) {
@@ -420,6 +436,15 @@ where
                 return Poll::Ready("tunnel_max_lifetime reached".to_owned());
             }
         }
+        if down.stalled_since != unread_since {
+            unread_since = down.stalled_since;
+            if let Some(since) = unread_since {
+                unread.as_mut().reset(since + send);
+            }
+        }
+        if unread_since.is_some() && unread.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(format!("the client took nothing for {send:?}"));
+        }
         if !moved {
             return Poll::Pending;
         }
@@ -453,6 +478,8 @@ struct Half {
     eof: bool,
     /// The end has been passed on (the writing side shut down).
     done: bool,
+    /// Since when what it holds waits for the writing side to take it.
+    stalled_since: Option<Instant>,
     bytes: IntCounter,
 }
 
@@ -466,6 +493,7 @@ impl Half {
             end: first.len(),
             eof: false,
             done: false,
+            stalled_since: None,
             bytes,
         }
     }
@@ -493,18 +521,25 @@ impl Half {
                     Poll::Ready(Ok(n)) => {
                         self.start += n;
                         self.bytes.inc_by(n as u64);
+                        self.stalled_since = None;
                         *moved = true;
                         continue;
                     }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        self.stalled_since.get_or_insert_with(Instant::now);
+                        return Poll::Pending;
+                    }
                 }
             }
             // All written: flushed before more is read (TLS buffers).
             match Pin::new(&mut *to).poll_flush(cx) {
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => self.stalled_since = None,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.stalled_since.get_or_insert_with(Instant::now);
+                    return Poll::Pending;
+                }
             }
             if self.eof {
                 return match Pin::new(&mut *to).poll_shutdown(cx) {

@@ -552,6 +552,81 @@ async fn a_tunnel_is_closed_at_tunnel_max_lifetime_however_busy() {
         .expect("the tunnel was closed at its lifetime");
 }
 
+/// An upstream that switches to WebSocket (for the key `handshake`
+/// sends), then writes without pause and takes whatever comes; it reports
+/// when the gateway closes the connection.
+async fn flooding_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (mut read, mut write) = stream.into_split();
+        let mut head = [0u8; 4096];
+        let _ = read.read(&mut head).await;
+        let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(1..) = read.read(&mut buf).await {}
+        });
+        // A binary frame of 16 KiB, over and over.
+        let mut frame = vec![0x82u8, 126, 0x40, 0x00];
+        frame.resize(4 + 16 * 1024, b'x');
+        while write.write_all(&frame).await.is_ok() {}
+        let _ = closed_tx.send(());
+    });
+    (addr, closed)
+}
+
+/// A client that sends but never reads takes nothing of what the upstream
+/// sends: its tunnel is closed within `timeouts.send`, as an answer's
+/// client would be, however busy its own direction keeps the tunnel.
+#[tokio::test]
+async fn a_tunnel_whose_client_reads_nothing_is_closed_within_send() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idp = Idp::start().await;
+    let (upstream, mut closed) = flooding_server().await;
+    let gw = Gateway::start(&config_named(
+        "unread",
+        &idp,
+        &format!("http://{upstream}/ws"),
+        "timeouts: { send: 1s, tunnel_idle: 1h }",
+    ))
+    .await;
+    gw.wait_ready().await;
+    let mut client = TcpStream::connect(gw.http).await.expect("connect");
+    client
+        .write_all(&handshake("/chat/room", Some(&idp.token(&["chat"]))))
+        .await
+        .expect("handshake");
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // A masked ping every 100 ms, and not a byte read.
+    let pinging = async {
+        let ping = [0x89u8, 0x80, 1, 2, 3, 4];
+        while client.write_all(&ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        ended = closed.recv() => ended.expect("reported"),
+        () = pinging => {}
+        () = tokio::time::sleep(Duration::from_secs(20)) => {
+            panic!("the tunnel of a client that reads nothing stayed open");
+        }
+    }
+    gw.shutdown().await;
+}
+
 /// An HTTP/2 tunnel in use is not an idle connection: it lasts while bytes
 /// go through it (bounded by `tunnel_idle` and `tunnel_max_lifetime`), as
 /// an HTTP/1.1 tunnel does, however short `timeouts.idle` is.
