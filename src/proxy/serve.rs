@@ -152,9 +152,20 @@ fn phases<'s: 'a, 'a>(
         if h2_websocket {
             *req.method_mut() = http::Method::GET;
         }
-        check_target(&rt.limits, &req)?;
+        // Refused before it is matched: a gRPC client is still told as
+        // gRPC, by the API its path is under.
+        if let Err(refusal) = check_target(&rt.limits, &req) {
+            *matched_api = grpc_api_under(snap, req.uri().path());
+            return Err(refusal);
+        }
         host_from_authority(&mut req);
-        let path = policy::canonicalize(req.uri().path()).map_err(Rejection::BadPath)?;
+        let path = match policy::canonicalize(req.uri().path()) {
+            Ok(path) => path,
+            Err(problem) => {
+                *matched_api = grpc_api_under(snap, req.uri().path());
+                return Err(Rejection::BadPath(problem));
+            }
+        };
         if let Some((answer, api)) = answer_preflight(snap, conn, &req, &path)? {
             *matched_api = Some(api);
             return Ok(answer); // CORS preflight: no credentials, never forwarded
@@ -556,6 +567,14 @@ fn too_many_fields(limits: &Limits, headers: &http::HeaderMap) -> bool {
     }
     let crumbs = headers.get_all(http::header::COOKIE).iter().count();
     fields - crumbs.saturating_sub(1) > limits.max_headers
+}
+
+/// The `grpc: true` API whose base path `path` (as sent) is under: a
+/// request refused before it could be matched (its target, its fields, its
+/// path) is answered as gRPC for it, as the refusals after matching are.
+#[cold]
+fn grpc_api_under<'s>(snap: &'s Snapshot, path: &str) -> Option<&'s Arc<Api>> {
+    snap.api_for(path).filter(|api| api.grpc)
 }
 
 /// An HTTP/2 request names its origin in `:authority`; the forwarding

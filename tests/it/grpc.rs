@@ -434,6 +434,56 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
     gw.shutdown().await;
 }
 
+/// Refusals made before the call is matched to a method (its path too
+/// long, too many metadata fields) are gRPC statuses too: the API is known
+/// by the path the call is under.
+#[tokio::test]
+async fn refusals_before_matching_are_grpc_statuses_too() {
+    let idp = Idp::start().await;
+    let (addr, seen, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let yaml = echo_yaml("Echo early refusals", &idp, &upstream)
+        + "limits: { max_headers: 20, max_uri: 200 }\n";
+    let gw = Gateway::start(&yaml).await;
+    let mut grpc = client(&gw).await;
+    let token = idp.token(&["echo"]);
+    let mut crowded = request("hi", Some(&token));
+    for i in 0..30 {
+        let name: tonic::metadata::MetadataKey<_> = format!("x-field-{i}").parse().unwrap();
+        crowded.metadata_mut().insert(name, "1".parse().unwrap());
+    }
+    let status = unary(&mut grpc, "/echo.Echo/Unary", crowded)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let long = format!("/echo.Echo/Unary?{}", "a".repeat(300));
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(
+            request("hi", Some(&token)),
+            PathAndQuery::try_from(long).unwrap(),
+            Raw,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    // The same call within the limits goes through.
+    let reply = unary(&mut grpc, "/echo.Echo/Unary", request("hi", Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(&reply[..], b"echo: hi");
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"microgateway_responses_total{api="Echo early refusals",class="grpc_3"}"#
+        ),
+        2
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_upstream_is_unavailable() {
     let idp = Idp::start().await;
