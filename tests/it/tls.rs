@@ -288,6 +288,30 @@ async fn https_refuses_content_length_with_transfer_encoding() {
     https.gw.shutdown().await;
 }
 
+/// Over TLS, HTTP/2 is what ALPN chose (RFC 9113 §3.2): a connection
+/// that agreed on `http/1.1` and then sends the HTTP/2 preface is refused
+/// as an HTTP/1.1 request; prior knowledge is the cleartext port's.
+#[tokio::test]
+async fn https_speaks_http2_only_when_alpn_chose_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let https = https_gateway().await;
+    let addr = https_addr(&https.gw);
+    let mut tls = tls_connect(addr, &https.leaf.der, b"http/1.1").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // The preface, then an empty SETTINGS frame.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let raw = String::from_utf8_lossy(&out);
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw:?}");
+    let tls = tls_connect(addr, &https.leaf.der, b"http/1.1").await;
+    let mut sender = http1_sender(tls).await;
+    assert_eq!(get_items(&mut sender).await.status(), StatusCode::OK);
+    https.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn reloaded_certificate_applies_to_new_connections() {
     let Https {

@@ -123,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static> Connection<S> {
             cut: false,
             continue_due: false,
             answering: false,
-            first: true,
+            first: matches!(port.transport, super::Transport::Plain),
             waiting: false,
             fields: Vec::new(),
             waits: None,
@@ -228,7 +228,9 @@ struct Wire<S> {
     /// The handler's answer has begun: the exchange alone writes from
     /// then on, the request body only reads.
     answering: bool,
-    /// No head has been read yet (only the first may be HTTP/2's preface).
+    /// No head has been read yet on a cleartext connection: only its
+    /// first may be HTTP/2's preface (prior knowledge). Over TLS, HTTP/2 is
+    /// what ALPN chose (RFC 9113 §3.2), and never begins here.
     first: bool,
     /// It waits for a next head, nothing of which has come.
     waiting: bool,
