@@ -170,6 +170,50 @@ async fn events_arrive_one_by_one_and_a_client_that_leaves_ends_the_upstream_exc
         .expect("reported");
 }
 
+/// Over HTTP/2 (h2c), events arrive one by one too, and a client that
+/// resets its stream, keeping its connection, ends the upstream exchange.
+#[tokio::test]
+async fn an_http2_client_that_resets_its_event_stream_ends_the_upstream_exchange() {
+    use http_body_util::BodyExt;
+    let mut upstream = EventSource::start().await;
+    let gw = Gateway::start(&config(upstream.addr, "30s")).await;
+    let tcp = TcpStream::connect(gw.http).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{}/events/stream", gw.http))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("the head arrives")
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    for i in 0..2 {
+        upstream.send(&format!("data: event {i}\n\n"));
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the event arrives")
+            .expect("a frame")
+            .expect("a good frame");
+        let data = frame.into_data().expect("data");
+        assert_eq!(&data[..], format!("data: event {i}\n\n").as_bytes());
+    }
+    // Dropping the body resets the stream (CANCEL); the connection stays.
+    drop(body);
+    tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
+        .await
+        .expect("the gateway closed the upstream connection when the stream was reset")
+        .expect("reported");
+    assert!(!sender.is_closed());
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_event_stream_silent_for_the_upstream_timeout_is_cut() {
     let upstream = EventSource::start().await;
