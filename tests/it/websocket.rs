@@ -301,6 +301,35 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle() {
     closed(&mut ws).await;
 }
 
+/// A tunnel keeps the authorization of its handshake: a reload that
+/// removes its API's WebSocket and its scope ends no open tunnel, while
+/// the next handshake meets the new settings.
+#[tokio::test]
+async fn an_open_tunnel_outlives_a_reload_that_withdraws_its_websocket() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let yaml = config_named("reloaded", &idp, &upstream.url(), "");
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["chat"]);
+    let mut ws = open(&gw, "/chat/room", Some(&token)).await.expect("open");
+    assert_eq!(echo(&mut ws, "before").await, "before");
+    gw.write_config(
+        &yaml
+            .replace("  websocket: true\n", "")
+            .replace("scope: chat,", "scope: other,"),
+    );
+    gw.wait_generation(2).await;
+    assert_eq!(echo(&mut ws, "after").await, "after");
+    match open(&gw, "/chat/room", Some(&token)).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+        Err(other) => panic!("unexpected failure: {other}"),
+        Ok(_) => panic!("a new handshake was judged by the old settings"),
+    }
+    let _ = ws.close(None).await;
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn handshakes_over_max_tunnels_get_503_until_one_closes() {
     let idp = Idp::start().await;
