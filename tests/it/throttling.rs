@@ -53,6 +53,17 @@ apis:
 /// An oauth2 API with the scopes ViewTickets (GET /bookings) and
 /// BookTickets (POST /bookings).
 fn travels(name: &str, idp: &Idp, upstream: &Upstream, throttle: &str) -> String {
+    const SCOPES: &str = r#"
+  - name: ViewTickets
+    resources: ["GET /bookings"]
+  - name: BookTickets
+    resources: ["POST /bookings"]"#;
+    oauth2_api(name, idp, upstream, SCOPES, throttle)
+}
+
+/// An oauth2 API under /travels (tokens of `idp`) with `scopes` (the
+/// YAML list's entries) and `throttle` as its policy list.
+fn oauth2_api(name: &str, idp: &Idp, upstream: &Upstream, scopes: &str, throttle: &str) -> String {
     format!(
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
@@ -70,11 +81,7 @@ apis:
   base_path: /travels
   upstream: {{ url: "{upstream}" }}
   authentication: {{ type: oauth2, auth_server: idp }}
-  scopes:
-  - name: ViewTickets
-    resources: ["GET /bookings"]
-  - name: BookTickets
-    resources: ["POST /bookings"]
+  scopes:{scopes}
   policies:
     throttle: {throttle}
 "#,
@@ -228,35 +235,12 @@ async fn a_scope_limit_counts_only_the_scopes_resources() {
 /// An oauth2 API whose resources `GET /files/{name}` (scope Secret) and
 /// `GET /files/secret/{rest*}` (scope Files) are throttled by `throttle`.
 fn files(idp: &Idp, upstream: &Upstream, throttle: &str) -> String {
-    format!(
-        r#"
-ports: {{ http: 0, bind: 127.0.0.1 }}
-admin: {{ port: 0, bind: 127.0.0.1 }}
-security_settings:
-  auth_servers:
-  - id: idp
-    name: idp
-    localIntrospectionConfig:
-      issuer: "{issuer}"
-      jwksuri: "{jwks}"
-      audience: travels
-apis:
-- name: Files
-  base_path: /travels
-  upstream: {{ url: "{upstream}" }}
-  authentication: {{ type: oauth2, auth_server: idp }}
-  scopes:
+    const SCOPES: &str = r#"
   - name: Secret
-    resources: ["GET /files/{{name}}"]
+    resources: ["GET /files/{name}"]
   - name: Files
-    resources: ["GET /files/secret/{{rest*}}"]
-  policies:
-    throttle: {throttle}
-"#,
-        issuer = idp.issuer(),
-        jwks = idp.jwks_uri(),
-        upstream = upstream.url("/api"),
-    )
+    resources: ["GET /files/secret/{rest*}"]"#;
+    oauth2_api("Files", idp, upstream, SCOPES, throttle)
 }
 
 /// `/files/secret/` is `/files/secret` to many upstreams: its trailing
