@@ -23,17 +23,20 @@ use common::{env, Gateway};
 const USER: &str = "fleet";
 const PASSWORD: &str = "fleet-secret";
 
+/// The start of a central's file: its ports and its one user, `USER`.
+const CENTRAL: &str = r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+central:
+  users:
+  - { user: fleet, password: "{encoded}ZmxlZXQtc2VjcmV0" }
+"#;
+
 /// A central whose `Catalog` API declares `resources`; its introspection
 /// client secret is `{encoded}`, its alias password comes from the environment.
 fn central_yaml(resources: &str) -> String {
     format!(
-        r#"
-ports: {{ http: 0, bind: 127.0.0.1 }}
-admin: {{ port: 0 }}
-central:
-  users:
-  - {{ user: {USER}, password: "{{encoded}}ZmxlZXQtc2VjcmV0" }}
-security_settings:
+        r#"{CENTRAL}security_settings:
   auth_servers:
   - !<authServerAlias>
     id: idp
@@ -447,13 +450,7 @@ async fn downstream_takes_only_the_apis_it_names() {
 /// application `Partner` calls it (and `Catalog`) with `key`.
 fn keyed_central_yaml(key: &str) -> String {
     format!(
-        r#"
-ports: {{ http: 0, bind: 127.0.0.1 }}
-admin: {{ port: 0 }}
-central:
-  users:
-  - {{ user: {USER}, password: "{{encoded}}ZmxlZXQtc2VjcmV0" }}
-apis:
+        r#"{CENTRAL}apis:
 - name: Catalog
   version: "1.0"
   base_path: /catalog
