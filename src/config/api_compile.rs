@@ -14,6 +14,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use super::context::{
     basic_header, header_name, is_connection_field, names, Ctx, GrantTable, CONNECTION_FIELDS,
 };
+use super::nesting::Placed;
 use super::raw::{self, Location, S};
 use super::snapshot::*;
 use super::template;
@@ -41,6 +42,7 @@ pub fn compile_all(ctx: &mut Ctx, list: &[S<raw::Api>], refs: &Refs) -> Vec<Arc<
     let mut apis: Vec<Arc<Api>> = Vec::new();
     let mut by_path: HashMap<String, ()> = HashMap::new();
     let mut by_name: HashSet<(String, String)> = HashSet::new();
+    let mut placed: Vec<(String, &S<raw::Api>)> = Vec::new();
     for entry in list {
         let Some(api) = compile(ctx, entry, refs) else {
             continue;
@@ -86,8 +88,14 @@ pub fn compile_all(ctx: &mut Ctx, list: &[S<raw::Api>], refs: &Refs) -> Vec<Arc<
                 );
             }
         }
+        placed.push((api.base_path.clone(), entry));
         apis.push(Arc::new(api));
     }
+    let placed: Vec<Placed> = placed
+        .iter()
+        .map(|(base_path, entry)| Placed { base_path, entry })
+        .collect();
+    super::nesting::check(ctx, &placed);
     apis.sort_by_key(|api| std::cmp::Reverse(api.base_path.len()));
     apis
 }

@@ -24,6 +24,7 @@ pub mod diagnostic;
 pub mod fleet_compile;
 pub mod listener_compile;
 pub mod load;
+pub mod nesting;
 pub mod plain_http;
 pub mod raw;
 pub mod resolve;

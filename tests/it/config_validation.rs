@@ -605,6 +605,63 @@ fn two_apis_with_the_same_base_path() {
 }
 
 #[test]
+fn a_resource_under_a_nested_apis_base_path_is_refused() {
+    // `/travels/admin/users` goes to API B (the longest base path), open
+    // to anyone, while API A's file reads it as needing `admin`.
+    let yaml = format!(
+        r#"apis:
+- name: A
+  base_path: /travels
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: local }}
+  scopes:
+  - name: admin
+    resources: ["GET /admin/users", "GET /bookings"]
+  resources: ["GET /{{section}}/users"]
+- name: B
+  base_path: /travels/admin
+  upstream: {{ echo: true }}
+  authentication: {{ type: none }}
+  resources: ["GET /users"]
+{AUTH_SERVER_LAST}"#
+    );
+    let findings = Config::new(&yaml)
+        .load(&Env::new())
+        .expect_err("the file is refused");
+    let found: Vec<(Severity, Found)> = findings.iter().map(|d| (d.severity, found(d))).collect();
+    assert_eq!(
+        found,
+        vec![
+            (
+                Severity::Error,
+                error(
+                    8,
+                    17,
+                    "resource `GET /admin/users` of API `A` is never reached: its paths are under base path `/travels/admin` of API `B`, which answers them",
+                    "a resource outside the base paths of the other APIs, or declared in the API that answers it",
+                )
+            ),
+            (
+                Severity::Warning,
+                (
+                    9,
+                    15,
+                    "resource `GET /{section}/users` of API `A`: its paths under base path `/travels/admin` are answered by API `B`, not by it".to_owned(),
+                    None
+                )
+            ),
+        ]
+    );
+    // Nested base paths whose resources stay apart are fine.
+    let loaded = loaded(
+        &yaml
+            .replace("/admin/users", "/staff/users")
+            .replace("{section}", "guides"),
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
 fn two_apis_with_the_same_name_and_version() {
     refused(
         r#"apis:
