@@ -320,6 +320,11 @@ fn check(path: &Path) -> ExitCode {
     });
     match loaded {
         Ok(loaded) => {
+            for (variable, setting) in &loaded.overrides {
+                eprintln!(
+                    "{variable}: note: sets {setting} (the file's value, if any, is not used)"
+                );
+            }
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }

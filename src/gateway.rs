@@ -116,6 +116,13 @@ impl Gateway {
             }
         };
         server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
+        for (variable, setting) in &loaded.overrides {
+            tracing::info!(
+                variable,
+                setting,
+                "an MCGW_ variable sets a setting of the file"
+            );
+        }
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }

@@ -51,6 +51,10 @@ pub use snapshot::Snapshot;
 pub struct Loaded {
     pub snapshot: Snapshot,
     pub warnings: Vec<Diagnostic>,
+    /// Each `MCGW_` variable applied, with the setting it set
+    /// (`tls.client_auth`): shown by `check` and logged at start, since
+    /// the file alone no longer says what serves.
+    pub overrides: Vec<(String, String)>,
 }
 
 /// Reads, checks and compiles the configuration at `path` with the
@@ -184,6 +188,7 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
             Ok(Loaded {
                 snapshot,
                 warnings: findings,
+                overrides: overrides.applied,
             })
         }
         Err(files) => Err(Invalid { findings, files }),

@@ -72,6 +72,32 @@ security_settings:
 }
 
 #[test]
+fn check_shows_the_settings_mcgw_variables_set() {
+    // The file bounds request bodies to 1MiB; the variable lifts the
+    // bound. `check` must not pass what the file no longer says in silence.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(dir.path(), "limits: { max_body: 1MiB }\n");
+    let out = binary()
+        .env("MCGW_LIMITS_MAX_BODY", "1GiB")
+        .args(["check", "-c", config.to_str().expect("utf-8 path")])
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "reading {}\n\
+             MCGW_LIMITS_MAX_BODY: note: sets limits.max_body (the file's value, if any, is not used)\n",
+            config.display()
+        )
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: ok (0 APIs, 0 warnings)\n", config.display())
+    );
+}
+
+#[test]
 fn check_reports_every_error_with_its_place_and_exits_1() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write(
