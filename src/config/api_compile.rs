@@ -179,7 +179,11 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let access =
         super::application_compile::access(refs.applications, &name, &version, &api_scopes);
     let ip_filter = raw.ip_filter.as_ref().map(|filter| IpFilter {
-        allow: super::application_compile::cidrs(ctx, &filter.value.allow, "ip_filter.allow"),
+        allow: super::application_compile::allowed_cidrs(
+            ctx,
+            &filter.value.allow,
+            "ip_filter.allow",
+        ),
         deny: super::application_compile::cidrs(ctx, &filter.value.deny, "ip_filter.deny"),
     });
     let answer_room = 1

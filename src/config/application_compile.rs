@@ -132,7 +132,7 @@ pub fn compile(
             }
             given.push(index);
         }
-        let ip_ranges = cidrs(ctx, &raw.ip_ranges, "ip_ranges");
+        let ip_ranges = allowed_cidrs(ctx, &raw.ip_ranges, "ip_ranges");
         for subscription in &raw.apis {
             if !subscribes(apis, &subscription.value) {
                 ctx.report.error(
@@ -249,6 +249,20 @@ fn basic_users(
         users.push(username);
     }
     users
+}
+
+/// The CIDRs a caller must come from, when a list says so: left out, any
+/// address. Written empty (`allow: []`, a template that rendered no
+/// ranges), it reads as "no one" while it would let in everyone: an error.
+pub fn allowed_cidrs(ctx: &mut Ctx, list: &S<Vec<S<String>>>, key: &str) -> Vec<IpNet> {
+    if list.is_written() && list.value.is_empty() {
+        ctx.report.error(
+            list.referenced,
+            format!("{key} is an empty list, which would allow every address"),
+            format!("the CIDRs allowed, or no `{key}` to allow every address"),
+        );
+    }
+    cidrs(ctx, &list.value, key)
 }
 
 /// CIDRs (or single addresses) of a list, each wrong one reported.

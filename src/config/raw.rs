@@ -31,6 +31,21 @@ impl<T> S<T> {
     }
 }
 
+/// An absent value: its default, written nowhere (`Location::UNKNOWN`), so
+/// that a list written empty (`allow: []`) is told from one left out.
+impl<T: Default> Default for S<T> {
+    fn default() -> Self {
+        S::new(T::default(), Location::UNKNOWN, Location::UNKNOWN)
+    }
+}
+
+impl<T> S<T> {
+    /// Whether the value was written in the file (not a default).
+    pub fn is_written(&self) -> bool {
+        self.referenced != Location::UNKNOWN
+    }
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let spanned = Spanned::<T>::deserialize(deserializer)?;
@@ -839,20 +854,20 @@ pub struct Application {
     pub basic_users: Vec<S<User>>,
     /// SHA-256 fingerprints of its client certificates (`sha256:6D:21:…`).
     pub certificates: Vec<S<String>>,
-    /// CIDRs the caller must come from (empty: anywhere).
-    pub ip_ranges: Vec<S<String>>,
+    /// CIDRs the caller must come from (left out: anywhere; an empty list is an error).
+    pub ip_ranges: S<Vec<S<String>>>,
     /// Subscriptions: `name` or `name:version`.
     pub apis: Vec<S<String>>,
     /// `API:scope` granted to API key, Basic and certificate callers.
     pub api_scopes: Vec<S<String>>,
 }
 
-/// Client addresses of an API: deny wins; an empty `allow` allows all.
+/// Client addresses of an API: deny wins; `allow` left out allows all.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpFilter {
-    /// CIDRs allowed.
-    pub allow: Vec<S<String>>,
+    /// CIDRs allowed (left out: every address not denied; an empty list is an error).
+    pub allow: S<Vec<S<String>>>,
     /// CIDRs denied.
     pub deny: Vec<S<String>>,
 }

@@ -2131,6 +2131,57 @@ fn address_ranges_with_bits_past_their_prefix_are_refused() {
     );
 }
 
+/// An allow list written empty reads as "no one" (a template that rendered
+/// no ranges) and would allow every address: refused; left out, it
+/// allows every address.
+#[test]
+fn an_allow_list_written_empty_is_refused() {
+    let errors = errors(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: api_key }
+  resources: ["GET /a"]
+  ip_filter: { allow: [], deny: ["10.0.0.0/8"] }
+applications:
+- name: partner
+  api_keys: ["partner-demo-key"]
+  ip_ranges: []
+  apis: [A]
+"#,
+    );
+    assert_eq!(
+        errors,
+        vec![
+            error(
+                6,
+                23,
+                "ip_filter.allow is an empty list, which would allow every address",
+                "the CIDRs allowed, or no `ip_filter.allow` to allow every address",
+            ),
+            error(
+                10,
+                14,
+                "ip_ranges is an empty list, which would allow every address",
+                "the CIDRs allowed, or no `ip_ranges` to allow every address",
+            ),
+        ]
+    );
+    loaded(
+        r#"apis:
+- name: A
+  upstream: { echo: true }
+  authentication: { type: api_key }
+  resources: ["GET /a"]
+  ip_filter: { deny: ["10.0.0.0/8"] }
+applications:
+- name: partner
+  api_keys: ["partner-demo-key"]
+  apis: [A]
+"#,
+    );
+}
+
 /// A mapping for an auth server whose tokens the API never sees applies
 /// to nothing: said, not refused (webMethods exports carry them).
 #[test]
