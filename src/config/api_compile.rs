@@ -281,6 +281,13 @@ fn transport(ctx: &mut Ctx, raw: &raw::Api) -> Transport {
             https: true,
         };
     };
+    if list.value.is_empty() {
+        ctx.report.error(
+            list.referenced,
+            "transport is an empty list; the API would be served on no port",
+            "http, https, or no `transport` for both",
+        );
+    }
     let mut transport = Transport {
         http: false,
         https: false,
@@ -308,7 +315,9 @@ fn upstream(ctx: &mut Ctx, entry: &S<raw::Api>) -> Option<Upstream> {
         );
         return None;
     };
-    let timeout = ctx.duration(
+    // 0 would answer every request 504 before the upstream could.
+    let timeout = super::listener_compile::positive(
+        ctx,
         &up.value.timeout,
         "upstream.timeout",
         Duration::from_secs(30),

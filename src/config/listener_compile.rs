@@ -360,7 +360,12 @@ pub(super) fn timeouts(ctx: &mut Ctx, raw: &raw::Timeouts) -> Timeouts {
 /// connection (`idle`), every upstream connection (`upstream_connect`),
 /// every body and every response that does not fit in one write
 /// (`body_read`, `send`), every tunnel (`tunnel_idle`).
-fn positive(ctx: &mut Ctx, raw: &Option<S<Scalar>>, key: &str, default: Duration) -> Duration {
+pub(super) fn positive(
+    ctx: &mut Ctx,
+    raw: &Option<S<Scalar>>,
+    key: &str,
+    default: Duration,
+) -> Duration {
     let value = ctx.duration(raw, key, default);
     match raw {
         Some(at) if value.is_zero() => {

@@ -465,7 +465,7 @@ pub struct Api {
     pub version: Opt<Scalar>,
     /// Path prefix the API is served under. Default `/gateway/{name}/{version}`.
     pub base_path: Opt<String>,
-    /// Transports served (`http`, `https`); default both.
+    /// Transports served (`http`, `https`; not an empty list); default both.
     pub transport: Option<S<Vec<S<String>>>>,
     /// Accept `%2F` in paths. Default false.
     pub allow_encoded_slashes: Opt<Scalar>,
@@ -496,7 +496,7 @@ pub struct Upstream {
     pub url: Opt<Scalar>,
     /// Answer with a description of the request instead of forwarding (for trials; credentials redacted).
     pub echo: Opt<Scalar>,
-    /// Longest wait for the upstream's answer (duration; 504 beyond).
+    /// Longest wait for the upstream's answer (duration, more than 0; 504 beyond).
     pub timeout: Opt<Scalar>,
     /// PEM CA bundle trusted for an https upstream (default: the system roots).
     pub ca_bundle: Opt<Scalar>,

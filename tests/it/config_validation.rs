@@ -209,6 +209,38 @@ fn bad_duration() {
     );
 }
 
+/// An upstream timeout of 0 answers every request 504 before the upstream
+/// could; a transport list written empty serves the API on no port. Both
+/// read as something else (no bound, every transport): refused.
+#[test]
+fn an_upstream_timeout_of_0_and_an_empty_transport_list_are_refused() {
+    assert_eq!(
+        errors(
+            r#"apis:
+- name: A
+  transport: []
+  upstream: { echo: true, timeout: 0 }
+  authentication: { type: none }
+  resources: ["GET /a"]
+"#
+        ),
+        vec![
+            error(
+                3,
+                14,
+                "transport is an empty list; the API would be served on no port",
+                "http, https, or no `transport` for both",
+            ),
+            error(
+                4,
+                36,
+                "upstream.timeout: must be more than 0",
+                "a duration such as \"30s\" or \"500ms\"",
+            ),
+        ]
+    );
+}
+
 /// Durations are added to clock readings on the data path: one past a
 /// year (`18446744073709551615` seconds overflowed the clock and panicked
 /// every connection's deadline) is refused, naming its key.
