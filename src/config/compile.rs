@@ -68,6 +68,9 @@ pub fn compile(
             applications: &applications,
         },
     );
+    if let Some(own) = &authorization_server {
+        super::own_tokens::check(&mut ctx, &file.security_settings.auth_servers, own);
+    }
     let own_issuer = authorization_server.as_ref().map(|a| a.issuer.as_str());
     super::plain_http::check(&mut ctx, file, own_issuer);
     let central = file

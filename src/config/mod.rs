@@ -25,6 +25,7 @@ pub mod fleet_compile;
 pub mod listener_compile;
 pub mod load;
 pub mod nesting;
+mod own_tokens;
 pub mod plain_http;
 pub mod raw;
 pub mod resolve;

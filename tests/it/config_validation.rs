@@ -2873,3 +2873,38 @@ fn accept_jwt_typ_without_an_audience_is_warned_about() {
     let with = warnings(&server("      audience: travels\n"));
     assert!(with.is_empty(), "{with:#?}");
 }
+
+/// An auth server that reads this instance's own tokens with an audience
+/// they do not carry accepts none of them: said by `check`, not left to
+/// the first caller's 401.
+#[test]
+fn an_audience_other_than_the_own_authorization_servers_is_warned_about() {
+    let yaml = |audience: &str| {
+        format!(
+            r#"authorization_server:
+  issuer: "http://localhost:4485"
+  audience: travels
+security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: {{ issuer: "http://localhost:4485/", audience: "{audience}" }}
+"#
+        )
+    };
+    let warnings: Vec<Found> = loaded(&yaml("travels/"))
+        .warnings
+        .iter()
+        .map(found)
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            7,
+            77,
+            "audience `travels/` is not authorization_server.audience `travels`, which this instance's tokens carry: none of them is accepted".to_owned(),
+            None
+        )]
+    );
+    let matching = loaded(&yaml("travels"));
+    assert!(matching.warnings.is_empty(), "{:?}", matching.warnings);
+}
