@@ -459,6 +459,15 @@ fn resources(ctx: &mut Ctx, raw: &raw::Api) -> Vec<Resource> {
             ctx.report
                 .error(scope.referenced, "API scope `name` is missing", "");
         }
+        if scope.value.resources.is_empty() {
+            // A mapping to it, or an application given it, grants nothing:
+            // most likely its resources were written elsewhere.
+            let name = scope.value.name.as_ref().map_or("", |n| n.value.as_str());
+            ctx.report.warning(
+                scope.referenced,
+                format!("API scope `{name}` has no resources; granting it allows nothing"),
+            );
+        }
         for text in &scope.value.resources {
             let Some((method, template)) = parse_resource(ctx, text) else {
                 continue;

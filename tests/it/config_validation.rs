@@ -2908,3 +2908,29 @@ security_settings:
     let matching = loaded(&yaml("travels"));
     assert!(matching.warnings.is_empty(), "{:?}", matching.warnings);
 }
+
+/// A scope without resources grants nothing: its resources were most
+/// likely written elsewhere (under `resources:`, open to any valid token).
+#[test]
+fn an_api_scope_without_resources_is_warned_about() {
+    let yaml = format!(
+        r#"apis:
+- name: A
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: local }}
+  scopes:
+  - name: admin
+  resources: ["GET /admin"]
+{AUTH_SERVER_LAST}"#
+    );
+    let warnings: Vec<Found> = loaded(&yaml).warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            6,
+            5,
+            "API scope `admin` has no resources; granting it allows nothing".to_owned(),
+            None
+        )]
+    );
+}
