@@ -176,14 +176,23 @@ pub fn compile(
     out
 }
 
-/// The auth servers an application's `auth_servers` name (empty: any).
+/// The auth servers an application's `auth_servers` name (left out: any).
 fn trusted_servers(
     ctx: &mut Ctx,
     raw: &raw::Application,
     auth_servers: &BTreeMap<Arc<str>, Arc<AuthServer>>,
 ) -> Vec<Arc<str>> {
+    // Written empty, the list reads as "no server" and would match the
+    // client ids on tokens of every server.
+    if raw.auth_servers.is_written() && raw.auth_servers.value.is_empty() {
+        ctx.report.error(
+            raw.auth_servers.referenced,
+            "auth_servers is an empty list, which would match client_ids on tokens of every auth server",
+            "the auth servers that issued the client ids, or no `auth_servers` for any",
+        );
+    }
     let mut trusted = Vec::new();
-    for name in &raw.auth_servers {
+    for name in &raw.auth_servers.value {
         match auth_servers.get_key_value(name.value.as_str()) {
             Some((id, _)) if !trusted.contains(id) => trusted.push(id.clone()),
             Some(_) => {}

@@ -845,9 +845,10 @@ pub struct Application {
     pub name: Opt<String>,
     /// OAuth2 tokens whose `client_id` (else `azp`) is one of these.
     pub client_ids: Vec<S<String>>,
-    /// The auth servers whose tokens `client_ids` are matched on (empty:
-    /// any): a client id is unique only at the server that issued it.
-    pub auth_servers: Vec<S<String>>,
+    /// The auth servers whose tokens `client_ids` are matched on (left
+    /// out: any; an empty list is an error): a client id is unique only at
+    /// the server that issued it.
+    pub auth_servers: S<Vec<S<String>>>,
     /// Its API keys (secret syntax; kept as SHA-256 digests).
     pub api_keys: Vec<S<Scalar>>,
     /// Its Basic users (argon2id hashes).

@@ -2165,7 +2165,7 @@ fn address_ranges_with_bits_past_their_prefix_are_refused() {
 
 /// An allow list written empty reads as "no one" (a template that rendered
 /// no ranges) and would allow every address: refused; left out, it
-/// allows every address.
+/// allows every address. So does an application's `auth_servers`.
 #[test]
 fn an_allow_list_written_empty_is_refused() {
     let errors = errors(
@@ -2179,6 +2179,8 @@ applications:
 - name: partner
   api_keys: ["partner-demo-key"]
   ip_ranges: []
+  client_ids: [partner]
+  auth_servers: []
   apis: [A]
 "#,
     );
@@ -2196,6 +2198,12 @@ applications:
                 14,
                 "ip_ranges is an empty list, which would allow every address",
                 "the CIDRs allowed, or no `ip_ranges` to allow every address",
+            ),
+            error(
+                12,
+                17,
+                "auth_servers is an empty list, which would match client_ids on tokens of every auth server",
+                "the auth servers that issued the client ids, or no `auth_servers` for any",
             ),
         ]
     );
