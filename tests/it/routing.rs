@@ -277,7 +277,7 @@ apis:
 - name: Travels
   base_path: /travels
   upstream: {{ url: "{}" }}
-  resources: ["GET /vip/bookings", "GET /bookings"]
+  resources: ["GET /bookings"]
   authentication:
     type: none
 - name: VIP
