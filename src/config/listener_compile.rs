@@ -297,11 +297,7 @@ pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
             None
         })
         .unwrap_or(100);
-    let max_connections = raw
-        .max_connections
-        .as_ref()
-        .and_then(|v| ctx.number::<usize>(v, "limits.max_connections", "a positive integer"))
-        .unwrap_or(10_000);
+    let max_connections = count(ctx, &raw.max_connections, "limits.max_connections", 10_000);
     let mut max_header_bytes = ctx.size(&raw.max_header_bytes, "limits.max_header_bytes", 32 << 10);
     // The HTTP/1 read buffer and the HTTP/2 header-list limit (and with
     // it, how many CONTINUATION frames a peer may send) grow with it.
@@ -321,14 +317,46 @@ pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
     Limits {
         max_header_bytes: max_header_bytes as usize,
         max_headers,
-        max_uri: ctx.size(&raw.max_uri, "limits.max_uri", 8 << 10) as usize,
+        max_uri: max_uri(ctx, &raw.max_uri),
         max_body: ctx.size(&raw.max_body, "limits.max_body", 10 << 20),
         max_connections,
-        max_tunnels: raw
-            .max_tunnels
-            .as_ref()
-            .and_then(|v| ctx.number::<usize>(v, "limits.max_tunnels", "a positive integer"))
-            .unwrap_or(1_000),
+        max_tunnels: count(ctx, &raw.max_tunnels, "limits.max_tunnels", 1_000),
+    }
+}
+
+/// A limit on how many of something are served at once: 0 would refuse
+/// every one, which no one means (a configuration error, not a gateway
+/// that answers nothing).
+fn count(ctx: &mut Ctx, value: &Option<S<Scalar>>, key: &str, default: usize) -> usize {
+    let Some(value) = value else { return default };
+    match ctx.number::<usize>(value, key, "a positive integer") {
+        Some(0) => {
+            ctx.report.error(
+                Ctx::at(value),
+                format!("{key}: 0 would refuse every one"),
+                "a positive integer",
+            );
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+/// `limits.max_uri`: under the shortest target (`/`) every request
+/// would be 414.
+fn max_uri(ctx: &mut Ctx, value: &Option<S<Scalar>>) -> usize {
+    let max_uri = ctx.size(value, "limits.max_uri", 8 << 10);
+    match value {
+        Some(written) if max_uri == 0 => {
+            ctx.report.error(
+                Ctx::at(written),
+                "limits.max_uri: 0 would refuse every request (414)",
+                "a size from 1 byte, such as \"8KiB\"",
+            );
+            8 << 10
+        }
+        _ => usize::try_from(max_uri).unwrap_or(usize::MAX),
     }
 }
 

@@ -315,6 +315,47 @@ fn header_count_out_of_range() {
     assert_eq!(snap.limits.max_headers, 256);
 }
 
+/// A limit of 0 connections, tunnels or target bytes would refuse every
+/// request: a configuration error, not a gateway that answers nothing.
+#[test]
+fn limits_of_0_that_would_refuse_everything_are_refused() {
+    for (key, column, message) in [
+        (
+            "max_connections",
+            20,
+            "limits.max_connections: 0 would refuse every one",
+        ),
+        (
+            "max_tunnels",
+            16,
+            "limits.max_tunnels: 0 would refuse every one",
+        ),
+    ] {
+        refused(
+            &format!("limits:\n  {key}: 0\n"),
+            error(2, column, message, "a positive integer"),
+        );
+    }
+    refused(
+        "limits:\n  max_uri: 0\n",
+        error(
+            2,
+            12,
+            "limits.max_uri: 0 would refuse every request (414)",
+            "a size from 1 byte, such as \"8KiB\"",
+        ),
+    );
+    let snap = loaded("limits: { max_connections: 1, max_tunnels: 1, max_uri: 1 }\n").snapshot;
+    assert_eq!(
+        (
+            snap.limits.max_connections,
+            snap.limits.max_tunnels,
+            snap.limits.max_uri
+        ),
+        (1, 1, 1)
+    );
+}
+
 #[test]
 fn sizes_in_every_accepted_form() {
     let snap =
