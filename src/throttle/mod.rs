@@ -15,7 +15,6 @@ pub mod gcra;
 pub mod memory;
 pub mod redis;
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -456,8 +455,8 @@ struct Counting<'s, 'c> {
     policies: SmallVec<[&'s ThrottlePolicy; 2]>,
     /// Their keys, in their order (none for a sole counter).
     keys: SmallVec<[(Key<'c>, Rate); 2]>,
-    /// Their `RateLimit-Policy` field.
-    field: Cow<'s, Option<HeaderValue>>,
+    /// Their `RateLimit-Policy` field (none for no policy).
+    field: Option<PolicyField<'s>>,
 }
 
 impl<'s, 'c> Counting<'s, 'c> {
@@ -468,12 +467,11 @@ impl<'s, 'c> Counting<'s, 'c> {
         let matched = &api.resources[resources.matched];
         let counting = api.throttle_counting(resources.matched, resources.also);
         let field = if counting.len() == matched.throttle.len() {
-            Cow::Borrowed(&matched.ratelimit_policy)
+            matched.ratelimit_policy.as_ref().map(PolicyField::Compiled)
         } else {
             // The other reading's policies too: a field made for it.
-            Cow::Owned(ThrottlePolicy::field_of(
-                counting.iter().map(|&i| &api.throttle[i]),
-            ))
+            ThrottlePolicy::field_of(counting.iter().map(|&i| &api.throttle[i]))
+                .map(|field| PolicyField::Made(Box::new(field)))
         };
         let policies: SmallVec<[&ThrottlePolicy; 2]> =
             counting.iter().map(|&i| &api.throttle[i]).collect();
@@ -512,7 +510,10 @@ impl<'s, 'c> Counting<'s, 'c> {
         let counting = Counting {
             policies: smallvec::smallvec![policy],
             keys: SmallVec::new(),
-            field: Cow::Borrowed(&resource.ratelimit_policy),
+            field: resource
+                .ratelimit_policy
+                .as_ref()
+                .map(PolicyField::Compiled),
         };
         Some((counting, tat))
     }
@@ -559,15 +560,9 @@ impl<'s, 'c> Counting<'s, 'c> {
     }
 }
 
-/// An admitted request's verdict: its resource's `RateLimit-Policy`
-/// field and the `RateLimit` field made for it. Inlined: the sole
-/// counter's path knows its field is the resource's.
-#[inline]
-fn admitted(field: Cow<'_, Option<HeaderValue>>, ratelimit: Option<HeaderValue>) -> Verdict<'_> {
-    let field = match field {
-        Cow::Borrowed(field) => field.as_ref().map(PolicyField::Compiled),
-        Cow::Owned(field) => field.map(|field| PolicyField::Made(Box::new(field))),
-    };
+/// An admitted request's verdict: its `RateLimit-Policy` field and the
+/// `RateLimit` field made for it.
+fn admitted(field: Option<PolicyField<'_>>, ratelimit: Option<HeaderValue>) -> Verdict<'_> {
     let fields = field.zip(ratelimit);
     Verdict::Admitted(fields.map(|(policy, ratelimit)| AdmittedFields { policy, ratelimit }))
 }
