@@ -34,21 +34,18 @@ impl Selection {
         }
     }
 
-    /// Keeps in a scope mapping's `api_scopes` those of APIs taken (`text`
-    /// reads one); false when the mapping is to be dropped.
+    /// Keeps in a scope mapping's `api_scopes` (`API:scope`) those of APIs
+    /// taken (`text` reads one); false when the mapping is to be dropped.
     pub fn keep_api_scopes<T>(
         &self,
         api_scopes: &mut Vec<T>,
         text: impl Fn(&T) -> Option<&str>,
     ) -> bool {
-        if *self == Selection::All || api_scopes.is_empty() {
-            return true;
-        }
-        api_scopes.retain(|api_scope| {
-            let api = text(api_scope).and_then(|s| s.rsplit_once(':'));
-            api.is_some_and(|(api, _)| self.takes(Some(api)))
-        });
-        !api_scopes.is_empty()
+        self.keep(api_scopes, text, |api_scope| {
+            api_scope
+                .rsplit_once(':')
+                .is_some_and(|(api, _)| self.takes(Some(api)))
+        })
     }
 
     /// Keeps in an application's subscriptions (`name` or
@@ -59,18 +56,27 @@ impl Selection {
         apis: &mut Vec<T>,
         text: impl Fn(&T) -> Option<&str>,
     ) -> bool {
-        if *self == Selection::All || apis.is_empty() {
+        self.keep(apis, text, |named| {
+            self.takes(Some(named))
+                || named
+                    .rsplit_once(':')
+                    .is_some_and(|(name, _)| self.takes(Some(name)))
+        })
+    }
+
+    /// Keeps the entries of `list` whose text `names_taken` accepts; false
+    /// when it named APIs and none is left. `All` keeps everything.
+    fn keep<T>(
+        &self,
+        list: &mut Vec<T>,
+        text: impl Fn(&T) -> Option<&str>,
+        names_taken: impl Fn(&str) -> bool,
+    ) -> bool {
+        if *self == Selection::All || list.is_empty() {
             return true;
         }
-        apis.retain(|api| {
-            text(api).is_some_and(|named| {
-                self.takes(Some(named))
-                    || named
-                        .rsplit_once(':')
-                        .is_some_and(|(name, _)| self.takes(Some(name)))
-            })
-        });
-        !apis.is_empty()
+        list.retain(|entry| text(entry).is_some_and(&names_taken));
+        !list.is_empty()
     }
 }
 
