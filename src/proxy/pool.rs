@@ -189,9 +189,8 @@ impl Connector {
         target: &Target,
         timeout: Duration,
     ) -> Result<Connection, SendError> {
-        tokio::time::timeout(timeout, self.connect(target))
+        self.connect_until(target, Instant::now() + timeout, timeout)
             .await
-            .map_err(|_| SendError::Timeout(timeout))?
     }
 
     /// A new connection to `target`, made by `until` (a budget of
