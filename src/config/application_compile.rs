@@ -182,15 +182,12 @@ fn trusted_servers(
     raw: &raw::Application,
     auth_servers: &BTreeMap<Arc<str>, Arc<AuthServer>>,
 ) -> Vec<Arc<str>> {
-    // Written empty, the list reads as "no server" and would match the
-    // client ids on tokens of every server.
-    if raw.auth_servers.is_written() && raw.auth_servers.value.is_empty() {
-        ctx.report.error(
-            raw.auth_servers.referenced,
-            "auth_servers is an empty list, which would match client_ids on tokens of every auth server",
-            "the auth servers that issued the client ids, or no `auth_servers` for any",
-        );
-    }
+    ctx.refuse_written_empty(
+        &raw.auth_servers,
+        "auth_servers",
+        "match client_ids on tokens of every auth server",
+        "the auth servers that issued the client ids, or no `auth_servers` for any".into(),
+    );
     let mut trusted = Vec::new();
     for name in &raw.auth_servers.value {
         match auth_servers.get_key_value(name.value.as_str()) {
@@ -264,13 +261,12 @@ fn basic_users(
 /// address. Written empty (`allow: []`, a template that rendered no
 /// ranges), it reads as "no one" while it would let in everyone: an error.
 pub fn allowed_cidrs(ctx: &mut Ctx, list: &S<Vec<S<String>>>, key: &str) -> Vec<IpNet> {
-    if list.is_written() && list.value.is_empty() {
-        ctx.report.error(
-            list.referenced,
-            format!("{key} is an empty list, which would allow every address"),
-            format!("the CIDRs allowed, or no `{key}` to allow every address"),
-        );
-    }
+    ctx.refuse_written_empty(
+        list,
+        key,
+        "allow every address",
+        format!("the CIDRs allowed, or no `{key}` to allow every address"),
+    );
     cidrs(ctx, &list.value, key)
 }
 

@@ -128,6 +128,26 @@ impl Ctx<'_> {
         value.as_ref().map(|v| v.value.0.clone())
     }
 
+    /// Refuses a list written empty where leaving it out means "any":
+    /// written, `[]` reads as "none" (how a template that rendered nothing
+    /// writes it) while it would let everything through. `what` says
+    /// what it would let through, `allowed` what to write instead.
+    pub fn refuse_written_empty<T>(
+        &mut self,
+        list: &S<Vec<T>>,
+        key: &str,
+        what: &str,
+        allowed: String,
+    ) {
+        if list.is_written() && list.value.is_empty() {
+            self.report.error(
+                list.referenced,
+                format!("{key} is an empty list, which would {what}"),
+                allowed,
+            );
+        }
+    }
+
     /// An audience a token's `aud` is to name: an empty one (or only
     /// whitespace) names none, and would refuse every token.
     pub fn audience(&mut self, value: &Option<S<Scalar>>, key: &str) -> Option<String> {
