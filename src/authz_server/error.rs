@@ -50,6 +50,10 @@ pub enum OAuthError {
     MethodNotAllowed { allow: &'static str },
     #[error("no such endpoint")]
     NotFound,
+    /// The approval page asked for by a script or into a frame, not by the
+    /// browser's own navigation (Fetch Metadata).
+    #[error("the authorization endpoint was not navigated to")]
+    NotNavigated,
     /// An admin endpoint, but no admin credentials are configured.
     #[error("admin endpoints are off: no admin credentials configured")]
     AdminDisabled,
@@ -150,6 +154,11 @@ impl OAuthError {
                 "method not allowed",
             ),
             OAuthError::NotFound => (StatusCode::NOT_FOUND, "invalid_request", "no such endpoint"),
+            OAuthError::NotNavigated => (
+                StatusCode::FORBIDDEN,
+                "invalid_request",
+                "the authorization page opens only as a page of its own",
+            ),
             OAuthError::AdminDisabled => (
                 StatusCode::FORBIDDEN,
                 "access_denied",
@@ -235,6 +244,7 @@ impl OAuthError {
             | OAuthError::UnsupportedResponseType
             | OAuthError::BodyTooLarge { .. }
             | OAuthError::NotFound
+            | OAuthError::NotNavigated
             | OAuthError::AdminDisabled
             | OAuthError::Store(_)
             | OAuthError::Signing(_)

@@ -245,6 +245,79 @@ async fn not_you_sign_out_ends_the_session() {
 }
 
 #[tokio::test]
+async fn only_the_browsers_own_navigation_gets_the_pages() {
+    let gw = branded().await;
+    let mut browser = Browser::new(&gw);
+    browser.fetch = Some(("navigate", "document"));
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let consent = browser.login(&authorize).await;
+    assert!(
+        consent.body.contains("Allow BookYourTicket?"),
+        "{}",
+        consent.body
+    );
+    // A script of a page on this origin, with the signed-in cookie: what
+    // it fetches holds no CSRF token, and a form it posts approves nothing.
+    for (mode, dest) in [
+        ("cors", "empty"),
+        ("same-origin", "empty"),
+        ("navigate", "iframe"),
+    ] {
+        browser.fetch = Some((mode, dest));
+        let read = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+        assert_eq!(read.status, 403, "{mode} {dest}: {}", read.body);
+        assert!(!read.body.contains("csrf_token"), "{}", read.body);
+        assert!(read.body.contains("opens only on its own"), "{}", read.body);
+        let posted = browser
+            .submit(&consent, "approve", &[("grant_scope", "view")])
+            .await;
+        assert_eq!(posted.status, 403, "{mode} {dest}: {}", posted.body);
+        assert!(posted.header("location").is_none());
+    }
+    // The browser's own form post still approves.
+    browser.fetch = Some(("navigate", "document"));
+    let approved = browser
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    assert!(approved
+        .location()
+        .starts_with(&format!("{CALLBACK}?code=")));
+}
+
+#[tokio::test]
+async fn a_script_on_the_same_origin_cannot_read_the_page_in_headless_chromium() {
+    let gw = branded().await;
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let chromium = Chromium::start().await;
+    chromium
+        .goto(&gw.url(&format!("/oauth2/authorize?{authorize}")))
+        .await;
+    chromium.type_into("#username", "alice").await;
+    chromium.type_into("#password", "wonderland").await;
+    chromium.click("button[value=login]").await;
+    chromium.wait_for("button[value=approve]").await;
+    // Signed in. A page of the same origin fetches the consent page with
+    // the session's cookie, as an API's page could.
+    chromium.goto(&gw.url("/oauth2/jwks")).await;
+    let read = chromium
+        .eval(
+            "return fetch('/oauth2/authorize?' + arguments[0], { credentials: 'include' })\
+             .then(r => r.text().then(t => [r.status, t.includes('csrf_token')]))",
+            serde_json::json!([authorize]),
+        )
+        .await;
+    assert_eq!(read, serde_json::json!([403, false]), "{read}");
+    // Navigated to, it is the consent page still.
+    chromium
+        .goto(&gw.url(&format!("/oauth2/authorize?{authorize}")))
+        .await;
+    chromium.wait_for("button[value=approve]").await;
+}
+
+#[tokio::test]
 async fn branding_is_validated_when_the_configuration_is_compiled() {
     for (branding, expected) in [
         (

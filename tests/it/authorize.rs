@@ -338,6 +338,9 @@ pub(crate) struct Browser<'g> {
     pub(crate) cookie: Option<String>,
     /// The address a proxy on 127.0.0.1 names it by (`X-Forwarded-For`).
     forwarded_for: Option<&'static str>,
+    /// The `Sec-Fetch-Mode` and `Sec-Fetch-Dest` a current browser sends
+    /// (none: a client that sends no Fetch Metadata).
+    pub(crate) fetch: Option<(&'static str, &'static str)>,
 }
 
 pub(crate) struct Reply {
@@ -366,6 +369,7 @@ impl<'g> Browser<'g> {
             gw,
             cookie: None,
             forwarded_for: None,
+            fetch: None,
         }
     }
 
@@ -384,6 +388,11 @@ impl<'g> Browser<'g> {
         }
         if let Some(address) = self.forwarded_for {
             request = request.header("x-forwarded-for", address);
+        }
+        if let Some((mode, dest)) = self.fetch {
+            request = request
+                .header("sec-fetch-mode", mode)
+                .header("sec-fetch-dest", dest);
         }
         request
     }

@@ -55,6 +55,9 @@ pub struct AuthorizeContext<'a> {
 }
 
 pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes> {
+    if !navigated(req.headers()) {
+        return error_page(cx, &OAuthError::NotNavigated);
+    }
     let form = match read(cx, req) {
         Ok(form) => form,
         Err(error) => return error_page(cx, &error),
@@ -120,6 +123,23 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
             &OAuthError::InvalidRequest("action must be login, approve, deny or signout"),
         ),
     }
+}
+
+/// Whether the browser, if it says how the request was made (W3C Fetch
+/// Metadata, sent by every current browser), made it as the navigation of
+/// a top-level page. The approval pages are the resource owner's own: a
+/// script of a page on this origin (an API's upstream answers here too)
+/// that could `fetch` one would read its CSRF token and approve in the
+/// owner's name, and a frame is refused by the pages' headers anyway. A
+/// client that sends no such field (no browser, or an old one) is not
+/// refused: the CSRF token still keeps other sites out.
+fn navigated(headers: &http::HeaderMap) -> bool {
+    let is_or_absent = |name: &str, allowed: &[u8]| {
+        headers
+            .get(name)
+            .is_none_or(|value| value.as_bytes() == allowed)
+    };
+    is_or_absent("sec-fetch-mode", b"navigate") && is_or_absent("sec-fetch-dest", b"document")
 }
 
 /// The request's parameters: the query of a GET, the form body of a POST.
@@ -453,6 +473,9 @@ fn in_user_words(status: StatusCode, description: &str) -> &'static str {
          Go back to the application and tell its owner."
     } else if description.contains("client") {
         "This application is not known here, so you cannot sign in to it with this link."
+    } else if description.contains("page of its own") {
+        "This sign-in page opens only on its own, not inside another page. \
+         Go back to the application and try again."
     } else if description.contains("HTTPS") {
         "This page must be opened over a secure (https) connection."
     } else if description.contains("larger than") {
