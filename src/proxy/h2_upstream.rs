@@ -32,6 +32,11 @@
 //! sent again on another connection, at most `MAX_REPLAYS` times; a body
 //! the upstream refused after it went out is replayed once, from the copy
 //! kept of its first [`REPLAY_LIMIT`] bytes (a longer body is not retried).
+//! Connecting, over all the tries of one request, ends within one
+//! `timeout` of its start (as over HTTP/1.1, `pool::TryBounds`): each try
+//! connects (or waits for a connection being opened) within what earlier
+//! tries left, and none starts once it is spent. A timeout is never
+//! retried, nor a request the upstream began to answer.
 
 mod request_body;
 
@@ -167,20 +172,20 @@ impl Drop for Opening {
 }
 
 /// A connection for a request to `key`: a pooled one with room, a new one
-/// it opens, or, while one is being opened, that one once it is (within
-/// `bound`).
+/// it opens, or, while one is being opened, that one once it is; made or
+/// waited for by `connect_by`.
 async fn checkout(
     connector: &Connector,
     key: &Key<'_>,
     pool_key: &PoolKey,
     bound: Bound,
+    connect_by: tokio::time::Instant,
 ) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), H2Error> {
-    let due = bound.due(tokio::time::Instant::now());
     loop {
         match claim(pool_key, bound.timeout) {
             Claim::Pooled(conn) => return Ok(conn),
             Claim::Open(opening) => {
-                let conn = connect(connector, key, pool_key, bound).await;
+                let conn = connect(connector, key, pool_key, bound, connect_by).await;
                 drop(opening);
                 return conn;
             }
@@ -188,7 +193,7 @@ async fn checkout(
                 // Enabled before anything else runs on this thread: the
                 // wake-up of the connection being opened is not missed.
                 let waiting = done.notified();
-                if tokio::time::timeout_at(due, waiting).await.is_err() {
+                if tokio::time::timeout_at(connect_by, waiting).await.is_err() {
                     return Err(H2Error::Connect(SendError::Timeout(bound.timeout)));
                 }
             }
@@ -244,14 +249,17 @@ fn pooled(key: &PoolKey) -> Option<(SendRequest<Body>, Arc<AtomicUsize>)> {
     })
 }
 
+/// A new connection to `key`'s upstream, TCP, TLS and HTTP/2 handshakes
+/// all done by `connect_by`.
 async fn connect(
     connector: &Connector,
     key: &Key<'_>,
     pool_key: &PoolKey,
     bound: Bound,
+    connect_by: tokio::time::Instant,
 ) -> Result<(SendRequest<Body>, Arc<AtomicUsize>), H2Error> {
     let stream = connector
-        .h2_stream(key, bound.limit())
+        .h2_stream(key, connect_by, bound.timeout)
         .await
         .map_err(H2Error::Connect)?;
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
@@ -267,10 +275,9 @@ async fn connect(
         .keep_alive_while_idle(true)
         .timer(hyper_util::rt::TokioTimer::new());
     let handshake = builder.handshake(TokioIo::new(stream));
-    let within = bound.limit();
-    let (sender, conn) = tokio::time::timeout(within, handshake)
+    let (sender, conn) = tokio::time::timeout_at(connect_by, handshake)
         .await
-        .map_err(|_| H2Error::Connect(SendError::Timeout(within)))?
+        .map_err(|_| H2Error::Connect(SendError::Timeout(bound.timeout)))?
         .map_err(|e| H2Error::Connect(SendError::Connect(e.into())))?;
     tokio::spawn(async move {
         if let Err(error) = conn.await {
@@ -315,17 +322,6 @@ impl Bound {
     fn due(self, since: tokio::time::Instant) -> tokio::time::Instant {
         let due = since + self.timeout;
         self.deadline.map_or(due, |deadline| deadline.min(due))
-    }
-
-    /// The longest a wait that starts now may last.
-    fn limit(self) -> Duration {
-        match self.deadline {
-            None => self.timeout,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                left.min(self.timeout)
-            }
-        }
     }
 
     /// The time the call has left, if the client stated a deadline;
@@ -447,22 +443,28 @@ pub async fn send(
     let replay = Arc::new(Mutex::new(Replay::new(body)));
     let (recording, mut progress) = Watched::new(Recording(replay.clone()));
     let mut req = Request::from_parts(parts, recording.boxed());
+    // Connecting, over all the tries, within one `timeout` (and the
+    // client's deadline): a try never starts a new one.
+    let connect_by = bound.due(tokio::time::Instant::now());
     // Sends again what the upstream did not process, a bounded number of
-    // times: under load several pooled connections can be going away at once.
+    // times (under load several pooled connections can be going away at
+    // once), and only while the time for connecting lasts.
     let mut replays = 0u8;
+    let exhausted =
+        |replays: u8| replays >= MAX_REPLAYS || tokio::time::Instant::now() >= connect_by;
     // The body can be replayed once: what the recording kept is handed over.
     let mut body_replayed = false;
     loop {
-        let exhausted = replays >= MAX_REPLAYS;
         // A call whose deadline has passed opens no connection.
         bound.remaining()?;
-        let (mut sender, in_flight) = checkout(connector, key, &pool_key, bound).await?;
+        let (mut sender, in_flight) =
+            checkout(connector, key, &pool_key, bound, connect_by).await?;
         let guard = InFlight::new(in_flight);
-        match tokio::time::timeout(bound.limit(), sender.ready()).await {
+        match tokio::time::timeout_at(connect_by, sender.ready()).await {
             Err(_) => return Err(H2Error::Timeout),
             // Closed before the request was handed to it: the request is
             // still ours, for a new connection.
-            Ok(Err(error)) if exhausted => return Err(H2Error::Request(error)),
+            Ok(Err(error)) if exhausted(replays) => return Err(H2Error::Request(error)),
             Ok(Err(_)) => {
                 replays += 1;
                 continue;
@@ -483,7 +485,7 @@ pub async fn send(
             }
             Err(mut error) => match error.take_message() {
                 // Never sent: send it again as it is.
-                Some(unsent) if !exhausted => {
+                Some(unsent) if !exhausted(replays) => {
                     replays += 1;
                     req = unsent;
                     continue;
@@ -496,7 +498,7 @@ pub async fn send(
         if let Some(body_error) = progress.failure() {
             return Err(H2Error::RequestBody(body_error));
         }
-        if exhausted || body_replayed || !refused(&error) {
+        if exhausted(replays) || body_replayed || !refused(&error) {
             return Err(H2Error::Request(error));
         }
         let Some(body) = lock(&replay).again() else {

@@ -267,13 +267,15 @@ impl Connector {
 }
 
 impl Connector {
-    /// A byte stream for HTTP/2 to `key`'s upstream within `timeout`: TLS
+    /// A byte stream for HTTP/2 to `key`'s upstream, made by `until` (a
+    /// budget of `budget` that earlier tries may have spent part of): TLS
     /// negotiating `h2` by ALPN for `https`, plain TCP (h2c by prior
     /// knowledge) for `http`. Verified as HTTP/1.1 connections are.
     pub(super) async fn h2_stream(
         &self,
         key: &Key<'_>,
-        timeout: Duration,
+        until: tokio::time::Instant,
+        budget: Duration,
     ) -> Result<Stream, SendError> {
         let https = key.scheme == &Scheme::HTTPS;
         let config = self
@@ -310,9 +312,9 @@ impl Connector {
             }
             Ok(Stream::Tls(Box::new(stream)))
         };
-        tokio::time::timeout(timeout, connect)
+        tokio::time::timeout_at(until, connect)
             .await
-            .map_err(|_| SendError::Timeout(timeout))?
+            .map_err(|_| SendError::Timeout(budget))?
     }
 }
 

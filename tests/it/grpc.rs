@@ -500,6 +500,77 @@ async fn an_unreachable_upstream_is_unavailable() {
     gw.shutdown().await;
 }
 
+/// An upstream that accepts connections and never completes their TLS
+/// handshakes (each is held open).
+async fn stalling_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+/// The API `api` on the upstream at `addr` (TLS, HTTP/2, `timeout: 2s`),
+/// and the directory the gateway reads the upstream's CA from.
+fn stalling_yaml(
+    api: &str,
+    idp: &Idp,
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("upstream-ca.pem");
+    std::fs::write(&bundle, ca_pem).unwrap();
+    let upstream = format!(
+        "{{ url: \"https://localhost:{port}/echo.Echo\", protocol: http2, timeout: 2s, ca_bundle: \"{bundle}\" }}",
+        port = addr.port(),
+        bundle = bundle.display()
+    );
+    (echo_yaml(api, idp, &upstream), dir)
+}
+
+/// A call that waits for a connection another call is opening gets no
+/// second `upstream.timeout` to open its own once that one failed:
+/// connecting ends within one timeout of the call's start.
+#[tokio::test]
+async fn a_call_waiting_for_a_stalled_connection_fails_within_one_timeout() {
+    crypto();
+    let idp = Idp::start().await;
+    let (_, ca_pem) = tls_acceptor();
+    let addr = stalling_upstream().await;
+    let (yaml, _ca) = stalling_yaml("Echo stalled waiting", &idp, addr, &ca_pem);
+    let gw = Gateway::start(&yaml).await;
+    let token = idp.token(&["echo"]);
+    // Both calls on one connection to the gateway: one thread, one pool.
+    let grpc = client(&gw).await;
+    let first = {
+        let (mut grpc, token) = (grpc.clone(), token.clone());
+        tokio::spawn(async move {
+            unary(&mut grpc, "/echo.Echo/Unary", request("a", Some(&token))).await
+        })
+    };
+    // The second comes while the first's connection is being opened.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut grpc = grpc.clone();
+    let started = std::time::Instant::now();
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request("b", Some(&token)))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        took < Duration::from_millis(2600),
+        "answered after {took:?}"
+    );
+    let status = first.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_upstream_goaway_loses_no_unprocessed_call() {
     let idp = Idp::start().await;
