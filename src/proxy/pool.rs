@@ -15,7 +15,8 @@
 //!
 //! A request on a pooled connection that the upstream closed as it was
 //! sent is sent once more on a new connection when that is safe: when the
-//! write failed (the upstream cannot have read it), or when it had no body,
+//! upstream took no byte of it before the write failed (it cannot have
+//! read it; over TLS this is never known), or when it had no body,
 //! its method is idempotent (RFC 9110 §9.2.2) and not a byte of answer
 //! came (RFC 9112 §9.3.1.1). A `POST` that may have reached the upstream
 //! is never sent twice.
@@ -1480,6 +1481,97 @@ mod tests {
             .unwrap();
         assert!(!Arc::ptr_eq(&uncached, &fresh), "a TTL of 0 caches nothing");
         assert_eq!(lock(&connector.dns).len(), 1);
+    }
+
+    /// A raw upstream that counts the requests it saw begin (their first
+    /// line). On the first connection it reads a little of the head and
+    /// resets the connection; on the others it reads the whole head and
+    /// answers. Its receive buffer is small, so a large head goes to it
+    /// in several writes.
+    async fn resetting_upstream() -> (TestUpstream, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (c, s) = (connections.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let Ok(n @ 1..) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if head.is_empty() {
+                            s.fetch_add(1, Ordering::SeqCst);
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                        if first {
+                            let linger = Some(Duration::ZERO);
+                            socket2::SockRef::from(&stream).set_linger(linger).unwrap();
+                            return;
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let _ = stream.write_all(answer).await;
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        let upstream = TestUpstream {
+            authority: addr.to_string().parse().unwrap(),
+            addr,
+            connections,
+        };
+        (upstream, seen)
+    }
+
+    /// Sends `req` (with a head far larger than the socket buffers) on a
+    /// pooled connection to an upstream that reads part of it and resets
+    /// the connection: the write fails after the upstream took bytes.
+    async fn send_into_a_reset(
+        method: Method,
+    ) -> (Result<Response<Body>, SendError>, Arc<AtomicUsize>) {
+        let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
+        let (upstream, seen) = resetting_upstream().await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        let tcp = socket.connect(upstream.addr).await.unwrap();
+        let mut checkout = pools.checkout_at(&upstream, Instant::now());
+        checkout.conn = Conn::Idle(Connection::new(Stream::Tcp(tcp)));
+        let req = Request::builder()
+            .method(method)
+            .uri("/resource")
+            .header(HOST, "upstream")
+            .header(http::header::CONTENT_LENGTH, "0")
+            .header("x-large", "a".repeat(256 << 10))
+            .body(super::super::empty())
+            .unwrap();
+        let host = http::HeaderValue::from_static("upstream");
+        let result = checkout.send(&pools.connector, req, to(&host), STALL).await;
+        (result, seen)
+    }
+
+    #[tokio::test]
+    async fn a_post_whose_head_the_upstream_began_to_read_is_not_sent_again() {
+        let (result, seen) = send_into_a_reset(Method::POST).await;
+        let result = result.map(|response| response.status());
+        assert!(matches!(result, Err(SendError::Request(_))), "{result:?}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the POST went once");
+    }
+
+    #[tokio::test]
+    async fn a_get_whose_head_the_upstream_began_to_read_goes_once_more() {
+        let (result, seen) = send_into_a_reset(Method::GET).await;
+        assert_eq!(read_all(result.expect("answered")).await, 2);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -89,8 +89,8 @@ pub enum Error {
 pub struct Failure {
     pub error: Error,
     pub request: Option<Request<Body>>,
-    /// Writing the request failed: the upstream closed the connection
-    /// before it could have read the request.
+    /// Writing the request failed before the upstream was given a byte of
+    /// it: it cannot have read the request.
     pub unsent: bool,
 }
 
@@ -187,6 +187,7 @@ impl Connection {
             if framing == BodyFraming::None {
                 // A request that names a protocol to switch to may get `101`.
                 let switching = parts.headers.contains_key(UPGRADE);
+                let head_len = self.out.len();
                 // Kept until an answer begins: the request may be sent again.
                 let result = match poll_fn(|cx| self.poll_write_out(cx)).await {
                     Ok(()) => self
@@ -196,7 +197,13 @@ impl Connection {
                     // An upstream that stopped taking the head may have read
                     // part of it: not sent again.
                     Err(error @ Error::WriteStalled(_)) => Err((error, false)),
-                    Err(error) => Err((error, true)),
+                    // Unsent only if the write that failed was the first and
+                    // took nothing: bytes written before it may have been
+                    // read (and acted on, however short of a head they are).
+                    Err(error) => {
+                        let untouched = self.out.len() == head_len && self.io.tells_unwritten();
+                        Err((error, untouched))
+                    }
                 };
                 return match result {
                     Ok(head) => {

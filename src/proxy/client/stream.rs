@@ -21,6 +21,13 @@ impl Stream {
         }
     }
 
+    /// Whether a write that failed gave the upstream none of its bytes.
+    /// A TCP write takes bytes or fails; a TLS write may have sent
+    /// records of the very bytes it then reports as failed.
+    pub fn tells_unwritten(&self) -> bool {
+        matches!(self, Stream::Tcp(_))
+    }
+
     /// Whether the upstream has closed, reset or written to this idle
     /// connection. Costs no system call while the socket has shown no
     /// readiness since it was last read.
