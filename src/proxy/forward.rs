@@ -178,7 +178,12 @@ impl Upstreams {
         // sent, and then each silence while more of the body is due. The
         // client's own pace is bounded by the server (`timeouts.body_read`).
         let result = checkout
-            .send(&self.connector, req, destination, timeout)
+            .send(
+                &self.connector,
+                req,
+                destination,
+                TryBounds::starting(started, timeout),
+            )
             .await;
         match result {
             // The upstream's hop-by-hop headers ended with its connection.
@@ -211,10 +216,7 @@ impl Upstreams {
         // Connecting, over all the tries, within one `timeout`: a retry
         // never starts a new one (Envoy's route timeout, nginx's
         // `proxy_next_upstream_timeout`).
-        let bounds = TryBounds {
-            connect_by: started + config.timeout,
-            stall: config.timeout,
-        };
+        let bounds = TryBounds::starting(started, config.timeout);
         let mut tried = 0u64;
         let mut attempt = 1;
         let _on_its_way = batch::enter().await;

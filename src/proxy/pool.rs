@@ -773,6 +773,16 @@ pub struct TryBounds {
     pub stall: Duration,
 }
 
+impl TryBounds {
+    /// The bounds of a request that began at `started`, under `timeout`.
+    pub fn starting(started: Instant, timeout: Duration) -> TryBounds {
+        TryBounds {
+            connect_by: started + timeout,
+            stall: timeout,
+        }
+    }
+}
+
 /// A request that got no response, with the request itself when no byte
 /// of it can have reached the upstream, or when it is idempotent, had no
 /// body and got no byte of answer: it may then go to another upstream.
@@ -783,41 +793,49 @@ pub struct Failed {
 
 impl Checkout {
     /// Sends `req` to `destination` and returns the response head; the connection goes back to its pool when the body has ended.
-    /// The upstream may be silent for at most `stall` while more of the
-    /// body is due.
+    /// The upstream may be silent for at most `bounds.stall` while more
+    /// of the body is due; connecting, for the request and for sending it
+    /// again, ends at `bounds.connect_by`.
     #[allow(clippy::manual_async_fn)] // an `async fn` holds its arguments twice (see `proxy::serve::serve`)
     pub fn send<'a>(
         self,
         connector: &'a Connector,
         req: Request<Body>,
         destination: Destination<'a>,
-        stall: Duration,
+        bounds: TryBounds,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> + 'a {
         async move {
             // Not a wrapper of `try_send`: the single-endpoint route keeps its
             // smaller future and result.
+            let TryBounds { connect_by, stall } = bounds;
             let Checkout { home, slot, conn } = self;
             let (conn, reused) = match conn {
                 Conn::Idle(conn) => (conn, true),
                 // Boxed (as below): connecting is a large future that requests
                 // on a pooled connection need not carry.
                 Conn::New(target) => (
-                    Box::pin(connector.connect_within(&target, stall)).await?,
+                    Box::pin(connector.connect_until(&target, connect_by, stall)).await?,
                     false,
                 ),
             };
             let response = match conn.send(req, destination, stall).await {
                 Ok(response) => response,
                 Err(Failure {
+                    error,
                     request: Some(req),
                     unsent,
-                    ..
                 }) if reused && (unsent || is_idempotent(req.method())) => {
+                    // A first try that used up the time for connecting
+                    // (its wait for an answer may have) is the answer.
+                    if Instant::now() >= connect_by {
+                        return Err(SendError::Request(error));
+                    }
                     let target = home
                         .with(|pool| pool.target(slot))
                         .flatten()
                         .ok_or_else(|| SendError::Connect("the connection pool is gone".into()))?;
-                    let conn = Box::pin(connector.connect_within(&target, stall)).await?;
+                    let connect = connector.connect_until(&target, connect_by, stall);
+                    let conn = Box::pin(connect).await?;
                     // Boxed: a second exchange in this future would double its
                     // size for every request, retried or not.
                     Box::pin(conn.send(req, destination, stall))
@@ -1125,7 +1143,12 @@ mod tests {
         async fn send(&self, upstream: &TestUpstream, checkout: Checkout) -> Response<Body> {
             let host = http::HeaderValue::from_str(&upstream.addr.to_string()).unwrap();
             checkout
-                .send(&self.connector, request(upstream.addr), to(&host), STALL)
+                .send(
+                    &self.connector,
+                    request(upstream.addr),
+                    to(&host),
+                    TryBounds::starting(Instant::now(), STALL),
+                )
                 .await
                 .expect("response")
         }
@@ -1456,7 +1479,14 @@ mod tests {
         let checkout = pools.checkout_at(&upstream, Instant::now());
         assert!(matches!(checkout.conn, Conn::Idle(_)));
         let host = http::HeaderValue::from_static("upstream");
-        let result = checkout.send(&pools.connector, req, to(&host), STALL).await;
+        let result = checkout
+            .send(
+                &pools.connector,
+                req,
+                to(&host),
+                TryBounds::starting(Instant::now(), STALL),
+            )
+            .await;
         (
             result.map(|response| assert_eq!(response.status(), 200)),
             raw,
@@ -1555,7 +1585,14 @@ mod tests {
             .body(super::super::empty())
             .unwrap();
         let host = http::HeaderValue::from_static("upstream");
-        let result = checkout.send(&pools.connector, req, to(&host), STALL).await;
+        let result = checkout
+            .send(
+                &pools.connector,
+                req,
+                to(&host),
+                TryBounds::starting(Instant::now(), STALL),
+            )
+            .await;
         (result, seen)
     }
 

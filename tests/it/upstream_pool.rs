@@ -177,3 +177,70 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     assert_eq!(upstream.requests(), 3);
     gw.shutdown().await;
 }
+
+/// A request sent again on a new connection (its pooled one closed with
+/// no answer) connects within what is left of the one `upstream.timeout`
+/// the request has for connecting, not within a new one: the client's
+/// 504 comes by about one timeout, however late the first try failed.
+#[tokio::test]
+async fn a_request_sent_again_connects_within_the_timeout_it_began_with() {
+    // Accepts one connection, and no other: once the test fills its
+    // queue, further connects stall (their SYN is dropped).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let second_seen = Arc::new(tokio::sync::Notify::new());
+    let seen = second_seen.clone();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        assert!(read_head(&mut read).await);
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+        write.write_all(answer).await.unwrap();
+        // The second request: read, then the connection closed after
+        // two of the three seconds, unanswered.
+        assert!(read_head(&mut read).await);
+        seen.notify_one();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop((read, write));
+        // Kept listening (not accepting) until the test ends.
+        std::future::pending::<()>().await;
+    });
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Pooled
+  version: "1.0"
+  base_path: /pooled
+  upstream: {{ url: "http://{addr}/api", timeout: 3s }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+"#
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut sender = client(&gw).await;
+    assert_eq!(get(&mut sender).await.0, 200, "the pooled connection");
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let connect = TcpStream::connect(addr);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(300), connect).await {
+            queued.push(stream);
+        }
+    }
+    let probe = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await;
+    assert!(probe.is_err(), "a connect to the full queue must stall");
+    let started = std::time::Instant::now();
+    let (status, _) = get(&mut sender).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504);
+    // Before: the try failed after 2 s, and sending again had a new 3 s
+    // to connect (504 after 5 s). Now connecting ends 3 s after the start.
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    assert!(took >= Duration::from_secs(2), "sent again: {took:?}");
+    drop(queued);
+    gw.shutdown().await;
+}
