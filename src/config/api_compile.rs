@@ -178,14 +178,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     super::throttle_compile::bind(&mut resources, &mut throttle);
     let access =
         super::application_compile::access(refs.applications, &name, &version, &api_scopes);
-    let ip_filter = raw.ip_filter.as_ref().map(|filter| IpFilter {
-        allow: super::application_compile::allowed_cidrs(
-            ctx,
-            &filter.value.allow,
-            "ip_filter.allow",
-        ),
-        deny: super::application_compile::cidrs(ctx, &filter.value.deny, "ip_filter.deny"),
-    });
+    let ip_filter = ip_filter(ctx, &raw.ip_filter);
     let answer_room = 1
         + if throttle.is_empty() { 0 } else { 2 }
         + if cors.is_some() { 4 } else { 0 }
@@ -733,4 +726,26 @@ fn outbound(
             None
         }
     }
+}
+
+/// `ip_filter`: a filter that names no range (bare, `{}`, or only
+/// `deny: []`, as a template that rendered nothing writes it) admits
+/// every address while it reads as a filter: refused.
+fn ip_filter(ctx: &mut Ctx, filter: &S<Option<raw::IpFilter>>) -> Option<IpFilter> {
+    let names_a_range = filter
+        .value
+        .as_ref()
+        .is_some_and(|raw| raw.allow.is_written() || !raw.deny.is_empty());
+    if filter.is_written() && !names_a_range {
+        ctx.report.error(
+            filter.referenced,
+            "ip_filter names no address range, which would admit every address",
+            "`allow` and/or `deny` with the CIDRs, or no `ip_filter`",
+        );
+    }
+    let raw = filter.value.as_ref()?;
+    Some(IpFilter {
+        allow: super::application_compile::allowed_cidrs(ctx, &raw.allow, "ip_filter.allow"),
+        deny: super::application_compile::cidrs(ctx, &raw.deny, "ip_filter.deny"),
+    })
 }

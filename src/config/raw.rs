@@ -479,8 +479,10 @@ pub struct Api {
     pub resources: Vec<S<String>>,
     /// Request and response transformations, outbound credentials, CORS and throttling.
     pub policies: Policies,
-    /// Client addresses allowed and denied (403 before any credential is looked at).
-    pub ip_filter: Option<S<IpFilter>>,
+    /// Client addresses allowed and denied (403 before any credential is
+    /// looked at). Written, it must name a range (a bare `ip_filter:` is an
+    /// error).
+    pub ip_filter: S<Option<IpFilter>>,
     /// WebSocket handshakes (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT).
     pub websocket: Opt<Scalar>,
     pub tunnel_max_lifetime: Opt<Scalar>,
@@ -863,7 +865,8 @@ pub struct Application {
     pub api_scopes: Vec<S<String>>,
 }
 
-/// Client addresses of an API: deny wins; `allow` left out allows all.
+/// Client addresses of an API: deny wins; `allow` left out allows all; a
+/// filter that names no range (`{}`, or only `deny: []`) is an error.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpFilter {

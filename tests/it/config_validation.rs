@@ -2263,6 +2263,29 @@ applications:
     );
 }
 
+/// A filter that names no range (a template that rendered nothing) reads
+/// as a filter and admits every address: refused, whether it is written
+/// empty, with only an empty `deny`, or left bare.
+#[test]
+fn an_ip_filter_naming_no_range_is_refused() {
+    for (filter, column) in [("{}", 14), ("{ deny: [] }", 14), ("", 12), ("null", 14)] {
+        let yaml = format!(
+            "apis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  resources: [\"GET /a\"]\n  ip_filter: {filter}\n"
+        );
+        assert_eq!(
+            errors(&yaml),
+            vec![error(
+                6,
+                column,
+                "ip_filter names no address range, which would admit every address",
+                "`allow` and/or `deny` with the CIDRs, or no `ip_filter`",
+            )],
+            "ip_filter: {filter}"
+        );
+    }
+    loaded("apis:\n- name: A\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  ip_filter: { allow: [\"10.0.0.0/8\"], deny: [] }\n");
+}
+
 /// A mapping for an auth server whose tokens the API never sees applies
 /// to nothing: said, not refused (webMethods exports carry them).
 #[test]
