@@ -823,6 +823,17 @@ fn client(
             "a client_secret, or no client_credentials grant",
         );
     }
+    if grant_types.contains(&GrantType::Implicit) {
+        ctx.report.warning(
+            at_grant(GrantType::Implicit),
+            format!(
+                "client `{client_id}` uses the implicit grant, which RFC 9700 §2.1.2 says not to use: \
+                 its access token travels in the redirect URI's fragment, where browser history, \
+                 referrers and injected scripts see it, and nothing binds it to the client; \
+                 authorization_code with PKCE does the same job"
+            ),
+        );
+    }
     let browser = [GrantType::AuthorizationCode, GrantType::Implicit];
     if let Some(g) = browser.iter().find(|g| grant_types.contains(g)) {
         if raw.redirect_uris.is_empty() {

@@ -809,7 +809,8 @@ pub struct Client {
     pub client_secret: Opt<Scalar>,
     /// Redirect URIs, compared exactly (no `*`).
     pub redirect_uris: Vec<S<String>>,
-    /// `authorization_code`, `password`, `client_credentials`, `refresh_token`.
+    /// `authorization_code`, `implicit` (warned about: RFC 9700 §2.1.2), `password`,
+    /// `client_credentials`, `refresh_token`.
     pub grant_types: Vec<S<String>>,
     /// Scopes it may ask for.
     pub scopes: Vec<S<String>>,

@@ -1288,6 +1288,35 @@ fn browser_grants_without_redirect_uris() {
     );
 }
 
+/// RFC 9700 §2.1.2: the implicit grant is not to be used. It is in the
+/// contract, so it keeps working; the client is warned about.
+#[test]
+fn a_client_with_the_implicit_grant_is_warned_about() {
+    let loaded = loaded(
+        r#"authorization_server:
+  clients:
+  - client_id: legacy
+    client_secret: legacy-secret-0123456789
+    grant_types: [authorization_code, implicit]
+    redirect_uris: ["https://app.example/cb"]
+"#,
+    );
+    let warnings: Vec<Found> = loaded.warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            5,
+            39,
+            "client `legacy` uses the implicit grant, which RFC 9700 §2.1.2 says not to use: \
+             its access token travels in the redirect URI's fragment, where browser history, \
+             referrers and injected scripts see it, and nothing binds it to the client; \
+             authorization_code with PKCE does the same job"
+                .to_owned(),
+            None,
+        )]
+    );
+}
+
 #[test]
 fn non_loopback_http_redirect_uri() {
     refused(
