@@ -1317,6 +1317,37 @@ fn a_client_with_the_implicit_grant_is_warned_about() {
     );
 }
 
+/// RFC 6749 §10.10: a client secret must not be guessable; one under 16
+/// characters is warned about, wherever it comes from.
+#[test]
+fn a_short_client_secret_is_warned_about() {
+    let loaded = loaded_with(
+        r#"authorization_server:
+  clients:
+  - client_id: short
+    client_secret: "${env:SHORT_SECRET}"
+    grant_types: [client_credentials]
+  - client_id: long
+    client_secret: sixteen-chars-ok
+    grant_types: [client_credentials]
+"#,
+        &Env::from([("SHORT_SECRET".to_owned(), "fifteen-chars-x".to_owned())]),
+    );
+    let warnings: Vec<Found> = loaded.warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            4,
+            20,
+            "client_secret of client `short` has 15 characters: a secret this short can be \
+             guessed by trying candidates at the token endpoint (RFC 6749 §10.10); use at \
+             least 16 random characters (e.g. `openssl rand -base64 24`)"
+                .to_owned(),
+            None,
+        )]
+    );
+}
+
 #[test]
 fn non_loopback_http_redirect_uri() {
     refused(
