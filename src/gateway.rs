@@ -150,9 +150,11 @@ impl Gateway {
     pub async fn start_with(
         config_path: &Path,
         env: Env,
-        snapshot: Snapshot,
+        mut snapshot: Snapshot,
         central: Arc<Link>,
     ) -> Result<Gateway, StartError> {
+        crate::reload::reloader::generate_signing_key(&mut snapshot)
+            .map_err(StartError::AuthorizationServer)?;
         let settings = ConnSettings {
             limits: snapshot.limits,
             timeouts: snapshot.timeouts,

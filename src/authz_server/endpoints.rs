@@ -38,6 +38,7 @@ use super::settings::{Settings, TokenFormat};
 use super::store::{PostgresStore, Removed, SqliteStore, TokenStore, TokenSummary};
 use super::workers::{self, Gate, Workers};
 use super::AuthzError;
+use crate::config::contents::Content;
 
 /// Largest request body the endpoints read; their forms are a few hundred
 /// bytes.
@@ -251,16 +252,26 @@ impl AuthorizationServer {
         self.inner.keys.load().jwks_json()
     }
 
-    /// Re-reads the signing key file; a new key signs from now on and the
+    /// What the signing key file held when the key in use was read from
+    /// it; `None` when the store keeps the keys.
+    pub fn key_file(&self) -> Option<Content> {
+        self.inner.keys.load().file().cloned()
+    }
+
+    /// Re-reads the signing key file (generating it when missing), for
+    /// [`use_keys`](Self::use_keys): a new key signs from then on and the
     /// old one stays published. Blocking.
-    pub fn reload_keys(&self) -> Result<(), AuthzError> {
-        let keys = self
+    pub fn reread_keys(&self) -> Result<SigningKeys, AuthzError> {
+        Ok(self
             .inner
             .keys
             .load()
-            .reload(self.inner.store.as_ref(), self.inner.clock.unix_now())?;
+            .reload(self.inner.store.as_ref(), self.inner.clock.unix_now())?)
+    }
+
+    /// Signs with `keys` and publishes them from now on.
+    pub fn use_keys(&self, keys: SigningKeys) {
         self.inner.keys.store(Arc::new(keys));
-        Ok(())
     }
 
     pub async fn handle(&self, req: Request<Bytes>, ctx: RequestContext) -> Response<Bytes> {

@@ -20,6 +20,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
 use super::store::{KnownKey, StoreError, TokenStore};
+use crate::config::contents::Content;
 use crate::config::signing_key::{self, ParsedKey};
 
 /// Public keys kept in the JWKS besides the current one.
@@ -107,6 +108,9 @@ pub struct SigningKeys {
     /// placeholder that signs nothing (the store may be reached before
     /// the keys are re-read) and nothing is published.
     pending: bool,
+    /// What the key file held when `current` was read from it; `None`
+    /// when the store keeps the keys.
+    file: Option<Content>,
 }
 
 impl SigningKeys {
@@ -120,6 +124,7 @@ impl SigningKeys {
     /// the store's lock. While such a store cannot be reached the keys are
     /// [pending](Self::is_pending).
     pub fn open(path: &Path, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
+        let mut file = None;
         let current = if store.keeps_signing_keys() {
             match stored_key(store, now) {
                 Ok(key) => key,
@@ -131,12 +136,15 @@ impl SigningKeys {
                         published: Vec::new(),
                         verifiers: Vec::new(),
                         pending: true,
+                        file: None,
                     });
                 }
                 Err(error) => return Err(error),
             }
         } else {
-            load_or_generate(path)?
+            let (key, pem) = load_or_generate(path)?;
+            file = Some(Content::of(path, Some(&pem)));
+            key
         };
         let recorded = store
             .record_key(&KnownKey {
@@ -180,7 +188,15 @@ impl SigningKeys {
             published,
             verifiers,
             pending: false,
+            file,
         })
+    }
+
+    /// What the key file held when the current key was read from it
+    /// (`None` when the store keeps the keys): the configuration's
+    /// reading of the file tells whether it has changed since.
+    pub fn file(&self) -> Option<&Content> {
+        self.file.as_ref()
     }
 
     /// The keys live in a store not reached yet (nothing is published).
@@ -250,37 +266,54 @@ fn stored_key(store: &dyn TokenStore, now: u64) -> Result<SigningKey, KeyError> 
     parse(pem.as_bytes()).ok_or(KeyError::BadStoredKey)
 }
 
-fn load_or_generate(path: &Path) -> Result<SigningKey, KeyError> {
+/// The key in the file at `path` (generated when missing) and the bytes
+/// it was read from.
+fn load_or_generate(path: &Path) -> Result<(SigningKey, Vec<u8>), KeyError> {
+    let pem = match generate_missing(path)? {
+        Some(generated) => generated,
+        None => {
+            warn_if_readable_by_others(path);
+            read_key_file(path)?
+        }
+    };
+    let key = parse(&pem).ok_or_else(|| KeyError::Unsupported {
+        path: path.to_owned(),
+    })?;
+    Ok((key, pem))
+}
+
+/// Generates the key file at `path` when there is none, and returns what
+/// it holds then (`None`: it was there already). Never replaces a file.
+pub fn generate_missing(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
     };
-    match std::fs::read(path) {
-        Ok(pem) => {
-            warn_if_readable_by_others(path);
-            parse(&pem).ok_or_else(|| KeyError::Unsupported {
-                path: path.to_owned(),
-            })
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => return Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
+    let pem = generate_rsa_pem()?;
+    match write_new(path, pem.as_bytes()) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "generated a new RS256 signing key");
+            Ok(Some(pem.into_bytes()))
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let pem = generate_rsa_pem()?;
-            match write_new(path, pem.as_bytes()) {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), "generated a new RS256 signing key");
-                    parse(pem.as_bytes()).ok_or(KeyError::Generate)
-                }
-                // Another process created it first: use theirs.
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let pem = std::fs::read(path).map_err(io)?;
-                    parse(&pem).ok_or_else(|| KeyError::Unsupported {
-                        path: path.to_owned(),
-                    })
-                }
-                Err(error) => Err(io(error)),
-            }
+        // Another process created it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_key_file(path).map(Some)
         }
         Err(error) => Err(io(error)),
     }
+}
+
+/// The key file's bytes, within the bound the configuration reads it with.
+fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    crate::config::load::read_bounded(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The key in `pem`, judged as `check` judges the `signing_key` file.

@@ -199,7 +199,9 @@ fn signing_key_file(ctx: &mut Ctx, at: Location, path: &Path) {
         "{}, or no file (one is generated on first start)",
         signing_key::KINDS
     );
-    let pem = match super::load::read_bounded(path) {
+    // Read through `ctx`: the file is followed like every file the
+    // configuration names, missing or not.
+    let pem = match ctx.read(path) {
         Ok(pem) => pem,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {

@@ -47,6 +47,12 @@ impl fmt::Debug for Content {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Contents(Vec<Content>);
 
+impl From<Content> for Contents {
+    fn from(content: Content) -> Contents {
+        Contents(vec![content])
+    }
+}
+
 impl Contents {
     /// Notes one file as read. A file read twice with different bytes
     /// (written between two reads of one compilation) is kept twice: no
@@ -56,6 +62,14 @@ impl Contents {
         if !self.0.contains(&content) {
             self.0.push(content);
         }
+    }
+
+    /// Notes what a file holds after the runtime wrote it for this
+    /// compilation (a signing key generated where the file was missing):
+    /// what was read of it before is no longer what serves.
+    pub fn renote(&mut self, content: Content) {
+        self.0.retain(|noted| noted.path != content.path);
+        self.0.push(content);
     }
 
     /// Whether `path` was read (readable or not).
@@ -114,6 +128,14 @@ mod tests {
         assert_eq!(compiled.0.len(), 2);
         assert!(!contents(&[("ca", Some("one"))]).holds(&compiled));
         assert!(!contents(&[("ca", Some("two"))]).holds(&compiled));
+    }
+
+    #[test]
+    fn a_renoted_file_is_held_as_written() {
+        let mut compiled = contents(&[("config", Some("a")), ("key", None)]);
+        compiled.renote(Content::of(Path::new("key"), Some(b"generated")));
+        assert!(contents(&[("config", Some("a")), ("key", Some("generated"))]).holds(&compiled));
+        assert!(!contents(&[("config", Some("a")), ("key", None)]).holds(&compiled));
     }
 
     #[test]

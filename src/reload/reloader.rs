@@ -35,6 +35,7 @@ use crate::auth::jwks::KeySet;
 use crate::auth::servers::Authenticator;
 use crate::authz_server::AuthorizationServer;
 use crate::central::{self, Document, Link};
+use crate::config::contents::{Content, Contents};
 use crate::config::{Env, Invalid, Snapshot};
 use crate::proxy::balance::Health;
 use crate::server::tls::LiveTls;
@@ -157,12 +158,13 @@ impl Reloader {
     /// the swap, so that, once the generation shows, no request is served
     /// on it over a connection verified under the setting it replaced. The
     /// caller holds `live.one_reload_at_a_time()`.
-    pub fn install(&self, source: Source, snapshot: Snapshot) -> Result<u64, String> {
+    pub fn install(&self, source: Source, mut snapshot: Snapshot) -> Result<u64, String> {
         // The last moment the runtime is all the serving snapshot's: a
         // start met by now is noted before the validators of `snapshot`
         // (and its JWKS not fetched yet) replace it, probed or not.
         self.start.note_locked();
         let generation = snapshot.generation;
+        generate_signing_key(&mut snapshot)?;
         let store = self.throttle.prepare(&snapshot)?;
         self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
@@ -186,8 +188,19 @@ impl Reloader {
             return Ok(());
         };
         let current = self.authz.load_full();
+        let mut reread = None;
         let server = match current {
-            Some(server) if server.settings() == &**settings => server,
+            Some(server) if server.settings() == &**settings => {
+                // The same settings, but the key file the snapshot read
+                // is not the one the server signs with: read it again.
+                if server.key_file().is_some_and(|signing| {
+                    snapshot.contents.covers(&signing.path)
+                        && !snapshot.contents.holds(&Contents::from(signing))
+                }) {
+                    reread = Some(server.reread_keys().map_err(|e| e.to_string())?);
+                }
+                server
+            }
             _ => {
                 let server =
                     AuthorizationServer::open((**settings).clone()).map_err(|e| e.to_string())?;
@@ -205,11 +218,37 @@ impl Reloader {
         // Keys kept in a store not reached yet are published by the key
         // refresh once it is.
         if !server.keys_pending() {
-            let keys = KeySet::from_json(&server.published_keys())
-                .map_err(|e| format!("signing keys: {e}"))?;
+            let jwks = reread
+                .as_ref()
+                .map_or_else(|| server.published_keys(), |keys| keys.jwks_json());
+            let keys = KeySet::from_json(&jwks).map_err(|e| format!("signing keys: {e}"))?;
+            if let Some(reread) = reread {
+                server.use_keys(reread);
+            }
             self.auth.local_keys().store(Arc::new(keys));
         }
         self.authz.store(Some(server));
         Ok(())
     }
+}
+
+/// Generates the authorization server's signing key file when it is
+/// missing (as opening the server would), before `snapshot` serves, and
+/// notes in the snapshot what the file holds then: the file is followed
+/// from then on like every file the snapshot read, and its generation is
+/// no change to reload for. Keys kept in the token store have no file.
+pub fn generate_signing_key(snapshot: &mut Snapshot) -> Result<(), String> {
+    let Some(settings) = &snapshot.authorization_server else {
+        return Ok(());
+    };
+    if settings.postgres.is_some() {
+        return Ok(());
+    }
+    let path = settings.signing_key_path.clone();
+    let generated =
+        crate::authz_server::keys::generate_missing(&path).map_err(|e| e.to_string())?;
+    if let Some(pem) = generated {
+        snapshot.contents.renote(Content::of(&path, Some(&pem)));
+    }
+    Ok(())
 }

@@ -942,3 +942,114 @@ async fn changed_limits_wait_for_a_restart() {
     assert_eq!(gw.get(&long_query).await.status(), 200);
     gw.shutdown().await;
 }
+
+/// The gateway as its own authorization server, its signing key in
+/// `signing-key.pem` beside the configuration (generated on start), and
+/// an API that validates its tokens in-process.
+const OWN_TOKENS_YAML: &str = r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0, bind: 127.0.0.1 }
+authorization_server:
+  issuer: "http://gateway.test"
+  signing_key: signing-key.pem
+  store: sqlite:oauth.db
+  clients:
+  - { client_id: robot, client_secret: robot-secret-0123456789, grant_types: [client_credentials] }
+security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://gateway.test" }
+apis:
+- name: echo
+  version: "1"
+  base_path: /echo
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  resources: ["GET /ping"]
+"#;
+
+/// A client-credentials token of the gateway's own authorization server.
+async fn own_token(gw: &Gateway) -> String {
+    let resp = gw
+        .request(reqwest::Method::POST, "/oauth2/token")
+        .basic_auth("robot", Some("robot-secret-0123456789"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("token JSON");
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+/// The `kid` and `alg` of a JWT's header.
+fn key_of(token: &str) -> (String, String) {
+    use base64::Engine;
+    let header = token.split('.').next().expect("header");
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64url header");
+    let header: serde_json::Value = serde_json::from_slice(&header).expect("header JSON");
+    (
+        header["kid"].as_str().expect("kid").to_owned(),
+        header["alg"].as_str().expect("alg").to_owned(),
+    )
+}
+
+/// The `kid`s the authorization server publishes.
+async fn published_kids(gw: &Gateway) -> Vec<String> {
+    let jwks: serde_json::Value = gw
+        .get("/oauth2/jwks")
+        .await
+        .json()
+        .await
+        .expect("JWKS JSON");
+    jwks["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|key| key["kid"].as_str().expect("kid").to_owned())
+        .collect()
+}
+
+/// Only the signing key file changes (replaced as editors save): the new
+/// key signs the next tokens, which the gateway validates against the
+/// new JWKS key, and the old tokens still validate. Generating the key at
+/// start is no change.
+#[tokio::test]
+async fn a_replaced_signing_key_file_signs_the_next_tokens() {
+    let gw = start_in(tempfile::tempdir().expect("temp dir"), OWN_TOKENS_YAML).await;
+    let key_file = gw.dir.path().join("signing-key.pem");
+    assert!(key_file.exists(), "the key is generated on start");
+    let old = own_token(&gw).await;
+    let (old_kid, old_alg) = key_of(&old);
+    assert_eq!(old_alg, "RS256");
+    assert_eq!(published_kids(&gw).await, std::slice::from_ref(&old_kid));
+
+    let replacement = rcgen::KeyPair::generate().expect("P-256 key");
+    let staged = gw.dir.path().join("signing-key.pem.new");
+    std::fs::write(&staged, replacement.serialize_pem()).expect("write key");
+    std::fs::rename(&staged, &key_file).expect("rename key");
+    applied(&gw, 2).await;
+
+    let new = own_token(&gw).await;
+    let (new_kid, new_alg) = key_of(&new);
+    assert_eq!(new_alg, "ES256");
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(published_kids(&gw).await, [new_kid, old_kid]);
+    for token in [&new, &old] {
+        let resp = gw
+            .request(reqwest::Method::GET, "/echo/ping")
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(gw.state().live.generation(), 2, "one reload, for the key");
+    gw.shutdown().await;
+}
