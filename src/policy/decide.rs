@@ -91,9 +91,25 @@ pub struct Verdict<'s> {
     /// The throttle policies that count the request (those of both of a
     /// trailing slash's readings).
     pub throttle: Vec<String>,
+    /// A trailing slash's other reading, when it matched another resource:
+    /// authorization asks both.
+    pub other_reading: Option<OtherReading>,
     /// The identified caller: credential type and application, if any.
     pub caller: Option<(CredentialType, Option<Arc<str>>)>,
     pub outcome: Outcome,
+}
+
+/// The resource a path's other reading (with or without its trailing
+/// slash) matched, and what it needs: the request must be allowed by it
+/// too.
+#[derive(Debug, Clone)]
+pub struct OtherReading {
+    /// `METHOD /template`.
+    pub resource: String,
+    /// Its API scopes (`API:scope`); empty = any valid token.
+    pub required_api_scopes: Vec<String>,
+    /// Token scopes of the auth server that grant one of them.
+    pub granting_token_scopes: Vec<String>,
 }
 
 /// Decides a request without any network: `token_scopes` stand for a valid
@@ -138,6 +154,7 @@ pub fn decide_for<'s>(
         granting_token_scopes: Vec::new(),
         granted_api_scope: None,
         throttle: Vec::new(),
+        other_reading: None,
         caller: None,
         outcome: Outcome::Allow,
     };
@@ -161,12 +178,24 @@ pub fn decide_for<'s>(
         .iter()
         .map(|&i| api.throttle[i].describe())
         .collect();
-    verdict.required_api_scopes = matched
-        .resource()
-        .api_scopes
-        .iter()
-        .map(|&i| format!("{}:{}", api.name, api.api_scopes[i]))
-        .collect();
+    verdict.required_api_scopes = required_api_scopes(&matched);
+    let server = match &api.authentication {
+        Authentication::Identify(identification) => identification.auth_server.as_deref(),
+        Authentication::None => None,
+    };
+    if let Some(server) = server {
+        verdict.granting_token_scopes = granting_scopes(&matched, server);
+    }
+    verdict.other_reading = matched.other_reading().map(|other| {
+        let resource = other.resource();
+        OtherReading {
+            resource: format!("{} {}", resource.method, resource.template.text),
+            required_api_scopes: required_api_scopes(&other),
+            granting_token_scopes: server
+                .map(|server| granting_scopes(&other, server))
+                .unwrap_or_default(),
+        }
+    });
     let filtered = api.ip_filter.as_ref().is_some_and(|f| !f.admits(client_ip));
     if let Authentication::Identify(identification) = &api.authentication {
         // The data path validates tokens with the API's auth server only:
@@ -185,9 +214,6 @@ pub fn decide_for<'s>(
             }),
             _ => None,
         };
-        if let Some(server) = &server {
-            verdict.granting_token_scopes = granting_scopes(&matched, server);
-        }
         let oauth2_only = identification.types == [CredentialType::OAuth2];
         let missing = if oauth2_only {
             Outcome::NeedsToken
@@ -246,6 +272,16 @@ pub fn decide_for<'s>(
     verdict
 }
 
+/// The API scopes (`API:scope`) of the route's resource.
+fn required_api_scopes(route: &Route<'_>) -> Vec<String> {
+    route
+        .resource()
+        .api_scopes
+        .iter()
+        .map(|&i| format!("{}:{}", route.api.name, route.api.api_scopes[i]))
+        .collect()
+}
+
 /// One line on an API's CORS policy.
 fn describe_cors(cors: &Cors) -> String {
     let origins = match &cors.origins {
@@ -265,6 +301,30 @@ fn describe_cors(cors: &Cors) -> String {
     format!(
         "origins {origins}; methods {methods}{credentials} (preflights answered by the gateway)"
     )
+}
+
+impl Verdict<'_> {
+    /// The `api scopes:` and `granted by:` lines of one resource.
+    fn write_scopes(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        required: &[String],
+        granting: &[String],
+    ) -> fmt::Result {
+        if required.is_empty() {
+            return writeln!(f, "api scopes: (none: any valid token)");
+        }
+        writeln!(f, "api scopes: {} (any one)", required.join(", "))?;
+        if self.auth_server.is_some() {
+            let granting = if granting.is_empty() {
+                "(none: no token scope maps to them)".to_owned()
+            } else {
+                granting.join(", ")
+            };
+            writeln!(f, "granted by: token scopes {granting}")?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Verdict<'_> {
@@ -323,22 +383,14 @@ impl fmt::Display for Verdict<'_> {
             if let Some(cors) = &route.api.cors {
                 writeln!(f, "cors:       {}", describe_cors(cors))?;
             }
-            if self.required_api_scopes.is_empty() {
-                writeln!(f, "api scopes: (none: any valid token)")?;
-            } else {
+            self.write_scopes(f, &self.required_api_scopes, &self.granting_token_scopes)?;
+            if let Some(other) = &self.other_reading {
                 writeln!(
                     f,
-                    "api scopes: {} (any one)",
-                    self.required_api_scopes.join(", ")
+                    "and:        {} (the path's other reading: it must allow the request too)",
+                    other.resource
                 )?;
-            }
-            if self.auth_server.is_some() && !self.required_api_scopes.is_empty() {
-                let granting = if self.granting_token_scopes.is_empty() {
-                    "(none: no token scope maps to them)".to_owned()
-                } else {
-                    self.granting_token_scopes.join(", ")
-                };
-                writeln!(f, "granted by: token scopes {granting}")?;
+                self.write_scopes(f, &other.required_api_scopes, &other.granting_token_scopes)?;
             }
             for (at, policy) in self.throttle.iter().enumerate() {
                 let label = if at == 0 { "throttle:" } else { "" };

@@ -8,6 +8,6 @@ pub mod route;
 pub mod scope;
 
 pub use crate::path::{canonicalize, CanonicalPath, PathProblem};
-pub use decide::{decide, decide_for, Caller, Outcome, Verdict};
+pub use decide::{decide, decide_for, Caller, OtherReading, Outcome, Verdict};
 pub use route::{route, Route, RouteProblem};
 pub use scope::{authorize, Denied, Grant, InsufficientScope};

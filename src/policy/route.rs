@@ -24,9 +24,20 @@ pub struct Route<'s> {
     pub rest: String,
 }
 
-impl Route<'_> {
+impl<'s> Route<'s> {
     pub fn resource(&self) -> &Resource {
         &self.api.resources[self.resource]
+    }
+
+    /// The path's other reading ([`also`](Self::also)) as a route of its
+    /// own, when it matched another resource.
+    pub fn other_reading(&self) -> Option<Route<'s>> {
+        self.also.map(|also| Route {
+            api: self.api,
+            resource: also,
+            also: None,
+            rest: String::new(),
+        })
     }
 }
 

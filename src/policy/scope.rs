@@ -106,14 +106,8 @@ pub fn authorize(
     client_ip: IpAddr,
 ) -> Result<Grant, Denied> {
     let grant = authorize_resource(route, who, client_ip)?;
-    if let Some(also) = route.also {
+    if let Some(other) = route.other_reading() {
         // The path's other reading must allow it too.
-        let other = Route {
-            resource: also,
-            also: None,
-            api: route.api,
-            rest: String::new(),
-        };
         authorize_resource(&other, who, client_ip)?;
     }
     Ok(grant)

@@ -282,6 +282,77 @@ fn explain_an_open_resource_needs_any_token() {
     assert!(out.ends_with("verdict:    ALLOW\n"), "{out}");
 }
 
+/// `/files/secret/` reads as `/files/secret` (`{name}`, View) and as
+/// written (`{name}/{rest*}`, Admin); authorization asks both, so explain
+/// shows what each needs, and a token with only View is refused.
+#[test]
+fn explain_shows_the_scopes_of_both_readings_of_a_trailing_slash() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        r#"
+ports: { http: 0 }
+security_settings:
+  auth_servers:
+  - id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+scope_mappings:
+- { auth_server: local, scope: view, api_scopes: ["Files:View"] }
+- { auth_server: local, scope: admin, api_scopes: ["Files:Admin"] }
+apis:
+- name: Files
+  version: "1.0"
+  base_path: /files
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - name: View
+    resources: ["GET /{name}"]
+  - name: Admin
+    resources: ["GET /{name}/{rest*}"]
+"#,
+    );
+    let config = config.to_str().expect("utf-8 path");
+    let out = run(&[
+        "explain",
+        "-c",
+        config,
+        "GET",
+        "/files/secret/",
+        "--scopes",
+        "view",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stdout),
+        "GET /files/secret/\n\
+         api:        Files 1.0 (base path /files)\n\
+         resource:   GET /{name}\n\
+         auth:       oauth2, auth server local\n\
+         api scopes: Files:View (any one)\n\
+         granted by: token scopes view\n\
+         and:        GET /{name}/{rest*} (the path's other reading: it must allow the request too)\n\
+         api scopes: Files:Admin (any one)\n\
+         granted by: token scopes admin\n\
+         verdict:    DENY 403: insufficient_scope\n"
+    );
+    let out = run(&[
+        "explain",
+        "-c",
+        config,
+        "GET",
+        "/files/secret/",
+        "--scopes",
+        "view admin",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).ends_with("verdict:    ALLOW (grants Files:View)\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn explain_unknown_path_and_method() {
     let (code, out) = explain(&["GET", "/travels/nope"]);
