@@ -5,7 +5,9 @@
 
 pub mod tally;
 
-use std::sync::{Arc, LazyLock, OnceLock, Weak};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
 
 use http::{Method, StatusCode};
 use prometheus::local::LocalHistogram;
@@ -327,12 +329,50 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Removes every series labelled `api="NAME"`.
+    fn remove_api(&self, name: &str) {
+        let labels = HashMap::from([("api", name)]);
+        remove_matching(&self.requests, &labels);
+        remove_matching(&self.responses, &labels);
+        remove_matching(&self.auth_decisions, &labels);
+        remove_matching(&self.upstream_duration, &labels);
+        remove_matching(&self.upstream_errors, &labels);
+        remove_matching(&self.throttled, &labels);
+        remove_matching(&self.upstream_requests, &labels);
+        remove_matching(&self.upstream_endpoint_healthy, &labels);
+        remove_matching(&self.tunnels_open, &labels);
+        remove_matching(&self.tunnel_bytes, &labels);
+    }
+
     /// Observes a request's duration in `request_duration_seconds`.
     pub fn observe_request(&self, seconds: f64) {
         self.request_durations
             .mine()
             .get_or_insert_with(|| self.request_duration.local())
             .observe(seconds);
+    }
+}
+
+/// Removes the series of `vec` whose labels include all of `wanted`.
+fn remove_matching<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    wanted: &HashMap<&str, &str>,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if wanted
+                .iter()
+                .all(|(name, value)| labels.get(name) == Some(value))
+            {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 
@@ -402,11 +442,24 @@ pub fn basic_auth_cache() -> &'static BasicCacheCounters {
 /// requests in a tally of its own (`tally`), folded into the series when
 /// they are rendered: counting a request takes no lock another thread
 /// holds, hashes no label and writes no memory another core writes.
+///
+/// The series labelled with an API (and the `throttled_total` series of
+/// its throttle policies) are shown while a compiled API of that name
+/// (with that policy) is: those of an API a reload removed, or of a
+/// snapshot never served, are removed from the registry when the last
+/// one goes ([`ApiMetrics::retire`], or dropped), so APIs renamed reload
+/// after reload do not grow `/metrics`.
 #[derive(Clone)]
 pub struct ApiMetrics(Arc<ApiSeries>);
 
 struct ApiSeries {
     name: String,
+    /// Its throttle policies' names (`throttled_total{api, policy}`)
+    /// that are still shown.
+    policies: Mutex<Vec<String>>,
+    /// No longer shown: what is still counted (by requests begun on the
+    /// snapshot that had it) goes nowhere, and creates no series again.
+    retired: AtomicBool,
     /// `auth_decisions_total{api, result="allowed", type}`, by [`AUTH_TYPES`].
     allowed: [IntCounter; 5],
     /// `upstream_duration_seconds{api}`.
@@ -434,12 +487,35 @@ pub const AUTH_TYPES: [&str; 5] = ["none", "oauth2", "api_key", "basic", "certif
 /// in the series directly.
 const CACHED_PER_THREAD: usize = 64;
 
+/// How many compiled APIs of each name are alive and not retired, and
+/// how many of them have each throttle policy: a name's series go when
+/// its count ends.
+static SHOWN: LazyLock<Mutex<HashMap<String, Shown>>> = LazyLock::new(Mutex::default);
+
+#[derive(Default)]
+struct Shown {
+    apis: usize,
+    policies: HashMap<String, usize>,
+}
+
 impl ApiMetrics {
-    pub fn of(api: &str) -> ApiMetrics {
+    /// The series of API `api`, whose throttle policies are `policies`.
+    pub fn of<'p>(api: &str, policies: impl IntoIterator<Item = &'p str>) -> ApiMetrics {
+        let policies: Vec<String> = policies.into_iter().map(str::to_owned).collect();
+        {
+            let mut shown = lock(&SHOWN);
+            let entry = shown.entry(api.to_owned()).or_default();
+            entry.apis += 1;
+            for policy in &policies {
+                *entry.policies.entry(policy.clone()).or_default() += 1;
+            }
+        }
         let metrics = get();
         let class = |c: &str| metrics.responses.with_label_values(&[api, c]);
         let series = Arc::new(ApiSeries {
             name: api.to_owned(),
+            policies: Mutex::new(policies),
+            retired: AtomicBool::new(false),
             allowed: AUTH_TYPES.map(|kind| {
                 metrics
                     .auth_decisions
@@ -462,8 +538,48 @@ impl ApiMetrics {
 
     /// The series of requests that matched no API.
     pub fn unmatched() -> &'static ApiMetrics {
-        static UNMATCHED: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics::of("-"));
+        static UNMATCHED: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics::of("-", []));
         &UNMATCHED
+    }
+
+    /// The API left the configuration: its series are removed unless
+    /// another compiled API of its name still shows them (a policy's,
+    /// unless another still has the policy). Counts of requests begun on
+    /// its snapshot are dropped from now on.
+    pub fn retire(&self) {
+        self.0.retire();
+    }
+
+    /// The API stays, with the throttle policies `kept`: the series of
+    /// its others are removed unless another compiled API of its name
+    /// still has them.
+    pub fn keep_policies<'p>(&self, kept: impl IntoIterator<Item = &'p str> + Clone) {
+        let mut shown = lock(&SHOWN);
+        let mut mine = lock(&self.0.policies);
+        let mut gone = Vec::new();
+        mine.retain(|policy| {
+            let keep = kept.clone().into_iter().any(|k| k == policy);
+            if !keep {
+                gone.push(policy.clone());
+            }
+            keep
+        });
+        drop(mine);
+        if let Some(entry) = shown.get_mut(&self.0.name) {
+            entry.release_policies(&self.0.name, &gone);
+        }
+    }
+
+    /// Counts a request refused by throttle policy `policy`
+    /// (`throttled_total{api, policy}`).
+    pub fn count_throttled(&self, policy: &str) {
+        if self.0.is_retired() || !lock(&self.0.policies).iter().any(|p| p == policy) {
+            return;
+        }
+        get()
+            .throttled
+            .with_label_values(&[self.0.name.as_str(), policy])
+            .inc();
     }
 
     /// Counts a request allowed with a credential type (one of
@@ -486,6 +602,9 @@ impl ApiMetrics {
             .and_then(|s| s.trim().parse::<usize>().ok())
             .filter(|code| *code < CLASSES.len())
             .unwrap_or(2);
+        if self.0.is_retired() {
+            return;
+        }
         get()
             .responses
             .with_label_values(&[self.0.name.as_str(), CLASSES[code]])
@@ -495,6 +614,9 @@ impl ApiMetrics {
     /// Counts a failed exchange with this API's upstream
     /// (`upstream_errors_total{api, cause}`).
     pub fn upstream_error(&self, cause: &'static str) {
+        if self.0.is_retired() {
+            return;
+        }
         get()
             .upstream_errors
             .with_label_values(&[self.0.name.as_str(), cause])
@@ -523,7 +645,9 @@ impl ApiMetrics {
             tally.requests.push((key, 1));
         } else {
             drop(tally);
-            self.0.requests(key).inc();
+            if !self.0.is_retired() {
+                self.0.requests(key).inc();
+            }
         }
     }
 }
@@ -539,9 +663,63 @@ impl ApiSeries {
     }
 }
 
+impl ApiSeries {
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Stops showing this API (once): its count ends, and with it, the
+    /// series no other compiled API of its name shows.
+    fn retire(&self) {
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut shown = lock(&SHOWN);
+        let Some(entry) = shown.get_mut(&self.name) else {
+            return;
+        };
+        entry.apis = entry.apis.saturating_sub(1);
+        // Removed under the lock: an API of this name compiled meanwhile
+        // makes its series after they went, not before.
+        if entry.apis == 0 {
+            shown.remove(&self.name);
+            get().remove_api(&self.name);
+            return;
+        }
+        let policies = std::mem::take(&mut *lock(&self.policies));
+        entry.release_policies(&self.name, &policies);
+    }
+}
+
+impl Shown {
+    /// One compiled API of name `api` no longer has `policies`: the
+    /// series of those no other has go.
+    fn release_policies(&mut self, api: &str, policies: &[String]) {
+        for policy in policies {
+            let Some(count) = self.policies.get_mut(policy) else {
+                continue;
+            };
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.policies.remove(policy);
+                let _ = get().throttled.remove_label_values(&[api, policy]);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Fold for ApiSeries {
     fn fold(&self) {
+        let retired = self.is_retired();
         self.tallies.each(|tally| {
+            if retired {
+                *tally = ApiTally::default();
+                return;
+            }
             for (series, count) in self.allowed.iter().zip(&mut tally.allowed) {
                 series.inc_by(std::mem::take(count));
             }
@@ -564,6 +742,7 @@ impl Fold for ApiSeries {
 impl Drop for ApiSeries {
     fn drop(&mut self) {
         self.fold();
+        self.retire();
     }
 }
 
@@ -613,7 +792,7 @@ mod tests {
 
     #[test]
     fn made_up_methods_share_one_series() {
-        let api = ApiMetrics::of("metrics-test-methods");
+        let api = ApiMetrics::of("metrics-test-methods", []);
         for name in ["FOO", "BAR1", "BAZ2"] {
             let method = Method::from_bytes(name.as_bytes()).expect("valid token");
             api.count_response(&method, StatusCode::NOT_FOUND);
@@ -624,7 +803,7 @@ mod tests {
 
     #[test]
     fn cached_and_uncached_series_count_alike() {
-        let api = ApiMetrics::of("metrics-test-cache");
+        let api = ApiMetrics::of("metrics-test-cache", []);
         // More distinct series than a thread caches.
         for status in 200..(200 + CACHED_PER_THREAD as u16 + 10) {
             let status = StatusCode::from_u16(status).expect("valid status");
@@ -642,7 +821,7 @@ mod tests {
 
     #[test]
     fn what_threads_counted_shows_whole_when_rendered_and_when_the_api_goes() {
-        let api = ApiMetrics::of("metrics-test-threads");
+        let api = ApiMetrics::of("metrics-test-threads", []);
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
@@ -671,9 +850,46 @@ mod tests {
             Some("4000")
         );
         // Counted after the last render, then the API's series go (a
-        // reload replaced its snapshot): nothing counted is lost.
+        // reload replaced its snapshot with one that has the API too):
+        // nothing counted is lost.
+        let next = ApiMetrics::of("metrics-test-threads", []);
         api.count_response(&Method::POST, StatusCode::CREATED);
         drop(api);
         assert_eq!(requests("metrics-test-threads", "POST", "201"), 4001);
+        drop(next);
+    }
+
+    /// Whether `/metrics` names API `api`.
+    fn shown(api: &str) -> bool {
+        get().render().contains(&format!("api=\"{api}\""))
+    }
+
+    #[test]
+    fn the_series_of_an_api_go_with_its_last_compiled_api() {
+        let first = ApiMetrics::of("metrics-test-gone", ["hourly"]);
+        let second = ApiMetrics::of("metrics-test-gone", ["hourly", "daily"]);
+        first.count_response(&Method::GET, StatusCode::OK);
+        second.count_throttled("daily");
+        second.count_throttled("hourly");
+        assert!(shown("metrics-test-gone"));
+        // The second drops `daily`: its series goes, `hourly`'s stays.
+        second.keep_policies(["hourly"]);
+        let throttled = |policy: &str| {
+            get().render().contains(&format!(
+                "microgateway_throttled_total{{api=\"metrics-test-gone\",policy=\"{policy}\"}}"
+            ))
+        };
+        assert!(!throttled("daily"));
+        assert!(throttled("hourly"));
+        second.count_throttled("daily");
+        assert!(!throttled("daily"), "a policy let go makes no series again");
+        drop(first);
+        assert_eq!(requests("metrics-test-gone", "GET", "200"), 1);
+        second.retire();
+        second.count_response(&Method::GET, StatusCode::OK);
+        second.upstream_error("timeout");
+        assert!(!shown("metrics-test-gone"));
+        drop(second);
+        assert!(!shown("metrics-test-gone"));
     }
 }

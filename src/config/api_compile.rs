@@ -185,7 +185,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         + response_transform.set.len();
     let answer_unread = cors.is_none() && response_transform.is_empty();
     Some(Api {
-        metrics: ApiMetrics::of(&name),
+        metrics: ApiMetrics::of(&name, throttle.iter().map(|p| p.name.as_str())),
         answer_room,
         answer_unread,
         base_segments: base_path.split('/').filter(|s| !s.is_empty()).count(),

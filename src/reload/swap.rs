@@ -212,7 +212,8 @@ impl Live {
             status.last_reload_error = None;
             status.error_source = None;
         }
-        self.current.store(Arc::new(next));
+        let previous = self.current.swap(Arc::new(next));
+        retire_series(&previous, &self.current.load());
         self.swaps.fetch_add(1, Ordering::Release);
         self.generation.store(generation, Ordering::Release);
         drop(status);
@@ -236,6 +237,21 @@ impl Live {
             status.last_reload_error = Some(error);
             status.error_source = Some(source);
         }
+    }
+}
+
+/// The metric series of the APIs (and throttle policies) `previous` had
+/// and `next` has not go now, not when the last request begun on
+/// `previous` lets it go: an idle thread may hold it for long.
+fn retire_series(previous: &Snapshot, next: &Snapshot) {
+    for api in &previous.apis {
+        let mut same_name = next.apis.iter().filter(|a| a.name == api.name).peekable();
+        if same_name.peek().is_none() {
+            api.metrics.retire();
+            continue;
+        }
+        let kept = same_name.flat_map(|a| a.throttle.iter().map(|p| p.name.as_str()));
+        api.metrics.keep_policies(kept);
     }
 }
 

@@ -545,10 +545,7 @@ impl<'s, 'c> Counting<'s, 'c> {
             .filter(|(_, q)| q.retry_after.is_some())
             .collect();
         for (p, _) in &refusing {
-            crate::metrics::get()
-                .throttled
-                .with_label_values(&[api.name.as_str(), p.name.as_str()])
-                .inc();
+            api.metrics.count_throttled(&p.name);
         }
         Verdict::Refused {
             policies: refusing.iter().map(|(p, _)| p.name.clone()).collect(),

@@ -392,3 +392,76 @@ async fn guessing_a_central_users_password_is_locked_out() {
     assert_eq!(export("fleet-secret").await, 429);
     gw.shutdown().await;
 }
+
+/// Two open APIs on one upstream, each throttled by the policy `policy`:
+/// `Metrics kept` to two requests an hour, `removed` (when there is one)
+/// to one.
+fn two_apis(upstream: &Upstream, removed: Option<&str>, policy: &str) -> String {
+    let removed = removed.map_or(String::new(), |name| {
+        format!(
+            r#"
+- name: "{name}"
+  base_path: /removed
+  upstream: {{ url: "{url}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+  policies:
+    throttle: [{{ name: {policy}, limit: 1, per: 1h }}]"#,
+            url = upstream.url("/api"),
+        )
+    });
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: "Metrics kept"
+  base_path: /kept
+  upstream: {{ url: "{url}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+  policies:
+    throttle: [{{ name: {policy}, limit: 2, per: 1h }}]{removed}
+"#,
+        url = upstream.url("/api"),
+    )
+}
+
+/// The value of the series `line` names in `text`.
+fn series(text: &str, line: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_reload_removes_the_series_of_what_it_removed_and_keeps_the_rest() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&two_apis(&upstream, Some("Metrics removed"), "hourly")).await;
+    for expected in [200, 200, 429] {
+        assert_eq!(gw.get("/kept/items").await.status(), expected);
+    }
+    assert_eq!(gw.get("/removed/items").await.status(), 200);
+    assert_eq!(gw.get("/removed/items").await.status(), 429);
+    let text = gw.metrics().await;
+    assert!(text.contains(r#"api="Metrics removed""#), "{text}");
+    let ok = r#"microgateway_requests_total{api="Metrics kept",method="GET",status="200"}"#;
+    let refused = r#"microgateway_requests_total{api="Metrics kept",method="GET",status="429"}"#;
+    let hourly = r#"microgateway_throttled_total{api="Metrics kept",policy="hourly"}"#;
+    assert_eq!(series(&text, ok), Some(2), "{text}");
+    assert_eq!(series(&text, hourly), Some(1), "{text}");
+
+    // One API goes, the other's policy is renamed: what they no longer
+    // name goes, what the kept API counted stays.
+    gw.write_config(&two_apis(&upstream, None, "renamed"));
+    gw.wait_generation(2).await;
+    let text = gw.metrics().await;
+    assert!(!text.contains("Metrics removed"), "{text}");
+    assert_eq!(series(&text, hourly), None, "{text}");
+    assert_eq!(series(&text, ok), Some(2), "{text}");
+    assert_eq!(gw.get("/kept/items").await.status(), 429);
+    let text = gw.metrics().await;
+    assert_eq!(series(&text, refused), Some(2), "{text}");
+    let renamed = r#"microgateway_throttled_total{api="Metrics kept",policy="renamed"}"#;
+    assert_eq!(series(&text, renamed), Some(1), "{text}");
+    gw.shutdown().await;
+}
