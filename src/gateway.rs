@@ -465,10 +465,12 @@ async fn authz_endpoint(
         admin_ok,
     };
     let (parts, body) = req.into_parts();
-    let collected = match proxy::collect_limited(body, crate::authz_server::MAX_BODY).await {
-        Ok(collected) => collected,
-        Err(rejection) => return rejection.into_response(),
-    };
+    let room = parts.extensions.get::<proxy::BodyRoom>().cloned();
+    let (collected, _held) =
+        match proxy::collect_limited(body, crate::authz_server::MAX_BODY, room).await {
+            Ok(collected) => collected,
+            Err(rejection) => return rejection.into_response(),
+        };
     let response = authz
         .handle(http::Request::from_parts(parts, collected), ctx)
         .await;

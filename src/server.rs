@@ -105,6 +105,11 @@ fn http2_builder(settings: ConnSettings) -> hyper::server::conn::http2::Builder<
         // these, the connection is closed with GOAWAY.
         .max_pending_accept_reset_streams(64)
         .max_local_error_reset_streams(256)
+        // What clients may send before the gateway reads: 1 MiB a
+        // stream, so that one upload has a whole MiB in flight, and 4 MiB
+        // a connection (fixed: hyper's adaptive window is off unless
+        // asked for), not 256 streams of 1 MiB. Bodies read out of it to
+        // be held whole share a `BodyRoom` instead.
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         // What a stream's answer may hold ahead of the socket once the
@@ -601,6 +606,10 @@ impl Conn {
         let body_read = self.port.settings.timeouts.body_read;
         let slots = self.port.slots.clone();
         let verification = self.verified.as_ref().map(Verified::verification);
+        // 256 streams may each hold a body whole: together, no more than
+        // one HTTP/1.1 connection may.
+        let max_body = self.port.settings.limits.max_body;
+        let room = crate::proxy::BodyRoom::new(usize::try_from(max_body).unwrap_or(usize::MAX));
         let service = service_fn(move |req: Request<Incoming>| {
             // A stream opened after the client-certificate setting was
             // replaced, before the client has seen the `GOAWAY`: refused,
@@ -615,6 +624,7 @@ impl Conn {
                         H2Body::new(body, body_read, slots.clone()).boxed()
                     }
                 });
+                req.extensions_mut().insert(room.clone());
                 if tunnel::is_h2_handshake(&req) {
                     let open = InFlight::tunnel(&requests);
                     // The tunnel outlives the stream's service: it

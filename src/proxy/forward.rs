@@ -17,7 +17,6 @@ use http::header::{
 };
 use http::{Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 
 use super::balance::{Health, Outcome};
 use super::batch;
@@ -453,12 +452,14 @@ const REDACTED: &str = "[redacted]";
 async fn echo(req: Request<Body>) -> Result<Response<Body>, Rejection> {
     let (parts, body) = req.into_parts();
     let exceeded = parts.extensions.get::<LimitFlag>().cloned();
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) => {
+    let room = parts.extensions.get::<super::BodyRoom>().cloned();
+    // `LimitedBody` bounds it to `limits.max_body`.
+    let (bytes, _held) = match super::collect_limited(body, usize::MAX, room).await {
+        Ok(collected) => collected,
+        Err(Rejection::ClientBody(_)) if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) => {
             return Err(Rejection::PayloadTooLarge)
         }
-        Err(error) => return Err(Rejection::ClientBody(BodyFault::of(&error))),
+        Err(rejection) => return Err(rejection),
     };
     let mut headers = serde_json::Map::new();
     for name in parts.headers.keys() {

@@ -92,6 +92,10 @@ pub enum Rejection {
     /// longer than the wait allows (`authz_server::workers`).
     #[error("every credential check worker is busy")]
     ChecksBusy,
+    /// The request bodies its HTTP/2 connection holds whole fill the
+    /// connection's room (`BodyRoom`).
+    #[error("the connection's request bodies fill its room")]
+    BodyRoomFull,
     #[error("{0}")]
     Denied(Denied),
     #[error("the client address is refused by ip_filter")]
@@ -152,6 +156,7 @@ impl Rejection {
             | Rejection::DeadlineExceeded
             | Rejection::Throttled { .. }
             | Rejection::ThrottleUnavailable
+            | Rejection::BodyRoomFull
             | Rejection::TooManyTunnels => None,
         }
     }
@@ -191,6 +196,7 @@ impl Rejection {
             | Rejection::GatewayTimeout
             | Rejection::Throttled { .. }
             | Rejection::ThrottleUnavailable
+            | Rejection::BodyRoomFull
             | Rejection::TooManyTunnels => None,
         }
     }
@@ -345,6 +351,12 @@ impl Rejection {
                 "the credentials cannot be checked now; retry later".to_owned(),
                 None,
             ),
+            Rejection::BodyRoomFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "the connection holds as many request bodies as it may; retry later".to_owned(),
+                None,
+            ),
             Rejection::Denied(Denied::Scope(InsufficientScope { would_grant })) => (
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
@@ -441,7 +453,10 @@ impl Rejection {
                     Fields::clone(fields).apply(headers);
                 }
             }
-            Rejection::ThrottleUnavailable | Rejection::TooManyTunnels | Rejection::ChecksBusy => {
+            Rejection::ThrottleUnavailable
+            | Rejection::TooManyTunnels
+            | Rejection::ChecksBusy
+            | Rejection::BodyRoomFull => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Rejection::TooManyAttempts { retry_after } => {

@@ -430,6 +430,70 @@ async fn a_client_that_opens_its_windows_and_reads_nothing_pins_little_memory() 
     drop(write);
 }
 
+/// Bodies the gateway holds whole (here the `echo` upstream's) share one
+/// room per HTTP/2 connection, `limits.max_body`: 16 streams sending
+/// 256 KiB each and never ending (4 MiB, as much as the connection's
+/// window lets in before the gateway reads) cannot make it hold 16 times
+/// what one HTTP/1.1 connection could. The streams past the room are
+/// answered at once (503), not held until their bodies time out.
+#[tokio::test]
+async fn bodies_held_whole_share_one_room_per_connection() {
+    const STREAMS: u32 = 16;
+    const EACH: usize = 256 << 10;
+    let yaml = r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+limits: { max_body: 1MiB }
+apis:
+- name: Held bodies
+  base_path: /echo
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["POST /items"]
+"#;
+    let gw = Gateway::start(yaml).await;
+    let mut conn = Conn::open(gw.http).await;
+    // The connection window is opened past its first 65,535 bytes.
+    let events = conn
+        .frames
+        .until(ANSWER_WITHIN, |e| raw::window_update(e, 0).is_some())
+        .await;
+    assert!(events.iter().any(|e| raw::window_update(e, 0).is_some()));
+    let head = raw::request_head_for("POST", "/echo/items");
+    let chunk = vec![b'x'; raw::MAX_FRAME_SIZE];
+    for n in 1..=STREAMS {
+        let id = stream_id(n);
+        let mut out = raw::frame(raw::HEADERS, raw::END_HEADERS, id, &head);
+        for _ in 0..EACH / raw::MAX_FRAME_SIZE {
+            out.extend(raw::frame(raw::DATA, 0, id, &chunk));
+        }
+        conn.write.write_all(&out).await.unwrap();
+    }
+    // At most 1 MiB of the 4 MiB is held: at least 12 streams answered.
+    let mut answered = BTreeSet::new();
+    let events = conn
+        .frames
+        .until(ANSWER_WITHIN, |e| {
+            if let Event::Frame(f) = e {
+                if f.kind == raw::HEADERS {
+                    answered.insert(f.stream);
+                }
+            }
+            answered.len() >= 12
+        })
+        .await;
+    assert!(answered.len() >= 12, "{answered:?} {events:?}");
+    assert_eq!(raw::goaway(&events), None, "{events:?}");
+    let text = gw.metrics().await;
+    let line = r#"microgateway_requests_total{api="Held bodies",method="POST",status="503"}"#;
+    let refused: Option<usize> = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok());
+    assert!(refused >= Some(12), "{text}");
+    drop(conn);
+    gw.shutdown().await;
+}
+
 /// A client talking HTTP/2 frame by frame (RFC 9113 §4, HPACK RFC 7541
 /// without Huffman coding or the dynamic table).
 mod raw {
@@ -441,6 +505,7 @@ mod raw {
     use tokio::net::TcpStream;
     use tokio::sync::mpsc;
 
+    pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
     pub const RST_STREAM: u8 = 0x3;
     pub const SETTINGS: u8 = 0x4;
