@@ -167,6 +167,54 @@ async fn new_resource_is_served_after_a_change() {
     gw.shutdown().await;
 }
 
+/// A keep-alive HTTP/1.1 connection pins nothing of the snapshot it was
+/// opened under: each request takes the serving one, so the next request
+/// on the same connection after a reload meets the new configuration.
+#[tokio::test]
+async fn a_keep_alive_connection_serves_its_next_request_on_the_new_snapshot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&upstream_yaml(&upstream, r#""GET /a", "GET /b""#)).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut exchange = async |path: &str| {
+        let head = format!("GET /travels/{path} HTTP/1.1\r\nhost: gw\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0; 4096];
+        // Answers here are short: a head and a body in one read or two.
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(DEADLINE, tcp.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert!(n > 0, "the connection was closed");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let length: usize = text
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        while answer.len() < head_end + length {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection was closed");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        text.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(exchange("b").await, "HTTP/1.1 200 OK");
+    gw.write_config(&upstream_yaml(&upstream, r#""GET /a""#));
+    applied(&gw, 2).await;
+    assert_eq!(exchange("b").await, "HTTP/1.1 404 Not Found");
+    assert_eq!(exchange("a").await, "HTTP/1.1 200 OK");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn changed_upstream_receives_the_requests() {
     let first = Upstream::start().await;
