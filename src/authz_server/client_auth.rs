@@ -3,10 +3,11 @@
 //!
 //! `client_secret_basic` (id and secret form-urlencoded, then Basic) or
 //! `client_secret_post` (`client_id` + `client_secret` in the body) — never
-//! both (RFC 6749 §2.3). A public client only names itself with
-//! `client_id`. Secrets are compared in constant time; a wrong secret, an
-//! unknown client and a secret for a public client all look the same to
-//! the caller.
+//! both (RFC 6749 §2.3). A public client names itself with `client_id`,
+//! or with Basic and an empty password, as many libraries send it: an
+//! empty secret is no secret (RFC 6749 §2.3.1), for any client. Secrets
+//! are compared in constant time; a wrong secret, an unknown client and a
+//! secret for a public client all look the same to the caller.
 //!
 //! Guessing is locked out (RFC 6749 §2.3.1 asks for protection against
 //! brute force): those failures count against the caller's address
@@ -17,8 +18,12 @@
 //! window ends; while locked, every client authentication from it is
 //! refused before a secret is compared, a right one too. A right secret
 //! forgives nothing: the address may serve a guesser and a client alike.
-//! A request that presents no guess (no secret for a confidential client,
-//! malformed credentials) is refused uncounted. The count is apart from
+//! A request that presents no guess (no secret, or an empty one, for a
+//! confidential client; malformed credentials) is refused uncounted. A
+//! secret for a public client counts, as a wrong one does: the only
+//! secret a public client has is the empty one, so a client sending
+//! another is no more conforming than one sending a stale secret, and
+//! either is refused as a guess would be. The count is apart from
 //! the admin logins' and the password logins'; a store that replicas share
 //! (PostgreSQL) keeps it for all of them as well, so guesses spread over
 //! replicas lock the address on each.
@@ -48,6 +53,8 @@ pub enum Method {
 #[derive(Debug, Clone, Copy)]
 pub struct Authenticated<'s> {
     pub client: &'s Client,
+    /// [`Method::None`] for every public client, whichever way it named
+    /// itself.
     pub method: Method,
 }
 
@@ -148,7 +155,15 @@ pub fn authenticate<'s>(
     let presented = presented(headers, form)?;
     let method = presented.method;
     match judge(settings, &presented) {
-        Ok(client) => Ok(Authenticated { client, method }),
+        Ok(client) => {
+            // A public client presents no secret, however it names itself.
+            let method = if client.client_secret.is_some() {
+                method
+            } else {
+                Method::None
+            };
+            Ok(Authenticated { client, method })
+        }
         Err(refused) => {
             if refused == Refused::Guess {
                 caller.failures.record(caller.address, caller.now);
@@ -218,7 +233,11 @@ fn judge<'s>(settings: &'s Settings, presented: &Presented) -> Result<&'s Client
     let client = settings
         .client(&presented.client_id)
         .ok_or(Refused::Guess)?;
-    match (&client.client_secret, &presented.secret) {
+    // RFC 6749 §2.3.1: a client without a secret may send Basic with an
+    // empty password, or `client_secret=`: an empty secret is none (no
+    // configured secret is empty).
+    let secret = presented.secret.as_deref().filter(|s| !s.is_empty());
+    match (&client.client_secret, secret) {
         (Some(expected), Some(secret)) if expected.matches(secret.as_bytes()) => Ok(client),
         (None, None) => Ok(client),
         (Some(_), Some(_)) | (None, Some(_)) => Err(Refused::Guess),
@@ -467,6 +486,33 @@ mod tests {
         ));
     }
 
+    /// RFC 6749 §2.3.1: libraries send a public client as Basic with an
+    /// empty password. That is no secret, never a guess, however often.
+    #[test]
+    fn an_empty_secret_is_none_and_never_a_guess() {
+        let s = settings();
+        let failures = Failures::default();
+        let right = post(b"client_id=a%3Ab&client_secret=s%26%2B+p");
+        for _ in 0..2 * FAILURES {
+            let caller = from(HERE, &failures, 0);
+            let empty_post = post(b"client_id=pub&client_secret=");
+            for (headers, form) in [
+                (basic("pub:"), &Form::default()),
+                (HeaderMap::new(), &empty_post),
+            ] {
+                let public = authenticate(&s, caller, &headers, form).expect("a public client");
+                assert_eq!(public.client.client_id, "pub");
+                assert_eq!(public.method, Method::None, "no secret presented");
+            }
+            // A confidential client's empty secret is a missing one.
+            assert!(matches!(
+                authenticate(&s, caller, &basic("a%3Ab:"), &Form::default()),
+                Err(OAuthError::InvalidClient { basic: true })
+            ));
+        }
+        assert!(authenticate(&s, from(HERE, &failures, 0), &HeaderMap::new(), &right).is_ok());
+    }
+
     #[test]
     fn judge_tells_guesses_from_a_missing_secret() {
         let s = settings();
@@ -477,6 +523,7 @@ mod tests {
         };
         assert!(judge(&s, &presented("a:b", Some("s&+ p"))).is_ok());
         assert!(judge(&s, &presented("pub", None)).is_ok());
+        assert!(judge(&s, &presented("pub", Some(""))).is_ok());
         for (id, secret) in [
             ("a:b", Some("wrong")),
             ("nobody", Some("x")),
@@ -489,9 +536,11 @@ mod tests {
                 "{id}"
             );
         }
-        assert_eq!(
-            judge(&s, &presented("a:b", None)).err(),
-            Some(Refused::NoSecret)
-        );
+        for secret in [None, Some("")] {
+            assert_eq!(
+                judge(&s, &presented("a:b", secret)).err(),
+                Some(Refused::NoSecret)
+            );
+        }
     }
 }

@@ -506,6 +506,37 @@ async fn wrong_introspector_secrets_lock_introspection_from_the_address() {
     assert_eq!(server.introspect("some-token").await["active"], false);
 }
 
+/// RFC 6749 §2.3.1: a public client sent as Basic with an empty
+/// password (as many libraries send it) presents no secret. It is served
+/// as often as it asks, locks nobody out, and is still no client that
+/// may introspect.
+#[tokio::test]
+async fn a_public_client_with_an_empty_basic_password_is_no_guess() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::start(settings(dir.path(), TokenFormat::Opaque), None).await;
+    let refresh = [("grant_type", "refresh_token"), ("refresh_token", "none")];
+    for n in 0..25 {
+        let reply = server
+            .post_basic("/oauth2/token", "public-app", "", &refresh)
+            .await;
+        assert_eq!((reply.status, reply.error()), (400, "invalid_grant"), "{n}");
+    }
+    let mut form = password_form("alice", "wonderland");
+    form.push(("scope", "view"));
+    let reply = server
+        .post_basic("/oauth2/token", "public-app", "", &form)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    let token = str_of(&reply.json, "access_token");
+    let refused = server
+        .post_basic("/oauth2/introspect", "public-app", "", &[("token", token)])
+        .await;
+    assert_eq!((refused.status, refused.error()), (401, "invalid_client"));
+    server
+        .token("app", "s3cret/+:&", &[("grant_type", "client_credentials")])
+        .await;
+}
+
 #[tokio::test]
 async fn grant_type_checks() {
     let dir = tempfile::tempdir().expect("dir");
