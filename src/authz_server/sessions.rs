@@ -3,9 +3,12 @@
 //!
 //! A session is a random id (256 bits) in the `mcgw_session` cookie; what
 //! is kept, under the id's SHA-256 (never the id), is its CSRF token, the
-//! user who logged in on it and when it expires ([`LIFETIME_SECS`] from
-//! creation). An expired session is never accepted, and is deleted when
-//! looked up. Logging in starts a new session (new id, new CSRF token) and
+//! user who logged in on it with a fingerprint of their credential (never
+//! the password), and when it expires ([`LIFETIME_SECS`] from creation).
+//! An expired session is never accepted, and is deleted when looked up.
+//! A session is signed in only while its user's credential is the one
+//! configured ([`Current::user`]): a changed password or a removed user
+//! ends the sign-in on every replica at once, not at expiry. Logging in starts a new session (new id, new CSRF token) and
 //! deletes the old one in the same step, so an id planted before login is
 //! worth nothing after it, on every replica.
 //!
@@ -30,6 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use subtle::ConstantTimeEq;
 
+use super::grants::password::Users;
 use super::store::{SessionRecord, StoreError, TokenStore};
 use super::tokens;
 use crate::lockout::AddressKey;
@@ -56,6 +60,14 @@ pub struct Current {
 }
 
 impl Current {
+    /// The user signed in on this session, while `users` still has them
+    /// with the credential they logged in with; else nobody.
+    pub fn user<'s>(&'s self, users: &Users) -> Option<&'s str> {
+        let user = self.session.user.as_deref()?;
+        let credential = self.session.credential.as_deref()?;
+        (users.credential(user) == Some(credential)).then_some(user)
+    }
+
     /// Whether `presented` is this session's CSRF token (constant time).
     pub fn csrf_matches(&self, presented: Option<&str>) -> bool {
         presented.is_some_and(|p| {
@@ -146,14 +158,21 @@ impl Sessions {
         Ok(())
     }
 
-    /// Starts a session for `user` (or an anonymous one).
-    pub fn start(&self, user: Option<String>, now: u64) -> Result<Current, StoreError> {
-        self.insert(user, None, now)
+    /// Starts an anonymous session.
+    pub fn start(&self, now: u64) -> Result<Current, StoreError> {
+        self.insert(None, None, now)
     }
 
-    /// Replaces `old` by a new session for `user` (login), in one step.
-    pub fn renew(&self, old: &Current, user: String, now: u64) -> Result<Current, StoreError> {
-        self.insert(Some(user), Some(&old.session.hash), now)
+    /// Replaces `old` by a new session for `user`, who logged in with
+    /// `credential` ([`Users::credential`]), in one step.
+    pub fn renew(
+        &self,
+        old: &Current,
+        user: String,
+        credential: String,
+        now: u64,
+    ) -> Result<Current, StoreError> {
+        self.insert(Some((user, credential)), Some(&old.session.hash), now)
     }
 
     /// Ends `session` (sign-out): its id is worth nothing from now on.
@@ -167,15 +186,17 @@ impl Sessions {
 
     fn insert(
         &self,
-        user: Option<String>,
+        signed_in: Option<(String, String)>,
         replaces: Option<&str>,
         now: u64,
     ) -> Result<Current, StoreError> {
         let id = tokens::random_token();
+        let (user, credential) = signed_in.unzip();
         let session = SessionRecord {
             hash: tokens::hash_token(&id),
             csrf_token: tokens::random_token(),
             user,
+            credential,
             expires_at: now.saturating_add(LIFETIME_SECS),
         };
         match &self.kept {
@@ -302,6 +323,12 @@ mod tests {
         assert_eq!(sessions.may_start(from("203.0.113.1"), now + 60), Ok(()));
     }
 
+    /// A session `user` logged in on at `now`.
+    fn signed_in(sessions: &Sessions, user: &str, now: u64) -> Result<Current, StoreError> {
+        let anonymous = sessions.start(now)?;
+        sessions.renew(&anonymous, user.into(), "c".into(), now)
+    }
+
     fn len(sessions: &Sessions) -> usize {
         match &sessions.kept {
             Kept::Memory(memory) => memory.len(),
@@ -312,15 +339,15 @@ mod tests {
     #[test]
     fn a_session_expires_and_login_replaces_it() -> Result<(), StoreError> {
         let sessions = Sessions::in_memory();
-        let anonymous = sessions.start(None, 100)?;
+        let anonymous = sessions.start(100)?;
         assert_ne!(anonymous.session.hash, anonymous.id, "kept by hash");
         assert!(sessions
             .find(&anonymous.id, 100 + LIFETIME_SECS - 1)?
             .is_some());
         assert!(sessions.find(&anonymous.id, 100 + LIFETIME_SECS)?.is_none());
         assert_eq!(len(&sessions), 0, "an expired session is deleted");
-        let anonymous = sessions.start(None, 200)?;
-        let logged_in = sessions.renew(&anonymous, "alice".into(), 200)?;
+        let anonymous = sessions.start(200)?;
+        let logged_in = sessions.renew(&anonymous, "alice".into(), "c".into(), 200)?;
         assert!(sessions.find(&anonymous.id, 200)?.is_none());
         let found = sessions.find(&logged_in.id, 200)?.expect("session");
         assert_eq!(found.session.user.as_deref(), Some("alice"));
@@ -334,11 +361,38 @@ mod tests {
     }
 
     #[test]
+    fn a_session_is_signed_in_only_with_the_credential_it_was_logged_in_with(
+    ) -> Result<(), StoreError> {
+        use crate::authz_server::grants::password::tests::user;
+        let sessions = Sessions::in_memory();
+        let alice = user("alice", "wonderland");
+        let users = Users::new(std::slice::from_ref(&alice)).expect("users");
+        let credential = users.credential("alice").expect("alice").to_owned();
+        let anonymous = sessions.start(0)?;
+        assert_eq!(anonymous.user(&users), None);
+        let signed_in = sessions.renew(&anonymous, "alice".into(), credential, 0)?;
+        let found = sessions.find(&signed_in.id, 1)?.expect("session");
+        assert_eq!(found.user(&users), Some("alice"));
+        assert_eq!(
+            found.user(&Users::new(&[alice]).expect("users")),
+            Some("alice"),
+            "the same configuration, read again"
+        );
+        let changed = Users::new(&[user("alice", "looking-glass")]).expect("users");
+        assert_eq!(found.user(&changed), None, "her password changed");
+        let removed = Users::new(&[user("bob", "builder")]).expect("users");
+        assert_eq!(found.user(&removed), None, "she is gone");
+        let forged = sessions.renew(&found, "bob".into(), "c".into(), 2)?;
+        assert_eq!(forged.user(&removed), None, "another credential");
+        Ok(())
+    }
+
+    #[test]
     fn the_number_of_sessions_is_bounded() -> Result<(), StoreError> {
         let sessions = Sessions::in_memory();
-        let first = sessions.start(None, 0)?;
+        let first = sessions.start(0)?;
         for _ in 0..CAPACITY {
-            sessions.start(None, 1)?;
+            sessions.start(1)?;
         }
         assert_eq!(len(&sessions), CAPACITY);
         assert!(sessions.find(&first.id, 1)?.is_none(), "the oldest went");
@@ -348,20 +402,20 @@ mod tests {
     #[test]
     fn anonymous_sessions_never_push_out_a_signed_in_one() -> Result<(), StoreError> {
         let sessions = Sessions::in_memory();
-        let anonymous = sessions.start(None, 0)?;
-        let alice = sessions.renew(&anonymous, "alice".into(), 0)?;
+        let anonymous = sessions.start(0)?;
+        let alice = sessions.renew(&anonymous, "alice".into(), "c".into(), 0)?;
         // Any client can start anonymous sessions, as many as it likes.
         for _ in 0..CAPACITY + 50 {
-            sessions.start(None, 1)?;
+            sessions.start(1)?;
         }
         assert_eq!(len(&sessions), CAPACITY);
         let found = sessions.find(&alice.id, 2)?.expect("still signed in");
         assert_eq!(found.session.user.as_deref(), Some("alice"));
         // Signed-in sessions only: the oldest goes.
         let sessions = Sessions::in_memory();
-        let first = sessions.start(Some("a".into()), 0)?;
+        let first = signed_in(&sessions, "a", 0)?;
         for _ in 0..CAPACITY {
-            sessions.start(Some("b".into()), 1)?;
+            signed_in(&sessions, "b", 1)?;
         }
         assert!(sessions.find(&first.id, 1)?.is_none());
         Ok(())
@@ -372,7 +426,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = super::super::store::SqliteStore::open(&dir.path().join("oauth.db"))?;
         let sessions = Sessions::for_store(Arc::new(store));
-        let started = sessions.start(None, 0)?;
+        let started = sessions.start(0)?;
         assert!(sessions.find(&started.id, 1)?.is_some());
         assert_eq!(len(&sessions), 1);
         Ok(())

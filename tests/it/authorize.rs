@@ -114,6 +114,43 @@ apis:
     )
 }
 
+/// `yaml` with alice's entry among the users replaced by `entry` (a YAML
+/// flow mapping).
+pub(crate) fn with_alice_as(yaml: &str, entry: &str) -> String {
+    yaml.lines()
+        .map(|line| match line.split_once("- { username: alice,") {
+            Some((indent, _)) => format!("{indent}- {entry}"),
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Alice's new password, and a user who is not alice.
+pub(crate) fn alice_changed_and_removed() -> [String; 2] {
+    [
+        format!(
+            r#"{{ username: alice, password_hash: "{}" }}"#,
+            cheap_hash("looking-glass")
+        ),
+        format!(
+            r#"{{ username: bob, password_hash: "{}" }}"#,
+            cheap_hash("builder")
+        ),
+    ]
+}
+
+/// A consent form of a session that is no longer signed in: refused
+/// with the login form, no redirect.
+pub(crate) fn assert_back_to_login(refused: &Reply) {
+    assert!(
+        refused.headers.get("location").is_none(),
+        "{}",
+        refused.body
+    );
+    assert!(refused.form().text_inputs.contains(&"username".to_owned()));
+}
+
 async fn gateway() -> Gateway {
     Gateway::start(&yaml(&Options::default())).await
 }
@@ -1260,6 +1297,41 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
     let refused = browser.post("/oauth2/authorize", &fields).await;
     assert_eq!(refused.status, 403);
     assert!(refused.header("location").is_none());
+}
+
+/// A sign-in is alice's only while her credential is the one she logged
+/// in with: after a reload that changes her password, or removes her, a
+/// session she signed in on approves nothing; her new password signs her
+/// in again. (Kept in memory, the session itself ends with the settings
+/// it was made under: the form is refused as expired.)
+#[tokio::test]
+async fn a_changed_password_or_a_removed_user_ends_the_sign_in() {
+    let yaml = yaml(&Options::default());
+    let gw = Gateway::start(&yaml).await;
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(&gw);
+    let consent = browser.login(&authorize).await;
+    let [changed, removed] = alice_changed_and_removed();
+    gw.write_config(&with_alice_as(&yaml, &changed));
+    gw.wait_generation(2).await;
+    let refused = browser
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_back_to_login(&refused);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    let new_password = [("username", "alice"), ("password", "looking-glass")];
+    let logged_in = browser.submit(&refused, "login", &new_password).await;
+    assert_eq!(logged_in.status, 303, "{}", logged_in.body);
+    let consent = browser.get(logged_in.location()).await;
+    assert!(consent.body.contains("alice"), "{}", consent.body);
+    gw.write_config(&with_alice_as(&yaml, &removed));
+    gw.wait_generation(3).await;
+    let refused = browser
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_back_to_login(&refused);
 }
 
 // ---- implicit -------------------------------------------------------------

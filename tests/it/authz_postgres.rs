@@ -11,7 +11,10 @@ use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
-use crate::authorize::{cheap_hash, code_from, code_query, pkce, query, Browser, CALLBACK, SECRET};
+use crate::authorize::{
+    alice_changed_and_removed, assert_back_to_login, cheap_hash, code_from, code_query, pkce,
+    query, with_alice_as, Browser, CALLBACK, SECRET,
+};
 use crate::common::postgres::Postgres;
 use crate::common::{Env, Gateway};
 
@@ -442,6 +445,45 @@ async fn a_session_expired_in_the_store_is_refused_and_deleted() {
         .get(&format!("/oauth2/authorize?{authorize}"))
         .await;
     assert!(again.form().text_inputs.contains(&"username".to_owned()));
+}
+
+/// A sign-in is bound to the credential alice logged in with, on every
+/// replica: after a reload of both that changes her password, or removes
+/// her, the session she signed in on approves nothing on either (the
+/// store's row still names her), and no code is issued.
+#[tokio::test]
+async fn a_changed_password_or_a_removed_user_ends_the_sign_in_on_every_replica() {
+    let pg = Postgres::shared();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let yaml = yaml(&pg.url(&database), shared.path());
+    let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(&a);
+    let consent = browser.login(&authorize).await;
+    let [changed, removed] = alice_changed_and_removed();
+    for (generation, entry) in [(2, &changed), (3, &removed)] {
+        for gw in [&a, &b] {
+            gw.write_config(&with_alice_as(&yaml, entry));
+            gw.wait_generation(generation).await;
+        }
+        for gw in [&a, &b] {
+            let refused = browser
+                .via(gw)
+                .submit(&consent, "approve", &[("grant_scope", "view")])
+                .await;
+            assert_back_to_login(&refused);
+            // The session is found, its sign-in not trusted.
+            assert_eq!(refused.status, 200, "{}", refused.body);
+            assert!(refused.body.contains("Please sign in first."));
+        }
+        assert_eq!(sessions_in(&pg, &database, true), "1", "kept, not trusted");
+    }
+    assert_eq!(
+        pg.psql(&database, "SELECT count(*) FROM authorization_codes"),
+        "0"
+    );
 }
 
 /// An id planted before login (session fixation) is worth nothing after

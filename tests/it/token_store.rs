@@ -544,6 +544,7 @@ fn session(hash: &str, user: Option<&str>, expires_at: u64) -> SessionRecord {
         hash: hash.into(),
         csrf_token: format!("csrf-{hash}"),
         user: user.map(str::to_owned),
+        credential: user.map(|user| format!("credential-of-{user}")),
         expires_at,
     }
 }

@@ -2,7 +2,10 @@
 //! page a resource owner logs in on and grants a client some scopes.
 //!
 //! GET shows the page: the login form, or the consent form once the
-//! browser's session has a user. The forms POST back here with the
+//! browser's session has a user, and only while that user is configured
+//! with the credential they logged in with (`Current::user`): a reload
+//! that changes their password or removes them signs them out. The forms
+//! POST back here with the
 //! request's OAuth parameters as hidden fields, the session's CSRF token
 //! and `action` = `login`, `approve`, `deny` or `signout` (ends the
 //! session and shows the login form again); every POST is validated
@@ -214,7 +217,17 @@ fn login(
         Ok(true) => {}
     }
     // A new session on login: an id known before it is worth nothing now.
-    let renewed = match cx.sessions.renew(session, username.to_owned(), now) {
+    // It holds the credential the user logged in with: a reload that
+    // changes it (or removes the user) ends the sign-in.
+    let Some(credential) = cx.grants.users.credential(username) else {
+        // Verified just now, so configured: a user gone is no sign-in.
+        let message = "Wrong username or password.";
+        return show(cx, valid, session, StatusCode::OK, Some(message), &kept);
+    };
+    let renewed = match cx
+        .sessions
+        .renew(session, username.to_owned(), credential.to_owned(), now)
+    {
         Ok(renewed) => renewed,
         Err(error) => return error_page(cx, &error.into()),
     };
@@ -231,12 +244,7 @@ fn approve(
     form: &Form,
     session: &Current,
 ) -> Response<Bytes> {
-    let Some(user) = session
-        .session
-        .user
-        .as_deref()
-        .filter(|user| cx.grants.users.exists(user))
-    else {
+    let Some(user) = session.user(cx.grants.users) else {
         let message = "Please sign in first.";
         return show(
             cx,
@@ -299,7 +307,7 @@ fn sign_out(
     let fresh = cx
         .sessions
         .end(session)
-        .and_then(|()| cx.sessions.start(None, cx.grants.now));
+        .and_then(|()| cx.sessions.start(cx.grants.now));
     let fresh = match fresh {
         Ok(fresh) => fresh,
         Err(error) => return error_page(cx, &error.into()),
@@ -376,11 +384,7 @@ fn show(
     kept: &Kept<'_>,
 ) -> Response<Bytes> {
     let settings = cx.grants.settings;
-    let user = session
-        .session
-        .user
-        .as_deref()
-        .filter(|user| cx.grants.users.exists(user));
+    let user = session.user(cx.grants.users);
     let scopes = valid
         .client
         .scopes
@@ -436,7 +440,7 @@ fn start_anonymous(cx: &AuthorizeContext<'_>) -> Result<Current, OAuthError> {
     cx.sessions
         .may_start(from, cx.grants.now)
         .map_err(|retry_after| OAuthError::TooManySessions { retry_after })?;
-    Ok(cx.sessions.start(None, cx.grants.now)?)
+    Ok(cx.sessions.start(cx.grants.now)?)
 }
 
 fn error_page(cx: &AuthorizeContext<'_>, error: &OAuthError) -> Response<Bytes> {

@@ -32,6 +32,8 @@ pub enum PasswordError {
 /// The configured resource owners and their parsed password hashes.
 pub struct Users {
     hashes: HashMap<String, PasswordHash>,
+    /// Each user's [`Users::credential`].
+    credentials: HashMap<String, String>,
     dummy: PasswordHash,
     /// Argon2 runs on at most half the cores, however many jobs run.
     gate: CpuGate,
@@ -40,6 +42,7 @@ pub struct Users {
 impl Users {
     pub fn new(users: &[User]) -> Result<Users, PasswordError> {
         let mut hashes = HashMap::new();
+        let mut credentials = HashMap::new();
         for user in users {
             let hash = PasswordHash::new(&user.password_hash)
                 .ok()
@@ -48,6 +51,7 @@ impl Users {
                     username: user.username.clone(),
                 })?;
             hashes.insert(user.username.clone(), hash);
+            credentials.insert(user.username.clone(), credential(user));
         }
         // Same cost as the users' hashes where possible, so both paths
         // take about as long.
@@ -61,6 +65,7 @@ impl Users {
             .map_err(|_| PasswordError::Dummy)?;
         Ok(Users {
             hashes,
+            credentials,
             dummy,
             gate: CpuGate::sized_from_cores(),
         })
@@ -68,6 +73,13 @@ impl Users {
 
     pub fn exists(&self, username: &str) -> bool {
         self.hashes.contains_key(username)
+    }
+
+    /// A fingerprint of `username`'s credential as configured: what a
+    /// sign-in is bound to, so that it ends when the password changes or
+    /// the user goes. `None` for no such user.
+    pub fn credential(&self, username: &str) -> Option<&str> {
+        self.credentials.get(username).map(String::as_str)
     }
 
     /// Constant work whether or not the user exists.
@@ -83,6 +95,16 @@ impl Users {
         });
         matched && known
     }
+}
+
+/// The SHA-256 (base64url) of the user's name and PHC string: any new
+/// password hash (its salt too) changes it, and nothing of the password
+/// can be learnt from it without that hash.
+fn credential(user: &User) -> String {
+    tokens::hash_token(&format!(
+        "approval-session\0{}\0{}",
+        user.username, user.password_hash
+    ))
 }
 
 pub fn grant(
@@ -118,4 +140,41 @@ pub fn grant(
         family: None,
     };
     issue_new(cx, issue, may_refresh(client))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use argon2::{Algorithm, Params, Version};
+
+    /// A user whose password is hashed cheaply.
+    pub(crate) fn user(username: &str, password: &str) -> User {
+        let params = Params::new(8, 1, 1, None).expect("params");
+        let hash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes())
+            .expect("hash")
+            .to_string();
+        User {
+            username: username.into(),
+            password_hash: hash,
+        }
+    }
+
+    #[test]
+    fn a_credential_changes_with_the_password_hash_and_goes_with_the_user() {
+        let alice = user("alice", "wonderland");
+        let before = Users::new(&[alice.clone(), user("bob", "builder")]).expect("users");
+        let same = Users::new(std::slice::from_ref(&alice)).expect("users");
+        let credential = before.credential("alice").expect("alice");
+        assert_eq!(same.credential("alice"), Some(credential));
+        assert_ne!(before.credential("bob"), Some(credential));
+        assert!(!credential.contains("wonderland"));
+        assert!(!credential.contains(&alice.password_hash));
+        // The same password hashed again has another salt: another credential.
+        let rehashed = Users::new(&[user("alice", "wonderland")]).expect("users");
+        assert_ne!(rehashed.credential("alice"), Some(credential));
+        let changed = Users::new(&[user("alice", "looking-glass")]).expect("users");
+        assert_ne!(changed.credential("alice"), Some(credential));
+        assert_eq!(changed.credential("bob"), None);
+    }
 }

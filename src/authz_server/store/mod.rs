@@ -182,6 +182,10 @@ pub struct SessionRecord {
     pub csrf_token: String,
     /// The resource owner who logged in on this session.
     pub user: Option<String>,
+    /// The fingerprint of `user`'s credential when they logged in
+    /// (`Users::credential`, never the password): the session is theirs
+    /// only while it is still the configured one.
+    pub credential: Option<String>,
     /// Never accepted from this second on.
     pub expires_at: u64,
 }

@@ -84,6 +84,12 @@ CREATE TABLE approval_sessions (
 );
 CREATE INDEX approval_sessions_expires_at ON approval_sessions (expires_at);
 "#,
+    // The fingerprint of the signed-in user's credential: a session whose
+    // user's password changed since (or one stored before this column,
+    // NULL) is no sign-in.
+    r#"
+ALTER TABLE approval_sessions ADD COLUMN credential TEXT;
+"#,
 ];
 
 /// Applies the pending migrations under the advisory lock.

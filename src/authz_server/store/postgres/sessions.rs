@@ -20,10 +20,10 @@ use crate::authz_server::store::{SessionRecord, StoreError};
 /// (both parts read one snapshot).
 const FIND: &str = "WITH expired AS (DELETE FROM approval_sessions \
                      WHERE hash = $1 AND expires_at <= $2) \
-     SELECT csrf_token, username, expires_at FROM approval_sessions \
+     SELECT csrf_token, username, expires_at, credential FROM approval_sessions \
      WHERE hash = $1 AND expires_at > $2";
 
-/// Stores `$1..$4` at `$5`, deleting the session it replaces (`$6`), the
+/// Stores `$1..$4` and `$8` at `$5`, deleting the session it replaces (`$6`), the
 /// expired ones, and as many of the others beyond capacity `$7` less one
 /// as it takes, anonymous first (any client can start those: they never
 /// push out a signed-in session while one of them is left), oldest first.
@@ -34,8 +34,8 @@ const INSERT: &str = "WITH live AS (SELECT hash, username, expires_at FROM appro
                     OR hash IN (SELECT hash FROM live \
                                 ORDER BY username IS NOT NULL, expires_at, hash \
                                 LIMIT GREATEST((SELECT count(*) FROM live) - $7 + 1, 0))) \
-     INSERT INTO approval_sessions (hash, csrf_token, username, expires_at) \
-     VALUES ($1, $2, $3, $4)";
+     INSERT INTO approval_sessions (hash, csrf_token, username, expires_at, credential) \
+     VALUES ($1, $2, $3, $4, $8)";
 
 pub async fn find(
     client: Object,
@@ -52,6 +52,7 @@ pub async fn find(
         csrf_token: row.try_get(0)?,
         user: row.try_get(1)?,
         expires_at: from_sql(row.try_get(2)?),
+        credential: row.try_get(3)?,
     }))
 }
 
@@ -75,6 +76,7 @@ pub async fn insert(
                 &to_sql(now),
                 &replaces,
                 &capacity,
+                &session.credential,
             ],
         )
         .await?;
