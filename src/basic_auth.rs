@@ -29,7 +29,8 @@ const LOGIN_LIMITS: Limits = Limits {
     user: 5,
     client: 20,
     window_secs: 60,
-    // Past it, windows that ended go first, then the oldest.
+    // Past it, windows that ended go first, then the one with the
+    // fewest failures, a lock last.
     entries: 10_000,
 };
 

@@ -26,7 +26,9 @@
 //! - A right password forgives its user's failures, not its client's: a
 //!   client serves many users.
 //! - Memory stays bounded: at most [`Limits::entries`] subjects are kept;
-//!   past it, windows that ended are dropped first, then the oldest (a
+//!   past it, windows that ended are dropped first, then the running
+//!   one with the fewest failures and checks under way, a locked one
+//!   last, so that a flood of new subjects does not lift the locks (a
 //!   caller whose subjects are bounded otherwise sizes it so that no
 //!   running window is ever dropped).
 //!
@@ -328,7 +330,7 @@ impl Window {
 
 /// The window of `subject` running at `now`, a new one when its own has
 /// ended (its checks under way kept); at most `limits.entries` are kept,
-/// the ended ones dropped first, then the oldest.
+/// the ended ones dropped first, then the one furthest from a lock.
 fn running<'a, C: Clone + Eq + Hash>(
     windows: &'a mut HashMap<Subject<C>, Window>,
     subject: &Subject<C>,
@@ -338,12 +340,20 @@ fn running<'a, C: Clone + Eq + Hash>(
     if windows.len() >= limits.entries && !windows.contains_key(subject) {
         windows.retain(|_, w| w.under_way() > 0 || !w.ended(limits, now));
         if windows.len() >= limits.entries {
-            let oldest = windows
+            // A flood of new subjects must not lift the locks it is
+            // meant to make way around: a lock goes last, and before it
+            // the window with the fewest failures and checks, the oldest
+            // of those.
+            let first_to_go = windows
                 .iter()
-                .min_by_key(|(_, w)| w.started)
+                .min_by_key(|(s, w)| {
+                    let locked = w.unlocked(limits.of(s), limits, now).is_err();
+                    let taken = w.failures_at(limits, now).saturating_add(w.under_way());
+                    (locked, taken, w.started)
+                })
                 .map(|(s, _)| s.clone());
-            if let Some(oldest) = oldest {
-                windows.remove(&oldest);
+            if let Some(subject) = first_to_go {
+                windows.remove(&subject);
             }
         }
     }
@@ -640,10 +650,44 @@ mod tests {
         }
         assert_eq!(lockout.lock().len(), 10);
         assert!(lockout.check(&Subject::User("bob".into()), 61).is_err());
-        // Full of windows still running, the oldest goes first.
+        // Full of windows still running, one with a single failure goes
+        // (there are seven): bob's lock and other's five stay.
         fail(&lockout, "third", "last", 61);
         let windows = lockout.lock();
         assert_eq!(windows.len(), 10);
-        assert_eq!(windows.values().filter(|w| w.started == 60).count(), 1);
+        assert_eq!(windows.values().filter(|w| w.started == 60).count(), 2);
+        assert_eq!(windows.values().filter(|w| w.failures == 1).count(), 7);
+    }
+
+    /// Failures of ever new users, from ever new clients, fill the
+    /// subjects kept: the windows they push out are each other's, never
+    /// a lock, nor a count on its way to one before a lone failure.
+    #[test]
+    fn a_flood_of_new_subjects_does_not_lift_a_lock() {
+        let lockout: Lockout<String> = Lockout::new(Limits {
+            entries: 10,
+            ..LIMITS
+        });
+        let fail = |client: &str, user: &str, now: u64| {
+            let attempt = lockout.reserve(&client.to_owned(), user, None, now);
+            attempt.expect("room").end(Outcome::Wrong, now);
+        };
+        for _ in 0..5 {
+            fail("app", "alice", 100);
+        }
+        for _ in 0..3 {
+            fail("app", "bob", 101);
+        }
+        for n in 0..500 {
+            fail(&format!("x-{n}"), &format!("user-{n}"), 102 + n / 100);
+        }
+        assert_eq!(
+            lockout.check(&Subject::User("alice".into()), 110),
+            Err(Locked { retry_after: 50 })
+        );
+        let windows = lockout.lock();
+        assert_eq!(windows.len(), 10);
+        assert_eq!(windows[&Subject::User("bob".into())].failures, 3);
+        assert_eq!(windows[&Subject::Client("app".into())].failures, 8);
     }
 }

@@ -68,7 +68,7 @@ const LIMITS: Limits = Limits {
     client: FAILURES,
     window_secs: 60,
     // Addresses are anyone's to choose: past it, windows that ended go
-    // first, then the oldest.
+    // first, then the one with the fewest failures, a lock last.
     entries: 10_000,
 };
 

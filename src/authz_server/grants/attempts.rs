@@ -28,9 +28,10 @@
 //! ([`FailedAttempts::for_clients`]). Addresses are anyone's to choose:
 //! the counts of the approval page's addresses and of public clients'
 //! callers have `ADDRESS_ENTRIES` more. Past the bound, windows that ended
-//! are dropped to make room first, then the oldest running one: only
-//! failed logins from some hundreds of addresses within a minute reach
-//! that far, and each of their guesses waits for its turn at Argon2.
+//! are dropped to make room first, then the running one with the fewest
+//! failures, a lock last: only failed logins from some hundreds of
+//! addresses within a minute reach that far, each of their guesses waits
+//! for its turn at Argon2, and the locks they meet stay.
 //!
 //! A password check under way counts against its user's and its source's
 //! locks until it ends ([`FailedAttempts::guarded`]): guesses sent at once
