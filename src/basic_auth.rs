@@ -115,8 +115,7 @@ impl Logins {
                 let granted = right();
                 if !granted {
                     self.counts.record_failure(&Subject::Client(address), now);
-                    self.counts
-                        .record_failure(&Subject::User(user.to_owned()), now);
+                    self.counts.record_failure(&Subject::user(user), now);
                 }
                 granted
             }

@@ -34,6 +34,8 @@
 //!
 //! - A caller's address is counted as its [`AddressKey`]: an IPv6 caller
 //!   by its /64, which one subscriber gets whole and may rotate through.
+//!   A user name longer than [`USER_NAME_KEPT`] is counted by its digest
+//!   ([`Subject::user`]), so the bound on subjects bounds their bytes too.
 //!
 //! It counts in this process, on the clock its callers read; a count
 //! shared by replicas is a layer its caller adds on top.
@@ -44,6 +46,10 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 /// The address a lock counts a caller by. An IPv4 address is itself (an
 /// IPv4-mapped IPv6 address too: it is the same caller); an IPv6 address
@@ -111,8 +117,27 @@ impl Limits {
 /// it comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject<C> {
+    /// A user name as counted ([`Subject::user`]).
     User(String),
     Client(C),
+}
+
+/// User names up to this length are counted as they are.
+pub const USER_NAME_KEPT: usize = 128;
+
+impl<C> Subject<C> {
+    /// The user `name`: itself, or past [`USER_NAME_KEPT`] bytes its
+    /// SHA-256. Any caller may send a name the size of a request, and as
+    /// many as the subjects kept: as digests they stay small. (A name
+    /// spelt like a digest shares its count, which locks no one that
+    /// name itself could not.)
+    pub fn user(name: &str) -> Subject<C> {
+        if name.len() <= USER_NAME_KEPT {
+            return Subject::User(name.to_owned());
+        }
+        let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(name.as_bytes()));
+        Subject::User(format!("sha256:{digest}"))
+    }
 }
 
 /// Refused without a check: the client or the user is locked, or the
@@ -183,10 +208,7 @@ impl<C: Clone + Eq + Hash> Lockout<C> {
         credential: Option<[u8; 32]>,
         now: u64,
     ) -> Result<Attempt<'_, C>, Locked> {
-        let subjects = [
-            Subject::Client(client.clone()),
-            Subject::User(user.to_owned()),
-        ];
+        let subjects = [Subject::Client(client.clone()), Subject::user(user)];
         let mut windows = self.lock();
         for subject in &subjects {
             if let Some(window) = windows.get(subject) {
@@ -657,6 +679,28 @@ mod tests {
         assert_eq!(windows.len(), 10);
         assert_eq!(windows.values().filter(|w| w.started == 60).count(), 2);
         assert_eq!(windows.values().filter(|w| w.failures == 1).count(), 7);
+    }
+
+    /// Names the size of a request, as many as the subjects kept: what is
+    /// kept of each is a digest, which locks like the name.
+    #[test]
+    fn a_long_user_name_is_kept_small_and_locks_like_any_other() {
+        let lockout = lockout();
+        let long = |c: char| c.to_string().repeat(60_000);
+        for _ in 0..5 {
+            fail(&lockout, "app", &long('a'), 0);
+        }
+        assert!(lockout.reserve(&"app", &long('a'), None, 1).is_err());
+        assert!(lockout.reserve(&"app", &long('b'), None, 1).is_ok());
+        let windows = lockout.lock();
+        for subject in windows.keys() {
+            if let Subject::User(name) = subject {
+                assert!(name.len() <= USER_NAME_KEPT, "{} bytes kept", name.len());
+            }
+        }
+        let short = "x".repeat(USER_NAME_KEPT);
+        assert_eq!(Subject::<&str>::user(&short), Subject::User(short.clone()));
+        assert!(windows.contains_key(&Subject::user(&long('a'))));
     }
 
     /// Failures of ever new users, from ever new clients, fill the

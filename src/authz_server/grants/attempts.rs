@@ -186,7 +186,7 @@ impl FailedAttempts {
         verify: impl FnOnce() -> bool,
     ) -> Result<bool, u64> {
         let wide = Subject::Client(source.clone());
-        let user = Subject::User(username.to_owned());
+        let user = Subject::user(username);
         for subject in [&wide, &user] {
             self.check(subject, now)?;
         }
@@ -416,7 +416,12 @@ mod tests {
 
     #[test]
     fn the_stores_keys_name_their_kind() {
-        assert_eq!(store_key(&Subject::User("alice".into())), "user:alice");
+        assert_eq!(store_key(&Subject::user("alice")), "user:alice");
+        let long = store_key(&Subject::user(&"a".repeat(60_000)));
+        assert!(
+            long.starts_with("user:sha256:") && long.len() < 64,
+            "{long}"
+        );
         assert_eq!(store_key(&Subject::Client(app("app"))), "client:app");
         assert_eq!(store_key(&Subject::Client(address(7))), "address:192.0.2.7");
         let v6 = AddressKey::of("2001:db8::1".parse().expect("address"));
