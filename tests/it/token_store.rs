@@ -446,7 +446,8 @@ fn postgres_a_database_of_the_first_version_gains_the_sessions_table() {
     drop(store);
     pg.psql(
         &database,
-        "DROP TABLE approval_sessions; DELETE FROM microgateway_migrations WHERE version > 1",
+        "DROP TABLE approval_sessions; DROP INDEX failed_attempts_window_start; \
+         DELETE FROM microgateway_migrations WHERE version > 1",
     );
     let store = pg.open_store(&database);
     assert!(store.find_access_token("kept").unwrap().is_some());
@@ -504,6 +505,41 @@ fn postgres_store_is_not_ready_until_the_database_is_reached() {
     ));
     pg.resume();
     assert!(store.find_access_token("a").unwrap().is_some());
+}
+
+/// Windows of failures that ended an hour ago and more are deleted by
+/// the failures counted after them, with no cleanup run: the subjects are
+/// anyone's to name, and the table stays at about an hour of them.
+#[test]
+fn postgres_failures_delete_the_windows_long_ended() {
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let store = pg.open_store(&database);
+    let rows = || pg.psql(&database, "SELECT count(*) FROM failed_attempts");
+    for n in 0..20 {
+        store
+            .attempts_record_failure(&format!("user:guess-{n}"), 60, 100)
+            .unwrap();
+    }
+    store
+        .attempts_record_failure("user:recent", 60, 3000)
+        .unwrap();
+    assert_eq!(rows(), "21", "not ended an hour ago");
+    store
+        .attempts_record_failure("user:next", 60, 3700)
+        .unwrap();
+    assert_eq!(rows(), "6", "sixteen of the oldest went");
+    store
+        .attempts_record_failure("user:next", 60, 3701)
+        .unwrap();
+    assert_eq!(
+        pg.psql(
+            &database,
+            "SELECT string_agg(subject || '=' || failures, ' ' ORDER BY subject) \
+             FROM failed_attempts"
+        ),
+        "user:next=2 user:recent=1"
+    );
 }
 
 /// Failed password attempts counted on two replicas lock on both, a

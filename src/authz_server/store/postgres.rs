@@ -51,6 +51,10 @@ use crate::config::authz::{PgTls, PostgresStore as PgSettings};
 /// Longest any one store call may take, waiting for a connection included.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Failure windows long ended that each failure counted deletes at most:
+/// more than it adds, so they never pile up.
+const ENDED_PER_FAILURE: i64 = 16;
+
 /// Longest wait between two attempts to reach the database at start.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -603,6 +607,20 @@ impl TokenStore for PostgresStore {
                        window_start = CASE WHEN f.window_start + $3 <= $2 THEN $2 \
                                            ELSE f.window_start END",
                     &[&subject, &now, &window],
+                )
+                .await?;
+            // Anyone may name new subjects (addresses, user names), so
+            // each failure also deletes up to `ENDED_PER_FAILURE` windows
+            // that ended an hour ago or more (as `remove_expired` does):
+            // the table holds about an hour of failures, cleanup or not.
+            // A statement of its own, skipping rows others hold, so that
+            // it never waits and no two replicas' failures deadlock.
+            client
+                .execute(
+                    "DELETE FROM failed_attempts WHERE subject IN \
+                       (SELECT subject FROM failed_attempts WHERE window_start <= $1::BIGINT - 3600 \
+                        ORDER BY window_start LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    &[&now, &ENDED_PER_FAILURE],
                 )
                 .await?;
             Ok(())
