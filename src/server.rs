@@ -76,7 +76,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, InFlight};
-use self::h2_bodies::{H2Body, Tracked};
+use self::h2_bodies::{H2Body, SendRoom, Tracked};
 use self::prefixed::Prefixed;
 pub use self::slots::Slots;
 use self::verified::{retired, Verified};
@@ -610,6 +610,7 @@ impl Conn {
         // one HTTP/1.1 connection may.
         let max_body = self.port.settings.limits.max_body;
         let room = crate::proxy::BodyRoom::new(usize::try_from(max_body).unwrap_or(usize::MAX));
+        let send_room = SendRoom::new(h2_bodies::SEND_ROOM);
         let service = service_fn(move |req: Request<Incoming>| {
             // A stream opened after the client-certificate setting was
             // replaced, before the client has seen the `GOAWAY`: refused,
@@ -635,15 +636,15 @@ impl Conn {
                     req.extensions_mut()
                         .insert(tunnel::ConnectionHold::new(open, ends));
                 }
-                (handler(req, peer), guard)
+                (handler(req, peer), guard, send_room.clone())
             });
             async move {
-                let Some((response, guard)) = answer else {
+                let Some((response, guard, send_room)) = answer else {
                     return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
                 };
                 let response = response.await;
                 let guard = guard.answered();
-                Ok(response.map(|body| Tracked::new(body, guard)))
+                Ok(response.map(|body| Tracked::new(body, guard, send_room)))
             }
         });
         let io = TokioIo::new(Prefixed::new(read, io));

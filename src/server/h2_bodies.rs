@@ -1,12 +1,15 @@
 //! The bodies of HTTP/2 exchanges as the gateway sees them: a client's
 //! request body whose every silence is bounded by `timeouts.body_read`
 //! and whose every failure is the client's [`BodyFault`], and an answer
-//! that keeps its request counted in flight and tells the connection's
-//! watchdog when it waits for the client (`timeouts.send`).
+//! that keeps its request counted in flight, tells the connection's
+//! watchdog when it waits for the client (`timeouts.send`), and shares
+//! the connection's [`SendRoom`] with the other answers.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,23 +25,122 @@ use super::slots::{Slots, PRESSED_SILENCE};
 use crate::proxy::{Body, BodyFault, BoxError};
 use crate::timer::Deadline;
 
+/// What the answers of one HTTP/2 connection may hold in all ahead of
+/// its socket. Each stream may hold up to the send buffer (128 KiB) once
+/// the client's window has room, so a client that opens its windows wide
+/// on every stream and reads nothing would otherwise pin 256 of them
+/// (32 MiB) per connection.
+pub(super) const SEND_ROOM: usize = 4 << 20;
+
+/// The room the answers of one HTTP/2 connection share ahead of its
+/// socket ([`SEND_ROOM`]): data handed on takes its length from it until
+/// HTTP/2 has written it out (or dropped it). An answer is asked for more
+/// only while some room is left, so it is overdrawn by at most one read
+/// (16 KiB from an HTTP/1.1 upstream) per stream.
+#[derive(Clone)]
+pub(super) struct SendRoom(Arc<RoomState>);
+
+struct RoomState {
+    left: AtomicIsize,
+    /// The answers waiting for room, woken when some comes back.
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl SendRoom {
+    pub(super) fn new(bytes: usize) -> SendRoom {
+        SendRoom(Arc::new(RoomState {
+            left: AtomicIsize::new(isize::try_from(bytes).unwrap_or(isize::MAX)),
+            waiting: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Whether some room is left; if not, `cx` is woken when some comes
+    /// back.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.left.load(Ordering::Acquire) > 0 {
+            return Poll::Ready(());
+        }
+        let mut waiting = self
+            .0
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            waiting.push(cx.waker().clone());
+        }
+        // Room given back before the waker was kept wakes nobody: look again.
+        if self.0.left.load(Ordering::Acquire) > 0 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// `data`, holding its length of the room until the last of its
+    /// bytes is dropped.
+    fn hold(&self, data: Bytes) -> Bytes {
+        let taken = isize::try_from(data.len().min(SEND_ROOM)).unwrap_or(isize::MAX);
+        self.0.left.fetch_sub(taken, Ordering::AcqRel);
+        Bytes::from_owner(Held {
+            data,
+            taken,
+            room: self.clone(),
+        })
+    }
+
+    fn give_back(&self, taken: isize) {
+        let before = self.0.left.fetch_add(taken, Ordering::AcqRel);
+        if before <= 0 && before + taken > 0 {
+            let woken = std::mem::take(
+                &mut *self
+                    .0
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            woken.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+/// Data handed on to HTTP/2, and what it holds of its connection's room.
+struct Held {
+    data: Bytes,
+    taken: isize,
+    room: SendRoom,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.room.give_back(self.taken);
+    }
+}
+
 /// An HTTP/2 response body that keeps its request counted as in flight,
-/// and tells the connection's watchdog when it waits for the client to
-/// take what it handed on (HTTP/2 asks for more only once the client's
-/// flow-control window has room).
+/// tells the connection's watchdog when it waits for the client to take
+/// what it handed on (HTTP/2 asks for more only once the client's
+/// flow-control window has room), and asks its body for more only while
+/// the connection's [`SendRoom`] has some left.
 pub(super) struct Tracked {
     body: Body,
     guard: InFlight,
+    room: SendRoom,
     /// Data was handed on; the body waits to be asked for more, since
     /// then (milliseconds into the connection).
     waiting: Option<u64>,
 }
 
 impl Tracked {
-    pub(super) fn new(body: Body, guard: InFlight) -> Tracked {
+    pub(super) fn new(body: Body, guard: InFlight, room: SendRoom) -> Tracked {
         Tracked {
             body,
             guard,
+            room,
             waiting: None,
         }
     }
@@ -65,12 +167,21 @@ impl HttpBody for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.room.poll_room(cx).is_pending() {
+            // The connection's answers wait for the client to take what
+            // they handed on: this one's wait goes on (or begins).
+            if this.waiting.is_none() {
+                this.waiting = Some(this.guard.activity.answer_waits());
+            }
+            return Poll::Pending;
+        }
         this.stop_waiting();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
         // The last data frame waits too: HTTP/2 holds it until the client's
         // window has room, and drops this body only once it is sent.
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if frame.is_data() {
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+            if let Some(data) = frame.data_mut() {
+                *data = this.room.hold(std::mem::take(data));
                 this.waiting = Some(this.guard.activity.answer_waits());
             }
         }

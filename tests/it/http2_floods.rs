@@ -351,8 +351,9 @@ fn resident(pid: u32) -> usize {
 /// as wide as they go, asks for large answers on many streams and then
 /// reads nothing. Over HTTP/1.1 such a client pins a write batch (64 KiB)
 /// and its socket buffers; over HTTP/2 the gateway must not hold much
-/// more for one connection, however many streams it opened (each holds at
-/// most the send buffer, 64 KiB, ahead of the socket). The gateway is a
+/// more for one connection, however many streams it opened (their answers
+/// share a room of 4 MiB ahead of the socket, overdrawn by at most a read
+/// per stream, where each could hold the send buffer, 128 KiB). The gateway is a
 /// process of its own, so that what the other tests hold meanwhile is not
 /// counted.
 #[tokio::test]
@@ -422,12 +423,72 @@ async fn a_client_that_opens_its_windows_and_reads_nothing_pins_little_memory() 
         most = most.max(resident(pid));
     }
     let grown = most.saturating_sub(before);
+    // Before the connection's answers shared one room: 200 streams of
+    // 128 KiB, ~36 MiB. Now the room (4 MiB) and a read per stream.
     assert!(
-        grown < 64 << 20,
+        grown < 16 << 20,
         "one connection that reads nothing pins {} MiB",
         grown >> 20
     );
     drop(write);
+}
+
+/// The room the answers of a connection share holds no reader back: 12
+/// streams of one connection, each 4 MiB (12 times the room), all read
+/// to their end at once.
+#[tokio::test]
+async fn answers_larger_than_the_connections_room_all_arrive_whole() {
+    use hyper::service::service_fn;
+    use std::convert::Infallible;
+    static ANSWER: [u8; 4 << 20] = [7; 4 << 20];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(&ANSWER),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    let gw = Gateway::start(&flood_yaml(&format!("http://{upstream}/api"))).await;
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        let mut sender = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let request = http::Request::get("/travels/bookings")
+                .header("host", "gw.test")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.expect("an answer");
+            assert_eq!(response.status(), 200);
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("the body");
+            body.to_bytes()
+        }));
+    }
+    for stream in streams {
+        let body = tokio::time::timeout(Duration::from_secs(60), stream)
+            .await
+            .expect("within a minute")
+            .expect("the stream's task");
+        assert_eq!(body.len(), ANSWER.len());
+        assert!(body.iter().all(|&b| b == 7));
+    }
+    gw.shutdown().await;
 }
 
 /// Bodies the gateway holds whole (here the `echo` upstream's) share one
