@@ -1153,6 +1153,17 @@ mod tests {
                 .expect("response")
         }
 
+        /// `req` sent on `checkout` to the host `upstream`.
+        async fn send_as_upstream(
+            &self,
+            checkout: Checkout,
+            req: Request<Body>,
+        ) -> Result<Response<Body>, SendError> {
+            let host = http::HeaderValue::from_static("upstream");
+            let bounds = TryBounds::starting(Instant::now(), STALL);
+            checkout.send(&self.connector, req, to(&host), bounds).await
+        }
+
         /// `n` requests at once: each checked out before any is sent, so
         /// each has a connection of its own.
         async fn at_once(&self, upstream: &TestUpstream, n: usize) -> Vec<Response<Body>> {
@@ -1478,15 +1489,7 @@ mod tests {
         read_all(pools.get(&upstream).await).await;
         let checkout = pools.checkout_at(&upstream, Instant::now());
         assert!(matches!(checkout.conn, Conn::Idle(_)));
-        let host = http::HeaderValue::from_static("upstream");
-        let result = checkout
-            .send(
-                &pools.connector,
-                req,
-                to(&host),
-                TryBounds::starting(Instant::now(), STALL),
-            )
-            .await;
+        let result = pools.send_as_upstream(checkout, req).await;
         (
             result.map(|response| assert_eq!(response.status(), 200)),
             raw,
@@ -1584,15 +1587,7 @@ mod tests {
             .header("x-large", "a".repeat(256 << 10))
             .body(super::super::empty())
             .unwrap();
-        let host = http::HeaderValue::from_static("upstream");
-        let result = checkout
-            .send(
-                &pools.connector,
-                req,
-                to(&host),
-                TryBounds::starting(Instant::now(), STALL),
-            )
-            .await;
+        let result = pools.send_as_upstream(checkout, req).await;
         (result, seen)
     }
 

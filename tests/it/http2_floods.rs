@@ -335,6 +335,30 @@ async fn refusing_past_the_local_reset_limit_ends_the_connection() {
     gw.shutdown().await;
 }
 
+/// An HTTP/1.1 upstream answering every request with `answer` (shared,
+/// not copied).
+async fn answering(answer: &'static [u8]) -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    use std::convert::Infallible;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
+                        Bytes::from_static(answer),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    upstream
+}
+
 /// Resident memory of process `pid`, in bytes.
 fn resident(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its status");
@@ -358,27 +382,9 @@ fn resident(pid: u32) -> usize {
 /// counted.
 #[tokio::test]
 async fn a_client_that_opens_its_windows_and_reads_nothing_pins_little_memory() {
-    use hyper::service::service_fn;
-    use std::convert::Infallible;
     const STREAMS: u32 = 200;
     static ANSWER: [u8; 4 << 20] = [0; 4 << 20];
-    // An upstream answering every request with 4 MiB (shared, not copied).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
-                        Bytes::from_static(&ANSWER),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
+    let upstream = answering(&ANSWER).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gw.yaml");
     std::fs::write(&config, flood_yaml(&format!("http://{upstream}/api"))).unwrap();
@@ -438,25 +444,8 @@ async fn a_client_that_opens_its_windows_and_reads_nothing_pins_little_memory() 
 /// to their end at once.
 #[tokio::test]
 async fn answers_larger_than_the_connections_room_all_arrive_whole() {
-    use hyper::service::service_fn;
-    use std::convert::Infallible;
     static ANSWER: [u8; 4 << 20] = [7; 4 << 20];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
-                        Bytes::from_static(&ANSWER),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
+    let upstream = answering(&ANSWER).await;
     let gw = Gateway::start(&flood_yaml(&format!("http://{upstream}/api"))).await;
     let tcp = TcpStream::connect(gw.http).await.unwrap();
     let (sender, conn) =

@@ -104,6 +104,11 @@ async fn read_head(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> bool
 }
 
 fn yaml(upstream: &CountingUpstream) -> String {
+    yaml_for(upstream.addr, "30s")
+}
+
+/// One API whose upstream is `addr`, with `timeout`.
+fn yaml_for(addr: SocketAddr, timeout: &str) -> String {
     format!(
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
@@ -112,11 +117,10 @@ apis:
 - name: Pooled
   version: "1.0"
   base_path: /pooled
-  upstream: {{ url: "http://{}/api" }}
+  upstream: {{ url: "http://{addr}/api", timeout: {timeout} }}
   authentication: {{ type: none }}
   resources: ["GET /items"]
-"#,
-        upstream.addr
+"#
     )
 }
 
@@ -208,20 +212,7 @@ async fn a_request_sent_again_connects_within_the_timeout_it_began_with() {
         // Kept listening (not accepting) until the test ends.
         std::future::pending::<()>().await;
     });
-    let yaml = format!(
-        r#"
-ports: {{ http: 0, bind: 127.0.0.1 }}
-admin: {{ port: 0 }}
-apis:
-- name: Pooled
-  version: "1.0"
-  base_path: /pooled
-  upstream: {{ url: "http://{addr}/api", timeout: 3s }}
-  authentication: {{ type: none }}
-  resources: ["GET /items"]
-"#
-    );
-    let gw = Gateway::start(&yaml).await;
+    let gw = Gateway::start(&yaml_for(addr, "3s")).await;
     let mut sender = client(&gw).await;
     assert_eq!(get(&mut sender).await.0, 200, "the pooled connection");
     let mut queued = Vec::new();
