@@ -33,7 +33,8 @@ pub struct Metrics {
     pub auth_decisions: IntCounterVec,
     /// `application_requests_total{application}`: requests an identified
     /// caller made, by configured application (`unknown` for a caller that
-    /// is none of them), so the series are bounded by the configuration.
+    /// is none of them), so the series are bounded by the configuration
+    /// (those of an application a reload removed go, [`Showing`]).
     pub application_requests: IntCounterVec,
     /// `introspection_requests_total{auth_server,result}`.
     pub introspection_requests: IntCounterVec,
@@ -344,6 +345,23 @@ impl Metrics {
         remove_matching(&self.tunnel_bytes, &labels);
     }
 
+    /// Removes every series labelled `application="NAME"` (the
+    /// [`UNKNOWN_APPLICATION`]'s stays: callers of no application count in
+    /// it), or `auth_server="NAME"`.
+    fn remove_named(&self, label: Label, name: &str) {
+        match label {
+            Label::Application if name == UNKNOWN_APPLICATION => {}
+            Label::Application => {
+                let _ = self.application_requests.remove_label_values(&[name]);
+            }
+            Label::AuthServer => {
+                let labels = HashMap::from([("auth_server", name)]);
+                remove_matching(&self.introspection_requests, &labels);
+                remove_matching(&self.jwks_refresh, &labels);
+            }
+        }
+    }
+
     /// Observes a request's duration in `request_duration_seconds`.
     pub fn observe_request(&self, seconds: f64) {
         self.request_durations
@@ -437,6 +455,180 @@ pub fn basic_auth_cache() -> &'static BasicCacheCounters {
     &COUNTERS
 }
 
+/// The `application` of `application_requests_total` for a caller that is
+/// no configured application.
+pub const UNKNOWN_APPLICATION: &str = "unknown";
+
+/// One compiled application or auth server. While one of a name lives,
+/// the series labelled with the name are shown, until a reload to a
+/// snapshot without the name removes them ([`retire`]); those of a name
+/// only a snapshot that never served had go with it.
+pub struct Showing {
+    label: Label,
+    name: String,
+    showing: u64,
+}
+
+impl Showing {
+    /// Shows the series of `name` while the result lives. `resolve` looks
+    /// up its series under the lock they are removed under: never one a
+    /// reload has just removed.
+    fn of<T>(label: Label, name: &str, resolve: impl FnOnce() -> T) -> (Showing, T) {
+        let mut shown = lock(&SHOWN);
+        shown.next += 1;
+        let fresh = shown.next;
+        let entry = shown.of(label).entry(name.to_owned()).or_insert(ShownName {
+            compiled: 0,
+            showing: fresh,
+        });
+        entry.compiled += 1;
+        let showing = Showing {
+            label,
+            name: name.to_owned(),
+            showing: entry.showing,
+        };
+        (showing, resolve())
+    }
+
+    /// Shows the series of auth server `id` while the result lives.
+    pub fn auth_server(id: &str) -> Showing {
+        Showing::of(Label::AuthServer, id, || ()).0
+    }
+}
+
+impl Drop for Showing {
+    fn drop(&mut self) {
+        let mut shown = lock(&SHOWN);
+        let names = shown.of(self.label);
+        let Some(entry) = names
+            .get_mut(&self.name)
+            .filter(|entry| entry.showing == self.showing)
+        else {
+            return;
+        };
+        entry.compiled = entry.compiled.saturating_sub(1);
+        if entry.compiled == 0 {
+            names.remove(&self.name);
+            get().remove_named(self.label, &self.name);
+        }
+    }
+}
+
+impl std::fmt::Debug for Showing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Showing")
+            .field("label", &self.label)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A reload removed application or auth server `name`: its series go now,
+/// whatever compiled ones of the name still live (an idle thread may hold
+/// the snapshot before for long). What those count goes nowhere.
+pub fn retire(label: Label, name: &str) {
+    let mut shown = lock(&SHOWN);
+    shown.of(label).remove(name);
+    get().remove_named(label, name);
+}
+
+/// `application_requests_total{application}` of one compiled application,
+/// looked up once; shown while it lives (see [`Showing`]).
+pub struct ApplicationMetrics {
+    pub requests: IntCounter,
+    shown: Showing,
+}
+
+impl ApplicationMetrics {
+    pub fn of(application: &str) -> ApplicationMetrics {
+        let (shown, requests) = Showing::of(Label::Application, application, || {
+            get().application_requests.with_label_values(&[application])
+        });
+        ApplicationMetrics { requests, shown }
+    }
+}
+
+impl std::fmt::Debug for ApplicationMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplicationMetrics")
+            .field("application", &self.shown.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one auth server's validators count in `introspection_requests_total`
+/// or `jwks_refresh_total`: each series is looked up the first time it is
+/// counted, if the auth server is shown then. Once a reload removed it,
+/// what validators still at work for requests begun before count goes
+/// nowhere and makes no series again.
+pub struct AuthServerCounts {
+    vec: &'static IntCounterVec,
+    auth_server: Arc<str>,
+    results: &'static [&'static str],
+    series: Box<[OnceLock<IntCounter>]>,
+}
+
+impl AuthServerCounts {
+    /// `introspection_requests_total{auth_server, result}`.
+    pub fn introspection(auth_server: Arc<str>) -> AuthServerCounts {
+        AuthServerCounts::new(
+            &get().introspection_requests,
+            auth_server,
+            &["active", "inactive", "saturated", "error"],
+        )
+    }
+
+    /// `jwks_refresh_total{auth_server, result}`.
+    pub fn jwks(auth_server: Arc<str>) -> AuthServerCounts {
+        AuthServerCounts::new(
+            &get().jwks_refresh,
+            auth_server,
+            &["ok", "not_modified", "error"],
+        )
+    }
+
+    fn new(
+        vec: &'static IntCounterVec,
+        auth_server: Arc<str>,
+        results: &'static [&'static str],
+    ) -> AuthServerCounts {
+        AuthServerCounts {
+            vec,
+            auth_server,
+            results,
+            series: results.iter().map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one `result` (one of those its constructor names).
+    pub fn count(&self, result: &str) {
+        let Some(index) = self.results.iter().position(|r| *r == result) else {
+            return;
+        };
+        let Some(slot) = self.series.get(index) else {
+            return;
+        };
+        if let Some(series) = slot.get() {
+            series.inc();
+            return;
+        }
+        let shown = lock(&SHOWN);
+        if !shown.auth_servers.contains_key(&*self.auth_server) {
+            return;
+        }
+        slot.get_or_init(|| self.vec.with_label_values(&[&self.auth_server, result]))
+            .inc();
+    }
+}
+
+impl std::fmt::Debug for AuthServerCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthServerCounts")
+            .field("auth_server", &self.auth_server)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The series of one API (or of requests that matched none, `api="-"`),
 /// looked up once when a snapshot is compiled. Each thread counts its
 /// requests in a tally of its own (`tally`), folded into the series when
@@ -487,15 +679,52 @@ pub const AUTH_TYPES: [&str; 5] = ["none", "oauth2", "api_key", "basic", "certif
 /// in the series directly.
 const CACHED_PER_THREAD: usize = 64;
 
-/// How many compiled APIs of each name are alive and not retired, and
-/// how many of them have each throttle policy: a name's series go when
-/// its count ends.
-static SHOWN: LazyLock<Mutex<HashMap<String, Shown>>> = LazyLock::new(Mutex::default);
+/// The names whose series are shown: a name's series go when its count
+/// ends, or (applications and auth servers) when a reload removes it.
+static SHOWN: LazyLock<Mutex<ShownNames>> = LazyLock::new(Mutex::default);
+
+#[derive(Default)]
+struct ShownNames {
+    /// How many compiled APIs of each name are alive and not retired,
+    /// and how many of them have each throttle policy.
+    apis: HashMap<String, Shown>,
+    /// How many compiled applications of each name are alive.
+    applications: HashMap<String, ShownName>,
+    /// How many compiled auth servers of each id are alive.
+    auth_servers: HashMap<String, ShownName>,
+    /// The number the next name shown again is given.
+    next: u64,
+}
 
 #[derive(Default)]
 struct Shown {
     apis: usize,
     policies: HashMap<String, usize>,
+}
+
+/// An application or auth server shown: how many compiled ones of its
+/// name are alive, and which showing of the name this is (a compiled one
+/// outliving a reload that removed its name does not count in the showing
+/// of a later reload that brought it back).
+struct ShownName {
+    compiled: usize,
+    showing: u64,
+}
+
+/// What a name labels: `application` or `auth_server`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Application,
+    AuthServer,
+}
+
+impl ShownNames {
+    fn of(&mut self, label: Label) -> &mut HashMap<String, ShownName> {
+        match label {
+            Label::Application => &mut self.applications,
+            Label::AuthServer => &mut self.auth_servers,
+        }
+    }
 }
 
 impl ApiMetrics {
@@ -504,7 +733,7 @@ impl ApiMetrics {
         let policies: Vec<String> = policies.into_iter().map(str::to_owned).collect();
         {
             let mut shown = lock(&SHOWN);
-            let entry = shown.entry(api.to_owned()).or_default();
+            let entry = shown.apis.entry(api.to_owned()).or_default();
             entry.apis += 1;
             for policy in &policies {
                 *entry.policies.entry(policy.clone()).or_default() += 1;
@@ -565,7 +794,7 @@ impl ApiMetrics {
             keep
         });
         drop(mine);
-        if let Some(entry) = shown.get_mut(&self.0.name) {
+        if let Some(entry) = shown.apis.get_mut(&self.0.name) {
             entry.release_policies(&self.0.name, &gone);
         }
     }
@@ -675,14 +904,14 @@ impl ApiSeries {
             return;
         }
         let mut shown = lock(&SHOWN);
-        let Some(entry) = shown.get_mut(&self.name) else {
+        let Some(entry) = shown.apis.get_mut(&self.name) else {
             return;
         };
         entry.apis = entry.apis.saturating_sub(1);
         // Removed under the lock: an API of this name compiled meanwhile
         // makes its series after they went, not before.
         if entry.apis == 0 {
-            shown.remove(&self.name);
+            shown.apis.remove(&self.name);
             get().remove_api(&self.name);
             return;
         }
@@ -891,5 +1120,65 @@ mod tests {
         assert!(!shown("metrics-test-gone"));
         drop(second);
         assert!(!shown("metrics-test-gone"));
+    }
+
+    /// Whether `/metrics` has a series labelled `label="name"`.
+    fn labelled(label: &str, name: &str) -> bool {
+        get().render().contains(&format!("{label}=\"{name}\""))
+    }
+
+    #[test]
+    fn an_applications_series_goes_with_the_reload_that_removes_it_or_with_its_last_compiled_one() {
+        // Compiled by a reload that was refused: gone with it.
+        drop(ApplicationMetrics::of("metrics-test-refused"));
+        assert!(!labelled("application", "metrics-test-refused"));
+
+        let serving = ApplicationMetrics::of("metrics-test-app");
+        let next = ApplicationMetrics::of("metrics-test-app");
+        serving.requests.inc();
+        drop(serving);
+        next.requests.inc();
+        assert_eq!(next.requests.get(), 2, "the same series, counts kept");
+        // A reload removes it: its series goes though `next` still lives,
+        // and what `next` counts goes nowhere.
+        retire(Label::Application, "metrics-test-app");
+        next.requests.inc();
+        assert!(!labelled("application", "metrics-test-app"));
+        // A later reload brings it back: `next` going does not take the
+        // new series with it.
+        let back = ApplicationMetrics::of("metrics-test-app");
+        back.requests.inc();
+        drop(next);
+        assert_eq!(
+            get()
+                .application_requests
+                .with_label_values(&["metrics-test-app"])
+                .get(),
+            1
+        );
+        drop(back);
+        assert!(!labelled("application", "metrics-test-app"));
+    }
+
+    #[test]
+    fn an_auth_servers_validators_count_nothing_once_a_reload_removed_it() {
+        let counts = AuthServerCounts::introspection(Arc::from("metrics-test-idp"));
+        // No compiled auth server of the id: no series.
+        counts.count("error");
+        assert!(!labelled("auth_server", "metrics-test-idp"));
+        let compiled = Showing::auth_server("metrics-test-idp");
+        counts.count("error");
+        counts.count("error");
+        counts.count("made-up");
+        let series = get()
+            .introspection_requests
+            .with_label_values(&["metrics-test-idp", "error"]);
+        assert_eq!(series.get(), 2);
+        retire(Label::AuthServer, "metrics-test-idp");
+        counts.count("error");
+        counts.count("active");
+        assert!(!labelled("auth_server", "metrics-test-idp"));
+        drop(compiled);
+        assert!(!labelled("auth_server", "metrics-test-idp"));
     }
 }

@@ -147,6 +147,8 @@ pub struct Introspector {
     failures_logged: crate::logging::Sparse,
     /// Likewise for tokens refused because every permit was taken.
     saturation_logged: crate::logging::Sparse,
+    /// `introspection_requests_total{auth_server, result}`.
+    counts: crate::metrics::AuthServerCounts,
 }
 
 impl Introspector {
@@ -159,6 +161,7 @@ impl Introspector {
         // No call at all would refuse every opaque token.
         settings.max_in_flight = settings.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         Introspector {
+            counts: crate::metrics::AuthServerCounts::introspection(auth_server.clone()),
             auth_server,
             in_flight: Semaphore::new(settings.max_in_flight),
             settings,
@@ -210,10 +213,7 @@ impl Introspector {
             Err(CallProblem::Saturated(_)) => "saturated",
             Err(_) => "error",
         };
-        crate::metrics::get()
-            .introspection_requests
-            .with_label_values(&[&self.auth_server, label])
-            .inc();
+        self.counts.count(label);
         result.map_err(|problem| {
             let sparse = match problem {
                 CallProblem::Saturated(_) => &self.saturation_logged,

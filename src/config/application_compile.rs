@@ -159,9 +159,7 @@ pub fn compile(
         }
         out.list.push(Arc::new(Application {
             index,
-            requests: crate::metrics::get()
-                .application_requests
-                .with_label_values(&[name.value.as_str()]),
+            metrics: crate::metrics::ApplicationMetrics::of(&name.value),
             name: Arc::from(name.value.as_str()),
             client_ids: raw.client_ids.iter().map(|c| c.value.clone()).collect(),
             auth_servers: trusted,

@@ -87,6 +87,10 @@ pub fn compile(
     if ctx.report.has_errors() {
         return Err(files);
     }
+    let auth_server_series = auth_servers
+        .keys()
+        .map(|id| crate::metrics::Showing::auth_server(id))
+        .collect();
     Ok(Snapshot {
         generation,
         loaded_at: SystemTime::now(),
@@ -102,6 +106,7 @@ pub fn compile(
         limits,
         timeouts,
         auth_servers,
+        auth_server_series,
         aliases,
         scope_mappings,
         apis,

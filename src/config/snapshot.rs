@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub auth_servers: BTreeMap<Arc<str>, Arc<AuthServer>>,
+    /// Shows the metric series of its auth servers while it lives.
+    pub auth_server_series: Vec<crate::metrics::Showing>,
     pub aliases: BTreeMap<String, Alias>,
     pub scope_mappings: Vec<ScopeMapping>,
     /// APIs by descending base-path length (the longest prefix wins).
@@ -910,7 +912,7 @@ pub struct Application {
     /// `API:scope` as written.
     pub api_scopes: Vec<String>,
     /// `application_requests_total{application}` for this application.
-    pub requests: prometheus::IntCounter,
+    pub metrics: crate::metrics::ApplicationMetrics,
 }
 
 impl Application {

@@ -721,10 +721,10 @@ fn count_application(who: &Identity) {
     static UNKNOWN: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLock::new(|| {
         crate::metrics::get()
             .application_requests
-            .with_label_values(&["unknown"])
+            .with_label_values(&[crate::metrics::UNKNOWN_APPLICATION])
     });
     match &who.application {
-        Some(app) => app.requests.inc(),
+        Some(app) => app.metrics.requests.inc(),
         None => UNKNOWN.inc(),
     }
 }

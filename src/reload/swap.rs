@@ -5,6 +5,7 @@
 //! limits, timeouts) only take effect on a restart, and a swap that changes
 //! them says so.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::SystemTime;
@@ -13,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::snapshot::{Limits, Listen, Timeouts};
 use crate::config::Snapshot;
+use crate::metrics::Label;
 
 /// Where a reload came from (the `source` label of `config_reload_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,9 +242,10 @@ impl Live {
     }
 }
 
-/// The metric series of the APIs (and throttle policies) `previous` had
-/// and `next` has not go now, not when the last request begun on
-/// `previous` lets it go: an idle thread may hold it for long.
+/// The metric series of the APIs (and throttle policies), applications
+/// and auth servers `previous` had and `next` has not go now, not when
+/// the last request begun on `previous` lets it go: an idle thread may
+/// hold it for long.
 fn retire_series(previous: &Snapshot, next: &Snapshot) {
     for api in &previous.apis {
         let mut same_name = next.apis.iter().filter(|a| a.name == api.name).peekable();
@@ -252,6 +255,17 @@ fn retire_series(previous: &Snapshot, next: &Snapshot) {
         }
         let kept = same_name.flat_map(|a| a.throttle.iter().map(|p| p.name.as_str()));
         api.metrics.keep_policies(kept);
+    }
+    let applications: HashSet<&str> = next.applications.list.iter().map(|a| &*a.name).collect();
+    for application in &previous.applications.list {
+        if !applications.contains(&*application.name) {
+            crate::metrics::retire(Label::Application, &application.name);
+        }
+    }
+    for id in previous.auth_servers.keys() {
+        if !next.auth_servers.contains_key(id) {
+            crate::metrics::retire(Label::AuthServer, id);
+        }
     }
 }
 

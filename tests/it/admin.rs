@@ -465,3 +465,108 @@ async fn a_reload_removes_the_series_of_what_it_removed_and_keeps_the_rest() {
     assert_eq!(series(&text, renamed), Some(1), "{text}");
     gw.shutdown().await;
 }
+
+/// The application `Kept app` and the auth server `kept-idp` with an API
+/// on it, and, with `removed`, the application `Removed app` and the
+/// auth server `removed-idp` with an API on it. Both auth servers
+/// introspect at a port nothing listens on.
+fn named(upstream: &Upstream, removed: bool) -> String {
+    let server = |id: &str| {
+        format!(
+            r#"
+  - id: {id}
+    remoteIntrospectionConfig:
+      introspectionEndpoint: "http://127.0.0.1:9/introspect"
+      clientId: introspection-client
+      clientSecret: introspection-secret-clear"#
+        )
+    };
+    let api = |name: &str, path: &str, server: &str| {
+        format!(
+            r#"
+- name: "{name}"
+  base_path: {path}
+  upstream: {{ url: "{url}" }}
+  authentication: {{ type: [oauth2, api_key], auth_server: {server} }}
+  resources: ["GET /items"]"#,
+            url = upstream.url("/api"),
+        )
+    };
+    let (removed_server, removed_app, removed_api) = match removed {
+        true => (
+            server("removed-idp"),
+            r#"
+- name: Removed app
+  api_keys: ["removed-app-key"]
+  apis: ["Named kept"]"#
+                .to_owned(),
+            api("Named removed", "/removed", "removed-idp"),
+        ),
+        false => Default::default(),
+    };
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+security_settings:
+  auth_servers:{kept_server}{removed_server}
+applications:
+- name: Kept app
+  api_keys: ["kept-app-key"]
+  apis: ["Named kept"]{removed_app}
+apis:{kept_api}{removed_api}
+"#,
+        kept_server = server("kept-idp"),
+        kept_api = api("Named kept", "/kept", "kept-idp"),
+    )
+}
+
+#[tokio::test]
+async fn a_reload_removes_the_series_of_the_applications_and_auth_servers_it_removed() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&named(&upstream, true)).await;
+    let with = |path: &str, header: &str, value: &str| {
+        gw.request(reqwest::Method::GET, path)
+            .header(header, value)
+            .send()
+    };
+    for key in ["kept-app-key", "removed-app-key"] {
+        let sent = with("/kept/items", "X-API-Key", key).await.unwrap();
+        assert_eq!(sent.status(), 200);
+    }
+    // Introspection fails: the endpoint is down.
+    for path in ["/kept/items", "/removed/items"] {
+        let sent = with(path, "Authorization", "Bearer opaque-token")
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 503);
+    }
+    let kept_app = r#"microgateway_application_requests_total{application="Kept app"}"#;
+    let kept_idp =
+        r#"microgateway_introspection_requests_total{auth_server="kept-idp",result="error"}"#;
+    let text = gw.metrics().await;
+    assert_eq!(series(&text, kept_app), Some(1), "{text}");
+    assert_eq!(series(&text, kept_idp), Some(1), "{text}");
+    assert!(text.contains(r#"application="Removed app""#), "{text}");
+    assert!(text.contains(r#"auth_server="removed-idp""#), "{text}");
+
+    gw.write_config(&named(&upstream, false));
+    gw.wait_generation(2).await;
+    let text = gw.metrics().await;
+    assert!(!text.contains("Removed app"), "{text}");
+    assert!(!text.contains("removed-idp"), "{text}");
+    assert_eq!(series(&text, kept_app), Some(1), "{text}");
+    assert_eq!(series(&text, kept_idp), Some(1), "{text}");
+    let sent = with("/kept/items", "X-API-Key", "kept-app-key")
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let sent = with("/kept/items", "Authorization", "Bearer opaque-token")
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 503);
+    let text = gw.metrics().await;
+    assert_eq!(series(&text, kept_app), Some(2), "{text}");
+    assert_eq!(series(&text, kept_idp), Some(2), "{text}");
+    gw.shutdown().await;
+}

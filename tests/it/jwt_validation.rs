@@ -267,7 +267,11 @@ fn options(idp: &Idp) -> RemoteOptions {
     RemoteOptions::new(idp.issuer(), Some(idp.jwks_uri()), reqwest::Client::new())
 }
 
+/// A source of auth server `name`, whose series are shown (as in the
+/// gateway, while a compiled auth server of its id lives: here, one lives
+/// to the end of the tests).
 fn source(name: &str, options: RemoteOptions) -> Arc<JwksSource> {
+    Box::leak(Box::new(microgateway::metrics::Showing::auth_server(name)));
     Arc::new(JwksSource::remote(name.into(), options))
 }
 

@@ -130,6 +130,8 @@ struct Remote {
     next_refresh: Mutex<Duration>,
     /// Failed fetches since the last good one.
     failures: AtomicU32,
+    /// `jwks_refresh_total{auth_server, result}`.
+    counts: crate::metrics::AuthServerCounts,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +158,7 @@ impl JwksSource {
             last_unknown_kid_fetch: Mutex::new(None),
             next_refresh: Mutex::new(Duration::ZERO),
             failures: AtomicU32::new(0),
+            counts: crate::metrics::AuthServerCounts::jwks(auth_server.clone()),
         };
         JwksSource {
             auth_server,
@@ -297,13 +300,13 @@ impl JwksSource {
                 *locked(&remote.last_error) = None;
                 *locked(&remote.next_refresh) = remote.policy.interval(max_age);
                 remote.failures.store(0, Ordering::Release);
-                self.count("ok");
+                remote.counts.count("ok");
                 Ok(())
             }
             Ok(Fetched::NotModified { max_age }) => {
                 *locked(&remote.next_refresh) = remote.policy.interval(max_age);
                 remote.failures.store(0, Ordering::Release);
-                self.count("not_modified");
+                remote.counts.count("not_modified");
                 Ok(())
             }
             Err(error) => {
@@ -315,19 +318,12 @@ impl JwksSource {
                 *locked(&remote.last_error) = Some(error.to_string());
                 let failures = remote.failures.fetch_add(1, Ordering::AcqRel) + 1;
                 *locked(&remote.next_refresh) = remote.policy.retry_after(failures);
-                self.count("error");
+                remote.counts.count("error");
                 Err(error)
             }
         };
         remote.attempts.fetch_add(1, Ordering::Release);
         result
-    }
-
-    fn count(&self, result: &str) {
-        crate::metrics::get()
-            .jwks_refresh
-            .with_label_values(&[&*self.auth_server, result])
-            .inc();
     }
 }
 
