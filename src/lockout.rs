@@ -31,6 +31,9 @@
 //!   last, so that a flood of new subjects does not lift the locks (a
 //!   caller whose subjects are bounded otherwise sizes it so that no
 //!   running window is ever dropped).
+//! - A caller that is rebuilt (new settings) hands its counters to the
+//!   one that replaces it ([`Lockout::carrying`]): the two count into the
+//!   same windows, so no lock is lifted and no check under way is lost.
 //!
 //! - A caller's address is counted as its [`AddressKey`]: an IPv6 caller
 //!   by its /64, which one subscriber gets whole and may rotate through.
@@ -44,7 +47,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -163,7 +166,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Lockout<C> {
     limits: Limits,
-    windows: Mutex<HashMap<Subject<C>, Window>>,
+    /// Shared with the lockout this one replaced or is replaced by.
+    windows: Arc<Mutex<HashMap<Subject<C>, Window>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,7 +186,21 @@ impl<C: Clone + Eq + Hash> Lockout<C> {
     pub fn new(limits: Limits) -> Lockout<C> {
         Lockout {
             limits,
-            windows: Mutex::default(),
+            windows: Arc::default(),
+        }
+    }
+
+    /// This lockout's limits over `previous`'s counters, for the caller
+    /// rebuilt to replace `previous`'s: the failures counted, the locks
+    /// and the checks under way carry over, and both count into the same
+    /// windows from then on (a check `previous` began ends there). The
+    /// limits lock alike; only the subjects kept may differ: past a
+    /// smaller bound, new subjects make room as ever, and what it
+    /// still holds beyond goes as its windows end.
+    pub fn carrying(self, previous: &Lockout<C>) -> Lockout<C> {
+        Lockout {
+            limits: self.limits,
+            windows: Arc::clone(&previous.windows),
         }
     }
 
@@ -555,6 +573,34 @@ mod tests {
         right.end(Outcome::Right, 101);
         assert_eq!(lockout.check(&alice(), 101), Ok(()));
         assert_eq!(lockout.lock()[&Subject::Client("app")].failures, 4);
+    }
+
+    /// A lockout rebuilt with a new bound on subjects keeps the locks,
+    /// the failures and the checks under way of the one it replaces, and
+    /// a check begun there ends in the counts of both.
+    #[test]
+    fn a_lockout_carrying_anothers_counters_keeps_its_locks() {
+        let previous = lockout();
+        for _ in 0..5 {
+            fail(&previous, "app", "alice", 100);
+        }
+        fail(&previous, "app", "bob", 100);
+        let under_way = previous.reserve(&"app", "bob", None, 101).expect("room");
+        let next = Lockout::new(Limits {
+            entries: 10,
+            ..LIMITS
+        })
+        .carrying(&previous);
+        assert_eq!(next.limits.entries, 10);
+        assert_eq!(next.check(&alice(), 110), Err(Locked { retry_after: 50 }));
+        under_way.end(Outcome::Wrong, 102);
+        for _ in 0..3 {
+            fail(&next, "app", "bob", 103);
+        }
+        let bob = Subject::User("bob".into());
+        assert_eq!(next.check(&bob, 110), Err(Locked { retry_after: 50 }));
+        assert_eq!(previous.check(&bob, 110), Err(Locked { retry_after: 50 }));
+        assert_eq!(next.check(&alice(), 160), Ok(()));
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //! either is refused as a guess would be. The count is apart from
 //! the admin logins' and the password logins'; a store that replicas share
 //! (PostgreSQL) keeps it for all of them as well, so guesses spread over
-//! replicas lock the address on each.
+//! replicas lock the address on each. A change of the server's settings
+//! keeps the count ([`Failures::following`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -100,6 +101,15 @@ impl Failures {
         Failures {
             shared: SharedCounts::of(store),
             ..Failures::default()
+        }
+    }
+
+    /// These counts over the ones kept here by `previous`, the counts of
+    /// the server these settings replace: its locks go on.
+    pub fn following(self, previous: &Failures) -> Failures {
+        Failures {
+            local: self.local.carrying(&previous.local),
+            ..self
         }
     }
 

@@ -160,6 +160,24 @@ impl AuthorizationServer {
     /// and parses the users' password hashes. Blocking: call it before
     /// serving, or from a blocking thread.
     pub fn open(settings: Settings) -> Result<AuthorizationServer, AuthzError> {
+        AuthorizationServer::open_after(settings, None)
+    }
+
+    /// [`AuthorizationServer::open`] for `settings` that replace this
+    /// server's: the new server takes over what this one keeps in memory
+    /// alone (its clock, its failed-attempt counts of password logins and
+    /// client authentications, the approval sessions each address
+    /// started), and both count into them while requests
+    /// begun here finish, so a change of settings lifts no lock. What a
+    /// store keeps is the store's.
+    pub fn reopen(&self, settings: Settings) -> Result<AuthorizationServer, AuthzError> {
+        AuthorizationServer::open_after(settings, Some(&self.inner))
+    }
+
+    fn open_after(
+        settings: Settings,
+        previous: Option<&Inner>,
+    ) -> Result<AuthorizationServer, AuthzError> {
         if settings.token_format == TokenFormat::Jwt {
             if let Some(client) = settings.clients.iter().find(|c| c.token_lifetime.is_none()) {
                 return Err(AuthzError::JwtWithoutExpiry {
@@ -171,13 +189,18 @@ impl AuthorizationServer {
             Some(postgres) => Arc::new(PostgresStore::open(postgres)?),
             None => Arc::new(SqliteStore::open(&settings.store_path)?),
         };
-        let clock = Clock::default();
+        let clock = previous.map_or_else(Clock::default, |previous| previous.clock.clone());
         let keys = SigningKeys::open(&settings.signing_key_path, store.as_ref(), clock.unix_now())?;
         let users = Users::new(&settings.users)?;
-        let attempts =
+        let mut attempts =
             FailedAttempts::shared(Arc::clone(&store)).for_clients(settings.clients.len());
-        let client_failures = client_auth::Failures::shared(Arc::clone(&store));
-        let sessions = Sessions::for_store(Arc::clone(&store));
+        let mut client_failures = client_auth::Failures::shared(Arc::clone(&store));
+        let mut sessions = Sessions::for_store(Arc::clone(&store));
+        if let Some(previous) = previous {
+            attempts = attempts.following(&previous.attempts);
+            client_failures = client_failures.following(&previous.client_failures);
+            sessions = sessions.following(&previous.sessions);
+        }
         // A database store's jobs mostly wait for it: as many as it has
         // connections (Argon2 keeps its own bound, `Users`).
         let workers = match &settings.postgres {

@@ -84,7 +84,7 @@ pub struct Sessions {
     kept: Kept,
     /// Anonymous sessions started in the current minute, per address (in
     /// this process: each replica counts its own).
-    starts: Mutex<Starts>,
+    starts: Arc<Mutex<Starts>>,
 }
 
 /// Sessions started per address in one minute.
@@ -106,7 +106,7 @@ impl Sessions {
     pub fn in_memory() -> Sessions {
         Sessions {
             kept: Kept::Memory(Memory::default()),
-            starts: Mutex::default(),
+            starts: Arc::default(),
         }
     }
 
@@ -115,10 +115,20 @@ impl Sessions {
         if store.is_shared() {
             Sessions {
                 kept: Kept::Store(store),
-                starts: Mutex::default(),
+                starts: Arc::default(),
             }
         } else {
             Sessions::in_memory()
+        }
+    }
+
+    /// These sessions, counting on from the sessions each address started
+    /// this minute under `previous` (of the server these settings
+    /// replace): both go on sharing that count.
+    pub fn following(self, previous: &Sessions) -> Sessions {
+        Sessions {
+            starts: Arc::clone(&previous.starts),
+            ..self
         }
     }
 
@@ -321,6 +331,19 @@ mod tests {
         // One /64 is one address.
         assert_eq!(sessions.may_start(from("2001:db8::1"), now + 5), Ok(()));
         assert_eq!(sessions.may_start(from("203.0.113.1"), now + 60), Ok(()));
+    }
+
+    /// The sessions of a server opened for new settings go on counting
+    /// the sessions each address started this minute.
+    #[test]
+    fn the_starts_of_the_minute_carry_over() {
+        let previous = Sessions::in_memory();
+        let from = AddressKey::of("203.0.113.1".parse().expect("address"));
+        for _ in 0..STARTS_PER_MINUTE {
+            assert_eq!(previous.may_start(from, 6_005), Ok(()));
+        }
+        let next = Sessions::in_memory().following(&previous);
+        assert_eq!(next.may_start(from, 6_010), Err(50));
     }
 
     /// A session `user` logged in on at `now`.

@@ -179,9 +179,10 @@ impl Reloader {
     }
 
     /// Opens the authorization server when its settings changed (it keeps
-    /// its store and keys otherwise) and publishes its keys in-process.
-    /// It publishes only once nothing in it can fail, and is the last step
-    /// of [`Reloader::install`] that can.
+    /// its store and keys otherwise), taking over the failed-attempt
+    /// counts of the one it replaces, and publishes its keys
+    /// in-process. It publishes only once nothing in it can fail, and is
+    /// the last step of [`Reloader::install`] that can.
     pub fn prepare_authz(&self, snapshot: &Snapshot) -> Result<(), String> {
         let Some(settings) = &snapshot.authorization_server else {
             self.authz.store(None);
@@ -201,9 +202,14 @@ impl Reloader {
                 }
                 server
             }
-            _ => {
-                let server =
-                    AuthorizationServer::open((**settings).clone()).map_err(|e| e.to_string())?;
+            previous => {
+                let settings = (**settings).clone();
+                let server = match previous {
+                    // Its locks carry over.
+                    Some(previous) => previous.reopen(settings),
+                    None => AuthorizationServer::open(settings),
+                }
+                .map_err(|e| e.to_string())?;
                 // The cleanup and key refresh tasks end when the server is
                 // dropped.
                 let _ = server.spawn_cleanup();

@@ -1101,3 +1101,102 @@ async fn a_replaced_signing_key_file_signs_the_next_tokens() {
     assert_eq!(gw.state().live.generation(), 2, "one reload, for the key");
     gw.shutdown().await;
 }
+
+/// The gateway as an authorization server with a user and a confidential
+/// client of the password grant, whose tokens last `lifetime` seconds.
+fn password_grant_yaml(lifetime: u32) -> String {
+    let hash = crate::authorize::cheap_hash("wonderland");
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+authorization_server:
+  issuer: "http://gateway.test"
+  signing_key: signing-key.pem
+  store: sqlite:oauth.db
+  scopes: [{{ name: view, description: View }}]
+  users: [{{ username: alice, password_hash: "{hash}" }}]
+  clients:
+  - client_id: app
+    client_secret: app-secret-0123456789
+    grant_types: [password]
+    scopes: [view]
+    token_lifetime: {lifetime}
+"#
+    )
+}
+
+/// A password grant for alice through `app`, with `secret` and `password`.
+async fn password_grant(gw: &Gateway, secret: &str, password: &str) -> reqwest::Response {
+    gw.request(reqwest::Method::POST, "/oauth2/token")
+        .basic_auth("app", Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=password&username=alice&password={password}"
+        ))
+        .send()
+        .await
+        .expect("token request")
+}
+
+/// A refusal for too many failures: 429 with the `error` given and a
+/// `Retry-After` within the minute the failures are counted in.
+async fn assert_locked(resp: reqwest::Response, error: &str) {
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = resp.json().await.expect("error JSON");
+    assert_eq!(body["error"], error);
+}
+
+/// A reload that opens the authorization server again (a client's
+/// `token_lifetime` changed) keeps the failures counted before it: a user
+/// locked out by wrong passwords stays locked, the right password too,
+/// and so does an address locked out by wrong client secrets.
+#[tokio::test]
+async fn a_reload_that_changes_the_authorization_server_keeps_its_locks() {
+    let gw = start_in(
+        tempfile::tempdir().expect("temp dir"),
+        &password_grant_yaml(3600),
+    )
+    .await;
+    const SECRET: &str = "app-secret-0123456789";
+    for _ in 0..5 {
+        let resp = password_grant(&gw, SECRET, "guess").await;
+        assert_eq!(resp.status(), 400);
+    }
+    assert_locked(
+        password_grant(&gw, SECRET, "wonderland").await,
+        "invalid_grant",
+    )
+    .await;
+    gw.write_config(&password_grant_yaml(1800));
+    applied(&gw, 2).await;
+    assert_locked(
+        password_grant(&gw, SECRET, "wonderland").await,
+        "invalid_grant",
+    )
+    .await;
+
+    for _ in 0..20 {
+        let resp = password_grant(&gw, "wrong-secret", "wonderland").await;
+        assert_eq!(resp.status(), 401);
+    }
+    assert_locked(
+        password_grant(&gw, SECRET, "wonderland").await,
+        "invalid_client",
+    )
+    .await;
+    gw.write_config(&password_grant_yaml(900));
+    applied(&gw, 3).await;
+    assert_locked(
+        password_grant(&gw, SECRET, "wonderland").await,
+        "invalid_client",
+    )
+    .await;
+    gw.shutdown().await;
+}

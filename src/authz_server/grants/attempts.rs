@@ -39,6 +39,10 @@
 //! passwords of one user are checked at a time than the lock has room for.
 //! A check that ends without an outcome (a panic) counts as a failure.
 //!
+//! The counts kept here outlive a change of the server's settings: the
+//! server opened for new ones takes over those of the one it replaces
+//! ([`FailedAttempts::following`]), so a reload lifts no lock.
+//!
 //! A store shared by replicas (PostgreSQL) counts failures too, of users,
 //! clients and addresses alike, so a lock holds on every replica: a
 //! subject is locked when the local count or the store's says so. Failures
@@ -149,6 +153,17 @@ impl FailedAttempts {
         };
         FailedAttempts {
             local: Lockout::new(limits),
+            ..self
+        }
+    }
+
+    /// These counts over the ones kept here by `previous`, the counts of
+    /// the server these settings replace: its failures, locks and checks
+    /// under way go on counting (the store's shared counts are the
+    /// store's either way).
+    pub fn following(self, previous: &FailedAttempts) -> FailedAttempts {
+        FailedAttempts {
+            local: self.local.carrying(&previous.local),
             ..self
         }
     }
