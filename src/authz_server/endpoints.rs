@@ -166,8 +166,8 @@ impl AuthorizationServer {
     /// [`AuthorizationServer::open`] for `settings` that replace this
     /// server's: the new server takes over what this one keeps in memory
     /// alone (its clock, its failed-attempt counts of password logins and
-    /// client authentications, the approval sessions each address
-    /// started), and both count into them while requests
+    /// client authentications, its approval sessions and the sessions
+    /// each address started), and both count into them while requests
     /// begun here finish, so a change of settings lifts no lock. What a
     /// store keeps is the store's.
     pub fn reopen(&self, settings: Settings) -> Result<AuthorizationServer, AuthzError> {

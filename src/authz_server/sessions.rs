@@ -16,8 +16,12 @@
 //! that shares failed-attempt counts) sessions are rows of the store, so a
 //! browser's login may reach one replica and its consent another; they
 //! outlive a restart or a change of settings. Otherwise they are in memory,
-//! per process, and lost on restart or when the authorization server's
-//! settings change, which only means logging in again. Either way they are
+//! per process, and lost on restart, which only means logging in again;
+//! a change of the authorization server's settings keeps them, and the
+//! per-address count of sessions started, for the server it opens
+//! ([`Sessions::following`]): a session holds no more than its user and
+//! their credential's fingerprint, and each form is judged under the
+//! settings of the moment. Either way they are
 //! bounded in number ([`CAPACITY`]: past it, expired sessions go first,
 //! then the oldest anonymous one — any client can start those, so they
 //! never push out a signed-in session while one of them is left — then the
@@ -96,7 +100,7 @@ struct Starts {
 
 /// Where sessions are kept.
 enum Kept {
-    Memory(Memory),
+    Memory(Arc<Memory>),
     /// The token store, shared by replicas.
     Store(Arc<dyn TokenStore>),
 }
@@ -105,7 +109,7 @@ impl Sessions {
     /// Sessions in this process's memory.
     pub fn in_memory() -> Sessions {
         Sessions {
-            kept: Kept::Memory(Memory::default()),
+            kept: Kept::Memory(Arc::default()),
             starts: Arc::default(),
         }
     }
@@ -122,13 +126,18 @@ impl Sessions {
         }
     }
 
-    /// These sessions, counting on from the sessions each address started
-    /// this minute under `previous` (of the server these settings
-    /// replace): both go on sharing that count.
+    /// These sessions, with what `previous` (of the server these settings
+    /// replace) keeps in memory: its sessions, when these are kept in
+    /// memory too (a store keeps its own), and the sessions each address
+    /// started this minute. Both go on sharing them.
     pub fn following(self, previous: &Sessions) -> Sessions {
+        let kept = match (self.kept, &previous.kept) {
+            (Kept::Memory(_), Kept::Memory(memory)) => Kept::Memory(Arc::clone(memory)),
+            (kept, _) => kept,
+        };
         Sessions {
+            kept,
             starts: Arc::clone(&previous.starts),
-            ..self
         }
     }
 
@@ -357,6 +366,20 @@ mod tests {
             Kept::Memory(memory) => memory.len(),
             Kept::Store(_) => unreachable!("memory sessions under test"),
         }
+    }
+
+    /// Sessions in memory carry over to the server opened for new
+    /// settings, and either ends them for both.
+    #[test]
+    fn sessions_in_memory_carry_over() -> Result<(), StoreError> {
+        let previous = Sessions::in_memory();
+        let alice = signed_in(&previous, "alice", 100)?;
+        let next = Sessions::in_memory().following(&previous);
+        let found = next.find(&alice.id, 101)?.expect("carried over");
+        assert_eq!(found.session.user.as_deref(), Some("alice"));
+        next.end(&found)?;
+        assert!(previous.find(&alice.id, 101)?.is_none());
+        Ok(())
     }
 
     #[test]

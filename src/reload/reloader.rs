@@ -180,7 +180,7 @@ impl Reloader {
 
     /// Opens the authorization server when its settings changed (it keeps
     /// its store and keys otherwise), taking over the failed-attempt
-    /// counts of the one it replaces, and publishes its keys
+    /// counts and sessions of the one it replaces, and publishes its keys
     /// in-process. It publishes only once nothing in it can fail, and is
     /// the last step of [`Reloader::install`] that can.
     pub fn prepare_authz(&self, snapshot: &Snapshot) -> Result<(), String> {
@@ -205,7 +205,7 @@ impl Reloader {
             previous => {
                 let settings = (**settings).clone();
                 let server = match previous {
-                    // Its locks carry over.
+                    // Its locks and sessions carry over.
                     Some(previous) => previous.reopen(settings),
                     None => AuthorizationServer::open(settings),
                 }

@@ -1302,8 +1302,7 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
 /// A sign-in is alice's only while her credential is the one she logged
 /// in with: after a reload that changes her password, or removes her, a
 /// session she signed in on approves nothing; her new password signs her
-/// in again. (Kept in memory, the session itself ends with the settings
-/// it was made under: the form is refused as expired.)
+/// in again.
 #[tokio::test]
 async fn a_changed_password_or_a_removed_user_ends_the_sign_in() {
     let yaml = yaml(&Options::default());
@@ -1319,7 +1318,9 @@ async fn a_changed_password_or_a_removed_user_ends_the_sign_in() {
         .submit(&consent, "approve", &[("grant_scope", "view")])
         .await;
     assert_back_to_login(&refused);
-    assert_eq!(refused.status, 403, "{}", refused.body);
+    // The session is kept, its sign-in not trusted.
+    assert_eq!(refused.status, 200, "{}", refused.body);
+    assert!(refused.body.contains("Please sign in first."));
 
     let new_password = [("username", "alice"), ("password", "looking-glass")];
     let logged_in = browser.submit(&refused, "login", &new_password).await;
@@ -1332,6 +1333,29 @@ async fn a_changed_password_or_a_removed_user_ends_the_sign_in() {
         .submit(&consent, "approve", &[("grant_scope", "view")])
         .await;
     assert_back_to_login(&refused);
+}
+
+/// A reload that opens the authorization server again for a change that
+/// leaves alice as she is (the code lifetime) keeps her session in memory:
+/// the consent form shown before it approves after it.
+#[tokio::test]
+async fn a_sign_in_outlives_a_reload_that_leaves_the_user_as_she_was() {
+    let yaml = yaml(&Options::default());
+    let gw = Gateway::start(&yaml).await;
+    let (verifier, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(&gw);
+    let consent = browser.login(&authorize).await;
+    let lifetime = "authorization_code_lifetime: 600s";
+    assert!(yaml.contains(lifetime));
+    gw.write_config(&yaml.replace(lifetime, "authorization_code_lifetime: 300s"));
+    gw.wait_generation(2).await;
+    let approved = browser
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let (status, token) = exchange(&gw, &code_from(approved.location()), Some(&verifier)).await;
+    assert_eq!(status, 200, "{token}");
 }
 
 // ---- implicit -------------------------------------------------------------
