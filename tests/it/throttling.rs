@@ -1168,7 +1168,8 @@ async fn a_connection_that_went_silent_is_replaced() {
     let relay = Relay::to(&redis).await;
     let upstream = Upstream::start().await;
     let extra = format!(
-        "throttling: {{ store: \"{}\", on_store_error: deny, timeout: 200ms }}",
+        // Long enough that a loaded machine's Redis answers within it.
+        "throttling: {{ store: \"{}\", on_store_error: deny, timeout: 1s }}",
         relay.url()
     );
     let gw = Gateway::start(&open_api(
