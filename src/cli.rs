@@ -548,6 +548,10 @@ fn start(path: &Path, env: Env) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before anything listens: a signal sent as soon as the gateway
+        // answers is handled, not taken by its default (SIGHUP's and
+        // SIGTERM's end the process at once).
+        let signals = Signals::install();
         let gateway = match Gateway::start(path, env).await {
             Ok(gateway) => gateway,
             Err(error) => {
@@ -563,7 +567,7 @@ fn start(path: &Path, env: Env) -> ExitCode {
             "microgateway started"
         );
         return_startup_code();
-        wait_for_signals(&gateway).await;
+        signals.wait(&gateway).await;
         tracing::info!("shutting down: draining in-flight requests");
         gateway.shutdown().await;
         tracing::info!("stopped");
@@ -596,36 +600,68 @@ impl std::fmt::Display for Listening {
     }
 }
 
+/// The signals `start` answers: SIGTERM and SIGINT drain and stop,
+/// SIGHUP reloads.
 #[cfg(unix)]
-async fn wait_for_signals(gateway: &Gateway) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                // Off the runtime workers; logged and counted by the reload.
-                let reloader = gateway.state.reloader.clone();
-                tokio::spawn(async move {
-                    let _ = reloader.reload_on_blocking_pool(Source::Signal).await;
-                });
+struct Signals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Signals(Some((term, int, hup))),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                Signals(None)
+            }
+        }
+    }
+
+    /// Until SIGTERM or SIGINT; each SIGHUP reloads meanwhile.
+    async fn wait(self, gateway: &Gateway) {
+        let Some((mut term, mut int, mut hup)) = self.0 else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    // Off the runtime workers; logged and counted by the reload.
+                    let reloader = gateway.state.reloader.clone();
+                    tokio::spawn(async move {
+                        let _ = reloader.reload_on_blocking_pool(Source::Signal).await;
+                    });
+                }
             }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_gateway: &Gateway) {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Signals {
+        Signals
+    }
+
+    async fn wait(self, _gateway: &Gateway) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Downloads a central gateway's settings once, checks them, and writes

@@ -814,6 +814,55 @@ async fn thousand_reloads_leave_no_old_snapshot_behind() {
     gw.shutdown().await;
 }
 
+/// A SIGHUP sent the moment the binary says it started reloads it: the
+/// handlers are in place before anything listens (SIGHUP's default
+/// disposition would end the process).
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sighup_the_moment_it_started_reloads_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("microgateway.yaml");
+    std::fs::write(&config, echo_yaml("alpha")).expect("config");
+    for round in 0..5 {
+        let mut started = common::process::start(
+            std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"))
+                .args(["start", "-c"])
+                .arg(&config),
+        );
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", &started.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(hup.success());
+        let admin = started.admin.expect("the bound admin address");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = started.child.try_wait().expect("its status") {
+                panic!("round {round}: SIGHUP ended the process ({status})");
+            }
+            let generation = async {
+                let resp = common::client()
+                    .get(format!("http://{admin}/rest/microgateway/status"))
+                    .basic_auth(ADMIN.0, Some(ADMIN.1))
+                    .send()
+                    .await
+                    .ok()?;
+                let status: serde_json::Value = resp.json().await.ok()?;
+                status["generation"].as_u64()
+            }
+            .await;
+            if generation == Some(2) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no reload ({generation:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 #[cfg(unix)]
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
