@@ -164,10 +164,23 @@ impl Sessions {
             starts.minute = minute;
             starts.by_address.clear();
         }
-        // Bounded: a minute's count of more addresses than sessions can
-        // be kept counts none of them.
+        // Bounded: past as many addresses as sessions can be kept, a new
+        // one takes the place of an address still under its limit; an
+        // address at its limit stays counted (clearing the counts would
+        // lift every limit for the rest of the minute). When every kept
+        // address is at its limit, a new one waits for the next minute.
         if starts.by_address.len() >= CAPACITY && !starts.by_address.contains_key(&from) {
-            starts.by_address.clear();
+            let under_limit = starts
+                .by_address
+                .iter()
+                .find(|(_, &count)| count < STARTS_PER_MINUTE)
+                .map(|(&address, _)| address);
+            match under_limit {
+                Some(address) => {
+                    starts.by_address.remove(&address);
+                }
+                None => return Err(60 - now % 60),
+            }
         }
         let count = starts.by_address.entry(from).or_insert(0);
         if *count >= STARTS_PER_MINUTE {
@@ -340,6 +353,26 @@ mod tests {
         // One /64 is one address.
         assert_eq!(sessions.may_start(from("2001:db8::1"), now + 5), Ok(()));
         assert_eq!(sessions.may_start(from("203.0.113.1"), now + 60), Ok(()));
+    }
+
+    /// More addresses in a minute than sessions can be kept do not lift
+    /// the limit of an address that reached it.
+    #[test]
+    fn a_flood_of_new_addresses_keeps_a_reached_limit() {
+        let sessions = Sessions::in_memory();
+        let now = 6_000;
+        let limited = AddressKey::of("203.0.113.1".parse().expect("address"));
+        for _ in 0..STARTS_PER_MINUTE {
+            assert_eq!(sessions.may_start(limited, now), Ok(()));
+        }
+        for n in 0..2 * u32::try_from(CAPACITY).expect("small") {
+            let address = std::net::Ipv4Addr::from(0x0a00_0000 + n);
+            assert_eq!(
+                sessions.may_start(AddressKey::of(address.into()), now),
+                Ok(())
+            );
+        }
+        assert_eq!(sessions.may_start(limited, now + 1), Err(59));
     }
 
     /// The sessions of a server opened for new settings go on counting
