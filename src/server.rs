@@ -76,11 +76,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use self::activity::{Activity, InFlight};
-use self::h2_bodies::{H2Body, SendRoom, Tracked};
+use self::h2_bodies::{H2Body, Tracked};
 use self::prefixed::Prefixed;
 pub use self::slots::Slots;
 use self::verified::{retired, Verified};
 use crate::config::snapshot::{Limits, Timeouts};
+use crate::proxy::room::Room;
 use crate::proxy::tunnel;
 use crate::proxy::Body;
 
@@ -609,8 +610,9 @@ impl Conn {
         // 256 streams may each hold a body whole: together, no more than
         // one HTTP/1.1 connection may.
         let max_body = self.port.settings.limits.max_body;
-        let room = crate::proxy::BodyRoom::new(usize::try_from(max_body).unwrap_or(usize::MAX));
-        let send_room = SendRoom::new(h2_bodies::SEND_ROOM);
+        let room =
+            crate::proxy::BodyRoom(Room::new(usize::try_from(max_body).unwrap_or(usize::MAX)));
+        let send_room = Room::new(h2_bodies::SEND_ROOM);
         let service = service_fn(move |req: Request<Incoming>| {
             // A stream opened after the client-certificate setting was
             // replaced, before the client has seen the `GOAWAY`: refused,

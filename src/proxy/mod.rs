@@ -21,16 +21,17 @@ pub mod identify;
 pub mod outbound;
 mod pool;
 pub mod reject;
+pub mod room;
 pub mod serve;
 pub mod transform;
 pub mod tunnel;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+
+use self::room::{Room, Taken};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 pub use forward::Upstreams;
@@ -56,22 +57,22 @@ pub fn empty() -> Body {
 /// A whole body of a client's request: 413 past `limit` bytes, 400 or
 /// 408 when the client broke it or went silent (the server's body
 /// readers bound each wait), 503 when the bodies its connection holds
-/// whole fill their `room` (HTTP/2). What it holds of the room is given
-/// back when the [`HeldBytes`] are dropped.
+/// whole fill their room (HTTP/2, [`BodyRoom`]). What it holds of the
+/// room is given back when the [`Taken`] bytes are dropped.
 pub async fn collect_limited(
     mut body: Body,
     limit: usize,
     room: Option<BodyRoom>,
-) -> Result<(Bytes, HeldBytes), Rejection> {
+) -> Result<(Bytes, Taken), Rejection> {
     let mut collected = BytesMut::new();
-    let mut held = HeldBytes { room, bytes: 0 };
+    let mut held = Taken::from(room.map(|BodyRoom(room)| room));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| Rejection::ClientBody(BodyFault::of(&error)))?;
         if let Ok(data) = frame.into_data() {
             if collected.len() + data.len() > limit {
                 return Err(Rejection::PayloadTooLarge);
             }
-            if !held.take(data.len()) {
+            if !held.try_take(data.len()) {
                 return Err(Rejection::BodyRoomFull);
             }
             collected.extend_from_slice(&data);
@@ -82,50 +83,12 @@ pub async fn collect_limited(
 
 /// The room the request bodies of one HTTP/2 connection share while they
 /// are held whole (the `echo` upstream, the authorization server's
-/// endpoints): what one HTTP/1.1 connection could make the gateway hold,
-/// not that much for each of its streams. A body passed on to an
-/// upstream is held by the connection's flow-control window instead.
+/// endpoints), an extension of each of its requests: what one HTTP/1.1
+/// connection could make the gateway hold, not that much for each of its
+/// streams. A body passed on to an upstream is held by the connection's
+/// flow-control window instead.
 #[derive(Clone, Debug)]
-pub struct BodyRoom(Arc<AtomicUsize>);
-
-impl BodyRoom {
-    pub fn new(bytes: usize) -> BodyRoom {
-        BodyRoom(Arc::new(AtomicUsize::new(bytes)))
-    }
-}
-
-/// Bytes taken from a [`BodyRoom`] (none without one), given back when
-/// dropped.
-pub struct HeldBytes {
-    room: Option<BodyRoom>,
-    bytes: usize,
-}
-
-impl HeldBytes {
-    /// Takes `more` bytes of the room; `false` when it has not that many.
-    fn take(&mut self, more: usize) -> bool {
-        let Some(room) = &self.room else {
-            return true;
-        };
-        let taken = room
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                left.checked_sub(more)
-            });
-        if taken.is_ok() {
-            self.bytes += more;
-        }
-        taken.is_ok()
-    }
-}
-
-impl Drop for HeldBytes {
-    fn drop(&mut self) {
-        if let Some(room) = &self.room {
-            room.0.fetch_add(self.bytes, Ordering::AcqRel);
-        }
-    }
-}
+pub struct BodyRoom(pub Room);
 
 /// `Box::pin(make())`, the box allocated before the future is made: the
 /// future is then written where it stays instead of being made on the

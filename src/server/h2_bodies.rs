@@ -3,13 +3,11 @@
 //! and whose every failure is the client's [`BodyFault`], and an answer
 //! that keeps its request counted in flight, tells the connection's
 //! watchdog when it waits for the client (`timeouts.send`), and shares
-//! the connection's [`SendRoom`] with the other answers.
+//! a room of its connection's ([`SEND_ROOM`]) with the other answers.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +20,7 @@ use tokio::time::Instant;
 
 use super::activity::InFlight;
 use super::slots::{Slots, PRESSED_SILENCE};
+use crate::proxy::room::{Room, Taken};
 use crate::proxy::{Body, BodyFault, BoxError};
 use crate::timer::Deadline;
 
@@ -32,81 +31,11 @@ use crate::timer::Deadline;
 /// (32 MiB) per connection.
 pub(super) const SEND_ROOM: usize = 4 << 20;
 
-/// The room the answers of one HTTP/2 connection share ahead of its
-/// socket ([`SEND_ROOM`]): data handed on takes its length from it until
-/// HTTP/2 has written it out (or dropped it). An answer is asked for more
-/// only while some room is left, so it is overdrawn by at most one read
-/// (16 KiB from an HTTP/1.1 upstream) per stream.
-#[derive(Clone)]
-pub(super) struct SendRoom(Arc<RoomState>);
-
-struct RoomState {
-    left: AtomicIsize,
-    /// The answers waiting for room, woken when some comes back.
-    waiting: Mutex<Vec<Waker>>,
-}
-
-impl SendRoom {
-    pub(super) fn new(bytes: usize) -> SendRoom {
-        SendRoom(Arc::new(RoomState {
-            left: AtomicIsize::new(isize::try_from(bytes).unwrap_or(isize::MAX)),
-            waiting: Mutex::new(Vec::new()),
-        }))
-    }
-
-    /// Whether some room is left; if not, `cx` is woken when some comes
-    /// back.
-    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.left.load(Ordering::Acquire) > 0 {
-            return Poll::Ready(());
-        }
-        let mut waiting = self
-            .0
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-            waiting.push(cx.waker().clone());
-        }
-        // Room given back before the waker was kept wakes nobody: look again.
-        if self.0.left.load(Ordering::Acquire) > 0 {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-
-    /// `data`, holding its length of the room until the last of its
-    /// bytes is dropped.
-    fn hold(&self, data: Bytes) -> Bytes {
-        let taken = isize::try_from(data.len().min(SEND_ROOM)).unwrap_or(isize::MAX);
-        self.0.left.fetch_sub(taken, Ordering::AcqRel);
-        Bytes::from_owner(Held {
-            data,
-            taken,
-            room: self.clone(),
-        })
-    }
-
-    fn give_back(&self, taken: isize) {
-        let before = self.0.left.fetch_add(taken, Ordering::AcqRel);
-        if before <= 0 && before + taken > 0 {
-            let woken = std::mem::take(
-                &mut *self
-                    .0
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            woken.into_iter().for_each(Waker::wake);
-        }
-    }
-}
-
-/// Data handed on to HTTP/2, and what it holds of its connection's room.
+/// Data handed on to HTTP/2, and what it holds of its connection's
+/// answers' room until the last of its bytes is dropped.
 struct Held {
     data: Bytes,
-    taken: isize,
-    room: SendRoom,
+    _taken: Taken,
 }
 
 impl AsRef<[u8]> for Held {
@@ -115,28 +44,24 @@ impl AsRef<[u8]> for Held {
     }
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.room.give_back(self.taken);
-    }
-}
-
 /// An HTTP/2 response body that keeps its request counted as in flight,
 /// tells the connection's watchdog when it waits for the client to take
 /// what it handed on (HTTP/2 asks for more only once the client's
 /// flow-control window has room), and asks its body for more only while
-/// the connection's [`SendRoom`] has some left.
+/// the room its connection's answers share ahead of the socket
+/// ([`SEND_ROOM`]) has some left: overdrawn by at most one read (16 KiB
+/// from an HTTP/1.1 upstream) per stream.
 pub(super) struct Tracked {
     body: Body,
     guard: InFlight,
-    room: SendRoom,
+    room: Room,
     /// Data was handed on; the body waits to be asked for more, since
     /// then (milliseconds into the connection).
     waiting: Option<u64>,
 }
 
 impl Tracked {
-    pub(super) fn new(body: Body, guard: InFlight, room: SendRoom) -> Tracked {
+    pub(super) fn new(body: Body, guard: InFlight, room: Room) -> Tracked {
         Tracked {
             body,
             guard,
@@ -181,7 +106,13 @@ impl HttpBody for Tracked {
         // window has room, and drops this body only once it is sent.
         if let Poll::Ready(Some(Ok(frame))) = &mut polled {
             if let Some(data) = frame.data_mut() {
-                *data = this.room.hold(std::mem::take(data));
+                let mut taken = Taken::from(Some(this.room.clone()));
+                taken.take(data.len().min(SEND_ROOM));
+                let data_held = Held {
+                    data: std::mem::take(data),
+                    _taken: taken,
+                };
+                *data = Bytes::from_owner(data_held);
                 this.waiting = Some(this.guard.activity.answer_waits());
             }
         }
