@@ -161,15 +161,19 @@ impl Gateway {
         };
         let listen = snapshot.listen.clone();
         if let Some(descriptors) = server::fds::raise_limit() {
-            // Each connection takes one, and its upstream connection another.
-            let wanted = u64::try_from(settings.limits.max_connections)
+            // Each connection takes one, and its upstream connection another;
+            // each HTTP/2 request beyond its connection's first, one more.
+            let limits = settings.limits;
+            let wanted = u64::try_from(limits.max_connections)
                 .unwrap_or(u64::MAX)
-                .saturating_mul(2);
+                .saturating_mul(2)
+                .saturating_add(u64::try_from(limits.max_streams).unwrap_or(u64::MAX));
             if wanted > descriptors {
                 tracing::warn!(
-                    max_connections = settings.limits.max_connections,
+                    max_connections = limits.max_connections,
+                    max_streams = limits.max_streams,
                     descriptors,
-                    "the process may open fewer files than limits.max_connections needs (one for each client and one for its upstream); accepts fail before the limit is reached (raise `ulimit -n`)"
+                    "the process may open fewer files than limits.max_connections and limits.max_streams need (one for each client and one for each request it forwards at once); accepts and upstream connects fail before the limits are reached (raise `ulimit -n`)"
                 );
             }
         }

@@ -134,11 +134,13 @@ pub enum Transport {
 }
 
 /// The connection slots of one listener (or of the sockets of one port),
-/// `limits.max_connections` of them, and its `limits.max_tunnels`.
+/// `limits.max_connections` of them, its `limits.max_tunnels` and its
+/// `limits.max_streams`.
 pub fn connection_slots(settings: ConnSettings) -> Arc<Slots> {
     Arc::new(Slots::new(
         slot_count(settings),
         settings.limits.max_tunnels,
+        settings.limits.max_streams,
     ))
 }
 
@@ -613,13 +615,14 @@ impl Conn {
         let room =
             crate::proxy::BodyRoom(Room::new(usize::try_from(max_body).unwrap_or(usize::MAX)));
         let send_room = Room::new(h2_bodies::SEND_ROOM);
+        let streams = self.port.slots.streams.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             // A stream opened after the client-certificate setting was
             // replaced, before the client has seen the `GOAWAY`: refused,
             // which says it was not processed (RFC 9113 §8.7).
             let replaced = verification.as_ref().is_some_and(|v| v.is_retired());
             let answer = (!replaced).then(|| {
-                let guard = InFlight::begin(&requests);
+                let (guard, admitted) = InFlight::stream(&requests, &streams);
                 let mut req = req.map(|body| {
                     if body.is_end_stream() {
                         crate::proxy::empty()
@@ -628,6 +631,11 @@ impl Conn {
                     }
                 });
                 req.extensions_mut().insert(room.clone());
+                if !admitted {
+                    // The port's `limits.max_streams` are taken: refused
+                    // once its API is known, before it is forwarded.
+                    req.extensions_mut().insert(crate::proxy::StreamsFull);
+                }
                 if tunnel::is_h2_handshake(&req) {
                     let open = InFlight::tunnel(&requests);
                     // The tunnel outlives the stream's service: it
@@ -978,6 +986,7 @@ pub(crate) mod tests {
                 max_body: 1 << 20,
                 max_connections,
                 max_tunnels: 1,
+                max_streams: 8,
             },
             timeouts: Timeouts {
                 header_read: long,

@@ -62,6 +62,7 @@ pub fn settings(s: &Snapshot, bound: &Bound) -> Value {
         "limits": {
             "max_header_bytes": limits.max_header_bytes, "max_headers": limits.max_headers,
             "max_uri": limits.max_uri, "max_body": limits.max_body, "max_connections": limits.max_connections,
+            "max_tunnels": limits.max_tunnels, "max_streams": limits.max_streams,
         },
         "timeouts": {
             "header_read": timeouts.header_read.as_secs_f64(), "idle": timeouts.idle.as_secs_f64(),

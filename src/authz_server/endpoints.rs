@@ -168,8 +168,10 @@ impl AuthorizationServer {
     /// alone (its clock, its failed-attempt counts of password logins and
     /// client authentications, its approval sessions and the sessions
     /// each address started), and both count into them while requests
-    /// begun here finish, so a change of settings lifts no lock. What a
-    /// store keeps is the store's.
+    /// begun here finish, so a change of settings lifts no lock; password
+    /// checks of both wait in one line and hash through one gate, so the
+    /// two never run twice the bound at once. What a store keeps is the
+    /// store's.
     pub fn reopen(&self, settings: Settings) -> Result<AuthorizationServer, AuthzError> {
         AuthorizationServer::open_after(settings, Some(&self.inner))
     }
@@ -207,6 +209,12 @@ impl AuthorizationServer {
             Some(postgres) => Workers::new(postgres.max_connections),
             None => Workers::sized_from_cores(),
         };
+        // Password checks wait in the same line as those of the server
+        // this one replaces, whose requests may still be finishing.
+        let password_checks = previous.map_or_else(
+            || Gate::new(workers::half_the_cores()),
+            |previous| previous.password_checks.clone(),
+        );
         let approval = Approval::new(
             settings.approval_template.as_deref(),
             &settings.branding,
@@ -226,7 +234,7 @@ impl AuthorizationServer {
                 approval,
                 metadata,
                 workers,
-                password_checks: Gate::new(workers::half_the_cores()),
+                password_checks,
             }),
         })
     }

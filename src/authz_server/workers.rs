@@ -195,6 +195,16 @@ impl CpuGate {
         CpuGate::new(half_the_cores())
     }
 
+    /// The process's one gate for password hashes: an authorization
+    /// server rebuilt by a reload checks through the same gate as the one
+    /// whose requests are still finishing, so the two never run twice the
+    /// bound at once.
+    pub fn for_passwords() -> &'static CpuGate {
+        static GATE: std::sync::LazyLock<CpuGate> =
+            std::sync::LazyLock::new(CpuGate::sized_from_cores);
+        &GATE
+    }
+
     pub fn new(limit: usize) -> CpuGate {
         CpuGate {
             running: Mutex::new(0),

@@ -17,7 +17,6 @@ use super::diagnostic::{Diagnostic, Origin, Severity};
 use super::plain_http::{self, ClearStore};
 use super::raw::{self, Location, Scalar, S};
 use super::signing_key;
-use super::Secret;
 
 pub fn compile(
     ctx: &mut Ctx,
@@ -800,7 +799,14 @@ fn client(
     let client_secret = match &raw.client_secret {
         Some(s) => {
             let secret = ctx.secret(s, "client_secret")?;
-            short_client_secret(ctx, s.referenced, &client_id, &secret);
+            // RFC 6749 §10.10: the whole of a confidential client's
+            // credential at the token, introspection and revocation endpoints.
+            ctx.short_secret(
+                s.referenced,
+                &secret,
+                &format!("client_secret of client `{client_id}`"),
+                "at the token endpoint (RFC 6749 §10.10)",
+            );
             Some(secret)
         }
         None => None,
@@ -901,28 +907,6 @@ fn client(
         refresh_limit: refresh_limit(ctx, &raw.refresh_limit, defaults.1),
         introspect,
     })
-}
-
-/// Shortest client secret not warned about.
-const MIN_CLIENT_SECRET_CHARS: usize = 16;
-
-/// RFC 6749 §10.10: client credentials must not be guessable. A client
-/// secret is the whole of a confidential client's credential at the token,
-/// introspection and revocation endpoints; a short one is tried there (or
-/// against a leaked request log) until it matches.
-fn short_client_secret(ctx: &mut Ctx, at: Location, client_id: &str, secret: &Secret) {
-    let chars = secret.expose().chars().count();
-    if chars < MIN_CLIENT_SECRET_CHARS {
-        ctx.report.warning(
-            at,
-            format!(
-                "client_secret of client `{client_id}` has {chars} characters: a secret this \
-                 short can be guessed by trying candidates at the token endpoint \
-                 (RFC 6749 §10.10); use at least {MIN_CLIENT_SECRET_CHARS} random characters \
-                 (e.g. `openssl rand -base64 24`)"
-            ),
-        );
-    }
 }
 
 /// RFC 9700 §4.1: exact redirect URIs; plain http only for native-app

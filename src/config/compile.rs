@@ -37,7 +37,7 @@ pub fn compile(
     };
     let listen = listener_compile::listen(&mut ctx, file);
     let tls = listener_compile::tls(&mut ctx, file, &listen);
-    let admin = listener_compile::admin(&mut ctx, &file.admin);
+    let admin = listener_compile::admin(&mut ctx, &file.admin, &listen);
     let trusted_proxies = listener_compile::trusted_proxies(&mut ctx, &file.trusted_proxies);
     let forwarding = listener_compile::forwarding(&mut ctx, &file.forwarding);
     let limits = listener_compile::limits(&mut ctx, &file.limits);

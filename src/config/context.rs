@@ -193,6 +193,23 @@ impl Ctx<'_> {
 
     /// A Basic user name: RFC 7617 §2 splits user-id and password at the
     /// first colon, so a user-id with one would be read as another user.
+    /// Warns about a secret a person set that is short enough to be
+    /// guessed by trying candidates `where_tried` (RFC 6749 §10.10 for
+    /// client secrets; failed logins are locked out only for a while).
+    pub fn short_secret(&mut self, at: Location, secret: &Secret, whose: &str, where_tried: &str) {
+        let chars = secret.expose().chars().count();
+        if chars < MIN_SECRET_CHARS {
+            self.report.warning(
+                at,
+                format!(
+                    "{whose} has {chars} characters: a secret this short can be guessed by \
+                     trying candidates {where_tried}; use at least {MIN_SECRET_CHARS} random \
+                     characters (e.g. `openssl rand -base64 24`)"
+                ),
+            );
+        }
+    }
+
     pub fn basic_user(&mut self, at: Location, user: &str, key: &str) -> Option<String> {
         if let Some((name, _)) = user.split_once(':') {
             // What follows the colon is not shown: written as `user:password`,
@@ -225,6 +242,9 @@ impl Ctx<'_> {
 }
 
 /// A comma-separated list for "allowed:" texts.
+/// Shortest secret [`Ctx::short_secret`] does not warn about.
+const MIN_SECRET_CHARS: usize = 16;
+
 pub fn names(items: impl Iterator<Item = String>) -> String {
     let mut items: Vec<String> = items.collect();
     items.sort();

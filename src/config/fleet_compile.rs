@@ -23,8 +23,16 @@ pub(super) fn central(ctx: &mut Ctx, central: &S<raw::Central>) -> Central {
             let user = ctx.required(&u.value.user, u.referenced, "user")?;
             let user = ctx.basic_user(user.referenced, &user.value, "central.users.user");
             let password = ctx.required(&u.value.password, u.referenced, "password")?;
-            let password = ctx.secret(password, "password");
-            user.zip(password)
+            let secret = ctx.secret(password, "password");
+            if let (Some(name), Some(secret)) = (&user, &secret) {
+                ctx.short_secret(
+                    password.referenced,
+                    secret,
+                    &format!("the password of central user `{name}`"),
+                    "at the central's download, which hands out every secret of the fleet",
+                );
+            }
+            user.zip(secret)
         })
         .collect::<Vec<_>>();
     if users.is_empty() {

@@ -216,11 +216,25 @@ pub(super) fn read_pem<T>(ctx: &mut Ctx, at: &S<T>, path: &Path, label: &str) ->
     }
 }
 
-pub(super) fn admin(ctx: &mut Ctx, admin: &raw::Admin) -> Admin {
+pub(super) fn admin(ctx: &mut Ctx, admin: &raw::Admin, listen: &Listen) -> Admin {
     let credentials = match (&admin.user, &admin.password) {
         (Some(user), Some(password)) => {
             let name = ctx.basic_user(user.referenced, &user.value.0, "admin.user");
             let secret = ctx.secret(password, "admin.password");
+            // Checked on the API ports too (`/oauth2/tokens/remove-expired`):
+            // a short one is said when another host can try it.
+            let beyond_loopback = [listen.admin, listen.http, listen.https]
+                .into_iter()
+                .flatten()
+                .any(|addr| !addr.ip().to_canonical().is_loopback());
+            if let (Some(secret), true) = (&secret, beyond_loopback) {
+                ctx.short_secret(
+                    password.referenced,
+                    secret,
+                    "admin.password",
+                    "from the other hosts that reach the gateway's ports",
+                );
+            }
             name.zip(secret)
         }
         (Some(user), None) => {
@@ -321,6 +335,12 @@ pub(super) fn limits(ctx: &mut Ctx, raw: &raw::Limits) -> Limits {
         max_body: ctx.size(&raw.max_body, "limits.max_body", 10 << 20),
         max_connections,
         max_tunnels: count(ctx, &raw.max_tunnels, "limits.max_tunnels", 1_000),
+        // 0 refuses none: each HTTP/2 connection then forwards one request
+        // at a time, as an HTTP/1.1 connection does.
+        max_streams: raw.max_streams.as_ref().map_or(10_000, |value| {
+            ctx.number::<usize>(value, "limits.max_streams", "a non-negative integer")
+                .unwrap_or(10_000)
+        }),
     }
 }
 

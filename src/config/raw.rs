@@ -255,6 +255,9 @@ pub struct Limits {
     /// Most open client connections. Default 10000.
     pub max_connections: Opt<Scalar>,
     pub max_tunnels: Opt<Scalar>,
+    /// HTTP/2 requests in flight at once on one port beyond each
+    /// connection's first (503 beyond, before the upstream). Default 10000.
+    pub max_streams: Opt<Scalar>,
 }
 
 /// Durations: `"30s"`, `"5m"`, `"1h"`, `"250ms"` or integer seconds.

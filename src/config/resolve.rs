@@ -274,6 +274,7 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("limits_max_body", |f| &mut f.limits.max_body),
     ("limits_max_connections", |f| &mut f.limits.max_connections),
     ("limits_max_tunnels", |f| &mut f.limits.max_tunnels),
+    ("limits_max_streams", |f| &mut f.limits.max_streams),
     ("forwarding_x_forwarded", |f| &mut f.forwarding.x_forwarded),
     ("forwarding_forwarded", |f| &mut f.forwarding.forwarded),
     ("forwarding_request_id", |f| &mut f.forwarding.request_id),

@@ -135,6 +135,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open WebSocket tunnels per listener.
     pub max_tunnels: usize,
+    /// HTTP/2 requests in flight per listener beyond each connection's
+    /// first.
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

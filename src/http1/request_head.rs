@@ -291,6 +291,7 @@ mod tests {
             max_body: 1 << 20,
             max_connections: 10,
             max_tunnels: 10,
+            max_streams: 10,
         }
     }
 

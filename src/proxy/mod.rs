@@ -81,6 +81,12 @@ pub async fn collect_limited(
     Ok((collected.freeze(), held))
 }
 
+/// On an HTTP/2 request that found its port's `limits.max_streams` taken
+/// (its connection has others in flight): refused with 503 once its API
+/// is known, never forwarded.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamsFull;
+
 /// The room the request bodies of one HTTP/2 connection share while they
 /// are held whole (the `echo` upstream, the authorization server's
 /// endpoints), an extension of each of its requests: what one HTTP/1.1

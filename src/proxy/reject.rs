@@ -122,6 +122,10 @@ pub enum Rejection {
     ThrottleUnavailable,
     #[error("the listener has limits.max_tunnels tunnels open")]
     TooManyTunnels,
+    /// An HTTP/2 request beyond its connection's first when the port has
+    /// `limits.max_streams` of them in flight.
+    #[error("the listener has limits.max_streams HTTP/2 requests in flight")]
+    TooManyStreams,
 }
 
 impl Rejection {
@@ -157,7 +161,8 @@ impl Rejection {
             | Rejection::Throttled { .. }
             | Rejection::ThrottleUnavailable
             | Rejection::BodyRoomFull
-            | Rejection::TooManyTunnels => None,
+            | Rejection::TooManyTunnels
+            | Rejection::TooManyStreams => None,
         }
     }
 
@@ -197,7 +202,8 @@ impl Rejection {
             | Rejection::Throttled { .. }
             | Rejection::ThrottleUnavailable
             | Rejection::BodyRoomFull
-            | Rejection::TooManyTunnels => None,
+            | Rejection::TooManyTunnels
+            | Rejection::TooManyStreams => None,
         }
     }
 
@@ -432,6 +438,12 @@ impl Rejection {
                 "too many WebSocket connections are open".to_owned(),
                 None,
             ),
+            Rejection::TooManyStreams => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "too many requests are in flight; retry later".to_owned(),
+                None,
+            ),
         };
         let body = match error {
             Some(error) => serde_json::json!({ "error": error, "error_description": description }),
@@ -455,6 +467,7 @@ impl Rejection {
             }
             Rejection::ThrottleUnavailable
             | Rejection::TooManyTunnels
+            | Rejection::TooManyStreams
             | Rejection::ChecksBusy
             | Rejection::BodyRoomFull => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -1,7 +1,9 @@
 //! A budget of bytes the exchanges of one connection share, so that what
 //! a client can make the gateway hold is bounded per connection, not per
 //! stream: the request bodies an HTTP/2 connection's streams make it hold
-//! whole, and the answers its streams hand on ahead of the socket.
+//! whole, and the answers its streams hand on ahead of the socket. Counted
+//! in requests, the same budget bounds the HTTP/2 requests a port has in
+//! flight (`limits.max_streams`).
 //!
 //! Bytes are [`Taken`] from a [`Room`] and given back when the `Taken`
 //! is dropped. A taker either refuses what does not fit

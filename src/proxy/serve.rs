@@ -199,6 +199,9 @@ fn phases<'s: 'a, 'a>(
                 return Err(Rejection::IpFiltered); // before any credential is looked at
             }
         }
+        if req.extensions().get::<super::StreamsFull>().is_some() {
+            return Err(Rejection::TooManyStreams); // nothing spent on it, nothing forwarded
+        }
         let deadline = if route.api.grpc_deadlines {
             grpc_deadline(req.headers())?
         } else {

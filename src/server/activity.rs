@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::snapshot::Timeouts;
+use crate::proxy::room::{Room, Taken};
 
 /// A client may cancel this many requests on a connection (HTTP/2: reset
 /// their streams before the answer) before it is judged by its share of
@@ -159,6 +160,9 @@ impl Activity {
 pub(super) struct InFlight {
     pub(super) activity: Arc<Activity>,
     answered: bool,
+    /// An HTTP/2 request beyond its connection's first: one of the port's
+    /// `limits.max_streams`, held as long as the request.
+    _stream: Taken,
 }
 
 impl InFlight {
@@ -168,7 +172,25 @@ impl InFlight {
         InFlight {
             activity: activity.clone(),
             answered: false,
+            _stream: Taken::from(None),
         }
+    }
+
+    /// An HTTP/2 request: the connection's first in flight is always
+    /// taken (as an HTTP/1.1 connection's is); one beyond it takes one of
+    /// the port's `streams`. `false` when none was left: the request is
+    /// to be refused before it is forwarded.
+    pub(super) fn stream(activity: &Arc<Activity>, streams: &Room) -> (InFlight, bool) {
+        let others = activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.served.fetch_add(1, Ordering::AcqRel);
+        let mut stream = Taken::from((others > 0).then(|| streams.clone()));
+        let admitted = stream.try_take(1);
+        let guard = InFlight {
+            activity: activity.clone(),
+            answered: false,
+            _stream: stream,
+        };
+        (guard, admitted)
     }
 
     /// Counts an HTTP/2 tunnel (RFC 8441) as a request in flight while it
@@ -178,6 +200,7 @@ impl InFlight {
         InFlight {
             activity: activity.clone(),
             answered: true,
+            _stream: Taken::from(None),
         }
     }
 
@@ -217,6 +240,28 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_first_stream_is_taken_and_the_others_share_the_ports() {
+        let streams = Room::new(1);
+        let one = Arc::new(Activity::new(Duration::from_secs(30)));
+        let other = Arc::new(Activity::new(Duration::from_secs(30)));
+        let (first, admitted) = InFlight::stream(&one, &streams);
+        assert!(admitted);
+        let (second, admitted) = InFlight::stream(&one, &streams);
+        assert!(admitted, "the port's one stream");
+        let (third, admitted) = InFlight::stream(&one, &streams);
+        assert!(!admitted, "none left");
+        let (others_first, admitted) = InFlight::stream(&other, &streams);
+        assert!(admitted, "another connection's first is always taken");
+        drop(third);
+        let (refused, admitted) = InFlight::stream(&other, &streams);
+        assert!(!admitted, "a refused stream held none");
+        drop((refused, second));
+        let (again, admitted) = InFlight::stream(&other, &streams);
+        assert!(admitted, "given back when its request ended");
+        drop((first, others_first, again));
+    }
 
     fn after(served: u64, cancelled: u64) -> bool {
         let activity = Activity::new(Duration::from_secs(30));

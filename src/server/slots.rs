@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::proxy::room::Room;
 use crate::proxy::tunnel::TunnelSlots;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
@@ -35,6 +36,11 @@ pub struct Slots {
     /// The port's WebSocket tunnels (`limits.max_tunnels`); each also
     /// holds its connection's slot.
     pub(super) tunnels: TunnelSlots,
+    /// The port's HTTP/2 requests in flight beyond each connection's first
+    /// (`limits.max_streams`): one HTTP/2 connection forwards up to 256
+    /// requests at once, each on an upstream connection of its own, where
+    /// an HTTP/1.1 connection forwards one.
+    pub(super) streams: Room,
     /// The port stops serving: its parked connections close.
     stopping: AtomicBool,
     /// Wakes the port's parked connections (`server::Conn::parked`) when
@@ -55,11 +61,12 @@ pub(super) struct Pressure {
 }
 
 impl Slots {
-    pub(super) fn new(count: usize, tunnels: usize) -> Slots {
+    pub(super) fn new(count: usize, tunnels: usize, streams: usize) -> Slots {
         Slots {
             permits: Arc::new(Semaphore::new(count)),
             count,
             tunnels: TunnelSlots::new(tunnels),
+            streams: Room::new(streams),
             pressure: Pressure {
                 high: AtomicBool::new(false),
                 raised: watch::Sender::new(0),
@@ -184,7 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn pressure_rises_while_a_connection_waits_for_a_slot_and_falls_when_it_has_one() {
-        let slots = Arc::new(Slots::new(1, 1));
+        let slots = Arc::new(Slots::new(1, 1, 1));
         let mut raised = slots.pressure().subscribe();
         let held = slots.acquire().await.unwrap();
         assert!(!slots.pressure().is_high(), "a free slot raises nothing");
@@ -214,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn pressure_stays_while_another_thread_still_waits_for_a_slot() {
-        let slots = Arc::new(Slots::new(1, 1));
+        let slots = Arc::new(Slots::new(1, 1, 1));
         let mut raised = slots.pressure().subscribe();
         let held = slots.acquire().await.unwrap();
         let (got_first, mut first) = tokio::sync::mpsc::unbounded_channel();
@@ -243,7 +250,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_accept_given_up_while_waiting_lowers_pressure_when_it_was_the_last() {
-        let slots = Arc::new(Slots::new(1, 1));
+        let slots = Arc::new(Slots::new(1, 1, 1));
         let mut raised = slots.pressure().subscribe();
         let _held = slots.acquire().await.unwrap();
         let waiting = tokio::spawn({

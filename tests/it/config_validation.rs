@@ -354,6 +354,19 @@ fn limits_of_0_that_would_refuse_everything_are_refused() {
         ),
         (1, 1, 1)
     );
+    // No HTTP/2 request beyond each connection's first refuses none.
+    let snap = loaded("limits: { max_streams: 0 }\n").snapshot;
+    assert_eq!(snap.limits.max_streams, 0);
+    assert_eq!(loaded("{}\n").snapshot.limits.max_streams, 10_000);
+    refused(
+        "limits:\n  max_streams: -1\n",
+        error(
+            2,
+            16,
+            "limits.max_streams: `-1` is not valid",
+            "a non-negative integer",
+        ),
+    );
 }
 
 #[test]
@@ -1342,6 +1355,50 @@ fn a_short_client_secret_is_warned_about() {
             "client_secret of client `short` has 15 characters: a secret this short can be \
              guessed by trying candidates at the token endpoint (RFC 6749 §10.10); use at \
              least 16 random characters (e.g. `openssl rand -base64 24`)"
+                .to_owned(),
+            None,
+        )]
+    );
+}
+
+/// The admin password (checked on the admin port and, for the token
+/// removal, on the API ports) is warned about when short and another host
+/// can try it; a central user's always (a download hands out every secret
+/// of the fleet).
+#[test]
+fn short_admin_and_central_passwords_are_warned_about() {
+    let admin = |bind: &str| {
+        let loaded = loaded(&format!(
+            "ports: {{ http: 4485, bind: {bind} }}\nadmin: {{ port: 9485, user: ops, password: manage }}\n"
+        ));
+        loaded.warnings.iter().map(found).collect::<Vec<Found>>()
+    };
+    assert_eq!(admin("127.0.0.1"), vec![]);
+    assert_eq!(
+        admin("0.0.0.0"),
+        vec![(
+            2,
+            43,
+            "admin.password has 6 characters: a secret this short can be guessed by trying \
+             candidates from the other hosts that reach the gateway's ports; use at least 16 \
+             random characters (e.g. `openssl rand -base64 24`)"
+                .to_owned(),
+            None,
+        )]
+    );
+    let central = loaded(
+        "central:\n  users:\n  - { user: fleet, password: fleet-pass }\n  - { user: other, password: a-long-enough-secret }\n",
+    );
+    let warnings: Vec<Found> = central.warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            3,
+            30,
+            "the password of central user `fleet` has 10 characters: a secret this short can \
+             be guessed by trying candidates at the central's download, which hands out every \
+             secret of the fleet; use at least 16 random characters (e.g. `openssl rand -base64 \
+             24`)"
                 .to_owned(),
             None,
         )]
@@ -2402,7 +2459,7 @@ fn an_admin_port_open_beyond_loopback_without_credentials_is_warned_about() {
     );
     let quiet = loaded_with(
         "admin: { port: 9485, bind: 0.0.0.0, user: ops, password: \"${env:ADMIN_PW}\" }\n",
-        &env(&[("ADMIN_PW", "s3cret-enough")]),
+        &env(&[("ADMIN_PW", "s3cret-long-enough")]),
     );
     assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
 }

@@ -75,6 +75,7 @@ fn gateway(raw: &[u8]) -> Verdict {
         max_body: 1 << 20,
         max_connections: 10,
         max_tunnels: 10,
+        max_streams: 10,
     };
     let mut buf = BytesMut::from(raw);
     let head = match parse_head(&mut buf, &limits, true, &mut Vec::new()) {

@@ -153,6 +153,7 @@ fn limits() -> Limits {
         max_body: 1 << 20,
         max_connections: 10,
         max_tunnels: 10,
+        max_streams: 10,
     }
 }
 

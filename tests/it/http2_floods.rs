@@ -26,7 +26,7 @@ fn flood_yaml(upstream_url: &str) -> String {
 ports: {{ http: 0, bind: 127.0.0.1 }}
 admin: {{ port: 0 }}
 limits: {{ max_header_bytes: 8KiB }}
-timeouts: {{ header_read: 20s, idle: 20s, upstream_connect: 1s, drain: 1s }}
+timeouts: {{ header_read: 20s, idle: 20s, upstream_connect: 5s, drain: 1s }}
 apis:
 - name: Edge
   version: "1.0"
@@ -541,6 +541,114 @@ apis:
         .find_map(|l| l.strip_prefix(line)?.trim().parse().ok());
     assert!(refused >= Some(12), "{text}");
     drop(conn);
+    gw.shutdown().await;
+}
+
+/// One HTTP/2 connection forwards up to 256 requests at once, each on an
+/// upstream connection of its own: the requests a port's HTTP/2
+/// connections have in flight beyond each one's first share
+/// `limits.max_streams`. Past it a request gets 503 with `Retry-After: 1`
+/// and is never forwarded, while another connection's first request is
+/// still taken; what a connection held comes back when it ends.
+#[tokio::test]
+async fn a_ports_streams_beyond_each_connections_first_share_max_streams() {
+    const MAX_STREAMS: u32 = 4;
+    const OPENED: u32 = 10;
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(60)); // each request held
+    let yaml = flood_yaml(&upstream.url("/api")).replace(
+        "limits: { max_header_bytes: 8KiB }",
+        &format!("limits: {{ max_header_bytes: 8KiB, max_streams: {MAX_STREAMS} }}"),
+    );
+    let gw = Gateway::start(&yaml).await;
+
+    // One connection opens ten streams: its first and four more are
+    // forwarded, the other five refused at once.
+    let mut hog = Conn::open(gw.http).await;
+    let out: Vec<u8> = (1..=OPENED)
+        .flat_map(|n| raw::get(stream_id(n), "/travels/bookings"))
+        .collect();
+    hog.write.write_all(&out).await.unwrap();
+    // (The answers' `:status` 503 is in HPACK's dynamic table: the
+    // refusal is read from the body each ends with.)
+    let mut refused = BTreeSet::new();
+    let events = hog
+        .frames
+        .until(ANSWER_WITHIN, |e| {
+            if let Event::Frame(f) = e {
+                let body = String::from_utf8_lossy(&f.payload);
+                if f.kind == raw::DATA && body.contains("temporarily_unavailable") {
+                    refused.insert(f.stream);
+                }
+            }
+            refused.len() >= (OPENED - 1 - MAX_STREAMS) as usize
+        })
+        .await;
+    let last: BTreeSet<u32> = (2 + MAX_STREAMS..=OPENED).map(stream_id).collect();
+    assert_eq!(refused, last, "{events:?}");
+    let forwarded = 1 + MAX_STREAMS as usize;
+    common::wait_until(ANSWER_WITHIN, || upstream.hits() >= forwarded).await;
+
+    // Another client's first request is taken; its second is refused,
+    // and says when to come back.
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, h2) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(h2);
+    let url = format!("http://gw.example:{}/travels/bookings", gw.http.port());
+    let get = || Request::get(&url).body(Empty::<Bytes>::new()).unwrap();
+    let first = tokio::spawn(sender.send_request(get()));
+    common::wait_until(ANSWER_WITHIN, || upstream.hits() > forwarded).await;
+    let second = sender.send_request(get()).await.expect("an answer");
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.headers()["retry-after"], "1");
+    assert_eq!(
+        upstream.hits(),
+        forwarded + 1,
+        "a refused request was forwarded"
+    );
+
+    // The first connection gone, its streams are the port's again (once
+    // the gateway has read that it closed: until then a request is still
+    // refused, and asked again).
+    drop(hog);
+    let mut refused_again = 0;
+    let started = tokio::time::Instant::now();
+    let third = loop {
+        let mut third = tokio::spawn(sender.send_request(get()));
+        let answered = tokio::select! {
+            answered = &mut third => Some(answered.expect("no panic").expect("an answer")),
+            () = common::wait_until(ANSWER_WITHIN, || upstream.hits() > forwarded + 1) => None,
+        };
+        match answered {
+            None => break third,
+            Some(refused) => {
+                assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+                assert!(
+                    started.elapsed() < ANSWER_WITHIN,
+                    "the streams never came back"
+                );
+                refused_again += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(upstream.hits(), forwarded + 2);
+
+    let text = gw.metrics().await;
+    let line = r#"microgateway_requests_total{api="Edge",method="GET",status="503"}"#;
+    let counted: Option<u32> = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok());
+    assert_eq!(
+        counted,
+        Some(OPENED - MAX_STREAMS + refused_again),
+        "{text}"
+    );
+    first.abort();
+    third.abort();
     gw.shutdown().await;
 }
 

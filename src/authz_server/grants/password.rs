@@ -35,8 +35,9 @@ pub struct Users {
     /// Each user's [`Users::credential`].
     credentials: HashMap<String, String>,
     dummy: PasswordHash,
-    /// Argon2 runs on at most half the cores, however many jobs run.
-    gate: CpuGate,
+    /// Argon2 runs on at most half the cores, however many jobs (and
+    /// servers, across a reload) run.
+    gate: &'static CpuGate,
 }
 
 impl Users {
@@ -67,7 +68,7 @@ impl Users {
             hashes,
             credentials,
             dummy,
-            gate: CpuGate::sized_from_cores(),
+            gate: CpuGate::for_passwords(),
         })
     }
 

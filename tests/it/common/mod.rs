@@ -294,6 +294,19 @@ impl Drop for Upstream {
     }
 }
 
+/// Waits until `done` holds, looking every 10 ms; panics if it does not
+/// within `within`.
+pub async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not so within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A map for `Gateway::start_with_env`.
 pub fn env(pairs: &[(&str, &str)]) -> Env {
     pairs
