@@ -29,7 +29,8 @@
 //! Bodies stream both ways, trailers included (`grpc-status`). A request
 //! the upstream did not process — refused after its `GOAWAY`
 //! (`REFUSED_STREAM`), or never sent on a connection that closed — is
-//! sent again on another connection, at most `MAX_REPLAYS` times; a body
+//! sent again on another connection (the one that refused it takes no
+//! new request), at most `MAX_REPLAYS` times; a body
 //! the upstream refused after it went out is replayed once, from the copy
 //! kept of its first [`REPLAY_LIMIT`] bytes (a longer body is not retried).
 //! Connecting, over all the tries of one request, ends within one
@@ -199,6 +200,16 @@ async fn checkout(
             }
         }
     }
+}
+
+/// Takes the connection whose requests `in_flight` counts out of this
+/// thread's pool: the requests it carries finish, none is added.
+fn set_aside(key: &PoolKey, in_flight: &Arc<AtomicUsize>) {
+    POOL.with_borrow_mut(|pool| {
+        if let Some(conns) = pool.conns.get_mut(key) {
+            conns.retain(|c| !Arc::ptr_eq(&c.in_flight, in_flight));
+        }
+    });
 }
 
 /// An opening older than `timeout` (whose end was never told) is no
@@ -501,6 +512,9 @@ pub async fn send(
         if exhausted(replays) || body_replayed || !refused(&error) {
             return Err(H2Error::Request(error));
         }
+        // Sent again elsewhere: the connection that refused it may be going
+        // away (its `GOAWAY` not read yet) or full, and takes no new request.
+        set_aside(&pool_key, &guard.0);
         let Some(body) = lock(&replay).again() else {
             return Err(H2Error::Request(error));
         };

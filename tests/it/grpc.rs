@@ -610,6 +610,66 @@ async fn an_upstream_goaway_loses_no_unprocessed_call() {
     gw.shutdown().await;
 }
 
+/// An h2c upstream whose first connection refuses every stream
+/// (`REFUSED_STREAM`, no `GOAWAY` yet: a server going away, or full) and
+/// whose later ones answer 200. Counts the connections.
+async fn refusing_first_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    if first {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let _ = respond.send_response(http::Response::new(()), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// A request the upstream refused (`REFUSED_STREAM`) is sent again on
+/// another connection: the one that refused it may be going away before
+/// its `GOAWAY` has been read, and is given no new request.
+#[tokio::test]
+async fn a_refused_request_is_sent_again_on_another_connection() {
+    let (addr, connections) = refusing_first_connection().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+apis:
+- name: Refusing
+  base_path: /refusing
+  upstream: {{ url: "http://{addr}/", protocol: h2c, timeout: 5s }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+"#
+    );
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..3 {
+        let answer = raw_request(
+            gw.http,
+            b"GET /refusing/items HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // The first connection refused; each listener thread has its own.
+    assert!(connections.load(Ordering::SeqCst) >= 2);
+    gw.shutdown().await;
+}
+
 /// A message over `limits.max_body` is the client's fault: 413
 /// (RESOURCE_EXHAUSTED), never counted as an upstream error.
 #[tokio::test]
