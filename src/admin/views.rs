@@ -93,8 +93,9 @@ pub fn settings(s: &Snapshot, bound: &Bound) -> Value {
 /// `throttling:`; a Redis URL may carry a password, so it is never shown.
 fn throttling(t: &Throttling) -> Value {
     json!({
-        "store": match t.store {
+        "store": match &t.store {
             ThrottleStore::Memory => "memory",
+            ThrottleStore::Redis { url, .. } if url.expose().starts_with("rediss://") => "rediss://****",
             ThrottleStore::Redis { .. } => "redis://****",
         },
         "on_store_error": match t.on_store_error {

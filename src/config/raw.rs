@@ -652,10 +652,12 @@ pub struct ResponseTransformation {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Throttling {
-    /// `memory` or `redis://HOST:PORT/DB` (secret syntax). Default `memory`.
+    /// `memory`, `redis://HOST:PORT/DB` or `rediss://HOST:PORT/DB` (TLS) (secret syntax). Default `memory`.
     pub store: Opt<Scalar>,
     /// Redis password (secret syntax).
     pub password: Opt<Scalar>,
+    /// PEM CAs a `rediss://` store's certificate is verified against. Default: the system's.
+    pub ca_bundle: Opt<Scalar>,
     /// Send the Redis password unencrypted to a host that is not loopback (a warning, not an error). Default false.
     pub allow_insecure_store: Opt<Scalar>,
     /// When the store fails: `allow` (forwarded, counted, logged) or `deny` (503). Default `allow`.

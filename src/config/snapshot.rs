@@ -667,9 +667,13 @@ pub enum ThrottleStore {
     Memory,
     /// Every gateway sharing this Redis counts together.
     Redis {
-        /// `redis://host:port/db`; may carry credentials, so never printed.
+        /// `redis://host:port/db` (`rediss://` for TLS); may carry
+        /// credentials, so never printed.
         url: Secret,
         password: Option<Secret>,
+        /// The CAs a `rediss://` server is verified against; the system's
+        /// when `None`.
+        ca_bundle: Option<CaBundle>,
     },
 }
 

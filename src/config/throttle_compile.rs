@@ -11,8 +11,8 @@ use super::plain_http::{self, ClearStore};
 use super::raw::{self, S};
 use super::secret::shown_url;
 use super::snapshot::{
-    OnStoreError, OpenedStore, Rate, Resource, SoleCounter, ThrottlePolicy, ThrottleStore,
-    Throttling,
+    CaBundle, OnStoreError, OpenedStore, Rate, Resource, SoleCounter, ThrottlePolicy,
+    ThrottleStore, Throttling,
 };
 
 /// The fields a throttle adds to answers (draft-ietf-httpapi-ratelimit-headers),
@@ -21,7 +21,7 @@ pub static RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("r
 pub static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 
 const STORE_ALLOWED: &str =
-    "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
+    "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… for TLS (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 const DEFAULT_MAX_KEYS: usize = 100_000;
 /// A store call longer than this would hold requests for longer than any
@@ -106,17 +106,28 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
     let Some(url) = ctx.secret(at, "throttling.store") else {
         return ThrottleStore::Memory;
     };
-    let valid = url
-        .expose()
-        .strip_prefix("redis://")
-        .map(|rest| rest.rsplit_once('@').map_or(rest, |(_, host)| host))
-        .is_some_and(|host| {
-            !host.is_empty() && !host.starts_with('/') && !host.contains(char::is_whitespace)
-        });
-    if !valid {
+    let Some((tls, rest)) = split_scheme(url.expose()) else {
         ctx.report.error(
             at.referenced,
-            "throttling.store: neither `memory` nor a redis:// URL with a host",
+            "throttling.store: neither `memory` nor a redis:// or rediss:// URL with a host",
+            STORE_ALLOWED,
+        );
+        return ThrottleStore::Memory;
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    if host.is_empty() || host.starts_with('/') || host.contains(char::is_whitespace) {
+        ctx.report.error(
+            at.referenced,
+            "throttling.store: neither `memory` nor a redis:// or rediss:// URL with a host",
+            STORE_ALLOWED,
+        );
+        return ThrottleStore::Memory;
+    }
+    // The Redis client reads `#insecure` as "do not verify the server".
+    if host.contains('#') {
+        ctx.report.error(
+            at.referenced,
+            "throttling.store: a `#` fragment (`#insecure` would not verify the server's certificate)",
             STORE_ALLOWED,
         );
         return ThrottleStore::Memory;
@@ -125,25 +136,60 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
         .password
         .as_ref()
         .and_then(|p| ctx.secret(p, "throttling.password"));
-    let (host, url_password) = redis_host(url.expose());
-    // `redis://` is plain TCP (this build has no `rediss://`): a password
-    // sent to another machine can be read on the way.
+    let ca_bundle = raw.ca_bundle.as_ref().and_then(|at| {
+        if !tls {
+            ctx.report.error(
+                at.referenced,
+                "throttling.ca_bundle: set, but the store is redis:// (no TLS)",
+                "ca_bundle only with a rediss:// store",
+            );
+            return None;
+        }
+        let path = ctx.path(&at.value.0);
+        let pem = super::listener_compile::read_ca_bundle(ctx, at, &path)?;
+        Some(CaBundle {
+            path,
+            pem: pem.into(),
+        })
+    });
+    if tls {
+        return ThrottleStore::Redis {
+            url,
+            password,
+            ca_bundle,
+        };
+    }
+    let (host, url_password) = redis_host(rest);
+    // `redis://` is plain TCP: a password sent to another machine can be
+    // read on the way.
     if url_password || raw.password.is_some() {
         let clear = ClearStore {
             key: "throttling.store",
             shown: &shown_url(url.expose()),
             what: "the Redis password (redis:// has no TLS)",
-            encrypted: None,
+            encrypted: Some("a rediss:// URL (TLS)"),
         };
         plain_http::store(ctx, at.referenced, host, &raw.allow_insecure_store, clear);
     }
-    ThrottleStore::Redis { url, password }
+    ThrottleStore::Redis {
+        url,
+        password,
+        ca_bundle: None,
+    }
 }
 
-/// The host of a `redis://[USER[:PASSWORD]@]HOST[:PORT][/DB]` URL, and
-/// whether its user information holds a password.
-fn redis_host(url: &str) -> (&str, bool) {
-    let rest = url.strip_prefix("redis://").unwrap_or(url);
+/// Whether a Redis URL is `rediss://` (TLS) or `redis://`, and what
+/// follows the scheme; `None` for neither.
+fn split_scheme(url: &str) -> Option<(bool, &str)> {
+    if let Some(rest) = url.strip_prefix("rediss://") {
+        return Some((true, rest));
+    }
+    url.strip_prefix("redis://").map(|rest| (false, rest))
+}
+
+/// The host of what follows `redis://` in `[USER[:PASSWORD]@]HOST[:PORT][/DB]`,
+/// and whether its user information holds a password.
+fn redis_host(rest: &str) -> (&str, bool) {
     let (password, rest) = match rest.rsplit_once('@') {
         Some((user_information, rest)) => (
             user_information
@@ -402,20 +448,27 @@ mod tests {
 
     #[test]
     fn the_host_of_a_redis_url_and_whether_it_holds_a_password() {
+        fn host(url: &str) -> (&str, bool) {
+            redis_host(split_scheme(url).expect("a Redis URL").1)
+        }
         assert_eq!(
-            redis_host("redis://cache.example:6379/0"),
+            host("redis://cache.example:6379/0"),
             ("cache.example", false)
         );
+        assert_eq!(host("redis://:pw@cache.example/0"), ("cache.example", true));
+        assert_eq!(host("redis://user:p@ss@[::1]:6379"), ("[::1]", true));
         assert_eq!(
-            redis_host("redis://:pw@cache.example/0"),
-            ("cache.example", true)
-        );
-        assert_eq!(redis_host("redis://user:p@ss@[::1]:6379"), ("[::1]", true));
-        assert_eq!(
-            redis_host("redis://user@10.0.0.1?protocol=resp3"),
+            host("redis://user@10.0.0.1?protocol=resp3"),
             ("10.0.0.1", false)
         );
-        assert_eq!(redis_host("redis://user:@localhost"), ("localhost", false));
+        assert_eq!(host("redis://user:@localhost"), ("localhost", false));
+        assert_eq!(
+            host("rediss://:pw@cache.example/0"),
+            ("cache.example", true)
+        );
+        assert_eq!(split_scheme("rediss://h"), Some((true, "h")));
+        assert_eq!(split_scheme("redis://h"), Some((false, "h")));
+        assert_eq!(split_scheme("http://h"), None);
     }
 
     #[test]

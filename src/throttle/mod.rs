@@ -345,14 +345,21 @@ impl Throttler {
         let settings = &snapshot.throttling;
         let redis = match &settings.store {
             ThrottleStore::Memory => None,
-            ThrottleStore::Redis { url, password } => {
-                let current = self
-                    .redis
-                    .load_full()
-                    .filter(|r| r.url == *url && r.password == *password);
+            ThrottleStore::Redis {
+                url,
+                password,
+                ca_bundle,
+            } => {
+                let current = self.redis.load_full().filter(|r| {
+                    r.url == *url && r.password == *password && r.ca_bundle == *ca_bundle
+                });
                 match current {
                     Some(current) => Some(current),
-                    None => Some(Arc::new(RedisStore::open(url, password.as_ref())?)),
+                    None => Some(Arc::new(RedisStore::open(
+                        url,
+                        password.as_ref(),
+                        ca_bundle.as_ref(),
+                    )?)),
                 }
             }
         };

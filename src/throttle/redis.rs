@@ -9,7 +9,9 @@
 //! bounded by `throttling.timeout`, after which the caller applies
 //! `on_store_error`: never a hang. The socket sends TCP keepalives and
 //! gives up on data unacknowledged for [`UNACKNOWLEDGED`], so that the
-//! kernel, too, closes a connection whose peer is gone.
+//! kernel, too, closes a connection whose peer is gone. A `rediss://`
+//! store speaks TLS, the server verified against `throttling.ca_bundle`
+//! (or the system's CAs) and its name.
 
 mod link;
 
@@ -22,6 +24,7 @@ use thread_local::ThreadLocal;
 
 use super::gcra::Rate;
 use super::{Key, Levels};
+use crate::config::snapshot::CaBundle;
 use crate::config::Secret;
 
 /// GCRA on every key, all or nothing. KEYS: one per policy; ARGV: interval
@@ -88,6 +91,7 @@ pub struct RedisStore {
     /// What it was opened with, to tell whether a new snapshot changes it.
     pub url: Secret,
     pub password: Option<Secret>,
+    pub ca_bundle: Option<CaBundle>,
     client: Client,
     links: ThreadLocal<Arc<link::Link>>,
     script: Script,
@@ -95,7 +99,11 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Checks the URL; connects on first use, from each listener thread.
-    pub fn open(url: &Secret, password: Option<&Secret>) -> Result<RedisStore, String> {
+    pub fn open(
+        url: &Secret,
+        password: Option<&Secret>,
+        ca_bundle: Option<&CaBundle>,
+    ) -> Result<RedisStore, String> {
         let mut info = url
             .expose()
             .into_connection_info()
@@ -107,11 +115,24 @@ impl RedisStore {
                 .set_password(password.expose());
             info = info.set_redis_settings(settings);
         }
-        let client = Client::open(with_keepalive(info))
-            .map_err(|_| "throttling.store is not a valid redis:// URL".to_owned())?;
+        let info = with_keepalive(info);
+        let client = match ca_bundle {
+            // Only these CAs: the system's are not consulted.
+            Some(bundle) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(bundle.pem.to_vec()),
+                },
+            )
+            .map_err(|error| format!("throttling.ca_bundle: {error}"))?,
+            None => Client::open(info)
+                .map_err(|_| "throttling.store is not a valid redis:// URL".to_owned())?,
+        };
         Ok(RedisStore {
             url: url.clone(),
             password: password.cloned(),
+            ca_bundle: ca_bundle.cloned(),
             client,
             links: ThreadLocal::new(),
             script: Script::new(GCRA),

@@ -2938,13 +2938,14 @@ fn a_redis_password_to_another_host_is_refused() {
     let message = |url: &str| {
         format!("throttling.store: `{url}` would carry the Redis password (redis:// has no TLS) unencrypted to a host that is not loopback")
     };
+    let redis_allowed = format!("a rediss:// URL (TLS), {STORE_IN_CLEAR_ALLOWED}");
     assert_eq!(
         errors("throttling:\n  store: \"redis://:hunter2@cache.example:6379/0\"\n"),
         vec![error(
             2,
             10,
             &message("redis://****@cache.example:6379/0"),
-            STORE_IN_CLEAR_ALLOWED
+            &redis_allowed
         )]
     );
     assert_eq!(
@@ -2953,13 +2954,15 @@ fn a_redis_password_to_another_host_is_refused() {
             2,
             10,
             &message("redis://cache.example/0"),
-            STORE_IN_CLEAR_ALLOWED
+            &redis_allowed
         )]
     );
     for fine in [
         "throttling:\n  store: redis://cache.example/0\n",
         "throttling:\n  store: redis://127.0.0.1/0\n  password: hunter2\n",
         "throttling:\n  store: \"redis://:hunter2@localhost:6379/0\"\n",
+        "throttling:\n  store: \"rediss://:hunter2@cache.example:6380/0\"\n",
+        "throttling:\n  store: rediss://cache.example/0\n  password: hunter2\n",
     ] {
         let loaded = loaded(fine);
         assert!(loaded.warnings.is_empty(), "{fine}: {:?}", loaded.warnings);
@@ -2973,6 +2976,54 @@ fn a_redis_password_to_another_host_is_refused() {
         warnings[0].ends_with(":2:10: warning: throttling.store: `redis://cache.example/0` carries the Redis password (redis:// has no TLS) unencrypted (allow_insecure_store)"),
         "{}",
         warnings[0]
+    );
+}
+
+/// `rediss://` is TLS, verified: a `ca_bundle` is for it alone, and the
+/// client's `#insecure` (no verification) is refused.
+#[test]
+fn a_tls_store_is_verified_and_its_ca_bundle_is_for_it_alone() {
+    let config =
+        Config::new("throttling:\n  store: \"redis://127.0.0.1/0\"\n  ca_bundle: redis-ca.pem\n");
+    config.file("redis-ca.pem", "not read");
+    let errors_of = |config: &Config| -> Vec<Found> {
+        let findings = config.load(&Env::new()).expect_err("the file is refused");
+        findings
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(found)
+            .collect()
+    };
+    assert_eq!(
+        errors_of(&config),
+        vec![error(
+            3,
+            14,
+            "throttling.ca_bundle: set, but the store is redis:// (no TLS)",
+            "ca_bundle only with a rediss:// store"
+        )]
+    );
+    assert_eq!(
+        errors("throttling:\n  store: \"rediss://cache.example:6380/0#insecure\"\n"),
+        vec![error(
+            2,
+            10,
+            "throttling.store: a `#` fragment (`#insecure` would not verify the server's certificate)",
+            "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… for TLS (or a \"${env:NAME}\" / \"${file:/path}\" holding it)"
+        )]
+    );
+    let config = Config::new(
+        "throttling:\n  store: \"rediss://cache.example:6380/0\"\n  ca_bundle: redis-ca.pem\n",
+    );
+    config.file(
+        "redis-ca.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90\n-----END CERTIFICATE-----\n",
+    );
+    let refused = errors_of(&config);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].2.ends_with("holds no usable CA certificate"),
+        "{refused:?}"
     );
 }
 

@@ -718,7 +718,7 @@ async fn throttle_settings_are_checked_with_their_position() {
         (
             "[]",
             "throttling: { store: \"mysql://x\" }",
-            "throttling.store: neither `memory` nor a redis:// URL",
+            "throttling.store: neither `memory` nor a redis:// or rediss:// URL",
         ),
         (
             "[]",
@@ -1028,6 +1028,63 @@ async fn a_redis_password_comes_from_the_secrets_and_is_never_shown() {
     assert_eq!(gw.get("/open/items").await.status(), 503);
     assert_eq!(upstream.hits(), 1);
     gw.shutdown().await;
+}
+
+/// A `rediss://` store speaks TLS to a Redis that serves nothing else,
+/// and counts there; a server whose certificate does not chain to
+/// `ca_bundle` (nor to the system's CAs) is a store error, never trusted.
+#[tokio::test]
+async fn a_tls_store_verifies_the_server_and_counts_there() {
+    let redis = Redis::start_tls().await;
+    let upstream = Upstream::start().await;
+    let yaml = |ca: &str| {
+        // The first call of a thread connects (TLS included) within the
+        // call's timeout: a generous one, on a test machine under load.
+        let extra = format!(
+            "throttling: {{ store: \"{}\", {ca} on_store_error: deny, timeout: 2s }}",
+            redis.url()
+        );
+        open_api("Store TLS", &upstream, "[{ limit: 2, per: 1h }]", &extra)
+    };
+    let ca = format!("ca_bundle: \"{}\",", redis.ca_file().display());
+    let gw = Gateway::start(&yaml(&ca)).await;
+    let statuses = [
+        gw.get("/open/items").await.status().as_u16(),
+        gw.get("/open/items").await.status().as_u16(),
+        gw.get("/open/items").await.status().as_u16(),
+    ];
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(upstream.hits(), 2);
+    let settings = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/settings"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(settings.contains("\"rediss://****\""), "{settings}");
+    gw.shutdown().await;
+
+    // Another CA, or the system's: the server is not the one trusted.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+    for ca in [
+        format!("ca_bundle: \"{}\",", other.display()),
+        String::new(),
+    ] {
+        let gw = Gateway::start(&yaml(&ca)).await;
+        let resp = gw.get("/open/items").await;
+        assert_eq!(resp.status(), 503, "{ca}");
+        assert!(resp.headers().get(RETRY_AFTER).is_some());
+        gw.shutdown().await;
+    }
+    assert_eq!(upstream.hits(), 2, "a request went through unchecked");
 }
 
 #[tokio::test]

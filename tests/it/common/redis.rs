@@ -1,6 +1,7 @@
 //! A real `redis-server` on a free loopback port with its own temporary
 //! directory (no persistence), killed on drop. A test can stop it and
-//! start it again on the same port.
+//! start it again on the same port. [`Redis::start_tls`] serves TLS only,
+//! with a certificate for `localhost` and 127.0.0.1 from a CA of its own.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +11,8 @@ pub struct Redis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     password: Option<String>,
+    /// TLS only: the CA's certificate (PEM) in `dir`.
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -29,21 +32,78 @@ impl Redis {
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             password,
+            tls_ca: None,
         };
         redis.restart().await;
         redis
     }
 
+    /// A server that speaks TLS only (`rediss://`), its certificate from a
+    /// CA of its own ([`Redis::ca_file`]); clients need none.
+    pub async fn start_tls() -> Redis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "microgateway Redis test CA");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("server params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).expect("write CA");
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).expect("write certificate");
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).expect("write key");
+        let mut redis = Redis {
+            port: super::ports::unused(),
+            dir,
+            child: None,
+            password: None,
+            tls_ca: Some(ca_file),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// The CA (PEM file) a TLS server's certificate chains to.
+    pub fn ca_file(&self) -> &std::path::Path {
+        self.tls_ca.as_deref().expect("a TLS server")
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Starts the server (again) on its port and waits until it answers.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server already runs");
         let mut command = Command::new("redis-server");
+        if self.tls_ca.is_some() {
+            let file = |name: &str| self.dir.path().join(name);
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(file("server.pem"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
@@ -90,12 +150,16 @@ impl Redis {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    /// Whether `PING` gets `+PONG`.
+    /// Whether `PING` gets `+PONG` (a TLS server: whether it accepts
+    /// connections, which it does once it serves).
     async fn answers(&self) -> bool {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
+        if self.tls_ca.is_some() {
+            return true;
+        }
         if let Some(password) = &self.password {
             let auth = format!("AUTH {password}\r\n");
             let mut ok = [0u8; 5];
