@@ -622,7 +622,7 @@ impl Conn {
             // which says it was not processed (RFC 9113 §8.7).
             let replaced = verification.as_ref().is_some_and(|v| v.is_retired());
             let answer = (!replaced).then(|| {
-                let (guard, admitted) = InFlight::stream(&requests, &streams);
+                let (guard, admitted) = InFlight::stream(&requests, Some(&streams));
                 let mut req = req.map(|body| {
                     if body.is_end_stream() {
                         crate::proxy::empty()

@@ -167,23 +167,18 @@ pub(super) struct InFlight {
 
 impl InFlight {
     pub(super) fn begin(activity: &Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.served.fetch_add(1, Ordering::AcqRel);
-        InFlight {
-            activity: activity.clone(),
-            answered: false,
-            _stream: Taken::from(None),
-        }
+        InFlight::stream(activity, None).0
     }
 
-    /// An HTTP/2 request: the connection's first in flight is always
-    /// taken (as an HTTP/1.1 connection's is); one beyond it takes one of
-    /// the port's `streams`. `false` when none was left: the request is
-    /// to be refused before it is forwarded.
-    pub(super) fn stream(activity: &Arc<Activity>, streams: &Room) -> (InFlight, bool) {
+    /// A request of a connection whose requests beyond the first share
+    /// `streams` (HTTP/2: the port's): the connection's first in flight is
+    /// always taken (as an HTTP/1.1 connection's is); one beyond it takes
+    /// one of `streams`. `false` when none was left: the request is to be
+    /// refused before it is forwarded.
+    pub(super) fn stream(activity: &Arc<Activity>, streams: Option<&Room>) -> (InFlight, bool) {
         let others = activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.served.fetch_add(1, Ordering::AcqRel);
-        let mut stream = Taken::from((others > 0).then(|| streams.clone()));
+        let mut stream = Taken::from(streams.filter(|_| others > 0).cloned());
         let admitted = stream.try_take(1);
         let guard = InFlight {
             activity: activity.clone(),
@@ -246,19 +241,19 @@ mod tests {
         let streams = Room::new(1);
         let one = Arc::new(Activity::new(Duration::from_secs(30)));
         let other = Arc::new(Activity::new(Duration::from_secs(30)));
-        let (first, admitted) = InFlight::stream(&one, &streams);
+        let (first, admitted) = InFlight::stream(&one, Some(&streams));
         assert!(admitted);
-        let (second, admitted) = InFlight::stream(&one, &streams);
+        let (second, admitted) = InFlight::stream(&one, Some(&streams));
         assert!(admitted, "the port's one stream");
-        let (third, admitted) = InFlight::stream(&one, &streams);
+        let (third, admitted) = InFlight::stream(&one, Some(&streams));
         assert!(!admitted, "none left");
-        let (others_first, admitted) = InFlight::stream(&other, &streams);
+        let (others_first, admitted) = InFlight::stream(&other, Some(&streams));
         assert!(admitted, "another connection's first is always taken");
         drop(third);
-        let (refused, admitted) = InFlight::stream(&other, &streams);
+        let (refused, admitted) = InFlight::stream(&other, Some(&streams));
         assert!(!admitted, "a refused stream held none");
         drop((refused, second));
-        let (again, admitted) = InFlight::stream(&other, &streams);
+        let (again, admitted) = InFlight::stream(&other, Some(&streams));
         assert!(admitted, "given back when its request ended");
         drop((first, others_first, again));
     }
