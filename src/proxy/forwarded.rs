@@ -25,12 +25,16 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED_FIELD: HeaderName = FORWARDED;
 
-/// Method-override headers (folded): never honoured, never passed on, in
-/// any spelling.
-const OVERRIDES: [&str; 3] = [
+/// Method- and path-override headers (folded): never honoured, never
+/// passed on, in any spelling. An upstream that routes on `X-Original-URL`
+/// or `X-Rewrite-URL` (IIS, older Symfony and Zend) would serve another
+/// resource than the one authorized.
+const OVERRIDES: [&str; 5] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
 /// The forwarding headers [`set_forwarded`] writes (folded): a client's
@@ -50,10 +54,12 @@ const FORWARDING: [&str; 4] = [
 /// try before `X-Forwarded-For`; and those in which they read how the
 /// client reached the proxy (Rack takes `X-Forwarded-Ssl: on` for HTTPS
 /// before `X-Forwarded-Proto`, Spring builds links from the port and the
-/// prefix). Only a trusted proxy may vouch for them, so a client's own go
+/// prefix), or the certificate the client showed it (Envoy's
+/// `X-Forwarded-Client-Cert`, nginx's and ASP.NET's usual names, AWS's).
+/// Only a trusted proxy may vouch for them, so a client's own go
 /// nowhere, in any spelling. Each starts with one of
 /// [`CLIENT_ADDRESS_STARTS`].
-const CLIENT_ADDRESS: [&str; 16] = [
+const CLIENT_ADDRESS: [&str; 20] = [
     "x-real-ip",
     "x-client-ip",
     "x-cluster-client-ip",
@@ -70,6 +76,10 @@ const CLIENT_ADDRESS: [&str; 16] = [
     "x-forwarded-server",
     "x-url-scheme",
     "front-end-https",
+    "x-forwarded-client-cert",
+    "x-ssl-client-cert",
+    "x-client-cert",
+    "x-amzn-mtls-clientcert",
 ];
 const CLIENT_ADDRESS_STARTS: [u8; 4] = [b'x', b't', b'c', b'f'];
 
@@ -388,47 +398,43 @@ fn from_this_peer(
 /// The values of `X-Forwarded-For` and `Forwarded`: the prior ones (from a
 /// trusted proxy), then this hop's.
 fn compose(
-    prior_for: Option<String>,
-    prior_forwarded: Option<String>,
+    prior_for: Option<Vec<u8>>,
+    prior_forwarded: Option<Vec<u8>>,
     ip: IpAddr,
     proto: &str,
     host: Option<&HeaderValue>,
 ) -> (Option<HeaderValue>, Option<HeaderValue>) {
-    let mut forwarded_for = String::with_capacity(48);
-    let mut forwarded = String::with_capacity(96);
-    if let Some(prior) = prior_for {
-        forwarded_for.push_str(&prior);
-        forwarded_for.push_str(", ");
-    }
-    if let Some(prior) = prior_forwarded {
-        forwarded.push_str(&prior);
-        forwarded.push_str(", ");
-    }
-    let prior_len = forwarded_for.len();
+    let mut client = String::with_capacity(40);
     // Writing into a String cannot fail.
-    let _ = write!(forwarded_for, "{ip}");
-    let client = &forwarded_for[prior_len..];
+    let _ = write!(client, "{ip}");
+    let mut forwarded_for = prior_for.unwrap_or_default();
+    let mut forwarded = prior_forwarded.unwrap_or_default();
+    forwarded_for.reserve(client.len() + 2);
+    forwarded.reserve(96);
+    if !forwarded_for.is_empty() {
+        forwarded_for.extend_from_slice(b", ");
+    }
+    if !forwarded.is_empty() {
+        forwarded.extend_from_slice(b", ");
+    }
+    forwarded_for.extend_from_slice(client.as_bytes());
     match ip {
         IpAddr::V6(_) => {
-            forwarded.push_str("for=\"[");
-            forwarded.push_str(client);
-            forwarded.push_str("]\"");
+            forwarded.extend_from_slice(b"for=\"[");
+            forwarded.extend_from_slice(client.as_bytes());
+            forwarded.extend_from_slice(b"]\"");
         }
         IpAddr::V4(_) => {
-            forwarded.push_str("for=");
-            forwarded.push_str(client);
+            forwarded.extend_from_slice(b"for=");
+            forwarded.extend_from_slice(client.as_bytes());
         }
     }
-    forwarded.push_str(";proto=");
-    forwarded.push_str(proto);
+    forwarded.extend_from_slice(b";proto=");
+    forwarded.extend_from_slice(proto.as_bytes());
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        forwarded.push_str(";host=\"");
-        if host.contains('"') {
-            forwarded.extend(host.chars().filter(|c| *c != '"'));
-        } else {
-            forwarded.push_str(host);
-        }
-        forwarded.push('"');
+        forwarded.extend_from_slice(b";host=\"");
+        forwarded.extend(host.bytes().filter(|b| *b != b'"'));
+        forwarded.push(b'"');
     }
     (
         HeaderValue::from_maybe_shared(Bytes::from(forwarded_for)).ok(),
@@ -437,14 +443,17 @@ fn compose(
 }
 
 /// All lines of a list header as one value (RFC 9110 §5.3: a proxy may
-/// send a list as several lines).
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
+/// send a list as several lines), as bytes: a line with an octet above
+/// 0x7F (what a client wrote before its proxy's entry) is kept, not
+/// dropped with the chain after it.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter();
+    let mut out = values.next()?.as_bytes().to_vec();
+    for value in values {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(value.as_bytes());
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -799,6 +808,30 @@ mod tests {
         one.append(COOKIE, HeaderValue::from_static("a=1"));
         join_cookies(&mut one);
         assert_eq!(one[COOKIE], "a=1");
+    }
+
+    /// A client's own line with an octet above 0x7F, before its proxy's
+    /// entry, goes on with the chain: the upstream sees the client the
+    /// gateway judged, not the proxy alone.
+    #[test]
+    fn a_chain_with_a_byte_above_0x7f_is_kept_whole() {
+        let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let sent = HeaderValue::from_bytes(b"\xff, 203.0.113.1").unwrap();
+        h.append("x-forwarded-for", sent);
+        h.append(
+            FORWARDED,
+            HeaderValue::from_bytes(b"for=\xff, for=203.0.113.1").unwrap(),
+        );
+        forwarded_into(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            h["x-forwarded-for"].as_bytes(),
+            b"\xff, 203.0.113.1, 10.1.2.3"
+        );
+        assert_eq!(
+            h[FORWARDED].as_bytes(),
+            b"for=\xff, for=203.0.113.1, for=10.1.2.3;proto=http"
+        );
     }
 
     #[test]

@@ -269,6 +269,16 @@ fn phases<'s: 'a, 'a>(
             forwarded::join_cookies(headers); // upstreams speak HTTP/1.1
         }
         strip_application_credentials(route.api, who.as_ref(), headers);
+        // Before the policy's fields: what it sets or removes of them
+        // (`X-Forwarded-Host`, say) is the policy's.
+        forwarded::set_forwarded(
+            headers,
+            added,
+            conn.peer.ip(),
+            conn.tls,
+            conn.from_trusted,
+            snap.forwarding,
+        );
         transform::apply(&route.api.transform, who.as_ref(), headers, added)
             .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
 
@@ -306,17 +316,9 @@ fn phases<'s: 'a, 'a>(
             count_application(who);
         }
         outbound::apply(&route.api.outbound, headers); // outbound auth
-        forwarded::set_forwarded(
-            headers,
-            added,
-            conn.peer.ip(),
-            conn.tls,
-            conn.from_trusted,
-            snap.forwarding,
-        );
-        // An answer no policy reads goes to an HTTP/1.x client with its fields
-        // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
-        // client's goes through a map.
+                                                       // An answer no policy reads goes to an HTTP/1.x client with its fields
+                                                       // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
+                                                       // client's goes through a map.
         let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
         // What a `101` must say it accepted: the key the upstream is sent.
         let accept = tunnel

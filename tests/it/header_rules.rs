@@ -38,6 +38,17 @@ apis:
       set_headers:
         X-User-Id: "set-by-gateway"
       remove_headers: [X-Debug-Info]
+- name: Pinned
+  version: "1.0"
+  base_path: /pinned
+  upstream: {{ url: "{upstream_url}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /who"]
+  policies:
+    request_transformation:
+      set_headers:
+        X-Forwarded-Host: api.example.com
+      remove_headers: [X-Forwarded-For]
 - name: Challenged
   version: "1.0"
   base_path: /challenged
@@ -114,6 +125,10 @@ async fn reserved_headers_are_stripped_in_every_spelling_that_folds_to_theirs() 
           X-Forwarded-Port: 443\r\n\
           X-Forwarded-Prefix: //evil.example\r\n\
           Front-End-Https: on\r\n\
+          X-Original-URL: /rules/files/admin\r\n\
+          X_Rewrite_Url: /rules/files/admin\r\n\
+          X-Forwarded-Client-Cert: Hash=abc;Subject=\"CN=admin\"\r\n\
+          X-SSL-Client-Cert: forged\r\n\
           Connection: close\r\n\r\n",
     )
     .await;
@@ -144,12 +159,43 @@ async fn reserved_headers_are_stripped_in_every_spelling_that_folds_to_theirs() 
         "x-forwarded-port",
         "x-forwarded-prefix",
         "front-end-https",
+        // Or which certificate it showed.
+        "x-forwarded-client-cert",
+        "x-ssl-client-cert",
+        // Path overrides: another resource than the one authorized.
+        "x-original-url",
+        "x_rewrite_url",
     ] {
         assert!(
             !names.contains(&name),
             "{name} reached the upstream: {names:?}"
         );
     }
+    gw.shutdown().await;
+}
+
+/// What a policy sets or removes of the forwarding fields is the
+/// policy's: the gateway's own value does not come back over it.
+#[tokio::test]
+async fn a_policy_has_the_last_word_on_the_forwarding_fields() {
+    let (upstream, gw) = start().await;
+    let raw = raw_request(
+        gw.http,
+        b"GET /pinned/who HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let seen = upstream.last();
+    let hosts: Vec<_> = seen.headers.get_all("x-forwarded-host").iter().collect();
+    assert_eq!(hosts, ["api.example.com"]);
+    assert!(
+        seen.headers.get("x-forwarded-for").is_none(),
+        "{:?}",
+        seen.headers
+    );
+    // What it does not name the gateway still sets.
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert!(seen.headers.get("forwarded").is_some());
     gw.shutdown().await;
 }
 
