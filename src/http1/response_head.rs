@@ -80,6 +80,15 @@ pub struct Scratch {
     interim: usize,
 }
 
+impl Scratch {
+    /// Whether the response being read has begun: an informational head
+    /// (`100`, `103`) was taken before its final one. The upstream has
+    /// answered, and may have begun the work.
+    pub fn began(&self) -> bool {
+        self.interim > 0
+    }
+}
+
 /// Parses the head at the front of `buf`, consuming it: `None` while it
 /// is incomplete. An informational (1xx) head is consumed and skipped.
 pub fn parse(
@@ -239,14 +248,23 @@ impl<'a> Fields<'a> {
                     // `chunked` once, and no other coding: the gateway
                     // removes the chunked framing, and could not pass
                     // another coding on with it.
+                    let mut listed = false;
                     for coding in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                         if coding.is_empty() {
                             continue;
                         }
+                        listed = true;
                         if !coding.eq_ignore_ascii_case(b"chunked") || fields.chunked.is_some() {
                             fields.odd_coding = true;
                         }
                         fields.chunked = Some(true);
+                    }
+                    // Present but naming no coding: it outranks a length
+                    // all the same (RFC 9112 §6.3), and says nothing of the
+                    // framing: refused, as a request's is, never framed by
+                    // the length on a connection kept for the next request.
+                    if !listed {
+                        fields.odd_coding = true;
                     }
                     continue;
                 }
@@ -521,11 +539,14 @@ mod tests {
             "gzip",
             "identity",
             "chunked, chunked",
+            "",
+            " , ",
         ] {
-            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            let raw =
+                format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\nContent-Length: 5\r\n\r\n");
             assert!(
                 matches!(head(&raw, Method::GET), Err(HeadError::TransferCoding)),
-                "{te}"
+                "{te:?}"
             );
         }
         let split =

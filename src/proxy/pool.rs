@@ -1400,6 +1400,15 @@ mod tests {
 
     impl RawUpstream {
         fn start(close: Option<std::sync::mpsc::Receiver<()>>) -> RawUpstream {
+            RawUpstream::answering_the_second_with(close, b"")
+        }
+
+        /// Writes `partial` to the second request on a connection before
+        /// it closes that connection.
+        fn answering_the_second_with(
+            close: Option<std::sync::mpsc::Receiver<()>>,
+            partial: &'static [u8],
+        ) -> RawUpstream {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let connections = Arc::new(AtomicUsize::new(0));
@@ -1427,6 +1436,7 @@ mod tests {
                         }
                         r.fetch_add(1, Ordering::SeqCst);
                         if served == 1 {
+                            let _ = stream.write_all(partial);
                             break;
                         }
                         stream
@@ -1481,10 +1491,19 @@ mod tests {
 
     /// Sends `req` on the idle connection that `raw` will drop unanswered.
     async fn send_unanswered(req: Request<Body>) -> (Result<(), SendError>, RawUpstream) {
+        send_answered_with(req, b"").await
+    }
+
+    /// Sends `req` on the idle connection on which `raw` writes `partial`
+    /// and closes.
+    async fn send_answered_with(
+        req: Request<Body>,
+        partial: &'static [u8],
+    ) -> (Result<(), SendError>, RawUpstream) {
         let pools = Pools::pinned(MAX_IDLE_PER_UPSTREAM, IDLE_TIMEOUT);
         // The first request is answered; the second is read and the
-        // connection closed without an answer.
-        let raw = RawUpstream::start(None);
+        // connection closed after `partial`.
+        let raw = RawUpstream::answering_the_second_with(None, partial);
         let upstream = raw.as_test();
         read_all(pools.get(&upstream).await).await;
         let checkout = pools.checkout_at(&upstream, Instant::now());
@@ -1614,6 +1633,18 @@ mod tests {
             .body(super::super::empty())
             .unwrap();
         let (result, raw) = send_unanswered(post).await;
+        assert!(matches!(result, Err(SendError::Request(_))), "{result:?}");
+        assert_eq!(raw.requests.load(Ordering::SeqCst), 2);
+        assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// An informational head is an answer: the upstream has begun, and
+    /// may have done, the work. Not sent again, idempotent or not.
+    #[tokio::test]
+    async fn a_request_the_upstream_sent_an_informational_head_for_is_not_sent_again() {
+        let early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n";
+        let (result, raw) =
+            send_answered_with(request(([127, 0, 0, 1], 80).into()), early_hints).await;
         assert!(matches!(result, Err(SendError::Request(_))), "{result:?}");
         assert_eq!(raw.requests.load(Ordering::SeqCst), 2);
         assert_eq!(raw.connections.load(Ordering::SeqCst), 1);

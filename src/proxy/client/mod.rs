@@ -211,8 +211,11 @@ impl Connection {
                         Ok(self.respond(head, true, stall))
                     }
                     Err((error, unsent)) => {
-                        let unanswered =
-                            matches!(error, Error::Closed | Error::Io(_)) && self.buf.is_empty();
+                        // Not a byte of answer: an informational head
+                        // taken before the close is one.
+                        let unanswered = matches!(error, Error::Closed | Error::Io(_))
+                            && self.buf.is_empty()
+                            && !self.fields.began();
                         let request =
                             (unsent || unanswered).then(|| Request::from_parts(parts, body));
                         Err(Failure {
