@@ -20,6 +20,8 @@
 //!    user and per client, and the lock past a limit, for the Basic users
 //!    of `proxy` and the password logins of `authz_server` alike; the
 //!    address a lock counts a caller by (an IPv6 one by its /64).
+//!    [`upstream_bound`]: the requests an API's upstream has in flight,
+//!    bounded (`upstream.max_requests`), counted across reloads.
 //! 2. [`config`]: YAML → checked, compiled, immutable `Snapshot` (with a
 //!    generation); every finding with file, line and column. [`logging`]:
 //!    the process's log, written by a thread of its own through a bounded
@@ -85,3 +87,4 @@ pub mod reload;
 pub mod server;
 pub mod throttle;
 pub mod timer;
+pub mod upstream_bound;

@@ -139,6 +139,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     // Every part is checked (and reported) before one that failed stops
     // the API from compiling.
     let upstream = upstream(ctx, entry);
+    let upstream_bound = upstream_bound(ctx, entry, &name, &version);
     let grpc = ctx.boolean(&raw.grpc, "grpc", false);
     if websocket && upstream.as_ref().is_some_and(Upstream::is_http2) {
         // A tunnel is an HTTP/1.1 connection handed over after its 101.
@@ -210,7 +211,29 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         access,
         ip_filter,
         grpc,
+        upstream_bound,
     })
+}
+
+/// `upstream.max_requests`: a positive count, or no bound.
+fn upstream_bound(
+    ctx: &mut Ctx,
+    entry: &S<raw::Api>,
+    name: &str,
+    version: &str,
+) -> Option<UpstreamBound> {
+    let at = entry.value.upstream.as_ref()?.value.max_requests.as_ref()?;
+    match ctx.number::<usize>(at, "upstream.max_requests", "a positive integer")? {
+        0 => {
+            ctx.report.error(
+                Ctx::at(at),
+                "upstream.max_requests: 0 would refuse every request",
+                "a positive integer",
+            );
+            None
+        }
+        max => Some(UpstreamBound::of(name, version, max)),
+    }
 }
 
 fn ctx_required_str(

@@ -519,6 +519,8 @@ pub struct Upstream {
     pub retry: Option<S<Retry>>,
     /// How long a resolved host name is used before it is resolved again.
     pub dns_ttl: Opt<Scalar>,
+    /// Requests to this upstream in flight at once from this gateway (503 beyond, never forwarded). Default: no bound.
+    pub max_requests: Opt<Scalar>,
 }
 
 /// One instance of an upstream.

@@ -18,6 +18,7 @@ use super::authz;
 use super::contents::Contents;
 use super::Secret;
 pub use crate::metrics::ApiMetrics;
+pub use crate::upstream_bound::UpstreamBound;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -265,6 +266,8 @@ pub struct Api {
     /// `grpc: true` over HTTP/2: a call's `grpc-timeout` bounds it
     /// (`proxy::grpc_timeout`); other APIs pass the field on untouched.
     pub grpc_deadlines: bool,
+    /// `upstream.max_requests`: requests to the upstream in flight at once.
+    pub upstream_bound: Option<UpstreamBound>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

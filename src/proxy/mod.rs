@@ -49,6 +49,39 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// `body`, holding `held` until it is dropped (its answer ended, or
+/// the client left).
+pub fn holding<T: Send + Sync + Unpin + 'static>(body: Body, held: T) -> Body {
+    Holding { body, _held: held }.boxed()
+}
+
+struct Holding<T> {
+    body: Body,
+    _held: T,
+}
+
+impl<T: Send + Sync + Unpin + 'static> http_body::Body for Holding<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        // `Body` is `Unpin` (boxed), and so is what it holds.
+        let this = self.get_mut();
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// An empty body (a zero-sized one: boxing it allocates nothing).
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()

@@ -122,6 +122,9 @@ pub enum Rejection {
     ThrottleUnavailable,
     #[error("the listener has limits.max_tunnels tunnels open")]
     TooManyTunnels,
+    /// The API's upstream has `upstream.max_requests` requests in flight.
+    #[error("the upstream has its {max} requests in flight (upstream.max_requests)")]
+    UpstreamBusy { max: usize },
     /// An HTTP/2 request beyond its connection's first when the port has
     /// `limits.max_streams` of them in flight.
     #[error("the listener has limits.max_streams HTTP/2 requests in flight")]
@@ -162,6 +165,7 @@ impl Rejection {
             | Rejection::ThrottleUnavailable
             | Rejection::BodyRoomFull
             | Rejection::TooManyTunnels
+            | Rejection::UpstreamBusy { .. }
             | Rejection::TooManyStreams => None,
         }
     }
@@ -203,6 +207,7 @@ impl Rejection {
             | Rejection::ThrottleUnavailable
             | Rejection::BodyRoomFull
             | Rejection::TooManyTunnels
+            | Rejection::UpstreamBusy { .. }
             | Rejection::TooManyStreams => None,
         }
     }
@@ -444,6 +449,12 @@ impl Rejection {
                 "too many requests are in flight; retry later".to_owned(),
                 None,
             ),
+            Rejection::UpstreamBusy { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("temporarily_unavailable"),
+                "the upstream has as many requests as it may take; retry later".to_owned(),
+                None,
+            ),
         };
         let body = match error {
             Some(error) => serde_json::json!({ "error": error, "error_description": description }),
@@ -468,6 +479,7 @@ impl Rejection {
             Rejection::ThrottleUnavailable
             | Rejection::TooManyTunnels
             | Rejection::TooManyStreams
+            | Rejection::UpstreamBusy { .. }
             | Rejection::ChecksBusy
             | Rejection::BodyRoomFull => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -282,6 +282,20 @@ fn phases<'s: 'a, 'a>(
         transform::apply(&route.api.transform, who.as_ref(), headers, added)
             .map_err(|problem| Rejection::InvalidToken { problem })?; // transform
 
+        // A place among the upstream's requests in flight
+        // (`upstream.max_requests`), held until the answer has ended; none
+        // left: refused before the throttle counts it, never forwarded.
+        let in_flight = match &route.api.upstream_bound {
+            Some(bound) => match bound.try_take() {
+                Some(taken) => Some(taken),
+                None => {
+                    route.api.metrics.upstream_error("overflow");
+                    return Err(Rejection::UpstreamBusy { max: bound.max() });
+                }
+            },
+            None => None,
+        };
+
         // Throttled once nothing but the upstream can refuse the request.
         // The memory store answers at once; a Redis call is boxed, like
         // authentication, so that other requests carry no store call in
@@ -336,6 +350,9 @@ fn phases<'s: 'a, 'a>(
         // enclosing future (every layer up to the connection) as it starts.
         let forward = || rt.upstreams.forward(grant, route.api, req, outgoing);
         let mut response = super::pin_in_place(forward).await?; // forward
+        if let Some(in_flight) = in_flight {
+            response = response.map(|body| super::holding(body, in_flight));
+        }
 
         // RFC 8441 §5: a 2xx to an extended CONNECT is the tunnel opened;
         // an upstream that did not switch protocols opened none.

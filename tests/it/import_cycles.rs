@@ -580,6 +580,7 @@ const FLOORS: &[&[&str]] = &[
         "metrics",
         "path",
         "timer",
+        "upstream_bound",
     ],
     &["config", "logging"],
     &["auth", "basic_auth", "http1"],

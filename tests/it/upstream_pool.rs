@@ -235,3 +235,74 @@ async fn a_request_sent_again_connects_within_the_timeout_it_began_with() {
     drop(queued);
     gw.shutdown().await;
 }
+
+/// The API with `upstream.max_requests` and one without, each to its own
+/// upstream.
+fn bounded_yaml(slow: &common::Upstream, quick: &common::Upstream, max: usize) -> String {
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+apis:
+- name: Bounded
+  base_path: /bounded
+  upstream: {{ url: "{slow}", timeout: 60s, max_requests: {max} }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+- name: Other
+  base_path: /other
+  upstream: {{ url: "{quick}" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+"#,
+        slow = slow.url("/api"),
+        quick = quick.url("/api"),
+    )
+}
+
+/// An upstream that slows down holds at most `upstream.max_requests` of
+/// the gateway's requests: the next is refused at once (503,
+/// `Retry-After: 1`, never forwarded, counted as an overflow) while the
+/// other APIs are served; a request that ends gives its place back, and a
+/// reload keeps counting the requests in flight.
+#[tokio::test]
+async fn an_upstream_holds_at_most_its_max_requests() {
+    let slow = common::Upstream::start().await;
+    slow.set_delay(Duration::from_secs(60));
+    let quick = common::Upstream::start().await;
+    let gw = Gateway::start(&bounded_yaml(&slow, &quick, 2)).await;
+    let within = Duration::from_secs(10);
+    let send = |gw: &Gateway| {
+        let request = gw.request(reqwest::Method::GET, "/bounded/items").send();
+        tokio::spawn(request)
+    };
+    let first = send(&gw);
+    let second = send(&gw);
+    common::wait_until(within, || slow.hits() == 2).await;
+
+    let refused = gw.get("/bounded/items").await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(slow.hits(), 2, "a refused request was forwarded");
+    assert_eq!(gw.get("/other/items").await.status(), 200);
+    let text = gw.metrics().await;
+    let overflow = r#"microgateway_upstream_errors_total{api="Bounded",cause="overflow"}"#;
+    assert_eq!(common::metric(&text, overflow), 1, "{text}");
+
+    // The first client leaves: its place is free.
+    first.abort();
+    let third = send(&gw);
+    common::wait_until(within, || slow.hits() == 3).await;
+
+    // A reload raises the bound to 3: the two in flight still count.
+    gw.write_config(&bounded_yaml(&slow, &quick, 3));
+    gw.wait_generation(2).await;
+    let fourth = send(&gw);
+    common::wait_until(within, || slow.hits() == 4).await;
+    assert_eq!(gw.get("/bounded/items").await.status(), 503);
+    assert_eq!(slow.hits(), 4);
+    for task in [second, third, fourth] {
+        task.abort();
+    }
+    gw.shutdown().await;
+}
