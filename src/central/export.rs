@@ -134,7 +134,9 @@ fn reveal(value: Option<&mut Value>, key: &str, env: &Env, base: &Path) -> Resul
         key: key.to_owned(),
         problem,
     })?;
-    *value = Value::String(secret.expose().to_owned());
+    // Read again as a secret by the downstream: a clear value that looks
+    // like the syntax (`${env:HOME}` written `{encoded}…` here) goes encoded.
+    *value = Value::String(resolve::written_as_itself(secret.expose()));
     Ok(())
 }
 

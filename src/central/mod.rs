@@ -333,18 +333,34 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "settings".to_owned());
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A new file of a name no one could have made ready for it: one
+    // another user of a shared directory made (world-readable, or a link
+    // elsewhere) would be written into, secrets and all.
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let written = options.open(&temp).and_then(|mut file| {
+    let (temp, file) = {
+        let mut attempt = 0u32;
+        loop {
+            let nonce: u64 = rand::random();
+            let temp = dir.join(format!(".{name}.{}.{nonce:016x}.tmp", std::process::id()));
+            match options.open(&temp) {
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                    attempt += 1;
+                }
+                opened => break (temp, opened?),
+            }
+        }
+    };
+    let written = (|| {
+        let mut file = file;
         file.write_all(text.as_bytes())?;
         file.sync_all()
-    });
+    })();
     let renamed = written.and_then(|()| std::fs::rename(&temp, path));
     if renamed.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -419,5 +435,26 @@ mod tests {
             .expect("list")
             .count();
         assert_eq!(leftovers, 1, "no temporary file left");
+    }
+
+    /// In a directory others may write, a file (or a link) made ready
+    /// under the name the temporary file once had is never written into.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_made_ready_beside_it_is_not_written_into() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").expect("write");
+        let ready = dir
+            .path()
+            .join(format!(".settings.yaml.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&elsewhere, &ready).expect("link");
+        let path = dir.path().join("settings.yaml");
+        write_private(&path, "secret: yes").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "secret: yes");
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).expect("read"),
+            "untouched"
+        );
     }
 }

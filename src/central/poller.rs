@@ -36,6 +36,8 @@ pub enum DownloadError {
     Status(StatusCode),
     #[error("the user or password cannot be sent in a Basic header")]
     Credentials,
+    #[error("api_gateway.url is not a URL")]
+    Url,
     #[error("the document is larger than 4 MiB")]
     TooLarge,
     #[error("the document is not UTF-8 text")]
@@ -72,14 +74,38 @@ pub enum Fetched {
     },
 }
 
-/// The client for downloads: no redirects, bounded connect and total time.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .unwrap_or_default()
+/// The clients for downloads: no redirects, bounded connect and total
+/// time; a proxy the environment names (`HTTPS_PROXY`, `HTTP_PROXY`,
+/// `ALL_PROXY`, less `NO_PROXY`) is used for a central on another host,
+/// never for one on loopback: plain HTTP to loopback is allowed because
+/// it never leaves the machine, and a proxy would take the credentials
+/// and the fleet's secrets off it in clear.
+pub struct Clients {
+    proxied: reqwest::Client,
+    direct: reqwest::Client,
+}
+
+pub fn client() -> Clients {
+    let builder = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+    };
+    Clients {
+        proxied: builder().build().unwrap_or_default(),
+        direct: builder().no_proxy().build().unwrap_or_default(),
+    }
+}
+
+impl Clients {
+    /// The client for a central at `url`.
+    fn for_url(&self, url: &reqwest::Url) -> &reqwest::Client {
+        match url.host_str() {
+            Some(host) if crate::config::plain_http::is_loopback(host) => &self.direct,
+            _ => &self.proxied,
+        }
+    }
 }
 
 /// `url` without its user information, which is never sent: the HTTP
@@ -123,14 +149,16 @@ pub fn export_url(settings: &ApiGateway) -> String {
 /// One GET of the export, conditional on the ETags in `known` when there
 /// are any.
 pub async fn download(
-    client: &reqwest::Client,
+    clients: &Clients,
     settings: &ApiGateway,
     known: &[&str],
 ) -> Result<Fetched, DownloadError> {
     let credentials = crate::config::context::basic_header(&settings.user, &settings.password)
         .ok_or(DownloadError::Credentials)?;
-    let mut request = client
-        .get(export_url(settings))
+    let url = reqwest::Url::parse(&export_url(settings)).map_err(|_| DownloadError::Url)?;
+    let mut request = clients
+        .for_url(&url)
+        .get(url)
         .header(AUTHORIZATION, credentials)
         .header(ACCEPT, "application/yaml");
     if !known.is_empty() {

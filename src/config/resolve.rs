@@ -150,6 +150,21 @@ pub fn secret(
     Ok((secret, file))
 }
 
+/// How to write the secret `clear` so that [`secret`] reads it back as it
+/// is: in clear, unless it begins as the syntax would read it otherwise
+/// (`****`, `{encoded}`, `${…}`), then `{encoded}` and its base64.
+pub fn written_as_itself(clear: &str) -> String {
+    let syntax = clear.starts_with("****")
+        || clear.starts_with("{encoded}")
+        || clear.trim_start().starts_with("${");
+    if syntax {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(clear);
+        format!("{{encoded}}{encoded}")
+    } else {
+        clear.to_owned()
+    }
+}
+
 /// Whether `text` is written `{encoded}…` and its clear value `secret`
 /// ends with a line break: `echo pw | base64` encodes one, which is then
 /// part of the password.
@@ -430,6 +445,27 @@ pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Overrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the central's export writes of a secret reads back as the
+    /// same secret on the downstream, whatever it begins with.
+    #[test]
+    fn a_secret_written_as_itself_reads_back_as_itself() {
+        for clear in [
+            "plain-password",
+            "${env:HOME}",
+            "  ${file:/etc/passwd}",
+            "{encoded}c2VjcmV0",
+            "****",
+            "**** and more",
+            "p@ss{encoded}",
+        ] {
+            let written = written_as_itself(clear);
+            let (read, file) = secret(&written, &Env::default(), Path::new("/")).expect(clear);
+            assert_eq!(read.expose(), clear, "{written}");
+            assert!(file.is_none());
+        }
+        assert_eq!(written_as_itself("plain"), "plain");
+    }
 
     #[test]
     fn a_file_secret_is_read_within_a_bound() {

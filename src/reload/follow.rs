@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 use super::reloader::Reloader;
 use super::swap::Source;
-use crate::central::poller::{client, delay, download, DownloadError, Fetched, IDLE};
+use crate::central::poller::{client, delay, download, Clients, DownloadError, Fetched, IDLE};
 use crate::central::{provenance, shown_url, Document, Link, Refusal};
 use crate::config::snapshot::ApiGateway;
 
@@ -104,7 +104,7 @@ fn wants_download(settings: &ApiGateway, owed: bool) -> bool {
 /// only when that document is in use once decided.
 async fn poll_once(
     reloader: &Arc<Reloader>,
-    client: &reqwest::Client,
+    client: &Clients,
     settings: &ApiGateway,
     seen: &mut Option<String>,
 ) -> Result<(), DownloadError> {

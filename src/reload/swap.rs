@@ -42,6 +42,10 @@ pub struct ReloadStatus {
     pub last_reload_error: Option<String>,
     /// What the refusal in `last_reload_error` came from.
     pub error_source: Option<Source>,
+    /// A refused reading of the file (any source but the central) that no
+    /// reading of the file has made good since: shown again once a
+    /// download's refusal, shown meanwhile, is made good.
+    refused_file: Option<(String, Source)>,
 }
 
 /// What the listeners were started with; a reload cannot change it.
@@ -210,10 +214,12 @@ impl Live {
         status.last_reload_at = Some(SystemTime::now());
         // A download is merged with the text that serves, not with the
         // file on disk: it does not make a refused edit of the file good.
-        if source != Source::Central || status.error_source == Some(Source::Central) {
-            status.last_reload_error = None;
-            status.error_source = None;
+        if source != Source::Central {
+            status.refused_file = None;
         }
+        let standing = status.refused_file.clone();
+        status.last_reload_error = standing.as_ref().map(|(error, _)| error.clone());
+        status.error_source = standing.map(|(_, source)| source);
         let previous = self.current.swap(Arc::new(next));
         retire_series(&previous, &self.current.load());
         self.swaps.fetch_add(1, Ordering::Release);
@@ -236,6 +242,9 @@ impl Live {
             .inc();
         if let Ok(mut status) = self.status.lock() {
             status.last_reload_at = Some(SystemTime::now());
+            if source != Source::Central {
+                status.refused_file = Some((error.clone(), source));
+            }
             status.last_reload_error = Some(error);
             status.error_source = Some(source);
         }
@@ -288,6 +297,40 @@ mod tests {
             running.restart_needed(&snapshot("ports: { http: 4485 }\ntimeouts: { idle: 5s }\n")),
             vec!["timeouts"]
         );
+    }
+
+    /// A refused edit of the file stays shown until a reading of the file
+    /// applies: a download refused and then made good in between does not
+    /// make it good.
+    #[test]
+    fn a_refused_edit_outlives_a_download_refused_then_applied() {
+        let live = Live::new(snapshot("ports: { http: 4485 }\n"));
+        let next = |generation| {
+            let mut next = snapshot("ports: { http: 4485 }\n");
+            next.generation = generation;
+            next
+        };
+        let shown = |live: &Live| {
+            let status = live.status();
+            (status.last_reload_error, status.error_source)
+        };
+        live.refuse(Source::File, "edit refused".into());
+        live.refuse(Source::Central, "download refused".into());
+        assert_eq!(
+            shown(&live),
+            (Some("download refused".into()), Some(Source::Central))
+        );
+        live.swap(Source::Central, next(2));
+        assert_eq!(
+            shown(&live),
+            (Some("edit refused".into()), Some(Source::File))
+        );
+        live.swap(Source::Signal, next(3));
+        assert_eq!(shown(&live), (None, None));
+        // A download refused alone is made good by the next one.
+        live.refuse(Source::Central, "download refused".into());
+        live.swap(Source::Central, next(4));
+        assert_eq!(shown(&live), (None, None));
     }
 
     #[test]

@@ -721,6 +721,53 @@ async fn download_settings_writes_a_file_that_check_accepts() {
     central.shutdown().await;
 }
 
+/// Plain HTTP to a central on loopback is allowed because it never leaves
+/// the machine: a proxy the environment names must not take it (with the
+/// credentials and the fleet's secrets) elsewhere.
+#[tokio::test]
+async fn a_central_on_loopback_is_never_reached_through_a_proxy() {
+    let central = start_central(r#""GET /items""#).await;
+    // A proxy that answers 502 to whatever reaches it, and counts.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy_addr = proxy.local_addr().expect("addr");
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counted = reached.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut tcp, _)) = proxy.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = tcp
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("downloaded.yaml");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command
+        .args(["download-settings", "--gateway"])
+        .arg(format!("http://{}", central.admin.expect("admin")))
+        .args(["--user", USER, "--password", PASSWORD, "-o"])
+        .arg(&out)
+        .env_remove("MCGW_API_GATEWAY_PASSWORD")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    for name in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"] {
+        command.env(name, format!("http://{proxy_addr}"));
+    }
+    let download = tokio::task::spawn_blocking(move || command.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(
+        download.status.success(),
+        "{}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert!(out.exists());
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "the proxy was used");
+    central.shutdown().await;
+}
+
 // ---- the first download, the cache and what a document may name ----
 
 /// Valid on its own, but its API takes the base path of the downstream's
