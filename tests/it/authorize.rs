@@ -854,6 +854,42 @@ async fn one_address_cannot_start_sessions_without_end() {
     alice.login(&spa_query(&challenge)).await;
 }
 
+/// "Not you? Sign out" starts the next session for its address like any
+/// other start: sign-outs (raced with one cookie, each would start one)
+/// cannot start sessions past the address's limit either.
+#[tokio::test]
+async fn sign_outs_count_against_the_addresss_session_starts() {
+    let gw = Gateway::start(&yaml(&Options {
+        trusted_proxies: Some(r#"["127.0.0.1/32"]"#),
+        ..Options::default()
+    }))
+    .await;
+    let (_, challenge) = pkce();
+    let authorize = format!("/oauth2/authorize?{}", spa_query(&challenge));
+    let mut browser = Browser::at(&gw, "203.0.113.77");
+    let mut page = browser.get(&authorize).await;
+    assert_eq!(page.status, 200);
+    let mut refused = None;
+    for n in 0..250 {
+        let mut fields = page.form().hidden;
+        fields.push(("action".into(), "signout".into()));
+        let reply = browser.post("/oauth2/authorize", &fields).await;
+        if reply.status == 429 {
+            refused = Some((n, reply));
+            break;
+        }
+        assert_eq!(reply.status, 303, "{}", reply.body);
+        // A page on a session that exists starts none.
+        page = browser.get(reply.location()).await;
+        assert_eq!(page.status, 200);
+    }
+    // The minute may turn during the loop: its count starts again then.
+    let (n, reply) = refused.expect("refused within 250");
+    assert!(n >= 119, "refused after {n}");
+    assert!(reply.header("retry-after").is_some());
+    assert!(reply.header("set-cookie").is_none());
+}
+
 // ---- PKCE -----------------------------------------------------------------
 
 #[tokio::test]

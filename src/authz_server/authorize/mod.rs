@@ -304,13 +304,14 @@ fn sign_out(
     valid: &Valid<'_>,
     session: &Current,
 ) -> Response<Bytes> {
-    let fresh = cx
-        .sessions
-        .end(session)
-        .and_then(|()| cx.sessions.start(cx.grants.now));
-    let fresh = match fresh {
+    // The new session counts against its address's starts like any
+    // other: sign-outs raced with one cookie would each start one.
+    if let Err(error) = cx.sessions.end(session) {
+        return error_page(cx, &error.into());
+    }
+    let fresh = match start_anonymous(cx) {
         Ok(fresh) => fresh,
-        Err(error) => return error_page(cx, &error.into()),
+        Err(error) => return error_page(cx, &error),
     };
     tracing::info!(client_id = %valid.client.client_id, "resource owner signed out on the approval page");
     let params = valid.params.iter().map(|(n, v)| (*n, v.as_str()));
