@@ -57,6 +57,11 @@ impl UpstreamBound {
     pub fn max(&self) -> usize {
         self.max
     }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
 }
 
 /// One request in flight to a bounded upstream, given back when dropped.

@@ -155,6 +155,9 @@ pub fn assets(s: &Snapshot, health: Option<&Health>) -> Value {
                     "allow": f.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "deny": f.deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 })),
+                "upstream_requests": api.upstream_bound.as_ref().map(|b| json!({
+                    "max": b.max(), "in_flight": b.in_flight(),
+                })),
             })
         })
         .collect();

@@ -288,6 +288,21 @@ async fn an_upstream_holds_at_most_its_max_requests() {
     let text = gw.metrics().await;
     let overflow = r#"microgateway_upstream_errors_total{api="Bounded",cause="overflow"}"#;
     assert_eq!(common::metric(&text, overflow), 1, "{text}");
+    let assets: serde_json::Value = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/assets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bounded = &assets["apis"][0];
+    assert_eq!(bounded["name"], "Bounded");
+    assert_eq!(
+        bounded["upstream_requests"],
+        serde_json::json!({ "max": 2, "in_flight": 2 })
+    );
 
     // The first client leaves: its place is free.
     first.abort();
