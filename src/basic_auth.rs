@@ -90,7 +90,8 @@ impl Logins {
         right: impl FnOnce() -> bool,
     ) -> Result<bool, Locked> {
         let address = AddressKey::of(peer);
-        let pair = Subject::Client((user.to_owned(), peer));
+        // A long name kept as its digest: the pairs kept bound their bytes.
+        let pair = Subject::Client((crate::lockout::kept_name(user), peer));
         let granted = match self.counts.reserve(&address, user, None, now) {
             Ok(attempt) => {
                 let granted = right();

@@ -135,12 +135,18 @@ impl<C> Subject<C> {
     /// spelt like a digest shares its count, which locks no one that
     /// name itself could not.)
     pub fn user(name: &str) -> Subject<C> {
-        if name.len() <= USER_NAME_KEPT {
-            return Subject::User(name.to_owned());
-        }
-        let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(name.as_bytes()));
-        Subject::User(format!("sha256:{digest}"))
+        Subject::User(kept_name(name))
     }
+}
+
+/// A user `name` as a count keeps it: itself, or past [`USER_NAME_KEPT`]
+/// bytes its SHA-256 (see [`Subject::user`]).
+pub fn kept_name(name: &str) -> String {
+    if name.len() <= USER_NAME_KEPT {
+        return name.to_owned();
+    }
+    let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(name.as_bytes()));
+    format!("sha256:{digest}")
 }
 
 /// Refused without a check: the client or the user is locked, or the

@@ -171,7 +171,24 @@ pub fn compile(
             api_scopes: raw.api_scopes.iter().map(|a| a.value.clone()).collect(),
         }));
     }
+    out.dummy_basic_user = dummy_basic_user(&out.basic_users);
     out
+}
+
+/// Of the users whose hashes have the parameters most have, the first by
+/// name (whatever order the map keeps them in).
+fn dummy_basic_user(users: &HashMap<String, (usize, Secret)>) -> Option<String> {
+    use argon2::password_hash::phc::PasswordHash;
+    let parsed: Vec<(&String, PasswordHash)> = users
+        .iter()
+        .filter_map(|(name, (_, hash))| Some((name, PasswordHash::new(hash.expose()).ok()?)))
+        .collect();
+    let commonest = super::password_hashes::commonest_params(parsed.iter().map(|(_, h)| h));
+    parsed
+        .iter()
+        .filter(|(_, h)| argon2::Params::try_from(h).is_ok_and(|p| p == commonest))
+        .map(|(name, _)| (*name).clone())
+        .min()
 }
 
 /// The auth servers an application's `auth_servers` name (left out: any).
@@ -359,13 +376,18 @@ pub fn names_api(subscription: &str, name: &str, version: &str) -> bool {
             .is_some_and(|v| v == version)
 }
 
-/// `API:scope` split at the last `:` that leaves an API of the file and
-/// one of its scopes.
+/// The scope `API:scope` names of the API `name`, if it names one of it:
+/// an API or a scope name may hold a `:` too (`Orders:orders:read`).
+fn scope_of<'g>(api_scope: &'g str, name: &str) -> Option<&'g str> {
+    api_scope.strip_prefix(name)?.strip_prefix(':')
+}
+
+/// `API:scope` split at a `:` that leaves an API of the file and one of
+/// its scopes.
 fn granted_index(apis: &ApiNames, api_scope: &str) -> Option<()> {
-    let (api, scope) = api_scope.rsplit_once(':')?;
     apis.apis
         .iter()
-        .any(|(name, _, scopes)| *name == api && scopes.contains(&scope))
+        .any(|(name, _, scopes)| scope_of(api_scope, name).is_some_and(|s| scopes.contains(&s)))
         .then_some(())
 }
 
@@ -386,10 +408,8 @@ pub fn access(
                 .api_scopes
                 .iter()
                 .filter_map(|granted| {
-                    let (api, scope) = granted.rsplit_once(':')?;
-                    (api == name)
-                        .then(|| api_scopes.iter().position(|s| s == scope))
-                        .flatten()
+                    let scope = scope_of(granted, name)?;
+                    api_scopes.iter().position(|s| s == scope)
                 })
                 .collect(),
         })
@@ -399,6 +419,26 @@ pub fn access(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unknown Basic user is checked against a user whose hash costs
+    /// what most users' hashes cost, whichever order the map keeps.
+    #[test]
+    fn the_dummy_basic_user_has_the_parameters_most_users_have() {
+        use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+        let hash = |m_cost| {
+            let params = Params::new(m_cost, 1, 1, None).expect("params");
+            let hashed = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(b"pw")
+                .expect("hash");
+            Secret::new(hashed.to_string())
+        };
+        let mut users = HashMap::new();
+        users.insert("alone".to_owned(), (0, hash(64)));
+        users.insert("most-b".to_owned(), (0, hash(16)));
+        users.insert("most-a".to_owned(), (1, hash(16)));
+        assert_eq!(dummy_basic_user(&users).as_deref(), Some("most-a"));
+        assert_eq!(dummy_basic_user(&HashMap::new()), None);
+    }
 
     #[test]
     fn fingerprints_in_any_case_with_or_without_colons() {

@@ -26,6 +26,7 @@ pub mod listener_compile;
 pub mod load;
 pub mod nesting;
 mod own_tokens;
+pub mod password_hashes;
 pub mod plain_http;
 pub mod raw;
 pub mod resolve;

@@ -944,6 +944,10 @@ pub struct Applications {
     pub api_keys: Vec<([u8; 32], usize)>,
     /// Basic user name → (application index, Argon2 PHC string).
     pub basic_users: HashMap<String, (usize, Secret)>,
+    /// The user whose hash an unknown user name is checked against: one
+    /// with the parameters most users' hashes have, so the check costs
+    /// what most cost.
+    pub dummy_basic_user: Option<String>,
     pub certificates: HashMap<[u8; 32], usize>,
     /// Client id → the applications it is given to, each at auth servers
     /// of its own (no two at the same one).

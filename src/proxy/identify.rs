@@ -166,7 +166,8 @@ impl Identifier {
         // must not answer for a guess that happens to equal it.
         let now = unix_now();
         let client_ip = AddressKey::of(client_ip);
-        for subject in [Subject::Client(client_ip), Subject::User(user.clone())] {
+        // The user as the lock counts it (a long name by its digest).
+        for subject in [Subject::Client(client_ip), Subject::user(&user)] {
             self.attempts.check(&subject, now).map_err(too_many)?;
         }
         let key = identity::basic_digest(&user, &password);

@@ -48,6 +48,7 @@ applications:
   basic_users:
   - {{ username: batch, password_hash: "{batch}" }}
   - {{ username: guessed, password_hash: "{guessed}" }}
+  - {{ username: {long}, password_hash: "{guessed}" }}
   apis: ["Time travels:1.0"]
 - name: Registered
   client_ids: [app]
@@ -99,8 +100,13 @@ apis:
         up = upstream.url("/api"),
         batch = cheap_hash("batch-pw"),
         guessed = cheap_hash("right-pw"),
+        long = LONG_USER,
     )
 }
+
+/// A user name longer than the lock keeps as it is (it counts by its
+/// digest).
+const LONG_USER: &str = "a-user-name-longer-than-the-lockout-keeps-as-it-is-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-long";
 
 struct World {
     idp: Idp,
@@ -1525,42 +1531,46 @@ apis:
 /// while failed attempts lock the user (429 "even for the right password").
 #[tokio::test]
 async fn basic_lock_holds_for_a_credential_verified_before_the_lock() {
-    let w = world(false).await;
-    // The owner signs in once: the credential is now cached.
-    let resp = w
-        .get("/travels/status")
-        .basic_auth("guessed", Some("right-pw"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    // A guesser then locks the user out.
-    for _ in 0..5 {
+    assert!(LONG_USER.len() > microgateway::lockout::USER_NAME_KEPT);
+    // A long name is counted by its digest: its lock holds all the same.
+    for user in ["guessed", LONG_USER] {
+        let w = world(false).await;
+        // The owner signs in once: the credential is now cached.
         let resp = w
             .get("/travels/status")
-            .basic_auth("guessed", Some("guess"))
+            .basic_auth(user, Some("right-pw"))
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.status(), 200);
+        // A guesser then locks the user out.
+        for _ in 0..5 {
+            let resp = w
+                .get("/travels/status")
+                .basic_auth(user, Some("guess"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 401);
+        }
+        let resp = w
+            .get("/travels/status")
+            .basic_auth(user, Some("wrong-again"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429, "the user is locked");
+        // While locked, the right password (a guess that hits) is refused too.
+        let resp = w
+            .get("/travels/status")
+            .basic_auth(user, Some("right-pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429, "a cached credential skips the lock");
+        assert_eq!(w.upstream.hits(), 1);
+        w.gw.shutdown().await;
     }
-    let resp = w
-        .get("/travels/status")
-        .basic_auth("guessed", Some("wrong-again"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429, "the user is locked");
-    // While locked, the right password (a guess that hits) is refused too.
-    let resp = w
-        .get("/travels/status")
-        .basic_auth("guessed", Some("right-pw"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429, "a cached credential skips the lock");
-    assert_eq!(w.upstream.hits(), 1);
-    w.gw.shutdown().await;
 }
 
 /// Five failed attempts lock a user: guesses sent at once must not all be

@@ -979,6 +979,31 @@ apis:
     );
 }
 
+/// An application's `api_scopes` may name a scope with a `:` in it, as
+/// `scope_mappings` may: split where the API's name ends.
+#[test]
+fn an_applications_api_scope_may_hold_a_colon() {
+    let loaded = loaded(
+        r#"apis:
+- name: Orders
+  upstream: { echo: true }
+  authentication: { type: api_key }
+  scopes:
+  - name: "orders:read"
+    resources: ["GET /orders"]
+  - name: "orders:write"
+    resources: ["POST /orders"]
+applications:
+- name: Reader
+  api_keys: [reader-key-long-enough]
+  apis: [Orders]
+  api_scopes: ["Orders:orders:read"]
+"#,
+    );
+    let api = &loaded.snapshot.apis[0];
+    assert_eq!(api.access[0].api_scopes, vec![0], "orders:read only");
+}
+
 // ------------------------------------------------------------ TLS and secrets
 
 #[test]

@@ -40,23 +40,6 @@ pub struct Users {
     gate: &'static CpuGate,
 }
 
-/// The Argon2 parameters the most hashes have (ties: the costliest);
-/// the default ones when none parse.
-fn dummy_params<'h>(hashes: impl Iterator<Item = &'h PasswordHash>) -> argon2::Params {
-    let mut counted: Vec<(argon2::Params, usize)> = Vec::new();
-    for params in hashes.filter_map(|h| argon2::Params::try_from(h).ok()) {
-        match counted.iter_mut().find(|(p, _)| *p == params) {
-            Some((_, count)) => *count += 1,
-            None => counted.push((params, 1)),
-        }
-    }
-    let cost = |p: &argon2::Params| (p.m_cost(), p.t_cost(), p.p_cost());
-    counted
-        .into_iter()
-        .max_by(|(a, n), (b, m)| n.cmp(m).then_with(|| cost(a).cmp(&cost(b))))
-        .map_or_else(argon2::Params::default, |(params, _)| params)
-}
-
 impl Users {
     pub fn new(users: &[User]) -> Result<Users, PasswordError> {
         let mut hashes = HashMap::new();
@@ -74,7 +57,7 @@ impl Users {
         // Same cost as the users' hashes, so both paths take about as
         // long: the parameters most users' hashes have (of those, the
         // costliest), whatever order the map keeps them in.
-        let dummy_params = dummy_params(hashes.values());
+        let dummy_params = crate::config::password_hashes::commonest_params(hashes.values());
         let dummy = Argon2::from(dummy_params)
             .hash_password(tokens::random_token().as_bytes())
             .map_err(|_| PasswordError::Dummy)?;
@@ -173,40 +156,6 @@ pub(crate) mod tests {
             username: username.into(),
             password_hash: hash,
         }
-    }
-
-    fn hashed_with(m_cost: u32, t_cost: u32) -> String {
-        let params = Params::new(m_cost, t_cost, 1, None).expect("params");
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password(b"pw")
-            .expect("hash")
-            .to_string()
-    }
-
-    /// An unknown user's check costs what most users' checks cost, in
-    /// whatever order the users come: the timing tells no name apart
-    /// from most of them.
-    #[test]
-    fn the_dummy_hash_has_the_parameters_most_users_have() {
-        let most = hashed_with(16, 2);
-        let other = hashed_with(64, 1);
-        let hashes: Vec<PasswordHash> = [&other, &most, &most]
-            .iter()
-            .map(|h| PasswordHash::new(h).expect("hash"))
-            .collect();
-        for order in [[0, 1, 2], [1, 2, 0], [2, 0, 1]] {
-            let params = dummy_params(order.iter().map(|&i| &hashes[i]));
-            assert_eq!((params.m_cost(), params.t_cost()), (16, 2));
-        }
-        // As many of each: the costlier.
-        let tie: Vec<PasswordHash> = [&other, &most]
-            .iter()
-            .map(|h| PasswordHash::new(h).expect("hash"))
-            .collect();
-        let params = dummy_params(tie.iter().rev());
-        assert_eq!((params.m_cost(), params.t_cost()), (64, 1));
-        let params = dummy_params(tie.iter());
-        assert_eq!((params.m_cost(), params.t_cost()), (64, 1));
     }
 
     #[test]
