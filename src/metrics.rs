@@ -6,7 +6,7 @@
 pub mod tally;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
 
 use http::{Method, StatusCode};
@@ -315,10 +315,9 @@ impl Metrics {
         });
         tally::fold_all();
         if let Some(dropped) = DROPPED_LOG_LINES.get() {
-            let total = dropped();
-            let counted = self.log_lines_dropped.get();
-            if total > counted {
-                self.log_lines_dropped.inc_by(total - counted);
+            let new = uncounted(dropped(), &DROPPED_LOG_LINES_COUNTED);
+            if new > 0 {
+                self.log_lines_dropped.inc_by(new);
             }
         }
         let mut out = Vec::new();
@@ -396,6 +395,15 @@ fn remove_matching<T: prometheus::core::MetricVecBuilder>(
 
 /// Where the count of dropped log lines is read when metrics are rendered.
 static DROPPED_LOG_LINES: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new();
+/// How many of them `log_lines_dropped_total` counts.
+static DROPPED_LOG_LINES_COUNTED: AtomicU64 = AtomicU64::new(0);
+
+/// What of `total` (a count that only grows) is not in `counted` yet,
+/// which then holds it: scrapes at once each count only what no other
+/// counted.
+fn uncounted(total: u64, counted: &AtomicU64) -> u64 {
+    total.saturating_sub(counted.fetch_max(total, Ordering::AcqRel))
+}
 
 /// Sets where `log_lines_dropped_total` is read from (once, by `logging`).
 pub fn count_dropped_log_lines(dropped: impl Fn() -> u64 + Send + Sync + 'static) {
@@ -811,6 +819,19 @@ impl ApiMetrics {
             .inc();
     }
 
+    /// Counts a refused credential (`auth_decisions_total{api, result,
+    /// type}`); nothing once the API is retired, whose series a reload
+    /// removed.
+    pub fn count_refused(&self, result: &str, kind: &str) {
+        if self.0.is_retired() {
+            return;
+        }
+        get()
+            .auth_decisions
+            .with_label_values(&[self.0.name.as_str(), result, kind])
+            .inc();
+    }
+
     /// Counts a request allowed with a credential type (one of
     /// [`AUTH_TYPES`]).
     pub fn count_allowed(&self, kind: &str) {
@@ -1094,6 +1115,23 @@ mod tests {
     }
 
     #[test]
+    fn scrapes_at_once_count_each_dropped_line_once() {
+        let counted = AtomicU64::new(0);
+        let added: u64 = std::thread::scope(|scope| {
+            let scrapes: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| uncounted(5_000, &counted)))
+                .collect();
+            scrapes
+                .into_iter()
+                .map(|s| s.join().expect("no panic"))
+                .sum()
+        });
+        assert_eq!(added, 5_000);
+        assert_eq!(uncounted(5_000, &counted), 0);
+        assert_eq!(uncounted(5_007, &counted), 7);
+    }
+
+    #[test]
     fn the_series_of_an_api_go_with_its_last_compiled_api() {
         let first = ApiMetrics::of("metrics-test-gone", ["hourly"]);
         let second = ApiMetrics::of("metrics-test-gone", ["hourly", "daily"]);
@@ -1117,6 +1155,8 @@ mod tests {
         second.retire();
         second.count_response(&Method::GET, StatusCode::OK);
         second.upstream_error("timeout");
+        // A request refused on the retired API's snapshot, after the swap.
+        second.count_refused("invalid_token", "oauth2");
         assert!(!shown("metrics-test-gone"));
         drop(second);
         assert!(!shown("metrics-test-gone"));

@@ -92,10 +92,7 @@ pub fn serve<'s: 'a, 'a>(
             Err(rejection) => {
                 if let (Some(result), Some(api)) = (rejection.auth_result(), &api) {
                     let kind = kind.map_or("none", CredentialType::label);
-                    crate::metrics::get()
-                        .auth_decisions
-                        .with_label_values(&[api.name.as_str(), result, kind])
-                        .inc();
+                    api.metrics.count_refused(result, kind);
                 }
                 tracing::debug!(cause = %rejection, "request refused");
                 let response = match &api {
