@@ -414,15 +414,15 @@ where
             return Poll::Ready("closed by both sides".to_owned());
         }
         // Once one side has closed, the other has a short while to close
-        // too (a WebSocket's closing handshake is over by then).
-        let wait = if up_done || down_done {
-            idle.min(HALF_CLOSED)
-        } else {
-            idle
-        };
-        if moved || (wait < idle && !half_closed) {
-            half_closed = wait < idle;
-            silence.as_mut().reset(Instant::now() + wait);
+        // too (a WebSocket's closing handshake is over by then), from the
+        // first close: what it moves meanwhile does not push it back.
+        if (up_done || down_done) && !half_closed {
+            half_closed = true;
+            silence
+                .as_mut()
+                .reset(Instant::now() + idle.min(HALF_CLOSED));
+        } else if moved && !half_closed {
+            silence.as_mut().reset(Instant::now() + idle);
         }
         if silence.as_mut().poll(cx).is_ready() {
             return Poll::Ready(if half_closed {

@@ -614,6 +614,75 @@ async fn flooding_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<
     (addr, closed)
 }
 
+/// An upstream that switches to WebSocket, then closes its side at once
+/// (FIN) and reads on; it reports when the gateway closes the connection.
+async fn half_closing_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (mut read, mut write) = stream.into_split();
+        let mut head = [0u8; 4096];
+        let _ = read.read(&mut head).await;
+        let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        let _ = write.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while let Ok(1..) = read.read(&mut buf).await {}
+        let _ = closed_tx.send(());
+    });
+    (addr, closed)
+}
+
+/// Once one side has closed, the other has 2 s to follow, counted from
+/// the first close: a client that keeps sending does not keep the
+/// half-closed tunnel open.
+#[tokio::test]
+async fn a_half_closed_tunnel_closes_soon_however_busy_the_other_side() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idp = Idp::start().await;
+    let (upstream, mut closed) = half_closing_server().await;
+    let gw = Gateway::start(&config_named(
+        "half",
+        &idp,
+        &format!("http://{upstream}/ws"),
+        "timeouts: { tunnel_idle: 1h }",
+    ))
+    .await;
+    gw.wait_ready().await;
+    let mut client = TcpStream::connect(gw.http).await.expect("connect");
+    client
+        .write_all(&handshake("/chat/room", Some(&idp.token(&["chat"]))))
+        .await
+        .expect("handshake");
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // A masked ping every 200 ms.
+    let pinging = async {
+        let ping = [0x89u8, 0x80, 1, 2, 3, 4];
+        while client.write_all(&ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        ended = closed.recv() => ended.expect("reported"),
+        () = pinging => {}
+        () = tokio::time::sleep(Duration::from_secs(15)) => {
+            panic!("the half-closed tunnel stayed open while the client sent");
+        }
+    }
+    gw.shutdown().await;
+}
+
 /// A client that sends but never reads takes nothing of what the upstream
 /// sends: its tunnel is closed within `timeouts.send`, as an answer's
 /// client would be, however busy its own direction keeps the tunnel.

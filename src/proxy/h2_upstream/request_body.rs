@@ -15,6 +15,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::REPLAY_LIMIT;
+
+/// What a frame kept in the copy costs besides its bytes (its place, and
+/// the `Frame` it is): counted in the copy's [`REPLAY_LIMIT`].
+const FRAME_COST: usize = 128;
 use crate::proxy::{Body, BoxError};
 
 /// A request body as sent, with a copy of its first [`REPLAY_LIMIT`]
@@ -87,12 +91,16 @@ impl HttpBody for Recording {
                 .data_ref()
                 .map(|data| Frame::data(data.clone()))
                 .or_else(|| frame.trailers_ref().cloned().map(Frame::trailers));
+            // A frame kept costs its place in the copy besides its bytes:
+            // a body of one-byte frames fills the copy as one of frames
+            // of `FRAME_COST` bytes would, not 64 Ki places.
             let len = frame.data_ref().map_or(0, Bytes::len);
             if !replay.overflow {
-                replay.size += len;
+                replay.size += len + FRAME_COST;
                 if replay.size > REPLAY_LIMIT {
                     replay.overflow = true;
-                    replay.sent.clear();
+                    // Its room given back too, not only emptied.
+                    replay.sent = VecDeque::new();
                 } else if let Some(kept) = kept {
                     replay.sent.push_back(kept);
                 }
@@ -353,6 +361,27 @@ mod tests {
         let replay = Arc::new(Mutex::new(Replay::new(body(&[&BIG, b"y"]))));
         let mut first = Recording(replay.clone());
         while first.frame().await.is_some() {}
+        assert!(lock(&replay).again().is_none());
+    }
+
+    /// A body of one-byte frames fills the copy by its frames, not only
+    /// its bytes: a few hundred are kept, not 64 Ki of them (~6 MiB of
+    /// places for 64 KiB of bytes), and the room of the copy goes with it.
+    #[tokio::test]
+    async fn a_body_of_tiny_frames_fills_the_copy_by_its_frames() {
+        static TINY: [&[u8]; 2048] = [b"x"; 2048];
+        let replay = Arc::new(Mutex::new(Replay::new(body(&TINY))));
+        let mut first = Recording(replay.clone());
+        let mut kept = 0;
+        while first.frame().await.is_some() {
+            kept = kept.max(lock(&replay).sent.len());
+        }
+        assert!(
+            kept <= REPLAY_LIMIT / (1 + FRAME_COST),
+            "{kept} frames kept"
+        );
+        assert!(lock(&replay).overflow);
+        assert_eq!(lock(&replay).sent.capacity(), 0);
         assert!(lock(&replay).again().is_none());
     }
 
