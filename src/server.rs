@@ -615,14 +615,14 @@ impl Conn {
         let room =
             crate::proxy::BodyRoom(Room::new(usize::try_from(max_body).unwrap_or(usize::MAX)));
         let send_room = Room::new(h2_bodies::SEND_ROOM);
-        let streams = self.port.slots.streams.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             // A stream opened after the client-certificate setting was
             // replaced, before the client has seen the `GOAWAY`: refused,
             // which says it was not processed (RFC 9113 §8.7).
             let replaced = verification.as_ref().is_some_and(|v| v.is_retired());
             let answer = (!replaced).then(|| {
-                let (guard, admitted) = InFlight::stream(&requests, Some(&streams));
+                let (guard, others) = InFlight::counting(&requests);
+                let stream = slots.stream(others);
                 let mut req = req.map(|body| {
                     if body.is_end_stream() {
                         crate::proxy::empty()
@@ -631,7 +631,7 @@ impl Conn {
                     }
                 });
                 req.extensions_mut().insert(room.clone());
-                if !admitted {
+                if stream.is_none() {
                     // The port's `limits.max_streams` are taken: refused
                     // once its API is known, before it is forwarded.
                     req.extensions_mut().insert(crate::proxy::StreamsFull);
@@ -646,15 +646,15 @@ impl Conn {
                     req.extensions_mut()
                         .insert(tunnel::ConnectionHold::new(open, ends));
                 }
-                (handler(req, peer), guard, send_room.clone())
+                (handler(req, peer), (guard, stream), send_room.clone())
             });
             async move {
-                let Some((response, guard, send_room)) = answer else {
+                let Some((response, (guard, stream), send_room)) = answer else {
                     return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
                 };
                 let response = response.await;
                 let guard = guard.answered();
-                Ok(response.map(|body| Tracked::new(body, guard, send_room)))
+                Ok(response.map(|body| Tracked::new(body, (guard, stream), send_room)))
             }
         });
         let io = TokioIo::new(Prefixed::new(read, io));

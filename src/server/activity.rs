@@ -13,7 +13,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::snapshot::Timeouts;
-use crate::proxy::room::{Room, Taken};
 
 /// A client may cancel this many requests on a connection (HTTP/2: reset
 /// their streams before the answer) before it is judged by its share of
@@ -160,32 +159,23 @@ impl Activity {
 pub(super) struct InFlight {
     pub(super) activity: Arc<Activity>,
     answered: bool,
-    /// An HTTP/2 request beyond its connection's first: one of the port's
-    /// `limits.max_streams`, held as long as the request.
-    _stream: Taken,
 }
 
 impl InFlight {
     pub(super) fn begin(activity: &Arc<Activity>) -> InFlight {
-        InFlight::stream(activity, None).0
+        InFlight::counting(activity).0
     }
 
-    /// A request of a connection whose requests beyond the first share
-    /// `streams` (HTTP/2: the port's): the connection's first in flight is
-    /// always taken (as an HTTP/1.1 connection's is); one beyond it takes
-    /// one of `streams`. `false` when none was left: the request is to be
-    /// refused before it is forwarded.
-    pub(super) fn stream(activity: &Arc<Activity>, streams: Option<&Room>) -> (InFlight, bool) {
+    /// [`InFlight::begin`], and how many other requests the connection
+    /// had in flight.
+    pub(super) fn counting(activity: &Arc<Activity>) -> (InFlight, usize) {
         let others = activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.served.fetch_add(1, Ordering::AcqRel);
-        let mut stream = Taken::from(streams.filter(|_| others > 0).cloned());
-        let admitted = stream.try_take(1);
         let guard = InFlight {
             activity: activity.clone(),
             answered: false,
-            _stream: stream,
         };
-        (guard, admitted)
+        (guard, others)
     }
 
     /// Counts an HTTP/2 tunnel (RFC 8441) as a request in flight while it
@@ -195,7 +185,6 @@ impl InFlight {
         InFlight {
             activity: activity.clone(),
             answered: true,
-            _stream: Taken::from(None),
         }
     }
 
@@ -235,28 +224,6 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_connections_first_stream_is_taken_and_the_others_share_the_ports() {
-        let streams = Room::new(1);
-        let one = Arc::new(Activity::new(Duration::from_secs(30)));
-        let other = Arc::new(Activity::new(Duration::from_secs(30)));
-        let (first, admitted) = InFlight::stream(&one, Some(&streams));
-        assert!(admitted);
-        let (second, admitted) = InFlight::stream(&one, Some(&streams));
-        assert!(admitted, "the port's one stream");
-        let (third, admitted) = InFlight::stream(&one, Some(&streams));
-        assert!(!admitted, "none left");
-        let (others_first, admitted) = InFlight::stream(&other, Some(&streams));
-        assert!(admitted, "another connection's first is always taken");
-        drop(third);
-        let (refused, admitted) = InFlight::stream(&other, Some(&streams));
-        assert!(!admitted, "a refused stream held none");
-        drop((refused, second));
-        let (again, admitted) = InFlight::stream(&other, Some(&streams));
-        assert!(admitted, "given back when its request ended");
-        drop((first, others_first, again));
-    }
 
     fn after(served: u64, cancelled: u64) -> bool {
         let activity = Activity::new(Duration::from_secs(30));

@@ -54,6 +54,8 @@ impl AsRef<[u8]> for Held {
 pub(super) struct Tracked {
     body: Body,
     guard: InFlight,
+    /// Its place among the port's `limits.max_streams`, if it took one.
+    _stream: Option<Taken>,
     room: Room,
     /// Data was handed on; the body waits to be asked for more, since
     /// then (milliseconds into the connection).
@@ -61,10 +63,15 @@ pub(super) struct Tracked {
 }
 
 impl Tracked {
-    pub(super) fn new(body: Body, guard: InFlight, room: Room) -> Tracked {
+    pub(super) fn new(
+        body: Body,
+        (guard, stream): (InFlight, Option<Taken>),
+        room: Room,
+    ) -> Tracked {
         Tracked {
             body,
             guard,
+            _stream: stream,
             room,
             waiting: None,
         }

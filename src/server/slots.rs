@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::proxy::room::Room;
+use crate::proxy::room::{Room, Taken};
 use crate::proxy::tunnel::TunnelSlots;
 use tokio::sync::futures::Notified;
 use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
@@ -75,6 +75,15 @@ impl Slots {
             stopping: AtomicBool::new(false),
             parked: Notify::new(),
         }
+    }
+
+    /// A place among the port's `limits.max_streams` for an HTTP/2 request
+    /// whose connection has `others` in flight: its first needs none (it
+    /// is taken as an HTTP/1.1 connection's is). `None` when none is left:
+    /// the request is refused before it is forwarded.
+    pub(super) fn stream(&self, others: usize) -> Option<Taken> {
+        let mut taken = Taken::from((others > 0).then(|| self.streams.clone()));
+        taken.try_take(1).then_some(taken)
     }
 
     /// A slot for a new connection. When there is none, pressure is raised
@@ -188,6 +197,19 @@ impl Drop for Waiting<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_first_stream_is_taken_and_the_others_share_the_ports() {
+        let slots = Slots::new(8, 1, 1);
+        let first = slots.stream(0).expect("a connection's first");
+        let second = slots.stream(1).expect("the port's one");
+        assert!(slots.stream(2).is_none(), "none left");
+        let others_first = slots.stream(0).expect("another's first, always");
+        drop(second);
+        let again = slots.stream(1).expect("given back when it ended");
+        assert!(slots.stream(1).is_none());
+        drop((first, others_first, again));
+    }
 
     #[tokio::test]
     async fn pressure_rises_while_a_connection_waits_for_a_slot_and_falls_when_it_has_one() {
