@@ -540,6 +540,29 @@ pub fn retire(label: Label, name: &str) {
     get().remove_named(label, name);
 }
 
+/// A tunnel's series (see [`ApiMetrics::tunnel_series`]).
+pub struct TunnelSeries {
+    pub open: IntGauge,
+    pub upstream: IntCounter,
+    pub downstream: IntCounter,
+}
+
+impl TunnelSeries {
+    #[allow(
+        clippy::expect_used,
+        reason = "the names are constant and valid: making them cannot fail"
+    )]
+    fn detached() -> TunnelSeries {
+        TunnelSeries {
+            open: IntGauge::new("tunnels_open_detached", "counts nowhere").expect("valid name"),
+            upstream: IntCounter::new("tunnel_bytes_detached", "counts nowhere")
+                .expect("valid name"),
+            downstream: IntCounter::new("tunnel_bytes_detached", "counts nowhere")
+                .expect("valid name"),
+        }
+    }
+}
+
 /// `application_requests_total{application}` of one compiled application,
 /// looked up once; shown while it lives (see [`Showing`]).
 pub struct ApplicationMetrics {
@@ -830,6 +853,25 @@ impl ApiMetrics {
             .auth_decisions
             .with_label_values(&[self.0.name.as_str(), result, kind])
             .inc();
+    }
+
+    /// The series a WebSocket tunnel of this API counts in
+    /// (`tunnels_open`, then `tunnel_bytes_total` upstream and
+    /// downstream): detached ones, counting nowhere, once the API is
+    /// retired, so that a tunnel begun on its snapshot makes none again.
+    pub fn tunnel_series(&self) -> TunnelSeries {
+        if self.0.is_retired() {
+            return TunnelSeries::detached();
+        }
+        let metrics = get();
+        let name = self.0.name.as_str();
+        TunnelSeries {
+            open: metrics.tunnels_open.with_label_values(&[name]),
+            upstream: metrics.tunnel_bytes.with_label_values(&[name, "upstream"]),
+            downstream: metrics
+                .tunnel_bytes
+                .with_label_values(&[name, "downstream"]),
+        }
     }
 
     /// Counts a request allowed with a credential type (one of
@@ -1155,8 +1197,12 @@ mod tests {
         second.retire();
         second.count_response(&Method::GET, StatusCode::OK);
         second.upstream_error("timeout");
-        // A request refused on the retired API's snapshot, after the swap.
+        // A request refused on the retired API's snapshot, after the swap,
+        // and a tunnel whose handshake was in flight.
         second.count_refused("invalid_token", "oauth2");
+        let tunnel = second.tunnel_series();
+        tunnel.open.inc();
+        tunnel.upstream.inc_by(5);
         assert!(!shown("metrics-test-gone"));
         drop(second);
         assert!(!shown("metrics-test-gone"));

@@ -374,7 +374,7 @@ fn phases<'s: 'a, 'a>(
                             send: snap.timeouts.send,
                             lifetime: route.api.tunnel_max_lifetime,
                         };
-                        tunnel::Pending::of(switched, &route.api.name, bounds, permit)
+                        tunnel::Pending::of(switched, route.api, bounds, permit)
                     })
                     .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
                 match on_upgrade {

@@ -324,6 +324,8 @@ pub struct Switch {
     /// Sent by the upstream after its `101`, for the client.
     read: BytesMut,
     api: String,
+    /// Where it counts (nowhere once its API is removed).
+    series: crate::metrics::TunnelSeries,
     bounds: Bounds,
     _permit: TunnelPermit,
 }
@@ -338,7 +340,7 @@ impl Pending {
     /// connection. `None` if the response carries no upstream connection.
     pub fn of(
         switched: &Switched,
-        api: &str,
+        api: &crate::config::snapshot::Api,
         bounds: Bounds,
         permit: TunnelPermit,
     ) -> Option<Pending> {
@@ -346,7 +348,8 @@ impl Pending {
         Some(Pending(Arc::new(Mutex::new(Some(Switch {
             upstream,
             read,
-            api: api.to_owned(),
+            api: api.name.clone(),
+            series: api.metrics.tunnel_series(),
             bounds,
             _permit: permit,
         })))))
@@ -369,6 +372,7 @@ where
         mut upstream,
         read,
         api,
+        series,
         bounds: Bounds {
             idle,
             send,
@@ -376,21 +380,10 @@ where
         },
         _permit,
     } = switch;
-    let metrics = crate::metrics::get();
     // Counted down however it ends, closed from outside too.
-    let _open = Open::new(metrics.tunnels_open.with_label_values(&[api.as_str()]));
-    let mut up = Half::new(
-        &client_read,
-        metrics
-            .tunnel_bytes
-            .with_label_values(&[api.as_str(), "upstream"]),
-    );
-    let mut down = Half::new(
-        &read,
-        metrics
-            .tunnel_bytes
-            .with_label_values(&[api.as_str(), "downstream"]),
-    );
+    let _open = Open::new(series.open);
+    let mut up = Half::new(&client_read, series.upstream);
+    let mut down = Half::new(&read, series.downstream);
     let mut silence = Box::pin(tokio::time::sleep(idle));
     let mut end_of_life: Option<Pin<Box<Sleep>>> =
         lifetime.map(|lifetime| Box::pin(tokio::time::sleep(lifetime)));
