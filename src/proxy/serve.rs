@@ -327,9 +327,10 @@ fn phases<'s: 'a, 'a>(
             count_application(who);
         }
         outbound::apply(&route.api.outbound, headers); // outbound auth
-                                                       // An answer no policy reads goes to an HTTP/1.x client with its fields
-                                                       // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
-                                                       // client's goes through a map.
+
+        // An answer no policy reads goes to an HTTP/1.x client with its fields
+        // as the upstream's head has them (`http1::raw_fields`); an HTTP/2
+        // client's goes through a map.
         let as_sent = route.api.answer_unread && tunnel.is_none() && !from_h2;
         // What a `101` must say it accepted: the key the upstream is sent.
         let accept = tunnel
