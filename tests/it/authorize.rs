@@ -808,12 +808,10 @@ async fn failed_logins_for_a_client_lock_their_address_not_the_client() {
     assert!(locked.header("retry-after").is_some());
 }
 
-/// Anyone can start an anonymous session with a GET: one address may
-/// start 120 a minute, so that a flood from it cannot push the sessions
-/// of people midway through their login out of the bounded store; its
-/// live session, and other addresses, are served as before.
-#[tokio::test]
-async fn one_address_cannot_start_sessions_without_end() {
+/// A gateway whose clients come through a trusted proxy on loopback (so a
+/// test names each client's address), and a SPA's authorization request
+/// with its PKCE challenge.
+async fn behind_a_proxy() -> (Gateway, String, String) {
     let gw = Gateway::start(&yaml(&Options {
         trusted_proxies: Some(r#"["127.0.0.1/32"]"#),
         ..Options::default()
@@ -821,6 +819,16 @@ async fn one_address_cannot_start_sessions_without_end() {
     .await;
     let (_, challenge) = pkce();
     let authorize = format!("/oauth2/authorize?{}", spa_query(&challenge));
+    (gw, authorize, challenge)
+}
+
+/// Anyone can start an anonymous session with a GET: one address may
+/// start 120 a minute, so that a flood from it cannot push the sessions
+/// of people midway through their login out of the bounded store; its
+/// live session, and other addresses, are served as before.
+#[tokio::test]
+async fn one_address_cannot_start_sessions_without_end() {
+    let (gw, authorize, challenge) = behind_a_proxy().await;
     // A person midway through a login elsewhere.
     let mut alice = Browser::at(&gw, "198.51.100.7");
     let page = alice.get(&authorize).await;
@@ -859,13 +867,7 @@ async fn one_address_cannot_start_sessions_without_end() {
 /// cannot start sessions past the address's limit either.
 #[tokio::test]
 async fn sign_outs_count_against_the_addresss_session_starts() {
-    let gw = Gateway::start(&yaml(&Options {
-        trusted_proxies: Some(r#"["127.0.0.1/32"]"#),
-        ..Options::default()
-    }))
-    .await;
-    let (_, challenge) = pkce();
-    let authorize = format!("/oauth2/authorize?{}", spa_query(&challenge));
+    let (gw, authorize, _) = behind_a_proxy().await;
     let mut browser = Browser::at(&gw, "203.0.113.77");
     let mut page = browser.get(&authorize).await;
     assert_eq!(page.status, 200);

@@ -582,9 +582,17 @@ async fn a_tunnel_is_closed_at_tunnel_max_lifetime_however_busy() {
 }
 
 /// An upstream that switches to WebSocket (for the key `handshake`
-/// sends), then writes without pause and takes whatever comes; it reports
-/// when the gateway closes the connection.
-async fn flooding_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+/// sends), then does `then` with its connection; it reports when the
+/// gateway has closed the connection (and `then` ended).
+async fn switching_upstream<F, Fut>(
+    then: F,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>)
+where
+    F: FnOnce(tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -601,44 +609,61 @@ async fn flooding_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<
         if write.write_all(answer.as_bytes()).await.is_err() {
             return;
         }
-        tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            while let Ok(1..) = read.read(&mut buf).await {}
-        });
-        // A binary frame of 16 KiB, over and over.
-        let mut frame = vec![0x82u8, 126, 0x40, 0x00];
-        frame.resize(4 + 16 * 1024, b'x');
-        while write.write_all(&frame).await.is_ok() {}
+        then(read, write).await;
         let _ = closed_tx.send(());
     });
     (addr, closed)
 }
 
-/// An upstream that switches to WebSocket, then closes its side at once
-/// (FIN) and reads on; it reports when the gateway closes the connection.
-async fn half_closing_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+/// Reads until the gateway closes the connection.
+async fn read_to_the_end(mut read: tokio::net::tcp::OwnedReadHalf) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while let Ok(1..) = read.read(&mut buf).await {}
+}
+
+/// Opens a tunnel to `upstream` (timeouts `timeouts`) and sends a masked
+/// ping every `every`, reading nothing, until the upstream reports the
+/// tunnel closed; panics with `open` if it is not within `within`.
+async fn pinging_until_closed(
+    upstream: SocketAddr,
+    mut closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+    timeouts: &str,
+    every: Duration,
+    within: Duration,
+    open: &str,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        let (mut read, mut write) = stream.into_split();
-        let mut head = [0u8; 4096];
-        let _ = read.read(&mut head).await;
-        let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                      Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        if write.write_all(answer.as_bytes()).await.is_err() {
-            return;
+    let idp = Idp::start().await;
+    let gw = Gateway::start(&config_named(
+        "pinging",
+        &idp,
+        &format!("http://{upstream}/ws"),
+        timeouts,
+    ))
+    .await;
+    gw.wait_ready().await;
+    let mut client = TcpStream::connect(gw.http).await.expect("connect");
+    client
+        .write_all(&handshake("/chat/room", Some(&idp.token(&["chat"]))))
+        .await
+        .expect("handshake");
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.expect("answer");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let pinging = async {
+        let ping = [0x89u8, 0x80, 1, 2, 3, 4];
+        while client.write_all(&ping).await.is_ok() {
+            tokio::time::sleep(every).await;
         }
-        let _ = write.shutdown().await;
-        let mut buf = [0u8; 4096];
-        while let Ok(1..) = read.read(&mut buf).await {}
-        let _ = closed_tx.send(());
-    });
-    (addr, closed)
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        ended = closed.recv() => ended.expect("reported"),
+        () = pinging => {}
+        () = tokio::time::sleep(within) => panic!("{open}"),
+    }
+    gw.shutdown().await;
 }
 
 /// Once one side has closed, the other has 2 s to follow, counted from
@@ -646,41 +671,22 @@ async fn half_closing_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedRecei
 /// half-closed tunnel open.
 #[tokio::test]
 async fn a_half_closed_tunnel_closes_soon_however_busy_the_other_side() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let idp = Idp::start().await;
-    let (upstream, mut closed) = half_closing_server().await;
-    let gw = Gateway::start(&config_named(
-        "half",
-        &idp,
-        &format!("http://{upstream}/ws"),
-        "timeouts: { tunnel_idle: 1h }",
-    ))
+    use tokio::io::AsyncWriteExt;
+    // The upstream closes its side at once (FIN), and reads on.
+    let (upstream, closed) = switching_upstream(|read, mut write| async move {
+        let _ = write.shutdown().await;
+        read_to_the_end(read).await;
+    })
     .await;
-    gw.wait_ready().await;
-    let mut client = TcpStream::connect(gw.http).await.expect("connect");
-    client
-        .write_all(&handshake("/chat/room", Some(&idp.token(&["chat"]))))
-        .await
-        .expect("handshake");
-    let mut head = [0u8; 12];
-    client.read_exact(&mut head).await.expect("answer");
-    assert_eq!(&head, b"HTTP/1.1 101");
-    // A masked ping every 200 ms.
-    let pinging = async {
-        let ping = [0x89u8, 0x80, 1, 2, 3, 4];
-        while client.write_all(&ping).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        ended = closed.recv() => ended.expect("reported"),
-        () = pinging => {}
-        () = tokio::time::sleep(Duration::from_secs(15)) => {
-            panic!("the half-closed tunnel stayed open while the client sent");
-        }
-    }
-    gw.shutdown().await;
+    pinging_until_closed(
+        upstream,
+        closed,
+        "timeouts: { tunnel_idle: 1h }",
+        Duration::from_millis(200),
+        Duration::from_secs(15),
+        "the half-closed tunnel stayed open while the client sent",
+    )
+    .await;
 }
 
 /// A client that sends but never reads takes nothing of what the upstream
@@ -688,41 +694,25 @@ async fn a_half_closed_tunnel_closes_soon_however_busy_the_other_side() {
 /// client would be, however busy its own direction keeps the tunnel.
 #[tokio::test]
 async fn a_tunnel_whose_client_reads_nothing_is_closed_within_send() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let idp = Idp::start().await;
-    let (upstream, mut closed) = flooding_server().await;
-    let gw = Gateway::start(&config_named(
-        "unread",
-        &idp,
-        &format!("http://{upstream}/ws"),
-        "timeouts: { send: 1s, tunnel_idle: 1h }",
-    ))
+    use tokio::io::AsyncWriteExt;
+    // The upstream writes without pause and takes whatever comes.
+    let (upstream, closed) = switching_upstream(|read, mut write| async move {
+        tokio::spawn(read_to_the_end(read));
+        // A binary frame of 16 KiB, over and over.
+        let mut frame = vec![0x82u8, 126, 0x40, 0x00];
+        frame.resize(4 + 16 * 1024, b'x');
+        while write.write_all(&frame).await.is_ok() {}
+    })
     .await;
-    gw.wait_ready().await;
-    let mut client = TcpStream::connect(gw.http).await.expect("connect");
-    client
-        .write_all(&handshake("/chat/room", Some(&idp.token(&["chat"]))))
-        .await
-        .expect("handshake");
-    let mut head = [0u8; 12];
-    client.read_exact(&mut head).await.expect("answer");
-    assert_eq!(&head, b"HTTP/1.1 101");
-    // A masked ping every 100 ms, and not a byte read.
-    let pinging = async {
-        let ping = [0x89u8, 0x80, 1, 2, 3, 4];
-        while client.write_all(&ping).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        ended = closed.recv() => ended.expect("reported"),
-        () = pinging => {}
-        () = tokio::time::sleep(Duration::from_secs(20)) => {
-            panic!("the tunnel of a client that reads nothing stayed open");
-        }
-    }
-    gw.shutdown().await;
+    pinging_until_closed(
+        upstream,
+        closed,
+        "timeouts: { send: 1s, tunnel_idle: 1h }",
+        Duration::from_millis(100),
+        Duration::from_secs(20),
+        "the tunnel of a client that reads nothing stayed open",
+    )
+    .await;
 }
 
 /// An HTTP/2 tunnel in use is not an idle connection: it lasts while bytes
