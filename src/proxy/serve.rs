@@ -196,7 +196,10 @@ fn phases<'s: 'a, 'a>(
                 return Err(Rejection::IpFiltered); // before any credential is looked at
             }
         }
-        if req.extensions().get::<super::StreamsFull>().is_some() {
+        // Only an HTTP/2 request can carry it (`server::Conn::http2`).
+        if req.version() == Version::HTTP_2
+            && req.extensions().get::<super::StreamsFull>().is_some()
+        {
             return Err(Rejection::TooManyStreams); // nothing spent on it, nothing forwarded
         }
         let deadline = if route.api.grpc_deadlines {
