@@ -1535,39 +1535,26 @@ async fn basic_lock_holds_for_a_credential_verified_before_the_lock() {
     // A long name is counted by its digest: its lock holds all the same.
     for user in ["guessed", LONG_USER] {
         let w = world(false).await;
+        let status = |password: &'static str| {
+            let sent = w
+                .get("/travels/status")
+                .basic_auth(user, Some(password))
+                .send();
+            async move { sent.await.unwrap().status() }
+        };
         // The owner signs in once: the credential is now cached.
-        let resp = w
-            .get("/travels/status")
-            .basic_auth(user, Some("right-pw"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(status("right-pw").await, 200);
         // A guesser then locks the user out.
         for _ in 0..5 {
-            let resp = w
-                .get("/travels/status")
-                .basic_auth(user, Some("guess"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 401);
+            assert_eq!(status("guess").await, 401);
         }
-        let resp = w
-            .get("/travels/status")
-            .basic_auth(user, Some("wrong-again"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 429, "the user is locked");
+        assert_eq!(status("wrong-again").await, 429, "the user is locked");
         // While locked, the right password (a guess that hits) is refused too.
-        let resp = w
-            .get("/travels/status")
-            .basic_auth(user, Some("right-pw"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 429, "a cached credential skips the lock");
+        assert_eq!(
+            status("right-pw").await,
+            429,
+            "a cached credential skips the lock"
+        );
         assert_eq!(w.upstream.hits(), 1);
         w.gw.shutdown().await;
     }
