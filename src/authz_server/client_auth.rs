@@ -305,6 +305,7 @@ mod tests {
             scopes: vec![],
             token_lifetime: Some(Duration::from_secs(60)),
             refresh_limit: 0,
+            refresh_reuse_interval: Duration::ZERO,
             introspect: false,
         };
         Settings {

@@ -153,6 +153,7 @@ pub fn mint_refresh(
         // Bounded by count (`refresh_limit`) and by the family's lifetime.
         expires_at: Some(next.expires_at),
         rotated: false,
+        rotated_into: None,
         revoked: false,
     };
     (token, record)
@@ -232,6 +233,7 @@ mod tests {
             scopes: vec![],
             token_lifetime: Some(std::time::Duration::from_secs(60)),
             refresh_limit: 0,
+            refresh_reuse_interval: std::time::Duration::ZERO,
             introspect: false,
         };
         let issue = Issue {

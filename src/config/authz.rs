@@ -56,6 +56,10 @@ pub struct Client {
     /// `None` = never expires (opaque tokens only).
     pub token_lifetime: Option<Duration>,
     pub refresh_limit: u32,
+    /// How long after a rotation its rotated refresh token, presented
+    /// again by this client, is a retry of that rotation (whose answer was
+    /// lost) rather than reuse; zero = never (whole seconds, at most 5m).
+    pub refresh_reuse_interval: Duration,
     /// A resource server: introspection answers it with what a token
     /// says; every other client gets `{"active":false}` (RFC 7662 §4).
     pub introspect: bool,

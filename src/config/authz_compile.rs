@@ -69,7 +69,18 @@ pub fn compile(
         Some(Duration::from_secs(3600)),
         token_format,
     );
-    let default_refresh = refresh_limit(ctx, &raw.refresh_limit, 0);
+    let defaults = ClientDefaults {
+        token_lifetime: default_lifetime,
+        refresh_limit: refresh_limit(ctx, &raw.refresh_limit, 0),
+        // Named by its path: a value from `MCGW_…` is then reported as the
+        // variable's.
+        refresh_reuse_interval: reuse_interval(
+            ctx,
+            &raw.refresh_reuse_interval,
+            "authorization_server.refresh_reuse_interval",
+            Duration::ZERO,
+        ),
+    };
     let cleanup = ctx.duration(&raw.cleanup_interval, "cleanup_interval", Duration::ZERO);
     let approval_page = raw
         .approval_page
@@ -111,13 +122,7 @@ pub fn compile(
     let mut clients = Vec::new();
     let mut ids = HashSet::new();
     for entry in &raw.clients {
-        if let Some(client) = client(
-            ctx,
-            entry,
-            (default_lifetime, default_refresh),
-            token_format,
-            &known_scopes,
-        ) {
+        if let Some(client) = client(ctx, entry, &defaults, token_format, &known_scopes) {
             let at = entry
                 .value
                 .client_id
@@ -741,6 +746,36 @@ fn lifetime(
     }
 }
 
+/// The longest `refresh_reuse_interval`: long enough for a client to
+/// retry a refresh whose answer was lost, short enough that reuse of a
+/// stolen rotated token is still detected (RFC 9700 §4.14.2) once it has
+/// passed.
+const MAX_REUSE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// `refresh_reuse_interval`: whole seconds (the server's clock counts
+/// them) from 0s to 5m.
+fn reuse_interval(
+    ctx: &mut Ctx,
+    value: &Option<S<Scalar>>,
+    key: &str,
+    default: Duration,
+) -> Duration {
+    let Some(at) = value else { return default };
+    match super::resolve::duration(&at.value.0) {
+        Some(interval) if interval <= MAX_REUSE_INTERVAL && interval.subsec_nanos() == 0 => {
+            interval
+        }
+        _ => {
+            ctx.report.error(
+                at.referenced,
+                format!("{key}: `{}` is not a duration from 0s to 5m", at.value.0),
+                "whole seconds from 0s (off: reuse always revokes the family) to 5m, e.g. 30s",
+            );
+            default
+        }
+    }
+}
+
 fn refresh_limit(ctx: &mut Ctx, value: &Option<S<Scalar>>, default: u32) -> u32 {
     value
         .as_ref()
@@ -784,10 +819,17 @@ fn users(ctx: &mut Ctx, list: &[S<raw::User>]) -> Vec<User> {
         .collect()
 }
 
+/// What a client inherits from the server's settings.
+struct ClientDefaults {
+    token_lifetime: Option<Duration>,
+    refresh_limit: u32,
+    refresh_reuse_interval: Duration,
+}
+
 fn client(
     ctx: &mut Ctx,
     entry: &S<raw::Client>,
-    defaults: (Option<Duration>, u32),
+    defaults: &ClientDefaults,
     format: TokenFormat,
     known_scopes: &HashSet<&str>,
 ) -> Option<Client> {
@@ -903,8 +945,14 @@ fn client(
         redirect_uris: raw.redirect_uris.iter().map(|u| u.value.clone()).collect(),
         grant_types,
         scopes: raw.scopes.iter().map(|s| s.value.clone()).collect(),
-        token_lifetime: lifetime(ctx, &raw.token_lifetime, defaults.0, format),
-        refresh_limit: refresh_limit(ctx, &raw.refresh_limit, defaults.1),
+        token_lifetime: lifetime(ctx, &raw.token_lifetime, defaults.token_lifetime, format),
+        refresh_limit: refresh_limit(ctx, &raw.refresh_limit, defaults.refresh_limit),
+        refresh_reuse_interval: reuse_interval(
+            ctx,
+            &raw.refresh_reuse_interval,
+            "refresh_reuse_interval",
+            defaults.refresh_reuse_interval,
+        ),
         introspect,
     })
 }

@@ -743,6 +743,8 @@ pub struct AuthorizationServer {
     pub token_lifetime: Opt<Scalar>,
     /// Default refresh rotations (0: no refresh token). Default 0.
     pub refresh_limit: Opt<Scalar>,
+    /// Default time after a rotation during which the rotated refresh token, presented again by its client, is a retry of that rotation (its answer lost) rather than reuse (whole seconds, 0s to 5m; 0s: reuse always revokes the family). Default 0s.
+    pub refresh_reuse_interval: Opt<Scalar>,
     /// How often expired tokens are removed (0: only on request). Default 0.
     pub cleanup_interval: Opt<Scalar>,
     /// Template of the approval page.
@@ -825,6 +827,8 @@ pub struct Client {
     pub token_lifetime: Opt<Scalar>,
     /// Its refresh rotations (default: the server's).
     pub refresh_limit: Opt<Scalar>,
+    /// Its refresh reuse interval (whole seconds, 0s to 5m; default: the server's).
+    pub refresh_reuse_interval: Opt<Scalar>,
     /// A resource server: may learn what tokens say (RFC 7662 §2.2).
     pub introspect: Opt<Scalar>,
 }

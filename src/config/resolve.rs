@@ -355,6 +355,9 @@ const OVERRIDES: &[(&str, Slot)] = &[
     ("authorization_server_refresh_token_lifetime", |f| {
         &mut section(&mut f.authorization_server).refresh_token_lifetime
     }),
+    ("authorization_server_refresh_reuse_interval", |f| {
+        &mut section(&mut f.authorization_server).refresh_reuse_interval
+    }),
     ("authorization_server_approval_page", |f| {
         &mut section(&mut f.authorization_server).approval_page
     }),

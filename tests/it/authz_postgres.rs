@@ -17,6 +17,11 @@ use crate::authorize::{
 };
 use crate::common::postgres::Postgres;
 use crate::common::{Env, Gateway};
+use crate::local_authorization_server::{
+    a_client_with_a_reuse_interval_of_0s_is_never_retried, a_lost_refresh_answer_is_retried,
+    a_retry_after_the_reuse_interval_revokes_the_family,
+    concurrent_retries_leave_at_most_one_live_refresh_token, reuse_yaml,
+};
 
 fn yaml(url: &str, shared: &std::path::Path) -> String {
     let hash = cheap_hash("wonderland");
@@ -599,6 +604,46 @@ async fn refresh_limit_counts_across_replicas() {
     assert_eq!(status, 200, "{last}");
     assert!(last.get("refresh_token").is_none(), "third of 3: {last}");
     assert!(active(&a, &string(&last, "access_token")).await);
+}
+
+/// Two gateways on one database whose client `app` may retry a refresh
+/// within 30 s and whose client `strict` may not
+/// (`local_authorization_server::reuse_yaml`).
+async fn reuse_replicas(pg: &Postgres) -> (Gateway, Gateway) {
+    let yaml = reuse_yaml(&pg.url(&pg.create_database()));
+    (Gateway::start(&yaml).await, Gateway::start(&yaml).await)
+}
+
+/// The answer of a refresh on one replica lost, the client retries on the
+/// other: a retry, not reuse.
+#[tokio::test]
+async fn a_lost_refresh_answer_is_retried_on_the_other_replica() {
+    let pg = Postgres::shared();
+    let (a, b) = reuse_replicas(&pg).await;
+    a_lost_refresh_answer_is_retried(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_refresh_retried_after_the_reuse_interval_revokes_the_family_on_every_replica() {
+    let pg = Postgres::shared();
+    let (a, b) = reuse_replicas(&pg).await;
+    a_retry_after_the_reuse_interval_revokes_the_family(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_client_with_a_reuse_interval_of_0s_detects_reuse_across_replicas() {
+    let pg = Postgres::shared();
+    let (a, b) = reuse_replicas(&pg).await;
+    a_client_with_a_reuse_interval_of_0s_is_never_retried(&a, &b).await;
+}
+
+#[tokio::test]
+async fn retries_of_a_refresh_on_two_replicas_at_once_leave_at_most_one_live_refresh_token() {
+    let pg = Postgres::shared();
+    let (a, b) = reuse_replicas(&pg).await;
+    for _ in 0..5 {
+        concurrent_retries_leave_at_most_one_live_refresh_token(&a, &b).await;
+    }
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ fn client(id: &str, secret: Option<&str>, grants: &[GrantType], refresh_limit: u
         scopes: vec!["view".into(), "book".into()],
         token_lifetime: Some(Duration::from_secs(3600)),
         refresh_limit,
+        refresh_reuse_interval: Duration::ZERO,
         introspect: false,
     }
 }

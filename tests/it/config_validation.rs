@@ -1569,6 +1569,106 @@ fn refresh_token_lifetime_is_at_least_a_minute_and_longer_than_token_lifetime() 
     );
 }
 
+/// A rotated refresh token presented again is reuse unless a reuse
+/// interval says otherwise: 0s (the default, off) to 5m, whole seconds,
+/// the server's for each client that writes none of its own.
+#[test]
+fn refresh_reuse_interval_is_0s_to_5m_and_a_client_may_override_it() {
+    let allowed = "whole seconds from 0s (off: reuse always revokes the family) to 5m, e.g. 30s";
+    for value in ["6m", "301", "-1s", "1500ms", "soon"] {
+        refused(
+            &format!("authorization_server:\n  refresh_reuse_interval: {value}\n"),
+            error(
+                2,
+                27,
+                &format!(
+                    "authorization_server.refresh_reuse_interval: `{value}` is not a duration \
+                     from 0s to 5m"
+                ),
+                allowed,
+            ),
+        );
+    }
+    let client = |id: &str, line: &str| {
+        format!(
+            "  - client_id: {id}\n    client_secret: {id}-secret-of-some-length\n    grant_types: [password, refresh_token]\n{line}"
+        )
+    };
+    refused(
+        &format!(
+            "authorization_server:\n  clients:\n{}",
+            client("app", "    refresh_reuse_interval: 10m\n")
+        ),
+        error(
+            6,
+            29,
+            "refresh_reuse_interval: `10m` is not a duration from 0s to 5m",
+            allowed,
+        ),
+    );
+    let intervals = |yaml: &str, env: &Env| {
+        let snap = loaded_with(yaml, env).snapshot;
+        let authz = snap.authorization_server.as_ref().expect("authz");
+        authz
+            .clients
+            .iter()
+            .map(|c| (c.client_id.clone(), c.refresh_reuse_interval.as_secs()))
+            .collect::<Vec<_>>()
+    };
+    let clients = [
+        client("inherits", ""),
+        client("off", "    refresh_reuse_interval: 0s\n"),
+        client("longest", "    refresh_reuse_interval: 5m\n"),
+    ]
+    .concat();
+    assert_eq!(
+        intervals(
+            &format!("authorization_server:\n  clients:\n{clients}"),
+            &Env::new()
+        ),
+        [
+            ("inherits".to_owned(), 0),
+            ("off".to_owned(), 0),
+            ("longest".to_owned(), 300)
+        ]
+    );
+    let server =
+        format!("authorization_server:\n  refresh_reuse_interval: 30s\n  clients:\n{clients}");
+    assert_eq!(
+        intervals(&server, &Env::new()),
+        [
+            ("inherits".to_owned(), 30),
+            ("off".to_owned(), 0),
+            ("longest".to_owned(), 300)
+        ]
+    );
+    assert_eq!(
+        intervals(
+            &server,
+            &env(&[("MCGW_AUTHORIZATION_SERVER_REFRESH_REUSE_INTERVAL", "45")])
+        ),
+        [
+            ("inherits".to_owned(), 45),
+            ("off".to_owned(), 0),
+            ("longest".to_owned(), 300)
+        ]
+    );
+    let findings = Config::new(&server)
+        .load(&env(&[(
+            "MCGW_AUTHORIZATION_SERVER_REFRESH_REUSE_INTERVAL",
+            "1h",
+        )]))
+        .expect_err("refused");
+    assert_eq!(
+        findings.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        [format!(
+            "MCGW_AUTHORIZATION_SERVER_REFRESH_REUSE_INTERVAL: error: \
+             authorization_server.refresh_reuse_interval: `1h` is not a duration from 0s to 5m; \
+             allowed: {allowed}"
+        )]
+    );
+}
+
 // ------------------------------------------------------------ auth servers
 
 #[test]

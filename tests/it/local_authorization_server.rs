@@ -2,8 +2,10 @@
 //! port (standard and webMethods paths, driven by a standard OAuth2 client)
 //! and enforced by the same gateway — JWTs against the in-process keys,
 //! opaque tokens by introspection against its own endpoint — plus
-//! revocation, the admin token endpoints, and which of them judge the
-//! admin credentials.
+//! revocation, the admin token endpoints, which of them judge the
+//! admin credentials, and refreshes retried within
+//! `refresh_reuse_interval` (the scenarios, shared with the PostgreSQL
+//! store's tests, are at the end).
 //!
 //! The issuer and the introspection endpoint must be written in the YAML,
 //! so each gateway listens on a port picked beforehand: bind 127.0.0.1:0,
@@ -602,4 +604,276 @@ async fn removing_expired_tokens_judges_the_admin_credentials() {
     );
     assert_eq!(w.admin_status().await, 429);
     w.gw.shutdown().await;
+}
+
+// ------------------------------------------------ refresh_reuse_interval
+
+/// An authorization server on `store` whose client `app` may retry a
+/// refresh within 30 s (the server's interval) and whose client `strict`
+/// may not (its own 0s); both have 3 refreshes.
+pub(crate) fn reuse_yaml(store: &str) -> String {
+    let client = |id: &str, own: &str| {
+        format!(
+            r#"
+  - {{ name: {id}, client_id: {id}, client_secret: {id}-secret-of-some-length,
+       grant_types: [password, refresh_token], scopes: [view], refresh_limit: 3{own} }}"#
+        )
+    };
+    format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+authorization_server:
+  issuer: "http://localhost:4485"
+  token_format: opaque
+  store: "{store}"
+  token_lifetime: 300
+  refresh_reuse_interval: 30s
+  scopes:
+  - {{ name: view, description: "View your bookings" }}
+  users:
+  - {{ username: alice, password_hash: "{hash}" }}
+  clients:{app}{strict}
+  - {{ name: Introspector, client_id: introspector,
+       client_secret: introspector-secret-of-some-length, introspect: true, grant_types: [] }}
+"#,
+        hash = cheap_hash("wonderland"),
+        app = client("app", ""),
+        strict = client("strict", ", refresh_reuse_interval: 0s"),
+    )
+}
+
+/// Posts `form` to `path` with the client's Basic credentials: the status
+/// and the JSON body.
+async fn post_as(gw: &Gateway, client: &str, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = gw
+        .client
+        .post(gw.url(path))
+        .basic_auth(client, Some(format!("{client}-secret-of-some-length")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(crate::authorize::query(form))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A password grant to `client`: its access and refresh tokens.
+async fn signed_in(gw: &Gateway, client: &str) -> (String, String) {
+    let form = [
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "wonderland"),
+    ];
+    let (status, body) = post_as(gw, client, "/oauth2/token", &form).await;
+    assert_eq!(status, 200, "{body}");
+    (text(&body, "access_token"), text(&body, "refresh_token"))
+}
+
+async fn refreshed(gw: &Gateway, client: &str, refresh_token: &str) -> (u16, Value) {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ];
+    post_as(gw, client, "/oauth2/token", &form).await
+}
+
+/// Refreshes with `refresh_token`, which must succeed: the new access
+/// token and refresh token, if one came.
+async fn refresh_ok(gw: &Gateway, client: &str, refresh_token: &str) -> (String, Option<String>) {
+    let (status, body) = refreshed(gw, client, refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    let next = body["refresh_token"].as_str().map(str::to_owned);
+    (text(&body, "access_token"), next)
+}
+
+/// Refreshes with `refresh_token`, which must be refused `invalid_grant`.
+async fn refresh_refused(gw: &Gateway, client: &str, refresh_token: &str, why: &str) {
+    let (status, body) = refreshed(gw, client, refresh_token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{why}: {body}"
+    );
+}
+
+async fn active(gw: &Gateway, token: &str) -> bool {
+    let (status, body) = post_as(
+        gw,
+        "introspector",
+        "/oauth2/introspect",
+        &[("token", token)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["active"] == true
+}
+
+fn text(body: &Value, key: &str) -> String {
+    body[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
+        .to_owned()
+}
+
+fn advance_clock(gw: &Gateway, by: Duration) {
+    gw.state()
+        .authz
+        .load_full()
+        .expect("the authorization server is on")
+        .clock()
+        .advance(by);
+}
+
+/// A refresh whose answer was lost, presented again (to `retry_on`)
+/// within the interval: a new access and refresh token; the lost ones are
+/// worthless, and presenting the lost refresh token is refused without
+/// revoking anything. The retry counts no refresh; it works also for the
+/// refresh that reached the limit; and once the new successor has been
+/// used, the first token presented again is reuse after all.
+pub(crate) async fn a_lost_refresh_answer_is_retried(first: &Gateway, retry_on: &Gateway) {
+    let (_, r0) = signed_in(first, "app").await;
+    let (lost_access, lost_refresh) = refresh_ok(first, "app", &r0).await;
+    let lost_refresh = lost_refresh.expect("refreshes left");
+
+    let (access, r1) = refresh_ok(retry_on, "app", &r0).await;
+    let r1 = r1.expect("the lost rotation issued a refresh token: so does its retry");
+    assert_ne!(access, lost_access);
+    assert_ne!(r1, lost_refresh);
+    assert!(!active(first, &lost_access).await, "the lost access token");
+    assert!(active(first, &access).await);
+    refresh_refused(first, "app", &lost_refresh, "the lost refresh token").await;
+    assert!(
+        active(retry_on, &access).await,
+        "the lost refresh token revoked the family"
+    );
+
+    // 1 refresh of 3 counted: one more with a refresh token, then the last.
+    let (_, r2) = refresh_ok(first, "app", &r1).await;
+    let r2 = r2.expect("the retry counted no refresh");
+    let (lost_last, none) = refresh_ok(retry_on, "app", &r2).await;
+    assert_eq!(none, None, "the third refresh of 3 is the last");
+    let (last, none) = refresh_ok(first, "app", &r2).await;
+    assert_eq!(none, None, "a retry issues no more than its rotation did");
+    assert!(!active(first, &lost_last).await);
+    assert!(active(first, &last).await);
+
+    // `r1` has been used since: `r0` again is reuse.
+    refresh_refused(
+        retry_on,
+        "app",
+        &r0,
+        "the retried rotation's successor was used",
+    )
+    .await;
+    assert!(!active(first, &last).await, "reuse revokes the family");
+}
+
+/// Presented again once the interval has passed (by the clock of the
+/// server it reaches), a rotated token is reuse: the family is revoked.
+pub(crate) async fn a_retry_after_the_reuse_interval_revokes_the_family(
+    first: &Gateway,
+    retry_on: &Gateway,
+) {
+    let (_, r0) = signed_in(first, "app").await;
+    let (access, r1) = refresh_ok(first, "app", &r0).await;
+    advance_clock(retry_on, Duration::from_secs(30));
+    refresh_refused(retry_on, "app", &r0, "30 s after the rotation").await;
+    assert!(!active(retry_on, &access).await);
+    refresh_refused(first, "app", &r1.expect("rotated"), "its family is revoked").await;
+}
+
+/// A client whose own interval is 0s keeps strict reuse detection, as
+/// every client does by default.
+pub(crate) async fn a_client_with_a_reuse_interval_of_0s_is_never_retried(
+    first: &Gateway,
+    retry_on: &Gateway,
+) {
+    let (_, r0) = signed_in(first, "strict").await;
+    let (access, r1) = refresh_ok(first, "strict", &r0).await;
+    refresh_refused(retry_on, "strict", &r0, "reuse, at once").await;
+    assert!(!active(retry_on, &access).await);
+    refresh_refused(
+        first,
+        "strict",
+        &r1.expect("rotated"),
+        "its family is revoked",
+    )
+    .await;
+}
+
+/// Retries of one rotation at once (on `first` and `other` in turn): at
+/// least one is answered, and when two overlap the later one is reuse,
+/// which revokes the family; either way at most one refresh token of the
+/// family is left that refreshes.
+pub(crate) async fn concurrent_retries_leave_at_most_one_live_refresh_token(
+    first: &Gateway,
+    other: &Gateway,
+) {
+    let (_, r0) = signed_in(first, "app").await;
+    let (_, lost) = refresh_ok(first, "app", &r0).await;
+    let retries = (0..6).map(|i| refreshed(if i % 2 == 0 { first } else { other }, "app", &r0));
+    let outcomes = futures_util::future::join_all(retries).await;
+    let answered: Vec<&Value> = outcomes
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
+        .collect();
+    assert!(!answered.is_empty(), "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|(status, body)| *status == 200 || body["error"] == "invalid_grant"),
+        "{outcomes:?}"
+    );
+    let reused = answered.len() < outcomes.len();
+    for body in &answered {
+        let access = text(body, "access_token");
+        if reused {
+            assert!(!active(other, &access).await, "reuse revokes the family");
+        }
+    }
+    let mut live = 0;
+    let candidates = answered
+        .iter()
+        .map(|body| text(body, "refresh_token"))
+        .chain(lost);
+    for refresh_token in candidates {
+        if refreshed(first, "app", &refresh_token).await.0 == 200 {
+            live += 1;
+        }
+    }
+    assert!(live <= 1, "{live} refresh tokens of one family refreshed");
+    assert_eq!(live == 0, reused, "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn a_lost_refresh_answer_is_retried_within_the_reuse_interval() {
+    let gw = Gateway::start(&reuse_yaml("sqlite:oauth.db")).await;
+    a_lost_refresh_answer_is_retried(&gw, &gw).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refresh_retried_after_the_reuse_interval_revokes_the_family() {
+    let gw = Gateway::start(&reuse_yaml("sqlite:oauth.db")).await;
+    a_retry_after_the_reuse_interval_revokes_the_family(&gw, &gw).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_with_a_reuse_interval_of_0s_detects_reuse_at_once() {
+    let gw = Gateway::start(&reuse_yaml("sqlite:oauth.db")).await;
+    a_client_with_a_reuse_interval_of_0s_is_never_retried(&gw, &gw).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_a_refresh_leave_at_most_one_live_refresh_token() {
+    let gw = Gateway::start(&reuse_yaml("sqlite:oauth.db")).await;
+    for _ in 0..5 {
+        concurrent_retries_leave_at_most_one_live_refresh_token(&gw, &gw).await;
+    }
+    gw.shutdown().await;
 }

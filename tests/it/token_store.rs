@@ -5,8 +5,8 @@
 use std::sync::{Arc, Barrier};
 
 use microgateway::authz_server::store::{
-    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
-    SessionRecord, TokenStore,
+    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, RetryOutcome,
+    Rotated, Rotation, RotationRetry, SessionRecord, TokenStore,
 };
 use microgateway::authz_server::TokenFormat;
 
@@ -55,6 +55,8 @@ against_both!(
     an_expired_code_is_not_spent,
     concurrent_redemptions_of_a_code_have_one_winner,
     concurrent_rotations_of_a_refresh_token_have_one_winner,
+    a_rotation_is_retried_within_its_interval_only,
+    concurrent_retries_of_a_rotation_have_one_winner,
     revocation_is_seen_by_every_replica_at_once,
     tokens_are_listed_and_deleted,
     the_newest_tokens_of_each_kind_are_listed,
@@ -87,6 +89,7 @@ fn refresh(hash: &str, family: &str) -> RefreshTokenRecord {
         issued_at: 100,
         expires_at: None,
         rotated: false,
+        rotated_into: None,
         revoked: false,
     }
 }
@@ -343,6 +346,177 @@ fn concurrent_rotations_of_a_refresh_token_have_one_winner(open: Open) {
     }
 }
 
+/// Grant `a0`/`r0` of `family`, rotated at 100 into `a1`/`r1`, all of
+/// the family ending at 1000: what `r0`'s rotation is recorded as.
+fn rotated_grant(store: &dyn TokenStore, family: &str) -> Rotated {
+    let token = |name: &str| format!("{family}-{name}");
+    let first = RefreshTokenRecord {
+        expires_at: Some(1000),
+        ..refresh(&token("r0"), family)
+    };
+    store
+        .insert_grant(&access(&token("a0"), Some(500), Some(family)), Some(&first))
+        .unwrap();
+    let next = RefreshTokenRecord {
+        hash: token("r1"),
+        refreshes_used: 1,
+        ..first.clone()
+    };
+    assert_eq!(
+        store
+            .rotate_refresh_token(
+                &token("r0"),
+                &access(&token("a1"), Some(500), Some(family)),
+                Some(&next),
+            )
+            .unwrap(),
+        Rotation::Rotated
+    );
+    let rotated = store
+        .find_refresh_token(&token("r0"))
+        .unwrap()
+        .unwrap()
+        .rotated_into
+        .expect("the rotation is recorded");
+    assert_eq!(
+        rotated,
+        Rotated {
+            at: 100,
+            refresh: Some(token("r1")),
+            access: token("a1"),
+        }
+    );
+    rotated
+}
+
+/// A retry of `family`'s first rotation at `now`, issuing `a{n}`/`r{n}`.
+fn retry_of(family: &str, replaces: &Rotated, now: u64, n: &str) -> RotationRetry {
+    RotationRetry {
+        presented: format!("{family}-r0"),
+        replaces: replaces.clone(),
+        interval: 30,
+        now,
+        access: access(&format!("{family}-a{n}"), Some(500), Some(family)),
+        next: Some(RefreshTokenRecord {
+            refreshes_used: 1,
+            expires_at: Some(1000),
+            ..refresh(&format!("{family}-r{n}"), family)
+        }),
+    }
+}
+
+/// A rotation is retried while `now < rotated_at + interval`: its access
+/// token is revoked, its refresh token gone, the new ones stored and the
+/// presented token pointed at them (its rotation time kept). Past the
+/// interval, once the successor is used, or in a revoked family: nothing.
+fn a_rotation_is_retried_within_its_interval_only(open: Open) {
+    let store = open();
+    let rotated = rotated_grant(store.as_ref(), "f");
+    assert_eq!(
+        store
+            .retry_rotation(&retry_of("f", &rotated, 130, "x"))
+            .unwrap(),
+        RetryOutcome::Stale,
+        "30 s after the rotation the window has ended"
+    );
+    assert!(store.find_refresh_token("f-r1").unwrap().is_some());
+    assert_eq!(
+        store
+            .retry_rotation(&retry_of("f", &rotated, 129, "2"))
+            .unwrap(),
+        RetryOutcome::Replaced
+    );
+    assert_eq!(store.find_refresh_token("f-r1").unwrap(), None);
+    assert!(store.find_access_token("f-a1").unwrap().unwrap().revoked);
+    assert!(!store.find_access_token("f-a2").unwrap().unwrap().revoked);
+    let presented = store.find_refresh_token("f-r0").unwrap().unwrap();
+    assert!(presented.rotated && !presented.revoked);
+    let again = Rotated {
+        at: 100,
+        refresh: Some("f-r2".into()),
+        access: "f-a2".into(),
+    };
+    assert_eq!(presented.rotated_into, Some(again.clone()));
+    assert_eq!(
+        store
+            .find_refresh_token("f-r2")
+            .unwrap()
+            .unwrap()
+            .refreshes_used,
+        1
+    );
+    // A retry of the retry, while the new successor is unused.
+    assert_eq!(
+        store
+            .retry_rotation(&retry_of("f", &again, 110, "3"))
+            .unwrap(),
+        RetryOutcome::Replaced
+    );
+    // The successor used: the rotation is history.
+    assert_eq!(
+        store
+            .rotate_refresh_token("f-r3", &access("f-a4", Some(500), Some("f")), None)
+            .unwrap(),
+        Rotation::Rotated
+    );
+    let used = store
+        .find_refresh_token("f-r0")
+        .unwrap()
+        .unwrap()
+        .rotated_into
+        .unwrap();
+    assert_eq!(
+        store
+            .retry_rotation(&retry_of("f", &used, 110, "5"))
+            .unwrap(),
+        RetryOutcome::Stale
+    );
+    assert_eq!(store.find_access_token("f-a5").unwrap(), None);
+
+    let rotated = rotated_grant(store.as_ref(), "g");
+    store.revoke_family("g").unwrap();
+    assert_eq!(
+        store
+            .retry_rotation(&retry_of("g", &rotated, 110, "2"))
+            .unwrap(),
+        RetryOutcome::Stale
+    );
+    assert_eq!(store.find_refresh_token("g-r2").unwrap(), None);
+}
+
+/// Retries of one rotation at once on two replicas: one replaces it, the
+/// others find it replaced; one successor exists.
+fn concurrent_retries_of_a_rotation_have_one_winner(open: Open) {
+    let replicas = [open(), open()];
+    for round in 0..10 {
+        let family = format!("f{round}");
+        let rotated = rotated_grant(replicas[0].as_ref(), &family);
+        let outcomes = race(&replicas, 6, |store, i| {
+            store
+                .retry_rotation(&retry_of(&family, &rotated, 110, &format!("x{i}")))
+                .unwrap()
+        });
+        let replaced = outcomes
+            .iter()
+            .filter(|o| **o == RetryOutcome::Replaced)
+            .count();
+        assert_eq!(replaced, 1, "round {round}: {outcomes:?}");
+        let live: Vec<_> = (0..6)
+            .filter(|i| {
+                replicas[1]
+                    .find_refresh_token(&format!("{family}-rx{i}"))
+                    .unwrap()
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(live.len(), 1, "round {round}");
+        assert!(replicas[1]
+            .find_refresh_token(&format!("{family}-r1"))
+            .unwrap()
+            .is_none());
+    }
+}
+
 fn revocation_is_seen_by_every_replica_at_once(open: Open) {
     let (one, other) = (open(), open());
     one.insert_grant(&access("a", Some(500), None), None)
@@ -433,24 +607,44 @@ fn postgres_migrations_run_once_when_replicas_start_together() {
 }
 
 /// A database at the first schema version (before the approval page's
-/// sessions moved into it) is brought to the current one when a store
-/// opens it, its rows kept.
+/// sessions moved into it, and before rotations were recorded) is brought
+/// to the current one when a store opens it, its rows kept.
 #[test]
 fn postgres_a_database_of_the_first_version_gains_the_sessions_table() {
     let pg = Postgres::shared();
     let database = pg.create_database();
     let store = pg.open_store(&database);
     store
-        .insert_grant(&access("kept", Some(500), None), None)
+        .insert_grant(
+            &access("kept", Some(500), Some("f")),
+            Some(&refresh("r", "f")),
+        )
         .unwrap();
     drop(store);
     pg.psql(
         &database,
         "DROP TABLE approval_sessions; DROP INDEX failed_attempts_window_start; \
+         ALTER TABLE refresh_tokens DROP COLUMN rotated_at, DROP COLUMN successor, \
+           DROP COLUMN successor_access; \
          DELETE FROM microgateway_migrations WHERE version > 1",
     );
     let store = pg.open_store(&database);
     assert!(store.find_access_token("kept").unwrap().is_some());
+    assert_eq!(
+        store.find_refresh_token("r").unwrap(),
+        Some(refresh("r", "f"))
+    );
+    store
+        .rotate_refresh_token("r", &access("next", Some(500), Some("f")), None)
+        .unwrap();
+    assert_eq!(
+        store.find_refresh_token("r").unwrap().unwrap().rotated_into,
+        Some(Rotated {
+            at: 100,
+            refresh: None,
+            access: "next".into(),
+        })
+    );
     store
         .session_insert(&session("s", None, 1000), None, 10, 0)
         .unwrap();

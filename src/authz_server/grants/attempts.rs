@@ -395,6 +395,7 @@ mod tests {
             scopes: vec![],
             token_lifetime: None,
             refresh_limit: 0,
+            refresh_reuse_interval: std::time::Duration::ZERO,
             introspect: false,
         };
         for n in 0..20u16 {

@@ -9,12 +9,22 @@
 //! again is reuse (RFC 9700 §4.14.2): the whole family — refresh and access
 //! tokens — is revoked. Scopes may narrow but never widen past the
 //! original grant (§6), nor past what the client may still have.
+//!
+//! Except within the client's `refresh_reuse_interval` after the rotation
+//! (by the server's clock), while what the rotation issued is unused and
+//! the family unrevoked: then the spent token is taken as a retry of its
+//! rotation, whose answer was lost. What that rotation issued is revoked
+//! and issued afresh — the same refreshes counted, the same family end —
+//! so a family still has one live refresh token, and the window still
+//! ends when it did. Two retries of one rotation at once are reuse.
 
 use super::{granted_scopes, GrantContext, TokenResponse};
 use crate::authz_server::error::OAuthError;
 use crate::authz_server::form::Form;
 use crate::authz_server::settings::{Client, GrantType};
-use crate::authz_server::store::{RefreshTokenRecord, Rotation};
+use crate::authz_server::store::{
+    RefreshTokenRecord, RetryOutcome, Rotated, Rotation, RotationRetry,
+};
 use crate::authz_server::tokens::{self, Issue};
 
 pub fn grant(
@@ -36,26 +46,20 @@ pub fn grant(
         return Err(invalid());
     }
     if record.rotated {
+        if let Some(retried) = retry(cx, client, form, &record)? {
+            return Ok(retried);
+        }
         revoke_family_on_reuse(cx, &record)?;
         return Err(invalid());
     }
     // The user may have been removed from the configuration since.
-    if let Some(user) = &record.username {
-        if !cx.users.exists(user) {
-            return Err(invalid());
-        }
+    if !holder_configured(cx, &record) {
+        return Err(invalid());
     }
     if record.refreshes_used >= client.refresh_limit {
         return Err(OAuthError::InvalidGrant("refresh limit reached"));
     }
-    let family_scopes: Vec<String> = record
-        .scope
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let mut scopes = granted_scopes(form.get("scope"), &family_scopes)?;
-    scopes.retain(|s| client.scopes.contains(s));
+    let scopes = scopes(client, form, &record)?;
 
     let issue = Issue {
         client,
@@ -98,6 +102,148 @@ pub fn grant(
             Err(invalid())
         }
     }
+}
+
+/// Answers a rotated token presented again as a retry of its rotation,
+/// when the rotation may be retried (see the module's comment); `None`
+/// when it is reuse.
+fn retry(
+    cx: &GrantContext<'_>,
+    client: &Client,
+    form: &Form,
+    record: &RefreshTokenRecord,
+) -> Result<Option<TokenResponse>, OAuthError> {
+    let interval = client.refresh_reuse_interval.as_secs();
+    // Tokens rotated before rotations were recorded are never retried.
+    let Some(rotation) = &record.rotated_into else {
+        return Ok(None);
+    };
+    // Zero is off, whatever the clocks of the replicas say.
+    if interval == 0
+        || cx.now >= rotation.at.saturating_add(interval)
+        || !holder_configured(cx, record)
+    {
+        return Ok(None);
+    }
+    let lost = match lost_refresh(cx, rotation)? {
+        Lost::Spent => return Ok(None),
+        Lost::NoneIssued => None,
+        Lost::Unused {
+            refreshes_used,
+            end,
+        } => Some((refreshes_used, end)),
+    };
+    if record.refreshes_used >= client.refresh_limit {
+        return Err(OAuthError::InvalidGrant("refresh limit reached"));
+    }
+    let scopes = scopes(client, form, record)?;
+    let issue = Issue {
+        client,
+        username: record.username.as_deref(),
+        scopes: &scopes,
+        grant_type: GrantType::RefreshToken,
+        family: Some(record.family.clone()),
+    };
+    let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
+    // The lost successor's count and end: a retry is no further refresh,
+    // and never more than the client may have now.
+    let next = lost.filter(|(used, _)| *used < client.refresh_limit).map(
+        |(refreshes_used, expires_at)| {
+            let next = tokens::NextRefresh {
+                family: &record.family,
+                family_scope: &record.scope,
+                refreshes_used,
+                expires_at,
+            };
+            tokens::mint_refresh(&issue, &next, cx.now)
+        },
+    );
+    let outcome = cx.store.retry_rotation(&RotationRetry {
+        presented: record.hash.clone(),
+        replaces: rotation.clone(),
+        interval,
+        now: cx.now,
+        access: access.record.clone(),
+        next: next.as_ref().map(|(_, record)| record.clone()),
+    })?;
+    match outcome {
+        RetryOutcome::Replaced => {
+            tracing::info!(
+                client_id = %record.client_id,
+                family = %record.family,
+                "rotated refresh token presented again within refresh_reuse_interval: \
+                 its rotation is issued afresh"
+            );
+            Ok(Some(super::response(
+                access,
+                next.map(|(token, _)| token),
+                cx.now,
+            )))
+        }
+        // Retried or used since we read it, or the family revoked: reuse.
+        RetryOutcome::Stale => Ok(None),
+    }
+}
+
+/// The refresh token a rotation issued, as a retry of the rotation finds it.
+enum Lost {
+    /// The rotation reached the refresh limit.
+    NoneIssued,
+    /// Neither used nor revoked, the `refreshes_used`-th of its family,
+    /// and live until `end` (the family's end).
+    Unused { refreshes_used: u32, end: u64 },
+    /// Gone, used, revoked or ended: the rotation may not be retried.
+    Spent,
+}
+
+fn lost_refresh(cx: &GrantContext<'_>, rotation: &Rotated) -> Result<Lost, OAuthError> {
+    let Some(hash) = &rotation.refresh else {
+        return Ok(Lost::NoneIssued);
+    };
+    let Some(lost) = cx.store.find_refresh_token(hash)? else {
+        return Ok(Lost::Spent);
+    };
+    // A rotation always gives its successor an end; should one have none,
+    // it ends as a rotation then would have ended it.
+    let end = lost.expires_at.unwrap_or_else(|| {
+        rotation
+            .at
+            .saturating_add(cx.settings.refresh_token_lifetime.as_secs())
+    });
+    if lost.rotated || lost.revoked || end <= cx.now {
+        return Ok(Lost::Spent);
+    }
+    Ok(Lost::Unused {
+        refreshes_used: lost.refreshes_used,
+        end,
+    })
+}
+
+/// The holder of `record` — its user, when it has one — is still in the
+/// configuration.
+fn holder_configured(cx: &GrantContext<'_>, record: &RefreshTokenRecord) -> bool {
+    record
+        .username
+        .as_ref()
+        .is_none_or(|user| cx.users.exists(user))
+}
+
+/// The scopes of a refresh: those requested, or the family's; within the
+/// family's, and only those the client may still have.
+fn scopes(
+    client: &Client,
+    form: &Form,
+    record: &RefreshTokenRecord,
+) -> Result<Vec<String>, OAuthError> {
+    let family_scopes: Vec<String> = record
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut scopes = granted_scopes(form.get("scope"), &family_scopes)?;
+    scopes.retain(|s| client.scopes.contains(s));
+    Ok(scopes)
 }
 
 fn revoke_family_on_reuse(

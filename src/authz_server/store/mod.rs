@@ -92,9 +92,26 @@ pub struct RefreshTokenRecord {
     pub refreshes_used: u32,
     pub issued_at: u64,
     pub expires_at: Option<u64>,
-    /// Exchanged for a newer token; presenting it again is reuse.
+    /// Exchanged for a newer token; presenting it again is reuse, or a
+    /// retry of that exchange (see [`TokenStore::retry_rotation`]).
     pub rotated: bool,
+    /// What the exchange issued, and when; `None` until rotated, and for
+    /// a token rotated before this was recorded (never retried).
+    pub rotated_into: Option<Rotated>,
     pub revoked: bool,
+}
+
+/// What one rotation of a refresh token issued, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The server's clock at the rotation: the issue time of its access
+    /// token. A retry of the rotation keeps it.
+    pub at: u64,
+    /// SHA-256 of the refresh token it issued; `None` when the rotation
+    /// reached the refresh limit and issued none.
+    pub refresh: Option<String>,
+    /// The access token it issued (`jti`, or SHA-256 of an opaque token).
+    pub access: String,
 }
 
 /// An authorization code waiting to be redeemed (RFC 6749 §4.1.2).
@@ -135,6 +152,36 @@ pub enum Rotation {
     Rotated,
     /// The token was already rotated or revoked (a concurrent or replayed
     /// use): nothing was issued.
+    Stale,
+}
+
+/// A rotated refresh token presented again by its client soon after its
+/// rotation, taken as a retry of that rotation whose answer was lost:
+/// what the rotation issued is replaced by `access` and `next`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationRetry {
+    /// SHA-256 of the presented (rotated) refresh token.
+    pub presented: String,
+    /// Its rotation as the caller read it: the retry replaces exactly
+    /// this, or nothing.
+    pub replaces: Rotated,
+    /// Seconds after the rotation during which it may be retried: only
+    /// while `now < replaces.at + interval`.
+    pub interval: u64,
+    pub now: u64,
+    /// The new access token, of the presented token's family.
+    pub access: AccessTokenRecord,
+    /// The new successor, when the rotation had issued one.
+    pub next: Option<RefreshTokenRecord>,
+}
+
+/// Outcome of [`TokenStore::retry_rotation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// What the rotation issued is revoked; `access` and `next` are stored
+    /// in its place.
+    Replaced,
+    /// The rotation may not be retried (any more): nothing was changed.
     Stale,
 }
 
@@ -216,13 +263,27 @@ pub trait TokenStore: Send + Sync {
     fn find_access_token(&self, id: &str) -> Result<Option<AccessTokenRecord>, StoreError>;
     fn find_refresh_token(&self, hash: &str) -> Result<Option<RefreshTokenRecord>, StoreError>;
     /// Marks `presented` rotated and records the new access token (and the
-    /// next refresh token) — only if `presented` was still current.
+    /// next refresh token) — only if `presented` was still current. The
+    /// rotation is remembered on `presented` ([`Rotated`]), at the new
+    /// access token's `issued_at`.
     fn rotate_refresh_token(
         &self,
         presented: &str,
         access: &AccessTokenRecord,
         next: Option<&RefreshTokenRecord>,
     ) -> Result<Rotation, StoreError>;
+    /// Replaces what a rotation issued, in one step, only while all of
+    /// this holds: `retry.presented` is rotated and unrevoked, its family
+    /// has not ended and has no revoked refresh token, its rotation is the
+    /// one `retry.replaces` names and is less than `retry.interval`
+    /// seconds old, and the refresh token it issued (if any) is neither
+    /// rotated nor revoked. Then that refresh token is deleted (a revoked
+    /// one would mark the family revoked as a whole), its access token is
+    /// revoked, `retry.access` and `retry.next` are stored, and
+    /// `retry.presented` names them as what its rotation issued, its
+    /// rotation time unchanged. Otherwise nothing changes: of two
+    /// concurrent retries of one rotation, one is [`RetryOutcome::Stale`].
+    fn retry_rotation(&self, retry: &RotationRetry) -> Result<RetryOutcome, StoreError>;
     /// Revokes one access token; false when unknown.
     fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Revokes every refresh and access token of a family; returns how many.

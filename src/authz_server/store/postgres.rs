@@ -5,9 +5,11 @@
 //! each decision is one conditional statement or one transaction holding a
 //! lock, never a read then a write: a code is spent by one `UPDATE …
 //! RETURNING`, a refresh token rotates by an `UPDATE … WHERE NOT rotated`
-//! in the transaction that stores its successor. A family's rotations and
-//! its revocation exclude each other through a transaction-scoped advisory
-//! lock on the family, so a revocation never misses a token that a
+//! in the transaction that stores its successor, and a retry of that
+//! rotation (`retry`) replaces what it issued by an `UPDATE` that names
+//! what it read. A family's rotations, their retries and its revocation
+//! exclude each other through a transaction-scoped advisory lock on the
+//! family, so a revocation never misses a token that a
 //! rotation racing it stored. Introspection is one `SELECT` by primary key.
 //! The approval page's browser sessions are rows here too
 //! (`sessions`), so a browser's requests may reach any replica.
@@ -22,6 +24,7 @@
 //! migrate at start keeps retrying in the background with a bounded
 //! backoff, not ready until it has.
 
+mod retry;
 mod sessions;
 
 use std::future::Future;
@@ -42,8 +45,8 @@ use tokio_postgres::Row;
 
 use super::postgres_schema;
 use super::{
-    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
-    SessionRecord, StoreError, TokenStore, TokenSummary,
+    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, RetryOutcome,
+    Rotated, Rotation, RotationRetry, SessionRecord, StoreError, TokenStore, TokenSummary,
 };
 use crate::authz_server::settings::TokenFormat;
 use crate::config::authz::{PgTls, PostgresStore as PgSettings};
@@ -398,8 +401,8 @@ const INSERT_ACCESS: &str = "INSERT INTO access_tokens (id, format, client_id, u
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (hash, family, client_id, username, \
-     scope, refreshes_used, issued_at, expires_at, rotated, revoked) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     scope, refreshes_used, issued_at, expires_at, rotated, revoked, rotated_at, successor, \
+     successor_access) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 async fn insert_access(
     client: &deadpool_postgres::Transaction<'_>,
@@ -430,6 +433,7 @@ async fn insert_refresh(
     client: &deadpool_postgres::Transaction<'_>,
     t: &RefreshTokenRecord,
 ) -> Result<(), StoreError> {
+    let into = t.rotated_into.as_ref();
     let statement = client.prepare_cached(INSERT_REFRESH).await?;
     client
         .execute(
@@ -445,6 +449,9 @@ async fn insert_refresh(
                 &t.expires_at.map(to_sql),
                 &t.rotated,
                 &t.revoked,
+                &into.map(|r| to_sql(r.at)),
+                &into.and_then(|r| r.refresh.as_deref()),
+                &into.map(|r| r.access.as_str()),
             ],
         )
         .await?;
@@ -470,9 +477,19 @@ fn access_row(row: &Row) -> Result<AccessTokenRecord, StoreError> {
 }
 
 const REFRESH_COLUMNS: &str = "hash, family, client_id, username, scope, refreshes_used, \
-     issued_at, expires_at, rotated, revoked";
+     issued_at, expires_at, rotated, revoked, rotated_at, successor, successor_access";
 
 fn refresh_row(row: &Row) -> Result<RefreshTokenRecord, StoreError> {
+    let rotated_at: Option<i64> = row.try_get(10)?;
+    let successor_access: Option<String> = row.try_get(12)?;
+    let rotated_into = match (rotated_at, successor_access) {
+        (Some(at), Some(access)) => Some(Rotated {
+            at: from_sql(at),
+            refresh: row.try_get(11)?,
+            access,
+        }),
+        _ => None,
+    };
     Ok(RefreshTokenRecord {
         hash: row.try_get(0)?,
         family: row.try_get(1)?,
@@ -483,6 +500,7 @@ fn refresh_row(row: &Row) -> Result<RefreshTokenRecord, StoreError> {
         issued_at: from_sql(row.try_get(6)?),
         expires_at: row.try_get::<_, Option<i64>>(7)?.map(from_sql),
         rotated: row.try_get(8)?,
+        rotated_into,
         revoked: row.try_get(9)?,
     })
 }
@@ -747,13 +765,24 @@ impl TokenStore for PostgresStore {
             // has been revoked as a whole: it never rotates again.
             let statement = tx
                 .prepare_cached(
-                    "UPDATE refresh_tokens AS r SET rotated = TRUE \
+                    "UPDATE refresh_tokens AS r SET rotated = TRUE, rotated_at = $2, \
+                     successor = $3, successor_access = $4 \
                      WHERE hash = $1 AND NOT rotated AND NOT revoked \
                      AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS f \
                                      WHERE f.family = r.family AND f.revoked)",
                 )
                 .await?;
-            let changed = tx.execute(&statement, &[&presented]).await?;
+            let changed = tx
+                .execute(
+                    &statement,
+                    &[
+                        &presented,
+                        &to_sql(access.issued_at),
+                        &next.as_ref().map(|n| n.hash.as_str()),
+                        &access.id,
+                    ],
+                )
+                .await?;
             if changed != 1 {
                 tx.rollback().await?;
                 return Ok(Rotation::Stale);
@@ -765,6 +794,11 @@ impl TokenStore for PostgresStore {
             tx.commit().await?;
             Ok(Rotation::Rotated)
         })
+    }
+
+    fn retry_rotation(&self, retry: &RotationRetry) -> Result<RetryOutcome, StoreError> {
+        let retry = retry.clone();
+        self.with(move |client| retry::retry(client, retry))
     }
 
     fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError> {

@@ -96,6 +96,15 @@ ALTER TABLE approval_sessions ADD COLUMN credential TEXT;
     r#"
 CREATE INDEX failed_attempts_window_start ON failed_attempts (window_start);
 "#,
+    // What a refresh token's rotation issued, and when, so that the
+    // rotation can be retried within `refresh_reuse_interval`. A token
+    // rotated before this has NULLs: it is never retried.
+    r#"
+ALTER TABLE refresh_tokens
+    ADD COLUMN rotated_at BIGINT,
+    ADD COLUMN successor TEXT,
+    ADD COLUMN successor_access TEXT;
+"#,
 ];
 
 /// Applies the pending migrations under the advisory lock.

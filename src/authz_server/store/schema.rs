@@ -59,6 +59,14 @@ CREATE TABLE signing_keys (
     r#"
 ALTER TABLE authorization_codes ADD COLUMN redirect_uri_given INTEGER NOT NULL DEFAULT 1;
 "#,
+    // What a refresh token's rotation issued, and when, so that the
+    // rotation can be retried within `refresh_reuse_interval`. A token
+    // rotated before this has NULLs: it is never retried.
+    r#"
+ALTER TABLE refresh_tokens ADD COLUMN rotated_at INTEGER;
+ALTER TABLE refresh_tokens ADD COLUMN successor TEXT;
+ALTER TABLE refresh_tokens ADD COLUMN successor_access TEXT;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -9,8 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::schema;
 use super::{
-    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, Rotation,
-    StoreError, TokenStore, TokenSummary,
+    AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, RetryOutcome,
+    Rotated, Rotation, RotationRetry, StoreError, TokenStore, TokenSummary,
 };
 use crate::authz_server::settings::TokenFormat;
 
@@ -111,9 +111,11 @@ fn insert_access(conn: &Connection, t: &AccessTokenRecord) -> Result<(), StoreEr
 }
 
 fn insert_refresh(conn: &Connection, t: &RefreshTokenRecord) -> Result<(), StoreError> {
+    let into = t.rotated_into.as_ref();
     conn.execute(
         "INSERT INTO refresh_tokens (hash, family, client_id, username, scope, refreshes_used, \
-         issued_at, expires_at, rotated, revoked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         issued_at, expires_at, rotated, revoked, rotated_at, successor, successor_access) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             t.hash,
             t.family,
@@ -125,6 +127,9 @@ fn insert_refresh(conn: &Connection, t: &RefreshTokenRecord) -> Result<(), Store
             t.expires_at.map(to_sql),
             t.rotated,
             t.revoked,
+            into.map(|r| to_sql(r.at)),
+            into.and_then(|r| r.refresh.as_deref()),
+            into.map(|r| r.access.as_str()),
         ],
     )?;
     Ok(())
@@ -159,9 +164,19 @@ fn with_format(
 }
 
 const REFRESH_COLUMNS: &str = "hash, family, client_id, username, scope, refreshes_used, \
-     issued_at, expires_at, rotated, revoked";
+     issued_at, expires_at, rotated, revoked, rotated_at, successor, successor_access";
 
 fn refresh_row(row: &Row<'_>) -> rusqlite::Result<RefreshTokenRecord> {
+    let rotated_at: Option<i64> = row.get(10)?;
+    let successor_access: Option<String> = row.get(12)?;
+    let rotated_into = match (rotated_at, successor_access) {
+        (Some(at), Some(access)) => Some(Rotated {
+            at: from_sql(at),
+            refresh: row.get(11)?,
+            access,
+        }),
+        _ => None,
+    };
     Ok(RefreshTokenRecord {
         hash: row.get(0)?,
         family: row.get(1)?,
@@ -172,6 +187,7 @@ fn refresh_row(row: &Row<'_>) -> rusqlite::Result<RefreshTokenRecord> {
         issued_at: from_sql(row.get(6)?),
         expires_at: row.get::<_, Option<i64>>(7)?.map(from_sql),
         rotated: row.get(8)?,
+        rotated_into,
         revoked: row.get(9)?,
     })
 }
@@ -228,10 +244,16 @@ impl TokenStore for SqliteStore {
         // family with a revoked token has been revoked as a whole: it
         // never rotates again.
         let changed = tx.execute(
-            "UPDATE refresh_tokens SET rotated = 1 WHERE hash = ?1 AND rotated = 0 AND revoked = 0 \
+            "UPDATE refresh_tokens SET rotated = 1, rotated_at = ?2, successor = ?3, \
+             successor_access = ?4 WHERE hash = ?1 AND rotated = 0 AND revoked = 0 \
              AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS f \
                              WHERE f.family = refresh_tokens.family AND f.revoked = 1)",
-            [presented],
+            params![
+                presented,
+                to_sql(access.issued_at),
+                next.map(|n| n.hash.as_str()),
+                access.id,
+            ],
         )?;
         if changed != 1 {
             return Ok(Rotation::Stale);
@@ -242,6 +264,57 @@ impl TokenStore for SqliteStore {
         }
         tx.commit()?;
         Ok(Rotation::Rotated)
+    }
+
+    fn retry_rotation(&self, retry: &RotationRetry) -> Result<RetryOutcome, StoreError> {
+        let old = &retry.replaces;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // As in `rotate_refresh_token`, one conditional update decides:
+        // it points the presented token at the new tokens only while it
+        // still points at those the caller read, so of two concurrent
+        // retries exactly one changes it.
+        let changed = tx.execute(
+            "UPDATE refresh_tokens SET successor = ?1, successor_access = ?2 \
+             WHERE hash = ?3 AND rotated = 1 AND revoked = 0 \
+             AND rotated_at = ?4 AND rotated_at + ?5 > ?6 \
+             AND successor IS ?7 AND successor_access = ?8 \
+             AND (expires_at IS NULL OR expires_at > ?6) \
+             AND NOT EXISTS (SELECT 1 FROM refresh_tokens AS f \
+                             WHERE f.family = refresh_tokens.family AND f.revoked = 1) \
+             AND (?7 IS NULL OR EXISTS (SELECT 1 FROM refresh_tokens AS s \
+                             WHERE s.hash = ?7 AND s.family = refresh_tokens.family \
+                             AND s.rotated = 0 AND s.revoked = 0 \
+                             AND (s.expires_at IS NULL OR s.expires_at > ?6)))",
+            params![
+                retry.next.as_ref().map(|n| n.hash.as_str()),
+                retry.access.id,
+                retry.presented,
+                to_sql(old.at),
+                to_sql(retry.interval),
+                to_sql(retry.now),
+                old.refresh,
+                old.access,
+            ],
+        )?;
+        if changed != 1 {
+            return Ok(RetryOutcome::Stale);
+        }
+        // Deleted, not marked revoked: a revoked refresh token marks its
+        // family revoked as a whole, and this family lives on.
+        if let Some(lost) = &old.refresh {
+            tx.execute("DELETE FROM refresh_tokens WHERE hash = ?1", [lost])?;
+        }
+        tx.execute(
+            "UPDATE access_tokens SET revoked = 1 WHERE id = ?1",
+            [&old.access],
+        )?;
+        insert_access(&tx, &retry.access)?;
+        if let Some(next) = &retry.next {
+            insert_refresh(&tx, next)?;
+        }
+        tx.commit()?;
+        Ok(RetryOutcome::Replaced)
     }
 
     fn revoke_access_token(&self, id: &str) -> Result<bool, StoreError> {
@@ -495,6 +568,7 @@ mod tests {
             issued_at: 100,
             expires_at: None,
             rotated: false,
+            rotated_into: None,
             revoked: false,
         }
     }
@@ -584,6 +658,207 @@ mod tests {
             Rotation::Stale
         );
         assert_eq!(store.find_access_token("a3").expect("find"), None);
+    }
+
+    /// Grant `a1`/`r1` of family `f`, rotated at 100 into `a2`/`r2`: what
+    /// the rotation is recorded as.
+    fn rotated(store: &SqliteStore) -> Rotated {
+        grant(store, "a1", 500, "r1", "f");
+        let next = RefreshTokenRecord {
+            refreshes_used: 1,
+            ..refresh("r2", "f")
+        };
+        assert_eq!(
+            store
+                .rotate_refresh_token("r1", &access("a2", Some(500), Some("f")), Some(&next))
+                .expect("rotate"),
+            Rotation::Rotated
+        );
+        store
+            .find_refresh_token("r1")
+            .expect("find")
+            .and_then(|r| r.rotated_into)
+            .expect("the rotation is recorded")
+    }
+
+    /// A retry at `now` of what `replaces` names, issuing `access_id` and
+    /// `next_hash`.
+    fn retry(replaces: &Rotated, now: u64, access_id: &str, next_hash: &str) -> RotationRetry {
+        RotationRetry {
+            presented: "r1".into(),
+            replaces: replaces.clone(),
+            interval: 30,
+            now,
+            access: access(access_id, Some(500), Some("f")),
+            next: Some(RefreshTokenRecord {
+                refreshes_used: 1,
+                ..refresh(next_hash, "f")
+            }),
+        }
+    }
+
+    fn revoked(store: &SqliteStore, id: &str) -> bool {
+        store
+            .find_access_token(id)
+            .expect("find")
+            .expect("stored")
+            .revoked
+    }
+
+    #[test]
+    fn a_rotation_is_retried_within_its_interval() {
+        let (_dir, store) = store();
+        let rotation = rotated(&store);
+        assert_eq!(
+            rotation,
+            Rotated {
+                at: 100,
+                refresh: Some("r2".into()),
+                access: "a2".into(),
+            }
+        );
+        assert_eq!(
+            store
+                .retry_rotation(&retry(&rotation, 129, "a3", "r3"))
+                .expect("retry"),
+            RetryOutcome::Replaced
+        );
+        assert_eq!(store.find_refresh_token("r2").expect("find"), None);
+        assert!(revoked(&store, "a2"));
+        assert!(!revoked(&store, "a3"));
+        let presented = store.find_refresh_token("r1").expect("find").expect("r1");
+        assert!(presented.rotated && !presented.revoked);
+        assert_eq!(
+            presented.rotated_into,
+            Some(Rotated {
+                at: 100,
+                refresh: Some("r3".into()),
+                access: "a3".into(),
+            })
+        );
+        // The family lives on: its new successor rotates.
+        assert_eq!(
+            store
+                .rotate_refresh_token("r3", &access("a4", Some(500), Some("f")), None)
+                .expect("rotate"),
+            Rotation::Rotated
+        );
+    }
+
+    #[test]
+    fn a_rotation_is_not_retried_after_its_interval() {
+        let (_dir, store) = store();
+        let rotation = rotated(&store);
+        assert_eq!(
+            store
+                .retry_rotation(&retry(&rotation, 130, "a3", "r3"))
+                .expect("retry"),
+            RetryOutcome::Stale
+        );
+        assert!(store.find_refresh_token("r2").expect("find").is_some());
+        assert!(!revoked(&store, "a2"));
+        assert_eq!(store.find_access_token("a3").expect("find"), None);
+        assert_eq!(store.find_refresh_token("r3").expect("find"), None);
+    }
+
+    #[test]
+    fn a_rotation_whose_successor_was_used_is_not_retried() {
+        let (_dir, store) = store();
+        let rotation = rotated(&store);
+        store
+            .rotate_refresh_token("r2", &access("a3", Some(500), Some("f")), None)
+            .expect("rotate");
+        assert_eq!(
+            store
+                .retry_rotation(&retry(&rotation, 110, "a4", "r4"))
+                .expect("retry"),
+            RetryOutcome::Stale
+        );
+        assert_eq!(store.find_access_token("a4").expect("find"), None);
+        assert!(!revoked(&store, "a2"));
+    }
+
+    /// Two retries of one rotation, both read before either was made: the
+    /// second finds the rotation replaced.
+    #[test]
+    fn of_two_retries_of_one_rotation_the_second_is_stale() {
+        let (_dir, store) = store();
+        let rotation = rotated(&store);
+        let first = retry(&rotation, 110, "a3", "r3");
+        let second = retry(&rotation, 111, "a4", "r4");
+        assert_eq!(
+            store.retry_rotation(&first).expect("retry"),
+            RetryOutcome::Replaced
+        );
+        assert_eq!(
+            store.retry_rotation(&second).expect("retry"),
+            RetryOutcome::Stale
+        );
+        assert_eq!(store.find_access_token("a4").expect("find"), None);
+        assert_eq!(store.find_refresh_token("r4").expect("find"), None);
+        assert!(store.find_refresh_token("r3").expect("find").is_some());
+    }
+
+    /// A token rotated by a version that did not record rotations (the
+    /// columns NULL, as the migration leaves them) has none, and a retry
+    /// of it changes nothing.
+    #[test]
+    fn a_rotation_from_before_the_migration_is_never_retried() {
+        let (_dir, store) = store();
+        let rotation = rotated(&store);
+        store
+            .conn()
+            .execute_batch(
+                "UPDATE refresh_tokens SET rotated_at = NULL, successor = NULL, \
+                 successor_access = NULL",
+            )
+            .expect("forget");
+        let presented = store.find_refresh_token("r1").expect("find").expect("r1");
+        assert!(presented.rotated);
+        assert_eq!(presented.rotated_into, None);
+        assert_eq!(
+            store
+                .retry_rotation(&retry(&rotation, 110, "a3", "r3"))
+                .expect("retry"),
+            RetryOutcome::Stale
+        );
+    }
+
+    /// A file of the schema before rotations were recorded gains the
+    /// columns when opened, its rows kept.
+    #[test]
+    fn a_file_of_the_previous_schema_is_migrated() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("oauth.db");
+        let store = SqliteStore::open(&path).expect("open");
+        grant(&store, "a1", 500, "r1", "f");
+        store
+            .conn()
+            .execute_batch(
+                "ALTER TABLE refresh_tokens DROP COLUMN rotated_at; \
+                 ALTER TABLE refresh_tokens DROP COLUMN successor; \
+                 ALTER TABLE refresh_tokens DROP COLUMN successor_access; \
+                 PRAGMA user_version = 2;",
+            )
+            .expect("downgrade");
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.find_refresh_token("r1").expect("find"),
+            Some(refresh("r1", "f"))
+        );
+        store
+            .rotate_refresh_token("r1", &access("a2", Some(500), Some("f")), None)
+            .expect("rotate");
+        let rotated = store.find_refresh_token("r1").expect("find").expect("r1");
+        assert_eq!(
+            rotated.rotated_into,
+            Some(Rotated {
+                at: 100,
+                refresh: None,
+                access: "a2".into(),
+            })
+        );
     }
 
     #[test]
