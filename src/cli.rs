@@ -68,14 +68,18 @@ pub enum Command {
     Start {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
-        /// Central gateway to download settings from (overrides api_gateway.url).
+        /// Central gateway to download settings from (overrides api_gateway.url;
+        /// as MCGW_API_GATEWAY_URL does, and over it).
         #[arg(long)]
         gateway: Option<String>,
+        /// The central's user (as MCGW_API_GATEWAY_USER, over it).
         #[arg(long)]
         user: Option<String>,
+        /// The central's password (as MCGW_API_GATEWAY_PASSWORD, over it).
         #[arg(long)]
         password: Option<String>,
-        /// Download settings (auth servers, aliases, scope mappings) and APIs.
+        /// Download settings (auth servers, aliases, scope mappings) and APIs
+        /// (as MCGW_API_GATEWAY_DOWNLOAD_SETTINGS and _DOWNLOAD_APIS).
         #[arg(long)]
         download_settings: bool,
     },

@@ -120,7 +120,7 @@ impl Gateway {
             tracing::info!(
                 variable,
                 setting,
-                "an MCGW_ variable sets a setting of the file"
+                "an MCGW_ variable (or the flag of `start` standing for it) sets a setting of the file"
             );
         }
         for warning in &loaded.warnings {

@@ -57,8 +57,13 @@ pub fn settings(s: &Snapshot, bound: &Bound) -> Value {
             "http": bound.listen.http.map(|a| a.port()),
             "https": bound.listen.https.map(|a| a.port()),
             "admin": bound.listen.admin.map(|a| a.port()),
+            "bind": bound.listen.http.or(bound.listen.https).map(|a| a.ip().to_string()),
         },
-        "admin": { "user": s.admin.credentials.as_ref().map(|(u, _)| u), "password": s.admin.credentials.as_ref().map(|_| REDACTED) },
+        "admin": {
+            "bind": bound.listen.admin.map(|a| a.ip().to_string()),
+            "user": s.admin.credentials.as_ref().map(|(u, _)| u),
+            "password": s.admin.credentials.as_ref().map(|_| REDACTED),
+        },
         "limits": {
             "max_header_bytes": limits.max_header_bytes, "max_headers": limits.max_headers,
             "max_uri": limits.max_uri, "max_body": limits.max_body, "max_connections": limits.max_connections,
@@ -68,6 +73,9 @@ pub fn settings(s: &Snapshot, bound: &Bound) -> Value {
             "header_read": timeouts.header_read.as_secs_f64(), "idle": timeouts.idle.as_secs_f64(),
             "upstream_connect": timeouts.upstream_connect.as_secs_f64(), "drain": timeouts.drain.as_secs_f64(),
             "body_read": timeouts.body_read.as_secs_f64(), "send": timeouts.send.as_secs_f64(),
+            // A tunnel's bound is the snapshot's it opened under: a reload
+            // changes it for the tunnels opened after.
+            "tunnel_idle": s.timeouts.tunnel_idle.as_secs_f64(),
         },
         "restart_needed": bound.restart_needed(s),
         "trusted_proxies": s.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -79,12 +79,23 @@ pub(super) fn throttling(ctx: &mut Ctx, raw: Option<&S<raw::Throttling>>) -> Thr
             None => DEFAULT_MAX_KEYS,
         },
     };
-    if let (ThrottleStore::Memory, Some(password)) = (&store, &raw.password) {
-        ctx.report.error(
-            password.referenced,
-            "throttling.password: set, but the store is memory",
-            "password only with a redis:// store",
-        );
+    // Only for a store chosen as memory: one whose URL was refused has
+    // its own error already.
+    if raw.store.as_ref().is_none_or(|at| at.value.0 == "memory") {
+        if let Some(password) = &raw.password {
+            ctx.report.error(
+                password.referenced,
+                "throttling.password: set, but the store is memory",
+                "password only with a redis:// store",
+            );
+        }
+        if let Some(ca_bundle) = &raw.ca_bundle {
+            ctx.report.error(
+                ca_bundle.referenced,
+                "throttling.ca_bundle: set, but the store is memory",
+                "ca_bundle only with a rediss:// store",
+            );
+        }
     }
     Throttling {
         store,

@@ -3150,6 +3150,34 @@ fn a_tls_store_is_verified_and_its_ca_bundle_is_for_it_alone() {
         refused[0].2.ends_with("holds no usable CA certificate"),
         "{refused:?}"
     );
+    // With the memory store (named, or the default) a bundle is a mistake
+    // too; a store URL refused for itself brings no second error.
+    for memory in ["  store: memory\n", ""] {
+        let config = Config::new(&format!(
+            "throttling:\n{memory}  ca_bundle: redis-ca.pem\n  password: hunter2\n"
+        ));
+        let at = if memory.is_empty() { 2 } else { 3 };
+        assert_eq!(
+            errors_of(&config),
+            vec![
+                error(
+                    at,
+                    14,
+                    "throttling.ca_bundle: set, but the store is memory",
+                    "ca_bundle only with a rediss:// store"
+                ),
+                error(
+                    at + 1,
+                    13,
+                    "throttling.password: set, but the store is memory",
+                    "password only with a redis:// store"
+                ),
+            ],
+            "{memory:?}"
+        );
+    }
+    let refused = errors("throttling:\n  store: \"ftp://cache.example\"\n  password: hunter2\n");
+    assert_eq!(refused.len(), 1, "{refused:?}");
 }
 
 // ------------------------------------------------------------ signing key

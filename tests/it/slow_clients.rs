@@ -530,7 +530,7 @@ async fn the_client_deadlines_are_settings_bounded_above_zero() {
     let admin = r#"admin: { port: 0, user: Administrator, password: "{encoded}bWFuYWdl" }"#;
     let yaml = slow_yaml("http://127.0.0.1:9/api", "30s", "")
         .replace("admin: { port: 0 }", admin)
-        .replace("body_read: 1s, send: 1s", "body_read: 1500ms, send: 2m");
+        .replace("body_read: 1s, send: 1s", "body_read: 1500ms, send: 2m, tunnel_idle: 45s");
     let gw = Gateway::start(&yaml).await;
     let settings: serde_json::Value = gw
         .client
@@ -544,6 +544,11 @@ async fn the_client_deadlines_are_settings_bounded_above_zero() {
         .unwrap();
     assert_eq!(settings["timeouts"]["body_read"], 1.5);
     assert_eq!(settings["timeouts"]["send"], 120.0);
+    assert_eq!(settings["timeouts"]["tunnel_idle"], 45.0);
+    // Where the listeners are bound, beside their ports.
+    assert_eq!(settings["ports"]["bind"], "127.0.0.1", "{settings}");
+    assert_eq!(settings["admin"]["bind"], "127.0.0.1", "{settings}");
+    assert_eq!(settings["admin"]["password"], "****", "{settings}");
     gw.shutdown().await;
     for key in ["body_read", "send"] {
         let zero = slow_yaml("http://127.0.0.1:9/api", "30s", "")
