@@ -56,18 +56,8 @@ pub fn grant(
     if !holder_configured(cx, &record) {
         return Err(invalid());
     }
-    if record.refreshes_used >= client.refresh_limit {
-        return Err(OAuthError::InvalidGrant("refresh limit reached"));
-    }
     let scopes = scopes(client, form, &record)?;
-
-    let issue = Issue {
-        client,
-        username: record.username.as_deref(),
-        scopes: &scopes,
-        grant_type: GrantType::RefreshToken,
-        family: Some(record.family.clone()),
-    };
+    let issue = issue(client, &record, &scopes);
     let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
     let used = record.refreshes_used + 1;
     // The family keeps its end; one from before refresh tokens expired
@@ -133,17 +123,8 @@ fn retry(
             end,
         } => Some((refreshes_used, end)),
     };
-    if record.refreshes_used >= client.refresh_limit {
-        return Err(OAuthError::InvalidGrant("refresh limit reached"));
-    }
     let scopes = scopes(client, form, record)?;
-    let issue = Issue {
-        client,
-        username: record.username.as_deref(),
-        scopes: &scopes,
-        grant_type: GrantType::RefreshToken,
-        family: Some(record.family.clone()),
-    };
+    let issue = issue(client, record, &scopes);
     let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
     // The lost successor's count and end: a retry is no further refresh,
     // and never more than the client may have now.
@@ -229,12 +210,16 @@ fn holder_configured(cx: &GrantContext<'_>, record: &RefreshTokenRecord) -> bool
 }
 
 /// The scopes of a refresh: those requested, or the family's; within the
-/// family's, and only those the client may still have.
+/// family's, and only those the client may still have. None while the
+/// family has made all the refreshes the client may.
 fn scopes(
     client: &Client,
     form: &Form,
     record: &RefreshTokenRecord,
 ) -> Result<Vec<String>, OAuthError> {
+    if record.refreshes_used >= client.refresh_limit {
+        return Err(OAuthError::InvalidGrant("refresh limit reached"));
+    }
     let family_scopes: Vec<String> = record
         .scope
         .split(' ')
@@ -244,6 +229,21 @@ fn scopes(
     let mut scopes = granted_scopes(form.get("scope"), &family_scopes)?;
     scopes.retain(|s| client.scopes.contains(s));
     Ok(scopes)
+}
+
+/// The access token a refresh of `record`'s family issues.
+fn issue<'a>(
+    client: &'a Client,
+    record: &'a RefreshTokenRecord,
+    scopes: &'a [String],
+) -> Issue<'a> {
+    Issue {
+        client,
+        username: record.username.as_deref(),
+        scopes,
+        grant_type: GrantType::RefreshToken,
+        family: Some(record.family.clone()),
+    }
 }
 
 fn revoke_family_on_reuse(
