@@ -530,7 +530,10 @@ async fn the_client_deadlines_are_settings_bounded_above_zero() {
     let admin = r#"admin: { port: 0, user: Administrator, password: "{encoded}bWFuYWdl" }"#;
     let yaml = slow_yaml("http://127.0.0.1:9/api", "30s", "")
         .replace("admin: { port: 0 }", admin)
-        .replace("body_read: 1s, send: 1s", "body_read: 1500ms, send: 2m, tunnel_idle: 45s");
+        .replace(
+            "body_read: 1s, send: 1s",
+            "body_read: 1500ms, send: 2m, tunnel_idle: 45s",
+        );
     let gw = Gateway::start(&yaml).await;
     let settings: serde_json::Value = gw
         .client

@@ -260,6 +260,22 @@ apis:
     )
 }
 
+/// The `Bounded` API's `upstream_requests` in the assets view.
+async fn upstream_requests(gw: &Gateway) -> serde_json::Value {
+    let assets: serde_json::Value = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/assets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bounded = &assets["apis"][0];
+    assert_eq!(bounded["name"], "Bounded");
+    bounded["upstream_requests"].clone()
+}
+
 /// An upstream that slows down holds at most `upstream.max_requests` of
 /// the gateway's requests: the next is refused at once (503,
 /// `Retry-After: 1`, never forwarded, counted as an overflow) while the
@@ -288,24 +304,22 @@ async fn an_upstream_holds_at_most_its_max_requests() {
     let text = gw.metrics().await;
     let overflow = r#"microgateway_upstream_errors_total{api="Bounded",cause="overflow"}"#;
     assert_eq!(common::metric(&text, overflow), 1, "{text}");
-    let assets: serde_json::Value = gw
-        .client
-        .get(gw.admin_url("/rest/microgateway/assets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bounded = &assets["apis"][0];
-    assert_eq!(bounded["name"], "Bounded");
     assert_eq!(
-        bounded["upstream_requests"],
+        upstream_requests(&gw).await,
         serde_json::json!({ "max": 2, "in_flight": 2 })
     );
 
-    // The first client leaves: its place is free.
+    // The first client leaves: its place is free once the gateway has
+    // seen it go.
     first.abort();
+    let deadline = tokio::time::Instant::now() + within;
+    while upstream_requests(&gw).await["in_flight"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place of a client that left is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let third = send(&gw);
     common::wait_until(within, || slow.hits() == 3).await;
 
