@@ -4,7 +4,7 @@
 //! explicit `type: none`, which declares no scopes): nothing is open by
 //! omission.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ use super::template::value_template;
 pub struct Refs<'a> {
     pub auth_servers: &'a BTreeMap<Arc<str>, Arc<AuthServer>>,
     pub aliases: &'a BTreeMap<String, Alias>,
+    /// Aliases the file has but that were refused, with errors of their own.
+    pub refused_aliases: &'a BTreeSet<&'a str>,
     pub scope_mappings: &'a [ScopeMapping],
     pub authorization_server: bool,
     pub applications: &'a Applications,
@@ -164,7 +166,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let grants = grants(&name, &api_scopes, refs);
     let transform = transform(ctx, &raw.policies);
     let validates_tokens = authentication.as_ref().map(|a| a.auth_server().is_some());
-    let outbound = outbound(ctx, &raw.policies, refs.aliases, validates_tokens);
+    let outbound = outbound(ctx, &raw.policies, refs, validates_tokens);
     let cors = super::cors_compile::compile(ctx, &raw.policies, &resources);
     let response_transform = super::response_compile::compile(ctx, &raw.policies);
     let mut throttle = super::throttle_compile::policies(
@@ -665,9 +667,10 @@ fn strip_every_spelling(transform: &mut Transform, header: &HeaderName) {
 fn outbound(
     ctx: &mut Ctx,
     policies: &raw::Policies,
-    aliases: &BTreeMap<String, Alias>,
+    refs: &Refs<'_>,
     validates_tokens: Option<bool>,
 ) -> Option<Outbound> {
+    let aliases = refs.aliases;
     let Some(entry) = &policies.outbound_auth else {
         return Some(Outbound::None);
     };
@@ -719,6 +722,7 @@ fn outbound(
                         v
                     })
             }
+            None if refs.refused_aliases.contains(alias.value.as_str()) => return None,
             None => {
                 ctx.report.error(
                     alias.referenced,

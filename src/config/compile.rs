@@ -3,6 +3,7 @@
 //! resolved, so the request path never parses or looks anything up by string
 //! that could have been decided once.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -45,6 +46,16 @@ pub fn compile(
     let auth_servers =
         security_compile::auth_servers(&mut ctx, &file.security_settings.auth_servers);
     let aliases = security_compile::aliases(&mut ctx, &file.security_settings.aliases);
+    // Aliases written but refused (an unset variable, say): their own
+    // errors tell why, and an API naming one is not told again.
+    let refused_aliases: BTreeSet<&str> = file
+        .security_settings
+        .aliases
+        .iter()
+        .filter_map(|alias| alias.value.name.as_ref())
+        .map(|name| name.value.as_str())
+        .filter(|name| !aliases.contains_key(*name))
+        .collect();
     let authorization_server = file
         .authorization_server
         .as_ref()
@@ -63,6 +74,7 @@ pub fn compile(
         &super::api_compile::Refs {
             auth_servers: &auth_servers,
             aliases: &aliases,
+            refused_aliases: &refused_aliases,
             scope_mappings: &scope_mappings,
             authorization_server: authorization_server.is_some(),
             applications: &applications,

@@ -35,7 +35,8 @@ pub(super) fn central(ctx: &mut Ctx, central: &S<raw::Central>) -> Central {
             user.zip(secret)
         })
         .collect::<Vec<_>>();
-    if users.is_empty() {
+    // Users written but refused have errors of their own.
+    if central.value.users.is_empty() {
         ctx.report.error(
             central.referenced,
             "central: has no users, so no microgateway could download from it",

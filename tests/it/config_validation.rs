@@ -926,6 +926,50 @@ apis:
 "#,
         error(8, 29, "alias `nope` is not defined", "one of: backend"),
     );
+    // An alias refused for itself (an unset variable) is told of once, at
+    // the alias, and not again where an API names it; a central whose
+    // users are all refused likewise.
+    assert_eq!(
+        errors(
+            r#"security_settings:
+  aliases:
+  - { name: backend, type: basic, username: svc, password: "${env:UNSET_BACKEND_PW}" }
+apis:
+- name: A
+  upstream: { echo: true }
+  policies:
+    outbound_auth: { alias: backend }
+  authentication: { type: none }
+central:
+  users:
+  - { user: fleet, password: "${env:UNSET_FLEET_PW}" }
+"#
+        ),
+        vec![
+            error(
+                3,
+                60,
+                "password: environment variable UNSET_BACKEND_PW is not set",
+                SECRET_ALLOWED
+            ),
+            error(
+                12,
+                30,
+                "password: environment variable UNSET_FLEET_PW is not set",
+                SECRET_ALLOWED
+            ),
+        ]
+    );
+    // With no users written, the central is told it has none.
+    assert_eq!(
+        errors("central:\n  users: []\n"),
+        vec![error(
+            2,
+            3,
+            "central: has no users, so no microgateway could download from it",
+            "at least one { user, password }"
+        )]
+    );
 }
 
 #[test]
@@ -2165,13 +2209,8 @@ security_settings:
                 "admin.password: environment variable ADMIN_PW is set but empty",
                 SECRET_ALLOWED
             ),
-            // The user whose password is refused is not one.
-            error(
-                5,
-                3,
-                "central: has no users, so no microgateway could download from it",
-                "at least one { user, password }"
-            ),
+            // The user whose password is refused is told of once: not
+            // again as a central without users.
             error(
                 6,
                 30,
