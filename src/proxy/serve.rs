@@ -351,9 +351,7 @@ fn phases<'s: 'a, 'a>(
         // enclosing future (every layer up to the connection) as it starts.
         let forward = || rt.upstreams.forward(grant, route.api, req, outgoing);
         let mut response = super::pin_in_place(forward).await?; // forward
-        if let Some(in_flight) = in_flight {
-            response = response.map(|body| super::holding(body, in_flight));
-        }
+        let mut in_flight = in_flight;
 
         // RFC 8441 §5: a 2xx to an extended CONNECT is the tunnel opened;
         // an upstream that did not switch protocols opened none.
@@ -378,7 +376,13 @@ fn phases<'s: 'a, 'a>(
                             send: snap.timeouts.send,
                             lifetime: route.api.tunnel_max_lifetime,
                         };
-                        tunnel::Pending::of(switched, route.api, bounds, permit)
+                        // A tunnel keeps its place among the upstream's
+                        // requests until it ends.
+                        let held = tunnel::Held {
+                            slot: permit,
+                            in_flight: in_flight.take(),
+                        };
+                        tunnel::Pending::of(switched, route.api, bounds, held)
                     })
                     .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
                 match on_upgrade {
@@ -395,6 +399,9 @@ fn phases<'s: 'a, 'a>(
                     }
                 }
             }
+        }
+        if let Some(in_flight) = in_flight {
+            response = response.map(|body| super::holding(body, in_flight));
         }
         refuse_upstream_challenge(route.api, &response)?;
         transform::apply_to_response(&route.api.response_transform, response.headers_mut()); // response transformation

@@ -327,7 +327,14 @@ pub struct Switch {
     /// Where it counts (nowhere once its API is removed).
     series: crate::metrics::TunnelSeries,
     bounds: Bounds,
-    _permit: TunnelPermit,
+    _held: Held,
+}
+
+/// The places a tunnel holds until it ends: its listener's tunnel slot,
+/// and its place among its upstream's requests (`upstream.max_requests`).
+pub struct Held {
+    pub slot: TunnelPermit,
+    pub in_flight: Option<crate::upstream_bound::InFlight>,
 }
 
 /// A `101` response's tunnel, waiting for the server to take it with the
@@ -342,7 +349,7 @@ impl Pending {
         switched: &Switched,
         api: &crate::config::snapshot::Api,
         bounds: Bounds,
-        permit: TunnelPermit,
+        held: Held,
     ) -> Option<Pending> {
         let (upstream, read) = switched.take()?;
         Some(Pending(Arc::new(Mutex::new(Some(Switch {
@@ -351,7 +358,7 @@ impl Pending {
             api: api.name.clone(),
             series: api.metrics.tunnel_series(),
             bounds,
-            _permit: permit,
+            _held: held,
         })))))
     }
 
@@ -378,7 +385,7 @@ where
             send,
             lifetime,
         },
-        _permit,
+        _held,
     } = switch;
     // Counted down however it ends, closed from outside too.
     let _open = Open::new(series.open);

@@ -358,6 +358,60 @@ async fn handshakes_over_max_tunnels_get_503_until_one_closes() {
     panic!("the slot of the closed tunnel was not given back");
 }
 
+/// A tunnel holds its place among its upstream's requests
+/// (`upstream.max_requests`) until it ends, over HTTP/1.1 and HTTP/2: a
+/// handshake past the bound is 503 and never forwarded.
+#[tokio::test]
+async fn a_tunnel_holds_its_place_among_the_upstreams_requests_until_it_ends() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let url = upstream.url();
+    let yaml = config_named("bounded", &idp, &url, "").replace(
+        &format!("url: \"{url}\" }}"),
+        &format!("url: \"{url}\", max_requests: 1 }}"),
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let token = idp.token(&["chat"]);
+    let mut first = open(&gw, "/chat/room", Some(&token)).await.expect("open");
+    assert_eq!(echo(&mut first, "one").await, "one");
+    let answer = raw_request(gw.http, &handshake("/chat/room", Some(&token))).await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    let (status, _) = open_h2(&gw, Some(&token)).await;
+    assert_eq!(status, 503, "an HTTP/2 handshake is bounded alike");
+    assert_eq!(
+        upstream.handshakes().len(),
+        1,
+        "the refused are not forwarded"
+    );
+    // Still open past the handshake, and still counted.
+    assert_eq!(echo(&mut first, "two").await, "two");
+    let answer = raw_request(gw.http, &handshake("/chat/room", Some(&token))).await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+
+    first.close(None).await.expect("close");
+    closed(&mut first).await;
+    let mut second = None;
+    for _ in 0..200 {
+        let (status, ws) = open_h2(&gw, Some(&token)).await;
+        if status == 200 {
+            second = ws;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut second = second.expect("the place of the closed tunnel was given back");
+    assert_eq!(echo(&mut second, "three").await, "three");
+    let answer = raw_request(gw.http, &handshake("/chat/room", Some(&token))).await;
+    assert_eq!(
+        status_of(&answer),
+        503,
+        "an HTTP/2 tunnel holds the place too: {answer}"
+    );
+    drop(second);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn tunnels_are_drained_on_shutdown_then_closed() {
     let idp = Idp::start().await;
