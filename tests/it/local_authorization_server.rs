@@ -638,7 +638,8 @@ authorization_server:
        client_secret: introspector-secret-of-some-length, introspect: true, grant_types: [] }}
 "#,
         hash = cheap_hash("wonderland"),
-        app = client("app", ""),
+        // It may introspect: its own refresh tokens are looked at so.
+        app = client("app", ", introspect: true"),
         strict = client("strict", ", refresh_reuse_interval: 0s"),
     )
 }
@@ -728,10 +729,10 @@ fn advance_clock(gw: &Gateway, by: Duration) {
 
 /// A refresh whose answer was lost, presented again (to `retry_on`)
 /// within the interval: a new access and refresh token; the lost ones are
-/// worthless, and presenting the lost refresh token is refused without
-/// revoking anything. The retry counts no refresh; it works also for the
-/// refresh that reached the limit; and once the new successor has been
-/// used, the first token presented again is reuse after all.
+/// worthless. The retry counts no refresh; it works also for the refresh
+/// that reached the limit. The lost refresh token presented after all is
+/// reuse (its holder got the answer: whoever retried may be a thief), and
+/// so is the first token once the new successor has been used.
 pub(crate) async fn a_lost_refresh_answer_is_retried(first: &Gateway, retry_on: &Gateway) {
     let (_, r0) = signed_in(first, "app").await;
     let (lost_access, lost_refresh) = refresh_ok(first, "app", &r0).await;
@@ -743,11 +744,6 @@ pub(crate) async fn a_lost_refresh_answer_is_retried(first: &Gateway, retry_on: 
     assert_ne!(r1, lost_refresh);
     assert!(!active(first, &lost_access).await, "the lost access token");
     assert!(active(first, &access).await);
-    refresh_refused(first, "app", &lost_refresh, "the lost refresh token").await;
-    assert!(
-        active(retry_on, &access).await,
-        "the lost refresh token revoked the family"
-    );
 
     // 1 refresh of 3 counted: one more with a refresh token, then the last.
     let (_, r2) = refresh_ok(first, "app", &r1).await;
@@ -759,7 +755,16 @@ pub(crate) async fn a_lost_refresh_answer_is_retried(first: &Gateway, retry_on: 
     assert!(!active(first, &lost_last).await);
     assert!(active(first, &last).await);
 
-    // `r1` has been used since: `r0` again is reuse.
+    // The refresh token of the lost answer, presented: reuse.
+    refresh_refused(retry_on, "app", &lost_refresh, "the lost refresh token").await;
+    assert!(!active(first, &last).await, "reuse revokes the family");
+
+    // Another family: its retried rotation's successor used, the first
+    // token again is reuse.
+    let (_, r0) = signed_in(first, "app").await;
+    refresh_ok(first, "app", &r0).await;
+    let (_, r1) = refresh_ok(retry_on, "app", &r0).await;
+    let (access, _) = refresh_ok(first, "app", &r1.expect("refreshes left")).await;
     refresh_refused(
         retry_on,
         "app",
@@ -767,7 +772,35 @@ pub(crate) async fn a_lost_refresh_answer_is_retried(first: &Gateway, retry_on: 
         "the retried rotation's successor was used",
     )
     .await;
-    assert!(!active(first, &last).await, "reuse revokes the family");
+    assert!(!active(first, &access).await, "reuse revokes the family");
+
+    // The lost refresh token revoked by its client (a sign-out on the
+    // device that did get the answer): the family with it.
+    let (_, r0) = signed_in(first, "app").await;
+    let (_, lost) = refresh_ok(first, "app", &r0).await;
+    let (access, _) = refresh_ok(retry_on, "app", &r0).await;
+    let form = [("token", lost.expect("refreshes left"))];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = post_as(first, "app", "/oauth2/revoke", &form).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!active(retry_on, &access).await, "the family is revoked");
+
+    // A retry asking what its rotation did not (another scope) is reuse,
+    // not a refusal that leaves the family be.
+    let (_, r0) = signed_in(first, "app").await;
+    let (access, _) = refresh_ok(first, "app", &r0).await;
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", r0.as_str()),
+        ("scope", "book"),
+    ];
+    let (status, body) = post_as(retry_on, "app", "/oauth2/token", &form).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(!active(first, &access).await, "reuse revokes the family");
 }
 
 /// Presented again once the interval has passed (by the clock of the
@@ -839,8 +872,17 @@ pub(crate) async fn concurrent_retries_leave_at_most_one_live_refresh_token(
         .iter()
         .map(|body| text(body, "refresh_token"))
         .chain(lost);
+    // Looked at by their client, not used: a spent one used would be reuse.
     for refresh_token in candidates {
-        if refreshed(first, "app", &refresh_token).await.0 == 200 {
+        let (status, body) = post_as(
+            first,
+            "app",
+            "/oauth2/introspect",
+            &[("token", &refresh_token)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        if body["active"] == true {
             live += 1;
         }
     }

@@ -86,8 +86,15 @@ pub fn grant(
             cx.now,
         )),
         // Spent between our read and our write: a concurrent use of the
-        // same token, which is reuse too.
+        // same token, which is reuse too — unless it is a retry of the
+        // rotation that won (a client that gave up waiting for it).
         Rotation::Stale => {
+            let now_read = cx.store.find_refresh_token(&hash)?;
+            if let Some(retried) = now_read.as_ref().filter(|r| r.rotated && !r.revoked) {
+                if let Some(answer) = retry(cx, client, form, retried)? {
+                    return Ok(answer);
+                }
+            }
             revoke_family_on_reuse(cx, &record)?;
             Err(invalid())
         }
@@ -109,7 +116,9 @@ fn retry(
         return Ok(None);
     };
     // Zero is off, whatever the clocks of the replicas say.
+    // A clock behind the rotation's (another replica's) opens no window.
     if interval == 0
+        || cx.now < rotation.at
         || cx.now >= rotation.at.saturating_add(interval)
         || !holder_configured(cx, record)
     {
@@ -123,7 +132,11 @@ fn retry(
             end,
         } => Some((refreshes_used, end)),
     };
-    let scopes = scopes(client, form, record)?;
+    // A retry asks what its rotation asked, which was granted: one refused
+    // (other scopes, a limit lowered since) is no retry but reuse.
+    let Ok(scopes) = scopes(client, form, record) else {
+        return Ok(None);
+    };
     let issue = issue(client, record, &scopes);
     let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
     // The lost successor's count and end: a retry is no further refresh,

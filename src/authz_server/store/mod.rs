@@ -277,8 +277,9 @@ pub trait TokenStore: Send + Sync {
     /// has not ended and has no revoked refresh token, its rotation is the
     /// one `retry.replaces` names and is less than `retry.interval`
     /// seconds old, and the refresh token it issued (if any) is neither
-    /// rotated nor revoked. Then that refresh token is deleted (a revoked
-    /// one would mark the family revoked as a whole), its access token is
+    /// rotated nor revoked. Then that refresh token is marked rotated with
+    /// no rotation recorded (presenting it is reuse; not revoked, which
+    /// would mark the family revoked as a whole), its access token is
     /// revoked, `retry.access` and `retry.next` are stored, and
     /// `retry.presented` names them as what its rotation issued, its
     /// rotation time unchanged. Otherwise nothing changes: of two

@@ -163,6 +163,11 @@ fn with_format(
     Ok(record)
 }
 
+/// Marks the refresh token `?1` a retried rotation replaced spent, with no
+/// rotation that could be retried.
+const SUPERSEDE: &str = "UPDATE refresh_tokens SET rotated = 1, rotated_at = NULL, \
+     successor = NULL, successor_access = NULL WHERE hash = ?1";
+
 const REFRESH_COLUMNS: &str = "hash, family, client_id, username, scope, refreshes_used, \
      issued_at, expires_at, rotated, revoked, rotated_at, successor, successor_access";
 
@@ -300,10 +305,12 @@ impl TokenStore for SqliteStore {
         if changed != 1 {
             return Ok(RetryOutcome::Stale);
         }
-        // Deleted, not marked revoked: a revoked refresh token marks its
-        // family revoked as a whole, and this family lives on.
+        // Spent, with no rotation of its own (not revoked: a revoked
+        // refresh token marks its family revoked as a whole, and this
+        // family lives on): presenting it is reuse, and revoking it
+        // (RFC 7009) revokes the family.
         if let Some(lost) = &old.refresh {
-            tx.execute("DELETE FROM refresh_tokens WHERE hash = ?1", [lost])?;
+            tx.execute(SUPERSEDE, [lost])?;
         }
         tx.execute(
             "UPDATE access_tokens SET revoked = 1 WHERE id = ?1",
@@ -723,7 +730,12 @@ mod tests {
                 .expect("retry"),
             RetryOutcome::Replaced
         );
-        assert_eq!(store.find_refresh_token("r2").expect("find"), None);
+        // Spent, with no rotation that could be retried, and not revoked.
+        let lost = store
+            .find_refresh_token("r2")
+            .expect("find")
+            .expect("r2 is kept");
+        assert!(lost.rotated && !lost.revoked && lost.rotated_into.is_none());
         assert!(revoked(&store, "a2"));
         assert!(!revoked(&store, "a3"));
         let presented = store.find_refresh_token("r1").expect("find").expect("r1");

@@ -59,11 +59,16 @@ pub async fn retry(mut client: Object, retry: RotationRetry) -> Result<RetryOutc
         tx.rollback().await?;
         return Ok(RetryOutcome::Stale);
     }
-    // Deleted, not marked revoked: a revoked refresh token marks its
-    // family revoked as a whole, and this family lives on.
+    // Spent, with no rotation of its own (not revoked: a revoked refresh
+    // token marks its family revoked as a whole, and this family lives
+    // on): presenting it is reuse, and revoking it revokes the family.
     if let Some(lost) = &old.refresh {
-        tx.execute("DELETE FROM refresh_tokens WHERE hash = $1", &[lost])
-            .await?;
+        tx.execute(
+            "UPDATE refresh_tokens SET rotated = TRUE, rotated_at = NULL, successor = NULL, \
+             successor_access = NULL WHERE hash = $1",
+            &[lost],
+        )
+        .await?;
     }
     tx.execute(
         "UPDATE access_tokens SET revoked = TRUE WHERE id = $1",
