@@ -320,7 +320,7 @@ fn handle_api(
 ) -> impl Future<Output = Response<Body>> {
     async move {
         let state = &*here.state;
-        let started = Instant::now();
+        let started = crate::timer::clock::now_std();
         let method = req.method().clone();
         let snapshot = state.live.snapshot_here(&here.snapshot);
         // What only the access log needs, only when it is on: the path, and
@@ -396,7 +396,7 @@ struct Unanswered<'a> {
 impl Unanswered<'_> {
     fn record(&self, series: &crate::metrics::ApiMetrics, api: &str, status: http::StatusCode) {
         series.count_response(self.method, status);
-        let elapsed = self.started.elapsed();
+        let elapsed = crate::timer::clock::now_std().saturating_duration_since(self.started);
         crate::metrics::get().observe_request(elapsed.as_secs_f64());
         if let Some((path, client)) = self.logged {
             crate::access_log::write(&crate::access_log::Entry {

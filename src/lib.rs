@@ -11,7 +11,8 @@
 //! never the gateway's state.
 //!
 //! 1. [`metrics`]: every metric. [`timer`]: the data path's deadlines
-//!    (request head, upstream answer), one queue per listener thread.
+//!    (request head, upstream answer), one queue per listener thread, and
+//!    its clock, read once per poll of a connection's task.
 //!    [`path`]: the canonical form of a path, which request paths are
 //!    matched and forwarded in and configured ones are held in.
 //!    [`allocator`]: freed memory given back to the system.

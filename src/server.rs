@@ -199,7 +199,7 @@ pub async fn serve<H, F>(
             peer,
         });
         let handler = handler.clone();
-        tokio::spawn(conn.run(handler));
+        tokio::spawn(crate::timer::clock::polled(conn.run(handler)));
     };
     // A connection another thread handed this one: served here.
     let take = |handed: spread::Handed, seat: Option<&spread::Seat>| {

@@ -15,6 +15,8 @@
 //! more of a body is awaited, and progress moves it later, which tokio does
 //! without registering it again.
 
+pub mod clock;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -142,7 +144,7 @@ impl Deadline {
     }
 
     pub fn after(duration: Duration) -> Deadline {
-        Deadline::at(Instant::now() + duration)
+        Deadline::at(clock::now() + duration)
     }
 
     /// When it fires.

@@ -142,7 +142,7 @@ impl Upstreams {
             as_sent,
         };
         let exceeded = req.extensions().get::<LimitFlag>().cloned();
-        let started = Instant::now();
+        let started = crate::timer::clock::now_std();
         let key = Key {
             scheme,
             authority,
@@ -187,8 +187,8 @@ impl Upstreams {
         match result {
             // The upstream's hop-by-hop headers ended with its connection.
             Ok(response) => {
-                api.metrics
-                    .observe_upstream(started.elapsed().as_secs_f64());
+                let took = crate::timer::clock::now_std().saturating_duration_since(started);
+                api.metrics.observe_upstream(took.as_secs_f64());
                 Ok(response)
             }
             Err(error) => Err(failure(api, error, exceeded.as_ref(), started)),

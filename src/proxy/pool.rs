@@ -977,7 +977,7 @@ impl PooledBody {
     fn release(&mut self) {
         if let Some(Back { home, slot }) = self.back.take() {
             if let Some(conn) = self.body.take_idle() {
-                home.with(|pool| pool.checkin(slot, conn, Instant::now()));
+                home.with(|pool| pool.checkin(slot, conn, crate::timer::clock::now_std()));
             }
         }
     }

@@ -51,7 +51,7 @@ pub(super) struct Activity {
 impl Activity {
     pub(super) fn new(send: Duration) -> Activity {
         Activity {
-            started: Instant::now(),
+            started: crate::timer::clock::now(),
             in_flight: AtomicUsize::new(0),
             cancelled: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
@@ -108,7 +108,8 @@ impl Activity {
     }
 
     fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let elapsed = crate::timer::clock::now().saturating_duration_since(self.started);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// An answer has waited for the client for `send`: the client has
@@ -139,7 +140,7 @@ impl Activity {
 
     /// When the connection may be closed if nothing happens until then.
     pub(super) fn deadline(&self, timeouts: Timeouts) -> Instant {
-        let now = Instant::now();
+        let now = crate::timer::clock::now();
         if self.in_flight.load(Ordering::Acquire) > 0 {
             // Looks at answers waiting for the client every half `send`.
             return now + timeouts.idle.min(timeouts.send / 2);

@@ -611,7 +611,8 @@ fn key<'a>(policy: &'a ThrottlePolicy, caller: &Caller<'a>) -> Key<'a> {
 fn now_micros() -> u64 {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     // Starts above 0, so that a missing key (TAT 0) is always in the past.
-    1 + u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
+    let elapsed = crate::timer::clock::now_std().saturating_duration_since(*EPOCH);
+    1 + u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX - 1)
 }
 
 #[cfg(test)]
