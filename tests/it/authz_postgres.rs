@@ -20,6 +20,7 @@ use crate::common::{Env, Gateway};
 use crate::local_authorization_server::{
     a_client_with_a_reuse_interval_of_0s_is_never_retried, a_lost_refresh_answer_is_retried,
     a_retry_after_the_reuse_interval_revokes_the_family,
+    a_retry_on_a_replica_whose_clock_is_behind_is_a_retry,
     concurrent_retries_leave_at_most_one_live_refresh_token, reuse_yaml,
 };
 
@@ -621,6 +622,13 @@ async fn a_lost_refresh_answer_is_retried_on_the_other_replica() {
     let pg = Postgres::shared();
     let (a, b) = reuse_replicas(&pg).await;
     a_lost_refresh_answer_is_retried(&a, &b).await;
+}
+
+#[tokio::test]
+async fn a_refresh_retried_on_a_replica_whose_clock_is_behind_is_a_retry() {
+    let pg = Postgres::shared();
+    let (a, b) = reuse_replicas(&pg).await;
+    a_retry_on_a_replica_whose_clock_is_behind_is_a_retry(&a, &b).await;
 }
 
 #[tokio::test]

@@ -803,6 +803,20 @@ pub(crate) async fn a_lost_refresh_answer_is_retried(first: &Gateway, retry_on: 
     assert!(!active(first, &access).await, "reuse revokes the family");
 }
 
+/// The rotation made on `first`, whose clock is 10 s ahead of
+/// `retry_on`'s: retried on `retry_on` all the same (an interval of 30 s).
+pub(crate) async fn a_retry_on_a_replica_whose_clock_is_behind_is_a_retry(
+    first: &Gateway,
+    retry_on: &Gateway,
+) {
+    advance_clock(first, Duration::from_secs(10));
+    let (_, r0) = signed_in(first, "app").await;
+    let (lost, _) = refresh_ok(first, "app", &r0).await;
+    let (access, _) = refresh_ok(retry_on, "app", &r0).await;
+    assert!(!active(first, &lost).await);
+    assert!(active(first, &access).await, "a retry, not reuse");
+}
+
 /// Presented again once the interval has passed (by the clock of the
 /// server it reaches), a rotated token is reuse: the family is revoked.
 pub(crate) async fn a_retry_after_the_reuse_interval_revokes_the_family(

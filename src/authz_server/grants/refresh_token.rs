@@ -116,9 +116,10 @@ fn retry(
         return Ok(None);
     };
     // Zero is off, whatever the clocks of the replicas say.
-    // A clock behind the rotation's (another replica's) opens no window.
+    // Replicas' clocks differ: one behind the rotation's by less than the
+    // interval is in the window too (and one behind by more is not).
     if interval == 0
-        || cx.now < rotation.at
+        || cx.now.saturating_add(interval) <= rotation.at
         || cx.now >= rotation.at.saturating_add(interval)
         || !holder_configured(cx, record)
     {
