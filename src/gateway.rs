@@ -353,6 +353,15 @@ fn handle_api(
             answered: false,
         };
         let (mut response, api) = match state.authz.load_full() {
+            // Past the port's `limits.max_streams`, as an API's request is
+            // (`proxy::serve`): refused before its body is read.
+            Some(_)
+                if crate::authz_server::is_endpoint(req.uri().path())
+                    && req.version() == http::Version::HTTP_2
+                    && req.extensions().get::<proxy::StreamsFull>().is_some() =>
+            {
+                (proxy::Rejection::TooManyStreams.into_response(), None)
+            }
             Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
                 Box::pin(authz_endpoint(
                     &snapshot,

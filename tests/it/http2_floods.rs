@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Gateway, Upstream};
 use http::{Request, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use raw::{Conn, Event};
 use tokio::io::AsyncWriteExt;
@@ -649,6 +649,64 @@ async fn a_ports_streams_beyond_each_connections_first_share_max_streams() {
     );
     first.abort();
     third.abort();
+    gw.shutdown().await;
+}
+
+/// The authorization server's endpoints count against `max_streams` as
+/// the APIs do: a connection's second stream past it is refused before
+/// its body is read.
+#[tokio::test]
+async fn the_authorization_servers_streams_share_max_streams() {
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(60)); // the first request held
+    let yaml = flood_yaml(&upstream.url("/api")).replace(
+        "limits: { max_header_bytes: 8KiB }",
+        r#"limits: { max_header_bytes: 8KiB, max_streams: 0 }
+authorization_server:
+  issuer: "http://localhost:4485"
+  scopes: [{ name: view }]
+  clients:
+  - { name: app, client_id: app, client_secret: app-secret-of-some-length,
+      grant_types: [client_credentials], scopes: [view] }"#,
+    );
+    let gw = Gateway::start(&yaml).await;
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut sender, h2) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(h2);
+    let base = format!("http://gw.example:{}", gw.http.port());
+    let held = Request::get(format!("{base}/travels/bookings"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let first = tokio::spawn(sender.send_request(held));
+    common::wait_until(ANSWER_WITHIN, || upstream.hits() == 1).await;
+    let token = || {
+        Request::post(format!("{base}/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                "Basic YXBwOmFwcC1zZWNyZXQtb2Ytc29tZS1sZW5ndGg=",
+            )
+            .body(Full::new(Bytes::from_static(
+                b"grant_type=client_credentials",
+            )))
+            .unwrap()
+    };
+    let refused = sender.send_request(token()).await.expect("an answer");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // A connection's first stream is always taken.
+    first.abort();
+    let tcp = TcpStream::connect(gw.http).await.unwrap();
+    let (mut other, h2) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(h2);
+    let issued = other.send_request(token()).await.expect("an answer");
+    assert_eq!(issued.status(), StatusCode::OK);
     gw.shutdown().await;
 }
 
