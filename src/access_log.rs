@@ -58,6 +58,23 @@ pub struct Entry<'a> {
     pub micros: u64,
 }
 
+/// The longest path a line shows, in bytes: a client chooses its
+/// request's path, and the log's queue bounds its lines by number (a
+/// line's escapes can make it three times as long as the path).
+const SHOWN_PATH: usize = 1024;
+
+/// `path`, or its first [`SHOWN_PATH`] bytes (to a character) and `...`.
+fn shown(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= SHOWN_PATH {
+        return path.into();
+    }
+    let mut end = SHOWN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &path[..end]).into()
+}
+
 /// Writes `entry`'s line (call only when [`is_on`]).
 pub fn write(entry: &Entry<'_>) {
     let Some((writer, format)) = DIRECT.get() else {
@@ -66,7 +83,7 @@ pub fn write(entry: &Entry<'_>) {
             client = %entry.client,
             request_id = %entry.request_id,
             method = %entry.method,
-            path = %Escaped(entry.path),
+            path = %Escaped(&shown(entry.path)),
             api = entry.api,
             status = entry.status,
             micros = entry.micros,
@@ -120,7 +137,7 @@ impl Composer {
                 line.push_str(" method=");
                 line.push_str(entry.method);
                 line.push_str(" path=");
-                push_escaped(line, entry.path);
+                push_escaped(line, &shown(entry.path));
                 line.push_str(" api=");
                 let _ = write!(line, "{:?}", entry.api);
                 line.push_str(" status=");
@@ -138,7 +155,7 @@ impl Composer {
                 line.push_str(",\"method\":");
                 json_string(line, entry.method);
                 line.push_str(",\"path\":");
-                json_string(line, entry.path);
+                json_string(line, &shown(entry.path));
                 line.push_str(",\"api\":");
                 json_string(line, entry.api);
                 line.push_str(",\"status\":");
@@ -263,6 +280,29 @@ mod tests {
             line: String::new(),
             second: None,
         }
+    }
+
+    /// A client's long path is shown cut, whatever its characters.
+    #[test]
+    fn a_long_path_is_shown_cut() {
+        for unit in ["a", "\u{85}", "é"] {
+            let path = format!("/{}", unit.repeat(10_000));
+            let entry = Entry {
+                path: &path,
+                ..entry("Echo")
+            };
+            for format in [Format::Text, Format::Json] {
+                let line = composed(format, SECS, 0, &entry);
+                assert!(
+                    line.len() < 3 * SHOWN_PATH + 400,
+                    "{unit:?}: {}",
+                    line.len()
+                );
+                assert!(line.contains("..."), "{line}");
+            }
+        }
+        let short = composed(Format::Text, SECS, 0, &entry("Echo"));
+        assert!(short.contains("path=/echo/x "), "{short}");
     }
 
     /// 2026-12-04T23:02:58Z.
