@@ -28,19 +28,26 @@ use crate::config::snapshot::CaBundle;
 use crate::config::Secret;
 
 /// GCRA on every key, all or nothing. KEYS: one per policy; ARGV: interval
-/// and period (µs) per key. Returns the verdict (1 admitted, 0 refused) and
+/// and period (µs) per key. No TAT is written more than a period ahead of
+/// Redis's clock: one further ahead was written before that clock stepped
+/// back, and counts as a full bucket, not as hours of refusals. Returns the verdict (1 admitted, 0 refused) and
 /// each key's level (TAT − now, µs) after it. Lua numbers are doubles:
 /// microseconds since 1970 stay exact (below 2^53).
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local bases = {}
+local stepped = {}
 local admitted = 1
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i - 1])
   local period = tonumber(ARGV[2 * i])
   local base = tonumber(redis.call('GET', KEYS[i]) or '0')
   if base < now then base = now end
+  if base > now + period then
+    base = now + period
+    stepped[i] = true
+  end
   bases[i] = base
   if base + interval - now > period then admitted = 0 end
 end
@@ -52,6 +59,9 @@ for i = 1, #KEYS do
     redis.call('SET', KEYS[i], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
     out[i + 1] = tat - now
   else
+    if stepped[i] then
+      redis.call('SET', KEYS[i], string.format('%d', base), 'PX', math.ceil((base - now) / 1000))
+    end
     out[i + 1] = base - now
   end
 end

@@ -798,6 +798,51 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit() {
     two.shutdown().await;
 }
 
+/// A counter written before Redis's clock stepped back an hour (here: set
+/// an hour ahead) holds the key full for one period, not for the hour.
+#[tokio::test]
+async fn a_counter_from_before_the_stores_clock_stepped_back_holds_one_period() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let gw = on_redis(
+        "Stepped",
+        &upstream,
+        &redis,
+        "[{ limit: 2, per: 2s }]",
+        "deny",
+    )
+    .await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("mcgw:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (secs, micros): (String, String) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let now: u64 = secs.parse::<u64>().unwrap() * 1_000_000 + micros.parse::<u64>().unwrap();
+    let () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg((now + 3_600_000_000).to_string())
+        .arg("PX")
+        .arg(3_600_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refused = gw.get("/open/items").await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after <= 3, "retry after {retry_after} s");
+    until(&gw, |r| r.status() == 200).await;
+    gw.shutdown().await;
+}
+
 /// Sends until a response satisfies `done` (bounded: "does not hang").
 async fn until(gw: &Gateway, done: impl Fn(&Response) -> bool) -> Response {
     let deadline = Instant::now() + Duration::from_secs(20);
