@@ -47,8 +47,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -318,8 +318,11 @@ impl Window {
         }
     }
 
+    /// Past its end, or started after `now`: the clock stepped back (or
+    /// a caller's clock runs behind another's), and a window that would
+    /// last until the clock caught up ends instead.
     fn ended(&self, limits: Limits, now: u64) -> bool {
-        now >= self.started.saturating_add(limits.window_secs)
+        now >= self.started.saturating_add(limits.window_secs) || now < self.started
     }
 
     /// The failures counted in the window running at `now`.
@@ -446,11 +449,16 @@ impl<C: Clone + Eq + Hash> Drop for Attempt<'_, C> {
 }
 
 /// Seconds since the Unix epoch, the clock a caller without its own
-/// counts on.
+/// counts on: read once, then carried on by the monotonic clock, so that
+/// a step of the system's clock moves no window.
 pub fn system_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    static START: LazyLock<(Instant, u64)> = LazyLock::new(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        (Instant::now(), wall)
+    });
+    START.1.saturating_add(START.0.elapsed().as_secs())
 }
 
 #[cfg(test)]
@@ -550,6 +558,20 @@ mod tests {
             lockout.check(&alice(), 170),
             Err(Locked { retry_after: 50 })
         );
+    }
+
+    /// A clock that went back (or a caller's behind the one that counted)
+    /// ends the window rather than making it last until the clock is back.
+    #[test]
+    fn a_window_from_a_later_time_has_ended() {
+        let lockout = lockout();
+        for _ in 0..5 {
+            fail(&lockout, "app", "alice", 3_700);
+        }
+        assert!(lockout.check(&alice(), 3_701).is_err());
+        assert_eq!(lockout.check(&alice(), 100), Ok(()), "an hour back");
+        fail(&lockout, "app", "alice", 100);
+        assert_eq!(lockout.check(&alice(), 101), Ok(()), "a new window");
     }
 
     #[test]

@@ -32,11 +32,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::reject::Rejection;
 use crate::auth::identity::{self, Identity};
-use crate::authz_server::clock::unix_now;
 use crate::authz_server::workers::{JobFailed, Workers};
 use crate::config::snapshot::{Application, Applications, CredentialType};
 use crate::config::Snapshot;
-use crate::lockout::{AddressKey, Limits, Locked, Lockout, Outcome, Subject};
+use crate::lockout::{system_now, AddressKey, Limits, Locked, Lockout, Outcome, Subject};
 
 /// Verified Basic credentials kept at most.
 const CACHE_ENTRIES: usize = 1024;
@@ -164,7 +163,7 @@ impl Identifier {
     ) -> Result<Identity, Rejection> {
         // Locked means locked: a credential verified before the lock
         // must not answer for a guess that happens to equal it.
-        let now = unix_now();
+        let now = system_now();
         let client_ip = AddressKey::of(client_ip);
         // The user as the lock counts it (a long name by its digest).
         for subject in [Subject::Client(client_ip), Subject::user(&user)] {
@@ -179,7 +178,7 @@ impl Identifier {
         }
         let attempt = self
             .attempts
-            .reserve(&client_ip, &user, Some(key), unix_now())
+            .reserve(&client_ip, &user, Some(key), system_now())
             .map_err(too_many)?;
         let applications = snap.applications.clone();
         let checked = {
@@ -211,20 +210,20 @@ impl Identifier {
         };
         match checked {
             Ok(Some(app)) => {
-                attempt.end(Outcome::Right, unix_now());
+                attempt.end(Outcome::Right, system_now());
                 Ok(with_user(app, user))
             }
             Ok(None) => {
-                attempt.end(Outcome::Wrong, unix_now());
+                attempt.end(Outcome::Wrong, system_now());
                 Err(bad(CredentialType::Basic, realm))
             }
             // Not checked, so not a wrong password either.
             Err(JobFailed::Busy) => {
-                attempt.end(Outcome::Unchecked, unix_now());
+                attempt.end(Outcome::Unchecked, system_now());
                 Err(Rejection::ChecksBusy)
             }
             Err(JobFailed::Panicked) => {
-                attempt.end(Outcome::Unchecked, unix_now());
+                attempt.end(Outcome::Unchecked, system_now());
                 Err(Rejection::BadGateway("credential check failed".into()))
             }
         }
