@@ -87,9 +87,12 @@ impl HttpBody for Recording {
         };
         let polled = Pin::new(rest).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
+            // A copy, not a slice: a slice keeps the whole buffer it was
+            // read into (16 KiB for a byte), and the copy's bound would
+            // bound nothing.
             let kept = frame
                 .data_ref()
-                .map(|data| Frame::data(data.clone()))
+                .map(|data| Frame::data(Bytes::copy_from_slice(data)))
                 .or_else(|| frame.trailers_ref().cloned().map(Frame::trailers));
             // A frame kept costs its place in the copy besides its bytes:
             // a body of one-byte frames fills the copy as one of frames
@@ -383,6 +386,30 @@ mod tests {
         assert!(lock(&replay).overflow);
         assert_eq!(lock(&replay).sent.capacity(), 0);
         assert!(lock(&replay).again().is_none());
+    }
+
+    /// What the copy keeps is its own: not slices holding on to the
+    /// buffers the client's frames were read into.
+    #[tokio::test]
+    async fn the_copy_holds_no_buffer_of_the_clients() {
+        let read = Bytes::from(vec![b'x'; 16 * 1024]);
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..8)
+            .map(|i| Ok(Frame::data(read.slice(i..i + 1))))
+            .collect();
+        let client = StreamBody::new(tokio_stream::iter(frames)).boxed();
+        let replay = Arc::new(Mutex::new(Replay::new(client)));
+        let mut first = Recording(replay.clone());
+        while first.frame().await.is_some() {}
+        let within = read.as_ptr_range();
+        let kept = lock(&replay);
+        assert_eq!(kept.sent.len(), 8);
+        for frame in &kept.sent {
+            let data = frame.data_ref().expect("data");
+            assert!(
+                !within.contains(&data.as_ptr()),
+                "a slice of the client's buffer"
+            );
+        }
     }
 
     /// Once the upstream has answered, nothing of the body is kept: what
