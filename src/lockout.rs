@@ -391,17 +391,21 @@ fn running<'a, C: Clone + Eq + Hash>(
         if windows.len() >= limits.entries {
             // A flood of new subjects must not lift the locks it is
             // meant to make way around: a lock goes last, and before it
-            // the window with the fewest failures and checks, the oldest
-            // of those.
-            let first_to_go = windows
+            // the windows with the fewest failures and checks, the oldest
+            // of those. A sixteenth of them at once, so that a flood
+            // pays for the look over all of them once per that many new
+            // subjects, not for each.
+            let mut order: Vec<_> = windows
                 .iter()
-                .min_by_key(|(s, w)| {
+                .map(|(s, w)| {
                     let locked = w.unlocked(limits.of(s), limits, now).is_err();
                     let taken = w.failures_at(limits, now).saturating_add(w.under_way());
-                    (locked, taken, w.started)
+                    ((locked, taken, w.started), s.clone())
                 })
-                .map(|(s, _)| s.clone());
-            if let Some(subject) = first_to_go {
+                .collect();
+            let going = (windows.len() / 16).max(1);
+            order.select_nth_unstable_by(going - 1, |a, b| a.0.cmp(&b.0));
+            for (_, subject) in order.drain(..going) {
                 windows.remove(&subject);
             }
         }
@@ -753,6 +757,37 @@ mod tests {
         assert_eq!(windows.len(), 10);
         assert_eq!(windows.values().filter(|w| w.started == 60).count(), 2);
         assert_eq!(windows.values().filter(|w| w.failures == 1).count(), 7);
+    }
+
+    /// Full of running windows, a new subject makes room for a sixteenth
+    /// of them at once (the least failed first, never a lock before
+    /// them): the next new subjects find room without looking again.
+    #[test]
+    fn room_is_made_for_a_sixteenth_at_once() {
+        let lockout = Lockout::new(Limits {
+            entries: 64,
+            ..LIMITS
+        });
+        for _ in 0..5 {
+            fail(&lockout, "app", "bob", 0);
+        }
+        // Each failure counts for its client and its user: one client,
+        // many users, then one user a time with clients of their own.
+        let client = |n: usize| -> &'static str { Box::leak(format!("c{n}").into_boxed_str()) };
+        let mut n = 0;
+        while lockout.lock().len() < 64 {
+            let attempt = lockout.reserve(&client(n), "bob", None, 0);
+            assert!(attempt.is_err(), "bob is locked, and counted alone");
+            lockout.record_failure(&Subject::Client(client(n)), 0);
+            n += 1;
+        }
+        lockout.record_failure(&Subject::Client(client(1000)), 1);
+        assert_eq!(lockout.lock().len(), 64 - 4 + 1);
+        for i in 1..4 {
+            lockout.record_failure(&Subject::Client(client(1000 + i)), 1);
+        }
+        assert_eq!(lockout.lock().len(), 64, "no look until full again");
+        assert!(lockout.check(&Subject::User("bob".into()), 1).is_err());
     }
 
     /// Names the size of a request, as many as the subjects kept: what is
