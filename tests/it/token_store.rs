@@ -774,6 +774,29 @@ fn postgres_failed_attempts_are_shared_by_replicas() {
         "192.0.2.2".parse().unwrap(),
     )));
     assert_eq!(one.check(&elsewhere, 110), Ok(()));
+
+    // Failures a replica recorded with its clock an hour ahead lock for
+    // at most two windows on the others, not for the hour; seconds of
+    // skew between replicas still count together.
+    let carol = Subject::User("carol".into());
+    for _ in 0..5 {
+        one.record_failure(&carol, 3_700);
+    }
+    assert_eq!(other.check(&carol, 100), Ok(()), "an hour behind");
+    let dave = Subject::User("dave".into());
+    for (i, (replica, now)) in [(&one, 102), (&other, 100), (&one, 102), (&other, 100)]
+        .into_iter()
+        .enumerate()
+    {
+        replica.record_failure(&dave, now);
+        assert_eq!(replica.check(&dave, now), Ok(()), "failure {i}");
+    }
+    other.record_failure(&dave, 100);
+    assert_eq!(
+        other.check(&dave, 100),
+        Err(62),
+        "2 s of skew count together"
+    );
 }
 
 fn session(hash: &str, user: Option<&str>, expires_at: u64) -> SessionRecord {

@@ -594,7 +594,8 @@ impl TokenStore for PostgresStore {
             let row = client
                 .query_opt(
                     "SELECT window_start + $3 - $4 FROM failed_attempts \
-                     WHERE subject = $1 AND failures >= $2 AND window_start + $3 > $4",
+                     WHERE subject = $1 AND failures >= $2 AND window_start + $3 > $4 \
+                     AND window_start <= $4 + $3",
                     &[&subject, &limit, &window, &now],
                 )
                 .await?;
@@ -620,9 +621,11 @@ impl TokenStore for PostgresStore {
                 .execute(
                     "INSERT INTO failed_attempts AS f (subject, window_start, failures) \
                      VALUES ($1, $2, 1) ON CONFLICT (subject) DO UPDATE SET \
-                       failures = CASE WHEN f.window_start + $3 <= $2 THEN 1 \
+                       failures = CASE WHEN f.window_start + $3 <= $2 \
+                                         OR f.window_start > $2 + $3 THEN 1 \
                                        ELSE f.failures + 1 END, \
-                       window_start = CASE WHEN f.window_start + $3 <= $2 THEN $2 \
+                       window_start = CASE WHEN f.window_start + $3 <= $2 \
+                                             OR f.window_start > $2 + $3 THEN $2 \
                                            ELSE f.window_start END",
                     &[&subject, &now, &window],
                 )
