@@ -171,7 +171,10 @@ pub fn certified_key(
                 at: date(facts.not_after),
             });
         }
-        if facts.not_before > now {
+        // A certificate issued a moment ago by a CA whose clock is ahead
+        // of this host's (cert-manager sets `notBefore` to its now) is
+        // taken: refusing it would keep the one it renews.
+        if facts.not_before > now.saturating_add(NOT_BEFORE_SKEW) {
             return Err(TlsError::NotYetValid {
                 path: certificate_path(),
                 index,
@@ -193,6 +196,9 @@ pub fn certified_key(
     // Also refuses a key that is not the certificate's (`keys_match`).
     Ok(CertifiedKey::from_der(chain, key, provider)?)
 }
+
+/// How far ahead of this host's clock a certificate's `notBefore` may be.
+const NOT_BEFORE_SKEW: u64 = 300;
 
 fn date(seconds: u64) -> String {
     httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds))

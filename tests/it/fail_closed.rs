@@ -195,6 +195,16 @@ fn tls_material_is_judged_with_the_position_of_what_is_wrong() {
     let loaded = microgateway::config::load(&path, &Env::new(), 1).expect("the file compiles");
     microgateway::server::tls::check(&loaded.snapshot, std::time::SystemTime::now())
         .expect("good material");
+    // Valid from 2020-01-01: a minute before, on a clock behind its CA's,
+    // it is taken; an hour before, it is not yet valid.
+    let issued = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800);
+    let minute = std::time::Duration::from_secs(60);
+    microgateway::server::tls::check(&loaded.snapshot, issued - minute)
+        .expect("a minute's skew is taken");
+    let refused = microgateway::server::tls::check(&loaded.snapshot, issued - 60 * minute)
+        .expect_err("an hour early")
+        .to_string();
+    assert!(refused.contains("is not valid before"), "{refused}");
 }
 
 #[test]
