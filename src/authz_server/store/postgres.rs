@@ -632,16 +632,18 @@ impl TokenStore for PostgresStore {
                 .await?;
             // Anyone may name new subjects (addresses, user names), so
             // each failure also deletes up to `ENDED_PER_FAILURE` windows
-            // that ended an hour ago or more (as `remove_expired` does):
-            // the table holds about an hour of failures, cleanup or not.
-            // A statement of its own, skipping rows others hold, so that
-            // it never waits and no two replicas' failures deadlock.
+            // that ended a window ago or more (replicas' clocks may differ
+            // by less): the table holds about two windows of failures,
+            // cleanup or not. A statement of its own, skipping rows others
+            // hold, so that it never waits and no two replicas' failures
+            // deadlock.
+            let ended_before = now.saturating_sub(window.saturating_mul(2));
             client
                 .execute(
                     "DELETE FROM failed_attempts WHERE subject IN \
-                       (SELECT subject FROM failed_attempts WHERE window_start <= $1::BIGINT - 3600 \
+                       (SELECT subject FROM failed_attempts WHERE window_start <= $1::BIGINT \
                         ORDER BY window_start LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    &[&now, &ENDED_PER_FAILURE],
+                    &[&ended_before, &ENDED_PER_FAILURE],
                 )
                 .await?;
             Ok(())
