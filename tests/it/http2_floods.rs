@@ -38,14 +38,25 @@ apis:
     )
 }
 
-/// A good request on a new HTTP/2 connection gets the upstream's 200.
-async fn still_serves(gw: &Gateway) {
+/// A new HTTP/2 connection (prior knowledge) to `gw`, driven in a task.
+async fn h2c<B>(gw: &Gateway) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = TcpStream::connect(gw.http).await.unwrap();
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await
             .expect("h2c handshake");
     tokio::spawn(conn);
+    sender
+}
+
+/// A good request on a new HTTP/2 connection gets the upstream's 200.
+async fn still_serves(gw: &Gateway) {
+    let mut sender = h2c(gw).await;
     let url = format!("http://gw.example:{}/travels/bookings", gw.http.port());
     let resp = sender
         .send_request(Request::get(&url).body(Empty::<Bytes>::new()).unwrap())
@@ -447,12 +458,7 @@ async fn answers_larger_than_the_connections_room_all_arrive_whole() {
     static ANSWER: [u8; 4 << 20] = [7; 4 << 20];
     let upstream = answering(&ANSWER).await;
     let gw = Gateway::start(&flood_yaml(&format!("http://{upstream}/api"))).await;
-    let tcp = TcpStream::connect(gw.http).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let sender = h2c(&gw).await;
     let mut streams = Vec::new();
     for _ in 0..12 {
         let mut sender = sender.clone();
@@ -591,12 +597,7 @@ async fn a_ports_streams_beyond_each_connections_first_share_max_streams() {
 
     // Another client's first request is taken; its second is refused,
     // and says when to come back.
-    let tcp = TcpStream::connect(gw.http).await.unwrap();
-    let (mut sender, h2) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(h2);
+    let mut sender = h2c(&gw).await;
     let url = format!("http://gw.example:{}/travels/bookings", gw.http.port());
     let get = || Request::get(&url).body(Empty::<Bytes>::new()).unwrap();
     let first = tokio::spawn(sender.send_request(get()));
@@ -670,12 +671,7 @@ authorization_server:
       grant_types: [client_credentials], scopes: [view] }"#,
     );
     let gw = Gateway::start(&yaml).await;
-    let tcp = TcpStream::connect(gw.http).await.unwrap();
-    let (mut sender, h2) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(h2);
+    let mut sender = h2c(&gw).await;
     let base = format!("http://gw.example:{}", gw.http.port());
     let held = Request::get(format!("{base}/travels/bookings"))
         .body(Full::new(Bytes::new()))
@@ -699,12 +695,7 @@ authorization_server:
     assert_eq!(refused.headers()["retry-after"], "1");
     // A connection's first stream is always taken.
     first.abort();
-    let tcp = TcpStream::connect(gw.http).await.unwrap();
-    let (mut other, h2) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(h2);
+    let mut other = h2c(&gw).await;
     let issued = other.send_request(token()).await.expect("an answer");
     assert_eq!(issued.status(), StatusCode::OK);
     gw.shutdown().await;

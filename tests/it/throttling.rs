@@ -780,13 +780,7 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit() {
     assert_eq!((admitted, refused), (7, 13), "{statuses:?}");
     assert_eq!(upstream.hits(), 7);
     // Keys are prefixed and expire.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("mcgw:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = throttle_keys(&redis).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&keys[0])
@@ -813,13 +807,7 @@ async fn a_counter_from_before_the_stores_clock_stepped_back_holds_one_period() 
     )
     .await;
     assert_eq!(gw.get("/open/items").await.status(), 200);
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("mcgw:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (mut conn, keys) = throttle_keys(&redis).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     let (secs, micros): (String, String) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
     let now: u64 = secs.parse::<u64>().unwrap() * 1_000_000 + micros.parse::<u64>().unwrap();
@@ -841,6 +829,18 @@ async fn a_counter_from_before_the_stores_clock_stepped_back_holds_one_period() 
     assert!(retry_after <= 3, "retry after {retry_after} s");
     until(&gw, |r| r.status() == 200).await;
     gw.shutdown().await;
+}
+
+/// A connection to `redis`, and the throttle's keys there.
+async fn throttle_keys(redis: &Redis) -> (redis::aio::MultiplexedConnection, Vec<String>) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("mcgw:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (conn, keys)
 }
 
 /// Sends until a response satisfies `done` (bounded: "does not hang").
@@ -1023,13 +1023,7 @@ async fn a_request_that_started_before_a_reload_counts_in_its_snapshots_store() 
         Some(r#""api";r=4;t=720"#)
     );
     // Counted in Redis, as its snapshot said.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("mcgw:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (_, keys) = throttle_keys(&redis).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     gw.shutdown().await;
 }
