@@ -795,6 +795,42 @@ fn postgres_failed_attempts_are_shared_by_replicas() {
     );
 }
 
+/// A replica whose clock runs an hour ahead deletes, in its cleanups and
+/// its session inserts, only what has expired by the database's clock
+/// too (give or take 5 minutes), not what expires within its hour.
+#[test]
+fn postgres_a_replica_ahead_deletes_only_what_the_database_sees_expired() {
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let store = pg.open_store(&database);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ahead = now + 3600;
+    store
+        .insert_grant(&access("live", Some(now + 1800), None), None)
+        .unwrap();
+    store
+        .insert_grant(&access("gone", Some(now + 60), None), None)
+        .unwrap();
+    store.remove_expired(ahead).unwrap();
+    assert!(store.find_access_token("live").unwrap().is_some());
+    assert_eq!(
+        store.find_access_token("gone").unwrap(),
+        None,
+        "within the skew"
+    );
+
+    store
+        .session_insert(&session("browser", None, now + 600), None, 100, now)
+        .unwrap();
+    store
+        .session_insert(&session("other", None, ahead + 600), None, 100, ahead)
+        .unwrap();
+    assert!(store.session_find("browser", now).unwrap().is_some());
+}
+
 fn session(hash: &str, user: Option<&str>, expires_at: u64) -> SessionRecord {
     SessionRecord {
         hash: hash.into(),

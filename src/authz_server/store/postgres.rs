@@ -58,6 +58,10 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// more than it adds, so they never pile up.
 const ENDED_PER_FAILURE: i64 = 16;
 
+/// How far a replica's clock may run ahead of the database's before its
+/// cleanups stop at the database's (seconds).
+const CLOCK_SKEW: i64 = 300;
+
 /// Longest wait between two attempts to reach the database at start.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -924,6 +928,17 @@ impl TokenStore for PostgresStore {
         let now = to_sql(now);
         self.with(move |mut client| async move {
             let tx = client.transaction().await?;
+            // What has expired by this replica's clock and, give or take
+            // `CLOCK_SKEW`, by the database's: a replica whose clock runs
+            // an hour ahead must not delete, fleet-wide, what expires
+            // within that hour.
+            let now: i64 = tx
+                .query_one(
+                    "SELECT LEAST($1::BIGINT, EXTRACT(EPOCH FROM now())::BIGINT + $2)",
+                    &[&now, &CLOCK_SKEW],
+                )
+                .await?
+                .try_get(0)?;
             let access_tokens = tx
                 .execute(
                     "DELETE FROM access_tokens WHERE expires_at IS NOT NULL AND expires_at <= $1",

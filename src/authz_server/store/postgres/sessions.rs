@@ -24,13 +24,16 @@ const FIND: &str = "WITH expired AS (DELETE FROM approval_sessions \
      WHERE hash = $1 AND expires_at > $2";
 
 /// Stores `$1..$4` and `$8` at `$5`, deleting the session it replaces (`$6`), the
-/// expired ones, and as many of the others beyond capacity `$7` less one
+/// expired ones (by the database's clock too, give or take 5 minutes: a
+/// replica whose clock runs ahead deletes no other browser's live
+/// session), and as many of the others beyond capacity `$7` less one
 /// as it takes, anonymous first (any client can start those: they never
 /// push out a signed-in session while one of them is left), oldest first.
 const INSERT: &str = "WITH live AS (SELECT hash, username, expires_at FROM approval_sessions \
                  WHERE expires_at > $5 AND hash IS DISTINCT FROM $6), \
           gone AS (DELETE FROM approval_sessions \
-                 WHERE expires_at <= $5 OR hash = $6 \
+                 WHERE expires_at <= LEAST($5, EXTRACT(EPOCH FROM now())::BIGINT + 300) \
+                    OR hash = $6 \
                     OR hash IN (SELECT hash FROM live \
                                 ORDER BY username IS NOT NULL, expires_at, hash \
                                 LIMIT GREATEST((SELECT count(*) FROM live) - $7 + 1, 0))) \
