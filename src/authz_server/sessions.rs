@@ -243,6 +243,13 @@ impl Sessions {
     }
 }
 
+/// Whether a session kept in memory is live at `now`: before its end, and
+/// made no later than `now` (a session from after `now` was made before
+/// the clock stepped back, and would otherwise live that step longer).
+fn live(session: &SessionRecord, now: u64) -> bool {
+    now < session.expires_at && session.expires_at <= now.saturating_add(LIFETIME_SECS)
+}
+
 /// Sessions in memory, by hash, bounded by [`CAPACITY`].
 #[derive(Default)]
 struct Memory {
@@ -253,7 +260,7 @@ impl Memory {
     fn find(&self, hash: &str, now: u64) -> Option<SessionRecord> {
         let mut sessions = self.lock();
         let session = sessions.get(hash)?;
-        if now < session.expires_at {
+        if live(session, now) {
             return Some(session.clone());
         }
         sessions.remove(hash);
@@ -266,7 +273,7 @@ impl Memory {
             sessions.remove(hash);
         }
         if sessions.len() >= CAPACITY {
-            sessions.retain(|_, s| now < s.expires_at);
+            sessions.retain(|_, s| live(s, now));
         }
         if sessions.len() >= CAPACITY {
             let oldest = |anonymous_only: bool| {
@@ -386,6 +393,21 @@ mod tests {
         }
         let next = Sessions::in_memory().following(&previous);
         assert_eq!(next.may_start(from, 6_010), Err(50));
+    }
+
+    /// A session made before the clock stepped back an hour has ended,
+    /// rather than living the hour longer.
+    #[test]
+    fn a_session_from_before_the_clock_stepped_back_has_ended() {
+        let sessions = Sessions::in_memory();
+        let current = sessions.start(10_000).expect("started");
+        assert!(sessions.find(&current.id, 10_599).expect("found").is_some());
+        assert!(sessions.find(&current.id, 10_600).expect("found").is_none());
+        let current = sessions.start(10_000).expect("started");
+        assert!(
+            sessions.find(&current.id, 6_400).expect("found").is_none(),
+            "an hour back"
+        );
     }
 
     /// A session `user` logged in on at `now`.
