@@ -21,7 +21,8 @@ use crate::local_authorization_server::{
     a_client_with_a_reuse_interval_of_0s_is_never_retried, a_lost_refresh_answer_is_retried,
     a_retry_after_the_reuse_interval_revokes_the_family,
     a_retry_on_a_replica_whose_clock_is_behind_is_a_retry,
-    concurrent_retries_leave_at_most_one_live_refresh_token, reuse_yaml,
+    concurrent_retries_leave_at_most_one_live_refresh_token, post_as, refreshed, reuse_yaml,
+    signed_in,
 };
 
 fn yaml(url: &str, shared: &std::path::Path) -> String {
@@ -622,6 +623,73 @@ async fn a_lost_refresh_answer_is_retried_on_the_other_replica() {
     let pg = Postgres::shared();
     let (a, b) = reuse_replicas(&pg).await;
     a_lost_refresh_answer_is_retried(&a, &b).await;
+}
+
+/// Two refreshes with one token read it unspent on two replicas, then
+/// wait for its family (held here): the first to go on rotates it, the
+/// other finds it rotated when it writes — a client that gave up waiting
+/// for the first — and is answered as a retry, not as reuse.
+#[tokio::test]
+async fn a_refresh_that_lost_the_race_to_its_rotation_is_a_retry() {
+    use microgateway::authz_server::store::FAMILY_LOCK;
+    let pg = Postgres::shared();
+    let database = pg.create_database();
+    let yaml = reuse_yaml(&pg.url(&database));
+    let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
+    let (_, r0) = signed_in(&a, "app").await;
+    let family = pg.psql(&database, "SELECT family FROM refresh_tokens");
+    let (holder, connection) = tokio_postgres::connect(&pg.url(&database), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&FAMILY_LOCK, &family],
+        )
+        .await
+        .expect("lock");
+    // This database's: other tests share the cluster.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock' AND wait_event = 'advisory'";
+    let release = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = holder.query_one(waiting, &[]).await.expect("count");
+            if row.get::<_, i64>(0) == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "both wait for the family"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        holder
+            .execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))",
+                &[&FAMILY_LOCK, &family],
+            )
+            .await
+            .expect("unlock");
+    };
+    let (first, second, ()) = tokio::join!(
+        refreshed(&a, "app", &r0),
+        refreshed(&b, "app", &r0),
+        release
+    );
+    let answers = [first, second];
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    // One of the two refresh tokens is live: the retry's.
+    let mut live = 0;
+    for (_, body) in &answers {
+        let token = body["refresh_token"].as_str().expect("a refresh token");
+        let (_, looked) = post_as(&a, "app", "/oauth2/introspect", &[("token", token)]).await;
+        live += usize::from(looked["active"] == true);
+    }
+    assert_eq!(live, 1, "{answers:?}");
 }
 
 #[tokio::test]

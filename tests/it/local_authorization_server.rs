@@ -646,7 +646,12 @@ authorization_server:
 
 /// Posts `form` to `path` with the client's Basic credentials: the status
 /// and the JSON body.
-async fn post_as(gw: &Gateway, client: &str, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn post_as(
+    gw: &Gateway,
+    client: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
     let response = gw
         .client
         .post(gw.url(path))
@@ -661,7 +666,7 @@ async fn post_as(gw: &Gateway, client: &str, path: &str, form: &[(&str, &str)]) 
 }
 
 /// A password grant to `client`: its access and refresh tokens.
-async fn signed_in(gw: &Gateway, client: &str) -> (String, String) {
+pub(crate) async fn signed_in(gw: &Gateway, client: &str) -> (String, String) {
     let form = [
         ("grant_type", "password"),
         ("username", "alice"),
@@ -672,7 +677,7 @@ async fn signed_in(gw: &Gateway, client: &str) -> (String, String) {
     (text(&body, "access_token"), text(&body, "refresh_token"))
 }
 
-async fn refreshed(gw: &Gateway, client: &str, refresh_token: &str) -> (u16, Value) {
+pub(crate) async fn refreshed(gw: &Gateway, client: &str, refresh_token: &str) -> (u16, Value) {
     let form = [
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token),

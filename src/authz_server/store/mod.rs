@@ -16,7 +16,7 @@ mod schema;
 mod shared_counts;
 mod sqlite;
 
-pub use postgres::{PostgresStore, OPERATION_TIMEOUT};
+pub use postgres::{PostgresStore, FAMILY_LOCK, OPERATION_TIMEOUT};
 pub use postgres_schema::MIGRATIONS as POSTGRES_MIGRATIONS;
 pub use shared_counts::SharedCounts;
 pub use sqlite::SqliteStore;

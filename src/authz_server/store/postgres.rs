@@ -393,7 +393,7 @@ fn from_sql(n: i64) -> u64 {
 /// First key of the two-key `pg_advisory_xact_lock` that a refresh family's
 /// rotations and its revocation take ("mgfa" in ASCII); the second is
 /// `hashtext(family)`. A collision only serialises two families.
-const FAMILY_LOCK: i32 = 0x6d67_6661;
+pub const FAMILY_LOCK: i32 = 0x6d67_6661;
 
 /// Takes the lock of the presented refresh token's family; no row when the
 /// token is unknown.
