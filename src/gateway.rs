@@ -352,17 +352,15 @@ fn handle_api(
             request_id: request_id.as_ref(),
             answered: false,
         };
-        let (mut response, api) = match state.authz.load_full() {
+        let authz = (state.authz.load_full())
+            .filter(|_| crate::authz_server::is_endpoint(req.uri().path()));
+        let (mut response, api) = match authz {
             // Past the port's `limits.max_streams`, as an API's request is
             // (`proxy::serve`): refused before its body is read.
-            Some(_)
-                if crate::authz_server::is_endpoint(req.uri().path())
-                    && req.version() == http::Version::HTTP_2
-                    && req.extensions().get::<proxy::StreamsFull>().is_some() =>
-            {
+            Some(_) if proxy::past_max_streams(&req) => {
                 (proxy::Rejection::TooManyStreams.into_response(), None)
             }
-            Some(authz) if crate::authz_server::is_endpoint(req.uri().path()) => (
+            Some(authz) => (
                 Box::pin(authz_endpoint(
                     &snapshot,
                     &authz,

@@ -120,6 +120,12 @@ pub async fn collect_limited(
 #[derive(Clone, Copy, Debug)]
 pub struct StreamsFull;
 
+/// `req` came past its port's `limits.max_streams` (only an HTTP/2
+/// request can: `server::Conn::http2` marks it).
+pub fn past_max_streams<B>(req: &http::Request<B>) -> bool {
+    req.version() == http::Version::HTTP_2 && req.extensions().get::<StreamsFull>().is_some()
+}
+
 /// The room the request bodies of one HTTP/2 connection share while they
 /// are held whole (the `echo` upstream, the authorization server's
 /// endpoints), an extension of each of its requests: what one HTTP/1.1

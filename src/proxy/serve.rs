@@ -197,9 +197,7 @@ fn phases<'s: 'a, 'a>(
             }
         }
         // Only an HTTP/2 request can carry it (`server::Conn::http2`).
-        if req.version() == Version::HTTP_2
-            && req.extensions().get::<super::StreamsFull>().is_some()
-        {
+        if super::past_max_streams(&req) {
             return Err(Rejection::TooManyStreams); // nothing spent on it, nothing forwarded
         }
         let deadline = if route.api.grpc_deadlines {
