@@ -22,7 +22,7 @@ use crate::local_authorization_server::{
     a_retry_after_the_reuse_interval_revokes_the_family,
     a_retry_on_a_replica_whose_clock_is_behind_is_a_retry,
     concurrent_retries_leave_at_most_one_live_refresh_token, post_as, refreshed, reuse_yaml,
-    signed_in,
+    signed_in, text,
 };
 
 fn yaml(url: &str, shared: &std::path::Path) -> String {
@@ -156,13 +156,6 @@ async fn active(gw: &Gateway, token: &str) -> bool {
     body["active"] == true
 }
 
-fn string(value: &Value, key: &str) -> String {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {key} in {value}"))
-        .to_owned()
-}
-
 /// Exactly one redemption spends the code and issues tokens; every other
 /// gets `invalid_grant`, and since the code was presented more than once
 /// the tokens it bought are revoked on every replica (the winner's answer
@@ -203,7 +196,7 @@ async fn a_code_redeemed_on_two_replicas_at_once_has_one_winner() {
             }
         }
         if let Some((_, token)) = winners.first() {
-            let access = string(token, "access_token");
+            let access = text(token, "access_token");
             assert!(!active(&a, &access).await, "round {round}");
             assert!(!active(&b, &access).await, "round {round}");
         }
@@ -224,7 +217,7 @@ async fn a_refresh_token_reused_on_two_replicas_at_once_rotates_once() {
     for round in 0..5 {
         let (status, grant) = password_grant(&a, "wonderland").await;
         assert_eq!(status, 200, "{grant}");
-        let presented = string(&grant, "refresh_token");
+        let presented = text(&grant, "refresh_token");
         let attempts = (0..6).map(|i| refresh(if i % 2 == 0 { &a } else { &b }, &presented));
         let outcomes = join_all(attempts).await;
         let winners: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 200).collect();
@@ -233,8 +226,8 @@ async fn a_refresh_token_reused_on_two_replicas_at_once_rotates_once() {
             .iter()
             .all(|(s, body)| *s == 200 || body["error"] == "invalid_grant"));
         // Reuse detected: the whole family is revoked, the winner's too.
-        let next = string(&winners[0].1, "refresh_token");
-        assert!(!active(&b, &string(&winners[0].1, "access_token")).await);
+        let next = text(&winners[0].1, "refresh_token");
+        assert!(!active(&b, &text(&winners[0].1, "access_token")).await);
         assert_eq!(refresh(&a, &next).await.0, 400, "round {round}");
     }
 }
@@ -252,10 +245,10 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
     let (_shared, a, b, database) = replicas_on(&pg).await;
     let (status, grant) = password_grant(&a, "wonderland").await;
     assert_eq!(status, 200, "{grant}");
-    let first = string(&grant, "refresh_token");
+    let first = text(&grant, "refresh_token");
     let (status, body) = refresh(&a, &first).await;
     assert_eq!(status, 200, "{body}");
-    let second = string(&body, "refresh_token");
+    let second = text(&body, "refresh_token");
 
     // Instrumentation only: the rotation of `second` (which stores a
     // refresh token with refreshes_used = 2) pauses before its commit
@@ -305,8 +298,8 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
     let ((status_a, rotated), (status_b, replayed)) = tokio::join!(legitimate, replay_and_release);
     assert_eq!(status_b, 400, "the replay is refused: {replayed}");
     assert_eq!(status_a, 200, "the rotation went first: {rotated}");
-    let access = string(&rotated, "access_token");
-    let third = string(&rotated, "refresh_token");
+    let access = text(&rotated, "access_token");
+    let third = text(&rotated, "refresh_token");
     let family_live = pg.psql(
         &database,
         "SELECT count(*) FROM refresh_tokens WHERE NOT revoked",
@@ -405,7 +398,7 @@ async fn login_on_one_replica_and_consent_on_the_other_issue_a_working_code() {
     let (status, token) = redeem(&a, approved.location(), &verifier).await;
     assert_eq!(status, 200, "{token}");
     assert_eq!(token["scope"], "view");
-    assert!(active(&b, &string(&token, "access_token")).await);
+    assert!(active(&b, &text(&token, "access_token")).await);
 
     let id = browser.cookie.clone().expect("a session cookie");
     let hash = microgateway::authz_server::tokens::hash_token(&id);
@@ -596,16 +589,16 @@ async fn refresh_limit_counts_across_replicas() {
     let pg = Postgres::shared();
     let (_shared, a, b) = replicas(&pg).await;
     let (_, grant) = password_grant(&a, "wonderland").await;
-    let mut current = string(&grant, "refresh_token");
+    let mut current = text(&grant, "refresh_token");
     for (i, gw) in [&b, &a].into_iter().enumerate() {
         let (status, body) = refresh(gw, &current).await;
         assert_eq!(status, 200, "refresh {i}: {body}");
-        current = string(&body, "refresh_token");
+        current = text(&body, "refresh_token");
     }
     let (status, last) = refresh(&b, &current).await;
     assert_eq!(status, 200, "{last}");
     assert!(last.get("refresh_token").is_none(), "third of 3: {last}");
-    assert!(active(&a, &string(&last, "access_token")).await);
+    assert!(active(&a, &text(&last, "access_token")).await);
 }
 
 /// Two gateways on one database whose client `app` may retry a refresh
@@ -727,7 +720,7 @@ async fn revocation_on_one_replica_is_seen_by_the_other_at_once() {
     let pg = Postgres::shared();
     let (_shared, a, b) = replicas(&pg).await;
     let (_, grant) = password_grant(&a, "wonderland").await;
-    let access = string(&grant, "access_token");
+    let access = text(&grant, "access_token");
     assert!(active(&b, &access).await);
     let (status, _) = post(
         &b,
@@ -884,7 +877,7 @@ async fn a_flood_of_password_checks_leaves_the_workers_to_other_requests() {
     let gw = &Gateway::start(&yaml).await;
     let (status, body) = password_grant(gw, "wonderland").await;
     assert_eq!(status, 200, "{body}");
-    let token = string(&body, "access_token");
+    let token = text(&body, "access_token");
     let mut flood: FuturesUnordered<_> = (0..40)
         .map(|_| target_password(gw, "target-right-pw"))
         .collect();
@@ -972,7 +965,7 @@ async fn kids(gw: &Gateway) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| string(k, "kid"))
+        .map(|k| text(k, "kid"))
         .collect()
 }
 
@@ -1071,7 +1064,7 @@ async fn jwts_validate_across_replicas_through_a_rotation() {
             .send()
     };
     let (_, grant) = password_grant(&a, "wonderland").await;
-    let old = string(&grant, "access_token");
+    let old = text(&grant, "access_token");
     for gw in [&a, &b] {
         assert_eq!(call(gw, old.clone()).await.unwrap().status(), 200);
     }
@@ -1100,7 +1093,7 @@ async fn jwts_validate_across_replicas_through_a_rotation() {
         }
     }
     let (_, grant) = password_grant(&b, "wonderland").await;
-    let new = string(&grant, "access_token");
+    let new = text(&grant, "access_token");
     for gw in [&a, &b] {
         assert_eq!(
             call(gw, new.clone()).await.unwrap().status(),
@@ -1145,7 +1138,7 @@ async fn a_jwt_signed_right_after_a_rotation_validates_on_the_other_replica() {
     };
     let (status, grant) = password_grant(first, "wonderland").await;
     assert_eq!(status, 200, "{grant}");
-    let token = string(&grant, "access_token");
+    let token = text(&grant, "access_token");
     let answer = other
         .client
         .get(other.url("/travels/bookings"))
@@ -1203,7 +1196,7 @@ async fn tokens_are_hashed_at_rest() {
     );
     assert!(everything.contains("alice"), "{everything}");
     for key in ["access_token", "refresh_token"] {
-        let token = string(&grant, key);
+        let token = text(&grant, key);
         assert!(!everything.contains(&token), "{key} in the clear");
     }
 }
@@ -1219,10 +1212,7 @@ async fn a_replica_lost_mid_load_loses_nothing() {
         let grants = (0..8).map(|i| password_grant(if i % 2 == 0 { &a } else { &b }, "wonderland"));
         for (status, grant) in join_all(grants).await {
             assert_eq!(status, 200, "round {round}: {grant}");
-            issued.push((
-                string(&grant, "access_token"),
-                string(&grant, "refresh_token"),
-            ));
+            issued.push((text(&grant, "access_token"), text(&grant, "refresh_token")));
         }
     }
     a.shutdown().await;
@@ -1242,7 +1232,7 @@ async fn a_database_restart_is_503_temporarily_unavailable_then_service_resumes(
     let (_shared, a, b) = replicas(&pg).await;
     let (status, grant) = password_grant(&a, "wonderland").await;
     assert_eq!(status, 200, "{grant}");
-    let access = string(&grant, "access_token");
+    let access = text(&grant, "access_token");
     pg.stop();
     for gw in [&a, &b] {
         let (status, body) = password_grant(gw, "wonderland").await;

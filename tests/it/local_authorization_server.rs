@@ -716,7 +716,7 @@ async fn active(gw: &Gateway, token: &str) -> bool {
     body["active"] == true
 }
 
-fn text(body: &Value, key: &str) -> String {
+pub(crate) fn text(body: &Value, key: &str) -> String {
     body[key]
         .as_str()
         .unwrap_or_else(|| panic!("no {key} in {body}"))
