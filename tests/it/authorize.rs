@@ -1253,6 +1253,50 @@ async fn replayed_code_revokes(cleanup: bool) {
     assert_eq!(body["error"], "invalid_grant");
 }
 
+/// A spent code leaks (history, Referer, logs): presented by another
+/// client — here a public one, with nothing else — it is refused and
+/// revokes nothing, since that client could never have redeemed it.
+#[tokio::test]
+async fn a_spent_code_presented_by_another_client_revokes_nothing() {
+    let gw = gateway().await;
+    let mut browser = Browser::new(&gw);
+    let (verifier, challenge) = pkce();
+    let location = browser
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
+        .await;
+    let code = code_from(&location);
+    let (status, first) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 200, "{first}");
+    let access = str_of(&first, "access_token");
+
+    let (status, body) = token_request(
+        &gw,
+        None,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", "spa"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(introspect(&gw, access).await["active"], true);
+    let (status, body) = token_request(
+        &gw,
+        Some(("bookyourticket", SECRET)),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", str_of(&first, "refresh_token")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn an_expired_code_is_invalid_grant() {
     let gw = Gateway::start(&yaml(&Options {

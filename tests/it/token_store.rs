@@ -193,7 +193,8 @@ fn a_replay_racing_the_first_use_leaves_no_live_token(open: Open) {
     assert_eq!(
         replay,
         CodeTake::Reused {
-            family: Some("f".into())
+            family: Some("f".into()),
+            client_id: "app".into(),
         }
     );
     assert_eq!(second.revoke_family("f").unwrap(), 0);
@@ -217,7 +218,8 @@ fn a_code_is_spent_once(open: Open) {
     assert_eq!(
         store.take_code("h", 100, "g").unwrap(),
         CodeTake::Reused {
-            family: Some("f".into())
+            family: Some("f".into()),
+            client_id: "app".into(),
         }
     );
     assert!(store.code_replayed("h").unwrap());
@@ -243,7 +245,8 @@ fn a_spent_code_is_kept_while_its_tokens_live(open: Open) {
     assert_eq!(
         store.take_code("h", 300, "g").unwrap(),
         CodeTake::Reused {
-            family: Some("f".into())
+            family: Some("f".into()),
+            client_id: "app".into(),
         }
     );
     assert_eq!(store.revoke_family("f").unwrap(), 2);
@@ -300,7 +303,7 @@ fn concurrent_redemptions_of_a_code_have_one_winner(open: Open) {
         for outcome in &outcomes {
             match outcome {
                 CodeTake::Fresh(_) => {}
-                CodeTake::Reused { family: bound } => {
+                CodeTake::Reused { family: bound, .. } => {
                     assert_eq!(bound.as_deref(), Some(family.as_str()), "round {round}")
                 }
                 other => panic!("round {round}: {other:?}"),

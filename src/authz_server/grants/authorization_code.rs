@@ -7,7 +7,8 @@
 //! issued with a challenge needs the matching `code_verifier`, and a
 //! verifier for a code without a challenge is refused too (RFC 9700
 //! §2.1.1: no PKCE downgrade). The tokens issued form a family bound to
-//! the code, so presenting the code again revokes them (§4.1.2).
+//! the code, so presenting the code again revokes them (§4.1.2) — when its
+//! own client presents it: another client could never have redeemed it.
 
 use super::{issue_in_family, may_refresh, GrantContext, TokenResponse};
 use crate::authz_server::error::OAuthError;
@@ -32,7 +33,17 @@ pub fn grant(
     let family = tokens::random_id();
     let record = match cx.store.take_code(&hash, cx.now, &family)? {
         CodeTake::Fresh(record) => record,
-        CodeTake::Reused { family } => {
+        // Only the client the code was issued to can have redeemed it: a
+        // spent code another client presents (read from a browser's
+        // history, a Referer, a log) revokes nothing.
+        CodeTake::Reused { client_id, .. } if client_id != client.client_id => {
+            tracing::debug!(
+                client_id = %client.client_id,
+                "a spent authorization code of another client was presented"
+            );
+            return Err(INVALID);
+        }
+        CodeTake::Reused { family, .. } => {
             let revoked = match &family {
                 Some(family) => cx.store.revoke_family(family)?,
                 None => 0,

@@ -138,9 +138,11 @@ pub enum CodeTake {
     /// First use: the code is now spent.
     Fresh(CodeRecord),
     /// RFC 6749 §4.1.2: a second use; the tokens issued from the first use
-    /// (their family, when known) should be revoked.
+    /// (their family, when known) should be revoked when the client the
+    /// code was issued to presents it again.
     Reused {
         family: Option<String>,
+        client_id: String,
     },
     Expired,
     Unknown,

@@ -1055,7 +1055,10 @@ impl TokenStore for PostgresStore {
                     username: row.try_get(6)?,
                     expires_at: from_sql(row.try_get(7)?),
                 }),
-                _ => CodeTake::Reused { family: bound },
+                _ => CodeTake::Reused {
+                    family: bound,
+                    client_id: row.try_get(0)?,
+                },
             })
         })
     }

@@ -485,13 +485,16 @@ impl TokenStore for SqliteStore {
             .optional()?;
         let outcome = match found {
             None => CodeTake::Unknown,
-            Some((_, true, family)) => {
+            Some((code, true, family)) => {
                 // `used` counts presentations: see `code_replayed`.
                 tx.execute(
                     "UPDATE authorization_codes SET used = used + 1 WHERE hash = ?1",
                     [hash],
                 )?;
-                CodeTake::Reused { family }
+                CodeTake::Reused {
+                    family,
+                    client_id: code.client_id,
+                }
             }
             Some((code, false, _)) if code.expires_at <= now => CodeTake::Expired,
             Some((code, false, _)) => {
@@ -925,7 +928,8 @@ mod tests {
         assert_eq!(
             replay,
             CodeTake::Reused {
-                family: Some("f".into())
+                family: Some("f".into()),
+                client_id: "app".into(),
             }
         );
         assert_eq!(store.revoke_family("f").expect("revoke"), 0);
@@ -956,7 +960,8 @@ mod tests {
         assert_eq!(
             store.take_code("h", 100, "g").expect("take"),
             CodeTake::Reused {
-                family: Some("f".into())
+                family: Some("f".into()),
+                client_id: "app".into(),
             }
         );
         assert!(store.code_replayed("h").expect("replayed"));
