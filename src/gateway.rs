@@ -480,6 +480,14 @@ async fn authz_endpoint(
     let (collected, _held) =
         match proxy::collect_limited(body, crate::authz_server::MAX_BODY, room).await {
             Ok(collected) => collected,
+            // In the endpoints' own terms (RFC 6749 §5.2's error codes).
+            Err(proxy::Rejection::PayloadTooLarge) => {
+                return crate::authz_server::error::OAuthError::BodyTooLarge {
+                    limit: crate::authz_server::MAX_BODY,
+                }
+                .into_response()
+                .map(proxy::full)
+            }
             Err(rejection) => return rejection.into_response(),
         };
     let response = authz

@@ -2,10 +2,13 @@
 //! Appendix B) as the endpoints receive them.
 //!
 //! RFC 6749 §3.1: a parameter sent without a value is treated as omitted,
-//! and a parameter must not be sent more than once — a duplicate refuses
-//! the whole request, so two parts of the server can never read two
-//! different values of one name. Only a name the caller declares
-//! repeatable (the approval page's scope checkboxes) may come several times.
+//! and a parameter must not be sent more than once — a duplicate of a name
+//! the server reads ([`READ`]) refuses the whole request, so two parts of
+//! the server can never read two different values of one name. Only a name
+//! the caller declares repeatable (the approval page's scope checkboxes)
+//! may come several times. Other names are ignored, repeated or not (§3.1:
+//! unrecognized parameters are ignored; RFC 8707 sends `resource` once per
+//! resource).
 //!
 //! Parsing is linear and bounded, since it runs before any client is
 //! authenticated: at most [`MAX_FORM_BYTES`] and [`MAX_PARAMS`] parameters
@@ -28,6 +31,32 @@ pub fn is_form(headers: &HeaderMap) -> bool {
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
 }
+
+/// Every parameter some endpoint reads (the token, revocation,
+/// introspection and authorization endpoints and the approval form): the
+/// names that must not repeat. Reading another is a mistake, caught by the
+/// tests: its repeats would not be refused.
+pub const READ: &[&str] = &[
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "client_id",
+    "client_secret",
+    "scope",
+    "username",
+    "password",
+    "refresh_token",
+    "token",
+    "token_type_hint",
+    "response_type",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "csrf_token",
+    "action",
+    "grant_scope",
+];
 
 /// Most parameters a form may carry; the largest OAuth request has about
 /// fifteen (the approval form: its hidden fields and a box per scope).
@@ -92,18 +121,20 @@ impl Form {
         Ok(Form { params })
     }
 
-    /// The first name sent more than once (RFC 6749 §3.1: refused), but
-    /// those in `repeatable`.
+    /// The first name the server reads ([`READ`]) sent more than once
+    /// (RFC 6749 §3.1: refused), but those in `repeatable`.
     pub fn repeated(&self, repeatable: &[&str]) -> Option<&str> {
         let mut seen = HashSet::with_capacity(self.params.len());
         self.params
             .iter()
             .map(|(name, _)| name.as_str())
+            .filter(|name| READ.contains(name))
             .find(|name| !seen.insert(*name) && !repeatable.contains(name))
     }
 
     /// Whether `name` is sent more than once, empty values included.
     pub fn repeats(&self, name: &str) -> bool {
+        read(name);
         self.params
             .iter()
             .filter(|(n, _)| n == name)
@@ -113,6 +144,7 @@ impl Form {
 
     /// The value of `name`; `None` when absent or empty (RFC 6749 §3.1).
     pub fn get(&self, name: &str) -> Option<&str> {
+        read(name);
         self.params
             .iter()
             .find(|(n, v)| n == name && !v.is_empty())
@@ -121,11 +153,20 @@ impl Form {
 
     /// Every non-empty value of `name`, in the order sent.
     pub fn all<'f>(&'f self, name: &'f str) -> impl Iterator<Item = &'f str> + 'f {
+        read(name);
         self.params
             .iter()
             .filter(move |(n, v)| n == name && !v.is_empty())
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// A name read must be one whose repeats are refused.
+fn read(name: &str) {
+    debug_assert!(
+        READ.contains(&name),
+        "`{name}` is read from forms but missing from form::READ"
+    );
 }
 
 /// Form-urldecoding: `+` is a space, then percent-decoding (also used for
@@ -160,27 +201,49 @@ mod tests {
 
     #[test]
     fn repeats_kept_are_told_and_read_first_one_first() {
-        let form = Form::parse_keeping_repeats(b"a=1&b=2&b=3&c=4&c=5").expect("form");
-        assert_eq!(form.repeated(&[]), Some("b"));
-        assert_eq!(form.repeated(&["b"]), Some("c"));
-        assert_eq!(form.repeated(&["b", "c"]), None);
-        assert!(form.repeats("c") && !form.repeats("a") && !form.repeats("d"));
-        let empty = Form::parse_keeping_repeats(b"c=&c=4").expect("form");
-        assert!(empty.repeats("c"));
-        assert_eq!(form.get("b"), Some("2"));
+        let form =
+            Form::parse_keeping_repeats(b"code=1&scope=2&scope=3&state=4&state=5").expect("form");
+        assert_eq!(form.repeated(&[]), Some("scope"));
+        assert_eq!(form.repeated(&["scope"]), Some("state"));
+        assert_eq!(form.repeated(&["scope", "state"]), None);
+        assert!(form.repeats("state") && !form.repeats("code") && !form.repeats("token"));
+        let empty = Form::parse_keeping_repeats(b"state=&state=4").expect("form");
+        assert!(empty.repeats("state"));
+        assert_eq!(form.get("scope"), Some("2"));
         assert_eq!(
-            Form::parse_repeating(b"b=2&b=3", &["b"]).map(|f| f.all("b").count()),
+            Form::parse_repeating(b"scope=2&scope=3", &["scope"]).map(|f| f.all("scope").count()),
             Ok(2)
         );
     }
 
     #[test]
     fn only_declared_names_repeat() {
-        let form = Form::parse_repeating(b"grant=view&grant=book&action=approve", &["grant"])
-            .expect("form");
-        assert_eq!(form.all("grant").collect::<Vec<_>>(), ["view", "book"]);
+        let form = Form::parse_repeating(
+            b"grant_scope=view&grant_scope=book&action=approve",
+            &["grant_scope"],
+        )
+        .expect("form");
         assert_eq!(
-            Form::parse_repeating(b"grant=a&action=x&action=y", &["grant"]),
+            form.all("grant_scope").collect::<Vec<_>>(),
+            ["view", "book"]
+        );
+        assert_eq!(
+            Form::parse_repeating(b"grant_scope=a&action=x&action=y", &["grant_scope"]),
+            Err(FormError::Duplicate)
+        );
+    }
+
+    /// RFC 6749 §3.1: parameters the server does not read are ignored,
+    /// repeated or not (RFC 8707's `resource` comes once per resource).
+    #[test]
+    fn names_no_endpoint_reads_may_repeat() {
+        let form = Form::parse(
+            b"grant_type=client_credentials&resource=https%3A%2F%2Fa&resource=https%3A%2F%2Fb&x=&x=",
+        )
+        .expect("form");
+        assert_eq!(form.get("grant_type"), Some("client_credentials"));
+        assert_eq!(
+            Form::parse(b"resource=a&grant_type=x&grant_type=y"),
             Err(FormError::Duplicate)
         );
     }

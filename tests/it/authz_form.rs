@@ -1,5 +1,5 @@
 //! The authorization server's forms over loopback: at most 64 parameters,
-//! each name once, whatever the size of the form. (That parsing is linear
+//! each name the server reads once, whatever the size of the form. (That parsing is linear
 //! and refuses a full-size form before decoding it is shown at the foot of
 //! `src/authz_server/form.rs`.)
 
@@ -72,6 +72,31 @@ async fn a_parameter_sent_twice_still_refuses_the_form() {
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"], "invalid_request", "{body}");
     }
+    gw.shutdown().await;
+}
+
+/// RFC 6749 §3.1: a parameter the server does not read is ignored, and
+/// so are its repeats (RFC 8707 sends `resource` once per resource).
+#[tokio::test]
+async fn parameters_the_server_does_not_read_may_repeat() {
+    let gw = Gateway::start(YAML).await;
+    let body =
+        format!("{GRANT}&resource=https%3A%2F%2Fa.example&resource=https%3A%2F%2Fb.example&x=&x=1");
+    let (status, answer) = token(&gw, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["access_token"].is_string(), "{answer}");
+    gw.shutdown().await;
+}
+
+/// A body past the endpoints' 64 KiB is refused in the endpoints' terms:
+/// 413 with RFC 6749 §5.2's `invalid_request`.
+#[tokio::test]
+async fn a_body_past_64_kib_is_an_invalid_request() {
+    let gw = Gateway::start(YAML).await;
+    let body = format!("{GRANT}&pad={}", "x".repeat(70 * 1024));
+    let (status, answer) = token(&gw, body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "invalid_request", "{answer}");
     gw.shutdown().await;
 }
 
