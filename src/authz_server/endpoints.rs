@@ -613,9 +613,12 @@ impl Inner {
         let now = from.now;
         let caller = client_auth::authenticate(&self.settings, from, req.headers(), form)?;
         // RFC 7662 §2.1: the caller must be authorised; a public client
-        // cannot be.
+        // cannot be. One that tried Basic (an empty password) is challenged
+        // as RFC 6749 §5.2 asks.
         if caller.method == AuthMethod::None {
-            return Err(OAuthError::InvalidClient { basic: false });
+            return Err(OAuthError::InvalidClient {
+                basic: req.headers().contains_key(header::AUTHORIZATION),
+            });
         }
         let token = form
             .get("token")

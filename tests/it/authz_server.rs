@@ -533,6 +533,12 @@ async fn a_public_client_with_an_empty_basic_password_is_no_guess() {
         .post_basic("/oauth2/introspect", "public-app", "", &[("token", token)])
         .await;
     assert_eq!((refused.status, refused.error()), (401, "invalid_client"));
+    // RFC 6749 §5.2: it tried HTTP Basic, so it is challenged.
+    assert!(
+        refused.headers.contains_key("www-authenticate"),
+        "{:?}",
+        refused.headers
+    );
     server
         .token("app", "s3cret/+:&", &[("grant_type", "client_credentials")])
         .await;
