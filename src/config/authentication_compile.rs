@@ -46,15 +46,15 @@ pub(super) fn authentication(
         return None;
     };
     if kind.value.0 == ["none"] {
-        // Scopes under `type: none` would be enforced by nothing: a
-        // reader of the file would believe the API is protected.
+        // Scopes under `type: none` only declare routes (the contract):
+        // said loudly, since a reader of the file could believe the API
+        // is protected.
         if let Some(scope) = entry.value.scopes.first() {
-            ctx.report.error(
+            ctx.report.warning(
                 scope.referenced,
-                "API has `scopes:` but authentication type none; nothing would enforce them",
-                "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
+                "API has `scopes:` but authentication type none: they only declare routes, \
+                 and anyone may call them (type: oauth2 with auth_server enforces them)",
             );
-            return None;
         }
         // Nor would anything apply the keys that restrict who may call:
         // `applications: registered` beside `type: none` opens the API

@@ -2160,9 +2160,11 @@ fn api_without_authentication_is_refused() {
     );
 }
 
+/// The contract: with `type: none`, scopes and resources only declare
+/// routes. Taken, with a warning where the scopes begin.
 #[test]
-fn type_none_with_scopes_is_refused() {
-    refused(
+fn type_none_with_scopes_only_declares_routes_and_is_warned_about() {
+    let loaded = loaded(
         r#"apis:
 - name: A
   upstream: { echo: true }
@@ -2171,12 +2173,18 @@ fn type_none_with_scopes_is_refused() {
   - name: View
     resources: ["GET /a"]
 "#,
-        error(
+    );
+    let warnings: Vec<Found> = loaded.warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
             6,
             5,
-            "API has `scopes:` but authentication type none; nothing would enforce them",
-            "type: oauth2 with auth_server, or the resources in `resources:` without scopes",
-        ),
+            "API has `scopes:` but authentication type none: they only declare routes, \
+             and anyone may call them (type: oauth2 with auth_server enforces them)"
+                .to_owned(),
+            None
+        )]
     );
 }
 

@@ -246,6 +246,35 @@ async fn forwards_with_base_path_stripped_and_query_kept() {
     gw.shutdown().await;
 }
 
+/// With `type: none`, scopes only declare routes (a warning says so): their
+/// resources are served to anyone, the others' paths are still 404.
+#[tokio::test]
+async fn scopes_under_type_none_only_declare_routes() {
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Open
+  base_path: /open
+  upstream: {{ url: "{}" }}
+  authentication: {{ type: none }}
+  scopes:
+  - name: View
+    resources: ["GET /bookings/{{id}}"]
+  resources: ["GET /status"]
+"#,
+        upstream.url("/api")
+    );
+    let gw = Gateway::start(&yaml).await;
+    assert_eq!(gw.get("/open/bookings/7").await.status(), 200);
+    assert_eq!(upstream.last().uri, "/api/bookings/7");
+    assert_eq!(gw.get("/open/status").await.status(), 200);
+    assert_eq!(gw.get("/open/other").await.status(), 404);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn undeclared_path_is_404_and_not_forwarded() {
     let upstream = Upstream::start().await;
