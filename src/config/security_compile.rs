@@ -468,5 +468,49 @@ pub(super) fn scope_mappings(
             apis: named,
         });
     }
+    warn_unreachable_scopes(ctx, apis, &mappings);
     mappings
+}
+
+/// Where a mapping of an API's auth server names the API, a token's own
+/// scope no longer grants the API's scopes: one that no mapping of that
+/// server grants can be granted by no token, and its resources are
+/// refused to every caller (403 for ever). Told where the scope is named.
+fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[ScopeMapping]) {
+    for api in apis {
+        let Some(name) = api.value.name.as_ref().map(|n| &n.value) else {
+            continue;
+        };
+        let Some(server) = api
+            .value
+            .authentication
+            .as_ref()
+            .and_then(|a| a.value.auth_server.as_ref())
+        else {
+            continue;
+        };
+        let of_server = || {
+            mappings
+                .iter()
+                .filter(|m| *m.auth_server == *server.value.as_str())
+        };
+        if !of_server().any(|m| m.apis.contains(name)) {
+            continue;
+        }
+        for scope in &api.value.scopes {
+            let Some(scope) = &scope.value.name else {
+                continue;
+            };
+            let api_scope = format!("{name}:{}", scope.value);
+            if !of_server().any(|m| m.api_scopes.contains(&api_scope)) {
+                ctx.report.warning(
+                    scope.referenced,
+                    format!(
+                        "API scope `{}` is granted by no scope mapping of auth server `{}`, whose mappings name API `{name}` (so a token's own scope `{}` does not grant it): no token may call its resources",
+                        scope.value, server.value, scope.value
+                    ),
+                );
+            }
+        }
+    }
 }

@@ -318,10 +318,7 @@ impl Rejection {
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
                 "the token does not grant a scope this resource needs".to_owned(),
-                Some(format!(
-                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                    quoted(&would_grant.join(" "))
-                )),
+                Some(insufficient_scope(would_grant)),
             ),
             Rejection::AuthUnavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -372,10 +369,7 @@ impl Rejection {
                 StatusCode::FORBIDDEN,
                 Some("insufficient_scope"),
                 "the token does not grant a scope this resource needs".to_owned(),
-                Some(format!(
-                    "Bearer error=\"insufficient_scope\", scope=\"{}\"",
-                    quoted(&would_grant.join(" "))
-                )),
+                Some(insufficient_scope(would_grant)),
             ),
             Rejection::Denied(
                 Denied::NotRegistered
@@ -635,6 +629,19 @@ fn challenge_of(kind: CredentialType, realm: &str) -> Option<String> {
 }
 
 /// RFC 9110 §5.6.4 quoted-string: escape `"` and `\`.
+/// The challenge of a 403 `insufficient_scope` (RFC 6750 §3): the scopes
+/// that would do, when there are any — `scope` is one or more scope
+/// tokens, so none leaves the attribute out.
+fn insufficient_scope(would_grant: &[String]) -> String {
+    if would_grant.is_empty() {
+        return "Bearer error=\"insufficient_scope\"".to_owned();
+    }
+    format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+        quoted(&would_grant.join(" "))
+    )
+}
+
 fn quoted(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -683,6 +690,26 @@ mod tests {
         assert_eq!(
             Rejection::DeadlineExceeded.into_response().status(),
             StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+
+    /// RFC 6750 §3: `scope` names one or more scopes; a resource no scope
+    /// of the token's auth server would grant gets no `scope=""`.
+    #[test]
+    fn an_insufficient_scope_challenge_names_scopes_only_when_some_would_do() {
+        let challenge = |would_grant: Vec<String>| {
+            Rejection::InsufficientScope { would_grant }
+                .into_response()
+                .headers()[WWW_AUTHENTICATE]
+                .clone()
+        };
+        assert_eq!(
+            challenge(vec!["view".into(), "book".into()]),
+            r#"Bearer error="insufficient_scope", scope="view book""#
+        );
+        assert_eq!(
+            challenge(Vec::new()),
+            r#"Bearer error="insufficient_scope""#
         );
     }
 

@@ -2591,6 +2591,24 @@ fn a_mapping_for_an_auth_server_the_api_does_not_use_is_warned_about() {
     );
 }
 
+/// Once a mapping of the API's auth server names the API, a token's own
+/// scope grants none of its scopes: a scope no mapping grants is refused
+/// to every caller, which `check` says where the scope is named.
+#[test]
+fn an_api_scope_no_mapping_grants_is_warned_about() {
+    let loaded = loaded(
+        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\" }\nscope_mappings:\n- { auth_server: idp, scope: view, api_scopes: [\"Orders:View\"] }\napis:\n- name: Orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes:\n  - { name: View, resources: [\"GET /a\"] }\n  - { name: Cancel, resources: [\"DELETE /a\"] }\n- name: Open\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Cancel, resources: [\"DELETE /a\"] }]\n",
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    // `Open` is named by no mapping: a token's scope `Cancel` grants it.
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":13:13: warning: API scope `Cancel` is granted by no scope mapping of auth server `idp`, whose mappings name API `Orders` (so a token's own scope `Cancel` does not grant it): no token may call its resources"),
+        "{}",
+        warnings[0]
+    );
+}
+
 /// Two listeners on one port would fail at start only: `check` says so.
 #[test]
 fn two_listeners_on_one_port_are_refused() {
