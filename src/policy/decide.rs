@@ -22,6 +22,9 @@ use crate::path::{canonicalize, PathProblem};
 pub enum Outcome {
     Allow,
     BadPath(PathProblem),
+    /// The query names what the data path refuses (`_method` on a method
+    /// other than GET or HEAD; `access_token` where a token is read).
+    BadQuery(&'static str),
     NoRoute(RouteProblem),
     /// An oauth2 API and no token was presented.
     NeedsToken,
@@ -48,6 +51,7 @@ impl Outcome {
         match self {
             Outcome::Allow => 200,
             Outcome::BadPath(_)
+            | Outcome::BadQuery(_)
             | Outcome::NoRoute(
                 RouteProblem::EncodedSlash { .. } | RouteProblem::AboveBasePath { .. },
             ) => 400,
@@ -143,7 +147,7 @@ pub fn decide<'s>(
 pub fn decide_for<'s>(
     snapshot: &'s Snapshot,
     method: &Method,
-    raw_path: &str,
+    target: &str,
     caller: &Caller,
     client_ip: IpAddr,
 ) -> Verdict<'s> {
@@ -158,6 +162,17 @@ pub fn decide_for<'s>(
         caller: None,
         outcome: Outcome::Allow,
     };
+    // A request target: its query is not part of the path routed on.
+    let (raw_path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let names = |name: &[u8]| query.is_some_and(|q| crate::path::query_names(q, name));
+    if !matches!(*method, Method::GET | Method::HEAD) && names(b"_method") {
+        verdict.outcome =
+            Outcome::BadQuery("a method-override parameter (_method) is not accepted");
+        return verdict;
+    }
     let path = match canonicalize(raw_path) {
         Ok(p) => p,
         Err(problem) => {
@@ -250,8 +265,12 @@ pub fn decide_for<'s>(
         if let Ok(who) = &who {
             verdict.caller = Some((who.kind, who.application.as_ref().map(|a| a.name.clone())));
         }
+        // Read with the token, after `ip_filter` (RFC 6750 §2.3: refused).
+        let token_in_query =
+            identification.accepts(CredentialType::OAuth2) && names(b"access_token");
         verdict.outcome = match who {
             _ if filtered => Outcome::IpFiltered,
+            _ if token_in_query => Outcome::BadQuery("access_token in the query is not accepted"),
             Err(outcome) => outcome,
             Ok(who) => match authorize(&matched, Some(&who), client_ip) {
                 Ok(grant) => {
@@ -403,6 +422,7 @@ impl fmt::Display for Verdict<'_> {
                 None => "ALLOW".to_owned(),
             },
             Outcome::BadPath(problem) => format!("DENY 400: {problem}"),
+            Outcome::BadQuery(problem) => format!("DENY 400: {problem}"),
             Outcome::NoRoute(problem @ RouteProblem::MethodNotAllowed { .. }) => {
                 format!("DENY 405: {problem}")
             }

@@ -203,6 +203,38 @@ fn explain_routes_a_target_with_a_query_by_its_path() {
     assert!(out.contains("resource:   GET /bookings/{id}\n"), "{out}");
 }
 
+/// The query is no part of the path: a last segment with a query is the
+/// resource it names; what the gateway refuses in a query (a token, a
+/// method override) is refused here too, with the gateway's 400.
+#[test]
+fn explain_reads_the_query_as_the_gateway_does() {
+    let (code, out) = explain(&["GET", "/travels/bookings?x=1", "--scopes", "view"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("resource:   GET /bookings\n"), "{out}");
+    let (code, out) = explain(&[
+        "GET",
+        "/travels/bookings?access_token=t",
+        "--scopes",
+        "view",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.ends_with("verdict:    DENY 400: access_token in the query is not accepted\n"),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "POST",
+        "/travels/bookings?_method=DELETE",
+        "--scopes",
+        "book",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.ends_with("DENY 400: a method-override parameter (_method) is not accepted\n"),
+        "{out}"
+    );
+}
+
 #[test]
 fn explain_denies_a_token_without_a_mapped_scope_with_exit_2() {
     let (code, out) = explain(&["GET", "/travels/bookings", "--scopes", "book"]);
