@@ -174,7 +174,30 @@ async fn rest(
         (&Method::DELETE, p) if p.starts_with("oauth2/tokens/") => {
             revoke(admin, &p["oauth2/tokens/".len()..]).await
         }
-        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        (_, path) => match allowed_method(path) {
+            // RFC 9110 §15.5.6: a resource that exists, another method.
+            Some(allow) => {
+                let mut response = json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"error": "method_not_allowed", "error_description": format!("{path} is served to {allow} only")}),
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+                response
+            }
+            None => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+        },
+    }
+}
+
+/// The method the REST resource at `path` is served to.
+fn allowed_method(path: &str) -> Option<&'static str> {
+    match path {
+        "status" | "settings" | "assets" | "oauth2/tokens" => Some("GET"),
+        "reload" => Some("POST"),
+        p if p.starts_with("oauth2/tokens/") => Some("DELETE"),
+        _ => None,
     }
 }
 

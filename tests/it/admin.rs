@@ -295,6 +295,39 @@ async fn unknown_admin_path_is_404() {
     gw.shutdown().await;
 }
 
+/// A REST resource asked with another method than it serves is 405 with
+/// `Allow` (RFC 9110 §15.5.6), as the authorization server's endpoints
+/// answer; an unknown one stays 404.
+#[tokio::test]
+async fn a_rest_resource_asked_with_another_method_is_405() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(&upstream, WITH_CREDENTIALS)).await;
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/rest/microgateway/reload", "POST"),
+        (reqwest::Method::DELETE, "/rest/microgateway/status", "GET"),
+        (reqwest::Method::POST, "/rest/microgateway/settings", "GET"),
+    ] {
+        let resp = gw
+            .client
+            .request(method.clone(), gw.admin_url(path))
+            .basic_auth("Administrator", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+    }
+    let resp = gw
+        .client
+        .delete(gw.admin_url("/rest/microgateway/nope"))
+        .basic_auth("Administrator", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 404);
+    gw.shutdown().await;
+}
+
 /// A password in the user information of an auth server's URLs is a
 /// secret like `api_gateway.url`'s (which the settings show masked).
 #[tokio::test]
