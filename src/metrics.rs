@@ -5,7 +5,7 @@
 
 pub mod tally;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
 
@@ -329,19 +329,24 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Removes every series labelled `api="NAME"`.
-    fn remove_api(&self, name: &str) {
-        let labels = HashMap::from([("api", name)]);
-        remove_matching(&self.requests, &labels);
-        remove_matching(&self.responses, &labels);
-        remove_matching(&self.auth_decisions, &labels);
-        remove_matching(&self.upstream_duration, &labels);
-        remove_matching(&self.upstream_errors, &labels);
-        remove_matching(&self.throttled, &labels);
-        remove_matching(&self.upstream_requests, &labels);
-        remove_matching(&self.upstream_endpoint_healthy, &labels);
-        remove_matching(&self.tunnels_open, &labels);
-        remove_matching(&self.tunnel_bytes, &labels);
+    /// Removes every series labelled `api="NAME"`, for each of `names`, in
+    /// one pass over each family: removing n names one by one would pass
+    /// over every series n times (a download of thousands of APIs, or a
+    /// reload removing them, would take minutes).
+    fn remove_apis(&self, names: &HashSet<String>) {
+        let picked = |labels: &HashMap<&str, &str>| {
+            labels.get("api").is_some_and(|api| names.contains(*api))
+        };
+        remove_matching(&self.requests, picked);
+        remove_matching(&self.responses, picked);
+        remove_matching(&self.auth_decisions, picked);
+        remove_matching(&self.upstream_duration, picked);
+        remove_matching(&self.upstream_errors, picked);
+        remove_matching(&self.throttled, picked);
+        remove_matching(&self.upstream_requests, picked);
+        remove_matching(&self.upstream_endpoint_healthy, picked);
+        remove_matching(&self.tunnels_open, picked);
+        remove_matching(&self.tunnel_bytes, picked);
     }
 
     /// Removes every series labelled `application="NAME"` (the
@@ -354,9 +359,10 @@ impl Metrics {
                 let _ = self.application_requests.remove_label_values(&[name]);
             }
             Label::AuthServer => {
-                let labels = HashMap::from([("auth_server", name)]);
-                remove_matching(&self.introspection_requests, &labels);
-                remove_matching(&self.jwks_refresh, &labels);
+                let picked =
+                    |labels: &HashMap<&str, &str>| labels.get("auth_server") == Some(&name);
+                remove_matching(&self.introspection_requests, picked);
+                remove_matching(&self.jwks_refresh, picked);
             }
         }
     }
@@ -370,10 +376,10 @@ impl Metrics {
     }
 }
 
-/// Removes the series of `vec` whose labels include all of `wanted`.
+/// Removes the series of `vec` whose labels `picked` picks.
 fn remove_matching<T: prometheus::core::MetricVecBuilder>(
     vec: &prometheus::core::MetricVec<T>,
-    wanted: &HashMap<&str, &str>,
+    picked: impl Fn(&HashMap<&str, &str>) -> bool,
 ) {
     use prometheus::core::Collector;
     for family in vec.collect() {
@@ -383,14 +389,41 @@ fn remove_matching<T: prometheus::core::MetricVecBuilder>(
                 .iter()
                 .map(|pair| (pair.name(), pair.value()))
                 .collect();
-            if wanted
-                .iter()
-                .all(|(name, value)| labels.get(name) == Some(value))
-            {
+            if picked(&labels) {
                 let _ = vec.remove(&labels);
             }
         }
     }
+}
+
+thread_local! {
+    /// The API names whose series this thread's [`retiring`] removes
+    /// when it ends (`None`: removed at once).
+    static RETIRING: std::cell::RefCell<Option<HashSet<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, removing the series of every API it retires at its end, in
+/// one pass over each family: for the drop of a whole snapshot, or a
+/// reload that removes many APIs.
+pub fn retiring<T>(f: impl FnOnce() -> T) -> T {
+    let outer = RETIRING.with(|r| r.borrow().is_some());
+    if outer {
+        return f(); // the outermost batch removes them
+    }
+    RETIRING.with(|r| *r.borrow_mut() = Some(HashSet::new()));
+    let done = f();
+    let names = RETIRING.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    if !names.is_empty() {
+        let shown = lock(&SHOWN);
+        // A name shown again meanwhile keeps its series.
+        let gone: HashSet<String> = names
+            .into_iter()
+            .filter(|name| !shown.apis.contains_key(name))
+            .collect();
+        get().remove_apis(&gone);
+    }
+    done
 }
 
 /// Where the count of dropped log lines is read when metrics are rendered.
@@ -975,7 +1008,16 @@ impl ApiSeries {
         // makes its series after they went, not before.
         if entry.apis == 0 {
             shown.apis.remove(&self.name);
-            get().remove_api(&self.name);
+            let batched = RETIRING.with(|r| match r.borrow_mut().as_mut() {
+                Some(names) => {
+                    names.insert(self.name.clone());
+                    true
+                }
+                None => false,
+            });
+            if !batched {
+                get().remove_apis(&HashSet::from([self.name.clone()]));
+            }
             return;
         }
         let policies = std::mem::take(&mut *lock(&self.policies));
@@ -1206,6 +1248,33 @@ mod tests {
         assert!(!shown("metrics-test-gone"));
         drop(second);
         assert!(!shown("metrics-test-gone"));
+    }
+
+    /// APIs retired in one batch lose their series when it ends, in one
+    /// pass; a name compiled again within the batch keeps them.
+    #[test]
+    fn a_batch_removes_the_series_of_the_apis_it_retired_when_it_ends() {
+        let apis: Vec<ApiMetrics> = (0..3)
+            .map(|i| ApiMetrics::of(&format!("metrics-test-batch-{i}"), ["hourly"]))
+            .collect();
+        for api in &apis {
+            api.count_response(&Method::GET, StatusCode::OK);
+            api.count_throttled("hourly");
+        }
+        let again = retiring(|| {
+            drop(apis);
+            // Still shown until the batch ends.
+            assert!(shown("metrics-test-batch-0"));
+            ApiMetrics::of("metrics-test-batch-2", ["hourly"])
+        });
+        assert!(!shown("metrics-test-batch-0"));
+        assert!(!shown("metrics-test-batch-1"));
+        assert!(
+            shown("metrics-test-batch-2"),
+            "compiled again within the batch"
+        );
+        drop(again);
+        assert!(!shown("metrics-test-batch-2"));
     }
 
     /// Whether `/metrics` has a series labelled `label="name"`.

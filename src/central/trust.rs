@@ -181,9 +181,9 @@ pub fn refuse_borrowed(
         );
     }
     Err(match merged {
-        Ok(loaded) => Invalid {
+        Ok(mut loaded) => Invalid {
             findings: report.findings,
-            files: loaded.snapshot.files,
+            files: std::mem::take(&mut loaded.snapshot.files),
         },
         Err(mut invalid) => {
             invalid.findings.splice(0..0, report.findings);

@@ -58,6 +58,15 @@ pub struct Snapshot {
     pub applications: Arc<Applications>,
 }
 
+impl Drop for Snapshot {
+    /// The series of the APIs only this snapshot shows go in one pass
+    /// (`metrics::retiring`), however many they are.
+    fn drop(&mut self) {
+        let apis = std::mem::take(&mut self.apis);
+        crate::metrics::retiring(|| drop(apis));
+    }
+}
+
 /// `forwarding`: which fields the gateway adds to the requests it forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarding {

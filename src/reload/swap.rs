@@ -5,7 +5,7 @@
 //! limits, timeouts) only take effect on a restart, and a swap that changes
 //! them says so.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::SystemTime;
@@ -256,15 +256,22 @@ impl Live {
 /// the last request begun on `previous` lets it go: an idle thread may
 /// hold it for long.
 fn retire_series(previous: &Snapshot, next: &Snapshot) {
-    for api in &previous.apis {
-        let mut same_name = next.apis.iter().filter(|a| a.name == api.name).peekable();
-        if same_name.peek().is_none() {
-            api.metrics.retire();
-            continue;
-        }
-        let kept = same_name.flat_map(|a| a.throttle.iter().map(|p| p.name.as_str()));
-        api.metrics.keep_policies(kept);
+    let mut by_name: HashMap<&str, Vec<&crate::config::snapshot::Api>> = HashMap::new();
+    for api in &next.apis {
+        by_name.entry(api.name.as_str()).or_default().push(api);
     }
+    crate::metrics::retiring(|| {
+        for api in &previous.apis {
+            let Some(same_name) = by_name.get(api.name.as_str()) else {
+                api.metrics.retire();
+                continue;
+            };
+            let kept = same_name
+                .iter()
+                .flat_map(|a| a.throttle.iter().map(|p| p.name.as_str()));
+            api.metrics.keep_policies(kept);
+        }
+    });
     let applications: HashSet<&str> = next.applications.list.iter().map(|a| &*a.name).collect();
     for application in &previous.applications.list {
         if !applications.contains(&*application.name) {

@@ -2022,7 +2022,7 @@ fn lower_case_webmethods_env_overrides_the_poll_interval() {
   poll_interval: 30s
 "#;
     let snap = loaded_with(yaml, &env(&[("mcgw_api_gateway_poll_interval", "10s")])).snapshot;
-    let central = snap.api_gateway.expect("api_gateway");
+    let central = snap.api_gateway.clone().expect("api_gateway");
     assert_eq!(central.poll_interval, Duration::from_secs(10));
 }
 
