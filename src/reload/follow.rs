@@ -111,12 +111,22 @@ async fn poll_once(
     let refused = reloader.central.refused_etag();
     let known: Vec<&str> = seen.iter().chain(&refused).map(String::as_str).collect();
     match download(client, settings, &known).await? {
-        Fetched::NotModified { etag } => not_modified(
-            &reloader.central,
-            seen.as_deref(),
-            refused.as_deref(),
-            etag.as_deref(),
-        ),
+        Fetched::NotModified { etag } => {
+            let for_in_use = not_modified(
+                &reloader.central,
+                seen.as_deref(),
+                refused.as_deref(),
+                etag.as_deref(),
+            );
+            if for_in_use {
+                if let Some(document) = reloader.central.document() {
+                    let settings = settings.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || cache_confirmed(&settings, &document))
+                            .await;
+                }
+            }
+        }
         Fetched::Document { text, etag } => {
             let document = Document::downloaded(text, settings.cache_file.clone());
             let etag = etag.unwrap_or_else(|| document.etag.clone());
@@ -139,8 +149,14 @@ async fn poll_once(
 /// A 304 to a request that named `in_use` and `refused`: the central's
 /// `answered` ETag says which it still serves. Asked about the document in
 /// use alone, the 304 is for it; asked about both, only its ETag tells
-/// them apart, and without one nothing is known to have changed.
-fn not_modified(link: &Link, in_use: Option<&str>, refused: Option<&str>, answered: Option<&str>) {
+/// them apart, and without one nothing is known to have changed. Returns
+/// whether it confirmed the document in use.
+fn not_modified(
+    link: &Link,
+    in_use: Option<&str>,
+    refused: Option<&str>,
+    answered: Option<&str>,
+) -> bool {
     let for_in_use = match refused {
         None => true,
         Some(_) => answered.is_some() && answered == in_use,
@@ -153,7 +169,7 @@ fn not_modified(link: &Link, in_use: Option<&str>, refused: Option<&str>, answer
             status.last_error = None;
             status.refusal = None;
         });
-        return;
+        return true;
     }
     // A refusal cleared meanwhile by a local reload is not set again: the
     // download that reload asked for follows.
@@ -163,6 +179,20 @@ fn not_modified(link: &Link, in_use: Option<&str>, refused: Option<&str>, answer
         stands,
         "the central gateway still serves the settings refused before"
     );
+    false
+}
+
+/// The central `settings` name confirmed `document`, the one in use: a
+/// cache file recorded for another central or selection (`api_gateway`
+/// changed to one that serves the same settings) is written again for
+/// these, so that a start while this central is down finds it.
+fn cache_confirmed(settings: &ApiGateway, document: &Document) {
+    if provenance::check(settings).is_ok() {
+        return;
+    }
+    if let Err(error) = provenance::write(settings, &document.text) {
+        tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
+    }
 }
 
 /// Validates `document` (sent with `etag`) on its own and merged with the
@@ -171,13 +201,14 @@ fn not_modified(link: &Link, in_use: Option<&str>, refused: Option<&str>, answer
 pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document, etag: String) -> bool {
     let _one_at_a_time = reloader.live.one_reload_at_a_time();
     let current = reloader.central.document();
-    if current.is_some_and(|c| c.etag == document.etag) {
+    if let Some(current) = current.filter(|c| c.etag == document.etag) {
         reloader.central.update(|status| {
             status.unchanged += 1;
             status.last_download_at = document.downloaded_at;
             status.last_error = None;
             status.refusal = None;
         });
+        cache_confirmed(settings, &current);
         return true;
     }
     // Under the reload lock: no local reload has applied since the refusal.

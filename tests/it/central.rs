@@ -596,6 +596,43 @@ apis:
 - { name: Remote, version: "1.0", base_path: /remote, upstream: { echo: true }, resources: ["GET /b"], authentication: { type: none } }
 "#;
 
+/// `api_gateway.url` changed to another name of a central that serves the
+/// same settings: nothing new is applied, but the cache file's record is
+/// written again for the new URL, so a start while it is down uses it.
+#[tokio::test]
+async fn a_central_confirming_the_settings_in_use_under_a_new_url_records_the_cache_for_it() {
+    let fake = FakeCentral::start(GOOD_DOCUMENT).await;
+    let (_dir, cache) = cache_in_tempdir();
+    let down = Gateway::start(&Downstream::of_all(fake.url(), &cache).yaml()).await;
+    assert_eq!(down.get("/remote/a").await.status(), 200);
+    let record = microgateway::central::provenance::record_path(&cache);
+    let recorded = || std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(recorded().contains("127.0.0.1"), "{}", recorded());
+
+    let renamed = format!("http://localhost:{}", fake.addr.port());
+    let generation_before = generation(&down);
+    down.write_config(&Downstream::of_all(renamed.clone(), &cache).yaml());
+    down.wait_generation(generation_before + 1).await;
+    eventually("the record names the new URL", || {
+        recorded().contains("localhost")
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&cache).expect("cache"),
+        GOOD_DOCUMENT
+    );
+    let mut settings = down
+        .state()
+        .live
+        .snapshot()
+        .api_gateway
+        .clone()
+        .expect("api_gateway");
+    settings.url = renamed;
+    assert!(microgateway::central::provenance::check(&settings).is_ok());
+    down.shutdown().await;
+}
+
 #[tokio::test]
 async fn invalid_download_is_refused_and_the_last_good_one_keeps_serving() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
