@@ -85,8 +85,12 @@ pub fn serve<'s: 'a, 'a>(
         // `Origin`, for the CORS fields, which go on refusals too (a
         // preflight's answer has its own).
         let mut cors = None;
+        // The RateLimit fields of a request the throttle admitted: on the
+        // upstream's answer, or on the gateway's if the exchange then
+        // fails (it counted).
+        let mut admitted = None;
         let preflight = cors::is_preflight(&req);
-        let seen = (&mut api, &mut kind, &mut cors);
+        let seen = (&mut api, &mut kind, &mut cors, &mut admitted);
         let (mut response, by) = match phases(snap, rt, conn, req, added, seen).await {
             Ok(response) => (response, Answered::Upstream),
             Err(rejection) => {
@@ -108,6 +112,9 @@ pub fn serve<'s: 'a, 'a>(
                 (response, Answered::Gateway)
             }
         };
+        if let Some(fields) = admitted {
+            fields.apply(&mut response);
+        }
         if let Some((policy, origin)) = cors.filter(|_| !preflight) {
             cors::decorate(policy, origin.as_ref(), by, response.headers_mut());
         }
@@ -116,12 +123,13 @@ pub fn serve<'s: 'a, 'a>(
 }
 
 /// What [`phases`] learns on the way, for the answer: the API matched, the
-/// kind of credential presented, and the CORS policy that answers (with
-/// the request's `Origin`).
+/// kind of credential presented, the CORS policy that answers (with
+/// the request's `Origin`), and the RateLimit fields of an admitted request.
 type Seen<'a, 's> = (
     &'a mut Option<&'s Arc<Api>>,
     &'a mut Option<CredentialType>,
     &'a mut Option<CorsSeen<'s>>,
+    &'a mut Option<throttle::AdmittedFields<'s>>,
 );
 
 /// An API's CORS policy and the `Origin` of a request under it.
@@ -140,7 +148,7 @@ fn phases<'s: 'a, 'a>(
     conn: Connection,
     mut req: Request<Body>,
     added: &'a mut AddedFields,
-    (matched_api, kind, cors): Seen<'a, 's>,
+    (matched_api, kind, cors, admitted): Seen<'a, 's>,
 ) -> impl Future<Output = Result<Response<Body>, Rejection>> + use<'a, 's> {
     async move {
         // An HTTP/2 WebSocket (extended CONNECT) is matched and authorized as
@@ -185,12 +193,7 @@ fn phases<'s: 'a, 'a>(
         *cors = cors_of(route.api, &req);
         *matched_api = Some(route.api);
         check_transport(&route, conn)?;
-        // An unknown client (a trusted proxy named none) is refused: every
-        // check below that reads the address would otherwise judge another.
-        let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies)
-            .ok_or(Rejection::BadRequest(
-                "X-Forwarded-For from a trusted proxy names no client address",
-            ))?;
+        let client_ip = known_client(req.headers(), conn, snap)?;
         if let Some(filter) = &route.api.ip_filter {
             if !filter.admits(client_ip) {
                 return Err(Rejection::IpFiltered); // before any credential is looked at
@@ -298,9 +301,7 @@ fn phases<'s: 'a, 'a>(
         // The memory store answers at once; a Redis call is boxed, like
         // authentication, so that other requests carry no store call in
         // their future.
-        let fields = if route.api.throttle.is_empty() {
-            None
-        } else {
+        if !route.api.throttle.is_empty() {
             let caller = Caller {
                 identity: who.as_ref(),
                 client_ip,
@@ -316,8 +317,8 @@ fn phases<'s: 'a, 'a>(
                 Some(verdict) => verdict,
                 None => Box::pin(rt.throttle.check(snap, route.api, resources, caller)).await,
             };
-            throttled(verdict)?
-        }; // throttle
+            *admitted = throttled(verdict)?;
+        } // throttle
 
         // Counted once nothing but the upstream can refuse the request.
         route
@@ -403,9 +404,6 @@ fn phases<'s: 'a, 'a>(
         }
         refuse_upstream_challenge(route.api, &response)?;
         transform::apply_to_response(&route.api.response_transform, response.headers_mut()); // response transformation
-        if let Some(fields) = fields {
-            fields.apply(&mut response);
-        }
         Ok(response)
     }
 }
@@ -443,8 +441,8 @@ fn answer_preflight<'s, B>(
         return Ok(None);
     }
     if let Some(filter) = &api.ip_filter {
-        let client_ip = forwarded::client_ip(req.headers(), conn.peer, &snap.trusted_proxies);
-        if !client_ip.is_some_and(|ip| filter.admits(ip)) {
+        // As the request it announces would be: an unknown client is 400.
+        if !filter.admits(known_client(req.headers(), conn, snap)?) {
             return Err(Rejection::IpFiltered);
         }
     }
@@ -454,6 +452,19 @@ fn answer_preflight<'s, B>(
         .as_ref()
         .is_some_and(|method| policy::route(snap, method, path).is_ok());
     Ok(Some((cors::answer(policy, &preflight, routed), api)))
+}
+
+/// The client's address; an unknown client (a trusted proxy named none)
+/// is refused: every check that reads the address would otherwise judge
+/// another.
+fn known_client(
+    headers: &http::HeaderMap,
+    conn: Connection,
+    snap: &Snapshot,
+) -> Result<std::net::IpAddr, Rejection> {
+    forwarded::client_ip(headers, conn.peer, &snap.trusted_proxies).ok_or(Rejection::BadRequest(
+        "X-Forwarded-For from a trusted proxy names no client address",
+    ))
 }
 
 /// What the throttle's verdict means for the request: a refused request

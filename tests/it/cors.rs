@@ -281,6 +281,38 @@ async fn a_preflight_from_an_address_the_ip_filter_refuses_is_refused() {
     assert_eq!(upstream.accepted(), 0);
 }
 
+/// Behind a trusted proxy that names no client address, a preflight to an
+/// API with an `ip_filter` is refused as the request it announces would
+/// be: 400, the client unknown (not 403, which would judge the proxy).
+#[tokio::test]
+async fn a_preflight_from_an_unknown_client_is_400_as_its_request_would_be() {
+    let upstream = RecordingUpstream::start().await;
+    let idp = Idp::start().await;
+    let yaml = format!(
+        "trusted_proxies: [\"127.0.0.1/32\"]\n{}",
+        yaml(&idp, &upstream.url())
+    );
+    let gw = Gateway::start(&yaml).await;
+    let resp = gw
+        .request(Method::OPTIONS, "/filtered/x")
+        .header("origin", APP)
+        .header("access-control-request-method", "GET")
+        .header("x-forwarded-for", "unknown")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(resp.status(), 400);
+    assert!(has_no_cors_fields(resp.headers()));
+    let resp = gw
+        .request(Method::GET, "/filtered/x")
+        .header("x-forwarded-for", "unknown")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(upstream.accepted(), 0);
+}
+
 #[tokio::test]
 async fn options_without_a_preflights_fields_and_apis_without_cors_are_routed_as_usual() {
     let upstream = RecordingUpstream::start().await;

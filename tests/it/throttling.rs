@@ -145,6 +145,43 @@ async fn past_the_limit_a_request_gets_429_with_retry_after_and_never_reaches_th
 /// refuses it: here a token whose property the request transformation
 /// cannot put in a header (401 invalid_token), and a declared body over
 /// `max_body` (413).
+/// A request the throttle admitted counted: when its exchange then fails
+/// (the upstream refuses connections: 502), the gateway's answer carries
+/// the RateLimit fields too, as the upstream's would have.
+#[tokio::test]
+async fn a_request_admitted_then_failed_upstream_still_gets_the_ratelimit_fields() {
+    let closed = common::ports::unused();
+    let yaml = format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0, bind: 127.0.0.1 }}
+apis:
+- name: Down
+  base_path: /open
+  upstream: {{ url: "http://127.0.0.1:{closed}/api" }}
+  authentication: {{ type: none }}
+  resources: ["GET /items"]
+  policies:
+    throttle: [{{ limit: 3, per: 1h }}]
+"#
+    );
+    let gw = Gateway::start(&yaml).await;
+    for remaining in [2, 1] {
+        let resp = gw.get("/open/items").await;
+        assert_eq!(resp.status(), 502);
+        assert_eq!(
+            field(&resp, "ratelimit-policy").as_deref(),
+            Some(r#""api";q=3;w=3600"#)
+        );
+        let ratelimit = field(&resp, "ratelimit").expect("ratelimit");
+        assert!(
+            ratelimit.starts_with(&format!("\"api\";r={remaining};t=")),
+            "{ratelimit}"
+        );
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_request_refused_after_authorization_uses_no_quota() {
     let idp = Idp::start().await;
