@@ -616,7 +616,7 @@ pub(crate) fn reuse_yaml(store: &str) -> String {
         format!(
             r#"
   - {{ name: {id}, client_id: {id}, client_secret: {id}-secret-of-some-length,
-       grant_types: [password, refresh_token], scopes: [view], refresh_limit: 3{own} }}"#
+       grant_types: [password, refresh_token], scopes: [view, cancel], refresh_limit: 3{own} }}"#
         )
     };
     format!(
@@ -631,6 +631,7 @@ authorization_server:
   refresh_reuse_interval: 30s
   scopes:
   - {{ name: view, description: "View your bookings" }}
+  - {{ name: cancel, description: "Cancel bookings" }}
   users:
   - {{ username: alice, password_hash: "{hash}" }}
   clients:{app}{strict}
@@ -798,6 +799,35 @@ pub(crate) async fn a_lost_refresh_answer_is_retried(first: &Gateway, retry_on: 
         ("grant_type", "refresh_token"),
         ("refresh_token", r0.as_str()),
         ("scope", "book"),
+    ];
+    let (status, body) = post_as(retry_on, "app", "/oauth2/token", &form).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(!active(first, &access).await, "reuse revokes the family");
+
+    // Nor is one asking fewer scopes than its rotation was granted (`view
+    // cancel`, the family's): reuse too.
+    let form = [
+        ("grant_type", "password"),
+        ("username", "alice"),
+        ("password", "wonderland"),
+        ("scope", "view cancel"),
+    ];
+    let (status, body) = post_as(first, "app", "/oauth2/token", &form).await;
+    assert_eq!(
+        (status, body["scope"].as_str()),
+        (200, Some("view cancel")),
+        "{body}"
+    );
+    let r0 = text(&body, "refresh_token");
+    let (access, _) = refresh_ok(first, "app", &r0).await;
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", r0.as_str()),
+        ("scope", "view"),
     ];
     let (status, body) = post_as(retry_on, "app", "/oauth2/token", &form).await;
     assert_eq!(

@@ -134,10 +134,14 @@ fn retry(
         } => Some((refreshes_used, end)),
     };
     // A retry asks what its rotation asked, which was granted: one refused
-    // (other scopes, a limit lowered since) is no retry but reuse.
+    // (a limit lowered since) or granted other scopes than the rotation's
+    // access token has (wider or narrower) is no retry but reuse.
     let Ok(scopes) = scopes(client, form, record) else {
         return Ok(None);
     };
+    if !same_scopes(cx, rotation, &scopes)? {
+        return Ok(None);
+    }
     let issue = issue(client, record, &scopes);
     let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
     // The lost successor's count and end: a retry is no further refresh,
@@ -178,6 +182,23 @@ fn retry(
         // Retried or used since we read it, or the family revoked: reuse.
         RetryOutcome::Stale => Ok(None),
     }
+}
+
+/// Whether `scopes` are those of the access token `rotation` issued (in
+/// any order); not when that token is gone.
+fn same_scopes(
+    cx: &GrantContext<'_>,
+    rotation: &Rotated,
+    scopes: &[String],
+) -> Result<bool, OAuthError> {
+    let Some(lost) = cx.store.find_access_token(&rotation.access)? else {
+        return Ok(false);
+    };
+    let mut granted: Vec<&str> = lost.scope.split(' ').filter(|s| !s.is_empty()).collect();
+    let mut asked: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    granted.sort_unstable();
+    asked.sort_unstable();
+    Ok(granted == asked)
 }
 
 /// The refresh token a rotation issued, as a retry of the rotation finds it.
