@@ -1214,12 +1214,10 @@ async fn a_code_replayed_after_the_cleanup_still_revokes_its_tokens() {
     replayed_code_revokes(true).await;
 }
 
-/// A code presented a second time is refused and revokes the tokens
-/// issued from it; with `cleanup`, the code has expired and the cleanup
-/// has run before the replay.
-async fn replayed_code_revokes(cleanup: bool) {
-    let gw = gateway().await;
-    let mut browser = Browser::new(&gw);
+/// A code `bookyourticket` got approved for `view` and redeemed: the
+/// code, its PKCE verifier and the token answer.
+async fn redeemed_code(gw: &Gateway) -> (String, String, Value) {
+    let mut browser = Browser::new(gw);
     let (verifier, challenge) = pkce();
     let location = browser
         .approve(
@@ -1228,8 +1226,17 @@ async fn replayed_code_revokes(cleanup: bool) {
         )
         .await;
     let code = code_from(&location);
-    let (status, first) = exchange(&gw, &code, Some(&verifier)).await;
+    let (status, first) = exchange(gw, &code, Some(&verifier)).await;
     assert_eq!(status, 200, "{first}");
+    (code, verifier, first)
+}
+
+/// A code presented a second time is refused and revokes the tokens
+/// issued from it; with `cleanup`, the code has expired and the cleanup
+/// has run before the replay.
+async fn replayed_code_revokes(cleanup: bool) {
+    let gw = gateway().await;
+    let (code, verifier, first) = redeemed_code(&gw).await;
     let access = str_of(&first, "access_token");
     assert_eq!(introspect(&gw, access).await["active"], true);
     if cleanup {
@@ -1259,17 +1266,7 @@ async fn replayed_code_revokes(cleanup: bool) {
 #[tokio::test]
 async fn a_spent_code_presented_by_another_client_revokes_nothing() {
     let gw = gateway().await;
-    let mut browser = Browser::new(&gw);
-    let (verifier, challenge) = pkce();
-    let location = browser
-        .approve(
-            &code_query("bookyourticket", "view", Some(&challenge)),
-            None,
-        )
-        .await;
-    let code = code_from(&location);
-    let (status, first) = exchange(&gw, &code, Some(&verifier)).await;
-    assert_eq!(status, 200, "{first}");
+    let (code, _, first) = redeemed_code(&gw).await;
     let access = str_of(&first, "access_token");
 
     let (status, body) = token_request(
