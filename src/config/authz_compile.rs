@@ -45,11 +45,10 @@ pub fn compile(
         .as_ref()
         .map(|p| p.value.0.clone())
         .unwrap_or_else(|| "4485".into());
-    let issuer = ctx
-        .text(&raw.issuer)
-        .unwrap_or_else(|| format!("http://localhost:{default_port}"))
-        .trim_end_matches('/')
-        .to_owned();
+    let issuer = match &raw.issuer {
+        Some(written) => issuer(ctx, written),
+        None => format!("http://localhost:{default_port}"),
+    };
     let signing_key = ctx
         .text(&raw.signing_key)
         .unwrap_or_else(|| "data/signing-key.pem".into());
@@ -957,6 +956,74 @@ fn client(
     })
 }
 
+const ISSUER_ALLOWED: &str = "an absolute https:// URL with a host and no query or fragment, such as https://auth.example.com (RFC 8414 §2)";
+
+/// The issuer as tokens carry it (`iss`) and the metadata's URLs start
+/// with it: a trailing `/` is dropped. RFC 8414 §2: an https URL with a
+/// host and no query or fragment. Plain http to a host that is not
+/// loopback is warned about, not refused: behind a proxy that terminates
+/// TLS it is the name the gateway answers to.
+fn issuer(ctx: &mut Ctx, written: &S<Scalar>) -> String {
+    let text = &written.value.0;
+    let at = written.referenced;
+    match issuer_problem(text) {
+        Some(problem) => ctx.report.error(
+            at,
+            format!(
+                "authorization_server.issuer `{}` {problem}: it is every token's `iss` and the base of the metadata's URLs",
+                text.escape_debug()
+            ),
+            ISSUER_ALLOWED,
+        ),
+        None if text.starts_with("http:") && !issuer_host_is_loopback(text) => {
+            ctx.report.warning(
+                at,
+                format!(
+                    "authorization_server.issuer `{text}` is http on a host that is not loopback: \
+                     RFC 8414 §2 asks for https, and clients follow the metadata's http:// \
+                     endpoints with their credentials (right only where a proxy in front \
+                     terminates TLS under this name)"
+                ),
+            );
+        }
+        None => {}
+    }
+    text.trim_end_matches('/').to_owned()
+}
+
+fn issuer_problem(text: &str) -> Option<&'static str> {
+    if text.trim().is_empty() {
+        return Some("is empty");
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("contains whitespace or a control character");
+    }
+    if text.contains('#') {
+        return Some("has a fragment");
+    }
+    if text.contains('?') {
+        return Some("has a query");
+    }
+    let Ok(uri) = text.parse::<http::Uri>() else {
+        return Some("is not a URL");
+    };
+    if !matches!(uri.scheme_str(), Some("https" | "http")) {
+        return Some("is not an absolute http(s) URL");
+    }
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => Some("has user information"),
+        Some(authority) if !authority.host().is_empty() => None,
+        _ => Some("has no host"),
+    }
+}
+
+fn issuer_host_is_loopback(text: &str) -> bool {
+    text.parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(plain_http::is_loopback))
+        .unwrap_or(false)
+}
+
 /// RFC 9700 §4.1: exact redirect URIs; plain http only for native-app
 /// loopback redirects (RFC 8252 §7.3).
 fn redirect_problem(uri: &str) -> Option<&'static str> {
@@ -985,6 +1052,40 @@ fn redirect_problem(uri: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issuers_are_absolute_http_urls_with_a_host_and_no_query_or_fragment() {
+        for taken in [
+            "https://auth.example",
+            "https://auth.example/",
+            "https://auth.example:8443/tenant",
+            "http://localhost:4485",
+            "http://[::1]:4485",
+            "http://gateway.example",
+        ] {
+            assert_eq!(issuer_problem(taken), None, "{taken}");
+        }
+        for (refused, problem) in [
+            ("", "is empty"),
+            ("   ", "is empty"),
+            ("/", "is not an absolute http(s) URL"),
+            ("localhost:19300", "is not an absolute http(s) URL"),
+            ("https://a.example/?x=1#f", "has a fragment"),
+            ("https://a.example/?x=1", "has a query"),
+            ("ftp://x y", "contains whitespace or a control character"),
+            (
+                " https://a.example",
+                "contains whitespace or a control character",
+            ),
+            ("ftp://a.example", "is not an absolute http(s) URL"),
+            ("https://u@a.example", "has user information"),
+            ("https:///path", "is not a URL"),
+        ] {
+            assert_eq!(issuer_problem(refused), Some(problem), "{refused}");
+        }
+        assert!(issuer_host_is_loopback("http://127.0.0.9:1"));
+        assert!(!issuer_host_is_loopback("http://gateway.example"));
+    }
 
     #[test]
     fn brand_urls_are_https_or_paths_here() {

@@ -1322,6 +1322,86 @@ fn duplicate_client_id() {
     );
 }
 
+/// RFC 8414 §2: the issuer (every token's `iss`, the metadata's base) is
+/// an absolute https URL with a host and no query or fragment.
+#[test]
+fn an_issuer_that_is_no_absolute_url_is_refused() {
+    const ALLOWED: &str = "an absolute https:// URL with a host and no query or fragment, such as https://auth.example.com (RFC 8414 §2)";
+    for (written, shown, problem) in [
+        (r#""""#, "", "is empty"),
+        (r#""   ""#, "   ", "is empty"),
+        (r#""/""#, "/", "is not an absolute http(s) URL"),
+        (
+            r#""localhost:19300""#,
+            "localhost:19300",
+            "is not an absolute http(s) URL",
+        ),
+        (
+            r#""https://a.example/?x=1#f""#,
+            "https://a.example/?x=1#f",
+            "has a fragment",
+        ),
+        (
+            r#""https://a.example/?x=1""#,
+            "https://a.example/?x=1",
+            "has a query",
+        ),
+        (
+            r#""ftp://x y""#,
+            "ftp://x y",
+            "contains whitespace or a control character",
+        ),
+        (
+            r#""https://a.example\t""#,
+            "https://a.example\\t",
+            "contains whitespace or a control character",
+        ),
+    ] {
+        refused(
+            &format!("authorization_server:\n  issuer: {written}\n"),
+            error(
+                2,
+                11,
+                &format!("authorization_server.issuer `{shown}` {problem}: it is every token's `iss` and the base of the metadata's URLs"),
+                ALLOWED,
+            ),
+        );
+    }
+}
+
+/// Plain http to a host that is not loopback is what a gateway behind a
+/// proxy that terminates TLS may be called: warned about, not refused.
+#[test]
+fn an_http_issuer_not_on_loopback_is_warned_about() {
+    let warnings = |issuer: &str| -> Vec<Found> {
+        loaded(&format!("authorization_server:\n  issuer: \"{issuer}\"\n"))
+            .warnings
+            .iter()
+            .map(found)
+            .collect()
+    };
+    assert_eq!(
+        warnings("http://auth.example/"),
+        vec![(
+            2,
+            11,
+            "authorization_server.issuer `http://auth.example/` is http on a host that is not loopback: \
+             RFC 8414 §2 asks for https, and clients follow the metadata's http:// endpoints \
+             with their credentials (right only where a proxy in front terminates TLS under this name)"
+                .to_owned(),
+            None
+        )]
+    );
+    for quiet in [
+        "https://auth.example",
+        "http://localhost:4485",
+        "http://127.0.0.1:9",
+        "http://[::1]:4485",
+    ] {
+        assert_eq!(warnings(quiet), vec![], "{quiet}");
+    }
+}
+
 #[test]
 fn public_client_with_client_credentials() {
     refused(
@@ -2683,16 +2763,21 @@ apis:
 "#,
     );
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
     assert!(
-        warnings[0].ends_with(":7:15: warning: localIntrospectionConfig.issuer: `http://idp.example` carries discovery of the JWK Set over plain HTTP (allow_insecure_http)"),
+        warnings[0].contains(":2:11: warning: authorization_server.issuer `http://gateway.example` is http on a host that is not loopback"),
         "{}",
         warnings[0]
     );
     assert!(
-        warnings[1].ends_with(":19:20: warning: upstream.url: `http://backend.example/api` carries outbound credentials (outbound_auth) over plain HTTP (allow_insecure_http)"),
+        warnings[1].ends_with(":7:15: warning: localIntrospectionConfig.issuer: `http://idp.example` carries discovery of the JWK Set over plain HTTP (allow_insecure_http)"),
         "{}",
         warnings[1]
+    );
+    assert!(
+        warnings[2].ends_with(":19:20: warning: upstream.url: `http://backend.example/api` carries outbound credentials (outbound_auth) over plain HTTP (allow_insecure_http)"),
+        "{}",
+        warnings[2]
     );
 }
 
