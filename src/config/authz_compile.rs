@@ -833,10 +833,19 @@ fn client(
     known_scopes: &HashSet<&str>,
 ) -> Option<Client> {
     let raw = &entry.value;
-    let client_id = ctx
-        .required(&raw.client_id, entry.referenced, "client_id")?
-        .value
-        .clone();
+    let written = ctx.required(&raw.client_id, entry.referenced, "client_id")?;
+    let client_id = written.value.clone();
+    if let Some(problem) = client_id_problem(&client_id) {
+        ctx.report.error(
+            written.referenced,
+            format!(
+                "client_id `{}` {problem}: no client could authenticate as it",
+                client_id.escape_debug()
+            ),
+            "a client id of visible characters, such as bookyourticket",
+        );
+        return None;
+    }
     let client_secret = match &raw.client_secret {
         Some(s) => {
             let secret = ctx.secret(s, "client_secret")?;
@@ -1022,6 +1031,22 @@ fn issuer_host_is_loopback(text: &str) -> bool {
         .ok()
         .and_then(|uri| uri.host().map(plain_http::is_loopback))
         .unwrap_or(false)
+}
+
+/// A client id a client can send: RFC 6749 §2.3.1 carries it in HTTP
+/// Basic or a form, where surrounding whitespace does not survive the
+/// round trip and control characters are not allowed (Appendix A.1,
+/// VSCHAR).
+fn client_id_problem(id: &str) -> Option<&'static str> {
+    if id.trim().is_empty() {
+        Some("is empty")
+    } else if id.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else if id.trim() != id {
+        Some("starts or ends with whitespace")
+    } else {
+        None
+    }
 }
 
 /// RFC 9700 §4.1: exact redirect URIs; plain http only for native-app

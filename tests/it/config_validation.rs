@@ -1402,6 +1402,32 @@ fn an_http_issuer_not_on_loopback_is_warned_about() {
     }
 }
 
+/// A client id no client can send is refused where it is written.
+#[test]
+fn a_client_id_no_client_can_send_is_refused() {
+    const ALLOWED: &str = "a client id of visible characters, such as bookyourticket";
+    for (written, shown, problem) in [
+        (r#""""#, "", "is empty"),
+        (r#""  ""#, "  ", "is empty"),
+        (r#"" app""#, " app", "starts or ends with whitespace"),
+        (r#""app ""#, "app ", "starts or ends with whitespace"),
+        (r#""a\u0001p""#, "a\\u{1}p", "contains a control character"),
+        (r#""app\n""#, "app\\n", "contains a control character"),
+    ] {
+        refused(
+            &format!(
+                "authorization_server:\n  clients:\n  - client_id: {written}\n    client_secret: s0123456789abcdef\n    grant_types: [client_credentials]\n"
+            ),
+            error(
+                3,
+                16,
+                &format!("client_id `{shown}` {problem}: no client could authenticate as it"),
+                ALLOWED,
+            ),
+        );
+    }
+}
+
 #[test]
 fn public_client_with_client_credentials() {
     refused(
