@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use super::context::{header_name, names, Ctx};
+use super::context::{
+    gateway_request_field, header_name, names, Ctx, CONNECTION_FIELDS, GATEWAY_REQUEST_FIELDS,
+};
 use super::raw::{self, Location, S};
 use super::snapshot::{AuthServer, Authentication, CredentialType, FoldedName, Identification};
 
@@ -129,7 +131,7 @@ pub(super) fn authentication(
         None
     };
     let api_key_header = match &auth.value.api_key_header {
-        Some(name) => header_name(ctx, name)?,
+        Some(name) => api_key_header(ctx, name)?,
         None => HeaderName::from_static("x-api-key"),
     };
     let registered_only = match auth
@@ -156,6 +158,25 @@ pub(super) fn authentication(
         api_key_header,
         registered_only,
     })))
+}
+
+/// The field API keys are read from: one of the client's own.
+fn api_key_header(ctx: &mut Ctx, written: &S<String>) -> Option<HeaderName> {
+    let name = header_name(ctx, written)?;
+    if let Some(why) = gateway_request_field(&name) {
+        ctx.report.error(
+            written.referenced,
+            format!(
+                "api_key_header `{}` cannot carry API keys: {why}",
+                written.value
+            ),
+            format!(
+                "a header of the client's own such as X-API-Key; not {GATEWAY_REQUEST_FIELDS} or {CONNECTION_FIELDS}"
+            ),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 fn auth_server(

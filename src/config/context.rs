@@ -301,6 +301,46 @@ pub(super) fn is_connection_field(name: &HeaderName) -> bool {
     )
 }
 
+/// What the gateway does with a request field an API key must not be
+/// read from, or `None` for a field of the client's own. The key is
+/// taken out of the request (in every spelling) before it is forwarded:
+/// read from one of these, it would take the field's own meaning with it,
+/// or be a value the gateway or a proxy wrote, not the client's key.
+pub(super) fn gateway_request_field(name: &HeaderName) -> Option<&'static str> {
+    let field = |folded: &str| super::snapshot::folds_to(name, folded.as_bytes());
+    // Header names are lower case already: `_` and `.` are left to fold.
+    let folded = HeaderName::from_bytes(name.as_str().replace(['_', '.'], "-").as_bytes());
+    if field("host") || folded.is_ok_and(|folded| is_connection_field(&folded)) {
+        return Some("the gateway writes it itself (Host and the connection and framing fields)");
+    }
+    if field("authorization") {
+        Some("it carries the bearer token or Basic credentials")
+    } else if field("cookie") {
+        Some("it carries the browser's cookies")
+    } else if [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ]
+    .into_iter()
+    .any(field)
+    {
+        Some("it says whom a request was forwarded for, written by the gateway or a trusted proxy")
+    } else if ["x-request-id", "traceparent", "tracestate"]
+        .into_iter()
+        .any(field)
+    {
+        Some("it correlates the request, written by the gateway or passed on")
+    } else {
+        None
+    }
+}
+
+/// The fields of [`gateway_request_field`], for "allowed:" texts.
+pub(super) const GATEWAY_REQUEST_FIELDS: &str =
+    "Host, Authorization, Cookie, Forwarded, X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, tracestate";
+
 pub(super) fn method(text: &str) -> Option<Method> {
     match text {
         "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => {

@@ -2564,6 +2564,82 @@ fn restrictions_an_open_api_would_not_apply_are_refused() {
     }
 }
 
+/// The API key is taken out of the request before it is forwarded: a
+/// field the gateway reads, writes or passes on for another job cannot
+/// carry it.
+#[test]
+fn an_api_key_header_the_gateway_uses_otherwise_is_refused() {
+    const ALLOWED: &str = "a header of the client's own such as X-API-Key; not Host, Authorization, Cookie, Forwarded, X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent, tracestate or Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length and the Proxy- fields";
+    for (header, why) in [
+        (
+            "Host",
+            "the gateway writes it itself (Host and the connection and framing fields)",
+        ),
+        (
+            "Content-Length",
+            "the gateway writes it itself (Host and the connection and framing fields)",
+        ),
+        (
+            "Transfer_Encoding",
+            "the gateway writes it itself (Host and the connection and framing fields)",
+        ),
+        (
+            "Connection",
+            "the gateway writes it itself (Host and the connection and framing fields)",
+        ),
+        (
+            "Keep-Alive",
+            "the gateway writes it itself (Host and the connection and framing fields)",
+        ),
+        (
+            "Proxy-Authorization",
+            "the gateway writes it itself (Host and the connection and framing fields)",
+        ),
+        (
+            "Authorization",
+            "it carries the bearer token or Basic credentials",
+        ),
+        ("Cookie", "it carries the browser's cookies"),
+        (
+            "X-Forwarded-For",
+            "it says whom a request was forwarded for, written by the gateway or a trusted proxy",
+        ),
+        (
+            "x_forwarded_proto",
+            "it says whom a request was forwarded for, written by the gateway or a trusted proxy",
+        ),
+        (
+            "X-Forwarded-Host",
+            "it says whom a request was forwarded for, written by the gateway or a trusted proxy",
+        ),
+        (
+            "Forwarded",
+            "it says whom a request was forwarded for, written by the gateway or a trusted proxy",
+        ),
+        (
+            "traceparent",
+            "it correlates the request, written by the gateway or passed on",
+        ),
+        (
+            "X-Request-Id",
+            "it correlates the request, written by the gateway or passed on",
+        ),
+    ] {
+        refused(
+            &format!(
+                "apis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: api_key, api_key_header: {header} }}\n  resources: [\"GET /a\"]\n"
+            ),
+            error(
+                4,
+                52,
+                &format!("api_key_header `{header}` cannot carry API keys: {why}"),
+                ALLOWED,
+            ),
+        );
+    }
+    loaded("apis:\n- name: A\n  upstream: { echo: true }\n  authentication: { type: api_key, api_key_header: X-Partner-Key }\n  resources: [\"GET /a\"]\n");
+}
+
 /// `10.1.2.3/8` reads as one address and is all of 10.0.0.0/8: refused
 /// in every address list; trusting every address as a proxy is said.
 #[test]
