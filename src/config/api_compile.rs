@@ -28,6 +28,7 @@ pub struct Refs<'a> {
     pub scope_mappings: &'a [ScopeMapping],
     pub authorization_server: bool,
     pub applications: &'a Applications,
+    pub forwarding: Forwarding,
 }
 
 /// Characters of an API name kept as they are in the default base path.
@@ -179,6 +180,14 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         },
     );
     super::throttle_compile::bind(&mut resources, &mut throttle);
+    super::response_compile::overwritten(
+        ctx,
+        &raw.policies,
+        super::response_compile::OwnFields {
+            request_id: refs.forwarding.request_id,
+            throttled: !throttle.is_empty(),
+        },
+    );
     let access =
         super::application_compile::access(refs.applications, &name, &version, &api_scopes);
     let ip_filter = ip_filter(ctx, &raw.ip_filter);

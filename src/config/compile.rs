@@ -78,6 +78,7 @@ pub fn compile(
             scope_mappings: &scope_mappings,
             authorization_server: authorization_server.is_some(),
             applications: &applications,
+            forwarding,
         },
     );
     if let Some(own) = &authorization_server {

@@ -3,7 +3,9 @@
 //! upstream's answer is no place for token properties). Fields that frame
 //! the message or belong to one connection (RFC 9110 §7.6.1, §8.6; RFC
 //! 9112 §6) are refused: the gateway sets those itself; so are the CORS
-//! fields, which are `policies.cors`'s.
+//! fields, which are `policies.cors`'s. Fields the gateway writes on an
+//! answer after the transformation (`X-Request-Id`, the `RateLimit`
+//! fields) are warned about: its value replaces the one set here.
 
 use http::{HeaderName, HeaderValue};
 
@@ -79,4 +81,38 @@ fn end_to_end(ctx: &mut Ctx, written: &S<String>) -> Option<HeaderName> {
         return None;
     }
     Some(name)
+}
+
+/// What the gateway writes on an API's answers after its transformation.
+pub struct OwnFields {
+    /// `X-Request-Id` (`forwarding.request_id`).
+    pub request_id: bool,
+    /// `RateLimit` and `RateLimit-Policy` (throttle policies).
+    pub throttled: bool,
+}
+
+/// Warns about a `set_headers` name the gateway's own field replaces.
+pub fn overwritten(ctx: &mut Ctx, policies: &raw::Policies, own: OwnFields) {
+    let Some(entry) = &policies.response_transformation else {
+        return;
+    };
+    for (written, _) in &entry.value.set_headers.0 {
+        let Ok(name) = HeaderName::from_bytes(written.value.as_bytes()) else {
+            continue;
+        };
+        let by = match name.as_str() {
+            "x-request-id" if own.request_id => "on every answer (forwarding.request_id)",
+            "ratelimit" | "ratelimit-policy" if own.throttled => {
+                "on the answers its throttle policies count"
+            }
+            _ => continue,
+        };
+        ctx.report.warning(
+            written.referenced,
+            format!(
+                "response_transformation sets `{}`, which the gateway writes {by}: its own value replaces this one",
+                written.value
+            ),
+        );
+    }
 }

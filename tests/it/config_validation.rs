@@ -3579,3 +3579,58 @@ fn an_api_scope_without_resources_is_warned_about() {
         )]
     );
 }
+
+/// The gateway writes `X-Request-Id` and the `RateLimit` fields on an
+/// answer after its response transformation: a value set there is
+/// replaced, which `check` says.
+#[test]
+fn response_fields_the_gateway_writes_itself_are_warned_about() {
+    let yaml = |forwarding: &str, throttle: &str| {
+        format!(
+            r#"{forwarding}apis:
+- name: A
+  upstream: {{ echo: true }}
+  authentication: {{ type: none }}
+  resources: ["GET /a"]
+  policies:
+    response_transformation:
+      set_headers: {{ X-Request-Id: mine, RateLimit: "x", ratelimit-policy: "y", Cache-Control: no-store }}
+{throttle}"#
+        )
+    };
+    let warnings = |yaml: &str| -> Vec<Found> { loaded(yaml).warnings.iter().map(found).collect() };
+    let overwritten = |column: u64, name: &str, by: &str| -> Found {
+        (
+            8,
+            column,
+            format!("response_transformation sets `{name}`, which the gateway writes {by}: its own value replaces this one"),
+            None,
+        )
+    };
+    let throttled = "    throttle: [{ limit: 10, per: 1s }]\n";
+    assert_eq!(
+        warnings(&yaml("", throttled)),
+        vec![
+            overwritten(
+                22,
+                "X-Request-Id",
+                "on every answer (forwarding.request_id)"
+            ),
+            overwritten(
+                42,
+                "RateLimit",
+                "on the answers its throttle policies count"
+            ),
+            overwritten(
+                58,
+                "ratelimit-policy",
+                "on the answers its throttle policies count"
+            ),
+        ]
+    );
+    assert_eq!(
+        warnings(&yaml("forwarding: { request_id: false }\n", "")),
+        vec![],
+        "no X-Request-Id made, no throttle: nothing replaces them"
+    );
+}
