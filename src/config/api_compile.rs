@@ -29,6 +29,8 @@ pub struct Refs<'a> {
     pub authorization_server: bool,
     pub applications: &'a Applications,
     pub forwarding: Forwarding,
+    /// The API ports `ports` configures.
+    pub ports: Transport,
 }
 
 /// Characters of an API name kept as they are in the default base path.
@@ -119,7 +121,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
             default_segment(&version)
         ),
     };
-    let transport = transport(ctx, raw);
+    let transport = transport(ctx, raw, refs.ports);
     let allow_encoded_slashes =
         ctx.boolean(&raw.allow_encoded_slashes, "allow_encoded_slashes", false);
     let websocket = ctx.boolean(&raw.websocket, "websocket", false);
@@ -301,7 +303,10 @@ fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {
     }
 }
 
-fn transport(ctx: &mut Ctx, raw: &raw::Api) -> Transport {
+/// `ports` says which API ports there are: a `transport` that names none
+/// of them is warned about, not refused (APIs downloaded from a central
+/// may name a port this instance does not open).
+fn transport(ctx: &mut Ctx, raw: &raw::Api, ports: Transport) -> Transport {
     let Some(list) = &raw.transport else {
         return Transport {
             http: true,
@@ -329,6 +334,24 @@ fn transport(ctx: &mut Ctx, raw: &raw::Api) -> Transport {
                 "http, https",
             ),
         }
+    }
+    let unopened: Vec<&str> = [
+        (transport.http, ports.http, "ports.http"),
+        (transport.https, ports.https, "ports.https"),
+    ]
+    .into_iter()
+    .filter(|(named, _, _)| *named)
+    .map(|(_, open, key)| (!open).then_some(key))
+    .collect::<Option<Vec<_>>>()
+    .unwrap_or_default();
+    if !unopened.is_empty() {
+        ctx.report.warning(
+            list.referenced,
+            format!(
+                "the API is served on no port: its transport would serve it on {}, which `ports` does not set",
+                unopened.join(" and ")
+            ),
+        );
     }
     transport
 }

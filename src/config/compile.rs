@@ -79,6 +79,10 @@ pub fn compile(
             authorization_server: authorization_server.is_some(),
             applications: &applications,
             forwarding,
+            ports: Transport {
+                http: listen.http.is_some(),
+                https: listen.https.is_some(),
+            },
         },
     );
     if let Some(own) = &authorization_server {

@@ -3634,3 +3634,37 @@ fn response_fields_the_gateway_writes_itself_are_warned_about() {
         "no X-Request-Id made, no throttle: nothing replaces them"
     );
 }
+
+/// An API whose transport names only ports `ports` does not set is
+/// served nowhere: warned about (a central's APIs may name a port a
+/// follower does not open), at its `transport`.
+#[test]
+fn a_transport_naming_only_unset_ports_is_warned_about() {
+    let yaml = |ports: &str, transport: &str| {
+        format!(
+            "{ports}apis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  resources: [\"GET /a\"]\n  transport: {transport}\n"
+        )
+    };
+    let warnings = |yaml: &str| -> Vec<Found> { loaded(yaml).warnings.iter().map(found).collect() };
+    let nowhere = |line: u64, on: &str| -> Vec<Found> {
+        vec![(
+            line,
+            14,
+            format!("the API is served on no port: its transport would serve it on {on}, which `ports` does not set"),
+            None,
+        )]
+    };
+    assert_eq!(
+        warnings(&yaml("ports: { http: 0 }\n", "[https]")),
+        nowhere(7, "ports.https")
+    );
+    assert_eq!(
+        warnings(&yaml("", "[http, https]")),
+        nowhere(6, "ports.http and ports.https")
+    );
+    assert_eq!(
+        warnings(&yaml("ports: { http: 0 }\n", "[http, https]")),
+        vec![]
+    );
+    assert_eq!(warnings(&yaml("ports: { http: 0 }\n", "[http]")), vec![]);
+}
