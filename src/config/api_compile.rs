@@ -113,17 +113,20 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         .as_ref()
         .map(|v| v.value.0.clone())
         .unwrap_or_else(|| "1.0".into());
-    let base_path = match &raw.base_path {
-        Some(b) => base_path(ctx, b)?,
-        None => format!(
-            "/gateway/{}/{}",
-            default_segment(&name),
-            default_segment(&version)
-        ),
-    };
-    let transport = transport(ctx, raw, refs.ports);
     let allow_encoded_slashes =
         ctx.boolean(&raw.allow_encoded_slashes, "allow_encoded_slashes", false);
+    if name.trim().is_empty() {
+        ctx.report.error(
+            name_at(entry),
+            "API name is empty",
+            "a name such as `Time travels`",
+        );
+    }
+    let base_path = match &raw.base_path {
+        Some(b) => base_path(ctx, b)?,
+        None => default_base_path(ctx, entry, (&name, &version), allow_encoded_slashes),
+    };
+    let transport = transport(ctx, raw, refs.ports);
     let websocket = ctx.boolean(&raw.websocket, "websocket", false);
     let tunnel_max_lifetime = raw.tunnel_max_lifetime.as_ref().and_then(|at| {
         let lifetime = ctx.duration(
@@ -260,6 +263,60 @@ fn ctx_required_str(
             .error(entry.referenced, format!("API `{key}` is missing"), "");
     }
     value.as_ref().map(|v| v.value.clone())
+}
+
+/// `/gateway/{name}/{version}`, refused when no request can reach it.
+fn default_base_path(
+    ctx: &mut Ctx,
+    entry: &S<raw::Api>,
+    (name, version): (&str, &str),
+    allow_encoded_slashes: bool,
+) -> String {
+    let base_path = format!(
+        "/gateway/{}/{}",
+        default_segment(name),
+        default_segment(version)
+    );
+    let version_at = entry
+        .value
+        .version
+        .as_ref()
+        .map_or(entry.referenced, Ctx::at);
+    let segments = [
+        ("name", name, name_at(entry)),
+        ("version", version, version_at),
+    ];
+    for (key, text, at) in segments {
+        // An empty name is refused as such.
+        let empty_name = key == "name" && text.trim().is_empty();
+        if !empty_name && !reachable_segment(text, allow_encoded_slashes) {
+            ctx.report.error(
+                at,
+                format!(
+                    "API {key} `{}` makes a default base path no request can reach (`{base_path}`)",
+                    text.escape_debug()
+                ),
+                format!("a `base_path`, or a {key} without `/` or `\\` that is not `.` or `..`"),
+            );
+        }
+    }
+    base_path
+}
+
+/// Whether `text` (an API's name or version), as a segment of its default
+/// base path, is one a request path can hold: `/` and `\` are encoded
+/// (`%2F`, `%5C`), which request paths may not hold unless the API has
+/// `allow_encoded_slashes`; `.` and `..` are dot segments, which a path
+/// never keeps; an empty one, or one with a control character, none has.
+fn reachable_segment(text: &str, allow_encoded_slashes: bool) -> bool {
+    let encoded = utf8_percent_encode(text, NAME_KEEP).to_string();
+    if crate::path::canonical_segment(&encoded).is_some() {
+        return true;
+    }
+    // With encoded slashes allowed, the rest of the segment decides.
+    allow_encoded_slashes
+        && text.contains(['/', '\\'])
+        && reachable_segment(&text.replace(['/', '\\'], "-"), false)
 }
 
 /// `text` (an API's name or version) as a segment of its default base

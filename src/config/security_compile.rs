@@ -47,6 +47,14 @@ pub(super) fn auth_servers(
         let Some(id) = ctx.required(&raw.id, entry.referenced, "id") else {
             continue;
         };
+        if id.value.trim().is_empty() {
+            ctx.report.error(
+                id.referenced,
+                "auth server id is empty",
+                "an id such as `local`, which an API's `auth_server` names",
+            );
+            continue;
+        }
         let id_text: Arc<str> = Arc::from(id.value.as_str());
         if servers.contains_key(&id_text) {
             ctx.report.error(

@@ -3668,3 +3668,68 @@ fn a_transport_naming_only_unset_ports_is_warned_about() {
     );
     assert_eq!(warnings(&yaml("ports: { http: 0 }\n", "[http]")), vec![]);
 }
+
+/// An API's default base path holds its name and version as segments:
+/// one with `/` is encoded (`%2F`), which requests may not hold, so no
+/// request reaches the API.
+#[test]
+fn a_name_no_default_base_path_can_hold_is_refused() {
+    let api = |name: &str, more: &str| {
+        format!(
+            "apis:\n- name: {name}\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  resources: [\"GET /a\"]\n{more}"
+        )
+    };
+    let allowed = |key: &str| {
+        format!("a `base_path`, or a {key} without `/` or `\\` that is not `.` or `..`")
+    };
+    refused(
+        &api("\"a/b\"", ""),
+        error(
+            2,
+            9,
+            "API name `a/b` makes a default base path no request can reach (`/gateway/a%2Fb/1.0`)",
+            &allowed("name"),
+        ),
+    );
+    refused(
+        &api("\"..\"", ""),
+        error(
+            2,
+            9,
+            "API name `..` makes a default base path no request can reach (`/gateway/../1.0`)",
+            &allowed("name"),
+        ),
+    );
+    refused(
+        &api("A", "  version: \"1/2\"\n"),
+        error(
+            6,
+            12,
+            "API version `1/2` makes a default base path no request can reach (`/gateway/A/1%2F2`)",
+            &allowed("version"),
+        ),
+    );
+    refused(
+        &api("\"\"", "  base_path: /a\n"),
+        error(2, 9, "API name is empty", "a name such as `Time travels`"),
+    );
+    refused(
+        &api("\"  \"", ""),
+        error(2, 9, "API name is empty", "a name such as `Time travels`"),
+    );
+    loaded(&api("\"a/b\"", "  base_path: /ab\n"));
+    loaded(&api("\"a/b\"", "  allow_encoded_slashes: true\n"));
+}
+
+#[test]
+fn an_empty_auth_server_id_is_refused() {
+    refused(
+        "security_settings:\n  auth_servers:\n  - id: \"\"\n    localIntrospectionConfig: { issuer: \"https://idp.example\" }\n",
+        error(
+            3,
+            9,
+            "auth server id is empty",
+            "an id such as `local`, which an API's `auth_server` names",
+        ),
+    );
+}
