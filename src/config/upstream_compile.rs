@@ -25,7 +25,7 @@ const RETRY_ALLOWED: &str = "connect_failure, refused_stream";
 pub type UpstreamUrl = (http::uri::Scheme, http::uri::Authority, HeaderValue, String);
 
 /// The upstream URL `url` (the value of `key`), or an error: it must be
-/// `http(s)`, without query, and without user information. Credentials in
+/// `http(s)`, without query or fragment, and without user information. Credentials in
 /// `user:password@` would travel as the `Host` field, in clear, and show
 /// wherever the URL does (admin views, metric labels); the upstream gets
 /// them through `outbound_auth`. The refusal does not repeat the URL.
@@ -36,6 +36,17 @@ pub fn upstream_url(ctx: &mut Ctx, url: &S<Scalar>, key: &str) -> Option<Upstrea
             url.referenced,
             format!("{key} holds user information (`user:password@`), which would be sent in clear as the Host field"),
             "http://host[:port]/path, with credentials for the upstream in `policies.outbound_auth` (an alias, or type: basic)",
+        );
+        return None;
+    }
+    // RFC 9110 §4.2.5: a fragment is not sent in a request; parsed, it
+    // would be dropped without a word, and a `#` meant as part of the
+    // path is `%23`.
+    if text.contains('#') {
+        ctx.report.error(
+            url.referenced,
+            format!("{key} `{text}` has a fragment (`#…`), which is never sent to the upstream"),
+            "http://host[:port]/path or https://…, without `#` (`%23` in a path)",
         );
         return None;
     }

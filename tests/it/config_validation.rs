@@ -3733,3 +3733,34 @@ fn an_empty_auth_server_id_is_refused() {
         ),
     );
 }
+
+/// A fragment is never part of a request (RFC 9110 §4.2.5): an upstream
+/// URL with one is refused, not taken with it silently dropped.
+#[test]
+fn an_upstream_url_with_a_fragment_is_refused() {
+    for (upstream, column, key) in [
+        ("{ url: \"http://h.example/api#f\" }", 20, "upstream.url"),
+        (
+            "{ endpoints: [{ url: \"http://h.example/api#\" }] }",
+            34,
+            "upstream.endpoints[].url",
+        ),
+    ] {
+        let url = if key == "upstream.url" {
+            "http://h.example/api#f"
+        } else {
+            "http://h.example/api#"
+        };
+        refused(
+            &format!(
+                "apis:\n- name: A\n  upstream: {upstream}\n  authentication: {{ type: none }}\n  resources: [\"GET /a\"]\n"
+            ),
+            error(
+                3,
+                column,
+                &format!("{key} `{url}` has a fragment (`#…`), which is never sent to the upstream"),
+                "http://host[:port]/path or https://…, without `#` (`%23` in a path)",
+            ),
+        );
+    }
+}
