@@ -162,11 +162,17 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
         if !matches!(finding.origin, diagnostic::Origin::Other(_)) {
             continue;
         }
-        let by = overrides.applied.iter().find(|(_, setting)| {
+        // Named by its path (`timeouts.idle: …`) or, as the compile of a
+        // section names its keys, by its last segment (`download_apis: …`
+        // for `api_gateway.download_apis`).
+        let named = |setting: &str| {
             finding
                 .message
-                .strip_prefix(setting.as_str())
+                .strip_prefix(setting)
                 .is_some_and(|rest| rest.starts_with(':'))
+        };
+        let by = overrides.applied.iter().find(|(_, setting)| {
+            named(setting) || setting.rsplit_once('.').is_some_and(|(_, key)| named(key))
         });
         if let Some((variable, _)) = by {
             finding.origin = diagnostic::Origin::Env(variable.clone());

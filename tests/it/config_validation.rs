@@ -2195,6 +2195,30 @@ fn env_override_with_a_bad_value_is_an_error() {
     );
 }
 
+/// A key its section's compile names alone (`download_apis`, for
+/// `api_gateway.download_apis`) is still the variable's finding, not the
+/// file's, which does not hold the value.
+#[test]
+fn env_override_of_a_nested_key_with_a_bad_value_names_the_variable() {
+    let config = Config::new(
+        "ports: { http: 0 }\napi_gateway: { url: \"https://central.example\", user: fleet, password: fleet-password-0123456789 }\n",
+    );
+    let findings = config
+        .load(&env(&[("MCGW_API_GATEWAY_DOWNLOAD_APIS", "maybe")]))
+        .expect_err("refused");
+    let errors: Vec<String> = findings
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("MCGW_API_GATEWAY_DOWNLOAD_APIS: error: download_apis:"),
+        "{}",
+        errors[0]
+    );
+}
+
 // ------------------------------------------------------------ paths
 
 #[test]
