@@ -11,6 +11,18 @@
 //! UTF-8 (RFC 3986 §2.5; RFC 3629 §3 refuses overlong forms): an upstream
 //! decoding `%c0%ae` as `.` leniently would see a path the matcher never saw.
 
+/// Why a request whose query overrides its method is refused.
+pub const METHOD_OVERRIDE_REFUSED: &str = "a method-override parameter (_method) is not accepted";
+
+/// Whether a `method` request with `query` asks its upstream to run it as
+/// another method: Laravel, Symfony and Rack serve a POST with
+/// `?_method=DELETE` as a DELETE, which would run as a method it was not
+/// authorized as. GET and HEAD are never overridden.
+pub fn overrides_method(method: &http::Method, query: Option<&str>) -> bool {
+    !matches!(*method, http::Method::GET | http::Method::HEAD)
+        && query.is_some_and(|q| query_names(q, b"_method"))
+}
+
 /// Whether `query` has a parameter named `name` as an upstream's framework
 /// reads the names: form-decoded (`%5F` is `_`, `+` a space), then as PHP
 /// files them (Laravel and Symfony read `_method` through it): up to a

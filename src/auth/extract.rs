@@ -19,9 +19,18 @@ pub enum Extracted<'a> {
     Invalid(TokenProblem),
 }
 
+/// Why a request with a token in its query is refused (RFC 6750 §2.3).
+pub const TOKEN_IN_QUERY: &str = "access_token in the query is not accepted";
+
+/// Whether `query` carries a token (`access_token`, in any spelling an
+/// upstream's framework reads as it).
+pub fn token_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| crate::path::query_names(q, b"access_token"))
+}
+
 pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&str>) -> Extracted<'a> {
-    if query.is_some_and(|q| crate::path::query_names(q, b"access_token")) {
-        return Extracted::InvalidRequest("access_token in the query is not accepted");
+    if token_in_query(query) {
+        return Extracted::InvalidRequest(TOKEN_IN_QUERY);
     }
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {

@@ -167,10 +167,8 @@ pub fn decide_for<'s>(
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    let names = |name: &[u8]| query.is_some_and(|q| crate::path::query_names(q, name));
-    if !matches!(*method, Method::GET | Method::HEAD) && names(b"_method") {
-        verdict.outcome =
-            Outcome::BadQuery("a method-override parameter (_method) is not accepted");
+    if crate::path::overrides_method(method, query) {
+        verdict.outcome = Outcome::BadQuery(crate::path::METHOD_OVERRIDE_REFUSED);
         return verdict;
     }
     let path = match canonicalize(raw_path) {
@@ -266,11 +264,11 @@ pub fn decide_for<'s>(
             verdict.caller = Some((who.kind, who.application.as_ref().map(|a| a.name.clone())));
         }
         // Read with the token, after `ip_filter` (RFC 6750 §2.3: refused).
-        let token_in_query =
-            identification.accepts(CredentialType::OAuth2) && names(b"access_token");
+        let token_in_query = identification.accepts(CredentialType::OAuth2)
+            && crate::auth::extract::token_in_query(query);
         verdict.outcome = match who {
             _ if filtered => Outcome::IpFiltered,
-            _ if token_in_query => Outcome::BadQuery("access_token in the query is not accepted"),
+            _ if token_in_query => Outcome::BadQuery(crate::auth::extract::TOKEN_IN_QUERY),
             Err(outcome) => outcome,
             Ok(who) => match authorize(&matched, Some(&who), client_ip) {
                 Ok(grant) => {

@@ -628,7 +628,6 @@ fn challenge_of(kind: CredentialType, realm: &str) -> Option<String> {
     }
 }
 
-/// RFC 9110 §5.6.4 quoted-string: escape `"` and `\`.
 /// The challenge of a 403 `insufficient_scope` (RFC 6750 §3): the scopes
 /// that would do, when there are any — `scope` is one or more scope
 /// tokens, so none leaves the attribute out.
@@ -642,6 +641,7 @@ fn insufficient_scope(would_grant: &[String]) -> String {
     )
 }
 
+/// RFC 9110 §5.6.4 quoted-string: escape `"` and `\`.
 fn quoted(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"")
 }

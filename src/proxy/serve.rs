@@ -565,17 +565,8 @@ fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
     if req.method() == http::Method::CONNECT {
         return Err(Rejection::BadRequest("CONNECT is not served"));
     }
-    // Laravel, Symfony and Rack serve a POST with `?_method=DELETE` as a
-    // DELETE: authorized as the method sent, it would run as another.
-    let overridable = !matches!(*req.method(), http::Method::GET | http::Method::HEAD);
-    if overridable
-        && uri
-            .query()
-            .is_some_and(|q| crate::path::query_names(q, b"_method"))
-    {
-        return Err(Rejection::BadRequest(
-            "a method-override parameter (_method) is not accepted",
-        ));
+    if crate::path::overrides_method(req.method(), uri.query()) {
+        return Err(Rejection::BadRequest(crate::path::METHOD_OVERRIDE_REFUSED));
     }
     if req.version() == Version::HTTP_2 && too_many_fields(limits, req.headers()) {
         return Err(Rejection::HeadersTooLarge);
