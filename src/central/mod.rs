@@ -277,9 +277,14 @@ pub fn cached_document(settings: &ApiGateway) -> Option<Arc<Document>> {
 /// it is live (a document read from the cache is there already): a
 /// download that was refused never replaces the last good one.
 pub fn keep(settings: &ApiGateway, document: &Document) {
-    if document.downloaded_at.is_none() {
-        return;
+    if document.downloaded_at.is_some() {
+        write_cache(settings, document);
     }
+}
+
+/// Writes `document` to the cache file of `settings` with its record; a
+/// failure is logged (the settings serve without it).
+pub fn write_cache(settings: &ApiGateway, document: &Document) {
     if let Err(error) = provenance::write(settings, &document.text) {
         tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
     }

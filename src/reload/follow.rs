@@ -187,11 +187,8 @@ fn not_modified(
 /// changed to one that serves the same settings) is written again for
 /// these, so that a start while this central is down finds it.
 fn cache_confirmed(settings: &ApiGateway, document: &Document) {
-    if provenance::check(settings).is_ok() {
-        return;
-    }
-    if let Err(error) = provenance::write(settings, &document.text) {
-        tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
+    if provenance::check(settings).is_err() {
+        crate::central::write_cache(settings, document);
     }
 }
 
@@ -235,9 +232,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document, eta
             let text = Some(&*serving.source_text);
             match reloader.reload_locked(Source::Central, text, Some(&document)) {
                 Ok(generation) => {
-                    if let Err(error) = provenance::write(settings, &document.text) {
-                        tracing::warn!(cache = %settings.cache_file.display(), %error, "cannot write the cache file");
-                    }
+                    crate::central::write_cache(settings, &document);
                     tracing::info!(generation, etag = %document.etag, "settings downloaded from the central gateway applied");
                     reloader.central.adopt(Some(document));
                     reloader.central.update(|status| {
