@@ -485,6 +485,14 @@ pub(super) fn scope_mappings(
 /// server grants can be granted by no token, and its resources are
 /// refused to every caller (403 for ever). Told where the scope is named.
 fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[ScopeMapping]) {
+    // Indexed once: a webMethods export may carry thousands of each.
+    let mut named: HashSet<(&str, &str)> = HashSet::new();
+    let mut granted: HashSet<(&str, &str)> = HashSet::new();
+    for mapping in mappings {
+        let server = &*mapping.auth_server;
+        named.extend(mapping.apis.iter().map(|api| (server, api.as_str())));
+        granted.extend(mapping.api_scopes.iter().map(|s| (server, s.as_str())));
+    }
     for api in apis {
         let Some(name) = api.value.name.as_ref().map(|n| &n.value) else {
             continue;
@@ -497,12 +505,8 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
         else {
             continue;
         };
-        let of_server = || {
-            mappings
-                .iter()
-                .filter(|m| *m.auth_server == *server.value.as_str())
-        };
-        if !of_server().any(|m| m.apis.contains(name)) {
+        let server_name = server.value.as_str();
+        if !named.contains(&(server_name, name.as_str())) {
             continue;
         }
         for scope in &api.value.scopes {
@@ -510,7 +514,7 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
                 continue;
             };
             let api_scope = format!("{name}:{}", scope.value);
-            if !of_server().any(|m| m.api_scopes.contains(&api_scope)) {
+            if !granted.contains(&(server_name, api_scope.as_str())) {
                 ctx.report.warning(
                     scope.referenced,
                     format!(
