@@ -412,9 +412,20 @@ pub fn retiring<T>(f: impl FnOnce() -> T) -> T {
         return f(); // the outermost batch removes them
     }
     RETIRING.with(|r| *r.borrow_mut() = Some(HashSet::new()));
-    let done = f();
-    let names = RETIRING.with(|r| r.borrow_mut().take()).unwrap_or_default();
-    if !names.is_empty() {
+    // Ends the batch even if `f` unwinds: the thread never stays batching.
+    let _batch = Batch;
+    f()
+}
+
+/// The end of this thread's [`retiring`] batch.
+struct Batch;
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let names = RETIRING.with(|r| r.borrow_mut().take()).unwrap_or_default();
+        if names.is_empty() {
+            return;
+        }
         let shown = lock(&SHOWN);
         // A name shown again meanwhile keeps its series.
         let gone: HashSet<String> = names
@@ -423,7 +434,6 @@ pub fn retiring<T>(f: impl FnOnce() -> T) -> T {
             .collect();
         get().remove_apis(&gone);
     }
-    done
 }
 
 /// Where the count of dropped log lines is read when metrics are rendered.
