@@ -42,7 +42,7 @@
 //! never touches listeners, and stops when its [`Watcher`] is stopped or
 //! dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -109,7 +109,8 @@ impl Watcher {
             refused: None,
             reloader,
             notify,
-            watched: BTreeSet::new(),
+            watched: BTreeMap::new(),
+            unwatched: BTreeSet::new(),
             interest: BTreeSet::new(),
             rx,
         };
@@ -151,8 +152,13 @@ struct Watch {
     reloader: Arc<Reloader>,
     notify: RecommendedWatcher,
     rx: Receiver<Message>,
-    /// Directories currently watched.
-    watched: BTreeSet<PathBuf>,
+    /// Directories currently watched, each with the directory its path
+    /// named when the watch was placed: the watch follows that directory,
+    /// not the path.
+    watched: BTreeMap<PathBuf, DirId>,
+    /// Directories to watch that could not be (missing, unreadable):
+    /// tried again on each tick, told once.
+    unwatched: BTreeSet<PathBuf>,
     /// File names whose events matter.
     interest: BTreeSet<OsString>,
     /// Generation the watched set was computed for.
@@ -164,13 +170,17 @@ struct Watch {
 
 impl Watch {
     fn run(mut self) {
+        let mut followed = Instant::now();
         loop {
-            let outcome = match self.rx.recv_timeout(IDLE_TICK) {
+            let tick = IDLE_TICK.saturating_sub(followed.elapsed());
+            let outcome = match self.rx.recv_timeout(tick) {
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Message::Changed(event)) if self.matters(&event) => self.debounce(),
+                Ok(Message::Changed(_)) if followed.elapsed() < IDLE_TICK => continue,
                 Ok(Message::Changed(_)) | Err(RecvTimeoutError::Timeout) => Ok(()),
             };
-            if outcome.and_then(|()| self.follow_other_reloads()).is_err() {
+            followed = Instant::now();
+            if outcome.and_then(|()| self.follow()).is_err() {
                 return;
             }
         }
@@ -238,7 +248,7 @@ impl Watch {
             Ok(_) => None,
             Err(invalid) => Some(Refused::new(reading.contents, invalid.files)),
         };
-        self.follow_files();
+        // The files it names are followed next (`follow`).
         Ok(())
     }
 
@@ -288,14 +298,17 @@ impl Watch {
         }
     }
 
-    /// After a reload from another source, watch the files the new snapshot
-    /// names, and reload if they no longer hold what it was compiled from.
-    fn follow_other_reloads(&mut self) -> Result<(), Stopped> {
-        if self.reloader.live.generation() == self.generation {
-            return Ok(());
+    /// Follows the files the serving snapshot names (after a reload they
+    /// may be others) and the directories replaced under their watches,
+    /// and checks the files when either changed: a file changed before
+    /// its directory was watched (again) sent no event.
+    fn follow(&mut self) -> Result<(), Stopped> {
+        let reloaded = self.reloader.live.generation() != self.generation;
+        let placed = self.follow_files();
+        if reloaded || placed {
+            self.recheck()?;
         }
-        self.follow_files();
-        self.recheck()
+        Ok(())
     }
 
     /// Checks the files (settled) when one reading of them calls for a
@@ -310,35 +323,103 @@ impl Watch {
     }
 
     /// Watches exactly the directories of the serving snapshot's files,
-    /// and of those the configuration last refused names.
-    fn follow_files(&mut self) {
+    /// and of those the configuration last refused names. A directory
+    /// whose path now names another one (replaced, renamed over, a
+    /// symlink on the way swapped) is watched again: its old watch sees
+    /// nothing more. Says whether a watch was placed.
+    fn follow_files(&mut self) -> bool {
         self.generation = self.reloader.live.generation();
         let (dirs, interest) = watch_set(&watched_files(&self.reloader, self.refused_files()));
-        for gone in self.watched.difference(&dirs) {
-            if let Err(error) = self.notify.unwatch(gone) {
-                tracing::debug!(dir = %gone.display(), %error, "cannot unwatch");
-            }
+        self.interest = interest;
+        let gone: Vec<PathBuf> = (self.watched.keys())
+            .filter(|dir| !dirs.contains(*dir))
+            .cloned()
+            .collect();
+        for dir in gone {
+            self.watched.remove(&dir);
+            self.unwatch(&dir);
         }
-        let mut watched = BTreeSet::new();
+        self.unwatched.retain(|dir| dirs.contains(dir));
+        let mut placed = false;
         for dir in dirs {
-            if self.watched.contains(&dir) {
-                watched.insert(dir);
+            // Read before the watch is placed: a directory swapped in
+            // between is then told by the next pass.
+            let now = dir_id(&dir);
+            let before = self.watched.get(&dir).copied();
+            if now.is_some() && before == now {
                 continue;
             }
+            if before.is_some() {
+                self.watched.remove(&dir);
+                self.unwatch(&dir);
+                tracing::debug!(dir = %dir.display(), "configuration directory replaced; watching it again");
+            }
+            let Some(id) = now else {
+                self.not_watched(dir, "no such directory".to_owned());
+                continue;
+            };
             match self.notify.watch(&dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
-                    watched.insert(dir);
+                    if self.unwatched.remove(&dir) {
+                        tracing::info!(dir = %dir.display(), "configuration directory watched");
+                    }
+                    self.watched.insert(dir, id);
+                    placed = true;
                 }
-                Err(error) => tracing::warn!(
-                    dir = %dir.display(),
-                    %error,
-                    "cannot watch a configuration directory; changes there need a reload"
-                ),
+                Err(error) => self.not_watched(dir, error.to_string()),
             }
         }
-        self.watched = watched;
-        self.interest = interest;
+        placed
     }
+
+    fn unwatch(&mut self, dir: &Path) {
+        // A watch whose directory was removed is gone already.
+        if let Err(error) = self.notify.unwatch(dir) {
+            tracing::debug!(dir = %dir.display(), %error, "cannot unwatch");
+        }
+    }
+
+    /// Notes a directory that cannot be watched now; told once, tried again
+    /// on each tick.
+    fn not_watched(&mut self, dir: PathBuf, error: String) {
+        if !self.unwatched.contains(&dir) {
+            tracing::warn!(
+                dir = %dir.display(),
+                %error,
+                "cannot watch a configuration directory; trying again every second"
+            );
+            self.unwatched.insert(dir);
+        }
+    }
+}
+
+/// Which directory a path names: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirId {
+    device: u64,
+    inode: u64,
+}
+
+/// The directory `dir` names now (through symlinks); none if it names no
+/// directory.
+#[cfg(unix)]
+fn dir_id(dir: &Path) -> Option<DirId> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(dir).ok().filter(|m| m.is_dir())?;
+    Some(DirId {
+        device: metadata.dev(),
+        inode: metadata.ino(),
+    })
+}
+
+#[cfg(not(unix))]
+fn dir_id(dir: &Path) -> Option<DirId> {
+    // No inode to tell a replaced directory by: only whether one is there.
+    let _ = std::fs::metadata(dir).ok().filter(|m| m.is_dir())?;
+    Some(DirId {
+        device: 0,
+        inode: 0,
+    })
 }
 
 /// The configuration file, every file the serving snapshot names, and
@@ -356,23 +437,31 @@ fn watched_files(reloader: &Reloader, refused: &[PathBuf]) -> Vec<PathBuf> {
 
 /// The directories to watch and the file names that matter in them. A
 /// symlinked file is also watched where it points, so editing the target
-/// of a plain symlink is seen too.
+/// of a plain symlink is seen too. Each file's directory is also watched
+/// in its own parent, so replacing the directory (renamed over, a
+/// symlink to it swapped, as the kubelet does for a volume's `..data`
+/// and the directories under it) is seen too.
 fn watch_set(files: &[PathBuf]) -> (BTreeSet<PathBuf>, BTreeSet<OsString>) {
     let mut dirs = BTreeSet::new();
     let mut interest = BTreeSet::from([OsString::from(CONFIGMAP_DATA)]);
-    let mut add = |path: &Path| {
+    let mut add = |path: &Path, with_parent: bool| {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        if let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) {
-            dirs.insert(dir.to_path_buf());
-            interest.insert(name.to_os_string());
+        let mut place = Some(absolute.as_path());
+        for _ in 0..if with_parent { 2 } else { 1 } {
+            let Some(path) = place else { break };
+            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                dirs.insert(dir.to_path_buf());
+                interest.insert(name.to_os_string());
+            }
+            place = path.parent();
         }
     };
     for file in files {
-        add(file);
+        add(file, true);
         let is_link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
         if is_link {
             if let Ok(target) = std::fs::canonicalize(file) {
-                add(&target);
+                add(&target, false);
             }
         }
     }
@@ -429,7 +518,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("microgateway.yaml");
         let (dirs, interest) = watch_set(std::slice::from_ref(&config));
-        assert_eq!(dirs.len(), 1);
+        // The directory, and its parent for the directory's own name.
+        assert_eq!(dirs.len(), 2);
         assert!(touches(&interest, &[dir.path().join("microgateway.yaml")]));
         assert!(touches(&interest, &[dir.path().join("..data")]));
         assert!(touches(
@@ -452,8 +542,9 @@ mod tests {
             dir.path().join("server.key"),
         ];
         let (dirs, interest) = watch_set(&files);
-        assert_eq!(dirs.len(), 1);
-        assert_eq!(interest.len(), 4);
+        assert_eq!(dirs.len(), 2);
+        // Three files, the directory's own name and `..data`.
+        assert_eq!(interest.len(), 5);
     }
 
     #[cfg(unix)]
@@ -466,7 +557,8 @@ mod tests {
         let link = dir.path().join("microgateway.yaml");
         std::os::unix::fs::symlink(real.join("target.yaml"), &link).expect("symlink");
         let (dirs, interest) = watch_set(&[link]);
-        assert_eq!(dirs.len(), 2);
+        // The link's directory and its parent, the target's directory.
+        assert_eq!(dirs.len(), 3);
         assert!(interest.contains(&OsString::from("target.yaml")));
     }
 }

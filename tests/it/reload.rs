@@ -375,6 +375,118 @@ async fn configmap_symlink_swap_is_applied() {
     gw.shutdown().await;
 }
 
+/// Starts a gateway on `config`, a file somewhere under `dir` written
+/// beforehand (through symlinks, say).
+async fn start_at(dir: tempfile::TempDir, config: std::path::PathBuf) -> Gateway {
+    common::crypto();
+    let inner = microgateway::gateway::Gateway::start(&config, common::Env::new())
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not start:\n{e}"));
+    Gateway {
+        http: inner.http.expect("http"),
+        admin: inner.admin,
+        inner: Some(inner),
+        config,
+        dir,
+        client: common::client(),
+    }
+}
+
+/// The configuration's directory replaced by another (`rm -r conf && mv
+/// conf.new conf`): the change is applied, and so is the next edit made in
+/// the new directory, whose path the watch on the old one no longer follows.
+#[tokio::test]
+async fn an_edit_in_a_replaced_configuration_directory_is_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).expect("conf");
+    std::fs::write(conf.join("microgateway.yaml"), echo_yaml("alpha")).expect("write");
+    let gw = start_at(dir, conf.join("microgateway.yaml")).await;
+    assert_eq!(mode(&gw).await, "alpha");
+
+    let next = gw.dir.path().join("conf.new");
+    std::fs::create_dir(&next).expect("conf.new");
+    std::fs::write(next.join("microgateway.yaml"), echo_yaml("beta")).expect("write");
+    std::fs::remove_dir_all(&conf).expect("remove conf");
+    std::fs::rename(&next, &conf).expect("rename");
+    applied(&gw, 2).await;
+    assert_eq!(mode(&gw).await, "beta");
+
+    gw.write_config(&echo_yaml("gamma"));
+    applied(&gw, 3).await;
+    assert_eq!(mode(&gw).await, "gamma");
+    gw.shutdown().await;
+}
+
+#[cfg(unix)]
+/// A volume as the kubelet lays out one whose key has a nested path
+/// (`items: [{ key: …, path: conf/microgateway.yaml }]`): `conf ->
+/// ..data/conf`, `..data -> ..{name}`.
+fn nested_volume_revision(dir: &Path, name: &str, yaml: &str) {
+    let conf = dir.join(format!("..{name}")).join("conf");
+    std::fs::create_dir_all(&conf).expect("revision dir");
+    std::fs::write(conf.join("microgateway.yaml"), yaml).expect("revision file");
+}
+
+#[cfg(unix)]
+/// Every update of a volume whose configuration sits in a directory of
+/// its own swaps that directory (through `..data`): each is applied, not
+/// only the first.
+#[tokio::test]
+async fn every_update_of_a_volume_with_a_nested_path_is_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    nested_volume_revision(dir.path(), "v1", &echo_yaml("alpha"));
+    std::os::unix::fs::symlink("..v1", dir.path().join("..data")).expect("..data");
+    std::os::unix::fs::symlink("..data/conf", dir.path().join("conf")).expect("conf");
+    let config = dir.path().join("conf").join("microgateway.yaml");
+    let gw = start_at(dir, config).await;
+    assert_eq!(mode(&gw).await, "alpha");
+
+    for (generation, (name, old, mode_now)) in [
+        ("v2", "v1", "beta"),
+        ("v3", "v2", "gamma"),
+        ("v4", "v3", "delta"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        nested_volume_revision(gw.dir.path(), name, &echo_yaml(mode_now));
+        configmap_swap(gw.dir.path(), name, old);
+        applied(&gw, generation as u64 + 2).await;
+        assert_eq!(mode(&gw).await, mode_now);
+    }
+    gw.shutdown().await;
+}
+
+#[cfg(unix)]
+/// A configuration under a `current` symlink to a release directory: the
+/// symlink swapped to another release is a change, and so is a later edit
+/// in the release it now names.
+#[tokio::test]
+async fn a_swapped_release_symlink_and_an_edit_after_it_are_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (release, mode_then) in [("v1", "alpha"), ("v2", "beta")] {
+        std::fs::create_dir(dir.path().join(release)).expect("release");
+        let file = dir.path().join(release).join("microgateway.yaml");
+        std::fs::write(file, echo_yaml(mode_then)).expect("write");
+    }
+    std::os::unix::fs::symlink("v1", dir.path().join("current")).expect("current");
+    let config = dir.path().join("current").join("microgateway.yaml");
+    let gw = start_at(dir, config).await;
+    assert_eq!(mode(&gw).await, "alpha");
+
+    let temporary = gw.dir.path().join("current.tmp");
+    std::os::unix::fs::symlink("v2", &temporary).expect("symlink");
+    std::fs::rename(&temporary, gw.dir.path().join("current")).expect("swap current");
+    applied(&gw, 2).await;
+    assert_eq!(mode(&gw).await, "beta");
+
+    gw.write_config(&echo_yaml("gamma"));
+    applied(&gw, 3).await;
+    assert_eq!(mode(&gw).await, "gamma");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn invalid_yaml_is_refused_and_the_last_good_config_serves() {
     let gw = Gateway::start(&echo_yaml("alpha")).await;
@@ -474,6 +586,30 @@ async fn a_configuration_refused_for_a_missing_secret_file_is_taken_once_the_fil
     let error = assert_refused(&gw, errors).await;
     assert!(error.contains("late.secret"), "{error}");
     std::fs::write(gw.dir.path().join("late.secret"), "two\n").expect("secret");
+    applied(&gw, 2).await;
+    assert_eq!(
+        upstream_authorization(&gw, &upstream).await,
+        basic("svc", "two")
+    );
+    gw.shutdown().await;
+}
+
+/// A configuration refused for a secret in a directory that is not there
+/// yet is taken once the directory and the file are written: the
+/// directory is watched as soon as it exists.
+#[tokio::test]
+async fn a_secret_in_a_directory_made_after_the_refusal_is_taken() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("backend.secret"), "one\n").expect("secret");
+    let gw = start_in(dir, &secret_yaml(&upstream)).await;
+    let errors = file_reload_errors(&gw).await;
+    gw.write_config(&secret_yaml(&upstream).replace("backend.secret", "later/late.secret"));
+    let error = assert_refused(&gw, errors).await;
+    assert!(error.contains("late.secret"), "{error}");
+    let later = gw.dir.path().join("later");
+    std::fs::create_dir(&later).expect("later");
+    std::fs::write(later.join("late.secret"), "two\n").expect("secret");
     applied(&gw, 2).await;
     assert_eq!(
         upstream_authorization(&gw, &upstream).await,
