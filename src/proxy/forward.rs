@@ -182,6 +182,7 @@ impl Upstreams {
                 req,
                 destination,
                 TryBounds::starting(started, timeout),
+                &api.metrics,
             )
             .await;
         match result {
@@ -251,7 +252,7 @@ impl Upstreams {
             let checkout = pool::checkout(&self.connector, &self.shared, &key, now)
                 .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
             let result = checkout
-                .try_send(&self.connector, req, destination, bounds)
+                .try_send(&self.connector, req, destination, bounds, &api.metrics)
                 .await;
             let Failed { error, request } = match result {
                 Ok(response) => {

@@ -374,8 +374,7 @@ pub async fn forward(
     req: Request<Body>,
     exchange: Exchange<'_>,
 ) -> Result<Response<Body>, Rejection> {
-    let grpc = api.grpc.then_some(&api.metrics);
-    let result = send(connector, req, &exchange, grpc).await;
+    let result = send(connector, req, &exchange, (&api.metrics, api.grpc)).await;
     let error = match result {
         Ok(response) => {
             api.metrics
@@ -422,7 +421,7 @@ pub async fn send(
     connector: &Connector,
     req: Request<Body>,
     exchange: &Exchange<'_>,
-    grpc: Option<&ApiMetrics>,
+    counted: (&ApiMetrics, bool),
 ) -> Result<Response<Body>, H2Error> {
     let Exchange {
         key,
@@ -492,7 +491,7 @@ pub async fn send(
         let error = match answer(sender.try_send_request(req), &progress, bound).await? {
             Ok(response) => {
                 lock(&replay).answered();
-                return Ok(respond(response, guard, bound, grpc));
+                return Ok(respond(response, guard, bound, counted));
             }
             Err(mut error) => match error.take_message() {
                 // Never sent: send it again as it is.
@@ -595,26 +594,28 @@ where
     .await
 }
 
+/// The upstream's answer, its body counted in `metrics` (the API's) as
+/// it ends: a failure of the upstream's, and, for a gRPC API (`grpc`), the
+/// call's status.
 fn respond(
     response: Response<hyper::body::Incoming>,
     guard: InFlight,
     bound: Bound,
-    grpc: Option<&ApiMetrics>,
+    (metrics, grpc): (&ApiMetrics, bool),
 ) -> Response<Body> {
     let (parts, body) = response.into_parts();
-    if let Some(metrics) = grpc {
-        // Trailers-only: the status is in the head.
-        if let Some(status) = parts.headers.get("grpc-status") {
-            metrics.count_grpc(status.as_bytes());
-        }
+    // Trailers-only: the status is in the head.
+    let status = parts.headers.get("grpc-status").filter(|_| grpc);
+    if let Some(status) = status {
+        metrics.count_grpc(status.as_bytes());
     }
-    let counted = grpc.is_some() && parts.headers.contains_key("grpc-status");
     let body = ResponseBody {
         inner: body,
         _guard: guard,
         bound,
         silence: None,
-        grpc: grpc.filter(|_| !counted).cloned(),
+        metrics: metrics.clone(),
+        grpc_pending: grpc && status.is_none(),
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -637,13 +638,25 @@ impl Drop for InFlight {
 
 /// The upstream's response body: each silence bounded (and none lasts
 /// past the client's deadline), the connection's stream counted until it
-/// ends, the `grpc-status` trailer counted.
+/// ends, the `grpc-status` trailer counted (a deadline passing first as
+/// `4`, DEADLINE_EXCEEDED), and an upstream failing it (silent too long,
+/// its stream reset) counted in `upstream_errors_total`.
 struct ResponseBody {
     inner: hyper::body::Incoming,
     _guard: InFlight,
     bound: Bound,
     silence: Option<Pin<Box<tokio::time::Sleep>>>,
-    grpc: Option<ApiMetrics>,
+    metrics: ApiMetrics,
+    /// A gRPC call whose status is still to be counted.
+    grpc_pending: bool,
+}
+
+impl ResponseBody {
+    fn count_grpc(&mut self, status: &[u8]) {
+        if std::mem::take(&mut self.grpc_pending) {
+            self.metrics.count_grpc(status);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -662,10 +675,16 @@ impl HttpBody for ResponseBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.silence = None;
-                if let (Some(Ok(frame)), Some(metrics)) = (&frame, &this.grpc) {
-                    if let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                        metrics.count_grpc(status.as_bytes());
+                match &frame {
+                    Some(Ok(frame)) => {
+                        let trailers = frame.trailers_ref();
+                        if let Some(status) = trailers.and_then(|t| t.get("grpc-status")) {
+                            this.count_grpc(status.as_bytes());
+                        }
                     }
+                    // The upstream reset its stream or broke the protocol.
+                    Some(Err(_)) => this.metrics.upstream_error("protocol"),
+                    None => {}
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
@@ -678,9 +697,13 @@ impl HttpBody for ResponseBody {
                 });
                 match silence.as_mut().poll(cx) {
                     Poll::Ready(()) if bound.passed() => {
+                        this.count_grpc(b"4");
                         Poll::Ready(Some(Err(Box::new(H2Error::Deadline))))
                     }
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Silent)))),
+                    Poll::Ready(()) => {
+                        this.metrics.upstream_error("timeout");
+                        Poll::Ready(Some(Err(Box::new(Silent))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

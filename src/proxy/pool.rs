@@ -50,6 +50,7 @@ use super::client::{self, Connection, Failure, ResponseBody, Stream};
 use super::{Body, BoxError};
 use crate::config::snapshot::CaBundle;
 use crate::http1::request_encode::Destination;
+use crate::metrics::ApiMetrics;
 
 /// Idle connections kept per upstream (per pool).
 pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -803,6 +804,7 @@ impl Checkout {
         req: Request<Body>,
         destination: Destination<'a>,
         bounds: TryBounds,
+        metrics: &'a ApiMetrics,
     ) -> impl Future<Output = Result<Response<Body>, SendError>> + 'a {
         async move {
             // Not a wrapper of `try_send`: the single-endpoint route keeps its
@@ -844,7 +846,7 @@ impl Checkout {
                 }
                 Err(failure) => return Err(SendError::Request(failure.error)),
             };
-            Ok(pooled(response, home, slot))
+            Ok(pooled(response, home, slot, metrics))
         }
     }
 
@@ -857,6 +859,7 @@ impl Checkout {
         req: Request<Body>,
         destination: Destination<'_>,
         bounds: TryBounds,
+        metrics: &ApiMetrics,
     ) -> Result<Response<Body>, Failed> {
         let TryBounds { connect_by, stall } = bounds;
         let Checkout { home, slot, conn } = self;
@@ -908,17 +911,28 @@ impl Checkout {
             }
             Err(failure) => return Err(Failed::after(failure)),
         };
-        Ok(pooled(response, home, slot))
+        Ok(pooled(response, home, slot, metrics))
     }
 }
 
-/// The response, its body putting the connection back once read to its end.
+/// The response, its body putting the connection back once read to its end,
+/// and counting in `metrics` an upstream that fails it (goes silent,
+/// closes, breaks the framing) while more of it is due.
 #[inline]
-fn pooled(response: Response<ResponseBody>, home: Home, slot: SlotId) -> Response<Body> {
+fn pooled(
+    response: Response<ResponseBody>,
+    home: Home,
+    slot: SlotId,
+    metrics: &ApiMetrics,
+) -> Response<Body> {
     response.map(|body| {
+        // A body all there already cannot fail on the upstream's account:
+        // most answers keep no handle on the API's series.
+        let failures = (!body.arrived()).then(|| metrics.clone());
         PooledBody {
             body,
             back: Some(Back { home, slot }),
+            failures,
         }
         .boxed()
     })
@@ -966,6 +980,8 @@ fn is_idempotent(method: &Method) -> bool {
 struct PooledBody {
     body: ResponseBody,
     back: Option<Back>,
+    /// Where an upstream failing the body is counted (see [`pooled`]).
+    failures: Option<ApiMetrics>,
 }
 
 struct Back {
@@ -1002,6 +1018,12 @@ impl HttpBody for PooledBody {
             Poll::Ready(Some(Err(error))) => {
                 // The connection is broken: it goes with this body.
                 this.back = None;
+                if let Some(metrics) = this.failures.take() {
+                    metrics.upstream_error(match error {
+                        client::Error::Stalled(_) => "timeout",
+                        _ => "protocol",
+                    });
+                }
                 Poll::Ready(Some(Err(Box::new(error))))
             }
             Poll::Ready(None) => {
@@ -1148,6 +1170,7 @@ mod tests {
                     request(upstream.addr),
                     to(&host),
                     TryBounds::starting(Instant::now(), STALL),
+                    ApiMetrics::unmatched(),
                 )
                 .await
                 .expect("response")
@@ -1161,7 +1184,15 @@ mod tests {
         ) -> Result<Response<Body>, SendError> {
             let host = http::HeaderValue::from_static("upstream");
             let bounds = TryBounds::starting(Instant::now(), STALL);
-            checkout.send(&self.connector, req, to(&host), bounds).await
+            checkout
+                .send(
+                    &self.connector,
+                    req,
+                    to(&host),
+                    bounds,
+                    ApiMetrics::unmatched(),
+                )
+                .await
         }
 
         /// `n` requests at once: each checked out before any is sent, so

@@ -27,7 +27,9 @@ use crate::common::{metric, Gateway};
 type Received = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 /// An h2c upstream that records every call. A path ending in `/Slow` is
-/// never answered; any other is answered at once with OK, trailers-only.
+/// never answered; one ending in `/Stream` is answered with a head and one
+/// message, and then nothing; any other is answered at once with OK,
+/// trailers-only.
 async fn recording_upstream() -> (SocketAddr, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -48,10 +50,21 @@ async fn recording_upstream() -> (SocketAddr, Received) {
                         let _held = req;
                         std::future::pending::<()>().await;
                     }
+                    if path.ends_with("/Stream") {
+                        use tokio_stream::StreamExt;
+                        let message = hyper::body::Frame::data(Bytes::from_static(&[0; 5]));
+                        let frames = tokio_stream::iter([Ok::<_, Infallible>(message)])
+                            .chain(tokio_stream::pending());
+                        let answer = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(http_body_util::StreamBody::new(frames).boxed_unsync())
+                            .unwrap();
+                        return Ok::<_, Infallible>(answer);
+                    }
                     let answer = http::Response::builder()
                         .header("content-type", "application/grpc")
                         .header("grpc-status", "0")
-                        .body(Empty::<Bytes>::new())
+                        .body(Empty::<Bytes>::new().boxed_unsync())
                         .unwrap();
                     Ok::<_, Infallible>(answer)
                 }
@@ -80,13 +93,13 @@ apis:
   grpc: true
   upstream: {{ url: "http://{addr}/echo.Echo", protocol: h2c, timeout: {timeout} }}
   authentication: {{ type: none }}
-  resources: ["POST /Unary", "POST /Slow"]
+  resources: ["POST /Unary", "POST /Slow", "POST /Stream"]
 - name: "{api} plain"
   version: "1.0"
   base_path: /plain
   upstream: {{ url: "http://{addr}/plain", protocol: h2c, timeout: {timeout} }}
   authentication: {{ type: none }}
-  resources: ["POST /Unary"]
+  resources: ["POST /Unary", "POST /Stream"]
 "#
     )
 }
@@ -196,6 +209,51 @@ async fn a_call_past_its_deadline_is_deadline_exceeded_long_before_the_upstream_
     // The connection serves the next call.
     let head = call(&mut sender, &gw, "/echo.Echo/Unary", None).await;
     assert_eq!(grpc_status(&head), Some("0"));
+    gw.shutdown().await;
+}
+
+/// A deadline that passes while the answer streams ends it, and the call
+/// is counted as DEADLINE_EXCEEDED; an upstream silent mid-answer past its
+/// timeout is counted as the upstream's timeout.
+#[tokio::test]
+async fn a_deadline_or_a_silence_mid_answer_is_counted() {
+    let (addr, _) = recording_upstream().await;
+    let gw = Gateway::start(&yaml("Mid answer", addr, "1s")).await;
+    let mut sender = connect(&gw).await;
+    for (path, deadline) in [("/echo.Echo/Stream", Some("300m")), ("/plain/Stream", None)] {
+        let mut req = http::Request::post(format!("http://{}{path}", gw.http))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(deadline) = deadline {
+            req = req.header("grpc-timeout", deadline);
+        }
+        let req = req
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])).boxed_unsync())
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .expect("a head")
+            .expect("an answer");
+        assert_eq!(response.status(), 200);
+        let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+            .await
+            .expect("the answer ends");
+        assert!(read.is_err(), "{path}: cut, not ended");
+    }
+    let text = gw.metrics().await;
+    let count = |series: &str| metric(&text, series);
+    assert_eq!(
+        count(r#"microgateway_responses_total{api="Mid answer",class="grpc_4"}"#),
+        1
+    );
+    assert_eq!(
+        count(r#"microgateway_upstream_errors_total{api="Mid answer",cause="timeout"}"#),
+        0
+    );
+    assert_eq!(
+        count(r#"microgateway_upstream_errors_total{api="Mid answer plain",cause="timeout"}"#),
+        1
+    );
     gw.shutdown().await;
 }
 

@@ -217,13 +217,19 @@ async fn an_http2_client_that_resets_its_event_stream_ends_the_upstream_exchange
 #[tokio::test]
 async fn an_event_stream_silent_for_the_upstream_timeout_is_cut() {
     let upstream = EventSource::start().await;
-    let gw = Gateway::start(&config(upstream.addr, "1s")).await;
+    // Its own name: the metrics are the test process's.
+    let yaml = config(upstream.addr, "1s").replace("name: events", "name: silent events");
+    let gw = Gateway::start(&yaml).await;
     let mut client = Reader::open(&gw).await;
     upstream.send("data: first\n\n");
     assert!(client.until("data: first\n\n").await);
     // No more events: after the upstream timeout of silence the answer is
     // cut (no last chunk), so that the client knows it is incomplete.
     assert!(!client.until("0\r\n\r\n").await);
+    // Counted as the upstream's failure.
+    let metrics = gw.metrics().await;
+    let counted = r#"microgateway_upstream_errors_total{api="silent events",cause="timeout"} 1"#;
+    assert!(metrics.contains(counted), "{metrics}");
 }
 
 /// A long poll whose client leaves before the upstream has answered: the

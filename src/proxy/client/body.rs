@@ -84,6 +84,18 @@ impl ResponseBody {
         self.conn.take().filter(|conn| conn.buf.is_empty())
     }
 
+    /// Whether what is left of the body has all arrived: reading it waits
+    /// for nothing the upstream has still to send.
+    pub fn arrived(&self) -> bool {
+        match (&self.state, &self.conn) {
+            (State::Done, _) => true,
+            (State::Delimited(Delimited::Length(left)), Some(conn)) => {
+                conn.buf.len() as u64 >= *left
+            }
+            _ => false,
+        }
+    }
+
     /// Waiting for the upstream: pending, unless it has been silent for
     /// too long.
     fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
