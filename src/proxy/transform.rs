@@ -3,7 +3,8 @@
 //! `_` and `.` alike, so a client cannot spoof them), then token properties
 //! are set from the principal. A variable with no value sets no header; a
 //! value from the request or its token that is not visible ASCII, space or
-//! tab, or is longer than [`MAX_PROPERTY_BYTES`], refuses the request. The
+//! tab, begins or ends with a space or tab, or is longer than
+//! [`MAX_PROPERTY_BYTES`], refuses the request. The
 //! names were folded when the snapshot was compiled; a request only
 //! compares.
 //! Response transformation: the upstream's answer has the policy's fields
@@ -94,12 +95,19 @@ fn from_configuration(variable: &Variable) -> bool {
 /// RFC 9110 §5.5: a field value is visible ASCII, space and tab, plus
 /// `obs-text` (0x80–0xFF), which recipients read as they please (Latin-1,
 /// UTF-8, or a refusal); a property is held to the portable part, and
-/// its length to [`MAX_PROPERTY_BYTES`].
+/// its length to [`MAX_PROPERTY_BYTES`]. Parsers strip the whitespace
+/// around a field value (§5.5), so a property that begins or ends with a
+/// space or tab would reach the upstream as another one (`" admin"` as
+/// `admin`).
 fn is_plain_property(value: &str) -> bool {
-    value.len() <= MAX_PROPERTY_BYTES
-        && value
-            .bytes()
-            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    let padding = |b: &u8| *b == b' ' || *b == b'\t';
+    let bytes = value.as_bytes();
+    bytes.len() <= MAX_PROPERTY_BYTES
+        && !bytes.first().is_some_and(padding)
+        && !bytes.last().is_some_and(padding)
+        && bytes
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn value(variable: &Variable, identity: &Identity) -> Option<String> {
@@ -185,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn a_property_is_visible_ascii_space_or_tab_up_to_4_kib() {
+    fn a_property_is_visible_ascii_space_or_tab_inside_up_to_4_kib() {
         for plain in [
             "",
             "acme",
@@ -201,6 +209,13 @@ mod tests {
             "a\r\nb",
             "nul\0",
             "\u{2003}",
+            " admin",
+            "admin ",
+            "\tadmin",
+            "admin\t",
+            " ",
+            "  ",
+            "\t",
             &"x".repeat(MAX_PROPERTY_BYTES + 1),
         ] {
             assert!(!is_plain_property(bad), "{bad:?}");

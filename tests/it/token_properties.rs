@@ -303,6 +303,44 @@ async fn claim_that_is_no_valid_header_value_refuses_the_token() {
     w.gw.shutdown().await;
 }
 
+/// RFC 9110 §5.5: every parser strips the spaces and tabs around a field
+/// value, so a property padded with them would reach the upstream as
+/// another identity (`" admin"` read as `admin`): it refuses the token.
+#[tokio::test]
+async fn property_padded_with_whitespace_refuses_the_token() {
+    let w = world().await;
+    for (passed, sub) in [" admin", "admin\t", "\tadmin ", " ", "  "]
+        .into_iter()
+        .enumerate()
+    {
+        let (jwt, opaque) = w.tokens(json!({ "sub": sub }));
+        for (base, token) in [("/jwt", &jwt), ("/opaque", &opaque)] {
+            let resp =
+                w.gw.request(Method::GET, &format!("{base}/who"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("request");
+            assert_eq!(resp.status(), 401, "{base} {sub:?}");
+            let challenge = resp.headers()["www-authenticate"].to_str().expect("ascii");
+            assert!(
+                challenge.ends_with(r#"error="invalid_token""#),
+                "{challenge}"
+            );
+        }
+        assert_eq!(w.upstream.hits(), passed, "{sub:?} reached the upstream");
+        // The same token where no policy uses the claim passes.
+        assert_eq!(w.get("/basic-alias", &jwt, &[]).await, 200);
+    }
+    // Spaces inside a value are sent as they are.
+    let (jwt, opaque) = w.tokens(json!({ "sub": "ad min" }));
+    for (base, token) in [("/jwt", &jwt), ("/opaque", &opaque)] {
+        assert_eq!(w.get(base, token, &[]).await, 200, "{base}");
+        assert_eq!(w.received("x-owner"), ["ad min"], "{base}");
+    }
+    w.gw.shutdown().await;
+}
+
 fn basic(user: &str, password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Basic {encoded}")
