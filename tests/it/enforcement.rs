@@ -827,6 +827,46 @@ async fn rotated_key_is_fetched_once_and_accepted() {
     w.gw.shutdown().await;
 }
 
+/// A token signed by a key the gateway has not loaded makes it fetch the
+/// JWKS again; when the IdP is down, the key may have been rotated in, so
+/// the answer is 503 with `Retry-After`, not `invalid_token`. Within the
+/// refetch cooldown no fetch is made and the key is unknown (401).
+#[tokio::test]
+async fn unknown_key_while_the_jwks_is_down_is_unavailable_once_per_cooldown() {
+    let w = world("Time travels").await;
+    let view = w.idp.token(&["view"]);
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&view))
+            .await
+            .status(),
+        200
+    );
+    w.idp.rotate("k2");
+    let rotated = w.idp.token(&["view"]);
+    w.idp.set_down(true);
+    let resp = w
+        .send(Method::GET, "/travels/bookings", Some(&rotated))
+        .await;
+    assert_unavailable(resp).await;
+    let resp = w
+        .send(Method::GET, "/travels/bookings", Some(&rotated))
+        .await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        challenge(&resp).as_deref(),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    // The loaded key still validates.
+    assert_eq!(
+        w.send(Method::GET, "/travels/bookings", Some(&view))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(w.upstream.hits(), 2);
+    w.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn incoming_authorization_is_not_forwarded_by_default() {
     let w = world("Time travels").await;

@@ -435,6 +435,65 @@ async fn random_kids_cause_at_most_one_fetch_per_cooldown() {
     assert_eq!(idp.requests("/jwks"), 3, "one refetch in the next cooldown");
 }
 
+/// A token whose kid is unknown waits for a fetch of the set; when that
+/// fetch fails, the auth server could not say whether the key was rotated
+/// in, so every request that waited for it is unavailable (503), not
+/// invalid. Within the cooldown, without a fetch, the kid is unknown.
+#[tokio::test]
+async fn unknown_kid_whose_refetch_fails_is_unavailable() {
+    let known = ed_key("known");
+    let idp = Idp::start(jwks(&[&known])).await;
+    let source = source(
+        "refetch-fails",
+        RemoteOptions {
+            unknown_kid_cooldown: Duration::from_secs(2),
+            ..options(&idp)
+        },
+    );
+    source.refresh().await.expect("initial fetch");
+    let validator = validator("refetch-fails", JwtRules::new(idp.issuer()), &source);
+    let rotated = ec_key("rotated", Algorithm::ES256);
+    let unseen = token(&rotated, &idp.issuer());
+    idp.set(|state| state.failing = true);
+    let results =
+        futures_util::future::join_all((0..10).map(|_| validator.validate(&unseen, now()))).await;
+    for result in results {
+        assert!(
+            matches!(
+                result,
+                Err(AuthFailure::Unavailable { ref auth_server, .. })
+                    if &**auth_server == "refetch-fails"
+            ),
+            "{result:?}"
+        );
+    }
+    assert_eq!(
+        idp.requests("/jwks"),
+        2,
+        "initial fetch and one shared refetch"
+    );
+    assert_eq!(refreshes("refetch-fails", "error"), 1);
+    // Within the cooldown no fetch is made: the kid is unknown.
+    assert_eq!(
+        check(&validator, &unseen).await,
+        invalid(TokenProblem::UnknownKey)
+    );
+    assert_eq!(idp.requests("/jwks"), 2);
+    // The known key is still trusted meanwhile.
+    assert_eq!(
+        check(&validator, &token(&known, &idp.issuer())).await,
+        Ok(())
+    );
+    // Back up with the rotated key: the next cooldown's refetch finds it.
+    idp.set(|state| {
+        state.failing = false;
+        state.jwks = jwks(&[&known, &rotated]);
+    });
+    advance(Duration::from_millis(2100)).await;
+    assert_eq!(check(&validator, &unseen).await, Ok(()));
+    assert_eq!(idp.requests("/jwks"), 3);
+}
+
 #[tokio::test]
 async fn rotated_key_is_accepted_and_removed_key_refused() {
     let old = rsa_key("old", Algorithm::RS256);

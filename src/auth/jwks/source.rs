@@ -4,7 +4,9 @@
 //! Invariants: a failed fetch never replaces a good set; an unknown `kid`
 //! (or a set never loaded) causes at most one fetch per cooldown across all
 //! callers, concurrent callers sharing it, so random kids cannot hammer the
-//! IdP; without any set a token is unavailable (503), never accepted. Keys
+//! IdP; without any set a token is unavailable (503), never accepted, and
+//! so is a token with an unknown `kid` whose fetch (made or waited for)
+//! failed: the key may have been rotated in. Keys
 //! published in-process ([`JwksSource::local`]) are never fetched.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -134,6 +136,14 @@ struct Remote {
     counts: crate::metrics::AuthServerCounts,
 }
 
+/// What a caller with an unknown `kid` got: a fetch it made or waited
+/// for, that fetch failing, or none within the cooldown.
+enum Refetch {
+    Fetched,
+    Failed,
+    CoolingDown,
+}
+
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -244,12 +254,26 @@ impl JwksSource {
             Origin::Local(keys) if keys.load().is_empty() => Err(self.unavailable(None)),
             Origin::Local(_) => Err(AuthFailure::Invalid(TokenProblem::UnknownKey)),
             Origin::Remote(remote) => {
-                self.refetch_for_unknown_key(remote).await;
-                match remote.keys.load_full() {
-                    Some(set) => set
-                        .find(kid)
-                        .ok_or(AuthFailure::Invalid(TokenProblem::UnknownKey)),
-                    None => Err(self.unavailable(locked(&remote.last_error).clone())),
+                let refetch = self.refetch_for_unknown_key(remote).await;
+                let Some(set) = remote.keys.load_full() else {
+                    return Err(self.unavailable(locked(&remote.last_error).clone()));
+                };
+                match (set.find(kid), refetch) {
+                    (Some(key), _) => Ok(key),
+                    // The auth server could not say whether it has the key
+                    // now (rotated in): unavailable, not invalid.
+                    (None, Refetch::Failed) => Err(AuthFailure::Unavailable {
+                        auth_server: self.auth_server.clone(),
+                        cause: format!(
+                            "JWK Set fetch for an unknown key failed: {}",
+                            locked(&remote.last_error)
+                                .as_deref()
+                                .unwrap_or("unknown error")
+                        ),
+                    }),
+                    (None, Refetch::Fetched | Refetch::CoolingDown) => {
+                        Err(AuthFailure::Invalid(TokenProblem::UnknownKey))
+                    }
                 }
             }
         }
@@ -265,22 +289,30 @@ impl JwksSource {
         }
     }
 
-    async fn refetch_for_unknown_key(&self, remote: &Remote) {
+    async fn refetch_for_unknown_key(&self, remote: &Remote) -> Refetch {
         let seen = remote.attempts.load(Ordering::Acquire);
         let _turn = remote.fetch_lock.lock().await;
         if remote.attempts.load(Ordering::Acquire) != seen {
-            return;
+            // A fetch ended while this caller waited; under the lock,
+            // `failures` is that of the last one.
+            return match remote.failures.load(Ordering::Acquire) {
+                0 => Refetch::Fetched,
+                _ => Refetch::Failed,
+            };
         }
         {
             let mut last = locked(&remote.last_unknown_kid_fetch);
             let now = Instant::now();
             if last.is_some_and(|at| now.duration_since(at) < remote.cooldown) {
-                return;
+                return Refetch::CoolingDown;
             }
             *last = Some(now);
         }
-        // A failure is counted and logged; the caller answers from what is loaded.
-        let _kept = self.fetch_and_store(remote).await;
+        // A failure is counted and logged; the last good set stays.
+        match self.fetch_and_store(remote).await {
+            Ok(()) => Refetch::Fetched,
+            Err(_) => Refetch::Failed,
+        }
     }
 
     /// One fetch; the caller holds the fetch lock.
