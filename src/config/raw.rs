@@ -452,7 +452,7 @@ pub struct Alias {
 pub struct ScopeMapping {
     /// The auth server's id.
     pub auth_server: Opt<String>,
-    /// The token scope.
+    /// The token scope: one RFC 6749 §3.3 scope token (visible ASCII but `"` and `\`, no space).
     pub scope: Opt<String>,
     /// The API scopes it grants, `API:scope`.
     pub api_scopes: Vec<S<String>>,

@@ -1023,6 +1023,42 @@ apis:
     );
 }
 
+/// A mapped scope that is no RFC 6749 §3.3 scope token is carried by no
+/// token, and the 403 challenge would offer it: refused where it is
+/// written.
+#[test]
+fn a_mapped_scope_that_is_no_scope_token_is_refused() {
+    const ALLOWED: &str =
+        "one scope token: visible ASCII characters but `\"` and `\\`, no space (RFC 6749 §3.3)";
+    for (written, shown) in [
+        (r#""""#, ""),
+        (r#""view book""#, "view book"),
+        (r#"" view""#, " view"),
+        (r#""say \"hi\"""#, "say \\\"hi\\\""),
+        (r#""back\\slash""#, "back\\\\slash"),
+        (r#""tab\there""#, "tab\\there"),
+        (r#""nul\u0000""#, "nul\\0"),
+        (r#""del\u007f""#, "del\\u{7f}"),
+        (r#""café""#, "café"),
+    ] {
+        refused(
+            &format!(
+                "scope_mappings:\n- auth_server: local\n  scope: {written}\n  api_scopes: [\"A:View\"]\napis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: oauth2, auth_server: local }}\n  scopes:\n  - name: View\n    resources: [\"GET /a\"]\n{AUTH_SERVER_LAST}"
+            ),
+            error(
+                3,
+                10,
+                &format!("scope `{shown}` is no scope token: no token can carry it"),
+                ALLOWED,
+            ),
+        );
+    }
+    // Every visible ASCII character but `"` and `\` may be in one.
+    loaded(&format!(
+        "scope_mappings:\n- auth_server: local\n  scope: \"urn:x/y?a=b&c[1]~!#$%'()*+,-.;<>@^_`{{|}}\"\n  api_scopes: [\"A:View\"]\napis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: oauth2, auth_server: local }}\n  scopes:\n  - name: View\n    resources: [\"GET /a\"]\n{AUTH_SERVER_LAST}"
+    ));
+}
+
 /// An application's `api_scopes` may name a scope with a `:` in it, as
 /// `scope_mappings` may: split where the API's name ends.
 #[test]
