@@ -121,6 +121,17 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
             "API name is empty",
             "a name such as `Time travels`",
         );
+    } else if name.chars().any(char::is_control) {
+        // RFC 7235 §3.1: a 401 carries `WWW-Authenticate`, whose realm is
+        // the API's name; no field value holds a control character.
+        ctx.report.error(
+            name_at(entry),
+            format!(
+                "API name `{}` contains a control character: its 401 could not name it as the realm",
+                name.escape_debug()
+            ),
+            "a name without control characters, such as `Time travels`",
+        );
     }
     let base_path = match &raw.base_path {
         Some(b) => base_path(ctx, b)?,
@@ -287,9 +298,10 @@ fn default_base_path(
         ("version", version, version_at),
     ];
     for (key, text, at) in segments {
-        // An empty name is refused as such.
-        let empty_name = key == "name" && text.trim().is_empty();
-        if !empty_name && !reachable_segment(text, allow_encoded_slashes) {
+        // An empty name, or one with a control character, is refused as such.
+        let refused_name =
+            key == "name" && (text.trim().is_empty() || text.chars().any(char::is_control));
+        if !refused_name && !reachable_segment(text, allow_encoded_slashes) {
             ctx.report.error(
                 at,
                 format!(

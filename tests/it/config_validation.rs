@@ -3781,6 +3781,40 @@ fn a_name_no_default_base_path_can_hold_is_refused() {
     loaded(&api("\"a/b\"", "  allow_encoded_slashes: true\n"));
 }
 
+/// RFC 7235 §3.1: an API's 401 carries `WWW-Authenticate` with its name
+/// as the realm, and no field value holds a control character.
+#[test]
+fn an_api_name_with_a_control_character_is_refused() {
+    let api = |name: &str, more: &str| {
+        format!(
+            "apis:\n- name: {name}\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  resources: [\"GET /a\"]\n{more}"
+        )
+    };
+    const ALLOWED: &str = "a name without control characters, such as `Time travels`";
+    for (written, shown) in [
+        (r#""Time\ttravels""#, "Time\\ttravels"),
+        (r#""Time\ntravels""#, "Time\\ntravels"),
+        (r#""Time\u007ftravels""#, "Time\\u{7f}travels"),
+        (r#""Time\u0085travels""#, "Time\\u{85}travels"),
+    ] {
+        for more in ["  base_path: /t\n", ""] {
+            refused(
+                &api(written, more),
+                error(
+                    2,
+                    9,
+                    &format!(
+                        "API name `{shown}` contains a control character: its 401 could not name it as the realm"
+                    ),
+                    ALLOWED,
+                ),
+            );
+        }
+    }
+    // A quote or a backslash is escaped in the realm's quoted string.
+    loaded(&api(r#""Say \"hi\" \\ café""#, "  base_path: /t\n"));
+}
+
 #[test]
 fn an_empty_auth_server_id_is_refused() {
     refused(
