@@ -143,6 +143,18 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
         );
         return ThrottleStore::Memory;
     }
+    // `start` opens the store with the Redis client's reading of the URL:
+    // what it cannot read (a port or database that is no number, a
+    // wildcard host) is refused here, by the same reading. Its message
+    // could quote the URL, password and all: not shown.
+    if redis::IntoConnectionInfo::into_connection_info(url.expose()).is_err() {
+        ctx.report.error(
+            at.referenced,
+            "throttling.store: a URL the Redis client cannot read (a port or database that is no number, or a wildcard host such as 0.0.0.0)",
+            STORE_ALLOWED,
+        );
+        return ThrottleStore::Memory;
+    }
     let password = raw
         .password
         .as_ref()

@@ -125,6 +125,35 @@ apis:
     );
 }
 
+/// `check` refuses a Redis URL `start` could not open the store with,
+/// without showing its password.
+#[test]
+fn check_refuses_a_redis_url_start_could_not_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        r#"ports: { http: 0 }
+throttling: { store: "redis://:hunter2@127.0.0.1:notport/0" }
+apis:
+- name: A
+  base_path: /a
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["GET /a"]
+  policies:
+    throttle: [{ limit: 5, per: 1s }]
+"#,
+    );
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":2:22: error: throttling.store: a URL the Redis client cannot read"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
 #[test]
 fn check_of_a_missing_file_exits_1() {
     let out = run(&["check", "-c", "/nonexistent/microgateway.yaml"]);

@@ -3368,6 +3368,38 @@ fn an_unencrypted_postgres_store_on_another_host_is_refused() {
     );
 }
 
+/// `check` reads a Redis URL as `start` opens the store: what the Redis
+/// client cannot read is refused, and its password is not shown.
+#[test]
+fn a_redis_url_the_redis_client_cannot_read_is_refused() {
+    const MESSAGE: &str = "throttling.store: a URL the Redis client cannot read (a port or database that is no number, or a wildcard host such as 0.0.0.0)";
+    const ALLOWED: &str = "memory, or redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss://… for TLS (or a \"${env:NAME}\" / \"${file:/path}\" holding it)";
+    let throttled = "apis:\n- name: A\n  base_path: /a\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  policies:\n    throttle: [{ limit: 5, per: 1s }]\n";
+    for url in [
+        "redis://127.0.0.1:notport/0",
+        "redis://:hunter2@127.0.0.1:notport/0",
+        "redis://127.0.0.1:6379/zero",
+        "rediss://cache.example:6380/x",
+        "redis://0.0.0.0:6379/0",
+    ] {
+        let findings = Config::new(&format!("throttling:\n  store: \"{url}\"\n{throttled}"))
+            .load(&Env::new())
+            .expect_err("the file is refused");
+        let errors: Vec<Found> = findings
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(found)
+            .collect();
+        assert_eq!(errors, vec![error(2, 10, MESSAGE, ALLOWED)], "{url}");
+        for finding in &findings {
+            assert!(!finding.to_string().contains("hunter2"), "{finding}");
+        }
+    }
+    loaded(&format!(
+        "throttling:\n  store: \"redis://127.0.0.1:6379/0\"\n{throttled}"
+    ));
+}
+
 /// `redis://` has no TLS: a password, in the URL or in `password`, goes to
 /// another machine in clear unless opted in.
 #[test]
