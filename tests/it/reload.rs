@@ -577,39 +577,33 @@ async fn changed_file_secret_is_applied_with_the_same_config_text() {
 /// names are watched as well, though no snapshot names them.
 #[tokio::test]
 async fn a_configuration_refused_for_a_missing_secret_file_is_taken_once_the_file_is_written() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("backend.secret"), "one\n").expect("secret");
-    let gw = start_in(dir, &secret_yaml(&upstream)).await;
-    let errors = file_reload_errors(&gw).await;
-    gw.write_config(&secret_yaml(&upstream).replace("backend.secret", "late.secret"));
-    let error = assert_refused(&gw, errors).await;
-    assert!(error.contains("late.secret"), "{error}");
-    std::fs::write(gw.dir.path().join("late.secret"), "two\n").expect("secret");
-    applied(&gw, 2).await;
-    assert_eq!(
-        upstream_authorization(&gw, &upstream).await,
-        basic("svc", "two")
-    );
-    gw.shutdown().await;
+    refused_until_the_secret_is_written("late.secret").await;
 }
 
-/// A configuration refused for a secret in a directory that is not there
-/// yet is taken once the directory and the file are written: the
-/// directory is watched as soon as it exists.
+/// The same with the secret in a directory that is not there yet either:
+/// the directory is watched as soon as it exists.
 #[tokio::test]
 async fn a_secret_in_a_directory_made_after_the_refusal_is_taken() {
+    refused_until_the_secret_is_written("later/late.secret").await;
+}
+
+/// Changes the configuration to read its secret from `secret` (a path
+/// under its directory, not there yet): refused; then writes it (and its
+/// directory): taken.
+async fn refused_until_the_secret_is_written(secret: &str) {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("backend.secret"), "one\n").expect("secret");
     let gw = start_in(dir, &secret_yaml(&upstream)).await;
     let errors = file_reload_errors(&gw).await;
-    gw.write_config(&secret_yaml(&upstream).replace("backend.secret", "later/late.secret"));
+    gw.write_config(&secret_yaml(&upstream).replace("backend.secret", secret));
     let error = assert_refused(&gw, errors).await;
     assert!(error.contains("late.secret"), "{error}");
-    let later = gw.dir.path().join("later");
-    std::fs::create_dir(&later).expect("later");
-    std::fs::write(later.join("late.secret"), "two\n").expect("secret");
+    let path = gw.dir.path().join(secret);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("secret's directory");
+    }
+    std::fs::write(&path, "two\n").expect("secret");
     applied(&gw, 2).await;
     assert_eq!(
         upstream_authorization(&gw, &upstream).await,
