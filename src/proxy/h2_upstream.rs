@@ -698,7 +698,11 @@ impl HttpBody for ResponseBody {
                 match silence.as_mut().poll(cx) {
                     Poll::Ready(()) if bound.passed() => {
                         this.count_grpc(b"4");
-                        Poll::Ready(Some(Err(Box::new(H2Error::Deadline))))
+                        // The client's stream is reset with CANCEL (its
+                        // deadline ended the call), not INTERNAL_ERROR.
+                        tracing::debug!("{}", H2Error::Deadline);
+                        let cancel = h2::Error::from(h2::Reason::CANCEL);
+                        Poll::Ready(Some(Err(Box::new(cancel))))
                     }
                     Poll::Ready(()) => {
                         this.metrics.upstream_error("timeout");
