@@ -177,6 +177,20 @@ impl H2Body {
     }
 }
 
+/// Whether a request body's error is the stream's reset by this side
+/// (hyper's, when the answer failed), not by the client or for a
+/// protocol error of the client's (h2's own).
+fn reset_here(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && !h2.is_remote() && !h2.is_library();
+        }
+        source = cause.source();
+    }
+    false
+}
+
 impl HttpBody for H2Body {
     type Data = Bytes;
     type Error = BoxError;
@@ -193,6 +207,15 @@ impl HttpBody for H2Body {
             Poll::Ready(Some(Ok(frame))) => {
                 this.waiting = None;
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) if reset_here(&error) => {
+                // The gateway reset the stream itself (its answer failed,
+                // and that is counted where it failed): no fault of the
+                // client's.
+                tracing::debug!(%error, "HTTP/2 request body ended by the gateway's reset");
+                this.failed = Some(BodyFault::Truncated);
+                this.waiting = None;
+                Poll::Ready(Some(Err(Box::new(BodyFault::Truncated))))
             }
             Poll::Ready(Some(Err(error))) => {
                 // A reset stream, or a body longer or shorter than its

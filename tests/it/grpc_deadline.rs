@@ -238,7 +238,13 @@ async fn a_deadline_or_a_silence_mid_answer_is_counted() {
         let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
             .await
             .expect("the answer ends");
-        assert!(read.is_err(), "{path}: cut, not ended");
+        let cut = read
+            .err()
+            .unwrap_or_else(|| panic!("{path}: cut, not ended"));
+        if deadline.is_some() {
+            // Reset as a cancelled call, not as the gateway's own error.
+            assert_eq!(reset_reason(&cut), Some(h2::Reason::CANCEL), "{cut:?}");
+        }
     }
     let text = gw.metrics().await;
     let count = |series: &str| metric(&text, series);
@@ -255,6 +261,75 @@ async fn a_deadline_or_a_silence_mid_answer_is_counted() {
         1
     );
     gw.shutdown().await;
+}
+
+/// The reason of the HTTP/2 reset behind `error`, if one is.
+fn reset_reason(error: &hyper::Error) -> Option<h2::Reason> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// A call whose client still streams its body when the upstream goes
+/// silent mid-answer: the gateway resets the stream, and that is the
+/// upstream's failure, not the client's body cut short. The binary runs
+/// as a process of its own: `client_errors_total` has no `api` label,
+/// and this test process's other gateways count in it too.
+#[tokio::test]
+async fn the_gateways_own_reset_of_a_streaming_call_is_no_client_fault() {
+    let (addr, _) = recording_upstream().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, yaml("Own reset", addr, "1s")).expect("config");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command.env_clear().env("MCGW_LOG", "info").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    let started = crate::common::process::start(&mut command);
+    let tcp = tokio::net::TcpStream::connect(started.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    // One message, and the body left open.
+    let (messages, rx) = tokio::sync::mpsc::channel(1);
+    messages.send(Bytes::from_static(&[0; 5])).await.unwrap();
+    let req = http::Request::post(format!("http://{}/plain/Stream", started.http))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(crate::common::channel_body(rx).boxed_unsync())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("a head")
+        .expect("an answer");
+    assert_eq!(response.status(), 200);
+    let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("the answer ends");
+    assert!(read.is_err(), "cut, not ended");
+    // The request body's end after the reset has been seen by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = started.admin.expect("admin address");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let series = r#"microgateway_upstream_errors_total{api="Own reset plain",cause="timeout"}"#;
+    assert_eq!(metric(&text, series), 1, "{text}");
+    let truncated = r#"microgateway_client_errors_total{cause="body_truncated"}"#;
+    assert_eq!(metric(&text, truncated), 0, "{text}");
+    drop(messages);
 }
 
 #[tokio::test]
