@@ -437,31 +437,24 @@ fn watched_files(reloader: &Reloader, refused: &[PathBuf]) -> Vec<PathBuf> {
 
 /// The directories to watch and the file names that matter in them. A
 /// symlinked file is also watched where it points, so editing the target
-/// of a plain symlink is seen too. Each file's directory is also watched
-/// in its own parent, so replacing the directory (renamed over, a
-/// symlink to it swapped, as the kubelet does for a volume's `..data`
-/// and the directories under it) is seen too.
+/// of a plain symlink is seen too. (A directory replaced under its watch
+/// is told by `Watch::follow_files`, which compares what each path names.)
 fn watch_set(files: &[PathBuf]) -> (BTreeSet<PathBuf>, BTreeSet<OsString>) {
     let mut dirs = BTreeSet::new();
     let mut interest = BTreeSet::from([OsString::from(CONFIGMAP_DATA)]);
-    let mut add = |path: &Path, with_parent: bool| {
+    let mut add = |path: &Path| {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let mut place = Some(absolute.as_path());
-        for _ in 0..if with_parent { 2 } else { 1 } {
-            let Some(path) = place else { break };
-            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-                dirs.insert(dir.to_path_buf());
-                interest.insert(name.to_os_string());
-            }
-            place = path.parent();
+        if let (Some(dir), Some(name)) = (absolute.parent(), absolute.file_name()) {
+            dirs.insert(dir.to_path_buf());
+            interest.insert(name.to_os_string());
         }
     };
     for file in files {
-        add(file, true);
+        add(file);
         let is_link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
         if is_link {
             if let Ok(target) = std::fs::canonicalize(file) {
-                add(&target, false);
+                add(&target);
             }
         }
     }
@@ -518,8 +511,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("microgateway.yaml");
         let (dirs, interest) = watch_set(std::slice::from_ref(&config));
-        // The directory, and its parent for the directory's own name.
-        assert_eq!(dirs.len(), 2);
+        assert_eq!(dirs.len(), 1);
         assert!(touches(&interest, &[dir.path().join("microgateway.yaml")]));
         assert!(touches(&interest, &[dir.path().join("..data")]));
         assert!(touches(
@@ -542,9 +534,8 @@ mod tests {
             dir.path().join("server.key"),
         ];
         let (dirs, interest) = watch_set(&files);
-        assert_eq!(dirs.len(), 2);
-        // Three files, the directory's own name and `..data`.
-        assert_eq!(interest.len(), 5);
+        assert_eq!(dirs.len(), 1);
+        assert_eq!(interest.len(), 4);
     }
 
     #[cfg(unix)]
@@ -557,8 +548,7 @@ mod tests {
         let link = dir.path().join("microgateway.yaml");
         std::os::unix::fs::symlink(real.join("target.yaml"), &link).expect("symlink");
         let (dirs, interest) = watch_set(&[link]);
-        // The link's directory and its parent, the target's directory.
-        assert_eq!(dirs.len(), 3);
+        assert_eq!(dirs.len(), 2);
         assert!(interest.contains(&OsString::from("target.yaml")));
     }
 }
