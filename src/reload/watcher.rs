@@ -19,6 +19,15 @@
 //! configuration compiled is the text of the settled reading, never a
 //! fresh read that could catch the next writer halfway.
 //!
+//! A watch follows the directory its path named when it was placed, not
+//! the path: a directory replaced under it (`rm -r conf && mv conf.new
+//! conf`, a `current` symlink swapped to another release, a volume's
+//! `conf -> ..data/conf` swapped with `..data`) would leave it watching
+//! what is gone. Every second, and after each change, each watched path
+//! is compared with the directory (device and inode) its watch was placed
+//! on; one that differs is watched again and the files compared at once.
+//! A directory that is not there is tried again every second.
+//!
 //! After a reload from another source the watcher follows the files the
 //! new snapshot names and compares them with it at once: a file changed
 //! between that reload's read and the watch on its directory sends no
