@@ -9,17 +9,22 @@
 //! - only a JSON object whose `active` is the boolean `true` accepts a token
 //!   (RFC 7662 §2.2); `active: false`, an active token that is no access
 //!   token (a refresh or ID token), one without the configured audience,
-//!   or a `scope` that is not RFC 6749 §3.3 scope tokens, is
+//!   one whose `iss` is not the auth server's configured issuer, or a
+//!   `scope` that is not RFC 6749 §3.3 scope tokens, is
 //!   `Invalid(Inactive)`;
 //! - anything else — timeout, refused connection, non-2xx, oversized or
-//!   malformed body, `"active": "true"` — is `Unavailable` (503 upstream of
-//!   here), never an accept, and is not cached;
+//!   malformed body, `"active": "true"`, an `exp` or `nbf` that is not a
+//!   non-negative integer — is `Unavailable` (503 upstream of here), never
+//!   an accept, and is not cached;
 //! - at most `max_in_flight` calls of one auth server are in flight: every
 //!   new token leads a call of its own, so a client sending random tokens
 //!   would otherwise make one call per request. A call that finds none
 //!   free within `queue_wait` is `Unavailable` without being made;
 //! - an active token whose `exp` has passed at `now` is `Invalid(Expired)`,
-//!   whether the answer is fresh or cached;
+//!   and one whose `nbf` is more than `leeway` ahead of `now` is
+//!   `Invalid(NotYetValid)`, whether the answer is fresh or cached: the
+//!   answer is cached, the refusal is not, so the token is accepted from
+//!   `nbf` on;
 //! - the token and the client secret are never logged, and never part of an
 //!   error's text.
 
@@ -33,6 +38,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use super::cache::{time_left, CacheKey, CacheTtl, Introspected, IntrospectionCache};
+use super::jwt::MAX_LEEWAY;
 use super::{AuthFailure, Principal, TokenProblem};
 
 /// A client secret: `****` in `Debug` and `Display`.
@@ -60,6 +66,11 @@ pub struct IntrospectionSettings {
     pub max_response: usize,
     /// What an active answer's `aud` must contain, when set.
     pub audience: Option<String>,
+    /// What an active answer's `iss` must be when it has one, when set:
+    /// the issuer its JWTs are validated against.
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `nbf`, as for JWTs; capped at [`MAX_LEEWAY`].
+    pub leeway: Duration,
     /// Calls to the endpoint in flight at once, at most.
     pub max_in_flight: usize,
     /// How long a call waits for one in flight to end, at most (and never
@@ -96,6 +107,8 @@ impl IntrospectionSettings {
             timeout: Self::DEFAULT_TIMEOUT,
             max_response: Self::DEFAULT_MAX_RESPONSE,
             audience: None,
+            issuer: None,
+            leeway: MAX_LEEWAY,
             max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
             queue_wait: Self::DEFAULT_QUEUE_WAIT,
         }
@@ -124,6 +137,8 @@ enum CallProblem {
     ActiveNotBoolean,
     #[error("answer has an `exp` that is not a non-negative integer")]
     BadExpiry,
+    #[error("answer has an `nbf` that is not a non-negative integer")]
+    BadNotBefore,
 }
 
 impl From<reqwest::Error> for CallProblem {
@@ -160,6 +175,7 @@ impl Introspector {
     ) -> Introspector {
         // No call at all would refuse every opaque token.
         settings.max_in_flight = settings.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        settings.leeway = settings.leeway.min(MAX_LEEWAY);
         Introspector {
             counts: crate::metrics::AuthServerCounts::introspection(auth_server.clone()),
             auth_server,
@@ -193,15 +209,30 @@ impl Introspector {
             .get_or_introspect(&key, ttl, now, || self.introspect(token))
             .await?;
         match answer {
-            Introspected::Active(principal) => match principal.expires_at {
-                // RFC 7519 §4.1.4: not accepted on or after `exp`.
-                Some(exp) if time_left(exp, now).is_zero() => {
-                    Err(AuthFailure::Invalid(TokenProblem::Expired))
-                }
-                _ => Ok(principal),
-            },
+            Introspected::Active(principal) => {
+                self.check_times(&principal, now)
+                    .map_err(AuthFailure::Invalid)?;
+                Ok(principal)
+            }
             Introspected::Inactive => Err(AuthFailure::Invalid(TokenProblem::Inactive)),
         }
+    }
+
+    /// RFC 7519 §4.1.4: not accepted on or after `exp`; §4.1.5: not before
+    /// `nbf`, widened by the leeway as for JWTs. `interpret` lets neither
+    /// through unless it is a non-negative integer.
+    fn check_times(&self, principal: &Principal, now: SystemTime) -> Result<(), TokenProblem> {
+        if principal
+            .expires_at
+            .is_some_and(|exp| time_left(exp, now).is_zero())
+        {
+            return Err(TokenProblem::Expired);
+        }
+        let nbf = principal.claims.get("nbf").and_then(Value::as_u64);
+        if nbf.is_some_and(|nbf| time_left(nbf, now) > self.settings.leeway) {
+            return Err(TokenProblem::NotYetValid);
+        }
+        Ok(())
     }
 
     /// One call to the endpoint, counted and, on failure, logged.
@@ -341,10 +372,25 @@ impl Introspector {
                 return Ok(Introspected::Inactive);
             }
         }
+        // RFC 7662 §2.2: `iss` is optional; one that is there names who
+        // issued the token, and a token of another issuer is not this
+        // auth server's, as for its JWTs.
+        if let Some(issuer) = &self.settings.issuer {
+            if claims
+                .get("iss")
+                .is_some_and(|iss| iss.as_str() != Some(issuer))
+            {
+                return Ok(Introspected::Inactive);
+            }
+        }
         // `exp` is what bounds the cache entry: a value we cannot read
-        // would make the token look eternal.
+        // would make the token look eternal. Likewise `nbf`, unread, would
+        // make it valid at once.
         if claims.get("exp").is_some_and(|exp| exp.as_u64().is_none()) {
             return Err(CallProblem::BadExpiry);
+        }
+        if claims.get("nbf").is_some_and(|nbf| nbf.as_u64().is_none()) {
+            return Err(CallProblem::BadNotBefore);
         }
         match Principal::from_claims(Arc::clone(&self.auth_server), claims) {
             Ok(principal) => Ok(Introspected::Active(Arc::new(principal))),

@@ -225,6 +225,13 @@ impl Authenticator {
             );
             introspection.client_auth = remote.client_auth;
             introspection.audience = remote.audience.clone();
+            // The opaque tokens of an auth server are held to the issuer
+            // and the clock skew its JWTs are.
+            if let Some(local) = &settings.local {
+                let rules = rules_of(local, in_process);
+                introspection.issuer = Some(rules.issuer);
+                introspection.leeway = rules.leeway;
+            }
             introspection.cache_ttl = remote.cache_ttl;
             introspection.negative_cache_ttl = remote.negative_cache_ttl;
             Some(Introspector::new(

@@ -300,6 +300,88 @@ async fn active_answer_with_past_exp_is_expired_and_not_cached() {
     assert_eq!(endpoint.calls(), 2);
 }
 
+/// RFC 7519 §4.1.5: an answer whose `nbf` is further ahead than the
+/// leeway refuses the token, fresh or cached; the answer stays cached and
+/// the token is accepted from `nbf` (less the leeway) on, without a call.
+#[tokio::test]
+async fn active_answer_before_nbf_is_not_yet_valid_until_nbf() {
+    let nbf = unix_now() + 3_600;
+    let endpoint = Endpoint::start(json(&format!(r#"{{"active":true,"nbf":{nbf}}}"#))).await;
+    let gate = introspector("local", settings(&endpoint), &cache());
+    for _ in 0..2 {
+        assert_eq!(
+            gate.validate("tok", SystemTime::now()).await,
+            Err(AuthFailure::Invalid(TokenProblem::NotYetValid))
+        );
+    }
+    // The default, as for JWTs.
+    let leeway = Duration::from_secs(60);
+    let at_nbf = UNIX_EPOCH + Duration::from_secs(nbf);
+    assert_eq!(
+        gate.validate("tok", at_nbf - leeway - Duration::from_secs(1))
+            .await,
+        Err(AuthFailure::Invalid(TokenProblem::NotYetValid))
+    );
+    gate.validate("tok", at_nbf - leeway)
+        .await
+        .expect("within the leeway");
+    gate.validate("tok", at_nbf).await.expect("valid from nbf");
+    assert_eq!(endpoint.calls(), 1);
+}
+
+#[tokio::test]
+async fn nbf_within_the_leeway_or_past_is_accepted() {
+    for nbf in [unix_now() + 30, unix_now() - 30] {
+        let body = format!(r#"{{"active":true,"nbf":{nbf}}}"#);
+        let endpoint = Endpoint::start(json(&body)).await;
+        let gate = introspector("local", settings(&endpoint), &cache());
+        gate.validate("tok", SystemTime::now())
+            .await
+            .expect("valid now");
+    }
+}
+
+/// The issuer the auth server's JWTs are held to: an answer naming
+/// another is a token of another server's; one naming none is accepted.
+#[tokio::test]
+async fn active_answer_of_another_issuer_is_refused() {
+    let endpoint = Endpoint::start(json(ACTIVE)).await;
+    let mut settings = settings(&endpoint);
+    settings.issuer = Some("https://idp.example".into());
+    let gate = introspector("local", settings, &cache());
+    for (token, iss) in [
+        ("other", r#""https://evil.example""#),
+        ("slash", r#""https://idp.example/""#),
+        ("array", r#"["https://idp.example"]"#),
+        ("null", "null"),
+    ] {
+        endpoint.answer(json(&format!(r#"{{"active":true,"iss":{iss}}}"#)));
+        assert_eq!(
+            gate.validate(token, SystemTime::now()).await,
+            Err(AuthFailure::Invalid(TokenProblem::Inactive)),
+            "{iss}"
+        );
+    }
+    endpoint.answer(json(r#"{"active":true,"iss":"https://idp.example"}"#));
+    gate.validate("same", SystemTime::now())
+        .await
+        .expect("same issuer");
+    endpoint.answer(json(ACTIVE));
+    gate.validate("none", SystemTime::now())
+        .await
+        .expect("no iss");
+}
+
+#[tokio::test]
+async fn without_a_configured_issuer_any_iss_is_accepted() {
+    let body = r#"{"active":true,"iss":"https://anyone.example"}"#;
+    let endpoint = Endpoint::start(json(body)).await;
+    let gate = introspector("local", settings(&endpoint), &cache());
+    gate.validate("tok", SystemTime::now())
+        .await
+        .expect("active");
+}
+
 #[tokio::test]
 async fn inactive_is_cached_for_the_negative_ttl_then_asked_again() {
     let endpoint = Endpoint::start(json(r#"{"active":false}"#)).await;
@@ -384,6 +466,22 @@ async fn answers_that_are_not_an_object_with_boolean_active_are_unavailable() {
         r#"{"scope":"view"}"#,
         r#"{"active":1}"#,
         "null",
+    ] {
+        unavailable_and_not_cached(json(garbage), settings).await;
+    }
+}
+
+/// Like `exp`, an `nbf` that is not a NumericDate in whole seconds is an
+/// answer that cannot be read, not a token valid at once.
+#[tokio::test]
+async fn an_nbf_or_exp_that_is_no_integer_is_unavailable() {
+    for garbage in [
+        r#"{"active":true,"nbf":"1700000000"}"#,
+        r#"{"active":true,"nbf":1700000000.5}"#,
+        r#"{"active":true,"nbf":-1}"#,
+        r#"{"active":true,"nbf":null}"#,
+        r#"{"active":true,"exp":"1700000000"}"#,
+        r#"{"active":true,"exp":1700000000.5}"#,
     ] {
         unavailable_and_not_cached(json(garbage), settings).await;
     }

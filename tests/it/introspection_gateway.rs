@@ -491,6 +491,73 @@ async fn introspection_takes_the_local_audience_unless_it_names_one() {
     }
 }
 
+/// An auth server that validates JWTs of an issuer holds its opaque tokens
+/// to that issuer and to the same clock skew on `nbf`: another `iss`, or
+/// an `nbf` further ahead than the skew, is 401 `invalid_token`.
+#[tokio::test]
+async fn introspection_takes_the_local_issuer_and_clock_skew() {
+    let idp = Idp::start().await;
+    let introspector = Introspector::counting().await;
+    let upstream = Upstream::start().await;
+    let local = format!(
+        "    localIntrospectionConfig: {{ issuer: \"{}\", jwksuri: \"{}\", clockSkew: 10s }}\n    remoteIntrospectionConfig:",
+        idp.issuer(),
+        idp.jwks_uri()
+    );
+    let view = |claims: Value| Answer::active(merged(json!({"scope": "view"}), &claims));
+    let refused = [
+        ("other-issuer", json!({"iss": "https://elsewhere.example"})),
+        ("issuer-array", json!({"iss": [idp.issuer()]})),
+        ("not-yet", json!({"nbf": unix_now() + 3_600})),
+        ("beyond-skew", json!({"nbf": unix_now() + 40})),
+    ];
+    let accepted = [
+        ("own-issuer", json!({"iss": idp.issuer()})),
+        ("no-issuer", json!({})),
+        ("within-skew", json!({"nbf": unix_now() + 5})),
+        ("past-nbf", json!({"nbf": unix_now() - 5})),
+    ];
+    for (token, claims) in refused.iter().chain(&accepted) {
+        introspector.answer(token, view(claims.clone()));
+    }
+    introspector.answer("string-nbf", view(json!({"nbf": "0"})));
+    let yaml = travels(&introspector, &upstream, &DEFAULTS)
+        .replace("    remoteIntrospectionConfig:", &local);
+    let gw = Gateway::start(&yaml).await;
+    let get = |token: &'static str| {
+        gw.request(Method::GET, "/travels/bookings")
+            .bearer_auth(token)
+            .send()
+    };
+    for (token, _) in refused {
+        let resp = get(token).await.expect("request");
+        assert_eq!(resp.status(), 401, "{token}");
+        assert_eq!(
+            resp.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token""#,
+            "{token}"
+        );
+    }
+    assert_eq!(upstream.hits(), 0);
+    for (token, _) in accepted {
+        assert_eq!(get(token).await.expect("request").status(), 200, "{token}");
+    }
+    assert_unavailable(&get("string-nbf").await.expect("request"), "string nbf");
+    gw.shutdown().await;
+}
+
+/// Without `localIntrospectionConfig` no issuer is known: any `iss` goes.
+#[tokio::test]
+async fn introspection_without_a_local_issuer_takes_any_iss() {
+    let w = world(&DEFAULTS).await;
+    w.introspector.answer(
+        "anyone",
+        Answer::active(json!({"scope": "view", "iss": "https://anyone.example"})),
+    );
+    assert_eq!(w.get("anyone").await.status(), 200);
+    w.gw.shutdown().await;
+}
+
 /// Each new token leads a call of its own: a client with made-up tokens
 /// on many connections would make one call per request, and while the
 /// endpoint is slow they would all wait on it. An auth server has at most
