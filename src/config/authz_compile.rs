@@ -103,10 +103,9 @@ pub fn compile(
         .scopes
         .iter()
         .filter_map(|s| {
-            let name = ctx
-                .required(&s.value.name, s.referenced, "name")?
-                .value
-                .clone();
+            let name = ctx.required(&s.value.name, s.referenced, "name")?;
+            ctx.scope_token(name);
+            let name = name.value.clone();
             let description = s
                 .value
                 .description
@@ -928,6 +927,9 @@ fn client(
         );
     }
     for scope in &raw.scopes {
+        if !ctx.scope_token(scope) {
+            continue;
+        }
         if !known_scopes.is_empty() && !known_scopes.contains(scope.value.as_str()) {
             ctx.report.error(
                 scope.referenced,

@@ -239,6 +239,35 @@ impl Ctx<'_> {
     pub fn path(&mut self, written: &str) -> PathBuf {
         resolve::relative(&self.base, written)
     }
+
+    /// Whether `scope` is one RFC 6749 §3.3 scope token; reported where it
+    /// is written when it is not.
+    pub fn scope_token(&mut self, scope: &S<String>) -> bool {
+        if is_scope_token(&scope.value) {
+            return true;
+        }
+        self.report.error(
+            Self::at(scope),
+            format!(
+                "scope `{}` is no scope token: no token can carry it",
+                scope.value.escape_debug()
+            ),
+            "one scope token: visible ASCII characters but `\"` and `\\`, no space (RFC 6749 §3.3)",
+        );
+        false
+    }
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`. Tokens
+/// split their scopes on the space, so anything else is carried by no
+/// token: a scope mapping of it grants nothing (and the 403 challenge
+/// would offer it as a scope to ask for), a client of the local
+/// authorization server could never be granted it.
+fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
 }
 
 /// A comma-separated list for "allowed:" texts.

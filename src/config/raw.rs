@@ -790,7 +790,7 @@ pub struct StorePool {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeDef {
-    /// The scope.
+    /// The scope: one RFC 6749 §3.3 scope token (visible ASCII but `"` and `\`, no space).
     pub name: Opt<String>,
     /// What the approval page says about it.
     pub description: Opt<String>,
@@ -821,7 +821,7 @@ pub struct Client {
     /// `authorization_code`, `implicit` (warned about: RFC 9700 §2.1.2), `password`,
     /// `client_credentials`, `refresh_token`.
     pub grant_types: Vec<S<String>>,
-    /// Scopes it may ask for.
+    /// Scopes it may ask for, each one RFC 6749 §3.3 scope token (visible ASCII but `"` and `\`, no space).
     pub scopes: Vec<S<String>>,
     /// Its token lifetime in seconds (default: the server's).
     pub token_lifetime: Opt<Scalar>,

@@ -396,15 +396,7 @@ pub(super) fn scope_mappings(
         let (Some(server), Some(scope)) = (server, scope) else {
             continue;
         };
-        if !is_scope_token(&scope.value) {
-            ctx.report.error(
-                scope.referenced,
-                format!(
-                    "scope `{}` is no scope token: no token can carry it",
-                    scope.value.escape_debug()
-                ),
-                "one scope token: visible ASCII characters but `\"` and `\\`, no space (RFC 6749 §3.3)",
-            );
+        if !ctx.scope_token(scope) {
             continue;
         }
         if !auth_servers.contains_key(server.value.as_str()) {
@@ -536,14 +528,4 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
             }
         }
     }
-}
-
-/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`. A
-/// mapping of anything else grants nothing (tokens split their scopes on
-/// the space), and the 403 challenge would offer it as a scope to ask for.
-fn is_scope_token(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
 }

@@ -1023,40 +1023,68 @@ apis:
     );
 }
 
+const SCOPE_TOKEN_ALLOWED: &str =
+    "one scope token: visible ASCII characters but `\"` and `\\`, no space (RFC 6749 §3.3)";
+
+/// Scopes that are no scope token, as written in YAML and as an error
+/// shows them.
+const NO_SCOPE_TOKENS: [(&str, &str); 9] = [
+    (r#""""#, ""),
+    (r#""view book""#, "view book"),
+    (r#"" view""#, " view"),
+    (r#""say \"hi\"""#, "say \\\"hi\\\""),
+    (r#""back\\slash""#, "back\\\\slash"),
+    (r#""tab\there""#, "tab\\there"),
+    (r#""nul\u0000""#, "nul\\0"),
+    (r#""del\u007f""#, "del\\u{7f}"),
+    (r#""café""#, "café"),
+];
+
+/// Every visible ASCII character but `"` and `\` may be in one.
+const ODD_SCOPE_TOKEN: &str = r#""urn:x/y?a=b&c[1]~!#$%'()*+,-.;<>@^_`{|}""#;
+
+fn no_scope_token(line: u64, column: u64, shown: &str) -> Found {
+    error(
+        line,
+        column,
+        &format!("scope `{shown}` is no scope token: no token can carry it"),
+        SCOPE_TOKEN_ALLOWED,
+    )
+}
+
 /// A mapped scope that is no RFC 6749 §3.3 scope token is carried by no
 /// token, and the 403 challenge would offer it: refused where it is
 /// written.
 #[test]
 fn a_mapped_scope_that_is_no_scope_token_is_refused() {
-    const ALLOWED: &str =
-        "one scope token: visible ASCII characters but `\"` and `\\`, no space (RFC 6749 §3.3)";
-    for (written, shown) in [
-        (r#""""#, ""),
-        (r#""view book""#, "view book"),
-        (r#"" view""#, " view"),
-        (r#""say \"hi\"""#, "say \\\"hi\\\""),
-        (r#""back\\slash""#, "back\\\\slash"),
-        (r#""tab\there""#, "tab\\there"),
-        (r#""nul\u0000""#, "nul\\0"),
-        (r#""del\u007f""#, "del\\u{7f}"),
-        (r#""café""#, "café"),
-    ] {
-        refused(
-            &format!(
-                "scope_mappings:\n- auth_server: local\n  scope: {written}\n  api_scopes: [\"A:View\"]\napis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: oauth2, auth_server: local }}\n  scopes:\n  - name: View\n    resources: [\"GET /a\"]\n{AUTH_SERVER_LAST}"
-            ),
-            error(
-                3,
-                10,
-                &format!("scope `{shown}` is no scope token: no token can carry it"),
-                ALLOWED,
-            ),
-        );
+    let yaml = |scope: &str| {
+        format!(
+            "scope_mappings:\n- auth_server: local\n  scope: {scope}\n  api_scopes: [\"A:View\"]\napis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: oauth2, auth_server: local }}\n  scopes:\n  - name: View\n    resources: [\"GET /a\"]\n{AUTH_SERVER_LAST}"
+        )
+    };
+    for (written, shown) in NO_SCOPE_TOKENS {
+        refused(&yaml(written), no_scope_token(3, 10, shown));
     }
-    // Every visible ASCII character but `"` and `\` may be in one.
-    loaded(&format!(
-        "scope_mappings:\n- auth_server: local\n  scope: \"urn:x/y?a=b&c[1]~!#$%'()*+,-.;<>@^_`{{|}}\"\n  api_scopes: [\"A:View\"]\napis:\n- name: A\n  upstream: {{ echo: true }}\n  authentication: {{ type: oauth2, auth_server: local }}\n  scopes:\n  - name: View\n    resources: [\"GET /a\"]\n{AUTH_SERVER_LAST}"
-    ));
+    loaded(&yaml(ODD_SCOPE_TOKEN));
+}
+
+/// The local authorization server's scopes and its clients' are scope
+/// tokens too: a client asks for scopes space-separated (RFC 6749 §3.3),
+/// so no client could be granted any other. Refused where written.
+#[test]
+fn an_authorization_server_scope_that_is_no_scope_token_is_refused() {
+    let declared = |scope: &str| format!("authorization_server:\n  scopes:\n  - name: {scope}\n");
+    let client = |scope: &str| {
+        format!(
+            "authorization_server:\n  clients:\n  - client_id: app\n    client_secret: s0123456789abcdef\n    grant_types: [client_credentials]\n    scopes: [{scope}]\n"
+        )
+    };
+    for (written, shown) in NO_SCOPE_TOKENS {
+        refused(&declared(written), no_scope_token(3, 11, shown));
+        refused(&client(written), no_scope_token(6, 14, shown));
+    }
+    loaded(&declared(ODD_SCOPE_TOKEN));
+    loaded(&client(ODD_SCOPE_TOKEN));
 }
 
 /// An application's `api_scopes` may name a scope with a `:` in it, as
