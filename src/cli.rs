@@ -446,7 +446,9 @@ fn explain(args: &ExplainArgs) -> ExitCode {
         }
     };
     let method = &args.method;
-    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+    // RFC 9110 §9.1: the method is case-sensitive; the gateway takes `get`
+    // as written (no resource has it: 405), and so does explain.
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
         eprintln!("`{method}` is not an HTTP method");
         return ExitCode::FAILURE;
     };

@@ -322,12 +322,34 @@ fn explain_refuses_a_token_of_another_auth_server() {
 
 #[test]
 fn explain_without_scopes_needs_a_token() {
-    let (code, out) = explain(&["get", "/travels/bookings"]);
+    let (code, out) = explain(&["GET", "/travels/bookings"]);
     assert_eq!(code, Some(2));
     assert!(
         out.ends_with(
             "verdict:    DENY 401: a bearer token is required (pass --scopes to decide for a token)\n"
         ),
+        "{out}"
+    );
+}
+
+/// RFC 9110 §9.1: the method is case-sensitive, and `get` is no GET. The
+/// gateway answers it 405 (no resource has it), and explain says so too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_reads_the_method_case_sensitively_as_the_gateway_does() {
+    let yaml = EXPLAINED.replace("ports: { http: 0 }", "ports: { http: 0, bind: 127.0.0.1 }");
+    let gw = common::Gateway::start(&yaml).await;
+    let raw = common::raw_request(
+        gw.http,
+        b"get /travels/bookings HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(common::status_of(&raw), 405, "{raw}");
+    gw.shutdown().await;
+    let (code, out) = explain(&["get", "/travels/bookings", "--scopes", "view"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.starts_with("get /travels/bookings\n"), "{out}");
+    assert!(
+        out.ends_with("verdict:    DENY 405: the resource does not allow this method\n"),
         "{out}"
     );
 }
