@@ -668,15 +668,19 @@ where
     let kept = respond(wire, response, exchange).await;
     drop(guard);
     let mut wire = lock(wire);
-    // A connection waiting for its next request keeps no buffer
-    // (thousands of them may wait between requests), unless the client
-    // has already sent it.
-    if wire.buf.is_empty() {
-        wire.out = Vec::new();
-    }
     if kept {
+        // A connection waiting for its next request keeps no buffer
+        // (thousands of them may wait between requests), unless the client
+        // has already sent it.
+        if wire.buf.is_empty() {
+            wire.out = Vec::new();
+        }
         return Exchanged::Kept;
     }
+    // What is encoded and not yet written (an answer whose body failed
+    // before its head went out: the head) goes out as the connection
+    // closes: the client sees an answer it cannot read to its end, not
+    // no answer at all.
     wire.abandon_body();
     // Lingering lets a client read its last answer; one that stopped
     // reading gets no such grace.
