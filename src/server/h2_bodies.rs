@@ -149,6 +149,9 @@ pub(super) struct H2Body {
     /// the port may run out of slots meanwhile).
     waiting: Option<(Instant, Deadline)>,
     failed: Option<BodyFault>,
+    /// When it was first read for, and the bytes read since: its pace,
+    /// judged under pressure (`server::slots`).
+    pace: Option<(Instant, u64)>,
 }
 
 impl H2Body {
@@ -159,6 +162,7 @@ impl H2Body {
             slots,
             waiting: None,
             failed: None,
+            pace: None,
         }
     }
 
@@ -203,9 +207,16 @@ impl HttpBody for H2Body {
         if let Some(fault) = this.failed {
             return Poll::Ready(Some(Err(Box::new(fault))));
         }
+        let (since, bytes) = *this.pace.get_or_insert_with(|| (Instant::now(), 0));
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.waiting = None;
+                let read = frame.data_ref().map_or(0, |data| data.len() as u64);
+                this.pace = Some((since, bytes + read));
+                let pressure = this.slots.pressure();
+                if pressure.body_too_slow(since, bytes + read, Instant::now()) {
+                    return this.fail(BodyFault::Stalled);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) if reset_here(&error) => {

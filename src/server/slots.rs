@@ -6,18 +6,23 @@
 //! runs out of them, and Envoy's overload manager shortens timeouts):
 //! - a connection with no request in flight closes at once (it owes
 //!   nothing: its client has no request to lose);
-//! - an HTTP/1.1 request body whose client has been silent for
-//!   [`PRESSED_SILENCE`] (or `timeouts.body_read`, if shorter) fails as
-//!   stalled, and is answered 408.
+//! - a request body whose client has been silent for [`PRESSED_SILENCE`]
+//!   (or `timeouts.body_read`, if shorter) fails as stalled, and is
+//!   answered 408;
+//! - so does one read for at least [`PRESSED_SILENCE`] at less than
+//!   [`PRESSED_MIN_RATE`] on average: a byte now and then is no way to keep
+//!   a slot ("slow POST").
 //!
 //! So four clients trickling bodies into four slots no longer make a fifth
 //! wait for `timeouts.body_read`. Pressure falls as soon as a slot is free.
-//! Clients that are sending, and answers being written, are never cut by
-//! it.
+//! Clients that send at a pace, and answers being written, are never cut
+//! by it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::proxy::room::{Room, Taken};
 use crate::proxy::tunnel::TunnelSlots;
@@ -27,6 +32,11 @@ use tokio::sync::{watch, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 /// The longest a request body may be silent while its connection's port
 /// has no free slot.
 pub const PRESSED_SILENCE: Duration = Duration::from_secs(1);
+
+/// The least a request body must average, in bytes a second, once it has
+/// been read for [`PRESSED_SILENCE`], while its port has no free slot (a
+/// phone on a poor mobile link sends many times this).
+pub const PRESSED_MIN_RATE: u64 = 1024;
 
 /// The slots of one port, shared by all its sockets and threads.
 pub struct Slots {
@@ -165,6 +175,17 @@ impl Pressure {
     /// Changes each time pressure is raised.
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
         self.raised.subscribe()
+    }
+
+    /// Whether a request body read since `since`, `bytes` of it so far,
+    /// is too slow now (see [`PRESSED_MIN_RATE`]).
+    pub(super) fn body_too_slow(&self, since: Instant, bytes: u64, now: Instant) -> bool {
+        if !self.is_high() {
+            return false;
+        }
+        let read_for = now.saturating_duration_since(since);
+        read_for >= PRESSED_SILENCE
+            && u128::from(bytes) * 1000 < u128::from(PRESSED_MIN_RATE) * read_for.as_millis()
     }
 
     /// How long a request body may be silent now.

@@ -163,6 +163,57 @@ async fn four_trickled_bodies_leave_their_slots_to_a_fifth_client() {
     gw.shutdown().await;
 }
 
+/// Bodies that are never silent for long but come a byte at a time hold
+/// slots no better: once a fifth client waits, each that has been read
+/// for a second at less than 1 KiB/s on average is answered 408.
+#[tokio::test]
+async fn four_bodies_sent_a_byte_at_a_time_leave_their_slots_to_a_fifth_client() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&four_slots_yaml(&upstream.url())).await;
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut stream = stall(
+            gw.http,
+            "POST /slow/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n",
+        )
+        .await;
+        slow.push(tokio::spawn(async move {
+            // A byte every 300 ms, for up to 12 s: never silent for 1 s.
+            for _ in 0..40 {
+                if stream.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            answer(stream).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let innocent = stall(
+        gw.http,
+        "GET /quick/ping HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (raw, at) = answer(innocent).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let bound = Duration::from_secs(1) + SLACK + SLACK;
+    assert!(
+        at - started < bound,
+        "the fifth client waited {:?}",
+        at - started
+    );
+    let mut timed_out = 0;
+    for slow in slow {
+        let (raw, _) = slow.await.unwrap();
+        if status_of(&raw) == 408 {
+            timed_out += 1;
+        }
+    }
+    assert!(timed_out >= 1, "no slow body made way");
+    gw.shutdown().await;
+}
+
 /// The same over HTTP/2: four h2c connections each trickling a request
 /// body hold every slot; their silence is bounded by the pressed bound
 /// once a fifth client waits, not by `body_read` (30 s).

@@ -127,6 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static> Connection<S> {
             waiting: false,
             fields: Vec::new(),
             waits: None,
+            pace: None,
             activity: activity.clone(),
             port: port.clone(),
             verification,
@@ -238,6 +239,9 @@ struct Wire<S> {
     fields: head::FieldScratch,
     /// Set only while it waits for its client.
     waits: Option<Box<Waits>>,
+    /// When the request body was first read for, and the bytes read since:
+    /// its pace, judged under pressure (`server::slots`).
+    pace: Option<(Instant, u64)>,
     /// Its watchdog wakes a body waiting for the client when the port
     /// runs out of slots.
     activity: Arc<Activity>,
@@ -270,6 +274,8 @@ enum BodyError {
     Io(#[from] io::Error),
     #[error("the client sent nothing for {0:?} while its request body was due")]
     Stalled(Duration),
+    #[error("the client sent its request body too slowly while others waited for its slot")]
+    TooSlow,
 }
 
 impl BodyError {
@@ -277,7 +283,7 @@ impl BodyError {
         match self {
             BodyError::Truncated | BodyError::Io(_) => BodyFault::Truncated,
             BodyError::Chunk(_) => BodyFault::Malformed,
-            BodyError::Stalled(_) => BodyFault::Stalled,
+            BodyError::Stalled(_) | BodyError::TooSlow => BodyFault::Stalled,
         }
     }
 }
@@ -368,9 +374,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return self.fail(error.into()),
             }
+            let (since, _) = *self.pace.get_or_insert_with(|| (Instant::now(), 0));
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => return self.fail(BodyError::Truncated),
-                Poll::Ready(Ok(_)) => self.end_read_wait(),
+                Poll::Ready(Ok(n)) => {
+                    self.end_read_wait();
+                    let bytes = self.pace.map_or(0, |(_, bytes)| bytes) + n as u64;
+                    self.pace = Some((since, bytes));
+                    let pressure = self.port.slots.pressure();
+                    if pressure.body_too_slow(since, bytes, Instant::now()) {
+                        return self.fail(BodyError::TooSlow);
+                    }
+                }
                 Poll::Ready(Err(error)) => return self.fail(error.into()),
                 // The client is due to send: its silence is bounded, more
                 // tightly while the port has no free slot.
@@ -740,6 +755,7 @@ where
         guard.body = body;
         guard.continue_due = expect_continue;
         guard.answering = false;
+        guard.pace = None;
     }
     RequestBody { wire: wire.clone() }.boxed()
 }
