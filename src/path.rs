@@ -14,6 +14,10 @@
 /// Why a request whose query overrides its method is refused.
 pub const METHOD_OVERRIDE_REFUSED: &str = "a method-override parameter (_method) is not accepted";
 
+/// Why a `CONNECT` is refused (400): an API gateway opens no tunnel to
+/// where a client names (authority-form, RFC 9112 §3.2.3).
+pub const CONNECT_REFUSED: &str = "CONNECT is not served";
+
 /// Whether a `method` request with `query` asks its upstream to run it as
 /// another method: Laravel, Symfony and Rack serve a POST with
 /// `?_method=DELETE` as a DELETE, which would run as a method it was not

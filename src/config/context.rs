@@ -270,10 +270,10 @@ fn is_scope_token(scope: &str) -> bool {
             .all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
 }
 
-/// A comma-separated list for "allowed:" texts.
 /// Shortest secret [`Ctx::short_secret`] does not warn about.
 const MIN_SECRET_CHARS: usize = 16;
 
+/// A comma-separated list for "allowed:" texts.
 pub fn names(items: impl Iterator<Item = String>) -> String {
     let mut items: Vec<String> = items.collect();
     items.sort();

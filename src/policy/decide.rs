@@ -22,9 +22,10 @@ use crate::path::{canonicalize, PathProblem};
 pub enum Outcome {
     Allow,
     BadPath(PathProblem),
-    /// The query names what the data path refuses (`_method` on a method
-    /// other than GET or HEAD; `access_token` where a token is read).
-    BadQuery(&'static str),
+    /// The method or the query names what the data path refuses
+    /// (`CONNECT`; `_method` on a method other than GET or HEAD;
+    /// `access_token` where a token is read).
+    BadRequest(&'static str),
     NoRoute(RouteProblem),
     /// An oauth2 API and no token was presented.
     NeedsToken,
@@ -51,7 +52,7 @@ impl Outcome {
         match self {
             Outcome::Allow => 200,
             Outcome::BadPath(_)
-            | Outcome::BadQuery(_)
+            | Outcome::BadRequest(_)
             | Outcome::NoRoute(
                 RouteProblem::EncodedSlash { .. } | RouteProblem::AboveBasePath { .. },
             ) => 400,
@@ -167,8 +168,12 @@ pub fn decide_for<'s>(
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
+    if method == Method::CONNECT {
+        verdict.outcome = Outcome::BadRequest(crate::path::CONNECT_REFUSED);
+        return verdict;
+    }
     if crate::path::overrides_method(method, query) {
-        verdict.outcome = Outcome::BadQuery(crate::path::METHOD_OVERRIDE_REFUSED);
+        verdict.outcome = Outcome::BadRequest(crate::path::METHOD_OVERRIDE_REFUSED);
         return verdict;
     }
     let path = match canonicalize(raw_path) {
@@ -268,7 +273,7 @@ pub fn decide_for<'s>(
             && crate::auth::extract::token_in_query(query);
         verdict.outcome = match who {
             _ if filtered => Outcome::IpFiltered,
-            _ if token_in_query => Outcome::BadQuery(crate::auth::extract::TOKEN_IN_QUERY),
+            _ if token_in_query => Outcome::BadRequest(crate::auth::extract::TOKEN_IN_QUERY),
             Err(outcome) => outcome,
             Ok(who) => match authorize(&matched, Some(&who), client_ip) {
                 Ok(grant) => {
@@ -420,7 +425,7 @@ impl fmt::Display for Verdict<'_> {
                 None => "ALLOW".to_owned(),
             },
             Outcome::BadPath(problem) => format!("DENY 400: {problem}"),
-            Outcome::BadQuery(problem) => format!("DENY 400: {problem}"),
+            Outcome::BadRequest(problem) => format!("DENY 400: {problem}"),
             Outcome::NoRoute(problem @ RouteProblem::MethodNotAllowed { .. }) => {
                 format!("DENY 405: {problem}")
             }

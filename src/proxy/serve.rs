@@ -563,7 +563,7 @@ fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
         }
     }
     if req.method() == http::Method::CONNECT {
-        return Err(Rejection::BadRequest("CONNECT is not served"));
+        return Err(Rejection::BadRequest(crate::path::CONNECT_REFUSED));
     }
     if crate::path::overrides_method(req.method(), uri.query()) {
         return Err(Rejection::BadRequest(crate::path::METHOD_OVERRIDE_REFUSED));

@@ -336,8 +336,7 @@ fn explain_without_scopes_needs_a_token() {
 /// gateway answers it 405 (no resource has it), and explain says so too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_reads_the_method_case_sensitively_as_the_gateway_does() {
-    let yaml = EXPLAINED.replace("ports: { http: 0 }", "ports: { http: 0, bind: 127.0.0.1 }");
-    let gw = common::Gateway::start(&yaml).await;
+    let gw = explained_gateway().await;
     let raw = common::raw_request(
         gw.http,
         b"get /travels/bookings HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
@@ -350,6 +349,33 @@ async fn explain_reads_the_method_case_sensitively_as_the_gateway_does() {
     assert!(out.starts_with("get /travels/bookings\n"), "{out}");
     assert!(
         out.ends_with("verdict:    DENY 405: the resource does not allow this method\n"),
+        "{out}"
+    );
+}
+
+/// A gateway serving [`EXPLAINED`] on ports of its own, to compare what
+/// `explain` says with what the data path answers.
+async fn explained_gateway() -> common::Gateway {
+    let own_ports = "ports: { http: 0, bind: 127.0.0.1 }\nadmin: { port: 0, bind: 127.0.0.1 }";
+    common::Gateway::start(&EXPLAINED.replace("ports: { http: 0 }", own_ports)).await
+}
+
+/// `CONNECT` is refused before anything is matched, as the data path
+/// refuses it.
+#[tokio::test]
+async fn explain_refuses_connect_as_the_gateway_does() {
+    let gw = explained_gateway().await;
+    let raw = common::raw_request(
+        gw.http,
+        b"CONNECT /travels/bookings HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(common::status_of(&raw), 400, "{raw}");
+    gw.shutdown().await;
+    let (code, out) = explain(&["CONNECT", "/travels/bookings", "--scopes", "view"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.ends_with("verdict:    DENY 400: CONNECT is not served\n"),
         "{out}"
     );
 }

@@ -957,7 +957,7 @@ async fn explain_gives_the_verdict_of_the_data_path() {
             Outcome::Allow => 200,
             Outcome::InsufficientScope => 403,
             Outcome::NeedsToken => 401,
-            Outcome::BadPath(_) | Outcome::BadQuery(_) => 400,
+            Outcome::BadPath(_) | Outcome::BadRequest(_) => 400,
             Outcome::NoRoute(policy::RouteProblem::MethodNotAllowed { .. }) => 405,
             Outcome::NoRoute(_) => 404,
             Outcome::IpFiltered | Outcome::Denied(_) => 403,
