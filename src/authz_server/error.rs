@@ -54,6 +54,11 @@ pub enum OAuthError {
     /// browser's own navigation (Fetch Metadata).
     #[error("the authorization endpoint was not navigated to")]
     NotNavigated,
+    /// A form posted from another site, with no session of this one: no
+    /// session is started for it (its cookie would replace, and so sign
+    /// out, the resource owner's own).
+    #[error("an approval form posted from another site")]
+    CrossSiteForm,
     /// An admin endpoint, but no admin credentials are configured.
     #[error("admin endpoints are off: no admin credentials configured")]
     AdminDisabled,
@@ -159,6 +164,11 @@ impl OAuthError {
                 "invalid_request",
                 "the authorization page opens only as a page of its own",
             ),
+            OAuthError::CrossSiteForm => (
+                StatusCode::FORBIDDEN,
+                "invalid_request",
+                "the form was sent from another site; start again from the application",
+            ),
             OAuthError::AdminDisabled => (
                 StatusCode::FORBIDDEN,
                 "access_denied",
@@ -245,6 +255,7 @@ impl OAuthError {
             | OAuthError::BodyTooLarge { .. }
             | OAuthError::NotFound
             | OAuthError::NotNavigated
+            | OAuthError::CrossSiteForm
             | OAuthError::AdminDisabled
             | OAuthError::Store(_)
             | OAuthError::Signing(_)

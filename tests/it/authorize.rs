@@ -1378,6 +1378,43 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
     assert!(refused.header("location").is_none());
 }
 
+/// A form another site posts to the endpoint comes without the session
+/// cookie (SameSite=Lax): it is refused with no cookie set, so it cannot
+/// replace, and so sign out, the session of the owner, who approves on.
+#[tokio::test]
+async fn a_form_posted_from_another_site_sets_no_cookie() {
+    let gw = gateway().await;
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(&gw);
+    let consent = browser.login(&authorize).await;
+    let forged = format!("{authorize}&action=deny");
+    let response = gw
+        .client
+        .post(gw.url("/oauth2/authorize"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-dest", "document")
+        .body(forged)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("set-cookie").is_none());
+    assert!(response.headers().get("location").is_none());
+    // The owner's session goes on: the approval issues a code.
+    let approved = browser
+        .submit(&consent, "approve", &[("grant_scope", "view")])
+        .await;
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    assert!(
+        approved.location().contains("code="),
+        "{}",
+        approved.location()
+    );
+}
+
 /// A sign-in is alice's only while her credential is the one she logged
 /// in with: after a reload that changes her password, or removes her, a
 /// session she signed in on approves nothing; her new password signs her

@@ -87,6 +87,12 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
         };
         return show(cx, &valid, &session, StatusCode::OK, None, &Kept::default());
     }
+    // A form another site posted comes without the session cookie
+    // (SameSite=Lax): refused with no session started, whose cookie would
+    // replace the owner's and sign them out.
+    if session.is_none() && from_another_site(req.headers()) {
+        return error_page(cx, &OAuthError::CrossSiteForm);
+    }
     let session = match session {
         Some(session) if session.csrf_matches(form.get("csrf_token")) => session,
         other => {
@@ -143,6 +149,14 @@ fn navigated(headers: &http::HeaderMap) -> bool {
             .is_none_or(|value| value.as_bytes() == allowed)
     };
     is_or_absent("sec-fetch-mode", b"navigate") && is_or_absent("sec-fetch-dest", b"document")
+}
+
+/// Whether the browser says the request came from another site (W3C
+/// Fetch Metadata `Sec-Fetch-Site: cross-site`).
+fn from_another_site(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|value| value.as_bytes() == b"cross-site")
 }
 
 /// The request's parameters: the query of a GET, the form body of a POST.
