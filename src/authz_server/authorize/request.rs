@@ -80,15 +80,24 @@ impl Target<'_> {
     }
 
     /// The redirect URI's origin (`scheme://host[:port]`), for the page's
-    /// `form-action`; `None` when it has characters a CSP source may not.
+    /// `form-action`; its scheme alone (`https:`) when its host has
+    /// characters a CSP source may not hold (`my_app.example`), so that the
+    /// page's forms can still redirect there; `None` when the scheme has
+    /// such characters.
     pub fn origin(&self) -> Option<String> {
         let uri: http::Uri = self.redirect_uri.parse().ok()?;
         let scheme = uri.scheme_str()?;
         let authority = uri.authority()?.as_str();
         let host_port = authority.rsplit('@').next()?;
+        if !scheme.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return None;
+        }
         let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
-        (host_port.chars().all(plain) && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
-            .then(|| format!("{scheme}://{host_port}"))
+        Some(if host_port.chars().all(plain) {
+            format!("{scheme}://{host_port}")
+        } else {
+            format!("{scheme}:")
+        })
     }
 }
 
@@ -316,5 +325,9 @@ mod tests {
         assert_eq!(t.origin().as_deref(), Some("http://localhost:8000"));
         let t = target(Delivery::Query, "https://[::1]/cb");
         assert_eq!(t.origin().as_deref(), Some("https://[::1]"));
+        // A host a CSP source cannot name: the scheme, not nothing (the
+        // forms could not redirect).
+        let t = target(Delivery::Query, "https://my_app.example/cb");
+        assert_eq!(t.origin().as_deref(), Some("https:"));
     }
 }
