@@ -125,6 +125,16 @@ async fn call(
     path: &str,
     timeout: Option<&str>,
 ) -> http::response::Parts {
+    send(sender, gw, path, timeout).await.into_parts().0
+}
+
+/// A call to `path` as [`call`] makes it; the answer, its body to come.
+async fn send(
+    sender: &mut Sender,
+    gw: &Gateway,
+    path: &str,
+    timeout: Option<&str>,
+) -> http::Response<Incoming> {
     let mut req = http::Request::post(format!("http://{}{path}", gw.http))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
@@ -138,7 +148,7 @@ async fn call(
         .await
         .expect("answered well before upstream.timeout")
         .expect("an answer, not a reset");
-    response.into_parts().0
+    response
 }
 
 /// The answer's `grpc-status`, from its head (trailers-only).
@@ -221,19 +231,7 @@ async fn a_deadline_or_a_silence_mid_answer_is_counted() {
     let gw = Gateway::start(&yaml("Mid answer", addr, "1s")).await;
     let mut sender = connect(&gw).await;
     for (path, deadline) in [("/echo.Echo/Stream", Some("300m")), ("/plain/Stream", None)] {
-        let mut req = http::Request::post(format!("http://{}{path}", gw.http))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-        if let Some(deadline) = deadline {
-            req = req.header("grpc-timeout", deadline);
-        }
-        let req = req
-            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])).boxed_unsync())
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-            .await
-            .expect("a head")
-            .expect("an answer");
+        let response = send(&mut sender, &gw, path, deadline).await;
         assert_eq!(response.status(), 200);
         let read = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
             .await

@@ -615,20 +615,9 @@ async fn refused_until_the_secret_is_written(secret: &str) {
 /// Starts a gateway on `yaml` written to `dir/microgateway.yaml` (for
 /// configurations that name files which must exist first).
 async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Gateway {
-    common::crypto();
     let config = dir.path().join("microgateway.yaml");
     std::fs::write(&config, yaml).expect("write config");
-    let inner = microgateway::gateway::Gateway::start(&config, common::Env::new())
-        .await
-        .unwrap_or_else(|e| panic!("gateway did not start:\n{e}"));
-    Gateway {
-        http: inner.http.expect("http"),
-        admin: inner.admin,
-        inner: Some(inner),
-        config,
-        dir,
-        client: common::client(),
-    }
+    start_at(dir, config).await
 }
 
 #[tokio::test]
