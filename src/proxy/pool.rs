@@ -917,7 +917,8 @@ impl Checkout {
 
 /// The response, its body putting the connection back once read to its end,
 /// and counting in `metrics` an upstream that fails it (goes silent,
-/// closes, breaks the framing) while more of it is due.
+/// closes, breaks the framing) while more of it is due (and the upstream
+/// had the whole request).
 #[inline]
 fn pooled(
     response: Response<ResponseBody>,
@@ -928,7 +929,7 @@ fn pooled(
     response.map(|body| {
         // A body all there already cannot fail on the upstream's account:
         // most answers keep no handle on the API's series.
-        let failures = (!body.arrived()).then(|| metrics.clone());
+        let failures = (!body.owes_nothing()).then(|| metrics.clone());
         PooledBody {
             body,
             back: Some(Back { home, slot }),

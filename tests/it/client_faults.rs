@@ -206,3 +206,50 @@ async fn refused_request_heads_are_counted_as_client_faults() {
     }
     assert_eq!(upstream.accepted(), 0);
 }
+
+/// An upstream that answers (2xx, its body to follow) before it has the
+/// request body is sent no more of it; if it then waits for the body and
+/// sends nothing, the answer is cut after its timeout, and that is not
+/// counted as the upstream's timeout: the gateway stopped sending.
+#[tokio::test]
+async fn an_upstream_that_answered_early_and_waits_for_the_body_is_not_blamed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read_exact(&mut byte).await.is_err() {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        // The answer's head at once; its body only once the request's came.
+        let early = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let _ = stream.write_all(early).await;
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let yaml = faults_yaml("Early", &format!("http://{upstream}/api"))
+        .replace("timeout: 5s", "timeout: 1s");
+    let gw = Gateway::start(&yaml).await;
+    let mut client = TcpStream::connect(gw.http).await.unwrap();
+    client
+        .write_all(b"POST /faults/orders HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = client.write_all(b"hello").await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut raw)).await;
+    let raw = String::from_utf8_lossy(&raw);
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert!(!raw.ends_with("0\r\n\r\n"), "cut, not ended: {raw}");
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains(r#"microgateway_upstream_errors_total{api="Early""#),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}

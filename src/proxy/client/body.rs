@@ -37,13 +37,17 @@ pub struct ResponseBody {
     silence: Option<Pin<Box<Sleep>>>,
     /// Bytes came since the silence timer was last set.
     heard: bool,
+    /// The whole request went out before the answer began: an upstream
+    /// that answered early and waits for the rest was sent no more of it,
+    /// and is not to blame for what it then owes (see [`ResponseBody::arrived`]).
+    request_sent: bool,
 }
 
 impl ResponseBody {
     pub(super) fn new(
         conn: Connection,
         framing: Framing,
-        reusable: bool,
+        (reusable, request_sent): (bool, bool),
         stall: Duration,
     ) -> ResponseBody {
         let state = match framing {
@@ -59,6 +63,7 @@ impl ResponseBody {
             stall,
             silence: None,
             heard: false,
+            request_sent,
         }
     }
 
@@ -72,6 +77,7 @@ impl ResponseBody {
             stall: Duration::ZERO,
             silence: None,
             heard: false,
+            request_sent: true,
         }
     }
 
@@ -84,9 +90,17 @@ impl ResponseBody {
         self.conn.take().filter(|conn| conn.buf.is_empty())
     }
 
+    /// Whether the upstream owes nothing more it could fail to send: what
+    /// is left of the body has all arrived, or the upstream answered
+    /// before it had the whole request, which it was then sent no more of
+    /// (what it sends after is at the gateway's risk, not the upstream's).
+    pub fn owes_nothing(&self) -> bool {
+        !self.request_sent || self.arrived()
+    }
+
     /// Whether what is left of the body has all arrived: reading it waits
     /// for nothing the upstream has still to send.
-    pub fn arrived(&self) -> bool {
+    fn arrived(&self) -> bool {
         match (&self.state, &self.conn) {
             (State::Done, _) => true,
             (State::Delimited(Delimited::Length(left)), Some(conn)) => {

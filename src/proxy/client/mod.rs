@@ -272,7 +272,7 @@ impl Connection {
             return response;
         }
         let reusable = head.keep_alive && request_complete;
-        let body = ResponseBody::new(self, head.framing, reusable, stall);
+        let body = ResponseBody::new(self, head.framing, (reusable, request_complete), stall);
         // HTTP/1.1, whatever the upstream spoke (RFC 9110 §6.2): the
         // version `Response::new` gives.
         let mut response = Response::new(body);
