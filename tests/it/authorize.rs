@@ -1378,6 +1378,28 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
     assert!(refused.header("location").is_none());
 }
 
+/// RFC 9110 §9.1: HEAD wherever GET is; the page's headers, no body.
+#[tokio::test]
+async fn head_of_the_authorization_page_has_its_headers_and_no_body() {
+    let gw = gateway().await;
+    let (_, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let url = gw.url(&format!("/oauth2/authorize?{authorize}"));
+    let head = gw.client.head(&url).send().await.expect("HEAD");
+    let get = gw.client.get(&url).send().await.expect("GET");
+    assert_eq!(head.status(), 200);
+    assert_eq!(get.status(), 200);
+    for name in [
+        "content-type",
+        "x-frame-options",
+        "cache-control",
+        "content-security-policy",
+    ] {
+        assert_eq!(head.headers().get(name), get.headers().get(name), "{name}");
+    }
+    assert!(head.bytes().await.expect("no body").is_empty());
+}
+
 /// A form another site posts to the endpoint comes without the session
 /// cookie (SameSite=Lax): it is refused with no cookie set, so it cannot
 /// replace, and so sign out, the session of the owner, who approves on.
