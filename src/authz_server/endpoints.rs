@@ -486,18 +486,12 @@ impl Inner {
                 if req.body().len() > MAX_BODY {
                     return Err(OAuthError::BodyTooLarge { limit: MAX_BODY });
                 }
+                let mut response = self.authorize(req, ctx, now);
                 if req.method() == Method::HEAD {
                     // RFC 9110 §9.3.2: the GET's answer, without its body.
-                    let mut as_get = Request::new(Bytes::new());
-                    *as_get.method_mut() = Method::GET;
-                    *as_get.uri_mut() = req.uri().clone();
-                    *as_get.version_mut() = req.version();
-                    *as_get.headers_mut() = req.headers().clone();
-                    let mut response = self.authorize(&as_get, ctx, now);
                     *response.body_mut() = Bytes::new();
-                    return Ok(response);
                 }
-                Ok(self.authorize(req, ctx, now))
+                Ok(response)
             }
             Endpoint::Jwks => {
                 allow(req, &[Method::GET, Method::HEAD], "GET, HEAD")?;

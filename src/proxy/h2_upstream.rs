@@ -700,7 +700,9 @@ impl HttpBody for ResponseBody {
                         this.count_grpc(b"4");
                         // The client's stream is reset with CANCEL (its
                         // deadline ended the call), not INTERNAL_ERROR.
-                        tracing::debug!("{}", H2Error::Deadline);
+                        tracing::debug!(
+                            "the call's deadline (grpc-timeout) passed as its answer streamed"
+                        );
                         let cancel = h2::Error::from(h2::Reason::CANCEL);
                         Poll::Ready(Some(Err(Box::new(cancel))))
                     }

@@ -77,7 +77,7 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
         Ok(session) => session.flatten(),
         Err(error) => return error_page(cx, &error.into()),
     };
-    if req.method() == Method::GET {
+    if reads_the_page(req.method()) {
         let session = match session {
             Some(session) => session,
             None => match start_anonymous(cx) {
@@ -159,6 +159,12 @@ fn from_another_site(headers: &http::HeaderMap) -> bool {
         .is_some_and(|value| value.as_bytes() == b"cross-site")
 }
 
+/// Whether a request asks for the page (GET, and HEAD as its GET),
+/// its parameters in the query, rather than posts its form.
+fn reads_the_page(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
 /// The request's parameters: the query of a GET, the form body of a POST.
 fn read(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Result<Form, OAuthError> {
     // RFC 6749 §3.1: the endpoint requires TLS; the operator decides
@@ -166,7 +172,7 @@ fn read(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Result<Form, OAuthEr
     if cx.grants.settings.require_https && !cx.is_https {
         return Err(OAuthError::InvalidRequest("HTTPS is required"));
     }
-    let bytes: &[u8] = if req.method() == Method::GET {
+    let bytes: &[u8] = if reads_the_page(req.method()) {
         req.uri().query().unwrap_or("").as_bytes()
     } else {
         if !super::form::is_form(req.headers()) {
