@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::activity::InFlight;
-use super::slots::{Slots, PRESSED_SILENCE};
+use super::slots::{Pace, Slots, PRESSED_SILENCE};
 use crate::proxy::room::{Room, Taken};
 use crate::proxy::{Body, BodyFault, BoxError};
 use crate::timer::Deadline;
@@ -149,9 +149,8 @@ pub(super) struct H2Body {
     /// the port may run out of slots meanwhile).
     waiting: Option<(Instant, Deadline)>,
     failed: Option<BodyFault>,
-    /// When it was first read for, and the bytes read since: its pace,
-    /// judged under pressure (`server::slots`).
-    pace: Option<(Instant, u64)>,
+    /// Its pace, once it is read for.
+    pace: Option<Pace>,
 }
 
 impl H2Body {
@@ -166,8 +165,14 @@ impl H2Body {
         }
     }
 
+    /// Ends the body as failed by its client: counted, then [`H2Body::end`].
     fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         crate::metrics::client_error(fault.cause());
+        self.end(fault)
+    }
+
+    /// Ends the body with `fault`, each later poll too.
+    fn end(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = Some(fault);
         self.waiting = None;
         Poll::Ready(Some(Err(Box::new(fault))))
@@ -207,14 +212,12 @@ impl HttpBody for H2Body {
         if let Some(fault) = this.failed {
             return Poll::Ready(Some(Err(Box::new(fault))));
         }
-        let (since, bytes) = *this.pace.get_or_insert_with(|| (Instant::now(), 0));
+        let pace = this.pace.get_or_insert_with(Pace::start);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.waiting = None;
                 let read = frame.data_ref().map_or(0, |data| data.len() as u64);
-                this.pace = Some((since, bytes + read));
-                let pressure = this.slots.pressure();
-                if pressure.body_too_slow(since, bytes + read, Instant::now()) {
+                if pace.too_slow_after(read, this.slots.pressure()) {
                     return this.fail(BodyFault::Stalled);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -224,9 +227,7 @@ impl HttpBody for H2Body {
                 // and that is counted where it failed): no fault of the
                 // client's.
                 tracing::debug!(%error, "HTTP/2 request body ended by the gateway's reset");
-                this.failed = Some(BodyFault::Truncated);
-                this.waiting = None;
-                Poll::Ready(Some(Err(Box::new(BodyFault::Truncated))))
+                this.end(BodyFault::Truncated)
             }
             Poll::Ready(Some(Err(error))) => {
                 // A reset stream, or a body longer or shorter than its

@@ -177,17 +177,6 @@ impl Pressure {
         self.raised.subscribe()
     }
 
-    /// Whether a request body read since `since`, `bytes` of it so far,
-    /// is too slow now (see [`PRESSED_MIN_RATE`]).
-    pub(super) fn body_too_slow(&self, since: Instant, bytes: u64, now: Instant) -> bool {
-        if !self.is_high() {
-            return false;
-        }
-        let read_for = now.saturating_duration_since(since);
-        read_for >= PRESSED_SILENCE
-            && u128::from(bytes) * 1000 < u128::from(PRESSED_MIN_RATE) * read_for.as_millis()
-    }
-
     /// How long a request body may be silent now.
     pub(super) fn body_silence(&self, body_read: Duration) -> Duration {
         if self.is_high() {
@@ -195,6 +184,35 @@ impl Pressure {
         } else {
             body_read
         }
+    }
+}
+
+/// A request body's pace: since when it has been read for, and the bytes
+/// read since, judged under pressure (see [`PRESSED_MIN_RATE`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pace {
+    since: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    pub(super) fn start() -> Pace {
+        Pace {
+            since: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `read` more bytes; whether the body is now too slow to keep
+    /// its slot under `pressure`.
+    pub(super) fn too_slow_after(&mut self, read: u64, pressure: &Pressure) -> bool {
+        self.bytes += read;
+        if !pressure.is_high() {
+            return false;
+        }
+        let read_for = Instant::now().saturating_duration_since(self.since);
+        read_for >= PRESSED_SILENCE
+            && u128::from(self.bytes) * 1000 < u128::from(PRESSED_MIN_RATE) * read_for.as_millis()
     }
 }
 

@@ -56,6 +56,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::slots::Pace;
 use super::verified::Verification;
 use super::{Activity, InFlight, Port};
 use crate::http1;
@@ -239,9 +240,8 @@ struct Wire<S> {
     fields: head::FieldScratch,
     /// Set only while it waits for its client.
     waits: Option<Box<Waits>>,
-    /// When the request body was first read for, and the bytes read since:
-    /// its pace, judged under pressure (`server::slots`).
-    pace: Option<(Instant, u64)>,
+    /// The request body's pace, once it is read for.
+    pace: Option<Pace>,
     /// Its watchdog wakes a body waiting for the client when the port
     /// runs out of slots.
     activity: Arc<Activity>,
@@ -374,15 +374,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return self.fail(error.into()),
             }
-            let (since, _) = *self.pace.get_or_insert_with(|| (Instant::now(), 0));
+            let mut pace = *self.pace.get_or_insert_with(Pace::start);
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => return self.fail(BodyError::Truncated),
                 Poll::Ready(Ok(n)) => {
                     self.end_read_wait();
-                    let bytes = self.pace.map_or(0, |(_, bytes)| bytes) + n as u64;
-                    self.pace = Some((since, bytes));
-                    let pressure = self.port.slots.pressure();
-                    if pressure.body_too_slow(since, bytes, Instant::now()) {
+                    let too_slow = pace.too_slow_after(n as u64, self.port.slots.pressure());
+                    self.pace = Some(pace);
+                    if too_slow {
                         return self.fail(BodyError::TooSlow);
                     }
                 }
