@@ -115,27 +115,16 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         .unwrap_or_else(|| "1.0".into());
     let allow_encoded_slashes =
         ctx.boolean(&raw.allow_encoded_slashes, "allow_encoded_slashes", false);
-    if name.trim().is_empty() {
-        ctx.report.error(
-            name_at(entry),
-            "API name is empty",
-            "a name such as `Time travels`",
-        );
-    } else if name.chars().any(char::is_control) {
-        // RFC 7235 §3.1: a 401 carries `WWW-Authenticate`, whose realm is
-        // the API's name; no field value holds a control character.
-        ctx.report.error(
-            name_at(entry),
-            format!(
-                "API name `{}` contains a control character: its 401 could not name it as the realm",
-                name.escape_debug()
-            ),
-            "a name without control characters, such as `Time travels`",
-        );
-    }
+    let name_taken = api_name(ctx, entry, &name);
     let base_path = match &raw.base_path {
         Some(b) => base_path(ctx, b)?,
-        None => default_base_path(ctx, entry, (&name, &version), allow_encoded_slashes),
+        None => default_base_path(
+            ctx,
+            entry,
+            (&name, &version),
+            name_taken,
+            allow_encoded_slashes,
+        ),
     };
     let transport = transport(ctx, raw, refs.ports);
     let websocket = ctx.boolean(&raw.websocket, "websocket", false);
@@ -276,11 +265,40 @@ fn ctx_required_str(
     value.as_ref().map(|v| v.value.clone())
 }
 
-/// `/gateway/{name}/{version}`, refused when no request can reach it.
+/// Whether the API's `name` is one a 401 can name as its realm; refused
+/// (told where it is written) when it is empty or has a control character.
+fn api_name(ctx: &mut Ctx, entry: &S<raw::Api>, name: &str) -> bool {
+    if name.trim().is_empty() {
+        ctx.report.error(
+            name_at(entry),
+            "API name is empty",
+            "a name such as `Time travels`",
+        );
+        return false;
+    }
+    if name.chars().any(char::is_control) {
+        // RFC 7235 §3.1: a 401 carries `WWW-Authenticate`, whose realm is
+        // the API's name; no field value holds a control character.
+        ctx.report.error(
+            name_at(entry),
+            format!(
+                "API name `{}` contains a control character: its 401 could not name it as the realm",
+                name.escape_debug()
+            ),
+            "a name without control characters, such as `Time travels`",
+        );
+        return false;
+    }
+    true
+}
+
+/// `/gateway/{name}/{version}`, refused when no request can reach it (a
+/// name refused as such, `name_taken` false, is not told again).
 fn default_base_path(
     ctx: &mut Ctx,
     entry: &S<raw::Api>,
     (name, version): (&str, &str),
+    name_taken: bool,
     allow_encoded_slashes: bool,
 ) -> String {
     let base_path = format!(
@@ -294,14 +312,11 @@ fn default_base_path(
         .as_ref()
         .map_or(entry.referenced, Ctx::at);
     let segments = [
-        ("name", name, name_at(entry)),
-        ("version", version, version_at),
+        ("name", name, name_at(entry), name_taken),
+        ("version", version, version_at, true),
     ];
-    for (key, text, at) in segments {
-        // An empty name, or one with a control character, is refused as such.
-        let refused_name =
-            key == "name" && (text.trim().is_empty() || text.chars().any(char::is_control));
-        if !refused_name && !reachable_segment(text, allow_encoded_slashes) {
+    for (key, text, at, checked) in segments {
+        if checked && !reachable_segment(text, allow_encoded_slashes) {
             ctx.report.error(
                 at,
                 format!(
