@@ -375,6 +375,12 @@ async fn configmap_symlink_swap_is_applied() {
     gw.shutdown().await;
 }
 
+/// Waits for `generation`, and checks that it serves `X-Mode: expected`.
+async fn applied_with_mode(gw: &Gateway, generation: u64, expected: &str) {
+    applied(gw, generation).await;
+    assert_eq!(mode(gw).await, expected);
+}
+
 /// Starts a gateway on `config`, a file somewhere under `dir` written
 /// beforehand (through symlinks, say).
 async fn start_at(dir: tempfile::TempDir, config: std::path::PathBuf) -> Gateway {
@@ -409,12 +415,10 @@ async fn an_edit_in_a_replaced_configuration_directory_is_applied() {
     std::fs::write(next.join("microgateway.yaml"), echo_yaml("beta")).expect("write");
     std::fs::remove_dir_all(&conf).expect("remove conf");
     std::fs::rename(&next, &conf).expect("rename");
-    applied(&gw, 2).await;
-    assert_eq!(mode(&gw).await, "beta");
+    applied_with_mode(&gw, 2, "beta").await;
 
     gw.write_config(&echo_yaml("gamma"));
-    applied(&gw, 3).await;
-    assert_eq!(mode(&gw).await, "gamma");
+    applied_with_mode(&gw, 3, "gamma").await;
     gw.shutdown().await;
 }
 
@@ -452,8 +456,7 @@ async fn every_update_of_a_volume_with_a_nested_path_is_applied() {
     {
         nested_volume_revision(gw.dir.path(), name, &echo_yaml(mode_now));
         configmap_swap(gw.dir.path(), name, old);
-        applied(&gw, generation as u64 + 2).await;
-        assert_eq!(mode(&gw).await, mode_now);
+        applied_with_mode(&gw, generation as u64 + 2, mode_now).await;
     }
     gw.shutdown().await;
 }
@@ -478,12 +481,10 @@ async fn a_swapped_release_symlink_and_an_edit_after_it_are_applied() {
     let temporary = gw.dir.path().join("current.tmp");
     std::os::unix::fs::symlink("v2", &temporary).expect("symlink");
     std::fs::rename(&temporary, gw.dir.path().join("current")).expect("swap current");
-    applied(&gw, 2).await;
-    assert_eq!(mode(&gw).await, "beta");
+    applied_with_mode(&gw, 2, "beta").await;
 
     gw.write_config(&echo_yaml("gamma"));
-    applied(&gw, 3).await;
-    assert_eq!(mode(&gw).await, "gamma");
+    applied_with_mode(&gw, 3, "gamma").await;
     gw.shutdown().await;
 }
 
