@@ -82,7 +82,8 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// The value of a field `httparse` parsed, at `range` of the frozen
-/// `head`, sharing its bytes.
+/// `head`, sharing its bytes (or of a text the gateway wrote of hex digits
+/// and `-`, `proxy::correlate`'s, all valid in a `HeaderValue` too).
 ///
 /// `httparse` admits in a field value exactly the bytes a `HeaderValue`
 /// may hold (HTAB, SP to `~`, 0x80 to 0xFF), as

@@ -15,11 +15,16 @@
 //! kept, a client's still removed); `forwarding.traceparent: false` starts
 //! no trace (a valid one is still passed on, a malformed one removed).
 
+use std::cell::RefCell;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 use rand::RngCore;
 
 use crate::config::snapshot::Forwarding;
+use crate::http1::parsed_value;
 use crate::http1::request_encode::AddedFields;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -76,16 +81,16 @@ pub fn correlate(
     if !(make_id || start_trace) {
         return kept; // nothing to make
     }
-    let random = random_ids();
+    let text = made_text(&random_ids());
     let id = if make_id {
-        let id = hex_value(&random[..16]);
+        let id = parsed_value(&text, ID_TEXT);
         added.add(&X_REQUEST_ID, id.clone());
         Some(id)
     } else {
         kept
     };
     if start_trace {
-        added.add(&TRACEPARENT, new_traceparent(&random[16..]));
+        added.add(&TRACEPARENT, parsed_value(&text, TRACE_TEXT));
     }
     id
 }
@@ -141,14 +146,6 @@ fn valid_traceparent(value: &[u8]) -> bool {
         && nonzero(parent)
 }
 
-/// A new `traceparent` from 24 random bytes: trace id, then parent id.
-fn new_traceparent(ids: &[u8]) -> HeaderValue {
-    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    hex_into(&mut text[3..35], &ids[..16]);
-    hex_into(&mut text[36..52], &ids[16..24]);
-    value(&text)
-}
-
 /// 40 random bytes: a request id (16), a trace id (16) and a parent id
 /// (8). None is all zero (W3C Trace Context §3.2.2.3 makes such ids
 /// invalid; the chance is 2^-64 at most).
@@ -163,11 +160,42 @@ fn random_ids() -> [u8; 40] {
     bytes
 }
 
-/// The 16 bytes of a request id, as 32 hex digits.
-fn hex_value(bytes: &[u8]) -> HeaderValue {
-    let mut text = [0u8; 32];
-    hex_into(&mut text, bytes);
-    value(&text)
+/// Where the request id (32 hex digits) and the new `traceparent` lie in
+/// [`made_text`].
+const ID_TEXT: Range<usize> = 0..32;
+const TRACE_TEXT: Range<usize> = 32..87;
+
+/// Requests whose made values one block of text holds.
+const TEXTS_PER_BLOCK: usize = 188;
+
+/// The text of a request id and a new `traceparent` from the 40 random
+/// bytes of [`random_ids`], side by side. It is cut from a block each
+/// thread keeps (16 KiB): the request's values are slices of it, with no
+/// allocation of their own, and a block is freed when the last value cut
+/// from it is dropped.
+fn made_text(ids: &[u8; 40]) -> Bytes {
+    thread_local! {
+        static BLOCK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
+    let mut text = *b"0123456789abcdef0123456789abcdef\
+        00-00000000000000000000000000000000-0000000000000000-01";
+    hex_into(&mut text[ID_TEXT], &ids[..16]);
+    hex_into(
+        &mut text[TRACE_TEXT.start + 3..TRACE_TEXT.start + 35],
+        &ids[16..32],
+    );
+    hex_into(
+        &mut text[TRACE_TEXT.start + 36..TRACE_TEXT.start + 52],
+        &ids[32..],
+    );
+    BLOCK.with(|block| {
+        let mut block = block.borrow_mut();
+        if block.capacity() - block.len() < text.len() {
+            *block = BytesMut::with_capacity(TEXTS_PER_BLOCK * text.len());
+        }
+        block.extend_from_slice(&text);
+        block.split().freeze()
+    })
 }
 
 /// Each byte's two lower-case hex digits.
@@ -188,10 +216,6 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
-}
-
-fn value(text: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -256,6 +280,30 @@ mod tests {
         let made = correlated_making(&mut headers, false, ids_only).expect("an id");
         assert_eq!(headers.get(&X_REQUEST_ID), Some(&made));
         assert!(!headers.contains_key(&TRACEPARENT));
+    }
+
+    #[test]
+    fn made_values_stay_whole_across_blocks() {
+        // More than a block's worth: values cut from a block outlive it.
+        let made: Vec<(Bytes, HeaderValue, HeaderValue)> = (0..TEXTS_PER_BLOCK * 2 + 3)
+            .map(|i| {
+                let mut ids = [0u8; 40];
+                ids[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                ids[31] = 1;
+                ids[39] = 1;
+                let text = made_text(&ids);
+                let id = parsed_value(&text, ID_TEXT);
+                let trace = parsed_value(&text, TRACE_TEXT);
+                (text, id, trace)
+            })
+            .collect();
+        for (i, (text, id, trace)) in made.iter().enumerate() {
+            assert_eq!(text.len(), TRACE_TEXT.end);
+            assert_eq!(&id.as_bytes()[..16], format!("{i:016x}").as_bytes());
+            assert!(valid_request_id(id.as_bytes()));
+            assert!(valid_traceparent(trace.as_bytes()), "{trace:?}");
+            assert!(trace.as_bytes().ends_with(b"0000000000000001-01"));
+        }
     }
 
     #[test]

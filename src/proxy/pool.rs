@@ -435,9 +435,21 @@ impl Slot {
 }
 
 /// A cheap hash for authorities: the keys come from the configuration, not
-/// from clients, so there is no flooding to resist.
+/// from clients, so there is no flooding to resist. `Authority` hashes a
+/// byte at a time (lower-cased); the bytes are gathered eight to a word
+/// and mixed once per word.
 #[derive(Default)]
-struct AuthorityHasher(u64);
+struct AuthorityHasher {
+    hash: u64,
+    word: u64,
+    bytes: u32,
+}
+
+impl AuthorityHasher {
+    fn mix(&mut self, n: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
 
 impl Hasher for AuthorityHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -447,7 +459,13 @@ impl Hasher for AuthorityHasher {
     }
 
     fn write_u8(&mut self, byte: u8) {
-        self.write_u64(u64::from(byte));
+        self.word = (self.word << 8) | u64::from(byte);
+        self.bytes += 1;
+        if self.bytes == 8 {
+            let word = std::mem::take(&mut self.word);
+            self.bytes = 0;
+            self.mix(word);
+        }
     }
 
     fn write_usize(&mut self, n: usize) {
@@ -455,11 +473,17 @@ impl Hasher for AuthorityHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        self.mix(n);
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        // The bytes not yet mixed, and how many: "ab" and "\0ab" differ.
+        let mut last = AuthorityHasher {
+            hash: self.hash,
+            ..Default::default()
+        };
+        last.mix(self.word ^ (u64::from(self.bytes) << 56));
+        last.hash
     }
 }
 
