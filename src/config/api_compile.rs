@@ -182,6 +182,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
             api: &name,
             version: &version,
             api_scopes: &api_scopes,
+            identifies: !matches!(authentication, Some(Authentication::None)),
         },
     );
     super::throttle_compile::bind(&mut resources, &mut throttle);

@@ -237,6 +237,9 @@ pub(super) struct Owner<'a> {
     pub api: &'a str,
     pub version: &'a str,
     pub api_scopes: &'a [String],
+    /// Whether a credential identifies the API's callers (not
+    /// `authentication: none`).
+    pub identifies: bool,
 }
 
 pub(super) fn policies(
@@ -331,6 +334,18 @@ fn policy(ctx: &mut Ctx, entry: &S<raw::Throttle>, owner: &Owner) -> Option<Thro
         },
     };
     let per_application = ctx.boolean(&raw.per_application, "throttle.per_application", false);
+    if per_application && !owner.identifies {
+        // Every request is then of "neither application nor client": one
+        // counter all callers share, which one of them can use up.
+        let at = raw
+            .per_application
+            .as_ref()
+            .map_or(entry.referenced, Ctx::at);
+        ctx.report.warning(
+            at,
+            "throttle.per_application on an API with `authentication: none`: no caller is identified, so every request shares one counter",
+        );
+    }
     let per_client_ip = ctx.boolean(&raw.per_client_ip, "throttle.per_client_ip", false);
     let (limit, per, api_scope) = (limit?, per?, api_scope?);
     if per.as_micros() < u128::from(limit) {

@@ -13,8 +13,14 @@
 //!
 //! A key is hashed once per request (foldhash, seeded per process): the
 //! hash picks the shard and finds the key in it.
+//!
+//! A whole key's count is a shared atomic ([`Count::Shared`]), the very
+//! counter a policy that counts in one number holds
+//! ([`ThrottlePolicy::sole`]): whichever way a snapshot counts a policy,
+//! by key or by its counter, and however a reload changes that, every
+//! request lands on the one number while both snapshots serve.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,7 +44,52 @@ struct Entry {
     policy: Arc<str>,
     party: Option<KeptParty>,
     ip: Option<IpAddr>,
-    tat: u64,
+    count: Count,
+}
+
+/// A key's theoretical arrival time (µs): its own, or, for a whole key,
+/// the counter its policy may count on without the store.
+enum Count {
+    Own(u64),
+    Shared(Arc<Tat>),
+}
+
+impl Count {
+    fn of(key: &Key<'_>, tat: u64) -> Count {
+        if key.party.is_none() && key.ip.is_none() {
+            Count::Shared(Arc::new(Tat::new(AtomicU64::new(tat))))
+        } else {
+            Count::Own(tat)
+        }
+    }
+
+    fn get(&self) -> u64 {
+        match self {
+            Count::Own(tat) => *tat,
+            Count::Shared(tat) => tat.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one admitted request: the TAT moves on one interval from
+    /// where it is now (a policy's counter may have moved a shared one
+    /// since it was read). Returns the new TAT.
+    fn admit(&mut self, rate: Rate, now: u64) -> u64 {
+        match self {
+            Count::Own(tat) => {
+                *tat = (*tat).max(now) + rate.interval;
+                *tat
+            }
+            Count::Shared(tat) => {
+                let step = |seen: u64| seen.max(now) + rate.interval;
+                let seen = tat
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |seen| {
+                        Some(step(seen))
+                    })
+                    .unwrap_or_else(|seen| seen);
+                step(seen)
+            }
+        }
+    }
 }
 
 /// A [`Party`] as the store keeps it.
@@ -74,7 +125,7 @@ impl Entry {
             policy: key.policy.clone(),
             party: key.party.map(KeptParty::of),
             ip: key.ip,
-            tat,
+            count: Count::of(key, tat),
         }
     }
 
@@ -99,10 +150,6 @@ pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::quality::RandomState,
     max_keys: AtomicUsize,
-    /// The TATs of the policies that count in one number
-    /// ([`ThrottlePolicy::sole`]), by identity: bounded by the
-    /// configuration, and the same for every snapshot with the policy.
-    sole: Mutex<HashMap<Arc<str>, Arc<Tat>>>,
 }
 
 impl MemoryStore {
@@ -111,63 +158,55 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
             hasher: Default::default(),
             max_keys: AtomicUsize::new(max_keys),
-            sole: Mutex::new(HashMap::new()),
         }
     }
 
     /// Gives each of `policies` that counts in one number its counter:
-    /// the one an earlier snapshot's policy of the same identity had (a
-    /// reload keeps its count), or a new one. Forgets the counters of
-    /// policies no longer named (a snapshot still serving keeps its own).
+    /// its whole key's (made if it has none), the count every snapshot
+    /// with the policy shares, counting by key or not. The whole keys of
+    /// policies no longer named go (a snapshot still serving one makes
+    /// its key again, until the next reload).
     pub fn bind_sole_counters<'p>(&self, policies: impl Iterator<Item = &'p ThrottlePolicy>) {
-        let mut sole = self.sole.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut kept = HashMap::with_capacity(sole.len());
-        for policy in policies.filter(|p| p.sole.eligible) {
-            let tat = sole
-                .remove(&policy.identity)
-                .or_else(|| kept.get(&policy.identity).cloned())
-                // Counted in the keys until now (it shared a resource
-                // with another policy): its count goes on from there.
-                .unwrap_or_else(|| {
-                    Arc::new(Tat::new(AtomicU64::new(
-                        self.peek(&whole(&policy.identity)),
-                    )))
-                });
-            policy.sole.set(tat.clone());
-            kept.insert(policy.identity.clone(), tat);
+        let mut named = HashSet::new();
+        for policy in policies {
+            if policy.sole.eligible {
+                policy.sole.set(self.whole_counter(&policy.identity));
+            }
+            named.insert(policy.identity.clone());
         }
-        // Counted in the keys from now on (or no longer at all, and then
-        // the key expires as any other does).
-        for (identity, tat) in sole.drain() {
-            self.seed(&whole(&identity), tat.load(Ordering::Relaxed));
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.retain(|e| !e.is_whole() || named.contains(&e.policy));
         }
-        *sole = kept;
     }
 
-    /// The TAT of `key` (0: none).
-    fn peek(&self, key: &Key<'_>) -> u64 {
-        let hash = self.hasher.hash_one(key);
-        let shard = self.shards[self.shard_of(hash)]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.find(hash, |e| e.is(key)).map_or(0, |e| e.tat)
-    }
-
-    /// Makes `key`'s TAT at least `tat`.
-    fn seed(&self, key: &Key<'_>, tat: u64) {
-        if tat == 0 {
-            return;
-        }
+    /// The counter of the policy `identity`'s whole key.
+    fn whole_counter(&self, identity: &Arc<str>) -> Arc<Tat> {
+        let key = whole(identity);
         let hash = self.hasher.hash_one(key);
         let per_shard = self.per_shard();
         let mut shard = self.shards[self.shard_of(hash)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match shard.find_mut(hash, |e| e.is(key)) {
-            Some(entry) => entry.tat = entry.tat.max(tat),
+        let count = match shard.find_mut(hash, |e| e.is(&key)) {
+            Some(entry) => &mut entry.count,
             None => {
                 let room = Room::of(per_shard, super::now_micros());
-                insert(&mut shard, Entry::new(hash, key, tat), &room);
+                insert(&mut shard, Entry::new(hash, &key, 0), &room);
+                match shard.find_mut(hash, |e| e.is(&key)) {
+                    Some(entry) => &mut entry.count,
+                    // Just inserted, under the same lock.
+                    None => return Arc::new(Tat::new(AtomicU64::new(0))),
+                }
+            }
+        };
+        match count {
+            Count::Shared(tat) => tat.clone(),
+            // Whole keys are made shared; should one not be, it is now.
+            Count::Own(tat) => {
+                let shared = Arc::new(Tat::new(AtomicU64::new(*tat)));
+                *count = Count::Shared(shared.clone());
+                shared
             }
         }
     }
@@ -203,12 +242,23 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.find_mut(hash, |e| e.is(key));
-        let tat = match rate.step(entry.as_ref().map_or(0, |e| e.tat), now) {
+        if let Some(Entry {
+            count: Count::Shared(tat),
+            ..
+        }) = &entry
+        {
+            // Counted as a policy's counter is, which may count it too.
+            return match check_sole(tat, rate, now) {
+                Ok(level) => (true, Levels::from_slice(&[level])),
+                Err(level) => (false, Levels::from_slice(&[level])),
+            };
+        }
+        let tat = match rate.step(entry.as_ref().map_or(0, |e| e.count.get()), now) {
             Ok(tat) => tat,
             Err(level) => return (false, Levels::from_slice(&[level])),
         };
         match entry {
-            Some(entry) => entry.tat = tat,
+            Some(entry) => entry.count = Count::Own(tat),
             None => {
                 let room = Room::of(self.per_shard(), now);
                 insert(&mut shard, Entry::new(hash, key, tat), &room);
@@ -242,7 +292,7 @@ impl MemoryStore {
         let mut admitted = true;
         for ((key, rate), &hash) in keys.iter().zip(&hashes) {
             let guard = guard_of(&mut guards, self.shard_of(hash));
-            let tat = guard.find(hash, |e| e.is(key)).map_or(0, |e| e.tat);
+            let tat = guard.find(hash, |e| e.is(key)).map_or(0, |e| e.count.get());
             let base = tat.max(now);
             admitted &= rate.fits(base, now);
             bases.push(base);
@@ -258,11 +308,14 @@ impl MemoryStore {
         let mut levels = Levels::with_capacity(keys.len());
         for (((key, rate), &hash), base) in keys.iter().zip(&hashes).zip(bases) {
             let guard = guard_of(&mut guards, self.shard_of(hash));
-            let tat = base + rate.interval;
-            match guard.find_mut(hash, |e| e.is(key)) {
-                Some(entry) => entry.tat = tat,
-                None => insert(guard, Entry::new(hash, key, tat), &room),
-            }
+            let tat = match guard.find_mut(hash, |e| e.is(key)) {
+                Some(entry) => entry.count.admit(*rate, now),
+                None => {
+                    let tat = base + rate.interval;
+                    insert(guard, Entry::new(hash, key, tat), &room);
+                    tat
+                }
+            };
             levels.push(tat - now);
         }
         (true, levels)
@@ -357,7 +410,8 @@ fn make_room(shard: &mut Shard, room: &Room<'_>) {
     if shard.len() < room.cap {
         return;
     }
-    shard.retain(|e| e.tat > room.now);
+    // Whole keys stay: a policy's counter may be theirs.
+    shard.retain(|e| e.is_whole() || e.count.get() > room.now);
     if shard.len() < room.cap {
         return;
     }
@@ -368,7 +422,7 @@ fn make_room(shard: &mut Shard, room: &Room<'_>) {
     let mut tats: Vec<u64> = shard
         .iter()
         .filter(|e| evictable(e))
-        .map(|e| e.tat)
+        .map(|e| e.count.get())
         .collect();
     let taken = (shard.len() - kept).min(tats.len());
     let Some(last) = taken.checked_sub(1) else {
@@ -379,10 +433,11 @@ fn make_room(shard: &mut Shard, room: &Room<'_>) {
     let (before, &mut at, _) = tats.select_nth_unstable(last);
     let mut at_taken = taken - before.iter().filter(|&&tat| tat < at).count();
     shard.retain(|e| {
-        if !evictable(e) || e.tat > at {
+        let tat = e.count.get();
+        if !evictable(e) || tat > at {
             return true;
         }
-        if e.tat < at {
+        if tat < at {
             return false;
         }
         let take = at_taken > 0;
@@ -443,7 +498,7 @@ mod tests {
                 policy: policy.clone(),
                 party: None,
                 ip: Some(IpAddr::from([10, 0, 0, 1])),
-                tat: 1000 + i,
+                count: Count::Own(1000 + i),
             };
             shard.insert_unique(i, entry, |e| e.hash);
         }
@@ -457,7 +512,7 @@ mod tests {
         // An eighth of the shard, the keys nearest to expiry: the next
         // seven keys find room without a scan.
         assert_eq!(shard.len(), 56);
-        let mut left: Vec<u64> = shard.iter().map(|e| e.tat).collect();
+        let mut left: Vec<u64> = shard.iter().map(|e| e.count.get()).collect();
         left.sort_unstable();
         assert_eq!(left, (1008..1064).collect::<Vec<_>>());
         make_room(&mut shard, &Room::of(64, 1));

@@ -742,8 +742,55 @@ mod tests {
             memory::check_sole(tat, policy.rate, now),
             Err(policy.rate.period)
         );
-        // The keyed store holds none of it.
-        assert!(store.is_empty());
+        // The store holds its whole key, no other.
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_reload_between_counting_by_key_and_by_counter_loses_no_request() {
+        let store = MemoryStore::new(100);
+        let now = now_micros();
+        let counted = sole_policy("api", 6);
+        store.bind_sole_counters([&counted].into_iter());
+        // The same policy, now sharing a resource with another: counted by
+        // key, while requests of the snapshot before count on its counter.
+        let mut keyed = sole_policy("api", 6);
+        keyed.sole.eligible = false;
+        store.bind_sole_counters([&keyed].into_iter());
+        let key = Key {
+            policy: &keyed.identity,
+            party: None,
+            ip: None,
+        };
+        let keys = [(key, keyed.rate)];
+        let before = counted.sole.get().expect("a counter");
+        assert!(memory::check_sole(before, counted.rate, now).is_ok());
+        assert!(store.check(&keys, now).0);
+        // Several keys at once (the other policy's too) count on it alike.
+        let other: Arc<str> = Arc::from("other");
+        let both = [
+            (key, keyed.rate),
+            (
+                Key {
+                    policy: &other,
+                    party: None,
+                    ip: None,
+                },
+                keyed.rate,
+            ),
+        ];
+        assert!(store.check(&both, now).0);
+        // And back, while the keyed snapshot still serves: one count.
+        let again = sole_policy("api", 6);
+        store.bind_sole_counters([&again].into_iter());
+        let after = again.sole.get().expect("a counter");
+        assert!(memory::check_sole(after, again.rate, now).is_ok());
+        assert!(store.check(&keys, now).0);
+        assert!(memory::check_sole(before, counted.rate, now).is_ok());
+        // Six admitted in all, whichever way each was counted.
+        assert!(memory::check_sole(after, again.rate, now).is_err());
+        assert!(memory::check_sole(before, counted.rate, now).is_err());
+        assert!(!store.check(&keys, now).0);
     }
 
     #[test]

@@ -3918,3 +3918,29 @@ fn an_upstream_url_with_a_fragment_is_refused() {
         );
     }
 }
+
+/// `per_application` where no credential identifies a caller counts every
+/// request alike: one counter one client can use up for all, warned about.
+#[test]
+fn per_application_throttling_on_an_api_that_identifies_nobody_is_warned_about() {
+    let yaml = |authentication: &str| {
+        format!(
+            "apis:\n- name: A\n  base_path: /a\n  upstream: {{ echo: true }}\n  authentication: {authentication}\n  resources: [\"GET /a\"]\n  policies:\n    throttle: [{{ limit: 5, per: 1s, per_application: true }}]\napplications:\n- name: P\n  api_keys: [\"a-key-of-sixteen-chars\"]\n  apis: [A]\n"
+        )
+    };
+    let none = loaded(&yaml("{ type: none }"));
+    let warnings: Vec<Found> = none.warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            8,
+            54,
+            "throttle.per_application on an API with `authentication: none`: no caller is \
+             identified, so every request shares one counter"
+                .to_owned(),
+            None,
+        )]
+    );
+    let keys = loaded(&yaml("{ type: api_key }"));
+    assert!(keys.warnings.is_empty(), "{:?}", keys.warnings);
+}
