@@ -20,16 +20,16 @@
 //!   new token leads a call of its own, so a client sending random tokens
 //!   would otherwise make one call per request. A call that finds none
 //!   free within `queue_wait` is `Unavailable` without being made;
-//! - an active token whose `exp` has passed at `now` is `Invalid(Expired)`,
-//!   and one whose `nbf` is more than `leeway` ahead of `now` is
-//!   `Invalid(NotYetValid)`, whether the answer is fresh or cached: the
-//!   answer is cached, the refusal is not, so the token is accepted from
-//!   `nbf` on;
+//! - an active token whose `exp` is more than `leeway` behind `now` is
+//!   `Invalid(Expired)`, and one whose `nbf` is more than `leeway` ahead
+//!   of `now` is `Invalid(NotYetValid)`, as a JWT's, whether the answer is
+//!   fresh or cached: the answer is cached (never past `exp`), the refusal
+//!   is not, so the token is accepted from `nbf` on;
 //! - the token and the client secret are never logged, and never part of an
 //!   error's text.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -69,7 +69,8 @@ pub struct IntrospectionSettings {
     /// What an active answer's `iss` must be when it has one, when set:
     /// the issuer its JWTs are validated against.
     pub issuer: Option<String>,
-    /// Clock skew allowed on `nbf`, as for JWTs; capped at [`MAX_LEEWAY`].
+    /// Clock skew allowed on `exp` and `nbf`, as for JWTs; capped at
+    /// [`MAX_LEEWAY`].
     pub leeway: Duration,
     /// Calls to the endpoint in flight at once, at most.
     pub max_in_flight: usize,
@@ -219,17 +220,19 @@ impl Introspector {
     }
 
     /// RFC 7519 §4.1.4: not accepted on or after `exp`; §4.1.5: not before
-    /// `nbf`, widened by the leeway as for JWTs. `interpret` lets neither
-    /// through unless it is a non-negative integer.
+    /// `nbf`; both widened by the leeway as for JWTs. `interpret` lets
+    /// neither through unless it is a non-negative integer.
     fn check_times(&self, principal: &Principal, now: SystemTime) -> Result<(), TokenProblem> {
+        let leeway = self.settings.leeway;
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         if principal
             .expires_at
-            .is_some_and(|exp| time_left(exp, now).is_zero())
+            .is_some_and(|exp| since_epoch >= Duration::from_secs(exp).saturating_add(leeway))
         {
             return Err(TokenProblem::Expired);
         }
         let nbf = principal.claims.get("nbf").and_then(Value::as_u64);
-        if nbf.is_some_and(|nbf| time_left(nbf, now) > self.settings.leeway) {
+        if nbf.is_some_and(|nbf| time_left(nbf, now) > leeway) {
             return Err(TokenProblem::NotYetValid);
         }
         Ok(())

@@ -244,11 +244,14 @@ async fn concurrent_first_uses_make_one_call() {
     assert_eq!(endpoint.calls(), 1);
 }
 
+/// Without a leeway, so that the endpoint's stale answer is refused.
 #[tokio::test]
 async fn positive_entry_ends_at_exp_before_cache_ttl() {
     let exp = unix_now() + 2;
     let endpoint = Endpoint::start(json(&format!(r#"{{"active":true,"exp":{exp}}}"#))).await;
-    let gate = introspector("local", settings(&endpoint), &cache());
+    let mut settings = settings(&endpoint);
+    settings.leeway = Duration::ZERO;
+    let gate = introspector("local", settings, &cache());
     gate.validate("tok", SystemTime::now())
         .await
         .expect("active");
@@ -271,24 +274,56 @@ async fn positive_entry_ends_at_exp_before_cache_ttl() {
     assert_eq!(endpoint.calls(), 2);
 }
 
+/// RFC 7519 §4.1.4 with the leeway, as for JWTs: a cached principal is
+/// accepted up to `exp` plus the leeway, and refused from then on.
 #[tokio::test]
-async fn cached_principal_is_refused_once_now_reaches_exp() {
+async fn cached_principal_is_refused_once_now_reaches_exp_plus_the_leeway() {
     let exp = unix_now() + 30;
     let endpoint = Endpoint::start(json(&format!(r#"{{"active":true,"exp":{exp}}}"#))).await;
-    let gate = introspector("local", settings(&endpoint), &cache());
+    let mut settings = settings(&endpoint);
+    settings.leeway = Duration::from_secs(10);
+    let gate = introspector("local", settings, &cache());
     gate.validate("tok", SystemTime::now())
         .await
         .expect("active");
     let at_exp = UNIX_EPOCH + Duration::from_secs(exp);
+    let leeway = Duration::from_secs(10);
+    gate.validate("tok", at_exp)
+        .await
+        .expect("within the leeway");
+    gate.validate("tok", at_exp + leeway - Duration::from_millis(1))
+        .await
+        .expect("within the leeway");
     assert_eq!(
-        gate.validate("tok", at_exp).await,
+        gate.validate("tok", at_exp + leeway).await,
+        Err(AuthFailure::Invalid(TokenProblem::Expired))
+    );
+}
+
+/// An endpoint whose clock is behind the gateway's may answer "active"
+/// about a token whose `exp` has just passed here: within the leeway
+/// (60 s by default, as for JWTs) it is accepted, beyond it refused.
+#[tokio::test]
+async fn active_answer_with_exp_just_past_is_accepted_within_the_leeway() {
+    let exp = unix_now() - 10;
+    let body = format!(r#"{{"active":true,"exp":{exp}}}"#);
+    let endpoint = Endpoint::start(json(&body)).await;
+    let gate = introspector("local", settings(&endpoint), &cache());
+    gate.validate("tok", SystemTime::now())
+        .await
+        .expect("within the default leeway");
+    let mut settings = settings(&endpoint);
+    settings.leeway = Duration::from_secs(5);
+    let gate = introspector("local", settings, &cache());
+    assert_eq!(
+        gate.validate("tok", SystemTime::now()).await,
         Err(AuthFailure::Invalid(TokenProblem::Expired))
     );
 }
 
 #[tokio::test]
 async fn active_answer_with_past_exp_is_expired_and_not_cached() {
-    let exp = unix_now() - 10;
+    let exp = unix_now() - 120;
     let endpoint = Endpoint::start(json(&format!(r#"{{"active":true,"exp":{exp}}}"#))).await;
     let gate = introspector("local", settings(&endpoint), &cache());
     for _ in 0..2 {

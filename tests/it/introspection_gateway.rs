@@ -220,7 +220,7 @@ async fn expired_active_answer_gets_401() {
     let w = world(&DEFAULTS).await;
     w.introspector.answer(
         "stale",
-        Answer::active(json!({"scope": "view", "exp": unix_now() - 10})),
+        Answer::active(json!({"scope": "view", "exp": unix_now() - 120})),
     );
     assert_eq!(w.get("stale").await.status(), 401);
     assert_eq!(w.upstream.hits(), 0);
@@ -492,8 +492,9 @@ async fn introspection_takes_the_local_audience_unless_it_names_one() {
 }
 
 /// An auth server that validates JWTs of an issuer holds its opaque tokens
-/// to that issuer and to the same clock skew on `nbf`: another `iss`, or
-/// an `nbf` further ahead than the skew, is 401 `invalid_token`.
+/// to that issuer and to the same clock skew on `nbf` and `exp`: another
+/// `iss`, an `nbf` further ahead or an `exp` further behind than the skew,
+/// is 401 `invalid_token`.
 #[tokio::test]
 async fn introspection_takes_the_local_issuer_and_clock_skew() {
     let idp = Idp::start().await;
@@ -510,12 +511,14 @@ async fn introspection_takes_the_local_issuer_and_clock_skew() {
         ("issuer-array", json!({"iss": [idp.issuer()]})),
         ("not-yet", json!({"nbf": unix_now() + 3_600})),
         ("beyond-skew", json!({"nbf": unix_now() + 40})),
+        ("expired-beyond-skew", json!({"exp": unix_now() - 40})),
     ];
     let accepted = [
         ("own-issuer", json!({"iss": idp.issuer()})),
         ("no-issuer", json!({})),
         ("within-skew", json!({"nbf": unix_now() + 5})),
         ("past-nbf", json!({"nbf": unix_now() - 5})),
+        ("expired-within-skew", json!({"exp": unix_now() - 5})),
     ];
     for (token, claims) in refused.iter().chain(&accepted) {
         introspector.answer(token, view(claims.clone()));
