@@ -85,6 +85,12 @@ pub fn compile(
             },
         },
     );
+    super::audience::check(
+        &mut ctx,
+        &file.security_settings.auth_servers,
+        &auth_servers,
+        &apis,
+    );
     if let Some(own) = &authorization_server {
         super::own_tokens::check(&mut ctx, &file.security_settings.auth_servers, own);
     }

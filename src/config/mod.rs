@@ -13,6 +13,7 @@
 
 pub mod api_compile;
 pub mod application_compile;
+mod audience;
 pub mod authentication_compile;
 pub mod authz;
 pub mod authz_compile;

@@ -71,6 +71,55 @@ security_settings:
     );
 }
 
+/// RFC 9068 §4: a resource server checks a JWT's `aud`. `audience` stays
+/// optional, so an API whose JWTs are validated without one is warned
+/// about, at the auth server's `localIntrospectionConfig`.
+#[test]
+fn check_warns_of_jwts_validated_without_an_audience() {
+    let yaml = |audience: &str| {
+        format!(
+            r#"ports: {{ http: 0 }}
+security_settings:
+  auth_servers:
+  - id: idp
+    localIntrospectionConfig:
+      issuer: "https://idp.example"
+{audience}apis:
+- name: Travels
+  base_path: /travels
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  resources: ["GET /bookings"]
+"#
+        )
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(dir.path(), &yaml(""));
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "reading {0}\n\
+             {0}:6:7: warning: auth server `idp` validates JWTs for API `Travels` without an `audience`: a token its issuer made for another resource server is accepted (RFC 9068 §4: a resource server checks `aud`); set localIntrospectionConfig.audience\n",
+            config.display()
+        )
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: ok (1 APIs, 1 warnings)\n", config.display())
+    );
+
+    let config = write(dir.path(), &yaml("      audience: travels\n"));
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), format!("reading {}\n", config.display()));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: ok (1 APIs, 0 warnings)\n", config.display())
+    );
+}
+
 #[test]
 fn check_shows_the_settings_mcgw_variables_set() {
     // The file bounds request bodies to 1MiB; the variable lifts the

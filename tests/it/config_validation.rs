@@ -90,7 +90,7 @@ fn refused(yaml: &str, expected: Found) {
 const AUTH_SERVER_LAST: &str = r#"security_settings:
   auth_servers:
   - id: local
-    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+    localIntrospectionConfig: { issuer: "http://localhost:4485", audience: travels }
 "#;
 const RESOURCE_ALLOWED: &str = "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
 const SECRET_ALLOWED: &str = "a value, \"{encoded}BASE64\", \"${env:NAME}\" or \"${file:/path}\"";
@@ -1327,7 +1327,7 @@ security_settings:
   - { name: good, username: u, password: "${env:ADMIN_PW}" }
   auth_servers:
   - id: local
-    localIntrospectionConfig: { issuer: "http://localhost:4485" }
+    localIntrospectionConfig: { issuer: "http://localhost:4485", audience: travels }
 apis:
 - name: A
   upstream: { echo: true }
@@ -2850,7 +2850,7 @@ fn an_ip_filter_naming_no_range_is_refused() {
 #[test]
 fn a_mapping_for_an_auth_server_the_api_does_not_use_is_warned_about() {
     let loaded = loaded(
-        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\" }\n  - id: partners\n    localIntrospectionConfig: { issuer: \"https://partners.example\" }\nscope_mappings:\n- { auth_server: partners, scope: admin, api_scopes: [\"Orders:Admin\"] }\napis:\n- name: Orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Admin, resources: [\"GET /a\"] }]\n",
+        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\", audience: orders }\n  - id: partners\n    localIntrospectionConfig: { issuer: \"https://partners.example\" }\nscope_mappings:\n- { auth_server: partners, scope: admin, api_scopes: [\"Orders:Admin\"] }\napis:\n- name: Orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Admin, resources: [\"GET /a\"] }]\n",
     );
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
@@ -2867,7 +2867,7 @@ fn a_mapping_for_an_auth_server_the_api_does_not_use_is_warned_about() {
 #[test]
 fn an_api_scope_no_mapping_grants_is_warned_about() {
     let loaded = loaded(
-        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\" }\nscope_mappings:\n- { auth_server: idp, scope: view, api_scopes: [\"Orders:View\"] }\napis:\n- name: Orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes:\n  - { name: View, resources: [\"GET /a\"] }\n  - { name: Cancel, resources: [\"DELETE /a\"] }\n- name: Open\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Cancel, resources: [\"DELETE /a\"] }]\n",
+        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\", audience: orders }\nscope_mappings:\n- { auth_server: idp, scope: view, api_scopes: [\"Orders:View\"] }\napis:\n- name: Orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes:\n  - { name: View, resources: [\"GET /a\"] }\n  - { name: Cancel, resources: [\"DELETE /a\"] }\n- name: Open\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Cancel, resources: [\"DELETE /a\"] }]\n",
     );
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     // `Open` is named by no mapping: a token's scope `Cancel` grants it.
@@ -2936,7 +2936,7 @@ security_settings:
       issuer: "http://idp.example"
       allow_insecure_http: true
   - id: loopback
-    localIntrospectionConfig: { issuer: "http://127.0.0.2:4485", jwksuri: "http://[::1]:4485/jwks" }
+    localIntrospectionConfig: { issuer: "http://127.0.0.2:4485", jwksuri: "http://[::1]:4485/jwks", audience: a }
     remoteIntrospectionConfig:
       introspectionEndpoint: "http://localhost:4485/introspect"
       clientId: gw
