@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use http::header::{
     CONTENT_LENGTH, HOST, ORIGIN, PROXY_AUTHENTICATE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
 };
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::uri::Scheme;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
@@ -159,7 +160,7 @@ fn phases<'s: 'a, 'a>(
         }
         // Refused before it is matched: a gRPC client is still told as
         // gRPC, by the API its path is under.
-        if let Err(refusal) = check_target(&rt.limits, &req) {
+        if let Err(refusal) = check_target(&rt.limits, &mut req) {
             *matched_api = grpc_api_under(snap, req.uri().path());
             return Err(refusal);
         }
@@ -525,8 +526,9 @@ fn refuse_upstream_challenge(api: &Api, response: &Response<Body>) -> Result<(),
     ))
 }
 
-/// Request-target and framing checks that come before any matching.
-fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
+/// Request-target and framing checks that come before any matching; an
+/// HTTP/1.1 absolute-form target leaves as its origin-form.
+fn check_target<B>(limits: &Limits, req: &mut Request<B>) -> Result<(), Rejection> {
     let uri = req.uri();
     let target_len = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
     if target_len > limits.max_uri {
@@ -553,19 +555,21 @@ fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
             _ => {}
         }
     } else {
-        // RFC 9112 §3.2: origin-form only; absolute-form is for proxies,
-        // authority-form for CONNECT, which an API gateway does not serve.
-        if uri.scheme().is_some() || uri.authority().is_some() {
-            return Err(Rejection::BadRequest("absolute-form request target"));
-        }
+        // RFC 9112 §3.2: the Host field is required, one and valid, even
+        // beside an absolute-form target.
         if host.is_none() && req.version() != Version::HTTP_10 {
             return Err(Rejection::BadRequest("missing Host header"));
+        }
+        // Not origin-form: an absolute-form target, or authority-form,
+        // which is for CONNECT, not served by an API gateway.
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            to_origin_form(req)?;
         }
     }
     if req.method() == http::Method::CONNECT {
         return Err(Rejection::BadRequest(crate::path::CONNECT_REFUSED));
     }
-    if crate::path::overrides_method(req.method(), uri.query()) {
+    if crate::path::overrides_method(req.method(), req.uri().query()) {
         return Err(Rejection::BadRequest(crate::path::METHOD_OVERRIDE_REFUSED));
     }
     if req.version() == Version::HTTP_2 && too_many_fields(limits, req.headers()) {
@@ -584,6 +588,39 @@ fn check_target<B>(limits: &Limits, req: &Request<B>) -> Result<(), Rejection> {
             return Err(Rejection::BadRequest("conflicting Content-Length headers"));
         }
     }
+    Ok(())
+}
+
+/// RFC 9112 §3.2.2: a server MUST accept the absolute-form, and takes the
+/// target's authority for the request's host, ignoring the Host field.
+/// An `http` or `https` target whose authority is a host (and port)
+/// becomes its origin-form, routed as that would be, and its authority
+/// the request's `Host` (what the forwarding fields name). Userinfo
+/// (RFC 9110 §4.2.4: not to be sent, and a way to hide the host read),
+/// an empty host (§4.2.1: to be refused), another scheme, and CONNECT
+/// (refused as with an authority-form target) stay 400.
+#[cold]
+#[inline(never)]
+fn to_origin_form<B>(req: &mut Request<B>) -> Result<(), Rejection> {
+    const REFUSED: Rejection = Rejection::BadRequest("absolute-form request target");
+    let uri = req.uri();
+    let web = [Some(&Scheme::HTTP), Some(&Scheme::HTTPS)].contains(&uri.scheme());
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty() && valid_host(a.as_str().as_bytes()));
+    let (true, Some(authority)) = (web, authority) else {
+        return Err(REFUSED);
+    };
+    if req.method() == http::Method::CONNECT {
+        return Err(REFUSED);
+    }
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| REFUSED)?;
+    let target = match uri.query() {
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_owned(),
+    };
+    *req.uri_mut() = Uri::try_from(target).map_err(|_| REFUSED)?;
+    req.headers_mut().insert(HOST, host);
     Ok(())
 }
 

@@ -89,7 +89,12 @@ async fn hostile_requests_get_400_and_never_reach_the_upstream() {
         ("malformed escape", get("/travels/files/a%zz")),
         ("climbs above the base path", get("/travels/../travels/bookings")),
         ("climbs above the root", get("/travels/../../bookings")),
-        ("absolute form", get("http://evil.example/travels/bookings")),
+        (
+            "absolute form with userinfo",
+            get("http://user@evil.example/travels/bookings"),
+        ),
+        ("absolute form of ftp", get("ftp://evil.example/travels/bookings")),
+        ("absolute form without a host", get("http://:80/travels/bookings")),
         (
             "authority form",
             b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n".to_vec(),
@@ -118,6 +123,45 @@ async fn hostile_requests_get_400_and_never_reach_the_upstream() {
         still_serves(&gw).await;
         upstream.hits.store(0, std::sync::atomic::Ordering::SeqCst);
     }
+    gw.shutdown().await;
+}
+
+/// RFC 9112 §3.2.2: a server MUST accept the absolute-form, and MUST
+/// take the target's authority for the host, not the Host field. The
+/// request is routed and forwarded by the target's path and query, as
+/// its origin-form; the forwarding fields name the target's authority.
+#[tokio::test]
+async fn an_absolute_form_target_is_served_as_its_origin_form_for_its_authority() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    for (target, forwarded_path) in [
+        (
+            "http://api.example/travels/bookings?x=1",
+            "/api/bookings?x=1",
+        ),
+        (
+            "HTTPS://api.example:8443/travels/./bookings",
+            "/api/bookings",
+        ),
+        ("http://api.example/travels/files/a?b=c", "/api/files/a?b=c"),
+    ] {
+        let raw = raw_request(gw.http, &get(target)).await;
+        assert_eq!(status_of(&raw), 200, "{target}: {raw}");
+        let seen = upstream.last();
+        assert_eq!(seen.uri, forwarded_path, "{target}");
+        let authority = target.split('/').nth(2).expect("an authority");
+        assert_eq!(seen.headers["x-forwarded-host"], authority, "{target}");
+        let forwarded = seen.headers["forwarded"].to_str().expect("ASCII");
+        assert!(
+            forwarded.contains(&format!("host=\"{authority}\"")),
+            "{target}: {forwarded}"
+        );
+        assert_eq!(seen.headers["host"], upstream.addr.to_string().as_str());
+    }
+    // Routed as the origin-form: no resource, no forward.
+    let raw = raw_request(gw.http, &get("http://api.example/travels/other")).await;
+    assert_eq!(status_of(&raw), 404, "{raw}");
+    assert_eq!(upstream.hits(), 3);
     gw.shutdown().await;
 }
 
