@@ -1,4 +1,6 @@
 //! The authorization server's settings are compiled with the rest of the
 //! configuration (`config::authz`); this module names them for its users.
 
-pub use crate::config::authz::{Client, GrantType, ScopeDef, Settings, TokenFormat, User};
+pub use crate::config::authz::{
+    Client, GrantType, RedirectUri, ScopeDef, Settings, TokenFormat, User,
+};

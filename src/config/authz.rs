@@ -50,7 +50,7 @@ pub struct Client {
     pub client_id: String,
     /// `None` = public client (PKCE required).
     pub client_secret: Option<Secret>,
-    pub redirect_uris: Vec<String>,
+    pub redirect_uris: Vec<RedirectUri>,
     pub grant_types: Vec<GrantType>,
     pub scopes: Vec<String>,
     /// `None` = never expires (opaque tokens only).
@@ -124,6 +124,75 @@ pub struct Branding {
     pub support_url: Option<String>,
 }
 
+/// A registered redirect URI, and what of it a request may change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectUri {
+    pub uri: String,
+    /// On a loopback IP literal (`http://127.0.0.1/cb`, `http://[::1]:8000/cb`):
+    /// where its host ends and what follows its port begins (RFC 8252
+    /// §7.3: a native app listens on a port of its choosing).
+    loopback: Option<(usize, usize)>,
+}
+
+impl RedirectUri {
+    pub fn new(uri: String) -> RedirectUri {
+        let loopback = loopback_port_span(&uri);
+        RedirectUri { uri, loopback }
+    }
+
+    /// Whether a request's `redirect_uri` names this one: exactly (RFC
+    /// 9700 §4.1.3), or on a loopback IP literal with any port but the
+    /// same scheme, host, path and query (RFC 8252 §7.3). `localhost` is
+    /// no IP literal and is compared exactly (RFC 8252 §8.3).
+    pub fn matches(&self, given: &str) -> bool {
+        if given == self.uri {
+            return true;
+        }
+        let Some((host_end, rest)) = self.loopback else {
+            return false;
+        };
+        let Some(after_host) = given.strip_prefix(&self.uri[..host_end]) else {
+            return false;
+        };
+        let after_port = match after_host.strip_prefix(':') {
+            Some(port_and_rest) => {
+                let digits = port_and_rest.bytes().take_while(u8::is_ascii_digit).count();
+                if port_and_rest[..digits].parse::<u16>().is_err() {
+                    return false;
+                }
+                &port_and_rest[digits..]
+            }
+            None => after_host,
+        };
+        after_port == &self.uri[rest..]
+    }
+}
+
+/// Where the host of `uri` ends and what follows its port begins, when
+/// its host is a loopback IP literal and it has no user information.
+fn loopback_port_span(uri: &str) -> Option<(usize, usize)> {
+    let scheme_end = uri.find("://")? + "://".len();
+    let authority_len = uri[scheme_end..]
+        .find(['/', '?', '#'])
+        .unwrap_or(uri.len() - scheme_end);
+    let authority = &uri[scheme_end..scheme_end + authority_len];
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => &authority[..bracketed.find(']')? + 2],
+        None => authority.split(':').next()?,
+    };
+    let port = &authority[host.len()..];
+    if !port.is_empty() && port.strip_prefix(':')?.parse::<u16>().is_err() {
+        return None;
+    }
+    let ip: std::net::IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    ip.is_loopback()
+        .then_some((scheme_end + host.len(), scheme_end + authority_len))
+}
+
 impl Client {
     pub fn is_confidential(&self) -> bool {
         self.client_secret.is_some()
@@ -191,5 +260,67 @@ impl PostgresStore {
             "postgres://{}{password}@{host}:{}/{}",
             self.user, self.port, self.dbname
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RedirectUri;
+
+    #[test]
+    fn a_loopback_ip_literal_takes_any_port_and_nothing_else() {
+        for (registered, taken, refused) in [
+            (
+                "http://127.0.0.1/cb",
+                &[
+                    "http://127.0.0.1/cb",
+                    "http://127.0.0.1:51234/cb",
+                    "http://127.0.0.1:80/cb",
+                ][..],
+                &[
+                    "http://127.0.0.1:51234/cb/",
+                    "http://127.0.0.1:51234/cb?x=1",
+                    "https://127.0.0.1:51234/cb",
+                    "http://127.0.0.1:65536/cb",
+                    "http://127.0.0.1:/cb",
+                    "http://127.0.0.1:1@evil.example/cb",
+                    "http://127.0.0.1.evil.example/cb",
+                    "http://127.0.0.2:51234/cb",
+                    "http://[::1]:51234/cb",
+                ][..],
+            ),
+            (
+                "http://[::1]:8000/cb?x=1",
+                &[
+                    "http://[::1]:8000/cb?x=1",
+                    "http://[::1]:9/cb?x=1",
+                    "http://[::1]/cb?x=1",
+                ],
+                &[
+                    "http://[::1]:9/cb",
+                    "http://[::1]:9/cb?x=2",
+                    "http://127.0.0.1:9/cb?x=1",
+                ],
+            ),
+            // RFC 8252 §8.3: a name, even `localhost`, is compared exactly.
+            (
+                "http://localhost:8000/cb",
+                &["http://localhost:8000/cb"],
+                &["http://localhost:8001/cb", "http://localhost/cb"],
+            ),
+            (
+                "https://app.example/cb",
+                &["https://app.example/cb"],
+                &["https://app.example:8443/cb"],
+            ),
+        ] {
+            let uri = RedirectUri::new(registered.to_owned());
+            for given in taken {
+                assert!(uri.matches(given), "{registered} should take {given}");
+            }
+            for given in refused {
+                assert!(!uri.matches(given), "{registered} should refuse {given}");
+            }
+        }
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::authz::{
-    Branding, Client, GrantType, PgTls, PostgresStore, ScopeDef, Settings, TokenFormat, User,
+    Branding, Client, GrantType, PgTls, PostgresStore, RedirectUri, ScopeDef, Settings,
+    TokenFormat, User,
 };
 use super::context::Ctx;
 use super::diagnostic::{Diagnostic, Origin, Severity};
@@ -952,7 +953,11 @@ fn client(
             .unwrap_or_else(|| client_id.clone()),
         client_id,
         client_secret,
-        redirect_uris: raw.redirect_uris.iter().map(|u| u.value.clone()).collect(),
+        redirect_uris: raw
+            .redirect_uris
+            .iter()
+            .map(|u| RedirectUri::new(u.value.clone()))
+            .collect(),
         grant_types,
         scopes: raw.scopes.iter().map(|s| s.value.clone()).collect(),
         token_lifetime: lifetime(ctx, &raw.token_lifetime, defaults.token_lifetime, format),

@@ -816,7 +816,7 @@ pub struct Client {
     pub client_id: Opt<String>,
     /// Its secret (secret syntax); none: a public client.
     pub client_secret: Opt<Scalar>,
-    /// Redirect URIs, compared exactly (no `*`).
+    /// Redirect URIs, compared exactly (no `*`), but for the port of a loopback IP literal (`http://127.0.0.1/cb`: any port, RFC 8252 §7.3).
     pub redirect_uris: Vec<S<String>>,
     /// `authorization_code`, `implicit` (warned about: RFC 9700 §2.1.2), `password`,
     /// `client_credentials`, `refresh_token`.

@@ -1061,6 +1061,101 @@ async fn an_unregistered_redirect_uri_gets_a_page_never_a_redirect() {
     assert_eq!(good.status, 200);
 }
 
+/// RFC 8252 §7.3: a redirect URI on a loopback IP literal takes the
+/// port the native app listens on; the code goes there, and the token
+/// request repeats that URI, not the registered one (RFC 6749 §4.1.3).
+/// Everything else of it, and any part of a `localhost` URI (§8.3), is
+/// compared exactly.
+#[tokio::test]
+async fn a_loopback_ip_redirect_uri_takes_any_port() {
+    let yaml = yaml(&Options::default()).replace(
+        "\"http://127.0.0.1:8001/other\"",
+        "\"http://127.0.0.1:8001/other\", \"http://[::1]/native\"",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut browser = Browser::new(&gw);
+    for (used, registered) in [
+        ("http://127.0.0.1:51234/cb", SPA_CALLBACK),
+        ("http://127.0.0.1/cb", SPA_CALLBACK),
+        ("http://[::1]:49152/native", "http://[::1]/native"),
+    ] {
+        let (verifier, challenge) = pkce();
+        let authorize = query(&[
+            ("response_type", "code"),
+            ("client_id", "spa"),
+            ("redirect_uri", used),
+            ("scope", "view"),
+            ("state", "s1"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ]);
+        let consent = browser.login(&authorize).await;
+        let origin = used.rsplit_once('/').expect("a path").0;
+        assert!(
+            consent
+                .header("content-security-policy")
+                .is_some_and(|csp| csp.contains(origin)),
+            "{used}: {:?}",
+            consent.header("content-security-policy")
+        );
+        let location = browser.approve(&authorize, None).await;
+        let (base, params) = split_redirect(&location);
+        assert_eq!(base, used);
+        let form = |code, redirect_uri| {
+            [
+                ("grant_type", "authorization_code"),
+                ("client_id", "spa"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier.as_str()),
+            ]
+        };
+        let code = param(&params, "code").expect("code");
+        let (status, body) = token_request(&gw, None, &form(code, registered)).await;
+        assert_eq!(status, 400, "{used}: {body}");
+        assert_eq!(body["error"], "invalid_grant", "{used}");
+        // That exchange spent the code: a new one, redeemed with the URI used.
+        let location = browser.approve(&authorize, None).await;
+        let (_, params) = split_redirect(&location);
+        let code = param(&params, "code").expect("code");
+        let (status, body) = token_request(&gw, None, &form(code, used)).await;
+        assert_eq!(status, 200, "{used}: {body}");
+    }
+    for refused in [
+        "http://127.0.0.1:51234/cb/",
+        "http://127.0.0.1:51234/cb?x=1",
+        "http://127.0.0.1:51234/other/",
+        "http://127.0.0.2:8001/cb",
+        "http://[::1]:8001/cb",
+        "https://127.0.0.1:8001/cb",
+        "http://localhost:8001/cb",
+    ] {
+        let (_, challenge) = pkce();
+        let authorize = query(&[
+            ("response_type", "code"),
+            ("client_id", "spa"),
+            ("redirect_uri", refused),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ]);
+        let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+        assert_eq!(reply.status, 400, "{refused}");
+        assert!(reply.header("location").is_none(), "{refused}");
+    }
+    // `localhost` is a name, not a loopback IP literal: its port is exact.
+    let (_, challenge) = pkce();
+    let authorize = query(&[
+        ("response_type", "code"),
+        ("client_id", "bookyourticket"),
+        ("redirect_uri", "http://localhost:8001/callback"),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let reply = browser.get(&format!("/oauth2/authorize?{authorize}")).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.header("location").is_none());
+}
+
 /// RFC 6749 §3.1 and §4.1.2.1: a parameter sent twice is
 /// `invalid_request`, sent back to the client when its `client_id` and
 /// `redirect_uri` were each sent once and are good (a repeated `state` is

@@ -353,7 +353,7 @@ fn issue_code(
     cx.grants.store.put_code(&CodeRecord {
         hash: tokens::hash_token(&code),
         client_id: valid.client.client_id.clone(),
-        redirect_uri: valid.target.redirect_uri.to_owned(),
+        redirect_uri: valid.target.redirect_uri.clone().into_owned(),
         redirect_uri_given: valid.target.given,
         code_challenge: valid.challenge.clone(),
         code_challenge_method: valid.challenge.as_ref().map(|_| "S256".to_owned()),

@@ -3,10 +3,12 @@
 //!
 //! First the client and its redirect URI: until both check out nothing is
 //! redirected (§4.1.2.1, RFC 9700 §4.1: exact match against the registered
-//! URIs; `redirect_uri` may be left out only when the client registered
-//! one). Every later problem goes back to that URI, in the query for a code
+//! URIs, but for the port of a loopback IP literal, RFC 8252 §7.3;
+//! `redirect_uri` may be left out only when the client registered one). Every later problem goes back to that URI, in the query for a code
 //! and in the fragment for a token (§4.2.2.1), with the `state` the client
 //! sent.
+
+use std::borrow::Cow;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -51,7 +53,9 @@ pub enum Delivery {
 /// A redirect URI the client registered, with what goes back to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'s> {
-    pub redirect_uri: &'s str,
+    /// The registered URI, or the request's when it differs from it only
+    /// by the port of a loopback IP literal (RFC 8252 §7.3).
+    pub redirect_uri: Cow<'s, str>,
     /// The request named it (it must then be repeated at the token endpoint).
     pub given: bool,
     pub state: Option<String>,
@@ -207,7 +211,7 @@ pub fn validate<'s>(settings: &'s Settings, form: &Form) -> Result<Valid<'s>, Re
 fn trusted_redirect<'s>(
     settings: &'s Settings,
     form: &Form,
-) -> Result<(&'s Client, &'s str, bool), OAuthError> {
+) -> Result<(&'s Client, Cow<'s, str>, bool), OAuthError> {
     let client_id = form
         .get("client_id")
         .ok_or(OAuthError::InvalidRequest("client_id is missing"))?;
@@ -218,13 +222,22 @@ fn trusted_redirect<'s>(
         Some(given) => client
             .redirect_uris
             .iter()
-            .find(|registered| *registered == given)
-            .map(|registered| (client, registered.as_str(), true))
+            .find(|registered| registered.matches(given))
+            .map(|registered| {
+                // The request's own: the answer goes to the port the
+                // native app listens on, and the token request repeats it.
+                let uri = if registered.uri == given {
+                    Cow::Borrowed(registered.uri.as_str())
+                } else {
+                    Cow::Owned(given.to_owned())
+                };
+                (client, uri, true)
+            })
             .ok_or(OAuthError::InvalidRequest(
                 "redirect_uri is not registered for the client",
             )),
         None => match client.redirect_uris.as_slice() {
-            [only] => Ok((client, only.as_str(), false)),
+            [only] => Ok((client, Cow::Borrowed(only.uri.as_str()), false)),
             [] => Err(OAuthError::InvalidRequest(
                 "the client has no redirect URI registered",
             )),
@@ -300,7 +313,7 @@ mod tests {
 
     fn target(delivery: Delivery, uri: &'static str) -> Target<'static> {
         Target {
-            redirect_uri: uri,
+            redirect_uri: uri.into(),
             given: true,
             state: Some("a b&c".into()),
             delivery,
