@@ -94,6 +94,8 @@ pub struct Settings {
     /// hands the next token the same expiry.
     pub refresh_token_lifetime: Duration,
     pub require_pkce: bool,
+    /// How often expired tokens and codes are removed; `None` (written
+    /// `0`): only by `remove-expired`.
     pub cleanup_interval: Option<Duration>,
     pub approval_page: Option<PathBuf>,
     /// The approval template's source, read when the snapshot was compiled.

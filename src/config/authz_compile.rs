@@ -81,7 +81,7 @@ pub fn compile(
             Duration::ZERO,
         ),
     };
-    let cleanup = ctx.duration(&raw.cleanup_interval, "cleanup_interval", Duration::ZERO);
+    let cleanup = ctx.duration(&raw.cleanup_interval, "cleanup_interval", CLEANUP_INTERVAL);
     let approval_page = raw
         .approval_page
         .as_ref()
@@ -678,6 +678,11 @@ fn code_lifetime(ctx: &mut Ctx, value: &Option<S<Scalar>>) -> Duration {
         _ => lifetime,
     }
 }
+
+/// How often expired tokens and codes are removed when `cleanup_interval`
+/// is not written: an hour, so that a store nobody cleans by hand stays
+/// the size of what is live (`0` turns it off).
+const CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How long a refresh token family lives by default: 30 days, as Ory
 /// Hydra's 720h.

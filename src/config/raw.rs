@@ -745,7 +745,7 @@ pub struct AuthorizationServer {
     pub refresh_limit: Opt<Scalar>,
     /// Default time after a rotation during which the rotated refresh token, presented again by its client, is a retry of that rotation (its answer lost) rather than reuse (whole seconds, 0s to 5m; 0s: reuse always revokes the family). Default 0s.
     pub refresh_reuse_interval: Opt<Scalar>,
-    /// How often expired tokens are removed (0: only on request). Default 0.
+    /// How often expired tokens and codes are removed (0: only on request, by remove-expired). Default 1h.
     pub cleanup_interval: Opt<Scalar>,
     /// Template of the approval page.
     pub approval_page: Opt<Scalar>,

@@ -1435,6 +1435,66 @@ async fn admin_helpers_list_without_values_and_revoke_by_id() {
     assert!(!authz.revoke_by_id("unknown".into()).await.expect("revoke"));
 }
 
+/// A client credentials token for `short`, the only token of `authz`.
+async fn short_token(authz: &AuthorizationServer) {
+    let request = http::Request::post("/oauth2/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(bytes::Bytes::from_static(
+            b"grant_type=client_credentials&client_id=short&client_secret=short-secret",
+        ))
+        .expect("request");
+    let ctx = RequestContext {
+        is_https: false,
+        address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        admin_ok: None,
+    };
+    assert_eq!(authz.handle(request, ctx).await.status(), 200);
+    assert_eq!(authz.list_tokens().await.expect("list").tokens.len(), 1);
+}
+
+/// Without `cleanup_interval` expired tokens are removed every hour, with
+/// no one asking; `0` turns that off.
+#[tokio::test(start_paused = true)]
+async fn expired_tokens_are_removed_hourly_when_no_cleanup_interval_is_written() {
+    let dir = tempfile::tempdir().expect("dir");
+    let compiled = |extra: &str| {
+        let path = dir.path().join("microgateway.yaml");
+        let yaml = format!(
+            "authorization_server:\n  token_format: opaque\n  signing_key: keys/signing-key.pem\n  \
+             store: sqlite:data/oauth.db\n  {extra}\n  clients:\n  - {{ client_id: short, \
+             client_secret: short-secret, grant_types: [client_credentials], token_lifetime: 1 }}\n"
+        );
+        std::fs::write(&path, yaml).expect("write");
+        let loaded = microgateway::config::load(&path, &microgateway::config::Env::new(), 1)
+            .unwrap_or_else(|invalid| panic!("{:?}", invalid.findings));
+        let settings = loaded.snapshot.authorization_server.as_deref();
+        settings.expect("compiled").clone()
+    };
+    assert_eq!(compiled("cleanup_interval: 0").cleanup_interval, None);
+    let settings = compiled("");
+    assert_eq!(settings.cleanup_interval, Some(Duration::from_secs(3600)));
+    let authz = tokio::task::spawn_blocking(move || AuthorizationServer::open(settings))
+        .await
+        .expect("join")
+        .expect("open");
+    short_token(&authz).await;
+    authz.clock().advance(Duration::from_secs(2));
+    let task = authz.spawn_cleanup().expect("a cleanup by default");
+    tokio::time::sleep(Duration::from_secs(3599)).await;
+    assert_eq!(authz.list_tokens().await.expect("list").tokens.len(), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut left = 1;
+    for _ in 0..100 {
+        left = authz.list_tokens().await.expect("list").tokens.len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "not cleaned up within the hour");
+    task.abort();
+}
+
 #[tokio::test]
 async fn the_cleanup_task_removes_expired_tokens() {
     let dir = tempfile::tempdir().expect("dir");
@@ -1449,19 +1509,7 @@ async fn the_cleanup_task_removes_expired_tokens() {
         .await
         .expect("join")
         .expect("open");
-    let request = http::Request::post("/oauth2/token")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(bytes::Bytes::from_static(
-            b"grant_type=client_credentials&client_id=short&client_secret=short-secret",
-        ))
-        .expect("request");
-    let ctx = RequestContext {
-        is_https: false,
-        address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        admin_ok: None,
-    };
-    assert_eq!(authz.handle(request, ctx).await.status(), 200);
-    assert_eq!(authz.list_tokens().await.expect("list").tokens.len(), 1);
+    short_token(&authz).await;
     let task = authz.spawn_cleanup().expect("interval configured");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !authz.list_tokens().await.expect("list").tokens.is_empty() {
