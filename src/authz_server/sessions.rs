@@ -10,7 +10,11 @@
 //! configured ([`Current::user`]): a changed password or a removed user
 //! ends the sign-in on every replica at once, not at expiry. Logging in starts a new session (new id, new CSRF token) and
 //! deletes the old one in the same step, so an id planted before login is
-//! worth nothing after it, on every replica.
+//! worth nothing after it, on every replica. A consent form (Allow or
+//! Deny) spends the CSRF token it carries ([`Sessions::spend_csrf`]): the
+//! session goes on with a new one, so each form rendered is taken once,
+//! and posted again it is refused as a stale form is. Nothing more is
+//! remembered for it than the session's one token.
 //!
 //! Where they live: with a store shared by replicas (PostgreSQL, the store
 //! that shares failed-attempt counts) sessions are rows of the store, so a
@@ -207,6 +211,19 @@ impl Sessions {
         self.insert(Some((user, credential)), Some(&old.session.hash), now)
     }
 
+    /// Spends the CSRF token `session` was read with, as a consent form
+    /// (Allow or Deny) is taken: the session goes on with a new one.
+    /// `false` when that token is spent already (the form posted again,
+    /// or twice at once) or the session has ended: the form is stale.
+    pub fn spend_csrf(&self, session: &Current, now: u64) -> Result<bool, StoreError> {
+        let (hash, spent) = (&session.session.hash, &session.session.csrf_token);
+        let fresh = tokens::random_token();
+        match &self.kept {
+            Kept::Memory(memory) => Ok(memory.spend_csrf(hash, spent, fresh, now)),
+            Kept::Store(store) => store.session_spend_csrf(hash, spent, &fresh, now),
+        }
+    }
+
     /// Ends `session` (sign-out): its id is worth nothing from now on.
     pub fn end(&self, session: &Current) -> Result<(), StoreError> {
         match &self.kept {
@@ -292,6 +309,17 @@ impl Memory {
 
     fn remove(&self, hash: &str) {
         self.lock().remove(hash);
+    }
+
+    fn spend_csrf(&self, hash: &str, spent: &str, fresh: String, now: u64) -> bool {
+        let mut sessions = self.lock();
+        match sessions.get_mut(hash) {
+            Some(session) if live(session, now) && session.csrf_token == spent => {
+                session.csrf_token = fresh;
+                true
+            }
+            _ => false,
+        }
     }
 
     #[cfg(test)]
@@ -458,6 +486,24 @@ mod tests {
         assert!(!found.csrf_matches(None));
         sessions.end(&found)?;
         assert!(sessions.find(&logged_in.id, 200)?.is_none(), "signed out");
+        Ok(())
+    }
+
+    #[test]
+    fn a_csrf_token_is_spent_once() -> Result<(), StoreError> {
+        let sessions = Sessions::in_memory();
+        let alice = signed_in(&sessions, "alice", 100)?;
+        assert!(sessions.spend_csrf(&alice, 101)?);
+        assert!(!sessions.spend_csrf(&alice, 102)?, "spent already");
+        let found = sessions.find(&alice.id, 103)?.expect("the session goes on");
+        assert!(!found.csrf_matches(Some(&alice.session.csrf_token)));
+        assert_eq!(found.session.user.as_deref(), Some("alice"));
+        assert!(sessions.spend_csrf(&found, 104)?, "its new token");
+        let ended = sessions.find(&found.id, 105)?.expect("live");
+        assert!(
+            !sessions.spend_csrf(&ended, 100 + LIFETIME_SECS)?,
+            "expired"
+        );
         Ok(())
     }
 

@@ -1473,6 +1473,73 @@ async fn a_post_without_the_right_csrf_token_is_refused() {
     assert!(refused.header("location").is_none());
 }
 
+/// A consent form posted again while its session lives, Allow or Deny,
+/// is refused as a stale form and mints no second code.
+#[tokio::test]
+async fn a_consent_form_posted_again_is_refused_and_mints_no_code() {
+    let gw = gateway().await;
+    a_consent_form_is_taken_once(&gw, &gw).await;
+}
+
+/// One rendered consent form answers the client once: posted again —
+/// Allow or Deny, later or at the same moment, to `first` or `second` —
+/// it is refused as a stale form is (403, no redirect, no code), and the
+/// page then shown is a fresh form, itself taken once.
+pub(crate) async fn a_consent_form_is_taken_once(first: &Gateway, second: &Gateway) {
+    let view = [("grant_scope", "view")];
+    let (verifier, challenge) = pkce();
+    let authorize = code_query("bookyourticket", "view", Some(&challenge));
+    let mut browser = Browser::new(first);
+    let consent = browser.login(&authorize).await;
+    let approved = browser.via(second).submit(&consent, "approve", &view).await;
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let code = code_from(approved.location());
+    let mut refused = Vec::new();
+    for (gw, action) in [(first, "approve"), (second, "approve"), (first, "deny")] {
+        let replayed = browser.via(gw).submit(&consent, action, &view).await;
+        assert_stale(&replayed, action);
+        refused.push(replayed);
+    }
+    let (status, body) = exchange(first, &code, Some(&verifier)).await;
+    assert_eq!(status, 200, "{body}");
+    let fresh = refused.pop().expect("refused");
+    let denied = browser.via(second).submit(&fresh, "deny", &[]).await;
+    error_redirect(&denied, CALLBACK, "access_denied", "xyz-state");
+    let replayed = browser.via(first).submit(&fresh, "approve", &view).await;
+    assert_stale(&replayed, "approved after its denial");
+    // Posted four times at once, to both, one form is taken by one post.
+    let consent = &browser
+        .via(first)
+        .get(&format!("/oauth2/authorize?{authorize}"))
+        .await;
+    let posts = [first, second, first, second].map(|gw| {
+        let mut copy = Browser {
+            cookie: browser.cookie.clone(),
+            ..Browser::new(gw)
+        };
+        async move { copy.submit(consent, "approve", &view).await }
+    });
+    let replies = futures_util::future::join_all(posts).await;
+    let taken: Vec<&Reply> = replies.iter().filter(|r| r.status == 303).collect();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(taken.len(), 1, "{statuses:?}");
+    code_from(taken[0].location());
+    for reply in replies.iter().filter(|r| r.status != 303) {
+        assert_stale(reply, "posted at once");
+    }
+}
+
+/// The answer to a form whose CSRF token is missing, wrong or spent.
+fn assert_stale(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, 403, "{what}: {}", reply.body);
+    assert!(reply.header("location").is_none(), "{what}");
+    assert!(
+        reply.body.contains("This form has expired"),
+        "{what}: {}",
+        reply.body
+    );
+}
+
 /// RFC 9110 §9.1: HEAD wherever GET is; the page's headers, no body.
 #[tokio::test]
 async fn head_of_the_authorization_page_has_its_headers_and_no_body() {

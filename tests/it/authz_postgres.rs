@@ -12,8 +12,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 
 use crate::authorize::{
-    alice_changed_and_removed, assert_back_to_login, cheap_hash, code_from, code_query, pkce,
-    query, with_alice_as, Browser, CALLBACK, SECRET,
+    a_consent_form_is_taken_once, alice_changed_and_removed, assert_back_to_login, cheap_hash,
+    code_from, code_query, pkce, query, with_alice_as, Browser, CALLBACK, SECRET,
 };
 use crate::common::postgres::Postgres;
 use crate::common::{Env, Gateway};
@@ -408,6 +408,19 @@ async fn login_on_one_replica_and_consent_on_the_other_issue_a_working_code() {
     );
     assert!(rows.contains(&hash), "{rows}");
     assert!(!rows.contains(&id), "a session id in the clear: {rows}");
+}
+
+/// A consent form is taken once across the replicas, posted again later
+/// or at the same moment: two codes for the two forms rendered.
+#[tokio::test]
+async fn a_consent_form_is_taken_once_by_either_replica() {
+    let pg = Postgres::shared();
+    let (_shared, a, b, database) = replicas_on(&pg).await;
+    a_consent_form_is_taken_once(&a, &b).await;
+    assert_eq!(
+        pg.psql(&database, "SELECT count(*) FROM authorization_codes"),
+        "2"
+    );
 }
 
 /// A session past its lifetime in the store (its creation moved back by

@@ -10,7 +10,10 @@
 //! and `action` = `login`, `approve`, `deny` or `signout` (ends the
 //! session and shows the login form again); every POST is validated
 //! again from scratch (the request is never kept server-side), and a
-//! successful one answers 303. Approval issues a code (bound to client,
+//! successful one answers 303. A consent form is taken once: `approve`
+//! and `deny` spend its CSRF token (the session goes on with a new one),
+//! so the same form posted again is refused as a stale one and mints no
+//! second code. Approval issues a code (bound to client,
 //! redirect URI, PKCE challenge, user and granted scopes) or, for the
 //! implicit grant, an access token in the fragment — never a refresh
 //! token (§4.2.2). The resource owner may grant fewer scopes than asked.
@@ -97,26 +100,7 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
         Some(session) if session.csrf_matches(form.get("csrf_token")) => session,
         other => {
             tracing::info!(client_id = %valid.client.client_id, "approval form refused: CSRF token missing or wrong");
-            let session = match other {
-                Some(session) => session,
-                None => match start_anonymous(cx) {
-                    Ok(session) => session,
-                    Err(error) => return error_page(cx, &error),
-                },
-            };
-            let kept = Kept {
-                username: form.get("username"),
-                ticked: (form.get("action") == Some("approve"))
-                    .then(|| form.all(GRANT_SCOPE).collect()),
-            };
-            return show(
-                cx,
-                &valid,
-                &session,
-                StatusCode::FORBIDDEN,
-                Some(CSRF_FAILED),
-                &kept,
-            );
+            return refuse_stale(cx, &valid, &form, other);
         }
     };
     match form.get("action") {
@@ -124,6 +108,9 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
         Some("approve") => approve(cx, &valid, &form, &session),
         Some("signout") => sign_out(cx, req, &valid, &session),
         Some("deny") => {
+            if let Some(refused) = spend_form(cx, &valid, &form, &session) {
+                return refused;
+            }
             tracing::info!(client_id = %valid.client.client_id, "authorization denied by the resource owner");
             redirect_error(&valid.target, &OAuthError::AccessDenied)
         }
@@ -131,6 +118,61 @@ pub fn handle(cx: &AuthorizeContext<'_>, req: &Request<Bytes>) -> Response<Bytes
             cx,
             &OAuthError::InvalidRequest("action must be login, approve, deny or signout"),
         ),
+    }
+}
+
+/// The form again, on `session` (a new anonymous one when there is
+/// none), for a form whose CSRF token is missing, wrong or spent: 403,
+/// nothing approved, what the owner entered kept.
+fn refuse_stale(
+    cx: &AuthorizeContext<'_>,
+    valid: &Valid<'_>,
+    form: &Form,
+    session: Option<Current>,
+) -> Response<Bytes> {
+    let session = match session {
+        Some(session) => session,
+        None => match start_anonymous(cx) {
+            Ok(session) => session,
+            Err(error) => return error_page(cx, &error),
+        },
+    };
+    let kept = Kept {
+        username: form.get("username"),
+        ticked: (form.get("action") == Some("approve")).then(|| form.all(GRANT_SCOPE).collect()),
+    };
+    show(
+        cx,
+        valid,
+        &session,
+        StatusCode::FORBIDDEN,
+        Some(CSRF_FAILED),
+        &kept,
+    )
+}
+
+/// Takes a consent form (Allow or Deny) once: its CSRF token is spent,
+/// and the same form posted again, or twice at once, is refused as a
+/// stale one, so that one rendered form answers the client once. The
+/// refusal, when the form was taken before (or cannot be taken now).
+fn spend_form(
+    cx: &AuthorizeContext<'_>,
+    valid: &Valid<'_>,
+    form: &Form,
+    session: &Current,
+) -> Option<Response<Bytes>> {
+    let now = cx.grants.now;
+    match cx.sessions.spend_csrf(session, now) {
+        Ok(true) => None,
+        Ok(false) => {
+            tracing::info!(client_id = %valid.client.client_id, "approval form refused: taken already");
+            // Shown with the session's token of now, when it lives on.
+            Some(match cx.sessions.find(&session.id, now) {
+                Ok(current) => refuse_stale(cx, valid, form, current),
+                Err(error) => error_page(cx, &error.into()),
+            })
+        }
+        Err(error) => Some(error_page(cx, &error.into())),
     }
 }
 
@@ -297,6 +339,9 @@ fn approve(
             Some(message),
             &kept,
         );
+    }
+    if let Some(refused) = spend_form(cx, valid, form, session) {
+        return refused;
     }
     let issued = match valid.response_type {
         ResponseType::Code => issue_code(cx, valid, user, &granted),

@@ -393,4 +393,16 @@ pub trait TokenStore: Send + Sync {
     fn session_delete(&self, _hash: &str) -> Result<(), StoreError> {
         Err(StoreError::SessionsNotKept)
     }
+    /// Replaces the CSRF token of the live session under `hash` by
+    /// `fresh` if it is still `spent`, in one step: `false` when another
+    /// call replaced it first or the session has ended.
+    fn session_spend_csrf(
+        &self,
+        _hash: &str,
+        _spent: &str,
+        _fresh: &str,
+        _now: u64,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::SessionsNotKept)
+    }
 }

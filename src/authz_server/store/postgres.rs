@@ -688,6 +688,17 @@ impl TokenStore for PostgresStore {
         self.with(move |client| sessions::delete(client, hash))
     }
 
+    fn session_spend_csrf(
+        &self,
+        hash: &str,
+        spent: &str,
+        fresh: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (hash, spent, fresh) = (hash.to_owned(), spent.to_owned(), fresh.to_owned());
+        self.with(move |client| sessions::spend_csrf(client, hash, spent, fresh, now))
+    }
+
     fn insert_grant(
         &self,
         access: &AccessTokenRecord,

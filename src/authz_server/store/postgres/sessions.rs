@@ -10,6 +10,8 @@
 //! and past the capacity the oldest anonymous sessions, then the oldest
 //! signed-in ones. Inserts running at the same moment on several replicas
 //! may each leave one row over the capacity; the next insert removes it.
+//! A consent form spends its CSRF token with one conditional update, so
+//! that of two replicas taking the same form at once one does.
 
 use deadpool_postgres::Object;
 
@@ -84,6 +86,24 @@ pub async fn insert(
         )
         .await?;
     Ok(())
+}
+
+/// Replaces the CSRF token `$2` of the live session `$1` at `$4` by `$3`.
+const SPEND_CSRF: &str = "UPDATE approval_sessions SET csrf_token = $3 \
+     WHERE hash = $1 AND csrf_token = $2 AND expires_at > $4";
+
+pub async fn spend_csrf(
+    client: Object,
+    hash: String,
+    spent: String,
+    fresh: String,
+    now: u64,
+) -> Result<bool, StoreError> {
+    let statement = client.prepare_cached(SPEND_CSRF).await?;
+    let updated = client
+        .execute(&statement, &[&hash, &spent, &fresh, &to_sql(now)])
+        .await?;
+    Ok(updated == 1)
 }
 
 pub async fn delete(client: Object, hash: String) -> Result<(), StoreError> {
