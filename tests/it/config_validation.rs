@@ -3672,6 +3672,27 @@ security_settings:
     );
     let matching = loaded(&yaml("travels"));
     assert!(matching.warnings.is_empty(), "{:?}", matching.warnings);
+    // Without an audience of its own, its tokens carry its issuer.
+    let unnamed = |audience: &str| {
+        loaded(&yaml(audience).replace("  audience: travels\n", ""))
+            .warnings
+            .iter()
+            .map(found)
+            .collect::<Vec<Found>>()
+    };
+    assert_eq!(
+        unnamed("travels"),
+        vec![(
+            6,
+            77,
+            "audience `travels` is not the audience of this instance's tokens \
+             (authorization_server.audience left out: its issuer) `http://localhost:4485`, \
+             which this instance's tokens carry: none of them is accepted"
+                .to_owned(),
+            None
+        )]
+    );
+    assert!(unnamed("http://localhost:4485").is_empty());
 }
 
 /// A scope without resources grants nothing: its resources were most
