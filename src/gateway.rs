@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::Response;
@@ -290,7 +290,10 @@ impl Gateway {
     /// `timeouts.drain`) and returns when every listener has finished.
     pub async fn shutdown(mut self) {
         if let Some(watcher) = self.watcher.take() {
-            let _ = tokio::task::spawn_blocking(move || watcher.stop()).await;
+            // Bounded: a watcher held by a file it reads (a stalled
+            // network mount) must not hold the drain; it is left behind.
+            let stopped = tokio::task::spawn_blocking(move || watcher.stop());
+            let _ = tokio::time::timeout(WATCHER_STOP, stopped).await;
         }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
@@ -302,6 +305,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .await
         .map_err(|source| StartError::Bind { addr, source })
 }
+
+/// How long a shutdown waits for the configuration watcher to stop.
+const WATCHER_STOP: Duration = Duration::from_secs(2);
 
 /// What one listener thread serves its requests with. Each request holds
 /// a clone of this thread's `Arc` (the shared ones' counts stay untouched

@@ -43,8 +43,9 @@ pub fn read_text(path: &Path) -> Result<String, Invalid> {
             "at most 4 MiB",
         ));
     }
-    // Bounded again while reading: the file may grow, or be a FIFO or a
-    // device whose metadata says nothing of what it gives.
+    // Bounded again while reading: the file may grow meanwhile (a FIFO
+    // or a device, whose metadata says nothing of what it gives, is
+    // refused as it is opened).
     read_bounded_text(path).map_err(|e| {
         Invalid::single(
             path,
@@ -62,7 +63,7 @@ pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let limit = MAX_FILE_BYTES;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
+    open_regular(path)?
         .take(limit + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
@@ -72,6 +73,28 @@ pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// Opens `path` for reading, if it is a regular file (a link to one
+/// too). A FIFO would hold the open, and the thread reading the
+/// configuration with it (the watcher's, a shutdown waiting for that one),
+/// until some writer came; a device gives without end: both are refused
+/// as unreadable. Opened without waiting (`O_NONBLOCK`, which a regular
+/// file's reads ignore), then judged by what was opened, so a FIFO put in
+/// place between a look and the open holds nothing either.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 /// [`read_bounded`], as UTF-8 text.

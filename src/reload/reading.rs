@@ -37,7 +37,7 @@ pub(super) fn read_files(files: &[PathBuf]) -> Reading {
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut content = Vec::new();
-    std::fs::File::open(path)?
+    crate::config::load::open_regular(path)?
         .take(crate::config::load::MAX_FILE_BYTES + 1)
         .read_to_end(&mut content)?;
     Ok(content)

@@ -765,3 +765,23 @@ fn explain_of_a_downstream_decides_on_its_cached_download_as_check_does() {
         );
     }
 }
+
+/// A FIFO given as the configuration is refused at once (its open would
+/// wait for a writer for good), exit 1.
+#[test]
+fn check_refuses_a_fifo_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("microgateway.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let out = run(&["check", "-c", fifo.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+}

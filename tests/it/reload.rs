@@ -613,6 +613,39 @@ async fn refused_until_the_secret_is_written(secret: &str) {
     gw.shutdown().await;
 }
 
+/// A FIFO where a secret file was is refused as unreadable, at once: its
+/// open would wait for a writer, and the watcher with it, for good (no
+/// later change seen, and a shutdown waiting on the watcher). The file
+/// put back is taken, and so is the next edit.
+#[tokio::test]
+async fn a_fifo_in_place_of_a_secret_is_refused_and_the_watcher_goes_on() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("backend.secret"), "one\n").expect("secret");
+    let gw = start_in(dir, &secret_yaml(&upstream)).await;
+    let errors = file_reload_errors(&gw).await;
+    let secret = gw.dir.path().join("backend.secret");
+    std::fs::remove_file(&secret).expect("remove the secret");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&secret)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let error = assert_refused(&gw, errors).await;
+    assert!(error.contains("not a regular file"), "{error}");
+    std::fs::remove_file(&secret).expect("remove the FIFO");
+    std::fs::write(&secret, "two\n").expect("secret");
+    applied(&gw, 2).await;
+    assert_eq!(
+        upstream_authorization(&gw, &upstream).await,
+        basic("svc", "two")
+    );
+    gw.write_config(&secret_yaml(&upstream).replace("GET /a", "GET /b"));
+    applied(&gw, 3).await;
+    assert_eq!(gw.get("/travels/b").await.status(), 200);
+    gw.shutdown().await;
+}
+
 /// Starts a gateway on `yaml` written to `dir/microgateway.yaml` (for
 /// configurations that name files which must exist first).
 async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Gateway {
