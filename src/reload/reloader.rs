@@ -120,10 +120,22 @@ impl Reloader {
         // TLS material is judged by the same function as `check` and
         // start: a certificate or key that cannot be used is a refused
         // reload, not a handshake failure later.
-        let loaded =
+        let compile = || {
             central::load(&self.config_path, text, &self.env, next, document).and_then(|loaded| {
                 crate::server::tls::check(&loaded.snapshot, std::time::SystemTime::now())?;
                 Ok(loaded)
+            })
+        };
+        // A fault of the compiler on some input is that input refused, not
+        // the thread that asked gone (the watcher's, for good): nothing is
+        // published before `install`, so the serving snapshot is whole.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(compile))
+            .unwrap_or_else(|_| {
+                Err(Invalid::single(
+                    &self.config_path,
+                    "the configuration could not be compiled (an internal fault, logged above)",
+                    "",
+                ))
             });
         match loaded {
             Ok(loaded) => match self.install(source, loaded.snapshot) {

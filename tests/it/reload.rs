@@ -519,6 +519,26 @@ async fn undefined_auth_server_is_refused_with_its_position() {
     gw.shutdown().await;
 }
 
+/// A value the compiler cannot take (a token lifetime of 2^64 − 1
+/// seconds) is a refused reload, never the end of the watcher: the next
+/// edit is applied.
+#[tokio::test]
+async fn a_value_the_compiler_cannot_take_is_refused_and_the_watcher_goes_on() {
+    let gw = Gateway::start(&echo_yaml("alpha")).await;
+    let errors = file_reload_errors(&gw).await;
+    let huge = format!(
+        "{}authorization_server:\n  token_lifetime: 18446744073709551615\n  clients:\n  - client_id: svc\n    client_secret: sixteen-chars-ok\n    grant_types: [client_credentials]\n",
+        echo_yaml("beta")
+    );
+    gw.write_config(&huge);
+    assert_refused(&gw, errors).await;
+    assert_eq!(mode(&gw).await, "alpha");
+    gw.write_config(&echo_yaml("gamma"));
+    applied(&gw, 2).await;
+    assert_eq!(mode(&gw).await, "gamma");
+    gw.shutdown().await;
+}
+
 fn secret_yaml(upstream: &Upstream) -> String {
     format!(
         r#"
