@@ -61,7 +61,21 @@ fn main() -> ExitCode {
     return_freed_memory();
     // One process-wide TLS crypto provider: aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    microgateway::cli::run(microgateway::cli::Args::parse())
+    let args = match microgateway::cli::Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            let _ = error.print();
+            // `--help` and `--version` are answers; a usage error exits 1,
+            // as a bad configuration does: 2 is `explain`'s DENY, which a
+            // mistyped flag must never pass for.
+            return if error.exit_code() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            };
+        }
+    };
+    microgateway::cli::run(args)
 }
 
 /// Listener threads give back their own freed memory

@@ -785,3 +785,28 @@ fn check_refuses_a_fifo_at_once() {
         text(&out.stderr)
     );
 }
+
+/// A usage error (an unknown flag, a bad value, a missing argument) exits
+/// 1, never 2: 2 is `explain`'s DENY, which a mistyped flag must not pass
+/// for. `--help` is an answer, 0.
+#[test]
+fn a_usage_error_exits_1_and_help_0() {
+    for args in [
+        &["explain", "GET", "/x", "--client-ip", "notanip"][..],
+        &["explain", "GET", "/x", "--scope", "view"],
+        &["explain"],
+        &["check", "--bogus"],
+        &["check", "-c"],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+    assert_eq!(run(&["--help"]).status.code(), Some(0));
+    assert_eq!(run(&["explain", "--help"]).status.code(), Some(0));
+}
