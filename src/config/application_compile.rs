@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 
 use super::context::{names, Ctx};
+use super::password_hashes;
 use super::raw::{self, S};
 use super::snapshot::{AppAccess, Application, Applications, AuthServer};
 use super::Secret;
@@ -183,7 +184,7 @@ fn dummy_basic_user(users: &HashMap<String, (usize, Secret)>) -> Option<String> 
         .iter()
         .filter_map(|(name, (_, hash))| Some((name, PasswordHash::new(hash.expose()).ok()?)))
         .collect();
-    let commonest = super::password_hashes::commonest_params(parsed.iter().map(|(_, h)| h));
+    let commonest = password_hashes::commonest_params(parsed.iter().map(|(_, h)| h));
     parsed
         .iter()
         .filter(|(_, h)| argon2::Params::try_from(h).is_ok_and(|p| p == commonest))
@@ -244,14 +245,11 @@ fn basic_users(
         else {
             continue;
         };
-        let parsed = argon2::password_hash::phc::PasswordHash::new(&hash.value)
-            .ok()
-            .filter(|h| h.algorithm.as_str().starts_with("argon2"));
-        if parsed.is_none() {
+        if let Err(problem) = password_hashes::parse(&hash.value) {
             ctx.report.error(
                 hash.referenced,
-                "password_hash is not an argon2 PHC string",
-                "$argon2id$v=19$m=…,t=…,p=…$salt$hash (`microgateway hash-password`)",
+                problem.to_string(),
+                password_hashes::ALLOWED,
             );
             continue;
         }

@@ -799,11 +799,11 @@ fn users(ctx: &mut Ctx, list: &[S<raw::User>]) -> Vec<User> {
         .filter_map(|u| {
             let name = ctx.required(&u.value.username, u.referenced, "username")?;
             let hash = ctx.required(&u.value.password_hash, u.referenced, "password_hash")?;
-            if !hash.value.starts_with("$argon2") {
+            if let Err(problem) = super::password_hashes::parse(&hash.value) {
                 ctx.report.error(
                     hash.referenced,
-                    "password_hash is not an argon2 PHC string",
-                    "$argon2id$v=19$m=…,t=…,p=…$salt$hash",
+                    problem.to_string(),
+                    super::password_hashes::ALLOWED,
                 );
                 return None;
             }

@@ -1,8 +1,62 @@
 //! Argon2 password hashes as configured (`microgateway hash-password`):
-//! what the checks of unknown user names cost, so that the time an answer
-//! takes does not tell which names exist.
+//! which are taken ([`parse`]: one rule for every `password_hash` of the
+//! file), and what the checks of unknown user names cost, so that the time
+//! an answer takes does not tell which names exist.
+//!
+//! A check runs with the parameters its hash carries, and every wrong
+//! password (an unknown user's too, through a hash like the others) pays
+//! them on the workers all callers share: the costs a hash may ask for are
+//! bounded, so that one hash cannot ask for gigabytes or make each guess
+//! hold a worker as long as it likes (m=8, t=2000000 takes some 8 s). At
+//! the bounds a check costs some 30 times what one of a hash that
+//! `hash-password` makes does (m=19456 (19 MiB), t=2, p=1, OWASP's argon2id
+//! baseline); OWASP's other settings and RFC 9106 §4's second
+//! recommendation (64 MiB, t=3, p=4) are within them.
 
 use argon2::password_hash::phc::PasswordHash;
+
+/// Most memory a hash may ask for, in KiB (256 MiB).
+pub const MAX_M_COST: u32 = 256 * 1024;
+/// Most passes over that memory.
+pub const MAX_T_COST: u32 = 10;
+/// Most lanes.
+pub const MAX_P_COST: u32 = 8;
+/// Most work, memory times passes (KiB): what a check's time grows with.
+/// 1 GiB: 256 MiB four times, 100 MiB ten times.
+pub const MAX_WORK: u64 = 1024 * 1024;
+
+/// What a `password_hash` may be, for "allowed:" texts.
+pub const ALLOWED: &str = "an Argon2 PHC string `$argon2id$v=19$m=…,t=…,p=…$salt$hash` \
+     (`microgateway hash-password` makes m=19456,t=2,p=1) with m ≤ 262144 (KiB: 256 MiB), \
+     t ≤ 10, p ≤ 8 and m·t ≤ 1048576";
+
+/// Why a configured password hash is not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashProblem {
+    #[error("password_hash is not an argon2 PHC string")]
+    NotArgon2,
+    #[error(
+        "password_hash asks for m={m}, t={t}, p={p}: more than one password check may cost \
+         (every wrong password, and every unknown user, pays it)"
+    )]
+    TooCostly { m: u32, t: u32, p: u32 },
+}
+
+/// A configured password hash: an Argon2 PHC string with parameters
+/// Argon2 takes, within the bounds above.
+pub fn parse(text: &str) -> Result<PasswordHash, HashProblem> {
+    let hash = PasswordHash::new(text)
+        .ok()
+        .filter(|h| h.algorithm.as_str().starts_with("argon2"))
+        .ok_or(HashProblem::NotArgon2)?;
+    let params = argon2::Params::try_from(&hash).map_err(|_| HashProblem::NotArgon2)?;
+    let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
+    let work = u64::from(m) * u64::from(t);
+    if m > MAX_M_COST || t > MAX_T_COST || p > MAX_P_COST || work > MAX_WORK {
+        return Err(HashProblem::TooCostly { m, t, p });
+    }
+    Ok(hash)
+}
 
 /// The Argon2 parameters the most hashes have (ties: the costliest);
 /// the default ones when none parse.
@@ -32,6 +86,38 @@ mod tests {
             .hash_password(b"pw")
             .expect("hash")
             .to_string()
+    }
+
+    /// What `hash-password` makes is taken; a hash past any bound, or
+    /// whose parameters Argon2 refuses, is not.
+    #[test]
+    fn hashes_are_taken_within_the_bounds() {
+        let made = Argon2::default()
+            .hash_password(b"pw")
+            .expect("hash")
+            .to_string();
+        assert!(parse(&made).is_ok(), "{made}");
+        let written = |params: &str| {
+            parse(&format!(
+                "$argon2id$v=19${params}$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            ))
+        };
+        assert!(written("m=262144,t=4,p=8").is_ok());
+        assert!(written("m=65536,t=3,p=4").is_ok());
+        assert!(written("m=102400,t=10,p=1").is_ok());
+        let costly = |m, t, p| Err(HashProblem::TooCostly { m, t, p });
+        assert_eq!(written("m=8,t=2000000,p=1"), costly(8, 2_000_000, 1));
+        assert_eq!(written("m=262145,t=1,p=1"), costly(262_145, 1, 1));
+        assert_eq!(written("m=4194304,t=1,p=1"), costly(4_194_304, 1, 1));
+        assert_eq!(written("m=65536,t=11,p=1"), costly(65_536, 11, 1));
+        assert_eq!(written("m=65536,t=1,p=9"), costly(65_536, 1, 9));
+        assert_eq!(written("m=262144,t=5,p=1"), costly(262_144, 5, 1));
+        assert_eq!(written("m=1,t=1,p=1"), Err(HashProblem::NotArgon2));
+        assert_eq!(
+            parse("$pbkdf2$i=1$c2FsdA$aGFzaA"),
+            Err(HashProblem::NotArgon2)
+        );
+        assert_eq!(parse("plain"), Err(HashProblem::NotArgon2));
     }
 
     /// An unknown user's check costs what most users' checks cost, in

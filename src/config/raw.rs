@@ -802,7 +802,9 @@ pub struct ScopeDef {
 pub struct User {
     /// The user name (no `:`).
     pub username: Opt<String>,
-    /// An Argon2 PHC string (`$argon2id$…`).
+    /// An Argon2 PHC string (`$argon2id$…`, as `microgateway hash-password`
+    /// makes) asking for at most m=262144 (KiB: 256 MiB), t=10, p=8 and
+    /// m·t=1048576.
     pub password_hash: Opt<String>,
 }
 

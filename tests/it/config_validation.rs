@@ -1644,6 +1644,55 @@ fn short_admin_and_central_passwords_are_warned_about() {
     );
 }
 
+/// A password is checked with its hash's own parameters, and every wrong
+/// password pays them (an unknown user's too): a hash that asks for more
+/// than a check may cost is refused, for Basic users and the
+/// authorization server's users alike; what `hash-password` makes is taken.
+#[test]
+fn a_password_hash_that_costs_too_much_is_refused() {
+    const TAIL: &str = "$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let made = {
+        use argon2::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(b"a password")
+            .expect("hash")
+            .to_string()
+    };
+    let yaml = format!(
+        r#"applications:
+- name: Batch
+  basic_users:
+  - {{ username: batch, password_hash: "$argon2id$v=19$m=8,t=2000000,p=1{TAIL}" }}
+  - {{ username: nightly, password_hash: "{made}" }}
+authorization_server:
+  users:
+  - {{ username: alice, password_hash: "$argon2id$v=19$m=4194304,t=1,p=1{TAIL}" }}
+  - {{ username: bob, password_hash: "{made}" }}
+"#
+    );
+    let allowed = "an Argon2 PHC string `$argon2id$v=19$m=…,t=…,p=…$salt$hash` \
+         (`microgateway hash-password` makes m=19456,t=2,p=1) with m ≤ 262144 (KiB: 256 MiB), \
+         t ≤ 10, p ≤ 8 and m·t ≤ 1048576";
+    let costly = |line, column, params| {
+        error(
+            line,
+            column,
+            &format!(
+                "password_hash asks for {params}: more than one password check may cost (every \
+                 wrong password, and every unknown user, pays it)"
+            ),
+            allowed,
+        )
+    };
+    assert_eq!(
+        errors(&yaml),
+        vec![
+            costly(4, 39, "m=8, t=2000000, p=1"),
+            costly(8, 39, "m=4194304, t=1, p=1"),
+        ]
+    );
+}
+
 #[test]
 fn non_loopback_http_redirect_uri() {
     refused(
