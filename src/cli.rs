@@ -107,7 +107,9 @@ pub enum Command {
     },
 
     /// Print an argon2id hash of a password read from standard input, for
-    /// `authorization_server.users[].password_hash`.
+    /// `authorization_server.users[].password_hash` and
+    /// `applications[].basic_users[].password_hash`; a password of only
+    /// whitespace is refused, as the configuration refuses such a secret.
     HashPassword,
 
     /// Probe a health endpoint: exit 0 when it answers 200, else 1 (for
@@ -747,6 +749,12 @@ fn hash_password() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let password = line.trim_end_matches(['\n', '\r']);
+    // A password the configuration would refuse as a secret is no
+    // password to hash either: whoever sends that much would get in.
+    if crate::config::resolve::is_blank(password) {
+        eprintln!("the password is only whitespace; type a password on standard input");
+        return ExitCode::FAILURE;
+    }
     match argon2::Argon2::default().hash_password(password.as_bytes()) {
         Ok(hash) => {
             println!("{hash}");

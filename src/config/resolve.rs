@@ -144,10 +144,16 @@ pub fn secret(
     base: &Path,
 ) -> Result<(Secret, Option<Content>), SecretProblem> {
     let (secret, file) = written_secret(text, env, base)?;
-    if secret.expose().trim().is_empty() {
+    if is_blank(secret.expose()) {
         return Err(SecretProblem::Blank);
     }
     Ok((secret, file))
+}
+
+/// Whether a secret is empty or only whitespace: what [`secret`] refuses,
+/// and what `hash-password` refuses to hash.
+pub fn is_blank(secret: &str) -> bool {
+    secret.trim().is_empty()
 }
 
 /// How to write the secret `clear` so that [`secret`] reads it back as it

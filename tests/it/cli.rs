@@ -42,6 +42,47 @@ fn check_accepts_the_default_configuration() {
     assert_eq!(text(&out.stderr), format!("reading {}\n", config.display()));
 }
 
+/// `hash-password` with `input` on standard input.
+fn hash_password(input: &str) -> Output {
+    use std::io::Write;
+    let mut child = binary()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write the password");
+    child.wait_with_output().expect("wait for the binary")
+}
+
+/// A password of only whitespace would be refused as a secret by the
+/// configuration: `hash-password` refuses it too, and hashes no blank.
+#[test]
+fn hash_password_refuses_a_blank_password() {
+    for blank in ["  \n", "\t\r\n", " "] {
+        let out = hash_password(blank);
+        assert_eq!(out.status.code(), Some(1), "{blank:?}");
+        assert_eq!(text(&out.stdout), "", "{blank:?}");
+        assert_eq!(
+            text(&out.stderr),
+            "the password is only whitespace; type a password on standard input\n"
+        );
+    }
+    let out = hash_password(" a password with spaces \n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 #[test]
 fn check_passes_with_warnings() {
     let dir = tempfile::tempdir().expect("temp dir");
