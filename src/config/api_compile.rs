@@ -31,6 +31,8 @@ pub struct Refs<'a> {
     pub forwarding: Forwarding,
     /// The API ports `ports` configures.
     pub ports: Transport,
+    /// `tls.client_ca` is written: the HTTPS port asks for client certificates.
+    pub client_ca: bool,
 }
 
 /// Characters of an API name kept as they are in the default base path.
@@ -161,7 +163,10 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         ctx,
         entry,
         name_at(entry),
-        refs.auth_servers,
+        &super::authentication_compile::Refs {
+            auth_servers: refs.auth_servers,
+            certificates_unasked: certificates_unasked(refs, transport),
+        },
     );
     let api_scopes: Vec<String> = raw
         .scopes
@@ -385,6 +390,20 @@ fn base_path(ctx: &mut Ctx, value: &S<String>) -> Option<String> {
             );
             None
         }
+    }
+}
+
+/// Why a client certificate is never asked for where the API is served,
+/// if it is not: only the HTTPS port asks, and only with `tls.client_ca`.
+fn certificates_unasked(refs: &Refs, transport: Transport) -> Option<&'static str> {
+    if !refs.client_ca {
+        Some("tls.client_ca is not set")
+    } else if !refs.ports.https {
+        Some("ports.https is not set")
+    } else if !transport.https {
+        Some("the API's transport leaves out https")
+    } else {
+        None
     }
 }
 

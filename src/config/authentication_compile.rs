@@ -22,12 +22,22 @@ pub type AuthServers = BTreeMap<Arc<str>, Arc<AuthServer>>;
 const AUTHENTICATION_ALLOWED: &str =
     "authentication: { type: oauth2, auth_server: ID }, a type or list of oauth2, api_key, basic, certificate, or { type: none } for an API open to anyone";
 
+/// What an API's credentials are judged against.
+pub(super) struct Refs<'a> {
+    /// The auth servers an `auth_server` may name.
+    pub auth_servers: &'a AuthServers,
+    /// Why no client certificate is ever asked for on the API's ports,
+    /// when none is (no `tls.client_ca`, no HTTPS port, or a transport
+    /// without https): type `certificate` then identifies no one.
+    pub certificates_unasked: Option<&'static str>,
+}
+
 /// `at` is where findings about the API as a whole point.
 pub(super) fn authentication(
     ctx: &mut Ctx,
     entry: &S<raw::Api>,
     at: Location,
-    auth_servers: &AuthServers,
+    refs: &Refs,
 ) -> Option<Authentication> {
     // Fail closed: an API is served without credentials only when its
     // file says so (`type: none`), never because a block is missing.
@@ -117,8 +127,29 @@ pub(super) fn authentication(
         }
         return None;
     }
+    // Warned about, not refused, as a transport naming no open port is:
+    // an API downloaded from a central may accept what this instance does
+    // not set up, and a refusal would stop every later download. Such an
+    // API fails closed (401).
+    if let (true, Some(why)) = (
+        types.contains(&CredentialType::Certificate),
+        refs.certificates_unasked,
+    ) {
+        let outcome = if types == [CredentialType::Certificate] {
+            "the API can never be called (every request gets 401)"
+        } else {
+            "that type identifies no caller"
+        };
+        ctx.report.warning(
+            kind.referenced,
+            format!(
+                "authentication type certificate, but no client certificate is ever asked for \
+                 ({why}): {outcome}"
+            ),
+        );
+    }
     let auth_server = if types.contains(&CredentialType::OAuth2) {
-        Some(auth_server(ctx, auth, auth_servers)?)
+        Some(auth_server(ctx, auth, refs.auth_servers)?)
     } else {
         if let Some(server) = &auth.value.auth_server {
             ctx.report.error(

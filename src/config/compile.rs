@@ -83,6 +83,11 @@ pub fn compile(
                 http: listen.http.is_some(),
                 https: listen.https.is_some(),
             },
+            // As written: a bundle that cannot be read has its own error.
+            client_ca: file
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.value.client_ca.is_some()),
         },
     );
     super::audience::check(

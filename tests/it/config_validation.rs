@@ -2334,6 +2334,74 @@ fn env_override_of_a_nested_key_with_a_bad_value_names_the_variable() {
 
 // ------------------------------------------------------------ paths
 
+/// Type `certificate` identifies a caller by the certificate TLS asked
+/// for, and none is asked for without `tls.client_ca`, without an HTTPS
+/// port, or where the API is not served on https: warned about (alone,
+/// the API can never be called). Not refused: an API downloaded from a
+/// central may accept what this instance does not set up.
+#[test]
+fn certificate_authentication_where_no_certificate_is_asked_for() {
+    const NO_CA: &str = "ports: { http: 0, https: 0 }\ntls: { certificate: s.crt, key: s.key }\n";
+    const CA: &str =
+        "ports: { http: 0, https: 0 }\ntls: { certificate: s.crt, key: s.key, client_ca: ca.pem }\n";
+    const NO_HTTPS: &str =
+        "ports: { http: 0 }\ntls: { certificate: s.crt, key: s.key, client_ca: ca.pem }\n";
+    // (errors, warnings) of an API behind `head`.
+    let findings = |head: &str, transport: &str, types: &str| {
+        let config = Config::new(&format!(
+            "{head}apis:\n- name: A\n  base_path: /a\n  upstream: {{ echo: true }}\n  \
+             transport: {transport}\n  authentication: {{ type: {types} }}\n  resources: [\"GET /a\"]\n"
+        ));
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        config.file("s.crt", &certified.cert.pem());
+        config.file("s.key", &certified.signing_key.serialize_pem());
+        config.file("ca.pem", &certified.cert.pem());
+        let all = match config.load(&Env::new()) {
+            Ok(loaded) => loaded.warnings,
+            Err(findings) => findings,
+        };
+        let of = |severity| {
+            all.iter()
+                .filter(|d| d.severity == severity)
+                .map(found)
+                .collect::<Vec<Found>>()
+        };
+        (of(Severity::Error), of(Severity::Warning))
+    };
+    let warned = |why: &str, outcome: &str| {
+        let message = format!(
+            "authentication type certificate, but no client certificate is ever asked for \
+             ({why}): {outcome}"
+        );
+        (vec![], vec![(8, 27, message, None)])
+    };
+    let unidentified = "that type identifies no caller";
+    let both = "[http, https]";
+    let mixed = "[api_key, certificate]";
+    assert_eq!(findings(CA, both, mixed), (vec![], vec![]));
+    assert_eq!(findings(CA, both, "certificate"), (vec![], vec![]));
+    assert_eq!(
+        findings(NO_CA, both, mixed),
+        warned("tls.client_ca is not set", unidentified)
+    );
+    assert_eq!(
+        findings(NO_HTTPS, both, mixed),
+        warned("ports.https is not set", unidentified)
+    );
+    assert_eq!(
+        findings(CA, "[http]", mixed),
+        warned("the API's transport leaves out https", unidentified)
+    );
+    assert_eq!(
+        findings(NO_CA, both, "certificate"),
+        warned(
+            "tls.client_ca is not set",
+            "the API can never be called (every request gets 401)"
+        )
+    );
+}
+
 #[test]
 fn relative_paths_are_relative_to_the_configuration_directory() {
     let config = Config::new(
