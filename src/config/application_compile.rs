@@ -82,6 +82,14 @@ pub fn compile(
             let Some(secret) = ctx.secret(key, "api_keys") else {
                 continue;
             };
+            // An API key is the whole credential, and a wrong one locks
+            // nothing out: every API that takes keys is where to guess.
+            ctx.short_secret(
+                key.referenced,
+                &secret,
+                &format!("an API key of application `{}`", name.value),
+                "at the APIs that take API keys (a wrong key is not locked out)",
+            );
             let digest: [u8; 32] = Sha256::digest(secret.expose().as_bytes()).into();
             if keys.insert(digest, ()).is_some() {
                 ctx.report.error(

@@ -865,7 +865,8 @@ pub struct Application {
     /// out: any; an empty list is an error): a client id is unique only at
     /// the server that issued it.
     pub auth_servers: S<Vec<S<String>>>,
-    /// Its API keys (secret syntax; kept as SHA-256 digests).
+    /// Its API keys (secret syntax; kept as SHA-256 digests; one under 16
+    /// characters is warned about).
     pub api_keys: Vec<S<Scalar>>,
     /// Its Basic users (argon2id hashes).
     pub basic_users: Vec<S<User>>,

@@ -1693,6 +1693,41 @@ authorization_server:
     );
 }
 
+/// An API key is a whole credential, guessed at any API that takes keys
+/// without being locked out: one under 16 characters is warned about as a
+/// client secret is, the key itself not shown.
+#[test]
+fn a_short_api_key_is_warned_about() {
+    let loaded = loaded_with(
+        r#"applications:
+- name: Kiosk
+  api_keys: ["7", "${env:KIOSK_KEY}", "sixteen-chars-ok"]
+"#,
+        &Env::from([("KIOSK_KEY".to_owned(), "fifteen-chars-x".to_owned())]),
+    );
+    let warnings: Vec<Found> = loaded.warnings.iter().map(found).collect();
+    let short = |column, chars| {
+        (
+            3,
+            column,
+            format!(
+                "an API key of application `Kiosk` has {chars} characters: a secret this short \
+                 can be guessed by trying candidates at the APIs that take API keys (a wrong \
+                 key is not locked out); use at least 16 random characters (e.g. `openssl rand \
+                 -base64 24`)"
+            ),
+            None,
+        )
+    };
+    assert_eq!(warnings, vec![short(14, 1), short(19, 15)]);
+    assert!(
+        !warnings
+            .iter()
+            .any(|(.., message, _)| message.contains("fifteen")),
+        "a warning shows the key: {warnings:?}"
+    );
+}
+
 #[test]
 fn non_loopback_http_redirect_uri() {
     refused(
