@@ -96,6 +96,10 @@ pub enum SecretProblem {
     EmptyEncoded,
     #[error("the secret is only whitespace")]
     Blank,
+    /// `{ENCODED}`, ` {encoded}`: taken as the password itself, the base64
+    /// would be the password, and whoever reads the file has it.
+    #[error("`{{encoded}}` is written in lower case at the very start: \"{{encoded}}BASE64\" (a secret that starts so is written encoded itself)")]
+    MistypedEncoded,
     /// The value is not quoted: a mistyped reference may be a password.
     #[error("`${{…}}` is no secret reference: write exactly \"${{env:NAME}}\" or \"${{file:/path}}\", no spaces around it (a secret that starts with `${{` is written as \"{{encoded}}BASE64\")")]
     MistypedReference,
@@ -186,6 +190,9 @@ fn written_secret(
     if text.starts_with("****") {
         return Err(SecretProblem::Masked);
     }
+    if is_mistyped_encoded(text) {
+        return Err(SecretProblem::MistypedEncoded);
+    }
     if let Some(encoded) = text.strip_prefix("{encoded}") {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -202,6 +209,17 @@ fn written_secret(
         None if text.is_empty() => Err(SecretProblem::Empty),
         None => Ok((Secret::new(text), None)),
     }
+}
+
+/// Whether `text` starts with `{encoded}` in another case, or after
+/// spaces: the webMethods prefix mistyped, not a password.
+fn is_mistyped_encoded(text: &str) -> bool {
+    const PREFIX: &str = "{encoded}";
+    let trimmed = text.trim_start();
+    trimmed
+        .get(..PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX))
+        && !text.starts_with(PREFIX)
 }
 
 fn env_secret(name: &str, env: &Env) -> Result<(Secret, Option<Content>), SecretProblem> {
@@ -478,9 +496,18 @@ mod tests {
 
     #[test]
     fn a_file_secret_is_read_within_a_bound() {
-        let problem = secret("${file:/dev/zero}", &Env::default(), Path::new("/")).unwrap_err();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let large = dir.path().join("large");
+        std::fs::write(&large, vec![b'x'; 4 * 1024 * 1024 + 1]).expect("write");
+        let problem = secret("${file:large}", &Env::default(), dir.path()).unwrap_err();
         assert!(
             matches!(&problem, SecretProblem::Unreadable(_, why) if why.contains("4 MiB")),
+            "{problem:?}"
+        );
+        // A device gives without end: not read at all.
+        let problem = secret("${file:/dev/zero}", &Env::default(), Path::new("/")).unwrap_err();
+        assert!(
+            matches!(&problem, SecretProblem::Unreadable(_, why) if why.contains("not a regular file")),
             "{problem:?}"
         );
     }
@@ -537,6 +564,28 @@ mod tests {
             secret("${file:missing}", &env, base),
             Err(SecretProblem::Unreadable(..))
         ));
+    }
+
+    #[test]
+    fn a_mistyped_encoded_prefix_is_refused_not_taken_as_the_secret() {
+        let (env, base) = (Env::new(), Path::new("/nonexistent"));
+        for mistyped in [
+            "{ENCODED}bWFuYWdl",
+            "{Encoded}bWFuYWdl",
+            " {encoded}bWFuYWdl",
+            "\t{eNcOdEd}bWFuYWdl",
+        ] {
+            assert_eq!(
+                secret(mistyped, &env, base),
+                Err(SecretProblem::MistypedEncoded),
+                "{mistyped:?}"
+            );
+        }
+        for clear in ["{encode}bWFu", "x{ENCODED}bWFu", "{encoded"] {
+            assert_eq!(secret(clear, &env, base).unwrap().0.expose(), clear);
+        }
+        let problem = SecretProblem::MistypedEncoded.to_string();
+        assert!(!problem.contains("bWFu"), "{problem}");
     }
 
     #[test]

@@ -818,13 +818,18 @@ fn check_refuses_a_fifo_at_once() {
         .status()
         .expect("mkfifo");
     assert!(made.success());
-    let out = run(&["check", "-c", fifo.to_str().expect("utf-8 path")]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("not a regular file"),
-        "{}",
-        text(&out.stderr)
-    );
+    let mut child = binary()
+        .args(["check", "-c", fifo.to_str().expect("utf-8 path")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    let status = common::process::exit_of(&mut child).expect("check ends within 20 s");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
 }
 
 /// A usage error (an unknown flag, a bad value, a missing argument) exits
