@@ -62,8 +62,9 @@ ENV MCGW_PORTS_BIND=0.0.0.0 \
     MCGW_LOG=info
 USER microgateway:microgateway
 WORKDIR /var/lib/microgateway
-# 4485 http, 7749 https (needs `tls:`), 9485 admin (health, metrics, REST).
-EXPOSE 4485 7749 9485
+# 4485 http; 4486 https in the embedded configuration (7749 in DESIGN's
+# example; either needs `tls:`); 9485 admin (health, metrics, REST).
+EXPOSE 4485 4486 7749 9485
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["microgateway", "health", "--url", "http://127.0.0.1:9485/health/ready"]
 STOPSIGNAL SIGTERM

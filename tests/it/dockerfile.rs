@@ -200,7 +200,7 @@ fn reads_the_documented_configuration_path_and_exposes_the_ports() {
         .filter(|(k, _)| k == "EXPOSE")
         .flat_map(|(_, v)| v.split_whitespace())
         .collect();
-    for port in ["4485", "7749", "9485"] {
+    for port in ["4485", "4486", "7749", "9485"] {
         assert!(exposed.contains(&port), "EXPOSE {exposed:?} lacks {port}");
     }
     // The default config binds 127.0.0.1; in a container the API ports must not.
