@@ -374,7 +374,7 @@ fn cached_download(path: &Path, env: &Env) -> Result<Option<crate::central::Docu
     }
     let cache = settings.cache_file.clone();
     // Within 4 MiB, as `start` reads it: a device is no cache.
-    let text = match config::load::read_bounded_text(&cache) {
+    let text = match config::load::read_own_text(&cache) {
         Ok(text) => text,
         Err(error) => {
             eprintln!(

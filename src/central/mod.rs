@@ -303,7 +303,7 @@ fn from_cache(
 /// The cached download, checked; `None` when there is no cache file.
 fn read_cache(settings: &ApiGateway) -> Result<Option<Arc<Document>>, StartError> {
     let cache = settings.cache_file.clone();
-    let text = match config::load::read_bounded_text(&cache) {
+    let text = match config::load::read_own_text(&cache) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StartError::CacheUnreadable { cache, source }),

@@ -77,7 +77,7 @@ pub fn record_path(cache: &Path) -> PathBuf {
 
 /// The record of `cache`, when there is a readable one.
 fn read(cache: &Path) -> Option<Provenance> {
-    let text = crate::config::load::read_bounded_text(&record_path(cache)).ok()?;
+    let text = crate::config::load::read_own_text(&record_path(cache)).ok()?;
     serde_json::from_str(&text).ok()
 }
 

@@ -60,12 +60,15 @@ pub fn read_text(path: &Path) -> Result<String, Invalid> {
 /// path to a device or a growing file (`/dev/zero`) is an error, not a
 /// `check` that never ends.
 pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_within(open_regular(path)?)
+}
+
+/// What `file` gives, up to 4 MiB (more is an error).
+fn read_within(file: std::fs::File) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let limit = MAX_FILE_BYTES;
     let mut bytes = Vec::new();
-    open_regular(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -102,6 +105,12 @@ pub fn read_bounded_text(path: &Path) -> std::io::Result<String> {
     utf8(read_bounded(path)?)
 }
 
+/// A file the gateway writes itself (a downstream's cached download and
+/// its record), as UTF-8 text within 4 MiB, opened as it is.
+pub fn read_own_text(path: &Path) -> std::io::Result<String> {
+    utf8(read_within(std::fs::File::open(path)?)?)
+}
+
 /// The bytes of a file read, as UTF-8 text.
 pub fn utf8(bytes: Vec<u8>) -> std::io::Result<String> {
     String::from_utf8(bytes)
@@ -117,10 +126,12 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
     let mut file = raw::File::default();
     for (index, body) in split_documents(text).iter().enumerate() {
         if index == 0 {
-            if let Some(parsed) = parse_document::<raw::File>(body, &mut report) {
+            if let Some(parsed) = parse_document::<raw::File>(body, Document::First, &mut report) {
                 file = parsed;
             }
-        } else if let Some(server) = parse_document::<raw::S<raw::AuthServer>>(body, &mut report) {
+        } else if let Some(server) =
+            parse_document::<raw::S<raw::AuthServer>>(body, Document::Alias, &mut report)
+        {
             file.security_settings.auth_servers.push(server);
         }
     }
@@ -139,7 +150,7 @@ pub fn parse_first<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Optio
     let parsed = if too_large(text, &mut report) {
         None
     } else {
-        parse_document::<T>(&first, &mut report)
+        parse_document::<T>(&first, Document::First, &mut report)
     };
     if report.has_errors() {
         return Err(Invalid::new(report.findings));
@@ -157,7 +168,15 @@ pub fn parse_untyped(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, 
     } else {
         split_documents(text)
             .iter()
-            .map(|body| parse_document(body, &mut report).unwrap_or_default())
+            .enumerate()
+            .map(|(index, body)| {
+                let document = if index == 0 {
+                    Document::First
+                } else {
+                    Document::Alias
+                };
+                parse_document(body, document, &mut report).unwrap_or_default()
+            })
             .collect()
     };
     if report.has_errors() {
@@ -202,14 +221,26 @@ fn split_documents(text: &str) -> Vec<String> {
     documents
 }
 
-fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Option<T> {
+/// Which document of a file a body is: the configuration, or one of the
+/// `--- !<authServerAlias>` documents after it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Document {
+    First,
+    Alias,
+}
+
+fn parse_document<T: DeserializeOwned>(
+    body: &str,
+    document: Document,
+    report: &mut Report,
+) -> Option<T> {
     if body
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---")
     {
         return None;
     }
-    if refuse_tags(body, report) {
+    if refuse_tags(body, document, report) {
         return None;
     }
     let options = options! {
@@ -243,40 +274,46 @@ fn parse_document<T: DeserializeOwned>(body: &str, report: &mut Report) -> Optio
 /// The one tag this file accepts: the webMethods alias export's.
 const ALIAS_TAG: &str = "authServerAlias";
 
-/// Reports every YAML tag of `body` except `!<authServerAlias>` on a
-/// mapping; true when one was found. A tag either changes what a value is
+/// Reports every YAML tag of `body` except `!<authServerAlias>` on an
+/// auth server: an entry of `security_settings.auth_servers` in the first
+/// document, or a later document itself; true when one was found. A tag either changes what a value is
 /// (`!!binary` decodes base64, `!!str` turns `on` into text) or is dropped
 /// without a word (`!secret`): neither is what the reader of the file sees.
 /// Events are read without expanding aliases, so an alias bomb costs
 /// nothing here; nesting past the limit is left to the deserializer.
-fn refuse_tags(body: &str, report: &mut Report) -> bool {
+fn refuse_tags(body: &str, document: Document, report: &mut Report) -> bool {
     let mut found = false;
-    let mut depth = 0usize;
+    let mut nodes = Nodes::default();
     for event in Parser::new_from_str(body) {
         // A syntax error is reported by the deserializer, with its position.
         let Ok((event, span)) = event else { break };
-        let (tag, on_mapping) = match &event {
-            Event::MappingStart(_, _, tag) => {
-                depth += 1;
-                (tag, true)
+        let (tag, place) = match &event {
+            Event::MappingStart(_, _, tag) => (tag, nodes.open(true)),
+            Event::SequenceStart(_, _, tag) => (tag, nodes.open(false)),
+            Event::Scalar(text, _, _, tag) => {
+                nodes.scalar(text);
+                (tag, Place::Other)
             }
-            Event::SequenceStart(_, _, tag) => {
-                depth += 1;
-                (tag, false)
+            Event::Alias(_) => {
+                nodes.scalar("");
+                continue;
             }
-            Event::Scalar(_, _, _, tag) => (tag, false),
             Event::MappingEnd | Event::SequenceEnd => {
-                depth = depth.saturating_sub(1);
+                nodes.close();
                 continue;
             }
             _ => continue,
         };
-        if depth > MAX_DEPTH {
+        if nodes.depth() > MAX_DEPTH {
             break;
         }
         let Some(tag) = tag else { continue };
         let verbatim_alias = tag.handle().is_empty() && tag.suffix() == ALIAS_TAG;
-        if verbatim_alias && on_mapping {
+        let auth_server = match document {
+            Document::First => place == Place::AuthServerEntry,
+            Document::Alias => place == Place::Root,
+        };
+        if verbatim_alias && auth_server {
             continue;
         }
         found = true;
@@ -293,6 +330,77 @@ fn refuse_tags(body: &str, report: &mut Report) -> bool {
         });
     }
     found
+}
+
+/// Where a mapping begins, as far as tags go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// The document's own mapping.
+    Root,
+    /// An item of `security_settings.auth_servers`.
+    AuthServerEntry,
+    Other,
+}
+
+/// The collections open at an event, with the key each is the value of.
+#[derive(Default)]
+struct Nodes {
+    open: Vec<Node>,
+}
+
+struct Node {
+    mapping: bool,
+    /// For a mapping: its key being read (`None` while a key is awaited).
+    key: Option<String>,
+    /// The key of the parent mapping this collection is the value of.
+    under: Option<String>,
+}
+
+impl Nodes {
+    fn depth(&self) -> usize {
+        self.open.len()
+    }
+
+    /// A collection begins: where it is.
+    fn open(&mut self, mapping: bool) -> Place {
+        let place = match self.open.as_slice() {
+            [] => Place::Root,
+            [.., security, servers]
+                if !servers.mapping
+                    && servers.under.as_deref() == Some("auth_servers")
+                    && security.under.as_deref() == Some("security_settings")
+                    && self.open.len() == 3 =>
+            {
+                Place::AuthServerEntry
+            }
+            _ => Place::Other,
+        };
+        let under = self.open.last().and_then(|parent| parent.key.clone());
+        self.open.push(Node {
+            mapping,
+            key: None,
+            under,
+        });
+        place
+    }
+
+    /// A scalar (or an alias): a mapping's key, or a value that ends one.
+    fn scalar(&mut self, text: &str) {
+        if let Some(node) = self.open.last_mut().filter(|node| node.mapping) {
+            node.key = match node.key {
+                None => Some(text.to_owned()),
+                Some(_) => None,
+            };
+        }
+    }
+
+    /// A collection ends: the value of its parent's key, if a mapping's.
+    fn close(&mut self) {
+        self.open.pop();
+        if let Some(node) = self.open.last_mut().filter(|node| node.mapping) {
+            node.key = None;
+        }
+    }
 }
 
 fn tag_problem(tag: &Tag) -> String {

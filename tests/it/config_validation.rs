@@ -3207,6 +3207,63 @@ apis:
     );
 }
 
+/// `!<authServerAlias>` names an auth server: anywhere else (an API, the
+/// admin settings, an alias of `security_settings`, the first document
+/// itself) it would be dropped without a word, and is refused.
+#[test]
+fn the_webmethods_alias_tag_is_taken_on_auth_servers_only() {
+    assert_eq!(
+        errors(
+            r#"--- !<authServerAlias>
+admin: !<authServerAlias>
+  user: Administrator
+security_settings:
+  aliases:
+  - !<authServerAlias> { name: b, type: basic, username: svc, password: s3cret-s3cret-s3cret }
+  auth_servers:
+  - !<authServerAlias>
+    id: local
+    localIntrospectionConfig: { issuer: "http://localhost:4485", audience: a }
+apis:
+- !<authServerAlias>
+  name: A
+  upstream: { echo: true }
+  authentication: { type: none }
+  resources: ["GET /a"]
+--- !<authServerAlias>
+id: other
+localIntrospectionConfig: { issuer: "http://other.example", audience: a }
+"#
+        ),
+        vec![
+            error(
+                1,
+                5,
+                "the YAML tag `!<authServerAlias>` is not accepted",
+                TAG_ALLOWED
+            ),
+            error(
+                2,
+                8,
+                "the YAML tag `!<authServerAlias>` is not accepted",
+                TAG_ALLOWED
+            ),
+            error(
+                6,
+                5,
+                "the YAML tag `!<authServerAlias>` is not accepted",
+                TAG_ALLOWED
+            ),
+            error(
+                12,
+                3,
+                "the YAML tag `!<authServerAlias>` is not accepted",
+                TAG_ALLOWED
+            ),
+        ]
+    );
+}
+
 #[test]
 fn a_basic_user_name_with_a_colon_is_refused() {
     refused(
