@@ -422,6 +422,32 @@ applications:
         );
     }
 
+    /// A scope name may hold a `:`: `Orders:orders:read` is a scope of
+    /// `Orders`, kept with it.
+    #[test]
+    fn filter_keeps_the_api_scopes_whose_scope_name_holds_a_colon() {
+        let all = tree(
+            r#"
+security_settings: { auth_servers: [{ id: a }], aliases: [] }
+scope_mappings:
+- { auth_server: a, scope: ordering, api_scopes: ["Orders:orders:read"] }
+- { auth_server: a, scope: other, api_scopes: ["Other:orders:read"] }
+apis: [{ name: Orders }, { name: Other }]
+applications:
+- { name: shop, apis: ["Orders"], api_scopes: ["Orders:orders:read", "Other:orders:read"] }
+"#,
+        );
+        let orders = all.filter(&["Orders".to_owned()]);
+        assert_eq!(
+            orders.as_value()["scope_mappings"],
+            json!([{ "auth_server": "a", "scope": "ordering", "api_scopes": ["Orders:orders:read"] }])
+        );
+        assert_eq!(
+            orders.as_value()["applications"],
+            json!([{ "name": "shop", "apis": ["Orders"], "api_scopes": ["Orders:orders:read"] }])
+        );
+    }
+
     /// A central without applications sends the three sections a
     /// downstream that knows no more of them reads.
     #[test]

@@ -484,6 +484,33 @@ applications:
         );
     }
 
+    /// `Orders:orders:read` is the scope `orders:read` of `Orders`: the
+    /// mapping and the application keep it where `Orders` is taken.
+    #[test]
+    fn an_api_scope_whose_scope_name_holds_a_colon_stays_with_its_api() {
+        let downloaded = r#"
+security_settings: { auth_servers: [{ id: idp }] }
+scope_mappings:
+- { auth_server: idp, scope: ordering, api_scopes: ["Orders:orders:read"] }
+apis:
+- { name: Orders, version: "1.0", base_path: /orders, upstream: { echo: true } }
+applications:
+- { name: shop, apis: [Orders], api_scopes: ["Orders:orders:read"] }
+"#;
+        let mut local = parse("apis: []\n");
+        let orders = Selection::of(&["Orders".to_owned()]);
+        merge(&mut local, parse(downloaded), BOTH, &orders);
+        let ordering = vec!["Orders:orders:read".to_owned()];
+        assert_eq!(mappings(&local), [("ordering".to_owned(), ordering)]);
+        let application = &local.applications[0].value;
+        let scopes: Vec<&str> = application
+            .api_scopes
+            .iter()
+            .map(|s| s.value.as_str())
+            .collect();
+        assert_eq!(scopes, ["Orders:orders:read"]);
+    }
+
     #[test]
     fn the_selection_comes_from_the_api_gateway_section() {
         let file = parse("api_gateway: { url: x, apis: [One, \"Time travels\"] }\n");

@@ -3,11 +3,14 @@
 //! central filters its export by it, and a downstream filters what it
 //! downloaded (or cached) by its own `apis:` again, whatever it was sent.
 //! A scope mapping keeps the API scopes (`API name:scope`) of the APIs
-//! taken; one left with none is dropped, one that named none is kept. An
+//! taken, read as the compiler reads them (an API or a scope name may hold
+//! a `:`); one left with none is dropped, one that named none is kept. An
 //! application keeps its subscriptions (`name`, `name:version`) to APIs
 //! taken; one left with none is dropped, one that had none is kept.
 
 use std::collections::HashSet;
+
+use crate::config::application_compile;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -42,9 +45,9 @@ impl Selection {
         text: impl Fn(&T) -> Option<&str>,
     ) -> bool {
         self.keep(api_scopes, text, |api_scope| {
-            api_scope
-                .rsplit_once(':')
-                .is_some_and(|(api, _)| self.takes(Some(api)))
+            named_apis(api_scope).any(|api| {
+                self.takes(Some(api)) && application_compile::scope_of(api_scope, api).is_some()
+            })
         })
     }
 
@@ -57,10 +60,7 @@ impl Selection {
         text: impl Fn(&T) -> Option<&str>,
     ) -> bool {
         self.keep(apis, text, |named| {
-            self.takes(Some(named))
-                || named
-                    .rsplit_once(':')
-                    .is_some_and(|(name, _)| self.takes(Some(name)))
+            self.takes(Some(named)) || named_apis(named).any(|name| self.takes(Some(name)))
         })
     }
 
@@ -78,6 +78,16 @@ impl Selection {
         list.retain(|entry| text(entry).is_some_and(&names_taken));
         !list.is_empty()
     }
+}
+
+/// The API names `text` (`API:scope`, or a subscription `name:version`)
+/// may start with: what comes before each of its colons. An API name or a
+/// scope name may hold a `:` too (`Orders:orders:read` is the scope
+/// `orders:read` of `Orders`), so the text is never split at one colon: as
+/// the compiler does (`application_compile::scope_of`), a reference names
+/// an API when it starts with the API's name and a colon.
+fn named_apis(text: &str) -> impl Iterator<Item = &str> {
+    text.match_indices(':').map(|(at, _)| &text[..at])
 }
 
 #[cfg(test)]
@@ -108,6 +118,21 @@ mod tests {
         assert!(!one.keep_api_scopes(&mut others, |s| Some(s.as_str())));
         let mut none: Vec<String> = Vec::new();
         assert!(one.keep_api_scopes(&mut none, |s| Some(s.as_str())));
+    }
+
+    #[test]
+    fn an_api_scope_is_read_at_the_colon_after_an_api_name() {
+        let orders = Selection::of(&names(&["Orders"]));
+        let mut scopes = names(&["Orders:orders:read", "Other:orders:read", "orders:read"]);
+        assert!(orders.keep_api_scopes(&mut scopes, |s| Some(s.as_str())));
+        assert_eq!(scopes, ["Orders:orders:read"]);
+        let colon = Selection::of(&names(&["Orders:v2"]));
+        let mut scopes = names(&["Orders:v2:Read", "Orders:Read"]);
+        assert!(colon.keep_api_scopes(&mut scopes, |s| Some(s.as_str())));
+        assert_eq!(scopes, ["Orders:v2:Read"]);
+        let mut apis = names(&["Orders:v2", "Orders:v2:1.0", "Orders:1.0"]);
+        assert!(colon.keep_subscriptions(&mut apis, |s| Some(s.as_str())));
+        assert_eq!(apis, ["Orders:v2", "Orders:v2:1.0"]);
     }
 
     #[test]

@@ -384,7 +384,7 @@ pub fn names_api(subscription: &str, name: &str, version: &str) -> bool {
 
 /// The scope `API:scope` names of the API `name`, if it names one of it:
 /// an API or a scope name may hold a `:` too (`Orders:orders:read`).
-fn scope_of<'g>(api_scope: &'g str, name: &str) -> Option<&'g str> {
+pub fn scope_of<'g>(api_scope: &'g str, name: &str) -> Option<&'g str> {
     api_scope.strip_prefix(name)?.strip_prefix(':')
 }
 

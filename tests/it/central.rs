@@ -446,6 +446,61 @@ async fn downstream_takes_only_the_apis_it_names() {
     central.shutdown().await;
 }
 
+/// A central whose `Orders` API has the scope `orders:read`, granted by
+/// the token scope `ordering` of `idp`.
+fn colon_scope_central_yaml(idp: &common::idp::Idp) -> String {
+    format!(
+        r#"{CENTRAL}security_settings:
+  auth_servers:
+  - id: idp
+    localIntrospectionConfig:
+      issuer: "{issuer}"
+      jwksuri: "{jwks}"
+      audience: {audience}
+scope_mappings:
+- {{ auth_server: idp, scope: ordering, api_scopes: ["Orders:orders:read"] }}
+apis:
+- name: Orders
+  version: "1.0"
+  base_path: /orders
+  upstream: {{ echo: true }}
+  authentication: {{ type: oauth2, auth_server: idp }}
+  scopes:
+  - {{ name: "orders:read", resources: ["GET /items"] }}
+"#,
+        issuer = idp.issuer(),
+        jwks = idp.jwks_uri(),
+        audience = common::idp::AUDIENCE,
+    )
+}
+
+/// A downstream that takes `Orders` by name grants its scope
+/// `orders:read` as the central does: by the mapping, not by a token
+/// scope that happens to be called so.
+#[tokio::test]
+async fn a_downstream_taking_an_api_grants_its_colon_scopes_as_the_central_does() {
+    let idp = common::idp::Idp::start().await;
+    let central = Gateway::start(&colon_scope_central_yaml(&idp)).await;
+    let (_dir, cache) = cache_in_tempdir();
+    let downstream = Downstream {
+        apis: &["Orders"],
+        ..following(&central, &cache)
+    };
+    let down = Gateway::start(&downstream.yaml()).await;
+    for gw in [&central, &down] {
+        gw.wait_ready().await;
+        let call = |scope: &str| {
+            gw.request(reqwest::Method::GET, "/orders/items")
+                .bearer_auth(idp.token(&[scope]))
+                .send()
+        };
+        assert_eq!(call("ordering").await.expect("mapped").status(), 200);
+        assert_eq!(call("orders:read").await.expect("literal").status(), 403);
+    }
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
 /// A central whose `Keyed` API is called with API keys, and whose
 /// application `Partner` calls it (and `Catalog`) with `key`.
 fn keyed_central_yaml(key: &str) -> String {
