@@ -1,7 +1,8 @@
 //! Merging a downloaded document over the local file, on the raw model (so
 //! the local entries keep their file positions for diagnostics). Downloaded
 //! entries win: auth servers by `id`, aliases by `name`, scope mappings by
-//! `(auth_server, scope)`, APIs by `(name, version)`, applications by
+//! `(auth_server, scope)`, APIs by `(name, version)` (no `version` is the
+//! default, `1.0`), applications by
 //! `name`. `download_settings` takes the security settings and scope
 //! mappings, `download_apis` the APIs and the applications that call them;
 //! nothing else of the download is used. Of the APIs, scope mappings and
@@ -180,11 +181,7 @@ fn borrowed_aliases(
             }
             let (name, version) = api_key(&api.value);
             Some(Borrowed {
-                api: format!(
-                    "`{}` {}",
-                    name.unwrap_or_default(),
-                    version.unwrap_or_default()
-                ),
+                api: format!("`{}` {version}", name.unwrap_or_default()),
                 alias: alias.value.clone(),
                 at: alias.referenced,
             })
@@ -225,11 +222,10 @@ fn text(value: &Option<S<String>>) -> Option<String> {
     value.as_ref().map(|v| v.value.clone())
 }
 
-fn api_key(api: &raw::Api) -> (Option<String>, Option<String>) {
-    (
-        text(&api.name),
-        api.version.as_ref().map(|v| v.value.0.clone()),
-    )
+/// An API's name and version as the compiler reads them: one without
+/// `version` is the same API as one with the default version.
+fn api_key(api: &raw::Api) -> (Option<String>, String) {
+    (text(&api.name), api.version_or_default())
 }
 
 #[cfg(test)]
@@ -298,7 +294,7 @@ apis:
             .map(|a| {
                 let (name, version) = api_key(&a.value);
                 let base = text(&a.value.base_path).unwrap_or_default();
-                (name.unwrap_or_default(), version.unwrap_or_default(), base)
+                (name.unwrap_or_default(), version, base)
             })
             .collect()
     }
@@ -352,6 +348,35 @@ apis:
                 key("Remote", "1.0", "/remote"),
             ]
         );
+    }
+
+    /// An API without `version` has the default one: a download that
+    /// writes it replaces the local API, not adds a second one.
+    #[test]
+    fn an_api_without_a_version_is_the_same_as_one_with_the_default() {
+        let mut local = parse(
+            "apis:\n- { name: Shared, base_path: /shared-local, upstream: { echo: true } }\n",
+        );
+        merge(
+            &mut local,
+            parse(DOWNLOADED),
+            BOTH,
+            &Selection::of(&["Shared".to_owned()]),
+        );
+        let key = |n: &str, v: &str, b: &str| (n.to_owned(), v.to_owned(), b.to_owned());
+        assert_eq!(
+            apis(&local),
+            [
+                key("Shared", "1.0", "/shared"),
+                key("Shared", "2.0", "/shared2")
+            ]
+        );
+        let mut local = parse(LOCAL);
+        let unversioned =
+            "apis:\n- { name: Local, base_path: /downloaded, upstream: { echo: true } }\n";
+        merge(&mut local, parse(unversioned), BOTH, &Selection::All);
+        assert_eq!(apis(&local)[0], key("Local", "1.0", "/downloaded"));
+        assert_eq!(apis(&local).len(), 2);
     }
 
     #[test]

@@ -110,11 +110,7 @@ pub fn compile_all(ctx: &mut Ctx, list: &[S<raw::Api>], refs: &Refs) -> Vec<Arc<
 fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     let raw = &entry.value;
     let name = ctx_required_str(ctx, &raw.name, entry, "name")?;
-    let version = raw
-        .version
-        .as_ref()
-        .map(|v| v.value.0.clone())
-        .unwrap_or_else(|| "1.0".into());
+    let version = raw.version_or_default();
     let allow_encoded_slashes =
         ctx.boolean(&raw.allow_encoded_slashes, "allow_encoded_slashes", false);
     let name_taken = api_name(ctx, entry, &name);

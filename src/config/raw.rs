@@ -493,6 +493,19 @@ pub struct Api {
     pub grpc: Opt<Scalar>,
 }
 
+impl Api {
+    /// The version an API without `version` has.
+    pub const DEFAULT_VERSION: &'static str = "1.0";
+
+    /// The API's version as the gateway reads it: as written, or
+    /// [`Api::DEFAULT_VERSION`].
+    pub fn version_or_default(&self) -> String {
+        self.version
+            .as_ref()
+            .map_or_else(|| Api::DEFAULT_VERSION.to_owned(), |v| v.value.0.clone())
+    }
+}
+
 /// The upstream of an API: `url` or `echo: true`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]

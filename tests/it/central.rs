@@ -501,6 +501,30 @@ async fn a_downstream_taking_an_api_grants_its_colon_scopes_as_the_central_does(
     central.shutdown().await;
 }
 
+/// The central's `Local` without `version` is the downstream's `Local`
+/// version 1.0: the download replaces it, the merged file has one.
+#[tokio::test]
+async fn an_api_without_a_version_replaces_the_local_one_of_the_default_version() {
+    let central = Gateway::start(&format!(
+        r#"{CENTRAL}apis:
+- name: Local
+  base_path: /from-central
+  upstream: {{ echo: true }}
+  resources: ["GET /ping"]
+  authentication: {{ type: none }}
+"#
+    ))
+    .await;
+    let (_dir, cache) = cache_in_tempdir();
+    let down = Gateway::try_start(&following(&central, &cache).yaml(), common::Env::new())
+        .await
+        .expect("the download merges");
+    assert_eq!(down.get("/from-central/ping").await.status(), 200);
+    assert_eq!(down.get("/local/ping").await.status(), 404, "replaced");
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
 /// A central whose `Keyed` API is called with API keys, and whose
 /// application `Partner` calls it (and `Catalog`) with `key`.
 fn keyed_central_yaml(key: &str) -> String {
