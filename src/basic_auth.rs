@@ -8,11 +8,17 @@
 //! one client address, within 60 s lock that name or address — on every
 //! port that checks these credentials — until the window ends; while
 //! locked even the right password is refused unchecked. But a name locked
-//! by guesses from elsewhere does not lock out its known callers: an
-//! address that logged in as that user within a day is still checked,
+//! by guesses from elsewhere does not lock out those who did not guess:
+//! an address that logged in as that user within a day is still checked,
 //! unless the address is locked or has itself failed 5 times as that user
-//! within the window, so a stranger's five guesses a minute cannot keep
-//! an operator, or a fleet's downstreams, out.
+//! within the window; and an address that gave no wrong password within a
+//! day (as any user; an IPv6 one counted by its /64) is checked too, one
+//! check at a time, so a new downstream, or every downstream after a
+//! restart of the central, logs in. A stranger's five guesses a minute so
+//! cannot keep an operator, or a fleet's downstreams, out, and guesses
+//! spread over many addresses stay bounded: each address gets, on a locked
+//! name, at most the one wrong password that makes it an address that
+//! failed.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,6 +46,10 @@ const KNOWN_FOR_SECS: u64 = 24 * 60 * 60;
 /// then the one that logged in longest ago.
 const KNOWN_ENTRIES: usize = 1024;
 
+/// How long an address that gave a wrong password is checked on a locked
+/// name only as a known caller.
+const FAILED_FOR_SECS: u64 = 24 * 60 * 60;
+
 /// Failed logins with the admin credentials or a `central.users` entry,
 /// per user name and per client address, and the addresses each user
 /// logged in from: one for the process, shared by the admin port and the
@@ -53,6 +63,10 @@ pub struct Logins {
     pairs: Lockout<(String, IpAddr)>,
     /// (user, exact address) → when it last logged in.
     known: Mutex<HashMap<(String, IpAddr), u64>>,
+    /// Addresses (as counted) that gave a wrong password within
+    /// [`FAILED_FOR_SECS`], as any user, and the check of one on a locked
+    /// name under way: one failure, or one check, holds the address.
+    failed: Lockout<AddressKey>,
 }
 
 impl Default for Logins {
@@ -64,6 +78,12 @@ impl Default for Logins {
                 ..LOGIN_LIMITS
             }),
             known: Mutex::default(),
+            failed: Lockout::new(Limits {
+                user: u32::MAX,
+                client: 1,
+                window_secs: FAILED_FOR_SECS,
+                ..LOGIN_LIMITS
+            }),
         }
     }
 }
@@ -71,8 +91,8 @@ impl Default for Logins {
 impl Logins {
     /// Whether `right` says `user`'s password is right, for a login from
     /// `peer`: refused unchecked while the address is locked, or the name
-    /// is and `peer` is not a known caller of it; a wrong one counts
-    /// against both.
+    /// is and `peer` is neither a known caller of it nor an address that
+    /// never failed; a wrong one counts against both.
     pub fn judge(
         &self,
         peer: IpAddr,
@@ -101,23 +121,37 @@ impl Logins {
                     Outcome::Wrong
                 };
                 attempt.end(outcome, now);
+                self.count_address(granted, address, now);
                 granted
             }
-            Err(locked) => {
-                // The name or the address is locked (or its checks fill
-                // the lock): its known callers are still checked, unless
-                // they failed as that user themselves (from the exact
-                // address: a neighbour in a shared /64 locks them out no
-                // more than a stranger does).
-                if !self.is_known(user, peer, now) {
-                    return Err(locked);
-                }
+            // The name or the address is locked (or its checks fill the
+            // lock): its known callers are still checked, unless they
+            // failed as that user themselves (from the exact address: a
+            // neighbour in a shared /64 locks them out no more than a
+            // stranger does).
+            Err(_) if self.is_known(user, peer, now) => {
                 self.pairs.check(&pair, now)?;
-                let granted = right();
-                if !granted {
-                    self.counts.record_failure(&Subject::Client(address), now);
-                    self.counts.record_failure(&Subject::user(user), now);
-                }
+                let granted = self.checked_past_the_lock(address, user, now, right);
+                self.count_address(granted, address, now);
+                granted
+            }
+            // And so is an address that gave no wrong password, unless it
+            // is locked itself: one check at a time, and none after its
+            // first failure.
+            Err(locked) => {
+                self.counts.check(&Subject::Client(address), now)?;
+                let Ok(attempt) = self.failed.reserve(&address, user, None, now) else {
+                    return Err(locked);
+                };
+                let granted = self.checked_past_the_lock(address, user, now, right);
+                // A failure counted as the check ends: no other check of
+                // the address comes in between.
+                let outcome = if granted {
+                    Outcome::Right
+                } else {
+                    Outcome::Wrong
+                };
+                attempt.end(outcome, now);
                 granted
             }
         };
@@ -128,6 +162,30 @@ impl Logins {
             self.pairs.record_failure(&pair, now);
         }
         Ok(granted)
+    }
+
+    /// Counts a wrong password against the address as one that failed.
+    fn count_address(&self, granted: bool, address: AddressKey, now: u64) {
+        if !granted {
+            self.failed.record_failure(&Subject::Client(address), now);
+        }
+    }
+
+    /// Checks a password that a lock of its name or address let through:
+    /// a wrong one counts against both all the same.
+    fn checked_past_the_lock(
+        &self,
+        address: AddressKey,
+        user: &str,
+        now: u64,
+        right: impl FnOnce() -> bool,
+    ) -> bool {
+        let granted = right();
+        if !granted {
+            self.counts.record_failure(&Subject::Client(address), now);
+            self.counts.record_failure(&Subject::user(user), now);
+        }
+        granted
     }
 
     fn is_known(&self, user: &str, peer: IpAddr, now: u64) -> bool {
@@ -215,9 +273,13 @@ mod tests {
     const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     const NEWCOMER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
-    /// A stranger's guesses lock the name for everyone but the addresses
-    /// that logged in as it: those are still checked, and their own
-    /// failures still count.
+    fn locked(result: Result<bool, Locked>) -> bool {
+        matches!(result, Err(Locked { .. }))
+    }
+
+    /// A stranger's guesses lock the name for the stranger, not for the
+    /// addresses that logged in as it, nor for those that never failed:
+    /// those are still checked, and their own failures still count.
     #[test]
     fn a_locked_name_still_lets_its_known_callers_in() {
         let logins = Logins::default();
@@ -228,9 +290,8 @@ mod tests {
                 Ok(false)
             );
         }
-        let locked = |r: Result<bool, Locked>| matches!(r, Err(Locked { .. }));
         assert!(locked(logins.judge_at(STRANGER, "fleet", 110, || true)));
-        assert!(locked(logins.judge_at(NEWCOMER, "fleet", 110, || true)));
+        assert_eq!(logins.judge_at(NEWCOMER, "fleet", 110, || true), Ok(true));
         assert_eq!(logins.judge_at(FLEET, "fleet", 110, || true), Ok(true));
         // A known address that guesses is locked by its own failures.
         for t in 0..5 {
@@ -240,6 +301,44 @@ mod tests {
             );
         }
         assert!(locked(logins.judge_at(FLEET, "fleet", 120, || true)));
+    }
+
+    /// On a locked name, an address that never failed gets one check at a
+    /// time, and after a wrong password none until a day has passed: the
+    /// guesses of many addresses stay one per address.
+    #[test]
+    fn a_newcomer_on_a_locked_name_gets_one_guess() {
+        let logins = Logins::default();
+        for t in 0..5 {
+            let _ = logins.judge_at(STRANGER, "fleet", 100 + t, || false);
+        }
+        let mut inner = Ok(true);
+        let outer = logins.judge_at(NEWCOMER, "fleet", 110, || {
+            inner = logins.judge_at(NEWCOMER, "fleet", 110, || true);
+            false
+        });
+        assert_eq!(outer, Ok(false));
+        assert!(
+            locked(inner),
+            "a second check while the first runs is refused"
+        );
+        assert!(locked(logins.judge_at(NEWCOMER, "fleet", 111, || true)));
+        assert!(locked(logins.judge_at(STRANGER, "fleet", 111, || true)));
+        // A wrong password as another name counts too.
+        let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+        assert_eq!(logins.judge_at(other, "admin", 112, || false), Ok(false));
+        assert!(locked(logins.judge_at(other, "fleet", 113, || true)));
+        // Once the name's lock is over, every address is checked again.
+        assert_eq!(logins.judge_at(NEWCOMER, "fleet", 170, || true), Ok(true));
+        for t in 0..5 {
+            let _ = logins.judge_at(STRANGER, "fleet", 200 + t, || false);
+        }
+        // A newcomer that failed once, a day earlier, is one again.
+        let day = 200 + FAILED_FOR_SECS;
+        for t in 0..5 {
+            let _ = logins.judge_at(STRANGER, "fleet", day + t, || false);
+        }
+        assert_eq!(logins.judge_at(other, "fleet", day + 10, || true), Ok(true));
     }
 
     /// A guesser rotating through the addresses of one IPv6 /64 is one

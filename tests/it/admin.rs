@@ -426,6 +426,39 @@ async fn guessing_a_central_users_password_is_locked_out() {
     gw.shutdown().await;
 }
 
+/// A stranger's guesses do not keep out an address that never failed: a
+/// new downstream (or any, after the central restarted) still logs in,
+/// while the guesser stays locked out.
+#[tokio::test]
+async fn a_locked_central_user_still_lets_a_new_downstream_in() {
+    let upstream = Upstream::start().await;
+    let central = format!(
+        "{}central:\n  users:\n  - {{ user: fleet, password: \"fleet-secret\" }}\n",
+        yaml(&upstream, "")
+    );
+    let gw = Gateway::start(&central).await;
+    let from = |address: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(address))
+            .build()
+            .expect("client")
+    };
+    let (guesser, newcomer) = (from([127, 0, 0, 1]), from([127, 0, 0, 2]));
+    let export = |client: &reqwest::Client, password: &'static str| {
+        let request = client
+            .get(gw.admin_url("/rest/microgateway/settings/export"))
+            .basic_auth("fleet", Some(password));
+        async move { request.send().await.expect("request").status() }
+    };
+    for _ in 0..5 {
+        assert_eq!(export(&guesser, "wrong").await, 401);
+    }
+    assert_eq!(export(&guesser, "fleet-secret").await, 429);
+    assert_eq!(export(&newcomer, "fleet-secret").await, 200);
+    assert_eq!(export(&guesser, "fleet-secret").await, 429);
+    gw.shutdown().await;
+}
+
 /// Two open APIs on one upstream, each throttled by the policy `policy`:
 /// `Metrics kept` to two requests an hour, `removed` (when there is one)
 /// to one.
