@@ -10,10 +10,11 @@
 //! resolved into clear text (a downstream cannot read this host's
 //! environment or files); this endpoint is the only place they leave the
 //! process, and only to `central.users`. Paths (`trustStoreAlias`,
-//! `ca_bundle`) are exported as written, and a downstream refuses a
-//! document that names a file of its own (`central::trust`;
-//! docs/configuration.md, the central gateway): an API or auth server that
-//! reads a CA bundle is kept in the downstream's own file. The ETag is the
+//! `ca_bundle`) are exported as written (the central's check warns of
+//! each), and a downstream that takes the entry naming one refuses the
+//! document (`central::trust`; docs/configuration.md, the central
+//! gateway): an API or auth server that reads a CA bundle is kept in the
+//! downstream's own file. The ETag is the
 //! quoted SHA-256 of the body, so equal content has an equal ETag across
 //! restarts and instances.
 

@@ -76,16 +76,18 @@ impl Document {
     /// Checks the document on its own (it is a configuration by itself;
     /// no `MCGW_` overrides apply, its secrets are in clear). It may name
     /// nothing of this host: a central exports secrets in clear, and a
-    /// document that named one of this machine's files (`${file:}`, a CA
-    /// bundle) or variables (`${env:}`) would have the downstream read it
-    /// and send it wherever the document says. That is judged on the text
-    /// first, before anything is read (`trust`); the files the compiled
-    /// document names are checked again after, for a path no key of
-    /// `trust` knows. It must have every section of an export, so that
-    /// what is not there is known to be empty, not lost on the way.
+    /// document that named one of this machine's files (`${file:}`) or
+    /// variables (`${env:}`) would have the downstream read it and send it
+    /// wherever the document says. That is judged on the text first,
+    /// before anything is read (`trust`); its CA bundle paths are left out
+    /// of the compiling (the merge refuses those it takes, `load`), and
+    /// the files the compiled document names are checked after, for a path
+    /// no key of `trust` knows. It must have every section of an export,
+    /// so that what is not there is known to be empty, not lost on the way.
     pub fn validate(&self) -> Result<(), Invalid> {
         trust::local_references(&self.origin, &self.text)?;
-        let loaded = config::load_text(&self.origin, &self.text, &Env::new(), 0)?;
+        let loaded =
+            config::load_text_with(&self.origin, &self.text, &Env::new(), 0, trust::strip_paths)?;
         match loaded
             .snapshot
             .files
@@ -188,8 +190,9 @@ pub enum StartError {
 
 /// Compiles the file at `path` (or `text`, what was read from it), with
 /// `document` merged over it when given (as the file's `api_gateway`
-/// download flags say). Refused when a downloaded API names an alias of
-/// the file that is not lent to downloaded APIs.
+/// download flags say). Refused when what it takes of the document names
+/// a path of this host (then nothing of it is merged), or a downloaded API
+/// names an alias of the file that is not lent to downloaded APIs.
 pub fn load(
     path: &Path,
     text: Option<&str>,
@@ -210,11 +213,21 @@ pub fn load(
     };
     let (downloaded, _) = config::load::parse(&document.origin, &document.text)?;
     let mut borrowed = Vec::new();
+    let mut paths = Ok(());
     let merged = config::load_text_with(path, text, env, generation, |file| {
         let flags = merge::Flags::of(file);
         let selection = merge::selection(file);
-        borrowed = merge::merge(file, downloaded, flags, &selection);
+        paths = trust::refuse_paths(&document.origin, &downloaded, flags, &selection);
+        if paths.is_ok() {
+            borrowed = merge::merge(file, downloaded, flags, &selection);
+        }
     });
+    if let Err(mut invalid) = paths {
+        if let Ok(mut loaded) = merged {
+            invalid.files = std::mem::take(&mut loaded.snapshot.files);
+        }
+        return Err(invalid);
+    }
     trust::refuse_borrowed(&document.origin, &borrowed, merged)
 }
 

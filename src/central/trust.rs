@@ -8,21 +8,29 @@
 //! credential of the downstream's own file, unless that alias says it
 //! lends itself to them (`allow_downloaded_apis`).
 //!
-//! The first is judged on the document's text alone ([`local_references`]),
-//! before anything of it is compiled or read: a relative path names another
-//! file on the downstream's side than where the document is checked, and a
-//! FIFO or `/proc/self/fd/0` would block the reload that reads it. The
-//! second needs the merge, the one place that knows which entry came from
-//! where: `merge::merge` finds the aliases borrowed, [`refuse_borrowed`]
-//! refuses the merged configuration for them.
+//! References and sections are judged on the document's text alone
+//! ([`local_references`]), before anything of it is compiled or read: a
+//! relative path names another file on the downstream's side than where
+//! the document is checked, and a FIFO or `/proc/self/fd/0` would block
+//! the reload that reads it. A central exports its paths (`trustStoreAlias`,
+//! `ca_bundle`) as written: those are refused where the downstream takes
+//! the entry that names them ([`refuse_paths`], by its download flags and
+//! its `apis:`), and removed from what it does not take before the
+//! document is compiled on its own ([`strip_paths`]): a central's API with
+//! a CA bundle keeps out only the downstreams that take that API. The
+//! credentials need the merge, the one place that knows which entry came
+//! from where: `merge::merge` finds the aliases borrowed,
+//! [`refuse_borrowed`] refuses the merged configuration for them.
 
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::merge::Borrowed;
+use super::merge::{Borrowed, Flags};
+use super::selection::Selection;
 use crate::config::diagnostic::Report;
-use crate::config::raw::Location;
+use crate::config::fleet_compile::{self, PathOwner};
+use crate::config::raw::{self, Location};
 use crate::config::{load, resolve, Invalid, Loaded};
 
 /// The sections of an export: all a downloaded document may hold.
@@ -31,13 +39,6 @@ pub const SECTIONS: [&str; 4] = [
     "scope_mappings",
     "apis",
     "applications",
-];
-
-/// The keys of the exported sections whose value is a path on the host
-/// that reads the configuration, by their place (`[]`: any entry of a list).
-const PATHS: [&str; 2] = [
-    "security_settings.auth_servers[].localIntrospectionConfig.trustStoreAlias",
-    "apis[].upstream.ca_bundle",
 ];
 
 /// Refuses a document that names a file or an environment variable of
@@ -76,48 +77,32 @@ pub fn local_references(origin: &Path, text: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Where a value sits: as shown (`apis[2].upstream.ca_bundle`) and as
-/// matched against [`PATHS`] (`apis[].upstream.ca_bundle`).
+/// Where a value sits, as shown (`apis[2].policies.outbound_auth.password`).
 struct Place {
     shown: String,
-    shape: String,
 }
 
 impl Place {
     fn section(name: &str) -> Place {
         Place {
             shown: name.to_owned(),
-            shape: name.to_owned(),
         }
     }
 
     fn key(&self, key: &str) -> Place {
         Place {
             shown: format!("{}.{key}", self.shown),
-            shape: format!("{}.{key}", self.shape),
         }
     }
 
     fn index(&self, index: usize) -> Place {
         Place {
             shown: format!("{}[{index}]", self.shown),
-            shape: format!("{}[]", self.shape),
         }
     }
 }
 
 fn visit(report: &mut Report, place: &Place, value: &Value) {
-    if PATHS.contains(&place.shape.as_str()) && !value.is_null() {
-        report.error(
-            Location::UNKNOWN,
-            format!(
-                "{}: a downloaded document names no path of this host",
-                place.shown
-            ),
-            "no value (an entry that needs a CA bundle is kept in the downstream's own file)",
-        );
-        return;
-    }
     match value {
         Value::String(text) => reference(report, place, text),
         Value::Array(items) => {
@@ -152,6 +137,47 @@ fn reference(report: &mut Report, place: &Place, text: &str) {
         ),
         "the secret in clear or {encoded} (a central exports its secrets resolved)",
     );
+}
+
+/// Refuses `downloaded` when an entry that `flags` and `selection` take
+/// names a path of this host (`fleet_compile::host_paths`): an auth
+/// server's `trustStoreAlias` (with the settings), an API's `ca_bundle`
+/// (with the APIs, of an API taken). Each is told where the document
+/// names it.
+pub fn refuse_paths(
+    origin: &Path,
+    downloaded: &raw::File,
+    flags: Flags,
+    selection: &Selection,
+) -> Result<(), Invalid> {
+    let mut report = Report::new(origin);
+    for path in fleet_compile::host_paths(downloaded) {
+        let taken = match &path.owner {
+            PathOwner::AuthServer(_) => flags.settings,
+            PathOwner::Api(name) => flags.apis && selection.takes(name.as_deref()),
+        };
+        if taken {
+            report.error(
+                path.at,
+                format!(
+                    "the downloaded {}: {} names a path of this host, which a downloaded document may not",
+                    path.owner, path.key
+                ),
+                "no value (an entry that needs a CA bundle is kept in the downstream's own file)",
+            );
+        }
+    }
+    if report.has_errors() {
+        return Err(Invalid::new(report.findings));
+    }
+    Ok(())
+}
+
+/// Removes every path of this host from `document`, so that compiling it
+/// on its own reads none: what a merge takes of it is refused by
+/// [`refuse_paths`], the rest is never used.
+pub fn strip_paths(document: &mut raw::File) {
+    fleet_compile::strip_host_paths(document);
 }
 
 /// `merged` (the local file with a download merged over it), refused when
@@ -257,7 +283,7 @@ remoteIntrospectionConfig: { clientSecret: "${env:SECRET}" }
     }
 
     #[test]
-    fn paths_and_sections_of_this_host_are_refused() {
+    fn sections_of_this_host_are_refused_and_paths_left_to_the_merge() {
         let text = r#"
 authorization_server: { signing_key: /proc/self/fd/0 }
 tls: { certificate: a.pem, key: b.pem }
@@ -269,16 +295,66 @@ apis:
 - { name: A, upstream: { url: "https://a", ca_bundle: 7 } }
 "#;
         let found = findings(text);
-        assert_eq!(found.len(), 4, "{found:#?}");
-        assert_eq!(
-            found[0],
-            "apis[0].upstream.ca_bundle: a downloaded document names no path of this host"
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].starts_with("authorization_server: no export has this section"));
+        assert!(found[1].starts_with("tls: no export has this section"));
+    }
+
+    const PATHS: &str = r#"
+security_settings:
+  auth_servers:
+  - { id: idp, localIntrospectionConfig: { issuer: "https://idp", trustStoreAlias: ca.pem } }
+  - { id: plain, localIntrospectionConfig: { issuer: "https://plain", trustStoreAlias: null } }
+apis:
+- { name: A, upstream: { url: "https://a", ca_bundle: a.pem } }
+- { name: B, upstream: { url: "https://b" } }
+"#;
+
+    /// The messages of what `refuse_paths` finds in [`PATHS`] for a
+    /// downstream that takes `flags` and `apis`, with their lines.
+    fn paths_found(settings: bool, apis: bool, names: &[&str]) -> Vec<String> {
+        let (file, _) = load::parse(Path::new("settings.yaml"), PATHS).expect("parses");
+        let flags = Flags { settings, apis };
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        match refuse_paths(
+            Path::new("settings.yaml"),
+            &file,
+            flags,
+            &Selection::of(&names),
+        ) {
+            Ok(()) => Vec::new(),
+            Err(invalid) => invalid.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+
+    #[test]
+    fn a_path_is_refused_only_where_the_downstream_takes_its_entry() {
+        let both = paths_found(true, true, &[]);
+        assert_eq!(both.len(), 2, "{both:#?}");
+        assert!(
+            both[0].starts_with("settings.yaml:4:") && both[0].contains("auth server `idp`: localIntrospectionConfig.trustStoreAlias names a path of this host"),
+            "{both:#?}"
         );
-        assert!(found[1].starts_with("authorization_server: no export has this section"));
-        assert_eq!(
-            found[2],
-            "security_settings.auth_servers[0].localIntrospectionConfig.trustStoreAlias: a downloaded document names no path of this host"
+        assert!(
+            both[1].starts_with("settings.yaml:7:")
+                && both[1].contains("API `A`: upstream.ca_bundle names a path of this host"),
+            "{both:#?}"
         );
-        assert!(found[3].starts_with("tls: no export has this section"));
+        assert_eq!(paths_found(false, true, &[]).len(), 1, "no settings taken");
+        assert_eq!(paths_found(true, false, &[]).len(), 1, "no APIs taken");
+        assert_eq!(paths_found(false, true, &["B"]), Vec::<String>::new());
+        assert_eq!(paths_found(false, false, &[]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_document_stripped_of_its_paths_names_none() {
+        let (mut file, _) = load::parse(Path::new("settings.yaml"), PATHS).expect("parses");
+        strip_paths(&mut file);
+        let everything = Flags {
+            settings: true,
+            apis: true,
+        };
+        let path = Path::new("settings.yaml");
+        assert!(refuse_paths(path, &file, everything, &Selection::All).is_ok());
     }
 }

@@ -104,7 +104,7 @@ pub fn compile(
     let central = file
         .central
         .as_ref()
-        .map(|c| fleet_compile::central(&mut ctx, c));
+        .map(|c| fleet_compile::central(&mut ctx, c, file));
     let api_gateway = file
         .api_gateway
         .as_ref()

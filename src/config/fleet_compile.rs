@@ -14,7 +14,95 @@ use super::resolve::Env;
 use super::security_compile::{url, warn_ignored};
 use super::snapshot::*;
 
-pub(super) fn central(ctx: &mut Ctx, central: &S<raw::Central>) -> Central {
+/// A path of the host that reads a configuration, where an exported entry
+/// names it: a downstream that takes the entry refuses the download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPath {
+    pub owner: PathOwner,
+    /// The key, as written under the entry.
+    pub key: &'static str,
+    pub at: Location,
+}
+
+/// The exported entry that names a [`HostPath`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathOwner {
+    /// An auth server, by `id` (taken with `download_settings`).
+    AuthServer(String),
+    /// An API, by `name` (taken with `download_apis`, by `apis:`).
+    Api(Option<String>),
+}
+
+impl std::fmt::Display for PathOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathOwner::AuthServer(id) => write!(f, "auth server `{id}`"),
+            PathOwner::Api(name) => write!(f, "API `{}`", name.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+/// The paths of this host that the exported sections of `file` name: an
+/// auth server's `trustStoreAlias` (a `null` one names none), an API's
+/// `upstream.ca_bundle`. A central exports them as written.
+pub fn host_paths(file: &raw::File) -> Vec<HostPath> {
+    let servers = file
+        .security_settings
+        .auth_servers
+        .iter()
+        .filter_map(|server| {
+            let local = server.value.local_introspection.as_ref()?;
+            let path = local.value.trust_store_alias.as_ref()?;
+            path.value.as_ref()?;
+            let id = server.value.id.as_ref().map_or("", |id| id.value.as_str());
+            Some(HostPath {
+                owner: PathOwner::AuthServer(id.to_owned()),
+                key: "localIntrospectionConfig.trustStoreAlias",
+                at: path.referenced,
+            })
+        });
+    let apis = file.apis.iter().filter_map(|api| {
+        let path = api.value.upstream.as_ref()?.value.ca_bundle.as_ref()?;
+        Some(HostPath {
+            owner: PathOwner::Api(api.value.name.as_ref().map(|n| n.value.clone())),
+            key: "upstream.ca_bundle",
+            at: path.referenced,
+        })
+    });
+    servers.chain(apis).collect()
+}
+
+/// Removes every path [`host_paths`] finds from `file`.
+pub fn strip_host_paths(file: &mut raw::File) {
+    for server in &mut file.security_settings.auth_servers {
+        if let Some(local) = &mut server.value.local_introspection {
+            local.value.trust_store_alias = None;
+        }
+    }
+    for api in &mut file.apis {
+        if let Some(upstream) = &mut api.value.upstream {
+            upstream.value.ca_bundle = None;
+        }
+    }
+}
+
+pub(super) fn central(ctx: &mut Ctx, central: &S<raw::Central>, file: &raw::File) -> Central {
+    // A downstream reads no path its download names (its own host's file
+    // of that name is no CA of the central's choosing): each is refused
+    // by every downstream that takes the entry.
+    for path in host_paths(file) {
+        let taken_with = match path.owner {
+            PathOwner::AuthServer(_) => "download_settings",
+            PathOwner::Api(_) => "download_apis",
+        };
+        ctx.report.warning(
+            path.at,
+            format!(
+                "{} names a path of this host in {}: every downstream that takes it ({taken_with}) refuses the download; keep that entry in the downstreams' own files",
+                path.owner, path.key
+            ),
+        );
+    }
     let users = central
         .value
         .users

@@ -525,6 +525,84 @@ async fn an_api_without_a_version_replaces_the_local_one_of_the_default_version(
     central.shutdown().await;
 }
 
+/// A central whose auth server `idp` trusts the CA bundle `bundle` and
+/// whose API `Pinned` verifies its upstream against it, beside `Catalog`.
+fn pinned_central_yaml(bundle: &Path) -> String {
+    let bundle = bundle.display();
+    format!(
+        r#"{CENTRAL}security_settings:
+  auth_servers:
+  - id: idp
+    localIntrospectionConfig:
+      issuer: "https://idp.example"
+      jwksuri: "https://idp.example/jwks"
+      audience: catalog
+      trustStoreAlias: "{bundle}"
+apis:
+- name: Catalog
+  version: "1.0"
+  base_path: /catalog
+  upstream: {{ echo: true }}
+  resources: ["GET /items"]
+  authentication: {{ type: none }}
+- name: Pinned
+  version: "1.0"
+  base_path: /pinned
+  upstream: {{ url: "https://localhost:9/api", ca_bundle: "{bundle}" }}
+  resources: ["GET /items"]
+  authentication: {{ type: oauth2, auth_server: idp }}
+"#
+    )
+}
+
+/// A central's CA bundle paths are told at its check, and keep out only
+/// the downstreams that take the entries naming them: one that takes
+/// neither its settings nor `Pinned` follows it.
+#[tokio::test]
+async fn a_ca_bundle_of_the_central_keeps_out_only_the_downstreams_that_take_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bundle = dir.path().join("ca.pem");
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("CA");
+    std::fs::write(&bundle, ca.cert.pem()).expect("write CA");
+    let yaml = pinned_central_yaml(&bundle);
+    let file = dir.path().join("central.yaml");
+    std::fs::write(&file, &yaml).expect("write central");
+    let checked = microgateway::config::load(&file, &common::Env::new(), 1).expect("valid");
+    let warnings: Vec<String> = checked.warnings.iter().map(|w| w.to_string()).collect();
+    for told in [
+        "auth server `idp` names a path of this host in localIntrospectionConfig.trustStoreAlias: every downstream that takes it (download_settings) refuses the download",
+        "API `Pinned` names a path of this host in upstream.ca_bundle: every downstream that takes it (download_apis) refuses the download",
+    ] {
+        assert!(warnings.iter().any(|w| w.contains(told)), "{told}: {warnings:#?}");
+    }
+
+    let central = Gateway::start(&yaml).await;
+    let (_catalog_dir, catalog_cache) = cache_in_tempdir();
+    let catalog = Downstream {
+        settings: false,
+        apis: &["Catalog"],
+        ..following(&central, &catalog_cache)
+    };
+    let down = Gateway::try_start(&catalog.yaml(), common::Env::new())
+        .await
+        .expect("a downstream that takes no entry naming a path follows the central");
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+
+    let (_all_dir, all_cache) = cache_in_tempdir();
+    let refused = Gateway::try_start(&following(&central, &all_cache).yaml(), common::Env::new())
+        .await
+        .err()
+        .expect("a downstream that takes them refuses the download");
+    for told in [
+        "the downloaded auth server `idp`: localIntrospectionConfig.trustStoreAlias names a path of this host",
+        "the downloaded API `Pinned`: upstream.ca_bundle names a path of this host",
+    ] {
+        assert!(refused.contains(told), "{told}: {refused}");
+    }
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
 /// A central whose `Keyed` API is called with API keys, and whose
 /// application `Partner` calls it (and `Catalog`) with `key`.
 fn keyed_central_yaml(key: &str) -> String {
