@@ -32,12 +32,7 @@ impl<'a> ApiNames<'a> {
             .iter()
             .filter_map(|api| {
                 let name = api.value.name.as_ref()?.value.as_str();
-                let version = api
-                    .value
-                    .version
-                    .as_ref()
-                    .map(|v| v.value.0.clone())
-                    .unwrap_or_else(|| "1.0".into());
+                let version = api.value.version_or_default();
                 let scopes = api
                     .value
                     .scopes
