@@ -13,7 +13,7 @@ use super::authz::{
     Branding, Client, GrantType, PgTls, PostgresStore, RedirectUri, ScopeDef, Settings,
     TokenFormat, User,
 };
-use super::context::Ctx;
+use super::context::{Ctx, MAX_DURATION};
 use super::diagnostic::{Diagnostic, Origin, Severity};
 use super::plain_http::{self, ClearStore};
 use super::raw::{self, Location, Scalar, S};
@@ -699,12 +699,12 @@ fn refresh_lifetime(
 ) -> Duration {
     let key = "refresh_token_lifetime";
     let lifetime = ctx.duration(value, key, REFRESH_LIFETIME);
+    // Token lifetimes are at most `MAX_DURATION`: the second added to the
+    // longest cannot overflow, and saturates were it ever to.
+    let floor = token_lifetime.map_or(Duration::ZERO, |t| t.saturating_add(Duration::from_secs(1)));
     let Some(at) = value else {
-        return token_lifetime.map_or(lifetime, |longest| {
-            lifetime.max(longest + Duration::from_secs(1))
-        });
+        return lifetime.max(floor);
     };
-    let floor = token_lifetime.map_or(Duration::ZERO, |t| t + Duration::from_secs(1));
     if lifetime < Duration::from_secs(60) || lifetime < floor {
         ctx.report.error(
             at.referenced,
@@ -737,12 +737,22 @@ fn lifetime(
         return None;
     }
     // Tokens expire on whole seconds: less than one would be born expired.
+    // More than a year is refused as every other duration is: the expiry
+    // is the clock plus the lifetime, in the store and in a JWT's `exp`.
     match super::resolve::duration(&v.value.0) {
+        Some(d) if d > MAX_DURATION => {
+            ctx.report.error(
+                v.referenced,
+                format!("token_lifetime: `{}` is longer than 365d", v.value.0),
+                "from 1s to 365d, or -1 for never (opaque only)",
+            );
+            default
+        }
         Some(d) if d.as_secs() >= 1 => Some(d),
         _ => {
             ctx.report.error(
                 v.referenced,
-                format!("token_lifetime `{}` is not valid", v.value.0),
+                format!("token_lifetime: `{}` is not valid", v.value.0),
                 "seconds (e.g. 3600), a duration (\"1h\"), or -1 for never (opaque only)",
             );
             default

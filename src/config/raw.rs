@@ -752,7 +752,7 @@ pub struct AuthorizationServer {
     pub refresh_token_lifetime: Opt<Scalar>,
     /// PKCE for every client (always for public clients). Default false.
     pub require_pkce: Opt<Scalar>,
-    /// Default token lifetime in seconds, at least 1 (-1: never expires, opaque only). Default 3600.
+    /// Default token lifetime in seconds, 1 to 365d (-1: never expires, opaque only). Default 3600.
     pub token_lifetime: Opt<Scalar>,
     /// Default refresh rotations (0: no refresh token). Default 0.
     pub refresh_limit: Opt<Scalar>,
@@ -838,7 +838,7 @@ pub struct Client {
     pub grant_types: Vec<S<String>>,
     /// Scopes it may ask for, each one RFC 6749 §3.3 scope token (visible ASCII but `"` and `\`, no space).
     pub scopes: Vec<S<String>>,
-    /// Its token lifetime in seconds (default: the server's).
+    /// Its token lifetime in seconds, 1 to 365d (-1: never expires, opaque only; default: the server's).
     pub token_lifetime: Opt<Scalar>,
     /// Its refresh rotations (default: the server's).
     pub refresh_limit: Opt<Scalar>,

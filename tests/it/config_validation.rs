@@ -1801,12 +1801,53 @@ fn token_lifetime_of_less_than_a_second_is_refused() {
             error(
                 2,
                 19,
-                &format!("token_lifetime `{value}` is not valid"),
+                &format!("token_lifetime: `{value}` is not valid"),
                 "seconds (e.g. 3600), a duration (\"1h\"), or -1 for never (opaque only)",
             ),
         );
     }
     loaded("authorization_server:\n  token_lifetime: 1s\n");
+}
+
+/// A token lifetime is at most 365d, as every duration: the server's, a
+/// client's or one from the environment past that (`18446744073709551615`
+/// seconds overflowed the refresh lifetime that must outlive it, and
+/// `check` panicked) is refused, naming where it was written.
+#[test]
+fn token_lifetimes_over_a_year_are_refused() {
+    const MAX: &str = "18446744073709551615";
+    const ALLOWED: &str = "from 1s to 365d, or -1 for never (opaque only)";
+    let message = format!("token_lifetime: `{MAX}` is longer than 365d");
+    refused(
+        &format!("authorization_server:\n  token_lifetime: {MAX}\n"),
+        error(2, 19, &message, ALLOWED),
+    );
+    refused(
+        &format!("authorization_server:\n  refresh_token_lifetime: 30d\n  token_lifetime: {MAX}\n"),
+        error(3, 19, &message, ALLOWED),
+    );
+    refused(
+        &format!(
+            "authorization_server:\n  token_format: opaque\n  clients:\n  - client_id: app\n    \
+             client_secret: s1\n    grant_types: [client_credentials]\n    token_lifetime: {MAX}\n"
+        ),
+        error(7, 21, &message, ALLOWED),
+    );
+    let findings = Config::new("authorization_server: {}\n")
+        .load(&env(&[("MCGW_AUTHORIZATION_SERVER_TOKEN_LIFETIME", MAX)]))
+        .expect_err("refused");
+    assert_eq!(
+        findings.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        [format!(
+            "MCGW_AUTHORIZATION_SERVER_TOKEN_LIFETIME: error: {message}; allowed: {ALLOWED}"
+        )]
+    );
+    let snap = loaded("authorization_server: { token_lifetime: 365d }\n").snapshot;
+    let authz = snap.authorization_server.as_ref().expect("authz");
+    assert_eq!(
+        authz.refresh_token_lifetime,
+        Duration::from_secs(365 * 86_400 + 1)
+    );
 }
 
 /// A refresh token family lives 30 days by default; a lifetime under a
