@@ -13,6 +13,8 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use crate::authz_server::store::StoreError;
+use crate::authz_server::AuthzError;
 use crate::basic_auth::{admin_access, Access, Logins};
 use crate::proxy::{full, Body};
 use crate::reload::{Reloader, Source};
@@ -210,13 +212,7 @@ async fn tokens(admin: &Admin) -> Response<Body> {
     };
     match authz.list_tokens().await {
         Ok(listing) => json_response(StatusCode::OK, json!(listing)),
-        Err(error) => {
-            tracing::error!(%error, "listing tokens failed");
-            json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": "server_error"}),
-            )
-        }
+        Err(error) => store_failed("listing tokens", &error),
     }
 }
 
@@ -227,8 +223,33 @@ async fn revoke(admin: &Admin, id: &str) -> Response<Body> {
     match authz.revoke_by_id(id.to_owned()).await {
         Ok(true) => json_response(StatusCode::OK, json!({"revoked": id})),
         Ok(false) => json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"})),
-        Err(error) => {
-            tracing::error!(%error, "revoking a token failed");
+        Err(error) => store_failed("revoking a token", &error),
+    }
+}
+
+/// What a token job that failed answers: as at the OAuth endpoints, a
+/// store that cannot be reached now is 503 `temporarily_unavailable` with
+/// `Retry-After: 1` (the outage ends by itself); anything else is a 500.
+fn store_failed(job: &str, error: &AuthzError) -> Response<Body> {
+    match error {
+        AuthzError::Store(StoreError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "{job}: token store unavailable");
+            let mut response = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "temporarily_unavailable", "error_description": "the token store is unavailable; try again"}),
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+        AuthzError::Store(_)
+        | AuthzError::Keys(_)
+        | AuthzError::Password(_)
+        | AuthzError::ApprovalTemplate(_)
+        | AuthzError::JwtWithoutExpiry { .. }
+        | AuthzError::Worker => {
+            tracing::error!(%error, "{job} failed");
             json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"error": "server_error"}),

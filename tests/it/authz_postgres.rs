@@ -1270,6 +1270,61 @@ async fn a_database_restart_is_503_temporarily_unavailable_then_service_resumes(
     }
 }
 
+/// The admin API's token endpoints need the store as the OAuth endpoints
+/// do, and answer its outage as they do: 503 `temporarily_unavailable`
+/// with `Retry-After: 1`, then serve again once it is back.
+#[tokio::test]
+async fn the_admin_token_endpoints_answer_a_database_outage_with_503() {
+    const ADMIN: (&str, &str) = ("Administrator", "manage-tokens-0123");
+    let pg = Postgres::start();
+    let shared = tempfile::tempdir().unwrap();
+    let yaml = yaml(&pg.url(&pg.create_database()), shared.path()).replace(
+        "admin: { port: 0, bind: 127.0.0.1 }",
+        &format!(
+            "admin: {{ port: 0, bind: 127.0.0.1, user: {}, password: {} }}",
+            ADMIN.0, ADMIN.1
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let (status, grant) = password_grant(&gw, "wonderland").await;
+    assert_eq!(status, 200, "{grant}");
+    let admin = |method: reqwest::Method, path: &str| {
+        gw.client
+            .request(
+                method,
+                gw.admin_url(&format!("/rest/microgateway/oauth2/{path}")),
+            )
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .send()
+    };
+    let listed: Value = admin(reqwest::Method::GET, "tokens")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let id = listed["tokens"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    pg.stop();
+    for (method, path) in [
+        (reqwest::Method::GET, "tokens".to_owned()),
+        (reqwest::Method::DELETE, format!("tokens/{id}")),
+    ] {
+        let response = admin(method.clone(), &path).await.expect("answer");
+        assert_eq!(response.status(), 503, "{method} {path}");
+        assert_eq!(response.headers()["retry-after"], "1", "{method} {path}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"], "temporarily_unavailable", "{method} {path}");
+    }
+    pg.resume();
+    let response = admin(reqwest::Method::DELETE, &format!("tokens/{id}"))
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+}
+
 #[tokio::test]
 async fn a_database_unreachable_at_start_is_not_ready_until_reached() {
     let pg = Postgres::start();
