@@ -365,14 +365,19 @@ impl AuthorizationServer {
     }
 
     /// Revokes the access token with this id, or the family of the refresh
-    /// token with this id; false when no token has it.
+    /// token with this id; false when no token has it. A token revoked
+    /// already is revoked again (true), whatever revoked it: its family
+    /// then has nothing left to revoke.
     pub async fn revoke_by_id(&self, id: String) -> Result<bool, AuthzError> {
         self.blocking(move |inner| {
             if inner.store.revoke_access_token(&id)? {
                 return Ok(true);
             }
             match inner.store.find_refresh_token(&id)? {
-                Some(refresh) => Ok(inner.store.revoke_family(&refresh.family)? > 0),
+                Some(refresh) => {
+                    inner.store.revoke_family(&refresh.family)?;
+                    Ok(true)
+                }
                 None => Ok(false),
             }
         })
