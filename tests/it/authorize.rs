@@ -1309,6 +1309,44 @@ async fn a_code_replayed_after_the_cleanup_still_revokes_its_tokens() {
     replayed_code_revokes(true).await;
 }
 
+/// A code is spent together with the tokens it buys: when the store
+/// fails to keep them, the code is not spent, and the client's retry
+/// gets the tokens; spent, it is still good once only.
+#[tokio::test]
+async fn a_code_whose_tokens_the_store_failed_to_keep_is_redeemed_by_the_retry() {
+    let gw = gateway().await;
+    let (verifier, challenge) = pkce();
+    let location = Browser::new(&gw)
+        .approve(
+            &code_query("bookyourticket", "view", Some(&challenge)),
+            None,
+        )
+        .await;
+    let code = code_from(&location);
+    let db = rusqlite::Connection::open(gw.dir.path().join("data/oauth.db")).expect("open");
+    db.execute_batch(
+        "CREATE TRIGGER fail BEFORE INSERT ON access_tokens \
+         BEGIN SELECT RAISE(ABORT, 'disk failed'); END",
+    )
+    .expect("trigger");
+    let (status, failed) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(
+        (status, failed["error"].as_str()),
+        (500, Some("server_error"))
+    );
+    db.execute_batch("DROP TRIGGER fail").expect("drop");
+    let (status, grant) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(status, 200, "{grant}");
+    let access = str_of(&grant, "access_token");
+    assert_eq!(introspect(&gw, access).await["active"], true);
+    let (status, replay) = exchange(&gw, &code, Some(&verifier)).await;
+    assert_eq!(
+        (status, replay["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(introspect(&gw, access).await["active"], false);
+}
+
 /// A code `bookyourticket` got approved for `view` and redeemed: the
 /// code, its PKCE verifier and the token answer.
 async fn redeemed_code(gw: &Gateway) -> (String, String, Value) {

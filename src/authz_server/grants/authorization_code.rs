@@ -1,8 +1,11 @@
 //! Authorization code grant, token request (RFC 6749 §4.1.3) with PKCE
 //! (RFC 7636 §4.5–4.6).
 //!
-//! A code is spent by its first presentation, whatever happens next. It
-//! must have been issued to the authenticated client; `redirect_uri` must
+//! A code is spent by its first presentation the store answers: a
+//! refused one spends it at once, an accepted one in the transaction that
+//! stores the tokens it buys, so that a store failing meanwhile leaves
+//! the code to the client's retry (503 `temporarily_unavailable`). It must
+//! have been issued to the authenticated client; `redirect_uri` must
 //! be repeated exactly when the authorization request carried it. A code
 //! issued with a challenge needs the matching `code_verifier`, and a
 //! verifier for a code without a challenge is refused too (RFC 9700
@@ -10,7 +13,7 @@
 //! the code, so presenting the code again revokes them (§4.1.2) — when its
 //! own client presents it: another client could never have redeemed it.
 
-use super::{issue_in_family, may_refresh, GrantContext, TokenResponse};
+use super::{may_refresh, mint_in_family, GrantContext, TokenResponse};
 use crate::authz_server::error::OAuthError;
 use crate::authz_server::form::Form;
 use crate::authz_server::pkce;
@@ -31,40 +34,12 @@ pub fn grant(
         .ok_or(OAuthError::InvalidRequest("code is required"))?;
     let hash = tokens::hash_token(code);
     let family = tokens::random_id();
-    let record = match cx.store.take_code(&hash, cx.now, &family)? {
-        CodeTake::Fresh(record) => record,
-        // Only the client the code was issued to can have redeemed it: a
-        // spent code another client presents (read from a browser's
-        // history, a Referer, a log) revokes nothing.
-        CodeTake::Reused { client_id, .. } if client_id != client.client_id => {
-            tracing::debug!(
-                client_id = %client.client_id,
-                "a spent authorization code of another client was presented"
-            );
-            return Err(INVALID);
-        }
-        CodeTake::Reused { family, .. } => {
-            let revoked = match &family {
-                Some(family) => cx.store.revoke_family(family)?,
-                None => 0,
-            };
-            tracing::warn!(
-                client_id = %client.client_id,
-                revoked,
-                "authorization code presented again: the tokens issued from it are revoked"
-            );
-            return Err(INVALID);
-        }
-        CodeTake::Expired | CodeTake::Unknown => return Err(INVALID),
+    let Some(record) = cx.store.find_code(&hash, cx.now)? else {
+        return Err(spend(cx, client, &hash, &family)?);
     };
-    if record.client_id != client.client_id {
-        return Err(INVALID);
-    }
-    check_redirect_uri(&record, form.get("redirect_uri"))?;
-    check_verifier(cx, client, &record, form.get("code_verifier"))?;
-    // The user may have been removed from the configuration since.
-    if !cx.users.exists(&record.username) {
-        return Err(INVALID);
+    if let Err(refused) = check(cx, client, &record, form) {
+        spend(cx, client, &hash, &family)?;
+        return Err(refused);
     }
     let mut scopes: Vec<String> = record
         .scope
@@ -80,15 +55,76 @@ pub fn grant(
         grant_type: GrantType::AuthorizationCode,
         family: Some(family.clone()),
     };
-    let response = issue_in_family(cx, issue, may_refresh(client))?;
-    // A replay that came while the tokens were being issued revoked the
-    // family before they were in it: checked once they are, a replay
-    // either revoked them or is seen here.
-    if cx.store.code_replayed(&hash)? {
-        cx.store.revoke_family(&family)?;
+    let minted = mint_in_family(cx, &issue, may_refresh(client))?;
+    // The code is spent with its tokens stored, or not at all: a store
+    // that fails here leaves it to the client's retry (503).
+    let redeemed = cx.store.redeem_code(
+        &hash,
+        cx.now,
+        &minted.access.record,
+        minted.refresh.as_ref().map(|(_, record)| record),
+    )?;
+    if !redeemed {
+        // Spent (or expired) since it was read: a concurrent
+        // presentation won, and this one is its replay.
+        return Err(spend(cx, client, &hash, &family)?);
+    }
+    Ok(minted.response(cx.now))
+}
+
+/// What the code must match: the client it was issued to, its redirect
+/// URI and PKCE challenge, and a user still configured.
+fn check(
+    cx: &GrantContext<'_>,
+    client: &Client,
+    record: &CodeRecord,
+    form: &Form,
+) -> Result<(), OAuthError> {
+    if record.client_id != client.client_id {
         return Err(INVALID);
     }
-    Ok(response)
+    check_redirect_uri(record, form.get("redirect_uri"))?;
+    check_verifier(cx, client, record, form.get("code_verifier"))?;
+    // The user may have been removed from the configuration since.
+    if !cx.users.exists(&record.username) {
+        return Err(INVALID);
+    }
+    Ok(())
+}
+
+/// Spends the code for a presentation that buys no tokens, and tells
+/// what refuses it: a second presentation by its own client revokes what
+/// the first bought.
+fn spend(
+    cx: &GrantContext<'_>,
+    client: &Client,
+    hash: &str,
+    family: &str,
+) -> Result<OAuthError, OAuthError> {
+    match cx.store.take_code(hash, cx.now, family)? {
+        // Only the client the code was issued to can have redeemed it: a
+        // spent code another client presents (read from a browser's
+        // history, a Referer, a log) revokes nothing.
+        CodeTake::Reused { client_id, .. } if client_id != client.client_id => {
+            tracing::debug!(
+                client_id = %client.client_id,
+                "a spent authorization code of another client was presented"
+            );
+        }
+        CodeTake::Reused { family, .. } => {
+            let revoked = match &family {
+                Some(family) => cx.store.revoke_family(family)?,
+                None => 0,
+            };
+            tracing::warn!(
+                client_id = %client.client_id,
+                revoked,
+                "authorization code presented again: the tokens issued from it are revoked"
+            );
+        }
+        CodeTake::Fresh(_) | CodeTake::Expired | CodeTake::Unknown => {}
+    }
+    Ok(INVALID)
 }
 
 /// RFC 6749 §4.1.3: required, and identical, when the authorization

@@ -24,7 +24,7 @@ use super::error::OAuthError;
 use super::form::Form;
 use super::keys::SigningKey;
 use super::settings::{Client, GrantType, Settings};
-use super::store::TokenStore;
+use super::store::{RefreshTokenRecord, TokenStore};
 use super::tokens::{self, Issue};
 use crate::config::authz::TokenFormat;
 use attempts::FailedAttempts;
@@ -164,7 +164,36 @@ pub fn issue_in_family(
     issue: Issue<'_>,
     refreshable: bool,
 ) -> Result<TokenResponse, OAuthError> {
-    let access = tokens::mint_access(cx.settings, cx.key, &issue, cx.now)?;
+    let minted = mint_in_family(cx, &issue, refreshable)?;
+    cx.store.insert_grant(
+        &minted.access.record,
+        minted.refresh.as_ref().map(|(_, record)| record),
+    )?;
+    Ok(minted.response(cx.now))
+}
+
+/// A grant's tokens, minted, not stored yet.
+pub struct Minted {
+    pub access: tokens::MintedAccess,
+    /// The refresh token and its record, when one is issued.
+    pub refresh: Option<(String, RefreshTokenRecord)>,
+}
+
+impl Minted {
+    pub fn response(self, now: u64) -> TokenResponse {
+        response(self.access, self.refresh.map(|(token, _)| token), now)
+    }
+}
+
+/// Mints, without storing them, an access token of `issue.family` and,
+/// when `refreshable` (and the issue has a family), the family's first
+/// refresh token.
+pub fn mint_in_family(
+    cx: &GrantContext<'_>,
+    issue: &Issue<'_>,
+    refreshable: bool,
+) -> Result<Minted, OAuthError> {
+    let access = tokens::mint_access(cx.settings, cx.key, issue, cx.now)?;
     let expires_at = cx
         .now
         .saturating_add(cx.settings.refresh_token_lifetime.as_secs());
@@ -179,11 +208,9 @@ pub fn issue_in_family(
                 refreshes_used: 0,
                 expires_at,
             };
-            tokens::mint_refresh(&issue, &next, cx.now)
+            tokens::mint_refresh(issue, &next, cx.now)
         });
-    cx.store
-        .insert_grant(&access.record, refresh.as_ref().map(|(_, record)| record))?;
-    Ok(response(access, refresh.map(|(token, _)| token), cx.now))
+    Ok(Minted { access, refresh })
 }
 
 fn response(

@@ -309,6 +309,23 @@ pub trait TokenStore: Send + Sync {
     fn take_code(&self, hash: &str, now: u64, family: &str) -> Result<CodeTake, StoreError>;
     /// Whether a spent code has been presented again.
     fn code_replayed(&self, hash: &str) -> Result<bool, StoreError>;
+    /// The code, while it is unspent and live at `now`; read only: it is
+    /// spent by [`TokenStore::redeem_code`] with the tokens it buys, or by
+    /// [`TokenStore::take_code`] when its presentation buys none.
+    fn find_code(&self, hash: &str, now: u64) -> Result<Option<CodeRecord>, StoreError>;
+    /// Spends a code still unspent and live at `now` and records the
+    /// grant it buys, in one transaction: the code is bound to the access
+    /// token's family and the tokens are stored, or nothing changes —
+    /// false when it was spent (a concurrent redemption won) or expired
+    /// meanwhile, an error when the store failed, the code then still
+    /// good for a retry.
+    fn redeem_code(
+        &self,
+        hash: &str,
+        now: u64,
+        access: &AccessTokenRecord,
+        refresh: Option<&RefreshTokenRecord>,
+    ) -> Result<bool, StoreError>;
     /// Records a public key the first time it signs.
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError>;
     /// Known public keys, newest first.

@@ -1074,6 +1074,72 @@ impl TokenStore for PostgresStore {
         })
     }
 
+    fn find_code(&self, hash: &str, now: u64) -> Result<Option<CodeRecord>, StoreError> {
+        let hash = hash.to_owned();
+        let now = to_sql(now);
+        self.with(move |client| async move {
+            let statement = client
+                .prepare_cached(
+                    "SELECT client_id, redirect_uri, redirect_uri_given, code_challenge, \
+                       code_challenge_method, scope, username, expires_at \
+                     FROM authorization_codes WHERE hash = $1 AND used = 0 AND expires_at > $2",
+                )
+                .await?;
+            let Some(row) = client.query_opt(&statement, &[&hash, &now]).await? else {
+                return Ok(None);
+            };
+            Ok(Some(CodeRecord {
+                hash: hash.clone(),
+                client_id: row.try_get(0)?,
+                redirect_uri: row.try_get(1)?,
+                redirect_uri_given: row.try_get(2)?,
+                code_challenge: row.try_get(3)?,
+                code_challenge_method: row.try_get(4)?,
+                scope: row.try_get(5)?,
+                username: row.try_get(6)?,
+                expires_at: from_sql(row.try_get(7)?),
+            }))
+        })
+    }
+
+    fn redeem_code(
+        &self,
+        hash: &str,
+        now: u64,
+        access: &AccessTokenRecord,
+        refresh: Option<&RefreshTokenRecord>,
+    ) -> Result<bool, StoreError> {
+        let (hash, access, refresh) = (hash.to_owned(), access.clone(), refresh.cloned());
+        let now = to_sql(now);
+        self.with(move |mut client| async move {
+            let tx = client.transaction().await?;
+            // The conditional update takes the code's row lock: of two
+            // concurrent redemptions on any replicas, the second waits,
+            // then finds the code spent and changes nothing. Until the
+            // commit, a replay finds it unspent, and its own redemption
+            // then waits here too.
+            let statement = tx
+                .prepare_cached(
+                    "UPDATE authorization_codes SET used = 1, family = $3 \
+                     WHERE hash = $1 AND used = 0 AND expires_at > $2",
+                )
+                .await?;
+            let changed = tx
+                .execute(&statement, &[&hash, &now, &access.family])
+                .await?;
+            if changed != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            insert_access(&tx, &access).await?;
+            if let Some(refresh) = &refresh {
+                insert_refresh(&tx, refresh).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
     fn code_replayed(&self, hash: &str) -> Result<bool, StoreError> {
         let hash = hash.to_owned();
         self.with(move |client| async move {

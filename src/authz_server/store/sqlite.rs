@@ -509,6 +509,59 @@ impl TokenStore for SqliteStore {
         Ok(outcome)
     }
 
+    fn find_code(&self, hash: &str, now: u64) -> Result<Option<CodeRecord>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT client_id, redirect_uri, code_challenge, code_challenge_method, scope, \
+                 username, expires_at, redirect_uri_given \
+                 FROM authorization_codes WHERE hash = ?1 AND used = 0 AND expires_at > ?2",
+                params![hash, to_sql(now)],
+                |row| {
+                    Ok(CodeRecord {
+                        hash: hash.to_owned(),
+                        client_id: row.get(0)?,
+                        redirect_uri: row.get(1)?,
+                        redirect_uri_given: row.get(7)?,
+                        code_challenge: row.get(2)?,
+                        code_challenge_method: row.get(3)?,
+                        scope: row.get(4)?,
+                        username: row.get(5)?,
+                        expires_at: from_sql(row.get(6)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn redeem_code(
+        &self,
+        hash: &str,
+        now: u64,
+        access: &AccessTokenRecord,
+        refresh: Option<&RefreshTokenRecord>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // As in `take_code`, the conditional update decides which of two
+        // concurrent redemptions spends the code; dropped uncommitted, the
+        // transaction leaves the code unspent.
+        let changed = tx.execute(
+            "UPDATE authorization_codes SET used = 1, family = ?2 \
+             WHERE hash = ?1 AND used = 0 AND expires_at > ?3",
+            params![hash, access.family, to_sql(now)],
+        )?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        insert_access(&tx, access)?;
+        if let Some(refresh) = refresh {
+            insert_refresh(&tx, refresh)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn code_replayed(&self, hash: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
         let replayed = conn
