@@ -228,20 +228,18 @@ async fn revoke(admin: &Admin, id: &str) -> Response<Body> {
 }
 
 /// What a token job that failed answers: as at the OAuth endpoints, a
-/// store that cannot be reached now is 503 `temporarily_unavailable` with
-/// `Retry-After: 1` (the outage ends by itself); anything else is a 500.
+/// store that cannot be reached now, or no worker free in time, is 503
+/// `temporarily_unavailable` with `Retry-After: 1` (either ends by
+/// itself); anything else is a 500.
 fn store_failed(job: &str, error: &AuthzError) -> Response<Body> {
-    match error {
+    let description = match error {
         AuthzError::Store(StoreError::Unavailable(reason)) => {
             tracing::warn!(%reason, "{job}: token store unavailable");
-            let mut response = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "temporarily_unavailable", "error_description": "the token store is unavailable; try again"}),
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            "the token store is unavailable; try again"
+        }
+        AuthzError::Busy => {
+            tracing::warn!("{job}: every authorization server worker is busy");
+            "the authorization server is busy; try again"
         }
         AuthzError::Store(_)
         | AuthzError::Keys(_)
@@ -250,12 +248,20 @@ fn store_failed(job: &str, error: &AuthzError) -> Response<Body> {
         | AuthzError::JwtWithoutExpiry { .. }
         | AuthzError::Worker => {
             tracing::error!(%error, "{job} failed");
-            json_response(
+            return json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!({"error": "server_error"}),
-            )
+            );
         }
-    }
+    };
+    let mut response = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": "temporarily_unavailable", "error_description": description}),
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn status(admin: &Admin) -> serde_json::Value {
@@ -302,4 +308,24 @@ pub fn unauthorized() -> Response<Body> {
         HeaderValue::from_static("Basic realm=\"microgateway\""),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_or_no_free_worker_is_a_503_to_retry_soon_and_a_panic_a_500() {
+        for error in [
+            AuthzError::Store(StoreError::Unavailable("connection refused".into())),
+            AuthzError::Busy,
+        ] {
+            let answer = store_failed("listing tokens", &error);
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "{error}");
+            assert_eq!(answer.headers()[RETRY_AFTER], "1", "{error}");
+        }
+        let answer = store_failed("listing tokens", &AuthzError::Worker);
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!answer.headers().contains_key(RETRY_AFTER));
+    }
 }

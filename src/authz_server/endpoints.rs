@@ -36,7 +36,7 @@ use super::revoke::{self, RevokeContext};
 use super::sessions::Sessions;
 use super::settings::{Settings, TokenFormat};
 use super::store::{PostgresStore, Removed, SqliteStore, TokenStore, TokenSummary};
-use super::workers::{self, Gate, Workers};
+use super::workers::{self, Gate, JobFailed, Workers};
 use super::AuthzError;
 use crate::config::contents::Content;
 
@@ -406,7 +406,10 @@ impl AuthorizationServer {
             .workers
             .run(move || job(&inner))
             .await
-            .map_err(|_| AuthzError::Worker)?
+            .map_err(|failed| match failed {
+                JobFailed::Panicked => AuthzError::Worker,
+                JobFailed::Busy => AuthzError::Busy,
+            })?
     }
 }
 

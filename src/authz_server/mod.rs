@@ -58,4 +58,7 @@ pub enum AuthzError {
     JwtWithoutExpiry { client_id: String },
     #[error("authorization server worker failed")]
     Worker,
+    /// Every worker stayed busy for longer than a job waits.
+    #[error("every authorization server worker is busy")]
+    Busy,
 }
