@@ -54,6 +54,8 @@ against_both!(
     a_spent_code_is_kept_while_its_tokens_live,
     an_expired_code_is_not_spent,
     concurrent_redemptions_of_a_code_have_one_winner,
+    a_code_is_redeemed_with_its_tokens_or_not_at_all,
+    concurrent_redeems_of_a_code_store_one_grant,
     concurrent_rotations_of_a_refresh_token_have_one_winner,
     a_rotation_is_retried_within_its_interval_only,
     concurrent_retries_of_a_rotation_have_one_winner,
@@ -310,6 +312,83 @@ fn concurrent_redemptions_of_a_code_have_one_winner(open: Open) {
             }
         }
         assert!(replicas[1].code_replayed(&hash).unwrap());
+    }
+}
+
+/// A code is spent in the transaction that stores its tokens: a failure
+/// storing them (here the refresh token's hash taken already) leaves the
+/// code unspent and nothing stored, for a retry.
+fn a_code_is_redeemed_with_its_tokens_or_not_at_all(open: Open) {
+    let store = open();
+    store.put_code(&code("h")).unwrap();
+    store
+        .insert_grant(
+            &access("other", Some(500), Some("g")),
+            Some(&refresh("taken", "g")),
+        )
+        .unwrap();
+    assert_eq!(store.find_code("h", 100).unwrap(), Some(code("h")));
+    let failed = store.redeem_code(
+        "h",
+        100,
+        &access("a", Some(500), Some("f")),
+        Some(&refresh("taken", "f")),
+    );
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(store.find_access_token("a").unwrap(), None);
+    assert_eq!(open().find_code("h", 100).unwrap(), Some(code("h")));
+    assert!(store
+        .redeem_code(
+            "h",
+            100,
+            &access("a", Some(500), Some("f")),
+            Some(&refresh("r", "f"))
+        )
+        .unwrap());
+    assert!(store.find_access_token("a").unwrap().is_some());
+    assert_eq!(store.find_code("h", 100).unwrap(), None);
+    assert!(!open()
+        .redeem_code("h", 100, &access("b", Some(500), Some("x")), None)
+        .unwrap());
+    assert_eq!(
+        store.take_code("h", 100, "y").unwrap(),
+        CodeTake::Reused {
+            family: Some("f".into()),
+            client_id: "app".into(),
+        }
+    );
+    // Expired, a code is neither found nor redeemed.
+    store.put_code(&code("late")).unwrap();
+    assert_eq!(store.find_code("late", 200).unwrap(), None);
+    assert!(!store
+        .redeem_code("late", 200, &access("c", Some(500), Some("z")), None)
+        .unwrap());
+    assert_eq!(store.find_access_token("c").unwrap(), None);
+}
+
+fn concurrent_redeems_of_a_code_store_one_grant(open: Open) {
+    let replicas = [open(), open()];
+    for round in 0..20 {
+        let hash = format!("redeemed{round}");
+        replicas[0].put_code(&code(&hash)).unwrap();
+        let outcomes = race(&replicas, 8, |store, i| {
+            let id = format!("a{round}-{i}");
+            let family = format!("f{round}-{i}");
+            store
+                .redeem_code(&hash, 100, &access(&id, Some(500), Some(&family)), None)
+                .unwrap()
+        });
+        assert_eq!(
+            outcomes.iter().filter(|won| **won).count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+        for (i, won) in outcomes.iter().enumerate() {
+            let stored = replicas[1]
+                .find_access_token(&format!("a{round}-{i}"))
+                .unwrap();
+            assert_eq!(stored.is_some(), *won, "round {round}, redeem {i}");
+        }
     }
 }
 
