@@ -307,8 +307,6 @@ pub trait TokenStore: Send + Sync {
     /// and `family` is bound to the code in the same step (so a replay
     /// racing the first use finds it).
     fn take_code(&self, hash: &str, now: u64, family: &str) -> Result<CodeTake, StoreError>;
-    /// Whether a spent code has been presented again.
-    fn code_replayed(&self, hash: &str) -> Result<bool, StoreError>;
     /// The code, while it is unspent and live at `now`; read only: it is
     /// spent by [`TokenStore::redeem_code`] with the tokens it buys, or by
     /// [`TokenStore::take_code`] when its presentation buys none.

@@ -1140,22 +1140,6 @@ impl TokenStore for PostgresStore {
         })
     }
 
-    fn code_replayed(&self, hash: &str) -> Result<bool, StoreError> {
-        let hash = hash.to_owned();
-        self.with(move |client| async move {
-            let row = client
-                .query_opt(
-                    "SELECT used > 1 FROM authorization_codes WHERE hash = $1",
-                    &[&hash],
-                )
-                .await?;
-            Ok(match row {
-                Some(row) => row.try_get(0)?,
-                None => false,
-            })
-        })
-    }
-
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError> {
         let key = key.clone();
         self.with(move |client| async move {

@@ -486,7 +486,7 @@ impl TokenStore for SqliteStore {
         let outcome = match found {
             None => CodeTake::Unknown,
             Some((code, true, family)) => {
-                // `used` counts presentations: see `code_replayed`.
+                // `used` counts presentations.
                 tx.execute(
                     "UPDATE authorization_codes SET used = used + 1 WHERE hash = ?1",
                     [hash],
@@ -560,18 +560,6 @@ impl TokenStore for SqliteStore {
         }
         tx.commit()?;
         Ok(true)
-    }
-
-    fn code_replayed(&self, hash: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let replayed = conn
-            .query_row(
-                "SELECT used > 1 FROM authorization_codes WHERE hash = ?1",
-                [hash],
-                |row| row.get::<_, bool>(0),
-            )
-            .optional()?;
-        Ok(replayed.unwrap_or(false))
     }
 
     fn record_key(&self, key: &KnownKey) -> Result<(), StoreError> {
@@ -964,42 +952,6 @@ mod tests {
         }
     }
 
-    /// The steps of the code grant against a replay that comes after the
-    /// code is spent but before the first use's tokens exist: the replay
-    /// revokes nothing yet, and the first use, checking once its tokens
-    /// are stored, revokes them itself.
-    #[test]
-    fn a_replay_racing_the_first_use_leaves_no_live_token() {
-        let (_dir, store) = store();
-        let code = code("h");
-        store.put_code(&code).expect("put");
-        assert!(matches!(
-            store.take_code("h", 100, "f").expect("take"),
-            CodeTake::Fresh(_)
-        ));
-        let replay = store.take_code("h", 100, "other").expect("take");
-        assert_eq!(
-            replay,
-            CodeTake::Reused {
-                family: Some("f".into()),
-                client_id: "app".into(),
-            }
-        );
-        assert_eq!(store.revoke_family("f").expect("revoke"), 0);
-        store
-            .insert_grant(&access("a", Some(200), Some("f")), Some(&refresh("r", "f")))
-            .expect("insert");
-        assert!(store.code_replayed("h").expect("replayed"));
-        assert_eq!(store.revoke_family("f").expect("revoke"), 2);
-        assert!(
-            store
-                .find_access_token("a")
-                .expect("find")
-                .expect("a")
-                .revoked
-        );
-    }
-
     #[test]
     fn a_code_is_spent_once() {
         let (_dir, store) = store();
@@ -1009,7 +961,6 @@ mod tests {
             store.take_code("h", 100, "f").expect("take"),
             CodeTake::Fresh(code)
         );
-        assert!(!store.code_replayed("h").expect("replayed"));
         assert_eq!(
             store.take_code("h", 100, "g").expect("take"),
             CodeTake::Reused {
@@ -1017,7 +968,6 @@ mod tests {
                 client_id: "app".into(),
             }
         );
-        assert!(store.code_replayed("h").expect("replayed"));
         assert_eq!(
             store.take_code("x", 100, "f").expect("take"),
             CodeTake::Unknown
