@@ -746,12 +746,8 @@ fn check_of_a_downstream_merges_its_cached_download() {
     );
 }
 
-/// A cache file is read within 4 MiB, as `start` reads it: `/dev/zero` is
-/// an unreadable cache, not a check that never ends.
-#[test]
-fn check_reads_no_more_of_a_cache_file_than_start_does() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = downstream(dir.path(), Path::new("/dev/zero"));
+/// `check -c config`, which must end within 20 s: its status and stderr.
+fn check_within_20_s(config: &Path) -> (std::process::ExitStatus, String) {
     let mut child = binary()
         .args(["check", "-c", config.to_str().expect("utf-8 path")])
         .stdout(std::process::Stdio::null())
@@ -762,6 +758,16 @@ fn check_reads_no_more_of_a_cache_file_than_start_does() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
         .expect("stderr");
+    (status, stderr)
+}
+
+/// A cache file is read within 4 MiB, as `start` reads it: `/dev/zero` is
+/// an unreadable cache, not a check that never ends.
+#[test]
+fn check_reads_no_more_of_a_cache_file_than_start_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = downstream(dir.path(), Path::new("/dev/zero"));
+    let (status, stderr) = check_within_20_s(&config);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("cannot read the cache file"), "{stderr}");
 }
@@ -818,16 +824,7 @@ fn check_refuses_a_fifo_at_once() {
         .status()
         .expect("mkfifo");
     assert!(made.success());
-    let mut child = binary()
-        .args(["check", "-c", fifo.to_str().expect("utf-8 path")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the binary");
-    let status = common::process::exit_of(&mut child).expect("check ends within 20 s");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("stderr");
+    let (status, stderr) = check_within_20_s(&fifo);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not a regular file"), "{stderr}");
 }
