@@ -1055,17 +1055,7 @@ impl TokenStore for PostgresStore {
             let bound: Option<String> = row.try_get(9)?;
             Ok(match used {
                 0 => CodeTake::Expired,
-                1 => CodeTake::Fresh(CodeRecord {
-                    hash: hash.clone(),
-                    client_id: row.try_get(0)?,
-                    redirect_uri: row.try_get(1)?,
-                    redirect_uri_given: row.try_get(2)?,
-                    code_challenge: row.try_get(3)?,
-                    code_challenge_method: row.try_get(4)?,
-                    scope: row.try_get(5)?,
-                    username: row.try_get(6)?,
-                    expires_at: from_sql(row.try_get(7)?),
-                }),
+                1 => CodeTake::Fresh(code_record(hash.clone(), &row)?),
                 _ => CodeTake::Reused {
                     family: bound,
                     client_id: row.try_get(0)?,
@@ -1088,17 +1078,7 @@ impl TokenStore for PostgresStore {
             let Some(row) = client.query_opt(&statement, &[&hash, &now]).await? else {
                 return Ok(None);
             };
-            Ok(Some(CodeRecord {
-                hash: hash.clone(),
-                client_id: row.try_get(0)?,
-                redirect_uri: row.try_get(1)?,
-                redirect_uri_given: row.try_get(2)?,
-                code_challenge: row.try_get(3)?,
-                code_challenge_method: row.try_get(4)?,
-                scope: row.try_get(5)?,
-                username: row.try_get(6)?,
-                expires_at: from_sql(row.try_get(7)?),
-            }))
+            Ok(Some(code_record(hash.clone(), &row)?))
         })
     }
 
@@ -1174,4 +1154,21 @@ impl TokenStore for PostgresStore {
                 .collect()
         })
     }
+}
+
+/// A code's record from a row whose first eight columns are `client_id,
+/// redirect_uri, redirect_uri_given, code_challenge,
+/// code_challenge_method, scope, username, expires_at`.
+fn code_record(hash: String, row: &tokio_postgres::Row) -> Result<CodeRecord, StoreError> {
+    Ok(CodeRecord {
+        hash,
+        client_id: row.try_get(0)?,
+        redirect_uri: row.try_get(1)?,
+        redirect_uri_given: row.try_get(2)?,
+        code_challenge: row.try_get(3)?,
+        code_challenge_method: row.try_get(4)?,
+        scope: row.try_get(5)?,
+        username: row.try_get(6)?,
+        expires_at: from_sql(row.try_get(7)?),
+    })
 }
