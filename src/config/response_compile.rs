@@ -3,7 +3,8 @@
 //! upstream's answer is no place for token properties). Fields that frame
 //! the message or belong to one connection (RFC 9110 §7.6.1, §8.6; RFC
 //! 9112 §6) are refused: the gateway sets those itself; so are the CORS
-//! fields, which are `policies.cors`'s. Fields the gateway writes on an
+//! fields, which are `policies.cors`'s, and `Date`, the clock's. Fields
+//! the gateway writes on an
 //! answer after the transformation (`X-Request-Id`, the `RateLimit`
 //! fields) are warned about: its value replaces the one set here.
 
@@ -19,7 +20,9 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
     };
     let mut transform = ResponseTransform::default();
     for (written, value) in &entry.value.set_headers.0 {
-        let name = end_to_end(ctx, written).and_then(|name| not_cors(ctx, written, name));
+        let name = end_to_end(ctx, written)
+            .and_then(|name| not_cors(ctx, written, name))
+            .and_then(|name| not_date(ctx, written, name));
         let text = &value.value.0;
         if text.contains("${") {
             ctx.report.error(
@@ -61,6 +64,25 @@ fn not_cors(ctx: &mut Ctx, written: &S<String>, name: HeaderName) -> Option<Head
             written.referenced,
             format!("response_transformation cannot set `{}`", written.value),
             "a header outside Access-Control-*; the CORS fields come from policies.cors",
+        );
+        return None;
+    }
+    Some(name)
+}
+
+/// `Date` is the moment the answer was made (RFC 9110 §6.6.1), the
+/// upstream's or the gateway's clock: a value written here would be the
+/// same on every answer, and caches compute ages from it. Removing it
+/// stays allowed (the gateway then writes its own).
+fn not_date(ctx: &mut Ctx, written: &S<String>, name: HeaderName) -> Option<HeaderName> {
+    if name == http::header::DATE {
+        ctx.report.error(
+            written.referenced,
+            format!(
+                "response_transformation cannot set `{}`: one fixed date would go out on every answer",
+                written.value
+            ),
+            "leave Date to the upstream's clock and the gateway's",
         );
         return None;
     }

@@ -3602,6 +3602,22 @@ fn response_transformation_cannot_set_cors_fields() {
     loaded("apis:\n- name: A\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  policies:\n    response_transformation:\n      remove_headers: [Access-Control-Allow-Origin]\n");
 }
 
+/// `Date` is the clock's: a value written once would go out on every
+/// answer. Removing it stays allowed.
+#[test]
+fn response_transformation_cannot_set_date() {
+    let yaml = "apis:\n- name: A\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /a\"]\n  policies:\n    response_transformation:\n      set_headers:\n        Date: yesterday\n      remove_headers: [date]\n";
+    assert_eq!(
+        errors(yaml),
+        vec![error(
+            9,
+            9,
+            "response_transformation cannot set `Date`: one fixed date would go out on every answer",
+            "leave Date to the upstream's clock and the gateway's"
+        )]
+    );
+}
+
 // ------------------------------------------------------------ stores in clear
 
 const STORE_IN_CLEAR_ALLOWED: &str =
