@@ -124,7 +124,16 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
         return Err(Invalid::new(report.findings));
     }
     let mut file = raw::File::default();
-    for (index, body) in split_documents(text).iter().enumerate() {
+    let documents = split_documents(text);
+    if documents.first().is_none_or(|first| is_blank(first)) {
+        // A file emptied by mistake (or a wrong path to a blank one) would
+        // start a gateway that serves nothing and calls itself ready.
+        report.warning(
+            Location::UNKNOWN,
+            "the configuration holds no settings: the defaults apply, no API port is opened (only admin on 9485) and nothing is served",
+        );
+    }
+    for (index, body) in documents.iter().enumerate() {
         if index == 0 {
             if let Some(parsed) = parse_document::<raw::File>(body, Document::First, &mut report) {
                 file = parsed;
@@ -221,6 +230,12 @@ fn split_documents(text: &str) -> Vec<String> {
     documents
 }
 
+/// A document of nothing but blank lines, comments and its `---`.
+fn is_blank(body: &str) -> bool {
+    body.lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---")
+}
+
 /// Which document of a file a body is: the configuration, or one of the
 /// `--- !<authServerAlias>` documents after it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -234,10 +249,7 @@ fn parse_document<T: DeserializeOwned>(
     document: Document,
     report: &mut Report,
 ) -> Option<T> {
-    if body
-        .lines()
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---")
-    {
+    if is_blank(body) {
         return None;
     }
     if refuse_tags(body, document, report) {

@@ -853,3 +853,22 @@ fn a_usage_error_exits_1_and_help_0() {
     assert_eq!(run(&["--help"]).status.code(), Some(0));
     assert_eq!(run(&["explain", "--help"]).status.code(), Some(0));
 }
+
+/// A configuration of nothing but comments starts a gateway that serves
+/// nothing: `check` says so.
+#[test]
+fn check_warns_of_a_configuration_without_settings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(dir.path(), "# nothing yet\n\n");
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("warning: the configuration holds no settings"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{}: ok (0 APIs, 1 warnings)\n", config.display())
+    );
+}
