@@ -741,14 +741,45 @@ fn download_settings(args: DownloadArgs) -> ExitCode {
 
 fn hash_password() -> ExitCode {
     use argon2::PasswordHasher;
-    let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err()
-        || line.trim_end_matches(['\n', '\r']).is_empty()
-    {
+    use std::io::Read;
+    /// More than any password: the input is read no further.
+    const MAX_INPUT: u64 = 64 * 1024;
+    let mut input = Vec::new();
+    let stdin = std::io::stdin();
+    // Typed at a terminal: the line ends the input. Piped: all of it,
+    // so that a second line is seen rather than dropped.
+    let read = if std::io::IsTerminal::is_terminal(&stdin) {
+        std::io::BufRead::read_until(&mut stdin.lock(), b'\n', &mut input)
+    } else {
+        stdin.take(MAX_INPUT + 1).read_to_end(&mut input)
+    };
+    if read.is_err() {
+        eprintln!("cannot read standard input; type the password on it");
+        return ExitCode::FAILURE;
+    }
+    if input.len() as u64 > MAX_INPUT {
+        eprintln!("the input is larger than 64 KiB; type one password on standard input");
+        return ExitCode::FAILURE;
+    }
+    let Ok(text) = String::from_utf8(input) else {
+        eprintln!("the input is not UTF-8 text; type the password on standard input");
+        return ExitCode::FAILURE;
+    };
+    // One line, its line break (if any) no part of it: a second line
+    // would be dropped without a word, and the hash not be of what was
+    // typed.
+    let password = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if password.is_empty() {
         eprintln!("type the password on standard input");
         return ExitCode::FAILURE;
     }
-    let password = line.trim_end_matches(['\n', '\r']);
+    if password.contains(['\n', '\r']) {
+        eprintln!("the input has more than one line; type one password on standard input");
+        return ExitCode::FAILURE;
+    }
     // A password the configuration would refuse as a secret is no
     // password to hash either: whoever sends that much would get in.
     if crate::config::resolve::is_blank(password) {

@@ -83,6 +83,30 @@ fn hash_password_refuses_a_blank_password() {
     );
 }
 
+/// Piped input is one password on one line: a second line is refused,
+/// never dropped without a word, and so is input that is no UTF-8 text.
+#[test]
+fn hash_password_takes_one_line_and_says_so_otherwise() {
+    for (input, said) in [
+        (
+            "first\nsecond\n",
+            "the input has more than one line; type one password on standard input\n",
+        ),
+        (
+            "first\r\nsecond",
+            "the input has more than one line; type one password on standard input\n",
+        ),
+        ("\n", "type the password on standard input\n"),
+    ] {
+        let out = hash_password(input);
+        assert_eq!(out.status.code(), Some(1), "{input:?}");
+        assert_eq!(text(&out.stdout), "", "{input:?}");
+        assert_eq!(text(&out.stderr), said, "{input:?}");
+    }
+    let out = hash_password("no line break at the end");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
 #[test]
 fn check_passes_with_warnings() {
     let dir = tempfile::tempdir().expect("temp dir");
