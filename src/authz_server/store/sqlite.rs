@@ -460,25 +460,15 @@ impl TokenStore for SqliteStore {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found = tx
             .query_row(
-                "SELECT client_id, redirect_uri, code_challenge, code_challenge_method, scope, \
-                 username, expires_at, used, family, redirect_uri_given \
-                 FROM authorization_codes WHERE hash = ?1",
+                &format!(
+                    "SELECT {CODE_COLUMNS}, used, family FROM authorization_codes WHERE hash = ?1"
+                ),
                 [hash],
                 |row| {
                     Ok((
-                        CodeRecord {
-                            hash: hash.to_owned(),
-                            client_id: row.get(0)?,
-                            redirect_uri: row.get(1)?,
-                            redirect_uri_given: row.get(9)?,
-                            code_challenge: row.get(2)?,
-                            code_challenge_method: row.get(3)?,
-                            scope: row.get(4)?,
-                            username: row.get(5)?,
-                            expires_at: from_sql(row.get(6)?),
-                        },
-                        row.get::<_, bool>(7)?,
-                        row.get::<_, Option<String>>(8)?,
+                        code_record(hash, row)?,
+                        row.get::<_, bool>(8)?,
+                        row.get::<_, Option<String>>(9)?,
                     ))
                 },
             )
@@ -513,23 +503,12 @@ impl TokenStore for SqliteStore {
         let conn = self.conn();
         Ok(conn
             .query_row(
-                "SELECT client_id, redirect_uri, code_challenge, code_challenge_method, scope, \
-                 username, expires_at, redirect_uri_given \
-                 FROM authorization_codes WHERE hash = ?1 AND used = 0 AND expires_at > ?2",
+                &format!(
+                    "SELECT {CODE_COLUMNS} FROM authorization_codes \
+                     WHERE hash = ?1 AND used = 0 AND expires_at > ?2"
+                ),
                 params![hash, to_sql(now)],
-                |row| {
-                    Ok(CodeRecord {
-                        hash: hash.to_owned(),
-                        client_id: row.get(0)?,
-                        redirect_uri: row.get(1)?,
-                        redirect_uri_given: row.get(7)?,
-                        code_challenge: row.get(2)?,
-                        code_challenge_method: row.get(3)?,
-                        scope: row.get(4)?,
-                        username: row.get(5)?,
-                        expires_at: from_sql(row.get(6)?),
-                    })
-                },
+                |row| code_record(hash, row),
             )
             .optional()?)
     }
@@ -587,6 +566,25 @@ impl TokenStore for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(keys)
     }
+}
+
+/// The columns [`code_record`] reads, in its order.
+const CODE_COLUMNS: &str = "client_id, redirect_uri, code_challenge, code_challenge_method, \
+     scope, username, expires_at, redirect_uri_given";
+
+/// A code's record from a row that begins with [`CODE_COLUMNS`].
+fn code_record(hash: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<CodeRecord> {
+    Ok(CodeRecord {
+        hash: hash.to_owned(),
+        client_id: row.get(0)?,
+        redirect_uri: row.get(1)?,
+        redirect_uri_given: row.get(7)?,
+        code_challenge: row.get(2)?,
+        code_challenge_method: row.get(3)?,
+        scope: row.get(4)?,
+        username: row.get(5)?,
+        expires_at: from_sql(row.get(6)?),
+    })
 }
 
 #[cfg(test)]
