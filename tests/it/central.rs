@@ -1013,11 +1013,7 @@ async fn start_keeps_the_good_cache_when_the_download_does_not_merge() {
 async fn cache_file_is_read_bounded_when_the_central_is_down() {
     use std::io::Write;
     let (_dir, cache) = cache_in_tempdir();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&cache)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    common::mkfifo(&cache);
     // A cache "file" that never ends within the limit: 64 MiB (16 x 4 MiB).
     let fifo = cache.clone();
     let writer = std::thread::spawn(move || {
@@ -1155,16 +1151,6 @@ apis:
     down.shutdown().await;
 }
 
-/// Makes a FIFO at `path`.
-#[cfg(unix)]
-fn mkfifo(path: &Path) {
-    let made = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success(), "mkfifo {}", path.display());
-}
-
 /// The writer end of the FIFO at its path: opened and closed, it lets
 /// whoever waits to read go on (an end of file). Dropped unreleased, it
 /// does so for a reader waiting then: also when the test fails while one
@@ -1226,7 +1212,7 @@ async fn a_download_naming_a_fifo_is_refused_at_once_and_local_reloads_go_on() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
     let (dir, cache) = cache_in_tempdir();
     let fifo = dir.path().join("secret");
-    mkfifo(&fifo);
+    common::mkfifo(&fifo);
     let _writer = FifoWriter::new(fifo.clone());
     let down = Gateway::start(&Downstream::of_all(fake.url(), &cache).yaml()).await;
     let start_generation = generation(&down);
@@ -1269,7 +1255,7 @@ async fn a_reload_while_the_gateway_starts_keeps_the_downloaded_apis() {
     let fake = FakeCentral::start(GOOD_DOCUMENT).await;
     let (dir, cache) = cache_in_tempdir();
     let record = microgateway::central::provenance::record_path(&cache);
-    mkfifo(&record);
+    common::mkfifo(&record);
     let writer = FifoWriter::new(record);
     let admin_port = common::ports::unused();
     let yaml = Downstream::of_all(fake.url(), &cache).yaml().replace(

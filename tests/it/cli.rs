@@ -843,11 +843,7 @@ fn explain_of_a_downstream_decides_on_its_cached_download_as_check_does() {
 fn check_refuses_a_fifo_at_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let fifo = dir.path().join("microgateway.yaml");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    common::mkfifo(&fifo);
     let (status, stderr) = check_within_20_s(&fifo);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not a regular file"), "{stderr}");

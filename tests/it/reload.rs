@@ -646,11 +646,7 @@ async fn a_fifo_in_place_of_a_secret_is_refused_and_the_watcher_goes_on() {
     let errors = file_reload_errors(&gw).await;
     let secret = gw.dir.path().join("backend.secret");
     std::fs::remove_file(&secret).expect("remove the secret");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&secret)
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
+    common::mkfifo(&secret);
     let error = assert_refused(&gw, errors).await;
     assert!(error.contains("not a regular file"), "{error}");
     std::fs::remove_file(&secret).expect("remove the FIFO");
