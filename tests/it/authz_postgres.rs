@@ -24,6 +24,7 @@ use crate::local_authorization_server::{
     concurrent_retries_leave_at_most_one_live_refresh_token, post_as, refreshed, reuse_yaml,
     signed_in, text,
 };
+use microgateway::authz_server::store::OPERATION_TIMEOUT;
 
 fn yaml(url: &str, shared: &std::path::Path) -> String {
     let hash = cheap_hash("wonderland");
@@ -648,6 +649,54 @@ async fn the_store_unreachable_refuses_the_approval_form_with_a_clear_error() {
     assert_eq!(approved.status, 303, "{}", approved.body);
     let (status, body) = redeem(&a, approved.location(), &verifier).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// A database that stops answering (a stopped server, a dropped network
+/// path) holds a request for one store call's timeout, not for each of
+/// its calls in turn; once a call ran out of time, requests are refused
+/// at once (503) until the database answers again, which the gateway
+/// notices by itself.
+#[tokio::test]
+async fn a_hung_database_holds_a_request_once_and_then_refuses_at_once() {
+    let pg = Postgres::start();
+    let shared = tempfile::tempdir().unwrap();
+    let database = pg.create_database();
+    let gw = Gateway::start(&yaml(&pg.url(&database), shared.path())).await;
+    let (status, body) = password_grant(&gw, "wonderland").await;
+    assert_eq!(status, 200, "{body}");
+
+    let frozen = pg.freeze();
+    // A password grant makes several store calls: only the first waits.
+    let (status, body) = tokio::time::timeout(
+        OPERATION_TIMEOUT * 2 - Duration::from_secs(1),
+        password_grant(&gw, "wonderland"),
+    )
+    .await
+    .expect("one store call's timeout, not one for each call");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let (status, body) = tokio::time::timeout(
+        OPERATION_TIMEOUT - Duration::from_secs(1),
+        password_grant(&gw, "wonderland"),
+    )
+    .await
+    .expect("refused without waiting for the database");
+    assert_eq!(status, 503, "{body}");
+
+    drop(frozen);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = password_grant(&gw, "wonderland").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the store never came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

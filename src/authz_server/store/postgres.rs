@@ -17,7 +17,9 @@
 //! The trait is blocking (callers are on the blocking pool); the store
 //! drives its async driver on a runtime of its own, one thread, so it can
 //! be called from any thread outside an async context. Every call is
-//! bounded by [`OPERATION_TIMEOUT`]. A database that cannot be reached —
+//! bounded by [`OPERATION_TIMEOUT`]; once one ran out of time, calls fail
+//! at once until the database answers again (`silence`). A database that
+//! cannot be reached —
 //! at start or later — makes calls fail with [`StoreError::Unavailable`]
 //! (the endpoints answer 503 `temporarily_unavailable`); the pool opens
 //! new connections as soon as it is back, and a store that could not
@@ -26,6 +28,7 @@
 
 mod retry;
 mod sessions;
+mod silence;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +46,7 @@ use rustls::{
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Row;
 
+use self::silence::Silence;
 use super::postgres_schema;
 use super::{
     AccessTokenRecord, CodeRecord, CodeTake, KnownKey, RefreshTokenRecord, Removed, RetryOutcome,
@@ -72,6 +76,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// The schema is migrated: calls may run.
     ready: Arc<AtomicBool>,
+    /// Whether the database answers calls in time.
+    silence: Arc<Silence>,
     display: String,
 }
 
@@ -111,6 +117,7 @@ impl PostgresStore {
             runtime: Some(runtime),
             pool,
             ready: Arc::new(AtomicBool::new(false)),
+            silence: Arc::default(),
             display: settings.display(),
         };
         let first = store.block_on(migrate(store.pool.clone()));
@@ -144,28 +151,33 @@ impl PostgresStore {
     /// [`OPERATION_TIMEOUT`], and waits for it on this thread. Works from
     /// any thread, a runtime's worker included (the gateway opens its
     /// store there), as SQLite's calls block wherever they are made.
+    /// While the database is silent (a call ran out of time and it has
+    /// not answered since) calls fail at once.
     fn block_on<T: Send + 'static>(
         &self,
         future: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if self.silence.is_silent() {
+            return Err(StoreError::Unavailable(
+                "the database has not answered since a call ran out of time".into(),
+            ));
+        }
         let (send, receive) = std::sync::mpsc::sync_channel(1);
         self.runtime().spawn(async move {
-            let outcome = tokio::time::timeout(OPERATION_TIMEOUT, future)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Unavailable(
-                        "the database did not answer in time".into(),
-                    ))
-                });
-            let _ = send.send(outcome);
+            let _ = send.send(tokio::time::timeout(OPERATION_TIMEOUT, future).await.ok());
         });
-        receive
+        let outcome = receive
             .recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(1))
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the database did not answer in time".into(),
-                ))
-            })
+            .ok()
+            .flatten();
+        if !answered(&outcome) {
+            silence::ran_out_of_time(&self.silence, self.runtime(), &self.pool, &self.display);
+        }
+        outcome.unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        })
     }
 
     /// One call with a pooled connection, once the schema is migrated.
@@ -338,10 +350,24 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
+/// Why a call failed that had no connection in time: the database did
+/// not answer a new connection (or all of them are held by calls it does
+/// not answer).
+const NO_CONNECTION_IN_TIME: &str = "no database connection in time";
+
+/// Whether the database answered a call that ended with `outcome`.
+fn answered<T>(outcome: &Option<Result<T, StoreError>>) -> bool {
+    match outcome {
+        None => false,
+        Some(Err(StoreError::Unavailable(reason))) => reason != NO_CONNECTION_IN_TIME,
+        Some(_) => true,
+    }
+}
+
 fn pool_error(error: PoolError) -> StoreError {
     match error {
         PoolError::Backend(error) => StoreError::from(error),
-        PoolError::Timeout(_) => StoreError::Unavailable("no database connection in time".into()),
+        PoolError::Timeout(_) => StoreError::Unavailable(NO_CONNECTION_IN_TIME.into()),
         other => StoreError::Unavailable(other.to_string()),
     }
 }

@@ -240,6 +240,27 @@ impl Postgres {
         self.pg_ctl(&mut self.stop_command(), "stop");
     }
 
+    /// Stops every process of the server (`SIGSTOP`): connections stay
+    /// open and nothing answers, as a hung database, until the guard is
+    /// dropped.
+    pub fn freeze(&self) -> Frozen {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("postmaster.pid of a running server");
+        let postmaster = text.lines().next().expect("the pid line").trim().to_owned();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("pgrep");
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        signal("STOP", &pids);
+        Frozen { pids }
+    }
+
     fn stop_command(&self) -> Command {
         let mut command = as_server_user(&self.bin.join("pg_ctl"));
         command
@@ -341,6 +362,26 @@ impl Postgres {
         );
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
+}
+
+/// A server stopped by [`Postgres::freeze`]; going on again on drop.
+pub struct Frozen {
+    pids: Vec<String>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("CONT", &self.pids);
+    }
+}
+
+fn signal(name: &str, pids: &[String]) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .args(pids)
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pids:?}");
 }
 
 impl Drop for Postgres {
