@@ -276,11 +276,26 @@ fn parse_document<T: DeserializeOwned>(
         Ok(value) => Some(value),
         Err(error) => {
             let at = error.location().unwrap_or(Location::UNKNOWN);
-            let (message, allowed) = describe(&error);
+            let (mut message, allowed) = describe(&error);
+            if document == Document::Alias && !marked_as_alias(body) {
+                message.push_str(LATER_DOCUMENT);
+            }
             report.error(at, message, allowed);
             None
         }
     }
+}
+
+/// Said of an error in an untagged document after the first: what such a
+/// document is, for a file split by a stray `---` or `...`.
+const LATER_DOCUMENT: &str = " (a document after the first `---` is read as one auth server, as `--- !<authServerAlias>` exports are; the gateway's settings all go in the first document)";
+
+/// Whether a later document's `---` line names it an auth server
+/// (`--- !<authServerAlias>`).
+fn marked_as_alias(body: &str) -> bool {
+    body.lines()
+        .find_map(|line| line.strip_prefix("---"))
+        .is_some_and(|rest| rest.trim_start().starts_with("!<authServerAlias>"))
 }
 
 /// The one tag this file accepts: the webMethods alias export's.

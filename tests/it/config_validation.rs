@@ -107,6 +107,28 @@ fn unknown_top_level_key() {
     );
 }
 
+/// A stray `---` (or `...` then `---`) splits the file: what follows is
+/// read as an auth server, and the error says so instead of only naming an
+/// auth server's keys.
+#[test]
+fn settings_after_a_second_document_marker_are_said_to_belong_in_the_first() {
+    for yaml in [
+        "apis: []\n---\nports: { http: 0 }\n",
+        "apis: []\n...\n---\nports: { http: 0 }\n",
+    ] {
+        let errors = errors(yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (line, column, message, _) = &errors[0];
+        assert_eq!((*line, *column), (yaml.lines().count() as u64, 1), "{yaml}");
+        assert!(
+            message.starts_with(
+                "unknown key `ports` (a document after the first `---` is read as one auth server"
+            ) && message.ends_with("the gateway's settings all go in the first document)"),
+            "{message}"
+        );
+    }
+}
+
 #[test]
 fn unknown_key_in_an_api() {
     refused(
