@@ -5,12 +5,17 @@
 //! Health lives in the runtime ([`Health`]), keyed by API name and endpoint
 //! URL, not in the snapshot: a reload keeps the state of the endpoints it
 //! keeps. Passive health ejects an endpoint after `consecutive_failures`
-//! failures in a row (connect errors, resets, 502/503/504) for `eject_for`,
-//! then lets one trial request through; never more than `max_ejected` of
-//! an API's endpoints are out at once, and when none is left, all are used
-//! (a guess beats a 503 for everything). Active checks, when configured,
+//! failures in a row (connect errors, resets, 502/503/504, an answer's
+//! body cut) for `eject_for`, then lets one trial request through; never
+//! more than `max_ejected` of an API's endpoints are out at once, and when
+//! none is left, all are used (a guess beats a 503 for everything). Active checks, when configured,
 //! run once per gateway, one task per endpoint, and stop when the endpoint
 //! leaves the configuration.
+//!
+//! A try is in flight, and its outcome open, until its answer's body has
+//! ended ([`Answering`], carried by the body): an endpoint that cuts an
+//! answer after its head has failed, and one streaming a long answer is
+//! busy. An upstream of one `url` carries nothing of this.
 //!
 //! Each thread picks with a [`Balancer`] of its own (its own cursor, no
 //! counter shared with the other threads), over the endpoint states all
@@ -27,6 +32,7 @@ use http::{Request, StatusCode};
 use prometheus::{IntCounter, IntGauge};
 use tokio::task::AbortHandle;
 
+use super::client;
 use super::pool::{self, Connector, Key};
 use crate::config::snapshot::{ActiveHealth, Balance, Balanced, CaBundle, Endpoint, Upstream};
 use crate::config::Snapshot;
@@ -356,12 +362,13 @@ impl Balancer {
     }
 
     /// The try of `pick`, counted in flight until its outcome.
-    pub fn begin(&self, pick: &Pick) -> Attempt<'_> {
-        let state = &self.states[pick.index];
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
+    pub fn begin(self: &Arc<Self>, pick: &Pick) -> Attempt {
+        self.states[pick.index]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         Attempt {
-            balancer: self,
-            state,
+            balancer: self.clone(),
+            index: pick.index,
             trial: pick.trial,
             done: false,
         }
@@ -438,21 +445,26 @@ fn splitmix(n: u64) -> u64 {
 }
 
 /// One try on one endpoint; its outcome feeds the endpoint's health.
-pub struct Attempt<'a> {
-    balancer: &'a Balancer,
-    state: &'a EndpointState,
+/// It owns its balancer: an answer carries it until its body has ended.
+pub struct Attempt {
+    balancer: Arc<Balancer>,
+    index: usize,
     trial: bool,
     done: bool,
 }
 
-impl Attempt<'_> {
-    /// The endpoint answered with `status`.
-    pub fn answered(mut self, status: StatusCode) {
+impl Attempt {
+    /// The endpoint answered with `status`: in flight, its outcome that
+    /// of the status, until the answer's body has ended ([`Answering`]).
+    pub fn answered(self, status: StatusCode) -> Answering {
         let outcome = match status.as_u16() {
             502..=504 => Outcome::ErrorStatus,
             _ => Outcome::Ok,
         };
-        self.finish(Some(outcome));
+        Answering {
+            attempt: self,
+            outcome,
+        }
     }
 
     pub fn failed(mut self, outcome: Outcome) {
@@ -469,26 +481,57 @@ impl Attempt<'_> {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let state = &self.balancer.states[self.index];
+        state.in_flight.fetch_sub(1, Ordering::Relaxed);
         match outcome {
-            Some(outcome) => self.balancer.record(self.state, outcome, self.trial),
+            Some(outcome) => self.balancer.record(state, outcome, self.trial),
             // A trial that told nothing: the next request tries again.
             None if self.trial => {
-                let _ = self.state.ejected.compare_exchange(
-                    TRIAL,
-                    1,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
+                let _ =
+                    state
+                        .ejected
+                        .compare_exchange(TRIAL, 1, Ordering::AcqRel, Ordering::Relaxed);
             }
             None => {}
         }
     }
 }
 
-impl Drop for Attempt<'_> {
+impl Drop for Attempt {
     fn drop(&mut self) {
         self.finish(None);
+    }
+}
+
+/// A try whose answer's head has come, carried by the answer's body: the
+/// endpoint has the request in flight until the body has ended, and an
+/// endpoint that fails the body (resets, closes early, breaks the framing,
+/// goes silent) has failed the try, whatever its status said.
+pub struct Answering {
+    attempt: Attempt,
+    /// The outcome the status gave.
+    outcome: Outcome,
+}
+
+impl pool::Ending for Answering {
+    fn ended(&mut self) {
+        self.attempt.finish(Some(self.outcome));
+    }
+
+    fn failed(&mut self, error: &client::Error) {
+        let outcome = match error {
+            client::Error::Stalled(_) => Outcome::Timeout,
+            _ => Outcome::Failure,
+        };
+        self.attempt.finish(Some(outcome));
+    }
+}
+
+impl Drop for Answering {
+    /// Dropped before its end (the client left): the endpoint did not
+    /// fail it, and the status tells.
+    fn drop(&mut self) {
+        self.attempt.finish(Some(self.outcome));
     }
 }
 
@@ -828,8 +871,9 @@ async fn probe(
 mod tests {
     use super::*;
     use crate::config::snapshot::{PassiveHealth, Retry};
+    use pool::Ending;
 
-    fn balancer(n: usize, consecutive_failures: u32, max_ejected_percent: u32) -> Balancer {
+    fn balancer(n: usize, consecutive_failures: u32, max_ejected_percent: u32) -> Arc<Balancer> {
         let endpoints: Vec<Endpoint> = (0..n)
             .map(|i| {
                 let authority = format!("127.0.0.1:{}", 1000 + i);
@@ -862,7 +906,7 @@ mod tests {
             },
             dns_ttl: Duration::ZERO,
         };
-        Balancer {
+        Arc::new(Balancer {
             states: config
                 .endpoints
                 .iter()
@@ -871,13 +915,13 @@ mod tests {
             config: Arc::new(config),
             cursor: AtomicUsize::new(0),
             epoch: Instant::now(),
-        }
+        })
     }
 
     #[test]
     fn each_thread_picks_with_its_own_balancer_over_the_shared_states() {
         let health = Health::new(Arc::new(Connector::new(Duration::from_secs(1))));
-        let config = balancer(2, 1, 100).config;
+        let config = balancer(2, 1, 100).config.clone();
         {
             let mut registry = lock(&health.registry);
             for endpoint in &config.endpoints {
@@ -903,7 +947,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&here, &health.balancer("api", &config)));
     }
 
-    fn fail(balancer: &Balancer, index: usize) {
+    fn fail(balancer: &Arc<Balancer>, index: usize) {
         let pick = Pick {
             index,
             trial: false,
@@ -947,10 +991,37 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(b.pick(0).index, 1);
         }
-        attempt.answered(StatusCode::OK);
+        attempt.answered(StatusCode::OK).ended();
         assert!(!b.states[0].is_out());
         let picks: Vec<usize> = (0..4).map(|_| b.pick(0).index).collect();
         assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+    }
+
+    #[test]
+    fn an_answer_is_in_flight_until_its_body_ends_and_a_cut_body_fails() {
+        let b = balancer(2, 1, 100);
+        let in_flight = |i: usize| b.states[i].in_flight.load(Ordering::Relaxed);
+        let pick = |index| Pick {
+            index,
+            trial: false,
+        };
+        let mut cut = b.begin(&pick(0)).answered(StatusCode::OK);
+        assert_eq!(in_flight(0), 1, "the head came, the body is due");
+        cut.failed(&client::Error::Truncated);
+        assert_eq!(in_flight(0), 0);
+        assert!(b.states[0].is_out(), "a 200 whose body was cut failed");
+        // Told again as the body is polled after its failure, or dropped:
+        // counted once.
+        cut.ended();
+        drop(cut);
+        assert_eq!(b.states[0].failures.load(Ordering::Relaxed), 1);
+        assert!(b.states[0].is_out());
+        // A body the client left before its end: as its status says.
+        let left = b.begin(&pick(1)).answered(StatusCode::OK);
+        assert_eq!(in_flight(1), 1);
+        drop(left);
+        assert_eq!(in_flight(1), 0);
+        assert!(!b.states[1].is_out());
     }
 
     #[test]

@@ -252,14 +252,16 @@ impl Upstreams {
             let checkout = pool::checkout(&self.connector, &self.shared, &key, now)
                 .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
             let result = checkout
-                .try_send(&self.connector, req, destination, bounds, &api.metrics)
+                .try_send(&self.connector, req, destination, bounds)
                 .await;
             let Failed { error, request } = match result {
-                Ok(response) => {
-                    exchange.answered(response.status());
+                Ok(answer) => {
+                    // In flight, and its outcome open, until the body has
+                    // ended: an endpoint that cuts it has failed the try.
+                    let answering = exchange.answered(answer.status());
                     api.metrics
                         .observe_upstream(started.elapsed().as_secs_f64());
-                    return Ok(response);
+                    return Ok(answer.into_response(&api.metrics, answering));
                 }
                 Err(failed) => failed,
             };

@@ -870,21 +870,21 @@ impl Checkout {
                 }
                 Err(failure) => return Err(SendError::Request(failure.error)),
             };
-            Ok(pooled(response, home, slot, metrics))
+            Ok(pooled(response, home, slot, metrics, ()))
         }
     }
 
     /// [`Checkout::send`], giving the request back on a failure when it
     /// is safe to send it elsewhere (see [`Failed`]); connecting ends at
-    /// `bounds.connect_by`.
+    /// `bounds.connect_by`. The answer's body is still to be read: what
+    /// learns how it ends is given to [`Answer::into_response`].
     pub async fn try_send(
         self,
         connector: &Connector,
         req: Request<Body>,
         destination: Destination<'_>,
         bounds: TryBounds,
-        metrics: &ApiMetrics,
-    ) -> Result<Response<Body>, Failed> {
+    ) -> Result<Answer, Failed> {
         let TryBounds { connect_by, stall } = bounds;
         let Checkout { home, slot, conn } = self;
         let (conn, reused) = match conn {
@@ -935,29 +935,79 @@ impl Checkout {
             }
             Err(failure) => return Err(Failed::after(failure)),
         };
-        Ok(pooled(response, home, slot, metrics))
+        Ok(Answer {
+            response,
+            back: Back { home, slot },
+        })
     }
+}
+
+/// An answer's head, its body still to be read from the connection.
+pub struct Answer {
+    response: Response<ResponseBody>,
+    back: Back,
+}
+
+impl Answer {
+    pub fn status(&self) -> http::StatusCode {
+        self.response.status()
+    }
+
+    /// The response (see [`pooled`]), its body telling `ending` how it
+    /// ended.
+    pub fn into_response<E: Ending>(self, metrics: &ApiMetrics, ending: E) -> Response<Body> {
+        let Back { home, slot } = self.back;
+        pooled(self.response, home, slot, metrics, ending)
+    }
+}
+
+/// What learns how an answer's body ended: a balanced upstream's try, for
+/// its endpoint's health and requests in flight. An upstream of one `url`
+/// has nothing to learn it (`()`: its body does no more than before). A
+/// body dropped before its end (the client left) tells it nothing: it is
+/// dropped with it.
+pub trait Ending: Send + Sync + Unpin + 'static {
+    /// The body was read to its end (or it owed nothing more when its
+    /// head came). Only the first of `ended` and `failed` counts: a body
+    /// polled again after either tells it again.
+    fn ended(&mut self);
+    /// The upstream failed the body while more of it was due.
+    fn failed(&mut self, error: &client::Error);
+}
+
+impl Ending for () {
+    #[inline(always)]
+    fn ended(&mut self) {}
+
+    #[inline(always)]
+    fn failed(&mut self, _: &client::Error) {}
 }
 
 /// The response, its body putting the connection back once read to its end,
 /// and counting in `metrics` an upstream that fails it (goes silent,
 /// closes, breaks the framing) while more of it is due (and the upstream
-/// had the whole request).
+/// had the whole request); `ending` learns which way it ended.
 #[inline]
-fn pooled(
+fn pooled<E: Ending>(
     response: Response<ResponseBody>,
     home: Home,
     slot: SlotId,
     metrics: &ApiMetrics,
+    mut ending: E,
 ) -> Response<Body> {
     response.map(|body| {
         // A body all there already cannot fail on the upstream's account:
-        // most answers keep no handle on the API's series.
+        // most answers keep no handle on the API's series; their try has
+        // ended with their head.
         let failures = (!body.owes_nothing()).then(|| metrics.clone());
+        if failures.is_none() {
+            ending.ended();
+        }
         PooledBody {
             body,
             back: Some(Back { home, slot }),
             failures,
+            ending,
         }
         .boxed()
     })
@@ -1002,11 +1052,12 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// A response body that puts its connection back once read to its end.
-struct PooledBody {
+struct PooledBody<E> {
     body: ResponseBody,
     back: Option<Back>,
     /// Where an upstream failing the body is counted (see [`pooled`]).
     failures: Option<ApiMetrics>,
+    ending: E,
 }
 
 struct Back {
@@ -1014,7 +1065,7 @@ struct Back {
     slot: SlotId,
 }
 
-impl PooledBody {
+impl<E> PooledBody<E> {
     fn release(&mut self) {
         if let Some(Back { home, slot }) = self.back.take() {
             if let Some(conn) = self.body.take_idle() {
@@ -1024,7 +1075,7 @@ impl PooledBody {
     }
 }
 
-impl HttpBody for PooledBody {
+impl<E: Ending> HttpBody for PooledBody<E> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -1037,6 +1088,7 @@ impl HttpBody for PooledBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if this.body.is_end_stream() {
                     this.release();
+                    this.ending.ended();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -1049,10 +1101,12 @@ impl HttpBody for PooledBody {
                         _ => "protocol",
                     });
                 }
+                this.ending.failed(&error);
                 Poll::Ready(Some(Err(Box::new(error))))
             }
             Poll::Ready(None) => {
                 this.release();
+                this.ending.ended();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -1068,10 +1122,11 @@ impl HttpBody for PooledBody {
     }
 }
 
-impl Drop for PooledBody {
+impl<E> Drop for PooledBody<E> {
     fn drop(&mut self) {
         // A server drops a body that says it has ended (an empty one, or
         // one whose last bytes it has read) without polling it to `None`.
+        // (`ending` has learnt it from the frame that ended it.)
         if self.body.is_end_stream() {
             self.release();
         }

@@ -907,3 +907,163 @@ async fn retries_share_the_upstream_timeout_for_connecting() {
     );
     gw.shutdown().await;
 }
+
+/// An endpoint that answers each request with a head promising
+/// `Content-Length: 100`, sends `abc` and resets the connection; counts
+/// the requests it answered so.
+async fn cutting_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counted = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n @ 1..) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    head.extend_from_slice(&buf[..n]);
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc";
+                let _ = stream.write_all(answer).await;
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let linger = Some(Duration::ZERO);
+                socket2::SockRef::from(&stream).set_linger(linger).unwrap();
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// The state and requests in flight of each endpoint, as the admin API
+/// lists them.
+async fn listed(gw: &Gateway) -> Vec<(String, u64)> {
+    let assets: serde_json::Value = gw
+        .client
+        .get(gw.admin_url("/rest/microgateway/assets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoints = assets["apis"][0]["upstream"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
+    endpoints
+        .iter()
+        .map(|e| {
+            let state = e["state"].as_str().unwrap().to_owned();
+            (state, e["in_flight"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// An answer whose body the endpoint cuts (reset after its head) is a
+/// failure for passive health and for `upstream_requests_total`, not the
+/// success its status said.
+#[tokio::test]
+async fn an_endpoint_that_cuts_its_answers_is_ejected() {
+    let (cutting, answered) = cutting_endpoint().await;
+    let b = Endpoint::start().await;
+    let cutting_url = format!("http://{cutting}/api");
+    let upstream = format!(
+        "    endpoints:\n    - url: \"{cutting_url}\"\n    - url: \"{}\"\n    health:\n      passive: {{ consecutive_failures: 2, eject_for: 5s }}\n",
+        b.url()
+    );
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    for _ in 0..6 {
+        let response = gw.get("/b/items").await;
+        assert_eq!(response.status(), 200);
+        // The cut answers end in an error; `b`'s are whole.
+        let _ = response.bytes().await;
+    }
+    // a, b, a: the second cut answer ejected it; the rest went to `b`.
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+    assert_eq!(b.hits(), 4);
+    let text = gw.metrics().await;
+    let result = |result: &str| {
+        format!(
+            "microgateway_upstream_requests_total{{api=\"Balanced\",endpoint=\"{cutting_url}\",result=\"{result}\"}}"
+        )
+    };
+    assert_eq!(common::metric(&text, &result("failure")), 2, "{text}");
+    assert_eq!(common::metric(&text, &result("ok")), 0, "{text}");
+    let states: Vec<String> = listed(&gw).await.into_iter().map(|(s, _)| s).collect();
+    assert_eq!(states, ["ejected", "healthy"]);
+    gw.shutdown().await;
+}
+
+/// An endpoint that answers each request with a head promising ten bytes
+/// and the first of them, and sends the other nine once `release` is
+/// set.
+async fn streaming_endpoint(release: watch::Receiver<bool>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut release = release.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let Ok(n @ 1..) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        head.extend_from_slice(&buf[..n]);
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\na";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if release.wait_for(|released| *released).await.is_err() {
+                        return;
+                    }
+                    if stream.write_all(b"bcdefghij").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An endpoint has a request in flight until its answer's body has ended
+/// (a long download, a stream of events), not only until the head: the
+/// admin API (and `least_requests`) see it busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_has_a_request_in_flight_until_its_answer_has_ended() {
+    let (release, released) = watch::channel(false);
+    let streaming = streaming_endpoint(released).await;
+    let upstream = format!(
+        "    endpoints:\n    - url: \"http://{streaming}/api\"\n    balance: least_requests\n"
+    );
+    let gw = Gateway::start(&yaml(&upstream)).await;
+    let mut responses = Vec::new();
+    for _ in 0..4 {
+        let response = gw.get("/b/items").await;
+        assert_eq!(response.status(), 200);
+        responses.push(response);
+    }
+    assert_eq!(listed(&gw).await, [("healthy".to_owned(), 4)]);
+    release.send(true).unwrap();
+    for response in responses {
+        assert_eq!(&response.bytes().await.unwrap()[..], b"abcdefghij");
+    }
+    until("no request in flight", || async {
+        listed(&gw).await == [("healthy".to_owned(), 0)]
+    })
+    .await;
+    gw.shutdown().await;
+}
