@@ -1,9 +1,11 @@
 //! Keep-alive HTTP/1.1 connections to upstreams (see [`http1`]).
 //!
 //! A [`Pool`] keeps idle connections per upstream: its scheme, its
-//! authority and, for `https`, the CAs it is verified against (a connection
-//! verified against one API's CA bundle never serves an API that trusts the
-//! system roots, or another bundle). Each API listener thread has a pool of
+//! authority, how long the addresses of its host are kept (`dns_ttl`: each
+//! upstream's new connections resolve within its own) and, for `https`,
+//! the CAs it is verified against (a connection verified against one API's
+//! CA bundle never serves an API that trusts the system roots, or another
+//! bundle). Each API listener thread has a pool of
 //! its own, used without a lock: the thread runs a single-threaded runtime,
 //! and the connection tasks run on it too. Callers on any other thread share
 //! one pool behind a mutex.
@@ -495,7 +497,7 @@ pub struct Pool {
     max_idle: usize,
     idle_timeout: Duration,
     slots: Vec<Slot>,
-    /// Slot numbers by authority (one per scheme and trust).
+    /// Slot numbers by authority (one per scheme, trust and `dns_ttl`).
     by_authority: HashMap<Authority, Vec<u32>, BuildHasherDefault<AuthorityHasher>>,
     /// When idle connections of every upstream are next checked for age.
     next_sweep: Instant,
@@ -561,7 +563,10 @@ impl Pool {
         if let Some(numbers) = self.by_authority.get(key.authority) {
             for &n in numbers {
                 let slot = &mut self.slots[n as usize];
-                if slot.https == https && slot.trusts(key.ca_bundle) {
+                if slot.https == https
+                    && slot.target.dns_ttl == key.dns_ttl
+                    && slot.trusts(key.ca_bundle)
+                {
                     return Ok(n);
                 }
             }
@@ -1173,6 +1178,31 @@ mod tests {
             renewed,
             "the new resolution is kept"
         );
+    }
+
+    /// Two upstreams on one `host:port` with different `dns_ttl`s (two
+    /// APIs, or a reload changing it) have a slot each: the second does
+    /// not connect with the first one's TTL.
+    #[tokio::test]
+    async fn each_dns_ttl_of_an_upstream_has_a_slot_of_its_own() {
+        let mut pool = Pool::new(Arc::new(Connector::new(Duration::from_secs(2))));
+        let authority: Authority = "upstream.example:8080".parse().unwrap();
+        let key = |secs| Key {
+            scheme: &Scheme::HTTP,
+            authority: &authority,
+            ca_bundle: None,
+            dns_ttl: Duration::from_secs(secs),
+        };
+        let ttl_of = |pool: &mut Pool, secs| match pool.checkout(&key(secs), Instant::now()) {
+            Ok((slot, Conn::New(target))) => (slot, target.dns_ttl),
+            _ => panic!("a new connection is due"),
+        };
+        let (long, long_ttl) = ttl_of(&mut pool, 30);
+        let (short, short_ttl) = ttl_of(&mut pool, 0);
+        assert_eq!(long_ttl, Duration::from_secs(30));
+        assert_eq!(short_ttl, Duration::ZERO, "resolved on every connect");
+        assert_ne!(long, short);
+        assert_eq!(ttl_of(&mut pool, 30).0, long, "each keeps its slot");
     }
 
     /// An upstream answering every request with `len` bytes, counting the
