@@ -12,7 +12,8 @@ use http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::context::{
-    basic_header, header_name, is_connection_field, names, Ctx, GrantTable, CONNECTION_FIELDS,
+    basic_header, header_name, is_connection_field_in_any_spelling, names, Ctx, GrantTable,
+    CONNECTION_FIELDS,
 };
 use super::nesting::Placed;
 use super::raw::{self, Location, S};
@@ -772,13 +773,27 @@ fn transform(ctx: &mut Ctx, policies: &raw::Policies) -> Transform {
 /// A name `set_headers` may set: the gateway writes `Host` (from the
 /// upstream URL, RFC 9110 §7.2) and the connection's own fields itself;
 /// one set here would be dropped, or reach the upstream past the
-/// stripping of the client's hop-by-hop fields.
+/// stripping of the client's hop-by-hop fields. Compared in every
+/// spelling that folds to theirs (`Content_Length`), as a CGI-style
+/// upstream reads them. `Authorization` is `outbound_auth`'s, which runs
+/// later and removes or replaces it: set here, it would never arrive.
 fn settable(ctx: &mut Ctx, written: &S<String>, name: HeaderName) -> Option<HeaderName> {
-    if name == http::header::HOST || is_connection_field(&name) {
+    if folds_to(&name, b"authorization") {
+        ctx.report.error(
+            written.referenced,
+            format!(
+                "request_transformation cannot set `{}`: outbound_auth writes the upstream's Authorization, and removes it without one",
+                written.value
+            ),
+            "outbound_auth: { alias: NAME } (a basic or bearer alias), { type: basic, username, password } or { delegate: incoming_token }",
+        );
+        return None;
+    }
+    if folds_to(&name, b"host") || is_connection_field_in_any_spelling(&name) {
         ctx.report.error(
             written.referenced,
             format!("request_transformation cannot set `{}`", written.value),
-            format!("an end-to-end header name; Host, {CONNECTION_FIELDS} are the gateway's"),
+            format!("an end-to-end header name; Host, {CONNECTION_FIELDS} (in any spelling) are the gateway's"),
         );
         return None;
     }

@@ -315,20 +315,30 @@ pub(super) const CONNECTION_FIELDS: &str =
 /// request after the client's hop-by-hop fields were stripped would reach
 /// the upstream as the gateway's word.
 pub(super) fn is_connection_field(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-    )
+    CONNECTION_FIELD_NAMES.contains(&name.as_str())
 }
+
+/// [`is_connection_field`] in every spelling that folds to one of them
+/// (`Content_Length`, `transfer.encoding`): a CGI-style upstream reads
+/// those as the field itself (RFC 3875 §4.1.18).
+pub(super) fn is_connection_field_in_any_spelling(name: &HeaderName) -> bool {
+    CONNECTION_FIELD_NAMES
+        .iter()
+        .any(|field| super::snapshot::folds_to(name, field.as_bytes()))
+}
+
+const CONNECTION_FIELD_NAMES: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
 
 /// What the gateway does with a request field an API key must not be
 /// read from, or `None` for a field of the client's own. The key is
@@ -337,9 +347,7 @@ pub(super) fn is_connection_field(name: &HeaderName) -> bool {
 /// or be a value the gateway or a proxy wrote, not the client's key.
 pub(super) fn gateway_request_field(name: &HeaderName) -> Option<&'static str> {
     let field = |folded: &str| super::snapshot::folds_to(name, folded.as_bytes());
-    // Header names are lower case already: `_` and `.` are left to fold.
-    let folded = HeaderName::from_bytes(name.as_str().replace(['_', '.'], "-").as_bytes());
-    if field("host") || folded.is_ok_and(|folded| is_connection_field(&folded)) {
+    if field("host") || is_connection_field_in_any_spelling(name) {
         return Some("the gateway writes it itself (Host and the connection and framing fields)");
     }
     if field("authorization") {

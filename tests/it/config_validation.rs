@@ -3500,7 +3500,7 @@ fn a_deadline_of_zero_is_refused_but_a_drain_of_zero_is_taken() {
 
 // ------------------------------------------------------------ transformations
 
-const REQUEST_NAME_ALLOWED: &str = "an end-to-end header name; Host, Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length and the Proxy- fields are the gateway's";
+const REQUEST_NAME_ALLOWED: &str = "an end-to-end header name; Host, Connection, Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length and the Proxy- fields (in any spelling) are the gateway's";
 
 /// An open API whose `request_transformation` is `policy` (indented under
 /// `request_transformation:`, from line 8).
@@ -3546,6 +3546,68 @@ fn request_transformation_cannot_set_the_gateways_own_fields() {
         })
         .collect();
     assert_eq!(found, expected);
+}
+
+/// A CGI-style upstream reads `Content_Length` as `Content-Length`: the
+/// gateway's fields are refused in every spelling that folds to theirs.
+#[test]
+fn request_transformation_cannot_set_the_gateways_own_fields_in_another_spelling() {
+    let names = [
+        "Content_Length",
+        "Transfer_Encoding",
+        "transfer.encoding",
+        "KEEP_ALIVE",
+        "Proxy_Authorization",
+        "Proxy.Connection",
+        "HOST",
+    ];
+    let policy: String = names
+        .iter()
+        .map(|name| format!("        {name}: x\n"))
+        .collect();
+    let found = errors(&with_request_transformation(&format!(
+        "      set_headers:\n{policy}        X-Content_Length_Hint: x\n"
+    )));
+    let expected: Vec<Found> = names
+        .iter()
+        .zip(9..)
+        .map(|(name, line)| {
+            error(
+                line,
+                9,
+                &format!("request_transformation cannot set `{name}`"),
+                REQUEST_NAME_ALLOWED,
+            )
+        })
+        .collect();
+    assert_eq!(found, expected);
+}
+
+/// `outbound_auth` runs after the transformation and removes the
+/// `Authorization` header (or writes its alias's over it): one set here
+/// would never reach the upstream, while `check` said nothing.
+#[test]
+fn request_transformation_cannot_set_authorization() {
+    let allowed = "outbound_auth: { alias: NAME } (a basic or bearer alias), { type: basic, username, password } or { delegate: incoming_token }";
+    let message = |name: &str| {
+        format!("request_transformation cannot set `{name}`: outbound_auth writes the upstream's Authorization, and removes it without one")
+    };
+    assert_eq!(
+        errors(&with_request_transformation(
+            "      set_headers:\n        Authorization: \"Bearer fixed\"\n"
+        )),
+        vec![error(9, 9, &message("Authorization"), allowed)]
+    );
+    assert_eq!(
+        errors(&with_request_transformation(
+            "      set_headers:\n        AUTHORIZATION: \"Basic c3ZjOnB3\"\n        X-Authorization: fine\n"
+        )),
+        vec![error(9, 9, &message("AUTHORIZATION"), allowed)]
+    );
+    // Removing the client's stays allowed.
+    loaded(&with_request_transformation(
+        "      remove_headers: [Authorization]\n",
+    ));
 }
 
 /// A block scalar (`|`) ends in a line break: once refused by every
