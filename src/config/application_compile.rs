@@ -64,6 +64,16 @@ pub fn compile(
         let Some(name) = ctx.required(&raw.name, entry.referenced, "application name") else {
             continue;
         };
+        if let Some(problem) = name_problem(&name.value) {
+            ctx.report.error(
+                name.referenced,
+                format!(
+                    "application name `{}` {problem}",
+                    name.value.escape_debug()
+                ),
+                "a name without control characters, neither beginning nor ending with whitespace, such as `Partner portal`",
+            );
+        }
         if by_name.insert(name.value.clone(), ()).is_some() {
             ctx.report.error(
                 name.referenced,
@@ -228,6 +238,21 @@ fn trusted_servers(
 /// Whether two applications' auth servers (empty: any) have one in common.
 fn overlap(a: &[Arc<str>], b: &[Arc<str>]) -> bool {
     a.is_empty() || b.is_empty() || a.iter().any(|server| b.contains(server))
+}
+
+/// What keeps an application's name from reaching an upstream as written
+/// (`${request.application.name}`): a control character (RFC 9110 §5.5:
+/// none but tab is in a field value; a tab in a name is taken for one of
+/// the others), or whitespace around it, which parsers strip (§5.5), so
+/// the upstream would read another name.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.chars().any(char::is_control) {
+        Some("contains a control character, which a name passed to an upstream (`${request.application.name}`) may not hold: a line break would refuse every request of the application")
+    } else if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        Some("begins or ends with whitespace: an upstream given `${request.application.name}` would read it stripped, as another name")
+    } else {
+        None
+    }
 }
 
 fn basic_users(

@@ -1715,6 +1715,41 @@ authorization_server:
     );
 }
 
+/// An application's name goes to upstreams as a header value
+/// (`${request.application.name}`): one with a line break refused every
+/// request of the application (401 `invalid_token`, though it sent no
+/// token), one padded with spaces reached the upstream as another name.
+#[test]
+fn an_application_name_that_is_no_header_text_is_refused() {
+    let yaml = "applications:\n- name: \"Line\\nbreak\"\n  api_keys: [line-break-key-long]\n- name: \" Padded\"\n  api_keys: [padded-key-long-enough]\n- name: \"Trailing \"\n  api_keys: [trailing-key-long-enough]\n- name: \"Tab\\there\"\n  api_keys: [tab-key-long-enough-too]\n- name: \"Partner portal\"\n  api_keys: [partner-key-long-enough]\n";
+    let allowed = "a name without control characters, neither beginning nor ending with whitespace, such as `Partner portal`";
+    let control = |line, name: &str| {
+        error(
+            line,
+            9,
+            &format!("application name `{name}` contains a control character, which a name passed to an upstream (`${{request.application.name}}`) may not hold: a line break would refuse every request of the application"),
+            allowed,
+        )
+    };
+    let padded = |line, name: &str| {
+        error(
+            line,
+            9,
+            &format!("application name `{name}` begins or ends with whitespace: an upstream given `${{request.application.name}}` would read it stripped, as another name"),
+            allowed,
+        )
+    };
+    assert_eq!(
+        errors(yaml),
+        vec![
+            control(2, "Line\\nbreak"),
+            padded(4, " Padded"),
+            padded(6, "Trailing "),
+            control(8, "Tab\\there"),
+        ]
+    );
+}
+
 /// An API key is a whole credential, guessed at any API that takes keys
 /// without being locked out: one under 16 characters is warned about as a
 /// client secret is, the key itself not shown.
