@@ -777,6 +777,7 @@ fn transform(ctx: &mut Ctx, policies: &raw::Policies) -> Transform {
 /// spelling that folds to theirs (`Content_Length`), as a CGI-style
 /// upstream reads them. `Authorization` is `outbound_auth`'s, which runs
 /// later and removes or replaces it: set here, it would never arrive.
+/// `Proxy` is no client's nor policy's to send.
 fn settable(ctx: &mut Ctx, written: &S<String>, name: HeaderName) -> Option<HeaderName> {
     if folds_to(&name, b"authorization") {
         ctx.report.error(
@@ -786,6 +787,19 @@ fn settable(ctx: &mut Ctx, written: &S<String>, name: HeaderName) -> Option<Head
                 written.value
             ),
             "outbound_auth: { alias: NAME } (a basic or bearer alias), { type: basic, username, password } or { delegate: incoming_token }",
+        );
+        return None;
+    }
+    if folds_to(&name, b"proxy") {
+        // httpoxy (CVE-2016-5385): the client's is dropped (`forwarded`),
+        // and a CGI-style upstream would send its own calls through this.
+        ctx.report.error(
+            written.referenced,
+            format!(
+                "request_transformation cannot set `{}`: a CGI-style upstream reads it as HTTP_PROXY, the proxy of its own outgoing calls (httpoxy)",
+                written.value
+            ),
+            "a header other than Proxy; an upstream's outgoing proxy is its own configuration",
         );
         return None;
     }

@@ -3,9 +3,9 @@
 //! `X-Forwarded-For/-Proto/-Host` and `Forwarded` (RFC 7239) set from the
 //! connection — client-sent values kept only from trusted proxies; headers
 //! reserved to the gateway removed in every spelling a CGI-style upstream
-//! reads as theirs, and so are the fields naming the client's address
-//! (`X-Real-IP` and its kin) unless a trusted proxy sent them; HTTP/2
-//! `cookie` fields joined for HTTP/1.1 upstreams.
+//! reads as theirs (`Proxy` among them: "httpoxy"), and so are the fields
+//! naming the client's address (`X-Real-IP` and its kin) unless a trusted
+//! proxy sent them; HTTP/2 `cookie` fields joined for HTTP/1.1 upstreams.
 
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -83,6 +83,13 @@ const CLIENT_ADDRESS: [&str; 20] = [
 ];
 const CLIENT_ADDRESS_STARTS: [u8; 4] = [b'x', b't', b'c', b'f'];
 
+/// `Proxy` (folded), a field no standard defines: CGI-style upstreams
+/// (RFC 3875 §4.1.18) read it as `HTTP_PROXY`, the variable their HTTP
+/// clients take an outgoing proxy from, so a client's would send the
+/// upstream's own calls through the client's host ("httpoxy",
+/// CVE-2016-5385). Passed on from nobody, a trusted proxy included.
+const HTTPOXY: &str = "proxy";
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
 pub use crate::http1::is_hop_by_hop;
 
@@ -104,8 +111,8 @@ pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
 
 /// Removes, from a request on its way upstream, in one pass over its
 /// names (most requests carry none of these): the hop-by-hop fields and
-/// those `Connection` names (RFC 9110 §7.6.1); method-override fields in
-/// every spelling; the forwarding fields in every spelling but their
+/// those `Connection` names (RFC 9110 §7.6.1); method-override fields and
+/// `Proxy` in every spelling; the forwarding fields in every spelling but their
 /// own (which [`set_forwarded`] replaces or, from a trusted proxy,
 /// extends); and, unless the peer is a trusted proxy, the client address
 /// fields in every spelling. No allocation unless one is present.
@@ -163,7 +170,7 @@ pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> 
 
 fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
     // Most names stop at their first byte (every reserved name starts
-    // with one of four), and `folds_to` compares lengths before bytes.
+    // with one of five), and `folds_to` compares lengths before bytes.
     let Some(&first) = name.as_str().as_bytes().first() else {
         return false;
     };
@@ -180,6 +187,7 @@ fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
                     .any(|f| name.as_str() != *f && folds_to(name, f.as_bytes()))
                 || client_address()
         }
+        b'p' => folds_to(name, HTTPOXY.as_bytes()),
         _ => client_address(),
     }
 }
@@ -712,6 +720,30 @@ mod tests {
             left,
             ["cookie", "x-forwarded-for", "x-http-methods", "x-kept"]
         );
+    }
+
+    /// httpoxy (CVE-2016-5385): a CGI-style upstream reads `Proxy` as
+    /// `HTTP_PROXY`, its own HTTP clients' outgoing proxy.
+    #[test]
+    fn the_proxy_field_goes_in_every_spelling_from_anyone() {
+        let sent = || {
+            let mut h = HeaderMap::new();
+            for name in ["Proxy", "PROXY", "proxy"] {
+                let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+                h.append(name, HeaderValue::from_static("http://evil.example:8080"));
+            }
+            for kept in ["proxy-status", "proxyx", "x-proxy", "p"] {
+                h.insert(kept, HeaderValue::from_static("1"));
+            }
+            h
+        };
+        for from_trusted in [false, true] {
+            let mut h = sent();
+            strip_request(&mut h, from_trusted);
+            let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            left.sort_unstable();
+            assert_eq!(left, ["p", "proxy-status", "proxyx", "x-proxy"]);
+        }
     }
 
     /// Every spelling of the client address fields, on several lines, and

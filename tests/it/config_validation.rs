@@ -3645,6 +3645,28 @@ fn request_transformation_cannot_set_authorization() {
     ));
 }
 
+/// httpoxy (CVE-2016-5385): the client's `Proxy` never reaches the
+/// upstream, and no policy sends one either; removing it stays allowed.
+#[test]
+fn request_transformation_cannot_set_proxy() {
+    let allowed =
+        "a header other than Proxy; an upstream's outgoing proxy is its own configuration";
+    assert_eq!(
+        errors(&with_request_transformation(
+            "      set_headers:\n        X-Proxy: fine\n        PROXY: \"http://cache.internal:3128\"\n"
+        )),
+        vec![error(
+            10,
+            9,
+            "request_transformation cannot set `PROXY`: a CGI-style upstream reads it as HTTP_PROXY, the proxy of its own outgoing calls (httpoxy)",
+            allowed
+        )]
+    );
+    loaded(&with_request_transformation(
+        "      remove_headers: [Proxy]\n",
+    ));
+}
+
 /// A block scalar (`|`) ends in a line break: once refused by every
 /// request at run time (401), now by the file.
 #[test]

@@ -1,8 +1,9 @@
 //! Header and token rules that hold whatever spelling a client picks:
-//! reserved headers stripped in every spelling that folds to their name,
-//! paths that do not decode to UTF-8 refused, HTTP/2 cookies joined for
-//! HTTP/1.1 upstreams, an upstream's challenge to the gateway's own
-//! credentials kept from the client, and scopes split on 0x20 only.
+//! reserved headers (`Proxy` among them) stripped in every spelling that
+//! folds to their name, paths that do not decode to UTF-8 refused, HTTP/2
+//! cookies joined for HTTP/1.1 upstreams, an upstream's challenge to the
+//! gateway's own credentials kept from the client, and scopes split on
+//! 0x20 only.
 
 use crate::common;
 
@@ -171,6 +172,32 @@ async fn reserved_headers_are_stripped_in_every_spelling_that_folds_to_theirs() 
             "{name} reached the upstream: {names:?}"
         );
     }
+    gw.shutdown().await;
+}
+
+/// httpoxy (CVE-2016-5385): a CGI-style upstream reads `Proxy` as
+/// `HTTP_PROXY` and sends its own calls through the host it names.
+#[tokio::test]
+async fn the_proxy_field_never_reaches_the_upstream_in_any_spelling() {
+    let (upstream, gw) = start().await;
+    let raw = raw_request(
+        gw.http,
+        b"GET /rules/who HTTP/1.1\r\nHost: gw\r\n\
+          Proxy: http://evil.example:8080\r\n\
+          PROXY: http://evil.example:8081\r\n\
+          proxy: http://evil.example:8082\r\n\
+          Proxy-Status: kept\r\n\
+          X-Proxy: kept\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let seen = upstream.last();
+    assert!(!seen.headers.contains_key("proxy"), "{:?}", seen.headers);
+    assert_eq!(seen.headers["proxy-status"], "kept");
+    assert_eq!(seen.headers["x-proxy"], "kept");
+    // A good request on a new connection still goes through.
+    assert_eq!(gw.get("/rules/who").await.status(), 200);
     gw.shutdown().await;
 }
 
