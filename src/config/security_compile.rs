@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::context::{names, Ctx};
 use super::raw::{self, Scalar, S};
 use super::snapshot::*;
+use super::Secret;
 
 /// The longest an introspection answer is cached (`cache_ttl`,
 /// `negative_cache_ttl`).
@@ -334,8 +335,8 @@ pub(super) fn aliases(ctx: &mut Ctx, list: &[S<raw::Alias>]) -> BTreeMap<String,
             }
             "bearer" => ctx
                 .required(&raw.token, entry.referenced, "token")
-                .and_then(|t| ctx.secret(t, "token"))
-                .map(|token| Alias::Bearer { token }),
+                .and_then(|t| Some((t, ctx.secret(t, "token")?)))
+                .and_then(|(t, token)| bearer_token(ctx, t, &name.value, token)),
             other => {
                 let at = raw
                     .kind
@@ -355,6 +356,43 @@ pub(super) fn aliases(ctx: &mut Ctx, list: &[S<raw::Alias>]) -> BTreeMap<String,
         }
     }
     aliases
+}
+
+/// A bearer alias's token, as RFC 6750 §2.1 has it: `b64token`, one or
+/// more of ALPHA, DIGIT, `-`, `.`, `_`, `~`, `+`, `/`, then `=` only. One
+/// with a space, a comma or a byte outside ASCII passes as a header value
+/// and is then read by the upstream as another token, or as none. The
+/// error says what is wrong and where, never the token.
+fn bearer_token(ctx: &mut Ctx, written: &S<Scalar>, alias: &str, token: Secret) -> Option<Alias> {
+    let Some((at, what)) = b64token_problem(token.expose()) else {
+        return Some(Alias::Bearer { token });
+    };
+    ctx.report.error(
+        Ctx::at(written),
+        format!("alias `{alias}`: the bearer token has {what} at character {at}"),
+        "an RFC 6750 token: letters, digits, - . _ ~ + /, then only = (as padding)",
+    );
+    None
+}
+
+/// The first character (counted from 1) that keeps `token` from being an
+/// RFC 6750 `b64token`, and what kind it is.
+fn b64token_problem(token: &str) -> Option<(usize, &'static str)> {
+    let body = token.trim_end_matches('=');
+    if body.is_empty() {
+        return Some((1, "`=` (padding) with nothing before it"));
+    }
+    let (at, c) = body.chars().enumerate().find(|(_, c)| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '+' | '/'))
+    })?;
+    let what = match c {
+        '=' => "`=` (padding) before its end",
+        ' ' => "a space",
+        c if c.is_control() => "a control character (a line break or tab, say)",
+        c if !c.is_ascii() => "a character outside ASCII",
+        _ => "a punctuation mark other than - . _ ~ + /",
+    };
+    Some((at + 1, what))
 }
 
 pub(super) fn scope_mappings(

@@ -1263,6 +1263,73 @@ fn masked_secret() {
     );
 }
 
+/// RFC 6750 §2.1: a bearer token is a `b64token`. One with a space or a
+/// byte outside ASCII passed `check` and reached the upstream as another
+/// token; the error says what and where, never the token.
+#[test]
+fn a_bearer_alias_whose_token_is_no_b64token_is_refused() {
+    let yaml = r#"security_settings:
+  aliases:
+  - { name: spaced, type: bearer, token: "abc def-secret" }
+  - { name: accented, type: bearer, token: "tok\u00e9n-secret" }
+  - { name: padded-early, type: bearer, token: "ab=cd-secret" }
+  - { name: comma, type: bearer, token: "ab,cd-secret" }
+  - { name: from-env, type: bearer, token: "${env:BACKEND_TOKEN}" }
+  - { name: only-padding, type: bearer, token: "==" }
+  - { name: fine, type: bearer, token: "aZ09-._~+/tail==" }
+"#;
+    let allowed = "an RFC 6750 token: letters, digits, - . _ ~ + /, then only = (as padding)";
+    let bad = |line, column, alias: &str, what: &str, at: usize| {
+        error(
+            line,
+            column,
+            &format!("alias `{alias}`: the bearer token has {what} at character {at}"),
+            allowed,
+        )
+    };
+    let findings = Config::new(yaml)
+        .load(&env(&[("BACKEND_TOKEN", "secret\tfrom-env")]))
+        .expect_err("refused");
+    let found: Vec<Found> = findings
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(found)
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            bad(3, 42, "spaced", "a space", 4),
+            bad(4, 44, "accented", "a character outside ASCII", 4),
+            bad(5, 48, "padded-early", "`=` (padding) before its end", 3),
+            bad(
+                6,
+                41,
+                "comma",
+                "a punctuation mark other than - . _ ~ + /",
+                3
+            ),
+            bad(
+                7,
+                44,
+                "from-env",
+                "a control character (a line break or tab, say)",
+                7
+            ),
+            bad(
+                8,
+                48,
+                "only-padding",
+                "`=` (padding) with nothing before it",
+                1
+            ),
+        ]
+    );
+    for finding in findings.iter() {
+        let text = finding.to_string();
+        assert!(!text.contains("secret"), "the token is shown: {text}");
+    }
+}
+
 #[test]
 fn secrets_in_every_form() {
     let config = Config::new(
