@@ -56,9 +56,10 @@ COPY --from=build /src/target/release/microgateway /usr/local/bin/microgateway
 COPY config/ /etc/microgateway/
 # The embedded default keeps its signing key and token store next to the
 # repository; in the image they belong in the writable state directory.
+# Written into the shipped file, not set by variables: a variable would
+# apply to every configuration mounted over it too.
+RUN sed -i 's#\.\./data/#/var/lib/microgateway/#' /etc/microgateway/microgateway.yaml
 ENV MCGW_PORTS_BIND=0.0.0.0 \
-    MCGW_AUTHORIZATION_SERVER_SIGNING_KEY=/var/lib/microgateway/signing-key.pem \
-    MCGW_AUTHORIZATION_SERVER_STORE=sqlite:/var/lib/microgateway/oauth.db \
     MCGW_LOG=info
 USER microgateway:microgateway
 WORKDIR /var/lib/microgateway

@@ -153,6 +153,16 @@ fn build(input: Input, edit: impl FnOnce(&mut raw::File)) -> Result<Loaded, Inva
             allowed: None,
         });
     }
+    for (variable, section) in overrides.without_section {
+        report.push(Diagnostic {
+            severity: Severity::Warning,
+            origin: diagnostic::Origin::Env(variable),
+            message: format!(
+                "sets a setting of `{section}:`, which this configuration does not have (the section turns its role on; a variable never does); ignored"
+            ),
+            allowed: None,
+        });
+    }
     let snapshot = compile::compile(&file, &mut report, env, path, generation);
     let mut findings = std::mem::take(&mut report.findings);
     // A value set by an `MCGW_` variable has no place in the file: what is

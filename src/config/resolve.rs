@@ -420,11 +420,20 @@ const OVERRIDE_SECTIONS: &[&str] = &[
     "tls",
 ];
 
+/// Sections whose presence in the file turns a role on: a variable may
+/// change their settings but never add them (a variable set for every
+/// container of a platform would otherwise open an authorization server
+/// on each of them).
+const ROLE_SECTIONS: &[&str] = &["authorization_server"];
+
 /// What the `MCGW_` variables did to a configuration.
 #[derive(Debug, Default)]
 pub struct Overrides {
     /// Variables that match no setting (reported as warnings).
     pub unknown: Vec<String>,
+    /// Variables of a role's section the file does not have, with that
+    /// section (reported as warnings; not applied).
+    pub without_section: Vec<(String, &'static str)>,
     /// Each variable applied, with the dotted path of the setting it set.
     pub applied: Vec<(String, String)>,
 }
@@ -454,7 +463,16 @@ pub fn apply_overrides(file: &mut raw::File, env: &Env) -> Overrides {
         if PROCESS_VARIABLES.contains(&key.as_str()) {
             continue;
         }
+        let role = ROLE_SECTIONS.iter().find(|section| {
+            key.strip_prefix(**section)
+                .is_some_and(|rest| rest.starts_with('_'))
+        });
         match OVERRIDES.iter().find(|(path, _)| *path == key) {
+            Some(_) if role.is_some_and(|_| file.authorization_server.is_none()) => {
+                if let Some(section) = role {
+                    overrides.without_section.push((name.clone(), section));
+                }
+            }
             Some((_, slot)) => {
                 *slot(file) = Some(S::new(
                     Scalar(value.clone()),

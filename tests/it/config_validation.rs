@@ -1852,6 +1852,56 @@ fn a_short_api_key_is_warned_about() {
     );
 }
 
+/// The local authorization server is turned on by its section in the
+/// file: a variable of that section (as a container image or a platform
+/// sets for every configuration it runs) changes it where the file has it
+/// and is warned about and ignored where it has not, instead of opening
+/// OAuth endpoints, writing a key and a database nobody asked for.
+#[test]
+fn authorization_server_variables_never_turn_the_server_on() {
+    let variables = env(&[
+        (
+            "MCGW_AUTHORIZATION_SERVER_SIGNING_KEY",
+            "/var/lib/microgateway/signing-key.pem",
+        ),
+        (
+            "MCGW_AUTHORIZATION_SERVER_STORE",
+            "sqlite:/var/lib/microgateway/oauth.db",
+        ),
+    ]);
+    let without = loaded_with("ports: { http: 0 }\n", &variables);
+    assert!(without.snapshot.authorization_server.is_none());
+    let warned: Vec<String> = without.warnings.iter().map(|w| w.to_string()).collect();
+    for variable in [
+        "MCGW_AUTHORIZATION_SERVER_SIGNING_KEY",
+        "MCGW_AUTHORIZATION_SERVER_STORE",
+    ] {
+        assert!(
+            warned.iter().any(|w| w.starts_with(&format!("{variable}: warning: sets a setting of `authorization_server:`, which this configuration does not have"))),
+            "{warned:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let with = loaded_with(
+        "authorization_server: { token_format: opaque }\n",
+        &env(&[
+            (
+                "MCGW_AUTHORIZATION_SERVER_SIGNING_KEY",
+                key.to_str().unwrap(),
+            ),
+            ("MCGW_AUTHORIZATION_SERVER_CLEANUP_INTERVAL", "120"),
+        ]),
+    );
+    let authz = with.snapshot.authorization_server.as_ref().expect("authz");
+    assert_eq!(authz.signing_key_path, key);
+    assert_eq!(authz.cleanup_interval, Some(Duration::from_secs(120)));
+    assert!(with
+        .warnings
+        .iter()
+        .all(|w| !w.to_string().contains("does not have")));
+}
+
 #[test]
 fn non_loopback_http_redirect_uri() {
     refused(

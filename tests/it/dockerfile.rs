@@ -209,6 +209,41 @@ fn reads_the_documented_configuration_path_and_exposes_the_ports() {
         .any(|(k, v)| k == "ENV" && v.contains("MCGW_PORTS_BIND=0.0.0.0")));
 }
 
+/// The shipped configuration's signing key and token store move to the
+/// writable state directory in the file itself: no variable of the
+/// authorization server is set, which would apply to any configuration
+/// mounted over it (and is ignored, with a warning, where the mounted
+/// file has no `authorization_server:`).
+#[test]
+fn the_image_moves_the_default_state_in_the_file_not_by_variables() {
+    let all = dockerfile();
+    let runtime = runtime_stage(&all);
+    assert!(
+        runtime
+            .iter()
+            .all(|(k, v)| k != "ENV" || !v.contains("MCGW_AUTHORIZATION_SERVER")),
+        "{runtime:?}"
+    );
+    let rewrite =
+        "sed -i 's#\\.\\./data/#/var/lib/microgateway/#' /etc/microgateway/microgateway.yaml";
+    assert!(
+        runtime.iter().any(|(k, v)| k == "RUN" && v == rewrite),
+        "{runtime:?}"
+    );
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/microgateway.yaml"),
+    )
+    .expect("the default configuration");
+    let in_image = shipped.replace("../data/", "/var/lib/microgateway/");
+    assert!(!in_image.contains("data/"), "{in_image}");
+    for line in [
+        "signing_key: /var/lib/microgateway/signing-key.pem",
+        "store: sqlite:/var/lib/microgateway/oauth.db",
+    ] {
+        assert!(in_image.contains(line), "{line}");
+    }
+}
+
 #[test]
 fn healthcheck_probes_readiness_on_the_admin_port_with_the_binary() {
     let all = dockerfile();
