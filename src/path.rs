@@ -18,6 +18,34 @@ pub const METHOD_OVERRIDE_REFUSED: &str = "a method-override parameter (_method)
 /// where a client names (authority-form, RFC 9112 §3.2.3).
 pub const CONNECT_REFUSED: &str = "CONNECT is not served";
 
+/// Why an absolute-form request target the gateway does not serve (another
+/// scheme, user info, no host) is refused.
+pub const ABSOLUTE_FORM_REFUSED: &str = "absolute-form request target";
+
+/// The authority of an absolute-form request target that the gateway
+/// serves as its origin form with that authority as the host (RFC 9112
+/// §3.2.2): `http` or `https` and a host it would take in `Host` (no user
+/// info); `None` for any other, which is refused.
+pub fn served_authority(uri: &http::Uri) -> Option<&http::uri::Authority> {
+    let web = [
+        Some(&http::uri::Scheme::HTTP),
+        Some(&http::uri::Scheme::HTTPS),
+    ]
+    .contains(&uri.scheme());
+    uri.authority()
+        .filter(|a| web && !a.host().is_empty() && valid_host(a.as_str().as_bytes()))
+}
+
+/// Whether `host` (a `Host` value or an authority) is one the gateway
+/// takes: letters, digits and `.-:[]_`, at most 255 bytes.
+pub fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
 /// Whether a `method` request with `query` asks its upstream to run it as
 /// another method: Laravel, Symfony and Rack serve a POST with
 /// `?_method=DELETE` as a DELETE, which would run as a method it was not

@@ -163,15 +163,30 @@ pub fn decide_for<'s>(
         caller: None,
         outcome: Outcome::Allow,
     };
-    // A request target: its query is not part of the path routed on.
-    let (raw_path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
     if method == Method::CONNECT {
         verdict.outcome = Outcome::BadRequest(crate::path::CONNECT_REFUSED);
         return verdict;
     }
+    // The target as the data path reads it: a fragment is no part of it,
+    // an absolute-form target is its origin form, and its query is not
+    // part of the path routed on.
+    let parsed = http::Uri::try_from(target).ok();
+    let (raw_path, query) = match &parsed {
+        Some(uri) if uri.scheme().is_some() => {
+            if crate::path::served_authority(uri).is_none() {
+                verdict.outcome = Outcome::BadRequest(crate::path::ABSOLUTE_FORM_REFUSED);
+                return verdict;
+            }
+            (uri.path(), uri.query())
+        }
+        Some(uri) => (uri.path(), uri.query()),
+        // Not a target the data path would parse: the path's own problem
+        // is reported below.
+        None => match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        },
+    };
     if crate::path::overrides_method(method, query) {
         verdict.outcome = Outcome::BadRequest(crate::path::METHOD_OVERRIDE_REFUSED);
         return verdict;

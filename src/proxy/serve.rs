@@ -12,7 +12,6 @@ use std::time::SystemTime;
 use http::header::{
     CONTENT_LENGTH, HOST, ORIGIN, PROXY_AUTHENTICATE, TRANSFER_ENCODING, WWW_AUTHENTICATE,
 };
-use http::uri::Scheme;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -536,7 +535,7 @@ fn check_target<B>(limits: &Limits, req: &mut Request<B>) -> Result<(), Rejectio
     }
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
-        (Some(host), None) if valid_host(host.as_bytes()) => Some(host.as_bytes()),
+        (Some(host), None) if crate::path::valid_host(host.as_bytes()) => Some(host.as_bytes()),
         (None, _) => None,
         (Some(_), Some(_)) => return Err(Rejection::BadRequest("more than one Host header")),
         (Some(_), None) => return Err(Rejection::BadRequest("malformed Host header")),
@@ -548,7 +547,7 @@ fn check_target<B>(limits: &Limits, req: &mut Request<B>) -> Result<(), Rejectio
             (Some(authority), Some(host)) if authority.as_str().as_bytes() != host => {
                 return Err(Rejection::BadRequest("Host and :authority differ"))
             }
-            (Some(authority), _) if !valid_host(authority.as_str().as_bytes()) => {
+            (Some(authority), _) if !crate::path::valid_host(authority.as_str().as_bytes()) => {
                 return Err(Rejection::BadRequest("malformed :authority"))
             }
             (None, None) => return Err(Rejection::BadRequest("missing :authority")),
@@ -602,13 +601,9 @@ fn check_target<B>(limits: &Limits, req: &mut Request<B>) -> Result<(), Rejectio
 #[cold]
 #[inline(never)]
 fn to_origin_form<B>(req: &mut Request<B>) -> Result<(), Rejection> {
-    const REFUSED: Rejection = Rejection::BadRequest("absolute-form request target");
+    const REFUSED: Rejection = Rejection::BadRequest(crate::path::ABSOLUTE_FORM_REFUSED);
     let uri = req.uri();
-    let web = [Some(&Scheme::HTTP), Some(&Scheme::HTTPS)].contains(&uri.scheme());
-    let authority = uri
-        .authority()
-        .filter(|a| !a.host().is_empty() && valid_host(a.as_str().as_bytes()));
-    let (true, Some(authority)) = (web, authority) else {
+    let Some(authority) = crate::path::served_authority(uri) else {
         return Err(REFUSED);
     };
     if req.method() == http::Method::CONNECT {
@@ -654,14 +649,6 @@ fn host_from_authority<B>(req: &mut Request<B>) {
     if let Some(value) = authority.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
         req.headers_mut().insert(HOST, value);
     }
-}
-
-fn valid_host(host: &[u8]) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host.iter().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-        })
 }
 
 /// The deadline a gRPC client states (`grpc-timeout`) for a call to a

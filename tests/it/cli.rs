@@ -346,6 +346,36 @@ fn explain_routes_a_target_with_a_query_by_its_path() {
     assert!(out.contains("resource:   GET /bookings/{id}\n"), "{out}");
 }
 
+/// A target is read as the data path reads it: a fragment is no part of
+/// it (dot segments after `#` do not climb), and an absolute-form target
+/// is served as its origin form, another scheme or user info refused with
+/// the gateway's 400.
+#[test]
+fn explain_reads_a_fragment_and_an_absolute_form_target_as_the_gateway_does() {
+    let (code, out) = explain(&["GET", "/travels/bookings#/../status", "--scopes", "view"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("resource:   GET /bookings\n"), "{out}");
+    let (code, out) = explain(&[
+        "GET",
+        "http://gateway.example/travels/bookings/7?x=1",
+        "--scopes",
+        "view",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("resource:   GET /bookings/{id}\n"), "{out}");
+    for target in [
+        "ftp://gateway.example/travels/status",
+        "http://user@gateway.example/travels/status",
+    ] {
+        let (code, out) = explain(&["GET", target, "--scopes", "view"]);
+        assert_eq!(code, Some(2), "{out}");
+        assert!(
+            out.ends_with("verdict:    DENY 400: absolute-form request target\n"),
+            "{out}"
+        );
+    }
+}
+
 /// The query is no part of the path: a last segment with a query is the
 /// resource it names; what the gateway refuses in a query (a token, a
 /// method override) is refused here too, with the gateway's 400.
