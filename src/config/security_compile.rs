@@ -465,11 +465,32 @@ pub(super) fn scope_mappings(
         let mut named = Vec::new();
         for api_scope in &raw.api_scopes {
             // Compared whole: an API or a scope name may hold a `:` too.
-            let of: Vec<&String> = declared
+            let mut readings: Vec<&(String, String)> = declared
                 .iter()
                 .filter(|(api, s)| api_scope.value == format!("{api}:{s}"))
-                .map(|(api, _)| api)
                 .collect();
+            readings.sort();
+            readings.dedup();
+            if readings.len() > 1 {
+                // `Shop:Orders:Admin` as scope `Orders:Admin` of `Shop` and
+                // scope `Admin` of `Shop:Orders`: granting both would give
+                // a token what its mapping may not have meant.
+                ctx.report.error(
+                    api_scope.referenced,
+                    format!(
+                        "api scope `{}` reads as {}",
+                        api_scope.value,
+                        names(
+                            readings
+                                .iter()
+                                .map(|(api, s)| format!("scope `{s}` of API `{api}`"))
+                        )
+                    ),
+                    "an \"API name:scope name\" that reads one way: rename the API or the scope",
+                );
+                continue;
+            }
+            let of: Vec<&String> = readings.into_iter().map(|(api, _)| api).collect();
             // A mapping for tokens the API never sees applies to nothing
             // (webMethods exports carry such mappings of other aliases);
             // a server meant and not written is told.
@@ -521,17 +542,20 @@ pub(super) fn scope_mappings(
     mappings
 }
 
-/// Where a mapping of an API's auth server names the API, a token's own
-/// scope no longer grants the API's scopes: one that no mapping of that
+/// Where a mapping names the API (one of the API's auth server, or of
+/// another for any version of it), a token's own scope no longer grants
+/// the API's scopes: one that no mapping of that
 /// server grants can be granted by no token, and its resources are
 /// refused to every caller (403 for ever). Told where the scope is named.
 fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[ScopeMapping]) {
     // Indexed once: a webMethods export may carry thousands of each.
     let mut named: HashSet<(&str, &str)> = HashSet::new();
+    let mut named_by_any: HashSet<&str> = HashSet::new();
     let mut granted: HashSet<(&str, &str)> = HashSet::new();
     for mapping in mappings {
         let server = &*mapping.auth_server;
         named.extend(mapping.apis.iter().map(|api| (server, api.as_str())));
+        named_by_any.extend(mapping.apis.iter().map(String::as_str));
         granted.extend(mapping.api_scopes.iter().map(|s| (server, s.as_str())));
     }
     for api in apis {
@@ -547,7 +571,10 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
             continue;
         };
         let server_name = server.value.as_str();
-        if !named.contains(&(server_name, name.as_str())) {
+        // Any mapping naming the API (of any server, to any version) ends
+        // the literal reading of its scope names.
+        let own = named.contains(&(server_name, name.as_str()));
+        if !own && !named_by_any.contains(name.as_str()) {
             continue;
         }
         for scope in &api.value.scopes {
@@ -555,15 +582,21 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
                 continue;
             };
             let api_scope = format!("{name}:{}", scope.value);
-            if !granted.contains(&(server_name, api_scope.as_str())) {
-                ctx.report.warning(
-                    scope.referenced,
-                    format!(
-                        "API scope `{}` is granted by no scope mapping of auth server `{}`, whose mappings name API `{name}` (so a token's own scope `{}` does not grant it): no token may call its resources",
-                        scope.value, server.value, scope.value
-                    ),
-                );
+            if granted.contains(&(server_name, api_scope.as_str())) {
+                continue;
             }
+            let whose = if own {
+                format!("whose mappings name API `{name}`")
+            } else {
+                format!("while mappings of other auth servers name API `{name}`")
+            };
+            ctx.report.warning(
+                scope.referenced,
+                format!(
+                    "API scope `{}` is granted by no scope mapping of auth server `{}`, {whose} (so a token's own scope `{}` does not grant it): no token may call its resources",
+                    scope.value, server.value, scope.value
+                ),
+            );
         }
     }
 }

@@ -3220,11 +3220,51 @@ fn a_mapping_for_an_auth_server_the_api_does_not_use_is_warned_about() {
         "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\", audience: orders }\n  - id: partners\n    localIntrospectionConfig: { issuer: \"https://partners.example\" }\nscope_mappings:\n- { auth_server: partners, scope: admin, api_scopes: [\"Orders:Admin\"] }\napis:\n- name: Orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Admin, resources: [\"GET /a\"] }]\n",
     );
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
     assert!(
         warnings[0].ends_with(":8:55: warning: api scope `Orders:Admin` is mapped for auth server `partners`, but API `Orders` validates tokens of `idp`; the mapping never applies"),
         "{}",
         warnings[0]
+    );
+    // Naming the API, it still ends the literal reading of its scopes.
+    assert!(
+        warnings[1].ends_with(":13:20: warning: API scope `Admin` is granted by no scope mapping of auth server `idp`, while mappings of other auth servers name API `Orders` (so a token's own scope `Admin` does not grant it): no token may call its resources"),
+        "{}",
+        warnings[1]
+    );
+}
+
+/// A mapping of one auth server naming an API ends the literal reading of
+/// its scope names for every version, those another server validates
+/// included: a version whose server grants none of its scopes by mapping
+/// can be called by no token, which `check` says.
+#[test]
+fn a_version_locked_out_by_another_servers_mapping_is_warned_about() {
+    let loaded = loaded(
+        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\", audience: b }\n  - id: idp2\n    localIntrospectionConfig: { issuer: \"https://idp2.example\", audience: b }\nscope_mappings:\n- { auth_server: idp, scope: read, api_scopes: [\"Bookings:Read\"] }\napis:\n- name: Bookings\n  version: \"1\"\n  base_path: /v1\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Read, resources: [\"GET /x\"] }]\n- name: Bookings\n  version: \"2\"\n  base_path: /v2\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp2 }\n  scopes: [{ name: Read, resources: [\"GET /x\"] }]\n",
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].ends_with(":21:20: warning: API scope `Read` is granted by no scope mapping of auth server `idp2`, while mappings of other auth servers name API `Bookings` (so a token's own scope `Read` does not grant it): no token may call its resources"),
+        "{}",
+        warnings[0]
+    );
+}
+
+/// `API:scope` is read whole, as API and scope names may hold a `:`: a
+/// reference that reads as scopes of two APIs is refused rather than
+/// granting both.
+#[test]
+fn an_api_scope_reference_that_reads_two_ways_is_refused() {
+    refused(
+        "security_settings:\n  auth_servers:\n  - id: idp\n    localIntrospectionConfig: { issuer: \"https://idp.example\", audience: s }\nscope_mappings:\n- { auth_server: idp, scope: orders-admin, api_scopes: [\"Shop:Orders:Admin\"] }\napis:\n- name: Shop\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: \"Orders:Admin\", resources: [\"DELETE /orders/{id}\"] }]\n- name: \"Shop:Orders\"\n  base_path: /shop-orders\n  upstream: { url: \"https://b.example/\" }\n  authentication: { type: oauth2, auth_server: idp }\n  scopes: [{ name: Admin, resources: [\"DELETE /{id}\"] }]\n",
+        error(
+            6,
+            57,
+            "api scope `Shop:Orders:Admin` reads as scope `Admin` of API `Shop:Orders`, scope `Orders:Admin` of API `Shop`",
+            "an \"API name:scope name\" that reads one way: rename the API or the scope",
+        ),
     );
 }
 
