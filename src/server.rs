@@ -821,7 +821,7 @@ impl Signals {
                     }
                 }
                 Ok(Watch::Rearm) if activity.resets_abusive() => {
-                    tracing::debug!(%peer, "connection closed: it resets most of its requests");
+                    tracing::debug!(%peer, "connection closed: it cancels requests faster than its budget allows");
                     return Outcome::Cut;
                 }
                 // Idle again while its port still has no free slot.

@@ -14,17 +14,31 @@ use tokio::time::Instant;
 
 use crate::config::snapshot::Timeouts;
 
-/// A client may cancel this many requests on a connection (HTTP/2: reset
-/// their streams before the answer) before it is judged by its share of
-/// cancelled requests.
-const FREE_CANCELS: u64 = 64;
+/// A connection's budget of cancelled requests (HTTP/2: streams reset
+/// before their answer, each of which may already have cost a request
+/// upstream), a token bucket: this many at once, as h2 allows resets of
+/// streams not yet accepted (`max_pending_accept_reset_streams`)...
+const CANCEL_BURST: u64 = 64;
+
+/// ...and one more each 125 ms, 8 a second. A browser leaving a page, or a
+/// gRPC client whose deadlines pass, cancels a few now and then; a flood
+/// cancels hundreds a second. The answered requests do not refill it: the
+/// client chooses how many of those it sends.
+const CANCEL_REFILL_MS: u64 = 125;
+
+/// [`Activity::cancels_full_ms`] once the budget is spent.
+const CANCELS_SPENT: u64 = u64::MAX;
 
 /// Requests in flight on one connection, and since when it has had none.
 pub(super) struct Activity {
     pub(super) started: Instant,
     in_flight: AtomicUsize,
-    /// Requests whose handler was dropped before it answered.
-    cancelled: AtomicU64,
+    /// Milliseconds after `started` when the budget of cancelled requests
+    /// (those whose handler was dropped before it answered) is whole
+    /// again: each cancel moves it [`CANCEL_REFILL_MS`] later, from now at
+    /// the earliest; [`CANCELS_SPENT`] once a cancel would have moved it
+    /// more than the burst's worth ahead of now.
+    cancels_full_ms: AtomicU64,
     /// Milliseconds after `started` when the last request finished.
     idle_since_ms: AtomicU64,
     served: AtomicU64,
@@ -53,7 +67,7 @@ impl Activity {
         Activity {
             started: crate::timer::clock::now(),
             in_flight: AtomicUsize::new(0),
-            cancelled: AtomicU64::new(0),
+            cancels_full_ms: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicU64::new(0),
             first_done: AtomicBool::new(false),
@@ -121,13 +135,29 @@ impl Activity {
 
     /// Rapid reset on accepted streams (CVE-2023-44487): h2 only counts
     /// resets of streams not yet handed to the gateway, and each stream
-    /// reset later has already cost a request upstream. A connection whose
-    /// cancelled requests pass [`FREE_CANCELS`] and outnumber its answered
-    /// ones is closed.
+    /// reset later has already cost a request upstream. A connection that
+    /// cancelled requests faster than its budget allows ([`CANCEL_BURST`],
+    /// refilled one each [`CANCEL_REFILL_MS`]) is closed, however many it
+    /// let finish.
     pub(super) fn resets_abusive(&self) -> bool {
-        let cancelled = self.cancelled.load(Ordering::Acquire);
-        let served = self.served.load(Ordering::Acquire);
-        cancelled > FREE_CANCELS && cancelled > served.saturating_sub(cancelled)
+        self.cancels_full_ms.load(Ordering::Acquire) == CANCELS_SPENT
+    }
+
+    /// A request was cancelled: takes one from the budget. Only a
+    /// cancelled request pays for this, never an answered one.
+    fn cancel(&self) {
+        let now = self.elapsed_ms();
+        let most = now.saturating_add(CANCEL_BURST * CANCEL_REFILL_MS);
+        let take = |full: u64| match full {
+            CANCELS_SPENT => None,
+            full => {
+                let next = full.max(now).saturating_add(CANCEL_REFILL_MS);
+                Some(if next > most { CANCELS_SPENT } else { next })
+            }
+        };
+        let _ = self
+            .cancels_full_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, take);
     }
 
     /// Since when it has had no request in flight; `None` while it has one.
@@ -200,7 +230,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.activity;
         if !self.answered {
-            activity.cancelled.fetch_add(1, Ordering::AcqRel);
+            activity.cancel();
             if activity.resets_abusive() {
                 // The watchdog looks, and closes the connection.
                 activity.quiet.notify_one();
@@ -226,11 +256,12 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
-    fn after(served: u64, cancelled: u64) -> bool {
-        let activity = Activity::new(Duration::from_secs(30));
-        activity.served.store(served, Ordering::Release);
-        activity.cancelled.store(cancelled, Ordering::Release);
-        activity.resets_abusive()
+    /// Cancels `n` requests of `activity`, `apart` from each other.
+    async fn cancel(activity: &Activity, n: u32, apart: Duration) {
+        for _ in 0..n {
+            tokio::time::advance(apart).await;
+            activity.cancel();
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -268,15 +299,40 @@ mod tests {
         assert!(activity.send_stalled(send));
     }
 
-    #[test]
-    fn a_connection_is_judged_by_its_share_of_cancelled_requests() {
-        // A few cancellations are anyone's right.
-        assert!(!after(64, 64));
-        // A busy connection that cancels some of its requests is served.
-        assert!(!after(1_000, 300));
-        assert!(!after(200, 100));
-        // One that cancels more than it lets finish is not.
-        assert!(after(65, 65));
-        assert!(after(200, 101));
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_cancels_is_anyones_right_one_more_is_not() {
+        let activity = Activity::new(Duration::from_secs(30));
+        cancel(&activity, 64, Duration::ZERO).await;
+        assert!(!activity.resets_abusive());
+        cancel(&activity, 1, Duration::ZERO).await;
+        assert!(activity.resets_abusive());
+        // Spent stays spent: the watchdog closes the connection.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(activity.resets_abusive());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancels_are_judged_by_their_rate_not_by_the_answered_requests() {
+        // A client that cancels a few now and then is served for ever.
+        let activity = Activity::new(Duration::from_secs(30));
+        cancel(&activity, 10_000, Duration::from_millis(130)).await;
+        assert!(!activity.resets_abusive());
+        // A whole burst after each quiet spell long enough to refill it.
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(8)).await;
+            cancel(&activity, 64, Duration::ZERO).await;
+        }
+        assert!(!activity.resets_abusive());
+        // Hundreds a second are a flood, whatever else the client sends:
+        // answered requests neither take from the budget nor refill it.
+        let flood = Arc::new(Activity::new(Duration::from_secs(30)));
+        let mut cancelled = 0;
+        while !flood.resets_abusive() && cancelled < 1_000 {
+            tokio::time::advance(Duration::from_millis(5)).await;
+            drop(InFlight::begin(&flood).answered());
+            drop(InFlight::begin(&flood));
+            cancelled += 1;
+        }
+        assert_eq!(cancelled, 67, "64, and one more each 125 ms");
     }
 }

@@ -108,10 +108,35 @@ async fn rapid_reset_ends_the_connection_with_goaway() {
     gw.shutdown().await;
 }
 
+/// Whether `upstream` has had `hits` requests within 2 s.
+async fn reached(upstream: &Upstream, hits: usize) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while upstream.hits() < hits && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    upstream.hits() >= hits
+}
+
+/// Sends `GET /travels/bookings` on stream `id`, waits until it has reached
+/// the upstream (its `hits`-th request there), then resets it. False when
+/// the connection took no more or the request never arrived.
+async fn accepted_then_reset(conn: &mut Conn, upstream: &Upstream, id: u32, hits: usize) -> bool {
+    let request = raw::get(id, "/travels/bookings");
+    if conn.write.write_all(&request).await.is_err() {
+        return false;
+    }
+    reached(upstream, hits).await
+        && conn
+            .write
+            .write_all(&raw::rst_stream(id, raw::CANCEL))
+            .await
+            .is_ok()
+}
+
 /// The same attack once each stream has been handed to the gateway (its
 /// request reached the upstream, which is slow to answer): h2 no longer
-/// counts those resets, the gateway does. Past 64 cancelled requests that
-/// outnumber the answered ones, the connection is closed.
+/// counts those resets, the gateway does. Past a burst of 64 cancelled
+/// requests, refilled at 8 a second, the connection is closed.
 #[tokio::test]
 async fn resets_of_accepted_streams_end_the_connection() {
     const STREAMS: u32 = 300;
@@ -121,32 +146,10 @@ async fn resets_of_accepted_streams_end_the_connection() {
     let mut conn = Conn::open(gw.http).await;
     let mut sent = 0;
     for n in 1..=STREAMS {
-        let id = stream_id(n);
-        if conn
-            .write
-            .write_all(&raw::get(id, "/travels/bookings"))
-            .await
-            .is_err()
-        {
-            break;
-        }
-        // Accepted: its request is upstream.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while upstream.hits() < n as usize && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if upstream.hits() < n as usize {
+        if !accepted_then_reset(&mut conn, &upstream, stream_id(n), n as usize).await {
             break;
         }
         sent = n;
-        if conn
-            .write
-            .write_all(&raw::rst_stream(id, raw::CANCEL))
-            .await
-            .is_err()
-        {
-            break;
-        }
     }
     let events = conn.frames.until(ANSWER_WITHIN, |_| false).await;
     assert!(
@@ -160,6 +163,97 @@ async fn resets_of_accepted_streams_end_the_connection() {
     );
     upstream.set_delay(Duration::ZERO);
     still_serves(&gw).await;
+    gw.shutdown().await;
+}
+
+/// Answered requests buy no resets: a client that sends a cheap request
+/// the gateway answers (404) beside each one it resets once upstream is
+/// closed as soon as one that only resets. Eight of each at a time.
+#[tokio::test]
+async fn answered_requests_do_not_excuse_a_flood_of_resets() {
+    const ROUNDS: u32 = 25;
+    const EACH: u32 = 8;
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(30));
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+    let mut resets = 0;
+    'rounds: for round in 0..ROUNDS {
+        let first = 2 * EACH * round + 1;
+        let ids: Vec<(u32, u32)> = (0..EACH)
+            .map(|k| (stream_id(first + 2 * k), stream_id(first + 2 * k + 1)))
+            .collect();
+        let mut out = Vec::new();
+        for &(answered, reset) in &ids {
+            out.extend(raw::get(answered, "/nope"));
+            out.extend(raw::get(reset, "/travels/bookings"));
+        }
+        if conn.write.write_all(&out).await.is_err() {
+            break;
+        }
+        let mut missing: BTreeSet<u32> = ids.iter().map(|&(answered, _)| answered).collect();
+        conn.frames
+            .until(ANSWER_WITHIN, |e| {
+                missing.retain(|&id| e.status_on(id) != Some(404));
+                missing.is_empty() || e.ends(0)
+            })
+            .await;
+        let hits = (resets + EACH) as usize;
+        if !missing.is_empty() || !reached(&upstream, hits).await {
+            break;
+        }
+        for &(_, reset) in &ids {
+            let rst = raw::rst_stream(reset, raw::CANCEL);
+            if conn.write.write_all(&rst).await.is_err() {
+                break 'rounds;
+            }
+            resets += 1;
+        }
+    }
+    let events = conn.frames.until(ANSWER_WITHIN, |_| false).await;
+    assert!(
+        raw::closed(&events),
+        "still open after {resets} resets among as many answered requests: {events:?}"
+    );
+    assert!(
+        (65..100).contains(&upstream.hits()),
+        "{} accepted-then-reset streams reached the upstream",
+        upstream.hits()
+    );
+    upstream.set_delay(Duration::ZERO);
+    still_serves(&gw).await;
+    gw.shutdown().await;
+}
+
+/// A client that cancels requests now and then (a browser leaving a page,
+/// gRPC deadlines passing) keeps its connection, past 64 cancels in all:
+/// the budget refills with time.
+#[tokio::test]
+async fn a_client_cancelling_now_and_then_keeps_its_connection() {
+    const BURST: usize = 48;
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(30));
+    let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
+    let mut conn = Conn::open(gw.http).await;
+    let mut n = 0;
+    for pause in [Duration::ZERO, Duration::from_secs(6)] {
+        tokio::time::sleep(pause).await;
+        for _ in 0..BURST {
+            n += 1;
+            let hits = n as usize;
+            assert!(
+                accepted_then_reset(&mut conn, &upstream, stream_id(n), hits).await,
+                "cancel {n} was not taken"
+            );
+        }
+    }
+    assert_eq!(upstream.hits(), 2 * BURST);
+    // Still served on the same connection.
+    let id = stream_id(n + 1);
+    conn.write.write_all(&raw::get(id, "/nope")).await.unwrap();
+    let events = conn.frames.until(ANSWER_WITHIN, |e| e.ends(id)).await;
+    let status = events.iter().find_map(|e| e.status_on(id));
+    assert_eq!(status, Some(404), "{events:?}");
     gw.shutdown().await;
 }
 
