@@ -455,10 +455,11 @@ const REDACTED: &str = "[redacted]";
 async fn echo(req: Request<Body>) -> Result<Response<Body>, Rejection> {
     let (parts, body) = req.into_parts();
     let exceeded = parts.extensions.get::<LimitFlag>().cloned();
-    let room = parts.extensions.get::<super::BodyRoom>().cloned();
-    // `LimitedBody` bounds it to `limits.max_body`.
-    let (bytes, _held) = match super::collect_limited(body, usize::MAX, room).await {
-        Ok(collected) => collected,
+    // Counted as it comes, never held: over HTTP/1.1 nothing would bound
+    // what many connections make the gateway hold. `LimitedBody` stops
+    // the reading past `limits.max_body` (413).
+    let body_bytes = match super::count_body(body).await {
+        Ok(counted) => counted,
         Err(Rejection::ClientBody(_)) if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) => {
             return Err(Rejection::PayloadTooLarge)
         }
@@ -489,7 +490,7 @@ async fn echo(req: Request<Body>) -> Result<Response<Body>, Rejection> {
         "path": parts.uri.path(),
         "query": parts.uri.query(),
         "headers": headers,
-        "body_bytes": bytes.len(),
+        "body_bytes": body_bytes,
     });
     let mut response = Response::new(full(body.to_string()));
     response

@@ -114,6 +114,21 @@ pub async fn collect_limited(
     Ok((collected.freeze(), held))
 }
 
+/// The length of a client's request body, read and dropped as it comes:
+/// nothing of it is held. 400 or 408 when the client broke it or went
+/// silent (the server's body readers bound each wait); the caller's
+/// limit (`LimitedBody`) bounds how much is read.
+async fn count_body(mut body: Body) -> Result<u64, Rejection> {
+    let mut counted = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| Rejection::ClientBody(BodyFault::of(&error)))?;
+        if let Some(data) = frame.data_ref() {
+            counted = counted.saturating_add(data.len() as u64);
+        }
+    }
+    Ok(counted)
+}
+
 /// On an HTTP/2 request that found its port's `limits.max_streams` taken
 /// (its connection has others in flight): refused with 503 once its API
 /// is known, never forwarded.
@@ -127,11 +142,11 @@ pub fn past_max_streams<B>(req: &http::Request<B>) -> bool {
 }
 
 /// The room the request bodies of one HTTP/2 connection share while they
-/// are held whole (the `echo` upstream, the authorization server's
-/// endpoints), an extension of each of its requests: what one HTTP/1.1
-/// connection could make the gateway hold, not that much for each of its
-/// streams. A body passed on to an upstream is held by the connection's
-/// flow-control window instead.
+/// are held whole (the authorization server's endpoints), an extension of
+/// each of its requests: what one HTTP/1.1 connection could make the
+/// gateway hold, not that much for each of its streams. A body passed on
+/// to an upstream is held by the connection's flow-control window
+/// instead; the `echo` upstream's is counted and dropped as it comes.
 #[derive(Clone, Debug)]
 pub struct BodyRoom(pub Room);
 

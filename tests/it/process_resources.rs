@@ -248,3 +248,90 @@ async fn idle_connections_give_their_descriptors_to_new_clients() {
     }
     drop((idle, newcomers));
 }
+
+/// The resident memory of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// The `echo` upstream counts a request body as it comes and holds none
+/// of it: eight HTTP/1.1 clients each sending a body of `limits.max_body`
+/// all but its last byte, and holding, do not make the gateway hold their
+/// 80 MiB; each is answered its length once it ends.
+#[tokio::test]
+async fn the_echo_upstream_holds_no_request_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENTS: usize = 8;
+    const BODY: usize = 10 << 20;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+apis:
+- name: Echo
+  base_path: /echo
+  upstream: { echo: true }
+  resources: ["POST /x"]
+  authentication: { type: none }
+"#,
+    )
+    .expect("write the config");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_microgateway"));
+    command.env_clear().env("NO_COLOR", "1").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    let started = common::process::start(&mut command);
+    let pid = started.child.id();
+    let head = format!("POST /echo/x HTTP/1.1\r\nHost: gw\r\nContent-Length: {BODY}\r\n\r\n");
+    let chunk = vec![b'x'; 1 << 20];
+    let before = resident_kib(pid);
+    let mut held = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut stream = tokio::net::TcpStream::connect(started.http)
+            .await
+            .expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        for _ in 0..BODY / chunk.len() - 1 {
+            stream.write_all(&chunk).await.expect("write");
+        }
+        stream.write_all(&chunk[1..]).await.expect("write");
+        held.push(stream);
+    }
+    // Held whole, the bodies took 80 MiB as soon as they were read.
+    let bound = (CLIENTS * BODY / 4 / 1024) as u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let grown = resident_kib(pid).saturating_sub(before);
+        assert!(grown < bound, "{grown} KiB more held for {CLIENTS} bodies");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for mut stream in held {
+        stream.write_all(b"x").await.expect("write");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"}") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.contains(&format!("\"body_bytes\":{BODY}")),
+            "{answer}"
+        );
+    }
+}

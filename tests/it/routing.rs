@@ -800,6 +800,45 @@ apis:
     gw.shutdown().await;
 }
 
+/// The `echo` upstream counts a chunked body across its chunks, and keeps
+/// the limits a body has: 413 once it grows past `limits.max_body`, 400
+/// when its framing breaks.
+#[tokio::test]
+async fn echo_upstream_counts_a_chunked_body_within_the_limits() {
+    let yaml = r#"
+ports: { http: 0, bind: 127.0.0.1 }
+admin: { port: 0 }
+limits: { max_body: 1KiB }
+apis:
+- name: Echo
+  base_path: /echo
+  upstream: { echo: true }
+  resources: ["POST /bookings"]
+  authentication: { type: none }
+"#;
+    let gw = Gateway::start(yaml).await;
+    let post = |chunks: &str| {
+        format!("POST /echo/bookings HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunks}")
+    };
+    let chunk = format!("{:x}\r\n{}\r\n", 400, "c".repeat(400));
+    let raw = raw_request(
+        gw.http,
+        post(&format!("{chunk}{chunk}0\r\n\r\n")).as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert!(raw.contains(r#""body_bytes":800"#), "{raw}");
+    let raw = raw_request(
+        gw.http,
+        post(&format!("{chunk}{chunk}{chunk}0\r\n\r\n")).as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&raw), 413, "growing past max_body: {raw}");
+    let raw = raw_request(gw.http, post(&format!("{chunk}zz\r\n")).as_bytes()).await;
+    assert_eq!(status_of(&raw), 400, "broken framing: {raw}");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_canonical_path_is_matched_and_forwarded() {
     let upstream = Upstream::start().await;
