@@ -151,13 +151,22 @@ async fn resets_of_accepted_streams_end_the_connection() {
         }
         sent = n;
     }
+    closed_after_resets(conn, &upstream, gw, 65..80, &format!("{sent} resets")).await;
+}
+
+/// Asserts that the gateway closed `conn` after `what`, with `hits` of the
+/// reset streams reaching `upstream`, and that it still serves others.
+async fn closed_after_resets(
+    mut conn: Conn,
+    upstream: &Upstream,
+    gw: Gateway,
+    hits: std::ops::Range<usize>,
+    what: &str,
+) {
     let events = conn.frames.until(ANSWER_WITHIN, |_| false).await;
+    assert!(raw::closed(&events), "still open after {what}: {events:?}");
     assert!(
-        raw::closed(&events),
-        "still open after {sent} resets: {events:?}"
-    );
-    assert!(
-        (65..80).contains(&upstream.hits()),
+        hits.contains(&upstream.hits()),
         "{} accepted-then-reset streams reached the upstream",
         upstream.hits()
     );
@@ -210,19 +219,14 @@ async fn answered_requests_do_not_excuse_a_flood_of_resets() {
             resets += 1;
         }
     }
-    let events = conn.frames.until(ANSWER_WITHIN, |_| false).await;
-    assert!(
-        raw::closed(&events),
-        "still open after {resets} resets among as many answered requests: {events:?}"
-    );
-    assert!(
-        (65..100).contains(&upstream.hits()),
-        "{} accepted-then-reset streams reached the upstream",
-        upstream.hits()
-    );
-    upstream.set_delay(Duration::ZERO);
-    still_serves(&gw).await;
-    gw.shutdown().await;
+    closed_after_resets(
+        conn,
+        &upstream,
+        gw,
+        65..100,
+        &format!("{resets} resets among as many answered requests"),
+    )
+    .await;
 }
 
 /// A client that cancels requests now and then (a browser leaving a page,
