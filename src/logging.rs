@@ -1,5 +1,6 @@
 //! The process's log: `MCGW_LOG` (else `RUST_LOG`) picks what is written
-//! (`info` by default, the access log included), `--log-format` how (text,
+//! (`info` by default, the access log included, and when it is no filter:
+//! a warning then says why), `--log-format` how (text,
 //! or JSON lines). Colour only on a terminal, and never with `NO_COLOR`.
 //!
 //! Lines are formatted on the thread that logs (the access log's by
@@ -36,11 +37,13 @@ pub struct Log {
 
 /// Installs the process's log. Call once, before anything logs.
 pub fn init(format: Format) -> Log {
-    // `MCGW_LOG`, else `RUST_LOG` (what Rust users reach for first).
-    let spec = std::env::var("MCGW_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok();
-    let filter = filter(spec.as_deref());
+    // `MCGW_LOG`, else `RUST_LOG` (what Rust users reach for first); an
+    // empty one is as unset.
+    let given = ["MCGW_LOG", "RUST_LOG"].into_iter().find_map(|variable| {
+        let spec = std::env::var(variable).ok()?;
+        (!spec.trim().is_empty()).then_some((variable, spec))
+    });
+    let (filter, refused) = filter(given.as_ref().map(|(_, spec)| spec.as_str()));
     // https://no-color.org: any non-empty NO_COLOR turns colour off.
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let ansi = std::io::stderr().is_terminal() && !no_color;
@@ -67,6 +70,9 @@ pub fn init(format: Format) -> Log {
         Format::Json => builder.json().init(),
         Format::Text => builder.init(),
     }
+    if let (Some((variable, spec)), Some(problem)) = (&given, refused) {
+        tracing::warn!("{variable}={spec:?} is not a log filter: {problem}; logging at info");
+    }
     Log { _writer: guard }
 }
 
@@ -87,23 +93,48 @@ impl<W: Write> Write for Paced<W> {
     }
 }
 
-/// The log filter `MCGW_LOG` asks for (`info` when unset or invalid).
+/// The log filter `MCGW_LOG` asks for (`info` when unset or invalid), and
+/// what was wrong with it when it was invalid. A bare word is a level
+/// name: tracing would read any other (`warning`, `debug;`) as a target
+/// and turn every line off, errors included; `target=level` directives
+/// are taken as written.
 /// rustls warns once per connection about what a client sent (an IP
 /// address as SNI, an alert), so any client could fill the log with it:
 /// it speaks at `error` unless `MCGW_LOG` names it.
-pub fn filter(spec: Option<&str>) -> EnvFilter {
+pub fn filter(spec: Option<&str>) -> (EnvFilter, Option<String>) {
     let spec = spec.unwrap_or("info");
-    let (filter, spec) = match EnvFilter::try_new(spec) {
-        Ok(filter) => (filter, spec),
-        Err(_) => (EnvFilter::new("info"), "info"),
+    let parsed = match refusal(spec) {
+        Some(problem) => Err(problem),
+        None => EnvFilter::try_new(spec).map_err(|error| error.to_string()),
+    };
+    let (filter, spec, refused) = match parsed {
+        Ok(filter) => (filter, spec, None),
+        Err(problem) => (EnvFilter::new("info"), "info", Some(problem)),
     };
     if spec.contains("rustls") {
-        return filter;
+        return (filter, refused);
     }
-    match "rustls=error".parse() {
+    let filter = match "rustls=error".parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
-    }
+    };
+    (filter, refused)
+}
+
+/// The levels a bare word of a filter may name (in any case).
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// What is wrong with a filter's bare word, when one is no level name.
+fn refusal(spec: &str) -> Option<String> {
+    let word = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|directive| !directive.is_empty() && !directive.contains('='))
+        .find(|word| !LEVELS.iter().any(|level| level.eq_ignore_ascii_case(word)))?;
+    Some(format!(
+        "`{word}` is no level ({}) and no `target=level`",
+        LEVELS.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -123,12 +154,42 @@ mod tests {
     #[test]
     fn rustls_speaks_at_error_unless_the_filter_names_it() {
         for spec in [None, Some("warn"), Some("debug"), Some("not a filter ==")] {
-            let filter = filter(spec).to_string();
+            let filter = filter(spec).0.to_string();
             assert!(filter.contains("rustls=error"), "{spec:?}: {filter}");
         }
-        let asked = filter(Some("info,rustls=debug")).to_string();
+        let asked = filter(Some("info,rustls=debug")).0.to_string();
         assert!(asked.contains("rustls=debug"), "{asked}");
         assert!(!asked.contains("rustls=error"), "{asked}");
+    }
+
+    #[test]
+    fn a_bare_word_that_is_no_level_falls_back_to_info() {
+        for spec in [
+            "warning",
+            "debug;",
+            "info,verbose",
+            "x=warning",
+            "[",
+            "=info",
+        ] {
+            let (chosen, refused) = filter(Some(spec));
+            assert_eq!(chosen.to_string(), "rustls=error,info", "{spec:?}");
+            assert!(refused.is_some(), "{spec:?}");
+        }
+        assert_eq!(
+            filter(Some("warning")).1.as_deref(),
+            Some("`warning` is no level (trace, debug, info, warn, error, off) and no `target=level`")
+        );
+        for spec in [
+            "WARN",
+            "Debug,hyper=off",
+            "microgateway::access=off",
+            "off",
+            "info,",
+        ] {
+            assert_eq!(filter(Some(spec)).1, None, "{spec:?}");
+        }
+        assert_eq!(filter(None).1, None);
     }
 }
 

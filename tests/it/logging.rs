@@ -180,6 +180,39 @@ fn rust_log_is_honoured_when_mcgw_log_is_unset() {
     assert!(log.contains("microgateway started"), "{log}");
 }
 
+/// A filter whose bare word is no level (`warning` would be read as a
+/// target, and `debug;` too, turning every line off) logs at `info`, and
+/// says so once at start.
+#[test]
+fn a_filter_that_names_no_level_logs_at_info_and_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = common::process::echo_config(dir.path(), 0);
+    for spec in ["warning", "debug;"] {
+        let mut command = binary();
+        command
+            .env("MCGW_LOG", spec)
+            .args(["start", "-c", config.to_str().expect("utf-8 path")]);
+        let log = raw_log_until(
+            &mut command,
+            "microgateway started",
+            Duration::from_secs(20),
+        );
+        assert!(log.contains("microgateway started"), "{spec}: {log}");
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("is not a log filter"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{spec}: {log}");
+        assert!(warnings[0].contains(" WARN "), "{}", warnings[0]);
+        assert!(
+            warnings[0].contains(&format!("MCGW_LOG={spec:?}")),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[0].contains("logging at info"), "{}", warnings[0]);
+    }
+}
+
 /// While an introspection endpoint is down, every opaque token fails
 /// (failures are not cached), and the warning is written once in a
 /// while, with how many it held back, not once a request.
