@@ -106,9 +106,11 @@ pub fn read_bounded_text(path: &Path) -> std::io::Result<String> {
 }
 
 /// A file the gateway writes itself (a downstream's cached download and
-/// its record), as UTF-8 text within 4 MiB, opened as it is.
+/// its record), as UTF-8 text within 4 MiB. Refused unless regular, as a
+/// file the configuration names is ([`open_regular`]): a FIFO in its
+/// place would hold `check` and `start` for good.
 pub fn read_own_text(path: &Path) -> std::io::Result<String> {
-    utf8(read_within(std::fs::File::open(path)?)?)
+    read_bounded_text(path)
 }
 
 /// The bytes of a file read, as UTF-8 text.

@@ -826,6 +826,27 @@ fn check_reads_no_more_of_a_cache_file_than_start_does() {
     assert!(stderr.contains("cannot read the cache file"), "{stderr}");
 }
 
+/// A FIFO as the cache file, or as its record, is refused at once (its
+/// open would wait for a writer for good): the file is checked alone.
+#[test]
+fn check_refuses_a_fifo_cache_file_or_record_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("central-cache.yaml");
+    common::mkfifo(&cache);
+    let config = downstream(dir.path(), &cache);
+    let (status, stderr) = check_within_20_s(&config);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("cannot read the cache file"), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+
+    std::fs::remove_file(&cache).expect("remove the FIFO");
+    std::fs::write(&cache, cached_api("Central", "/central")).expect("write cache");
+    common::mkfifo(&microgateway::central::provenance::record_path(&cache));
+    let (status, stderr) = check_within_20_s(&config);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("is not used"), "{stderr}");
+}
+
 #[test]
 fn explain_of_a_downstream_decides_on_its_cached_download_as_check_does() {
     let dir = tempfile::tempdir().expect("temp dir");
