@@ -555,16 +555,24 @@ fn start(path: &Path, env: Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let (code, stopped_at_once) = runtime.block_on(async move {
         // Before anything listens: a signal sent as soon as the gateway
         // answers is handled, not taken by its default (SIGHUP's and
         // SIGTERM's end the process at once).
-        let signals = Signals::install();
-        let gateway = match Gateway::start(path, env).await {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                eprintln!("{error}");
-                return ExitCode::FAILURE;
+        let mut signals = Signals::install();
+        // A downstream may wait for its central for a while (30 s for a
+        // silent one): a stop asked for meanwhile ends the start.
+        let gateway = tokio::select! {
+            started = Gateway::start(path, env) => match started {
+                Ok(gateway) => gateway,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return (ExitCode::FAILURE, false);
+                }
+            },
+            () = signals.stop() => {
+                tracing::info!("stopped during start-up");
+                return (ExitCode::SUCCESS, true);
             }
         };
         tracing::info!(
@@ -575,12 +583,29 @@ fn start(path: &Path, env: Env) -> ExitCode {
             "microgateway started"
         );
         return_startup_code();
-        signals.wait(&gateway).await;
-        tracing::info!("shutting down: draining in-flight requests");
-        gateway.shutdown().await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
-    })
+        signals.serve(&gateway).await;
+        tracing::info!(
+            "shutting down: draining in-flight requests (a second SIGTERM or SIGINT stops at once)"
+        );
+        // Envoy, nginx (`quit`, then `term`) and most proxies: a second
+        // signal does not wait for the drain.
+        tokio::select! {
+            () = gateway.shutdown() => {
+                tracing::info!("stopped");
+                (ExitCode::SUCCESS, false)
+            }
+            () = signals.stop() => {
+                tracing::warn!("second signal: stopped at once, requests in flight cut");
+                (ExitCode::SUCCESS, true)
+            }
+        }
+    });
+    if stopped_at_once {
+        // Without waiting for what the start or the drain left running
+        // on the blocking pool (a listener thread's join, a file read).
+        runtime.shutdown_background();
+    }
+    code
 }
 
 /// Once serving, the program's pages that only starting up read are given
@@ -608,8 +633,9 @@ impl std::fmt::Display for Listening {
     }
 }
 
-/// The signals `start` answers: SIGTERM and SIGINT drain and stop,
-/// SIGHUP reloads.
+/// The signals `start` answers: SIGTERM and SIGINT drain and stop (during
+/// start-up, they stop; during the drain, they stop at once), SIGHUP
+/// reloads.
 #[cfg(unix)]
 struct Signals(
     Option<(
@@ -636,9 +662,21 @@ impl Signals {
         }
     }
 
+    /// Until the next SIGTERM or SIGINT (a SIGHUP meanwhile waits).
+    async fn stop(&mut self) {
+        let Some((term, int, _)) = &mut self.0 else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+
     /// Until SIGTERM or SIGINT; each SIGHUP reloads meanwhile.
-    async fn wait(self, gateway: &Gateway) {
-        let Some((mut term, mut int, mut hup)) = self.0 else {
+    async fn serve(&mut self, gateway: &Gateway) {
+        let Some((term, int, hup)) = &mut self.0 else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -667,7 +705,11 @@ impl Signals {
         Signals
     }
 
-    async fn wait(self, _gateway: &Gateway) {
+    async fn stop(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn serve(&mut self, _gateway: &Gateway) {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -64,6 +64,8 @@ pub struct State {
     pub authz: Arc<ArcSwapOption<AuthorizationServer>>,
     /// The export served as a central; the document downloaded as a downstream.
     pub central: Arc<Link>,
+    /// When its ports stop, and whether their drain timeout has passed.
+    pub shutdown: server::Shutdown,
 }
 
 impl State {
@@ -163,17 +165,20 @@ impl Gateway {
         if let Some(descriptors) = server::fds::raise_limit() {
             // Each connection takes one, and its upstream connection another;
             // each HTTP/2 request beyond its connection's first, one more.
+            // The limits hold per port: an HTTP and an HTTPS port need both.
             let limits = settings.limits;
+            let ports = u64::from(listen.http.is_some()) + u64::from(listen.https.is_some());
             let wanted = u64::try_from(limits.max_connections)
                 .unwrap_or(u64::MAX)
                 .saturating_mul(2)
-                .saturating_add(u64::try_from(limits.max_streams).unwrap_or(u64::MAX));
+                .saturating_add(u64::try_from(limits.max_streams).unwrap_or(u64::MAX))
+                .saturating_mul(ports);
             if wanted > descriptors {
                 tracing::warn!(
                     max_connections = limits.max_connections,
                     max_streams = limits.max_streams,
                     descriptors,
-                    "the process may open fewer files than limits.max_connections and limits.max_streams need (one for each client and one for each request it forwards at once); accepts and upstream connects fail before the limits are reached (raise `ulimit -n`)"
+                    "the process may open fewer files than limits.max_connections and limits.max_streams need (2 × max_connections + max_streams: each client and its upstream connection, and each HTTP/2 request forwarded beyond a connection's first); accepts and upstream connects fail before the limits are reached (raise `ulimit -n`)"
                 );
             }
         }
@@ -208,6 +213,7 @@ impl Gateway {
             start: Arc::new(start),
             tls: tls.clone(),
         });
+        let (stop, stop_rx) = watch::channel(false);
         let state = Arc::new(State {
             live: reloader.live.clone(),
             runtime,
@@ -215,6 +221,7 @@ impl Gateway {
             authz: reloader.authz.clone(),
             central: reloader.central.clone(),
             reloader,
+            shutdown: server::Shutdown::new(stop_rx),
         });
         let first = state.live.snapshot();
         let store = state
@@ -231,7 +238,6 @@ impl Gateway {
         state.runtime.throttle.bind(&first, store);
         drop(first);
         tracing::debug!(generation, "first snapshot prepared");
-        let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut gateway = Gateway {
             state: state.clone(),
@@ -245,7 +251,7 @@ impl Gateway {
         let serving = |transport| Serving {
             settings,
             slots: server::connection_slots(settings),
-            stop: stop_rx.clone(),
+            shutdown: state.shutdown.clone(),
             transport,
             pin_threads: listen.pin_threads,
         };
@@ -270,7 +276,7 @@ impl Gateway {
                 Transport::Plain,
                 settings,
                 server::connection_slots(settings),
-                stop_rx.clone(),
+                state.shutdown.clone(),
                 None,
                 handler,
             ));
@@ -278,7 +284,13 @@ impl Gateway {
         state.reloader.start.set_listening();
         // Ends once the start is met: from then on the JWKS of what a
         // reload adds no longer count for readiness.
-        tasks.spawn(state.reloader.start.clone().watch(stop_rx.clone()));
+        tasks.spawn(
+            state
+                .reloader
+                .start
+                .clone()
+                .watch(state.shutdown.stop.clone()),
+        );
         gateway.tasks = tasks;
         gateway.watcher = Watcher::spawn(state.reloader.clone())
             .inspect_err(|error| tracing::warn!("{error}; reload with SIGHUP or the REST API"))
@@ -357,6 +369,7 @@ fn handle_api(
             logged: logged.as_ref(),
             request_id: request_id.as_ref(),
             answered: false,
+            shutdown: &state.shutdown,
         };
         let authz = (state.authz.load_full())
             .filter(|_| crate::authz_server::is_endpoint(req.uri().path()));
@@ -397,13 +410,15 @@ fn handle_api(
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// What a request's line and counts need; recorded once answered, or, if
-/// dropped unanswered, with [`CLIENT_CLOSED_REQUEST`] (the API unknown).
+/// dropped unanswered, with [`CLIENT_CLOSED_REQUEST`] (the API unknown),
+/// or 503 when the shutdown's drain timeout cut it.
 struct Unanswered<'a> {
     started: Instant,
     method: &'a http::Method,
     logged: Option<&'a (String, std::net::IpAddr)>,
     request_id: Option<&'a http::HeaderValue>,
     answered: bool,
+    shutdown: &'a server::Shutdown,
 }
 
 impl Unanswered<'_> {
@@ -433,11 +448,20 @@ impl Drop for Unanswered<'_> {
         if self.answered {
             return;
         }
-        crate::metrics::client_error("gone");
-        // A status outside the standard ones is a valid code: it cannot fail.
-        if let Ok(status) = http::StatusCode::from_u16(CLIENT_CLOSED_REQUEST) {
-            self.record(crate::metrics::ApiMetrics::unmatched(), "-", status);
-        }
+        let status = if self.shutdown.is_forced() {
+            // Not the client's doing: the drain gave it all it had.
+            crate::metrics::get().requests_cut_by_shutdown.inc();
+            http::StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            crate::metrics::client_error("gone");
+            // A status outside the standard ones is a valid code: it
+            // cannot fail.
+            match http::StatusCode::from_u16(CLIENT_CLOSED_REQUEST) {
+                Ok(status) => status,
+                Err(_) => return,
+            }
+        };
+        self.record(crate::metrics::ApiMetrics::unmatched(), "-", status);
     }
 }
 
@@ -590,7 +614,7 @@ fn serve_per_core(
 struct Serving {
     settings: ConnSettings,
     slots: Arc<server::Slots>,
-    stop: watch::Receiver<bool>,
+    shutdown: server::Shutdown,
     transport: Transport,
     /// `ports.pin_threads`.
     pin_threads: bool,
@@ -632,7 +656,7 @@ fn serve_on_this_thread(
     let Serving {
         settings,
         slots,
-        stop,
+        shutdown,
         transport,
         pin_threads: _,
     } = serving;
@@ -679,7 +703,7 @@ fn serve_on_this_thread(
             transport,
             settings,
             slots,
-            stop,
+            shutdown,
             Some(seat),
             handler,
         )

@@ -57,6 +57,10 @@ pub struct Metrics {
     /// `upstream_errors_total{api,cause}` (connect|timeout|protocol): the
     /// upstream failed an exchange the client had done its part of.
     pub upstream_errors: IntCounterVec,
+    /// `requests_cut_by_shutdown_total`: requests still unanswered when
+    /// the drain timeout passed, their connections closed; never counted
+    /// as the client's fault.
+    pub requests_cut_by_shutdown: IntCounter,
     /// `log_lines_dropped_total`: log lines dropped because stderr could
     /// not take them as fast as they came (`logging`).
     pub log_lines_dropped: IntCounter,
@@ -185,6 +189,17 @@ impl Metrics {
         registry
             .register(Box::new(throttle_store_reconnects.clone()))
             .expect("registered once");
+        let requests_cut_by_shutdown = IntCounter::with_opts(
+            Opts::new(
+                "requests_cut_by_shutdown_total",
+                "Requests unanswered when the shutdown's drain timeout closed their connections",
+            )
+            .namespace("microgateway"),
+        )
+        .expect("static counter options are valid");
+        registry
+            .register(Box::new(requests_cut_by_shutdown.clone()))
+            .expect("registered once");
         let tunnels_open = IntGaugeVec::new(
             Opts::new("tunnels_open", "WebSocket tunnels open").namespace("microgateway"),
             &["api"],
@@ -274,6 +289,7 @@ impl Metrics {
                 &["api", "cause"],
             ),
             log_lines_dropped,
+            requests_cut_by_shutdown,
             throttled: counter(
                 &registry,
                 "throttled_total",

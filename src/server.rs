@@ -158,14 +158,40 @@ fn canonical(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
-/// Serves `listener` until `stop` turns true, then drains connections for at
-/// most `timeouts.drain` and closes what is left.
+/// When a gateway's ports stop, and when what they still serve is cut.
+#[derive(Clone)]
+pub struct Shutdown {
+    /// Turns true to stop accepting and drain.
+    pub stop: watch::Receiver<bool>,
+    /// Turned true by the first port whose drain timeout passes, before it
+    /// closes what is left: shared by the ports of one gateway, it tells a
+    /// request dropped unanswered that the shutdown cut it (its client did
+    /// not leave).
+    pub forced: Arc<watch::Sender<bool>>,
+}
+
+impl Shutdown {
+    pub fn new(stop: watch::Receiver<bool>) -> Self {
+        Shutdown {
+            stop,
+            forced: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Whether the drain timeout has passed and connections are being cut.
+    pub fn is_forced(&self) -> bool {
+        *self.forced.borrow()
+    }
+}
+
+/// Serves `listener` until `shutdown.stop` turns true, then drains
+/// connections for at most `timeouts.drain` and closes what is left.
 pub async fn serve<H, F>(
     listener: TcpListener,
     transport: Transport,
     settings: ConnSettings,
     slots: Arc<Slots>,
-    mut stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
     mut seat: Option<spread::Seat>,
     handler: H,
 ) where
@@ -178,7 +204,11 @@ pub async fn serve<H, F>(
         http2: http2_builder(settings),
         transport,
     });
-    let (force, forced) = watch::channel(false);
+    let Shutdown {
+        mut stop,
+        forced: force,
+    } = shutdown;
+    let forced = force.subscribe();
     // The connections' own receiver: the loop below waits on `stop`.
     let conn_stop = stop.clone();
     let start = |stream: TcpStream, peer, permit, counted: Option<spread::Serving>| {
@@ -292,7 +322,7 @@ pub async fn serve<H, F>(
     let drained = tokio::time::timeout(settings.timeouts.drain, slots.all_free()).await;
     if drained.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
-        let _ = force.send(true);
+        force.send_replace(true);
     }
 }
 
@@ -1048,7 +1078,7 @@ pub(crate) mod tests {
             Transport::Plain,
             settings,
             slots.clone(),
-            stop,
+            Shutdown::new(stop),
             Some(mine),
             handler,
         ));

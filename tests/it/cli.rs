@@ -703,6 +703,210 @@ apis:
     );
 }
 
+/// A request still in flight when the drain timeout passes is logged as
+/// cut by the shutdown (503), not as one whose client left (499).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_the_drain_timeout_is_logged_as_the_shutdowns() {
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        &format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+timeouts: {{ drain: 1s }}
+apis:
+- name: Slow
+  base_path: /slow
+  upstream: {{ url: "{}", timeout: 60s }}
+  resources: ["GET /x"]
+  authentication:
+    type: none
+"#,
+            upstream.url("/api")
+        ),
+    );
+    let mut started = common::process::start(binary().args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]));
+    let http = started.http;
+    let in_flight = tokio::spawn(async move {
+        common::client()
+            .get(format!("http://{http}/slow/x"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    send("TERM", &started.child);
+    let exit = exit_within(&mut started.child, Duration::from_secs(10)).await;
+    assert_eq!(exit.code(), Some(0));
+    assert!(in_flight.await.expect("join").is_err(), "cut, unanswered");
+    let rest: Vec<String> = started.lines.try_iter().collect();
+    let line = rest
+        .iter()
+        .find(|l| l.contains("path=/slow/x"))
+        .unwrap_or_else(|| panic!("no access-log line: {rest:?}"));
+    assert!(line.contains(r#"api="-" status=503 "#), "{line}");
+}
+
+/// Sends `signal` (`TERM`, `INT`) to `child`.
+fn send(signal: &str, child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+}
+
+/// The exit status of `child` once it exits within `within`.
+async fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            return exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A downstream waiting for a central that never answers (30 s of
+/// download timeout) is stopped by SIGTERM or SIGINT at once, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_start_up_stops_the_process() {
+    for signal in ["TERM", "INT"] {
+        // Accepts, reads nothing, answers nothing.
+        let central = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", central.local_addr().expect("addr"));
+        let (accepted_tx, accepted) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((stream, _)) = central.accept() {
+                let _ = accepted_tx.send(());
+                std::thread::park_timeout(Duration::from_secs(60));
+                drop(stream);
+            }
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = write(
+            dir.path(),
+            &format!(
+                r#"ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+api_gateway:
+  url: "{url}"
+  user: fleet
+  password: "secret"
+  download_apis: true
+  cache_file: "{}"
+"#,
+                dir.path().join("cache.yaml").display()
+            ),
+        );
+        let mut child = binary()
+            .args(["start", "-c", config.to_str().expect("utf-8 path")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        let accepted = tokio::task::spawn_blocking(move || {
+            accepted.recv_timeout(Duration::from_secs(20)).is_ok()
+        });
+        assert!(accepted.await.expect("join"), "the central was never asked");
+        send(signal, &child);
+        let exit = exit_within(&mut child, Duration::from_secs(5)).await;
+        assert_eq!(exit.code(), Some(0), "{signal}");
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)
+            .expect("stderr");
+        assert!(log.contains("stopped during start-up"), "{signal}: {log}");
+    }
+}
+
+/// A second SIGTERM or SIGINT during the drain stops at once, without
+/// waiting for the request in flight, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_stops_at_once() {
+    for (first, second) in [("TERM", "TERM"), ("TERM", "INT"), ("INT", "INT")] {
+        let upstream = Upstream::start().await;
+        upstream.set_delay(Duration::from_secs(30));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = write(
+            dir.path(),
+            &format!(
+                r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+timeouts: {{ drain: 60s }}
+apis:
+- name: Slow
+  base_path: /slow
+  upstream: {{ url: "{}", timeout: 60s }}
+  resources: ["GET /x"]
+  authentication:
+    type: none
+"#,
+                upstream.url("/api")
+            ),
+        );
+        let mut started = common::process::start(binary().args([
+            "start",
+            "-c",
+            config.to_str().expect("utf-8 path"),
+        ]));
+        let http = started.http;
+        let in_flight = tokio::spawn(async move {
+            common::client()
+                .get(format!("http://{http}/slow/x"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while upstream.hits() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the request never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        send(first, &started.child);
+        assert!(
+            started
+                .line_with("shutting down", Duration::from_secs(10))
+                .is_some(),
+            "no drain"
+        );
+        send(second, &started.child);
+        let exit = exit_within(&mut started.child, Duration::from_secs(5)).await;
+        assert_eq!(exit.code(), Some(0), "{first} {second}");
+        assert!(
+            started
+                .line_with("second signal: stopped at once", Duration::from_secs(1))
+                .is_some(),
+            "{first} {second}"
+        );
+        assert!(in_flight.await.expect("join").is_err(), "cut, unanswered");
+    }
+}
+
 /// A downstream's file, downloading APIs from an unreachable central, with
 /// `cache` as its cache file and one local API at `/local`.
 fn downstream(dir: &Path, cache: &Path) -> PathBuf {

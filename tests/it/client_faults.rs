@@ -253,3 +253,33 @@ async fn an_upstream_that_answered_early_and_waits_for_the_body_is_not_blamed() 
     );
     gw.shutdown().await;
 }
+
+/// A request still in flight when the drain timeout passes is counted as
+/// cut by the shutdown, not as a client that left.
+#[tokio::test]
+async fn a_request_cut_at_the_drain_timeout_is_counted_as_the_shutdowns() {
+    let upstream = common::Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(30));
+    let gw = Gateway::start(&format!(
+        r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+timeouts: {{ drain: 0s }}
+apis:
+- name: CutByShutdown
+  base_path: /cut
+  upstream: {{ url: "{}", timeout: 60s }}
+  authentication: {{ type: none }}
+  resources: ["GET /x"]
+"#,
+        upstream.url("/api")
+    ))
+    .await;
+    let cut = || microgateway::metrics::get().requests_cut_by_shutdown.get();
+    let before = cut();
+    let url = gw.url("/cut/x");
+    let in_flight = tokio::spawn(async move { common::client().get(url).send().await });
+    common::wait_until(Duration::from_secs(10), || upstream.hits() > 0).await;
+    gw.shutdown().await;
+    assert!(in_flight.await.expect("join").is_err(), "cut, unanswered");
+    assert!(cut() > before, "not counted as cut by the shutdown");
+}
