@@ -171,7 +171,8 @@ impl Composer {
 
 /// `text` with the terminal controls a request target can carry escaped
 /// as tracing-subscriber escapes them in messages: ESC, BEL, BS, FF and
-/// DEL as `\xNN`, the C1 controls (NEL, CSI, …) as `\u{NN}` — a client's
+/// DEL as `\xNN`, the C1 controls (NEL, CSI, …) and the line and paragraph
+/// separators (U+2028, U+2029) as `\u{NN}` — a client's
 /// path cannot split a line for a reader that breaks at NEL, nor move a
 /// terminal's cursor or colour what follows. The general formatter
 /// writes such a field as it is: the field it is given is [`Escaped`].
@@ -192,6 +193,9 @@ impl std::fmt::Display for Escaped<'_> {
             match c {
                 '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' => write!(f, "\\x{:02x}", c as u32)?,
                 '\u{80}'..='\u{9f}' => write!(f, "\\u{{{:x}}}", c as u32)?,
+                // Line and paragraph separators: a line break to many
+                // readers (JavaScript, editors, some log viewers).
+                '\u{2028}' | '\u{2029}' => write!(f, "\\u{{{:x}}}", c as u32)?,
                 c => f.write_char(c)?,
             }
         }
@@ -209,7 +213,7 @@ fn json_string(line: &mut String, text: &str) {
             '\n' => line.push_str("\\n"),
             '\r' => line.push_str("\\r"),
             '\t' => line.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            c if (c as u32) < 0x20 || matches!(c, '\u{2028}' | '\u{2029}') => {
                 let _ = write!(line, "\\u{:04x}", c as u32);
             }
             c => line.push(c),
@@ -389,7 +393,7 @@ mod tests {
             client: IpAddr::from([192, 0, 2, 1]),
             request_id: "r-1",
             method: "GET",
-            path: "/a\u{9b}31m\u{85}b\u{1b}c\u{7f}é",
+            path: "/a\u{9b}31m\u{85}b\u{1b}c\u{7f}é\u{2028}\u{2029}",
             api: "-",
             status: 404,
             micros: 1,
@@ -398,20 +402,21 @@ mod tests {
         let text = formatted_by_tracing(Format::Text, &entry);
         assert_eq!(text[27..], line[27..], "{text}");
         assert!(
-            line.contains(r"path=/a\u{9b}31m\u{85}b\x1bc\x7fé api="),
+            line.contains(r"path=/a\u{9b}31m\u{85}b\x1bc\x7fé\u{2028}\u{2029} api="),
             "{line}"
         );
         assert!(
-            !line.contains(['\u{9b}', '\u{85}', '\u{1b}', '\u{7f}']),
+            !line.contains(['\u{9b}', '\u{85}', '\u{1b}', '\u{7f}', '\u{2028}', '\u{2029}']),
             "{line}"
         );
     }
 
     #[test]
     fn a_json_line_is_json_whatever_the_names_hold() {
-        let line = composed(Format::Json, SECS, 0, &entry("a\\b\n\u{1}\tü\r\""));
+        let line = composed(Format::Json, SECS, 0, &entry("a\\b\n\u{1}\tü\r\"\u{2028}"));
+        assert!(!line.contains('\u{2028}'), "{line}");
         let parsed: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
-        assert_eq!(parsed["fields"]["api"], "a\\b\n\u{1}\tü\r\"");
+        assert_eq!(parsed["fields"]["api"], "a\\b\n\u{1}\tü\r\"\u{2028}");
         assert_eq!(parsed["fields"]["status"], 200);
         assert_eq!(parsed["timestamp"], "2026-12-04T23:02:58.000000Z");
     }

@@ -275,7 +275,7 @@ pub(super) fn api_gateway(
     let at = entry.referenced;
     let url = ctx
         .required(&raw.url, at, keys.url)
-        .and_then(|u| url(ctx, u, keys.url));
+        .and_then(|u| url(ctx, u, keys.url).and_then(|text| central_base(ctx, u, text, keys.url)));
     let user = ctx
         .required(&raw.user, at, keys.user)
         .and_then(|u| ctx.basic_user(u.referenced, &u.value.0, keys.user));
@@ -292,6 +292,24 @@ pub(super) fn api_gateway(
         poll_interval,
         cache_file,
     })
+}
+
+/// A central's URL is the base its export's path is put after: a query
+/// or a fragment there would end up before that path, and the download
+/// ask for something else.
+fn central_base(ctx: &mut Ctx, value: &S<Scalar>, text: String, key: &str) -> Option<String> {
+    if text.contains(['?', '#']) {
+        ctx.report.error(
+            value.referenced,
+            format!(
+                "{key}: `{}` has a query or a fragment; the export's path is put after the URL",
+                super::secret::shown_url(&text)
+            ),
+            "https://central.example[:port][/path], without `?` or `#`",
+        );
+        return None;
+    }
+    Some(text)
 }
 
 #[cfg(test)]
@@ -334,6 +352,30 @@ mod tests {
         let (_, warnings) =
             download_flags(flags("http://127.0.0.1:9485", false), &Env::new()).expect("loopback");
         assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn a_central_url_with_a_query_or_a_fragment_is_refused_its_values_unshown() {
+        for (given, shown) in [
+            (
+                "https://central.example:9485/?key=s3cret",
+                "https://central.example:9485/?key=****",
+            ),
+            (
+                "https://central.example#top",
+                "https://central.example#****",
+            ),
+        ] {
+            let invalid = download_flags(flags(given, false), &Env::new()).expect_err("refused");
+            let message = invalid.findings[0].message.as_str();
+            assert_eq!(
+                message,
+                format!(
+                    "--gateway: `{shown}` has a query or a fragment; the export's path is put after the URL"
+                )
+            );
+            assert!(!invalid.to_string().contains("s3cret"));
+        }
     }
 
     #[test]

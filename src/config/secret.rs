@@ -53,12 +53,49 @@ impl fmt::Display for Secret {
 }
 
 /// `url` as it may be shown (admin views, logs, diagnostics): user
-/// information (`user:password@`) masked, as the password beside it is.
+/// information (`user:password@`) masked, as the password beside it is,
+/// and so are the values of its query (`?key=****`: an upstream's API key
+/// often travels there) and its fragment.
 pub fn shown_url(url: &str) -> String {
-    match user_information(url).or_else(|| maybe_user_information(url)) {
+    let shown = match user_information(url).or_else(|| maybe_user_information(url)) {
         Some((scheme, after)) => format!("{scheme}://****@{after}"),
         None => url.to_owned(),
+    };
+    masked_query(shown)
+}
+
+/// `url` with each value of its query and its fragment shown as `****`
+/// (the names stay: they say what was set).
+fn masked_query(url: String) -> String {
+    let Some((scheme, _, authority_end)) = split(&url) else {
+        return url;
+    };
+    let path_start = scheme.len() + "://".len() + authority_end;
+    let Some(from) = url[path_start..].find(['?', '#']).map(|at| path_start + at) else {
+        return url;
+    };
+    let (head, tail) = url.split_at(from);
+    let (query, fragment) = match tail.split_once('#') {
+        Some((query, _)) => (query, true),
+        None => (tail, false),
+    };
+    let mut shown = String::from(head);
+    if let Some(pairs) = query.strip_prefix('?') {
+        shown.push('?');
+        let masked: Vec<String> = pairs
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}=****"),
+                None if pair.is_empty() => String::new(),
+                None => "****".to_owned(),
+            })
+            .collect();
+        shown.push_str(&masked.join("&"));
     }
+    if fragment {
+        shown.push_str("#****");
+    }
+    shown
 }
 
 /// The scheme of `url`, what follows its `://`, and where the authority
@@ -136,10 +173,30 @@ mod tests {
     }
 
     #[test]
+    fn a_shown_url_masks_the_values_of_its_query_and_its_fragment() {
+        assert_eq!(
+            shown_url("https://backend.example/v1?api_key=s3cret&region=eu"),
+            "https://backend.example/v1?api_key=****&region=****"
+        );
+        assert_eq!(
+            shown_url("https://backend.example?token#frag"),
+            "https://backend.example?****#****"
+        );
+        assert_eq!(
+            shown_url("https://u:p@backend.example/x?k=v"),
+            "https://****@backend.example/x?k=****"
+        );
+        assert_eq!(
+            shown_url("https://backend.example/a/b"),
+            "https://backend.example/a/b"
+        );
+    }
+
+    #[test]
     fn a_shown_url_masks_its_user_information() {
         assert_eq!(
             shown_url("https://fleet:pw-123@central.example:9485/x?a=b@c"),
-            "https://****@central.example:9485/x?a=b@c"
+            "https://****@central.example:9485/x?a=****"
         );
         assert_eq!(
             shown_url("https://a@b@central.example"),
@@ -148,13 +205,13 @@ mod tests {
         for plain in [
             "https://central.example:9485",
             "http://127.0.0.1/a@b",
-            "http://upstream.example/x#a@b",
             "central",
         ] {
             assert_eq!(shown_url(plain), plain);
             assert!(!has_user_information(plain));
         }
         assert!(has_user_information("http://svc@upstream.example"));
+        assert!(!has_user_information("http://upstream.example/x#a@b"));
         // A password with an unencoded `/`: its "port" is no number.
         assert_eq!(
             shown_url("https://gw:Zm9v/YmFy@idp.example/introspect"),

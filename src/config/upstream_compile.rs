@@ -42,10 +42,11 @@ pub fn upstream_url(ctx: &mut Ctx, url: &S<Scalar>, key: &str) -> Option<Upstrea
     // RFC 9110 §4.2.5: a fragment is not sent in a request; parsed, it
     // would be dropped without a word, and a `#` meant as part of the
     // path is `%23`.
+    let shown = super::secret::shown_url(text);
     if text.contains('#') {
         ctx.report.error(
             url.referenced,
-            format!("{key} `{text}` has a fragment (`#…`), which is never sent to the upstream"),
+            format!("{key} `{shown}` has a fragment (`#…`), which is never sent to the upstream"),
             "http://host[:port]/path or https://…, without `#` (`%23` in a path)",
         );
         return None;
@@ -54,7 +55,7 @@ pub fn upstream_url(ctx: &mut Ctx, url: &S<Scalar>, key: &str) -> Option<Upstrea
     if parsed.is_none() {
         ctx.report.error(
             url.referenced,
-            format!("{key} `{text}` is not an http(s) URL without query"),
+            format!("{key} `{shown}` is not an http(s) URL without query"),
             "http://host[:port]/path or https://…",
         );
     }
