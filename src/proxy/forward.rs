@@ -261,6 +261,15 @@ impl Upstreams {
                     let answering = exchange.answered(answer.status());
                     api.metrics
                         .observe_upstream(started.elapsed().as_secs_f64());
+                    // A 101's try lasts as long as the tunnel it opens,
+                    // which takes it from the response (`tunnel::Held`).
+                    if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        let mut response = answer.into_response(&api.metrics, ());
+                        response
+                            .extensions_mut()
+                            .insert(super::tunnel::HeldTry::of(answering));
+                        return Ok(response);
+                    }
                     return Ok(answer.into_response(&api.metrics, answering));
                 }
                 Err(failed) => failed,

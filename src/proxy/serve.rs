@@ -366,6 +366,7 @@ fn phases<'s: 'a, 'a>(
                         "the upstream switched to another protocol".into(),
                     ));
                 }
+                let endpoint = response.extensions_mut().remove::<tunnel::HeldTry>();
                 let pending = response
                     .extensions()
                     .get::<Switched>()
@@ -380,6 +381,7 @@ fn phases<'s: 'a, 'a>(
                         let held = tunnel::Held {
                             slot: permit,
                             in_flight: in_flight.take(),
+                            endpoint,
                         };
                         tunnel::Pending::of(switched, route.api, bounds, held)
                     })

@@ -331,10 +331,29 @@ pub struct Switch {
 }
 
 /// The places a tunnel holds until it ends: its listener's tunnel slot,
-/// and its place among its upstream's requests (`upstream.max_requests`).
+/// its place among its upstream's requests (`upstream.max_requests`) and,
+/// on a balanced upstream, its endpoint's try.
 pub struct Held {
     pub slot: TunnelPermit,
     pub in_flight: Option<crate::upstream_bound::InFlight>,
+    pub endpoint: Option<HeldTry>,
+}
+
+/// The try of a balanced upstream's endpoint that answered `101`, carried
+/// by the response to the tunnel it opens: the endpoint counts the
+/// WebSocket among its requests in flight (`least_requests`) until the
+/// tunnel ends, not only until its empty answer did.
+#[derive(Clone)]
+pub struct HeldTry {
+    _attempt: Arc<dyn Send + Sync>,
+}
+
+impl HeldTry {
+    pub fn of(attempt: impl Send + Sync + 'static) -> HeldTry {
+        HeldTry {
+            _attempt: Arc::new(attempt),
+        }
+    }
 }
 
 /// A `101` response's tunnel, waiting for the server to take it with the

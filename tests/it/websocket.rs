@@ -412,6 +412,67 @@ async fn a_tunnel_holds_its_place_among_the_upstreams_requests_until_it_ends() {
     gw.shutdown().await;
 }
 
+/// A tunnel to a balanced upstream counts among its endpoint's requests
+/// in flight until it ends, over HTTP/1.1 and HTTP/2 (`least_requests`
+/// and the admin API see the endpoint busy), not only until the empty
+/// answer that opened it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_counts_among_its_endpoints_requests_until_it_ends() {
+    let idp = Idp::start().await;
+    let upstream = EchoServer::start().await;
+    let url = upstream.url();
+    let single = format!("upstream: {{ url: \"{url}\" }}\n  authentication: {{ type: oauth2");
+    let yaml = config_named("balanced", &idp, &url, "").replace(
+        &single,
+        &format!("upstream: {{ endpoints: [{{ url: \"{url}\" }}], balance: least_requests }}\n  authentication: {{ type: oauth2"),
+    );
+    assert!(yaml.contains("least_requests"), "{yaml}");
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_ready().await;
+    let in_flight = || async {
+        let assets: serde_json::Value = gw
+            .client
+            .get(gw.admin_url("/rest/microgateway/assets"))
+            .send()
+            .await
+            .expect("assets")
+            .json()
+            .await
+            .expect("JSON");
+        let api = assets["apis"]
+            .as_array()
+            .expect("apis")
+            .iter()
+            .find(|a| a["name"] == "balanced")
+            .expect("the API")
+            .clone();
+        api["upstream"]["endpoints"][0]["in_flight"]
+            .as_u64()
+            .expect("in_flight")
+    };
+    let token = idp.token(&["chat"]);
+    let mut first = open(&gw, "/chat/room", Some(&token)).await.expect("open");
+    assert_eq!(echo(&mut first, "one").await, "one");
+    assert_eq!(in_flight().await, 1, "an HTTP/1.1 tunnel is in flight");
+    let (status, second) = open_h2(&gw, Some(&token)).await;
+    assert_eq!(status, 200);
+    let mut second = second.expect("an HTTP/2 tunnel");
+    assert_eq!(echo(&mut second, "two").await, "two");
+    assert_eq!(in_flight().await, 2, "an HTTP/2 tunnel too");
+    first.close(None).await.expect("close");
+    closed(&mut first).await;
+    drop(second);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_flight().await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tunnels' endpoint still has them in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn tunnels_are_drained_on_shutdown_then_closed() {
     let idp = Idp::start().await;
