@@ -73,6 +73,14 @@ pub fn compile(
                 ),
                 "a name without control characters, neither beginning nor ending with whitespace, such as `Partner portal`",
             );
+        } else if !name.value.is_ascii() {
+            ctx.report.warning(
+                name.referenced,
+                format!(
+                    "application name `{}` is not ASCII: a field value carries no other characters, so a request of the application to an API that passes `${{request.application.name}}` to its upstream is refused",
+                    name.value
+                ),
+            );
         }
         if by_name.insert(name.value.clone(), ()).is_some() {
             ctx.report.error(
@@ -246,7 +254,9 @@ fn overlap(a: &[Arc<str>], b: &[Arc<str>]) -> bool {
 /// the others), or whitespace around it, which parsers strip (§5.5), so
 /// the upstream would read another name.
 fn name_problem(name: &str) -> Option<&'static str> {
-    if name.chars().any(char::is_control) {
+    if name.is_empty() {
+        Some("is empty: metrics, logs and `${request.application.name}` would not tell the application apart")
+    } else if name.chars().any(char::is_control) {
         Some("contains a control character, which a name passed to an upstream (`${request.application.name}`) may not hold: a line break would refuse every request of the application")
     } else if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
         Some("begins or ends with whitespace: an upstream given `${request.application.name}` would read it stripped, as another name")

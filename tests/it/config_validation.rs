@@ -1817,6 +1817,34 @@ fn an_application_name_that_is_no_header_text_is_refused() {
     );
 }
 
+/// An empty application name tells no application apart (metrics, logs,
+/// `${request.application.name}`): refused. One beyond ASCII cannot be
+/// passed to an upstream as a field value: warned about.
+#[test]
+fn an_empty_application_name_is_refused_and_one_beyond_ascii_warned_about() {
+    assert_eq!(
+        errors("applications:\n- name: \"\"\n  api_keys: [empty-name-key-long-enough]\n"),
+        vec![error(
+            2,
+            9,
+            "application name `` is empty: metrics, logs and `${request.application.name}` would not tell the application apart",
+            "a name without control characters, neither beginning nor ending with whitespace, such as `Partner portal`",
+        )]
+    );
+    let loaded =
+        loaded("applications:\n- name: Café portal\n  api_keys: [cafe-portal-key-long-enough]\n");
+    let warnings: Vec<Found> = loaded.warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            2,
+            9,
+            "application name `Café portal` is not ASCII: a field value carries no other characters, so a request of the application to an API that passes `${request.application.name}` to its upstream is refused".to_owned(),
+            None,
+        )]
+    );
+}
+
 /// An API key is a whole credential, guessed at any API that takes keys
 /// without being locked out: one under 16 characters is warned about as a
 /// client secret is, the key itself not shown.
