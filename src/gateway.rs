@@ -66,7 +66,19 @@ pub struct State {
     pub central: Arc<Link>,
     /// When its ports stop, and whether their drain timeout has passed.
     pub shutdown: server::Shutdown,
+    /// What the authorization server's endpoints hold of request bodies
+    /// at once, every connection together ([`HELD_BODIES`]).
+    pub held_bodies: proxy::room::Room,
 }
+
+/// The request bodies the authorization server's endpoints may hold whole
+/// at once, every connection together (each one's bounded by its endpoint's
+/// limit, `authz_server::MAX_BODY`): without it, as many connections as
+/// `limits.max_connections` allows could each make the gateway hold one
+/// (640 MiB with the defaults), more over HTTP/2. Past it, 503 with
+/// `Retry-After: 1` until some are answered. A token request is a few
+/// hundred bytes: 1,024 full bodies fit.
+pub const HELD_BODIES: usize = 64 << 20;
 
 impl State {
     /// Compiles the configuration again and swaps it in, or keeps the
@@ -222,6 +234,7 @@ impl Gateway {
             central: reloader.central.clone(),
             reloader,
             shutdown: server::Shutdown::new(stop_rx),
+            held_bodies: proxy::room::Room::new(HELD_BODIES),
         });
         let first = state.live.snapshot();
         let store = state
@@ -380,14 +393,7 @@ fn handle_api(
                 (proxy::Rejection::TooManyStreams.into_response(), None)
             }
             Some(authz) => (
-                Box::pin(authz_endpoint(
-                    &snapshot,
-                    &authz,
-                    &state.admin.logins,
-                    conn,
-                    req,
-                ))
-                .await,
+                Box::pin(authz_endpoint(&snapshot, &authz, state, conn, req)).await,
                 None,
             ),
             _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
@@ -472,10 +478,11 @@ impl Drop for Unanswered<'_> {
 async fn authz_endpoint(
     snapshot: &Snapshot,
     authz: &AuthorizationServer,
-    logins: &crate::basic_auth::Logins,
+    state: &State,
     conn: Connection,
     req: http::Request<Body>,
 ) -> Response<Body> {
+    let logins = &state.admin.logins;
     let forwarded_https = conn.from_trusted
         && req
             .headers()
@@ -507,19 +514,25 @@ async fn authz_endpoint(
     };
     let (parts, body) = req.into_parts();
     let room = parts.extensions.get::<proxy::BodyRoom>().cloned();
-    let (collected, _held) =
-        match proxy::collect_limited(body, crate::authz_server::MAX_BODY, room).await {
-            Ok(collected) => collected,
-            // In the endpoints' own terms (RFC 6749 §5.2's error codes).
-            Err(proxy::Rejection::PayloadTooLarge) => {
-                return crate::authz_server::error::OAuthError::BodyTooLarge {
-                    limit: crate::authz_server::MAX_BODY,
-                }
-                .into_response()
-                .map(proxy::full)
+    let (collected, _held) = match proxy::collect_limited(
+        body,
+        crate::authz_server::MAX_BODY,
+        room,
+        &state.held_bodies,
+    )
+    .await
+    {
+        Ok(collected) => collected,
+        // In the endpoints' own terms (RFC 6749 §5.2's error codes).
+        Err(proxy::Rejection::PayloadTooLarge) => {
+            return crate::authz_server::error::OAuthError::BodyTooLarge {
+                limit: crate::authz_server::MAX_BODY,
             }
-            Err(rejection) => return rejection.into_response(),
-        };
+            .into_response()
+            .map(proxy::full)
+        }
+        Err(rejection) => return rejection.into_response(),
+    };
     let response = authz
         .handle(http::Request::from_parts(parts, collected), ctx)
         .await;

@@ -90,22 +90,31 @@ pub fn empty() -> Body {
 /// A whole body of a client's request: 413 past `limit` bytes, 400 or
 /// 408 when the client broke it or went silent (the server's body
 /// readers bound each wait), 503 when the bodies its connection holds
-/// whole fill their room (HTTP/2, [`BodyRoom`]). What it holds of the
-/// room is given back when the [`Taken`] bytes are dropped.
+/// whole fill their room (HTTP/2, [`BodyRoom`]) or those of every
+/// connection fill `shared`. What it holds of the rooms is given back
+/// when the [`Taken`] bytes are dropped.
 pub async fn collect_limited(
     mut body: Body,
     limit: usize,
     room: Option<BodyRoom>,
-) -> Result<(Bytes, Taken), Rejection> {
+    shared: &Room,
+) -> Result<(Bytes, [Taken; 2]), Rejection> {
     let mut collected = BytesMut::new();
-    let mut held = Taken::from(room.map(|BodyRoom(room)| room));
+    let mut held = [
+        Taken::from(room.map(|BodyRoom(room)| room)),
+        Taken::from(Some(shared.clone())),
+    ];
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| Rejection::ClientBody(BodyFault::of(&error)))?;
         if let Ok(data) = frame.into_data() {
             if collected.len() + data.len() > limit {
                 return Err(Rejection::PayloadTooLarge);
             }
-            if !held.try_take(data.len()) {
+            let [connection, all] = &mut held;
+            if !connection.try_take(data.len()) {
+                return Err(Rejection::BodyRoomFull);
+            }
+            if !all.try_take(data.len()) {
                 return Err(Rejection::BodyRoomFull);
             }
             collected.extend_from_slice(&data);
@@ -158,4 +167,42 @@ pub struct BodyRoom(pub Room);
 pub fn pin_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     let slot = Box::<F>::new_uninit();
     Box::into_pin(Box::write(slot, make()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(bytes: usize) -> Body {
+        full(Bytes::from(vec![b'a'; bytes]))
+    }
+
+    #[tokio::test]
+    async fn bodies_held_whole_share_the_room_of_every_connection() {
+        let shared = Room::new(100);
+        let (first, held) = collect_limited(body(60), 1000, None, &shared)
+            .await
+            .expect("fits");
+        assert_eq!(first.len(), 60);
+        let refused = collect_limited(body(60), 1000, None, &shared).await;
+        assert!(matches!(refused, Err(Rejection::BodyRoomFull)), "40 left");
+        drop(held);
+        collect_limited(body(60), 1000, None, &shared)
+            .await
+            .expect("given back once answered");
+    }
+
+    #[tokio::test]
+    async fn a_connections_room_and_the_limit_still_hold() {
+        let shared = Room::new(1000);
+        let connection = BodyRoom(Room::new(50));
+        let refused = collect_limited(body(60), 1000, Some(connection), &shared).await;
+        assert!(matches!(refused, Err(Rejection::BodyRoomFull)));
+        let refused = collect_limited(body(60), 59, None, &shared).await;
+        assert!(matches!(refused, Err(Rejection::PayloadTooLarge)));
+        let (_, held) = collect_limited(body(1000), 1000, None, &shared)
+            .await
+            .expect("what was refused gave its part back");
+        drop(held);
+    }
 }

@@ -93,8 +93,9 @@ pub enum Rejection {
     #[error("every credential check worker is busy")]
     ChecksBusy,
     /// The request bodies its HTTP/2 connection holds whole fill the
-    /// connection's room (`BodyRoom`).
-    #[error("the connection's request bodies fill its room")]
+    /// connection's room (`BodyRoom`), or those every connection holds
+    /// fill the gateway's (`State::held_bodies`).
+    #[error("the request bodies held whole fill their room")]
     BodyRoomFull,
     #[error("{0}")]
     Denied(Denied),
@@ -362,7 +363,7 @@ impl Rejection {
             Rejection::BodyRoomFull => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("temporarily_unavailable"),
-                "the connection holds as many request bodies as it may; retry later".to_owned(),
+                "the gateway holds as many request bodies as it may; retry later".to_owned(),
                 None,
             ),
             Rejection::Denied(Denied::Scope(InsufficientScope { would_grant })) => (
