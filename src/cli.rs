@@ -100,7 +100,7 @@ pub enum Command {
 
     /// Make a new signing key current in the authorization server's
     /// PostgreSQL store; every replica signs with it within 10 s, and the
-    /// previous keys stay published for the tokens they signed.
+    /// two keys before it stay published for the tokens they signed.
     RotateSigningKey {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,

@@ -206,8 +206,9 @@ impl SigningKeys {
 
     /// `microgateway rotate-signing-key`: a new RS256 key joins the store;
     /// every replica publishes it at its next re-read and signs with it
-    /// once it is [`KEY_PUBLISHED_BEFORE_SIGNING`] old; the previous ones
-    /// stay published. Returns its `kid`.
+    /// once it is [`KEY_PUBLISHED_BEFORE_SIGNING`] old; the
+    /// [`PREVIOUS_KEYS_PUBLISHED`] before it stay published. Returns its
+    /// `kid`.
     pub fn rotate(store: &dyn TokenStore, now: u64) -> Result<String, KeyError> {
         let pem = generate_rsa_pem()?;
         let key = parse(pem.as_bytes()).ok_or(KeyError::Generate)?;
