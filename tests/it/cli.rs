@@ -703,10 +703,18 @@ apis:
     );
 }
 
-/// A request still in flight when the drain timeout passes is logged as
-/// cut by the shutdown (503), not as one whose client left (499).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_cut_at_the_drain_timeout_is_logged_as_the_shutdowns() {
+/// A gateway process whose one API (`/slow/x`) waits 30 s for its
+/// upstream, with `drain` as its drain timeout, and a request to it the
+/// upstream has: what a shutdown finds in flight. The upstream comes back
+/// with the request's outcome (`Err` once it is cut, unanswered).
+async fn a_request_in_flight(
+    drain: &str,
+) -> (
+    Upstream,
+    tempfile::TempDir,
+    common::process::Started,
+    tokio::task::JoinHandle<reqwest::Result<u16>>,
+) {
     let upstream = Upstream::start().await;
     upstream.set_delay(Duration::from_secs(30));
     let dir = tempfile::tempdir().expect("temp dir");
@@ -716,7 +724,7 @@ async fn a_request_cut_at_the_drain_timeout_is_logged_as_the_shutdowns() {
             r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
 admin: {{ port: 0 }}
-timeouts: {{ drain: 1s }}
+timeouts: {{ drain: {drain} }}
 apis:
 - name: Slow
   base_path: /slow
@@ -728,7 +736,7 @@ apis:
             upstream.url("/api")
         ),
     );
-    let mut started = common::process::start(binary().args([
+    let started = common::process::start(binary().args([
         "start",
         "-c",
         config.to_str().expect("utf-8 path"),
@@ -749,6 +757,14 @@ apis:
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (upstream, dir, started, in_flight)
+}
+
+/// A request still in flight when the drain timeout passes is logged as
+/// cut by the shutdown (503), not as one whose client left (499).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_the_drain_timeout_is_logged_as_the_shutdowns() {
+    let (_upstream, _dir, mut started, in_flight) = a_request_in_flight("1s").await;
     send("TERM", &started.child);
     let exit = exit_within(&mut started.child, Duration::from_secs(10)).await;
     assert_eq!(exit.code(), Some(0));
@@ -845,48 +861,7 @@ api_gateway:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_during_the_drain_stops_at_once() {
     for (first, second) in [("TERM", "TERM"), ("TERM", "INT"), ("INT", "INT")] {
-        let upstream = Upstream::start().await;
-        upstream.set_delay(Duration::from_secs(30));
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = write(
-            dir.path(),
-            &format!(
-                r#"
-ports: {{ http: 0, bind: 127.0.0.1 }}
-admin: {{ port: 0 }}
-timeouts: {{ drain: 60s }}
-apis:
-- name: Slow
-  base_path: /slow
-  upstream: {{ url: "{}", timeout: 60s }}
-  resources: ["GET /x"]
-  authentication:
-    type: none
-"#,
-                upstream.url("/api")
-            ),
-        );
-        let mut started = common::process::start(binary().args([
-            "start",
-            "-c",
-            config.to_str().expect("utf-8 path"),
-        ]));
-        let http = started.http;
-        let in_flight = tokio::spawn(async move {
-            common::client()
-                .get(format!("http://{http}/slow/x"))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while upstream.hits() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the request never reached the upstream"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let (_upstream, _dir, mut started, in_flight) = a_request_in_flight("60s").await;
         send(first, &started.child);
         assert!(
             started
