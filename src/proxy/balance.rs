@@ -376,6 +376,11 @@ impl Balancer {
 
     fn record(&self, state: &EndpointState, outcome: Outcome, trial: bool) {
         state.count(outcome);
+        self.judge(state, outcome, trial);
+    }
+
+    /// What `outcome` does to the endpoint's health (counted elsewhere).
+    fn judge(&self, state: &EndpointState, outcome: Outcome, trial: bool) {
         if outcome == Outcome::Ok {
             // Reads first: a healthy endpoint's state is shared by every
             // thread, and is written only when it changes.
@@ -456,11 +461,20 @@ pub struct Attempt {
 impl Attempt {
     /// The endpoint answered with `status`: in flight, its outcome that
     /// of the status, until the answer's body has ended ([`Answering`]).
-    pub fn answered(self, status: StatusCode) -> Answering {
+    pub fn answered(mut self, status: StatusCode) -> Answering {
         let outcome = match status.as_u16() {
             502..=504 => Outcome::ErrorStatus,
             _ => Outcome::Ok,
         };
+        if self.trial && outcome == Outcome::Ok {
+            // A trial that was answered well returns its endpoint now: the
+            // answer may be a long download, an event stream or a tunnel,
+            // and until it ends the endpoint takes no other request. What
+            // its body does later counts as any request's.
+            self.trial = false;
+            let balancer = Arc::clone(&self.balancer);
+            balancer.judge(&balancer.states[self.index], Outcome::Ok, true);
+        }
         Answering {
             attempt: self,
             outcome,
@@ -1022,6 +1036,33 @@ mod tests {
         drop(left);
         assert_eq!(in_flight(1), 0);
         assert!(!b.states[1].is_out());
+    }
+
+    #[test]
+    fn a_trial_answered_well_returns_its_endpoint_before_its_body_ends() {
+        let b = balancer(2, 1, 100);
+        b.states[0].ejected.store(1, Ordering::Relaxed);
+        let trial = b.pick(0);
+        assert!(trial.trial);
+        let mut answering = b.begin(&trial).answered(StatusCode::OK);
+        assert!(!b.states[0].is_out(), "back at its head");
+        assert_eq!(b.states[0].in_flight.load(Ordering::Relaxed), 1);
+        let picks: Vec<usize> = (0..4).map(|_| b.pick(0).index).collect();
+        assert!(picks.contains(&0), "takes requests again: {picks:?}");
+        // Its body cut later: a failure as any request's, which ejects
+        // it again at this balancer's one failure.
+        answering.failed(&client::Error::Truncated);
+        assert!(b.states[0].is_out());
+        assert_eq!(b.states[0].in_flight.load(Ordering::Relaxed), 0);
+        // A trial answered 503 stays out.
+        b.states[1].ejected.store(1, Ordering::Relaxed);
+        let trial = Pick {
+            index: 1,
+            trial: true,
+        };
+        let failing = b.begin(&trial).answered(StatusCode::SERVICE_UNAVAILABLE);
+        drop(failing);
+        assert!(b.states[1].is_out());
     }
 
     #[test]
