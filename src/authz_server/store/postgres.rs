@@ -166,10 +166,16 @@ impl PostgresStore {
         self.runtime().spawn(async move {
             let _ = send.send(tokio::time::timeout(OPERATION_TIMEOUT, future).await.ok());
         });
-        let outcome = receive
-            .recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(1))
-            .ok()
-            .flatten();
+        let outcome = match receive.recv_timeout(OPERATION_TIMEOUT + Duration::from_secs(1)) {
+            Ok(outcome) => outcome,
+            // The call panicked (data it could not read): no silence.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(StoreError::Unavailable(
+                    "the store call ended without an outcome".into(),
+                ))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+        };
         if !answered(&outcome) {
             silence::ran_out_of_time(&self.silence, self.runtime(), &self.pool, &self.display);
         }
@@ -351,8 +357,7 @@ impl ServerCertVerifier for ChainOnly {
 }
 
 /// Why a call failed that had no connection in time: the database did
-/// not answer a new connection (or all of them are held by calls it does
-/// not answer).
+/// not answer a new connection, or a pooled one's check.
 const NO_CONNECTION_IN_TIME: &str = "no database connection in time";
 
 /// Whether the database answered a call that ended with `outcome`.
@@ -367,6 +372,12 @@ fn answered<T>(outcome: &Option<Result<T, StoreError>>) -> bool {
 fn pool_error(error: PoolError) -> StoreError {
     match error {
         PoolError::Backend(error) => StoreError::from(error),
+        // Every pooled connection busy with a call under way: a load, not
+        // a silence (a database that holds those calls makes them run out
+        // of time themselves).
+        PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => {
+            StoreError::Unavailable("every database connection is busy".into())
+        }
         PoolError::Timeout(_) => StoreError::Unavailable(NO_CONNECTION_IN_TIME.into()),
         other => StoreError::Unavailable(other.to_string()),
     }

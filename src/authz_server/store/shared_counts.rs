@@ -2,15 +2,25 @@
 //! holds on every replica: the password logins' ([`FailedAttempts`]) and
 //! the client authentications' ([`Failures`]). A store that replicas do
 //! not share (SQLite) counts nothing here; each process then counts alone.
-//! An unreachable store is logged and counts nothing: the caller's own
-//! count, always kept as well, still locks.
+//! An unreachable store is logged (once per 10 s, however many attempts
+//! come meanwhile) and counts nothing: the caller's own count, always
+//! kept as well, still locks.
 //!
 //! [`FailedAttempts`]: crate::authz_server::grants::attempts::FailedAttempts
 //! [`Failures`]: crate::authz_server::client_auth::Failures
 
 use std::sync::Arc;
 
-use super::TokenStore;
+use super::{StoreError, TokenStore};
+
+/// One line per 10 s for a store the shared counts cannot reach: every
+/// login and client authentication would otherwise write two.
+fn unavailable(error: &StoreError) {
+    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
+    if let Some(suppressed) = LOGGED.due() {
+        tracing::warn!(%error, suppressed, "shared failure count unavailable");
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct SharedCounts(Option<Arc<dyn TokenStore>>);
@@ -36,7 +46,7 @@ impl SharedCounts {
         match store.attempts_locked(key, limit, window_secs, now) {
             Ok(locked) => locked,
             Err(error) => {
-                tracing::warn!(%error, "shared failure count unavailable");
+                unavailable(&error);
                 None
             }
         }
@@ -46,7 +56,7 @@ impl SharedCounts {
     pub fn record(&self, key: &str, window_secs: u64, now: u64) {
         if let Some(store) = &self.0 {
             if let Err(error) = store.attempts_record_failure(key, window_secs, now) {
-                tracing::warn!(%error, "shared failure count unavailable");
+                unavailable(&error);
             }
         }
     }
@@ -55,7 +65,7 @@ impl SharedCounts {
     pub fn clear(&self, key: &str) {
         if let Some(store) = &self.0 {
             if let Err(error) = store.attempts_clear(key) {
-                tracing::warn!(%error, "shared failure count unavailable");
+                unavailable(&error);
             }
         }
     }

@@ -2,11 +2,13 @@
 //! ran out of time, calls fail at once while the store's own runtime tries
 //! the database on a connection of its own until it answers.
 //!
-//! A hung database (a stopped server, a network path dropping packets, a
-//! lock held for good) otherwise holds every request for the whole
-//! operation timeout at each of its store calls in turn, and fills the
-//! workers with requests that all wait the same wait. A database that
-//! refuses connections fails fast by itself and is no concern here.
+//! A hung database (a stopped server, a network path dropping packets)
+//! otherwise holds every request for the whole operation timeout at each
+//! of its store calls in turn, and fills the workers with requests that
+//! all wait the same wait. A database that refuses connections fails fast
+//! by itself, and one that answers but holds a lock for good answers the
+//! tries: neither is a silence. Every pooled connection busy is a load,
+//! not a silence either.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,10 +74,17 @@ async fn try_until_answered(silence: Arc<Silence>, pool: Pool, database: String)
     loop {
         let tried = tokio::time::timeout(OPERATION_TIMEOUT, async {
             let client = pool.manager().create().await?;
-            client.simple_query("SELECT 1").await
+            client.simple_query("SELECT 1").await.map(|_| ())
         })
         .await;
-        if let Ok(Ok(_)) = tried {
+        // An error the server sent is an answer too: one at its limit of
+        // connections (53300) still answers the pooled ones.
+        let answering = match &tried {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => error.as_db_error().is_some(),
+            Err(_) => false,
+        };
+        if answering {
             silence.answered();
             tracing::info!(store = %database, "token store answers again");
             return;
