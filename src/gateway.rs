@@ -71,13 +71,14 @@ pub struct State {
     pub held_bodies: proxy::room::Room,
 }
 
-/// The request bodies the authorization server's endpoints may hold whole
-/// at once, every connection together (each one's bounded by its endpoint's
+/// What the request bodies the authorization server's endpoints hold
+/// whole may hold at once beyond their first 8 KiB (`proxy::OWN_BYTES`),
+/// every connection together (each one's bounded by its endpoint's
 /// limit, `authz_server::MAX_BODY`): without it, as many connections as
 /// `limits.max_connections` allows could each make the gateway hold one
 /// (640 MiB with the defaults), more over HTTP/2. Past it, 503 with
-/// `Retry-After: 1` until some are answered. A token request is a few
-/// hundred bytes: 1,024 full bodies fit.
+/// `Retry-After: 1` until some are answered; a token request (a few
+/// hundred bytes) is never refused for it.
 pub const HELD_BODIES: usize = 64 << 20;
 
 impl State {

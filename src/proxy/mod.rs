@@ -87,12 +87,20 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// What a body held whole may hold before it takes from the room every
+/// connection shares: a token request (a few hundred bytes) never does,
+/// so clients that fill the room with large bodies keep no one from
+/// getting a token; what that lets every connection hold besides is
+/// bounded by `limits.max_connections`.
+const OWN_BYTES: usize = 8 << 10;
+
 /// A whole body of a client's request: 413 past `limit` bytes, 400 or
 /// 408 when the client broke it or went silent (the server's body
 /// readers bound each wait), 503 when the bodies its connection holds
 /// whole fill their room (HTTP/2, [`BodyRoom`]) or those of every
-/// connection fill `shared`. What it holds of the rooms is given back
-/// when the [`Taken`] bytes are dropped.
+/// connection fill `shared` (with what each holds beyond [`OWN_BYTES`]).
+/// What it holds of the rooms is given back when the [`Taken`] bytes are
+/// dropped.
 pub async fn collect_limited(
     mut body: Body,
     limit: usize,
@@ -114,7 +122,10 @@ pub async fn collect_limited(
             if !connection.try_take(data.len()) {
                 return Err(Rejection::BodyRoomFull);
             }
-            if !all.try_take(data.len()) {
+            let beyond_own = |len: usize| len.saturating_sub(OWN_BYTES);
+            let shared_part =
+                beyond_own(collected.len() + data.len()) - beyond_own(collected.len());
+            if !all.try_take(shared_part) {
                 return Err(Rejection::BodyRoomFull);
             }
             collected.extend_from_slice(&data);
@@ -177,30 +188,38 @@ mod tests {
         full(Bytes::from(vec![b'a'; bytes]))
     }
 
+    const LIMIT: usize = 64 << 10;
+
     #[tokio::test]
-    async fn bodies_held_whole_share_the_room_of_every_connection() {
+    async fn bodies_held_whole_share_the_room_of_every_connection_beyond_their_own() {
         let shared = Room::new(100);
-        let (first, held) = collect_limited(body(60), 1000, None, &shared)
+        let (first, held) = collect_limited(body(OWN_BYTES + 60), LIMIT, None, &shared)
             .await
             .expect("fits");
-        assert_eq!(first.len(), 60);
-        let refused = collect_limited(body(60), 1000, None, &shared).await;
+        assert_eq!(first.len(), OWN_BYTES + 60);
+        let refused = collect_limited(body(OWN_BYTES + 60), LIMIT, None, &shared).await;
         assert!(matches!(refused, Err(Rejection::BodyRoomFull)), "40 left");
+        // A body no larger than its own bytes takes nothing of the room.
+        for _ in 0..3 {
+            collect_limited(body(OWN_BYTES), LIMIT, None, &shared)
+                .await
+                .expect("a small body whatever the room holds");
+        }
         drop(held);
-        collect_limited(body(60), 1000, None, &shared)
+        collect_limited(body(OWN_BYTES + 60), LIMIT, None, &shared)
             .await
             .expect("given back once answered");
     }
 
     #[tokio::test]
     async fn a_connections_room_and_the_limit_still_hold() {
-        let shared = Room::new(1000);
+        let shared = Room::new(1 << 20);
         let connection = BodyRoom(Room::new(50));
-        let refused = collect_limited(body(60), 1000, Some(connection), &shared).await;
+        let refused = collect_limited(body(60), LIMIT, Some(connection), &shared).await;
         assert!(matches!(refused, Err(Rejection::BodyRoomFull)));
         let refused = collect_limited(body(60), 59, None, &shared).await;
         assert!(matches!(refused, Err(Rejection::PayloadTooLarge)));
-        let (_, held) = collect_limited(body(1000), 1000, None, &shared)
+        let (_, held) = collect_limited(body(LIMIT), LIMIT, None, &shared)
             .await
             .expect("what was refused gave its part back");
         drop(held);
