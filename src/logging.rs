@@ -121,19 +121,49 @@ pub fn filter(spec: Option<&str>) -> (EnvFilter, Option<String>) {
     (filter, refused)
 }
 
-/// The levels a bare word of a filter may name (in any case).
+/// The levels a bare word of a filter may name (in any case; or 0 to 5).
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
-/// What is wrong with a filter's bare word, when one is no level name.
+/// The crates whose lines the gateway writes: a bare word naming one of
+/// them (or a module under it) turns its lines on at every level.
+const TARGETS: [&str; 14] = [
+    "microgateway",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "tokio",
+    "tokio_postgres",
+    "deadpool",
+    "deadpool_postgres",
+    "redis",
+    "reqwest",
+    "notify",
+    "rusqlite",
+    "jsonwebtoken",
+];
+
+/// What is wrong with a filter's bare word, when one is neither a level
+/// nor a target of the gateway's: read as a target of its own, it would
+/// turn every line off (`warning`, a level misspelt).
 fn refusal(spec: &str) -> Option<String> {
+    let is_level = |word: &str| {
+        LEVELS.iter().any(|level| level.eq_ignore_ascii_case(word))
+            || matches!(word.parse::<u8>(), Ok(0..=5))
+    };
+    let is_target = |word: &str| {
+        // `target[span]`: a span filter is taken as written.
+        word.contains('[') || TARGETS.contains(&word.split("::").next().unwrap_or(word))
+    };
     let word = spec
         .split(',')
         .map(str::trim)
         .filter(|directive| !directive.is_empty() && !directive.contains('='))
-        .find(|word| !LEVELS.iter().any(|level| level.eq_ignore_ascii_case(word)))?;
+        .find(|word| !is_level(word) && !is_target(word))?;
     Some(format!(
-        "`{word}` is no level ({}) and no `target=level`",
-        LEVELS.join(", ")
+        "`{word}` is no level ({}), no target of the gateway's ({}) and no `target=level`",
+        LEVELS.join(", "),
+        TARGETS.join(", ")
     ))
 }
 
@@ -171,6 +201,8 @@ mod tests {
             "x=warning",
             "[",
             "=info",
+            "7",
+            "microgatway",
         ] {
             let (chosen, refused) = filter(Some(spec));
             assert_eq!(chosen.to_string(), "rustls=error,info", "{spec:?}");
@@ -178,7 +210,7 @@ mod tests {
         }
         assert_eq!(
             filter(Some("warning")).1.as_deref(),
-            Some("`warning` is no level (trace, debug, info, warn, error, off) and no `target=level`")
+            Some("`warning` is no level (trace, debug, info, warn, error, off), no target of the gateway's (microgateway, hyper, hyper_util, h2, rustls, tokio, tokio_postgres, deadpool, deadpool_postgres, redis, reqwest, notify, rusqlite, jsonwebtoken) and no `target=level`")
         );
         for spec in [
             "WARN",
@@ -186,6 +218,12 @@ mod tests {
             "microgateway::access=off",
             "off",
             "info,",
+            // A target alone: its lines at every level.
+            "microgateway",
+            "warn,hyper",
+            "microgateway::access",
+            "3",
+            "[request]",
         ] {
             assert_eq!(filter(Some(spec)).1, None, "{spec:?}");
         }
