@@ -100,7 +100,7 @@ pub enum Command {
 
     /// Make a new signing key current in the authorization server's
     /// PostgreSQL store; every replica signs with it within 10 s, and the
-    /// two keys before it stay published for the tokens they signed.
+    /// previous ones stay published while tokens they signed may be valid.
     RotateSigningKey {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
@@ -594,7 +594,7 @@ fn start(path: &Path, env: Env) -> ExitCode {
                 tracing::info!("stopped");
                 (ExitCode::SUCCESS, false)
             }
-            () = signals.stop() => {
+            () = signals.second_stop() => {
                 tracing::warn!("second signal: stopped at once, requests in flight cut");
                 (ExitCode::SUCCESS, true)
             }
@@ -604,9 +604,20 @@ fn start(path: &Path, env: Env) -> ExitCode {
         // Without waiting for what the start or the drain left running
         // on the blocking pool (a listener thread's join, a file read).
         runtime.shutdown_background();
+    } else {
+        // What the drain left behind on purpose (a configuration watcher
+        // held by a stalled file system) does not hold the exit.
+        runtime.shutdown_timeout(LEFT_BEHIND);
     }
     code
 }
+
+/// A SIGTERM or SIGINT sooner than this after the one that started the
+/// drain is taken as sent with it, not as a second one.
+const SECOND_SIGNAL_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long the exit waits for work left on the blocking pool.
+const LEFT_BEHIND: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Once serving, the program's pages that only starting up read are given
 /// back (`allocator::return_startup_code`).
@@ -662,6 +673,18 @@ impl Signals {
         }
     }
 
+    /// Until a SIGTERM or SIGINT that comes [`SECOND_SIGNAL_AFTER`] or
+    /// later: one sent with the first (a terminal's Ctrl-C beside an
+    /// orchestrator's SIGTERM) does not cut the drain.
+    async fn second_stop(&mut self) {
+        tokio::time::sleep(SECOND_SIGNAL_AFTER).await;
+        if let Some((term, int, _)) = &mut self.0 {
+            use futures_util::FutureExt;
+            while term.recv().now_or_never().is_some() || int.recv().now_or_never().is_some() {}
+        }
+        self.stop().await;
+    }
+
     /// Until the next SIGTERM or SIGINT (a SIGHUP meanwhile waits).
     async fn stop(&mut self) {
         let Some((term, int, _)) = &mut self.0 else {
@@ -707,6 +730,11 @@ impl Signals {
 
     async fn stop(&mut self) {
         let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn second_stop(&mut self) {
+        tokio::time::sleep(SECOND_SIGNAL_AFTER).await;
+        self.stop().await;
     }
 
     async fn serve(&mut self, _gateway: &Gateway) {

@@ -192,7 +192,20 @@ impl AuthorizationServer {
             None => Arc::new(SqliteStore::open(&settings.store_path)?),
         };
         let clock = previous.map_or_else(Clock::default, |previous| previous.clock.clone());
-        let keys = SigningKeys::open(&settings.signing_key_path, store.as_ref(), clock.unix_now())?;
+        // A token signed by a key that no longer signs lives as long as
+        // its client's tokens do.
+        let tokens_live = settings
+            .clients
+            .iter()
+            .filter_map(|client| client.token_lifetime)
+            .max()
+            .unwrap_or_default();
+        let keys = SigningKeys::open(
+            &settings.signing_key_path,
+            store.as_ref(),
+            clock.unix_now(),
+            tokens_live,
+        )?;
         let users = Users::new(&settings.users)?;
         let mut attempts =
             FailedAttempts::shared(Arc::clone(&store)).for_clients(settings.clients.len());

@@ -23,8 +23,14 @@ use super::store::{KnownKey, StoreError, TokenStore};
 use crate::config::contents::Content;
 use crate::config::signing_key::{self, ParsedKey};
 
-/// Public keys kept in the JWKS besides the current one.
+/// Public keys kept in the JWKS besides the current one, however old the
+/// tokens they signed (a key file replaced by hand, a rotation whose
+/// key does not sign yet).
 const PREVIOUS_KEYS_PUBLISHED: usize = 2;
+
+/// The most keys the JWKS holds, the current one included, however many
+/// were rotated within a token's lifetime.
+const MOST_KEYS_PUBLISHED: usize = 16;
 
 /// How often replicas re-read signing keys kept in the store.
 pub const KEY_REFRESH: Duration = Duration::from_secs(10);
@@ -111,6 +117,9 @@ pub struct SigningKeys {
     /// What the key file held when `current` was read from it; `None`
     /// when the store keeps the keys.
     file: Option<Content>,
+    /// How long a token signed by a key that no longer signs may still be
+    /// presented: the longest `token_lifetime` of the clients.
+    tokens_live: Duration,
 }
 
 impl SigningKeys {
@@ -123,7 +132,18 @@ impl SigningKeys {
     /// published, and the first replica to find none generates it under
     /// the store's lock. While such a store cannot be reached the keys are
     /// [pending](Self::is_pending).
-    pub fn open(path: &Path, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
+    ///
+    /// A previous key stays published while a token it signed may still be
+    /// valid — until `tokens_live` after the key that followed it took
+    /// over (published [`KEY_PUBLISHED_BEFORE_SIGNING`]) — and the
+    /// [`PREVIOUS_KEYS_PUBLISHED`] newest ones whatever their age; at most
+    /// [`MOST_KEYS_PUBLISHED`] in all.
+    pub fn open(
+        path: &Path,
+        store: &dyn TokenStore,
+        now: u64,
+        tokens_live: Duration,
+    ) -> Result<SigningKeys, KeyError> {
         let mut file = None;
         let current = if store.keeps_signing_keys() {
             match stored_key(store, now) {
@@ -137,6 +157,7 @@ impl SigningKeys {
                         verifiers: Vec::new(),
                         pending: true,
                         file: None,
+                        tokens_live,
                     });
                 }
                 Err(error) => return Err(error),
@@ -163,13 +184,24 @@ impl SigningKeys {
             other => other?,
         };
         let mut published = vec![current.jwk.clone()];
+        // Newest first: the key before each in the list is the one that
+        // followed it.
+        let took_over_within = |followed_at: u64| {
+            let signs_from = followed_at.saturating_add(KEY_PUBLISHED_BEFORE_SIGNING.as_secs());
+            signs_from.saturating_add(tokens_live.as_secs()) > now
+        };
+        let mut followed_at: Option<u64> = None;
         for known in known {
-            if published.len() > PREVIOUS_KEYS_PUBLISHED {
+            let followed = followed_at.replace(known.first_seen);
+            if known.kid == current.kid {
+                continue;
+            }
+            let recent = published.len() <= PREVIOUS_KEYS_PUBLISHED;
+            let tokens_may_live = followed.is_some_and(took_over_within);
+            if published.len() >= MOST_KEYS_PUBLISHED || !(recent || tokens_may_live) {
                 break;
             }
-            if known.kid != current.kid {
-                published.push(serde_json::from_str(&known.jwk)?);
-            }
+            published.push(serde_json::from_str(&known.jwk)?);
         }
         let verifiers = published
             .iter()
@@ -189,6 +221,7 @@ impl SigningKeys {
             verifiers,
             pending: false,
             file,
+            tokens_live,
         })
     }
 
@@ -206,9 +239,9 @@ impl SigningKeys {
 
     /// `microgateway rotate-signing-key`: a new RS256 key joins the store;
     /// every replica publishes it at its next re-read and signs with it
-    /// once it is [`KEY_PUBLISHED_BEFORE_SIGNING`] old; the
-    /// [`PREVIOUS_KEYS_PUBLISHED`] before it stay published. Returns its
-    /// `kid`.
+    /// once it is [`KEY_PUBLISHED_BEFORE_SIGNING`] old; the previous ones
+    /// stay published while tokens they signed may be valid
+    /// ([`SigningKeys::open`]). Returns its `kid`.
     pub fn rotate(store: &dyn TokenStore, now: u64) -> Result<String, KeyError> {
         let pem = generate_rsa_pem()?;
         let key = parse(pem.as_bytes()).ok_or(KeyError::Generate)?;
@@ -224,7 +257,7 @@ impl SigningKeys {
     /// Re-reads the key file; a changed key becomes current and the old one
     /// stays published.
     pub fn reload(&self, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
-        SigningKeys::open(&self.path, store, now)
+        SigningKeys::open(&self.path, store, now, self.tokens_live)
     }
 
     pub fn current(&self) -> &SigningKey {
@@ -396,13 +429,69 @@ mod tests {
     use super::*;
     use crate::authz_server::store::SqliteStore;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The kids `keys` publishes, current first.
+    fn published(keys: &SigningKeys) -> Vec<String> {
+        let jwks: serde_json::Value = serde_json::from_slice(&keys.jwks_json()).expect("json");
+        jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn previous_keys_stay_published_while_tokens_they_signed_may_be_valid() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("db")).expect("store");
+        // Four keys before the file's, each followed by the next 1,000 s
+        // later; the file's key comes at 4,000.
+        let mut older = Vec::new();
+        for seen in [0u64, 1000, 2000, 3000] {
+            let key = parse(generate_rsa_pem().expect("pem").as_bytes()).expect("key");
+            store
+                .record_key(&KnownKey {
+                    kid: key.kid.clone(),
+                    jwk: serde_json::to_string(&key.jwk).expect("jwk"),
+                    first_seen: seen,
+                })
+                .expect("record");
+            older.push(key.kid);
+        }
+        let path = dir.path().join("k.pem");
+        let keys = SigningKeys::open(&path, &store, 4000, Duration::from_secs(2500)).expect("open");
+        let current = keys.current().kid.clone();
+        // Followed at 2,000 and signing until 2,015, the key of 1,000 has
+        // tokens until 4,515; the key of 0, until 3,515: gone.
+        assert_eq!(
+            published(&keys),
+            [
+                current.clone(),
+                older[3].clone(),
+                older[2].clone(),
+                older[1].clone()
+            ]
+        );
+        assert!(keys.verifier(&older[1]).is_some());
+        assert!(keys.verifier(&older[0]).is_none());
+        // Tokens of a minute: the two newest previous keys, whatever their age.
+        let keys = SigningKeys::open(&path, &store, 4000, Duration::from_secs(60)).expect("open");
+        assert_eq!(
+            published(&keys),
+            [current, older[3].clone(), older[2].clone()]
+        );
+    }
+
     #[test]
     fn a_placeholder_key_signs_nothing() {
         let placeholder = SigningKey::placeholder().expect("placeholder");
         assert_eq!(placeholder.encoding_key().err(), Some(KeysPending));
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("db")).expect("store");
-        let keys = SigningKeys::open(&dir.path().join("k.pem"), &store, 10).expect("generate");
+        let keys =
+            SigningKeys::open(&dir.path().join("k.pem"), &store, 10, HOUR).expect("generate");
         assert!(keys.current().encoding_key().is_ok());
     }
 
@@ -411,14 +500,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("db")).expect("store");
         let path = dir.path().join("keys/signing.pem");
-        let first = SigningKeys::open(&path, &store, 10).expect("generate");
+        let first = SigningKeys::open(&path, &store, 10, HOUR).expect("generate");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let again = SigningKeys::open(&path, &store, 20).expect("load");
+        let again = SigningKeys::open(&path, &store, 20, HOUR).expect("load");
         assert_eq!(first.current().kid, again.current().kid);
         assert_eq!(again.current().alg, Algorithm::RS256);
     }
@@ -428,7 +517,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("db")).expect("store");
         let path = dir.path().join("signing.pem");
-        let old = SigningKeys::open(&path, &store, 10).expect("generate");
+        let old = SigningKeys::open(&path, &store, 10, HOUR).expect("generate");
         let old_kid = old.current().kid.clone();
         let pair = aws_lc_rs::signature::EcdsaKeyPair::generate(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -441,14 +530,8 @@ mod tests {
         assert_eq!(new.current().alg, Algorithm::ES256);
         assert_ne!(new.current().kid, old_kid);
         assert!(new.verifier(&old_kid).is_some());
+        assert_eq!(published(&new), [new.current().kid.clone(), old_kid]);
         let jwks: serde_json::Value = serde_json::from_slice(&new.jwks_json()).expect("json");
-        let kids: Vec<_> = jwks["keys"]
-            .as_array()
-            .expect("keys")
-            .iter()
-            .map(|k| k["kid"].as_str().expect("kid").to_owned())
-            .collect();
-        assert_eq!(kids, [new.current().kid.clone(), old_kid]);
         assert_eq!(jwks["keys"][0]["use"], "sig");
         assert_eq!(jwks["keys"][0]["alg"], "ES256");
     }

@@ -1229,10 +1229,13 @@ apis: []
     down.shutdown().await;
 }
 
-/// A REST reload answered as soon as the admin port answers — while the
-/// start may not have returned yet — merges the document downloaded at
-/// start: the document is the link's before anything listens, so the
-/// downloaded APIs are never lost to it.
+/// A REST reload answered as soon as the admin port answers merges the
+/// document downloaded at start. Whether it lands before the start has
+/// returned (after the listeners are up, the start still writes the
+/// cache file) is up to the machine: nothing can hold the start there
+/// any more, since the cache file and its record are read only when
+/// regular. The document is the link's before anything listens, so a
+/// reload in that window keeps the downloaded APIs too.
 #[tokio::test]
 async fn a_reload_while_the_gateway_starts_keeps_the_downloaded_apis() {
     common::crypto();
