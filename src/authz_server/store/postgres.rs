@@ -1209,3 +1209,24 @@ fn code_record(hash: String, row: &tokio_postgres::Row) -> Result<CodeRecord, St
         expires_at: from_sql(row.try_get(7)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deadpool::managed::TimeoutType;
+
+    #[test]
+    fn a_busy_pool_is_answered_and_a_connection_not_made_in_time_is_not() {
+        let outcome = |error| Some(Err::<(), _>(pool_error(error)));
+        assert!(
+            answered(&outcome(PoolError::Timeout(TimeoutType::Wait))),
+            "every connection busy: a load, not a silence"
+        );
+        assert!(!answered(&outcome(PoolError::Timeout(TimeoutType::Create))));
+        assert!(!answered(&outcome(PoolError::Timeout(
+            TimeoutType::Recycle
+        ))));
+        assert!(!answered::<()>(&None), "ran out of time");
+        assert!(answered(&Some(Ok(()))));
+    }
+}
