@@ -1025,6 +1025,44 @@ apis:
     )
 }
 
+/// A Redis slower than half a second but within `throttling.timeout`
+/// answers the call: the request is counted and served, not refused as
+/// a store error (redis-rs's own answer timeout, 500 ms, does not cut the
+/// setting short).
+#[tokio::test]
+async fn a_slow_redis_within_the_timeout_is_waited_for() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "throttling: {{ store: \"{}\", on_store_error: deny, timeout: 5s }}",
+        redis.url()
+    );
+    let yaml = open_api("Slow store", &upstream, "[{ limit: 5, per: 1h }]", &extra);
+    let gw = Gateway::start(&yaml).await;
+    // One client connection: one listener thread, its store connection
+    // made by the first request.
+    let client = gw.client.clone();
+    let url = gw.url("/open/items");
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status(),
+        200,
+        "connected"
+    );
+    redis.pause();
+    let waiting = tokio::spawn(async move { client.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.resume();
+    let answer = waiting.await.expect("join").expect("an answer");
+    assert_eq!(answer.status(), 200, "refused while the store was slow");
+    assert_eq!(upstream.hits(), 2);
+    let ratelimit = answer.headers()["ratelimit"].to_str().expect("ASCII");
+    assert!(
+        ratelimit.starts_with("\"api\";r=3;t="),
+        "counted in the store: {ratelimit}"
+    );
+    gw.shutdown().await;
+}
+
 /// A reload from Redis to memory while a request waits for its token's
 /// introspection: the request counts in the Redis store of the snapshot
 /// it started on, never refused for want of a store.

@@ -117,10 +117,13 @@ impl Link {
 
 /// How a connection is made: a connection attempt longer than a call may
 /// take would be given up anyway; failed ones are retried by the next
-/// call (redis-rs reconnects after an error it sees) or replacement.
+/// call (redis-rs reconnects after an error it sees) or replacement. An
+/// answer has no timeout of redis-rs's own (its default, 500 ms, would
+/// cut `throttling.timeout` short): each call is bounded by that setting.
 fn config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(None)
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(100))
 }
