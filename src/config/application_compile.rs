@@ -5,7 +5,7 @@
 //! file. A credential names one application: a key, user name, client id
 //! or certificate listed twice is an error, wherever it is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -156,7 +156,8 @@ pub fn compile(
         }
         let ip_ranges = allowed_cidrs(ctx, &raw.ip_ranges, "ip_ranges");
         for subscription in &raw.apis {
-            if !subscribes(apis, &subscription.value) {
+            let readings = subscribed(apis, &subscription.value);
+            if readings.is_empty() {
                 ctx.report.error(
                     subscription.referenced,
                     format!(
@@ -165,10 +166,24 @@ pub fn compile(
                     ),
                     format!("an API name, or name:version: {}", apis.list()),
                 );
+            } else if readings.len() > 1 {
+                // `Shop:Admin` as version `Admin` of `Shop` and as the API
+                // `Shop:Admin`: subscribing to both would let the
+                // application call what it may not have been meant to.
+                ctx.report.error(
+                    subscription.referenced,
+                    format!(
+                        "application subscribes to `{}`, which reads as {}",
+                        subscription.value,
+                        names(readings.iter().map(|api| format!("API `{api}`")))
+                    ),
+                    "an API name (or name:version) that reads one way: rename the API",
+                );
             }
         }
         for api_scope in &raw.api_scopes {
-            if granted_index(apis, &api_scope.value).is_none() {
+            let readings = granted(apis, &api_scope.value);
+            if readings.is_empty() {
                 ctx.report.error(
                     api_scope.referenced,
                     format!(
@@ -176,6 +191,22 @@ pub fn compile(
                         api_scope.value
                     ),
                     "\"API name:scope name\" of an API's `scopes:`",
+                );
+            } else if readings.len() > 1 {
+                // As a scope mapping's (`security_compile`): granting both
+                // would give the application what it may not have meant.
+                ctx.report.error(
+                    api_scope.referenced,
+                    format!(
+                        "api scope `{}` reads as {}",
+                        api_scope.value,
+                        names(
+                            readings
+                                .iter()
+                                .map(|(api, s)| format!("scope `{s}` of API `{api}`"))
+                        )
+                    ),
+                    "an \"API name:scope name\" that reads one way: rename the API or the scope",
                 );
             }
         }
@@ -396,11 +427,14 @@ pub fn fingerprint(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Whether a subscription (`name` or `name:version`) names an API of the file.
-fn subscribes(apis: &ApiNames, subscription: &str) -> bool {
+/// The APIs of the file a subscription (`name` or `name:version`) names,
+/// by name (one unless a name holds a `:`; an API's versions are one).
+fn subscribed<'a>(apis: &ApiNames<'a>, subscription: &str) -> BTreeSet<&'a str> {
     apis.apis
         .iter()
-        .any(|(name, version, _)| names_api(subscription, name, version))
+        .filter(|(name, version, _)| names_api(subscription, name, version))
+        .map(|(name, _, _)| *name)
+        .collect()
 }
 
 /// Whether `subscription` names the API `name` `version`.
@@ -418,13 +452,18 @@ pub fn scope_of<'g>(api_scope: &'g str, name: &str) -> Option<&'g str> {
     api_scope.strip_prefix(name)?.strip_prefix(':')
 }
 
-/// `API:scope` split at a `:` that leaves an API of the file and one of
-/// its scopes.
-fn granted_index(apis: &ApiNames, api_scope: &str) -> Option<()> {
+/// The (API, scope) readings of `API:scope`: each split at a `:` that
+/// leaves an API of the file and one of its scopes (one unless a name
+/// holds a `:`).
+fn granted<'a, 'g>(apis: &ApiNames<'a>, api_scope: &'g str) -> BTreeSet<(&'a str, &'g str)> {
     apis.apis
         .iter()
-        .any(|(name, _, scopes)| scope_of(api_scope, name).is_some_and(|s| scopes.contains(&s)))
-        .then_some(())
+        .filter_map(|(name, _, scopes)| {
+            scope_of(api_scope, name)
+                .filter(|s| scopes.contains(s))
+                .map(|s| (*name, s))
+        })
+        .collect()
 }
 
 /// What each application may do on the API `name` `version`, whose API

@@ -1845,6 +1845,51 @@ fn an_empty_application_name_is_refused_and_one_beyond_ascii_warned_about() {
     );
 }
 
+/// An application's subscription or API scope that reads as two APIs
+/// (a name holding a `:`) is refused, as a scope mapping's is: granting
+/// both would let the application call what it may not have been meant to.
+#[test]
+fn an_application_entry_that_reads_as_two_apis_is_refused() {
+    let yaml = r#"apis:
+- name: Shop
+  version: Admin
+  base_path: /shop
+  upstream: { echo: true }
+  authentication: { type: none }
+  scopes:
+  - { name: "Admin:Read", resources: ["GET /admin"] }
+  - { name: Read, resources: ["GET /read"] }
+- name: "Shop:Admin"
+  base_path: /shopadmin
+  upstream: { echo: true }
+  authentication: { type: none }
+  scopes:
+  - { name: Read, resources: ["GET /items"] }
+applications:
+- name: Reader
+  api_keys: [reader-key-0123456789abc]
+  apis: ["Shop:Admin"]
+  api_scopes: ["Shop:Admin:Read"]
+"#;
+    assert_eq!(
+        errors(yaml),
+        vec![
+            error(
+                19,
+                10,
+                "application subscribes to `Shop:Admin`, which reads as API `Shop:Admin`, API `Shop`",
+                "an API name (or name:version) that reads one way: rename the API",
+            ),
+            error(
+                20,
+                16,
+                "api scope `Shop:Admin:Read` reads as scope `Admin:Read` of API `Shop`, scope `Read` of API `Shop:Admin`",
+                "an \"API name:scope name\" that reads one way: rename the API or the scope",
+            ),
+        ]
+    );
+}
+
 /// An API key is a whole credential, guessed at any API that takes keys
 /// without being locked out: one under 16 characters is warned about as a
 /// client secret is, the key itself not shown.
