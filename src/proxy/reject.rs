@@ -214,12 +214,27 @@ impl Rejection {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let (status, error, description, challenge): (
-            StatusCode,
-            Option<&str>,
-            String,
-            Option<String>,
-        ) = match &self {
+        let (status, error, description, challenge) = self.told();
+        let body = match error {
+            Some(error) => serde_json::json!({ "error": error, "error_description": description }),
+            None => serde_json::json!({ "error_description": description }),
+        };
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(challenge) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(WWW_AUTHENTICATE, challenge);
+        }
+        self.add_fields(headers);
+        response
+    }
+
+    /// What the client is told: the status, the `error` code, its
+    /// `error_description` (never the internal cause, which is logged) and
+    /// the `WWW-Authenticate` challenge.
+    fn told(&self) -> (StatusCode, Option<&'static str>, String, Option<String>) {
+        match self {
             Rejection::BadPath(problem) => (
                 StatusCode::BAD_REQUEST,
                 Some("invalid_request"),
@@ -450,19 +465,13 @@ impl Rejection {
                 "the upstream has as many requests as it may take; retry later".to_owned(),
                 None,
             ),
-        };
-        let body = match error {
-            Some(error) => serde_json::json!({ "error": error, "error_description": description }),
-            None => serde_json::json!({ "error_description": description }),
-        };
-        let mut response = Response::new(full(body.to_string()));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(challenge) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            headers.insert(WWW_AUTHENTICATE, challenge);
         }
-        match &self {
+    }
+
+    /// The fields a refusal carries besides its challenge: `Retry-After`,
+    /// the throttle's RateLimit fields, `Allow`.
+    fn add_fields(&self, headers: &mut http::HeaderMap) {
+        match self {
             Rejection::AuthUnavailable { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
@@ -529,7 +538,6 @@ impl Rejection {
             | Rejection::MalformedGrpcTimeout(_)
             | Rejection::DeadlineExceeded => {}
         }
-        response
     }
 }
 
@@ -558,19 +566,11 @@ impl Rejection {
         Response::from_parts(parts, super::empty())
     }
 
-    /// What `grpc-message` says: the `error_description` of the JSON answer.
+    /// What `grpc-message` says: the `error_description` of the JSON
+    /// answer, never the internal cause (an auth server's address, an
+    /// application's name), which is logged.
     fn grpc_message(&self) -> String {
-        match self {
-            Rejection::MissingToken { .. } => "a bearer token is required".to_owned(),
-            Rejection::InvalidToken { problem } => describe(*problem).to_owned(),
-            Rejection::InsufficientScope { .. } | Rejection::Denied(Denied::Scope(_)) => {
-                "the token does not grant a scope this resource needs".to_owned()
-            }
-            Rejection::Throttled { .. } => "a rate limit of this API is reached".to_owned(),
-            Rejection::BadGateway(_) => "the upstream cannot be reached".to_owned(),
-            Rejection::GatewayTimeout => "the upstream did not answer in time".to_owned(),
-            other => other.to_string(),
-        }
+        self.told().2
     }
 }
 

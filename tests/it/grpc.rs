@@ -500,6 +500,33 @@ async fn an_unreachable_upstream_is_unavailable() {
     gw.shutdown().await;
 }
 
+/// A refusal's `grpc-message` is the description the JSON answer gives,
+/// never its internal cause: an auth server whose keys cannot be fetched
+/// is not named to the client with its address and error.
+#[tokio::test]
+async fn a_refusals_grpc_message_tells_no_internal_cause() {
+    let idp = Idp::start().await;
+    let (addr, seen, _) = grpc_upstream(None, None).await;
+    let upstream = format!("{{ url: \"http://{addr}/echo.Echo\", protocol: h2c }}");
+    let closed = crate::common::Refusing::new();
+    let unreachable = format!("http://{}/keys/jwks.json", closed.addr);
+    let yaml = echo_yaml("Echo keys down", &idp, &upstream).replace(&idp.jwks_uri(), &unreachable);
+    assert!(yaml.contains(&unreachable));
+    let gw = Gateway::start(&yaml).await;
+    let mut grpc = client(&gw).await;
+    let token = idp.token(&["echo"]);
+    let status = unary(&mut grpc, "/echo.Echo/Unary", request("hi", Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "the authorization server cannot be reached"
+    );
+    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    gw.shutdown().await;
+}
+
 /// An upstream that accepts connections and never completes their TLS
 /// handshakes (each is held open).
 async fn stalling_upstream() -> SocketAddr {
