@@ -916,6 +916,31 @@ pub(crate) async fn concurrent_retries_leave_at_most_one_live_refresh_token(
     assert_eq!(live == 0, reused, "{outcomes:?}");
 }
 
+/// A rotated refresh token presented after its family has ended is
+/// still reuse: the access token its rotation issued, which may outlive
+/// the family, is revoked with it.
+#[tokio::test]
+async fn a_rotated_refresh_token_presented_after_its_family_ended_revokes_what_it_bought() {
+    let yaml = reuse_yaml("sqlite:oauth.db").replace(
+        "  refresh_reuse_interval: 30s\n",
+        "  refresh_reuse_interval: 30s\n  refresh_token_lifetime: 6m\n",
+    );
+    assert!(yaml.contains("refresh_token_lifetime: 6m"));
+    let gw = Gateway::start(&yaml).await;
+    let (_, r0) = signed_in(&gw, "app").await;
+    advance_clock(&gw, Duration::from_secs(240));
+    let (access, _) = refresh_ok(&gw, "app", &r0).await;
+    // The family ends at 360 s; the access token of the rotation at 540 s.
+    advance_clock(&gw, Duration::from_secs(180));
+    assert!(active(&gw, &access).await, "still within its own lifetime");
+    refresh_refused(&gw, "app", &r0, "the rotated token, after the family's end").await;
+    assert!(
+        !active(&gw, &access).await,
+        "reuse revokes the family's access tokens, whenever it comes"
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_lost_refresh_answer_is_retried_within_the_reuse_interval() {
     let gw = Gateway::start(&reuse_yaml("sqlite:oauth.db")).await;

@@ -42,14 +42,23 @@ pub fn grant(
     if record.client_id != client.client_id {
         return Err(invalid());
     }
-    if record.revoked || record.expires_at.is_some_and(|exp| exp <= cx.now) {
+    if record.revoked {
         return Err(invalid());
     }
+    let expired = record.expires_at.is_some_and(|exp| exp <= cx.now);
+    // A rotated token presented again is reuse even once its family has
+    // ended (RFC 9700 §4.14.2): the access tokens its rotations issued
+    // may outlive the family, and are revoked with it.
     if record.rotated {
-        if let Some(retried) = retry(cx, client, form, &record)? {
-            return Ok(retried);
+        if !expired {
+            if let Some(retried) = retry(cx, client, form, &record)? {
+                return Ok(retried);
+            }
         }
         revoke_family_on_reuse(cx, &record)?;
+        return Err(invalid());
+    }
+    if expired {
         return Err(invalid());
     }
     // The user may have been removed from the configuration since.
