@@ -1019,7 +1019,26 @@ fn issuer(ctx: &mut Ctx, written: &S<Scalar>) -> String {
         }
         None => {}
     }
+    if let Some(path) = issuer_path(text).filter(|_| issuer_problem(text).is_none()) {
+        ctx.report.warning(
+            at,
+            format!(
+                "authorization_server.issuer `{text}` has a path (`{path}`): the metadata names \
+                 its endpoints under it, but this gateway serves them at the root \
+                 (/oauth2/…, /.well-known/oauth-authorization-server), and the approval \
+                 page's session cookie is sent there alone; right only where a proxy in front \
+                 strips `{path}`, and clients find the metadata at the root"
+            ),
+        );
+    }
     text.trim_end_matches('/').to_owned()
+}
+
+/// The path of an issuer URL, when it has one besides `/`.
+fn issuer_path(text: &str) -> Option<&str> {
+    let rest = text.split_once("://")?.1;
+    let path = rest.find('/').map(|at| &rest[at..])?.trim_end_matches('/');
+    (!path.is_empty()).then_some(path)
 }
 
 fn issuer_problem(text: &str) -> Option<&'static str> {

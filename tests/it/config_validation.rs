@@ -1555,6 +1555,38 @@ fn an_http_issuer_not_on_loopback_is_warned_about() {
     }
 }
 
+/// An issuer with a path names endpoints under it the gateway does not
+/// serve there (RFC 8414 §3): warned about, since a proxy in front that
+/// strips the path makes it right.
+#[test]
+fn an_issuer_with_a_path_is_warned_about() {
+    let warnings = |issuer: &str| -> Vec<String> {
+        loaded(&format!("authorization_server:\n  issuer: \"{issuer}\"\n"))
+            .warnings
+            .iter()
+            .map(|d| d.message.clone())
+            .collect()
+    };
+    assert_eq!(
+        warnings("https://auth.example/auth/"),
+        vec![
+            "authorization_server.issuer `https://auth.example/auth/` has a path (`/auth`): the \
+             metadata names its endpoints under it, but this gateway serves them at the root \
+             (/oauth2/…, /.well-known/oauth-authorization-server), and the approval page's \
+             session cookie is sent there alone; right only where a proxy in front strips \
+             `/auth`, and clients find the metadata at the root"
+                .to_owned()
+        ]
+    );
+    for quiet in [
+        "https://auth.example",
+        "https://auth.example/",
+        "https://auth.example:8443",
+    ] {
+        assert_eq!(warnings(quiet), Vec::<String>::new(), "{quiet}");
+    }
+}
+
 /// A client id no client can send is refused where it is written.
 #[test]
 fn a_client_id_no_client_can_send_is_refused() {
