@@ -70,23 +70,25 @@ impl Count {
         }
     }
 
-    /// Counts one admitted request: the TAT moves on one interval from
-    /// where it is now (a policy's counter may have moved a shared one
-    /// since it was read). Returns the new TAT.
-    fn admit(&mut self, rate: Rate, now: u64) -> u64 {
+    /// Counts one request found to fit under the shard's lock: the TAT
+    /// moves on one interval from where it is now. A shared counter may
+    /// have been moved since it was read, by a policy's counter that
+    /// counts without the lock (a snapshot from before a reload): it is
+    /// checked again, and the key's level is the error if the request no
+    /// longer fits. Returns the new TAT.
+    fn admit(&mut self, rate: Rate, now: u64) -> Result<u64, u64> {
         match self {
             Count::Own(tat) => {
                 *tat = (*tat).max(now) + rate.interval;
-                *tat
+                Ok(*tat)
             }
             Count::Shared(tat) => {
-                let step = |seen: u64| seen.max(now) + rate.interval;
                 let seen = tat
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |seen| {
-                        Some(step(seen))
+                        rate.step(seen, now).ok()
                     })
-                    .unwrap_or_else(|seen| seen);
-                step(seen)
+                    .map_err(|seen| seen.max(now) - now)?;
+                rate.step(seen, now)
             }
         }
     }
@@ -306,17 +308,29 @@ impl MemoryStore {
             ..Room::of(self.per_shard(), now)
         };
         let mut levels = Levels::with_capacity(keys.len());
-        for (((key, rate), &hash), base) in keys.iter().zip(&hashes).zip(bases) {
+        for (i, ((key, rate), &hash)) in keys.iter().zip(&hashes).enumerate() {
+            let base = bases[i];
             let guard = guard_of(&mut guards, self.shard_of(hash));
             let tat = match guard.find_mut(hash, |e| e.is(key)) {
                 Some(entry) => entry.count.admit(*rate, now),
                 None => {
                     let tat = base + rate.interval;
                     insert(guard, Entry::new(hash, key, tat), &room);
-                    tat
+                    Ok(tat)
                 }
             };
-            levels.push(tat - now);
+            match tat {
+                Ok(tat) => levels.push(tat - now),
+                // Filled meanwhile by a counter outside the lock: refused.
+                // The keys counted before it keep the request (counted
+                // once too often, never admitted once too often).
+                Err(level) => {
+                    let mut refused = levels;
+                    refused.push(level);
+                    refused.extend(bases[i + 1..].iter().map(|base| base - now));
+                    return (false, refused);
+                }
+            }
         }
         (true, levels)
     }
@@ -472,6 +486,27 @@ mod tests {
         assert!(!admitted);
         // The refused request did not use the wide policy's quota.
         assert_eq!(levels[0], wide.interval);
+    }
+
+    #[test]
+    fn a_shared_count_filled_outside_the_lock_refuses_its_admission() {
+        let rate = Rate::of(2, Duration::from_secs(60));
+        let mut count = Count::of(&whole(&Arc::from("api")), 0);
+        let Count::Shared(tat) = &count else {
+            panic!("a whole policy's count is shared");
+        };
+        let tat = Arc::clone(tat);
+        assert!(count.admit(rate, 1).is_ok());
+        // Another snapshot's counter, which takes no lock, fills it.
+        assert!(check_sole(&tat, rate, 1).is_ok());
+        assert!(check_sole(&tat, rate, 1).is_err());
+        let before = tat.load(Ordering::Relaxed);
+        assert_eq!(
+            count.admit(rate, 1),
+            Err(before - 1),
+            "found full when it is counted"
+        );
+        assert_eq!(tat.load(Ordering::Relaxed), before, "nothing counted");
     }
 
     #[test]
