@@ -384,30 +384,27 @@ fn handle_api(
             request_id: request_id.as_ref(),
             answered: false,
             shutdown: &state.shutdown,
+            api: None,
         };
         let authz = (state.authz.load_full())
             .filter(|_| crate::authz_server::is_endpoint(req.uri().path()));
-        let (mut response, api) = match authz {
+        let mut response = match authz {
             // Past the port's `limits.max_streams`, as an API's request is
             // (`proxy::serve`): refused before its body is read.
             Some(_) if proxy::past_max_streams(&req) => {
-                (proxy::Rejection::TooManyStreams.into_response(), None)
+                proxy::Rejection::TooManyStreams.into_response()
             }
-            Some(authz) => (
-                Box::pin(authz_endpoint(&snapshot, &authz, state, conn, req)).await,
-                None,
-            ),
-            _ => proxy::serve(&snapshot, &state.runtime, conn, req, &mut added).await,
+            Some(authz) => Box::pin(authz_endpoint(&snapshot, &authz, state, conn, req)).await,
+            _ => {
+                let api = &mut unanswered.api;
+                proxy::serve(&snapshot, &state.runtime, conn, req, &mut added, api).await
+            }
         };
         unanswered.answered = true;
         if let Some(id) = &request_id {
             set_own(&mut response, &correlate::X_REQUEST_ID, id.clone());
         }
-        let series = api
-            .as_ref()
-            .map_or(crate::metrics::ApiMetrics::unmatched(), |a| &a.metrics);
-        let name = api.as_ref().map_or("-", |a| a.name.as_str());
-        unanswered.record(series, name, response.status());
+        unanswered.record(response.status());
         response
     }
 }
@@ -417,8 +414,9 @@ fn handle_api(
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// What a request's line and counts need; recorded once answered, or, if
-/// dropped unanswered, with [`CLIENT_CLOSED_REQUEST`] (the API unknown),
-/// or 503 when the shutdown's drain timeout cut it.
+/// dropped unanswered, with [`CLIENT_CLOSED_REQUEST`], or 503 when the
+/// shutdown's drain timeout cut it — under the API it matched, if it
+/// got that far.
 struct Unanswered<'a> {
     started: Instant,
     method: &'a http::Method,
@@ -426,10 +424,16 @@ struct Unanswered<'a> {
     request_id: Option<&'a http::HeaderValue>,
     answered: bool,
     shutdown: &'a server::Shutdown,
+    /// The API the request matched, once known (`proxy::serve`).
+    api: Option<&'a Arc<crate::config::snapshot::Api>>,
 }
 
 impl Unanswered<'_> {
-    fn record(&self, series: &crate::metrics::ApiMetrics, api: &str, status: http::StatusCode) {
+    fn record(&self, status: http::StatusCode) {
+        let series = self
+            .api
+            .map_or(crate::metrics::ApiMetrics::unmatched(), |a| &a.metrics);
+        let api = self.api.map_or("-", |a| a.name.as_str());
         series.count_response(self.method, status);
         let elapsed = crate::timer::clock::now_std().saturating_duration_since(self.started);
         crate::metrics::get().observe_request(elapsed.as_secs_f64());
@@ -468,7 +472,7 @@ impl Drop for Unanswered<'_> {
                 Err(_) => return,
             }
         };
-        self.record(crate::metrics::ApiMetrics::unmatched(), "-", status);
+        self.record(status);
     }
 }
 

@@ -19,7 +19,8 @@ use tally::{Fold, PerThread};
 
 pub struct Metrics {
     pub registry: Registry,
-    /// `requests_total{api,method,status}`; `api` is `-` when no API matched.
+    /// `requests_total{api,method,status}`; `api` is `-` when no API matched
+    /// (a request dropped before it matched one included).
     pub requests: IntCounterVec,
     /// `responses_total{api,class}`: status classes (2xx..5xx) per API.
     pub responses: IntCounterVec,

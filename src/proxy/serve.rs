@@ -62,7 +62,10 @@ pub struct Connection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientCertificate(pub [u8; 32]);
 
-/// Serves one request on `snap`; returns the response and the API it matched.
+/// Serves one request on `snap`; returns the response. The API it
+/// matched is written to `api` as soon as it is known, so that a request
+/// dropped before its answer (its client gone, the drain over) is still
+/// counted and logged under it.
 ///
 /// An `async move` block rather than an `async fn`: an `async fn` keeps
 /// each argument twice in its future (as given, and as the local it is
@@ -77,9 +80,9 @@ pub fn serve<'s: 'a, 'a>(
     conn: Connection,
     req: Request<Body>,
     added: &'a mut AddedFields,
-) -> impl Future<Output = (Response<Body>, Option<&'s Arc<Api>>)> + 'a {
+    api: &'a mut Option<&'s Arc<Api>>,
+) -> impl Future<Output = Response<Body>> + use<'a, 's> {
     async move {
-        let mut api: Option<&'s Arc<Api>> = None;
         let mut kind = None;
         // The CORS policy of the API the path is under, and the request's
         // `Origin`, for the CORS fields, which go on refusals too (a
@@ -90,16 +93,16 @@ pub fn serve<'s: 'a, 'a>(
         // fails (it counted).
         let mut admitted = None;
         let preflight = cors::is_preflight(&req);
-        let seen = (&mut api, &mut kind, &mut cors, &mut admitted);
+        let seen = (&mut *api, &mut kind, &mut cors, &mut admitted);
         let (mut response, by) = match phases(snap, rt, conn, req, added, seen).await {
             Ok(response) => (response, Answered::Upstream),
             Err(rejection) => {
-                if let (Some(result), Some(api)) = (rejection.auth_result(), &api) {
+                if let (Some(result), Some(api)) = (rejection.auth_result(), *api) {
                     let kind = kind.map_or("none", CredentialType::label);
                     api.metrics.count_refused(result, kind);
                 }
                 tracing::debug!(cause = %rejection, "request refused");
-                let response = match &api {
+                let response = match *api {
                     Some(api) if api.grpc => {
                         let response = rejection.into_grpc_response();
                         if let Some(status) = response.headers().get("grpc-status") {
@@ -118,7 +121,7 @@ pub fn serve<'s: 'a, 'a>(
         if let Some((policy, origin)) = cors.filter(|_| !preflight) {
             cors::decorate(policy, origin.as_ref(), by, response.headers_mut());
         }
-        (response, api)
+        response
     }
 }
 

@@ -774,7 +774,7 @@ async fn a_request_cut_at_the_drain_timeout_is_logged_as_the_shutdowns() {
         .iter()
         .find(|l| l.contains("path=/slow/x"))
         .unwrap_or_else(|| panic!("no access-log line: {rest:?}"));
-    assert!(line.contains(r#"api="-" status=503 "#), "{line}");
+    assert!(line.contains(r#"api="Slow" status=503 "#), "{line}");
 }
 
 /// Sends `signal` (`TERM`, `INT`) to `child`.
