@@ -647,10 +647,12 @@ impl Conn {
         let send_room = Room::new(h2_bodies::SEND_ROOM);
         let service = service_fn(move |req: Request<Incoming>| {
             // A stream opened after the client-certificate setting was
-            // replaced, before the client has seen the `GOAWAY`: refused,
-            // which says it was not processed (RFC 9113 §8.7).
+            // replaced, or after the connection spent its budget of
+            // cancelled requests, before the client has seen the `GOAWAY`:
+            // refused, which says it was not processed (RFC 9113 §8.7).
             let replaced = verification.as_ref().is_some_and(|v| v.is_retired());
-            let answer = (!replaced).then(|| {
+            let refused = replaced || requests.resets_abusive();
+            let answer = (!refused).then(|| {
                 let (guard, others) = InFlight::counting(&requests);
                 let stream = slots.stream(others);
                 let mut req = req.map(|body| {
@@ -727,6 +729,11 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 /// ([`Conn::parked`]).
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a connection that cancels requests faster than its budget
+/// allows has, once told `GOAWAY`, before it is closed: time for the
+/// frame to leave, not for the requests it still has in flight.
+const ABUSE_GRACE: Duration = Duration::from_millis(250);
+
 /// How the watched connection's future ended.
 enum Outcome<T> {
     Done(T),
@@ -769,6 +776,8 @@ impl Signals {
         // Out of slots while it had not had the time to send its first
         // request: looked at again when its grace ends.
         let mut pressed_early = false;
+        // Past its budget of cancelled requests: closing, however it ends.
+        let mut abusive = false;
         // When an idle connection that could not be parked (HTTP/2, a
         // head begun, a close lingering) looks again: a look that fails
         // must not be due again at once, or the watchdog spins.
@@ -850,9 +859,19 @@ impl Signals {
                         closed_by = Some(Instant::now() + within);
                     }
                 }
-                Ok(Watch::Rearm) if activity.resets_abusive() => {
-                    tracing::debug!(%peer, "connection closed: it cancels requests faster than its budget allows");
-                    return Outcome::Cut;
+                Ok(Watch::Rearm) if activity.resets_abusive() && !abusive => {
+                    abusive = true;
+                    if closing {
+                        return Outcome::Cut; // it had its chance to end well
+                    }
+                    tracing::debug!(%peer, "connection closes: it cancels requests faster than its budget allows");
+                    // HTTP/2: GOAWAY tells the client which streams were
+                    // not processed; streams it opens meanwhile are
+                    // refused (`Conn::http2`), and the connection is closed
+                    // within ABUSE_GRACE, whatever is in flight.
+                    graceful(conn.as_mut());
+                    closing = true;
+                    closed_by = Some(Instant::now() + ABUSE_GRACE);
                 }
                 // Idle again while its port still has no free slot.
                 Ok(Watch::Rearm)

@@ -658,7 +658,7 @@ mod tests {
         let headers = response.headers();
         assert_eq!(headers[CONTENT_TYPE], "application/grpc");
         assert_eq!(headers["grpc-status"], "3");
-        assert_eq!(headers["grpc-message"], "bad request: caf%C3%A9 100%25%0A");
+        assert_eq!(headers["grpc-message"], "caf%C3%A9 100%25%0A");
         let scope = Rejection::InsufficientScope {
             would_grant: vec!["book".into()],
         }

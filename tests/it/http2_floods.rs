@@ -151,20 +151,26 @@ async fn resets_of_accepted_streams_end_the_connection() {
         }
         sent = n;
     }
-    closed_after_resets(conn, &upstream, gw, 65..80, &format!("{sent} resets")).await;
+    let what = format!("{sent} resets");
+    closed_after_resets(conn, &upstream, gw, 65..80, (&what, false)).await;
 }
 
-/// Asserts that the gateway closed `conn` after `what`, with `hits` of the
-/// reset streams reaching `upstream`, and that it still serves others.
+/// Asserts that the gateway told `conn` GOAWAY (now, or `told` before)
+/// and closed it after `what`, with `hits` of the reset streams reaching
+/// `upstream`, and that it still serves others.
 async fn closed_after_resets(
     mut conn: Conn,
     upstream: &Upstream,
     gw: Gateway,
     hits: std::ops::Range<usize>,
-    what: &str,
+    (what, told): (&str, bool),
 ) {
     let events = conn.frames.until(ANSWER_WITHIN, |_| false).await;
     assert!(raw::closed(&events), "still open after {what}: {events:?}");
+    assert!(
+        told || raw::goaway(&events).is_some(),
+        "closed without GOAWAY after {what}: {events:?}"
+    );
     assert!(
         hits.contains(&upstream.hits()),
         "{} accepted-then-reset streams reached the upstream",
@@ -187,6 +193,7 @@ async fn answered_requests_do_not_excuse_a_flood_of_resets() {
     let gw = Gateway::start(&flood_yaml(&upstream.url("/api"))).await;
     let mut conn = Conn::open(gw.http).await;
     let mut resets = 0;
+    let mut told = false;
     'rounds: for round in 0..ROUNDS {
         let first = 2 * EACH * round + 1;
         let ids: Vec<(u32, u32)> = (0..EACH)
@@ -203,6 +210,7 @@ async fn answered_requests_do_not_excuse_a_flood_of_resets() {
         let mut missing: BTreeSet<u32> = ids.iter().map(|&(answered, _)| answered).collect();
         conn.frames
             .until(ANSWER_WITHIN, |e| {
+                told |= e.is_goaway();
                 missing.retain(|&id| e.status_on(id) != Some(404));
                 missing.is_empty() || e.ends(0)
             })
@@ -219,14 +227,8 @@ async fn answered_requests_do_not_excuse_a_flood_of_resets() {
             resets += 1;
         }
     }
-    closed_after_resets(
-        conn,
-        &upstream,
-        gw,
-        65..100,
-        &format!("{resets} resets among as many answered requests"),
-    )
-    .await;
+    let what = format!("{resets} resets among as many answered requests");
+    closed_after_resets(conn, &upstream, gw, 65..100, (&what, told)).await;
 }
 
 /// A client that cancels requests now and then (a browser leaving a page,
