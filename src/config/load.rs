@@ -126,8 +126,8 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
         return Err(Invalid::new(report.findings));
     }
     let mut file = raw::File::default();
-    let documents = split_documents(text);
-    if documents.first().is_none_or(|first| is_blank(first)) {
+    let documents = documents(text, &mut report);
+    if documents.first().is_none_or(Option::is_none) {
         // A file emptied by mistake (or a wrong path to a blank one) would
         // start a gateway that serves nothing and calls itself ready.
         report.warning(
@@ -136,6 +136,7 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
         );
     }
     for (index, body) in documents.iter().enumerate() {
+        let Some(body) = body else { continue };
         if index == 0 {
             if let Some(parsed) = parse_document::<raw::File>(body, Document::First, &mut report) {
                 file = parsed;
@@ -157,11 +158,16 @@ pub fn parse(path: &Path, text: &str) -> Result<(raw::File, Report), Invalid> {
 /// text holds no document.
 pub fn parse_first<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Option<T>, Invalid> {
     let mut report = Report::new(path);
-    let first = split_documents(text).into_iter().next().unwrap_or_default();
     let parsed = if too_large(text, &mut report) {
         None
     } else {
-        parse_document::<T>(&first, Document::First, &mut report)
+        // The first document starts the text: it needs no padding.
+        let first = split_documents(text).into_iter().next();
+        parse_document::<T>(
+            first.map_or("", |part| part.body),
+            Document::First,
+            &mut report,
+        )
     };
     if report.has_errors() {
         return Err(Invalid::new(report.findings));
@@ -177,7 +183,8 @@ pub fn parse_untyped(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, 
     let documents = if too_large(text, &mut report) {
         Vec::new()
     } else {
-        split_documents(text)
+        let documents = documents(text, &mut report);
+        documents
             .iter()
             .enumerate()
             .map(|(index, body)| {
@@ -186,7 +193,9 @@ pub fn parse_untyped(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, 
                 } else {
                     Document::Alias
                 };
-                parse_document(body, document, &mut report).unwrap_or_default()
+                body.as_deref()
+                    .and_then(|body| parse_document(body, document, &mut report))
+                    .unwrap_or_default()
             })
             .collect()
     };
@@ -209,27 +218,81 @@ fn too_large(text: &str, report: &mut Report) -> bool {
     over
 }
 
-/// Splits a multi-document stream at `---` lines. Each document is padded
-/// with the empty lines before it, so every location the parser reports is
-/// already a line of the file.
-fn split_documents(text: &str) -> Vec<String> {
-    let mut documents = vec![String::new()];
+/// One document of a multi-document stream: its text, and how many lines
+/// of the stream come before it.
+struct Part<'t> {
+    lines_before: usize,
+    body: &'t str,
+}
+
+/// Splits a multi-document stream at `---` lines, without copying it.
+fn split_documents(text: &str) -> Vec<Part<'_>> {
+    let mut parts = vec![Part {
+        lines_before: 0,
+        body: "",
+    }];
+    let (mut start, mut at) = (0, 0);
     let mut seen_content = false;
     for (number, line) in text.split_inclusive('\n').enumerate() {
         let is_marker =
             line.starts_with("---") && line[3..].chars().next().is_none_or(char::is_whitespace);
         if is_marker && seen_content {
-            documents.push("\n".repeat(number));
+            if let Some(last) = parts.last_mut() {
+                last.body = &text[start..at];
+            }
+            parts.push(Part {
+                lines_before: number,
+                body: "",
+            });
+            start = at;
         }
         let content = line.trim();
         if !content.is_empty() && !content.starts_with('#') && !is_marker {
             seen_content = true;
         }
-        if let Some(document) = documents.last_mut() {
-            document.push_str(line);
-        }
+        at += line.len();
     }
-    documents
+    if let Some(last) = parts.last_mut() {
+        last.body = &text[start..];
+    }
+    parts
+}
+
+/// The lines the documents of one text may be padded with in all: each
+/// is padded with the lines before it, so that every location the parser
+/// reports is already a line of the file. Without a bound, a text of many
+/// `---` lines would make work and memory grow with the square of its
+/// size; a configuration with a few alias documents needs a few thousand.
+const MOST_PADDING_LINES: usize = 1 << 20;
+
+/// The documents of `text` to parse, each padded with the lines before it;
+/// `None` for a blank one, and for one past [`MOST_PADDING_LINES`]
+/// (reported once).
+fn documents(text: &str, report: &mut Report) -> Vec<Option<String>> {
+    let mut padding_left = MOST_PADDING_LINES;
+    let mut refused = false;
+    split_documents(text)
+        .into_iter()
+        .map(|part| {
+            if is_blank(part.body) {
+                return None;
+            }
+            if part.lines_before > padding_left {
+                if !std::mem::replace(&mut refused, true) {
+                    report.error(
+                        Location::UNKNOWN,
+                        "the text holds more documents (`---`) than a configuration reads",
+                        "one configuration document and an `--- !<authServerAlias>` document per auth server",
+                    );
+                }
+                return None;
+            }
+            padding_left -= part.lines_before;
+            let mut padded = "\n".repeat(part.lines_before);
+            padded.push_str(part.body);
+            Some(padded)
+        })
+        .collect()
 }
 
 /// A document of nothing but blank lines, comments and its `---`.
@@ -502,4 +565,56 @@ fn first_line(message: &str) -> String {
         .unwrap_or("invalid YAML")
         .trim()
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_document_markers_cost_work_in_proportion_to_the_text() {
+        // 100,000 blank documents: padded each with the lines before it,
+        // they would have asked for 5 GB.
+        let text = format!("security_settings: {{}}\n{}", "---\n".repeat(100_000));
+        let (file, _) = parse(Path::new("c.yaml"), &text).expect("blank documents are nothing");
+        assert!(file.security_settings.auth_servers.is_empty());
+        assert_eq!(
+            parse_untyped(Path::new("c.yaml"), &text)
+                .expect("read")
+                .len(),
+            100_001
+        );
+    }
+
+    #[test]
+    fn more_documents_than_a_configuration_reads_are_refused() {
+        let text = format!(
+            "ports: {{ http: 0 }}\n{}",
+            "--- !<authServerAlias>\nname: a\n".repeat(3000)
+        );
+        let invalid = parse(Path::new("c.yaml"), &text).expect_err("refused");
+        let refusals = invalid
+            .findings
+            .iter()
+            .filter(|f| {
+                f.message
+                    .contains("more documents (`---`) than a configuration reads")
+            })
+            .count();
+        assert_eq!(refusals, 1, "said once");
+    }
+
+    #[test]
+    fn a_document_after_the_first_reports_lines_of_the_file() {
+        let text = "ports: { http: 0 }\n# a comment\n--- !<authServerAlias>\nname: a\nbogus: 1\n";
+        let invalid = parse(Path::new("c.yaml"), text).expect_err("an unknown key");
+        assert!(
+            invalid.findings.iter().any(|f| matches!(
+                f.origin,
+                super::super::diagnostic::Origin::File { line: 5, .. }
+            )),
+            "{:?}",
+            invalid.findings
+        );
+    }
 }
