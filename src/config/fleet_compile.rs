@@ -263,6 +263,20 @@ pub(super) fn api_gateway(
         .map(|c| c.value.0.clone())
         .unwrap_or_else(|| "data/downloaded-settings.yaml".to_owned());
     let cache_file = ctx.path(&cache_file);
+    if let Some(named) = names_a_file_of_the_configuration(ctx, &cache_file) {
+        let at = raw
+            .cache_file
+            .as_ref()
+            .map_or(entry.referenced, |c| c.referenced);
+        ctx.report.error(
+            at,
+            format!(
+                "api_gateway.cache_file `{}` is {named}: each download would overwrite it",
+                cache_file.display()
+            ),
+            "a file of its own, such as data/downloaded-settings.yaml",
+        );
+    }
     // Without a download the central is never contacted, so a section that
     // only tunes polling (say, from an MCGW_ variable) needs no credentials.
     let downloads = download_settings || download_apis;
@@ -292,6 +306,22 @@ pub(super) fn api_gateway(
         poll_interval,
         cache_file,
     })
+}
+
+/// What `cache` is of the configuration's own files, if it is one: the
+/// configuration file, or a file it names (read so far).
+fn names_a_file_of_the_configuration(ctx: &Ctx, cache: &Path) -> Option<&'static str> {
+    let same = |other: &Path| match (cache.canonicalize(), other.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => cache == other,
+    };
+    if same(&ctx.report.path) {
+        Some("the configuration file itself")
+    } else if ctx.files.iter().any(|file| same(file)) {
+        Some("a file the configuration names")
+    } else {
+        None
+    }
 }
 
 /// A central's URL is the base its export's path is put after: a query

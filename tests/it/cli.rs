@@ -1130,3 +1130,31 @@ fn check_warns_of_a_configuration_without_settings() {
         format!("{}: ok (0 APIs, 1 warnings)\n", config.display())
     );
 }
+
+/// A downstream whose cache file is its own configuration file (or a file
+/// the configuration names) is refused: each download would overwrite it,
+/// and the next reload would serve the export in its place.
+#[test]
+fn a_cache_file_that_is_the_configuration_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        r#"ports: { http: 0 }
+api_gateway:
+  url: "http://127.0.0.1:9"
+  user: fleet
+  password: "fleet-password-long-enough"
+  download_apis: true
+  cache_file: microgateway.yaml
+"#,
+    );
+    let before = std::fs::read_to_string(&config).expect("read");
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("is the configuration file itself: each download would overwrite it"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), before);
+}
