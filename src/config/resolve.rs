@@ -162,10 +162,12 @@ pub fn is_blank(secret: &str) -> bool {
 
 /// How to write the secret `clear` so that [`secret`] reads it back as it
 /// is: in clear, unless it begins as the syntax would read it otherwise
-/// (`****`, `{encoded}`, `${…}`), then `{encoded}` and its base64.
+/// (`****`, `{encoded}` in any case or after spaces, `${…}`), then
+/// `{encoded}` and its base64.
 pub fn written_as_itself(clear: &str) -> String {
     let syntax = clear.starts_with("****")
         || clear.starts_with("{encoded}")
+        || is_mistyped_encoded(clear)
         || clear.trim_start().starts_with("${");
     if syntax {
         let encoded = base64::engine::general_purpose::STANDARD.encode(clear);
@@ -503,6 +505,9 @@ mod tests {
             "****",
             "**** and more",
             "p@ss{encoded}",
+            // Read as the prefix mistyped, were they written as they are.
+            "{Encoded}abcdef",
+            "  {encoded}abcdef",
         ] {
             let written = written_as_itself(clear);
             let (read, file) = secret(&written, &Env::default(), Path::new("/")).expect(clear);
