@@ -119,6 +119,7 @@ async fn poll_once(
                 etag.as_deref(),
             );
             if for_in_use {
+                reloader.live.central_confirmed();
                 if let Some(document) = reloader.central.document() {
                     let settings = settings.clone();
                     let _ =
@@ -205,6 +206,7 @@ pub fn apply(reloader: &Reloader, settings: &ApiGateway, document: Document, eta
             status.last_error = None;
             status.refusal = None;
         });
+        reloader.live.central_confirmed();
         cache_confirmed(settings, &current);
         return true;
     }

@@ -234,6 +234,18 @@ impl Live {
             .inc();
     }
 
+    /// The central serves the document in use again: a refusal of its
+    /// download no longer stands (one of the file's still does), as after
+    /// a swap.
+    pub fn central_confirmed(&self) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.error_source == Some(Source::Central) {
+            let standing = status.refused_file.clone();
+            status.last_reload_error = standing.as_ref().map(|(error, _)| error.clone());
+            status.error_source = standing.map(|(_, source)| source);
+        }
+    }
+
     /// Records a refused reload; the serving snapshot stays.
     pub fn refuse(&self, source: Source, error: String) {
         crate::metrics::get()

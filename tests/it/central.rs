@@ -1700,6 +1700,31 @@ async fn a_refused_download_is_not_downloaded_again_until_the_local_file_changes
     central.shutdown().await;
 }
 
+/// A central that goes back to the document in use after serving one the
+/// downstream refused: the refusal no longer stands, in the link's status
+/// and in the reload status alike.
+#[tokio::test]
+async fn a_central_back_to_the_document_in_use_clears_the_refusal() {
+    let central = start_central(r#""GET /items""#).await;
+    let relay = CountingRelay::start(&central).await;
+    let (_dir, cache) = cache_in_tempdir();
+    let (down, _, _) = refusing_through_relay(&central, &relay, &cache).await;
+    let link = &down.state().central;
+    assert!(down.state().live.status().last_reload_error.is_some());
+    central.write_config(&central_yaml(r#""GET /items""#));
+    central
+        .state()
+        .reload(Source::File)
+        .expect("central reload");
+    eventually("the refusal no longer stands", || {
+        link.status().last_error.is_none() && down.state().live.status().last_reload_error.is_none()
+    })
+    .await;
+    assert_eq!(down.get("/catalog/items").await.status(), 200);
+    down.shutdown().await;
+    central.shutdown().await;
+}
+
 /// While a download stands refused, a new document from the central (another
 /// ETag) is downloaded and judged again, once; one that merges applies.
 #[tokio::test]
