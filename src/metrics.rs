@@ -1008,10 +1008,10 @@ impl ApiSeries {
     /// The `requests_total` series of a [`request_key`].
     fn requests(&self, key: u32) -> IntCounter {
         let method = METHOD_LABELS[(key >> 16) as usize % METHOD_LABELS.len()];
-        let status = StatusCode::from_u16((key & 0xffff) as u16).unwrap_or(StatusCode::OK);
+        let status = status_label(key);
         get()
             .requests
-            .with_label_values(&[self.name.as_str(), method, status.as_str()])
+            .with_label_values(&[self.name.as_str(), method, &status])
     }
 }
 
@@ -1121,8 +1121,17 @@ const METHOD_LABELS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
 ];
 
+/// The `status` label of a status no registry names: its class, so that an
+/// upstream answering whatever status a client asks for (a mock, an
+/// echo of `/status/{code}`) cannot make a series of each.
+const UNNAMED_STATUS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Where a key's status stands for one of [`UNNAMED_STATUS_LABELS`].
+const UNNAMED_STATUS: u32 = 1000;
+
 /// A request's series in `requests_total`: its method's index in
-/// [`METHOD_LABELS`], then its status.
+/// [`METHOD_LABELS`], then its status (a status with no registered
+/// reason phrase, other than the gateway's 499, as its class).
 fn request_key(method: &Method, status: StatusCode) -> u32 {
     let index: u32 = match *method {
         Method::GET => 0,
@@ -1136,7 +1145,27 @@ fn request_key(method: &Method, status: StatusCode) -> u32 {
         Method::CONNECT => 8,
         _ => 9,
     };
-    index << 16 | u32::from(status.as_u16())
+    let code = status.as_u16();
+    let named = status.canonical_reason().is_some() || code == 499;
+    let status = if named {
+        u32::from(code)
+    } else {
+        UNNAMED_STATUS + u32::from((code / 100).clamp(1, 6) - 1)
+    };
+    index << 16 | status
+}
+
+/// The `status` label of a [`request_key`]'s status.
+fn status_label(key: u32) -> std::borrow::Cow<'static, str> {
+    let status = key & 0xffff;
+    match status.checked_sub(UNNAMED_STATUS) {
+        Some(class) => UNNAMED_STATUS_LABELS
+            .get(class as usize)
+            .copied()
+            .unwrap_or("other")
+            .into(),
+        None => status.to_string().into(),
+    }
 }
 
 #[cfg(test)]
@@ -1166,18 +1195,45 @@ mod tests {
     fn cached_and_uncached_series_count_alike() {
         let api = ApiMetrics::of("metrics-test-cache", []);
         // More distinct series than a thread caches.
-        for status in 200..(200 + CACHED_PER_THREAD as u16 + 10) {
-            let status = StatusCode::from_u16(status).expect("valid status");
-            api.count_response(&Method::GET, status);
-            api.count_response(&Method::GET, status);
+        const STATUSES: [u16; 20] = [
+            200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404, 405, 409, 413, 429, 500,
+            502, 503, 504,
+        ];
+        let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
+        assert!(STATUSES.len() * methods.len() > CACHED_PER_THREAD);
+        for method in &methods {
+            for status in STATUSES {
+                let status = StatusCode::from_u16(status).expect("valid status");
+                api.count_response(method, status);
+                api.count_response(method, status);
+            }
         }
         assert_eq!(requests("metrics-test-cache", "GET", "200"), 2);
-        let last = (200 + CACHED_PER_THREAD as u16 + 9).to_string();
-        assert_eq!(requests("metrics-test-cache", "GET", &last), 2);
+        assert_eq!(requests("metrics-test-cache", "DELETE", "504"), 2);
         let classes = get()
             .responses
-            .with_label_values(&["metrics-test-cache", "2xx"]);
-        assert_eq!(classes.get(), 2 * (CACHED_PER_THREAD as u64 + 10));
+            .with_label_values(&["metrics-test-cache", "5xx"]);
+        assert_eq!(classes.get(), 2 * 4 * 4);
+    }
+
+    #[test]
+    fn statuses_no_registry_names_share_their_class() {
+        let api = ApiMetrics::of("metrics-test-unnamed", []);
+        for status in [209, 277, 299, 432, 599, 600, 999] {
+            let status = StatusCode::from_u16(status).expect("valid status");
+            api.count_response(&Method::GET, status);
+        }
+        api.count_response(&Method::GET, StatusCode::from_u16(499).expect("valid"));
+        assert_eq!(requests("metrics-test-unnamed", "GET", "2xx"), 3);
+        assert_eq!(requests("metrics-test-unnamed", "GET", "4xx"), 1);
+        assert_eq!(requests("metrics-test-unnamed", "GET", "5xx"), 1);
+        assert_eq!(requests("metrics-test-unnamed", "GET", "other"), 2);
+        assert_eq!(
+            requests("metrics-test-unnamed", "GET", "499"),
+            1,
+            "the gateway's own"
+        );
+        assert_eq!(requests("metrics-test-unnamed", "GET", "209"), 0);
     }
 
     #[test]

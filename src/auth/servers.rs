@@ -114,17 +114,51 @@ impl Default for Authenticator {
 /// The client for JWKS, discovery and introspection: no redirects (a
 /// redirect could send credentials elsewhere), bounded connect time.
 fn http_client(ca_bundle: Option<&[u8]>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(2))
-        .pool_idle_timeout(Duration::from_secs(60));
-    if let Some(pem) = ca_bundle {
-        // The bundle replaces the system roots; one that does not parse
-        // trusts nothing (fetches fail, 503) rather than everything.
-        let certs = reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default();
-        builder = builder.tls_certs_only(certs);
-    }
-    builder.build().unwrap_or_default()
+    let builder = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(60))
+    };
+    let Some(pem) = ca_bundle else {
+        return builder().build().unwrap_or_default();
+    };
+    // The bundle replaces the system roots, with the certificates in it
+    // that can be trusted as roots (as `check` reads it: one block that
+    // cannot would fail the whole client). A client that cannot be made
+    // trusts nothing (fetches fail, 503), never the system's roots.
+    builder()
+        .tls_certs_only(usable_roots(pem))
+        .build()
+        .or_else(|_| builder().tls_certs_only(Vec::new()).build())
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot make a client for the trust store; its fetches fail");
+            trusting_nothing()
+        })
+}
+
+/// The certificates of a PEM bundle rustls accepts as roots.
+fn usable_roots(pem: &[u8]) -> Vec<reqwest::Certificate> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .filter(|cert| rustls::RootCertStore::empty().add(cert.clone()).is_ok())
+        .filter_map(|cert| reqwest::Certificate::from_der(&cert).ok())
+        .collect()
+}
+
+/// A client every request of which fails: sent through a proxy that is
+/// no one (the discard port on loopback), with no root to trust.
+fn trusting_nothing() -> reqwest::Client {
+    reqwest::Proxy::all("http://127.0.0.1:9")
+        .and_then(|proxy| {
+            reqwest::Client::builder()
+                .proxy(proxy)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+        })
+        .unwrap_or_else(|_| reqwest::Client::new())
 }
 
 impl Authenticator {

@@ -193,20 +193,12 @@ pub fn compile(
                     "\"API name:scope name\" of an API's `scopes:`",
                 );
             } else if readings.len() > 1 {
-                // As a scope mapping's (`security_compile`): granting both
-                // would give the application what it may not have meant.
-                ctx.report.error(
-                    api_scope.referenced,
-                    format!(
-                        "api scope `{}` reads as {}",
-                        api_scope.value,
-                        names(
-                            readings
-                                .iter()
-                                .map(|(api, s)| format!("scope `{s}` of API `{api}`"))
-                        )
-                    ),
-                    "an \"API name:scope name\" that reads one way: rename the API or the scope",
+                // As a scope mapping's: granting both would give the
+                // application what it may not have meant.
+                super::security_compile::ambiguous_api_scope(
+                    ctx,
+                    api_scope,
+                    readings.iter().copied(),
                 );
             }
         }

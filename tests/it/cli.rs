@@ -627,69 +627,13 @@ fn explain_unknown_path_and_method() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_request_in_flight_and_exits_0() {
-    let upstream = Upstream::start().await;
-    upstream.set_delay(Duration::from_millis(1500));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = write(
-        dir.path(),
-        &format!(
-            r#"
-ports: {{ http: 0, bind: 127.0.0.1 }}
-admin: {{ port: 0 }}
-timeouts: {{ drain: 10s }}
-apis:
-- name: Slow
-  base_path: /slow
-  upstream: {{ url: "{}" }}
-  resources: ["GET /x"]
-  authentication:
-    type: none
-"#,
-            upstream.url("/api")
-        ),
-    );
-    let mut started = common::process::start(binary().args([
-        "start",
-        "-c",
-        config.to_str().expect("utf-8 path"),
-    ]));
-    let http = started.http;
-
-    let client = common::client();
-    let in_flight = tokio::spawn(async move {
-        client
-            .get(format!("http://{http}/slow/x"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while upstream.hits() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let killed = Command::new("kill")
-        .args(["-TERM", &started.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    let (_upstream, _dir, mut started, in_flight) =
+        a_request_in_flight("10s", Duration::from_millis(1500)).await;
+    send("TERM", &started.child);
 
     let status = in_flight.await.expect("join").expect("response");
     assert_eq!(status, 200);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(exit) = started.child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the process did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = exit_within(&mut started.child, Duration::from_secs(15)).await;
     assert_eq!(exit.code(), Some(0));
     let rest: Vec<String> = started.lines.try_iter().collect();
     assert!(
@@ -703,12 +647,13 @@ apis:
     );
 }
 
-/// A gateway process whose one API (`/slow/x`) waits 30 s for its
+/// A gateway process whose one API (`/slow/x`) waits `delay` for its
 /// upstream, with `drain` as its drain timeout, and a request to it the
 /// upstream has: what a shutdown finds in flight. The upstream comes back
 /// with the request's outcome (`Err` once it is cut, unanswered).
 async fn a_request_in_flight(
     drain: &str,
+    delay: Duration,
 ) -> (
     Upstream,
     tempfile::TempDir,
@@ -716,7 +661,7 @@ async fn a_request_in_flight(
     tokio::task::JoinHandle<reqwest::Result<u16>>,
 ) {
     let upstream = Upstream::start().await;
-    upstream.set_delay(Duration::from_secs(30));
+    upstream.set_delay(delay);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write(
         dir.path(),
@@ -764,7 +709,8 @@ apis:
 /// cut by the shutdown (503), not as one whose client left (499).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_cut_at_the_drain_timeout_is_logged_as_the_shutdowns() {
-    let (_upstream, _dir, mut started, in_flight) = a_request_in_flight("1s").await;
+    let (_upstream, _dir, mut started, in_flight) =
+        a_request_in_flight("1s", Duration::from_secs(30)).await;
     send("TERM", &started.child);
     let exit = exit_within(&mut started.child, Duration::from_secs(10)).await;
     assert_eq!(exit.code(), Some(0));
@@ -863,7 +809,8 @@ api_gateway:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_during_the_drain_stops_at_once() {
     for (first, second) in [("TERM", "TERM"), ("TERM", "INT"), ("INT", "INT")] {
-        let (_upstream, _dir, mut started, in_flight) = a_request_in_flight("60s").await;
+        let (_upstream, _dir, mut started, in_flight) =
+            a_request_in_flight("60s", Duration::from_secs(30)).await;
         send(first, &started.child);
         send(second, &started.child);
         assert!(

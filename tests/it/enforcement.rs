@@ -1163,23 +1163,10 @@ async fn https_jwks(
     addr
 }
 
-/// `trustStoreAlias` is a CA bundle the gateway watches: once the file no
-/// longer holds the CA of the JWKS server (a CA withdrawn after a
-/// compromise), a reload must stop trusting it for key fetches.
-#[tokio::test]
-async fn a_reloaded_trust_store_applies_to_jwks_fetches() {
-    let (ca_pem, leaf, leaf_key) = ca_and_leaf("JWKS test CA");
-    let (other_ca_pem, _, _) = ca_and_leaf("Another CA");
-    let k1 = SigningKey::rsa("k1");
-    let k2 = SigningKey::rsa("k2");
-    let keys = std::sync::Arc::new(std::sync::Mutex::new(vec![k1.jwk.clone()]));
-    let addr = https_jwks(leaf, leaf_key, keys.clone()).await;
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("jwks-ca.pem");
-    std::fs::write(&bundle, &ca_pem).unwrap();
-    let issuer = format!("https://localhost:{}", addr.port());
-    let yaml = format!(
+/// An API at `/pinned` whose auth server `idp` (`issuer`) fetches its keys
+/// trusting `bundle` alone.
+fn pinned_yaml(issuer: &str, bundle: &std::path::Path, upstream: &Upstream) -> String {
+    format!(
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
 admin: {{ port: 0, bind: 127.0.0.1 }}
@@ -1200,16 +1187,70 @@ apis:
 "#,
         bundle = bundle.display(),
         up = upstream.url("/api"),
+    )
+}
+
+/// A token of `issuer` signed by `key`, valid for 10 minutes.
+fn pinned_token(key: &SigningKey, issuer: &str) -> String {
+    let now = unix_now();
+    key.sign(
+        &key.header(),
+        &json!({"iss": issuer, "sub": "alice", "exp": now + 600, "iat": now}),
+    )
+}
+
+/// A trust store whose bundle holds a block that is no usable certificate
+/// beside its CA is read as `check` reads it: the CA is trusted, and the
+/// system's roots are not (the client for the trust store never falls back
+/// to them).
+#[tokio::test]
+async fn a_trust_store_with_an_unusable_block_still_trusts_its_ca_alone() {
+    let (ca_pem, leaf, leaf_key) = ca_and_leaf("JWKS test CA");
+    let k1 = SigningKey::rsa("k1");
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(vec![k1.jwk.clone()]));
+    let addr = https_jwks(leaf, leaf_key, keys).await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("jwks-ca.pem");
+    let junk = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+    std::fs::write(&bundle, format!("{ca_pem}{junk}")).unwrap();
+    let issuer = format!("https://localhost:{}", addr.port());
+    let gw = Gateway::start(&pinned_yaml(&issuer, &bundle, &upstream)).await;
+    let status = gw
+        .request(Method::GET, "/pinned/status")
+        .bearer_auth(pinned_token(&k1, &issuer))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(
+        status, 200,
+        "the JWK Set was not fetched trusting the bundle's CA"
     );
+    gw.shutdown().await;
+}
+
+/// `trustStoreAlias` is a CA bundle the gateway watches: once the file no
+/// longer holds the CA of the JWKS server (a CA withdrawn after a
+/// compromise), a reload must stop trusting it for key fetches.
+#[tokio::test]
+async fn a_reloaded_trust_store_applies_to_jwks_fetches() {
+    let (ca_pem, leaf, leaf_key) = ca_and_leaf("JWKS test CA");
+    let (other_ca_pem, _, _) = ca_and_leaf("Another CA");
+    let k1 = SigningKey::rsa("k1");
+    let k2 = SigningKey::rsa("k2");
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(vec![k1.jwk.clone()]));
+    let addr = https_jwks(leaf, leaf_key, keys.clone()).await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("jwks-ca.pem");
+    std::fs::write(&bundle, &ca_pem).unwrap();
+    let issuer = format!("https://localhost:{}", addr.port());
+    let yaml = pinned_yaml(&issuer, &bundle, &upstream);
     let gw = Gateway::start(&yaml).await;
     gw.wait_ready().await;
-    let token = |key: &SigningKey| {
-        let now = unix_now();
-        key.sign(
-            &key.header(),
-            &json!({"iss": issuer, "sub": "alice", "exp": now + 600, "iat": now}),
-        )
-    };
+    let token = |key: &SigningKey| pinned_token(key, &issuer);
     let status = |token: String| {
         let request = gw.request(Method::GET, "/pinned/status").bearer_auth(token);
         async move { request.send().await.unwrap().status().as_u16() }
