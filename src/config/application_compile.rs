@@ -195,11 +195,7 @@ pub fn compile(
             } else if readings.len() > 1 {
                 // As a scope mapping's: granting both would give the
                 // application what it may not have meant.
-                super::security_compile::ambiguous_api_scope(
-                    ctx,
-                    api_scope,
-                    readings.iter().copied(),
-                );
+                super::context::ambiguous_api_scope(ctx, api_scope, readings.iter().copied());
             }
         }
         out.list.push(Arc::new(Application {

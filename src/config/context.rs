@@ -273,6 +273,24 @@ fn is_scope_token(scope: &str) -> bool {
 /// Shortest secret [`Ctx::short_secret`] does not warn about.
 const MIN_SECRET_CHARS: usize = 16;
 
+/// Reports an `API:scope` entry that reads as scopes of several APIs (an
+/// API or a scope name holding a `:`).
+pub(super) fn ambiguous_api_scope<'r>(
+    ctx: &mut Ctx,
+    written: &super::raw::S<String>,
+    readings: impl Iterator<Item = (&'r str, &'r str)>,
+) {
+    ctx.report.error(
+        written.referenced,
+        format!(
+            "api scope `{}` reads as {}",
+            written.value,
+            names(readings.map(|(api, s)| format!("scope `{s}` of API `{api}`")))
+        ),
+        "an \"API name:scope name\" that reads one way: rename the API or the scope",
+    );
+}
+
 /// A comma-separated list for "allowed:" texts.
 pub fn names(items: impl Iterator<Item = String>) -> String {
     let mut items: Vec<String> = items.collect();

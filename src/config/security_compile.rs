@@ -476,7 +476,7 @@ pub(super) fn scope_mappings(
                 // scope `Admin` of `Shop:Orders`: granting both would give
                 // a token what its mapping may not have meant.
                 let readings = readings.iter().map(|(api, s)| (api.as_str(), s.as_str()));
-                ambiguous_api_scope(ctx, api_scope, readings);
+                super::context::ambiguous_api_scope(ctx, api_scope, readings);
                 continue;
             }
             let of: Vec<&String> = readings.into_iter().map(|(api, _)| api).collect();
@@ -588,22 +588,4 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
             );
         }
     }
-}
-
-/// Reports an `API:scope` entry that reads as scopes of several APIs (an
-/// API or a scope name holding a `:`).
-pub(super) fn ambiguous_api_scope<'r>(
-    ctx: &mut Ctx,
-    written: &S<String>,
-    readings: impl Iterator<Item = (&'r str, &'r str)>,
-) {
-    ctx.report.error(
-        written.referenced,
-        format!(
-            "api scope `{}` reads as {}",
-            written.value,
-            names(readings.map(|(api, s)| format!("scope `{s}` of API `{api}`")))
-        ),
-        "an \"API name:scope name\" that reads one way: rename the API or the scope",
-    );
 }
