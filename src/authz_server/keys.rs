@@ -32,6 +32,16 @@ const PREVIOUS_KEYS_PUBLISHED: usize = 2;
 /// were rotated within a token's lifetime.
 const MOST_KEYS_PUBLISHED: usize = 16;
 
+/// What a reading of the keys does when the store cannot tell the
+/// previous ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Previous {
+    /// At start: the current key alone is published until a re-read.
+    UnknownIsNone,
+    /// At a re-read: an error, so that the keys in use stay.
+    Required,
+}
+
 /// How often replicas re-read signing keys kept in the store.
 pub const KEY_REFRESH: Duration = Duration::from_secs(10);
 
@@ -144,6 +154,16 @@ impl SigningKeys {
         now: u64,
         tokens_live: Duration,
     ) -> Result<SigningKeys, KeyError> {
+        SigningKeys::read(path, store, now, tokens_live, Previous::UnknownIsNone)
+    }
+
+    fn read(
+        path: &Path,
+        store: &dyn TokenStore,
+        now: u64,
+        tokens_live: Duration,
+        previous: Previous,
+    ) -> Result<SigningKeys, KeyError> {
         let mut file = None;
         let current = if store.keeps_signing_keys() {
             match stored_key(store, now) {
@@ -177,7 +197,7 @@ impl SigningKeys {
         // A database store not reached yet: the current key signs and is
         // published; the previous ones join at the next reload.
         let known = match recorded {
-            Err(StoreError::Unavailable(reason)) => {
+            Err(StoreError::Unavailable(reason)) if previous == Previous::UnknownIsNone => {
                 tracing::warn!(%reason, "previous signing keys unknown until the token store is reached");
                 Vec::new()
             }
@@ -256,8 +276,11 @@ impl SigningKeys {
 
     /// Re-reads the key file; a changed key becomes current and the old one
     /// stays published.
+    ///
+    /// A store that cannot tell the previous keys now is an error: the
+    /// keys in use stay (published whole) until a re-read succeeds.
     pub fn reload(&self, store: &dyn TokenStore, now: u64) -> Result<SigningKeys, KeyError> {
-        SigningKeys::open(&self.path, store, now, self.tokens_live)
+        SigningKeys::read(&self.path, store, now, self.tokens_live, Previous::Required)
     }
 
     pub fn current(&self) -> &SigningKey {

@@ -1136,6 +1136,49 @@ async fn replicas_share_the_stored_keys_and_follow_a_rotation() {
     assert_eq!(kids(&a).await, kids(&b).await);
 }
 
+/// A re-read of the keys that learns the current key but not the previous
+/// ones (their table locked past the call's timeout) keeps the keys in
+/// use: the published set does not shrink to the current key, which would
+/// refuse the tokens the others signed and a rotated key not yet signing.
+#[tokio::test]
+async fn a_reread_that_cannot_tell_the_previous_keys_keeps_the_keys_in_use() {
+    let pg = Postgres::shared();
+    let (shared, a, _b, database) = replicas_on(&pg).await;
+    rotate_signing_key(shared.path(), &std::fs::read_to_string(&a.config).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kids(&a).await.len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated key was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let published = kids(&a).await;
+    let (holder, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            pg.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE signing_keys IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Two re-reads (every 10 s), each held for its 10 s timeout or refused
+    // at once while the store is silent.
+    let watch_until = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < watch_until {
+        assert_eq!(kids(&a).await, published, "the published keys shrank");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(kids(&a).await, published);
+}
+
 /// [`yaml`] issuing JWTs, with an API that validates them in-process
 /// against the local issuer.
 fn jwt_yaml(url: &str, shared: &std::path::Path) -> String {
