@@ -166,7 +166,7 @@ impl SigningKeys {
     ) -> Result<SigningKeys, KeyError> {
         let mut file = None;
         let current = if store.keeps_signing_keys() {
-            match stored_key(store, now) {
+            match stored_key(store) {
                 Ok(key) => key,
                 Err(KeyError::Store(StoreError::Unavailable(reason))) => {
                     tracing::warn!(%reason, "signing keys pending until the token store is reached");
@@ -265,7 +265,7 @@ impl SigningKeys {
     pub fn rotate(store: &dyn TokenStore, now: u64) -> Result<String, KeyError> {
         let pem = generate_rsa_pem()?;
         let key = parse(pem.as_bytes()).ok_or(KeyError::Generate)?;
-        store.add_signing_key(&key.kid, &pem, now, false)?;
+        store.add_signing_key(&key.kid, &pem, false)?;
         store.record_key(&KnownKey {
             kid: key.kid.clone(),
             jwk: serde_json::to_string(&key.jwk)?,
@@ -306,14 +306,13 @@ impl SigningKeys {
 
 /// The store's signing key (see [`SigningKeys::open`]), generated (once,
 /// whichever replica is first) when it has none.
-fn stored_key(store: &dyn TokenStore, now: u64) -> Result<SigningKey, KeyError> {
-    let settled = now.saturating_sub(KEY_PUBLISHED_BEFORE_SIGNING.as_secs());
-    let pem = match store.current_signing_key(settled)? {
+fn stored_key(store: &dyn TokenStore) -> Result<SigningKey, KeyError> {
+    let pem = match store.current_signing_key(KEY_PUBLISHED_BEFORE_SIGNING)? {
         Some(pem) => pem,
         None => {
             let pem = generate_rsa_pem()?;
             let key = parse(pem.as_bytes()).ok_or(KeyError::Generate)?;
-            let current = store.add_signing_key(&key.kid, &pem, now, true)?;
+            let current = store.add_signing_key(&key.kid, &pem, true)?;
             if current == pem {
                 tracing::info!(kid = %key.kid, "generated the first RS256 signing key in the token store");
             }

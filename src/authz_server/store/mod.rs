@@ -334,22 +334,25 @@ pub trait TokenStore: Send + Sync {
     fn keeps_signing_keys(&self) -> bool {
         false
     }
-    /// The private signing key (PEM) that signs: the newest one created
-    /// at or before `settled`, else the oldest one (a key newer than that
-    /// may not be published by every replica yet); `None` when there is
-    /// none.
-    fn current_signing_key(&self, _settled: u64) -> Result<Option<String>, StoreError> {
+    /// The private signing key (PEM) that signs: the newest one at least
+    /// `settle` old, else the oldest one (a key newer than that may not be
+    /// published by every replica yet); `None` when there is none. Its age
+    /// is told by the store's own clock, which it was stamped with: one
+    /// clock for every replica and for the host that rotated it.
+    fn current_signing_key(
+        &self,
+        _settle: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
     /// Makes `pem` the current signing key, in one step under the store's
-    /// lock. With `only_first`, only when there is none yet: the key that
-    /// is current afterwards (ours or the one another replica made first)
-    /// is returned.
+    /// lock, stamped with the store's clock. With `only_first`, only when
+    /// there is none yet: the key that is current afterwards (ours or the
+    /// one another replica made first) is returned.
     fn add_signing_key(
         &self,
         _kid: &str,
         _pem: &str,
-        _now: u64,
         _only_first: bool,
     ) -> Result<String, StoreError> {
         Err(StoreError::KeysNotKept)

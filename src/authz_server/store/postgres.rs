@@ -559,16 +559,18 @@ impl TokenStore for PostgresStore {
         true
     }
 
-    fn current_signing_key(&self, settled: u64) -> Result<Option<String>, StoreError> {
-        let settled = to_sql(settled);
+    fn current_signing_key(&self, settle: Duration) -> Result<Option<String>, StoreError> {
+        let settle = i64::try_from(settle.as_secs()).unwrap_or(i64::MAX);
         self.with(move |client| async move {
             let row = client
                 .query_opt(
-                    "SELECT pem FROM signing_private_keys \
-                     ORDER BY created_at <= $1 DESC, \
-                              CASE WHEN created_at <= $1 THEN -seq ELSE seq END \
+                    "WITH settled AS \
+                       (SELECT floor(extract(epoch FROM now()))::bigint - $1 AS at) \
+                     SELECT pem FROM signing_private_keys, settled \
+                     ORDER BY created_at <= settled.at DESC, \
+                              CASE WHEN created_at <= settled.at THEN -seq ELSE seq END \
                      LIMIT 1",
-                    &[&settled],
+                    &[&settle],
                 )
                 .await?;
             Ok(match row {
@@ -582,10 +584,9 @@ impl TokenStore for PostgresStore {
         &self,
         kid: &str,
         pem: &str,
-        now: u64,
         only_first: bool,
     ) -> Result<String, StoreError> {
-        let (kid, pem, now) = (kid.to_owned(), pem.to_owned(), to_sql(now));
+        let (kid, pem) = (kid.to_owned(), pem.to_owned());
         self.with(move |mut client| async move {
             let tx = client.transaction().await?;
             // The migrations' lock: replicas starting together on an
@@ -609,8 +610,9 @@ impl TokenStore for PostgresStore {
                 }
             }
             tx.execute(
-                "INSERT INTO signing_private_keys (kid, pem, created_at) VALUES ($1, $2, $3)",
-                &[&kid, &pem, &now],
+                "INSERT INTO signing_private_keys (kid, pem, created_at) \
+                 VALUES ($1, $2, floor(extract(epoch FROM now()))::bigint)",
+                &[&kid, &pem],
             )
             .await?;
             tx.commit().await?;
