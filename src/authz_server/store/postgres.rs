@@ -238,6 +238,10 @@ fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
         .user(&settings.user)
         .dbname(&settings.dbname)
         .application_name("microgateway")
+        // A statement the gateway gave up on (its call past
+        // OPERATION_TIMEOUT) is ended by the server soon after, not left
+        // running, or waiting for a lock, on a connection back in the pool.
+        .options(server_bounds())
         .connect_timeout(settings.connect_timeout)
         .keepalives(true)
         .ssl_mode(match settings.tls {
@@ -269,6 +273,14 @@ fn pool(settings: &PgSettings) -> Result<Pool, StoreError> {
         .recycle_timeout(Some(settings.connect_timeout))
         .build()
         .map_err(|e| StoreError::Unavailable(format!("connection pool: {e}")))
+}
+
+/// `statement_timeout` and `lock_timeout` for every connection: a second
+/// past [`OPERATION_TIMEOUT`], so that the gateway's own bound decides a
+/// call and the server's ends what it abandoned.
+fn server_bounds() -> String {
+    let ms = OPERATION_TIMEOUT.as_millis() + 1000;
+    format!("-c statement_timeout={ms} -c lock_timeout={ms}")
 }
 
 /// The same trust as upstreams: the system roots, or the bundle named by
