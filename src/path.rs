@@ -18,6 +18,10 @@ pub const METHOD_OVERRIDE_REFUSED: &str = "a method-override parameter (_method)
 /// where a client names (authority-form, RFC 9112 §3.2.3).
 pub const CONNECT_REFUSED: &str = "CONNECT is not served";
 
+/// Why a request target that is no URI reference (`` ` ``, `<`, a space)
+/// is refused.
+pub const MALFORMED_TARGET: &str = "malformed request target";
+
 /// Why an absolute-form request target the gateway does not serve (another
 /// scheme, user info, no host) is refused.
 pub const ABSOLUTE_FORM_REFUSED: &str = "absolute-form request target";

@@ -77,7 +77,7 @@ pub fn compile(
             ctx.report.warning(
                 name.referenced,
                 format!(
-                    "application name `{}` is not ASCII: a field value carries no other characters, so a request of the application to an API that passes `${{request.application.name}}` to its upstream is refused",
+                    "application name `{}` is not ASCII: an upstream given `${{request.application.name}}` receives its UTF-8 bytes, which HTTP leaves to the recipient to read (RFC 9110 §5.5; many read them as Latin-1)",
                     name.value
                 ),
             );

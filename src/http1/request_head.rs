@@ -148,7 +148,7 @@ pub fn parse(
     let framing = fields.framing()?;
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_range))
-        .map_err(|_| Refusal::BadRequest("malformed request target"))?;
+        .map_err(|_| Refusal::BadRequest(crate::path::MALFORMED_TARGET))?;
     let mut headers = super::spares::take(fields.entries.len() + POLICY_FIELDS);
     for (name, start, end) in fields.entries.drain(..) {
         headers.append(name, super::parsed_value(&head, start..end));

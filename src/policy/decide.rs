@@ -180,12 +180,11 @@ pub fn decide_for<'s>(
             (uri.path(), uri.query())
         }
         Some(uri) => (uri.path(), uri.query()),
-        // Not a target the data path would parse: the path's own problem
-        // is reported below.
-        None => match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (target, None),
-        },
+        // Not a target the data path parses: refused before anything else.
+        None => {
+            verdict.outcome = Outcome::BadRequest(crate::path::MALFORMED_TARGET);
+            return verdict;
+        }
     };
     if crate::path::overrides_method(method, query) {
         verdict.outcome = Outcome::BadRequest(crate::path::METHOD_OVERRIDE_REFUSED);
@@ -378,6 +377,13 @@ impl fmt::Display for Verdict<'_> {
                 "resource:   {} {}",
                 resource.method, resource.template.text
             )?;
+            // The verdict holds on the ports the API is served on: on the
+            // other, the path is no API's (404).
+            match (route.api.transport.http, route.api.transport.https) {
+                (true, false) => writeln!(f, "transport:  http only (404 over https)")?,
+                (false, true) => writeln!(f, "transport:  https only (404 over http)")?,
+                _ => {}
+            }
             if let Upstream::Balanced(balanced) = &route.api.upstream {
                 let endpoints: Vec<String> = balanced
                     .endpoints

@@ -376,6 +376,48 @@ fn explain_reads_a_fragment_and_an_absolute_form_target_as_the_gateway_does() {
     }
 }
 
+/// An API served over one transport says so: on the other port its path
+/// is no API's (404), whatever the verdict.
+#[test]
+fn explain_says_which_transport_an_api_is_served_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write(
+        dir.path(),
+        "apis:\n- name: Inner\n  base_path: /o/sec\n  transport: [https]\n  upstream: { echo: true }\n  authentication: { type: none }\n  resources: [\"GET /x\"]\n",
+    );
+    let out = run(&[
+        "explain",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "GET",
+        "/o/sec/x",
+    ]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("transport:  https only (404 over http)\n"),
+        "{said}"
+    );
+}
+
+/// A target that is no URI reference (a backtick, `<`, `>`) is refused
+/// with the gateway's 400 before anything else, not judged as a path.
+#[test]
+fn explain_refuses_a_malformed_target_as_the_gateway_does() {
+    for target in [
+        "/travels/bookings/a`b",
+        "/travels/bookings/a<b",
+        "/travels/bookings/a>b",
+    ] {
+        let (code, out) = explain(&["GET", target, "--scopes", "view"]);
+        assert_eq!(code, Some(2), "{target}: {out}");
+        assert!(
+            out.ends_with("verdict:    DENY 400: malformed request target\n"),
+            "{target}: {out}"
+        );
+    }
+}
+
 /// The query is no part of the path: a last segment with a query is the
 /// resource it names; what the gateway refuses in a query (a token, a
 /// method override) is refused here too, with the gateway's 400.

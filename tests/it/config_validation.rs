@@ -1850,8 +1850,8 @@ fn an_application_name_that_is_no_header_text_is_refused() {
 }
 
 /// An empty application name tells no application apart (metrics, logs,
-/// `${request.application.name}`): refused. One beyond ASCII cannot be
-/// passed to an upstream as a field value: warned about.
+/// `${request.application.name}`): refused. One beyond ASCII reaches an
+/// upstream as bytes it may read otherwise: warned about.
 #[test]
 fn an_empty_application_name_is_refused_and_one_beyond_ascii_warned_about() {
     assert_eq!(
@@ -1871,7 +1871,7 @@ fn an_empty_application_name_is_refused_and_one_beyond_ascii_warned_about() {
         vec![(
             2,
             9,
-            "application name `Café portal` is not ASCII: a field value carries no other characters, so a request of the application to an API that passes `${request.application.name}` to its upstream is refused".to_owned(),
+            "application name `Café portal` is not ASCII: an upstream given `${request.application.name}` receives its UTF-8 bytes, which HTTP leaves to the recipient to read (RFC 9110 §5.5; many read them as Latin-1)".to_owned(),
             None,
         )]
     );
