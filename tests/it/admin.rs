@@ -117,15 +117,7 @@ async fn rest_reads_are_open_without_admin_credentials() {
             .expect("request");
         assert_eq!(resp.status(), 200, "{path}");
     }
-    let status: serde_json::Value = gw
-        .client
-        .get(gw.admin_url("/rest/microgateway/status"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let status = gw.admin_json("/rest/microgateway/status").await;
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["generation"], 1);
     assert!(status["uptime_s"].is_u64());

@@ -260,16 +260,7 @@ async fn a_replay_racing_a_rotation_revokes_the_rotated_tokens_too() {
          CREATE TRIGGER hold_rotation AFTER INSERT ON refresh_tokens FOR EACH ROW \
          WHEN (NEW.refreshes_used = 2) EXECUTE FUNCTION hold_rotation();",
     );
-    let (gate, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname={database}",
-            pg.port
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let gate = pg.session(&database).await;
     gate.execute("SELECT pg_advisory_lock(4242)", &[])
         .await
         .unwrap();
@@ -746,10 +737,7 @@ async fn a_refresh_that_lost_the_race_to_its_rotation_is_a_retry() {
     let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
     let (_, r0) = signed_in(&a, "app").await;
     let family = pg.psql(&database, "SELECT family FROM refresh_tokens");
-    let (holder, connection) = tokio_postgres::connect(&pg.url(&database), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let holder = pg.session(&database).await;
     holder
         .execute(
             "SELECT pg_advisory_lock($1, hashtext($2))",
@@ -1154,16 +1142,7 @@ async fn a_reread_that_cannot_tell_the_previous_keys_keeps_the_keys_in_use() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let published = kids(&a).await;
-    let (holder, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname={database}",
-            pg.port
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let holder = pg.session(&database).await;
     holder
         .batch_execute("BEGIN; LOCK TABLE signing_keys IN ACCESS EXCLUSIVE MODE")
         .await

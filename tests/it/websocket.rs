@@ -430,15 +430,7 @@ async fn a_tunnel_counts_among_its_endpoints_requests_until_it_ends() {
     let gw = Gateway::start(&yaml).await;
     gw.wait_ready().await;
     let in_flight = || async {
-        let assets: serde_json::Value = gw
-            .client
-            .get(gw.admin_url("/rest/microgateway/assets"))
-            .send()
-            .await
-            .expect("assets")
-            .json()
-            .await
-            .expect("JSON");
+        let assets = gw.admin_json("/rest/microgateway/assets").await;
         let api = assets["apis"]
             .as_array()
             .expect("apis")

@@ -86,6 +86,18 @@ impl Gateway {
         format!("http://{}{}", self.admin.expect("admin port"), path)
     }
 
+    /// The JSON the admin port answers at `path` (no credentials).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .expect("an admin answer")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     pub fn state(&self) -> &Arc<microgateway::gateway::State> {
         &self.inner.as_ref().expect("running").state
     }

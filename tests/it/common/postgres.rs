@@ -348,6 +348,23 @@ impl Postgres {
         store
     }
 
+    /// A session of the test's own on `database`, as the superuser (its
+    /// connection driven on this runtime), for what `psql` cannot hold: a
+    /// lock or a transaction kept open while the gateway works.
+    pub async fn session(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname={database}",
+                self.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("a session of the test's own");
+        tokio::spawn(connection);
+        client
+    }
+
     /// Runs one SQL statement with `psql`, returning its unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let output = Command::new(self.bin.join("psql"))
