@@ -119,6 +119,11 @@ pub enum PathProblem {
     Backslash,
     #[error("path does not percent-decode to UTF-8")]
     NotUtf8,
+    /// `..%2F` inside a segment: an upstream that decodes the slash reads
+    /// a dot segment the gateway never routed on (`{name}` matching
+    /// `..%2Fadmin` reaches `/admin`).
+    #[error("path has a dot segment behind an encoded slash")]
+    DotSegmentBehindEncodedSlash,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -293,6 +298,18 @@ fn decodes_to_utf8(raw: &[u8]) -> bool {
     std::str::from_utf8(&decoded).is_ok()
 }
 
+/// Whether a decoded segment holding an encoded slash (`%2F`, `%5C`) is,
+/// split at them, a dot segment anywhere (`..%2Fadmin`, `a%5C..`).
+fn hides_a_dot_segment(segment: &str) -> bool {
+    if !segment.contains("%2F") && !segment.contains("%5C") {
+        return false;
+    }
+    segment
+        .split("%2F")
+        .flat_map(|piece| piece.split("%5C"))
+        .any(|piece| piece == "." || piece == "..")
+}
+
 fn remove_dot_segments(path: &str) -> Result<(String, Option<usize>), PathProblem> {
     let mut out: Vec<&str> = Vec::new();
     let mut min_depth = None;
@@ -317,7 +334,12 @@ fn remove_dot_segments(path: &str) -> Result<(String, Option<usize>), PathProble
                     out.push("");
                 }
             }
-            other => out.push(other),
+            other => {
+                if hides_a_dot_segment(other) {
+                    return Err(PathProblem::DotSegmentBehindEncodedSlash);
+                }
+                out.push(other);
+            }
         }
     }
     let mut canonical = String::with_capacity(path.len());
@@ -519,6 +541,30 @@ mod tests {
         assert!(c.encoded_slash);
         assert_eq!(c.path, "/a%2Fb");
         assert!(canonicalize("/a%5cb").unwrap().encoded_slash);
+    }
+
+    #[test]
+    fn a_dot_segment_behind_an_encoded_slash_is_refused() {
+        for raw in [
+            "/docs/files/..%2Fadmin%2Fsecret.txt",
+            "/docs/files/%2e%2e%2Fadmin",
+            "/docs/files/..%5Cadmin",
+            "/docs/files/a%2F..%2F..%2Fadmin",
+            "/docs/files/a%2F.",
+        ] {
+            assert_eq!(
+                canonicalize(raw).err(),
+                Some(PathProblem::DotSegmentBehindEncodedSlash),
+                "{raw}"
+            );
+        }
+        for raw in [
+            "/docs/files/a%2Fb",
+            "/docs/files/..a%2Fb",
+            "/docs/files/a.%2F.b",
+        ] {
+            assert!(canonicalize(raw).is_ok(), "{raw}");
+        }
     }
 
     #[test]
