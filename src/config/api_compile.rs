@@ -34,6 +34,9 @@ pub struct Refs<'a> {
     pub ports: Transport,
     /// `tls.client_ca` is written: the HTTPS port asks for client certificates.
     pub client_ca: bool,
+    /// `tls.client_auth: required` with a `client_ca`: no HTTPS connection
+    /// without a certificate.
+    pub client_cert_required: bool,
 }
 
 /// Characters of an API name kept as they are in the default base path.
@@ -126,6 +129,16 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         ),
     };
     let transport = transport(ctx, raw, refs.ports);
+    if refs.client_cert_required && transport.http && refs.ports.http {
+        // Served on the plain port too, where no certificate is asked.
+        ctx.report.warning(
+            raw.transport.as_ref().map_or(entry.referenced, |t| t.referenced),
+            format!(
+                "API `{}` is served on ports.http too, where tls.client_auth: required asks no certificate: set `transport: [https]` to serve it only to clients with one",
+                name
+            ),
+        );
+    }
     let websocket = ctx.boolean(&raw.websocket, "websocket", false);
     let tunnel_max_lifetime = raw.tunnel_max_lifetime.as_ref().and_then(|at| {
         let lifetime = ctx.duration(

@@ -88,6 +88,14 @@ pub fn compile(
                 .tls
                 .as_ref()
                 .is_some_and(|tls| tls.value.client_ca.is_some()),
+            client_cert_required: file.tls.as_ref().is_some_and(|tls| {
+                tls.value.client_ca.is_some()
+                    && tls
+                        .value
+                        .client_auth
+                        .as_ref()
+                        .is_some_and(|auth| auth.value.0 == "required")
+            }),
         },
     );
     super::audience::check(

@@ -1147,3 +1147,35 @@ api_gateway:
     );
     assert_eq!(std::fs::read_to_string(&config).expect("read"), before);
 }
+
+/// `tls.client_auth: required` asks a certificate on the HTTPS port only:
+/// an API also served on the HTTP port is warned about (it is served there
+/// to anyone), one served over HTTPS alone is not.
+#[test]
+fn an_api_served_without_the_required_client_certificate_is_warned_about() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).expect("certificate");
+    std::fs::write(dir.path().join("server.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).expect("write");
+    std::fs::write(dir.path().join("client-ca.crt"), cert.pem()).expect("write");
+    let yaml = |transport: &str| {
+        format!(
+            "ports: {{ http: 0, https: 0 }}\ntls: {{ certificate: server.crt, key: server.key, client_ca: client-ca.crt, client_auth: required }}\napis:\n- name: Internal\n  base_path: /internal\n{transport}  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  resources: [\"GET /x\"]\n"
+        )
+    };
+    let config = write(dir.path(), &yaml(""));
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("API `Internal` is served on ports.http too, where tls.client_auth: required asks no certificate"),
+        "{said}"
+    );
+    let config = write(dir.path(), &yaml("  transport: [https]\n"));
+    let out = run(&["check", "-c", config.to_str().expect("utf-8 path")]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("0 warnings"), "{said}");
+}
