@@ -19,39 +19,58 @@ pub(super) fn check(
     apis: &[Arc<Api>],
 ) {
     for server in servers {
-        let (Some(id), Some(local)) = (&server.value.id, &server.value.local_introspection) else {
+        let Some(id) = &server.value.id else {
             continue;
         };
-        let unchecked = compiled
-            .get(id.value.as_str())
-            .and_then(|s| s.local.as_ref())
-            .is_some_and(|l| l.audience.is_none());
-        if !unchecked {
+        let compiled = compiled.get(id.value.as_str());
+        let Some((count, names)) = served(apis, &id.value) else {
             continue;
+        };
+        let noun = if count == 1 { "API" } else { "APIs" };
+        if let Some(local) = &server.value.local_introspection {
+            if compiled
+                .and_then(|s| s.local.as_ref())
+                .is_some_and(|l| l.audience.is_none())
+            {
+                ctx.report.warning(
+                    local.referenced,
+                    format!(
+                        "auth server `{}` validates JWTs for {noun} {names} without an `audience`: a token its issuer made for another resource server is accepted (RFC 9068 §4: a resource server checks `aud`); set localIntrospectionConfig.audience",
+                        id.value,
+                    ),
+                );
+            }
         }
-        let mut names: Vec<String> = apis
-            .iter()
-            .filter(|api| {
-                api.authentication
-                    .auth_server()
-                    .is_some_and(|s| **s == *id.value)
-            })
-            .map(|api| format!("`{}`", api.name))
-            .collect();
-        // Versions of one API share its name.
-        names.sort();
-        names.dedup();
-        if names.is_empty() {
-            continue;
+        if let Some(remote) = &server.value.remote_introspection {
+            if compiled
+                .and_then(|s| s.remote.as_ref())
+                .is_some_and(|r| r.audience.is_none())
+            {
+                ctx.report.warning(
+                    remote.referenced,
+                    format!(
+                        "auth server `{}` introspects tokens for {noun} {names} without an `audience`: an active token its issuer made for another resource server is accepted (RFC 7662 §4: the resource server judges `aud`); set remoteIntrospectionConfig.audience",
+                        id.value,
+                    ),
+                );
+            }
         }
-        let noun = if names.len() == 1 { "API" } else { "APIs" };
-        ctx.report.warning(
-            local.referenced,
-            format!(
-                "auth server `{}` validates JWTs for {noun} {} without an `audience`: a token its issuer made for another resource server is accepted (RFC 9068 §4: a resource server checks `aud`); set localIntrospectionConfig.audience",
-                id.value,
-                names.join(", ")
-            ),
-        );
     }
+}
+
+/// How many APIs `auth_server` validates tokens for, and their names
+/// listed (versions of one API once); `None` when it validates for none.
+fn served(apis: &[Arc<Api>], auth_server: &str) -> Option<(usize, String)> {
+    let mut names: Vec<String> = apis
+        .iter()
+        .filter(|api| {
+            api.authentication
+                .auth_server()
+                .is_some_and(|s| **s == *auth_server)
+        })
+        .map(|api| format!("`{}`", api.name))
+        .collect();
+    names.sort();
+    names.dedup();
+    (!names.is_empty()).then(|| (names.len(), names.join(", ")))
 }

@@ -1587,6 +1587,33 @@ fn an_issuer_with_a_path_is_warned_about() {
     }
 }
 
+/// Opaque tokens introspected for an API with no `audience` to judge are
+/// warned about as JWTs are: an active token made for another resource
+/// server would be accepted.
+#[test]
+fn remote_introspection_without_an_audience_is_warned_about() {
+    let yaml = |audience: &str| {
+        format!(
+            "security_settings:\n  auth_servers:\n  - id: corp\n    name: corp\n    remoteIntrospectionConfig:\n      introspectionEndpoint: \"https://idp.example/introspect\"\n      clientId: gw\n      clientSecret: gw-secret-long-enough\n{audience}apis:\n- name: Shop\n  base_path: /shop\n  upstream: {{ echo: true }}\n  authentication: {{ type: oauth2, auth_server: corp }}\n  resources: [\"GET /status\"]\n"
+        )
+    };
+    let warnings = |text: &str| -> Vec<String> {
+        loaded(text)
+            .warnings
+            .iter()
+            .map(|d| d.message.clone())
+            .collect()
+    };
+    assert_eq!(
+        warnings(&yaml("")),
+        vec!["auth server `corp` introspects tokens for API `Shop` without an `audience`: an active token its issuer made for another resource server is accepted (RFC 7662 §4: the resource server judges `aud`); set remoteIntrospectionConfig.audience".to_owned()]
+    );
+    assert_eq!(
+        warnings(&yaml("      audience: shop-api\n")),
+        Vec::<String>::new()
+    );
+}
+
 /// A client id no client can send is refused where it is written.
 #[test]
 fn a_client_id_no_client_can_send_is_refused() {
