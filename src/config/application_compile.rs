@@ -181,6 +181,18 @@ pub fn compile(
                 );
             }
         }
+        let by_token_only =
+            raw.api_keys.is_empty() && raw.basic_users.is_empty() && raw.certificates.is_empty();
+        if let (Some(first), true) = (raw.api_scopes.first(), by_token_only) {
+            // A token keeps the OAuth2 rules: its own scopes, mapped.
+            ctx.report.warning(
+                first.referenced,
+                format!(
+                    "application `{}` has api_scopes but no API key, Basic user or certificate: its tokens are judged by their own scopes, and these grant nothing",
+                    name.value
+                ),
+            );
+        }
         for api_scope in &raw.api_scopes {
             let readings = granted(apis, &api_scope.value);
             if readings.is_empty() {

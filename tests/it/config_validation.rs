@@ -1614,6 +1614,25 @@ fn remote_introspection_without_an_audience_is_warned_about() {
     );
 }
 
+/// An application identified by its tokens alone has api_scopes that
+/// grant nothing (a token is judged by its own scopes): warned about.
+#[test]
+fn api_scopes_of_an_application_known_by_tokens_alone_are_warned_about() {
+    let yaml = |credential: &str| {
+        format!(
+            "applications:\n- name: C app\n  client_ids: [c]\n{credential}  api_scopes: [\"Shop:Read\"]\napis:\n- name: Shop\n  base_path: /shop\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  scopes:\n  - {{ name: Read, resources: [\"GET /items\"] }}\n"
+        )
+    };
+    let warned = |text: &str| {
+        loaded(text).warnings.iter().any(|d| {
+            d.message
+                .contains("has api_scopes but no API key, Basic user or certificate")
+        })
+    };
+    assert!(warned(&yaml("")));
+    assert!(!warned(&yaml("  api_keys: [c-app-key-long-enough-1234]\n")));
+}
+
 /// A client id no client can send is refused where it is written.
 #[test]
 fn a_client_id_no_client_can_send_is_refused() {
