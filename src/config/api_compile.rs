@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+
+use ipnet::IpNet;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -37,6 +39,9 @@ pub struct Refs<'a> {
     /// `tls.client_auth: required` with a `client_ca`: no HTTPS connection
     /// without a certificate.
     pub client_cert_required: bool,
+    /// `trusted_proxies`, whose clients are judged by the address they
+    /// forward.
+    pub trusted_proxies: &'a [IpNet],
 }
 
 /// Characters of an API name kept as they are in the default base path.
@@ -211,7 +216,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
     );
     let access =
         super::application_compile::access(refs.applications, &name, &version, &api_scopes);
-    let ip_filter = ip_filter(ctx, &raw.ip_filter);
+    let ip_filter = ip_filter(ctx, &raw.ip_filter, refs.trusted_proxies);
     let answer_room = 1
         + if throttle.is_empty() { 0 } else { 2 }
         + if cors.is_some() { 4 } else { 0 }
@@ -932,7 +937,11 @@ fn outbound(
 /// `ip_filter`: a filter that names no range (bare, `{}`, or only
 /// `deny: []`, as a template that rendered nothing writes it) admits
 /// every address while it reads as a filter: refused.
-fn ip_filter(ctx: &mut Ctx, filter: &S<Option<raw::IpFilter>>) -> Option<IpFilter> {
+fn ip_filter(
+    ctx: &mut Ctx,
+    filter: &S<Option<raw::IpFilter>>,
+    trusted_proxies: &[IpNet],
+) -> Option<IpFilter> {
     let names_a_range = filter
         .value
         .as_ref()
@@ -945,8 +954,26 @@ fn ip_filter(ctx: &mut Ctx, filter: &S<Option<raw::IpFilter>>) -> Option<IpFilte
         );
     }
     let raw = filter.value.as_ref()?;
+    let deny = super::application_compile::cidrs(ctx, &raw.deny, "ip_filter.deny");
+    // A client from a trusted proxy is judged by the address it forwards:
+    // one of a denied range there names another and is let in.
+    for denied in &deny {
+        if let Some(proxy) = trusted_proxies.iter().find(|p| overlap(p, denied)) {
+            ctx.report.warning(
+                filter.referenced,
+                format!(
+                    "ip_filter.deny `{denied}` overlaps trusted_proxies `{proxy}`: a client there is judged by the X-Forwarded-For it sends, so the deny does not hold for it"
+                ),
+            );
+        }
+    }
     Some(IpFilter {
         allow: super::application_compile::allowed_cidrs(ctx, &raw.allow, "ip_filter.allow"),
-        deny: super::application_compile::cidrs(ctx, &raw.deny, "ip_filter.deny"),
+        deny,
     })
+}
+
+/// Whether two ranges share an address.
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }

@@ -88,6 +88,7 @@ pub fn compile(
                 .tls
                 .as_ref()
                 .is_some_and(|tls| tls.value.client_ca.is_some()),
+            trusted_proxies: &trusted_proxies,
             client_cert_required: file.tls.as_ref().is_some_and(|tls| {
                 tls.value.client_ca.is_some()
                     && tls

@@ -1633,6 +1633,29 @@ fn api_scopes_of_an_application_known_by_tokens_alone_are_warned_about() {
     assert!(!warned(&yaml("  api_keys: [c-app-key-long-enough-1234]\n")));
 }
 
+/// A denied range inside `trusted_proxies` does not hold: its clients are
+/// judged by the X-Forwarded-For they send. Warned about.
+#[test]
+fn a_denied_range_of_trusted_proxies_is_warned_about() {
+    let yaml = |deny: &str| {
+        format!(
+            "trusted_proxies: [\"127.0.0.0/8\"]\napis:\n- name: Internal\n  base_path: /internal\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  ip_filter: {{ deny: [\"{deny}\"] }}\n  resources: [\"GET /x\"]\n"
+        )
+    };
+    let warnings = |text: &str| -> Vec<String> {
+        loaded(text)
+            .warnings
+            .iter()
+            .map(|d| d.message.clone())
+            .collect()
+    };
+    assert_eq!(
+        warnings(&yaml("127.0.0.0/30")),
+        vec!["ip_filter.deny `127.0.0.0/30` overlaps trusted_proxies `127.0.0.0/8`: a client there is judged by the X-Forwarded-For it sends, so the deny does not hold for it".to_owned()]
+    );
+    assert_eq!(warnings(&yaml("10.9.0.0/16")), Vec::<String>::new());
+}
+
 /// A client id no client can send is refused where it is written.
 #[test]
 fn a_client_id_no_client_can_send_is_refused() {
