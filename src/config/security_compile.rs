@@ -531,6 +531,36 @@ pub(super) fn scope_mappings(
     mappings
 }
 
+/// An API no mapping names grants its scopes by a token's scopes of the
+/// same names; a token scope that a mapping of its auth server sends to
+/// another API (`read` → `Shop:Read`) then grants this API's `read` too,
+/// which its mapping did not say: told where the scope is named.
+fn warn_literal_reading(
+    ctx: &mut Ctx,
+    api: &S<raw::Api>,
+    (name, server): (&str, &str),
+    mapped: &HashMap<(&str, &str), &ScopeMapping>,
+) {
+    for scope in &api.value.scopes {
+        let Some(scope) = &scope.value.name else {
+            continue;
+        };
+        let Some(mapping) = mapped.get(&(server, scope.value.as_str())) else {
+            continue;
+        };
+        ctx.report.warning(
+            scope.referenced,
+            format!(
+                "token scope `{}` of auth server `{server}` is mapped to {}, and also grants scope `{}` of API `{name}` by its name (no mapping names the API): map `{name}:{}` explicitly, or rename the scope",
+                scope.value,
+                mapping.api_scopes.join(", "),
+                scope.value,
+                scope.value
+            ),
+        );
+    }
+}
+
 /// Where a mapping names the API (one of the API's auth server, or of
 /// another for any version of it), a token's own scope no longer grants
 /// the API's scopes: one that no mapping of that
@@ -541,11 +571,14 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
     let mut named: HashSet<(&str, &str)> = HashSet::new();
     let mut named_by_any: HashSet<&str> = HashSet::new();
     let mut granted: HashSet<(&str, &str)> = HashSet::new();
+    // Each auth server's token scopes a mapping sends somewhere.
+    let mut mapped: HashMap<(&str, &str), &ScopeMapping> = HashMap::new();
     for mapping in mappings {
         let server = &*mapping.auth_server;
         named.extend(mapping.apis.iter().map(|api| (server, api.as_str())));
         named_by_any.extend(mapping.apis.iter().map(String::as_str));
         granted.extend(mapping.api_scopes.iter().map(|s| (server, s.as_str())));
+        mapped.insert((server, mapping.token_scope.as_str()), mapping);
     }
     for api in apis {
         let Some(name) = api.value.name.as_ref().map(|n| &n.value) else {
@@ -564,6 +597,7 @@ fn warn_unreachable_scopes(ctx: &mut Ctx, apis: &[S<raw::Api>], mappings: &[Scop
         // the literal reading of its scope names.
         let own = named.contains(&(server_name, name.as_str()));
         if !own && !named_by_any.contains(name.as_str()) {
+            warn_literal_reading(ctx, api, (name, &server.value), &mapped);
             continue;
         }
         for scope in &api.value.scopes {

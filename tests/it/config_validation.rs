@@ -1656,6 +1656,45 @@ fn a_denied_range_of_trusted_proxies_is_warned_about() {
     assert_eq!(warnings(&yaml("10.9.0.0/16")), Vec::<String>::new());
 }
 
+/// A token scope a mapping sends to one API also grants the same-named
+/// scope of an API no mapping names (the literal reading): warned about
+/// where that scope is named, since the mapping said nothing of it.
+#[test]
+fn a_mapped_token_scope_that_also_grants_another_apis_scope_by_name_is_warned_about() {
+    let yaml = r#"security_settings:
+  auth_servers:
+  - id: local
+    name: local
+    localIntrospectionConfig: { issuer: "https://idp.example", audience: gw }
+scope_mappings:
+- { auth_server: local, scope: read, api_scopes: ["Shop:Read"] }
+apis:
+- name: Shop
+  base_path: /shop
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - { name: Read, resources: ["GET /items"] }
+- name: Payroll
+  base_path: /payroll
+  upstream: { echo: true }
+  authentication: { type: oauth2, auth_server: local }
+  scopes:
+  - { name: read, resources: ["GET /salaries"] }
+  - { name: admin, resources: ["POST /salaries"] }
+"#;
+    let warnings: Vec<Found> = loaded(yaml).warnings.iter().map(found).collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            20,
+            13,
+            "token scope `read` of auth server `local` is mapped to Shop:Read, and also grants scope `read` of API `Payroll` by its name (no mapping names the API): map `Payroll:read` explicitly, or rename the scope".to_owned(),
+            None
+        )]
+    );
+}
+
 /// A client id no client can send is refused where it is written.
 #[test]
 fn a_client_id_no_client_can_send_is_refused() {
