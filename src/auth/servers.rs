@@ -128,24 +128,17 @@ fn http_client(ca_bundle: Option<&[u8]>) -> reqwest::Client {
     // cannot would fail the whole client). A client that cannot be made
     // trusts nothing (fetches fail, 503), never the system's roots.
     builder()
-        .tls_certs_only(usable_roots(pem))
+        .tls_certs_only(
+            crate::config::ca_bundle::usable_certificates(pem)
+                .iter()
+                .filter_map(|cert| reqwest::Certificate::from_der(cert).ok()),
+        )
         .build()
         .or_else(|_| builder().tls_certs_only(Vec::new()).build())
         .unwrap_or_else(|error| {
             tracing::error!(%error, "cannot make a client for the trust store; its fetches fail");
             trusting_nothing()
         })
-}
-
-/// The certificates of a PEM bundle rustls accepts as roots.
-fn usable_roots(pem: &[u8]) -> Vec<reqwest::Certificate> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    CertificateDer::pem_slice_iter(pem)
-        .filter_map(Result::ok)
-        .filter(|cert| rustls::RootCertStore::empty().add(cert.clone()).is_ok())
-        .filter_map(|cert| reqwest::Certificate::from_der(&cert).ok())
-        .collect()
 }
 
 /// A client every request of which fails: sent through a proxy that is

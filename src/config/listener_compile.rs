@@ -174,14 +174,8 @@ fn client_ca(ctx: &mut Ctx, section: &raw::Tls) -> Option<Option<ClientCa>> {
 /// certificate that can be trusted as a root: a bundle nothing in which
 /// parses would pass `check` and fail every connection at run time.
 pub(super) fn read_ca_bundle<T>(ctx: &mut Ctx, at: &S<T>, path: &Path) -> Option<Vec<u8>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let pem = read_pem(ctx, at, path, "CERTIFICATE")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
+    if super::ca_bundle::usable_certificates(&pem).is_empty() {
         ctx.report.error(
             at.referenced,
             format!("{} holds no usable CA certificate", path.display()),

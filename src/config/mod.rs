@@ -17,6 +17,7 @@ mod audience;
 pub mod authentication_compile;
 pub mod authz;
 pub mod authz_compile;
+pub mod ca_bundle;
 pub mod compile;
 pub mod contents;
 pub mod context;

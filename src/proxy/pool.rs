@@ -42,8 +42,7 @@ use http::Method;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -153,10 +152,7 @@ impl Connector {
                 return Ok(config.clone());
             }
         }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&bundle.pem).filter_map(Result::ok) {
-            let _ = roots.add(cert);
-        }
+        let roots = crate::config::ca_bundle::roots(&bundle.pem);
         if roots.is_empty() {
             return Err(NoUsableCa);
         }

@@ -38,7 +38,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -286,17 +285,14 @@ fn server_bounds() -> String {
 /// The same trust as upstreams: the system roots, or the bundle named by
 /// `sslrootcert`; `require` skips the host name check only.
 fn tls_config(settings: &PgSettings) -> Result<ClientConfig, StoreError> {
-    let mut roots = RootCertStore::empty();
-    match &settings.ca_bundle {
-        Some(bundle) => {
-            for cert in CertificateDer::pem_slice_iter(bundle).filter_map(Result::ok) {
-                let _ = roots.add(cert);
-            }
-        }
+    let roots = match &settings.ca_bundle {
+        Some(bundle) => crate::config::ca_bundle::roots(bundle),
         None => {
+            let mut roots = RootCertStore::empty();
             roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            roots
         }
-    }
+    };
     if roots.is_empty() {
         return Err(StoreError::Unavailable(
             "no usable CA certificate to verify the database with (sslrootcert)".into(),
