@@ -48,6 +48,16 @@ pub struct ReloadStatus {
     refused_file: Option<(String, Source)>,
 }
 
+impl ReloadStatus {
+    /// The refusal shown is the file's that still stands, if any: what a
+    /// swap, or a central confirming the document in use, leaves.
+    fn show_standing_refusal(&mut self) {
+        let standing = self.refused_file.clone();
+        self.last_reload_error = standing.as_ref().map(|(error, _)| error.clone());
+        self.error_source = standing.map(|(_, source)| source);
+    }
+}
+
 /// What the listeners were started with; a reload cannot change it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bound {
@@ -217,9 +227,7 @@ impl Live {
         if source != Source::Central {
             status.refused_file = None;
         }
-        let standing = status.refused_file.clone();
-        status.last_reload_error = standing.as_ref().map(|(error, _)| error.clone());
-        status.error_source = standing.map(|(_, source)| source);
+        status.show_standing_refusal();
         let previous = self.current.swap(Arc::new(next));
         retire_series(&previous, &self.current.load());
         self.swaps.fetch_add(1, Ordering::Release);
@@ -240,9 +248,7 @@ impl Live {
     pub fn central_confirmed(&self) {
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         if status.error_source == Some(Source::Central) {
-            let standing = status.refused_file.clone();
-            status.last_reload_error = standing.as_ref().map(|(error, _)| error.clone());
-            status.error_source = standing.map(|(_, source)| source);
+            status.show_standing_refusal();
         }
     }
 
