@@ -134,23 +134,25 @@ fn http_client(ca_bundle: Option<&[u8]>) -> reqwest::Client {
                 .filter_map(|cert| reqwest::Certificate::from_der(cert).ok()),
         )
         .build()
-        .or_else(|_| builder().tls_certs_only(Vec::new()).build())
         .unwrap_or_else(|error| {
             tracing::error!(%error, "cannot make a client for the trust store; its fetches fail");
             trusting_nothing()
         })
 }
 
-/// A client every request of which fails: sent through a proxy that is
-/// no one (the discard port on loopback), with no root to trust.
+/// A client every request of which fails: no root to trust, and sent
+/// through a proxy that is no one (the discard port on loopback).
 fn trusting_nothing() -> reqwest::Client {
     reqwest::Proxy::all("http://127.0.0.1:9")
         .and_then(|proxy| {
             reqwest::Client::builder()
+                .tls_certs_only(Vec::new())
                 .proxy(proxy)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
         })
+        // Unreachable unless no TLS client can be made in this process at
+        // all: the default client then panics as it is made.
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
