@@ -53,6 +53,15 @@ fn loaded(yaml: &str) -> Loaded {
     loaded_with(yaml, &Env::new())
 }
 
+/// The messages of the warnings `yaml` loads with.
+fn warning_messages(yaml: &str) -> Vec<String> {
+    loaded(yaml)
+        .warnings
+        .iter()
+        .map(|d| d.message.clone())
+        .collect()
+}
+
 fn loaded_with(yaml: &str, env: &Env) -> Loaded {
     Config::new(yaml)
         .load(env)
@@ -1560,12 +1569,8 @@ fn an_http_issuer_not_on_loopback_is_warned_about() {
 /// strips the path makes it right.
 #[test]
 fn an_issuer_with_a_path_is_warned_about() {
-    let warnings = |issuer: &str| -> Vec<String> {
-        loaded(&format!("authorization_server:\n  issuer: \"{issuer}\"\n"))
-            .warnings
-            .iter()
-            .map(|d| d.message.clone())
-            .collect()
+    let warnings = |issuer: &str| {
+        warning_messages(&format!("authorization_server:\n  issuer: \"{issuer}\"\n"))
     };
     assert_eq!(
         warnings("https://auth.example/auth/"),
@@ -1597,19 +1602,12 @@ fn remote_introspection_without_an_audience_is_warned_about() {
             "security_settings:\n  auth_servers:\n  - id: corp\n    name: corp\n    remoteIntrospectionConfig:\n      introspectionEndpoint: \"https://idp.example/introspect\"\n      clientId: gw\n      clientSecret: gw-secret-long-enough\n{audience}apis:\n- name: Shop\n  base_path: /shop\n  upstream: {{ echo: true }}\n  authentication: {{ type: oauth2, auth_server: corp }}\n  resources: [\"GET /status\"]\n"
         )
     };
-    let warnings = |text: &str| -> Vec<String> {
-        loaded(text)
-            .warnings
-            .iter()
-            .map(|d| d.message.clone())
-            .collect()
-    };
     assert_eq!(
-        warnings(&yaml("")),
+        warning_messages(&yaml("")),
         vec!["auth server `corp` introspects tokens for API `Shop` without an `audience`: an active token its issuer made for another resource server is accepted (RFC 7662 §4: the resource server judges `aud`); set remoteIntrospectionConfig.audience".to_owned()]
     );
     assert_eq!(
-        warnings(&yaml("      audience: shop-api\n")),
+        warning_messages(&yaml("      audience: shop-api\n")),
         Vec::<String>::new()
     );
 }
@@ -1642,18 +1640,11 @@ fn a_denied_range_of_trusted_proxies_is_warned_about() {
             "trusted_proxies: [\"127.0.0.0/8\"]\napis:\n- name: Internal\n  base_path: /internal\n  upstream: {{ echo: true }}\n  authentication: {{ type: none }}\n  ip_filter: {{ deny: [\"{deny}\"] }}\n  resources: [\"GET /x\"]\n"
         )
     };
-    let warnings = |text: &str| -> Vec<String> {
-        loaded(text)
-            .warnings
-            .iter()
-            .map(|d| d.message.clone())
-            .collect()
-    };
     assert_eq!(
-        warnings(&yaml("127.0.0.0/30")),
+        warning_messages(&yaml("127.0.0.0/30")),
         vec!["ip_filter.deny `127.0.0.0/30` overlaps trusted_proxies `127.0.0.0/8`: a client there is judged by the X-Forwarded-For it sends, so the deny does not hold for it".to_owned()]
     );
-    assert_eq!(warnings(&yaml("10.9.0.0/16")), Vec::<String>::new());
+    assert_eq!(warning_messages(&yaml("10.9.0.0/16")), Vec::<String>::new());
 }
 
 /// A token scope a mapping sends to one API also grants the same-named
