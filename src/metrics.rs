@@ -1126,12 +1126,9 @@ const METHOD_LABELS: [&str; 10] = [
 /// echo of `/status/{code}`) cannot make a series of each.
 const UNNAMED_STATUS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
-/// Where a key's status stands for one of [`UNNAMED_STATUS_LABELS`].
-const UNNAMED_STATUS: u32 = 1000;
-
 /// A request's series in `requests_total`: its method's index in
-/// [`METHOD_LABELS`], then its status (a status with no registered
-/// reason phrase, other than the gateway's 499, as its class).
+/// [`METHOD_LABELS`], then its status, as it came (its label is decided
+/// when the series is looked up, [`status_label`], not per request).
 fn request_key(method: &Method, status: StatusCode) -> u32 {
     let index: u32 = match *method {
         Method::GET => 0,
@@ -1145,26 +1142,17 @@ fn request_key(method: &Method, status: StatusCode) -> u32 {
         Method::CONNECT => 8,
         _ => 9,
     };
-    let code = status.as_u16();
-    let named = status.canonical_reason().is_some() || code == 499;
-    let status = if named {
-        u32::from(code)
-    } else {
-        UNNAMED_STATUS + u32::from((code / 100).clamp(1, 6) - 1)
-    };
-    index << 16 | status
+    index << 16 | u32::from(status.as_u16())
 }
 
-/// The `status` label of a [`request_key`]'s status.
+/// The `status` label of a [`request_key`]'s status: the code, or, for a
+/// status with no registered reason phrase other than the gateway's 499,
+/// its class.
 fn status_label(key: u32) -> std::borrow::Cow<'static, str> {
-    let status = key & 0xffff;
-    match status.checked_sub(UNNAMED_STATUS) {
-        Some(class) => UNNAMED_STATUS_LABELS
-            .get(class as usize)
-            .copied()
-            .unwrap_or("other")
-            .into(),
-        None => status.to_string().into(),
+    let code = (key & 0xffff) as u16;
+    match StatusCode::from_u16(code) {
+        Ok(status) if status.canonical_reason().is_some() || code == 499 => code.to_string().into(),
+        _ => UNNAMED_STATUS_LABELS[usize::from((code / 100).clamp(1, 6) - 1)].into(),
     }
 }
 
