@@ -819,6 +819,11 @@ impl ShownNames {
 }
 
 impl ApiMetrics {
+    /// The name of the API these series count.
+    pub fn api(&self) -> &str {
+        &self.0.name
+    }
+
     /// The series of API `api`, whose throttle policies are `policies`.
     pub fn of<'p>(api: &str, policies: impl IntoIterator<Item = &'p str>) -> ApiMetrics {
         let policies: Vec<String> = policies.into_iter().map(str::to_owned).collect();

@@ -63,6 +63,10 @@ pub enum Refusal {
     UriTooLong,
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    /// An expectation other than `100-continue` (RFC 9110 §10.1.1): a
+    /// client waiting for a `100` it will never get would hold its body.
+    #[error("expectation other than 100-continue")]
+    ExpectationFailed,
 }
 
 /// What the front of the buffer holds.
@@ -241,7 +245,13 @@ impl<'a> Fields<'a> {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name == EXPECT {
-            self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            // RFC 9110 §10.1.1: HTTP/1.0 expectations are ignored.
+            if version == Version::HTTP_11 {
+                if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                    return Err(Refusal::ExpectationFailed);
+                }
+                self.expect_continue = true;
+            }
         }
         let start = value.as_ptr() as usize - base;
         self.entries.push((name, start, start + value.len()));
@@ -351,6 +361,30 @@ mod tests {
                 .expect_continue
         );
         assert!(!head("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    }
+
+    /// RFC 9110 §10.1.1: another expectation is 417, not a client left
+    /// waiting for a `100` that never comes; HTTP/1.0 expectations are
+    /// ignored.
+    #[test]
+    fn expectations_other_than_100_continue_are_refused() {
+        for text in [
+            "PUT / HTTP/1.1\r\nExpect: 100-continue, foo\r\nContent-Length: 1\r\n\r\n",
+            "PUT / HTTP/1.1\r\nExpect: foo\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nExpect:\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_all(text).map(|_| ()),
+                Err(Refusal::ExpectationFailed),
+                "{text:?}"
+            );
+        }
+        assert!(
+            head("PUT / HTTP/1.1\r\nExpect: 100-Continue \r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+        let old = head("PUT / HTTP/1.0\r\nExpect: foo\r\nContent-Length: 1\r\n\r\n");
+        assert!(!old.expect_continue);
     }
 
     #[test]

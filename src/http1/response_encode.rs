@@ -344,7 +344,7 @@ mod tests {
             "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n\
              WWW-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.0 200 OK\r\nCache-Control:no-store\r\nContent-Length: 1\r\n\r\n",
-            "HTTP/1.1 200 OK\nServer: bare\nX-Two:  spaced \nContent-Length: 0\n\n",
+            "HTTP/1.1 200 OK\r\nServer: spaced\r\nX-Two:  spaced \r\nContent-Length: 0\r\n\r\n",
         ];
         static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
         static RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");

@@ -62,6 +62,14 @@ pub enum HeadError {
     /// it, the client would take coded bytes for the content.
     #[error("transfer coding other than chunked")]
     TransferCoding,
+    /// A line of the head ends in a bare LF: a reader that takes it as
+    /// part of a field's value (an upstream reflecting `a\nContent-Length: 3`
+    /// into a field) frames the answer another way.
+    #[error("a line of the response head ends in a bare LF")]
+    BareLf,
+    /// RFC 9110 §15: a status code is 100-599.
+    #[error("status code {0} outside 100-599")]
+    Status(u16),
 }
 
 /// A connection's room for the heads it reads, used again for each.
@@ -148,9 +156,15 @@ fn parse_interim_and_final(
         let httparse::Status::Complete(len) = parsed else {
             return Ok(None);
         };
+        if has_bare_lf(&buf[..len]) {
+            return Err(HeadError::BareLf);
+        }
         let Some(code) = response.code else {
             return Err(HeadError::Malformed(httparse::Error::Status));
         };
+        if code > 599 {
+            return Err(HeadError::Status(code));
+        }
         let http11 = response.version == Some(1);
         if (100..200).contains(&code) {
             if code == 101 && switching {
@@ -187,6 +201,13 @@ fn parse_interim_and_final(
         let head = buf.split_to(len).freeze();
         return framed(status, fields, head, http11, method).map(Some);
     }
+}
+
+/// Whether a line of `head` ends in LF alone (RFC 9112 §2.2 lets a
+/// recipient take it as a line's end; a proxy that does reads a head that
+/// the upstream's own framing may hold as one field).
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r')
 }
 
 /// A head's fields, sorted on the way: the end-to-end ones (as places in
@@ -363,6 +384,11 @@ fn framed(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        if chunked.is_some() && length.is_some() {
+            // Framed two ways, though without a body: as after a body
+            // (§6.3 item 3), the connection is not trusted again.
+            keep_alive = false;
+        }
         Framing::Empty
     } else if fields.odd_coding {
         return Err(HeadError::TransferCoding);
@@ -477,6 +503,15 @@ mod tests {
                 (Framing::Empty, true),
             ),
             ("HTTP/1.1 304 Not Modified\r\n\r\n", (Framing::Empty, true)),
+            // Framed two ways, though bodiless: not trusted again.
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (Framing::Empty, false),
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+                (Framing::Empty, false),
+            ),
             (
                 "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 1\r\n\r\n",
                 (Framing::Length(1), false),
@@ -526,6 +561,15 @@ mod tests {
             "HELLO\r\n\r\n",
             "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+            // A bare LF anywhere in the head: an upstream that put
+            // `bob\nContent-Length: 3` in a field frames the answer as one.
+            "HTTP/1.1 200 OK\r\nX-User: bob\nContent-Length: 3\r\n\r\nabc",
+            "HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nok",
+            "HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            // RFC 9110 §15: 100-599.
+            "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok",
         ] {
             assert!(head(raw, Method::GET).is_err(), "{raw:?}");
         }

@@ -22,7 +22,7 @@ use super::balance::{Health, Outcome};
 use super::batch;
 use super::client;
 use super::pool::{self, Connector, Failed, Key, Pool, SendError, TryBounds};
-use super::reject::{BodyFault, Rejection};
+use super::reject::{BadGateway, BodyFault, Rejection};
 use super::{full, Body, BoxError};
 use crate::config::snapshot::{Api, Balanced, Upstream, UpstreamProtocol};
 use crate::http1::request_encode::{AddedFields, Destination};
@@ -171,7 +171,7 @@ impl Upstreams {
         }
         let _on_its_way = batch::enter().await;
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
-            .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
+            .map_err(|_| Rejection::BadGateway(BadGateway::Unreachable))?;
         // The timeout bounds connecting, each write the upstream takes
         // nothing of, the wait for the response head once the request is
         // sent, and then each silence while more of the body is due. The
@@ -250,7 +250,7 @@ impl Upstreams {
                 dns_ttl: config.dns_ttl,
             };
             let checkout = pool::checkout(&self.connector, &self.shared, &key, now)
-                .map_err(|_| Rejection::BadGateway("no usable CA in the bundle".into()))?;
+                .map_err(|_| Rejection::BadGateway(BadGateway::Unreachable))?;
             let result = checkout
                 .try_send(&self.connector, req, destination, bounds)
                 .await;
@@ -355,26 +355,33 @@ fn failure(
     exceeded: Option<&LimitFlag>,
     started: Instant,
 ) -> Rejection {
-    tracing::debug!(%error, api = api.name, "exchange failed");
     if exceeded.is_some_and(|f| f.0.load(Ordering::Relaxed)) {
+        tracing::debug!(%error, api = api.name, "request body over the limit");
         return Rejection::PayloadTooLarge;
     }
-    let (rejection, cause) = match error {
+    let (rejection, cause) = match &error {
         // The client's body broke: the exchange was cut before the
         // request was complete, and the upstream is not to blame.
-        SendError::Request(client::Error::RequestBody(error)) => {
-            return Rejection::ClientBody(BodyFault::of(&error))
+        SendError::Request(client::Error::RequestBody(body_error)) => {
+            tracing::debug!(%error, api = api.name, "the client's request body failed");
+            return Rejection::ClientBody(BodyFault::of(body_error));
         }
         SendError::Request(client::Error::RequestBodyLength) => {
-            return Rejection::ClientBody(BodyFault::Truncated)
+            tracing::debug!(%error, api = api.name, "the client's request body failed");
+            return Rejection::ClientBody(BodyFault::Truncated);
         }
         SendError::Timeout(_)
         | SendError::Request(client::Error::Timeout(_) | client::Error::WriteStalled(_)) => {
             (Rejection::GatewayTimeout, "timeout")
         }
-        SendError::Connect(_) => (Rejection::BadGateway("connect".into()), "connect"),
-        SendError::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
+        SendError::Connect(_) => (Rejection::BadGateway(BadGateway::Unreachable), "connect"),
+        SendError::Request(client::Error::Closed | client::Error::Io(_)) => {
+            (Rejection::BadGateway(BadGateway::NoAnswer), "protocol")
+        }
+        SendError::Request(_) => (Rejection::BadGateway(BadGateway::InvalidAnswer), "protocol"),
     };
+    // The upstream's fault: said where nginx's error log would say it.
+    tracing::warn!(api = api.name, cause, %error, "the upstream failed the request");
     api.metrics
         .observe_upstream(started.elapsed().as_secs_f64());
     api.metrics.upstream_error(cause);

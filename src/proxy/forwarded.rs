@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use crate::config::snapshot::{folds_to, Forwarding};
 use crate::http1::request_encode::AddedFields;
+use crate::http1::{field_name, FieldName};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -93,6 +94,23 @@ const HTTPOXY: &str = "proxy";
 /// Hop-by-hop headers (RFC 9110 §7.6.1, and the proxy-only ones).
 pub use crate::http1::is_hop_by_hop;
 
+/// Fields the gateway reads before the request is stripped, and writes
+/// again or passes on itself: a `Connection` list naming them does not
+/// remove them. A trusted proxy's `Connection: X-Forwarded-For` would
+/// otherwise tell the upstream the proxy's own address for the client the
+/// gateway judged by the chain, and a client's `Connection: traceparent`
+/// leave the upstream no trace context at all.
+const READ_BY_THE_GATEWAY: [&str; 8] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
 /// Whether `TE` lists `trailers` (RFC 9110 §10.1.4).
 pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
     headers
@@ -147,6 +165,11 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
                 .map(<[u8]>::trim_ascii)
                 // Names a header the list above has covered already.
                 .filter(|name| !name.eq_ignore_ascii_case(b"keep-alive"))
+                .filter(|name| {
+                    !READ_BY_THE_GATEWAY
+                        .iter()
+                        .any(|kept| name.eq_ignore_ascii_case(kept.as_bytes()))
+                })
                 .filter_map(|name| HeaderName::from_bytes(name).ok()),
         );
     }
@@ -169,6 +192,9 @@ pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> 
 }
 
 fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
+    if spells_framing_otherwise(name) {
+        return true;
+    }
     // Most names stop at their first byte (every reserved name starts
     // with one of five), and `folds_to` compares lengths before bytes.
     let Some(&first) = name.as_str().as_bytes().first() else {
@@ -190,6 +216,36 @@ fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
         b'p' => folds_to(name, HTTPOXY.as_bytes()),
         _ => client_address(),
     }
+}
+
+/// A framing or hop-by-hop field's name in another spelling
+/// (`Transfer_Encoding`, `Content.Length`, `Proxy_Authorization`): a
+/// CGI-style upstream reads it as the field itself
+/// (`HTTP_TRANSFER_ENCODING`), and may frame the body by it where the
+/// gateway framed it by `Content-Length` — a request smuggled past every
+/// check. Passed on from nobody.
+fn spells_framing_otherwise(name: &HeaderName) -> bool {
+    /// The longest such name, `proxy-authorization`.
+    const LONGEST: usize = 19;
+    let name = name.as_str().as_bytes();
+    if name.len() > LONGEST || !name.iter().any(|&b| b == b'_' || b == b'.') {
+        return false;
+    }
+    let mut folded = [0u8; LONGEST];
+    for (to, &from) in folded.iter_mut().zip(name) {
+        *to = if from == b'_' || from == b'.' {
+            b'-'
+        } else {
+            from
+        };
+    }
+    matches!(
+        field_name(&folded[..name.len()]),
+        FieldName::Connection
+            | FieldName::TransferEncoding
+            | FieldName::ContentLength
+            | FieldName::HopByHop
+    )
 }
 
 /// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into one field per
@@ -647,6 +703,80 @@ mod tests {
         strip_request(&mut h, false);
         assert!(h.get("x-hop").is_none(), "{h:?}");
         assert!(h.get("x-kept").is_some());
+    }
+
+    /// What the gateway read before stripping (a trusted proxy's chain, the
+    /// request id, the trace context, the host) stays what it read.
+    #[test]
+    fn connection_cannot_name_away_what_the_gateway_read() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static(
+                "X-Request-Id, x-forwarded-for, Forwarded, X-Forwarded-Host, \
+                 X-Forwarded-Proto, traceparent, tracestate, host, X-Hop",
+            ),
+        );
+        let kept = [
+            "x-request-id",
+            "x-forwarded-for",
+            "forwarded",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "traceparent",
+            "tracestate",
+            "host",
+        ];
+        for name in kept.iter().chain(&["x-hop"]) {
+            h.insert(*name, HeaderValue::from_static("1"));
+        }
+        strip_request(&mut h, true);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        let mut expected = kept.to_vec();
+        expected.sort_unstable();
+        assert_eq!(left, expected);
+    }
+
+    /// `Transfer_Encoding: chunked` beside the gateway's `Content-Length`
+    /// would frame the body another way at a CGI-style upstream.
+    #[test]
+    fn framing_and_hop_by_hop_names_go_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "transfer_encoding",
+            "Transfer.Encoding",
+            "content_length",
+            "CONTENT.LENGTH",
+            "proxy_authorization",
+            "keep_alive",
+            "proxy_connection",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            h.append(name, HeaderValue::from_static("chunked"));
+        }
+        for kept in [
+            "connection_",
+            "upgrade_",
+            "x_transfer_encoding",
+            "content_type",
+            "te_x",
+        ] {
+            h.insert(kept, HeaderValue::from_static("1"));
+        }
+        strip_request(&mut h, true);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "connection_",
+                "content_type",
+                "te_x",
+                "upgrade_",
+                "x_transfer_encoding"
+            ]
+        );
     }
 
     #[test]

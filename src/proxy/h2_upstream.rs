@@ -63,7 +63,7 @@ use tokio::sync::Notify;
 
 use super::grpc_timeout::{self, GRPC_TIMEOUT};
 use super::pool::{Connector, Key, SendError};
-use super::{Body, BodyFault, BoxError, Rejection};
+use super::{BadGateway, Body, BodyFault, BoxError, Rejection};
 use crate::config::snapshot::Api;
 use crate::metrics::ApiMetrics;
 use crate::timer::Deadline;
@@ -101,6 +101,9 @@ pub enum H2Error {
     RequestBody(BoxError),
     #[error("request: {0}")]
     Request(hyper::Error),
+    /// RFC 9110 §15: a status code is 100-599.
+    #[error("status code {0} outside 100-599")]
+    Status(u16),
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -383,12 +386,14 @@ pub async fn forward(
         }
         Err(error) => exchange.bound.blame(error),
     };
-    tracing::debug!(%error, api = api.name, "HTTP/2 exchange failed");
-    let (rejection, cause) = match error {
+    let (rejection, cause) = match &error {
         // The client's body broke (or went over the limit): the exchange
         // was cut before the request was complete, and the upstream is
         // not to blame.
-        H2Error::RequestBody(error) => return Err(Rejection::ClientBody(BodyFault::of(&error))),
+        H2Error::RequestBody(body_error) => {
+            tracing::debug!(%error, api = api.name, "the client's request body failed");
+            return Err(Rejection::ClientBody(BodyFault::of(body_error)));
+        }
         // The client's deadline may be shorter than any upstream could
         // answer in: not counted as the upstream's failure.
         H2Error::Deadline => {
@@ -399,9 +404,11 @@ pub async fn forward(
         H2Error::Timeout | H2Error::Connect(SendError::Timeout(_)) => {
             (Rejection::GatewayTimeout, "timeout")
         }
-        H2Error::Connect(_) => (Rejection::BadGateway("connect".into()), "connect"),
-        H2Error::Request(_) => (Rejection::BadGateway("request".into()), "protocol"),
+        H2Error::Connect(_) => (Rejection::BadGateway(BadGateway::Unreachable), "connect"),
+        H2Error::Request(_) => (Rejection::BadGateway(BadGateway::NoAnswer), "protocol"),
+        H2Error::Status(_) => (Rejection::BadGateway(BadGateway::InvalidAnswer), "protocol"),
     };
+    tracing::warn!(api = api.name, cause, %error, "the upstream failed the request");
     api.metrics
         .observe_upstream(exchange.started.elapsed().as_secs_f64());
     api.metrics.upstream_error(cause);
@@ -489,6 +496,9 @@ pub async fn send(
         // Not polled yet: the upstream's turn, from now.
         progress.restart();
         let error = match answer(sender.try_send_request(req), &progress, bound).await? {
+            Ok(response) if response.status().as_u16() > 599 => {
+                return Err(H2Error::Status(response.status().as_u16()));
+            }
             Ok(response) => {
                 lock(&replay).answered();
                 return Ok(respond(response, guard, bound, counted));
@@ -683,7 +693,15 @@ impl HttpBody for ResponseBody {
                         }
                     }
                     // The upstream reset its stream or broke the protocol.
-                    Some(Err(_)) => this.metrics.upstream_error("protocol"),
+                    Some(Err(error)) => {
+                        tracing::warn!(
+                            api = this.metrics.api(),
+                            cause = "protocol",
+                            %error,
+                            "the upstream's answer broke off; the client's is cut"
+                        );
+                        this.metrics.upstream_error("protocol");
+                    }
                     None => {}
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
@@ -707,6 +725,11 @@ impl HttpBody for ResponseBody {
                         Poll::Ready(Some(Err(Box::new(cancel))))
                     }
                     Poll::Ready(()) => {
+                        tracing::warn!(
+                            api = this.metrics.api(),
+                            cause = "timeout",
+                            "the upstream's answer went silent; the client's is cut"
+                        );
                         this.metrics.upstream_error("timeout");
                         Poll::Ready(Some(Err(Box::new(Silent))))
                     }

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::reject::Rejection;
+use super::reject::{BadGateway, Rejection};
 use crate::auth::identity::{self, Identity};
 use crate::authz_server::workers::{JobFailed, Workers};
 use crate::config::snapshot::{Application, Applications, CredentialType};
@@ -224,7 +224,7 @@ impl Identifier {
             }
             Err(JobFailed::Panicked) => {
                 attempt.end(Outcome::Unchecked, system_now());
-                Err(Rejection::BadGateway("credential check failed".into()))
+                Err(Rejection::BadGateway(BadGateway::CheckFailed))
             }
         }
     }

@@ -35,7 +35,7 @@ use self::room::{Room, Taken};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 pub use forward::Upstreams;
-pub use reject::{BodyFault, Rejection};
+pub use reject::{BadGateway, BodyFault, Rejection};
 pub use serve::{serve, Connection, Runtime};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1097,10 +1097,19 @@ impl<E: Ending> HttpBody for PooledBody<E> {
                 // The connection is broken: it goes with this body.
                 this.back = None;
                 if let Some(metrics) = this.failures.take() {
-                    metrics.upstream_error(match error {
+                    let cause = match error {
                         client::Error::Stalled(_) => "timeout",
                         _ => "protocol",
-                    });
+                    };
+                    // The client's answer is cut: its access-log line,
+                    // written with the head, cannot say so.
+                    tracing::warn!(
+                        api = metrics.api(),
+                        cause,
+                        %error,
+                        "the upstream's answer broke off; the client's is cut"
+                    );
+                    metrics.upstream_error(cause);
                 }
                 this.ending.failed(&error);
                 Poll::Ready(Some(Err(Box::new(error))))

@@ -46,6 +46,31 @@ impl BodyFault {
     }
 }
 
+/// Why no usable answer came from the upstream (502): what the client is
+/// told, naming no address, certificate or credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadGateway {
+    /// No connection could be made (TCP, TLS, or no usable CA to verify
+    /// it with).
+    #[error("the upstream cannot be reached")]
+    Unreachable,
+    /// The connection ended, or the stream was reset, before an answer.
+    #[error("the upstream ended the exchange without an answer")]
+    NoAnswer,
+    /// The answer cannot be read as HTTP, or could be read two ways.
+    #[error("the upstream's answer is not valid HTTP")]
+    InvalidAnswer,
+    /// The upstream answered 401/407 to the gateway's own credentials.
+    #[error("the upstream refused the gateway's credentials")]
+    CredentialsRefused,
+    /// A WebSocket handshake the upstream did not take up.
+    #[error("the upstream did not switch to the WebSocket protocol")]
+    NoSwitch,
+    /// The gateway could not check a credential (its check failed).
+    #[error("the credential could not be checked")]
+    CheckFailed,
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
     #[error("bad request: {0}")]
@@ -66,6 +91,10 @@ pub enum Rejection {
     ClientBody(BodyFault),
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    /// `Expect` named an expectation other than `100-continue` (RFC 9110
+    /// §10.1.1).
+    #[error("expectation other than 100-continue")]
+    ExpectationFailed,
     #[error("no bearer token")]
     MissingToken { realm: String },
     #[error("invalid request: {why}")]
@@ -103,8 +132,8 @@ pub enum Rejection {
     IpFiltered,
     #[error("a WebSocket handshake from an origin the API does not allow")]
     CrossOriginTunnel,
-    #[error("upstream unreachable: {0}")]
-    BadGateway(String),
+    #[error("bad gateway: {0}")]
+    BadGateway(BadGateway),
     #[error("upstream did not answer in time")]
     GatewayTimeout,
     /// A gRPC call's `grpc-timeout` is not a timeout (`proxy::grpc_timeout`).
@@ -158,6 +187,7 @@ impl Rejection {
             | Rejection::PayloadTooLarge
             | Rejection::ClientBody(_)
             | Rejection::NotImplemented(_)
+            | Rejection::ExpectationFailed
             | Rejection::BadGateway(_)
             | Rejection::GatewayTimeout
             | Rejection::MalformedGrpcTimeout(_)
@@ -189,6 +219,7 @@ impl Rejection {
             | Rejection::PayloadTooLarge
             | Rejection::ClientBody(_)
             | Rejection::NotImplemented(_)
+            | Rejection::ExpectationFailed
             | Rejection::MissingToken { .. }
             | Rejection::InvalidRequest { .. }
             | Rejection::InvalidToken { .. }
@@ -309,6 +340,12 @@ impl Rejection {
                 (*what).to_owned(),
                 None,
             ),
+            Rejection::ExpectationFailed => (
+                StatusCode::EXPECTATION_FAILED,
+                Some("expectation_failed"),
+                "only the expectation 100-continue is met".to_owned(),
+                None,
+            ),
             // RFC 6750 §3.1: no error code when the request had no credentials.
             Rejection::MissingToken { realm } => (
                 StatusCode::UNAUTHORIZED,
@@ -410,10 +447,10 @@ impl Rejection {
                 "a page of this origin may not open a WebSocket to this API".to_owned(),
                 None,
             ),
-            Rejection::BadGateway(_) => (
+            Rejection::BadGateway(why) => (
                 StatusCode::BAD_GATEWAY,
                 Some("bad_gateway"),
-                "the upstream cannot be reached".to_owned(),
+                why.to_string(),
                 None,
             ),
             Rejection::GatewayTimeout => (
@@ -524,6 +561,7 @@ impl Rejection {
             | Rejection::PayloadTooLarge
             | Rejection::ClientBody(_)
             | Rejection::NotImplemented(_)
+            | Rejection::ExpectationFailed
             | Rejection::MissingToken { .. }
             | Rejection::InvalidRequest { .. }
             | Rejection::InvalidToken { .. }

@@ -20,7 +20,7 @@ use super::client::Switched;
 use super::cors::{self, Answered, Preflight};
 use super::forward::{LimitFlag, LimitedBody, Outgoing, Upstreams};
 use super::identify::Identifier;
-use super::reject::Rejection;
+use super::reject::{BadGateway, Rejection};
 use super::tunnel::{self, TunnelSlots};
 use super::{forwarded, grpc_timeout, outbound, transform, Body};
 use crate::auth::identity::{self, Credential, CredentialProblem, Identity};
@@ -358,16 +358,12 @@ fn phases<'s: 'a, 'a>(
         // RFC 8441 §5: a 2xx to an extended CONNECT is the tunnel opened;
         // an upstream that did not switch protocols opened none.
         if h2_websocket && response.status().is_success() {
-            return Err(Rejection::BadGateway(
-                "the upstream did not switch protocols".into(),
-            ));
+            return Err(Rejection::BadGateway(BadGateway::NoSwitch));
         }
         if let Some(permit) = tunnel {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if !tunnel::switched_to_websocket(response.headers(), accept.as_deref()) {
-                    return Err(Rejection::BadGateway(
-                        "the upstream switched to another protocol".into(),
-                    ));
+                    return Err(Rejection::BadGateway(BadGateway::NoSwitch));
                 }
                 let endpoint = response.extensions_mut().remove::<tunnel::HeldTry>();
                 let pending = response
@@ -388,12 +384,12 @@ fn phases<'s: 'a, 'a>(
                         };
                         tunnel::Pending::of(switched, route.api, bounds, held)
                     })
-                    .ok_or_else(|| Rejection::BadGateway("101 without a connection".into()))?;
+                    .ok_or_else(|| Rejection::BadGateway(BadGateway::NoSwitch))?;
                 match on_upgrade {
                     Some((on_upgrade, hold)) => {
-                        let switch = pending.take().ok_or_else(|| {
-                            Rejection::BadGateway("101 without a connection".into())
-                        })?;
+                        let switch = pending
+                            .take()
+                            .ok_or_else(|| Rejection::BadGateway(BadGateway::NoSwitch))?;
                         *response.status_mut() = StatusCode::OK;
                         tunnel::h2_answer_of_h1(response.headers_mut());
                         tunnel::spawn_h2(switch, on_upgrade, hold);
@@ -525,9 +521,7 @@ fn refuse_upstream_challenge(api: &Api, response: &Response<Body>) -> Result<(),
         ?challenges,
         "upstream refused the credentials the gateway sent"
     );
-    Err(Rejection::BadGateway(
-        "upstream refused the outbound credentials".into(),
-    ))
+    Err(Rejection::BadGateway(BadGateway::CredentialsRefused))
 }
 
 /// Request-target and framing checks that come before any matching; an

@@ -187,13 +187,19 @@ async fn refused_request_heads_are_counted_as_client_faults() {
         "GET /x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(80 * 1024)
     );
-    let cases: [(&[u8], u16, &str); 3] = [
+    let cases: [(&[u8], u16, &str); 4] = [
         (b"GET /x HTTP/1.1\r\nHost gw\r\n\r\n", 400, "head_malformed"),
         (long_field.as_bytes(), 431, "head_too_large"),
         (
             b"POST /x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             501,
             "transfer_coding",
+        ),
+        // A client waiting for a `100` it would never get.
+        (
+            b"POST /x HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue, x\r\nContent-Length: 2\r\n\r\n",
+            417,
+            "expectation",
         ),
     ];
     for (request, status, cause) in cases {

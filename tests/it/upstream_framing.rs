@@ -561,6 +561,33 @@ async fn bodiless_responses_end_at_their_head_and_the_connection_is_reused() {
     .await;
 }
 
+/// A bodiless answer framed two ways (a length and a coding) ends at its
+/// head, but its connection is not trusted again: the upstream may frame
+/// what follows by the other.
+#[tokio::test]
+async fn a_bodiless_answer_framed_two_ways_does_not_keep_its_connection() {
+    bounded(async {
+        let upstream = RawUpstream::start(|n| match n {
+            0 => Reply::keep(
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            ),
+            _ => Reply::keep(ok(b"in sync")),
+        })
+        .await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let mut client = Client::connect(&gw).await;
+        let head = client.send(Method::HEAD, b"").await.expect("a response");
+        assert_eq!(head.status, 200, "{head:?}");
+        assert_eq!(head.body(), b"");
+        let after = client.get().await;
+        assert_eq!(after.status, 200, "{after:?}");
+        assert_eq!(after.body(), b"in sync");
+        assert_eq!(upstream.conns(), [0, 1]);
+        gw.shutdown().await;
+    })
+    .await;
+}
+
 /// Interim responses (RFC 9110 §15.2) are not the answer: the final one is.
 #[tokio::test]
 async fn interim_responses_are_skipped_for_the_final_one() {
@@ -701,6 +728,59 @@ async fn conflicting_content_lengths_are_a_502() {
         })
         .await,
     );
+}
+
+/// A bare LF ends a line for a lenient reader, and is part of a field's
+/// value for the upstream that reflected `bob\nContent-Length: 3` into it:
+/// read both ways, the answer's end is where the upstream did not put it,
+/// and its next bytes would be another request's answer.
+#[tokio::test]
+async fn a_bare_lf_in_the_head_is_a_502_told_as_an_invalid_answer() {
+    for head in [
+        &b"HTTP/1.1 200 OK\r\nX-User: bob\nContent-Length: 3\r\n\r\nabc"[..],
+        &b"HTTP/1.1 200 OK\nContent-Length: 3\n\nabc"[..],
+    ] {
+        let answer = malformed_then_good(move || Reply::keep(head))
+            .await
+            .expect("a response");
+        assert_eq!(answer.status, 502, "{answer:?}");
+        let body = String::from_utf8_lossy(answer.body()).into_owned();
+        assert!(
+            body.contains("the upstream's answer is not valid HTTP"),
+            "{body}"
+        );
+    }
+}
+
+/// RFC 9110 §15: a status code is 100-599; anything else is no answer a
+/// client (or the passive health check) can read.
+#[tokio::test]
+async fn a_status_past_599_is_a_502() {
+    for head in [
+        &b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok"[..],
+        &b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok"[..],
+    ] {
+        assert_502(malformed_then_good(move || Reply::keep(head)).await);
+    }
+}
+
+/// An upstream that closes without a word was reached: the client is not
+/// told it could not be.
+#[tokio::test]
+async fn an_upstream_that_closes_unanswered_is_not_told_as_unreachable() {
+    bounded(async {
+        let upstream = RawUpstream::start(|_| Reply::close(&b""[..])).await;
+        let gw = Gateway::start(&upstream.yaml()).await;
+        let answer = Client::connect(&gw).await.get().await;
+        assert_eq!(answer.status, 502, "{answer:?}");
+        let body = String::from_utf8_lossy(answer.body()).into_owned();
+        assert!(
+            body.contains("the upstream ended the exchange without an answer"),
+            "{body}"
+        );
+        gw.shutdown().await;
+    })
+    .await;
 }
 
 #[tokio::test]

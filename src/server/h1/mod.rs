@@ -63,7 +63,7 @@ use crate::http1;
 use crate::http1::chunked::{self, Chunked, Decoded, Delimited};
 use crate::http1::request_head::{self as head, Framing, Head, Parsed, Refusal};
 use crate::http1::response_encode::{self as encode, BodyFraming, Exchange};
-use crate::proxy::{tunnel, Body, BodyFault, BoxError, Rejection};
+use crate::proxy::{tunnel, BadGateway, Body, BodyFault, BoxError, Rejection};
 use crate::timer::Deadline;
 
 /// Response body bytes encoded before they are written.
@@ -587,6 +587,7 @@ async fn finish<S: AsyncRead + AsyncWrite + Reset + Unpin>(
                 414 => "uri_too_long",
                 431 => "head_too_large",
                 501 => "transfer_coding",
+                417 => "expectation",
                 _ => "head_malformed",
             });
             let _ = respond(wire, response, exchange).await;
@@ -830,6 +831,7 @@ fn rejection(refusal: Refusal) -> Rejection {
         Refusal::HeadTooLarge => Rejection::HeadersTooLarge,
         Refusal::UriTooLong => Rejection::UriTooLong,
         Refusal::NotImplemented(what) => Rejection::NotImplemented(what),
+        Refusal::ExpectationFailed => Rejection::ExpectationFailed,
     }
 }
 
@@ -985,7 +987,7 @@ fn switching(response: &mut Response<Body>) -> Option<Box<tunnel::Switch>> {
         .and_then(|pending| pending.take())
         .map(Box::new);
     if switch.is_none() {
-        *response = Rejection::BadGateway("101 with no tunnel".into()).into_response();
+        *response = Rejection::BadGateway(BadGateway::NoSwitch).into_response();
     }
     switch
 }
