@@ -232,6 +232,12 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         base_path,
         transport,
         allow_encoded_slashes,
+        tail_resources: resources.iter().any(|r| {
+            r.template
+                .segments
+                .iter()
+                .any(|s| matches!(s, crate::config::snapshot::Segment::Tail(_)))
+        }),
         websocket,
         tunnel_max_lifetime,
         grpc_deadlines: grpc && upstream.as_ref().is_some_and(Upstream::is_http2),

@@ -236,6 +236,9 @@ pub struct Api {
     pub base_segments: usize,
     pub transport: Transport,
     pub allow_encoded_slashes: bool,
+    /// A resource has a `{tail*}`: a path is then read with a trailing
+    /// slash too (`policy::route`).
+    pub tail_resources: bool,
     pub upstream: Upstream,
     pub authentication: Authentication,
     pub api_scopes: Vec<String>,

@@ -109,6 +109,21 @@ pub fn route<'s>(
         [before @ .., ""] if !before.is_empty() => before,
         _ => segments,
     };
+    // The other way round, where a `{tail*}` could take it: a path
+    // without the slash is read with it too (`/admin` as `/admin/`, which
+    // `/admin/{rest*}` protects), for an upstream that serves the two
+    // alike. That reading counts only where it is the more specific (what
+    // `/{page}` matches, `/admin/{rest*}` must allow too; a literal
+    // `GET /admin` needs no more than it says), and never matches alone.
+    let slashed: Vec<&str>;
+    let (shorter, longer, written_longer) = if trimmed.len() < segments.len() {
+        (trimmed, segments, true)
+    } else if api.tail_resources && !segments.is_empty() {
+        slashed = segments.iter().copied().chain([""]).collect();
+        (segments, &slashed[..], false)
+    } else {
+        (segments, segments, true)
+    };
     let for_method = |segments| {
         select(api, method, segments).or_else(|| {
             // RFC 9110 §9.3.2: HEAD is allowed wherever GET is.
@@ -117,17 +132,19 @@ pub fn route<'s>(
                 .flatten()
         })
     };
-    let (resource, also) = match for_method(trimmed) {
-        Some(trimmed_match) if trimmed.len() < segments.len() => match for_method(segments) {
-            Some(written) if written == trimmed_match => (Some(written), None),
-            Some(written) if more_specific(api, written, trimmed_match) => {
-                (Some(written), Some(trimmed_match))
+    let (resource, also) = match for_method(shorter) {
+        Some(short_match) if shorter.len() < longer.len() => match for_method(longer) {
+            Some(long_match) if long_match == short_match => (Some(long_match), None),
+            Some(long_match) if more_specific(api, long_match, short_match) => {
+                (Some(long_match), Some(short_match))
             }
-            Some(written) => (Some(trimmed_match), Some(written)),
-            None => (Some(trimmed_match), None),
+            Some(long_match) if written_longer => (Some(short_match), Some(long_match)),
+            // Read with a slash it was not written with, less specific.
+            Some(_) | None => (Some(short_match), None),
         },
-        Some(trimmed_match) => (Some(trimmed_match), None),
-        None => (for_method(segments), None),
+        Some(short_match) => (Some(short_match), None),
+        None if written_longer => (for_method(longer), None),
+        None => (None, None),
     };
     match resource {
         Some(index) => Ok(Route {

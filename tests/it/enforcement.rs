@@ -213,7 +213,12 @@ apis:
     assert_eq!(upstream.hits(), 2);
     // Each reading alone needs only its own.
     assert_eq!(status("/f/admin/public/x", &["other"]).await, 200);
-    assert_eq!(status("/f/files/secret", &["other"]).await, 200);
+    assert_eq!(status("/f/files/other", &["other"]).await, 200);
+    // Without the slash, a path that a more specific tail takes with it
+    // needs what both need: an upstream may serve `/files/secret` as
+    // `/files/secret/`.
+    assert_eq!(status("/f/files/secret", &["other"]).await, 403);
+    assert_eq!(status("/f/files/secret", &["Admin"]).await, 200);
     gw.shutdown().await;
 }
 

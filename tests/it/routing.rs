@@ -202,7 +202,8 @@ apis:
     }
 }
 
-/// A trailing slash matches as the path without it and as written: the
+/// A trailing slash matches as the path without it and as written (and,
+/// where a tail is the more specific, a path without one as with it): the
 /// more specific of the two resources is the request's (the other must
 /// allow it too, `enforcement::a_trailing_slash_needs_what_both_its_readings_need`).
 #[test]
@@ -224,7 +225,9 @@ apis:
     );
     for (path, resource) in [
         ("/a/files/secret/", "GET /files/secret/{rest*}"),
-        ("/a/files/secret", "GET /files/{name}"),
+        // Read with a slash too, where the more specific tail takes it.
+        ("/a/files/secret", "GET /files/secret/{rest*}"),
+        ("/a/files/other", "GET /files/{name}"),
         ("/a/files/other/", "GET /files/{name}"),
         ("/a/files/secret/x", "GET /files/secret/{rest*}"),
         ("/a/docs/x/", "GET /docs/{name}"),
