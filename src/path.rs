@@ -67,8 +67,10 @@ pub fn overrides_method(method: &http::Method, query: Option<&str>) -> bool {
 /// `access%5Ftoken`, `.method`, `+_method` and `_method[]` all name what
 /// they name upstream. Names a framework reads otherwise are only ever
 /// more of them: refusing on this reading errs on the side of refusing.
+/// Pairs are split at `;` as well as `&` (Rack before 3, Python's
+/// `parse_qs` before 3.10 and Go's before 1.17 split at both).
 pub fn query_names(query: &str, name: &[u8]) -> bool {
-    query.split('&').any(|pair| {
+    query.split(['&', ';']).any(|pair| {
         let written = pair.split('=').next().unwrap_or_default();
         if !written.contains(['%', '+', '.', ' ', '[']) {
             return written.as_bytes() == name; // the common case: nothing to decode
@@ -399,6 +401,7 @@ mod tests {
             " .method=x",
             "_method%00=x",
             "_method%00x=x",
+            "a=1;_method=DELETE",
         ] {
             assert!(query_names(query, b"_method"), "{query}");
         }

@@ -540,6 +540,22 @@ fn check_target<B>(limits: &Limits, req: &mut Request<B>) -> Result<(), Rejectio
         (Some(_), None) => return Err(Rejection::BadRequest("malformed Host header")),
     };
     if req.version() == Version::HTTP_2 {
+        // RFC 9113 §8.2.1: no field value starts or ends with whitespace
+        // (HTTP/1.1's parser trims it; an h2 request with it is malformed,
+        // and would read otherwise than its HTTP/1.1 twin). And a path of
+        // ASCII only, as an HTTP/1.1 request target is.
+        if req
+            .headers()
+            .values()
+            .any(|value| matches!(value.as_bytes(), [b' ' | b'\t', ..] | [.., b' ' | b'\t']))
+        {
+            return Err(Rejection::BadRequest(
+                "a field value starts or ends with whitespace",
+            ));
+        }
+        if !uri.path().is_ascii() {
+            return Err(Rejection::BadRequest(crate::path::MALFORMED_TARGET));
+        }
         // RFC 9113 §8.3.1: `:authority`, else `Host`; when both are sent
         // they must name the same origin.
         match (uri.authority(), host) {

@@ -596,6 +596,30 @@ async fn h2c_by_prior_knowledge_is_served_and_forwarded_as_http1() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // RFC 9113 §8.2.1: a value with whitespace at either end is malformed
+    // (read as HTTP/1.1, it would be trimmed: the two would differ).
+    for value in [" lead", "trail ", "\tboth\t"] {
+        let resp = sender
+            .send_request(
+                Request::get(&url)
+                    .header("x-api-key", value)
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{value:?}");
+    }
+    // A path of ASCII only, as an HTTP/1.1 target must be.
+    let resp = sender
+        .send_request(
+            Request::get(format!("http://gw:{}/travels/caf\u{e9}", gw.http.port()))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(upstream.hits(), hits);
     gw.shutdown().await;
 }
