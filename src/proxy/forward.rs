@@ -380,8 +380,12 @@ fn failure(
         }
         SendError::Request(_) => (Rejection::BadGateway(BadGateway::InvalidAnswer), "protocol"),
     };
-    // The upstream's fault: said where nginx's error log would say it.
-    tracing::warn!(api = api.name, cause, %error, "the upstream failed the request");
+    // The upstream's fault: said where nginx's error log would say it, once
+    // in a while (an upstream that is down fails every request).
+    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
+    if let Some(suppressed) = LOGGED.due() {
+        tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
+    }
     api.metrics
         .observe_upstream(started.elapsed().as_secs_f64());
     api.metrics.upstream_error(cause);

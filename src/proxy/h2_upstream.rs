@@ -408,12 +408,18 @@ pub async fn forward(
         H2Error::Request(_) => (Rejection::BadGateway(BadGateway::NoAnswer), "protocol"),
         H2Error::Status(_) => (Rejection::BadGateway(BadGateway::InvalidAnswer), "protocol"),
     };
-    tracing::warn!(api = api.name, cause, %error, "the upstream failed the request");
+    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
+    if let Some(suppressed) = LOGGED.due() {
+        tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
+    }
     api.metrics
         .observe_upstream(exchange.started.elapsed().as_secs_f64());
     api.metrics.upstream_error(cause);
     Err(rejection)
 }
+
+/// Answers that broke off after their head: said once in a while.
+static BROKE_OFF: crate::logging::Sparse = crate::logging::Sparse::new();
 
 /// Most times a request the upstream did not process is sent again.
 const MAX_REPLAYS: u8 = 3;
@@ -694,12 +700,15 @@ impl HttpBody for ResponseBody {
                     }
                     // The upstream reset its stream or broke the protocol.
                     Some(Err(error)) => {
-                        tracing::warn!(
-                            api = this.metrics.api(),
-                            cause = "protocol",
-                            %error,
-                            "the upstream's answer broke off; the client's is cut"
-                        );
+                        if let Some(suppressed) = BROKE_OFF.due() {
+                            tracing::warn!(
+                                api = this.metrics.api(),
+                                cause = "protocol",
+                                %error,
+                                suppressed,
+                                "the upstream's answer broke off; the client's is cut"
+                            );
+                        }
                         this.metrics.upstream_error("protocol");
                     }
                     None => {}
@@ -725,11 +734,14 @@ impl HttpBody for ResponseBody {
                         Poll::Ready(Some(Err(Box::new(cancel))))
                     }
                     Poll::Ready(()) => {
-                        tracing::warn!(
-                            api = this.metrics.api(),
-                            cause = "timeout",
-                            "the upstream's answer went silent; the client's is cut"
-                        );
+                        if let Some(suppressed) = BROKE_OFF.due() {
+                            tracing::warn!(
+                                api = this.metrics.api(),
+                                cause = "timeout",
+                                suppressed,
+                                "the upstream's answer went silent; the client's is cut"
+                            );
+                        }
                         this.metrics.upstream_error("timeout");
                         Poll::Ready(Some(Err(Box::new(Silent))))
                     }

@@ -1102,13 +1102,18 @@ impl<E: Ending> HttpBody for PooledBody<E> {
                         _ => "protocol",
                     };
                     // The client's answer is cut: its access-log line,
-                    // written with the head, cannot say so.
-                    tracing::warn!(
-                        api = metrics.api(),
-                        cause,
-                        %error,
-                        "the upstream's answer broke off; the client's is cut"
-                    );
+                    // written with the head, cannot say so (once in a
+                    // while: a broken upstream breaks every answer).
+                    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
+                    if let Some(suppressed) = LOGGED.due() {
+                        tracing::warn!(
+                            api = metrics.api(),
+                            cause,
+                            %error,
+                            suppressed,
+                            "the upstream's answer broke off; the client's is cut"
+                        );
+                    }
                     metrics.upstream_error(cause);
                 }
                 this.ending.failed(&error);

@@ -263,3 +263,55 @@ apis:
     }
     assert_eq!(failures.len(), 1, "{failures:?}");
 }
+
+/// An upstream that is down fails every request: the warning that says
+/// so (with the API and the cause, which the access log's 502 cannot
+/// tell) is written once in a while, not once a request.
+#[tokio::test]
+async fn an_upstream_down_is_logged_with_its_cause_once_in_a_while() {
+    // A port bound, then freed: connections to it are refused.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = refused.local_addr().expect("address").port();
+    drop(refused);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+ports: {{ http: 0, bind: 127.0.0.1 }}
+admin: {{ port: 0 }}
+apis:
+- name: Down
+  base_path: /down
+  upstream: {{ url: "http://127.0.0.1:{port}/api" }}
+  resources: ["GET /x"]
+  authentication: {{ type: none }}
+"#
+        ),
+    )
+    .expect("write the config");
+    let started = common::process::start(binary().env("MCGW_LOG", "info").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]));
+    let client = common::client();
+    let url = format!("http://{}/down/x", started.http);
+    for _ in 0..20 {
+        let resp = client.get(&url).send().await.expect("answer");
+        assert_eq!(resp.status(), 502);
+        let body = resp.text().await.expect("body");
+        assert!(body.contains("the upstream cannot be reached"), "{body}");
+    }
+    let mut failures = Vec::new();
+    while let Some(line) = started.line_with(
+        "the upstream failed the request",
+        Duration::from_millis(500),
+    ) {
+        failures.push(line);
+    }
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("api=\"Down\""), "{}", failures[0]);
+    assert!(failures[0].contains("cause=\"connect\""), "{}", failures[0]);
+}
