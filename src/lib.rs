@@ -86,6 +86,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod sparse;
 pub mod throttle;
 pub mod timer;
 pub mod upstream_bound;

@@ -750,6 +750,10 @@ struct ApiSeries {
     /// `responses_total{api, class}`, 1xx..5xx.
     responses: [IntCounter; 5],
     tallies: PerThread<ApiTally>,
+    /// The upstream's failures, and its answers that broke off: a line
+    /// once in a while for each API (one upstream down hides no other's).
+    failures_logged: crate::sparse::Sparse,
+    broke_off_logged: crate::sparse::Sparse,
 }
 
 /// What one thread counted for one API since the last fold.
@@ -824,6 +828,17 @@ impl ApiMetrics {
         &self.0.name
     }
 
+    /// Whether a line about a failure of this API's upstream is due (see
+    /// [`Sparse`](crate::sparse::Sparse)); then how many were held back.
+    pub fn failure_line_due(&self) -> Option<u64> {
+        self.0.failures_logged.due()
+    }
+
+    /// The same, for an answer of its upstream that broke off.
+    pub fn broke_off_line_due(&self) -> Option<u64> {
+        self.0.broke_off_logged.due()
+    }
+
     /// The series of API `api`, whose throttle policies are `policies`.
     pub fn of<'p>(api: &str, policies: impl IntoIterator<Item = &'p str>) -> ApiMetrics {
         let policies: Vec<String> = policies.into_iter().map(str::to_owned).collect();
@@ -855,6 +870,8 @@ impl ApiMetrics {
                 class("5xx"),
             ],
             tallies: PerThread::new(),
+            failures_logged: crate::sparse::Sparse::new(),
+            broke_off_logged: crate::sparse::Sparse::new(),
         });
         let owner: Weak<dyn Fold> = Arc::downgrade(&series) as Weak<dyn Fold>;
         tally::register(owner);

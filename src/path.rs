@@ -405,6 +405,7 @@ mod tests {
         ] {
             assert!(query_names(query, b"_method"), "{query}");
         }
+        assert!(query_names("a=1;access_token=x", b"access_token"));
         for query in [
             "",
             "method=x",

@@ -232,12 +232,7 @@ fn compile(ctx: &mut Ctx, entry: &S<raw::Api>, refs: &Refs) -> Option<Api> {
         base_path,
         transport,
         allow_encoded_slashes,
-        tail_resources: resources.iter().any(|r| {
-            r.template
-                .segments
-                .iter()
-                .any(|s| matches!(s, crate::config::snapshot::Segment::Tail(_)))
-        }),
+        tail_resources: tail_beside_another(&resources),
         websocket,
         tunnel_max_lifetime,
         grpc_deadlines: grpc && upstream.as_ref().is_some_and(Upstream::is_http2),
@@ -982,4 +977,28 @@ fn ip_filter(
 /// Whether two ranges share an address.
 fn overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Whether a resource with a `{tail*}` has another of its method beside
+/// it (`HEAD` is served where `GET` is): only then can a path read with a
+/// trailing slash match another resource than as written
+/// (`policy::route`), and only then is it read so.
+fn tail_beside_another(resources: &[Resource]) -> bool {
+    let served = |r: &Resource| {
+        if r.method == http::Method::HEAD {
+            http::Method::GET
+        } else {
+            r.method.clone()
+        }
+    };
+    resources.iter().enumerate().any(|(i, tail)| {
+        tail.template
+            .segments
+            .iter()
+            .any(|s| matches!(s, crate::config::snapshot::Segment::Tail(_)))
+            && resources
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && served(other) == served(tail))
+    })
 }

@@ -73,6 +73,21 @@ pub fn field_name(name: &[u8]) -> FieldName {
     }
 }
 
+/// What an `Expect` value asks (RFC 9110 §10.1.1, a list): whether it
+/// names `100-continue`; `None` when it names any other expectation,
+/// which is answered 417. Empty members are no expectation (§5.6.1).
+pub fn expects_continue(value: &[u8]) -> Option<bool> {
+    let mut continues = false;
+    for member in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if member.eq_ignore_ascii_case(b"100-continue") {
+            continues = true;
+        } else if !member.is_empty() {
+            return None;
+        }
+    }
+    Some(continues)
+}
+
 /// Hop-by-hop headers: they describe one connection and end with it.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(

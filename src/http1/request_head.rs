@@ -247,10 +247,8 @@ impl<'a> Fields<'a> {
         } else if name == EXPECT {
             // RFC 9110 §10.1.1: HTTP/1.0 expectations are ignored.
             if version == Version::HTTP_11 {
-                if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                    return Err(Refusal::ExpectationFailed);
-                }
-                self.expect_continue = true;
+                self.expect_continue |=
+                    super::expects_continue(value).ok_or(Refusal::ExpectationFailed)?;
             }
         }
         let start = value.as_ptr() as usize - base;
@@ -371,7 +369,7 @@ mod tests {
         for text in [
             "PUT / HTTP/1.1\r\nExpect: 100-continue, foo\r\nContent-Length: 1\r\n\r\n",
             "PUT / HTTP/1.1\r\nExpect: foo\r\nContent-Length: 1\r\n\r\n",
-            "GET / HTTP/1.1\r\nExpect:\r\n\r\n",
+            "GET / HTTP/1.1\r\nExpect: , foo\r\n\r\n",
         ] {
             assert_eq!(
                 parse_all(text).map(|_| ()),
@@ -383,6 +381,16 @@ mod tests {
             head("PUT / HTTP/1.1\r\nExpect: 100-Continue \r\nContent-Length: 1\r\n\r\n")
                 .expect_continue
         );
+        // A list: empty members are none, `100-continue` twice is one.
+        for listed in [
+            "100-continue,",
+            "100-continue, 100-continue",
+            ", 100-continue",
+        ] {
+            let text = format!("PUT / HTTP/1.1\r\nExpect: {listed}\r\nContent-Length: 1\r\n\r\n");
+            assert!(head(&text).expect_continue, "{listed}");
+        }
+        assert!(!head("GET / HTTP/1.1\r\nExpect:\r\n\r\n").expect_continue);
         let old = head("PUT / HTTP/1.0\r\nExpect: foo\r\nContent-Length: 1\r\n\r\n");
         assert!(!old.expect_continue);
     }

@@ -384,7 +384,7 @@ fn framed(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        if chunked.is_some() && length.is_some() {
+        if (chunked.is_some() || fields.odd_coding) && length.is_some() {
             // Framed two ways, though without a body: as after a body
             // (§6.3 item 3), the connection is not trusted again.
             keep_alive = false;
@@ -510,6 +510,10 @@ mod tests {
             ),
             (
                 "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+                (Framing::Empty, false),
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nTransfer-Encoding:\r\nContent-Length: 9\r\n\r\n",
                 (Framing::Empty, false),
             ),
             (

@@ -112,15 +112,24 @@ pub fn route<'s>(
     // The other way round, where a `{tail*}` could take it: a path
     // without the slash is read with it too (`/admin` as `/admin/`, which
     // `/admin/{rest*}` protects), for an upstream that serves the two
-    // alike. That reading counts only where it is the more specific (what
-    // `/{page}` matches, `/admin/{rest*}` must allow too; a literal
-    // `GET /admin` needs no more than it says), and never matches alone.
-    let slashed: Vec<&str>;
+    // alike. That reading counts only where it is the more specific, or
+    // the tail of the other's template (what `/{page}` matches,
+    // `/admin/{rest*}` must allow too, and `/{name}/{rest*}` what
+    // `/{name}` matches; a literal `GET /admin` beside `GET /{rest*}`
+    // needs no more than it says), and never matches alone.
+    let mut slashed_stack = [""; STACK_SEGMENTS + 1];
+    let slashed_heap: Vec<&str>;
     let (shorter, longer, written_longer) = if trimmed.len() < segments.len() {
         (trimmed, segments, true)
     } else if api.tail_resources && !segments.is_empty() {
-        slashed = segments.iter().copied().chain([""]).collect();
-        (segments, &slashed[..], false)
+        let slashed: &[&str] = if segments.len() < slashed_stack.len() {
+            slashed_stack[..segments.len()].copy_from_slice(segments);
+            &slashed_stack[..=segments.len()]
+        } else {
+            slashed_heap = segments.iter().copied().chain([""]).collect();
+            &slashed_heap
+        };
+        (segments, slashed, false)
     } else {
         (segments, segments, true)
     };
@@ -138,7 +147,9 @@ pub fn route<'s>(
             Some(long_match) if more_specific(api, long_match, short_match) => {
                 (Some(long_match), Some(short_match))
             }
-            Some(long_match) if written_longer => (Some(short_match), Some(long_match)),
+            Some(long_match) if written_longer || tail_of(api, long_match, short_match) => {
+                (Some(short_match), Some(long_match))
+            }
             // Read with a slash it was not written with, less specific.
             Some(_) | None => (Some(short_match), None),
         },
@@ -206,6 +217,26 @@ fn specificity(resource: &Resource) -> impl Iterator<Item = u8> + '_ {
         Segment::Param(_) => 1,
         Segment::Tail(_) => 2,
     })
+}
+
+/// Whether resource `long`'s template is `short`'s with a `{tail*}` after
+/// it (`/{name}/{rest*}` of `/{name}`).
+fn tail_of(api: &Api, long: usize, short: usize) -> bool {
+    let (long, short) = (
+        &api.resources[long].template.segments,
+        &api.resources[short].template.segments,
+    );
+    match long.split_last() {
+        Some((Segment::Tail(_), head)) => {
+            head.len() == short.len()
+                && head.iter().zip(short).all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Param(_), Segment::Param(_)) => true,
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
 }
 
 /// Whether resource `a` of `api` is strictly more specific than `b`.

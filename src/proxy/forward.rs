@@ -171,7 +171,7 @@ impl Upstreams {
         }
         let _on_its_way = batch::enter().await;
         let checkout = pool::checkout(&self.connector, &self.shared, &key, started)
-            .map_err(|_| Rejection::BadGateway(BadGateway::Unreachable))?;
+            .map_err(|_| no_usable_ca(api))?;
         // The timeout bounds connecting, each write the upstream takes
         // nothing of, the wait for the response head once the request is
         // sent, and then each silence while more of the body is due. The
@@ -250,7 +250,7 @@ impl Upstreams {
                 dns_ttl: config.dns_ttl,
             };
             let checkout = pool::checkout(&self.connector, &self.shared, &key, now)
-                .map_err(|_| Rejection::BadGateway(BadGateway::Unreachable))?;
+                .map_err(|_| no_usable_ca(api))?;
             let result = checkout
                 .try_send(&self.connector, req, destination, bounds)
                 .await;
@@ -348,6 +348,22 @@ fn target(prefix: &str, rest: &str, query: Option<&str>) -> Option<String> {
     is_request_target(&path_and_query).then_some(path_and_query)
 }
 
+/// An upstream whose CA bundle holds no usable certificate: nothing could
+/// be verified, so nothing is sent; counted and said as its failure to
+/// connect, with what is wrong.
+fn no_usable_ca(api: &Api) -> Rejection {
+    if let Some(suppressed) = api.metrics.failure_line_due() {
+        tracing::warn!(
+            api = api.name,
+            cause = "connect",
+            suppressed,
+            "the upstream's CA bundle holds no usable certificate"
+        );
+    }
+    api.metrics.upstream_error("connect");
+    Rejection::BadGateway(BadGateway::Unreachable)
+}
+
 /// What the client is told when the exchange failed, counted.
 fn failure(
     api: &Api,
@@ -382,9 +398,11 @@ fn failure(
     };
     // The upstream's fault: said where nginx's error log would say it, once
     // in a while (an upstream that is down fails every request).
-    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
-    if let Some(suppressed) = LOGGED.due() {
-        tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
+    match api.metrics.failure_line_due() {
+        Some(suppressed) => {
+            tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
+        }
+        None => tracing::debug!(api = api.name, cause, %error, "the upstream failed the request"),
     }
     api.metrics
         .observe_upstream(started.elapsed().as_secs_f64());

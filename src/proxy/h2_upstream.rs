@@ -408,18 +408,17 @@ pub async fn forward(
         H2Error::Request(_) => (Rejection::BadGateway(BadGateway::NoAnswer), "protocol"),
         H2Error::Status(_) => (Rejection::BadGateway(BadGateway::InvalidAnswer), "protocol"),
     };
-    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
-    if let Some(suppressed) = LOGGED.due() {
-        tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
+    match api.metrics.failure_line_due() {
+        Some(suppressed) => {
+            tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
+        }
+        None => tracing::debug!(api = api.name, cause, %error, "the upstream failed the request"),
     }
     api.metrics
         .observe_upstream(exchange.started.elapsed().as_secs_f64());
     api.metrics.upstream_error(cause);
     Err(rejection)
 }
-
-/// Answers that broke off after their head: said once in a while.
-static BROKE_OFF: crate::logging::Sparse = crate::logging::Sparse::new();
 
 /// Most times a request the upstream did not process is sent again.
 const MAX_REPLAYS: u8 = 3;
@@ -700,7 +699,7 @@ impl HttpBody for ResponseBody {
                     }
                     // The upstream reset its stream or broke the protocol.
                     Some(Err(error)) => {
-                        if let Some(suppressed) = BROKE_OFF.due() {
+                        if let Some(suppressed) = this.metrics.broke_off_line_due() {
                             tracing::warn!(
                                 api = this.metrics.api(),
                                 cause = "protocol",
@@ -734,12 +733,12 @@ impl HttpBody for ResponseBody {
                         Poll::Ready(Some(Err(Box::new(cancel))))
                     }
                     Poll::Ready(()) => {
-                        if let Some(suppressed) = BROKE_OFF.due() {
+                        if let Some(suppressed) = this.metrics.broke_off_line_due() {
                             tracing::warn!(
                                 api = this.metrics.api(),
                                 cause = "timeout",
                                 suppressed,
-                                "the upstream's answer went silent; the client's is cut"
+                                "the upstream's answer broke off; the client's is cut"
                             );
                         }
                         this.metrics.upstream_error("timeout");

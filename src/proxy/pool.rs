@@ -1104,8 +1104,7 @@ impl<E: Ending> HttpBody for PooledBody<E> {
                     // The client's answer is cut: its access-log line,
                     // written with the head, cannot say so (once in a
                     // while: a broken upstream breaks every answer).
-                    static LOGGED: crate::logging::Sparse = crate::logging::Sparse::new();
-                    if let Some(suppressed) = LOGGED.due() {
+                    if let Some(suppressed) = metrics.broke_off_line_due() {
                         tracing::warn!(
                             api = metrics.api(),
                             cause,

@@ -174,6 +174,14 @@ fn phases<'s: 'a, 'a>(
                 return Err(Rejection::BadPath(problem));
             }
         };
+        // The canonical path is what goes upstream: bytes past ASCII are
+        // written there percent-encoded, three for one, still within the
+        // limit.
+        if path.path.len() > req.uri().path().len()
+            && path.path.len() + req.uri().query().map_or(0, |q| q.len() + 1) > rt.limits.max_uri
+        {
+            return Err(Rejection::UriTooLong);
+        }
         if let Some((answer, api)) = answer_preflight(snap, conn, &req, &path)? {
             *matched_api = Some(api);
             return Ok(answer); // CORS preflight: no credentials, never forwarded
@@ -542,8 +550,7 @@ fn check_target<B>(limits: &Limits, req: &mut Request<B>) -> Result<(), Rejectio
     if req.version() == Version::HTTP_2 {
         // RFC 9113 §8.2.1: no field value starts or ends with whitespace
         // (HTTP/1.1's parser trims it; an h2 request with it is malformed,
-        // and would read otherwise than its HTTP/1.1 twin). And a path of
-        // ASCII only, as an HTTP/1.1 request target is.
+        // and would read otherwise than its HTTP/1.1 twin).
         if req
             .headers()
             .values()
@@ -553,8 +560,14 @@ fn check_target<B>(limits: &Limits, req: &mut Request<B>) -> Result<(), Rejectio
                 "a field value starts or ends with whitespace",
             ));
         }
-        if !uri.path().is_ascii() {
-            return Err(Rejection::BadRequest(crate::path::MALFORMED_TARGET));
+        // The expectations HTTP/1.1 answers 417 (RFC 9110 §10.1.1).
+        if req
+            .headers()
+            .get_all(http::header::EXPECT)
+            .iter()
+            .any(|value| crate::http1::expects_continue(value.as_bytes()).is_none())
+        {
+            return Err(Rejection::ExpectationFailed);
         }
         // RFC 9113 §8.3.1: `:authority`, else `Host`; when both are sent
         // they must name the same origin.

@@ -122,6 +122,24 @@ async fn a_body_shorter_than_its_length_is_400_and_cut_short_upstream() {
     gw.shutdown().await;
 }
 
+/// A path's bytes past ASCII go upstream percent-encoded, three for one:
+/// the canonical path is held to `limits.max_uri` too, not only the
+/// target as sent.
+#[tokio::test]
+async fn a_path_that_grows_past_the_limit_as_it_is_encoded_is_414() {
+    let upstream = RecordingUpstream::start().await;
+    let gw = Gateway::start(&faults_yaml("Grows", &upstream.url())).await;
+    // 6,000 bytes as sent (under the 8 KiB default), 18,000 encoded.
+    let request = format!(
+        "GET /faults/{} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        "\u{e9}".repeat(3000)
+    );
+    let raw = raw_request(gw.http, request.as_bytes()).await;
+    assert_eq!(status_of(&raw), 414, "{}", &raw[..raw.len().min(200)]);
+    assert_eq!(upstream.accepted(), 0);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn transfer_codings_other_than_chunked_are_501_and_not_forwarded() {
     let upstream = RecordingUpstream::start().await;

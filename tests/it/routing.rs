@@ -236,6 +236,52 @@ apis:
     }
 }
 
+/// Without a trailing slash, a path is read with one too where a tail
+/// then takes it that is more specific, or that extends the template the
+/// path matched (`/{name}/{rest*}` of `/{name}`): both must allow it. A
+/// literal resource beside a catch-all needs no more than it says.
+#[test]
+fn a_path_without_a_slash_is_read_with_one_where_a_tail_would_take_it() {
+    let snap = snapshot(
+        r#"
+apis:
+- name: A
+  base_path: /a
+  upstream: { echo: true }
+  resources:
+  - "GET /{name}"
+  - "GET /{name}/{rest*}"
+  - "GET /admin"
+  - "GET /pages/{rest*}"
+  authentication:
+    type: none
+"#,
+    );
+    let readings = |path: &str| {
+        let verdict = decide(&snap, &Method::GET, path, None, None);
+        let route = verdict.route.unwrap_or_else(|| panic!("{path}"));
+        let text = |r: &microgateway::config::snapshot::Resource| {
+            format!("{} {}", r.method, r.template.text)
+        };
+        let other = route.other_reading().map(|o| text(o.resource()));
+        (text(route.resource()), other)
+    };
+    let both = |one: &str, other: &str| (one.to_owned(), Some(other.to_owned()));
+    assert_eq!(
+        readings("/a/files"),
+        both("GET /{name}", "GET /{name}/{rest*}")
+    );
+    assert_eq!(
+        readings("/a/pages"),
+        both("GET /pages/{rest*}", "GET /{name}")
+    );
+    assert_eq!(readings("/a/admin"), ("GET /admin".to_owned(), None));
+    assert_eq!(
+        readings("/a/files/x"),
+        ("GET /{name}/{rest*}".to_owned(), None)
+    );
+}
+
 #[tokio::test]
 async fn forwards_with_base_path_stripped_and_query_kept() {
     let upstream = Upstream::start().await;
