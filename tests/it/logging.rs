@@ -218,10 +218,7 @@ fn a_filter_that_names_no_level_logs_at_info_and_says_so() {
 /// while, with how many it held back, not once a request.
 #[tokio::test]
 async fn an_introspection_endpoint_down_is_logged_once_in_a_while_not_per_request() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gw.yaml");
-    std::fs::write(
-        &config,
+    let (_dir, started) = start_at_info(
         r#"
 ports: { http: 0, bind: 127.0.0.1 }
 admin: { port: 0 }
@@ -239,13 +236,7 @@ apis:
   resources: ["GET /x"]
   authentication: { type: oauth2, auth_server: opaque }
 "#,
-    )
-    .expect("write the config");
-    let started = common::process::start(binary().env("MCGW_LOG", "info").args([
-        "start",
-        "-c",
-        config.to_str().expect("utf-8 path"),
-    ]));
+    );
     let client = common::client();
     let url = format!("http://{}/opaque/x", started.http);
     for n in 0..20 {
@@ -273,12 +264,8 @@ async fn an_upstream_down_is_logged_with_its_cause_once_in_a_while() {
     let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = refused.local_addr().expect("address").port();
     drop(refused);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("gw.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let (_dir, started) = start_at_info(&format!(
+        r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
 admin: {{ port: 0 }}
 apis:
@@ -288,14 +275,7 @@ apis:
   resources: ["GET /x"]
   authentication: {{ type: none }}
 "#
-        ),
-    )
-    .expect("write the config");
-    let started = common::process::start(binary().env("MCGW_LOG", "info").args([
-        "start",
-        "-c",
-        config.to_str().expect("utf-8 path"),
-    ]));
+    ));
     let client = common::client();
     let url = format!("http://{}/down/x", started.http);
     for _ in 0..20 {
@@ -314,4 +294,18 @@ apis:
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("api=\"Down\""), "{}", failures[0]);
     assert!(failures[0].contains("cause=\"connect\""), "{}", failures[0]);
+}
+
+/// The binary serving `yaml` (a file of its own in the directory returned
+/// with it) and logging at `info`.
+fn start_at_info(yaml: &str) -> (tempfile::TempDir, common::process::Started) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(&config, yaml).expect("write the config");
+    let started = common::process::start(binary().env("MCGW_LOG", "info").args([
+        "start",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+    ]));
+    (dir, started)
 }
