@@ -156,7 +156,7 @@ fn parse_interim_and_final(
         let httparse::Status::Complete(len) = parsed else {
             return Ok(None);
         };
-        if has_bare_lf(&buf[..len]) {
+        if has_bare_lf(&buf[..len], response.headers) {
             return Err(HeadError::BareLf);
         }
         let Some(code) = response.code else {
@@ -205,9 +205,17 @@ fn parse_interim_and_final(
 
 /// Whether a line of `head` ends in LF alone (RFC 9112 §2.2 lets a
 /// recipient take it as a line's end; a proxy that does reads a head that
-/// the upstream's own framing may hold as one field).
-fn has_bare_lf(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r')
+/// the upstream's own framing may hold as one field). `httparse` ends a
+/// line at each LF, so a field name begins right after each line's end
+/// but the last two, which end the head: the byte two before each name,
+/// and the head's last four, tell every line's end.
+fn has_bare_lf(head: &[u8], fields: &[httparse::Header<'_>]) -> bool {
+    let base = head.as_ptr() as usize;
+    !head.ends_with(b"\r\n\r\n")
+        || fields.iter().any(|field| {
+            let at = (field.name.as_ptr() as usize).wrapping_sub(base);
+            at < 2 || at > head.len() || head[at - 2..at] != *b"\r\n"
+        })
 }
 
 /// A head's fields, sorted on the way: the end-to-end ones (as places in
@@ -570,6 +578,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\nX-User: bob\nContent-Length: 3\r\n\r\nabc",
             "HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nok",
+            "HTTP/1.1 200 OK\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\nX-A: 1\r\n\r\nok",
+            "HTTP/1.1 204 No Content\n\r\n",
             "HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
             // RFC 9110 §15: 100-599.
             "HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok",

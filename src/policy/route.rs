@@ -117,13 +117,16 @@ pub fn route<'s>(
     // `/admin/{rest*}` must allow too, and `/{name}/{rest*}` what
     // `/{name}` matches; a literal `GET /admin` beside `GET /{rest*}`
     // needs no more than it says), and never matches alone.
-    let mut slashed_stack = [""; STACK_SEGMENTS + 1];
+    // Made only when read (a request of another API zeroes nothing).
+    let slashed_stack: [&str; STACK_SEGMENTS + 1];
     let slashed_heap: Vec<&str>;
     let (shorter, longer, written_longer) = if trimmed.len() < segments.len() {
         (trimmed, segments, true)
     } else if api.tail_resources && !segments.is_empty() {
-        let slashed: &[&str] = if segments.len() < slashed_stack.len() {
-            slashed_stack[..segments.len()].copy_from_slice(segments);
+        let slashed: &[&str] = if segments.len() <= STACK_SEGMENTS {
+            let mut stack = [""; STACK_SEGMENTS + 1];
+            stack[..segments.len()].copy_from_slice(segments);
+            slashed_stack = stack;
             &slashed_stack[..=segments.len()]
         } else {
             slashed_heap = segments.iter().copied().chain([""]).collect();

@@ -192,12 +192,10 @@ pub fn remove_matching(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> 
 }
 
 fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
-    if spells_framing_otherwise(name) {
-        return true;
-    }
     // Most names stop at their first byte (every reserved name starts
-    // with one of five), and `folds_to` compares lengths before bytes.
-    let Some(&first) = name.as_str().as_bytes().first() else {
+    // with one of nine), and `folds_to` compares lengths before bytes.
+    let bytes = name.as_str().as_bytes();
+    let Some(&first) = bytes.first() else {
         return false;
     };
     let client_address = || {
@@ -213,7 +211,8 @@ fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
                     .any(|f| name.as_str() != *f && folds_to(name, f.as_bytes()))
                 || client_address()
         }
-        b'p' => folds_to(name, HTTPOXY.as_bytes()),
+        b'p' => folds_to(name, HTTPOXY.as_bytes()) || spells_framing_otherwise(bytes),
+        b't' | b'c' | b'k' | b'u' => spells_framing_otherwise(bytes) || client_address(),
         _ => client_address(),
     }
 }
@@ -224,10 +223,9 @@ fn reserved(name: &HeaderName, from_trusted: bool) -> bool {
 /// (`HTTP_TRANSFER_ENCODING`), and may frame the body by it where the
 /// gateway framed it by `Content-Length` — a request smuggled past every
 /// check. Passed on from nobody.
-fn spells_framing_otherwise(name: &HeaderName) -> bool {
+fn spells_framing_otherwise(name: &[u8]) -> bool {
     /// The longest such name, `proxy-authorization`.
     const LONGEST: usize = 19;
-    let name = name.as_str().as_bytes();
     // Only the lengths of those names (most fields stop here), and only a
     // name with a `_` or `.` (its own spelling is stripped as hop-by-hop).
     if !matches!(name.len(), 2 | 7 | 10 | 14 | 16 | 17 | 18 | 19)
