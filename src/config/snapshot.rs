@@ -519,7 +519,7 @@ pub fn folds_to(name: &HeaderName, folded: &[u8]) -> bool {
 }
 
 /// One byte of a folded name: lower case, `_` and `.` taken for `-`.
-fn fold(byte: u8) -> u8 {
+pub fn fold(byte: u8) -> u8 {
     match byte {
         b'_' | b'.' => b'-',
         other => other.to_ascii_lowercase(),

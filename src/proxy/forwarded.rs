@@ -17,7 +17,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, FORWARDED, HOST}
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::config::snapshot::{folds_to, Forwarding};
+use crate::config::snapshot::{fold, folds_to, Forwarding};
 use crate::http1::request_encode::AddedFields;
 use crate::http1::{field_name, FieldName};
 
@@ -100,16 +100,8 @@ pub use crate::http1::is_hop_by_hop;
 /// otherwise tell the upstream the proxy's own address for the client the
 /// gateway judged by the chain, and a client's `Connection: traceparent`
 /// leave the upstream no trace context at all.
-const READ_BY_THE_GATEWAY: [&str; 8] = [
-    "host",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-    "x-request-id",
-    "traceparent",
-    "tracestate",
-];
+/// Besides [`FORWARDING`], which it writes again.
+const READ_BY_THE_GATEWAY: [&str; 4] = ["host", "forwarded", "traceparent", "tracestate"];
 
 /// Whether `TE` lists `trailers` (RFC 9110 §10.1.4).
 pub fn asks_for_trailers(headers: &HeaderMap) -> bool {
@@ -168,6 +160,7 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
                 .filter(|name| {
                     !READ_BY_THE_GATEWAY
                         .iter()
+                        .chain(&FORWARDING)
                         .any(|kept| name.eq_ignore_ascii_case(kept.as_bytes()))
                 })
                 .filter_map(|name| HeaderName::from_bytes(name).ok()),
@@ -235,11 +228,7 @@ fn spells_framing_otherwise(name: &[u8]) -> bool {
     }
     let mut folded = [0u8; LONGEST];
     for (to, &from) in folded.iter_mut().zip(name) {
-        *to = if from == b'_' || from == b'.' {
-            b'-'
-        } else {
-            from
-        };
+        *to = fold(from);
     }
     matches!(
         field_name(&folded[..name.len()]),
