@@ -35,8 +35,8 @@
 #
 # Equal work (FIELDS=1, the default): "nginx-fields" is the nginx proxy
 # adding to each request the fields microgateway adds by default
-# (X-Request-Id both ways, traceparent, X-Forwarded-For/-Proto/-Host,
-# Forwarded; bench/lib.sh) — the plain nginx adds none. The gateway's
+# (X-Request-Id both ways, X-Forwarded-For/-Proto/-Host, Forwarded;
+# bench/lib.sh) — the plain nginx adds none. The gateway's
 # plain and throttled routes are reported against both; and
 # "microgateway-bare", the same gateway with `forwarding` all off (it adds
 # nothing either), against the plain nginx, with (THROTTLE=1)
@@ -176,7 +176,6 @@ http {
         server 127.0.0.1:$PORT_UPSTREAM;
         keepalive 128;
     }
-$([ "${3:-}" = fields ] && nginx_fields_http)
     server {
         listen 127.0.0.1:$2 reuseport;
         location / {

@@ -91,7 +91,6 @@ http {
         server 127.0.0.1:$PORT_B;
         keepalive 128;
     }
-$([ "${3:-}" = fields ] && nginx_fields_http)
     server {
         listen 127.0.0.1:$2 reuseport;
         location / {

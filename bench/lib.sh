@@ -85,21 +85,16 @@ EOF_CONF
 
 # The fields microgateway adds to every request it forwards, by default,
 # in nginx's terms: an nginx proxy doing the gateway's work, for the
-# "equal work" contenders. `nginx_fields_http` goes in `http {}`,
-# `nginx_fields_location` in the proxying `location {}`. To the upstream:
-# X-Request-Id (a new random id; the gateway replaces a client's), a W3C
-# traceparent started from it, X-Forwarded-For (the peer; the gateway
-# replaces a client's that is not from a trusted proxy), Forwarded,
-# X-Forwarded-Proto, X-Forwarded-Host; to the client: X-Request-Id.
-nginx_fields_http() {
-    cat <<'EOF_FIELDS'
-    map $request_id $trace_parent_id { "~^(?<head>.{16})" $head; }
-EOF_FIELDS
-}
+# "equal work" contenders; `nginx_fields_location` goes in the proxying
+# `location {}`. To the upstream:
+# X-Request-Id (a new random id; the gateway replaces a client's),
+# X-Forwarded-For (the peer; the gateway replaces a client's that is not
+# from a trusted proxy), Forwarded, X-Forwarded-Proto, X-Forwarded-Host;
+# to the client: X-Request-Id. (A traceparent is started only with
+# `forwarding.traceparent: true`.)
 nginx_fields_location() {
     cat <<'EOF_FIELDS'
             proxy_set_header X-Request-Id $request_id;
-            proxy_set_header traceparent "00-$request_id-$trace_parent_id-01";
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\"";
             proxy_set_header X-Forwarded-Proto $scheme;

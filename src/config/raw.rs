@@ -236,7 +236,7 @@ pub struct Forwarding {
     pub forwarded: Opt<Scalar>,
     /// An `X-Request-Id` made when no trusted proxy sent one, to the upstream, back to the client and into the access log. Default true.
     pub request_id: Opt<Scalar>,
-    /// A W3C `traceparent` started when the request carries no valid one (a valid one is passed on either way). Default true.
+    /// A W3C `traceparent` started when the request carries no valid one (a valid one is passed on either way). Off by default: a trace the gateway starts records no span of its own, and its sampled flag would have every upstream that samples by its parent record every request. Default false.
     pub traceparent: Opt<Scalar>,
 }
 

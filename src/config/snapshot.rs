@@ -76,7 +76,10 @@ pub struct Forwarding {
     pub forwarded: bool,
     /// `X-Request-Id`, made when no trusted proxy sent one.
     pub request_id: bool,
-    /// `traceparent`, started when the request has no valid one.
+    /// `traceparent`, started when the request has no valid one (off by
+    /// default: the gateway records no span, and a trace it starts as
+    /// sampled would have upstreams that sample by their parent record
+    /// every request).
     pub traceparent: bool,
 }
 
@@ -86,7 +89,7 @@ impl Default for Forwarding {
             x_forwarded: true,
             forwarded: true,
             request_id: true,
-            traceparent: true,
+            traceparent: false,
         }
     }
 }

@@ -7,13 +7,16 @@
 //!   otherwise the gateway makes one (128 random bits, hex). A client
 //!   cannot choose the id that the logs will carry.
 //! - `traceparent` (W3C Trace Context) is passed on when well formed,
-//!   from anyone (it names a trace, grants nothing); when absent or
-//!   malformed the gateway starts a trace (`00-<trace-id>-<parent-id>-01`)
-//!   and drops any `tracestate` that went with a malformed one.
+//!   from anyone (it names a trace, grants nothing); a malformed one is
+//!   removed with any `tracestate` that went with it. With
+//!   `forwarding.traceparent: true` the gateway starts a trace
+//!   (`00-<trace-id>-<parent-id>-01`) where there was no valid one.
 //!
 //! `forwarding.request_id: false` makes no id (a trusted proxy's is still
-//! kept, a client's still removed); `forwarding.traceparent: false` starts
-//! no trace (a valid one is still passed on, a malformed one removed).
+//! kept, a client's still removed). `forwarding.traceparent` is off by
+//! default: the gateway records no span, and a trace it starts as sampled
+//! would have every upstream that samples by its parent record every
+//! request.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -222,10 +225,14 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 mod tests {
     use super::*;
 
-    /// `correlate`, its added fields put into the map as the upstream
-    /// receives them.
+    /// `correlate` making both an id and a trace, its added fields put
+    /// into the map as the upstream receives them.
     fn correlated(headers: &mut HeaderMap, from_trusted: bool) -> HeaderValue {
-        correlated_making(headers, from_trusted, Forwarding::default()).expect("an id")
+        let both = Forwarding {
+            traceparent: true,
+            ..Forwarding::default()
+        };
+        correlated_making(headers, from_trusted, both).expect("an id")
     }
 
     fn correlated_making(
@@ -271,13 +278,9 @@ mod tests {
         assert_eq!(headers.get(&X_REQUEST_ID).unwrap(), "lb-42");
         assert!(!headers.contains_key(&TRACEPARENT));
         assert!(!headers.contains_key(&TRACESTATE));
-        // One on, the other off.
-        let ids_only = Forwarding {
-            traceparent: false,
-            ..Forwarding::default()
-        };
+        // One on, the other off: by default, an id and no trace.
         let mut headers = HeaderMap::new();
-        let made = correlated_making(&mut headers, false, ids_only).expect("an id");
+        let made = correlated_making(&mut headers, false, Forwarding::default()).expect("an id");
         assert_eq!(headers.get(&X_REQUEST_ID), Some(&made));
         assert!(!headers.contains_key(&TRACEPARENT));
     }

@@ -1,7 +1,8 @@
-//! `X-Request-Id` and W3C `traceparent` through the gateway: made when
-//! missing, a client's request id replaced, a trusted proxy's kept, the
-//! same id returned to the client and logged; with `forwarding` off,
-//! nothing made and nothing a client sent passed on.
+//! `X-Request-Id` and W3C `traceparent` through the gateway: an id made
+//! when missing, a client's request id replaced, a trusted proxy's kept,
+//! the same id returned to the client and logged; a valid trace passed on,
+//! one started only when asked for; with `forwarding` off, nothing made
+//! and nothing a client sent passed on.
 use crate::common;
 
 use common::Gateway;
@@ -48,15 +49,13 @@ fn is_hex(text: &str, len: usize) -> bool {
 }
 
 #[tokio::test]
-async fn a_request_id_and_a_trace_are_made_and_a_clients_id_is_not_trusted() {
+async fn a_request_id_is_made_and_a_clients_id_is_not_trusted() {
     let gw = Gateway::start(&yaml("")).await;
     let (upstream, id) = exchange(&gw, &[]).await;
     assert!(is_hex(&id, 32), "{id}");
     assert_eq!(upstream["x-request-id"], id.as_str());
-    let trace = upstream["traceparent"].as_str().expect("traceparent made");
-    let parts: Vec<&str> = trace.split('-').collect();
-    assert_eq!(parts[0], "00");
-    assert!(is_hex(parts[1], 32) && is_hex(parts[2], 16), "{trace}");
+    // No trace started unless asked for: the gateway records no span.
+    assert!(upstream.get("traceparent").is_none(), "{upstream}");
     // Each request its own.
     let (_, other) = exchange(&gw, &[]).await;
     assert_ne!(id, other);
@@ -93,7 +92,7 @@ async fn a_trusted_proxys_id_and_any_valid_traceparent_are_passed_on() {
     assert_eq!(upstream["x-request-id"], "lb-7f3a");
     assert_eq!(upstream["traceparent"], trace);
     assert_eq!(upstream["tracestate"], "congo=t61rcWkgMzE");
-    // A malformed one is replaced, its tracestate dropped.
+    // A malformed one is removed, its tracestate with it.
     let (upstream, _) = exchange(
         &gw,
         &[
@@ -102,8 +101,39 @@ async fn a_trusted_proxys_id_and_any_valid_traceparent_are_passed_on() {
         ],
     )
     .await;
-    assert_ne!(upstream["traceparent"], "00-xyz");
+    assert!(upstream.get("traceparent").is_none(), "{upstream}");
     assert!(upstream.get("tracestate").is_none(), "{upstream}");
+    gw.shutdown().await;
+}
+
+/// `forwarding.traceparent: true`: a trace is started (sampled, as the
+/// request's own root) where the request has no valid one; a malformed
+/// one is replaced, its `tracestate` dropped; a valid one still goes on.
+#[tokio::test]
+async fn a_trace_is_started_when_asked_for() {
+    let gw = Gateway::start(&(yaml("") + "forwarding: { traceparent: true }\n")).await;
+    let (upstream, _) = exchange(&gw, &[]).await;
+    let trace = upstream["traceparent"].as_str().expect("traceparent made");
+    let parts: Vec<&str> = trace.split('-').collect();
+    assert_eq!(parts[0], "00");
+    assert!(is_hex(parts[1], 32) && is_hex(parts[2], 16), "{trace}");
+    assert_eq!(parts[3], "01", "{trace}");
+    let (other, _) = exchange(&gw, &[]).await;
+    assert_ne!(other["traceparent"], trace);
+    let (upstream, _) = exchange(
+        &gw,
+        &[
+            ("traceparent", "00-xyz"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+    )
+    .await;
+    let made = upstream["traceparent"].as_str().expect("replaced");
+    assert_ne!(made, "00-xyz");
+    assert!(upstream.get("tracestate").is_none(), "{upstream}");
+    let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (upstream, _) = exchange(&gw, &[("traceparent", valid)]).await;
+    assert_eq!(upstream["traceparent"], valid);
     gw.shutdown().await;
 }
 
