@@ -259,11 +259,14 @@ if [ ! -s "$WORK/bolt.fdata" ]; then
     echo "the BOLT-instrumented gateway wrote no profile" >&2
     exit 1
 fi
-"$BOLT_BIN" "$BIN" -data="$WORK/bolt.fdata" -o "$BIN-bolt" \
+# Written beside it and renamed into place: a gateway still running the
+# last build keeps its file (writing over it would fail, "text file busy").
+"$BOLT_BIN" "$BIN" -data="$WORK/bolt.fdata" -o "$WORK/microgateway-bolt" \
     -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
     -icf=1 -use-gnu-stack -dyno-stats >"$WORK/bolt.log" 2>&1 || {
     cat "$WORK/bolt.log" >&2
     exit 1
 }
+mv -f "$WORK/microgateway-bolt" "$BIN-bolt"
 smoke "$BIN-bolt"
 echo "$BIN-bolt"
