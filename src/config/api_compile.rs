@@ -786,6 +786,16 @@ fn transform(ctx: &mut Ctx, policies: &raw::Policies) -> Transform {
             strip_every_spelling(&mut transform, &header);
         }
     }
+    // `Forwarded` restates X-Forwarded-For, -Proto and -Host: one the
+    // policy set or removed would still be told there, and upstreams that
+    // read `Forwarded` first (Spring's and Quarkus' filters) would take
+    // the value the policy replaced. It goes too, unless the policy sets
+    // it itself.
+    let restated =
+        ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].map(FoldedName::new);
+    if transform.strip.iter().any(|name| restated.contains(name)) {
+        strip_every_spelling(&mut transform, &http::header::FORWARDED);
+    }
     transform
 }
 

@@ -202,7 +202,8 @@ async fn the_proxy_field_never_reaches_the_upstream_in_any_spelling() {
 }
 
 /// What a policy sets or removes of the forwarding fields is the
-/// policy's: the gateway's own value does not come back over it.
+/// policy's: the gateway's own value does not come back over it, nor is
+/// it restated by `Forwarded`, which goes with it.
 #[tokio::test]
 async fn a_policy_has_the_last_word_on_the_forwarding_fields() {
     let (upstream, gw) = start().await;
@@ -220,9 +221,21 @@ async fn a_policy_has_the_last_word_on_the_forwarding_fields() {
         "{:?}",
         seen.headers
     );
-    // What it does not name the gateway still sets.
+    // What it does not name the gateway still sets; `Forwarded`, which
+    // would still say the host the policy replaced, is not.
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
-    assert!(seen.headers.get("forwarded").is_some());
+    assert!(
+        seen.headers.get("forwarded").is_none(),
+        "{:?}",
+        seen.headers
+    );
+    // A policy that names no forwarding field leaves `Forwarded` alone.
+    assert_eq!(gw.get("/rules/who").await.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(
+        seen.headers["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{}\"", gw.http).as_str()
+    );
     gw.shutdown().await;
 }
 
