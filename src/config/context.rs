@@ -311,6 +311,26 @@ pub fn basic_header(user: &str, password: &Secret) -> Option<HeaderValue> {
     Some(value)
 }
 
+/// Text every recipient reads as written in a field value: visible ASCII,
+/// spaces and tabs (RFC 9110 §5.5; bytes past ASCII are `obs-text`, read
+/// as Latin-1 by browsers, as UTF-8 or refused by others).
+pub fn is_portable_text(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// A whole field value read alike by every recipient: portable text
+/// ([`is_portable_text`]) that neither begins nor ends with a space or a
+/// tab, which parsers strip (RFC 9110 §5.5) and HTTP/2 forbids (RFC 9113
+/// §8.2.1).
+pub fn is_plain_value(bytes: &[u8]) -> bool {
+    let padding = |b: &u8| *b == b' ' || *b == b'\t';
+    is_portable_text(bytes)
+        && !bytes.first().is_some_and(padding)
+        && !bytes.last().is_some_and(padding)
+}
+
 pub(super) fn header_name(ctx: &mut Ctx, name: &S<String>) -> Option<HeaderName> {
     let parsed = HeaderName::from_bytes(name.value.as_bytes()).ok();
     if parsed.is_none() {

@@ -10,7 +10,7 @@
 
 use http::{HeaderName, HeaderValue};
 
-use super::context::{header_name, is_connection_field, Ctx, CONNECTION_FIELDS};
+use super::context::{header_name, is_connection_field, is_plain_value, Ctx, CONNECTION_FIELDS};
 use super::raw::{self, S};
 use super::snapshot::ResponseTransform;
 
@@ -19,6 +19,7 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
         return ResponseTransform::default();
     };
     let mut transform = ResponseTransform::default();
+    let mut names: Vec<(HeaderName, &S<String>)> = Vec::new();
     for (written, value) in &entry.value.set_headers.0 {
         let name = end_to_end(ctx, written)
             .and_then(|name| not_cors(ctx, written, name))
@@ -32,17 +33,36 @@ pub fn compile(ctx: &mut Ctx, policies: &raw::Policies) -> ResponseTransform {
             );
             continue;
         }
-        let Ok(value) = HeaderValue::from_str(text) else {
+        let value = match HeaderValue::from_str(text) {
+            Ok(value) if is_plain_value(text.as_bytes()) => value,
+            _ => {
+                ctx.report.error(
+                    value.referenced,
+                    format!(
+                        "response_transformation value `{}` is not a plain header value",
+                        text.escape_debug()
+                    ),
+                    "visible ASCII text, spaces and tabs, neither first nor last (HTTP/2 clients refuse a value padded so, HTTP/1.1 ones strip it)",
+                );
+                continue;
+            }
+        };
+        let Some(name) = name else { continue };
+        // `X-A` and `x-a` would both be written, one over the other: the
+        // last would win, whatever the file seems to say.
+        if let Some((_, first)) = names.iter().find(|(set, _)| *set == name) {
             ctx.report.error(
-                value.referenced,
-                format!("response_transformation value `{text}` is not a valid header value"),
-                "visible ASCII text, spaces and tabs",
+                written.referenced,
+                format!(
+                    "response_transformation set_headers names `{}` twice (also as `{}`)",
+                    written.value, first.value
+                ),
+                "each header once, in any case",
             );
             continue;
-        };
-        if let Some(name) = name {
-            transform.set.push((name, value));
         }
+        names.push((name.clone(), written));
+        transform.set.push((name, value));
     }
     for name in &entry.value.remove_headers {
         if let Some(name) = end_to_end(ctx, name) {
@@ -113,28 +133,48 @@ pub struct OwnFields {
     pub throttled: bool,
 }
 
-/// Warns about a `set_headers` name the gateway's own field replaces.
+/// Warns about a `set_headers` name the gateway's own field replaces, and
+/// a `remove_headers` name it writes all the same.
 pub fn overwritten(ctx: &mut Ctx, policies: &raw::Policies, own: OwnFields) {
     let Some(entry) = &policies.response_transformation else {
         return;
     };
-    for (written, _) in &entry.value.set_headers.0 {
+    let set = entry
+        .value
+        .set_headers
+        .0
+        .iter()
+        .map(|(written, _)| (written, true));
+    let removed = entry
+        .value
+        .remove_headers
+        .iter()
+        .map(|written| (written, false));
+    for (written, setting) in set.chain(removed) {
         let Ok(name) = HeaderName::from_bytes(written.value.as_bytes()) else {
             continue;
         };
-        let by = match name.as_str() {
-            "x-request-id" if own.request_id => "on every answer (forwarding.request_id)",
-            "ratelimit" | "ratelimit-policy" if own.throttled => {
-                "on the answers its throttle policies count"
-            }
+        let (by, instead) = match name.as_str() {
+            "x-request-id" if own.request_id => (
+                "on every answer (forwarding.request_id)",
+                "forwarding.request_id: false sends none, to the upstream either",
+            ),
+            "ratelimit" | "ratelimit-policy" if own.throttled => (
+                "on the answers its throttle policies count",
+                "the throttle policies tell every client its quota",
+            ),
             _ => continue,
         };
-        ctx.report.warning(
-            written.referenced,
-            format!(
+        let message = match setting {
+            true => format!(
                 "response_transformation sets `{}`, which the gateway writes {by}: its own value replaces this one",
                 written.value
             ),
-        );
+            false => format!(
+                "response_transformation removes `{}`, which the gateway writes {by}, after the transformation: it stays ({instead})",
+                written.value
+            ),
+        };
+        ctx.report.warning(written.referenced, message);
     }
 }

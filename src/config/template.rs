@@ -11,7 +11,7 @@ use crate::path;
 
 pub const ALLOWED: &str = "literal text and ${request.authorization.clientId|userName|issuer|audience|scope|type|claims.NAME} (or ${request.oauth2Token.clientId|owner}), ${request.application.name}";
 
-const VALUE_ALLOWED: &str = "text without line breaks or other control characters around the variables (write a block scalar as `|-`)";
+const VALUE_ALLOWED: &str = "visible ASCII text, spaces and tabs around the variables, no space or tab first or last (write a block scalar as `|-`)";
 
 pub const RESOURCE_ALLOWED: &str =
     "\"METHOD /path\" with METHOD one of GET POST PUT PATCH DELETE HEAD OPTIONS, segments literal, {name} or a final {name*}";
@@ -72,8 +72,19 @@ pub(super) fn value_template(ctx: &mut Ctx, value: &S<Scalar>) -> Option<ValueTe
             return None;
         }
     };
-    let literal_ok = parsed.parts.iter().all(|part| match part {
-        Part::Text(literal) => HeaderValue::from_str(literal).is_ok(),
+    // Portable text, and no space or tab at either end of the value,
+    // which parsers strip and HTTP/2 forbids (a variable's value is
+    // held to the same when a request renders it).
+    let padding = |b: u8| b == b' ' || b == b'\t';
+    let last = parsed.parts.len().saturating_sub(1);
+    let literal_ok = parsed.parts.iter().enumerate().all(|(i, part)| match part {
+        Part::Text(literal) => {
+            let bytes = literal.as_bytes();
+            HeaderValue::from_str(literal).is_ok()
+                && context::is_portable_text(bytes)
+                && !(i == 0 && bytes.first().copied().is_some_and(padding))
+                && !(i == last && bytes.last().copied().is_some_and(padding))
+        }
         Part::Var(_) => true,
     });
     if !literal_ok {

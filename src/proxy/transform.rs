@@ -100,14 +100,7 @@ fn from_configuration(variable: &Variable) -> bool {
 /// space or tab would reach the upstream as another one (`" admin"` as
 /// `admin`).
 fn is_plain_property(value: &str) -> bool {
-    let padding = |b: &u8| *b == b' ' || *b == b'\t';
-    let bytes = value.as_bytes();
-    bytes.len() <= MAX_PROPERTY_BYTES
-        && !bytes.first().is_some_and(padding)
-        && !bytes.last().is_some_and(padding)
-        && bytes
-            .iter()
-            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    value.len() <= MAX_PROPERTY_BYTES && crate::config::context::is_plain_value(value.as_bytes())
 }
 
 fn value(variable: &Variable, identity: &Identity) -> Option<String> {

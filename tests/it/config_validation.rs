@@ -4019,10 +4019,10 @@ fn request_transformation_cannot_set_proxy() {
 /// request at run time (401), now by the file.
 #[test]
 fn set_headers_literal_text_must_be_a_header_value() {
-    let allowed = "text without line breaks or other control characters around the variables (write a block scalar as `|-`)";
+    let allowed = "visible ASCII text, spaces and tabs around the variables, no space or tab first or last (write a block scalar as `|-`)";
     assert_eq!(
         errors(&with_request_transformation(
-            "      set_headers:\n        X-Env: |\n          prod\n        X-Tenant: \"t\\r-${request.authorization.clientId}\"\n        X-Ok: |-\n          prod\n"
+            "      set_headers:\n        X-Env: |\n          prod\n        X-Tenant: \"t\\r-${request.authorization.clientId}\"\n        X-Ok: |-\n          prod\n        X-Mid: \"a b ${request.authorization.clientId} c\"\n        X-Lead: \" ${request.authorization.clientId}\"\n        X-Trail: \"${request.authorization.clientId}\\t\"\n        X-Utf: \"café\"\n"
         )),
         vec![
             error(
@@ -4035,6 +4035,24 @@ fn set_headers_literal_text_must_be_a_header_value() {
                 11,
                 19,
                 "set_headers value `t\\r-${request.authorization.clientId}` is not a valid header value",
+                allowed
+            ),
+            error(
+                15,
+                17,
+                "set_headers value ` ${request.authorization.clientId}` is not a valid header value",
+                allowed
+            ),
+            error(
+                16,
+                18,
+                "set_headers value `${request.authorization.clientId}\\t` is not a valid header value",
+                allowed
+            ),
+            error(
+                17,
+                16,
+                "set_headers value `café` is not a valid header value",
                 allowed
             ),
         ]
@@ -4491,6 +4509,7 @@ fn response_fields_the_gateway_writes_itself_are_warned_about() {
   policies:
     response_transformation:
       set_headers: {{ X-Request-Id: mine, RateLimit: "x", ratelimit-policy: "y", Cache-Control: no-store }}
+      remove_headers: [x-request-id, RateLimit-Policy, Server]
 {throttle}"#
         )
     };
@@ -4521,6 +4540,18 @@ fn response_fields_the_gateway_writes_itself_are_warned_about() {
                 58,
                 "ratelimit-policy",
                 "on the answers its throttle policies count"
+            ),
+            (
+                9,
+                24,
+                "response_transformation removes `x-request-id`, which the gateway writes on every answer (forwarding.request_id), after the transformation: it stays (forwarding.request_id: false sends none, to the upstream either)".to_owned(),
+                None,
+            ),
+            (
+                9,
+                38,
+                "response_transformation removes `RateLimit-Policy`, which the gateway writes on the answers its throttle policies count, after the transformation: it stays (the throttle policies tell every client its quota)".to_owned(),
+                None,
             ),
         ]
     );
