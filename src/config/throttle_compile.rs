@@ -117,25 +117,17 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
     let Some(url) = ctx.secret(at, "throttling.store") else {
         return ThrottleStore::Memory;
     };
-    let Some((tls, rest)) = split_scheme(url.expose()) else {
-        ctx.report.error(
-            at.referenced,
-            "throttling.store: neither `memory` nor a redis:// or rediss:// URL with a host",
-            STORE_ALLOWED,
-        );
-        return ThrottleStore::Memory;
+    // Read as the Redis client reads it (a WHATWG URL): the host is what
+    // the authority names, never an `@…` in the query or the fragment.
+    let (tls, parsed) = match redis_url(url.expose()) {
+        Ok(read) => read,
+        Err(problem) => {
+            ctx.report.error(at.referenced, problem, STORE_ALLOWED);
+            return ThrottleStore::Memory;
+        }
     };
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    if host.is_empty() || host.starts_with('/') || host.contains(char::is_whitespace) {
-        ctx.report.error(
-            at.referenced,
-            "throttling.store: neither `memory` nor a redis:// or rediss:// URL with a host",
-            STORE_ALLOWED,
-        );
-        return ThrottleStore::Memory;
-    }
     // The Redis client reads `#insecure` as "do not verify the server".
-    if host.contains('#') {
+    if parsed.fragment().is_some() {
         ctx.report.error(
             at.referenced,
             "throttling.store: a `#` fragment (`#insecure` would not verify the server's certificate)",
@@ -148,11 +140,7 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
     // wildcard host) is refused here, by the same reading. Its message
     // could quote the URL, password and all: not shown.
     if redis::IntoConnectionInfo::into_connection_info(url.expose()).is_err() {
-        ctx.report.error(
-            at.referenced,
-            "throttling.store: a URL the Redis client cannot read (a port or database that is no number, or a wildcard host such as 0.0.0.0)",
-            STORE_ALLOWED,
-        );
+        ctx.report.error(at.referenced, CANNOT_READ, STORE_ALLOWED);
         return ThrottleStore::Memory;
     }
     let password = raw
@@ -182,7 +170,7 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
             ca_bundle,
         };
     }
-    let (host, url_password) = redis_host(rest);
+    let (host, url_password) = host_and_password(&parsed);
     // `redis://` is plain TCP: a password sent to another machine can be
     // read on the way.
     if url_password || raw.password.is_some() {
@@ -201,36 +189,42 @@ fn store(ctx: &mut Ctx, raw: &raw::Throttling) -> ThrottleStore {
     }
 }
 
-/// Whether a Redis URL is `rediss://` (TLS) or `redis://`, and what
-/// follows the scheme; `None` for neither.
-fn split_scheme(url: &str) -> Option<(bool, &str)> {
-    if let Some(rest) = url.strip_prefix("rediss://") {
-        return Some((true, rest));
-    }
-    url.strip_prefix("redis://").map(|rest| (false, rest))
+/// The host a Redis URL names, and whether its user information holds a
+/// password.
+fn host_and_password(parsed: &url::Url) -> (&str, bool) {
+    let password = parsed
+        .password()
+        .is_some_and(|password| !password.is_empty());
+    (parsed.host_str().unwrap_or_default(), password)
 }
 
-/// The host of what follows `redis://` in `[USER[:PASSWORD]@]HOST[:PORT][/DB]`,
-/// and whether its user information holds a password.
-fn redis_host(rest: &str) -> (&str, bool) {
-    let (password, rest) = match rest.rsplit_once('@') {
-        Some((user_information, rest)) => (
-            user_information
-                .split_once(':')
-                .is_some_and(|(_, password)| !password.is_empty()),
-            rest,
-        ),
-        None => (false, rest),
+/// A `rediss://` (TLS: `true`) or `redis://` URL with a host, parsed as
+/// the Redis client parses it; or what it is not.
+fn redis_url(text: &str) -> Result<(bool, url::Url), &'static str> {
+    const NOT_REDIS: &str =
+        "throttling.store: neither `memory` nor a redis:// or rediss:// URL with a host";
+    let tls = match text.split_once("://") {
+        Some(("rediss", _)) => true,
+        Some(("redis", _)) => false,
+        _ => return Err(NOT_REDIS),
     };
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let host = match authority.find(']') {
-        Some(end) if authority.starts_with('[') => &authority[..=end],
-        _ => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
-    (host, password)
+    // Its message could quote the URL, password and all: not shown.
+    let parsed = url::Url::parse(text).map_err(|_| CANNOT_READ)?;
+    // `Url` drops tabs and line breaks anywhere and spaces at either end:
+    // a host written so is refused, as the file does not say it.
+    let written = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let authority = &written[..written.find(['/', '?', '#']).unwrap_or(written.len())];
+    let host_as_written = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let has_host = parsed.host_str().is_some_and(|host| !host.is_empty());
+    if !has_host || host_as_written.contains(char::is_whitespace) {
+        return Err(NOT_REDIS);
+    }
+    Ok((tls, parsed))
 }
+
+const CANNOT_READ: &str = "throttling.store: a URL the Redis client cannot read (a port or database that is no number, or a wildcard host such as 0.0.0.0)";
 
 /// What a policy list may name: its API and the API's scopes.
 pub(super) struct Owner<'a> {
@@ -486,27 +480,53 @@ mod tests {
 
     #[test]
     fn the_host_of_a_redis_url_and_whether_it_holds_a_password() {
-        fn host(url: &str) -> (&str, bool) {
-            redis_host(split_scheme(url).expect("a Redis URL").1)
+        fn host(url: &str) -> (String, bool) {
+            let (_, parsed) = redis_url(url).expect("a Redis URL");
+            let (host, password) = host_and_password(&parsed);
+            (host.to_owned(), password)
         }
+        let read = |host: &str, password| (host.to_owned(), password);
         assert_eq!(
             host("redis://cache.example:6379/0"),
-            ("cache.example", false)
+            read("cache.example", false)
         );
-        assert_eq!(host("redis://:pw@cache.example/0"), ("cache.example", true));
-        assert_eq!(host("redis://user:p@ss@[::1]:6379"), ("[::1]", true));
+        assert_eq!(
+            host("redis://:pw@cache.example/0"),
+            read("cache.example", true)
+        );
+        assert_eq!(host("redis://user:p@ss@[::1]:6379"), read("[::1]", true));
         assert_eq!(
             host("redis://user@10.0.0.1?protocol=resp3"),
-            ("10.0.0.1", false)
+            read("10.0.0.1", false)
         );
-        assert_eq!(host("redis://user:@localhost"), ("localhost", false));
+        assert_eq!(host("redis://user:@localhost"), read("localhost", false));
         assert_eq!(
             host("rediss://:pw@cache.example/0"),
-            ("cache.example", true)
+            read("cache.example", true)
         );
-        assert_eq!(split_scheme("rediss://h"), Some((true, "h")));
-        assert_eq!(split_scheme("redis://h"), Some((false, "h")));
-        assert_eq!(split_scheme("http://h"), None);
+        // An `@` past the authority (query, fragment, path) names no host:
+        // the client connects to the one before it.
+        for url in [
+            "redis://:pw@192.0.2.2:6379/0?x=@127.0.0.1",
+            "redis://:pw@192.0.2.2/?@localhost",
+            "redis://:pw@192.0.2.2:6379/0#@127.0.0.1",
+            "redis://:pw@192.0.2.2/0/@127.0.0.1",
+        ] {
+            assert_eq!(host(url), read("192.0.2.2", true), "{url}");
+        }
+        assert_eq!(redis_url("rediss://h").map(|(tls, _)| tls), Ok(true));
+        assert_eq!(redis_url("redis://h").map(|(tls, _)| tls), Ok(false));
+        for refused in [
+            "http://h",
+            "redis://",
+            "redis:///0",
+            "redis://:pw@/0",
+            "redis://ho st",
+            " redis://h",
+            "redis://h:port/0",
+        ] {
+            assert!(redis_url(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

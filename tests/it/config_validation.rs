@@ -4227,6 +4227,22 @@ fn a_redis_password_to_another_host_is_refused() {
             &redis_allowed
         )]
     );
+    // An `@` in the query or the fragment names no host: the client goes to
+    // the one in the authority.
+    for (url, shown) in [
+        (
+            "redis://:hunter2@cache.example:6379/0?x=@127.0.0.1",
+            "redis://****@cache.example:6379/0?x=****",
+        ),
+        (
+            "redis://:hunter2@cache.example/?@localhost",
+            "redis://****@cache.example/?****",
+        ),
+    ] {
+        let found = errors(&format!("throttling:\n  store: \"{url}\"\n"));
+        assert_eq!(found.len(), 1, "{url}: {found:?}");
+        assert_eq!(found[0].2, message(shown), "{url}");
+    }
     for fine in [
         "throttling:\n  store: redis://cache.example/0\n",
         "throttling:\n  store: redis://127.0.0.1/0\n  password: hunter2\n",
