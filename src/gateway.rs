@@ -679,9 +679,11 @@ fn serve_on_this_thread(
         pin_threads: _,
     } = serving;
     let tls = matches!(transport, Transport::Tls(_));
+    let throttle = Arc::clone(&state.runtime.throttle);
     runtime.block_on(async move {
         tokio::spawn(deadlines);
         tokio::spawn(tidy_this_thread());
+        tokio::spawn(async move { throttle.warm_this_thread().await });
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {

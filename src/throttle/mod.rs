@@ -384,6 +384,15 @@ impl Throttler {
             .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
     }
 
+    /// Connects the calling listener thread to the Redis store bound, if
+    /// any, before its first request (`RedisStore::warm_this_thread`). A
+    /// store a reload brings connects on its first call.
+    pub async fn warm_this_thread(&self) {
+        if let Some(redis) = self.redis.load_full() {
+            redis.warm_this_thread().await;
+        }
+    }
+
     /// Counts a request to `resources` of `api` against the policies that
     /// apply to them, in whichever store the snapshot names.
     pub async fn check<'s>(

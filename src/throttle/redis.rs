@@ -97,6 +97,11 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 /// the connection (Linux `TCP_USER_TIMEOUT`; it also ends the probes).
 const UNACKNOWLEDGED: Duration = Duration::from_secs(20);
 
+/// How long a listener thread's first connection may take when it is
+/// made ahead of its first request ([`RedisStore::warm_this_thread`]):
+/// the link's connect timeout and one retry.
+const WARM_BOUND: Duration = Duration::from_secs(3);
+
 pub struct RedisStore {
     /// What it was opened with, to tell whether a new snapshot changes it.
     pub url: Secret,
@@ -147,6 +152,25 @@ impl RedisStore {
             links: ThreadLocal::new(),
             script: Script::new(GCRA),
         })
+    }
+
+    /// Connects this thread's link before a request needs it: made on
+    /// the first call, the connection (a TLS handshake, `AUTH`, `SELECT`)
+    /// would take much of that call's `throttling.timeout`, and the call
+    /// would meet the store error with the store healthy. Bounded by the
+    /// connect timeout; one that fails is left to the first call.
+    pub async fn warm_this_thread(&self) {
+        let Ok(link) = self.link() else { return };
+        let mut taken = link.take();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut taken.connection);
+        match tokio::time::timeout(WARM_BOUND, ping).await {
+            Ok(Ok(_)) => link.answered(&taken),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "throttle store: not connected yet; the first call connects");
+            }
+            Err(_) => tracing::debug!("throttle store: not connected yet; the first call connects"),
+        }
     }
 
     /// Counts a request on every key, or on none (see `GCRA`).

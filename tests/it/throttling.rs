@@ -829,6 +829,49 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit() {
     two.shutdown().await;
 }
 
+/// Each listener thread connects to Redis when the gateway starts, not
+/// within its first request's `throttling.timeout` (a TLS handshake alone
+/// may take most of the default 50 ms, and the request would meet the
+/// store error with the store healthy).
+#[tokio::test]
+async fn the_gateway_connects_to_redis_before_its_first_request() {
+    let redis = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let others = |list: String| {
+        list.lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .count()
+    };
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(others(list), 0);
+    let gw = on_redis("Warm", &upstream, &redis, "[{ limit: 5, per: 1h }]", "deny").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if others(list.clone()) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection from the gateway: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    gw.shutdown().await;
+}
+
 /// A counter written before Redis's clock stepped back an hour (here: set
 /// an hour ahead) holds the key full for one period, not for the hour.
 #[tokio::test]
