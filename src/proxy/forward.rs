@@ -396,17 +396,9 @@ fn failure(
         }
         SendError::Request(_) => (Rejection::BadGateway(BadGateway::InvalidAnswer), "protocol"),
     };
-    // The upstream's fault: said where nginx's error log would say it, once
-    // in a while (an upstream that is down fails every request).
-    match api.metrics.failure_line_due() {
-        Some(suppressed) => {
-            tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
-        }
-        None => tracing::debug!(api = api.name, cause, %error, "the upstream failed the request"),
-    }
     api.metrics
         .observe_upstream(started.elapsed().as_secs_f64());
-    api.metrics.upstream_error(cause);
+    super::upstream_fault::failed(&api.metrics, cause, &error);
     rejection
 }
 

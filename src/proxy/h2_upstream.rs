@@ -408,15 +408,9 @@ pub async fn forward(
         H2Error::Request(_) => (Rejection::BadGateway(BadGateway::NoAnswer), "protocol"),
         H2Error::Status(_) => (Rejection::BadGateway(BadGateway::InvalidAnswer), "protocol"),
     };
-    match api.metrics.failure_line_due() {
-        Some(suppressed) => {
-            tracing::warn!(api = api.name, cause, %error, suppressed, "the upstream failed the request");
-        }
-        None => tracing::debug!(api = api.name, cause, %error, "the upstream failed the request"),
-    }
     api.metrics
         .observe_upstream(exchange.started.elapsed().as_secs_f64());
-    api.metrics.upstream_error(cause);
+    super::upstream_fault::failed(&api.metrics, cause, &error);
     Err(rejection)
 }
 
@@ -699,16 +693,7 @@ impl HttpBody for ResponseBody {
                     }
                     // The upstream reset its stream or broke the protocol.
                     Some(Err(error)) => {
-                        if let Some(suppressed) = this.metrics.broke_off_line_due() {
-                            tracing::warn!(
-                                api = this.metrics.api(),
-                                cause = "protocol",
-                                %error,
-                                suppressed,
-                                "the upstream's answer broke off; the client's is cut"
-                            );
-                        }
-                        this.metrics.upstream_error("protocol");
+                        super::upstream_fault::broke_off(&this.metrics, "protocol", Some(&error));
                     }
                     None => {}
                 }
@@ -733,15 +718,7 @@ impl HttpBody for ResponseBody {
                         Poll::Ready(Some(Err(Box::new(cancel))))
                     }
                     Poll::Ready(()) => {
-                        if let Some(suppressed) = this.metrics.broke_off_line_due() {
-                            tracing::warn!(
-                                api = this.metrics.api(),
-                                cause = "timeout",
-                                suppressed,
-                                "the upstream's answer broke off; the client's is cut"
-                            );
-                        }
-                        this.metrics.upstream_error("timeout");
+                        super::upstream_fault::broke_off(&this.metrics, "timeout", None);
                         Poll::Ready(Some(Err(Box::new(Silent))))
                     }
                     Poll::Pending => Poll::Pending,

@@ -25,6 +25,7 @@ pub mod room;
 pub mod serve;
 pub mod transform;
 pub mod tunnel;
+mod upstream_fault;
 
 use std::future::Future;
 use std::pin::Pin;

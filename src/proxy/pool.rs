@@ -1101,19 +1101,7 @@ impl<E: Ending> HttpBody for PooledBody<E> {
                         client::Error::Stalled(_) => "timeout",
                         _ => "protocol",
                     };
-                    // The client's answer is cut: its access-log line,
-                    // written with the head, cannot say so (once in a
-                    // while: a broken upstream breaks every answer).
-                    if let Some(suppressed) = metrics.broke_off_line_due() {
-                        tracing::warn!(
-                            api = metrics.api(),
-                            cause,
-                            %error,
-                            suppressed,
-                            "the upstream's answer broke off; the client's is cut"
-                        );
-                    }
-                    metrics.upstream_error(cause);
+                    super::upstream_fault::broke_off(&metrics, cause, Some(&error));
                 }
                 this.ending.failed(&error);
                 Poll::Ready(Some(Err(Box::new(error))))

@@ -548,6 +548,19 @@ async fn h2_connect(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest
     sender
 }
 
+/// The status of an HTTP/2 `GET url` carrying one more field.
+async fn h2_status_with(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    url: &str,
+    (name, value): (&str, &str),
+) -> StatusCode {
+    let request = Request::get(url)
+        .header(name, value)
+        .body(Empty::new())
+        .unwrap();
+    sender.send_request(request).await.unwrap().status()
+}
+
 #[tokio::test]
 async fn h2c_by_prior_knowledge_is_served_and_forwarded_as_http1() {
     let upstream = Upstream::start().await;
@@ -576,16 +589,10 @@ async fn h2c_by_prior_knowledge_is_served_and_forwarded_as_http1() {
         assert_eq!(resp.status(), StatusCode::OK);
     }
     // RFC 9113 §8.3.1: `Host` naming another origin than `:authority`.
-    let resp = sender
-        .send_request(
-            Request::get(&url)
-                .header("host", "other.example")
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h2_status_with(&mut sender, &url, ("host", "other.example")).await,
+        StatusCode::BAD_REQUEST
+    );
     let hits = upstream.hits();
     let resp = sender
         .send_request(
@@ -599,28 +606,17 @@ async fn h2c_by_prior_knowledge_is_served_and_forwarded_as_http1() {
     // RFC 9113 §8.2.1: a value with whitespace at either end is malformed
     // (read as HTTP/1.1, it would be trimmed: the two would differ).
     for value in [" lead", "trail ", "\tboth\t"] {
-        let resp = sender
-            .send_request(
-                Request::get(&url)
-                    .header("x-api-key", value)
-                    .body(Empty::new())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{value:?}");
+        assert_eq!(
+            h2_status_with(&mut sender, &url, ("x-api-key", value)).await,
+            StatusCode::BAD_REQUEST,
+            "{value:?}"
+        );
     }
     // An expectation HTTP/1.1 would answer 417 (RFC 9110 §10.1.1).
-    let resp = sender
-        .send_request(
-            Request::get(&url)
-                .header("expect", "100-continue, x")
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::EXPECTATION_FAILED);
+    assert_eq!(
+        h2_status_with(&mut sender, &url, ("expect", "100-continue, x")).await,
+        StatusCode::EXPECTATION_FAILED
+    );
     assert_eq!(upstream.hits(), hits);
     gw.shutdown().await;
 }

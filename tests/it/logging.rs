@@ -260,10 +260,8 @@ apis:
 /// tell) is written once in a while, not once a request.
 #[tokio::test]
 async fn an_upstream_down_is_logged_with_its_cause_once_in_a_while() {
-    // A port bound, then freed: connections to it are refused.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = refused.local_addr().expect("address").port();
-    drop(refused);
+    // A free port outside the ephemeral range: connections to it are refused.
+    let port = common::ports::unused();
     let (_dir, started) = start_at_info(&format!(
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
