@@ -165,7 +165,8 @@ impl Reloader {
     /// server, then validators), then swaps it in. Nothing is swapped on
     /// error, and nothing the serving snapshot uses has changed: each step
     /// that can fail comes before the first that publishes anything (the
-    /// throttle store is made here and put in use by `bind`). The HTTPS
+    /// throttle store is made here, connected from each listener thread,
+    /// and put in use by `bind`). The HTTPS
     /// listener learns of a changed client-certificate setting just before
     /// the swap, so that, once the generation shows, no request is served
     /// on it over a connection verified under the setting it replaced. The
@@ -178,6 +179,7 @@ impl Reloader {
         let generation = snapshot.generation;
         generate_signing_key(&mut snapshot)?;
         let store = self.throttle.prepare(&snapshot)?;
+        self.throttle.warm_listeners(&store);
         self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
         self.health.prepare(&snapshot);

@@ -19,8 +19,8 @@ use std::cell::RefCell;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::header::{HeaderValue, RETRY_AFTER};
@@ -318,6 +318,10 @@ pub struct Throttler {
     /// The Redis store last bound, which the next snapshot reuses while
     /// its settings are unchanged. Requests count in their snapshot's.
     redis: ArcSwapOption<RedisStore>,
+    /// The runtimes of the listener threads, each noted as it starts: a
+    /// Redis store a reload brings is connected from each of them before
+    /// it is put in use ([`Throttler::warm_listeners`]).
+    listeners: Mutex<Vec<tokio::runtime::Handle>>,
 }
 
 impl Default for Throttler {
@@ -325,6 +329,7 @@ impl Default for Throttler {
         Throttler {
             memory: MemoryStore::new(100_000),
             redis: ArcSwapOption::empty(),
+            listeners: Mutex::new(Vec::new()),
         }
     }
 }
@@ -384,12 +389,58 @@ impl Throttler {
             .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
     }
 
-    /// Connects the calling listener thread to the Redis store bound, if
-    /// any, before its first request (`RedisStore::warm_this_thread`). A
-    /// store a reload brings connects on its first call.
+    /// Notes the calling listener thread's runtime and connects the
+    /// thread to the Redis store bound, if any, before its first request
+    /// (`RedisStore::warm_this_thread`).
     pub async fn warm_this_thread(&self) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tokio::runtime::Handle::current());
         if let Some(redis) = self.redis.load_full() {
             redis.warm_this_thread().await;
+        }
+    }
+
+    /// Connects every listener thread to the Redis store `prepared` brings,
+    /// when it is not the one in use, and waits for them (each bounded by
+    /// the connect timeout): otherwise each thread's first request after
+    /// the reload would make the connection within its
+    /// `throttling.timeout` and could meet the store error with the store
+    /// healthy. Blocking: called by a reload, off the listener threads.
+    pub fn warm_listeners(&self, prepared: &Prepared) {
+        let Some(redis) = &prepared.redis else { return };
+        if self
+            .redis
+            .load()
+            .as_ref()
+            .is_some_and(|serving| Arc::ptr_eq(serving, redis))
+        {
+            return;
+        }
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        for listener in &listeners {
+            let redis = Arc::clone(redis);
+            let done = done.clone();
+            // A runtime that has stopped drops the task, and its sender
+            // with it.
+            drop(listener.spawn(async move {
+                redis.warm_this_thread().await;
+                let _ = done.send(());
+            }));
+        }
+        drop(done);
+        let deadline = Instant::now() + redis::WARM_BOUND + Duration::from_millis(500);
+        for _ in &listeners {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if finished.recv_timeout(left).is_err() {
+                break;
+            }
         }
     }
 

@@ -100,7 +100,7 @@ const UNACKNOWLEDGED: Duration = Duration::from_secs(20);
 /// How long a listener thread's first connection may take when it is
 /// made ahead of its first request ([`RedisStore::warm_this_thread`]):
 /// the link's connect timeout and one retry.
-const WARM_BOUND: Duration = Duration::from_secs(3);
+pub const WARM_BOUND: Duration = Duration::from_secs(3);
 
 pub struct RedisStore {
     /// What it was opened with, to tell whether a new snapshot changes it.

@@ -872,6 +872,63 @@ async fn the_gateway_connects_to_redis_before_its_first_request() {
     gw.shutdown().await;
 }
 
+/// A reload to another Redis store connects each listener thread to it
+/// before the store is put in use: once the new generation serves, its
+/// connections are there without a request having been sent.
+#[tokio::test]
+async fn a_reload_connects_to_the_new_redis_before_it_serves() {
+    let first = Redis::start().await;
+    let second = Redis::start().await;
+    let upstream = Upstream::start().await;
+    let gw = on_redis(
+        "Moved",
+        &upstream,
+        &first,
+        "[{ limit: 5, per: 1h }]",
+        "deny",
+    )
+    .await;
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    let client = redis::Client::open(second.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let gateways = async |conn: &mut redis::aio::MultiplexedConnection| {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(conn)
+            .await
+            .unwrap();
+        list.lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .count()
+    };
+    assert_eq!(gateways(&mut conn).await, 0);
+    let extra = format!(
+        "throttling: {{ store: \"{}\", on_store_error: deny, timeout: 200ms }}",
+        second.url()
+    );
+    gw.write_config(&open_api(
+        "Moved",
+        &upstream,
+        "[{ limit: 5, per: 1h }]",
+        &extra,
+    ));
+    let state = gw.state().clone();
+    let generation = tokio::task::spawn_blocking(move || state.reload(Source::Api))
+        .await
+        .unwrap()
+        .expect("the reload applies");
+    assert_eq!(generation, 2);
+    assert!(
+        gateways(&mut conn).await >= 1,
+        "no connection to the new store"
+    );
+    assert_eq!(upstream.hits(), 1);
+    assert_eq!(gw.get("/open/items").await.status(), 200);
+    let (_, keys) = throttle_keys(&second).await;
+    assert_eq!(keys.len(), 1, "counted in the new store: {keys:?}");
+    gw.shutdown().await;
+}
+
 /// A counter written before Redis's clock stepped back an hour (here: set
 /// an hour ahead) holds the key full for one period, not for the hour.
 #[tokio::test]
