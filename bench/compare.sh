@@ -35,7 +35,7 @@
 #
 # Equal work (FIELDS=1, the default): "nginx-fields" is the nginx proxy
 # adding to each request the fields microgateway adds by default
-# (X-Request-Id both ways, X-Forwarded-For/-Proto/-Host, Forwarded;
+# (X-Request-Id both ways, X-Forwarded-For/-Proto/-Host;
 # bench/lib.sh) — the plain nginx adds none. The gateway's
 # plain and throttled routes are reported against both; and
 # "microgateway-bare", the same gateway with `forwarding` all off (it adds

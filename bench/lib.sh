@@ -89,14 +89,14 @@ EOF_CONF
 # `location {}`. To the upstream:
 # X-Request-Id (a new random id; the gateway replaces a client's),
 # X-Forwarded-For (the peer; the gateway replaces a client's that is not
-# from a trusted proxy), Forwarded, X-Forwarded-Proto, X-Forwarded-Host;
-# to the client: X-Request-Id. (A traceparent is started only with
+# from a trusted proxy), X-Forwarded-Proto, X-Forwarded-Host; to the
+# client: X-Request-Id. (`Forwarded` is made only with
+# `forwarding.forwarded: true`, a traceparent only with
 # `forwarding.traceparent: true`.)
 nginx_fields_location() {
     cat <<'EOF_FIELDS'
             proxy_set_header X-Request-Id $request_id;
             proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\"";
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
             add_header X-Request-Id $request_id always;

@@ -72,7 +72,8 @@ impl Drop for Snapshot {
 pub struct Forwarding {
     /// `X-Forwarded-For`, `-Proto` and `-Host`.
     pub x_forwarded: bool,
-    /// RFC 7239 `Forwarded`.
+    /// RFC 7239 `Forwarded` (off by default: it says what `X-Forwarded-*`
+    /// says, which none of the proxies users come from adds by default).
     pub forwarded: bool,
     /// `X-Request-Id`, made when no trusted proxy sent one.
     pub request_id: bool,
@@ -87,7 +88,7 @@ impl Default for Forwarding {
     fn default() -> Forwarding {
         Forwarding {
             x_forwarded: true,
-            forwarded: true,
+            forwarded: false,
             request_id: true,
             traceparent: false,
         }

@@ -372,7 +372,7 @@ pub fn set_forwarded(
                 .then(|| joined(headers, &X_FORWARDED_FOR))
                 .flatten(),
             make.forwarded
-                .then(|| joined(headers, &FORWARDED))
+                .then(|| joined(headers, &FORWARDED).or_else(|| in_forwarded_terms(headers)))
                 .flatten(),
             ip,
             proto,
@@ -497,6 +497,71 @@ fn compose(
     )
 }
 
+/// A trusted proxy's `X-Forwarded-*` in `Forwarded`'s terms, for a
+/// chain that sent no `Forwarded` (a load balancer that writes only the
+/// former): without it, the gateway's `Forwarded` would name the proxy as
+/// the client and the proxy's hop as the client's scheme and host, and
+/// the frameworks that read `Forwarded` before `X-Forwarded-*` (Spring,
+/// Quarkus) would take those. One element for each `X-Forwarded-For`
+/// entry (`unknown` for one that is no address); the first, the
+/// client's, with the first `X-Forwarded-Proto` and `-Host` (a value that
+/// is no scheme or would break out of its quotes is left out).
+fn in_forwarded_terms(headers: &HeaderMap) -> Option<Vec<u8>> {
+    let first = |name: &HeaderName| {
+        headers
+            .get(name)
+            .and_then(|value| value.as_bytes().split(|b| *b == b',').next())
+            .map(<[u8]>::trim_ascii)
+            .filter(|value| !value.is_empty())
+    };
+    let proto = first(&X_FORWARDED_PROTO).filter(|proto| {
+        proto[0].is_ascii_alphabetic()
+            && proto
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    });
+    let host = first(&X_FORWARDED_HOST).filter(|host| {
+        host.iter()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'))
+    });
+    let chain = joined(headers, &X_FORWARDED_FOR).unwrap_or_default();
+    let mut entries = chain
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|entry| !entry.is_empty());
+    let mut out = Vec::with_capacity(chain.len() * 2 + 48);
+    let node = |out: &mut Vec<u8>, entry: &[u8]| {
+        out.extend_from_slice(b"for=");
+        match address_of(entry) {
+            Some(IpAddr::V4(ip)) => out.extend_from_slice(ip.to_string().as_bytes()),
+            Some(IpAddr::V6(ip)) => out.extend_from_slice(format!("\"[{ip}]\"").as_bytes()),
+            None => out.extend_from_slice(b"unknown"),
+        }
+    };
+    if let Some(client) = entries.next() {
+        node(&mut out, client);
+    }
+    for (key, value, quoted) in [(b"proto=", proto, false), (b"host=\"", host, true)] {
+        let Some(value) = value else { continue };
+        if !out.is_empty() {
+            out.push(b';');
+        }
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+        if quoted {
+            out.push(b'"');
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    for entry in entries {
+        out.extend_from_slice(b", ");
+        node(&mut out, entry);
+    }
+    Some(out)
+}
+
 /// All lines of a list header as one value (RFC 9110 §5.3: a proxy may
 /// send a list as several lines), as bytes: a line with an octet above
 /// 0x7F (what a client wrote before its proxy's entry) is kept, not
@@ -519,7 +584,11 @@ mod tests {
     /// `set_forwarded`, its added fields put into the map as the upstream
     /// receives them.
     fn forwarded_into(headers: &mut HeaderMap, peer: SocketAddr, tls: bool, trusted: &[IpNet]) {
-        forwarded_making(headers, peer, tls, trusted, Forwarding::default());
+        let all = Forwarding {
+            forwarded: true,
+            ..Forwarding::default()
+        };
+        forwarded_making(headers, peer, tls, trusted, all);
     }
 
     fn forwarded_making(
@@ -551,6 +620,7 @@ mod tests {
         };
         let no_x = Forwarding {
             x_forwarded: false,
+            forwarded: true,
             ..Forwarding::default()
         };
         let mut headers = sent();
@@ -984,6 +1054,58 @@ mod tests {
         assert_eq!(
             h[FORWARDED].as_bytes(),
             b"for=\xff, for=203.0.113.1, for=10.1.2.3;proto=http"
+        );
+    }
+
+    #[test]
+    fn a_chain_written_only_in_x_forwarded_is_carried_into_forwarded() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/24".parse().unwrap()];
+        let proxy: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let forwarded_for = |fields: &[(&HeaderName, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static("internal:8080"));
+            for (name, value) in fields {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            forwarded_into(&mut headers, proxy, false, &trusted);
+            headers[FORWARDED].to_str().unwrap().to_owned()
+        };
+        let own = "for=10.0.0.1;proto=http;host=\"internal:8080\"";
+        // A TLS-terminating load balancer: the client's scheme and host
+        // are the first element's, not the gateway's hop.
+        assert_eq!(
+            forwarded_for(&[
+                (&X_FORWARDED_FOR, "203.0.113.9"),
+                (&X_FORWARDED_PROTO, "https"),
+                (&X_FORWARDED_HOST, "api.example.com"),
+            ]),
+            format!("for=203.0.113.9;proto=https;host=\"api.example.com\", {own}")
+        );
+        // Each entry an element, over every line; one that is no address
+        // is `unknown`, an IPv6 one quoted and bracketed, a port dropped.
+        assert_eq!(
+            forwarded_for(&[
+                (&X_FORWARDED_FOR, "2001:db8::7, not-an-ip"),
+                (&X_FORWARDED_FOR, "198.51.100.2:5555"),
+            ]),
+            format!("for=\"[2001:db8::7]\", for=unknown, for=198.51.100.2, {own}")
+        );
+        // A scheme that is none, a host that would leave its quotes: left out.
+        assert_eq!(
+            forwarded_for(&[(&X_FORWARDED_PROTO, "ht tp"), (&X_FORWARDED_HOST, "a\"b"),]),
+            own
+        );
+        assert_eq!(
+            forwarded_for(&[(&X_FORWARDED_PROTO, "https, http")]),
+            format!("proto=https, {own}")
+        );
+        // A chain that has a `Forwarded` goes on as it was sent.
+        assert_eq!(
+            forwarded_for(&[
+                (&X_FORWARDED_FOR, "203.0.113.9"),
+                (&FORWARDED, "for=192.0.2.1"),
+            ]),
+            format!("for=192.0.2.1, {own}")
         );
     }
 

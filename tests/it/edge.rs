@@ -133,7 +133,8 @@ async fn hostile_requests_get_400_and_never_reach_the_upstream() {
 #[tokio::test]
 async fn an_absolute_form_target_is_served_as_its_origin_form_for_its_authority() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&edge_yaml(&upstream.url("/api"), "")).await;
+    let yaml = edge_yaml(&upstream.url("/api"), "") + "forwarding: { forwarded: true }\n";
+    let gw = Gateway::start(&yaml).await;
     for (target, forwarded_path) in [
         (
             "http://api.example/travels/bookings?x=1",

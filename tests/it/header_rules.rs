@@ -27,6 +27,7 @@ fn yaml(upstream_url: &str, challenger_url: &str) -> String {
         r#"
 ports: {{ http: 0, bind: 127.0.0.1 }}
 admin: {{ port: 0 }}
+forwarding: {{ forwarded: true }}
 apis:
 - name: Rules
   version: "1.0"
