@@ -83,10 +83,15 @@ pub fn answer(cors: &Cors, preflight: &Preflight, routed: bool) -> Response<Body
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
     headers.insert(VARY, PREFLIGHT_VARY.clone());
-    let method_allowed = preflight
-        .method
-        .as_ref()
-        .is_some_and(|method| cors.methods.contains(method));
+    // A browser takes a CORS-safelisted method (GET, HEAD, POST) whether
+    // `Access-Control-Allow-Methods` names it or not (Fetch standard,
+    // "CORS-preflight fetch"), and sends it without a preflight unless
+    // other headers ask for one: refusing its preflight would refuse the
+    // same request for one header more, not the method.
+    let method_allowed = preflight.method.as_ref().is_some_and(|method| {
+        matches!(*method, Method::GET | Method::HEAD | Method::POST)
+            || cors.methods.contains(method)
+    });
     let allowed = routed
         && method_allowed
         && origin_allowed(cors, preflight.origin)
@@ -214,6 +219,22 @@ mod tests {
             &preflight_request(app, "POST", &["authorization", "x-debug"])
         ));
         assert!(!allowed(&cors, &preflight_request(app, "DELETE", &[])));
+        // GET, HEAD and POST are the browser's to send whatever the list
+        // (the API must still serve them: `routed`).
+        let posting_only = Cors {
+            methods: vec![Method::POST],
+            ..policy(Origins::List(vec![HeaderValue::from_static(app)]), true)
+        };
+        for method in ["GET", "HEAD", "POST"] {
+            assert!(
+                allowed(
+                    &posting_only,
+                    &preflight_request(app, method, &["authorization"])
+                ),
+                "{method}"
+            );
+        }
+        assert!(!allowed(&posting_only, &preflight_request(app, "PUT", &[])));
         assert!(!allowed(
             &cors,
             &preflight_request(app, "NOT A METHOD", &[])

@@ -777,3 +777,39 @@ async fn an_origin_written_otherwise_matches_as_a_browser_sends_it() {
     }
     gw.shutdown().await;
 }
+
+/// GET, HEAD and POST are CORS-safelisted: a browser takes them whether
+/// `Access-Control-Allow-Methods` names them or not, so their preflight
+/// (sent for a header such as `Authorization`) is allowed where the API
+/// serves them, `allow_methods` or not; another method must be listed.
+#[tokio::test]
+async fn a_safelisted_method_needs_no_place_in_allow_methods() {
+    let upstream = RecordingUpstream::start().await;
+    let w = world(&upstream.url()).await;
+    // `allow_methods: [GET, POST, DELETE]`; HEAD is served where GET is.
+    let resp = preflight(
+        &w.gw,
+        "/travels/bookings",
+        APP,
+        "HEAD",
+        Some("authorization"),
+    )
+    .await;
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        field(resp.headers(), "access-control-allow-origin"),
+        Some(APP)
+    );
+    // Not served on that path: refused whatever the method.
+    let resp = preflight(
+        &w.gw,
+        "/travels/bookings",
+        APP,
+        "PUT",
+        Some("authorization"),
+    )
+    .await;
+    assert!(has_no_cors_fields(resp.headers()), "{:?}", resp.headers());
+    assert_eq!(upstream.accepted(), 0);
+    w.gw.shutdown().await;
+}
