@@ -232,7 +232,7 @@ pub struct Admin {
 pub struct Forwarding {
     /// `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`. Default true.
     pub x_forwarded: Opt<Scalar>,
-    /// RFC 7239 `Forwarded` (a trusted proxy's `X-Forwarded-*` carried into it when that proxy sent no `Forwarded`). Off by default: it says what `X-Forwarded-*` says, and the frameworks that read it first would take it over a chain an outer proxy wrote only in `X-Forwarded-*`. Default false.
+    /// RFC 7239 `Forwarded` (a trusted proxy's `X-Forwarded-*` carried into it when that proxy sent no valid `Forwarded`). Off by default: it says what `X-Forwarded-*` says, and the frameworks that read it first would take it over a chain an outer proxy wrote only in `X-Forwarded-*`. Default false.
     pub forwarded: Opt<Scalar>,
     /// An `X-Request-Id` made when no trusted proxy sent one, to the upstream, back to the client and into the access log. Default true.
     pub request_id: Opt<Scalar>,

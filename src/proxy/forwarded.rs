@@ -17,6 +17,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, FORWARDED, HOST}
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use super::forwarded_list;
 use crate::config::snapshot::{fold, folds_to, Forwarding};
 use crate::http1::request_encode::AddedFields;
 use crate::http1::{field_name, FieldName};
@@ -325,6 +326,7 @@ pub fn set_forwarded(
     ip: IpAddr,
     tls: bool,
     from_trusted: bool,
+    trusted: &[IpNet],
     make: Forwarding,
 ) {
     let proto = if tls { "https" } else { "http" };
@@ -366,13 +368,20 @@ pub fn set_forwarded(
         return;
     }
     let (forwarded_for, forwarded) = if from_trusted {
-        // A chain is joined only for the field that is made.
+        // A chain is joined only for the field that is made; one sent
+        // only in `X-Forwarded-*` (or with a broken `Forwarded`) is carried
+        // into `Forwarded` as well.
+        let chain = forwarded_list::members(headers, &X_FORWARDED_FOR);
         compose(
             make.x_forwarded
-                .then(|| joined(headers, &X_FORWARDED_FOR))
+                .then(|| forwarded_list::joined(&chain))
                 .flatten(),
             make.forwarded
-                .then(|| joined(headers, &FORWARDED).or_else(|| in_forwarded_terms(headers)))
+                .then(|| {
+                    forwarded_list::forwarded_chain(headers).or_else(|| {
+                        forwarded_list::in_forwarded_terms(headers, &chain, trusted, address_of)
+                    })
+                })
                 .flatten(),
             ip,
             proto,
@@ -497,85 +506,6 @@ fn compose(
     )
 }
 
-/// A trusted proxy's `X-Forwarded-*` in `Forwarded`'s terms, for a
-/// chain that sent no `Forwarded` (a load balancer that writes only the
-/// former): without it, the gateway's `Forwarded` would name the proxy as
-/// the client and the proxy's hop as the client's scheme and host, and
-/// the frameworks that read `Forwarded` before `X-Forwarded-*` (Spring,
-/// Quarkus) would take those. One element for each `X-Forwarded-For`
-/// entry (`unknown` for one that is no address); the first, the
-/// client's, with the first `X-Forwarded-Proto` and `-Host` (a value that
-/// is no scheme or would break out of its quotes is left out).
-fn in_forwarded_terms(headers: &HeaderMap) -> Option<Vec<u8>> {
-    let first = |name: &HeaderName| {
-        headers
-            .get(name)
-            .and_then(|value| value.as_bytes().split(|b| *b == b',').next())
-            .map(<[u8]>::trim_ascii)
-            .filter(|value| !value.is_empty())
-    };
-    let proto = first(&X_FORWARDED_PROTO).filter(|proto| {
-        proto[0].is_ascii_alphabetic()
-            && proto
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-    });
-    let host = first(&X_FORWARDED_HOST).filter(|host| {
-        host.iter()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'))
-    });
-    let chain = joined(headers, &X_FORWARDED_FOR).unwrap_or_default();
-    let mut entries = chain
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|entry| !entry.is_empty());
-    let mut out = Vec::with_capacity(chain.len() * 2 + 48);
-    let node = |out: &mut Vec<u8>, entry: &[u8]| {
-        out.extend_from_slice(b"for=");
-        match address_of(entry) {
-            Some(IpAddr::V4(ip)) => out.extend_from_slice(ip.to_string().as_bytes()),
-            Some(IpAddr::V6(ip)) => out.extend_from_slice(format!("\"[{ip}]\"").as_bytes()),
-            None => out.extend_from_slice(b"unknown"),
-        }
-    };
-    if let Some(client) = entries.next() {
-        node(&mut out, client);
-    }
-    for (key, value, quoted) in [(b"proto=", proto, false), (b"host=\"", host, true)] {
-        let Some(value) = value else { continue };
-        if !out.is_empty() {
-            out.push(b';');
-        }
-        out.extend_from_slice(key);
-        out.extend_from_slice(value);
-        if quoted {
-            out.push(b'"');
-        }
-    }
-    if out.is_empty() {
-        return None;
-    }
-    for entry in entries {
-        out.extend_from_slice(b", ");
-        node(&mut out, entry);
-    }
-    Some(out)
-}
-
-/// All lines of a list header as one value (RFC 9110 §5.3: a proxy may
-/// send a list as several lines), as bytes: a line with an octet above
-/// 0x7F (what a client wrote before its proxy's entry) is kept, not
-/// dropped with the chain after it.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
-    let mut values = headers.get_all(name).iter();
-    let mut out = values.next()?.as_bytes().to_vec();
-    for value in values {
-        out.extend_from_slice(b", ");
-        out.extend_from_slice(value.as_bytes());
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,7 +530,15 @@ mod tests {
     ) {
         let mut added = AddedFields::new();
         let from_trusted = trusted.iter().any(|net| net.contains(&peer.ip()));
-        set_forwarded(headers, &mut added, peer.ip(), tls, from_trusted, make);
+        set_forwarded(
+            headers,
+            &mut added,
+            peer.ip(),
+            tls,
+            from_trusted,
+            trusted,
+            make,
+        );
         added.insert_into(headers);
     }
 
@@ -1044,7 +982,7 @@ mod tests {
         h.append("x-forwarded-for", sent);
         h.append(
             FORWARDED,
-            HeaderValue::from_bytes(b"for=\xff, for=203.0.113.1").unwrap(),
+            HeaderValue::from_bytes(b"for=\"\xff\", for=203.0.113.1").unwrap(),
         );
         forwarded_into(&mut h, peer, false, &["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(
@@ -1053,7 +991,7 @@ mod tests {
         );
         assert_eq!(
             h[FORWARDED].as_bytes(),
-            b"for=\xff, for=203.0.113.1, for=10.1.2.3;proto=http"
+            b"for=\"\xff\", for=203.0.113.1, for=10.1.2.3;proto=http"
         );
     }
 
@@ -1081,15 +1019,33 @@ mod tests {
             ]),
             format!("for=203.0.113.9;proto=https;host=\"api.example.com\", {own}")
         );
-        // Each entry an element, over every line; one that is no address
-        // is `unknown`, an IPv6 one quoted and bracketed, a port dropped.
+        // The client's element is the entry the gateway judges the client
+        // (the nearest that is no trusted proxy), the trusted proxies after
+        // it one each; what the client wrote before it is not carried. An
+        // IPv6 address is quoted and bracketed, a port dropped; empty
+        // members are none.
         assert_eq!(
             forwarded_for(&[
-                (&X_FORWARDED_FOR, "2001:db8::7, not-an-ip"),
-                (&X_FORWARDED_FOR, "198.51.100.2:5555"),
+                (&X_FORWARDED_FOR, "not-an-ip, 6.6.6.6,, "),
+                (&X_FORWARDED_FOR, "[2001:db8::7]:5555, 10.0.0.7"),
+                (&X_FORWARDED_PROTO, ", https"),
             ]),
-            format!("for=\"[2001:db8::7]\", for=unknown, for=198.51.100.2, {own}")
+            format!("for=\"[2001:db8::7]\";proto=https, for=10.0.0.7, {own}")
         );
+        // A `Forwarded` line that is empty, or broken (the gateway's
+        // element would land inside its open quotes), is as none.
+        for broken in ["", "for=6.6.6.6;host=\"evil", "for=1.1.1.1;by=\\", ";;=,"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static("internal:8080"));
+            headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+            headers.insert(FORWARDED, HeaderValue::from_str(broken).unwrap());
+            forwarded_into(&mut headers, proxy, false, &trusted);
+            assert_eq!(
+                headers.get_all(FORWARDED).iter().collect::<Vec<_>>(),
+                [format!("for=203.0.113.9, {own}").as_str()],
+                "{broken:?}"
+            );
+        }
         // A scheme that is none, a host that would leave its quotes: left out.
         assert_eq!(
             forwarded_for(&[(&X_FORWARDED_PROTO, "ht tp"), (&X_FORWARDED_HOST, "a\"b"),]),

@@ -15,6 +15,7 @@ pub mod correlate;
 pub mod cors;
 pub mod forward;
 pub mod forwarded;
+mod forwarded_list;
 pub mod grpc_timeout;
 pub mod h2_upstream;
 pub mod identify;

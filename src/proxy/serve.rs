@@ -289,6 +289,7 @@ fn phases<'s: 'a, 'a>(
             conn.peer.ip(),
             conn.tls,
             conn.from_trusted,
+            &snap.trusted_proxies,
             snap.forwarding,
         );
         transform::apply(&route.api.transform, who.as_ref(), headers, added)
