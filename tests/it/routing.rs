@@ -617,18 +617,22 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
         "trusted_proxies: [127.0.0.1/32]\nforwarding: { forwarded: true }",
     ))
     .await;
-    let resp = gw
-        .client
-        .get(gw.url("/travels/bookings"))
-        .header("X-Forwarded-For", "203.0.113.9")
-        .header("X-Forwarded-Proto", "https")
-        .header("X-Forwarded-Host", "api.example")
-        .header("Forwarded", "for=203.0.113.9;proto=https")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status(), 200);
-    let headers = upstream.last().headers;
+    // What the proxy sends: `X-Forwarded-*`, and `Forwarded` when given.
+    let from_proxy = async |forwarded: Option<&str>| {
+        let mut request = gw
+            .client
+            .get(gw.url("/travels/bookings"))
+            .header("X-Forwarded-For", "203.0.113.9")
+            .header("X-Forwarded-Proto", "https")
+            .header("X-Forwarded-Host", "api.example");
+        if let Some(forwarded) = forwarded {
+            request = request.header("Forwarded", forwarded);
+        }
+        let resp = request.send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        upstream.last().headers
+    };
+    let headers = from_proxy(Some("for=203.0.113.9;proto=https")).await;
     let host = gw.http.to_string();
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "https");
@@ -640,17 +644,7 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
     // A load balancer that writes only `X-Forwarded-*`: its chain, and the
     // client's scheme and host, are carried into `Forwarded`, which would
     // otherwise name the balancer as the client, over plain HTTP.
-    let resp = gw
-        .client
-        .get(gw.url("/travels/bookings"))
-        .header("X-Forwarded-For", "203.0.113.9")
-        .header("X-Forwarded-Proto", "https")
-        .header("X-Forwarded-Host", "api.example")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status(), 200);
-    let headers = upstream.last().headers;
+    let headers = from_proxy(None).await;
     assert_eq!(
         headers["forwarded"],
         format!(

@@ -829,6 +829,24 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit() {
     two.shutdown().await;
 }
 
+/// A connection of the test's own to `redis`.
+async fn connected(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// The clients connected to the Redis `conn` is on, but `conn`.
+async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap();
+    list.lines()
+        .filter(|l| !l.contains("cmd=client|list"))
+        .count()
+}
+
 /// Each listener thread connects to Redis when the gateway starts, not
 /// within its first request's `throttling.timeout` (a TLS handshake alone
 /// may take most of the default 50 ms, and the request would meet the
@@ -837,34 +855,12 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit() {
 async fn the_gateway_connects_to_redis_before_its_first_request() {
     let redis = Redis::start().await;
     let upstream = Upstream::start().await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let others = |list: String| {
-        list.lines()
-            .filter(|l| !l.contains("cmd=client|list"))
-            .count()
-    };
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(others(list), 0);
+    let mut conn = connected(&redis).await;
+    assert_eq!(connections(&mut conn).await, 0);
     let gw = on_redis("Warm", &upstream, &redis, "[{ limit: 5, per: 1h }]", "deny").await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if others(list.clone()) >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no connection from the gateway: {list}"
-        );
+    while connections(&mut conn).await == 0 {
+        assert!(Instant::now() < deadline, "no connection from the gateway");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(upstream.hits(), 0);
@@ -889,19 +885,8 @@ async fn a_reload_connects_to_the_new_redis_before_it_serves() {
     )
     .await;
     assert_eq!(gw.get("/open/items").await.status(), 200);
-    let client = redis::Client::open(second.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let gateways = async |conn: &mut redis::aio::MultiplexedConnection| {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(conn)
-            .await
-            .unwrap();
-        list.lines()
-            .filter(|l| !l.contains("cmd=client|list"))
-            .count()
-    };
-    assert_eq!(gateways(&mut conn).await, 0);
+    let mut conn = connected(&second).await;
+    assert_eq!(connections(&mut conn).await, 0);
     let extra = format!(
         "throttling: {{ store: \"{}\", on_store_error: deny, timeout: 200ms }}",
         second.url()
@@ -919,7 +904,7 @@ async fn a_reload_connects_to_the_new_redis_before_it_serves() {
         .expect("the reload applies");
     assert_eq!(generation, 2);
     assert!(
-        gateways(&mut conn).await >= 1,
+        connections(&mut conn).await >= 1,
         "no connection to the new store"
     );
     assert_eq!(upstream.hits(), 1);
@@ -970,8 +955,7 @@ async fn a_counter_from_before_the_stores_clock_stepped_back_holds_one_period() 
 
 /// A connection to `redis`, and the throttle's keys there.
 async fn throttle_keys(redis: &Redis) -> (redis::aio::MultiplexedConnection, Vec<String>) {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = connected(redis).await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("mcgw:*")
         .query_async(&mut conn)
