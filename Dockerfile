@@ -30,7 +30,8 @@ COPY src ./src
 # OAuth2 routes, TLS, HTTP/2) and builds again with that profile, ~24%
 # fewer instructions per proxied request for two more builds and a minute
 # of training; then BOLT (Debian's bolt-19) lays that binary out again
-# from a second training run. Its tools (wrk, h2load, llvm-bolt) come from
+# from a second training run (a build BOLT refuses to lay out stays as
+# the profile guided it, said in the build's output). Its tools (wrk, h2load, llvm-bolt) come from
 # Debian's mirror. PGO=0 builds once, plainly (what `cargo build
 # --release` makes).
 ARG PGO=1

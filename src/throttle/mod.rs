@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -318,10 +318,10 @@ pub struct Throttler {
     /// The Redis store last bound, which the next snapshot reuses while
     /// its settings are unchanged. Requests count in their snapshot's.
     redis: ArcSwapOption<RedisStore>,
-    /// The runtimes of the listener threads, each noted as it starts: a
-    /// Redis store a reload brings is connected from each of them before
-    /// it is put in use ([`Throttler::warm_listeners`]).
-    listeners: Mutex<Vec<tokio::runtime::Handle>>,
+    /// A Redis store a reload brings, for each listener thread to connect
+    /// to before it is put in use ([`Throttler::warm_listeners`]); each
+    /// thread follows it from its start ([`Throttler::warm_this_thread`]).
+    warm: tokio::sync::watch::Sender<Option<Arc<Warming>>>,
 }
 
 impl Default for Throttler {
@@ -329,8 +329,22 @@ impl Default for Throttler {
         Throttler {
             memory: MemoryStore::new(100_000),
             redis: ArcSwapOption::empty(),
-            listeners: Mutex::new(Vec::new()),
+            warm: tokio::sync::watch::Sender::new(None),
         }
+    }
+}
+
+/// A store the listener threads connect to, and how many have.
+struct Warming {
+    redis: Arc<RedisStore>,
+    done: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Warming {
+    fn one_done(&self) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.changed.notify_all();
     }
 }
 
@@ -389,16 +403,21 @@ impl Throttler {
             .bind_sole_counters(snapshot.apis.iter().flat_map(|api| api.throttle.iter()));
     }
 
-    /// Notes the calling listener thread's runtime and connects the
-    /// thread to the Redis store bound, if any, before its first request
-    /// (`RedisStore::warm_this_thread`).
+    /// Connects the calling listener thread to the Redis store bound, if
+    /// any, before its first request (`RedisStore::warm_this_thread`),
+    /// then to each store a reload brings, before it is put in use: runs
+    /// as long as the thread's runtime.
     pub async fn warm_this_thread(&self) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(tokio::runtime::Handle::current());
+        let mut asked = self.warm.subscribe();
         if let Some(redis) = self.redis.load_full() {
             redis.warm_this_thread().await;
+        }
+        while asked.changed().await.is_ok() {
+            let warming = asked.borrow_and_update().clone();
+            if let Some(warming) = warming {
+                warming.redis.warm_this_thread().await;
+                warming.one_done();
+            }
         }
     }
 
@@ -418,30 +437,31 @@ impl Throttler {
         {
             return;
         }
-        let listeners = self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let (done, finished) = std::sync::mpsc::channel();
-        for listener in &listeners {
-            let redis = Arc::clone(redis);
-            let done = done.clone();
-            // A runtime that has stopped drops the task, and its sender
-            // with it.
-            drop(listener.spawn(async move {
-                redis.warm_this_thread().await;
-                let _ = done.send(());
-            }));
+        let threads = self.warm.receiver_count();
+        if threads == 0 {
+            return;
         }
-        drop(done);
+        let warming = Arc::new(Warming {
+            redis: Arc::clone(redis),
+            done: Mutex::new(0),
+            changed: Condvar::new(),
+        });
+        self.warm.send_replace(Some(Arc::clone(&warming)));
         let deadline = Instant::now() + redis::WARM_BOUND + Duration::from_millis(500);
-        for _ in &listeners {
+        let mut done = warming.done.lock().unwrap_or_else(PoisonError::into_inner);
+        while *done < threads {
             let left = deadline.saturating_duration_since(Instant::now());
-            if finished.recv_timeout(left).is_err() {
+            if left.is_zero() {
                 break;
             }
+            done = warming
+                .changed
+                .wait_timeout(done, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        drop(done);
+        self.warm.send_replace(None);
     }
 
     /// Counts a request to `resources` of `api` against the policies that
