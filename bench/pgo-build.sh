@@ -249,9 +249,12 @@ if [ "$BOLT" != 1 ]; then
 fi
 
 echo "4/4 BOLT layout ..." >&2
-# BOLT refuses some layouts of some builds (a symbol it cannot place):
-# the profile-guided binary is then the result, said loudly, rather than
-# no image at all. No earlier BOLT output is left to be taken for this one.
+# BOLT takes a function whose name has `.cold` or `.warm` after a dot
+# (`..warm_this_thread` in a mangled Rust path, say) for a part split off
+# another, and refuses the binary when there is no such other: no
+# function is named so here. Should a build still be refused, the
+# profile-guided binary is the result, said loudly, rather than no image
+# at all; no earlier BOLT output is left to be taken for this one.
 rm -f "$BIN-bolt"
 without_bolt() {
     grep -E 'BOLT-ERROR|error' "$WORK/bolt.log" | head -5 >&2 || true

@@ -683,7 +683,7 @@ fn serve_on_this_thread(
     runtime.block_on(async move {
         tokio::spawn(deadlines);
         tokio::spawn(tidy_this_thread());
-        tokio::spawn(async move { throttle.warm_this_thread().await });
+        tokio::spawn(async move { throttle.connect_this_thread().await });
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(error) => {

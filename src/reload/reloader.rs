@@ -179,7 +179,7 @@ impl Reloader {
         let generation = snapshot.generation;
         generate_signing_key(&mut snapshot)?;
         let store = self.throttle.prepare(&snapshot)?;
-        self.throttle.warm_listeners(&store);
+        self.throttle.connect_listeners(&store);
         self.prepare_authz(&snapshot)?;
         self.auth.prepare(&snapshot);
         self.health.prepare(&snapshot);

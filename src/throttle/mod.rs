@@ -319,9 +319,9 @@ pub struct Throttler {
     /// its settings are unchanged. Requests count in their snapshot's.
     redis: ArcSwapOption<RedisStore>,
     /// A Redis store a reload brings, for each listener thread to connect
-    /// to before it is put in use ([`Throttler::warm_listeners`]); each
-    /// thread follows it from its start ([`Throttler::warm_this_thread`]).
-    warm: tokio::sync::watch::Sender<Option<Arc<Warming>>>,
+    /// to before it is put in use ([`Throttler::connect_listeners`]); each
+    /// thread follows it from its start ([`Throttler::connect_this_thread`]).
+    to_connect: tokio::sync::watch::Sender<Option<Arc<Connecting>>>,
 }
 
 impl Default for Throttler {
@@ -329,19 +329,19 @@ impl Default for Throttler {
         Throttler {
             memory: MemoryStore::new(100_000),
             redis: ArcSwapOption::empty(),
-            warm: tokio::sync::watch::Sender::new(None),
+            to_connect: tokio::sync::watch::Sender::new(None),
         }
     }
 }
 
 /// A store the listener threads connect to, and how many have.
-struct Warming {
+struct Connecting {
     redis: Arc<RedisStore>,
     done: Mutex<usize>,
     changed: Condvar,
 }
 
-impl Warming {
+impl Connecting {
     fn one_done(&self) {
         *self.done.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         self.changed.notify_all();
@@ -404,19 +404,19 @@ impl Throttler {
     }
 
     /// Connects the calling listener thread to the Redis store bound, if
-    /// any, before its first request (`RedisStore::warm_this_thread`),
+    /// any, before its first request (`RedisStore::connect_this_thread`),
     /// then to each store a reload brings, before it is put in use: runs
     /// as long as the thread's runtime.
-    pub async fn warm_this_thread(&self) {
-        let mut asked = self.warm.subscribe();
+    pub async fn connect_this_thread(&self) {
+        let mut asked = self.to_connect.subscribe();
         if let Some(redis) = self.redis.load_full() {
-            redis.warm_this_thread().await;
+            redis.connect_this_thread().await;
         }
         while asked.changed().await.is_ok() {
-            let warming = asked.borrow_and_update().clone();
-            if let Some(warming) = warming {
-                warming.redis.warm_this_thread().await;
-                warming.one_done();
+            let connecting = asked.borrow_and_update().clone();
+            if let Some(connecting) = connecting {
+                connecting.redis.connect_this_thread().await;
+                connecting.one_done();
             }
         }
     }
@@ -427,7 +427,7 @@ impl Throttler {
     /// the reload would make the connection within its
     /// `throttling.timeout` and could meet the store error with the store
     /// healthy. Blocking: called by a reload, off the listener threads.
-    pub fn warm_listeners(&self, prepared: &Prepared) {
+    pub fn connect_listeners(&self, prepared: &Prepared) {
         let Some(redis) = &prepared.redis else { return };
         if self
             .redis
@@ -437,31 +437,34 @@ impl Throttler {
         {
             return;
         }
-        let threads = self.warm.receiver_count();
+        let threads = self.to_connect.receiver_count();
         if threads == 0 {
             return;
         }
-        let warming = Arc::new(Warming {
+        let connecting = Arc::new(Connecting {
             redis: Arc::clone(redis),
             done: Mutex::new(0),
             changed: Condvar::new(),
         });
-        self.warm.send_replace(Some(Arc::clone(&warming)));
-        let deadline = Instant::now() + redis::WARM_BOUND + Duration::from_millis(500);
-        let mut done = warming.done.lock().unwrap_or_else(PoisonError::into_inner);
+        self.to_connect.send_replace(Some(Arc::clone(&connecting)));
+        let deadline = Instant::now() + redis::CONNECT_BOUND + Duration::from_millis(500);
+        let mut done = connecting
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         while *done < threads {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            done = warming
+            done = connecting
                 .changed
                 .wait_timeout(done, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
         drop(done);
-        self.warm.send_replace(None);
+        self.to_connect.send_replace(None);
     }
 
     /// Counts a request to `resources` of `api` against the policies that

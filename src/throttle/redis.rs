@@ -98,9 +98,9 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 const UNACKNOWLEDGED: Duration = Duration::from_secs(20);
 
 /// How long a listener thread's first connection may take when it is
-/// made ahead of its first request ([`RedisStore::warm_this_thread`]):
+/// made ahead of its first request ([`RedisStore::connect_this_thread`]):
 /// the link's connect timeout and one retry.
-pub const WARM_BOUND: Duration = Duration::from_secs(3);
+pub const CONNECT_BOUND: Duration = Duration::from_secs(3);
 
 pub struct RedisStore {
     /// What it was opened with, to tell whether a new snapshot changes it.
@@ -159,12 +159,12 @@ impl RedisStore {
     /// would take much of that call's `throttling.timeout`, and the call
     /// would meet the store error with the store healthy. Bounded by the
     /// connect timeout; one that fails is left to the first call.
-    pub async fn warm_this_thread(&self) {
+    pub async fn connect_this_thread(&self) {
         let Ok(link) = self.link() else { return };
         let mut taken = link.take();
         let command = redis::cmd("PING");
         let ping = command.query_async::<String>(&mut taken.connection);
-        match tokio::time::timeout(WARM_BOUND, ping).await {
+        match tokio::time::timeout(CONNECT_BOUND, ping).await {
             Ok(Ok(_)) => link.answered(&taken),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "throttle store: not connected yet; the first call connects");
