@@ -37,7 +37,9 @@ impl Rate {
 pub struct Quota {
     /// Requests that would still be admitted now.
     pub remaining: u64,
-    /// Until the whole quota is available again.
+    /// Until more quota is available (the RateLimit `t`: "until
+    /// additional quota is made available"): the next request's room, or
+    /// nothing when the quota is whole.
     pub reset: Duration,
     /// Until a request would fit, when this policy refused it.
     pub retry_after: Option<Duration>,
@@ -54,7 +56,9 @@ pub fn quota(rate: Rate, admitted: bool, level: u64) -> Quota {
         } else {
             room / rate.interval
         },
-        reset: Duration::from_micros(level),
+        // A unit comes back each `interval`: the next one when the room
+        // reaches the next multiple of it (at once when it is whole).
+        reset: Duration::from_micros(level.min(rate.interval - room % rate.interval)),
         retry_after: refused_here
             .then(|| Duration::from_micros(level + rate.interval - rate.period)),
     }
@@ -93,6 +97,8 @@ mod tests {
         let refused = admit(&mut tat, now, rate);
         assert_eq!(refused.retry_after, Some(Duration::from_secs(1)));
         assert_eq!(refused.remaining, 0);
+        // More quota in one interval, as `Retry-After` says.
+        assert_eq!(refused.reset, Duration::from_secs(1));
         // One interval later, exactly one more.
         let later = now + 1_000_000;
         assert!(admit(&mut tat, later, rate).retry_after.is_none());
@@ -105,9 +111,22 @@ mod tests {
         let mut tat = 0;
         admit(&mut tat, 1_000, rate);
         admit(&mut tat, 1_000, rate);
-        let quota = admit(&mut tat, 5_000_000, rate);
-        assert_eq!(quota.remaining, 1);
-        assert_eq!(quota.reset, Duration::from_millis(500));
+        let back = admit(&mut tat, 5_000_000, rate);
+        assert_eq!(back.remaining, 1);
+        assert_eq!(back.reset, Duration::from_millis(500));
+        // Nothing counted: the quota is whole, no more to come.
+        assert_eq!(quota(rate, true, 0).reset, Duration::ZERO);
+        // Part of the way to the next request's room: the rest of it.
+        let part = quota(rate, true, 300_000);
+        assert_eq!(
+            (part.remaining, part.reset),
+            (1, Duration::from_millis(300))
+        );
+        let deep = quota(rate, true, 900_000);
+        assert_eq!(
+            (deep.remaining, deep.reset),
+            (0, Duration::from_millis(400))
+        );
     }
 
     #[test]

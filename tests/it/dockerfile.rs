@@ -287,7 +287,18 @@ async fn health_command_exits_0_when_ready_and_1_when_down() {
     .unwrap()
     .expect("run microgateway health");
     assert!(ready.success(), "health against a ready gateway: {ready}");
+    let admin = gw.admin.expect("admin port");
     gw.shutdown().await;
+    // The port held, bound but not listening: connections to it are
+    // refused, and another test's listener cannot take it meanwhile (one
+    // did, and answered ready). Taken already: nothing left to show here.
+    let Ok(_held) = tokio::net::TcpSocket::new_v4().and_then(|socket| {
+        socket.set_reuseaddr(true)?;
+        socket.bind(admin)?;
+        Ok(socket)
+    }) else {
+        return;
+    };
     let down = tokio::task::spawn_blocking(move || {
         Command::new(binary)
             .args(["health", "--url", &url])
