@@ -444,8 +444,8 @@ pub struct Resource {
     /// Indexes into `Api::throttle`: the policies that count requests to
     /// this resource (filled in once the API's policies are compiled).
     pub throttle: Box<[usize]>,
-    /// The `RateLimit-Policy` field listing them, sent with each admitted
-    /// request (a refusal lists only the policies that refused it).
+    /// The `RateLimit-Policy` field listing them, sent with each answer
+    /// they counted for, admitted or refused.
     pub ratelimit_policy: Option<HeaderValue>,
 }
 

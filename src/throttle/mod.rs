@@ -128,7 +128,8 @@ fn party_of<'a>(caller: &Caller<'a>) -> Party<'a> {
         .map_or(Party::Unknown, Party::Client)
 }
 
-/// What a refused client is told about the policies that refused it.
+/// What a refused client is told: every policy of the resource, and
+/// the longest wait of those that refused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fields {
     policy: HeaderValue,
@@ -179,13 +180,19 @@ enum PolicyField<'s> {
     Made(Box<HeaderValue>),
 }
 
+impl PolicyField<'_> {
+    fn into_value(self) -> HeaderValue {
+        match self {
+            PolicyField::Compiled(field) => field.clone(),
+            PolicyField::Made(field) => *field,
+        }
+    }
+}
+
 impl AdmittedFields<'_> {
     /// Gives the upstream's answer the fields (replacing any it sent).
     pub fn apply<B>(self, response: &mut http::Response<B>) {
-        let policy = match self.policy {
-            PolicyField::Compiled(field) => field.clone(),
-            PolicyField::Made(field) => *field,
-        };
+        let policy = self.policy.into_value();
         set_own(response, &RATELIMIT_POLICY, policy);
         set_own(response, &RATELIMIT, self.ratelimit);
     }
@@ -629,20 +636,22 @@ impl<'s, 'c> Counting<'s, 'c> {
         if admitted {
             return self::admitted(self.field, ratelimit_of(&counted));
         }
-        // The client hears about the policies that refused it.
-        let refusing: Vec<(&ThrottlePolicy, Quota)> = counted
-            .into_iter()
+        // The client hears about every policy of the resource, as on an
+        // admitted answer (the draft asks `RateLimit-Policy` to stay the
+        // same from answer to answer): those that refused it at `r=0`,
+        // the others with the room they still have (a refused request
+        // uses none); `Retry-After` is the longest wait of the refusing.
+        let refusing: Vec<String> = counted
+            .iter()
             .filter(|(_, q)| q.retry_after.is_some())
+            .map(|(p, _)| p.name.clone())
             .collect();
-        for (p, _) in &refusing {
-            api.metrics.count_throttled(&p.name);
+        for name in &refusing {
+            api.metrics.count_throttled(name);
         }
         Verdict::Refused {
-            policies: refusing.iter().map(|(p, _)| p.name.clone()).collect(),
-            fields: Fields::of(
-                &refusing,
-                ThrottlePolicy::field_of(refusing.iter().map(|(p, _)| *p)),
-            ),
+            policies: refusing,
+            fields: Fields::of(&counted, self.field.map(PolicyField::into_value)),
         }
     }
 }

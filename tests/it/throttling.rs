@@ -328,12 +328,19 @@ async fn a_trailing_slash_counts_under_the_limits_of_both_its_readings() {
         field(&slashed, "ratelimit-policy").as_deref(),
         Some(r#""Secret";q=1;w=3600, "Files";q=2;w=3600"#)
     );
-    // Secret is spent: refused, and Files keeps its last request.
+    // Secret is spent: refused, and Files keeps its last request. The
+    // refusal tells both, as the admitted answer did: Secret at r=0.
     let refused = get("/travels/files/secret/").await.unwrap();
     assert_eq!(refused.status(), 429);
     assert_eq!(
         field(&refused, "ratelimit-policy").as_deref(),
-        Some(r#""Secret";q=1;w=3600"#)
+        Some(r#""Secret";q=1;w=3600, "Files";q=2;w=3600"#)
+    );
+    let ratelimit = field(&refused, "ratelimit").unwrap();
+    let retry = field(&refused, "retry-after").unwrap();
+    assert!(
+        ratelimit.starts_with(&format!("\"Secret\";r=0;t={retry}, \"Files\";r=1;t=")),
+        "{ratelimit}"
     );
     assert_eq!(get("/travels/files/secret").await.unwrap().status(), 429);
     assert_eq!(get("/travels/files/secret/x").await.unwrap().status(), 200);
@@ -638,7 +645,7 @@ async fn a_reload_keeps_the_count_of_a_limit_counted_alone() {
     assert_eq!(refused.status(), 429);
     assert_eq!(
         field(&refused, "ratelimit-policy").as_deref(),
-        Some("\"api\";q=2;w=3600")
+        Some("\"api\";q=2;w=3600, \"api-per-client-ip\";q=5;w=3600")
     );
     gw.shutdown().await;
 }
