@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
@@ -17,14 +17,13 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, COOKIE, FORWARDED, HOST}
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use super::forwarded_list;
+use super::forwarded_list::{
+    self, address_of, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+};
 use crate::config::snapshot::{fold, folds_to, Forwarding};
 use crate::http1::request_encode::AddedFields;
 use crate::http1::{field_name, FieldName};
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED_FIELD: HeaderName = FORWARDED;
 
 /// Method- and path-override headers (folded): never honoured, never
@@ -299,21 +298,6 @@ pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> Op
     Some(client)
 }
 
-/// The address an `X-Forwarded-For` entry names, canonical
-/// ([`IpAddr::to_canonical`]).
-fn address_of(entry: &[u8]) -> Option<IpAddr> {
-    let text = std::str::from_utf8(entry).ok()?;
-    let ip = text
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| text.parse::<SocketAddr>().ok().map(|at| at.ip()))
-        .or_else(|| {
-            let bracketed = text.strip_prefix('[')?.strip_suffix(']')?;
-            bracketed.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
-        })?;
-    Some(ip.to_canonical())
-}
-
 /// Sets the forwarding headers for a request from `ip`, a trusted proxy
 /// or not: the gateway's go to `added`, the lines they replace leave
 /// `headers` (a trusted proxy's `X-Forwarded-For` and `Forwarded` are
@@ -378,9 +362,8 @@ pub fn set_forwarded(
                 .flatten(),
             make.forwarded
                 .then(|| {
-                    forwarded_list::forwarded_chain(headers).or_else(|| {
-                        forwarded_list::in_forwarded_terms(headers, &chain, trusted, address_of)
-                    })
+                    forwarded_list::forwarded_chain(headers)
+                        .or_else(|| forwarded_list::in_forwarded_terms(headers, &chain, trusted))
                 })
                 .flatten(),
             ip,

@@ -3,13 +3,18 @@
 //! line (RFC 9110 §5.6.1: empty members are none, and a sender makes
 //! none), a `Forwarded` whose syntax is broken refused rather than
 //! appended to (the gateway's element would end up inside its open
-//! quotes), and an `X-Forwarded-*` chain put in `Forwarded`'s terms.
+//! quotes), an `X-Forwarded-*` chain put in `Forwarded`'s terms, and the
+//! address an `X-Forwarded-For` entry names.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::header::{HeaderName, FORWARDED};
 use http::HeaderMap;
 use ipnet::IpNet;
+
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The non-empty members of every line of `name`, trimmed, split at the
 /// commas outside quoted strings (RFC 9110 §5.6.4).
@@ -134,20 +139,15 @@ pub fn in_forwarded_terms(
     headers: &HeaderMap,
     x_forwarded_for: &[&[u8]],
     trusted: &[IpNet],
-    address_of: impl Fn(&[u8]) -> Option<IpAddr>,
 ) -> Option<Vec<u8>> {
-    let first = |name: &'static str| {
-        members(headers, &HeaderName::from_static(name))
-            .first()
-            .copied()
-    };
-    let proto = first("x-forwarded-proto").filter(|proto| {
+    let first = |name: &HeaderName| members(headers, name).first().copied();
+    let proto = first(&X_FORWARDED_PROTO).filter(|proto| {
         proto[0].is_ascii_alphabetic()
             && proto
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
     });
-    let host = first("x-forwarded-host").filter(|host| {
+    let host = first(&X_FORWARDED_HOST).filter(|host| {
         host.iter()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\'))
     });
@@ -188,6 +188,21 @@ pub fn in_forwarded_terms(
         node(&mut out, ip);
     }
     Some(out)
+}
+
+/// The address an `X-Forwarded-For` entry names, canonical
+/// ([`IpAddr::to_canonical`]).
+pub(super) fn address_of(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?;
+    let ip = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|at| at.ip()))
+        .or_else(|| {
+            let bracketed = text.strip_prefix('[')?.strip_suffix(']')?;
+            bracketed.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
