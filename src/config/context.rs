@@ -325,10 +325,14 @@ pub fn is_portable_text(bytes: &[u8]) -> bool {
 /// tab, which parsers strip (RFC 9110 §5.5) and HTTP/2 forbids (RFC 9113
 /// §8.2.1).
 pub fn is_plain_value(bytes: &[u8]) -> bool {
-    let padding = |b: &u8| *b == b' ' || *b == b'\t';
     is_portable_text(bytes)
-        && !bytes.first().is_some_and(padding)
-        && !bytes.last().is_some_and(padding)
+        && !bytes.first().copied().is_some_and(is_padding)
+        && !bytes.last().copied().is_some_and(is_padding)
+}
+
+/// A space or a tab: what may not begin or end a plain value.
+pub fn is_padding(byte: u8) -> bool {
+    byte == b' ' || byte == b'\t'
 }
 
 pub(super) fn header_name(ctx: &mut Ctx, name: &S<String>) -> Option<HeaderName> {

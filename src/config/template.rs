@@ -75,7 +75,7 @@ pub(super) fn value_template(ctx: &mut Ctx, value: &S<Scalar>) -> Option<ValueTe
     // Portable text, and no space or tab at either end of the value,
     // which parsers strip and HTTP/2 forbids (a variable's value is
     // held to the same when a request renders it).
-    let padding = |b: u8| b == b' ' || b == b'\t';
+    let padding = context::is_padding;
     let last = parsed.parts.len().saturating_sub(1);
     let literal_ok = parsed.parts.iter().enumerate().all(|(i, part)| match part {
         Part::Text(literal) => {
